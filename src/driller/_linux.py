@@ -1,0 +1,497 @@
+"""The one module that talks to the kernel.
+
+Every ctypes call and every raw syscall of driller lives here (as psutil keeps
+its platform calls in one module).  The rest of the package calls these thin
+functions and never touches ctypes or syscall numbers itself.
+
+x86_64 and aarch64 Linux are supported; syscall numbers are per architecture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap as _mmap
+import os
+import platform
+import re
+import select
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "PAGE_SIZE", "page_floor", "page_ceil",
+    "mmap", "munmap", "mprotect", "madvise", "mremap_supported",
+    "memfd_create", "add_seals", "get_seals",
+    "futex_wait", "futex_wake", "futex_waitv",
+    "process_vm_readv", "process_vm_writev", "allow_ptrace_by_any",
+    "pidfd_open", "pidfd_alive", "pid_alive",
+    "Mapping", "query_mapping", "read_maps", "parse_maps",
+    "buffer_address", "memmove", "read_word", "fd_inode",
+]
+
+PAGE_SIZE = _mmap.PAGESIZE
+
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
+MAP_NORESERVE = 0x4000
+MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK = 4, 10, 11
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+
+_MACHINE = platform.machine()
+_SYSCALLS = {
+    # name: (x86_64, aarch64)
+    "futex": (202, 98),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "futex_waitv": (449, 449),
+}
+_ARCH = 0 if _MACHINE in ("x86_64", "AMD64") else 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong, ctypes.c_ulong]
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_memmove = ctypes.memmove
+
+
+def _nr(name: str) -> int:
+    return _SYSCALLS[name][_ARCH]
+
+
+def _oserror(what: str) -> OSError:
+    e = ctypes.get_errno()
+    return OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def page_floor(addr: int) -> int:
+    return addr & ~(PAGE_SIZE - 1)
+
+
+def page_ceil(addr: int) -> int:
+    return (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+# ---------------------------------------------------------------- mappings
+
+def mmap(length: int, *, fd: int = -1, offset: int = 0, addr: int | None = None,
+         shared: bool = True, readonly: bool = False) -> int:
+    """mmap(2).  With ``addr`` the mapping replaces whatever is there (MAP_FIXED)."""
+    prot = PROT_READ if readonly else PROT_READ | PROT_WRITE
+    flags = MAP_SHARED if shared else MAP_PRIVATE
+    if fd < 0:
+        flags |= MAP_ANONYMOUS
+    if addr is not None:
+        flags |= MAP_FIXED
+    res = _libc.mmap(addr or 0, length, prot, flags, fd, offset)
+    if res is None or res == MAP_FAILED:
+        raise _oserror("mmap")
+    return res
+
+
+def munmap(addr: int, length: int) -> None:
+    if _libc.munmap(addr, length) != 0:
+        raise _oserror("munmap")
+
+
+def mprotect(addr: int, length: int, readonly: bool) -> None:
+    prot = PROT_READ if readonly else PROT_READ | PROT_WRITE
+    if _libc.mprotect(addr, length, prot) != 0:
+        raise _oserror("mprotect")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    if _libc.madvise(addr, length, advice) != 0:
+        raise _oserror("madvise")
+
+
+def mremap_supported() -> bool:
+    return True
+
+
+def memmove(dst: int, src: int, n: int) -> None:
+    """Copy n bytes between raw addresses (one memcpy, GIL held)."""
+    if n:
+        _memmove(dst, src, n)
+
+
+def read_word(addr: int) -> int:
+    """Read an unsigned machine word at a raw address (caller checks it is mapped)."""
+    return ctypes.c_size_t.from_address(addr).value
+
+
+def buffer_address(obj, writable: bool = False) -> tuple[int, int, bool]:
+    """(address, nbytes, readonly) of a C-contiguous buffer-protocol object."""
+    mv = obj if isinstance(obj, memoryview) else memoryview(obj)
+    if not mv.c_contiguous:
+        raise BufferError("buffer is not C-contiguous")
+    n = mv.nbytes
+    if mv.readonly:
+        if writable:
+            raise BufferError("buffer is read-only")
+        # ctypes refuses read-only buffers: go through a one-byte cast
+        # and numpy-free trick: from_buffer_copy would copy, so use
+        # PyObject_GetBuffer via ctypes.pythonapi.
+        return _readonly_address(mv), n, True
+    if n == 0:
+        return 0, 0, False
+    c = (ctypes.c_char * n).from_buffer(mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv)
+    addr = ctypes.addressof(c)
+    del c
+    return addr, n, False
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.py_object),
+                ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
+                ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p)]
+
+
+_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
+_ReleaseBuffer = ctypes.pythonapi.PyBuffer_Release
+_ReleaseBuffer.argtypes = [ctypes.POINTER(_Py_buffer)]
+
+
+def _readonly_address(mv: memoryview) -> int:
+    if mv.nbytes == 0:
+        return 0
+    view = _Py_buffer()
+    if _GetBuffer(mv, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE
+        raise BufferError("cannot get buffer address")
+    try:
+        return view.buf or 0
+    finally:
+        _ReleaseBuffer(ctypes.byref(view))
+
+
+# ---------------------------------------------------------------- memfd
+
+def memfd_create(name: str) -> int:
+    """A sealable, close-on-exec memfd."""
+    return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def add_seals(fd: int, seals: int) -> None:
+    fcntl.fcntl(fd, F_ADD_SEALS, seals)
+
+
+def get_seals(fd: int) -> int:
+    return fcntl.fcntl(fd, F_GET_SEALS)
+
+
+def fd_inode(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+# ---------------------------------------------------------------- futex
+
+FUTEX_WAIT, FUTEX_WAKE = 0, 1
+FUTEX_32 = 2  # futex_waitv flag: 32-bit futex word (shared, not private)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _FutexWaitv(ctypes.Structure):
+    _fields_ = [("val", ctypes.c_uint64), ("uaddr", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+def _timespec(timeout: float | None):
+    if timeout is None:
+        return None
+    ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
+    return ctypes.byref(ts)
+
+
+_FUTEX = _nr("futex")
+
+
+def futex_wait(addr: int, expected: int, timeout: float | None = None) -> bool:
+    """Sleep while the 32-bit word at addr equals expected (shared futex).
+
+    Returns False on timeout, True otherwise (woken, value changed, signal).
+    """
+    r = _libc.syscall(ctypes.c_long(_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(FUTEX_WAIT),
+                      ctypes.c_uint32(expected & 0xFFFFFFFF), _timespec(timeout), None,
+                      ctypes.c_uint32(0))
+    if r == -1:
+        e = ctypes.get_errno()
+        if e == errno.ETIMEDOUT:
+            return False
+        if e in (errno.EAGAIN, errno.EINTR):
+            return True
+        raise OSError(e, f"futex wait: {os.strerror(e)}")
+    return True
+
+
+def futex_wake(addr: int, n: int = 2**31 - 1) -> int:
+    r = _libc.syscall(ctypes.c_long(_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(FUTEX_WAKE),
+                      ctypes.c_int(n), None, None, ctypes.c_uint32(0))
+    if r == -1:
+        raise _oserror("futex wake")
+    return r
+
+
+_WAITV = _nr("futex_waitv")
+_CLOCK_MONOTONIC = 1
+
+
+def futex_waitv(words: list[tuple[int, int]], timeout: float | None = None) -> bool:
+    """Sleep until any of the 32-bit words (addr, expected) changes or is woken.
+
+    Linux ≥ 5.16.  The timeout is relative; returns False on timeout.
+    """
+    n = len(words)
+    arr = (_FutexWaitv * n)()
+    for i, (addr, val) in enumerate(words):
+        arr[i].val = val & 0xFFFFFFFF
+        arr[i].uaddr = addr
+        arr[i].flags = FUTEX_32
+    ts = None
+    if timeout is not None:
+        now = time_monotonic()
+        t = now + timeout
+        ts = ctypes.byref(_Timespec(int(t), int((t % 1) * 1e9)))
+    r = _libc.syscall(ctypes.c_long(_WAITV), arr, ctypes.c_uint(n), ctypes.c_uint(0), ts,
+                      ctypes.c_int(_CLOCK_MONOTONIC))
+    if r == -1:
+        e = ctypes.get_errno()
+        if e == errno.ETIMEDOUT:
+            return False
+        if e in (errno.EAGAIN, errno.EINTR):
+            return True
+        raise OSError(e, f"futex_waitv: {os.strerror(e)}")
+    return True
+
+
+def time_monotonic() -> float:
+    return _clock_gettime_monotonic()
+
+
+def _clock_gettime_monotonic() -> float:
+    import time
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+# ---------------------------------------------------------------- cross-process copy
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_VM_READV = _nr("process_vm_readv")
+_VM_WRITEV = _nr("process_vm_writev")
+_IOV_CHUNK = 1 << 30  # the kernel caps one call's total at MAX_RW_COUNT (~2 GiB)
+
+
+def _vm_copy(nr: int, what: str, pid: int, local: int, remote: int, n: int) -> None:
+    done = 0
+    while done < n:
+        chunk = min(n - done, _IOV_CHUNK)
+        liov = _Iovec(local + done, chunk)
+        riov = _Iovec(remote + done, chunk)
+        r = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(pid), ctypes.byref(liov),
+                          ctypes.c_ulong(1), ctypes.byref(riov), ctypes.c_ulong(1),
+                          ctypes.c_ulong(0))
+        if r < 0:
+            raise _oserror(f"{what} of {chunk} bytes from pid {pid}")
+        if r == 0:
+            raise OSError(errno.EFAULT, f"{what}: no progress copying from pid {pid}")
+        done += r
+
+
+def process_vm_readv(pid: int, local: int, remote: int, n: int) -> None:
+    """Copy n bytes from address ``remote`` of process pid to our ``local``: one copy."""
+    _vm_copy(_VM_READV, "process_vm_readv", pid, local, remote, n)
+
+
+def process_vm_writev(pid: int, local: int, remote: int, n: int) -> None:
+    """Copy n bytes from our ``local`` to address ``remote`` of process pid."""
+    _vm_copy(_VM_WRITEV, "process_vm_writev", pid, local, remote, n)
+
+
+PR_SET_PTRACER = 0x59616D61
+PR_SET_PTRACER_ANY = ctypes.c_ulong(-1).value
+
+
+def allow_ptrace_by_any() -> None:
+    """Let sibling processes use process_vm_readv on us under Yama ptrace_scope=1."""
+    _libc.prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0)  # EINVAL without Yama: fine
+
+
+# ---------------------------------------------------------------- processes
+
+def pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
+def pidfd_alive(pidfd: int) -> bool:
+    """False once the process behind pidfd has exited (the pidfd polls readable)."""
+    r, _, _ = select.select([pidfd], [], [], 0)
+    return not r
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0): look at its state
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+# ---------------------------------------------------------------- mapping lookup
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    readable: bool
+    writable: bool
+    executable: bool
+    shared: bool
+    offset: int
+    dev: int          # os.makedev(major, minor)
+    inode: int
+    name: str         # path, "[heap]", "[stack]", "/memfd:name (deleted)", "" if anonymous
+
+    @property
+    def anonymous(self) -> bool:
+        return self.inode == 0 and self.name == ""
+
+
+_MAPS_RE = re.compile(
+    rb"^([0-9a-f]+)-([0-9a-f]+) ([r-])([w-])([x-])([sp]) ([0-9a-f]+) "
+    rb"([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
+
+
+def parse_maps(text: bytes) -> list[Mapping]:
+    """Parse the text of /proc/PID/maps (pure; unit-tested)."""
+    out = []
+    for line in text.splitlines():
+        m = _MAPS_RE.match(line)
+        if not m:
+            continue
+        g = m.groups()
+        out.append(Mapping(int(g[0], 16), int(g[1], 16), g[2] == b"r", g[3] == b"w",
+                           g[4] == b"x", g[5] == b"s", int(g[6], 16),
+                           os.makedev(int(g[7], 16), int(g[8], 16)), int(g[9]),
+                           g[10].decode("utf-8", "replace").rstrip()))
+    return out
+
+
+def read_maps(pid: int | str = "self") -> list[Mapping]:
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        return parse_maps(f.read())
+
+
+class _ProcmapQuery(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint64), ("query_flags", ctypes.c_uint64),
+                ("query_addr", ctypes.c_uint64), ("vma_start", ctypes.c_uint64),
+                ("vma_end", ctypes.c_uint64), ("vma_flags", ctypes.c_uint64),
+                ("vma_page_size", ctypes.c_uint64), ("vma_offset", ctypes.c_uint64),
+                ("inode", ctypes.c_uint64), ("dev_major", ctypes.c_uint32),
+                ("dev_minor", ctypes.c_uint32), ("vma_name_size", ctypes.c_uint32),
+                ("build_id_size", ctypes.c_uint32), ("vma_name_addr", ctypes.c_uint64),
+                ("build_id_addr", ctypes.c_uint64)]
+
+
+assert ctypes.sizeof(_ProcmapQuery) == 104
+PROCMAP_QUERY = 0xC0686611  # _IOWR('f', 17, struct procmap_query)
+_procmap = {"fd": None, "pid": None, "ok": None}
+_NAME_BUF = ctypes.create_string_buffer(4096)
+
+
+def _maps_fd() -> int | None:
+    pid = os.getpid()
+    if _procmap["pid"] != pid:  # after fork, /proc/self/maps must be reopened
+        if _procmap["fd"] is not None:
+            try:
+                os.close(_procmap["fd"])
+            except OSError:
+                pass
+        _procmap["fd"] = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+        _procmap["pid"] = pid
+    return _procmap["fd"]
+
+
+def procmap_query_available() -> bool:
+    if _procmap["ok"] is None:
+        try:
+            _ioctl_query(_maps_fd(), id(_procmap))
+            _procmap["ok"] = True
+        except OSError as e:
+            _procmap["ok"] = e.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP)
+    return bool(_procmap["ok"])
+
+
+def _ioctl_query(fd: int, addr: int) -> Mapping | None:
+    q = _ProcmapQuery()
+    q.size = ctypes.sizeof(q)
+    q.query_addr = addr
+    q.vma_name_size = len(_NAME_BUF)
+    q.vma_name_addr = ctypes.addressof(_NAME_BUF)
+    if _libc.ioctl(fd, PROCMAP_QUERY, ctypes.byref(q)) != 0:
+        e = ctypes.get_errno()
+        if e == errno.ENOENT:
+            return None
+        raise OSError(e, f"PROCMAP_QUERY: {os.strerror(e)}")
+    name = _NAME_BUF.value.decode("utf-8", "replace") if q.vma_name_size else ""
+    return Mapping(q.vma_start, q.vma_end, bool(q.vma_flags & 1), bool(q.vma_flags & 2),
+                   bool(q.vma_flags & 4), bool(q.vma_flags & 8), q.vma_offset,
+                   os.makedev(q.dev_major, q.dev_minor), q.inode, name)
+
+
+def query_mapping(addr: int) -> Mapping | None:
+    """The mapping of this process that covers addr, or None.
+
+    Uses the PROCMAP_QUERY ioctl (Linux ≥ 6.11), else parses /proc/self/maps.
+    """
+    if procmap_query_available():
+        return _ioctl_query(_maps_fd(), addr)
+    for m in read_maps():
+        if m.start <= addr < m.end:
+            return m
+    return None
+
+
+def mappings_covering(start: int, end: int) -> list[Mapping]:
+    """The consecutive mappings covering [start, end); raises LookupError on a gap."""
+    out = []
+    addr = start
+    while addr < end:
+        m = query_mapping(addr)
+        if m is None or m.start > addr:
+            raise LookupError(f"address {addr:#x} is not mapped")
+        out.append(m)
+        addr = m.end
+    return out
+
+
+def u64_pack(*vals: int) -> bytes:
+    return struct.pack(f"<{len(vals)}Q", *vals)
