@@ -17,12 +17,11 @@ import os
 import platform
 import re
 import select
-import struct
 from dataclasses import dataclass
 
 __all__ = [
     "PAGE_SIZE", "page_floor", "page_ceil",
-    "mmap", "munmap", "mprotect", "madvise", "mremap_supported",
+    "mmap", "munmap", "mprotect", "madvise", "mremap_over", "pwrite_from",
     "memfd_create", "add_seals", "get_seals",
     "futex_wait", "futex_wake", "futex_waitv",
     "process_vm_readv", "process_vm_writev", "allow_ptrace_by_any",
@@ -116,8 +115,26 @@ def madvise(addr: int, length: int, advice: int) -> None:
         raise _oserror("madvise")
 
 
-def mremap_supported() -> bool:
-    return True
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+_libc.mremap.restype = ctypes.c_void_p
+_libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                         ctypes.c_void_p]
+
+
+def mremap_over(src: int, length: int, dst: int) -> None:
+    """Move the pages of [src, src+length) to dst, replacing what is there (no copy)."""
+    res = _libc.mremap(src, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+    if res is None or res == MAP_FAILED:
+        raise _oserror("mremap")
+
+
+def pwrite_from(fd: int, addr: int, n: int, offset: int = 0) -> None:
+    """Write n bytes at raw address addr into fd at offset (one copy, no page faults in fd)."""
+    done = 0
+    while done < n:
+        chunk = min(n - done, 1 << 30)
+        buf = (ctypes.c_char * chunk).from_address(addr + done)
+        done += os.pwrite(fd, buf, offset + done)
 
 
 def memmove(dst: int, src: int, n: int) -> None:
@@ -493,5 +510,104 @@ def mappings_covering(start: int, end: int) -> list[Mapping]:
     return out
 
 
-def u64_pack(*vals: int) -> bytes:
-    return struct.pack(f"<{len(vals)}Q", *vals)
+
+# ---------------------------------------------------------------- process supervision (launcher)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_pdeathsig(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent thread exits."""
+    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_PDEATHSIG)")
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """Orphaned descendants of this process are reparented to it (not to init)."""
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def child_pids(pid: int | str = "self") -> list[int]:
+    """Direct children of a process (all its threads), from /proc/PID/task/*/children."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is pgid (a /proc scan)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        # fields: state ppid pgrp ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            out.append(int(name))
+    return out
+
+
+# ---------------------------------------------------------------- fd proxy / map cache helpers
+
+def peer_cred(sock) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer of a connected unix socket (SO_PEERCRED)."""
+    import socket as _socket
+    import struct as _struct
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _struct.calcsize("3i"))
+    return _struct.unpack("3i", raw)
+
+
+def fd_size(fd: int) -> int:
+    """Size in bytes of the file behind fd (fstat)."""
+    return os.fstat(fd).st_size
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # pragma: no cover - e.g. hard is infinity
+            pass
+    return soft
+
+
+def nofile_limit() -> int:
+    """The soft RLIMIT_NOFILE of this process."""
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def max_map_count() -> int:
+    """vm.max_map_count (65530 when it cannot be read)."""
+    try:
+        with open("/proc/sys/vm/max_map_count", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):  # pragma: no cover
+        return 65530
+
+
+def mem_total() -> int:
+    """Physical memory in bytes."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
+    except (OSError, ValueError):  # pragma: no cover
+        return 1 << 33

@@ -51,7 +51,7 @@ class Region:
     The fd is not kept: a mapping holds the memory by itself.
     """
 
-    __slots__ = ("address", "nbytes", "readonly", "_finalizer", "__weakref__")
+    __slots__ = ("address", "nbytes", "readonly", "origin", "_finalizer", "__weakref__")
 
     def __init__(self, fd: int, nbytes: int, *, offset: int = 0, readonly: bool = False,
                  address: int | None = None):
@@ -60,6 +60,7 @@ class Region:
                                    shared=True, readonly=readonly)
         self.nbytes = nbytes
         self.readonly = readonly
+        self.origin = None  # the Handle it was attached from, for a peer's segment
         self._finalizer = weakref.finalize(self, _unmap, self.address, length)
         self._finalizer.atexit = False  # never unmap under code still running at exit
 
@@ -69,6 +70,7 @@ class Region:
         """Wrap a mapping that already exists (unmapped with the region if ``unmap``)."""
         self = cls.__new__(cls)
         self.address, self.nbytes, self.readonly = address, nbytes, readonly
+        self.origin = None
         length = max(_linux.page_ceil(nbytes), _linux.PAGE_SIZE)
         self._finalizer = weakref.finalize(self, _unmap if unmap else _noop, address, length)
         self._finalizer.atexit = False
@@ -132,7 +134,7 @@ class Segment:
     """
 
     def __init__(self, nbytes: int, name: str = "driller", *, fd: int | None = None,
-                 address: int | None = None):
+                 region: Region | None = None):
         if nbytes <= 0:
             raise ValueError("a segment needs at least one byte")
         self.key = new_key()
@@ -147,8 +149,9 @@ class Segment:
                 os.close(fd)
                 raise
         self.fd = fd
+        self.ro_fd: int | None = None  # a read-only reopening, published instead of fd
         self.inode = _linux.fd_inode(fd)
-        self.region = Region(fd, self.nbytes, address=address)
+        self.region = region if region is not None else Region(fd, self.nbytes)
         self.published = False
         self.closed = False
 
@@ -160,6 +163,9 @@ class Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.ro_fd is not None:
+            os.close(self.ro_fd)
+            self.ro_fd = None
 
     def __repr__(self) -> str:
         return f"<driller.Segment {self.key} {self.nbytes} bytes at {self.address:#x}>"

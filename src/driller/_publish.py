@@ -1,0 +1,134 @@
+"""Process-wide bookkeeping of the segments this process owns and shares.
+
+* ``publish(seg)`` hands a segment's memfd to the fd proxy once, then closes
+  our fd (the proxy and the mapping keep the memory alive).
+* ``release(seg)`` tells the proxy to drop it.  It is safe to call from a
+  garbage-collection finalizer: it only queues the key and wakes a small
+  daemon thread, so no lock is ever taken inside a finalizer.
+* ``owned(key)`` finds a segment of this process by key, so that unpickling a
+  handle in its own owner is a plain view, no proxy round trip.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+
+from .errors import ProxyError
+from .segment import Handle, Segment
+
+__all__ = ["publish", "release", "owned", "flush", "handle_for"]
+
+_lock = threading.Lock()
+_owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+_pending: collections.deque = collections.deque()
+_waker = {"pid": None, "w": -1, "thread": None}
+
+
+def register(key: str, owner: object) -> None:
+    """Remember ``owner`` (an object with a ``segment`` attribute) under key."""
+    _owned[key] = owner
+
+
+def owned(key: str):
+    """The live owner object of key in this process, or None."""
+    return _owned.get(key)
+
+
+def _client():
+    from .fdproxy import ProxyClient
+    return ProxyClient.get()
+
+
+def publish(seg: Segment) -> tuple[str, bytes]:
+    """Make seg fetchable through the proxy (once); returns (proxy address, secret)."""
+    with _lock:
+        client = _client()
+        _ensure_releaser()
+        if not seg.published:
+            if seg.fd < 0:
+                raise ProxyError(f"segment {seg.key} has no fd left to publish")
+            fd = seg.fd if seg.ro_fd is None else seg.ro_fd
+            client.publish(seg.key, fd, {"nbytes": seg.nbytes, "owner": seg.owner,
+                                         "readonly": seg.ro_fd is not None})
+            seg.published = True
+            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+        return client.address, client.secret
+
+
+def handle_for(seg: Segment, **fields) -> Handle:
+    proxy, secret = publish(seg)
+    return Handle(proxy=proxy, secret=secret, key=seg.key, owner=seg.owner,
+                  nbytes=seg.nbytes, **fields)
+
+
+def release(seg: Segment) -> None:
+    """Forget seg: close its fd and tell the proxy (asynchronously) if it was published."""
+    if seg.closed:
+        return
+    seg.closed = True
+    if seg.owner != os.getpid():
+        return  # inherited through fork: the parent owns it
+    seg.close_fd()
+    if seg.published:
+        _pending.append(seg.key)
+        _wake()
+
+
+def _wake() -> None:
+    # Never start a thread here (this may run inside a finalizer): the releaser
+    # is started by publish(), which always precedes a queued release.
+    if _waker["pid"] != os.getpid():
+        return
+    try:
+        os.write(_waker["w"], b"x")
+    except (BlockingIOError, OSError):
+        pass  # pipe full: the thread is awake anyway
+
+
+def _ensure_releaser() -> None:
+    pid = os.getpid()
+    if _waker["pid"] == pid:
+        return
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    os.set_blocking(r, True)
+    _waker.update(pid=pid, w=w)
+    t = threading.Thread(target=_releaser, args=(r,), name="driller-releaser", daemon=True)
+    _waker["thread"] = t
+    t.start()
+
+
+def _releaser(r: int) -> None:
+    while True:
+        try:
+            os.read(r, 4096)
+        except OSError:
+            return
+        flush()
+
+
+def flush() -> None:
+    """Send queued releases to the proxy now."""
+    if not _pending:
+        return
+    with _lock:
+        client = None
+        while _pending:
+            key = _pending.popleft()
+            try:
+                client = client or _client()
+                client.release(key)
+            except Exception:  # proxy gone: nothing left to tell
+                pass
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _pending.clear()
+    _waker.update(pid=None, w=-1, thread=None)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,354 @@
+"""drill(): make an existing buffer shareable in place — the seed's trick.
+
+The pages under the buffer are copied into a sealed memfd, and the memfd is
+mapped over them at the same address (``mmap(MAP_FIXED|MAP_SHARED)``): same
+object, same address, same bytes, now shareable with any cooperating process.
+
+Rules (checked where they can be):
+
+* Only ranges whose pages the buffer owns: page-aligned buffers, or buffers
+  that glibc gave a mapping of their own (numpy arrays ≥ 128 KiB, large
+  bytearrays).  Small heap objects share pages with their neighbours and with
+  malloc's metadata and are refused: allocate those with ``driller.empty``.
+* No other thread may write the buffer while ``drill`` runs (like MPI's
+  buffer rule): such a write can be lost.
+* The buffer is pinned while drilled (a bytearray cannot be resized, an array
+  cannot be freed) and its memfd is sealed against shrinking and growing.
+* ``fork()`` keeps its meaning: a child gets a private copy of drilled memory,
+  taken in the parent just before the fork, not a share.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from . import _linux, _publish
+from .errors import DrillError, SegmentReleasedError
+from .segment import Handle, Region, Segment
+
+__all__ = ["drill", "Hole", "check"]
+
+# A buffer that shares its first and last pages with other heap objects is
+# drilled only when it is at least this large: those edge pages (malloc's
+# chunk headers, bits of neighbours) become shared too.  That is safe because
+# peers only map the buffer's own bytes and the at-fork hook gives children a
+# private copy, so malloc never sees shared metadata across a fork.
+MIN_SHARED_EDGE_BYTES = 64 << 10
+
+_SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL
+_lock = threading.RLock()
+_holes: "weakref.WeakValueDictionary[int, Hole]" = weakref.WeakValueDictionary()
+
+
+def _allocation_start(obj, addr: int) -> int:
+    """Data pointer of the allocation that owns obj's memory (numpy base chain)."""
+    if isinstance(obj, memoryview) and obj.obj is not None:
+        obj = obj.obj
+    if isinstance(obj, np.ndarray):
+        owner = obj
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        if owner.base is None and owner.flags.owndata:
+            return owner.__array_interface__["data"][0]
+    return addr
+
+
+def _glibc_chunk_extent(ptr: int) -> tuple[int, int] | None:
+    """The mapping glibc made for the allocation at ptr, if it is an mmapped chunk."""
+    if ptr % 16 or ptr < 16:
+        return None
+    hdr = ptr - 16
+    m = _linux.query_mapping(hdr)
+    if m is None or not (m.readable and m.writable) or m.shared or not m.anonymous:
+        return None
+    size = _linux.read_word(ptr - 8)
+    if not size & 0x2:  # IS_MMAPPED
+        return None
+    prev = _linux.read_word(hdr)
+    start, end = hdr - prev, hdr + (size & ~0x7)
+    if start % _linux.PAGE_SIZE or end % _linux.PAGE_SIZE or not start <= ptr < end:
+        return None
+    return start, end
+
+
+def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> None:
+    try:
+        maps = _linux.mappings_covering(lo, hi)
+    except LookupError as e:
+        raise DrillError(f"cannot drill {n} bytes at {addr:#x}: {e}") from None
+    for m in maps:
+        what = m.name or "anonymous memory"
+        if m.shared:
+            raise DrillError(f"the buffer at {addr:#x} is already shared memory ({what}); "
+                             "share it with driller.attach of its handle instead")
+        if not m.anonymous and m.name not in ("[heap]",):
+            kind = "the stack" if m.name.startswith("[stack") else f"file-backed ({what})"
+            raise DrillError(f"the buffer at {addr:#x} lies in {kind}: only anonymous "
+                             "private memory can be drilled")
+        if not m.writable:
+            raise DrillError(f"the buffer at {addr:#x} lies in read-only memory")
+    if addr == lo and addr + n == hi:
+        return  # the buffer owns every byte of its pages
+    extent = _glibc_chunk_extent(_allocation_start(obj, addr))
+    if extent is not None and extent[0] <= lo and hi <= extent[1]:
+        return  # glibc gave the allocation a mapping of its own
+    if n < MIN_SHARED_EDGE_BYTES:
+        raise DrillError(
+            f"the {n}-byte buffer at {addr:#x} shares its pages with other objects "
+            "(a small heap allocation): drilling it would share its neighbours and "
+            "malloc's metadata. Allocate it with driller.empty()/driller.array(), or use "
+            f"a buffer of at least {MIN_SHARED_EDGE_BYTES // 1024} KiB or a page-aligned one "
+            "such as mmap.mmap(-1, n)")
+
+
+class Hole:
+    """A drilled buffer: its memory is a memfd mapping, shareable via ``handle``.
+
+    ``close()`` (or leaving a ``with`` block) makes the memory private again —
+    same address, same bytes — and tells the peers: their new attaches fail,
+    their existing views keep the last shared bytes.
+    """
+
+    def __init__(self, obj, pin: memoryview, addr: int, n: int, lo: int, hi: int,
+                 seg: Segment, readonly: bool):
+        self.address = addr          # the buffer's first byte
+        self.nbytes = n
+        self.readonly = readonly
+        self._lo, self._hi = lo, hi
+        self._segment = seg
+        self._pin = pin
+        self._pid = os.getpid()
+        self._broken = False
+        if isinstance(obj, np.ndarray):
+            self._layout = {"dtype": obj.dtype, "shape": tuple(obj.shape),
+                            "strides": tuple(obj.strides)}
+        else:
+            self._layout = {"dtype": np.dtype(np.uint8), "shape": (n,), "strides": (1,)}
+        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg)
+        self._finalizer.atexit = False
+
+    # -- state
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    @property
+    def key(self) -> str:
+        return self._segment.key
+
+    @property
+    def segment(self) -> Segment:
+        return self._segment
+
+    def _ensure_usable(self) -> None:
+        if self._pid != os.getpid():
+            raise DrillError("this Hole belongs to the parent process: after fork the child "
+                             "has a private copy of the memory; drill it again to share it")
+        if self._broken:
+            raise SegmentReleasedError(
+                f"the memory under Hole {self.key} stopped being its shared mapping "
+                "(unmapped or remapped behind driller's back, e.g. by C code); the segment "
+                "was released and its peers were told")
+        if self.closed:
+            raise SegmentReleasedError(f"Hole {self.key} is closed")
+        if not self.verify():
+            self._ensure_usable()
+
+    def verify(self) -> bool:
+        """True while the range is still our memfd mapping; else release it (peers told)."""
+        if self.closed or self._broken:
+            return not (self.closed or self._broken)
+        try:
+            maps = _linux.mappings_covering(self._lo, self._hi)
+            dev, ino = self._segment.inode
+            ok = all(m.shared and m.inode == ino and m.dev == dev for m in maps)
+        except LookupError:
+            ok = False
+        if not ok:
+            self._broken = True
+            self._finalizer.detach()  # nothing of ours left to restore there
+            _publish.release(self._segment)
+            self._pin = None
+        return ok
+
+    # -- sharing
+    @property
+    def handle(self) -> Handle:
+        """A small picklable handle; ``driller.attach(handle)`` maps the same memory."""
+        self._ensure_usable()
+        return self.handle_for(None)
+
+    def handle_for(self, arr: np.ndarray | None, readonly: bool = False) -> Handle:
+        self._ensure_usable()
+        if arr is None:
+            fields = dict(self._layout, offset=self.address - self._lo)
+        else:
+            fields = {"offset": arr.__array_interface__["data"][0] - self._lo,
+                      "dtype": arr.dtype, "shape": tuple(arr.shape),
+                      "strides": tuple(arr.strides)}
+        return _publish.handle_for(self._segment, readonly=readonly or self.readonly,
+                                   **fields)
+
+    def region_for_handle(self, h: Handle) -> Region | None:
+        """Our own memory, for an attach of our own handle in this process."""
+        if self._pid != os.getpid() or self.closed or not self.verify():
+            return None
+        return self._segment.region
+
+    # -- end
+    def close(self) -> None:
+        """Make the memory private again (same address, same bytes) and tell the peers."""
+        with _lock:
+            if self._pid == os.getpid():
+                self._finalizer()
+            else:
+                self._finalizer.detach()
+            _holes.pop(self._lo, None)
+            self._pin = None
+
+    def __enter__(self) -> "Hole":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("broken" if self._broken else "open")
+        return f"<driller.Hole {self.key} {self.nbytes} bytes at {self.address:#x} {state}>"
+
+
+def _undrill(lo: int, hi: int, seg: Segment) -> None:
+    """Replace the memfd mapping by private pages holding the same bytes (one copy)."""
+    size = hi - lo
+    try:
+        maps = _linux.mappings_covering(lo, hi)
+        dev, ino = seg.inode
+        ours = all(m.shared and m.inode == ino and m.dev == dev for m in maps)
+    except LookupError:
+        ours = False
+    if ours:
+        tmp = _linux.mmap(size, shared=False)
+        _linux.memmove(tmp, lo, size)
+        _linux.mremap_over(tmp, size, lo)
+    _publish.release(seg)
+
+
+def drill(obj, readonly: bool = False) -> Hole:
+    """Make the memory under ``obj`` shareable in place; returns a :class:`Hole`.
+
+    ``obj`` is a writable, C-contiguous buffer (numpy array, bytearray, mmap,
+    memoryview...).  With ``readonly=True`` peers can only read it (their fd
+    cannot be mapped writable).  Raises :class:`~driller.DrillError` for
+    buffers that cannot be made shareable safely.
+    """
+    try:
+        pin = memoryview(obj)
+    except TypeError:
+        raise DrillError(f"{type(obj).__name__} does not support the buffer protocol: "
+                         "drill a numpy array, bytearray, mmap or memoryview") from None
+    if pin.readonly:
+        pin.release()
+        raise DrillError(f"this {type(obj).__name__} is read-only: drill needs writable "
+                         "memory (copy it with driller.array(obj) to share it)")
+    if not pin.c_contiguous:
+        pin.release()
+        raise DrillError("the buffer is not C-contiguous: drill the array it is a view of, "
+                         "or copy it with driller.array(obj)")
+    if pin.nbytes == 0:
+        pin.release()
+        raise DrillError("cannot drill an empty buffer")
+    addr, n, _ = _linux.buffer_address(pin, writable=True)
+    lo, hi = _linux.page_floor(addr), _linux.page_ceil(addr + n)
+    with _lock:
+        for h in list(_holes.values()):
+            if not h.closed and h._lo < hi and lo < h._hi and h._pid == os.getpid():
+                pin.release()
+                raise DrillError(f"this memory is already drilled ({h!r}); use its handle")
+        _check_range(obj, addr, n, lo, hi)
+        size = hi - lo
+        fd = _linux.memfd_create("driller:hole")
+        try:
+            os.ftruncate(fd, size)
+            _linux.pwrite_from(fd, lo, size)
+            _linux.add_seals(fd, _SEALS)
+            _linux.mmap(size, fd=fd, addr=lo, shared=True)
+            ro_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC) \
+                if readonly else None
+        except BaseException:
+            os.close(fd)
+            raise
+        seg = Segment(size, fd=fd, region=Region.adopt(lo, size, unmap=False))
+        seg.ro_fd = ro_fd
+        hole = Hole(obj, pin, addr, n, lo, hi, seg, readonly)
+        _publish.register(seg.key, hole)
+        _holes[lo] = hole
+        return hole
+
+
+def hole_containing(arr: np.ndarray) -> Hole | None:
+    """The open Hole of this process under arr's memory, if any."""
+    if not _holes:
+        return None
+    addr = arr.__array_interface__["data"][0]
+    for h in list(_holes.values()):
+        if h._lo <= addr < h._hi and not h.closed and h._pid == os.getpid():
+            return h
+    return None
+
+
+def check() -> list[Hole]:
+    """Verify every drilled range is still its memfd mapping.
+
+    Ranges that C code unmapped or remapped behind driller's back are
+    released (peers are told); returns those Holes.
+    """
+    broken = []
+    with _lock:
+        for h in list(_holes.values()):
+            if h._pid == os.getpid() and not h.closed and not h.verify():
+                broken.append(h)
+                _holes.pop(h._lo, None)
+    return broken
+
+
+# ---------------------------------------------------------------- fork
+
+_snapshots: list[tuple[int, int, int]] = []
+
+
+def _before_fork() -> None:
+    _lock.acquire()
+    pid = os.getpid()
+    for h in _holes.values():
+        if h._pid == pid and not h.closed and not h._broken:
+            size = h._hi - h._lo
+            tmp = _linux.mmap(size, shared=False)
+            _linux.memmove(tmp, h._lo, size)
+            _snapshots.append((tmp, h._lo, size))
+
+
+def _after_fork_parent() -> None:
+    for tmp, _lo, size in _snapshots:
+        _linux.munmap(tmp, size)
+    _snapshots.clear()
+    _lock.release()
+
+
+def _after_fork_child() -> None:
+    global _lock
+    for tmp, lo, size in _snapshots:
+        _linux.mremap_over(tmp, size, lo)  # private copy, taken just before the fork
+    _snapshots.clear()
+    for h in list(_holes.values()):
+        h._finalizer.detach()  # the parent owns the segment; the child's pages are private
+        h._pin = None
+    _holes.clear()
+    _lock = threading.RLock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
+                    after_in_child=_after_fork_child)

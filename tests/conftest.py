@@ -1,0 +1,53 @@
+"""Shared fixtures: every test is checked for leaks (child processes, /dev/shm files)."""
+
+import gc
+import os
+import time
+
+import pytest
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            out.add(int(entry))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fails a test that leaves /dev/shm files or live child processes behind."""
+    shm_before = set(os.listdir("/dev/shm"))
+    kids_before = _children(os.getpid())
+    yield
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = _children(os.getpid()) - kids_before
+        leaked = {p for p in leaked if not _is_proxy(p)}
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"child processes left running: {sorted(leaked)}"
+    new_shm = set(os.listdir("/dev/shm")) - shm_before
+    assert not new_shm, f"files left in /dev/shm: {sorted(new_shm)}"
+
+
+def _is_proxy(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"driller.fdproxy" in f.read()
+    except OSError:
+        return False
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))

@@ -1,0 +1,121 @@
+"""The syscall layer: maps parsing, PROCMAP_QUERY, futex, cross-process copy."""
+
+import mmap
+import os
+import threading
+import time
+
+import numpy as np
+
+from driller import _linux
+
+SAMPLE = b"""\
+55d0c7a00000-55d0c7a21000 rw-p 00000000 00:00 0                          [heap]
+7f1c2a400000-7f1c2a600000 rw-s 00000000 00:01 1234                       /memfd:driller:arena (deleted)
+7f1c2b000000-7f1c2b028000 r--p 00000000 fd:01 5678                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd3c9e0000-7ffd3ca01000 rw-p 00000000 00:00 0                          [stack]
+7f1c2c000000-7f1c2c100000 rw-p 00000000 00:00 0 
+garbage line
+"""
+
+
+def test_parse_maps():
+    ms = _linux.parse_maps(SAMPLE)
+    assert len(ms) == 5
+    heap, memfd, libc, stack, anon = ms
+    assert heap.name == "[heap]" and heap.writable and not heap.shared and not heap.anonymous
+    assert memfd.shared and memfd.inode == 1234 and memfd.dev == os.makedev(0, 1)
+    assert memfd.name == "/memfd:driller:arena (deleted)"
+    assert libc.readable and not libc.writable and libc.dev == os.makedev(0xfd, 1)
+    assert stack.name == "[stack]"
+    assert anon.anonymous and anon.end - anon.start == 0x100000
+
+
+def test_query_agrees_with_proc_maps():
+    m = mmap.mmap(-1, 3 * _linux.PAGE_SIZE)
+    addr, _, _ = _linux.buffer_address(m)
+    q = _linux.query_mapping(addr + 5)
+    parsed = [x for x in _linux.read_maps() if x.start <= addr < x.end]
+    assert len(parsed) == 1
+    assert (q.start, q.end, q.shared, q.writable, q.inode) == \
+        (parsed[0].start, parsed[0].end, parsed[0].shared, parsed[0].writable, parsed[0].inode)
+    m.close()
+
+
+def test_memfd_seals_refuse_resize():
+    fd = _linux.memfd_create("test")
+    try:
+        os.ftruncate(fd, 8192)
+        _linux.add_seals(fd, _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW)
+        for size in (4096, 16384):
+            try:
+                os.ftruncate(fd, size)
+            except PermissionError:
+                pass
+            else:
+                raise AssertionError("sealed memfd was resized")
+        assert _linux.get_seals(fd) & _linux.F_SEAL_GROW
+    finally:
+        os.close(fd)
+
+
+def test_futex_wake_from_another_thread():
+    word = np.zeros(1, np.uint32)
+    addr = word.ctypes.data
+    woke = []
+
+    def waiter():
+        deadline = time.monotonic() + 10
+        while word[0] == 0 and time.monotonic() < deadline:
+            _linux.futex_wait(addr, 0, 1.0)
+        woke.append(int(word[0]))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    word[0] = 7
+    _linux.futex_wake(addr)
+    t.join(15)
+    assert woke == [7]
+
+
+def test_futex_waitv_times_out_when_nothing_changes():
+    words = np.zeros(2, np.uint32)
+    assert _linux.futex_waitv([(words.ctypes.data, 0), (words.ctypes.data + 4, 0)], 0.01) is False
+    # a value that already differs returns at once
+    assert _linux.futex_waitv([(words.ctypes.data, 1)], 5.0) is True
+
+
+def test_process_vm_readv_from_a_child():
+    src = np.arange(1 << 16, dtype=np.int64)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child keeps src alive at the same address until told to go
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        dst = np.zeros_like(src)
+        src[:] = -1  # the child's copy is the original arange (copy on write)
+        _linux.process_vm_readv(pid, dst.ctypes.data, src.ctypes.data, src.nbytes)
+        assert (dst == np.arange(1 << 16)).all()
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+def test_pidfd_sees_exit():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    fd = _linux.pidfd_open(pid)
+    try:
+        deadline = time.monotonic() + 10
+        while _linux.pidfd_alive(fd) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _linux.pidfd_alive(fd)
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
