@@ -47,6 +47,15 @@ def owner_main(q, go):
     go.wait(60)
 
 
+def try_attach_writable(handle):
+    import driller
+    try:
+        driller.attach(handle, readonly=False)
+    except driller.DrillerError as e:
+        return (type(e).__name__, str(e))
+    return ("attached", "")
+
+
 def stdin_peer():
     """Read a pickled array from stdin, add 1 to it in place, print its new sum."""
     arr = pickle.loads(sys.stdin.buffer.read())

@@ -32,7 +32,7 @@ def no_leaks():
     deadline = time.monotonic() + 5
     while True:
         leaked = _children(os.getpid()) - kids_before
-        leaked = {p for p in leaked if not _is_proxy(p)}
+        leaked = {p for p in leaked if not _is_expected(p)}
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -41,12 +41,18 @@ def no_leaks():
     assert not new_shm, f"files left in /dev/shm: {sorted(new_shm)}"
 
 
-def _is_proxy(pid: int) -> bool:
+# long-lived helpers that are not leaks: the fd proxy (exits with its last
+# client) and multiprocessing's own resource tracker and fork server
+_EXPECTED = (b"driller.fdproxy", b"resource_tracker", b"forkserver")
+
+
+def _is_expected(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"driller.fdproxy" in f.read()
+            cmd = f.read()
     except OSError:
-        return False
+        return True  # already gone
+    return any(x in cmd for x in _EXPECTED)
 
 
 def fd_count() -> int:

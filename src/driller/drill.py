@@ -82,11 +82,15 @@ def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> None:
         raise DrillError(f"cannot drill {n} bytes at {addr:#x}: {e}") from None
     for m in maps:
         what = m.name or "anonymous memory"
-        if m.shared:
+        shm = m.anonymous or m.name.startswith(("/memfd:", "/dev/zero", "/SYSV", "/dev/shm/"))
+        if m.shared and shm:
+            hint = ("mmap.mmap(-1, n) is MAP_SHARED: create it with flags=mmap.MAP_PRIVATE "
+                    "to drill it, or use driller.empty()" if m.name.startswith("/dev/zero")
+                    else "share it through its driller handle instead")
             raise DrillError(f"the buffer at {addr:#x} is already shared memory ({what}); "
-                             "share it with driller.attach of its handle instead")
-        if not m.anonymous and m.name not in ("[heap]",):
-            kind = "the stack" if m.name.startswith("[stack") else f"file-backed ({what})"
+                             + hint)
+        if not m.anonymous and m.name != "[heap]":
+            kind = "the stack" if m.name.startswith("[stack") else f"file-backed memory ({what})"
             raise DrillError(f"the buffer at {addr:#x} lies in {kind}: only anonymous "
                              "private memory can be drilled")
         if not m.writable:
@@ -102,7 +106,7 @@ def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> None:
             "(a small heap allocation): drilling it would share its neighbours and "
             "malloc's metadata. Allocate it with driller.empty()/driller.array(), or use "
             f"a buffer of at least {MIN_SHARED_EDGE_BYTES // 1024} KiB or a page-aligned one "
-            "such as mmap.mmap(-1, n)")
+            "such as mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)")
 
 
 class Hole:

@@ -42,7 +42,8 @@ class _Arena:
         _publish.register(self.segment.key, self)
 
     def region_for_handle(self, h):
-        return self.segment.region
+        # a child of the owner goes through the proxy like everyone else
+        return self.segment.region if self.segment.owner == os.getpid() else None
 
 
 class _Block:
@@ -63,7 +64,8 @@ class _Block:
                 "data": (self.segment.address + self.offset, False)}
 
     def region_for_handle(self, h):
-        return self.segment.region
+        # a child of the owner goes through the proxy like everyone else
+        return self.segment.region if self.segment.owner == os.getpid() else None
 
 
 # Finalizers must not take locks (they can run inside any allocation, with a

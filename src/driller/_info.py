@@ -1,0 +1,87 @@
+"""`driller info`: the fd proxy in use, its published segments, this process's cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .errors import ProxyError
+
+__all__ = ["main", "find_proxies", "info"]
+
+
+def find_proxies() -> list[str]:
+    """DRILLER_PROXY-style strings ('address|secret hex') of this user's running proxies."""
+    from .fdproxy import _BOOT_VAR
+    found = []
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        for var in env:
+            if var.startswith(_BOOT_VAR.encode() + b"="):
+                _fd, secret, name, *_ = var.split(b"=", 1)[1].decode().split("|")
+                found.append(f"\0{name}|{secret}")
+    return found
+
+
+def info(proxy: str | None = None) -> dict:
+    """What `driller info` prints, as a dict: proxies with their segments, and our cache."""
+    from .fdproxy import ENV_VAR, proxy_info
+    from .share import cache_info
+    targets = [proxy] if proxy else ([os.environ[ENV_VAR]] if os.environ.get(ENV_VAR)
+                                     else find_proxies())
+    proxies = []
+    for t in targets:
+        try:
+            proxies.append(proxy_info(t))
+        except ProxyError as e:
+            proxies.append({"address": t.split("|")[0], "error": str(e)})
+    return {"proxies": proxies, "cache": cache_info(), "pid": os.getpid()}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="driller info", description=__doc__)
+    ap.add_argument("--proxy", help="'<address>|<secret hex>' as in a job's DRILLER_PROXY "
+                    "(default: $DRILLER_PROXY, else every proxy of this user)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    args = ap.parse_args(argv)
+    data = info(args.proxy)
+    if args.json:
+        print(json.dumps(data, indent=2, default=repr))
+        return 0
+    if not data["proxies"]:
+        print("no driller fd proxy is running for this user")
+    for p in data["proxies"]:
+        addr = p.get("address", "?").replace("\0", "@")
+        if "error" in p:
+            print(f"proxy {addr}: {p['error']}")
+            continue
+        segs = p.get("segments", [])
+        print(f"proxy {addr}  pid {p.get('pid')}  clients {len(p.get('clients', []))}  "
+              f"segments {len(segs)}")
+        if segs:
+            print(f"  {'owner':>8}  {'size':>10}  {'subscribers':<20}  key")
+            for s in segs:
+                subs = ",".join(str(x) for x in s.get("subscribers", [])) or "-"
+                print(f"  {s.get('owner', '?'):>8}  {_size(s.get('nbytes', 0)):>10}  "
+                      f"{subs:<20}  {s.get('key')}")
+    c = data["cache"]
+    print(f"map cache of pid {data['pid']}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return 0

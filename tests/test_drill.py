@@ -1,0 +1,191 @@
+"""drill(): existing buffers made shareable in place, and everything that must be refused."""
+
+import gc
+import mmap
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import pickle
+
+import numpy as np
+import pytest
+
+import driller
+from driller import _linux
+
+import _peer
+
+HERE = os.path.dirname(__file__)
+
+
+def _addr(obj) -> int:
+    return _linux.buffer_address(memoryview(obj))[0]
+
+
+def _is_memfd(addr: int) -> bool:
+    m = _linux.query_mapping(addr)
+    return m.shared and "memfd:driller:hole" in m.name
+
+
+def _spawn_pool():
+    return multiprocessing.get_context("spawn").Pool(1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(1 << 20, dtype=np.float64),               # 8 MiB, own glibc mapping
+    lambda: np.arange(1 << 15, dtype=np.int32),                 # 128 KiB
+    lambda: mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE),        # one page, page-aligned
+    lambda: bytearray(os.urandom(1 << 20)),                     # 1 MiB bytearray
+], ids=["8MiB-array", "128KiB-array", "1-page-mmap", "1MiB-bytearray"])
+def test_drill_keeps_address_and_bytes_and_shares(make):
+    obj = make()
+    before = bytes(memoryview(obj).cast("B"))
+    addr = _addr(obj)
+    with driller.drill(obj) as hole:
+        assert _addr(obj) == addr and hole.address == addr
+        assert bytes(memoryview(obj).cast("B")) == before
+        assert _is_memfd(addr)
+        with _spawn_pool() as pool:  # an unrelated interpreter writes our memory
+            s = pool.apply(_peer.attach_and_fill, (hole.handle, 3))
+        view = np.frombuffer(memoryview(obj).cast("B"), np.uint8) if not \
+            isinstance(obj, np.ndarray) else obj
+        assert (view == 3).all()
+        assert s == float(3 * view.size)
+    assert not _is_memfd(addr)                # private again, same place, same bytes
+    assert _addr(obj) == addr
+    assert (view == 3).all()
+
+
+def test_attached_array_has_owner_dtype_and_shape():
+    a = np.zeros((512, 256), np.float32)
+    with driller.drill(a) as hole:
+        b = driller.attach(hole.handle)  # same process: a view of the same memory
+        assert b.shape == a.shape and b.dtype == a.dtype
+        b[3, 4] = 9
+        assert a[3, 4] == 9
+
+
+@pytest.mark.parametrize("obj,match", [
+    (np.zeros(10), "shares its pages"),
+    (bytearray(100), "shares its pages"),
+    (bytes(1 << 20), "read-only"),
+    (np.zeros((1024, 1024))[:, ::2], "contiguous"),
+    (object(), "buffer protocol"),
+    (bytearray(), "empty"),
+])
+def test_refused_buffers(obj, match):
+    with pytest.raises(driller.DrillError, match=match):
+        driller.drill(obj)
+
+
+def test_file_backed_and_already_shared_memory_refused():
+    with tempfile.TemporaryFile() as f:
+        f.truncate(1 << 16)
+        m = mmap.mmap(f.fileno(), 1 << 16)
+        with pytest.raises(driller.DrillError, match="file-backed"):
+            driller.drill(m)
+        m.close()
+    shared = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_SHARED)
+    with pytest.raises(driller.DrillError, match="already shared.*MAP_PRIVATE"):
+        driller.drill(shared)
+    shared.close()
+    with pytest.raises(driller.DrillError, match="already shared"):
+        driller.drill(driller.zeros(1 << 20))
+
+
+def test_drilling_twice_is_refused():
+    a = np.ones(1 << 18)
+    with driller.drill(a):
+        with pytest.raises(driller.DrillError, match="already drilled"):
+            driller.drill(a[10:])
+    driller.drill(a).close()  # fine again once closed
+
+
+def test_drilled_bytearray_cannot_resize_until_closed():
+    buf = bytearray(1 << 20)
+    hole = driller.drill(buf)
+    with pytest.raises(BufferError):
+        buf.extend(b"x" * 100)
+    with pytest.raises(BufferError):
+        del buf[:10]
+    hole.close()
+    buf.extend(b"x" * 100)
+    assert len(buf) == (1 << 20) + 100
+
+
+def test_memfd_is_sealed_against_resizing():
+    a = np.zeros(1 << 18)
+    with driller.drill(a) as hole:
+        fd = hole.segment.fd
+        seals = _linux.get_seals(fd)
+        assert seals & _linux.F_SEAL_SHRINK and seals & _linux.F_SEAL_GROW
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 4096)
+
+
+def test_fork_after_drill_gives_the_child_a_copy():
+    a = np.full(1 << 18, 1.0)
+    with driller.drill(a):
+        for _ in range(30):  # and malloc survives, many times in a row
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    junk = [bytearray(64 + i) for i in range(2000)]
+                    del junk
+                    a[:] = 2.0  # private in the child
+                    code = 0 if _is_memfd(_addr(a)) is False else 3
+                except BaseException:
+                    code = 4
+                os._exit(code)
+            junk = [bytearray(64 + i) for i in range(2000)]
+            del junk
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert (a == 1.0).all()
+
+
+def test_close_tells_peers_and_attach_is_refused():
+    a = np.ones(1 << 18)
+    hole = driller.drill(a)
+    h = hole.handle
+    with _spawn_pool() as pool:
+        assert pool.apply(_peer.attach_and_sum, (h,)) == float(1 << 18)
+        hole.close()
+        driller._publish.flush()
+        kind, msg = pool.apply(_peer.try_attach, (h,))
+    assert kind == "released", msg
+    with pytest.raises(driller.SegmentReleasedError):
+        hole.handle
+
+
+def test_readonly_hole_gives_readonly_peers():
+    a = np.arange(1 << 16, dtype=np.int64)
+    with driller.drill(a, readonly=True) as hole:
+        h = hole.handle
+        assert h.readonly
+        with _spawn_pool() as pool:
+            assert pool.apply(_peer.attach_and_sum, (h,)) == float(a.sum())
+            kind, msg = pool.apply(_peer.try_attach_writable, (h,))
+        assert kind == "DrillerError" and "read-only" in msg
+
+
+def test_unmapped_behind_our_back_is_noticed_and_released():
+    m = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE)
+    hole = driller.drill(m)
+    h = hole.handle
+    lo = _addr(m)
+    # "C code" replaces the range by fresh anonymous memory behind driller's back
+    _linux.mmap(1 << 16, addr=lo, shared=False)
+    broken = driller.check()
+    assert broken == [hole]
+    with pytest.raises(driller.SegmentReleasedError, match="behind driller's back"):
+        hole.handle
+    driller._publish.flush()
+    with _spawn_pool() as pool:
+        kind, _ = pool.apply(_peer.try_attach, (h,))
+    assert kind == "released"
+    hole.close()
+    m.close()
