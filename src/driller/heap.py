@@ -16,9 +16,10 @@ unpickling elsewhere raises :class:`~driller.SegmentReleasedError`.
 from __future__ import annotations
 
 import collections
+import math
+import operator
 import os
 import threading
-import weakref
 
 import numpy as np
 
@@ -53,10 +54,11 @@ class _Block:
     view dies the block returns to its arena (or its segment is released).
     """
 
-    __slots__ = ("segment", "offset", "nbytes", "arena", "__weakref__")
+    __slots__ = ("segment", "offset", "nbytes", "arena", "pid", "__weakref__")
 
     def __init__(self, segment: Segment, offset: int, nbytes: int, arena: _Arena | None):
         self.segment, self.offset, self.nbytes, self.arena = segment, offset, nbytes, arena
+        self.pid = _pid[0]
 
     @property
     def __array_interface__(self) -> dict:
@@ -67,32 +69,29 @@ class _Block:
         # a child of the owner goes through the proxy like everyone else
         return self.segment.region if self.segment.owner == os.getpid() else None
 
+    def __del__(self):
+        # Must not take locks (it can run inside any allocation, with a lock held
+        # by this very thread): queue the block; the allocator drains the queue.
+        if self.pid != _pid[0]:
+            return  # inherited through fork: the parent's memory
+        if self.arena is not None:
+            _freed.append((self.arena, self.offset))
+        else:
+            _publish.release(self.segment)
 
-# Finalizers must not take locks (they can run inside any allocation, with a
-# lock held by the same thread): they queue, and the allocator drains the queue.
+
+_pid = [os.getpid()]
 _freed: collections.deque = collections.deque()
 _lock = threading.Lock()
 _arenas: list[_Arena] = []
 _stats = {"arrays": 0, "large": 0, "arena_bytes": 0}
 
 
-def _block_dead(arena_ref, offset: int, pid: int) -> None:
-    if pid == os.getpid():
-        _freed.append((arena_ref, offset))
-
-
-def _segment_dead(segment: Segment) -> None:
-    _publish.release(segment)
-
-
 def _drain_freed() -> None:
     while _freed:
-        arena_ref, offset = _freed.popleft()
-        arena = arena_ref()
-        if arena is None:
-            continue
+        arena, offset = _freed.popleft()
         arena.free.free(offset)
-        if arena.free.empty and sum(a.free.empty for a in _arenas) > 1:
+        if arena.free.empty and arena in _arenas and sum(a.free.empty for a in _arenas) > 1:
             _arenas.remove(arena)  # keep one spare empty arena, drop the others
             _stats["arena_bytes"] -= arena.segment.nbytes
             _publish.release(arena.segment)
@@ -103,11 +102,11 @@ def _allocate(nbytes: int) -> _Block:
         seg = Segment(nbytes, "array")
         block = _Block(seg, 0, nbytes, None)
         _publish.register(seg.key, block)
-        weakref.finalize(block, _segment_dead, seg).atexit = False
         _stats["large"] += 1
         return block
     with _lock:
-        _drain_freed()
+        if _freed:
+            _drain_freed()
         for arena in reversed(_arenas):
             off = arena.free.alloc(nbytes)
             if off is not None:
@@ -118,9 +117,7 @@ def _allocate(nbytes: int) -> _Block:
             _stats["arena_bytes"] += arena.segment.nbytes
             off = arena.free.alloc(nbytes)
         _stats["arrays"] += 1
-    block = _Block(arena.segment, off, nbytes, arena)
-    weakref.finalize(block, _block_dead, weakref.ref(arena), off, os.getpid()).atexit = False
-    return block
+    return _Block(arena.segment, off, nbytes, arena)
 
 
 def _after_fork_in_child() -> None:
@@ -128,6 +125,7 @@ def _after_fork_in_child() -> None:
     # but the child never allocates from them nor frees into them.
     global _lock
     _lock = threading.Lock()
+    _pid[0] = os.getpid()
     _arenas.clear()
     _freed.clear()
 
@@ -203,7 +201,7 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
 
 
 def _rebuild(h: Handle) -> np.ndarray:
-    from .share import attach
+    from .share import attach  # share imports heap: import here, cached by Python
     return attach(h)
 
 
@@ -213,11 +211,11 @@ def _wrap(block: _Block, shape, dtype, order: str) -> SharedArray:
 
 def _normalize(shape, dtype):
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    shape = (operator.index(shape),) if not hasattr(shape, "__len__") \
+        else tuple(operator.index(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimensions are not allowed: {shape}")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return shape, dtype, nbytes
+    return shape, dtype, math.prod(shape) * dtype.itemsize
 
 
 def empty(shape, dtype=float, order: str = "C") -> SharedArray:

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from . import _publish
+from . import _publish, mapcache
+from .heap import SharedArray
 from .errors import DrillerError, SegmentReleasedError
 from .segment import Handle, Region
 
@@ -21,8 +22,7 @@ def _region_for(h: Handle, readonly: bool) -> Region:
             return region
     if h.owner == os.getpid():
         raise SegmentReleasedError(f"segment {h.key} was released by its owner (this process)")
-    from .mapcache import cache
-    region = cache().map(h.proxy, h.secret, h.key, h.nbytes, readonly=readonly)
+    region = mapcache.cache().map(h.proxy, h.secret, h.key, h.nbytes, readonly=readonly)
     if region.origin is None:
         region.origin = h
     return region
@@ -38,7 +38,7 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
     Raises :class:`~driller.SegmentReleasedError` if the owner released the
     segment, :class:`~driller.ProxyError` if its proxy is unknown or unreachable.
     """
-    if not isinstance(handle, Handle):
+    if type(handle) is not Handle:
         raise DrillerError(f"attach() takes a driller.Handle, not {type(handle).__name__}; "
                            "get one from Hole.handle or driller.handle(shared_array)")
     if readonly is None:
@@ -46,7 +46,6 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
     elif handle.readonly and not readonly:
         raise DrillerError(f"handle {handle.key} is read-only: attach it with readonly=True")
     region = _region_for(handle, readonly)
-    from .heap import SharedArray
     raw = np.asarray(region)
     if handle.dtype is None:
         arr = raw[handle.offset:]
@@ -61,5 +60,4 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
 
 def cache_info() -> dict:
     """This process's map cache: hits, misses, evictions, entries, bytes mapped."""
-    from .mapcache import cache
-    return cache().info()
+    return mapcache.cache().info()

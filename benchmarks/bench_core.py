@@ -1,0 +1,126 @@
+"""Core benchmark (issue: shareable memory): pickling, attach, drill, small allocations.
+
+    .venv/bin/python benchmarks/bench_core.py [--rounds 15]
+
+Every figure is a median over rounds with its min-max; methods that are
+compared are measured in the same round, interleaved, and their ratio is
+taken per round.  Machines here are noisy (2 vCPUs): read spreads, not digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import pickle
+import statistics
+import time
+
+import numpy as np
+
+import driller
+from driller import _linux, mapcache
+
+MiB = 1 << 20
+
+
+def _t(fn, repeat=1):
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def _fmt(xs, unit=1e-6, suffix="µs"):
+    xs = sorted(xs)
+    return (f"{statistics.median(xs) / unit:10.2f} {suffix}  "
+            f"[{xs[0] / unit:.2f} – {xs[-1] / unit:.2f}]")
+
+
+def bench_pickle(rounds):
+    plain = np.random.default_rng(0).random(8 * MiB)  # 64 MiB
+    shared = driller.array(plain)
+    rows = {"numpy pickle dumps+loads": [], "driller dumps+loads": [], "ratio": []}
+    for _ in range(rounds):
+        a = _t(lambda: pickle.loads(pickle.dumps(plain, protocol=5)))
+        b = _t(lambda: pickle.loads(pickle.dumps(shared, protocol=5)), 20)
+        rows["numpy pickle dumps+loads"].append(a)
+        rows["driller dumps+loads"].append(b)
+        rows["ratio"].append(a / b)
+    size = len(pickle.dumps(shared, protocol=5))
+    return rows, f"pickle of a 64 MiB array: driller's is {size} bytes"
+
+
+def bench_attach(rounds):
+    ctx = multiprocessing.get_context("spawn")
+    q, go = ctx.Queue(), ctx.Event()
+    segs = []
+    owner = ctx.Process(target=_attach_owner, args=(q, go, rounds))
+    owner.start()
+    try:
+        handles = q.get(timeout=120)
+        cold, cached = [], []
+        for h in handles:
+            cold.append(_t(lambda: segs.append(driller.attach(h))))
+            cached.append(_t(lambda: driller.attach(h), 200))
+    finally:
+        go.set()
+        owner.join(60)
+    cache = mapcache.cache()
+    return {"attach 64 MiB, cold (proxy fetch + mmap)": cold,
+            "attach 64 MiB, cached": cached}, f"cache: {cache.info()}"
+
+
+def _attach_owner(q, go, n):
+    arrs = [driller.zeros(8 * MiB) for _ in range(n)]
+    q.put([driller.handle(a) for a in arrs])
+    go.wait(600)
+
+
+def bench_drill(rounds):
+    rows = {"drill, per MiB (64 MiB array)": [], "memcpy, per MiB (np.copyto)": [],
+            "ratio drill/memcpy": []}
+    n = 64 * MiB
+    for _ in range(rounds):
+        src = np.ones(n // 8)
+        dst = np.empty_like(src)
+        dst[:] = 0  # fault it in: a memcpy into warm memory
+        c = _t(lambda: np.copyto(dst, src)) / 64
+        box = []
+        d = _t(lambda: box.append(driller.drill(src))) / 64
+        box[0].close()
+        rows["drill, per MiB (64 MiB array)"].append(d)
+        rows["memcpy, per MiB (np.copyto)"].append(c)
+        rows["ratio drill/memcpy"].append(d / c)
+    return rows, f"page size {_linux.PAGE_SIZE}"
+
+
+def bench_alloc(rounds):
+    rows = {"np.empty(100)": [], "driller.empty(100)": [], "ratio": []}
+    for _ in range(rounds):
+        a = _t(lambda: np.empty(100), 2000)
+        keep = []
+        b = _t(lambda: keep.append(driller.empty(100)), 2000)
+        del keep
+        rows["np.empty(100)"].append(a)
+        rows["driller.empty(100)"].append(b)
+        rows["ratio"].append(b / a)
+    return rows, ""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    for fn in (bench_pickle, bench_attach, bench_drill, bench_alloc):
+        rows, note = fn(args.rounds)
+        print(f"\n## {fn.__name__[6:]}  {note}")
+        for name, xs in rows.items():
+            if name.startswith("ratio"):
+                xs = sorted(xs)
+                print(f"  {name:<44} {statistics.median(xs):10.2f} ×  [{xs[0]:.2f} – {xs[-1]:.2f}]")
+            else:
+                print(f"  {name:<44} {_fmt(xs)}")
+
+
+if __name__ == "__main__":
+    main()
