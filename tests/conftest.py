@@ -27,8 +27,11 @@ def no_leaks():
     """Fails a test that leaves /dev/shm files or live child processes behind."""
     shm_before = set(os.listdir("/dev/shm"))
     kids_before = _children(os.getpid())
+    memfds_before = _memfds()
     yield
     gc.collect()
+    leaked_fds = _memfds() - memfds_before
+    assert not leaked_fds, f"memfd fds left open: {sorted(leaked_fds)}"
     deadline = time.monotonic() + 5
     while True:
         leaked = _children(os.getpid()) - kids_before
@@ -53,6 +56,19 @@ def _is_expected(pid: int) -> bool:
     except OSError:
         return True  # already gone
     return any(x in cmd for x in _EXPECTED)
+
+
+def _memfds() -> set[tuple[int, str]]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        # heap arenas live as long as the process (like malloc's heap), bounded
+        if target.startswith("/memfd:") and "driller:arena" not in target:
+            out.add((int(fd), target))
+    return out
 
 
 def fd_count() -> int:
