@@ -545,8 +545,10 @@ def child_pids(pid: int | str = "self") -> list[int]:
     return out
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is pgid (a /proc scan)."""
+def group_pids(pgid) -> list[int]:
+    """Live (non-zombie) processes whose process group is pgid, or one of the
+    pgids if a collection is given (one /proc scan)."""
+    pgids = {pgid} if isinstance(pgid, int) else set(pgid)
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -557,7 +559,7 @@ def group_pids(pgid: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
         # fields: state ppid pgrp ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        if len(fields) > 2 and int(fields[2]) in pgids and fields[0] not in (b"Z", b"X"):
             out.append(int(name))
     return out
 
@@ -611,3 +613,13 @@ def mem_total() -> int:
         return os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
     except (OSError, ValueError):  # pragma: no cover
         return 1 << 33
+
+
+def proc_ids(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of a process from /proc/PID/stat, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1]), int(fields[2])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None

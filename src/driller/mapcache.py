@@ -1,0 +1,195 @@
+"""A process's cache of peers' segments it has mapped.
+
+Attaching to a peer's segment costs a round trip to the fd proxy and an mmap;
+attaching again to the same segment should cost neither.  :class:`MapCache`
+keeps the :class:`~driller.segment.Region` of every segment mapped through it,
+keyed by (segment key, read-only), in LRU order, bounded by a number of entries
+(each costs a VMA; ``vm.max_map_count`` is finite) and by mapped bytes.
+
+No fd is kept per entry: the fd fetched from the proxy is closed as soon as the
+segment is mapped (the mapping holds the memory).
+
+Dropping an entry (eviction, invalidation, :meth:`MapCache.clear`) only drops
+the cache's reference: a Region unmaps itself when its last numpy view is gone,
+so memory still in use is never unmapped under anyone.
+
+Release notices from the fd proxy are drained on every :meth:`MapCache.map`
+(one non-blocking poll when there are none) and invalidate the released keys,
+so a segment whose owner released it is never served from the cache once the
+notice has arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+from . import _linux
+from .errors import DrillerError
+from .fdproxy import ProxyClient
+from .segment import Region
+
+__all__ = ["MapCache", "cache"]
+
+ENV_MAX_BYTES = "DRILLER_CACHE_MAX_BYTES"
+ENV_MAX_ENTRIES = "DRILLER_CACHE_MAX_ENTRIES"
+_GiB = 1 << 30
+
+
+def default_max_entries() -> int:
+    """min(4096, vm.max_map_count // 8): leaves most VMAs to the rest of the process."""
+    return max(16, min(4096, _linux.max_map_count() // 8))
+
+
+def default_max_bytes() -> int:
+    """min(8 GiB, half the physical memory), at least 256 MiB.
+
+    Mapped bytes cost address space and page tables, not memory, while the owner
+    keeps its segment; the bound matters for segments the owner has freed and we
+    have not yet heard of.
+    """
+    return max(256 << 20, min(8 * _GiB, _linux.mem_total() // 2))
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if not v:
+        return None
+    try:
+        n = int(float(v)) if any(c in v for c in ".eE") else int(v, 0)
+    except ValueError:
+        raise DrillerError(f"{name}={v!r} is not a number") from None
+    if n <= 0:
+        raise DrillerError(f"{name}={v!r} must be positive")
+    return n
+
+
+class MapCache:
+    """LRU cache of mapped peer segments (thread-safe)."""
+
+    def __init__(self, max_bytes: int | None = None, max_entries: int | None = None):
+        if max_bytes is None:
+            max_bytes = _env_int(ENV_MAX_BYTES) or default_max_bytes()
+        if max_entries is None:
+            max_entries = _env_int(ENV_MAX_ENTRIES) or default_max_entries()
+        if max_bytes <= 0 or max_entries <= 0:
+            raise ValueError("cache bounds must be positive")
+        self.max_bytes = int(max_bytes)
+        self.max_entries = int(max_entries)
+        self._entries: OrderedDict[tuple[str, bool], Region] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.RLock()
+        self.hits = self.misses = self.evictions = self.invalidations = 0
+
+    @staticmethod
+    def _size(region: Region) -> int:
+        return max(_linux.page_ceil(region.nbytes), _linux.PAGE_SIZE)
+
+    def map(self, address: str, secret: bytes, key: str, nbytes: int,
+            readonly: bool = False) -> Region:
+        """A Region of at least ``nbytes`` over segment ``key`` of the proxy at ``address``.
+
+        Raises :class:`~driller.SegmentReleasedError` if the owner released it,
+        :class:`~driller.ProxyError` if the proxy is unreachable or refuses us.
+        """
+        client = ProxyClient.get()
+        released = client.released_keys()
+        ek = (key, bool(readonly))
+        with self._lock:
+            if released:
+                for k in released:
+                    self._drop_key(k)
+            region = self._entries.get(ek)
+            if region is not None and region.nbytes >= nbytes:
+                self._entries.move_to_end(ek)
+                self.hits += 1
+                return region
+            self.misses += 1
+            fd, _meta = client.fetch(address, secret, key)
+            try:
+                size = _linux.fd_size(fd)
+                if nbytes > size:
+                    raise DrillerError(
+                        f"segment {key!r} has {size} bytes, fewer than the {nbytes} asked "
+                        "for: the handle does not match the segment")
+                region = Region(fd, nbytes, readonly=bool(readonly))
+            finally:
+                os.close(fd)
+            old = self._entries.pop(ek, None)
+            if old is not None:  # a smaller mapping of the same segment
+                self._bytes -= self._size(old)
+            self._entries[ek] = region
+            self._bytes += self._size(region)
+            self._evict()
+            return region
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while len(entries) > 1 and (len(entries) > self.max_entries
+                                    or self._bytes > self.max_bytes):
+            _, region = entries.popitem(last=False)
+            self._bytes -= self._size(region)
+            self.evictions += 1
+
+    def _drop_key(self, key: str) -> None:
+        for ek in ((key, False), (key, True)):
+            region = self._entries.pop(ek, None)
+            if region is not None:
+                self._bytes -= self._size(region)
+                self.invalidations += 1
+
+    def invalidate(self, key: str) -> None:
+        """Forget key's mappings (views already handed out stay valid)."""
+        with self._lock:
+            self._drop_key(key)
+
+    def info(self) -> dict:
+        with self._lock:
+            return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                    "invalidations": self.invalidations, "entries": len(self._entries),
+                    "bytes": self._bytes, "max_entries": self.max_entries,
+                    "max_bytes": self.max_bytes}
+
+    def clear(self) -> None:
+        """Forget every mapping (views already handed out stay valid)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return (key, False) in self._entries or (key, True) in self._entries
+
+    def __repr__(self) -> str:
+        return (f"<driller.MapCache {len(self._entries)}/{self.max_entries} entries, "
+                f"{self._bytes}/{self.max_bytes} bytes>")
+
+
+_cache: MapCache | None = None
+_cache_lock = threading.Lock()
+
+
+def cache() -> MapCache:
+    """This process's cache (a fresh, empty one in a forked child)."""
+    global _cache
+    c = _cache
+    if c is None:
+        with _cache_lock:
+            if _cache is None:
+                _cache = MapCache()
+            c = _cache
+    return c
+
+
+def _after_fork_in_child() -> None:
+    # the parent's entries were fetched on the parent's connection: no notices reach
+    # us for them, so start empty (the inherited mappings go with their last view)
+    global _cache, _cache_lock
+    _cache = None
+    _cache_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,548 @@
+"""The fd proxy with real processes, sockets and memfds."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from driller import _linux
+from driller.errors import ProxyError, SegmentReleasedError
+from driller.fdproxy import ENV_VAR, ProxyClient, _show, proxy_info
+from driller.segment import Region, Segment
+
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/src"
+pytestmark = pytest.mark.timeout(60)
+
+
+def wait_until(cond, limit=15.0):
+    """Poll cond() until true or `limit` seconds pass (a way out, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def in_child(fn, *args):
+    """Run fn(*args) in a forked child; return ("ok", result) or ("err", "Type: msg")."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 0
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(55)  # a child that hangs dies anyway: no leaked process
+        try:
+            os.close(r)
+            try:
+                res = ("ok", fn(*args))
+            except BaseException as e:  # noqa: BLE001
+                res = ("err", f"{type(e).__name__}: {e}")
+            os.write(w, pickle.dumps(res))
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return pickle.loads(b"".join(chunks))
+
+
+@pytest.fixture
+def client(monkeypatch):
+    """A private client (not the process singleton) with its own, fresh proxy."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    c = ProxyClient()
+    yield c
+    pid = c._own.server_pid if c._own is not None and not c._own.dead else None
+    c.close()
+    while _made:
+        _made.pop().close_fd()
+    if pid is not None:  # no leaked proxy: it exits once its last client is gone
+        assert wait_until(lambda: not _linux.pid_alive(pid)), f"proxy {pid} outlived its clients"
+
+
+_made: list[Segment] = []  # closed by the client fixture
+
+
+def make_segment(client, nbytes=1 << 16, fill=None, **meta):
+    seg = Segment(nbytes)
+    _made.append(seg)
+    if fill is not None:
+        np.asarray(seg.region)[:] = fill
+    client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "dtype": "uint8", **meta})
+    return seg
+
+
+# ------------------------------------------------------------------ basics
+
+def test_publish_then_fetch_in_forked_child_shares_memory(client):
+    seg = make_segment(client, fill=7)
+    addr, secret = client.address, client.secret
+    assert os.environ[ENV_VAR] == f"{_show(addr)}|{secret.hex()}"
+
+    def child():
+        c = ProxyClient.get()
+        fd, meta = c.fetch(addr, secret, seg.key)
+        try:
+            region = Region(fd, meta["nbytes"])
+        finally:
+            os.close(fd)
+        a = np.asarray(region)
+        seen = int(a[0]), int(a[-1])
+        a[:] = 42
+        return seen, meta
+
+    status, res = in_child(child)
+    assert status == "ok", res
+    assert res == ((7, 7), {"nbytes": seg.nbytes, "dtype": "uint8"})
+    assert np.all(np.asarray(seg.region) == 42)  # written through the child's mapping
+
+
+def test_fetch_from_fresh_subprocess(client):
+    seg = make_segment(client, nbytes=8192, fill=3)
+    code = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        from driller.fdproxy import ProxyClient
+        from driller.segment import Region
+        addr, secret, key = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
+        addr = "\\0" + addr[1:]
+        fd, meta = ProxyClient.get().fetch(addr, secret, key)
+        r = Region(fd, meta["nbytes"]); os.close(fd)
+        a = np.asarray(r)
+        print(int(a.sum()), meta["nbytes"])
+        a[:] = 9
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop(ENV_VAR)  # the address+secret come only from the command line
+    out = subprocess.run([sys.executable, "-c", code, _show(client.address),
+                          client.secret.hex(), seg.key],
+                         capture_output=True, text=True, env=env, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(3 * 8192), "8192"]
+    assert np.all(np.asarray(seg.region) == 9)
+
+
+def test_fetch_own_segment_and_meta_roundtrip(client):
+    seg = make_segment(client, fill=1)
+    fd, meta = client.fetch(client.address, client.secret, seg.key)
+    try:
+        assert _linux.fd_size(fd) == seg.nbytes
+        assert _linux.fd_inode(fd) == seg.inode  # the very same memfd
+    finally:
+        os.close(fd)
+    assert meta["nbytes"] == seg.nbytes
+
+
+def test_segments_and_proxy_info(client):
+    seg = make_segment(client)
+    info = proxy_info()  # os.environ's proxy (set by the first publish)
+    assert info["pid"] == client.proxy_pid
+    assert info["address"] == client.address
+    assert [s["key"] for s in info["segments"]] == [seg.key]
+    assert os.getpid() in [c["pid"] for c in info["clients"]]
+    os.close(client.fetch(client.address, client.secret, seg.key)[0])
+    [s] = client.segments()
+    assert (s["key"], s["owner"], s["nbytes"], s["subscribers"]) == (
+        seg.key, os.getpid(), seg.nbytes, [os.getpid()])
+    # by explicit "address|secret"
+    assert proxy_info(f"{_show(client.address)}|{client.secret.hex()}")["pid"] == info["pid"]
+
+
+def test_proxy_info_without_proxy_raises(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(ProxyError):
+        proxy_info()
+    with pytest.raises(ProxyError, match="cannot reach"):
+        proxy_info("@driller-nonexistent-0|" + "00" * 16)
+
+
+def test_large_messages_are_split(client):
+    # > 64 KiB of listing: several SEQPACKET parts
+    segs = [make_segment(client, 4096, blob="x" * 4000) for _ in range(40)]
+    listing = client.segments()
+    assert sorted(x["key"] for x in listing) == sorted(s.key for s in segs)
+    assert all(x["meta"]["blob"] == "x" * 4000 for x in listing)
+
+
+def test_duplicate_publish_refused(client):
+    seg = make_segment(client)
+    with pytest.raises(ProxyError, match="already published"):
+        client.publish(seg.key, seg.fd, {})
+
+
+# ------------------------------------------------------------------ auth
+
+def test_wrong_secret_refused(client):
+    seg = make_segment(client)
+    addr = client.address
+    bad = bytes(16)
+
+    def child():  # a fresh connection: the proxy itself refuses
+        return ProxyClient.get().fetch(addr, bad, seg.key)
+
+    status, res = in_child(child)
+    assert status == "err" and res.startswith("ProxyError") and "wrong secret" in res, res
+    # an already open connection: refused without asking the proxy
+    with pytest.raises(ProxyError, match="wrong secret"):
+        client.fetch(addr, bad, seg.key)
+
+
+def test_other_user_cannot_get_fds(client):
+    seg = make_segment(client)
+    addr, secret = client.address, client.secret
+
+    def child(raw: bool):
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        if not raw:
+            return ProxyClient.get().fetch(addr, secret, seg.key)
+        # bypass the client's own uid check: speak the protocol by hand
+        from driller import fdproxy
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(addr)
+        got = []
+        try:  # the proxy may have hung up already (EPIPE): that is a refusal too
+            s.sendmsg([fdproxy._LAST + fdproxy._MAGIC + secret])
+            for _ in range(3):
+                data, anc, _, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(64))
+                if not data:
+                    break
+                got.append((pickle.loads(data[1:])[0], len(anc)))
+                s.sendmsg([fdproxy._packets(("fetch", seg.key))[0]])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.close()
+        return got
+
+    status, res = in_child(child, False)
+    assert status == "err" and res.startswith("ProxyError") and "uid" in res, res
+    status, res = in_child(child, True)
+    assert status == "ok", res
+    assert res in ([("refused", 0)], [])  # at most a refusal; never hello, never an fd
+
+
+# ------------------------------------------------------------------ release
+
+def test_release_notifies_subscriber(client):
+    seg = make_segment(client)
+    addr, secret = client.address, client.secret
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            c = ProxyClient.get()
+            fd, _ = c.fetch(addr, secret, seg.key)
+            os.close(fd)
+            before = c.released_keys()
+            os.write(to_parent_w, b"f")
+            os.read(to_child_r, 1)           # parent has released
+            after = c.released_keys()
+            try:
+                c.fetch(addr, secret, seg.key)
+                err = "no error"
+            except SegmentReleasedError as e:
+                err = str(e)
+            ok = not before and after == {seg.key} and seg.key in err and \
+                str(os.getppid()) in err and c.released_keys() == set()
+            code = 0 if ok else 2
+            if not ok:
+                os.write(2, f"{before} {after} {err}\n".encode())
+        finally:
+            os._exit(code)
+    assert os.read(to_parent_r, 1) == b"f"
+    assert client.segments()[0]["subscribers"] == [pid]
+    client.release(seg.key)        # returns once the proxy has processed it
+    client.release(seg.key)        # unknown key now: no error
+    client.release("never-published")
+    os.write(to_child_w, b"r")
+    _, status = os.waitpid(pid, 0)
+    for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(SegmentReleasedError, match=seg.key):
+        client.fetch(client.address, client.secret, seg.key)
+
+
+def test_only_the_owner_connection_releases(client):
+    seg = make_segment(client)
+    addr, secret = client.address, client.secret
+
+    def child():  # a forked child inherits the Segment object but not the ownership
+        c = ProxyClient.get()
+        c.release(seg.key)
+        c.ping()
+        fd, _ = c.fetch(addr, secret, seg.key)
+        os.close(fd)
+        return True
+
+    assert in_child(child) == ("ok", True)
+    assert [s["key"] for s in client.segments()] == [seg.key]
+
+
+def test_owner_sigkill_releases_and_notifies(client):
+    # the parent only fetches; a forked child owns the segment
+    addr, secret = client.address, client.secret
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            c = ProxyClient.get()
+            seg = Segment(1 << 16)
+            np.asarray(seg.region)[:] = 5
+            c.publish(seg.key, seg.fd, {"nbytes": seg.nbytes})
+            os.write(w, seg.key.encode())
+            signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    key = os.read(r, 200).decode()
+    os.close(r)
+    fd, meta = client.fetch(addr, secret, key)
+    region = Region(fd, meta["nbytes"])
+    os.close(fd)
+    view = np.asarray(region)
+    assert view.sum() == 5 * view.size
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    got = set()
+
+    def noticed():
+        client.ping()
+        got.update(client.released_keys())
+        return key in got
+
+    assert wait_until(noticed)
+    with pytest.raises(SegmentReleasedError, match=f"pid {pid}"):
+        client.fetch(addr, secret, key)
+    assert view.sum() == 5 * view.size  # our mapping outlives the owner
+    view[:] = 6
+    assert view.sum() == 6 * view.size
+
+
+def test_notices_arrive_while_waiting_for_a_reply(client):
+    # a second client in this process subscribes to many keys and does not drain notices
+    # while the owner releases them all; its next request must still get the right reply
+    # (1000 notices overflow the socket buffer: the proxy must queue, not block)
+    keep = make_segment(client, nbytes=4096)
+    keys = [f"{os.getpid()}-many-{i}" for i in range(1000)]
+    for k in keys:
+        client.publish(k, keep.fd, {"nbytes": 4096})
+    other = ProxyClient()
+    try:
+        for k in keys:
+            os.close(other.fetch(client.address, client.secret, k)[0])
+        for k in keys:
+            client.release(k)
+        fd, meta = other.fetch(client.address, client.secret, keep.key)
+        os.close(fd)
+        assert meta["nbytes"] == 4096
+        assert other.released_keys() == set(keys)
+        assert other.released_keys() == set()
+        assert [s["key"] for s in client.segments()] == [keep.key]
+    finally:
+        other.close()
+
+
+# ------------------------------------------------------------------ lifetime
+
+def test_proxy_exits_when_last_client_is_gone(client):
+    seg = make_segment(client)
+    proxy_pid = client.proxy_pid
+    addr, secret = client.address, client.secret
+
+    def child():
+        os.close(ProxyClient.get().fetch(addr, secret, seg.key)[0])
+        return len(proxy_info()["clients"])
+
+    assert in_child(child) == ("ok", 2)  # the child's and ours
+    assert _linux.pid_alive(proxy_pid)  # still serving us after the child's exit
+    os.close(client.fetch(addr, secret, seg.key)[0])
+    client.close()
+    assert wait_until(lambda: not _linux.pid_alive(proxy_pid))
+    with pytest.raises(ProxyError, match="cannot reach"):
+        ProxyClient().fetch(addr, secret, seg.key)
+
+
+def _abstract_names() -> set[str]:
+    with open("/proc/net/unix") as f:
+        return {line.split()[-1] for line in f if line.split()[-1].startswith("@driller-")}
+
+
+def test_unused_proxy_exits_by_itself(monkeypatch):
+    from driller import fdproxy
+    address, _secret = fdproxy._start_proxy()  # nobody ever connects
+    name = _show(address)
+    assert name in _abstract_names()
+    assert wait_until(lambda: name not in _abstract_names(), limit=30)
+
+
+def test_fork_child_uses_its_own_connection(client):
+    seg = make_segment(client, fill=1)
+    addr, secret = client.address, client.secret
+    parent_fd = client._own.fd
+    parent_ino = os.fstat(parent_fd).st_ino
+
+    def child():
+        c = ProxyClient.get()
+        assert c is not client
+        with pytest.raises(ProxyError, match="fork"):
+            client.fetch(addr, secret, seg.key)  # the parent's object is unusable here
+        try:  # the inherited copy of the parent's socket was closed at fork
+            inherited = os.fstat(parent_fd).st_ino == parent_ino
+        except OSError:
+            inherited = False
+        fd, _ = c.fetch(addr, secret, seg.key)
+        os.close(fd)
+        info = proxy_info()
+        return inherited, c._conns[addr].fd != parent_fd or True, sorted(
+            x["pid"] for x in info["clients"])
+
+    status, res = in_child(child)
+    assert status == "ok", res
+    inherited, _, pids = res
+    assert not inherited
+    assert len(pids) == 2 and os.getpid() in pids
+    # the parent's connection is intact after the child exited
+    fd, _ = client.fetch(addr, secret, seg.key)
+    os.close(fd)
+
+
+def test_singleton_per_process_and_fresh_after_fork(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+    def child():
+        a = ProxyClient.get()
+        seg = Segment(4096)
+        a.publish(seg.key, seg.fd, {})
+        pid = a.proxy_pid
+
+        def grandchild():
+            b = ProxyClient.get()
+            return b is not a, b.proxy_pid  # joins the parent's proxy via os.environ
+
+        res = in_child(grandchild)
+        same = ProxyClient.get() is a
+        a.close()
+        return same, res, pid
+
+    status, res = in_child(child)
+    assert status == "ok", res
+    same, (gstatus, (fresh, gpid)), pid = res
+    assert same and gstatus == "ok" and fresh and gpid == pid
+    assert wait_until(lambda: not _linux.pid_alive(pid))
+
+
+# ------------------------------------------------------------------ no leaks
+
+def test_1000_cycles_leak_no_fds(client):
+    seg = make_segment(client)  # start the proxy; warm up
+    addr, secret = client.address, client.secret
+    proxy_fds = f"/proc/{client.proxy_pid}/fd"
+    os.close(client.fetch(addr, secret, seg.key)[0])
+    client.released_keys()
+    mine, theirs = fd_count(), len(os.listdir(proxy_fds))
+    fd = _linux.memfd_create("cycle")
+    os.ftruncate(fd, 4096)
+    released = set()
+    for i in range(1000):
+        key = f"{os.getpid()}-cycle-{i}"
+        client.publish(key, fd, {"nbytes": 4096})
+        f2, _ = client.fetch(addr, secret, key)
+        os.close(f2)
+        client.release(key)
+        released |= client.released_keys()
+    os.close(fd)
+    assert len(released) == 1000
+    assert fd_count() == mine
+    assert len(os.listdir(proxy_fds)) <= theirs  # a leak would be 1000 fds
+
+
+def test_threads_share_one_client(client):
+    # fetches and notice drains from several threads on one connection
+    import threading
+    segs = [make_segment(client, nbytes=4096) for _ in range(50)]
+    addr, secret = client.address, client.secret
+    other = ProxyClient()
+    errors, released = [], set()
+    lock = threading.Lock()
+
+    def worker(i):
+        try:
+            for j in range(100):
+                fd, meta = other.fetch(addr, secret, segs[(i + j) % 50].key)
+                os.close(fd)
+                assert meta["nbytes"] == 4096
+                got = other.released_keys()
+                with lock:
+                    released.update(got)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    os.close(other.fetch(addr, secret, segs[0].key)[0])  # opens other's connection
+    before = fd_count()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert fd_count() == before
+        for s in segs[:10]:
+            client.release(s.key)
+        os.close(other.fetch(addr, secret, segs[-1].key)[0])  # notices precede the reply
+        released |= other.released_keys()
+        assert released == {s.key for s in segs[:10]}
+    finally:
+        other.close()
+
+
+def test_interrupted_call_does_not_desynchronise_replies(client, monkeypatch):
+    from driller import fdproxy
+    a = make_segment(client, 4096, tag="a")
+    b = make_segment(client, 8192, tag="b")
+    real = fdproxy._Conn._read_reply
+    calls = []
+
+    def interrupted(self):
+        if not calls:
+            calls.append(1)
+            raise KeyboardInterrupt  # as if Ctrl-C hit while waiting for the reply
+        return real(self)
+
+    monkeypatch.setattr(fdproxy._Conn, "_read_reply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        client.fetch(client.address, client.secret, a.key)
+    fd, meta = client.fetch(client.address, client.secret, b.key)  # not a's late reply
+    try:
+        assert meta["tag"] == "b" and _linux.fd_inode(fd) == b.inode
+    finally:
+        os.close(fd)
+    before = fd_count()
+    assert [s["key"] for s in client.segments()] == [a.key, b.key]
+    assert fd_count() == before  # a's late fd was closed, not leaked
