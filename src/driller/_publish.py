@@ -110,9 +110,11 @@ def _releaser(r: int) -> None:
 
 
 def flush() -> None:
-    """Send queued releases to the proxy now."""
-    if not _pending:
-        return
+    """Send queued releases to the proxy now; returns once the proxy has them all.
+
+    The lock is taken even when nothing is queued: the releaser thread may be
+    sending one right now, and the caller wants it done when we return.
+    """
     with _lock:
         client = None
         while _pending:
