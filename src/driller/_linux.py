@@ -623,3 +623,15 @@ def proc_ids(pid: int) -> tuple[str, int, int] | None:
         return fields[0].decode(), int(fields[1]), int(fields[2])
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return None
+
+
+PR_GET_CHILD_SUBREAPER = 37
+
+
+def get_child_subreaper() -> bool:
+    """Whether this process is a child subreaper."""
+    flag = ctypes.c_int(0)
+    if _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.cast(ctypes.byref(flag), ctypes.c_void_p).value,
+                   0, 0, 0) != 0:
+        raise _oserror("prctl(PR_GET_CHILD_SUBREAPER)")
+    return bool(flag.value)
