@@ -35,10 +35,10 @@ def _spawn_pool():
 
 @pytest.mark.parametrize("make", [
     lambda: np.arange(1 << 20, dtype=np.float64),               # 8 MiB, own glibc mapping
-    lambda: np.arange(1 << 15, dtype=np.int32),                 # 128 KiB
+    lambda: np.arange(1 << 17, dtype=np.int32),                 # 512 KiB
     lambda: mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE),        # one page, page-aligned
     lambda: bytearray(os.urandom(1 << 20)),                     # 1 MiB bytearray
-], ids=["8MiB-array", "128KiB-array", "1-page-mmap", "1MiB-bytearray"])
+], ids=["8MiB-array", "512KiB-array", "1-page-mmap", "1MiB-bytearray"])
 def test_drill_keeps_address_and_bytes_and_shares(make):
     obj = make()
     before = bytes(memoryview(obj).cast("B"))
@@ -68,8 +68,8 @@ def test_attached_array_has_owner_dtype_and_shape():
 
 
 @pytest.mark.parametrize("obj,match", [
-    (np.zeros(10), "shares its pages"),
-    (bytearray(100), "shares its pages"),
+    (np.zeros(10), "shares its first or last page"),
+    (bytearray(100), "shares its first or last page"),
     (bytes(1 << 20), "read-only"),
     (np.zeros((1024, 1024))[:, ::2], "contiguous"),
     (object(), "buffer protocol"),
@@ -125,8 +125,13 @@ def test_memfd_is_sealed_against_resizing():
             os.ftruncate(fd, 4096)
 
 
-def test_fork_after_drill_gives_the_child_a_copy():
-    a = np.full(1 << 18, 1.0)
+@pytest.mark.parametrize("where", ["own-mapping", "heap"])
+def test_fork_after_drill_gives_the_child_a_copy(where):
+    if where == "heap":  # a buffer sharing its edge pages with malloc's heap
+        a = _heap_array()
+    else:
+        a = np.full(1 << 18, 1.0)
+    a[:] = 1.0
     with driller.drill(a):
         for _ in range(30):  # and malloc survives, many times in a row
             pid = os.fork()
@@ -145,6 +150,25 @@ def test_fork_after_drill_gives_the_child_a_copy():
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
             assert (a == 1.0).all()
+
+
+def _heap_array():
+    """A 96 KiB array that glibc places inside its heap (not page-aligned)."""
+    for _ in range(100):
+        a = np.empty(12 * 1024)
+        m = _linux.query_mapping(a.ctypes.data)
+        if not m.shared and m.name == "[heap]" and a.ctypes.data % _linux.PAGE_SIZE:
+            return a
+    raise AssertionError("glibc did not place a 96 KiB array in its heap")
+
+
+def test_heap_buffer_shares_only_its_bytes_with_peers():
+    a = _heap_array()
+    a[:] = 5.0
+    with driller.drill(a) as hole:
+        b = driller.attach(hole.handle)
+        assert b.shape == a.shape and (b == 5.0).all()
+        assert b.__array_interface__["data"][0] == a.ctypes.data
 
 
 def test_close_tells_peers_and_attach_is_refused():

@@ -635,3 +635,4 @@ def get_child_subreaper() -> bool:
                    0, 0, 0) != 0:
         raise _oserror("prctl(PR_GET_CHILD_SUBREAPER)")
     return bool(flag.value)
+

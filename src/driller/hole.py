@@ -6,10 +6,15 @@ object, same address, same bytes, now shareable with any cooperating process.
 
 Rules (checked where they can be):
 
-* Only ranges whose pages the buffer owns: page-aligned buffers, or buffers
-  that glibc gave a mapping of their own (numpy arrays ≥ 128 KiB, large
-  bytearrays).  Small heap objects share pages with their neighbours and with
-  malloc's metadata and are refused: allocate those with ``driller.empty``.
+* Only ranges whose pages the buffer owns (page-aligned buffers, buffers glibc
+  gave a mapping of their own), or heap buffers of at least 64 KiB.  A heap
+  buffer shares its first and last pages with neighbours and malloc's
+  metadata: those two *edge pages* are shared too.  Peers only map the
+  buffer's own bytes; and around a fork the parent's edge pages are made
+  private for the duration of the fork, so that the child (whose Python
+  at-fork hooks allocate before driller's hook restores its private copy)
+  never sees malloc's metadata change under it.  Small heap objects are
+  refused: allocate those with ``driller.empty``.
 * No other thread may write the buffer while ``drill`` runs (like MPI's
   buffer rule): such a write can be lost.
 * The buffer is pinned while drilled (a bytearray cannot be resized, an array
@@ -32,11 +37,6 @@ from .segment import Handle, Region, Segment
 
 __all__ = ["drill", "Hole", "check"]
 
-# A buffer that shares its first and last pages with other heap objects is
-# drilled only when it is at least this large: those edge pages (malloc's
-# chunk headers, bits of neighbours) become shared too.  That is safe because
-# peers only map the buffer's own bytes and the at-fork hook gives children a
-# private copy, so malloc never sees shared metadata across a fork.
 MIN_SHARED_EDGE_BYTES = 64 << 10
 
 _SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL
@@ -75,7 +75,8 @@ def _glibc_chunk_extent(ptr: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> None:
+def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> list[int]:
+    """Refuse what cannot be drilled safely; returns the edge pages shared with the heap."""
     try:
         maps = _linux.mappings_covering(lo, hi)
     except LookupError as e:
@@ -96,17 +97,22 @@ def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> None:
         if not m.writable:
             raise DrillError(f"the buffer at {addr:#x} lies in read-only memory")
     if addr == lo and addr + n == hi:
-        return  # the buffer owns every byte of its pages
+        return []  # the buffer owns every byte of its pages
     extent = _glibc_chunk_extent(_allocation_start(obj, addr))
     if extent is not None and extent[0] <= lo and hi <= extent[1]:
-        return  # glibc gave the allocation a mapping of its own
-    if n < MIN_SHARED_EDGE_BYTES:
-        raise DrillError(
-            f"the {n}-byte buffer at {addr:#x} shares its pages with other objects "
-            "(a small heap allocation): drilling it would share its neighbours and "
-            "malloc's metadata. Allocate it with driller.empty()/driller.array(), or use "
-            f"a buffer of at least {MIN_SHARED_EDGE_BYTES // 1024} KiB or a page-aligned one "
-            "such as mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)")
+        return []  # glibc gave the allocation a mapping of its own
+    if n >= MIN_SHARED_EDGE_BYTES:
+        edges = [lo] if addr != lo else []
+        tail = hi - _linux.PAGE_SIZE
+        if addr + n != hi and tail not in edges:
+            edges.append(tail)
+        return edges
+    raise DrillError(
+        f"the {n}-byte buffer at {addr:#x} shares its first or last page with other "
+        "heap objects and malloc's metadata, and it is too small for that to be worth "
+        f"sharing (heap buffers need at least {MIN_SHARED_EDGE_BYTES >> 10} KiB). Allocate "
+        "it with driller.empty()/driller.array(), or use a page-aligned buffer such as "
+        "mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)")
 
 
 class Hole:
@@ -118,13 +124,15 @@ class Hole:
     """
 
     def __init__(self, obj, pin: memoryview, addr: int, n: int, lo: int, hi: int,
-                 seg: Segment, readonly: bool):
+                 seg: Segment, readonly: bool, edges: list[int], edge_fd: int | None):
         self.address = addr          # the buffer's first byte
         self.nbytes = n
         self.readonly = readonly
         self._lo, self._hi = lo, hi
         self._segment = seg
         self._pin = pin
+        self._edges = edges        # pages shared with heap neighbours (see fork hooks)
+        self._edge_fd = edge_fd    # our own fd of the memfd, to re-share them after a fork
         self._pid = os.getpid()
         self._broken = False
         if isinstance(obj, np.ndarray):
@@ -132,7 +140,7 @@ class Hole:
                             "strides": tuple(obj.strides)}
         else:
             self._layout = {"dtype": np.dtype(np.uint8), "shape": (n,), "strides": (1,)}
-        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg)
+        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg, edge_fd)
         self._finalizer.atexit = False
 
     # -- state
@@ -175,6 +183,7 @@ class Hole:
         if not ok:
             self._broken = True
             self._finalizer.detach()  # nothing of ours left to restore there
+            _close(self._edge_fd)
             _publish.release(self._segment)
             self._pin = None
         return ok
@@ -225,7 +234,15 @@ class Hole:
         return f"<driller.Hole {self.key} {self.nbytes} bytes at {self.address:#x} {state}>"
 
 
-def _undrill(lo: int, hi: int, seg: Segment) -> None:
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _undrill(lo: int, hi: int, seg: Segment, edge_fd: int | None) -> None:
     """Replace the memfd mapping by private pages holding the same bytes (one copy)."""
     size = hi - lo
     try:
@@ -238,6 +255,7 @@ def _undrill(lo: int, hi: int, seg: Segment) -> None:
         tmp = _linux.mmap(size, shared=False)
         _linux.memmove(tmp, lo, size)
         _linux.mremap_over(tmp, size, lo)
+    _close(edge_fd)
     _publish.release(seg)
 
 
@@ -272,7 +290,7 @@ def drill(obj, readonly: bool = False) -> Hole:
             if not h.closed and h._lo < hi and lo < h._hi and h._pid == os.getpid():
                 pin.release()
                 raise DrillError(f"this memory is already drilled ({h!r}); use its handle")
-        _check_range(obj, addr, n, lo, hi)
+        edges = _check_range(obj, addr, n, lo, hi)
         size = hi - lo
         fd = _linux.memfd_create("driller:hole")
         try:
@@ -282,12 +300,13 @@ def drill(obj, readonly: bool = False) -> Hole:
             _linux.mmap(size, fd=fd, addr=lo, shared=True)
             ro_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC) \
                 if readonly else None
+            edge_fd = os.dup(fd) if edges else None
         except BaseException:
             os.close(fd)
             raise
         seg = Segment(size, fd=fd, region=Region.adopt(lo, size, unmap=False))
         seg.ro_fd = ro_fd
-        hole = Hole(obj, pin, addr, n, lo, hi, seg, readonly)
+        hole = Hole(obj, pin, addr, n, lo, hi, seg, readonly, edges, edge_fd)
         _publish.register(seg.key, hole)
         _holes[lo] = hole
         return hole
@@ -321,22 +340,34 @@ def check() -> list[Hole]:
 
 # ---------------------------------------------------------------- fork
 
-_snapshots: list[tuple[int, int, int]] = []
+_snapshots: list[tuple[int, int, int, list[int]]] = []  # (copy, lo, size, edge pages)
+_edges: list[tuple[int, int, int]] = []     # (page, fd, offset) made private for a fork
 
 
 def _before_fork() -> None:
     _lock.acquire()
     pid = os.getpid()
+    page = _linux.PAGE_SIZE
     for h in _holes.values():
         if h._pid == pid and not h.closed and not h._broken:
             size = h._hi - h._lo
             tmp = _linux.mmap(size, shared=False)
             _linux.memmove(tmp, h._lo, size)
-            _snapshots.append((tmp, h._lo, size))
+            _snapshots.append((tmp, h._lo, size, h._edges))
+            for edge in h._edges:  # private in the parent until the child has its copy
+                priv = _linux.mmap(page, shared=False)
+                _linux.memmove(priv, edge, page)
+                _linux.mremap_over(priv, page, edge)
+                _edges.append((edge, h._edge_fd, edge - h._lo))
 
 
 def _after_fork_parent() -> None:
-    for tmp, _lo, size in _snapshots:
+    page = _linux.PAGE_SIZE
+    for edge, fd, offset in _edges:  # our edge pages, shared again with what we wrote there
+        _linux.pwrite_from(fd, edge, page, offset)
+        _linux.mmap(page, fd=fd, offset=offset, addr=edge, shared=True)
+    _edges.clear()
+    for tmp, _lo, size, _e in _snapshots:
         _linux.munmap(tmp, size)
     _snapshots.clear()
     _lock.release()
@@ -344,11 +375,25 @@ def _after_fork_parent() -> None:
 
 def _after_fork_child() -> None:
     global _lock
-    for tmp, lo, size in _snapshots:
-        _linux.mremap_over(tmp, size, lo)  # private copy, taken just before the fork
+    page = _linux.PAGE_SIZE
+    for tmp, lo, size, edges in _snapshots:
+        # The private copy taken just before the fork replaces the shared pages.
+        # Edge pages are left as inherited: they were private in the parent at
+        # the fork, so they hold malloc's metadata as of the fork, which our copy
+        # (taken a moment earlier) may not.
+        start = page if lo in edges else 0
+        end = size - page if (lo + size - page) in edges and size - page >= start else size
+        if end > start:
+            _linux.mremap_over(tmp + start, end - start, lo + start)
+        if start:
+            _linux.munmap(tmp, start)
+        if end < size:
+            _linux.munmap(tmp + end, size - end)
     _snapshots.clear()
+    _edges.clear()
     for h in list(_holes.values()):
         h._finalizer.detach()  # the parent owns the segment; the child's pages are private
+        _close(h._edge_fd)
         h._pin = None
     _holes.clear()
     _lock = threading.RLock()
