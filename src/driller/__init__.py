@@ -5,16 +5,24 @@
 * ``driller.drill(obj)``: make an existing buffer shareable in place.
 * ``driller.attach(handle)``: a zero-copy numpy array onto a peer's memory.
 * ``driller.mmpi`` / ``driller.MPI``: MPI-style messaging, at most one copy.
+
+Submodules are imported on first use, so that ``driller run`` starts fast.
 """
 
-from .drill import Hole, check, drill
+import importlib
+
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
-from .heap import SharedArray, array, empty, empty_like, handle, zeros, zeros_like
-from .segment import Handle
-from .share import attach, cache_info
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "empty": "heap", "zeros": "heap", "empty_like": "heap", "zeros_like": "heap",
+    "array": "heap", "SharedArray": "heap", "handle": "heap",
+    "drill": "hole", "Hole": "hole", "check": "hole",
+    "attach": "share", "cache_info": "share", "Handle": "segment",
+}
+_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "share", "segment", "fdproxy", "mapcache"}
 
 __all__ = [
     "empty", "zeros", "empty_like", "zeros_like", "array", "SharedArray", "handle",
@@ -23,7 +31,14 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("mmpi", "MPI"):
-        import importlib
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'driller' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

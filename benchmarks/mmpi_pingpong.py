@@ -1,0 +1,129 @@
+"""Ping-pong latency/bandwidth: driller.mmpi vs mpi4py (Open MPI), a quick script.
+
+    .venv/bin/python benchmarks/mmpi_pingpong.py -n 2            # driller, 2 ranks
+    .venv/bin/python benchmarks/mmpi_pingpong.py -n 4            # 2 pairs on 2 cores
+    .venv/bin/python benchmarks/mmpi_pingpong.py -n 2 --mpi4py   # same under mpirun
+    .venv/bin/python benchmarks/mmpi_pingpong.py -n 8 --ring [--mpi4py]
+                          # Barrier and an 8-byte ring Sendrecv, every rank busy
+
+Ranks pair up (0<->1, 2<->3, ...) and ping-pong numpy buffers with Send/Recv;
+one-way time = round trip / 2, best of ``--reps`` repetitions (noisy VM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SIZES = [8, 1024, 16384, 32768, 65536, 262144, 1 << 20, 64 << 20]
+
+
+def iters_for(n: int) -> int:
+    if n <= 4096:
+        return 20000
+    if n <= 65536:
+        return 3000
+    if n <= 1 << 20:
+        return 300
+    return 8
+
+
+def pingpong(comm, sizes, reps):
+    me = comm.Get_rank()
+    partner = me ^ 1
+    if partner >= comm.Get_size():
+        return None
+    out = {}
+    for n in sizes:
+        a = np.ones(n, np.uint8)
+        b = np.zeros(n, np.uint8)
+        iters = iters_for(n)
+        best = float("inf")
+        for rep in range(reps + 1):
+            comm.Barrier()
+            t = time.perf_counter()
+            for _ in range(iters):
+                if me & 1 == 0:
+                    comm.Send(a, partner, 1)
+                    comm.Recv(b, partner, 1)
+                else:
+                    comm.Recv(b, partner, 1)
+                    comm.Send(b, partner, 1)
+            dt = (time.perf_counter() - t) / iters / 2
+            if rep:  # the first is warm-up
+                best = min(best, dt)
+        out[n] = best
+    return out
+
+
+def ring(comm, iters):
+    comm.Barrier()
+    t = time.perf_counter()
+    for _ in range(iters):
+        comm.Barrier()
+    tb = (time.perf_counter() - t) / iters
+    n, r = comm.Get_size(), comm.Get_rank()
+    a, b = np.ones(8, np.uint8), np.zeros(8, np.uint8)
+    comm.Barrier()
+    t = time.perf_counter()
+    for _ in range(iters):
+        comm.Sendrecv(a, (r + 1) % n, 0, b, (r - 1) % n, 0)
+    return tb, (time.perf_counter() - t) / iters
+
+
+def report_ring(name, res):
+    print(f"{name}: Barrier {res[0] * 1e6:.1f} us, ring Sendrecv (8 B) {res[1] * 1e6:.1f} us")
+
+
+def report(name, res):
+    print(f"{name}")
+    for n, t in res.items():
+        print(f"  {n:>10} B  {t * 1e6:10.2f} us one-way  {n / t / 1e9:8.3f} GB/s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=2)
+    ap.add_argument("--mpi4py", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--sizes", type=str, default="")
+    ap.add_argument("--ring", action="store_true", help="Barrier + ring Sendrecv instead")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    o = ap.parse_args()
+    sizes = [int(s) for s in o.sizes.split(",")] if o.sizes else SIZES
+    if o.worker:
+        from mpi4py import MPI
+        if o.ring:
+            res = ring(MPI.COMM_WORLD, 2000)
+            if MPI.COMM_WORLD.rank == 0:
+                report_ring(f"mpi4py/Open MPI, {MPI.COMM_WORLD.size} ranks", res)
+            return
+        res = pingpong(MPI.COMM_WORLD, sizes, o.reps)
+        if MPI.COMM_WORLD.rank == 0:
+            report(f"mpi4py/Open MPI, {MPI.COMM_WORLD.size} ranks", res)
+        return
+    if o.mpi4py:
+        venv = os.path.dirname(sys.executable)
+        cmd = [os.path.join(venv, "mpirun"), "--allow-run-as-root", "--oversubscribe",
+               "-n", str(o.n), sys.executable, __file__, "--worker", "--reps", str(o.reps)]
+        if o.sizes:
+            cmd += ["--sizes", o.sizes]
+        if o.ring:
+            cmd += ["--ring"]
+        subprocess.run(cmd, check=True)
+        return
+    from driller import mmpi
+    if o.ring:
+        report_ring(f"driller.mmpi, {o.n} ranks", mmpi.spawn(ring, o.n, args=(2000,))[0])
+        return
+    res = mmpi.spawn(pingpong, o.n, args=(sizes, o.reps))
+    report(f"driller.mmpi, {o.n} ranks", res[0])
+
+
+if __name__ == "__main__":
+    main()

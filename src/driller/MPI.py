@@ -1,0 +1,91 @@
+"""An mpi4py-compatible facade: ``from driller import MPI``.
+
+The subset implemented is point-to-point (buffers and objects), requests,
+statuses, collectives (buffers and objects, reduction ops, Ibarrier/Ibcast/
+Iallreduce), communicators (Dup, Split, Split_type, Create, groups),
+predefined datatypes and the environment calls.  Any other
+MPI name raises :class:`driller.errors.MmpiNotImplementedError` naming the call
+(also an AttributeError, so ``hasattr`` stays usable).
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+
+from .errors import MmpiError as Exception  # noqa: A001  (mpi4py's MPI.Exception)
+from .errors import MmpiNotImplementedError as _NotImpl
+from .mmpi import _comm
+from .mmpi._comm import (ANY_SOURCE, ANY_TAG, PROC_NULL, REQUEST_NULL, TAG_UB, UNDEFINED,
+                         Comm, Datatype, Prequest, Request, Status, Wtick, Wtime)
+from .mmpi._coll import (BAND, BOR, BXOR, COMM_NULL, COMM_TYPE_SHARED, CONGRUENT,  # noqa: F401
+                         GROUP_EMPTY, IDENT, IN_PLACE, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC,
+                         NO_OP, OP_NULL, PROD, REPLACE, SIMILAR, SUM, UNEQUAL, Group, Op)
+
+Intracomm = Comm
+SUCCESS = 0
+ERR_TRUNCATE = 15
+ERR_OTHER = 16
+BOTTOM = None
+THREAD_SINGLE, THREAD_FUNNELED, THREAD_SERIALIZED, THREAD_MULTIPLE = 0, 1, 2, 3
+
+_DT_NAMES = [
+    "BYTE", "CHAR", "SIGNED_CHAR", "SHORT", "INT", "LONG", "LONG_LONG",
+    "UNSIGNED_CHAR", "UNSIGNED_SHORT", "UNSIGNED_INT", "UNSIGNED_LONG",
+    "UNSIGNED_LONG_LONG", "UNSIGNED", "FLOAT", "DOUBLE", "LONG_DOUBLE", "C_BOOL", "BOOL",
+    "INT8_T", "INT16_T", "INT32_T", "INT64_T", "UINT8_T", "UINT16_T", "UINT32_T",
+    "UINT64_T", "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "COMPLEX", "DOUBLE_COMPLEX",
+    "WCHAR", "SIGNED_SHORT", "SIGNED_INT", "SIGNED_LONG", "SIGNED_LONG_LONG",
+]
+globals().update({n: _comm.DATATYPES[n] for n in _DT_NAMES})
+
+__all__ = [
+    "COMM_WORLD", "COMM_SELF", "Comm", "Intracomm", "Wtime", "Wtick", "Get_processor_name",
+    "Status", "Request", "Prequest", "REQUEST_NULL", "ANY_SOURCE", "ANY_TAG", "PROC_NULL",
+    "IN_PLACE", "SUCCESS", "UNDEFINED", "TAG_UB", "ERR_TRUNCATE", "Exception", "Datatype",
+    "Init", "Init_thread", "Finalize", "Is_initialized", "Is_finalized", "Query_thread",
+    "THREAD_SINGLE", "THREAD_FUNNELED", "THREAD_SERIALIZED", "THREAD_MULTIPLE",
+    "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
+    "MINLOC", "REPLACE", "NO_OP", "OP_NULL", "Group", "GROUP_EMPTY", "COMM_NULL",
+    "COMM_TYPE_SHARED", "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
+] + _DT_NAMES
+
+
+def Get_processor_name() -> str:
+    return _socket.gethostname()
+
+
+def Init() -> None:
+    _comm.world_comm()
+
+
+def Init_thread(required: int = THREAD_MULTIPLE) -> int:
+    _comm.world_comm()
+    return THREAD_SINGLE
+
+
+def Query_thread() -> int:
+    return THREAD_SINGLE
+
+
+def Finalize() -> None:
+    _comm.finalize()
+
+
+def Is_initialized() -> bool:
+    return _comm.is_initialized()
+
+
+def Is_finalized() -> bool:
+    return _comm.is_finalized()
+
+
+def __getattr__(name: str):
+    if name == "COMM_WORLD":
+        return _comm.world_comm()
+    if name == "COMM_SELF":
+        return _comm.self_comm()
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _NotImpl(f"MPI.{name} is not implemented by driller.MPI (point-to-point, "
+                   f"collectives, communicators and groups, requests, statuses and "
+                   f"datatypes are); use mpi4py for it")

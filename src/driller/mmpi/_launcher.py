@@ -1,0 +1,687 @@
+"""``driller run``: start N ranks of a Python program and supervise them.
+
+Each rank is a child process (``sys.executable``) in its own process group,
+told its place by three environment variables (``DRILLER_MMPI_RANK``,
+``DRILLER_MMPI_SIZE``, ``DRILLER_MMPI_WORLD_FD``) and handed the world block fd.
+The launcher is a single-threaded event loop over one selector:
+
+* one pidfd per rank: readable when the rank exits (no polling, no SIGCHLD);
+* two pipes per rank (stdout, stderr), forwarded line by line: only whole lines
+  are written (those of one read together, in one ``write``), so lines of
+  different ranks never interleave;
+* a signal wake-up fd: SIGINT, SIGTERM and SIGHUP to the launcher stop the job;
+  SIGUSR1, SIGUSR2 and SIGCONT are passed on to the ranks, and ^Z stops them
+  together with the launcher.
+
+When a rank exits the launcher records it in the world block (``mark_dead``) so
+that ranks blocked on it wake and raise ``PeerDiedError``.  When a rank fails
+(non-zero exit or a signal) the others get SIGTERM, then SIGKILL after a grace
+period; the launcher prints one line naming the rank and the cause and exits
+with that rank's status (128 + signal for a signal, like a shell).
+
+Nothing is left behind: the launcher is a child subreaper, so descendants that a
+rank leaves (say a server it forked) are reparented to the launcher, which
+waits for them briefly, then terminates them; a rank's process group is only
+signalled while the rank is still an unreaped zombie, so its pgid cannot have
+been recycled.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``: if the launcher itself
+is killed, its ranks die with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .. import _linux
+
+__all__ = ["main", "Options", "parse_args", "UsageError", "describe_status",
+           "wait_status", "shell_status", "UNKNOWN"]
+
+USAGE = """\
+usage: driller run [-n N] [--tag-output] [--mpi4py] [--grace SECONDS]
+                   (prog.py | -m module | -c code) [args ...]
+
+Start N ranks (default 1) of a Python program under mmpi.
+
+options:
+  -n, -np, --np N    number of ranks (oversubscription is fine)
+  --tag-output       prefix every output line with [rank]
+  --mpi4py           `from mpi4py import MPI` inside the ranks gives driller.MPI,
+                     so an unmodified mpi4py program runs without an MPI
+  --grace SECONDS    after a failure, SIGTERM the other ranks and SIGKILL them
+                     after SECONDS (default 1.0)
+  -h, --help         show this help
+
+Everything after the program (or -m module, -c code) is passed to it.
+^C, SIGTERM, SIGHUP stop every rank; SIGUSR1/SIGUSR2 are passed on; ^Z suspends all.
+Exit status: 0 if every rank exited 0, else that of the first rank that failed
+(128 + N if it was killed by signal N), or 128 + N if the launcher got signal N.
+"""
+
+DEFAULT_GRACE = 1.0
+LINGER = 1.0          # how long leftover descendants may take to exit on their own
+MAX_LINE = 1 << 16    # a line longer than this is forwarded in pieces
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)   # passed on to every rank
+_HANDLED = (*_STOP_SIGNALS, *_FORWARDED, signal.SIGTSTP)
+_SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shim")
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Options:
+    n: int = 1
+    tag_output: bool = False
+    mpi4py: bool = False
+    grace: float = DEFAULT_GRACE
+    kind: str = "path"          # "path" | "module" | "code"
+    target: str = ""
+    args: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        head = {"path": [], "module": ["-m"], "code": ["-c"]}[self.kind]
+        return [sys.executable, *head, self.target, *self.args]
+
+
+def parse_args(argv: list[str]) -> Options | None:
+    """Parse ``driller run`` arguments; None means help was asked for."""
+    opts = Options()
+    i = 0
+
+    def value(name: str) -> str:
+        nonlocal i
+        if i + 1 >= len(argv):
+            raise UsageError(f"{name} needs a value")
+        i += 1
+        return argv[i]
+
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            return None
+        if a in ("-n", "-np", "--np") or a.startswith(("-n=", "--np=")) \
+                or (a.startswith("-n") and a[2:].isdigit()):
+            if "=" in a:
+                raw = a.split("=", 1)[1]
+            elif a.startswith("-n") and a[2:].isdigit():
+                raw = a[2:]
+            else:
+                raw = value(a)
+            try:
+                opts.n = int(raw)
+            except ValueError:
+                raise UsageError(f"-n needs a whole number of ranks, got {raw!r}") from None
+            if opts.n < 1:
+                raise UsageError(f"-n needs at least 1 rank, got {opts.n}")
+        elif a == "--tag-output":
+            opts.tag_output = True
+        elif a == "--mpi4py":
+            opts.mpi4py = True
+        elif a == "--grace" or a.startswith("--grace="):
+            raw = a.split("=", 1)[1] if "=" in a else value(a)
+            try:
+                opts.grace = float(raw)
+            except ValueError:
+                raise UsageError(f"--grace needs a number of seconds, got {raw!r}") from None
+            if opts.grace < 0:
+                raise UsageError("--grace must not be negative")
+        elif a in ("-m", "-c"):
+            opts.kind = "module" if a == "-m" else "code"
+            opts.target = value(a)
+            opts.args = argv[i + 1:]
+            return opts
+        elif a.startswith("-m") and len(a) > 2:   # python also accepts -mmodule
+            opts.kind, opts.target, opts.args = "module", a[2:], argv[i + 1:]
+            return opts
+        elif a == "--":
+            if i + 1 >= len(argv):
+                raise UsageError("no program given after --")
+            opts.kind, opts.target, opts.args = "path", argv[i + 1], argv[i + 2:]
+            return opts
+        elif a.startswith("-") and a != "-":
+            raise UsageError(f"unknown option {a!r}")
+        else:
+            opts.kind, opts.target, opts.args = "path", a, argv[i + 1:]
+            return opts
+        i += 1
+    raise UsageError("no program given (prog.py, -m module or -c code)")
+
+
+# ---------------------------------------------------------------- wait statuses
+
+# The child was reaped by someone else (a SIGCHLD handler of the caller, SIGCHLD
+# ignored): its status is lost, and its pid may already be reused.
+UNKNOWN = (-1, 255)
+
+
+def shell_status(si_code: int, si_status: int) -> int:
+    """A waitid() result as a shell reports it: exit code, or 128 + signal."""
+    if si_code in (os.CLD_EXITED, UNKNOWN[0]):
+        return si_status
+    return 128 + si_status
+
+
+def raw_wait_status(si_code: int, si_status: int) -> int:
+    """A waitid() result encoded like waitpid()'s status word."""
+    if si_code in (os.CLD_EXITED, UNKNOWN[0]):
+        return (si_status & 0xFF) << 8
+    return (si_status & 0x7F) | (0x80 if si_code == os.CLD_DUMPED else 0)
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def describe_status(si_code: int, si_status: int) -> str:
+    if si_code == UNKNOWN[0]:
+        return "exited (its status was collected by another part of this process)"
+    if si_code == os.CLD_EXITED:
+        return f"exited with code {si_status}"
+    core = " (core dumped)" if si_code == os.CLD_DUMPED else ""
+    return f"was killed by signal {signal_name(si_status)}{core}"
+
+
+def wait_status(pidfd: int, *, reap: bool) -> tuple[int, int] | None:
+    """(si_code, si_status) of the exited child behind pidfd, or None if running.
+
+    With ``reap=False`` the child stays a zombie (WNOWAIT): its pid, and its
+    process group id, cannot be reused yet.
+    """
+    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
+    try:
+        res = os.waitid(os.P_PIDFD, pidfd, flags)
+    except ChildProcessError:  # someone else reaped it
+        return UNKNOWN
+    if res is None:
+        return None
+    return res.si_code, res.si_status
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    """Signal a rank's process group (only while the rank is unreaped)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def pidfd_kill(pidfd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def _select_wait(fds: list[int], timeout: float) -> None:
+    import select
+    select.select(fds, [], [], timeout)
+
+
+def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bool,
+                   skip=frozenset(), wait=_select_wait) -> int:
+    """Leave no process behind.
+
+    The leftovers are the live members of the given process groups and, with
+    ``adopted``, our own live children (the orphans a subreaper adopts) except
+    those in ``skip`` (children we had before: not the job's).  They may
+    take up to ``linger`` seconds to exit by themselves (a server that stops when
+    its clients are gone); then they get SIGTERM, and SIGKILL ``grace`` seconds
+    later.  ``wait(pidfds, timeout)`` sleeps until one of them exits or the
+    timeout passes.  Call this while the group leaders are unreaped zombies, so
+    that the pgids cannot have been reused.  Returns how many had to be signalled.
+    """
+    me = os.getpid()
+    signalled = 0
+    for sig, delay in ((None, linger), (signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        pids = _leftovers(pgids, me, adopted, skip)
+        if not pids:
+            break
+        if sig is not None:
+            if sig == signal.SIGTERM:
+                signalled = len(pids)
+            for pgid in pgids:
+                kill_group(pgid, sig)
+        fds = []
+        for pid in pids:
+            try:
+                fd = _linux.pidfd_open(pid)
+            except OSError:
+                continue
+            # the pid was found by a /proc scan: make sure the process the pidfd
+            # holds is still one of ours (not an unrelated one that reused the pid)
+            ids = _linux.proc_ids(pid)
+            if ids is None or not (ids[2] in pgids or (adopted and ids[1] == me
+                                                       and pid not in skip)):
+                os.close(fd)
+                continue
+            fds.append(fd)
+            if sig is not None:
+                pidfd_kill(fd, sig)
+        try:
+            deadline = time.monotonic() + delay
+            pending = list(fds)
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait(pending, left)
+                pending = [fd for fd in pending if _linux.pidfd_alive(fd)]
+                if adopted:
+                    _reap_adopted(skip)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    if adopted:
+        _reap_adopted(skip)
+    return signalled
+
+
+def _leftovers(pgids: list[int], me: int, adopted: bool, skip) -> list[int]:
+    pids = {p for p in _linux.group_pids(pgids) if p != me} if pgids else set()
+    if adopted:
+        pids.update(p for p in _linux.child_pids()
+                    if p not in skip and p not in _rank_pids and _linux.pid_alive(p))
+    return sorted(pids)
+
+
+_rank_pids: set[int] = set()
+
+
+def _reap_adopted(skip=frozenset()) -> None:
+    """Reap exited children that are not ranks (orphans adopted as subreaper)."""
+    for pid in _linux.child_pids():
+        if pid in _rank_pids or pid in skip:
+            continue
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+# ---------------------------------------------------------------- the launcher
+
+@dataclass
+class _Rank:
+    rank: int
+    proc: subprocess.Popen
+    pidfd: int
+    bufs: dict = field(default_factory=dict)    # stream (1, 2) -> partial last line
+    result: tuple[int, int] | None = None        # (si_code, si_status) once exited
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _rank_env(opts: Options, rank: int, world_fd: int | None, world) -> dict:
+    env = dict(os.environ)
+    env[world.ENV_RANK] = str(rank)
+    env[world.ENV_SIZE] = str(opts.n)
+    if world_fd is not None:
+        env[world.ENV_WORLD_FD] = str(world_fd)
+    # Line-by-line forwarding is only useful if ranks do not block-buffer a pipe.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if opts.mpi4py:
+        paths.insert(0, _shim_dir())
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not _on_default_path(pkg_parent) and pkg_parent not in paths:
+        paths.append(pkg_parent)   # running from a source tree: let ranks import driller
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _on_default_path(d: str) -> bool:
+    """Would a rank (same interpreter, same environment) find packages in d?
+
+    Ranks inherit sys.path except its first entry (the script's directory or the
+    cwd): PYTHONPATH, site-packages and .pth entries (an editable install).
+    """
+    d = os.path.realpath(d)
+    return any(p and os.path.realpath(p) == d for p in sys.path[1:])
+
+
+def _shim_dir() -> str:
+    if os.path.isfile(os.path.join(_SHIM_DIR, "mpi4py", "__init__.py")):
+        return _SHIM_DIR
+    raise UsageError(f"--mpi4py: the shim directory {_SHIM_DIR} is missing from this install")
+
+
+def _child_setup(parent: int) -> None:  # runs in the rank between fork and exec
+    _linux.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:       # the launcher died before prctl took effect
+        os._exit(137)
+    for sig in _HANDLED:             # what exec will do anyway; ignored ones stay so
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+class Launcher:
+    def __init__(self, opts: Options, out_fd: int = 1, err_fd: int = 2):
+        self.opts = opts
+        self.out = {1: out_fd, 2: err_fd}
+        self.broken: set[int] = set()
+        self.ranks: list[_Rank] = []
+        self.sel = selectors.DefaultSelector()
+        self.world_fd: int | None = None
+        self.world = None
+        self.failure: tuple[int, int, int] | None = None   # (rank, si_code, si_status)
+        self.got_signal: int | None = None
+        self.kill_at: float | None = None
+        self.aborting = False
+        self.open_pipes = 0
+        self.stopped = 0          # ranks still running when the job was aborted
+
+    # ---- output
+    def _emit(self, stream: int, data: bytes) -> None:
+        fd = self.out[stream]
+        if fd in self.broken:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+            except BlockingIOError:
+                import select
+                select.select([], [fd], [])
+                continue
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.EBADF):
+                    self.broken.add(fd)
+                    return
+                raise
+            view = view[n:]
+
+    def _line(self, r: _Rank, stream: int, line: bytes) -> None:
+        if self.opts.tag_output:
+            line = b"[%d] " % r.rank + line
+        self._emit(stream, line)
+
+    def _on_output(self, r: _Rank, stream: int, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        buf = r.bufs.setdefault(stream, bytearray())
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            self.open_pipes -= 1
+            if buf:
+                tail = bytes(buf)
+                if self.opts.tag_output or self.opts.n > 1:
+                    tail += b"\n"       # keep the next rank's line off this one
+                self._line(r, stream, tail)
+                buf.clear()
+            return
+        buf += data
+        last = buf.rfind(b"\n")
+        if last >= 0:
+            # every complete line read so far, in one write: still whole lines
+            chunk = bytes(buf[:last + 1])
+            del buf[:last + 1]
+            if self.opts.tag_output:
+                tag = b"[%d] " % r.rank
+                chunk = tag + chunk[:-1].replace(b"\n", b"\n" + tag) + b"\n"
+            self._emit(stream, chunk)
+        while len(buf) >= MAX_LINE:
+            self._line(r, stream, bytes(buf[:MAX_LINE]) + b"\n")
+            del buf[:MAX_LINE]
+
+    def _say(self, msg: str) -> None:
+        self._emit(2, f"driller run: {msg}\n".encode())
+
+    # ---- rank lifecycle
+    def _start(self) -> None:
+        from . import _world as world
+        self.world = world
+        self.world_fd = world.create_world(self.opts.n)
+        parent = os.getpid()
+        stdin_rank0 = None if not _isatty(0) else subprocess.DEVNULL
+        cmd = self.opts.command()
+        for rank in range(self.opts.n):
+            self._on_signal(self._sigfd)      # ^C while starting: start no more
+            if self.got_signal is not None:
+                break
+            pipes = [os.pipe() for _ in range(2)]   # close-on-exec read ends stay here
+            proc = None
+            try:
+                proc = subprocess.Popen(
+                    cmd, env=_rank_env(self.opts, rank, self.world_fd, world),
+                    stdin=stdin_rank0 if rank == 0 else subprocess.DEVNULL,
+                    stdout=pipes[0][1], stderr=pipes[1][1],
+                    pass_fds=(self.world_fd,), process_group=0,
+                    preexec_fn=lambda: _child_setup(parent))
+                pidfd = _linux.pidfd_open(proc.pid)   # our unreaped child: cannot be gone
+            except BaseException:
+                for a, b in pipes:
+                    os.close(a)
+                    os.close(b)
+                if proc is not None:                # e.g. EMFILE on the pidfd
+                    proc.kill()
+                    proc.wait()
+                raise
+            _rank_pids.add(proc.pid)
+            r = _Rank(rank, proc, pidfd)
+            self.ranks.append(r)
+            self.sel.register(pidfd, selectors.EVENT_READ, ("exit", r, 0))
+            for stream, (rd, wr) in zip((1, 2), pipes):
+                os.close(wr)
+                os.set_blocking(rd, False)
+                self.sel.register(rd, selectors.EVENT_READ, ("out", r, stream))
+                self.open_pipes += 1
+
+    def _on_exit(self, r: _Rank) -> None:
+        self.sel.unregister(r.pidfd)
+        r.result = wait_status(r.pidfd, reap=False)
+        if r.result is None:  # pragma: no cover - pidfd readable means exited
+            r.result = UNKNOWN
+        code, st = r.result
+        try:
+            self.world.mark_dead(self.world_fd, r.rank, raw_wait_status(code, st))
+        except Exception as e:  # pragma: no cover - never let this stop cleanup
+            self._say(f"could not record the exit of rank {r.rank}: {e}")
+
+    def _abort(self, sig: int = signal.SIGTERM) -> None:
+        if self.aborting:
+            return
+        self.aborting = True
+        for r in self.ranks:
+            if r.result is None:
+                self.stopped += 1
+                kill_group(r.pid, sig)
+                pidfd_kill(r.pidfd, sig)
+        self.kill_at = time.monotonic() + self.opts.grace
+
+    def _on_signal(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        for sig in data:
+            if sig in _FORWARDED or sig == signal.SIGTSTP:
+                # ^Z stops the ranks with the launcher; fg (SIGCONT) resumes them
+                fwd = signal.SIGSTOP if sig == signal.SIGTSTP else sig
+                for r in self.ranks:
+                    if r.result is None:
+                        kill_group(r.pid, fwd)
+                if sig == signal.SIGTSTP:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            elif self.got_signal is None:
+                self.got_signal = sig
+                # ^C is passed on as ^C: Python ranks show where they were
+                self._abort(signal.SIGINT if sig == signal.SIGINT else signal.SIGTERM)
+            elif sig == signal.SIGINT:   # a second ^C: no more grace
+                self.kill_at = time.monotonic()
+
+    def _service(self, timeout: float | None) -> None:
+        if self.kill_at is not None:
+            now = time.monotonic()
+            if now >= self.kill_at:
+                for r in self.ranks:
+                    if r.result is None:
+                        kill_group(r.pid, signal.SIGKILL)
+                        pidfd_kill(r.pidfd, signal.SIGKILL)
+                self.kill_at = None
+            else:
+                timeout = self.kill_at - now if timeout is None else min(timeout, self.kill_at - now)
+        exited = []
+        for key, _ in self.sel.select(timeout):
+            kind, r, stream = key.data
+            if kind == "out":
+                self._on_output(r, stream, key.fd)
+            elif kind == "exit":
+                self._on_exit(r)
+                exited.append(r)
+            elif kind == "watch":
+                pass
+            else:
+                self._on_signal(key.fd)
+        failed = [r for r in exited if r.result != (os.CLD_EXITED, 0)]
+        if failed and self.failure is None and not self.aborting:
+            # several at once: a signal death is more likely the cause than the
+            # PeerDiedError exits it provoked
+            first = min(failed, key=lambda r: (r.result[0] == os.CLD_EXITED, r.rank))
+            self.failure = (first.rank, *first.result)
+            self._abort()
+
+    def _wait(self, pidfds: list[int], timeout: float) -> None:
+        """Serve output and signals until one of pidfds is readable or timeout."""
+        for fd in pidfds:
+            self.sel.register(fd, selectors.EVENT_READ, ("watch", None, 0))
+        try:
+            self._service(timeout)
+        finally:
+            for fd in pidfds:
+                self.sel.unregister(fd)
+
+    def run(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        # a signal ignored when we start stays ignored (nohup, `&` in a script)
+        old_handlers = {sig: signal.signal(sig, lambda *_: None) for sig in _HANDLED
+                        if signal.getsignal(sig) is not signal.SIG_IGN}
+        self.sel.register(rfd, selectors.EVENT_READ, ("signal", None, 0))
+        self._sigfd = rfd
+        # children this process already has are not the job's (main() called in a
+        # process that has others: a test, a tool); leave them alone
+        self.foreign = frozenset(_linux.child_pids())
+        self._was_subreaper = _linux.get_child_subreaper()
+        _linux.set_child_subreaper(True)
+        try:
+            self._start()
+            while any(r.result is None for r in self.ranks):
+                self._service(None)
+            # every rank has exited (unreaped): clean up what they left behind
+            left = stop_leftovers([r.pid for r in self.ranks if r.result != UNKNOWN],
+                                  linger=0 if self.aborting else LINGER,
+                                  grace=self.opts.grace, adopted=True,
+                                  skip=self.foreign, wait=self._wait)
+            if left and not self.aborting:
+                self._say(f"stopped {left} process{'es' if left > 1 else ''} that the ranks "
+                          f"left running (still alive {LINGER:g} s after the last rank)")
+            # flush what is still in the pipes (their writers are gone now)
+            deadline = time.monotonic() + 1.0
+            while self.open_pipes and time.monotonic() < deadline:
+                self._service(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._teardown(rfd, wfd, old_wakeup, old_handlers)
+        return self._report()
+
+    def _teardown(self, rfd, wfd, old_wakeup, old_handlers) -> None:
+        for r in self.ranks:
+            if r.result is None:       # only on an internal error: leave no rank behind
+                kill_group(r.pid, signal.SIGKILL)
+                pidfd_kill(r.pidfd, signal.SIGKILL)
+                import select
+                select.select([r.pidfd], [], [], 5.0)
+                r.result = wait_status(r.pidfd, reap=False) or (os.CLD_KILLED, signal.SIGKILL)
+        for r in self.ranks:
+            wait_status(r.pidfd, reap=True)
+            r.proc.returncode = shell_status(*r.result)  # reaped: keep Popen quiet
+            _rank_pids.discard(r.pid)
+            os.close(r.pidfd)
+        _reap_adopted(self.foreign)
+        for key in list(self.sel.get_map().values()):
+            if key.data[0] == "out":
+                os.close(key.fd)
+        self.sel.close()
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        os.close(rfd)
+        os.close(wfd)
+        if self.world_fd is not None:
+            os.close(self.world_fd)
+        _linux.set_child_subreaper(self._was_subreaper)
+
+    def _report(self) -> int:
+        if self.failure is not None:
+            rank, code, st = self.failure
+            r = self.ranks[rank]
+            others = ""
+            if self.stopped:
+                others = (f"; stopped the {self.stopped} other rank"
+                          f"{'s' if self.stopped > 1 else ''} still running")
+            self._say(f"rank {rank} (pid {r.pid}) {describe_status(code, st)}{others}")
+            return shell_status(code, st)
+        if self.got_signal is not None:
+            self._say(f"got {signal_name(self.got_signal)}; stopped {self.stopped} of "
+                      f"{len(self.ranks)} ranks")
+            return 128 + self.got_signal
+        return 0
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        opts = parse_args(argv)
+        if opts is None:
+            print(USAGE, end="")
+            return 0
+        if opts.kind == "path" and not os.path.exists(opts.target):
+            raise UsageError(f"cannot open {opts.target!r}: no such file")
+        if opts.mpi4py:
+            _shim_dir()
+        from . import _world
+        limit = getattr(_world, "MAX_SIZE", opts.n)
+        if opts.n > limit:
+            raise UsageError(f"-n {opts.n}: an mmpi world holds at most {limit} ranks")
+        need = 3 * opts.n + 64        # two pipes and a pidfd per rank, and some spare
+        if _linux.nofile_limit() < need and _linux.raise_nofile_limit() < need:
+            raise UsageError(f"-n {opts.n} needs about {need} file descriptors; the limit "
+                             f"is {_linux.nofile_limit()} (see ulimit -n)")
+    except UsageError as e:
+        print(f"driller run: {e}\n\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return Launcher(opts).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,719 @@
+"""The mmpi transport: records in per-pair rings, rendezvous copies, waiting.
+
+Thin on purpose: protocol decisions belong to :mod:`._engine`; this module
+moves bytes through the world block (:mod:`._world`) and sleeps well.
+
+Ring records are 64-byte aligned; a record is a 64-byte header of eight
+little-endian i64 words then an inline payload::
+
+    [0] kind | flags << 8   [1] context   [2] tag   [3] nbytes (message size)
+    [4] sender id           [5] address (rendezvous: where the data is)
+    [6] inline bytes        [7] reserved
+
+Kinds: WRAP (skip to the ring's start), EAGER (payload inline), RTS
+(rendezvous: the receiver copies ``nbytes`` from ``address`` in the
+sender's memory with process_vm_readv, then answers FIN), ACK (a synchronous
+eager send was matched), FIN (rendezvous copy done: the sender's buffer is
+free).  Flags: SYNC, OBJ (the payload is a pickled object, see below).
+
+Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
+``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
+out of band and are copied once, straight from the sender's memory into the
+receiver's new buffer.  An OBJ RTS carries inline a table::
+
+    i64 count, i64 stream_len, i64 stream_addr (0: stream inline after table)
+    count x (i64 address, i64 length, i64 how)   how: bit0 readonly, bit1 persistent
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import struct
+import time
+from collections import deque
+
+from .. import _linux
+from ..errors import MmpiError, PeerDiedError, TruncationError
+from . import _engine as E
+from . import _world as W
+
+__all__ = ["Transport", "RecvOp", "SendOp"]
+
+K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
+F_SYNC, F_OBJ = 1, 2
+HDR = struct.Struct("<8q")
+HDR_BYTES = 64
+TABLE = struct.Struct("<3q")
+PART = struct.Struct("<3q")
+
+DEFAULT_EAGER_LIMIT = 262144  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
+OOB_MIN = 65536               # pickle buffers this large travel out of band
+SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
+PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
+SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at most this
+SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
+                              # (off: no gain measured on 2 cores, a loss when oversubscribed)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        import signal
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"wait status {status:#x}"
+
+
+class RecvOp(E.Receive):
+    """A receive in flight.  ``mv``: writable byte memoryview, or None for objects."""
+
+    __slots__ = ("mv", "done", "exc", "count", "value", "cancelled")
+
+    def __init__(self, source, tag, context, mv):
+        self.source = source
+        self.tag = tag
+        self.context = context
+        self.capacity = None if mv is None else len(mv)
+        self.state = E.R_NEW
+        self.message = None
+        self.error = 0
+        self.mv = mv
+        self.done = False
+        self.exc = None
+        self.count = 0
+        self.value = None
+        self.cancelled = False
+
+
+class SendOp(E.Send):
+    """A send in flight.  ``mv``: the byte view sent (eager) or pinned (rndv)."""
+
+    __slots__ = ("mv", "done", "exc", "flags", "table", "keep", "addr", "cancelled")
+
+    def __init__(self, dest, tag, context, mv, sync=False, flags=0, table=None, keep=None,
+                 nbytes=None):
+        self.dest = dest
+        self.tag = tag
+        self.context = context
+        self.nbytes = len(mv) if nbytes is None else nbytes
+        self.sync = sync
+        self.protocol = E.EAGER
+        self.id = 0
+        self.state = E.S_NEW
+        self.mv = mv
+        self.done = False
+        self.exc = None
+        self.flags = flags
+        self.table = table
+        self.keep = keep
+        self.addr = 0
+        self.cancelled = False
+
+
+def shared_lookup(address: int, nbytes: int):
+    """Hook: a driller shared segment holding [address, address+nbytes), or None.
+
+    When the registry (driller._registry) lands, a rendezvous between ranks that
+    both map the segment can copy straight from the mapping.
+    """
+    return None
+
+
+class Transport:
+    """One process's end of the world: its rings, its engine, its waiting."""
+
+    def __init__(self, world: W.World, rank: int, eager_limit: int | None = None):
+        self.world = world
+        self.rank = rank
+        self.size = size = world.size
+        self.words = world.words
+        self.data = world.data
+        self.base = world.address
+        rb = self.ring_bytes = world.ring_bytes
+        if eager_limit is None:
+            eager_limit = int(os.environ.get("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT))
+        self.eager_limit = max(0, min(eager_limit, rb // 4))
+        self.engine = E.Engine(self.eager_limit)
+        self.peers = [r for r in range(size) if r != rank]
+        z = [0] * size
+        self.in_head = list(z)   # src -> word index of head
+        self.in_tailw = list(z)  # src -> word index of tail (we write it)
+        self.in_pwait = list(z)  # src -> word index of the producer's waiting flag
+        self.in_data = list(z)   # src -> byte offset of data
+        self.in_tail = list(z)   # src -> our tail (bytes consumed)
+        self.out_head = list(z)  # dst -> our head (bytes written)
+        self.out_headw = list(z)
+        self.out_tailw = list(z)
+        self.out_pwait = list(z)
+        self.out_data = list(z)
+        self.sleeping_w = [world.rank_word(r, W.R_SLEEPING) for r in range(size)]
+        for p in self.peers:
+            c = world.ring_ctrl(p, rank)
+            self.in_head[p] = c // 8 + W.G_HEAD
+            self.in_tailw[p] = c // 8 + W.G_TAIL
+            self.in_pwait[p] = c // 8 + W.G_PWAIT
+            self.in_data[p] = c + W.RING_CTRL
+            self.in_tail[p] = self.words[c // 8 + W.G_TAIL]
+            c = world.ring_ctrl(rank, p)
+            self.out_headw[p] = c // 8 + W.G_HEAD
+            self.out_tailw[p] = c // 8 + W.G_TAIL
+            self.out_pwait[p] = c // 8 + W.G_PWAIT
+            self.out_data[p] = c + W.RING_CTRL
+            self.out_head[p] = self.words[c // 8 + W.G_HEAD]
+        self.in_list = [(p, self.in_head[p]) for p in self.peers]
+        self.in_one = [[(p, self.in_head[p])] for p in range(size)]
+        self.pending = [deque() for _ in range(size)]
+        self.npending = 0
+        self.my_sleeping = self.sleeping_w[rank]
+        self.deaths_seen = -1
+        self.dead = {}      # rank -> wait status (launcher-marked)
+        self.gone = set()   # ranks found dead by pid
+        self.stats_sleeps = 0
+        self.split_min = int(os.environ.get("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN))
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover
+            cpus = os.cpu_count() or 1
+        # oversubscribed: yield at once, a sibling rank may be the one we wait for
+        self.pure_polls = int(os.environ.get("DRILLER_MMPI_PURE_POLLS",
+                                             PURE_POLLS if size <= cpus else 0))
+        self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
+        self._tokens = iter(range(1, 1 << 62))
+        _linux.allow_ptrace_by_any()
+        W.register_pid(world, rank)
+
+    # ------------------------------------------------------------ sending
+    def isend(self, op: SendOp, protocol: int | None = None) -> SendOp:
+        if op.dest == self.rank:
+            protocol = E.EAGER  # to self: always buffered (a copy), never a deadlock
+        self._run(self.engine.send(op, protocol))
+        return op
+
+    def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
+        """A standard eager send straight into the ring, if nothing is queued
+        before it and it fits; False: use the general path."""
+        n = len(mv)
+        if n > self.eager_limit or dst == self.rank or self.pending[dst]:
+            return False
+        return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+
+    def recv_fast(self, src: int, tag: int, ctx: int, mv):
+        """A blocking receive served straight from the ring when nothing else is
+        queued: spins (sched_yield) up to SPIN_SECONDS for the next record; if it
+        is a plain eager message this receive matches and it fits, copies it and
+        returns (source, tag, nbytes); else returns None (use the general path,
+        which sees the same records in the same order)."""
+        eng = self.engine
+        if eng.posted or eng.unexpected or self.npending or src == self.rank:
+            return None
+        words = self.words
+        data = self.data
+        tails = self.in_tail
+        rb = self.ring_bytes
+        if mv is None:  # an object receive: a small pickled object, returned as bytes
+            want, cap = K_EAGER | F_OBJ << 8, 1 << 62
+        else:
+            want, cap = K_EAGER, len(mv)
+        # a specific source: only its ring can hold the match, others wait their turn
+        # (the general path, taken after SPIN_SECONDS, drains every ring)
+        rings = self.in_list if src == E.ANY_SOURCE else self.in_one[src]
+        spin_end = 0.0
+        polls = 0
+        pure = self.pure_polls
+        while True:
+            for s, hw in rings:
+                t = tails[s]
+                if words[hw] != t:
+                    p = self.in_data[s] + t % rb
+                    kf, c, tg, nb, sid, addr, plen, _ = HDR.unpack_from(data, p)
+                    if (kf == want and c == ctx and (src == s or src == E.ANY_SOURCE)
+                            and (tag == tg or tag == E.ANY_TAG) and nb <= cap):
+                        if mv is None:
+                            nb = bytes(data[p + HDR_BYTES:p + HDR_BYTES + nb])
+                        elif nb:
+                            mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
+                        t += HDR_BYTES + ((plen + 63) & ~63)
+                        tails[s] = t
+                        words[self.in_tailw[s]] = t
+                        if words[self.in_pwait[s]]:
+                            _linux.futex_wake(self.base + self.in_tailw[s] * 8)
+                        return s, tg, nb
+                    return None
+            polls += 1
+            if polls < pure:
+                continue
+            if not spin_end:
+                spin_end = time.perf_counter() + SPIN_SECONDS
+            elif time.perf_counter() > spin_end:
+                return None
+            os.sched_yield()
+
+    def _transmit(self, s: SendOp) -> None:
+        dst = s.dest
+        if dst == self.rank:
+            self._self_send(s)
+            return
+        q = self.pending[dst]
+        if q or not self._put_send(s):
+            q.append(s)
+            self.npending += 1
+            return
+        self._run(self.engine.transmitted(s))
+
+    def _self_send(self, s: SendOp) -> None:
+        if s.flags & F_OBJ:
+            payload = (bytes(s.mv), s.table)  # table: (parts copied) for self
+        else:
+            payload = bytes(s.mv)
+        m = E.Message(self.rank, s.tag, s.context, s.nbytes, E.EAGER, s.sync, s.id,
+                      payload, s.flags)
+        acts = self.engine.transmitted(s)
+        self._run(acts)
+        self._arrive(m, True)
+
+    def _put(self, dst: int, kindflags: int, ctx: int, tag: int, nbytes: int, sid: int,
+             addr: int, payload, plen: int) -> bool:
+        rb = self.ring_bytes
+        reclen = HDR_BYTES + ((plen + 63) & ~63)
+        head = self.out_head[dst]
+        off = head % rb
+        skip = rb - off if off + reclen > rb else 0
+        if head + skip + reclen - self.words[self.out_tailw[dst]] > rb:
+            return False
+        data = self.data
+        base = self.out_data[dst]
+        if skip:
+            HDR.pack_into(data, base + off, K_WRAP, 0, 0, 0, 0, 0, 0, 0)
+            head += skip
+            off = 0
+        p = base + off
+        HDR.pack_into(data, p, kindflags, ctx, tag, nbytes, sid, addr, plen, 0)
+        if plen:
+            data[p + HDR_BYTES:p + HDR_BYTES + plen] = payload
+        head += reclen
+        self.out_head[dst] = head
+        self.words[self.out_headw[dst]] = head
+        if self.words[self.sleeping_w[dst]]:
+            _linux.futex_wake(self.base + self.out_headw[dst] * 8)
+        return True
+
+    def _put_send(self, s: SendOp) -> bool:
+        flags = s.flags | (F_SYNC if s.sync else 0)
+        if s.protocol == E.EAGER:
+            return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes, s.id,
+                             0, s.mv, len(s.mv))
+        if s.flags & F_OBJ:
+            return self._put(s.dest, K_RTS | flags << 8, s.context, s.tag, s.nbytes, s.id,
+                             0, s.table, len(s.table))
+        if not s.addr and s.nbytes:
+            s.addr = _linux.buffer_address(s.mv)[0]
+        return self._put(s.dest, K_RTS | flags << 8, s.context, s.tag, s.nbytes, s.id,
+                         s.addr, None, 0)
+
+    def _reply(self, a: E.Reply) -> None:
+        if a.dest == self.rank:
+            self._run(self.engine.control(a.kind, a.sender_id))
+            return
+        if a.dest in self.dead or a.dest in self.gone:
+            return
+        kind = K_ACK if a.kind == E.ACK else K_FIN
+        q = self.pending[a.dest]
+        if q or not self._put(a.dest, kind, 0, 0, 0, a.sender_id, 0, None, 0):
+            q.append(a)
+            self.npending += 1
+
+    def _flush(self) -> bool:
+        did = False
+        for dst, q in enumerate(self.pending):
+            while q:
+                item = q[0]
+                if type(item) is E.Reply:
+                    kind = K_ACK if item.kind == E.ACK else K_FIN
+                    if not self._put(dst, kind, 0, 0, 0, item.sender_id, 0, None, 0):
+                        break
+                    q.popleft()
+                    self.npending -= 1
+                elif type(item) is tuple:  # (kind, sid): a WDONE
+                    if not self._put(dst, item[0], 0, 0, 0, item[1], 0, None, 0):
+                        break
+                    q.popleft()
+                    self.npending -= 1
+                else:
+                    if not self._put_send(item):
+                        break
+                    q.popleft()
+                    self.npending -= 1
+                    self._run(self.engine.transmitted(item))
+                did = True
+        return did
+
+    # ------------------------------------------------------------ actions
+    def _run(self, actions) -> None:
+        for a in actions:
+            t = type(a)
+            if t is E.Complete:
+                a.op.done = True
+            elif t is E.Deliver:
+                self._deliver(a.receive, a.message)
+            elif t is E.Reply:
+                self._reply(a)
+            elif t is E.Transmit:
+                self._transmit(a.send)
+            elif t is E.Fetch:
+                self._fetch(a.receive, a.message)
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown action {a!r}")
+
+    def _truncation(self, r: RecvOp, m: E.Message) -> TruncationError:
+        return TruncationError(
+            f"message of {m.nbytes} bytes from rank {m.source} (tag {m.tag}) does not fit "
+            f"the {r.capacity}-byte receive buffer: the first {r.capacity} bytes were "
+            f"received, the rest dropped; post a buffer of at least {m.nbytes} bytes "
+            f"(Probe gives the size first)")
+
+    def _deliver(self, r: RecvOp, m: E.Message) -> None:
+        r.count = m.nbytes
+        p = m.payload
+        m.payload = None  # never keep a view of the ring
+        if r.mv is None:  # object receive
+            if m.flags & F_OBJ:
+                r.value = (bytes(p), []) if type(p) is not tuple else p
+            else:
+                r.value = (None, bytes(p))
+            return
+        if m.flags & F_OBJ:
+            r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent as a "
+                              f"Python object (lowercase send): receive it with recv()")
+            return
+        n = m.nbytes
+        if r.error:
+            n = r.capacity
+            r.exc = self._truncation(r, m)
+        if n:
+            r.mv[:n] = p[:n]
+
+    def _fetch(self, r: RecvOp, m: E.Message) -> None:
+        r.count = m.nbytes
+        pid = self._pid(m.source)
+        try:
+            if m.flags & F_OBJ:
+                if r.mv is not None:
+                    r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent "
+                                      f"as a Python object (lowercase send): receive it "
+                                      f"with recv()")
+                else:
+                    r.value = self._fetch_object(pid, m.payload)
+            else:
+                n = m.nbytes
+                if r.mv is None:
+                    buf = bytearray(n)
+                    if n:
+                        _linux.process_vm_readv(pid, _linux.buffer_address(buf, True)[0],
+                                                m.payload, n)
+                    r.value = (None, buf)
+                else:
+                    if r.error:
+                        n = r.capacity
+                        r.exc = self._truncation(r, m)
+                    elif n >= self.split_min > 0 and self._split(r, m, pid):
+                        return  # engine.fetched once the sender's WDONE arrives
+                    if n:
+                        _linux.process_vm_readv(pid, _linux.buffer_address(r.mv, True)[0],
+                                                m.payload, n)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
+                                      f"message (tag {m.tag}) could be copied",
+                                      rank=m.source)
+                self.gone.add(m.source)
+            else:
+                r.exc = MmpiError(f"copying {m.nbytes} bytes from rank {m.source} "
+                                  f"(tag {m.tag}) failed: {e}")
+        self._run(self.engine.fetched(r))
+
+    def _split(self, r: RecvOp, m: E.Message, pid: int) -> bool:
+        """Copy the first half ourselves while the sender writes the second half
+        into our buffer (process_vm_writev): both cores copy.  False: not now."""
+        n = m.nbytes
+        half = (n // 2) & ~4095
+        local = _linux.buffer_address(r.mv, True)[0]
+        token = next(self._tokens)
+        if self.pending[m.source] or not self._put(m.source, K_CTS, 0, token, n - half,
+                                                   m.sender_id, local + half, None, 0):
+            return False
+        self.splits[token] = r
+        try:
+            _linux.process_vm_readv(pid, local, m.payload, half)
+        except BaseException:
+            self.splits.pop(token, None)
+            raise
+        return True
+
+    def _write_half(self, dst: int, sid: int, remote: int, n: int, token: int) -> None:
+        """The receiver asks us (CTS) to write the tail of send ``sid`` into its buffer."""
+        s = self.engine.awaiting.get(sid)
+        if s is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"CTS from rank {dst} for unknown send id {sid}")
+        try:
+            _linux.process_vm_writev(self._pid(dst), s.addr + s.nbytes - n, remote, n)
+        except OSError as e:
+            self.engine.awaiting.pop(sid, None)
+            s.exc = (PeerDiedError(f"rank {dst} died during a {s.nbytes}-byte send "
+                                   f"(tag {s.tag})", rank=dst)
+                     if e.errno == errno.ESRCH else
+                     MmpiError(f"writing {n} bytes to rank {dst} failed: {e}"))
+            s.done = True
+            return
+        q = self.pending[dst]
+        if q or not self._put(dst, K_WDONE, 0, 0, 0, token, 0, None, 0):
+            q.append((K_WDONE, token))
+            self.npending += 1
+
+    def _fetch_object(self, pid: int, table: bytes):
+        count, slen, saddr = TABLE.unpack_from(table, 0)
+        off = TABLE.size
+        parts = []
+        for _ in range(count):
+            addr, length, how = PART.unpack_from(table, off)
+            off += PART.size
+            if how & 1:
+                buf = bytes(length)
+                local = _linux.buffer_address(buf)[0]
+            else:
+                buf = bytearray(length)
+                local = _linux.buffer_address(buf, True)[0]
+            if length:
+                _linux.process_vm_readv(pid, local, addr, length)
+            parts.append((buf, how))
+        if saddr:
+            stream = bytearray(slen)
+            _linux.process_vm_readv(pid, _linux.buffer_address(stream, True)[0], saddr, slen)
+        else:
+            stream = table[off:off + slen]
+        return (stream, parts)
+
+    def _pid(self, rank: int) -> int:
+        return self.words[self.world.rank_word(rank, W.R_PID)]
+
+    # ------------------------------------------------------------ receiving
+    def irecv(self, op: RecvOp) -> RecvOp:
+        self._run(self.engine.post(op))
+        return op
+
+    def _arrive(self, m: E.Message, private: bool) -> None:
+        acts = self.engine.arrive(m)
+        if acts:
+            self._run(acts)
+        elif not private and m.protocol == E.EAGER:
+            m.payload = bytes(m.payload)  # unexpected: copy out of the ring
+
+    def _drain(self, src: int, head: int) -> None:
+        rb = self.ring_bytes
+        data = self.data
+        base = self.in_data[src]
+        t = self.in_tail[src]
+        engine = self.engine
+        while t != head:
+            off = t % rb
+            p = base + off
+            kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+            kind = kf & 0xFF
+            if kind == K_WRAP:
+                t += rb - off
+                continue
+            flags = kf >> 8
+            if kind == K_EAGER:
+                m = E.Message(src, tag, ctx, nbytes, E.EAGER, bool(flags & F_SYNC), sid,
+                              data[p + HDR_BYTES:p + HDR_BYTES + plen], flags)
+                acts = engine.arrive(m)
+                if acts:
+                    self._run(acts)
+                else:
+                    m.payload = bytes(m.payload)
+            elif kind == K_RTS:
+                payload = bytes(data[p + HDR_BYTES:p + HDR_BYTES + plen]) if plen else addr
+                m = E.Message(src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid,
+                              payload, flags)
+                acts = engine.arrive(m)
+                if acts:
+                    self._run(acts)
+            elif kind == K_ACK:
+                self._run(engine.control(E.ACK, sid))
+            elif kind == K_FIN:
+                self._run(engine.control(E.FIN, sid))
+            elif kind == K_CTS:
+                self._write_half(src, sid, addr, nbytes, tag)
+            elif kind == K_WDONE:
+                r = self.splits.pop(sid, None)
+                if r is not None:  # None: our half failed and the receive is over
+                    self._run(engine.fetched(r))
+            else:
+                raise MmpiError(f"corrupt ring from rank {src}: record kind {kind} at {t}")
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            # publish the tail per record so big rings free up early
+            self.in_tail[src] = t
+            self.words[self.in_tailw[src]] = t
+        self.in_tail[src] = t
+        self.words[self.in_tailw[src]] = t
+        if self.words[self.in_pwait[src]]:
+            _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+
+    def progress(self) -> bool:
+        """Drain every incoming ring and retry blocked sends; True if anything moved."""
+        did = False
+        words = self.words
+        tails = self.in_tail
+        for src, hw in self.in_list:
+            h = words[hw]
+            if h != tails[src]:
+                self._drain(src, h)
+                did = True
+        if self.npending:
+            did = self._flush() or did
+        return did
+
+    # ------------------------------------------------------------ waiting
+    def wait(self, op, peer: int | None = None) -> None:
+        """Block until ``op.done``.  ``peer``: the world rank op depends on
+        (None: any rank, e.g. ANY_SOURCE)."""
+        if op.done:
+            return
+        progress = self.progress
+        words = self.words
+        spin_end = None
+        while True:
+            if progress():
+                if op.done:
+                    return
+                spin_end = None
+                continue
+            if words[W.H_DEATHS] != self.deaths_seen:
+                self._check_dead(op, peer, False)
+            now = time.perf_counter()
+            if spin_end is None:
+                spin_end = now + SPIN_SECONDS
+            elif now > spin_end:
+                if not self._sleep():
+                    self._check_dead(op, peer, True)
+                if op.done:
+                    return
+                continue
+            os.sched_yield()
+
+    def wait_until(self, pred, peer: int | None = None, op=None):
+        """Block until ``pred()`` is true (progressing meanwhile)."""
+        spin_end = None
+        while not pred():
+            if self.progress():
+                spin_end = None
+                continue
+            if self.words[W.H_DEATHS] != self.deaths_seen:
+                self._check_dead(op, peer, False)
+            now = time.perf_counter()
+            if spin_end is None:
+                spin_end = now + SPIN_SECONDS
+            elif now > spin_end:
+                if not self._sleep():
+                    self._check_dead(op, peer, True)
+                continue
+            os.sched_yield()
+
+    def _sleep(self) -> bool:
+        """Futex-sleep until a ring or the deaths word moves; False on timeout."""
+        words = self.words
+        base = self.base
+        words[self.my_sleeping] = 1
+        flagged = []
+        try:
+            waits = []
+            for src, hw in self.in_list:
+                h = words[hw]
+                if h != self.in_tail[src]:
+                    return True
+                waits.append((base + hw * 8, h))
+            if self.npending:
+                for dst, q in enumerate(self.pending):
+                    if q:
+                        words[self.out_pwait[dst]] = 1
+                        flagged.append(dst)
+                        tw = self.out_tailw[dst]
+                        waits.append((base + tw * 8, words[tw]))
+                if self._flush():
+                    return True
+            d = words[W.H_DEATHS]
+            if d != self.deaths_seen:
+                return True
+            waits = waits[-127:]
+            waits.append((base + W.H_DEATHS * 8, d))
+            self.stats_sleeps += 1
+            return _linux.futex_waitv(waits, SLEEP_SECONDS)
+        finally:
+            words[self.my_sleeping] = 0
+            for dst in flagged:
+                words[self.out_pwait[dst]] = 0
+
+    def _scan_dead(self) -> None:
+        words = self.words
+        self.deaths_seen = words[W.H_DEATHS]
+        for r in range(self.size):
+            if r != self.rank and r not in self.dead and words[self.world.rank_word(r, W.R_DEAD)]:
+                self.dead[r] = int(words[self.world.rank_word(r, W.R_STATUS)])
+
+    def _check_dead(self, op, peer, timed_out: bool) -> None:
+        """Raise PeerDiedError if a peer died abnormally, or the one op needs is gone."""
+        if self.words[W.H_DEATHS] != self.deaths_seen:
+            self._scan_dead()
+        culprit = None
+        for r, st in self.dead.items():
+            if st != 0 or r == peer:
+                culprit = (r, st)
+                break
+        if culprit is None and timed_out:
+            check = [peer] if peer is not None else self.peers
+            gone = []
+            for r in check:
+                if r == self.rank or r in self.gone:
+                    gone.append(r)
+                    continue
+                pid = self._pid(r)
+                if pid and not _linux.pid_alive(pid):
+                    self.gone.add(r)
+                    gone.append(r)
+            if peer is not None and peer in self.gone:
+                culprit = (peer, None)
+            elif peer is None and self.peers and all(r in self.gone for r in self.peers):
+                culprit = (self.peers[0], None)
+        if culprit is None:
+            return
+        # the message may have arrived just before the death: look once more
+        if self.progress() and op is not None and op.done:
+            return
+        r, st = culprit
+        if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
+            self._scan_dead()
+            st = self.dead.get(r)
+        how = (_describe_status(st) if st is not None
+               else f"(pid {self._pid(r)}) is gone (exited or killed)")
+        raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
+                            f"{_opname(op)}", rank=r, status=st)
+
+    def close(self) -> None:
+        w = self.world
+        w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
+
+
+def _opname(op) -> str:
+    if op is None:
+        return "wait"
+    if isinstance(op, RecvOp):
+        src = "any source" if op.source == E.ANY_SOURCE else f"rank {op.source}"
+        return f"receive from {src} (tag {op.tag})"
+    if isinstance(op, SendOp):
+        return f"send to rank {op.dest} (tag {op.tag})"
+    return repr(op)

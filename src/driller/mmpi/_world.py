@@ -1,0 +1,223 @@
+"""The shared world block: the one memfd every rank of an mmpi job maps.
+
+The launcher creates it (:func:`create_world`) and hands the fd to each rank
+(``pass_fds``) with three environment variables; it records deaths in it
+(:func:`mark_dead`).  Ranks map it and talk through it.
+
+Layout (all words are little-endian u64, 8-byte aligned; every word has exactly
+ONE writer, because Python has no atomic read-modify-write)::
+
+    header (one page)
+        [0] magic  [1] version  [2] size  [3] ring_bytes  [4] total bytes
+        [5] offset of the rank table  [6] offset of the rings  [7] ring stride
+        [16] deaths: launcher-written counter, a futex word every sleeping
+             rank waits on, bumped by mark_dead
+    rank table: size x RANK_STRIDE bytes, one 64-byte line per writer
+        line 0 (written by the rank)     pid, ready
+        line 1 (written by the launcher) dead, wait status
+        line 2 (written by the rank)     sleeping (waiting in futex), finalized
+    rings: one single-producer/single-consumer byte ring per ordered pair
+        (src, dst), src != dst, RING_CTRL control bytes then ring_bytes data
+        line 0 (producer) head: bytes ever written (also a futex word),
+                          producer_waiting: producer sleeps for free space
+        line 1 (consumer) tail: bytes ever consumed (also a futex word)
+
+Records in a ring are 64-byte aligned; their format belongs to _transport.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import _linux
+from ..segment import Region
+
+__all__ = [
+    "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead",
+    "register_pid", "World",
+]
+
+ENV_RANK = "DRILLER_MMPI_RANK"
+ENV_SIZE = "DRILLER_MMPI_SIZE"
+ENV_WORLD_FD = "DRILLER_MMPI_WORLD_FD"
+
+MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
+VERSION = 1
+HEADER_BYTES = 4096
+RANK_STRIDE = 256
+RING_CTRL = 128
+MAX_SIZE = 4096
+
+# header word indices
+H_MAGIC, H_VERSION, H_SIZE, H_RING_BYTES, H_TOTAL, H_RANK_OFF, H_RING_OFF, H_RING_STRIDE = range(8)
+H_DEATHS = 16
+# rank table word indices (relative to the rank's entry)
+R_PID, R_READY = 0, 1
+R_DEAD, R_STATUS = 8, 9
+R_SLEEPING, R_FINALIZED = 16, 17
+# ring control word indices (relative to the ring's control block)
+G_HEAD, G_PWAIT = 0, 1
+G_TAIL = 8
+
+
+def default_ring_bytes(size: int) -> int:
+    """Data bytes per ordered pair: generous for few ranks, bounded for many.
+
+    Pages of a memfd are allocated only when touched, so an idle pair costs
+    nothing; a busy one costs its ring.
+    """
+    env = os.environ.get("DRILLER_MMPI_RING_BYTES")
+    if env:
+        n = int(env)
+    elif size <= 4:
+        n = 2 << 20
+    elif size <= 8:
+        n = 1 << 20
+    elif size <= 16:
+        n = 512 << 10
+    elif size <= 64:
+        n = 128 << 10
+    else:
+        n = 32 << 10
+    return max(4096, (n + 4095) & ~4095)
+
+
+def _layout(size: int, ring_bytes: int) -> tuple[int, int, int, int]:
+    rank_off = HEADER_BYTES
+    ring_off = _linux.page_ceil(rank_off + size * RANK_STRIDE)
+    stride = RING_CTRL + ring_bytes
+    total = _linux.page_ceil(ring_off + size * (size - 1) * stride)
+    return rank_off, ring_off, stride, total
+
+
+def create_world(size: int, ring_bytes: int | None = None) -> int:
+    """An inheritable memfd holding an initialised world block for ``size`` ranks.
+
+    The caller owns the fd (close it once every rank has it).
+    """
+    if not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"world size must be an int in 1..{MAX_SIZE}, got {size!r}")
+    if ring_bytes is None:
+        ring_bytes = default_ring_bytes(size)
+    if ring_bytes % 64 or ring_bytes < 4096:
+        raise ValueError("ring_bytes must be a multiple of 64 and at least 4096")
+    rank_off, ring_off, stride, total = _layout(size, ring_bytes)
+    fd = _linux.memfd_create(f"driller:mmpi-world-{size}")
+    try:
+        os.ftruncate(fd, total)
+        _linux.add_seals(fd, _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL)
+        region = Region(fd, HEADER_BYTES)
+        h = np.asarray(region).view(np.uint64)
+        h[H_SIZE] = size
+        h[H_RING_BYTES] = ring_bytes
+        h[H_TOTAL] = total
+        h[H_RANK_OFF] = rank_off
+        h[H_RING_OFF] = ring_off
+        h[H_RING_STRIDE] = stride
+        h[H_VERSION] = VERSION
+        h[H_MAGIC] = MAGIC
+        del h, region
+        os.set_inheritable(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class World:
+    """A process's mapping of the world block, with word views.
+
+    ``words`` is a memoryview of u64 over the whole block (fast single-word
+    reads and aligned 8-byte stores); ``data`` is a byte memoryview.
+    """
+
+    def __init__(self, fd: int):
+        head = Region(fd, HEADER_BYTES, readonly=True)
+        h = memoryview(np.asarray(head)).cast("Q")
+        if h[H_MAGIC] != MAGIC or h[H_VERSION] != VERSION:
+            raise ValueError(f"fd {fd} does not hold an mmpi world block (bad magic/version)")
+        self.size = int(h[H_SIZE])
+        self.ring_bytes = int(h[H_RING_BYTES])
+        self.total = int(h[H_TOTAL])
+        self.rank_off = int(h[H_RANK_OFF])
+        self.ring_off = int(h[H_RING_OFF])
+        self.ring_stride = int(h[H_RING_STRIDE])
+        h.release()
+        del head
+        self.region = Region(fd, self.total)
+        self.address = self.region.address
+        self.array = np.asarray(self.region)
+        self.data = memoryview(self.array)
+        self.words = self.data.cast("Q")
+
+    # word indices (into self.words) -------------------------------------
+    def rank_word(self, rank: int, field: int) -> int:
+        return (self.rank_off + rank * RANK_STRIDE) // 8 + field
+
+    def pair_index(self, src: int, dst: int) -> int:
+        return src * (self.size - 1) + (dst if dst < src else dst - 1)
+
+    def ring_ctrl(self, src: int, dst: int) -> int:
+        """Byte offset of the control block of the ring src -> dst."""
+        return self.ring_off + self.pair_index(src, dst) * self.ring_stride
+
+    def ring_data(self, src: int, dst: int) -> int:
+        return self.ring_ctrl(src, dst) + RING_CTRL
+
+    def deaths_word(self) -> int:
+        return H_DEATHS
+
+    def close(self) -> None:
+        try:
+            self.words.release()
+            self.data.release()
+        except BufferError:  # pragma: no cover - a view still exported
+            return
+        self.array = None
+        self.region = None
+
+
+def mark_dead(fd: int, rank: int, status: int) -> None:
+    """Launcher: rank died with wait ``status``; wake every sleeping rank.
+
+    Only the launcher writes these words (one writer).  A rank waiting on
+    anything raises PeerDiedError promptly when a peer died abnormally
+    (status != 0), or when the peer it depends on is gone.
+    """
+    w = World(fd)
+    try:
+        if not 0 <= rank < w.size:
+            raise ValueError(f"rank {rank} out of range for a world of size {w.size}")
+        words = w.words
+        words[w.rank_word(rank, R_STATUS)] = status & 0xFFFFFFFF
+        words[w.rank_word(rank, R_DEAD)] = 1
+        words[H_DEATHS] = (words[H_DEATHS] + 1) & 0xFFFFFFFF
+        _linux.futex_wake(w.address + H_DEATHS * 8)
+        # also wake anyone sleeping on ring words only (e.g. a world > 127 ranks)
+        for r in range(w.size):
+            if words[w.rank_word(r, R_SLEEPING)]:
+                for s in range(w.size):
+                    if s != r:
+                        _linux.futex_wake(w.address + w.ring_ctrl(s, r) + G_HEAD * 8)
+    finally:
+        w.close()
+
+
+def register_pid(fd_or_world, rank: int, pid: int | None = None) -> None:
+    """A rank writes its own pid (single writer) and marks itself ready."""
+    w = fd_or_world if isinstance(fd_or_world, World) else World(fd_or_world)
+    w.words[w.rank_word(rank, R_PID)] = os.getpid() if pid is None else pid
+    w.words[w.rank_word(rank, R_READY)] = 1
+    if w is not fd_or_world:
+        w.close()
+
+
+def read_pids(fd: int) -> list[int]:
+    """The pids ranks registered so far (0 for a rank not yet started)."""
+    w = World(fd)
+    try:
+        return [int(w.words[w.rank_word(r, R_PID)]) for r in range(w.size)]
+    finally:
+        w.close()

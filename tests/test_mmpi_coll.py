@@ -1,0 +1,564 @@
+"""mmpi collectives and communicator construction, with real forked ranks.
+
+Every rank builds its input deterministically from its rank, so each rank can
+compute the NumPy reference of the whole collective by itself and compare.
+Values are small integers (exact in every dtype), so float sums are exact too
+whatever the reduction order.  No timed assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import tempfile
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+from driller import MPI, mmpi
+from driller.errors import MmpiError, PeerDiedError, RankFailedError, TruncationError
+from driller.mmpi import _coll, _world
+
+DTYPES = [np.float64, np.int32, np.uint8, np.complex128]
+MiB = 1 << 20
+
+
+def data(rank, count, dtype, salt=0):
+    """Rank ``rank``'s input: small integers, exact in every dtype."""
+    x = (np.arange(count, dtype=np.int64) * 7 + rank * 13 + salt) % 11
+    return x.astype(dtype)
+
+
+def ref(op, arrays):
+    out = arrays[0].copy()
+    for a in arrays[1:]:
+        out = {"SUM": np.add, "PROD": np.multiply, "MAX": np.maximum, "MIN": np.minimum,
+               "BAND": np.bitwise_and, "BOR": np.bitwise_or, "BXOR": np.bitwise_xor}[op](out, a)
+    return out
+
+
+def check_equal(got, want, what):
+    if got.shape != want.shape or not np.array_equal(got, want):
+        bad = (np.flatnonzero(got.ravel() != want.ravel())[:5] if got.shape == want.shape
+               else f"shape {got.shape} != {want.shape}")
+        raise AssertionError(f"{what}: mismatch at {bad}")
+
+
+# ----------------------------------------------------------------- the big sweep
+
+def sweep(comm, sizes, dtypes, roots):
+    """Run every buffer collective; returns the number of checks done."""
+    n, me = comm.size, comm.rank
+    checks = 0
+    for dtype in dtypes:
+        for count in sizes:
+            tag = f"{np.dtype(dtype).name} x {count} on {n} ranks"
+            mine = data(me, count, dtype)
+            everyone = [data(r, count, dtype) for r in range(n)]
+            ops = ["SUM", "MAX", "MIN"] + (["BXOR", "BOR"] if np.dtype(dtype).kind in "iu" else [])
+            if np.dtype(dtype).kind == "c":
+                ops = ["SUM", "PROD"] if n <= 4 else ["SUM"]
+            for root in roots:
+                # Bcast
+                buf = mine.copy() if me == root else np.zeros(count, dtype)
+                comm.Bcast(buf, root=root)
+                check_equal(buf, everyone[root], f"Bcast root {root} {tag}")
+                # Reduce
+                for opname in ops:
+                    out = np.zeros(count, dtype) if me == root else None
+                    comm.Reduce(mine, out, op=getattr(MPI, opname), root=root)
+                    if me == root:
+                        check_equal(out, ref(opname, everyone), f"Reduce {opname} {tag}")
+                    checks += 1
+                # Reduce, IN_PLACE at the root
+                io = mine.copy()
+                comm.Reduce(MPI.IN_PLACE if me == root else io, io if me == root else None,
+                            op=MPI.SUM, root=root)
+                if me == root:
+                    check_equal(io, ref("SUM", everyone), f"Reduce IN_PLACE {tag}")
+                # Gather / Scatter
+                g = np.zeros(n * count, dtype) if me == root else None
+                comm.Gather(mine, g, root=root)
+                if me == root:
+                    check_equal(g, np.concatenate(everyone), f"Gather {tag}")
+                s = np.zeros(count, dtype)
+                comm.Scatter(np.concatenate(everyone) if me == root else None, s, root=root)
+                check_equal(s, everyone[me], f"Scatter {tag}")
+                checks += 4
+            for opname in ops:
+                out = np.zeros(count, dtype)
+                comm.Allreduce(mine, out, op=getattr(MPI, opname))
+                check_equal(out, ref(opname, everyone), f"Allreduce {opname} {tag}")
+                checks += 1
+            io = mine.copy()
+            ipop = ops[1] if len(ops) > 1 else "SUM"
+            comm.Allreduce(MPI.IN_PLACE, io, op=getattr(MPI, ipop))
+            check_equal(io, ref(ipop, everyone), f"Allreduce IN_PLACE {ipop} {tag}")
+            # Allgather (+ IN_PLACE)
+            ag = np.zeros(n * count, dtype)
+            comm.Allgather(mine, ag)
+            check_equal(ag, np.concatenate(everyone), f"Allgather {tag}")
+            ag = np.zeros(n * count, dtype)
+            ag[me * count:(me + 1) * count] = mine
+            comm.Allgather(MPI.IN_PLACE, ag)
+            check_equal(ag, np.concatenate(everyone), f"Allgather IN_PLACE {tag}")
+            # Alltoall: rank r's block j is data(r, count, salt=j)
+            send = np.concatenate([data(me, count, dtype, salt=j) for j in range(n)])
+            recv = np.zeros(n * count, dtype)
+            comm.Alltoall(send, recv)
+            check_equal(recv, np.concatenate([data(r, count, dtype, salt=me) for r in range(n)]),
+                        f"Alltoall {tag}")
+            # Reduce_scatter_block: n blocks of count
+            big = np.concatenate([data(me, count, dtype, salt=j) for j in range(n)])
+            rs = np.zeros(count, dtype)
+            comm.Reduce_scatter_block(big, rs, op=MPI.SUM)
+            want = ref("SUM", [data(r, count, dtype, salt=me) for r in range(n)])
+            check_equal(rs, want, f"Reduce_scatter_block {tag}")
+            io = big.copy()
+            comm.Reduce_scatter_block(MPI.IN_PLACE, io, op=MPI.SUM)
+            check_equal(io[:count], want, f"Reduce_scatter_block IN_PLACE {tag}")
+            # Scan / Exscan
+            sc = np.zeros(count, dtype)
+            comm.Scan(mine, sc, op=MPI.SUM)
+            check_equal(sc, ref("SUM", everyone[:me + 1]), f"Scan {tag}")
+            ex = np.full(count, 3, dtype)
+            comm.Exscan(mine, ex, op=MPI.SUM)
+            check_equal(ex, ref("SUM", everyone[:me]) if me else np.full(count, 3, dtype),
+                        f"Exscan {tag}")
+            checks += 8
+    return checks
+
+
+def vector_checks(comm):
+    """Gatherv/Scatterv/Allgatherv/Alltoallv with uneven counts (some zero)."""
+    n, me = comm.size, comm.rank
+    counts = [(r * 3) % 5 for r in range(n)]           # 0, 3, 1, 4, 2, ...
+    displs = [sum(counts[:r]) for r in range(n)]
+    total = sum(counts)
+    everyone = [data(r, counts[r], np.float64) for r in range(n)]
+    flat = np.concatenate(everyone)
+    root = n - 1
+    g = np.full(total, -1.0) if me == root else None
+    comm.Gatherv(everyone[me], [g, counts, displs, MPI.DOUBLE] if me == root else None, root=root)
+    if me == root:
+        check_equal(g, flat, "Gatherv")
+    s = np.zeros(counts[me])
+    comm.Scatterv([flat, (counts, displs), MPI.DOUBLE] if me == root else None, s, root=root)
+    check_equal(s, everyone[me], "Scatterv")
+    ag = np.zeros(total)
+    comm.Allgatherv(everyone[me], [ag, counts, MPI.DOUBLE])
+    check_equal(ag, flat, "Allgatherv")
+    # Alltoallv: me sends (me + j) % 3 elements to j
+    sc = [(me + j) % 3 for j in range(n)]
+    rc = [(r + me) % 3 for r in range(n)]
+    send = np.concatenate([data(me, sc[j], np.int64, salt=j) for j in range(n)])
+    recv = np.zeros(sum(rc), np.int64)
+    comm.Alltoallv([send, sc, MPI.INT64_T], [recv, rc, MPI.INT64_T])
+    check_equal(recv, np.concatenate([data(r, rc[r], np.int64, salt=me) for r in range(n)]),
+                "Alltoallv")
+    # Reduce_scatter with uneven counts, small and direct
+    for scale in (1, 40_000):
+        cnts = [c * scale for c in counts]
+        full = [data(r, sum(cnts), np.float64) for r in range(n)]
+        out = np.zeros(cnts[me])
+        comm.Reduce_scatter(full[me], out, cnts, op=MPI.SUM)
+        lo = sum(cnts[:me])
+        check_equal(out, ref("SUM", full)[lo:lo + cnts[me]], f"Reduce_scatter x{scale}")
+    return True
+
+
+def object_checks(comm):
+    n, me = comm.size, comm.rank
+    root = n // 2
+    assert comm.bcast({"x": me} if me == root else None, root=root) == {"x": root}
+    g = comm.gather((me, "a" * me), root=root)
+    assert g == ([(r, "a" * r) for r in range(n)] if me == root else None)
+    assert comm.scatter([r * r for r in range(n)] if me == root else None, root=root) == me * me
+    assert comm.allgather(me) == list(range(n))
+    assert comm.alltoall([(me, j) for j in range(n)]) == [(r, me) for r in range(n)]
+    assert comm.reduce(me + 1, op=MPI.PROD, root=root) == (
+        int(np.prod(np.arange(1, n + 1))) if me == root else None)
+    assert comm.allreduce(me) == n * (n - 1) // 2
+    assert comm.allreduce((me % 2, me), op=MPI.MAXLOC) == ((1, 1) if n > 1 else (0, 0))
+    assert comm.allreduce((me % 2, me), op=MPI.MINLOC) == (0, 0)
+    assert comm.allreduce([me]) == list(range(n))          # list + list, in rank order
+    assert comm.scan(me) == me * (me + 1) // 2
+    assert comm.exscan(me) == (None if me == 0 else me * (me - 1) // 2)
+    assert comm.allreduce(me == 0, op=MPI.LOR) is True
+    # large out-of-band arrays inside objects
+    big = comm.bcast(np.arange(300_000) if me == 0 else None, root=0)
+    assert big.sum() == 300_000 * 299_999 // 2
+    # non-commutative user op keeps rank order: string concatenation
+    cat = MPI.Op.Create(lambda a, b, dt: a + b, commute=False)
+    assert comm.allreduce(str(me), op=cat) == "".join(str(r) for r in range(n))
+    assert comm.reduce(str(me), op=cat, root=root) == ("".join(map(str, range(n)))
+                                                       if me == root else None)
+    return True
+
+
+def user_op_checks(comm):
+    """Buffer reductions with a non-commutative user op: 2x2 matrix products."""
+    n, me = comm.size, comm.rank
+
+    def matmul(invec, inoutvec, datatype):
+        a = np.frombuffer(invec, np.int64).reshape(-1, 2, 2)
+        b = np.frombuffer(inoutvec, np.int64).reshape(-1, 2, 2)
+        b[...] = a @ b
+
+    op = MPI.Op.Create(matmul, commute=False)
+    assert not op.Is_commutative()
+    k = 5
+    eye = np.eye(2, dtype=np.int64)[None]
+    mats = [np.array([[[1, r + j], [0, 1]] for j in range(k)], np.int64) + eye * (r % 2)
+            for r in range(n)]
+    want = mats[0].copy()
+    for m in mats[1:]:
+        want = want @ m
+    out = np.zeros_like(mats[me])
+    comm.Allreduce(mats[me], out, op=op)
+    check_equal(out, want, "Allreduce noncommutative")
+    root = n - 1
+    out = np.zeros_like(mats[me])
+    comm.Reduce(mats[me], out, op=op, root=root)
+    if me == root:
+        check_equal(out, want, "Reduce noncommutative")
+    sc = np.zeros_like(mats[me])
+    comm.Scan(mats[me], sc, op=op)
+    w = mats[0].copy()
+    for m in mats[1:me + 1]:
+        w = w @ m
+    check_equal(sc, w, "Scan noncommutative")
+    # large: the direct path, big enough to split across every rank
+    cnt = (_coll.DIRECT_MIN // 32 + 1) * 2
+    big = [np.tile(m, (cnt // k + 1, 1, 1))[:cnt] for m in mats]
+    wantb = np.tile(want, (cnt // k + 1, 1, 1))[:cnt]
+    out = np.zeros_like(big[me])
+    comm.Allreduce(big[me], out, op=op)
+    check_equal(out, wantb, "Allreduce noncommutative (direct)")
+    io = big[me].copy()
+    comm.Allreduce(MPI.IN_PLACE, io, op=op)
+    check_equal(io, wantb, "Allreduce noncommutative IN_PLACE (direct)")
+    out = np.zeros_like(big[me]) if me == root else None
+    comm.Reduce(big[me], out, op=op, root=root)
+    if me == root:
+        check_equal(out, wantb, "Reduce noncommutative (direct)")
+    return True
+
+
+def nonblocking_checks(comm):
+    n, me = comm.size, comm.rank
+    for count in (5, 300_000):
+        a = data(me, count, np.float64)
+        b = np.zeros(count)
+        r1 = comm.Iallreduce(a, b, op=MPI.SUM)
+        c = a.copy() if me == 0 else np.zeros(count)
+        r2 = comm.Ibcast(c, root=0)
+        r3 = comm.Ibarrier()
+        # p2p traffic on the same communicator while collectives are in flight
+        comm.Sendrecv(np.full(3, me, np.int64), (me + 1) % n, 7,
+                      recv := np.zeros(3, np.int64), (me - 1) % n, 7)
+        assert (recv == (me - 1) % n).all()
+        while not r3.Test():
+            pass
+        MPI.Request.Waitall([r1, r2])
+        check_equal(b, ref("SUM", [data(r, count, np.float64) for r in range(n)]), "Iallreduce")
+        check_equal(c, data(0, count, np.float64), "Ibcast")
+    comm.Ibarrier().Wait()
+    return True
+
+
+def full_sweep(comm, sizes, dtypes):
+    roots = sorted({0, comm.size - 1})
+    n = sweep(comm, sizes, dtypes, roots)
+    vector_checks(comm)
+    object_checks(comm)
+    user_op_checks(comm)
+    nonblocking_checks(comm)
+    return n
+
+
+# sizes in elements: 0, tiny, odd, and LARGE: over the eager limit (rendezvous) in
+# every dtype but uint8, over the direct-reduction threshold in float64/complex128
+LARGE = _coll.DIRECT_MIN // 8 + 4567
+SIZES = [0, 1, 37, LARGE]
+
+
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_every_collective_matches_numpy(n):
+    res = mmpi.spawn(full_sweep, n, args=(SIZES, DTYPES))
+    assert len(set(res)) == 1 and res[0] > 0
+
+
+def test_every_collective_8_ranks():
+    # 8 ranks on 2 cores: fewer sizes and dtypes, the same code paths
+    res = mmpi.spawn(full_sweep, 8, args=([0, 37, LARGE], [np.float64, np.int32]))
+    assert res[0] > 0
+
+
+def test_binomial_paths():
+    """Trees (used beyond FLAT_MAX ranks) on 5 ranks: force them with FLAT_MAX = 1."""
+    def fn(comm):
+        _coll.FLAT_MAX = 1
+        n = sweep(comm, [1, 37], [np.float64, np.int64], [0, 3])
+        vector_checks(comm)
+        object_checks(comm)
+        user_op_checks(comm)
+        nonblocking_checks(comm)
+        return n
+    assert mmpi.spawn(fn, 5)[0] > 0
+
+
+def test_large_16mib():
+    def fn(comm):
+        n, me = comm.size, comm.rank
+        count = 16 * MiB // 8
+        a = data(me, count, np.float64)
+        out = np.empty(count)
+        comm.Allreduce(a, out, op=MPI.SUM)
+        check_equal(out, ref("SUM", [data(r, count, np.float64) for r in range(n)]), "Allreduce")
+        buf = a if me == 1 else np.empty(count)
+        comm.Bcast(buf, root=1)
+        check_equal(buf, data(1, count, np.float64), "Bcast")
+        io = a.copy()
+        comm.Allreduce(MPI.IN_PLACE, io, op=MPI.MAX)
+        check_equal(io, ref("MAX", [data(r, count, np.float64) for r in range(n)]), "Allreduce IP")
+        out = np.empty(count) if me == 2 else None
+        comm.Reduce(a, out, op=MPI.MIN, root=2)
+        if me == 2:
+            check_equal(out, ref("MIN", [data(r, count, np.float64) for r in range(n)]), "Reduce")
+        return True
+    assert mmpi.spawn(fn, 4) == [True] * 4
+
+
+# ----------------------------------------------------------------- communicators
+
+def test_split_dup_create_compare_groups():
+    def fn(comm):
+        n, me = comm.size, comm.rank
+        out = {}
+        # Split: evens/odds, reversed order by key; rank 5 gets UNDEFINED
+        color = MPI.UNDEFINED if me == 5 else me % 2
+        sub = comm.Split(color, key=-me)
+        if me == 5:
+            assert sub == MPI.COMM_NULL and not sub
+            with pytest.raises(MmpiError, match="COMM_NULL"):
+                sub.Get_size()
+        else:
+            members = [r for r in range(n) if r % 2 == me % 2 and r != 5][::-1]
+            assert sub.size == len(members) and sub.rank == members.index(me)
+            assert sub.Compare(comm) == MPI.UNEQUAL
+            # collectives inside the sub-communicator
+            x = np.zeros(4, np.int64)
+            sub.Allreduce(np.full(4, me, np.int64), x, op=MPI.SUM)
+            assert (x == sum(members)).all()
+            assert sub.allgather(me) == members
+            buf = np.arange(50_000.0) * me if sub.rank == 1 else np.zeros(50_000)
+            sub.Bcast(buf, root=1)
+            assert buf[1] == members[1]
+            # p2p in sub never matches p2p in comm with the same tag
+            if sub.size >= 2:
+                if sub.rank == 0:
+                    comm.send("world", dest=members[1], tag=3)
+                    sub.send("sub", dest=1, tag=3)
+                elif sub.rank == 1:
+                    assert sub.recv(source=0, tag=3) == "sub"
+                    assert comm.recv(source=members[0], tag=3) == "world"
+        # Dup: congruent; concurrent collectives on comm and dup don't interfere
+        dup = comm.Dup()
+        assert dup.Compare(comm) == MPI.CONGRUENT and comm.Compare(comm) == MPI.IDENT
+        a = np.full(100_000, me, np.int64)
+        ra, rb = np.zeros_like(a), np.zeros_like(a)
+        r1 = dup.Iallreduce(a, ra, op=MPI.SUM)
+        r2 = comm.Iallreduce(a * 2, rb, op=MPI.SUM)
+        if me % 2:
+            r1, r2 = r2, r1
+        r2.Wait()
+        r1.Wait()
+        assert (ra == n * (n - 1) // 2).all() and (rb == n * (n - 1)).all()
+        small_a, small_b = np.zeros(1), np.zeros(1)
+        # the two Bcasts are posted in opposite orders on different ranks
+        q1 = dup.Ibcast(small_a if me else np.ones(1), root=0)
+        q2 = comm.Ibcast(small_b if me else np.full(1, 2.0), root=0)
+        for q in ((q2, q1) if me % 2 else (q1, q2)):
+            q.Wait()
+        assert (me == 0) or (small_a[0] == 1.0 and small_b[0] == 2.0)
+        # Groups and Create
+        g = comm.Get_group()
+        assert g.Get_size() == n and g.rank == me
+        ge = g.Excl([0, 1])
+        gi = g.Incl([n - 1, 2, 3])
+        assert ge.size == n - 2 and gi.Get_rank() == ({n - 1: 0, 2: 1, 3: 2}.get(me, MPI.UNDEFINED))
+        assert MPI.Group.Translate_ranks(gi, [0, 1, 2], g) == [n - 1, 2, 3]
+        assert gi.Compare(g.Incl([n - 1, 2, 3])) == MPI.IDENT
+        assert gi.Compare(g.Incl([2, 3, n - 1])) == MPI.SIMILAR
+        c = comm.Create(gi)
+        if me in (n - 1, 2, 3):
+            assert c.size == 3 and c.rank == gi.rank
+            assert c.allreduce(me) == n - 1 + 5
+            c.Set_name("trio")
+            assert c.Get_name() == "trio"
+            c.Free()
+        else:
+            assert c == MPI.COMM_NULL
+        st = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        assert st.size == n and st.Compare(comm) == MPI.CONGRUENT
+        # Dup of a Split (contexts keep growing: all distinct)
+        if sub:
+            d2 = sub.Dup()
+            assert d2.allreduce(1) == sub.size and d2.Compare(sub) == MPI.CONGRUENT
+        out["ok"] = True
+        return out
+    assert mmpi.spawn(fn, 6) == [{"ok": True}] * 6
+
+
+# ----------------------------------------------------------------- errors
+
+def test_errors_at_the_call():
+    def fn(comm):
+        n, me = comm.size, comm.rank
+        a = np.zeros(4)
+        with pytest.raises(MmpiError, match="invalid root"):
+            comm.Bcast(a, root=n)
+        with pytest.raises(MmpiError, match="invalid op"):
+            comm.Allreduce(a, np.zeros(4), op="sum")
+        with pytest.raises(MmpiError, match="same count"):
+            comm.Allreduce(a, np.zeros(5))
+        with pytest.raises(MmpiError, match="integer datatype"):
+            comm.Allreduce(a, np.zeros(4), op=MPI.BXOR)
+        with pytest.raises(MmpiError, match="pair"):
+            comm.Allreduce(a, np.zeros(4), op=MPI.MAXLOC)
+        with pytest.raises(MmpiError, match="invalid root"):
+            comm.bcast(1, root=-1)
+        with pytest.raises(MmpiError, match="sequence of"):
+            comm.alltoall([1])
+        # the communicator is still usable
+        return comm.allreduce(me)
+    assert mmpi.spawn(fn, 3) == [3, 3, 3]
+
+
+def test_mismatched_sizes_raise_clear_errors():
+    def fn(comm, kind):
+        me = comm.rank
+        try:
+            if kind == "bcast-short":
+                comm.Bcast(np.zeros(10 if me == 0 else 8), root=0)
+            elif kind == "bcast-long":
+                comm.Bcast(np.zeros(10 if me == 0 else 12), root=0)
+            elif kind == "allreduce-direct":
+                n = 100_000 + (1000 if me == 1 else 0)
+                comm.Allreduce(np.zeros(n), np.zeros(n))
+            elif kind == "gather":
+                comm.Gather(np.zeros(3 if me != 2 else 4), np.zeros(9) if me == 0 else None)
+        except (TruncationError, MmpiError) as e:
+            return type(e).__name__, str(e)
+        return None
+
+    for kind, who, etype, text in [
+            ("bcast-short", {1, 2}, "TruncationError", "does not fit"),
+            ("bcast-long", {1, 2}, "MmpiError", "expected 96 bytes"),
+            ("allreduce-direct", {0, 1, 2}, "MmpiError", "same count"),
+            ("gather", {0}, "TruncationError", "does not fit")]:
+        res = mmpi.spawn(fn, 3, args=(kind,))
+        for r in range(3):
+            if r in who:
+                assert res[r] is not None and res[r][0] == etype and text in res[r][1], (kind, res)
+
+
+def run_ranks(fn, n, deadline=60.0):
+    """A minimal launcher (as `driller run`): fork, init_world, reap, mark_dead.
+    Returns per rank ("ok", value) / ("err", type, text) / ("signal", signo)."""
+    fd = _world.create_world(n)
+    files = [tempfile.TemporaryFile() for _ in range(n)]
+    pids = {}
+    try:
+        for r in range(n):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = 0
+                try:
+                    res = ("ok", fn(mmpi.init_world(r, n, fd)))
+                except BaseException as e:  # noqa: BLE001
+                    code, res = 1, ("err", type(e).__name__, str(e), traceback.format_exc())
+                try:
+                    files[r].write(pickle.dumps(res))
+                    files[r].flush()
+                finally:
+                    os._exit(code)
+            pids[pid] = r
+        out = [None] * n
+        end = time.monotonic() + deadline
+        while pids:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if time.monotonic() > end:
+                    for p in pids:
+                        os.kill(p, signal.SIGKILL)
+                    for p in list(pids):
+                        os.waitpid(p, 0)
+                    raise AssertionError(f"ranks hung past {deadline} s")
+                time.sleep(0.005)
+                continue
+            r = pids.pop(pid)
+            _world.mark_dead(fd, r, status)
+            if os.WIFSIGNALED(status):
+                out[r] = ("signal", os.WTERMSIG(status))
+            else:
+                files[r].seek(0)
+                out[r] = pickle.loads(files[r].read())
+        return out
+    finally:
+        os.close(fd)
+        for f in files:
+            f.close()
+
+
+@pytest.mark.parametrize("coll", ["Allreduce-small", "Allreduce-direct", "Bcast-large",
+                                  "Ibarrier"])
+def test_rank_killed_during_collective(coll):
+    def fn(comm):
+        me = comm.rank
+        count = 8 if coll == "Allreduce-small" else 400_000
+        a = np.ones(count)
+        if coll == "Allreduce-direct":
+            comm.Allreduce(a, np.empty(count))      # one that works first
+        if me == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if coll.startswith("Allreduce"):
+            comm.Allreduce(a, np.empty(count))
+        elif coll == "Bcast-large":
+            comm.Bcast(a, root=2 if me != 3 else 2)
+        else:
+            comm.Ibarrier().Wait()
+        return "completed"
+
+    res = run_ranks(fn, 4)
+    assert res[2] == ("signal", signal.SIGKILL)
+    for r in (0, 1, 3):
+        assert res[r][0] == "err" and res[r][1] == PeerDiedError.__name__, res[r]
+        assert "rank 2" in res[r][2] and "SIGKILL" in res[r][2], res[r][2]
+
+
+def test_spawn_reports_the_killed_rank():
+    def fn(comm):
+        if comm.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return comm.allreduce(comm.rank)
+    with pytest.raises(RankFailedError) as ei:
+        mmpi.spawn(fn, 3)
+    assert ei.value.rank == 1 and ei.value.signal == "SIGKILL"
+
+
+def test_mpi_facade_names():
+    for name in ("SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR",
+                 "MAXLOC", "MINLOC", "Op", "Group", "COMM_NULL", "COMM_TYPE_SHARED",
+                 "UNDEFINED", "IN_PLACE", "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL"):
+        assert hasattr(MPI, name), name
+        assert name in MPI.__all__
+    assert MPI.IN_PLACE is mmpi.IN_PLACE
+    assert MPI.SUM(2, 3) == 5 and MPI.MAXLOC((1, 5), (1, 3)) == (1, 3)
+    assert MPI.Op.Create(lambda a, b: a * 10 + b)(1, 2) == 12
+    with pytest.raises(MmpiError):
+        MPI.SUM.Free()

@@ -1,0 +1,831 @@
+"""mmpi point-to-point with real processes (forked ranks sharing one world block).
+
+The harness below plays the launcher: create_world, fork N ranks that call
+init_world, reap them and mark_dead each one, as `driller run` does.  No timed
+assertions: a hang is caught by the harness's generous deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import tempfile
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+from driller import MPI, mmpi
+from driller.errors import MmpiError, PeerDiedError, TruncationError
+from driller.mmpi import _world
+
+DEADLINE = 45.0
+
+
+def run_ranks(fn, n, *args, mark=True, deadline=DEADLINE):
+    """Run fn(comm, *args) in n forked ranks; returns [(ok, value_or_error)] per rank."""
+    fd = _world.create_world(n)
+    files = [tempfile.TemporaryFile() for _ in range(n)]
+    pids = {}
+    try:
+        for r in range(n):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = 0
+                try:
+                    comm = mmpi.init_world(r, n, fd)
+                    res = (True, fn(comm, *args))
+                except BaseException as e:  # noqa: BLE001
+                    code = 1
+                    res = (False, (type(e).__name__, str(e), getattr(e, "rank", None),
+                                   traceback.format_exc()))
+                try:
+                    files[r].write(pickle.dumps(res))
+                    files[r].flush()
+                finally:
+                    os._exit(code)
+            pids[pid] = r
+        end = time.monotonic() + deadline
+        while pids:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if time.monotonic() > end:
+                    for p in pids:
+                        os.kill(p, signal.SIGKILL)
+                    for p in list(pids):
+                        os.waitpid(p, 0)
+                    pids.clear()
+                    raise AssertionError(f"ranks hung past {deadline} s")
+                time.sleep(0.002)
+                continue
+            r = pids.pop(pid)
+            if mark:
+                _world.mark_dead(fd, r, status)
+        out = []
+        for f in files:
+            f.seek(0)
+            data = f.read()
+            out.append(pickle.loads(data) if data else (False, ("Killed", "", None, "")))
+        return out
+    finally:
+        os.close(fd)
+        for f in files:
+            f.close()
+
+
+def values(results):
+    for r, (ok, v) in enumerate(results):
+        assert ok, f"rank {r} failed: {v[0]}: {v[1]}\n{v[3]}"
+    return [v for _, v in results]
+
+
+# ------------------------------------------------------------------ basics
+
+def _hello(comm):
+    return comm.rank, comm.size, comm.Get_rank(), comm.Get_size()
+
+
+def test_ranks_and_sizes():
+    assert values(run_ranks(_hello, 3)) == [(r, 3, r, 3) for r in range(3)]
+
+
+def _pingpong_sizes(comm, sizes):
+    out = []
+    for n in sizes:
+        a = np.arange(n, dtype=np.uint8) ^ 0x5A
+        b = np.zeros(n, np.uint8)
+        st = MPI.Status()
+        if comm.rank == 0:
+            comm.Send(a, 1, 7)
+            comm.Recv(b, 1, 8, st)
+        else:
+            comm.Recv(b, 0, 7, st)
+            comm.Send(b, 0, 8)
+        out.append((bool((b == a).all()), st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)))
+    return out
+
+
+@pytest.mark.parametrize("split", ["0", "1048576"])
+def test_pingpong_eager_and_rendezvous_sizes(split, monkeypatch):
+    # split: rendezvous copies >= 1 MiB shared by receiver (readv) and sender (writev)
+    monkeypatch.setenv("DRILLER_MMPI_SPLIT_MIN", split)
+    sizes = [0, 1, 8, 63, 64, 65, 4096, 262144, 262145, 1 << 20, (3 << 20) + 5]
+    res = values(run_ranks(_pingpong_sizes, 2, sizes))
+    assert res[0] == [(True, 1, 8, n) for n in sizes]
+    assert res[1] == [(True, 0, 7, n) for n in sizes]
+
+
+def _ordering(comm, count, size):
+    # non-overtaking: many messages, same (source, tag), mixed eager/rndv sizes
+    if comm.rank == 0:
+        reqs = []
+        for i in range(count):
+            n = size if i % 3 == 0 else 8
+            a = np.full(n // 8, i, np.int64)
+            reqs.append(comm.Isend(a, 1, 3))
+        MPI.Request.Waitall(reqs)
+        return None
+    got = []
+    for _ in range(count):
+        st = MPI.Status()
+        comm.Probe(0, 3, st)
+        b = np.empty(st.Get_count(MPI.INT64_T), np.int64)
+        comm.Recv(b, 0, 3)
+        got.append(int(b[0]) if b.size else None)
+    return got
+
+
+def test_non_overtaking_mixed_protocols():
+    res = values(run_ranks(_ordering, 2, 60, 300_000))
+    assert res[1] == list(range(60))
+
+
+def _wildcards(comm):
+    if comm.rank != 0:
+        comm.Send(np.array([comm.rank, 10 + comm.rank], np.int64), 0, tag=comm.rank * 11)
+        comm.Barrier()
+        comm.send({"from": comm.rank}, 0, tag=99)
+        return None
+    seen = []
+    for _ in range(comm.size - 1):
+        b = np.zeros(2, np.int64)
+        st = MPI.Status()
+        comm.Recv(b, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+        assert b[0] == st.source and st.tag == 11 * st.source
+        seen.append(st.source)
+    comm.Barrier()
+    objs = sorted(comm.recv(source=MPI.ANY_SOURCE, tag=99)["from"] for _ in range(comm.size - 1))
+    return sorted(seen), objs
+
+
+def test_any_source_any_tag():
+    res = values(run_ranks(_wildcards, 4))
+    assert res[0] == ([1, 2, 3], [1, 2, 3])
+
+
+def _tag_selection(comm):
+    # receive in the opposite order of sending: tags select, unexpected queue holds
+    if comm.rank == 0:
+        for t in range(5):
+            comm.Send(np.array([t], np.int32), 1, tag=t)
+        big = np.arange(100_000, dtype=np.int32)
+        comm.Isend(big, 1, tag=50).Wait()
+        return None
+    out = []
+    bigbuf = np.zeros(100_000, np.int32)
+    r = comm.Irecv(bigbuf, 0, 50)
+    for t in reversed(range(5)):
+        b = np.zeros(1, np.int32)
+        comm.Recv(b, 0, t)
+        out.append(int(b[0]))
+    r.Wait()
+    return out, bool((bigbuf == np.arange(100_000)).all())
+
+
+def test_tags_select_and_unexpected_queue():
+    assert values(run_ranks(_tag_selection, 2))[1] == ([4, 3, 2, 1, 0], True)
+
+
+def _proc_null(comm):
+    st = MPI.Status()
+    b = np.zeros(4, np.uint8)
+    comm.Send(b, MPI.PROC_NULL, 5)
+    comm.Recv(b, MPI.PROC_NULL, 5, st)
+    r = comm.Irecv(b, MPI.PROC_NULL)
+    r.Wait()
+    assert comm.recv(source=MPI.PROC_NULL) is None
+    comm.send("x", MPI.PROC_NULL)
+    return st.source, st.tag, st.Get_count()
+
+
+def test_proc_null():
+    assert values(run_ranks(_proc_null, 2))[0] == (MPI.PROC_NULL, MPI.ANY_TAG, 0)
+
+
+def _zero_length(comm):
+    if comm.rank == 0:
+        comm.Send(b"", 1, 1)
+        comm.Ssend(np.zeros(0), 1, 2)
+        comm.Send([None, 0, MPI.BYTE], 1, 3)
+        return None
+    st = MPI.Status()
+    out = []
+    for t in (1, 2, 3):
+        comm.Recv(bytearray(0), 0, t, st)
+        out.append((st.tag, st.Get_count()))
+    return out
+
+
+def test_zero_length_messages():
+    assert values(run_ranks(_zero_length, 2))[1] == [(1, 0), (2, 0), (3, 0)]
+
+
+# ------------------------------------------------------------------ specs, datatypes, status
+
+def _specs(comm):
+    if comm.rank == 0:
+        a = np.arange(10, dtype=np.float64)
+        comm.Send([a, 3, MPI.DOUBLE], 1, 1)            # first 3 doubles
+        comm.Send([a, (2, 5), MPI.DOUBLE], 1, 2)       # 2 doubles from displacement 5
+        comm.Send([a, MPI.DOUBLE], 1, 3)
+        comm.Send(np.arange(6, dtype=np.int32).reshape(2, 3), 1, 4)
+        comm.Send(np.asfortranarray(np.arange(6.0).reshape(2, 3)), 1, 5)
+        return None
+    b = np.zeros(10)
+    st = MPI.Status()
+    comm.Recv([b, 10, MPI.DOUBLE], 0, 1, st)
+    r1 = (b[:3].tolist(), st.Get_count(MPI.DOUBLE), st.Get_count(MPI.BYTE))
+    comm.Recv([b, MPI.DOUBLE], 0, 2, st)
+    r2 = b[:2].tolist()
+    comm.Recv(b, 0, 3, st)
+    r3 = b.tolist()
+    m = np.zeros((2, 3), np.int32)
+    comm.Recv([m, MPI.INT], 0, 4, st)
+    f = np.zeros(6)
+    comm.Recv(f, 0, 5, st)
+    return r1, r2, r3, m.tolist(), st.Get_elements(MPI.DOUBLE), st.Get_count(MPI.INT64_T)
+
+
+def test_buffer_specs_and_status_counts():
+    r1, r2, r3, m, elems, c64 = values(run_ranks(_specs, 2))[1]
+    assert r1 == ([0.0, 1.0, 2.0], 3, 24)
+    assert r2 == [5.0, 6.0]
+    assert r3 == list(map(float, range(10)))
+    assert m == [[0, 1, 2], [3, 4, 5]]
+    assert elems == 6 and c64 == 6
+
+
+def test_datatypes_sizes():
+    expect = {"BYTE": 1, "CHAR": 1, "SHORT": 2, "INT": 4, "LONG": 8, "LONG_LONG": 8,
+              "UNSIGNED": 4, "FLOAT": 4, "DOUBLE": 8, "LONG_DOUBLE": 16, "C_BOOL": 1,
+              "INT8_T": 1, "UINT64_T": 8, "C_FLOAT_COMPLEX": 8, "C_DOUBLE_COMPLEX": 16}
+    for name, size in expect.items():
+        dt = getattr(MPI, name)
+        assert dt.Get_size() == size and dt.Get_extent() == (0, size), name
+    st = MPI.Status()
+    st.count = 12
+    assert st.Get_count(MPI.INT) == 3 and st.Get_count(MPI.DOUBLE) == MPI.UNDEFINED
+
+
+def test_facade_not_implemented_names_the_call():
+    with pytest.raises(NotImplementedError, match="MPI.Win"):
+        MPI.Win
+    assert not hasattr(MPI, "Cartcomm")
+    with pytest.raises(NotImplementedError, match="Comm.Alltoallw"):
+        MPI.COMM_SELF.Alltoallw
+    assert MPI.COMM_SELF.Get_size() == 1
+    assert MPI.Is_initialized() and not MPI.Is_finalized()
+    assert isinstance(MPI.Get_processor_name(), str) and MPI.Wtick() > 0
+    assert MPI.Wtime() <= MPI.Wtime()
+
+
+def test_singleton_world_self_messages():
+    comm = mmpi.COMM_WORLD  # no launcher environment: a world of one
+    assert (comm.rank, comm.size) == (0, 1)
+    comm.Send(np.arange(5.0), 0, 1)
+    big = np.arange(300_000, dtype=np.int64)
+    req = comm.Isend(big, 0, 2)          # to self: buffered, never a deadlock
+    out = np.zeros_like(big)
+    comm.Recv(out, 0, 2)
+    req.Wait()
+    b = np.zeros(5)
+    comm.Recv(b, 0, 1)
+    assert (out == big).all() and b.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    comm.send({"k": big}, 0, 3)
+    assert (comm.recv(source=0, tag=3)["k"] == big).all()
+    comm.Barrier()
+    rq = comm.Issend(b"abc", 0, 4)
+    assert not rq.Test()                 # synchronous: not matched yet
+    buf = bytearray(3)
+    comm.Recv(buf, 0, 4)
+    assert rq.Test() and buf == b"abc"
+
+
+# ------------------------------------------------------------------ errors
+
+def _invalid(comm):
+    errs = []
+    a = np.zeros(4)
+    cases = [
+        lambda: comm.Send(a, 5, 0),
+        lambda: comm.Send(a, -7, 0),
+        lambda: comm.Send(a, 1, -3),
+        lambda: comm.Send(a, 1, "x"),
+        lambda: comm.Recv(a, 9),
+        lambda: comm.Recv(a, 1, -5),
+        lambda: comm.Send([a, 3, "nope"], 1),
+        lambda: comm.Send([a, 9, MPI.DOUBLE], 1),
+        lambda: comm.Send([1, 2, 3], 1),
+        lambda: comm.Send("text", 1),
+        lambda: comm.Recv(b"readonly", 1),
+        lambda: comm.Recv(a[::2], 1),
+        lambda: comm.Send(np.zeros((4, 4))[:, 1], 1),
+    ]
+    ro = np.zeros(4)
+    ro.setflags(write=False)
+    cases.append(lambda: comm.Recv(ro, 1))
+    for c in cases:
+        try:
+            c()
+            errs.append(None)
+        except MmpiError as e:
+            errs.append(str(e))
+    return errs
+
+
+def test_invalid_arguments_raise_clear_errors():
+    errs = values(run_ranks(_invalid, 2))[0]
+    assert all(e is not None for e in errs), errs
+    assert "invalid destination rank 5" in errs[0]
+    assert "invalid tag -3" in errs[2]
+    assert "invalid datatype" in errs[6]
+    assert "overruns" in errs[7]
+    assert "read-only" in errs[10] and "read-only" in errs[13]
+    assert "not contiguous" in errs[11] and "not contiguous" in errs[12]
+
+
+def _truncation(comm, n):
+    if comm.rank == 0:
+        comm.Send(np.arange(n, dtype=np.uint8), 1, 4)
+        comm.Send(np.array([42], np.int64), 1, 5)   # communicator still usable
+        return None
+    small = np.full(16 + 8, 0xEE, np.uint8)
+    st = MPI.Status()
+    try:
+        comm.Recv(small[:16], 0, 4, st)
+        err = None
+    except TruncationError as e:
+        err = str(e)
+    b = np.zeros(1, np.int64)
+    comm.Recv(b, 0, 5)
+    return err, small[:16].tolist(), small[16:].tolist(), st.error, int(b[0])
+
+
+@pytest.mark.parametrize("n", [100, 500_000])
+def test_truncation_raises_and_copies_nothing_past_the_buffer(n):
+    err, head, tail, error, after = values(run_ranks(_truncation, 2, n))[1]
+    assert err is not None and f"{n} bytes" in err and "16-byte" in err
+    assert "rank 0" in err and "tag 4" in err
+    assert head == [i % 256 for i in range(16)]
+    assert tail == [0xEE] * 8
+    assert error == 15 and after == 42
+
+
+# ------------------------------------------------------------------ requests
+
+def _requests(comm):
+    if comm.rank == 0:
+        comm.Send(np.array([1], np.int32), 1, 1)
+        comm.Send(np.array([2], np.int32), 1, 2)
+        comm.Ssend(np.array([3], np.int32), 1, 3)
+        comm.send("sync-after-cancel", 1, 9)
+        return None
+    out = {}
+    # Cancel a receive that cannot match
+    c = comm.Irecv(np.zeros(1, np.int32), 0, 77)
+    c.Cancel()
+    st = MPI.Status()
+    c.Wait(st)
+    out["cancelled"] = st.Is_cancelled()
+    bufs = [np.zeros(1, np.int32) for _ in range(3)]
+    reqs = [comm.Irecv(bufs[i], 0, i + 1) for i in (2, 0, 1)]
+    idx = MPI.Request.Waitany(reqs)
+    out["any"] = idx
+    rest = MPI.Request.Waitsome(reqs)
+    MPI.Request.Waitall(reqs)
+    out["vals"] = [int(b[0]) for b in bufs]
+    out["null_after_wait"] = all(not r for r in reqs)
+    out["testall_null"] = MPI.Request.Testall([MPI.REQUEST_NULL])
+    out["obj"] = comm.recv(source=0, tag=9)
+    out["rest"] = rest is not None
+    return out
+
+
+def test_requests_wait_any_some_all_and_cancel():
+    out = values(run_ranks(_requests, 2))[1]
+    assert out["cancelled"] is True
+    assert out["vals"] == [1, 2, 3]
+    assert out["any"] in (0, 1, 2)
+    assert out["null_after_wait"] and out["testall_null"] and out["rest"]
+    assert out["obj"] == "sync-after-cancel"
+
+
+def _persistent(comm, rounds):
+    buf = np.zeros(4, np.int64)
+    if comm.rank == 0:
+        req = comm.Send_init(buf, 1, 6)
+        back = np.zeros(4, np.int64)
+        rreq = comm.Recv_init(back, 1, 7)
+        got = []
+        for i in range(rounds):
+            buf[:] = i
+            MPI.Prequest.Startall([req, rreq])
+            MPI.Request.Waitall([req, rreq])
+            got.append(int(back.sum()))
+        req.Free()
+        rreq.Free()
+        return got
+    rreq = comm.Recv_init(buf, 0, 6)
+    for i in range(rounds):
+        rreq.Start()
+        rreq.Wait()
+        comm.Send(buf * 2, 0, 7)
+    return None
+
+
+def test_persistent_requests():
+    assert values(run_ranks(_persistent, 2, 20))[0] == [8 * i for i in range(20)]
+
+
+def _probe(comm):
+    if comm.rank == 0:
+        comm.Send(np.arange(1000, dtype=np.float32), 1, 12)
+        comm.send([1, "two", 3.0], 1, 13)
+        return None
+    st = MPI.Status()
+    while not comm.Iprobe(0, 12, st):
+        pass
+    n = st.Get_count(MPI.FLOAT)
+    assert comm.Iprobe(0, 12)          # probing does not consume
+    b = np.empty(n, np.float32)
+    comm.Recv(b, 0, 12)
+    comm.probe(0, 13, st)
+    return n, float(b.sum()), comm.recv(source=0, tag=13), st.tag
+
+
+def test_probe_iprobe():
+    assert values(run_ranks(_probe, 2))[1] == (1000, float(sum(range(1000))), [1, "two", 3.0], 13)
+
+
+def _sendrecv(comm):
+    n = comm.size
+    right, left = (comm.rank + 1) % n, (comm.rank - 1) % n
+    out = np.zeros(3, np.int64)
+    comm.Sendrecv(np.full(3, comm.rank, np.int64), right, 1, out, left, 1)
+    rep = np.full(50_000, comm.rank, np.int64)
+    comm.Sendrecv_replace(rep, right, 2, left, 2)
+    obj = comm.sendrecv(("hi", comm.rank), right, 3, source=left, recvtag=3)
+    return int(out[0]), int(rep[0]), bool((rep == left).all()), obj
+
+
+def test_sendrecv_ring():
+    res = values(run_ranks(_sendrecv, 3))
+    for r, (a, b, ok, obj) in enumerate(res):
+        left = (r - 1) % 3
+        assert (a, b, ok, obj) == (left, left, True, ("hi", left))
+
+
+# ------------------------------------------------------------------ objects
+
+def _objects(comm):
+    big = np.arange(1 << 18, dtype=np.float64)          # 2 MiB: out of band
+    payload = {"arr": big, "bytes": b"b" * 300_000, "ba": bytearray(b"a" * 200_000),
+               "small": np.arange(3), "nested": [big[:10], ("x", 1.5)], "ro": None}
+    ro = np.arange(100_000, dtype=np.int32)
+    ro.setflags(write=False)
+    payload["ro"] = ro
+    if comm.rank == 0:
+        comm.send(payload, 1, 1)
+        r = comm.isend(b"z" * 1_000_000, 1, 2)
+        r.wait()
+        comm.ssend(list(range(100_000)), 1, 3)           # a large pickle stream
+        return None
+    got = comm.recv(source=0, tag=1)
+    req = comm.irecv(source=0, tag=2)
+    z = req.wait()
+    lst = comm.recv(source=0, tag=3)
+    return ((got["arr"] == big).all(), got["arr"].flags.writeable, got["bytes"] == payload["bytes"],
+            type(got["bytes"]).__name__, type(got["ba"]).__name__, got["ba"] == payload["ba"],
+            got["small"].tolist(), got["nested"][1], bool((got["ro"] == ro).all()),
+            got["ro"].flags.writeable, z == b"z" * 1_000_000, lst == list(range(100_000)))
+
+
+def test_objects_with_large_buffers():
+    res = values(run_ranks(_objects, 2))[1]
+    assert res == (True, True, True, "bytes", "bytearray", True, [0, 1, 2], ("x", 1.5), True,
+                   False, True, True)
+
+
+def test_large_buffers_stay_out_of_the_pickle_stream():
+    from driller.mmpi._comm import _dumps
+    big = np.zeros(1 << 20)
+    stream, parts = _dumps({"a": big, "b": b"x" * 500_000, "c": [bytearray(200_000)]})
+    assert len(stream) < 1000
+    assert sorted(p.nbytes for p, _ in parts) == [200_000, 500_000, 8 << 20]
+    stream, parts = _dumps(b"y" * 100_000)
+    assert len(stream) < 100 and len(parts) == 1
+    from types import SimpleNamespace
+    stream, parts = _dumps(SimpleNamespace(a=np.zeros(1 << 17)))   # inside an object
+    assert len(stream) < 1000 and [p.nbytes for p, _ in parts] == [1 << 20]
+    stream, parts = _dumps([np.zeros(10), 1, "x", {"k": b"abc"}])  # all small: in band
+    assert parts == [] and pickle.loads(stream)[3] == {"k": b"abc"}
+
+
+# ------------------------------------------------------------------ barrier, stress
+
+def _barrier(comm, rounds):
+    # each rank writes its round into a shared file slot before the barrier; after it,
+    # every slot must hold at least that round (nobody left the barrier early)
+    bad = 0
+    for i in range(rounds):
+        comm.Send(np.array([i], np.int64), (comm.rank + 1) % comm.size, 0)
+        b = np.zeros(1, np.int64)
+        comm.Recv(b, (comm.rank - 1) % comm.size, 0)
+        comm.Barrier()
+        bad += int(b[0]) != i
+    comm.barrier()
+    return bad
+
+
+def test_barrier_8_ranks():
+    assert values(run_ranks(_barrier, 8, 200)) == [0] * 8
+
+
+def _barrier_order(comm, path):
+    # rank r appends after sleeping r*20 ms; after the barrier everybody appends again:
+    # every "before" line must precede every "after" line.
+    time.sleep(0.02 * comm.rank)
+    with open(path, "a") as f:
+        f.write(f"before {comm.rank}\n")
+    comm.Barrier()
+    with open(path, "a") as f:
+        f.write(f"after {comm.rank}\n")
+
+
+def test_barrier_separates_phases(tmp_path):
+    path = str(tmp_path / "log")
+    values(run_ranks(_barrier_order, 5, path))
+    lines = open(path).read().split("\n")[:-1]
+    assert len(lines) == 10
+    assert all(line.startswith("before") for line in lines[:5])
+
+
+SIZES = [0, 1, 7, 8, 100, 4096, 32768, 100_000, 262144, 262145, 600_000]
+
+
+def _plan(seed, n, per_rank):
+    rng = np.random.default_rng(seed)
+    plan = []
+    for src in range(n):
+        for i in range(per_rank):
+            plan.append((src, int(rng.integers(n)), int(rng.integers(4)),
+                         SIZES[int(rng.integers(len(SIZES)))], i, int(rng.integers(3))))
+    return plan
+
+
+def _content(src, i, size):
+    return (np.arange(size, dtype=np.uint64) * 2654435761 + src * 1000003 + i).astype(np.uint8)
+
+
+def _stress(comm, seed, per_rank):
+    n = comm.size
+    plan = _plan(seed, n, per_rank)
+    me = comm.rank
+    rng = np.random.default_rng(seed + me)
+    reqs, keep = [], []
+    for src, dst, tag, size, i, mode in plan:
+        if src != me:
+            continue
+        a = _content(src, i, size)
+        keep.append(a)
+        reqs.append(comm.Issend(a, dst, tag) if mode == 2 else comm.Isend(a, dst, tag))
+    expected = {}
+    for src, dst, tag, size, i, mode in plan:
+        if dst == me:
+            expected.setdefault((src, tag), []).append((size, i))
+    total = sum(len(v) for v in expected.values())
+    bad = []
+    got = 0
+    while got < total:
+        st = MPI.Status()
+        how = int(rng.integers(3))
+        if how == 0:
+            buf = np.zeros(max(SIZES), np.uint8)
+            comm.Recv(buf, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+            data = buf[:st.Get_count()]
+        elif how == 1:
+            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+            data = np.zeros(st.Get_count(), np.uint8)
+            comm.Recv(data, st.source, st.tag, st)
+        else:
+            keys = sorted(k for k, v in expected.items() if v)
+            src, tag = keys[int(rng.integers(len(keys)))]
+            data = np.zeros(max(SIZES), np.uint8)
+            comm.Irecv(data, src, tag).Wait(st)
+            data = data[:st.Get_count()]
+        q = expected.get((st.source, st.tag))
+        if not q:
+            bad.append(("unexpected", st.source, st.tag))
+            break
+        size, i = q.pop(0)
+        if data.size != size or not (data == _content(st.source, i, size)).all():
+            bad.append(("mismatch", st.source, st.tag, size, i, data.size))
+        got += 1
+        if rng.random() < 0.3:  # let sends progress in between
+            MPI.Request.Testall(reqs)
+    MPI.Request.Waitall(reqs)
+    comm.Barrier()
+    leftover = comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+    return bad, got, leftover
+
+
+@pytest.mark.parametrize("seed", [1234, 99])
+def test_stress_8_ranks_random_messages(seed):
+    res = values(run_ranks(_stress, 8, seed, 150))
+    plan = _plan(seed, 8, 150)
+    for r, (bad, got, leftover) in enumerate(res):
+        assert bad == [], (r, bad)
+        assert got == sum(1 for p in plan if p[1] == r)
+        assert not leftover
+
+
+# ------------------------------------------------------------------ peer death
+
+def _die_in_recv(comm, mode):
+    if comm.rank == 1:
+        comm.Barrier()
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.Barrier()
+    b = np.zeros(8, np.uint8)
+    if mode == "recv":
+        comm.Recv(b, 1, 0)
+    elif mode == "recv-any":
+        comm.Recv(b, MPI.ANY_SOURCE, 0)
+    elif mode == "send-rndv":
+        comm.Send(np.zeros(1 << 20, np.uint8), 1, 0)
+    elif mode == "ssend":
+        comm.Ssend(b, 1, 0)
+    elif mode == "send-ring-full":   # eager sends block once the ring is full
+        for _ in range(1000):
+            comm.Send(np.zeros(200_000, np.uint8), 1, 0)
+    elif mode == "recv-obj":
+        comm.recv(source=1)
+    elif mode == "barrier":
+        comm.Barrier()
+    return "completed?!"
+
+
+@pytest.mark.parametrize("mode", ["recv", "recv-any", "send-rndv", "ssend", "send-ring-full",
+                                  "recv-obj", "barrier"])
+def test_peer_killed_raises_peer_died(mode):
+    res = run_ranks(_die_in_recv, 3 if mode == "barrier" else 2, mode)
+    assert res[1][0] is False and res[1][1][0] == "Killed"
+    for r in [0] + ([2] if mode == "barrier" else []):
+        ok, v = res[r]
+        assert not ok and v[0] == "PeerDiedError", v
+        assert "rank 1" in v[1] and v[2] == 1
+        assert "SIGKILL" in v[1] or "is gone" in v[1]  # launcher mark or pid noticed first
+
+
+def _die_unmarked(comm):
+    if comm.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.Recv(np.zeros(1), 1, 0)
+
+
+def test_peer_death_noticed_without_launcher_mark():
+    # no mark_dead: the waiting rank notices by pid on a futex timeout
+    res = run_ranks(_die_unmarked, 2, mark=False)
+    ok, v = res[0]
+    assert not ok and v[0] == "PeerDiedError" and v[2] == 1
+
+
+def test_no_fd_leak_in_harness_parent():
+    before = set(os.listdir("/proc/self/fd"))
+    values(run_ranks(_hello, 2))
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+# ------------------------------------------------------------------ more requests and objects
+
+def _object_requests(comm):
+    if comm.rank == 0:
+        reqs = [comm.isend(("item", i, np.full(20_000 * (i % 2), i)), 1, tag=i) for i in range(6)]
+        reqs.append(comm.issend("sync", 1, tag=100))
+        MPI.Request.waitall(reqs)
+        return None
+    rs = [comm.irecv(source=0, tag=i) for i in reversed(range(6))]
+    got = MPI.Request.waitall(rs)
+    flag, obj = False, None
+    r = comm.irecv(source=0, tag=100)
+    while not flag:
+        flag, obj = r.test()
+    return [(g[0], g[1], int(g[2].sum())) for g in got], obj
+
+
+def test_object_requests():
+    got, obj = values(run_ranks(_object_requests, 2))[1]
+    assert got == [("item", i, 20_000 * i * (i % 2)) for i in reversed(range(6))]
+    assert obj == "sync"
+
+
+def _ring_full(comm, count):
+    # many eager messages overflow the ring: the sender queues and retries while the
+    # receiver is busy elsewhere; nothing is lost or reordered
+    if comm.rank == 0:
+        reqs = [comm.Isend(np.full(30_000, i, np.int64), 1, 5) for i in range(count)]
+        MPI.Request.Waitall(reqs)
+        comm.Send(np.zeros(1), 1, 6)
+        return None
+    time.sleep(0.3)
+    out = []
+    b = np.zeros(30_000, np.int64)
+    for _ in range(count):
+        comm.Recv(b, 0, 5)
+        out.append(int(b[0]) if (b == b[0]).all() else -1)
+    comm.Recv(np.zeros(1), 0, 6)
+    return out
+
+
+def test_full_ring_queues_sends_in_order():
+    assert values(run_ranks(_ring_full, 2, 40))[1] == list(range(40))
+
+
+def test_spawn_reexport_runs_ranks():
+    assert "spawn" in mmpi.__all__
+    assert mmpi.spawn(lambda comm: (comm.rank, comm.size), 2) == [(0, 2), (1, 2)]
+
+
+ENV_PROG = """
+import sys, numpy as np
+from driller import MPI
+c = MPI.COMM_WORLD
+b = np.zeros(3)
+if c.rank == 0:
+    c.Send(np.arange(3.0), 1, 4)
+else:
+    c.Recv(b, 0, 4)
+c.Barrier()
+print(c.rank, c.size, b.tolist(), MPI.Is_initialized())
+"""
+
+
+def test_comm_world_from_launcher_environment():
+    import subprocess
+    import sys
+    fd = _world.create_world(2)
+    try:
+        procs = []
+        for r in range(2):
+            env = dict(os.environ, DRILLER_MMPI_RANK=str(r), DRILLER_MMPI_SIZE="2",
+                       DRILLER_MMPI_WORLD_FD=str(fd))
+            procs.append(subprocess.Popen([sys.executable, "-c", ENV_PROG], env=env,
+                                          pass_fds=(fd,), stdout=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=DEADLINE)[0].strip() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+    finally:
+        os.close(fd)
+    assert outs == ["0 2 [0.0, 0.0, 0.0] True", "1 2 [0.0, 1.0, 2.0] True"]
+
+
+def _persistent_cancel(comm):
+    r = comm.Recv_init(np.zeros(2), 0, 3)
+    r.Start()
+    r.Cancel()
+    st = MPI.Status()
+    r.Wait(st)
+    first = st.Is_cancelled()
+    if comm.rank == 1:
+        r.Start()
+        r.Wait(st)
+    else:
+        comm.Send(np.ones(2), 1, 3)
+    r.Free()
+    try:
+        r.Start()
+        freed = False
+    except MmpiError:
+        freed = True
+    return first, st.Is_cancelled(), freed
+
+
+def test_persistent_receive_cancel_restart_free():
+    res = values(run_ranks(_persistent_cancel, 2))
+    assert res[1] == (True, False, True) and res[0][0] is True
+
+
+def _test_family(comm):
+    if comm.rank == 0:
+        comm.Recv(np.zeros(1), 1, 9)          # go: rank 1 has posted and probed
+        comm.Send(np.array([5.0]), 1, 1)
+        comm.Send(np.array([6.0]), 1, 2)
+        return None
+    nothing = comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+    a, b = np.zeros(1), np.zeros(1)
+    reqs = [comm.Irecv(a, 0, 1), comm.Irecv(b, 0, 2)]
+    early = MPI.Request.Testany(reqs)
+    early_status = reqs[0].Get_status()
+    comm.Send(np.zeros(1), 0, 9)
+    done = []
+    while len(done) < 2:
+        done += MPI.Request.Testsome(reqs) or []
+    return nothing, early, early_status, sorted(done), float(a[0] + b[0]), MPI.Request.Testany(reqs)
+
+
+def test_testany_testsome_get_status():
+    nothing, early, early_status, done, total, after = values(run_ranks(_test_family, 2))[1]
+    assert nothing is False and early == (MPI.UNDEFINED, False) and early_status is False
+    assert done == [0, 1] and total == 11.0 and after == (MPI.UNDEFINED, True)
