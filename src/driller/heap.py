@@ -164,7 +164,7 @@ def _shared_base(arr: np.ndarray):
         b = b.base
     if isinstance(b, _Block) or (isinstance(b, Region) and b.origin is not None):
         return b
-    from .drill import hole_containing
+    from .hole import hole_containing
     return hole_containing(arr)
 
 
