@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import errno
 import inspect
+import os
 import struct
+import threading
+import time
 
 import numpy as np
 
@@ -39,6 +42,7 @@ from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
 from . import _comm as C   # circular: _comm imports this module; use C.* at call time only
 from . import _transport as T
+from . import _world as W
 
 __all__ = [
     "CollectiveMixin", "Op", "Group", "IN_PLACE", "COMM_NULL", "GROUP_EMPTY",
@@ -55,6 +59,9 @@ FLAT_MAX = 8                # up to this many ranks, small fan-out/fan-in is fla
 DIRECT_MIN = 1 << 19        # reductions of at least this many bytes read peers directly
 FAST_MAX = 1 << 14          # Allreduce of at most this many bytes: the plain blocking path
 CHUNK = 1 << 17             # bytes per direct-read chunk (stays in L2 with the accumulator)
+R_COLL_EPOCH = 24           # rank-table words (line 3, written by the rank): barrier count,
+R_COLL_SLEEP = 25           # and "sleeping in a barrier" flag
+_FENCE = threading.Lock()
 _TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
 
 
@@ -1035,6 +1042,110 @@ class CollectiveMixin:
             np.copyto(acc_arr[e0:e1], a)
 
     # ================================================================ barrier
+    def _shm_barrier(self) -> None:
+        """Barrier of a communicator whose group is the whole world, in shared memory.
+
+        Each rank owns one word of the world block (its rank-table entry, word
+        ``R_COLL_EPOCH``): it writes its barrier count there, wakes whoever sleeps
+        on it, and waits until every rank's word reached the same count: one
+        store and n loads instead of log2(n) rounds of messages, which matters
+        when ranks outnumber cores (every message needs its receiver scheduled).
+        Blocking barriers on communicators with the same group are called in the
+        same order by every rank (else MPI deadlocks), so one count serves them
+        all.  While waiting it keeps the transport progressing (rings drained,
+        queued sends flushed, nonblocking collectives advanced), spins with
+        sched_yield for SPIN_SECONDS, then sleeps on the missing ranks' words, the
+        rings and the deaths word; a dead peer raises PeerDiedError.
+        """
+        t = self._t
+        words = t.words
+        st = t.__dict__.get("_shm_bar")
+        if st is None:
+            w = t.world
+            ep = [w.rank_word(r, R_COLL_EPOCH) for r in range(t.size)]
+            sl = [w.rank_word(r, R_COLL_SLEEP) for r in range(t.size)]
+            st = t._shm_bar = [words[ep[t.rank]], ep, sl]
+        e = st[0] + 1
+        st[0] = e
+        ep = st[1]
+        mine = ep[t.rank]
+        words[mine] = e
+        base = t.base
+        # wake sleepers (a futex_wake on a shared mapping costs several us: only when
+        # someone sleeps).  The lock round trip is a locked instruction, i.e. a full
+        # fence: our count is visible before we read the flags, and a sleeper's flag
+        # is visible before its futex_waitv compares (the syscall fences): no lost
+        # wake-up.  (Any left would cost at most T.SLEEP_SECONDS.)
+        _FENCE.acquire()
+        _FENCE.release()
+        for f in st[2]:
+            if words[f]:
+                _linux.futex_wake(base + mine * 8)
+                break
+        n = len(ep)
+        j = 0
+        spin_end = None
+        polls = 0
+        try:
+            while True:
+                while j < n and words[ep[j]] >= e:
+                    j += 1
+                if j == n:
+                    return
+                polls += 1
+                # the transport needs us only for liveness (drain rings, flush queued
+                # sends, advance nonblocking collectives): not on every poll
+                if (polls & 15 == 0 or t.npending) and t.progress():
+                    spin_end = None
+                    continue
+                if words[W.H_DEATHS] != t.deaths_seen:
+                    t._check_dead(None, j, False)
+                now = time.perf_counter()
+                if spin_end is None:
+                    spin_end = now + T.SPIN_SECONDS
+                elif now > spin_end:
+                    if not self._shm_sleep(e, ep, j):
+                        t._check_dead(None, j, True)
+                    continue
+                os.sched_yield()
+        except PeerDiedError as err:
+            raise PeerDiedError(f"Barrier: {err}", rank=err.rank, status=err.status) from None
+
+    def _shm_sleep(self, e, ep, j) -> bool:
+        """Futex-sleep until a missing rank arrives, a ring moves or a peer dies;
+        False on timeout (T.SLEEP_SECONDS)."""
+        t = self._t
+        words = t.words
+        base = t.base
+        if t.npending:
+            return True               # queued sends: keep spinning (flushed by progress)
+        flag = t._shm_bar[2][t.rank]
+        words[flag] = 1
+        words[t.my_sleeping] = 1
+        try:
+            waits = []
+            for r in range(j, len(ep)):
+                v = words[ep[r]]
+                if v < e:
+                    waits.append((base + ep[r] * 8, v))
+            if not waits:
+                return True
+            waits = waits[:64]
+            for src, hw in t.in_list:
+                h = words[hw]
+                if h != t.in_tail[src]:
+                    return True
+                waits.append((base + hw * 8, h))
+            d = words[W.H_DEATHS]
+            if d != t.deaths_seen:
+                return True
+            waits = waits[:127]
+            waits.append((base + W.H_DEATHS * 8, d))
+            return _linux.futex_waitv(waits, T.SLEEP_SECONDS)
+        finally:
+            words[t.my_sleeping] = 0
+            words[flag] = 0
+
     def Ibarrier(self):
         return _request(self, self._g_barrier(self._cbase()))
 
