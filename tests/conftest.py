@@ -6,20 +6,12 @@ import time
 
 import pytest
 
+from driller import _linux
+
 
 def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
-            out.add(int(entry))
-    return out
+    """Live (non-zombie) children of pid."""
+    return {c for c in _linux.child_pids(pid) if _linux.pid_alive(c)}
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +67,3 @@ def _memfds() -> set[tuple[int, str]]:
         if target.startswith("/memfd:") and "driller:arena" not in target:
             out.add((int(fd), target))
     return out
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))

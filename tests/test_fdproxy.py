@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from _helpers import fd_count, in_child
+
 from driller import _linux
 from driller.errors import ProxyError, SegmentReleasedError
 from driller.fdproxy import ENV_VAR, ProxyClient, _show, proxy_info
@@ -33,39 +35,6 @@ def wait_until(cond, limit=15.0):
     return cond()
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def in_child(fn, *args):
-    """Run fn(*args) in a forked child; return ("ok", result) or ("err", "Type: msg")."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        status = 0
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(55)  # a child that hangs dies anyway: no leaked process
-        try:
-            os.close(r)
-            try:
-                res = ("ok", fn(*args))
-            except BaseException as e:  # noqa: BLE001
-                res = ("err", f"{type(e).__name__}: {e}")
-            os.write(w, pickle.dumps(res))
-        except BaseException:  # noqa: BLE001
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return pickle.loads(b"".join(chunks))
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import signal
 import numpy as np
 import pytest
 
+from _helpers import in_child
+
 from driller import _linux
 from driller.errors import DrillerError, SegmentReleasedError
 from driller.fdproxy import ENV_VAR, ProxyClient
@@ -24,34 +26,6 @@ from driller.segment import Segment
 pytestmark = pytest.mark.timeout(60)
 
 
-def in_child(fn, *args):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        status = 0
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(55)  # a child that hangs dies anyway: no leaked process
-        try:
-            os.close(r)
-            try:
-                res = ("ok", fn(*args))
-            except BaseException as e:  # noqa: BLE001
-                res = ("err", f"{type(e).__name__}: {e}")
-            os.write(w, pickle.dumps(res))
-        except BaseException:  # noqa: BLE001
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return pickle.loads(b"".join(chunks))
 
 
 def wait_until(cond, limit=15.0):

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests (not a test module)."""
+
+import os
+import pickle
+import signal
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def in_child(fn, *args):
+    """Run fn(*args) in a forked child; return ("ok", result) or ("err", "Type: msg")."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 0
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(55)  # a child that hangs dies anyway: no leaked process
+        try:
+            os.close(r)
+            try:
+                res = ("ok", fn(*args))
+            except BaseException as e:  # noqa: BLE001
+                res = ("err", f"{type(e).__name__}: {e}")
+            os.write(w, pickle.dumps(res))
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return pickle.loads(b"".join(chunks))
