@@ -78,9 +78,11 @@ def _attach_owner(q, go, n):
 
 def bench_drill(rounds):
     rows = {"drill, per MiB (64 MiB array)": [],
+            "copy into new shared memory, per MiB (driller.array(x))": [],
             "copy into new memory, per MiB (x.copy())": [],
             "memcpy into warm memory, per MiB (np.copyto)": [],
-            "ratio drill / x.copy()": [], "ratio drill / warm memcpy": []}
+            "ratio drill / driller.array(x)": [], "ratio drill / x.copy()": [],
+            "ratio drill / warm memcpy": []}
     n = 64 * MiB
     for _ in range(rounds):
         src = np.ones(n // 8)
@@ -88,11 +90,14 @@ def bench_drill(rounds):
         dst[:] = 0  # fault it in: a memcpy into warm memory
         c = _t(lambda: np.copyto(dst, src)) / 64
         f = _t(lambda: src.copy()) / 64
+        g = _t(lambda: driller.array(src)) / 64
         box = []
         d = _t(lambda: box.append(driller.drill(src))) / 64
         box[0].close()
         rows["drill, per MiB (64 MiB array)"].append(d)
         rows["copy into new memory, per MiB (x.copy())"].append(f)
+        rows["copy into new shared memory, per MiB (driller.array(x))"].append(g)
+        rows["ratio drill / driller.array(x)"].append(d / g)
         rows["memcpy into warm memory, per MiB (np.copyto)"].append(c)
         rows["ratio drill / x.copy()"].append(d / f)
         rows["ratio drill / warm memcpy"].append(d / c)

@@ -97,9 +97,9 @@ def _drain_freed() -> None:
             _publish.release(arena.segment)
 
 
-def _allocate(nbytes: int) -> _Block:
+def _allocate(nbytes: int, data: tuple[int, int] | None = None) -> _Block:
     if nbytes >= LARGE_BYTES:
-        seg = Segment(nbytes, "array")
+        seg = Segment(nbytes, "array", data=data)
         block = _Block(seg, 0, nbytes, None)
         _publish.register(seg.key, block)
         _stats["large"] += 1
@@ -250,6 +250,13 @@ def zeros_like(a, dtype=None, order: str = "K") -> SharedArray:
 def array(obj, dtype=None, order: str = "K") -> SharedArray:
     """Copy ``obj`` (anything numpy.asarray takes) into a new shared array."""
     src = np.asarray(obj, dtype=dtype)
+    out_order = ("F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C") \
+        if order in ("K", "A") else order
+    if src.nbytes >= LARGE_BYTES and (src.flags.c_contiguous if out_order == "C"
+                                      else src.flags.f_contiguous):
+        # one copy straight into the new memfd (pwrite), no page faults on our side
+        block = _allocate(src.nbytes, data=(src.__array_interface__["data"][0], src.nbytes))
+        return _wrap(block, src.shape, src.dtype, out_order)
     out = empty_like(src, order=order)
     np.copyto(out, src, casting="no")
     return out

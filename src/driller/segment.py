@@ -134,7 +134,7 @@ class Segment:
     """
 
     def __init__(self, nbytes: int, name: str = "driller", *, fd: int | None = None,
-                 region: Region | None = None):
+                 region: Region | None = None, data: tuple[int, int] | None = None):
         if nbytes <= 0:
             raise ValueError("a segment needs at least one byte")
         self.key = new_key()
@@ -144,6 +144,8 @@ class Segment:
             fd = _linux.memfd_create(f"driller:{name}")
             try:
                 os.ftruncate(fd, self.nbytes)
+                if data is not None:  # initial bytes (address, length): written, not faulted in
+                    _linux.pwrite_from(fd, data[0], data[1])
                 _linux.add_seals(fd, _SEALS)
             except BaseException:
                 os.close(fd)
