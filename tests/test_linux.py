@@ -119,3 +119,14 @@ def test_pidfd_sees_exit():
     finally:
         os.close(fd)
         os.waitpid(pid, 0)
+
+
+def test_query_falls_back_to_proc_maps(monkeypatch):
+    m = mmap.mmap(-1, 2 * _linux.PAGE_SIZE, flags=mmap.MAP_PRIVATE)
+    addr, _, _ = _linux.buffer_address(m)
+    fast = _linux.query_mapping(addr)
+    monkeypatch.setitem(_linux._procmap, "ok", False)  # as on a kernel before 6.11
+    slow = _linux.query_mapping(addr)
+    assert slow == fast
+    assert _linux.query_mapping(0x1000) is None  # nothing is mapped at page 1
+    m.close()
