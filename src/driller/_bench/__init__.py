@@ -12,13 +12,14 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-BENCH_NAMES = ("latency", "bandwidth", "objects", "barrier", "sharing")
+BENCH_NAMES = ("latency", "bandwidth", "objects", "barrier", "bcast", "allreduce", "sharing")
 
 
 def _parser():
     p = argparse.ArgumentParser(
         prog="driller bench",
-        description="Point-to-point latency/bandwidth, objects, barrier and array sharing: "
+        description="Point-to-point latency/bandwidth, objects, collectives (Barrier, Bcast, "
+                    "Allreduce) and array sharing: "
                     "driller.mmpi against mpi4py on Open MPI, multiprocessing Pipe/Queue, "
                     "and the single-process memcpy limit.")
     p.add_argument("--quick", action="store_true",
@@ -29,7 +30,10 @@ def _parser():
                    "(default 7, --quick 3)")
     p.add_argument("--object-sizes", help="total bytes of the dict-of-arrays objects "
                    "(default 1M,64M; --quick 1M)")
-    p.add_argument("--barrier-ranks", help="rank counts for Barrier (default 2,4,8)")
+    p.add_argument("--barrier-ranks", help="rank counts for Barrier, Bcast and Allreduce "
+                   "(default 2,4,8)")
+    p.add_argument("--coll-size", help="bytes of the Bcast/Allreduce buffer "
+                   "(default 16M; --quick 1M)")
     p.add_argument("--only", help=f"comma list of benchmarks among {','.join(BENCH_NAMES)}")
     p.add_argument("--skip", default="", help="comma list of methods or engines to leave out: "
                    "a method (driller.Send, mpi4py.pkl5, Queue, memcpy, ...) or an engine "
@@ -56,6 +60,8 @@ def main(argv=None) -> int:
             cfg.sizes = parse_sizes(a.sizes)
         if a.object_sizes:
             cfg.obj_sizes = parse_sizes(a.object_sizes)
+        if a.coll_size:
+            cfg.coll_size = parse_sizes(a.coll_size)[0]
         if a.barrier_ranks:
             cfg.barrier_ranks = sorted({int(x) for x in a.barrier_ranks.split(",") if x.strip()})
             if min(cfg.barrier_ranks) < 2:

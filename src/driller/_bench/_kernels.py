@@ -173,6 +173,28 @@ def barrier(comm, iters, warmup, cap=None):
     return {"elapsed": el, "iters": n, "t": el / n}
 
 
+def bcast(comm, buf, iters, warmup, cap=None):
+    """osu_bcast: time per Bcast of ``buf`` from rank 0 on this rank."""
+    B = comm.Bcast
+
+    def body(n):
+        for _ in range(n):
+            B(buf, 0)
+    el, n = _drive(comm, comm.Get_rank(), body, iters, warmup, cap, comm.Get_size())
+    return {"elapsed": el, "iters": n, "t": el / n}
+
+
+def allreduce(comm, sbuf, rbuf, op, iters, warmup, cap=None):
+    """osu_allreduce: time per Allreduce(sbuf -> rbuf, op) on this rank."""
+    A = comm.Allreduce
+
+    def body(n):
+        for _ in range(n):
+            A(sbuf, rbuf, op)
+    el, n = _drive(comm, comm.Get_rank(), body, iters, warmup, cap, comm.Get_size())
+    return {"elapsed": el, "iters": n, "t": el / n}
+
+
 def memcpy(size, iters, warmup, bufs=None, cap=None):
     """The physical limit of one copy: np.copyto in one process."""
     if bufs is None:

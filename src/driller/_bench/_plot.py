@@ -71,23 +71,27 @@ def plot(res: dict, path) -> None:
 
     # barrier: latency vs ranks
     drawn = False
-    for key in ("driller.Barrier", "mpi4py.Barrier"):
-        pts = sorted((r["ranks"], r) for r in rows
-                     if r["bench"] == "barrier" and r["method"] == key)
-        if pts:
-            ax_bar.plot([n for n, _ in pts], [r["median"] * 1e6 for _, r in pts], marker="o",
-                        label=METHOD[key].label,
-                        color="C3" if key.startswith("driller") else "C0")
+    styles = {"barrier": "o-", "bcast": "s--", "allreduce": "^:"}
+    for bench, style in styles.items():
+        for key in (f"driller.{bench.capitalize()}", f"mpi4py.{bench.capitalize()}"):
+            pts = sorted((r["ranks"], r) for r in rows
+                         if r["bench"] == bench and r["method"] == key)
+            if not pts:
+                continue
+            color = "C3" if key.startswith("driller") else "C0"
+            label = METHOD[key].label + (f" {fmt_size(pts[0][1]['size'])}"
+                                         if bench != "barrier" else "")
+            ax_bar.plot([n for n, _ in pts], [r["median"] * 1e6 for _, r in pts], style,
+                        label=label, color=color)
             ax_bar.fill_between([n for n, _ in pts], [r["min"] * 1e6 for _, r in pts],
-                                [r["max"] * 1e6 for _, r in pts], alpha=0.15,
-                                color="C3" if key.startswith("driller") else "C0", lw=0)
+                                [r["max"] * 1e6 for _, r in pts], alpha=0.12, color=color, lw=0)
             drawn = True
     ax_bar.set_yscale("log")
     ax_bar.set_xscale("log", base=2)
     ax_bar.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax_bar.set_xlabel(f"ranks (on {res['machine'].get('cpus_usable')} CPUs)")
-    ax_bar.set_ylabel("barrier latency (µs)")
-    ax_bar.set_title("Barrier")
+    ax_bar.set_ylabel("time per call (µs)")
+    ax_bar.set_title("Collectives: Barrier, Bcast, Allreduce")
     ax_bar.grid(True, which="both", alpha=0.3)
     if drawn:
         ax_bar.legend(fontsize=8)

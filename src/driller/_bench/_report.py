@@ -13,7 +13,8 @@ from ._runner import METHOD, METHODS, RATIO_PAIRS
 from ._stats import WIDE_SPREAD, fmt_size, round_ratios, summarize
 
 SCHEMA = "driller-bench/1"
-BENCHES = ("latency", "bandwidth", "objects", "barrier", "sharing")
+BENCHES = ("latency", "bandwidth", "objects", "barrier", "bcast", "allreduce", "sharing")
+COLL = ("barrier", "bcast", "allreduce")
 
 
 def _version(dist):
@@ -78,8 +79,9 @@ def build(runner, cfg, machine: dict, wall: float, argv) -> dict:
             continue
         m = METHOD[key]
         r = {"bench": bench, "method": key, "label": m.label, "family": m.family, "role": m.role,
-             "size": None if bench == "barrier" else param,
-             "ranks": (param if bench == "barrier"
+             "size": (cfg.coll_size if bench in ("bcast", "allreduce")
+                      else None if bench == "barrier" else param),
+             "ranks": (param if bench in COLL
                        else 1 if m.role == "limit" or bench == "sharing" else 2),
              "unit": "s", "values": rec["values"], **s,
              "iters": rec.get("iters"), "warmup": rec.get("warmup")}
@@ -130,6 +132,7 @@ def build(runner, cfg, machine: dict, wall: float, argv) -> dict:
         "quick": cfg.quick,
         "config": {"sizes": cfg.sizes, "rounds": cfg.rounds, "warmup_rounds": 1,
                    "object_sizes": cfg.obj_sizes, "barrier_ranks": cfg.barrier_ranks,
+                   "collective_bytes": cfg.coll_size,
                    "share_size": cfg.share_size, "target_seconds_per_measurement": cfg.target,
                    "benches": list(cfg.benches), "wide_spread_threshold": WIDE_SPREAD},
         "machine": machine,
@@ -177,7 +180,7 @@ def write_csv(res: dict, path) -> None:
                         "GBps_median": (r["bandwidth_Bps"]["median"] / 1e9
                                         if "bandwidth_Bps" in r else None)})
         for r in res["ratios"]:
-            barrier = r["bench"] == "barrier"
+            barrier = r["bench"] in COLL
             w.writerow({"bench": r["bench"] + "_ratio", "method": f"{r['driller']}/{r['peer']}",
                         "label": f"{METHOD[r['driller']].label} / {METHOD[r['peer']].label}",
                         "family": "driller", "role": "ratio",
@@ -226,7 +229,7 @@ def _cell(bench, r) -> str:
 
 
 def _param(r):
-    return r["ranks"] if r["bench"] == "barrier" else r["size"]
+    return r["ranks"] if r["bench"] in COLL else r["size"]
 
 
 SWEEP_TITLES = {
@@ -236,6 +239,9 @@ SWEEP_TITLES = {
 TABLE_TITLES = {
     "objects": ("Objects: dict of 8 float64 arrays, one-way send/recv", fmt_size),
     "barrier": ("Barrier latency, mean over ranks", lambda p: f"{p} ranks"),
+    "bcast": ("Bcast from rank 0, time per call, mean over ranks", lambda p: f"{p} ranks"),
+    "allreduce": ("Allreduce (SUM, float64), time per call, mean over ranks",
+                  lambda p: f"{p} ranks"),
     "sharing": ("Sharing with a multiprocessing.Pool worker: pass the array, get its sum",
                 fmt_size),
 }

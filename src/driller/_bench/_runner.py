@@ -44,6 +44,7 @@ class Method:
 
 
 P2P = ("latency", "bandwidth")
+COLL = ("barrier", "bcast", "allreduce")  # collectives: the parameter is a rank count
 P2P_OBJ = ("latency", "bandwidth", "objects")
 SHARING = ("sharing",)
 
@@ -58,6 +59,11 @@ METHODS = [
     Method("memcpy", "memcpy limit (np.copyto)", "mp", "limit", P2P),
     Method("driller.Barrier", "driller.mmpi Barrier", "driller", "driller", ("barrier",)),
     Method("mpi4py.Barrier", "mpi4py Barrier", "mpi4py", "peer", ("barrier",)),
+    Method("driller.Bcast", "driller.mmpi Bcast", "driller", "driller", ("bcast",)),
+    Method("mpi4py.Bcast", "mpi4py Bcast", "mpi4py", "peer", ("bcast",)),
+    Method("driller.Allreduce", "driller.mmpi Allreduce (SUM)", "driller", "driller",
+           ("allreduce",)),
+    Method("mpi4py.Allreduce", "mpi4py Allreduce (SUM)", "mpi4py", "peer", ("allreduce",)),
     Method("share.driller", "driller.zeros (by reference), new array", "share", "driller",
            SHARING, short="new array"),
     Method("share.driller-reuse", "driller.zeros (by reference), same array", "share", "driller",
@@ -75,6 +81,8 @@ RATIO_PAIRS = {
     "objects": [("driller.send", "mpi4py.send"), ("driller.send", "mpi4py.pkl5"),
                 ("driller.send", "mp.Pipe"), ("driller.send", "mp.Queue")],
     "barrier": [("driller.Barrier", "mpi4py.Barrier")],
+    "bcast": [("driller.Bcast", "mpi4py.Bcast")],
+    "allreduce": [("driller.Allreduce", "mpi4py.Allreduce")],
     "sharing": [("share.driller", "share.numpy"), ("share.driller-reuse", "share.numpy")],
 }
 RATIO_PAIRS["bandwidth"] = RATIO_PAIRS["latency"]
@@ -92,6 +100,7 @@ class Config:
     obj_sizes: list
     barrier_ranks: list
     share_size: int
+    coll_size: int
     target: float  # seconds per measurement
     benches: tuple
     skip: tuple = ()
@@ -105,12 +114,12 @@ def default_config(quick: bool) -> Config:
     if quick:
         return Config(sizes=list(QUICK_SIZES), rounds=3, obj_sizes=[1 << 20],
                       barrier_ranks=[2, 4, 8],
-                      share_size=64 << 20, target=0.03,
-                      benches=("latency", "bandwidth", "objects", "barrier", "sharing"),
+                      share_size=64 << 20, coll_size=1 << 20, target=0.03,
+                      benches=("latency", "bandwidth", "objects", *COLL, "sharing"),
                       quick=True, hello_timeout=20.0, calib_timeout=15.0, budget=40.0)
     return Config(sizes=list(DEFAULT_SIZES), rounds=7, obj_sizes=[1 << 20, 64 << 20],
-                  barrier_ranks=[2, 4, 8], share_size=64 << 20, target=0.1,
-                  benches=("latency", "bandwidth", "objects", "barrier", "sharing"))
+                  barrier_ranks=[2, 4, 8], share_size=64 << 20, coll_size=16 << 20,
+                  target=0.1, benches=("latency", "bandwidth", "objects", *COLL, "sharing"))
 
 
 def _names(m: Method) -> set:
@@ -225,7 +234,8 @@ class Runner:
         base_env["PYTHONUNBUFFERED"] = "1"
         p2p = bool({"latency", "bandwidth", "objects"} & set(cfg.benches))
         ranks = sorted(set(([2] if p2p else []) +
-                           (list(cfg.barrier_ranks) if "barrier" in cfg.benches else [])))
+                           (list(cfg.barrier_ranks) if set(COLL) & set(cfg.benches)
+                            else [])))
         for fam in ("mpi4py", "driller"):
             if fam not in fams:
                 continue
@@ -302,7 +312,7 @@ class Runner:
                 self.notes.append(f"{g.gid}: {g.error}")
                 if g.nranks == 2:
                     for m in METHODS:
-                        if m.family == fam and "barrier" not in m.benches:
+                        if m.family == fam and not set(COLL) & set(m.benches):
                             self.skipped.setdefault(m.key, g.error)
         self._check_cma()
 
@@ -404,9 +414,10 @@ class Runner:
         if "objects" in cfg.benches:
             for size in cfg.obj_sizes:
                 cells.append(("objects", size, [m.key for m in METHODS if "objects" in m.benches]))
-        if "barrier" in cfg.benches:
-            for n in cfg.barrier_ranks:
-                cells.append(("barrier", n, ["driller.Barrier", "mpi4py.Barrier"]))
+        for bench in COLL:
+            if bench in cfg.benches:
+                for n in cfg.barrier_ranks:
+                    cells.append((bench, n, [m.key for m in METHODS if bench in m.benches]))
         if "sharing" in cfg.benches:
             cells.append(("sharing", cfg.share_size,
                           [m.key for m in METHODS if "sharing" in m.benches]))
@@ -419,13 +430,13 @@ class Runner:
 
     def _group_for(self, bench, param, m: Method):
         if m.family in ("mpi4py", "driller"):
-            return self.groups.get(f"{m.family}-{param if bench == 'barrier' else 2}")
+            return self.groups.get(f"{m.family}-{param if bench in COLL else 2}")
         return self.groups.get(m.family)
 
     def _command(self, bench, param, m: Method, iters, warmup):
         cmd = {"iters": iters, "warmup": warmup}
-        if bench == "barrier":
-            cmd["op"] = "barrier"
+        if bench in COLL:
+            cmd.update(op=bench, size=self.cfg.coll_size)
         elif bench == "sharing":
             cmd.update(op="share", kind=m.key.split(".", 1)[1], size=param)
         elif m.key == "memcpy":
@@ -440,6 +451,8 @@ class Runner:
     def _first_iters(self, bench, param, m: Method):
         if bench == "barrier":
             return 30, 3
+        if bench in COLL:
+            return 3, 1
         if bench == "sharing":
             return 1, 1
         if m.key == "memcpy":
@@ -470,7 +483,7 @@ class Runner:
             return
         g = self._group_for(bench, param, m)
         if g is None or not g.ok:
-            if bench == "barrier":
+            if bench in COLL:
                 return  # noted at launch
             self.skipped.setdefault(key, g.error if g is not None else "not launched")
             return
@@ -494,20 +507,20 @@ class Runner:
         except (TimeoutError, EOFError, OSError) as e:
             why = "timed out" if isinstance(e, TimeoutError) else f"died ({type(e).__name__})"
             dead = g.proc.poll() is not None
-            msg = (f"{g.gid} {why} in {bench} {fmt_size(param) if bench != 'barrier' else param} "
+            msg = (f"{g.gid} {why} in {bench} {fmt_size(param) if bench not in COLL else param} "
                    f"with {m.label}" + (f"; {g.log_tail()}" if dead and g.log_tail() else ""))
             g.fail(msg)
             self.notes.append(msg)
             for k in METHODS:  # the group's other methods go too (a dead barrier-only
                 # group loses just that rank count: the note says so)
-                if (bench != "barrier" and "barrier" not in k.benches
+                if (bench not in COLL and not set(COLL) & set(k.benches)
                         and k.key not in self.skipped and self._group_for(bench, param, k) is g):
                     self.skipped[k.key] = msg
             return
         bad = [r for r in replies.values() if r.get("ok") is False]
         if bad:
             err = bad[0].get("error", "failed")
-            if bench == "barrier":
+            if bench in COLL:
                 self.notes.append(f"{m.label} with {param} ranks: {err}")
                 self.calib.pop(ckey, None)
             else:
@@ -517,7 +530,7 @@ class Runner:
                 self.skipped.setdefault(key, err)
             return
         r0 = replies[min(replies)]
-        if bench == "barrier":
+        if bench in COLL:
             ts = [r["t"] for r in replies.values() if r.get("t") is not None]
             t = sum(ts) / len(ts)
         else:
@@ -557,8 +570,8 @@ class Runner:
                 for key in order:
                     if self.progress:
                         what = "warm-up" if rnd == 0 else f"round {rnd}/{self.cfg.rounds}"
-                        p = param if bench == "barrier" else fmt_size(param)
-                        unit = " ranks" if bench == "barrier" else ""
+                        p = param if bench in COLL else fmt_size(param)
+                        unit = " ranks" if bench in COLL else ""
                         self.progress(0, f"{what}: {bench} {p}{unit} {METHOD[key].label}")
                     t0 = time.monotonic()
                     self.run_cell(rnd, bench, param, key)

@@ -28,6 +28,7 @@ class Engine:
             import mpi4py
             from mpi4py import MPI
             self.comm = MPI.COMM_WORLD
+            self.SUM = MPI.SUM
             self.waitall = MPI.Request.Waitall
             self.versions = {
                 "mpi4py": mpi4py.__version__,
@@ -43,6 +44,7 @@ class Engine:
             import driller
             from driller import mmpi
             self.comm = mmpi.COMM_WORLD
+            self.SUM = getattr(mmpi, "SUM", None)
             req = getattr(mmpi, "Request", None)
             self.waitall = getattr(req, "Waitall", None)
             if self.waitall is None and req is not None and hasattr(req, "Wait"):
@@ -94,6 +96,14 @@ def make_handler(eng: Engine):
         cap = cmd.get("cap")
         if op == "barrier":
             return K.barrier(eng.comm, iters, warmup, cap=cap)
+        if op in ("bcast", "allreduce"):
+            n = max(1, int(cmd["size"]) // 8)
+            if ("coll", n) not in objs:  # float64 buffers, kept for the whole run
+                objs[("coll", n)] = (np.full(n, 1.0 + eng.rank), np.zeros(n))
+            s, r = objs[("coll", n)]
+            if op == "bcast":
+                return K.bcast(eng.comm, s if eng.rank == 0 else r, iters, warmup, cap=cap)
+            return K.allreduce(eng.comm, s, r, eng.SUM, iters, warmup, cap=cap)
         if eng.rank > 1:  # point-to-point uses ranks 0 and 1 only
             return {"t": None}
         size = int(cmd["size"])
