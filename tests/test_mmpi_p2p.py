@@ -523,6 +523,139 @@ def test_large_buffers_stay_out_of_the_pickle_stream():
     assert parts == [] and pickle.loads(stream)[3] == {"k": b"abc"}
 
 
+def _packed_objects(comm):
+    arr = np.arange(1 << 15, dtype=np.float64)            # 256 KiB: out of band
+    ro = np.arange(20_000, dtype=np.int32)
+    ro.setflags(write=False)
+    payload = {"arr": arr, "b": b"q" * 100_000, "ba": bytearray(b"w" * 70_000), "ro": ro,
+               "small": [1, "x"]}
+    if comm.rank == 0:
+        comm.send(payload, 1, 1)      # rank 1 sleeps: arrives unexpected
+        comm.ssend(payload, 1, 2)
+        comm.isend(payload, 1, 3).wait()
+        comm.send(payload, 1, 4)
+        return comm._t.packed_limit
+    time.sleep(0.3)
+    st = MPI.Status()
+    got = [comm.recv(source=0, tag=1, status=st)]
+    count = st.Get_count()
+    got.append(comm.recv(source=0, tag=2))
+    got.append(comm.irecv(source=0, tag=3).wait())
+    got.append(comm.recv(source=0, tag=4, status=st))
+    out = []
+    for g in got:
+        out.append(((g["arr"] == arr).all(), g["arr"].flags.writeable, g["b"] == payload["b"],
+                    type(g["b"]), g["ba"] == payload["ba"], type(g["ba"]),
+                    (g["ro"] == ro).all(), g["ro"].flags.writeable, g["small"]))
+    g = got[0]
+    g["arr"][:] = 0
+    private = bool((got[1]["arr"] == arr).all())
+    return out, count, st.Get_count(), private
+
+
+def test_objects_packed_through_the_ring():
+    res = values(run_ranks(_packed_objects, 2))
+    limit = res[0]
+    out, c1, c4, private = res[1]
+    assert limit >= 1 << 20                          # this object fits: packed, eager
+    want = (True, True, True, bytes, True, bytearray, True, False, [1, "x"])
+    assert out == [want] * 4
+    assert c1 == c4 and c1 > (1 << 18) + 170_000 and private
+
+
+def _bare_arrays():
+    ro = np.arange(6, dtype=np.int16).reshape(2, 3)
+    ro.setflags(write=False)
+    return [np.arange(8, dtype=np.uint8), np.float64(2.5) * np.ones((3, 4)),
+            np.array(7.0), np.zeros((0, 3), np.int32), np.arange(5, dtype=">i2"),
+            np.array([True, False]), np.arange(3) * (1 + 2j), ro,
+            np.asfortranarray(np.arange(6.0).reshape(2, 3)),           # not C: pickled
+            np.array(["a", "bc"]), np.arange(10_000, dtype=np.float32)]  # kind U: pickled
+
+
+def _bare(comm):
+    arrs = _bare_arrays()
+    if comm.rank == 0:
+        for i, a in enumerate(arrs):
+            comm.send(a, 1, i)
+        comm.send(arrs[1], 1, 99)                 # rank 1 probes it first
+        return None
+    time.sleep(0.2)                               # the first ones arrive unexpected
+    got = [comm.recv(source=0, tag=0)]
+    got += [comm.recv(source=MPI.ANY_SOURCE, tag=i) for i in range(1, len(arrs))]
+    st = MPI.Status()
+    comm.Probe(0, 99, st)
+    last = comm.recv(source=0, tag=99)
+    return ([(g.dtype.str, g.shape, g.flags.writeable, type(g).__name__) for g in got],
+            [bool((g == a).all()) for g, a in zip(got, arrs)], st.Get_count() > 96,
+            bool((last == arrs[1]).all()))
+
+
+def test_bare_arrays_sent_as_objects():
+    got, same, counted, last = values(run_ranks(_bare, 2))[1]
+    want = [(a.dtype.str, a.shape, True, "ndarray") for a in _bare_arrays()]
+    assert got == want and all(same) and counted and last
+
+
+def _recv_cache(comm):
+    n = 1 << 18
+    big = {"a": np.arange(n, dtype=np.float64), "b": np.ones((256, 512), np.float32)}
+    if comm.rank == 0:
+        for i in range(5):
+            big["a"][0] = i
+            comm.send(big, 1, 1)
+        return None
+    cache = comm._t.recv_cache
+    first = comm.recv(source=0, tag=1)
+    second = comm.recv(source=0, tag=1)
+    fresh = (first["a"].flags.writeable, first["b"].dtype == np.float32,
+             first["b"].shape == (256, 512), first["a"][0] == 0, second["a"][0] == 1,
+             not np.shares_memory(first["a"], second["a"]),
+             not np.shares_memory(first["a"], first["b"]))
+    first["a"][:] = -1                       # writable and private
+    intact = bool((second["a"][1:] == np.arange(1, n)).all())
+    hits = cache.hits
+    view_b = first["b"][10:20]               # a view keeps its buffer in use
+    del first
+    third = comm.recv(source=0, tag=1)       # reuses the memory of first["a"] only
+    reused = cache.hits == hits + 1
+    apart = not any(np.shares_memory(x, y) for x in (third["a"], third["b"])
+                    for y in (second["a"], second["b"], view_b))
+    view_b[:] = 7
+    del view_b
+    fourth = comm.recv(source=0, tag=1)
+    del second, third, fourth
+    fifth = comm.recv(source=0, tag=1)
+    return (fresh, intact, reused, apart, bool((fifth["a"][1:] == np.arange(1, n)).all()),
+            fifth["a"][0] == 4, bool((fifth["b"] == 1).all()), cache.idle <= cache.cap)
+
+
+def test_received_buffers_are_private_and_reused_only_when_dropped():
+    res = values(run_ranks(_recv_cache, 2))[1]
+    assert res == ((True,) * 7, True, True, True, True, True, True, True)
+
+
+def test_recv_cache_bounds():
+    from driller.mmpi._transport import RecvCache, _size_class
+    assert _size_class(8 << 20) == 8 << 20 and _size_class((8 << 20) + 1) == 9 << 20
+    assert _size_class(100_000) % 4096 == 0 and _size_class(100_000) >= 100_000
+    c = RecvCache(cap=3 << 20)
+    a, addr = c.take(2 << 20)
+    assert a.nbytes == 2 << 20 and a.flags.writeable and a.__array_interface__["data"][0] == addr
+    b, _ = c.take(2 << 20)                   # a live one is never handed out twice
+    assert not np.shares_memory(a, b)
+    del a
+    assert c.idle == 2 << 20
+    del b                                    # over the cap: freed, not kept
+    assert c.idle == 2 << 20
+    d, addr2 = c.take(2 << 20)
+    assert addr2 == addr and c.idle == 0
+    off = RecvCache(cap=0)
+    e, _ = off.take(1 << 20)
+    del e
+    assert off.idle == 0 and not off.free
+
+
 # ------------------------------------------------------------------ barrier, stress
 
 def _barrier(comm, rounds):

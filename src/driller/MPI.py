@@ -17,9 +17,10 @@ from .errors import MmpiNotImplementedError as _NotImpl
 from .mmpi import _comm
 from .mmpi._comm import (ANY_SOURCE, ANY_TAG, PROC_NULL, REQUEST_NULL, TAG_UB, UNDEFINED,
                          Comm, Datatype, Prequest, Request, Status, Wtick, Wtime)
-from .mmpi._coll import (BAND, BOR, BXOR, COMM_NULL, COMM_TYPE_SHARED, CONGRUENT,  # noqa: F401
-                         GROUP_EMPTY, IDENT, IN_PLACE, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC,
-                         NO_OP, OP_NULL, PROD, REPLACE, SIMILAR, SUM, UNEQUAL, Group, Op)
+from .mmpi._coll import (BAND, BOR, BXOR, IN_PLACE, LAND, LOR, LXOR, MAX,  # noqa: F401
+                         MAXLOC, MIN, MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
+from .mmpi._group import (COMM_NULL, COMM_TYPE_SHARED, CONGRUENT, GROUP_EMPTY,  # noqa: F401
+                          IDENT, SIMILAR, UNEQUAL, Group)
 
 Intracomm = Comm
 SUCCESS = 0

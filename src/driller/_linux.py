@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import select
+import struct as _struct
 from dataclasses import dataclass
 
 __all__ = [
@@ -24,7 +25,8 @@ __all__ = [
     "mmap", "munmap", "mprotect", "madvise", "mremap_over", "pwrite_from",
     "memfd_create", "add_seals", "get_seals",
     "futex_wait", "futex_wake", "futex_waitv",
-    "process_vm_readv", "process_vm_writev", "allow_ptrace_by_any",
+    "process_vm_readv", "process_vm_readv_many", "process_vm_writev", "allow_ptrace_by_any",
+    "new_bytes", "new_bytearray",
     "pidfd_open", "pidfd_alive", "pid_alive",
     "Mapping", "query_mapping", "read_maps", "parse_maps",
     "buffer_address", "memmove", "read_word", "fd_inode",
@@ -338,6 +340,67 @@ def _vm_copy(nr: int, what: str, pid: int, local: int, remote: int, n: int) -> N
 def process_vm_readv(pid: int, local: int, remote: int, n: int) -> None:
     """Copy n bytes from address ``remote`` of process pid to our ``local``: one copy."""
     _vm_copy(_VM_READV, "process_vm_readv", pid, local, remote, n)
+
+
+_IOV_MAX = 1024  # UIO_MAXIOV
+
+
+def process_vm_readv_many(pid: int, segs) -> None:
+    """Copy several (local, remote, n) ranges from process pid in as few
+    process_vm_readv calls as possible (up to 1024 ranges and 1 GiB per call)."""
+    segs = [s for s in segs if s[2]]
+    i = 0
+    nseg = len(segs)
+    while i < nseg:
+        j = i
+        total = 0
+        while j < nseg and j - i < _IOV_MAX and total + segs[j][2] <= _IOV_CHUNK:
+            total += segs[j][2]
+            j += 1
+        if j == i:  # one range larger than a call: the plain loop chunks it
+            process_vm_readv(pid, *segs[i])
+            i += 1
+            continue
+        k = j - i
+        lv = []
+        rv = []
+        for x in range(i, j):
+            local, remote, n = segs[x]
+            lv += (local, n)
+            rv += (remote, n)
+        r = _libc.syscall(ctypes.c_long(_VM_READV), ctypes.c_int(pid),
+                          _struct.pack(f"{2 * k}Q", *lv), ctypes.c_ulong(k),
+                          _struct.pack(f"{2 * k}Q", *rv), ctypes.c_ulong(k), ctypes.c_ulong(0))
+        if r < 0:
+            raise _oserror(f"process_vm_readv of {total} bytes in {k} ranges from pid {pid}")
+        if r < total:  # a short copy (a range failed part way): finish range by range
+            for x in range(i, j):
+                local, remote, n = segs[x]
+                if r >= n:
+                    r -= n
+                    continue
+                process_vm_readv(pid, local + r, remote + r, n - r)
+                r = 0
+        i = j
+
+
+_PyBytes_New = ctypes.pythonapi.PyBytes_FromStringAndSize
+_PyBytes_New.restype = ctypes.py_object
+_PyBytes_New.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_PyByteArray_New = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_PyByteArray_New.restype = ctypes.py_object
+_PyByteArray_New.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+
+
+def new_bytes(n: int) -> bytes:
+    """A fresh, uninitialised bytes object of n bytes, to be filled at once
+    (by process_vm_readv) before anyone else sees it (bytes(n) zero-fills)."""
+    return _PyBytes_New(None, n)
+
+
+def new_bytearray(n: int) -> bytearray:
+    """A fresh, uninitialised bytearray of n bytes (bytearray(n) zero-fills)."""
+    return _PyByteArray_New(None, n)
 
 
 def process_vm_writev(pid: int, local: int, remote: int, n: int) -> None:

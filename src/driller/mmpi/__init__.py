@@ -14,9 +14,10 @@ from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, Truncati
 from ._comm import (ANY_SOURCE, ANY_TAG, PROC_NULL, REQUEST_NULL, TAG_UB, UNDEFINED, Comm,
                     Datatype, Prequest, Request, Status, Wtick, Wtime, init_world)
 from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
-from ._coll import (BAND, BOR, BXOR, COMM_NULL, COMM_TYPE_SHARED, CONGRUENT, GROUP_EMPTY,
-                    IDENT, IN_PLACE, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD, SIMILAR,
-                    SUM, UNEQUAL, Group, Op)
+from ._coll import (BAND, BOR, BXOR, IN_PLACE, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
+                    SUM, Op)
+from ._group import (COMM_NULL, COMM_TYPE_SHARED, CONGRUENT, GROUP_EMPTY, IDENT, SIMILAR,
+                     UNEQUAL, Group)
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",

@@ -12,19 +12,24 @@ Algorithms (docs/collectives.md has the measurements behind the thresholds):
 
 * small messages go through point-to-point eager messages: flat fan-out/fan-in
   for few ranks (fewer dependent wake-ups, which dominate when ranks outnumber
-  cores), binomial trees beyond ``FLAT_MAX`` ranks;
+  cores), binomial trees beyond ``FLAT_MAX`` ranks, recursive doubling for
+  small ``Allreduce``;
+* the barrier of a world-group communicator is one shared-memory word per rank
+  (``_shm_barrier``; ``Comm.Barrier`` calls it);
 * large buffers are never relayed: a rendezvous message is copied once,
   straight from the owner's memory by the reader (process_vm_readv), so a
-  large ``Bcast`` is root -> every rank directly, one copy per receiver;
+  large ``Bcast`` is root -> every rank directly, one copy per receiver, and a
+  large ``Allgather`` reads every block from its owner;
 * large reductions (``Allreduce``, ``Reduce``, ``Reduce_scatter``) exchange
   buffer addresses, then each rank reduces its own slice reading every peer's
   buffer directly, cache-sized chunk by chunk (read into an L2-resident
-  scratch, numpy ufunc in place), then the owners' result slices are copied
-  once to whoever needs them.
+  scratch, numpy ufunc in place), then writes its result slice once into every
+  receive buffer that needs it (process_vm_writev), and a barrier ends it.
 
 Algorithms are generators yielding the point-to-point operations they wait on:
 blocking calls drive them to the end, nonblocking ones (``Ibarrier``,
-``Ibcast``, ``Iallreduce``) advance them at ``Test``/``Wait``.
+``Ibcast``, ``Iallreduce``) advance them at ``Test``/``Wait`` and in every
+progress of the transport while they are in flight.
 """
 
 from __future__ import annotations
@@ -43,25 +48,26 @@ from ..errors import MmpiError, PeerDiedError, TruncationError
 from . import _comm as C   # circular: _comm imports this module; use C.* at call time only
 from . import _transport as T
 from . import _world as W
+from ._group import CommunicatorMixin
 
 __all__ = [
-    "CollectiveMixin", "Op", "Group", "IN_PLACE", "COMM_NULL", "GROUP_EMPTY",
-    "COMM_TYPE_SHARED", "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
+    "CollectiveMixin", "Op", "IN_PLACE",
     "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR",
     "MAXLOC", "MINLOC", "REPLACE", "NO_OP", "OP_NULL",
 ]
 
-UNDEFINED = -32766          # == _comm.UNDEFINED (mpi4py's value)
-IDENT, CONGRUENT, SIMILAR, UNEQUAL = 0, 1, 2, 3
-COMM_TYPE_SHARED = 1
 
 FLAT_MAX = 8                # up to this many ranks, small fan-out/fan-in is flat
 DIRECT_MIN = 1 << 19        # reductions of at least this many bytes read peers directly
 FAST_MAX = 1 << 14          # Allreduce of at most this many bytes: the plain blocking path
-CHUNK = 1 << 17             # bytes per direct-read chunk (stays in L2 with the accumulator)
-R_COLL_EPOCH = 24           # rank-table words (line 3, written by the rank): barrier count,
-R_COLL_SLEEP = 25           # and "sleeping in a barrier" flag
+CHUNK = 1 << 19             # bytes per direct-read chunk (scratch + accumulator chunk ~ L2)
+R_COLL_EPOCH = W.R_COLL_EPOCH   # rank-table words (line 3, written by the rank): barrier
+R_COLL_SLEEP = W.R_COLL_SLEEP   # count, and "asleep in a barrier" flag
 _FENCE = threading.Lock()
+ALLGATHER_DIRECT = True
+SHM_HALF = 4096             # a collective slot is two halves (see _world.COLL_SLOT)
+SHM_HDR = 64                # half = (nbytes, dtype) header, then data
+SHM_MAX = SHM_HALF - SHM_HDR  # small world Allreduce up to this many bytes: in the slots
 _TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
 
 
@@ -628,137 +634,10 @@ def _request(comm, gen):
     return _REQ._make(_CollOp(comm._t, gen), C._K_SEND, comm)
 
 
-# ================================================================== context ids
-
-class _Ctx:
-    next = 4    # contexts this process may still use (2 per communicator)
-
-
-_ctx = _Ctx()
-
-
-# ================================================================== communicator null
-
-class _CommNull:
-    """``MPI.COMM_NULL``: what ranks outside a new communicator get."""
-
-    __slots__ = ()
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "<mmpi.COMM_NULL>"
-
-    def Free(self) -> None:
-        raise MmpiError("Free on COMM_NULL (this rank is not in that communicator)")
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise MmpiError(f"COMM_NULL.{name}: invalid communicator (this rank got COMM_NULL "
-                        f"from Split/Create: it is not a member; test `comm != MPI.COMM_NULL`)")
-
-
-COMM_NULL = _CommNull()
-
-
-# ================================================================== groups
-
-class Group:
-    """An ordered set of processes (world ranks inside; ranks 0..size-1 outside)."""
-
-    def __init__(self, world_ranks, me: int | None):
-        self._world = list(world_ranks)
-        self._me = me
-        self._index = {w: i for i, w in enumerate(self._world)}
-        if len(self._index) != len(self._world):
-            raise MmpiError(f"a group cannot hold a rank twice: {self._world}")
-
-    def Get_size(self) -> int:
-        return len(self._world)
-
-    def Get_rank(self) -> int:
-        return self._index.get(self._me, UNDEFINED)
-
-    @property
-    def size(self) -> int:
-        return len(self._world)
-
-    @property
-    def rank(self) -> int:
-        return self.Get_rank()
-
-    def _ranks(self, ranks, what):
-        out = []
-        for r in ranks:
-            if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or \
-                    not 0 <= r < self.size:
-                raise MmpiError(f"Group.{what}: invalid rank {r!r} (group of size {self.size})")
-            out.append(int(r))
-        if len(set(out)) != len(out):
-            raise MmpiError(f"Group.{what}: a rank is listed twice in {out}")
-        return out
-
-    def Incl(self, ranks) -> "Group":
-        return Group([self._world[r] for r in self._ranks(ranks, "Incl")], self._me)
-
-    def Excl(self, ranks) -> "Group":
-        drop = set(self._ranks(ranks, "Excl"))
-        return Group([w for i, w in enumerate(self._world) if i not in drop], self._me)
-
-    def Range_incl(self, ranges) -> "Group":
-        ranks = []
-        for first, last, stride in ranges:
-            ranks.extend(range(first, last + (1 if stride > 0 else -1), stride))
-        return self.Incl(ranks)
-
-    def Translate_ranks(self, ranks=None, group=None) -> list:
-        """Ranks of this group's ``ranks`` in ``group`` (UNDEFINED if absent)."""
-        if ranks is None:
-            ranks = range(self.size)
-        out = []
-        for r in ranks:
-            if r == C.PROC_NULL:
-                out.append(C.PROC_NULL)
-                continue
-            w = self._world[self._ranks([r], "Translate_ranks")[0]]
-            out.append(w if group is None else group._index.get(w, UNDEFINED))
-        return out
-
-    def Compare(self, group) -> int:
-        if self._world == group._world:
-            return IDENT
-        if set(self._world) == set(group._world):
-            return SIMILAR
-        return UNEQUAL
-
-    def Union(self, group) -> "Group":
-        return Group(self._world + [w for w in group._world if w not in self._index], self._me)
-
-    def Intersection(self, group) -> "Group":
-        return Group([w for w in self._world if w in group._index], self._me)
-
-    def Difference(self, group) -> "Group":
-        return Group([w for w in self._world if w not in group._index], self._me)
-
-    def Dup(self) -> "Group":
-        return Group(self._world, self._me)
-
-    def Free(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"<mmpi.Group of {self.size}, rank {self.rank}>"
-
-
-GROUP_EMPTY = Group([], None)
-
-
 # ================================================================== the mixin
 
-class CollectiveMixin:
-    """Collectives and communicator construction for ``Comm``.
+class CollectiveMixin(CommunicatorMixin):
+    """Collectives (and, inherited, communicator construction) for ``Comm``.
 
     Needs from Comm: ``_t`` (transport), ``_group`` (world ranks), ``rank``,
     ``size``, ``_cctx`` (the collective context), ``_name``.
@@ -823,6 +702,24 @@ class CollectiveMixin:
                                     f"{self.rank} was reading its buffer",
                                     rank=self._group[r]) from None
             raise MmpiError(f"{what}: reading {n} bytes from rank {r} failed: {e}") from None
+
+    def _writev(self, r: int, local: int, remote: int, n: int, what: str) -> None:
+        try:
+            _linux.process_vm_writev(self._pid(r), local, remote, n)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
+                                    f"{self.rank} was writing into its buffer",
+                                    rank=self._group[r]) from None
+            raise MmpiError(f"{what}: writing {n} bytes to rank {r} failed: {e}") from None
+
+    def _g_sync(self, base, blk):
+        """A barrier inside a collective: the shared-memory one when blocking on a
+        world-group communicator, else dissemination (tags base..base+12)."""
+        if blk and self._identity:
+            self._shm_barrier("collective")
+            return
+        yield from self._g_barrier(base, blk)
 
     # ---------------------------------------------------------- generators (p2p)
     def _xsend(self, mv, dst: int, tag: int):
@@ -1042,7 +939,7 @@ class CollectiveMixin:
             np.copyto(acc_arr[e0:e1], a)
 
     # ================================================================ barrier
-    def _shm_barrier(self) -> None:
+    def _shm_barrier(self, what: str = "Barrier") -> None:
         """Barrier of a communicator whose group is the whole world, in shared memory.
 
         Each rank owns one word of the world block (its rank-table entry, word
@@ -1059,12 +956,7 @@ class CollectiveMixin:
         """
         t = self._t
         words = t.words
-        st = t.__dict__.get("_shm_bar")
-        if st is None:
-            w = t.world
-            ep = [w.rank_word(r, R_COLL_EPOCH) for r in range(t.size)]
-            sl = [w.rank_word(r, R_COLL_SLEEP) for r in range(t.size)]
-            st = t._shm_bar = [words[ep[t.rank]], ep, sl]
+        st = t.__dict__.get("_shm_bar") or self._shm_state()
         e = st[0] + 1
         st[0] = e
         ep = st[1]
@@ -1109,7 +1001,72 @@ class CollectiveMixin:
                     continue
                 os.sched_yield()
         except PeerDiedError as err:
-            raise PeerDiedError(f"Barrier: {err}", rank=err.rank, status=err.status) from None
+            raise PeerDiedError(f"{what}: {err}", rank=err.rank, status=err.status) from None
+
+    def _shm_state(self):
+        """[barrier count, count words, sleep-flag words] of this process (world)."""
+        t = self._t
+        w = t.world
+        ep = [w.rank_word(r, R_COLL_EPOCH) for r in range(t.size)]
+        sl = [w.rank_word(r, R_COLL_SLEEP) for r in range(t.size)]
+        st = t._shm_bar = [t.words[ep[t.rank]], ep, sl]
+        return st
+
+    def _slots(self):
+        """Byte offsets of every rank's collective slot in the world block (None: the
+        block has none)."""
+        t = self._t
+        sl = t.__dict__.get("_coll_slots", 0)
+        if sl == 0:
+            w = t.world
+            cs = getattr(W, "COLL_SLOT", 0)
+            off = _linux.page_ceil(w.rank_off + w.size * W.RANK_STRIDE)
+            sl = None
+            if cs >= 2 * SHM_HALF and off + w.size * cs <= w.ring_off:
+                sl = [off + r * cs for r in range(w.size)]
+            t._coll_slots = sl
+        return sl
+
+    _SLOT_HDR = struct.Struct("<2q")
+
+    def _shm_allreduce(self, acc, op) -> bool:
+        """Small Allreduce of a world-group communicator in shared memory: write our
+        data into our slot (the half chosen by the barrier count's parity), one
+        shared-memory barrier, then fold every rank's slot in rank order locally
+        (the same operands in the same order on every rank: identical results).
+        A half is rewritten two barriers later, when everyone has read it.
+        False: no slots (the caller takes the message path)."""
+        slots = self._slots()
+        if slots is None:
+            return False
+        t = self._t
+        st = t.__dict__.get("_shm_bar") or self._shm_state()
+        h = ((st[0] + 1) & 1) * SHM_HALF
+        data = t.data
+        nb = acc.nbytes
+        num = acc.dtype.num
+        o = slots[t.rank] + h
+        self._SLOT_HDR.pack_into(data, o, nb, num)
+        if nb:
+            data[o + SHM_HDR:o + SHM_HDR + nb] = memoryview(acc).cast("B")
+        self._shm_barrier("Allreduce")
+        n = len(slots)
+        unpack = self._SLOT_HDR.unpack_from
+        for r in range(n):
+            if unpack(data, slots[r] + h) != (nb, num):
+                pnb, pnum = unpack(data, slots[r] + h)
+                raise MmpiError(f"Allreduce: rank {r} passes {pnb} bytes (dtype #{pnum}) but "
+                                f"rank {t.rank} passes {nb} (dtype #{num}): every rank must "
+                                f"pass the same count and datatype")
+        if not nb:
+            return True
+        # all slots as one strided (n, count) view: one ufunc.reduce over axis 0
+        # accumulates rows 0, 1, ... n-1 in order, the same on every rank
+        stride = slots[1] - slots[0]
+        view = np.ndarray((n, acc.size), acc.dtype, data, slots[0] + h + SHM_HDR,
+                          (stride, acc.dtype.itemsize))
+        op._ufunc.reduce(view, axis=0, out=acc)
+        return True
 
     def _shm_sleep(self, e, ep, j) -> bool:
         """Futex-sleep until a missing rank arrives, a ring moves or a peer dies;
@@ -1153,7 +1110,22 @@ class CollectiveMixin:
     def Bcast(self, buf, root=0) -> None:
         root = self._root(root, "Bcast")
         mv = C._buffer(buf, self.rank != root, "Bcast")
-        _drive(self._t, self._g_bcast(mv, root, self._cbase(), "Bcast", True))
+        # (a shared-memory-slot Bcast was measured slower: it makes every rank wait
+        # for every other, where the flat one only makes receivers wait for the root)
+        base = self._cbase()
+        n = self.size
+        if 1 < n <= FLAT_MAX and len(mv) <= self._t.eager_limit:
+            # small and flat, without the generator: straight into/out of the rings
+            if self.rank != root:
+                self._brecv(mv, root, base, "Bcast")
+                return
+            ops = [self._xsend(mv, r, base) for r in range(n) if r != root]
+            ops = [o for o in ops if o is not None]
+            if ops:
+                _waitall(self._t, ops)
+                _first_error(ops)
+            return
+        _drive(self._t, self._g_bcast(mv, root, base, "Bcast", True))
 
     def Ibcast(self, buf, root=0):
         root = self._root(root, "Ibcast")
@@ -1205,9 +1177,9 @@ class CollectiveMixin:
         return counts, bounds[:-1]
 
     def _g_reduce_direct(self, sb, rb, op, root, base, in_place):
-        """Direct reduce: every rank reduces its slice (reading peers' buffers),
-        tells the root, which copies each slice once from its owner, then
-        releases everyone (nobody reuses a buffer a peer may still read)."""
+        """Direct reduce: every rank reduces its slice (reading peers' buffers) and
+        writes it once into the root's receive buffer (process_vm_writev); a
+        barrier ends it (nobody reuses a buffer a peer may still read)."""
         n, me = self.size, self.rank
         isz = sb.dtype.itemsize
         count = sb.nbytes // isz
@@ -1216,23 +1188,12 @@ class CollectiveMixin:
             rb.arr()[displs[me]:displs[me] + counts[me]]
         peers = yield from self._g_direct_reduce(
             sb.mv, my, op, sb.dtype, sb.dt, counts, displs, base, "Reduce",
-            in_place and me == root, True, my.ctypes.data)
-        empty = C._EMPTY
-        if me == root:
-            for r in range(n):          # slice r is reduced
-                if r != me:
-                    yield from self._xrecv(empty, r, base + 2, True, "Reduce")
-            out = _address(rb.mv, True)
-            for r in range(n):
-                if r != me and counts[r]:
-                    self._readv(r, out + displs[r] * isz, peers[r][4], counts[r] * isz,
-                                "Reduce")
-        else:
-            s = self._xsend(empty, root, base + 2)
-            if s is not None:
-                yield [s]
-                _first_error((s,))
-        yield from self._g_bcast(empty, root, base + 3, "Reduce", True)
+            in_place and me == root, True, _address(rb.mv, True) if me == root else 0)
+        if me != root and counts[me]:
+            # (IN_PLACE at the root: its slice ``me`` is read only by us, and we are done)
+            self._writev(root, my.ctypes.data, peers[root][4] + displs[me] * isz,
+                         counts[me] * isz, "Reduce")
+        yield from self._g_sync(base + 16, True)
         del my
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
@@ -1249,7 +1210,11 @@ class CollectiveMixin:
                 acc = recvbuf.reshape(-1)
                 if sendbuf is not IN_PLACE:
                     np.copyto(acc, sendbuf.reshape(-1))
-                self._allreduce_small(acc, op, self._cbase())
+                base = self._cbase()
+                if (self._identity and acc.nbytes <= SHM_MAX
+                        and self._shm_allreduce(acc, op)):
+                    return
+                self._allreduce_small(acc, op, base)
                 return
         _drive(self._t, self._g_allreduce(sendbuf, recvbuf, op, "Allreduce", True))
 
@@ -1332,16 +1297,17 @@ class CollectiveMixin:
             peers = yield from self._g_direct_reduce(
                 sb.mv, mine, op, sb.dtype, sb.dt, counts, displs, base, what, in_place, blk,
                 _address(rb.mv, True))
-            # every slice is reduced: copy the others' slices once, from their owners
-            yield from self._g_barrier(base + 16, blk)
-            out = _address(rb.mv, True)
-            for i in range(1, n):
-                r = (me + i) % n
-                if counts[r]:
-                    off = displs[r] * isz
-                    self._readv(r, out + off, peers[r][4] + off, counts[r] * isz, what)
-            # nobody leaves (and reuses its buffer) while a peer may still read it
-            yield from self._g_barrier(base + 32, blk)
+            # write our reduced slice once into every peer's receive buffer.  Safe
+            # without a barrier first: only we read slice ``me`` of anyone's buffer
+            # (IN_PLACE included), and we are done reading
+            if counts[me]:
+                off = displs[me] * isz
+                src = _address(rb.mv, True) + off
+                for i in range(1, n):
+                    r = (me + i) % n
+                    self._writev(r, src, peers[r][4] + off, counts[me] * isz, what)
+            # nobody leaves (and reuses its buffers) while a peer may still use them
+            yield from self._g_sync(base + 16, blk)
             return
         send = sb.arr()
         if not in_place:
@@ -1457,7 +1423,7 @@ class CollectiveMixin:
             def g():
                 yield from self._g_direct_reduce(sb.mv, acc, op, sb.dtype, sb.dt, counts,
                                                  displs, base, what, False, True)
-                yield from self._g_barrier(base + 16, True)   # everyone is done reading
+                yield from self._g_sync(base + 16, True)   # everyone is done reading
             _drive(t, g())
             if in_place:
                 np.copyto(rb.arr()[:counts[me]], acc)
@@ -1622,15 +1588,37 @@ class CollectiveMixin:
                 yield from self._g_bcast(rb.mv, 0, base + 1, what, True)
             _drive(t, g())
             return
-        ops = []
-        for i in range(1, n):
-            r = (me - i) % n
-            ops.append((r, self._cr(rb.block(r), r, base)))
-        sends = [self._cs(mine, (me + i) % n, base) for i in range(1, n)]
-        _waitall(t, [o for _, o in ops] + sends)
-        for r, o in ops:
-            self._count_check(o, rb.counts[r] * isz, what, r)
-        _first_error(sends)
+        if not ALLGATHER_DIRECT:
+            ops = []
+            for i in range(1, n):
+                r = (me - i) % n
+                ops.append((r, self._cr(rb.block(r), r, base)))
+            sends = [self._cs(mine, (me + i) % n, base) for i in range(1, n)]
+            _waitall(t, [o for _, o in ops] + sends)
+            for r, o in ops:
+                self._count_check(o, rb.counts[r] * isz, what, r)
+            _first_error(sends)
+            return
+
+        # large: every rank copies each peer's block once, straight from the peer's
+        # memory, then a barrier (nobody reuses a buffer a peer may still read)
+        def g():
+            info = self._INFO.pack(_address(mine), len(mine), 0, 0, 0)
+            table = yield from self._g_exchange(info, base, True)
+            peers = [self._INFO.unpack_from(table, i * self._INFO.size) for i in range(n)]
+            bad = [r for r in range(n) if peers[r][1] != rb.counts[r] * isz]
+            if bad:
+                r = bad[0]
+                raise MmpiError(f"{what}: rank {r} sends {peers[r][1]} bytes but rank {me} "
+                                f"expects {rb.counts[r] * isz} from it: every rank must pass "
+                                f"matching counts and datatypes")
+            out = _address(rb.mv, True)
+            for i in range(1, n):
+                r = (me + i) % n
+                if peers[r][1]:
+                    self._readv(r, out + rb.displs[r] * isz, peers[r][0], peers[r][1], what)
+            yield from self._g_sync(base + 16, True)
+        _drive(t, g())
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
         self._alltoall(sendbuf, recvbuf, "Alltoall", False)
@@ -1684,7 +1672,17 @@ class CollectiveMixin:
 
     def bcast(self, obj, root=0):
         root = self._root(root, "bcast")
-        return _drive(self._t, self._g_obcast(obj, root, self._cbase()))
+        base = self._cbase()
+        if self.size == 1:
+            return obj
+        if self.rank != root:   # the object path's fast receive (straight from the ring)
+            return self._ocomm().recv(source=root, tag=base)
+        ops = [self._co_send(obj, r, base) for r in range(self.size) if r != root]
+        ops = [o for o in ops if o is not None]
+        if ops:
+            _waitall(self._t, ops)
+            _first_error(ops)
+        return obj
 
     def _g_ogather(self, obj, root, base):
         n, me = self.size, self.rank
@@ -1771,13 +1769,53 @@ class CollectiveMixin:
         return _drive(self._t, self._g_oreduce(sendobj, op, root, self._cbase()))
 
     def allreduce(self, sendobj, op=SUM):
+        """Recursive doubling, combining in rank order (``op(lower, higher)``) in
+        the same tree shape on every rank: identical results everywhere, even for
+        operations that do not really commute (list + list)."""
         op = _check_op(op, "allreduce")
         base = self._cbase()
+        n, me = self.size, self.rank
+        if n == 1:
+            return sendobj
+        oc = self._ocomm()
+        t = self._t
+        p = 1 << (n.bit_length() - 1)
+        rem = n - p
+        acc = sendobj
 
-        def g():
-            v = yield from self._g_oreduce(sendobj, op, 0, base)
-            return (yield from self._g_obcast(v, 0, base + 1))
-        return _drive(self._t, g())
+        def exchange(partner, tag):
+            s = self._co_send(acc, partner, tag)
+            v = oc.recv(source=partner, tag=tag)
+            if s is not None:
+                _waitall(t, (s,))
+                _first_error((s,))
+            return v
+
+        if me < 2 * rem:
+            if me % 2 == 0:
+                s = self._co_send(acc, me + 1, base)
+                if s is not None:
+                    _waitall(t, (s,))
+                    _first_error((s,))
+                return oc.recv(source=me + 1, tag=base + 255)
+            acc = op(oc.recv(source=me - 1, tag=base), acc)
+            newrank = me // 2
+        else:
+            newrank = me - rem
+        mask, rnd = 1, 1
+        while mask < p:
+            pn = newrank ^ mask
+            partner = pn * 2 + 1 if pn < rem else pn + rem
+            other = exchange(partner, base + rnd)
+            acc = op(other, acc) if pn < newrank else op(acc, other)
+            mask <<= 1
+            rnd += 1
+        if me < 2 * rem:
+            s = self._co_send(acc, me - 1, base + 255)
+            if s is not None:
+                _waitall(t, (s,))
+                _first_error((s,))
+        return acc
 
     def _oscan(self, obj, op, exclusive):
         n, me = self.size, self.rank
@@ -1800,90 +1838,3 @@ class CollectiveMixin:
 
     def exscan(self, sendobj, op=SUM):
         return self._oscan(sendobj, _check_op(op, "exscan"), True)
-
-    # ================================================================ communicators
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self._name = str(value)
-
-    def Set_name(self, name: str) -> None:
-        self._name = str(name)
-
-    def Get_group(self) -> Group:
-        return Group(self._group, self._t.rank)
-
-    @property
-    def group(self) -> Group:
-        return self.Get_group()
-
-    def Compare(self, comm) -> int:
-        if comm is None or not hasattr(comm, "_group"):
-            raise MmpiError(f"Compare: {comm!r} is not a communicator")
-        if self is comm or (self._ctx == comm._ctx and self._group == comm._group):
-            return IDENT
-        if self._group == comm._group:
-            return CONGRUENT
-        if set(self._group) == set(comm._group):
-            return SIMILAR
-        return UNEQUAL
-
-    def _new(self, group, ctx, name=""):
-        c = type(self)(self._t, group, ctx, name)
-        return c
-
-    def _agree(self, record):
-        """Allgather (record, next context id) objects; the new context id."""
-        base = self._cbase()
-
-        def g():
-            out = yield from self._g_ogather((record, _ctx.next), 0, base)
-            return (yield from self._g_obcast(out, 0, base + 1))
-        out = _drive(self._t, g())
-        ctx = max(c for _, c in out)
-        _ctx.next = ctx + 2
-        return [r for r, _ in out], ctx
-
-    def Dup(self, info=None):
-        _, ctx = self._agree(None)
-        return self._new(self._group, ctx)
-
-    def Clone(self):
-        return self.Dup()
-
-    def Split(self, color=0, key=0):
-        for v, nm in ((color, "color"), (key, "key")):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise MmpiError(f"Split: {nm} must be an int, got {v!r}")
-        color, key = int(color), int(key)
-        if color < 0 and color != UNDEFINED:
-            raise MmpiError(f"Split: color must be >= 0 or UNDEFINED, got {color}")
-        recs, ctx = self._agree((color, key))
-        if color == UNDEFINED:
-            return COMM_NULL
-        members = sorted((k, r) for r, (c, k) in enumerate(recs) if c == color)
-        return self._new([self._group[r] for _, r in members], ctx)
-
-    def Split_type(self, split_type, key=0, info=None):
-        if split_type == UNDEFINED:
-            return self.Split(UNDEFINED, key)
-        if split_type != COMM_TYPE_SHARED:
-            raise MmpiError(f"Split_type: unsupported split type {split_type!r} (driller "
-                            f"runs on one machine: use COMM_TYPE_SHARED)")
-        return self.Split(0, key)
-
-    def Create(self, group):
-        if not isinstance(group, Group):
-            raise MmpiError(f"Create: {group!r} is not a Group (use comm.Get_group().Incl(...))")
-        mine = set(self._group)
-        bad = [w for w in group._world if w not in mine]
-        if bad:
-            raise MmpiError(f"Create: the group holds processes outside this communicator "
-                            f"(world ranks {bad})")
-        _, ctx = self._agree(None)
-        if self._t.rank not in group._index or not group._world:
-            return COMM_NULL
-        return self._new(group._world, ctx)

@@ -356,11 +356,11 @@ def _dumps(obj):
         _OobPickler(f, parts).dump(obj)
         return f.getvalue(), parts
 
-    def cb(pb):
+    def cb(pb, append=parts.append, oob_min=T.OOB_MIN):
         raw = pb.raw()
-        if raw.nbytes < T.OOB_MIN:
+        if raw.nbytes < oob_min:
             return True
-        parts.append((raw, 1 if raw.readonly else 0))
+        append((raw, 1 if raw.readonly else 0))
         return False
 
     return pickle.dumps(obj, 5, buffer_callback=cb), parts
@@ -377,11 +377,15 @@ class _Unpickler(pickle.Unpickler):
 
 def _loads(value):
     stream, parts = value
+    if parts is None:  # a bare array sent raw (F_ARRAY): already built
+        return stream
     if stream is None:  # a buffer message received as an object: its bytes
         return bytes(parts)
     if not parts:
         return pickle.loads(stream)
     buffers = [b for b, how in parts if not how & 2]
+    if len(buffers) == len(parts):  # no persistent (bytes/bytearray) parts
+        return pickle.loads(stream, buffers=buffers)
     return _Unpickler(io.BytesIO(stream), buffers, parts).load()
 
 
@@ -771,12 +775,12 @@ class Comm(CollectiveMixin):
         self._t.irecv(op)
         return op
 
-    def _osend(self, obj, dest, tag, sync, what):
+    def _osend(self, obj, dest, tag, sync, what, pickled=None):
         w = self._dest(dest, what)
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return None
-        stream, parts = _dumps(obj)
+        stream, parts = _dumps(obj) if pickled is None else pickled
         t = self._t
         nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
         if w == t.rank:
@@ -791,6 +795,21 @@ class Comm(CollectiveMixin):
             op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync, T.F_OBJ)
             t.isend(op, E.EAGER)
             return op
+        if parts:
+            plen = T.TABLE.size + T.PART.size * len(parts) + nbytes
+            if plen <= t.packed_limit:
+                # small enough to copy through the ring: one eager record holding the
+                # table, the stream and the buffers; two memcpys beat the page pinning
+                # of process_vm_readv here up to ~1 MiB, and the send completes at once
+                head = [T.TABLE.pack(len(parts), len(stream), 0)]
+                for p, how in parts:
+                    head.append(T.PART.pack(0, p.nbytes, how))
+                pieces = [b"".join(head), stream]
+                pieces += [p for p, _ in parts]
+                op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync,
+                              T.F_OBJ | T.F_PACKED, pieces, keep=plen, nbytes=nbytes)
+                t.isend(op, E.EAGER)
+                return op
         inline = len(stream) <= t.eager_limit
         saddr = 0 if inline else _linux.buffer_address(stream)[0]
         table = [T.TABLE.pack(len(parts), len(stream), saddr)]
@@ -833,7 +852,12 @@ class Comm(CollectiveMixin):
 
     # -- blocking buffer p2p --
     def Send(self, buf, dest, tag=0) -> None:
-        mv = _buffer(buf, False, "Send")
+        try:  # _buffer's fast path, inlined
+            mv = memoryview(buf)
+            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
+                mv = _buffer(buf, False, "Send")
+        except TypeError:
+            mv = _buffer(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
@@ -849,7 +873,13 @@ class Comm(CollectiveMixin):
         self._wait_send(self._isend(buf, dest, tag, False, "Bsend"))
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
-        mv = _buffer(buf, True, "Recv")
+        try:  # _buffer's fast path, inlined
+            mv = memoryview(buf)
+            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
+                    and not mv.readonly):
+                mv = _buffer(buf, True, "Recv")
+        except TypeError:
+            mv = _buffer(buf, True, "Recv")
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_UB):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
@@ -864,6 +894,21 @@ class Comm(CollectiveMixin):
                  recvtag=ANY_TAG, status=None) -> None:
         smv = _buffer(sendbuf, False, "Sendrecv")
         rmv = _buffer(recvbuf, True, "Sendrecv")
+        size = self.size
+        if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
+                and 0 <= sendtag <= TAG_UB and type(source) is int and -1 <= source < size
+                and type(recvtag) is int and -1 <= recvtag <= TAG_UB):
+            # the common case, validated inline: straight into and out of the rings
+            t = self._t
+            if t.send_fast(self._group[dest], self._ctx, sendtag, smv):
+                res = t.recv_fast(self._group[source] if source >= 0 else source, recvtag,
+                                  self._ctx, rmv)
+                if res is not None:
+                    if status is not None:
+                        _fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                    return
+                self._wait_recv(self._irecv(rmv, source, recvtag, "Sendrecv"), status)
+                return
         w = self._dest(dest, "Sendrecv")
         sendtag = self._stag(sendtag, "Sendrecv")
         self._source(source, "Sendrecv")
@@ -974,6 +1019,19 @@ class Comm(CollectiveMixin):
 
     # -- objects --
     def send(self, obj, dest, tag=0) -> None:
+        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
+            # the common case, validated inline: a small object straight into the ring
+            if (type(obj) is np.ndarray and obj.nbytes <= self._t.eager_limit - 1024
+                    and obj.dtype.kind in T.ARRAY_KINDS and obj.flags.c_contiguous
+                    and self._t.send_fast(self._group[dest], self._ctx, tag,
+                                          T.pack_array(obj), T.F_OBJ | T.F_ARRAY)):
+                return
+            pickled = _dumps(obj)
+            if not pickled[1] and self._t.send_fast(self._group[dest], self._ctx, tag,
+                                                    pickled[0], T.F_OBJ):
+                return
+            self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
+            return
         self._wait_send(self._osend(obj, dest, tag, False, "send"))
 
     def ssend(self, obj, dest, tag=0) -> None:
@@ -994,9 +1052,14 @@ class Comm(CollectiveMixin):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, None)
             if res is not None:
-                if status is not None:
-                    _fill(status, self._rank_of(res[0]), res[1], 0, len(res[2]))
-                return pickle.loads(res[2])
+                v = res[2]
+                if type(v) is bytes:
+                    if status is not None:
+                        _fill(status, self._rank_of(res[0]), res[1], 0, len(v))
+                    return pickle.loads(v)
+                if status is not None:  # a packed object: (stream, parts, nbytes)
+                    _fill(status, self._rank_of(res[0]), res[1], 0, v[2])
+                return _loads(v[:2])
         return self._wait_recv(self._orecv(source, tag, "recv"), status, obj=True)
 
     def irecv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
@@ -1014,6 +1077,8 @@ class Comm(CollectiveMixin):
         n = self.size
         if n == 1:
             return
+        if self._identity:  # the world's group: one shared-memory word per rank (_coll)
+            return self._shm_barrier()
         t = self._t
         me = self.rank
         k = 1

@@ -19,7 +19,8 @@ free).  Flags: SYNC, OBJ (the payload is a pickled object, see below).
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
 out of band and are copied once, straight from the sender's memory into the
-receiver's new buffer.  An OBJ RTS carries inline a table::
+receiver's buffer (from :class:`RecvCache`: memory already faulted in, reused
+once the arrays built on it are gone).  An OBJ RTS carries inline a table::
 
     i64 count, i64 stream_len, i64 stream_addr (0: stream inline after table)
     count x (i64 address, i64 length, i64 how)   how: bit0 readonly, bit1 persistent
@@ -32,7 +33,10 @@ import os
 import pickle
 import struct
 import time
+import weakref
 from collections import deque
+
+import numpy as np
 
 from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
@@ -42,7 +46,9 @@ from . import _world as W
 __all__ = ["Transport", "RecvOp", "SendOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
-F_SYNC, F_OBJ = 1, 2
+F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
+ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
+ARRAY_KINDS = "biufc"         # bare arrays of these kinds, eager-sized, travel raw, unpickled
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
 TABLE = struct.Struct("<3q")
@@ -50,8 +56,10 @@ PART = struct.Struct("<3q")
 
 DEFAULT_EAGER_LIMIT = 262144  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 OOB_MIN = 65536               # pickle buffers this large travel out of band
+PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
 PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
+RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at most this
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
@@ -116,6 +124,106 @@ class SendOp(E.Send):
         self.cancelled = False
 
 
+def pack_array(a) -> bytes:
+    """The F_ARRAY payload of a small C-contiguous numpy array of a plain kind:
+    ~1 µs where pickle takes ~8 µs to dump and ~5 µs to load."""
+    return b"".join((ARR.pack(a.dtype.str.encode(), a.ndim),
+                     struct.pack(f"<{a.ndim}q", *a.shape), a.tobytes()))
+
+
+def unpack_array(buf):
+    """A new, writable array from an F_ARRAY payload."""
+    buf = memoryview(buf)
+    dt, ndim = ARR.unpack_from(buf, 0)
+    shape = struct.unpack_from(f"<{ndim}q", buf, ARR.size)
+    dtype = np.dtype(dt.rstrip(b"\0").decode())
+    count = 1
+    for x in shape:
+        count *= x
+    if not count:
+        return np.empty(shape, dtype)
+    return np.frombuffer(buf, dtype, count, ARR.size + 8 * ndim).reshape(shape).copy()
+
+
+def _size_class(n: int) -> int:
+    """Round n up to a pool size class: a page multiple, at most 1/16 (6 %) larger."""
+    step = 1 << max(12, n.bit_length() - 4)
+    return (n + step - 1) & ~(step - 1)
+
+
+class _Backing(np.ndarray):
+    """The type of the cache's backing arrays.  numpy collapses a view's ``base``
+    to the first owner of the data *of the same type*: the arrays the unpickler
+    builds (plain ndarrays) therefore keep the cache's view alive, not just the
+    backing, and the view's weak reference fires only when they are all gone."""
+
+
+class RecvCache:
+    """Warm memory for out-of-band object buffers, reused once the arrays built on
+    them are gone.
+
+    Fresh anonymous memory costs the kernel a fault and a zeroing per page before
+    the copy can write it: on this VM 64 MiB took ≈ 30 ms to touch for the first
+    time and 5 ms afterwards, more than the copy itself.  Each received buffer is
+    a view ``backing[:n]`` of a backing array; a weak reference on the view gives
+    the backing back to the cache when the last array using it dies (the user's
+    arrays keep the view alive through their ``base``).  At most ``cap`` idle
+    bytes are kept (``DRILLER_MMPI_RECV_CACHE``, bytes; 0 turns it off); the rest
+    is freed as usual.  The arrays handed out are plain numpy arrays, writable,
+    private to this process (never views of the sender's memory).
+    """
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.idle = 0
+        self.free = {}     # size class -> [backing arrays]
+        self.live = {}     # id(weakref) -> (weakref, (backing, address, class))
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, n: int):
+        """(array, address): a writable uint8 array of n bytes (contents undefined)."""
+        if self.cap <= 0:
+            back = np.empty(n, np.uint8)
+            return back, back.__array_interface__["data"][0]
+        c = _size_class(n)
+        lst = self.free.get(c)
+        if lst:
+            entry = lst.pop()
+            self.idle -= c
+            self.hits += 1
+        else:
+            back = np.empty(c, np.uint8).view(_Backing)
+            entry = (back, back.__array_interface__["data"][0], c)
+            self.misses += 1
+        view = entry[0][:n]
+        ref = weakref.ref(view, self._give_back)
+        self.live[id(ref)] = (ref, entry)
+        return view, entry[1]
+
+    def _give_back(self, ref) -> None:
+        entry = self.live.pop(id(ref))[1]
+        c = entry[2]
+        if self.idle + c <= self.cap:
+            self.free.setdefault(c, []).append(entry)
+            self.idle += c
+
+    def clear(self) -> None:
+        self.free.clear()
+        self.idle = 0
+
+
+def _recv_cache_bytes() -> int:
+    env = os.environ.get("DRILLER_MMPI_RECV_CACHE")
+    if env:
+        return int(env)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover
+        total = 4 << 30
+    return min(RECV_CACHE_BYTES, total // 16)
+
+
 def shared_lookup(address: int, nbytes: int):
     """Hook: a driller shared segment holding [address, address+nbytes), or None.
 
@@ -140,6 +248,8 @@ class Transport:
             eager_limit = int(os.environ.get("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT))
         self.eager_limit = max(0, min(eager_limit, rb // 4))
         self.engine = E.Engine(self.eager_limit)
+        self.packed_limit = max(0, min(int(os.environ.get("DRILLER_MMPI_PACKED_MAX", PACKED_MAX)),
+                                       rb // 2 - HDR_BYTES))
         self.peers = [r for r in range(size) if r != rank]
         z = [0] * size
         self.in_head = list(z)   # src -> word index of head
@@ -183,6 +293,7 @@ class Transport:
         # oversubscribed: yield at once, a sibling rank may be the one we wait for
         self.pure_polls = int(os.environ.get("DRILLER_MMPI_PURE_POLLS",
                                              PURE_POLLS if size <= cpus else 0))
+        self.recv_cache = RecvCache(_recv_cache_bytes())
         self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
         self._tokens = iter(range(1, 1 << 62))
         _linux.allow_ptrace_by_any()
@@ -201,7 +312,26 @@ class Transport:
         n = len(mv)
         if n > self.eager_limit or dst == self.rank or self.pending[dst]:
             return False
-        return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+        # _put, inlined for the common case (no wrap, room in the ring)
+        rb = self.ring_bytes
+        reclen = HDR_BYTES + ((n + 63) & ~63)
+        head = self.out_head[dst]
+        off = head % rb
+        words = self.words
+        if off + reclen > rb or head + reclen - words[self.out_tailw[dst]] > rb:
+            return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+        data = self.data
+        p = self.out_data[dst] + off
+        HDR.pack_into(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+        if n:
+            data[p + HDR_BYTES:p + HDR_BYTES + n] = mv
+        head += reclen
+        self.out_head[dst] = head
+        hw = self.out_headw[dst]
+        words[hw] = head
+        if words[self.sleeping_w[dst]]:
+            _linux.futex_wake(self.base + hw * 8)
+        return True
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
@@ -213,38 +343,47 @@ class Transport:
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
         words = self.words
-        data = self.data
         tails = self.in_tail
-        rb = self.ring_bytes
-        if mv is None:  # an object receive: a small pickled object, returned as bytes
-            want, cap = K_EAGER | F_OBJ << 8, 1 << 62
-        else:
-            want, cap = K_EAGER, len(mv)
-        # a specific source: only its ring can hold the match, others wait their turn
-        # (the general path, taken after SPIN_SECONDS, drains every ring)
-        rings = self.in_list if src == E.ANY_SOURCE else self.in_one[src]
-        spin_end = 0.0
-        polls = 0
         pure = self.pure_polls
+        polls = 0
+        spin_end = 0.0
+        if src >= 0:
+            # a specific source: only its ring can hold the match, others wait their
+            # turn (the general path, taken after SPIN_SECONDS, drains every ring)
+            hw = self.in_head[src]
+            t = tails[src]
+            while words[hw] == t:
+                polls += 1
+                if polls < pure:
+                    continue
+                if not spin_end:
+                    spin_end = time.perf_counter() + SPIN_SECONDS
+                elif time.perf_counter() > spin_end:
+                    return None
+                os.sched_yield()
+            if mv is not None:  # a buffer receive: _take_fast inlined (the hot path)
+                data = self.data
+                p = self.in_data[src] + t % self.ring_bytes
+                kf, c, tg, nb, sid, addr, plen, _ = HDR.unpack_from(data, p)
+                if (kf != K_EAGER or c != ctx or (tag != tg and tag != -1)
+                        or nb > len(mv)):
+                    return None
+                if nb:
+                    mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
+                t += HDR_BYTES + ((plen + 63) & ~63)
+                tails[src] = t
+                tw = self.in_tailw[src]
+                words[tw] = t
+                if words[self.in_pwait[src]]:
+                    _linux.futex_wake(self.base + tw * 8)
+                return src, tg, nb
+            return self._take_fast(src, t, tag, ctx, mv)
+        rings = self.in_list
         while True:
             for s, hw in rings:
                 t = tails[s]
                 if words[hw] != t:
-                    p = self.in_data[s] + t % rb
-                    kf, c, tg, nb, sid, addr, plen, _ = HDR.unpack_from(data, p)
-                    if (kf == want and c == ctx and (src == s or src == E.ANY_SOURCE)
-                            and (tag == tg or tag == E.ANY_TAG) and nb <= cap):
-                        if mv is None:
-                            nb = bytes(data[p + HDR_BYTES:p + HDR_BYTES + nb])
-                        elif nb:
-                            mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
-                        t += HDR_BYTES + ((plen + 63) & ~63)
-                        tails[s] = t
-                        words[self.in_tailw[s]] = t
-                        if words[self.in_pwait[s]]:
-                            _linux.futex_wake(self.base + self.in_tailw[s] * 8)
-                        return s, tg, nb
-                    return None
+                    return self._take_fast(s, t, tag, ctx, mv)
             polls += 1
             if polls < pure:
                 continue
@@ -253,6 +392,35 @@ class Transport:
             elif time.perf_counter() > spin_end:
                 return None
             os.sched_yield()
+
+    def _take_fast(self, s: int, t: int, tag: int, ctx: int, mv):
+        """recv_fast's match: the record at tail ``t`` of the ring from ``s``."""
+        data = self.data
+        p = self.in_data[s] + t % self.ring_bytes
+        kf, c, tg, nb, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        if c != ctx or (tag != tg and tag != -1):
+            return None
+        if mv is None:  # an object receive: a small pickled object, returned as bytes
+            if kf == K_EAGER | F_OBJ << 8:
+                nb = bytes(data[p + HDR_BYTES:p + HDR_BYTES + nb])
+            elif kf == K_EAGER | (F_OBJ | F_PACKED) << 8:  # (stream, parts, nbytes)
+                nb = self._unpack_object(data[p + HDR_BYTES:p + HDR_BYTES + plen]) + (nb,)
+            elif kf == K_EAGER | (F_OBJ | F_ARRAY) << 8:  # (array, None, nbytes)
+                nb = (unpack_array(data[p + HDR_BYTES:p + HDR_BYTES + plen]), None, nb)
+            else:
+                return None
+        else:
+            if kf != K_EAGER or nb > len(mv):
+                return None
+            if nb:
+                mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
+        t += HDR_BYTES + ((plen + 63) & ~63)
+        self.in_tail[s] = t
+        words = self.words
+        words[self.in_tailw[s]] = t
+        if words[self.in_pwait[s]]:
+            _linux.futex_wake(self.base + self.in_tailw[s] * 8)
+        return s, tg, nb
 
     def _transmit(self, s: SendOp) -> None:
         dst = s.dest
@@ -295,7 +463,14 @@ class Transport:
         p = base + off
         HDR.pack_into(data, p, kindflags, ctx, tag, nbytes, sid, addr, plen, 0)
         if plen:
-            data[p + HDR_BYTES:p + HDR_BYTES + plen] = payload
+            if type(payload) is list:  # a packed object: its pieces, one after the other
+                o = p + HDR_BYTES
+                for b in payload:
+                    n = len(b)
+                    data[o:o + n] = b
+                    o += n
+            else:
+                data[p + HDR_BYTES:p + HDR_BYTES + plen] = payload
         head += reclen
         self.out_head[dst] = head
         self.words[self.out_headw[dst]] = head
@@ -306,6 +481,9 @@ class Transport:
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
         if s.protocol == E.EAGER:
+            if s.flags & F_PACKED:  # table: the pieces, keep: their total length
+                return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes,
+                                 s.id, 0, s.table, s.keep)
             return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes, s.id,
                              0, s.mv, len(s.mv))
         if s.flags & F_OBJ:
@@ -382,7 +560,11 @@ class Transport:
         p = m.payload
         m.payload = None  # never keep a view of the ring
         if r.mv is None:  # object receive
-            if m.flags & F_OBJ:
+            if m.flags & F_PACKED:
+                r.value = self._unpack_object(p)
+            elif m.flags & F_ARRAY:
+                r.value = (unpack_array(p), None)
+            elif m.flags & F_OBJ:
                 r.value = (bytes(p), []) if type(p) is not tuple else p
             else:
                 r.value = (None, bytes(p))
@@ -475,27 +657,62 @@ class Transport:
             q.append((K_WDONE, token))
             self.npending += 1
 
+    def _unpack_object(self, buf):
+        """(stream, parts) of a packed object record (see _osend): the table, the
+        stream, then every out-of-band buffer, copied out of the ring into warm
+        buffers of the receive cache (bytes/bytearray parts keep their type)."""
+        buf = memoryview(buf)
+        count, slen, _ = TABLE.unpack_from(buf, 0)
+        o = TABLE.size
+        off = o + count * PART.size
+        stream = bytes(buf[off:off + slen])
+        off += slen
+        parts = []
+        take = self.recv_cache.take
+        for _ in range(count):
+            _, length, how = PART.unpack_from(buf, o)
+            o += PART.size
+            src = buf[off:off + length]
+            if how & 2:
+                b = bytes(src) if how & 1 else bytearray(src)
+            else:
+                b = take(length)[0]
+                if length:
+                    memoryview(b)[:] = src
+            parts.append((b, how))
+            off += length
+        return (stream, parts)
+
     def _fetch_object(self, pid: int, table: bytes):
+        """Read every out-of-band buffer (and a large stream) of an OBJ RTS with
+        one vectored process_vm_readv, into memory nobody zero-fills first:
+        warm buffers of the receive cache for pickle buffers (numpy data),
+        uninitialised bytes/bytearray objects for persistent parts."""
         count, slen, saddr = TABLE.unpack_from(table, 0)
         off = TABLE.size
         parts = []
+        segs = []
+        take = self.recv_cache.take
         for _ in range(count):
             addr, length, how = PART.unpack_from(table, off)
             off += PART.size
-            if how & 1:
-                buf = bytes(length)
-                local = _linux.buffer_address(buf)[0]
-            else:
-                buf = bytearray(length)
-                local = _linux.buffer_address(buf, True)[0]
-            if length:
-                _linux.process_vm_readv(pid, local, addr, length)
+            if how & 2:  # a bytes/bytearray object itself: keep its type
+                if how & 1:
+                    buf = _linux.new_bytes(length)
+                    local = _linux.buffer_address(buf)[0] if length else 0
+                else:
+                    buf = _linux.new_bytearray(length)
+                    local = _linux.buffer_address(buf, True)[0] if length else 0
+            else:  # a pickle buffer (numpy array data): the unpickler wraps it as is
+                buf, local = take(length)
+            segs.append((local, addr, length))
             parts.append((buf, how))
         if saddr:
-            stream = bytearray(slen)
-            _linux.process_vm_readv(pid, _linux.buffer_address(stream, True)[0], saddr, slen)
+            stream = _linux.new_bytes(slen)
+            segs.append((_linux.buffer_address(stream)[0], saddr, slen))
         else:
             stream = table[off:off + slen]
+        _linux.process_vm_readv_many(pid, segs)
         return (stream, parts)
 
     def _pid(self, rank: int) -> int:

@@ -16,6 +16,9 @@ ONE writer, because Python has no atomic read-modify-write)::
         line 0 (written by the rank)     pid, ready
         line 1 (written by the launcher) dead, wait status
         line 2 (written by the rank)     sleeping (waiting in futex), finalized
+        line 3 (written by the rank)     collectives: barrier count, asleep-in-barrier
+    collective slots (page aligned): size x COLL_SLOT bytes, one per rank, written
+        only by that rank (small shared-memory collectives, see _coll)
     rings: one single-producer/single-consumer byte ring per ordered pair
         (src, dst), src != dst, RING_CTRL control bytes then ring_bytes data
         line 0 (producer) head: bytes ever written (also a futex word),
@@ -47,6 +50,7 @@ MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
 VERSION = 1
 HEADER_BYTES = 4096
 RANK_STRIDE = 256
+COLL_SLOT = 8192   # per-rank collective slot (two halves); pages untouched cost nothing
 RING_CTRL = 128
 MAX_SIZE = 4096
 
@@ -57,6 +61,7 @@ H_DEATHS = 16
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
 R_SLEEPING, R_FINALIZED = 16, 17
+R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, asleep flag)
 # ring control word indices (relative to the ring's control block)
 G_HEAD, G_PWAIT = 0, 1
 G_TAIL = 8
@@ -72,7 +77,7 @@ def default_ring_bytes(size: int) -> int:
     if env:
         n = int(env)
     elif size <= 4:
-        n = 2 << 20
+        n = 4 << 20  # half a ring holds a packed object of up to 2 MiB (see _transport)
     elif size <= 8:
         n = 1 << 20
     elif size <= 16:
@@ -86,7 +91,8 @@ def default_ring_bytes(size: int) -> int:
 
 def _layout(size: int, ring_bytes: int) -> tuple[int, int, int, int]:
     rank_off = HEADER_BYTES
-    ring_off = _linux.page_ceil(rank_off + size * RANK_STRIDE)
+    coll_off = _linux.page_ceil(rank_off + size * RANK_STRIDE)
+    ring_off = _linux.page_ceil(coll_off + size * COLL_SLOT)
     stride = RING_CTRL + ring_bytes
     total = _linux.page_ceil(ring_off + size * (size - 1) * stride)
     return rank_off, ring_off, stride, total
