@@ -616,9 +616,11 @@ def test_rank_killed_in_barrier():
     res = run_ranks(fn, 3)
     assert res[1] == ("signal", signal.SIGKILL)
     for r in (0, 2):
-        # "rank 1 killed by SIGKILL" once the launcher recorded it, or "rank 1 (pid
-        # ...) is gone" when a sleeper's timeout noticed the death first
-        assert res[r][:2] == ("err", "PeerDiedError") and "rank 1" in res[r][2], res[r]
+        assert res[r][:2] == ("err", "PeerDiedError"), res[r]
+    # "rank 1 killed by SIGKILL" once the launcher recorded it, or "rank 1 (pid ...)
+    # is gone" when a sleeper's timeout noticed it first; the second survivor may
+    # name the first, which already left with its PeerDiedError
+    assert any("rank 1" in res[r][2] for r in (0, 2)), res
 
 
 def test_small_allreduce_slots_reused_safely():
