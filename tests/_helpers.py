@@ -3,6 +3,7 @@
 import os
 import pickle
 import signal
+import time
 
 
 def fd_count() -> int:
@@ -38,3 +39,13 @@ def in_child(fn, *args):
     os.close(r)
     os.waitpid(pid, 0)
     return pickle.loads(b"".join(chunks))
+
+
+def wait_until(cond, limit=15.0):
+    """Poll cond() until true or `limit` seconds pass (a way out, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from _helpers import fd_count, in_child
+from _helpers import fd_count, in_child, wait_until
 
 from driller import _linux
 from driller.errors import ProxyError, SegmentReleasedError
@@ -23,18 +23,6 @@ from driller.segment import Region, Segment
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/src"
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(cond, limit=15.0):
-    """Poll cond() until true or `limit` seconds pass (a way out, not a timing assertion)."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import signal
 import numpy as np
 import pytest
 
-from _helpers import in_child
+from _helpers import in_child, wait_until
 
 from driller import _linux
 from driller.errors import DrillerError, SegmentReleasedError
@@ -24,18 +24,6 @@ from driller.mapcache import MapCache, cache, default_max_entries
 from driller.segment import Segment
 
 pytestmark = pytest.mark.timeout(60)
-
-
-
-
-def wait_until(cond, limit=15.0):
-    import time
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def run(body, *args):
