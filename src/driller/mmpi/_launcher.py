@@ -261,12 +261,15 @@ def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bo
     signalled: set[int] = set()
     stages = ((None, linger), (signal.SIGTERM, grace), (signal.SIGKILL, grace))
     stage = 0
+    killed: list[int] = []
     for _ in range(_MAX_ROUNDS):
         if urgent():
             stage = 2
         pids = _leftovers(pgids, me, adopted, skip)
-        if not pids:
-            break
+        if not pids or (stage == 2 and pids == killed):
+            break           # (the same ones again: they outlived SIGKILL + grace)
+        if stage == 2:
+            killed = pids
         sig, delay = stages[stage]
         if sig is not None:
             signalled.update(pids)
