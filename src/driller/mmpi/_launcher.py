@@ -38,6 +38,7 @@ tool) runs the loop in the calling process, without a supervisor.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import selectors
 import signal
@@ -752,6 +753,9 @@ def _run_supervised(opts: Options) -> int:
     me = os.getpid()
     try:
         _linux.set_child_subreaper(True)
+        # the supervisor's collections need not visit (and copy on write) every
+        # object inherited from this process
+        gc.freeze()
         with warnings.catch_warnings():
             # 3.12+ warns of fork() with threads running; ours are numpy's idle
             # BLAS workers, and the supervisor only forks and execs ranks
