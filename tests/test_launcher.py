@@ -471,6 +471,10 @@ def test_normal_run_leaves_no_supervisor():
         from driller import _linux
         sup = os.getppid()
         print("SUP", sup, "LAUNCHER", _linux.proc_ids(sup)[1], flush=True)
+        # the supervisor ignores SIGTTOU (it writes to the terminal from its own
+        # process group); the ranks must not inherit that
+        import signal
+        assert signal.getsignal(signal.SIGTTOU) is signal.SIG_DFL
     """)
     p = start_run("-n", "2", "-c", code)
     out, err = p.communicate(timeout=60)

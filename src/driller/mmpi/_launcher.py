@@ -384,7 +384,7 @@ def _shim_dir() -> str:
     raise UsageError(f"--mpi4py: the shim directory {_SHIM_DIR} is missing from this install")
 
 
-def _child_setup(parent: int) -> None:  # runs in the rank between fork and exec
+def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork and exec
     # its own process group (what Popen(process_group=0) does, but that is 3.11+);
     # done before exec, so the group exists by the time Popen returns
     os.setpgid(0, 0)
@@ -394,6 +394,8 @@ def _child_setup(parent: int) -> None:  # runs in the rank between fork and exec
     for sig in _HANDLED:             # what exec will do anyway; ignored ones stay so
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+    for sig in dfl:                  # ignored by the launcher itself, not by the user
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class Launcher:
@@ -406,12 +408,13 @@ class Launcher:
     """
 
     def __init__(self, opts: Options, out_fd: int = 1, err_fd: int = 2, *,
-                 parent: int | None = None, mask=None):
+                 parent: int | None = None, mask=None, child_dfl=()):
         self.opts = opts
         self.parent = parent
         self.parent_fd: int | None = None
         self.orphaned = False     # the driller run process is gone: kill the job now
         self.mask = mask
+        self.child_dfl = tuple(child_dfl)   # signals to reset to SIG_DFL in the ranks
         self.out = {1: out_fd, 2: err_fd}
         self.broken: set[int] = set()
         self.ranks: list[_Rank] = []
@@ -498,7 +501,7 @@ class Launcher:
         cmd = self.opts.command()
         for rank in range(self.opts.n):
             self._on_signal(self._sigfd)      # ^C while starting: start no more
-            if self.parent_fd is not None and not self.orphaned \
+            if self.parent is not None and not self.orphaned \
                     and not _linux.pidfd_alive(self.parent_fd):
                 self._on_parent_death()
             if self.got_signal is not None or self.orphaned:
@@ -511,7 +514,7 @@ class Launcher:
                     stdin=stdin_rank0 if rank == 0 else subprocess.DEVNULL,
                     stdout=pipes[0][1], stderr=pipes[1][1],
                     pass_fds=(self.world_fd,),
-                    preexec_fn=lambda: _child_setup(parent))
+                    preexec_fn=lambda: _child_setup(parent, self.child_dfl))
                 pidfd = _linux.pidfd_open(proc.pid)   # our unreaped child: cannot be gone
             except BaseException:
                 for a, b in pipes:
@@ -583,7 +586,8 @@ class Launcher:
         if self.orphaned:
             return
         self.orphaned = True
-        self.sel.unregister(self.parent_fd)
+        if self.parent_fd is not None:
+            self.sel.unregister(self.parent_fd)
         self.broken.update(self.out.values())
         self.aborting = False          # (a SIGTERM abort in progress becomes a SIGKILL)
         self._abort(signal.SIGKILL)
@@ -649,9 +653,13 @@ class Launcher:
             signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
         try:
             if self.parent is not None:
-                self.parent_fd = _linux.pidfd_open(self.parent)
-                self.sel.register(self.parent_fd, selectors.EVENT_READ, ("parent", None, 0))
-                if os.getppid() != self.parent:   # it died before we held its pidfd
+                try:
+                    self.parent_fd = _linux.pidfd_open(self.parent)
+                    self.sel.register(self.parent_fd, selectors.EVENT_READ, ("parent", None, 0))
+                except ProcessLookupError:
+                    pass
+                # died before we held its pidfd? (we were reparented at its exit)
+                if self.parent_fd is None or os.getppid() != self.parent:
                     self._on_parent_death()
             self._start()
             while any(r.result is None for r in self.ranks):
@@ -771,8 +779,9 @@ def _run_supervised(opts: Options) -> int:
             os.setpgid(0, 0)
             # it writes the ranks' output to the terminal from a background
             # process group: with `stty tostop` that would stop it
+            dfl = () if signal.getsignal(signal.SIGTTOU) is signal.SIG_IGN else (signal.SIGTTOU,)
             signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            code = Launcher(opts, parent=me, mask=old_mask).run()
+            code = Launcher(opts, parent=me, mask=old_mask, child_dfl=dfl).run()
         except BaseException:  # noqa: BLE001 - report, and exit with a status
             import traceback
             traceback.print_exc()
@@ -787,13 +796,17 @@ def _run_supervised(opts: Options) -> int:
         os.setpgid(pid, pid)   # as the child does (whichever comes first)
     except OSError:
         pass
-    pidfd = _linux.pidfd_open(pid)     # our unreaped child: cannot be gone
-    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        pidfd = _linux.pidfd_open(pid)     # our unreaped child: cannot be gone
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:   # (EMFILE) the supervisor sees us go and ends the job
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
 
     def forward(sig, _frame):
         pidfd_kill(pidfd, sig)
-        if sig == signal.SIGTSTP:       # ^Z: the job stops, and so do we (for the shell)
-            os.kill(me, signal.SIGSTOP)
+        if sig == signal.SIGTSTP and _linux.pidfd_alive(pidfd):
+            os.kill(me, signal.SIGSTOP)   # ^Z: the job stops, and so do we (for the shell)
 
     old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     old_handlers = {sig: signal.signal(sig, forward) for sig in handled}
