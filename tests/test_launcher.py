@@ -367,6 +367,144 @@ def test_grandchildren_are_not_left_behind():
     assert_gone(pids)
 
 
+# ---------------------------------------------------------------- nothing outlives the job
+
+# Each rank starts four descendants and reports their pids once all are running:
+# a forked child and its own child (in the rank's process group), a daemon that
+# setsid()s (a new session), and a double-forked one (its parent exits at once,
+# so it is an orphan).  They report through a pipe, so READY means all are up.
+FAMILY = textwrap.dedent("""
+    import os, subprocess, sys, time
+    r, w = os.pipe()
+    def report_and_sleep():
+        os.write(w, b"%d\\n" % os.getpid()); time.sleep(60); os._exit(0)
+    c = os.fork()
+    if c == 0:
+        if os.fork() == 0:
+            report_and_sleep()      # grandchild
+        report_and_sleep()          # child
+    subprocess.Popen([sys.executable, "-c",
+                      "import os, sys, time; os.setsid(); "
+                      "os.write(int(sys.argv[1]), b'%d\\\\n' % os.getpid()); time.sleep(60)",
+                      str(w)], pass_fds=(w,))
+    m = os.fork()
+    if m == 0:
+        if os.fork() == 0:
+            report_and_sleep()      # double-forked orphan
+        os._exit(0)
+    os.waitpid(m, 0)
+    got = b""
+    while got.count(b"\\n") < 4:
+        got += os.read(r, 100)
+    for pid in got.split():
+        print("PID", int(pid), flush=True)
+    print("PID", os.getpid(), "SUPERVISOR", os.getppid(), "READY", flush=True)
+    time.sleep(60)
+""")
+
+
+def _gone_within(pids, limit: float) -> float | None:
+    """Seconds until every pid is gone (zombies count as gone), None after limit."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if not any(_linux.pid_alive(p) for p in pids):
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
+def _start_family(n: int):
+    p = start_run("-n", str(n), "-c", FAMILY)
+    out = read_until(p.stdout, r"READY", n)
+    pids = pids_in(out)
+    supervisors = set(pids_in(out, "SUPERVISOR"))
+    assert len(pids) == 5 * n and len(supervisors) == 1, out
+    sup = supervisors.pop()
+    assert sup != p.pid and _linux.proc_ids(sup)[1] == p.pid   # the launcher's child
+    return p, pids, sup
+
+
+def test_launcher_sigkilled_takes_every_descendant_along():
+    # SIGKILL of `driller run` ends the ranks and all they started within 2 s,
+    # and the supervisor that did it is gone too.  The 2 s bound is the issue's;
+    # on a loaded machine one attempt of two must meet it, and all must meet 10 s.
+    times = []
+    for _ in range(2):
+        p, pids, sup = _start_family(2)
+        try:
+            p.kill()
+            t0 = time.monotonic()
+            took = _gone_within([*pids, sup], DEADLINE)
+            times.append(took)
+            assert took is not None, f"left behind: {[q for q in pids if _linux.pid_alive(q)]}"
+        finally:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+            for q in pids:                  # (only if the assertion failed)
+                try:
+                    os.kill(q, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if took < 2.0:
+            break
+    assert min(times) < 2.0, times
+
+
+def test_supervisor_sigkilled_its_orphans_are_killed_by_the_launcher():
+    p, pids, sup = _start_family(1)
+    try:
+        os.kill(sup, signal.SIGKILL)
+        out, err = p.communicate(timeout=DEADLINE + 20)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 128 + signal.SIGKILL
+    assert f"the supervisor (pid {sup}) was killed by signal SIGKILL" in err
+    assert_gone([*pids, sup], within=DEADLINE)
+
+
+def test_normal_run_leaves_no_supervisor():
+    code = textwrap.dedent("""
+        import os
+        from driller import _linux
+        sup = os.getppid()
+        print("SUP", sup, "LAUNCHER", _linux.proc_ids(sup)[1], flush=True)
+        # the supervisor ignores SIGTTOU (it writes to the terminal from its own
+        # process group); the ranks must not inherit that
+        import signal
+        assert signal.getsignal(signal.SIGTTOU) is signal.SIG_DFL
+    """)
+    p = start_run("-n", "2", "-c", code)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    sups = set(pids_in(out, "SUP"))
+    assert len(sups) == 1 and set(pids_in(out, "LAUNCHER")) == {p.pid}, out
+    assert_gone(sups, within=1.0)      # reaped by the launcher before it exited
+
+
+def test_group_ctrl_c_reaches_the_ranks_once():
+    # a ^C from the terminal goes to the launcher's whole process group: the
+    # supervisor (own group) must get it once, through the launcher, so that the
+    # ranks get the grace period of a first ^C (a second one would SIGKILL them)
+    code = 'import os, time; print("PID", os.getpid(), flush=True); time.sleep(60)'
+    p = subprocess.Popen([PY, "-m", "driller", "run", "-n", "2", "--grace", "5", "-c", code],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out = read_until(p.stdout, r"PID \d+", 2)
+        os.killpg(p.pid, signal.SIGINT)
+        rest, err = p.communicate(timeout=DEADLINE + 20)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert err.count("KeyboardInterrupt") == 2, err
+    assert "got SIGINT; stopped 2 of 2 ranks" in err
+    assert_gone(pids_in(out + rest))
+
+
 # ---------------------------------------------------------------- startup
 
 def test_startup_of_8_ranks(record_property):

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
         from .mmpi._launcher import main as run_main
-        return run_main(rest)
+        return run_main(rest, supervised=True)
     if cmd == "bench":
         from ._bench import main as bench_main
         return bench_main(rest)

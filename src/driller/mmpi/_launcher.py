@@ -19,23 +19,33 @@ that ranks blocked on it wake and raise ``PeerDiedError``.  When a rank fails
 period; the launcher prints one line naming the rank and the cause and exits
 with that rank's status (128 + signal for a signal, like a shell).
 
-Nothing is left behind: the launcher is a child subreaper, so descendants that a
-rank leaves (say a server it forked) are reparented to the launcher, which
-waits for them briefly, then terminates them; a rank's process group is only
-signalled while the rank is still an unreaped zombie, so its pgid cannot have
-been recycled.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``: if the launcher itself
-is killed, its ranks die with it.
+Nothing is left behind, even when ``driller run`` is SIGKILLed: the process
+the user started forks a *supervisor* (in its own process group) that runs all
+of the above, so the supervisor is the ranks' parent.  It is a child
+subreaper: descendants that a rank leaves (a forked server, a double fork, a
+``setsid()`` daemon) are reparented to it; after the last rank it waits for them
+briefly, then terminates them.  It watches the ``driller run`` process through a
+pidfd: when that dies, whatever the cause, the supervisor SIGKILLs the ranks and
+every descendant at once, reaps them and exits.  The ``driller run`` process
+only passes signals on and exits with the supervisor's status.  A rank's
+process group is only signalled while the rank is still an unreaped zombie, so
+its pgid cannot have been recycled.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``: if
+the supervisor itself is killed, its ranks die with it (and ``driller run``, a
+subreaper too, kills the orphans).  ``main()`` called in-process (a test, a
+tool) runs the loop in the calling process, without a supervisor.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from .. import _linux
@@ -229,8 +239,11 @@ def _select_wait(fds: list[int], timeout: float) -> None:
     select.select(fds, [], [], timeout)
 
 
+_MAX_ROUNDS = 64      # scans of stop_leftovers (each SIGKILL round takes a level of a tree)
+
+
 def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bool,
-                   skip=frozenset(), wait=_select_wait) -> int:
+                   skip=frozenset(), wait=_select_wait, urgent=lambda: False) -> int:
     """Leave no process behind.
 
     The leftovers are the live members of the given process groups and, with
@@ -238,19 +251,29 @@ def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bo
     those in ``skip`` (children we had before: not the job's).  They may
     take up to ``linger`` seconds to exit by themselves (a server that stops when
     its clients are gone); then they get SIGTERM, and SIGKILL ``grace`` seconds
-    later.  ``wait(pidfds, timeout)`` sleeps until one of them exits or the
+    later.  SIGKILL rounds repeat while leftovers remain: the children of a
+    killed leftover are reparented to us (a subreaper) and found by the next
+    scan.  Once ``urgent()`` is true (the job must end now) the next round is a
+    SIGKILL one.  ``wait(pidfds, timeout)`` sleeps until one of them exits or the
     timeout passes.  Call this while the group leaders are unreaped zombies, so
     that the pgids cannot have been reused.  Returns how many had to be signalled.
     """
     me = os.getpid()
-    signalled = 0
-    for sig, delay in ((None, linger), (signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+    signalled: set[int] = set()
+    stages = ((None, linger), (signal.SIGTERM, grace), (signal.SIGKILL, grace))
+    stage = 0
+    killed: list[int] = []
+    for _ in range(_MAX_ROUNDS):
+        if urgent():
+            stage = 2
         pids = _leftovers(pgids, me, adopted, skip)
-        if not pids:
-            break
+        if not pids or (stage == 2 and pids == killed):
+            break           # (the same ones again: they outlived SIGKILL + grace)
+        if stage == 2:
+            killed = pids
+        sig, delay = stages[stage]
         if sig is not None:
-            if sig == signal.SIGTERM:
-                signalled = len(pids)
+            signalled.update(pids)
             for pgid in pgids:
                 kill_group(pgid, sig)
         fds = []
@@ -274,7 +297,7 @@ def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bo
             pending = list(fds)
             while pending:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (sig != signal.SIGKILL and urgent()):
                     break
                 wait(pending, left)
                 pending = [fd for fd in pending if _linux.pidfd_alive(fd)]
@@ -283,9 +306,10 @@ def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bo
         finally:
             for fd in fds:
                 os.close(fd)
+        stage = min(stage + 1, 2)
     if adopted:
         _reap_adopted(skip)
-    return signalled
+    return len(signalled)
 
 
 def _leftovers(pgids: list[int], me: int, adopted: bool, skip) -> list[int]:
@@ -360,18 +384,37 @@ def _shim_dir() -> str:
     raise UsageError(f"--mpi4py: the shim directory {_SHIM_DIR} is missing from this install")
 
 
-def _child_setup(parent: int) -> None:  # runs in the rank between fork and exec
+def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork and exec
+    # its own process group (what Popen(process_group=0) does, but that is 3.11+);
+    # done before exec, so the group exists by the time Popen returns
+    os.setpgid(0, 0)
     _linux.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:       # the launcher died before prctl took effect
         os._exit(137)
     for sig in _HANDLED:             # what exec will do anyway; ignored ones stay so
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+    for sig in dfl:                  # ignored by the launcher itself, not by the user
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class Launcher:
-    def __init__(self, opts: Options, out_fd: int = 1, err_fd: int = 2):
+    """The event loop that starts, watches and stops the ranks.
+
+    ``parent``: the pid of the ``driller run`` process when this one is its
+    supervisor (see :func:`_run_supervised`); when that process dies (even by
+    SIGKILL) the job is killed at once.  ``mask``: the signal mask to restore
+    once the signal handlers are in place (signals are blocked across the fork).
+    """
+
+    def __init__(self, opts: Options, out_fd: int = 1, err_fd: int = 2, *,
+                 parent: int | None = None, mask=None, child_dfl=()):
         self.opts = opts
+        self.parent = parent
+        self.parent_fd: int | None = None
+        self.orphaned = False     # the driller run process is gone: kill the job now
+        self.mask = mask
+        self.child_dfl = tuple(child_dfl)   # signals to reset to SIG_DFL in the ranks
         self.out = {1: out_fd, 2: err_fd}
         self.broken: set[int] = set()
         self.ranks: list[_Rank] = []
@@ -458,7 +501,10 @@ class Launcher:
         cmd = self.opts.command()
         for rank in range(self.opts.n):
             self._on_signal(self._sigfd)      # ^C while starting: start no more
-            if self.got_signal is not None:
+            if self.parent is not None and not self.orphaned \
+                    and not _linux.pidfd_alive(self.parent_fd):
+                self._on_parent_death()
+            if self.got_signal is not None or self.orphaned:
                 break
             pipes = [os.pipe() for _ in range(2)]   # close-on-exec read ends stay here
             proc = None
@@ -467,8 +513,8 @@ class Launcher:
                     cmd, env=_rank_env(self.opts, rank, self.world_fd, world),
                     stdin=stdin_rank0 if rank == 0 else subprocess.DEVNULL,
                     stdout=pipes[0][1], stderr=pipes[1][1],
-                    pass_fds=(self.world_fd,), process_group=0,
-                    preexec_fn=lambda: _child_setup(parent))
+                    pass_fds=(self.world_fd,),
+                    preexec_fn=lambda: _child_setup(parent, self.child_dfl))
                 pidfd = _linux.pidfd_open(proc.pid)   # our unreaped child: cannot be gone
             except BaseException:
                 for a, b in pipes:
@@ -531,6 +577,22 @@ class Launcher:
             elif sig == signal.SIGINT:   # a second ^C: no more grace
                 self.kill_at = time.monotonic()
 
+    def _on_parent_death(self) -> None:
+        """The driller run process died (SIGKILL?): nobody waits for the job any more.
+
+        Kill every rank now; the leftovers follow in stop_leftovers (urgent).
+        Output has no reader to go to: it is discarded from now on.
+        """
+        if self.orphaned:
+            return
+        self.orphaned = True
+        if self.parent_fd is not None:
+            self.sel.unregister(self.parent_fd)
+        self.broken.update(self.out.values())
+        self.aborting = False          # (a SIGTERM abort in progress becomes a SIGKILL)
+        self._abort(signal.SIGKILL)
+        self.kill_at = None
+
     def _service(self, timeout: float | None) -> None:
         if self.kill_at is not None:
             now = time.monotonic()
@@ -552,6 +614,8 @@ class Launcher:
                 exited.append(r)
             elif kind == "watch":
                 pass
+            elif kind == "parent":
+                self._on_parent_death()
             else:
                 self._on_signal(key.fd)
         failed = [r for r in exited if r.result != (os.CLD_EXITED, 0)]
@@ -585,7 +649,18 @@ class Launcher:
         self.foreign = frozenset(_linux.child_pids())
         self._was_subreaper = _linux.get_child_subreaper()
         _linux.set_child_subreaper(True)
+        if self.mask is not None:      # handlers are in place: let pending signals in
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
         try:
+            if self.parent is not None:
+                try:
+                    self.parent_fd = _linux.pidfd_open(self.parent)
+                    self.sel.register(self.parent_fd, selectors.EVENT_READ, ("parent", None, 0))
+                except ProcessLookupError:
+                    pass
+                # died before we held its pidfd? (we were reparented at its exit)
+                if self.parent_fd is None or os.getppid() != self.parent:
+                    self._on_parent_death()
             self._start()
             while any(r.result is None for r in self.ranks):
                 self._service(None)
@@ -593,13 +668,14 @@ class Launcher:
             left = stop_leftovers([r.pid for r in self.ranks if r.result != UNKNOWN],
                                   linger=0 if self.aborting else LINGER,
                                   grace=self.opts.grace, adopted=True,
-                                  skip=self.foreign, wait=self._wait)
+                                  skip=self.foreign, wait=self._wait,
+                                  urgent=lambda: self.orphaned)
             if left and not self.aborting:
                 self._say(f"stopped {left} process{'es' if left > 1 else ''} that the ranks "
                           f"left running (still alive {LINGER:g} s after the last rank)")
             # flush what is still in the pipes (their writers are gone now)
             deadline = time.monotonic() + 1.0
-            while self.open_pipes and time.monotonic() < deadline:
+            while self.open_pipes and not self.orphaned and time.monotonic() < deadline:
                 self._service(max(0.0, deadline - time.monotonic()))
         finally:
             self._teardown(rfd, wfd, old_wakeup, old_handlers)
@@ -630,9 +706,13 @@ class Launcher:
         os.close(wfd)
         if self.world_fd is not None:
             os.close(self.world_fd)
+        if self.parent_fd is not None:
+            os.close(self.parent_fd)
         _linux.set_child_subreaper(self._was_subreaper)
 
     def _report(self) -> int:
+        if self.orphaned:              # nobody to tell, nobody to exit to
+            return 128 + signal.SIGKILL
         if self.failure is not None:
             rank, code, st = self.failure
             r = self.ranks[rank]
@@ -656,7 +736,142 @@ def _isatty(fd: int) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---------------------------------------------------------------- the supervisor
+
+def _run_supervised(opts: Options) -> int:
+    """Run the job from a supervisor child that outlives this process.
+
+    This process (the one the user started, and may SIGKILL) forks the
+    supervisor, which runs the :class:`Launcher` in its own process group: it is
+    the ranks' parent and a child subreaper, so every descendant of a rank that
+    is orphaned (a double fork, a ``setsid()`` daemon) is reparented to it.  It
+    holds a pidfd of this process: when this process dies, whatever the cause,
+    it SIGKILLs the ranks and every leftover, reaps them and exits.  Here we
+    only pass signals on (SIGINT, SIGTERM, SIGHUP, SIGUSR1/2, SIGCONT; ^Z stops
+    the supervisor, which stops the ranks, and then this process) and exit
+    with the supervisor's status.  The supervisor being in its own process group,
+    a ^C from the terminal reaches it once, through us.  This process is a
+    subreaper too: should the supervisor itself be killed, its orphans come
+    here and are killed.
+    """
+    handled = [s for s in _HANDLED if signal.getsignal(s) is not signal.SIG_IGN]
+    # blocked across the fork: a signal sent meanwhile waits for the handlers
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    was_subreaper = _linux.get_child_subreaper()
+    me = os.getpid()
+    try:
+        _linux.set_child_subreaper(True)
+        # the supervisor's collections need not visit (and copy on write) every
+        # object inherited from this process
+        gc.freeze()
+        with warnings.catch_warnings():
+            # 3.12+ warns of fork() with threads running; ours are numpy's idle
+            # BLAS workers, and the supervisor only forks and execs ranks
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        _linux.set_child_subreaper(was_subreaper)
+        raise
+    if pid == 0:  # pragma: no cover - the supervisor; covered by every `driller run` test
+        code = 70
+        try:
+            os.setpgid(0, 0)
+            # it writes the ranks' output to the terminal from a background
+            # process group: with `stty tostop` that would stop it
+            dfl = () if signal.getsignal(signal.SIGTTOU) is signal.SIG_IGN else (signal.SIGTTOU,)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            code = Launcher(opts, parent=me, mask=old_mask, child_dfl=dfl).run()
+        except BaseException:  # noqa: BLE001 - report, and exit with a status
+            import traceback
+            traceback.print_exc()
+        finally:
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except Exception:  # noqa: BLE001
+                    pass
+            os._exit(code)
+    try:
+        os.setpgid(pid, pid)   # as the child does (whichever comes first)
+    except OSError:
+        pass
+    try:
+        pidfd = _linux.pidfd_open(pid)     # our unreaped child: cannot be gone
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:   # (EMFILE) the supervisor sees us go and ends the job
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
+
+    def forward(sig, _frame):
+        pidfd_kill(pidfd, sig)
+        if sig == signal.SIGTSTP and _linux.pidfd_alive(pidfd):
+            os.kill(me, signal.SIGSTOP)   # ^Z: the job stops, and so do we (for the shell)
+
+    old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+    old_handlers = {sig: signal.signal(sig, forward) for sig in handled}
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    try:
+        import select
+        while True:
+            # (a signal delivered to another thread of ours writes to rfd; one
+            # delivered to this one interrupts select, runs forward, and select goes on)
+            ready, _, _ = select.select([rfd, pidfd], [], [])
+            if pidfd in ready:
+                break
+            try:
+                while os.read(rfd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        os.close(rfd)
+        os.close(wfd)
+        os.close(pidfd)
+        # only if the supervisor was killed: its orphans (ranks' descendants)
+        _kill_children()
+        _linux.set_child_subreaper(was_subreaper)
+    if res.si_code == os.CLD_EXITED:
+        return res.si_status
+    print(f"driller run: the supervisor (pid {pid}) {describe_status(res.si_code, res.si_status)}"
+          f"; killed what was left of the job", file=sys.stderr)
+    return shell_status(res.si_code, res.si_status)
+
+
+def _kill_children() -> None:
+    """SIGKILL and reap every child of this process, and the orphans they leave.
+
+    For a process whose children are all the job's (the ``driller run``
+    process, a subreaper): a child cannot be reused before we reap it.
+    """
+    for _ in range(_MAX_ROUNDS):
+        kids = _linux.child_pids()
+        if not kids:
+            return
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in kids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
+    """``driller run ARGV``; the exit status.
+
+    ``supervised=True`` (the ``driller run`` command): the job runs under a
+    supervisor child that kills it when this process dies, even by SIGKILL.
+    ``supervised=False`` (a call from inside another program, a test): this
+    process supervises the job itself.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         opts = parse_args(argv)
@@ -680,8 +895,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.stdout.flush()
     sys.stderr.flush()
+    if supervised:
+        return _run_supervised(opts)
     return Launcher(opts).run()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(supervised=True))
