@@ -22,7 +22,7 @@ _LAZY = {
     "drill": "hole", "Hole": "hole", "check": "hole",
     "attach": "share", "cache_info": "share", "Handle": "segment",
 }
-_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "share", "segment", "fdproxy", "mapcache"}
+_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "share", "segment", "proxy", "mapcache"}
 
 __all__ = [
     "empty", "zeros", "empty_like", "zeros_like", "array", "SharedArray", "handle",
