@@ -39,7 +39,7 @@ def no_leaks():
 
 # long-lived helpers that are not leaks: the fd proxy (exits with its last
 # client) and multiprocessing's own resource tracker and fork server
-_EXPECTED = (b"driller.fdproxy", b"resource_tracker", b"forkserver")
+_EXPECTED = (b"driller.proxy._server", b"resource_tracker", b"forkserver")
 
 
 def _is_expected(pid: int) -> bool:

@@ -18,7 +18,8 @@ from _helpers import fd_count, in_child, wait_until
 
 from driller import _linux
 from driller.errors import ProxyError, SegmentReleasedError
-from driller.fdproxy import ENV_VAR, ProxyClient, _show, proxy_info
+from driller.proxy import ENV_VAR, ProxyClient, proxy_info
+from driller.proxy._wire import _show
 from driller.segment import Region, Segment
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/src"
@@ -81,7 +82,7 @@ def test_fetch_from_fresh_subprocess(client):
     code = textwrap.dedent("""
         import os, sys
         import numpy as np
-        from driller.fdproxy import ProxyClient
+        from driller.proxy import ProxyClient
         from driller.segment import Region
         addr, secret, key = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
         addr = "\\0" + addr[1:]
@@ -177,18 +178,18 @@ def test_other_user_cannot_get_fds(client):
         if not raw:
             return ProxyClient.get().fetch(addr, secret, seg.key)
         # bypass the client's own uid check: speak the protocol by hand
-        from driller import fdproxy
+        from driller.proxy import _wire
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         s.connect(addr)
         got = []
         try:  # the proxy may have hung up already (EPIPE): that is a refusal too
-            s.sendmsg([fdproxy._LAST + fdproxy._MAGIC + secret])
+            s.sendmsg([_wire._LAST + _wire._MAGIC + secret])
             for _ in range(3):
                 data, anc, _, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(64))
                 if not data:
                     break
                 got.append((pickle.loads(data[1:])[0], len(anc)))
-                s.sendmsg([fdproxy._packets(("fetch", seg.key))[0]])
+                s.sendmsg([_wire._packets(("fetch", seg.key))[0]])
         except (BrokenPipeError, ConnectionResetError):
             pass
         s.close()
@@ -350,9 +351,25 @@ def _abstract_names() -> set[str]:
         return {line.split()[-1] for line in f if line.split()[-1].startswith("@driller-")}
 
 
+def test_proxy_process_imports_only_linux_errors_and_wire():
+    # the proxy's own boot command, minus the fork and the serving: what does it load?
+    from driller.proxy import _boot
+    script = _boot._BOOT.replace("if os.fork(): os._exit(0)\n", "").replace(
+        "_main()\n", "print(' '.join(sorted(sys.modules)))\n")
+    assert script != _boot._BOOT
+    pkgdir = os.path.dirname(os.path.dirname(os.path.abspath(_boot.__file__)))
+    env = dict(os.environ, _DRILLER_PROXY_BOOT=f"3|00|x|5.0|{pkgdir}")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    ours = {m for m in out if m.startswith("driller")}
+    assert ours == {"driller", "driller._linux", "driller.errors", "driller.proxy",
+                    "driller.proxy._wire", "driller.proxy._server"}
+    assert "numpy" not in out and "threading" not in out and "subprocess" not in out
+
+
 def test_unused_proxy_exits_by_itself(monkeypatch):
-    from driller import fdproxy
-    address, _secret = fdproxy._start_proxy()  # nobody ever connects
+    from driller.proxy._boot import _start_proxy
+    address, _secret = _start_proxy()  # nobody ever connects
     name = _show(address)
     assert name in _abstract_names()
     assert wait_until(lambda: name not in _abstract_names(), limit=30)
@@ -480,10 +497,10 @@ def test_threads_share_one_client(client):
 
 
 def test_interrupted_call_does_not_desynchronise_replies(client, monkeypatch):
-    from driller import fdproxy
+    from driller.proxy import _client as proxy_client
     a = make_segment(client, 4096, tag="a")
     b = make_segment(client, 8192, tag="b")
-    real = fdproxy._Conn._read_reply
+    real = proxy_client._Conn._read_reply
     calls = []
 
     def interrupted(self):
@@ -492,7 +509,7 @@ def test_interrupted_call_does_not_desynchronise_replies(client, monkeypatch):
             raise KeyboardInterrupt  # as if Ctrl-C hit while waiting for the reply
         return real(self)
 
-    monkeypatch.setattr(fdproxy._Conn, "_read_reply", interrupted)
+    monkeypatch.setattr(proxy_client._Conn, "_read_reply", interrupted)
     with pytest.raises(KeyboardInterrupt):
         client.fetch(client.address, client.secret, a.key)
     fd, meta = client.fetch(client.address, client.secret, b.key)  # not a's late reply

@@ -652,9 +652,9 @@ def test_fd_proxy_started_by_ranks_does_not_survive():
     # the fd proxy double-forks into its own session: an orphan of the rank,
     # adopted by the launcher (a subreaper) and gone when the job is
     code = textwrap.dedent("""
-        from driller import fdproxy
-        address = fdproxy.ProxyClient.get().address      # starts this rank's proxy
-        print("PID", fdproxy.proxy_info(address)["pid"], flush=True)
+        from driller import proxy
+        address = proxy.ProxyClient.get().address      # starts this rank's proxy
+        print("PID", proxy.proxy_info(address)["pid"], flush=True)
     """)
     env = _env()
     env.pop("DRILLER_PROXY", None)     # (set if this test process started a proxy itself)

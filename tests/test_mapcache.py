@@ -19,7 +19,7 @@ from _helpers import in_child, wait_until
 
 from driller import _linux
 from driller.errors import DrillerError, SegmentReleasedError
-from driller.fdproxy import ENV_VAR, ProxyClient
+from driller.proxy import ENV_VAR, ProxyClient
 from driller.mapcache import MapCache, cache, default_max_entries
 from driller.segment import Segment
 

@@ -22,7 +22,7 @@ _LAZY = {
     "handle": "sharedarray", "attach": "sharedarray", "cache_info": "sharedarray",
     "drill": "hole", "Hole": "hole", "check": "hole", "Handle": "segment",
 }
-_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "sharedarray", "segment", "fdproxy", "mapcache"}
+_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "sharedarray", "segment", "proxy", "mapcache"}
 
 __all__ = [
     "empty", "zeros", "empty_like", "zeros_like", "array", "SharedArray", "handle",

@@ -13,7 +13,7 @@ __all__ = ["main", "find_proxies", "info"]
 
 def find_proxies() -> list[str]:
     """DRILLER_PROXY-style strings ('address|secret hex') of this user's running proxies."""
-    from .fdproxy import _BOOT_VAR
+    from .proxy._wire import _BOOT_VAR
     found = []
     uid = os.getuid()
     for entry in os.listdir("/proc"):
@@ -35,7 +35,7 @@ def find_proxies() -> list[str]:
 
 def info(proxy: str | None = None) -> dict:
     """What `driller info` prints, as a dict: proxies with their segments, and our cache."""
-    from .fdproxy import ENV_VAR, proxy_info
+    from .proxy import ENV_VAR, proxy_info
     from .sharedarray import cache_info
     targets = [proxy] if proxy else ([os.environ[ENV_VAR]] if os.environ.get(ENV_VAR)
                                      else find_proxies())

@@ -38,7 +38,7 @@ def owned(key: str):
 
 
 def _client():
-    from .fdproxy import ProxyClient
+    from .proxy import ProxyClient
     return ProxyClient.get()
 
 

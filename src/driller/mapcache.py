@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 from . import _linux
 from .errors import DrillerError
-from .fdproxy import ProxyClient
+from .proxy import ProxyClient
 from .segment import Region
 
 __all__ = ["MapCache", "cache"]

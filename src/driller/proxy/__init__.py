@@ -1,0 +1,40 @@
+"""The fd proxy: a small server process that forwards segment memfds to peers.
+
+A process that publishes a segment hands its memfd to the proxy; any process of
+the same user that knows the proxy's address and secret can fetch a new fd for
+that key (SCM_RIGHTS) and map it.  When the owner releases the key, or dies
+(its connection reaches EOF), the proxy drops its fd and tells every process
+that fetched the key (a *release notice*, sent asynchronously on the same
+connection).
+
+Transport: an abstract-namespace ``SOCK_SEQPACKET`` unix socket (nothing on
+disk; message boundaries and the fd attached to each message are kept by the
+kernel).  Every packet is one flag byte (0 = last part, 1 = more parts follow)
+and a piece of a pickled tuple.  Pickles are only ever read from peers whose
+uid is ours (SO_PEERCRED, checked on both ends) and, on the server, only after
+the peer has sent the secret as raw bytes.
+
+Lifetime: the first process that needs a proxy (its first publish, or reading
+``ProxyClient.get().address``) starts one: ``python -c`` that forks once more,
+so the proxy is nobody's child, and imports only ``_server``, ``_wire``, ``_linux``
+and ``errors``.  The starting process binds and listens itself and hands the socket
+over, so the proxy is reachable when the call returns.  It puts
+``DRILLER_PROXY=@<name>|<secret hex>`` into ``os.environ`` (``@`` stands for the
+leading NUL of the abstract address) so children join the same proxy.  The
+proxy exits when its last client has disconnected, or if nobody authenticates
+within a few seconds of its start.
+
+Release notices: a key released explicitly or by its owner's death (EOF on the
+owner's connection) is reported to every connection that fetched it.  If a
+proxy connection itself is lost, the keys fetched through it are reported as
+released too (nobody can vouch for them any more).  ``released_keys()`` is
+consumed by the map cache; other code should not drain it.
+
+Modules: ``_wire`` (packet format, constants), ``_client`` (``ProxyClient``,
+``proxy_info``), ``_boot`` (starting a proxy), ``_server`` (the proxy process).
+"""
+
+from ._client import ProxyClient, proxy_info
+from ._wire import ENV_VAR
+
+__all__ = ["ProxyClient", "proxy_info", "ENV_VAR"]

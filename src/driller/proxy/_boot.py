@@ -1,0 +1,65 @@
+"""Starting an fd proxy: bind and listen here, then serve in a detached process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+
+from ..errors import ProxyError
+from ._wire import _BOOT_VAR, _LOG_VAR, _SOCK_TYPE, _START_IDLE, ENV_VAR
+
+
+# The proxy imports only driller._linux, driller.errors and driller.proxy._wire (stub
+# package objects stand in for driller/__init__.py and driller/proxy/__init__.py): no
+# numpy, no threads, nothing else to break.  "driller.proxy._server" in this command
+# line is how tests/conftest.py recognises a proxy process.
+_BOOT = ("import os,sys,types\n"
+         "if os.fork(): os._exit(0)\n"
+         "d = os.environ['_DRILLER_PROXY_BOOT'].split('|')[4]\n"
+         "pkg = types.ModuleType('driller'); pkg.__path__ = [d]\n"
+         "sub = types.ModuleType('driller.proxy'); sub.__path__ = [os.path.join(d, 'proxy')]\n"
+         "pkg.proxy = sub\n"
+         "sys.modules['driller'] = pkg; sys.modules['driller.proxy'] = sub\n"
+         "from driller.proxy._server import _main\n"
+         "_main()\n")
+
+
+def _start_proxy() -> tuple[str, bytes]:
+    """Bind and listen here (so the proxy is ready when we return), serve elsewhere."""
+    secret = secrets.token_bytes(16)
+    lsock = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
+    try:
+        for _ in range(20):
+            address = f"\0driller-{os.getpid()}-{secrets.token_hex(6)}"
+            try:
+                lsock.bind(address)
+                break
+            except OSError:
+                continue
+        else:  # pragma: no cover
+            raise ProxyError("cannot bind an abstract unix socket for the fd proxy")
+        lsock.listen(128)
+        env = dict(os.environ)
+        env.pop(ENV_VAR, None)
+        pkgdir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # driller/
+        env[_BOOT_VAR] = (f"{lsock.fileno()}|{secret.hex()}|{address[1:]}|{_START_IDLE}|"
+                          f"{pkgdir}")
+        log = env.get(_LOG_VAR)
+        err = open(log, "ab") if log else subprocess.DEVNULL
+        try:
+            p = subprocess.Popen([sys.executable, "-c", _BOOT], pass_fds=[lsock.fileno()],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=err, start_new_session=True, cwd="/", env=env)
+        finally:
+            if log:
+                err.close()
+        rc = p.wait()  # the intermediate process exits right after forking the proxy
+        if rc != 0:
+            raise ProxyError(f"the driller fd proxy failed to start (status {rc}); set "
+                             f"{_LOG_VAR}=/some/file to see its error output")
+    finally:
+        lsock.close()  # the proxy holds the listening socket now
+    return address, secret

@@ -1,0 +1,456 @@
+"""The fd proxy's client side: one connection per proxy, ``ProxyClient``, ``proxy_info``."""
+
+from __future__ import annotations
+
+import array
+import hmac
+import os
+import pickle
+import select
+import socket
+import threading
+import weakref
+
+from .. import _linux
+from ..errors import ProxyError, SegmentReleasedError
+from ._boot import _start_proxy
+from ._wire import (_ANC, _CLOEXEC, _DONTWAIT, _HELLO_TIMEOUT, _LAST, _MAGIC, _MAX_PACKET,
+                    _MORE, _SCM_RIGHTS, _SOCK_TYPE, _SOL_SOCKET, _TRUNC, _CTRUNC, ENV_VAR,
+                    _close_all, _fds_of, _packets, _parse_env, _show)
+
+__all__ = ["ProxyClient", "proxy_info"]
+
+
+class _Conn:
+    """One authenticated connection to one proxy."""
+
+    def __init__(self, address: str, secret: bytes, on_release=None):
+        self.address = address
+        self.secret = secret
+        self.on_release = on_release          # callable(set_of_keys) or None
+        self.lock = threading.Lock()
+        self.dead = False
+        self.subscribed: set[str] = set()     # keys fetched through us, not yet released
+        self._buf = bytearray(_MAX_PACKET)
+        self._mv = memoryview(self._buf)
+        self._parts: list[bytes] = []
+        self._part_fds: list[int] = []
+        self._owed = 0                        # replies still due to interrupted calls
+        sock = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
+        try:
+            sock.connect(address)
+        except OSError as e:
+            sock.close()
+            raise ProxyError(
+                f"cannot reach the driller fd proxy at {_show(address)}: {e.strerror or e}; "
+                "it exits when its last client is gone, so the process that published this "
+                "handle (and every other user of that proxy) has probably exited") from None
+        self.sock = sock
+        self.fd = sock.fileno()
+        try:
+            _pid, uid, _gid = _linux.peer_cred(sock)
+            if uid != os.getuid():
+                raise ProxyError(
+                    f"the socket {_show(address)} belongs to uid {uid}, not to our uid "
+                    f"{os.getuid()}: driller proxies only serve processes of one user")
+            sock.settimeout(_HELLO_TIMEOUT)  # a stopped or wedged proxy: give up, don't hang
+            sock.sendmsg([_LAST + _MAGIC + secret])
+            reply, fds = self._read_reply()
+            _close_all(fds)
+            sock.settimeout(None)
+            if reply[0] != "hello":
+                raise ProxyError(f"the fd proxy at {_show(address)} refused us: {reply[1]}")
+            self.server_pid = reply[1]
+        except ProxyError:
+            self.close()
+            raise
+        except OSError as e:
+            self.close()
+            raise ProxyError(f"lost the fd proxy at {_show(address)} while connecting: {e}") \
+                from None
+
+    # -- receiving
+    def _recv_packet(self, flags: int):
+        """One packet; None if it would block (only with MSG_DONTWAIT). Raises on EOF."""
+        try:
+            n, anc, mflags, _ = self.sock.recvmsg_into([self._mv], _ANC,
+                                                       flags | _CLOEXEC)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            self._die()
+            raise ProxyError(f"lost the fd proxy at {_show(self.address)}: {e}") from None
+        fds = _fds_of(anc) if anc else []
+        if n == 0:
+            _close_all(fds)
+            self._die()
+            raise ProxyError(
+                f"the fd proxy at {_show(self.address)} closed our connection (it exited, was "
+                "killed, or refused our secret/uid)")
+        if mflags & (_TRUNC | _CTRUNC):  # pragma: no cover - protocol bug
+            _close_all(fds)
+            self._die()
+            raise ProxyError(f"oversized message from the fd proxy at {_show(self.address)}")
+        return bytes(self._mv[:n]), fds
+
+    def _next_message(self, flags: int):
+        """One whole message (obj, fds), None if it would block."""
+        while True:
+            pkt = self._recv_packet(flags)
+            if pkt is None:
+                return None
+            data, fds = pkt
+            self._part_fds.extend(fds)
+            if data[:1] == _MORE:
+                self._parts.append(data[1:])
+                continue
+            if self._parts:
+                self._parts.append(data[1:])
+                data = b"".join(self._parts)
+                self._parts = []
+            else:
+                data = data[1:]
+            fds, self._part_fds = self._part_fds, []
+            return pickle.loads(data), fds
+
+    def _notice(self, keys) -> None:
+        keys = set(keys)
+        self.subscribed -= keys
+        if self.on_release is not None:
+            self.on_release(keys)
+
+    def _read_reply(self):
+        while True:
+            msg, fds = self._next_message(0)
+            if msg[0] == "notice":
+                _close_all(fds)
+                self._notice(msg[1])
+                continue
+            return msg, fds
+
+    def request(self, obj, fd: int | None = None):
+        """Send one request, wait for its reply (handling notices meanwhile)."""
+        pkts = _packets(obj)
+        with self.lock:
+            if self.dead:
+                raise ProxyError(f"the connection to the fd proxy at {_show(self.address)} "
+                                 "is closed")
+            while self._owed:  # replies to calls interrupted earlier (KeyboardInterrupt)
+                _, fds = self._read_reply()
+                _close_all(fds)
+                self._owed -= 1
+            sent = 0
+            try:
+                for i, p in enumerate(pkts):
+                    if i == 0 and fd is not None:
+                        self.sock.sendmsg([p], [(_SOL_SOCKET, _SCM_RIGHTS,
+                                                 array.array("i", [fd]))])
+                    else:
+                        self.sock.sendmsg([p])
+                    sent += 1
+            except OSError as e:
+                self._die()
+                raise ProxyError(f"lost the fd proxy at {_show(self.address)}: {e}") from None
+            except BaseException:
+                if sent:  # half a message: the stream cannot be resynchronised
+                    self._die()
+                raise
+            self._owed = 1
+            reply = self._read_reply()
+            self._owed = 0
+            return reply
+
+    def drain(self) -> None:
+        """Read pending notices without blocking (skips if another thread is reading)."""
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            while not self.dead:
+                got = self._next_message(_DONTWAIT)
+                if got is None:
+                    return
+                msg, fds = got
+                _close_all(fds)
+                if msg[0] == "notice":
+                    self._notice(msg[1])
+                elif self._owed:  # the reply of an interrupted call
+                    self._owed -= 1
+        except ProxyError:
+            pass
+        finally:
+            self.lock.release()
+
+    def _die(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        _close_all(self._part_fds)
+        self._part_fds = []
+        # we can no longer vouch for what we fetched: report it as released
+        if self.subscribed:
+            keys, self.subscribed = self.subscribed, set()
+            if self.on_release is not None:
+                self.on_release(keys)
+
+    def close(self) -> None:
+        """Close our end (in a forked child this closes only the child's copy)."""
+        self.on_release = None
+        self._die()
+
+
+_client: "ProxyClient | None" = None
+_client_lock = threading.Lock()
+_all_clients: "weakref.WeakSet[ProxyClient]" = weakref.WeakSet()
+
+
+class ProxyClient:
+    """This process's connections to fd proxies (one per proxy address).
+
+    Use :meth:`get`; the own proxy (the one ``publish`` uses) is connected, or
+    started, on first need: reading ``address``/``secret`` or publishing.
+    """
+
+    @staticmethod
+    def get() -> "ProxyClient":
+        """This process's client (a fresh one in a forked child)."""
+        global _client
+        c = _client
+        if c is None:
+            with _client_lock:
+                if _client is None:
+                    _client = ProxyClient()
+                c = _client
+        return c
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._conns: dict[str, _Conn] = {}
+        self._fdlist: list[int] = []
+        self._poll = select.poll()
+        self._own: _Conn | None = None
+        self._pending: set[str] = set()
+        self._plock = threading.Lock()
+        self._stale = False
+        _all_clients.add(self)
+
+    # -- own proxy
+    def _own_conn(self) -> _Conn:
+        own = self._own
+        if own is not None and not own.dead:
+            return own
+        with self._lock:
+            self._check()
+            if self._own is not None and not self._own.dead:
+                return self._own
+            self._own = None
+            env = os.environ.get(ENV_VAR)
+            if env:
+                try:
+                    address, secret = _parse_env(env)
+                    self._own = self._conn_for(address, secret)
+                except ProxyError:
+                    self._own = None
+            if self._own is None:
+                address, secret = _start_proxy()
+                self._own = self._conn_for(address, secret)
+                os.environ[ENV_VAR] = f"{_show(address)}|{secret.hex()}"
+            return self._own
+
+    @property
+    def address(self) -> str:
+        """The own proxy's abstract socket address (starts with NUL)."""
+        return self._own_conn().address
+
+    @property
+    def secret(self) -> bytes:
+        return self._own_conn().secret
+
+    @property
+    def proxy_pid(self) -> int:
+        return self._own_conn().server_pid
+
+    # -- connections
+    def _check(self) -> None:
+        if self._stale:
+            raise ProxyError("this ProxyClient belongs to the parent of a fork or was closed; "
+                             "use ProxyClient.get()")
+
+    def _conn_for(self, address: str, secret: bytes) -> _Conn:
+        c = self._conns.get(address)
+        if c is None or c.dead:
+            with self._lock:
+                self._check()
+                c = self._conns.get(address)
+                if c is None or c.dead:
+                    c = _Conn(address, secret, self._add_released)
+                    self._conns[address] = c
+                    self._refresh_poll()
+                    return c
+        if not hmac.compare_digest(c.secret, secret):
+            raise ProxyError(f"wrong secret for the fd proxy at {_show(address)}: use the "
+                             "secret of the handle's publisher (DRILLER_PROXY of its job)")
+        return c
+
+    def _refresh_poll(self) -> None:
+        for a in [a for a, c in self._conns.items() if c.dead]:
+            del self._conns[a]
+        p = select.poll()
+        fds = []
+        for c in self._conns.values():
+            p.register(c.fd, select.POLLIN)
+            fds.append(c.fd)
+        self._poll, self._fdlist = p, fds
+
+    def _add_released(self, keys: set[str]) -> None:
+        with self._plock:
+            self._pending |= keys
+
+    # -- the API
+    def publish(self, key: str, fd: int, meta: dict) -> None:
+        """Hand a copy of fd to the own proxy under key (meta: a small picklable dict)."""
+        for attempt in (0, 1):
+            conn = self._own_conn()
+            try:
+                reply, fds = conn.request(("publish", key, meta), fd)
+            except ProxyError:
+                if attempt or not conn.dead:
+                    raise
+                continue  # our proxy was killed: start or join another one, once
+            _close_all(fds)
+            if reply[0] != "ok":
+                raise ProxyError(f"the fd proxy refused to publish {key!r}: {reply[1]}")
+            return
+
+    def release(self, key: str) -> None:
+        """Withdraw key: the proxy closes its fd and notifies subscribers. Never raises
+        for an unknown key or a gone proxy."""
+        conn = self._own
+        if conn is None or conn.dead:
+            return
+        try:
+            _, fds = conn.request(("release", key))
+            _close_all(fds)
+        except Exception:  # noqa: BLE001 - also at interpreter exit, from finalizers
+            pass
+
+    def fetch(self, address: str, secret: bytes, key: str) -> tuple[int, dict]:
+        """A new fd (the caller owns it) and the meta of key at the proxy at address."""
+        self._check()
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conn_for(address, secret)
+        reply, fds = conn.request(("fetch", key))
+        if reply[0] == "fd":
+            if len(fds) != 1:  # pragma: no cover - protocol bug
+                _close_all(fds)
+                raise ProxyError(f"the fd proxy sent {len(fds)} fds for {key!r}")
+            conn.subscribed.add(key)
+            return fds[0], reply[1]
+        _close_all(fds)
+        if reply[0] == "gone":
+            raise SegmentReleasedError(reply[1])
+        raise ProxyError(f"the fd proxy at {_show(address)} failed to fetch {key!r}: "
+                         f"{reply[1]}")
+
+    def released_keys(self) -> set[str]:
+        """Keys released since the last call, of segments this process fetched (non-blocking)."""
+        if self._fdlist:
+            try:
+                ready = self._poll.poll(0)
+            except RuntimeError:  # another thread is polling the same object
+                ready = [(fd, 0) for fd in select.select(self._fdlist, [], [], 0)[0]]
+            if ready:
+                fds = {fd for fd, _ in ready}
+                dead = False
+                for c in list(self._conns.values()):
+                    if c.fd in fds:
+                        c.drain()
+                        dead |= c.dead
+                if dead:
+                    with self._lock:
+                        self._refresh_poll()
+        if not self._pending:
+            return set()
+        with self._plock:
+            out, self._pending = self._pending, set()
+        return out
+
+    def segments(self) -> list[dict]:
+        """Every segment published at the own proxy: key, owner, nbytes, meta, subscribers."""
+        reply, fds = self._own_conn().request(("segments",))
+        _close_all(fds)
+        return reply[1]
+
+    def ping(self) -> None:
+        """One round trip to the own proxy (everything sent before has been processed)."""
+        self._own_conn().request(("ping",))
+
+    def close(self) -> None:
+        global _client
+        with self._lock:
+            for c in self._conns.values():
+                c.close()
+            self._conns = {}
+            self._own = None
+            self._refresh_poll()
+            self._stale = True
+        if _client is self:
+            _client = None
+
+    def _forked(self) -> None:
+        # in a fork child: drop the parent's connections (closing only our copies)
+        for c in self._conns.values():
+            c.close()
+        self._conns, self._own, self._fdlist = {}, None, []
+        self._poll = select.poll()
+        self._stale = True
+
+
+def _after_fork_in_child() -> None:
+    global _client, _client_lock
+    _client = None
+    _client_lock = threading.Lock()
+    for c in list(_all_clients):
+        c._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def proxy_info(address: str | None = None) -> dict:
+    """address, pid, uid, clients and segments of a proxy (default: os.environ's).
+
+    ``address`` may be ``"<address>|<secret hex>"`` (the DRILLER_PROXY form) or a bare
+    address whose secret is in os.environ or known to this process's client.
+    """
+    secret = None
+    if address is None:
+        env = os.environ.get(ENV_VAR)
+        if not env:
+            raise ProxyError(f"no fd proxy: {ENV_VAR} is not set (no driller job here)")
+        address, secret = _parse_env(env)
+    elif "|" in address:
+        address, secret = _parse_env(address)
+    else:
+        if not address.startswith("\0") and address.startswith("@"):
+            address = "\0" + address[1:]
+        env = os.environ.get(ENV_VAR)
+        if env and _parse_env(env)[0] == address:
+            secret = _parse_env(env)[1]
+        elif _client is not None and address in _client._conns:
+            secret = _client._conns[address].secret
+        else:
+            raise ProxyError(f"the secret of the fd proxy at {_show(address)} is unknown: pass "
+                             "'<address>|<secret hex>' as found in the job's DRILLER_PROXY")
+    conn = _Conn(address, secret)
+    try:
+        reply, fds = conn.request(("info",))
+        _close_all(fds)
+        return reply[1]
+    finally:
+        conn.close()
+

@@ -1,0 +1,91 @@
+"""The fd proxy's wire format: packets, constants and small helpers shared by both ends.
+
+Every packet is one flag byte (0 = last part, 1 = more parts follow) and a piece
+of a pickled tuple; fds travel as SCM_RIGHTS on a message's first packet.
+Imported by the proxy process itself: keep it to the standard library,
+``driller._linux`` and ``driller.errors``.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import pickle
+import select
+import socket
+
+from ..errors import ProxyError
+
+ENV_VAR = "DRILLER_PROXY"
+_BOOT_VAR = "_DRILLER_PROXY_BOOT"
+_LOG_VAR = "DRILLER_PROXY_LOG"
+_MAGIC = b"DRLRPX1:"
+_MAX_PACKET = 1 << 16            # one SEQPACKET message, flag byte included
+_CHUNK = _MAX_PACKET - 1
+_MORE, _LAST = b"\x01", b"\x00"
+_ANC = socket.CMSG_SPACE(4 * 8)  # room for a few fds; extra ones are closed by the kernel
+_SOCK_TYPE = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+_START_IDLE = 5.0                # seconds a new proxy waits for its first client
+_AUTH_TIMEOUT = 10.0             # seconds a connection may stay unauthenticated
+_HELLO_TIMEOUT = 30.0            # seconds a client waits for the proxy's greeting
+_GONE_MEMORY = 4096              # released keys remembered for error messages
+_PROTO = pickle.HIGHEST_PROTOCOL
+_EPOLL_IN = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+# plain ints: the enum versions cost microseconds per | on the hot path
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_NOSIGNAL_DONTWAIT = int(socket.MSG_DONTWAIT) | int(socket.MSG_NOSIGNAL)
+_TRUNC = int(socket.MSG_TRUNC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+
+
+def _packets(obj) -> list[bytes]:
+    data = pickle.dumps(obj, _PROTO)
+    if len(data) <= _CHUNK:
+        return [_LAST + data]
+    out = [_MORE + data[i:i + _CHUNK] for i in range(0, len(data), _CHUNK)]
+    out[-1] = _LAST + out[-1][1:]
+    return out
+
+
+def _fds_of(ancdata) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(data[:len(data) - len(data) % a.itemsize])
+            fds.extend(a)
+    return fds
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _owner_of(key: str) -> int | None:
+    """The owner pid encoded in a key made by segment.new_key(), if any."""
+    head = key.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _parse_env(value: str) -> tuple[str, bytes]:
+    address, sep, hexsecret = value.rpartition("|")
+    if not sep or not address:
+        raise ProxyError(f"malformed {ENV_VAR}={value!r}: expected '<address>|<secret hex>'")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        return address, bytes.fromhex(hexsecret)
+    except ValueError:
+        raise ProxyError(f"malformed secret in {ENV_VAR}: not hex") from None
+
+
+def _show(address: str) -> str:
+    return "@" + address[1:] if address.startswith("\0") else address
+
