@@ -17,12 +17,12 @@ from .errors import __all__ as _errors_all
 __version__ = "0.1.0"
 
 _LAZY = {
-    "empty": "heap", "zeros": "heap", "empty_like": "heap", "zeros_like": "heap",
-    "array": "heap", "SharedArray": "heap", "handle": "heap",
-    "drill": "hole", "Hole": "hole", "check": "hole",
-    "attach": "share", "cache_info": "share", "Handle": "segment",
+    "empty": "sharedarray", "zeros": "sharedarray", "empty_like": "sharedarray",
+    "zeros_like": "sharedarray", "array": "sharedarray", "SharedArray": "sharedarray",
+    "handle": "sharedarray", "attach": "sharedarray", "cache_info": "sharedarray",
+    "drill": "hole", "Hole": "hole", "check": "hole", "Handle": "segment",
 }
-_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "share", "segment", "proxy", "mapcache"}
+_SUBMODULES = {"mmpi", "MPI", "heap", "hole", "sharedarray", "segment", "proxy", "mapcache"}
 
 __all__ = [
     "empty", "zeros", "empty_like", "zeros_like", "array", "SharedArray", "handle",

@@ -36,7 +36,7 @@ def find_proxies() -> list[str]:
 def info(proxy: str | None = None) -> dict:
     """What `driller info` prints, as a dict: proxies with their segments, and our cache."""
     from .proxy import ENV_VAR, proxy_info
-    from .share import cache_info
+    from .sharedarray import cache_info
     targets = [proxy] if proxy else ([os.environ[ENV_VAR]] if os.environ.get(ENV_VAR)
                                      else find_proxies())
     proxies = []
