@@ -42,26 +42,34 @@ def _client():
     return ProxyClient.get()
 
 
-def publish(seg: Segment) -> tuple[str, bytes]:
-    """Make seg fetchable through the proxy (once); returns (proxy address, secret)."""
+def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes, bool]:
+    """Make seg fetchable through the proxy (once); returns (proxy address, secret,
+    read-only).
+
+    The first publication seals the segment writable or read-only for good
+    (:meth:`Segment.seal`); later ones answer from that seal, and raise
+    :class:`~driller.ReadOnlyError` when read-only is asked of a segment
+    already shared writable (or of an arena).
+    """
     with _lock:
         client = _client()
         _ensure_releaser()
-        if not seg.published:
-            if seg.fd < 0:
-                raise ProxyError(f"segment {seg.key} has no fd left to publish")
-            fd = seg.fd if seg.ro_fd is None else seg.ro_fd
-            client.publish(seg.key, fd, {"nbytes": seg.nbytes, "owner": seg.owner,
-                                         "readonly": seg.ro_fd is not None})
-            seg.published = True
-            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
-        return client.address, client.secret
+        if seg.published:
+            return client.address, client.secret, seg.seal(readonly)
+        if seg.fd < 0:
+            raise ProxyError(f"segment {seg.key} has no fd left to publish")
+        readonly = seg.seal(readonly)
+        client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
+                                         "readonly": readonly})
+        seg.published = True
+        seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+        return client.address, client.secret, readonly
 
 
-def handle_for(seg: Segment, **fields) -> Handle:
-    proxy, secret = publish(seg)
+def handle_for(seg: Segment, readonly: bool = False, **fields) -> Handle:
+    proxy, secret, readonly = publish(seg, readonly)
     return Handle(proxy=proxy, secret=secret, key=seg.key, owner=seg.owner,
-                  nbytes=seg.nbytes, **fields)
+                  nbytes=seg.nbytes, readonly=readonly, **fields)
 
 
 def release(seg: Segment) -> None:

@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 
 from . import _linux
-from .errors import DrillerError
+from .errors import DrillerError, ReadOnlyError
 from .fdproxy import ProxyClient
 from .segment import Region
 
@@ -113,6 +113,10 @@ class MapCache:
                     raise DrillerError(
                         f"segment {key!r} has {size} bytes, fewer than the {nbytes} asked "
                         "for: the handle does not match the segment")
+                if not readonly and _linux.get_seals(fd) & _linux.F_SEAL_FUTURE_WRITE:
+                    raise ReadOnlyError(
+                        f"segment {key!r} is sealed read-only by its owner: the kernel "
+                        "refuses writable mappings of it; attach it with readonly=True")
                 region = Region(fd, nbytes, readonly=bool(readonly))
             finally:
                 os.close(fd)

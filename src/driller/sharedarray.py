@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import _publish, heap, mapcache
-from .errors import DrillerError, SegmentReleasedError
+from .errors import DrillerError, ReadOnlyError, SegmentReleasedError
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -95,6 +95,12 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
         return _publish.handle_for(seg, readonly=readonly, **_layout(arr, seg.address))
     if isinstance(base, Region):  # attached from a peer: same segment, same handle
         o = base.origin
+        if readonly and not o.readonly:  # only the owner can seal it; never advisory
+            raise ReadOnlyError(
+                f"segment {o.key} of process {o.owner} is shared writable: a read-only "
+                "handle of it could not be enforced. Ask its owner for a read-only handle "
+                "(driller.handle(a, readonly=True) before any writable one), or share a "
+                "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly,
                       **_layout(arr, base.address))
