@@ -294,3 +294,23 @@ def test_first_drill_fixes_the_mmap_threshold():
 def test_set_mmap_threshold_reports_success():
     assert _linux.set_mmap_threshold(128 << 10) is True
     gc.collect()
+
+
+def test_seal_state_is_read_back_when_another_process_sealed_first():
+    """A forked child may publish (and so seal) an inherited segment first: the
+    owner then follows the seal the kernel holds instead of failing on F_SEAL_SEAL."""
+    from driller.segment import Segment
+    import _helpers
+    for child_readonly in (True, False):
+        seg = Segment(1 << 16, "array")
+        try:
+            assert _helpers.in_child(seg.seal, child_readonly) == ("ok", child_readonly)
+            assert seg.sealed_readonly is None  # this process has not sealed it
+            if child_readonly:
+                assert seg.seal(False) is True  # handles come out read-only
+            else:
+                with pytest.raises(driller.ReadOnlyError, match="already shared writable"):
+                    seg.seal(True)
+                assert seg.seal(False) is False
+        finally:
+            seg.close_fd()

@@ -227,10 +227,12 @@ class Segment:
         if self.sealed_readonly is None:
             if self.fd < 0:
                 raise ReadOnlyError(f"segment {self.key} has no fd left to seal")
-            seals = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
-            _linux.add_seals(self.fd, seals)
-            self.sealed_readonly = bool(readonly)
-        elif readonly and not self.sealed_readonly:
+            seals = _linux.get_seals(self.fd)
+            if not seals & _linux.F_SEAL_SEAL:  # else sealed already (by a forked child)
+                seals = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
+                _linux.add_seals(self.fd, seals)
+            self.sealed_readonly = bool(seals & _linux.F_SEAL_FUTURE_WRITE)
+        if readonly and not self.sealed_readonly:
             raise ReadOnlyError(
                 f"segment {self.key} ({self.name}, {self.nbytes} bytes) was already shared "
                 "writable: peers may hold writable mappings of it, so a read-only handle "
