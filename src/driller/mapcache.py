@@ -65,6 +65,14 @@ def _env_int(name: str) -> int | None:
     return n
 
 
+def _sealed_readonly(fd: int) -> bool:
+    """Whether the owner sealed this memfd read-only (no new writable mapping)."""
+    try:
+        return bool(_linux.get_seals(fd) & _linux.F_SEAL_FUTURE_WRITE)
+    except OSError:  # not a sealable file: the mmap itself will tell
+        return False
+
+
 class MapCache:
     """LRU cache of mapped peer segments (thread-safe)."""
 
@@ -113,7 +121,7 @@ class MapCache:
                     raise DrillerError(
                         f"segment {key!r} has {size} bytes, fewer than the {nbytes} asked "
                         "for: the handle does not match the segment")
-                if not readonly and _linux.get_seals(fd) & _linux.F_SEAL_FUTURE_WRITE:
+                if not readonly and _sealed_readonly(fd):
                     raise ReadOnlyError(
                         f"segment {key!r} is sealed read-only by its owner: the kernel "
                         "refuses writable mappings of it; attach it with readonly=True")
