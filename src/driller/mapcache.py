@@ -26,9 +26,10 @@ import threading
 from collections import OrderedDict
 
 from . import _linux
-from .errors import DrillerError, ReadOnlyError
+from .errors import DrillerError
 from .fdproxy import ProxyClient
 from .segment import Region
+from .errors import ReadOnlyError  # noqa: E402 (own line: the import above is moving)
 
 __all__ = ["MapCache", "cache"]
 
