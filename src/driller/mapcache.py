@@ -29,7 +29,7 @@ from . import _linux
 from .errors import DrillerError
 from .fdproxy import ProxyClient
 from .segment import Region
-from .errors import ReadOnlyError  # noqa: E402 (own line: the import above is moving)
+from .errors import ReadOnlyError  # on its own line: eases merging the proxy split
 
 __all__ = ["MapCache", "cache"]
 
