@@ -30,7 +30,9 @@ Rules (checked where they can be):
 * The first ``drill()`` sets glibc's mmap threshold to 128 KiB
   (``mallopt(M_MMAP_THRESHOLD)``), which also stops glibc from raising it as
   large blocks are freed: large arrays and bytearrays keep getting mappings of
-  their own, which drill without sharing edge pages.
+  their own, which drill without sharing edge pages (unless glibc serves one
+  from free space inside its heap: the threshold only decides when the heap
+  has no room).
 """
 
 from __future__ import annotations
