@@ -44,7 +44,7 @@ _serial = itertools.count(1)
 # What to do instead when a read-only handle cannot be enforced, by segment name.
 _READONLY_INSTEAD = {
     "arena": (
-        "Small shared arrays (under 256 KiB) share an arena. For a read-only share use "
+        "Small shared arrays (under 256 KiB) live in such arenas. For a read-only share use "
         "an array of at least 256 KiB (a segment of its own), or drill a page-aligned "
         "copy read-only: buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE) with n = "
         "a.nbytes rounded up to a multiple of mmap.PAGESIZE; "
@@ -221,8 +221,8 @@ class Segment:
         """
         if readonly and not self.exclusive:
             raise ReadOnlyError(
-                f"segment {self.key} ({self.name}) holds several objects: its pages cannot "
-                "be made read-only for peers one object at a time. "
+                f"segment {self.key} ({self.name}) holds several arrays: its pages cannot "
+                "be made read-only for peers one array at a time. "
                 + _READONLY_INSTEAD.get(self.name, ""))
         if self.sealed_readonly is None:
             if self.fd < 0:
