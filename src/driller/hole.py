@@ -271,8 +271,8 @@ def drill(obj, readonly: bool = False) -> Hole:
     ``obj`` is a writable, C-contiguous buffer (numpy array, bytearray, mmap,
     memoryview...).  With ``readonly=True`` peers can only read it: the memfd
     is sealed (``F_SEAL_FUTURE_WRITE``) so the kernel refuses them any writable
-    mapping or write, whatever fd they get hold of; we keep writing it.  Raises :class:`~driller.DrillError` for
-    buffers that cannot be made shareable safely.
+    mapping or write, whatever fd they get hold of; we keep writing it.  Raises
+    :class:`~driller.DrillError` for buffers that cannot be made shareable safely.
     """
     try:
         pin = memoryview(obj)
