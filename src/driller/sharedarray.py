@@ -82,6 +82,11 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
     ``driller.attach(handle)`` in any process of the same user gives an array
     over the same memory.  Raises :class:`~driller.DrillerError` if ``arr`` is
     not in driller shared memory.
+
+    ``readonly=True`` is enforced by the kernel (the segment is sealed read-only
+    at its first share, and all its later handles are read-only) or refused with
+    :class:`~driller.ReadOnlyError`: small arrays (an arena), memory already
+    shared writable, a peer's writable attachment.
     """
     base = _shared_base(arr)
     if base is None:
