@@ -42,34 +42,42 @@ def _client():
     return ProxyClient.get()
 
 
-def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes, bool]:
-    """Make seg fetchable through the proxy (once); returns (proxy address, secret,
-    read-only).
+def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
+    """Make seg fetchable through the proxy (once); returns (proxy address, secret).
 
-    The first publication seals the segment writable or read-only for good
-    (:meth:`Segment.seal`); later ones answer from that seal, and raise
-    :class:`~driller.ReadOnlyError` when read-only is asked of a segment
-    already shared writable (or of an arena).
+    The first publication seals the segment (:meth:`Segment.seal`) writable, or
+    read-only if asked (or sealed so before, by :func:`seal`), for good; later
+    ones check that seal, raising :class:`~driller.ReadOnlyError` when read-only
+    is asked of a segment already shared writable (or of an arena).
     """
     with _lock:
         client = _client()
         _ensure_releaser()
         if seg.published:
-            return client.address, client.secret, seg.seal(readonly)
+            seg.seal(readonly)
+            return client.address, client.secret
         if seg.fd < 0:
             raise ProxyError(f"segment {seg.key} has no fd left to publish")
-        readonly = seg.seal(readonly)
+        ro = seg.seal(readonly)  # before the fd leaves this process
         client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
-                                         "readonly": readonly})
+                                         "readonly": ro})
         seg.published = True
         seg.close_fd()  # the proxy holds it now; our mapping holds the memory
-        return client.address, client.secret, readonly
+        return client.address, client.secret
+
+
+def seal(seg: Segment, readonly: bool) -> bool:
+    """Seal seg now (see :meth:`Segment.seal`), before anything publishes it;
+    returns whether its handles are read-only."""
+    with _lock:
+        return seg.seal(readonly)
 
 
 def handle_for(seg: Segment, readonly: bool = False, **fields) -> Handle:
-    proxy, secret, readonly = publish(seg, readonly)
+    """A handle of seg; read-only if asked, or if seg is sealed read-only."""
+    proxy, secret = publish(seg, readonly)
     return Handle(proxy=proxy, secret=secret, key=seg.key, owner=seg.owner,
-                  nbytes=seg.nbytes, readonly=readonly, **fields)
+                  nbytes=seg.nbytes, readonly=bool(seg.sealed_readonly), **fields)
 
 
 def release(seg: Segment) -> None:

@@ -95,6 +95,8 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
         raise DrillerError(
             "this array is not in driller shared memory; allocate it with driller.empty/"
             "zeros/array, or make it shareable in place with driller.drill()")
+    if readonly and isinstance(base, heap.Block):  # sealed before any fd of it leaves
+        _publish.seal(base.segment, True)
     if isinstance(base, heap.Block):
         seg = base.segment
         return _publish.handle_for(seg, readonly=readonly, **_layout(arr, seg.address))
