@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "PAGE_SIZE", "page_floor", "page_ceil",
-    "mmap", "munmap", "mprotect", "madvise", "mremap_over", "pwrite_from",
-    "memfd_create", "add_seals", "get_seals",
+    "mmap", "munmap", "mprotect", "madvise", "mremap_over", "mremap_keep", "pwrite_from",
+    "memfd_create", "add_seals", "get_seals", "set_mmap_threshold",
     "futex_wait", "futex_wake", "futex_waitv",
     "process_vm_readv", "process_vm_readv_many", "process_vm_writev", "allow_ptrace_by_any",
     "new_bytes", "new_bytearray",
@@ -41,6 +41,7 @@ MADV_DONTNEED, MADV_DONTFORK, MADV_DOFORK = 4, 10, 11
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
+F_SEAL_FUTURE_WRITE = 0x10  # Linux >= 5.1: no new writable mapping, no write(); old ones stay
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 
 _MACHINE = platform.machine()
@@ -117,7 +118,7 @@ def madvise(addr: int, length: int, advice: int) -> None:
         raise _oserror("madvise")
 
 
-MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
 _libc.mremap.restype = ctypes.c_void_p
 _libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
                          ctypes.c_void_p]
@@ -128,6 +129,23 @@ def mremap_over(src: int, length: int, dst: int) -> None:
     res = _libc.mremap(src, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
     if res is None or res == MAP_FAILED:
         raise _oserror("mremap")
+
+
+def mremap_keep(src: int, length: int, dst: int) -> bool:
+    """Move the pages of [src, src+length) to dst (replacing what is there) and leave
+    src mapped to the same memory (MREMAP_DONTUNMAP): no moment where src is unmapped,
+    and no new mapping of the file is made, so seals such as F_SEAL_FUTURE_WRITE do
+    not apply.  Returns False where the kernel cannot do it for this mapping (shared
+    mappings need Linux >= 5.13); nothing changed then.
+    """
+    res = _libc.mremap(src, length, length, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                       dst)
+    if res is None or res == MAP_FAILED:
+        e = ctypes.get_errno()
+        if e == errno.EINVAL:
+            return False
+        raise OSError(e, f"mremap(MREMAP_DONTUNMAP): {os.strerror(e)}")
+    return True
 
 
 def pwrite_from(fd: int, addr: int, n: int, offset: int = 0) -> None:
@@ -211,6 +229,20 @@ def add_seals(fd: int, seals: int) -> None:
 
 def get_seals(fd: int) -> int:
     return fcntl.fcntl(fd, F_GET_SEALS)
+
+
+M_MMAP_THRESHOLD = -3
+_mallopt = getattr(_libc, "mallopt", None)  # glibc (and musl, as a no-op returning 0)
+if _mallopt is not None:
+    _mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    _mallopt.restype = ctypes.c_int
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """glibc ``mallopt(M_MMAP_THRESHOLD, nbytes)``: allocations of at least nbytes get a
+    mapping of their own, and glibc stops raising the threshold as large blocks are
+    freed (its "dynamic" threshold).  False where the C library refused (not glibc)."""
+    return _mallopt is not None and _mallopt(M_MMAP_THRESHOLD, int(nbytes)) == 1
 
 
 def fd_inode(fd: int) -> tuple[int, int]:

@@ -42,26 +42,42 @@ def _client():
     return ProxyClient.get()
 
 
-def publish(seg: Segment) -> tuple[str, bytes]:
-    """Make seg fetchable through the proxy (once); returns (proxy address, secret)."""
+def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
+    """Make seg fetchable through the proxy (once); returns (proxy address, secret).
+
+    The first publication seals the segment (:meth:`Segment.seal`) writable, or
+    read-only if asked (or sealed so before, by :func:`seal`), for good; later
+    ones check that seal, raising :class:`~driller.ReadOnlyError` when read-only
+    is asked of a segment already shared writable (or of an arena).
+    """
     with _lock:
         client = _client()
         _ensure_releaser()
-        if not seg.published:
-            if seg.fd < 0:
-                raise ProxyError(f"segment {seg.key} has no fd left to publish")
-            fd = seg.fd if seg.ro_fd is None else seg.ro_fd
-            client.publish(seg.key, fd, {"nbytes": seg.nbytes, "owner": seg.owner,
-                                         "readonly": seg.ro_fd is not None})
-            seg.published = True
-            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+        if seg.published:
+            seg.seal(readonly)
+            return client.address, client.secret
+        if seg.fd < 0:
+            raise ProxyError(f"segment {seg.key} has no fd left to publish")
+        ro = seg.seal(readonly)  # before the fd leaves this process
+        client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
+                                         "readonly": ro})
+        seg.published = True
+        seg.close_fd()  # the proxy holds it now; our mapping holds the memory
         return client.address, client.secret
 
 
-def handle_for(seg: Segment, **fields) -> Handle:
-    proxy, secret = publish(seg)
+def seal(seg: Segment, readonly: bool) -> bool:
+    """Seal seg now (see :meth:`Segment.seal`), before anything publishes it;
+    returns whether its handles are read-only."""
+    with _lock:
+        return seg.seal(readonly)
+
+
+def handle_for(seg: Segment, readonly: bool = False, **fields) -> Handle:
+    """A handle of seg; read-only if asked, or if seg is sealed read-only."""
+    proxy, secret = publish(seg, readonly)
     return Handle(proxy=proxy, secret=secret, key=seg.key, owner=seg.owner,
-                  nbytes=seg.nbytes, **fields)
+                  nbytes=seg.nbytes, readonly=bool(seg.sealed_readonly), **fields)
 
 
 def release(seg: Segment) -> None:

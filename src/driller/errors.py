@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError",
+    "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",
     "PeerDiedError", "TruncationError", "MmpiError", "MmpiNotImplementedError", "RankFailedError",
 ]
 
@@ -22,6 +22,12 @@ class ProxyError(DrillerError, ConnectionError):
 
 class SegmentReleasedError(DrillerError, LookupError):
     """The owner of a segment released it (closed, freed, or exited)."""
+
+
+class ReadOnlyError(DrillerError, ValueError):
+    """Read-only was asked for memory the kernel cannot protect from peers (an arena
+    block, a segment already shared writable), or write access to memory its owner
+    sealed read-only.  The message says what to use instead."""
 
 
 class MmpiError(DrillerError):

@@ -31,7 +31,7 @@ class _Arena:
     __slots__ = ("segment", "free", "__weakref__")
 
     def __init__(self, nbytes: int):
-        self.segment = Segment(nbytes, "arena")
+        self.segment = Segment(nbytes, "arena", exclusive=False)  # never read-only
         self.free = FreeList(self.segment.nbytes)
         _publish.register(self.segment.key, self)
 

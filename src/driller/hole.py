@@ -21,6 +21,18 @@ Rules (checked where they can be):
   cannot be freed) and its memfd is sealed against shrinking and growing.
 * ``fork()`` keeps its meaning: a child gets a private copy of drilled memory,
   taken in the parent just before the fork, not a share.
+* ``drill(obj, readonly=True)`` seals the memfd with ``F_SEAL_FUTURE_WRITE``
+  right after our own mapping is in place: peers can only read, whatever fd
+  or mapping they get hold of (see :mod:`driller.segment`).  So the owner
+  never maps the memfd again: the fork hooks and ``close()`` move pages with
+  ``mremap`` (``MREMAP_DONTUNMAP`` keeps an edge page's shared mapping while a
+  private copy stands in for it during the fork).
+* The first ``drill()`` sets glibc's mmap threshold to 128 KiB
+  (``mallopt(M_MMAP_THRESHOLD)``), which also stops glibc from raising it as
+  large blocks are freed: large arrays and bytearrays keep getting mappings of
+  their own, which drill without sharing edge pages (unless glibc serves one
+  from free space inside its heap: the threshold only decides when the heap
+  has no room).
 """
 
 from __future__ import annotations
@@ -38,8 +50,10 @@ from .segment import Handle, Region, Segment
 __all__ = ["drill", "Hole", "check"]
 
 MIN_SHARED_EDGE_BYTES = 64 << 10
+MMAP_THRESHOLD = 128 << 10  # glibc's default, made fixed by the first drill()
 
-_SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL
+_SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW  # the rest at first publish (Segment.seal)
+_mallopt_done = [False]
 _lock = threading.RLock()
 _holes: "weakref.WeakValueDictionary[int, Hole]" = weakref.WeakValueDictionary()
 
@@ -124,15 +138,13 @@ class Hole:
     """
 
     def __init__(self, obj, pin: memoryview, addr: int, n: int, lo: int, hi: int,
-                 seg: Segment, readonly: bool, edges: list[int], edge_fd: int | None):
+                 seg: Segment, edges: list[int]):
         self.address = addr          # the buffer's first byte
         self.nbytes = n
-        self.readonly = readonly
         self._lo, self._hi = lo, hi
         self._segment = seg
         self._pin = pin
         self._edges = edges        # pages shared with heap neighbours (see fork hooks)
-        self._edge_fd = edge_fd    # our own fd of the memfd, to re-share them after a fork
         self._pid = os.getpid()
         self._broken = False
         if isinstance(obj, np.ndarray):
@@ -140,10 +152,15 @@ class Hole:
                             "strides": tuple(obj.strides)}
         else:
             self._layout = {"dtype": np.dtype(np.uint8), "shape": (n,), "strides": (1,)}
-        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg, edge_fd)
+        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg)
         self._finalizer.atexit = False
 
     # -- state
+    @property
+    def readonly(self) -> bool:
+        """True once the memfd is sealed read-only: every handle of it is read-only."""
+        return bool(self._segment.sealed_readonly)
+
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
@@ -183,7 +200,6 @@ class Hole:
         if not ok:
             self._broken = True
             self._finalizer.detach()  # nothing of ours left to restore there
-            _close(self._edge_fd)
             _publish.release(self._segment)
             self._pin = None
         return ok
@@ -203,8 +219,7 @@ class Hole:
             fields = {"offset": arr.__array_interface__["data"][0] - self._lo,
                       "dtype": arr.dtype, "shape": tuple(arr.shape),
                       "strides": tuple(arr.strides)}
-        return _publish.handle_for(self._segment, readonly=readonly or self.readonly,
-                                   **fields)
+        return _publish.handle_for(self._segment, readonly=readonly, **fields)
 
     def region_for_handle(self, h: Handle) -> Region | None:
         """Our own memory, for an attach of our own handle in this process."""
@@ -234,15 +249,7 @@ class Hole:
         return f"<driller.Hole {self.key} {self.nbytes} bytes at {self.address:#x} {state}>"
 
 
-def _close(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _undrill(lo: int, hi: int, seg: Segment, edge_fd: int | None) -> None:
+def _undrill(lo: int, hi: int, seg: Segment) -> None:
     """Replace the memfd mapping by private pages holding the same bytes (one copy)."""
     size = hi - lo
     try:
@@ -255,7 +262,6 @@ def _undrill(lo: int, hi: int, seg: Segment, edge_fd: int | None) -> None:
         tmp = _linux.mmap(size, shared=False)
         _linux.memmove(tmp, lo, size)
         _linux.mremap_over(tmp, size, lo)
-    _close(edge_fd)
     _publish.release(seg)
 
 
@@ -263,9 +269,10 @@ def drill(obj, readonly: bool = False) -> Hole:
     """Make the memory under ``obj`` shareable in place; returns a :class:`Hole`.
 
     ``obj`` is a writable, C-contiguous buffer (numpy array, bytearray, mmap,
-    memoryview...).  With ``readonly=True`` peers can only read it (their fd
-    cannot be mapped writable).  Raises :class:`~driller.DrillError` for
-    buffers that cannot be made shareable safely.
+    memoryview...).  With ``readonly=True`` peers can only read it: the memfd
+    is sealed (``F_SEAL_FUTURE_WRITE``) so the kernel refuses them any writable
+    mapping or write, whatever fd they get hold of; we keep writing it.  Raises
+    :class:`~driller.DrillError` for buffers that cannot be made shareable safely.
     """
     try:
         pin = memoryview(obj)
@@ -283,6 +290,9 @@ def drill(obj, readonly: bool = False) -> Hole:
     if pin.nbytes == 0:
         pin.release()
         raise DrillError("cannot drill an empty buffer")
+    if not _mallopt_done[0]:
+        _mallopt_done[0] = True
+        _linux.set_mmap_threshold(MMAP_THRESHOLD)
     addr, n, _ = _linux.buffer_address(pin, writable=True)
     lo, hi = _linux.page_floor(addr), _linux.page_ceil(addr + n)
     with _lock:
@@ -298,15 +308,13 @@ def drill(obj, readonly: bool = False) -> Hole:
             _linux.pwrite_from(fd, lo, size)
             _linux.add_seals(fd, _SEALS)
             _linux.mmap(size, fd=fd, addr=lo, shared=True)
-            ro_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC) \
-                if readonly else None
-            edge_fd = os.dup(fd) if edges else None
         except BaseException:
             os.close(fd)
             raise
-        seg = Segment(size, fd=fd, region=Region.adopt(lo, size, unmap=False))
-        seg.ro_fd = ro_fd
-        hole = Hole(obj, pin, addr, n, lo, hi, seg, readonly, edges, edge_fd)
+        seg = Segment(size, "hole", fd=fd, region=Region.adopt(lo, size, unmap=False))
+        if readonly:  # our writable mapping exists: seal every later one out
+            seg.seal(True)
+        hole = Hole(obj, pin, addr, n, lo, hi, seg, edges)
         _publish.register(seg.key, hole)
         _holes[lo] = hole
         return hole
@@ -341,7 +349,7 @@ def check() -> list[Hole]:
 # ---------------------------------------------------------------- fork
 
 _snapshots: list[tuple[int, int, int, list[int]]] = []  # (copy, lo, size, edge pages)
-_edges: list[tuple[int, int, int]] = []     # (page, fd, offset) made private for a fork
+_edges: list[tuple[int, int]] = []  # (edge page, where its shared mapping is parked)
 
 
 def _before_fork() -> None:
@@ -357,15 +365,20 @@ def _before_fork() -> None:
             for edge in h._edges:  # private in the parent until the child has its copy
                 priv = _linux.mmap(page, shared=False)
                 _linux.memmove(priv, edge, page)
+                # Park the shared mapping elsewhere (never mapping the memfd anew:
+                # it may be sealed read-only), then put the private copy in place.
+                park = _linux.mmap(page, shared=False)
+                if not _linux.mremap_keep(edge, page, park):
+                    _linux.mremap_over(edge, page, park)  # Linux < 5.13: moved, not kept
                 _linux.mremap_over(priv, page, edge)
-                _edges.append((edge, h._edge_fd, edge - h._lo))
+                _edges.append((edge, park))
 
 
 def _after_fork_parent() -> None:
     page = _linux.PAGE_SIZE
-    for edge, fd, offset in _edges:  # our edge pages, shared again with what we wrote there
-        _linux.pwrite_from(fd, edge, page, offset)
-        _linux.mmap(page, fd=fd, offset=offset, addr=edge, shared=True)
+    for edge, park in _edges:  # our edge pages, shared again with what we wrote there
+        _linux.memmove(park, edge, page)
+        _linux.mremap_over(park, page, edge)
     _edges.clear()
     for tmp, _lo, size, _e in _snapshots:
         _linux.munmap(tmp, size)
@@ -390,10 +403,11 @@ def _after_fork_child() -> None:
         if end < size:
             _linux.munmap(tmp + end, size - end)
     _snapshots.clear()
+    for _edge, park in _edges:  # the parent's parked shared pages: not ours
+        _linux.munmap(park, page)
     _edges.clear()
     for h in list(_holes.values()):
         h._finalizer.detach()  # the parent owns the segment; the child's pages are private
-        _close(h._edge_fd)
         h._pin = None
     _holes.clear()
     _lock = threading.RLock()

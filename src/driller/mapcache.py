@@ -29,6 +29,7 @@ from . import _linux
 from .errors import DrillerError
 from .proxy import ProxyClient
 from .segment import Region
+from .errors import ReadOnlyError  # on its own line: eases merging the proxy split
 
 __all__ = ["MapCache", "cache"]
 
@@ -63,6 +64,14 @@ def _env_int(name: str) -> int | None:
     if n <= 0:
         raise DrillerError(f"{name}={v!r} must be positive")
     return n
+
+
+def _sealed_readonly(fd: int) -> bool:
+    """Whether the owner sealed this memfd read-only (no new writable mapping)."""
+    try:
+        return bool(_linux.get_seals(fd) & _linux.F_SEAL_FUTURE_WRITE)
+    except OSError:  # not a sealable file: the mmap itself will tell
+        return False
 
 
 class MapCache:
@@ -113,6 +122,10 @@ class MapCache:
                     raise DrillerError(
                         f"segment {key!r} has {size} bytes, fewer than the {nbytes} asked "
                         "for: the handle does not match the segment")
+                if not readonly and _sealed_readonly(fd):
+                    raise ReadOnlyError(
+                        f"segment {key!r} is sealed read-only by its owner: the kernel "
+                        "refuses writable mappings of it; attach it with readonly=True")
                 region = Region(fd, nbytes, readonly=bool(readonly))
             finally:
                 os.close(fd)

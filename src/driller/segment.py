@@ -4,6 +4,23 @@ A :class:`Region` is one mapping of (part of) a memfd.  It exposes the numpy
 array interface, so ``np.asarray(region)`` is a zero-copy uint8 view whose
 ``base`` is the region: the mapping is unmapped only when the region and every
 view of it are gone.  Nothing is unmapped under a live view.
+
+Seals, in two steps.  At creation a segment's memfd is sealed against
+shrinking and growing (no one can truncate it under a peer's mapping).  At its
+first publication (:meth:`Segment.seal`, before the fd leaves this process)
+what peers may do is fixed for good, with ``F_SEAL_SEAL`` so no peer can add
+seals later:
+
+* writable: ``F_SEAL_SEAL`` only;
+* read-only: ``F_SEAL_FUTURE_WRITE | F_SEAL_SEAL``.  The owner's own mapping,
+  made before, stays writable; every other route to writing is refused by the
+  kernel, for every fd of the memfd however it was obtained (the proxy,
+  ``/proc/*/fd`` or ``/proc/*/map_files`` reopened ``O_RDWR``): a new writable
+  shared mapping (EPERM), ``write``/``pwrite`` (EPERM), ``mprotect(PROT_WRITE)``
+  of a read-only mapping (EACCES), hole punching (EPERM), ``ftruncate`` to
+  another size (EPERM), adding seals (EPERM).  So the owner must never need a
+  new writable mapping of a read-only segment: it keeps the one it has (holes
+  move pages with ``mremap``, never map the memfd again).
 """
 
 from __future__ import annotations
@@ -17,11 +34,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _linux
+from .errors import ReadOnlyError
 
 __all__ = ["Region", "Segment", "Handle", "new_key"]
 
-_SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL
+_SEALS = _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW  # F_SEAL_SEAL comes at first publish
 _serial = itertools.count(1)
+
+# What to do instead when a read-only handle cannot be enforced, by segment name.
+_READONLY_INSTEAD = {
+    "arena": (
+        "Small shared arrays (under 256 KiB) live in such arenas. For a read-only share use "
+        "an array of at least 256 KiB (a segment of its own), or drill a page-aligned "
+        "copy read-only: buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE) with n = "
+        "a.nbytes rounded up to a multiple of mmap.PAGESIZE; "
+        "v = np.frombuffer(buf, a.dtype, a.size).reshape(a.shape); v[...] = a; "
+        "hole = driller.drill(buf, readonly=True) (keep it); "
+        "h = driller.handle(v, readonly=True)."),
+    "array": (
+        "Ask for the read-only handle first, before any writable handle or pickle of "
+        "the array (it is then sealed read-only for good), or share a read-only copy: "
+        "driller.handle(driller.array(a), readonly=True)."),
+    "hole": (
+        "Drill it with driller.drill(obj, readonly=True) from the start (all its handles "
+        "are then read-only), or drill a copy read-only."),
+}
 _nonce = secrets.token_hex(4)
 
 
@@ -130,13 +167,18 @@ class Segment:
     """A sealed memfd of fixed size owned by this process, mapped once.
 
     The size is sealed (no shrink, no grow) so no process can truncate it under
-    a peer's mapping.
+    a peer's mapping.  ``exclusive`` is False for a segment shared by several
+    objects (an arena), which can then never be sealed read-only.
     """
 
     def __init__(self, nbytes: int, name: str = "driller", *, fd: int | None = None,
-                 region: Region | None = None, data: tuple[int, int] | None = None):
+                 region: Region | None = None, data: tuple[int, int] | None = None,
+                 exclusive: bool = True):
         if nbytes <= 0:
             raise ValueError("a segment needs at least one byte")
+        self.name = name
+        self.exclusive = exclusive
+        self.sealed_readonly: bool | None = None  # fixed by seal(), at first publish
         self.key = new_key()
         self.owner = os.getpid()
         self.nbytes = _linux.page_ceil(nbytes)
@@ -151,7 +193,6 @@ class Segment:
                 os.close(fd)
                 raise
         self.fd = fd
-        self.ro_fd: int | None = None  # a read-only reopening, published instead of fd
         self.inode = _linux.fd_inode(fd)
         self.region = region if region is not None else Region(fd, self.nbytes)
         self.published = False
@@ -165,9 +206,38 @@ class Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.ro_fd is not None:
-            os.close(self.ro_fd)
-            self.ro_fd = None
+
+    def seal(self, readonly: bool) -> bool:
+        """Fix what peers may do with this segment, once; returns whether handles
+        of it are read-only.
+
+        The first call seals the memfd (read-only: ``F_SEAL_FUTURE_WRITE`` too,
+        see the module docstring) and must come before the fd leaves this
+        process.  Later calls answer from that: a segment sealed read-only gives
+        read-only handles whatever is asked; asking read-only of a segment
+        sealed writable (peers may already map it writable) raises
+        :class:`~driller.ReadOnlyError`, as does asking it of a segment shared
+        by several objects (an arena).  The message says what to do instead.
+        """
+        if readonly and not self.exclusive:
+            raise ReadOnlyError(
+                f"segment {self.key} ({self.name}) holds several arrays: its pages cannot "
+                "be made read-only for peers one array at a time. "
+                + _READONLY_INSTEAD.get(self.name, ""))
+        if self.sealed_readonly is None:
+            if self.fd < 0:
+                raise ReadOnlyError(f"segment {self.key} has no fd left to seal")
+            seals = _linux.get_seals(self.fd)
+            if not seals & _linux.F_SEAL_SEAL:  # else sealed already (by a forked child)
+                seals = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
+                _linux.add_seals(self.fd, seals)
+            self.sealed_readonly = bool(seals & _linux.F_SEAL_FUTURE_WRITE)
+        if readonly and not self.sealed_readonly:
+            raise ReadOnlyError(
+                f"segment {self.key} ({self.name}, {self.nbytes} bytes) was already shared "
+                "writable: peers may hold writable mappings of it, so a read-only handle "
+                "could not be enforced. " + _READONLY_INSTEAD.get(self.name, ""))
+        return self.sealed_readonly
 
     def __repr__(self) -> str:
         return f"<driller.Segment {self.key} {self.nbytes} bytes at {self.address:#x}>"

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import _publish, heap, mapcache
-from .errors import DrillerError, SegmentReleasedError
+from .errors import DrillerError, ReadOnlyError, SegmentReleasedError
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -82,6 +82,11 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
     ``driller.attach(handle)`` in any process of the same user gives an array
     over the same memory.  Raises :class:`~driller.DrillerError` if ``arr`` is
     not in driller shared memory.
+
+    ``readonly=True`` is enforced by the kernel (the segment is sealed read-only
+    at its first share, and all its later handles are read-only) or refused with
+    :class:`~driller.ReadOnlyError`: small arrays (an arena), memory already
+    shared writable, a peer's writable attachment.
     """
     base = _shared_base(arr)
     if base is None:
@@ -90,11 +95,19 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
         raise DrillerError(
             "this array is not in driller shared memory; allocate it with driller.empty/"
             "zeros/array, or make it shareable in place with driller.drill()")
+    if readonly and isinstance(base, heap.Block):  # sealed before any fd of it leaves
+        _publish.seal(base.segment, True)
     if isinstance(base, heap.Block):
         seg = base.segment
         return _publish.handle_for(seg, readonly=readonly, **_layout(arr, seg.address))
     if isinstance(base, Region):  # attached from a peer: same segment, same handle
         o = base.origin
+        if readonly and not o.readonly:  # only the owner can seal it; never advisory
+            raise ReadOnlyError(
+                f"segment {o.key} of process {o.owner} is shared writable: a read-only "
+                "handle of it could not be enforced. Ask its owner for a read-only handle "
+                "(driller.handle(a, readonly=True) before any writable one), or share a "
+                "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly,
                       **_layout(arr, base.address))
