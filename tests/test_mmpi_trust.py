@@ -399,6 +399,10 @@ def _ssend_self(comm):
     out["ssend"] = _refused(lambda: comm.ssend({"x": 1}, me, 4))
     req = comm.Issend(np.array([2.0]), me, 4)
     out["Issend+Wait"] = _refused(req.Wait)
+    reqs = [comm.Issend(np.array([2.5]), me, 4)]
+    out["Issend+Waitany"] = _refused(lambda: MPI.Request.Waitany(reqs))
+    reqs = [comm.Issend(np.array([2.5]), me, 4)]
+    out["Issend+Waitall"] = _refused(lambda: MPI.Request.Waitall(reqs))
     out["withdrawn"] = comm.Iprobe(me, 4)     # none of them left a message behind
     out["req_null"] = not req
     # with the receive posted first, a synchronous send to self completes
@@ -423,7 +427,7 @@ def _ssend_self(comm):
 
 def test_ssend_to_self_without_a_receive_raises_at_once():
     for me, out in enumerate(values(run_ranks(_ssend_self, 2))):
-        for k in ("Ssend", "ssend", "Issend+Wait"):
+        for k in ("Ssend", "ssend", "Issend+Wait", "Issend+Waitany", "Issend+Waitall"):
             assert f"synchronous send to this rank itself (rank {me}, tag 4)" in out[k], out[k]
             assert "post the receive first" in out[k]
         assert out["withdrawn"] is False and out["req_null"] is True

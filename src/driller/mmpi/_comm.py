@@ -623,6 +623,7 @@ class Request:
             _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return UNDEFINED, None
         ops = [r._op for r in requests]
+        cls._self_sync_all(requests, "Waitany")
         t.wait_until(lambda: any(o is not None and o.done for o in ops))
         for i, r in enumerate(requests):
             if r._op is not None and r._op.done:
@@ -635,8 +636,20 @@ class Request:
         if t is None:
             return None
         ops = [r._op for r in requests]
+        cls._self_sync_all(requests, "Waitsome")
         t.wait_until(lambda: any(o is not None and o.done for o in ops))
         return cls.Testsome(requests, statuses)
+
+    @staticmethod
+    def _self_sync_all(requests, what):
+        """Waiting on synchronous sends to oneself that nothing matched: those
+        can never complete (see Comm._self_sync) and complete with an error."""
+        ops = [r._op for r in requests]
+        if any(o is not None and o.done for o in ops):
+            return
+        for r, o in zip(requests, ops):
+            if type(o) is T.SendOp and o.sync:
+                r._comm._self_sync(o, what)
 
     @classmethod
     def Testall(cls, requests, statuses=None) -> bool:

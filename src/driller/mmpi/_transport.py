@@ -930,6 +930,8 @@ class Transport:
         death, if it follows, is never taken for a new failure."""
         w = self.world
         root = W.root_cause(self.words, w, r)
+        if root == self.rank:  # pragma: no cover - a cycle through a rank that lives
+            root = r
         cw = w.rank_word(self.rank, W.R_CAUSE)
         if not self.words[cw] and root != self.rank:
             self.words[cw] = root + 1
