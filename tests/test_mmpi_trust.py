@@ -303,7 +303,7 @@ def test_forked_child_of_a_rank_cannot_communicate():
 
 
 FORK_BEFORE_USE_PROG = """
-import os
+import os, sys
 import numpy as np
 from driller import mmpi
 pid = os.fork()       # before COMM_WORLD is first used
@@ -319,10 +319,23 @@ c = mmpi.COMM_WORLD
 x = np.array([float(c.rank + 1)])
 c.Allreduce(mmpi.IN_PLACE, x)
 print("RANK", c.rank, x[0], flush=True)
+pid = os.fork()       # after: this child ends through a normal interpreter exit
+if pid == 0:
+    for f in (lambda: c.Send(np.ones(1), 1 - c.rank, 8), lambda: c.Barrier()):
+        try:
+            f()
+        except mmpi.MmpiError as e:
+            print("LATE", c.rank, str(e)[:32], flush=True)
+    sys.exit(0)       # atexit handlers, module teardown, garbage collection
+os.waitpid(pid, 0)
+got = np.zeros(1)
+c.Sendrecv(np.array([10.0 + c.rank]), 1 - c.rank, 8, got, 1 - c.rank, 8)
+c.Barrier()
+print("AFTER", c.rank, got[0], c.Iprobe(), flush=True)
 """
 
 
-def test_fork_before_first_use_is_not_a_rank():
+def test_forked_children_before_and_after_first_use():
     res = driller_run(2, FORK_BEFORE_USE_PROG)
     assert res.returncode == 0, res.stderr
     assert sorted(re.findall(r"RANK (\d) ([\d.]+)", res.stdout)) == [("0", "3.0"), ("1", "3.0")]
@@ -330,6 +343,10 @@ def test_fork_before_first_use_is_not_a_rank():
     assert children == [f"CHILD this process is a fork of rank {r}; only the rank itself can "
                         f"communicate (a forked child shares the rank's world block: its "
                         f"messages would corrupt the rank's own)" for r in (0, 1)], res.stdout
+    late = sorted(l for l in res.stdout.splitlines() if l.startswith("LATE"))
+    assert late == [f"LATE {r} this process is a fork of rank {r}" for r in (0, 1) for _ in (0, 1)]
+    after = sorted(l for l in res.stdout.splitlines() if l.startswith("AFTER"))
+    assert after == ["AFTER 0 11.0 False", "AFTER 1 10.0 False"], res.stdout
 
 
 def _blocked_chain(comm, victim):
