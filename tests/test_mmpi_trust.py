@@ -382,6 +382,32 @@ def test_peer_died_names_the_root_cause_not_its_consequences():
     assert named == [victim] * (30 * (n - 1)), sorted(set(named))
 
 
+def _killed_in_collective(comm, victim, kind):
+    comm.Barrier()
+    if comm.rank == victim:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "Allreduce-small":       # shared-memory slots
+        comm.Allreduce(np.ones(4), np.empty(4))
+    elif kind == "Allreduce-large":     # direct: every rank reads the others' buffers
+        comm.Allreduce(np.ones(300_000), np.empty(300_000))
+    elif kind == "Bcast":
+        comm.Bcast(np.ones(1000), root=victim)
+    else:
+        comm.allgather(comm.rank)
+
+
+@pytest.mark.parametrize("kind", ["Allreduce-small", "Allreduce-large", "Bcast", "allgather"])
+def test_peer_died_in_collectives_names_the_root_cause(kind):
+    n, victim = 4, 2
+    for _ in range(12):
+        res = run_ranks(_killed_in_collective, n, victim, kind)
+        assert res[victim] == (False, ("Killed", "", None, ""))
+        for r, (ok, err) in enumerate(res):
+            if r != victim:
+                assert not ok and err[0] == "PeerDiedError" and err[2] == victim, (kind, r, err)
+
+
 ROOT_CAUSE_PROG = """
 import os, signal, time
 import numpy as np
