@@ -753,9 +753,11 @@ class Comm(CollectiveMixin):
 
     # -- basics --
     def Get_rank(self) -> int:
+        self._t.rank  # raises after Finalize and in a forked child, as every call
         return self.rank
 
     def Get_size(self) -> int:
+        self._t.rank
         return self.size
 
     def Get_name(self) -> str:
