@@ -133,7 +133,9 @@ def _env_rank():
     for v in ("OMPI_COMM_WORLD_RANK", "DRILLER_MMPI_RANK", "PMIX_RANK"):
         if os.environ.get(v, "").isdigit():
             return int(os.environ[v])
-    return -1
+    comm = sys.modules.get("driller.mmpi._comm")  # importing mmpi took DRILLER_MMPI_RANK
+    rank = comm.launched_rank() if comm is not None else None
+    return -1 if rank is None else rank
 
 
 def main(argv=None) -> int:

@@ -208,6 +208,10 @@ class Op:
     def _check_buffer(self, dtype, what):
         if self._freed:
             raise MmpiError(f"{what}: op {self.name} was freed")
+        if dtype.hasobject:
+            raise MmpiError(f"{what}: the buffers hold Python object pointers ({dtype}), "
+                            f"which cannot be moved as bytes; use the lowercase method "
+                            f"({what.lower()}(), which pickles the objects)")
         if self._user is None and self._ufunc is None:
             raise MmpiError(f"{what}: MPI.{self.name} on buffers needs (value, index) pair "
                             f"datatypes, which driller.MPI does not have; reduce Python "
@@ -700,7 +704,7 @@ class CollectiveMixin(CommunicatorMixin):
             if e.errno == errno.ESRCH:
                 raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
                                     f"{self.rank} was reading its buffer",
-                                    rank=self._group[r]) from None
+                                    rank=self._t.blame(self._group[r])) from None
             raise MmpiError(f"{what}: reading {n} bytes from rank {r} failed: {e}") from None
 
     def _writev(self, r: int, local: int, remote: int, n: int, what: str) -> None:
@@ -710,7 +714,7 @@ class CollectiveMixin(CommunicatorMixin):
             if e.errno == errno.ESRCH:
                 raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
                                     f"{self.rank} was writing into its buffer",
-                                    rank=self._group[r]) from None
+                                    rank=self._t.blame(self._group[r])) from None
             raise MmpiError(f"{what}: writing {n} bytes to rank {r} failed: {e}") from None
 
     def _g_sync(self, base, blk):

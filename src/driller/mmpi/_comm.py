@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED",
     "Comm", "Request", "Prequest", "Status", "Datatype", "Wtime", "Wtick",
     "init_world", "world_comm", "self_comm", "finalize", "is_initialized", "is_finalized",
+    "launched_rank",
 ]
 
 ANY_SOURCE = E.ANY_SOURCE
@@ -121,10 +123,38 @@ def _datatype(d) -> Datatype:
 # ------------------------------------------------------------------ buffers
 
 _EMPTY = memoryview(b"")
+_PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
+
+
+_FIELD_NAMES = re.compile(r":[^:]*:")
+
+
+def _holds_pointers(obj, fmt: str) -> bool:
+    """True if the items of a buffer hold PyObject pointers (numpy dtype object, or
+    a structured dtype with an object field): raw bytes would be wrong (Send: the
+    sender's addresses) or fatal (Recv: garbage written over live pointers)."""
+    dt = getattr(obj, "dtype", None)
+    if isinstance(dt, np.dtype):
+        return dt.hasobject
+    return "O" in _FIELD_NAMES.sub("", fmt)   # 'O', 'T{d:a:O:b:}' (field names dropped)
+
+
+def _pointer_error(obj, writable: bool, what: str) -> MmpiError:
+    dt = getattr(obj, "dtype", None)
+    kind = f"dtype {dt}" if dt is not None else f"format {memoryview(obj).format!r}"
+    lower = {"Sendrecv_replace": "sendrecv"}.get(what, what.lower())
+    return MmpiError(f"{what}: the {'receive' if writable else 'send'} buffer "
+                     f"({type(obj).__name__} of {kind}) holds Python object pointers, which "
+                     f"cannot be moved as bytes; use the lowercase method ({lower}(), which "
+                     f"pickles the objects) or an array of a plain dtype")
 
 
 def _byteview(obj, writable: bool, what: str) -> memoryview:
-    """A flat byte memoryview of a contiguous buffer-protocol object."""
+    """A flat byte memoryview of a contiguous buffer-protocol object.
+
+    Buffers whose items are object pointers are refused (MmpiError); numpy
+    datetime64/timedelta64 arrays (which numpy does not export through the
+    buffer protocol) are viewed as their bytes."""
     try:
         mv = memoryview(obj)
     except TypeError:
@@ -133,8 +163,22 @@ def _byteview(obj, writable: bool, what: str) -> memoryview:
         raise MmpiError(f"{what}: {type(obj).__name__} does not support the buffer protocol; "
                         f"pass a numpy array, bytearray, ... (lowercase methods move objects)"
                         ) from None
+    except ValueError as e:  # numpy: "cannot include dtype 'M' in a buffer"
+        if not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
+            raise MmpiError(f"{what}: {type(obj).__name__} cannot be used as a buffer: "
+                            f"{e}") from None
+        if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+            raise MmpiError(f"{what}: the buffer is not contiguous; pass "
+                            f"np.ascontiguousarray(x) and copy back after a receive") from None
+        if writable and not obj.flags.writeable:
+            raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
+                            f"receive into a writable buffer") from None
+        flat = obj.ravel(order="K")
+        return memoryview(flat.view(np.uint8)) if flat.size else memoryview(bytearray(0))
     if mv.c_contiguous and mv.ndim == 1 and mv.format == "B" and not (writable and mv.readonly):
         return mv
+    if mv.format not in _PLAIN_FORMATS and _holds_pointers(obj, mv.format):
+        raise _pointer_error(obj, writable, what)
     if writable and mv.readonly:
         raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
                         f"receive into a writable buffer (bytearray, numpy array)")
@@ -167,7 +211,7 @@ def _buffer(spec, writable: bool, what: str) -> memoryview:
             if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (
                     writable and mv.readonly):
                 return mv
-        except TypeError:
+        except (TypeError, ValueError):
             pass
         return _byteview(spec, writable, what)
     if 2 <= len(spec) <= 4:
@@ -464,7 +508,10 @@ class Request:
             _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return True
         if not op.done:
-            self._comm._t.wait(op, self._peer())
+            if type(op) is T.SendOp and op.sync:
+                self._comm._self_sync(op, "Wait")
+            if not op.done:
+                self._comm._t.wait(op, self._peer())
         self._finish(status)
         return True
 
@@ -510,7 +557,10 @@ class Request:
             _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return None
         if not op.done:
-            self._comm._t.wait(op, self._peer())
+            if type(op) is T.SendOp and op.sync:
+                self._comm._self_sync(op, "wait")
+            if not op.done:
+                self._comm._t.wait(op, self._peer())
         return self._finish(status)
 
     def test(self, status=None):
@@ -573,6 +623,7 @@ class Request:
             _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return UNDEFINED, None
         ops = [r._op for r in requests]
+        cls._self_sync_all(requests, "Waitany")
         t.wait_until(lambda: any(o is not None and o.done for o in ops))
         for i, r in enumerate(requests):
             if r._op is not None and r._op.done:
@@ -585,8 +636,20 @@ class Request:
         if t is None:
             return None
         ops = [r._op for r in requests]
+        cls._self_sync_all(requests, "Waitsome")
         t.wait_until(lambda: any(o is not None and o.done for o in ops))
         return cls.Testsome(requests, statuses)
+
+    @staticmethod
+    def _self_sync_all(requests, what):
+        """Waiting on synchronous sends to oneself that nothing matched: those
+        can never complete (see Comm._self_sync) and complete with an error."""
+        ops = [r._op for r in requests]
+        if any(o is not None and o.done for o in ops):
+            return
+        for r, o in zip(requests, ops):
+            if type(o) is T.SendOp and o.sync:
+                r._comm._self_sync(o, what)
 
     @classmethod
     def Testall(cls, requests, statuses=None) -> bool:
@@ -690,9 +753,11 @@ class Comm(CollectiveMixin):
 
     # -- basics --
     def Get_rank(self) -> int:
+        self._t.rank  # raises after Finalize and in a forked child, as every call
         return self.rank
 
     def Get_size(self) -> int:
+        self._t.rank
         return self.size
 
     def Get_name(self) -> str:
@@ -841,9 +906,31 @@ class Comm(CollectiveMixin):
         if op is None:
             return
         if not op.done:
-            self._t.wait(op, op.dest)
+            if op.sync:
+                self._self_sync(op, "Ssend")
+            if not op.done:
+                self._t.wait(op, op.dest)
         if op.exc is not None:
             raise op.exc
+
+    def _self_sync(self, op, what):
+        """A blocking wait on a synchronous send to oneself that no receive has
+        matched can never end: mmpi ranks are single-threaded (THREAD_SINGLE),
+        so no receive can be posted while this one blocks.  Withdraw the message
+        (it will never match) and fail the send with an error, at once."""
+        t = self._t
+        if op.dest != t.rank:
+            return
+        t.progress()
+        if op.done or not t.engine.withdraw(op, t.rank):
+            return
+        op.exc = MmpiError(
+            f"{what}: synchronous send to this rank itself (rank {self._rank_of(op.dest)}, "
+            f"tag {op.tag}) with no matching receive posted: it can never complete, since "
+            f"this rank cannot post the receive while it blocks here (MPI calls this "
+            f"erroneous; mmpi ranks are single-threaded); post the receive first "
+            f"(Irecv, then Ssend, then Wait) or use Send, which buffers messages to self")
+        op.done = True
 
     def _wait_recv(self, op, status, obj=False):
         if not op.done:
@@ -856,7 +943,7 @@ class Comm(CollectiveMixin):
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
                 mv = _buffer(buf, False, "Send")
-        except TypeError:
+        except (TypeError, ValueError):
             mv = _buffer(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
@@ -878,7 +965,7 @@ class Comm(CollectiveMixin):
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
                     and not mv.readonly):
                 mv = _buffer(buf, True, "Recv")
-        except TypeError:
+        except (TypeError, ValueError):
             mv = _buffer(buf, True, "Recv")
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_UB):
@@ -1076,6 +1163,7 @@ class Comm(CollectiveMixin):
     def Barrier(self) -> None:
         n = self.size
         if n == 1:
+            self._t.engine  # raises after Finalize and in a forked child, as every call
             return
         if self._identity:  # the world's group: one shared-memory word per rank (_coll)
             return self._shm_barrier()
@@ -1138,9 +1226,64 @@ class _State:
     comm_world = None
     comm_self = None
     finalized = False
+    rank = None          # this process's world rank once joined
+    launched = False     # joined a world of ranks (launcher, spawn), not a singleton
+    launch = None        # (rank, size, world fd) taken from the launcher's environment
+    launch_pid = None    # the process that took it
+    launch_error = None  # an MmpiError: the launcher's environment was unusable
+    forked_from = None   # this process is a fork of that rank (it cannot communicate)
 
 
 _state = _State()
+
+
+def _adopt_launch_env() -> None:
+    """At import in a rank: take the launcher's variables out of ``os.environ`` and
+    make the world fd non-inheritable, keeping both in memory, so that no child
+    (subprocess, exec) ever takes itself for a rank.  COMM_WORLD joins later."""
+    env = os.environ
+    if W.ENV_WORLD_FD not in env:
+        return
+    raw = {k: env.pop(k, None) for k in (W.ENV_RANK, W.ENV_SIZE, W.ENV_WORLD_FD)}
+    try:
+        rank, size, fd = (int(raw[k]) for k in (W.ENV_RANK, W.ENV_SIZE, W.ENV_WORLD_FD))
+        os.set_inheritable(fd, False)
+    except (TypeError, ValueError, OSError) as e:
+        _state.launch_error = MmpiError(
+            f"bad mmpi environment {raw}: {e} (start ranks with `driller run -n N`)")
+        return
+    _state.launch = (rank, size, fd)
+    _state.launch_pid = os.getpid()
+
+
+def launched_rank() -> int | None:
+    """The world rank the launcher gave this process (None: not launched)."""
+    if _state.rank is not None and _state.launched:
+        return _state.rank
+    return _state.launch[0] if _state.launch is not None else None
+
+
+def _fork_error(rank: int) -> MmpiError:
+    return MmpiError(f"this process is a fork of rank {rank}; only the rank itself can "
+                     f"communicate (a forked child shares the rank's world block: its "
+                     f"messages would corrupt the rank's own)")
+
+
+def _after_fork_in_child() -> None:
+    t = _state.transport
+    if t is not None and type(t) is T.Transport:
+        rank = _state.rank
+        T.make_unusable(t, str(_fork_error(rank)))
+        if _state.launched:
+            _state.forked_from = rank
+        else:  # a singleton's child: a new singleton on its next use of COMM_WORLD
+            _state.transport = _state.world = _state.comm_world = _state.comm_self = None
+            _state.pid = _state.rank = None
+    elif _state.launched or _state.launch is not None:
+        _state.forked_from = _state.rank if _state.launched else _state.launch[0]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def init_world(rank: int, size: int, fd: int, *, close_fd: bool = False) -> Comm:
@@ -1157,6 +1300,9 @@ def init_world(rank: int, size: int, fd: int, *, close_fd: bool = False) -> Comm
     if not 0 <= rank < size:
         raise MmpiError(f"rank {rank} out of range for a world of size {size}")
     t = T.Transport(world, rank)
+    _state.rank = rank
+    _state.launched = True
+    _state.forked_from = None
     _state.pid = os.getpid()
     _state.world = world
     _state.transport = t
@@ -1169,22 +1315,23 @@ def init_world(rank: int, size: int, fd: int, *, close_fd: bool = False) -> Comm
 def _ensure() -> None:
     if _state.transport is not None and _state.pid == os.getpid():
         return
-    env = os.environ
-    if W.ENV_WORLD_FD in env:
-        try:
-            rank = int(env[W.ENV_RANK])
-            size = int(env[W.ENV_SIZE])
-            fd = int(env[W.ENV_WORLD_FD])
-        except (KeyError, ValueError) as e:
-            raise MmpiError(f"bad mmpi environment ({W.ENV_RANK}, {W.ENV_SIZE}, "
-                            f"{W.ENV_WORLD_FD}): {e}") from None
+    if _state.forked_from is not None:
+        raise _fork_error(_state.forked_from)
+    if _state.finalized:
+        raise MmpiError("MPI.Finalize() was called in this process: no mmpi call after it")
+    if _state.launch_error is not None:
+        raise _state.launch_error
+    _adopt_launch_env()  # (normally done at import)
+    if _state.launch is not None:
+        rank, size, fd = _state.launch
+        if _state.launch_pid != os.getpid():  # pragma: no cover - the fork hook sets it
+            raise _fork_error(rank)
+        _state.launch = None
         init_world(rank, size, fd, close_fd=True)
-        # children of this rank are not ranks
-        for k in (W.ENV_RANK, W.ENV_SIZE, W.ENV_WORLD_FD):
-            env.pop(k, None)
     else:  # singleton init, as MPI does without a launcher
         fd = W.create_world(1)
         init_world(0, 1, fd, close_fd=True)
+        _state.launched = False
 
 
 def world_comm() -> Comm:
@@ -1198,8 +1345,12 @@ def self_comm() -> Comm:
 
 
 def finalize() -> None:
-    if _state.transport is not None and _state.pid == os.getpid():
-        _state.transport.close()
+    """MPI.Finalize: this rank is done; every later communicator call raises."""
+    t = _state.transport
+    if t is not None and _state.pid == os.getpid() and type(t) is T.Transport:
+        t.close()
+        T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
+                           "after it (communicators, requests and COMM_WORLD all raise)")
     _state.finalized = True
 
 
@@ -1209,3 +1360,7 @@ def is_initialized() -> bool:
 
 def is_finalized() -> bool:
     return _state.finalized
+
+
+# a rank's children must never take themselves for ranks: done at import, not first use
+_adopt_launch_env()

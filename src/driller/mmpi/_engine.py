@@ -316,6 +316,18 @@ class Engine:
         s.state = S_DONE
         return [Complete(s)]
 
+    def withdraw(self, s: Send, source: int) -> bool:
+        """Take back send ``s`` whose message still waits, unmatched, in this
+        engine's unexpected queue (a send to oneself, arrived from ``source``):
+        True if it was there; it then never matches and ``s`` is done."""
+        for i, m in enumerate(self.unexpected):
+            if m.source == source and m.sender_id == s.id and m.context == s.context:
+                del self.unexpected[i]
+                self.awaiting.pop(s.id, None)
+                s.state = S_DONE
+                return True
+        return False
+
     # -- introspection -------------------------------------------------
     def pending_sources(self) -> set:
         """Sources that posted receives wait on (ANY_SOURCE included)."""

@@ -623,7 +623,13 @@ class Launcher:
             # several at once: a signal death is more likely the cause than the
             # PeerDiedError exits it provoked
             first = min(failed, key=lambda r: (r.result[0] == os.CLD_EXITED, r.rank))
-            self.failure = (first.rank, *first.result)
+            rank = first.rank
+            if self.world_fd is not None:
+                try:  # a rank that died of PeerDiedError names its root cause in the block
+                    rank = self.world.read_root_cause(self.world_fd, rank)
+                except Exception:  # noqa: BLE001  pragma: no cover - keep the first seen
+                    rank = first.rank
+            self.failure = (rank, *first.result)
             self._abort()
 
     def _wait(self, pidfds: list[int], timeout: float) -> None:
@@ -716,6 +722,8 @@ class Launcher:
         if self.failure is not None:
             rank, code, st = self.failure
             r = self.ranks[rank]
+            if r.result is not None and r.result != UNKNOWN and r.result != (os.CLD_EXITED, 0):
+                code, st = r.result  # the root cause's own status (see _service)
             others = ""
             if self.stopped:
                 others = (f"; stopped the {self.stopped} other rank"

@@ -612,7 +612,7 @@ class Transport:
             if e.errno == errno.ESRCH:
                 r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
                                       f"message (tag {m.tag}) could be copied",
-                                      rank=m.source)
+                                      rank=self.blame(m.source))
                 self.gone.add(m.source)
             else:
                 r.exc = MmpiError(f"copying {m.nbytes} bytes from rank {m.source} "
@@ -647,7 +647,7 @@ class Transport:
         except OSError as e:
             self.engine.awaiting.pop(sid, None)
             s.exc = (PeerDiedError(f"rank {dst} died during a {s.nbytes}-byte send "
-                                   f"(tag {s.tag})", rank=dst)
+                                   f"(tag {s.tag})", rank=self.blame(dst))
                      if e.errno == errno.ESRCH else
                      MmpiError(f"writing {n} bytes to rank {dst} failed: {e}"))
             s.done = True
@@ -912,6 +912,10 @@ class Transport:
         if self.progress() and op is not None and op.done:
             return
         r, st = culprit
+        root = self.blame(r)  # the first death, not a rank that died of its consequences
+        if root != r:
+            self._scan_dead()
+            r, st = root, self.dead.get(root)
         if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
             self._scan_dead()
             st = self.dead.get(r)
@@ -920,9 +924,36 @@ class Transport:
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
 
+    def blame(self, r: int) -> int:
+        """A PeerDiedError about rank ``r`` is being raised here: the root cause
+        (see _world.root_cause), recorded once as this rank's cause so that its own
+        death, if it follows, is never taken for a new failure."""
+        w = self.world
+        root = W.root_cause(self.words, w, r)
+        if root == self.rank:  # pragma: no cover - a cycle through a rank that lives
+            root = r
+        cw = w.rank_word(self.rank, W.R_CAUSE)
+        if not self.words[cw] and root != self.rank:
+            self.words[cw] = root + 1
+        return root
+
     def close(self) -> None:
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
+
+
+class _Unusable:
+    """What a Transport becomes in a forked child of its rank, or after Finalize:
+    any use raises MmpiError, so nothing touches the rings or world words."""
+
+    def __getattribute__(self, name):
+        raise MmpiError(object.__getattribute__(self, "__dict__")["_unusable_why"])
+
+
+def make_unusable(t: Transport, why: str) -> None:
+    """Turn ``t`` (and every communicator and request using it) unusable."""
+    t.__dict__["_unusable_why"] = why
+    t.__class__ = _Unusable
 
 
 def _opname(op) -> str:

@@ -12,10 +12,14 @@ ONE writer, because Python has no atomic read-modify-write)::
         [5] offset of the rank table  [6] offset of the rings  [7] ring stride
         [16] deaths: launcher-written counter, a futex word every sleeping
              rank waits on, bumped by mark_dead
+        [17] first death: launcher-written once, 1 + the rank of the first
+             abnormal death that was not itself a consequence (see R_CAUSE)
     rank table: size x RANK_STRIDE bytes, one 64-byte line per writer
         line 0 (written by the rank)     pid, ready
         line 1 (written by the launcher) dead, wait status
-        line 2 (written by the rank)     sleeping (waiting in futex), finalized
+        line 2 (written by the rank)     sleeping (waiting in futex), finalized,
+                                         cause: 1 + the rank whose death this rank
+                                         reported (PeerDiedError), written once
         line 3 (written by the rank)     collectives: barrier count, asleep-in-barrier
     collective slots (page aligned): size x COLL_SLOT bytes, one per rank, written
         only by that rank (small shared-memory collectives, see _coll)
@@ -39,7 +43,7 @@ from ..segment import Region
 
 __all__ = [
     "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead",
-    "register_pid", "World",
+    "register_pid", "root_cause", "read_root_cause", "World",
 ]
 
 ENV_RANK = "DRILLER_MMPI_RANK"
@@ -57,10 +61,11 @@ MAX_SIZE = 4096
 # header word indices
 H_MAGIC, H_VERSION, H_SIZE, H_RING_BYTES, H_TOTAL, H_RANK_OFF, H_RING_OFF, H_RING_STRIDE = range(8)
 H_DEATHS = 16
+H_FIRST_DEAD = 17
 # rank table word indices (relative to the rank's entry)
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
-R_SLEEPING, R_FINALIZED = 16, 17
+R_SLEEPING, R_FINALIZED, R_CAUSE = 16, 17, 18
 R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, asleep flag)
 # ring control word indices (relative to the ring's control block)
 G_HEAD, G_PWAIT = 0, 1
@@ -197,6 +202,10 @@ def mark_dead(fd: int, rank: int, status: int) -> None:
         if not 0 <= rank < w.size:
             raise ValueError(f"rank {rank} out of range for a world of size {w.size}")
         words = w.words
+        if status != 0 and not words[H_FIRST_DEAD] and not words[w.rank_word(rank, R_CAUSE)]:
+            # the root cause: the first abnormal death that is not a rank dying of
+            # the PeerDiedError another death provoked (one writer: the launcher)
+            words[H_FIRST_DEAD] = rank + 1
         words[w.rank_word(rank, R_STATUS)] = status & 0xFFFFFFFF
         words[w.rank_word(rank, R_DEAD)] = 1
         words[H_DEATHS] = (words[H_DEATHS] + 1) & 0xFFFFFFFF
@@ -207,6 +216,31 @@ def mark_dead(fd: int, rank: int, status: int) -> None:
                 for s in range(w.size):
                     if s != r:
                         _linux.futex_wake(w.address + w.ring_ctrl(s, r) + G_HEAD * 8)
+    finally:
+        w.close()
+
+
+def root_cause(words, world: "World", rank: int) -> int:
+    """The rank whose death started the failure that ``rank``'s death is part of:
+    the recorded first death if any, else ``rank``'s chain of causes followed."""
+    first = int(words[H_FIRST_DEAD])
+    if first:
+        return first - 1
+    seen = set()
+    while rank not in seen:
+        seen.add(rank)
+        cause = int(words[world.rank_word(rank, R_CAUSE)])
+        if not cause or cause - 1 >= world.size:
+            break
+        rank = cause - 1
+    return rank
+
+
+def read_root_cause(fd: int, rank: int) -> int:
+    """Launcher: :func:`root_cause` of ``rank`` from the world block in ``fd``."""
+    w = World(fd)
+    try:
+        return root_cause(w.words, w, rank)
     finally:
         w.close()
 
