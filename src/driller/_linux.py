@@ -26,6 +26,7 @@ __all__ = [
     "memfd_create", "add_seals", "get_seals",
     "futex_wait", "futex_wake", "futex_waitv",
     "process_vm_readv", "process_vm_readv_many", "process_vm_writev", "allow_ptrace_by_any",
+    "set_dumpable", "is_dumpable", "has_capability", "drop_capability", "ptrace_scope",
     "new_bytes", "new_bytearray",
     "pidfd_open", "pidfd_alive", "pid_alive",
     "Mapping", "query_mapping", "read_maps", "parse_maps",
@@ -415,6 +416,70 @@ PR_SET_PTRACER_ANY = ctypes.c_ulong(-1).value
 def allow_ptrace_by_any() -> None:
     """Let sibling processes use process_vm_readv on us under Yama ptrace_scope=1."""
     _libc.prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0)  # EINVAL without Yama: fine
+
+
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+
+
+def set_dumpable(on: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process refuses process_vm_readv /
+    ptrace from peers that lack CAP_SYS_PTRACE (as setuid programs do)."""
+    if _libc.prctl(PR_SET_DUMPABLE, 1 if on else 0, 0, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_DUMPABLE)")
+
+
+def is_dumpable() -> bool:
+    r = _libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+    if r < 0:  # pragma: no cover
+        raise _oserror("prctl(PR_GET_DUMPABLE)")
+    return r == 1
+
+
+CAP_SYS_PTRACE = 19
+_CAP_V3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def has_capability(cap: int) -> bool:
+    """Whether ``cap`` is in this process's effective capability set."""
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:  # pragma: no cover
+        raise _oserror("capget")
+    return bool(data[cap // 32].effective >> (cap % 32) & 1)
+
+
+def drop_capability(cap: int) -> None:
+    """Remove ``cap`` from this process's effective and permitted sets for good
+    (as a container started without it): e.g. CAP_SYS_PTRACE, after which
+    process_vm_readv of a non-dumpable peer fails with EPERM even as root."""
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:  # pragma: no cover
+        raise _oserror("capget")
+    bit = ~(1 << (cap % 32)) & 0xFFFFFFFF
+    data[cap // 32].effective &= bit
+    data[cap // 32].permitted &= bit
+    data[cap // 32].inheritable &= bit
+    if _libc.capset(ctypes.byref(hdr), data) != 0:
+        raise _oserror("capset")
+
+
+def ptrace_scope() -> int | None:
+    """Yama's kernel.yama.ptrace_scope (None: no Yama)."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- processes
