@@ -1125,3 +1125,50 @@ def test_sender_death_during_a_pushed_transfer(copy_mode):
         assert not ok and v[0] == "PeerDiedError" and v[2] == 1, v
     else:  # one copy: read from the (sleeping) sender's memory before it dies
         assert ok and v is True
+
+
+def _split_write_denied(comm):
+    """Split rendezvous (the receiver reads the first half, the sender writes the
+    second with process_vm_writev): rank 1, the receiver, is non-dumpable and
+    rank 0 has no CAP_SYS_PTRACE, so the sender's write is denied (EPERM) while
+    the receiver's read is allowed: the sender pushes its half instead."""
+    import warnings
+
+    from driller import _linux
+    n = (4 << 20) + 77
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if comm.rank == 1:
+            _linux.set_dumpable(False)
+            comm.Barrier()
+            b = np.zeros(n, np.uint8)
+            comm.Recv(b, 0, 1)
+            ok = bool((b == (np.arange(n) % 251).astype(np.uint8)).all())
+            b[:] = 0
+            comm.Recv(b, 0, 2)
+            ok = ok and bool((b == 3).all())
+            comm.Barrier()
+        else:
+            if _linux.has_capability(_linux.CAP_SYS_PTRACE):
+                _linux.drop_capability(_linux.CAP_SYS_PTRACE)
+            comm.Barrier()
+            comm.Send((np.arange(n) % 251).astype(np.uint8), 1, 1)
+            comm.Send(np.full(n, 3, np.uint8), 1, 2)
+            comm.Barrier()
+            ok = True
+    return ok, comm._t.stats_pushed, len([w for w in caught
+                                          if issubclass(w.category, RuntimeWarning)])
+
+
+def test_split_rendezvous_pushes_a_denied_half(copy_mode, monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_SPLIT_MIN", str(1 << 20))
+    (ok0, pushed0, warned0), (ok1, pushed1, warned1) = values(run_ranks(_split_write_denied, 2))
+    n = (4 << 20) + 77
+    assert ok0 and ok1
+    assert pushed0 == 0
+    if copy_mode == "single-copy":
+        half = (n // 2) & ~4095
+        assert pushed1 == 2 * (n - half)  # the sender's halves came through the ring
+        assert warned0 == 1 and warned1 == 0
+    else:
+        assert pushed1 == 2 * n and warned0 == warned1 == 0
