@@ -1034,9 +1034,13 @@ def _denied(comm, copy_mode):
         comm.send([np.arange(1 << 19, dtype=np.float64)] * 2, 1, 4)  # object, pushed
         comm.Send(np.full(1 << 20, 9, np.uint8), 1, 5)               # truncated at the receiver
         MPI.Request.Waitall(reqs)
+        req = comm.Issend(np.full(1 << 20, 4, np.uint8), 1, 7)      # not before the match
+        early = req.Test()
+        comm.Barrier()
+        req.Wait()
         b = np.zeros(2 << 20, np.uint8)
         comm.Recv(b, 1, 6)                                           # the other direction
-        return bool((b == 5).all()), t.stats_pushed, sorted(t.no_pull)
+        return bool((b == 5).all()) and not early, t.stats_pushed, sorted(t.no_pull)
     if _linux.has_capability(_linux.CAP_SYS_PTRACE):
         _linux.drop_capability(_linux.CAP_SYS_PTRACE)
     comm.Barrier()
@@ -1073,6 +1077,10 @@ def _denied(comm, copy_mode):
             out["trunc"] = "no error"
         except TruncationError as e:
             out["trunc"] = (str(e), bool((small == 9).all()))
+        comm.Barrier()
+        b = np.zeros(1 << 20, np.uint8)
+        comm.Recv(b, 0, 7)
+        out["issend"] = bool((b == 4).all())
         comm.Send(np.full(2 << 20, 5, np.uint8), 0, 6)
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     out["warnings"] = msgs
@@ -1088,13 +1096,14 @@ def test_denied_single_copy_falls_back_with_one_warning(copy_mode):
     assert out["probe"] == "EPERM"
     assert out["probe_count"] == (3 << 20) + 5
     assert out["first"] == (True, (3 << 20) + 5)
-    assert out["ssend"] and out["order"] == [0, 1, 2, 3, 4] and out["obj"]
+    assert out["ssend"] and out["order"] == [0, 1, 2, 3, 4] and out["obj"] and out["issend"]
     text, head_ok = out["trunc"]
     assert "1048576 bytes" in text and "524288-byte" in text and head_ok
     assert other_ok
     assert out["no_pull"] == [0]
     # (the object holds one array twice: pickled out of band once, 4 MiB)
-    assert out["pushed"] == (3 << 20) + 5 + (1 << 20) + 5 * 300_000 + (4 << 20) + (1 << 19)
+    assert out["pushed"] == ((3 << 20) + 5 + (1 << 20) + 5 * 300_000 + (4 << 20) + (1 << 19)
+                             + (1 << 20))
     if copy_mode == "single-copy":
         # found by the failed read: one warning naming the cause and the fixes
         assert len(out["warnings"]) == 1, out["warnings"]
