@@ -1181,3 +1181,28 @@ def test_split_rendezvous_pushes_a_denied_half(copy_mode, monkeypatch):
         assert warned0 == 1 and warned1 == 0
     else:
         assert pushed1 == 2 * n and warned0 == warned1 == 0
+
+
+def _receiver_dies_mid_push(comm):
+    n = 64 << 20
+    if comm.rank == 1:
+        r = comm.Irecv(np.zeros(n, np.uint8), 0, 0)
+        comm.Barrier()
+        # take part of the message (two-copy: some pushed chunks; one copy: all of it)
+        while not r.Test() and comm._t.stats_pushed == 0:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.Barrier()
+    comm.Send(np.ones(n, np.uint8), 1, 0)  # two-copy: blocks on a full ring, then FIN
+    return "completed"
+
+
+def test_receiver_death_during_a_pushed_transfer(copy_mode):
+    res = run_ranks(_receiver_dies_mid_push, 2)
+    assert res[1][0] is False and res[1][1][0] == "Killed"
+    ok, v = res[0]
+    if copy_mode == "two-copy":  # the sender waits for ring space that never comes
+        assert not ok and v[0] == "PeerDiedError" and v[2] == 1, v
+        assert "SIGKILL" in v[1] or "is gone" in v[1]
+    else:  # the receiver copied it all and answered FIN before dying
+        assert ok and v == "completed", v
