@@ -737,6 +737,7 @@ class CollectiveMixin(CommunicatorMixin):
         table = yield from self._g_exchange(info, base + 64, blk)
         peers = [struct.unpack_from("<2q", table, 16 * i) for i in range(n)]
         mine = all(flag for _, flag in peers)
+        msg = None
         if mine:
             probe = bytearray(8)
             local = _address(memoryview(probe), True)
@@ -751,14 +752,15 @@ class CollectiveMixin(CommunicatorMixin):
                 except OSError as e:
                     if e.errno not in T.DENIED:
                         raise MmpiError(f"collective: probing rank {r} failed: {e}") from None
-                    T._warn_once(T.denial_message(
-                        e, f"reading rank {r} (pid {self._pid(r)}) of {self._name or 'a communicator'} "
-                           f"from rank {me}"))
+                    msg = T.denial_message(e, f"reading rank {r} (pid {self._pid(r)}) of "
+                                              f"{self._name or 'a communicator'} from rank {me}")
                     mine = False
                     break
         votes = yield from self._g_exchange(struct.pack("<q", 1 if mine else 0), base + 66, blk)
         ok = all(struct.unpack_from("<q", votes, 8 * i)[0] for i in range(n))
         self._direct_ok_ = ok
+        if msg:  # after the vote: every rank decided, whatever the warning filter does
+            T._warn_once(msg)
         return ok
 
     def _g_same_size(self, nb, isz, base, blk, what):

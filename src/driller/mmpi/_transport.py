@@ -684,10 +684,11 @@ class Transport:
         except OSError as e:
             if e.errno in DENIED:  # no single copy from this sender: it pushes, from now on
                 self.no_pull.add(m.source)
-                _warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
-                                             f"{self.rank}"))
                 r.exc = None
                 self._ask_push(r, m)
+                # last: with warnings turned into errors the state is consistent
+                _warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
+                                             f"{self.rank}"))
                 return
             if e.errno == errno.ESRCH:
                 r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
@@ -731,11 +732,11 @@ class Transport:
             _linux.process_vm_writev(self._pid(dst), s.addr + s.nbytes - n, remote, n)
         except OSError as e:
             if e.errno in DENIED:  # push our half through the ring instead, then WDONE
-                _warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
                 self.pushes[dst].append([token, [(s.addr + s.nbytes - n, n)], 0, 0,
                                          (K_WDONE, 0, 0, 0, token, 0)])
                 self.npending += 1
                 self._push(dst)
+                _warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
                 return
             self.engine.awaiting.pop(sid, None)
             s.exc = (PeerDiedError(f"rank {dst} died during a {s.nbytes}-byte send "
