@@ -137,7 +137,7 @@ def test_dumpable_and_capabilities_deny_process_vm_readv():
     CAP_SYS_PTRACE (EPERM); dropping the capability is for good."""
     import errno
 
-    from tests._helpers import in_child
+    from _helpers import in_child
 
     src = np.arange(64, dtype=np.uint8)
 
@@ -172,3 +172,26 @@ def test_dumpable_and_capabilities_deny_process_vm_readv():
     assert _linux.is_dumpable()
     scope = _linux.ptrace_scope()
     assert scope is None or scope in (0, 1, 2, 3)
+
+
+def test_seccomp_filter_denies_process_vm_readv():
+    import errno
+
+    from _helpers import in_child
+
+    src = np.arange(8, dtype=np.uint8)
+
+    def denied(err):
+        _linux.deny_syscalls(["process_vm_readv", "process_vm_writev"], err)
+        out = np.zeros(8, np.uint8)
+        res = []
+        for fn in (_linux.process_vm_readv, _linux.process_vm_writev):
+            try:
+                fn(os.getppid(), out.ctypes.data, src.ctypes.data, 8)
+                res.append("allowed")
+            except OSError as e:
+                res.append(errno.errorcode[e.errno])
+        return res, os.getpid() > 0 and len(_linux.read_maps()) > 0  # the rest still works
+
+    assert in_child(denied, errno.ENOSYS) == ("ok", (["ENOSYS", "ENOSYS"], True))
+    assert in_child(denied, errno.EPERM) == ("ok", (["EPERM", "EPERM"], True))

@@ -1206,3 +1206,51 @@ def test_receiver_death_during_a_pushed_transfer(copy_mode):
         assert "SIGKILL" in v[1] or "is gone" in v[1]
     else:  # the receiver copied it all and answered FIN before dying
         assert ok and v == "completed", v
+
+
+def _seccomp_denied(comm, err):
+    """Rank 1 runs under a seccomp filter that fails process_vm_readv/writev with
+    ``err`` (ENOSYS: a kernel or sandbox without them; EPERM: Docker's default
+    profile without CAP_SYS_PTRACE)."""
+    import warnings
+
+    from driller import _linux
+    n = (2 << 20) + 3
+    if comm.rank == 0:
+        comm.Barrier()
+        comm.Send(np.arange(n, dtype=np.uint8), 1, 1)
+        comm.send({"x": np.arange(1 << 19, dtype=np.float64)}, 1, 2)
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 1, 3)
+        return bool((b == 8).all()), comm._t.stats_pushed
+    _linux.deny_syscalls(["process_vm_readv", "process_vm_writev"], err)
+    comm.Barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 0, 1)
+        ok = bool((b == np.arange(n, dtype=np.uint8)).all())
+        o = comm.recv(source=0, tag=2)
+        ok = ok and bool((o["x"] == np.arange(1 << 19)).all())
+        comm.Send(np.full(n, 8, np.uint8), 0, 3)
+    return ok, comm._t.stats_pushed, [str(w.message) for w in caught
+                                      if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_seccomp_denied_single_copy_falls_back(copy_mode, err):
+    import errno
+    (ok0, pushed0), (ok1, pushed1, warned) = values(
+        run_ranks(_seccomp_denied, 2, getattr(errno, err)))
+    n = (2 << 20) + 3
+    assert ok0 and ok1
+    assert pushed1 == n + (4 << 20)
+    if copy_mode == "single-copy":
+        assert pushed0 == 0  # rank 0 may still read rank 1
+        assert len(warned) == 1, warned
+        if err == "ENOSYS":
+            assert "not available" in warned[0] and "seccomp" in warned[0]
+        else:
+            assert "Operation not permitted" in warned[0] and "seccomp filter" in warned[0]
+    else:
+        assert pushed0 == n and warned == []

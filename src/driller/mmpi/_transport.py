@@ -102,6 +102,8 @@ def denial_message(e: OSError, what: str) -> str:
                 bits.append("this process lacks CAP_SYS_PTRACE")
         except OSError:  # pragma: no cover
             pass
+        if _linux.seccomp_mode():
+            bits.append("a seccomp filter is active, e.g. a container's default profile")
         cause = ("ptrace access to the peer is denied" + (f" ({', '.join(bits)})" if bits else "")
                  + "; a non-dumpable peer (prctl(PR_SET_DUMPABLE, 0), setuid programs) "
                  "refuses it too")
