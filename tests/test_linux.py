@@ -130,3 +130,68 @@ def test_query_falls_back_to_proc_maps(monkeypatch):
     assert slow == fast
     assert _linux.query_mapping(0x1000) is None  # nothing is mapped at page 1
     m.close()
+
+
+def test_dumpable_and_capabilities_deny_process_vm_readv():
+    """A non-dumpable child refuses process_vm_readv from a reader without
+    CAP_SYS_PTRACE (EPERM); dropping the capability is for good."""
+    import errno
+
+    from _helpers import in_child
+
+    src = np.arange(64, dtype=np.uint8)
+
+    def reader():
+        r, w = os.pipe()    # child -> parent: ready
+        r2, w2 = os.pipe()  # parent -> child: done
+        pid = os.fork()
+        if pid == 0:  # the non-dumpable peer
+            _linux.set_dumpable(False)
+            os.write(w, b"1" if not _linux.is_dumpable() else b"0")
+            os.read(r2, 1)
+            os._exit(0)
+        try:
+            ok = os.read(r, 1) == b"1"
+            out = np.zeros(64, np.uint8)
+            if _linux.has_capability(_linux.CAP_SYS_PTRACE):
+                _linux.drop_capability(_linux.CAP_SYS_PTRACE)
+            had = _linux.has_capability(_linux.CAP_SYS_PTRACE)
+            try:
+                _linux.process_vm_readv(pid, out.ctypes.data, src.ctypes.data, 64)
+                res = "read"
+            except OSError as e:
+                res = errno.errorcode[e.errno]
+            return ok, had, res, _linux.is_dumpable()
+        finally:
+            os.write(w2, b"x")
+            os.waitpid(pid, 0)
+            for fd in (r, w, r2, w2):
+                os.close(fd)
+
+    assert in_child(reader) == ("ok", (True, False, "EPERM", True))
+    assert _linux.is_dumpable()
+    scope = _linux.ptrace_scope()
+    assert scope is None or scope in (0, 1, 2, 3)
+
+
+def test_seccomp_filter_denies_process_vm_readv():
+    import errno
+
+    from _helpers import in_child
+
+    src = np.arange(8, dtype=np.uint8)
+
+    def denied(err):
+        _linux.deny_syscalls(["process_vm_readv", "process_vm_writev"], err)
+        out = np.zeros(8, np.uint8)
+        res = []
+        for fn in (_linux.process_vm_readv, _linux.process_vm_writev):
+            try:
+                fn(os.getppid(), out.ctypes.data, src.ctypes.data, 8)
+                res.append("allowed")
+            except OSError as e:
+                res.append(errno.errorcode[e.errno])
+        return res, os.getpid() > 0 and len(_linux.read_maps()) > 0  # the rest still works
+
+    assert in_child(denied, errno.ENOSYS) == ("ok", (["ENOSYS", "ENOSYS"], True))
+    assert in_child(denied, errno.EPERM) == ("ok", (["EPERM", "EPERM"], True))

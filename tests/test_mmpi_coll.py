@@ -333,6 +333,70 @@ def test_large_16mib():
     assert mmpi.spawn(fn, 4) == [True] * 4
 
 
+def test_every_collective_two_copy(monkeypatch):
+    """DRILLER_MMPI_SINGLE_COPY=0: no rank reads another's memory; the direct
+    reductions and Allgather switch (on every rank alike) to message algorithms
+    whose large messages are pushed through the rings."""
+    monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
+
+    def fn(comm):
+        n = full_sweep(comm, SIZES, [np.float64, np.int32])
+        return n, comm._direct_ok_, comm._t.stats_pushed > 0
+    res = mmpi.spawn(fn, 3)
+    assert all(r[0] > 0 and r[1] is False and r[2] for r in res), res
+
+
+def _large_collectives(comm):
+    n, me = comm.size, comm.rank
+    count = 2 * MiB // 8
+    a = data(me, count, np.float64)
+    out = np.empty(count)
+    comm.Allreduce(a, out, op=MPI.SUM)
+    check_equal(out, ref("SUM", [data(r, count, np.float64) for r in range(n)]), "Allreduce")
+    out = np.empty(count) if me == 1 else None
+    comm.Reduce(a, out, op=MPI.MAX, root=1)
+    if me == 1:
+        check_equal(out, ref("MAX", [data(r, count, np.float64) for r in range(n)]), "Reduce")
+    blk = np.empty(count // n)
+    comm.Reduce_scatter_block(a[:count // n * n], blk, op=MPI.SUM)
+    full = ref("SUM", [data(r, count, np.float64)[:count // n * n] for r in range(n)])
+    check_equal(blk, full[me * (count // n):(me + 1) * (count // n)], "Reduce_scatter_block")
+    g = np.empty(count * n)
+    comm.Allgather(a, g)
+    check_equal(g, np.concatenate([data(r, count, np.float64) for r in range(n)]), "Allgather")
+    b = a.copy() if me == 0 else np.empty(count)
+    comm.Bcast(b, root=0)
+    check_equal(b, data(0, count, np.float64), "Bcast")
+    return True
+
+
+def test_collectives_where_single_copy_is_denied():
+    """Every rank non-dumpable and without CAP_SYS_PTRACE: process_vm_readv
+    between ranks fails with EPERM.  The large collectives agree to use
+    messages (pushed through the rings) and give the right results; a rank
+    warns at most once."""
+    import warnings
+
+    from driller import _linux
+
+    def fn(comm):
+        _linux.set_dumpable(False)
+        if _linux.has_capability(_linux.CAP_SYS_PTRACE):
+            _linux.drop_capability(_linux.CAP_SYS_PTRACE)
+        comm.Barrier()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _large_collectives(comm)
+            _large_collectives(comm)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        return comm._direct_ok_, comm._t.stats_pushed > 0, msgs
+
+    res = mmpi.spawn(fn, 3)
+    assert [r[0] for r in res] == [False] * 3 and all(r[1] for r in res), res
+    assert all(len(r[2]) <= 1 for r in res) and sum(len(r[2]) for r in res) >= 1, res
+    assert all("Operation not permitted" in m and "SYS_PTRACE" in m for r in res for m in r[2])
+
+
 # ----------------------------------------------------------------- communicators
 
 def test_split_dup_create_compare_groups():
@@ -439,7 +503,11 @@ def test_errors_at_the_call():
     assert mmpi.spawn(fn, 3) == [3, 3, 3]
 
 
-def test_mismatched_sizes_raise_clear_errors():
+@pytest.mark.parametrize("single_copy", ["1", "0"])
+def test_mismatched_sizes_raise_clear_errors(single_copy, monkeypatch):
+    # "0": the direct reductions' messages-only replacement reports the same errors
+    monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", single_copy)
+
     def fn(comm, kind):
         me = comm.rank
         try:

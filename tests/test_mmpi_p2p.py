@@ -24,6 +24,16 @@ from driller.mmpi import _world
 DEADLINE = 45.0
 
 
+@pytest.fixture(autouse=True, params=["single-copy", "two-copy"])
+def copy_mode(request, monkeypatch):
+    """Every test of this module runs twice: with single copy (process_vm_readv)
+    and with the two-copy fallback forced for the whole job
+    (DRILLER_MMPI_SINGLE_COPY=0: large messages and objects are pushed through
+    the rings); the forked ranks inherit the environment."""
+    monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "1" if request.param == "single-copy" else "0")
+    return request.param
+
+
 def run_ranks(fn, n, *args, mark=True, deadline=DEADLINE):
     """Run fn(comm, *args) in n forked ranks; returns [(ok, value_or_error)] per rank."""
     fd = _world.create_world(n)
@@ -962,3 +972,285 @@ def test_testany_testsome_get_status():
     nothing, early, early_status, done, total, after = values(run_ranks(_test_family, 2))[1]
     assert nothing is False and early == (MPI.UNDEFINED, False) and early_status is False
     assert done == [0, 1] and total == 11.0 and after == (MPI.UNDEFINED, True)
+
+
+# ------------------------------------------------------------------ two-copy fallback
+
+def _pushed_bytes(comm, sizes):
+    """Large buffers and objects from rank 0; what rank 1 got and how."""
+    t = comm._t
+    if comm.rank == 0:
+        for n in sizes:
+            comm.Send(np.arange(n, dtype=np.uint8) ^ 0x3C, 1, 1)
+        comm.send({"a": np.arange(1 << 20, dtype=np.float64), "b": b"x" * (3 << 20),
+                   "s": "y" * 300_000}, 1, 2)
+        comm.Barrier()
+        return t.stats_pushed
+    ok = []
+    for n in sizes:
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 0, 1)
+        ok.append(bool((b == (np.arange(n, dtype=np.uint8) ^ 0x3C)).all()))
+    o = comm.recv(source=0, tag=2)
+    ok.append(bool((o["a"] == np.arange(1 << 20)).all()) and o["b"] == b"x" * (3 << 20)
+              and o["s"] == "y" * 300_000)
+    comm.Barrier()
+    return ok, t.stats_pushed, sorted(t.no_pull), t.single_copy
+
+
+def test_fallback_mode_really_pushes(copy_mode):
+    sizes = [262145, 1 << 20, (5 << 20) + 3]
+    res = values(run_ranks(_pushed_bytes, 2, sizes))
+    ok, pushed, no_pull, single = res[1]
+    assert ok == [True] * 4
+    assert res[0] == 0  # nothing came back to rank 0
+    if copy_mode == "two-copy":
+        assert not single and no_pull == [0]
+        # every byte of every rendezvous message went through the ring: the buffers,
+        # and the object's two large buffers and its stream (> the eager limit)
+        assert 300_000 <= pushed - (sum(sizes) + (8 << 20) + (3 << 20)) < 300_200
+    else:
+        assert single and no_pull == [] and pushed == 0
+
+
+def _denied(comm, copy_mode):
+    """Rank 0 is non-dumpable and rank 1 has no CAP_SYS_PTRACE (as in a container
+    without it): rank 1's process_vm_readv of rank 0 fails with EPERM.  Rank 1
+    must still get every message (the first one included: it was in flight when
+    the denial was found), with the single-copy path's statuses and errors, and
+    warn exactly once; rank 0 still reads rank 1 with one copy (per pair)."""
+    import errno
+    import warnings
+
+    from driller import _linux
+    t = comm._t
+    big = (3 << 20) + 5
+    if comm.rank == 0:
+        _linux.set_dumpable(False)
+        comm.Barrier()
+        comm.Send(np.arange(big, dtype=np.uint8), 1, 1)              # discovers the denial
+        comm.Ssend(np.full(1 << 20, 7, np.uint8), 1, 2)              # Ssend: FIN after the push
+        reqs = [comm.Isend(np.full(300_000, i, np.uint8), 1, 3) for i in range(5)]
+        comm.send([np.arange(1 << 19, dtype=np.float64)] * 2, 1, 4)  # object, pushed
+        comm.Send(np.full(1 << 20, 9, np.uint8), 1, 5)               # truncated at the receiver
+        MPI.Request.Waitall(reqs)
+        req = comm.Issend(np.full(1 << 20, 4, np.uint8), 1, 7)      # not before the match
+        early = req.Test()
+        comm.Barrier()
+        req.Wait()
+        b = np.zeros(2 << 20, np.uint8)
+        comm.Recv(b, 1, 6)                                           # the other direction
+        return bool((b == 5).all()) and not early, t.stats_pushed, sorted(t.no_pull)
+    if _linux.has_capability(_linux.CAP_SYS_PTRACE):
+        _linux.drop_capability(_linux.CAP_SYS_PTRACE)
+    comm.Barrier()
+    out = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # the denial is real: a direct read of rank 0 fails with EPERM
+        probe = np.zeros(8, np.uint8)
+        try:
+            _linux.process_vm_readv(t._pid(0), probe.ctypes.data, t.base, 8)
+            out["probe"] = "allowed"
+        except OSError as e:
+            out["probe"] = errno.errorcode[e.errno]
+        st = MPI.Status()
+        comm.Probe(0, 1, st)
+        out["probe_count"] = st.Get_count(MPI.BYTE)
+        b = np.zeros(big, np.uint8)
+        comm.Recv(b, 0, 1, st)
+        out["first"] = bool((b == np.arange(big, dtype=np.uint8)).all()), st.Get_count(MPI.BYTE)
+        b = np.zeros(1 << 20, np.uint8)
+        comm.Recv(b, 0, 2)
+        out["ssend"] = bool((b == 7).all())
+        got = []
+        for _ in range(5):  # non-overtaking per (source, tag)
+            b = np.zeros(300_000, np.uint8)
+            comm.Recv(b, 0, 3)
+            got.append(int(b[0]) if (b == b[0]).all() else -1)
+        out["order"] = got
+        o = comm.recv(source=0, tag=4)
+        out["obj"] = all(bool((x == np.arange(1 << 19)).all()) for x in o)
+        small = np.zeros(1 << 19, np.uint8)
+        try:
+            comm.Recv(small, 0, 5)
+            out["trunc"] = "no error"
+        except TruncationError as e:
+            out["trunc"] = (str(e), bool((small == 9).all()))
+        comm.Barrier()
+        b = np.zeros(1 << 20, np.uint8)
+        comm.Recv(b, 0, 7)
+        out["issend"] = bool((b == 4).all())
+        comm.Send(np.full(2 << 20, 5, np.uint8), 0, 6)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    out["warnings"] = msgs
+    out["pushed"] = t.stats_pushed
+    out["no_pull"] = sorted(t.no_pull)
+    return out
+
+
+def test_denied_single_copy_falls_back_with_one_warning(copy_mode):
+    res = values(run_ranks(_denied, 2, copy_mode))
+    other_ok, pushed0, no_pull0 = res[0]
+    out = res[1]
+    assert out["probe"] == "EPERM"
+    assert out["probe_count"] == (3 << 20) + 5
+    assert out["first"] == (True, (3 << 20) + 5)
+    assert out["ssend"] and out["order"] == [0, 1, 2, 3, 4] and out["obj"] and out["issend"]
+    text, head_ok = out["trunc"]
+    assert "1048576 bytes" in text and "524288-byte" in text and head_ok
+    assert other_ok
+    assert out["no_pull"] == [0]
+    # (the object holds one array twice: pickled out of band once, 4 MiB)
+    assert out["pushed"] == ((3 << 20) + 5 + (1 << 20) + 5 * 300_000 + (4 << 20) + (1 << 19)
+                             + (1 << 20))
+    if copy_mode == "single-copy":
+        # found by the failed read: one warning naming the cause and the fixes
+        assert len(out["warnings"]) == 1, out["warnings"]
+        w = out["warnings"][0]
+        assert "Operation not permitted" in w and "CAP_SYS_PTRACE" in w
+        assert "kernel.yama.ptrace_scope" in w and "--cap-add=SYS_PTRACE" in w
+        assert "non-dumpable" in w and "DRILLER_MMPI_SINGLE_COPY=0" in w
+        assert pushed0 == 0 and no_pull0 == []  # rank 0 reads rank 1 with one copy
+    else:
+        assert out["warnings"] == []  # forced by the environment: nothing to warn about
+        assert pushed0 == 2 << 20 and no_pull0 == [1]
+
+
+def _sender_dies_mid_push(comm):
+    if comm.rank == 1:
+        req = comm.Isend(np.ones(16 << 20, np.uint8), 0, 0)  # noqa: F841 - never progressed
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    b = np.zeros(16 << 20, np.uint8)
+    comm.Recv(b, 1, 0)
+    return bool((b == 1).all())
+
+
+def test_sender_death_during_a_pushed_transfer(copy_mode):
+    res = run_ranks(_sender_dies_mid_push, 2)
+    ok, v = res[0]
+    if copy_mode == "two-copy":  # the receiver waits for pushed data that never comes
+        assert not ok and v[0] == "PeerDiedError" and v[2] == 1, v
+    else:  # one copy: read from the (sleeping) sender's memory before it dies
+        assert ok and v is True
+
+
+def _split_write_denied(comm):
+    """Split rendezvous (the receiver reads the first half, the sender writes the
+    second with process_vm_writev): rank 1, the receiver, is non-dumpable and
+    rank 0 has no CAP_SYS_PTRACE, so the sender's write is denied (EPERM) while
+    the receiver's read is allowed: the sender pushes its half instead."""
+    import warnings
+
+    from driller import _linux
+    n = (4 << 20) + 77
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if comm.rank == 1:
+            _linux.set_dumpable(False)
+            comm.Barrier()
+            b = np.zeros(n, np.uint8)
+            comm.Recv(b, 0, 1)
+            ok = bool((b == (np.arange(n) % 251).astype(np.uint8)).all())
+            b[:] = 0
+            comm.Recv(b, 0, 2)
+            ok = ok and bool((b == 3).all())
+            comm.Barrier()
+        else:
+            if _linux.has_capability(_linux.CAP_SYS_PTRACE):
+                _linux.drop_capability(_linux.CAP_SYS_PTRACE)
+            comm.Barrier()
+            comm.Send((np.arange(n) % 251).astype(np.uint8), 1, 1)
+            comm.Send(np.full(n, 3, np.uint8), 1, 2)
+            comm.Barrier()
+            ok = True
+    return ok, comm._t.stats_pushed, len([w for w in caught
+                                          if issubclass(w.category, RuntimeWarning)])
+
+
+def test_split_rendezvous_pushes_a_denied_half(copy_mode, monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_SPLIT_MIN", str(1 << 20))
+    (ok0, pushed0, warned0), (ok1, pushed1, warned1) = values(run_ranks(_split_write_denied, 2))
+    n = (4 << 20) + 77
+    assert ok0 and ok1
+    assert pushed0 == 0
+    if copy_mode == "single-copy":
+        half = (n // 2) & ~4095
+        assert pushed1 == 2 * (n - half)  # the sender's halves came through the ring
+        assert warned0 == 1 and warned1 == 0
+    else:
+        assert pushed1 == 2 * n and warned0 == warned1 == 0
+
+
+def _receiver_dies_mid_push(comm):
+    n = 64 << 20
+    if comm.rank == 1:
+        r = comm.Irecv(np.zeros(n, np.uint8), 0, 0)
+        comm.Barrier()
+        # take part of the message (two-copy: some pushed chunks; one copy: all of it)
+        while not r.Test() and comm._t.stats_pushed == 0:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.Barrier()
+    comm.Send(np.ones(n, np.uint8), 1, 0)  # two-copy: blocks on a full ring, then FIN
+    return "completed"
+
+
+def test_receiver_death_during_a_pushed_transfer(copy_mode):
+    res = run_ranks(_receiver_dies_mid_push, 2)
+    assert res[1][0] is False and res[1][1][0] == "Killed"
+    ok, v = res[0]
+    if copy_mode == "two-copy":  # the sender waits for ring space that never comes
+        assert not ok and v[0] == "PeerDiedError" and v[2] == 1, v
+        assert "SIGKILL" in v[1] or "is gone" in v[1]
+    else:  # the receiver copied it all and answered FIN before dying
+        assert ok and v == "completed", v
+
+
+def _seccomp_denied(comm, err):
+    """Rank 1 runs under a seccomp filter that fails process_vm_readv/writev with
+    ``err`` (ENOSYS: a kernel or sandbox without them; EPERM: Docker's default
+    profile without CAP_SYS_PTRACE)."""
+    import warnings
+
+    from driller import _linux
+    n = (2 << 20) + 3
+    if comm.rank == 0:
+        comm.Barrier()
+        comm.Send(np.arange(n, dtype=np.uint8), 1, 1)
+        comm.send({"x": np.arange(1 << 19, dtype=np.float64)}, 1, 2)
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 1, 3)
+        return bool((b == 8).all()), comm._t.stats_pushed
+    _linux.deny_syscalls(["process_vm_readv", "process_vm_writev"], err)
+    comm.Barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 0, 1)
+        ok = bool((b == np.arange(n, dtype=np.uint8)).all())
+        o = comm.recv(source=0, tag=2)
+        ok = ok and bool((o["x"] == np.arange(1 << 19)).all())
+        comm.Send(np.full(n, 8, np.uint8), 0, 3)
+    return ok, comm._t.stats_pushed, [str(w.message) for w in caught
+                                      if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_seccomp_denied_single_copy_falls_back(copy_mode, err):
+    import errno
+    (ok0, pushed0), (ok1, pushed1, warned) = values(
+        run_ranks(_seccomp_denied, 2, getattr(errno, err)))
+    n = (2 << 20) + 3
+    assert ok0 and ok1
+    assert pushed1 == n + (4 << 20)
+    if copy_mode == "single-copy":
+        assert pushed0 == 0  # rank 0 may still read rank 1
+        assert len(warned) == 1, warned
+        if err == "ENOSYS":
+            assert "not available" in warned[0] and "seccomp" in warned[0]
+        else:
+            assert "Operation not permitted" in warned[0] and "seccomp filter" in warned[0]
+    else:
+        assert pushed0 == n and warned == []

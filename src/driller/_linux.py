@@ -26,6 +26,8 @@ __all__ = [
     "memfd_create", "add_seals", "get_seals", "set_mmap_threshold",
     "futex_wait", "futex_wake", "futex_waitv",
     "process_vm_readv", "process_vm_readv_many", "process_vm_writev", "allow_ptrace_by_any",
+    "set_dumpable", "is_dumpable", "has_capability", "drop_capability", "ptrace_scope",
+    "deny_syscalls", "seccomp_mode",
     "new_bytes", "new_bytearray",
     "pidfd_open", "pidfd_alive", "pid_alive",
     "Mapping", "query_mapping", "read_maps", "parse_maps",
@@ -447,6 +449,118 @@ PR_SET_PTRACER_ANY = ctypes.c_ulong(-1).value
 def allow_ptrace_by_any() -> None:
     """Let sibling processes use process_vm_readv on us under Yama ptrace_scope=1."""
     _libc.prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0)  # EINVAL without Yama: fine
+
+
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+
+
+def set_dumpable(on: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process refuses process_vm_readv /
+    ptrace from peers that lack CAP_SYS_PTRACE (as setuid programs do)."""
+    if _libc.prctl(PR_SET_DUMPABLE, 1 if on else 0, 0, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_DUMPABLE)")
+
+
+def is_dumpable() -> bool:
+    r = _libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+    if r < 0:  # pragma: no cover
+        raise _oserror("prctl(PR_GET_DUMPABLE)")
+    return r == 1
+
+
+CAP_SYS_PTRACE = 19
+_CAP_V3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def has_capability(cap: int) -> bool:
+    """Whether ``cap`` is in this process's effective capability set."""
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:  # pragma: no cover
+        raise _oserror("capget")
+    return bool(data[cap // 32].effective >> (cap % 32) & 1)
+
+
+def drop_capability(cap: int) -> None:
+    """Remove ``cap`` from this process's effective and permitted sets for good
+    (as a container started without it): e.g. CAP_SYS_PTRACE, after which
+    process_vm_readv of a non-dumpable peer fails with EPERM even as root."""
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:  # pragma: no cover
+        raise _oserror("capget")
+    bit = ~(1 << (cap % 32)) & 0xFFFFFFFF
+    data[cap // 32].effective &= bit
+    data[cap // 32].permitted &= bit
+    data[cap // 32].inheritable &= bit
+    if _libc.capset(ctypes.byref(hdr), data) != 0:
+        raise _oserror("capset")
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS, SECCOMP_MODE_FILTER = 22, 38, 2
+_AUDIT_ARCH = (0xC000003E, 0xC00000B7)[_ARCH]   # x86_64, aarch64
+
+
+def deny_syscalls(names, err: int) -> None:
+    """Install a seccomp filter making the named syscalls fail with ``err`` in
+    this process (and its future children) for good, as a container runtime's
+    profile does (Docker's default refuses process_vm_readv without
+    CAP_SYS_PTRACE).  Sets no_new_privs."""
+    nrs = [_nr(n) for n in names]
+    prog = [(0x20, 0, 0, 4),                           # A = seccomp_data.arch
+            (0x15, 1, 0, _AUDIT_ARCH),                 # our arch: go on
+            (0x06, 0, 0, 0x7FFF0000)]                  # else allow (never here)
+    prog.append((0x20, 0, 0, 0))                       # A = seccomp_data.nr
+    for i, nr in enumerate(nrs):                       # listed: jump to the ERRNO return
+        prog.append((0x15, len(nrs) - i, 0, nr))
+    prog.append((0x06, 0, 0, 0x7FFF0000))              # SECCOMP_RET_ALLOW
+    prog.append((0x06, 0, 0, 0x00050000 | (err & 0xFFFF)))  # SECCOMP_RET_ERRNO | err
+    filt = (_SockFilter * len(prog))(*[_SockFilter(*x) for x in prog])
+    fprog = _SockFprog(len(prog), filt)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_NO_NEW_PRIVS)")
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                   ctypes.cast(ctypes.byref(fprog), ctypes.c_void_p).value, 0, 0) != 0:
+        raise _oserror("prctl(PR_SET_SECCOMP)")
+
+
+def seccomp_mode() -> int:
+    """This process's seccomp mode (0 none, 1 strict, 2 filter), from /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):  # pragma: no cover
+        pass
+    return 0
+
+
+def ptrace_scope() -> int | None:
+    """Yama's kernel.yama.ptrace_scope (None: no Yama)."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- processes

@@ -705,6 +705,9 @@ class CollectiveMixin(CommunicatorMixin):
                 raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
                                     f"{self.rank} was reading its buffer",
                                     rank=self._t.blame(self._group[r])) from None
+            if e.errno in T.DENIED:
+                raise MmpiError(f"{what}: " + T.denial_message(
+                    e, f"reading {n} bytes from rank {r}")) from None
             raise MmpiError(f"{what}: reading {n} bytes from rank {r} failed: {e}") from None
 
     def _writev(self, r: int, local: int, remote: int, n: int, what: str) -> None:
@@ -715,7 +718,65 @@ class CollectiveMixin(CommunicatorMixin):
                 raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
                                     f"{self.rank} was writing into its buffer",
                                     rank=self._t.blame(self._group[r])) from None
+            if e.errno in T.DENIED:
+                raise MmpiError(f"{what}: " + T.denial_message(
+                    e, f"writing {n} bytes into rank {r}")) from None
             raise MmpiError(f"{what}: writing {n} bytes to rank {r} failed: {e}") from None
+
+    def _g_direct_ok(self, base, blk):
+        """Whether every rank of this communicator may read and write every
+        other's memory (process_vm_readv/writev): the same answer on every rank,
+        decided once per communicator by two small exchanges (tags base+64..67
+        of this collective).  False (DRILLER_MMPI_SINGLE_COPY=0 on some rank, or a
+        read denied: Yama, no CAP_SYS_PTRACE, a non-dumpable rank) selects the
+        algorithms that move data by messages, which take the transport's
+        two-copy fallback.  The probe reads a word of each peer's world block:
+        reading and writing need the same ptrace access."""
+        ok = self.__dict__.get("_direct_ok_")
+        if ok is not None:
+            return ok
+        t = self._t
+        n, me = self.size, self.rank
+        info = struct.pack("<2q", t.base, 1 if t.single_copy else 0)
+        table = yield from self._g_exchange(info, base + 64, blk)
+        peers = [struct.unpack_from("<2q", table, 16 * i) for i in range(n)]
+        mine = all(flag for _, flag in peers)
+        msg = None
+        if mine:
+            probe = bytearray(8)
+            local = _address(memoryview(probe), True)
+            for i in range(1, n):
+                r = (me + i) % n
+                w = self._group[r]
+                if w in t.no_pull:
+                    mine = False
+                    break
+                try:
+                    _linux.process_vm_readv(self._pid(r), local, peers[r][0], 8)
+                except OSError as e:
+                    if e.errno not in T.DENIED:
+                        raise MmpiError(f"collective: probing rank {r} failed: {e}") from None
+                    msg = T.denial_message(e, f"reading rank {r} (pid {self._pid(r)}) of "
+                                              f"{self._name or 'a communicator'} from rank {me}")
+                    mine = False
+                    break
+        votes = yield from self._g_exchange(struct.pack("<q", 1 if mine else 0), base + 66, blk)
+        ok = all(struct.unpack_from("<q", votes, 8 * i)[0] for i in range(n))
+        self._direct_ok_ = ok
+        if msg:  # after the vote: every rank decided, whatever the warning filter does
+            T._warn_once(msg)
+        return ok
+
+    def _g_same_size(self, nb, isz, base, blk, what):
+        """The direct path's size check (same error on every rank), for the
+        message-based algorithms that replace it when _g_direct_ok is False."""
+        table = yield from self._g_exchange(struct.pack("<2q", nb, isz), base + 68, blk)
+        for i in range(self.size):
+            pnb, psz = struct.unpack_from("<2q", table, 16 * i)
+            if pnb != nb or psz != isz:
+                raise MmpiError(f"{what}: rank {i} passes {pnb} bytes but rank {self.rank} "
+                                f"passes {nb}: every rank must pass the same count and "
+                                f"datatype")
 
     def _g_sync(self, base, blk):
         """A barrier inside a collective: the shared-memory one when blocking on a
@@ -1164,9 +1225,12 @@ class CollectiveMixin(CommunicatorMixin):
             if rb is not None and sb is not rb:
                 np.copyto(rb.arr(), send)
             return
-        if sb.nbytes >= DIRECT_MIN and send.size >= n:
+        if (sb.nbytes >= DIRECT_MIN and send.size >= n
+                and _drive(self._t, self._g_direct_ok(base, True))):
             _drive(self._t, self._g_reduce_direct(sb, rb, op, root, base, sendbuf is IN_PLACE))
             return
+        if sb.nbytes >= DIRECT_MIN and send.size >= n:  # direct denied: messages instead
+            _drive(self._t, self._g_same_size(sb.nbytes, sb.dtype.itemsize, base, True, "Reduce"))
         acc = rb.arr() if rb is not None else None
         res = _drive(self._t, self._g_reduce(acc, send, op, sb.dt, root, base, "Reduce", True))
         if me == root and res is not acc:
@@ -1293,7 +1357,7 @@ class CollectiveMixin(CommunicatorMixin):
             if not in_place:
                 np.copyto(acc, sb.arr())
             return
-        if rb.nbytes >= DIRECT_MIN and acc.size >= n:
+        if rb.nbytes >= DIRECT_MIN and acc.size >= n and (yield from self._g_direct_ok(base, blk)):
             isz = rb.dtype.itemsize
             counts, displs = self._split_counts(acc.size, isz)
             me = self.rank
@@ -1313,6 +1377,8 @@ class CollectiveMixin(CommunicatorMixin):
             # nobody leaves (and reuses its buffers) while a peer may still use them
             yield from self._g_sync(base + 16, blk)
             return
+        if rb.nbytes >= DIRECT_MIN and acc.size >= n:  # direct denied: messages instead
+            yield from self._g_same_size(len(sb.mv), sb.dtype.itemsize, base, blk, what)
         send = sb.arr()
         if not in_place:
             np.copyto(acc, send)
@@ -1418,7 +1484,7 @@ class CollectiveMixin(CommunicatorMixin):
             np.copyto(rb.arr()[:counts[0]], send.copy() if in_place else send)
             return
         t = self._t
-        if sb.nbytes >= DIRECT_MIN:
+        if sb.nbytes >= DIRECT_MIN and _drive(t, self._g_direct_ok(base, True)):
             if in_place:
                 acc = np.empty(counts[me], sb.dtype)
             else:
@@ -1432,6 +1498,8 @@ class CollectiveMixin(CommunicatorMixin):
             if in_place:
                 np.copyto(rb.arr()[:counts[me]], acc)
             return
+        if sb.nbytes >= DIRECT_MIN:  # direct denied: messages instead
+            _drive(t, self._g_same_size(sb.nbytes, sb.dtype.itemsize, base, True, what))
         # small: reduce to 0, then scatter the blocks
         full = np.empty_like(send) if me == 0 else None
         res = _drive(t, self._g_reduce(full, send, op, sb.dt, 0, base, what, True))
@@ -1592,7 +1660,7 @@ class CollectiveMixin(CommunicatorMixin):
                 yield from self._g_bcast(rb.mv, 0, base + 1, what, True)
             _drive(t, g())
             return
-        if not ALLGATHER_DIRECT:
+        if not ALLGATHER_DIRECT or not _drive(t, self._g_direct_ok(base, True)):
             ops = []
             for i in range(1, n):
                 r = (me - i) % n

@@ -24,6 +24,17 @@ once the arrays built on it are gone).  An OBJ RTS carries inline a table::
 
     i64 count, i64 stream_len, i64 stream_addr (0: stream inline after table)
     count x (i64 address, i64 length, i64 how)   how: bit0 readonly, bit1 persistent
+
+Two-copy fallback (docs/mmpi.md, "Where single copy is denied"): when the
+receiver's process_vm_readv of a sender fails with EPERM/EACCES/ENOSYS (Yama,
+a container without CAP_SYS_PTRACE, a non-dumpable sender, seccomp), or
+``DRILLER_MMPI_SINGLE_COPY=0``, the receiver answers the matched RTS with PUSH
+(``tag`` = a token naming the receive, ``nbytes`` = bytes wanted, ``sender id``)
+and the sender streams the data as DATA records (``tag`` = token, ``nbytes`` =
+offset, inline chunk) through the same ring, chunk by chunk while the receiver
+copies them out (two copies, pipelined); the receiver answers FIN when the last
+byte is in, so completion, Ssend, truncation and ordering are the rendezvous
+path's.  The pair stays in push mode from then on; one warning per process.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import os
 import pickle
 import struct
 import time
+import warnings
 import weakref
 from collections import deque
 
@@ -46,6 +58,7 @@ from . import _world as W
 __all__ = ["Transport", "RecvOp", "SendOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
+K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
 ARRAY_KINDS = "biufc"         # bare arrays of these kinds, eager-sized, travel raw, unpickled
@@ -63,6 +76,52 @@ RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at mos
 SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at most this
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
+PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
+DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
+_warned_pid = 0               # the pid that already warned about a denial (once per process)
+
+
+def single_copy_enabled() -> bool:
+    """False when ``DRILLER_MMPI_SINGLE_COPY`` is 0 (or false/no/off)."""
+    v = os.environ.get("DRILLER_MMPI_SINGLE_COPY", "1").strip().lower()
+    return v not in ("0", "false", "no", "off")
+
+
+def denial_message(e: OSError, what: str) -> str:
+    """Why single copy failed (``what``: e.g. "reading rank 1 (pid 42)") and the fix."""
+    if e.errno == errno.ENOSYS:
+        cause = ("process_vm_readv/writev is not available (kernel built without "
+                 "CONFIG_CROSS_MEMORY_ATTACH, or a seccomp filter returns ENOSYS)")
+    else:
+        bits = []
+        scope = _linux.ptrace_scope()
+        if scope is not None and scope >= 2:
+            bits.append(f"kernel.yama.ptrace_scope is {scope}")
+        try:
+            if not _linux.has_capability(_linux.CAP_SYS_PTRACE):
+                bits.append("this process lacks CAP_SYS_PTRACE")
+        except OSError:  # pragma: no cover
+            pass
+        if _linux.seccomp_mode():
+            bits.append("a seccomp filter is active, e.g. a container's default profile")
+        cause = ("ptrace access to the peer is denied" + (f" ({', '.join(bits)})" if bits else "")
+                 + "; a non-dumpable peer (prctl(PR_SET_DUMPABLE, 0), setuid programs) "
+                 "refuses it too")
+    return (f"driller.mmpi: single copy failed {what}: {e.strerror or e} "
+            f"[errno {e.errno}]: {cause}.  Large messages between these ranks now go "
+            f"through the shared rings (two copies, pipelined; slower).  To get single copy "
+            f"back: `sysctl kernel.yama.ptrace_scope=0` (or 1), run containers with "
+            f"`docker run --cap-add=SYS_PTRACE`, and keep ranks dumpable.  "
+            f"DRILLER_MMPI_SINGLE_COPY=0 selects the two-copy path from the start "
+            f"(no warning).")
+
+
+def _warn_once(msg: str) -> None:
+    global _warned_pid
+    if _warned_pid == os.getpid():
+        return
+    _warned_pid = os.getpid()
+    warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
 
 def _describe_status(status: int) -> str:
@@ -296,6 +355,17 @@ class Transport:
         self.recv_cache = RecvCache(_recv_cache_bytes())
         self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
         self._tokens = iter(range(1, 1 << 62))
+        # two-copy fallback: sources we may not read (they push), incoming pushes
+        # (token -> [[(address, length)...], index, offset, receive or None, keep]),
+        # outgoing pushes per destination ([token, [(address, length)...], index,
+        # offset, trailer record or None]; counted in npending)
+        self.single_copy = single_copy_enabled()
+        self.no_pull = set() if self.single_copy else set(self.peers)
+        self.sinks = {}
+        self.pushes = [deque() for _ in range(size)]
+        self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
+                                        rb // 4) & ~63)
+        self.stats_pushed = 0   # bytes received through the fallback
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -517,8 +587,8 @@ class Transport:
                         break
                     q.popleft()
                     self.npending -= 1
-                elif type(item) is tuple:  # (kind, sid): a WDONE
-                    if not self._put(dst, item[0], 0, 0, 0, item[1], 0, None, 0):
+                elif type(item) is tuple:  # a control record: (kind, ctx, tag, nbytes, sid, addr)
+                    if not self._put(dst, *item, None, 0):
                         break
                     q.popleft()
                     self.npending -= 1
@@ -528,6 +598,8 @@ class Transport:
                     q.popleft()
                     self.npending -= 1
                     self._run(self.engine.transmitted(item))
+                did = True
+            if self.pushes[dst] and self._push(dst):
                 did = True
         return did
 
@@ -582,6 +654,9 @@ class Transport:
 
     def _fetch(self, r: RecvOp, m: E.Message) -> None:
         r.count = m.nbytes
+        if m.source in self.no_pull:
+            self._ask_push(r, m)
+            return
         pid = self._pid(m.source)
         try:
             if m.flags & F_OBJ:
@@ -609,6 +684,14 @@ class Transport:
                         _linux.process_vm_readv(pid, _linux.buffer_address(r.mv, True)[0],
                                                 m.payload, n)
         except OSError as e:
+            if e.errno in DENIED:  # no single copy from this sender: it pushes, from now on
+                self.no_pull.add(m.source)
+                r.exc = None
+                self._ask_push(r, m)
+                # last: with warnings turned into errors the state is consistent
+                _warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
+                                             f"{self.rank}"))
+                return
             if e.errno == errno.ESRCH:
                 r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
                                       f"message (tag {m.tag}) could be copied",
@@ -625,15 +708,20 @@ class Transport:
         n = m.nbytes
         half = (n // 2) & ~4095
         local = _linux.buffer_address(r.mv, True)[0]
+        # a denied read must fail before the CTS (then the whole message is pushed)
+        _linux.process_vm_readv(pid, local, m.payload, min(n, 64))
         token = next(self._tokens)
         if self.pending[m.source] or not self._put(m.source, K_CTS, 0, token, n - half,
                                                    m.sender_id, local + half, None, 0):
             return False
         self.splits[token] = r
+        # where the sender pushes its half should its process_vm_writev be denied
+        self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv]
         try:
             _linux.process_vm_readv(pid, local, m.payload, half)
         except BaseException:
             self.splits.pop(token, None)
+            self.sinks.pop(token, None)
             raise
         return True
 
@@ -645,6 +733,13 @@ class Transport:
         try:
             _linux.process_vm_writev(self._pid(dst), s.addr + s.nbytes - n, remote, n)
         except OSError as e:
+            if e.errno in DENIED:  # push our half through the ring instead, then WDONE
+                self.pushes[dst].append([token, [(s.addr + s.nbytes - n, n)], 0, 0,
+                                         (K_WDONE, 0, 0, 0, token, 0)])
+                self.npending += 1
+                self._push(dst)
+                _warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
+                return
             self.engine.awaiting.pop(sid, None)
             s.exc = (PeerDiedError(f"rank {dst} died during a {s.nbytes}-byte send "
                                    f"(tag {s.tag})", rank=self.blame(dst))
@@ -654,7 +749,7 @@ class Transport:
             return
         q = self.pending[dst]
         if q or not self._put(dst, K_WDONE, 0, 0, 0, token, 0, None, 0):
-            q.append((K_WDONE, token))
+            q.append((K_WDONE, 0, 0, 0, token, 0))
             self.npending += 1
 
     def _unpack_object(self, buf):
@@ -688,6 +783,14 @@ class Transport:
         one vectored process_vm_readv, into memory nobody zero-fills first:
         warm buffers of the receive cache for pickle buffers (numpy data),
         uninitialised bytes/bytearray objects for persistent parts."""
+        stream, parts, segs = self._object_dests(table)
+        _linux.process_vm_readv_many(pid, segs)
+        return (stream, parts)
+
+    def _object_dests(self, table: bytes):
+        """(stream, parts, [(local, remote, length)]) for an OBJ RTS's table: the
+        receive buffers, allocated, and where each is read from (parts in table
+        order, then a stream that is not inline)."""
         count, slen, saddr = TABLE.unpack_from(table, 0)
         off = TABLE.size
         parts = []
@@ -712,8 +815,158 @@ class Transport:
             segs.append((_linux.buffer_address(stream)[0], saddr, slen))
         else:
             stream = table[off:off + slen]
-        _linux.process_vm_readv_many(pid, segs)
-        return (stream, parts)
+        return stream, parts, segs
+
+    # ------------------------------------------------------------ two-copy fallback
+    def _ask_push(self, r: RecvOp, m: E.Message) -> None:
+        """Single copy from m's sender is not possible: allocate where the data
+        goes and ask the sender to push it through the ring (PUSH)."""
+        n = m.nbytes
+        if m.flags & F_OBJ:
+            if r.mv is not None:
+                r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent "
+                                  f"as a Python object (lowercase send): receive it "
+                                  f"with recv()")
+                dests, keep = [], None
+            else:
+                stream, parts, segs = self._object_dests(m.payload)
+                r.value = (stream, parts)
+                dests = [(local, length) for local, _, length in segs if length]
+                keep = None
+        elif r.mv is None:
+            buf = _linux.new_bytearray(n)
+            r.value = (None, buf)
+            dests = [(_linux.buffer_address(buf, True)[0], n)] if n else []
+            keep = buf
+        else:
+            if r.error:
+                n = r.capacity
+                r.exc = self._truncation(r, m)
+            dests = [(_linux.buffer_address(r.mv, True)[0], n)] if n else []
+            keep = r.mv
+        total = sum(d[1] for d in dests)
+        if not total:  # nothing to move (truncated to an empty buffer, or an error)
+            self._run(self.engine.fetched(r))
+            return
+        token = next(self._tokens)
+        self.sinks[token] = [dests, 0, 0, r, keep]
+        q = self.pending[m.source]
+        if q or not self._put(m.source, K_PUSH, 0, token, total, m.sender_id, 0, None, 0):
+            q.append((K_PUSH, 0, token, total, m.sender_id, 0))
+            self.npending += 1
+
+    def _start_push(self, dst: int, sid: int, token: int, total: int) -> None:
+        """The receiver of send ``sid`` asks us (PUSH) to stream ``total`` bytes."""
+        s = self.engine.awaiting.get(sid)
+        if s is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"PUSH from rank {dst} for unknown send id {sid}")
+        if s.flags & F_OBJ:  # the buffers in table order, then a stream not inline
+            count, slen, saddr = TABLE.unpack_from(s.table, 0)
+            srcs = []
+            off = TABLE.size
+            for _ in range(count):
+                addr, length, _how = PART.unpack_from(s.table, off)
+                off += PART.size
+                if length:
+                    srcs.append((addr, length))
+            if saddr and slen:
+                srcs.append((saddr, slen))
+        else:
+            if not s.addr:
+                s.addr = _linux.buffer_address(s.mv)[0]
+            srcs = [(s.addr, min(total, s.nbytes))]
+        if sum(x[1] for x in srcs) != total:  # pragma: no cover - protocol error
+            raise MmpiError(f"PUSH from rank {dst} wants {total} bytes of a send of "
+                            f"{s.nbytes} bytes (tag {s.tag})")
+        self.pushes[dst].append([token, srcs, 0, 0, None])
+        self.npending += 1
+        self._push(dst)
+
+    def _push(self, dst: int) -> bool:
+        """Write as much of our pushes to ``dst`` as its ring has room for (DATA
+        records of up to push_chunk bytes, never across the ring's end); True if
+        anything was written.  The receiver copies them out as they come."""
+        q = self.pushes[dst]
+        if dst in self.dead or dst in self.gone:  # nobody will read them
+            self.npending -= len(q)
+            q.clear()
+            return False
+        rb = self.ring_bytes
+        words = self.words
+        data = self.data
+        tailw = self.out_tailw[dst]
+        ring = self.out_data[dst]
+        chunk = self.push_chunk
+        head = self.out_head[dst]
+        head0 = head
+        while q:
+            job = q[0]
+            token, srcs, i, off, trailer = job
+            while i < len(srcs):
+                addr, n = srcs[i]
+                want = min(n - off, chunk)
+                least = HDR_BYTES + min(want, chunk >> 2)
+                free = rb - (head - words[tailw])
+                pos = head % rb
+                room = min(free, rb - pos)
+                if room < least:
+                    if rb - pos < least and free - (rb - pos) >= least:  # wrap, go on
+                        HDR.pack_into(data, ring + pos, K_WRAP, 0, 0, 0, 0, 0, 0, 0)
+                        head += rb - pos
+                        continue
+                    break
+                k = want if room - HDR_BYTES >= want else (room - HDR_BYTES) & ~63
+                p = ring + pos
+                HDR.pack_into(data, p, K_DATA, 0, token, off, 0, 0, k, 0)
+                _linux.memmove(self.base + p + HDR_BYTES, addr + off, k)
+                head += HDR_BYTES + ((k + 63) & ~63)
+                off += k
+                if off == n:
+                    i += 1
+                    off = 0
+                self.out_head[dst] = head
+                words[self.out_headw[dst]] = head
+                if words[self.sleeping_w[dst]]:
+                    _linux.futex_wake(self.base + self.out_headw[dst] * 8)
+            job[2] = i
+            job[3] = off
+            if i < len(srcs):
+                break
+            self.out_head[dst] = head
+            if trailer is not None and not self._put(dst, *trailer, None, 0):
+                break
+            head = self.out_head[dst]
+            q.popleft()
+            self.npending -= 1
+        self.out_head[dst] = head
+        words[self.out_headw[dst]] = head
+        return head != head0
+
+    def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
+        """A DATA record from ``src``: copy it where its receive wants it; the
+        last one completes the receive (FIN)."""
+        sink = self.sinks.get(token)
+        if sink is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"corrupt ring from rank {src}: data for unknown transfer {token}")
+        dests, i, off, r, _ = sink
+        a = self.base + p
+        self.stats_pushed += n
+        while n:
+            addr, length = dests[i]
+            k = min(n, length - off)
+            _linux.memmove(addr + off, a, k)
+            a += k
+            n -= k
+            off += k
+            if off == length:
+                i += 1
+                off = 0
+        sink[1] = i
+        sink[2] = off
+        if i == len(dests):
+            del self.sinks[token]
+            if r is not None:
+                self._run(self.engine.fetched(r))
 
     def _pid(self, rank: int) -> int:
         return self.words[self.world.rank_word(rank, W.R_PID)]
@@ -767,9 +1020,14 @@ class Transport:
             elif kind == K_CTS:
                 self._write_half(src, sid, addr, nbytes, tag)
             elif kind == K_WDONE:
+                self.sinks.pop(sid, None)
                 r = self.splits.pop(sid, None)
                 if r is not None:  # None: our half failed and the receive is over
                     self._run(engine.fetched(r))
+            elif kind == K_DATA:
+                self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
+            elif kind == K_PUSH:
+                self._start_push(src, sid, tag, nbytes)
             else:
                 raise MmpiError(f"corrupt ring from rank {src}: record kind {kind} at {t}")
             t += HDR_BYTES + ((plen + 63) & ~63)
@@ -856,7 +1114,7 @@ class Transport:
                 waits.append((base + hw * 8, h))
             if self.npending:
                 for dst, q in enumerate(self.pending):
-                    if q:
+                    if q or self.pushes[dst]:
                         words[self.out_pwait[dst]] = 1
                         flagged.append(dst)
                         tw = self.out_tailw[dst]
