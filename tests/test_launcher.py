@@ -842,6 +842,27 @@ def test_spawn_interrupted_by_ctrl_c_kills_and_reaps_ranks(spawn, tmp_path):
     assert_gone([int(p.read_text()) for p in tmp_path.glob("pid*")])
 
 
+def test_spawn_ctrl_c_between_fork_and_bookkeeping_leaves_no_rank(spawn, monkeypatch):
+    # ^C right after a rank's fork, before spawn has listed it: the rank must still
+    # be killed and reaped (under load the ranks can run first and be waited for)
+    from driller.mmpi import _spawn as sp
+    forked = []
+    real = os.setpgid
+
+    def setpgid(pid, pgid):
+        if pid != 0 and os.getpid() == parent:     # spawn's side, just after fork
+            forked.append(pid)
+            os.kill(parent, signal.SIGINT)
+        return real(pid, pgid)
+
+    parent = os.getpid()
+    monkeypatch.setattr(sp.os, "setpgid", setpgid)
+    with pytest.raises(KeyboardInterrupt):
+        spawn(lambda comm: time.sleep(60), 2)
+    assert forked
+    assert_gone(forked)
+
+
 def test_spawn_cleanup_holds_back_a_second_ctrl_c():
     from driller.mmpi._spawn import _sigint_deferred
     reached = False
