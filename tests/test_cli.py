@@ -101,6 +101,7 @@ def test_run_help_names_the_options():
 @pytest.mark.parametrize("args, prog, message", [
     ([], "driller", "a command is required"),
     (["bogus"], "driller", "invalid choice: 'bogus'"),
+    (["help", "bogus"], "driller", "invalid choice: 'bogus'"),
     (["--bogus"], "driller", "unrecognized arguments: --bogus"),
     (["run"], "driller run", "no program given"),
     (["run", "--bogus", "-c", MARK], "driller run", "unknown option '--bogus'"),

@@ -57,13 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     """``driller ARGV``: the exit status (argparse may raise SystemExit for
     ``--help``, ``--version`` and usage errors, as usual)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["help"]:                    # `driller help`, `driller help run`
+        argv = [*argv[1:2], "--help"]
     if argv and argv[0] in COMMANDS:
         # the command's own parser sees every argument, '--' included
         return _run(argv[0], argv[1:])
-    if argv[:1] == ["help"]:                    # `driller help`, `driller help run`
-        if argv[1:2] and argv[1] in COMMANDS:
-            return _run(argv[1], ["--help"])
-        argv = ["--help"]
     p = _parser()
     ns = p.parse_args(argv)
     if ns.command is None:
