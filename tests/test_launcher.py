@@ -527,6 +527,7 @@ def test_mpi4py_shim_is_first_on_path():
         assert len(origins) == 2
         assert all(o.endswith(os.path.join("_shim", "mpi4py", "__init__.py")) for o in origins)
     # and with --no-mpi4py, the real thing (or nothing) is found
+    code = "import importlib.util as u; s = u.find_spec('mpi4py'); print(s and s.origin)"
     res = driller_run("-n", "1", "--no-mpi4py", "-c", code)
     assert res.returncode == 0, res.stderr
     assert "_shim" not in res.stdout and res.stdout.strip()
