@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import gc
 import os
 import re
@@ -143,7 +144,9 @@ _FLAGS: set[str] = set()
 _REFUSED = ("--host", "-H", "--hostfile", "--machinefile")
 
 
+@functools.lru_cache(maxsize=None)
 def _parser() -> _Parser:
+    """The ``driller run`` parser (built once; it also fills _VALUED and _FLAGS)."""
     p = _Parser(prog="driller run", usage=USAGE_LINE, description=DESCRIPTION, epilog=EPILOG,
                 add_help=False, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
