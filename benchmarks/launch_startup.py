@@ -53,7 +53,8 @@ def once(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     p.stdout.close()
     if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{out.decode(errors='replace')}")
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n"
+                         f"{out.decode(errors='replace')}")
     return wall, ru.ru_utime + ru.ru_stime
 
 
