@@ -520,14 +520,17 @@ def test_startup_of_8_ranks(record_property):
 
 def test_mpi4py_shim_is_first_on_path():
     code = "import importlib.util; print(importlib.util.find_spec('mpi4py').origin)"
-    res = driller_run("-n", "2", "--mpi4py", "-c", code)
+    for flag in ([], ["--mpi4py"]):     # the default; --mpi4py is kept as a no-op
+        res = driller_run("-n", "2", *flag, "-c", code)
+        assert res.returncode == 0, res.stderr
+        origins = res.stdout.split()
+        assert len(origins) == 2
+        assert all(o.endswith(os.path.join("_shim", "mpi4py", "__init__.py")) for o in origins)
+    # and with --no-mpi4py, the real thing (or nothing) is found
+    code = "import importlib.util as u; s = u.find_spec('mpi4py'); print(s and s.origin)"
+    res = driller_run("-n", "1", "--no-mpi4py", "-c", code)
     assert res.returncode == 0, res.stderr
-    origins = res.stdout.split()
-    assert len(origins) == 2
-    assert all(o.endswith(os.path.join("_shim", "mpi4py", "__init__.py")) for o in origins)
-    # and without the flag, the real thing (or nothing) is found
-    res = driller_run("-n", "1", "-c", code)
-    assert "_shim" not in res.stdout
+    assert "_shim" not in res.stdout and res.stdout.strip()
 
 
 # ---------------------------------------------------------------- mmpi.spawn
