@@ -24,17 +24,49 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _close_all, _fds_of, _owner_of, _packets, _show)
 
 
+_LEASE_SECONDS_VAR = "DRILLER_LEASE_SECONDS"
+_LEASE_ORPHANS_VAR = "DRILLER_LEASE_MAX_ORPHANS"
+_LEASE_SECONDS = 300.0           # an unclaimed lease nobody holds lives this long
+_LEASE_ORPHANS = 4096            # at most this many unclaimed leases nobody holds
+_LEASE_IDLE_VAR = "DRILLER_LEASE_IDLE_SECONDS"
+_LEASE_IDLE = 5.0                # with no client left, leases wait this long for a loader
+_ENDED_MEMORY = 4096             # ended leases remembered for error messages
+
+
+def _env_number(name: str, default: float) -> float:
+    try:
+        v = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return v if v >= 0 else default
+
+
 class _Seg:
-    __slots__ = ("key", "fd", "owner", "meta", "subs", "size")
+    __slots__ = ("key", "fd", "owner", "meta", "subs", "size", "leases", "released")
 
     def __init__(self, key, fd, owner, meta, size):
         self.key, self.fd, self.owner, self.meta, self.size = key, fd, owner, meta, size
         self.subs: set[_Peer] = set()
+        self.leases: set[int] = set()    # live leases: they keep fd after the owner let go
+        self.released: str | None = None  # why the owner let go (kept only for leases)
+
+
+class _Lease:
+    """A transfer lease: keeps its segment's fd here while anyone may still load a
+    handle naming (segment, block generation).  ``holders``: peer -> count (the
+    pickling process until its block dies, each claimant until it unmaps)."""
+
+    __slots__ = ("id", "seg", "gen", "holders", "claimed")
+
+    def __init__(self, lid: int, seg: _Seg, gen: int):
+        self.id, self.seg, self.gen = lid, seg, gen
+        self.holders: dict[_Peer, int] = {}
+        self.claimed = False
 
 
 class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
-                 "outq", "notices", "parts", "part_fds", "writing", "dead")
+                 "outq", "notices", "parts", "part_fds", "writing", "dead", "held")
 
     def __init__(self, sock, pid, uid):
         self.sock, self.fd, self.pid, self.uid = sock, sock.fileno(), pid, uid
@@ -48,6 +80,7 @@ class _Peer:
         self.part_fds: list[int] = []
         self.writing = False
         self.dead = False
+        self.held: set[int] = set()        # leases this peer holds
 
 
 class _Server:
@@ -66,6 +99,14 @@ class _Server:
         self.buf = bytearray(_MAX_PACKET)
         self.mv = memoryview(self.buf)
         self.uid = os.getuid()
+        self.leases: dict[int, _Lease] = {}
+        self.orphans: OrderedDict[int, float] = OrderedDict()  # unclaimed, no holder: since
+        self.ended: OrderedDict[int, str] = OrderedDict()
+        self.lease_serial = 0
+        self.lease_seconds = _env_number(_LEASE_SECONDS_VAR, _LEASE_SECONDS)
+        self.max_orphans = int(_env_number(_LEASE_ORPHANS_VAR, _LEASE_ORPHANS))
+        self.lease_idle = _env_number(_LEASE_IDLE_VAR, _LEASE_IDLE)
+        self.alone_since: float | None = None   # no client left, leases still live
         lsock.setblocking(False)
         self.ep.register(self.lfd, select.EPOLLIN)
 
@@ -78,7 +119,9 @@ class _Server:
         while True:
             now = time.monotonic()
             timeout = None
-            if not self.peers:
+            if not self.peers and self.leases:
+                timeout = self._lone_leases(now)
+            if not self.peers and not self.leases:
                 if self.ever or now - self.started >= self.idle:
                     if not self._accept():      # nobody waiting in the backlog: done
                         return
@@ -86,6 +129,9 @@ class _Server:
                 timeout = self.started + self.idle - now
             if self.unauth:
                 t = max(0.0, min(self.unauth.values()) + _AUTH_TIMEOUT - now)
+                timeout = t if timeout is None else min(timeout, t)
+            if self.orphans:
+                t = max(0.0, next(iter(self.orphans.values())) + self.lease_seconds - now)
                 timeout = t if timeout is None else min(timeout, t)
             for fd, ev in self.ep.poll(-1 if timeout is None else timeout):
                 if fd == self.lfd:
@@ -104,6 +150,10 @@ class _Server:
                     if now - since > _AUTH_TIMEOUT:
                         self._drop(p)
             self._drop_pending()
+            if self.orphans:
+                self._expire_orphans(time.monotonic())
+            if self.peers:
+                self.alone_since = None
 
     def _accept(self) -> bool:
         got = False
@@ -203,7 +253,7 @@ class _Server:
             _close_all(fds)
             key = msg[1]
             seg = self.segs.get(key)
-            if seg is None:
+            if seg is None or seg.released is not None:
                 self._send(peer, ("gone", self._gone_message(key)))
                 return
             seg.subs.add(peer)
@@ -229,10 +279,13 @@ class _Server:
         elif op == "release":
             _close_all(fds)
             seg = self.segs.get(msg[1])
-            ok = seg is not None and seg.owner is peer
+            ok = seg is not None and seg.owner is peer and seg.released is None
             if ok:
                 self._release(msg[1], f"released by its owner (pid {peer.pid})")
             self._send(peer, ("ok", ok))
+        elif op in ("lease", "claim", "unhold"):
+            _close_all(fds)
+            self._lease_op(peer, op, msg)
         elif op == "ping":
             _close_all(fds)
             self._send(peer, ("pong",))
@@ -246,7 +299,8 @@ class _Server:
                        and p is not peer]  # the asker is a one-shot connection
             self._send(peer, ("info", {"address": self.address, "pid": os.getpid(),
                                        "uid": self.uid, "clients": clients,
-                                       "segments": self._segments()}))
+                                       "segments": self._segments(),
+                                       "leases": self._lease_info()}))
         else:
             _close_all(fds)
             self._send(peer, ("err", f"unknown request {op!r}"))
@@ -256,11 +310,14 @@ class _Server:
         for s in self.segs.values():
             nbytes = s.meta.get("nbytes", s.size) if isinstance(s.meta, dict) else s.size
             out.append({"key": s.key, "owner": s.owner.pid, "nbytes": nbytes, "size": s.size,
-                        "meta": s.meta, "subscribers": sorted(p.pid for p in s.subs)})
+                        "meta": s.meta, "subscribers": sorted(p.pid for p in s.subs),
+                        "leases": len(s.leases), "released": s.released})
         return out
 
     def _gone_message(self, key: str) -> str:
         why = self.gone.get(key)
+        if why is None and key in self.segs:
+            why = self.segs[key].released
         if why is not None:
             return f"segment {key!r} was {why}; ask its owner for a new handle"
         owner = _owner_of(key)
@@ -269,17 +326,141 @@ class _Server:
                 "it was released (or never published there)")
 
     def _release(self, key: str, why: str) -> None:
-        seg = self.segs.pop(key)
-        _close_all([seg.fd])
+        """The owner let go of key: notify subscribers; keep the fd while leases live."""
+        seg = self.segs[key]
         seg.owner.owned.discard(key)
-        self.gone[key] = why
-        while len(self.gone) > _GONE_MEMORY:
-            self.gone.popitem(last=False)
-        for sub in seg.subs:
+        seg.released = why
+        subs, seg.subs = seg.subs, set()
+        for sub in subs:
             sub.subscribed.discard(key)
             if not sub.dead:
                 sub.notices.add(key)
                 self._flush(sub)
+        if not seg.leases:
+            self._close_seg(seg)
+
+    def _close_seg(self, seg: _Seg) -> None:
+        del self.segs[seg.key]
+        _close_all([seg.fd])
+        self.gone[seg.key] = seg.released
+        while len(self.gone) > _GONE_MEMORY:
+            self.gone.popitem(last=False)
+
+    # -- transfer leases (see driller.sharedarray for the rules)
+    def _lease_op(self, peer: _Peer, op: str, msg) -> None:
+        if op == "unhold":
+            for lid in msg[1]:
+                self._unhold(peer, lid)
+            self._send(peer, ("ok",))
+            return
+        key = msg[1]
+        if op == "lease":  # ("lease", key, gen): the pickling process holds it
+            seg = self.segs.get(key)
+            if seg is None or seg.released is not None:
+                self._send(peer, ("gone", self._gone_message(key)))
+                return
+            self.lease_serial += 1
+            lease = _Lease(self.lease_serial, seg, msg[2])
+            self.leases[lease.id] = lease
+            seg.leases.add(lease.id)
+            self._hold(peer, lease)
+            self._send(peer, ("lease", lease.id))
+            return
+        # ("claim", key, lease id, want_fd, gen): a process loads a handle naming the lease
+        lease = self.leases.get(msg[2])
+        if lease is None or lease.seg.key != key or lease.gen != msg[4]:
+            self._send(peer, ("gone", self._lease_gone_message(key, msg[2])))
+            return
+        lease.claimed = True
+        self.orphans.pop(lease.id, None)
+        self._hold(peer, lease)
+        seg = lease.seg
+        if not msg[3]:
+            self._send(peer, ("ok",))
+            return
+        if seg.released is None:  # notices go to those who can still get one
+            seg.subs.add(peer)
+            peer.subscribed.add(key)
+        self._send(peer, ("fd", seg.meta, seg.owner.pid, seg.released is not None), seg.fd)
+
+    def _hold(self, peer: _Peer, lease: _Lease) -> None:
+        lease.holders[peer] = lease.holders.get(peer, 0) + 1
+        peer.held.add(lease.id)
+
+    def _unhold(self, peer: _Peer, lid: int, everything: bool = False) -> None:
+        lease = self.leases.get(lid)
+        if lease is None or peer not in lease.holders:
+            return  # ended already, or not ours (e.g. from a fork of a holder)
+        n = 0 if everything else lease.holders[peer] - 1
+        if n > 0:
+            lease.holders[peer] = n
+            return
+        del lease.holders[peer]
+        peer.held.discard(lid)
+        if lease.holders:
+            return
+        if lease.claimed:
+            self._end_lease(lease, "loaded, then let go by every process that held it")
+            return
+        self.orphans[lid] = time.monotonic()
+        while len(self.orphans) > self.max_orphans:
+            old = next(iter(self.orphans))
+            self.say(f"more than {self.max_orphans} handles were never loaded: lease {old} "
+                     "expires early")
+            self._end_lease(self.leases[old], f"never loaded, and more than {self.max_orphans} "
+                            f"other handles were waiting ({_LEASE_ORPHANS_VAR})")
+
+    def _lone_leases(self, now: float) -> float | None:
+        """No client left: leases wait lease_idle seconds for a loader to connect."""
+        if self.alone_since is None:
+            self.alone_since = now
+        wait = self.alone_since + self.lease_idle - now
+        if wait > 0:
+            return wait
+        self.say(f"no client for {self.lease_idle:g} s: ending {len(self.leases)} leases")
+        for lease in list(self.leases.values()):
+            self._end_lease(lease, f"never loaded: no process connected to the proxy within "
+                            f"{self.lease_idle:g} s of the last one leaving "
+                            f"({_LEASE_IDLE_VAR})")
+        self.alone_since = None
+        return None
+
+    def _expire_orphans(self, now: float) -> None:
+        while self.orphans:
+            lid, since = next(iter(self.orphans.items()))
+            if now - since < self.lease_seconds:
+                return
+            self._end_lease(self.leases[lid], f"never loaded within {self.lease_seconds:g} s "
+                            f"of its last holder letting go ({_LEASE_SECONDS_VAR})")
+
+    def _end_lease(self, lease: _Lease, why: str) -> None:
+        del self.leases[lease.id]
+        self.orphans.pop(lease.id, None)
+        for p in lease.holders:
+            p.held.discard(lease.id)
+        lease.holders.clear()
+        self.ended[lease.id] = why
+        while len(self.ended) > _ENDED_MEMORY:
+            self.ended.popitem(last=False)
+        seg = lease.seg
+        seg.leases.discard(lease.id)
+        if not seg.leases and seg.released is not None and self.segs.get(seg.key) is seg:
+            self._close_seg(seg)
+
+    def _lease_gone_message(self, key: str, lid) -> str:
+        why = self.ended.get(lid)
+        if why is None:
+            return self._gone_message(key)
+        owner = _owner_of(key)
+        who = f" (owner pid {owner})" if owner is not None else ""
+        return (f"segment {key!r}{who}: the array this handle names is gone — its owner freed "
+                f"it and its transfer lease {lid} ended ({why}); ask the owner for a new "
+                "handle, and keep the array (or a view) alive until the handle is loaded")
+
+    def _lease_info(self) -> dict:
+        return {"live": len(self.leases), "orphaned": len(self.orphans),
+                "segments_kept": sum(1 for s in self.segs.values() if s.released is not None),
+                "seconds": self.lease_seconds, "max_orphans": self.max_orphans}
 
     # -- sending, never blocking
     def _send(self, peer: _Peer, obj, fd: int | None = None) -> None:
@@ -368,6 +549,8 @@ class _Server:
         _close_all([fd for _, fd in peer.outq if fd is not None])
         _close_all(peer.part_fds)
         peer.outq.clear()
+        for lid in list(peer.held):
+            self._unhold(peer, lid, everything=True)
         for key in list(peer.owned):
             self._release(key, f"released: its owner (pid {peer.pid}) exited or disconnected")
         for key in peer.subscribed:
