@@ -84,3 +84,10 @@ def load_twice(p):
     except driller.SegmentReleasedError as e:
         return first, ("released", str(e))
     return first, ("loaded", "")
+
+
+def total_and_fill(arr, value):
+    """Sum a (shared) array we were given, then overwrite it in place."""
+    s = float(np.asarray(arr).sum())
+    arr[...] = value
+    return s

@@ -113,6 +113,18 @@ def test_mmpi_send_then_drop_at_once(n):
     assert got[1] == [("SharedArray", (n,), v + 10.0, v + 10.0) for v in range(3)]
 
 
+@SIZES
+def test_a_loaded_result_passes_on_by_reference_after_its_worker_exited(n):
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx,
+                                                max_tasks_per_child=1) as ex:
+        r = ex.submit(peer.make_filled, 4, n).result(timeout=60)
+        # its worker is gone: our claim keeps the lease, so a view of r pickles on
+        total = ex.submit(peer.total_and_fill, r[10:], 6).result(timeout=60)
+    assert total == 4.0 * (n - 10)
+    assert (r[10:] == 6).all() and (r[:10] == 4).all()  # the next worker wrote our memory
+
+
 # ------------------------------------------------------------------ stale references
 
 def _addr(a) -> int:
