@@ -23,7 +23,7 @@ from .errors import ProxyError
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
-           "ensure_releaser", "pending"]
+           "ensure_releaser", "dropping"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
@@ -47,6 +47,11 @@ def _client():
     return ProxyClient.get()
 
 
+def _fd_and_meta(seg: Segment) -> tuple[int, dict]:
+    fd = seg.fd if seg.ro_fd is None else seg.ro_fd
+    return fd, {"nbytes": seg.nbytes, "owner": seg.owner, "readonly": seg.ro_fd is not None}
+
+
 def publish(seg: Segment) -> tuple[str, bytes]:
     """Make seg fetchable through the proxy (once); returns (proxy address, secret)."""
     with _lock:
@@ -55,9 +60,7 @@ def publish(seg: Segment) -> tuple[str, bytes]:
         if not seg.published:
             if seg.fd < 0:
                 raise ProxyError(f"segment {seg.key} has no fd left to publish")
-            fd = seg.fd if seg.ro_fd is None else seg.ro_fd
-            client.publish(seg.key, fd, {"nbytes": seg.nbytes, "owner": seg.owner,
-                                         "readonly": seg.ro_fd is not None})
+            client.publish(seg.key, *_fd_and_meta(seg))
             seg.published = True
             seg.close_fd()  # the proxy holds it now; our mapping holds the memory
         return client.address, client.secret
@@ -71,7 +74,16 @@ def handle_for(seg: Segment, **fields) -> Handle:
 
 def lease(seg: Segment, gen: int) -> tuple[str, int]:
     """Publish seg if needed and take a transfer lease on (seg, gen); returns
-    (proxy address, lease id).  One round trip to the proxy."""
+    (proxy address, lease id).  One round trip to the proxy (both at once for a
+    segment not yet published)."""
+    with _lock:
+        if not seg.published and seg.fd >= 0:
+            client = _client()
+            _ensure_releaser()
+            lid = client.publish_leased(seg.key, *_fd_and_meta(seg), gen)
+            seg.published = True
+            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+            return client.address, lid
     address, secret = publish(seg)
     return address, _client().lease(address, secret, seg.key, gen)
 
@@ -88,9 +100,9 @@ def drop_leases(pid: int, address: str, leases) -> None:
     _wake()
 
 
-def pending() -> bool:
-    """Whether releases or lease drops are queued (flush() sends them)."""
-    return bool(_pending or _unheld)
+def dropping(address: str, lease: int) -> bool:
+    """Whether a drop of lease at the proxy at address is queued, not yet sent."""
+    return any(a == address and lease in ids for a, ids in list(_unheld))
 
 
 def ensure_releaser() -> None:

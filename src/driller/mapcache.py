@@ -22,8 +22,9 @@ Transfer leases (rules in :mod:`driller.sharedarray`): a handle naming a lease
 is mapped through a *claim* (the fetch names the lease), and a cache hit for a
 lease this mapping has not claimed yet costs one claim round trip (which also
 tells us if the lease ended).  Each mapping holds its claims until it is
-unmapped; they are let go asynchronously from its finalizer, and sent before
-the next claim of this cache so that a lease we let go of is seen as ended.
+unmapped; they are let go asynchronously from its finalizer (a drop still
+queued is sent before a new claim of the same lease, so that a lease we let go
+of is seen as ended, and a new claim is never undone by an old drop).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class MapCache:
                 if lease:
                     claims = self._claims.get(region)
                     if claims is None or claims.get(lease) != gen:
-                        self._send_drops()
+                        self._send_drops(address, lease)
                         client.claim(address, secret, key, lease, gen, want_fd=False)
                         self._claims_of(region, address)[lease] = gen
                 self._entries.move_to_end(ek)
@@ -126,7 +127,7 @@ class MapCache:
             self.misses += 1
             released = False
             if lease:
-                self._send_drops()
+                self._send_drops(address, lease)
                 fd, _meta, released = client.claim(address, secret, key, lease, gen,
                                                      want_fd=True)
             else:
@@ -168,9 +169,10 @@ class MapCache:
         return claims
 
     @staticmethod
-    def _send_drops() -> None:
-        # claims let go of by unmapped mappings reach the proxy before a new claim
-        if _publish.pending():
+    def _send_drops(address: str, lease: int) -> None:
+        # our queued drop of this very lease reaches the proxy before we claim it again
+        # (else the claim could succeed and the drop end it under us)
+        if _publish.dropping(address, lease):
             _publish.flush()
 
     def _evict(self) -> None:

@@ -272,10 +272,13 @@ class _Server:
                     size = _linux.fd_size(fds[0])
                 except OSError:
                     size = None
-                self.segs[key] = _Seg(key, fds[0], peer, meta, size)
+                seg = self.segs[key] = _Seg(key, fds[0], peer, meta, size)
                 peer.owned.add(key)
                 self.gone.pop(key, None)
-                self._send(peer, ("ok",))
+                if len(msg) > 3:  # ("publish", key, meta, gen): and a lease, at once
+                    self._send(peer, ("ok", self._new_lease(peer, seg, msg[3])))
+                else:
+                    self._send(peer, ("ok",))
         elif op == "release":
             _close_all(fds)
             seg = self.segs.get(msg[1])
@@ -359,12 +362,7 @@ class _Server:
             if seg is None or seg.released is not None:
                 self._send(peer, ("gone", self._gone_message(key)))
                 return
-            self.lease_serial += 1
-            lease = _Lease(self.lease_serial, seg, msg[2])
-            self.leases[lease.id] = lease
-            seg.leases.add(lease.id)
-            self._hold(peer, lease)
-            self._send(peer, ("lease", lease.id))
+            self._send(peer, ("lease", self._new_lease(peer, seg, msg[2])))
             return
         # ("claim", key, lease id, want_fd, gen): a process loads a handle naming the lease
         lease = self.leases.get(msg[2])
@@ -382,6 +380,14 @@ class _Server:
             seg.subs.add(peer)
             peer.subscribed.add(key)
         self._send(peer, ("fd", seg.meta, seg.owner.pid, seg.released is not None), seg.fd)
+
+    def _new_lease(self, peer: _Peer, seg: _Seg, gen: int) -> int:
+        self.lease_serial += 1
+        lease = _Lease(self.lease_serial, seg, gen)
+        self.leases[lease.id] = lease
+        seg.leases.add(lease.id)
+        self._hold(peer, lease)
+        return lease.id
 
     def _hold(self, peer: _Peer, lease: _Lease) -> None:
         lease.holders[peer] = lease.holders.get(peer, 0) + 1
