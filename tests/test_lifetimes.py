@@ -50,6 +50,13 @@ def test_pool_workers_return_fresh_arrays(method, n):
         _check_filled(it, n, range(6, 12))
 
 
+@SIZES
+def test_pool_workers_that_exit_after_each_task(n):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2, maxtasksperchild=1) as pool:
+        _check_filled(pool.starmap(peer.make_filled, [(v, n) for v in range(6)]), n, range(6))
+
+
 class _Fill:
     """Picklable callable (imap takes one argument)."""
 
