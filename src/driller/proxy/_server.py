@@ -3,6 +3,10 @@
 Run only through ``_boot._start_proxy`` (``_main`` reads its boot data from the
 environment).  Imports only ``driller._linux``, ``driller.errors`` and ``._wire``
 (the proxy starts fast and has nothing else that could break).
+
+Transfer leases (``lease``, ``claim``, ``unhold``, and ``publish`` with a block
+generation; the rules are in :mod:`driller.sharedarray`) keep a segment's fd
+here after its owner let go of it, while a pickle naming it may still be loaded.
 """
 
 from __future__ import annotations
