@@ -107,6 +107,8 @@ def dropping(address: str, lease: int) -> bool:
 
 def ensure_releaser() -> None:
     """Start the thread that sends queued releases and lease drops (once per process)."""
+    if _waker["pid"] == os.getpid():
+        return  # running (no lock: the thread may hold it while waiting for the proxy)
     with _lock:
         _ensure_releaser()
 

@@ -125,11 +125,11 @@ class MapCache:
                 self.hits += 1
                 return region
             self.misses += 1
-            released = False
+            owner_gone = False
             if lease:
                 self._send_drops(address, lease)
-                fd, _meta, released = client.claim(address, secret, key, lease, gen,
-                                                     want_fd=True)
+                fd, _meta, owner_gone = client.claim(address, secret, key, lease, gen,
+                                                       want_fd=True)
             else:
                 fd, _meta = client.fetch(address, secret, key)
             try:
@@ -147,7 +147,7 @@ class MapCache:
                 os.close(fd)
             if lease:
                 self._claims_of(region, address)[lease] = gen
-                if released:  # no notice will come: not cached, unmapped with its views
+                if owner_gone:  # no notice will come: not cached, unmapped with its views
                     return region
             old = self._entries.pop(ek, None)
             if old is not None:  # a smaller mapping of the same segment
@@ -170,8 +170,8 @@ class MapCache:
 
     @staticmethod
     def _send_drops(address: str, lease: int) -> None:
-        # our queued drop of this very lease reaches the proxy before we claim it again
-        # (else the claim could succeed and the drop end it under us)
+        # our queued drop of this very lease reaches the proxy before we claim it again:
+        # a lease that we were the last to hold is then seen as ended, not revived
         if _publish.dropping(address, lease):
             _publish.flush()
 
