@@ -13,6 +13,16 @@ def make_filled(value, n):
     return a
 
 
+class Fill:
+    """make_filled(value, n) as a one-argument callable (for Pool.imap)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, value):
+        return make_filled(value, self.n)
+
+
 def put_and_exit(q, value, n):
     q.put(make_filled(value, n))  # the feeder thread pickles it; we exit right after
 

@@ -46,7 +46,7 @@ def test_pool_workers_return_fresh_arrays(method, n):
     with ctx.Pool(2) as pool:
         got = pool.starmap(peer.make_filled, [(v, n) for v in range(6)])
         _check_filled(got, n, range(6))
-        it = list(pool.imap(_Fill(n), range(6, 12)))
+        it = list(pool.imap(peer.Fill(n), range(6, 12)))
         _check_filled(it, n, range(6, 12))
 
 
@@ -55,16 +55,6 @@ def test_pool_workers_that_exit_after_each_task(n):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2, maxtasksperchild=1) as pool:
         _check_filled(pool.starmap(peer.make_filled, [(v, n) for v in range(6)]), n, range(6))
-
-
-class _Fill:
-    """Picklable callable (imap takes one argument)."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, v):
-        return peer.make_filled(v, self.n)
 
 
 @SIZES
@@ -133,10 +123,6 @@ def test_a_loaded_result_passes_on_by_reference_after_its_worker_exited(n):
 
 
 # ------------------------------------------------------------------ stale references
-
-def _addr(a) -> int:
-    return a.__array_interface__["data"][0]
-
 
 def _block(a):
     """(segment key, first byte, end) of the heap block under a shared array."""
