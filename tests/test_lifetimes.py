@@ -190,7 +190,7 @@ def test_a_handle_of_another_generation_raises():
     with ctx.Pool(1) as pool:
         assert pool.apply(peer.load_all, ([pickle.dumps(a)],))[0] == ("ok", 5.0, 5.0)
         kind, msg = pool.apply(peer.load_all, ([pickle.dumps(forged)],))[0]
-    assert kind == "released" and h.key in msg
+    assert kind == "released" and h.key in msg and "generation" in msg, msg
     del keep
 
 

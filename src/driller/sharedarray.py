@@ -33,7 +33,9 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
    its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
    4096) unclaimed leases without a holder are kept per proxy; beyond that the
    oldest ends first (logged): pickles that are never loaded cannot grow the
-   proxy without bound.  The proxy stays up while a lease lives.
+   proxy without bound.  The proxy stays up while a lease lives, but once its
+   last client is gone it waits only ``DRILLER_LEASE_IDLE_SECONDS`` (default 5)
+   for a loader to connect, then ends its leases and exits.
 5. Loading a handle whose lease ended raises
    :class:`~driller.SegmentReleasedError`, never another array's bytes: a block
    that was ever exported (handle, pickle, or alive at a ``fork()``) is never

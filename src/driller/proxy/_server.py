@@ -370,7 +370,12 @@ class _Server:
             return
         # ("claim", key, lease id, want_fd, gen): a process loads a handle naming the lease
         lease = self.leases.get(msg[2])
-        if lease is None or lease.seg.key != key or lease.gen != msg[4]:
+        if lease is not None and (lease.seg.key != key or lease.gen != msg[4]):
+            self._send(peer, ("gone", f"segment {key!r}: transfer lease {msg[2]} is not on "
+                              f"block generation {msg[4]} of this segment: the handle is "
+                              "stale or altered; ask the owner for a new handle"))
+            return
+        if lease is None:
             self._send(peer, ("gone", self._lease_gone_message(key, msg[2])))
             return
         lease.claimed = True
