@@ -655,6 +655,16 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+def set_nofile_limit(n: int) -> int:
+    """Set the soft RLIMIT_NOFILE to n (at most the hard limit); returns the new soft limit."""
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        n = min(n, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+    return n
+
+
 def nofile_limit() -> int:
     """The soft RLIMIT_NOFILE of this process."""
     import resource

@@ -30,6 +30,18 @@ proxy connection itself is lost, the keys fetched through it are reported as
 released too (nobody can vouch for them any more).  ``released_keys()`` is
 consumed by the map cache; other code should not drain it.
 
+Bounds: the proxy serves every process of one uid, so one buggy or hostile
+client must not stall or bloat it for the others.  At its open-file limit it
+stops accepting for a moment (or until a client leaves), logs once and refuses
+newcomers with a clear reason instead of spinning; at most 256 connections wait
+to authenticate (the oldest is dropped for a new one, each for 10 s at most);
+one request is at most 1 MiB and 16 fds, a client over that is disconnected and
+everything it held is freed; a client that does not read its replies is not read
+from while more than 1 MiB of replies wait for it.  Release notices are never
+dropped.  ``proxy_info()`` reports ``connections``, ``unauthenticated``,
+``buffered`` (bytes held for clients), ``accepting``, ``refused_at_limit`` and
+``nofile``.  Details in ``_server``.
+
 Modules: ``_wire`` (packet format, constants), ``_client`` (``ProxyClient``,
 ``proxy_info``), ``_boot`` (starting a proxy), ``_server`` (the proxy process).
 """

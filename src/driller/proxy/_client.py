@@ -54,7 +54,10 @@ class _Conn:
                     f"the socket {_show(address)} belongs to uid {uid}, not to our uid "
                     f"{os.getuid()}: driller proxies only serve processes of one user")
             sock.settimeout(_HELLO_TIMEOUT)  # a stopped or wedged proxy: give up, don't hang
-            sock.sendmsg([_LAST + _MAGIC + secret])
+            try:
+                sock.sendmsg([_LAST + _MAGIC + secret])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused at once (e.g. at its fd limit): the reason is still readable
             reply, fds = self._read_reply()
             _close_all(fds)
             sock.settimeout(None)

@@ -7,11 +7,30 @@ environment).  Imports only ``driller._linux``, ``driller.errors`` and ``._wire`
 Transfer leases (``lease``, ``claim``, ``unhold``, and ``publish`` with a block
 generation; the rules are in :mod:`driller.sharedarray`) keep a segment's fd
 here after its owner let go of it, while a pickle naming it may still be loaded.
+
+Bounds (a client of our own uid may be buggy or hostile; the proxy must stay
+responsive for the others):
+
+* at the open-file limit (EMFILE/ENFILE on accept) it stops polling the listening
+  socket for ``_ACCEPT_PAUSE`` seconds or until a client leaves, logs once, and
+  refuses whoever waits in the backlog with a clear message (a reserve fd is
+  closed to accept them): no spinning, connected clients keep being served;
+* at most ``_MAX_UNAUTH`` connections may be unauthenticated (the oldest is
+  dropped for a new one) and each for ``_AUTH_TIMEOUT`` seconds;
+* one request (continuation packets included) is at most ``_MAX_REQUEST`` bytes
+  and ``_MAX_REQUEST_FDS`` fds: a client over it is disconnected (everything it
+  held freed);
+* a client that does not read its replies is not read from while more than
+  ``_MAX_OUTQ`` bytes of replies wait for it (back-pressure, nothing dropped);
+  release notices are never dropped (they are bounded by its subscriptions);
+* at most ``_ACCEPT_BATCH`` connections are accepted per wake-up, and no work per
+  loop iteration depends on the number of idle connections.
 """
 
 from __future__ import annotations
 
 import array
+import errno
 import hmac
 import os
 import pickle
@@ -26,6 +45,16 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _GONE_MEMORY, _LAST, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
                     _close_all, _fds_of, _owner_of, _packets, _show)
+
+_MAX_UNAUTH = 256                # connections waiting to authenticate
+_MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
+_MAX_REQUEST_FDS = 16            # fds attached to one request's packets
+_MAX_OUTQ = 1 << 20              # queued reply bytes before a peer's requests wait
+_ACCEPT_PAUSE = 0.25             # seconds not accepting after EMFILE/ENFILE
+_ACCEPT_BATCH = 64               # connections accepted per wake-up
+_BACKLOG = 128                   # listen() backlog of _boot._start_proxy
+_NOFILE_VAR = "_DRILLER_PROXY_NOFILE"  # tests only: the proxy's RLIMIT_NOFILE
+_HUP = select.EPOLLHUP | select.EPOLLERR
 
 
 _LEASE_SECONDS_VAR = "DRILLER_LEASE_SECONDS"
@@ -70,7 +99,9 @@ class _Lease:
 
 class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
-                 "outq", "notices", "parts", "part_fds", "writing", "dead", "held")
+                 "outq", "notices", "parts", "part_fds", "writing", "dead",
+                 "part_bytes", "out_bytes", "reply_bytes", "paused", "events",
+                 "held")
 
     def __init__(self, sock, pid, uid):
         self.sock, self.fd, self.pid, self.uid = sock, sock.fileno(), pid, uid
@@ -78,13 +109,18 @@ class _Peer:
         self.since = time.monotonic()
         self.owned: set[str] = set()
         self.subscribed: set[str] = set()
-        self.outq: deque = deque()         # (packet, fd or None); fds here are our dups
+        self.outq: deque = deque()         # (packet, fd or None, is_reply); fds: our dups
         self.notices: set[str] = set()
         self.parts: list[bytes] = []
         self.part_fds: list[int] = []
         self.writing = False
         self.dead = False
         self.held: set[int] = set()        # leases this peer holds
+        self.part_bytes = 0                # bytes in parts
+        self.out_bytes = 0                 # bytes in outq
+        self.reply_bytes = 0               # bytes of replies (not notices) in outq
+        self.paused = False                # not reading requests: too many replies queued
+        self.events = select.EPOLLIN       # what epoll watches for us
 
 
 class _Server:
@@ -111,6 +147,12 @@ class _Server:
         self.max_orphans = int(_env_number(_LEASE_ORPHANS_VAR, _LEASE_ORPHANS))
         self.lease_idle = _env_number(_LEASE_IDLE_VAR, _LEASE_IDLE)
         self.alone_since: float | None = None   # no client left, leases still live
+        self.accepting = True              # the listening socket is in the epoll set
+        self.resume_at = 0.0               # when not accepting: when to try again
+        self.at_limit = False              # logged the fd limit, not yet accepted again
+        self.refused = 0                   # connections refused at the fd limit
+        self.evicted = 0                   # unauthenticated connections dropped for new ones
+        self.reserve = self._open_reserve()
         lsock.setblocking(False)
         self.ep.register(self.lfd, select.EPOLLIN)
 
@@ -123,16 +165,23 @@ class _Server:
         while True:
             now = time.monotonic()
             timeout = None
+            if not self.accepting and now >= self.resume_at:
+                self._resume_accept()
             if not self.peers and self.leases:
                 timeout = self._lone_leases(now)
             if not self.peers and not self.leases:
                 if self.ever or now - self.started >= self.idle:
-                    if not self._accept():      # nobody waiting in the backlog: done
-                        return
-                    continue
-                timeout = self.started + self.idle - now
-            if self.unauth:
-                t = max(0.0, min(self.unauth.values()) + _AUTH_TIMEOUT - now)
+                    if self.accepting:
+                        if not self._accept():  # nobody waiting in the backlog: done
+                            return
+                        continue
+                else:
+                    timeout = self.started + self.idle - now
+            if not self.accepting:
+                t = self.resume_at - now
+                timeout = t if timeout is None else min(timeout, t)
+            if self.unauth:  # insertion order is age order: the first is the oldest
+                t = max(0.0, next(iter(self.unauth.values())) + _AUTH_TIMEOUT - now)
                 timeout = t if timeout is None else min(timeout, t)
             if self.orphans:
                 t = max(0.0, next(iter(self.orphans.values())) + self.lease_seconds - now)
@@ -146,13 +195,15 @@ class _Server:
                     continue
                 if ev & select.EPOLLOUT:
                     self._flush(peer)
-                if ev & _EPOLL_IN and not peer.dead:
+                if ev & _EPOLL_IN and not peer.dead and (not peer.paused or ev & _HUP):
                     self._readable(peer)
             if self.unauth:
                 now = time.monotonic()
-                for p, since in list(self.unauth.items()):
-                    if now - since > _AUTH_TIMEOUT:
-                        self._drop(p)
+                while self.unauth:
+                    p, since = next(iter(self.unauth.items()))
+                    if now - since <= _AUTH_TIMEOUT:
+                        break
+                    self._drop(p)
             self._drop_pending()
             if self.orphans:
                 self._expire_orphans(time.monotonic())
@@ -160,18 +211,29 @@ class _Server:
                 self.alone_since = None
 
     def _accept(self) -> bool:
+        """Accept up to _ACCEPT_BATCH connections; False if nobody was waiting."""
         got = False
-        while True:
+        for _ in range(_ACCEPT_BATCH):
             try:
                 sock, _ = self.lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return got
-            except OSError as e:  # pragma: no cover - e.g. EMFILE
-                self.say("accept failed:", e)
-                return got
+            except OSError as e:
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                self._at_limit(e)  # EMFILE, ENFILE, ENOBUFS, ENOMEM: stop for a while
+                return True
             got = True
+            if self.at_limit:
+                self.at_limit = False
+                self.say(f"accepting connections again ({len(self.peers)} open, "
+                         f"{self.refused} refused meanwhile)")
             sock.setblocking(False)
-            pid, uid, _gid = _linux.peer_cred(sock)
+            try:
+                pid, uid, _gid = _linux.peer_cred(sock)
+            except OSError:  # pragma: no cover - gone already
+                sock.close()
+                continue
             if uid != self.uid:
                 self.say(f"refused pid {pid}: uid {uid}")
                 try:
@@ -181,10 +243,69 @@ class _Server:
                     pass
                 sock.close()
                 continue
+            if len(self.unauth) >= _MAX_UNAUTH:  # make room: drop the oldest
+                if not self.evicted:
+                    self.say(f"{_MAX_UNAUTH} connections wait to authenticate: dropping the "
+                             "oldest for each new one")
+                self.evicted += 1
+                self._drop(next(iter(self.unauth)))
             peer = _Peer(sock, pid, uid)
             self.peers[peer.fd] = peer
             self.unauth[peer] = peer.since
             self.ep.register(peer.fd, select.EPOLLIN)
+        return got
+
+    # -- at the open-file limit
+    @staticmethod
+    def _open_reserve() -> int | None:
+        try:
+            return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def _at_limit(self, e: OSError) -> None:
+        if not self.at_limit:
+            self.at_limit = True
+            self.say(f"accept failed ({e.strerror}) with {len(self.peers)} connections open: "
+                     f"refusing new ones until a client leaves")
+        self._refuse_backlog(e)
+        if self.accepting:
+            self.ep.unregister(self.lfd)
+            self.accepting = False
+        self.resume_at = time.monotonic() + _ACCEPT_PAUSE
+
+    def _refuse_backlog(self, e: OSError) -> None:
+        """Tell who waits in the backlog why they are not served (closing a reserve fd
+        makes room to accept them), rather than leaving them hanging."""
+        if self.reserve is None:
+            self.reserve = self._open_reserve()
+            return
+        os.close(self.reserve)
+        self.reserve = None
+        why = _packets(("refused", f"the fd proxy is at its open file limit ({e.strerror}, "
+                        f"{len(self.peers)} connections); retry when fewer processes use "
+                        "it, or raise its limit (ulimit -n)"))[0]
+        try:
+            for _ in range(_BACKLOG):
+                try:
+                    sock, _ = self.lsock.accept()
+                except OSError:  # empty backlog, or still no room
+                    break
+                try:
+                    sock.send(why, _NOSIGNAL_DONTWAIT)
+                    for _ in range(4):  # read what it sent: closing a socket with unread
+                        sock.recv(_MAX_PACKET, _DONTWAIT)  # data resets the peer's, and
+                except OSError:                            # the reason would be lost
+                    pass
+                sock.close()
+                self.refused += 1
+        finally:
+            self.reserve = self._open_reserve()
+
+    def _resume_accept(self) -> None:
+        if not self.accepting:
+            self.ep.register(self.lfd, select.EPOLLIN)
+            self.accepting = True
 
     def _readable(self, peer: _Peer) -> None:
         for _ in range(1):  # one message per wake-up: epoll is level-triggered
@@ -218,9 +339,16 @@ class _Server:
                                   "descriptors?)"))
                 continue
             peer.part_fds.extend(fds)
+            peer.part_bytes += n - 1
+            if peer.part_bytes > _MAX_REQUEST or len(peer.part_fds) > _MAX_REQUEST_FDS:
+                self.say(f"dropped pid {peer.pid}: a request of more than {_MAX_REQUEST} "
+                         f"bytes or {_MAX_REQUEST_FDS} fds")
+                self._mark(peer)  # _drop frees its parts and fds
+                return
             if data[:1] == _MORE:
                 peer.parts.append(data[1:])
                 continue
+            peer.part_bytes = 0
             if peer.parts:
                 peer.parts.append(data[1:])
                 data = b"".join(peer.parts)
@@ -307,10 +435,17 @@ class _Server:
             self._send(peer, ("info", {"address": self.address, "pid": os.getpid(),
                                        "uid": self.uid, "clients": clients,
                                        "segments": self._segments(),
-                                       "leases": self._lease_info()}))
+                                       "leases": self._lease_info(), **self._stats()}))
         else:
             _close_all(fds)
             self._send(peer, ("err", f"unknown request {op!r}"))
+
+    def _stats(self) -> dict:
+        """Load and bounds, for `info` (O(connections): on request only)."""
+        return {"connections": len(self.peers), "unauthenticated": len(self.unauth),
+                "buffered": sum(p.part_bytes + p.out_bytes for p in self.peers.values()),
+                "accepting": self.accepting, "refused_at_limit": self.refused,
+                "evicted_unauthenticated": self.evicted, "nofile": _linux.nofile_limit()}
 
     def _segments(self) -> list[dict]:
         out = []
@@ -481,6 +616,9 @@ class _Server:
     def _send(self, peer: _Peer, obj, fd: int | None = None) -> None:
         if peer.dead:
             return
+        notices = bool(peer.notices)
+        if notices:  # notices of earlier releases go out before this reply
+            self._queue_notices(peer)
         pkts = _packets(obj)
         i = 0
         if not peer.outq:
@@ -494,9 +632,18 @@ class _Server:
             qfd = None
             if j == 0 and fd is not None:
                 qfd = os.dup(fd)  # the segment's fd may be closed before this goes out
-            peer.outq.append((pkts[j], qfd))
+            peer.outq.append((pkts[j], qfd, True))
+            peer.out_bytes += len(pkts[j])
+            peer.reply_bytes += len(pkts[j])
         if peer.outq:
-            self._want_write(peer, True)
+            if peer.reply_bytes > _MAX_OUTQ and not peer.paused:
+                self.say(f"pid {peer.pid} does not read its replies: not reading its requests "
+                         f"until {peer.reply_bytes} queued bytes go out")
+                peer.paused = True
+            if notices:
+                self._flush(peer)
+            else:
+                self._want_write(peer, True)
 
     def _sendpkt(self, peer: _Peer, pkt: bytes, fd: int | None) -> bool:
         try:
@@ -516,29 +663,43 @@ class _Server:
     def _flush(self, peer: _Peer) -> None:
         while not peer.dead:
             while peer.outq:
-                pkt, fd = peer.outq[0]
+                pkt, fd, is_reply = peer.outq[0]
                 if not self._sendpkt(peer, pkt, fd):
                     if not peer.dead:
                         if not peer.writing:
                             self.say(f"pid {peer.pid} is not reading: holding "
                                      f"{len(peer.outq)} packets, {len(peer.notices)} notices")
+                        if peer.paused and peer.reply_bytes <= _MAX_OUTQ // 2:
+                            peer.paused = False
                         self._want_write(peer, True)
                     return
                 peer.outq.popleft()
+                peer.out_bytes -= len(pkt)
+                if is_reply:
+                    peer.reply_bytes -= len(pkt)
                 if fd is not None:
                     _close_all([fd])
             if not peer.notices:
                 break
-            keys, peer.notices = sorted(peer.notices), set()
-            for pkt in _packets(("notice", keys)):
-                peer.outq.append((pkt, None))
+            self._queue_notices(peer)
         if not peer.dead:
+            peer.paused = False
             self._want_write(peer, False)
 
+    def _queue_notices(self, peer: _Peer) -> None:
+        keys, peer.notices = sorted(peer.notices), set()
+        for pkt in _packets(("notice", keys)):
+            peer.outq.append((pkt, None, False))
+            peer.out_bytes += len(pkt)
+
     def _want_write(self, peer: _Peer, on: bool) -> None:
-        if peer.writing != on and not peer.dead:
-            self.ep.modify(peer.fd, select.EPOLLIN | (select.EPOLLOUT if on else 0))
-            peer.writing = on
+        peer.writing = on
+        if peer.dead:
+            return
+        events = (0 if peer.paused else select.EPOLLIN) | (select.EPOLLOUT if on else 0)
+        if events != peer.events:
+            self.ep.modify(peer.fd, events)
+            peer.events = events
 
     # -- dropping peers
     def _mark(self, peer: _Peer) -> None:
@@ -561,9 +722,13 @@ class _Server:
         except (KeyError, ValueError, OSError):  # pragma: no cover
             pass
         peer.sock.close()
-        _close_all([fd for _, fd in peer.outq if fd is not None])
+        _close_all([fd for _, fd, _ in peer.outq if fd is not None])
         _close_all(peer.part_fds)
         peer.outq.clear()
+        peer.part_fds, peer.parts, peer.notices = [], [], set()
+        peer.part_bytes = peer.out_bytes = peer.reply_bytes = 0
+        if not self.accepting:
+            self.resume_at = 0.0  # an fd is free again: try accepting at once
         for lid in list(peer.held):
             self._unhold(peer, lid, everything=True)
         for key in list(peer.owned):
@@ -581,6 +746,9 @@ class _Server:
             self._drop(p)
         self.ep.close()
         self.lsock.close()
+        if self.reserve is not None:
+            _close_all([self.reserve])
+            self.reserve = None
 
 
 def _main() -> None:
@@ -596,7 +764,11 @@ def _main() -> None:
     lsock = socket.socket(fileno=int(fd))
     os.set_inheritable(lsock.fileno(), False)
     log = sys.stderr if os.environ.get(_LOG_VAR) else None
-    _linux.raise_nofile_limit()
+    nofile = os.environ.pop(_NOFILE_VAR, None)
+    if nofile:  # tests only: a low limit to provoke EMFILE
+        _linux.set_nofile_limit(int(nofile))
+    else:
+        _linux.raise_nofile_limit()
     server = _Server(lsock, bytes.fromhex(hexsecret), name, float(idle), log)
     server.say("serving", _show(server.address))
     try:
