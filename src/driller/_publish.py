@@ -47,11 +47,6 @@ def _client():
     return ProxyClient.get()
 
 
-def _fd_and_meta(seg: Segment) -> tuple[int, dict]:
-    fd = seg.fd if seg.ro_fd is None else seg.ro_fd
-    return fd, {"nbytes": seg.nbytes, "owner": seg.owner, "readonly": seg.ro_fd is not None}
-
-
 def publish(seg: Segment) -> tuple[str, bytes]:
     """Make seg fetchable through the proxy (once); returns (proxy address, secret)."""
     with _lock:
@@ -60,7 +55,9 @@ def publish(seg: Segment) -> tuple[str, bytes]:
         if not seg.published:
             if seg.fd < 0:
                 raise ProxyError(f"segment {seg.key} has no fd left to publish")
-            client.publish(seg.key, *_fd_and_meta(seg))
+            fd = seg.fd if seg.ro_fd is None else seg.ro_fd
+            client.publish(seg.key, fd, {"nbytes": seg.nbytes, "owner": seg.owner,
+                                         "readonly": seg.ro_fd is not None})
             seg.published = True
             seg.close_fd()  # the proxy holds it now; our mapping holds the memory
         return client.address, client.secret
@@ -74,16 +71,8 @@ def handle_for(seg: Segment, **fields) -> Handle:
 
 def lease(seg: Segment, gen: int) -> tuple[str, int]:
     """Publish seg if needed and take a transfer lease on (seg, gen); returns
-    (proxy address, lease id).  One round trip to the proxy (both at once for a
-    segment not yet published)."""
-    with _lock:
-        if not seg.published and seg.fd >= 0:
-            client = _client()
-            _ensure_releaser()
-            lid = client.publish_leased(seg.key, *_fd_and_meta(seg), gen)
-            seg.published = True
-            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
-            return client.address, lid
+    (proxy address, lease id).  One round trip to the proxy (two for a segment
+    not yet published)."""
     address, secret = publish(seg)
     return address, _client().lease(address, secret, seg.key, gen)
 

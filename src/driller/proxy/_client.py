@@ -360,22 +360,6 @@ class ProxyClient:
                          f"{reply[1]}")
 
     # -- transfer leases (the rules: driller.sharedarray)
-    def publish_leased(self, key: str, fd: int, meta: dict, gen: int) -> int:
-        """:meth:`publish`, and a lease on (key, gen) held by us, in one round trip."""
-        for attempt in (0, 1):
-            conn = self._own_conn()
-            try:
-                reply, fds = conn.request(("publish", key, meta, gen), fd)
-            except ProxyError:
-                if attempt or not conn.dead:
-                    raise
-                continue  # our proxy was killed: start or join another one, once
-            _close_all(fds)
-            if reply[0] != "ok" or len(reply) < 2:
-                raise ProxyError(f"the fd proxy refused to publish {key!r}: {reply[1:]}")
-            return reply[1]
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def lease(self, address: str, secret: bytes, key: str, gen: int) -> int:
         """A new transfer lease on (key, gen) at the proxy at address, held by this
         connection until :meth:`unhold` (or until we disconnect)."""

@@ -4,8 +4,8 @@ Run only through ``_boot._start_proxy`` (``_main`` reads its boot data from the
 environment).  Imports only ``driller._linux``, ``driller.errors`` and ``._wire``
 (the proxy starts fast and has nothing else that could break).
 
-Transfer leases (``lease``, ``claim``, ``unhold``, and ``publish`` with a block
-generation; the rules are in :mod:`driller.sharedarray`) keep a segment's fd
+Transfer leases (``lease``, ``claim``, ``unhold``; the rules are in
+:mod:`driller.sharedarray`) keep a segment's fd
 here after its owner let go of it, while a pickle naming it may still be loaded.
 
 Bounds (a client of our own uid may be buggy or hostile; the proxy must stay
@@ -404,13 +404,10 @@ class _Server:
                     size = _linux.fd_size(fds[0])
                 except OSError:
                     size = None
-                seg = self.segs[key] = _Seg(key, fds[0], peer, meta, size)
+                self.segs[key] = _Seg(key, fds[0], peer, meta, size)
                 peer.owned.add(key)
                 self.gone.pop(key, None)
-                if len(msg) > 3:  # ("publish", key, meta, gen): and a lease, at once
-                    self._send(peer, ("ok", self._new_lease(peer, seg, msg[3])))
-                else:
-                    self._send(peer, ("ok",))
+                self._send(peer, ("ok",))
         elif op == "release":
             _close_all(fds)
             seg = self.segs.get(msg[1])
