@@ -168,3 +168,21 @@ def test_without_mpi4py_python_m_mpi4py_still_runs(tmp_path):
     res = run("-n", "2", "-c", code)
     assert res.returncode == 0, res.stderr + res.stdout
     assert sorted(res.stdout.splitlines()) == ["HELLO 0", "HELLO 1"]
+
+
+def test_dash_m_mpi4py_implies_the_shim():
+    from driller.mmpi._launcher import parse_args
+    for argv in (["-m", "mpi4py", "p.py"], ["-n", "2", "-m", "mpi4py.futures", "p.py"],
+                 ["-mmpi4py.bench", "helloworld"]):
+        assert parse_args(argv).mpi4py, argv
+    for argv in (["-m", "mpi4pyx"], ["p.py", "-m", "mpi4py"], ["-c", "import mpi4py"]):
+        assert not parse_args(argv).mpi4py, argv
+    # a real run: no --mpi4py given, and the ranks still get driller.MPI
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    res = subprocess.run([sys.executable, "-m", "driller", "run", "-n", "2", "-m", "mpi4py",
+                          "-c", "from mpi4py import MPI; print(MPI.__name__, "
+                                "MPI.COMM_WORLD.Get_size())"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["driller.MPI 2", "driller.MPI 2"]

@@ -63,7 +63,8 @@ options:
   -n, -np, --np N    number of ranks (oversubscription is fine)
   --tag-output       prefix every output line with [rank]
   --mpi4py           `from mpi4py import MPI` inside the ranks gives driller.MPI,
-                     so an unmodified mpi4py program runs without an MPI
+                     so an unmodified mpi4py program runs without an MPI library
+                     (implied by -m mpi4py, -m mpi4py.futures, ...)
   --grace SECONDS    after a failure, SIGTERM the other ranks and SIGKILL them
                      after SECONDS (default 1.0)
   -h, --help         show this help
@@ -148,10 +149,10 @@ def parse_args(argv: list[str]) -> Options | None:
             opts.kind = "module" if a == "-m" else "code"
             opts.target = value(a)
             opts.args = argv[i + 1:]
-            return opts
+            return _mpi4py_module(opts)
         elif a.startswith("-m") and len(a) > 2:   # python also accepts -mmodule
             opts.kind, opts.target, opts.args = "module", a[2:], argv[i + 1:]
-            return opts
+            return _mpi4py_module(opts)
         elif a == "--":
             if i + 1 >= len(argv):
                 raise UsageError("no program given after --")
@@ -164,6 +165,15 @@ def parse_args(argv: list[str]) -> Options | None:
             return opts
         i += 1
     raise UsageError("no program given (prog.py, -m module or -c code)")
+
+
+def _mpi4py_module(opts: Options) -> Options:
+    """``-m mpi4py`` / ``-m mpi4py.futures``...: mpi4py's own runners, which under
+    driller run only work on the shim (a real mpi4py.MPI would start one MPI job per
+    rank), so they imply ``--mpi4py``."""
+    if opts.kind == "module" and (opts.target == "mpi4py" or opts.target.startswith("mpi4py.")):
+        opts.mpi4py = True
+    return opts
 
 
 # ---------------------------------------------------------------- wait statuses
