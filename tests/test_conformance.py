@@ -124,6 +124,59 @@ def test_parse_quiet_output():
         "test_comm", "test_request", "test_pickle", "test_status"]
 
 
+SUBTESTS = textwrap.dedent("""\
+    ======================================================================
+    ERROR: testPersistent (test_p2p_buf.TestP2PBufSelf.testPersistent) (s=0, typecode='b')
+    ----------------------------------------------------------------------
+    Traceback (most recent call last):
+      File "/x/test/test_p2p_buf.py", line 9, in testPersistent
+    AttributeError: module 'driller.MPI' has no attribute 'BSEND_OVERHEAD'
+
+    ======================================================================
+    ERROR: testPersistent (test_p2p_buf.TestP2PBufSelf.testPersistent) (s=1, typecode='b')
+    ----------------------------------------------------------------------
+    Traceback (most recent call last):
+      File "/x/test/test_p2p_buf.py", line 9, in testPersistent
+    AttributeError: module 'driller.MPI' has no attribute 'BSEND_OVERHEAD'
+
+    ======================================================================
+    FAIL: testPersistent (test_p2p_buf.TestP2PBufSelf.testPersistent) [x] (s=2)
+    ----------------------------------------------------------------------
+    Traceback (most recent call last):
+      File "/x/test/test_p2p_buf.py", line 12, in testPersistent
+    AssertionError: <Request NULL> == <Request NULL>
+
+    ======================================================================
+    ERROR: setUpClass (test_win.TestWinCreate)
+    ----------------------------------------------------------------------
+    Traceback (most recent call last):
+      File "/x/test/test_win.py", line 12, in setUpClass
+    AttributeError: module 'driller.MPI' has no attribute 'Win'
+
+    ----------------------------------------------------------------------
+    Ran 3 tests in 0.010s
+
+    FAILED (failures=1, errors=3)
+    """)
+
+
+def test_parse_subtests_and_class_fixtures():
+    r = conformance.parse_log(SUBTESTS)
+    assert [t for _, t, _ in r.problems] == ["test_p2p_buf.TestP2PBufSelf.testPersistent"] * 3 \
+        + ["test_win.TestWinCreate.setUpClass"]
+    events = ("start test_p2p_buf.TestP2PBufSelf.testPersistent\n"
+              "subfail test_p2p_buf.TestP2PBufSelf.testPersistent\n" * 3
+              + "start test_p2p_buf.TestP2PBufSelf.testOther\n"
+              "ok test_p2p_buf.TestP2PBufSelf.testOther\n")
+    r = conformance.apply_events(r, events)
+    assert (r.run, r.passed, r.failed, r.errors) == (3, 1, 1, 3)
+    assert r.modules == {"test_p2p_buf": {"fail": 1, "ok": 1}, "test_win": {"error": 1}}
+    s = conformance.combine(1, [r], 1.0, 0, [], False)
+    # a reason counts the tests it fails, not each of their subtests
+    assert sorted(s.top_reasons) == [("AssertionError: <Request NULL> == <Request NULL>", 1),
+                                     ("missing MPI.BSEND_OVERHEAD", 1), ("missing MPI.Win", 1)]
+
+
 def test_parse_ok_summary_and_old_python_ids():
     text = ("======================================================================\n"
             "FAIL: testX (test_op.TestOp)\n"

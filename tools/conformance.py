@@ -63,7 +63,8 @@ RANK_SCRIPT = os.path.join(ROOT, "tools", "conformance_rank.py")
 
 _RAN = re.compile(r"^Ran (\d+) tests? in ([\d.]+)s$")
 _STATUS = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$")
-_HEADER = re.compile(r"^(ERROR|FAIL|UNEXPECTED SUCCESS): (\S+) \((.+)\)\s*$")
+# "ERROR: testX (mod.Class.testX)", a subtest adds " (params)" or " [msg]"
+_HEADER = re.compile(r"^(ERROR|FAIL|UNEXPECTED SUCCESS): (\S+) \(([^()\s]+)\)(?: (.*))?$")
 _SEP1 = "=" * 70
 _SEP2 = "-" * 70
 _EXIT = re.compile(r"^conformance-rank: main\.py exited with (-?\d+)$")
@@ -84,7 +85,7 @@ class RankResult:
     summary: bool = False          # unittest printed its "Ran N tests" summary
     exit_code: int | None = None   # main.py's sys.exit code, if it got there
     running: str | None = None     # the test started last and not finished
-    problems: list = field(default_factory=list)   # (test id, reason) per failure/error
+    problems: list = field(default_factory=list)   # (kind, test id, exception line) each
     modules: dict = field(default_factory=dict)    # module -> Counter of outcomes
 
 
@@ -246,7 +247,7 @@ def combine(n: int, ranks: list[RankResult], wall: float, launcher_rc: int | Non
     s = SizeResult(n=n, wall_s=round(wall, 1))
     s.reference = REFERENCE_PER_RANK.get(n, 0) * n
     s.target = math.ceil(TARGET * s.reference)
-    reasons: Counter = Counter()
+    reasons: Counter = Counter()       # failing tests per reason (subtests of one test: once)
     modules: dict[str, Counter] = {}
     for r in ranks:
         s.run += r.run
@@ -254,8 +255,8 @@ def combine(n: int, ranks: list[RankResult], wall: float, launcher_rc: int | Non
         s.failed += r.failed
         s.errors += r.errors
         s.skipped += r.skipped
-        for _, _, line in r.problems:
-            reasons[reason(line)] += 1
+        for _, why in sorted({(test_id, reason(line)) for _, test_id, line in r.problems}):
+            reasons[why] += 1
         for mod, counts in r.modules.items():
             modules.setdefault(mod, Counter()).update(counts)
     s.top_reasons = reasons.most_common(15)
@@ -400,8 +401,10 @@ def format_size(s: SizeResult) -> list[str]:
         + ("MET" if short == 0 else f"{short} more passes needed"),
         f"     ratchet: {'ok' if ok else 'FAIL'} ({why})",
     ]
-    for text, count in s.top_reasons[:5]:
-        lines.append(f"     {count:5d} x {text}")
+    if s.top_reasons:
+        lines.append("     most frequent reasons (failing tests, summed over ranks):")
+    for text, count in s.top_reasons[:8]:
+        lines.append(f"     {count:6d}  {text}")
     return lines
 
 
