@@ -217,7 +217,7 @@ def test_events_give_modules_running_test_and_counts_without_summary():
         start test_group.TestG.test1
         skip test_group.TestG.test1
         start test_group.TestG.test2
-        error test_group.TestG.test2
+        error test_group.TestG.test2\tAttributeError: module 'driller.MPI' has no attribute 'Win'
         start test_win.TestW.testFence
         """)
     r = conformance.apply_events(conformance.parse_log("partial output\n"), events)
@@ -226,6 +226,11 @@ def test_events_give_modules_running_test_and_counts_without_summary():
     assert (r.run, r.passed, r.failed, r.errors, r.skipped) == (5, 1, 1, 1, 1)
     assert r.modules == {"test_comm": {"ok": 1, "fail": 1}, "test_group": {"skip": 1, "error": 1},
                          "test_win": {"unfinished": 1}}
+    # no unittest report: the failures the events carry are the problems
+    assert r.problems == [("ERROR", "test_group.TestG.test2",
+                           "AttributeError: module 'driller.MPI' has no attribute 'Win'")]
+    assert r.last_failure == ("test_group.TestG.test2: AttributeError: module 'driller.MPI' "
+                              "has no attribute 'Win'")
     # with a summary, its counts stay; passes come from the events (exact with subtests)
     r = conformance.apply_events(conformance.parse_log(CAPTURED_Q), events)
     assert (r.run, r.failed, r.errors) == (41, 1, 3) and r.passed == 1
@@ -281,6 +286,8 @@ FAKE_MAIN = textwrap.dedent("""\
             MPI.COMM_WORLD.Barrier()
 
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(TestFake)
+    # a test module that fails at import, as most of mpi4py's do on a missing name
+    suite.addTests(unittest.defaultTestLoader.loadTestsFromName("test_nonexistent_xyz"))
     result = unittest.TextTestRunner(verbosity=0).run(suite)
     sys.exit(not result.wasSuccessful())
     """)
@@ -293,27 +300,38 @@ def fake_suite(tmp_path):
     return str(tmp_path / "suite")
 
 
-def _run(fake_suite, tmp_path, monkeypatch, mode, timeout=60.0, n=2):
+def _run(fake_suite, tmp_path, monkeypatch, mode, timeout=60.0, n=2, stall=120.0):
     monkeypatch.setenv("FAKE_MODE", mode)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (os.path.join(ROOT, "src"), os.environ.get("PYTHONPATH")) if p))
-    return conformance.run_size(n, fake_suite, timeout, outdir=str(tmp_path / f"out-{mode}"))
+    return conformance.run_size(n, fake_suite, timeout, outdir=str(tmp_path / f"out-{mode}"),
+                                stall=stall)
 
 
 def test_run_sums_ranks_and_survives_a_failing_rank(fake_suite, tmp_path, monkeypatch):
     s = _run(fake_suite, tmp_path, monkeypatch, "ok")
     # rank 1's main.py exits 1 (a failed test); rank 0 must still report in full
     assert s.status == "ok", s.detail
-    assert (s.run, s.passed, s.failed, s.errors, s.skipped) == (8, 5, 1, 0, 2)
-    assert [r["exit_code"] for r in s.ranks] == [0, 1]
-    assert s.modules == {"__main__": {"ok": 5, "fail": 1, "skip": 2}}
-    assert s.top_reasons == [("AssertionError: N == N", 1)]
+    assert (s.run, s.passed, s.failed, s.errors, s.skipped) == (10, 5, 1, 2, 2)
+    assert [r["exit_code"] for r in s.ranks] == [1, 1]
+    assert s.modules == {"__main__": {"ok": 5, "fail": 1, "skip": 2},
+                         "test_nonexistent_xyz": {"error": 2}}
+    assert sorted(s.top_reasons) == [("AssertionError: N == N", 1),
+                                     ("missing module test_nonexistent_xyz", 2)]
 
 
-def test_run_stops_and_locates_a_hang(fake_suite, tmp_path, monkeypatch):
-    s = _run(fake_suite, tmp_path, monkeypatch, "hang", timeout=8.0)
+@pytest.mark.parametrize("timeout, stall, why", [
+    (8.0, 120.0, "no result after the time limit (8 s): "),
+    (120.0, 4.0, "no test event on any rank for 4 s: ")])
+def test_run_stops_and_locates_a_hang(fake_suite, tmp_path, monkeypatch, timeout, stall, why):
+    s = _run(fake_suite, tmp_path, monkeypatch, "hang", timeout=timeout, stall=stall)
     assert s.status == "hang"
-    assert "rank 1 in __main__.TestFake.test_zz_trouble" in s.detail
+    assert s.detail.startswith(why), s.detail
+    # where each rank was, and why rank 1 left the tests before (from the events)
+    assert "rank 0 in __main__.TestFake.test_zz_trouble; " in s.detail
+    assert ("rank 1 in __main__.TestFake.test_zz_trouble (its last failure: "
+            "__main__.TestFake.test_fail_on_rank1: AssertionError: 1 == 1)") in s.detail
+    assert s.top_reasons == [("AssertionError: N == N", 1)]      # from the events
     assert not conformance.verdict(s)[0]
     # the ranks' stacks were dumped (SIGUSR1 through the launcher) into their logs
     log = (tmp_path / "out-hang" / "rank1.log").read_text()

@@ -1,6 +1,6 @@
 """`make conformance`: mpi4py 4.1.2's own test suite, run on driller.MPI.
 
-usage: python tools/conformance.py [--sizes 1,2,3] [--timeout SECONDS]
+usage: python tools/conformance.py [--sizes 1,2,3] [--timeout SECONDS] [--stall SECONDS]
                                    [--update-baseline] [--json PATH] [--baseline PATH]
 
 Fetches the mpi4py 4.1.2 source distribution once into ``.cache/conformance/``
@@ -14,6 +14,10 @@ against Open MPI's reference counts and the 95 % target; the same goes to
 
 Each rank runs through tools/conformance_rank.py, which writes its output to
 ``.cache/conformance/n<N>/rank<R>.log`` and its test events to ``rank<R>.events``.
+
+A size that outlives ``--timeout`` (900 s) or logs nothing on any rank for
+``--stall`` (120 s) is a hang: the ranks' stacks are dumped into their logs,
+``driller run`` is stopped, and the test each rank was in is reported.
 
 Exit status (a ratchet, so that CI stays green while the API is filled in):
 0 if every size passes at least as many tests as ``tests/conformance_baseline.json``
@@ -85,6 +89,7 @@ class RankResult:
     summary: bool = False          # unittest printed its "Ran N tests" summary
     exit_code: int | None = None   # main.py's sys.exit code, if it got there
     running: str | None = None     # the test started last and not finished
+    last_failure: str | None = None   # "test id: exception line" of the latest failure
     problems: list = field(default_factory=list)   # (kind, test id, exception line) each
     modules: dict = field(default_factory=dict)    # module -> Counter of outcomes
 
@@ -188,10 +193,14 @@ def apply_events(r: RankResult, text: str) -> RankResult:
     subtests count once as failed here (unittest counts each subtest)."""
     outcome: dict[str, str] = {}
     started: list[str] = []
+    failures: list[tuple[str, str, str]] = []      # (kind, test id, exception line)
     for line in text.splitlines():
-        kind, _, test_id = line.partition(" ")
+        head, _, exc = line.partition("\t")
+        kind, _, test_id = head.partition(" ")
         if not test_id:
             continue
+        if exc and kind in ("fail", "error", "subfail"):
+            failures.append(("ERROR" if kind == "error" else "FAIL", test_id, exc))
         if kind == "start":
             started.append(test_id)
             outcome.setdefault(test_id, "")
@@ -199,6 +208,10 @@ def apply_events(r: RankResult, text: str) -> RankResult:
             outcome[test_id] = "fail"
         elif not (outcome.get(test_id) == "fail" and kind == "ok"):
             outcome[test_id] = kind
+    if failures:
+        r.last_failure = f"{failures[-1][1]}: {failures[-1][2]}"
+    if not r.summary and not r.problems:
+        r.problems = failures          # unittest never printed its report: the events say why
     r.running = next((t for t in reversed(started) if not outcome.get(t)), None)
     modules: dict[str, Counter] = {}
     for test_id, kind in outcome.items():
@@ -243,7 +256,7 @@ class SizeResult:
 
 
 def combine(n: int, ranks: list[RankResult], wall: float, launcher_rc: int | None,
-            launcher_lines: list[str], timed_out: bool) -> SizeResult:
+            launcher_lines: list[str], hang: str | None) -> SizeResult:
     s = SizeResult(n=n, wall_s=round(wall, 1))
     s.reference = REFERENCE_PER_RANK.get(n, 0) * n
     s.target = math.ceil(TARGET * s.reference)
@@ -262,26 +275,58 @@ def combine(n: int, ranks: list[RankResult], wall: float, launcher_rc: int | Non
     s.top_reasons = reasons.most_common(15)
     s.modules = {k: dict(v) for k, v in sorted(modules.items())}
     s.ranks = [{"rank": r.rank, "run": r.run, "passed": r.passed, "summary": r.summary,
-                "exit_code": r.exit_code, "running": r.running} for r in ranks]
+                "exit_code": r.exit_code, "running": r.running,
+                "last_failure": r.last_failure} for r in ranks]
     failure = next((line for line in launcher_lines if line.startswith("driller run:")), "")
     unfinished = [r for r in ranks if not r.summary]
-    if timed_out:
+    if hang:
         s.status = "hang"
-        where = "; ".join(f"rank {r.rank} in {r.running or '(between tests)'}"
-                          for r in ranks if not r.summary) or "after the tests"
-        s.detail = f"no result after the time limit: {where}"
+        where = "; ".join(_where(r, "(between tests)") for r in ranks if not r.summary)
+        s.detail = f"{hang}: {where or 'after the tests'}"
     elif launcher_rc != 0 or unfinished or len(ranks) < n:
         s.status = "crash"
-        where = "; ".join(f"rank {r.rank} in {r.running or '(outside a test)'}"
-                          for r in unfinished)
+        where = "; ".join(_where(r, "(outside a test)") for r in unfinished)
         s.detail = "; ".join(filter(None, [failure or f"driller run exited with {launcher_rc}",
                                            where]))
     return s
 
 
+def _where(r: RankResult, outside: str) -> str:
+    text = f"rank {r.rank} in {r.running or outside}"
+    if r.last_failure:
+        text += f" (its last failure: {r.last_failure[:200]})"
+    return text
+
+
+def _watch(proc: subprocess.Popen, outdir: str, n: int, timeout: float,
+           stall: float) -> str | None:
+    """Wait for the job; a hang (as text) if it outlives ``timeout`` seconds, or no
+    rank logs a test event or output for ``stall`` seconds (a test of the suite takes
+    seconds: one stuck waits for a peer that left it)."""
+    t0 = time.monotonic()
+    files = [os.path.join(outdir, f"rank{r}.{ext}") for r in range(n) for ext in ("events", "log")]
+    last = time.time()
+    while True:
+        try:
+            proc.wait(1.0)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        for path in files:
+            try:
+                last = max(last, os.stat(path).st_mtime)
+            except FileNotFoundError:
+                pass
+        if time.monotonic() - t0 >= timeout:
+            return f"no result after the time limit ({timeout:.0f} s)"
+        if time.time() - last >= stall:
+            return f"no test event on any rank for {stall:.0f} s"
+
+
 def run_size(n: int, suite: str, timeout: float, outdir: str | None = None,
-             regex: str = REGEX) -> SizeResult:
-    """Run the suite at n ranks, at most ``timeout`` seconds; outputs in outdir."""
+             regex: str = REGEX, stall: float = 120.0) -> SizeResult:
+    """Run the suite at n ranks (at most ``timeout`` s, or ``stall`` s without
+    progress); outputs in outdir."""
     outdir = outdir or os.path.join(CACHE, f"n{n}")
     shutil.rmtree(outdir, ignore_errors=True)
     os.makedirs(outdir)
@@ -294,19 +339,17 @@ def run_size(n: int, suite: str, timeout: float, outdir: str | None = None,
     with open(os.path.join(outdir, "launcher.log"), "w+") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 cwd=outdir, env=env, start_new_session=True)
-        timed_out = False
-        try:
-            rc = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        hang = _watch(proc, outdir, n, timeout, stall)
+        if hang:
             proc.send_signal(signal.SIGUSR1)     # passed on to the ranks: stack dumps
             time.sleep(2)
             proc.send_signal(signal.SIGTERM)     # stops every rank (then SIGKILL)
             try:
-                rc = proc.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()                      # its supervisor then kills the ranks
-                rc = proc.wait()
+                proc.wait()
+        rc = proc.returncode
         wall = time.monotonic() - t0
         out.seek(0)
         launcher_lines = out.read().splitlines()
@@ -317,7 +360,7 @@ def run_size(n: int, suite: str, timeout: float, outdir: str | None = None,
         if log is None:
             continue
         ranks.append(apply_events(parse_log(log, rank), events or ""))
-    return combine(n, ranks, wall, rc, launcher_lines, timed_out)
+    return combine(n, ranks, wall, rc, launcher_lines, hang)
 
 
 def _read(path: str) -> str | None:
@@ -411,8 +454,10 @@ def format_size(s: SizeResult) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1,2,3", help="comma-separated rank counts")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="wall-clock limit per size in seconds (default 600)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="wall-clock limit per size in seconds (default 900)")
+    p.add_argument("--stall", type=float, default=120.0,
+                   help="a size hangs when no rank logs anything for this long (default 120)")
     p.add_argument("--update-baseline", action="store_true",
                    help="write the measured passes into the baseline file")
     p.add_argument("--baseline", default=BASELINE)
@@ -431,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         print(f"conformance: mpi4py {VERSION} test suite ({len(MODULES)} modules) under "
               f"driller run --mpi4py -n {n} ...", flush=True)
-        s = run_size(n, suite, args.timeout)
+        s = run_size(n, suite, args.timeout, stall=args.stall)
         s.baseline = baseline.get(n)
         results.append(s)
         print("\n".join(format_size(s)), flush=True)

@@ -7,7 +7,9 @@ usage (by tools/conformance.py, under ``driller run --mpi4py``):
   with other ranks, and nothing is lost if the job is stopped);
 * ``OUTDIR/rank<R>.events`` gets one line per test event: ``start <id>`` before
   a test runs and ``<outcome> <id>`` after (ok, fail, error, skip, xfail,
-  xpass); its last ``start`` names the test a hung rank was in;
+  xpass, subfail), a failure followed by a tab and its exception's first line;
+  its last ``start`` names the test a hung rank was in, and its failures say
+  why, before unittest prints anything;
 * SIGUSR1 (which ``driller run`` passes on to every rank) dumps every thread's
   stack into the log (faulthandler), so a hang shows where each rank waits;
 * main.py ends with ``sys.exit(not success)``: the exit code is written to the
@@ -24,6 +26,7 @@ import os
 import runpy
 import signal
 import sys
+import traceback
 import unittest
 
 
@@ -39,10 +42,17 @@ def _redirect(path: str):
 def _log_events(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
 
-    def emit(kind, test):
+    def emit(kind, test, err=None):
         try:
-            os.write(fd, f"{kind} {test.id()}\n".encode("utf-8", "replace"))
-        except Exception:   # noqa: BLE001  (a test object with a broken id())
+            line = f"{kind} {test.id()}"
+            if err is not None and err[0] is not None:
+                lines = "".join(traceback.format_exception_only(err[0], err[1])).splitlines()
+                lines = [x for x in lines if x.strip()] or [""]
+                # a failed import's message holds the whole traceback: its last line is why
+                text = lines[-1] if "Traceback (most recent call last):" in lines else lines[0]
+                line += "\t" + text.strip()[:300].replace("\t", " ")
+            os.write(fd, (line + "\n").encode("utf-8", "replace"))
+        except Exception:   # noqa: BLE001  (a test object with a broken id() or str())
             pass
 
     result = unittest.TestResult
@@ -57,7 +67,8 @@ def _log_events(path: str) -> None:
                 return original(self, test, *args, **kwargs)
             finally:
                 if not first:
-                    emit(kind, test)
+                    err = args[0] if kind in ("fail", "error") and args else None
+                    emit(kind, test, err if isinstance(err, tuple) else None)
         setattr(result, name, hooked)
 
     wrap("startTest", "start", first=True)
@@ -70,7 +81,7 @@ def _log_events(path: str) -> None:
     def add_subtest(self, test, subtest, err):
         original_subtest(self, test, subtest, err)
         if err is not None:
-            emit("subfail", test)
+            emit("subfail", test, err)
     result.addSubTest = add_subtest
 
 
