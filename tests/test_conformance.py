@@ -363,3 +363,21 @@ def test_main_ratchet_and_update(fake_suite, tmp_path, monkeypatch):
     base.write_text(json.dumps({"passed": {"1": 3, "2": 6}}))      # one more than measured
     assert conformance.main(args) == 1
     assert not json.loads(out.read_text())["ok"]
+
+
+def test_update_refused_after_a_hang(tmp_path, monkeypatch):
+    monkeypatch.setattr(conformance, "fetch_suite", lambda: str(tmp_path))
+
+    def fake_run_size(n, suite, timeout, stall):
+        return conformance.SizeResult(n=n, status="hang" if n == 2 else "ok", passed=7,
+                                      detail="no test event on any rank for 120 s: rank 1 in x")
+    monkeypatch.setattr(conformance, "run_size", fake_run_size)
+    base, out = tmp_path / "baseline.json", tmp_path / "results.json"
+    base.write_text(json.dumps({"passed": {"1": 3, "2": 4}}))
+    args = ["--sizes", "1,2", "--baseline", str(base), "--json", str(out)]
+    assert conformance.main([*args, "--update-baseline"]) == 1
+    assert json.loads(base.read_text()) == {"passed": {"1": 3, "2": 4}}     # untouched
+    assert conformance.main(args) == 1                    # a hang fails even above baseline
+    res = json.loads(out.read_text())
+    assert res["sizes"]["2"]["status"] == "hang" and not res["ok"]
+    assert conformance.main(["--sizes", "1", "--baseline", str(base), "--json", str(out)]) == 0
