@@ -519,7 +519,7 @@ def test_objects_with_large_buffers():
 
 
 def test_large_buffers_stay_out_of_the_pickle_stream():
-    from driller.mmpi._comm import _dumps
+    from driller.mmpi._objects import dumps as _dumps
     big = np.zeros(1 << 20)
     stream, parts = _dumps({"a": big, "b": b"x" * 500_000, "c": [bytearray(200_000)]})
     assert len(stream) < 1000
@@ -1050,7 +1050,7 @@ def _denied(comm, copy_mode):
         # the denial is real: a direct read of rank 0 fails with EPERM
         probe = np.zeros(8, np.uint8)
         try:
-            _linux.process_vm_readv(t._pid(0), probe.ctypes.data, t.base, 8)
+            _linux.process_vm_readv(t.pid_of(0), probe.ctypes.data, t.base, 8)
             out["probe"] = "allowed"
         except OSError as e:
             out["probe"] = errno.errorcode[e.errno]
@@ -1254,3 +1254,4 @@ def test_seccomp_denied_single_copy_falls_back(copy_mode, err):
             assert "Operation not permitted" in warned[0] and "seccomp filter" in warned[0]
     else:
         assert pushed0 == n and warned == []
+

@@ -216,7 +216,7 @@ if c.rank == 0:
 else:
     c.Recv(b, 0, 5)
 c.Barrier()
-mine = c._t._pid(c.rank) == os.getpid()   # the world block still holds this rank's pid
+mine = c._t.pid_of(c.rank) == os.getpid()   # the world block still holds this rank's pid
 print("RANK", c.rank, c.size, left, inheritable, mine, b.tolist(), out.strip())
 """
 

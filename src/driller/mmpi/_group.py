@@ -1,8 +1,7 @@
 """Groups, communicator construction and comparison (mpi4py's names).
 
-``Comm`` gets these methods through ``_coll.CollectiveMixin``, which inherits
-:class:`CommunicatorMixin`.  Context ids: each communicator uses ``c`` for
-point-to-point and ``c + 1`` for collectives; a process keeps the next id it
+``Comm`` gets these methods by inheriting :class:`CommunicatorMixin`.  Context
+ids: each communicator uses ``c`` for point-to-point and ``c + 1`` for collectives; a process keeps the next id it
 may use (``_ctx.next``), and a new communicator takes the maximum over the
 parent's members (one object allgather), so two communicators sharing a
 member never share an id.
@@ -13,16 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MmpiError
+from ._const import COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, SIMILAR, UNDEFINED, UNEQUAL
 
 __all__ = [
     "Group", "GROUP_EMPTY", "COMM_NULL", "COMM_TYPE_SHARED",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "CommunicatorMixin",
 ]
 
-UNDEFINED = -32766          # == _comm.UNDEFINED (mpi4py's value)
-PROC_NULL = -2              # == _engine.PROC_NULL
-IDENT, CONGRUENT, SIMILAR, UNEQUAL = 0, 1, 2, 3
-COMM_TYPE_SHARED = 1
 
 
 # ================================================================== context ids
@@ -154,18 +150,19 @@ GROUP_EMPTY = Group([], None)
 
 class CommunicatorMixin:
     """Communicator construction for ``Comm`` (needs ``_t``, ``_group``, ``_ctx``,
-    ``_name`` and an object ``allgather``)."""
+    ``_cx`` (its collective context, which holds the name) and an object
+    ``allgather``)."""
 
     @property
     def name(self) -> str:
-        return self._name
+        return self._cx.name
 
     @name.setter
     def name(self, value: str) -> None:
-        self._name = str(value)
+        self._cx.name = str(value)
 
     def Set_name(self, name: str) -> None:
-        self._name = str(name)
+        self._cx.name = str(name)
 
     def Get_group(self) -> Group:
         return Group(self._group, self._t.rank)
