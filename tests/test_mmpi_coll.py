@@ -610,7 +610,7 @@ def test_rank_killed_during_collective(coll):
     assert res[2] == ("signal", signal.SIGKILL)
     for r in (0, 1, 3):
         assert res[r][0] == "err" and res[r][1] == PeerDiedError.__name__, res[r]
-    # the first to notice names the killed rank ("rank 2 killed by SIGKILL", or
+    # the first to notice names the killed rank ("rank 2 was killed by signal SIGKILL", or
     # "rank 2 (pid ...) is gone" if a timeout noticed it before the launcher); a
     # later one may name a rank that already left with its PeerDiedError
     texts = [res[r][2] for r in (0, 1, 3)]
@@ -686,7 +686,7 @@ def test_rank_killed_in_barrier():
     assert res[1] == ("signal", signal.SIGKILL)
     for r in (0, 2):
         assert res[r][:2] == ("err", "PeerDiedError"), res[r]
-    # "rank 1 killed by SIGKILL" once the launcher recorded it, or "rank 1 (pid ...)
+    # "rank 1 was killed by signal SIGKILL" once the launcher recorded it, or "rank 1 (pid ...)
     # is gone" when a sleeper's timeout noticed it first; the second survivor may
     # name the first, which already left with its PeerDiedError
     assert any("rank 1" in res[r][2] for r in (0, 2)), res

@@ -24,7 +24,7 @@ import re
 import numpy as np
 
 from ..errors import MmpiError
-from ._datatype import BYTE, Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
+from ._datatype import Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
 
 __all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes"]
 
@@ -168,7 +168,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
     if type(spec) in (list, tuple) and 2 <= len(spec) <= 4:
         buf = spec[0]
         rest = list(spec[1:])
-        if rest and is_datatype(rest[-1]):
+        if rest and (is_datatype(rest[-1]) or isinstance(rest[-1], str)):  # a str: a datatype
             dt = as_datatype(rest.pop())
         if len(rest) == 1:
             if isinstance(rest[0], (list, tuple)) and vector and len(rest[0]) == 2 and \
@@ -251,8 +251,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
 
 
 def message(spec, writable: bool, what: str) -> memoryview:
-    """Parse an mpi4py buffer spec: buf, [buf, dt], [buf, count, dt],
-    [buf, (count, displ), dt], [buf, count, displ, dt]."""
+    """The flat bytes a point-to-point call moves for ``spec`` (see the forms above)."""
     t = type(spec)
     if t is not list and t is not tuple:
         try:  # fast path: a flat, writable-enough byte buffer
@@ -263,43 +262,11 @@ def message(spec, writable: bool, what: str) -> memoryview:
         except (TypeError, ValueError):
             pass
         return byteview(spec, writable, what)
-    if 2 <= len(spec) <= 4:
-        buf = spec[0]
-        count = displ = None
-        if len(spec) == 2:
-            if isinstance(spec[1], (Datatype, str)):
-                dt = as_datatype(spec[1])
-            elif isinstance(spec[1], int) or spec[1] is None:
-                dt, count = BYTE, spec[1]
-            else:
-                dt = as_datatype(spec[1])
-        elif len(spec) == 3:
-            count, dt = spec[1], as_datatype(spec[2])
-            if isinstance(count, (list, tuple)):
-                count, displ = count
-        else:
-            count, displ, dt = spec[1], spec[2], as_datatype(spec[3])
-        mv = byteview(buf, writable, what)
-        size = dt.size
-        start = 0
-        if displ is not None:
-            if not isinstance(displ, int) or displ < 0:
-                raise MmpiError(f"{what}: invalid displacement {displ!r}")
-            start = displ * size
-        if count is None:
-            n = len(mv) - start
-            if n < 0 or n % size:
-                raise MmpiError(f"{what}: buffer of {len(mv)} bytes is not a whole number "
-                                f"of {dt.name} ({size} bytes)")
-            count = n // size
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise MmpiError(f"{what}: invalid count {count!r}")
-        end = start + count * size
-        if end > len(mv):
-            raise MmpiError(f"{what}: {count} x {dt.name} ({count * size} bytes) from offset "
-                            f"{start} overruns the {len(mv)}-byte buffer")
-        return mv[start:end] if (start or end != len(mv)) else mv
-    return byteview(spec, writable, what)
+    if not 2 <= len(spec) <= 4:
+        raise MmpiError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
+                        f"[buf, datatype], [buf, count], [buf, count, datatype] or "
+                        f"[buf, (count, displ), datatype]")
+    return parse(spec, writable, what).mv
 
 
 def as_bytes(a) -> memoryview:

@@ -500,7 +500,8 @@ class Comm(CommunicatorMixin):
             raise AttributeError(name)
         raise MmpiNotImplementedError(
             f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
-            f"Barrier and the object methods are); use mpi4py for it meanwhile")
+            f"collectives, communicator construction and groups are); use mpi4py for it "
+            f"meanwhile")
 
 
 def _null_done_send():

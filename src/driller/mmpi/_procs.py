@@ -55,17 +55,14 @@ def describe_status(si_code: int, si_status: int) -> str:
 
 
 def describe_wait_status(status: int) -> str:
-    """How a waitpid()-style status word ended (as the launcher records a rank's
-    death in the world block)."""
+    """:func:`describe_status` of a waitpid()-style status word (as the launcher
+    records a rank's death in the world block)."""
     if os.WIFSIGNALED(status):
-        try:
-            name = signal.Signals(os.WTERMSIG(status)).name
-        except ValueError:
-            name = f"signal {os.WTERMSIG(status)}"
-        return f"killed by {name}"
+        return describe_status(os.CLD_DUMPED if os.WCOREDUMP(status) else os.CLD_KILLED,
+                               os.WTERMSIG(status))
     if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"wait status {status:#x}"
+        return describe_status(os.CLD_EXITED, os.WEXITSTATUS(status))
+    return f"ended with wait status {status:#x}"
 
 
 def wait_status(pidfd: int, *, reap: bool) -> tuple[int, int] | None:
