@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from ..errors import MmpiError, MmpiNotImplementedError
+from . import _group
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
@@ -20,7 +21,6 @@ from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
-from ._group import CommunicatorMixin
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
                        request, self_sync)
@@ -44,7 +44,7 @@ def Wtick() -> float:
 
 # ------------------------------------------------------------------ communicator
 
-class Comm(CommunicatorMixin):
+class Comm:
     """A communicator: a group of ranks and a context id that fences its messages.
 
     Point-to-point is here; collectives are one-line delegations to ``_coll``,
@@ -396,6 +396,46 @@ class Comm(CommunicatorMixin):
         s = self._osend(sendobj, dest, sendtag, False, "sendrecv")
         self._wait_send(s)
         return self._wait_recv(r, status, obj=True)
+
+    # -- communicators and groups (``_group``) --
+    @property
+    def name(self) -> str:
+        return self._cx.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._cx.name = str(value)
+
+    def Set_name(self, name: str) -> None:
+        self._cx.name = str(name)
+
+    def Get_group(self):
+        return _group.get_group(self._cx)
+
+    @property
+    def group(self):
+        return self.Get_group()
+
+    def Compare(self, comm) -> int:
+        return _group.compare(self._cx, comm._cx if isinstance(comm, Comm) else None, comm)
+
+    def _new(self, group, ctx):
+        return type(self)(self._t, group, ctx)
+
+    def Dup(self, info=None):
+        return _group.dup(self._cx, self._new)
+
+    def Clone(self):
+        return self.Dup()
+
+    def Split(self, color=0, key=0):
+        return _group.split(self._cx, color, key, self._new)
+
+    def Split_type(self, split_type, key=0, info=None):
+        return _group.split_type(self._cx, split_type, key, self._new)
+
+    def Create(self, group):
+        return _group.create(self._cx, group, self._new)
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
