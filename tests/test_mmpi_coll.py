@@ -20,7 +20,8 @@ import pytest
 
 from driller import MPI, mmpi
 from driller.errors import MmpiError, PeerDiedError, RankFailedError, TruncationError
-from driller.mmpi import _coll, _world
+from driller.mmpi import _world
+from driller.mmpi._coll import _bcast, _reduce
 
 DTYPES = [np.float64, np.int32, np.uint8, np.complex128]
 MiB = 1 << 20
@@ -232,7 +233,7 @@ def user_op_checks(comm):
         w = w @ m
     check_equal(sc, w, "Scan noncommutative")
     # large: the direct path, big enough to split across every rank
-    cnt = (_coll.DIRECT_MIN // 32 + 1) * 2
+    cnt = (_reduce.DIRECT_MIN // 32 + 1) * 2
     big = [np.tile(m, (cnt // k + 1, 1, 1))[:cnt] for m in mats]
     wantb = np.tile(want, (cnt // k + 1, 1, 1))[:cnt]
     out = np.zeros_like(big[me])
@@ -282,7 +283,7 @@ def full_sweep(comm, sizes, dtypes):
 
 # sizes in elements: 0, tiny, odd, and LARGE: over the eager limit (rendezvous) in
 # every dtype but uint8, over the direct-reduction threshold in float64/complex128
-LARGE = _coll.DIRECT_MIN // 8 + 4567
+LARGE = _reduce.DIRECT_MIN // 8 + 4567
 SIZES = [0, 1, 37, LARGE]
 
 
@@ -301,7 +302,7 @@ def test_every_collective_8_ranks():
 def test_binomial_paths():
     """Trees (used beyond FLAT_MAX ranks) on 5 ranks: force them with FLAT_MAX = 1."""
     def fn(comm):
-        _coll.FLAT_MAX = 1
+        _bcast.FLAT_MAX = 1
         n = sweep(comm, [1, 37], [np.float64, np.int64], [0, 3])
         vector_checks(comm)
         object_checks(comm)
@@ -341,7 +342,7 @@ def test_every_collective_two_copy(monkeypatch):
 
     def fn(comm):
         n = full_sweep(comm, SIZES, [np.float64, np.int32])
-        return n, comm._direct_ok_, comm._t.stats_pushed > 0
+        return n, comm._cx.direct_ok, comm._t.stats_pushed > 0
     res = mmpi.spawn(fn, 3)
     assert all(r[0] > 0 and r[1] is False and r[2] for r in res), res
 
@@ -389,7 +390,7 @@ def test_collectives_where_single_copy_is_denied():
             _large_collectives(comm)
             _large_collectives(comm)
         msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-        return comm._direct_ok_, comm._t.stats_pushed > 0, msgs
+        return comm._cx.direct_ok, comm._t.stats_pushed > 0, msgs
 
     res = mmpi.spawn(fn, 3)
     assert [r[0] for r in res] == [False] * 3 and all(r[1] for r in res), res
@@ -609,7 +610,7 @@ def test_rank_killed_during_collective(coll):
     assert res[2] == ("signal", signal.SIGKILL)
     for r in (0, 1, 3):
         assert res[r][0] == "err" and res[r][1] == PeerDiedError.__name__, res[r]
-    # the first to notice names the killed rank ("rank 2 killed by SIGKILL", or
+    # the first to notice names the killed rank ("rank 2 was killed by signal SIGKILL", or
     # "rank 2 (pid ...) is gone" if a timeout noticed it before the launcher); a
     # later one may name a rank that already left with its PeerDiedError
     texts = [res[r][2] for r in (0, 1, 3)]
@@ -685,7 +686,7 @@ def test_rank_killed_in_barrier():
     assert res[1] == ("signal", signal.SIGKILL)
     for r in (0, 2):
         assert res[r][:2] == ("err", "PeerDiedError"), res[r]
-    # "rank 1 killed by SIGKILL" once the launcher recorded it, or "rank 1 (pid ...)
+    # "rank 1 was killed by signal SIGKILL" once the launcher recorded it, or "rank 1 (pid ...)
     # is gone" when a sleeper's timeout noticed it first; the second survivor may
     # name the first, which already left with its PeerDiedError
     assert any("rank 1" in res[r][2] for r in (0, 2)), res

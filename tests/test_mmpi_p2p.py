@@ -519,7 +519,7 @@ def test_objects_with_large_buffers():
 
 
 def test_large_buffers_stay_out_of_the_pickle_stream():
-    from driller.mmpi._comm import _dumps
+    from driller.mmpi._objects import dumps as _dumps
     big = np.zeros(1 << 20)
     stream, parts = _dumps({"a": big, "b": b"x" * 500_000, "c": [bytearray(200_000)]})
     assert len(stream) < 1000
@@ -1050,7 +1050,7 @@ def _denied(comm, copy_mode):
         # the denial is real: a direct read of rank 0 fails with EPERM
         probe = np.zeros(8, np.uint8)
         try:
-            _linux.process_vm_readv(t._pid(0), probe.ctypes.data, t.base, 8)
+            _linux.process_vm_readv(t.pid_of(0), probe.ctypes.data, t.base, 8)
             out["probe"] = "allowed"
         except OSError as e:
             out["probe"] = errno.errorcode[e.errno]
@@ -1254,3 +1254,123 @@ def test_seccomp_denied_single_copy_falls_back(copy_mode, err):
             assert "Operation not permitted" in warned[0] and "seccomp filter" in warned[0]
     else:
         assert pushed0 == n and warned == []
+
+
+# ---------------------------------------------------------------- one buffer-spec parser
+
+def test_buffer_specs_count_elements_the_same_everywhere():
+    """``_bufspec`` is the one parser: counts and displacements are in ELEMENTS of
+    the datatype (inferred from the buffer's format when absent), as mpi4py's."""
+    from driller.mmpi._bufspec import message, parse
+    a = np.arange(8, dtype=np.float64)
+    i = np.arange(8, dtype=np.int32)
+    cases = [
+        (a, 64, 0), ([a, 3], 24, 0), ([a, MPI.DOUBLE], 64, 0), ([a, 3, MPI.DOUBLE], 24, 0),
+        ([a, (2, 5), MPI.DOUBLE], 16, 40), ([a, 2, 5, MPI.DOUBLE], 16, 40), ([a, 3, "d"], 24, 0),
+        ([a, MPI.INT], 64, 0), ([a, 5, MPI.INT], 20, 0), ([i, 3], 12, 0), ([i, (3, 1)], 12, 4),
+        ([bytearray(10), 3], 3, 0), ([a, None], 64, 0),
+    ]
+    for spec, nbytes, offset in cases:
+        mv = message(spec, False, "Send")
+        assert len(mv) == nbytes, (spec, len(mv))
+        base = spec[0] if isinstance(spec, list) else spec
+        if isinstance(base, np.ndarray):   # a view in place, from the right element
+            assert np.frombuffer(mv, np.uint8).ctypes.data == base.ctypes.data + offset, spec
+        assert bytes(mv) == bytes(parse(spec, False, "Bcast").mv)   # the collectives agree
+    for bad, text in [([a, 9], "overruns"), ([a, 3, "nope"], "invalid datatype"),
+                      ([a, 2, 7, MPI.DOUBLE], "overruns"), ([a, -1], "invalid count"),
+                      ([bytearray(10), MPI.DOUBLE], "not a whole number")]:
+        with pytest.raises(MmpiError, match=text):
+            message(bad, False, "Send")
+
+
+def _spec_counts(comm):
+    out = {}
+    a = np.arange(8, dtype=np.float64)
+    if comm.rank == 0:
+        comm.Send([a, 3], 1, 1)
+        comm.Send([a, (2, 5), MPI.DOUBLE], 1, 2)
+        comm.Send([np.arange(8, dtype=np.int32), 3], 1, 3)
+    else:
+        st = MPI.Status()
+        b = np.full(8, -1.0)
+        comm.Recv([b, 3], 0, 1, st)
+        out["send"] = b.tolist(), st.Get_count(MPI.DOUBLE), st.Get_count(MPI.BYTE)
+        b = np.full(8, -1.0)
+        comm.Recv([b, (2, 1), MPI.DOUBLE], 0, 2, st)
+        out["displ"] = b.tolist(), st.Get_count(MPI.DOUBLE)
+        c = np.full(8, -1, np.int32)
+        comm.Recv([c, 3], 0, 3, st)
+        out["int"] = c.tolist(), st.Get_count(MPI.INT)
+    b = a.copy() if comm.rank == 0 else np.full(8, -1.0)
+    comm.Bcast([b, 3], root=0)
+    out["bcast"] = b.tolist()
+    return out
+
+
+def test_send_and_bcast_of_buf_count_both_move_count_elements(copy_mode):
+    """``Send([a, 3])`` and ``Bcast([a, 3])`` both move 3 elements of a's dtype
+    (they disagreed once: 3 bytes for Send, 3 elements for Bcast)."""
+    res = values(run_ranks(_spec_counts, 2))
+    got = res[1]
+    assert got["send"] == ([0.0, 1.0, 2.0] + [-1.0] * 5, 3, 24)
+    assert got["displ"] == ([-1.0, 5.0, 6.0] + [-1.0] * 5, 2)
+    assert got["int"] == ([0, 1, 2] + [-1] * 5, 3)
+    assert got["bcast"] == [0.0, 1.0, 2.0] + [-1.0] * 5
+    assert res[0]["bcast"] == list(np.arange(8.0))
+
+
+def test_wait_statuses_are_described_in_one_wording():
+    """The launcher (waitid results) and the transport (waitpid status words, as the
+    launcher records deaths in the world block) word a death the same way."""
+    from driller.mmpi._procs import describe_status, describe_wait_status
+    for how, want in [(lambda: os._exit(3), "exited with code 3"),
+                      (lambda: os.kill(os.getpid(), signal.SIGKILL), "was killed by signal SIGKILL")]:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            how()
+            os._exit(99)
+        res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        _, status = os.waitpid(pid, 0)
+        assert describe_status(res.si_code, res.si_status) == want
+        assert describe_wait_status(status) == want
+
+
+def test_progress_hooks_run_inside_progress_until_removed():
+    """The transport's progress-hook interface (what nonblocking collectives use)."""
+    from driller.mmpi import _transport as T
+    fd = _world.create_world(2)
+    try:
+        t0, t1 = T.Transport(_world.World(fd), 0), T.Transport(_world.World(fd), 1)
+    finally:
+        os.close(fd)
+    calls = []
+
+    def hook():
+        calls.append(1)
+        t0.progress()          # re-entering progress does not run the hooks again
+        return len(calls) == 1
+
+    assert "progress" not in vars(t0)   # no hook: the plain method, nothing to pay
+    t0.add_progress_hook(hook)
+    assert t0.progress() is True and calls == [1]      # the hook reported movement
+    assert t0.progress() is False and calls == [1, 1]
+    # a hook also runs while waiting: a receive completed by the hook itself
+    r = T.RecvOp(1, 5, 0, memoryview(bytearray(3)))
+    t0.irecv(r)
+    sent = []
+
+    def sender():
+        if not sent:
+            sent.append(t1.send_fast(0, 0, 5, b"abc"))
+        return False
+
+    t0.add_progress_hook(sender)
+    t0.wait(r, 1)
+    assert r.done and bytes(r.mv) == b"abc" and sent == [True]
+    t0.remove_progress_hook(sender)
+    t0.remove_progress_hook(hook)
+    n = len(calls)
+    t0.progress()
+    assert len(calls) == n and "progress" not in vars(t0)
+    t0.remove_progress_hook(hook)       # not registered any more: no error

@@ -216,7 +216,7 @@ if c.rank == 0:
 else:
     c.Recv(b, 0, 5)
 c.Barrier()
-mine = c._t._pid(c.rank) == os.getpid()   # the world block still holds this rank's pid
+mine = c._t.pid_of(c.rank) == os.getpid()   # the world block still holds this rank's pid
 print("RANK", c.rank, c.size, left, inheritable, mine, b.tolist(), out.strip())
 """
 
@@ -379,7 +379,7 @@ def test_peer_died_names_the_root_cause_not_its_consequences():
             assert not ok and err[0] == "PeerDiedError", (r, err)
             named.append(err[2])
             # the message names the same rank as the attribute
-            assert err[1].startswith(f"rank {victim} killed by SIGKILL") or \
+            assert err[1].startswith(f"rank {victim} was killed by signal SIGKILL") or \
                 f"rank {victim}" in err[1], err[1]
     assert named == [victim] * (30 * (n - 1)), sorted(set(named))
 

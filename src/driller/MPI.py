@@ -3,8 +3,9 @@
 The subset implemented is point-to-point (buffers and objects), requests,
 statuses, collectives (buffers and objects, reduction ops, Ibarrier/Ibcast/
 Iallreduce), communicators (Dup, Split, Split_type, Create, groups),
-predefined datatypes and the environment calls.  Any other
-MPI name raises :class:`driller.errors.MmpiNotImplementedError` naming the call
+predefined datatypes and the environment calls (all from ``driller.mmpi``'s
+modules: ``_const``, ``_datatype``, ``_request``, ``_comm``, ``_group``,
+``_coll``).  Any other MPI name raises :class:`driller.errors.MmpiNotImplementedError` naming the call
 (also an AttributeError, so ``hasattr`` stays usable).
 """
 
@@ -15,19 +16,19 @@ import socket as _socket
 from .errors import MmpiError as Exception  # noqa: A001  (mpi4py's MPI.Exception)
 from .errors import MmpiNotImplementedError as _NotImpl
 from .mmpi import _comm
-from .mmpi._comm import (ANY_SOURCE, ANY_TAG, PROC_NULL, REQUEST_NULL, TAG_UB, UNDEFINED,
-                         Comm, Datatype, Prequest, Request, Status, Wtick, Wtime)
-from .mmpi._coll import (BAND, BOR, BXOR, IN_PLACE, LAND, LOR, LXOR, MAX,  # noqa: F401
-                         MAXLOC, MIN, MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
-from .mmpi._group import (COMM_NULL, COMM_TYPE_SHARED, CONGRUENT, GROUP_EMPTY,  # noqa: F401
-                          IDENT, SIMILAR, UNEQUAL, Group)
+from .mmpi._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN,  # noqa: F401
+                              MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
+from .mmpi._comm import Comm, Wtick, Wtime
+from .mmpi._const import (ANY_SOURCE, ANY_TAG, BOTTOM, COMM_TYPE_SHARED,  # noqa: F401
+                          CONGRUENT, ERR_OTHER, ERR_TRUNCATE, IDENT, IN_PLACE, PROC_NULL,
+                          SIMILAR, SUCCESS, TAG_UB, THREAD_FUNNELED, THREAD_MULTIPLE,
+                          THREAD_SERIALIZED, THREAD_SINGLE, UNDEFINED, UNEQUAL)
+from .mmpi._datatype import DATATYPES as _DATATYPES
+from .mmpi._datatype import Datatype
+from .mmpi._group import COMM_NULL, GROUP_EMPTY, Group  # noqa: F401
+from .mmpi._request import REQUEST_NULL, Prequest, Request, Status
 
 Intracomm = Comm
-SUCCESS = 0
-ERR_TRUNCATE = 15
-ERR_OTHER = 16
-BOTTOM = None
-THREAD_SINGLE, THREAD_FUNNELED, THREAD_SERIALIZED, THREAD_MULTIPLE = 0, 1, 2, 3
 
 _DT_NAMES = [
     "BYTE", "CHAR", "SIGNED_CHAR", "SHORT", "INT", "LONG", "LONG_LONG",
@@ -37,7 +38,7 @@ _DT_NAMES = [
     "UINT64_T", "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "COMPLEX", "DOUBLE_COMPLEX",
     "WCHAR", "SIGNED_SHORT", "SIGNED_INT", "SIGNED_LONG", "SIGNED_LONG_LONG",
 ]
-globals().update({n: _comm.DATATYPES[n] for n in _DT_NAMES})
+globals().update({n: _DATATYPES[n] for n in _DT_NAMES})
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "Comm", "Intracomm", "Wtime", "Wtick", "Get_processor_name",

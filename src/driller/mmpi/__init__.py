@@ -11,13 +11,15 @@ See docs/mmpi.md for the design and measured figures.
 from __future__ import annotations
 
 from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, TruncationError
-from ._comm import (ANY_SOURCE, ANY_TAG, PROC_NULL, REQUEST_NULL, TAG_UB, UNDEFINED, Comm,
-                    Datatype, Prequest, Request, Status, Wtick, Wtime, init_world)
+from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD, SUM,
+                         Op)
+from ._comm import Comm, Wtick, Wtime, init_world
+from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE, PROC_NULL,
+                     SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
+from ._datatype import Datatype
+from ._group import COMM_NULL, GROUP_EMPTY, Group
+from ._request import REQUEST_NULL, Prequest, Request, Status
 from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
-from ._coll import (BAND, BOR, BXOR, IN_PLACE, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
-                    SUM, Op)
-from ._group import (COMM_NULL, COMM_TYPE_SHARED, CONGRUENT, GROUP_EMPTY, IDENT, SIMILAR,
-                     UNEQUAL, Group)
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",

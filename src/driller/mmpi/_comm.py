@@ -6,34 +6,30 @@ lowercase ones move picklable Python objects (``send(obj, dest, tag)``).
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import re
 import time
 
 import numpy as np
 
-from .. import _linux
 from ..errors import MmpiError, MmpiNotImplementedError
-from . import _engine as E
+from . import _group
 from . import _transport as T
 from . import _world as W
-from ._coll import CollectiveMixin
+from ._bufspec import EMPTY, message
+from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
+from ._coll._context import Context
+from ._coll._ops import SUM
+from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
+from ._objects import ARRAY_KINDS, dumps, loads, pack_array
+from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
+                       request, self_sync)
 
 __all__ = [
-    "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED",
-    "Comm", "Request", "Prequest", "Status", "Datatype", "Wtime", "Wtick",
-    "init_world", "world_comm", "self_comm", "finalize", "is_initialized", "is_finalized",
-    "launched_rank",
+    "Comm", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
+    "is_initialized", "is_finalized", "launched_rank",
 ]
 
-ANY_SOURCE = E.ANY_SOURCE
-ANY_TAG = E.ANY_TAG
-PROC_NULL = E.PROC_NULL
-UNDEFINED = -32766
-TAG_UB = (1 << 31) - 1
-_BARRIER_TAG = 1 << 29        # Barrier's tags on the collective context (collectives use < 2**22)
 _CTX_WORLD, _CTX_SELF = 0, 2   # p2p contexts; collectives use context + 1; new comms from 4
 
 
@@ -46,710 +42,23 @@ def Wtick() -> float:
     return time.get_clock_info("perf_counter").resolution
 
 
-# ------------------------------------------------------------------ datatypes
-
-class Datatype:
-    """A predefined MPI datatype: a name, a size in bytes, a struct/numpy typechar."""
-
-    __slots__ = ("name", "size", "typechar")
-
-    def __init__(self, name: str, size: int, typechar: str):
-        self.name = name
-        self.size = size
-        self.typechar = typechar
-
-    def Get_size(self) -> int:
-        return self.size
-
-    def Get_extent(self) -> tuple[int, int]:
-        return (0, self.size)
-
-    @property
-    def extent(self) -> int:
-        return self.size
-
-    @property
-    def lb(self) -> int:
-        return 0
-
-    @property
-    def ub(self) -> int:
-        return self.size
-
-    def Get_name(self) -> str:
-        return self.name
-
-    def __repr__(self) -> str:
-        return f"<mmpi.Datatype {self.name} ({self.size} bytes)>"
-
-
-def _dt(name, size, tc):
-    return Datatype(name, size, tc)
-
-
-DATATYPES = {d.name: d for d in [
-    _dt("BYTE", 1, "B"), _dt("CHAR", 1, "c"), _dt("SIGNED_CHAR", 1, "b"),
-    _dt("SHORT", 2, "h"), _dt("INT", 4, "i"), _dt("LONG", 8, "l"), _dt("LONG_LONG", 8, "q"),
-    _dt("UNSIGNED_CHAR", 1, "B"), _dt("UNSIGNED_SHORT", 2, "H"), _dt("UNSIGNED", 4, "I"),
-    _dt("UNSIGNED_INT", 4, "I"), _dt("UNSIGNED_LONG", 8, "L"), _dt("UNSIGNED_LONG_LONG", 8, "Q"),
-    _dt("FLOAT", 4, "f"), _dt("DOUBLE", 8, "d"), _dt("LONG_DOUBLE", 16, "g"),
-    _dt("C_BOOL", 1, "?"), _dt("INT8_T", 1, "b"), _dt("INT16_T", 2, "h"),
-    _dt("INT32_T", 4, "i"), _dt("INT64_T", 8, "q"), _dt("UINT8_T", 1, "B"),
-    _dt("UINT16_T", 2, "H"), _dt("UINT32_T", 4, "I"), _dt("UINT64_T", 8, "Q"),
-    _dt("C_FLOAT_COMPLEX", 8, "F"), _dt("C_DOUBLE_COMPLEX", 16, "D"),
-    _dt("WCHAR", 4, "w"), _dt("SIGNED_SHORT", 2, "h"), _dt("SIGNED_INT", 4, "i"),
-    _dt("SIGNED_LONG", 8, "l"), _dt("SIGNED_LONG_LONG", 8, "q"),
-]}
-DATATYPES["COMPLEX"] = DATATYPES["C_FLOAT_COMPLEX"]
-DATATYPES["DOUBLE_COMPLEX"] = DATATYPES["C_DOUBLE_COMPLEX"]
-DATATYPES["BOOL"] = DATATYPES["C_BOOL"]
-BYTE = DATATYPES["BYTE"]
-_TYPECHARS = {}
-for _d in DATATYPES.values():
-    _TYPECHARS.setdefault(_d.typechar, _d)
-_TYPECHARS.update({"b": DATATYPES["SIGNED_CHAR"], "B": BYTE, "i": DATATYPES["INT"],
-                   "l": DATATYPES["LONG"], "d": DATATYPES["DOUBLE"], "f": DATATYPES["FLOAT"]})
-
-
-def _datatype(d) -> Datatype:
-    if isinstance(d, Datatype):
-        return d
-    if isinstance(d, str) and d in _TYPECHARS:
-        return _TYPECHARS[d]
-    raise MmpiError(f"invalid datatype {d!r}: use one of driller.MPI's datatypes "
-                    f"(MPI.BYTE, MPI.INT, MPI.DOUBLE, ...) or a typechar like 'd'")
-
-
-# ------------------------------------------------------------------ buffers
-
-_EMPTY = memoryview(b"")
-_PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
-
-
-_FIELD_NAMES = re.compile(r":[^:]*:")
-
-
-def _holds_pointers(obj, fmt: str) -> bool:
-    """True if the items of a buffer hold PyObject pointers (numpy dtype object, or
-    a structured dtype with an object field): raw bytes would be wrong (Send: the
-    sender's addresses) or fatal (Recv: garbage written over live pointers)."""
-    dt = getattr(obj, "dtype", None)
-    if isinstance(dt, np.dtype):
-        return dt.hasobject
-    return "O" in _FIELD_NAMES.sub("", fmt)   # 'O', 'T{d:a:O:b:}' (field names dropped)
-
-
-def _pointer_error(obj, writable: bool, what: str) -> MmpiError:
-    dt = getattr(obj, "dtype", None)
-    kind = f"dtype {dt}" if dt is not None else f"format {memoryview(obj).format!r}"
-    lower = {"Sendrecv_replace": "sendrecv"}.get(what, what.lower())
-    return MmpiError(f"{what}: the {'receive' if writable else 'send'} buffer "
-                     f"({type(obj).__name__} of {kind}) holds Python object pointers, which "
-                     f"cannot be moved as bytes; use the lowercase method ({lower}(), which "
-                     f"pickles the objects) or an array of a plain dtype")
-
-
-def _byteview(obj, writable: bool, what: str) -> memoryview:
-    """A flat byte memoryview of a contiguous buffer-protocol object.
-
-    Buffers whose items are object pointers are refused (MmpiError); numpy
-    datetime64/timedelta64 arrays (which numpy does not export through the
-    buffer protocol) are viewed as their bytes."""
-    try:
-        mv = memoryview(obj)
-    except TypeError:
-        if obj is None:
-            return _EMPTY if not writable else memoryview(bytearray(0))
-        raise MmpiError(f"{what}: {type(obj).__name__} does not support the buffer protocol; "
-                        f"pass a numpy array, bytearray, ... (lowercase methods move objects)"
-                        ) from None
-    except ValueError as e:  # numpy: "cannot include dtype 'M' in a buffer"
-        if not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
-            raise MmpiError(f"{what}: {type(obj).__name__} cannot be used as a buffer: "
-                            f"{e}") from None
-        if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
-            raise MmpiError(f"{what}: the buffer is not contiguous; pass "
-                            f"np.ascontiguousarray(x) and copy back after a receive") from None
-        if writable and not obj.flags.writeable:
-            raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
-                            f"receive into a writable buffer") from None
-        flat = obj.ravel(order="K")
-        return memoryview(flat.view(np.uint8)) if flat.size else memoryview(bytearray(0))
-    if mv.c_contiguous and mv.ndim == 1 and mv.format == "B" and not (writable and mv.readonly):
-        return mv
-    if mv.format not in _PLAIN_FORMATS and _holds_pointers(obj, mv.format):
-        raise _pointer_error(obj, writable, what)
-    if writable and mv.readonly:
-        raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
-                        f"receive into a writable buffer (bytearray, numpy array)")
-    if not mv.c_contiguous:
-        if mv.f_contiguous:
-            arr = np.asarray(obj)
-            flat = arr.ravel(order="K")
-            if not np.shares_memory(flat, arr):  # pragma: no cover - a copy: refuse
-                raise MmpiError(f"{what}: cannot view the Fortran-ordered buffer in place; "
-                                f"pass np.ascontiguousarray(x)")
-            mv = memoryview(flat.view(np.uint8))
-            if writable and mv.readonly:  # pragma: no cover
-                raise MmpiError(f"{what}: the receive buffer is read-only")
-            return mv
-        raise MmpiError(f"{what}: the buffer is not contiguous (a strided numpy view such "
-                        f"as a[:, ::2] or a column?); pass np.ascontiguousarray(x) and copy "
-                        f"back after a receive")
-    if mv.ndim != 1 or mv.format != "B":
-        mv = mv.cast("B")
-    return mv
-
-
-def _buffer(spec, writable: bool, what: str) -> memoryview:
-    """Parse an mpi4py buffer spec: buf, [buf, dt], [buf, count, dt],
-    [buf, (count, displ), dt], [buf, count, displ, dt]."""
-    t = type(spec)
-    if t is not list and t is not tuple:
-        try:  # fast path: a flat, writable-enough byte buffer
-            mv = memoryview(spec)
-            if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (
-                    writable and mv.readonly):
-                return mv
-        except (TypeError, ValueError):
-            pass
-        return _byteview(spec, writable, what)
-    if 2 <= len(spec) <= 4:
-        buf = spec[0]
-        count = displ = None
-        if len(spec) == 2:
-            if isinstance(spec[1], (Datatype, str)):
-                dt = _datatype(spec[1])
-            elif isinstance(spec[1], int) or spec[1] is None:
-                dt, count = BYTE, spec[1]
-            else:
-                dt = _datatype(spec[1])
-        elif len(spec) == 3:
-            count, dt = spec[1], _datatype(spec[2])
-            if isinstance(count, (list, tuple)):
-                count, displ = count
-        else:
-            count, displ, dt = spec[1], spec[2], _datatype(spec[3])
-        mv = _byteview(buf, writable, what)
-        size = dt.size
-        start = 0
-        if displ is not None:
-            if not isinstance(displ, int) or displ < 0:
-                raise MmpiError(f"{what}: invalid displacement {displ!r}")
-            start = displ * size
-        if count is None:
-            n = len(mv) - start
-            if n < 0 or n % size:
-                raise MmpiError(f"{what}: buffer of {len(mv)} bytes is not a whole number "
-                                f"of {dt.name} ({size} bytes)")
-            count = n // size
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise MmpiError(f"{what}: invalid count {count!r}")
-        end = start + count * size
-        if end > len(mv):
-            raise MmpiError(f"{what}: {count} x {dt.name} ({count * size} bytes) from offset "
-                            f"{start} overruns the {len(mv)}-byte buffer")
-        return mv[start:end] if (start or end != len(mv)) else mv
-    return _byteview(spec, writable, what)
-
-
-# ------------------------------------------------------------------ status
-
-class Status:
-    """What a completed receive (or probe) found."""
-
-    __slots__ = ("source", "tag", "error", "count", "cancelled")
-
-    def __init__(self):
-        self.source = ANY_SOURCE
-        self.tag = ANY_TAG
-        self.error = 0
-        self.count = 0
-        self.cancelled = False
-
-    def Get_source(self) -> int:
-        return self.source
-
-    def Set_source(self, source: int) -> None:
-        self.source = source
-
-    def Get_tag(self) -> int:
-        return self.tag
-
-    def Set_tag(self, tag: int) -> None:
-        self.tag = tag
-
-    def Get_error(self) -> int:
-        return self.error
-
-    def Set_error(self, error: int) -> None:
-        self.error = error
-
-    def Get_count(self, datatype=BYTE) -> int:
-        dt = _datatype(datatype)
-        if self.count % dt.size:
-            return UNDEFINED
-        return self.count // dt.size
-
-    def Get_elements(self, datatype=BYTE) -> int:
-        return self.Get_count(datatype)
-
-    def Is_cancelled(self) -> bool:
-        return self.cancelled
-
-    def __repr__(self) -> str:
-        return (f"Status(source={self.source}, tag={self.tag}, error={self.error}, "
-                f"count={self.count})")
-
-
-def _fill(status, source, tag, error, count, cancelled=False) -> None:
-    if status is not None:
-        status.source = source
-        status.tag = tag
-        status.error = error
-        status.count = count
-        status.cancelled = cancelled
-
-
-# ------------------------------------------------------------------ objects
-
-_BIG = (bytes, bytearray)
-
-
-def _oob_identity(x):
-    return x
-
-
-_SCALARS = (int, float, str, bool, type(None), complex)
-SIMPLE, OOB_ARRAYS, OOB_BYTES = 0, 1, 2
-
-
-def _scan(obj, budget=256, depth=3) -> int:
-    """A bounded look inside containers: SIMPLE (only scalars, small bytes and small
-    numpy arrays: plain pickle is fastest), OOB_BYTES (a large bytes/bytearray),
-    or OOB_ARRAYS (anything else: protocol 5 with a buffer callback)."""
-    stack = [(obj, 0)]
-    seen = 0
-    out = SIMPLE
-    while stack:
-        o, d = stack.pop()
-        t = type(o)
-        if t in _BIG:
-            if len(o) >= T.OOB_MIN:
-                return OOB_BYTES
-            continue
-        if t in _SCALARS:
-            continue
-        if t is np.ndarray:
-            if o.nbytes >= T.OOB_MIN or o.dtype.hasobject:
-                out = OOB_ARRAYS
-            continue
-        if d >= depth:
-            out = OOB_ARRAYS
-            continue
-        if t is list or t is tuple:
-            items = o
-        elif t is dict:
-            items = o.values()
-        else:
-            out = OOB_ARRAYS
-            continue
-        for x in items:
-            seen += 1
-            if seen > budget:
-                return OOB_ARRAYS
-            stack.append((x, d + 1))
-    return out
-
-
-def _has_big_bytes(obj) -> bool:
-    return _scan(obj) == OOB_BYTES
-
-
-class _OobPickler(pickle.Pickler):
-    """Pickler sending large bytes/bytearray out of band (by persistent id)."""
-
-    def __init__(self, f, parts):
-        super().__init__(f, 5, buffer_callback=self._cb)
-        self.parts = parts
-
-    def _cb(self, pb):
-        raw = pb.raw()
-        if raw.nbytes < T.OOB_MIN:
-            return True
-        self.parts.append((raw, 1 if raw.readonly else 0))
-        return False
-
-    def persistent_id(self, o):
-        t = type(o)
-        if t in _BIG and len(o) >= T.OOB_MIN:
-            i = len(self.parts)
-            self.parts.append((memoryview(o), 3 if t is bytes else 2))
-            return i
-        return None
-
-
-def _dumps(obj):
-    """(stream, parts): parts are (byte view, how) of out-of-band buffers."""
-    parts = []
-    kind = _scan(obj)
-    if kind == SIMPLE:  # nothing large inside: the plain (faster) pickle
-        return pickle.dumps(obj, 4), parts
-    if kind == OOB_BYTES:
-        f = io.BytesIO()
-        _OobPickler(f, parts).dump(obj)
-        return f.getvalue(), parts
-
-    def cb(pb, append=parts.append, oob_min=T.OOB_MIN):
-        raw = pb.raw()
-        if raw.nbytes < oob_min:
-            return True
-        append((raw, 1 if raw.readonly else 0))
-        return False
-
-    return pickle.dumps(obj, 5, buffer_callback=cb), parts
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, f, buffers, parts):
-        super().__init__(f, buffers=buffers)
-        self._parts = parts
-
-    def persistent_load(self, pid):
-        return self._parts[pid][0]
-
-
-def _loads(value):
-    stream, parts = value
-    if parts is None:  # a bare array sent raw (F_ARRAY): already built
-        return stream
-    if stream is None:  # a buffer message received as an object: its bytes
-        return bytes(parts)
-    if not parts:
-        return pickle.loads(stream)
-    buffers = [b for b, how in parts if not how & 2]
-    if len(buffers) == len(parts):  # no persistent (bytes/bytearray) parts
-        return pickle.loads(stream, buffers=buffers)
-    return _Unpickler(io.BytesIO(stream), buffers, parts).load()
-
-
-# ------------------------------------------------------------------ requests
-
-_K_SEND, _K_RECV, _K_OSEND, _K_ORECV = 0, 1, 2, 3
-
-
-class Request:
-    """A nonblocking operation; ``REQUEST_NULL`` is the empty one."""
-
-    __slots__ = ("_op", "_kind", "_comm", "__weakref__")
-
-    def __init__(self, request=None):
-        self._op = None
-        self._kind = _K_SEND
-        self._comm = None
-
-    def __bool__(self) -> bool:
-        return self._op is not None
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, Request):
-            return self is other or (self._op is None and other._op is None)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    @classmethod
-    def _make(cls, op, kind, comm):
-        r = cls.__new__(cls)
-        r._op = op
-        r._kind = kind
-        r._comm = comm
-        return r
-
-    # -- completion --
-    def _finish(self, status):
-        """The op is done: fill status, clear the request, raise its error."""
-        op = self._op
-        comm = self._comm
-        self._release()
-        if self._kind in (_K_RECV, _K_ORECV):
-            if op.cancelled:
-                _fill(status, ANY_SOURCE, ANY_TAG, 0, 0, True)
-                return None
-            m = op.message
-            if m is None:  # PROC_NULL
-                _fill(status, PROC_NULL, ANY_TAG, 0, 0)
-                return None
-            cnt = op.count if op.capacity is None else min(op.count, op.capacity)
-            _fill(status, comm._rank_of(m.source), m.tag, op.error, cnt)
-            if op.exc is not None:
-                raise op.exc
-            if self._kind == _K_ORECV:
-                return _loads(op.value)
-            return None
-        _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-        if op.exc is not None:
-            raise op.exc
-        return None
-
-    def _release(self):
-        self._op = None
-
-    def _peer(self):
-        op = self._op
-        if isinstance(op, T.SendOp):
-            return op.dest
-        return None if op.source == ANY_SOURCE else op.source
-
-    def Wait(self, status=None) -> bool:
-        op = self._op
-        if op is None:
-            _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-            return True
-        if not op.done:
-            if type(op) is T.SendOp and op.sync:
-                self._comm._self_sync(op, "Wait")
-            if not op.done:
-                self._comm._t.wait(op, self._peer())
-        self._finish(status)
-        return True
-
-    def Test(self, status=None) -> bool:
-        op = self._op
-        if op is None:
-            _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-            return True
-        if not op.done:
-            self._comm._t.progress()
-            if not op.done:
-                return False
-        self._finish(status)
-        return True
-
-    def Get_status(self, status=None) -> bool:
-        op = self._op
-        if op is None:
-            return True
-        if not op.done:
-            self._comm._t.progress()
-        return op.done
-
-    def Cancel(self) -> None:
-        """Cancel a receive that has not matched yet (sends cannot be cancelled)."""
-        op = self._op
-        if op is None or op.done or not isinstance(op, T.RecvOp):
-            return
-        if self._comm._t.engine.cancel(op):
-            op.cancelled = True
-            op.done = True
-
-    def Free(self) -> None:
-        op = self._op
-        if op is not None and not op.done:
-            raise MmpiError("cannot free an active request: Wait or Cancel it first")
-        self._release()
-
-    # -- lowercase (objects) --
-    def wait(self, status=None):
-        op = self._op
-        if op is None:
-            _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-            return None
-        if not op.done:
-            if type(op) is T.SendOp and op.sync:
-                self._comm._self_sync(op, "wait")
-            if not op.done:
-                self._comm._t.wait(op, self._peer())
-        return self._finish(status)
-
-    def test(self, status=None):
-        op = self._op
-        if op is None:
-            return True, None
-        if not op.done:
-            self._comm._t.progress()
-            if not op.done:
-                return False, None
-        return True, self._finish(status)
-
-    def cancel(self) -> None:
-        self.Cancel()
-
-    def free(self) -> None:
-        self.Free()
-
-    def get_status(self, status=None) -> bool:
-        return self.Get_status(status)
-
-    # -- collections --
-    @staticmethod
-    def _transport(requests):
-        for r in requests:
-            if r._op is not None:
-                return r._comm._t
-        return None
-
-    @classmethod
-    def Waitall(cls, requests, statuses=None) -> bool:
-        cls.waitall(requests, statuses)
-        return True
-
-    @classmethod
-    def waitall(cls, requests, statuses=None) -> list:
-        out = []
-        err = None
-        for i, r in enumerate(requests):
-            st = statuses[i] if statuses is not None and i < len(statuses) else None
-            try:
-                out.append(r.wait(st))
-            except MmpiError as e:
-                if isinstance(e, T.PeerDiedError):
-                    raise
-                err = err or e
-                out.append(None)
-        if err is not None:
-            raise err
-        return out
-
-    @classmethod
-    def Waitany(cls, requests, status=None) -> int:
-        return cls.waitany(requests, status)[0]
-
-    @classmethod
-    def waitany(cls, requests, status=None):
-        t = cls._transport(requests)
-        if t is None:
-            _fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-            return UNDEFINED, None
-        ops = [r._op for r in requests]
-        cls._self_sync_all(requests, "Waitany")
-        t.wait_until(lambda: any(o is not None and o.done for o in ops))
-        for i, r in enumerate(requests):
-            if r._op is not None and r._op.done:
-                return i, r.wait(status)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @classmethod
-    def Waitsome(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is None:
-            return None
-        ops = [r._op for r in requests]
-        cls._self_sync_all(requests, "Waitsome")
-        t.wait_until(lambda: any(o is not None and o.done for o in ops))
-        return cls.Testsome(requests, statuses)
-
-    @staticmethod
-    def _self_sync_all(requests, what):
-        """Waiting on synchronous sends to oneself that nothing matched: those
-        can never complete (see Comm._self_sync) and complete with an error."""
-        ops = [r._op for r in requests]
-        if any(o is not None and o.done for o in ops):
-            return
-        for r, o in zip(requests, ops):
-            if type(o) is T.SendOp and o.sync:
-                r._comm._self_sync(o, what)
-
-    @classmethod
-    def Testall(cls, requests, statuses=None) -> bool:
-        t = cls._transport(requests)
-        if t is not None:
-            t.progress()
-        if all(r._op is None or r._op.done for r in requests):
-            cls.Waitall(requests, statuses)
-            return True
-        return False
-
-    @classmethod
-    def testall(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is not None:
-            t.progress()
-        if all(r._op is None or r._op.done for r in requests):
-            return True, cls.waitall(requests, statuses)
-        return False, None
-
-    @classmethod
-    def Testany(cls, requests, status=None):
-        t = cls._transport(requests)
-        if t is None:
-            return UNDEFINED, True
-        t.progress()
-        for i, r in enumerate(requests):
-            if r._op is not None and r._op.done:
-                r.Wait(status)
-                return i, True
-        return UNDEFINED, False
-
-    @classmethod
-    def Testsome(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is None:
-            return None
-        t.progress()
-        done = []
-        for i, r in enumerate(requests):
-            if r._op is not None and r._op.done:
-                st = statuses[i] if statuses is not None and i < len(statuses) else None
-                r.Wait(st)
-                done.append(i)
-        return done
-
-    def __repr__(self) -> str:
-        if self._op is None:
-            return "<mmpi.Request NULL>"
-        return f"<mmpi.Request {self._op!r}>"
-
-
-class Prequest(Request):
-    """A persistent request (Send_init/Recv_init): Start, Wait, Start again..."""
-
-    __slots__ = ("_start", "_active")
-
-    def __init__(self, request=None):
-        super().__init__()
-        self._start = None
-        self._active = False
-
-    def Start(self) -> None:
-        if self._start is None:
-            raise MmpiError("Start on a freed persistent request")
-        if self._op is not None and not self._op.done:
-            raise MmpiError("Start on a persistent request that is still active: Wait first")
-        self._op = self._start()
-
-    @classmethod
-    def Startall(cls, requests) -> None:
-        for r in requests:
-            r.Start()
-
-    def _release(self):
-        self._op = None  # inactive, reusable
-
-    def Free(self) -> None:
-        super().Free()
-        self._start = None
-
-
-REQUEST_NULL = Request()
-
-
 # ------------------------------------------------------------------ communicator
 
-class Comm(CollectiveMixin):
-    """A communicator: a group of ranks and a context id that fences its messages."""
+class Comm:
+    """A communicator: a group of ranks and a context id that fences its messages.
+
+    Point-to-point is here; collectives are one-line delegations to ``_coll``,
+    which works on the communicator's :class:`~._coll._context.Context`."""
 
     def __init__(self, transport: T.Transport, group: list[int], context: int, name: str = ""):
+        cx = self._cx = Context(transport, group, context, name)
+        # the context's fields, as attributes for the point-to-point hot paths
         self._t = transport
-        self._group = list(group)
+        self._group = cx.group
         self._ctx = context
-        self._cctx = context + 1  # collectives
-        self._rank_of_world = {w: i for i, w in enumerate(self._group)}
-        self.rank = self._rank_of_world[transport.rank]
-        self.size = len(self._group)
-        self._name = name
-        self._identity = self._group == list(range(transport.size))
+        self._rank_of = cx.rank_of
+        self.rank = cx.rank
+        self.size = cx.size
 
     # -- basics --
     def Get_rank(self) -> int:
@@ -761,7 +70,7 @@ class Comm(CollectiveMixin):
         return self.size
 
     def Get_name(self) -> str:
-        return self._name
+        return self._cx.name
 
     def Is_inter(self) -> bool:
         return False
@@ -770,10 +79,7 @@ class Comm(CollectiveMixin):
         return True
 
     def __repr__(self) -> str:
-        return f"<mmpi.Comm {self._name or 'comm'} rank {self.rank} of {self.size}>"
-
-    def _rank_of(self, world_rank: int) -> int:
-        return world_rank if self._identity else self._rank_of_world.get(world_rank, world_rank)
+        return f"<mmpi.Comm {self._cx.name or 'comm'} rank {self.rank} of {self.size}>"
 
     def _dest(self, dest, what: str) -> int:
         if type(dest) is not int:
@@ -820,7 +126,7 @@ class Comm(CollectiveMixin):
 
     # -- starting operations (internal) --
     def _isend(self, buf, dest, tag, sync, what, ctx=None):
-        mv = _buffer(buf, False, what)
+        mv = message(buf, False, what)
         w = self._dest(dest, what)
         tag = self._stag(tag, what)
         if w == PROC_NULL:
@@ -830,7 +136,7 @@ class Comm(CollectiveMixin):
         return op
 
     def _irecv(self, buf, source, tag, what, ctx=None):
-        mv = _buffer(buf, True, what)
+        mv = message(buf, True, what)
         w = self._source(source, what)
         tag = self._rtag(tag, what)
         op = T.RecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
@@ -845,52 +151,7 @@ class Comm(CollectiveMixin):
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return None
-        stream, parts = _dumps(obj) if pickled is None else pickled
-        t = self._t
-        nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
-        if w == t.rank:
-            copies = [(bytes(p) if how & 1 else bytearray(p), how) for p, how in parts]
-            op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync, T.F_OBJ, copies,
-                          nbytes=nbytes)
-            t.isend(op)
-            return op
-        if not parts and len(stream) <= t.eager_limit:
-            if not sync and t.send_fast(w, self._ctx, tag, stream, T.F_OBJ):
-                return None  # in the ring: complete
-            op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync, T.F_OBJ)
-            t.isend(op, E.EAGER)
-            return op
-        if parts:
-            plen = T.TABLE.size + T.PART.size * len(parts) + nbytes
-            if plen <= t.packed_limit:
-                # small enough to copy through the ring: one eager record holding the
-                # table, the stream and the buffers; two memcpys beat the page pinning
-                # of process_vm_readv here up to ~1 MiB, and the send completes at once
-                head = [T.TABLE.pack(len(parts), len(stream), 0)]
-                for p, how in parts:
-                    head.append(T.PART.pack(0, p.nbytes, how))
-                pieces = [b"".join(head), stream]
-                pieces += [p for p, _ in parts]
-                op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync,
-                              T.F_OBJ | T.F_PACKED, pieces, keep=plen, nbytes=nbytes)
-                t.isend(op, E.EAGER)
-                return op
-        inline = len(stream) <= t.eager_limit
-        saddr = 0 if inline else _linux.buffer_address(stream)[0]
-        table = [T.TABLE.pack(len(parts), len(stream), saddr)]
-        for p, how in parts:
-            table.append(T.PART.pack(_linux.buffer_address(p)[0] if p.nbytes else 0,
-                                     p.nbytes, how))
-        if inline:
-            table.append(stream)
-        table = b"".join(table)
-        if len(table) > t.ring_bytes // 2:
-            raise MmpiError(f"{what}: the object holds {len(parts)} large buffers, too many "
-                            f"for one message ({len(table)}-byte table); send it in parts")
-        op = T.SendOp(w, tag, self._ctx, memoryview(stream), sync, T.F_OBJ, table,
-                      keep=(stream, parts), nbytes=nbytes)
-        t.isend(op, E.RNDV)
-        return op
+        return self._t.send_object(w, self._ctx, tag, obj, sync, what, pickled)
 
     def _orecv(self, source, tag, what):
         w = self._source(source, what)
@@ -907,44 +168,25 @@ class Comm(CollectiveMixin):
             return
         if not op.done:
             if op.sync:
-                self._self_sync(op, "Ssend")
+                self_sync(self._cx, op, "Ssend")
             if not op.done:
                 self._t.wait(op, op.dest)
         if op.exc is not None:
             raise op.exc
 
-    def _self_sync(self, op, what):
-        """A blocking wait on a synchronous send to oneself that no receive has
-        matched can never end: mmpi ranks are single-threaded (THREAD_SINGLE),
-        so no receive can be posted while this one blocks.  Withdraw the message
-        (it will never match) and fail the send with an error, at once."""
-        t = self._t
-        if op.dest != t.rank:
-            return
-        t.progress()
-        if op.done or not t.engine.withdraw(op, t.rank):
-            return
-        op.exc = MmpiError(
-            f"{what}: synchronous send to this rank itself (rank {self._rank_of(op.dest)}, "
-            f"tag {op.tag}) with no matching receive posted: it can never complete, since "
-            f"this rank cannot post the receive while it blocks here (MPI calls this "
-            f"erroneous; mmpi ranks are single-threaded); post the receive first "
-            f"(Irecv, then Ssend, then Wait) or use Send, which buffers messages to self")
-        op.done = True
-
     def _wait_recv(self, op, status, obj=False):
         if not op.done:
             self._t.wait(op, None if op.source == ANY_SOURCE else op.source)
-        return Request._make(op, _K_ORECV if obj else _K_RECV, self)._finish(status)
+        return complete(op, K_ORECV if obj else K_RECV, self._cx, status)
 
     # -- blocking buffer p2p --
     def Send(self, buf, dest, tag=0) -> None:
         try:  # _buffer's fast path, inlined
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
-                mv = _buffer(buf, False, "Send")
+                mv = message(buf, False, "Send")
         except (TypeError, ValueError):
-            mv = _buffer(buf, False, "Send")
+            mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
@@ -964,23 +206,23 @@ class Comm(CollectiveMixin):
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
                     and not mv.readonly):
-                mv = _buffer(buf, True, "Recv")
+                mv = message(buf, True, "Recv")
         except (TypeError, ValueError):
-            mv = _buffer(buf, True, "Recv")
+            mv = message(buf, True, "Recv")
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_UB):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, mv)
             if res is not None:
                 if status is not None:
-                    _fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                    fill(status, self._rank_of(res[0]), res[1], 0, res[2])
                 return
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None) -> None:
-        smv = _buffer(sendbuf, False, "Sendrecv")
-        rmv = _buffer(recvbuf, True, "Sendrecv")
+        smv = message(sendbuf, False, "Sendrecv")
+        rmv = message(recvbuf, True, "Sendrecv")
         size = self.size
         if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
                 and 0 <= sendtag <= TAG_UB and type(source) is int and -1 <= source < size
@@ -992,7 +234,7 @@ class Comm(CollectiveMixin):
                                   self._ctx, rmv)
                 if res is not None:
                     if status is not None:
-                        _fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                        fill(status, self._rank_of(res[0]), res[1], 0, res[2])
                     return
                 self._wait_recv(self._irecv(rmv, source, recvtag, "Sendrecv"), status)
                 return
@@ -1010,7 +252,7 @@ class Comm(CollectiveMixin):
 
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None) -> None:
-        mv = _buffer(buf, True, "Sendrecv_replace")
+        mv = message(buf, True, "Sendrecv_replace")
         copy = bytes(mv)
         r = self._irecv(mv, source, recvtag, "Sendrecv_replace")
         s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
@@ -1019,7 +261,7 @@ class Comm(CollectiveMixin):
 
     # -- nonblocking buffer p2p --
     def _sreq(self, op):
-        return Request._make(op, _K_SEND, self) if op is not None else Request()
+        return request(op, K_SEND, self._cx) if op is not None else Request()
 
     def Isend(self, buf, dest, tag=0) -> Request:
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
@@ -1034,30 +276,26 @@ class Comm(CollectiveMixin):
         return self._sreq(self._isend(buf, dest, tag, False, "Ibsend"))
 
     def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
-        return Request._make(self._irecv(buf, source, tag, "Irecv"), _K_RECV, self)
+        return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
     def _persistent(self, start, kind):
         # validate now (errors at the call, as MPI does)
-        p = Prequest()
-        p._kind = kind
-        p._comm = self
-        p._start = start
-        return p
+        return persistent(start, kind, self._cx)
 
     def Send_init(self, buf, dest, tag=0) -> Prequest:
-        _buffer(buf, False, "Send_init"), self._dest(dest, "Send_init"), self._stag(tag, "Send_init")
+        message(buf, False, "Send_init"), self._dest(dest, "Send_init"), self._stag(tag, "Send_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, False, "Send_init")
-                                or _null_done_send(), _K_SEND)
+                                or _null_done_send(), K_SEND)
 
     def Ssend_init(self, buf, dest, tag=0) -> Prequest:
-        _buffer(buf, False, "Ssend_init"), self._dest(dest, "Ssend_init"), self._stag(tag, "Ssend_init")
+        message(buf, False, "Ssend_init"), self._dest(dest, "Ssend_init"), self._stag(tag, "Ssend_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, True, "Ssend_init")
-                                or _null_done_send(), _K_SEND)
+                                or _null_done_send(), K_SEND)
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Prequest:
-        _buffer(buf, True, "Recv_init"), self._source(source, "Recv_init"), self._rtag(tag, "Recv_init")
-        return self._persistent(lambda: self._irecv(buf, source, tag, "Recv_init"), _K_RECV)
+        message(buf, True, "Recv_init"), self._source(source, "Recv_init"), self._rtag(tag, "Recv_init")
+        return self._persistent(lambda: self._irecv(buf, source, tag, "Recv_init"), K_RECV)
 
     # -- probe --
     def _probe_match(self, source, tag, what):
@@ -1068,19 +306,19 @@ class Comm(CollectiveMixin):
     def Iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
         w, tag = self._probe_match(source, tag, "Iprobe")
         if w == PROC_NULL:
-            _fill(status, PROC_NULL, ANY_TAG, 0, 0)
+            fill(status, PROC_NULL, ANY_TAG, 0, 0)
             return True
         self._t.progress()
         m = self._t.engine.probe(w, tag, self._ctx)
         if m is None:
             return False
-        _fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
+        fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
         return True
 
     def Probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
         w, tag = self._probe_match(source, tag, "Probe")
         if w == PROC_NULL:
-            _fill(status, PROC_NULL, ANY_TAG, 0, 0)
+            fill(status, PROC_NULL, ANY_TAG, 0, 0)
             return True
         eng = self._t.engine
         ctx = self._ctx
@@ -1095,7 +333,7 @@ class Comm(CollectiveMixin):
 
         self._t.wait_until(pred, None if w == ANY_SOURCE else w)
         m = found[0]
-        _fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
+        fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
         return True
 
     def iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
@@ -1109,11 +347,11 @@ class Comm(CollectiveMixin):
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
             # the common case, validated inline: a small object straight into the ring
             if (type(obj) is np.ndarray and obj.nbytes <= self._t.eager_limit - 1024
-                    and obj.dtype.kind in T.ARRAY_KINDS and obj.flags.c_contiguous
+                    and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
                     and self._t.send_fast(self._group[dest], self._ctx, tag,
-                                          T.pack_array(obj), T.F_OBJ | T.F_ARRAY)):
+                                          pack_array(obj), T.F_OBJ | T.F_ARRAY)):
                 return
-            pickled = _dumps(obj)
+            pickled = dumps(obj)
             if not pickled[1] and self._t.send_fast(self._group[dest], self._ctx, tag,
                                                     pickled[0], T.F_OBJ):
                 return
@@ -1142,15 +380,15 @@ class Comm(CollectiveMixin):
                 v = res[2]
                 if type(v) is bytes:
                     if status is not None:
-                        _fill(status, self._rank_of(res[0]), res[1], 0, len(v))
+                        fill(status, self._rank_of(res[0]), res[1], 0, len(v))
                     return pickle.loads(v)
                 if status is not None:  # a packed object: (stream, parts, nbytes)
-                    _fill(status, self._rank_of(res[0]), res[1], 0, v[2])
-                return _loads(v[:2])
+                    fill(status, self._rank_of(res[0]), res[1], 0, v[2])
+                return loads(v[:2])
         return self._wait_recv(self._orecv(source, tag, "recv"), status, obj=True)
 
     def irecv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
-        return Request._make(self._orecv(source, tag, "irecv"), _K_ORECV, self)
+        return request(self._orecv(source, tag, "irecv"), K_ORECV, self._cx)
 
     def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None):
@@ -1159,36 +397,49 @@ class Comm(CollectiveMixin):
         self._wait_send(s)
         return self._wait_recv(r, status, obj=True)
 
-    # -- barrier (dissemination: log2(n) rounds of zero-byte messages, no atomics) --
+    # -- communicators and groups (``_group``) --
+    @property
+    def name(self) -> str:
+        return self._cx.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._cx.name = str(value)
+
+    def Set_name(self, name: str) -> None:
+        self._cx.name = str(name)
+
+    def Get_group(self):
+        return _group.get_group(self._cx)
+
+    @property
+    def group(self):
+        return self.Get_group()
+
+    def Compare(self, comm) -> int:
+        return _group.compare(self._cx, comm._cx if isinstance(comm, Comm) else None, comm)
+
+    def _new(self, group, ctx):
+        return type(self)(self._t, group, ctx)
+
+    def Dup(self, info=None):
+        return _group.dup(self._cx, self._new)
+
+    def Clone(self):
+        return self.Dup()
+
+    def Split(self, color=0, key=0):
+        return _group.split(self._cx, color, key, self._new)
+
+    def Split_type(self, split_type, key=0, info=None):
+        return _group.split_type(self._cx, split_type, key, self._new)
+
+    def Create(self, group):
+        return _group.create(self._cx, group, self._new)
+
+    # -- collectives (``_coll``) --
     def Barrier(self) -> None:
-        n = self.size
-        if n == 1:
-            self._t.engine  # raises after Finalize and in a forked child, as every call
-            return
-        if self._identity:  # the world's group: one shared-memory word per rank (_coll)
-            return self._shm_barrier()
-        t = self._t
-        me = self.rank
-        k = 1
-        rnd = _BARRIER_TAG  # a tag space of its own on the collective context
-        while k < n:
-            src = self._group[(me - k) % n]
-            dst = self._group[(me + k) % n]
-            if not t.send_fast(dst, self._cctx, rnd, _EMPTY):
-                s = T.SendOp(dst, rnd, self._cctx, _EMPTY)
-                t.isend(s)
-                if not s.done:
-                    t.wait(s, dst)
-                if s.exc is not None:
-                    raise s.exc
-            if t.recv_fast(src, rnd, self._cctx, _EMPTY) is None:
-                r = T.RecvOp(src, rnd, self._cctx, _EMPTY)
-                t.irecv(r)
-                t.wait(r, src)
-                if r.exc is not None:
-                    raise r.exc
-            k <<= 1
-            rnd += 1
+        _barrier.Barrier(self._cx)
 
     def barrier(self) -> None:
         self.Barrier()
@@ -1200,6 +451,87 @@ class Comm(CollectiveMixin):
         sys.stderr.flush()
         os._exit(errorcode if 0 < errorcode < 256 else 1)
 
+    def Ibarrier(self):
+        return _nonblocking.Ibarrier(self._cx)
+
+    def Ibcast(self, buf, root=0):
+        return _nonblocking.Ibcast(self._cx, buf, root)
+
+    def Iallreduce(self, sendbuf, recvbuf, op=SUM):
+        return _nonblocking.Iallreduce(self._cx, sendbuf, recvbuf, op)
+
+    def Bcast(self, buf, root=0):
+        return _bcast.Bcast(self._cx, buf, root)
+
+    def bcast(self, obj, root=0):
+        return _bcast.bcast(self._cx, obj, root)
+
+    def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
+        return _reduce.Reduce(self._cx, sendbuf, recvbuf, op, root)
+
+    def Allreduce(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Allreduce(self._cx, sendbuf, recvbuf, op)
+
+    def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)
+
+    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM):
+        return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
+
+    def Scan(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
+
+    def Exscan(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
+
+    def reduce(self, sendobj, op=SUM, root=0):
+        return _reduce.reduce(self._cx, sendobj, op, root)
+
+    def allreduce(self, sendobj, op=SUM):
+        return _reduce.allreduce(self._cx, sendobj, op)
+
+    def scan(self, sendobj, op=SUM):
+        return _reduce.scan(self._cx, sendobj, op)
+
+    def exscan(self, sendobj, op=SUM):
+        return _reduce.exscan(self._cx, sendobj, op)
+
+    def Gather(self, sendbuf, recvbuf, root=0):
+        return _gather.Gather(self._cx, sendbuf, recvbuf, root)
+
+    def Gatherv(self, sendbuf, recvbuf, root=0):
+        return _gather.Gatherv(self._cx, sendbuf, recvbuf, root)
+
+    def Scatter(self, sendbuf, recvbuf, root=0):
+        return _gather.Scatter(self._cx, sendbuf, recvbuf, root)
+
+    def Scatterv(self, sendbuf, recvbuf, root=0):
+        return _gather.Scatterv(self._cx, sendbuf, recvbuf, root)
+
+    def Allgather(self, sendbuf, recvbuf):
+        return _gather.Allgather(self._cx, sendbuf, recvbuf)
+
+    def Allgatherv(self, sendbuf, recvbuf):
+        return _gather.Allgatherv(self._cx, sendbuf, recvbuf)
+
+    def gather(self, sendobj, root=0):
+        return _gather.gather(self._cx, sendobj, root)
+
+    def scatter(self, sendobj, root=0):
+        return _gather.scatter(self._cx, sendobj, root)
+
+    def allgather(self, sendobj):
+        return _gather.allgather(self._cx, sendobj)
+
+    def Alltoall(self, sendbuf, recvbuf):
+        return _alltoall.Alltoall(self._cx, sendbuf, recvbuf)
+
+    def Alltoallv(self, sendbuf, recvbuf):
+        return _alltoall.Alltoallv(self._cx, sendbuf, recvbuf)
+
+    def alltoall(self, sendobj):
+        return _alltoall.alltoall(self._cx, sendobj)
+
     def Free(self) -> None:
         pass
 
@@ -1208,11 +540,12 @@ class Comm(CollectiveMixin):
             raise AttributeError(name)
         raise MmpiNotImplementedError(
             f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
-            f"Barrier and the object methods are); use mpi4py for it meanwhile")
+            f"collectives, communicator construction and groups are); use mpi4py for it "
+            f"meanwhile")
 
 
 def _null_done_send():
-    op = T.SendOp(PROC_NULL, 0, 0, _EMPTY)
+    op = T.SendOp(PROC_NULL, 0, 0, EMPTY)
     op.done = True
     return op
 

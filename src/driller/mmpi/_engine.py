@@ -28,19 +28,16 @@ from __future__ import annotations
 
 import itertools
 
+from ._const import ANY_SOURCE, ANY_TAG, ERR_TRUNCATE, PROC_NULL
+
 __all__ = [
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "EAGER", "RNDV", "ERR_TRUNCATE",
     "ACK", "FIN", "Message", "Receive", "Send",
     "Deliver", "Fetch", "Reply", "Transmit", "Complete", "Engine",
 ]
 
-ANY_SOURCE = -1
-ANY_TAG = -1
-PROC_NULL = -2
-
 EAGER, RNDV = 0, 1
 ACK, FIN = 1, 2
-ERR_TRUNCATE = 15  # MPI_ERR_TRUNCATE's value in MPICH/Open MPI
 
 # receive states
 R_NEW, R_POSTED, R_FETCHING, R_DONE, R_CANCELLED = "new", "posted", "fetching", "done", "cancelled"

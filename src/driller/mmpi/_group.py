@@ -1,8 +1,7 @@
 """Groups, communicator construction and comparison (mpi4py's names).
 
-``Comm`` gets these methods through ``_coll.CollectiveMixin``, which inherits
-:class:`CommunicatorMixin`.  Context ids: each communicator uses ``c`` for
-point-to-point and ``c + 1`` for collectives; a process keeps the next id it
+``Comm`` delegates its communicator construction to the functions here.  Context
+ids: each communicator uses ``c`` for point-to-point and ``c + 1`` for collectives; a process keeps the next id it
 may use (``_ctx.next``), and a new communicator takes the maximum over the
 parent's members (one object allgather), so two communicators sharing a
 member never share an id.
@@ -13,16 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MmpiError
+from ._coll._gather import allgather
+from ._const import COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, SIMILAR, UNDEFINED, UNEQUAL
 
 __all__ = [
     "Group", "GROUP_EMPTY", "COMM_NULL", "COMM_TYPE_SHARED",
-    "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "CommunicatorMixin",
+    "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "get_group", "compare", "dup", "split",
+    "split_type", "create",
 ]
 
-UNDEFINED = -32766          # == _comm.UNDEFINED (mpi4py's value)
-PROC_NULL = -2              # == _engine.PROC_NULL
-IDENT, CONGRUENT, SIMILAR, UNEQUAL = 0, 1, 2, 3
-COMM_TYPE_SHARED = 1
 
 
 # ================================================================== context ids
@@ -152,89 +150,76 @@ class Group:
 GROUP_EMPTY = Group([], None)
 
 
-class CommunicatorMixin:
-    """Communicator construction for ``Comm`` (needs ``_t``, ``_group``, ``_ctx``,
-    ``_name`` and an object ``allgather``)."""
+# ================================================================== communicators
+# Functions over a communicator's Context (``cx``: its ``group`` of world ranks,
+# its context ``ctx``, its transport ``t``); ``new(group, ctx)`` makes a Comm.
+# ``Comm`` delegates Get_group/Compare/Dup/Split/Split_type/Create to them.
 
-    @property
-    def name(self) -> str:
-        return self._name
+def get_group(cx) -> Group:
+    return Group(cx.group, cx.t.rank)
 
-    @name.setter
-    def name(self, value: str) -> None:
-        self._name = str(value)
 
-    def Set_name(self, name: str) -> None:
-        self._name = str(name)
+def compare(cx, other, comm) -> int:
+    """Compare communicators (``other``: the Context of ``comm``, None if ``comm``
+    is not a communicator)."""
+    if other is None:
+        raise MmpiError(f"Compare: {comm!r} is not a communicator")
+    if cx is other or (cx.ctx == other.ctx and cx.group == other.group):
+        return IDENT
+    if cx.group == other.group:
+        return CONGRUENT
+    if set(cx.group) == set(other.group):
+        return SIMILAR
+    return UNEQUAL
 
-    def Get_group(self) -> Group:
-        return Group(self._group, self._t.rank)
 
-    @property
-    def group(self) -> Group:
-        return self.Get_group()
+def _agree(cx, record):
+    """Allgather (record, next context id) over the communicator; returns the
+    records and the new context id (the maximum), past which every member
+    moves its own next id."""
+    out = allgather(cx, (record, _ctx.next))
+    ctx = max(c for _, c in out)
+    _ctx.next = ctx + 2
+    return [r for r, _ in out], ctx
 
-    def Compare(self, comm) -> int:
-        if comm is None or not hasattr(comm, "_group"):
-            raise MmpiError(f"Compare: {comm!r} is not a communicator")
-        if self is comm or (self._ctx == comm._ctx and self._group == comm._group):
-            return IDENT
-        if self._group == comm._group:
-            return CONGRUENT
-        if set(self._group) == set(comm._group):
-            return SIMILAR
-        return UNEQUAL
 
-    def _new(self, group, ctx, name=""):
-        c = type(self)(self._t, group, ctx, name)
-        return c
+def dup(cx, new):
+    _, ctx = _agree(cx, None)
+    return new(cx.group, ctx)
 
-    def _agree(self, record):
-        """Allgather (record, next context id) over this communicator; returns the
-        records and the new context id (the maximum), past which every member
-        moves its own next id."""
-        out = self.allgather((record, _ctx.next))
-        ctx = max(c for _, c in out)
-        _ctx.next = ctx + 2
-        return [r for r, _ in out], ctx
 
-    def Dup(self, info=None):
-        _, ctx = self._agree(None)
-        return self._new(self._group, ctx)
+def split(cx, color, key, new):
+    for v, nm in ((color, "color"), (key, "key")):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise MmpiError(f"Split: {nm} must be an int, got {v!r}")
+    color, key = int(color), int(key)
+    if color < 0 and color != UNDEFINED:
+        raise MmpiError(f"Split: color must be >= 0 or UNDEFINED, got {color}")
+    recs, ctx = _agree(cx, (color, key))
+    if color == UNDEFINED:
+        return COMM_NULL
+    members = sorted((k, r) for r, (c, k) in enumerate(recs) if c == color)
+    return new([cx.group[r] for _, r in members], ctx)
 
-    def Clone(self):
-        return self.Dup()
 
-    def Split(self, color=0, key=0):
-        for v, nm in ((color, "color"), (key, "key")):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise MmpiError(f"Split: {nm} must be an int, got {v!r}")
-        color, key = int(color), int(key)
-        if color < 0 and color != UNDEFINED:
-            raise MmpiError(f"Split: color must be >= 0 or UNDEFINED, got {color}")
-        recs, ctx = self._agree((color, key))
-        if color == UNDEFINED:
-            return COMM_NULL
-        members = sorted((k, r) for r, (c, k) in enumerate(recs) if c == color)
-        return self._new([self._group[r] for _, r in members], ctx)
+def split_type(cx, split_type, key, new):
+    if split_type == UNDEFINED:
+        return split(cx, UNDEFINED, key, new)
+    if split_type != COMM_TYPE_SHARED:
+        raise MmpiError(f"Split_type: unsupported split type {split_type!r} (driller "
+                        f"runs on one machine: use COMM_TYPE_SHARED)")
+    return split(cx, 0, key, new)
 
-    def Split_type(self, split_type, key=0, info=None):
-        if split_type == UNDEFINED:
-            return self.Split(UNDEFINED, key)
-        if split_type != COMM_TYPE_SHARED:
-            raise MmpiError(f"Split_type: unsupported split type {split_type!r} (driller "
-                            f"runs on one machine: use COMM_TYPE_SHARED)")
-        return self.Split(0, key)
 
-    def Create(self, group):
-        if not isinstance(group, Group):
-            raise MmpiError(f"Create: {group!r} is not a Group (use comm.Get_group().Incl(...))")
-        mine = set(self._group)
-        bad = [w for w in group._world if w not in mine]
-        if bad:
-            raise MmpiError(f"Create: the group holds processes outside this communicator "
-                            f"(world ranks {bad})")
-        _, ctx = self._agree(None)
-        if self._t.rank not in group._index or not group._world:
-            return COMM_NULL
-        return self._new(group._world, ctx)
+def create(cx, group, new):
+    if not isinstance(group, Group):
+        raise MmpiError(f"Create: {group!r} is not a Group (use comm.Get_group().Incl(...))")
+    mine = set(cx.group)
+    bad = [w for w in group._world if w not in mine]
+    if bad:
+        raise MmpiError(f"Create: the group holds processes outside this communicator "
+                        f"(world ranks {bad})")
+    _, ctx = _agree(cx, None)
+    if cx.t.rank not in group._index or not group._world:
+        return COMM_NULL
+    return new(group._world, ctx)

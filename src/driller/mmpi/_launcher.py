@@ -52,6 +52,9 @@ import warnings
 from dataclasses import dataclass, field
 
 from .. import _linux
+from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_kill, rank_pids,
+                     raw_wait_status, reap_adopted, shell_status, signal_name, stop_leftovers,
+                     wait_status)
 
 __all__ = ["main", "Options", "parse_args", "UsageError", "describe_status",
            "wait_status", "shell_status", "UNKNOWN"]
@@ -259,172 +262,6 @@ def print_help() -> None:
 
 # ---------------------------------------------------------------- wait statuses
 
-# The child was reaped by someone else (a SIGCHLD handler of the caller, SIGCHLD
-# ignored): its status is lost, and its pid may already be reused.
-UNKNOWN = (-1, 255)
-
-
-def shell_status(si_code: int, si_status: int) -> int:
-    """A waitid() result as a shell reports it: exit code, or 128 + signal."""
-    if si_code in (os.CLD_EXITED, UNKNOWN[0]):
-        return si_status
-    return 128 + si_status
-
-
-def raw_wait_status(si_code: int, si_status: int) -> int:
-    """A waitid() result encoded like waitpid()'s status word."""
-    if si_code in (os.CLD_EXITED, UNKNOWN[0]):
-        return (si_status & 0xFF) << 8
-    return (si_status & 0x7F) | (0x80 if si_code == os.CLD_DUMPED else 0)
-
-
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
-def describe_status(si_code: int, si_status: int) -> str:
-    if si_code == UNKNOWN[0]:
-        return "exited (its status was collected by another part of this process)"
-    if si_code == os.CLD_EXITED:
-        return f"exited with code {si_status}"
-    core = " (core dumped)" if si_code == os.CLD_DUMPED else ""
-    return f"was killed by signal {signal_name(si_status)}{core}"
-
-
-def wait_status(pidfd: int, *, reap: bool) -> tuple[int, int] | None:
-    """(si_code, si_status) of the exited child behind pidfd, or None if running.
-
-    With ``reap=False`` the child stays a zombie (WNOWAIT): its pid, and its
-    process group id, cannot be reused yet.
-    """
-    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
-    try:
-        res = os.waitid(os.P_PIDFD, pidfd, flags)
-    except ChildProcessError:  # someone else reaped it
-        return UNKNOWN
-    if res is None:
-        return None
-    return res.si_code, res.si_status
-
-
-def kill_group(pgid: int, sig: int) -> None:
-    """Signal a rank's process group (only while the rank is unreaped)."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def pidfd_kill(pidfd: int, sig: int) -> None:
-    try:
-        signal.pidfd_send_signal(pidfd, sig)
-    except (ProcessLookupError, OSError):
-        pass
-
-
-def _select_wait(fds: list[int], timeout: float) -> None:
-    import select
-    select.select(fds, [], [], timeout)
-
-
-_MAX_ROUNDS = 64      # scans of stop_leftovers (each SIGKILL round takes a level of a tree)
-
-
-def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bool,
-                   skip=frozenset(), wait=_select_wait, urgent=lambda: False) -> int:
-    """Leave no process behind.
-
-    The leftovers are the live members of the given process groups and, with
-    ``adopted``, our own live children (the orphans a subreaper adopts) except
-    those in ``skip`` (children we had before: not the job's).  They may
-    take up to ``linger`` seconds to exit by themselves (a server that stops when
-    its clients are gone); then they get SIGTERM, and SIGKILL ``grace`` seconds
-    later.  SIGKILL rounds repeat while leftovers remain: the children of a
-    killed leftover are reparented to us (a subreaper) and found by the next
-    scan.  Once ``urgent()`` is true (the job must end now) the next round is a
-    SIGKILL one.  ``wait(pidfds, timeout)`` sleeps until one of them exits or the
-    timeout passes.  Call this while the group leaders are unreaped zombies, so
-    that the pgids cannot have been reused.  Returns how many had to be signalled.
-    """
-    me = os.getpid()
-    signalled: set[int] = set()
-    stages = ((None, linger), (signal.SIGTERM, grace), (signal.SIGKILL, grace))
-    stage = 0
-    killed: list[int] = []
-    for _ in range(_MAX_ROUNDS):
-        if urgent():
-            stage = 2
-        pids = _leftovers(pgids, me, adopted, skip)
-        if not pids or (stage == 2 and pids == killed):
-            break           # (the same ones again: they outlived SIGKILL + grace)
-        if stage == 2:
-            killed = pids
-        sig, delay = stages[stage]
-        if sig is not None:
-            signalled.update(pids)
-            for pgid in pgids:
-                kill_group(pgid, sig)
-        fds = []
-        for pid in pids:
-            try:
-                fd = _linux.pidfd_open(pid)
-            except OSError:
-                continue
-            # the pid was found by a /proc scan: make sure the process the pidfd
-            # holds is still one of ours (not an unrelated one that reused the pid)
-            ids = _linux.proc_ids(pid)
-            if ids is None or not (ids[2] in pgids or (adopted and ids[1] == me
-                                                       and pid not in skip)):
-                os.close(fd)
-                continue
-            fds.append(fd)
-            if sig is not None:
-                pidfd_kill(fd, sig)
-        try:
-            deadline = time.monotonic() + delay
-            pending = list(fds)
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0 or (sig != signal.SIGKILL and urgent()):
-                    break
-                wait(pending, left)
-                pending = [fd for fd in pending if _linux.pidfd_alive(fd)]
-                if adopted:
-                    _reap_adopted(skip)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        stage = min(stage + 1, 2)
-    if adopted:
-        _reap_adopted(skip)
-    return len(signalled)
-
-
-def _leftovers(pgids: list[int], me: int, adopted: bool, skip) -> list[int]:
-    pids = {p for p in _linux.group_pids(pgids) if p != me} if pgids else set()
-    if adopted:
-        pids.update(p for p in _linux.child_pids()
-                    if p not in skip and p not in _rank_pids and _linux.pid_alive(p))
-    return sorted(pids)
-
-
-_rank_pids: set[int] = set()
-
-
-def _reap_adopted(skip=frozenset()) -> None:
-    """Reap exited children that are not ranks (orphans adopted as subreaper)."""
-    for pid in _linux.child_pids():
-        if pid in _rank_pids or pid in skip:
-            continue
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
 # ---------------------------------------------------------------- the launcher
 
 @dataclass
@@ -619,7 +456,7 @@ class Launcher:
                     proc.kill()
                     proc.wait()
                 raise
-            _rank_pids.add(proc.pid)
+            rank_pids.add(proc.pid)
             r = _Rank(rank, proc, pidfd)
             self.ranks.append(r)
             self.sel.register(pidfd, selectors.EVENT_READ, ("exit", r, 0))
@@ -793,9 +630,9 @@ class Launcher:
         for r in self.ranks:
             wait_status(r.pidfd, reap=True)
             r.proc.returncode = shell_status(*r.result)  # reaped: keep Popen quiet
-            _rank_pids.discard(r.pid)
+            rank_pids.discard(r.pid)
             os.close(r.pidfd)
-        _reap_adopted(self.foreign)
+        reap_adopted(self.foreign)
         for key in list(self.sel.get_map().values()):
             if key.data[0] == "out":
                 os.close(key.fd)
@@ -936,7 +773,7 @@ def _run_supervised(opts: Options) -> int:
         os.close(wfd)
         os.close(pidfd)
         # only if the supervisor was killed: its orphans (ranks' descendants)
-        _kill_children()
+        kill_children()
         _linux.set_child_subreaper(was_subreaper)
     if res.si_code == os.CLD_EXITED:
         return res.si_status
@@ -944,27 +781,6 @@ def _run_supervised(opts: Options) -> int:
           f"; killed what was left of the job", file=sys.stderr)
     return shell_status(res.si_code, res.si_status)
 
-
-def _kill_children() -> None:
-    """SIGKILL and reap every child of this process, and the orphans they leave.
-
-    For a process whose children are all the job's (the ``driller run``
-    process, a subreaper): a child cannot be reused before we reap it.
-    """
-    for _ in range(_MAX_ROUNDS):
-        kids = _linux.child_pids()
-        if not kids:
-            return
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in kids:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
 
 
 def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:

@@ -32,8 +32,8 @@ import traceback
 
 from .. import _linux
 from ..errors import RankFailedError
-from ._launcher import (UNKNOWN, describe_status, kill_group, pidfd_kill, raw_wait_status,
-                        shell_status, signal_name, stop_leftovers, wait_status)
+from ._procs import (UNKNOWN, describe_status, kill_group, pidfd_kill, raw_wait_status,
+                     shell_status, signal_name, stop_leftovers, wait_status)
 
 __all__ = ["spawn"]
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import struct
 import time
 import warnings
@@ -54,21 +53,18 @@ from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
 from . import _engine as E
 from . import _world as W
+from ._objects import PART, TABLE, dumps, unpack_array
+from ._procs import describe_wait_status
 
 __all__ = ["Transport", "RecvOp", "SendOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
-ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
-ARRAY_KINDS = "biufc"         # bare arrays of these kinds, eager-sized, travel raw, unpickled
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
-TABLE = struct.Struct("<3q")
-PART = struct.Struct("<3q")
 
 DEFAULT_EAGER_LIMIT = 262144  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
-OOB_MIN = 65536               # pickle buffers this large travel out of band
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
 PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
@@ -116,25 +112,12 @@ def denial_message(e: OSError, what: str) -> str:
             f"(no warning).")
 
 
-def _warn_once(msg: str) -> None:
+def warn_once(msg: str) -> None:
     global _warned_pid
     if _warned_pid == os.getpid():
         return
     _warned_pid = os.getpid()
     warnings.warn(msg, RuntimeWarning, stacklevel=2)
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        import signal
-        try:
-            name = signal.Signals(os.WTERMSIG(status)).name
-        except ValueError:
-            name = f"signal {os.WTERMSIG(status)}"
-        return f"killed by {name}"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"wait status {status:#x}"
 
 
 class RecvOp(E.Receive):
@@ -181,27 +164,6 @@ class SendOp(E.Send):
         self.keep = keep
         self.addr = 0
         self.cancelled = False
-
-
-def pack_array(a) -> bytes:
-    """The F_ARRAY payload of a small C-contiguous numpy array of a plain kind:
-    ~1 µs where pickle takes ~8 µs to dump and ~5 µs to load."""
-    return b"".join((ARR.pack(a.dtype.str.encode(), a.ndim),
-                     struct.pack(f"<{a.ndim}q", *a.shape), a.tobytes()))
-
-
-def unpack_array(buf):
-    """A new, writable array from an F_ARRAY payload."""
-    buf = memoryview(buf)
-    dt, ndim = ARR.unpack_from(buf, 0)
-    shape = struct.unpack_from(f"<{ndim}q", buf, ARR.size)
-    dtype = np.dtype(dt.rstrip(b"\0").decode())
-    count = 1
-    for x in shape:
-        count *= x
-    if not count:
-        return np.empty(shape, dtype)
-    return np.frombuffer(buf, dtype, count, ARR.size + 8 * ndim).reshape(shape).copy()
 
 
 def _size_class(n: int) -> int:
@@ -292,6 +254,12 @@ def shared_lookup(address: int, nbytes: int):
     return None
 
 
+class _Hooks(list):
+    """The progress hooks of a transport (see Transport.add_progress_hook)."""
+
+    busy = False
+
+
 class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
@@ -366,6 +334,10 @@ class Transport:
         self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
+        self._hooks = _Hooks()
+        # state the collectives keep per transport (owned by _coll: the shared-memory
+        # barrier's count and words, the collective slots); None until first used
+        self.coll_state = None
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -657,7 +629,7 @@ class Transport:
         if m.source in self.no_pull:
             self._ask_push(r, m)
             return
-        pid = self._pid(m.source)
+        pid = self.pid_of(m.source)
         try:
             if m.flags & F_OBJ:
                 if r.mv is not None:
@@ -689,7 +661,7 @@ class Transport:
                 r.exc = None
                 self._ask_push(r, m)
                 # last: with warnings turned into errors the state is consistent
-                _warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
+                warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
                                              f"{self.rank}"))
                 return
             if e.errno == errno.ESRCH:
@@ -731,14 +703,14 @@ class Transport:
         if s is None:  # pragma: no cover - protocol error
             raise MmpiError(f"CTS from rank {dst} for unknown send id {sid}")
         try:
-            _linux.process_vm_writev(self._pid(dst), s.addr + s.nbytes - n, remote, n)
+            _linux.process_vm_writev(self.pid_of(dst), s.addr + s.nbytes - n, remote, n)
         except OSError as e:
             if e.errno in DENIED:  # push our half through the ring instead, then WDONE
                 self.pushes[dst].append([token, [(s.addr + s.nbytes - n, n)], 0, 0,
                                          (K_WDONE, 0, 0, 0, token, 0)])
                 self.npending += 1
                 self._push(dst)
-                _warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
+                warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
                 return
             self.engine.awaiting.pop(sid, None)
             s.exc = (PeerDiedError(f"rank {dst} died during a {s.nbytes}-byte send "
@@ -968,8 +940,61 @@ class Transport:
             if r is not None:
                 self._run(self.engine.fetched(r))
 
-    def _pid(self, rank: int) -> int:
-        return self.words[self.world.rank_word(rank, W.R_PID)]
+    def pid_of(self, rank: int) -> int:
+        return self.words[self.world.pid_word(rank)]
+
+    def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
+                    pickled=None):
+        """Start sending a Python object to world rank ``w`` (the protocol chosen
+        by its pickled size: eager, packed, or rendezvous with the large buffers
+        copied once by the receiver).  ``pickled``: :func:`_objects.dumps` of it
+        already.  Returns the SendOp to wait for, or None (complete)."""
+        stream, parts = dumps(obj) if pickled is None else pickled
+        t = self
+        nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
+        if w == t.rank:
+            copies = [(bytes(p) if how & 1 else bytearray(p), how) for p, how in parts]
+            op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ, copies,
+                        nbytes=nbytes)
+            t.isend(op)
+            return op
+        if not parts and len(stream) <= t.eager_limit:
+            if not sync and t.send_fast(w, ctx, tag, stream, F_OBJ):
+                return None  # in the ring: complete
+            op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ)
+            t.isend(op, E.EAGER)
+            return op
+        if parts:
+            plen = TABLE.size + PART.size * len(parts) + nbytes
+            if plen <= t.packed_limit:
+                # small enough to copy through the ring: one eager record holding the
+                # table, the stream and the buffers; two memcpys beat the page pinning
+                # of process_vm_readv here up to ~1 MiB, and the send completes at once
+                head = [TABLE.pack(len(parts), len(stream), 0)]
+                for p, how in parts:
+                    head.append(PART.pack(0, p.nbytes, how))
+                pieces = [b"".join(head), stream]
+                pieces += [p for p, _ in parts]
+                op = SendOp(w, tag, ctx, memoryview(stream), sync,
+                            F_OBJ | F_PACKED, pieces, keep=plen, nbytes=nbytes)
+                t.isend(op, E.EAGER)
+                return op
+        inline = len(stream) <= t.eager_limit
+        saddr = 0 if inline else _linux.buffer_address(stream)[0]
+        table = [TABLE.pack(len(parts), len(stream), saddr)]
+        for p, how in parts:
+            table.append(PART.pack(_linux.buffer_address(p)[0] if p.nbytes else 0,
+                                   p.nbytes, how))
+        if inline:
+            table.append(stream)
+        table = b"".join(table)
+        if len(table) > t.ring_bytes // 2:
+            raise MmpiError(f"{what}: the object holds {len(parts)} large buffers, too many "
+                            f"for one message ({len(table)}-byte table); send it in parts")
+        op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ, table,
+                    keep=(stream, parts), nbytes=nbytes)
+        t.isend(op, E.RNDV)
+        return op
 
     # ------------------------------------------------------------ receiving
     def irecv(self, op: RecvOp) -> RecvOp:
@@ -1053,6 +1078,45 @@ class Transport:
             did = self._flush() or did
         return did
 
+    # ------------------------------------------------------------ progress hooks
+    def add_progress_hook(self, hook) -> None:
+        """Call ``hook()`` inside every :meth:`progress` from now on, until
+        :meth:`remove_progress_hook`.  The interface for work that must advance
+        whenever this rank makes progress at all (nonblocking collectives: a peer
+        may wait for ours while we wait in a Recv).  ``hook()`` must not block and
+        returns True if it moved anything; hooks are not re-entered (a hook that
+        calls progress() does not run the hooks again).
+
+        While no hook is registered, progress() is the plain method: the
+        point-to-point hot path pays nothing for the interface."""
+        hooks = self._hooks
+        hooks.append(hook)
+        if len(hooks) > 1:
+            return
+        base = Transport.progress
+
+        def progress():
+            did = base(self)
+            if hooks and not hooks.busy:
+                hooks.busy = True
+                try:
+                    for h in list(hooks):
+                        if h():
+                            did = True
+                finally:
+                    hooks.busy = False
+            return did
+
+        self.progress = progress
+
+    def remove_progress_hook(self, hook) -> None:
+        """Stop calling ``hook`` (no error if it is not registered)."""
+        hooks = self._hooks
+        if hook in hooks:
+            hooks.remove(hook)
+            if not hooks:
+                self.__dict__.pop("progress", None)
+
     # ------------------------------------------------------------ waiting
     def wait(self, op, peer: int | None = None) -> None:
         """Block until ``op.done``.  ``peer``: the world rank op depends on
@@ -1069,13 +1133,13 @@ class Transport:
                 spin_end = None
                 continue
             if words[W.H_DEATHS] != self.deaths_seen:
-                self._check_dead(op, peer, False)
+                self.check_dead(op, peer, False)
             now = time.perf_counter()
             if spin_end is None:
                 spin_end = now + SPIN_SECONDS
             elif now > spin_end:
                 if not self._sleep():
-                    self._check_dead(op, peer, True)
+                    self.check_dead(op, peer, True)
                 if op.done:
                     return
                 continue
@@ -1089,13 +1153,13 @@ class Transport:
                 spin_end = None
                 continue
             if self.words[W.H_DEATHS] != self.deaths_seen:
-                self._check_dead(op, peer, False)
+                self.check_dead(op, peer, False)
             now = time.perf_counter()
             if spin_end is None:
                 spin_end = now + SPIN_SECONDS
             elif now > spin_end:
                 if not self._sleep():
-                    self._check_dead(op, peer, True)
+                    self.check_dead(op, peer, True)
                 continue
             os.sched_yield()
 
@@ -1140,7 +1204,7 @@ class Transport:
             if r != self.rank and r not in self.dead and words[self.world.rank_word(r, W.R_DEAD)]:
                 self.dead[r] = int(words[self.world.rank_word(r, W.R_STATUS)])
 
-    def _check_dead(self, op, peer, timed_out: bool) -> None:
+    def check_dead(self, op, peer, timed_out: bool) -> None:
         """Raise PeerDiedError if a peer died abnormally, or the one op needs is gone."""
         if self.words[W.H_DEATHS] != self.deaths_seen:
             self._scan_dead()
@@ -1156,7 +1220,7 @@ class Transport:
                 if r == self.rank or r in self.gone:
                     gone.append(r)
                     continue
-                pid = self._pid(r)
+                pid = self.pid_of(r)
                 if pid and not _linux.pid_alive(pid):
                     self.gone.add(r)
                     gone.append(r)
@@ -1177,8 +1241,8 @@ class Transport:
         if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
             self._scan_dead()
             st = self.dead.get(r)
-        how = (_describe_status(st) if st is not None
-               else f"(pid {self._pid(r)}) is gone (exited or killed)")
+        how = (describe_wait_status(st) if st is not None
+               else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
 

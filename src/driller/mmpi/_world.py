@@ -94,9 +94,14 @@ def default_ring_bytes(size: int) -> int:
     return max(4096, (n + 4095) & ~4095)
 
 
+def _coll_off(rank_off: int, size: int) -> int:
+    """Byte offset of the collective slots (page aligned, after the rank table)."""
+    return _linux.page_ceil(rank_off + size * RANK_STRIDE)
+
+
 def _layout(size: int, ring_bytes: int) -> tuple[int, int, int, int]:
     rank_off = HEADER_BYTES
-    coll_off = _linux.page_ceil(rank_off + size * RANK_STRIDE)
+    coll_off = _coll_off(rank_off, size)
     ring_off = _linux.page_ceil(coll_off + size * COLL_SLOT)
     stride = RING_CTRL + ring_bytes
     total = _linux.page_ceil(ring_off + size * (size - 1) * stride)
@@ -179,6 +184,22 @@ class World:
 
     def deaths_word(self) -> int:
         return H_DEATHS
+
+    def pid_word(self, rank: int) -> int:
+        return self.rank_word(rank, R_PID)
+
+    def coll_words(self, rank: int) -> tuple[int, int]:
+        """Word indices of ``rank``'s collective words (written by that rank only):
+        its shared-memory barrier count and its "asleep in a barrier" flag."""
+        return self.rank_word(rank, R_COLL_EPOCH), self.rank_word(rank, R_COLL_SLEEP)
+
+    def coll_slots(self) -> list[int] | None:
+        """Byte offsets of every rank's collective slot (``COLL_SLOT`` bytes, written
+        only by that rank); None if this block has no room for them."""
+        off = _coll_off(self.rank_off, self.size)
+        if off + self.size * COLL_SLOT > self.ring_off:
+            return None
+        return [off + r * COLL_SLOT for r in range(self.size)]
 
     def close(self) -> None:
         try:

@@ -1,0 +1,68 @@
+"""All-to-all exchanges (buffers, vector form, objects)."""
+
+from __future__ import annotations
+
+from ...errors import MmpiError
+from .._bufspec import Buf, parse
+from .._const import IN_PLACE
+from ._context import cbase, co_recv, co_send, count_check, cr, cs, first_error, oval, waitall
+
+__all__ = [
+    "Alltoall", "Alltoallv", "alltoall",
+]
+
+
+def Alltoall(cx, sendbuf, recvbuf) -> None:
+    buf_alltoall(cx, sendbuf, recvbuf, "Alltoall", False)
+
+
+def Alltoallv(cx, sendbuf, recvbuf) -> None:
+    buf_alltoall(cx, sendbuf, recvbuf, "Alltoallv", True)
+
+
+def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
+    n, me = cx.size, cx.rank
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    if sendbuf is IN_PLACE:
+        sb = Buf()
+        sb.mv = memoryview(bytes(rb.mv))
+        sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
+    else:
+        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    isz = rb.dtype.itemsize
+    base = cbase(cx)
+    if len(sb.block(me)) != len(rb.block(me)):
+        raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
+                        f"its receive block holds {len(rb.block(me))}")
+    rb.block(me)[:] = sb.block(me)
+    if n == 1:
+        return
+    ops = []
+    for i in range(1, n):
+        r = (me - i) % n
+        ops.append((r, cr(cx, rb.block(r), r, base)))
+    sends = [cs(cx, sb.block((me + i) % n), (me + i) % n, base) for i in range(1, n)]
+    waitall(cx.t, [o for _, o in ops] + sends)
+    for r, o in ops:
+        count_check(cx, o, rb.counts[r] * isz, what, r)
+    first_error(sends)
+
+
+def alltoall(cx, sendobj):
+    n, me = cx.size, cx.rank
+    try:
+        items = list(sendobj)
+    except TypeError:
+        items = None
+    if items is None or len(items) != n:
+        raise MmpiError(f"alltoall: pass a sequence of {n} items (one per rank)")
+    base = cbase(cx)
+    ops = [((me - i) % n, co_recv(cx, (me - i) % n, base)) for i in range(1, n)]
+    sends = [co_send(cx, items[(me + i) % n], (me + i) % n, base) for i in range(1, n)]
+    waitall(cx.t, [o for _, o in ops] + sends)
+    out = [None] * n
+    out[me] = items[me]
+    for r, o in ops:
+        out[r] = oval(o)
+    first_error(sends)
+    return out

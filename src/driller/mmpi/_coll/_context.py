@@ -1,0 +1,259 @@
+"""The context of a communicator's collectives, and the plumbing every algorithm uses.
+
+Every collective runs on the communicator's collective context (``cx.cctx``),
+so it never matches user point-to-point traffic; each call takes the next
+sequence number of its communicator (:func:`cbase`) and tags its messages
+``seq << 8 | step``, so consecutive (or concurrent nonblocking) collectives
+never match each other either.  MPI requires every rank to call the
+collectives of a communicator in the same order, which keeps the sequence
+numbers in agreement.
+
+Algorithms are generators yielding the point-to-point operations they wait on:
+:func:`drive` runs one to its end (blocking calls); ``_nonblocking`` advances
+them at Test/Wait and inside every progress of the transport.
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+import struct
+
+import numpy as np
+
+from ... import _linux
+from ...errors import MmpiError, PeerDiedError
+from .. import _transport as T
+from .._objects import loads
+
+__all__ = [
+    "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
+    "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev",
+]
+
+TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
+INFO = struct.Struct("<5q")   # a direct-access record: address, bytes, dtype num, itemsize, extra
+
+
+class Context:
+    """What the collectives of one communicator work with: the transport ``t``,
+    the world ranks of its ``group``, its point-to-point context ``ctx`` and
+    collective context ``cctx`` (= ctx + 1), this process's ``rank`` and the
+    ``size``, whether the group is the world's (``identity``), the ``name``, and
+    per-communicator collective state (``seq``: the calls so far, which number
+    the tags; ``direct_ok``: whether ranks may read each other's memory, once
+    decided).  ``Comm`` makes one; requests keep it (``t``, ``rank_of``)."""
+
+    __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "name",
+                 "index", "seq", "direct_ok")
+
+    def __init__(self, t, group, ctx: int, name: str = ""):
+        self.t = t
+        self.group = list(group)
+        self.ctx = ctx
+        self.cctx = ctx + 1
+        self.index = {w: i for i, w in enumerate(self.group)}
+        self.rank = self.index[t.rank]
+        self.size = len(self.group)
+        self.identity = self.group == list(range(t.size))
+        self.name = name
+        self.seq = 0
+        self.direct_ok = None
+
+    def rank_of(self, world_rank: int) -> int:
+        """The communicator rank of a world rank."""
+        return world_rank if self.identity else self.index.get(world_rank, world_rank)
+
+
+# ------------------------------------------------------------------ driving
+
+
+def peer_of(op):
+    if type(op) is T.SendOp:
+        return op.dest
+    s = op.source
+    return None if s < 0 else s
+
+
+def drive(t, gen):
+    """Run an algorithm generator to the end (blocking); its return value."""
+    try:
+        ops = gen.send(None)
+        while True:
+            for op in ops:
+                if op is not None and not op.done:
+                    t.wait(op, peer_of(op))
+            ops = gen.send(None)
+    except StopIteration as e:
+        return e.value
+
+
+def waitall(t, ops):
+    """Wait for every op of a list (errors are the caller's to check)."""
+    for op in ops:
+        if op is not None and not op.done:
+            t.wait(op, peer_of(op))
+
+
+def first_error(ops):
+    for op in ops:
+        if op is not None and op.exc is not None:
+            raise op.exc
+
+
+def address(mv, writable=False) -> int:
+    return _linux.buffer_address(mv, writable)[0] if len(mv) else 0
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def cbase(cx) -> int:
+    """Start a collective: the base tag of this call."""
+    s = cx.seq + 1
+    cx.seq = s
+    return ((s & TAGMASK) + 1) << 8  # >= 512: never Barrier's round tags (0..63)
+
+
+def cs(cx, mv, dst: int, tag: int):
+    op = T.SendOp(cx.group[dst], tag, cx.cctx, mv)
+    cx.t.isend(op)
+    return op
+
+
+def cr(cx, mv, src: int, tag: int):
+    op = T.RecvOp(cx.group[src], tag, cx.cctx, mv)
+    cx.t.irecv(op)
+    return op
+
+
+def co_send(cx, obj, dst, tag):
+    """Start sending an object to rank ``dst`` on the collective context (None: done)."""
+    return cx.t.send_object(cx.group[dst], cx.cctx, tag, obj, False, "collective")
+
+
+def co_recv(cx, src, tag):
+    """Start receiving an object from rank ``src`` on the collective context."""
+    op = T.RecvOp(cx.group[src], tag, cx.cctx, None)
+    cx.t.irecv(op)
+    return op
+
+
+def orecv(cx, src, tag):
+    """Receive an object from rank ``src`` (blocking; straight from the ring when
+    it is there already, as Comm.recv)."""
+    t = cx.t
+    res = t.recv_fast(cx.group[src], tag, cx.cctx, None)
+    if res is not None:
+        v = res[2]
+        if type(v) is bytes:
+            return pickle.loads(v)
+        return loads(v[:2])   # a packed object: (stream, parts, nbytes)
+    op = co_recv(cx, src, tag)
+    if not op.done:
+        t.wait(op, op.source)
+    return oval(op)
+
+
+def oval(op):
+    if op.exc is not None:
+        raise op.exc
+    return loads(op.value)
+
+
+def check_root(cx, root, what) -> int:
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
+            not 0 <= root < cx.size:
+        raise MmpiError(f"{what}: invalid root {root!r} (communicator of size "
+                        f"{cx.size}; valid: 0..{cx.size - 1})")
+    return int(root)
+
+
+def count_check(cx, op, expect, what, src):
+    """A receive finished: raise its error, or a size mismatch."""
+    if op.exc is not None:
+        raise op.exc
+    if op.count != expect:
+        raise MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank "
+                        f"{src} but got {op.count}: every rank must pass matching "
+                        f"counts and datatypes")
+
+
+def xsend(cx, mv, dst: int, tag: int):
+    """Start a send: straight into the ring when it fits (then complete: None),
+    else a SendOp to wait for."""
+    if cx.t.send_fast(cx.group[dst], cx.cctx, tag, mv):
+        return None
+    return cs(cx, mv, dst, tag)
+
+
+def xrecv(cx, mv, src: int, tag: int, blk: bool, what: str):
+    """Receive exactly len(mv) bytes (a generator).  ``blk``: the caller
+    blocks anyway, so try the transport's spinning fast path first."""
+    if blk:
+        res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+        if res is not None:
+            if res[2] != len(mv):
+                raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from "
+                                f"rank {src} but got {res[2]}: every rank must pass "
+                                f"matching counts and datatypes")
+            return
+    r = cr(cx, mv, src, tag)
+    yield [r]
+    count_check(cx, r, len(mv), what, src)
+
+
+def brecv(cx, mv, src: int, tag: int, what: str) -> None:
+    """Blocking receive of exactly len(mv) bytes (transport fast path first)."""
+    t = cx.t
+    res = t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+    if res is None:
+        r = cr(cx, mv, src, tag)
+        t.wait(r, r.source)
+        count_check(cx, r, len(mv), what, src)
+    elif res[2] != len(mv):
+        raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from rank "
+                        f"{src} but got {res[2]}: every rank must pass matching counts "
+                        f"and datatypes")
+
+
+def bsend(cx, mv, dst: int, tag: int) -> None:
+    s = xsend(cx, mv, dst, tag)
+    if s is not None:
+        if not s.done:
+            cx.t.wait(s, s.dest)
+        if s.exc is not None:
+            raise s.exc
+
+
+def pid(cx, r: int) -> int:
+    return cx.t.pid_of(cx.group[r])
+
+
+def readv(cx, r: int, local: int, remote: int, n: int, what: str) -> None:
+    try:
+        _linux.process_vm_readv(pid(cx, r), local, remote, n)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
+                                f"{cx.rank} was reading its buffer",
+                                rank=cx.t.blame(cx.group[r])) from None
+        if e.errno in T.DENIED:
+            raise MmpiError(f"{what}: " + T.denial_message(
+                e, f"reading {n} bytes from rank {r}")) from None
+        raise MmpiError(f"{what}: reading {n} bytes from rank {r} failed: {e}") from None
+
+
+def writev(cx, r: int, local: int, remote: int, n: int, what: str) -> None:
+    try:
+        _linux.process_vm_writev(pid(cx, r), local, remote, n)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
+                                f"{cx.rank} was writing into its buffer",
+                                rank=cx.t.blame(cx.group[r])) from None
+        if e.errno in T.DENIED:
+            raise MmpiError(f"{what}: " + T.denial_message(
+                e, f"writing {n} bytes into rank {r}")) from None
+        raise MmpiError(f"{what}: writing {n} bytes to rank {r} failed: {e}") from None

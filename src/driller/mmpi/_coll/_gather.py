@@ -1,0 +1,217 @@
+"""Gather, scatter and allgather (buffers, vector forms, objects)."""
+
+from __future__ import annotations
+
+from ...errors import MmpiError
+from .._bufspec import parse
+from .._const import IN_PLACE
+from ._bcast import g_bcast, g_obcast
+from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check, cr, cs,
+                       drive, first_error, oval, readv, waitall)
+from ._direct import g_direct_ok, g_exchange, g_sync
+
+__all__ = [
+    "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
+    "g_ogather", "gather", "scatter", "allgather",
+]
+
+ALLGATHER_DIRECT = True
+
+
+def Gather(cx, sendbuf, recvbuf, root=0) -> None:
+    buf_gather(cx, sendbuf, recvbuf, root, "Gather", False)
+
+
+def Gatherv(cx, sendbuf, recvbuf, root=0) -> None:
+    buf_gather(cx, sendbuf, recvbuf, root, "Gatherv", True)
+
+
+def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
+    root = check_root(cx, root, what)
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    t = cx.t
+    if me != root:
+        sb = parse(sendbuf, False, what)
+        s = cs(cx, sb.mv, root, base)
+        waitall(t, [s])
+        first_error((s,))
+        return
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    isz = rb.dtype.itemsize
+    if sendbuf is not IN_PLACE:
+        sb = parse(sendbuf, False, what)
+        mine = rb.block(me)
+        if sb.nbytes != len(mine):
+            raise MmpiError(f"{what}: the root sends {sb.nbytes} bytes but its block of "
+                            f"the receive buffer holds {len(mine)}")
+        mine[:] = sb.mv
+    ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
+    waitall(t, [o for _, o in ops])
+    for r, o in ops:
+        count_check(cx, o, rb.counts[r] * isz, what, r)
+
+
+def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
+    buf_scatter(cx, sendbuf, recvbuf, root, "Scatter", False)
+
+
+def Scatterv(cx, sendbuf, recvbuf, root=0) -> None:
+    buf_scatter(cx, sendbuf, recvbuf, root, "Scatterv", True)
+
+
+def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
+    root = check_root(cx, root, what)
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    t = cx.t
+    if me != root:
+        rb = parse(recvbuf, True, what)
+        r = cr(cx, rb.mv, root, base)
+        waitall(t, [r])
+        count_check(cx, r, rb.nbytes, what, root)
+        return
+    sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    if recvbuf is not IN_PLACE:
+        rb = parse(recvbuf, True, what)
+        mine = sb.block(me)
+        if rb.nbytes != len(mine):
+            raise MmpiError(f"{what}: the root's block holds {len(mine)} bytes but its "
+                            f"receive buffer {rb.nbytes}")
+        rb.mv[:] = mine
+    ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
+    waitall(t, ops)
+    first_error(ops)
+
+
+def Allgather(cx, sendbuf, recvbuf) -> None:
+    buf_allgather(cx, sendbuf, recvbuf, "Allgather", False)
+
+
+def Allgatherv(cx, sendbuf, recvbuf) -> None:
+    buf_allgather(cx, sendbuf, recvbuf, "Allgatherv", True)
+
+
+def buf_allgather(cx, sendbuf, recvbuf, what, vector):
+    n, me = cx.size, cx.rank
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    isz = rb.dtype.itemsize
+    mine = rb.block(me)
+    if sendbuf is not IN_PLACE:
+        sb = parse(sendbuf, False, what)
+        if sb.nbytes != len(mine):
+            raise MmpiError(f"{what}: rank {me} sends {sb.nbytes} bytes but its block of "
+                            f"the receive buffer holds {len(mine)}")
+        mine[:] = sb.mv
+    base = cbase(cx)
+    if n == 1:
+        return
+    t = cx.t
+    if rb.nbytes <= t.eager_limit:
+        # gather to 0, then broadcast the whole receive buffer
+        def g():
+            if me == 0:
+                ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(1, n)]
+                yield [o for _, o in ops]
+                err = None
+                for r, o in ops:
+                    try:
+                        count_check(cx, o, rb.counts[r] * isz, what, r)
+                    except MmpiError as e:
+                        err = err or e
+                if err is not None:
+                    yield from g_bcast(cx, rb.mv, 0, base + 1, what, True)
+                    raise err
+            else:
+                s = cs(cx, mine, 0, base)
+                yield [s]
+                first_error((s,))
+            yield from g_bcast(cx, rb.mv, 0, base + 1, what, True)
+        drive(t, g())
+        return
+    if not ALLGATHER_DIRECT or not drive(t, g_direct_ok(cx, base, True)):
+        ops = []
+        for i in range(1, n):
+            r = (me - i) % n
+            ops.append((r, cr(cx, rb.block(r), r, base)))
+        sends = [cs(cx, mine, (me + i) % n, base) for i in range(1, n)]
+        waitall(t, [o for _, o in ops] + sends)
+        for r, o in ops:
+            count_check(cx, o, rb.counts[r] * isz, what, r)
+        first_error(sends)
+        return
+
+    # large: every rank copies each peer's block once, straight from the peer's
+    # memory, then a barrier (nobody reuses a buffer a peer may still read)
+    def g():
+        info = INFO.pack(address(mine), len(mine), 0, 0, 0)
+        table = yield from g_exchange(cx, info, base, True)
+        peers = [INFO.unpack_from(table, i * INFO.size) for i in range(n)]
+        bad = [r for r in range(n) if peers[r][1] != rb.counts[r] * isz]
+        if bad:
+            r = bad[0]
+            raise MmpiError(f"{what}: rank {r} sends {peers[r][1]} bytes but rank {me} "
+                            f"expects {rb.counts[r] * isz} from it: every rank must pass "
+                            f"matching counts and datatypes")
+        out = address(rb.mv, True)
+        for i in range(1, n):
+            r = (me + i) % n
+            if peers[r][1]:
+                readv(cx, r, out + rb.displs[r] * isz, peers[r][0], peers[r][1], what)
+        yield from g_sync(cx, base + 16, True)
+    drive(t, g())
+
+
+def g_ogather(cx, obj, root, base):
+    n, me = cx.size, cx.rank
+    if me != root:
+        s = co_send(cx, obj, root, base)
+        yield [s]
+        first_error((s,))
+        return None
+    ops = [(r, co_recv(cx, r, base)) for r in range(n) if r != me]
+    yield [o for _, o in ops]
+    out = [None] * n
+    out[me] = obj
+    for r, o in ops:
+        out[r] = oval(o)
+    return out
+
+
+def gather(cx, sendobj, root=0):
+    root = check_root(cx, root, "gather")
+    return drive(cx.t, g_ogather(cx, sendobj, root, cbase(cx)))
+
+
+def scatter(cx, sendobj, root=0):
+    root = check_root(cx, root, "scatter")
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    t = cx.t
+    if me == root:
+        try:
+            items = list(sendobj) if sendobj is not None else None
+        except TypeError:
+            items = None
+        if items is None or len(items) != n:
+            got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
+                                                  else type(sendobj).__name__)
+            raise MmpiError(f"scatter: the root must pass a sequence of {n} items "
+                            f"(one per rank), got {got}")
+        ops = [co_send(cx, items[r], r, base) for r in range(n) if r != me]
+        waitall(t, ops)
+        first_error(ops)
+        return items[me]
+    op = co_recv(cx, root, base)
+    waitall(t, [op])
+    return oval(op)
+
+
+def allgather(cx, sendobj):
+    base = cbase(cx)
+
+    def g():
+        out = yield from g_ogather(cx, sendobj, 0, base)
+        return (yield from g_obcast(cx, out, 0, base + 1))
+    out = drive(cx.t, g())
+    return list(out)

@@ -1,0 +1,105 @@
+"""Nonblocking collectives: an algorithm generator in flight, advanced by progress.
+
+MPI lets a rank complete its requests in any order (or wait in a Recv) while a
+peer waits for its nonblocking collective: those must advance whenever this
+rank makes progress at all.  A :class:`CollOp` registers its ``advance`` as a
+progress hook of the transport (``Transport.add_progress_hook``) while it is in
+flight, and removes it when done.
+"""
+
+from __future__ import annotations
+
+from ...errors import MmpiError
+from .._bufspec import message
+from .._request import K_SEND, CollRequest, request
+from ._barrier import g_barrier
+from ._bcast import g_bcast
+from ._context import cbase, check_root, peer_of
+from ._ops import SUM
+from ._reduce import g_allreduce
+
+__all__ = [
+    "CollOp", "coll_request", "Ibarrier", "Ibcast", "Iallreduce",
+]
+
+
+class CollOp:
+    """A nonblocking collective in flight; looks like a transport op (done, exc)."""
+
+    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running")
+
+    def __init__(self, t, gen):
+        self.t = t
+        self.gen = gen
+        self.ops = ()
+        self.finished = False
+        self.exc = None
+        self.value = None
+        self.running = False
+        self.advance()
+        if not self.finished:
+            t.add_progress_hook(self.advance)
+
+    def advance(self) -> bool:
+        """Resume the algorithm as far as it can go without waiting; True if it moved."""
+        if self.running:
+            return False
+        moved = False
+        self.running = True
+        try:
+            while not self.finished:
+                for op in self.ops:
+                    if op is not None and not op.done:
+                        return moved
+                moved = True
+                try:
+                    self.ops = self.gen.send(None)
+                except StopIteration as e:
+                    self.finished, self.value, self.ops = True, e.value, ()
+                except MmpiError as e:
+                    self.finished, self.exc, self.ops = True, e, ()
+                if self.finished:
+                    self.t.remove_progress_hook(self.advance)
+        finally:
+            self.running = False
+        return moved
+
+    @property
+    def done(self) -> bool:
+        if not self.finished:
+            self.t.progress()
+            self.advance()
+        return self.finished
+
+    def run(self):
+        t = self.t
+        while not self.finished:
+            for op in self.ops:
+                if op is not None and not op.done:
+                    try:
+                        t.wait(op, peer_of(op))
+                    except MmpiError as e:
+                        self.finished, self.exc, self.ops = True, e, ()
+                        t.remove_progress_hook(self.advance)
+                        self.gen.close()
+                        return
+            self.advance()
+
+
+def coll_request(cx, gen):
+    """A Request driving the algorithm generator ``gen``."""
+    return request(CollOp(cx.t, gen), K_SEND, cx, CollRequest)
+
+
+def Ibarrier(cx):
+    return coll_request(cx, g_barrier(cx, cbase(cx)))
+
+
+def Ibcast(cx, buf, root=0):
+    root = check_root(cx, root, "Ibcast")
+    mv = message(buf, cx.rank != root, "Ibcast")
+    return coll_request(cx, g_bcast(cx, mv, root, cbase(cx), "Ibcast"))
+
+
+def Iallreduce(cx, sendbuf, recvbuf, op=SUM):
+    return coll_request(cx, g_allreduce(cx, sendbuf, recvbuf, op, "Iallreduce"))

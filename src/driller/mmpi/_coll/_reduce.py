@@ -1,0 +1,513 @@
+"""Reductions: Reduce, Allreduce, Reduce_scatter(_block), Scan, Exscan (buffers and objects).
+
+Small: binomial-tree reduce, recursive doubling for Allreduce (shared-memory
+slots for a small world Allreduce); large (``DIRECT_MIN``): each rank reduces
+its slice reading peers directly (``_direct``), then writes it once where it
+is needed, and a barrier ends it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import MmpiError
+from .._bufspec import EMPTY, as_bytes, intlist, parse
+from .._const import IN_PLACE
+from ._bcast import g_bcast
+from ._context import (address, brecv, bsend, cbase, check_root, co_recv, co_send, count_check,
+                       cr, cs, drive, first_error, orecv, oval, waitall, writev, xrecv, xsend)
+from ._direct import g_direct_ok, g_direct_reduce, g_same_size, g_sync, split_counts
+from ._gather import g_ogather
+from ._ops import SUM, Op, check_op
+from ._shm import SHM_MAX, shm_allreduce
+
+__all__ = [
+    "DIRECT_MIN", "FAST_MAX", "g_reduce", "Reduce", "Allreduce", "g_allreduce",
+    "Reduce_scatter_block", "Reduce_scatter", "Scan", "Exscan", "reduce", "allreduce", "scan",
+    "exscan",
+]
+
+DIRECT_MIN = 1 << 19        # reductions of at least this many bytes read peers directly
+FAST_MAX = 1 << 14          # Allreduce of at most this many bytes: the plain blocking path
+
+
+def red_args(cx, sendbuf, recvbuf, op, what, recv_needed=True):
+    op = check_op(op, what)
+    rb = parse(recvbuf, True, what) if recv_needed else None
+    if sendbuf is IN_PLACE:
+        if rb is None:
+            raise MmpiError(f"{what}: IN_PLACE is only valid at the root")
+        sb = rb
+    else:
+        sb = parse(sendbuf, False, what)
+    if rb is not None and (rb.nbytes != sb.nbytes or rb.dtype != sb.dtype):
+        if rb.nbytes != sb.nbytes:
+            raise MmpiError(f"{what}: send buffer has {sb.nbytes} bytes, receive buffer "
+                            f"{rb.nbytes}: they must hold the same count and datatype")
+    op.check_buffer(sb.dtype, what)
+    return op, sb, rb
+
+
+def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
+    """Binomial-tree reduce.  ``acc``: writable array for the running result
+    (None: allocate when needed); ``send``: this rank's data (array).
+    Returns the array holding the result at ``root`` (None elsewhere)."""
+    n, me = cx.size, cx.rank
+    troot = root if op.commute else 0
+    rel = (me - troot) % n
+    cur = send            # holds the lower ranks' partial result
+    owned = False
+    mask = 1
+    tmp = None
+    while mask < n:
+        if rel & mask:
+            dst = (rel - mask + troot) % n
+            s = xsend(cx, as_bytes(cur), dst, base)
+            if s is not None:
+                yield [s]
+                first_error((s,))
+            cur = None
+            break
+        child = rel + mask
+        if child < n:
+            if tmp is None:
+                tmp = np.empty_like(send)
+            src = (child + troot) % n
+            yield from xrecv(cx, as_bytes(tmp), src, base, blk, what)
+            if not owned:
+                if acc is None:
+                    cur = cur.copy()
+                elif acc is not cur:
+                    np.copyto(acc, cur)
+                    cur = acc
+                owned = True
+            res = op.lohi(cur, tmp, dt)
+            if res is tmp:
+                tmp = cur
+            cur = res
+        mask <<= 1
+    if troot != root:
+        if me == troot:
+            s = xsend(cx, as_bytes(cur), root, base + 1)
+            if s is not None:
+                yield [s]
+                first_error((s,))
+            return None
+        if me == root:
+            res = acc if acc is not None else np.empty_like(send)
+            yield from xrecv(cx, as_bytes(res), troot, base + 1, blk, what)
+            return res
+    return cur if me == root else None
+
+
+def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
+    root = check_root(cx, root, "Reduce")
+    me = cx.rank
+    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
+    base = cbase(cx)
+    n = cx.size
+    send = sb.arr()
+    if n == 1:
+        if rb is not None and sb is not rb:
+            np.copyto(rb.arr(), send)
+        return
+    if (sb.nbytes >= DIRECT_MIN and send.size >= n
+            and drive(cx.t, g_direct_ok(cx, base, True))):
+        drive(cx.t, g_reduce_direct(cx, sb, rb, op, root, base, sendbuf is IN_PLACE))
+        return
+    if sb.nbytes >= DIRECT_MIN and send.size >= n:  # direct denied: messages instead
+        drive(cx.t, g_same_size(cx, sb.nbytes, sb.dtype.itemsize, base, True, "Reduce"))
+    acc = rb.arr() if rb is not None else None
+    res = drive(cx.t, g_reduce(cx, acc, send, op, sb.dt, root, base, "Reduce", True))
+    if me == root and res is not acc:
+        np.copyto(acc, res)
+
+
+def g_reduce_direct(cx, sb, rb, op, root, base, in_place):
+    """Direct reduce: every rank reduces its slice (reading peers' buffers) and
+    writes it once into the root's receive buffer (process_vm_writev); a
+    barrier ends it (nobody reuses a buffer a peer may still read)."""
+    n, me = cx.size, cx.rank
+    isz = sb.dtype.itemsize
+    count = sb.nbytes // isz
+    counts, displs = split_counts(cx, count, isz)
+    my = np.empty(counts[me], sb.dtype) if (me != root) else \
+        rb.arr()[displs[me]:displs[me] + counts[me]]
+    peers = yield from g_direct_reduce(cx, 
+        sb.mv, my, op, sb.dtype, sb.dt, counts, displs, base, "Reduce",
+        in_place and me == root, True, address(rb.mv, True) if me == root else 0)
+    if me != root and counts[me]:
+        # (IN_PLACE at the root: its slice ``me`` is read only by us, and we are done)
+        writev(cx, root, my.ctypes.data, peers[root][4] + displs[me] * isz,
+                     counts[me] * isz, "Reduce")
+    yield from g_sync(cx, base + 16, True)
+    del my
+
+
+def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
+    if (type(recvbuf) is np.ndarray and recvbuf.nbytes <= FAST_MAX and type(op) is Op
+            and op.ufunc is not None and cx.size > 1):
+        # the common small case without generators: contiguous arrays, builtin op
+        rf = recvbuf.flags
+        if rf.c_contiguous and rf.writeable and (
+                sendbuf is IN_PLACE or (type(sendbuf) is np.ndarray
+                                        and sendbuf.dtype == recvbuf.dtype
+                                        and sendbuf.size == recvbuf.size
+                                        and sendbuf.flags.c_contiguous)):
+            op.check_buffer(recvbuf.dtype, "Allreduce")
+            acc = recvbuf.reshape(-1)
+            if sendbuf is not IN_PLACE:
+                np.copyto(acc, sendbuf.reshape(-1))
+            base = cbase(cx)
+            if (cx.identity and acc.nbytes <= SHM_MAX
+                    and shm_allreduce(cx, acc, op)):
+                return
+            allreduce_small(cx, acc, op, base)
+            return
+    drive(cx.t, g_allreduce(cx, sendbuf, recvbuf, op, "Allreduce", True))
+
+
+def allreduce_small(cx, acc, op, base):
+    """Blocking recursive doubling for small buffers and builtin ops (the same
+    schedule as g_allreduce_rd, without the generator machinery)."""
+    n, me = cx.size, cx.rank
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    amv = memoryview(acc).cast("B")
+    tmp = np.empty_like(acc)
+    tmv = memoryview(tmp).cast("B")
+    uf = op.ufunc
+    if me < 2 * rem:
+        if me % 2 == 0:
+            bsend(cx, amv, me + 1, base)
+            brecv(cx, amv, me + 1, base + 255, "Allreduce")
+            return
+        brecv(cx, tmv, me - 1, base, "Allreduce")
+        uf(acc, tmp, out=acc)
+        newrank = me // 2
+    else:
+        newrank = me - rem
+    mask, rnd = 1, 1
+    while mask < p:
+        pn = newrank ^ mask
+        partner = pn * 2 + 1 if pn < rem else pn + rem
+        s = xsend(cx, amv, partner, base + rnd)
+        brecv(cx, tmv, partner, base + rnd, "Allreduce")
+        if s is not None:
+            waitall(cx.t, (s,))
+            first_error((s,))
+        uf(acc, tmp, out=acc)
+        mask <<= 1
+        rnd += 1
+    if me < 2 * rem:
+        bsend(cx, amv, me - 1, base + 255)
+
+
+def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False):
+    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    base = cbase(cx)
+    return g_allreduce2(cx, sb, rb, op, base, what, sendbuf is IN_PLACE, blk)
+
+
+def g_allreduce2(cx, sb, rb, op, base, what, in_place, blk=False):
+    n = cx.size
+    acc = rb.arr()
+    if n == 1:
+        if not in_place:
+            np.copyto(acc, sb.arr())
+        return
+    if rb.nbytes >= DIRECT_MIN and acc.size >= n and (yield from g_direct_ok(cx, base, blk)):
+        isz = rb.dtype.itemsize
+        counts, displs = split_counts(cx, acc.size, isz)
+        me = cx.rank
+        mine = acc[displs[me]:displs[me] + counts[me]]
+        peers = yield from g_direct_reduce(cx, 
+            sb.mv, mine, op, sb.dtype, sb.dt, counts, displs, base, what, in_place, blk,
+            address(rb.mv, True))
+        # write our reduced slice once into every peer's receive buffer.  Safe
+        # without a barrier first: only we read slice ``me`` of anyone's buffer
+        # (IN_PLACE included), and we are done reading
+        if counts[me]:
+            off = displs[me] * isz
+            src = address(rb.mv, True) + off
+            for i in range(1, n):
+                r = (me + i) % n
+                writev(cx, r, src, peers[r][4] + off, counts[me] * isz, what)
+        # nobody leaves (and reuses its buffers) while a peer may still use them
+        yield from g_sync(cx, base + 16, blk)
+        return
+    if rb.nbytes >= DIRECT_MIN and acc.size >= n:  # direct denied: messages instead
+        yield from g_same_size(cx, len(sb.mv), sb.dtype.itemsize, base, blk, what)
+    send = sb.arr()
+    if not in_place:
+        np.copyto(acc, send)
+    if op.commute:
+        yield from g_allreduce_rd(cx, acc, op, sb.dt, base, what, blk)
+        return
+    res = yield from g_reduce(cx, acc, acc, op, sb.dt, 0, base, what, blk)
+    if cx.rank == 0 and res is not acc:
+        np.copyto(acc, res)
+    yield from g_bcast(cx, rb.mv, 0, base + 2, what, blk)
+
+
+def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
+    """Recursive doubling (commutative ops): log2(n) exchange rounds; with n not
+    a power of two, the first 2*rem ranks fold pairwise first (MPICH's scheme).
+    Every rank combines the same operands in the same tree shape, so the
+    results agree bit for bit."""
+    n, me = cx.size, cx.rank
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    amv = as_bytes(acc)
+    tmp = np.empty_like(acc)
+    tmv = as_bytes(tmp)
+    user = op.user
+
+    def combine():
+        if user is None:
+            op.ufunc(acc, tmp, out=acc)
+        else:
+            user(tmp, acc, dt)
+
+    if me < 2 * rem:
+        if me % 2 == 0:
+            s = xsend(cx, amv, me + 1, base)
+            if s is not None:
+                yield [s]
+                first_error((s,))
+            yield from xrecv(cx, amv, me + 1, base + 255, blk, what)
+            return
+        yield from xrecv(cx, tmv, me - 1, base, blk, what)
+        combine()
+        newrank = me // 2
+    else:
+        newrank = me - rem
+    mask, rnd = 1, 1
+    while mask < p:
+        pn = newrank ^ mask
+        partner = pn * 2 + 1 if pn < rem else pn + rem
+        s = xsend(cx, amv, partner, base + rnd)
+        yield from xrecv(cx, tmv, partner, base + rnd, blk, what)
+        if s is not None:
+            yield [s]
+            first_error((s,))
+        combine()
+        mask <<= 1
+        rnd += 1
+    if me < 2 * rem:
+        s = xsend(cx, amv, me - 1, base + 255)
+        if s is not None:
+            yield [s]
+            first_error((s,))
+
+
+def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
+    n = cx.size
+    op = check_op(op, "Reduce_scatter_block")
+    rb = parse(recvbuf, True, "Reduce_scatter_block")
+    if sendbuf is IN_PLACE:
+        if rb.nbytes % n:
+            raise MmpiError(f"Reduce_scatter_block: with IN_PLACE the receive buffer "
+                            f"({rb.nbytes} bytes) must hold {n} blocks")
+        sb = rb
+        count = rb.nbytes // rb.dtype.itemsize // n
+    else:
+        sb = parse(sendbuf, False, "Reduce_scatter_block")
+        count = rb.nbytes // rb.dtype.itemsize
+    reduce_scatter(cx, sb, rb, [count] * n, op, "Reduce_scatter_block",
+                         sendbuf is IN_PLACE)
+
+
+def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
+    n = cx.size
+    op = check_op(op, "Reduce_scatter")
+    rb = parse(recvbuf, True, "Reduce_scatter")
+    if recvcounts is None:
+        raise MmpiError("Reduce_scatter needs recvcounts (one per rank)")
+    counts = intlist(recvcounts, n, "Reduce_scatter", "recvcounts")
+    sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
+    reduce_scatter(cx, sb, rb, counts, op, "Reduce_scatter", sendbuf is IN_PLACE)
+
+
+def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
+    n, me = cx.size, cx.rank
+    isz = sb.dtype.itemsize
+    total = sum(counts)
+    if sb.nbytes != total * isz:
+        raise MmpiError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
+                        f"the counts add up to {total}")
+    if not in_place and rb.nbytes < counts[me] * isz:
+        raise MmpiError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
+                        f"than this rank's block ({counts[me] * isz} bytes)")
+    op.check_buffer(sb.dtype, what)
+    displs = [sum(counts[:i]) for i in range(n)]
+    base = cbase(cx)
+    send = sb.arr()
+    if n == 1:
+        np.copyto(rb.arr()[:counts[0]], send.copy() if in_place else send)
+        return
+    t = cx.t
+    if sb.nbytes >= DIRECT_MIN and drive(t, g_direct_ok(cx, base, True)):
+        if in_place:
+            acc = np.empty(counts[me], sb.dtype)
+        else:
+            acc = rb.arr()[:counts[me]]
+
+        def g():
+            yield from g_direct_reduce(cx, sb.mv, acc, op, sb.dtype, sb.dt, counts,
+                                             displs, base, what, False, True)
+            yield from g_sync(cx, base + 16, True)   # everyone is done reading
+        drive(t, g())
+        if in_place:
+            np.copyto(rb.arr()[:counts[me]], acc)
+        return
+    if sb.nbytes >= DIRECT_MIN:  # direct denied: messages instead
+        drive(t, g_same_size(cx, sb.nbytes, sb.dtype.itemsize, base, True, what))
+    # small: reduce to 0, then scatter the blocks
+    full = np.empty_like(send) if me == 0 else None
+    res = drive(t, g_reduce(cx, full, send, op, sb.dt, 0, base, what, True))
+    if me == 0:
+        ops = []
+        for r in range(1, n):
+            blk = res[displs[r]:displs[r] + counts[r]]
+            ops.append(cs(cx, memoryview(blk).cast("B") if blk.size else EMPTY,
+                                r, base + 5))
+        np.copyto(rb.arr()[:counts[0]], res[:counts[0]])
+        waitall(t, ops)
+        first_error(ops)
+    else:
+        out = rb.mv[:counts[me] * isz]
+        r = cr(cx, out, 0, base + 5)
+        waitall(t, [r])
+        count_check(cx, r, counts[me] * isz, what, 0)
+
+
+def Scan(cx, sendbuf, recvbuf, op=SUM) -> None:
+    buf_scan(cx, sendbuf, recvbuf, op, "Scan", False)
+
+
+def Exscan(cx, sendbuf, recvbuf, op=SUM) -> None:
+    buf_scan(cx, sendbuf, recvbuf, op, "Exscan", True)
+
+
+def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
+    """Linear chain: rank r gets the prefix of 0..r-1 from r-1."""
+    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    t = cx.t
+    mine = sb.arr()
+    if sendbuf is IN_PLACE:
+        mine = mine.copy()
+    acc = rb.arr()
+    nb = rb.nbytes
+    if me == 0:
+        part = mine
+        if not exclusive:
+            np.copyto(acc, mine)
+    else:
+        prev = np.empty_like(mine)
+        r = cr(cx, memoryview(prev).cast("B") if prev.size else EMPTY, me - 1, base)
+        waitall(t, [r])
+        count_check(cx, r, nb, what, me - 1)
+        if exclusive:
+            np.copyto(acc, prev)
+        if me + 1 < n or not exclusive:
+            hi = mine.copy()
+            part = op.lohi(prev, hi, sb.dt)
+            if not exclusive:
+                np.copyto(acc, part)
+    if me + 1 < n:
+        s = cs(cx, memoryview(part).cast("B") if part.size else EMPTY, me + 1, base)
+        waitall(t, [s])
+        first_error((s,))
+
+
+def g_oreduce(cx, obj, op, root, base):
+    vals = yield from g_ogather(cx, obj, root, base)
+    if vals is None:
+        return None
+    acc = vals[0]
+    for v in vals[1:]:
+        acc = op(acc, v)
+    return acc
+
+
+def reduce(cx, sendobj, op=SUM, root=0):
+    root = check_root(cx, root, "reduce")
+    op = check_op(op, "reduce")
+    return drive(cx.t, g_oreduce(cx, sendobj, op, root, cbase(cx)))
+
+
+def allreduce(cx, sendobj, op=SUM):
+    """Recursive doubling, combining in rank order (``op(lower, higher)``) in
+    the same tree shape on every rank: identical results everywhere, even for
+    operations that do not really commute (list + list)."""
+    op = check_op(op, "allreduce")
+    base = cbase(cx)
+    n, me = cx.size, cx.rank
+    if n == 1:
+        return sendobj
+    t = cx.t
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    acc = sendobj
+
+    def exchange(partner, tag):
+        s = co_send(cx, acc, partner, tag)
+        v = orecv(cx, partner, tag)
+        if s is not None:
+            waitall(t, (s,))
+            first_error((s,))
+        return v
+
+    if me < 2 * rem:
+        if me % 2 == 0:
+            s = co_send(cx, acc, me + 1, base)
+            if s is not None:
+                waitall(t, (s,))
+                first_error((s,))
+            return orecv(cx, me + 1, base + 255)
+        acc = op(orecv(cx, me - 1, base), acc)
+        newrank = me // 2
+    else:
+        newrank = me - rem
+    mask, rnd = 1, 1
+    while mask < p:
+        pn = newrank ^ mask
+        partner = pn * 2 + 1 if pn < rem else pn + rem
+        other = exchange(partner, base + rnd)
+        acc = op(other, acc) if pn < newrank else op(acc, other)
+        mask <<= 1
+        rnd += 1
+    if me < 2 * rem:
+        s = co_send(cx, acc, me - 1, base + 255)
+        if s is not None:
+            waitall(t, (s,))
+            first_error((s,))
+    return acc
+
+
+def obj_scan(cx, obj, op, exclusive):
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    t = cx.t
+    prev = None
+    if me > 0:
+        r = co_recv(cx, me - 1, base)
+        waitall(t, [r])
+        prev = oval(r)
+    part = obj if me == 0 else op(prev, obj)
+    if me + 1 < n:
+        s = co_send(cx, part, me + 1, base)
+        waitall(t, [s])
+        first_error((s,))
+    return prev if exclusive else part
+
+
+def scan(cx, sendobj, op=SUM):
+    return obj_scan(cx, sendobj, check_op(op, "scan"), False)
+
+
+def exscan(cx, sendobj, op=SUM):
+    return obj_scan(cx, sendobj, check_op(op, "exscan"), True)

@@ -1,0 +1,118 @@
+"""Datatypes: the predefined ones of MPI (name, size, typechar) and their numpy twins.
+
+Derived datatypes (``Create_contiguous``, ``Create_vector``...) will live here too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MmpiError
+
+__all__ = ["Datatype", "DATATYPES", "BYTE", "TYPECHARS", "as_datatype", "is_datatype",
+           "np_dtype", "dtype_of", "datatype_of"]
+
+
+class Datatype:
+    """A predefined MPI datatype: a name, a size in bytes, a struct/numpy typechar."""
+
+    __slots__ = ("name", "size", "typechar")
+
+    def __init__(self, name: str, size: int, typechar: str):
+        self.name = name
+        self.size = size
+        self.typechar = typechar
+
+    def Get_size(self) -> int:
+        return self.size
+
+    def Get_extent(self) -> tuple[int, int]:
+        return (0, self.size)
+
+    @property
+    def extent(self) -> int:
+        return self.size
+
+    @property
+    def lb(self) -> int:
+        return 0
+
+    @property
+    def ub(self) -> int:
+        return self.size
+
+    def Get_name(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<mmpi.Datatype {self.name} ({self.size} bytes)>"
+
+
+def _dt(name, size, tc):
+    return Datatype(name, size, tc)
+
+
+DATATYPES = {d.name: d for d in [
+    _dt("BYTE", 1, "B"), _dt("CHAR", 1, "c"), _dt("SIGNED_CHAR", 1, "b"),
+    _dt("SHORT", 2, "h"), _dt("INT", 4, "i"), _dt("LONG", 8, "l"), _dt("LONG_LONG", 8, "q"),
+    _dt("UNSIGNED_CHAR", 1, "B"), _dt("UNSIGNED_SHORT", 2, "H"), _dt("UNSIGNED", 4, "I"),
+    _dt("UNSIGNED_INT", 4, "I"), _dt("UNSIGNED_LONG", 8, "L"), _dt("UNSIGNED_LONG_LONG", 8, "Q"),
+    _dt("FLOAT", 4, "f"), _dt("DOUBLE", 8, "d"), _dt("LONG_DOUBLE", 16, "g"),
+    _dt("C_BOOL", 1, "?"), _dt("INT8_T", 1, "b"), _dt("INT16_T", 2, "h"),
+    _dt("INT32_T", 4, "i"), _dt("INT64_T", 8, "q"), _dt("UINT8_T", 1, "B"),
+    _dt("UINT16_T", 2, "H"), _dt("UINT32_T", 4, "I"), _dt("UINT64_T", 8, "Q"),
+    _dt("C_FLOAT_COMPLEX", 8, "F"), _dt("C_DOUBLE_COMPLEX", 16, "D"),
+    _dt("WCHAR", 4, "w"), _dt("SIGNED_SHORT", 2, "h"), _dt("SIGNED_INT", 4, "i"),
+    _dt("SIGNED_LONG", 8, "l"), _dt("SIGNED_LONG_LONG", 8, "q"),
+]}
+DATATYPES["COMPLEX"] = DATATYPES["C_FLOAT_COMPLEX"]
+DATATYPES["DOUBLE_COMPLEX"] = DATATYPES["C_DOUBLE_COMPLEX"]
+DATATYPES["BOOL"] = DATATYPES["C_BOOL"]
+BYTE = DATATYPES["BYTE"]
+TYPECHARS = {}   # typechar -> the datatype a buffer of that format is taken for
+for _d in DATATYPES.values():
+    TYPECHARS.setdefault(_d.typechar, _d)
+TYPECHARS.update({"b": DATATYPES["SIGNED_CHAR"], "B": BYTE, "i": DATATYPES["INT"],
+                  "l": DATATYPES["LONG"], "d": DATATYPES["DOUBLE"], "f": DATATYPES["FLOAT"]})
+del _d
+
+
+def as_datatype(d) -> Datatype:
+    """A Datatype, or a typechar naming one; else MmpiError."""
+    if isinstance(d, Datatype):
+        return d
+    if isinstance(d, str) and d in TYPECHARS:
+        return TYPECHARS[d]
+    raise MmpiError(f"invalid datatype {d!r}: use one of driller.MPI's datatypes "
+                    f"(MPI.BYTE, MPI.INT, MPI.DOUBLE, ...) or a typechar like 'd'")
+
+
+def is_datatype(x) -> bool:
+    return isinstance(x, Datatype) or (isinstance(x, str) and x in TYPECHARS)
+
+
+def np_dtype(dt: Datatype) -> np.dtype:
+    """The numpy dtype of a datatype's elements."""
+    tc = dt.typechar
+    if tc == "c":
+        return np.dtype("S1")
+    if tc == "w":
+        return np.dtype("U1")
+    return np.dtype(tc)
+
+
+def dtype_of(obj) -> np.dtype:
+    """The element dtype of a buffer object (its numpy dtype, or its buffer format;
+    bytes when neither says)."""
+    d = getattr(obj, "dtype", None)
+    if isinstance(d, np.dtype):
+        return d
+    try:
+        return np.dtype(memoryview(obj).format)
+    except (TypeError, ValueError):
+        return np.dtype("B")
+
+
+def datatype_of(dtype: np.dtype) -> Datatype:
+    """The predefined datatype matching a numpy dtype (BYTE when none does)."""
+    return TYPECHARS.get(dtype.char, BYTE)

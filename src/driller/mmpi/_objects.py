@@ -1,0 +1,175 @@
+"""Python objects on the wire: the pickling policy and the object wire formats.
+
+Lowercase methods (``send``, ``bcast``...) move picklable objects.  The policy
+(:func:`scan`): an object with nothing large inside is plain pickled (the
+fastest); large buffers inside (numpy data, bytes/bytearray of at least
+``OOB_MIN`` bytes) go out of band (pickle protocol 5, and persistent ids for
+bytes/bytearray), so the transport copies them once, straight from the
+sender's memory.  :func:`dumps` gives ``(stream, parts)``, :func:`loads` the
+object back.  The formats the transport puts in its records:
+
+* ``F_ARRAY`` payload (a bare numeric numpy array, eager-sized): ``ARR`` header
+  (dtype.str, ndim), ndim x i64 shape, then the data (:func:`pack_array`);
+* an object table (packed, or a rendezvous' inline payload)::
+
+      TABLE: i64 count, i64 stream_len, i64 stream_addr (0: stream inline after it)
+      count x PART: (i64 address, i64 length, i64 how)   how: bit0 readonly, bit1 persistent
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import numpy as np
+
+__all__ = ["OOB_MIN", "ARR", "ARRAY_KINDS", "TABLE", "PART", "SIMPLE", "OOB_ARRAYS",
+           "OOB_BYTES", "scan", "dumps", "loads", "pack_array", "unpack_array"]
+
+ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
+ARRAY_KINDS = "biufc"         # bare arrays of these kinds, eager-sized, travel raw, unpickled
+TABLE = struct.Struct("<3q")
+PART = struct.Struct("<3q")
+OOB_MIN = 65536               # pickle buffers this large travel out of band
+
+
+_BIG = (bytes, bytearray)
+
+
+def _oob_identity(x):
+    return x
+
+
+_SCALARS = (int, float, str, bool, type(None), complex)
+SIMPLE, OOB_ARRAYS, OOB_BYTES = 0, 1, 2
+
+
+def scan(obj, budget=256, depth=3) -> int:
+    """A bounded look inside containers: SIMPLE (only scalars, small bytes and small
+    numpy arrays: plain pickle is fastest), OOB_BYTES (a large bytes/bytearray),
+    or OOB_ARRAYS (anything else: protocol 5 with a buffer callback)."""
+    stack = [(obj, 0)]
+    seen = 0
+    out = SIMPLE
+    while stack:
+        o, d = stack.pop()
+        t = type(o)
+        if t in _BIG:
+            if len(o) >= OOB_MIN:
+                return OOB_BYTES
+            continue
+        if t in _SCALARS:
+            continue
+        if t is np.ndarray:
+            if o.nbytes >= OOB_MIN or o.dtype.hasobject:
+                out = OOB_ARRAYS
+            continue
+        if d >= depth:
+            out = OOB_ARRAYS
+            continue
+        if t is list or t is tuple:
+            items = o
+        elif t is dict:
+            items = o.values()
+        else:
+            out = OOB_ARRAYS
+            continue
+        for x in items:
+            seen += 1
+            if seen > budget:
+                return OOB_ARRAYS
+            stack.append((x, d + 1))
+    return out
+
+
+def _has_big_bytes(obj) -> bool:
+    return scan(obj) == OOB_BYTES
+
+
+class _OobPickler(pickle.Pickler):
+    """Pickler sending large bytes/bytearray out of band (by persistent id)."""
+
+    def __init__(self, f, parts):
+        super().__init__(f, 5, buffer_callback=self._cb)
+        self.parts = parts
+
+    def _cb(self, pb):
+        raw = pb.raw()
+        if raw.nbytes < OOB_MIN:
+            return True
+        self.parts.append((raw, 1 if raw.readonly else 0))
+        return False
+
+    def persistent_id(self, o):
+        t = type(o)
+        if t in _BIG and len(o) >= OOB_MIN:
+            i = len(self.parts)
+            self.parts.append((memoryview(o), 3 if t is bytes else 2))
+            return i
+        return None
+
+
+def dumps(obj):
+    """(stream, parts): parts are (byte view, how) of out-of-band buffers."""
+    parts = []
+    kind = scan(obj)
+    if kind == SIMPLE:  # nothing large inside: the plain (faster) pickle
+        return pickle.dumps(obj, 4), parts
+    if kind == OOB_BYTES:
+        f = io.BytesIO()
+        _OobPickler(f, parts).dump(obj)
+        return f.getvalue(), parts
+
+    def cb(pb, append=parts.append, oob_min=OOB_MIN):
+        raw = pb.raw()
+        if raw.nbytes < oob_min:
+            return True
+        append((raw, 1 if raw.readonly else 0))
+        return False
+
+    return pickle.dumps(obj, 5, buffer_callback=cb), parts
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f, buffers, parts):
+        super().__init__(f, buffers=buffers)
+        self._parts = parts
+
+    def persistent_load(self, pid):
+        return self._parts[pid][0]
+
+
+def loads(value):
+    stream, parts = value
+    if parts is None:  # a bare array sent raw (F_ARRAY): already built
+        return stream
+    if stream is None:  # a buffer message received as an object: its bytes
+        return bytes(parts)
+    if not parts:
+        return pickle.loads(stream)
+    buffers = [b for b, how in parts if not how & 2]
+    if len(buffers) == len(parts):  # no persistent (bytes/bytearray) parts
+        return pickle.loads(stream, buffers=buffers)
+    return _Unpickler(io.BytesIO(stream), buffers, parts).load()
+
+
+def pack_array(a) -> bytes:
+    """The F_ARRAY payload of a small C-contiguous numpy array of a plain kind:
+    ~1 µs where pickle takes ~8 µs to dump and ~5 µs to load."""
+    return b"".join((ARR.pack(a.dtype.str.encode(), a.ndim),
+                     struct.pack(f"<{a.ndim}q", *a.shape), a.tobytes()))
+
+
+def unpack_array(buf):
+    """A new, writable array from an F_ARRAY payload."""
+    buf = memoryview(buf)
+    dt, ndim = ARR.unpack_from(buf, 0)
+    shape = struct.unpack_from(f"<{ndim}q", buf, ARR.size)
+    dtype = np.dtype(dt.rstrip(b"\0").decode())
+    count = 1
+    for x in shape:
+        count *= x
+    if not count:
+        return np.empty(shape, dtype)
+    return np.frombuffer(buf, dtype, count, ARR.size + 8 * ndim).reshape(shape).copy()
