@@ -233,37 +233,42 @@ def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> 
         parent = os.getpid()
         ours = [world_fd, *wakeup.fds]
         for rank in range(n):
-            rfd, wfd = os.pipe()
-            for f in (sys.stdout, sys.stderr):
+            # A ^C from here until the rank is on the list with its pidfd is raised
+            # after that: a KeyboardInterrupt in between would leak the rank or its
+            # pipe, and one delivered while os.fork() runs the at-fork hooks
+            # (Python code, e.g. logging's lock release) is lost in them.
+            with _sigint_deferred():
+                rfd, wfd = os.pipe()
+                for f in (sys.stdout, sys.stderr):
+                    try:
+                        f.flush()
+                    except Exception:  # noqa: BLE001
+                        pass
                 try:
-                    f.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-            try:
-                pid = os.fork()
-            except BaseException:
-                os.close(rfd)
+                    pid = os.fork()
+                except BaseException:
+                    os.close(rfd)
+                    os.close(wfd)
+                    raise
+                if pid == 0:  # pragma: no cover - the rank; covered by every test
+                    _rank_main(rank, n, world_fd, wfd, fn, args, kwargs, parent,
+                               close=[fd for fd in ours if fd != world_fd] + [rfd])
                 os.close(wfd)
-                raise
-            if pid == 0:  # pragma: no cover - the rank; covered by every test
-                _rank_main(rank, n, world_fd, wfd, fn, args, kwargs, parent,
-                           close=[fd for fd in ours if fd != world_fd] + [rfd])
-            os.close(wfd)
-            try:
-                os.setpgid(pid, pid)   # as the child does: the group exists from now on
-            except OSError:
-                pass
-            c = _Child(rank, pid, rfd)
-            children.append(c)
-            ours.append(rfd)
-            os.set_blocking(rfd, False)
-            try:
-                c.pidfd = _linux.pidfd_open(pid)
-            except ProcessLookupError:
-                # already exited and reaped elsewhere (SIGCHLD ignored by the caller)
-                c.exited, c.result = True, UNKNOWN
-                continue
-            ours.append(c.pidfd)
+                try:
+                    os.setpgid(pid, pid)   # as the child does: the group exists from now on
+                except OSError:
+                    pass
+                c = _Child(rank, pid, rfd)
+                children.append(c)
+                ours.append(rfd)
+                os.set_blocking(rfd, False)
+                try:
+                    c.pidfd = _linux.pidfd_open(pid)
+                except ProcessLookupError:
+                    # already exited and reaped elsewhere (SIGCHLD ignored by the caller)
+                    c.exited, c.result = True, UNKNOWN
+                    continue
+                ours.append(c.pidfd)
         sel = selectors.DefaultSelector()
         if wakeup.fds:
             sel.register(wakeup.fds[0], selectors.EVENT_READ, ("wakeup", wakeup))
