@@ -1,6 +1,13 @@
 # Quick start: `make bench` (the main job) and `make test`. Each sets itself up.
 PYTHON ?= python3
+# `make test PYTHON=python3.12` builds and uses its own venv (.venv-3.12); the default keeps .venv
+ifeq ($(origin PYTHON),file)
 VENV   := .venv
+else
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+$(if $(PYVER),,$(error PYTHON=$(PYTHON) does not run: give an interpreter's name or path))
+VENV   := .venv-$(PYVER)
+endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
@@ -29,4 +36,4 @@ demo: $(STAMP)
 	$(PY) -m driller demo
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info bench-results .pytest_cache
+	rm -rf .venv .venv-* build src/*.egg-info bench-results .pytest_cache
