@@ -15,6 +15,12 @@ STAMP  := $(VENV)/.installed
 
 all: test
 
+# `make clean` also removes the per-interpreter venvs of `make test PYTHON=...`
+clean: clean-venvs
+.PHONY: clean-venvs
+clean-venvs:
+	rm -rf .venv-*
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -36,4 +42,4 @@ demo: $(STAMP)
 	$(PY) -m driller demo
 
 clean:
-	rm -rf .venv .venv-* build src/*.egg-info bench-results .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info bench-results .pytest_cache
