@@ -1,12 +1,25 @@
 # Quick start: `make bench` (the main job) and `make test`. Each sets itself up.
 PYTHON ?= python3
+# `make test PYTHON=python3.12` builds and uses its own venv (.venv-3.12); the default keeps .venv
+ifeq ($(origin PYTHON),file)
 VENV   := .venv
+else
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+$(if $(PYVER),,$(error PYTHON=$(PYTHON) does not run: give an interpreter's name or path))
+VENV   := .venv-$(PYVER)
+endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: all venv test conformance conformance-update bench bench-quick demo clean
 
 all: test
+
+# `make clean` also removes the per-interpreter venvs of `make test PYTHON=...`
+clean: clean-venvs
+.PHONY: clean-venvs
+clean-venvs:
+	rm -rf .venv-*
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

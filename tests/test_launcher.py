@@ -866,6 +866,39 @@ def test_spawn_ctrl_c_between_fork_and_bookkeeping_leaves_no_rank(spawn, monkeyp
     assert_gone(forked)
 
 
+_SIGINT_IN_FORK_HOOK = {"armed": False}
+
+
+def _sigint_in_fork_hook():
+    if _SIGINT_IN_FORK_HOOK["armed"]:
+        _SIGINT_IN_FORK_HOOK["armed"] = False
+        os.kill(os.getpid(), signal.SIGINT)   # raised here, inside os.fork()'s hooks
+
+
+os.register_at_fork(after_in_parent=_sigint_in_fork_hook)
+
+
+def test_spawn_ctrl_c_during_fork_hooks_is_not_lost(spawn, tmp_path):
+    # A ^C whose KeyboardInterrupt falls inside an at-fork hook (logging has one on
+    # every Python) is swallowed there by os.fork(): spawn must still raise it, and
+    # leave no rank behind, instead of running the job as if nothing happened.
+    def work(comm):
+        tmp = tmp_path / f"tmp{comm.Get_rank()}"
+        tmp.write_text(str(os.getpid()))
+        tmp.rename(tmp_path / f"pid{comm.Get_rank()}")     # appears whole
+        time.sleep(60)
+
+    _SIGINT_IN_FORK_HOOK["armed"] = True
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            spawn(work, 2)
+    finally:
+        _SIGINT_IN_FORK_HOOK["armed"] = False
+    assert time.monotonic() - t0 < DEADLINE + 20
+    assert_gone([int(p.read_text()) for p in tmp_path.glob("pid*")])
+
+
 def test_spawn_cleanup_holds_back_a_second_ctrl_c():
     from driller.mmpi._spawn import _sigint_deferred
     reached = False

@@ -14,7 +14,6 @@ import errno
 import fcntl
 import mmap as _mmap
 import os
-import platform
 import re
 import select
 import struct as _struct
@@ -46,7 +45,7 @@ F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
 F_SEAL_FUTURE_WRITE = 0x10  # Linux >= 5.1: no new writable mapping, no write(); old ones stay
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine   # not platform.machine(): `platform` loads subprocess and threading on 3.10
 _SYSCALLS = {
     # name: (x86_64, aarch64)
     "futex": (202, 98),

@@ -3,17 +3,20 @@
 * ``publish(seg)`` hands a segment's memfd to the fd proxy once, then closes
   our fd (the proxy and the mapping keep the memory alive).
 * ``release(seg)`` tells the proxy to drop it.  It is safe to call from a
-  garbage-collection finalizer: it only queues the key and wakes a small
-  daemon thread, so no lock is ever taken inside a finalizer.
+  garbage-collection finalizer: it only queues the key and, unless one is
+  already at work, starts a short-lived thread that sends the queue and ends,
+  so no lock is ever waited for inside a finalizer, and no thread of ours
+  lingers for a later ``fork()`` to copy (Python 3.12+ warns of any).
 * ``owned(key)`` finds a segment of this process by key, so that unpickling a
   handle in its own owner is a plain view, no proxy round trip.
 * ``lease(seg, gen)`` asks the proxy for a transfer lease (rules in
   :mod:`driller.sharedarray`); ``drop_leases(...)`` lets go of leases, from a
-  finalizer too (queued like releases, sent by the same daemon thread).
+  finalizer too (queued like releases, sent by the same short-lived thread).
 """
 
 from __future__ import annotations
 
+import _thread
 import collections
 import os
 import threading
@@ -23,13 +26,15 @@ from .errors import ProxyError
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
-           "ensure_releaser", "dropping"]
+           "dropping"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
 _pending: collections.deque = collections.deque()
 _unheld: collections.deque = collections.deque()   # (proxy address, lease ids)
-_waker = {"pid": None, "w": -1, "thread": None}
+# held by the thread sending the queue, from its start until it leaves with the
+# queue empty: whoever queues a key and gets it starts that thread
+_sending = _thread.allocate_lock()
 
 
 def register(key: str, owner: object) -> None:
@@ -57,7 +62,6 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
     """
     with _lock:
         client = _client()
-        _ensure_releaser()
         if seg.published:
             seg.seal(readonly)
             return client.address, client.secret
@@ -96,7 +100,7 @@ def lease(seg: Segment, gen: int) -> tuple[str, int]:
 def drop_leases(pid: int, address: str, leases) -> None:
     """Let go of leases held by process pid through the proxy at address (asynchronously).
 
-    Safe in a finalizer: it only queues and wakes the releaser thread.  Does
+    Safe in a finalizer: it only queues and, if none is at work, starts the sender.  Does
     nothing in another process (a fork child does not hold its parent's leases).
     """
     if pid != os.getpid() or not leases:
@@ -108,14 +112,6 @@ def drop_leases(pid: int, address: str, leases) -> None:
 def dropping(address: str, lease: int) -> bool:
     """Whether a drop of lease at the proxy at address is queued, not yet sent."""
     return any(a == address and lease in ids for a, ids in list(_unheld))
-
-
-def ensure_releaser() -> None:
-    """Start the thread that sends queued releases and lease drops (once per process)."""
-    if _waker["pid"] == os.getpid():
-        return  # running (no lock: the thread may hold it while waiting for the proxy)
-    with _lock:
-        _ensure_releaser()
 
 
 def release(seg: Segment) -> None:
@@ -132,41 +128,34 @@ def release(seg: Segment) -> None:
 
 
 def _wake() -> None:
-    # Never start a thread here (this may run inside a finalizer): the releaser
-    # is started by publish(), which always precedes a queued release.
-    if _waker["pid"] != os.getpid():
-        return
+    # May run inside a finalizer: no lock is waited for here, and the thread is
+    # started with _thread (the threading module takes locks of its own).
+    if not _sending.acquire(blocking=False):
+        return  # the running sender sees the key before it leaves (see _send)
     try:
-        os.write(_waker["w"], b"x")
-    except (BlockingIOError, OSError):
-        pass  # pipe full: the thread is awake anyway
+        _thread.start_new_thread(_send, ())
+    except BaseException:  # interpreter shutting down: the proxy sees us go anyway
+        _sending.release()
 
 
-def _ensure_releaser() -> None:
-    pid = os.getpid()
-    if _waker["pid"] == pid:
-        return
-    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    os.set_blocking(r, True)
-    _waker.update(pid=pid, w=w)
-    t = threading.Thread(target=_releaser, args=(r,), name="driller-releaser", daemon=True)
-    _waker["thread"] = t
-    t.start()
-
-
-def _releaser(r: int) -> None:
+def _send() -> None:
+    """Body of the sending thread: flush until the queue stays empty."""
     while True:
         try:
-            os.read(r, 4096)
-        except OSError:
+            flush()
+        except BaseException:  # noqa: BLE001 - nothing to report it to
+            pass
+        _sending.release()
+        # a key queued after flush() but before the release found _sending
+        # held and left it to us; one queued after the release started a sender
+        if not (_pending or _unheld) or not _sending.acquire(blocking=False):
             return
-        flush()
 
 
 def flush() -> None:
     """Send queued releases to the proxy now; returns once the proxy has them all.
 
-    The lock is taken even when nothing is queued: the releaser thread may be
+    The lock is taken even when nothing is queued: the sending thread may be
     sending one right now, and the caller wants it done when we return.
     """
     with _lock:
@@ -188,11 +177,11 @@ def flush() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _sending
     _lock = threading.Lock()
+    _sending = _thread.allocate_lock()  # a sender of the parent's is not here
     _pending.clear()
     _unheld.clear()
-    _waker.update(pid=None, w=-1, thread=None)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

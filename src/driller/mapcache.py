@@ -175,7 +175,6 @@ class MapCache:
         claims = self._claims.get(region)
         if claims is None:
             claims = self._claims[region] = {}
-            _publish.ensure_releaser()
             # let go of them when the mapping is unmapped (queued: finalizer-safe)
             f = weakref.finalize(region, _publish.drop_leases, os.getpid(), address, claims)
             f.atexit = False

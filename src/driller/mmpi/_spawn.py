@@ -233,16 +233,17 @@ def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> 
         parent = os.getpid()
         ours = [world_fd, *wakeup.fds]
         for rank in range(n):
-            rfd, wfd = os.pipe()
-            for f in (sys.stdout, sys.stderr):
-                try:
-                    f.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-            # a ^C between the fork and the bookkeeping would leave a rank nobody
-            # knows of (never killed, never reaped): it is raised once it is listed
-            # and has a pidfd
+            # A ^C from here until the rank is on the list with its pidfd is raised
+            # after that: a KeyboardInterrupt in between would leak the rank or its
+            # pipe, and one delivered while os.fork() runs the at-fork hooks
+            # (Python code, e.g. logging's lock release) is lost in them.
             with _sigint_deferred():
+                rfd, wfd = os.pipe()
+                for f in (sys.stdout, sys.stderr):
+                    try:
+                        f.flush()
+                    except Exception:  # noqa: BLE001
+                        pass
                 try:
                     pid = os.fork()
                 except BaseException:
