@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import weakref
 from dataclasses import dataclass
 TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing (mypy knows the idiom)
@@ -61,12 +60,12 @@ _READONLY_INSTEAD = {
         "Drill it with driller.drill(obj, readonly=True) from the start (all its handles "
         "are then read-only), or drill a copy read-only."),
 }
-_nonce = secrets.token_hex(4)
+_nonce = os.urandom(4).hex()   # (secrets.token_hex, without importing secrets)
 
 
 def _refresh_nonce() -> None:
     global _nonce
-    _nonce = secrets.token_hex(4)
+    _nonce = os.urandom(4).hex()
 
 
 os.register_at_fork(after_in_child=_refresh_nonce)
