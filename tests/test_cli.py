@@ -73,6 +73,65 @@ def test_version_and_help_do_not_import_numpy():
     assert res.stdout.splitlines()[-1] == "False"
 
 
+def test_launcher_side_of_run_does_not_import_numpy():
+    # `driller run` pays only for what the launcher needs: importing the launcher,
+    # running a job supervised (`driller run`, forks a supervisor) and unsupervised
+    # (the loop in this process: creates the world block, records a death in it)
+    # must leave numpy unimported in the launcher process, while the ranks use mmpi.
+    rank = ("import sys; from driller.mmpi import COMM_WORLD as c; assert c.size == 2; "
+            "x = c.allreduce(c.rank + 1); assert x == 3, x; "
+            "print('numpy' in sys.modules, flush=True); sys.exit(3 if c.rank else 0)")
+    code = textwrap.dedent(f"""
+        import sys
+        import driller.mmpi._launcher as L
+        print("import", "numpy" in sys.modules, flush=True)
+        from driller.cli import main
+        rc1 = main(["run", "-n", "2", "-c", {rank!r}])
+        rc2 = L.main(["-n", "2", "-c", {rank!r}])
+        print("rc", rc1, rc2, flush=True)
+        print("after", "numpy" in sys.modules, flush=True)
+    """)
+    res = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert lines[0] == "import False", lines
+    assert lines[-2] == "rc 3 3", (lines, res.stderr)
+    assert lines[-1] == "after False", lines
+    # each rank (prefixed by the launcher) did import numpy: the job really ran mmpi
+    ranks = [ln for ln in lines[1:-2]]
+    assert len(ranks) == 4 and all(ln.endswith("True") for ln in ranks), lines
+
+
+def test_mmpi_names_resolve_lazily():
+    # driller.mmpi loads its submodules on first use; every public name still resolves
+    code = textwrap.dedent("""
+        import sys
+        import driller.mmpi as m
+        assert "driller.mmpi._comm" not in sys.modules and "numpy" not in sys.modules
+        assert set(m.__all__) <= set(dir(m))
+        from driller.mmpi import COMM_WORLD, SUM, Comm, spawn, create_world, Status
+        assert isinstance(COMM_WORLD, Comm) and COMM_WORLD.size == 1
+        assert COMM_WORLD.allreduce(5, op=SUM) == 5
+        ns = {}
+        exec("from driller.mmpi import *", ns)
+        missing = [n for n in m.__all__ if n not in ns]
+        assert not missing, missing
+        assert ns["spawn"] is spawn and ns["create_world"] is m._world.create_world
+        try:
+            m.NOT_A_NAME
+        except AttributeError as e:
+            assert "NOT_A_NAME" in str(e)
+        else:
+            raise AssertionError("no AttributeError")
+        print("ok")
+    """)
+    res = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "ok\n"
+
+
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_each_command_has_its_own_help_and_runs_nothing(cmd, tmp_path):
     # `run` gets a program that would leave a file; `bench` would make its

@@ -520,3 +520,55 @@ def test_interrupted_call_does_not_desynchronise_replies(client, monkeypatch):
     before = fd_count()
     assert [s["key"] for s in client.segments()] == [a.key, b.key]
     assert fd_count() == before  # a's late fd was closed, not leaked
+
+
+# ------------------------------------------------------------------ logging
+
+def test_diagnostics_go_to_the_driller_logger_only(client, monkeypatch, caplog):
+    import logging
+    # a stale DRILLER_PROXY (nobody listens there): the client says so at DEBUG, under
+    # driller.proxy.*, and starts its own proxy (logged too, without the secret)
+    monkeypatch.setenv(ENV_VAR, f"@driller-gone-{os.getpid()}|{'ab' * 16}")
+    with caplog.at_level(logging.DEBUG, logger="driller"):
+        make_segment(client)
+    recs = [r for r in caplog.records if r.name.startswith("driller.")]
+    names = {r.name for r in recs}
+    assert names == {"driller.proxy._client", "driller.proxy._boot"}, names
+    text = "\n".join(r.getMessage() for r in recs)
+    assert "names no usable fd proxy" in text and "started an fd proxy at" in text, text
+    assert client.secret.hex() not in text and "ab" * 16 not in text
+    # the library's only handler is a NullHandler on "driller" (nothing printed unless
+    # the application configures logging)
+    handlers = logging.getLogger("driller").handlers
+    assert [type(h) for h in handlers] == [logging.NullHandler], handlers
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_library_logs_only_where_the_application_says(configured):
+    # the same two diagnostics in a plain program: printed (by the application's
+    # handler) only once it configures logging; never the secret
+    code = textwrap.dedent(f"""
+        import os, logging
+        if {configured}:
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        os.environ["DRILLER_PROXY"] = "@driller-gone-%d|%s" % (os.getpid(), "cd" * 16)
+        import driller, pickle
+        a = driller.zeros(1000)
+        pickle.dumps(a)                       # publishes: starts a proxy
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    env.pop(ENV_VAR, None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "ok\n"
+    if not configured:
+        assert res.stderr == "", res.stderr
+    else:
+        lines = res.stderr.splitlines()
+        assert any(ln.startswith("driller.proxy._client: DRILLER_PROXY names no usable")
+                   for ln in lines), lines
+        assert any(ln.startswith("driller.proxy._boot: started an fd proxy at @driller-")
+                   for ln in lines), lines
+        assert "cd" * 16 not in res.stderr

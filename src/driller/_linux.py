@@ -169,6 +169,18 @@ def read_word(addr: int) -> int:
     return ctypes.c_size_t.from_address(addr).value
 
 
+def memory_at(address: int, nbytes: int, *, readonly: bool = False, keep=None) -> memoryview:
+    """A byte memoryview of ``nbytes`` of mapped memory at ``address``, without numpy.
+
+    ``keep`` (e.g. the Region owning the mapping) stays alive as long as the view
+    or any view cast or sliced from it.  A read-only view refuses stores.
+    """
+    buf = (ctypes.c_ubyte * nbytes).from_address(address)
+    buf._driller_keep = keep
+    mv = memoryview(buf).cast("B")   # ctypes says '<B'; cast() wants plain 'B'
+    return mv.toreadonly() if readonly else mv
+
+
 def buffer_address(obj, writable: bool = False) -> tuple[int, int, bool]:
     """(address, nbytes, readonly) of a C-contiguous buffer-protocol object."""
     mv = obj if isinstance(obj, memoryview) else memoryview(obj)

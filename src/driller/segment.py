@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import weakref
 from dataclasses import dataclass
-
-import numpy as np
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing (mypy knows the idiom)
 
 from . import _linux
 from .errors import ReadOnlyError
+
+if TYPE_CHECKING:  # numpy loads in Region.array only: the launcher maps without it
+    import numpy as np
 
 __all__ = ["Region", "Segment", "Handle", "new_key"]
 
@@ -59,12 +60,12 @@ _READONLY_INSTEAD = {
         "Drill it with driller.drill(obj, readonly=True) from the start (all its handles "
         "are then read-only), or drill a copy read-only."),
 }
-_nonce = secrets.token_hex(4)
+_nonce = os.urandom(4).hex()   # (secrets.token_hex, without importing secrets)
 
 
 def _refresh_nonce() -> None:
     global _nonce
-    _nonce = secrets.token_hex(4)
+    _nonce = os.urandom(4).hex()
 
 
 os.register_at_fork(after_in_child=_refresh_nonce)
@@ -118,15 +119,20 @@ class Region:
         return {"shape": (self.nbytes,), "typestr": "|u1", "version": 3,
                 "data": (self.address, self.readonly)}
 
-    def array(self, dtype=np.uint8, shape=None, offset: int = 0, strides=None,
+    def array(self, dtype="u1", shape=None, offset: int = 0, strides=None,
               order: str = "C") -> np.ndarray:
         """A numpy view of part of the region (base chain keeps the region alive)."""
+        import numpy as np  # here, not at module level: the launcher maps without numpy
         dtype = np.dtype(dtype)
         if shape is None:
             shape = ((self.nbytes - offset) // dtype.itemsize,)
         raw = np.asarray(self)
         return np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, strides=strides,
                           order=order)
+
+    def memoryview(self) -> memoryview:
+        """A byte memoryview of the whole region (keeps the region alive), without numpy."""
+        return _linux.memory_at(self.address, self.nbytes, readonly=self.readonly, keep=self)
 
     def __repr__(self) -> str:
         ro = " readonly" if self.readonly else ""

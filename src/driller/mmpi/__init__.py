@@ -10,16 +10,27 @@ See docs/mmpi.md for the design and measured figures.
 
 from __future__ import annotations
 
+import importlib
+import os
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing (mypy knows the idiom)
+
 from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, TruncationError
-from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD, SUM,
-                         Op)
-from ._comm import Comm, Wtick, Wtime, init_world
-from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE, PROC_NULL,
-                     SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
-from ._datatype import Datatype
-from ._group import COMM_NULL, GROUP_EMPTY, Group
-from ._request import REQUEST_NULL, Prequest, Request, Status
-from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
+
+# The rest loads on first use (PEP 562), as in driller/__init__: `driller run`
+# imports driller.mmpi._launcher, which runs this file, and must not pay for
+# _comm, _coll, _transport and numpy (docs/launcher.md, "Startup").  Type
+# checkers and IDEs see the real names through this block.
+if TYPE_CHECKING:
+    from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
+                             SUM, Op)
+    from ._comm import Comm, Wtick, Wtime, init_world
+    from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE,
+                         PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
+    from ._datatype import Datatype
+    from ._group import COMM_NULL, GROUP_EMPTY, Group
+    from ._request import REQUEST_NULL, Prequest, Request, Status
+    from ._spawn import spawn
+    from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
@@ -33,16 +44,41 @@ __all__ = [
 ]
 
 
+# name -> submodule that defines it (loaded on first access, then cached here)
+_LAZY = {
+    **dict.fromkeys(("BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR", "MAX", "MAXLOC", "MIN",
+                     "MINLOC", "PROD", "SUM", "Op"), "._coll._ops"),
+    **dict.fromkeys(("Comm", "Wtick", "Wtime", "init_world"), "._comm"),
+    **dict.fromkeys(("ANY_SOURCE", "ANY_TAG", "COMM_TYPE_SHARED", "CONGRUENT", "IDENT",
+                     "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
+                    "._const"),
+    "Datatype": "._datatype",
+    **dict.fromkeys(("COMM_NULL", "GROUP_EMPTY", "Group"), "._group"),
+    **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
+    "spawn": "._spawn",
+    **dict.fromkeys(("ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead"),
+                    "._world"),
+}
+
+# A rank started by `driller run` loads the communicator at import, as before this
+# package was lazy: _comm takes the launcher's variables out of os.environ and
+# registers its fork hook now, so that a child forked before COMM_WORLD's first use
+# still knows it is a fork of the rank (the variable's name is _world.ENV_WORLD_FD).
+if "DRILLER_MMPI_WORLD_FD" in os.environ:
+    importlib.import_module("._comm", __name__)
+
+
 def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     if name == "COMM_WORLD":
         from ._comm import world_comm
         return world_comm()
     if name == "COMM_SELF":
         from ._comm import self_comm
         return self_comm()
-    if name == "spawn":
-        from ._spawn import spawn
-        return spawn
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 
 

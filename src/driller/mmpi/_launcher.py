@@ -49,7 +49,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 
 from .. import _linux
 from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_kill, rank_pids,
@@ -89,16 +88,35 @@ class UsageError(Exception):
     pass
 
 
-@dataclass
 class Options:
-    n: int = 1
-    tag_output: bool = False
-    mpi4py: bool = True         # `from mpi4py import MPI` gives driller.MPI
-    grace: float = DEFAULT_GRACE
-    export: list[tuple[str, str | None]] = field(default_factory=list)   # -x VAR[=value]
-    kind: str = "path"          # "path" | "module" | "code"
-    target: str = ""
-    args: list[str] = field(default_factory=list)
+    """What `driller run` was asked to do.
+
+    (A plain class, not a dataclass: generating a dataclass's methods costs the
+    launcher's start-up a few ms, see docs/launcher.md "Startup".)
+    """
+
+    __slots__ = ("n", "tag_output", "mpi4py", "grace", "export", "kind", "target", "args")
+
+    def __init__(self, n: int = 1, tag_output: bool = False, mpi4py: bool = True,
+                 grace: float = DEFAULT_GRACE,
+                 export: list[tuple[str, str | None]] | None = None,
+                 kind: str = "path", target: str = "", args: list[str] | None = None):
+        self.n = n
+        self.tag_output = tag_output
+        self.mpi4py = mpi4py          # `from mpi4py import MPI` gives driller.MPI
+        self.grace = grace
+        self.export = [] if export is None else export   # -x VAR[=value]
+        self.kind = kind              # "path" | "module" | "code"
+        self.target = target
+        self.args = [] if args is None else args
+
+    def __repr__(self) -> str:
+        return "Options(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Options:
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
     def command(self) -> list[str]:
         head = {"path": [], "module": ["-m"], "code": ["-c"]}[self.kind]
@@ -264,13 +282,15 @@ def print_help() -> None:
 
 # ---------------------------------------------------------------- the launcher
 
-@dataclass
 class _Rank:
-    rank: int
-    proc: subprocess.Popen
-    pidfd: int
-    bufs: dict = field(default_factory=dict)    # stream (1, 2) -> partial last line
-    result: tuple[int, int] | None = None        # (si_code, si_status) once exited
+    __slots__ = ("rank", "proc", "pidfd", "bufs", "result")
+
+    def __init__(self, rank: int, proc: subprocess.Popen, pidfd: int):
+        self.rank = rank
+        self.proc = proc
+        self.pidfd = pidfd
+        self.bufs: dict = {}                               # stream (1, 2) -> partial last line
+        self.result: tuple[int, int] | None = None        # (si_code, si_status) once exited
 
     @property
     def pid(self) -> int:

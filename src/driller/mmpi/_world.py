@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .. import _linux
 from ..segment import Region
 
@@ -125,7 +123,7 @@ def create_world(size: int, ring_bytes: int | None = None) -> int:
         os.ftruncate(fd, total)
         _linux.add_seals(fd, _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL)
         region = Region(fd, HEADER_BYTES)
-        h = np.asarray(region).view(np.uint64)
+        h = region.memoryview().cast("Q")
         h[H_SIZE] = size
         h[H_RING_BYTES] = ring_bytes
         h[H_TOTAL] = total
@@ -134,6 +132,7 @@ def create_world(size: int, ring_bytes: int | None = None) -> int:
         h[H_RING_STRIDE] = stride
         h[H_VERSION] = VERSION
         h[H_MAGIC] = MAGIC
+        h.release()
         del h, region
         os.set_inheritable(fd, True)
     except BaseException:
@@ -151,7 +150,7 @@ class World:
 
     def __init__(self, fd: int):
         head = Region(fd, HEADER_BYTES, readonly=True)
-        h = memoryview(np.asarray(head)).cast("Q")
+        h = head.memoryview().cast("Q")
         if h[H_MAGIC] != MAGIC or h[H_VERSION] != VERSION:
             raise ValueError(f"fd {fd} does not hold an mmpi world block (bad magic/version)")
         self.size = int(h[H_SIZE])
@@ -164,8 +163,7 @@ class World:
         del head
         self.region = Region(fd, self.total)
         self.address = self.region.address
-        self.array = np.asarray(self.region)
-        self.data = memoryview(self.array)
+        self.data = self.region.memoryview()   # no numpy: the launcher maps this too
         self.words = self.data.cast("Q")
 
     # word indices (into self.words) -------------------------------------
@@ -207,7 +205,6 @@ class World:
             self.data.release()
         except BufferError:  # pragma: no cover - a view still exported
             return
-        self.array = None
         self.region = None
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from ..errors import ProxyError
-from ._wire import _BOOT_VAR, _LOG_VAR, _SOCK_TYPE, _START_IDLE, ENV_VAR
+from ._wire import _BOOT_VAR, _LOG_VAR, _SOCK_TYPE, _START_IDLE, ENV_VAR, _show
 
 
 # The proxy imports only driller._linux, driller.errors and driller.proxy._wire (stub
@@ -57,6 +57,9 @@ def _start_proxy() -> tuple[str, bytes]:
             if log:
                 err.close()
         rc = p.wait()  # the intermediate process exits right after forking the proxy
+        from .._log import get_logger
+        get_logger(__name__).debug("started an fd proxy at %s (status %d)%s", _show(address), rc,
+                                   f", its stderr in {log}" if log else "")
         if rc != 0:
             raise ProxyError(f"the driller fd proxy failed to start (status {rc}); set "
                              f"{_LOG_VAR}=/some/file to see its error output")

@@ -255,7 +255,10 @@ class ProxyClient:
                 try:
                     address, secret = _parse_env(env)
                     self._own = self._conn_for(address, secret)
-                except ProxyError:
+                except ProxyError as e:
+                    from .._log import get_logger
+                    get_logger(__name__).debug("%s names no usable fd proxy (%s); starting "
+                                               "one", ENV_VAR, e)
                     self._own = None
             if self._own is None:
                 address, secret = _start_proxy()

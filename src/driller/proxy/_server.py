@@ -157,6 +157,12 @@ class _Server:
         self.ep.register(self.lfd, select.EPOLLIN)
 
     def say(self, *a) -> None:
+        # The proxy's own tiny log, to stderr when DRILLER_PROXY_LOG names a file (the
+        # client opens it as the proxy's stderr), not the logging module: this process
+        # imports only _linux, errors and _wire (tests/test_fdproxy.py checks it), and
+        # logging would bring threading, its locks and fork hooks, and a few ms of
+        # start-up into a detached process no application configures (see
+        # docs/configuration.md, "Logging").
         if self.log:
             print(f"[driller-proxy {os.getpid()}]", *a, file=self.log, flush=True)
 
