@@ -1,4 +1,5 @@
-"""Core benchmark (issue: shareable memory): pickling, attach, drill, small allocations.
+"""Core benchmark (issue: shareable memory): pickling, attach, drill, small allocations,
+leases and returning arrays from a ProcessPoolExecutor worker.
 
     .venv/bin/python benchmarks/bench_core.py [--rounds 15]
 
@@ -10,6 +11,8 @@ taken per round.  Machines here are noisy (2 vCPUs): read spreads, not digits.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import gc
 import multiprocessing
 import pickle
 import statistics
@@ -117,11 +120,69 @@ def bench_alloc(rounds):
     return rows, ""
 
 
+def bench_lease(rounds):
+    rows = {"first handle of a new array (lease round trip)": [],
+            "handle again (cached lease)": []}
+    for _ in range(rounds):
+        keep = [driller.zeros(100) for _ in range(200)]
+        rows["first handle of a new array (lease round trip)"].append(
+            _t(lambda: [driller.handle(a) for a in keep]) / len(keep))
+        rows["handle again (cached lease)"].append(
+            _t(lambda: [driller.handle(a) for a in keep]) / len(keep))
+        del keep
+    return rows, "driller.handle() of small arrays, per array"
+
+
+# the worker builds the array in an untimed task, then the timed task returns it
+_ready: list = []
+
+
+def _prepare(kind: str) -> None:
+    a = (driller.empty if kind == "shared" else np.empty)(8 * MiB)  # 64 MiB
+    a[:] = 1.0
+    _ready.append(a)
+
+
+def _give():
+    return _ready.pop()  # the worker drops it as soon as it is pickled
+
+
+def bench_return(rounds):
+    rows = {"PPE worker returns a 64 MiB numpy array": [],
+            "PPE worker returns a 64 MiB driller array": [], "ratio": []}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        for kind in ("plain", "shared"):  # warm up both paths (imports, proxy, arenas)
+            ex.submit(_prepare, kind).result()
+            ex.submit(_give).result()
+        for _ in range(rounds):
+            t = {}
+            for kind in ("plain", "shared"):
+                ex.submit(_prepare, kind).result()
+                gc.collect()
+                box = []
+                t[kind] = _t(lambda: box.append(ex.submit(_give).result()))
+                assert box[0][-1] == 1.0 and box[0].nbytes == 64 * MiB
+                del box  # freeing 64 MiB, untimed for both: the proxy frees a driller
+                gc.collect()  # segment when its lease ends, so wait for that here
+                driller._publish.flush()
+            rows["PPE worker returns a 64 MiB numpy array"].append(t["plain"])
+            rows["PPE worker returns a 64 MiB driller array"].append(t["shared"])
+            rows["ratio"].append(t["plain"] / t["shared"])
+    return rows, "spawn context, 1 worker; submit().result() of a prepared array"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--only", default="", help="comma-separated: pickle,attach,drill,alloc,"
+                    "lease,return")
     args = ap.parse_args()
-    for fn in (bench_pickle, bench_attach, bench_drill, bench_alloc):
+    fns = (bench_pickle, bench_attach, bench_drill, bench_alloc, bench_lease, bench_return)
+    only = {x for x in args.only.split(",") if x}
+    for fn in fns:
+        if only and fn.__name__[6:] not in only:
+            continue
         rows, note = fn(args.rounds)
         print(f"\n## {fn.__name__[6:]}  {note}")
         for name, xs in rows.items():

@@ -172,8 +172,14 @@ def test_owner_exit_keeps_peer_memory_then_releases():
     assert p.exitcode == 0
     assert (arr == 42).all()  # our mapping outlives the owner
     arr[:] = 1
+    # we loaded h and still map it: our claim keeps its transfer lease, so h stays
+    # loadable after the owner's exit (README "Lifetimes")
+    again = driller.attach(h)
+    assert (again == 1).all()
+    del arr, again
+    gc.collect()
     deadline = time.monotonic() + 10
     with pytest.raises(driller.SegmentReleasedError, match=h.key):
-        while time.monotonic() < deadline:  # the release notice arrives asynchronously
+        while time.monotonic() < deadline:  # nobody holds the lease any more: it ended
             driller.attach(h)
             time.sleep(0.01)

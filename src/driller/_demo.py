@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import pickle
@@ -16,6 +17,10 @@ def _work(part, value):
 
 
 def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="driller demo",
+        description="Two worker processes fill the two halves of one 128 MiB driller array "
+                    "in place; the parent checks the sum.  No options.").parse_args(argv)
     import driller
     a = driller.zeros((4096, 4096))  # 128 MiB in shared memory
     print(f"a driller array of {a.nbytes >> 20} MiB pickles to "

@@ -76,6 +76,10 @@ def main(argv: list[str]) -> int:
         segs = p.get("segments", [])
         print(f"proxy {addr}  pid {p.get('pid')}  clients {len(p.get('clients', []))}  "
               f"segments {len(segs)}")
+        leases = p.get("leases")
+        if leases:
+            print(f"  transfer leases {leases['live']} ({leases['orphaned']} never loaded, "
+                  f"nobody holding), segments kept only for them {leases['segments_kept']}")
         if segs:
             print(f"  {'owner':>8}  {'size':>10}  {'subscribers':<20}  key")
             for s in segs:

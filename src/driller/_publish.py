@@ -7,6 +7,9 @@
   daemon thread, so no lock is ever taken inside a finalizer.
 * ``owned(key)`` finds a segment of this process by key, so that unpickling a
   handle in its own owner is a plain view, no proxy round trip.
+* ``lease(seg, gen)`` asks the proxy for a transfer lease (rules in
+  :mod:`driller.sharedarray`); ``drop_leases(...)`` lets go of leases, from a
+  finalizer too (queued like releases, sent by the same daemon thread).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import weakref
 from .errors import ProxyError
 from .segment import Handle, Segment
 
-__all__ = ["publish", "release", "owned", "flush", "handle_for"]
+__all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
+           "ensure_releaser", "dropping"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
 _pending: collections.deque = collections.deque()
+_unheld: collections.deque = collections.deque()   # (proxy address, lease ids)
 _waker = {"pid": None, "w": -1, "thread": None}
 
 
@@ -78,6 +83,39 @@ def handle_for(seg: Segment, readonly: bool = False, **fields) -> Handle:
     proxy, secret = publish(seg, readonly)
     return Handle(proxy=proxy, secret=secret, key=seg.key, owner=seg.owner,
                   nbytes=seg.nbytes, readonly=bool(seg.sealed_readonly), **fields)
+
+
+def lease(seg: Segment, gen: int) -> tuple[str, int]:
+    """Publish seg if needed and take a transfer lease on (seg, gen); returns
+    (proxy address, lease id).  One round trip to the proxy (two for a segment
+    not yet published)."""
+    address, secret = publish(seg)
+    return address, _client().lease(address, secret, seg.key, gen)
+
+
+def drop_leases(pid: int, address: str, leases) -> None:
+    """Let go of leases held by process pid through the proxy at address (asynchronously).
+
+    Safe in a finalizer: it only queues and wakes the releaser thread.  Does
+    nothing in another process (a fork child does not hold its parent's leases).
+    """
+    if pid != os.getpid() or not leases:
+        return
+    _unheld.append((address, tuple(leases)))
+    _wake()
+
+
+def dropping(address: str, lease: int) -> bool:
+    """Whether a drop of lease at the proxy at address is queued, not yet sent."""
+    return any(a == address and lease in ids for a, ids in list(_unheld))
+
+
+def ensure_releaser() -> None:
+    """Start the thread that sends queued releases and lease drops (once per process)."""
+    if _waker["pid"] == os.getpid():
+        return  # running (no lock: the thread may hold it while waiting for the proxy)
+    with _lock:
+        _ensure_releaser()
 
 
 def release(seg: Segment) -> None:
@@ -140,12 +178,20 @@ def flush() -> None:
                 client.release(key)
             except Exception:  # proxy gone: nothing left to tell
                 pass
+        while _unheld:
+            address, ids = _unheld.popleft()
+            try:
+                client = client or _client()
+                client.unhold(address, ids)
+            except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
+                pass
 
 
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _pending.clear()
+    _unheld.clear()
     _waker.update(pid=None, w=-1, thread=None)
 
 

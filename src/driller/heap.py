@@ -7,6 +7,13 @@ Either way the caller gets a :class:`Block`: ``np.asarray(block)`` is a uint8
 view whose base is the block, and when the last view dies the block goes back
 to its arena (or its segment is released).
 
+Every block carries a *generation*: a per-process allocation serial, carried
+in its handles, so that a handle of a freed block can never name the block
+that later occupies the same bytes.  A block that was ever *exported* (a handle
+or pickle was made of it, or it was alive at a ``fork()``) is never handed out
+again: its bytes stay as they were until the arena is retired (released as
+soon as all its blocks are dead, never kept as the spare).
+
 Wrapping blocks into numpy arrays, pickling and attaching live in
 :mod:`driller.sharedarray`.
 """
@@ -14,8 +21,10 @@ Wrapping blocks into numpy arrays, pickling and attaching live in
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
+import weakref
 
 from . import _publish
 from ._alloc import FreeList
@@ -28,16 +37,21 @@ LARGE_BYTES = 256 << 10      # at least this: a segment of its own
 
 
 class _Arena:
-    __slots__ = ("segment", "free", "__weakref__")
+    __slots__ = ("segment", "free", "live", "exported", "__weakref__")
 
     def __init__(self, nbytes: int):
         self.segment = Segment(nbytes, "arena", exclusive=False)  # never read-only
         self.free = FreeList(self.segment.nbytes)
+        self.live: dict[int, weakref.ref] = {}  # generation -> its Block
+        self.exported = False    # some block was exported: retire, never keep as spare
         _publish.register(self.segment.key, self)
 
-    def region_for_handle(self, h):
-        # a child of the owner goes through the proxy like everyone else
-        return self.segment.region if self.segment.owner == os.getpid() else None
+    def block_for(self, gen: int) -> "Block | None":
+        """The live block of generation gen in this arena (None in a fork child)."""
+        if self.segment.owner != os.getpid():
+            return None  # a child of the owner goes through the proxy like everyone else
+        ref = self.live.get(gen)
+        return None if ref is None else ref()
 
 
 class Block:
@@ -47,33 +61,45 @@ class Block:
     view dies the block returns to its arena (or its segment is released).
     """
 
-    __slots__ = ("segment", "offset", "nbytes", "arena", "pid", "__weakref__")
+    __slots__ = ("segment", "offset", "nbytes", "arena", "pid", "gen", "exported", "lease",
+                 "__weakref__")
 
-    def __init__(self, segment: Segment, offset: int, nbytes: int, arena: _Arena | None):
+    def __init__(self, segment: Segment, offset: int, nbytes: int, arena: _Arena | None,
+                 gen: int):
         self.segment, self.offset, self.nbytes, self.arena = segment, offset, nbytes, arena
         self.pid = _pid[0]
+        self.gen = gen
+        self.exported = False    # set by the first handle: the block is never reused
+        self.lease = None        # (pid, proxy address, lease id), see driller.sharedarray
 
     @property
     def __array_interface__(self) -> dict:
         return {"shape": (self.nbytes,), "typestr": "|u1", "version": 3,
                 "data": (self.segment.address + self.offset, False)}
 
-    def region_for_handle(self, h):
-        # a child of the owner goes through the proxy like everyone else
-        return self.segment.region if self.segment.owner == os.getpid() else None
+    def block_for(self, gen: int) -> "Block | None":
+        """self if gen is ours and we own it (a large block: one segment, one block)."""
+        return self if gen == self.gen and self.pid == os.getpid() else None
 
     def __del__(self):
         # Must not take locks (it can run inside any allocation, with a lock held
         # by this very thread): queue the block; the allocator drains the queue.
+        lease = self.lease
+        if lease is not None:
+            _publish.drop_leases(lease[0], lease[1], (lease[2],))
         if self.pid != _pid[0]:
             return  # inherited through fork: the parent's memory
         if self.arena is not None:
-            _freed.append((self.arena, self.offset))
+            _freed.append((self.arena, self.offset, self.gen,
+                           self.exported or self.gen <= _fork_mark[0]))
         else:
             _publish.release(self.segment)
 
 
 _pid = [os.getpid()]
+_serial = itertools.count(1)
+_last_gen = [0]          # the newest generation handed out
+_fork_mark = [0]         # blocks up to this generation were alive at a fork: exported
 _freed: collections.deque = collections.deque()
 _lock = threading.Lock()
 _arenas: list[_Arena] = []
@@ -82,10 +108,16 @@ _stats = {"arrays": 0, "large": 0, "arena_bytes": 0}
 
 def _drain_freed() -> None:
     while _freed:
-        arena, offset = _freed.popleft()
-        arena.free.free(offset)
-        if arena.free.empty and arena in _arenas and sum(a.free.empty for a in _arenas) > 1:
-            _arenas.remove(arena)  # keep one spare empty arena, drop the others
+        arena, offset, gen, exported = _freed.popleft()
+        arena.live.pop(gen, None)
+        if exported:
+            arena.exported = True  # its bytes stay as they are: never reused
+        else:
+            arena.free.free(offset)
+        if arena.live or arena not in _arenas:
+            continue
+        if arena.exported or sum(not a.live and not a.exported for a in _arenas) > 1:
+            _arenas.remove(arena)  # keep one spare empty arena, retire the others
             _stats["arena_bytes"] -= arena.segment.nbytes
             _publish.release(arena.segment)
 
@@ -95,7 +127,7 @@ def allocate(nbytes: int, data: tuple[int, int] | None = None) -> Block:
     written into a new large segment)."""
     if nbytes >= LARGE_BYTES:
         seg = Segment(nbytes, "array", data=data)
-        block = Block(seg, 0, nbytes, None)
+        block = Block(seg, 0, nbytes, None, next(_serial))
         _publish.register(seg.key, block)
         _stats["large"] += 1
         return block
@@ -112,7 +144,15 @@ def allocate(nbytes: int, data: tuple[int, int] | None = None) -> Block:
             _stats["arena_bytes"] += arena.segment.nbytes
             off = arena.free.alloc(nbytes)
         _stats["arrays"] += 1
-    return Block(arena.segment, off, nbytes, arena)
+        gen = _last_gen[0] = next(_serial)
+        block = Block(arena.segment, off, nbytes, arena, gen)
+        arena.live[gen] = weakref.ref(block)
+    return block
+
+
+def _before_fork() -> None:
+    # a forked child may keep using every block alive now: none of them is reused
+    _fork_mark[0] = _last_gen[0]
 
 
 def _after_fork_in_child() -> None:
@@ -125,7 +165,7 @@ def _after_fork_in_child() -> None:
     _freed.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def heap_info() -> dict:
@@ -133,5 +173,6 @@ def heap_info() -> dict:
         _drain_freed()
         return {"arenas": len(_arenas), "arena_bytes": _stats["arena_bytes"],
                 "arena_used_bytes": sum(a.free.used_bytes for a in _arenas),
+                "live_small_arrays": sum(len(a.live) for a in _arenas),
                 "small_arrays_allocated": _stats["arrays"],
                 "large_arrays_allocated": _stats["large"]}

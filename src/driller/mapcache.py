@@ -17,15 +17,24 @@ Release notices from the fd proxy are drained on every :meth:`MapCache.map`
 (one non-blocking poll when there are none) and invalidate the released keys,
 so a segment whose owner released it is never served from the cache once the
 notice has arrived.
+
+Transfer leases (rules in :mod:`driller.sharedarray`): a handle naming a lease
+is mapped through a *claim* (the fetch names the lease), and a cache hit for a
+lease this mapping has not claimed yet costs one claim round trip (which also
+tells us if the lease ended).  Each mapping holds its claims until it is
+unmapped; they are let go asynchronously from its finalizer (a drop still
+queued is sent before a new claim of the same lease, so that a lease we let go
+of is seen as ended, and a new claim is never undone by an old drop).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 
-from . import _linux
+from . import _linux, _publish
 from .errors import DrillerError
 from .proxy import ProxyClient
 from .segment import Region
@@ -87,6 +96,7 @@ class MapCache:
         self.max_bytes = int(max_bytes)
         self.max_entries = int(max_entries)
         self._entries: OrderedDict[tuple[str, bool], Region] = OrderedDict()
+        self._claims: "weakref.WeakKeyDictionary[Region, dict]" = weakref.WeakKeyDictionary()
         self._bytes = 0
         self._lock = threading.RLock()
         self.hits = self.misses = self.evictions = self.invalidations = 0
@@ -96,11 +106,14 @@ class MapCache:
         return max(_linux.page_ceil(region.nbytes), _linux.PAGE_SIZE)
 
     def map(self, address: str, secret: bytes, key: str, nbytes: int,
-            readonly: bool = False) -> Region:
+            readonly: bool = False, lease: int = 0, gen: int = 0) -> Region:
         """A Region of at least ``nbytes`` over segment ``key`` of the proxy at ``address``.
 
-        Raises :class:`~driller.SegmentReleasedError` if the owner released it,
-        :class:`~driller.ProxyError` if the proxy is unreachable or refuses us.
+        With ``lease``, the mapping claims that transfer lease, which must be on the
+        block of generation ``gen`` (see the module doc).
+        Raises :class:`~driller.SegmentReleasedError` if the owner released it (or
+        the lease ended), :class:`~driller.ProxyError` if the proxy is unreachable
+        or refuses us.
         """
         client = ProxyClient.get()
         released = client.released_keys()
@@ -111,11 +124,23 @@ class MapCache:
                     self._drop_key(k)
             region = self._entries.get(ek)
             if region is not None and region.nbytes >= nbytes:
+                if lease:
+                    claims = self._claims.get(region)
+                    if claims is None or claims.get(lease) != gen:
+                        self._send_drops(address, lease)
+                        client.claim(address, secret, key, lease, gen, want_fd=False)
+                        self._claims_of(region, address)[lease] = gen
                 self._entries.move_to_end(ek)
                 self.hits += 1
                 return region
             self.misses += 1
-            fd, _meta = client.fetch(address, secret, key)
+            owner_gone = False
+            if lease:
+                self._send_drops(address, lease)
+                fd, _meta, owner_gone = client.claim(address, secret, key, lease, gen,
+                                                       want_fd=True)
+            else:
+                fd, _meta = client.fetch(address, secret, key)
             try:
                 size = _linux.fd_size(fd)
                 if nbytes > size:
@@ -127,8 +152,16 @@ class MapCache:
                         f"segment {key!r} is sealed read-only by its owner: the kernel "
                         "refuses writable mappings of it; attach it with readonly=True")
                 region = Region(fd, nbytes, readonly=bool(readonly))
+            except BaseException:
+                if lease:  # we hold the claim: let it go
+                    _publish.drop_leases(os.getpid(), address, (lease,))
+                raise
             finally:
                 os.close(fd)
+            if lease:
+                self._claims_of(region, address)[lease] = gen
+                if owner_gone:  # no notice will come: not cached, unmapped with its views
+                    return region
             old = self._entries.pop(ek, None)
             if old is not None:  # a smaller mapping of the same segment
                 self._bytes -= self._size(old)
@@ -136,6 +169,24 @@ class MapCache:
             self._bytes += self._size(region)
             self._evict()
             return region
+
+    def _claims_of(self, region: Region, address: str) -> dict:
+        """The leases (id -> block generation) claimed by region's mapping."""
+        claims = self._claims.get(region)
+        if claims is None:
+            claims = self._claims[region] = {}
+            _publish.ensure_releaser()
+            # let go of them when the mapping is unmapped (queued: finalizer-safe)
+            f = weakref.finalize(region, _publish.drop_leases, os.getpid(), address, claims)
+            f.atexit = False
+        return claims
+
+    @staticmethod
+    def _send_drops(address: str, lease: int) -> None:
+        # our queued drop of this very lease reaches the proxy before we claim it again:
+        # a lease that we were the last to hold is then seen as ended, not revived
+        if _publish.dropping(address, lease):
+            _publish.flush()
 
     def _evict(self) -> None:
         entries = self._entries

@@ -142,7 +142,8 @@ class Handle:
     """A small, picklable name for (part of) a published segment.
 
     ``proxy`` and ``secret`` say where to fetch the memfd; ``key`` names the
-    segment there.  ``dtype``/``shape``/``strides``/``offset`` describe the array
+    segment there, ``gen`` the block inside it and ``lease`` the transfer lease
+    that keeps it fetchable until the handle is loaded.  ``dtype``/``shape``/``strides``/``offset`` describe the array
     an :func:`driller.attach` returns (uint8 over the whole segment if None).
     """
 
@@ -156,6 +157,8 @@ class Handle:
     shape: tuple | None = None
     strides: tuple | None = None
     readonly: bool = False
+    gen: int = 0      # the block's generation (driller.heap), 0 for a whole segment
+    lease: int = 0    # the transfer lease at the proxy (driller.sharedarray), 0: none
 
     def __repr__(self) -> str:
         what = f"{self.dtype}{list(self.shape)}" if self.dtype else f"{self.nbytes} bytes"

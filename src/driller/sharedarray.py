@@ -11,10 +11,42 @@ This module owns the user-facing side of shared memory:
 * pickling: a SharedArray (or any view of one) pickles as a handle, a few
   hundred bytes, and unpickles (:func:`_rebuild`) as a view of the same memory.
 
-Lifetimes: memory lives while any array or view over it lives, in any process
-that mapped it.  A handle (a pickle) is only good while the owner still holds
-the array: once the owner's last view is gone the segment is released and
-unpickling elsewhere raises :class:`~driller.SegmentReleasedError`.
+Lifetimes (the rules; README "Lifetimes" says the same for users):
+
+1. Memory lives while any array or view over it lives, in any process that
+   mapped it (a mapping holds the memory by itself).
+2. A pickle or handle of a shared array (or of any view of one) stays loadable
+   after the pickling process dropped the array, exited or was recycled, until
+   it has been loaded, or provably can no longer be.  The mechanism is a
+   *transfer lease* held by the fd proxy: the first handle of a block (its
+   first pickle, or ``driller.handle``) asks the proxy for a lease on (segment
+   key, block generation), one round trip, cached on the block so every later
+   pickle of that block names the same lease.  While a lease lives, the proxy
+   keeps the segment's fd even if its owner released it or disconnected.
+3. Holders of a lease: the pickling process until its block dies (let go from
+   the block's finalizer, queued, never under a lock), and every process that
+   loaded a handle naming it (its *claim*, made by the fetch itself, or by one
+   extra round trip when the segment was already mapped) until its mapping of
+   that segment is unmapped, or it disconnects.
+4. A lease ends when it has no holder and it was claimed at least once, or
+   when nobody claimed it within ``DRILLER_LEASE_SECONDS`` (default 300) of
+   its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
+   4096) unclaimed leases without a holder are kept per proxy; beyond that the
+   oldest ends first (logged): pickles that are never loaded cannot grow the
+   proxy without bound.  The proxy stays up while a lease lives, but once its
+   last client is gone it waits only ``DRILLER_LEASE_IDLE_SECONDS`` (default 5)
+   for a loader to connect, then ends its leases and exits.
+5. Loading a handle whose lease ended raises
+   :class:`~driller.SegmentReleasedError`, never another array's bytes: a block
+   that was ever exported (handle, pickle, or alive at a ``fork()``) is never
+   handed to a new array (its arena is retired once all its blocks are dead),
+   and in the owner a handle resolves only to the live block of its
+   generation.  Large arrays have a segment each, never reused.
+6. Limits: several copies of one pickle (the same bytes loaded by several
+   processes) are covered while the pickling process or any loader still holds
+   the lease; once all of them let go, a copy loaded later raises.  Drilled
+   buffers (``driller.drill``) have no lease: ``Hole.close()`` or the owner's
+   exit ends their handles at once.
 """
 
 from __future__ import annotations
@@ -22,6 +54,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import threading
 
 import numpy as np
 
@@ -59,15 +92,56 @@ class SharedArray(np.ndarray):
 
 # ------------------------------------------------------------------ handles
 
+class _Attached:
+    """The base of an array attached from a mapped segment: the mapping, and the
+    handle it was loaded from (a view of it pickles with that handle's lease)."""
+
+    __slots__ = ("region", "origin", "__weakref__")
+
+    def __init__(self, region: Region, origin: Handle):
+        self.region, self.origin = region, origin
+
+    @property
+    def __array_interface__(self) -> dict:
+        r = self.region
+        return {"shape": (r.nbytes,), "typestr": "|u1", "version": 3,
+                "data": (r.address, r.readonly)}
+
+
 def _shared_base(arr: np.ndarray):
-    """The heap Block or attached Region under arr, a drilled Hole, or None."""
+    """The heap Block or _Attached mapping under arr, a drilled Hole, or None."""
     b = arr
     while isinstance(b, np.ndarray):
         b = b.base
-    if isinstance(b, heap.Block) or (isinstance(b, Region) and b.origin is not None):
+    if isinstance(b, (heap.Block, _Attached)):
         return b
     from .hole import hole_containing
     return hole_containing(arr)
+
+
+_lease_lock = threading.Lock()
+
+
+def _lease_of(block: heap.Block) -> int:
+    """The block's transfer lease (asked for once per block and process)."""
+    pid = os.getpid()
+    lease = block.lease
+    if lease is None or lease[0] != pid:
+        with _lease_lock:
+            lease = block.lease
+            if lease is None or lease[0] != pid:
+                block.exported = True  # before any handle leaves: never reused
+                address, lid = _publish.lease(block.segment, block.gen)
+                lease = block.lease = (pid, address, lid)  # dropped by Block.__del__
+    return lease[2]
+
+
+def _after_fork_in_child() -> None:
+    global _lease_lock
+    _lease_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _layout(arr: np.ndarray, base_address: int) -> dict:
@@ -99,8 +173,10 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
         _publish.seal(base.segment, True)
     if isinstance(base, heap.Block):
         seg = base.segment
-        return _publish.handle_for(seg, readonly=readonly, **_layout(arr, seg.address))
-    if isinstance(base, Region):  # attached from a peer: same segment, same handle
+        lease = _lease_of(base)
+        return _publish.handle_for(seg, readonly=readonly, gen=base.gen, lease=lease,
+                                   **_layout(arr, seg.address))
+    if isinstance(base, _Attached):  # attached: same segment, block and lease
         o = base.origin
         if readonly and not o.readonly:  # only the owner can seal it; never advisory
             raise ReadOnlyError(
@@ -109,25 +185,31 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
                 "(driller.handle(a, readonly=True) before any writable one), or share a "
                 "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
-                      nbytes=o.nbytes, readonly=readonly or o.readonly,
-                      **_layout(arr, base.address))
+                      nbytes=o.nbytes, readonly=readonly or o.readonly, gen=o.gen,
+                      lease=o.lease, **_layout(arr, base.region.address))
     return base.handle_for(arr, readonly=readonly)  # a drilled Hole
 
 
 # ------------------------------------------------------------------ attaching
 
-def _region_for(h: Handle, readonly: bool) -> Region:
+def _buffer_for(h: Handle, readonly: bool) -> tuple[np.ndarray, int]:
+    """A uint8 array over the memory h names, and the segment offset of its first byte."""
     mine = _publish.owned(h.key)
     if mine is not None:
-        region = mine.region_for_handle(h)
-        if region is not None:
-            return region
-    if h.owner == os.getpid():
+        block_for = getattr(mine, "block_for", None)
+        if block_for is not None:  # our own heap segment: only the live block of h.gen
+            block = block_for(h.gen)
+            if block is not None:
+                return np.asarray(block), block.offset
+        else:  # a drilled Hole of ours
+            region = mine.region_for_handle(h)
+            if region is not None:
+                return np.asarray(region), 0
+    if h.owner == os.getpid() and not h.lease:
         raise SegmentReleasedError(f"segment {h.key} was released by its owner (this process)")
-    region = mapcache.cache().map(h.proxy, h.secret, h.key, h.nbytes, readonly=readonly)
-    if region.origin is None:
-        region.origin = h
-    return region
+    region = mapcache.cache().map(h.proxy, h.secret, h.key, h.nbytes, readonly=readonly,
+                                  lease=h.lease, gen=h.gen)
+    return np.asarray(_Attached(region, h)), 0
 
 
 def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
@@ -147,13 +229,12 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
         readonly = handle.readonly
     elif handle.readonly and not readonly:
         raise DrillerError(f"handle {handle.key} is read-only: attach it with readonly=True")
-    region = _region_for(handle, readonly)
-    raw = np.asarray(region)
+    raw, start = _buffer_for(handle, readonly)
     if handle.dtype is None:
-        arr = raw[handle.offset:]
+        arr = raw[handle.offset - start:]
     else:
-        arr = np.ndarray(handle.shape, dtype=handle.dtype, buffer=raw, offset=handle.offset,
-                         strides=handle.strides)
+        arr = np.ndarray(handle.shape, dtype=handle.dtype, buffer=raw,
+                         offset=handle.offset - start, strides=handle.strides)
     arr = arr.view(SharedArray)
     if readonly:
         arr.flags.writeable = False

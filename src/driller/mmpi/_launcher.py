@@ -37,9 +37,12 @@ tool) runs the loop in the calling process, without a supervisor.
 
 from __future__ import annotations
 
+import argparse
 import errno
+import functools
 import gc
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -56,25 +59,18 @@ from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_
 __all__ = ["main", "Options", "parse_args", "UsageError", "describe_status",
            "wait_status", "shell_status", "UNKNOWN"]
 
-USAGE = """\
-usage: driller run [-n N] [--tag-output] [--mpi4py] [--grace SECONDS]
-                   (prog.py | -m module | -c code) [args ...]
+USAGE_LINE = """\
+driller run [-h] [-n N] [--tag-output] [--no-mpi4py] [-x VAR[=value]]
+                   [--grace SECONDS] (prog.py | -m module | -c code) [args ...]"""
 
-Start N ranks (default 1) of a Python program under mmpi.
+DESCRIPTION = "Start N ranks of a Python program under mmpi, on this machine."
 
-options:
-  -n, -np, --np N    number of ranks (oversubscription is fine)
-  --tag-output       prefix every output line with [rank]
-  --mpi4py           `from mpi4py import MPI` inside the ranks gives driller.MPI,
-                     so an unmodified mpi4py program runs without an MPI
-  --grace SECONDS    after a failure, SIGTERM the other ranks and SIGKILL them
-                     after SECONDS (default 1.0)
-  -h, --help         show this help
-
-Everything after the program (or -m module, -c code) is passed to it.
+EPILOG = """\
+Everything after the program (prog.py, -m module or -c code) is passed to it.
 ^C, SIGTERM, SIGHUP stop every rank; SIGUSR1/SIGUSR2 are passed on; ^Z suspends all.
 Exit status: 0 if every rank exited 0, else that of the first rank that failed
-(128 + N if it was killed by signal N), or 128 + N if the launcher got signal N.
+(128 + N if it was killed by signal N), or 128 + N if the launcher got signal N;
+2 for a usage error.  See docs/launcher.md.
 """
 
 DEFAULT_GRACE = 1.0
@@ -84,6 +80,9 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)   # passed on to every rank
 _HANDLED = (*_STOP_SIGNALS, *_FORWARDED, signal.SIGTSTP)
 _SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shim")
+SCALEOUT = ("driller run starts every rank on this machine (they share its memory); "
+            "to run across machines, run over a real MPI instead: see docs/scaleout.md "
+            "(not written yet)")
 
 
 class UsageError(Exception):
@@ -94,8 +93,9 @@ class UsageError(Exception):
 class Options:
     n: int = 1
     tag_output: bool = False
-    mpi4py: bool = False
+    mpi4py: bool = True         # `from mpi4py import MPI` gives driller.MPI
     grace: float = DEFAULT_GRACE
+    export: list[tuple[str, str | None]] = field(default_factory=list)   # -x VAR[=value]
     kind: str = "path"          # "path" | "module" | "code"
     target: str = ""
     args: list[str] = field(default_factory=list)
@@ -105,68 +105,159 @@ class Options:
         return [sys.executable, *head, self.target, *self.args]
 
 
-def parse_args(argv: list[str]) -> Options | None:
-    """Parse ``driller run`` arguments; None means help was asked for."""
-    opts = Options()
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _ranks(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a whole number of ranks, got {raw!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 rank, got {n}")
+    return n
+
+
+def _seconds(raw: str) -> float:
+    try:
+        s = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a number of seconds, got {raw!r}") from None
+    if not s >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative (nor nan), got {raw!r}")
+    return s
+
+
+def _export(raw: str) -> tuple[str, str | None]:
+    name, sep, value = raw.partition("=")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or "\0" in value:
+        raise argparse.ArgumentTypeError(f"needs VAR or VAR=value (VAR a variable name), "
+                                         f"got {raw!r}")
+    return name, (value if sep else None)
+
+
+# options that take a value (the next word, or attached: --np=4, -n4) and flags;
+# filled by _parser(): the program starts at the first word that is neither
+_VALUED: set[str] = set()
+_FLAGS: set[str] = set()
+_REFUSED = ("--host", "-H", "--hostfile", "--machinefile")
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> _Parser:
+    """The ``driller run`` parser (built once; it also fills _VALUED and _FLAGS)."""
+    p = _Parser(prog="driller run", usage=USAGE_LINE, description=DESCRIPTION, epilog=EPILOG,
+                add_help=False, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add(group, *names, valued=True, **kw):
+        group.add_argument(*names, **kw)
+        (_VALUED if valued else _FLAGS).update(names)
+
+    prog = p.add_argument_group("the program (the first word that is not an option)")
+    prog.add_argument("prog", nargs="?", metavar="prog.py", help="a Python file")
+    prog.add_argument("-m", metavar="module", help="run a module as a script (python -m)")
+    prog.add_argument("-c", metavar="code", help="run code given as a string (python -c)")
+    prog.add_argument("args", nargs="*", help="passed to the program, options included")
+    opt = p.add_argument_group("options")
+    add(opt, "-h", "--help", valued=False, action="store_true", help="show this help and exit")
+    add(opt, "-n", "-np", "--np", dest="n", type=_ranks, default=1, metavar="N",
+        help="number of ranks (default 1; more ranks than cores is fine)")
+    add(opt, "--tag-output", valued=False, action="store_true",
+        help="prefix every output line with [rank]")
+    add(opt, "--no-mpi4py", valued=False, dest="mpi4py", action="store_false", default=True,
+        help="`from mpi4py import MPI` in the ranks finds whatever mpi4py is installed "
+             "(there is no MPI launcher here: a real mpi4py is a world of one rank) "
+             "instead of driller.MPI, the default")
+    add(opt, "--mpi4py", valued=False, dest="mpi4py", action="store_true",
+        help="driller.MPI for `from mpi4py import MPI` (the default; kept for compatibility)")
+    add(opt, "-x", dest="export", action="append", type=_export, default=[],
+        metavar="VAR[=value]", help="export VAR to the ranks, with the given value or ours "
+        "(ranks inherit our whole environment anyway)")
+    add(opt, "--grace", type=_seconds, default=DEFAULT_GRACE, metavar="SECONDS",
+        help="after a failure, SIGTERM the other ranks and SIGKILL them "
+             f"after SECONDS (default {DEFAULT_GRACE:g})")
+    mpirun = p.add_argument_group("mpirun compatibility")
+    add(mpirun, "--oversubscribe", "--allow-run-as-root", valued=False, action="store_true",
+        dest="ignored", help="accepted and ignored (more ranks than cores is always fine)")
+    add(mpirun, *_REFUSED, dest="host", metavar="HOSTS", help="refused: " + SCALEOUT)
+    return p
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(launcher options, program part): the program starts at the first word that
+    is not an option (or at -m, -c, or after --).
+
+    Valued options come out as ``NAME=VALUE`` so that argparse never mistakes a
+    value for an option (``--grace -1``, ``-x -FOO``).
+    """
+    head: list[str] = []
     i = 0
-
-    def value(name: str) -> str:
-        nonlocal i
-        if i + 1 >= len(argv):
-            raise UsageError(f"{name} needs a value")
-        i += 1
-        return argv[i]
-
     while i < len(argv):
         a = argv[i]
-        if a in ("-h", "--help"):
-            return None
-        if a in ("-n", "-np", "--np") or a.startswith(("-n=", "--np=")) \
-                or (a.startswith("-n") and a[2:].isdigit()):
+        name = a.split("=", 1)[0]
+        if a == "--" or a in ("-c", "-m") or a.startswith(("-c", "-m")) \
+                or not a.startswith("-") or a == "-":
+            return head, argv[i:]
+        if name in _REFUSED or a[:2] in _REFUSED:
+            raise UsageError(f"{a[:2] if a[:2] in _REFUSED else name}: {SCALEOUT}")
+        if name in _FLAGS:
+            head.append(a)
+        elif name in _VALUED:
             if "=" in a:
-                raw = a.split("=", 1)[1]
-            elif a.startswith("-n") and a[2:].isdigit():
-                raw = a[2:]
+                head.append(a)
+            elif i + 1 < len(argv):
+                i += 1
+                head.append(f"{a}={argv[i]}")
             else:
-                raw = value(a)
-            try:
-                opts.n = int(raw)
-            except ValueError:
-                raise UsageError(f"-n needs a whole number of ranks, got {raw!r}") from None
-            if opts.n < 1:
-                raise UsageError(f"-n needs at least 1 rank, got {opts.n}")
-        elif a == "--tag-output":
-            opts.tag_output = True
-        elif a == "--mpi4py":
-            opts.mpi4py = True
-        elif a == "--grace" or a.startswith("--grace="):
-            raw = a.split("=", 1)[1] if "=" in a else value(a)
-            try:
-                opts.grace = float(raw)
-            except ValueError:
-                raise UsageError(f"--grace needs a number of seconds, got {raw!r}") from None
-            if opts.grace < 0:
-                raise UsageError("--grace must not be negative")
-        elif a in ("-m", "-c"):
-            opts.kind = "module" if a == "-m" else "code"
-            opts.target = value(a)
-            opts.args = argv[i + 1:]
-            return opts
-        elif a.startswith("-m") and len(a) > 2:   # python also accepts -mmodule
-            opts.kind, opts.target, opts.args = "module", a[2:], argv[i + 1:]
-            return opts
-        elif a == "--":
-            if i + 1 >= len(argv):
-                raise UsageError("no program given after --")
-            opts.kind, opts.target, opts.args = "path", argv[i + 1], argv[i + 2:]
-            return opts
-        elif a.startswith("-") and a != "-":
-            raise UsageError(f"unknown option {a!r}")
+                raise UsageError(f"{a} needs a value")
+        elif a[:2] in _VALUED and len(a) > 2:    # -n4, -xVAR=1, -Hhost
+            head.append(f"{a[:2]}={a[2:]}")
         else:
-            opts.kind, opts.target, opts.args = "path", a, argv[i + 1:]
-            return opts
+            raise UsageError(f"unknown option {a!r}")
         i += 1
-    raise UsageError("no program given (prog.py, -m module or -c code)")
+    return head, []
+
+
+def parse_args(argv: list[str]) -> Options | None:
+    """Parse ``driller run`` arguments; None means help was asked for."""
+    parser = _parser()
+    head, prog = _split(list(argv))
+    ns = parser.parse_args(head)
+    if ns.help:
+        return None
+    opts = Options(n=ns.n, tag_output=ns.tag_output, mpi4py=ns.mpi4py, grace=ns.grace,
+                   export=list(ns.export))
+    if not prog:
+        raise UsageError("no program given (prog.py, -m module or -c code)")
+    a = prog[0]
+    if a in ("-c", "-m"):
+        if len(prog) < 2:
+            raise UsageError(f"{a} needs a value")
+        opts.kind, opts.target, opts.args = ("code" if a == "-c" else "module"), prog[1], prog[2:]
+    elif a.startswith(("-c", "-m")):      # python also accepts -mmodule, -ccode
+        opts.kind, opts.target, opts.args = ("code" if a[1] == "c" else "module"), a[2:], prog[1:]
+    elif a == "--":
+        if len(prog) < 2:
+            raise UsageError("no program given after --")
+        opts.target, opts.args = prog[1], prog[2:]
+    else:
+        opts.target, opts.args = a, prog[1:]
+    return opts
+
+
+def usage_error(message: str) -> int:
+    """Print the short usage and one error line (on stderr); the exit status, 2."""
+    sys.stderr.write(f"usage: {USAGE_LINE}\ndriller run: error: {message}\n")
+    return 2
+
+
+def print_help() -> None:
+    sys.stdout.write(_parser().format_help())
 
 
 # ---------------------------------------------------------------- wait statuses
@@ -188,6 +279,9 @@ class _Rank:
 
 def _rank_env(opts: Options, rank: int, world_fd: int | None, world) -> dict:
     env = dict(os.environ)
+    for name, value in opts.export:     # -x VAR=value (-x VAR: ours, already there)
+        if value is not None:
+            env[name] = value
     env[world.ENV_RANK] = str(rank)
     env[world.ENV_SIZE] = str(opts.n)
     if world_fd is not None:
@@ -218,7 +312,8 @@ def _on_default_path(d: str) -> bool:
 def _shim_dir() -> str:
     if os.path.isfile(os.path.join(_SHIM_DIR, "mpi4py", "__init__.py")):
         return _SHIM_DIR
-    raise UsageError(f"--mpi4py: the shim directory {_SHIM_DIR} is missing from this install")
+    raise UsageError(f"driller's mpi4py shim directory {_SHIM_DIR} is missing from this "
+                     "install: reinstall driller, or run with --no-mpi4py")
 
 
 def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork and exec
@@ -700,7 +795,7 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
     try:
         opts = parse_args(argv)
         if opts is None:
-            print(USAGE, end="")
+            print_help()
             return 0
         if opts.kind == "path" and not os.path.exists(opts.target):
             raise UsageError(f"cannot open {opts.target!r}: no such file")
@@ -715,8 +810,7 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
             raise UsageError(f"-n {opts.n} needs about {need} file descriptors; the limit "
                              f"is {_linux.nofile_limit()} (see ulimit -n)")
     except UsageError as e:
-        print(f"driller run: {e}\n\n{USAGE}", file=sys.stderr, end="")
-        return 2
+        return usage_error(str(e))
     sys.stdout.flush()
     sys.stderr.flush()
     if supervised:

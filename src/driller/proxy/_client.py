@@ -359,6 +359,64 @@ class ProxyClient:
         raise ProxyError(f"the fd proxy at {_show(address)} failed to fetch {key!r}: "
                          f"{reply[1]}")
 
+    # -- transfer leases (the rules: driller.sharedarray)
+    def lease(self, address: str, secret: bytes, key: str, gen: int) -> int:
+        """A new transfer lease on (key, gen) at the proxy at address, held by this
+        connection until :meth:`unhold` (or until we disconnect)."""
+        self._check()
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        reply, fds = self._conn_for(address, secret).request(("lease", key, gen))
+        _close_all(fds)
+        if reply[0] == "lease":
+            return reply[1]
+        if reply[0] == "gone":
+            raise SegmentReleasedError(reply[1])
+        raise ProxyError(f"the fd proxy at {_show(address)} refused a lease on {key!r}: "
+                         f"{reply[1]}")
+
+    def claim(self, address: str, secret: bytes, key: str, lease: int, gen: int,
+              want_fd: bool) -> tuple[int, dict, bool] | None:
+        """Hold ``lease`` (one more count for this connection) and, if want_fd, get a
+        new fd of its segment (the caller owns it), the segment's meta and whether
+        its owner released it already (no release notice will come for it then).
+
+        Raises :class:`~driller.SegmentReleasedError` if the lease has ended or does
+        not name (key, gen)."""
+        self._check()
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conn_for(address, secret)
+        reply, fds = conn.request(("claim", key, lease, bool(want_fd), gen))
+        if reply[0] == "fd" and want_fd:
+            if len(fds) != 1:  # pragma: no cover - protocol bug
+                _close_all(fds)
+                raise ProxyError(f"the fd proxy sent {len(fds)} fds for {key!r}")
+            if not reply[3]:
+                conn.subscribed.add(key)
+            return fds[0], reply[1], reply[3]
+        _close_all(fds)
+        if reply[0] == "ok" and not want_fd:
+            return None
+        if reply[0] == "gone":
+            raise SegmentReleasedError(reply[1])
+        raise ProxyError(f"the fd proxy at {_show(address)} failed to claim lease {lease} "
+                         f"of {key!r}: {reply[1]}")
+
+    def unhold(self, address: str, leases) -> None:
+        """Let go of one count of each lease held through the connection to address.
+        Never raises (a lost connection has let go of everything already)."""
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conns.get(address)
+        if conn is None or conn.dead or self._stale:
+            return
+        try:
+            _, fds = conn.request(("unhold", list(leases)))
+            _close_all(fds)
+        except Exception:  # noqa: BLE001 - also at interpreter exit
+            pass
+
     def released_keys(self) -> set[str]:
         """Keys released since the last call, of segments this process fetched (non-blocking)."""
         if self._fdlist:

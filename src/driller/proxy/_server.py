@@ -4,6 +4,10 @@ Run only through ``_boot._start_proxy`` (``_main`` reads its boot data from the
 environment).  Imports only ``driller._linux``, ``driller.errors`` and ``._wire``
 (the proxy starts fast and has nothing else that could break).
 
+Transfer leases (``lease``, ``claim``, ``unhold``; the rules are in
+:mod:`driller.sharedarray`) keep a segment's fd
+here after its owner let go of it, while a pickle naming it may still be loaded.
+
 Bounds (a client of our own uid may be buggy or hostile; the proxy must stay
 responsive for the others):
 
@@ -53,18 +57,51 @@ _NOFILE_VAR = "_DRILLER_PROXY_NOFILE"  # tests only: the proxy's RLIMIT_NOFILE
 _HUP = select.EPOLLHUP | select.EPOLLERR
 
 
+_LEASE_SECONDS_VAR = "DRILLER_LEASE_SECONDS"
+_LEASE_ORPHANS_VAR = "DRILLER_LEASE_MAX_ORPHANS"
+_LEASE_SECONDS = 300.0           # an unclaimed lease nobody holds lives this long
+_LEASE_ORPHANS = 4096            # at most this many unclaimed leases nobody holds
+_LEASE_IDLE_VAR = "DRILLER_LEASE_IDLE_SECONDS"
+_LEASE_IDLE = 5.0                # with no client left, leases wait this long for a loader
+_ENDED_MEMORY = 4096             # ended leases remembered for error messages
+
+
+def _env_number(name: str, default: float) -> float:
+    try:
+        v = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return v if v >= 0 else default
+
+
 class _Seg:
-    __slots__ = ("key", "fd", "owner", "meta", "subs", "size")
+    __slots__ = ("key", "fd", "owner", "meta", "subs", "size", "leases", "released")
 
     def __init__(self, key, fd, owner, meta, size):
         self.key, self.fd, self.owner, self.meta, self.size = key, fd, owner, meta, size
         self.subs: set[_Peer] = set()
+        self.leases: set[int] = set()    # live leases: they keep fd after the owner let go
+        self.released: str | None = None  # why the owner let go (kept only for leases)
+
+
+class _Lease:
+    """A transfer lease: keeps its segment's fd here while anyone may still load a
+    handle naming (segment, block generation).  ``holders``: peer -> count (the
+    pickling process until its block dies, each claimant until it unmaps)."""
+
+    __slots__ = ("id", "seg", "gen", "holders", "claimed")
+
+    def __init__(self, lid: int, seg: _Seg, gen: int):
+        self.id, self.seg, self.gen = lid, seg, gen
+        self.holders: dict[_Peer, int] = {}
+        self.claimed = False
 
 
 class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
                  "outq", "notices", "parts", "part_fds", "writing", "dead",
-                 "part_bytes", "out_bytes", "reply_bytes", "paused", "events")
+                 "part_bytes", "out_bytes", "reply_bytes", "paused", "events",
+                 "held")
 
     def __init__(self, sock, pid, uid):
         self.sock, self.fd, self.pid, self.uid = sock, sock.fileno(), pid, uid
@@ -78,6 +115,7 @@ class _Peer:
         self.part_fds: list[int] = []
         self.writing = False
         self.dead = False
+        self.held: set[int] = set()        # leases this peer holds
         self.part_bytes = 0                # bytes in parts
         self.out_bytes = 0                 # bytes in outq
         self.reply_bytes = 0               # bytes of replies (not notices) in outq
@@ -101,6 +139,14 @@ class _Server:
         self.buf = bytearray(_MAX_PACKET)
         self.mv = memoryview(self.buf)
         self.uid = os.getuid()
+        self.leases: dict[int, _Lease] = {}
+        self.orphans: OrderedDict[int, float] = OrderedDict()  # unclaimed, no holder: since
+        self.ended: OrderedDict[int, str] = OrderedDict()
+        self.lease_serial = 0
+        self.lease_seconds = _env_number(_LEASE_SECONDS_VAR, _LEASE_SECONDS)
+        self.max_orphans = int(_env_number(_LEASE_ORPHANS_VAR, _LEASE_ORPHANS))
+        self.lease_idle = _env_number(_LEASE_IDLE_VAR, _LEASE_IDLE)
+        self.alone_since: float | None = None   # no client left, leases still live
         self.accepting = True              # the listening socket is in the epoll set
         self.resume_at = 0.0               # when not accepting: when to try again
         self.at_limit = False              # logged the fd limit, not yet accepted again
@@ -121,7 +167,9 @@ class _Server:
             timeout = None
             if not self.accepting and now >= self.resume_at:
                 self._resume_accept()
-            if not self.peers:
+            if not self.peers and self.leases:
+                timeout = self._lone_leases(now)
+            if not self.peers and not self.leases:
                 if self.ever or now - self.started >= self.idle:
                     if self.accepting:
                         if not self._accept():  # nobody waiting in the backlog: done
@@ -134,6 +182,9 @@ class _Server:
                 timeout = t if timeout is None else min(timeout, t)
             if self.unauth:  # insertion order is age order: the first is the oldest
                 t = max(0.0, next(iter(self.unauth.values())) + _AUTH_TIMEOUT - now)
+                timeout = t if timeout is None else min(timeout, t)
+            if self.orphans:
+                t = max(0.0, next(iter(self.orphans.values())) + self.lease_seconds - now)
                 timeout = t if timeout is None else min(timeout, t)
             for fd, ev in self.ep.poll(-1 if timeout is None else timeout):
                 if fd == self.lfd:
@@ -154,6 +205,10 @@ class _Server:
                         break
                     self._drop(p)
             self._drop_pending()
+            if self.orphans:
+                self._expire_orphans(time.monotonic())
+            if self.peers:
+                self.alone_since = None
 
     def _accept(self) -> bool:
         """Accept up to _ACCEPT_BATCH connections; False if nobody was waiting."""
@@ -330,7 +385,7 @@ class _Server:
             _close_all(fds)
             key = msg[1]
             seg = self.segs.get(key)
-            if seg is None:
+            if seg is None or seg.released is not None:
                 self._send(peer, ("gone", self._gone_message(key)))
                 return
             seg.subs.add(peer)
@@ -356,10 +411,13 @@ class _Server:
         elif op == "release":
             _close_all(fds)
             seg = self.segs.get(msg[1])
-            ok = seg is not None and seg.owner is peer
+            ok = seg is not None and seg.owner is peer and seg.released is None
             if ok:
                 self._release(msg[1], f"released by its owner (pid {peer.pid})")
             self._send(peer, ("ok", ok))
+        elif op in ("lease", "claim", "unhold"):
+            _close_all(fds)
+            self._lease_op(peer, op, msg)
         elif op == "ping":
             _close_all(fds)
             self._send(peer, ("pong",))
@@ -373,7 +431,8 @@ class _Server:
                        and p is not peer]  # the asker is a one-shot connection
             self._send(peer, ("info", {"address": self.address, "pid": os.getpid(),
                                        "uid": self.uid, "clients": clients,
-                                       "segments": self._segments(), **self._stats()}))
+                                       "segments": self._segments(),
+                                       "leases": self._lease_info(), **self._stats()}))
         else:
             _close_all(fds)
             self._send(peer, ("err", f"unknown request {op!r}"))
@@ -390,11 +449,14 @@ class _Server:
         for s in self.segs.values():
             nbytes = s.meta.get("nbytes", s.size) if isinstance(s.meta, dict) else s.size
             out.append({"key": s.key, "owner": s.owner.pid, "nbytes": nbytes, "size": s.size,
-                        "meta": s.meta, "subscribers": sorted(p.pid for p in s.subs)})
+                        "meta": s.meta, "subscribers": sorted(p.pid for p in s.subs),
+                        "leases": len(s.leases), "released": s.released})
         return out
 
     def _gone_message(self, key: str) -> str:
         why = self.gone.get(key)
+        if why is None and key in self.segs:
+            why = self.segs[key].released
         if why is not None:
             return f"segment {key!r} was {why}; ask its owner for a new handle"
         owner = _owner_of(key)
@@ -403,17 +465,149 @@ class _Server:
                 "it was released (or never published there)")
 
     def _release(self, key: str, why: str) -> None:
-        seg = self.segs.pop(key)
-        _close_all([seg.fd])
+        """The owner let go of key: notify subscribers; keep the fd while leases live."""
+        seg = self.segs[key]
         seg.owner.owned.discard(key)
-        self.gone[key] = why
-        while len(self.gone) > _GONE_MEMORY:
-            self.gone.popitem(last=False)
-        for sub in seg.subs:
+        seg.released = why
+        subs, seg.subs = seg.subs, set()
+        for sub in subs:
             sub.subscribed.discard(key)
             if not sub.dead:
                 sub.notices.add(key)
                 self._flush(sub)
+        if not seg.leases:
+            self._close_seg(seg)
+
+    def _close_seg(self, seg: _Seg) -> None:
+        del self.segs[seg.key]
+        _close_all([seg.fd])
+        self.gone[seg.key] = seg.released
+        while len(self.gone) > _GONE_MEMORY:
+            self.gone.popitem(last=False)
+
+    # -- transfer leases (see driller.sharedarray for the rules)
+    def _lease_op(self, peer: _Peer, op: str, msg) -> None:
+        if op == "unhold":
+            for lid in msg[1]:
+                self._unhold(peer, lid)
+            self._send(peer, ("ok",))
+            return
+        key = msg[1]
+        if op == "lease":  # ("lease", key, gen): the pickling process holds it
+            seg = self.segs.get(key)
+            if seg is None or seg.released is not None:
+                self._send(peer, ("gone", self._gone_message(key)))
+                return
+            self._send(peer, ("lease", self._new_lease(peer, seg, msg[2])))
+            return
+        # ("claim", key, lease id, want_fd, gen): a process loads a handle naming the lease
+        lease = self.leases.get(msg[2])
+        if lease is not None and (lease.seg.key != key or lease.gen != msg[4]):
+            self._send(peer, ("gone", f"segment {key!r}: transfer lease {msg[2]} is not on "
+                              f"block generation {msg[4]} of this segment: the handle is "
+                              "stale or altered; ask the owner for a new handle"))
+            return
+        if lease is None:
+            self._send(peer, ("gone", self._lease_gone_message(key, msg[2])))
+            return
+        lease.claimed = True
+        self.orphans.pop(lease.id, None)
+        self._hold(peer, lease)
+        seg = lease.seg
+        if not msg[3]:
+            self._send(peer, ("ok",))
+            return
+        if seg.released is None:  # notices go to those who can still get one
+            seg.subs.add(peer)
+            peer.subscribed.add(key)
+        self._send(peer, ("fd", seg.meta, seg.owner.pid, seg.released is not None), seg.fd)
+
+    def _new_lease(self, peer: _Peer, seg: _Seg, gen: int) -> int:
+        self.lease_serial += 1
+        lease = _Lease(self.lease_serial, seg, gen)
+        self.leases[lease.id] = lease
+        seg.leases.add(lease.id)
+        self._hold(peer, lease)
+        return lease.id
+
+    def _hold(self, peer: _Peer, lease: _Lease) -> None:
+        lease.holders[peer] = lease.holders.get(peer, 0) + 1
+        peer.held.add(lease.id)
+
+    def _unhold(self, peer: _Peer, lid: int, everything: bool = False) -> None:
+        lease = self.leases.get(lid)
+        if lease is None or peer not in lease.holders:
+            return  # ended already, or not ours (e.g. from a fork of a holder)
+        n = 0 if everything else lease.holders[peer] - 1
+        if n > 0:
+            lease.holders[peer] = n
+            return
+        del lease.holders[peer]
+        peer.held.discard(lid)
+        if lease.holders:
+            return
+        if lease.claimed:
+            self._end_lease(lease, "loaded, then let go by every process that held it")
+            return
+        self.orphans[lid] = time.monotonic()
+        while len(self.orphans) > self.max_orphans:
+            old = next(iter(self.orphans))
+            self.say(f"more than {self.max_orphans} handles were never loaded: lease {old} "
+                     "expires early")
+            self._end_lease(self.leases[old], f"never loaded, and more than {self.max_orphans} "
+                            f"other handles were waiting ({_LEASE_ORPHANS_VAR})")
+
+    def _lone_leases(self, now: float) -> float | None:
+        """No client left: leases wait lease_idle seconds for a loader to connect."""
+        if self.alone_since is None:
+            self.alone_since = now
+        wait = self.alone_since + self.lease_idle - now
+        if wait > 0:
+            return wait
+        self.say(f"no client for {self.lease_idle:g} s: ending {len(self.leases)} leases")
+        for lease in list(self.leases.values()):
+            self._end_lease(lease, f"never loaded: no process connected to the proxy within "
+                            f"{self.lease_idle:g} s of the last one leaving "
+                            f"({_LEASE_IDLE_VAR})")
+        self.alone_since = None
+        return None
+
+    def _expire_orphans(self, now: float) -> None:
+        while self.orphans:
+            lid, since = next(iter(self.orphans.items()))
+            if now - since < self.lease_seconds:
+                return
+            self._end_lease(self.leases[lid], f"never loaded within {self.lease_seconds:g} s "
+                            f"of its last holder letting go ({_LEASE_SECONDS_VAR})")
+
+    def _end_lease(self, lease: _Lease, why: str) -> None:
+        del self.leases[lease.id]
+        self.orphans.pop(lease.id, None)
+        for p in lease.holders:
+            p.held.discard(lease.id)
+        lease.holders.clear()
+        self.ended[lease.id] = why
+        while len(self.ended) > _ENDED_MEMORY:
+            self.ended.popitem(last=False)
+        seg = lease.seg
+        seg.leases.discard(lease.id)
+        if not seg.leases and seg.released is not None and self.segs.get(seg.key) is seg:
+            self._close_seg(seg)
+
+    def _lease_gone_message(self, key: str, lid) -> str:
+        why = self.ended.get(lid)
+        if why is None:
+            return self._gone_message(key)
+        owner = _owner_of(key)
+        who = f" (owner pid {owner})" if owner is not None else ""
+        return (f"segment {key!r}{who}: the array this handle names is gone — its owner freed "
+                f"it and its transfer lease {lid} ended ({why}); ask the owner for a new "
+                "handle, and keep the array (or a view) alive until the handle is loaded")
+
+    def _lease_info(self) -> dict:
+        return {"live": len(self.leases), "orphaned": len(self.orphans),
+                "segments_kept": sum(1 for s in self.segs.values() if s.released is not None),
+                "seconds": self.lease_seconds, "max_orphans": self.max_orphans}
 
     # -- sending, never blocking
     def _send(self, peer: _Peer, obj, fd: int | None = None) -> None:
@@ -532,6 +726,8 @@ class _Server:
         peer.part_bytes = peer.out_bytes = peer.reply_bytes = 0
         if not self.accepting:
             self.resume_at = 0.0  # an fd is free again: try accepting at once
+        for lid in list(peer.held):
+            self._unhold(peer, lid, everything=True)
         for key in list(peer.owned):
             self._release(key, f"released: its owner (pid {peer.pid}) exited or disconnected")
         for key in peer.subscribed:

@@ -2,14 +2,88 @@
 
 ``from mpi4py import MPI`` (or ``import mpi4py.MPI``) gives :mod:`driller.MPI`,
 so an unmodified mpi4py program runs on mmpi with no MPI library installed.
-Only the ``MPI`` module is provided; ``mpi4py.rc`` and ``get_config`` exist so
-that programs which set options before importing MPI keep working.
+
+Every other ``mpi4py.*`` module (``mpi4py.util`` with ``pkl5``, ``dtlib``,
+``pool``, ``sync``; ``mpi4py.futures``; ``mpi4py.run`` and ``python -m
+mpi4py``; ``mpi4py.bench``) is served, unchanged, from the installed mpi4py
+distribution's own pure-Python files: this package's ``__path__`` is the real
+package directory, found on ``sys.path`` without importing the real
+``mpi4py/__init__.py`` (which would install its finder for the compiled
+``MPI`` extension), and ``mpi4py.MPI`` is pinned to driller.MPI.  mpi4py
+installs from a wheel with no MPI library; only its ``MPI`` extension needs
+one, and that is never loaded here.  Without mpi4py installed, ``MPI`` and
+``python -m mpi4py`` still work (the latter from this directory), and the other
+names raise a ModuleNotFoundError saying to ``pip install mpi4py``.
+
+``mpi4py.rc`` and ``get_config`` exist so that programs which set options
+before importing MPI keep working.
 """
 
+import importlib.machinery as _machinery
+import os as _os
+import re as _re
 import sys as _sys
 
-__version__ = "4.1.0"
 __all__ = ["MPI", "rc", "get_config", "get_include", "profile"]
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+_SHIM_ROOT = _os.path.dirname(_HERE)
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return _os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _find_distribution():
+    """The installed mpi4py's package directory (not this one), or None."""
+    entries = [p for p in _sys.path if not _same(p or _os.getcwd(), _SHIM_ROOT)]
+    spec = _machinery.PathFinder.find_spec("mpi4py", entries)
+    if spec is None or not spec.origin or not spec.origin.endswith("__init__.py"):
+        return None             # not found, or a namespace directory named mpi4py
+    directory = _os.path.dirname(spec.origin)
+    return None if _same(directory, _HERE) else directory
+
+
+def _read_version(directory):
+    try:
+        with open(_os.path.join(directory, "__init__.py"), encoding="utf-8") as f:
+            m = _re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", f.read(), _re.M)
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+_DISTRIBUTION = _find_distribution()
+__version__ = (_read_version(_DISTRIBUTION) if _DISTRIBUTION else None) or "4.1.0"
+# the real package's modules first; this directory supplies __main__ when mpi4py is absent
+__path__ = [_DISTRIBUTION] if _DISTRIBUTION else [_HERE]
+
+_MISSING = ("{name} comes from the mpi4py distribution, which is not installed in "
+            "this Python ({exe}): `pip install mpi4py` (a wheel: no MPI library is "
+            "needed, driller run --mpi4py serves mpi4py.MPI itself)")
+
+
+class _MissingDistribution:
+    """Last on sys.meta_path: names of the real mpi4py, asked for while it is absent."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if _DISTRIBUTION is None and fullname.startswith(__name__ + ".") \
+                and fullname != __name__ + ".MPI":
+            raise ModuleNotFoundError(_MISSING.format(name=fullname, exe=_sys.executable),
+                                      name=fullname)
+        return None
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+if _DISTRIBUTION is None:
+    _sys.meta_path.append(_MissingDistribution)
 
 
 class _Rc:
@@ -34,6 +108,7 @@ class _Rc:
 
 
 rc = _Rc()
+_sys.modules[__name__ + ".rc"] = rc      # as the real package does
 
 
 def get_config():

@@ -1,0 +1,103 @@
+"""Functions run in other processes by test_lifetimes.py (importable under spawn)."""
+
+import gc
+
+import numpy as np
+
+
+def make_filled(value, n):
+    """A fresh shared array of n float64 filled with value, dropped by us once returned."""
+    import driller
+    a = driller.zeros(n)
+    a[:] = value
+    return a
+
+
+class Fill:
+    """make_filled(value, n) as a one-argument callable (for Pool.imap)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, value):
+        return make_filled(value, self.n)
+
+
+def put_and_exit(q, value, n):
+    q.put(make_filled(value, n))  # the feeder thread pickles it; we exit right after
+
+
+def send_and_exit(conn, value, n):
+    a = make_filled(value, n)
+    conn.send(a)
+    del a
+    gc.collect()
+    conn.close()
+
+
+def spawn_rank_returns(comm, n):
+    return make_filled(comm.rank + 1, n)
+
+
+def spawn_send_drop(comm, n):
+    """Rank 0 sends fresh arrays and drops them at once; rank 1 loads them late."""
+    import time
+
+    import driller
+    if comm.rank == 0:
+        for v in range(3):
+            comm.send(make_filled(v + 10, n), dest=1, tag=v)
+        gc.collect()
+        driller._publish.flush()  # our lease drops have reached the proxy
+        comm.barrier()
+        return None
+    comm.barrier()
+    time.sleep(0.05)
+    out = []
+    for v in range(3):
+        got = comm.recv(source=0, tag=v)
+        out.append((type(got).__name__, got.shape, float(np.min(got)), float(np.max(got))))
+    return out
+
+
+def load_all(pickles):
+    """Load each pickle (of an array, or of a Handle then attached): its min and max,
+    or ("released", message)."""
+    import pickle
+
+    import driller
+    out = []
+    for p in pickles:
+        try:
+            a = pickle.loads(p)
+            if isinstance(a, driller.Handle):
+                a = driller.attach(a)
+        except driller.SegmentReleasedError as e:
+            out.append(("released", str(e)))
+            continue
+        out.append(("ok", float(a.min()), float(a.max())))
+        del a
+    return out
+
+
+def load_twice(p):
+    """Load a pickle, let go of it, then load it again (the lease should have ended)."""
+    import pickle
+
+    import driller
+    a = pickle.loads(p)
+    first = (float(a.min()), float(a.max()))
+    del a
+    gc.collect()
+    try:
+        pickle.loads(p)
+    except driller.SegmentReleasedError as e:
+        return first, ("released", str(e))
+    return first, ("loaded", "")
+
+
+def total_and_fill(arr, value):
+    """Sum a (shared) array we were given, then overwrite it in place."""
+    s = float(np.asarray(arr).sum())
+    arr[...] = value
+    return s

@@ -1,0 +1,313 @@
+"""Lifetimes that follow the data (issue 8, parts 1 and 2), with real processes.
+
+A worker may return a fresh shared array and drop it, exit or be recycled: the
+parent still gets the right bytes, by reference (a transfer lease at the fd
+proxy keeps the segment fetchable until the pickle is loaded).  A stale pickle
+never reads another array's bytes.  Pickles that are never loaded cannot grow
+the proxy without bound.
+"""
+
+import concurrent.futures
+import dataclasses
+import gc
+import json
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import driller
+from driller import heap, mmpi
+
+import _lifetimes_peer as peer
+
+SMALL = 100          # float64: an arena block
+LARGE = 1 << 17      # float64, 1 MiB: a segment of its own
+SIZES = pytest.mark.parametrize("n", [SMALL, LARGE], ids=["small", "large"])
+
+
+def _check_filled(results, n, values):
+    assert len(results) == len(values)
+    for r, v in zip(results, values):
+        assert isinstance(r, driller.SharedArray), type(r)  # by reference, not by value
+        assert r.shape == (n,)
+        assert (r == v).all(), f"expected all {v}, got {np.unique(r)[:5]}"
+
+
+@SIZES
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_pool_workers_return_fresh_arrays(method, n):
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(2) as pool:
+        got = pool.starmap(peer.make_filled, [(v, n) for v in range(6)])
+        _check_filled(got, n, range(6))
+        it = list(pool.imap(peer.Fill(n), range(6, 12)))
+        _check_filled(it, n, range(6, 12))
+
+
+@SIZES
+def test_pool_workers_that_exit_after_each_task(n):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2, maxtasksperchild=1) as pool:
+        _check_filled(pool.starmap(peer.make_filled, [(v, n) for v in range(6)]), n, range(6))
+
+
+@SIZES
+@pytest.mark.parametrize("max_tasks", [None, 1], ids=["reused", "max_tasks_per_child=1"])
+def test_process_pool_executor_returns_fresh_arrays(n, max_tasks):
+    ctx = multiprocessing.get_context("spawn")
+    kw = {} if max_tasks is None else {"max_tasks_per_child": max_tasks}
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, **kw) as ex:
+        futs = [ex.submit(peer.make_filled, v, n) for v in range(6)]
+        _check_filled([f.result(timeout=60) for f in futs], n, range(6))
+
+
+@SIZES
+def test_queue_sender_exits_before_the_load(n):
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=peer.put_and_exit, args=(q, v, n)) for v in (3, 4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    got = sorted((q.get(timeout=30) for _ in procs), key=lambda a: float(a[0]))
+    _check_filled(got, n, [3, 4])
+    q.close()
+    q.join_thread()
+
+
+@SIZES
+def test_pipe_sender_exits_before_the_load(n):
+    ctx = multiprocessing.get_context("forkserver")
+    mine, theirs = ctx.Pipe()
+    p = ctx.Process(target=peer.send_and_exit, args=(theirs, 7, n))
+    p.start()
+    theirs.close()
+    p.join(60)
+    assert p.exitcode == 0
+    assert mine.poll(0)  # the message waits in the pipe; its sender is gone
+    _check_filled([mine.recv()], n, [7])
+    mine.close()
+
+
+@SIZES
+def test_mmpi_spawn_ranks_return_fresh_arrays(n):
+    got = mmpi.spawn(peer.spawn_rank_returns, 3, args=(n,))
+    _check_filled(got, n, [1, 2, 3])
+
+
+@SIZES
+def test_mmpi_send_then_drop_at_once(n):
+    got = mmpi.spawn(peer.spawn_send_drop, 2, args=(n,))
+    assert got[0] is None
+    assert got[1] == [("SharedArray", (n,), v + 10.0, v + 10.0) for v in range(3)]
+
+
+@SIZES
+def test_a_loaded_result_passes_on_by_reference_after_its_worker_exited(n):
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx,
+                                                max_tasks_per_child=1) as ex:
+        r = ex.submit(peer.make_filled, 4, n).result(timeout=60)
+        # its worker is gone: our claim keeps the lease, so a view of r pickles on
+        total = ex.submit(peer.total_and_fill, r[10:], 6).result(timeout=60)
+    assert total == 4.0 * (n - 10)
+    assert (r[10:] == 6).all() and (r[:10] == 4).all()  # the next worker wrote our memory
+
+
+# ------------------------------------------------------------------ stale references
+
+def _block(a):
+    """(segment key, first byte, end) of the heap block under a shared array."""
+    b = a
+    while isinstance(b, np.ndarray):
+        b = b.base
+    assert isinstance(b, heap.Block)
+    return b.segment.key, b.offset, b.offset + b.nbytes
+
+
+def _overlaps(x, y) -> bool:
+    return x[0] == y[0] and x[1] < y[2] and y[1] < x[2]
+
+
+@SIZES
+def test_freed_and_reallocated_blocks_never_give_other_bytes(n):
+    pickles, spans = [], []
+    for i in range(300):
+        a = driller.zeros(n)
+        a[:] = i
+        pickles.append(pickle.dumps(a, protocol=5))
+        spans.append(_block(a))
+        del a
+        others = [driller.zeros(n) for _ in range(3)]  # reuse whatever can be reused
+        for o in others:
+            o[:] = -1
+            assert not any(_overlaps(_block(o), s) for s in spans), \
+                "a freed block that had been pickled was handed to a new array"
+    gc.collect()
+    driller._publish.flush()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        remote = pool.apply(peer.load_all, (pickles,))
+    here = peer.load_all(pickles)
+    for i, (r, h) in enumerate(zip(remote, here)):
+        for res in (r, h):  # the original bytes, or a clear error; never another array's
+            assert res[0] in ("ok", "released"), res
+            if res[0] == "ok":
+                assert res[1:] == (float(i), float(i)), (i, res)
+    # none had been loaded before the peer: every lease was still live (unclaimed);
+    # the owner's second load may find leases the peer let go of ended (README)
+    assert all(r[0] == "ok" for r in remote)
+
+
+def test_non_exported_blocks_are_still_reused():
+    addrs = set()
+    keep = driller.zeros(SMALL)  # the arena stays
+    for _ in range(50):
+        a = driller.zeros(SMALL)
+        addrs.add(_block(a))
+        del a
+    del keep
+    assert len(addrs) < 5  # the allocator reuses blocks nobody could have a handle of
+
+
+def test_a_handle_of_another_generation_raises():
+    keep = driller.zeros(SMALL)          # keeps the arena published
+    a = driller.zeros(SMALL)
+    a[:] = 5
+    h = driller.handle(a)
+    forged = dataclasses.replace(h, gen=h.gen + 1000)
+    with pytest.raises(driller.SegmentReleasedError, match=h.key):
+        driller.attach(forged)           # the owner: no live block of that generation
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(peer.load_all, ([pickle.dumps(a)],))[0] == ("ok", 5.0, 5.0)
+        kind, msg = pool.apply(peer.load_all, ([pickle.dumps(forged)],))[0]
+    assert kind == "released" and h.key in msg and "generation" in msg, msg
+    del keep
+
+
+def test_lease_ends_once_loaded_and_let_go():
+    a = driller.zeros(LARGE)
+    a[:] = 9
+    p = pickle.dumps(a)
+    del a
+    gc.collect()
+    driller._publish.flush()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        first, second = pool.apply(peer.load_twice, (p,))
+    assert first == (9.0, 9.0)
+    assert second[0] == "released" and "lease" in second[1], second
+
+
+def test_own_pickle_loads_after_the_array_is_dropped():
+    for n in (SMALL, LARGE):
+        a = driller.zeros(n)
+        a[:] = 3
+        p = pickle.dumps(a)
+        del a
+        gc.collect()
+        driller._publish.flush()
+        b = pickle.loads(p)  # in the owner itself: through the lease
+        assert isinstance(b, driller.SharedArray) and (b == 3).all()
+        again = pickle.loads(pickle.dumps(b[10:20]))  # a view re-pickles by reference
+        assert (again == 3).all() and again.shape == (10,)
+
+
+def test_forked_child_keeps_its_inherited_blocks():
+    a = driller.zeros(SMALL, np.int64)
+    a[:] = 7
+    span = _block(a)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(w)
+            os.read(r, 1)  # the parent has freed a and allocated many arrays
+            code = 0 if (a == 7).all() else 3
+        finally:
+            os._exit(code)
+    os.close(r)
+    del a
+    gc.collect()
+    new = [driller.zeros(SMALL, np.int64) for _ in range(200)]
+    for x in new:
+        x[:] = -1
+        assert not _overlaps(_block(x), span)
+    os.write(w, b"x")
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ------------------------------------------------------------------ bounds
+
+BOUND_SCRIPT = textwrap.dedent(r"""
+    import gc, json, os, pickle, sys, time
+    import driller
+    from driller.proxy import proxy_info
+
+    def state():
+        info = proxy_info()
+        fds = len(os.listdir(f"/proc/{info['pid']}/fd"))
+        return {"leases": info["leases"]["live"], "orphaned": info["leases"]["orphaned"],
+                "segments": len(info["segments"]), "fds": fds}
+
+    keep = driller.zeros(10)          # our proxy, and an arena, before the baseline
+    driller.handle(keep)
+    base = state()
+    pickles = []
+    for i in range(200):               # never loaded: each a segment of its own
+        a = driller.zeros(1 << 15)
+        a[:] = i
+        pickles.append(pickle.dumps(a))
+        del a
+        gc.collect()
+    driller._publish.flush()
+    full = state()
+    newest = pickle.loads(pickles[-1])
+    ok = bool((newest == 199).all())
+    del newest
+    gc.collect()
+    try:
+        pickle.loads(pickles[0])
+        oldest = "loaded"
+    except driller.SegmentReleasedError as e:
+        oldest = str(e)
+    driller._publish.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = state()
+        if after["leases"] <= base["leases"] and after["segments"] <= base["segments"]:
+            break
+        time.sleep(0.1)
+    print(json.dumps({"base": base, "full": full, "after": after, "ok": ok,
+                      "oldest": oldest}))
+""")
+
+
+def test_never_loaded_pickles_are_bounded_and_expire():
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)  # a proxy of its own, with a small cap and TTL
+    env.update(DRILLER_LEASE_MAX_ORPHANS="50", DRILLER_LEASE_SECONDS="1")
+    out = subprocess.run([sys.executable, "-c", BOUND_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=90)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    base, full, after = r["base"], r["full"], r["after"]
+    assert full["orphaned"] <= 50 and full["leases"] <= base["leases"] + 50, r
+    assert full["segments"] <= base["segments"] + 50, r
+    assert full["fds"] <= base["fds"] + 50, r      # one fd per kept segment at most
+    assert r["ok"]                                   # the newest pickle still loads
+    assert "never loaded" in r["oldest"], r          # the oldest ended (cap), clearly
+    assert after["leases"] == base["leases"] and after["segments"] == base["segments"], r
+    assert after["fds"] <= base["fds"] + 2, r        # back to baseline after the TTL
