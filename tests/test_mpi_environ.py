@@ -135,3 +135,48 @@ def _root_contributions(comm):
 def test_gather_scatter_root_in_place_and_root_only_errors():
     for res in values(run_ranks(_root_contributions, 3)):
         assert res and all(x is True for x in res), res
+
+
+def test_errhandlers_predefined_user_and_call():
+    comm = MPI.COMM_WORLD
+    assert not MPI.ERRHANDLER_NULL and MPI.ERRORS_RETURN and MPI.ERRORS_ARE_FATAL
+    for eh in (MPI.ERRORS_RETURN, MPI.ERRORS_ARE_FATAL, MPI.ERRORS_ABORT):
+        assert pickle.loads(pickle.dumps(eh)) is eh
+        copy = pickle.loads(pickle.dumps(MPI.Errhandler(eh)))
+        assert copy == eh and copy is not eh
+    orig = comm.Get_errhandler()
+    assert orig == MPI.ERRORS_RETURN
+    calls = []
+    made = [MPI.Comm.Create_errhandler(lambda obj, err, i=i: calls.append((i, obj, err)))
+            for i in range(32)]
+    with pytest.raises(RuntimeError):
+        MPI.Comm.Create_errhandler(lambda o, e: None)   # 32 user handlers at most
+    with pytest.raises(ValueError):
+        pickle.dumps(made[0])
+    comm.Set_errhandler(made[5])
+    comm.Call_errhandler(MPI.ERR_OTHER)
+    assert calls == [(5, comm, MPI.ERR_OTHER)]
+    comm.Set_errhandler(orig)
+    comm.Call_errhandler(MPI.ERR_OTHER)               # ERRORS_RETURN: nothing happens
+    assert len(calls) == 1
+    for eh in made:
+        eh.Free()
+        assert eh == MPI.ERRHANDLER_NULL
+    MPI.Comm.Create_errhandler(lambda o, e: None).Free()   # the slots are free again
+    with pytest.raises(MPI.Exception):
+        comm.Set_errhandler(MPI.ERRHANDLER_NULL)
+
+
+def _fatal(comm):
+    if comm.rank == 1:
+        comm.Set_errhandler(MPI.ERRORS_ARE_FATAL)
+        comm.Call_errhandler(MPI.SUCCESS)             # no error: nothing happens
+        comm.Call_errhandler(MPI.ERR_OTHER)           # aborts this rank
+        return "survived"
+    return "ok"
+
+
+def test_errors_are_fatal_aborts():
+    (ok0, v0), (ok1, v1) = run_ranks(_fatal, 2)
+    assert ok0 and v0 == "ok"
+    assert not ok1 and v1 != "survived"          # rank 1 ended in Call_errhandler

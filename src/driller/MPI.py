@@ -26,6 +26,8 @@ from .mmpi._const import (ANY_SOURCE, ANY_TAG, BOTTOM, COMM_TYPE_SHARED,  # noqa
                           THREAD_SERIALIZED, THREAD_SINGLE, UNDEFINED, UNEQUAL)
 from .mmpi._datatype import DATATYPE_NULL, Datatype  # noqa: F401
 from .mmpi._datatype import DATATYPES as _DATATYPES
+from .mmpi._errhandler import (ERRHANDLER_NULL, ERRORS_ABORT, ERRORS_ARE_FATAL,  # noqa: F401
+                               ERRORS_RETURN, Errhandler)
 from .mmpi._info import INFO_ENV, INFO_NULL, Info  # noqa: F401
 from .mmpi._group import COMM_NULL, GROUP_EMPTY, Group  # noqa: F401
 from .mmpi._request import REQUEST_NULL, Prequest, Request, Status
@@ -40,6 +42,7 @@ _DT_NAMES = [
     "UINT64_T", "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "COMPLEX", "DOUBLE_COMPLEX",
     "WCHAR", "SIGNED_SHORT", "SIGNED_INT", "SIGNED_LONG", "SIGNED_LONG_LONG",
     "C_COMPLEX", "C_LONG_DOUBLE_COMPLEX", "FLOAT16_T", "FLOAT32_T", "FLOAT64_T",
+    "PACKED", "AINT", "OFFSET", "COUNT",
 ]
 globals().update({n: _DATATYPES[n] for n in _DT_NAMES})
 _ERR_NAMES = [n for n in _const.__all__ if n.startswith("ERR_")]
@@ -56,6 +59,7 @@ __all__ = [
     "COMM_TYPE_SHARED", "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
     "get_vendor", "Get_version", "Get_library_version", "Get_error_class", "Get_error_string",
     "Pcontrol", "ROOT", "KEYVAL_INVALID", "DATATYPE_NULL", "Info", "INFO_NULL", "INFO_ENV",
+    "Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL", "ERRORS_ABORT",
 ] + _DT_NAMES + _ERR_NAMES
 
 

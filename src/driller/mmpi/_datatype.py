@@ -104,6 +104,7 @@ DATATYPES = {d.name: d for d in [
     _dt("SIGNED_LONG", 8, "l"), _dt("SIGNED_LONG_LONG", 8, "q"),
     _dt("C_LONG_DOUBLE_COMPLEX", np.dtype("G").itemsize, "G"),
     _dt("FLOAT16_T", 2, "e"), _dt("FLOAT32_T", 4, "f"), _dt("FLOAT64_T", 8, "d"),
+    _dt("PACKED", 1, "B"), _dt("AINT", 8, "l"), _dt("OFFSET", 8, "q"), _dt("COUNT", 8, "q"),
 ]}
 DATATYPES["C_COMPLEX"] = DATATYPES["C_FLOAT_COMPLEX"]
 DATATYPES["COMPLEX"] = DATATYPES["C_FLOAT_COMPLEX"]
