@@ -180,3 +180,16 @@ def test_errors_are_fatal_aborts():
     (ok0, v0), (ok1, v1) = run_ranks(_fatal, 2)
     assert ok0 and v0 == "ok"
     assert not ok1 and v1 != "survived"          # rank 1 ended in Call_errhandler
+
+
+def test_datatype_fromcode_tocode():
+    D = MPI.Datatype
+    assert D.fromcode("i") is MPI.INT and D.fromcode("d") is MPI.DOUBLE
+    assert D.fromcode("G") is MPI.C_LONG_DOUBLE_COMPLEX and D.fromcode("i8") is MPI.INT64_T
+    assert D.fromcode("f2") is MPI.FLOAT16_T and D.fromcode("?") is MPI.C_BOOL
+    assert MPI.INT.tocode() == "i" and MPI.C_DOUBLE_COMPLEX.tocode() == "D"
+    for bad in ("x", "i3", 4):
+        with pytest.raises(ValueError):
+            D.fromcode(bad)
+    with pytest.raises(ValueError):
+        MPI.DATATYPE_NULL.tocode()

@@ -58,6 +58,31 @@ class Datatype:
             return self.name
         return (Datatype, (self.name, self.size, self.typechar))
 
+    @classmethod
+    def fromcode(cls, code: str) -> Datatype:
+        """The predefined datatype of a typecode, as mpi4py: a struct/numpy character
+        ('i', 'd', 'G', '?'...) or a kind and size ('i4', 'u8', 'f8', 'c16', 'b1')."""
+        if isinstance(code, str):
+            name = _CODES.get(code)
+            if name is None:
+                try:
+                    dt = np.dtype(code)
+                except TypeError:
+                    dt = None
+                if dt is not None and dt.kind in "biufc" and dt.isnative and \
+                        code[:1] in "biufc" and code[1:].isdigit():
+                    name = _CODES.get(dt.char)
+            if name is not None:
+                return DATATYPES[name]
+        raise ValueError(f"cannot map typecode {code!r} to a predefined MPI datatype")
+
+    def tocode(self) -> str:
+        """The typecode of a predefined datatype (ValueError for the others)."""
+        for code, name in _CODES.items():
+            if len(code) == 1 and DATATYPES.get(name) is self:
+                return code
+        raise ValueError(f"cannot map datatype {self.name} to a typecode")
+
     def Get_size(self) -> int:
         if self._null():
             raise MmpiError("Datatype.Get_size: the datatype is DATATYPE_NULL",
@@ -117,6 +142,18 @@ for _d in DATATYPES.values():
 TYPECHARS.update({"b": DATATYPES["SIGNED_CHAR"], "B": BYTE, "i": DATATYPES["INT"],
                   "l": DATATYPES["LONG"], "d": DATATYPES["DOUBLE"], "f": DATATYPES["FLOAT"]})
 del _d
+# typecodes (mpi4py's Datatype.fromcode/tocode)
+_CODES = {
+    "?": "C_BOOL", "c": "CHAR", "b": "SIGNED_CHAR", "h": "SHORT", "i": "INT", "l": "LONG",
+    "q": "LONG_LONG", "B": "UNSIGNED_CHAR", "H": "UNSIGNED_SHORT", "I": "UNSIGNED_INT",
+    "L": "UNSIGNED_LONG", "Q": "UNSIGNED_LONG_LONG", "e": "FLOAT16_T", "f": "FLOAT",
+    "d": "DOUBLE", "g": "LONG_DOUBLE", "F": "C_FLOAT_COMPLEX", "D": "C_DOUBLE_COMPLEX",
+    "G": "C_LONG_DOUBLE_COMPLEX",
+    "b1": "C_BOOL", "i1": "INT8_T", "i2": "INT16_T", "i4": "INT32_T", "i8": "INT64_T",
+    "u1": "UINT8_T", "u2": "UINT16_T", "u4": "UINT32_T", "u8": "UINT64_T",
+    "f2": "FLOAT16_T", "f4": "FLOAT32_T", "f8": "FLOAT64_T",
+    "c8": "C_FLOAT_COMPLEX", "c16": "C_DOUBLE_COMPLEX",
+}
 DATATYPE_NULL = Datatype("DATATYPE_NULL", 0, "")
 # each predefined datatype is a module global too: that is how it pickles (by name)
 globals().update(DATATYPES)
