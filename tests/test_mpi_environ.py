@@ -193,3 +193,19 @@ def test_datatype_fromcode_tocode():
             D.fromcode(bad)
     with pytest.raises(ValueError):
         MPI.DATATYPE_NULL.tocode()
+
+
+def test_persistent_request_to_proc_null_is_a_real_request():
+    comm = MPI.COMM_SELF
+    for kind, req in (("send", comm.Send_init(np.zeros(3), MPI.PROC_NULL)),
+                      ("recv", comm.Recv_init(np.zeros(3), MPI.PROC_NULL))):
+        assert req and req != MPI.REQUEST_NULL         # inactive, but a live handle
+        for _ in range(2):
+            req.Start()
+            st = MPI.Status()
+            req.Wait(st)
+            assert req != MPI.REQUEST_NULL                    # still there, inactive
+            if kind == "recv":
+                assert st.Get_source() == MPI.PROC_NULL and st.Get_count() == 0
+        req.Free()
+        assert req == MPI.REQUEST_NULL and not req
