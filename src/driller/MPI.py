@@ -19,12 +19,16 @@ from .mmpi import _comm
 from .mmpi._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN,  # noqa: F401
                               MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
 from .mmpi._comm import Comm, Wtick, Wtime
+from .mmpi import _const
 from .mmpi._const import (ANY_SOURCE, ANY_TAG, BOTTOM, COMM_TYPE_SHARED,  # noqa: F401
-                          CONGRUENT, ERR_OTHER, ERR_TRUNCATE, IDENT, IN_PLACE, PROC_NULL,
-                          SIMILAR, SUCCESS, TAG_UB, THREAD_FUNNELED, THREAD_MULTIPLE,
+                          CONGRUENT, ERR_LASTCODE, IDENT, IN_PLACE, KEYVAL_INVALID, PROC_NULL,
+                          ROOT, SIMILAR, SUCCESS, TAG_UB, THREAD_FUNNELED, THREAD_MULTIPLE,
                           THREAD_SERIALIZED, THREAD_SINGLE, UNDEFINED, UNEQUAL)
+from .mmpi._datatype import DATATYPE_NULL, Datatype  # noqa: F401
 from .mmpi._datatype import DATATYPES as _DATATYPES
-from .mmpi._datatype import Datatype
+from .mmpi._errhandler import (ERRHANDLER_NULL, ERRORS_ABORT, ERRORS_ARE_FATAL,  # noqa: F401
+                               ERRORS_RETURN, Errhandler)
+from .mmpi._info import INFO_ENV, INFO_NULL, Info  # noqa: F401
 from .mmpi._group import COMM_NULL, GROUP_EMPTY, Group  # noqa: F401
 from .mmpi._request import REQUEST_NULL, Prequest, Request, Status
 
@@ -37,8 +41,12 @@ _DT_NAMES = [
     "INT8_T", "INT16_T", "INT32_T", "INT64_T", "UINT8_T", "UINT16_T", "UINT32_T",
     "UINT64_T", "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "COMPLEX", "DOUBLE_COMPLEX",
     "WCHAR", "SIGNED_SHORT", "SIGNED_INT", "SIGNED_LONG", "SIGNED_LONG_LONG",
+    "C_COMPLEX", "C_LONG_DOUBLE_COMPLEX", "FLOAT16_T", "FLOAT32_T", "FLOAT64_T",
+    "PACKED", "AINT", "OFFSET", "COUNT",
 ]
 globals().update({n: _DATATYPES[n] for n in _DT_NAMES})
+_ERR_NAMES = [n for n in _const.__all__ if n.startswith("ERR_")]
+globals().update({n: getattr(_const, n) for n in _ERR_NAMES})
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "Comm", "Intracomm", "Wtime", "Wtick", "Get_processor_name",
@@ -49,7 +57,61 @@ __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
     "MINLOC", "REPLACE", "NO_OP", "OP_NULL", "Group", "GROUP_EMPTY", "COMM_NULL",
     "COMM_TYPE_SHARED", "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
-] + _DT_NAMES
+    "get_vendor", "Get_version", "Get_library_version", "Get_error_class", "Get_error_string",
+    "Pcontrol", "ROOT", "KEYVAL_INVALID", "DATATYPE_NULL", "Info", "INFO_NULL", "INFO_ENV",
+    "Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL", "ERRORS_ABORT",
+] + _DT_NAMES + _ERR_NAMES
+
+
+def get_vendor() -> tuple[str, tuple[int, int, int]]:
+    """The MPI implementation's name and version: ("driller", driller's version)."""
+    from . import __version__
+    return "driller", _version_tuple(__version__)
+
+
+def _version_tuple(v: str) -> tuple[int, int, int]:
+    parts = []
+    for p in v.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit()) or "0"
+        parts.append(int(digits))
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def Get_version() -> tuple[int, int]:
+    """The MPI standard version whose semantics driller's calls follow."""
+    return (_const.VERSION, _const.SUBVERSION)
+
+
+def Get_library_version() -> str:
+    from . import __version__
+    return (f"driller {__version__} (driller.mmpi: MPI-{_const.VERSION}.{_const.SUBVERSION} "
+            f"semantics over shared memory, at most one copy)")
+
+
+def Get_error_class(errorcode: int) -> int:
+    """The error class of an error code; MPI.Exception(ERR_ARG) if it is none."""
+    try:
+        return _const.error_class(errorcode)
+    except (ValueError, TypeError):
+        raise Exception(f"Get_error_class: {errorcode!r} is no MPI error code",
+                        error_class=_const.ERR_ARG) from None
+
+
+def Get_error_string(errorcode: int) -> str:
+    """The error string of an error code; MPI.Exception(ERR_ARG) if it is none."""
+    try:
+        return _const.error_string(errorcode)
+    except (ValueError, TypeError):
+        raise Exception(f"Get_error_string: {errorcode!r} is no MPI error code",
+                        error_class=_const.ERR_ARG) from None
+
+
+def Pcontrol(level: int) -> None:
+    """Profiling control: driller has no profiling layer, so every level is a no-op
+    (as MPI allows); a level below 0 is an error."""
+    if type(level) is not int or level < 0:
+        raise Exception(f"Pcontrol: level must be an int >= 0, got {level!r}",
+                        error_class=_const.ERR_ARG)
 
 
 def Get_processor_name() -> str:

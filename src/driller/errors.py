@@ -30,12 +30,120 @@ class ReadOnlyError(DrillerError, ValueError):
     sealed read-only.  The message says what to use instead."""
 
 
-class MmpiError(DrillerError):
-    """A message-passing call was used wrongly (bad rank, tag, buffer, ...)."""
+def _const():
+    # the error classes live once, in driller.mmpi._const; imported when an error
+    # code is asked for (errors.py is below mmpi, so not at import time)
+    from .mmpi import _const
+    return _const
+
+
+class MmpiError(DrillerError, RuntimeError):
+    """A message-passing call was used wrongly (bad rank, tag, buffer, ...).
+
+    Also mpi4py's ``MPI.Exception``: it carries an MPI error code.  ``MmpiError(code)``
+    with an int is the exception of that code (its text is the code's error string,
+    a negative code becomes ERR_UNKNOWN); ``MmpiError(message, error_class=c)`` is a
+    driller error with a message and the code ``c`` (by default the class's own:
+    ERR_OTHER here, ERR_TRUNCATE for TruncationError...).  It answers
+    ``Get_error_code/Get_error_class/Get_error_string`` (and the ``error_*``
+    properties), converts to int and compares with ints by its code.
+    """
+
+    _default_class = "ERR_OTHER"
+
+    def __init__(self, *args, error_class: int | None = None):
+        self._mpi_form = False
+        if len(args) == 1 and type(args[0]) is int and error_class is None:
+            code = args[0]
+            if code < 0:
+                code = _const().ERR_UNKNOWN
+            args = (code,)
+            self._mpi_form = True
+            error_class = code
+        elif not args:
+            self._mpi_form = True
+            error_class = 0
+            args = (0,)
+        super().__init__(*args)
+        self._code = error_class
+
+    @property
+    def error_code(self) -> int:
+        code = getattr(self, "_code", None)
+        return getattr(_const(), self._default_class) if code is None else code
+
+    @property
+    def error_class(self) -> int:
+        try:
+            return _const().error_class(self.error_code)
+        except ValueError:
+            return _const().ERR_UNKNOWN
+
+    @property
+    def error_string(self) -> str:
+        try:
+            return _const().error_string(self.error_code)
+        except ValueError:
+            return f"unknown error code {self.error_code}"
+
+    def Get_error_code(self) -> int:
+        return self.error_code
+
+    def Get_error_class(self) -> int:
+        return self.error_class
+
+    def Get_error_string(self) -> str:
+        return self.error_string
+
+    def __str__(self) -> str:
+        if getattr(self, "_mpi_form", False):
+            return self.error_string
+        return super().__str__()
+
+    def __repr__(self) -> str:
+        if getattr(self, "_mpi_form", False):
+            return f"MPI.Exception({self.error_code})"
+        return super().__repr__()
+
+    def __int__(self) -> int:
+        return self.error_code
+
+    def __index__(self) -> int:
+        return self.error_code
+
+    def __bool__(self) -> bool:
+        return self.error_code != 0
+
+    def __hash__(self) -> int:
+        return hash(self.error_code)
+
+    def __eq__(self, other):
+        if isinstance(other, (int, MmpiError)) and not isinstance(other, bool):
+            return self.error_code == int(other)
+        return NotImplemented
+
+    def __ne__(self, other):
+        if isinstance(other, (int, MmpiError)) and not isinstance(other, bool):
+            return self.error_code != int(other)
+        return NotImplemented
+
+    def __lt__(self, other):
+        return self.error_code < int(other)
+
+    def __le__(self, other):
+        return self.error_code <= int(other)
+
+    def __gt__(self, other):
+        return self.error_code > int(other)
+
+    def __ge__(self, other):
+        return self.error_code >= int(other)
 
 
 class PeerDiedError(MmpiError, ConnectionError):
     """A peer process died while we were waiting on it."""
+
+    _default_class = "ERR_PROC_ABORTED"
 
     def __init__(self, message: str, rank: int | None = None, status: int | None = None):
         super().__init__(message)
@@ -45,6 +153,8 @@ class PeerDiedError(MmpiError, ConnectionError):
 
 class TruncationError(MmpiError):
     """A message is larger than the buffer posted to receive it."""
+
+    _default_class = "ERR_TRUNCATE"
 
 
 class RankFailedError(MmpiError):
@@ -75,3 +185,5 @@ class MmpiNotImplementedError(MmpiError, NotImplementedError, AttributeError):
 
     Also an AttributeError, so ``hasattr(MPI, name)`` answers False instead of raising.
     """
+
+    _default_class = "ERR_UNSUPPORTED_OPERATION"

@@ -171,9 +171,12 @@ def parse(spec, writable, what, blocks=1, vector=False):
         if rest and (is_datatype(rest[-1]) or isinstance(rest[-1], str)):  # a str: a datatype
             dt = as_datatype(rest.pop())
         if len(rest) == 1:
-            if isinstance(rest[0], (list, tuple)) and vector and len(rest[0]) == 2 and \
+            if vector and isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2 and (
+                    isinstance(rest[0], tuple) or
                     all(isinstance(v, (list, tuple, type(None))) or hasattr(v, "__len__")
-                        for v in rest[0]):
+                        for v in rest[0])):
+                # (counts, displs), as mpi4py: a tuple of two is that pair (each a
+                # sequence, an int count for every block, an int stride, or None)
                 count, displ = rest[0]
             elif isinstance(rest[0], (list, tuple)) and not vector and len(rest[0]) == 2:
                 count, displ = rest[0]
@@ -206,8 +209,8 @@ def parse(spec, writable, what, blocks=1, vector=False):
     b.dt = dt
     if vector:
         if count is None:
-            raise MmpiError(f"{what}: a vector buffer needs counts: [buf, counts, displs, "
-                            f"datatype] or [buf, (counts, displs), datatype]")
+            # mpi4py: a buffer alone splits into equal blocks, one per rank
+            count = total // blocks
         if isinstance(count, int):
             count = [count] * blocks
         counts = intlist(count, blocks, what, "counts")
@@ -216,6 +219,11 @@ def parse(spec, writable, what, blocks=1, vector=False):
             for c in counts:
                 displs.append(acc)
                 acc += c
+        elif isinstance(displ, int) and not isinstance(displ, bool):
+            # mpi4py: an int displacement is a stride, block i starts at i * displ
+            if displ < 0:
+                raise MmpiError(f"{what}: negative displacement stride {displ}")
+            displs = [i * displ for i in range(blocks)]
         else:
             displs = intlist(displ, blocks, what, "displacements")
         for i, (c, d) in enumerate(zip(counts, displs)):

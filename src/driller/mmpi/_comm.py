@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ..errors import MmpiError, MmpiNotImplementedError
-from . import _group
+from . import _errhandler, _group
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
@@ -534,6 +534,28 @@ class Comm:
 
     def Free(self) -> None:
         pass
+
+    # -- error handlers (``_errhandler``) --
+    @classmethod
+    def Create_errhandler(cls, errhandler_fn):
+        return _errhandler.create(errhandler_fn)
+
+    def Get_errhandler(self):
+        """A new handle onto this communicator's error handler (ERRORS_RETURN by
+        default: errors raise MPI.Exception)."""
+        self._t.rank
+        return _errhandler.Errhandler(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN))
+
+    def Set_errhandler(self, errhandler) -> None:
+        self._t.rank
+        self._errh = _errhandler.Errhandler(
+            _errhandler.check(errhandler, "Comm.Set_errhandler"))
+
+    def Call_errhandler(self, errorcode: int) -> None:
+        """Invoke this communicator's error handler on ``errorcode``."""
+        self._t.rank
+        _errhandler.call(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN), self,
+                         errorcode, self.Abort)
 
     def __getattr__(self, name):
         if name.startswith("_"):

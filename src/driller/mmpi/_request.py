@@ -109,12 +109,16 @@ class Request:
         self._kind = K_SEND
         self._cx = None
 
+    def _is_null(self) -> bool:
+        """REQUEST_NULL's equal: a request with nothing (left) to complete."""
+        return self._op is None
+
     def __bool__(self) -> bool:
-        return self._op is not None
+        return not self._is_null()
 
     def __eq__(self, other) -> bool:
         if isinstance(other, Request):
-            return self is other or (self._op is None and other._op is None)
+            return self is other or (self._is_null() and other._is_null())
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -372,6 +376,11 @@ class Prequest(Request):
         super().__init__()
         self._start = None
         self._active = False
+
+    def _is_null(self) -> bool:
+        # a persistent request is a real handle, active or not, until it is freed
+        # (one to PROC_NULL too: it starts and completes at once)
+        return self._start is None
 
     def Start(self) -> None:
         if self._start is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...errors import MmpiError
+from ...errors import MmpiError, TruncationError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
@@ -39,17 +39,33 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
         return
     rb = parse(recvbuf, True, what, blocks=n, vector=vector)
     isz = rb.dtype.itemsize
-    if sendbuf is not IN_PLACE:
-        sb = parse(sendbuf, False, what)
-        mine = rb.block(me)
-        if sb.nbytes != len(mine):
-            raise MmpiError(f"{what}: the root sends {sb.nbytes} bytes but its block of "
-                            f"the receive buffer holds {len(mine)}")
-        mine[:] = sb.mv
+    # the others' blocks are received whatever the root's own contribution: an error
+    # found only here is raised after them, so no rank is left waiting
+    err = None
+    if sendbuf is not IN_PLACE and sendbuf is not None:
+        # (IN_PLACE, or None as mpi4py on Open MPI: the root's contribution is already
+        # in its block)  A bad buffer is refused here, as every rank checks its own
+        # before communicating; a size mismatch only the root sees is raised last
+        sb = parse(sendbuf, False, what).mv
+        err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
+                          "block of the receive buffer holds {}")
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
     for r, o in ops:
         count_check(cx, o, rb.counts[r] * isz, what, r)
+    if err is not None:
+        raise err
+
+
+def _local_copy(sb, dst, what, wording):
+    """Copy a rank's own contribution (``sb``, bytes) into its block ``dst`` as a
+    receive would: a shorter one fills the block's beginning (as Open MPI's local
+    copy does), a longer one is a truncation.  Returns the error instead of raising it,
+    so the caller completes its communication first (only this rank can see it)."""
+    if len(sb) > len(dst):
+        return TruncationError(f"{what}: " + wording.format(len(sb), len(dst)))
+    dst[:len(sb)] = sb
+    return None
 
 
 def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
@@ -72,16 +88,17 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
         count_check(cx, r, rb.nbytes, what, root)
         return
     sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-    if recvbuf is not IN_PLACE:
+    err = None
+    if recvbuf is not IN_PLACE and recvbuf is not None:
+        # (IN_PLACE, or None as mpi4py on Open MPI: the root's block stays where it is)
         rb = parse(recvbuf, True, what)
-        mine = sb.block(me)
-        if rb.nbytes != len(mine):
-            raise MmpiError(f"{what}: the root's block holds {len(mine)} bytes but its "
-                            f"receive buffer {rb.nbytes}")
-        rb.mv[:] = mine
+        err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} bytes "
+                          "but its receive buffer {}")
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
     first_error(ops)
+    if err is not None:
+        raise err
 
 
 def Allgather(cx, sendbuf, recvbuf) -> None:
@@ -97,12 +114,19 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     rb = parse(recvbuf, True, what, blocks=n, vector=vector)
     isz = rb.dtype.itemsize
     mine = rb.block(me)
+    err = None
     if sendbuf is not IN_PLACE:
-        sb = parse(sendbuf, False, what)
-        if sb.nbytes != len(mine):
-            raise MmpiError(f"{what}: rank {me} sends {sb.nbytes} bytes but its block of "
-                            f"the receive buffer holds {len(mine)}")
-        mine[:] = sb.mv
+        err = _local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
+                          f"of the receive buffer holds {{}}")
+    # an error in this rank's own contribution is raised once the exchange is done
+    allgather_blocks(cx, rb, mine, what)
+    if err is not None:
+        raise err
+
+
+def allgather_blocks(cx, rb, mine, what):
+    n, me = cx.size, cx.rank
+    isz = rb.dtype.itemsize
     base = cbase(cx)
     if n == 1:
         return

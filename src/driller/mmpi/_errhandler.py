@@ -1,0 +1,151 @@
+"""Error handlers (``MPI.Errhandler``): what happens when a call on a communicator fails.
+
+``ERRORS_RETURN`` (every communicator's default, as mpi4py sets it): the call raises
+``MPI.Exception`` (driller's ``MmpiError``) naming the error.  ``ERRORS_ARE_FATAL``
+and ``ERRORS_ABORT``: the error ends the job (``Comm.Abort``).  A user handler
+(``Comm.Create_errhandler(fn)``) is called as ``fn(comm, errorcode)``.
+
+driller raises errors from inside its calls as exceptions whatever the handler; the
+handler is applied by ``Comm.Call_errhandler`` (and, for an uncaught exception,
+the job ends anyway, as under ERRORS_ARE_FATAL).  Predefined handlers pickle to
+themselves; user handlers do not pickle (ValueError, as mpi4py).
+"""
+
+from __future__ import annotations
+
+from ..errors import MmpiError
+from . import _const
+
+__all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
+           "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call"]
+
+MAX_USER_ERRHANDLERS = 32
+_user_count = 0
+
+
+class _Handler:
+    """The object behind a handle: a predefined kind or a user function."""
+
+    __slots__ = ("kind", "fn")
+
+    def __init__(self, kind: str, fn=None):
+        self.kind = kind
+        self.fn = fn
+
+
+_RETURN = _Handler("ERRORS_RETURN")
+_FATAL = _Handler("ERRORS_ARE_FATAL")
+_ABORT = _Handler("ERRORS_ABORT")
+
+
+class Errhandler:
+    """A handle onto an error handler; ``Errhandler()`` is null, ``Errhandler(eh)``
+    a second handle onto the same handler (equal to it)."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, errhandler: Errhandler | None = None):
+        if errhandler is None:
+            self._h = None
+        elif isinstance(errhandler, Errhandler):
+            self._h = errhandler._h
+        else:
+            raise TypeError(f"Errhandler(errhandler): expected an Errhandler, got "
+                            f"{type(errhandler).__name__}")
+
+    def __bool__(self) -> bool:
+        return self._h is not None
+
+    def __eq__(self, other):
+        if not isinstance(other, Errhandler):
+            return NotImplemented
+        return self._h is other._h
+
+    def __ne__(self, other):
+        if not isinstance(other, Errhandler):
+            return NotImplemented
+        return self._h is not other._h
+
+    def __hash__(self) -> int:
+        return id(self._h)
+
+    def __reduce__(self):
+        for name, obj in _PREDEFINED.items():
+            if self is obj:
+                return name
+        if self._h is None:
+            return (Errhandler, ())
+        if self._h.fn is None:
+            return (Errhandler, (_PREDEFINED[self._h.kind],))
+        raise ValueError("a user-defined Errhandler cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"<MPI.Errhandler {self._h.kind if self._h else 'ERRHANDLER_NULL'}>"
+
+    def Free(self) -> None:
+        """Free the handle (predefined handlers stay valid elsewhere)."""
+        global _user_count
+        if self._h is None:
+            raise MmpiError("Errhandler.Free: the errhandler is ERRHANDLER_NULL",
+                            error_class=_const.ERR_ERRHANDLER)
+        if any(self is h for h in _PREDEFINED.values()):
+            return
+        if self._h.fn is not None and self._h.kind == "user":
+            self._h.kind = "freed"      # its slot is free again (other handles keep the fn)
+            _user_count -= 1
+        self._h = None
+
+    def toint(self) -> int:
+        return -1
+
+    def py2f(self) -> int:
+        return -1
+
+
+ERRHANDLER_NULL = Errhandler()
+ERRORS_RETURN = Errhandler()
+ERRORS_RETURN._h = _RETURN
+ERRORS_ARE_FATAL = Errhandler()
+ERRORS_ARE_FATAL._h = _FATAL
+ERRORS_ABORT = Errhandler()
+ERRORS_ABORT._h = _ABORT
+_PREDEFINED = {"ERRHANDLER_NULL": ERRHANDLER_NULL, "ERRORS_RETURN": ERRORS_RETURN,
+               "ERRORS_ARE_FATAL": ERRORS_ARE_FATAL, "ERRORS_ABORT": ERRORS_ABORT}
+
+
+def create(fn) -> Errhandler:
+    """A new user error handler calling ``fn(obj, errorcode)`` (at most 32 per process,
+    as Open MPI; RuntimeError after)."""
+    global _user_count
+    if not callable(fn):
+        raise TypeError(f"Create_errhandler: expected a callable fn(obj, errorcode), got "
+                        f"{type(fn).__name__}")
+    if _user_count >= MAX_USER_ERRHANDLERS:
+        raise RuntimeError(f"Create_errhandler: at most {MAX_USER_ERRHANDLERS} user error "
+                           f"handlers per process")
+    _user_count += 1
+    eh = Errhandler()
+    eh._h = _Handler("user", fn)
+    return eh
+
+
+def check(eh, what: str) -> Errhandler:
+    if not isinstance(eh, Errhandler):
+        raise TypeError(f"{what}: expected an MPI.Errhandler, got {type(eh).__name__}")
+    if not eh:
+        raise MmpiError(f"{what}: the errhandler is ERRHANDLER_NULL",
+                        error_class=_const.ERR_ARG)
+    return eh
+
+
+def call(eh: Errhandler, obj, errorcode: int, abort) -> None:
+    """Apply handler ``eh`` of ``obj`` to ``errorcode``: a user function is called,
+    ERRORS_RETURN does nothing, ERRORS_ARE_FATAL/ABORT call ``abort(errorcode)``
+    (for any code but SUCCESS)."""
+    h = eh._h
+    if h is None:
+        return
+    if h.fn is not None:
+        h.fn(obj, errorcode)
+    elif h is not _RETURN and errorcode != _const.SUCCESS:
+        abort(errorcode)

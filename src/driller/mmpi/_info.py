@@ -1,0 +1,237 @@
+"""MPI info objects: ordered string-to-string maps behind a handle (``MPI.Info``).
+
+An ``Info`` is a handle onto a store: ``Info(other)`` is a second handle onto the
+same store (equal to it), ``Dup``/``copy`` make a new store, ``Free`` makes the
+handle null.  ``INFO_NULL`` is the null handle (mapping methods read as empty,
+writing raises KeyError, as mpi4py); ``INFO_ENV`` holds the environment MPI
+defines (command, argv, maxprocs, host, arch, wdir, thread_level).  Both pickle
+to themselves; other infos pickle as a new info with the same items.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+
+from ..errors import MmpiError
+from . import _const
+from ._world import ENV_SIZE
+
+__all__ = ["Info", "INFO_NULL", "INFO_ENV"]
+
+
+class Info:
+    """A handle onto an ordered map of string keys to string values."""
+
+    __slots__ = ("_d", "__weakref__")
+
+    def __init__(self, info: Info | None = None):
+        if info is None:
+            self._d = None
+        elif isinstance(info, Info):
+            self._d = info._d
+        else:
+            raise TypeError(f"Info(info): expected an Info, got {type(info).__name__}")
+
+    # -- MPI methods ---------------------------------------------------------------
+
+    @classmethod
+    def Create(cls, items=None) -> Info:
+        new = cls()
+        new._d = {}
+        if items is not None:
+            if not hasattr(items, "keys") and not isinstance(items, (list, tuple)):
+                raise TypeError(f"Info.Create(items): expected a mapping or a sequence of "
+                                f"(key, value) pairs, got {type(items).__name__}")
+            new.update(items)
+        return new
+
+    @classmethod
+    def Create_env(cls, args=None) -> Info:
+        new = cls()
+        new._d = dict(_env_items(args))
+        return new
+
+    def _store(self, what: str) -> dict:
+        if self._d is None:
+            raise MmpiError(f"Info.{what}: the info is INFO_NULL (create one with "
+                            f"MPI.Info.Create())", error_class=_const.ERR_INFO)
+        return self._d
+
+    def _writable(self, what: str) -> dict:
+        d = self._store(what)
+        if d is _ENV:
+            raise MmpiError(f"Info.{what}: INFO_ENV is predefined and read-only; "
+                            f"use INFO_ENV.Dup()", error_class=_const.ERR_INFO)
+        return d
+
+    def Dup(self) -> Info:
+        new = Info()
+        new._d = dict(self._store("Dup"))
+        return new
+
+    def Free(self) -> None:
+        self._store("Free")
+        if self is INFO_ENV:
+            raise MmpiError("Info.Free: INFO_ENV is predefined and cannot be freed",
+                            error_class=_const.ERR_INFO)
+        self._d = None
+
+    def Get(self, key: str) -> str | None:
+        return self._store("Get").get(_key(key))
+
+    def Set(self, key: str, value: str) -> None:
+        self._writable("Set")[_key(key)] = _value(value)
+
+    def Delete(self, key: str) -> None:
+        d = self._writable("Delete")
+        key = _key(key)
+        if key not in d:
+            raise MmpiError(f"Info.Delete: no key {key!r}", error_class=_const.ERR_INFO_NOKEY)
+        del d[key]
+
+    def Get_nkeys(self) -> int:
+        return len(self._store("Get_nkeys"))
+
+    def Get_nthkey(self, n: int) -> str:
+        d = self._store("Get_nthkey")
+        if not 0 <= n < len(d):
+            raise MmpiError(f"Info.Get_nthkey: index {n} is out of range (the info has "
+                            f"{len(d)} keys)", error_class=_const.ERR_ARG)
+        return list(d)[n]
+
+    # -- handle behaviour ----------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        return self._d is not None
+
+    def __eq__(self, other):
+        if not isinstance(other, Info):
+            return NotImplemented
+        return self._d is other._d
+
+    def __ne__(self, other):
+        if not isinstance(other, Info):
+            return NotImplemented
+        return self._d is not other._d
+
+    def __hash__(self) -> int:
+        return id(self._d)
+
+    def __reduce__(self):
+        if self is INFO_NULL:
+            return "INFO_NULL"
+        if self is INFO_ENV:
+            return "INFO_ENV"
+        if self._d is None:
+            return (Info, ())
+        if self._d is _ENV:
+            return (Info, (INFO_ENV,))
+        return (Info.Create, (list(self._d.items()),))
+
+    def __repr__(self) -> str:
+        if self._d is None:
+            return "<MPI.Info INFO_NULL>"
+        return f"<MPI.Info {dict(self._d)!r}>"
+
+    # -- mapping methods (mpi4py's Python interface) -------------------------------
+
+    def __len__(self) -> int:
+        return 0 if self._d is None else len(self._d)
+
+    def __contains__(self, key) -> bool:
+        return self._d is not None and key in self._d
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __getitem__(self, key: str) -> str:
+        if self._d is None or _key(key) not in self._d:
+            raise KeyError(key)
+        return self._d[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if self._d is None:
+            raise KeyError(key)
+        self.Set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if self._d is None or key not in self._d:
+            raise KeyError(key)
+        self.Delete(key)
+
+    def get(self, key: str, default=None):
+        if self._d is None:
+            return default
+        v = self._d.get(_key(key))
+        return default if v is None else v
+
+    def keys(self) -> list[str]:
+        return [] if self._d is None else list(self._d)
+
+    def values(self) -> list[str]:
+        return [] if self._d is None else list(self._d.values())
+
+    def items(self) -> list[tuple[str, str]]:
+        return [] if self._d is None else list(self._d.items())
+
+    def update(self, items=(), **kwds) -> None:
+        if self._d is None:
+            raise KeyError("update: the info is INFO_NULL")
+        pairs = items.items() if hasattr(items, "items") else items
+        for k, v in list(pairs) + list(kwds.items()):
+            self.Set(k, v)
+
+    def pop(self, key: str, *default):
+        if self._d is None or key not in self._d:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        v = self._d[key]
+        self.Delete(key)
+        return v
+
+    def popitem(self) -> tuple[str, str]:
+        if not self._d:
+            raise KeyError("popitem: the info is empty")
+        key = list(self._d)[-1]
+        return key, self.pop(key)
+
+    def copy(self) -> Info:
+        return Info() if self._d is None else self.Dup()
+
+    def clear(self) -> None:
+        if self._d is not None:
+            self._writable("clear").clear()
+
+
+def _key(key) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"info keys are str, got {type(key).__name__}")
+    return key
+
+
+def _value(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"info values are str, got {type(value).__name__}")
+    return value
+
+
+def _env_items(args=None):
+    argv = list(sys.argv) if args is None else (
+        [args] if isinstance(args, str) else list(args))
+    yield "command", (argv[0] if argv else sys.executable)
+    yield "argv", " ".join(argv[1:])
+    yield "maxprocs", os.environ.get(ENV_SIZE, "1")
+    yield "host", socket.gethostname()
+    yield "arch", platform.machine()
+    yield "wdir", os.getcwd()
+    yield "thread_level", "MPI_THREAD_SINGLE"
+
+
+INFO_NULL = Info()
+_ENV: dict = dict(_env_items())
+INFO_ENV = Info()
+INFO_ENV._d = _ENV
