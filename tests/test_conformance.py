@@ -312,7 +312,9 @@ def test_run_sums_ranks_and_survives_a_failing_rank(fake_suite, tmp_path, monkey
     s = _run(fake_suite, tmp_path, monkeypatch, "ok")
     # rank 1's main.py exits 1 (a failed test); rank 0 must still report in full
     assert s.status == "ok", s.detail
-    assert (s.run, s.passed, s.failed, s.errors, s.skipped) == (10, 5, 1, 2, 2)
+    # "run" is unittest's own "Ran N", which leaves skipped tests out from 3.12 on
+    run = 10 if sys.version_info < (3, 12) else 8
+    assert (s.run, s.passed, s.failed, s.errors, s.skipped) == (run, 5, 1, 2, 2)
     assert [r["exit_code"] for r in s.ranks] == [1, 1]
     assert s.modules == {"__main__": {"ok": 5, "fail": 1, "skip": 2},
                          "test_nonexistent_xyz": {"error": 2}}

@@ -19,10 +19,12 @@ from .mmpi import _comm
 from .mmpi._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN,  # noqa: F401
                               MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
 from .mmpi._comm import Comm, Wtick, Wtime
+from . import _errcodes
+from ._errcodes import ERR_LASTCODE, SUCCESS  # noqa: F401
 from .mmpi import _const
 from .mmpi._const import (ANY_SOURCE, ANY_TAG, BOTTOM, COMM_TYPE_SHARED,  # noqa: F401
-                          CONGRUENT, ERR_LASTCODE, IDENT, IN_PLACE, KEYVAL_INVALID, PROC_NULL,
-                          ROOT, SIMILAR, SUCCESS, TAG_UB, THREAD_FUNNELED, THREAD_MULTIPLE,
+                          CONGRUENT, IDENT, IN_PLACE, KEYVAL_INVALID, PROC_NULL,
+                          ROOT, SIMILAR, TAG_UB, THREAD_FUNNELED, THREAD_MULTIPLE,
                           THREAD_SERIALIZED, THREAD_SINGLE, UNDEFINED, UNEQUAL)
 from .mmpi._datatype import DATATYPE_NULL, Datatype  # noqa: F401
 from .mmpi._datatype import DATATYPES as _DATATYPES
@@ -45,8 +47,8 @@ _DT_NAMES = [
     "PACKED", "AINT", "OFFSET", "COUNT",
 ]
 globals().update({n: _DATATYPES[n] for n in _DT_NAMES})
-_ERR_NAMES = [n for n in _const.__all__ if n.startswith("ERR_")]
-globals().update({n: getattr(_const, n) for n in _ERR_NAMES})
+_ERR_NAMES = [n for n in _errcodes.__all__ if n.startswith("ERR_")]
+globals().update({n: getattr(_errcodes, n) for n in _ERR_NAMES})
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "Comm", "Intracomm", "Wtime", "Wtick", "Get_processor_name",
@@ -91,19 +93,19 @@ def Get_library_version() -> str:
 def Get_error_class(errorcode: int) -> int:
     """The error class of an error code; MPI.Exception(ERR_ARG) if it is none."""
     try:
-        return _const.error_class(errorcode)
+        return _errcodes.error_class(errorcode)
     except (ValueError, TypeError):
         raise Exception(f"Get_error_class: {errorcode!r} is no MPI error code",
-                        error_class=_const.ERR_ARG) from None
+                        error_class=_errcodes.ERR_ARG) from None
 
 
 def Get_error_string(errorcode: int) -> str:
     """The error string of an error code; MPI.Exception(ERR_ARG) if it is none."""
     try:
-        return _const.error_string(errorcode)
+        return _errcodes.error_string(errorcode)
     except (ValueError, TypeError):
         raise Exception(f"Get_error_string: {errorcode!r} is no MPI error code",
-                        error_class=_const.ERR_ARG) from None
+                        error_class=_errcodes.ERR_ARG) from None
 
 
 def Pcontrol(level: int) -> None:
@@ -111,7 +113,7 @@ def Pcontrol(level: int) -> None:
     (as MPI allows); a level below 0 is an error."""
     if type(level) is not int or level < 0:
         raise Exception(f"Pcontrol: level must be an int >= 0, got {level!r}",
-                        error_class=_const.ERR_ARG)
+                        error_class=_errcodes.ERR_ARG)
 
 
 def Get_processor_name() -> str:

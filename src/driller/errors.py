@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import _errcodes
+
 __all__ = [
     "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",
     "PeerDiedError", "TruncationError", "MmpiError", "MmpiNotImplementedError", "RankFailedError",
@@ -30,12 +32,6 @@ class ReadOnlyError(DrillerError, ValueError):
     sealed read-only.  The message says what to use instead."""
 
 
-def _const():
-    # the error classes live once, in driller.mmpi._const; imported when an error
-    # code is asked for (errors.py is below mmpi, so not at import time)
-    from .mmpi import _const
-    return _const
-
 
 class MmpiError(DrillerError, RuntimeError):
     """A message-passing call was used wrongly (bad rank, tag, buffer, ...).
@@ -56,7 +52,7 @@ class MmpiError(DrillerError, RuntimeError):
         if len(args) == 1 and type(args[0]) is int and error_class is None:
             code = args[0]
             if code < 0:
-                code = _const().ERR_UNKNOWN
+                code = _errcodes.ERR_UNKNOWN
             args = (code,)
             self._mpi_form = True
             error_class = code
@@ -70,19 +66,19 @@ class MmpiError(DrillerError, RuntimeError):
     @property
     def error_code(self) -> int:
         code = getattr(self, "_code", None)
-        return getattr(_const(), self._default_class) if code is None else code
+        return getattr(_errcodes, self._default_class) if code is None else code
 
     @property
     def error_class(self) -> int:
         try:
-            return _const().error_class(self.error_code)
+            return _errcodes.error_class(self.error_code)
         except ValueError:
-            return _const().ERR_UNKNOWN
+            return _errcodes.ERR_UNKNOWN
 
     @property
     def error_string(self) -> str:
         try:
-            return _const().error_string(self.error_code)
+            return _errcodes.error_string(self.error_code)
         except ValueError:
             return f"unknown error code {self.error_code}"
 

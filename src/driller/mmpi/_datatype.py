@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MmpiError
-from . import _const
+from .. import _errcodes
 
 __all__ = ["Datatype", "DATATYPES", "DATATYPE_NULL", "BYTE", "TYPECHARS", "as_datatype", "is_datatype",
            "np_dtype", "dtype_of", "datatype_of"]
@@ -86,7 +86,7 @@ class Datatype:
     def Get_size(self) -> int:
         if self._null():
             raise MmpiError("Datatype.Get_size: the datatype is DATATYPE_NULL",
-                            error_class=_const.ERR_TYPE)
+                            error_class=_errcodes.ERR_TYPE)
         return self.size
 
     def Get_extent(self) -> tuple[int, int]:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import itertools
 
-from ._const import ANY_SOURCE, ANY_TAG, ERR_TRUNCATE, PROC_NULL
+from .._errcodes import ERR_TRUNCATE
+from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL
 
 __all__ = [
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "EAGER", "RNDV", "ERR_TRUNCATE",

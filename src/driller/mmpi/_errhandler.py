@@ -14,7 +14,7 @@ themselves; user handlers do not pickle (ValueError, as mpi4py).
 from __future__ import annotations
 
 from ..errors import MmpiError
-from . import _const
+from .. import _errcodes
 
 __all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
            "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call"]
@@ -87,7 +87,7 @@ class Errhandler:
         global _user_count
         if self._h is None:
             raise MmpiError("Errhandler.Free: the errhandler is ERRHANDLER_NULL",
-                            error_class=_const.ERR_ERRHANDLER)
+                            error_class=_errcodes.ERR_ERRHANDLER)
         if any(self is h for h in _PREDEFINED.values()):
             return
         if self._h.fn is not None and self._h.kind == "user":
@@ -134,7 +134,7 @@ def check(eh, what: str) -> Errhandler:
         raise TypeError(f"{what}: expected an MPI.Errhandler, got {type(eh).__name__}")
     if not eh:
         raise MmpiError(f"{what}: the errhandler is ERRHANDLER_NULL",
-                        error_class=_const.ERR_ARG)
+                        error_class=_errcodes.ERR_ARG)
     return eh
 
 
@@ -147,5 +147,5 @@ def call(eh: Errhandler, obj, errorcode: int, abort) -> None:
         return
     if h.fn is not None:
         h.fn(obj, errorcode)
-    elif h is not _RETURN and errorcode != _const.SUCCESS:
+    elif h is not _RETURN and errorcode != _errcodes.SUCCESS:
         abort(errorcode)

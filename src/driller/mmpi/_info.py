@@ -16,7 +16,7 @@ import socket
 import sys
 
 from ..errors import MmpiError
-from . import _const
+from .. import _errcodes
 from ._world import ENV_SIZE
 
 __all__ = ["Info", "INFO_NULL", "INFO_ENV"]
@@ -57,14 +57,14 @@ class Info:
     def _store(self, what: str) -> dict:
         if self._d is None:
             raise MmpiError(f"Info.{what}: the info is INFO_NULL (create one with "
-                            f"MPI.Info.Create())", error_class=_const.ERR_INFO)
+                            f"MPI.Info.Create())", error_class=_errcodes.ERR_INFO)
         return self._d
 
     def _writable(self, what: str) -> dict:
         d = self._store(what)
         if d is _ENV:
             raise MmpiError(f"Info.{what}: INFO_ENV is predefined and read-only; "
-                            f"use INFO_ENV.Dup()", error_class=_const.ERR_INFO)
+                            f"use INFO_ENV.Dup()", error_class=_errcodes.ERR_INFO)
         return d
 
     def Dup(self) -> Info:
@@ -76,7 +76,7 @@ class Info:
         self._store("Free")
         if self is INFO_ENV:
             raise MmpiError("Info.Free: INFO_ENV is predefined and cannot be freed",
-                            error_class=_const.ERR_INFO)
+                            error_class=_errcodes.ERR_INFO)
         self._d = None
 
     def Get(self, key: str) -> str | None:
@@ -89,7 +89,7 @@ class Info:
         d = self._writable("Delete")
         key = _key(key)
         if key not in d:
-            raise MmpiError(f"Info.Delete: no key {key!r}", error_class=_const.ERR_INFO_NOKEY)
+            raise MmpiError(f"Info.Delete: no key {key!r}", error_class=_errcodes.ERR_INFO_NOKEY)
         del d[key]
 
     def Get_nkeys(self) -> int:
@@ -99,7 +99,7 @@ class Info:
         d = self._store("Get_nthkey")
         if not 0 <= n < len(d):
             raise MmpiError(f"Info.Get_nthkey: index {n} is out of range (the info has "
-                            f"{len(d)} keys)", error_class=_const.ERR_ARG)
+                            f"{len(d)} keys)", error_class=_errcodes.ERR_ARG)
         return list(d)[n]
 
     # -- handle behaviour ----------------------------------------------------------
