@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from . import _errcodes
-
 __all__ = [
     "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",
     "PeerDiedError", "TruncationError", "MmpiError", "MmpiNotImplementedError", "RankFailedError",
 ]
+
+
+def _codes():
+    # the MPI error classes (driller._errcodes, a leaf), imported at first use:
+    # processes that never look at an error class (the fd proxy) never load them
+    from . import _errcodes
+    return _errcodes
 
 
 class DrillerError(Exception):
@@ -52,7 +57,7 @@ class MmpiError(DrillerError, RuntimeError):
         if len(args) == 1 and type(args[0]) is int and error_class is None:
             code = args[0]
             if code < 0:
-                code = _errcodes.ERR_UNKNOWN
+                code = _codes().ERR_UNKNOWN
             args = (code,)
             self._mpi_form = True
             error_class = code
@@ -66,19 +71,19 @@ class MmpiError(DrillerError, RuntimeError):
     @property
     def error_code(self) -> int:
         code = getattr(self, "_code", None)
-        return getattr(_errcodes, self._default_class) if code is None else code
+        return getattr(_codes(), self._default_class) if code is None else code
 
     @property
     def error_class(self) -> int:
         try:
-            return _errcodes.error_class(self.error_code)
+            return _codes().error_class(self.error_code)
         except ValueError:
-            return _errcodes.ERR_UNKNOWN
+            return _codes().ERR_UNKNOWN
 
     @property
     def error_string(self) -> str:
         try:
-            return _errcodes.error_string(self.error_code)
+            return _codes().error_string(self.error_code)
         except ValueError:
             return f"unknown error code {self.error_code}"
 
