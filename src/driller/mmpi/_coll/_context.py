@@ -232,28 +232,27 @@ def pid(cx, r: int) -> int:
 
 
 def readv(cx, r: int, local: int, remote: int, n: int, what: str) -> None:
-    try:
-        _linux.process_vm_readv(pid(cx, r), local, remote, n)
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
-                                f"{cx.rank} was reading its buffer",
-                                rank=cx.t.blame(cx.group[r])) from None
-        if e.errno in T.DENIED:
-            raise MmpiError(f"{what}: " + T.denial_message(
-                e, f"reading {n} bytes from rank {r}")) from None
-        raise MmpiError(f"{what}: reading {n} bytes from rank {r} failed: {e}") from None
+    _vm_copy(cx, _linux.process_vm_readv, r, local, remote, n, what,
+             "was reading its buffer", f"reading {n} bytes from rank {r}",
+             f"reading {n} bytes from rank {r}")
 
 
 def writev(cx, r: int, local: int, remote: int, n: int, what: str) -> None:
+    _vm_copy(cx, _linux.process_vm_writev, r, local, remote, n, what,
+             "was writing into its buffer", f"writing {n} bytes into rank {r}",
+             f"writing {n} bytes to rank {r}")
+
+
+def _vm_copy(cx, copy, r: int, local: int, remote: int, n: int, what: str,
+             doing: str, denied: str, failed: str) -> None:
+    """One single-copy transfer with rank r's memory; its errors said in MPI terms."""
     try:
-        _linux.process_vm_writev(pid(cx, r), local, remote, n)
+        copy(pid(cx, r), local, remote, n)
     except OSError as e:
         if e.errno == errno.ESRCH:
             raise PeerDiedError(f"{what}: rank {r} of the communicator died while rank "
-                                f"{cx.rank} was writing into its buffer",
+                                f"{cx.rank} {doing}",
                                 rank=cx.t.blame(cx.group[r])) from None
         if e.errno in T.DENIED:
-            raise MmpiError(f"{what}: " + T.denial_message(
-                e, f"writing {n} bytes into rank {r}")) from None
-        raise MmpiError(f"{what}: writing {n} bytes to rank {r} failed: {e}") from None
+            raise MmpiError(f"{what}: " + T.denial_message(e, denied)) from None
+        raise MmpiError(f"{what}: {failed} failed: {e}") from None
