@@ -5,6 +5,10 @@ import pickle
 import signal
 import time
 
+import numpy as np
+
+from driller import _linux
+
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -49,3 +53,14 @@ def wait_until(cond, limit=15.0):
             return True
         time.sleep(0.01)
     return cond()
+
+
+def heap_array():
+    """A 96 KiB array that glibc places inside its heap: not page-aligned, its edge
+    pages shared with malloc's neighbours."""
+    for _ in range(100):
+        a = np.empty(12 * 1024)
+        m = _linux.query_mapping(a.ctypes.data)
+        if not m.shared and m.name == "[heap]" and a.ctypes.data % _linux.PAGE_SIZE:
+            return a
+    raise AssertionError("glibc did not place a 96 KiB array in its heap")

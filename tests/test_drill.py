@@ -16,6 +16,7 @@ import driller
 from driller import _linux
 
 import _peer
+from _helpers import heap_array as _heap_array
 
 HERE = os.path.dirname(__file__)
 
@@ -150,16 +151,6 @@ def test_fork_after_drill_gives_the_child_a_copy(where):
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
             assert (a == 1.0).all()
-
-
-def _heap_array():
-    """A 96 KiB array that glibc places inside its heap (not page-aligned)."""
-    for _ in range(100):
-        a = np.empty(12 * 1024)
-        m = _linux.query_mapping(a.ctypes.data)
-        if not m.shared and m.name == "[heap]" and a.ctypes.data % _linux.PAGE_SIZE:
-            return a
-    raise AssertionError("glibc did not place a 96 KiB array in its heap")
 
 
 def test_heap_buffer_shares_only_its_bytes_with_peers():

@@ -23,6 +23,7 @@ import driller
 from driller import _linux, mapcache
 
 import _ro_peer
+from _helpers import heap_array as _heap_array
 
 HERE = os.path.dirname(__file__)
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -56,16 +57,6 @@ def _seals_of(arr) -> int:
         return _linux.get_seals(fd)
     finally:
         os.close(fd)
-
-
-def _heap_array():
-    """A 96 KiB array that glibc places inside its heap (edge pages shared with malloc)."""
-    for _ in range(100):
-        a = np.empty(12 * 1024)
-        m = _linux.query_mapping(a.ctypes.data)
-        if not m.shared and m.name == "[heap]" and a.ctypes.data % _linux.PAGE_SIZE:
-            return a
-    raise AssertionError("glibc did not place a 96 KiB array in its heap")
 
 
 def _make(kind):
