@@ -18,7 +18,7 @@ from .errors import MmpiNotImplementedError as _NotImpl
 from .mmpi import _comm
 from .mmpi._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN,  # noqa: F401
                               MINLOC, NO_OP, OP_NULL, PROD, REPLACE, SUM, Op)
-from .mmpi._comm import Comm, Wtick, Wtime
+from .mmpi._comm import Comm, Intracomm, Wtick, Wtime
 from . import _errcodes
 from ._errcodes import ERR_LASTCODE, SUCCESS  # noqa: F401
 from .mmpi import _const
@@ -34,7 +34,6 @@ from .mmpi._info import INFO_ENV, INFO_NULL, Info  # noqa: F401
 from .mmpi._group import COMM_NULL, GROUP_EMPTY, Group  # noqa: F401
 from .mmpi._request import REQUEST_NULL, Prequest, Request, Status
 
-Intracomm = Comm
 
 _DT_NAMES = [
     "BYTE", "CHAR", "SIGNED_CHAR", "SHORT", "INT", "LONG", "LONG_LONG",

@@ -26,7 +26,7 @@ from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fil
                        request, self_sync)
 
 __all__ = [
-    "Comm", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
+    "Comm", "Intracomm", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
     "is_initialized", "is_finalized", "launched_rank",
 ]
 
@@ -478,23 +478,11 @@ class Comm:
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM):
         return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
-    def Scan(self, sendbuf, recvbuf, op=SUM):
-        return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
-
-    def Exscan(self, sendbuf, recvbuf, op=SUM):
-        return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
-
     def reduce(self, sendobj, op=SUM, root=0):
         return _reduce.reduce(self._cx, sendobj, op, root)
 
     def allreduce(self, sendobj, op=SUM):
         return _reduce.allreduce(self._cx, sendobj, op)
-
-    def scan(self, sendobj, op=SUM):
-        return _reduce.scan(self._cx, sendobj, op)
-
-    def exscan(self, sendobj, op=SUM):
-        return _reduce.exscan(self._cx, sendobj, op)
 
     def Gather(self, sendbuf, recvbuf, root=0):
         return _gather.Gather(self._cx, sendbuf, recvbuf, root)
@@ -570,6 +558,24 @@ def _null_done_send():
     op = T.SendOp(PROC_NULL, 0, 0, EMPTY)
     op.done = True
     return op
+
+
+class Intracomm(Comm):
+    """An intracommunicator: one group of ranks (COMM_WORLD, COMM_SELF and what
+    Dup/Split/Create make of them).  Prefix reductions live here, as in mpi4py;
+    topologies and intercommunicators are built from intracommunicators."""
+
+    def Scan(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
+
+    def Exscan(self, sendbuf, recvbuf, op=SUM):
+        return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
+
+    def scan(self, sendobj, op=SUM):
+        return _reduce.scan(self._cx, sendobj, op)
+
+    def exscan(self, sendobj, op=SUM):
+        return _reduce.exscan(self._cx, sendobj, op)
 
 
 # ------------------------------------------------------------------ world state
@@ -661,8 +667,8 @@ def init_world(rank: int, size: int, fd: int, *, close_fd: bool = False) -> Comm
     _state.pid = os.getpid()
     _state.world = world
     _state.transport = t
-    _state.comm_world = Comm(t, list(range(size)), _CTX_WORLD, "MPI_COMM_WORLD")
-    _state.comm_self = Comm(t, [rank], _CTX_SELF, "MPI_COMM_SELF")
+    _state.comm_world = Intracomm(t, list(range(size)), _CTX_WORLD, "MPI_COMM_WORLD")
+    _state.comm_self = Intracomm(t, [rank], _CTX_SELF, "MPI_COMM_SELF")
     _state.finalized = False
     return _state.comm_world
 
