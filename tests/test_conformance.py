@@ -384,7 +384,7 @@ def test_main_ratchet_and_update(fake_suite, tmp_path, monkeypatch):
 def test_update_refused_after_a_hang(tmp_path, monkeypatch):
     monkeypatch.setattr(conformance, "fetch_suite", lambda: str(tmp_path))
 
-    def fake_run_size(n, suite, timeout, stall):
+    def fake_run_size(n, suite, timeout, regex, stall):
         return conformance.SizeResult(n=n, status="hang" if n == 2 else "ok", passed=7,
                                       detail="no test event on any rank for 120 s: rank 1 in x")
     monkeypatch.setattr(conformance, "run_size", fake_run_size)
@@ -397,3 +397,16 @@ def test_update_refused_after_a_hang(tmp_path, monkeypatch):
     res = json.loads(out.read_text())
     assert res["sizes"]["2"]["status"] == "hang" and not res["ok"]
     assert conformance.main(["--sizes", "1", "--baseline", str(base), "--json", str(out)]) == 0
+
+
+def test_module_subset_is_checked_and_never_touches_the_baseline(tmp_path, capsys):
+    """--modules runs a named part of the set: unknown names are usage errors, and a
+    partial run can neither fail the ratchet nor rewrite the baseline."""
+    with pytest.raises(SystemExit) as e:
+        conformance.main(["--modules", "win,nosuchmodule"])
+    assert e.value.code == 2
+    assert "nosuchmodule not in the conformance set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        conformance.main(["--modules", "win", "--update-baseline"])
+    assert e.value.code == 2
+    assert "--update-baseline needs the whole set" in capsys.readouterr().err

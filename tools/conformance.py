@@ -1,6 +1,7 @@
 """`make conformance`: mpi4py 4.1.2's own test suite, run on driller.MPI.
 
-usage: python tools/conformance.py [--sizes 1,2,3] [--timeout SECONDS] [--stall SECONDS]
+usage: python tools/conformance.py [--sizes 1,2,3] [--modules a,b] [--by-module]
+                                   [--timeout SECONDS] [--stall SECONDS]
                                    [--update-baseline] [--json PATH] [--baseline PATH]
 
 Fetches the mpi4py 4.1.2 source distribution once into ``.cache/conformance/``
@@ -451,6 +452,15 @@ def format_size(s: SizeResult) -> list[str]:
     return lines
 
 
+def format_modules(s: SizeResult) -> list[str]:
+    """One line per module: its outcomes at this size, summed over the ranks."""
+    kinds = ("ok", "fail", "error", "skip", "unfinished")
+    lines = [f"     {'module':22s}" + "".join(f"{k:>11s}" for k in kinds)]
+    for mod, counts in s.modules.items():
+        lines.append(f"     {mod:22s}" + "".join(f"{counts.get(k, 0):11d}" for k in kinds))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1,2,3", help="comma-separated rank counts")
@@ -462,7 +472,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the measured passes into the baseline file")
     p.add_argument("--baseline", default=BASELINE)
     p.add_argument("--json", default=RESULTS)
+    p.add_argument("--modules", default="",
+                   help="comma-separated subset of the modules (e.g. win,rma): a partial run "
+                        "for development; no baseline check, no baseline update")
+    p.add_argument("--by-module", action="store_true",
+                   help="print each module's outcomes per size (summed over ranks)")
     args = p.parse_args(argv)
+    regex, subset = REGEX, list(MODULES)
+    if args.modules:
+        subset = [m.strip() for m in args.modules.split(",") if m.strip()]
+        unknown = sorted(set(subset) - set(MODULES))
+        if unknown:
+            p.error(f"--modules: {', '.join(unknown)} not in the conformance set "
+                    f"({' '.join(MODULES)})")
+        if args.update_baseline:
+            p.error("--update-baseline needs the whole set: drop --modules")
+        regex = r"^test_(" + "|".join(subset) + r")\.py$"
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     try:
         suite = fetch_suite()
@@ -474,16 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     t0 = time.monotonic()
     for n in sizes:
-        print(f"conformance: mpi4py {VERSION} test suite ({len(MODULES)} modules) under "
+        print(f"conformance: mpi4py {VERSION} test suite ({len(subset)} modules) under "
               f"driller run --mpi4py -n {n} ...", flush=True)
-        s = run_size(n, suite, args.timeout, stall=args.stall)
-        s.baseline = baseline.get(n)
+        s = run_size(n, suite, args.timeout, regex=regex, stall=args.stall)
+        s.baseline = None if args.modules else baseline.get(n)
         results.append(s)
         print("\n".join(format_size(s)), flush=True)
+        if args.by_module:
+            print("\n".join(format_modules(s)), flush=True)
     total = time.monotonic() - t0
     verdicts = [verdict(s) for s in results]
     with open(args.json, "w") as f:
-        json.dump({"suite": f"mpi4py {VERSION}", "regex": REGEX, "wall_s": round(total, 1),
+        json.dump({"suite": f"mpi4py {VERSION}", "regex": regex, "wall_s": round(total, 1),
                    "sizes": {str(s.n): asdict(s) for s in results},
                    "ok": all(ok for ok, _ in verdicts)}, f, indent=2)
         f.write("\n")
