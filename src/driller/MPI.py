@@ -64,6 +64,26 @@ __all__ = [
 ] + _DT_NAMES + _ERR_NAMES
 
 
+# Each family of the MPI surface adds its names in its own block below (imports and
+# ``__all__ +=``), so that families filled in parallel merge without overlap.
+
+# --- point-to-point extras: Message, buffered sends
+
+# --- derived datatypes, packing, addresses
+
+# --- buffer exporters and collectives
+
+# --- communicators, groups, attributes, object model, environment
+
+# --- pickling, errors, mpi4py's pure-Python layers
+
+# --- topologies
+
+# --- intercommunicators
+
+# --- one-sided communication (windows), Alloc_mem
+
+
 def get_vendor() -> tuple[str, tuple[int, int, int]]:
     """The MPI implementation's name and version: ("driller", driller's version)."""
     from . import __version__
