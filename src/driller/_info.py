@@ -36,9 +36,18 @@ def find_proxies() -> list[str]:
 def info(proxy: str | None = None) -> dict:
     """What `driller info` prints, as a dict: proxies with their segments, and our cache."""
     from .proxy import ENV_VAR, proxy_info
+    from .proxy import _client
+    from .proxy._wire import _show
     from .sharedarray import cache_info
-    targets = [proxy] if proxy else ([os.environ[ENV_VAR]] if os.environ.get(ENV_VAR)
-                                     else find_proxies())
+    own = _client._own_proxy     # this process's proxy (kept in memory, not os.environ)
+    if proxy:
+        targets = [proxy]
+    elif own is not None:
+        targets = [f"{_show(own[0])}|{own[1].hex()}"]
+    elif os.environ.get(ENV_VAR):
+        targets = [os.environ[ENV_VAR]]
+    else:
+        targets = find_proxies()
     proxies = []
     for t in targets:
         try:
