@@ -13,6 +13,9 @@ import importlib
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from . import _platform
+
+_platform.check()   # a clear ImportError on a system driller cannot run on
 
 __version__ = "0.1.0"
 

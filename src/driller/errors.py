@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",
     "PeerDiedError", "TruncationError", "MmpiError", "MmpiNotImplementedError", "RankFailedError",
+    "UnsupportedPlatformError",
 ]
 
 
@@ -17,6 +18,12 @@ def _codes():
 
 class DrillerError(Exception):
     """Base class of every error raised by driller."""
+
+
+class UnsupportedPlatformError(DrillerError, ImportError):
+    """``import driller`` on a system driller cannot run on (not Linux, a machine other
+    than x86_64/aarch64, a kernel without futex_waitv): the message names what is
+    missing."""
 
 
 class DrillError(DrillerError, ValueError):
