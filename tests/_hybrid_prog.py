@@ -83,6 +83,21 @@ for count in (1, 1000, 300_000):
     assert all(np.allclose(t[k], np.arange(r * count, (r + 1) * count) * (k + 1)) for k in range(n))
     sc = np.empty(count); comm.Scatter(s if r == 0 else None, sc, root=0)
     assert np.allclose(sc, np.arange(r * count, (r + 1) * count))
+# hierarchical Barrier/Bcast/Allreduce: every root (leader or not), IN_PLACE, a
+# sub-communicators that span both nodes ({0, 3} and {1, 2})
+for root in range(n):
+    b = np.arange(1000.0) * (root + 1) if r == root else np.empty(1000)
+    comm.Bcast([b, MPI.DOUBLE], root=root)
+    assert np.allclose(b, np.arange(1000.0) * (root + 1)), (r, root)
+ip = np.full(7, r + 1.0)
+comm.Allreduce(MPI.IN_PLACE, ip, op=MPI.PROD)
+assert np.allclose(ip, 24.0)
+sub = comm.Split(0 if r in (0, 3) else 1, r)      # {0, 3} spans both nodes
+v = np.array([float(r)]); w = np.empty(1)
+sub.Allreduce(v, w)
+assert w[0] == 3.0, w      # 0 + 3 and 1 + 2
+sub.Barrier()
+comm.Barrier()
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
 assert comm.allgather(r * 2) == [k * 2 for k in range(n)]

@@ -17,7 +17,7 @@ from . import _errhandler, _group
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
-from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
+from ._coll import _alltoall, _barrier, _bcast, _gather, _hier, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
@@ -439,7 +439,7 @@ class Comm:
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
-        _barrier.Barrier(self._cx)
+        _hier.Barrier(self._cx)
 
     def barrier(self) -> None:
         self.Barrier()
@@ -464,7 +464,7 @@ class Comm:
         return _nonblocking.Iallreduce(self._cx, sendbuf, recvbuf, op)
 
     def Bcast(self, buf, root=0):
-        return _bcast.Bcast(self._cx, buf, root)
+        return _hier.Bcast(self._cx, buf, root)
 
     def bcast(self, obj, root=0):
         return _bcast.bcast(self._cx, obj, root)
@@ -473,7 +473,7 @@ class Comm:
         return _reduce.Reduce(self._cx, sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM):
-        return _reduce.Allreduce(self._cx, sendbuf, recvbuf, op)
+        return _hier.Allreduce(self._cx, sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM):
         return _reduce.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)

@@ -114,6 +114,7 @@ class HybridTransport(T.Transport):
         self._data_recvs: dict = {}     # token -> [requests] posted for a transfer
         self._nap = NAP_MIN
         self._napped = 0.0
+        self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
 
     # ------------------------------------------------------------ routes
     def route(self, world_rank: int) -> str:
@@ -311,6 +312,8 @@ def init():
     finally:
         os.close(fd)
     t = HybridTransport(world, rank, local, comm, MPI)
+    order = list(dict.fromkeys(nodes))
+    t.node_of = [order.index(x) for x in nodes]   # node index of every rank
     comm.Barrier()                    # every rank of the node has mapped the block
     if rank == leader:
         client.release(key)

@@ -47,7 +47,7 @@ class Context:
     decided).  ``Comm`` makes one; requests keep it (``t``, ``rank_of``)."""
 
     __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "shm", "name",
-                 "index", "seq", "direct_ok")
+                 "index", "seq", "direct_ok", "hier")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -64,6 +64,7 @@ class Context:
         self.name = name
         self.seq = 0
         self.direct_ok = None
+        self.hier = None    # _hier's node/leaders split (False: on one node), once made
 
     def rank_of(self, world_rank: int) -> int:
         """The communicator rank of a world rank."""
