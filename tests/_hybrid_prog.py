@@ -37,6 +37,25 @@ for size in (0, 8, 100_000, 3_000_000):
         b = np.empty(size, dtype=np.int64)
         comm.Sendrecv(a, (r + k) % n, 5, b, (r - k) % n, 5)
         assert (b == ((r - k) % n) * 10 + k).all(), (r, size, k)
+# blocking Send/Recv between nodes (the remote fast path), with a message of another
+# tag queued before the one received first
+x = np.empty(1)
+if r == 0:
+    comm.Send(np.array([1.0]), 2, 11)
+    comm.Send(np.array([2.0]), 2, 12)
+    for i in range(50):
+        comm.Send(np.array([float(i)]), 2, 13)
+        comm.Recv(x, 2, 13)
+        assert x[0] == -i
+elif r == 2:
+    comm.Recv(x, 0, 12)
+    assert x[0] == 2.0
+    comm.Recv(x, 0, 11)
+    assert x[0] == 1.0
+    for i in range(50):
+        comm.Recv(x, 0, 13)
+        assert x[0] == i
+        comm.Send(-x, 0, 13)
 # objects with large arrays, to every rank
 obj = {"r": r, "x": np.arange(500_000) * r, "b": bytes(200_000)}
 for k in range(1, n):

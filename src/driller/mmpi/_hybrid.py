@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 from .. import _linux
 from ..errors import MmpiError
@@ -124,14 +125,49 @@ class HybridTransport(T.Transport):
 
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         if dst in self.remote:
-            return False
+            # a standard eager send to another node: its record goes to MPI at once
+            # (nothing is ever queued for a remote rank, so order is kept)
+            n = len(mv)
+            if n > self.eager_limit or (flags & T.F_OBJ and _SHARED_MARK in mv):
+                return False   # (a SharedArray by reference: send_object sends it by value)
+            return self._put(dst, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
         return super().send_fast(dst, ctx, tag, mv, flags)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
-        # ANY_SOURCE or a remote source: the general path, which also polls MPI
-        if src < 0 or src in self.remote:
+        if src in self.remote:
+            return self._recv_fast_remote(src, tag, ctx, mv)
+        if src < 0:   # ANY_SOURCE: the general path, which also polls MPI
             return None
         return super().recv_fast(src, tag, ctx, mv)
+
+    def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
+        """A blocking buffer receive from a rank of another node, when nothing else is
+        queued: wait (yielding, up to SPIN_SECONDS) for src's next record; a plain
+        eager message that matches and fits is copied straight into mv; anything
+        else goes to the record handler and the general path takes over."""
+        eng = self.engine
+        if mv is None or eng.posted or eng.unexpected or self.npending:
+            return None
+        mpi, MPI, st = self.mpi, self.MPI, self._status
+        spin_end = 0.0
+        while True:
+            msg = mpi.Improbe(src, REC_TAG, st)
+            if msg is not None:
+                break
+            if not spin_end:
+                spin_end = time.perf_counter() + T.SPIN_SECONDS
+            elif time.perf_counter() > spin_end:
+                return None
+            os.sched_yield()
+        rec = bytearray(st.Get_count(MPI.BYTE))
+        msg.Recv([rec, MPI.BYTE])
+        kf, c, tg, nb, _sid, _addr, plen, _ = T.HDR.unpack_from(rec, 0)
+        if kf != T.K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
+            self._record(src, rec, 0)
+            return None
+        if nb:
+            mv[:nb] = memoryview(rec)[T.HDR_BYTES:T.HDR_BYTES + nb]
+        return src, tg, nb
 
     def pid_of(self, rank: int) -> int:
         return 0 if rank in self.remote else super().pid_of(rank)
