@@ -117,6 +117,24 @@ sub.Allreduce(v, w)
 assert w[0] == 3.0, w      # 0 + 3 and 1 + 2
 sub.Barrier()
 comm.Barrier()
+# rooted reductions and object forms from every root; interleaved nodes (ranks 0, 2 on
+# one "node" of the split below, 1, 3 on the other) keep rank order for lists
+for root in range(n):
+    red = np.empty(5) if r == root else None
+    comm.Reduce(np.full(5, 2.0 ** r), red, op=MPI.SUM, root=root)
+    if r == root:
+        assert np.allclose(red, 15.0), red
+    red = np.full(5, 2.0 ** r) if r == root else None
+    comm.Reduce(MPI.IN_PLACE if r == root else np.full(5, 2.0 ** r), red, op=MPI.MAX,
+                root=root)
+    if r == root:
+        assert np.allclose(red, 8.0), red
+    assert comm.reduce([r], op=MPI.SUM, root=root) == (list(range(n)) if r == root else None)
+    assert comm.bcast({"v": root} if r == root else None, root=root) == {"v": root}
+assert comm.allreduce([r]) == list(range(n))
+inter = comm.Split(0, [0, 2, 1, 3][r])          # comm ranks 0..3 = world 0, 2, 1, 3
+assert inter.allreduce([r]) == [0, 2, 1, 3]      # lists: rank order, not node order
+assert inter.reduce([r], root=3) == ([0, 2, 1, 3] if r == 3 else None)
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
 assert comm.allgather(r * 2) == [k * 2 for k in range(n)]

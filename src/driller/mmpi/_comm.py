@@ -17,7 +17,7 @@ from . import _errhandler, _group
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
-from ._coll import _alltoall, _barrier, _bcast, _gather, _hier, _nonblocking, _reduce
+from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
@@ -467,10 +467,10 @@ class Comm:
         return _hier.Bcast(self._cx, buf, root)
 
     def bcast(self, obj, root=0):
-        return _bcast.bcast(self._cx, obj, root)
+        return _hier.bcast(self._cx, obj, root)
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
-        return _reduce.Reduce(self._cx, sendbuf, recvbuf, op, root)
+        return _hier.Reduce(self._cx, sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM):
         return _hier.Allreduce(self._cx, sendbuf, recvbuf, op)
@@ -482,10 +482,10 @@ class Comm:
         return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
     def reduce(self, sendobj, op=SUM, root=0):
-        return _reduce.reduce(self._cx, sendobj, op, root)
+        return _hier.reduce(self._cx, sendobj, op, root)
 
     def allreduce(self, sendobj, op=SUM):
-        return _reduce.allreduce(self._cx, sendobj, op)
+        return _hier.allreduce(self._cx, sendobj, op)
 
     def Gather(self, sendbuf, recvbuf, root=0):
         return _gather.Gather(self._cx, sendbuf, recvbuf, root)
