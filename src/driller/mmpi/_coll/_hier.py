@@ -112,33 +112,38 @@ def Barrier(cx) -> None:
     _barrier.Barrier(h.node)
 
 
+def _broadcast(cx, h: _Split, root, what: str, step, value):
+    """The three steps of a broadcast from ``root``: within the root's node, among one
+    rank per node, within every other node; ``step(context, value, root)`` is the
+    flat broadcast and returns the value."""
+    ni, nr = h.where[check_root(cx, root, what)]
+    first = h.where[cx.rank][0] == ni and nr != 0
+    if first:
+        value = step(h.node, value, nr)            # the root's node first
+    if h.leaders is not None:
+        value = step(h.leaders, value, ni)         # one rank per node
+    if not first:
+        value = step(h.node, value, 0)             # every other node
+    return value
+
+
+def _Bcast_step(context, buf, root):
+    _bcast.Bcast(context, buf, root)
+    return buf
+
+
 def Bcast(cx, buf, root=0) -> None:
     h = split(cx)
     if h is None:
         return _bcast.Bcast(cx, buf, root)
-    ni, nr = h.where[check_root(cx, root, "Bcast")]
-    on_roots_node = h.where[cx.rank][0] == ni
-    if on_roots_node and nr:
-        _bcast.Bcast(h.node, buf, nr)              # the root's node first
-    if h.leaders is not None:
-        _bcast.Bcast(h.leaders, buf, ni)           # one rank per node
-    if not (on_roots_node and nr):
-        _bcast.Bcast(h.node, buf, 0)               # every other node
+    _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
 
 
 def bcast(cx, obj, root=0):
     h = split(cx)
     if h is None:
         return _bcast.bcast(cx, obj, root)
-    ni, nr = h.where[check_root(cx, root, "bcast")]
-    on_roots_node = h.where[cx.rank][0] == ni
-    if on_roots_node and nr:
-        obj = _bcast.bcast(h.node, obj, nr)
-    if h.leaders is not None:
-        obj = _bcast.bcast(h.leaders, obj, ni)
-    if not (on_roots_node and nr):
-        obj = _bcast.bcast(h.node, obj, 0)
-    return obj
+    return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
 
 
 # ---------------------------------------------------------------- reductions
