@@ -98,7 +98,7 @@ def Get_hw_resource_info() -> Info:
 def _handle_class(arg, what: str) -> type:
     cls = arg if isinstance(arg, type) else type(arg)
     if cls is Status or issubclass(cls, Status) or (
-            cls.__module__.startswith("driller.") and hasattr(cls, "Free")):
+            cls.__module__.startswith("driller.") and (hasattr(cls, "Free") or hasattr(cls, "free"))):
         return cls
     raise TypeError(f"{what}: expected an MPI handle object or class, got {arg!r}")
 

@@ -30,7 +30,8 @@ from ..errors import MmpiError
 from .. import _errcodes
 from ._const import KEYVAL_INVALID
 
-__all__ = ["Keyval", "Attributes", "create_keyval", "free_keyval", "keyval", "FIRST_USER"]
+__all__ = ["Keyval", "Attributes", "Cached", "create_keyval", "free_keyval", "keyval",
+           "FIRST_USER"]
 
 FIRST_USER = 16   # user keyvals are FIRST_USER and up (predefined ones are below)
 
@@ -169,3 +170,62 @@ class Attributes:
 
     def __len__(self) -> int:
         return len(self._d)
+
+
+class Cached:
+    """Mixin giving a handle class mpi4py's attribute methods (``Create_keyval``,
+    ``Free_keyval``, ``Set_attr``, ``Get_attr``, ``Delete_attr``).
+
+    The class sets ``_attr_kind`` ("comm", "datatype", "win") and defines
+    ``_attributes(what)``: the :class:`Attributes` of the handle (raising the
+    class's null-handle error).  ``_attr_predefined`` maps the kind's predefined
+    keyvals (read-only) to ``_attr_value(keyval)``, which the class overrides.
+    Its ``Dup`` calls ``attrs.copy_into(self, new_attrs)``, its ``Free``
+    ``attrs.clear(self)``."""
+
+    __slots__ = ()
+    _attr_kind = ""
+    _attr_predefined: frozenset = frozenset()
+
+    def _attributes(self, what: str) -> Attributes:   # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _attr_value(self, keyval: int):   # pragma: no cover - overridden if any
+        return None
+
+    @classmethod
+    def Create_keyval(cls, copy_fn=None, delete_fn=None, nopython: bool = False) -> int:
+        """Create a new attribute key."""
+        return create_keyval(cls._attr_kind, copy_fn, delete_fn, nopython)
+
+    @classmethod
+    def Free_keyval(cls, keyval: int) -> int:
+        """Free an attribute key; returns KEYVAL_INVALID."""
+        return free_keyval(cls._attr_kind, keyval)
+
+    def _what(self, name: str) -> str:
+        return f"{type(self).__name__}.{name}"
+
+    def Set_attr(self, keyval: int, attrval) -> None:
+        """Store an attribute value associated with a key."""
+        what = self._what("Set_attr")
+        attrs = self._attributes(what)
+        if keyval in self._attr_predefined:
+            raise _err(f"{what}: keyval {keyval} is predefined (read-only)")
+        attrs.set(self, keyval, attrval, what)
+
+    def Get_attr(self, keyval: int):
+        """The attribute value for a key (None if none is set)."""
+        what = self._what("Get_attr")
+        attrs = self._attributes(what)
+        if keyval in self._attr_predefined:
+            return self._attr_value(keyval)
+        return attrs.get(keyval, what)
+
+    def Delete_attr(self, keyval: int) -> None:
+        """Delete an attribute value (its delete callback runs)."""
+        what = self._what("Delete_attr")
+        attrs = self._attributes(what)
+        if keyval in self._attr_predefined:
+            raise _err(f"{what}: keyval {keyval} is predefined (read-only)")
+        attrs.delete(self, keyval, what)

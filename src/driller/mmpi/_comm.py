@@ -14,7 +14,7 @@ import weakref
 import numpy as np
 
 from .. import _errcodes
-from .._errcodes import ERR_COMM, ERR_KEYVAL
+from .._errcodes import ERR_COMM
 from ..errors import MmpiError, MmpiNotImplementedError
 from . import _attr, _errhandler, _group, _info
 from . import _transport as T
@@ -52,9 +52,12 @@ class _Handle:
     """The object behind a communicator handle, shared by every Python object onto
     it (``Comm(comm)``): the collective Context, the class a handle look-up gives
     (:meth:`Comm.fromhandle`), the cached attributes, the info hints, the handle's
-    number (``py2f``), whether it is predefined (COMM_WORLD/COMM_SELF) or freed."""
+    number (``py2f``), whether it is predefined (COMM_WORLD/COMM_SELF) or freed, and
+    ``ext``: a dict where subclasses keep their per-communicator state (a topology,
+    an intercommunicator's remote group), so that every handle onto it sees it."""
 
-    __slots__ = ("cx", "cls", "attrs", "info", "number", "predefined", "freed", "__weakref__")
+    __slots__ = ("cx", "cls", "attrs", "info", "number", "predefined", "freed", "ext",
+                 "__weakref__")
 
     def __init__(self, cx, cls, number=None, predefined=False):
         self.cx = cx
@@ -67,6 +70,7 @@ class _Handle:
         self.number = number
         self.predefined = predefined
         self.freed = False
+        self.ext = {}
         _handles.live[number] = self
 
 
@@ -88,7 +92,7 @@ def _comm_error(what: str) -> MmpiError:
                      error_class=ERR_COMM)
 
 
-class Comm:
+class Comm(_attr.Cached):
     """A communicator: a group of ranks and a context id that fences its messages.
 
     ``Comm()`` is a null handle (equal to COMM_NULL), ``Comm(comm)`` a second handle
@@ -690,39 +694,12 @@ class Comm:
                                           "available in this driller build")
         return inter()
 
-    # -- attributes (``_attr``) --
-    @classmethod
-    def Create_keyval(cls, copy_fn=None, delete_fn=None, nopython: bool = False) -> int:
-        """Create a new attribute key for communicators."""
-        return _attr.create_keyval("comm", copy_fn, delete_fn, nopython)
+    # -- attributes (``_attr.Cached``: Create_keyval, Set_attr, Get_attr...) --
+    _attr_kind = "comm"
 
-    @classmethod
-    def Free_keyval(cls, keyval: int) -> int:
-        """Free an attribute key for communicators; returns KEYVAL_INVALID."""
-        return _attr.free_keyval("comm", keyval)
-
-    def Set_attr(self, keyval: int, attrval) -> None:
-        """Store an attribute value associated with a key."""
+    def _attributes(self, what: str):
         self._cx
-        if keyval in _PREDEFINED_ATTRS:
-            raise MmpiError(f"Set_attr: keyval {keyval} is predefined (read-only)",
-                            error_class=ERR_KEYVAL)
-        self._h.attrs.set(self, keyval, attrval, "Comm.Set_attr")
-
-    def Get_attr(self, keyval: int):
-        """The attribute value for a key (None if none is set)."""
-        self._cx
-        if keyval in _PREDEFINED_ATTRS:
-            return _predefined_attr(keyval, self)
-        return self._h.attrs.get(keyval, "Comm.Get_attr")
-
-    def Delete_attr(self, keyval: int) -> None:
-        """Delete an attribute value (its delete callback runs)."""
-        self._cx
-        if keyval in _PREDEFINED_ATTRS:
-            raise MmpiError(f"Delete_attr: keyval {keyval} is predefined (read-only)",
-                            error_class=ERR_KEYVAL)
-        self._h.attrs.delete(self, keyval, "Comm.Delete_attr")
+        return self._h.attrs
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
@@ -955,11 +932,11 @@ def _info_items(info, what: str) -> dict:
     return {} if info is None else {k: info.Get(k) for k in info.keys()}
 
 
-_PREDEFINED_ATTRS = frozenset((TAG_UB, IO, WTIME_IS_GLOBAL, APPNUM, LASTUSEDCODE,
-                               UNIVERSE_SIZE))
+Comm._attr_predefined = frozenset((TAG_UB, IO, WTIME_IS_GLOBAL, APPNUM, LASTUSEDCODE,
+                                   UNIVERSE_SIZE))
 
 
-def _predefined_attr(keyval: int, comm):
+def _predefined_attr(comm, keyval: int):
     """COMM_WORLD's predefined attributes (every communicator answers them)."""
     if keyval == TAG_UB:
         return TAG_MAX
@@ -972,6 +949,9 @@ def _predefined_attr(keyval: int, comm):
     if keyval == UNIVERSE_SIZE:
         return comm._t.size
     return _errcodes.ERR_LASTCODE  # LASTUSEDCODE
+
+
+Comm._attr_value = _predefined_attr
 
 
 # ------------------------------------------------------------------ world state
