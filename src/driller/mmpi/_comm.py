@@ -948,7 +948,8 @@ def _predefined_attr(comm, keyval: int):
         return 0                   # one application (driller run starts one program)
     if keyval == UNIVERSE_SIZE:
         return comm._t.size
-    return _errcodes.ERR_LASTCODE  # LASTUSEDCODE
+    last = getattr(_errcodes, "last_used_code", None)   # LASTUSEDCODE
+    return last() if last is not None else _errcodes.ERR_LASTCODE
 
 
 Comm._attr_value = _predefined_attr

@@ -130,6 +130,11 @@ class Errhandler:
             new._h = h
         return new
 
+    @classmethod
+    def f2py(cls, arg: int) -> Errhandler:
+        """The error handler of a Fortran integer (``py2f``'s inverse)."""
+        return cls.fromhandle(arg)
+
     def toint(self) -> int:
         return -1
 

@@ -9,7 +9,8 @@ pickling to themselves).
 
 from __future__ import annotations
 
-from ..errors import MmpiNotImplementedError
+from .. import _errcodes
+from ..errors import MmpiError, MmpiNotImplementedError
 
 __all__ = ["Session", "SESSION_NULL"]
 
@@ -79,9 +80,45 @@ class Session:
         """Create a new session: not provided by driller."""
         raise MmpiNotImplementedError(f"Session.Init: {_NO_SESSIONS}")
 
+    def _null(self, what: str) -> MmpiError:
+        return MmpiError(f"Session.{what}: invalid session: SESSION_NULL ({_NO_SESSIONS})",
+                         error_class=_errcodes.ERR_SESSION)
+
     def Finalize(self) -> None:
-        """Finalize a session: not provided by driller."""
-        raise MmpiNotImplementedError(f"Session.Finalize: {_NO_SESSIONS}")
+        """Finalize a session."""
+        raise self._null("Finalize")
+
+    def Get_num_psets(self, info=None) -> int:
+        """Number of available process sets."""
+        raise self._null("Get_num_psets")
+
+    def Get_nth_pset(self, n: int, info=None) -> str:
+        """Name of the ``n``-th process set."""
+        raise self._null("Get_nth_pset")
+
+    def Get_info(self):
+        """The hints of the session."""
+        raise self._null("Get_info")
+
+    def Get_pset_info(self, pset_name: str):
+        """The info of a process set."""
+        raise self._null("Get_pset_info")
+
+    def Create_group(self, pset_name: str):
+        """A group from a process set."""
+        raise self._null("Create_group")
+
+    def Get_errhandler(self):
+        """The error handler of the session."""
+        raise self._null("Get_errhandler")
+
+    def Set_errhandler(self, errhandler) -> None:
+        """Set the error handler of the session."""
+        raise self._null("Set_errhandler")
+
+    def Call_errhandler(self, errorcode: int) -> None:
+        """Call the error handler of the session."""
+        raise self._null("Call_errhandler")
 
     def free(self) -> None:
         """Free the session, safely (nothing to do for a null one)."""
