@@ -371,3 +371,18 @@ def test_get_parent_and_environment():
     assert MPI.Get_hw_resource_info().Get("mpi_hw_resource_type") == "mpi_shared_memory"
     assert MPI.COMM_WORLD.Get_topology() == MPI.UNDEFINED and MPI.COMM_WORLD.is_intra
     assert np.isfinite(MPI.Wtime()) and MPI.Wtick() > 0
+
+
+def test_error_handler_belongs_to_the_communicator():
+    c = MPI.COMM_SELF.Dup()
+    alias = MPI.Comm(c)
+    c.Set_errhandler(MPI.ERRORS_ARE_FATAL)
+    assert alias.Get_errhandler() == MPI.ERRORS_ARE_FATAL     # one communicator, two handles
+    d = c.Dup()
+    assert d.Get_errhandler() == MPI.ERRORS_ARE_FATAL          # Dup keeps it
+    assert MPI.COMM_SELF.Get_errhandler() == MPI.ERRORS_RETURN
+    for x in (c, d):
+        x.Free()
+    with pytest.raises(MmpiError) as ei:
+        c.Get_errhandler()
+    assert _cls(ei.value) == MPI.ERR_COMM

@@ -612,6 +612,8 @@ class Comm(_attr.Cached):
         """Give a duplicate ``new`` this communicator's attributes (copy callbacks)
         and info hints (``info``: replace them)."""
         h = new._h
+        if "errh" in self._h.ext:   # the duplicate keeps the error handler, as MPI says
+            h.ext["errh"] = self._h.ext["errh"]
         if info is None:
             h.info = dict(self._h.info)
         else:
@@ -822,17 +824,17 @@ class Comm(_attr.Cached):
         """A new handle onto this communicator's error handler (ERRORS_RETURN by
         default: errors raise MPI.Exception)."""
         self._t.rank
-        return _errhandler.Errhandler(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN))
+        return _errhandler.Errhandler(self._h.ext.get("errh", _errhandler.ERRORS_RETURN))
 
     def Set_errhandler(self, errhandler) -> None:
         self._t.rank
-        self._errh = _errhandler.Errhandler(
+        self._h.ext["errh"] = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Invoke this communicator's error handler on ``errorcode``."""
         self._t.rank
-        _errhandler.call(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN), self,
+        _errhandler.call(self._h.ext.get("errh", _errhandler.ERRORS_RETURN), self,
                          errorcode, self.Abort)
 
     def __getattr__(self, name):
