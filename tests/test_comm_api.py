@@ -380,6 +380,9 @@ def test_error_handler_belongs_to_the_communicator():
     assert alias.Get_errhandler() == MPI.ERRORS_ARE_FATAL     # one communicator, two handles
     d = c.Dup()
     assert d.Get_errhandler() == MPI.ERRORS_ARE_FATAL          # Dup keeps it
+    s = c.Split(0, 0)                                          # as every child does
+    assert s.Get_errhandler() == MPI.ERRORS_ARE_FATAL
+    s.Free()
     assert MPI.COMM_SELF.Get_errhandler() == MPI.ERRORS_RETURN
     for x in (c, d):
         x.Free()

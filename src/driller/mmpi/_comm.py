@@ -606,14 +606,15 @@ class Comm(_attr.Cached):
         cls = type(self)
         if group is None:
             return cls.__new__(cls)
-        return cls._make(_Handle(Context(self._t, group, ctx), cls))
+        h = _Handle(Context(self._t, group, ctx), cls)
+        if "errh" in self._h.ext:   # a new communicator inherits its parent's handler
+            h.ext["errh"] = self._h.ext["errh"]
+        return cls._make(h)
 
     def _derive(self, new, info=None, what: str = "Dup"):
         """Give a duplicate ``new`` this communicator's attributes (copy callbacks)
         and info hints (``info``: replace them)."""
         h = new._h
-        if "errh" in self._h.ext:   # the duplicate keeps the error handler, as MPI says
-            h.ext["errh"] = self._h.ext["errh"]
         if info is None:
             h.info = dict(self._h.info)
         else:
