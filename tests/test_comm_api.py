@@ -389,3 +389,42 @@ def test_error_handler_belongs_to_the_communicator():
     with pytest.raises(MmpiError) as ei:
         c.Get_errhandler()
     assert _cls(ei.value) == MPI.ERR_COMM
+
+
+def test_info_errhandler_status_follow_the_handle_rules():
+    import copy
+    import weakref
+
+    for obj in (MPI.INFO_NULL, MPI.INFO_ENV, MPI.ERRHANDLER_NULL, MPI.ERRORS_RETURN,
+                MPI.Status()):
+        with pytest.raises(TypeError):
+            hash(obj)
+        assert weakref.ref(obj)() is obj
+        klass = type(obj)
+        assert klass(obj) == obj
+        with pytest.raises(TypeError):
+            klass(1234)
+        for copier in (copy.copy, copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o, 0)),
+                       lambda o: pickle.loads(pickle.dumps(o))):
+            assert copier(obj) == obj and type(copier(obj)) is klass
+        if klass is not MPI.Status:
+            assert klass.fromhandle(obj.handle) == obj
+            assert pickle.loads(pickle.dumps(obj)) is obj
+            obj.free()                       # safe on null and predefined handles
+            assert bool(obj) == (obj.handle != 0)
+    assert MPI.Status() == MPI.Status() and MPI.Status() != MPI.DATATYPE_NULL
+    st = MPI.Status()
+    st.Set_source(3)
+    assert MPI.Status(st).Get_source() == 3 and MPI.Status(st) != MPI.Status()
+    info = MPI.Info.Create({"a": "b"})
+    again = MPI.Info.fromhandle(info.handle)
+    assert again == info and again.Get("a") == "b"
+    info.free()
+    assert not info and again            # the other handle dangles, as in MPI
+    env = MPI.Info(MPI.INFO_ENV)
+    env.free()
+    assert not env and MPI.INFO_ENV
+    eh = MPI.Comm.Create_errhandler(lambda c, e: None)
+    assert MPI.Errhandler.f2py(eh.py2f()) == eh
+    eh.free()
+    assert not eh
