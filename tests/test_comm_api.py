@@ -428,3 +428,15 @@ def test_info_errhandler_status_follow_the_handle_rules():
     assert MPI.Errhandler.f2py(eh.py2f()) == eh
     eh.free()
     assert not eh
+
+
+def test_create_with_a_bad_group_on_one_rank_raises_everywhere():
+    def fn(comm):
+        good = comm.Get_group().Incl([0, 1])
+        with pytest.raises(MmpiError, match="Create") as ei:
+            comm.Create(good if comm.rank else "not a group")
+        assert _cls(ei.value) == (MPI.ERR_ARG if comm.rank == 0 else MPI.ERR_GROUP)
+        c = comm.Create(good)                    # the communicator is still in step
+        return c.Get_rank() if c else None
+
+    assert mmpi.spawn(fn, 3) == [0, 1, None]

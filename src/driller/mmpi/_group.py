@@ -428,13 +428,25 @@ def _check_group(group, what):
 
 
 def create(cx, group, new):
-    g = _check_group(group, "Create")
-    mine = set(cx.group)
-    bad = [w for w in g.world if w not in mine]
-    _, ctx = _agree(cx, None)   # agree first: a bad group raises on every rank
-    if bad:
-        raise MmpiError(f"Create: the group holds processes outside this communicator "
-                        f"(world ranks {bad})", error_class=ERR_GROUP)
+    """Comm.Create: collective over the parent; an argument error on any rank is
+    raised on every rank (after the agreement: none is left waiting)."""
+    err, cls, g = None, ERR_GROUP, None
+    if not isinstance(group, Group):
+        err, cls = f"expected a Group, got {type(group).__name__}", ERR_ARG
+    elif group._g is None:
+        err = "invalid group: GROUP_NULL or freed"
+    else:
+        g = group._g
+        mine = set(cx.group)
+        bad = [w for w in g.world if w not in mine]
+        if bad:
+            err = f"the group holds processes outside this communicator (world ranks {bad})"
+    recs, ctx = _agree(cx, err)
+    errs = [(r, e) for r, e in enumerate(recs) if e is not None]
+    if errs:
+        r, e = errs[0]
+        raise MmpiError(f"Create: {e}" + ("" if r == cx.rank else f" (on rank {r})"),
+                        error_class=cls if r == cx.rank else ERR_GROUP)
     if cx.t.rank not in g.index:
         return new(None, None)
     return new(g.world, ctx)
