@@ -193,31 +193,39 @@ def Pcontrol(level: int) -> None:
 
 
 def Get_processor_name() -> str:
+    """The name of this processor (the host name)."""
     return _socket.gethostname()
 
 
 def Init() -> None:
+    """Initialize the MPI execution environment (COMM_WORLD joins its ranks)."""
     _comm.world_comm()
 
 
 def Init_thread(required: int = THREAD_MULTIPLE) -> int:
+    """Initialize the MPI execution environment; returns the thread level given
+    (THREAD_SINGLE: mmpi ranks are single-threaded)."""
     _comm.world_comm()
     return THREAD_SINGLE
 
 
 def Query_thread() -> int:
+    """The level of thread support provided (THREAD_SINGLE)."""
     return THREAD_SINGLE
 
 
 def Finalize() -> None:
+    """Terminate the MPI execution environment of this rank."""
     _comm.finalize()
 
 
 def Is_initialized() -> bool:
+    """Whether MPI has been initialized in this process."""
     return _comm.is_initialized()
 
 
 def Is_finalized() -> bool:
+    """Whether MPI has been finalized in this process."""
     return _comm.is_finalized()
 
 

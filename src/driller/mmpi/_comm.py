@@ -43,6 +43,7 @@ def Wtime() -> float:
 
 
 def Wtick() -> float:
+    """The resolution of Wtime, in seconds."""
     return time.get_clock_info("perf_counter").resolution
 
 
@@ -819,6 +820,7 @@ class Comm(_attr.Cached):
     # -- error handlers (``_errhandler``) --
     @classmethod
     def Create_errhandler(cls, errhandler_fn):
+        """Create a new error handler for communicators (``fn(comm, errorcode)``)."""
         return _errhandler.create(errhandler_fn)
 
     def Get_errhandler(self):
@@ -828,6 +830,7 @@ class Comm(_attr.Cached):
         return _errhandler.Errhandler(self._h.ext.get("errh", _errhandler.ERRORS_RETURN))
 
     def Set_errhandler(self, errhandler) -> None:
+        """Set the error handler of the communicator."""
         self._t.rank
         self._h.ext["errh"] = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
