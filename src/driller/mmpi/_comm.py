@@ -588,8 +588,13 @@ class Comm(_attr.Cached):
         self._cx.name = str(name)
 
     def Get_group(self):
-        """The group of the communicator (a new Group handle)."""
-        return _group.get_group(self._cx)
+        """The group of the communicator (a new handle onto it: equal each time)."""
+        ext = self._h.ext if self._h is not None else None
+        g = ext.get("group") if ext is not None else None
+        if g is None:
+            g = _group.get_group(self._cx)
+            ext["group"] = g
+        return _group.Group(g)
 
     @property
     def group(self):

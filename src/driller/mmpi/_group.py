@@ -234,13 +234,13 @@ class Group:
                 raise _bad(what, f"a range is a (first, last, stride) triple of ints, "
                                  f"got {rg!r}") from None
             if stride == 0:
-                raise _bad(what, f"stride 0 in range {rg!r}")
+                raise _bad(what, f"stride 0 in range {rg!r}", ERR_RANK)
             for r in (first, last):
                 if not 0 <= r < n:
                     raise _bad(what, f"invalid rank {r} in range {rg!r} (group of size {n})",
                                ERR_RANK)
             if (last - first) * stride < 0:
-                raise _bad(what, f"range {rg!r}: the stride goes away from last")
+                raise _bad(what, f"range {rg!r}: the stride goes away from last", ERR_RANK)
             ranks.extend(range(first, last + (1 if stride > 0 else -1), stride))
         return ranks
 
