@@ -197,7 +197,7 @@ class Comm(_attr.Cached):
         if h is None or h.freed:
             raise MmpiError(f"{cls.__name__}.fromhandle: {handle} is no live communicator "
                             f"handle", error_class=ERR_COMM)
-        klass = h.cls if cls is Comm or not issubclass(h.cls, cls) else cls
+        klass = h.cls if cls is Comm else cls   # Comm.fromhandle: the handle's own class
         return klass._make(h)
 
     @classmethod
