@@ -394,23 +394,27 @@ SHARED_MEMORY = "mpi_shared_memory"
 
 
 def split_type(cx, split_type, key, info, new):
-    """Split by type.  driller's ranks all run on one machine, not bound to cores:
-    COMM_TYPE_SHARED keeps them together; the guided types do the same when
+    """Split by type.  COMM_TYPE_SHARED keeps the ranks of one node together (all
+    of them, but in a hybrid world spanning nodes); the guided types do the same when
     ``info`` asks for ``mpi_hw_resource_type=mpi_shared_memory`` (COMM_NULL for
     any other resource, as MPI says for unknown ones); COMM_TYPE_HW_UNGUIDED
-    gives COMM_NULL (no hardware level strictly below the machine holds ranks)."""
+    gives COMM_NULL (ranks are not bound to cores: no hardware level strictly below
+    the node holds a subset of them)."""
     _, key, err = _split_args(0, key)
     color = UNDEFINED
     if err is None:
+        # the ranks that share memory: this node's (a hybrid world spans several)
+        local = getattr(cx.t, "local", None)
+        node = min(local) if local else 0
         if split_type == COMM_TYPE_SHARED:
-            color = 0
+            color = node
         elif split_type in (COMM_TYPE_HW_GUIDED, COMM_TYPE_RESOURCE_GUIDED):
             try:
                 kind = info.Get(HW_RESOURCE_TYPE) if info else None
             except Exception as e:  # noqa: BLE001 - reported on every rank
                 err = f"bad info {info!r}: {e}"
             else:
-                color = 0 if kind == SHARED_MEMORY else UNDEFINED
+                color = node if kind == SHARED_MEMORY else UNDEFINED
         elif split_type in (COMM_TYPE_HW_UNGUIDED, UNDEFINED):
             pass
         else:
