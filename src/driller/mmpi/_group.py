@@ -371,14 +371,16 @@ def _split_args(color, key):
     return color, key, None
 
 
-def _split(cx, color, key, err, new, what):
+def _split(cx, color, key, err, new, what, strict=False):
+    """The split collective; ``strict``: every part must be strictly smaller than
+    the communicator (else COMM_NULL everywhere: COMM_TYPE_HW_UNGUIDED)."""
     recs, ctx = _agree(cx, (color, key, err))
     errs = [(r, e) for r, (_, _, e) in enumerate(recs) if e is not None]
     if errs:
         r, e = errs[0]
         raise MmpiError(f"{what}: {e}" + ("" if r == cx.rank else f" (on rank {r})"),
                         error_class=ERR_ARG)
-    if color == UNDEFINED:
+    if color == UNDEFINED or (strict and all(c == color for c, _, _ in recs)):
         return new(None, None)
     members = sorted((k, r) for r, (c, k, _) in enumerate(recs) if c == color)
     return new([cx.group[r] for _, r in members], ctx)
@@ -395,11 +397,12 @@ SHARED_MEMORY = "mpi_shared_memory"
 
 def split_type(cx, split_type, key, info, new):
     """Split by type.  COMM_TYPE_SHARED keeps the ranks of one node together (all
-    of them, but in a hybrid world spanning nodes); the guided types do the same when
-    ``info`` asks for ``mpi_hw_resource_type=mpi_shared_memory`` (COMM_NULL for
-    any other resource, as MPI says for unknown ones); COMM_TYPE_HW_UNGUIDED
-    gives COMM_NULL (ranks are not bound to cores: no hardware level strictly below
-    the node holds a subset of them)."""
+    of them, but in a hybrid world spanning nodes); the guided types do the same
+    when ``info`` asks for ``mpi_hw_resource_type=mpi_shared_memory`` (COMM_NULL
+    for any other resource, as MPI says for unknown ones); COMM_TYPE_HW_UNGUIDED
+    splits by node when the communicator spans several (setting that key in
+    ``info``), else gives COMM_NULL (ranks are not bound to cores: no hardware
+    level strictly below the node holds a subset of them)."""
     _, key, err = _split_args(0, key)
     color = UNDEFINED
     if err is None:
@@ -415,13 +418,17 @@ def split_type(cx, split_type, key, info, new):
                 err = f"bad info {info!r}: {e}"
             else:
                 color = node if kind == SHARED_MEMORY else UNDEFINED
-        elif split_type in (COMM_TYPE_HW_UNGUIDED, UNDEFINED):
-            pass
-        else:
+        elif split_type == COMM_TYPE_HW_UNGUIDED:
+            color = node
+        elif split_type != UNDEFINED:
             err = (f"unknown split type {split_type!r} (COMM_TYPE_SHARED, "
                    f"COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, COMM_TYPE_RESOURCE_GUIDED "
                    f"or UNDEFINED)")
-    return _split(cx, color, key, err, new, "Split_type")
+    unguided = split_type == COMM_TYPE_HW_UNGUIDED
+    comm = _split(cx, color, key, err, new, "Split_type", strict=unguided)
+    if unguided and comm and info:
+        info.Set(HW_RESOURCE_TYPE, SHARED_MEMORY)
+    return comm
 
 
 def _check_group(group, what):
