@@ -80,6 +80,9 @@ __all__ = [
 # --- topologies
 
 # --- intercommunicators
+from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Create_intercomm)
+
+__all__ += ["Intercomm"]
 
 # --- one-sided communication (windows), Alloc_mem
 

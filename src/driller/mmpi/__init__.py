@@ -28,6 +28,7 @@ if TYPE_CHECKING:
                          PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
     from ._datatype import Datatype
     from ._group import COMM_NULL, GROUP_EMPTY, Group
+    from ._inter import Intercomm
     from ._request import REQUEST_NULL, Prequest, Request, Status
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
-    "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
+    "Comm", "Intracomm", "Intercomm", "Request", "Prequest", "Status", "Datatype",
     "MmpiError", "MmpiNotImplementedError", "PeerDiedError", "TruncationError",
     "create_world", "mark_dead", "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD",
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -53,6 +54,7 @@ _LAZY = {
                      "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
                     "._const"),
     "Datatype": "._datatype",
+    "Intercomm": "._inter",
     **dict.fromkeys(("COMM_NULL", "GROUP_EMPTY", "Group"), "._group"),
     **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
     "spawn": "._spawn",
@@ -65,10 +67,13 @@ _LAZY = {
 # registers its fork hook now, so that a child forked before COMM_WORLD's first use
 # still knows it is a fork of the rank (the variable's name is _world.ENV_WORLD_FD).
 if "DRILLER_MMPI_WORLD_FD" in os.environ:
-    importlib.import_module("._comm", __name__)
+    importlib.import_module("._inter", __name__)   # (imports _comm)
 
 
 def __getattr__(name: str):
+    if name in ("COMM_WORLD", "COMM_SELF") or _LAZY.get(name) == "._comm":
+        # _inter sits above _comm and registers Intracomm.Create_intercomm there
+        importlib.import_module("._inter", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

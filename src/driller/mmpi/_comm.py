@@ -27,7 +27,7 @@ from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fil
 
 __all__ = [
     "Comm", "Intracomm", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
-    "is_initialized", "is_finalized", "launched_rank",
+    "is_initialized", "is_finalized", "launched_rank", "register_extension",
 ]
 
 _CTX_WORLD, _CTX_SELF = 0, 2   # p2p contexts; collectives use context + 1; new comms from 4
@@ -554,6 +554,25 @@ class Comm:
             f"meanwhile")
 
 
+# Methods implemented by modules above this one (they import it): each registers its
+# builder here when imported ("create_intercomm": ``_inter``, which ``driller.MPI``
+# and ``driller.mmpi`` import along with this module).
+_extensions: dict = {}
+
+
+def register_extension(name: str, fn) -> None:
+    """Register ``fn`` as the implementation of extension ``name`` (see above)."""
+    _extensions[name] = fn
+
+
+def _extension(name: str):
+    fn = _extensions.get(name)
+    if fn is None:
+        raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
+                                      f"import driller.MPI (or driller.mmpi.Intercomm) first")
+    return fn
+
+
 def _null_done_send():
     op = T.SendOp(PROC_NULL, 0, 0, EMPTY)
     op.done = True
@@ -576,6 +595,12 @@ class Intracomm(Comm):
 
     def exscan(self, sendobj, op=SUM):
         return _reduce.exscan(self._cx, sendobj, op)
+
+    def Create_intercomm(self, local_leader: int, peer_comm, remote_leader: int,
+                         tag: int = 0):
+        """Create an intercommunicator between this group and the group of the
+        remote leader (``remote_leader``: its rank in ``peer_comm``)."""
+        return _extension("create_intercomm")(self, local_leader, peer_comm, remote_leader, tag)
 
 
 # ------------------------------------------------------------------ world state

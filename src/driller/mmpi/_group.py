@@ -18,7 +18,7 @@ from ._const import COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, SIMILAR, UNDE
 __all__ = [
     "Group", "GROUP_EMPTY", "COMM_NULL", "COMM_TYPE_SHARED",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "get_group", "compare", "dup", "split",
-    "split_type", "create",
+    "split_type", "create", "next_context", "claim_contexts",
 ]
 
 
@@ -30,6 +30,18 @@ class _Ctx:
 
 
 _ctx = _Ctx()
+
+
+def next_context() -> int:
+    """The first context id this process may still use (what it proposes when a
+    new communicator's members agree on one: they take the maximum)."""
+    return _ctx.next
+
+
+def claim_contexts(ctx: int, n: int) -> None:
+    """Context ids ``ctx`` .. ``ctx + n - 1`` are taken by a new communicator whose
+    members agreed on ``ctx`` elsewhere (intercommunicators: ``_inter``)."""
+    _ctx.next = max(_ctx.next, ctx + n)
 
 
 # ================================================================== communicator null
