@@ -87,16 +87,20 @@ class Intercomm(Comm):
         return cx
 
     def __eq__(self, other):
-        if self.__dict__.get("_cx", 0) is None:   # a null handle equals COMM_NULL
-            return other is COMM_NULL or (isinstance(other, Intercomm)
-                                          and other.__dict__.get("_cx", 0) is None)
+        """Handles on the same intercommunicator are equal; a null one equals COMM_NULL."""
+        mine = self.__dict__.get("_cx")
+        if isinstance(other, Intercomm):
+            return mine is other.__dict__.get("_cx")
+        if mine is None:
+            return other is COMM_NULL
         return super().__eq__(other)
 
     def __ne__(self, other):
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
 
-    __hash__ = Comm.__hash__
+    def __hash__(self) -> int:
+        return id(self.__dict__.get("_cx"))
 
     def __bool__(self) -> bool:
         return self.__dict__.get("_cx") is not None
