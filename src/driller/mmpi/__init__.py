@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
+    COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
+    COMM_SELF: Intracomm
+
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
@@ -70,7 +73,7 @@ if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._inter", __name__)   # (imports _comm)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in ("COMM_WORLD", "COMM_SELF") or _LAZY.get(name) == "._comm":
         # _inter sits above _comm and registers Intracomm.Create_intercomm there
         importlib.import_module("._inter", __name__)
@@ -87,5 +90,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
