@@ -70,7 +70,7 @@ _LAZY = {
 # registers its fork hook now, so that a child forked before COMM_WORLD's first use
 # still knows it is a fork of the rank (the variable's name is _world.ENV_WORLD_FD).
 if "DRILLER_MMPI_WORLD_FD" in os.environ:
-    importlib.import_module("._inter", __name__)   # (imports _comm)
+    importlib.import_module("._comm", __name__)
 
 
 def __getattr__(name: str) -> object:

@@ -41,7 +41,7 @@ __all__ = ["Intercomm", "create_intercomm"]
 
 N_CONTEXTS = 4                 # context ids an intercommunicator takes
 LEADER_TAG = 1 << 32           # the leaders' exchange on the peer's collective context
-FROM_GROUPS_TAG = 1 << 33      # Create_from_groups on the world's collective context
+FROM_GROUPS_TAG = 1 << 48      # Create_from_groups on the world's collective context
 
 
 def _err(msg, cls=E.ERR_ARG):
