@@ -67,6 +67,8 @@ def _construction(comm):
     assert MPI.Comm.Compare(inter, d) == MPI.CONGRUENT
     assert inter.Compare(inter) == MPI.IDENT
     assert inter.Compare(comm) == MPI.UNEQUAL
+    assert comm.Compare(inter) == MPI.UNEQUAL
+    assert MPI.Comm.Compare(inter.Merge(), inter) == MPI.UNEQUAL
     if color == 0:
         d.send("on dup", dest=0, tag=1)
         inter.send("on inter", dest=0, tag=1)

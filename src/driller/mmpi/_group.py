@@ -176,6 +176,8 @@ def compare(cx, other, comm) -> int:
     is not a communicator)."""
     if other is None:
         raise MmpiError(f"Compare: {comm!r} is not a communicator")
+    if type(cx) is not type(other):   # an intra- and an intercommunicator
+        return UNEQUAL
     if cx is other or (cx.ctx == other.ctx and cx.group == other.group):
         return IDENT
     if cx.group == other.group:

@@ -19,6 +19,7 @@ and ``driller.mmpi`` import it with ``_comm``).
 
 from __future__ import annotations
 
+import pickle
 import zlib
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .. import _errcodes as E
 from ..errors import MmpiError
 from . import _comm, _group
+from . import _transport as T
 from ._bufspec import message
 from ._coll import _inter as X
 from ._coll._bcast import bcast as _intra_bcast
@@ -36,6 +38,8 @@ from ._comm import Comm, Intracomm
 from ._const import ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, \
     SIMILAR, TAG_UB, UNDEFINED, UNEQUAL
 from ._group import COMM_NULL, Group
+from ._objects import ARRAY_KINDS, dumps, loads, pack_array
+from ._request import fill
 
 __all__ = ["Intercomm", "create_intercomm"]
 
@@ -77,6 +81,7 @@ class Intercomm(Comm):
         cx = self._cx = X.InterContext(t, local, remote, ctx, name)
         # point-to-point peers are the remote group's ranks
         self._group = cx.remote
+        self._rsize = cx.rsize
         self._rank_of = cx.rank_of
         return self
 
@@ -290,14 +295,41 @@ class Intercomm(Comm):
         """Free the intercommunicator (this handle becomes null)."""
         self._live("Free")
 
-    # -- point-to-point: the remote group's ranks (no intra fast paths here) --
+    # -- point-to-point: the remote group's ranks.  Comm's inline fast paths bound
+    # ranks by the local size; these bound them by the remote group's (``_group``
+    # holds the remote world ranks), and are otherwise the same code --
     def Send(self, buf, dest, tag=0) -> None:
         """Blocking send to rank ``dest`` of the remote group."""
-        self._wait_send(self._isend(buf, dest, tag, False, "Send"))
+        try:
+            mv = memoryview(buf)
+            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
+                mv = message(buf, False, "Send")
+        except (TypeError, ValueError):
+            mv = message(buf, False, "Send")
+        if type(dest) is int and 0 <= dest < self._rsize and type(tag) is int and \
+                0 <= tag <= TAG_UB:
+            if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
+                return
+        self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
         """Blocking receive from rank ``source`` of the remote group."""
-        self._wait_recv(self._irecv(buf, source, tag, "Recv"), status)
+        try:
+            mv = memoryview(buf)
+            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
+                    and not mv.readonly):
+                mv = message(buf, True, "Recv")
+        except (TypeError, ValueError):
+            mv = message(buf, True, "Recv")
+        if (type(source) is int and -1 <= source < self._rsize and type(tag) is int
+                and -1 <= tag <= TAG_UB):
+            res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
+                                    self._ctx, mv)
+            if res is not None:
+                if status is not None:
+                    fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                return
+        self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None) -> None:
@@ -312,10 +344,36 @@ class Intercomm(Comm):
 
     def send(self, obj, dest, tag=0) -> None:
         """Send an object to rank ``dest`` of the remote group."""
+        if type(dest) is int and 0 <= dest < self._rsize and type(tag) is int and \
+                0 <= tag <= TAG_UB:
+            t = self._t
+            w = self._group[dest]
+            if (type(obj) is np.ndarray and obj.nbytes <= t.eager_limit - 1024
+                    and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
+                    and t.send_fast(w, self._ctx, tag, pack_array(obj), T.F_OBJ | T.F_ARRAY)):
+                return
+            pickled = dumps(obj)
+            if not pickled[1] and t.send_fast(w, self._ctx, tag, pickled[0], T.F_OBJ):
+                return
+            self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
+            return
         self._wait_send(self._osend(obj, dest, tag, False, "send"))
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
         """Receive an object from rank ``source`` of the remote group."""
+        if (type(source) is int and -1 <= source < self._rsize and type(tag) is int
+                and -1 <= tag <= TAG_UB):
+            res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
+                                    self._ctx, None)
+            if res is not None:
+                v = res[2]
+                if type(v) is bytes:
+                    if status is not None:
+                        fill(status, self._rank_of(res[0]), res[1], 0, len(v))
+                    return pickle.loads(v)
+                if status is not None:  # a packed object: (stream, parts, nbytes)
+                    fill(status, self._rank_of(res[0]), res[1], 0, v[2])
+                return loads(v[:2])
         return self._wait_recv(self._orecv(source, tag, "recv"), status, obj=True)
 
     def _dest(self, dest, what: str) -> int:
