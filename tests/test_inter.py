@@ -183,7 +183,19 @@ def _p2p(comm):
         inter.Sendrecv(data(me, 2, salt=50), lr, 4, out, lr, 4, s)
         assert s.source == lr
         check_equal(out, data(remote[lr], 2, salt=50), "Sendrecv")
-    # PROC_NULL, Iprobe
+        # Sendrecv_replace, persistent requests, synchronous sends: the same peer
+        x = data(me, 3, salt=60)
+        inter.Sendrecv_replace(x, lr, 5, lr, 5)
+        check_equal(x, data(remote[lr], 3, salt=60), "Sendrecv_replace")
+        rbuf = np.empty(3)
+        preqs = [inter.Recv_init(rbuf, lr, 6), inter.Send_init(data(me, 3, salt=61), lr, 6)]
+        for _ in range(2):
+            MPI.Prequest.Startall(preqs)
+            MPI.Request.Waitall(preqs)
+            check_equal(rbuf, data(remote[lr], 3, salt=61), "persistent")
+        rq = inter.irecv(source=lr, tag=7)
+        inter.ssend(("sync", me), dest=lr, tag=7)
+        assert rq.wait() == ("sync", remote[lr])
     inter.Send(np.zeros(0), dest=MPI.PROC_NULL)
     inter.Recv(np.zeros(0), source=MPI.PROC_NULL)
     assert inter.Iprobe(MPI.ANY_SOURCE, 99) is False
