@@ -404,6 +404,24 @@ def _objects(comm):
     check_equal(ag, np.repeat(np.array(remote, float)[:, None], 2, axis=1), "Iallgather")
     if color == 1:
         check_equal(b, np.arange(4.0), "Ibcast")
+    # several nonblocking calls in flight at once, with COMM_WORLD traffic between
+    # them, completed in reverse order: each matches its own peers' call
+    L = len(local)
+    big = 3 * LARGE // 4
+    o1 = np.zeros(big)
+    o2 = np.zeros((R, 2))
+    o3 = np.zeros((R, 3))
+    s3 = np.stack([np.full(3, float(me * 100 + d)) for d in range(R)])
+    rs = [inter.Iallreduce(np.full(big, float(me)), o1, op=MPI.SUM),
+          inter.Iallgather(np.full(2, float(-me)), o2),
+          inter.Ialltoall(s3, o3),
+          inter.Ireduce_scatter_block(np.full(L * R, float(me)), np.zeros(R), op=MPI.MAX)]
+    assert comm.allreduce(1) == comm.size
+    for r in reversed(rs):
+        r.Wait()
+    check_equal(o1, np.full(big, float(sum(remote))), "Iallreduce in flight")
+    check_equal(o2, np.repeat(-np.array(remote, float)[:, None], 2, axis=1), "Iallgather")
+    check_equal(o3, np.stack([np.full(3, float(w * 100 + lr)) for w in remote]), "Ialltoall")
     inter.Free()
     return True
 
