@@ -149,6 +149,84 @@ def test_merge_orders_by_high(n):
     assert len(res) == n
 
 
+# ----------------------------------------------------------------- the handle model
+
+class MyIntercomm(MPI.Intercomm):
+    def __new__(cls, comm=None):
+        return super().__new__(cls, comm)
+
+
+def _handles(comm):
+    inter, color, local, remote = make_inter(comm)
+    me = comm.rank
+    # handles: a second handle is equal, sees the same remote group and attributes
+    other = MPI.Intercomm(inter)
+    assert other == inter and other is not inter and not (other != inter)
+    assert other.Get_remote_group() == inter.Get_remote_group()   # one group
+    assert inter.Get_remote_group() == inter.Get_remote_group()
+    with pytest.raises(TypeError):
+        hash(inter)
+    assert MPI.Comm.Get_parent() == MPI.COMM_NULL
+    assert type(MPI.Comm.Get_parent()) is MPI.Intercomm
+    # toint/fromint and py2f/f2py give back an Intercomm onto the same communicator
+    for back in (MPI.Comm.fromint(inter.toint()), MPI.Comm.f2py(inter.py2f()),
+                 MPI.Comm.fromhandle(inter.handle)):
+        assert back == inter and type(back) is MPI.Intercomm
+        assert back.Get_remote_size() == len(remote)
+    # attributes: set through one handle, read through the other, copied by Dup
+    deleted = []
+    kv = MPI.Comm.Create_keyval(copy_fn=lambda c, k, v: v + 1,
+                                delete_fn=lambda c, k, v: deleted.append(v))
+    inter.Set_attr(kv, 10)
+    assert other.Get_attr(kv) == 10
+    # the error handler is the communicator's and new communicators inherit it
+    inter.Set_errhandler(MPI.ERRORS_RETURN)
+    d = inter.Dup()
+    assert d.Get_attr(kv) == 11 and d.Compare(inter) == MPI.CONGRUENT
+    assert d.Get_errhandler() == MPI.ERRORS_RETURN
+    m = inter.Merge()
+    assert type(m) is MPI.Intracomm and m.Get_size() == comm.size
+    # route: a rank of the REMOTE group, bounded by its size (odd sizes: uneven)
+    for k in range(len(remote)):
+        assert mmpi.route(inter, k) == "shm"
+    for bad in (len(remote), -1):
+        with pytest.raises(MmpiError, match="remote group"):
+            mmpi.route(inter, bad)
+    # a subclass keeps its class through Dup/Split, and gets a null one of its class
+    mine = MyIntercomm(inter)
+    assert mine == inter and type(mine.Dup()) is MyIntercomm
+    sp = mine.Split(MPI.UNDEFINED)
+    assert type(sp) is MyIntercomm and sp == MPI.COMM_NULL and not sp
+    # Create_group is an intracommunicator's call: an error before any message
+    with pytest.raises(MmpiError) as ei:
+        inter.Create_group(inter.Get_group())
+    assert ei.value.Get_error_class() == MPI.ERR_COMM
+    # Free: delete callbacks run, the handle becomes null, later use is ERR_COMM
+    d.Free()
+    assert deleted == [11] and d == MPI.COMM_NULL
+    inter.Free()
+    assert deleted == [11, 10] and inter == MPI.COMM_NULL and not inter
+    for call in (inter.Get_remote_size, inter.Get_remote_group, inter.Barrier, inter.Free,
+                 lambda: inter.Send(b"x", 0), lambda: inter.send(1, 0),
+                 lambda: inter.Get_size(), lambda: inter.Dup()):
+        with pytest.raises(MmpiError) as ei:
+            call()
+        assert ei.value.Get_error_class() == MPI.ERR_COMM
+    with pytest.raises(MmpiError) as ei:
+        MPI.Comm.fromhandle(other.handle)   # freed: no live handle any more
+    assert ei.value.Get_error_class() == MPI.ERR_COMM
+    MPI.Comm.Free_keyval(kv)
+    # the merged intracommunicator still works after its parent is freed
+    assert m.allreduce(me) == sum(range(comm.size))
+    m.Free()
+    return True
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_intercomm_handles_follow_the_object_model(n):
+    assert mmpi.spawn(_handles, n) == [True] * n
+
+
 # ----------------------------------------------------------------- point-to-point
 
 def _p2p(comm):

@@ -206,6 +206,15 @@ class Comm(_attr.Cached):
         """The communicator of a Fortran integer (``py2f``'s inverse)."""
         return cls.fromhandle(arg)
 
+    def toint(self) -> int:
+        """The communicator's C integer handle (``Comm.fromint`` takes it back)."""
+        return self.handle
+
+    @classmethod
+    def fromint(cls, arg: int) -> "Comm":
+        """The communicator of a C integer handle (``toint``'s inverse)."""
+        return cls.fromhandle(arg)
+
     # -- basics --
     def Get_rank(self) -> int:
         """Rank of this process in the communicator."""
