@@ -90,6 +90,16 @@ def _construction(comm):
     assert inter.Split_type(MPI.UNDEFINED) == MPI.COMM_NULL
     st = inter.Split_type(MPI.COMM_TYPE_SHARED)
     assert st.Get_size() == len(local) and st.Get_remote_size() == len(remote)
+    info = MPI.Info.Create()
+    info.Set("mpi_hw_resource_type", "mpi_shared_memory")
+    for kind in (MPI.COMM_TYPE_HW_GUIDED, MPI.COMM_TYPE_RESOURCE_GUIDED):
+        gd = inter.Split_type(kind, info=info)
+        assert type(gd) is MPI.Intercomm and gd.Get_remote_size() == len(remote)
+        gd.Free()
+        assert inter.Split_type(kind) == MPI.COMM_NULL   # no resource type asked
+    assert inter.Split_type(MPI.COMM_TYPE_HW_UNGUIDED) == MPI.COMM_NULL
+    with pytest.raises(MmpiError):
+        inter.Split_type(12345)                          # on every rank, no hang
     # Create: the local group minus its last rank (both sides do the same)
     sub = inter.Get_group().Incl(list(range(max(1, len(local) - 1))))
     cr = inter.Create(sub)

@@ -35,10 +35,10 @@ from ._coll._context import Context, co_send, first_error, orecv, waitall
 from ._coll._gather import gather as _intra_gather
 from ._coll._ops import SUM
 from ._comm import Comm, Intracomm
-from ._const import ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, \
+from ._const import ANY_SOURCE, ANY_TAG, COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, \
+    COMM_TYPE_RESOURCE_GUIDED, COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, \
     SIMILAR, TAG_MAX, UNDEFINED, UNEQUAL
-from ._comm import _comm_error
-from ._group import Group
+from ._group import HW_RESOURCE_TYPE, SHARED_MEMORY, Group
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import fill
 
@@ -88,8 +88,8 @@ class Intercomm(Comm):
         super()._unbind()
 
     def __getattr__(self, name):
-        if name == "_rsize":
-            raise _comm_error("Intercomm")
+        if name == "_rsize":   # a null or freed handle (as Comm's bound attributes)
+            raise _err("Intercomm: invalid communicator: COMM_NULL or freed", E.ERR_COMM)
         return super().__getattr__(name)
 
     @classmethod
@@ -220,15 +220,26 @@ class Intercomm(Comm):
         return self._build(cx.t, local, remote, ctx, self)
 
     def Split_type(self, split_type: int, key: int = 0, info=None):
-        """Split by type: COMM_TYPE_SHARED keeps every rank (one machine),
-        UNDEFINED gives COMM_NULL."""
-        if split_type == UNDEFINED:
-            return self.Split(UNDEFINED, key)
-        if split_type != COMM_TYPE_SHARED:
+        """Split by type: COMM_TYPE_SHARED keeps the ranks of a node (of both groups)
+        together; the guided types do the same when ``info`` asks for
+        ``mpi_hw_resource_type=mpi_shared_memory`` (else COMM_NULL, as for unknown
+        resources); COMM_TYPE_HW_UNGUIDED and UNDEFINED give COMM_NULL."""
+        cx = self._live("Split_type")
+        local = getattr(cx.t, "local", None)   # this node's world ranks (hybrid worlds)
+        node = min(local) if local else 0
+        if split_type == COMM_TYPE_SHARED:
+            color = node
+        elif split_type in (COMM_TYPE_HW_GUIDED, COMM_TYPE_RESOURCE_GUIDED):
+            kind = info.Get(HW_RESOURCE_TYPE) if info else None
+            color = node if kind == SHARED_MEMORY else UNDEFINED
+        elif split_type in (COMM_TYPE_HW_UNGUIDED, UNDEFINED):
+            color = UNDEFINED
+        else:
             # (checked on every rank before any communication)
-            raise _err(f"Split_type: unsupported split type {split_type!r} (driller runs on "
-                       f"one machine: use COMM_TYPE_SHARED)")
-        return self.Split(0, key)
+            raise _err(f"Split_type: unknown split type {split_type!r} (COMM_TYPE_SHARED, "
+                       f"COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, "
+                       f"COMM_TYPE_RESOURCE_GUIDED or UNDEFINED)")
+        return self.Split(color, key)
 
     def Create(self, group: Group):
         """A new intercommunicator of ``group`` (a subgroup of the local group) and the
