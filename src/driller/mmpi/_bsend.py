@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .._errcodes import ERR_BUFFER
 from ..errors import MmpiError
+from ._bufspec import byteview
 from ._const import BSEND_OVERHEAD, BUFFER_AUTOMATIC
 
 __all__ = ["BsendBuffer", "attach", "detach", "current", "process_buffer"]
@@ -37,10 +38,8 @@ class BsendBuffer:
             return
         try:
             mv = memoryview(obj)
-        except TypeError:
-            raise MmpiError(f"{what}: expected a writable buffer (bytearray, numpy array, "
-                            f"MPI.Alloc_mem) or BUFFER_AUTOMATIC, got {type(obj).__name__}",
-                            error_class=ERR_BUFFER) from None
+        except TypeError:  # an exporter without the buffer protocol (DLPack, CAI...)
+            mv = byteview(obj, True, what)
         if mv.readonly:
             raise BufferError(f"{what}: the buffer is read-only; attach a writable one "
                               f"(bytearray, numpy array, MPI.Alloc_mem)")
