@@ -469,3 +469,23 @@ def test_raw_buffer_received_as_object_is_unpickled_as_mpi4py():
     r = comm.Isend(pickle.dumps({"a": 1}), 0)
     assert comm.recv(None, 0) == {"a": 1}
     r.Wait()
+
+
+def _bsend_shared(comm):
+    from driller.sharedarray import SharedArray  # noqa: F401 - the class must exist
+    import driller
+    if comm.rank == 0:
+        a = driller.zeros(4, np.int64)
+        a[:] = 5
+        MPI.Attach_buffer(bytearray(1 << 16))
+        comm.bsend({"a": a}, 1, 1)
+        a[:] = 6  # after the buffered send: the message holds the values of the call
+        comm.Barrier()
+        MPI.Detach_buffer()
+        return None
+    comm.Barrier()
+    return comm.recv(source=0, tag=1)["a"].tolist()
+
+
+def test_bsend_of_a_shared_array_is_a_copy():
+    assert values(run_ranks(_bsend_shared, 2))[1] == [5, 5, 5, 5]

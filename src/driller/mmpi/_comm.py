@@ -242,7 +242,9 @@ class Comm:
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return
-        stream = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        from ..sharedarray import pickled_by_value
+        with pickled_by_value():  # a buffered message is a copy: shared arrays too
+            stream = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
         b = self._bsend_buffer(what)
         view, blk = b.place(len(stream), what, self._t.progress)
         try:
