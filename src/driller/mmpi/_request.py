@@ -193,18 +193,22 @@ class Status:
 
     __hash__ = None  # mutable, as mpi4py's
 
-    def __reduce__(self):
-        return (_status_from, (bytes(self._i.cast("B")),))
+    def _fields(self) -> tuple:
+        return self.source, self.tag, self.error, self.count, self.cancelled
+
+    def __reduce__(self):  # by value, keeping a subclass's type
+        return (_status, (type(self), self._fields()))
 
     def __repr__(self) -> str:
         return (f"Status(source={self.source}, tag={self.tag}, error={self.error}, "
                 f"count={self.count}, cancelled={self.cancelled})")
 
 
-def _status_from(raw: bytes) -> Status:
-    s = Status()
-    s._i.cast("B")[:] = raw
-    return s
+def _status(cls, fields) -> Status:
+    new = cls.__new__(cls)
+    Status.__init__(new)
+    new.source, new.tag, new.error, new.count, new.cancelled = fields
+    return new
 
 
 def fill(status, source, tag, error, count, cancelled=False) -> None:
@@ -327,9 +331,12 @@ class Request:
         self._cx = None
         if request is None:
             return
-        if not isinstance(request, Request if type(self) is Request else type(self)):
-            raise TypeError(f"{type(self).__name__}(): expected a {type(self).__name__}, "
-                            f"got {type(request).__name__}")
+        if not isinstance(request, Request):
+            raise TypeError(f"{type(self).__name__}(): expected a Request, got "
+                            f"{type(request).__name__}")
+        if (type(self) is not Request and not isinstance(request, type(self))
+                and not request._is_null()):
+            raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
         self._op = request._op
         self._kind = request._kind
         self._cx = request._cx
@@ -361,8 +368,7 @@ class Request:
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
 
-    def __hash__(self) -> int:
-        return id(self)
+    __hash__ = None  # a handle, unhashable as mpi4py's
 
     def __reduce__(self):
         if self is REQUEST_NULL:
@@ -776,7 +782,7 @@ class Prequest(Request):
         super().__init__(request)
 
     def _copy_from(self, other) -> None:
-        self._start = other._start
+        self._start = getattr(other, "_start", None)
         self._alias = None
 
     def _key(self):
@@ -883,7 +889,7 @@ class Grequest(Request):
         super().__init__(request)
 
     def _copy_from(self, other) -> None:
-        self._g = other._g
+        self._g = getattr(other, "_g", None)
         self._alias = None
 
     def _key(self):
@@ -1012,8 +1018,12 @@ class Message:
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
 
-    def __hash__(self) -> int:
-        return id(self)
+    __hash__ = None  # a handle, unhashable as mpi4py's
+
+    def free(self) -> None:
+        """Free the handle (a predefined one stays as it is)."""
+        if not self._const:
+            self._m = None
 
     def __reduce__(self):
         if self is MESSAGE_NULL:
