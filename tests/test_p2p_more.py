@@ -489,3 +489,25 @@ def _bsend_shared(comm):
 
 def test_bsend_of_a_shared_array_is_a_copy():
     assert values(run_ranks(_bsend_shared, 2))[1] == [5, 5, 5, 5]
+
+
+def _inter_mprobe(comm):
+    color = comm.rank % 2
+    local = comm.Split(color, comm.rank)
+    inter = local.Create_intercomm(0, comm, 1 - color, 5)
+    st = MPI.Status()
+    if color == 0:
+        inter.send(("from", local.rank), 0, 3)  # to remote rank 0
+        return None
+    if local.rank != 0:
+        return None
+    got = []
+    for _ in range(inter.Get_remote_size()):
+        m = inter.mprobe(MPI.ANY_SOURCE, 3, st)
+        got.append((st.source, m.recv()))
+    return sorted(got)
+
+
+def test_mprobe_on_an_intercommunicator_gives_remote_ranks():
+    out = values(run_ranks(_inter_mprobe, 4))
+    assert out[1] == [(0, ("from", 0)), (1, ("from", 1))]
