@@ -68,6 +68,12 @@ __all__ = [
 # ``__all__ +=``), so that families filled in parallel merge without overlap.
 
 # --- point-to-point extras: Message, buffered sends
+from .mmpi._comm import Attach_buffer, Detach_buffer, Flush_buffer, Iflush_buffer  # noqa: E402
+from .mmpi._const import BSEND_OVERHEAD, BUFFER_AUTOMATIC  # noqa: E402
+from .mmpi._request import MESSAGE_NO_PROC, MESSAGE_NULL, Grequest, Message  # noqa: E402
+__all__ += ["Message", "MESSAGE_NULL", "MESSAGE_NO_PROC", "Grequest", "Attach_buffer",
+            "Detach_buffer", "Flush_buffer", "Iflush_buffer", "BSEND_OVERHEAD",
+            "BUFFER_AUTOMATIC"]
 
 # --- derived datatypes, packing, addresses
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ._datatype import Datatype
     from ._group import GROUP_EMPTY, Group
     from ._inter import Intercomm
-    from ._request import REQUEST_NULL, Prequest, Request, Status
+    from ._request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Grequest, Message,
+                           Prequest, Request, Status)
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
@@ -40,6 +41,7 @@ __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
     "route", "Comm", "Intracomm", "Intercomm", "Request", "Prequest", "Status", "Datatype",
+    "Grequest", "Message", "MESSAGE_NULL", "MESSAGE_NO_PROC",
     "MmpiError", "MmpiNotImplementedError", "PeerDiedError", "TruncationError",
     "create_world", "mark_dead", "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD",
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -60,7 +62,8 @@ _LAZY = {
     "Datatype": "._datatype",
     "Intercomm": "._inter",
     **dict.fromkeys(("GROUP_EMPTY", "Group"), "._group"),
-    **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
+    **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status", "Grequest", "Message",
+                     "MESSAGE_NULL", "MESSAGE_NO_PROC"), "._request"),
     "spawn": "._spawn",
     **dict.fromkeys(("ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead"),
                     "._world"),

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import pickle
 import time
+import warnings
 import weakref
 
 import numpy as np
 
 from .. import _errcodes
-from .._errcodes import ERR_COMM
+from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_TRUNCATE
 from ..errors import MmpiError, MmpiNotImplementedError
-from . import _attr, _errhandler, _group, _info
+from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
@@ -26,13 +27,14 @@ from ._coll._ops import SUM
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
                      UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
-from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
-                       request, self_sync)
+from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
+                       Status, complete, fill, message_handle, persistent, request, self_sync)
 
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
     "finalize", "is_initialized", "is_finalized", "launched_rank", "COMM_NULL", "set_parent",
     "register_extension",
+    "Attach_buffer", "Detach_buffer", "Flush_buffer", "Iflush_buffer",
 ]
 
 _CTX_WORLD, _CTX_SELF = 0, 2   # p2p contexts; collectives use context + 1; new comms from 4
@@ -382,10 +384,85 @@ class Comm(_attr.Cached):
         self._wait_send(self._isend(buf, dest, tag, True, "Ssend"))
 
     def Rsend(self, buf, dest, tag=0) -> None:
+        """Blocking send in ready mode (a matching receive must be posted: mmpi
+        treats it as a standard send, which MPI allows)."""
         self._wait_send(self._isend(buf, dest, tag, False, "Rsend"))
 
     def Bsend(self, buf, dest, tag=0) -> None:
-        self._wait_send(self._isend(buf, dest, tag, False, "Bsend"))
+        """Blocking send in buffered mode: the message is copied into the
+        attached buffer (``Attach_buffer``) and the call returns at once."""
+        self._ibsend(buf, dest, tag, "Bsend")
+
+    # -- buffered mode (``_bsend``) --
+    def _bsend_buffer(self, what):
+        b = _bsend.current(self.__dict__.get("_bsend"))
+        if b is None:
+            raise MmpiError(f"{what}: no buffer is attached for buffered sends; attach one "
+                            f"first (MPI.Attach_buffer(bytearray(n + MPI.BSEND_OVERHEAD)) or "
+                            f"MPI.BUFFER_AUTOMATIC)", error_class=ERR_BUFFER)
+        return b
+
+    def _ibsend(self, buf, dest, tag, what):
+        """Start a buffered send: copy ``buf`` into the attached buffer and send
+        from there (the block is the buffer's until the transport is done)."""
+        mv = message(buf, False, what)
+        w = self._dest(dest, what)
+        tag = self._stag(tag, what)
+        if w == PROC_NULL:
+            return
+        b = self._bsend_buffer(what)
+        view, blk = b.place(len(mv), what, self._t.progress)
+        try:
+            view[:] = mv
+            op = T.SendOp(w, tag, self._ctx, view, False)
+            self._t.isend(op)
+        except BaseException:
+            b.release(blk)
+            raise
+        blk[2] = op
+
+    def _obsend(self, obj, dest, tag, what):
+        """Start a buffered send of a Python object (pickled into the attached buffer)."""
+        w = self._dest(dest, what)
+        tag = self._stag(tag, what)
+        if w == PROC_NULL:
+            return
+        from ..sharedarray import pickled_by_value
+        with pickled_by_value():  # a buffered message is a copy: shared arrays too
+            stream = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        b = self._bsend_buffer(what)
+        view, blk = b.place(len(stream), what, self._t.progress)
+        try:
+            view[:] = stream
+            op = self._t.send_object(w, self._ctx, tag, None, False, what, (view, []))
+        except BaseException:
+            b.release(blk)
+            raise
+        blk[2] = op if op is not None else _bsend._DONE
+
+    def Attach_buffer(self, buf) -> None:
+        """Attach a user-provided buffer for sending in buffered mode on this
+        communicator (or ``BUFFER_AUTOMATIC``)."""
+        _bsend.attach(self.__dict__.setdefault("_bsend", {}), buf, "Comm.Attach_buffer")
+
+    def Detach_buffer(self):
+        """Remove this communicator's buffer for buffered sends (once every
+        message in it is delivered); the buffer that was attached."""
+        return _bsend.detach(self.__dict__.setdefault("_bsend", {}),
+                             lambda op: self._t.wait(op, op.dest), "Comm.Detach_buffer")
+
+    def Flush_buffer(self) -> None:
+        """Block until all buffered messages (of this communicator's buffer, else
+        the process's) have been transmitted."""
+        b = _bsend.current(self.__dict__.get("_bsend"))
+        if b is not None:
+            for op in b.pending():
+                self._t.wait(op, op.dest)
+
+    def Iflush_buffer(self) -> Request:
+        """Nonblocking flush for buffered messages."""
+        return request(_FlushOp(_bsend.current(self.__dict__.get("_bsend"))), K_SEND,
+                       self._cx)
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
         try:  # _buffer's fast path, inlined
@@ -447,7 +524,8 @@ class Comm(_attr.Cached):
 
     # -- nonblocking buffer p2p --
     def _sreq(self, op):
-        return request(op, K_SEND, self._cx) if op is not None else Request()
+        # None: to PROC_NULL, or complete already: a request that completes at once
+        return request(op if op is not None else _null_done_send(), K_SEND, self._cx)
 
     def Isend(self, buf, dest, tag=0) -> Request:
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
@@ -456,10 +534,31 @@ class Comm(_attr.Cached):
         return self._sreq(self._isend(buf, dest, tag, True, "Issend"))
 
     def Irsend(self, buf, dest, tag=0) -> Request:
+        """Nonblocking send in ready mode."""
         return self._sreq(self._isend(buf, dest, tag, False, "Irsend"))
 
     def Ibsend(self, buf, dest, tag=0) -> Request:
-        return self._sreq(self._isend(buf, dest, tag, False, "Ibsend"))
+        """Nonblocking send in buffered mode (complete once the message is in the
+        attached buffer: at once)."""
+        self._ibsend(buf, dest, tag, "Ibsend")
+        return self._sreq(None)
+
+    def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
+                  recvtag=ANY_TAG) -> Request:
+        """Nonblocking send and receive."""
+        r = self._irecv(recvbuf, source, recvtag, "Isendrecv")
+        s = self._isend(sendbuf, dest, sendtag, False, "Isendrecv")
+        return request(PairOp(r, s), K_PAIR, self._cx)
+
+    def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE,
+                          recvtag=ANY_TAG) -> Request:
+        """Send and receive a message, nonblocking, using a single buffer."""
+        mv = message(buf, True, "Isendrecv_replace")
+        self._dest(dest, "Isendrecv_replace")
+        copy = bytes(mv)
+        r = self._irecv(mv, source, recvtag, "Isendrecv_replace")
+        s = self._isend(copy, dest, sendtag, False, "Isendrecv_replace")
+        return request(PairOp(r, s), K_PAIR, self._cx)
 
     def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
@@ -477,6 +576,21 @@ class Comm(_attr.Cached):
     def Ssend_init(self, buf, dest, tag=0) -> Prequest:
         message(buf, False, "Ssend_init"), self._dest(dest, "Ssend_init"), self._stag(tag, "Ssend_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, True, "Ssend_init")
+                                or _null_done_send(), K_SEND)
+
+    def Bsend_init(self, buf, dest, tag=0) -> Prequest:
+        """Persistent request for a send in buffered mode."""
+        message(buf, False, "Bsend_init"), self._dest(dest, "Bsend_init"), self._stag(tag, "Bsend_init")
+
+        def start():
+            self._ibsend(buf, dest, tag, "Bsend_init")
+            return _null_done_send()
+        return self._persistent(start, K_SEND)
+
+    def Rsend_init(self, buf, dest, tag=0) -> Prequest:
+        """Persistent request for a send in ready mode."""
+        message(buf, False, "Rsend_init"), self._dest(dest, "Rsend_init"), self._stag(tag, "Rsend_init")
+        return self._persistent(lambda: self._isend(buf, dest, tag, False, "Rsend_init")
                                 or _null_done_send(), K_SEND)
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Prequest:
@@ -525,6 +639,51 @@ class Comm(_attr.Cached):
     def iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
         return self.Iprobe(source, tag, status)
 
+    # -- matched probes (``_request.Message``) --
+    def Mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message:
+        """Blocking test for a matched message: the message is taken out of
+        matching (only a receive on the returned Message can get it)."""
+        w, tag = self._probe_match(source, tag, "Mprobe")
+        if w == PROC_NULL:
+            fill(status, PROC_NULL, ANY_TAG, 0, 0)
+            return message_handle(None, self._cx)
+        eng = self._t.engine
+        ctx = self._ctx
+        found = []
+
+        def pred():
+            m = eng.mprobe(w, tag, ctx)
+            if m is not None:
+                found.append(m)
+                return True
+            return False
+
+        self._t.wait_until(pred, None if w == ANY_SOURCE else w)
+        m = found[0]
+        fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
+        return message_handle(m, self._cx)
+
+    def Improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message | None:
+        """Nonblocking test for a matched message (None: no message yet)."""
+        w, tag = self._probe_match(source, tag, "Improbe")
+        if w == PROC_NULL:
+            fill(status, PROC_NULL, ANY_TAG, 0, 0)
+            return message_handle(None, self._cx)
+        self._t.progress()
+        m = self._t.engine.mprobe(w, tag, self._ctx)
+        if m is None:
+            return None
+        fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
+        return message_handle(m, self._cx)
+
+    def mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message:
+        """Blocking test for a matched message (receive it with ``recv``)."""
+        return self.Mprobe(source, tag, status)
+
+    def improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message | None:
+        """Nonblocking test for a matched message."""
+        return self.Improbe(source, tag, status)
+
     def probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
         return self.Probe(source, tag, status)
 
@@ -549,7 +708,13 @@ class Comm(_attr.Cached):
         self._wait_send(self._osend(obj, dest, tag, True, "ssend"))
 
     def bsend(self, obj, dest, tag=0) -> None:
-        self.send(obj, dest, tag)
+        """Send an object in buffered mode (pickled into the attached buffer)."""
+        self._obsend(obj, dest, tag, "bsend")
+
+    def ibsend(self, obj, dest, tag=0) -> Request:
+        """Nonblocking send of an object in buffered mode."""
+        self._obsend(obj, dest, tag, "ibsend")
+        return self._sreq(None)
 
     def isend(self, obj, dest, tag=0) -> Request:
         return self._sreq(self._osend(obj, dest, tag, False, "isend"))
@@ -558,6 +723,8 @@ class Comm(_attr.Cached):
         return self._sreq(self._osend(obj, dest, tag, True, "issend"))
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+        if buf is not None:
+            return self._recv_into(buf, source, tag, status)
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
@@ -572,6 +739,26 @@ class Comm(_attr.Cached):
                     fill(status, self._rank_of(res[0]), res[1], 0, v[2])
                 return loads(v[:2])
         return self._wait_recv(self._orecv(source, tag, "recv"), status, obj=True)
+
+    def _recv_into(self, buf, source, tag, status):
+        """recv with mpi4py's deprecated ``buf`` (a size or a buffer): the object
+        must fit in that many bytes (pickled), else ERR_TRUNCATE."""
+        warnings.warn("the 'buf' argument is deprecated", UserWarning, stacklevel=3)
+        if isinstance(buf, int) and not isinstance(buf, bool):
+            size = buf
+        else:
+            try:
+                size = memoryview(buf).nbytes
+            except TypeError:
+                raise MmpiError(f"recv: buf must be None, a size in bytes or a buffer, got "
+                                f"{type(buf).__name__}") from None
+        st = status if status is not None else Status()
+        obj = self._wait_recv(self._orecv(source, tag, "recv"), st, obj=True)
+        if st.count > size:
+            raise MmpiError(f"recv: the message from rank {st.source} (tag {st.tag}) is "
+                            f"{st.count} bytes pickled, more than the {size}-byte buf given; "
+                            f"pass buf=None", error_class=ERR_TRUNCATE)
+        return obj
 
     def irecv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
         return request(self._orecv(source, tag, "irecv"), K_ORECV, self._cx)
@@ -899,6 +1086,54 @@ def _null_done_send():
     op = T.SendOp(PROC_NULL, 0, 0, EMPTY)
     op.done = True
     return op
+
+
+class _FlushOp:
+    """The op of Iflush_buffer: done once every message in the buffer is."""
+
+    __slots__ = ("ops",)
+    source = ANY_SOURCE
+    exc = None
+    cancelled = False
+
+    def __init__(self, b):
+        self.ops = [] if b is None else b.pending()
+
+    @property
+    def done(self) -> bool:
+        return all(o.done for o in self.ops)
+
+
+# ------------------------------------------------------------------ buffered sends (process)
+
+def Attach_buffer(buf) -> None:
+    """Attach a user-provided buffer for sending in buffered mode (or
+    ``BUFFER_AUTOMATIC``)."""
+    _bsend.attach(None, buf, "Attach_buffer")
+
+
+def Detach_buffer():
+    """Remove an existing attached buffer (once every message in it is
+    delivered); the buffer that was attached."""
+    b = _bsend.process_buffer()
+    if b is not None and b.pending():
+        t = world_comm()._t
+        return _bsend.detach(None, lambda op: t.wait(op, op.dest), "Detach_buffer")
+    return _bsend.detach(None, None, "Detach_buffer")
+
+
+def Flush_buffer() -> None:
+    """Block until all buffered messages have been transmitted."""
+    b = _bsend.process_buffer()
+    if b is not None and b.pending():
+        t = world_comm()._t
+        for op in b.pending():
+            t.wait(op, op.dest)
+
+
+def Iflush_buffer() -> Request:
+    """Nonblocking flush for buffered messages."""
+    return request(_FlushOp(_bsend.process_buffer()), K_SEND, world_comm()._cx)
 
 
 class Intracomm(Comm):

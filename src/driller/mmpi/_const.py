@@ -51,6 +51,24 @@ class _InPlace:
 
 IN_PLACE = _InPlace()
 
+# --- point-to-point (p2p family): buffered sends
+
+
+class _BufferAutomatic:
+    """MPI.BUFFER_AUTOMATIC: attach a buffer without a size limit (MPI 4.1)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "BUFFER_AUTOMATIC"
+
+    def __reduce__(self):
+        return "BUFFER_AUTOMATIC"
+
+
+BUFFER_AUTOMATIC = _BufferAutomatic()
+BSEND_OVERHEAD = 128      # bytes of the attached buffer each buffered message takes on top
+__all__ += ["BUFFER_AUTOMATIC", "BSEND_OVERHEAD"]
 
 # --- communicators, groups, attributes, object model, environment
 # predefined attribute keys of COMM_WORLD (Open MPI's values, as mpi4py shows them):

@@ -18,7 +18,10 @@ MPI rules implemented here:
   non-overtaking order per (source, tag, context);
 * a message larger than the receive's capacity is still matched (and consumed);
   the receive completes with ``error = ERR_TRUNCATE``;
-* probing does not consume; only a receive that is still posted can be cancelled;
+* probing does not consume; a *matched* probe (``mprobe``) does: it takes the
+  message out of matching at probe time, so that only the receive started on
+  its handle (``post_matched``) can ever get it;
+* only a receive that is still posted can be cancelled;
 * small messages travel *eager* (payload inline); large ones by *rendezvous*
   (the envelope only; the receiver fetches the data from the sender's memory
   and answers FIN); a synchronous eager send completes when its ACK returns.
@@ -263,6 +266,26 @@ class Engine:
     def take(self, m: Message) -> None:
         """Remove a probed message from the unexpected queue (matched probe)."""
         self.unexpected.remove(m)
+
+    def mprobe(self, source: int, tag: int, context: int) -> Message | None:
+        """Matched probe: the message a receive posted now would match, taken out
+        of matching (no receive can match it any more), or None."""
+        unexpected = self.unexpected
+        for i, m in enumerate(unexpected):
+            if (m.context == context and (source == ANY_SOURCE or source == m.source)
+                    and (tag == ANY_TAG or tag == m.tag)):
+                del unexpected[i]
+                return m
+        return None
+
+    def post_matched(self, r: Receive, m: Message) -> list:
+        """Receive ``m``, a message taken by :meth:`mprobe`, into ``r`` (a new
+        receive): the actions of a match, as when ``r`` is posted and finds it."""
+        if r.state != R_NEW:
+            raise ValueError(f"receive already started: {r!r}")
+        if m in self.unexpected:
+            raise ValueError(f"{m!r} was not taken by mprobe: it is still in matching")
+        return self._match(r, m)
 
     def cancel(self, r: Receive) -> bool:
         """Cancel a posted receive; False when it is already matched or done."""

@@ -144,8 +144,8 @@ def loads(value):
     stream, parts = value
     if parts is None:  # a bare array sent raw (F_ARRAY): already built
         return stream
-    if stream is None:  # a buffer message received as an object: its bytes
-        return bytes(parts)
+    if stream is None:  # a buffer message received as an object: unpickled, as mpi4py
+        return pickle.loads(parts) if len(parts) else None
     if not parts:
         return pickle.loads(stream)
     buffers = [b for b, how in parts if not how & 2]

@@ -1,107 +1,225 @@
-"""Requests and statuses: Request, Prequest (persistent), the collective request, Status.
+"""Requests, statuses and matched messages: Request, Prequest (persistent),
+Grequest (generalized), the collective request, Status, Message.
 
-A request holds its transport op and the communicator's context (``_cx``: the
-``_coll._context.Context`` of the communicator, which has the transport ``t``
-and ``rank_of``).  Generalized requests (Grequest) and matched messages
-(Message) belong here too when they come.
+A request holds its op (``_op``: a transport ``SendOp``/``RecvOp``, a
+``_coll._nonblocking.CollOp``, a :class:`PairOp` of Isendrecv or a
+:class:`_GOp` of a generalized request; every op has ``done``) and the
+communicator's context (``_cx``: the ``_coll._context.Context`` of the
+communicator, which has the transport ``t`` and ``rank_of``).  ``_op is None``
+means the request is inactive: REQUEST_NULL, a completed request, or a
+persistent request between its Wait and its next Start.
+
+The Waitany/Waitsome/Testall... family works on any mix of these, through
+``op.done`` and each class's own ``wait``.
+
+A :class:`Message` is the handle of a message that a matched probe
+(``Comm.Mprobe``) took out of matching (``_engine.Engine.mprobe``): only a
+receive started on that handle (``Message.Recv``...) can get it.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+import traceback
+import weakref
+
+from .._errcodes import ERR_ARG, ERR_OTHER, ERR_REQUEST
 from ..errors import MmpiError
 from . import _transport as T
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, UNDEFINED
 from ._datatype import BYTE, as_datatype
 from ._objects import loads
 
-__all__ = ["Status", "Request", "Prequest", "CollRequest", "REQUEST_NULL", "fill", "self_sync",
-           "request", "complete", "persistent", "K_SEND", "K_RECV", "K_OSEND", "K_ORECV"]
+__all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
+           "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
+           "request", "complete", "persistent", "message_handle",
+           "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
 
+
+# ------------------------------------------------------------------ Status
 
 class Status:
-    """What a completed receive (or probe) found."""
+    """Status object: what a completed receive (or a probe) found.
 
-    __slots__ = ("source", "tag", "error", "count", "cancelled", "__weakref__")
+    ``Status(status)`` is a copy of ``status``.  The fields live in 24 bytes laid
+    out as six C ints (source, tag, error, cancelled, count as a 64-bit value),
+    which :meth:`tomemory` exposes."""
+
+    __slots__ = ("_i", "_q", "__weakref__")
 
     def __init__(self, status: Status | None = None):
+        b = bytearray(24)
+        i = self._i = memoryview(b).cast("i")
+        self._q = memoryview(b).cast("q")
         if status is None:
-            self.source = ANY_SOURCE
-            self.tag = ANY_TAG
-            self.error = 0
-            self.count = 0
-            self.cancelled = False
+            i[0] = ANY_SOURCE
+            i[1] = ANY_TAG
         elif isinstance(status, Status):
-            self.source, self.tag, self.error, self.count, self.cancelled = status._fields()
+            b[:] = status._i.cast("B")
         else:
-            raise TypeError(f"Status(status): expected a Status, got {type(status).__name__}")
+            raise TypeError(f"Argument 'status' has incorrect type (expected Status, got "
+                            f"{type(status).__name__})")
+
+    # -- fields --
+    def Get_source(self) -> int:
+        """Get message source."""
+        return self._i[0]
+
+    def Set_source(self, source: int) -> None:
+        """Set message source."""
+        self._i[0] = source
+
+    def Get_tag(self) -> int:
+        """Get message tag."""
+        return self._i[1]
+
+    def Set_tag(self, tag: int) -> None:
+        """Set message tag."""
+        self._i[1] = tag
+
+    def Get_error(self) -> int:
+        """Get message error."""
+        return self._i[2]
+
+    def Set_error(self, error: int) -> None:
+        """Set message error."""
+        self._i[2] = int(error)
+
+    def Get_count(self, datatype=BYTE) -> int:
+        """Get the number of *top level* elements (``UNDEFINED`` if the received
+        bytes are not a whole number of ``datatype``)."""
+        size = as_datatype(datatype).size
+        n = self._q[2]
+        if size == 0:
+            return 0 if n == 0 else UNDEFINED
+        if n % size:
+            return UNDEFINED
+        return n // size
+
+    def Get_elements(self, datatype=BYTE) -> int:
+        """Get the number of basic elements in a datatype."""
+        return self.Get_count(datatype)
+
+    def Set_elements(self, datatype, count: int) -> None:
+        """Set the number of elements in a status (``count`` elements of ``datatype``)."""
+        if type(count) is not int or count < 0:
+            raise MmpiError(f"Status.Set_elements: count must be an int >= 0, got {count!r}",
+                            error_class=ERR_ARG)
+        self._q[2] = count * as_datatype(datatype).size
+
+    def Is_cancelled(self) -> bool:
+        """Test to see if a request was cancelled."""
+        return bool(self._i[3])
+
+    def Set_cancelled(self, flag: bool) -> None:
+        """Set the cancelled state associated with a status."""
+        self._i[3] = 1 if flag else 0
+
+    # -- Python properties --
+    @property
+    def source(self) -> int:
+        """Message source."""
+        return self._i[0]
+
+    @source.setter
+    def source(self, value: int) -> None:
+        self._i[0] = value
+
+    @property
+    def tag(self) -> int:
+        """Message tag."""
+        return self._i[1]
+
+    @tag.setter
+    def tag(self, value: int) -> None:
+        self._i[1] = value
+
+    @property
+    def error(self) -> int:
+        """Message error."""
+        return self._i[2]
+
+    @error.setter
+    def error(self, value: int) -> None:
+        self._i[2] = int(value)
+
+    @property
+    def count(self) -> int:
+        """Byte count."""
+        return self._q[2]
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._q[2] = value
+
+    @property
+    def cancelled(self) -> bool:
+        """Cancelled state."""
+        return bool(self._i[3])
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        self._i[3] = 1 if value else 0
+
+    # -- object model --
+    def tomemory(self) -> memoryview:
+        """Return a writable memoryview (C ints) of the status's fields."""
+        return self._i
+
+    def py2f(self) -> list[int]:
+        """The status as a list of Fortran integers."""
+        return list(self._i)
+
+    @classmethod
+    def f2py(cls, arg: list[int]) -> Status:
+        """A status from a list of Fortran integers (as :meth:`py2f` gives)."""
+        s = cls()
+        vals = list(arg)
+        if len(vals) != 6:
+            raise ValueError(f"Status.f2py: expected 6 integers, got {len(vals)}")
+        for k, v in enumerate(vals):
+            s._i[k] = v
+        return s
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Status):
+            return self._q.tolist() == other._q.tolist()
+        return NotImplemented
+
+    def __ne__(self, other) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # mutable, as mpi4py's
 
     def _fields(self) -> tuple:
         return self.source, self.tag, self.error, self.count, self.cancelled
 
-    # a value, as mpi4py's: equal when the fields are, unhashable, pickled by value
-    def __eq__(self, other):
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __ne__(self, other):
-        if not isinstance(other, Status):
-            return NotImplemented
-        return self._fields() != other._fields()
-
-    __hash__ = None
-
-    def __reduce__(self):
+    def __reduce__(self):  # by value, keeping a subclass's type
         return (_status, (type(self), self._fields()))
-
-    def Get_source(self) -> int:
-        return self.source
-
-    def Set_source(self, source: int) -> None:
-        self.source = source
-
-    def Get_tag(self) -> int:
-        return self.tag
-
-    def Set_tag(self, tag: int) -> None:
-        self.tag = tag
-
-    def Get_error(self) -> int:
-        return self.error
-
-    def Set_error(self, error: int) -> None:
-        self.error = error
-
-    def Get_count(self, datatype=BYTE) -> int:
-        dt = as_datatype(datatype)
-        if self.count % dt.size:
-            return UNDEFINED
-        return self.count // dt.size
-
-    def Get_elements(self, datatype=BYTE) -> int:
-        return self.Get_count(datatype)
-
-    def Is_cancelled(self) -> bool:
-        return self.cancelled
 
     def __repr__(self) -> str:
         return (f"Status(source={self.source}, tag={self.tag}, error={self.error}, "
-                f"count={self.count})")
+                f"count={self.count}, cancelled={self.cancelled})")
 
 
 def _status(cls, fields) -> Status:
     new = cls.__new__(cls)
+    Status.__init__(new)
     new.source, new.tag, new.error, new.count, new.cancelled = fields
     return new
 
 
 def fill(status, source, tag, error, count, cancelled=False) -> None:
+    """Set every field of ``status`` (None: nothing to do)."""
     if status is not None:
-        status.source = source
-        status.tag = tag
-        status.error = error
-        status.count = count
-        status.cancelled = cancelled
+        i = status._i
+        i[0] = source
+        i[1] = tag
+        i[2] = error
+        i[3] = 1 if cancelled else 0
+        status._q[2] = count
 
 
 def self_sync(cx, op, what) -> None:
@@ -124,35 +242,160 @@ def self_sync(cx, op, what) -> None:
     op.done = True
 
 
+# ------------------------------------------------------------------ handles
+
+_handles: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _handle_of(obj) -> int:
+    h = id(obj)
+    _handles[h] = obj
+    return h
+
+
+def _from_handle(cls, handle: int):
+    obj = _handles.get(handle) if type(handle) is int else None
+    if obj is None:
+        if handle == 0:
+            return cls()
+        raise ValueError(f"{cls.__name__}.fromhandle: {handle!r} is no live handle")
+    return cls(obj)
+
+
 # ------------------------------------------------------------------ requests
 
-K_SEND, K_RECV, K_OSEND, K_ORECV = 0, 1, 2, 3
+K_SEND, K_RECV, K_OSEND, K_ORECV, K_PAIR = 0, 1, 2, 3, 4
+
+
+class PairOp:
+    """The op of Isendrecv: done once both its receive and its send are."""
+
+    __slots__ = ("recv", "send", "source", "obj")
+
+    def __init__(self, recv, send, obj: bool = False):
+        self.recv = recv
+        self.send = send
+        self.source = ANY_SOURCE
+        self.obj = obj
+
+    @property
+    def done(self) -> bool:
+        return self.recv.done and (self.send is None or self.send.done)
+
+    @property
+    def exc(self):
+        return None
+
+
+def _outcome(op, kind, cx, status, peek=False):
+    """The outcome of the done ``op``: fill ``status``, raise its error, return
+    the object of an object receive (``peek``: only fill the status)."""
+    if kind == K_PAIR:
+        s = op.send
+        if not peek and s is not None and s.exc is not None:
+            raise s.exc
+        return _outcome(op.recv, K_ORECV if op.obj else K_RECV, cx, status, peek)
+    if kind == K_RECV or kind == K_ORECV:
+        if op.cancelled:
+            fill(status, ANY_SOURCE, ANY_TAG, 0, 0, True)
+            return None
+        m = op.message
+        if m is None:  # PROC_NULL
+            fill(status, PROC_NULL, ANY_TAG, 0, 0)
+            return None
+        cnt = op.count if op.capacity is None else min(op.count, op.capacity)
+        fill(status, cx.rank_of(m.source), m.tag, op.error, cnt)
+        if peek:
+            return None
+        if op.exc is not None:
+            raise op.exc
+        if kind == K_ORECV:
+            return loads(op.value)
+        return None
+    fill(status, ANY_SOURCE, ANY_TAG, 0, 0, getattr(op, "cancelled", False))
+    if not peek and op.exc is not None:
+        raise op.exc
+    return None
 
 
 class Request:
-    """A nonblocking operation; ``REQUEST_NULL`` is the empty one."""
+    """Request handle: a nonblocking operation; ``REQUEST_NULL`` is the empty one.
 
-    __slots__ = ("_op", "_kind", "_cx", "__weakref__")
+    ``Request(request)`` is a new handle onto the same operation."""
 
-    def __init__(self, request=None):
+    __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
+
+    def __init__(self, request: Request | None = None):
         self._op = None
         self._kind = K_SEND
         self._cx = None
+        if request is None:
+            return
+        if not isinstance(request, Request):
+            raise TypeError(f"{type(self).__name__}(): expected a Request, got "
+                            f"{type(request).__name__}")
+        if (type(self) is not Request and not isinstance(request, type(self))
+                and not request._is_null()):
+            raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
+        self._op = request._op
+        self._kind = request._kind
+        self._cx = request._cx
+        self._alias = request._key()
+        if type(self) is not Request:  # same class: the same persistent/generalized handle
+            self._copy_from(request)
+
+    def _copy_from(self, other) -> None:
+        pass
+
+    def _key(self):
+        """What identifies the handle (equal handles have the same key)."""
+        a = getattr(self, "_alias", None)
+        return a if a is not None else self._op
 
     def _is_null(self) -> bool:
         """REQUEST_NULL's equal: a request with nothing (left) to complete."""
-        return self._op is None
+        return self._key() is None
 
     def __bool__(self) -> bool:
         return not self._is_null()
 
     def __eq__(self, other) -> bool:
         if isinstance(other, Request):
-            return self is other or (self._is_null() and other._is_null())
+            return self is other or self._key() is other._key()
         return NotImplemented
 
-    def __hash__(self) -> int:
-        return id(self)
+    def __ne__(self, other) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # a handle, unhashable as mpi4py's
+
+    def __reduce__(self):
+        if self is REQUEST_NULL:
+            return "REQUEST_NULL"
+        if self._is_null():
+            return (type(self), ())
+        raise ValueError(f"cannot pickle {type(self).__name__} handle: an active request "
+                         f"belongs to this process")
+
+    # -- handles --
+    @property
+    def handle(self) -> int:
+        """MPI handle (0 for the null request)."""
+        return 0 if self._is_null() else _handle_of(self)
+
+    @classmethod
+    def fromhandle(cls, handle: int):
+        """Create object from MPI handle."""
+        return _from_handle(cls, handle)
+
+    def toint(self) -> int:
+        """Translate object to integer (-1: not supported by mmpi)."""
+        return -1
+
+    def py2f(self) -> int:
+        """Get the Fortran handle (-1: not supported by mmpi)."""
+        return -1
 
     @classmethod
     def _make(cls, op, kind, cx):
@@ -168,28 +411,12 @@ class Request:
         op = self._op
         cx = self._cx
         self._release()
-        if self._kind in (K_RECV, K_ORECV):
-            if op.cancelled:
-                fill(status, ANY_SOURCE, ANY_TAG, 0, 0, True)
-                return None
-            m = op.message
-            if m is None:  # PROC_NULL
-                fill(status, PROC_NULL, ANY_TAG, 0, 0)
-                return None
-            cnt = op.count if op.capacity is None else min(op.count, op.capacity)
-            fill(status, cx.rank_of(m.source), m.tag, op.error, cnt)
-            if op.exc is not None:
-                raise op.exc
-            if self._kind == K_ORECV:
-                return loads(op.value)
-            return None
-        fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-        if op.exc is not None:
-            raise op.exc
-        return None
+        return _outcome(op, self._kind, cx, status)
 
     def _release(self):
         self._op = None
+        if getattr(self, "_alias", None) is not None:
+            self._alias = None
 
     def _peer(self):
         op = self._op
@@ -197,105 +424,185 @@ class Request:
             return op.dest
         return None if op.source == ANY_SOURCE else op.source
 
-    def Wait(self, status=None) -> bool:
+    def _block(self) -> None:
+        """Wait (progressing) until the active op is done."""
+        op = self._op
+        if type(op) is T.SendOp and op.sync:
+            self_sync(self._cx, op, "Wait")
+        if not op.done:
+            self._cx.t.wait(op, self._peer())
+
+    def Wait(self, status: Status | None = None) -> bool:
+        """Wait for a send or receive to complete."""
         op = self._op
         if op is None:
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return True
         if not op.done:
-            if type(op) is T.SendOp and op.sync:
-                self_sync(self._cx, op, "Wait")
-            if not op.done:
-                self._cx.t.wait(op, self._peer())
+            self._block()
         self._finish(status)
         return True
 
-    def Test(self, status=None) -> bool:
+    def Test(self, status: Status | None = None) -> bool:
+        """Test for the completion of a send or receive."""
         op = self._op
         if op is None:
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return True
         if not op.done:
-            self._cx.t.progress()
+            self._progress()
             if not op.done:
                 return False
         self._finish(status)
         return True
 
-    def Get_status(self, status=None) -> bool:
+    def _progress(self) -> None:
+        if self._cx is not None:
+            self._cx.t.progress()
+
+    def Get_status(self, status: Status | None = None) -> bool:
+        """Non-destructive test for the completion of a request (fills ``status``
+        once it is complete, and leaves the request as it is)."""
         op = self._op
         if op is None:
+            fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return True
         if not op.done:
-            self._cx.t.progress()
-        return op.done
+            self._progress()
+            if not op.done:
+                return False
+        self._peek(status)
+        return True
+
+    def _peek(self, status) -> None:
+        _outcome(self._op, self._kind, self._cx, status, peek=True)
 
     def Cancel(self) -> None:
-        """Cancel a receive that has not matched yet (sends cannot be cancelled)."""
+        """Cancel a request: a receive not yet matched, or a send to this rank
+        itself whose message no receive has matched; other operations go on
+        (``Status.Is_cancelled`` tells, once the request completes)."""
         op = self._op
-        if op is None or op.done or not isinstance(op, T.RecvOp):
+        if op is None or op.done:
             return
-        if self._cx.t.engine.cancel(op):
-            op.cancelled = True
-            op.done = True
+        t = self._cx.t
+        if type(op) is T.RecvOp:
+            if t.engine.cancel(op):
+                op.cancelled = True
+                op.done = True
+        elif type(op) is T.SendOp and op.dest == t.rank:
+            t.progress()
+            if not op.done and t.engine.withdraw(op, t.rank):
+                op.cancelled = True
+                op.done = True
 
     def Free(self) -> None:
-        op = self._op
-        if op is not None and not op.done:
-            raise MmpiError("cannot free an active request: Wait or Cancel it first")
+        """Free a communication request (an active one still completes, unseen)."""
         self._release()
 
     # -- lowercase (objects) --
-    def wait(self, status=None):
+    def wait(self, status: Status | None = None):
+        """Wait for a send or receive to complete; return the received object."""
         op = self._op
         if op is None:
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return None
         if not op.done:
-            if type(op) is T.SendOp and op.sync:
-                self_sync(self._cx, op, "wait")
-            if not op.done:
-                self._cx.t.wait(op, self._peer())
+            self._block()
         return self._finish(status)
 
-    def test(self, status=None):
+    def test(self, status: Status | None = None):
+        """Test for the completion of a send or receive: ``(flag, object)``."""
         op = self._op
         if op is None:
+            fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return True, None
         if not op.done:
-            self._cx.t.progress()
+            self._progress()
             if not op.done:
                 return False, None
         return True, self._finish(status)
 
+    def get_status(self, status: Status | None = None) -> bool:
+        """Non-destructive test for the completion of a request."""
+        return self.Get_status(status)
+
     def cancel(self) -> None:
+        """Cancel a request."""
         self.Cancel()
 
     def free(self) -> None:
+        """Free a communication request."""
         self.Free()
-
-    def get_status(self, status=None) -> bool:
-        return self.Get_status(status)
 
     # -- collections --
     @staticmethod
-    def _transport(requests):
+    def _ops(requests):
+        return [r._op for r in requests]
+
+    @staticmethod
+    def _progress_all(requests) -> None:
         for r in requests:
-            if r._op is not None:
-                return r._cx.t
-        return None
+            if r._op is not None and r._cx is not None:
+                r._cx.t.progress()
+                return
+
+    @staticmethod
+    def _wait_any_done(requests) -> None:
+        """Block until one of the active ops of ``requests`` is done."""
+        ops = [r._op for r in requests if r._op is not None]
+        if any(o.done for o in ops):
+            return
+        Request._self_sync_all(requests, "Waitany")
+        if any(o.done for o in ops):
+            return
+        t = None
+        for r in requests:
+            if r._op is not None and r._cx is not None:
+                t = r._cx.t
+                break
+        if t is None:  # only generalized requests: completed by another thread
+            delay = 1e-5
+            while not any(o.done for o in ops):
+                time.sleep(delay)
+                delay = min(delay * 2, 0.01)
+            return
+        t.wait_until(lambda: any(o.done for o in ops))
+
+    @staticmethod
+    def _self_sync_all(requests, what):
+        """Waiting on synchronous sends to oneself that nothing matched: those
+        can never complete (see self_sync) and complete with an error."""
+        for r in requests:
+            o = r._op
+            if type(o) is T.SendOp and o.sync and not o.done:
+                self_sync(r._cx, o, what)
+
+    @staticmethod
+    def _slot(statuses, i):
+        if statuses is None or i >= len(statuses):
+            return None
+        return statuses[i]
+
+    @staticmethod
+    def _grow(statuses, n) -> None:
+        if isinstance(statuses, list) and len(statuses) < n:
+            statuses.extend(Status() for _ in range(n - len(statuses)))
 
     @classmethod
     def Waitall(cls, requests, statuses=None) -> bool:
+        """Wait for all previously initiated requests to complete."""
         cls.waitall(requests, statuses)
         return True
 
     @classmethod
     def waitall(cls, requests, statuses=None) -> list:
+        """Wait for all previously initiated requests to complete; the objects."""
+        requests = list(requests) if not isinstance(requests, list) else requests
+        cls._grow(statuses, len(requests))
         out = []
         err = None
         for i, r in enumerate(requests):
-            st = statuses[i] if statuses is not None and i < len(statuses) else None
+            st = cls._slot(statuses, i)
             try:
                 out.append(r.wait(st))
             except MmpiError as e:
@@ -308,104 +615,178 @@ class Request:
         return out
 
     @classmethod
-    def Waitany(cls, requests, status=None) -> int:
+    def Testall(cls, requests, statuses=None) -> bool:
+        """Test for completion of all previously initiated requests."""
+        return cls.testall(requests, statuses)[0]
+
+    @classmethod
+    def testall(cls, requests, statuses=None):
+        """Test for completion of all requests: ``(flag, objects or None)``."""
+        cls._progress_all(requests)
+        if all(r._op is None or r._op.done for r in requests):
+            return True, cls.waitall(requests, statuses)
+        return False, None
+
+    @classmethod
+    def Waitany(cls, requests, status: Status | None = None) -> int:
+        """Wait for any previously initiated request to complete; its index."""
         return cls.waitany(requests, status)[0]
 
     @classmethod
-    def waitany(cls, requests, status=None):
-        t = cls._transport(requests)
-        if t is None:
+    def waitany(cls, requests, status: Status | None = None):
+        """Wait for any request to complete: ``(index, object)``."""
+        if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
             return UNDEFINED, None
-        ops = [r._op for r in requests]
-        cls._self_sync_all(requests, "Waitany")
-        t.wait_until(lambda: any(o is not None and o.done for o in ops))
+        cls._wait_any_done(requests)
         for i, r in enumerate(requests):
             if r._op is not None and r._op.done:
                 return i, r.wait(status)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def Waitsome(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is None:
-            return None
-        ops = [r._op for r in requests]
-        cls._self_sync_all(requests, "Waitsome")
-        t.wait_until(lambda: any(o is not None and o.done for o in ops))
-        return cls.Testsome(requests, statuses)
-
-    @staticmethod
-    def _self_sync_all(requests, what):
-        """Waiting on synchronous sends to oneself that nothing matched: those
-        can never complete (see self_sync) and complete with an error."""
-        ops = [r._op for r in requests]
-        if any(o is not None and o.done for o in ops):
-            return
-        for r, o in zip(requests, ops):
-            if type(o) is T.SendOp and o.sync:
-                self_sync(r._cx, o, what)
+    def Testany(cls, requests, status: Status | None = None):
+        """Test for completion of any previously initiated request: ``(index, flag)``."""
+        index, flag, _ = cls.testany(requests, status)
+        return index, flag
 
     @classmethod
-    def Testall(cls, requests, statuses=None) -> bool:
-        t = cls._transport(requests)
-        if t is not None:
-            t.progress()
-        if all(r._op is None or r._op.done for r in requests):
-            cls.Waitall(requests, statuses)
-            return True
-        return False
-
-    @classmethod
-    def testall(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is not None:
-            t.progress()
-        if all(r._op is None or r._op.done for r in requests):
-            return True, cls.waitall(requests, statuses)
-        return False, None
-
-    @classmethod
-    def Testany(cls, requests, status=None):
-        t = cls._transport(requests)
-        if t is None:
-            return UNDEFINED, True
-        t.progress()
+    def testany(cls, requests, status: Status | None = None):
+        """Test for completion of any request: ``(index, flag, object)``."""
+        if all(r._op is None for r in requests):
+            fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
+            return UNDEFINED, True, None
+        cls._progress_all(requests)
         for i, r in enumerate(requests):
             if r._op is not None and r._op.done:
-                r.Wait(status)
+                return i, True, r.wait(status)
+        return UNDEFINED, False, None
+
+    @classmethod
+    def Waitsome(cls, requests, statuses=None):
+        """Wait for some previously initiated requests to complete: their indices
+        (None when no request is active)."""
+        return cls.waitsome(requests, statuses)[0]
+
+    @classmethod
+    def waitsome(cls, requests, statuses=None):
+        """Wait for some requests to complete: ``(indices, objects)``."""
+        if all(r._op is None for r in requests):
+            return None, None
+        cls._wait_any_done(requests)
+        return cls._some(requests, statuses)
+
+    @classmethod
+    def Testsome(cls, requests, statuses=None):
+        """Test for completion of some previously initiated requests: their
+        indices (None when no request is active)."""
+        return cls.testsome(requests, statuses)[0]
+
+    @classmethod
+    def testsome(cls, requests, statuses=None):
+        """Test for completion of some requests: ``(indices, objects)``."""
+        if all(r._op is None for r in requests):
+            return None, None
+        cls._progress_all(requests)
+        return cls._some(requests, statuses)
+
+    @classmethod
+    def _some(cls, requests, statuses):
+        done = [i for i, r in enumerate(requests) if r._op is not None and r._op.done]
+        cls._grow(statuses, len(done))
+        objs = []
+        err = None
+        for k, i in enumerate(done):
+            try:
+                objs.append(requests[i].wait(cls._slot(statuses, k)))
+            except MmpiError as e:
+                if isinstance(e, T.PeerDiedError):
+                    raise
+                err = err or e
+                objs.append(None)
+        if err is not None:
+            raise err
+        return done, objs
+
+    # -- MPI-4.1 non-destructive collections --
+    @classmethod
+    def Get_status_any(cls, requests, status: Status | None = None):
+        """Non-destructive test for the completion of any request: ``(index, flag)``."""
+        if all(r._op is None for r in requests):
+            fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
+            return UNDEFINED, True
+        cls._progress_all(requests)
+        for i, r in enumerate(requests):
+            if r._op is not None and r._op.done:
+                r._peek(status)
                 return i, True
         return UNDEFINED, False
 
     @classmethod
-    def Testsome(cls, requests, statuses=None):
-        t = cls._transport(requests)
-        if t is None:
-            return None
-        t.progress()
-        done = []
+    def get_status_any(cls, requests, status: Status | None = None):
+        """Non-destructive test for the completion of any request."""
+        return cls.Get_status_any(requests, status)
+
+    @classmethod
+    def Get_status_all(cls, requests, statuses=None) -> bool:
+        """Non-destructive test for the completion of all requests."""
+        cls._progress_all(requests)
+        if not all(r._op is None or r._op.done for r in requests):
+            return False
+        cls._grow(statuses, len(requests))
         for i, r in enumerate(requests):
-            if r._op is not None and r._op.done:
-                st = statuses[i] if statuses is not None and i < len(statuses) else None
-                r.Wait(st)
-                done.append(i)
+            st = cls._slot(statuses, i)
+            if r._op is None:
+                fill(st, ANY_SOURCE, ANY_TAG, 0, 0)
+            else:
+                r._peek(st)
+        return True
+
+    @classmethod
+    def get_status_all(cls, requests, statuses=None) -> bool:
+        """Non-destructive test for the completion of all requests."""
+        return cls.Get_status_all(requests, statuses)
+
+    @classmethod
+    def Get_status_some(cls, requests, statuses=None):
+        """Non-destructive test for completion of some requests: their indices
+        (None when no request is active)."""
+        if all(r._op is None for r in requests):
+            return None
+        cls._progress_all(requests)
+        done = [i for i, r in enumerate(requests) if r._op is not None and r._op.done]
+        cls._grow(statuses, len(done))
+        for k, i in enumerate(done):
+            requests[i]._peek(cls._slot(statuses, k))
         return done
+
+    @classmethod
+    def get_status_some(cls, requests, statuses=None):
+        """Non-destructive test for completion of some requests."""
+        return cls.Get_status_some(requests, statuses)
 
     def __repr__(self) -> str:
         if self._op is None:
-            return "<mmpi.Request NULL>"
-        return f"<mmpi.Request {self._op!r}>"
+            return f"<mmpi.{type(self).__name__} {'NULL' if self._is_null() else 'inactive'}>"
+        return f"<mmpi.{type(self).__name__} {self._op!r}>"
 
 
 class Prequest(Request):
-    """A persistent request (Send_init/Recv_init): Start, Wait, Start again..."""
+    """Persistent request handle (Send_init/Recv_init...): Start, Wait, Start again..."""
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request=None):
-        super().__init__()
+    def __init__(self, request: Prequest | None = None):
         self._start = None
         self._active = False
+        super().__init__(request)
+
+    def _copy_from(self, other) -> None:
+        self._start = getattr(other, "_start", None)
+        self._alias = None
+
+    def _key(self):
+        return self._start
 
     def _is_null(self) -> bool:
         # a persistent request is a real handle, active or not, until it is freed
@@ -413,14 +794,17 @@ class Prequest(Request):
         return self._start is None
 
     def Start(self) -> None:
+        """Initiate a communication with a persistent request."""
         if self._start is None:
-            raise MmpiError("Start on a freed persistent request")
+            raise MmpiError("Start on a freed persistent request", error_class=ERR_REQUEST)
         if self._op is not None and not self._op.done:
-            raise MmpiError("Start on a persistent request that is still active: Wait first")
+            raise MmpiError("Start on a persistent request that is still active: Wait first",
+                            error_class=ERR_REQUEST)
         self._op = self._start()
 
     @classmethod
     def Startall(cls, requests) -> None:
+        """Start a collection of persistent requests."""
         for r in requests:
             r.Start()
 
@@ -428,7 +812,8 @@ class Prequest(Request):
         self._op = None  # inactive, reusable
 
     def Free(self) -> None:
-        super().Free()
+        """Free a persistent request."""
+        self._op = None
         self._start = None
 
 
@@ -441,50 +826,337 @@ class CollRequest(Request):
 
     __slots__ = ()
 
-    def _done(self, status):
+    def _block(self) -> None:
+        self._op.run()
+
+    def _finish(self, status):
         op = self._op
-        self._op = None
+        self._release()
         fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
-        if op is not None and op.exc is not None:
+        if op.exc is not None:
             raise op.exc
-        return None if op is None else op.value
+        return op.value
 
-    def Wait(self, status=None) -> bool:
-        if self._op is not None:
-            self._op.run()
-        self._done(status)
-        return True
-
-    def wait(self, status=None):
-        if self._op is not None:
-            self._op.run()
-        return self._done(status)
-
-    def Test(self, status=None) -> bool:
-        if self._op is not None and not self._op.done:
-            return False
-        self._done(status)
-        return True
-
-    def test(self, status=None):
-        if self._op is not None and not self._op.done:
-            return False, None
-        return True, self._done(status)
-
-    def Get_status(self, status=None) -> bool:
-        return self._op is None or self._op.done
+    def _peek(self, status) -> None:
+        fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
 
     def Cancel(self) -> None:
-        pass  # collectives cannot be cancelled
+        """Collectives cannot be cancelled: a no-op."""
+
+
+# ------------------------------------------------------------------ generalized requests
+
+class _GOp:
+    """The op of a generalized request: done once ``Grequest.Complete`` is called."""
+
+    __slots__ = ("done", "query", "free", "cancel", "args", "kwargs", "value", "exc",
+                 "cancelled")
+
+    def __init__(self, query, free, cancel, args, kwargs):
+        self.done = False
+        self.query = query
+        self.free = free
+        self.cancel = cancel
+        self.args = tuple(args) if args is not None else ()
+        self.kwargs = dict(kwargs) if kwargs is not None else {}
+        self.value = None
+        self.exc = None
+        self.cancelled = False
+
+
+def _callback_error(e: BaseException, what: str) -> MmpiError:
+    """An exception raised by a generalized request's callback, as MPI.Exception:
+    its own class if it is one, else ERR_OTHER; the traceback goes to stderr."""
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    if isinstance(e, MmpiError):
+        return e
+    err = MmpiError(f"Grequest {what} callback raised {type(e).__name__}: {e}",
+                    error_class=ERR_OTHER)
+    err.__cause__ = e
+    return err
+
+
+class Grequest(Request):
+    """Generalized request handle: an operation of the program's own, which
+    :meth:`Complete` marks done; ``query_fn(status, *args, **kwargs)`` fills the
+    status, ``free_fn(*args, **kwargs)`` runs when it is freed and
+    ``cancel_fn(completed, *args, **kwargs)`` on Cancel."""
+
+    __slots__ = ("_g",)
+
+    def __init__(self, request: Grequest | None = None):
+        self._g = None
+        super().__init__(request)
+
+    def _copy_from(self, other) -> None:
+        self._g = getattr(other, "_g", None)
+        self._alias = None
+
+    def _key(self):
+        return self._g if self._op is not None else None
+
+    @classmethod
+    def Start(cls, query_fn=None, free_fn=None, cancel_fn=None, args=None,
+              kwargs=None) -> Grequest:
+        """Create and return a user-defined request."""
+        g = cls.__new__(cls)
+        g._kind = K_SEND
+        g._cx = None
+        g._op = g._g = _GOp(query_fn, free_fn, cancel_fn, args, kwargs)
+        return g
+
+    def Complete(self) -> None:
+        """Notify that a user-defined request is complete."""
+        op = self._op
+        if op is None:
+            raise MmpiError("Grequest.Complete on an inactive request",
+                            error_class=ERR_REQUEST)
+        if op.done:
+            raise MmpiError("Grequest.Complete called twice on one request",
+                            error_class=ERR_REQUEST)
+        op.done = True
+
+    def complete(self, obj=None) -> None:
+        """Notify that a user-defined request is complete, with its result ``obj``."""
+        op = self._op
+        if op is not None:
+            op.value = obj
+        self.Complete()
+
+    def _block(self) -> None:
+        op = self._op
+        delay = 1e-5
+        while not op.done:  # completed by another thread of this program
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _progress(self) -> None:
+        pass
+
+    def _query(self, status) -> None:
+        op = self._op
+        st = status if status is not None else Status()
+        fill(st, ANY_SOURCE, ANY_TAG, 0, 0, op.cancelled)
+        if op.query is not None:
+            try:
+                op.query(st, *op.args, **op.kwargs)
+            except BaseException as e:  # noqa: BLE001 - reported as MPI.Exception
+                raise _callback_error(e, "query") from None
+
+    def _peek(self, status) -> None:
+        self._query(status)
+
+    def _finish(self, status):
+        op = self._op
+        err = None
+        try:
+            self._query(status)
+        except MmpiError as e:
+            err = e
+        self._release()
+        if op.free is not None:
+            try:
+                op.free(*op.args, **op.kwargs)
+            except BaseException as e:  # noqa: BLE001 - reported as MPI.Exception
+                err = err or _callback_error(e, "free")
+        if err is not None:
+            raise err
+        return op.value
+
+    def Cancel(self) -> None:
+        """Cancel a request: calls ``cancel_fn(completed)``."""
+        op = self._op
+        if op is None or op.cancel is None:
+            return
+        try:
+            op.cancel(op.done, *op.args, **op.kwargs)
+        except BaseException as e:  # noqa: BLE001 - reported as MPI.Exception
+            raise _callback_error(e, "cancel") from None
+
+    def Free(self) -> None:
+        """Free a generalized request (its free callback runs)."""
+        op = self._op
+        self._release()
+        if op is not None and op.free is not None:
+            try:
+                op.free(*op.args, **op.kwargs)
+            except BaseException as e:  # noqa: BLE001 - reported as MPI.Exception
+                raise _callback_error(e, "free") from None
+
+
+# ------------------------------------------------------------------ matched messages
+
+class Message:
+    """Matched message handle: what ``Comm.Mprobe`` took out of matching;
+    receive it with :meth:`Recv`/:meth:`recv` (once).
+
+    ``MESSAGE_NULL`` is the empty handle, ``MESSAGE_NO_PROC`` the message of a
+    probe of ``PROC_NULL`` (receiving it gets nothing, at once)."""
+
+    __slots__ = ("_m", "_cx", "_const", "__weakref__")
+
+    def __init__(self, message: Message | None = None):
+        self._m = None
+        self._cx = None
+        self._const = False
+        if message is None:
+            return
+        if not isinstance(message, Message):
+            raise TypeError(f"Message(): expected a Message, got {type(message).__name__}")
+        self._m = message._m
+        self._cx = message._cx
+
+    def __bool__(self) -> bool:
+        return self._m is not None
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Message):
+            return self._m is other._m
+        return NotImplemented
+
+    def __ne__(self, other) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # a handle, unhashable as mpi4py's
+
+    def free(self) -> None:
+        """Free the handle (a predefined one stays as it is)."""
+        if not self._const:
+            self._m = None
+
+    def __reduce__(self):
+        if self is MESSAGE_NULL:
+            return "MESSAGE_NULL"
+        if self is MESSAGE_NO_PROC:
+            return "MESSAGE_NO_PROC"
+        if self._m is None:
+            return (Message, ())
+        if self._m is _NO_PROC:
+            return (Message, (MESSAGE_NO_PROC,))
+        raise ValueError("cannot pickle a matched Message handle: the message it holds "
+                         "belongs to this process")
+
+    @property
+    def handle(self) -> int:
+        """MPI handle (0 for the null message)."""
+        return 0 if self._m is None else _handle_of(self)
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> Message:
+        """Create object from MPI handle."""
+        return _from_handle(cls, handle)
+
+    def toint(self) -> int:
+        """Translate object to integer (-1: not supported by mmpi)."""
+        return -1
+
+    def py2f(self) -> int:
+        """Get the Fortran handle (-1: not supported by mmpi)."""
+        return -1
 
     def __repr__(self) -> str:
-        return "<mmpi.Request collective>" if self._op else "<mmpi.Request NULL>"
+        if self._m is None:
+            return "<mmpi.Message NULL>"
+        if self._m is _NO_PROC:
+            return "<mmpi.Message NO_PROC>"
+        return f"<mmpi.Message {self._m!r}>"
+
+    # -- probing (classmethods, as mpi4py's) --
+    @classmethod
+    def Probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+              status: Status | None = None) -> Message:
+        """Blocking test for a matched message."""
+        return comm.Mprobe(source, tag, status)
+
+    @classmethod
+    def Iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> Message | None:
+        """Nonblocking test for a matched message."""
+        return comm.Improbe(source, tag, status)
+
+    @classmethod
+    def probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+              status: Status | None = None) -> Message:
+        """Blocking test for a matched message."""
+        return comm.mprobe(source, tag, status)
+
+    @classmethod
+    def iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> Message | None:
+        """Nonblocking test for a matched message."""
+        return comm.improbe(source, tag, status)
+
+    # -- receiving --
+    def _take(self, what: str):
+        m = self._m
+        if m is None:
+            raise MmpiError(f"Message.{what}: MESSAGE_NULL holds no message (it was "
+                            f"received already, or never probed)", error_class=ERR_REQUEST)
+        if not self._const:
+            self._m = None
+        return m
+
+    def _start(self, mv, what: str):
+        m = self._take(what)
+        if m is _NO_PROC:
+            op = T.RecvOp(PROC_NULL, ANY_TAG, 0, mv)
+            op.done = True
+            return op, None
+        cx = self._cx
+        op = T.RecvOp(m.source, m.tag, m.context, mv)
+        cx.t.irecv_matched(op, m)
+        return op, cx
+
+    def Recv(self, buf, status: Status | None = None) -> None:
+        """Blocking receive of the matched message into ``buf``."""
+        from ._bufspec import message as _message
+        op, cx = self._start(_message(buf, True, "Message.Recv"), "Recv")
+        if not op.done:
+            cx.t.wait(op, op.source)
+        _outcome(op, K_RECV, cx, status)
+
+    def Irecv(self, buf) -> Request:
+        """Nonblocking receive of the matched message into ``buf``."""
+        from ._bufspec import message as _message
+        op, cx = self._start(_message(buf, True, "Message.Irecv"), "Irecv")
+        return Request._make(op, K_RECV, cx)
+
+    def recv(self, status: Status | None = None):
+        """Blocking receive of the matched message: the object."""
+        op, cx = self._start(None, "recv")
+        if not op.done:
+            cx.t.wait(op, op.source)
+        return _outcome(op, K_ORECV, cx, status)
+
+    def irecv(self) -> Request:
+        """Nonblocking receive of the matched message (``wait`` gives the object)."""
+        op, cx = self._start(None, "irecv")
+        return Request._make(op, K_ORECV, cx)
+
+
+_NO_PROC = object()   # the "message" of MESSAGE_NO_PROC
+
+MESSAGE_NULL = Message()
+MESSAGE_NULL._const = True
+MESSAGE_NO_PROC = Message()
+MESSAGE_NO_PROC._m = _NO_PROC
+MESSAGE_NO_PROC._const = True
+
+
+def message_handle(m, cx) -> Message:
+    """A Message handle for the engine message ``m`` (None: PROC_NULL's)."""
+    h = Message.__new__(Message)
+    h._m = _NO_PROC if m is None else m
+    h._cx = cx
+    h._const = False
+    return h
 
 
 # ------------------------------------------------------------------ factories (for _comm, _coll)
 
 def request(op, kind: int, cx, cls=Request) -> Request:
-    """A request (of class ``cls``) for the transport op ``op`` of kind ``K_*``
+    """A request (of class ``cls``) for the op ``op`` of kind ``K_*``
     on the communicator context ``cx``."""
     return cls._make(op, kind, cx)
 
@@ -492,13 +1164,15 @@ def request(op, kind: int, cx, cls=Request) -> Request:
 def complete(op, kind: int, cx, status=None):
     """The done op's outcome, as the request's Wait gives it: fills ``status``,
     raises its error, returns the object of an object receive (else None)."""
-    return Request._make(op, kind, cx)._finish(status)
+    return _outcome(op, kind, cx, status)
 
 
 def persistent(start, kind: int, cx) -> Prequest:
     """A persistent request: each Start calls ``start()`` for a new transport op."""
-    p = Prequest()
+    p = Prequest.__new__(Prequest)
+    p._op = None
     p._kind = kind
     p._cx = cx
     p._start = start
+    p._active = False
     return p

@@ -1005,6 +1005,11 @@ class Transport:
         self._run(self.engine.post(op))
         return op
 
+    def irecv_matched(self, op: RecvOp, m: E.Message) -> RecvOp:
+        """Receive into ``op`` the message ``m`` that a matched probe took."""
+        self._run(self.engine.post_matched(op, m))
+        return op
+
     def _arrive(self, m: E.Message, private: bool) -> None:
         acts = self.engine.arrive(m)
         if acts:
