@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from .. import _errcodes
 from ..errors import MmpiError, MmpiNotImplementedError
 from . import _errhandler, _group
 from . import _transport as T
@@ -725,3 +726,12 @@ def is_finalized() -> bool:
 
 # a rank's children must never take themselves for ranks: done at import, not first use
 _adopt_launch_env()
+
+
+def context_of(comm: Comm) -> Context:
+    """The :class:`~._coll._context.Context` of a communicator (its transport, group
+    and ranks), for the layers built beside it (``_rma``'s windows)."""
+    if not isinstance(comm, Comm):
+        raise MmpiError(f"expected a communicator, got {type(comm).__name__}",
+                        error_class=_errcodes.ERR_COMM)
+    return comm._cx
