@@ -20,7 +20,7 @@ from driller.errors import MmpiError, PeerDiedError
 
 from test_mmpi_p2p import run_ranks, values
 
-FLAVORS = ["create", "allocate", "shared", "dynamic"]
+FLAVORS = ["create", "create-allocmem", "allocate", "shared", "dynamic"]
 
 
 def make_win(comm, flavor, nbytes, unit=1):
@@ -28,6 +28,14 @@ def make_win(comm, flavor, nbytes, unit=1):
     if flavor == "create":
         mem = np.zeros(nbytes, np.uint8)
         win = MPI.Win.Create(mem, unit, MPI.INFO_NULL, comm)
+        return win, mem, 0
+    if flavor == "create-allocmem":   # driller heap memory: peers map it, no syscalls
+        mem = np.frombuffer(MPI.Alloc_mem(nbytes), np.uint8)
+        mem[:] = 0
+        win = MPI.Win.Create(mem, unit, MPI.INFO_NULL, comm)
+        me = comm.rank
+        assert all(win._fast[r][0] is not None for r in range(comm.size)
+                   if r != me), "peers' Alloc_mem memory should be mapped here"
         return win, mem, 0
     if flavor == "dynamic":
         mem = np.zeros(nbytes, np.uint8)
@@ -146,7 +154,7 @@ def _counter(comm, flavor, times):
     return None
 
 
-@pytest.mark.parametrize("flavor", ["allocate", "create"])
+@pytest.mark.parametrize("flavor", ["allocate", "create", "create-allocmem"])
 def test_fetch_and_op_counter_is_atomic(flavor):
     times = 1500
     res = values(run_ranks(_counter, 4, flavor, times))

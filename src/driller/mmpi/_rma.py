@@ -67,10 +67,14 @@ W_NSHARED = 72 // 8            # word: number of shared holders
 W_GEN = 80 // 8                # word: bumped at every unlock (futex: its low 32 bits)
 W_POISON = 88 // 8             # word: 1 once a process died inside an atomic update
 W_NATTACH = 96 // 8            # word: attached regions of rank t (dynamic windows)
+W_WAITERS = 104 // 8           # word: ranks asleep waiting for the lock (Unlock wakes them)
 MAX_ATTACH = 64
 LOCK_POLL = 0.05               # seconds between checks that the lock holders live
 TAG_POST, TAG_DONE = 1, 2      # PSCW messages on the window's private communicator
 _keyvals = itertools.count(1000)
+_INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
+_FLOAT_OK = ()                 # filled below: ops exact in Python floats (float64)
+_PYOPS: dict = {}              # filled below: op -> Python function on scalars (None: NO_OP)
 
 
 class _ValueError(MmpiError, ValueError):
@@ -215,6 +219,8 @@ class Win(np.ndarray):
         self.__dict__.pop("_holders", None)
         self.__dict__.pop("_parts", None)
         self.__dict__.pop("_local", None)
+        for k in ("_fast", "_typed", "_queries", "_peer_regions"):
+            self.__dict__.pop(k, None)
         s.attached.clear()
         self._s = None
 
@@ -360,7 +366,11 @@ class Win(np.ndarray):
             raise _err(f"Win.Shared_query: rank {rank}'s memory of a "
                        f"{self._fl_name()} window is not mapped here (only windows made "
                        f"by Allocate or Allocate_shared are)", _errcodes.ERR_RMA_FLAVOR)
-        return buffer._wrap(self._parts[rank], None, False), self._tab[rank][1]
+        q = self._queries.get(rank)
+        if q is None or q[0]._released:
+            q = self._queries[rank] = (buffer._wrap(self._parts[rank], None, False),
+                                       self._tab[rank][1])
+        return q
 
     # ------------------------------------------------------------------ error handlers
     @classmethod
@@ -429,7 +439,7 @@ class Win(np.ndarray):
             for i, (a, nb, _) in enumerate(regs):
                 tab[me, i, 0] = a
                 tab[me, i, 1] = nb
-            w[me * SLOT // 8 + W_NATTACH] = len(regs)
+            w[me * (SLOT // 8) + W_NATTACH] = len(regs)
         finally:
             self._munlock(me)
 
@@ -465,10 +475,13 @@ class Win(np.ndarray):
             return self._parts[rank][off:off + nbytes]
         if rank == self._rank:
             return self._local[off:off + nbytes]
+        mv = self._fast[rank][0]
+        if mv is not None:   # a peer's driller segment, mapped here
+            return np.frombuffer(mv, np.uint8)[off:off + nbytes]
         return base + off
 
     def _attached_at(self, rank: int, addr: int, nbytes: int) -> bool:
-        k = int(self._words[rank * SLOT // 8 + W_NATTACH])
+        k = int(self._words[rank * (SLOT // 8) + W_NATTACH])
         tab = self._attach_tab[rank]
         for i in range(min(k, MAX_ATTACH)):
             a, nb = int(tab[i, 0]), int(tab[i, 1])
@@ -512,6 +525,25 @@ class Win(np.ndarray):
     # ------------------------------------------------------------------ RMA: put/get
     def Put(self, origin, target_rank: int, target=None) -> None:
         """Put data into a memory window on a remote process."""
+        s = self._s
+        if type(origin) is np.ndarray and s is not None and not s.freed and \
+                type(target_rank) is int and (target is None or type(target) is int) and \
+                0 <= target_rank < self._n and origin.flags.c_contiguous and \
+                origin.ndim and origin.dtype.kind in "biufc":
+            # fast path: a plain array, a displacement (or none)
+            mv, base, unit = self._fast[target_rank]
+            nb = origin.nbytes
+            off = 0 if target is None else target * unit
+            if 0 <= off and off + nb <= self._tab[target_rank][0]:
+                if not nb:
+                    return
+                if mv is not None:
+                    mv[off:off + nb] = memoryview(origin).cast("B")
+                    return
+                if base:
+                    writev(self._cx, target_rank, origin.__array_interface__["data"][0],
+                           base + off, nb, "Win.Put")
+                    return
         self._live("Put")
         if target_rank == PROC_NULL:
             return
@@ -528,6 +560,24 @@ class Win(np.ndarray):
 
     def Get(self, origin, target_rank: int, target=None) -> None:
         """Get data from a memory window on a remote process."""
+        s = self._s
+        if type(origin) is np.ndarray and s is not None and not s.freed and \
+                type(target_rank) is int and (target is None or type(target) is int) and \
+                0 <= target_rank < self._n and origin.flags.c_contiguous and \
+                origin.flags.writeable and origin.ndim and origin.dtype.kind in "biufc":
+            mv, base, unit = self._fast[target_rank]
+            nb = origin.nbytes
+            off = 0 if target is None else target * unit
+            if 0 <= off and off + nb <= self._tab[target_rank][0]:
+                if not nb:
+                    return
+                if mv is not None:
+                    memoryview(origin).cast("B")[:] = mv[off:off + nb]
+                    return
+                if base:
+                    readv(self._cx, target_rank, origin.__array_interface__["data"][0],
+                          base + off, nb, "Win.Get")
+                    return
         self._live("Get")
         if target_rank == PROC_NULL:
             return
@@ -543,20 +593,17 @@ class Win(np.ndarray):
             np.frombuffer(b.mv, np.uint8)[:] = where
 
     # ------------------------------------------------------------------ RMA: atomics
-    def _mutex(self, rank: int) -> int:
-        return self._region.address + rank * SLOT + M_OFF
-
     def _mlock(self, rank: int, what: str) -> None:
-        w = self._words
-        if w[rank * SLOT // 8 + W_POISON]:
+        """Take target ``rank``'s mutex (atomicity of every read-modify-write on it)."""
+        if self._words[rank * (SLOT // 8) + W_POISON]:
             raise self._poisoned(rank, what)
-        if _linux.shared_mutex_lock(self._mutex(rank)):
-            w[rank * SLOT // 8 + W_POISON] = 1
-            _linux.shared_mutex_unlock(self._mutex(rank))
+        if _linux.shared_mutex_lock(self._maddr[rank]):
+            self._words[rank * (SLOT // 8) + W_POISON] = 1
+            _linux.shared_mutex_unlock(self._maddr[rank])
             raise self._poisoned(rank, what)
 
     def _munlock(self, rank: int) -> None:
-        _linux.shared_mutex_unlock(self._mutex(rank))
+        _linux.shared_mutex_unlock(self._maddr[rank])
 
     def _poisoned(self, rank: int, what: str) -> PeerDiedError:
         return PeerDiedError(f"Win.{what}: a process died in the middle of an atomic "
@@ -651,8 +698,35 @@ class Win(np.ndarray):
     def Fetch_and_op(self, origin, result, target_rank: int, target_disp: int = 0,
                      op=None) -> None:
         """Perform one-sided read-modify-write of one element."""
-        self._live("Fetch_and_op")
         op = _sum() if op is None else op
+        if type(origin) is np.ndarray and type(result) is np.ndarray and \
+                type(target_rank) is int and type(target_disp) is int:
+            s = self._s
+            char = origin.dtype.char
+            ent = self._typed.get((target_rank, target_disp, char, op)) \
+                if s is not None and not s.freed else None
+            if ent is not None and origin.size == 1 and result.size == 1 and \
+                    result.dtype.char == char and result.flags.writeable:
+                # fast path: a word of a mapped window seen before, in Python scalars
+                # (integers wrap as numpy's do; float64 only with SUM, PROD, REPLACE, NO_OP)
+                tmv, fn, mask, half = ent
+                x = origin.item()
+                self._mlock(target_rank, "Fetch_and_op")
+                try:
+                    old = tmv[0]
+                    if fn is not None:
+                        new = fn(old, x)
+                        if mask:
+                            new = ((new + half) & mask) - half
+                        tmv[0] = new
+                finally:
+                    self._munlock(target_rank)
+                if result.ndim == 1:
+                    result[0] = old
+                else:
+                    result.reshape(1)[0] = old
+                return
+        self._live("Fetch_and_op")
         if target_rank == PROC_NULL:
             return
         r = self._check_rank(target_rank, "Fetch_and_op")
@@ -670,6 +744,18 @@ class Win(np.ndarray):
             return self._apply(op, t, src)
         self._rmw(r, self._disp(target_disp, "Fetch_and_op"), dtype.itemsize, dtype,
                   "Fetch_and_op", fn)
+        char = dtype.char
+        fn = _PYOPS.get(op, False)
+        if self._fast[r][0] is not None and type(origin) is np.ndarray and \
+                type(result) is np.ndarray and len(self._typed) < 64 and \
+                fn is not False and (char in _INTS or (char == "d" and op in _FLOAT_OK)):
+            # remember this target word as a typed memoryview, for the fast path
+            off = int(target_disp) * self._fast[r][2]
+            bits = 8 * dtype.itemsize
+            mask = (1 << bits) - 1 if char in _INTS else 0
+            half = (1 << (bits - 1)) if char in _INTS and dtype.kind == "i" else 0
+            tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
+            self._typed[(r, int(target_disp), char, op)] = (tmv, fn, mask, half)
 
     def Compare_and_swap(self, origin, compare, result, target_rank: int,
                          target_disp: int = 0) -> None:
@@ -906,11 +992,15 @@ class Win(np.ndarray):
     # -- the passive-target lock --
     def _acquire(self, r: int, excl: bool, what: str) -> None:
         w = self._words
-        base = r * SLOT // 8
+        base = r * (SLOT // 8)
         me = self._rank
+        waiting = False
         while True:
             self._mlock(r, what)
             try:
+                if waiting:
+                    w[base + W_WAITERS] -= 1
+                    waiting = False
                 ex, ns = int(w[base + W_EXCL]), int(w[base + W_NSHARED])
                 if ex == 0 and (ns == 0 or not excl):
                     if excl:
@@ -920,6 +1010,8 @@ class Win(np.ndarray):
                         self._holders[r, me] = 1
                     return
                 gen = int(w[base + W_GEN])
+                w[base + W_WAITERS] += 1
+                waiting = True
                 holders = [ex - 1] if ex else \
                     [int(h) for h in np.flatnonzero(self._holders[r])]
             finally:
@@ -934,7 +1026,7 @@ class Win(np.ndarray):
 
     def _release(self, r: int, excl: bool, what: str) -> None:
         w = self._words
-        base = r * SLOT // 8
+        base = r * (SLOT // 8)
         self._mlock(r, what)
         try:
             if excl:
@@ -943,15 +1035,30 @@ class Win(np.ndarray):
                 w[base + W_NSHARED] -= 1
                 self._holders[r, self._rank] = 0
             w[base + W_GEN] = (int(w[base + W_GEN]) + 1) & 0x7FFFFFFF
+            sleepers = w[base + W_WAITERS]
         finally:
             self._munlock(r)
-        _linux.futex_wake(self._region.address + (base + W_GEN) * 8)
+        if sleepers:   # a waiter registers under the mutex before it sleeps: none is lost
+            _linux.futex_wake(self._region.address + (base + W_GEN) * 8)
 
     def _pid(self, r: int) -> int:
         return self._cx.t.pid_of(self._cx.group[r])
 
 
 WIN_NULL = Win()
+
+
+def _fill_pyops() -> None:
+    import operator
+    from ._coll import _ops as O
+    global _FLOAT_OK
+    _PYOPS.update({O.SUM: operator.add, O.PROD: operator.mul, O.MAX: max, O.MIN: min,
+                   O.BAND: operator.and_, O.BOR: operator.or_, O.BXOR: operator.xor,
+                   REPLACE: lambda a, b: b, NO_OP: None})
+    _FLOAT_OK = (O.SUM, O.PROD, REPLACE, NO_OP)
+
+
+_fill_pyops()
 
 
 def _sum():
@@ -1006,8 +1113,11 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
         err = str(e)
         size = 0
     noncontig = bool(info) and str(info.get("alloc_shared_noncontig", "")).lower() == "true"
+    seg = _segment_of(local) if (err is None and local is not None) else None
     wcomm = comm.Dup()
-    recs = wcomm.allgather((err, int(size), int(disp_unit) if err is None else 1, base))
+    full = wcomm.allgather((err, int(size), int(disp_unit) if err is None else 1, base,
+                            os.getpid(), seg))
+    recs = [rec[:4] for rec in full]
     bad = [(r, e) for r, (e, _, _, _) in enumerate(recs) if e]
     if bad:
         r, e = bad[0]
@@ -1032,7 +1142,8 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
         pos += sz
     total = max(pos, header)
     region = _map_shared(wcomm, total, n, what)
-    words = region.array(np.int64, (holders_off // 8,), 0)
+    words = region.memoryview()[:holders_off].cast("q")    # ints, one load or store each
+    maddr = [region.address + r * SLOT + M_OFF for r in range(n)]
     holders = region.array(np.uint8, (n, n), holders_off)
     attach_tab = region.array(np.int64, (n, MAX_ATTACH, 2), attach_off)
     parts = None
@@ -1048,12 +1159,62 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
     s = _State()
     if info:
         s.info.update(info.items())
+    if shared_mem:
+        rmv = region.memoryview()
+        fast = [(rmv[offs[r]:offs[r] + recs[r][1]], 0, recs[r][2]) for r in range(n)]
+    elif flavor == WIN_FLAVOR_CREATE:
+        fast = [((memoryview(local) if local is not None else None) if r == me else None,
+                 recs[r][3], recs[r][2]) for r in range(n)]
+    else:
+        fast = [(None, 0, 1)] * n
+    peer_regions = []
+    if flavor == WIN_FLAVOR_CREATE:
+        # peers whose window memory lives in a driller segment (MPI.Alloc_mem, shared
+        # arrays): map it here too, and Put/Get become a memcpy
+        for r in range(n):
+            pid, sg = full[r][4], full[r][5]
+            if r == me or sg is None or not recs[r][1]:
+                continue
+            try:
+                pfd = _linux.open_peer_fd(pid, sg[0])
+                try:
+                    reg = Region(pfd, sg[1])
+                finally:
+                    os.close(pfd)
+            except OSError:
+                continue          # process_vm_writev/readv then
+            peer_regions.append(reg)
+            fast[r] = (reg.memoryview()[sg[2]:sg[2] + recs[r][1]], recs[r][3], recs[r][2])
     win.__dict__.update(
+        _peer_regions=peer_regions,
+        _fast=fast, _typed={}, _queries={}, _maddr=maddr,
         _s=s, _comm=wcomm, _cx=context_of(wcomm), _n=n, _rank=me, _flavor=flavor,
         _region=region, _words=words, _holders=holders, _attach_tab=attach_tab,
         _parts=parts, _local=local if size else (local if shared_mem else None),
         _memobj=memobj, _tab=tab, _base=base, _size=int(size), _unit=int(disp_unit))
     return win
+
+
+def _segment_of(arr: np.ndarray):
+    """(fd, segment bytes, offset) of the driller segment holding ``arr``'s memory, when
+    it is a block of this process's shared heap whose memfd is still open here."""
+    from .. import heap
+    o = arr
+    for _ in range(32):
+        if isinstance(o, heap.Block):
+            sg = o.segment
+            if sg.fd < 0 or sg.owner != os.getpid():
+                return None
+            return sg.fd, sg.nbytes, arr.__array_interface__["data"][0] - sg.address
+        if isinstance(o, memoryview):
+            o = o.obj
+        elif isinstance(o, np.ndarray):
+            o = o.base
+        else:
+            return None
+        if o is None:
+            return None
+    return None
 
 
 def _align(x: int, a: int) -> int:
