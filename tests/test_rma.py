@@ -417,3 +417,25 @@ def test_buffer_object():
     assert win.Get_attr(MPI.WIN_CREATE_FLAVOR) == MPI.WIN_FLAVOR_ALLOCATE
     assert win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
     win.Free()
+
+
+def test_forked_child_cannot_use_the_window():
+    win = MPI.Win.Allocate(16, 1, MPI.INFO_NULL, MPI.COMM_SELF)
+    r, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            win.Put(np.ones(2), 0)
+            msg = b"no error"
+        except MmpiError as e:
+            msg = str(e).encode()
+        os.write(wfd, msg)
+        os._exit(0)
+    os.close(wfd)
+    msg = os.read(r, 4096).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert "fork of a rank" in msg, msg
+    win.Put(np.ones(2), 0)          # the parent's window still works
+    assert np.frombuffer(win, np.float64).tolist() == [1.0, 1.0]
+    win.Free()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 
 import numpy as np
 
@@ -72,6 +73,7 @@ MAX_ATTACH = 64
 LOCK_POLL = 0.05               # seconds between checks that the lock holders live
 TAG_POST, TAG_DONE = 1, 2      # PSCW messages on the window's private communicator
 _keyvals = itertools.count(1000)
+_live_states: "weakref.WeakSet[_State]" = weakref.WeakSet()   # for the fork hook
 _INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
 _FLOAT_OK = ()                 # filled below: ops exact in Python floats (float64)
 _PYOPS: dict = {}              # filled below: op -> Python function on scalars (None: NO_OP)
@@ -97,8 +99,13 @@ class _Done:
 class _State:
     """What every handle onto one window shares."""
 
+    __slots__ = ("freed", "ok", "forked", "name", "attrs", "errh", "info", "locks",
+                 "lock_all", "start_group", "post_group", "attached", "__weakref__")
+
     def __init__(self):
         self.freed = False
+        self.ok = True         # not freed, not inherited by a forked child
+        self.forked = False
         self.name = ""
         self.attrs = {}
         self.errh = _errhandler.ERRORS_RETURN
@@ -177,7 +184,10 @@ class Win(np.ndarray):
 
     def _live(self, what: str) -> _State:
         s = self._s
-        if s is None or s.freed:
+        if s is None or not s.ok:
+            if s is not None and s.forked:
+                raise _err(f"Win.{what}: this process is a fork of a rank of the window; "
+                           f"only the rank itself can use it", _errcodes.ERR_WIN)
             raise _err(f"Win.{what}: the window is MPI.WIN_NULL (freed or never created)",
                        _errcodes.ERR_WIN)
         return s
@@ -214,6 +224,8 @@ class Win(np.ndarray):
         s = self._live("Free")
         self._comm.Barrier()
         s.freed = True
+        s.ok = False
+        _live_states.discard(s)
         self.__dict__.pop("_region", None)
         self.__dict__.pop("_words", None)
         self.__dict__.pop("_holders", None)
@@ -526,7 +538,7 @@ class Win(np.ndarray):
     def Put(self, origin, target_rank: int, target=None) -> None:
         """Put data into a memory window on a remote process."""
         s = self._s
-        if type(origin) is np.ndarray and s is not None and not s.freed and \
+        if type(origin) is np.ndarray and s is not None and s.ok and \
                 type(target_rank) is int and (target is None or type(target) is int) and \
                 0 <= target_rank < self._n and origin.flags.c_contiguous and \
                 origin.ndim and origin.dtype.kind in "biufc":
@@ -561,7 +573,7 @@ class Win(np.ndarray):
     def Get(self, origin, target_rank: int, target=None) -> None:
         """Get data from a memory window on a remote process."""
         s = self._s
-        if type(origin) is np.ndarray and s is not None and not s.freed and \
+        if type(origin) is np.ndarray and s is not None and s.ok and \
                 type(target_rank) is int and (target is None or type(target) is int) and \
                 0 <= target_rank < self._n and origin.flags.c_contiguous and \
                 origin.flags.writeable and origin.ndim and origin.dtype.kind in "biufc":
@@ -704,7 +716,7 @@ class Win(np.ndarray):
             s = self._s
             char = origin.dtype.char
             ent = self._typed.get((target_rank, target_disp, char, op)) \
-                if s is not None and not s.freed else None
+                if s is not None and s.ok else None
             if ent is not None and origin.size == 1 and result.size == 1 and \
                     result.dtype.char == char and result.flags.writeable:
                 # fast path: a word of a mapped window seen before, in Python scalars
@@ -1048,6 +1060,17 @@ class Win(np.ndarray):
 WIN_NULL = Win()
 
 
+def _after_fork_in_child() -> None:
+    # a forked child shares the rank's mappings: it must not take the rank's locks or
+    # write its peers' windows as if it were the rank
+    for st in list(_live_states):
+        st.ok = False
+        st.forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _fill_pyops() -> None:
     import operator
     from ._coll import _ops as O
@@ -1157,6 +1180,7 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
         size, base = 0, 0
     win = (local if local is not None else np.empty(0, np.uint8)).view(Win)
     s = _State()
+    _live_states.add(s)
     if info:
         s.info.update(info.items())
     if shared_mem:
