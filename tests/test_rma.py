@@ -257,7 +257,10 @@ def _shared_query(comm):
     # PROC_NULL: the first rank with memory
     b2, _ = win.Shared_query(MPI.PROC_NULL)
     same = b2.address == buf.address
-    del view, buf, b2
+    # contiguous by default: rank 1's part (empty) starts where rank 0's ends
+    b1, _ = win.Shared_query(1)
+    same = same and b1.address == buf.address + 32 and len(b1) == 0
+    del view, buf, b2, b1
     win.Free()
     return seen, same
 
