@@ -442,3 +442,17 @@ def test_forked_child_cannot_use_the_window():
     win.Put(np.ones(2), 0)          # the parent's window still works
     assert np.frombuffer(win, np.float64).tolist() == [1.0, 1.0]
     win.Free()
+
+
+def test_hybrid_world_windows_per_node():
+    """Under mpirun with 2 emulated nodes: a window over the whole job raises
+    MmpiNotImplementedError on every rank; a node's windows work."""
+    test_hybrid = pytest.importorskip("test_hybrid")
+    if not os.path.exists(test_hybrid.OMPI_RUN):
+        pytest.skip("no mpirun in the venv")
+    prog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_rma_hybrid_prog.py")
+    p = test_hybrid._job("openmpi", [prog], "rma")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(ln for ln in p.stdout.splitlines() if ln.endswith(" ok")) == \
+        [f"rank {r} ok" for r in range(4)], p.stdout
+    test_hybrid._no_leftovers("rma")

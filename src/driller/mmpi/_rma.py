@@ -42,7 +42,7 @@ import weakref
 import numpy as np
 
 from .. import _errcodes, _linux
-from ..errors import MmpiError, PeerDiedError
+from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError
 from ..segment import Region
 from . import _errhandler
 from ._buffer import buffer
@@ -1100,6 +1100,14 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
                    _errcodes.ERR_COMM)
     if info is not None and not isinstance(info, Info):
         raise TypeError(f"{what}: expected an Info, got {type(info).__name__}")
+    ccx = context_of(comm)
+    remote = getattr(ccx.t, "remote", ())      # a hybrid world's ranks on other nodes
+    if remote and any(w in remote for w in ccx.group):
+        # every rank of comm sees a member on another node: all raise, none waits
+        raise MmpiNotImplementedError(
+            f"{what}: the communicator spans several nodes; driller's windows need every "
+            f"rank on one machine (they map each other's memory); split it by node "
+            f"(comm.Split_type(MPI.COMM_TYPE_SHARED)) or use mpi4py's windows")
     # local checks, then one allgather: an error on any rank raises on every rank
     err = None
     base = 0
