@@ -1210,6 +1210,8 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
             try:
                 pfd = _linux.open_peer_fd(pid, sg[0])
                 try:
+                    if tuple(_linux.fd_inode(pfd)) != sg[3]:
+                        continue  # not the segment any more: process_vm_writev/readv
                     reg = Region(pfd, sg[1])
                 finally:
                     os.close(pfd)
@@ -1217,6 +1219,8 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
                 continue          # process_vm_writev/readv then
             peer_regions.append(reg)
             fast[r] = (reg.memoryview()[sg[2]:sg[2] + recs[r][1]], recs[r][3], recs[r][2])
+        if any(rec[5] is not None for rec in full):
+            wcomm.Barrier()   # owners keep those fds open until every peer opened them
     win.__dict__.update(
         _peer_regions=peer_regions,
         _fast=fast, _typed={}, _queries={}, _maddr=maddr,
@@ -1237,7 +1241,8 @@ def _segment_of(arr: np.ndarray):
             sg = o.segment
             if sg.fd < 0 or sg.owner != os.getpid():
                 return None
-            return sg.fd, sg.nbytes, arr.__array_interface__["data"][0] - sg.address
+            return (sg.fd, sg.nbytes, arr.__array_interface__["data"][0] - sg.address,
+                    tuple(sg.inode))
         if isinstance(o, memoryview):
             o = o.obj
         elif isinstance(o, np.ndarray):
