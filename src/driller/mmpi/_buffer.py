@@ -18,6 +18,8 @@ stale view never reads unmapped memory.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import _errcodes, _linux
@@ -31,7 +33,7 @@ _UNSET = object()
 class buffer(np.ndarray):
     """Buffer: a flat byte view of memory, with the buffer protocol (mpi4py's ``MPI.buffer``)."""
 
-    def __new__(cls, buf=_UNSET):
+    def __new__(cls, buf: Any = _UNSET) -> "buffer":
         if buf is _UNSET:
             return cls._wrap(np.empty(0, np.uint8), None, False, empty=True)
         return cls.frombuffer(buf, readonly=_readonly_of(buf))
@@ -68,7 +70,7 @@ class buffer(np.ndarray):
         return cls._wrap(arr, obj, False)
 
     @classmethod
-    def frombuffer(cls, obj, readonly: bool = False) -> "buffer":
+    def frombuffer(cls, obj: Any, readonly: bool = False) -> "buffer":
         """Buffer from a buffer-like object (its memory, not a copy)."""
         try:
             mv = memoryview(obj)
@@ -219,7 +221,7 @@ def _readonly_of(obj) -> bool:
                         f"protocol") from None
 
 
-def Alloc_mem(size: int, info=None) -> buffer:
+def Alloc_mem(size: int, info: Any = None) -> buffer:
     """Allocate memory for message passing and remote memory access: a block of
     driller's shared heap (shareable with peers from birth)."""
     from .. import heap
@@ -232,7 +234,7 @@ def Alloc_mem(size: int, info=None) -> buffer:
     return buffer._wrap(arr, None, False)
 
 
-def Free_mem(mem) -> None:
+def Free_mem(mem: buffer) -> None:
     """Free memory allocated with Alloc_mem (the buffer reads as released)."""
     if not isinstance(mem, buffer):
         raise MmpiError(f"Free_mem: expected a buffer from MPI.Alloc_mem, got "

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import os
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class Win(np.ndarray):
 
     A window is also a buffer: ``memoryview(win)`` is its local memory."""
 
-    def __new__(cls, win=None):
+    def __new__(cls, win: "Win | None" = None) -> "Win":
         if win is not None and not isinstance(win, Win):
             raise TypeError(f"Win(win): expected a Win, got {type(win).__name__}")
         if win is None or win._s is None:
@@ -194,7 +195,8 @@ class Win(np.ndarray):
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def Create(cls, memory, disp_unit: int = 1, info=None, comm=None) -> "Win":
+    def Create(cls, memory: Any, disp_unit: int = 1, info: Info | None = None,
+               comm: Comm | None = None) -> "Win":
         """Create a window object for one-sided communication on existing memory."""
         if memory is None:
             mem = None
@@ -203,19 +205,21 @@ class Win(np.ndarray):
         return _create(WIN_FLAVOR_CREATE, mem, None, disp_unit, info, comm, "Win.Create")
 
     @classmethod
-    def Allocate(cls, size: int, disp_unit: int = 1, info=None, comm=None) -> "Win":
+    def Allocate(cls, size: int, disp_unit: int = 1, info: Info | None = None,
+                 comm: Comm | None = None) -> "Win":
         """Create a window object, allocating its memory (mapped by every rank)."""
         return _create(WIN_FLAVOR_ALLOCATE, None, size, disp_unit, info, comm,
                        "Win.Allocate")
 
     @classmethod
-    def Allocate_shared(cls, size: int, disp_unit: int = 1, info=None, comm=None) -> "Win":
+    def Allocate_shared(cls, size: int, disp_unit: int = 1, info: Info | None = None,
+                        comm: Comm | None = None) -> "Win":
         """Create a window object, allocating memory shared by every rank."""
         return _create(WIN_FLAVOR_SHARED, None, size, disp_unit, info, comm,
                        "Win.Allocate_shared")
 
     @classmethod
-    def Create_dynamic(cls, info=None, comm=None) -> "Win":
+    def Create_dynamic(cls, info: Info | None = None, comm: Comm | None = None) -> "Win":
         """Create a window object for use with dynamically attached memory."""
         return _create(WIN_FLAVOR_DYNAMIC, None, 0, 1, info, comm, "Win.Create_dynamic")
 
@@ -269,7 +273,7 @@ class Win(np.ndarray):
         s = self._live("Get_info")
         return Info.Create(dict(s.info))
 
-    def Set_info(self, info) -> None:
+    def Set_info(self, info: Info) -> None:
         """Set new values for the hints associated with a window."""
         s = self._live("Set_info")
         if info is not None and not isinstance(info, Info):
@@ -305,7 +309,7 @@ class Win(np.ndarray):
     def name(self, value: str) -> None:
         self.Set_name(value)
 
-    def Get_attr(self, keyval: int):
+    def Get_attr(self, keyval: int) -> Any:
         """Retrieve attribute value by key."""
         s = self._live("Get_attr")
         if keyval == WIN_BASE:
@@ -320,7 +324,7 @@ class Win(np.ndarray):
             return WIN_UNIFIED
         return s.attrs.get(keyval)
 
-    def Set_attr(self, keyval: int, attrval) -> None:
+    def Set_attr(self, keyval: int, attrval: Any) -> None:
         """Store attribute value associated with a key."""
         self._live("Set_attr").attrs[keyval] = attrval
 
@@ -329,7 +333,8 @@ class Win(np.ndarray):
         self._live("Delete_attr").attrs.pop(keyval, None)
 
     @classmethod
-    def Create_keyval(cls, copy_fn=None, delete_fn=None, nopython: bool = False) -> int:
+    def Create_keyval(cls, copy_fn: Any = None, delete_fn: Any = None,
+                      nopython: bool = False) -> int:
         """Create a new attribute key for windows."""
         return next(_keyvals)
 
@@ -386,15 +391,15 @@ class Win(np.ndarray):
 
     # ------------------------------------------------------------------ error handlers
     @classmethod
-    def Create_errhandler(cls, errhandler_fn):
+    def Create_errhandler(cls, errhandler_fn: Any) -> _errhandler.Errhandler:
         """Create an error handler for windows."""
         return _errhandler.create(errhandler_fn)
 
-    def Get_errhandler(self):
+    def Get_errhandler(self) -> _errhandler.Errhandler:
         """Get the error handler for a window."""
         return _errhandler.Errhandler(self._live("Get_errhandler").errh)
 
-    def Set_errhandler(self, errhandler) -> None:
+    def Set_errhandler(self, errhandler: _errhandler.Errhandler) -> None:
         """Set the error handler for a window."""
         s = self._live("Set_errhandler")
         s.errh = _errhandler.Errhandler(_errhandler.check(errhandler, "Win.Set_errhandler"))
@@ -408,7 +413,7 @@ class Win(np.ndarray):
         _errhandler.call(s.errh, self, errorcode, abort)
 
     # ------------------------------------------------------------------ dynamic windows
-    def Attach(self, memory) -> None:
+    def Attach(self, memory: Any) -> None:
         """Attach a local memory region (dynamic windows)."""
         s = self._live("Attach")
         if self._flavor != WIN_FLAVOR_DYNAMIC:
@@ -425,7 +430,7 @@ class Win(np.ndarray):
         s.attached.append((addr, nbytes, memory))
         self._publish_attached()
 
-    def Detach(self, memory) -> None:
+    def Detach(self, memory: Any) -> None:
         """Detach a local memory region (dynamic windows)."""
         s = self._live("Detach")
         try:
@@ -535,7 +540,7 @@ class Win(np.ndarray):
         return int(disp), nbytes, dtype
 
     # ------------------------------------------------------------------ RMA: put/get
-    def Put(self, origin, target_rank: int, target=None) -> None:
+    def Put(self, origin: Any, target_rank: int, target: Any = None) -> None:
         """Put data into a memory window on a remote process."""
         s = self._s
         if type(origin) is np.ndarray and s is not None and s.ok and \
@@ -570,7 +575,7 @@ class Win(np.ndarray):
         else:
             where[:] = np.frombuffer(b.mv, np.uint8)
 
-    def Get(self, origin, target_rank: int, target=None) -> None:
+    def Get(self, origin: Any, target_rank: int, target: Any = None) -> None:
         """Get data from a memory window on a remote process."""
         s = self._s
         if type(origin) is np.ndarray and s is not None and s.ok and \
@@ -665,7 +670,8 @@ class Win(np.ndarray):
             op.ufunc(tgt, src, out=tgt)
         return True
 
-    def Accumulate(self, origin, target_rank: int, target=None, op=None) -> None:
+    def Accumulate(self, origin: Any, target_rank: int, target: Any = None,
+                   op: Op | None = None) -> None:
         """Accumulate data into the target process (atomic per element)."""
         self._live("Accumulate")
         op = _sum() if op is None else op
@@ -678,8 +684,8 @@ class Win(np.ndarray):
         src = np.frombuffer(b.mv, dtype) if nb else np.empty(0, dtype)
         self._rmw(r, disp, nb, dtype, "Accumulate", lambda t: self._apply(op, t, src))
 
-    def Get_accumulate(self, origin, result, target_rank: int, target=None,
-                       op=None) -> None:
+    def Get_accumulate(self, origin: Any, result: Any, target_rank: int, target: Any = None,
+                       op: Op | None = None) -> None:
         """Fetch-and-accumulate data into the target process."""
         self._live("Get_accumulate")
         op = _sum() if op is None else op
@@ -707,8 +713,8 @@ class Win(np.ndarray):
             return self._apply(op, t, src) if src is not None else False
         self._rmw(r, disp, nb, dtype, "Get_accumulate", fn)
 
-    def Fetch_and_op(self, origin, result, target_rank: int, target_disp: int = 0,
-                     op=None) -> None:
+    def Fetch_and_op(self, origin: Any, result: Any, target_rank: int, target_disp: int = 0,
+                     op: Op | None = None) -> None:
         """Perform one-sided read-modify-write of one element."""
         op = _sum() if op is None else op
         if type(origin) is np.ndarray and type(result) is np.ndarray and \
@@ -769,7 +775,7 @@ class Win(np.ndarray):
             tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
             self._typed[(r, int(target_disp), char, op)] = (tmv, fn, mask, half)
 
-    def Compare_and_swap(self, origin, compare, result, target_rank: int,
+    def Compare_and_swap(self, origin: Any, compare: Any, result: Any, target_rank: int,
                          target_disp: int = 0) -> None:
         """Perform one-sided atomic compare-and-swap of one element."""
         self._live("Compare_and_swap")
@@ -816,23 +822,24 @@ class Win(np.ndarray):
     def _req(self) -> CollRequest:
         return request(_Done(), 0, self._cx, cls=CollRequest)
 
-    def Rput(self, origin, target_rank: int, target=None) -> CollRequest:
+    def Rput(self, origin: Any, target_rank: int, target: Any = None) -> CollRequest:
         """Put data into a memory window on a remote process (a request, complete)."""
         self.Put(origin, target_rank, target)
         return self._req()
 
-    def Rget(self, origin, target_rank: int, target=None) -> CollRequest:
+    def Rget(self, origin: Any, target_rank: int, target: Any = None) -> CollRequest:
         """Get data from a memory window on a remote process (a request, complete)."""
         self.Get(origin, target_rank, target)
         return self._req()
 
-    def Raccumulate(self, origin, target_rank: int, target=None, op=None) -> CollRequest:
+    def Raccumulate(self, origin: Any, target_rank: int, target: Any = None,
+                    op: Op | None = None) -> CollRequest:
         """Accumulate data into the target process (a request, complete)."""
         self.Accumulate(origin, target_rank, target, op)
         return self._req()
 
-    def Rget_accumulate(self, origin, result, target_rank: int, target=None,
-                        op=None) -> CollRequest:
+    def Rget_accumulate(self, origin: Any, result: Any, target_rank: int, target: Any = None,
+                        op: Op | None = None) -> CollRequest:
         """Fetch-and-accumulate data into the target process (a request, complete)."""
         self.Get_accumulate(origin, result, target_rank, target, op)
         return self._req()
@@ -863,7 +870,7 @@ class Win(np.ndarray):
                        f"window's group", _errcodes.ERR_GROUP)
         return ranks
 
-    def Start(self, group, assertion: int = 0) -> None:
+    def Start(self, group: Group, assertion: int = 0) -> None:
         """Start an RMA access epoch for MPI (waits for the targets' Post)."""
         s = self._live("Start")
         self._assert(assertion, "Start")
@@ -886,7 +893,7 @@ class Win(np.ndarray):
             self._comm.Send(b"", r, TAG_DONE)
         s.start_group = None
 
-    def Post(self, group, assertion: int = 0) -> None:
+    def Post(self, group: Group, assertion: int = 0) -> None:
         """Start an RMA exposure epoch."""
         s = self._live("Post")
         self._assert(assertion, "Post")
