@@ -105,11 +105,19 @@ class buffer(np.ndarray):
 
     # -- properties --
     @property
+    def __array_interface__(self) -> dict:
+        # numpy's own, but an empty buffer() (mpi4py's NULL buffer) says address 0
+        d = np.ndarray.__array_interface__.__get__(self)
+        if self._empty:
+            d["data"] = (0, d["data"][1])
+        return d
+
+    @property
     def address(self) -> int:
         """Buffer address."""
         if self._released or self._empty:
             return 0
-        return self.__array_interface__["data"][0]
+        return np.ndarray.__array_interface__.__get__(self)["data"][0]
 
     @property
     def obj(self):
