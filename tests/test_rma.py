@@ -456,3 +456,37 @@ def test_hybrid_world_windows_per_node():
     assert sorted(ln for ln in p.stdout.splitlines() if ln.endswith(" ok")) == \
         [f"rank {r} ok" for r in range(4)], p.stdout
     test_hybrid._no_leftovers("rma")
+
+
+@pytest.mark.parametrize("code", ["b", "B", "h", "i", "I", "q", "Q", "d"])
+def test_fetch_and_op_fast_path_matches_numpy(code):
+    """Repeated Fetch_and_op on one word (the Python-scalar fast path after the first
+    call) wraps and rounds exactly as numpy does, for ndarray and array.array."""
+    import array
+    win = MPI.Win.Allocate(64, 8, MPI.INFO_NULL, MPI.COMM_SELF)
+    dt = np.dtype(code)
+    ops = [MPI.SUM, MPI.PROD, MPI.REPLACE, MPI.NO_OP] + \
+        ([MPI.MAX, MPI.MIN, MPI.BAND, MPI.BOR, MPI.BXOR] if code != "d" else [])
+    rng = np.random.default_rng(7)
+    want = np.zeros(1, dt)
+    win.Lock(0)
+    for i in range(300):
+        op = ops[i % len(ops)]
+        v = rng.integers(-200, 200) if dt.kind != "u" else rng.integers(0, 250)
+        if dt.kind == "f":
+            v = v / 7
+        v = np.array([v]).astype(dt)          # wrapped into the type's range
+        if i % 2:
+            o, r = v, np.zeros(1, dt)
+        else:
+            o, r = array.array(code, [v.item()]), array.array(code, [0])
+        win.Fetch_and_op(o, r, 0, 1, op)
+        assert np.array([r[0]], dt)[0] == want[0], (i, op, r[0], want[0])
+        ov = np.array([o[0]], dt)
+        if op is MPI.REPLACE:
+            want = ov.copy()
+        elif op is not MPI.NO_OP:
+            want = op.ufunc(want, ov)
+    win.Unlock(0)
+    assert np.frombuffer(win, dt)[8 // dt.itemsize] == want[0]
+    win.Free()

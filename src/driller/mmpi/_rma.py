@@ -35,6 +35,7 @@ target's window: every later atomic operation or lock on it raises.
 
 from __future__ import annotations
 
+import array as _array
 import itertools
 import os
 import weakref
@@ -717,18 +718,24 @@ class Win(np.ndarray):
                      op: Op | None = None) -> None:
         """Perform one-sided read-modify-write of one element."""
         op = _sum() if op is None else op
-        if type(origin) is np.ndarray and type(result) is np.ndarray and \
+        to, tr = type(origin), type(result)
+        if (to is np.ndarray or to is _array.array) and tr is to and \
                 type(target_rank) is int and type(target_disp) is int:
             s = self._s
-            char = origin.dtype.char
+            if to is np.ndarray:
+                char = origin.dtype.char
+                ok = origin.size == 1 and result.size == 1 and \
+                    result.dtype.char == char and result.flags.writeable
+            else:
+                char = origin.typecode
+                ok = len(origin) == 1 and len(result) == 1 and result.typecode == char
             ent = self._typed.get((target_rank, target_disp, char, op)) \
-                if s is not None and s.ok else None
-            if ent is not None and origin.size == 1 and result.size == 1 and \
-                    result.dtype.char == char and result.flags.writeable:
+                if ok and s is not None and s.ok else None
+            if ent is not None:
                 # fast path: a word of a mapped window seen before, in Python scalars
                 # (integers wrap as numpy's do; float64 only with SUM, PROD, REPLACE, NO_OP)
                 tmv, fn, mask, half = ent
-                x = origin.item()
+                x = origin.item() if to is np.ndarray else origin[0]
                 self._mlock(target_rank, "Fetch_and_op")
                 try:
                     old = tmv[0]
@@ -739,7 +746,7 @@ class Win(np.ndarray):
                         tmv[0] = new
                 finally:
                     self._munlock(target_rank)
-                if result.ndim == 1:
+                if to is _array.array or result.ndim == 1:
                     result[0] = old
                 else:
                     result.reshape(1)[0] = old
@@ -764,8 +771,8 @@ class Win(np.ndarray):
                   "Fetch_and_op", fn)
         char = dtype.char
         fn = _PYOPS.get(op, False)
-        if self._fast[r][0] is not None and type(origin) is np.ndarray and \
-                type(result) is np.ndarray and len(self._typed) < 64 and \
+        if self._fast[r][0] is not None and type(origin) in (np.ndarray, _array.array) and \
+                type(result) is type(origin) and len(self._typed) < 64 and \
                 fn is not False and (char in _INTS or (char == "d" and op in _FLOAT_OK)):
             # remember this target word as a typed memoryview, for the fast path
             off = int(target_disp) * self._fast[r][2]
