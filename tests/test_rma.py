@@ -459,9 +459,10 @@ def test_hybrid_world_windows_per_node():
 
 
 @pytest.mark.parametrize("code", ["b", "B", "h", "i", "I", "q", "Q", "d"])
-def test_fetch_and_op_fast_path_matches_numpy(code):
-    """Repeated Fetch_and_op on one word (the Python-scalar fast path after the first
-    call) wraps and rounds exactly as numpy does, for ndarray and array.array."""
+def test_one_word_fast_paths_match_numpy(code):
+    """Repeated Fetch_and_op and Accumulate on one word (the Python-scalar fast path
+    after the first call) wrap and round exactly as numpy does, for ndarray and
+    array.array."""
     import array
     win = MPI.Win.Allocate(64, 8, MPI.INFO_NULL, MPI.COMM_SELF)
     dt = np.dtype(code)
@@ -481,6 +482,7 @@ def test_fetch_and_op_fast_path_matches_numpy(code):
         else:
             o, r = array.array(code, [v.item()]), array.array(code, [0])
         win.Fetch_and_op(o, r, 0, 1, op)
+        win.Accumulate(o, 0, 2, op)          # the same on word 2, with Accumulate
         assert np.array([r[0]], dt)[0] == want[0], (i, op, r[0], want[0])
         ov = np.array([o[0]], dt)
         if op is MPI.REPLACE:
@@ -489,4 +491,5 @@ def test_fetch_and_op_fast_path_matches_numpy(code):
             want = op.ufunc(want, ov)
     win.Unlock(0)
     assert np.frombuffer(win, dt)[8 // dt.itemsize] == want[0]
+    assert np.frombuffer(win, dt)[16 // dt.itemsize] == want[0]
     win.Free()

@@ -674,8 +674,34 @@ class Win(np.ndarray):
     def Accumulate(self, origin: Any, target_rank: int, target: Any = None,
                    op: Op | None = None) -> None:
         """Accumulate data into the target process (atomic per element)."""
-        self._live("Accumulate")
         op = _sum() if op is None else op
+        to = type(origin)
+        if (to is np.ndarray or to is _array.array) and type(target_rank) is int and \
+                (target is None or type(target) is int):
+            # fast path: one element into a word seen before (see _remember)
+            s = self._s
+            if to is np.ndarray:
+                char = origin.dtype.char
+                one = origin.size == 1
+            else:
+                char = origin.typecode
+                one = len(origin) == 1
+            ent = self._typed.get((target_rank, target or 0, char, op)) \
+                if one and s is not None and s.ok else None
+            if ent is not None:
+                tmv, fn, mask, half = ent
+                if fn is not None:
+                    x = origin.item() if to is np.ndarray else origin[0]
+                    self._mlock(target_rank, "Accumulate")
+                    try:
+                        new = fn(tmv[0], x)
+                        if mask:
+                            new = ((new + half) & mask) - half
+                        tmv[0] = new
+                    finally:
+                        self._munlock(target_rank)
+                return
+        self._live("Accumulate")
         if target_rank == PROC_NULL:
             return
         r = self._check_rank(target_rank, "Accumulate")
@@ -684,6 +710,9 @@ class Win(np.ndarray):
         op = self._check_acc_op(op, dtype, "Accumulate")
         src = np.frombuffer(b.mv, dtype) if nb else np.empty(0, dtype)
         self._rmw(r, disp, nb, dtype, "Accumulate", lambda t: self._apply(op, t, src))
+        if nb == dtype.itemsize and (to is np.ndarray or to is _array.array) and \
+                (target is None or type(target) is int) and len(b.mv) == nb:
+            self._remember(r, disp, dtype, op)
 
     def Get_accumulate(self, origin: Any, result: Any, target_rank: int, target: Any = None,
                        op: Op | None = None) -> None:
@@ -769,18 +798,24 @@ class Win(np.ndarray):
             return self._apply(op, t, src)
         self._rmw(r, self._disp(target_disp, "Fetch_and_op"), dtype.itemsize, dtype,
                   "Fetch_and_op", fn)
+        if type(origin) in (np.ndarray, _array.array) and type(result) is type(origin):
+            self._remember(r, int(target_disp), dtype, op)
+
+    def _remember(self, r: int, disp: int, dtype, op) -> None:
+        """Remember target word (r, disp) of ``dtype`` as a typed memoryview with the op
+        as a Python function: the one-element fast path of Fetch_and_op and Accumulate
+        (a mapped window only; integers, or float64 with ops exact in Python floats)."""
         char = dtype.char
         fn = _PYOPS.get(op, False)
-        if self._fast[r][0] is not None and type(origin) in (np.ndarray, _array.array) and \
-                type(result) is type(origin) and len(self._typed) < 64 and \
-                fn is not False and (char in _INTS or (char == "d" and op in _FLOAT_OK)):
-            # remember this target word as a typed memoryview, for the fast path
-            off = int(target_disp) * self._fast[r][2]
-            bits = 8 * dtype.itemsize
-            mask = (1 << bits) - 1 if char in _INTS else 0
-            half = (1 << (bits - 1)) if char in _INTS and dtype.kind == "i" else 0
-            tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
-            self._typed[(r, int(target_disp), char, op)] = (tmv, fn, mask, half)
+        if self._fast[r][0] is None or len(self._typed) >= 64 or fn is False or \
+                not (char in _INTS or (char == "d" and op in _FLOAT_OK)):
+            return
+        off = disp * self._fast[r][2]
+        bits = 8 * dtype.itemsize
+        mask = (1 << bits) - 1 if char in _INTS else 0
+        half = (1 << (bits - 1)) if char in _INTS and dtype.kind == "i" else 0
+        tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
+        self._typed[(r, disp, char, op)] = (tmv, fn, mask, half)
 
     def Compare_and_swap(self, origin: Any, compare: Any, result: Any, target_rank: int,
                          target_disp: int = 0) -> None:
