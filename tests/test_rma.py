@@ -493,3 +493,23 @@ def test_one_word_fast_paths_match_numpy(code):
     assert np.frombuffer(win, dt)[8 // dt.itemsize] == want[0]
     assert np.frombuffer(win, dt)[16 // dt.itemsize] == want[0]
     win.Free()
+
+
+def _free_in_epoch(comm):
+    me = comm.rank
+    win, mem, _ = make_win(comm, "allocate", 8)
+    win.Fence()
+    if me == 0:
+        win.Lock(1, MPI.LOCK_EXCLUSIVE)     # ... and never Unlock
+    err = None
+    try:
+        win.Free()                          # collective: nobody hangs
+    except MmpiError as e:
+        err = (e.Get_error_class() == MPI.ERR_RMA_SYNC, "lock on rank 1" in str(e))
+    return win == MPI.WIN_NULL, err
+
+
+def test_free_inside_an_epoch_raises_after_freeing():
+    res = values(run_ranks(_free_in_epoch, 2))
+    assert res[0] == (True, (True, True))
+    assert res[1] == (True, None)

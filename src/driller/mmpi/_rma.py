@@ -199,11 +199,7 @@ class Win(np.ndarray):
     def Create(cls, memory: Any, disp_unit: int = 1, info: Info | None = None,
                comm: Comm | None = None) -> "Win":
         """Create a window object for one-sided communication on existing memory."""
-        if memory is None:
-            mem = None
-        else:
-            mem = memory
-        return _create(WIN_FLAVOR_CREATE, mem, None, disp_unit, info, comm, "Win.Create")
+        return _create(WIN_FLAVOR_CREATE, memory, None, disp_unit, info, comm, "Win.Create")
 
     @classmethod
     def Allocate(cls, size: int, disp_unit: int = 1, info: Info | None = None,
@@ -227,6 +223,23 @@ class Win(np.ndarray):
     def Free(self) -> None:
         """Free a window (collective)."""
         s = self._live("Free")
+        # an epoch still open here is an error, said after the collective part (raising
+        # first would leave the other ranks in the barrier); its locks are released now
+        # so that no peer waits for them
+        pending = [f"lock on rank {r}" for r in s.locks] + \
+            (["Lock_all"] if s.lock_all else []) + \
+            (["Start without Complete"] if s.start_group is not None else []) + \
+            (["Post without Wait"] if s.post_group is not None else [])
+        for r, kind in list(s.locks.items()):
+            self._release(r, kind == LOCK_EXCLUSIVE, "Free")
+        if s.lock_all:
+            for r in range(self._n):
+                self._release(r, False, "Free")
+        s.locks.clear()
+        s.lock_all = False
+        if s.start_group is not None:     # the targets wait in Wait for our Complete
+            self.Complete()
+        s.post_group = None
         self._comm.Barrier()
         s.freed = True
         s.ok = False
@@ -240,6 +253,11 @@ class Win(np.ndarray):
             self.__dict__.pop(k, None)
         s.attached.clear()
         self._s = None
+        if pending:
+            raise _err(f"Win.Free: rank {self._rank} freed the window inside an open "
+                       f"epoch ({', '.join(pending)}); close epochs first (Unlock, "
+                       f"Unlock_all, Complete, Wait).  The window is freed, its locks "
+                       f"released", _errcodes.ERR_RMA_SYNC)
 
     def free(self) -> None:
         """Call Free if not null (mpi4py's convenience)."""
