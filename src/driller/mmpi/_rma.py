@@ -241,6 +241,7 @@ class Win(np.ndarray):
             self.Complete()
         s.post_group = None
         self._comm.Barrier()
+        self._comm.Free()      # the window's private Dup
         s.freed = True
         s.ok = False
         _live_states.discard(s)
