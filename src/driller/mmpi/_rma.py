@@ -1168,6 +1168,9 @@ def _create(flavor, memory, size, disp_unit, info, comm, what) -> Win:
                    _errcodes.ERR_COMM)
     if info is not None and not isinstance(info, Info):
         raise TypeError(f"{what}: expected an Info, got {type(info).__name__}")
+    if comm.Is_inter():
+        raise _err(f"{what}: windows are made over an intracommunicator, not an "
+                   f"intercommunicator (Merge it first)", _errcodes.ERR_COMM)
     ccx = context_of(comm)
     remote = getattr(ccx.t, "remote", ())      # a hybrid world's ranks on other nodes
     if remote and any(w in remote for w in ccx.group):
