@@ -148,6 +148,20 @@ from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Crea
 __all__ += ["Intercomm"]
 
 # --- one-sided communication (windows), Alloc_mem
+from .mmpi._buffer import Alloc_mem, Free_mem, buffer, memory  # noqa: E402
+from .mmpi._const import (LOCK_EXCLUSIVE, LOCK_SHARED, MODE_NOCHECK,  # noqa: E402,F401
+                          MODE_NOPRECEDE, MODE_NOPUT, MODE_NOSTORE, MODE_NOSUCCEED, WIN_BASE,
+                          WIN_CREATE_FLAVOR, WIN_DISP_UNIT, WIN_FLAVOR_ALLOCATE,
+                          WIN_FLAVOR_CREATE, WIN_FLAVOR_DYNAMIC, WIN_FLAVOR_SHARED, WIN_MODEL,
+                          WIN_SEPARATE, WIN_SIZE, WIN_UNIFIED)
+from .mmpi._rma import WIN_NULL, Win  # noqa: E402
+__all__ += [
+    "Win", "WIN_NULL", "buffer", "memory", "Alloc_mem", "Free_mem",
+    "LOCK_EXCLUSIVE", "LOCK_SHARED", "MODE_NOCHECK", "MODE_NOPRECEDE", "MODE_NOPUT",
+    "MODE_NOSTORE", "MODE_NOSUCCEED", "WIN_BASE", "WIN_SIZE", "WIN_DISP_UNIT",
+    "WIN_CREATE_FLAVOR", "WIN_MODEL", "WIN_FLAVOR_CREATE", "WIN_FLAVOR_ALLOCATE",
+    "WIN_FLAVOR_DYNAMIC", "WIN_FLAVOR_SHARED", "WIN_SEPARATE", "WIN_UNIFIED",
+]
 
 
 def get_vendor() -> tuple[str, tuple[int, int, int]]:

@@ -31,6 +31,8 @@ __all__ = [
     "pidfd_open", "pidfd_alive", "pid_alive",
     "Mapping", "query_mapping", "read_maps", "parse_maps",
     "buffer_address", "memmove", "read_word", "fd_inode",
+    "MUTEX_BYTES", "shared_mutex_init", "shared_mutex_lock", "shared_mutex_unlock",
+    "open_peer_fd",
     "KERNEL_FEATURES", "probe_features",
 ]
 
@@ -873,6 +875,65 @@ def get_child_subreaper() -> bool:
         raise _oserror("prctl(PR_GET_CHILD_SUBREAPER)")
     return bool(flag.value)
 
+
+
+# ---------------------------------------------------------------- process-shared locks
+# (one-sided communication: a robust, process-shared pthread mutex placed in a memfd
+# every rank maps; a holder that dies makes the next locker get EOWNERDEAD)
+
+MUTEX_BYTES = 64                 # room for a pthread_mutex_t (40 B x86_64, 48 B aarch64)
+_PTHREAD_PROCESS_SHARED, _PTHREAD_MUTEX_ROBUST = 1, 1
+_vp = ctypes.c_void_p
+for _fn, _args in (("pthread_mutexattr_init", [_vp]), ("pthread_mutexattr_destroy", [_vp]),
+                   ("pthread_mutexattr_setpshared", [_vp, ctypes.c_int]),
+                   ("pthread_mutexattr_setrobust", [_vp, ctypes.c_int]),
+                   ("pthread_mutex_init", [_vp, _vp]), ("pthread_mutex_lock", [_vp]),
+                   ("pthread_mutex_trylock", [_vp]), ("pthread_mutex_unlock", [_vp]),
+                   ("pthread_mutex_consistent", [_vp])):
+    getattr(_libc, _fn).argtypes = _args
+    getattr(_libc, _fn).restype = ctypes.c_int
+del _fn, _args
+
+
+def shared_mutex_init(addr: int) -> None:
+    """Initialise a process-shared robust mutex at ``addr`` (MUTEX_BYTES of shared memory)."""
+    attr = ctypes.create_string_buffer(64)
+    for rc in (_libc.pthread_mutexattr_init(attr),
+               _libc.pthread_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED),
+               _libc.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST),
+               _libc.pthread_mutex_init(addr, attr)):
+        if rc:
+            raise OSError(rc, f"pthread mutex init: {os.strerror(rc)}")
+    _libc.pthread_mutexattr_destroy(attr)
+
+
+def shared_mutex_lock(addr: int, block: bool = True) -> bool | None:
+    """Lock the shared mutex at ``addr`` (sleeping in the kernel, GIL released).
+
+    Returns False normally, True when the previous holder died holding it (the
+    mutex is then made consistent and is held by the caller), None when
+    ``block`` is False and someone else holds it."""
+    rc = (_libc.pthread_mutex_lock if block else _libc.pthread_mutex_trylock)(addr)
+    if rc == 0:
+        return False
+    if rc == errno.EOWNERDEAD:
+        _libc.pthread_mutex_consistent(addr)
+        return True
+    if rc == errno.EBUSY and not block:
+        return None
+    raise OSError(rc, f"pthread_mutex_lock: {os.strerror(rc)}")
+
+
+def shared_mutex_unlock(addr: int) -> None:
+    rc = _libc.pthread_mutex_unlock(addr)
+    if rc:
+        raise OSError(rc, f"pthread_mutex_unlock: {os.strerror(rc)}")
+
+
+def open_peer_fd(pid: int, fd: int) -> int:
+    """A new fd (read-write, close-on-exec) for the file behind fd ``fd`` of process
+    ``pid`` (a memfd it shares): needs the same ptrace access as process_vm_readv."""
+    return os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
 
 
 # ---------------------------------------------------------------- kernel feature probes

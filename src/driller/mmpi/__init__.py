@@ -69,6 +69,11 @@ _LAZY = {
                     "._world"),
 }
 
+# one-sided communication (windows) and MPI memory
+__all__ += ["Win", "WIN_NULL", "buffer", "Alloc_mem", "Free_mem"]
+_LAZY.update({"Win": "._rma", "WIN_NULL": "._rma", "buffer": "._buffer",
+              "Alloc_mem": "._buffer", "Free_mem": "._buffer"})
+
 # A rank started by `driller run` loads the communicator at import, as before this
 # package was lazy: _comm takes the launcher's variables out of os.environ and
 # registers its fork hook now, so that a child forked before COMM_WORLD's first use

@@ -1442,3 +1442,12 @@ def __getattr__(name: str):
     if name == "COMM_SELF":
         return self_comm()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def context_of(comm: Comm) -> Context:
+    """The :class:`~._coll._context.Context` of a communicator (its transport, group
+    and ranks), for the layers built beside it (``_rma``'s windows)."""
+    if not isinstance(comm, Comm):
+        raise MmpiError(f"expected a communicator, got {type(comm).__name__}",
+                        error_class=_errcodes.ERR_COMM)
+    return comm._cx
