@@ -216,7 +216,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
         elif len(rest) == 2:
             count, displ = rest
         elif rest:
-            raise MmpiError(f"{what}: cannot parse buffer spec {spec!r}")
+            raise MmpiValueError(f"{what}: cannot parse buffer spec {spec!r}")
     else:
         buf = spec
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
@@ -234,19 +234,20 @@ def parse(spec, writable, what, blocks=1, vector=False):
         dt = datatype_of(dtype)
     size = dtype.itemsize
     if size == 0:
-        raise MmpiError(f"{what}: datatype {dtype} has size 0")
+        raise MmpiValueError(f"{what}: datatype {dtype} has size 0")
     if len(mv) % size:
         # a byte buffer holding whole elements is fine; a partial element is not
         if count is None:
-            raise MmpiError(f"{what}: buffer of {len(mv)} bytes is not a whole number of "
+            raise MmpiValueError(f"{what}: buffer of {len(mv)} bytes is not a whole number of "
                             f"{dt.name} ({size} bytes)")
     total = len(mv) // size
     b.dtype = dtype
     b.dt = dt
     if vector:
         if count is None:
-            # mpi4py: a buffer alone splits into equal blocks, one per rank
-            count = total // blocks
+            # mpi4py: a buffer alone splits into blocks, one per rank (the first
+            # total % blocks ranks get one element more)
+            count = [total // blocks + (total % blocks > i) for i in range(blocks)]
         counts = intlist(count, blocks, what, "counts")
         stride = _index_or_none(displ)
         if displ is None:
@@ -263,7 +264,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
             displs = intlist(displ, blocks, what, "displacements")
         for i, (c, d) in enumerate(zip(counts, displs)):
             if d + c > total:
-                raise MmpiError(f"{what}: block {i} ({c} x {dt.name} at displacement {d}) "
+                raise MmpiValueError(f"{what}: block {i} ({c} x {dt.name} at displacement {d}) "
                                 f"overruns the {len(mv)}-byte buffer ({total} elements)")
         b.mv = mv[:total * size]
         b.counts, b.displs = counts, displs
@@ -271,21 +272,21 @@ def parse(spec, writable, what, blocks=1, vector=False):
     start = 0
     if displ is not None:
         if not isinstance(displ, int) or displ < 0:
-            raise MmpiError(f"{what}: invalid displacement {displ!r}")
+            raise MmpiValueError(f"{what}: invalid displacement {displ!r}")
         start = displ
     if count is None:
         n = total - start
         if n < 0:
-            raise MmpiError(f"{what}: displacement {start} past the end of the buffer")
+            raise MmpiValueError(f"{what}: displacement {start} past the end of the buffer")
         if n % blocks:
-            raise MmpiError(f"{what}: buffer of {n} x {dt.name} does not split into {blocks} "
+            raise MmpiValueError(f"{what}: buffer of {n} x {dt.name} does not split into {blocks} "
                             f"equal blocks (one per rank)")
         count = n // blocks
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise MmpiError(f"{what}: invalid count {count!r}")
+        raise MmpiValueError(f"{what}: invalid count {count!r}")
     end = start + count * blocks
     if end > total:
-        raise MmpiError(f"{what}: {count * blocks} x {dt.name} from element {start} overruns "
+        raise MmpiValueError(f"{what}: {count * blocks} x {dt.name} from element {start} overruns "
                         f"the {len(mv)}-byte buffer")
     b.mv = mv[start * size:end * size]
     b.counts = [count] * blocks

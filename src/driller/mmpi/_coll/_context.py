@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from ... import _linux
+from ... import _errcodes, _linux
 from ...errors import MmpiError, PeerDiedError
 from .. import _transport as T
 from .._objects import loads
@@ -166,7 +166,7 @@ def check_root(cx, root, what) -> int:
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
             not 0 <= root < cx.size:
         raise MmpiError(f"{what}: invalid root {root!r} (communicator of size "
-                        f"{cx.size}; valid: 0..{cx.size - 1})")
+                        f"{cx.size}; valid: 0..{cx.size - 1})", error_class=_errcodes.ERR_ROOT)
     return int(root)
 
 
