@@ -229,3 +229,15 @@ def test_dlpack_device_errors():
 def test_no_buffer_at_all_is_a_type_error():
     with pytest.raises(MmpiTypeError, match="buffer protocol"):
         MPI.COMM_SELF.Send(object(), 0)
+
+
+def test_non_native_byte_order_needs_an_explicit_datatype():
+    comm = MPI.COMM_SELF
+    s = np.arange(3, dtype=">i4")
+    r = np.zeros(3, ">i4")
+    with pytest.raises(MmpiBufferError, match="byte order"):
+        comm.Sendrecv(s, 0, 0, r, 0, 0)
+    with pytest.raises(BufferError, match="byte order"):
+        comm.Allreduce(s, r, op=MPI.SUM)
+    comm.Sendrecv([s, MPI.INT], 0, 0, [r, MPI.INT], 0, 0)   # bytes as they are
+    assert list(r) == [0, 1, 2]

@@ -179,7 +179,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
     b = Buf()
     if type(spec) is np.ndarray and not vector and spec.flags.c_contiguous and \
             (spec.flags.writeable or not writable) and spec.dtype.kind in "biufc" and \
-            spec.size % blocks == 0:
+            spec.size % blocks == 0 and spec.dtype.byteorder != _SWAPPED_ORDER:
         # fast path: a plain contiguous numeric numpy array
         a = spec.reshape(-1)
         b.a = a
@@ -230,7 +230,8 @@ def parse(spec, writable, what, blocks=1, vector=False):
             dtype = edt[0] if edt[0] is not None else np.dtype("B")
         else:
             dtype = dtype_of(buf)
-            _native(dtype, what)
+            if dtype.byteorder == _SWAPPED_ORDER:
+                _native(dtype, what)
         dt = datatype_of(dtype)
     size = dtype.itemsize
     if size == 0:
