@@ -258,3 +258,50 @@ def test_at_most_32_live_user_ops():
 
 def _add3(a, b, dt=None):
     return [x + y for x, y in zip(a, b)]
+
+
+PAIR = np.dtype([("v", "f8"), ("i", "i4")], align=True)   # C's struct {double; int}
+
+
+def loc_ref(pairs, greater):
+    best = pairs[0].copy()
+    for p in pairs[1:]:
+        better = (p["v"] > best["v"]) if greater else (p["v"] < best["v"])
+        take = better | ((p["v"] == best["v"]) & (p["i"] < best["i"]))
+        best[take] = p[take]
+    return best
+
+
+def same(a, b):
+    return np.array_equal(a["v"], b["v"]) and np.array_equal(a["i"], b["i"])
+
+
+def maxloc_pairs(comm):
+    n, me = comm.Get_size(), comm.Get_rank()
+    for count in (5, 40000):        # 40000 x 16 B: the direct (single-copy) reduction
+        def pairs(r):
+            p = np.zeros(count, PAIR)
+            p["v"] = (np.arange(count) * (r + 3)) % 7
+            p["i"] = r
+            return p
+        every = [pairs(r) for r in range(n)]
+        for op, greater in ((MPI.MAXLOC, True), (MPI.MINLOC, False)):
+            want = loc_ref(every, greater)
+            out = np.zeros(count, PAIR)
+            comm.Allreduce(every[me], out, op=op)
+            assert same(out, want)
+            out = np.zeros(count, PAIR)
+            comm.Reduce(every[me], out if me == 1 % n else None, op=op, root=1 % n)
+            if me == 1 % n:
+                assert same(out, want)
+            out = np.zeros(count, PAIR)
+            comm.Iallreduce(every[me], out, op=op).Wait()
+            assert same(out, want)
+    with pytest.raises(MmpiError, match="pairs"):
+        comm.Allreduce(np.zeros(3), np.zeros(3), op=MPI.MAXLOC)   # every rank: no pairs
+    return True
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_maxloc_minloc_on_pair_buffers(n):
+    assert mmpi.spawn(maxloc_pairs, n) == [True] * n

@@ -81,11 +81,14 @@ _counter = itertools.count()
 class _Handle:
     """What every copy of one Op shares (``MPI.Op(op)`` is a new handle onto it)."""
 
-    __slots__ = ("name", "ufunc", "pyfn", "commute", "user", "user_args", "freed", "index")
+    __slots__ = ("name", "ufunc", "pyfn", "commute", "user", "user_args", "freed", "index",
+                 "predefined", "loc")
 
-    def __init__(self, name, ufunc, pyfn, commute, user):
+    def __init__(self, name, ufunc, pyfn, commute, user, loc=False):
         self.name, self.ufunc, self.pyfn, self.commute, self.user = (
             name, ufunc, pyfn, commute, user)
+        self.predefined = user is None or loc
+        self.loc = loc      # MAXLOC/MINLOC: ``user`` is their buffer function
         self.freed = False
         self.index = next(_counter)
         self.user_args = 3
@@ -109,7 +112,8 @@ class Op:
     lower rank).  Predefined ops pickle by name; user ops by their function.
     """
 
-    __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone")
+    __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
+                 "predefined")
 
     def __init__(self, op: "Op | None" = None):
         if op is None:
@@ -125,11 +129,12 @@ class Op:
         self._h = h
         self.name, self.ufunc, self.pyfn, self.commute, self.user, self.user_args = (
             h.name, h.ufunc, h.pyfn, h.commute, h.user, h.user_args)
+        self.predefined = h.predefined
 
     @classmethod
-    def _make(cls, name, ufunc=None, pyfn=None, commute=True, user=None) -> "Op":
+    def _make(cls, name, ufunc=None, pyfn=None, commute=True, user=None, loc=False) -> "Op":
         op = cls.__new__(cls)
-        h = _Handle(name, ufunc, pyfn, commute, user)
+        h = _Handle(name, ufunc, pyfn, commute, user, loc)
         _handles[h.index] = h
         op._set(h)
         op._clone = False
@@ -159,7 +164,7 @@ class Op:
     def Free(self) -> None:
         """Free a user-defined reduction operation."""
         h = self._h
-        if h.user is None:
+        if h.predefined:
             raise MmpiError(f"Op.Free: cannot free the predefined op MPI.{h.name or 'OP_NULL'}",
                             error_class=_errcodes.ERR_OP)
         if not h.freed:
@@ -178,12 +183,12 @@ class Op:
 
     def Is_predefined(self) -> bool:
         """Query whether the operation is predefined (OP_NULL is)."""
-        return self.user is None
+        return self.predefined
 
     @property
     def is_predefined(self) -> bool:
         """Is a predefined operation."""
-        return self.user is None
+        return self.predefined
 
     def Reduce_local(self, inbuf, inoutbuf) -> None:
         """Apply a reduction operation to local data: ``inoutbuf = inbuf op inoutbuf``."""
@@ -238,7 +243,7 @@ class Op:
 
     def __reduce__(self):
         h = self._h
-        if h.user is None:
+        if h.predefined:
             name = "OP_NULL" if h is _NULL_HANDLE else h.name
             if _PREDEFINED.get(name) is self:
                 return name
@@ -253,7 +258,7 @@ class Op:
 
     def __call__(self, x, y):
         """x op y for Python objects (x: the lower rank's value)."""
-        if self.user is not None:
+        if not self.predefined:
             if self.user_args == 2:
                 return self.user(x, y)
             return self.user(x, y, None)
@@ -269,11 +274,17 @@ class Op:
             raise MmpiError(f"{what}: the buffers hold Python object pointers ({dtype}), "
                             f"which cannot be moved as bytes; use the lowercase method "
                             f"({what.lower()}(), which pickles the objects)")
+        if self._h.loc:
+            if not (dtype.names and len(dtype.names) == 2):
+                raise MmpiError(f"{what}: MPI.{self.name} on buffers needs (value, index) "
+                                f"pairs: a pair datatype (MPI.DOUBLE_INT, MPI.TWOINT...) or a "
+                                f"numpy array of a 2-field structured dtype, got {dtype}",
+                                error_class=_errcodes.ERR_OP)
+            return
         if self.user is None and self.ufunc is None:
-            raise MmpiError(f"{what}: MPI.{self.name} on buffers needs (value, index) pair "
-                            f"datatypes, which driller.MPI does not have; reduce Python "
-                            f"objects (lowercase {what.lower()}) with (value, index) tuples",
-                            error_class=_errcodes.ERR_OP)
+            raise MmpiError(f"{what}: MPI.{self.name} is not defined on buffers (only for "
+                            f"one-sided accumulates); reduce Python objects (lowercase "
+                            f"{what.lower()})", error_class=_errcodes.ERR_OP)
         if self.user is None and dtype.kind not in "biufc":
             raise MmpiError(f"{what}: MPI.{self.name} is not defined for datatype {dtype}",
                             error_class=_errcodes.ERR_OP)
@@ -323,8 +334,21 @@ LXOR = _op("LXOR", np.logical_xor, _o_lxor)
 BAND = _op("BAND", np.bitwise_and, lambda a, b: a & b)
 BOR = _op("BOR", np.bitwise_or, lambda a, b: a | b)
 BXOR = _op("BXOR", np.bitwise_xor, lambda a, b: a ^ b)
-MAXLOC = _op("MAXLOC", None, _o_maxloc)
-MINLOC = _op("MINLOC", None, _o_minloc)
+def _loc_buffers(greater):
+    def loc(invec, inoutvec, datatype):
+        """inoutvec = invec LOC inoutvec on (value, index) pairs: the better value, the
+        lower index on ties (commutative)."""
+        v, i = inoutvec.dtype.names
+        av, bv = invec[v], inoutvec[v]
+        better = (av > bv) if greater else (av < bv)
+        take = better | ((av == bv) & (invec[i] < inoutvec[i]))
+        inoutvec[take] = invec[take]
+    return loc
+
+
+MAXLOC = Op._make("MAXLOC", None, _o_maxloc, True, _loc_buffers(True), loc=True)
+MINLOC = Op._make("MINLOC", None, _o_minloc, True, _loc_buffers(False), loc=True)
+_PREDEFINED["MAXLOC"], _PREDEFINED["MINLOC"] = MAXLOC, MINLOC
 REPLACE = _op("REPLACE", None, lambda a, b: b)
 NO_OP = _op("NO_OP", None, lambda a, b: a)
 OP_NULL = Op()
