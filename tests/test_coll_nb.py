@@ -175,6 +175,13 @@ def errors_everywhere(comm):
             comm.Igather(np.ones(5), np.zeros((n, 4)), root=0).Wait()
     else:
         comm.Igather(np.ones(4), None, root=0).Wait()
+    # Reduce_scatter without counts: one rank's send buffer is too short; the counts
+    # exchange shows it to every rank, which all raise the same error
+    send = np.ones(2 * n - (me == n - 1))
+    for call in (lambda: comm.Ireduce_scatter(send, np.zeros(2), None).Wait(),
+                 lambda: comm.Reduce_scatter(send, np.zeros(2), None)):
+        with pytest.raises(MmpiError, match=f"rank {n - 1}'s send buffer"):
+            call()
     out = np.zeros(4)
     comm.Iallreduce(a, out, op=MPI.SUM).Wait()
     assert np.array_equal(out, np.full(4, n))

@@ -326,17 +326,29 @@ def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
     op = check_op(op, "Reduce_scatter")
     rb = parse(recvbuf, True, "Reduce_scatter")
     if recvcounts is None:   # as mpi4py: every rank's receive count (an allgather)
-        counts = drive(cx.t, g_counts(cx, rb.nbytes // rb.dtype.itemsize, cbase(cx)))
+        sb0 = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
+        counts = drive(cx.t, g_counts(cx, rb, sb0, cbase(cx), "Reduce_scatter", True))
     else:
         counts = intlist(recvcounts, n, "Reduce_scatter", "recvcounts")
     sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
     reduce_scatter(cx, sb, rb, counts, op, "Reduce_scatter", sendbuf is IN_PLACE)
 
 
-def g_counts(cx, mine, base):
-    """Every rank's count (an allgather of one int; tags base, base + 1)."""
-    table = yield from g_exchange(cx, struct.pack("<q", mine), base, False)
-    return [struct.unpack_from("<q", table, 8 * i)[0] for i in range(cx.size)]
+def g_counts(cx, rb, sb, base, what, blk=False):
+    """Reduce_scatter's counts when none are given: every rank's receive count (an
+    allgather; tags base, base + 1), exchanged with every rank's send count so that
+    a send buffer that does not hold the sum is the same error on every rank."""
+    isz = rb.dtype.itemsize
+    table = yield from g_exchange(cx, struct.pack("<2q", rb.nbytes // isz, sb.nbytes // isz),
+                                  base, blk)
+    rows = [struct.unpack_from("<2q", table, 16 * i) for i in range(cx.size)]
+    counts = [c for c, _ in rows]
+    total = sum(counts)
+    for r, (_, s) in enumerate(rows):
+        if s != total:
+            raise MmpiError(f"{what}: rank {r}'s send buffer holds {s} elements but the "
+                            f"receive counts add up to {total}")
+    return counts
 
 
 def reduce_scatter(cx, sb, rb, counts, op, what, in_place):

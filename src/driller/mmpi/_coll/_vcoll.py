@@ -341,6 +341,7 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
     if sendbuf is IN_PLACE and rb.nbytes % (n * isz):
         raise MmpiValueError(f"{what}: with IN_PLACE the receive buffer ({rb.nbytes} "
                              f"bytes) must hold {n} equal blocks")
+    _rs_sizes(cx, sb, rb, [count] * n, what)
     return coll_request(cx, g_reduce_scatter(cx, sb, rb, [count] * n, op, cbase(cx), what,
                                              sendbuf is IN_PLACE))
 
@@ -349,28 +350,36 @@ def Ireduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM):
     """Nonblocking Reduce_scatter (``recvcounts`` None: every rank's receive count)."""
     what = "Ireduce_scatter"
     op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
-    counts = None if recvcounts is None else intlist(recvcounts, cx.size, what, "recvcounts")
+    counts = None
+    if recvcounts is not None:
+        counts = intlist(recvcounts, cx.size, what, "recvcounts")
+        _rs_sizes(cx, sb, rb, counts, what)
     base = cbase(cx)
 
     def g():
         cs_ = counts
         if cs_ is None:
-            cs_ = yield from g_counts(cx, rb.nbytes // rb.dtype.itemsize, base + 128)
+            cs_ = yield from g_counts(cx, rb, sb, base + 128, what)
         yield from g_reduce_scatter(cx, sb, rb, cs_, op, base, what, sendbuf is IN_PLACE)
     return coll_request(cx, g())
+
+
+def _rs_sizes(cx, sb, rb, counts, what):
+    isz = sb.dtype.itemsize
+    total = sum(counts)
+    if sb.nbytes != total * isz:
+        raise MmpiValueError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
+                             f"the counts add up to {total}")
+    if rb.nbytes < counts[cx.rank] * isz:
+        raise MmpiValueError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
+                             f"than this rank's block ({counts[cx.rank] * isz} bytes)")
 
 
 def g_reduce_scatter(cx, sb, rb, counts, op, base, what, in_place):
     """Reduce to rank 0, which sends every rank its block (tags base, base + 5)."""
     n, me = cx.size, cx.rank
     isz = sb.dtype.itemsize
-    total = sum(counts)
-    if sb.nbytes != total * isz:
-        raise MmpiValueError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
-                             f"the counts add up to {total}")
-    if rb.nbytes < counts[me] * isz:
-        raise MmpiValueError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
-                             f"than this rank's block ({counts[me] * isz} bytes)")
+    _rs_sizes(cx, sb, rb, counts, what)   # (checked at the call already, but for None)
     send = sb.arr()
     if in_place:
         send = send.copy()
