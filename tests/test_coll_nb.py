@@ -312,3 +312,25 @@ def maxloc_pairs(comm):
 @pytest.mark.parametrize("n", [1, 3])
 def test_maxloc_minloc_on_pair_buffers(n):
     assert mmpi.spawn(maxloc_pairs, n) == [True] * n
+
+
+def concurrent(comm):
+    """Several nonblocking collectives in flight at once, completed in different
+    orders on different ranks (each advances inside the others' waits)."""
+    n, me = comm.Get_size(), comm.Get_rank()
+    a = np.full(1000, me, np.int64)
+    g = np.zeros((n, 1000), np.int64)
+    s = np.zeros(1000, np.int64)
+    t = np.zeros((n, 7), np.int32)
+    reqs = [comm.Iallgather(a, g), comm.Iallreduce(a, s, op=MPI.SUM),
+            comm.Ialltoall(np.full((n, 7), me, np.int32), t)]
+    for r in (reqs if me % 2 else reversed(reqs)):
+        r.Wait()
+    assert np.array_equal(g, np.repeat(np.arange(n), 1000).reshape(n, 1000))
+    assert np.array_equal(s, np.full(1000, n * (n - 1) // 2))
+    assert np.array_equal(t, np.repeat(np.arange(n, dtype=np.int32), 7).reshape(n, 7))
+    return True
+
+
+def test_concurrent_nonblocking_collectives_any_completion_order():
+    assert mmpi.spawn(concurrent, 3) == [True] * 3
