@@ -241,3 +241,20 @@ def test_non_native_byte_order_needs_an_explicit_datatype():
         comm.Allreduce(s, r, op=MPI.SUM)
     comm.Sendrecv([s, MPI.INT], 0, 0, [r, MPI.INT], 0, 0)   # bytes as they are
     assert list(r) == [0, 1, 2]
+
+
+def test_get_buffer_reports_the_kind_as_mpi4py():
+    """What an MPI.buffer-like wrapper needs: the view and mpi4py's kind (0 buffer
+    protocol, the DLPack device, 2 = kDLCUDA for the CUDA array interface)."""
+    from driller.mmpi._bufspec import get_buffer
+    a = np.arange(4, dtype=np.int32)
+    mv, kind = get_buffer(a, True)
+    assert kind == 0 and mv.nbytes == 16 and not mv.readonly
+    mv, kind = get_buffer(DL(a), True)
+    assert kind == 1 and bytes(mv) == a.tobytes()
+    mv, kind = get_buffer(DL(a, device=(2, 0)), False)
+    assert kind == 2 and bytes(mv) == a.tobytes()
+    mv, kind = get_buffer(CAI(a), True)
+    assert kind == 2 and bytes(mv) == a.tobytes()
+    with pytest.raises(BufferError):
+        get_buffer(b"abc", True)

@@ -31,7 +31,7 @@ from .. import _linux
 from ..errors import MmpiBufferError, MmpiError, MmpiKeyError, MmpiTypeError, MmpiValueError
 from ._datatype import Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes", "get_buffer"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -353,6 +353,27 @@ _SWAPPED_ORDER = ">" if sys.byteorder == "little" else "<"
 _MAX_NDIM = 1024
 
 
+def get_buffer(obj, writable: bool, what: str = "buffer") -> tuple[memoryview, int]:
+    """mpi4py's PyMPI_GetBuffer: (flat byte view, kind) of any buffer ``obj``:
+    kind 0 for the buffer protocol, the DLPack device type (1: CPU) for a DLPack
+    exporter, 2 (kDLCUDA) for a CUDA-array-interface exporter (as mpi4py reports
+    it, whatever memory it points at: MPI.buffer then refuses CPU access to it).
+    The view is of host memory in every case (see the exporters below)."""
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        try:
+            dlpack, device = obj.__dlpack__, obj.__dlpack_device__
+        except AttributeError:
+            kind = 2 if hasattr(obj, "__cuda_array_interface__") else 0
+        else:
+            kind = _dlpack_device(obj, device, what)[0]
+        return byteview(obj, writable, what), kind
+    if writable and mv.readonly:
+        raise MmpiBufferError(f"{what}: {type(obj).__name__} is read-only")
+    return byteview(obj, writable, what), 0
+
+
 def _exported(obj, writable: bool, what: str):
     """(flat byte view, element dtype or None for bytes) of a DLPack or CUDA-array-
     interface exporter; None if ``obj`` is neither."""
@@ -382,18 +403,22 @@ def _host_view(obj, keep, addr: int, nbytes: int, readonly: bool, writable: bool
     return _linux.memory_at(addr, nbytes, readonly=readonly or not writable, keep=keep)
 
 
-def _dlpack_view(obj, dlpack, device, writable: bool, what: str):
+def _dlpack_device(obj, device, what: str) -> tuple[int, int]:
     name = type(obj).__name__
     try:
         device_type, device_id = device()
-        device_type = operator.index(device_type)
-        operator.index(device_id)
+        return operator.index(device_type), operator.index(device_id)
     except TypeError as e:
         raise MmpiTypeError(f"{what}: {name}.__dlpack_device__() must return a pair of "
                             f"ints (device_type, device_id): {e}") from None
     except ValueError as e:
         raise MmpiValueError(f"{what}: {name}.__dlpack_device__() must return a pair "
                              f"(device_type, device_id): {e}") from None
+
+
+def _dlpack_view(obj, dlpack, device, writable: bool, what: str):
+    name = type(obj).__name__
+    device_type = _dlpack_device(obj, device, what)[0]
     cpu = device_type == 1
     try:   # DLPack >= 1.0: a versioned capsule (it carries a read-only flag)
         capsule = dlpack(max_version=(1, 0), copy=False) if cpu else \
