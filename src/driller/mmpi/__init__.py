@@ -23,7 +23,7 @@ from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, Truncati
 if TYPE_CHECKING:
     from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
                              SUM, Op)
-    from ._comm import Comm, Intracomm, Wtick, Wtime, init_world
+    from ._comm import Comm, Intracomm, Wtick, Wtime, init_world, route
     from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE,
                          PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
     from ._datatype import Datatype
@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
+    COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
+    COMM_SELF: Intracomm
+
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
-    "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
+    "route", "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
     "MmpiError", "MmpiNotImplementedError", "PeerDiedError", "TruncationError",
     "create_world", "mark_dead", "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD",
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -48,7 +51,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR", "MAX", "MAXLOC", "MIN",
                      "MINLOC", "PROD", "SUM", "Op"), "._coll._ops"),
-    **dict.fromkeys(("Comm", "Intracomm", "Wtick", "Wtime", "init_world"), "._comm"),
+    **dict.fromkeys(("Comm", "Intracomm", "Wtick", "Wtime", "init_world", "route"), "._comm"),
     **dict.fromkeys(("ANY_SOURCE", "ANY_TAG", "COMM_TYPE_SHARED", "CONGRUENT", "IDENT",
                      "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
                     "._const"),
@@ -68,7 +71,7 @@ if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._comm", __name__)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
@@ -82,5 +85,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
