@@ -334,3 +334,45 @@ def concurrent(comm):
 
 def test_concurrent_nonblocking_collectives_any_completion_order():
     assert mmpi.spawn(concurrent, 3) == [True] * 3
+
+
+def one_rank_errors(comm):
+    """An argument error only one rank sees (its own buffer) cannot be raised on
+    every rank before communicating, but it must not leave the others waiting:
+    that rank sends them an empty message instead, and their size check raises."""
+    n, me = comm.Get_size(), comm.Get_rank()
+    bad = [np.zeros(5), 9, MPI.DOUBLE]      # 9 doubles overrun a 5-double buffer
+    seen = []
+    for blocking in (True, False):
+        # Scatter: the root's send buffer is wrong
+        rb = np.zeros(4)
+        try:
+            if blocking:
+                comm.Scatter(bad if me == 0 else None, rb, root=0)
+            else:
+                comm.Iscatter(bad if me == 0 else None, rb, root=0).Wait()
+        except MmpiError as e:
+            seen.append(("scatter", type(e).__name__))
+        # Gather: rank n-1's send buffer is wrong
+        out = np.zeros((n, 4)) if me == 0 else None
+        try:
+            sb = bad if me == n - 1 else np.ones(4)
+            if blocking:
+                comm.Gather(sb, out, root=0)
+            else:
+                comm.Igather(sb, out, root=0).Wait()
+        except MmpiError as e:
+            seen.append(("gather", type(e).__name__))
+    out = np.zeros(4)
+    comm.Allreduce(np.ones(4), out, op=MPI.SUM)        # still in step
+    assert np.array_equal(out, np.full(4, n))
+    return seen
+
+
+def test_one_rank_argument_errors_do_not_hang_the_others():
+    res = mmpi.spawn(one_rank_errors, 3)
+    # every rank of scatter raises (root: its spec; others: an empty block); for gather
+    # the bad rank and the root raise, the third rank's send simply completes
+    assert [k for k, _ in res[0]] == ["scatter", "gather"] * 2
+    assert [k for k, _ in res[1]] == ["scatter"] * 2
+    assert [k for k, _ in res[2]] == ["scatter", "gather"] * 2

@@ -29,7 +29,7 @@ from .._objects import loads
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check",
-    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -207,6 +207,14 @@ def xrecv(cx, mv, src: int, tag: int, blk: bool, what: str):
     r = cr(cx, mv, src, tag)
     yield [r]
     count_check(cx, r, len(mv), what, src)
+
+
+def notify(cx, ranks, tag: int) -> None:
+    """This rank cannot take part (an argument error only it can see): send the
+    ``ranks`` that wait for its message an empty one instead, so that their size
+    check raises (or, expecting nothing, they finish): none is left waiting."""
+    for r in ranks:
+        xsend(cx, memoryview(b""), r, tag)
 
 
 def brecv(cx, mv, src: int, tag: int, what: str) -> None:

@@ -23,7 +23,8 @@ from ...errors import MmpiError, MmpiNotImplementedError, MmpiValueError, Trunca
 from .._bufspec import EMPTY, Buf, byteview, intlist, parse
 from .._const import BOTTOM, IN_PLACE
 from .._datatype import DATATYPES, Datatype, as_datatype
-from ._context import cbase, check_root, count_check, cr, cs, drive, first_error, xrecv, xsend
+from ._context import (cbase, check_root, count_check, cr, cs, drive, first_error, notify, xrecv,
+                       xsend)
 from ._nonblocking import coll_request
 from ._ops import SUM, check_op
 from ._reduce import g_counts, g_reduce, red_args
@@ -69,7 +70,11 @@ def _gather(cx, sendbuf, recvbuf, root, what, vector):
         err = None if sb is None else _own(sb.mv, rb.block(me), what, "the root sends {} "
                                            "bytes but its block of the receive buffer holds {}")
     else:
-        sb, rb, err = parse(sendbuf, False, what), None, None
+        try:
+            sb, rb, err = parse(sendbuf, False, what), None, None
+        except MmpiError:
+            notify(cx, (root,), cbase(cx))   # the root must not wait for us
+            raise
     return coll_request(cx, g_gather(cx, sb, rb, root, cbase(cx), what, err))
 
 
@@ -102,7 +107,11 @@ def _scatter(cx, sendbuf, recvbuf, root, what, vector):
     root = check_root(cx, root, what)
     me, n = cx.rank, cx.size
     if me == root:
-        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+        try:
+            sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+        except MmpiError:
+            notify(cx, [r for r in range(n) if r != me], cbase(cx))   # nobody waits for us
+            raise
         rb = err = None
         if recvbuf is not IN_PLACE and recvbuf is not None:
             rb = parse(recvbuf, True, what)
