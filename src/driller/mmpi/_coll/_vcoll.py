@@ -234,7 +234,10 @@ def Ialltoallv(cx, sendbuf, recvbuf):
 
 def _plain(dt, what) -> Datatype:
     d = as_datatype(dt)
-    if type(d) is not Datatype or DATATYPES.get(d.name) != d:
+    pre = getattr(d, "is_predefined", None)     # (a property where derived types exist)
+    if pre is None:
+        pre = type(d) is Datatype and DATATYPES.get(d.name) == d
+    if not pre or not d:
         raise MmpiNotImplementedError(
             f"{what}: datatype {d.name or d!r} is not a predefined datatype; driller's "
             f"Alltoallw moves predefined datatypes (count x size bytes at a byte "
@@ -280,7 +283,7 @@ def _wspec(spec, writable, what, n):
     mv = byteview(buf, writable, what)
     views = []
     for r in range(n):
-        lo, nb = displs[r], counts[r] * types[r].size
+        lo, nb = displs[r], counts[r] * types[r].extent   # (pair types: with padding)
         if lo + nb > len(mv):
             raise MmpiValueError(f"{what}: block {r} ({counts[r]} x {types[r].name} at byte "
                                  f"{lo}) overruns the {len(mv)}-byte buffer")
