@@ -175,3 +175,41 @@ def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path
         assert line.startswith(f"user driller {k} 4 6 "), line
     assert "'self', 'shm', 'mpi', 'mpi'" in lines[0]
     _no_leftovers(tag)
+
+
+def test_pickled_by_value_sends_a_shared_array_as_its_bytes():
+    """What a rank of another node gets: the bytes, never a handle it cannot map."""
+    import pickle
+
+    import numpy as np
+
+    import driller
+    from driller.sharedarray import SharedArray, pickled_by_value
+    a = driller.zeros(300_000)
+    a[:] = 7.0
+    by_ref = pickle.dumps(a, 5)
+    with pickled_by_value():
+        by_value = pickle.dumps(a, 5)
+        with pickled_by_value():                       # nests
+            inner = pickle.dumps(a[:10], 5)
+        after_inner = pickle.dumps(a[:10], 5)          # still inside the outer one
+    for p in (inner, after_inner):
+        assert b"driller.sharedarray" not in p and (pickle.loads(p) == 7.0).all()
+    assert len(by_ref) < 1000 < 2_400_000 <= len(by_value)
+    assert b"driller.sharedarray" in by_ref and b"driller.sharedarray" not in by_value
+    copy = pickle.loads(by_value)
+    assert type(copy) is np.ndarray and (copy == 7.0).all()
+    copy[:] = 1.0
+    assert (a == 7.0).all()                            # a copy: the original is untouched
+    assert type(pickle.loads(pickle.dumps(a, 5))) is SharedArray   # by reference again
+
+
+def test_route_refuses_bad_arguments():
+    from driller import mmpi
+    from driller.errors import MmpiError
+    comm = mmpi.COMM_WORLD
+    assert mmpi.route(comm, 0) == "self"
+    with pytest.raises(MmpiError, match="out of range"):
+        mmpi.route(comm, 1)
+    with pytest.raises(MmpiError, match="not a communicator"):
+        mmpi.route("world", 0)
