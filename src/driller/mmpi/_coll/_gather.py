@@ -45,20 +45,23 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
-    err = None
+    err = bad = None
     if sendbuf is not IN_PLACE and sendbuf is not None:
         # (IN_PLACE, or None as mpi4py on Open MPI: the root's contribution is already
-        # in its block)  A bad buffer is refused here, as every rank checks its own
-        # before communicating; a size mismatch only the root sees is raised last
+        # in its block)  A bad buffer is refused once the others' blocks (or their
+        # empty notices, if they refused theirs too) are in: none is left waiting;
+        # a size mismatch only the root sees is raised last
         try:
             sb = parse(sendbuf, False, what).mv
         except MmpiError as e:
-            err = e     # raised once the others' blocks are in (they must not wait)
+            bad = e
         else:
             err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
                               "block of the receive buffer holds {}")
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
+    if bad is not None:
+        raise bad
     for r, o in ops:
         count_check(cx, o, rb.counts[r] * isz, what, r)
     if err is not None:
