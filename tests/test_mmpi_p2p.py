@@ -283,8 +283,8 @@ def test_facade_not_implemented_names_the_call():
     with pytest.raises(NotImplementedError, match="MPI.File"):   # MPI I/O: not in driller
         MPI.File
     assert not hasattr(MPI, "Cartcomm")
-    with pytest.raises(NotImplementedError, match="Comm.Alltoallw"):
-        MPI.COMM_SELF.Alltoallw
+    with pytest.raises(NotImplementedError, match="Comm.Alltoallw_init"):
+        MPI.COMM_SELF.Alltoallw_init   # (persistent collectives: not in driller yet)
     assert MPI.COMM_SELF.Get_size() == 1
     assert MPI.Is_initialized() and not MPI.Is_finalized()
     assert isinstance(MPI.Get_processor_name(), str) and MPI.Wtick() > 0

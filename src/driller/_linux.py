@@ -33,6 +33,7 @@ __all__ = [
     "buffer_address", "memmove", "read_word", "fd_inode",
     "MUTEX_BYTES", "shared_mutex_init", "shared_mutex_lock", "shared_mutex_unlock",
     "open_peer_fd",
+    "capsule_pointer", "read_memory", "host_accessible", "memory_at",
     "KERNEL_FEATURES", "probe_features",
 ]
 
@@ -934,6 +935,56 @@ def open_peer_fd(pid: int, fd: int) -> int:
     """A new fd (read-write, close-on-exec) for the file behind fd ``fd`` of process
     ``pid`` (a memfd it shares): needs the same ptrace access as process_vm_readv."""
     return os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+# ---------------------------------------------------------------- buffer exporters (DLPack, CAI)
+# The exporters of mmpi's buffer specs that have no buffer protocol describe their
+# memory by raw pointers: a PyCapsule holding a DLManagedTensor(Versioned) for DLPack,
+# an (address, readonly) pair for the CUDA array interface.  Only these calls read them.
+
+_CapsuleIsValid = ctypes.pythonapi.PyCapsule_IsValid
+_CapsuleIsValid.restype = ctypes.c_int
+_CapsuleIsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_CapsuleGetPointer = ctypes.pythonapi.PyCapsule_GetPointer
+_CapsuleGetPointer.restype = ctypes.c_void_p
+_CapsuleGetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def capsule_pointer(capsule, name: bytes) -> int | None:
+    """The pointer held by ``capsule`` if it is a valid PyCapsule named ``name``
+    (None otherwise: not a capsule, another name, e.g. a DLPack capsule already
+    consumed and renamed "used_dltensor").  The capsule is neither renamed nor
+    released: its owner's destructor stays in charge of the memory."""
+    if not _CapsuleIsValid(capsule, name):
+        return None
+    p = _CapsuleGetPointer(capsule, name)
+    if not p:  # pragma: no cover - IsValid said yes
+        raise BufferError(f"capsule {name!r} holds a NULL pointer")
+    return p
+
+
+def read_memory(address: int, nbytes: int) -> bytes:
+    """A copy of ``nbytes`` at a raw address of this process (the caller vouches the
+    address is readable: a descriptor handed over by an exporter)."""
+    if nbytes <= 0:
+        return b""
+    if not address:
+        raise BufferError("NULL pointer")
+    return ctypes.string_at(address, nbytes)
+
+
+def host_accessible(address: int, nbytes: int, writable: bool) -> bool:
+    """Whether [address, address + nbytes) lies in mappings of this process that are
+    readable (and writable if asked): host memory, never e.g. a GPU device pointer
+    (reserved PROT_NONE under CUDA's unified addressing, or not mapped at all).
+    Asks the kernel (PROCMAP_QUERY or /proc/self/maps): nothing is dereferenced."""
+    if nbytes <= 0:
+        return True
+    if address <= 0:
+        return False
+    try:
+        maps = mappings_covering(address, address + nbytes)
+    except LookupError:
+        return False
+    return all(m.readable and (m.writable or not writable) for m in maps)
 
 
 # ---------------------------------------------------------------- kernel feature probes

@@ -197,3 +197,43 @@ class MmpiNotImplementedError(MmpiError, NotImplementedError, AttributeError):
     """
 
     _default_class = "ERR_UNSUPPORTED_OPERATION"
+
+
+# --- buffer exporters and collectives: mmpi errors that are also the built-in
+# exception mpi4py raises for the same mistake (so ``except BufferError`` works)
+
+class MmpiBufferError(MmpiError, BufferError):
+    """A buffer cannot be used as asked: read-only where a receive buffer is needed,
+    not contiguous, or described wrongly by its exporter (DLPack, CUDA array
+    interface), or not host memory.  Also a BufferError, as in mpi4py."""
+
+    _default_class = "ERR_BUFFER"
+
+
+class MmpiTypeError(MmpiError, TypeError):
+    """An argument of the wrong type (an object without a buffer, a malformed
+    exporter description).  Also a TypeError, as in mpi4py."""
+
+    _default_class = "ERR_ARG"
+
+
+class MmpiValueError(MmpiError, ValueError):
+    """An argument of the right type but a wrong value (counts, displacements, an
+    exporter's typestr or tuple length).  Also a ValueError, as in mpi4py."""
+
+    _default_class = "ERR_ARG"
+
+
+class MmpiKeyError(MmpiError, KeyError):
+    """A mandatory key missing from an exporter's description (the CUDA array
+    interface's "data", "typestr", "shape").  Also a KeyError, as in mpi4py."""
+
+    _default_class = "ERR_ARG"
+
+    def __str__(self) -> str:          # KeyError would quote the whole message
+        if len(self.args) == 1 and isinstance(self.args[0], str):
+            return self.args[0]
+        return MmpiError.__str__(self)
+
+
+__all__ += ["MmpiBufferError", "MmpiTypeError", "MmpiValueError", "MmpiKeyError"]

@@ -19,14 +19,19 @@ collectives, which split a buffer into one block per rank.
 
 from __future__ import annotations
 
+import operator
 import re
+import struct
+import sys
+import warnings
 
 import numpy as np
 
-from ..errors import MmpiError
+from .. import _linux
+from ..errors import MmpiBufferError, MmpiError, MmpiKeyError, MmpiTypeError, MmpiValueError
 from ._datatype import Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes", "get_buffer"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -55,8 +60,10 @@ def _pointer_error(obj, writable: bool, what: str) -> MmpiError:
                      f"pickles the objects) or an array of a plain dtype")
 
 
-def byteview(obj, writable: bool, what: str) -> memoryview:
-    """A flat byte memoryview of a contiguous buffer-protocol object.
+def byteview(obj, writable: bool, what: str, _dtype: list | None = None) -> memoryview:
+    """A flat byte memoryview of a contiguous buffer-protocol object, or of a host
+    buffer exported through DLPack or the CUDA array interface (then the element
+    dtype it describes, None for bytes, is appended to ``_dtype`` if given).
 
     Buffers whose items are object pointers are refused (MmpiError); numpy
     datetime64/timedelta64 arrays (which numpy does not export through the
@@ -66,19 +73,26 @@ def byteview(obj, writable: bool, what: str) -> memoryview:
     except TypeError:
         if obj is None:
             return EMPTY if not writable else memoryview(bytearray(0))
-        raise MmpiError(f"{what}: {type(obj).__name__} does not support the buffer protocol; "
-                        f"pass a numpy array, bytearray, ... (lowercase methods move objects)"
-                        ) from None
+        exp = _exported(obj, writable, what)
+        if exp is not None:
+            if _dtype is not None:
+                _dtype.append(exp[1])
+            return exp[0]
+        raise MmpiTypeError(f"{what}: {type(obj).__name__} does not support the buffer "
+                            f"protocol (nor DLPack, nor the CUDA array interface); pass a "
+                            f"numpy array, bytearray, ... (lowercase methods move objects)"
+                            ) from None
     except ValueError as e:  # numpy: "cannot include dtype 'M' in a buffer"
         if not isinstance(obj, np.ndarray) or obj.dtype.hasobject:
             raise MmpiError(f"{what}: {type(obj).__name__} cannot be used as a buffer: "
                             f"{e}") from None
         if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
-            raise MmpiError(f"{what}: the buffer is not contiguous; pass "
-                            f"np.ascontiguousarray(x) and copy back after a receive") from None
+            raise MmpiBufferError(f"{what}: the buffer is not contiguous; pass "
+                                  f"np.ascontiguousarray(x) and copy back after a receive"
+                                  ) from None
         if writable and not obj.flags.writeable:
-            raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
-                            f"receive into a writable buffer") from None
+            raise MmpiBufferError(f"{what}: the receive buffer ({type(obj).__name__}) is "
+                                  f"read-only; receive into a writable buffer") from None
         flat = obj.ravel(order="K")
         return memoryview(flat.view(np.uint8)) if flat.size else memoryview(bytearray(0))
     if mv.c_contiguous and mv.ndim == 1 and mv.format == "B" and not (writable and mv.readonly):
@@ -86,8 +100,9 @@ def byteview(obj, writable: bool, what: str) -> memoryview:
     if mv.format not in _PLAIN_FORMATS and _holds_pointers(obj, mv.format):
         raise _pointer_error(obj, writable, what)
     if writable and mv.readonly:
-        raise MmpiError(f"{what}: the receive buffer ({type(obj).__name__}) is read-only; "
-                        f"receive into a writable buffer (bytearray, numpy array)")
+        raise MmpiBufferError(f"{what}: the receive buffer ({type(obj).__name__}) is "
+                              f"read-only; receive into a writable buffer (bytearray, "
+                              f"numpy array)")
     if not mv.c_contiguous:
         if mv.f_contiguous:
             arr = np.asarray(obj)
@@ -99,9 +114,9 @@ def byteview(obj, writable: bool, what: str) -> memoryview:
             if writable and mv.readonly:  # pragma: no cover
                 raise MmpiError(f"{what}: the receive buffer is read-only")
             return mv
-        raise MmpiError(f"{what}: the buffer is not contiguous (a strided numpy view such "
-                        f"as a[:, ::2] or a column?); pass np.ascontiguousarray(x) and copy "
-                        f"back after a receive")
+        raise MmpiBufferError(f"{what}: the buffer is not contiguous (a strided numpy view "
+                              f"such as a[:, ::2] or a column?); pass "
+                              f"np.ascontiguousarray(x) and copy back after a receive")
     if mv.ndim != 1 or mv.format != "B":
         if not mv.nbytes:   # (cast refuses a zero in the shape, as an (n, 0) array's)
             return memoryview(bytearray(0)) if writable else EMPTY
@@ -134,15 +149,29 @@ class Buf:
 
 
 def intlist(x, n, what, name):
+    """``n`` ints from a sequence of ``n`` integers (numpy arrays too), or from one
+    integer (a numpy scalar or 0-d array too) meaning the same for every rank."""
     try:
-        xs = [int(v) for v in x]
+        xs = [operator.index(x)] * n
     except TypeError:
-        raise MmpiError(f"{what}: {name} must be a sequence of {n} ints, got {x!r}") from None
+        try:
+            xs = [operator.index(v) for v in x]
+        except TypeError:
+            raise MmpiTypeError(f"{what}: {name} must be an int or a sequence of {n} ints, "
+                                f"got {x!r}") from None
     if len(xs) != n:
-        raise MmpiError(f"{what}: {name} has {len(xs)} entries, the communicator has {n} ranks")
+        raise MmpiValueError(f"{what}: {name} has {len(xs)} entries, the communicator has "
+                             f"{n} ranks")
     if any(v < 0 for v in xs):
-        raise MmpiError(f"{what}: negative entry in {name} {xs}")
+        raise MmpiValueError(f"{what}: negative entry in {name} {xs}")
     return xs
+
+
+def _index_or_none(x):
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
 
 
 def parse(spec, writable, what, blocks=1, vector=False):
@@ -152,7 +181,7 @@ def parse(spec, writable, what, blocks=1, vector=False):
     b = Buf()
     if type(spec) is np.ndarray and not vector and spec.flags.c_contiguous and \
             (spec.flags.writeable or not writable) and spec.dtype.kind in "biufc" and \
-            spec.size % blocks == 0:
+            spec.size % blocks == 0 and spec.dtype.byteorder != _SWAPPED_ORDER:
         # fast path: a plain contiguous numeric numpy array
         a = spec.reshape(-1)
         b.a = a
@@ -172,6 +201,8 @@ def parse(spec, writable, what, blocks=1, vector=False):
         rest = list(spec[1:])
         if rest and (is_datatype(rest[-1]) or isinstance(rest[-1], str)):  # a str: a datatype
             dt = as_datatype(rest.pop())
+        elif len(rest) >= 2 and rest[-1] is None:   # [buf, count(, displ), None]: inferred
+            rest.pop()
         if len(rest) == 1:
             if vector and isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2 and (
                     isinstance(rest[0], tuple) or
@@ -187,50 +218,56 @@ def parse(spec, writable, what, blocks=1, vector=False):
         elif len(rest) == 2:
             count, displ = rest
         elif rest:
-            raise MmpiError(f"{what}: cannot parse buffer spec {spec!r}")
+            raise MmpiValueError(f"{what}: cannot parse buffer spec {spec!r}")
     else:
         buf = spec
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
         dt, count = count, None
-    mv = byteview(buf, writable, what)
+    edt = []
+    mv = byteview(buf, writable, what, edt)
     if dt is not None:
         dtype = np_dtype(dt)
     else:
-        dtype = dtype_of(buf)
+        if edt:   # a DLPack / CUDA-array-interface exporter: the dtype it describes
+            dtype = edt[0] if edt[0] is not None else np.dtype("B")
+        else:
+            dtype = dtype_of(buf)
+            if dtype.byteorder == _SWAPPED_ORDER:
+                _native(dtype, what)
         dt = datatype_of(dtype)
     size = dtype.itemsize
     if size == 0:
-        raise MmpiError(f"{what}: datatype {dtype} has size 0")
+        raise MmpiValueError(f"{what}: datatype {dtype} has size 0")
     if len(mv) % size:
         # a byte buffer holding whole elements is fine; a partial element is not
         if count is None:
-            raise MmpiError(f"{what}: buffer of {len(mv)} bytes is not a whole number of "
+            raise MmpiValueError(f"{what}: buffer of {len(mv)} bytes is not a whole number of "
                             f"{dt.name} ({size} bytes)")
     total = len(mv) // size
     b.dtype = dtype
     b.dt = dt
     if vector:
         if count is None:
-            # mpi4py: a buffer alone splits into equal blocks, one per rank
-            count = total // blocks
-        if isinstance(count, int):
-            count = [count] * blocks
+            # mpi4py: a buffer alone splits into blocks, one per rank (the first
+            # total % blocks ranks get one element more)
+            count = [total // blocks + (total % blocks > i) for i in range(blocks)]
         counts = intlist(count, blocks, what, "counts")
+        stride = _index_or_none(displ)
         if displ is None:
             displs, acc = [], 0
             for c in counts:
                 displs.append(acc)
                 acc += c
-        elif isinstance(displ, int) and not isinstance(displ, bool):
+        elif stride is not None and not isinstance(displ, bool):
             # mpi4py: an int displacement is a stride, block i starts at i * displ
-            if displ < 0:
-                raise MmpiError(f"{what}: negative displacement stride {displ}")
-            displs = [i * displ for i in range(blocks)]
+            if stride < 0:
+                raise MmpiValueError(f"{what}: negative displacement stride {stride}")
+            displs = [i * stride for i in range(blocks)]
         else:
             displs = intlist(displ, blocks, what, "displacements")
         for i, (c, d) in enumerate(zip(counts, displs)):
             if d + c > total:
-                raise MmpiError(f"{what}: block {i} ({c} x {dt.name} at displacement {d}) "
+                raise MmpiValueError(f"{what}: block {i} ({c} x {dt.name} at displacement {d}) "
                                 f"overruns the {len(mv)}-byte buffer ({total} elements)")
         b.mv = mv[:total * size]
         b.counts, b.displs = counts, displs
@@ -238,26 +275,34 @@ def parse(spec, writable, what, blocks=1, vector=False):
     start = 0
     if displ is not None:
         if not isinstance(displ, int) or displ < 0:
-            raise MmpiError(f"{what}: invalid displacement {displ!r}")
+            raise MmpiValueError(f"{what}: invalid displacement {displ!r}")
         start = displ
     if count is None:
         n = total - start
         if n < 0:
-            raise MmpiError(f"{what}: displacement {start} past the end of the buffer")
+            raise MmpiValueError(f"{what}: displacement {start} past the end of the buffer")
         if n % blocks:
-            raise MmpiError(f"{what}: buffer of {n} x {dt.name} does not split into {blocks} "
+            raise MmpiValueError(f"{what}: buffer of {n} x {dt.name} does not split into {blocks} "
                             f"equal blocks (one per rank)")
         count = n // blocks
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise MmpiError(f"{what}: invalid count {count!r}")
+        raise MmpiValueError(f"{what}: invalid count {count!r}")
     end = start + count * blocks
     if end > total:
-        raise MmpiError(f"{what}: {count * blocks} x {dt.name} from element {start} overruns "
+        raise MmpiValueError(f"{what}: {count * blocks} x {dt.name} from element {start} overruns "
                         f"the {len(mv)}-byte buffer")
     b.mv = mv[start * size:end * size]
     b.counts = [count] * blocks
     b.displs = [i * count for i in range(blocks)]
     return b
+
+
+def _native(dtype, what: str) -> None:
+    """A datatype is inferred only from a buffer in native byte order (as mpi4py)."""
+    if dtype.byteorder not in "=|" and not dtype.isnative:
+        raise MmpiBufferError(f"{what}: cannot infer an MPI datatype from a buffer of "
+                              f"non-native byte order ({dtype.str}); pass [buf, datatype] "
+                              f"or byte-swap it (x.astype(x.dtype.newbyteorder('=')))")
 
 
 def message(spec, writable: bool, what: str) -> memoryview:
@@ -266,9 +311,12 @@ def message(spec, writable: bool, what: str) -> memoryview:
     if t is not list and t is not tuple:
         try:  # fast path: a flat, writable-enough byte buffer
             mv = memoryview(spec)
-            if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (
+            fmt = mv.format
+            if fmt == "B" and mv.ndim == 1 and mv.c_contiguous and not (
                     writable and mv.readonly):
                 return mv
+            if fmt[:1] == _SWAPPED_ORDER:   # the datatype would be inferred from it
+                _native(np.dtype(fmt), what)
         except (TypeError, ValueError):
             pass
         return byteview(spec, writable, what)
@@ -282,3 +330,220 @@ def message(spec, writable: bool, what: str) -> memoryview:
 def as_bytes(a) -> memoryview:
     """A flat byte view of a contiguous numpy array."""
     return memoryview(a).cast("B") if a.size else EMPTY
+
+
+# ------------------------------------------------------------------ exporters without the buffer protocol
+# mpi4py accepts, after the buffer protocol, objects exposing DLPack (``__dlpack__`` and
+# ``__dlpack_device__``) and then the CUDA array interface (``__cuda_array_interface__``).
+# driller moves host memory only: a descriptor whose memory is not mapped readable (and
+# writable, for a receive) in this process, e.g. a GPU device pointer, is refused, and
+# nothing it points to is ever read.  The views keep the exporter (and the DLPack
+# capsule, whose destructor frees the producer's tensor once) alive while they live.
+
+_KINDS = {("b", 1): "?",
+          ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "l",
+          ("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "L",
+          ("f", 2): "e", ("f", 4): "f", ("f", 8): "d", ("f", np.dtype("g").itemsize): "g",
+          ("c", 8): "F", ("c", 16): "D", ("c", 2 * np.dtype("g").itemsize): "G"}
+_DL_KINDS = {0: "i", 1: "u", 2: "f", 5: "c", 6: "b"}          # DLDataTypeCode -> typestr kind
+_DL_HOST = {1: "CPU", 3: "CUDAHost", 11: "ROCMHost", 13: "CUDAManaged"}
+_DL_TENSOR = struct.Struct("<QIiiBBHQQQ")   # data, device, ndim, dtype, shape, strides, offset
+_DL_VERSIONED_HEAD = struct.Struct("<IIQQQ")  # version, manager_ctx, deleter, flags
+_DL_READ_ONLY = 1
+_NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
+_SWAPPED_ORDER = ">" if sys.byteorder == "little" else "<"
+_MAX_NDIM = 1024
+
+
+def get_buffer(obj, writable: bool, what: str = "buffer") -> tuple[memoryview, int]:
+    """mpi4py's PyMPI_GetBuffer: (flat byte view, kind) of any buffer ``obj``:
+    kind 0 for the buffer protocol, the DLPack device type (1: CPU) for a DLPack
+    exporter, 2 (kDLCUDA) for a CUDA-array-interface exporter (as mpi4py reports
+    it, whatever memory it points at: MPI.buffer then refuses CPU access to it).
+    The view is of host memory in every case (see the exporters below)."""
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        try:
+            dlpack, device = obj.__dlpack__, obj.__dlpack_device__
+        except AttributeError:
+            kind = 2 if hasattr(obj, "__cuda_array_interface__") else 0
+        else:
+            kind = _dlpack_device(obj, device, what)[0]
+        return byteview(obj, writable, what), kind
+    if writable and mv.readonly:
+        raise MmpiBufferError(f"{what}: {type(obj).__name__} is read-only")
+    return byteview(obj, writable, what), 0
+
+
+def _exported(obj, writable: bool, what: str):
+    """(flat byte view, element dtype or None for bytes) of a DLPack or CUDA-array-
+    interface exporter; None if ``obj`` is neither."""
+    try:
+        dlpack, device = obj.__dlpack__, obj.__dlpack_device__
+    except AttributeError:
+        pass
+    else:
+        return _dlpack_view(obj, dlpack, device, writable, what)
+    try:
+        cai = obj.__cuda_array_interface__
+    except AttributeError:
+        return None
+    return _cai_view(obj, cai, writable, what)
+
+
+def _host_view(obj, keep, addr: int, nbytes: int, readonly: bool, writable: bool,
+               check_host: bool, what: str, kind: str) -> memoryview:
+    if nbytes == 0:
+        return memoryview(bytearray(0)) if writable else EMPTY
+    if check_host and not _linux.host_accessible(addr, nbytes, writable):
+        raise MmpiBufferError(
+            f"{what}: the {kind} of {type(obj).__name__} points at {nbytes} bytes at "
+            f"{addr:#x} that are not {'writable' if writable else 'readable'} host memory "
+            f"of this process (GPU device memory?): driller.MPI moves host memory only; "
+            f"copy the data to a host array first (e.g. cupy.asnumpy)")
+    return _linux.memory_at(addr, nbytes, readonly=readonly or not writable, keep=keep)
+
+
+def _dlpack_device(obj, device, what: str) -> tuple[int, int]:
+    name = type(obj).__name__
+    try:
+        device_type, device_id = device()
+        return operator.index(device_type), operator.index(device_id)
+    except TypeError as e:
+        raise MmpiTypeError(f"{what}: {name}.__dlpack_device__() must return a pair of "
+                            f"ints (device_type, device_id): {e}") from None
+    except ValueError as e:
+        raise MmpiValueError(f"{what}: {name}.__dlpack_device__() must return a pair "
+                             f"(device_type, device_id): {e}") from None
+
+
+def _dlpack_view(obj, dlpack, device, writable: bool, what: str):
+    name = type(obj).__name__
+    device_type = _dlpack_device(obj, device, what)[0]
+    cpu = device_type == 1
+    try:   # DLPack >= 1.0: a versioned capsule (it carries a read-only flag)
+        capsule = dlpack(max_version=(1, 0), copy=False) if cpu else \
+            dlpack(stream=-1, max_version=(1, 0), copy=False)
+        cname = b"dltensor_versioned"
+    except TypeError:   # DLPack 0.x
+        capsule = dlpack() if cpu else dlpack(stream=-1)
+        cname = b"dltensor"
+    ptr = _linux.capsule_pointer(capsule, cname)
+    if ptr is None:
+        raise MmpiBufferError(f"{what}: dlpack: invalid capsule object: {name}.__dlpack__() "
+                              f"returned {type(capsule).__name__}, not an unused PyCapsule "
+                              f"named {cname.decode()!r}")
+    readonly = False
+    if cname == b"dltensor_versioned":
+        major, _, _, _, flags = _DL_VERSIONED_HEAD.unpack(
+            _linux.read_memory(ptr, _DL_VERSIONED_HEAD.size))
+        if major < 1:
+            raise MmpiBufferError(f"{what}: dlpack: unexpected version {major} in a "
+                                  f"versioned capsule of {name}")
+        readonly = bool(flags & _DL_READ_ONLY)
+        ptr += _DL_VERSIONED_HEAD.size
+    (data, tdev, _, ndim, code, bits, lanes, shape_p, strides_p,
+     offset) = _DL_TENSOR.unpack(_linux.read_memory(ptr, _DL_TENSOR.size))
+    if ndim < 0:
+        raise MmpiBufferError(f"{what}: dlpack: number of dimensions is negative ({ndim})")
+    if ndim > _MAX_NDIM:
+        raise MmpiBufferError(f"{what}: dlpack: implausible number of dimensions {ndim}")
+    if ndim and not shape_p:
+        raise MmpiBufferError(f"{what}: dlpack: shape is NULL with {ndim} dimensions")
+    shape = struct.unpack(f"<{ndim}q", _linux.read_memory(shape_p, 8 * ndim)) if ndim else ()
+    if any(s < 0 for s in shape):
+        raise MmpiBufferError(f"{what}: dlpack: negative shape item in {shape}")
+    strides = None
+    if strides_p and ndim:
+        strides = struct.unpack(f"<{ndim}q", _linux.read_memory(strides_p, 8 * ndim))
+        if any(s < 0 for s in strides):
+            raise MmpiBufferError(f"{what}: dlpack: negative strides item in {strides}")
+    if strides is not None and not (_contiguous(shape, strides, 1, "C") or
+                                    _contiguous(shape, strides, 1, "F")):
+        raise MmpiBufferError(f"{what}: dlpack: buffer is not contiguous (shape {shape}, "
+                              f"strides {strides}); pass a contiguous copy")
+    if readonly and writable:
+        raise MmpiBufferError(f"{what}: dlpack: buffer is not writable (its producer "
+                              f"flagged it read-only); receive into a writable buffer")
+    count = 1
+    for s in shape:
+        count *= s
+    itemsize = (bits * lanes + 7) // 8
+    char = None
+    if lanes == 1 and bits % 8 == 0:
+        char = _KINDS.get((_DL_KINDS.get(code), bits // 8))
+    elif lanes == 2 and code == 2:    # pairs of floats: complex
+        char = _KINDS.get(("c", bits // 4))
+    mv = _host_view(obj, (obj, capsule), data + offset, count * itemsize, readonly, writable,
+                    not (device_type in _DL_HOST and tdev in _DL_HOST), what, "DLPack tensor")
+    return mv, (np.dtype(char) if char else None)
+
+
+def _contiguous(shape, strides, itemsize: int, order: str) -> bool:
+    n = len(shape)
+    size = itemsize
+    for i in (range(n - 1, -1, -1) if order == "C" else range(n)):
+        if shape[i] > 1 and strides[i] != size:
+            return False
+        size *= shape[i]
+    return True
+
+
+def _cai_view(obj, cai, writable: bool, what: str):
+    name = type(obj).__name__
+    where = f"{what}: {name}.__cuda_array_interface__"
+    if not isinstance(cai, dict):
+        raise MmpiTypeError(f"{where} must be a dict, got {type(cai).__name__}")
+    try:
+        data, typestr, shape = cai["data"], cai["typestr"], cai["shape"]
+    except KeyError as e:
+        raise MmpiKeyError(f"{where} lacks the mandatory key {e.args[0]!r}") from None
+    strides, descr, mask = cai.get("strides"), cai.get("descr"), cai.get("mask")
+    for key, val, types in (("data", data, tuple), ("typestr", typestr, str),
+                            ("shape", shape, tuple), ("strides", strides, (tuple, type(None))),
+                            ("descr", descr, (list, type(None)))):
+        if not isinstance(val, types):
+            raise MmpiTypeError(f"{where}[{key!r}] has type {type(val).__name__}")
+    if len(data) != 2:
+        raise MmpiValueError(f"{where}['data'] must be (address, readonly), got {data!r}")
+    ptr, readonly = data
+    count = 1
+    try:
+        for s in shape:
+            count *= operator.index(s)
+    except TypeError:
+        raise MmpiTypeError(f"{where}['shape'] must hold ints, got {shape!r}") from None
+    if ptr is None and count == 0:
+        ptr = 0
+    try:
+        ptr = operator.index(ptr)
+    except TypeError:
+        raise MmpiTypeError(f"{where}['data'][0] must be an int address, got "
+                            f"{type(ptr).__name__}") from None
+    try:
+        order, kind, itemsize = typestr[0:1], typestr[1:2], int(typestr[2:])
+    except ValueError:
+        raise MmpiValueError(f"{where}['typestr'] {typestr!r} has no item size") from None
+    if order in "<>" and order != _NATIVE_ORDER:
+        raise MmpiBufferError(f"{where}: typestr {typestr!r} with non-native byte order")
+    if order not in ("<", ">", "|"):
+        raise MmpiBufferError(f"{where}: typestr {typestr!r} with unrecognized byte order")
+    if mask is not None:
+        raise MmpiBufferError(f"{where}: cannot handle masked arrays")
+    if count < 0:
+        raise MmpiBufferError(f"{where}: buffer with negative size (shape {shape})")
+    if strides is not None and not (_contiguous(shape, strides, itemsize, "C") or
+                                    _contiguous(shape, strides, itemsize, "F")):
+        raise MmpiBufferError(f"{where}: buffer is not contiguous (shape {shape}, strides "
+                              f"{strides}, itemsize {itemsize}); pass a contiguous copy")
+    if readonly and writable:
+        raise MmpiBufferError(f"{where}: buffer is not writable (read-only flag in 'data'); "
+                              f"receive into a writable buffer")
+    if descr is not None and (len(descr) != 1 or descr[0] != ("", typestr)):
+        warnings.warn("__cuda_array_interface__: ignoring 'descr' key", RuntimeWarning,
+                      stacklevel=4)
+    char = _KINDS.get((kind, itemsize))
+    mv = _host_view(obj, obj, ptr, count * itemsize, bool(readonly), writable, True, what,
+                    "__cuda_array_interface__")
+    return mv, (np.dtype(char) if char else None)

@@ -21,7 +21,7 @@ from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
-from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce
+from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
@@ -999,6 +999,59 @@ class Comm(_attr.Cached):
     def alltoall(self, sendobj):
         return _alltoall.alltoall(self._cx, sendobj)
 
+    # nonblocking and w forms (``_coll._vcoll``)
+    def Igather(self, sendbuf, recvbuf, root=0) -> Request:
+        """Nonblocking Gather."""
+        return _vcoll.Igather(self._cx, sendbuf, recvbuf, root)
+
+    def Igatherv(self, sendbuf, recvbuf, root=0) -> Request:
+        """Nonblocking Gatherv."""
+        return _vcoll.Igatherv(self._cx, sendbuf, recvbuf, root)
+
+    def Iscatter(self, sendbuf, recvbuf, root=0) -> Request:
+        """Nonblocking Scatter."""
+        return _vcoll.Iscatter(self._cx, sendbuf, recvbuf, root)
+
+    def Iscatterv(self, sendbuf, recvbuf, root=0) -> Request:
+        """Nonblocking Scatterv."""
+        return _vcoll.Iscatterv(self._cx, sendbuf, recvbuf, root)
+
+    def Iallgather(self, sendbuf, recvbuf) -> Request:
+        """Nonblocking Allgather."""
+        return _vcoll.Iallgather(self._cx, sendbuf, recvbuf)
+
+    def Iallgatherv(self, sendbuf, recvbuf) -> Request:
+        """Nonblocking Allgatherv."""
+        return _vcoll.Iallgatherv(self._cx, sendbuf, recvbuf)
+
+    def Ialltoall(self, sendbuf, recvbuf) -> Request:
+        """Nonblocking Alltoall."""
+        return _vcoll.Ialltoall(self._cx, sendbuf, recvbuf)
+
+    def Ialltoallv(self, sendbuf, recvbuf) -> Request:
+        """Nonblocking Alltoallv."""
+        return _vcoll.Ialltoallv(self._cx, sendbuf, recvbuf)
+
+    def Alltoallw(self, sendbuf, recvbuf) -> None:
+        """All-to-all with a count, a byte displacement and a datatype per rank."""
+        return _vcoll.Alltoallw(self._cx, sendbuf, recvbuf)
+
+    def Ialltoallw(self, sendbuf, recvbuf) -> Request:
+        """Nonblocking Alltoallw."""
+        return _vcoll.Ialltoallw(self._cx, sendbuf, recvbuf)
+
+    def Ireduce(self, sendbuf, recvbuf, op=SUM, root=0) -> Request:
+        """Nonblocking Reduce."""
+        return _vcoll.Ireduce(self._cx, sendbuf, recvbuf, op, root)
+
+    def Ireduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> Request:
+        """Nonblocking Reduce_scatter_block."""
+        return _vcoll.Ireduce_scatter_block(self._cx, sendbuf, recvbuf, op)
+
+    def Ireduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM) -> Request:
+        """Nonblocking Reduce_scatter."""
+        return _vcoll.Ireduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
+
     def Free(self) -> None:
         """Free the communicator: its attributes are deleted (delete callbacks run),
         its state dropped, and this handle becomes COMM_NULL; any later use of it
@@ -1153,6 +1206,14 @@ class Intracomm(Comm):
 
     def Exscan(self, sendbuf, recvbuf, op=SUM):
         return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
+
+    def Iscan(self, sendbuf, recvbuf, op=SUM) -> Request:
+        """Nonblocking Scan."""
+        return _vcoll.Iscan(self._cx, sendbuf, recvbuf, op)
+
+    def Iexscan(self, sendbuf, recvbuf, op=SUM) -> Request:
+        """Nonblocking Exscan."""
+        return _vcoll.Iexscan(self._cx, sendbuf, recvbuf, op)
 
     def scan(self, sendobj, op=SUM):
         return _reduce.scan(self._cx, sendobj, op)

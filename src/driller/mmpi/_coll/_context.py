@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from ... import _linux
+from ... import _errcodes, _linux
 from ...errors import MmpiError, PeerDiedError
 from .. import _transport as T
 from .._objects import loads
@@ -29,7 +29,7 @@ from .._objects import loads
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check",
-    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -171,7 +171,7 @@ def check_root(cx, root, what) -> int:
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
             not 0 <= root < cx.size:
         raise MmpiError(f"{what}: invalid root {root!r} (communicator of size "
-                        f"{cx.size}; valid: 0..{cx.size - 1})")
+                        f"{cx.size}; valid: 0..{cx.size - 1})", error_class=_errcodes.ERR_ROOT)
     return int(root)
 
 
@@ -207,6 +207,14 @@ def xrecv(cx, mv, src: int, tag: int, blk: bool, what: str):
     r = cr(cx, mv, src, tag)
     yield [r]
     count_check(cx, r, len(mv), what, src)
+
+
+def notify(cx, ranks, tag: int) -> None:
+    """This rank cannot take part (an argument error only it can see): send the
+    ``ranks`` that wait for its message an empty one instead, so that their size
+    check raises (or, expecting nothing, they finish): none is left waiting."""
+    for r in ranks:
+        xsend(cx, memoryview(b""), r, tag)
 
 
 def brecv(cx, mv, src: int, tag: int, what: str) -> None:

@@ -7,7 +7,7 @@ from .._bufspec import parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
 from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check, cr, cs,
-                       drive, first_error, oval, readv, waitall)
+                       drive, first_error, notify, oval, readv, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
@@ -32,7 +32,11 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
     base = cbase(cx)
     t = cx.t
     if me != root:
-        sb = parse(sendbuf, False, what)
+        try:
+            sb = parse(sendbuf, False, what)
+        except MmpiError:
+            notify(cx, (root,), base)   # the root must not wait for us
+            raise
         s = cs(cx, sb.mv, root, base)
         waitall(t, [s])
         first_error((s,))
@@ -41,16 +45,23 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
-    err = None
+    err = bad = None
     if sendbuf is not IN_PLACE and sendbuf is not None:
         # (IN_PLACE, or None as mpi4py on Open MPI: the root's contribution is already
-        # in its block)  A bad buffer is refused here, as every rank checks its own
-        # before communicating; a size mismatch only the root sees is raised last
-        sb = parse(sendbuf, False, what).mv
-        err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
-                          "block of the receive buffer holds {}")
+        # in its block)  A bad buffer is refused once the others' blocks (or their
+        # empty notices, if they refused theirs too) are in: none is left waiting;
+        # a size mismatch only the root sees is raised last
+        try:
+            sb = parse(sendbuf, False, what).mv
+        except MmpiError as e:
+            bad = e
+        else:
+            err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
+                              "block of the receive buffer holds {}")
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
+    if bad is not None:
+        raise bad
     for r, o in ops:
         count_check(cx, o, rb.counts[r] * isz, what, r)
     if err is not None:
@@ -87,13 +98,21 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
         waitall(t, [r])
         count_check(cx, r, rb.nbytes, what, root)
         return
-    sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    try:
+        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    except MmpiError:
+        notify(cx, [r for r in range(n) if r != me], base)   # nobody waits for us
+        raise
     err = None
     if recvbuf is not IN_PLACE and recvbuf is not None:
         # (IN_PLACE, or None as mpi4py on Open MPI: the root's block stays where it is)
-        rb = parse(recvbuf, True, what)
-        err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} bytes "
-                          "but its receive buffer {}")
+        try:
+            rb = parse(recvbuf, True, what)
+        except MmpiError as e:
+            err = e           # raised once the others have their blocks
+        else:
+            err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
+                              "bytes but its receive buffer {}")
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
     first_error(ops)

@@ -8,6 +8,8 @@ is needed, and a barrier ends it.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from ...errors import MmpiError
@@ -16,14 +18,15 @@ from .._const import IN_PLACE
 from ._bcast import g_bcast
 from ._context import (address, brecv, bsend, cbase, check_root, co_recv, co_send, count_check,
                        cr, cs, drive, first_error, orecv, oval, waitall, writev, xrecv, xsend)
-from ._direct import g_direct_ok, g_direct_reduce, g_same_size, g_sync, split_counts
+from ._direct import (g_direct_ok, g_direct_reduce, g_exchange, g_same_size, g_sync,
+                      split_counts)
 from ._gather import g_ogather
 from ._ops import SUM, Op, check_op
 from ._shm import SHM_MAX, shm_allreduce
 
 __all__ = [
     "DIRECT_MIN", "FAST_MAX", "g_reduce", "Reduce", "Allreduce", "g_allreduce",
-    "Reduce_scatter_block", "Reduce_scatter", "Scan", "Exscan", "reduce", "allreduce", "scan",
+    "Reduce_scatter_block", "Reduce_scatter", "g_counts", "red_args", "Scan", "Exscan", "reduce", "allreduce", "scan",
     "exscan",
 ]
 
@@ -322,11 +325,30 @@ def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
     n = cx.size
     op = check_op(op, "Reduce_scatter")
     rb = parse(recvbuf, True, "Reduce_scatter")
-    if recvcounts is None:
-        raise MmpiError("Reduce_scatter needs recvcounts (one per rank)")
-    counts = intlist(recvcounts, n, "Reduce_scatter", "recvcounts")
+    if recvcounts is None:   # as mpi4py: every rank's receive count (an allgather)
+        sb0 = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
+        counts = drive(cx.t, g_counts(cx, rb, sb0, cbase(cx), "Reduce_scatter", True))
+    else:
+        counts = intlist(recvcounts, n, "Reduce_scatter", "recvcounts")
     sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
     reduce_scatter(cx, sb, rb, counts, op, "Reduce_scatter", sendbuf is IN_PLACE)
+
+
+def g_counts(cx, rb, sb, base, what, blk=False):
+    """Reduce_scatter's counts when none are given: every rank's receive count (an
+    allgather; tags base, base + 1), exchanged with every rank's send count so that
+    a send buffer that does not hold the sum is the same error on every rank."""
+    isz = rb.dtype.itemsize
+    table = yield from g_exchange(cx, struct.pack("<2q", rb.nbytes // isz, sb.nbytes // isz),
+                                  base, blk)
+    rows = [struct.unpack_from("<2q", table, 16 * i) for i in range(cx.size)]
+    counts = [c for c, _ in rows]
+    total = sum(counts)
+    for r, (_, s) in enumerate(rows):
+        if s != total:
+            raise MmpiError(f"{what}: rank {r}'s send buffer holds {s} elements but the "
+                            f"receive counts add up to {total}")
+    return counts
 
 
 def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
