@@ -24,9 +24,14 @@ import re
 import numpy as np
 
 from ..errors import MmpiError
-from ._datatype import Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
+from .. import _errcodes, _linux
+from . import _pack
+from ._const import BOTTOM
+from ._datatype import (Datatype, as_datatype, check_message_type, datatype_of, dtype_of,
+                        is_datatype, is_derived, message_runs, np_dtype)
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "parse", "intlist",
+           "as_bytes"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -190,6 +195,23 @@ def parse(spec, writable, what, blocks=1, vector=False):
         buf = spec
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
         dt, count = count, None
+    if dt is not None and not dt.is_predefined:
+        check_message_type(dt, what)
+        if is_derived(dt):
+            if writable or vector or blocks != 1:
+                raise MmpiError(f"{what}: derived datatypes that are not contiguous are "
+                                f"supported in point-to-point calls and in the send buffer "
+                                f"of non-vector rooted collectives only (here: a "
+                                f"{'receive' if writable else 'vector/split'} buffer); "
+                                f"send a contiguous buffer instead",
+                                error_class=_errcodes.ERR_TYPE)
+            packed = _gather(buf, count, displ, dt, what)
+            b.mv = packed
+            b.dtype = np.dtype(f"V{dt.size}") if dt.size else np.dtype("B")
+            b.dt = dt
+            n = len(packed) // dt.size if dt.size else 0
+            b.counts, b.displs = [n], [0]
+            return b
     mv = byteview(buf, writable, what)
     if dt is not None:
         dtype = np_dtype(dt)
@@ -274,7 +296,125 @@ def message(spec, writable: bool, what: str) -> memoryview:
         raise MmpiError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
                         f"[buf, datatype], [buf, count], [buf, count, datatype] or "
                         f"[buf, (count, displ), datatype]")
+    if _derived_spec(spec):
+        if writable:
+            raise MmpiError(f"{what}: receiving into a derived datatype is not supported by "
+                            f"this call; receive into a contiguous buffer",
+                            error_class=_errcodes.ERR_TYPE)
     return parse(spec, writable, what).mv
+
+
+def _derived_spec(spec) -> bool:
+    """True if a list/tuple spec names a datatype that is not predefined."""
+    if len(spec) < 2:
+        return False
+    last = spec[-1]
+    return isinstance(last, Datatype) and last._t is not None and not last._t.predef
+
+
+def _split(spec, what):
+    """(buf, count, displ, dt) of [buf, dt], [buf, count, dt], [buf, (count, displ), dt]
+    and [buf, count, displ, dt]."""
+    buf, rest = spec[0], list(spec[1:])
+    dt = rest.pop()
+    count = displ = None
+    if len(rest) == 1:
+        if isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2:
+            count, displ = rest[0]
+        else:
+            count = rest[0]
+    elif len(rest) == 2:
+        count, displ = rest
+    elif rest:
+        raise MmpiError(f"{what}: cannot parse buffer spec {spec!r}")
+    return buf, count, displ, dt
+
+
+def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
+    """(uint8 array, run offsets, run lengths, count) of a message of a derived type.
+    ``buf`` None or MPI.BOTTOM: the type's displacements are absolute addresses."""
+    t = check_message_type(dt, what)
+    ext = t.ub - t.lb
+    absolute = buf is None or buf is BOTTOM
+    if absolute:
+        arr = None
+        nbytes = 0
+    else:
+        mv = byteview(buf, writable, what)
+        arr = np.frombuffer(mv, np.uint8) if len(mv) else np.zeros(0, np.uint8)
+        nbytes = len(mv)
+    start = 0
+    if displ is not None:
+        if not isinstance(displ, int) or isinstance(displ, bool) or displ < 0:
+            raise MmpiError(f"{what}: invalid displacement {displ!r}")
+        start = displ * ext
+    if count is None:
+        if absolute:
+            raise MmpiError(f"{what}: a message at MPI.BOTTOM needs an explicit count")
+        count = (nbytes - start) // ext if ext > 0 and nbytes > start else 0
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise MmpiError(f"{what}: invalid count {count!r} (an int >= 0)",
+                        error_class=_errcodes.ERR_COUNT)
+    roff, rlen = message_runs(t, count)
+    if roff.size == 0:
+        return np.zeros(0, np.uint8), roff, rlen, count
+    roff = roff + start
+    lo = int(roff.min())
+    hi = int((roff + rlen).max())
+    if absolute:
+        if lo <= 0:
+            raise MmpiError(f"{what}: a message at MPI.BOTTOM needs absolute addresses "
+                            f"(MPI.Get_address) as the datatype's displacements",
+                            error_class=_errcodes.ERR_BUFFER)
+        arr = np.frombuffer(_linux.memory_at(lo, hi - lo, readonly=not writable), np.uint8)
+        return arr, roff - lo, rlen, count
+    if lo < 0 or hi > nbytes:
+        raise MmpiError(f"{what}: {count} item(s) of the derived datatype (size {t.size}, "
+                        f"extent {ext}, lb {t.lb}) reach bytes {lo}..{hi} of a {nbytes}-byte "
+                        f"buffer; pass a larger buffer or a smaller count",
+                        error_class=_errcodes.ERR_BUFFER)
+    return arr, roff, rlen, count
+
+
+def _gather(buf, count, displ, dt, what) -> memoryview:
+    """The packed bytes of a send buffer of a derived type: the one gather copy."""
+    arr, roff, rlen, count = _derived_view(buf, count, displ, dt, False, what)
+    out = np.empty(count * dt._t.size, np.uint8)
+    _pack.gather(arr, roff, rlen, out)
+    return memoryview(out) if out.size else EMPTY
+
+
+def recv_message(spec, what: str):
+    """``(mv, unpack)`` of a receive buffer spec: ``unpack`` is None for contiguous
+    buffers; for a derived datatype ``mv`` is a packed staging buffer and
+    ``unpack(nbytes)`` scatters the ``nbytes`` received into the user's buffer."""
+    t = type(spec)
+    if (t is not list and t is not tuple) or not _derived_spec(spec):
+        return message(spec, True, what), None
+    buf, count, displ, dt = _split(spec, what)
+    if not is_derived(dt):
+        return parse(spec, True, what).mv, None
+    arr, roff, rlen, count = _derived_view(buf, count, displ, dt, True, what)
+    staging = np.empty(count * dt._t.size, np.uint8)
+
+    def unpack(nbytes: int) -> None:
+        ro, rl = roff, rlen
+        if nbytes < staging.size:
+            ro, rl = _cut(roff, rlen, nbytes)
+        _pack.scatter(staging, ro, rl, arr)
+
+    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
+
+
+def _cut(roff, rlen, n):
+    """The runs covering the first ``n`` bytes of the packed stream."""
+    end = np.cumsum(rlen)
+    k = int(np.searchsorted(end, n, side="left"))
+    if k >= rlen.size:
+        return roff, rlen
+    ro, rl = roff[:k + 1].copy(), rlen[:k + 1].copy()
+    rl[k] -= int(end[k]) - n
+    return ro, rl
 
 
 def as_bytes(a) -> memoryview:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..errors import MmpiError
 from . import _transport as T
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, UNDEFINED
-from ._datatype import BYTE, as_datatype
+from ._datatype import BYTE, as_datatype, count_of, elements_of
 from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "CollRequest", "REQUEST_NULL", "fill", "self_sync",
@@ -49,13 +49,10 @@ class Status:
         self.error = error
 
     def Get_count(self, datatype=BYTE) -> int:
-        dt = as_datatype(datatype)
-        if self.count % dt.size:
-            return UNDEFINED
-        return self.count // dt.size
+        return count_of(as_datatype(datatype), self.count)
 
     def Get_elements(self, datatype=BYTE) -> int:
-        return self.Get_count(datatype)
+        return elements_of(as_datatype(datatype), self.count)
 
     def Is_cancelled(self) -> bool:
         return self.cancelled
@@ -148,6 +145,9 @@ class Request:
                 return None
             cnt = op.count if op.capacity is None else min(op.count, op.capacity)
             fill(status, cx.rank_of(m.source), m.tag, op.error, cnt)
+            unpack = getattr(op, "unpack", None)
+            if unpack is not None:  # a derived datatype: scatter what arrived
+                unpack(cnt)
             if op.exc is not None:
                 raise op.exc
             if self._kind == K_ORECV:
