@@ -158,6 +158,7 @@ def _dim_range(d) -> tuple[int, int, int]:
 def _bounds(t: _T, blocks) -> None:
     """Size, lb/ub and true lb/ub of a derived type from its blocks."""
     t.blocks = blocks
+    t.align = max([b[2].align for b in blocks] or [1])
     size = 0
     lb = ub = tlb = tub = None
     for disp, dims, child in blocks:
@@ -572,6 +573,13 @@ class Datatype:
         t = _derived(C.COMBINER_STRUCT, [len(bl)] + bl, dp, olds,
                      {"blocklengths": bl, "displacements": dp})
         _bounds(t, [(d, ((b, _ext(o)),), o) for b, d, o in zip(bl, dp, olds)])
+        # as C structs (and Open MPI): the extent is padded to the largest alignment
+        align = max([o.align for b, o in zip(bl, olds) if b > 0] or [1])
+        t.align = align
+        ext = t.ub - t.lb
+        if align > 1 and ext % align:
+            t.ub += align - ext % align
+            t.dense = False
         return _new(t)
 
     def Create_subarray(self, sizes, subsizes, starts, order: int = C.ORDER_C) -> Datatype:
@@ -952,6 +960,8 @@ def typealign(datatype: Datatype):
         return None
     while t.comb == C.COMBINER_DUP:
         t = t.types[0]
+    if t.blocks is not None:
+        return None
     return t.align or None
 
 
