@@ -30,8 +30,8 @@ from ._const import BOTTOM
 from ._datatype import (Datatype, as_datatype, check_message_type, datatype_of, dtype_of,
                         is_datatype, is_derived, message_runs, np_dtype)
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "parse", "intlist",
-           "as_bytes"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
+           "intlist", "as_bytes"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -302,6 +302,11 @@ def message(spec, writable: bool, what: str) -> memoryview:
                             f"this call; receive into a contiguous buffer",
                             error_class=_errcodes.ERR_TYPE)
     return parse(spec, writable, what).mv
+
+
+def is_derived_spec(spec) -> bool:
+    """True if ``spec`` is a list/tuple naming a datatype that is not predefined."""
+    return type(spec) in (list, tuple) and _derived_spec(spec)
 
 
 def _derived_spec(spec) -> bool:
