@@ -28,7 +28,7 @@ from .. import _errcodes, _linux
 from . import _pack
 from ._const import BOTTOM
 from ._datatype import (Datatype, as_datatype, check_message_type, datatype_of, dtype_of,
-                        is_datatype, is_derived, message_runs, np_dtype)
+                        is_datatype, is_derived, message_runs, np_dtype, set_buffer_view)
 
 __all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
            "intlist", "as_bytes"]
@@ -420,6 +420,9 @@ def _cut(roff, rlen, n):
     ro, rl = roff[:k + 1].copy(), rlen[:k + 1].copy()
     rl[k] -= int(end[k]) - n
     return ro, rl
+
+
+set_buffer_view(byteview)   # Datatype.Pack/Unpack take their buffers as messages do
 
 
 def as_bytes(a) -> memoryview:

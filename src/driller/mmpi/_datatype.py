@@ -34,7 +34,7 @@ __all__ = ["Datatype", "DATATYPES", "DATATYPE_NULL", "BYTE", "TYPECHARS", "as_da
            "is_datatype", "np_dtype", "dtype_of", "datatype_of", "is_derived", "check_message_type",
            "pack_into", "unpack_from", "message_runs", "count_of", "elements_of",
            "Get_address", "Aint_add", "Aint_diff", "typecode", "typealign", "TYPEDICT",
-           "TYPEDICT_C", "TYPEDICT_F"]
+           "TYPEDICT_C", "TYPEDICT_F", "set_buffer_view"]
 
 _ERR_TYPE = _errcodes.ERR_TYPE
 _ERR_ARG = _errcodes.ERR_ARG
@@ -1292,8 +1292,21 @@ def elements_of(dt: Datatype, nbytes: int) -> int:
     return n
 
 
+_buffer_view = []   # the buffer-spec layer's byte viewer, once registered
+
+
+def set_buffer_view(fn) -> None:
+    """Register ``fn(obj, writable, what) -> flat byte memoryview``, the buffer-spec
+    layer's viewer (which knows buffer exporters such as DLPack): Pack/Unpack take
+    their buffers through it.  Called once by :mod:`._bufspec` at import."""
+    _buffer_view[:] = [fn]
+
+
 def _raw(buf, writable: bool, what: str) -> np.ndarray:
     """A flat uint8 numpy view of a contiguous buffer."""
+    if _buffer_view:
+        mv = _buffer_view[0](buf, writable, what)
+        return np.frombuffer(mv, np.uint8) if len(mv) else np.zeros(0, np.uint8)
     try:
         mv = memoryview(buf)
     except TypeError:
