@@ -352,3 +352,27 @@ def test_collectives_with_derived_types():
     assert res[0][0] == [0, 2, 100, 102]
     assert res[0][1] == [0, 1, 2, 3] and res[1][1] == [0, 101, 2, 103]
     assert res[0][2] and res[1][2]     # refused on every rank alike
+
+
+def test_collective_send_buffers_of_derived_types_are_packed():
+    def fn(comm):
+        v = MPI.INT.Create_vector(2, 1, 2).Commit()      # items: [a0, a2], [a3, a5]
+        a = np.arange(8, dtype="i") + 100 * comm.rank
+        sc = np.zeros(2, "i")
+        comm.Scatter([a, 1, v] if comm.rank == 0 else None, [sc, MPI.INT], root=0)
+        sv = np.zeros(2, "i")
+        comm.Scatterv([a, ([1, 1], [1, 0]), v] if comm.rank == 0 else None, [sv, MPI.INT],
+                      root=0)
+        at = np.zeros(4, "i")
+        comm.Alltoall([a, 1, v], [at, MPI.INT])
+        try:
+            comm.Allreduce([a, 1, v], [np.zeros(2, "i"), MPI.INT])
+        except MmpiError:
+            refused = True
+        else:
+            refused = False
+        return sc.tolist(), sv.tolist(), at.tolist(), refused
+    res = mmpi.spawn(fn, 2)
+    assert res[0][:3] == ([0, 2], [3, 5], [0, 2, 100, 102])
+    assert res[1][:3] == ([3, 5], [0, 2], [3, 5, 103, 105])
+    assert res[0][3] and res[1][3]      # reductions of derived types: refused everywhere

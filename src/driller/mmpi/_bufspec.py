@@ -198,20 +198,12 @@ def parse(spec, writable, what, blocks=1, vector=False):
     if dt is not None and not dt.is_predefined:
         check_message_type(dt, what)
         if is_derived(dt):
-            if writable or vector or blocks != 1:
-                raise MmpiError(f"{what}: derived datatypes that are not contiguous are "
-                                f"supported in point-to-point calls and in the send buffer "
-                                f"of non-vector rooted collectives only (here: a "
-                                f"{'receive' if writable else 'vector/split'} buffer); "
-                                f"send a contiguous buffer instead",
-                                error_class=_errcodes.ERR_TYPE)
-            packed = _gather(buf, count, displ, dt, what)
-            b.mv = packed
-            b.dtype = np.dtype(f"V{dt.size}") if dt.size else np.dtype("B")
-            b.dt = dt
-            n = len(packed) // dt.size if dt.size else 0
-            b.counts, b.displs = [n], [0]
-            return b
+            if writable:
+                raise MmpiError(f"{what}: a derived datatype that is not contiguous is "
+                                f"accepted in the send buffers of collectives, not in their "
+                                f"receive buffers; receive into a contiguous buffer and "
+                                f"unpack (Datatype.Unpack)", error_class=_errcodes.ERR_TYPE)
+            return _parse_derived(b, buf, count, displ, dt, what, blocks, vector)
     mv = byteview(buf, writable, what)
     if dt is not None:
         dtype = np_dtype(dt)
@@ -379,6 +371,57 @@ def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
                         f"buffer; pass a larger buffer or a smaller count",
                         error_class=_errcodes.ERR_BUFFER)
     return arr, roff, rlen, count
+
+
+def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
+    """A collective's send buffer of a derived type, packed (the one gather copy):
+    ``b.dtype`` is one opaque element per item, counts and displacements in items."""
+    size = dt._t.size
+    b.dt = dt
+    b.dtype = np.dtype(f"V{size}") if size else np.dtype("B")
+    if not vector:
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise MmpiError(f"{what}: invalid count {count!r}",
+                                error_class=_errcodes.ERR_COUNT)
+            count *= blocks
+        packed = _gather(buf, count, displ, dt, what)
+        n = len(packed) // size if size else 0
+        if n % blocks:
+            raise MmpiError(f"{what}: {n} items of the datatype do not split into {blocks} "
+                            f"equal blocks (one per rank)")
+        per = n // blocks
+        b.mv = packed
+        b.counts = [per] * blocks
+        b.displs = [i * per for i in range(blocks)]
+        return b
+    # vector forms: counts and displacements (in extents) per block
+    ext = dt._t.ub - dt._t.lb
+    if count is None:
+        raise MmpiError(f"{what}: a vector buffer of a derived datatype needs its counts: "
+                        f"[buf, (counts, displs), datatype]")
+    counts = intlist([count] * blocks if isinstance(count, int) else count, blocks, what,
+                     "counts")
+    if displ is None:
+        displs, acc = [], 0
+        for c in counts:
+            displs.append(acc)
+            acc += c
+    elif isinstance(displ, int):
+        displs = [i * displ for i in range(blocks)]
+    else:
+        displs = intlist(displ, blocks, what, "displacements")
+    parts = [_gather(buf, c, d, dt, what) if c else EMPTY for c, d in zip(counts, displs)]
+    packed = np.empty(sum(len(p) for p in parts), np.uint8)
+    pos, b.displs = 0, []
+    for p, c in zip(parts, counts):
+        packed[pos:pos + len(p)] = np.frombuffer(p, np.uint8) if len(p) else packed[:0]
+        b.displs.append(pos // size if size else 0)
+        pos += len(p)
+    del ext
+    b.mv = memoryview(packed) if packed.size else EMPTY
+    b.counts = counts
+    return b
 
 
 def _gather(buf, count, displ, dt, what) -> memoryview:

@@ -1377,8 +1377,10 @@ def Get_address(location) -> int:
     try:
         mv = memoryview(location)
     except TypeError:
-        raise MmpiError(f"Get_address: {type(location).__name__} does not support the buffer "
-                        f"protocol", error_class=_errcodes.ERR_BUFFER) from None
+        if not _buffer_view:
+            raise MmpiError(f"Get_address: {type(location).__name__} does not support the "
+                            f"buffer protocol", error_class=_errcodes.ERR_BUFFER) from None
+        mv = _buffer_view[0](location, False, "Get_address")   # DLPack, CUDA array iface
     if mv.nbytes == 0:
         return 0
     if not mv.c_contiguous:
