@@ -328,7 +328,7 @@ def _split(spec, what):
 
 
 def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
-    """(uint8 array, run offsets, run lengths, count) of a message of a derived type.
+    """(uint8 array, runs, count) of a message of a derived type.
     ``buf`` None or MPI.BOTTOM: the type's displacements are absolute addresses."""
     t = check_message_type(dt, what)
     ext = t.ub - t.lb
@@ -352,25 +352,25 @@ def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise MmpiError(f"{what}: invalid count {count!r} (an int >= 0)",
                         error_class=_errcodes.ERR_COUNT)
-    roff, rlen = message_runs(t, count)
-    if roff.size == 0:
-        return np.zeros(0, np.uint8), roff, rlen, count
-    roff = roff + start
-    lo = int(roff.min())
-    hi = int((roff + rlen).max())
+    runs = message_runs(t, count)
+    if runs.total == 0:
+        return np.zeros(0, np.uint8), runs, count
+    if start:
+        runs = runs.shifted(start)
+    lo, hi = runs.lo, runs.hi
     if absolute:
         if lo <= 0:
             raise MmpiError(f"{what}: a message at MPI.BOTTOM needs absolute addresses "
                             f"(MPI.Get_address) as the datatype's displacements",
                             error_class=_errcodes.ERR_BUFFER)
         arr = np.frombuffer(_linux.memory_at(lo, hi - lo, readonly=not writable), np.uint8)
-        return arr, roff - lo, rlen, count
+        return arr, runs.shifted(-lo), count
     if lo < 0 or hi > nbytes:
         raise MmpiError(f"{what}: {count} item(s) of the derived datatype (size {t.size}, "
                         f"extent {ext}, lb {t.lb}) reach bytes {lo}..{hi} of a {nbytes}-byte "
                         f"buffer; pass a larger buffer or a smaller count",
                         error_class=_errcodes.ERR_BUFFER)
-    return arr, roff, rlen, count
+    return arr, runs, count
 
 
 def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
@@ -426,9 +426,9 @@ def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
 
 def _gather(buf, count, displ, dt, what) -> memoryview:
     """The packed bytes of a send buffer of a derived type: the one gather copy."""
-    arr, roff, rlen, count = _derived_view(buf, count, displ, dt, False, what)
+    arr, runs, count = _derived_view(buf, count, displ, dt, False, what)
     out = np.empty(count * dt._t.size, np.uint8)
-    _pack.gather(arr, roff, rlen, out)
+    _pack.gather(arr, runs, out)
     return memoryview(out) if out.size else EMPTY
 
 
@@ -442,14 +442,14 @@ def recv_message(spec, what: str):
     buf, count, displ, dt = _split(spec, what)
     if not is_derived(dt):
         return parse(spec, True, what).mv, None
-    arr, roff, rlen, count = _derived_view(buf, count, displ, dt, True, what)
+    arr, runs, count = _derived_view(buf, count, displ, dt, True, what)
     staging = np.empty(count * dt._t.size, np.uint8)
 
     def unpack(nbytes: int) -> None:
-        ro, rl = roff, rlen
+        r = runs
         if nbytes < staging.size:
-            ro, rl = _cut(roff, rlen, nbytes)
-        _pack.scatter(staging, ro, rl, arr)
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        _pack.scatter(staging, r, arr)
 
     return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
 

@@ -135,8 +135,8 @@ class Comm:
         self._t.isend(op)
         return op
 
-    def _irecv(self, buf, source, tag, what, ctx=None):
-        mv, unpack = recv_message(buf, what)
+    def _irecv(self, buf, source, tag, what, ctx=None, parsed=None):
+        mv, unpack = recv_message(buf, what) if parsed is None else parsed
         w = self._source(source, what)
         tag = self._rtag(tag, what)
         if unpack is None:
@@ -214,7 +214,8 @@ class Comm:
         except (TypeError, ValueError):
             mv, unpack = recv_message(buf, "Recv")
             if unpack is not None:  # a derived datatype: the generic path unpacks
-                self._wait_recv(self._irecv(buf, source, tag, "Recv"), status)
+                self._wait_recv(self._irecv(buf, source, tag, "Recv", parsed=(mv, unpack)),
+                                status)
                 return
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_UB):
@@ -231,7 +232,7 @@ class Comm:
         smv = message(sendbuf, False, "Sendrecv")
         rmv, unpack = recv_message(recvbuf, "Sendrecv")
         if unpack is not None:  # a derived receive datatype: the generic path unpacks
-            r = self._irecv(recvbuf, source, recvtag, "Sendrecv")
+            r = self._irecv(recvbuf, source, recvtag, "Sendrecv", parsed=(rmv, unpack))
             s = self._isend(smv, dest, sendtag, False, "Sendrecv")
             self._wait_send(s)
             self._wait_recv(r, status)
@@ -268,7 +269,7 @@ class Comm:
         mv, unpack = recv_message(buf, "Sendrecv_replace")
         if unpack is not None:  # a derived datatype: send its packed bytes
             copy = message(buf, False, "Sendrecv_replace")
-            r = self._irecv(buf, source, recvtag, "Sendrecv_replace")
+            r = self._irecv(buf, source, recvtag, "Sendrecv_replace", parsed=(mv, unpack))
             s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
             self._wait_send(s)
             self._wait_recv(r, status)

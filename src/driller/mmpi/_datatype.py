@@ -73,7 +73,7 @@ class _T:
 
     __slots__ = ("name", "attr", "size", "lb", "ub", "tlb", "tub", "comb", "ints", "addrs",
                  "types", "params", "committed", "predef", "named", "char", "tstr", "code",
-                 "npd", "align", "blocks", "_el", "_runs", "dense", "__weakref__")
+                 "npd", "align", "blocks", "_el", "_runs", "_mruns", "dense", "__weakref__")
 
     def __init__(self):
         self.name = ""
@@ -88,6 +88,7 @@ class _T:
         self.blocks = None
         self._el = None
         self._runs = None
+        self._mruns = None
         self.dense = False
 
     # -- the typemap --
@@ -1209,14 +1210,21 @@ def check_message_type(dt: Datatype, what: str) -> _T:
     return t
 
 
-def message_runs(t: _T, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The byte runs of ``count`` items of type ``t`` (offsets from the buffer's start)."""
+def message_runs(t: _T, count: int) -> _pack.Runs:
+    """The byte runs of ``count`` items of type ``t`` (offsets from the buffer's
+    start), cached for the last count used."""
+    m = t._mruns
+    if m is not None and m[0] == count:
+        return m[1]
     if t.dense:
         n = count * t.size
-        return (np.array([t.tlb], np.int64), np.array([n], np.int64)) if n else \
-            (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    roff, rlen = t.runs()
-    return _pack.tile_runs(roff, rlen, count, t.ub - t.lb)
+        r = _pack.Runs(np.array([t.tlb], np.int64), np.array([n], np.int64)) if n else \
+            _pack.Runs(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    else:
+        roff, rlen = t.runs()
+        r = _pack.Runs(*_pack.tile_runs(roff, rlen, count, t.ub - t.lb))
+    t._mruns = (count, r)
+    return r
 
 
 def _stream(t: _T, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1229,11 +1237,10 @@ def _stream(t: _T, count: int) -> tuple[np.ndarray, np.ndarray]:
     return sizes, halves
 
 
-def _check_runs(roff, rlen, nbytes: int, what: str, t: _T, count: int) -> None:
-    if roff.size == 0:
+def _check_runs(runs: _pack.Runs, nbytes: int, what: str, t: _T, count: int) -> None:
+    if runs.total == 0:
         return
-    lo = int(roff.min())
-    hi = int((roff + rlen).max())
+    lo, hi = runs.lo, runs.hi
     if lo < 0 or hi > nbytes:
         raise MmpiError(f"{what}: {count} item(s) of the datatype (size {t.size}, extent "
                         f"{t.ub - t.lb}, lb {t.lb}) reach bytes {lo}..{hi} of a {nbytes}-byte "
@@ -1245,9 +1252,9 @@ def pack_into(src: np.ndarray, t: _T, count: int, out: np.ndarray, what: str,
               external: bool = False) -> None:
     """Gather ``count`` items of ``t`` from ``src`` (uint8, origin at index 0) into
     ``out`` (uint8, ``count * t.size`` bytes)."""
-    roff, rlen = message_runs(t, count)
-    _check_runs(roff, rlen, src.size, what, t, count)
-    _pack.gather(src, roff, rlen, out)
+    runs = message_runs(t, count)
+    _check_runs(runs, src.size, what, t, count)
+    _pack.gather(src, runs, out)
     if external:
         _pack.swap_external(out, *_stream(t, count))
 
@@ -1255,12 +1262,12 @@ def pack_into(src: np.ndarray, t: _T, count: int, out: np.ndarray, what: str,
 def unpack_from(packed: np.ndarray, t: _T, count: int, dst: np.ndarray, what: str,
                 external: bool = False) -> None:
     """Scatter ``count`` items of ``t`` from ``packed`` into ``dst`` (uint8)."""
-    roff, rlen = message_runs(t, count)
-    _check_runs(roff, rlen, dst.size, what, t, count)
+    runs = message_runs(t, count)
+    _check_runs(runs, dst.size, what, t, count)
     if external:
         packed = packed.copy()
         _pack.swap_external(packed, *_stream(t, count))
-    _pack.scatter(packed, roff, rlen, dst)
+    _pack.scatter(packed, runs, dst)
 
 
 def count_of(dt: Datatype, nbytes: int) -> int:
