@@ -376,3 +376,25 @@ def test_collective_send_buffers_of_derived_types_are_packed():
     assert res[0][:3] == ([0, 2], [3, 5], [0, 2, 100, 102])
     assert res[1][:3] == ([3, 5], [0, 2], [3, 5, 103, 105])
     assert res[0][3] and res[1][3]      # reductions of derived types: refused everywhere
+
+
+def test_typed_block_for_w_collectives():
+    from driller.mmpi._bufspec import typed_block
+    sbuf = bytearray(b"abcxyz")
+    rbuf = bytearray(6)
+    st = MPI.Datatype.Create_struct([6], [MPI.Get_address(sbuf)], [MPI.CHAR]).Commit()
+    rt = MPI.Datatype.Create_struct([6], [MPI.Get_address(rbuf)], [MPI.CHAR]).Commit()
+    smv, none = typed_block(MPI.BOTTOM, 1, 0, st, False, "Alltoallw")
+    rmv, unpack = typed_block(MPI.BOTTOM, 1, 0, rt, True, "Alltoallw")
+    assert none is None and bytes(smv) == b"abcxyz"
+    rmv[:] = smv
+    unpack(len(rmv))
+    assert rbuf == sbuf
+    a = np.arange(6, dtype="i")
+    mv, un = typed_block(a, 2, 8, MPI.INT, False, "Alltoallw")    # bytes 8..16: a[2], a[3]
+    assert un is None and np.frombuffer(mv, "i").tolist() == [2, 3]
+    v = MPI.INT.Create_vector(2, 1, 2).Commit()
+    mv, un = typed_block(a, 1, 4, v, False, "Alltoallw")          # a[1], a[3]
+    assert np.frombuffer(mv, "i").tolist() == [1, 3]
+    with pytest.raises(MPI.Exception, match="overruns"):
+        typed_block(a, 7, 0, MPI.INT, False, "Alltoallw")

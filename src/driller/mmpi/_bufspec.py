@@ -31,7 +31,7 @@ from ._datatype import (Datatype, as_datatype, check_message_type, datatype_of, 
                         is_datatype, is_derived, message_runs, np_dtype, set_buffer_view)
 
 __all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
-           "intlist", "as_bytes"]
+           "typed_block", "intlist", "as_bytes"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -327,7 +327,8 @@ def _split(spec, what):
     return buf, count, displ, dt
 
 
-def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
+def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str,
+                  byte_start: int = 0):
     """(uint8 array, runs, count) of a message of a derived type.
     ``buf`` None or MPI.BOTTOM: the type's displacements are absolute addresses."""
     t = check_message_type(dt, what)
@@ -345,6 +346,7 @@ def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
         if not isinstance(displ, int) or isinstance(displ, bool) or displ < 0:
             raise MmpiError(f"{what}: invalid displacement {displ!r}")
         start = displ * ext
+    start += byte_start
     if count is None:
         if absolute:
             raise MmpiError(f"{what}: a message at MPI.BOTTOM needs an explicit count")
@@ -371,6 +373,38 @@ def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str):
                         f"buffer; pass a larger buffer or a smaller count",
                         error_class=_errcodes.ERR_BUFFER)
     return arr, runs, count
+
+
+def typed_block(buf, count: int, byte_displ: int, dt, writable: bool, what: str):
+    """``(mv, unpack)`` of one block of a "w" collective (``Alltoallw``,
+    ``Neighbor_alltoallw``): ``count`` items of ``dt`` from byte ``byte_displ`` of
+    ``buf`` (``MPI.BOTTOM``/None: absolute addresses).  Contiguous types: a slice of
+    the buffer, ``unpack`` None.  Other derived types: a send gets the packed bytes;
+    a receive gets a staging buffer and ``unpack(nbytes)`` to call once it is filled."""
+    dt = as_datatype(dt)
+    t = check_message_type(dt, what)
+    if not is_derived(dt) and buf is not None and buf is not BOTTOM:
+        mv = byteview(buf, writable, what)
+        lo, n = byte_displ + t.tlb if t.npd is None else byte_displ, count * t.size
+        if byte_displ < 0 or lo + n > len(mv):
+            raise MmpiError(f"{what}: {count} x {dt.name or 'datatype'} at byte {byte_displ} "
+                            f"overruns the {len(mv)}-byte buffer",
+                            error_class=_errcodes.ERR_BUFFER)
+        return mv[lo:lo + n], None
+    arr, runs, count = _derived_view(buf, count, None, dt, writable, what, byte_displ)
+    if not writable:
+        out = np.empty(count * t.size, np.uint8)
+        _pack.gather(arr, runs, out)
+        return (memoryview(out) if out.size else EMPTY), None
+    staging = np.empty(count * t.size, np.uint8)
+
+    def unpack(nbytes: int) -> None:
+        r = runs
+        if nbytes < staging.size:
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        _pack.scatter(staging, r, arr)
+
+    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
 
 
 def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
