@@ -398,3 +398,44 @@ def test_typed_block_for_w_collectives():
     assert np.frombuffer(mv, "i").tolist() == [1, 3]
     with pytest.raises(MPI.Exception, match="overruns"):
         typed_block(a, 7, 0, MPI.INT, False, "Alltoallw")
+
+
+def test_message_value_errors_as_mpi4py():
+    buf = bytearray(8)
+    empty = [None, 0, "B"]
+    t = MPI.INT.Create_resized(0, -4).Commit()
+    for spec in ([buf, 0, 1, MPI.DATATYPE_NULL], [buf, None, 0, MPI.DATATYPE_NULL],
+                 [buf, None, t], [buf, 0, 1, t]):
+        with pytest.raises(ValueError):
+            MPI.COMM_SELF.Sendrecv(spec, 0, 0, empty, 0, 0)
+    with pytest.raises(MPI.Exception) as e:     # an explicit count: MPI's own ERR_TYPE
+        MPI.COMM_SELF.Sendrecv([buf, 1, MPI.DATATYPE_NULL], 0, 0, empty, 0, 0)
+    assert e.value.Get_error_class() == MPI.ERR_TYPE
+    v = MPI.SHORT.Create_vector(2, 1, 2).Commit()   # extent 6: 8 bytes are no whole items
+    with pytest.raises(ValueError, match="multiple"):
+        MPI.COMM_SELF.Isend([buf, v], 0, 0)
+
+
+def _persistent_and_probe(comm):
+    v = MPI.INT.Create_vector(2, 1, 3).Commit()
+    if comm.rank == 0:
+        for k in range(3):
+            comm.Send(np.arange(2, dtype="i") + 10 * k, 1, 4)
+        return None
+    r = np.zeros(4, "i")
+    req = comm.Recv_init([r, 1, v], 0, 4)
+    got = []
+    for _ in range(3):
+        st = MPI.Status()
+        comm.Probe(0, 4, st)
+        n = st.Get_count(v)
+        req.Start()
+        req.Wait()
+        got.append((n, r.tolist()))
+    req.Free()
+    return got
+
+
+def test_persistent_receive_of_derived_type_and_probe_count():
+    got = mmpi.spawn(_persistent_and_probe, 2)[1]
+    assert got == [(1, [0, 0, 0, 1]), (1, [10, 0, 0, 11]), (1, [20, 0, 0, 21])]

@@ -27,8 +27,9 @@ from ..errors import MmpiError
 from .. import _errcodes, _linux
 from . import _pack
 from ._const import BOTTOM
-from ._datatype import (Datatype, as_datatype, check_message_type, datatype_of, dtype_of,
-                        is_datatype, is_derived, message_runs, np_dtype, set_buffer_view)
+from ._datatype import (Datatype, MessageValueError, as_datatype, check_message_type,
+                        datatype_of, dtype_of, is_datatype, is_derived, message_runs, np_dtype,
+                        set_buffer_view)
 
 __all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
            "typed_block", "intlist", "as_bytes"]
@@ -195,6 +196,12 @@ def parse(spec, writable, what, blocks=1, vector=False):
         buf = spec
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
         dt, count = count, None
+    if dt is not None and dt._t is None:   # DATATYPE_NULL: mpi4py's checks, then ERR_TYPE
+        if displ is not None and displ != 0:
+            raise MessageValueError(f"{what}: cannot handle displacement, datatype is null")
+        if count is None:
+            raise MessageValueError(f"{what}: cannot infer count, datatype is null")
+        check_message_type(dt, what)
     if dt is not None and not dt.is_predefined:
         check_message_type(dt, what)
         if is_derived(dt):
@@ -344,13 +351,23 @@ def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str,
     start = 0
     if displ is not None:
         if not isinstance(displ, int) or isinstance(displ, bool) or displ < 0:
-            raise MmpiError(f"{what}: invalid displacement {displ!r}")
+            raise MessageValueError(f"{what}: invalid displacement {displ!r}")
+        if displ and ext <= 0:
+            raise MessageValueError(f"{what}: cannot handle displacement, datatype extent "
+                                    f"{ext} (lb:{t.lb}, ub:{t.ub})")
         start = displ * ext
     start += byte_start
     if count is None:
         if absolute:
-            raise MmpiError(f"{what}: a message at MPI.BOTTOM needs an explicit count")
-        count = (nbytes - start) // ext if ext > 0 and nbytes > start else 0
+            raise MessageValueError(f"{what}: a message at MPI.BOTTOM needs an explicit count")
+        if ext <= 0:
+            raise MessageValueError(f"{what}: cannot infer count, datatype extent {ext} "
+                                    f"(lb:{t.lb}, ub:{t.ub})")
+        if (nbytes - start) % ext:
+            raise MessageValueError(f"{what}: cannot infer count, buffer length "
+                                    f"{nbytes - start} is not a multiple of datatype extent "
+                                    f"{ext} (lb:{t.lb}, ub:{t.ub})")
+        count = (nbytes - start) // ext if nbytes > start else 0
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise MmpiError(f"{what}: invalid count {count!r} (an int >= 0)",
                         error_class=_errcodes.ERR_COUNT)

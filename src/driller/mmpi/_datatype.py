@@ -34,11 +34,16 @@ __all__ = ["Datatype", "DATATYPES", "DATATYPE_NULL", "BYTE", "TYPECHARS", "as_da
            "is_datatype", "np_dtype", "dtype_of", "datatype_of", "is_derived", "check_message_type",
            "pack_into", "unpack_from", "message_runs", "count_of", "elements_of",
            "Get_address", "Aint_add", "Aint_diff", "typecode", "typealign", "TYPEDICT",
-           "TYPEDICT_C", "TYPEDICT_F", "set_buffer_view"]
+           "TYPEDICT_C", "TYPEDICT_F", "set_buffer_view", "MessageValueError"]
 
 _ERR_TYPE = _errcodes.ERR_TYPE
 _ERR_ARG = _errcodes.ERR_ARG
 _MAX_ELEMENTS = 1 << 27      # a typemap flattened beyond this is refused (memory)
+
+
+class MessageValueError(MmpiError, ValueError):
+    """A buffer spec whose datatype cannot describe the message (null datatype with a
+    displacement or an inferred count, extent <= 0): a ValueError, as mpi4py's."""
 
 
 def _err(msg: str, cls: int = _ERR_ARG) -> MmpiError:
