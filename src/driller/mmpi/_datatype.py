@@ -23,6 +23,8 @@ extents; ``Get_contents`` in the MPI-3 layout: integers, addresses, no counts).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..errors import MmpiError
@@ -73,6 +75,9 @@ def _basic_complex() -> np.ndarray:
     return np.array([d.kind == "c" for d in _BASIC], bool)
 
 
+_ALL: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # handle -> live _T
+
+
 class _T:
     """One datatype object (what an MPI_Datatype handle names)."""
 
@@ -95,6 +100,7 @@ class _T:
         self._runs = None
         self._mruns = None
         self.dense = False
+        _ALL[id(self)] = self
 
     # -- the typemap --
     def elements(self) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +232,7 @@ class Datatype:
             return NotImplemented
         return self._t is not other._t
 
-    def __hash__(self) -> int:
-        return hash((Datatype, id(self._t)))
+    __hash__ = None     # handles are unhashable, as mpi4py's
 
     def __repr__(self) -> str:
         t = self._t
@@ -241,11 +246,11 @@ class Datatype:
     def __reduce__(self):
         t = self._t
         if t is None:
-            return "DATATYPE_NULL" if self is DATATYPE_NULL else (Datatype, ())
+            return "DATATYPE_NULL" if self is DATATYPE_NULL else (type(self), ())
         if t.named:
             if _CANON.get(id(t)) is self:
                 return t.attr
-            return (Datatype, (_CANON[id(t)],))
+            return (type(self), (_CANON[id(t)],))
         base, comb, params = self.decode()
         return (_recreate, (base, comb, params))
 
@@ -282,11 +287,13 @@ class Datatype:
     def fromhandle(cls, handle: int) -> Datatype:
         """The datatype of an integer handle (predefined ones and 0 only)."""
         if handle == 0:
-            return Datatype()
-        d = _CANON.get(handle)
-        if d is None:
-            raise ValueError(f"no predefined datatype has handle {handle}")
-        return Datatype(d)
+            return cls()
+        t = _ALL.get(handle)
+        if t is None:
+            raise ValueError(f"no datatype has handle {handle}")
+        d = object.__new__(cls)
+        d._t = t
+        return d
 
     # -- sizes and extents --
     def Get_size(self) -> int:
