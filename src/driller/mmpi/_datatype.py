@@ -33,7 +33,8 @@ from . import _const as C
 from . import _pack
 
 __all__ = ["Datatype", "DATATYPES", "DATATYPE_NULL", "BYTE", "TYPECHARS", "as_datatype",
-           "is_datatype", "np_dtype", "dtype_of", "datatype_of", "is_derived", "check_message_type",
+           "is_datatype", "np_dtype", "dtype_of", "datatype_of", "is_derived",
+           "check_message_type",
            "pack_into", "unpack_from", "message_runs", "count_of", "elements_of",
            "Get_address", "Aint_add", "Aint_diff", "typecode", "typealign", "TYPEDICT",
            "TYPEDICT_C", "TYPEDICT_F", "set_buffer_view", "MessageValueError"]
@@ -281,6 +282,7 @@ class Datatype:
 
     @classmethod
     def f2py(cls, arg: int) -> Datatype:
+        """The datatype of a Fortran (integer) handle."""
         return cls.fromhandle(arg)
 
     @classmethod
@@ -1169,6 +1171,7 @@ def as_datatype(d) -> Datatype:
 
 
 def is_datatype(x) -> bool:
+    """True for a Datatype or a typecode string that names one."""
     return isinstance(x, Datatype) or (isinstance(x, str) and x in TYPEDICT)
 
 
