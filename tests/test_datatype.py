@@ -439,3 +439,27 @@ def _persistent_and_probe(comm):
 def test_persistent_receive_of_derived_type_and_probe_count():
     got = mmpi.spawn(_persistent_and_probe, 2)[1]
     assert got == [(1, [0, 0, 0, 1]), (1, [10, 0, 0, 11]), (1, [20, 0, 0, 21])]
+
+
+def test_datatype_attributes_copy_and_delete():
+    k = MPI.Datatype.Create_keyval(copy_fn=lambda o, kv, v: MPI.Datatype.Dup(v),
+                                   delete_fn=lambda o, kv, v: MPI.Datatype.Free(v))
+    obj = MPI.INT.Dup()
+    d1 = obj.Dup()
+    obj.Set_attr(k, d1)
+    assert obj.Get_attr(k) is d1
+    obj2 = obj.Dup()
+    d2 = obj2.Get_attr(k)
+    assert d2 != d1 and d2 != MPI.DATATYPE_NULL
+    obj2.Free()
+    assert d2 == MPI.DATATYPE_NULL            # freed by the delete callback
+    obj.Delete_attr(k)
+    assert d1 == MPI.DATATYPE_NULL and obj.Get_attr(k) is None
+    assert MPI.Datatype.Free_keyval(k) == MPI.KEYVAL_INVALID
+    bad = MPI.Datatype.Create_keyval(copy_fn=lambda o, kv, v: 1 / 0)
+    obj.Set_attr(bad, "x")
+    with pytest.raises(MPI.Exception) as e:
+        obj.Dup()
+    assert e.value.Get_error_class() == MPI.ERR_OTHER
+    obj.Delete_attr(bad)
+    obj.Free()

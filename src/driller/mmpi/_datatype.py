@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import MmpiError
 from .. import _errcodes
+from . import _attr
 from . import _const as C
 from . import _pack
 
@@ -84,7 +85,8 @@ class _T:
 
     __slots__ = ("name", "attr", "size", "lb", "ub", "tlb", "tub", "comb", "ints", "addrs",
                  "types", "params", "committed", "predef", "named", "char", "tstr", "code",
-                 "npd", "align", "blocks", "_el", "_runs", "_mruns", "dense", "__weakref__")
+                 "npd", "align", "blocks", "_el", "_runs", "_mruns", "dense", "attrs",
+                 "__weakref__")
 
     def __init__(self):
         self.name = ""
@@ -101,6 +103,7 @@ class _T:
         self._runs = None
         self._mruns = None
         self.dense = False
+        self.attrs = None
         _ALL[id(self)] = self
 
     # -- the typemap --
@@ -203,11 +206,19 @@ def _bounds(t: _T, blocks) -> None:
 
 # ---------------------------------------------------------------- the handle
 
-class Datatype:
+class Datatype(_attr.Cached):
     """Datatype object (mpi4py's ``MPI.Datatype``): a handle onto a predefined or a
-    derived MPI datatype.  ``Datatype()`` is a null handle (equal to DATATYPE_NULL)."""
+    derived MPI datatype.  ``Datatype()`` is a null handle (equal to DATATYPE_NULL).
+    Attributes (``Create_keyval``, ``Set_attr``...) live with the type object."""
 
     __slots__ = ("_t", "__weakref__")
+    _attr_kind = "datatype"
+
+    def _attributes(self, what: str) -> _attr.Attributes:
+        t = self._check(what.split(".")[-1])
+        if t.attrs is None:
+            t.attrs = _attr.Attributes("datatype")
+        return t.attrs
 
     def __new__(cls, datatype: Datatype | None = None):
         self = object.__new__(cls)
@@ -482,6 +493,8 @@ class Datatype:
             raise _err(f"Datatype.Free: {t.name or 'a predefined datatype'} is predefined and "
                        f"cannot be freed", _ERR_TYPE)
         self._t = None
+        if t.attrs:     # the delete callbacks run (the type object goes with its handles)
+            t.attrs.clear(self, "Datatype.Free")
 
     def free(self) -> None:
         """Call Free if not null or predefined."""
@@ -496,6 +509,9 @@ class Datatype:
         t = _derived(C.COMBINER_DUP, [], [], [old], {})
         _bounds(t, [(0, (), old)])
         t.committed = old.committed
+        if old.attrs:
+            t.attrs = _attr.Attributes("datatype")
+            old.attrs.copy_into(self, t.attrs, "Datatype.Dup")
         return _new(t)
 
     Create_dup = Dup
