@@ -158,6 +158,9 @@ __all__ += ["GROUP_NULL", "SESSION_NULL", "Session", "APPNUM", "IO", "LASTUSEDCO
 # --- topologies
 
 # --- intercommunicators
+from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Create_intercomm)
+
+__all__ += ["Intercomm"]
 
 # --- one-sided communication (windows), Alloc_mem
 
