@@ -76,6 +76,27 @@ __all__ += ["Message", "MESSAGE_NULL", "MESSAGE_NO_PROC", "Grequest", "Attach_bu
             "BUFFER_AUTOMATIC"]
 
 # --- derived datatypes, packing, addresses
+from .mmpi import _datatype as _dtmod  # noqa: E402
+from .mmpi._datatype import Aint_add, Aint_diff, Get_address  # noqa: E402,F401
+from .mmpi._const import (COMBINER_CONTIGUOUS, COMBINER_DARRAY, COMBINER_DUP,  # noqa: E402,F401
+                          COMBINER_F90_COMPLEX, COMBINER_F90_INTEGER, COMBINER_F90_REAL,
+                          COMBINER_HINDEXED, COMBINER_HINDEXED_BLOCK, COMBINER_HVECTOR,
+                          COMBINER_INDEXED, COMBINER_INDEXED_BLOCK, COMBINER_NAMED,
+                          COMBINER_RESIZED, COMBINER_STRUCT, COMBINER_SUBARRAY,
+                          COMBINER_VALUE_INDEX, COMBINER_VECTOR, DISTRIBUTE_BLOCK,
+                          DISTRIBUTE_CYCLIC, DISTRIBUTE_DFLT_DARG, DISTRIBUTE_NONE, ORDER_C,
+                          ORDER_F, ORDER_FORTRAN, TYPECLASS_COMPLEX, TYPECLASS_INTEGER,
+                          TYPECLASS_LOGICAL, TYPECLASS_REAL)
+_DT_MORE = [n for n in _DATATYPES if n not in _DT_NAMES]
+globals().update({n: _DATATYPES[n] for n in _DT_MORE})
+_typedict = _dtmod.TYPEDICT
+_typedict_c = _dtmod.TYPEDICT_C
+_typedict_f = _dtmod.TYPEDICT_F
+_typecode = _dtmod.typecode
+_typealign = _dtmod.typealign
+__all__ += _DT_MORE + [n for n in _const.__all__ if n.startswith(
+    ("COMBINER_", "TYPECLASS_", "ORDER_", "DISTRIBUTE_"))] + [
+    "Get_address", "Aint_add", "Aint_diff"]
 
 # --- buffer exporters and collectives
 

@@ -27,11 +27,16 @@ import warnings
 
 import numpy as np
 
-from .. import _linux
+from .. import _errcodes, _linux
 from ..errors import MmpiBufferError, MmpiError, MmpiKeyError, MmpiTypeError, MmpiValueError
-from ._datatype import Datatype, as_datatype, datatype_of, dtype_of, is_datatype, np_dtype
+from . import _pack
+from ._const import BOTTOM
+from ._datatype import (Datatype, MessageValueError, as_datatype, check_message_type,
+                        datatype_of, dtype_of, is_datatype, is_derived, message_runs, np_dtype,
+                        set_buffer_view)
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "parse", "intlist", "as_bytes", "get_buffer"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
+           "typed_block", "intlist", "as_bytes", "get_buffer"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -223,6 +228,21 @@ def parse(spec, writable, what, blocks=1, vector=False):
         buf = spec
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
         dt, count = count, None
+    if dt is not None and dt._t is None:   # DATATYPE_NULL: mpi4py's checks, then ERR_TYPE
+        if displ is not None and displ != 0:
+            raise MessageValueError(f"{what}: cannot handle displacement, datatype is null")
+        if count is None:
+            raise MessageValueError(f"{what}: cannot infer count, datatype is null")
+        check_message_type(dt, what)
+    if dt is not None and not dt.is_predefined:
+        check_message_type(dt, what)
+        if is_derived(dt):
+            if writable:
+                raise MmpiError(f"{what}: a derived datatype that is not contiguous is "
+                                f"accepted in the send buffers of collectives, not in their "
+                                f"receive buffers; receive into a contiguous buffer and "
+                                f"unpack (Datatype.Unpack)", error_class=_errcodes.ERR_TYPE)
+            return _parse_derived(b, buf, count, displ, dt, what, blocks, vector)
     edt = []
     mv = byteview(buf, writable, what, edt)
     if dt is not None:
@@ -324,7 +344,228 @@ def message(spec, writable: bool, what: str) -> memoryview:
         raise MmpiError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
                         f"[buf, datatype], [buf, count], [buf, count, datatype] or "
                         f"[buf, (count, displ), datatype]")
+    if _derived_spec(spec):
+        if writable:
+            raise MmpiError(f"{what}: receiving into a derived datatype is not supported by "
+                            f"this call; receive into a contiguous buffer",
+                            error_class=_errcodes.ERR_TYPE)
     return parse(spec, writable, what).mv
+
+
+def is_derived_spec(spec) -> bool:
+    """True if ``spec`` is a list/tuple naming a datatype that is not predefined."""
+    return type(spec) in (list, tuple) and _derived_spec(spec)
+
+
+def _derived_spec(spec) -> bool:
+    """True if a list/tuple spec names a datatype that is not predefined."""
+    if len(spec) < 2:
+        return False
+    last = spec[-1]
+    return isinstance(last, Datatype) and last._t is not None and not last._t.predef
+
+
+def _split(spec, what):
+    """(buf, count, displ, dt) of [buf, dt], [buf, count, dt], [buf, (count, displ), dt]
+    and [buf, count, displ, dt]."""
+    buf, rest = spec[0], list(spec[1:])
+    dt = rest.pop()
+    count = displ = None
+    if len(rest) == 1:
+        if isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2:
+            count, displ = rest[0]
+        else:
+            count = rest[0]
+    elif len(rest) == 2:
+        count, displ = rest
+    elif rest:
+        raise MmpiError(f"{what}: cannot parse buffer spec {spec!r}")
+    return buf, count, displ, dt
+
+
+def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str,
+                  byte_start: int = 0):
+    """(uint8 array, runs, count) of a message of a derived type.
+    ``buf`` None or MPI.BOTTOM: the type's displacements are absolute addresses."""
+    t = check_message_type(dt, what)
+    ext = t.ub - t.lb
+    absolute = buf is None or buf is BOTTOM
+    if absolute:
+        arr = None
+        nbytes = 0
+    else:
+        mv = byteview(buf, writable, what)
+        arr = np.frombuffer(mv, np.uint8) if len(mv) else np.zeros(0, np.uint8)
+        nbytes = len(mv)
+    start = 0
+    if displ is not None:
+        if not isinstance(displ, int) or isinstance(displ, bool) or displ < 0:
+            raise MessageValueError(f"{what}: invalid displacement {displ!r}")
+        if displ and ext <= 0:
+            raise MessageValueError(f"{what}: cannot handle displacement, datatype extent "
+                                    f"{ext} (lb:{t.lb}, ub:{t.ub})")
+        start = displ * ext
+    start += byte_start
+    if count is None:
+        if absolute:
+            raise MessageValueError(f"{what}: a message at MPI.BOTTOM needs an explicit count")
+        if ext <= 0:
+            raise MessageValueError(f"{what}: cannot infer count, datatype extent {ext} "
+                                    f"(lb:{t.lb}, ub:{t.ub})")
+        if (nbytes - start) % ext:
+            raise MessageValueError(f"{what}: cannot infer count, buffer length "
+                                    f"{nbytes - start} is not a multiple of datatype extent "
+                                    f"{ext} (lb:{t.lb}, ub:{t.ub})")
+        count = (nbytes - start) // ext if nbytes > start else 0
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise MmpiError(f"{what}: invalid count {count!r} (an int >= 0)",
+                        error_class=_errcodes.ERR_COUNT)
+    runs = message_runs(t, count)
+    if runs.total == 0:
+        return np.zeros(0, np.uint8), runs, count
+    if start:
+        runs = runs.shifted(start)
+    lo, hi = runs.lo, runs.hi
+    if absolute:
+        if lo <= 0:
+            raise MmpiError(f"{what}: a message at MPI.BOTTOM needs absolute addresses "
+                            f"(MPI.Get_address) as the datatype's displacements",
+                            error_class=_errcodes.ERR_BUFFER)
+        arr = np.frombuffer(_linux.memory_at(lo, hi - lo, readonly=not writable), np.uint8)
+        return arr, runs.shifted(-lo), count
+    if lo < 0 or hi > nbytes:
+        raise MmpiError(f"{what}: {count} item(s) of the derived datatype (size {t.size}, "
+                        f"extent {ext}, lb {t.lb}) reach bytes {lo}..{hi} of a {nbytes}-byte "
+                        f"buffer; pass a larger buffer or a smaller count",
+                        error_class=_errcodes.ERR_BUFFER)
+    return arr, runs, count
+
+
+def typed_block(buf, count: int, byte_displ: int, dt, writable: bool, what: str):
+    """``(mv, unpack)`` of one block of a "w" collective (``Alltoallw``,
+    ``Neighbor_alltoallw``): ``count`` items of ``dt`` from byte ``byte_displ`` of
+    ``buf`` (``MPI.BOTTOM``/None: absolute addresses).  Contiguous types: a slice of
+    the buffer, ``unpack`` None.  Other derived types: a send gets the packed bytes;
+    a receive gets a staging buffer and ``unpack(nbytes)`` to call once it is filled."""
+    dt = as_datatype(dt)
+    t = check_message_type(dt, what)
+    if not is_derived(dt) and buf is not None and buf is not BOTTOM:
+        mv = byteview(buf, writable, what)
+        lo, n = byte_displ + t.tlb if t.npd is None else byte_displ, count * t.size
+        if byte_displ < 0 or lo + n > len(mv):
+            raise MmpiError(f"{what}: {count} x {dt.name or 'datatype'} at byte {byte_displ} "
+                            f"overruns the {len(mv)}-byte buffer",
+                            error_class=_errcodes.ERR_BUFFER)
+        return mv[lo:lo + n], None
+    arr, runs, count = _derived_view(buf, count, None, dt, writable, what, byte_displ)
+    if not writable:
+        out = np.empty(count * t.size, np.uint8)
+        _pack.gather(arr, runs, out)
+        return (memoryview(out) if out.size else EMPTY), None
+    staging = np.empty(count * t.size, np.uint8)
+
+    def unpack(nbytes: int) -> None:
+        r = runs
+        if nbytes < staging.size:
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        _pack.scatter(staging, r, arr)
+
+    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
+
+
+def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
+    """A collective's send buffer of a derived type, packed (the one gather copy):
+    ``b.dtype`` is one opaque element per item, counts and displacements in items."""
+    size = dt._t.size
+    b.dt = dt
+    b.dtype = np.dtype(f"V{size}") if size else np.dtype("B")
+    if not vector:
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise MmpiError(f"{what}: invalid count {count!r}",
+                                error_class=_errcodes.ERR_COUNT)
+            count *= blocks
+        packed = _gather(buf, count, displ, dt, what)
+        n = len(packed) // size if size else 0
+        if n % blocks:
+            raise MmpiError(f"{what}: {n} items of the datatype do not split into {blocks} "
+                            f"equal blocks (one per rank)")
+        per = n // blocks
+        b.mv = packed
+        b.counts = [per] * blocks
+        b.displs = [i * per for i in range(blocks)]
+        return b
+    # vector forms: counts and displacements (in extents) per block
+    ext = dt._t.ub - dt._t.lb
+    if count is None:
+        raise MmpiError(f"{what}: a vector buffer of a derived datatype needs its counts: "
+                        f"[buf, (counts, displs), datatype]")
+    counts = intlist([count] * blocks if isinstance(count, int) else count, blocks, what,
+                     "counts")
+    if displ is None:
+        displs, acc = [], 0
+        for c in counts:
+            displs.append(acc)
+            acc += c
+    elif isinstance(displ, int):
+        displs = [i * displ for i in range(blocks)]
+    else:
+        displs = intlist(displ, blocks, what, "displacements")
+    parts = [_gather(buf, c, d, dt, what) if c else EMPTY for c, d in zip(counts, displs)]
+    packed = np.empty(sum(len(p) for p in parts), np.uint8)
+    pos, b.displs = 0, []
+    for p, c in zip(parts, counts):
+        packed[pos:pos + len(p)] = np.frombuffer(p, np.uint8) if len(p) else packed[:0]
+        b.displs.append(pos // size if size else 0)
+        pos += len(p)
+    del ext
+    b.mv = memoryview(packed) if packed.size else EMPTY
+    b.counts = counts
+    return b
+
+
+def _gather(buf, count, displ, dt, what) -> memoryview:
+    """The packed bytes of a send buffer of a derived type: the one gather copy."""
+    arr, runs, count = _derived_view(buf, count, displ, dt, False, what)
+    out = np.empty(count * dt._t.size, np.uint8)
+    _pack.gather(arr, runs, out)
+    return memoryview(out) if out.size else EMPTY
+
+
+def recv_message(spec, what: str):
+    """``(mv, unpack)`` of a receive buffer spec: ``unpack`` is None for contiguous
+    buffers; for a derived datatype ``mv`` is a packed staging buffer and
+    ``unpack(nbytes)`` scatters the ``nbytes`` received into the user's buffer."""
+    t = type(spec)
+    if (t is not list and t is not tuple) or not _derived_spec(spec):
+        return message(spec, True, what), None
+    buf, count, displ, dt = _split(spec, what)
+    if not is_derived(dt):
+        return parse(spec, True, what).mv, None
+    arr, runs, count = _derived_view(buf, count, displ, dt, True, what)
+    staging = np.empty(count * dt._t.size, np.uint8)
+
+    def unpack(nbytes: int) -> None:
+        r = runs
+        if nbytes < staging.size:
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        _pack.scatter(staging, r, arr)
+
+    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
+
+
+def _cut(roff, rlen, n):
+    """The runs covering the first ``n`` bytes of the packed stream."""
+    end = np.cumsum(rlen)
+    k = int(np.searchsorted(end, n, side="left"))
+    if k >= rlen.size:
+        return roff, rlen
+    ro, rl = roff[:k + 1].copy(), rlen[:k + 1].copy()
+    rl[k] -= int(end[k]) - n
+    return ro, rl
+
+
+set_buffer_view(byteview)   # Datatype.Pack/Unpack take their buffers as messages do
 
 
 def as_bytes(a) -> memoryview:

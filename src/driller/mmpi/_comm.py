@@ -20,7 +20,7 @@ from ..errors import MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
-from ._bufspec import EMPTY, message
+from ._bufspec import EMPTY, message, recv_message
 from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
@@ -323,11 +323,15 @@ class Comm(_attr.Cached):
         self._t.isend(op)
         return op
 
-    def _irecv(self, buf, source, tag, what, ctx=None):
-        mv = message(buf, True, what)
+    def _irecv(self, buf, source, tag, what, ctx=None, parsed=None):
+        mv, unpack = recv_message(buf, what) if parsed is None else parsed
         w = self._source(source, what)
         tag = self._rtag(tag, what)
-        op = T.RecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
+        if unpack is None:
+            op = T.RecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
+        else:  # a derived datatype: received into staging, scattered at completion
+            op = _UnpackRecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
+            op.unpack = unpack
         if w == PROC_NULL:
             op.done = True
             return op
@@ -471,7 +475,11 @@ class Comm(_attr.Cached):
                     and not mv.readonly):
                 mv = message(buf, True, "Recv")
         except (TypeError, ValueError):
-            mv = message(buf, True, "Recv")
+            mv, unpack = recv_message(buf, "Recv")
+            if unpack is not None:  # a derived datatype: the generic path unpacks
+                self._wait_recv(self._irecv(buf, source, tag, "Recv", parsed=(mv, unpack)),
+                                status)
+                return
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
@@ -485,7 +493,13 @@ class Comm(_attr.Cached):
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
                  recvtag=ANY_TAG, status=None) -> None:
         smv = message(sendbuf, False, "Sendrecv")
-        rmv = message(recvbuf, True, "Sendrecv")
+        rmv, unpack = recv_message(recvbuf, "Sendrecv")
+        if unpack is not None:  # a derived receive datatype: the generic path unpacks
+            r = self._irecv(recvbuf, source, recvtag, "Sendrecv", parsed=(rmv, unpack))
+            s = self._isend(smv, dest, sendtag, False, "Sendrecv")
+            self._wait_send(s)
+            self._wait_recv(r, status)
+            return
         size = self.size
         if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
                 and 0 <= sendtag <= TAG_MAX and type(source) is int and -1 <= source < size
@@ -515,7 +529,14 @@ class Comm(_attr.Cached):
 
     def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
                          status=None) -> None:
-        mv = message(buf, True, "Sendrecv_replace")
+        mv, unpack = recv_message(buf, "Sendrecv_replace")
+        if unpack is not None:  # a derived datatype: send its packed bytes
+            copy = message(buf, False, "Sendrecv_replace")
+            r = self._irecv(buf, source, recvtag, "Sendrecv_replace", parsed=(mv, unpack))
+            s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
+            self._wait_send(s)
+            self._wait_recv(r, status)
+            return
         copy = bytes(mv)
         r = self._irecv(mv, source, recvtag, "Sendrecv_replace")
         s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
@@ -594,7 +615,7 @@ class Comm(_attr.Cached):
                                 or _null_done_send(), K_SEND)
 
     def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Prequest:
-        message(buf, True, "Recv_init"), self._source(source, "Recv_init"), self._rtag(tag, "Recv_init")
+        recv_message(buf, "Recv_init"), self._source(source, "Recv_init"), self._rtag(tag, "Recv_init")
         return self._persistent(lambda: self._irecv(buf, source, tag, "Recv_init"), K_RECV)
 
     # -- probe --
@@ -1114,6 +1135,13 @@ class Comm(_attr.Cached):
             f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
             f"collectives, communicator construction and groups are); use mpi4py for it "
             f"meanwhile")
+
+
+class _UnpackRecvOp(T.RecvOp):
+    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
+    buffer into the user's buffer when the request completes."""
+
+    __slots__ = ("unpack",)
 
 
 # Methods implemented by modules above this one (they import it): each registers its

@@ -28,7 +28,7 @@ from .._errcodes import ERR_ARG, ERR_OTHER, ERR_REQUEST
 from ..errors import MmpiError
 from . import _transport as T
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, UNDEFINED
-from ._datatype import BYTE, as_datatype
+from ._datatype import BYTE, as_datatype, count_of, elements_of
 from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
@@ -89,17 +89,11 @@ class Status:
     def Get_count(self, datatype=BYTE) -> int:
         """Get the number of *top level* elements (``UNDEFINED`` if the received
         bytes are not a whole number of ``datatype``)."""
-        size = as_datatype(datatype).size
-        n = self._q[2]
-        if size == 0:
-            return 0 if n == 0 else UNDEFINED
-        if n % size:
-            return UNDEFINED
-        return n // size
+        return count_of(as_datatype(datatype), self._q[2])
 
     def Get_elements(self, datatype=BYTE) -> int:
         """Get the number of basic elements in a datatype."""
-        return self.Get_count(datatype)
+        return elements_of(as_datatype(datatype), self._q[2])
 
     def Set_elements(self, datatype, count: int) -> None:
         """Set the number of elements in a status (``count`` elements of ``datatype``)."""
@@ -307,6 +301,9 @@ def _outcome(op, kind, cx, status, peek=False):
         fill(status, cx.rank_of(m.source), m.tag, op.error, cnt)
         if peek:
             return None
+        unpack = getattr(op, "unpack", None)
+        if unpack is not None:  # a derived datatype: scatter what arrived
+            unpack(cnt)
         if op.exc is not None:
             raise op.exc
         if kind == K_ORECV:

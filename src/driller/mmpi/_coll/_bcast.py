@@ -4,7 +4,7 @@ per receiver) or binomial."""
 from __future__ import annotations
 
 from ...errors import MmpiError, PeerDiedError, TruncationError
-from .._bufspec import message
+from .._bufspec import message, recv_message
 from ._context import (brecv, cbase, check_root, co_recv, co_send, drive, first_error, orecv,
                        oval, waitall, xrecv, xsend)
 
@@ -61,7 +61,18 @@ def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
 
 def Bcast(cx, buf, root=0) -> None:
     root = check_root(cx, root, "Bcast")
-    mv = message(buf, cx.rank != root, "Bcast")
+    if cx.rank == root:
+        mv = message(buf, False, "Bcast")    # a derived datatype: packed here
+    else:
+        mv, unpack = recv_message(buf, "Bcast")
+        if unpack is not None:               # a derived datatype: staged, then scattered
+            _bcast(cx, mv, root)
+            unpack(len(mv))
+            return
+    _bcast(cx, mv, root)
+
+
+def _bcast(cx, mv, root) -> None:
     # (a shared-memory-slot Bcast was measured slower: it makes every rank wait
     # for every other, where the flat one only makes receivers wait for the root)
     base = cbase(cx)

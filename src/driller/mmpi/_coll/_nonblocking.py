@@ -10,7 +10,7 @@ flight, and removes it when done.
 from __future__ import annotations
 
 from ...errors import MmpiError
-from .._bufspec import message
+from .._bufspec import is_derived_spec, message
 from .._request import K_SEND, CollRequest, request
 from ._barrier import g_barrier
 from ._bcast import g_bcast
@@ -97,7 +97,9 @@ def Ibarrier(cx):
 
 def Ibcast(cx, buf, root=0):
     root = check_root(cx, root, "Ibcast")
-    mv = message(buf, cx.rank != root, "Ibcast")
+    mv = message(buf, True, "Ibcast") if cx.rank != root else \
+        message(buf, False, "Ibcast") if not is_derived_spec(buf) else \
+        message(buf, True, "Ibcast")   # refused on every rank alike: no rank left waiting
     return coll_request(cx, g_bcast(cx, mv, root, cbase(cx), "Ibcast"))
 
 
