@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ._group import COMM_NULL, GROUP_EMPTY, Group
     from ._request import REQUEST_NULL, Prequest, Request, Status
     from ._spawn import spawn
+    from ._topo import (CART, DIST_GRAPH, GRAPH, UNWEIGHTED, WEIGHTS_EMPTY, Cartcomm,
+                        Compute_dims, Distgraphcomm, Graphcomm, Topocomm)
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
     "MINLOC", "Group", "GROUP_EMPTY", "COMM_NULL", "COMM_TYPE_SHARED", "IN_PLACE",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
+    "Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "Compute_dims", "CART", "GRAPH",
+    "DIST_GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY",
 ]
 
 
@@ -56,6 +60,8 @@ _LAZY = {
     **dict.fromkeys(("COMM_NULL", "GROUP_EMPTY", "Group"), "._group"),
     **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
     "spawn": "._spawn",
+    **dict.fromkeys(("CART", "DIST_GRAPH", "GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY", "Cartcomm",
+                     "Compute_dims", "Distgraphcomm", "Graphcomm", "Topocomm"), "._topo"),
     **dict.fromkeys(("ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead"),
                     "._world"),
 }
@@ -66,6 +72,7 @@ _LAZY = {
 # still knows it is a fork of the rank (the variable's name is _world.ENV_WORLD_FD).
 if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._comm", __name__)
+    importlib.import_module("._topo", __name__)   # Intracomm.Create_cart & co.
 
 
 def __getattr__(name: str):
@@ -75,9 +82,11 @@ def __getattr__(name: str):
         return value
     if name == "COMM_WORLD":
         from ._comm import world_comm
+        from . import _topo  # noqa: F401  (registers the topologies with Intracomm)
         return world_comm()
     if name == "COMM_SELF":
         from ._comm import self_comm
+        from . import _topo  # noqa: F401,F811
         return self_comm()
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 

@@ -20,7 +20,7 @@ from ._bufspec import EMPTY, message
 from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
-from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
+from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB, UNDEFINED
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
                        request, self_sync)
@@ -523,6 +523,22 @@ class Comm:
     def Free(self) -> None:
         pass
 
+    # -- topologies (``_topo``: Topocomm and its subclasses answer otherwise) --
+    def Get_topology(self) -> int:
+        """Return the type of topology (if any) associated with a communicator."""
+        self._t.rank
+        return UNDEFINED
+
+    @property
+    def topology(self) -> int:
+        """Topology type."""
+        return self.Get_topology()
+
+    @property
+    def is_topo(self) -> bool:
+        """Is a topology."""
+        return self.Get_topology() != UNDEFINED
+
     # -- error handlers (``_errhandler``) --
     @classmethod
     def Create_errhandler(cls, errhandler_fn):
@@ -576,6 +592,51 @@ class Intracomm(Comm):
 
     def exscan(self, sendobj, op=SUM):
         return _reduce.exscan(self._cx, sendobj, op)
+
+    # -- topologies: the classes live in ``_topo`` (above this module, which never
+    # imports it); each registers itself here as it is defined (``kind=``), and these
+    # constructors delegate in one line to the registered class.
+    _topologies: dict = {}
+
+    def __init_subclass__(cls, kind: str | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if kind is not None:
+            Intracomm._topologies[kind] = cls
+
+    def _topology(self, kind: str):
+        cls = Intracomm._topologies.get(kind)
+        if cls is None:
+            raise MmpiNotImplementedError(
+                f"topologies are not loaded: import driller.mmpi._topo (driller.MPI does)")
+        return cls
+
+    def Create_cart(self, dims, periods=None, reorder: bool = False):
+        """Create cartesian communicator."""
+        return self._topology("cart").create(self._cx, dims, periods, reorder)
+
+    def Create_graph(self, index, edges, reorder: bool = False):
+        """Create graph communicator."""
+        return self._topology("graph").create(self._cx, index, edges, reorder)
+
+    def Create_dist_graph_adjacent(self, sources, destinations, sourceweights=None,
+                                   destweights=None, info=None, reorder: bool = False):
+        """Create distributed graph communicator."""
+        return self._topology("dist_graph").create_adjacent(
+            self._cx, sources, destinations, sourceweights, destweights, reorder)
+
+    def Create_dist_graph(self, sources, degrees, destinations, weights=None, info=None,
+                          reorder: bool = False):
+        """Create distributed graph communicator."""
+        return self._topology("dist_graph").create(self._cx, sources, degrees, destinations,
+                                                   weights, reorder)
+
+    def Cart_map(self, dims, periods=None) -> int:
+        """Determine optimal process placement on a Cartesian topology."""
+        return self._topology("cart").map(self._cx, dims, periods)
+
+    def Graph_map(self, index, edges) -> int:
+        """Determine optimal process placement on a graph topology."""
+        return self._topology("graph").map(self._cx, index, edges)
 
 
 # ------------------------------------------------------------------ world state
