@@ -32,31 +32,55 @@ from ._nonblocking import coll_request
 __all__ = [
     "Neighbor_allgather", "Neighbor_allgatherv", "Neighbor_alltoall", "Neighbor_alltoallv",
     "Neighbor_alltoallw", "neighbor_allgather", "neighbor_alltoall", "g_exchange",
-    "g_oexchange",
+    "g_oexchange", "Failed",
 ]
 
 
 # ------------------------------------------------------------------ generators
 
-def g_exchange(cx, base, recvs, sends, what):
+def g_exchange(cx, base, recvs, sends, what, err=None):
     """Receive each ``(rank, step, mv)`` of ``recvs`` (exactly len(mv) bytes) and send
-    each of ``sends``; PROC_NULL ranks are skipped."""
+    each of ``sends``; PROC_NULL ranks are skipped.  ``err``: this rank's arguments
+    were bad (its blocks are then empty): the exchange still runs, so that no
+    neighbour is left waiting (each sees an empty message, a count error), and
+    ``err`` is raised at its end."""
     rops = [(r, cr(cx, mv, r, base | s), len(mv)) for r, s, mv in recvs if r != PROC_NULL]
     sops = [cs(cx, mv, r, base | s) for r, s, mv in sends if r != PROC_NULL]
     yield [o for _, o, _ in rops] + sops
+    if err is not None:
+        raise err
     for r, o, n in rops:
         count_check(cx, o, n, what, r)
     first_error(sops)
 
 
-def g_oexchange(cx, base, inplan, sends):
+class Failed:
+    """What a rank whose arguments were bad sends its neighbours instead of an object."""
+
+    __slots__ = ("rank", "text")
+
+    def __init__(self, rank: int, text: str):
+        self.rank, self.text = rank, text
+
+    def __reduce__(self):
+        return Failed, (self.rank, self.text)
+
+
+def g_oexchange(cx, base, inplan, sends, what, err=None):
     """Receive one object per ``(rank, step)`` of ``inplan`` (None from PROC_NULL) and
-    send each ``(rank, step, obj)`` of ``sends``; the received list."""
+    send each ``(rank, step, obj)`` of ``sends``; the received list.  ``err``: this
+    rank's arguments were bad (``sends`` then carry :class:`Failed`), raised at the end."""
     rops = [co_recv(cx, r, base | s) if r != PROC_NULL else None for r, s in inplan]
     sops = [co_send(cx, obj, r, base | s) for r, s, obj in sends if r != PROC_NULL]
     yield [o for o in rops if o is not None] + sops
+    if err is not None:
+        raise err
     out = [None if o is None else oval(o) for o in rops]
     first_error(sops)
+    for v in out:
+        if type(v) is Failed:
+            raise MmpiError(f"{what}: neighbour rank {v.rank} passed invalid arguments "
+                            f"({v.text})")
     return out
 
 
@@ -137,26 +161,38 @@ def _wblocks(spec, writable, what, n):
     return out
 
 
+def _empty(n):
+    return [memoryview(bytearray(0))] * n
+
+
 def _allgather(cx, inplan, outplan, sendbuf, recvbuf, what, vector, nonblocking):
-    smv = parse(sendbuf, False, what).mv
-    rblocks = _blocks(recvbuf, True, what, len(inplan), vector)
+    err = None
+    try:
+        smv = parse(sendbuf, False, what).mv
+        rblocks = _blocks(recvbuf, True, what, len(inplan), vector)
+    except MmpiError as e:
+        err, smv, rblocks = e, memoryview(b""), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
-                     [(r, s, smv) for r, s in outplan], what)
-    return _run(cx, gen, nonblocking)
+                     [(r, s, smv) for r, s in outplan], what, err)
+    return _run(cx, gen, nonblocking and err is None)
 
 
 def _alltoall(cx, inplan, outplan, sendbuf, recvbuf, what, form, nonblocking):
-    if form == "w":
-        sblocks = _wblocks(sendbuf, False, what, len(outplan))
-        rblocks = _wblocks(recvbuf, True, what, len(inplan))
-    else:
-        sblocks = _blocks(sendbuf, False, what, len(outplan), form == "v")
-        rblocks = _blocks(recvbuf, True, what, len(inplan), form == "v")
+    err = None
+    try:
+        if form == "w":
+            sblocks = _wblocks(sendbuf, False, what, len(outplan))
+            rblocks = _wblocks(recvbuf, True, what, len(inplan))
+        else:
+            sblocks = _blocks(sendbuf, False, what, len(outplan), form == "v")
+            rblocks = _blocks(recvbuf, True, what, len(inplan), form == "v")
+    except MmpiError as e:
+        err, sblocks, rblocks = e, _empty(len(outplan)), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
-                     [(r, s, mv) for (r, s), mv in zip(outplan, sblocks)], what)
-    return _run(cx, gen, nonblocking)
+                     [(r, s, mv) for (r, s), mv in zip(outplan, sblocks)], what, err)
+    return _run(cx, gen, nonblocking and err is None)
 
 
 def Neighbor_allgather(cx, inplan, outplan, sendbuf, recvbuf, nonblocking=False):
@@ -193,19 +229,22 @@ def Neighbor_alltoallw(cx, inplan, outplan, sendbuf, recvbuf, nonblocking=False)
 
 def neighbor_allgather(cx, inplan, outplan, sendobj):
     base = cbase(cx)
-    return drive(cx.t, g_oexchange(cx, base, inplan, [(r, s, sendobj) for r, s in outplan]))
+    return drive(cx.t, g_oexchange(cx, base, inplan, [(r, s, sendobj) for r, s in outplan],
+                                   "neighbor_allgather"))
 
 
 def neighbor_alltoall(cx, inplan, outplan, sendobj):
     n = len(outplan)
+    err = None
     try:
         items = list(sendobj)
     except TypeError:
         items = None
     if items is None or len(items) != n:
-        raise MmpiError(f"neighbor_alltoall: pass a sequence of {n} items (one per "
+        err = MmpiError(f"neighbor_alltoall: pass a sequence of {n} items (one per "
                         f"out-neighbour of this rank), got {sendobj!r}")
+        items = [Failed(cx.rank, "neighbor_alltoall: not one item per out-neighbour")] * n
     base = cbase(cx)
     return drive(cx.t, g_oexchange(cx, base, inplan,
-                                   [(r, s, o) for (r, s), o in zip(outplan, items)]))
-
+                                   [(r, s, o) for (r, s), o in zip(outplan, items)],
+                                   "neighbor_alltoall", err))
