@@ -290,8 +290,6 @@ class _DistGraph:
 class Topocomm(Intracomm):
     """Topology intracommunicator."""
 
-    _topo = None
-
     def __init__(self, *args, **kw):
         if len(args) == 1 and not kw:
             # Cartcomm(comm) and friends: a new handle onto a communicator of that class
@@ -304,11 +302,16 @@ class Topocomm(Intracomm):
         super().__init__(*args, **kw)
 
     @classmethod
-    def _make(cls, t, group, ctx, topo):
-        comm = cls.__new__(cls)
-        Intracomm.__init__(comm, t, group, ctx)
-        comm._topo = topo
+    def _with_topo(cls, t, group, ctx, topo):
+        """A new communicator of this class on ``group``/``ctx`` with topology ``topo``
+        (kept in its Context: every handle onto it sees it)."""
+        comm = cls(t, group, ctx)
+        comm._cx.topo = topo
         return comm
+
+    @property
+    def _topo(self):
+        return self._cx.topo
 
     # what Split/Create/Split_type make of a topology communicator: plain Intracomm
     def _new(self, group, ctx):
@@ -317,7 +320,7 @@ class Topocomm(Intracomm):
     def Dup(self, info=None):
         """Duplicate a communicator (with its topology)."""
         topo, t, cls = self._topo, self._t, type(self)
-        return _group.dup(self._cx, lambda g, c: cls._make(t, g, c, topo))
+        return _group.dup(self._cx, lambda g, c: cls._with_topo(t, g, c, topo))
 
     def Clone(self):
         """Clone an existing communicator."""
@@ -431,7 +434,7 @@ class Cartcomm(Topocomm, kind="cart"):
                                                                 "Create_cart"))
         t = cx.t
         color = 0 if cx.rank < _prod(ds) else UNDEFINED
-        return _group.split(cx, color, cx.rank, lambda g, c: cls._make(
+        return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
             t, g, c, _Cart(ds, ps, g.index(t.rank))))
 
     @classmethod
@@ -536,7 +539,7 @@ class Cartcomm(Topocomm, kind="cart"):
         ds = [d for d, k in zip(tp.dims, keep) if k]
         ps = [p for p, k in zip(tp.periods, keep) if k]
         t, cls = self._t, type(self)
-        return _group.split(self._cx, color, key, lambda g, c: cls._make(
+        return _group.split(self._cx, color, key, lambda g, c: cls._with_topo(
             t, g, c, _Cart(ds, ps, g.index(t.rank))))
 
 
@@ -549,7 +552,7 @@ class Graphcomm(Topocomm, kind="graph"):
                                                                      "Create_graph"))
         t = cx.t
         color = 0 if cx.rank < len(idx) else UNDEFINED
-        return _group.split(cx, color, cx.rank, lambda g, c: cls._make(
+        return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
             t, g, c, _Graph(idx, eds, g.index(t.rank))))
 
     @classmethod
@@ -652,7 +655,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
         src, dst, sw, dw, weighted = _checked(cx, what, check)
         topo = _DistGraph(src, dst, sw, dw, weighted)
         t = cx.t
-        return _group.dup(cx, lambda g, c: cls._make(t, g, c, topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, topo))
 
     @classmethod
     def create(cls, cx, sources, degrees, destinations, weights=None, reorder=False):
@@ -688,7 +691,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
                     sw.append(w)
         topo = _DistGraph(src, dst, sw, dw, weighted)
         t = cx.t
-        return _group.dup(cx, lambda g, c: cls._make(t, g, c, topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, topo))
 
     def Get_topology(self) -> int:
         """Return the type of topology (if any) associated with a communicator."""

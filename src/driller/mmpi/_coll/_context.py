@@ -43,10 +43,12 @@ class Context:
     ``size``, whether the group is the world's (``identity``), the ``name``, and
     per-communicator collective state (``seq``: the calls so far, which number
     the tags; ``direct_ok``: whether ranks may read each other's memory, once
-    decided).  ``Comm`` makes one; requests keep it (``t``, ``rank_of``)."""
+    decided; ``topo``: the process topology, whose neighbours the neighbourhood
+    collectives exchange with, set by ``_topo``, else None).  ``Comm`` makes one;
+    requests keep it (``t``, ``rank_of``)."""
 
     __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "name",
-                 "index", "seq", "direct_ok")
+                 "index", "seq", "direct_ok", "topo")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -60,6 +62,7 @@ class Context:
         self.name = name
         self.seq = 0
         self.direct_ok = None
+        self.topo = None
 
     def rank_of(self, world_rank: int) -> int:
         """The communicator rank of a world rank."""
