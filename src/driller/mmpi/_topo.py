@@ -29,7 +29,7 @@ from ..errors import MmpiError
 from . import _group
 from ._coll import _neighbor
 from ._coll._gather import allgather
-from ._comm import Intracomm
+from ._comm import Comm, Intracomm
 from ._const import CART, DIST_GRAPH, GRAPH, PROC_NULL, UNDEFINED, UNWEIGHTED, WEIGHTS_EMPTY
 
 __all__ = [
@@ -107,7 +107,7 @@ def _graph_args(size, index, edges, what):
     idx = _ints(index, what, "index")
     eds = _ints(edges, what, "edges")
     # mpi4py's extension: the 'standard' adjacency form [0, i1, ..., in] is accepted too
-    if len(idx) > 1 and idx[0] == 0 and idx[-1] == len(eds):
+    if idx and idx[0] == 0 and idx[-1] == len(eds):
         idx = idx[1:]
     nnodes = len(idx)
     if nnodes > size:
@@ -287,16 +287,27 @@ class _DistGraph:
 
 # ------------------------------------------------------------------ communicators
 
+_KIND_NAMES = {CART: "cartesian", GRAPH: "graph", DIST_GRAPH: "distributed graph"}
+
+
 class Topocomm(Intracomm):
     """Topology intracommunicator."""
 
+    _code: int | None = None   # the topology of the class (CART...); None: any
+
     def __init__(self, *args, **kw):
         if len(args) == 1 and not kw:
-            # Cartcomm(comm) and friends: a new handle onto a communicator of that class
+            # Cartcomm(comm) and friends: a new handle onto a communicator with that
+            # topology (mpi4py: TypeError for any other communicator)
             comm = args[0]
-            if not isinstance(comm, type(self)) or not isinstance(comm, Topocomm):
+            if comm is None or not comm:
+                return   # a null handle stays null
+            got = comm.Get_topology() if isinstance(comm, Comm) else UNDEFINED
+            want = self._code
+            if got == UNDEFINED or (want is not None and got != want):
                 raise TypeError(f"{type(self).__name__}({type(comm).__name__}): expecting a "
-                                f"{type(self).__name__} communicator")
+                                f"communicator with a {_KIND_NAMES.get(want, 'process')} "
+                                f"topology")
             self.__dict__.update(comm.__dict__)
             return
         super().__init__(*args, **kw)
@@ -428,6 +439,8 @@ class Topocomm(Intracomm):
 class Cartcomm(Topocomm, kind="cart"):
     """Cartesian topology intracommunicator."""
 
+    _code = CART
+
     @classmethod
     def create(cls, cx, dims, periods=None, reorder=False):
         ds, ps = _checked(cx, "Create_cart", lambda: _cart_args(cx.size, dims, periods,
@@ -546,6 +559,8 @@ class Cartcomm(Topocomm, kind="cart"):
 class Graphcomm(Topocomm, kind="graph"):
     """General graph topology intracommunicator."""
 
+    _code = GRAPH
+
     @classmethod
     def create(cls, cx, index, edges, reorder=False):
         idx, eds = _checked(cx, "Create_graph", lambda: _graph_args(cx.size, index, edges,
@@ -634,6 +649,8 @@ class Graphcomm(Topocomm, kind="graph"):
 
 class Distgraphcomm(Topocomm, kind="dist_graph"):
     """Distributed graph topology intracommunicator."""
+
+    _code = DIST_GRAPH
 
     @classmethod
     def create_adjacent(cls, cx, sources, destinations, sourceweights=None,
