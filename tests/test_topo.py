@@ -207,8 +207,10 @@ def test_communicator_without_topology():
 def test_handle_constructors():
     def fn(comm):
         cart = comm.Create_cart([comm.size])
-        graph = comm.Create_graph([1] * comm.size, list(range(comm.size)))
+        n = comm.size   # a directed ring: one edge per node
+        graph = comm.Create_graph(list(range(1, n + 1)), [(i + 1) % n for i in range(n)])
         out = [type(MPI.Cartcomm(cart)).__name__, type(MPI.Topocomm(cart)).__name__,
+               MPI.Topocomm(cart).Get_topology(), MPI.Topocomm(graph).degrees,
                MPI.Cartcomm(cart).topo == cart.topo]
         for cls, arg in ((MPI.Topocomm, comm), (MPI.Graphcomm, cart),
                          (MPI.Distgraphcomm, cart), (MPI.Cartcomm, graph)):
@@ -220,7 +222,7 @@ def test_handle_constructors():
         return out
 
     for got in mmpi.spawn(fn, 2):
-        assert got == ["Cartcomm", "Topocomm", True] + ["TypeError"] * 4
+        assert got == ["Cartcomm", "Topocomm", MPI.CART, (1, 1), True] + ["TypeError"] * 4
 
 
 # ----------------------------------------------------------------- graphs

@@ -205,6 +205,7 @@ def _occurrences(ranks):
 class _Cart:
     """A cartesian grid: ``dims``, ``periods`` (0/1), this rank's ``coords``."""
 
+    code = CART
     __slots__ = ("dims", "periods", "coords", "inplan", "outplan")
 
     def __init__(self, dims, periods, rank):
@@ -256,6 +257,7 @@ class _Cart:
 class _Graph:
     """A graph: cumulative ``index`` (one entry per node) and ``edges``."""
 
+    code = GRAPH
     __slots__ = ("index", "edges", "inplan", "outplan")
 
     def __init__(self, index, edges, rank):
@@ -271,6 +273,7 @@ class _DistGraph:
     """A rank's part of a distributed graph: ``sources``, ``destinations``, their
     weights (None: unweighted)."""
 
+    code = DIST_GRAPH
     __slots__ = ("sources", "destinations", "sweights", "dweights", "weighted",
                  "inplan", "outplan")
 
@@ -323,6 +326,11 @@ class Topocomm(Intracomm):
     @property
     def _topo(self):
         return self._cx.topo
+
+    def Get_topology(self) -> int:
+        """Return the type of topology (if any) associated with a communicator."""
+        self._t.rank
+        return self._cx.topo.code
 
     # what Split/Create/Split_type make of a topology communicator: plain Intracomm
     def _new(self, group, ctx):
@@ -455,11 +463,6 @@ class Cartcomm(Topocomm, kind="cart"):
         ds, _ = _cart_args(cx.size, dims, periods, "Cart_map")
         return cx.rank if cx.rank < _prod(ds) else UNDEFINED
 
-    def Get_topology(self) -> int:
-        """Return the type of topology (if any) associated with a communicator."""
-        self._t.rank
-        return CART
-
     def Get_dim(self) -> int:
         """Return number of dimensions of the Cartesian topology."""
         self._t.rank
@@ -574,11 +577,6 @@ class Graphcomm(Topocomm, kind="graph"):
     def map(cls, cx, index, edges) -> int:
         idx, _ = _graph_args(cx.size, index, edges, "Graph_map")
         return cx.rank if cx.rank < len(idx) else UNDEFINED
-
-    def Get_topology(self) -> int:
-        """Return the type of topology (if any) associated with a communicator."""
-        self._t.rank
-        return GRAPH
 
     def Get_dims(self) -> tuple[int, int]:
         """Return the number of nodes and edges."""
@@ -709,11 +707,6 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
         topo = _DistGraph(src, dst, sw, dw, weighted)
         t = cx.t
         return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, topo))
-
-    def Get_topology(self) -> int:
-        """Return the type of topology (if any) associated with a communicator."""
-        self._t.rank
-        return DIST_GRAPH
 
     def Get_dist_neighbors_count(self) -> tuple[int, int, bool]:
         """Return adjacency information for a distributed graph topology."""
