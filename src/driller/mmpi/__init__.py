@@ -34,6 +34,9 @@ if TYPE_CHECKING:
                         Compute_dims, Distgraphcomm, Graphcomm, Topocomm)
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
+    COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
+    COMM_SELF: Intracomm
+
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
@@ -75,7 +78,7 @@ if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._topo", __name__)   # Intracomm.Create_cart & co.
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
@@ -91,5 +94,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
