@@ -225,6 +225,31 @@ def test_handle_constructors():
         assert got == ["Cartcomm", "Topocomm", MPI.CART, (1, 1), True] + ["TypeError"] * 4
 
 
+class MyCartcomm(MPI.Cartcomm):
+    """A user's subclass whose constructor makes the grid (as mpi4py's subclass tests)."""
+
+    def __new__(cls, comm=None):
+        if comm is not None and comm != MPI.COMM_NULL:
+            comm = comm.Create_cart([comm.size])
+        return super().__new__(cls, comm)
+
+
+def test_user_subclass_keeps_its_class_through_dup():
+    def fn(comm):
+        mine = MyCartcomm(comm)
+        clone = mine.Clone()
+        sub = mine.Sub([False])
+        return (type(mine).__name__, mine.topo, type(clone).__name__, clone.topo,
+                type(mine.Dup()).__name__, type(sub).__name__,
+                mine.neighbor_allgather(comm.rank))
+
+    n = 3
+    for r, got in enumerate(mmpi.spawn(fn, n)):
+        topo = ([n], [0], [r])
+        assert got[:6] == ("MyCartcomm", topo, "MyCartcomm", topo, "MyCartcomm", "Cartcomm")
+        assert got[6] == [r - 1 if r > 0 else None, r + 1 if r < n - 1 else None]
+
+
 # ----------------------------------------------------------------- graphs
 
 def ring_chord(n):

@@ -298,30 +298,45 @@ class Topocomm(Intracomm):
 
     _code: int | None = None   # the topology of the class (CART...); None: any
 
-    def __init__(self, *args, **kw):
-        if len(args) == 1 and not kw:
+    def __new__(cls, comm=None, *args, **kw):
+        if not args and not kw and comm is not None and comm:
             # Cartcomm(comm) and friends: a new handle onto a communicator with that
             # topology (mpi4py: TypeError for any other communicator)
-            comm = args[0]
-            if comm is None or not comm:
-                return   # a null handle stays null
             got = comm.Get_topology() if isinstance(comm, Comm) else UNDEFINED
-            want = self._code
+            want = cls._code
             if got == UNDEFINED or (want is not None and got != want):
-                raise TypeError(f"{type(self).__name__}({type(comm).__name__}): expecting a "
+                raise TypeError(f"{cls.__name__}({type(comm).__name__}): expecting a "
                                 f"communicator with a {_KIND_NAMES.get(want, 'process')} "
                                 f"topology")
-            self.__dict__.update(comm.__dict__)
-            return
+        base = super().__new__
+        if base is not object.__new__:   # a handle layer above: it binds the handle
+            return base(cls, comm, *args, **kw)
+        new = base(cls)
+        if not args and not kw and comm is not None and comm:
+            new.__dict__.update(comm.__dict__)   # a second handle: the same Context
+        return new
+
+    def __init__(self, *args, **kw):
+        if len(args) <= 1 and not kw:
+            return   # Cartcomm(comm): done by __new__ (a subclass's may pass another comm)
         super().__init__(*args, **kw)
 
     @classmethod
     def _with_topo(cls, t, group, ctx, topo):
-        """A new communicator of this class on ``group``/``ctx`` with topology ``topo``
-        (kept in its Context: every handle onto it sees it)."""
-        comm = cls(t, group, ctx)
-        comm._cx.topo = topo
-        return comm
+        """A new communicator of this class on ``group``/``ctx`` with the topology
+        ``topo(rank)`` makes for this rank (kept in its Context: every handle onto it
+        sees it); ``group`` None: a null one (the handle layer's COMM_NULL)."""
+        base = next(k for k in cls.__mro__ if "_code" in k.__dict__)   # Cartcomm...
+        if group is None:
+            return base.__new__(base)
+        comm = base(t, group, ctx)
+        comm._cx.topo = topo(group.index(t.rank))
+        if cls is base:
+            return comm
+        # a user's subclass (Dup/Clone keep the class): a handle of it onto the new
+        # communicator, made as Cartcomm(comm) makes one (its own __new__ may expect
+        # other arguments, as mpi4py's subclassing tests do)
+        return Topocomm.__new__(cls, comm)
 
     @property
     def _topo(self):
@@ -334,12 +349,14 @@ class Topocomm(Intracomm):
 
     # what Split/Create/Split_type make of a topology communicator: plain Intracomm
     def _new(self, group, ctx):
+        if group is None:   # (a null result, where the handle layer asks for one)
+            return Intracomm()
         return Intracomm(self._t, group, ctx)
 
     def Dup(self, info=None):
         """Duplicate a communicator (with its topology)."""
         topo, t, cls = self._topo, self._t, type(self)
-        return _group.dup(self._cx, lambda g, c: cls._with_topo(t, g, c, topo))
+        return _group.dup(self._cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
 
     def Clone(self):
         """Clone an existing communicator."""
@@ -456,7 +473,7 @@ class Cartcomm(Topocomm, kind="cart"):
         t = cx.t
         color = 0 if cx.rank < _prod(ds) else UNDEFINED
         return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
-            t, g, c, _Cart(ds, ps, g.index(t.rank))))
+            t, g, c, lambda r: _Cart(ds, ps, r)))
 
     @classmethod
     def map(cls, cx, dims, periods=None) -> int:
@@ -554,9 +571,9 @@ class Cartcomm(Topocomm, kind="cart"):
                 color = color * d + c
         ds = [d for d, k in zip(tp.dims, keep) if k]
         ps = [p for p, k in zip(tp.periods, keep) if k]
-        t, cls = self._t, type(self)
+        t, cls = self._t, Cartcomm   # (a plain Cartcomm, as mpi4py, even from a subclass)
         return _group.split(self._cx, color, key, lambda g, c: cls._with_topo(
-            t, g, c, _Cart(ds, ps, g.index(t.rank))))
+            t, g, c, lambda r: _Cart(ds, ps, r)))
 
 
 class Graphcomm(Topocomm, kind="graph"):
@@ -571,7 +588,7 @@ class Graphcomm(Topocomm, kind="graph"):
         t = cx.t
         color = 0 if cx.rank < len(idx) else UNDEFINED
         return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
-            t, g, c, _Graph(idx, eds, g.index(t.rank))))
+            t, g, c, lambda r: _Graph(idx, eds, r)))
 
     @classmethod
     def map(cls, cx, index, edges) -> int:
@@ -670,7 +687,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
         src, dst, sw, dw, weighted = _checked(cx, what, check)
         topo = _DistGraph(src, dst, sw, dw, weighted)
         t = cx.t
-        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
 
     @classmethod
     def create(cls, cx, sources, degrees, destinations, weights=None, reorder=False):
@@ -706,7 +723,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
                     sw.append(w)
         topo = _DistGraph(src, dst, sw, dw, weighted)
         t = cx.t
-        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
 
     def Get_dist_neighbors_count(self) -> tuple[int, int, bool]:
         """Return adjacency information for a distributed graph topology."""
