@@ -170,7 +170,7 @@ def _allgather(cx, inplan, outplan, sendbuf, recvbuf, what, vector, nonblocking)
     try:
         smv = parse(sendbuf, False, what).mv
         rblocks = _blocks(recvbuf, True, what, len(inplan), vector)
-    except MmpiError as e:
+    except Exception as e:   # (any bad argument: parsing has no side effect)
         err, smv, rblocks = e, memoryview(b""), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
@@ -187,7 +187,7 @@ def _alltoall(cx, inplan, outplan, sendbuf, recvbuf, what, form, nonblocking):
         else:
             sblocks = _blocks(sendbuf, False, what, len(outplan), form == "v")
             rblocks = _blocks(recvbuf, True, what, len(inplan), form == "v")
-    except MmpiError as e:
+    except Exception as e:   # (any bad argument: parsing has no side effect)
         err, sblocks, rblocks = e, _empty(len(outplan)), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
