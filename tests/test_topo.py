@@ -531,6 +531,29 @@ def test_neighbor_on_single_rank_topologies():
     assert mmpi.spawn(fn, 1) == [([11, 10], [-1, -1], [None, None], [])]
 
 
+def test_neighbor_alltoallw_with_bottom_and_absolute_addresses():
+    def fn(comm):
+        cart = comm.Create_cart([comm.size], [False])
+        r, n = comm.rank, comm.size
+        sb = np.array([10 * r, 10 * r + 1], "d")   # block 0 towards -1, block 1 towards +1
+        rb = np.full(2, -1.0)
+        sa, ra = sb.ctypes.data, rb.ctypes.data       # absolute addresses
+        cart.Neighbor_alltoallw([MPI.BOTTOM, ([1, 1], [sa, sa + 8]), [MPI.DOUBLE] * 2],
+                                [MPI.BOTTOM, ([1, 1], [ra, ra + 8]), [MPI.DOUBLE] * 2])
+        sb += 100   # the nonblocking form, sending from BOTTOM into a plain buffer
+        rb2 = np.full(3, -1.0)
+        cart.Ineighbor_alltoallw([MPI.BOTTOM, ([1, 1], [sa, sa + 8]), [MPI.DOUBLE] * 2],
+                                 [rb2, ([1, 1], [0, 16]), [MPI.DOUBLE] * 2]).Wait()
+        return rb.tolist(), rb2.tolist(), n
+
+    for r, (got, got2, n) in enumerate(mmpi.spawn(fn, 3)):
+        # from the -1 neighbour: what it sent towards +1 (its block 1), and vice versa
+        want = [10 * (r - 1) + 1 if r > 0 else -1.0, 10 * (r + 1) if r < n - 1 else -1.0]
+        assert got == want, (r, got)
+        assert got2 == [w + 100 if w != -1.0 else w for w in want[:1]] + [-1.0] + \
+            [w + 100 if w != -1.0 else w for w in want[1:]], (r, got2)
+
+
 def test_neighbor_argument_errors_do_not_hang():
     """A bad argument on one rank only: that rank still takes part in the exchange
     (with empty blocks), so its neighbours get an error instead of waiting forever."""

@@ -22,10 +22,10 @@ parsed and checked on every rank before anything is posted.
 from __future__ import annotations
 
 from ... import _linux
-from ...errors import MmpiError
+from ...errors import MmpiError, MmpiNotImplementedError
 from .._bufspec import byteview, parse
 from .._const import PROC_NULL
-from .._datatype import as_datatype, is_datatype, np_dtype
+from .._datatype import DATATYPES, as_datatype, is_datatype
 from ._context import cbase, co_recv, co_send, count_check, cr, cs, drive, first_error, oval
 from ._nonblocking import coll_request
 
@@ -138,10 +138,15 @@ def _wblocks(spec, writable, what, n):
     for c, d, t in zip(counts, displs, types):
         if not is_datatype(t):
             raise MmpiError(f"{what}: {t!r} is not a datatype")
+        dt = as_datatype(t)
+        if DATATYPES.get(dt.name) != dt:
+            raise MmpiNotImplementedError(
+                f"{what}: datatype {dt.name or dt!r} is not a predefined datatype; driller "
+                f"moves count x size contiguous bytes per block at a byte displacement")
         c, d = int(c), int(d)
         if c < 0:
             raise MmpiError(f"{what}: negative count {c}")
-        sizes.append((d, c * np_dtype(as_datatype(t)).itemsize))
+        sizes.append((d, c * dt.size))
     if buf is None:   # MPI.BOTTOM: absolute addresses
         out = []
         for d, nb in sizes:
