@@ -454,6 +454,8 @@ def _neighbor_sweep(comm, kind, dtype):
         got = np.concatenate([rb[d:d + c] for c, d in zip(cnt, displ)]) if indeg else rb
         check(got, expect_gather(lambda s: (s % 3 + 1) if s != PN else 2),
               "Neighbor_allgatherv")
+        assert all(rb[d + c] == SENT and rb[d + c + 1] == SENT for c, d in zip(cnt, displ)), \
+            "Neighbor_allgatherv wrote between blocks"
         # Neighbor_alltoall: block j of mine goes to out-neighbour j
         sb = np.array([value(r, j, i) for j in range(outdeg) for i in range(K)], dtype)
         rb = np.full(indeg * K, SENT, dtype)
