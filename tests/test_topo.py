@@ -533,6 +533,24 @@ def test_neighbor_on_single_rank_topologies():
     assert mmpi.spawn(fn, 1) == [([11, 10], [-1, -1], [None, None], [])]
 
 
+def test_neighbor_objects_with_large_buffers():
+    """One pickle, read by every neighbour (large arrays travel out of band)."""
+    def fn(comm):
+        cart = comm.Create_cart([comm.size], [True])
+        big = np.arange(300_000, dtype=np.int64) + comm.rank
+        got = cart.neighbor_allgather({"rank": comm.rank, "a": big})
+        got2 = cart.neighbor_alltoall([big[:10], big])
+        return ([(g["rank"], int(g["a"][0]), int(g["a"][-1]), g["a"].size) for g in got],
+                [(int(g[0]), g.size) for g in got2])
+
+    for n in (1, 3):
+        for r, (got, got2) in enumerate(mmpi.spawn(fn, n)):
+            lo, hi = (r - 1) % n, (r + 1) % n
+            assert got == [(lo, lo, lo + 299_999, 300_000), (hi, hi, hi + 299_999, 300_000)]
+            # from -1: what it sent towards +1 (the whole array); from +1: its first 10
+            assert got2 == [(lo, 300_000), (hi, 10)], (n, r, got2)
+
+
 def test_neighbor_alltoallw_with_bottom_and_absolute_addresses():
     def fn(comm):
         cart = comm.Create_cart([comm.size], [False])

@@ -26,7 +26,8 @@ from ...errors import MmpiError, MmpiNotImplementedError
 from .._bufspec import byteview, parse
 from .._const import PROC_NULL
 from .._datatype import DATATYPES, as_datatype, is_datatype
-from ._context import cbase, co_recv, co_send, count_check, cr, cs, drive, first_error, oval
+from .._objects import dumps
+from ._context import cbase, co_recv, count_check, cr, cs, drive, first_error, oval
 from ._nonblocking import coll_request
 
 __all__ = [
@@ -68,10 +69,13 @@ class Failed:
 
 def g_oexchange(cx, base, inplan, sends, what, err=None):
     """Receive one object per ``(rank, step)`` of ``inplan`` (None from PROC_NULL) and
-    send each ``(rank, step, obj)`` of ``sends``; the received list.  ``err``: this
+    send each ``(rank, step, obj, pickled)`` of ``sends`` (``pickled``: ``dumps(obj)``
+    made once for every neighbour it goes to, or None); the received list.  ``err``: this
     rank's arguments were bad (``sends`` then carry :class:`Failed`), raised at the end."""
     rops = [co_recv(cx, r, base | s) if r != PROC_NULL else None for r, s in inplan]
-    sops = [co_send(cx, obj, r, base | s) for r, s, obj in sends if r != PROC_NULL]
+    t = cx.t
+    sops = [t.send_object(cx.group[r], cx.cctx, base | s, obj, False, what, pickled)
+            for r, s, obj, pickled in sends if r != PROC_NULL]
     yield [o for o in rops if o is not None] + sops
     if err is not None:
         raise err
@@ -233,8 +237,10 @@ def Neighbor_alltoallw(cx, inplan, outplan, sendbuf, recvbuf, nonblocking=False)
 # ------------------------------------------------------------------ objects
 
 def neighbor_allgather(cx, inplan, outplan, sendobj):
-    base = cbase(cx)
-    return drive(cx.t, g_oexchange(cx, base, inplan, [(r, s, sendobj) for r, s in outplan],
+    pickled = dumps(sendobj) if any(r != PROC_NULL for r, _ in outplan) else None
+    base = cbase(cx)   # (pickled once, sent to every out-neighbour)
+    return drive(cx.t, g_oexchange(cx, base, inplan,
+                                   [(r, s, sendobj, pickled) for r, s in outplan],
                                    "neighbor_allgather"))
 
 
@@ -251,5 +257,5 @@ def neighbor_alltoall(cx, inplan, outplan, sendobj):
         items = [Failed(cx.rank, "neighbor_alltoall: not one item per out-neighbour")] * n
     base = cbase(cx)
     return drive(cx.t, g_oexchange(cx, base, inplan,
-                                   [(r, s, o) for (r, s), o in zip(outplan, items)],
+                                   [(r, s, o, None) for (r, s), o in zip(outplan, items)],
                                    "neighbor_alltoall", err))
