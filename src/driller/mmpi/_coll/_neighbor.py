@@ -27,7 +27,7 @@ from .._bufspec import byteview, parse
 from .._const import PROC_NULL
 from .._datatype import DATATYPES, as_datatype, is_datatype
 from .._objects import dumps
-from ._context import cbase, co_recv, count_check, cr, cs, drive, first_error, oval
+from ._context import cbase, co_recv, count_check, cr, drive, first_error, oval, xsend
 from ._nonblocking import coll_request
 
 __all__ = [
@@ -46,7 +46,9 @@ def g_exchange(cx, base, recvs, sends, what, err=None):
     neighbour is left waiting (each sees an empty message, a count error), and
     ``err`` is raised at its end."""
     rops = [(r, cr(cx, mv, r, base | s), len(mv)) for r, s, mv in recvs if r != PROC_NULL]
-    sops = [cs(cx, mv, r, base | s) for r, s, mv in sends if r != PROC_NULL]
+    # a small block goes straight into the ring (complete: None), a large one is a
+    # rendezvous the neighbour copies once from this rank's buffer
+    sops = [xsend(cx, mv, r, base | s) for r, s, mv in sends if r != PROC_NULL]
     yield [o for _, o, _ in rops] + sops
     if err is not None:
         raise err
