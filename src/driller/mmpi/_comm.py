@@ -610,7 +610,7 @@ class Intracomm(Comm):
         cls = Intracomm._topologies.get(kind)
         if cls is None:
             raise MmpiNotImplementedError(
-                f"topologies are not loaded: import driller.mmpi._topo (driller.MPI does)")
+                "topologies are not loaded: import driller.mmpi._topo (driller.MPI does)")
         return cls
 
     def Create_cart(self, dims, periods=None, reorder: bool = False):

@@ -139,7 +139,8 @@ def _wblocks(spec, writable, what, n):
                             f"neighbours in that direction")
         return xs
 
-    counts, displs, types = seq(counts, "counts"), seq(displs, "displacements"), seq(types, "datatypes")
+    counts, displs = seq(counts, "counts"), seq(displs, "displacements")
+    types = seq(types, "datatypes")
     sizes = []
     for c, d, t in zip(counts, displs, types):
         if not is_datatype(t):
