@@ -636,3 +636,31 @@ def test_topologies_under_driller_run_with_the_mpi4py_shim():
         want = [float(x) if x != PN else -1.0 for x in nbrs]
         src, dst = hand_shift(r, dims, periods, 0, 1)
         assert line == f"R {r} {dims} {hand_coords(r, dims)} {src} {dst} {want}", line
+
+
+# ----------------------------------------------------------------- hybrid worlds
+
+OMPI_RUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
+
+
+@pytest.mark.skipif(not os.path.exists(OMPI_RUN), reason="no mpirun in this venv")
+def test_neighbor_collectives_across_two_nodes():
+    """2 emulated nodes (DRILLER_NODE) x 3 ranks under Open MPI's mpirun: neighbours
+    on the same node go through shared memory, the others through MPI."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    for k in [k for k in env if k.startswith(("OMPI_", "PMI", "PMIX", "SLURM_", "DRILLER_MMPI_"))]:
+        del env[k]
+    prog = os.path.join(ROOT, "tests", "_topo_hybrid_prog.py")
+    tag = f"topo-{os.getpid()}"
+    cmd = [OMPI_RUN] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    cmd += ["--oversubscribe", "--bind-to", "none",
+            "-n", "3", "-x", f"DRILLER_NODE=a-{tag}", sys.executable, prog, ":",
+            "-n", "3", "-x", f"DRILLER_NODE=b-{tag}", sys.executable, prog]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    oks = sorted(x for x in res.stdout.splitlines() if x.startswith("OK "))
+    assert oks == [f"OK {r} 104" for r in range(6)], res.stdout
+    from test_hybrid import _no_leftovers   # (the hybrid tests' check: ranks, fd proxies)
+    _no_leftovers(tag)
