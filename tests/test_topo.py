@@ -657,10 +657,11 @@ def test_neighbor_collectives_across_two_nodes():
     cmd += ["--oversubscribe", "--bind-to", "none",
             "-n", "3", "-x", f"DRILLER_NODE=a-{tag}", sys.executable, prog, ":",
             "-n", "3", "-x", f"DRILLER_NODE=b-{tag}", sys.executable, prog]
+    from test_hybrid import _mpi_shm, _no_leftovers   # (the hybrid tests' own checks)
+    shm_before = _mpi_shm()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     oks = sorted(x for x in res.stdout.splitlines() if x.startswith("OK "))
     assert oks == [f"OK {r} 104" for r in range(6)], res.stdout
-    from test_hybrid import _no_leftovers   # (the hybrid tests' check: ranks, fd proxies)
-    _no_leftovers(tag)
+    _no_leftovers(tag, shm_before)   # no rank, fd proxy or MPI /dev/shm file left

@@ -308,62 +308,51 @@ class Topocomm(Intracomm):
                 raise TypeError(f"{cls.__name__}({type(comm).__name__}): expecting a "
                                 f"communicator with a {_KIND_NAMES.get(want, 'process')} "
                                 f"topology")
-        base = super().__new__
-        if base is not object.__new__:   # a handle layer above: it binds the handle
-            return base(cls, comm, *args, **kw)
-        new = base(cls)
-        if not args and not kw and comm is not None and comm:
-            new.__dict__.update(comm.__dict__)   # a second handle: the same Context
-        return new
-
-    def __init__(self, *args, **kw):
-        if len(args) <= 1 and not kw:
-            return   # Cartcomm(comm): done by __new__ (a subclass's may pass another comm)
-        super().__init__(*args, **kw)
+        return super().__new__(cls, comm, *args, **kw)
 
     @classmethod
-    def _with_topo(cls, t, group, ctx, topo):
-        """A new communicator of this class on ``group``/``ctx`` with the topology
-        ``topo(rank)`` makes for this rank (kept in its Context: every handle onto it
-        sees it); ``group`` None: a null one (the handle layer's COMM_NULL)."""
+    def _with_topo(cls, parent, group, ctx, topo):
+        """A new communicator of this class on ``group``/``ctx``, made by ``parent``
+        (as any new communicator: it inherits the parent's error handler), with the
+        topology ``topo(rank)`` makes for this rank, kept in its Context (every handle
+        onto it sees it); ``group`` None: a null one (the handle layer asks for it)."""
         base = next(k for k in cls.__mro__ if "_code" in k.__dict__)   # Cartcomm...
         if group is None:
             return base.__new__(base)
-        comm = base(t, group, ctx)
-        comm._cx.topo = topo(group.index(t.rank))
-        if cls is base:
-            return comm
-        # a user's subclass (Dup/Clone keep the class): a handle of it onto the new
-        # communicator, made as Cartcomm(comm) makes one (its own __new__ may expect
-        # other arguments, as mpi4py's subclassing tests do)
-        return Topocomm.__new__(cls, comm)
+        plain = parent._new(group, ctx)
+        plain._cx.topo = topo(plain.rank)
+        # a handle of this class onto it (a user's subclass too: its own __new__ may
+        # expect other arguments, as mpi4py's subclassing tests do), which handle
+        # look-ups (fromhandle, f2py) give back
+        comm = cls.__new__(cls) if cls is not base else base.__new__(base)
+        comm._bind(plain._h)
+        plain._h.cls = cls
+        return comm
 
     @property
     def _topo(self):
         return self._cx.topo
 
-    def Get_topology(self) -> int:
-        """Return the type of topology (if any) associated with a communicator."""
-        self._t.rank
-        return self._cx.topo.code
-
-    # what Split/Create/Split_type make of a topology communicator: plain Intracomm
+    # what Split/Create/Split_type/Create_group make of a topology communicator: a
+    # plain Intracomm (with this one's error handler, as any new communicator)
     def _new(self, group, ctx):
-        if group is None:   # (a null result, where the handle layer asks for one)
-            return Intracomm()
-        return Intracomm(self._t, group, ctx)
+        return Intracomm(self)._new(group, ctx)
 
     def Dup(self, info=None):
-        """Duplicate a communicator (with its topology)."""
-        topo, t, cls = self._topo, self._t, type(self)
-        return _group.dup(self._cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
+        """Duplicate the communicator, with its topology, attributes and hints."""
+        return self._derive(self._dup(), info, "Dup")
+
+    def Dup_with_info(self, info):
+        """Duplicate the communicator, with its topology, and the hints of ``info``."""
+        return self._derive(self._dup(), info, "Dup_with_info")
+
+    def _dup(self):
+        topo, cls = self._topo, type(self)
+        return _group.dup(self._cx, lambda g, c: cls._with_topo(self, g, c, lambda r: topo))
 
     def Clone(self):
         """Clone an existing communicator."""
         return self.Dup()
-
-    def __repr__(self) -> str:
-        return f"<mmpi.{type(self).__name__} rank {self.rank} of {self.size}>"
 
     # -- neighbours --
     @property
@@ -467,16 +456,17 @@ class Cartcomm(Topocomm, kind="cart"):
     _code = CART
 
     @classmethod
-    def create(cls, cx, dims, periods=None, reorder=False):
+    def create(cls, comm, dims, periods=None, reorder=False):
+        cx = comm._cx
         ds, ps = _checked(cx, "Create_cart", lambda: _cart_args(cx.size, dims, periods,
                                                                 "Create_cart"))
-        t = cx.t
         color = 0 if cx.rank < _prod(ds) else UNDEFINED
         return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
-            t, g, c, lambda r: _Cart(ds, ps, r)))
+            comm, g, c, lambda r: _Cart(ds, ps, r)))
 
     @classmethod
-    def map(cls, cx, dims, periods=None) -> int:
+    def map(cls, comm, dims, periods=None) -> int:
+        cx = comm._cx
         ds, _ = _cart_args(cx.size, dims, periods, "Cart_map")
         return cx.rank if cx.rank < _prod(ds) else UNDEFINED
 
@@ -571,9 +561,9 @@ class Cartcomm(Topocomm, kind="cart"):
                 color = color * d + c
         ds = [d for d, k in zip(tp.dims, keep) if k]
         ps = [p for p, k in zip(tp.periods, keep) if k]
-        t, cls = self._t, Cartcomm   # (a plain Cartcomm, as mpi4py, even from a subclass)
-        return _group.split(self._cx, color, key, lambda g, c: cls._with_topo(
-            t, g, c, lambda r: _Cart(ds, ps, r)))
+        # (a plain Cartcomm, as mpi4py's, even from a subclass)
+        return _group.split(self._cx, color, key, lambda g, c: Cartcomm._with_topo(
+            self, g, c, lambda r: _Cart(ds, ps, r)))
 
 
 class Graphcomm(Topocomm, kind="graph"):
@@ -582,16 +572,17 @@ class Graphcomm(Topocomm, kind="graph"):
     _code = GRAPH
 
     @classmethod
-    def create(cls, cx, index, edges, reorder=False):
+    def create(cls, comm, index, edges, reorder=False):
+        cx = comm._cx
         idx, eds = _checked(cx, "Create_graph", lambda: _graph_args(cx.size, index, edges,
                                                                      "Create_graph"))
-        t = cx.t
         color = 0 if cx.rank < len(idx) else UNDEFINED
         return _group.split(cx, color, cx.rank, lambda g, c: cls._with_topo(
-            t, g, c, lambda r: _Graph(idx, eds, r)))
+            comm, g, c, lambda r: _Graph(idx, eds, r)))
 
     @classmethod
-    def map(cls, cx, index, edges) -> int:
+    def map(cls, comm, index, edges) -> int:
+        cx = comm._cx
         idx, _ = _graph_args(cx.size, index, edges, "Graph_map")
         return cx.rank if cx.rank < len(idx) else UNDEFINED
 
@@ -668,8 +659,9 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
     _code = DIST_GRAPH
 
     @classmethod
-    def create_adjacent(cls, cx, sources, destinations, sourceweights=None,
+    def create_adjacent(cls, comm, sources, destinations, sourceweights=None,
                         destweights=None, reorder=False):
+        cx = comm._cx
         what = "Create_dist_graph_adjacent"
 
         def check():
@@ -686,11 +678,11 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
 
         src, dst, sw, dw, weighted = _checked(cx, what, check)
         topo = _DistGraph(src, dst, sw, dw, weighted)
-        t = cx.t
-        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(comm, g, c, lambda r: topo))
 
     @classmethod
-    def create(cls, cx, sources, degrees, destinations, weights=None, reorder=False):
+    def create(cls, comm, sources, degrees, destinations, weights=None, reorder=False):
+        cx = comm._cx
         what = "Create_dist_graph"
 
         def check():
@@ -722,8 +714,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
                     src.append(s)
                     sw.append(w)
         topo = _DistGraph(src, dst, sw, dw, weighted)
-        t = cx.t
-        return _group.dup(cx, lambda g, c: cls._with_topo(t, g, c, lambda r: topo))
+        return _group.dup(cx, lambda g, c: cls._with_topo(comm, g, c, lambda r: topo))
 
     def Get_dist_neighbors_count(self) -> tuple[int, int, bool]:
         """Return adjacency information for a distributed graph topology."""
