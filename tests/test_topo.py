@@ -211,6 +211,10 @@ def test_handle_constructors():
         graph = comm.Create_graph(list(range(1, n + 1)), [(i + 1) % n for i in range(n)])
         out = [type(MPI.Cartcomm(cart)).__name__, type(MPI.Topocomm(cart)).__name__,
                MPI.Topocomm(cart).Get_topology(), MPI.Topocomm(graph).degrees,
+               # a handle looked up again is of the topology's class, and equal
+               [(type(h).__name__, h == c) for c in (cart, graph)
+                for h in (MPI.Comm.fromint(c.toint()), MPI.Comm.f2py(c.py2f()))],
+               MPI.Intracomm(graph).Get_topology(),
                MPI.Cartcomm(cart).topo == cart.topo]
         for cls, arg in ((MPI.Topocomm, comm), (MPI.Graphcomm, cart),
                          (MPI.Distgraphcomm, cart), (MPI.Cartcomm, graph)):
@@ -222,7 +226,9 @@ def test_handle_constructors():
         return out
 
     for got in mmpi.spawn(fn, 2):
-        assert got == ["Cartcomm", "Topocomm", MPI.CART, (1, 1), True] + ["TypeError"] * 4
+        handles = [("Cartcomm", True)] * 2 + [("Graphcomm", True)] * 2
+        assert got == ["Cartcomm", "Topocomm", MPI.CART, (1, 1), handles, MPI.GRAPH, True] + \
+            ["TypeError"] * 4
 
 
 class MyCartcomm(MPI.Cartcomm):

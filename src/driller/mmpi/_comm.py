@@ -205,6 +205,15 @@ class Comm(_attr.Cached):
         """The communicator of a Fortran integer (``py2f``'s inverse)."""
         return cls.fromhandle(arg)
 
+    def toint(self) -> int:
+        """The integer of this handle (the same as ``py2f``; ``fromint`` takes it back)."""
+        return self.handle
+
+    @classmethod
+    def fromint(cls, arg: int) -> "Comm":
+        """The communicator of an integer handle (``toint``'s inverse)."""
+        return cls.fromhandle(arg)
+
     # -- basics --
     def Get_rank(self) -> int:
         """Rank of this process in the communicator."""
