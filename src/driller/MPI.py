@@ -142,6 +142,9 @@ __all__ += ["Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "Compute_dims"
             "GRAPH", "DIST_GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY"]
 
 # --- intercommunicators
+from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Create_intercomm)
+
+__all__ += ["Intercomm"]
 
 # --- one-sided communication (windows), Alloc_mem
 
