@@ -162,6 +162,11 @@ __all__ += ["GROUP_NULL", "SESSION_NULL", "Session", "APPNUM", "IO", "LASTUSEDCO
 # --- pickling, errors, mpi4py's pure-Python layers
 
 # --- topologies
+from .mmpi._topo import (CART, DIST_GRAPH, GRAPH, UNWEIGHTED, WEIGHTS_EMPTY,  # noqa: E402
+                         Cartcomm, Compute_dims, Distgraphcomm, Graphcomm, Topocomm)
+
+__all__ += ["Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "Compute_dims", "CART",
+            "GRAPH", "DIST_GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY"]
 
 # --- intercommunicators
 from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Create_intercomm)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ._request import (MESSAGE_NO_PROC, MESSAGE_NULL, REQUEST_NULL, Grequest, Message,
                            Prequest, Request, Status)
     from ._spawn import spawn
+    from ._topo import (CART, DIST_GRAPH, GRAPH, UNWEIGHTED, WEIGHTS_EMPTY, Cartcomm,
+                        Compute_dims, Distgraphcomm, Graphcomm, Topocomm)
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
     COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
@@ -47,6 +49,8 @@ __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
     "MINLOC", "Group", "GROUP_EMPTY", "COMM_NULL", "COMM_TYPE_SHARED", "IN_PLACE",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL",
+    "Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "Compute_dims", "CART", "GRAPH",
+    "DIST_GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY",
 ]
 
 
@@ -65,6 +69,8 @@ _LAZY = {
     **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status", "Grequest", "Message",
                      "MESSAGE_NULL", "MESSAGE_NO_PROC"), "._request"),
     "spawn": "._spawn",
+    **dict.fromkeys(("CART", "DIST_GRAPH", "GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY", "Cartcomm",
+                     "Compute_dims", "Distgraphcomm", "Graphcomm", "Topocomm"), "._topo"),
     **dict.fromkeys(("ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead"),
                     "._world"),
 }
@@ -80,6 +86,7 @@ _LAZY.update({"Win": "._rma", "WIN_NULL": "._rma", "buffer": "._buffer",
 # still knows it is a fork of the rank (the variable's name is _world.ENV_WORLD_FD).
 if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._comm", __name__)
+    importlib.import_module("._topo", __name__)   # Intracomm.Create_cart & co.
 
 
 def __getattr__(name: str) -> object:
@@ -92,9 +99,11 @@ def __getattr__(name: str) -> object:
         return value
     if name == "COMM_WORLD":
         from ._comm import world_comm
+        from . import _topo  # noqa: F401  (registers the topologies with Intracomm)
         return world_comm()
     if name == "COMM_SELF":
         from ._comm import self_comm
+        from . import _topo  # noqa: F401,F811
         return self_comm()
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 

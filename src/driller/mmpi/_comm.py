@@ -256,8 +256,8 @@ class Comm(_attr.Cached):
 
     def Get_topology(self) -> int:
         """The type of topology attached (UNDEFINED: none)."""
-        self._cx
-        return UNDEFINED
+        topo = self._cx.topo   # (set by ``_topo``: every handle onto the communicator sees it)
+        return UNDEFINED if topo is None else topo.code
 
     @property
     def topology(self) -> int:
@@ -1102,6 +1102,12 @@ class Comm(_attr.Cached):
             return
         self.Free()
 
+    # -- topologies (``_topo``: Topocomm and its subclasses answer otherwise) --
+    @property
+    def is_topo(self) -> bool:
+        """Is a topology."""
+        return self.Get_topology() != UNDEFINED
+
     # -- error handlers (``_errhandler``) --
     @classmethod
     def Create_errhandler(cls, errhandler_fn):
@@ -1249,6 +1255,50 @@ class Intracomm(Comm):
     def exscan(self, sendobj, op=SUM):
         return _reduce.exscan(self._cx, sendobj, op)
 
+    # -- topologies: the classes live in ``_topo`` (above this module, which never
+    # imports it); each registers itself here as it is defined (``kind=``), and these
+    # constructors delegate in one line to the registered class.
+    _topologies: dict = {}
+
+    def __init_subclass__(cls, kind: str | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if kind is not None:
+            Intracomm._topologies[kind] = cls
+
+    def _topology(self, kind: str):
+        cls = Intracomm._topologies.get(kind)
+        if cls is None:
+            raise MmpiNotImplementedError(
+                "topologies are not loaded: import driller.mmpi._topo (driller.MPI does)")
+        return cls
+
+    def Create_cart(self, dims, periods=None, reorder: bool = False):
+        """Create cartesian communicator."""
+        return self._topology("cart").create(self, dims, periods, reorder)
+
+    def Create_graph(self, index, edges, reorder: bool = False):
+        """Create graph communicator."""
+        return self._topology("graph").create(self, index, edges, reorder)
+
+    def Create_dist_graph_adjacent(self, sources, destinations, sourceweights=None,
+                                   destweights=None, info=None, reorder: bool = False):
+        """Create distributed graph communicator."""
+        return self._topology("dist_graph").create_adjacent(
+            self, sources, destinations, sourceweights, destweights, reorder)
+
+    def Create_dist_graph(self, sources, degrees, destinations, weights=None, info=None,
+                          reorder: bool = False):
+        """Create distributed graph communicator."""
+        return self._topology("dist_graph").create(self, sources, degrees, destinations,
+                                                   weights, reorder)
+
+    def Cart_map(self, dims, periods=None) -> int:
+        """Determine optimal process placement on a Cartesian topology."""
+        return self._topology("cart").map(self, dims, periods)
+
+    def Graph_map(self, index, edges) -> int:
+        """Determine optimal process placement on a graph topology."""
+        return self._topology("graph").map(self, index, edges)
     @classmethod
     def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=None,
                           errhandler=None):

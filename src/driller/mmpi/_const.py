@@ -91,6 +91,27 @@ __all__ += [
 ]
 
 
+# --- topologies (``_topo``): Topo_test's answers (Open MPI's values) and the weight
+# markers of distributed graphs (sentinels: compared by identity, never as ints)
+CART, GRAPH, DIST_GRAPH = 1, 2, 3
+
+
+class _Weights:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"MPI.{self._name}"
+
+    def __reduce__(self):
+        return self._name
+
+
+UNWEIGHTED = _Weights("UNWEIGHTED")
+WEIGHTS_EMPTY = _Weights("WEIGHTS_EMPTY")
+__all__ += ["CART", "GRAPH", "DIST_GRAPH", "UNWEIGHTED", "WEIGHTS_EMPTY"]
 # --- communicators, groups, attributes, object model, environment
 # predefined attribute keys of COMM_WORLD (Open MPI's values, as mpi4py shows them):
 # ``COMM_WORLD.Get_attr(TAG_UB)`` is the largest tag (TAG_MAX)

@@ -5,7 +5,8 @@ split by family: ``_ops`` (Op and the predefined reductions), ``_context``
 (the context and the plumbing), ``_shm`` (shared-memory barrier and small
 Allreduce), ``_barrier``, ``_bcast``, ``_direct`` (reading peers' buffers in
 place), ``_gather``, ``_reduce``, ``_alltoall``, ``_nonblocking``, ``_vcoll``
-(the other nonblocking forms and Alltoallw).  ``Comm``
+(the other nonblocking forms and Alltoallw), ``_neighbor`` (neighbourhood
+collectives over a process topology's neighbours, for ``_topo``).  ``Comm``
 (``_comm``) delegates each collective method to these functions in one line.
 
 Every collective runs on the communicator's collective context (``cx.cctx``),

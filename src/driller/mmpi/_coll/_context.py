@@ -44,10 +44,12 @@ class Context:
     world block's shared-memory algorithms (``shm``: all on this node), the ``name``, and
     per-communicator collective state (``seq``: the calls so far, which number
     the tags; ``direct_ok``: whether ranks may read each other's memory, once
-    decided).  ``Comm`` makes one; requests keep it (``t``, ``rank_of``)."""
+    decided; ``topo``: the process topology, whose neighbours the neighbourhood
+    collectives exchange with, set by ``_topo``, else None).  ``Comm`` makes one;
+    requests keep it (``t``, ``rank_of``)."""
 
     __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "shm", "name",
-                 "index", "seq", "direct_ok", "hier")
+                 "index", "seq", "direct_ok", "hier", "topo")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -65,6 +67,7 @@ class Context:
         self.seq = 0
         self.direct_ok = None
         self.hier = None    # _hier's node/leaders split (False: on one node), once made
+        self.topo = None
 
     def rank_of(self, world_rank: int) -> int:
         """The communicator rank of a world rank."""
