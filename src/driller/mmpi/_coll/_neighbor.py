@@ -25,7 +25,7 @@ from ... import _linux
 from ...errors import MmpiError, MmpiNotImplementedError
 from .._bufspec import byteview, parse
 from .._const import PROC_NULL
-from .._datatype import DATATYPES, as_datatype, is_datatype
+from .._datatype import as_datatype, is_datatype
 from .._objects import dumps
 from ._context import cbase, co_recv, count_check, cr, drive, first_error, oval, xsend
 from ._nonblocking import coll_request
@@ -146,7 +146,7 @@ def _wblocks(spec, writable, what, n):
         if not is_datatype(t):
             raise MmpiError(f"{what}: {t!r} is not a datatype")
         dt = as_datatype(t)
-        if DATATYPES.get(dt.name) != dt:
+        if not dt or not dt.is_predefined:   # (null, or derived)
             raise MmpiNotImplementedError(
                 f"{what}: datatype {dt.name or dt!r} is not a predefined datatype; driller "
                 f"moves count x size contiguous bytes per block at a byte displacement")
