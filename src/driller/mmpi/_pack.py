@@ -127,6 +127,17 @@ class Runs:
 def gather(src: np.ndarray, runs: Runs, out: np.ndarray) -> None:
     """Copy the runs of ``src`` (uint8, 1-D) into ``out`` (uint8, contiguous, the
     runs' total length), in order.  Offsets are checked by the caller."""
+    _move(runs, src, out, True)
+
+
+def scatter(packed: np.ndarray, runs: Runs, dst: np.ndarray) -> None:
+    """Copy ``packed`` (uint8, contiguous) into the runs of ``dst`` (uint8, 1-D)."""
+    _move(runs, dst, packed, False)
+
+
+def _move(runs: Runs, spread: np.ndarray, packed: np.ndarray, pack: bool) -> None:
+    """Between the runs of ``spread`` and the contiguous ``packed``: into ``packed``
+    (``pack``, :func:`gather`) or out of it (:func:`scatter`)."""
     roff, rlen = runs.off, runs.len
     k = roff.size
     if k == 0:
@@ -135,50 +146,33 @@ def gather(src: np.ndarray, runs: Runs, out: np.ndarray) -> None:
     if reg is not None:          # a vector, a subarray's rows...: one strided copy
         length, stride = reg
         w = _word(length, stride, runs.lo)
-        np.copyto(_grid(out, 0, k, length, length, w),
-                  _grid(src, runs.lo, k, length, stride, w))
+        runs_view = _grid(spread, runs.lo, k, length, stride, w)
+        packed_view = _grid(packed, 0, k, length, length, w)
+        if pack:
+            np.copyto(packed_view, runs_view)
+        else:
+            np.copyto(runs_view, packed_view)
         return
     if runs.base:
         roff = roff + runs.base
     if k <= _FEW_RUNS:
         p = 0
         for o, n in zip(roff.tolist(), rlen.tolist()):
-            out[p:p + n] = src[o:o + n]
+            if pack:
+                packed[p:p + n] = spread[o:o + n]
+            else:
+                spread[o:o + n] = packed[p:p + n]
             p += n
         return
     pos = np.zeros(k, np.int64)
     np.cumsum(rlen[:-1], out=pos[1:])
     for length in np.unique(rlen).tolist():
         sel = rlen == length
-        _windows(out, length)[pos[sel]] = _windows(src, length)[roff[sel]]
-
-
-def scatter(packed: np.ndarray, runs: Runs, dst: np.ndarray) -> None:
-    """Copy ``packed`` (uint8, contiguous) into the runs of ``dst`` (uint8, 1-D)."""
-    roff, rlen = runs.off, runs.len
-    k = roff.size
-    if k == 0:
-        return
-    reg = runs.reg
-    if reg is not None:
-        length, stride = reg
-        w = _word(length, stride, runs.lo)
-        np.copyto(_grid(dst, runs.lo, k, length, stride, w),
-                  _grid(packed, 0, k, length, length, w))
-        return
-    if runs.base:
-        roff = roff + runs.base
-    if k <= _FEW_RUNS:
-        p = 0
-        for o, n in zip(roff.tolist(), rlen.tolist()):
-            dst[o:o + n] = packed[p:p + n]
-            p += n
-        return
-    pos = np.zeros(k, np.int64)
-    np.cumsum(rlen[:-1], out=pos[1:])
-    for length in np.unique(rlen).tolist():
-        sel = rlen == length
-        _windows(dst, length)[roff[sel]] = _windows(packed, length)[pos[sel]]
+        spread_w, packed_w = _windows(spread, length), _windows(packed, length)
+        if pack:
+            packed_w[pos[sel]] = spread_w[roff[sel]]
+        else:
+            spread_w[roff[sel]] = packed_w[pos[sel]]
 
 
 def swap_external(packed: np.ndarray, sizes: np.ndarray, halves: np.ndarray) -> None:
