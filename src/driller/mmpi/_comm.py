@@ -641,12 +641,17 @@ class Comm(_attr.Cached):
         if w == PROC_NULL:
             fill(status, PROC_NULL, ANY_TAG, 0, 0)
             return True
-        eng = self._t.engine
+        self._wait_probe(self._t.engine.probe, w, tag, status)
+        return True
+
+    def _wait_probe(self, probe, w, tag, status):
+        """Wait until ``probe(world source, tag, context)`` (the engine's probe or
+        mprobe) finds a message; fill ``status`` from it and return it."""
         ctx = self._ctx
         found = []
 
         def pred():
-            m = eng.probe(w, tag, ctx)
+            m = probe(w, tag, ctx)
             if m is not None:
                 found.append(m)
                 return True
@@ -655,7 +660,7 @@ class Comm(_attr.Cached):
         self._t.wait_until(pred, None if w == ANY_SOURCE else w)
         m = found[0]
         fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
-        return True
+        return m
 
     def iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
         return self.Iprobe(source, tag, status)
@@ -668,21 +673,8 @@ class Comm(_attr.Cached):
         if w == PROC_NULL:
             fill(status, PROC_NULL, ANY_TAG, 0, 0)
             return message_handle(None, self._cx)
-        eng = self._t.engine
-        ctx = self._ctx
-        found = []
-
-        def pred():
-            m = eng.mprobe(w, tag, ctx)
-            if m is not None:
-                found.append(m)
-                return True
-            return False
-
-        self._t.wait_until(pred, None if w == ANY_SOURCE else w)
-        m = found[0]
-        fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
-        return message_handle(m, self._cx)
+        return message_handle(self._wait_probe(self._t.engine.mprobe, w, tag, status),
+                              self._cx)
 
     def Improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message | None:
         """Nonblocking test for a matched message (None: no message yet)."""
