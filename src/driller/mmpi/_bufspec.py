@@ -179,6 +179,36 @@ def _index_or_none(x):
         return None
 
 
+def _fields(spec, vector: bool, what: str):
+    """(buf, count, displ, datatype or None) of a list/tuple buffer spec, with
+    mpi4py's meaning of each form (see the module docstring)."""
+    dt = None
+    count = displ = None
+    buf = spec[0]
+    rest = list(spec[1:])
+    if rest and (is_datatype(rest[-1]) or isinstance(rest[-1], str)):  # a str: a datatype
+        dt = as_datatype(rest.pop())
+    elif len(rest) >= 2 and rest[-1] is None:   # [buf, count(, displ), None]: inferred
+        rest.pop()
+    if len(rest) == 1:
+        if vector and isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2 and (
+                isinstance(rest[0], tuple) or
+                all(isinstance(v, (list, tuple, type(None))) or hasattr(v, "__len__")
+                    for v in rest[0])):
+            # (counts, displs), as mpi4py: a tuple of two is that pair (each a
+            # sequence, an int count for every block, an int stride, or None)
+            count, displ = rest[0]
+        elif isinstance(rest[0], (list, tuple)) and not vector and len(rest[0]) == 2:
+            count, displ = rest[0]
+        else:
+            count = rest[0]
+    elif len(rest) == 2:
+        count, displ = rest
+    elif rest:
+        raise MmpiValueError(f"{what}: cannot parse buffer spec {spec!r}")
+    return buf, count, displ, dt
+
+
 def parse(spec, writable, what, blocks=1, vector=False):
     """Parse an mpi4py buffer spec.  ``blocks``: the buffer holds that many equal
     blocks (an explicit count is per block, as mpi4py's); ``vector``: counts
@@ -199,33 +229,10 @@ def parse(spec, writable, what, blocks=1, vector=False):
         return b
     if spec is None:
         spec = b""
-    dt = None
-    count = displ = None
     if type(spec) in (list, tuple) and 2 <= len(spec) <= 4:
-        buf = spec[0]
-        rest = list(spec[1:])
-        if rest and (is_datatype(rest[-1]) or isinstance(rest[-1], str)):  # a str: a datatype
-            dt = as_datatype(rest.pop())
-        elif len(rest) >= 2 and rest[-1] is None:   # [buf, count(, displ), None]: inferred
-            rest.pop()
-        if len(rest) == 1:
-            if vector and isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2 and (
-                    isinstance(rest[0], tuple) or
-                    all(isinstance(v, (list, tuple, type(None))) or hasattr(v, "__len__")
-                        for v in rest[0])):
-                # (counts, displs), as mpi4py: a tuple of two is that pair (each a
-                # sequence, an int count for every block, an int stride, or None)
-                count, displ = rest[0]
-            elif isinstance(rest[0], (list, tuple)) and not vector and len(rest[0]) == 2:
-                count, displ = rest[0]
-            else:
-                count = rest[0]
-        elif len(rest) == 2:
-            count, displ = rest
-        elif rest:
-            raise MmpiValueError(f"{what}: cannot parse buffer spec {spec!r}")
+        buf, count, displ, dt = _fields(spec, vector, what)
     else:
-        buf = spec
+        buf, count, displ, dt = spec, None, None, None
     if dt is None and isinstance(count, Datatype):  # pragma: no cover - defensive
         dt, count = count, None
     if dt is not None and dt._t is None:   # DATATYPE_NULL: mpi4py's checks, then ERR_TYPE
@@ -363,24 +370,6 @@ def _derived_spec(spec) -> bool:
         return False
     last = spec[-1]
     return isinstance(last, Datatype) and last._t is not None and not last._t.predef
-
-
-def _split(spec, what):
-    """(buf, count, displ, dt) of [buf, dt], [buf, count, dt], [buf, (count, displ), dt]
-    and [buf, count, displ, dt]."""
-    buf, rest = spec[0], list(spec[1:])
-    dt = rest.pop()
-    count = displ = None
-    if len(rest) == 1:
-        if isinstance(rest[0], (list, tuple)) and len(rest[0]) == 2:
-            count, displ = rest[0]
-        else:
-            count = rest[0]
-    elif len(rest) == 2:
-        count, displ = rest
-    elif rest:
-        raise MmpiError(f"{what}: cannot parse buffer spec {spec!r}")
-    return buf, count, displ, dt
 
 
 def _derived_view(buf, count, displ, dt: Datatype, writable: bool, what: str,
@@ -539,7 +528,7 @@ def recv_message(spec, what: str):
     t = type(spec)
     if (t is not list and t is not tuple) or not _derived_spec(spec):
         return message(spec, True, what), None
-    buf, count, displ, dt = _split(spec, what)
+    buf, count, displ, dt = _fields(spec, False, what)
     if not is_derived(dt):
         return parse(spec, True, what).mv, None
     arr, runs, count = _derived_view(buf, count, displ, dt, True, what)
