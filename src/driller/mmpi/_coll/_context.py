@@ -28,7 +28,7 @@ from .._objects import loads
 
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
-    "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check",
+    "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify",
 ]
 
@@ -186,6 +186,19 @@ def count_check(cx, op, expect, what, src):
         raise MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank "
                         f"{src} but got {op.count}: every rank must pass matching "
                         f"counts and datatypes")
+
+
+def count_errors(cx, ops, counts, isz, what, check=count_check):
+    """The first error among the finished receives ``ops`` ((rank, op) pairs, each
+    expected to hold ``counts[rank] * isz`` bytes, checked by ``check``), or None;
+    every one is checked, so none is left unread."""
+    err = None
+    for r, o in ops:
+        try:
+            check(cx, o, counts[r] * isz, what, r)
+        except MmpiError as e:
+            err = err or e
+    return err
 
 
 def xsend(cx, mv, dst: int, tag: int):

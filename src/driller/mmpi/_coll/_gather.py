@@ -6,8 +6,8 @@ from ...errors import MmpiError, TruncationError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
-from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check, cr, cs,
-                       drive, first_error, notify, oval, readv, waitall)
+from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
+                       count_errors, cr, cs, drive, first_error, notify, oval, readv, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
@@ -156,12 +156,7 @@ def allgather_blocks(cx, rb, mine, what):
             if me == 0:
                 ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(1, n)]
                 yield [o for _, o in ops]
-                err = None
-                for r, o in ops:
-                    try:
-                        count_check(cx, o, rb.counts[r] * isz, what, r)
-                    except MmpiError as e:
-                        err = err or e
+                err = count_errors(cx, ops, rb.counts, isz, what)
                 if err is not None:
                     yield from g_bcast(cx, rb.mv, 0, base + 1, what, True)
                     raise err

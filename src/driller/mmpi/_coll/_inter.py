@@ -38,8 +38,8 @@ from .._const import IN_PLACE, PROC_NULL, ROOT
 from .._datatype import as_datatype, is_datatype
 from ._barrier import Barrier as _barrier, g_barrier
 from ._bcast import g_bcast, g_obcast
-from ._context import (Context, cbase, co_recv, co_send, cr, cs, drive, first_error, oval,
-                       xrecv, xsend)
+from ._context import (Context, cbase, co_recv, co_send, count_errors, cr, cs, drive,
+                       first_error, oval, xrecv, xsend)
 from ._gather import g_ogather
 from ._nonblocking import coll_request
 from ._ops import check_op
@@ -134,12 +134,7 @@ def _check(ix, op, expect, what, r):
 
 
 def _checks(ix, pairs, counts, isz, what):
-    err = None
-    for r, o in pairs:
-        try:
-            _check(ix, o, counts[r] * isz, what, r)
-        except MmpiError as e:
-            err = err or e
+    err = count_errors(ix, pairs, counts, isz, what, _check)
     if err is not None:
         raise err
 

@@ -23,8 +23,8 @@ from ...errors import MmpiError, MmpiNotImplementedError, MmpiValueError, Trunca
 from .._bufspec import EMPTY, Buf, byteview, intlist, parse
 from .._const import BOTTOM, IN_PLACE
 from .._datatype import DATATYPES, Datatype, as_datatype
-from ._context import (cbase, check_root, count_check, cr, cs, drive, first_error, notify, xrecv,
-                       xsend)
+from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
+                       first_error, notify, xrecv, xsend)
 from ._nonblocking import coll_request
 from ._ops import SUM, check_op
 from ._reduce import g_counts, g_reduce, red_args
@@ -47,13 +47,7 @@ def _own(sb_mv, dst, what, wording):
 
 
 def _checks(cx, ops, rb, what):
-    isz = rb.dtype.itemsize
-    err = None
-    for r, o in ops:
-        try:
-            count_check(cx, o, rb.counts[r] * isz, what, r)
-        except MmpiError as e:
-            err = err or e
+    err = count_errors(cx, ops, rb.counts, rb.dtype.itemsize, what)
     if err is not None:
         raise err
 
