@@ -21,6 +21,7 @@ from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
+from . import _objects
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
                        request, self_sync)
@@ -346,7 +347,8 @@ class Comm:
     def send(self, obj, dest, tag=0) -> None:
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
             # the common case, validated inline: a small object straight into the ring
-            if (type(obj) is np.ndarray and obj.nbytes <= self._t.eager_limit - 1024
+            if (type(obj) is np.ndarray and _objects.user_pickler() is None
+                    and obj.nbytes <= self._t.eager_limit - 1024
                     and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
                     and self._t.send_fast(self._group[dest], self._ctx, tag,
                                           pack_array(obj), T.F_OBJ | T.F_ARRAY)):
@@ -381,7 +383,7 @@ class Comm:
                 if type(v) is bytes:
                     if status is not None:
                         fill(status, self._rank_of(res[0]), res[1], 0, len(v))
-                    return pickle.loads(v)
+                    return _objects.unpickle(v)
                 if status is not None:  # a packed object: (stream, parts, nbytes)
                     fill(status, self._rank_of(res[0]), res[1], 0, v[2])
                 return loads(v[:2])
@@ -538,6 +540,7 @@ class Comm:
         self._t.rank
         self._errh = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
+        _errhandler.apply(self, self._errh)
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Invoke this communicator's error handler on ``errorcode``."""

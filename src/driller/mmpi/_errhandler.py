@@ -5,19 +5,33 @@
 and ``ERRORS_ABORT``: the error ends the job (``Comm.Abort``).  A user handler
 (``Comm.Create_errhandler(fn)``) is called as ``fn(comm, errorcode)``.
 
-driller raises errors from inside its calls as exceptions whatever the handler; the
-handler is applied by ``Comm.Call_errhandler`` (and, for an uncaught exception,
-the job ends anyway, as under ERRORS_ARE_FATAL).  Predefined handlers pickle to
-themselves; user handlers do not pickle (ValueError, as mpi4py).
+driller's calls report errors by raising ``MPI.Exception``.  Under ERRORS_RETURN
+that is all (and costs nothing).  Setting any other handler on an object
+(:func:`apply`, from ``Set_errhandler``) puts a thin wrapper in front of each of
+that object's public methods: when one raises ``MPI.Exception`` (not
+``NotImplementedError``), ERRORS_ARE_FATAL/ERRORS_ABORT print the error and abort
+the job with its error code, and a user handler is called as ``fn(obj, code)``
+before the exception propagates (mpi4py raises after the handler returns too).
+Errors surfacing later, in ``Request.Wait`` of a nonblocking call, are not routed
+through the communicator's handler.  Predefined handlers pickle to themselves;
+user handlers do not pickle (ValueError, as mpi4py).
 """
 
 from __future__ import annotations
 
-from ..errors import MmpiError
+import functools
+import inspect
+import os
+import sys
+import threading
+import types
+import weakref
+
+from ..errors import MmpiError, MmpiNotImplementedError
 from .. import _errcodes
 
 __all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
-           "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call"]
+           "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call", "apply"]
 
 MAX_USER_ERRHANDLERS = 32
 _user_count = 0
@@ -149,3 +163,81 @@ def call(eh: Errhandler, obj, errorcode: int, abort) -> None:
         h.fn(obj, errorcode)
     elif h is not _RETURN and errorcode != _errcodes.SUCCESS:
         abort(errorcode)
+
+
+# ------------------------------------------------------------ applying a handler
+
+_NOT_WRAPPED = frozenset({"Get_errhandler", "Set_errhandler", "Call_errhandler",
+                          "Create_errhandler", "Abort", "Free", "Get_rank", "Get_size",
+                          "Get_name", "Set_name", "Is_inter", "Is_intra", "Get_group",
+                          "py2f", "toint"})
+_installed: dict[int, tuple[list[str], Errhandler]] = {}   # id(obj) -> (names, handler)
+_depth = threading.local()
+
+
+def _forget(key: int) -> None:
+    _installed.pop(key, None)
+
+
+def apply(obj, eh: Errhandler, abort=None) -> None:
+    """Make ``eh`` the handler applied when a call on ``obj`` fails: ERRORS_RETURN
+    removes the wrappers (errors just raise), any other handler wraps each public
+    method of ``obj`` (instance attributes: the class and other objects keep
+    theirs).  ``abort(code)`` ends the job (default: ``obj.Abort``)."""
+    d = obj.__dict__
+    key = id(obj)
+    old = _installed.pop(key, None)
+    if old is not None:
+        for name in old[0]:
+            d.pop(name, None)
+    h = eh._h
+    if h is None or h is _RETURN:
+        return
+    cls = type(obj)
+    names = []
+    for name in dir(cls):
+        if name.startswith("_") or name in _NOT_WRAPPED:
+            continue
+        if not isinstance(inspect.getattr_static(cls, name, None), types.FunctionType):
+            continue   # properties, class and static methods stay as they are
+        d[name] = _wrapper(getattr(obj, name), weakref.ref(obj), name, abort)
+        names.append(name)
+    if not _installed.get(key):
+        weakref.finalize(obj, _forget, key)
+    _installed[key] = (names, Errhandler(eh))
+
+
+def _wrapper(method, ref, name, abort):
+    @functools.wraps(method)
+    def call_with_errhandler(*args, **kwargs):
+        depth = getattr(_depth, "n", 0)
+        _depth.n = depth + 1
+        try:
+            return method(*args, **kwargs)
+        except MmpiError as e:
+            if depth == 0 and not isinstance(e, MmpiNotImplementedError):
+                obj = ref()
+                if obj is not None:
+                    _handle(obj, name, e, abort)
+            raise
+        finally:
+            _depth.n = depth
+    return call_with_errhandler
+
+
+def _handle(obj, name: str, e: MmpiError, abort) -> None:
+    entry = _installed.get(id(obj))
+    if entry is None:
+        return
+    h = entry[1]._h
+    if h is None or h is _RETURN:
+        return
+    code = e.error_code
+    if h.fn is not None:
+        h.fn(obj, code)
+        return
+    sys.stderr.write(f"mmpi: {type(obj).__name__}.{name} failed under {h.kind} (pid "
+                     f"{os.getpid()}): {type(e).__name__}: {e}\n"
+                     f"mmpi: aborting the job with error code {code}\n")
+    sys.stderr.flush()
+    (abort or obj.Abort)(code if code else 1)

@@ -1,0 +1,96 @@
+"""The private helpers mpi4py's pure-Python layers import from ``mpi4py.MPI``.
+
+``mpi4py.util.pkl5`` (and, through it, ``mpi4py.futures`` with pkl5 on) does
+``from mpi4py.MPI import _comm_lock, _commctx_intra, _commctx_inter``; under the
+shim ``mpi4py.MPI`` is :mod:`driller.MPI`, so they are here, with mpi4py's
+semantics:
+
+* ``_comm_lock(comm, key)``: a lock per communicator object and key (a context
+  manager), so that threads sharing a communicator keep a multi-message
+  exchange together;
+* ``_commctx_intra(comm)``: ``(dupcomm, tag)``: a duplicate of ``comm`` made on
+  first use (collective, like every call that uses it) and kept with ``comm``,
+  and the next tag of a counter that every rank advances in step, so that
+  collectives built from point-to-point messages never match the user's;
+* ``_commctx_inter(comm)``: ``(dupcomm, tag, localcomm, low_group)`` for an
+  intercommunicator: also the local group's intracommunicator and whether this
+  side is the "low" group of the merge.
+
+The state lives here, keyed by the communicator object (dropped with it).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from ._const import TAG_UB
+
+__all__ = ["comm_lock", "commctx_intra", "commctx_inter"]
+
+_locks: dict[tuple[int, object], threading.Lock] = {}
+_ctx: dict[int, list] = {}          # id(comm) -> [dupcomm, next tag, localcomm, low_group]
+_guard = threading.Lock()
+
+
+def _drop(key: int) -> None:
+    _ctx.pop(key, None)
+    for k in [k for k in _locks if k[0] == key]:
+        _locks.pop(k, None)
+
+
+def _watch(comm) -> None:
+    key = id(comm)
+    if key not in _ctx and not any(k[0] == key for k in _locks):
+        weakref.finalize(comm, _drop, key)
+
+
+def comm_lock(comm, key: object = None) -> threading.Lock:
+    """The lock of ``comm`` for ``key`` (made on first use)."""
+    with _guard:
+        k = (id(comm), key)
+        lock = _locks.get(k)
+        if lock is None:
+            _watch(comm)
+            lock = _locks[k] = threading.Lock()
+        return lock
+
+
+def _lookup(comm) -> list:
+    key = id(comm)
+    entry = _ctx.get(key)
+    if entry is None:
+        _watch(comm)
+        entry = _ctx[key] = [comm.Dup(), 0, None, False]
+    if entry[1] >= TAG_UB:
+        entry[1] = 0
+    return entry
+
+
+def commctx_intra(comm):
+    """Create/get intracommunicator duplicate: ``(dupcomm, tag)``."""
+    with comm_lock(comm, "@commctx_intra"):
+        entry = _lookup(comm)
+        tag = entry[1]
+        entry[1] += 1
+        return entry[0], tag
+
+
+def commctx_inter(comm):
+    """Create/get intercommunicator duplicate: ``(dupcomm, tag, localcomm, low_group)``."""
+    with comm_lock(comm, "@commctx_inter"):
+        entry = _lookup(comm)
+        if entry[2] is None:
+            localsize, remotesize = comm.Get_size(), comm.Get_remote_size()
+            merged = comm.Merge(localsize > remotesize)
+            if localsize != remotesize:
+                low = localsize < remotesize
+            else:
+                low = merged.Get_rank() < localsize
+            group = comm.Get_group()
+            entry[2] = merged.Create(group)
+            entry[3] = bool(low)
+            merged.Free()
+        tag = entry[1]
+        entry[1] += 1
+        return entry[0], tag, entry[2], entry[3]
