@@ -21,7 +21,7 @@ from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
-from . import _objects
+from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
                        request, self_sync)
@@ -579,6 +579,11 @@ class Intracomm(Comm):
 
     def exscan(self, sendobj, op=SUM):
         return _reduce.exscan(self._cx, sendobj, op)
+
+    def Spawn(self, command, args=None, maxprocs=1, info=None, root=0, errcodes=None):
+        """Spawn instances of a program: not supported (``_pylayers.spawn`` says what
+        to run instead)."""
+        return _pylayers.spawn(command, args, maxprocs, info, root, errcodes)
 
 
 # ------------------------------------------------------------------ world state

@@ -94,3 +94,38 @@ def commctx_inter(comm):
         tag = entry[1]
         entry[1] += 1
         return entry[0], tag, entry[2], entry[3]
+
+
+SPAWN_HELP = ("driller starts every rank up front: run the program as `driller run -n N "
+              "-m mpi4py.futures prog.py` (rank 0 runs prog.py, ranks 1..N-1 are the "
+              "MPIPoolExecutor's workers), or start N ranks with `driller run -n N prog.py` "
+              "and use MPICommExecutor")
+
+
+def spawn(command, args=None, maxprocs: int = 1, info=None, root: int = 0,
+          errcodes=None):
+    """``Comm.Spawn``: not provided by driller (every rank is started by ``driller
+    run``); raises MmpiNotImplementedError saying what to run instead."""
+    from ..errors import MmpiNotImplementedError
+    raise MmpiNotImplementedError(
+        f"Comm.Spawn({command!r}, maxprocs={maxprocs}) is not supported by driller.mmpi: "
+        f"{SPAWN_HELP}")
+
+
+def patch_futures(core) -> None:
+    """Under the shim, after ``mpi4py.futures._core`` loads: a pool whose workers
+    cannot be spawned is marked broken with :data:`SPAWN_HELP` (its futures raise
+    ``BrokenExecutor`` saying what to run), where the unchanged module would leave
+    the failure in its manager thread and the program waiting forever."""
+    manager = getattr(core, "_manager_spawn", None)
+    if manager is None or getattr(manager, "_driller", False):
+        return
+
+    def _manager_spawn(pool, options):
+        try:
+            return manager(pool, options)
+        except NotImplementedError as e:
+            pool.broken(f"MPIPoolExecutor cannot spawn its workers: {e}")
+
+    _manager_spawn._driller = True
+    core._manager_spawn = _manager_spawn

@@ -86,6 +86,36 @@ if _DISTRIBUTION is None:
     _sys.meta_path.append(_MissingDistribution)
 
 
+class _FuturesCore:
+    """First on sys.meta_path: loads the distribution's ``mpi4py.futures._core``
+    unchanged, then lets driller mark a pool broken when its workers cannot be
+    spawned (``driller.mmpi._pylayers.patch_futures``) instead of hanging."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if fullname != __name__ + ".futures._core" or _DISTRIBUTION is None:
+            return None
+        spec = _machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            from driller.mmpi import _pylayers
+            _pylayers.patch_futures(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+_sys.meta_path.insert(0, _FuturesCore)
+
+
 class _Rc:
     """Accepts and ignores mpi4py's runtime options (``mpi4py.rc.threads = False``...)."""
 
