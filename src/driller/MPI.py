@@ -82,14 +82,15 @@ from .mmpi._errclass import (Add_error_class, Add_error_code,  # noqa: E402,F401
                              Remove_error_string)
 from .mmpi._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE,  # noqa: E402,F401
                           MODE_EXCL, MODE_RDONLY, MODE_RDWR, MODE_SEQUENTIAL,
-                          MODE_UNIQUE_OPEN, MODE_WRONLY)
+                          MODE_UNIQUE_OPEN, MODE_WRONLY, MAX_INFO_KEY, MAX_INFO_VAL)
 from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
 from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
 from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
 __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_string",
             "Remove_error_class", "Remove_error_code", "Remove_error_string",
             "MODE_RDONLY", "MODE_WRONLY", "MODE_RDWR", "MODE_CREATE", "MODE_EXCL",
-            "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN", "MODE_SEQUENTIAL", "MODE_APPEND"]
+            "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN", "MODE_SEQUENTIAL", "MODE_APPEND",
+            "MAX_INFO_KEY", "MAX_INFO_VAL"]
 
 # --- topologies
 

@@ -17,6 +17,7 @@ import sys
 
 from ..errors import MmpiError
 from .. import _errcodes
+from ._const import MAX_INFO_KEY, MAX_INFO_VAL
 from ._world import ENV_SIZE
 
 __all__ = ["Info", "INFO_NULL", "INFO_ENV"]
@@ -77,6 +78,8 @@ class Info:
         if self is INFO_ENV:
             raise MmpiError("Info.Free: INFO_ENV is predefined and cannot be freed",
                             error_class=_errcodes.ERR_INFO)
+        for n in [n for n, store in _HANDLES.items() if store is self._d]:
+            del _HANDLES[n]
         self._d = None
 
     def Get(self, key: str) -> str | None:
@@ -103,6 +106,45 @@ class Info:
         return list(d)[n]
 
     # -- handle behaviour ----------------------------------------------------------
+
+    def py2f(self) -> int:
+        """The Fortran handle of this info (0: INFO_NULL, 1: INFO_ENV); ``f2py`` of it
+        is a handle onto the same info while it is not freed."""
+        d = self._d
+        if d is None:
+            return 0
+        if d is _ENV:
+            return 1
+        for n, store in _HANDLES.items():
+            if store is d:
+                return n
+        n = _next_handle[0]
+        _next_handle[0] += 1
+        _HANDLES[n] = d
+        return n
+
+    @classmethod
+    def f2py(cls, arg: int) -> Info:
+        """A handle onto the info whose Fortran handle is ``arg``."""
+        new = cls()
+        if arg == 1:
+            new._d = _ENV
+        elif arg:
+            d = _HANDLES.get(arg)
+            if d is None:
+                raise MmpiError(f"Info.f2py: {arg!r} is no live info handle",
+                                error_class=_errcodes.ERR_INFO)
+            new._d = d
+        return new
+
+    def toint(self) -> int:
+        """The handle of this info as an int (``fromint`` gives it back)."""
+        return self.py2f()
+
+    @classmethod
+    def fromint(cls, arg: int) -> Info:
+        """A handle onto the info whose int handle is ``arg``."""
+        return cls.f2py(arg)
 
     def __bool__(self) -> bool:
         return self._d is not None
@@ -210,13 +252,24 @@ class Info:
 def _key(key) -> str:
     if not isinstance(key, str):
         raise TypeError(f"info keys are str, got {type(key).__name__}")
+    if not 0 < len(key) < MAX_INFO_KEY:
+        raise MmpiError(f"info key {key[:40]!r}: a key has 1 to {MAX_INFO_KEY - 1} "
+                        f"characters (MPI.MAX_INFO_KEY)", error_class=_errcodes.ERR_INFO_KEY)
     return key
 
 
 def _value(value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"info values are str, got {type(value).__name__}")
+    if len(value) >= MAX_INFO_VAL:
+        raise MmpiError(f"info value of {len(value)} characters: at most "
+                        f"{MAX_INFO_VAL - 1} (MPI.MAX_INFO_VAL)",
+                        error_class=_errcodes.ERR_INFO_VALUE)
     return value
+
+
+_HANDLES: dict[int, dict] = {}     # py2f handle -> store, until the info is freed
+_next_handle = [2]
 
 
 def _env_items(args=None):
