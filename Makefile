@@ -11,7 +11,7 @@ endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test conformance conformance-update bench bench-quick demo clean
+.PHONY: all venv test conformance conformance-update bench bench-quick demo docs clean
 
 all: test
 
@@ -40,6 +40,11 @@ conformance: $(STAMP)
 conformance-update: $(STAMP)
 	$(PY) tools/conformance.py --update-baseline
 
+# the docs site (guides in docs/, API reference from the docstrings) into site/;
+# --strict: any warning fails the build
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(VENV)/bin/driller bench
 
@@ -50,4 +55,4 @@ demo: $(STAMP)
 	$(PY) -m driller demo
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info bench-results .pytest_cache conformance-results.json
+	rm -rf $(VENV) build src/*.egg-info bench-results .pytest_cache conformance-results.json site

@@ -19,6 +19,7 @@ from _helpers import fd_count, in_child, wait_until
 from driller import _linux
 from driller.errors import ProxyError, SegmentReleasedError
 from driller.proxy import ENV_VAR, ProxyClient, proxy_info
+from driller.proxy import _client as _client_mod
 from driller.proxy._wire import _show
 from driller.segment import Region, Segment
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 def client(monkeypatch):
     """A private client (not the process singleton) with its own, fresh proxy."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(_client_mod, "_own_proxy", None)   # no proxy of ours yet
     c = ProxyClient()
     yield c
     pid = c._own.server_pid if c._own is not None and not c._own.dead else None
@@ -57,7 +59,7 @@ def make_segment(client, nbytes=1 << 16, fill=None, **meta):
 def test_publish_then_fetch_in_forked_child_shares_memory(client):
     seg = make_segment(client, fill=7)
     addr, secret = client.address, client.secret
-    assert os.environ[ENV_VAR] == f"{_show(addr)}|{secret.hex()}"
+    assert ENV_VAR not in os.environ        # the secret stays in memory (see below)
 
     def child():
         c = ProxyClient.get()
@@ -93,7 +95,7 @@ def test_fetch_from_fresh_subprocess(client):
         a[:] = 9
     """)
     env = dict(os.environ, PYTHONPATH=SRC)
-    env.pop(ENV_VAR)  # the address+secret come only from the command line
+    assert ENV_VAR not in env  # the address+secret come only from the command line
     out = subprocess.run([sys.executable, "-c", code, _show(client.address),
                           client.secret.hex(), seg.key],
                          capture_output=True, text=True, env=env, timeout=50)
@@ -115,7 +117,7 @@ def test_fetch_own_segment_and_meta_roundtrip(client):
 
 def test_segments_and_proxy_info(client):
     seg = make_segment(client)
-    info = proxy_info()  # os.environ's proxy (set by the first publish)
+    info = proxy_info()  # this process's own proxy (started by the first publish)
     assert info["pid"] == client.proxy_pid
     assert info["address"] == client.address
     assert [s["key"] for s in info["segments"]] == [seg.key]
@@ -130,6 +132,7 @@ def test_segments_and_proxy_info(client):
 
 def test_proxy_info_without_proxy_raises(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(_client_mod, "_own_proxy", None)   # no proxy of ours yet
     with pytest.raises(ProxyError):
         proxy_info()
     with pytest.raises(ProxyError, match="cannot reach"):
@@ -408,6 +411,7 @@ def test_fork_child_uses_its_own_connection(client):
 
 def test_singleton_per_process_and_fresh_after_fork(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(_client_mod, "_own_proxy", None)   # no proxy of ours yet
 
     def child():
         a = ProxyClient.get()
@@ -535,7 +539,7 @@ def test_diagnostics_go_to_the_driller_logger_only(client, monkeypatch, caplog):
     names = {r.name for r in recs}
     assert names == {"driller.proxy._client", "driller.proxy._boot"}, names
     text = "\n".join(r.getMessage() for r in recs)
-    assert "names no usable fd proxy" in text and "started an fd proxy at" in text, text
+    assert "DRILLER_PROXY: no usable fd proxy" in text and "started an fd proxy at" in text, text
     assert client.secret.hex() not in text and "ab" * 16 not in text
     # the library's only handler is a NullHandler on "driller" (nothing printed unless
     # the application configures logging)
@@ -567,8 +571,39 @@ def test_library_logs_only_where_the_application_says(configured):
         assert res.stderr == "", res.stderr
     else:
         lines = res.stderr.splitlines()
-        assert any(ln.startswith("driller.proxy._client: DRILLER_PROXY names no usable")
+        assert any(ln.startswith("driller.proxy._client: DRILLER_PROXY: no usable fd proxy")
                    for ln in lines), lines
         assert any(ln.startswith("driller.proxy._boot: started an fd proxy at @driller-")
                    for ln in lines), lines
         assert "cd" * 16 not in res.stderr
+
+
+# ------------------------------------------------------------------ the secret stays out of os.environ
+
+def test_proxy_secret_stays_out_of_environ_forks_share_the_proxy(client):
+    seg = make_segment(client, fill=3)
+    pid, secret = client.proxy_pid, client.secret
+    assert ENV_VAR not in os.environ and secret.hex() not in repr(dict(os.environ))
+
+    def forked():   # a fork child (multiprocessing's fork, mmpi.spawn) joins our proxy
+        c = ProxyClient.get()
+        return c.proxy_pid, ENV_VAR in os.environ
+
+    status, res = in_child(forked)
+    assert status == "ok" and res == (pid, False), res
+    # a plain subprocess of ours does not inherit the secret; it starts its own proxy
+    code = textwrap.dedent("""
+        import os, sys
+        from driller.proxy import ProxyClient
+        assert "DRILLER_PROXY" not in os.environ
+        assert sys.argv[1] not in repr(dict(os.environ))
+        print(ProxyClient.get().proxy_pid)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, secret.hex()], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=SRC), timeout=50)
+    assert out.returncode == 0, out.stderr
+    child_proxy = int(out.stdout)
+    assert child_proxy != pid
+    assert wait_until(lambda: not _linux.pid_alive(child_proxy))   # gone with its client
+    # proxy_info() without an address reports our own proxy
+    assert proxy_info()["pid"] == pid and seg.key in [s["key"] for s in proxy_info()["segments"]]

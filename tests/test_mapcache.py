@@ -20,6 +20,7 @@ from _helpers import in_child, wait_until
 from driller import _linux
 from driller.errors import DrillerError, SegmentReleasedError
 from driller.proxy import ENV_VAR, ProxyClient
+from driller.proxy import _client
 from driller.mapcache import MapCache, cache, default_max_entries
 from driller.segment import Segment
 
@@ -30,6 +31,7 @@ def run(body, *args):
     """body(owner, *args) in a child with a fresh proxy; owner publishes, cache() fetches."""
     def child():
         os.environ.pop(ENV_VAR, None)
+        _client._own_proxy = None   # not the parent's proxy (inherited through the fork)
         owner = ProxyClient()
         try:
             res = body(owner, *args)

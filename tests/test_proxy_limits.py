@@ -39,6 +39,7 @@ class _Proxy:
 
     def __init__(self, monkeypatch, tmp_path, nofile=None):
         monkeypatch.delenv(ENV_VAR, raising=False)
+        monkeypatch.setattr(proxy_client, "_own_proxy", None)   # a fresh proxy
         self.log = tmp_path / "proxy.log"
         monkeypatch.setenv("DRILLER_PROXY_LOG", str(self.log))
         if nofile is not None:

@@ -13,8 +13,21 @@ import importlib
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from . import _platform
+
+_platform.check()   # a clear ImportError on a system driller cannot run on
 
 __version__ = "0.1.0"
+
+# Type checkers and IDEs see the lazily loaded names through this block (mypy knows
+# the idiom; `typing` itself is not imported at run time).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import MPI, heap, hole, mapcache, mmpi, proxy, segment, sharedarray
+    from .hole import Hole, check, drill
+    from .segment import Handle
+    from .sharedarray import (SharedArray, array, attach, cache_info, empty, empty_like,
+                              handle, zeros, zeros_like)
 
 _LAZY = {
     "empty": "sharedarray", "zeros": "sharedarray", "empty_like": "sharedarray",
@@ -30,7 +43,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -40,5 +53,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'driller' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBMODULES)

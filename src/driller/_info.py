@@ -1,4 +1,5 @@
-"""`driller info`: the fd proxy in use, its published segments, this process's cache."""
+"""`driller info`: this system (kernel, machine, each kernel feature driller uses, probed
+for real), the fd proxy in use, its published segments, this process's cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 
 from .errors import ProxyError
 
-__all__ = ["main", "find_proxies", "info"]
+__all__ = ["main", "find_proxies", "info", "system"]
 
 
 def find_proxies() -> list[str]:
@@ -36,16 +37,38 @@ def find_proxies() -> list[str]:
 def info(proxy: str | None = None) -> dict:
     """What `driller info` prints, as a dict: proxies with their segments, and our cache."""
     from .proxy import ENV_VAR, proxy_info
+    from .proxy import _client
+    from .proxy._wire import _show
     from .sharedarray import cache_info
-    targets = [proxy] if proxy else ([os.environ[ENV_VAR]] if os.environ.get(ENV_VAR)
-                                     else find_proxies())
+    own = _client._own_proxy     # this process's proxy (kept in memory, not os.environ)
+    if proxy:
+        targets = [proxy]
+    elif own is not None:
+        targets = [f"{_show(own[0])}|{own[1].hex()}"]
+    elif os.environ.get(ENV_VAR):
+        targets = [os.environ[ENV_VAR]]
+    else:
+        targets = find_proxies()
     proxies = []
     for t in targets:
         try:
             proxies.append(proxy_info(t))
         except ProxyError as e:
             proxies.append({"address": t.split("|")[0], "error": str(e)})
-    return {"proxies": proxies, "cache": cache_info(), "pid": os.getpid()}
+    return {"system": system(), "proxies": proxies, "cache": cache_info(), "pid": os.getpid()}
+
+
+def system() -> dict:
+    """This machine as driller sees it: kernel, machine, Python, and each kernel
+    feature driller uses, probed for real (name, since, used for, available, detail)."""
+    import platform
+    from . import _linux
+    u = os.uname()
+    features = [{"name": name, "since": "Linux %d.%d" % since, "used_for": use,
+                 "available": ok, "detail": detail}
+                for name, since, use, ok, detail in _linux.probe_features()]
+    return {"kernel": u.release, "machine": u.machine,
+            "python": platform.python_version(), "features": features}
 
 
 def _size(n: int) -> str:
@@ -66,6 +89,14 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(data, indent=2, default=repr))
         return 0
+    sysinfo = data["system"]
+    print(f"system: Linux {sysinfo['kernel']} on {sysinfo['machine']}, "
+          f"Python {sysinfo['python']}")
+    print("kernel features:")
+    for f in sysinfo["features"]:
+        state = "yes" if f["available"] else "MISSING"
+        note = f"  ({f['detail']})" if f["detail"] else ""
+        print(f"  {state:7s}  {f['name']:44s}  {f['since']:10s}  {f['used_for']}{note}")
     if not data["proxies"]:
         print("no driller fd proxy is running for this user")
     for p in data["proxies"]:

@@ -31,6 +31,7 @@ __all__ = [
     "pidfd_open", "pidfd_alive", "pid_alive",
     "Mapping", "query_mapping", "read_maps", "parse_maps",
     "buffer_address", "memmove", "read_word", "fd_inode",
+    "KERNEL_FEATURES", "probe_features",
 ]
 
 PAGE_SIZE = _mmap.PAGESIZE
@@ -53,7 +54,13 @@ _SYSCALLS = {
     "process_vm_writev": (311, 271),
     "futex_waitv": (449, 449),
 }
-_ARCH = 0 if _MACHINE in ("x86_64", "AMD64") else 1
+# the column of _SYSCALLS; `import driller` refuses other machines (driller._platform),
+# and nothing here may take another machine's numbers for these
+_ARCHES = {"x86_64": 0, "amd64": 0, "aarch64": 1, "arm64": 1}
+if _MACHINE.lower() not in _ARCHES:
+    raise ImportError(f"driller supports x86_64 and aarch64 Linux only; this machine is "
+                      f"{_MACHINE!r} (its system call numbers are unknown to driller)")
+_ARCH = _ARCHES[_MACHINE.lower()]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -866,3 +873,94 @@ def get_child_subreaper() -> bool:
         raise _oserror("prctl(PR_GET_CHILD_SUBREAPER)")
     return bool(flag.value)
 
+
+
+# ---------------------------------------------------------------- kernel feature probes
+
+def _probe_futex_waitv() -> str:
+    # no waiter at all: a kernel that has the call answers EINVAL, one without it ENOSYS
+    r = _libc.syscall(ctypes.c_long(_WAITV), None, ctypes.c_uint(0), ctypes.c_uint(0), None,
+                      ctypes.c_int(_CLOCK_MONOTONIC))
+    e = ctypes.get_errno()
+    if r == -1 and e == errno.ENOSYS:
+        raise OSError(e, "futex_waitv: the kernel has no such system call")
+    return ""
+
+
+def _probe_seals() -> str:
+    fd = memfd_create("driller-probe")
+    try:
+        os.ftruncate(fd, PAGE_SIZE)
+        add_seals(fd, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)
+    finally:
+        os.close(fd)
+    return ""
+
+
+def _probe_dontunmap() -> str:
+    fd = memfd_create("driller-probe")
+    try:
+        os.ftruncate(fd, PAGE_SIZE)
+        src = mmap(PAGE_SIZE, fd=fd)
+        try:
+            dst = mmap(PAGE_SIZE)
+            try:
+                if not mremap_keep(src, PAGE_SIZE, dst):
+                    raise OSError(errno.EINVAL, "mremap(MREMAP_DONTUNMAP) refused a shared "
+                                                "mapping (Linux >= 5.13 allows it)")
+            finally:
+                munmap(dst, PAGE_SIZE)
+        finally:
+            munmap(src, PAGE_SIZE)
+    finally:
+        os.close(fd)
+    return ""
+
+
+def _probe_vm_readv() -> str:
+    src, dst = new_bytearray(64), new_bytearray(64)
+    src[:] = b"\x5a" * 64
+    process_vm_readv(os.getpid(), buffer_address(dst)[0], buffer_address(src)[0], 64)
+    if bytes(dst) != bytes(src):
+        raise OSError(errno.EIO, "process_vm_readv copied the wrong bytes")
+    scope = ptrace_scope()
+    return "" if scope in (None, 0, 1) else f"Yama ptrace_scope={scope}: peers cannot read us"
+
+
+def _probe_pidfd() -> str:
+    os.close(pidfd_open(os.getpid()))
+    return ""
+
+
+def _probe_seqpacket() -> str:
+    import socket   # only here: the fd proxy's own process keeps its imports few
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.close()
+    b.close()
+    return ""
+
+
+# (name, the Linux version that has it, what driller uses it for, probe)
+KERNEL_FEATURES = (
+    ("memfd_create+F_SEAL_FUTURE_WRITE", (5, 1), "shared segments, read-only sharing",
+     _probe_seals),
+    ("mremap(MREMAP_DONTUNMAP) on shared mappings", (5, 13), "fork safety of read-only arrays",
+     _probe_dontunmap),
+    ("pidfd_open", (5, 3), "peer death detection", _probe_pidfd),
+    ("process_vm_readv", (3, 2), "single-copy messages between ranks", _probe_vm_readv),
+    ("futex_waitv", (5, 16), "mmpi waits on several rings at once", _probe_futex_waitv),
+    ("AF_UNIX SOCK_SEQPACKET", (2, 6), "the fd proxy", _probe_seqpacket),
+)
+
+
+def probe_features() -> list[tuple[str, tuple[int, int], str, bool, str]]:
+    """Each kernel feature driller needs, tried for real on this machine:
+    (name, Linux version that has it, what it is for, available, detail)."""
+    out = []
+    for name, since, use, probe in KERNEL_FEATURES:
+        try:
+            detail, ok = probe(), True
+        except OSError as e:
+            detail, ok = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror or e}", False
+        out.append((name, since, use, ok, detail))
+    return out

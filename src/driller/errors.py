@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",
     "PeerDiedError", "TruncationError", "MmpiError", "MmpiNotImplementedError", "RankFailedError",
+    "UnsupportedPlatformError",
 ]
 
 
-def _codes():
+def _codes() -> Any:
     # the MPI error classes (driller._errcodes, a leaf), imported at first use:
     # processes that never look at an error class (the fd proxy) never load them
     from . import _errcodes
@@ -17,6 +20,12 @@ def _codes():
 
 class DrillerError(Exception):
     """Base class of every error raised by driller."""
+
+
+class UnsupportedPlatformError(DrillerError, ImportError):
+    """``import driller`` on a system driller cannot run on (not Linux, a machine other
+    than x86_64/aarch64, a kernel without futex_waitv): the message names what is
+    missing."""
 
 
 class DrillError(DrillerError, ValueError):
@@ -52,7 +61,7 @@ class MmpiError(DrillerError, RuntimeError):
 
     _default_class = "ERR_OTHER"
 
-    def __init__(self, *args, error_class: int | None = None):
+    def __init__(self, *args: Any, error_class: int | None = None) -> None:
         self._mpi_form = False
         if len(args) == 1 and type(args[0]) is int and error_class is None:
             code = args[0]
@@ -71,19 +80,19 @@ class MmpiError(DrillerError, RuntimeError):
     @property
     def error_code(self) -> int:
         code = getattr(self, "_code", None)
-        return getattr(_codes(), self._default_class) if code is None else code
+        return int(getattr(_codes(), self._default_class) if code is None else code)
 
     @property
     def error_class(self) -> int:
         try:
-            return _codes().error_class(self.error_code)
+            return int(_codes().error_class(self.error_code))
         except ValueError:
-            return _codes().ERR_UNKNOWN
+            return int(_codes().ERR_UNKNOWN)
 
     @property
     def error_string(self) -> str:
         try:
-            return _codes().error_string(self.error_code)
+            return str(_codes().error_string(self.error_code))
         except ValueError:
             return f"unknown error code {self.error_code}"
 
@@ -118,26 +127,26 @@ class MmpiError(DrillerError, RuntimeError):
     def __hash__(self) -> int:
         return hash(self.error_code)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, (int, MmpiError)) and not isinstance(other, bool):
             return self.error_code == int(other)
         return NotImplemented
 
-    def __ne__(self, other):
+    def __ne__(self, other: object) -> bool:
         if isinstance(other, (int, MmpiError)) and not isinstance(other, bool):
             return self.error_code != int(other)
         return NotImplemented
 
-    def __lt__(self, other):
+    def __lt__(self, other: int | MmpiError) -> bool:
         return self.error_code < int(other)
 
-    def __le__(self, other):
+    def __le__(self, other: int | MmpiError) -> bool:
         return self.error_code <= int(other)
 
-    def __gt__(self, other):
+    def __gt__(self, other: int | MmpiError) -> bool:
         return self.error_code > int(other)
 
-    def __ge__(self, other):
+    def __ge__(self, other: int | MmpiError) -> bool:
         return self.error_code >= int(other)
 
 
@@ -176,7 +185,7 @@ class RankFailedError(MmpiError):
         self.remote_traceback = remote_traceback
         self.exc_type = exc_type
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.args[0], self.rank, self.status, self.signal,
                              self.remote_traceback, self.exc_type))
 

@@ -70,7 +70,7 @@ class Block:
         self.pid = _pid[0]
         self.gen = gen
         self.exported = False    # set by the first handle: the block is never reused
-        self.lease = None        # (pid, proxy address, lease id), see driller.sharedarray
+        self.lease: tuple[int, str, int] | None = None   # (pid, proxy address, lease id): sharedarray
 
     @property
     def __array_interface__(self) -> dict:

@@ -42,6 +42,7 @@ import threading
 import weakref
 
 import numpy as np
+from typing import Any
 
 from . import _linux, _publish
 from .errors import DrillError, SegmentReleasedError
@@ -58,7 +59,7 @@ _lock = threading.RLock()
 _holes: "weakref.WeakValueDictionary[int, Hole]" = weakref.WeakValueDictionary()
 
 
-def _allocation_start(obj, addr: int) -> int:
+def _allocation_start(obj: Any, addr: int) -> int:
     """Data pointer of the allocation that owns obj's memory (numpy base chain)."""
     if isinstance(obj, memoryview) and obj.obj is not None:
         obj = obj.obj
@@ -67,7 +68,7 @@ def _allocation_start(obj, addr: int) -> int:
         while isinstance(owner.base, np.ndarray):
             owner = owner.base
         if owner.base is None and owner.flags.owndata:
-            return owner.__array_interface__["data"][0]
+            return int(owner.__array_interface__["data"][0])
     return addr
 
 
@@ -89,7 +90,7 @@ def _glibc_chunk_extent(ptr: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _check_range(obj, addr: int, n: int, lo: int, hi: int) -> list[int]:
+def _check_range(obj: Any, addr: int, n: int, lo: int, hi: int) -> list[int]:
     """Refuse what cannot be drilled safely; returns the edge pages shared with the heap."""
     try:
         maps = _linux.mappings_covering(lo, hi)
@@ -137,13 +138,13 @@ class Hole:
     their existing views keep the last shared bytes.
     """
 
-    def __init__(self, obj, pin: memoryview, addr: int, n: int, lo: int, hi: int,
-                 seg: Segment, edges: list[int]):
+    def __init__(self, obj: Any, pin: memoryview, addr: int, n: int, lo: int, hi: int,
+                 seg: Segment, edges: list[int]) -> None:
         self.address = addr          # the buffer's first byte
         self.nbytes = n
         self._lo, self._hi = lo, hi
         self._segment = seg
-        self._pin = pin
+        self._pin: memoryview | None = pin   # keeps the exporter's buffer pinned
         self._edges = edges        # pages shared with heap neighbours (see fork hooks)
         self._pid = os.getpid()
         self._broken = False
@@ -241,7 +242,7 @@ class Hole:
     def __enter__(self) -> "Hole":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -265,7 +266,7 @@ def _undrill(lo: int, hi: int, seg: Segment) -> None:
     _publish.release(seg)
 
 
-def drill(obj, readonly: bool = False) -> Hole:
+def drill(obj: Any, readonly: bool = False) -> Hole:
     """Make the memory under ``obj`` shareable in place; returns a :class:`Hole`.
 
     ``obj`` is a writable, C-contiguous buffer (numpy array, bytearray, mmap,

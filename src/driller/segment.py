@@ -35,6 +35,8 @@ from . import _linux
 from .errors import ReadOnlyError
 
 if TYPE_CHECKING:  # numpy loads in Region.array only: the launcher maps without it
+    from typing import Any, Literal
+
     import numpy as np
 
 __all__ = ["Region", "Segment", "Handle", "new_key"]
@@ -110,17 +112,18 @@ class Region:
         self.address, self.nbytes, self.readonly = address, nbytes, readonly
         self.origin = None
         length = max(_linux.page_ceil(nbytes), _linux.PAGE_SIZE)
-        self._finalizer = weakref.finalize(self, _unmap if unmap else _noop, address, length)
+        self._finalizer = weakref.finalize(self, _unmap if unmap else _keep, address, length)
         self._finalizer.atexit = False
         return self
 
     @property
-    def __array_interface__(self) -> dict:
+    def __array_interface__(self) -> dict[str, Any]:
         return {"shape": (self.nbytes,), "typestr": "|u1", "version": 3,
                 "data": (self.address, self.readonly)}
 
-    def array(self, dtype="u1", shape=None, offset: int = 0, strides=None,
-              order: str = "C") -> np.ndarray:
+    def array(self, dtype: Any = "u1", shape: tuple[int, ...] | None = None, offset: int = 0,
+              strides: tuple[int, ...] | None = None,
+              order: Literal["C", "F"] = "C") -> np.ndarray:
         """A numpy view of part of the region (base chain keeps the region alive)."""
         import numpy as np  # here, not at module level: the launcher maps without numpy
         dtype = np.dtype(dtype)
@@ -139,8 +142,8 @@ class Region:
         return f"<driller.Region {self.nbytes} bytes at {self.address:#x}{ro}>"
 
 
-def _noop(*_a) -> None:
-    pass
+def _keep(address: int, nbytes: int) -> None:
+    """The release of a region adopted with ``unmap=False``: the mapping stays."""
 
 
 @dataclass(frozen=True)
@@ -159,15 +162,16 @@ class Handle:
     owner: int
     nbytes: int
     offset: int = 0
-    dtype: str | None = None
-    shape: tuple | None = None
-    strides: tuple | None = None
+    dtype: Any = None       # a numpy dtype (or its str), None: raw bytes
+    shape: tuple[int, ...] | None = None
+    strides: tuple[int, ...] | None = None
     readonly: bool = False
     gen: int = 0      # the block's generation (driller.heap), 0 for a whole segment
     lease: int = 0    # the transfer lease at the proxy (driller.sharedarray), 0: none
 
     def __repr__(self) -> str:
-        what = f"{self.dtype}{list(self.shape)}" if self.dtype else f"{self.nbytes} bytes"
+        what = (f"{self.dtype}{list(self.shape)}" if self.dtype is not None and self.shape
+                is not None else f"{self.nbytes} bytes")
         ro = ", readonly" if self.readonly else ""
         return f"Handle(key={self.key!r}, owner={self.owner}, {what}{ro})"
 

@@ -57,6 +57,8 @@ import os
 import threading
 
 import numpy as np
+import numpy.typing as npt
+from typing import Any, Literal, SupportsIndex, Sequence, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ReadOnlyError, SegmentReleasedError
@@ -73,20 +75,21 @@ class SharedArray(np.ndarray):
     computations are new, private numpy arrays.
     """
 
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
+    def __array_wrap__(self, arr: np.ndarray, context: Any = None,
+                       return_scalar: bool = False) -> Any:
         if return_scalar:
             return arr[()]
         if _shared_base(arr) is None:
             return arr.view(np.ndarray)
         return arr.view(type(self))
 
-    def __reduce_ex__(self, protocol):
-        h = handle(self, _strict=False)
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        h = _handle(self)
         if h is None:  # not (or no longer) in shared memory: pickle by value
             return np.asarray(self).__reduce_ex__(protocol)
         return (_rebuild, (h,))
 
-    def __reduce__(self):
+    def __reduce__(self) -> Any:
         return self.__reduce_ex__(2)
 
 
@@ -102,15 +105,15 @@ class _Attached:
         self.region, self.origin = region, origin
 
     @property
-    def __array_interface__(self) -> dict:
+    def __array_interface__(self) -> dict[str, Any]:
         r = self.region
         return {"shape": (r.nbytes,), "typestr": "|u1", "version": 3,
                 "data": (r.address, r.readonly)}
 
 
-def _shared_base(arr: np.ndarray):
+def _shared_base(arr: np.ndarray) -> Any:
     """The heap Block or _Attached mapping under arr, a drilled Hole, or None."""
-    b = arr
+    b: Any = arr
     while isinstance(b, np.ndarray):
         b = b.base
     if isinstance(b, (heap.Block, _Attached)):
@@ -144,13 +147,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _layout(arr: np.ndarray, base_address: int) -> dict:
+def _layout(arr: np.ndarray, base_address: int) -> dict[str, Any]:
     data = arr.__array_interface__["data"][0]
     return {"offset": data - base_address, "dtype": arr.dtype, "shape": tuple(arr.shape),
             "strides": tuple(arr.strides)}
 
 
-def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Handle | None:
+def handle(arr: np.ndarray, readonly: bool = False) -> Handle:
     """A small picklable :class:`~driller.Handle` for a shared array (or a view of one).
 
     ``driller.attach(handle)`` in any process of the same user gives an array
@@ -162,13 +165,19 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
     :class:`~driller.ReadOnlyError`: small arrays (an arena), memory already
     shared writable, a peer's writable attachment.
     """
-    base = _shared_base(arr)
-    if base is None:
-        if not _strict:
-            return None
+    h = _handle(arr, readonly)
+    if h is None:
         raise DrillerError(
             "this array is not in driller shared memory; allocate it with driller.empty/"
             "zeros/array, or make it shareable in place with driller.drill()")
+    return h
+
+
+def _handle(arr: np.ndarray, readonly: bool = False) -> Handle | None:
+    """:func:`handle`, or None where arr is not in driller shared memory."""
+    base = _shared_base(arr)
+    if base is None:
+        return None
     if readonly and isinstance(base, heap.Block):  # sealed before any fd of it leaves
         _publish.seal(base.segment, True)
     if isinstance(base, heap.Block):
@@ -187,7 +196,8 @@ def handle(arr: np.ndarray, readonly: bool = False, _strict: bool = True) -> Han
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly, gen=o.gen,
                       lease=o.lease, **_layout(arr, base.region.address))
-    return base.handle_for(arr, readonly=readonly)  # a drilled Hole
+    hole_handle: Handle = base.handle_for(arr, readonly=readonly)  # a drilled Hole
+    return hole_handle
 
 
 # ------------------------------------------------------------------ attaching
@@ -230,7 +240,7 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
     elif handle.readonly and not readonly:
         raise DrillerError(f"handle {handle.key} is read-only: attach it with readonly=True")
     raw, start = _buffer_for(handle, readonly)
-    if handle.dtype is None:
+    if handle.dtype is None or handle.shape is None:
         arr = raw[handle.offset - start:]
     else:
         arr = np.ndarray(handle.shape, dtype=handle.dtype, buffer=raw,
@@ -246,35 +256,43 @@ def _rebuild(h: Handle) -> np.ndarray:
     return attach(h)
 
 
-def cache_info() -> dict:
+def cache_info() -> dict[str, int]:
     """This process's map cache: hits, misses, evictions, entries, bytes mapped."""
     return mapcache.cache().info()
 
 
 # ------------------------------------------------------------------ constructors
 
-def _wrap(block: heap.Block, shape, dtype, order: str) -> SharedArray:
-    return SharedArray(shape, dtype=dtype, buffer=np.asarray(block), order=order)
+Order = Literal["C", "F"]
+OrderKA = Literal["K", "A", "C", "F"]
+ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
 
 
-def _normalize(shape, dtype):
-    dtype = np.dtype(dtype)
-    shape = (operator.index(shape),) if not hasattr(shape, "__len__") \
+def _wrap(block: heap.Block, shape: tuple[int, ...], dtype: np.dtype[Any],
+          order: str) -> SharedArray:
+    return SharedArray(shape, dtype=dtype, buffer=np.asarray(block),
+                       order="F" if order == "F" else "C")
+
+
+def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...], np.dtype[Any],
+                                                                 int]:
+    dt = np.dtype(dtype)
+    dims = (operator.index(shape),) if isinstance(shape, SupportsIndex) \
         else tuple(operator.index(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative dimensions are not allowed: {shape}")
-    return shape, dtype, math.prod(shape) * dtype.itemsize
+    if any(s < 0 for s in dims):
+        raise ValueError(f"negative dimensions are not allowed: {dims}")
+    return dims, dt, math.prod(dims) * dt.itemsize
 
 
-def empty(shape, dtype=float, order: str = "C") -> SharedArray:
+def empty(shape: ShapeLike, dtype: npt.DTypeLike = float, order: Order = "C") -> SharedArray:
     """Like ``numpy.empty``, in shared memory."""
-    shape, dtype, nbytes = _normalize(shape, dtype)
+    dims, dt, nbytes = _normalize(shape, dtype)
     if order not in ("C", "F"):
         raise ValueError(f"order must be 'C' or 'F', not {order!r}")
-    return _wrap(heap.allocate(max(nbytes, 1)), shape, dtype, order)
+    return _wrap(heap.allocate(max(nbytes, 1)), dims, dt, order)
 
 
-def zeros(shape, dtype=float, order: str = "C") -> SharedArray:
+def zeros(shape: ShapeLike, dtype: npt.DTypeLike = float, order: Order = "C") -> SharedArray:
     """Like ``numpy.zeros``, in shared memory."""
     a = empty(shape, dtype, order)
     if a.nbytes < heap.LARGE_BYTES:  # arena blocks are reused; a new segment reads as zeros
@@ -282,24 +300,34 @@ def zeros(shape, dtype=float, order: str = "C") -> SharedArray:
     return a
 
 
-def empty_like(a, dtype=None, order: str = "K") -> SharedArray:
-    a = np.asarray(a)
-    order = ("F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C") \
-        if order in ("K", "A") else order
-    return empty(a.shape, a.dtype if dtype is None else dtype, order)
+def empty_like(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None,
+               order: OrderKA = "K") -> SharedArray:
+    """Like ``numpy.empty_like``, in shared memory (``order`` K and A keep a's layout)."""
+    src = np.asarray(a)
+    return empty(src.shape, src.dtype if dtype is None else dtype, _out_order(src, order))
 
 
-def zeros_like(a, dtype=None, order: str = "K") -> SharedArray:
+def _out_order(src: np.ndarray, order: str) -> Order:
+    if order in ("K", "A"):
+        return "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'K', 'A', 'C' or 'F', not {order!r}")
+    return "F" if order == "F" else "C"
+
+
+def zeros_like(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None,
+               order: OrderKA = "K") -> SharedArray:
+    """Like ``numpy.zeros_like``, in shared memory."""
     out = empty_like(a, dtype, order)
     out.fill(0)
     return out
 
 
-def array(obj, dtype=None, order: str = "K") -> SharedArray:
+def array(obj: npt.ArrayLike, dtype: npt.DTypeLike | None = None,
+          order: OrderKA = "K") -> SharedArray:
     """Copy ``obj`` (anything numpy.asarray takes) into a new shared array."""
     src = np.asarray(obj, dtype=dtype)
-    out_order = ("F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C") \
-        if order in ("K", "A") else order
+    out_order = _out_order(src, order)
     if src.nbytes >= heap.LARGE_BYTES and (src.flags.c_contiguous if out_order == "C"
                                            else src.flags.f_contiguous):
         # one copy straight into the new memfd (pwrite), no page faults on our side

@@ -8,7 +8,9 @@ from ._stats import fmt_size
 STYLE = {
     "driller.Send": dict(color="C3", marker="o", lw=2.2),
     "driller.send": dict(color="C1", marker="o", lw=2.2),
+    "driller.Send-spec": dict(color="C3", marker="o", ls=":", lw=1.8),
     "mpi4py.Send": dict(color="C0", marker="s"),
+    "mpi4py.Send-spec": dict(color="C0", marker="s", ls=":"),
     "mpi4py.send": dict(color="C9", marker="s"),
     "mpi4py.pkl5": dict(color="C4", marker="s"),
     "mp.Pipe": dict(color="C2", marker="^"),

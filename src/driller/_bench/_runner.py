@@ -51,7 +51,11 @@ SHARING = ("sharing",)
 METHODS = [
     Method("driller.Send", "driller.mmpi Send/Recv", "driller", "driller", P2P),
     Method("driller.send", "driller.mmpi send/recv", "driller", "driller", P2P_OBJ, api="obj"),
+    Method("driller.Send-spec", "driller.mmpi Send/Recv of [buf, n, MPI.BYTE]", "driller",
+           "driller", P2P, api="spec", short="[buf, n, BYTE]"),
     Method("mpi4py.Send", "mpi4py Send/Recv", "mpi4py", "peer", P2P),
+    Method("mpi4py.Send-spec", "mpi4py Send/Recv of [buf, n, MPI.BYTE]", "mpi4py", "peer", P2P,
+           api="spec", short="[buf, n, BYTE]"),
     Method("mpi4py.send", "mpi4py send/recv (pickle)", "mpi4py", "peer", P2P_OBJ, api="obj"),
     Method("mpi4py.pkl5", "mpi4py.util.pkl5", "mpi4py", "peer", P2P_OBJ, api="pkl5"),
     Method("mp.Pipe", "multiprocessing Pipe", "mp", "peer", P2P_OBJ, chan="pipe"),
@@ -75,7 +79,8 @@ METHOD = {m.key: m for m in METHODS}
 
 # (driller method, peer method) pairs whose within-round ratio is reported
 RATIO_PAIRS = {
-    "latency": [("driller.Send", "mpi4py.Send"), ("driller.send", "mpi4py.send"),
+    "latency": [("driller.Send", "mpi4py.Send"), ("driller.Send-spec", "mpi4py.Send-spec"),
+                ("driller.send", "mpi4py.send"),
                 ("driller.send", "mpi4py.pkl5"), ("driller.Send", "mp.Pipe"),
                 ("driller.send", "mp.Queue"), ("driller.Send", "memcpy")],
     "objects": [("driller.send", "mpi4py.send"), ("driller.send", "mpi4py.pkl5"),

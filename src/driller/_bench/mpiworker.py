@@ -29,6 +29,7 @@ class Engine:
             from mpi4py import MPI
             self.comm = MPI.COMM_WORLD
             self.SUM = MPI.SUM
+            self.BYTE = MPI.BYTE
             self.waitall = MPI.Request.Waitall
             self.versions = {
                 "mpi4py": mpi4py.__version__,
@@ -43,8 +44,10 @@ class Engine:
         elif name == "driller":
             import driller
             from driller import mmpi
+            from driller import MPI
             self.comm = mmpi.COMM_WORLD
             self.SUM = getattr(mmpi, "SUM", None)
+            self.BYTE = MPI.BYTE
             req = getattr(mmpi, "Request", None)
             self.waitall = getattr(req, "Waitall", None)
             if self.waitall is None and req is not None and hasattr(req, "Wait"):
@@ -56,7 +59,7 @@ class Engine:
         self.size = self.comm.Get_size()
 
     def api(self, name: str):
-        if name in ("buf", "obj"):
+        if name in ("buf", "obj", "spec"):
             return self.comm
         if name == "pkl5":
             if self.pkl5 is None:
@@ -110,13 +113,17 @@ def make_handler(eng: Engine):
         comm = eng.api(cmd.get("api", "buf"))
         if op == "lat":
             s, r = bufs.get(size)
-            if cmd["api"] == "buf":
+            if cmd["api"] == "spec":   # osu's form: [buf, count, MPI.BYTE]
+                s, r = [s, size, eng.BYTE], [r, size, eng.BYTE]
+            if cmd["api"] in ("buf", "spec"):
                 return K.pingpong_buf(comm, eng.rank, s, r, iters, warmup, cap=cap)
             return K.pingpong_obj(comm, eng.rank, s, iters, warmup, cap=cap)
         if op == "bw":
             s, r = bufs.get(size)
             window = int(cmd.get("window") or K.bw_window(size))
-            if cmd["api"] == "buf":
+            if cmd["api"] == "spec":
+                s, r = [s, size, eng.BYTE], [r, size, eng.BYTE]
+            if cmd["api"] in ("buf", "spec"):
                 return K.bandwidth_buf(comm, eng.rank, s, r, iters, warmup, window,
                                        eng.waitall, cap=cap)
             return K.bandwidth_obj(comm, eng.rank, s, iters, warmup, window, cap=cap)

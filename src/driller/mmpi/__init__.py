@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
 
+    COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
+    COMM_SELF: Intracomm
+
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
@@ -68,7 +71,7 @@ if "DRILLER_MMPI_WORLD_FD" in os.environ:
     importlib.import_module("._comm", __name__)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
@@ -82,5 +85,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'driller.mmpi' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

@@ -18,9 +18,14 @@ Lifetime: the first process that needs a proxy (its first publish, or reading
 ``ProxyClient.get().address``) starts one: ``python -c`` that forks once more,
 so the proxy is nobody's child, and imports only ``_server``, ``_wire``, ``_linux``
 and ``errors``.  The starting process binds and listens itself and hands the socket
-over, so the proxy is reachable when the call returns.  It puts
-``DRILLER_PROXY=@<name>|<secret hex>`` into ``os.environ`` (``@`` stands for the
-leading NUL of the abstract address) so children join the same proxy.  The
+over, so the proxy is reachable when the call returns.  It keeps the proxy's
+address and secret in memory, never in ``os.environ`` (where every exec'd child
+and every crash report would see the secret): a fork child (multiprocessing's
+fork, ``mmpi.spawn``) joins the same proxy, an exec'd child starts its own on
+first need (a handle carries its proxy's address and secret anyway).  A process
+may be pointed at a running proxy with ``DRILLER_PROXY=@<name>|<secret hex>``
+(``@`` stands for the leading NUL of the abstract address); driller reads it,
+never writes it.  The
 proxy exits when its last client has disconnected, or if nobody authenticates
 within a few seconds of its start.
 

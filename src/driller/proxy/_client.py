@@ -207,6 +207,11 @@ class _Conn:
 
 _client: "ProxyClient | None" = None
 _client_lock = threading.Lock()
+# This process's own proxy (address, secret), kept in memory, never in os.environ
+# (where every exec'd child and every crash report would see the secret).  A fork
+# child (multiprocessing's fork, mmpi.spawn) inherits it and joins the same proxy; an
+# exec'd child starts its own on first need (handles carry address and secret).
+_own_proxy: "tuple[str, bytes] | None" = None
 _all_clients: "weakref.WeakSet[ProxyClient]" = weakref.WeakSet()
 
 
@@ -250,20 +255,25 @@ class ProxyClient:
             if self._own is not None and not self._own.dead:
                 return self._own
             self._own = None
+            global _own_proxy
+            # this process's proxy (or its fork parent's), else one named explicitly
+            # by DRILLER_PROXY (read, never written), else a new one
             env = os.environ.get(ENV_VAR)
-            if env:
+            for where, known in (("this process's last proxy", _own_proxy), (ENV_VAR, env)):
+                if not known:
+                    continue
                 try:
-                    address, secret = _parse_env(env)
+                    address, secret = _parse_env(known) if isinstance(known, str) else known
                     self._own = self._conn_for(address, secret)
+                    break
                 except ProxyError as e:
                     from .._log import get_logger
-                    get_logger(__name__).debug("%s names no usable fd proxy (%s); starting "
-                                               "one", ENV_VAR, e)
+                    get_logger(__name__).debug("%s: no usable fd proxy (%s)", where, e)
                     self._own = None
             if self._own is None:
                 address, secret = _start_proxy()
                 self._own = self._conn_for(address, secret)
-                os.environ[ENV_VAR] = f"{_show(address)}|{secret.hex()}"
+            _own_proxy = (self._own.address, self._own.secret)
             return self._own
 
     @property
@@ -486,17 +496,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def proxy_info(address: str | None = None) -> dict:
-    """address, pid, uid, clients and segments of a proxy (default: os.environ's).
+    """address, pid, uid, clients and segments of a proxy (default: this process's own,
+    else DRILLER_PROXY's).
 
     ``address`` may be ``"<address>|<secret hex>"`` (the DRILLER_PROXY form) or a bare
-    address whose secret is in os.environ or known to this process's client.
+    address whose secret is known to this process (its own proxy, DRILLER_PROXY, a
+    connection of its client).
     """
     secret = None
     if address is None:
         env = os.environ.get(ENV_VAR)
-        if not env:
-            raise ProxyError(f"no fd proxy: {ENV_VAR} is not set (no driller job here)")
-        address, secret = _parse_env(env)
+        if _own_proxy is not None:
+            address, secret = _own_proxy
+        elif env:
+            address, secret = _parse_env(env)
+        else:
+            raise ProxyError(f"no fd proxy: this process has none and {ENV_VAR} is not set "
+                             f"(no driller job here)")
     elif "|" in address:
         address, secret = _parse_env(address)
     else:
@@ -505,11 +521,13 @@ def proxy_info(address: str | None = None) -> dict:
         env = os.environ.get(ENV_VAR)
         if env and _parse_env(env)[0] == address:
             secret = _parse_env(env)[1]
+        elif _own_proxy is not None and _own_proxy[0] == address:
+            secret = _own_proxy[1]
         elif _client is not None and address in _client._conns:
             secret = _client._conns[address].secret
         else:
             raise ProxyError(f"the secret of the fd proxy at {_show(address)} is unknown: pass "
-                             "'<address>|<secret hex>' as found in the job's DRILLER_PROXY")
+                             "'<address>|<secret hex>' as `driller info` lists it")
     conn = _Conn(address, secret)
     try:
         reply, fds = conn.request(("info",))
