@@ -19,15 +19,7 @@ user handlers do not pickle (ValueError, as mpi4py).
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
-import sys
-import threading
-import types
-import weakref
-
-from ..errors import MmpiError, MmpiNotImplementedError
+from ..errors import MmpiError
 from .. import _errcodes
 
 __all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
@@ -166,6 +158,16 @@ def call(eh: Errhandler, obj, errorcode: int, abort) -> None:
 
 
 # ------------------------------------------------------------ applying a handler
+
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import types  # noqa: E402
+import weakref  # noqa: E402
+
+from ..errors import MmpiNotImplementedError  # noqa: E402
 
 _NOT_WRAPPED = frozenset({"Get_errhandler", "Set_errhandler", "Call_errhandler",
                           "Create_errhandler", "Abort", "Free", "Get_rank", "Get_size",

@@ -78,8 +78,6 @@ class Info:
         if self is INFO_ENV:
             raise MmpiError("Info.Free: INFO_ENV is predefined and cannot be freed",
                             error_class=_errcodes.ERR_INFO)
-        for n in [n for n, store in _HANDLES.items() if store is self._d]:
-            del _HANDLES[n]
         self._d = None
 
     def Get(self, key: str) -> str | None:
@@ -106,45 +104,6 @@ class Info:
         return list(d)[n]
 
     # -- handle behaviour ----------------------------------------------------------
-
-    def py2f(self) -> int:
-        """The Fortran handle of this info (0: INFO_NULL, 1: INFO_ENV); ``f2py`` of it
-        is a handle onto the same info while it is not freed."""
-        d = self._d
-        if d is None:
-            return 0
-        if d is _ENV:
-            return 1
-        for n, store in _HANDLES.items():
-            if store is d:
-                return n
-        n = _next_handle[0]
-        _next_handle[0] += 1
-        _HANDLES[n] = d
-        return n
-
-    @classmethod
-    def f2py(cls, arg: int) -> Info:
-        """A handle onto the info whose Fortran handle is ``arg``."""
-        new = cls()
-        if arg == 1:
-            new._d = _ENV
-        elif arg:
-            d = _HANDLES.get(arg)
-            if d is None:
-                raise MmpiError(f"Info.f2py: {arg!r} is no live info handle",
-                                error_class=_errcodes.ERR_INFO)
-            new._d = d
-        return new
-
-    def toint(self) -> int:
-        """The handle of this info as an int (``fromint`` gives it back)."""
-        return self.py2f()
-
-    @classmethod
-    def fromint(cls, arg: int) -> Info:
-        """A handle onto the info whose int handle is ``arg``."""
-        return cls.f2py(arg)
 
     def __bool__(self) -> bool:
         return self._d is not None
@@ -266,10 +225,6 @@ def _value(value) -> str:
                         f"{MAX_INFO_VAL - 1} (MPI.MAX_INFO_VAL)",
                         error_class=_errcodes.ERR_INFO_VALUE)
     return value
-
-
-_HANDLES: dict[int, dict] = {}     # py2f handle -> store, until the info is freed
-_next_handle = [2]
 
 
 def _env_items(args=None):
