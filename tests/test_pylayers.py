@@ -383,3 +383,48 @@ def test_pkl5_sends_a_large_array():
 def test_comm_spawn_says_what_to_run():
     with pytest.raises(NotImplementedError, match=r"driller run -n N -m mpi4py\.futures"):
         MPI.COMM_SELF.Spawn(sys.executable, ["-c", "pass"], maxprocs=2)
+
+
+# ------------------------------------------------------------------ files (handles only)
+
+def test_file_open_close_and_errhandlers(tmp_path):
+    path = tmp_path / "f.bin"
+    amode = MPI.MODE_WRONLY | MPI.MODE_CREATE | MPI.MODE_DELETE_ON_CLOSE
+    f = MPI.File.Open(MPI.COMM_SELF, path, amode, MPI.INFO_NULL)
+    assert f and path.exists() and f.Get_amode() == amode and f.Get_size() == 0
+    assert f.Get_errhandler() == MPI.ERRORS_RETURN          # MPI's default for files
+    calls = []
+    eh = MPI.File.Create_errhandler(lambda obj, code: calls.append((obj, code)))
+    f.Set_errhandler(eh)
+    f.Call_errhandler(MPI.ERR_OTHER)
+    assert calls == [(f, MPI.ERR_OTHER)]
+    f.Set_errhandler(MPI.ERRORS_RETURN)
+    eh.Free()
+    with pytest.raises(NotImplementedError, match="MPI-IO data access"):
+        f.Write_at(0, b"x")
+    f.Close()
+    assert not f and f == MPI.FILE_NULL and not path.exists()
+    with pytest.raises(MPI.Exception) as ei:
+        f.Close()
+    assert ei.value.Get_error_class() == MPI.ERR_FILE
+    for mode in (MPI.MODE_RDONLY | MPI.MODE_CREATE, MPI.MODE_RDWR | MPI.MODE_WRONLY, 0):
+        with pytest.raises(MPI.Exception) as ei:
+            MPI.File.Open(MPI.COMM_SELF, path, mode)
+        assert ei.value.Get_error_class() == MPI.ERR_AMODE
+    with pytest.raises(MPI.Exception) as ei:
+        MPI.File.Open(MPI.COMM_SELF, tmp_path / "missing")
+    assert ei.value.Get_error_class() == MPI.ERR_NO_SUCH_FILE
+    assert pickle.loads(pickle.dumps(MPI.FILE_NULL)) is MPI.FILE_NULL
+
+
+def test_file_errors_are_fatal_aborts_the_job(tmp_path):
+    res = run_code(2, f"""
+        from driller import MPI
+        f = MPI.File.Open(MPI.COMM_WORLD, {str(tmp_path / 'g')!r},
+                          MPI.MODE_RDWR | MPI.MODE_CREATE)
+        f.Set_errhandler(MPI.ERRORS_ARE_FATAL)
+        MPI.COMM_WORLD.Barrier()
+        f.Call_errhandler(MPI.ERR_IO)
+        print("NOT REACHED")
+    """)
+    assert res.returncode != 0 and "NOT REACHED" not in res.stdout

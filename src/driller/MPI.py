@@ -83,6 +83,7 @@ from .mmpi._errclass import (Add_error_class, Add_error_code,  # noqa: E402,F401
 from .mmpi._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE,  # noqa: E402,F401
                           MODE_EXCL, MODE_RDONLY, MODE_RDWR, MODE_SEQUENTIAL,
                           MODE_UNIQUE_OPEN, MODE_WRONLY, MAX_INFO_KEY, MAX_INFO_VAL)
+from .mmpi._file import FILE_NULL, File  # noqa: E402,F401
 from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
 from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
 from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
@@ -90,7 +91,7 @@ __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_
             "Remove_error_class", "Remove_error_code", "Remove_error_string",
             "MODE_RDONLY", "MODE_WRONLY", "MODE_RDWR", "MODE_CREATE", "MODE_EXCL",
             "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN", "MODE_SEQUENTIAL", "MODE_APPEND",
-            "MAX_INFO_KEY", "MAX_INFO_VAL"]
+            "MAX_INFO_KEY", "MAX_INFO_VAL", "File", "FILE_NULL"]
 
 # --- topologies
 
