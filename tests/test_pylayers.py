@@ -313,6 +313,19 @@ def test_python_m_mpi4py_runs_a_program(tmp_path):
 
 
 @needs_mpi4py
+def test_python_m_mpi4py_aborts_the_job_when_the_program_raises(tmp_path):
+    prog = tmp_path / "p.py"
+    prog.write_text("import sys, time\nfrom mpi4py import MPI\n"
+                    "if MPI.COMM_WORLD.Get_rank() == 1:\n    sys.exit(3)\n"
+                    "time.sleep(60)\n")
+    res = run("-n", "2", "-m", "mpi4py", str(prog), timeout=40)
+    assert res.returncode == 3, res.stderr
+    assert "mmpi: rank 1 called Abort(3)" in res.stderr, res.stderr
+    res = run("-n", "1", "-m", "mpi4py", "--mpi-std-version")
+    assert res.returncode == 0 and res.stdout.strip() == "MPI 3.1", res.stderr
+
+
+@needs_mpi4py
 @needs_intercomm
 def test_futures_module_form_computes_a_map(tmp_path):
     prog = tmp_path / "prog.py"

@@ -87,11 +87,13 @@ from .mmpi._file import FILE_NULL, File  # noqa: E402,F401
 from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
 from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
 from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
+from .mmpi._pylayers import set_abort_status as _set_abort_status  # noqa: E402,F401
+from .mmpi._const import SUBVERSION, VERSION  # noqa: E402,F401  (mpi4py.run, futures)
 __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_string",
             "Remove_error_class", "Remove_error_code", "Remove_error_string",
             "MODE_RDONLY", "MODE_WRONLY", "MODE_RDWR", "MODE_CREATE", "MODE_EXCL",
             "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN", "MODE_SEQUENTIAL", "MODE_APPEND",
-            "MAX_INFO_KEY", "MAX_INFO_VAL", "File", "FILE_NULL"]
+            "MAX_INFO_KEY", "MAX_INFO_VAL", "File", "FILE_NULL", "VERSION", "SUBVERSION"]
 
 # --- topologies
 
