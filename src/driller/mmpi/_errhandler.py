@@ -173,7 +173,7 @@ _NOT_WRAPPED = frozenset({"Get_errhandler", "Set_errhandler", "Call_errhandler",
                           "Create_errhandler", "Abort", "Free", "Get_rank", "Get_size",
                           "Get_name", "Set_name", "Is_inter", "Is_intra", "Get_group",
                           "py2f", "toint"})
-_installed: dict[int, tuple[list[str], Errhandler]] = {}   # id(obj) -> (names, handler)
+_installed: dict[int, list[str]] = {}   # id(obj) -> the names wrapped on it
 _depth = threading.local()
 
 
@@ -182,19 +182,22 @@ def _forget(key: int) -> None:
 
 
 def apply(obj, eh: Errhandler, abort=None) -> None:
-    """Make ``eh`` the handler applied when a call on ``obj`` fails: ERRORS_RETURN
-    removes the wrappers (errors just raise), any other handler wraps each public
-    method of ``obj`` (instance attributes: the class and other objects keep
-    theirs).  ``abort(code)`` ends the job (default: ``obj.Abort``)."""
+    """Make ``obj``'s calls apply its error handler when they fail, ``eh`` being the
+    handler just set: ERRORS_RETURN removes the wrappers (errors just raise), any
+    other handler wraps each public method of ``obj`` (instance attributes: the
+    class and other objects keep theirs).  A wrapper applies the handler in force
+    when the error happens (``obj.Get_errhandler()``), so a handle onto a
+    communicator whose handler is set through another handle can be wrapped too.
+    ``abort(code)`` ends the job (default: ``obj.Abort``)."""
     d = obj.__dict__
     key = id(obj)
-    old = _installed.pop(key, None)
-    if old is not None:
-        for name in old[0]:
-            d.pop(name, None)
     h = eh._h
     if h is None or h is _RETURN:
+        for name in _installed.pop(key, ()):
+            d.pop(name, None)
         return
+    if key in _installed:
+        return          # wrapped already: the wrappers read the handler in force
     cls = type(obj)
     names = []
     for name in dir(cls):
@@ -204,9 +207,8 @@ def apply(obj, eh: Errhandler, abort=None) -> None:
             continue   # properties, class and static methods stay as they are
         d[name] = _wrapper(getattr(obj, name), weakref.ref(obj), name, abort)
         names.append(name)
-    if not _installed.get(key):
-        weakref.finalize(obj, _forget, key)
-    _installed[key] = (names, Errhandler(eh))
+    weakref.finalize(obj, _forget, key)
+    _installed[key] = names
 
 
 def _wrapper(method, ref, name, abort):
@@ -228,10 +230,12 @@ def _wrapper(method, ref, name, abort):
 
 
 def _handle(obj, name: str, e: MmpiError, abort) -> None:
-    entry = _installed.get(id(obj))
-    if entry is None:
+    # the handler in force now, read through the object's own Get_errhandler (it may
+    # live with the communicator, shared by all its handles)
+    try:
+        h = obj.Get_errhandler()._h
+    except Exception:       # the object is gone (freed, finalized): the error stands
         return
-    h = entry[1]._h
     if h is None or h is _RETURN:
         return
     code = e.error_code
