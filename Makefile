@@ -11,7 +11,7 @@ endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all venv test conformance conformance-update bench bench-quick demo docs clean
+.PHONY: all venv venv-mpich test conformance conformance-update bench bench-quick demo docs clean
 
 all: test
 
@@ -29,7 +29,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# MPICH (the `mpich` wheel) and mpi4py in a venv of their own: the hybrid tests run
+# jobs under both Open MPI (the test venv's) and MPICH
+MPICH_STAMP := .venv-mpich/.installed
+$(MPICH_STAMP): pyproject.toml
+	python3 -m venv .venv-mpich
+	.venv-mpich/bin/python -m pip install -q --upgrade pip
+	.venv-mpich/bin/python -m pip install -q mpich mpi4py -e .
+	touch $(MPICH_STAMP)
+
+venv-mpich: $(MPICH_STAMP)
+
+test: $(STAMP) $(MPICH_STAMP)
 	$(PY) -m pytest -q tests
 
 # mpi4py 4.1.2's own test suite on driller.MPI at 1, 2 and 3 ranks (fetched once into

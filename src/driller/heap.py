@@ -169,6 +169,8 @@ os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def heap_info() -> dict:
+    """The allocator's state in this process: arenas and their bytes (mapped, in use),
+    live small arrays, and how many small and large arrays were allocated."""
     with _lock:
         _drain_freed()
         return {"arenas": len(_arenas), "arena_bytes": _stats["arena_bytes"],

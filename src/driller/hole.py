@@ -164,14 +164,17 @@ class Hole:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` ran (the memory is private again)."""
         return not self._finalizer.alive
 
     @property
     def key(self) -> str:
+        """The segment's key at the fd proxy (what peers' handles name)."""
         return self._segment.key
 
     @property
     def segment(self) -> Segment:
+        """The memfd segment now mapped under the drilled range."""
         return self._segment
 
     def _ensure_usable(self) -> None:
@@ -213,6 +216,8 @@ class Hole:
         return self.handle_for(None)
 
     def handle_for(self, arr: np.ndarray | None, readonly: bool = False) -> Handle:
+        """A handle naming ``arr`` (a view into the drilled range; None: the whole
+        buffer, as :attr:`handle`); read-only as :func:`driller.handle` says."""
         self._ensure_usable()
         if arr is None:
             fields = dict(self._layout, offset=self.address - self._lo)

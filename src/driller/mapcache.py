@@ -208,6 +208,8 @@ class MapCache:
             self._drop_key(key)
 
     def info(self) -> dict:
+        """Counters and sizes: hits, misses, evictions, invalidations, entries, bytes
+        mapped, and the bounds (max_entries, max_bytes)."""
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
                     "invalidations": self.invalidations, "entries": len(self._entries),

@@ -213,9 +213,11 @@ class Segment:
 
     @property
     def address(self) -> int:
+        """Where the segment is mapped in this process."""
         return self.region.address
 
     def close_fd(self) -> None:
+        """Close the memfd (the mapping stays; a published segment's proxy keeps its own fd)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -84,13 +84,32 @@ class SharedArray(np.ndarray):
         return arr.view(type(self))
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
-        h = _handle(self)
+        h = None if _by_value.depth else _handle(self)
         if h is None:  # not (or no longer) in shared memory: pickle by value
             return np.asarray(self).__reduce_ex__(protocol)
         return (_rebuild, (h,))
 
     def __reduce__(self) -> Any:
         return self.__reduce_ex__(2)
+
+
+class _ByValue(threading.local):
+    depth = 0
+
+
+_by_value = _ByValue()
+
+
+class pickled_by_value:
+    """``with pickled_by_value(): pickle.dumps(obj)``: SharedArrays inside obj pickle by
+    value (their bytes), not by reference, in this thread; for a receiver that cannot
+    map this machine's memory (a rank on another node of a hybrid mmpi world)."""
+
+    def __enter__(self) -> None:
+        _by_value.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _by_value.depth -= 1
 
 
 # ------------------------------------------------------------------ handles

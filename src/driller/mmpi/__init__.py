@@ -23,7 +23,7 @@ from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, Truncati
 if TYPE_CHECKING:
     from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
                              SUM, Op)
-    from ._comm import Comm, Intracomm, Wtick, Wtime, init_world
+    from ._comm import Comm, Intracomm, Wtick, Wtime, init_world, route
     from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE,
                          PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
     from ._datatype import Datatype
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
-    "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
+    "route", "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
     "MmpiError", "MmpiNotImplementedError", "PeerDiedError", "TruncationError",
     "create_world", "mark_dead", "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD",
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -51,7 +51,7 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR", "MAX", "MAXLOC", "MIN",
                      "MINLOC", "PROD", "SUM", "Op"), "._coll._ops"),
-    **dict.fromkeys(("Comm", "Intracomm", "Wtick", "Wtime", "init_world"), "._comm"),
+    **dict.fromkeys(("Comm", "Intracomm", "Wtick", "Wtime", "init_world", "route"), "._comm"),
     **dict.fromkeys(("ANY_SOURCE", "ANY_TAG", "COMM_TYPE_SHARED", "CONGRUENT", "IDENT",
                      "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
                     "._const"),

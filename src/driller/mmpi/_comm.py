@@ -17,7 +17,7 @@ from . import _errhandler, _group
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
-from ._coll import _alltoall, _barrier, _bcast, _gather, _nonblocking, _reduce
+from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
@@ -27,7 +27,7 @@ from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fil
                        request, self_sync)
 
 __all__ = [
-    "Comm", "Intracomm", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
+    "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
     "is_initialized", "is_finalized", "launched_rank",
 ]
 
@@ -441,7 +441,7 @@ class Comm:
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
-        _barrier.Barrier(self._cx)
+        _hier.Barrier(self._cx)
 
     def barrier(self) -> None:
         self.Barrier()
@@ -451,6 +451,9 @@ class Comm:
         import sys
         sys.stderr.write(f"mmpi: rank {self.rank} called Abort({errorcode})\n")
         sys.stderr.flush()
+        abort = getattr(self._t, "abort", None)
+        if abort is not None:   # a hybrid world: the MPI launcher ends every node
+            abort(errorcode if 0 < errorcode < 256 else 1)
         os._exit(errorcode if 0 < errorcode < 256 else 1)
 
     def Ibarrier(self):
@@ -463,16 +466,16 @@ class Comm:
         return _nonblocking.Iallreduce(self._cx, sendbuf, recvbuf, op)
 
     def Bcast(self, buf, root=0):
-        return _bcast.Bcast(self._cx, buf, root)
+        return _hier.Bcast(self._cx, buf, root)
 
     def bcast(self, obj, root=0):
-        return _bcast.bcast(self._cx, obj, root)
+        return _hier.bcast(self._cx, obj, root)
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
-        return _reduce.Reduce(self._cx, sendbuf, recvbuf, op, root)
+        return _hier.Reduce(self._cx, sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM):
-        return _reduce.Allreduce(self._cx, sendbuf, recvbuf, op)
+        return _hier.Allreduce(self._cx, sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM):
         return _reduce.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)
@@ -481,10 +484,10 @@ class Comm:
         return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
     def reduce(self, sendobj, op=SUM, root=0):
-        return _reduce.reduce(self._cx, sendobj, op, root)
+        return _hier.reduce(self._cx, sendobj, op, root)
 
     def allreduce(self, sendobj, op=SUM):
-        return _reduce.allreduce(self._cx, sendobj, op)
+        return _hier.allreduce(self._cx, sendobj, op)
 
     def Gather(self, sendbuf, recvbuf, root=0):
         return _gather.Gather(self._cx, sendbuf, recvbuf, root)
@@ -640,7 +643,7 @@ def _fork_error(rank: int) -> MmpiError:
 
 def _after_fork_in_child() -> None:
     t = _state.transport
-    if t is not None and type(t) is T.Transport:
+    if t is not None and isinstance(t, T.Transport):
         rank = _state.rank
         T.make_unusable(t, str(_fork_error(rank)))
         if _state.launched:
@@ -668,17 +671,42 @@ def init_world(rank: int, size: int, fd: int, *, close_fd: bool = False) -> Comm
         raise MmpiError(f"world block holds {world.size} ranks, but size {size} was given")
     if not 0 <= rank < size:
         raise MmpiError(f"rank {rank} out of range for a world of size {size}")
-    t = T.Transport(world, rank)
+    _adopt(T.Transport(world, rank), rank, size)
+    return _state.comm_world
+
+
+def _adopt(t: T.Transport, rank: int, size: int) -> None:
+    """This process is rank ``rank`` of a world of ``size`` reached through ``t``."""
     _state.rank = rank
     _state.launched = True
     _state.forked_from = None
     _state.pid = os.getpid()
-    _state.world = world
+    _state.world = t.world
     _state.transport = t
     _state.comm_world = Intracomm(t, list(range(size)), _CTX_WORLD, "MPI_COMM_WORLD")
     _state.comm_self = Intracomm(t, [rank], _CTX_SELF, "MPI_COMM_SELF")
     _state.finalized = False
-    return _state.comm_world
+
+
+def _hybrid_launcher():
+    """The real MPI launcher that started this process, if any (see _hybrid)."""
+    from ._hybrid import launcher
+    return launcher()
+
+
+def route(comm: Comm, rank: int) -> str:
+    """How this process reaches ``rank`` of ``comm``: ``"self"``, ``"shm"`` (driller's
+    shared memory on this node) or ``"mpi"`` (another node of a hybrid world)."""
+    if not isinstance(comm, Comm):
+        raise MmpiError(f"route: {comm!r} is not a communicator")
+    if not isinstance(rank, int) or not 0 <= rank < comm.size:
+        raise MmpiError(f"route: rank {rank!r} out of range for a communicator of size "
+                        f"{comm.size}")
+    w = comm._group[rank]
+    t = comm._t
+    if w == t.rank:
+        return "self"
+    return "mpi" if w in getattr(t, "remote", ()) else "shm"
 
 
 def _ensure() -> None:
@@ -697,6 +725,9 @@ def _ensure() -> None:
             raise _fork_error(rank)
         _state.launch = None
         init_world(rank, size, fd, close_fd=True)
+    elif _hybrid_launcher() is not None:  # started by a real MPI launcher: a hybrid world
+        from . import _hybrid
+        _adopt(*_hybrid.init())
     else:  # singleton init, as MPI does without a launcher
         fd = W.create_world(1)
         init_world(0, 1, fd, close_fd=True)
@@ -716,7 +747,7 @@ def self_comm() -> Comm:
 def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
-    if t is not None and _state.pid == os.getpid() and type(t) is T.Transport:
+    if t is not None and _state.pid == os.getpid() and isinstance(t, T.Transport):
         t.close()
         T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
                            "after it (communicators, requests and COMM_WORLD all raise)")

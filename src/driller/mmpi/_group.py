@@ -206,9 +206,11 @@ def split_type(cx, split_type, key, new):
     if split_type == UNDEFINED:
         return split(cx, UNDEFINED, key, new)
     if split_type != COMM_TYPE_SHARED:
-        raise MmpiError(f"Split_type: unsupported split type {split_type!r} (driller "
-                        f"runs on one machine: use COMM_TYPE_SHARED)")
-    return split(cx, 0, key, new)
+        raise MmpiError(f"Split_type: unsupported split type {split_type!r} (use "
+                        f"COMM_TYPE_SHARED)")
+    # the ranks that share memory: this node's (a hybrid world spans several)
+    local = getattr(cx.t, "local", None)
+    return split(cx, min(local) if local else 0, key, new)
 
 
 def create(cx, group, new):

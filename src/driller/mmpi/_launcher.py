@@ -80,8 +80,9 @@ _FORWARDED = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)   # passed on to e
 _HANDLED = (*_STOP_SIGNALS, *_FORWARDED, signal.SIGTSTP)
 _SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shim")
 SCALEOUT = ("driller run starts every rank on this machine (they share its memory); "
-            "to run across machines, run over a real MPI instead: see docs/scaleout.md "
-            "(not written yet)")
+            "to run across machines, start the program with your MPI launcher instead "
+            "(mpiexec -n N --host ... python prog.py, or srun): driller's shared memory "
+            "inside each node, MPI between nodes; see docs/scaleout.md")
 
 
 class UsageError(Exception):

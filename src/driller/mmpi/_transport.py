@@ -263,6 +263,8 @@ class _Hooks(list):
 class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
+    all_local = True   # every rank maps this world block (a hybrid world: see _hybrid)
+
     def __init__(self, world: W.World, rank: int, eager_limit: int | None = None):
         self.world = world
         self.rank = rank
@@ -790,9 +792,10 @@ class Transport:
         return stream, parts, segs
 
     # ------------------------------------------------------------ two-copy fallback
-    def _ask_push(self, r: RecvOp, m: E.Message) -> None:
+    def _ask_push(self, r: RecvOp, m: E.Message) -> int | None:
         """Single copy from m's sender is not possible: allocate where the data
-        goes and ask the sender to push it through the ring (PUSH)."""
+        goes and ask the sender to push it through the ring (PUSH).  Returns the
+        transfer's token (``sinks[token]`` = [dests, ...]), None if nothing moves."""
         n = m.nbytes
         if m.flags & F_OBJ:
             if r.mv is not None:
@@ -819,13 +822,14 @@ class Transport:
         total = sum(d[1] for d in dests)
         if not total:  # nothing to move (truncated to an empty buffer, or an error)
             self._run(self.engine.fetched(r))
-            return
+            return None
         token = next(self._tokens)
         self.sinks[token] = [dests, 0, 0, r, keep]
         q = self.pending[m.source]
         if q or not self._put(m.source, K_PUSH, 0, token, total, m.sender_id, 0, None, 0):
             q.append((K_PUSH, 0, token, total, m.sender_id, 0))
             self.npending += 1
+        return token
 
     def _start_push(self, dst: int, sid: int, token: int, total: int) -> None:
         """The receiver of send ``sid`` asks us (PUSH) to stream ``total`` bytes."""
@@ -1013,49 +1017,15 @@ class Transport:
         data = self.data
         base = self.in_data[src]
         t = self.in_tail[src]
-        engine = self.engine
+        record = self._record
         while t != head:
             off = t % rb
             p = base + off
-            kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
-            kind = kf & 0xFF
-            if kind == K_WRAP:
+            kf = HDR.unpack_from(data, p)[0]
+            if kf & 0xFF == K_WRAP:
                 t += rb - off
                 continue
-            flags = kf >> 8
-            if kind == K_EAGER:
-                m = E.Message(src, tag, ctx, nbytes, E.EAGER, bool(flags & F_SYNC), sid,
-                              data[p + HDR_BYTES:p + HDR_BYTES + plen], flags)
-                acts = engine.arrive(m)
-                if acts:
-                    self._run(acts)
-                else:
-                    m.payload = bytes(m.payload)
-            elif kind == K_RTS:
-                payload = bytes(data[p + HDR_BYTES:p + HDR_BYTES + plen]) if plen else addr
-                m = E.Message(src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid,
-                              payload, flags)
-                acts = engine.arrive(m)
-                if acts:
-                    self._run(acts)
-            elif kind == K_ACK:
-                self._run(engine.control(E.ACK, sid))
-            elif kind == K_FIN:
-                self._run(engine.control(E.FIN, sid))
-            elif kind == K_CTS:
-                self._write_half(src, sid, addr, nbytes, tag)
-            elif kind == K_WDONE:
-                self.sinks.pop(sid, None)
-                r = self.splits.pop(sid, None)
-                if r is not None:  # None: our half failed and the receive is over
-                    self._run(engine.fetched(r))
-            elif kind == K_DATA:
-                self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
-            elif kind == K_PUSH:
-                self._start_push(src, sid, tag, nbytes)
-            else:
-                raise MmpiError(f"corrupt ring from rank {src}: record kind {kind} at {t}")
-            t += HDR_BYTES + ((plen + 63) & ~63)
+            t += record(src, data, p)
             # publish the tail per record so big rings free up early
             self.in_tail[src] = t
             self.words[self.in_tailw[src]] = t
@@ -1063,6 +1033,47 @@ class Transport:
         self.words[self.in_tailw[src]] = t
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+
+    def _record(self, src: int, data, p: int) -> int:
+        """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
+        or a record that came another way); returns its length in the ring."""
+        engine = self.engine
+        kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        kind = kf & 0xFF
+        flags = kf >> 8
+        if kind == K_EAGER:
+            m = E.Message(src, tag, ctx, nbytes, E.EAGER, bool(flags & F_SYNC), sid,
+                          data[p + HDR_BYTES:p + HDR_BYTES + plen], flags)
+            acts = engine.arrive(m)
+            if acts:
+                self._run(acts)
+            else:
+                m.payload = bytes(m.payload)
+        elif kind == K_RTS:
+            payload = bytes(data[p + HDR_BYTES:p + HDR_BYTES + plen]) if plen else addr
+            m = E.Message(src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid,
+                          payload, flags)
+            acts = engine.arrive(m)
+            if acts:
+                self._run(acts)
+        elif kind == K_ACK:
+            self._run(engine.control(E.ACK, sid))
+        elif kind == K_FIN:
+            self._run(engine.control(E.FIN, sid))
+        elif kind == K_CTS:
+            self._write_half(src, sid, addr, nbytes, tag)
+        elif kind == K_WDONE:
+            self.sinks.pop(sid, None)
+            r = self.splits.pop(sid, None)
+            if r is not None:  # None: our half failed and the receive is over
+                self._run(engine.fetched(r))
+        elif kind == K_DATA:
+            self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
+        elif kind == K_PUSH:
+            self._start_push(src, sid, tag, nbytes)
+        else:
+            raise MmpiError(f"corrupt record from rank {src}: kind {kind} at byte {p}")
+        return HDR_BYTES + ((plen + 63) & ~63)
 
     def progress(self) -> bool:
         """Drain every incoming ring and retry blocked sends; True if anything moved."""
@@ -1093,7 +1104,7 @@ class Transport:
         hooks.append(hook)
         if len(hooks) > 1:
             return
-        base = Transport.progress
+        base = type(self).progress
 
         def progress():
             did = base(self)
@@ -1163,7 +1174,7 @@ class Transport:
                 continue
             os.sched_yield()
 
-    def _sleep(self) -> bool:
+    def _sleep(self, timeout: float = SLEEP_SECONDS) -> bool:
         """Futex-sleep until a ring or the deaths word moves; False on timeout."""
         words = self.words
         base = self.base
@@ -1191,7 +1202,7 @@ class Transport:
             waits = waits[-127:]
             waits.append((base + W.H_DEATHS * 8, d))
             self.stats_sleeps += 1
-            return _linux.futex_waitv(waits, SLEEP_SECONDS)
+            return _linux.futex_waitv(waits, timeout)
         finally:
             words[self.my_sleeping] = 0
             for dst in flagged:

@@ -283,10 +283,12 @@ class ProxyClient:
 
     @property
     def secret(self) -> bytes:
+        """The secret of this process's own proxy (what a peer presents to connect)."""
         return self._own_conn().secret
 
     @property
     def proxy_pid(self) -> int:
+        """The pid of this process's own proxy."""
         return self._own_conn().server_pid
 
     # -- connections
@@ -464,6 +466,8 @@ class ProxyClient:
         self._own_conn().request(("ping",))
 
     def close(self) -> None:
+        """Close every connection of this client (this process's segments are then
+        released by their proxies); the next :meth:`get` makes a new client."""
         global _client
         with self._lock:
             for c in self._conns.values():

@@ -22,7 +22,7 @@ def Barrier(cx) -> None:
     if n == 1:
         cx.t.engine  # raises after Finalize and in a forked child, as every call
         return
-    if cx.identity:  # the world's group: one shared-memory word per rank
+    if cx.shm:  # the world's group, on this node: one shared-memory word per rank
         return shm_barrier(cx)
     t = cx.t
     me = cx.rank

@@ -41,13 +41,14 @@ class Context:
     """What the collectives of one communicator work with: the transport ``t``,
     the world ranks of its ``group``, its point-to-point context ``ctx`` and
     collective context ``cctx`` (= ctx + 1), this process's ``rank`` and the
-    ``size``, whether the group is the world's (``identity``), the ``name``, and
+    ``size``, whether the group is the world's (``identity``) and may use the
+    world block's shared-memory algorithms (``shm``: all on this node), the ``name``, and
     per-communicator collective state (``seq``: the calls so far, which number
     the tags; ``direct_ok``: whether ranks may read each other's memory, once
     decided).  ``Comm`` makes one; requests keep it (``t``, ``rank_of``)."""
 
-    __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "name",
-                 "index", "seq", "direct_ok")
+    __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "shm", "name",
+                 "index", "seq", "direct_ok", "hier")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -58,9 +59,13 @@ class Context:
         self.rank = self.index[t.rank]
         self.size = len(self.group)
         self.identity = self.group == list(range(t.size))
+        # the world-group shared-memory algorithms (barrier words, collective slots)
+        # need every rank of the world on this node (a hybrid world spans nodes)
+        self.shm = self.identity and t.all_local
         self.name = name
         self.seq = 0
         self.direct_ok = None
+        self.hier = None    # _hier's node/leaders split (False: on one node), once made
 
     def rank_of(self, world_rank: int) -> int:
         """The communicator rank of a world rank."""

@@ -109,7 +109,7 @@ def g_same_size(cx, nb, isz, base, blk, what):
 def g_sync(cx, base, blk):
     """A barrier inside a collective: the shared-memory one when blocking on a
     world-group communicator, else dissemination (tags base..base+12)."""
-    if blk and cx.identity:
+    if blk and cx.shm:
         shm_barrier(cx, "collective")
         return
     yield from g_barrier(cx, base, blk)

@@ -159,7 +159,7 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
             if sendbuf is not IN_PLACE:
                 np.copyto(acc, sendbuf.reshape(-1))
             base = cbase(cx)
-            if (cx.identity and acc.nbytes <= SHM_MAX
+            if (cx.shm and acc.nbytes <= SHM_MAX
                     and shm_allreduce(cx, acc, op)):
                 return
             allreduce_small(cx, acc, op, base)

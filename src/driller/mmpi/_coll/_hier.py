@@ -1,0 +1,207 @@
+"""Hierarchical collectives for communicators that span nodes (hybrid worlds).
+
+A communicator whose ranks sit on several nodes (see ``_hybrid``) runs Barrier,
+Bcast, Reduce, Allreduce and their object forms in three steps: driller's
+shared-memory algorithms among the ranks of each node, the same algorithms among
+one rank per node (the node's lowest rank of the communicator, or the root on the
+root's node; their messages take the MPI route), then shared memory again to
+finish.  Each step is an ordinary collective over a sub-:class:`~._context.Context`
+(the node's ranks, or one rank per node), made once per communicator (and root)
+with context ids derived from the communicator's own: negative ids, which no
+communicator of the job ever gets, so no message can meet another's.  A
+communicator on one node takes the usual algorithms (:func:`split` is None).
+
+Reductions combine in rank order only when every node holds a contiguous run of
+the communicator's ranks; otherwise a non-commutative buffer op (a user op
+declared so) and every object reduction (lists under SUM concatenate) take the
+flat algorithm.  Gathers,
+scatters, Alltoall and scans stay flat: correct across nodes, through the same
+routes, but not regrouped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._bufspec import parse
+from .._const import IN_PLACE
+from . import _barrier, _bcast, _reduce
+from ._context import Context, check_root
+from ._ops import SUM
+
+__all__ = ["split", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
+
+_IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
+
+
+class _Split:
+    __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted")
+
+    def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
+        self.cx = cx
+        self.order = order          # world ranks of each node, nodes by their lowest comm rank
+        self.node = node            # this rank's node, in communicator-rank order
+        self.leaders = leaders      # the lowest rank of each node (None: not one of them)
+        self.where = {}             # comm rank -> (its node's index, its rank in the node)
+        for i, ws in enumerate(order):
+            for j, w in enumerate(ws):
+                self.where[cx.index[w]] = (i, j)
+        self.contiguous = all(cx.index[ws[-1]] - cx.index[ws[0]] == len(ws) - 1
+                              for ws in order)
+        self.rooted: dict[int, Context | None] = {}
+
+    def ctx(self, i: int) -> int:
+        """The i-th sub-context id of this communicator (0: node, 1: leaders, 2+r:
+        one rank per node with root r)."""
+        return -((self.cx.ctx + 1) * _IDS + 2 * i)
+
+    def heads(self, root: int) -> tuple[Context | None, int, int]:
+        """For a rooted reduction: (the context of one rank per node where the root
+        stands for its node, or None if this rank is not one of them; the root's
+        node index; the root's rank in its node)."""
+        ni, nr = self.where[root]
+        if root not in self.rooted:
+            cx = self.cx
+            heads = [cx.group[root] if i == ni else ws[0] for i, ws in enumerate(self.order)]
+            self.rooted[root] = (Context(cx.t, heads, self.ctx(2 + root), f"{cx.name} (heads)")
+                                 if cx.t.rank in heads else None)
+        return self.rooted[root], ni, nr
+
+
+def split(cx) -> _Split | None:
+    """The node / leaders split of a communicator spanning nodes; None on one node."""
+    h = cx.hier
+    if h is not None:
+        return h or None
+    t = cx.t
+    node_of = getattr(t, "node_of", None)
+    if t.all_local or node_of is None:
+        cx.hier = False
+        return None
+    nodes: dict[int, list[int]] = {}
+    for w in cx.group:                          # communicator-rank order
+        nodes.setdefault(node_of[w], []).append(w)
+    if len(nodes) == 1:
+        cx.hier = False
+        return None
+    order = sorted(nodes.values(), key=lambda ws: cx.index[ws[0]])
+    mine = nodes[node_of[t.rank]]
+    base = -((cx.ctx + 1) * _IDS)                 # = _Split.ctx(0)
+    h = _Split(cx, order, Context(t, mine, base, f"{cx.name} (node)"), None)
+    if t.rank == mine[0]:
+        h.leaders = Context(t, [ws[0] for ws in order], h.ctx(1), f"{cx.name} (leaders)")
+    cx.hier = h
+    return h
+
+
+def _ordered(h: _Split | None, op, objects: bool = False) -> bool:
+    """May this reduction be regrouped: rank order kept, or the op commutes on
+    buffers (on Python objects nothing is taken to commute: list + list)?"""
+    return h is not None and (h.contiguous or (not objects and getattr(op, "commute", False)))
+
+
+# ---------------------------------------------------------------- barrier, broadcast
+
+def Barrier(cx) -> None:
+    h = split(cx)
+    if h is None:
+        return _barrier.Barrier(cx)
+    _barrier.Barrier(h.node)
+    if h.leaders is not None:
+        _barrier.Barrier(h.leaders)
+    _barrier.Barrier(h.node)
+
+
+def _broadcast(cx, h: _Split, root, what: str, step, value):
+    """The three steps of a broadcast from ``root``: within the root's node, among one
+    rank per node, within every other node; ``step(context, value, root)`` is the
+    flat broadcast and returns the value."""
+    ni, nr = h.where[check_root(cx, root, what)]
+    first = h.where[cx.rank][0] == ni and nr != 0
+    if first:
+        value = step(h.node, value, nr)            # the root's node first
+    if h.leaders is not None:
+        value = step(h.leaders, value, ni)         # one rank per node
+    if not first:
+        value = step(h.node, value, 0)             # every other node
+    return value
+
+
+def _Bcast_step(context, buf, root):
+    _bcast.Bcast(context, buf, root)
+    return buf
+
+
+def Bcast(cx, buf, root=0) -> None:
+    h = split(cx)
+    if h is None:
+        return _bcast.Bcast(cx, buf, root)
+    _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
+
+
+def bcast(cx, obj, root=0):
+    h = split(cx)
+    if h is None:
+        return _bcast.bcast(cx, obj, root)
+    return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
+
+
+# ---------------------------------------------------------------- reductions
+
+def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
+    h = split(cx)
+    if not _ordered(h, op):
+        return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
+    root = check_root(cx, root, "Reduce")
+    heads, ni, nr = h.heads(root)
+    mine = h.where[cx.rank][0]
+    node_root = nr if mine == ni else 0
+    if heads is None:                              # not my node's head: give my part
+        _reduce.Reduce(h.node, sendbuf, None, op, node_root)
+        return
+    # a head: my node's part (into recvbuf at the root, into a scratch array elsewhere)
+    acc = recvbuf if cx.rank == root else np.empty_like(parse(sendbuf, False, "Reduce").arr())
+    _reduce.Reduce(h.node, sendbuf, acc, op, node_root)
+    if cx.rank == root:
+        _reduce.Reduce(heads, IN_PLACE, recvbuf, op, ni)
+    else:
+        _reduce.Reduce(heads, acc, None, op, ni)
+
+
+def reduce(cx, sendobj, op=SUM, root=0):
+    h = split(cx)
+    if not _ordered(h, op, objects=True):
+        return _reduce.reduce(cx, sendobj, op, root)
+    root = check_root(cx, root, "reduce")
+    heads, ni, nr = h.heads(root)
+    part = _reduce.reduce(h.node, sendobj, op, nr if h.where[cx.rank][0] == ni else 0)
+    if heads is None:
+        return None
+    return _reduce.reduce(heads, part, op, ni)
+
+
+def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
+    h = split(cx)
+    if not _ordered(h, op):
+        return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+    leader = h.leaders is not None
+    if sendbuf is IN_PLACE:
+        if leader:
+            _reduce.Reduce(h.node, IN_PLACE, recvbuf, op, 0)
+        else:
+            _reduce.Reduce(h.node, recvbuf, None, op, 0)
+    else:
+        _reduce.Reduce(h.node, sendbuf, recvbuf if leader else None, op, 0)
+    if leader:
+        _reduce.Allreduce(h.leaders, IN_PLACE, recvbuf, op)
+    _bcast.Bcast(h.node, recvbuf, 0)
+
+
+def allreduce(cx, sendobj, op=SUM):
+    h = split(cx)
+    if not _ordered(h, op, objects=True):
+        return _reduce.allreduce(cx, sendobj, op)
+    part = _reduce.reduce(h.node, sendobj, op, 0)
+    if h.leaders is not None:
+        part = _reduce.allreduce(h.leaders, part, op)
+    return _bcast.bcast(h.node, part, 0)

