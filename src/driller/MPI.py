@@ -87,7 +87,6 @@ from .mmpi._file import FILE_NULL, File  # noqa: E402,F401
 from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
 from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
 from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
-from .mmpi._pylayers import set_abort_status as _set_abort_status  # noqa: E402,F401
 from .mmpi._const import SUBVERSION, VERSION  # noqa: E402,F401  (mpi4py.run, futures)
 __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_string",
             "Remove_error_class", "Remove_error_code", "Remove_error_string",
@@ -100,6 +99,26 @@ __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_
 # --- intercommunicators
 
 # --- one-sided communication (windows), Alloc_mem
+
+
+_abort_status = [0]
+
+
+def _set_abort_status(status: int) -> None:
+    """mpi4py's runners (``python -m mpi4py``, ``-m mpi4py.futures``) call this when
+    the program raised: at exit this rank then aborts the job with that status
+    (``COMM_WORLD.Abort``), as mpi4py does."""
+    import atexit
+    if not _abort_status[0]:
+        atexit.register(_abort_at_exit)
+    _abort_status[0] = int(status) or 1
+
+
+def _abort_at_exit() -> None:
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _comm.world_comm().Abort(_abort_status[0])
 
 
 def get_vendor() -> tuple[str, tuple[int, int, int]]:

@@ -130,23 +130,3 @@ def patch_futures(core) -> None:
     _manager_spawn._driller = True
     core._manager_spawn = _manager_spawn
 
-
-_abort_status = [0]
-
-
-def set_abort_status(status: int) -> None:
-    """``MPI._set_abort_status``: mpi4py's runner (``python -m mpi4py``,
-    ``-m mpi4py.futures``) calls it when the program raised; at exit this rank
-    then aborts the job with that status (``COMM_WORLD.Abort``), as mpi4py does."""
-    import atexit
-    if not _abort_status[0]:
-        atexit.register(_abort_at_exit)
-    _abort_status[0] = int(status) or 1
-
-
-def _abort_at_exit() -> None:
-    import sys
-    from . import _comm
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _comm.world_comm().Abort(_abort_status[0])
