@@ -303,6 +303,18 @@ def test_bench_helloworld_and_ringtest():
 
 
 @needs_mpi4py
+@needs_intercomm          # mpi4py.bench imports mpi4py.util.pkl5
+def test_bench_pingpong_buffers_and_pickles():
+    for extra in ((), ("--pickle",)):
+        res = run("-n", "2", "-m", "mpi4py.bench", "pingpong", "-m", "1", "-n", "1024",
+                  "-s", "2", "-l", "20", *extra)
+        assert res.returncode == 0, res.stderr
+        rows = [x.split() for x in res.stdout.splitlines() if not x.startswith("#")]
+        assert [int(r[0]) for r in rows] == [2 ** i for i in range(11)], res.stdout
+        assert all(r[-1] == "20" and float(r[3]) > 0 for r in rows), res.stdout
+
+
+@needs_mpi4py
 def test_python_m_mpi4py_runs_a_program(tmp_path):
     prog = tmp_path / "p.py"
     prog.write_text("from mpi4py import MPI\nimport sys\n"
