@@ -85,6 +85,7 @@ from .mmpi._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE,  # noq
                           MODE_UNIQUE_OPEN, MODE_WRONLY, MAX_INFO_KEY, MAX_INFO_VAL)
 from .mmpi._file import FILE_NULL, File  # noqa: E402,F401
 from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
+from .mmpi._pylayers import comm_lock_table as _comm_lock_table  # noqa: E402,F401
 from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
 from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
 from .mmpi._const import SUBVERSION, VERSION  # noqa: E402,F401  (mpi4py.run, futures)

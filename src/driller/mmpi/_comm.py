@@ -469,7 +469,8 @@ class Comm:
         return _hier.Bcast(self._cx, buf, root)
 
     def bcast(self, obj, root=0):
-        return _hier.bcast(self._cx, obj, root)
+        with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
+            return _hier.bcast(self._cx, obj, root)
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
         return _hier.Reduce(self._cx, sendbuf, recvbuf, op, root)

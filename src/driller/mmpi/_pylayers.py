@@ -7,7 +7,8 @@ semantics:
 
 * ``_comm_lock(comm, key)``: a lock per communicator object and key (a context
   manager), so that threads sharing a communicator keep a multi-message
-  exchange together;
+  exchange together; ``_comm_lock_table(comm)`` the dict of them (``bcast``
+  takes ``"bcast"``, as mpi4py's);
 * ``_commctx_intra(comm)``: ``(dupcomm, tag)``: a duplicate of ``comm`` made on
   first use (collective, like every call that uses it) and kept with ``comm``,
   and the next tag of a counter that every rank advances in step, so that
@@ -26,41 +27,45 @@ import weakref
 
 from ._const import TAG_UB
 
-__all__ = ["comm_lock", "commctx_intra", "commctx_inter"]
+__all__ = ["comm_lock", "comm_lock_table", "commctx_intra", "commctx_inter", "spawn",
+           "patch_futures", "SPAWN_HELP"]
 
-_locks: dict[tuple[int, object], threading.Lock] = {}
+_tables: dict[int, dict] = {}      # id(comm) -> {key: Lock} (mpi4py's _comm_lock_table)
 _ctx: dict[int, list] = {}          # id(comm) -> [dupcomm, next tag, localcomm, low_group]
 _guard = threading.Lock()
 
 
 def _drop(key: int) -> None:
     _ctx.pop(key, None)
-    for k in [k for k in _locks if k[0] == key]:
-        _locks.pop(k, None)
+    _tables.pop(key, None)
 
 
-def _watch(comm) -> None:
-    key = id(comm)
-    if key not in _ctx and not any(k[0] == key for k in _locks):
-        weakref.finalize(comm, _drop, key)
+def comm_lock_table(comm) -> dict:
+    """The locks of ``comm`` by key (made on first use, dropped with ``comm``)."""
+    with _guard:
+        key = id(comm)
+        table = _tables.get(key)
+        if table is None:
+            weakref.finalize(comm, _drop, key)
+            table = _tables[key] = {}
+        return table
 
 
 def comm_lock(comm, key: object = None) -> threading.Lock:
     """The lock of ``comm`` for ``key`` (made on first use)."""
-    with _guard:
-        k = (id(comm), key)
-        lock = _locks.get(k)
-        if lock is None:
-            _watch(comm)
-            lock = _locks[k] = threading.Lock()
-        return lock
+    table = comm_lock_table(comm)
+    lock = table.get(key)
+    if lock is None:
+        with _guard:
+            lock = table.setdefault(key, threading.Lock())
+    return lock
 
 
 def _lookup(comm) -> list:
     key = id(comm)
     entry = _ctx.get(key)
     if entry is None:
-        _watch(comm)
+        comm_lock_table(comm)           # (its finalizer drops this entry too)
         entry = _ctx[key] = [comm.Dup(), 0, None, False]
     if entry[1] >= TAG_UB:
         entry[1] = 0
