@@ -453,3 +453,33 @@ def test_file_errors_are_fatal_aborts_the_job(tmp_path):
         print("NOT REACHED")
     """)
     assert res.returncode != 0 and "NOT REACHED" not in res.stdout
+
+
+# ------------------------------------------------------------------ mpi4py's private helpers
+
+def test_commctx_and_comm_locks_as_pkl5_uses_them():
+    res = run_code(2, """
+        import threading
+        from driller import MPI
+        comm = MPI.COMM_WORLD.Dup()
+        rank = comm.Get_rank()
+        dup, tag = MPI._commctx_intra(comm)
+        dup2, tag2 = MPI._commctx_intra(comm)
+        assert dup is dup2 and (tag, tag2) == (0, 1), (tag, tag2)
+        assert dup.Get_size() == 2 and dup.Compare(comm) == MPI.CONGRUENT
+        # the duplicate is a context of its own: a message on it never matches comm's
+        if rank == 0:
+            dup.send("on dup", dest=1, tag=tag)
+            comm.send("on comm", dest=1, tag=tag)
+        else:
+            print("ORDER", comm.recv(source=0, tag=tag), dup.recv(source=0, tag=tag))
+        table = MPI._comm_lock_table(comm)
+        assert "bcast" not in table
+        comm.bcast(None, root=0)
+        assert isinstance(table["bcast"], type(threading.Lock()))
+        with MPI._comm_lock(comm, "x") as held:
+            assert MPI._comm_lock(comm, "x").locked()
+        assert set(table) >= {"bcast", "x", "@commctx_intra"}
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["ORDER on comm on dup"]
