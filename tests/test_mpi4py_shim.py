@@ -98,10 +98,13 @@ def test_pkl5_runs_on_the_facade_or_names_what_it_lacks():
 @needs_mpi4py
 def test_futures_module_form_starts(tmp_path):
     prog = tmp_path / "prog.py"
+    # the main guard, as mpi4py.futures requires: the workers import the program too
+    # (without it every rank runs the body: mpi4py on Open MPI prints SQUARES twice)
     prog.write_text(textwrap.dedent("""
         from mpi4py.futures import MPIPoolExecutor
-        with MPIPoolExecutor() as ex:
-            print("SQUARES", list(ex.map(pow, [1, 2, 3], [2, 2, 2])))
+        if __name__ == "__main__":
+            with MPIPoolExecutor() as ex:
+                print("SQUARES", list(ex.map(pow, [1, 2, 3], [2, 2, 2])))
     """))
     res = run("-n", "2", "-m", "mpi4py.futures", str(prog), timeout=90)
     if res.returncode == 0:
