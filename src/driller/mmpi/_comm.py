@@ -544,7 +544,7 @@ class Comm:
         self._t.rank
         self._errh = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
-        _errhandler.apply(self, self._errh)
+        _errhandler.apply(self, self.Get_errhandler())
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Invoke this communicator's error handler on ``errorcode``."""
