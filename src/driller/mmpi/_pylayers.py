@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import weakref
 
-from ._const import TAG_UB
+_TAG_LIMIT = (1 << 31) - 1     # the largest tag driller accepts (the TAG_UB attribute)
 
 __all__ = ["comm_lock", "comm_lock_table", "commctx_intra", "commctx_inter", "spawn",
            "patch_futures", "SPAWN_HELP"]
@@ -67,7 +67,7 @@ def _lookup(comm) -> list:
     if entry is None:
         comm_lock_table(comm)           # (its finalizer drops this entry too)
         entry = _ctx[key] = [comm.Dup(), 0, None, False]
-    if entry[1] >= TAG_UB:
+    if entry[1] >= _TAG_LIMIT:
         entry[1] = 0
     return entry
 
