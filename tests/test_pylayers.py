@@ -364,6 +364,25 @@ def test_futures_module_form_computes_a_map(tmp_path):
 
 @needs_mpi4py
 @needs_intercomm
+def test_comm_executor_over_ranks_started_by_driller_run(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        from mpi4py import MPI
+        from mpi4py.futures import MPICommExecutor
+        with MPICommExecutor(MPI.COMM_WORLD, root=0) as ex:
+            if ex is not None:
+                print("CEX", list(ex.map(abs, range(-5, 0))))
+        MPI.COMM_WORLD.Barrier()
+        print("DONE", MPI.COMM_WORLD.Get_rank())
+    """))
+    res = run("-n", "3", str(prog), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["CEX [5, 4, 3, 2, 1]", "DONE 0", "DONE 1",
+                                               "DONE 2"]
+
+
+@needs_mpi4py
+@needs_intercomm
 def test_pool_executor_without_workers_says_how_to_run(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""
