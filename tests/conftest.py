@@ -52,8 +52,9 @@ def _is_expected(pid: int) -> bool:
 
 
 # files that the peers we compare against make (multiprocessing's semaphores,
-# Open MPI's shared-memory segments), possibly in a concurrent run: not ours
-_FOREIGN_SHM = ("sem.mp-", "sm_segment.", "vader_segment.")
+# Open MPI's and MPICH's shared-memory segments), possibly in a concurrent run: not
+# ours (tests/test_hybrid.py checks that its own MPI jobs leave none)
+_FOREIGN_SHM = ("sem.mp-", "sm_segment.", "vader_segment.", "mpich_shm_")
 
 
 def _memfds() -> set[tuple[int, str]]:

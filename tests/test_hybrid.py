@@ -74,12 +74,24 @@ def _leftovers(tag: str) -> list[str]:
     return found
 
 
-def _no_leftovers(tag: str) -> None:
+def _mpi_shm() -> set[str]:
+    """The MPI libraries' own /dev/shm files (Open MPI's, MPICH's)."""
+    return {f for f in os.listdir("/dev/shm")
+            if f.startswith(("sm_segment.", "vader_segment.", "mpich_shm_"))}
+
+
+def _no_leftovers(tag: str, shm_before: set[str] | None) -> None:
+    """No process of the job is left, and (``shm_before`` given: a job that ended
+    normally) no /dev/shm file its MPI library made.  An aborted Open MPI job leaves
+    its own sm_segment files: Open MPI's, not driller's."""
     import time
     deadline = time.monotonic() + 15   # an fd proxy exits once its last client is gone
-    while _leftovers(tag) and time.monotonic() < deadline:
+    while (_leftovers(tag) or (shm_before is not None and _mpi_shm() - shm_before)) \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _leftovers(tag) == []
+    if shm_before is not None:
+        assert _mpi_shm() - shm_before == set()
 
 
 # ---------------------------------------------------------------- launcher detection
@@ -127,12 +139,12 @@ def test_no_launcher_no_mpi4py_import():
     ("mpich", {}),
 ])
 def test_hybrid_world(impl, extra):
-    tag = uuid.uuid4().hex[:8]
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
     r = _job(impl, [PROG, "all"], tag, extra)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(line for line in r.stdout.splitlines() if line.startswith("hybrid-ok")) \
         == [f"hybrid-ok {k}" for k in range(4)], r.stdout + r.stderr
-    _no_leftovers(tag)
+    _no_leftovers(tag, shm)
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])
@@ -149,7 +161,7 @@ def test_a_failing_rank_ends_the_whole_job(mode):
     else:   # the rank that saw it die through shared memory names it
         assert ("raised PeerDiedError (rank 2 " in out
                 or ("rank 2" in out and "signal 9" in out)), out
-    _no_leftovers(tag)
+    _no_leftovers(tag, None)
 
 
 def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path):
@@ -166,7 +178,7 @@ def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path
         print("user", MPI.get_vendor()[0], r, n, comm.allreduce(r),
               [mmpi.route(comm, k) for k in range(n)], flush=True)
     """))
-    tag = uuid.uuid4().hex[:8]
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
     r = _job("openmpi", ["-m", "driller.mpi4py", str(prog)], tag)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = sorted(line for line in r.stdout.splitlines() if line.startswith("user"))
@@ -174,7 +186,7 @@ def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path
     for k, line in enumerate(lines):
         assert line.startswith(f"user driller {k} 4 6 "), line
     assert "'self', 'shm', 'mpi', 'mpi'" in lines[0]
-    _no_leftovers(tag)
+    _no_leftovers(tag, shm)
 
 
 def test_pickled_by_value_sends_a_shared_array_as_its_bytes():

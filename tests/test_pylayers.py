@@ -222,6 +222,25 @@ ERRH = """
             print("AFTER", rank, len(calls))
         eh.Free()
         comm.Barrier()
+    elif mode == "inherit":
+        # the handler lives with the communicator: a Dup inherits it, and a second
+        # handle onto the communicator applies it too
+        calls = []
+        eh = MPI.Comm.Create_errhandler(lambda c, code: calls.append(code))
+        comm.Set_errhandler(eh)
+        dup = comm.Dup()
+        other = MPI.Intracomm(comm)
+        for c in (dup, other):
+            try:
+                c.send("x", dest=99)
+            except MPI.Exception:
+                pass
+        print("INHERIT", rank, len(calls), dup.Get_errhandler() == eh)
+        comm.Set_errhandler(MPI.ERRORS_RETURN)
+        dup.Set_errhandler(MPI.ERRORS_RETURN)
+        eh.Free()
+        dup.Free()
+        comm.Barrier()
     elif mode == "fatal":
         comm.Set_errhandler(MPI.ERRORS_ARE_FATAL)
         comm.Barrier()
@@ -246,6 +265,14 @@ def test_user_errhandler_is_called_with_the_comm_and_the_code():
     assert res.returncode == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == ["AFTER 0 1", "AFTER 1 1",
                                                "USER 0 True 1", "USER 1 True 1"]
+
+
+@pytest.mark.skipif(not hasattr(MPI.Comm, "_bind"), reason="communicators as handles "
+                    "(the object-model family)")
+def test_a_communicators_handler_is_applied_by_its_dups_and_other_handles():
+    res = run("-n", "2", "-c", textwrap.dedent(ERRH), "inherit")
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["INHERIT 0 2 True", "INHERIT 1 2 True"]
 
 
 def test_errors_are_fatal_aborts_the_job_on_a_failing_call():

@@ -31,7 +31,7 @@ from .mmpi._datatype import DATATYPES as _DATATYPES
 from .mmpi._errhandler import (ERRHANDLER_NULL, ERRORS_ABORT, ERRORS_ARE_FATAL,  # noqa: F401
                                ERRORS_RETURN, Errhandler)
 from .mmpi._info import INFO_ENV, INFO_NULL, Info  # noqa: F401
-from .mmpi._group import COMM_NULL, GROUP_EMPTY, Group  # noqa: F401
+from .mmpi._group import GROUP_EMPTY, Group  # noqa: F401
 from .mmpi._request import REQUEST_NULL, Prequest, Request, Status
 
 
@@ -74,6 +74,63 @@ __all__ = [
 # --- buffer exporters and collectives
 
 # --- communicators, groups, attributes, object model, environment
+import threading as _threading
+
+from .mmpi._comm import COMM_NULL  # noqa: E402
+from .mmpi._const import (APPNUM, COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED,  # noqa: E402
+                          COMM_TYPE_RESOURCE_GUIDED, IO, LASTUSEDCODE, UNIVERSE_SIZE,
+                          WTIME_IS_GLOBAL)
+from .mmpi._group import GROUP_NULL  # noqa: E402
+from .mmpi._session import SESSION_NULL, Session  # noqa: E402
+
+
+def Is_thread_main() -> bool:
+    """Whether the calling thread is the main thread (the one that initialized MPI)."""
+    return _threading.current_thread() is _threading.main_thread()
+
+
+def Get_hw_resource_info() -> Info:
+    """Information about the hardware platform: driller's ranks share one machine
+    (``mpi_hw_resource_type``: ``mpi_shared_memory``)."""
+    return Info.Create({"mpi_hw_resource_type": "mpi_shared_memory"})
+
+
+def _handle_class(arg, what: str) -> type:
+    cls = arg if isinstance(arg, type) else type(arg)
+    if cls is Status or issubclass(cls, Status) or (
+            cls.__module__.startswith("driller.") and (hasattr(cls, "Free") or hasattr(cls, "free"))):
+        return cls
+    raise TypeError(f"{what}: expected an MPI handle object or class, got {arg!r}")
+
+
+def _sizeof(arg) -> int:
+    """The size in bytes of the MPI handle of an object or class (a Status: its
+    fields)."""
+    cls = _handle_class(arg, "_sizeof")
+    return 24 if issubclass(cls, Status) else 8
+
+
+def _addressof(arg) -> int:
+    """The address of the MPI handle of an object (its identity in driller)."""
+    if isinstance(arg, type):
+        raise TypeError(f"_addressof: expected an MPI handle object, got {arg!r}")
+    _handle_class(arg, "_addressof")
+    return id(arg)
+
+
+def _handleof(arg) -> int:
+    """The MPI handle of an object (``obj.handle``; a Status: its address)."""
+    if isinstance(arg, type):
+        raise TypeError(f"_handleof: expected an MPI handle object, got {arg!r}")
+    cls = _handle_class(arg, "_handleof")
+    if issubclass(cls, Status):
+        return id(arg)
+    return arg.handle
+
+
+__all__ += ["GROUP_NULL", "SESSION_NULL", "Session", "APPNUM", "IO", "LASTUSEDCODE",
+            "UNIVERSE_SIZE", "WTIME_IS_GLOBAL", "COMM_TYPE_HW_GUIDED", "COMM_TYPE_HW_UNGUIDED",
+            "COMM_TYPE_RESOURCE_GUIDED", "Is_thread_main", "Get_hw_resource_info"]
 
 # --- pickling, errors, mpi4py's pure-Python layers
 from .mmpi._pickle import Pickle, pickle  # noqa: E402,F401
@@ -174,31 +231,39 @@ def Pcontrol(level: int) -> None:
 
 
 def Get_processor_name() -> str:
+    """The name of this processor (the host name)."""
     return _socket.gethostname()
 
 
 def Init() -> None:
+    """Initialize the MPI execution environment (COMM_WORLD joins its ranks)."""
     _comm.world_comm()
 
 
 def Init_thread(required: int = THREAD_MULTIPLE) -> int:
+    """Initialize the MPI execution environment; returns the thread level given
+    (THREAD_SINGLE: mmpi ranks are single-threaded)."""
     _comm.world_comm()
     return THREAD_SINGLE
 
 
 def Query_thread() -> int:
+    """The level of thread support provided (THREAD_SINGLE)."""
     return THREAD_SINGLE
 
 
 def Finalize() -> None:
+    """Terminate the MPI execution environment of this rank."""
     _comm.finalize()
 
 
 def Is_initialized() -> bool:
+    """Whether MPI has been initialized in this process."""
     return _comm.is_initialized()
 
 
 def Is_finalized() -> bool:
+    """Whether MPI has been finalized in this process."""
     return _comm.is_finalized()
 
 

@@ -42,7 +42,10 @@ import threading
 import weakref
 
 import numpy as np
+import numpy.typing as npt
 from typing import Any
+
+NDArray = npt.NDArray[Any]
 
 from . import _linux, _publish
 from .errors import DrillError, SegmentReleasedError
@@ -215,7 +218,7 @@ class Hole:
         self._ensure_usable()
         return self.handle_for(None)
 
-    def handle_for(self, arr: np.ndarray | None, readonly: bool = False) -> Handle:
+    def handle_for(self, arr: NDArray | None, readonly: bool = False) -> Handle:
         """A handle naming ``arr`` (a view into the drilled range; None: the whole
         buffer, as :attr:`handle`); read-only as :func:`driller.handle` says."""
         self._ensure_usable()
@@ -326,7 +329,7 @@ def drill(obj: Any, readonly: bool = False) -> Hole:
         return hole
 
 
-def hole_containing(arr: np.ndarray) -> Hole | None:
+def hole_containing(arr: NDArray) -> Hole | None:
     """The open Hole of this process under arr's memory, if any."""
     if not _holes:
         return None

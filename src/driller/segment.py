@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # numpy loads in Region.array only: the launcher maps without
     from typing import Any, Literal
 
     import numpy as np
+    import numpy.typing as npt
+
+    NDArray = npt.NDArray[Any]
 
 __all__ = ["Region", "Segment", "Handle", "new_key"]
 
@@ -123,7 +126,7 @@ class Region:
 
     def array(self, dtype: Any = "u1", shape: tuple[int, ...] | None = None, offset: int = 0,
               strides: tuple[int, ...] | None = None,
-              order: Literal["C", "F"] = "C") -> np.ndarray:
+              order: Literal["C", "F"] = "C") -> NDArray:
         """A numpy view of part of the region (base chain keeps the region alive)."""
         import numpy as np  # here, not at module level: the launcher maps without numpy
         dtype = np.dtype(dtype)

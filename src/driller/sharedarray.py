@@ -58,7 +58,7 @@ import threading
 
 import numpy as np
 import numpy.typing as npt
-from typing import Any, Literal, SupportsIndex, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ReadOnlyError, SegmentReleasedError
@@ -68,14 +68,22 @@ __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
            "handle", "attach", "cache_info"]
 
 
-class SharedArray(np.ndarray):
+# numpy's arrays, as type checkers see them (numpy < 2.3 wants both parameters)
+NDArray = npt.NDArray[Any]
+if TYPE_CHECKING:
+    _ArrayBase = np.ndarray[Any, np.dtype[Any]]
+else:
+    _ArrayBase = np.ndarray
+
+
+class SharedArray(_ArrayBase):
     """A numpy array in shared memory that pickles by reference.
 
     Views and slices are SharedArrays too and pickle by reference; results of
     computations are new, private numpy arrays.
     """
 
-    def __array_wrap__(self, arr: np.ndarray, context: Any = None,
+    def __array_wrap__(self, arr: NDArray, context: Any = None,
                        return_scalar: bool = False) -> Any:
         if return_scalar:
             return arr[()]
@@ -130,7 +138,7 @@ class _Attached:
                 "data": (r.address, r.readonly)}
 
 
-def _shared_base(arr: np.ndarray) -> Any:
+def _shared_base(arr: NDArray) -> Any:
     """The heap Block or _Attached mapping under arr, a drilled Hole, or None."""
     b: Any = arr
     while isinstance(b, np.ndarray):
@@ -166,13 +174,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _layout(arr: np.ndarray, base_address: int) -> dict[str, Any]:
+def _layout(arr: NDArray, base_address: int) -> dict[str, Any]:
     data = arr.__array_interface__["data"][0]
     return {"offset": data - base_address, "dtype": arr.dtype, "shape": tuple(arr.shape),
             "strides": tuple(arr.strides)}
 
 
-def handle(arr: np.ndarray, readonly: bool = False) -> Handle:
+def handle(arr: NDArray, readonly: bool = False) -> Handle:
     """A small picklable :class:`~driller.Handle` for a shared array (or a view of one).
 
     ``driller.attach(handle)`` in any process of the same user gives an array
@@ -192,7 +200,7 @@ def handle(arr: np.ndarray, readonly: bool = False) -> Handle:
     return h
 
 
-def _handle(arr: np.ndarray, readonly: bool = False) -> Handle | None:
+def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
     """:func:`handle`, or None where arr is not in driller shared memory."""
     base = _shared_base(arr)
     if base is None:
@@ -221,7 +229,7 @@ def _handle(arr: np.ndarray, readonly: bool = False) -> Handle | None:
 
 # ------------------------------------------------------------------ attaching
 
-def _buffer_for(h: Handle, readonly: bool) -> tuple[np.ndarray, int]:
+def _buffer_for(h: Handle, readonly: bool) -> tuple[NDArray, int]:
     """A uint8 array over the memory h names, and the segment offset of its first byte."""
     mine = _publish.owned(h.key)
     if mine is not None:
@@ -241,7 +249,7 @@ def _buffer_for(h: Handle, readonly: bool) -> tuple[np.ndarray, int]:
     return np.asarray(_Attached(region, h)), 0
 
 
-def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
+def attach(handle: Handle, readonly: bool | None = None) -> NDArray:
     """A numpy array over the memory ``handle`` names: zero copy, through the map cache.
 
     The array has the owner's dtype and shape when the handle carries them,
@@ -270,7 +278,7 @@ def attach(handle: Handle, readonly: bool | None = None) -> np.ndarray:
     return arr
 
 
-def _rebuild(h: Handle) -> np.ndarray:
+def _rebuild(h: Handle) -> NDArray:
     """Unpickling a SharedArray."""
     return attach(h)
 
@@ -326,7 +334,7 @@ def empty_like(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None,
     return empty(src.shape, src.dtype if dtype is None else dtype, _out_order(src, order))
 
 
-def _out_order(src: np.ndarray, order: str) -> Order:
+def _out_order(src: NDArray, order: str) -> Order:
     if order in ("K", "A"):
         return "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
     if order not in ("C", "F"):

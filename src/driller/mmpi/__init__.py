@@ -23,11 +23,11 @@ from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError, Truncati
 if TYPE_CHECKING:
     from ._coll._ops import (BAND, BOR, BXOR, LAND, LOR, LXOR, MAX, MAXLOC, MIN, MINLOC, PROD,
                              SUM, Op)
-    from ._comm import Comm, Intracomm, Wtick, Wtime, init_world, route
+    from ._comm import COMM_NULL, Comm, Intracomm, Wtick, Wtime, init_world, route
     from ._const import (ANY_SOURCE, ANY_TAG, COMM_TYPE_SHARED, CONGRUENT, IDENT, IN_PLACE,
                          PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
     from ._datatype import Datatype
-    from ._group import COMM_NULL, GROUP_EMPTY, Group
+    from ._group import GROUP_EMPTY, Group
     from ._request import REQUEST_NULL, Prequest, Request, Status
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
@@ -51,12 +51,13 @@ __all__ = [
 _LAZY = {
     **dict.fromkeys(("BAND", "BOR", "BXOR", "LAND", "LOR", "LXOR", "MAX", "MAXLOC", "MIN",
                      "MINLOC", "PROD", "SUM", "Op"), "._coll._ops"),
-    **dict.fromkeys(("Comm", "Intracomm", "Wtick", "Wtime", "init_world", "route"), "._comm"),
+    **dict.fromkeys(("COMM_NULL", "Comm", "Intracomm", "Wtick", "Wtime", "init_world",
+                     "route"), "._comm"),
     **dict.fromkeys(("ANY_SOURCE", "ANY_TAG", "COMM_TYPE_SHARED", "CONGRUENT", "IDENT",
                      "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
                     "._const"),
     "Datatype": "._datatype",
-    **dict.fromkeys(("COMM_NULL", "GROUP_EMPTY", "Group"), "._group"),
+    **dict.fromkeys(("GROUP_EMPTY", "Group"), "._group"),
     **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
     "spawn": "._spawn",
     **dict.fromkeys(("ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead"),

@@ -9,26 +9,30 @@ from __future__ import annotations
 import os
 import pickle
 import time
+import weakref
 
 import numpy as np
 
+from .. import _errcodes
+from .._errcodes import ERR_COMM
 from ..errors import MmpiError, MmpiNotImplementedError
-from . import _errhandler, _group
+from . import _attr, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message
 from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce
 from ._coll._context import Context
 from ._coll._ops import SUM
-from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, TAG_UB
+from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
+                     UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
 from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fill, persistent,
                        request, self_sync)
 
 __all__ = [
-    "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm", "finalize",
-    "is_initialized", "is_finalized", "launched_rank",
+    "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
+    "finalize", "is_initialized", "is_finalized", "launched_rank", "COMM_NULL", "set_parent",
 ]
 
 _CTX_WORLD, _CTX_SELF = 0, 2   # p2p contexts; collectives use context + 1; new comms from 4
@@ -40,47 +44,222 @@ def Wtime() -> float:
 
 
 def Wtick() -> float:
+    """The resolution of Wtime, in seconds."""
     return time.get_clock_info("perf_counter").resolution
 
 
 # ------------------------------------------------------------------ communicator
 
-class Comm:
+class _Handle:
+    """The object behind a communicator handle, shared by every Python object onto
+    it (``Comm(comm)``): the collective Context, the class a handle look-up gives
+    (:meth:`Comm.fromhandle`), the cached attributes, the info hints, the handle's
+    number (``py2f``), whether it is predefined (COMM_WORLD/COMM_SELF) or freed, and
+    ``ext``: a dict where subclasses keep their per-communicator state (a topology,
+    an intercommunicator's remote group), so that every handle onto it sees it."""
+
+    __slots__ = ("cx", "cls", "attrs", "info", "number", "predefined", "freed", "ext",
+                 "__weakref__")
+
+    def __init__(self, cx, cls, number=None, predefined=False):
+        self.cx = cx
+        self.cls = cls
+        self.attrs = _attr.Attributes("comm")
+        self.info = {}
+        if number is None:
+            number = _handles.next
+            _handles.next = number + 1
+        self.number = number
+        self.predefined = predefined
+        self.freed = False
+        self.ext = {}
+        _handles.live[number] = self
+
+
+class _Handles:
+    next = 3                                  # 0, 1, 2: COMM_WORLD, COMM_SELF, COMM_NULL
+    live = weakref.WeakValueDictionary()      # number -> _Handle (fromhandle, f2py)
+
+
+_handles = _Handles()
+_NULL_NUMBER = 2
+# a null (or freed) communicator has none of these: __getattr__ then raises ERR_COMM
+_BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size"))
+
+
+def _comm_error(what: str) -> MmpiError:
+    return MmpiError(f"{what}: invalid communicator: COMM_NULL or freed (a rank outside "
+                     f"a new communicator gets COMM_NULL from Split/Create; test "
+                     f"`comm != MPI.COMM_NULL`; a freed communicator cannot be used)",
+                     error_class=ERR_COMM)
+
+
+class Comm(_attr.Cached):
     """A communicator: a group of ranks and a context id that fences its messages.
 
-    Point-to-point is here; collectives are one-line delegations to ``_coll``,
-    which works on the communicator's :class:`~._coll._context.Context`."""
+    ``Comm()`` is a null handle (equal to COMM_NULL), ``Comm(comm)`` a second handle
+    onto ``comm``'s communicator (equal to it).  Point-to-point is here;
+    collectives are one-line delegations to ``_coll``, which works on the
+    communicator's :class:`~._coll._context.Context`."""
 
-    def __init__(self, transport: T.Transport, group: list[int], context: int, name: str = ""):
-        cx = self._cx = Context(transport, group, context, name)
+    def __new__(cls, comm=None, *internal, **kw):
+        self = object.__new__(cls)
+        self._h = None
+        if internal:  # driller's own form: Comm(transport, group, context[, name])
+            name = internal[2] if len(internal) > 2 else kw.get("name", "")
+            self._bind(_Handle(Context(comm, internal[0], internal[1], name), cls))
+        elif comm is None:
+            pass
+        elif isinstance(comm, Comm):
+            if comm._h is not None:
+                self._bind(comm._h)
+        else:
+            raise TypeError(f"{cls.__name__}(comm): expected a communicator, got "
+                            f"{type(comm).__name__}")
+        return self
+
+    def __init__(self, *args, **kw):
+        pass  # everything is done in __new__ (subclasses may override it, as mpi4py's)
+
+    def _bind(self, h: _Handle) -> None:
+        cx = self._cx = h.cx
+        self._h = h
         # the context's fields, as attributes for the point-to-point hot paths
-        self._t = transport
+        self._t = cx.t
         self._group = cx.group
-        self._ctx = context
+        self._ctx = cx.ctx
         self._rank_of = cx.rank_of
         self.rank = cx.rank
         self.size = cx.size
+        errh = h.ext.get("errh")
+        if errh is not None:    # a handler set or inherited: applied on failing calls too
+            _errhandler.apply(self, errh)
+
+    def _unbind(self) -> None:
+        d = self.__dict__
+        for k in _BOUND:
+            d.pop(k, None)
+        self._h = None
+
+    @classmethod
+    def _make(cls, h: _Handle):
+        new = cls.__new__(cls)
+        new._bind(h)
+        return new
+
+    # -- the handle: equality, truth, pickling, Fortran integers --
+    def __eq__(self, other):
+        if not isinstance(other, Comm):
+            return NotImplemented
+        return self._h is other._h
+
+    def __ne__(self, other):
+        if not isinstance(other, Comm):
+            return NotImplemented
+        return self._h is not other._h
+
+    __hash__ = None  # handles are mutable (Free): unhashable, as mpi4py's
+
+    def __bool__(self) -> bool:
+        return self._h is not None
+
+    def __reduce__(self):
+        if self is COMM_NULL:
+            return "COMM_NULL"
+        if self is _state.comm_world:
+            return "COMM_WORLD"
+        if self is _state.comm_self:
+            return "COMM_SELF"
+        h = self._h
+        if h is None:
+            return (type(self), ())
+        if h.predefined:
+            return (type(self), (_state.comm_world if h.number == 0 else _state.comm_self,))
+        raise ValueError(f"cannot pickle {self!r}: only COMM_NULL, COMM_WORLD and "
+                         f"COMM_SELF (and handles onto them) pickle")
+
+    @property
+    def handle(self) -> int:
+        """The communicator's handle (an int >= 0; ``Comm.fromhandle`` takes it back)."""
+        h = self._h
+        return _NULL_NUMBER if h is None else h.number
+
+    def py2f(self) -> int:
+        """The Fortran integer of this handle."""
+        return self.handle
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Comm":
+        """A new Python object onto the communicator of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"{cls.__name__}.fromhandle: expected an int, got {handle!r}")
+        if handle in (0, 1):
+            _ensure()
+        if handle == _NULL_NUMBER:
+            return cls()
+        h = _handles.live.get(handle)
+        if h is None or h.freed:
+            raise MmpiError(f"{cls.__name__}.fromhandle: {handle} is no live communicator "
+                            f"handle", error_class=ERR_COMM)
+        klass = h.cls if cls is Comm else cls   # Comm.fromhandle: the handle's own class
+        return klass._make(h)
+
+    @classmethod
+    def f2py(cls, arg: int) -> "Comm":
+        """The communicator of a Fortran integer (``py2f``'s inverse)."""
+        return cls.fromhandle(arg)
 
     # -- basics --
     def Get_rank(self) -> int:
+        """Rank of this process in the communicator."""
         self._t.rank  # raises after Finalize and in a forked child, as every call
         return self.rank
 
     def Get_size(self) -> int:
+        """Number of processes in the communicator."""
         self._t.rank
         return self.size
 
     def Get_name(self) -> str:
+        """The communicator's name."""
+        if self._h is None:
+            return "MPI_COMM_NULL"
         return self._cx.name
 
     def Is_inter(self) -> bool:
+        """Whether this is an intercommunicator."""
+        self._cx
         return False
 
     def Is_intra(self) -> bool:
+        """Whether this is an intracommunicator."""
+        self._cx
         return True
 
+    @property
+    def is_inter(self) -> bool:
+        """Whether this is an intercommunicator."""
+        return self.Is_inter()
+
+    @property
+    def is_intra(self) -> bool:
+        """Whether this is an intracommunicator."""
+        return self.Is_intra()
+
+    def Get_topology(self) -> int:
+        """The type of topology attached (UNDEFINED: none)."""
+        self._cx
+        return UNDEFINED
+
+    @property
+    def topology(self) -> int:
+        """The type of topology attached (UNDEFINED: none)."""
+        return self.Get_topology()
+
     def __repr__(self) -> str:
-        return f"<mmpi.Comm {self._cx.name or 'comm'} rank {self.rank} of {self.size}>"
+        if self._h is None:
+            return f"<mmpi.{type(self).__name__} COMM_NULL>"
+        return f"<mmpi.{type(self).__name__} {self._cx.name or 'comm'} rank {self.rank} of {self.size}>"
 
     def _dest(self, dest, what: str) -> int:
         if type(dest) is not int:
@@ -110,19 +289,19 @@ class Comm:
 
     @staticmethod
     def _stag(tag, what: str) -> int:
-        if type(tag) is not int or not 0 <= tag <= TAG_UB:
-            if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= TAG_UB:
+        if type(tag) is not int or not 0 <= tag <= TAG_MAX:
+            if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= TAG_MAX:
                 return int(tag)
-            raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_UB})")
+            raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_MAX})")
         return tag
 
     @staticmethod
     def _rtag(tag, what: str) -> int:
-        if type(tag) is not int or not (0 <= tag <= TAG_UB or tag == ANY_TAG):
-            if isinstance(tag, int) and not isinstance(tag, bool) and (0 <= tag <= TAG_UB or tag == ANY_TAG):
+        if type(tag) is not int or not (0 <= tag <= TAG_MAX or tag == ANY_TAG):
+            if isinstance(tag, int) and not isinstance(tag, bool) and (0 <= tag <= TAG_MAX or tag == ANY_TAG):
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a receive tag is an int in "
-                            f"0..{TAG_UB} or ANY_TAG)")
+                            f"0..{TAG_MAX} or ANY_TAG)")
         return tag
 
     # -- starting operations (internal) --
@@ -188,7 +367,7 @@ class Comm:
                 mv = message(buf, False, "Send")
         except (TypeError, ValueError):
             mv = message(buf, False, "Send")
-        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
+        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
@@ -211,7 +390,7 @@ class Comm:
         except (TypeError, ValueError):
             mv = message(buf, True, "Recv")
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
-                and -1 <= tag <= TAG_UB):
+                and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, mv)
             if res is not None:
@@ -226,8 +405,8 @@ class Comm:
         rmv = message(recvbuf, True, "Sendrecv")
         size = self.size
         if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
-                and 0 <= sendtag <= TAG_UB and type(source) is int and -1 <= source < size
-                and type(recvtag) is int and -1 <= recvtag <= TAG_UB):
+                and 0 <= sendtag <= TAG_MAX and type(source) is int and -1 <= source < size
+                and type(recvtag) is int and -1 <= recvtag <= TAG_MAX):
             # the common case, validated inline: straight into and out of the rings
             t = self._t
             if t.send_fast(self._group[dest], self._ctx, sendtag, smv):
@@ -345,7 +524,7 @@ class Comm:
 
     # -- objects --
     def send(self, obj, dest, tag=0) -> None:
-        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_UB:
+        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             # the common case, validated inline: a small object straight into the ring
             if (type(obj) is np.ndarray and _objects.user_pickler() is None
                     and obj.nbytes <= self._t.eager_limit - 1024
@@ -375,7 +554,7 @@ class Comm:
 
     def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
-                and -1 <= tag <= TAG_UB):
+                and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, None)
             if res is not None:
@@ -402,42 +581,139 @@ class Comm:
     # -- communicators and groups (``_group``) --
     @property
     def name(self) -> str:
-        return self._cx.name
+        """The communicator's name."""
+        return self.Get_name()
 
     @name.setter
     def name(self, value: str) -> None:
-        self._cx.name = str(value)
+        self.Set_name(value)
 
     def Set_name(self, name: str) -> None:
+        """Set the communicator's name."""
         self._cx.name = str(name)
 
     def Get_group(self):
-        return _group.get_group(self._cx)
+        """The group of the communicator (a new handle onto it: equal each time)."""
+        ext = self._h.ext if self._h is not None else None
+        g = ext.get("group") if ext is not None else None
+        if g is None:
+            g = _group.get_group(self._cx)
+            ext["group"] = g
+        return _group.Group(g)
 
     @property
     def group(self):
+        """The group of the communicator."""
         return self.Get_group()
 
     def Compare(self, comm) -> int:
-        return _group.compare(self._cx, comm._cx if isinstance(comm, Comm) else None, comm)
+        """Compare two communicators: IDENT, CONGRUENT, SIMILAR or UNEQUAL."""
+        if not isinstance(comm, Comm):
+            raise TypeError(f"Compare: expected a communicator, got {type(comm).__name__}")
+        return _group.compare(self._cx, comm._cx, comm)
 
     def _new(self, group, ctx):
-        return type(self)(self._t, group, ctx)
+        """A new communicator of this class on ``group`` (None: a null one)."""
+        cls = type(self)
+        if group is None:
+            return cls.__new__(cls)
+        h = _Handle(Context(self._t, group, ctx), cls)
+        if "errh" in self._h.ext:   # a new communicator inherits its parent's handler
+            h.ext["errh"] = self._h.ext["errh"]
+        return cls._make(h)
+
+    def _derive(self, new, info=None, what: str = "Dup"):
+        """Give a duplicate ``new`` this communicator's attributes (copy callbacks)
+        and info hints (``info``: replace them)."""
+        h = new._h
+        if info is None:
+            h.info = dict(self._h.info)
+        else:
+            h.info = _info_items(info, what)
+        try:
+            self._h.attrs.copy_into(self, h.attrs, what)
+        except BaseException:
+            new.Free()
+            raise
+        return new
 
     def Dup(self, info=None):
-        return _group.dup(self._cx, self._new)
+        """Duplicate the communicator (with its attributes; ``info``: new hints)."""
+        new = _group.dup(self._cx, self._new)
+        return self._derive(new, info, "Dup")
+
+    def Dup_with_info(self, info):
+        """Duplicate the communicator with the hints of ``info``."""
+        new = _group.dup(self._cx, self._new)
+        return self._derive(new, _info_arg(info, "Dup_with_info"), "Dup_with_info")
+
+    def Idup(self, info=None):
+        """Nonblocking duplicate: (new communicator, request).  driller completes the
+        duplication at the call (it is one small allgather), the request is done."""
+        return self.Dup(info), _request_null()
+
+    def Idup_with_info(self, info):
+        """Nonblocking duplicate with the hints of ``info``: (communicator, request)."""
+        return self.Dup_with_info(info), _request_null()
 
     def Clone(self):
+        """Clone an existing communicator (as Dup)."""
         return self.Dup()
 
     def Split(self, color=0, key=0):
+        """Split the communicator by ``color``, ranks ordered by ``key``."""
         return _group.split(self._cx, color, key, self._new)
 
     def Split_type(self, split_type, key=0, info=None):
-        return _group.split_type(self._cx, split_type, key, self._new)
+        """Split the communicator by type (COMM_TYPE_SHARED and the hardware-guided
+        types; UNDEFINED gives COMM_NULL)."""
+        return _group.split_type(self._cx, split_type, key, info, self._new)
 
     def Create(self, group):
+        """Create a communicator from a group (collective over this communicator)."""
         return _group.create(self._cx, group, self._new)
+
+    def Create_group(self, group, tag: int = 0):
+        """Create a communicator from a group; collective over the group's members
+        only (the others need not call); ``tag`` tells concurrent calls apart."""
+        return _group.create_group(self._cx, group, tag, self._new)
+
+    def Set_info(self, info) -> None:
+        """Set new values for the hints of the communicator."""
+        self._cx
+        self._h.info.update(_info_items(_info_arg(info, "Set_info"), "Set_info"))
+
+    def Get_info(self):
+        """The hints of the communicator (a new Info)."""
+        self._cx
+        return _info.Info.Create(list(self._h.info.items()))
+
+    @property
+    def info(self):
+        """The communicator's hints."""
+        return self.Get_info()
+
+    @info.setter
+    def info(self, info) -> None:
+        self.Set_info(info)
+
+    @classmethod
+    def Get_parent(cls):
+        """The parent intercommunicator (null when this process was not spawned)."""
+        if _state.parent is not None:
+            return _state.parent
+        inter = _find_class("Intercomm")
+        if inter is None:
+            raise MmpiNotImplementedError("Comm.Get_parent: intercommunicators are not "
+                                          "available in this driller build")
+        return inter()
+
+    # -- attributes (``_attr.Cached``: Create_keyval, Set_attr, Get_attr...) --
+    _attr_kind = "comm"
+
+    def _attributes(self, what: str):
+        self._cx
+        return self._h.attrs
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
@@ -527,32 +803,62 @@ class Comm:
         return _alltoall.alltoall(self._cx, sendobj)
 
     def Free(self) -> None:
-        pass
+        """Free the communicator: its attributes are deleted (delete callbacks run),
+        its state dropped, and this handle becomes COMM_NULL; any later use of it
+        raises MPI.Exception(ERR_COMM)."""
+        h = self._h
+        if h is None:
+            raise _comm_error("Comm.Free")
+        if h.predefined:
+            raise MmpiError(f"Comm.Free: {h.cx.name} is predefined and cannot be freed",
+                            error_class=ERR_COMM)
+        h.freed = True
+        try:
+            h.attrs.clear(self, "Comm.Free")
+        finally:
+            _handles.live.pop(h.number, None)
+            h.info = {}
+            self._unbind()
+
+    def free(self) -> None:
+        """Free the communicator, safely: nothing for a null or predefined one (a
+        handle copy of COMM_WORLD/COMM_SELF just becomes null)."""
+        h = self._h
+        if h is None or self is _state.comm_world or self is _state.comm_self:
+            return
+        if h.predefined:
+            self._unbind()
+            return
+        self.Free()
 
     # -- error handlers (``_errhandler``) --
     @classmethod
     def Create_errhandler(cls, errhandler_fn):
+        """Create a new error handler for communicators (``fn(comm, errorcode)``)."""
         return _errhandler.create(errhandler_fn)
 
     def Get_errhandler(self):
         """A new handle onto this communicator's error handler (ERRORS_RETURN by
         default: errors raise MPI.Exception)."""
         self._t.rank
-        return _errhandler.Errhandler(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN))
+        return _errhandler.Errhandler(self._h.ext.get("errh", _errhandler.ERRORS_RETURN))
 
     def Set_errhandler(self, errhandler) -> None:
+        """Set the error handler of the communicator."""
         self._t.rank
-        self._errh = _errhandler.Errhandler(
+        self._h.ext["errh"] = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
         _errhandler.apply(self, self.Get_errhandler())
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Invoke this communicator's error handler on ``errorcode``."""
         self._t.rank
-        _errhandler.call(self.__dict__.get("_errh", _errhandler.ERRORS_RETURN), self,
+        _errhandler.call(self._h.ext.get("errh", _errhandler.ERRORS_RETURN), self,
                          errorcode, self.Abort)
 
     def __getattr__(self, name):
+        if name in _BOUND:
+            raise _comm_error(type(self).__name__)
         if name.startswith("_"):
             raise AttributeError(name)
         raise MmpiNotImplementedError(
@@ -589,6 +895,91 @@ class Intracomm(Comm):
         to run instead)."""
         return _pylayers.spawn(command, args, maxprocs, info, root, errcodes)
 
+    @classmethod
+    def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=None,
+                          errhandler=None):
+        """Create a communicator from a group, without a parent communicator:
+        collective over the group's members (``stringtag`` tells concurrent calls
+        apart)."""
+        if not isinstance(stringtag, str):
+            raise TypeError(f"Create_from_group: stringtag must be a str, got {stringtag!r}")
+        if info is not None:
+            _info_arg(info, "Create_from_group")
+        t = world_comm()._t
+        cls_ = cls
+
+        def new(grp, ctx):
+            if grp is None:
+                return cls_.__new__(cls_)
+            return cls_._make(_Handle(Context(t, grp, ctx), cls_))
+        comm = _group.create_from_group(t, group, stringtag, new)
+        if comm and info is not None:
+            comm._h.info = _info_items(info, "Create_from_group")
+        if comm and errhandler is not None:
+            comm.Set_errhandler(errhandler)
+        return comm
+
+
+COMM_NULL = Comm()   # the null communicator (``Comm()`` and ``Intracomm()`` equal it)
+
+
+def _find_class(name: str):
+    """A subclass of Comm called ``name`` defined by driller (None if none is loaded)."""
+    todo = list(Comm.__subclasses__())
+    while todo:
+        c = todo.pop()
+        if c.__name__ == name and c.__module__.startswith("driller."):
+            return c
+        todo.extend(c.__subclasses__())
+    return None
+
+
+def set_parent(comm) -> None:
+    """Record this process's parent intercommunicator (what Comm.Get_parent returns);
+    for the spawn implementation."""
+    _state.parent = comm
+
+
+def _request_null():
+    return Request()
+
+
+def _info_arg(info, what: str):
+    """``info`` as an Info (None and INFO_NULL: no hints)."""
+    if info is None:
+        return None
+    if not isinstance(info, _info.Info):
+        raise TypeError(f"{what}: expected an Info, got {type(info).__name__}")
+    return info if info else None
+
+
+def _info_items(info, what: str) -> dict:
+    info = _info_arg(info, what)
+    return {} if info is None else {k: info.Get(k) for k in info.keys()}
+
+
+Comm._attr_predefined = frozenset((TAG_UB, IO, WTIME_IS_GLOBAL, APPNUM, LASTUSEDCODE,
+                                   UNIVERSE_SIZE))
+
+
+def _predefined_attr(comm, keyval: int):
+    """COMM_WORLD's predefined attributes (every communicator answers them)."""
+    if keyval == TAG_UB:
+        return TAG_MAX
+    if keyval == IO:
+        return ANY_SOURCE          # every rank can do I/O
+    if keyval == WTIME_IS_GLOBAL:
+        return 1                   # Wtime is CLOCK_MONOTONIC: one clock for all ranks
+    if keyval == APPNUM:
+        return 0                   # one application (driller run starts one program)
+    if keyval == UNIVERSE_SIZE:
+        return comm._t.size
+    last = getattr(_errcodes, "last_used_code", None)   # LASTUSEDCODE
+    return last() if last is not None else _errcodes.ERR_LASTCODE
+
+
+Comm._attr_value = _predefined_attr
+
 
 # ------------------------------------------------------------------ world state
 
@@ -605,6 +996,7 @@ class _State:
     launch_pid = None    # the process that took it
     launch_error = None  # an MmpiError: the launcher's environment was unusable
     forked_from = None   # this process is a fork of that rank (it cannot communicate)
+    parent = None        # the parent intercommunicator of a spawned process (set_parent)
 
 
 _state = _State()
@@ -684,8 +1076,10 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
     _state.pid = os.getpid()
     _state.world = t.world
     _state.transport = t
-    _state.comm_world = Intracomm(t, list(range(size)), _CTX_WORLD, "MPI_COMM_WORLD")
-    _state.comm_self = Intracomm(t, [rank], _CTX_SELF, "MPI_COMM_SELF")
+    _state.comm_world = Intracomm._make(_Handle(
+        Context(t, list(range(size)), _CTX_WORLD, "MPI_COMM_WORLD"), Intracomm, 0, True))
+    _state.comm_self = Intracomm._make(_Handle(
+        Context(t, [rank], _CTX_SELF, "MPI_COMM_SELF"), Intracomm, 1, True))
     _state.finalized = False
 
 
@@ -765,3 +1159,12 @@ def is_finalized() -> bool:
 
 # a rank's children must never take themselves for ranks: done at import, not first use
 _adopt_launch_env()
+
+
+def __getattr__(name: str):
+    # COMM_WORLD and COMM_SELF pickle by name: pickle looks them up here
+    if name == "COMM_WORLD":
+        return world_comm()
+    if name == "COMM_SELF":
+        return self_comm()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ whose exceptions carry them.
 from __future__ import annotations
 
 __all__ = [
-    "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "UNDEFINED", "TAG_UB", "BOTTOM", "IN_PLACE",
+    "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "UNDEFINED", "TAG_UB", "TAG_MAX", "BOTTOM", "IN_PLACE",
     "ROOT",
     "KEYVAL_INVALID", "VERSION", "SUBVERSION",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "COMM_TYPE_SHARED",
@@ -21,7 +21,7 @@ ANY_SOURCE = -1
 ANY_TAG = -1
 PROC_NULL = -2
 UNDEFINED = -32766
-TAG_UB = (1 << 31) - 1
+TAG_MAX = (1 << 31) - 1   # the largest tag (what COMM_WORLD's TAG_UB attribute holds)
 
 ROOT = -4                 # the root group's root in an intercommunicator collective
 KEYVAL_INVALID = -1
@@ -51,6 +51,15 @@ class _InPlace:
 
 IN_PLACE = _InPlace()
 
+
+# --- communicators, groups, attributes, object model, environment
+# predefined attribute keys of COMM_WORLD (Open MPI's values, as mpi4py shows them):
+# ``COMM_WORLD.Get_attr(TAG_UB)`` is the largest tag (TAG_MAX)
+TAG_UB, IO, WTIME_IS_GLOBAL, APPNUM, LASTUSEDCODE, UNIVERSE_SIZE = 0, 2, 3, 4, 5, 6
+# split types beyond COMM_TYPE_SHARED (MPI-4 hardware-guided splits)
+COMM_TYPE_HW_UNGUIDED, COMM_TYPE_HW_GUIDED, COMM_TYPE_RESOURCE_GUIDED = 12, 13, 14
+__all__ += ["IO", "WTIME_IS_GLOBAL", "APPNUM", "LASTUSEDCODE", "UNIVERSE_SIZE",
+            "COMM_TYPE_HW_UNGUIDED", "COMM_TYPE_HW_GUIDED", "COMM_TYPE_RESOURCE_GUIDED"]
 
 # --- pickling, errors, mpi4py's pure-Python layers: file access modes (Open MPI's
 # values; MPI.File opens and closes files and carries error handlers, no MPI-IO data

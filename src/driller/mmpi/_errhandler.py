@@ -19,6 +19,8 @@ user handlers do not pickle (ValueError, as mpi4py).
 
 from __future__ import annotations
 
+import weakref
+
 from ..errors import MmpiError
 from .. import _errcodes
 
@@ -32,23 +34,32 @@ _user_count = 0
 class _Handler:
     """The object behind a handle: a predefined kind or a user function."""
 
-    __slots__ = ("kind", "fn")
+    __slots__ = ("kind", "fn", "number", "__weakref__")
 
-    def __init__(self, kind: str, fn=None):
+    def __init__(self, kind: str, fn=None, number: int | None = None):
         self.kind = kind
         self.fn = fn
+        if number is None:
+            number = _numbers[0]
+            _numbers[0] = number + 1
+        self.number = number
+        _live[number] = self
 
 
-_RETURN = _Handler("ERRORS_RETURN")
-_FATAL = _Handler("ERRORS_ARE_FATAL")
-_ABORT = _Handler("ERRORS_ABORT")
+_numbers = [4]      # handles: 0 null, 1-3 the predefined handlers, user ones from 4
+_live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+_RETURN = _Handler("ERRORS_RETURN", None, 1)
+_FATAL = _Handler("ERRORS_ARE_FATAL", None, 2)
+_ABORT = _Handler("ERRORS_ABORT", None, 3)
 
 
 class Errhandler:
     """A handle onto an error handler; ``Errhandler()`` is null, ``Errhandler(eh)``
     a second handle onto the same handler (equal to it)."""
 
-    __slots__ = ("_h",)
+    __slots__ = ("_h", "__weakref__")
 
     def __init__(self, errhandler: Errhandler | None = None):
         if errhandler is None:
@@ -72,17 +83,16 @@ class Errhandler:
             return NotImplemented
         return self._h is not other._h
 
-    def __hash__(self) -> int:
-        return id(self._h)
+    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         for name, obj in _PREDEFINED.items():
             if self is obj:
                 return name
         if self._h is None:
-            return (Errhandler, ())
+            return (type(self), ())
         if self._h.fn is None:
-            return (Errhandler, (_PREDEFINED[self._h.kind],))
+            return (type(self), (_PREDEFINED[self._h.kind],))
         raise ValueError("a user-defined Errhandler cannot be pickled")
 
     def __repr__(self) -> str:
@@ -101,11 +111,42 @@ class Errhandler:
             _user_count -= 1
         self._h = None
 
+    def free(self) -> None:
+        """Free the handle, safely: nothing for a null or predefined one."""
+        if self._h is None or any(self is h for h in _PREDEFINED.values()):
+            return
+        self.Free()
+
+    @property
+    def handle(self) -> int:
+        """The errhandler's handle (an int >= 0; ``Errhandler.fromhandle`` takes it back)."""
+        return 0 if self._h is None else self._h.number
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> Errhandler:
+        """A new Python object onto the error handler of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Errhandler.fromhandle: expected an int, got {handle!r}")
+        new = cls()
+        if handle != 0:
+            h = _live.get(handle)
+            if h is None or h.kind == "freed":
+                raise MmpiError(f"Errhandler.fromhandle: {handle} is no live errhandler "
+                                f"handle", error_class=_errcodes.ERR_ERRHANDLER)
+            new._h = h
+        return new
+
+    @classmethod
+    def f2py(cls, arg: int) -> Errhandler:
+        """The error handler of a Fortran integer (``py2f``'s inverse)."""
+        return cls.fromhandle(arg)
+
     def toint(self) -> int:
         return -1
 
     def py2f(self) -> int:
-        return -1
+        """The Fortran integer of this handle."""
+        return self.handle
 
 
 ERRHANDLER_NULL = Errhandler()

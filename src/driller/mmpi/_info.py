@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import sys
+import weakref
 
 from ..errors import MmpiError
 from .. import _errcodes
@@ -118,8 +119,7 @@ class Info:
             return NotImplemented
         return self._d is not other._d
 
-    def __hash__(self) -> int:
-        return id(self._d)
+    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         if self is INFO_NULL:
@@ -127,10 +127,53 @@ class Info:
         if self is INFO_ENV:
             return "INFO_ENV"
         if self._d is None:
-            return (Info, ())
+            return (type(self), ())
         if self._d is _ENV:
-            return (Info, (INFO_ENV,))
-        return (Info.Create, (list(self._d.items()),))
+            return (type(self), (INFO_ENV,))
+        return (_rebuild, (type(self), list(self._d.items())))
+
+    def free(self) -> None:
+        """Free the info, safely: nothing for INFO_NULL or INFO_ENV (a handle copy
+        of INFO_ENV just becomes null)."""
+        if self._d is None or self is INFO_ENV:
+            return
+        self._d = None
+
+    @property
+    def handle(self) -> int:
+        """The info's handle (an int >= 0; ``Info.fromhandle`` takes it back)."""
+        if self._d is None:
+            return 0
+        if self._d is _ENV:
+            return 1
+        h = id(self._d)
+        _live[h] = self
+        return h
+
+    def py2f(self) -> int:
+        """The Fortran integer of this handle."""
+        return self.handle
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> Info:
+        """A new Python object onto the info of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Info.fromhandle: expected an int, got {handle!r}")
+        new = cls()
+        if handle == 1:
+            new._d = _ENV
+        elif handle != 0:
+            other = _live.get(handle)
+            if other is None or other._d is None or id(other._d) != handle:
+                raise MmpiError(f"Info.fromhandle: {handle} is no live info handle",
+                                error_class=_errcodes.ERR_INFO)
+            new._d = other._d
+        return new
+
+    @classmethod
+    def f2py(cls, arg: int) -> Info:
+        """The info of a Fortran integer."""
+        return cls.fromhandle(arg)
 
     def __repr__(self) -> str:
         if self._d is None:
@@ -206,6 +249,15 @@ class Info:
     def clear(self) -> None:
         if self._d is not None:
             self._writable("clear").clear()
+
+
+_live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # handle -> an Info
+
+
+def _rebuild(cls, items) -> Info:
+    new = cls()
+    new._d = dict(items)
+    return new
 
 
 def _key(key) -> str:

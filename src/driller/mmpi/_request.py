@@ -21,14 +21,38 @@ __all__ = ["Status", "Request", "Prequest", "CollRequest", "REQUEST_NULL", "fill
 class Status:
     """What a completed receive (or probe) found."""
 
-    __slots__ = ("source", "tag", "error", "count", "cancelled")
+    __slots__ = ("source", "tag", "error", "count", "cancelled", "__weakref__")
 
-    def __init__(self):
-        self.source = ANY_SOURCE
-        self.tag = ANY_TAG
-        self.error = 0
-        self.count = 0
-        self.cancelled = False
+    def __init__(self, status: Status | None = None):
+        if status is None:
+            self.source = ANY_SOURCE
+            self.tag = ANY_TAG
+            self.error = 0
+            self.count = 0
+            self.cancelled = False
+        elif isinstance(status, Status):
+            self.source, self.tag, self.error, self.count, self.cancelled = status._fields()
+        else:
+            raise TypeError(f"Status(status): expected a Status, got {type(status).__name__}")
+
+    def _fields(self) -> tuple:
+        return self.source, self.tag, self.error, self.count, self.cancelled
+
+    # a value, as mpi4py's: equal when the fields are, unhashable, pickled by value
+    def __eq__(self, other):
+        if not isinstance(other, Status):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __ne__(self, other):
+        if not isinstance(other, Status):
+            return NotImplemented
+        return self._fields() != other._fields()
+
+    __hash__ = None
+
+    def __reduce__(self):
+        return (_status, (type(self), self._fields()))
 
     def Get_source(self) -> int:
         return self.source
@@ -63,6 +87,12 @@ class Status:
     def __repr__(self) -> str:
         return (f"Status(source={self.source}, tag={self.tag}, error={self.error}, "
                 f"count={self.count})")
+
+
+def _status(cls, fields) -> Status:
+    new = cls.__new__(cls)
+    new.source, new.tag, new.error, new.count, new.cancelled = fields
+    return new
 
 
 def fill(status, source, tag, error, count, cancelled=False) -> None:
