@@ -142,6 +142,33 @@ def test_custom_pickler_is_used_by_send_recv_and_bcast_then_default_restored():
     assert f"DEFAULT (1, 2) {sum(range(1_000_000))} ndarray" in out
 
 
+@needs_intercomm
+def test_custom_pickler_over_an_intercommunicator():
+    res = run_code(2, """
+        import json
+        import numpy as np
+        from driller import MPI
+        w = MPI.COMM_WORLD
+        rank = w.Get_rank()
+        local = w.Split(rank, 0)
+        inter = local.Create_intercomm(0, w, 1 - rank, tag=3)
+        MPI.pickle.__init__(lambda o: b"J" + json.dumps(o).encode(),
+                            lambda b: json.loads(bytes(b)[1:].decode()))
+        if rank == 0:
+            inter.send((1, "a"), dest=0, tag=1)
+            try:
+                inter.send(np.arange(3), dest=0, tag=2)    # json cannot: no raw array path
+            except TypeError:
+                print("ARRAY REFUSED")
+            inter.send(np.arange(3).tolist(), dest=0, tag=2)
+        else:
+            print("GOT", inter.recv(source=0, tag=1), inter.recv(source=0, tag=2))
+        MPI.pickle.__init__()
+    """)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["ARRAY REFUSED", "GOT [1, 'a'] [0, 1, 2]"]
+
+
 def test_custom_pickler_on_comm_self_and_an_empty_stream_is_none():
     res = run_code(1, """
         import marshal

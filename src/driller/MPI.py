@@ -155,6 +155,9 @@ __all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_
 # --- topologies
 
 # --- intercommunicators
+from .mmpi._inter import Intercomm  # noqa: E402  (also registers Intracomm.Create_intercomm)
+
+__all__ += ["Intercomm"]
 
 # --- one-sided communication (windows), Alloc_mem
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
                          PROC_NULL, SIMILAR, TAG_UB, UNDEFINED, UNEQUAL)
     from ._datatype import Datatype
     from ._group import GROUP_EMPTY, Group
+    from ._inter import Intercomm
     from ._request import REQUEST_NULL, Prequest, Request, Status
     from ._spawn import spawn
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "init_world", "spawn", "Wtime", "Wtick",
     "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "TAG_UB", "UNDEFINED", "REQUEST_NULL",
-    "route", "Comm", "Intracomm", "Request", "Prequest", "Status", "Datatype",
+    "route", "Comm", "Intracomm", "Intercomm", "Request", "Prequest", "Status", "Datatype",
     "MmpiError", "MmpiNotImplementedError", "PeerDiedError", "TruncationError",
     "create_world", "mark_dead", "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD",
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -57,6 +58,7 @@ _LAZY = {
                      "IN_PLACE", "PROC_NULL", "SIMILAR", "TAG_UB", "UNDEFINED", "UNEQUAL"),
                     "._const"),
     "Datatype": "._datatype",
+    "Intercomm": "._inter",
     **dict.fromkeys(("GROUP_EMPTY", "Group"), "._group"),
     **dict.fromkeys(("REQUEST_NULL", "Prequest", "Request", "Status"), "._request"),
     "spawn": "._spawn",
@@ -73,6 +75,9 @@ if "DRILLER_MMPI_WORLD_FD" in os.environ:
 
 
 def __getattr__(name: str) -> object:
+    if name in ("COMM_WORLD", "COMM_SELF") or _LAZY.get(name) == "._comm":
+        # _inter sits above _comm and registers Intracomm.Create_intercomm there
+        importlib.import_module("._inter", __name__)
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -103,6 +103,8 @@ def byteview(obj, writable: bool, what: str) -> memoryview:
                         f"as a[:, ::2] or a column?); pass np.ascontiguousarray(x) and copy "
                         f"back after a receive")
     if mv.ndim != 1 or mv.format != "B":
+        if not mv.nbytes:   # (cast refuses a zero in the shape, as an (n, 0) array's)
+            return memoryview(bytearray(0)) if writable else EMPTY
         mv = mv.cast("B")
     return mv
 

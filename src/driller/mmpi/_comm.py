@@ -33,6 +33,7 @@ from ._request import (K_ORECV, K_RECV, K_SEND, Prequest, Request, complete, fil
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
     "finalize", "is_initialized", "is_finalized", "launched_rank", "COMM_NULL", "set_parent",
+    "register_extension",
 ]
 
 _CTX_WORLD, _CTX_SELF = 0, 2   # p2p contexts; collectives use context + 1; new comms from 4
@@ -207,6 +208,15 @@ class Comm(_attr.Cached):
     @classmethod
     def f2py(cls, arg: int) -> "Comm":
         """The communicator of a Fortran integer (``py2f``'s inverse)."""
+        return cls.fromhandle(arg)
+
+    def toint(self) -> int:
+        """The communicator's C integer handle (``Comm.fromint`` takes it back)."""
+        return self.handle
+
+    @classmethod
+    def fromint(cls, arg: int) -> "Comm":
+        """The communicator of a C integer handle (``toint``'s inverse)."""
         return cls.fromhandle(arg)
 
     # -- basics --
@@ -617,9 +627,15 @@ class Comm(_attr.Cached):
         cls = type(self)
         if group is None:
             return cls.__new__(cls)
-        h = _Handle(Context(self._t, group, ctx), cls)
-        if "errh" in self._h.ext:   # a new communicator inherits its parent's handler
-            h.ext["errh"] = self._h.ext["errh"]
+        return cls._of_context(Context(self._t, group, ctx), self)
+
+    @classmethod
+    def _of_context(cls, cx, parent=None):
+        """A new communicator of this class on the Context ``cx`` (a subclass may
+        pass its own kind of Context); it inherits ``parent``'s error handler."""
+        h = _Handle(cx, cls)
+        if parent is not None and "errh" in parent._h.ext:
+            h.ext["errh"] = parent._h.ext["errh"]   # as MPI says for new communicators
         return cls._make(h)
 
     def _derive(self, new, info=None, what: str = "Dup"):
@@ -867,6 +883,25 @@ class Comm(_attr.Cached):
             f"meanwhile")
 
 
+# Methods implemented by modules above this one (they import it): each registers its
+# builder here when imported ("create_intercomm": ``_inter``, which ``driller.MPI``
+# and ``driller.mmpi`` import along with this module).
+_extensions: dict = {}
+
+
+def register_extension(name: str, fn) -> None:
+    """Register ``fn`` as the implementation of extension ``name`` (see above)."""
+    _extensions[name] = fn
+
+
+def _extension(name: str):
+    fn = _extensions.get(name)
+    if fn is None:
+        raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
+                                      f"import driller.MPI (or driller.mmpi.Intercomm) first")
+    return fn
+
+
 def _null_done_send():
     op = T.SendOp(PROC_NULL, 0, 0, EMPTY)
     op.done = True
@@ -877,6 +912,13 @@ class Intracomm(Comm):
     """An intracommunicator: one group of ranks (COMM_WORLD, COMM_SELF and what
     Dup/Split/Create make of them).  Prefix reductions live here, as in mpi4py;
     topologies and intercommunicators are built from intracommunicators."""
+
+    def __new__(cls, comm=None, *internal, **kw):
+        if not internal and isinstance(comm, Comm) and comm._h is not None \
+                and comm.Is_inter():
+            raise TypeError(f"{cls.__name__}(comm): {comm!r} is an intercommunicator "
+                            f"(Merge it into an intracommunicator)")
+        return super().__new__(cls, comm, *internal, **kw)
 
     def Scan(self, sendbuf, recvbuf, op=SUM):
         return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
@@ -918,6 +960,12 @@ class Intracomm(Comm):
         if comm and errhandler is not None:
             comm.Set_errhandler(errhandler)
         return comm
+
+    def Create_intercomm(self, local_leader: int, peer_comm, remote_leader: int,
+                         tag: int = 0):
+        """Create an intercommunicator between this group and the group of the
+        remote leader (``remote_leader``: its rank in ``peer_comm``)."""
+        return _extension("create_intercomm")(self, local_leader, peer_comm, remote_leader, tag)
 
 
 COMM_NULL = Comm()   # the null communicator (``Comm()`` and ``Intracomm()`` equal it)
@@ -1090,14 +1138,17 @@ def _hybrid_launcher():
 
 
 def route(comm: Comm, rank: int) -> str:
-    """How this process reaches ``rank`` of ``comm``: ``"self"``, ``"shm"`` (driller's
-    shared memory on this node) or ``"mpi"`` (another node of a hybrid world)."""
+    """How this process reaches ``rank`` of ``comm`` (a rank of the remote group for an
+    intercommunicator): ``"self"``, ``"shm"`` (driller's shared memory on this node)
+    or ``"mpi"`` (another node of a hybrid world)."""
     if not isinstance(comm, Comm):
         raise MmpiError(f"route: {comm!r} is not a communicator")
-    if not isinstance(rank, int) or not 0 <= rank < comm.size:
-        raise MmpiError(f"route: rank {rank!r} out of range for a communicator of size "
-                        f"{comm.size}")
-    w = comm._group[rank]
+    peers = comm._group   # p2p peers' world ranks: an intercommunicator's REMOTE group
+    if not isinstance(rank, int) or not 0 <= rank < len(peers):
+        what = "the remote group" if comm.Is_inter() else "a communicator"
+        raise MmpiError(f"route: rank {rank!r} out of range for {what} of size "
+                        f"{len(peers)}")
+    w = peers[rank]
     t = comm._t
     if w == t.rank:
         return "self"

@@ -27,7 +27,8 @@ from ._const import (COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, COMM_TYPE_RESOU
 __all__ = [
     "Group", "GROUP_EMPTY", "GROUP_NULL", "COMM_TYPE_SHARED",
     "IDENT", "CONGRUENT", "SIMILAR", "UNEQUAL", "get_group", "compare", "dup", "split",
-    "split_type", "create", "create_group", "create_from_group",
+    "split_type", "create", "create_group", "create_from_group", "next_context",
+    "claim_contexts",
 ]
 
 
@@ -39,6 +40,18 @@ class _Ctx:
 
 
 _ctx = _Ctx()
+
+
+def next_context() -> int:
+    """The first context id this process may still use (what it proposes when a
+    new communicator's members agree on one: they take the maximum)."""
+    return _ctx.next
+
+
+def claim_contexts(ctx: int, n: int) -> None:
+    """Context ids ``ctx`` .. ``ctx + n - 1`` are taken by a new communicator whose
+    members agreed on ``ctx`` elsewhere (intercommunicators: ``_inter``)."""
+    _ctx.next = max(_ctx.next, ctx + n)
 
 
 # ================================================================== groups
@@ -335,6 +348,8 @@ def get_group(cx) -> Group:
 
 def compare(cx, other, comm) -> int:
     """Compare communicators (``other``: the Context of ``comm``)."""
+    if type(cx) is not type(other):   # an intra- and an intercommunicator
+        return UNEQUAL
     if cx is other or (cx.ctx == other.ctx and cx.group == other.group):
         return IDENT
     if cx.group == other.group:
