@@ -69,8 +69,8 @@ assert all(mmpi.route(sh, k) in ("self", "shm") for k in range(sh.Get_size()))
 # shared arrays: by reference on the node, by value across
 a = driller.zeros(1000); a[:] = r
 if r == 0:
+    comm.send(a, 2, 1)   # other node: by value (first: rank 1 writes into a below)
     comm.send(a, 1, 1)   # same node: by reference
-    comm.send(a, 2, 1)   # other node: by value
     comm.recv(source=1, tag=2); comm.recv(source=2, tag=2)
 elif r in (1, 2):
     b = comm.recv(source=0, tag=1)
