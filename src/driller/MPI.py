@@ -160,6 +160,24 @@ __all__ += ["GROUP_NULL", "SESSION_NULL", "Session", "APPNUM", "IO", "LASTUSEDCO
             "COMM_TYPE_RESOURCE_GUIDED", "Is_thread_main", "Get_hw_resource_info"]
 
 # --- pickling, errors, mpi4py's pure-Python layers
+from .mmpi._pickle import Pickle, pickle  # noqa: E402,F401
+from .mmpi._errclass import (Add_error_class, Add_error_code,  # noqa: E402,F401
+                             Add_error_string, Remove_error_class, Remove_error_code,
+                             Remove_error_string)
+from .mmpi._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE,  # noqa: E402,F401
+                          MODE_EXCL, MODE_RDONLY, MODE_RDWR, MODE_SEQUENTIAL,
+                          MODE_UNIQUE_OPEN, MODE_WRONLY, MAX_INFO_KEY, MAX_INFO_VAL)
+from .mmpi._file import FILE_NULL, File  # noqa: E402,F401
+from .mmpi._pylayers import comm_lock as _comm_lock  # noqa: E402,F401  (mpi4py.util.pkl5)
+from .mmpi._pylayers import comm_lock_table as _comm_lock_table  # noqa: E402,F401
+from .mmpi._pylayers import commctx_inter as _commctx_inter  # noqa: E402,F401
+from .mmpi._pylayers import commctx_intra as _commctx_intra  # noqa: E402,F401
+from .mmpi._const import SUBVERSION, VERSION  # noqa: E402,F401  (mpi4py.run, futures)
+__all__ += ["Pickle", "pickle", "Add_error_class", "Add_error_code", "Add_error_string",
+            "Remove_error_class", "Remove_error_code", "Remove_error_string",
+            "MODE_RDONLY", "MODE_WRONLY", "MODE_RDWR", "MODE_CREATE", "MODE_EXCL",
+            "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN", "MODE_SEQUENTIAL", "MODE_APPEND",
+            "MAX_INFO_KEY", "MAX_INFO_VAL", "File", "FILE_NULL", "VERSION", "SUBVERSION"]
 
 # --- topologies
 from .mmpi._topo import (CART, DIST_GRAPH, GRAPH, UNWEIGHTED, WEIGHTS_EMPTY,  # noqa: E402
@@ -188,6 +206,26 @@ __all__ += [
     "WIN_CREATE_FLAVOR", "WIN_MODEL", "WIN_FLAVOR_CREATE", "WIN_FLAVOR_ALLOCATE",
     "WIN_FLAVOR_DYNAMIC", "WIN_FLAVOR_SHARED", "WIN_SEPARATE", "WIN_UNIFIED",
 ]
+
+
+_abort_status = [0]
+
+
+def _set_abort_status(status: int) -> None:
+    """mpi4py's runners (``python -m mpi4py``, ``-m mpi4py.futures``) call this when
+    the program raised: at exit this rank then aborts the job with that status
+    (``COMM_WORLD.Abort``), as mpi4py does."""
+    import atexit
+    if not _abort_status[0]:
+        atexit.register(_abort_at_exit)
+    _abort_status[0] = int(status) or 1
+
+
+def _abort_at_exit() -> None:
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _comm.world_comm().Abort(_abort_status[0])
 
 
 def get_vendor() -> tuple[str, tuple[int, int, int]]:

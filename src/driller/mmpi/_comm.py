@@ -26,6 +26,7 @@ from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
                      UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
+from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
                        Status, complete, fill, message_handle, persistent, request, self_sync)
@@ -133,6 +134,9 @@ class Comm(_attr.Cached):
         self._rank_of = cx.rank_of
         self.rank = cx.rank
         self.size = cx.size
+        errh = h.ext.get("errh")
+        if errh is not None:    # a handler set or inherited: applied on failing calls too
+            _errhandler.apply(self, errh)
 
     def _unbind(self) -> None:
         d = self.__dict__
@@ -704,7 +708,8 @@ class Comm(_attr.Cached):
     def send(self, obj, dest, tag=0) -> None:
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             # the common case, validated inline: a small object straight into the ring
-            if (type(obj) is np.ndarray and obj.nbytes <= self._t.eager_limit - 1024
+            if (type(obj) is np.ndarray and _objects.user_pickler() is None
+                    and obj.nbytes <= self._t.eager_limit - 1024
                     and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
                     and self._t.send_fast(self._group[dest], self._ctx, tag,
                                           pack_array(obj), T.F_OBJ | T.F_ARRAY)):
@@ -747,7 +752,7 @@ class Comm(_attr.Cached):
                 if type(v) is bytes:
                     if status is not None:
                         fill(status, self._rank_of(res[0]), res[1], 0, len(v))
-                    return pickle.loads(v)
+                    return _objects.unpickle(v)
                 if status is not None:  # a packed object: (stream, parts, nbytes)
                     fill(status, self._rank_of(res[0]), res[1], 0, v[2])
                 return loads(v[:2])
@@ -956,7 +961,8 @@ class Comm(_attr.Cached):
         return _hier.Bcast(self._cx, buf, root)
 
     def bcast(self, obj, root=0):
-        return _hier.bcast(self._cx, obj, root)
+        with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
+            return _hier.bcast(self._cx, obj, root)
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
         return _hier.Reduce(self._cx, sendbuf, recvbuf, op, root)
@@ -1117,6 +1123,7 @@ class Comm(_attr.Cached):
         self._t.rank
         self._h.ext["errh"] = _errhandler.Errhandler(
             _errhandler.check(errhandler, "Comm.Set_errhandler"))
+        _errhandler.apply(self, self.Get_errhandler())
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Invoke this communicator's error handler on ``errorcode``."""
@@ -1291,6 +1298,12 @@ class Intracomm(Comm):
     def Graph_map(self, index, edges) -> int:
         """Determine optimal process placement on a graph topology."""
         return self._topology("graph").map(self, index, edges)
+
+    def Spawn(self, command, args=None, maxprocs=1, info=None, root=0, errcodes=None):
+        """Spawn instances of a program: not supported (``_pylayers.spawn`` says what
+        to run instead)."""
+        return _pylayers.spawn(command, args, maxprocs, info, root, errcodes)
+
     @classmethod
     def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=None,
                           errhandler=None):

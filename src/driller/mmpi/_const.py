@@ -133,3 +133,14 @@ __all__ += [
     "WIN_CREATE_FLAVOR", "WIN_MODEL", "WIN_FLAVOR_CREATE", "WIN_FLAVOR_ALLOCATE",
     "WIN_FLAVOR_DYNAMIC", "WIN_FLAVOR_SHARED", "WIN_SEPARATE", "WIN_UNIFIED",
 ]
+
+# --- pickling, errors, mpi4py's pure-Python layers: file access modes (Open MPI's
+# values; MPI.File opens and closes files and carries error handlers, no MPI-IO data
+# access) and the info limits
+MODE_RDONLY, MODE_RDWR, MODE_WRONLY, MODE_CREATE = 2, 8, 4, 1
+MODE_EXCL, MODE_DELETE_ON_CLOSE, MODE_UNIQUE_OPEN = 64, 16, 32
+MODE_SEQUENTIAL, MODE_APPEND = 256, 128
+MAX_INFO_KEY, MAX_INFO_VAL = 36, 256    # Open MPI's (with the terminating NUL)
+__all__ += ["MAX_INFO_KEY", "MAX_INFO_VAL", "MODE_RDONLY", "MODE_RDWR", "MODE_WRONLY",
+            "MODE_CREATE", "MODE_EXCL", "MODE_DELETE_ON_CLOSE", "MODE_UNIQUE_OPEN",
+            "MODE_SEQUENTIAL", "MODE_APPEND"]

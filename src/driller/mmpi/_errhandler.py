@@ -5,10 +5,16 @@
 and ``ERRORS_ABORT``: the error ends the job (``Comm.Abort``).  A user handler
 (``Comm.Create_errhandler(fn)``) is called as ``fn(comm, errorcode)``.
 
-driller raises errors from inside its calls as exceptions whatever the handler; the
-handler is applied by ``Comm.Call_errhandler`` (and, for an uncaught exception,
-the job ends anyway, as under ERRORS_ARE_FATAL).  Predefined handlers pickle to
-themselves; user handlers do not pickle (ValueError, as mpi4py).
+driller's calls report errors by raising ``MPI.Exception``.  Under ERRORS_RETURN
+that is all (and costs nothing).  Setting any other handler on an object
+(:func:`apply`, from ``Set_errhandler``) puts a thin wrapper in front of each of
+that object's public methods: when one raises ``MPI.Exception`` (not
+``NotImplementedError``), ERRORS_ARE_FATAL/ERRORS_ABORT print the error and abort
+the job with its error code, and a user handler is called as ``fn(obj, code)``
+before the exception propagates (mpi4py raises after the handler returns too).
+Errors surfacing later, in ``Request.Wait`` of a nonblocking call, are not routed
+through the communicator's handler.  Predefined handlers pickle to themselves;
+user handlers do not pickle (ValueError, as mpi4py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ..errors import MmpiError
 from .. import _errcodes
 
 __all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
-           "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call"]
+           "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call", "apply"]
 
 MAX_USER_ERRHANDLERS = 32
 _user_count = 0
@@ -190,3 +196,95 @@ def call(eh: Errhandler, obj, errorcode: int, abort) -> None:
         h.fn(obj, errorcode)
     elif h is not _RETURN and errorcode != _errcodes.SUCCESS:
         abort(errorcode)
+
+
+# ------------------------------------------------------------ applying a handler
+
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import types  # noqa: E402
+import weakref  # noqa: E402
+
+from ..errors import MmpiNotImplementedError  # noqa: E402
+
+_NOT_WRAPPED = frozenset({"Get_errhandler", "Set_errhandler", "Call_errhandler",
+                          "Create_errhandler", "Abort", "Free", "Get_rank", "Get_size",
+                          "Get_name", "Set_name", "Is_inter", "Is_intra", "Get_group",
+                          "py2f", "toint"})
+_installed: dict[int, list[str]] = {}   # id(obj) -> the names wrapped on it
+_depth = threading.local()
+
+
+def _forget(key: int) -> None:
+    _installed.pop(key, None)
+
+
+def apply(obj, eh: Errhandler, abort=None) -> None:
+    """Make ``obj``'s calls apply its error handler when they fail, ``eh`` being the
+    handler just set: ERRORS_RETURN removes the wrappers (errors just raise), any
+    other handler wraps each public method of ``obj`` (instance attributes: the
+    class and other objects keep theirs).  A wrapper applies the handler in force
+    when the error happens (``obj.Get_errhandler()``), so a handle onto a
+    communicator whose handler is set through another handle can be wrapped too.
+    ``abort(code)`` ends the job (default: ``obj.Abort``)."""
+    d = obj.__dict__
+    key = id(obj)
+    h = eh._h
+    if h is None or h is _RETURN:
+        for name in _installed.pop(key, ()):
+            d.pop(name, None)
+        return
+    if key in _installed:
+        return          # wrapped already: the wrappers read the handler in force
+    cls = type(obj)
+    names = []
+    for name in dir(cls):
+        if name.startswith("_") or name in _NOT_WRAPPED:
+            continue
+        if not isinstance(inspect.getattr_static(cls, name, None), types.FunctionType):
+            continue   # properties, class and static methods stay as they are
+        d[name] = _wrapper(getattr(obj, name), weakref.ref(obj), name, abort)
+        names.append(name)
+    weakref.finalize(obj, _forget, key)
+    _installed[key] = names
+
+
+def _wrapper(method, ref, name, abort):
+    @functools.wraps(method)
+    def call_with_errhandler(*args, **kwargs):
+        depth = getattr(_depth, "n", 0)
+        _depth.n = depth + 1
+        try:
+            return method(*args, **kwargs)
+        except MmpiError as e:
+            if depth == 0 and not isinstance(e, MmpiNotImplementedError):
+                obj = ref()
+                if obj is not None:
+                    _handle(obj, name, e, abort)
+            raise
+        finally:
+            _depth.n = depth
+    return call_with_errhandler
+
+
+def _handle(obj, name: str, e: MmpiError, abort) -> None:
+    # the handler in force now, read through the object's own Get_errhandler (it may
+    # live with the communicator, shared by all its handles)
+    try:
+        h = obj.Get_errhandler()._h
+    except Exception:       # the object is gone (freed, finalized): the error stands
+        return
+    if h is None or h is _RETURN:
+        return
+    code = e.error_code
+    if h.fn is not None:
+        h.fn(obj, code)
+        return
+    sys.stderr.write(f"mmpi: {type(obj).__name__}.{name} failed under {h.kind} (pid "
+                     f"{os.getpid()}): {type(e).__name__}: {e}\n"
+                     f"mmpi: aborting the job with error code {code}\n")
+    sys.stderr.flush()
+    (abort or obj.Abort)(code if code else 1)

@@ -18,6 +18,7 @@ import weakref
 
 from ..errors import MmpiError
 from .. import _errcodes
+from ._const import MAX_INFO_KEY, MAX_INFO_VAL
 from ._world import ENV_SIZE
 
 __all__ = ["Info", "INFO_NULL", "INFO_ENV"]
@@ -262,12 +263,19 @@ def _rebuild(cls, items) -> Info:
 def _key(key) -> str:
     if not isinstance(key, str):
         raise TypeError(f"info keys are str, got {type(key).__name__}")
+    if not 0 < len(key) < MAX_INFO_KEY:
+        raise MmpiError(f"info key {key[:40]!r}: a key has 1 to {MAX_INFO_KEY - 1} "
+                        f"characters (MPI.MAX_INFO_KEY)", error_class=_errcodes.ERR_INFO_KEY)
     return key
 
 
 def _value(value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"info values are str, got {type(value).__name__}")
+    if len(value) >= MAX_INFO_VAL:
+        raise MmpiError(f"info value of {len(value)} characters: at most "
+                        f"{MAX_INFO_VAL - 1} (MPI.MAX_INFO_VAL)",
+                        error_class=_errcodes.ERR_INFO_VALUE)
     return value
 
 

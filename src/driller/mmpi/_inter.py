@@ -19,7 +19,6 @@ and ``driller.mmpi`` import it with ``_comm``).
 
 from __future__ import annotations
 
-import pickle
 import zlib
 
 import numpy as np
@@ -39,6 +38,7 @@ from ._const import ANY_SOURCE, ANY_TAG, COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUI
     COMM_TYPE_RESOURCE_GUIDED, COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, \
     SIMILAR, TAG_MAX, UNDEFINED, UNEQUAL
 from ._group import HW_RESOURCE_TYPE, SHARED_MEMORY, Group
+from . import _objects
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import fill
 
@@ -374,7 +374,8 @@ class Intercomm(Comm):
                 0 <= tag <= TAG_MAX:
             t = self._t
             w = self._group[dest]
-            if (type(obj) is np.ndarray and obj.nbytes <= t.eager_limit - 1024
+            if (type(obj) is np.ndarray and _objects.user_pickler() is None
+                    and obj.nbytes <= t.eager_limit - 1024
                     and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
                     and t.send_fast(w, self._ctx, tag, pack_array(obj), T.F_OBJ | T.F_ARRAY)):
                 return
@@ -396,7 +397,7 @@ class Intercomm(Comm):
                 if type(v) is bytes:
                     if status is not None:
                         fill(status, self._rank_of(res[0]), res[1], 0, len(v))
-                    return pickle.loads(v)
+                    return _objects.unpickle(v)     # MPI.pickle's loads if set
                 if status is not None:  # a packed object: (stream, parts, nbytes)
                     fill(status, self._rank_of(res[0]), res[1], 0, v[2])
                 return loads(v[:2])

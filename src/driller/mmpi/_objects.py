@@ -25,7 +25,8 @@ import struct
 import numpy as np
 
 __all__ = ["OOB_MIN", "ARR", "ARRAY_KINDS", "TABLE", "PART", "SIMPLE", "OOB_ARRAYS",
-           "OOB_BYTES", "scan", "dumps", "loads", "pack_array", "unpack_array"]
+           "OOB_BYTES", "scan", "dumps", "loads", "unpickle", "use_pickler", "user_pickler",
+           "pack_array", "unpack_array"]
 
 ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
 ARRAY_KINDS = "biufc"         # bare arrays of these kinds, eager-sized, travel raw, unpickled
@@ -35,6 +36,33 @@ OOB_MIN = 65536               # pickle buffers this large travel out of band
 
 
 _BIG = (bytes, bytearray)
+
+# The user's pickler (``MPI.pickle.__init__(dumps, loads, protocol)``), or None for
+# the default, whose policy is below (plain pickle, or protocol 5 with large buffers
+# out of band).  ``unpickle`` turns a plain stream back into an object: callers look
+# it up on this module at each call (``_objects.unpickle(v)``, no dearer than
+# ``pickle.loads(v)``), so :func:`use_pickler` swaps it at no cost to the default.
+_user = None
+unpickle = pickle.loads
+
+
+def _user_unpickle(stream):
+    if not len(stream):   # an empty message is None, as mpi4py's pickle_load
+        return None
+    return _user.loads(stream)
+
+
+def use_pickler(p) -> None:
+    """Install ``p`` (an object with ``dumps(obj) -> bytes`` and ``loads(buffer)``,
+    e.g. an :class:`MPI.Pickle`) for every object message, or None for the default."""
+    global _user, unpickle
+    _user = p
+    unpickle = pickle.loads if p is None else _user_unpickle
+
+
+def user_pickler():
+    """The pickler installed by :func:`use_pickler`, None for the default."""
+    return _user
 
 
 def _oob_identity(x):
@@ -112,6 +140,16 @@ class _OobPickler(pickle.Pickler):
 
 def dumps(obj):
     """(stream, parts): parts are (byte view, how) of out-of-band buffers."""
+    if _user is not None:  # the user's pickler: one in-band stream, as mpi4py sends it
+        stream = _user.dumps(obj)
+        if type(stream) is not bytes:
+            try:
+                stream = bytes(memoryview(stream))
+            except TypeError:
+                raise TypeError(f"the pickler's dumps returned {type(stream).__name__}, not "
+                                f"bytes (MPI.pickle's dumps must return a bytes-like "
+                                f"object)") from None
+        return stream, []
     parts = []
     kind = scan(obj)
     if kind == SIMPLE:  # nothing large inside: the plain (faster) pickle
@@ -147,7 +185,7 @@ def loads(value):
     if stream is None:  # a buffer message received as an object: unpickled, as mpi4py
         return pickle.loads(parts) if len(parts) else None
     if not parts:
-        return pickle.loads(stream)
+        return unpickle(stream)
     buffers = [b for b, how in parts if not how & 2]
     if len(buffers) == len(parts):  # no persistent (bytes/bytearray) parts
         return pickle.loads(stream, buffers=buffers)

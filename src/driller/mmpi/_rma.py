@@ -423,6 +423,7 @@ class Win(np.ndarray):
         """Set the error handler for a window."""
         s = self._live("Set_errhandler")
         s.errh = _errhandler.Errhandler(_errhandler.check(errhandler, "Win.Set_errhandler"))
+        _errhandler.apply(self, s.errh, self._comm.Abort)   # failing calls apply it
 
     def Call_errhandler(self, errorcode: int) -> None:
         """Call the error handler installed on a window."""

@@ -24,6 +24,7 @@ import numpy as np
 from ... import _errcodes, _linux
 from ...errors import MmpiError, PeerDiedError
 from .. import _transport as T
+from .. import _objects
 from .._objects import loads
 
 __all__ = [
@@ -156,7 +157,7 @@ def orecv(cx, src, tag):
     if res is not None:
         v = res[2]
         if type(v) is bytes:
-            return pickle.loads(v)
+            return _objects.unpickle(v)
         return loads(v[:2])   # a packed object: (stream, parts, nbytes)
     op = co_recv(cx, src, tag)
     if not op.done:

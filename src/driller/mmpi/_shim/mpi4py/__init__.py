@@ -86,6 +86,47 @@ if _DISTRIBUTION is None:
     _sys.meta_path.append(_MissingDistribution)
 
 
+class _DistributionModules:
+    """First on sys.meta_path: loads the distribution's ``mpi4py.*`` modules
+    unchanged, except that (1) a name driller.MPI lacks, met while such a module
+    is imported (``class Intercomm(Comm, MPI.Intercomm)``), makes the import fail
+    with an ImportError naming it, as a missing ``from ..MPI import name`` does,
+    so that ``try: import ... except ImportError`` keeps working; (2) after
+    ``mpi4py.futures._core`` loads, driller marks a pool whose workers cannot be
+    spawned broken instead of hanging (``driller.mmpi._pylayers.patch_futures``)."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if (_DISTRIBUTION is None or not fullname.startswith(__name__ + ".")
+                or fullname == __name__ + ".MPI"):
+            return None
+        spec = _machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_for_driller(module):
+            from driller.errors import MmpiNotImplementedError
+            try:
+                exec_module(module)
+            except MmpiNotImplementedError as e:
+                raise ImportError(f"{fullname} cannot run on driller.MPI yet: {e}",
+                                  name=fullname) from e
+            if fullname == __name__ + ".futures._core":
+                from driller.mmpi import _pylayers
+                _pylayers.patch_futures(module)
+
+        spec.loader.exec_module = exec_for_driller
+        return spec
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+_sys.meta_path.insert(0, _DistributionModules)
+
+
 class _Rc:
     """Accepts and ignores mpi4py's runtime options (``mpi4py.rc.threads = False``...)."""
 
