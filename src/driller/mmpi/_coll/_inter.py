@@ -33,13 +33,12 @@ import numpy as np
 
 from ... import _errcodes as E
 from ...errors import MmpiError
-from .._bufspec import as_bytes, byteview, intlist, message, parse
+from .._bufspec import as_bytes, intlist, message, parse, wblocks
 from .._const import IN_PLACE, PROC_NULL, ROOT
-from .._datatype import as_datatype, is_datatype
 from ._barrier import Barrier as _barrier, g_barrier
 from ._bcast import g_bcast, g_obcast
 from ._context import (Context, cbase, co_recv, co_send, count_errors, cr, cs, drive,
-                       first_error, oval, xrecv, xsend)
+                       first_error, g_then, oval, xrecv, xsend)
 from ._gather import g_ogather
 from ._nonblocking import coll_request
 from ._ops import check_op
@@ -479,48 +478,18 @@ def Ialltoallv(ix, sendbuf, recvbuf):
     return coll_request(ix, _alltoall_gen(ix, sendbuf, recvbuf, "Ialltoallv", True))
 
 
-def _wblocks(spec, writable, what, n):
-    """The n byte blocks of an Alltoallw message: ``[buf, (counts, displs), types]``
-    or ``[buf, counts, displs, types]`` (displacements in bytes)."""
-    if type(spec) not in (list, tuple) or len(spec) not in (3, 4):
-        raise MmpiError(f"{what}: a message is [buf, (counts, displs), datatypes] or "
-                        f"[buf, counts, displs, datatypes], got {spec!r}")
-    if len(spec) == 3:
-        buf, cd, types = spec
-        if type(cd) not in (list, tuple) or len(cd) != 2:
-            raise MmpiError(f"{what}: expected (counts, displs), got {cd!r}")
-        counts, displs = cd
-    else:
-        buf, counts, displs, types = spec
-    counts = intlist(counts, n, what, "counts")
-    displs = intlist(displs, n, what, "displacements")
-    if is_datatype(types) or isinstance(types, str):
-        types = [types] * n
-    if type(types) not in (list, tuple) or len(types) != n:
-        raise MmpiError(f"{what}: pass one datatype per rank of the remote group ({n})")
-    mv = byteview(buf, writable, what)
-    out = []
-    for i, (c, d, t) in enumerate(zip(counts, displs, types)):
-        nb = c * as_datatype(t).Get_size()
-        if d + nb > len(mv):
-            raise MmpiError(f"{what}: block {i} ({nb} bytes at byte {d}) overruns the "
-                            f"{len(mv)}-byte buffer")
-        out.append(mv[d:d + nb])
-    return out
-
-
 def _alltoallw_gen(ix, sendbuf, recvbuf, what):
     bb = cbase(ix.bridge)
     _no_in_place(sendbuf, what)
     n = ix.rsize
-    sblocks = _wblocks(sendbuf, False, what, n)
-    rblocks = _wblocks(recvbuf, True, what, n)
+    sblocks = wblocks(sendbuf, False, what, n)[0]
+    rblocks, finish = wblocks(recvbuf, True, what, n)
 
     def g():
         pairs, ops = yield from _exchange(ix, sblocks, rblocks, bb)
         _checks(ix, pairs, [len(m) for m in rblocks], 1, what)
         first_error(ops)
-    return g()
+    return g_then(g(), finish)
 
 
 def Alltoallw(ix, sendbuf, recvbuf) -> None:
