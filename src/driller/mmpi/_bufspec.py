@@ -566,9 +566,9 @@ def _parse_derived(b, buf, count, displ, dt, what, blocks, vector, writable=Fals
                             f"equal blocks (one per rank)")
         counts = [n // blocks] * blocks
     else:   # counts and displacements (in extents) per block
-        if count is None:
-            raise MmpiError(f"{what}: a vector buffer of a derived datatype needs its "
-                            f"counts: [buf, (counts, displs), datatype]")
+        if count is None:   # (a ValueError, as mpi4py's "cannot infer count")
+            raise MessageValueError(f"{what}: a vector buffer of a derived datatype needs "
+                                    f"its counts: [buf, (counts, displs), datatype]")
         counts = intlist([count] * blocks if isinstance(count, int) else count, blocks, what,
                          "counts")
         if displ is None:
