@@ -230,16 +230,53 @@ def _inter(comm):
     inter.Alltoallw([s, ([2] * rn, [8 * i for i in range(rn)]), MPI.INT],
                     [r, ([1] * rn, [16 * i for i in range(rn)]), [v] * rn])
     remote = [i for i in range(n) if (i < n // 2) != (color == 0)]
-    local_rank = inter.Get_rank()
+    lr = inter.Get_rank()
+    out = {"w": r.tolist(), "remote": remote, "lr": lr}
+    # group 0's rank 0 is the root of the rooted ones, group 1 receives
+    root = MPI.ROOT if me == 0 else (MPI.PROC_NULL if color == 0 else 0)
+    g = fresh(rn) if me == 0 else None
+    inter.Gather(None if color == 0 else np.array(mine(me), "i"),
+                 [g, 1, v] if me == 0 else None, root=root)
+    out["gather"] = g.tolist() if me == 0 else None
+    sc = fresh(1)
+    inter.Scatter(np.arange(2 * rn, dtype="i") if me == 0 else None,
+                  [sc, 1, v] if color == 1 else None, root=root)
+    out["scatter"] = sc.tolist()
+    b = np.arange(8, dtype="i") + 100 * me
+    inter.Bcast([b, 2, v] if color == 1 or me == 0 else None, root=root)
+    out["bcast"] = b.tolist()
+    b = np.arange(8, dtype="i") + 100 * me
+    inter.Ibcast([b, 2, v] if color == 1 or me == 0 else None, root=root).Wait()
+    out["ibcast"] = b.tolist()
+    ag = fresh(rn)
+    inter.Allgather(np.array(mine(me), "i"), [ag, 1, v])
+    out["allgather"] = ag.tolist()
+    at = fresh(rn)
+    inter.Ialltoall(np.arange(2 * rn, dtype="i") + 100 * me, [at, 1, v]).Wait()
+    out["alltoall"] = at.tolist()
     inter.Free()
-    return r.tolist(), remote, local_rank
+    return out
 
 
-def test_intercomm_alltoallw_with_derived_types():
+def test_intercomm_collectives_with_derived_types():
     res = mmpi.spawn(_inter, 4)
-    for r, remote, lr in res:
+    for me, out in enumerate(res):
+        remote, lr = out["remote"], out["lr"]
         got = sum(([100 * w + 2 * lr, 100 * w + 2 * lr + 1] for w in remote), [])
-        assert r == spread(got, len(remote))
+        assert out["w"] == spread(got, len(remote))
+        assert out["alltoall"] == spread(got, len(remote))
+        assert out["allgather"] == spread(sum((mine(w) for w in remote), []), len(remote))
+        if me == 0:
+            assert out["gather"] == spread(mine(2) + mine(3), 2)
+        if me >= 2:    # group 1 got rank 0's blocks and its buffer
+            assert out["scatter"] == spread([2 * lr, 2 * lr + 1], 1)
+            want = (np.arange(8) + 100 * me).tolist()
+            for i in (0, 3, 4, 7):
+                want[i] = i
+            assert out["bcast"] == want and out["ibcast"] == want
+        else:
+            assert out["scatter"] == [-1] * 4
+            assert out["bcast"] == (np.arange(8) + 100 * me).tolist()
 
 
 def test_bad_specs_and_mismatched_reductions_are_value_errors():

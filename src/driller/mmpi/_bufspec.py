@@ -467,13 +467,21 @@ def typed_block(buf, count: int, byte_displ: int, dt, writable: bool, what: str)
         out = np.empty(count * t.size, np.uint8)
         _pack.gather(arr, runs, out)
         return (memoryview(out) if out.size else EMPTY), None
-    staging = np.empty(count * t.size, np.uint8)
-    _pack.gather(arr, runs, staging)   # (what the buffer holds: IN_PLACE reads it)
+    return _staged(arr, runs, count * t.size, True)   # (IN_PLACE reads what it holds)
 
-    def unpack(nbytes: int) -> None:
+
+def _staged(arr, runs, nbytes: int, prefill: bool):
+    """``(mv, unpack)``: a staging buffer of ``nbytes`` for a receive into the runs of
+    ``arr`` (``prefill``: holding their bytes) and ``unpack(n)``, which scatters the
+    first ``n`` bytes received back into the runs."""
+    staging = np.empty(nbytes, np.uint8)
+    if prefill:
+        _pack.gather(arr, runs, staging)
+
+    def unpack(n: int) -> None:
         r = runs
-        if nbytes < staging.size:
-            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        if n < staging.size:
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, n))
         _pack.scatter(staging, r, arr)
 
     return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
@@ -615,15 +623,7 @@ def recv_message(spec, what: str):
     if not is_derived(dt):
         return parse(spec, True, what).mv, None
     arr, runs, count = _derived_view(buf, count, displ, dt, True, what)
-    staging = np.empty(count * dt._t.size, np.uint8)
-
-    def unpack(nbytes: int) -> None:
-        r = runs
-        if nbytes < staging.size:
-            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
-        _pack.scatter(staging, r, arr)
-
-    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
+    return _staged(arr, runs, count * dt._t.size, False)
 
 
 def _cut(roff, rlen, n):

@@ -100,14 +100,13 @@ def drive(t, gen):
 
 def g_then(gen, *after):
     """The algorithm generator ``gen``, then each callable of ``after`` that is not
-    None (the unpack of a staged receive of a derived datatype), even if ``gen``
-    failed; gen's value."""
-    try:
-        return (yield from gen)
-    finally:   # (after an error too: a staged buffer holds what the user's held)
-        for fn in after:
-            if fn is not None:
-                fn()
+    None (the unpack of a staged receive of a derived datatype), if ``gen`` ended
+    without an error; gen's value."""
+    res = yield from gen
+    for fn in after:
+        if fn is not None:
+            fn()
+    return res
 
 
 def waitall(t, ops):

@@ -33,7 +33,7 @@ import numpy as np
 
 from ... import _errcodes as E
 from ...errors import MmpiError
-from .._bufspec import as_bytes, intlist, message, parse, wblocks
+from .._bufspec import as_bytes, intlist, message, parse, recv_message, wblocks
 from .._const import IN_PLACE, PROC_NULL, ROOT
 from ._barrier import Barrier as _barrier, g_barrier
 from ._bcast import g_bcast, g_obcast
@@ -159,12 +159,13 @@ def _bcast_gen(ix, buf, root, what, blk):
     # (the tag bases first: an error only this rank sees keeps the others' in step)
     bb = cbase(ix.bridge)
     lb = cbase(ix.local) if role >= 0 else 0
-    mv = None
+    mv = unpack = None
     if role == ROOT:
-        mv = message(buf, False, what)
+        mv = message(buf, False, what)      # a derived datatype: packed here
     elif role >= 0:
-        mv = message(buf, True, what)
-    return g_ibcast(ix, mv, role, bb, lb, what, blk)
+        mv, unpack = recv_message(buf, what)   # a derived datatype: staged, then scattered
+    gen = g_ibcast(ix, mv, role, bb, lb, what, blk)
+    return gen if unpack is None else g_then(gen, lambda: unpack(len(mv)))
 
 
 def g_ibcast(ix, mv, role, bb, lb, what, blk=False):
@@ -227,13 +228,13 @@ def _gather_gen(ix, sendbuf, recvbuf, root, what, vector):
     b = ix.bridge
     bb = cbase(b)
     if role == ROOT:
-        rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector)
+        rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector, staged=True)
 
         def g():
             pairs = [(r, cr(b, rb.block(r), ix.roff + r, bb)) for r in range(ix.rsize)]
             yield [o for _, o in pairs]
             _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
-        return g()
+        return g_then(g(), rb.finish)
     if role == PROC_NULL:
         return _nothing()
     _no_in_place(sendbuf, what)
@@ -301,13 +302,13 @@ def _scatter_gen(ix, sendbuf, recvbuf, root, what, vector):
     if role == PROC_NULL:
         return _nothing()
     _no_in_place(recvbuf, what, "recvbuf")
-    rb = parse(recvbuf, True, what)
+    rb = parse(recvbuf, True, what, staged=True)
 
     def g():
         r = cr(b, rb.mv, ix.roff + role, bb)
         yield [r]
         _check(ix, r, rb.nbytes, what, role)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Scatter(ix, sendbuf, recvbuf, root) -> None:
@@ -379,7 +380,7 @@ def _exchange(ix, sends, recvs, bb):
 def _allgather_gen(ix, sendbuf, recvbuf, what, vector):
     bb = cbase(ix.bridge)
     _no_in_place(sendbuf, what)
-    rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector, staged=True)
     sb = parse(sendbuf, False, what)
 
     def g():
@@ -387,7 +388,7 @@ def _allgather_gen(ix, sendbuf, recvbuf, what, vector):
                                           [rb.block(r) for r in range(ix.rsize)], bb)
         _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
         first_error(ops)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Allgather(ix, sendbuf, recvbuf) -> None:
@@ -452,14 +453,14 @@ def _alltoall_gen(ix, sendbuf, recvbuf, what, vector):
     _no_in_place(sendbuf, what)
     n = ix.rsize
     sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
 
     def g():
         pairs, ops = yield from _exchange(ix, [sb.block(r) for r in range(n)],
                                           [rb.block(r) for r in range(n)], bb)
         _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
         first_error(ops)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Alltoall(ix, sendbuf, recvbuf) -> None:
