@@ -36,6 +36,12 @@ def mine(rank, items=1):
     return (np.arange(2 * items, dtype="i") + 10 * rank).tolist()
 
 
+def a2a(senders, me, scale=100):
+    """What rank ``me`` gets in an all-to-all where rank i sends ints scale * i + k
+    (k = 0..): ints 2 me and 2 me + 1 of each sender."""
+    return sum(([scale * i + 2 * me, scale * i + 2 * me + 1] for i in senders), [])
+
+
 def _blocking(comm):
     n, me = comm.size, comm.rank
     v = vtype()
@@ -94,10 +100,10 @@ def test_blocking_collectives_receive_into_derived_types():
                 want[4 * (2 * i + 1)] = 10 * i
                 want[4 * (2 * i + 1) + 3] = 10 * i + 1
             assert out["allgatherv"] == want.tolist()
-            got = sum(([100 * i + 2 * me, 100 * i + 2 * me + 1] for i in range(n)), [])
+            got = a2a(range(n), me)
             assert out["alltoall"] == spread(got, n)
             assert out["alltoallv"] == spread(got, n)
-            got = sum(([1000 * i + 2 * me, 1000 * i + 2 * me + 1] for i in range(n)), [])
+            got = a2a(range(n), me, 1000)
             assert out["alltoall_in_place"] == spread(got, n)
 
 
@@ -135,7 +141,7 @@ def test_nonblocking_collectives_receive_into_derived_types():
         for me, out in enumerate(res):
             assert out["iscatterv"] == spread([2 * me, 2 * me + 1], 1)
             assert out["iallgather"] == spread(allv, n)
-            got = sum(([100 * i + 2 * me, 100 * i + 2 * me + 1] for i in range(n)), [])
+            got = a2a(range(n), me)
             assert out["ialltoallv"] == spread(got, n)
             want = (np.arange(8) + 100 * me).tolist()
             for i in (0, 3, 4, 7):       # the root's ints 0, 3, 4, 7 everywhere
@@ -180,12 +186,12 @@ def test_alltoallw_with_derived_types_and_bottom():
     for n in (1, 2, 3):
         res = mmpi.spawn(_alltoallw, n)
         for me, out in enumerate(res):
-            got = sum(([100 * i + 2 * me, 100 * i + 2 * me + 1] for i in range(n)), [])
+            got = a2a(range(n), me)
             assert out["w"] == spread(got, n)
             assert out["iw"] == got
             assert out["bottom"] == sum(([100 * i + 2 * me + 1, 100 * i + 2 * me]
                                          for i in range(n)), [])
-            got = sum(([1000 * i + 2 * me, 1000 * i + 2 * me + 1] for i in range(n)), [])
+            got = a2a(range(n), me, 1000)
             assert out["in_place"] == spread(got, n)
 
 
@@ -262,7 +268,7 @@ def test_intercomm_collectives_with_derived_types():
     res = mmpi.spawn(_inter, 4)
     for me, out in enumerate(res):
         remote, lr = out["remote"], out["lr"]
-        got = sum(([100 * w + 2 * lr, 100 * w + 2 * lr + 1] for w in remote), [])
+        got = a2a(remote, lr)
         assert out["w"] == spread(got, len(remote))
         assert out["alltoall"] == spread(got, len(remote))
         assert out["allgather"] == spread(sum((mine(w) for w in remote), []), len(remote))
