@@ -248,6 +248,7 @@ def Get_version() -> tuple[int, int]:
 
 
 def Get_library_version() -> str:
+    """Obtain the version string of the MPI library."""
     from . import __version__
     return (f"driller {__version__} (driller.mmpi: MPI-{_const.VERSION}.{_const.SUBVERSION} "
             f"semantics over shared memory, at most one copy)")

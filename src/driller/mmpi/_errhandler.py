@@ -142,6 +142,7 @@ class Errhandler:
         return cls.fromhandle(arg)
 
     def toint(self) -> int:
+        """Translate object to integer handle."""
         return -1
 
     def py2f(self) -> int:
