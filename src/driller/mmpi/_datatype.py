@@ -793,7 +793,8 @@ class Datatype(_attr.Cached):
 
     Pack_external_c = Pack_external
 
-    def Unpack_external(self, datarep: str, inbuf, position: int, outbuf) -> int:
+    def Unpack_external(self, datarep: str, inbuf: BufSpec, position: int,
+                        outbuf: BufSpec) -> int:
         """Unpack from contiguous memory in the portable representation external32."""
         _datarep(datarep, "Unpack_external")
         return _unpack_api(self, inbuf, position, outbuf, True, "Unpack_external")

@@ -331,7 +331,7 @@ def _unpickle_user(function, commute) -> Op:
     return Op.Create(function, commute)
 
 
-def _op(name, ufunc, pyfn):
+def _op(name: str, ufunc: Any, pyfn: Callable[[Any, Any], Any]) -> Op:
     op = Op._make(name, ufunc, pyfn)
     _PREDEFINED[name] = op
     return op
