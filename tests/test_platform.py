@@ -29,11 +29,13 @@ def test_kernel_version_parses_releases(release, expected):
 
 def test_problems_name_what_is_missing():
     assert _platform.problems("linux", "x86_64", "6.18.0") == []
-    assert _platform.problems("linux", "aarch64", "5.16.1") == []
+    # aarch64 is refused, with the reason (mmpi's rings need x86-64's store order)
+    (arm,) = _platform.problems("linux", "aarch64", "5.16.1")
+    assert "'aarch64'" in arm and "x86_64 only" in arm and "ordered stores" in arm
     (mac,) = _platform.problems("darwin", "arm64", "23.1.0")
     assert "Linux only" in mac and "'darwin'" in mac
     (arch,) = _platform.problems("linux", "ppc64le", "6.1.0")
-    assert "'ppc64le'" in arch and "x86_64 and aarch64" in arch
+    assert "'ppc64le'" in arch and "x86_64 only" in arch
     # an old kernel is asked for the feature itself: a backport is accepted...
     assert _platform.problems("linux", "x86_64", "5.10.0-rhel", probe=lambda: None) == []
     # ...a kernel without it is refused with the reason
@@ -153,3 +155,24 @@ def test_driller_info_reports_a_denied_feature_as_missing():
     assert not feats["process_vm_readv"]["available"]
     assert "EPERM" in feats["process_vm_readv"]["detail"]
     assert all(f["available"] for n, f in feats.items() if n != "process_vm_readv")
+
+
+def test_import_on_aarch64_is_refused_with_the_reason():
+    """aarch64 is weakly ordered and mmpi's rings publish with plain stores: `import
+    driller` says so rather than run there (docs/mmpi.md, "Machines")."""
+    r = _run("""
+        import os
+        real = os.uname()
+        os.uname = lambda: os.uname_result((real.sysname, real.nodename, real.release,
+                                            real.version, "aarch64"))
+        try:
+            import driller
+        except ImportError as e:
+            print(type(e).__name__, e)
+        else:
+            print("imported")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("UnsupportedPlatformError driller cannot run on this system")
+    assert "'aarch64'" in r.stdout and "x86_64 only" in r.stdout
+    assert "ordered stores" in r.stdout and "Linux >= 5.16 on x86_64." in r.stdout

@@ -24,7 +24,7 @@ class DrillerError(Exception):
 
 class UnsupportedPlatformError(DrillerError, ImportError):
     """``import driller`` on a system driller cannot run on (not Linux, a machine other
-    than x86_64/aarch64, a kernel without futex_waitv): the message names what is
+    than x86_64, a kernel without futex_waitv): the message names what is
     missing."""
 
 
