@@ -118,7 +118,7 @@ class Comm(_attr.Cached):
     collectives are one-line delegations to ``_coll``, which works on the
     communicator's :class:`~._coll._context.Context`."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         self = object.__new__(cls)
         self._h = None
         if internal:  # driller's own form: Comm(transport, group, context[, name])
@@ -134,7 +134,7 @@ class Comm(_attr.Cached):
                             f"{type(comm).__name__}")
         return self
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         pass  # everything is done in __new__ (subclasses may override it, as mpi4py's)
 
     def _bind(self, h: _Handle) -> None:
@@ -1313,7 +1313,7 @@ class Intracomm(Comm):
     Dup/Split/Create make of them).  Prefix reductions live here, as in mpi4py;
     topologies and intercommunicators are built from intracommunicators."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         if not internal and isinstance(comm, Comm) and comm._h is not None \
                 and comm.Is_inter():
             raise TypeError(f"{cls.__name__}(comm): {comm!r} is an intercommunicator "

@@ -227,7 +227,7 @@ class Datatype(_attr.Cached):
             t.attrs = _attr.Attributes("datatype")
         return t.attrs
 
-    def __new__(cls, datatype: Datatype | None = None):
+    def __new__(cls, datatype: Datatype | None = None) -> Datatype:
         self = object.__new__(cls)
         if datatype is None:
             self._t = None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from collections.abc import Sequence
+    from typing import Any
     from ._session import Session
 
 import weakref
@@ -102,7 +103,7 @@ class Group:
 
     __slots__ = ("_g", "__weakref__")
 
-    def __new__(cls, group=None, me=None):
+    def __new__(cls, group: Group | None = None, me: Any = None) -> Group:
         self = object.__new__(cls)
         if group is None:
             self._g = None
@@ -115,7 +116,7 @@ class Group:
                             f"{type(group).__name__}")
         return self
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         pass
 
     @classmethod

@@ -34,7 +34,7 @@ class Info:
 
     __slots__ = ("_d", "__weakref__")
 
-    def __init__(self, info: Info | None = None):
+    def __init__(self, info: Info | None = None) -> None:
         if info is None:
             self._d = None
         elif isinstance(info, Info):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from collections.abc import Callable, Sequence
     from typing import Any
+    from typing_extensions import Self
     from ._coll._ops import Op
     from ._errhandler import Errhandler
     from ._info import Info
@@ -75,7 +76,7 @@ class Intercomm(Comm):
     """Intercommunicator: a local and a remote group; point-to-point addresses the
     remote group's ranks, collectives go from one group to the other."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         """``Intercomm()``: a null handle (equal to COMM_NULL); ``Intercomm(intercomm)``:
         a second handle onto the same intercommunicator (equal to it)."""
         if internal or kw:

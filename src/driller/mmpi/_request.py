@@ -57,7 +57,7 @@ class Status:
 
     __slots__ = ("_i", "_q", "__weakref__")
 
-    def __init__(self, status: Status | None = None):
+    def __init__(self, status: Status | None = None) -> None:
         b = bytearray(24)
         i = self._i = memoryview(b).cast("i")
         self._q = memoryview(b).cast("q")
@@ -331,7 +331,7 @@ class Request:
 
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
-    def __init__(self, request: Request | None = None):
+    def __init__(self, request: Request | None = None) -> None:
         self._op = None
         self._kind = K_SEND
         self._cx = None
@@ -795,7 +795,7 @@ class Prequest(Request):
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request: Prequest | None = None):
+    def __init__(self, request: Prequest | None = None) -> None:
         self._start = None
         self._active = False
         super().__init__(request)
@@ -903,7 +903,7 @@ class Grequest(Request):
 
     __slots__ = ("_g",)
 
-    def __init__(self, request: Grequest | None = None):
+    def __init__(self, request: Grequest | None = None) -> None:
         self._g = None
         super().__init__(request)
 
@@ -1016,7 +1016,7 @@ class Message:
 
     __slots__ = ("_m", "_cx", "_const", "__weakref__")
 
-    def __init__(self, message: Message | None = None):
+    def __init__(self, message: Message | None = None) -> None:
         self._m = None
         self._cx = None
         self._const = False

@@ -30,7 +30,7 @@ class Session:
 
     __slots__ = ("__weakref__",)
 
-    def __new__(cls, session: "Session | None" = None):
+    def __new__(cls, session: "Session | None" = None) -> "Session":
         if session is not None and not isinstance(session, Session):
             raise TypeError(f"{cls.__name__}(session): expected a Session, got "
                             f"{type(session).__name__}")

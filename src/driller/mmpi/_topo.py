@@ -308,7 +308,7 @@ class Topocomm(Intracomm):
 
     _code: int | None = None   # the topology of the class (CART...); None: any
 
-    def __new__(cls, comm=None, *args, **kw):
+    def __new__(cls, comm: Comm | None = None, *args: Any, **kw: Any) -> Self:
         if not args and not kw and comm is not None and comm:
             # Cartcomm(comm) and friends: a new handle onto a communicator with that
             # topology (mpi4py: TypeError for any other communicator)

@@ -123,7 +123,7 @@ class Op:
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined")
 
-    def __init__(self, op: "Op | None" = None):
+    def __init__(self, op: "Op | None" = None) -> None:
         if op is None:
             h = _NULL_HANDLE
         elif isinstance(op, Op):
