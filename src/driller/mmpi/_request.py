@@ -33,8 +33,15 @@ from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
-           "request", "complete", "persistent", "message_handle",
+           "request", "complete", "persistent", "message_handle", "UnpackRecvOp",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
+
+
+class UnpackRecvOp(T.RecvOp):
+    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
+    buffer into the user's buffer when the request completes."""
+
+    __slots__ = ("unpack",)
 
 
 # ------------------------------------------------------------------ Status
@@ -1094,29 +1101,35 @@ class Message:
             self._m = None
         return m
 
-    def _start(self, mv, what: str):
+    def _start(self, mv, what: str, unpack=None):
         m = self._take(what)
         if m is _NO_PROC:
             op = T.RecvOp(PROC_NULL, ANY_TAG, 0, mv)
             op.done = True
             return op, None
         cx = self._cx
-        op = T.RecvOp(m.source, m.tag, m.context, mv)
+        if unpack is None:
+            op = T.RecvOp(m.source, m.tag, m.context, mv)
+        else:   # a derived datatype: received into staging, scattered at completion
+            op = UnpackRecvOp(m.source, m.tag, m.context, mv)
+            op.unpack = unpack
         cx.t.irecv_matched(op, m)
         return op, cx
 
     def Recv(self, buf, status: Status | None = None) -> None:
         """Blocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Recv"), "Recv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Recv")
+        op, cx = self._start(mv, "Recv", unpack)
         if not op.done:
             cx.t.wait(op, op.source)
         _outcome(op, K_RECV, cx, status)
 
     def Irecv(self, buf) -> Request:
         """Nonblocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Irecv"), "Irecv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Irecv")
+        op, cx = self._start(mv, "Irecv", unpack)
         return Request._make(op, K_RECV, cx)
 
     def recv(self, status: Status | None = None):
