@@ -29,13 +29,15 @@ class Info:
 
     __slots__ = ("_d", "__weakref__")
 
-    def __init__(self, info: Info | None = None):
+    def __new__(cls, info: Info | None = None):
+        self = object.__new__(cls)
         if info is None:
             self._d = None
         elif isinstance(info, Info):
             self._d = info._d
         else:
             raise TypeError(f"Info(info): expected an Info, got {type(info).__name__}")
+        return self
 
     # -- MPI methods ---------------------------------------------------------------
 
@@ -70,7 +72,7 @@ class Info:
         return d
 
     def Dup(self) -> Info:
-        new = Info()
+        new = Info.__new__(type(self))
         new._d = dict(self._store("Dup"))
         return new
 
@@ -244,7 +246,7 @@ class Info:
         return key, self.pop(key)
 
     def copy(self) -> Info:
-        return Info() if self._d is None else self.Dup()
+        return Info.__new__(type(self)) if self._d is None else self.Dup()
 
     def clear(self) -> None:
         if self._d is not None:

@@ -55,7 +55,12 @@ class Status:
 
     __slots__ = ("_i", "_q", "__weakref__")
 
-    def __init__(self, status: Status | None = None):
+    def __new__(cls, status: Status | None = None):
+        self = object.__new__(cls)
+        self._setup(status)
+        return self
+
+    def _setup(self, status) -> None:
         b = bytearray(24)
         i = self._i = memoryview(b).cast("i")
         self._q = memoryview(b).cast("q")
@@ -206,8 +211,7 @@ class Status:
 
 
 def _status(cls, fields) -> Status:
-    new = cls.__new__(cls)
-    Status.__init__(new)
+    new = Status.__new__(cls)
     new.source, new.tag, new.error, new.count, new.cancelled = fields
     return new
 
@@ -322,6 +326,14 @@ def _outcome(op, kind, cx, status, peek=False):
     return None
 
 
+def _base_of(cls) -> type:
+    """The first class of ``cls``'s MRO defined here (Request, Prequest, Grequest...)."""
+    for c in cls.__mro__:
+        if c.__module__ == __name__:
+            return c
+    return Request
+
+
 class Request:
     """Request handle: a nonblocking operation; ``REQUEST_NULL`` is the empty one.
 
@@ -329,7 +341,12 @@ class Request:
 
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
-    def __init__(self, request: Request | None = None):
+    def __new__(cls, request: Request | None = None):
+        self = object.__new__(cls)
+        self._setup(request)
+        return self
+
+    def _setup(self, request) -> None:
         self._op = None
         self._kind = K_SEND
         self._cx = None
@@ -338,14 +355,14 @@ class Request:
         if not isinstance(request, Request):
             raise TypeError(f"{type(self).__name__}(): expected a Request, got "
                             f"{type(request).__name__}")
-        if (type(self) is not Request and not isinstance(request, type(self))
-                and not request._is_null()):
+        base = _base_of(type(self))     # (a program's subclass converts as its base)
+        if base is not Request and not isinstance(request, base) and not request._is_null():
             raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
         self._op = request._op
         self._kind = request._kind
         self._cx = request._cx
         self._alias = request._key()
-        if type(self) is not Request:  # same class: the same persistent/generalized handle
+        if base is not Request:  # same class: the same persistent/generalized handle
             self._copy_from(request)
 
     def _copy_from(self, other) -> None:
@@ -403,7 +420,7 @@ class Request:
 
     @classmethod
     def _make(cls, op, kind, cx):
-        r = cls.__new__(cls)
+        r = object.__new__(cls)
         r._op = op
         r._kind = kind
         r._cx = cx
@@ -780,10 +797,10 @@ class Prequest(Request):
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request: Prequest | None = None):
+    def _setup(self, request) -> None:
         self._start = None
         self._active = False
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._start = getattr(other, "_start", None)
@@ -888,9 +905,9 @@ class Grequest(Request):
 
     __slots__ = ("_g",)
 
-    def __init__(self, request: Grequest | None = None):
+    def _setup(self, request) -> None:
         self._g = None
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._g = getattr(other, "_g", None)
@@ -903,7 +920,7 @@ class Grequest(Request):
     def Start(cls, query_fn=None, free_fn=None, cancel_fn=None, args=None,
               kwargs=None) -> Grequest:
         """Create and return a user-defined request."""
-        g = cls.__new__(cls)
+        g = object.__new__(cls)
         g._kind = K_SEND
         g._cx = None
         g._op = g._g = _GOp(query_fn, free_fn, cancel_fn, args, kwargs)
@@ -999,16 +1016,18 @@ class Message:
 
     __slots__ = ("_m", "_cx", "_const", "__weakref__")
 
-    def __init__(self, message: Message | None = None):
+    def __new__(cls, message: Message | None = None):
+        self = object.__new__(cls)
         self._m = None
         self._cx = None
         self._const = False
         if message is None:
-            return
+            return self
         if not isinstance(message, Message):
             raise TypeError(f"Message(): expected a Message, got {type(message).__name__}")
         self._m = message._m
         self._cx = message._cx
+        return self
 
     def __bool__(self) -> bool:
         return self._m is not None
@@ -1156,7 +1175,7 @@ MESSAGE_NO_PROC._const = True
 
 def message_handle(m, cx) -> Message:
     """A Message handle for the engine message ``m`` (None: PROC_NULL's)."""
-    h = Message.__new__(Message)
+    h = object.__new__(Message)
     h._m = _NO_PROC if m is None else m
     h._cx = cx
     h._const = False
@@ -1179,7 +1198,7 @@ def complete(op, kind: int, cx, status=None):
 
 def persistent(start, kind: int, cx) -> Prequest:
     """A persistent request: each Start calls ``start()`` for a new transport op."""
-    p = Prequest.__new__(Prequest)
+    p = object.__new__(Prequest)
     p._op = None
     p._kind = kind
     p._cx = cx

@@ -115,7 +115,8 @@ class Op:
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined")
 
-    def __init__(self, op: "Op | None" = None):
+    def __new__(cls, op: "Op | None" = None):
+        self = object.__new__(cls)
         if op is None:
             h = _NULL_HANDLE
         elif isinstance(op, Op):
@@ -124,6 +125,7 @@ class Op:
             raise MmpiTypeError(f"Op({op!r}): expected an Op or nothing")
         self._set(h)
         self._clone = False
+        return self
 
     def _set(self, h):
         self._h = h
@@ -133,7 +135,7 @@ class Op:
 
     @classmethod
     def _make(cls, name, ufunc=None, pyfn=None, commute=True, user=None, loc=False) -> "Op":
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         h = _Handle(name, ufunc, pyfn, commute, user, loc)
         _handles[h.index] = h
         op._set(h)
