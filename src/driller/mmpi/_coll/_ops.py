@@ -113,7 +113,7 @@ class Op:
     """
 
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
-                 "predefined")
+                 "predefined", "__weakref__")
 
     def __new__(cls, op: "Op | None" = None):
         self = object.__new__(cls)
@@ -173,6 +173,18 @@ class Op:
             h.freed = True
             _live_user_ops[0] -= 1
             _handles.pop(h.index, None)
+        self._set(_NULL_HANDLE)     # this handle is OP_NULL now (other copies: freed)
+
+    def free(self) -> None:
+        """Free the handle, safely: a predefined op stays as it is; a copy of one
+        (``Op(SUM)``) and a user op become OP_NULL."""
+        h = self._h
+        if h is _NULL_HANDLE or (h.predefined and _PREDEFINED.get(h.name) is self):
+            return
+        if h.predefined:
+            self._set(_NULL_HANDLE)
+        else:
+            self.Free()
 
     def Is_commutative(self) -> bool:
         """Query reduction operations for their commutativity."""
@@ -222,10 +234,22 @@ class Op:
         h = _handles.get(arg)
         if h is None:
             raise MmpiValueError(f"Op.fromint: {arg!r} names no live op")
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         op._set(h)
         op._clone = True
         return op
+
+    @property
+    def handle(self) -> int:
+        """MPI handle (an int >= 0; ``Op.fromhandle`` takes it back)."""
+        return self._h.index
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Op":
+        """Create object from MPI handle."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Op.fromhandle: expected an int, got {handle!r}")
+        return cls.fromint(handle)
 
     def __bool__(self) -> bool:
         return self._h is not _NULL_HANDLE
@@ -240,8 +264,7 @@ class Op:
             return NotImplemented
         return self._h is not other._h
 
-    def __hash__(self) -> int:
-        return hash(("Op", self._h.index))
+    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         h = self._h
@@ -249,7 +272,7 @@ class Op:
             name = "OP_NULL" if h is _NULL_HANDLE else h.name
             if _PREDEFINED.get(name) is self:
                 return name
-            return (_predefined_copy, (name,))
+            return (_predefined_copy, (name, type(self)))
         if self._clone:
             raise MmpiValueError(f"cannot pickle the user op {h.name!r} from Op.fromint: "
                                  f"pickle the op Op.Create returned")
@@ -312,8 +335,8 @@ _handles[_NULL_HANDLE.index] = _NULL_HANDLE
 _PREDEFINED = {}
 
 
-def _predefined_copy(name: str) -> Op:
-    return Op(_PREDEFINED[name])
+def _predefined_copy(name: str, cls: type = None) -> Op:
+    return Op.__new__(cls or Op, _PREDEFINED[name])
 
 
 def _unpickle_user(function, commute) -> Op:
