@@ -202,13 +202,13 @@ def obj_items(sendobj, n: int, what: str, rank: int):
     try:
         items = list(sendobj)
     except TypeError:
-        err = MmpiTypeError(f"{what}: pass an iterable of {n} objects (or None), got "
-                            f"{type(sendobj).__name__}")
+        err = MmpiTypeError(f"{what}: pass a sequence of {n} items (one per rank), or "
+                            f"None; got {type(sendobj).__name__}")
     else:
         if len(items) == n:
             return items, None
-        err = MmpiValueError(f"{what}: expecting {n} items (one per rank), got "
-                             f"{len(items)}")
+        err = MmpiValueError(f"{what}: expecting {n} items, got {len(items)}: pass a "
+                             f"sequence of {n} items (one per rank), or None")
     return [Failed(rank, str(err))] * n, err
 
 
