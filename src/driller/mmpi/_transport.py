@@ -1275,6 +1275,36 @@ class Transport:
             self.words[cw] = root + 1
         return root
 
+    def finish(self) -> None:
+        """Before this rank stops (Finalize, exit): hand the peers what it still owes
+        them, the records queued behind a full ring (the FIN or ACK a peer's send
+        waits for, sends, pushes), progressing meanwhile so that two ranks finishing
+        at once drain each other.  Never waits for a peer that can take nothing any
+        more (dead, exited, or finalized): its queue is dropped."""
+        while self.npending:
+            if self.progress():
+                continue
+            for dst in range(self.size):
+                if (self.pending[dst] or self.pushes[dst]) and not self._takes(dst):
+                    self.npending -= len(self.pending[dst]) + len(self.pushes[dst])
+                    self.pending[dst].clear()
+                    self.pushes[dst].clear()
+            if self.npending:
+                self._sleep()
+
+    def _takes(self, r: int) -> bool:
+        """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
+        w = self.world
+        words = self.words
+        if r in self.dead or r in self.gone or words[w.rank_word(r, W.R_DEAD)] or \
+                words[w.rank_word(r, W.R_FINALIZED)]:
+            return False
+        pid = self.pid_of(r)
+        if pid and not _linux.pid_alive(pid):
+            self.gone.add(r)
+            return False
+        return True
+
     def close(self) -> None:
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
