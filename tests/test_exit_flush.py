@@ -144,3 +144,57 @@ def test_finalize_inside_a_spawn_job():
         MPI.Finalize()
         return x
     assert mmpi.spawn(job, 2) == [[0, 1]] * 2
+
+
+# ------------------------------------------------------------------ arrived, then exited
+# A peer that did its part (sent the message, reached the barrier) and exited at
+# once is not a death: a rank that looked a moment before it arrived, and sees
+# its exit next, must look again instead of raising PeerDiedError.  The moment
+# is made to fall in that window: rank 1 has exited (the deaths word moved) and
+# the patched progress() of rank 0 is where its arrival shows.
+
+
+def _wait_for_exit_of(comm, r):
+    from driller.mmpi import _world as W
+    t = comm._cx.t
+    while not t.words[t.world.rank_word(r, W.R_DEAD)]:
+        time.sleep(0.01)
+    return t
+
+
+def _barrier_then_exit(comm):
+    if comm.Get_rank() == 1:
+        return "gone"       # exits at once; rank 0 plays its arrival just before
+    t = _wait_for_exit_of(comm, 1)
+    mine, theirs = (t.world.coll_words(r)[0] for r in (0, 1))
+    real = t.progress
+
+    def progress():         # rank 1's barrier count shows up only now
+        t.words[theirs] = t.words[mine]
+        return real()
+    t.progress = progress
+    comm.Barrier()
+    return "passed"
+
+
+def _probe_then_exit(comm):
+    if comm.Get_rank() == 1:
+        comm.send("last words", dest=0, tag=5)
+        return "gone"
+    t = _wait_for_exit_of(comm, 1)
+    real = t.progress
+    calls = []
+
+    def progress():         # the first look finds the ring still empty
+        calls.append(1)
+        return real() if len(calls) > 1 else False
+    t.progress = progress
+    assert comm.Probe(source=1, tag=5)
+    return comm.recv(source=1, tag=5)
+
+
+@pytest.mark.parametrize("fn, want", [(_barrier_then_exit, "passed"),
+                                      (_probe_then_exit, "last words")],
+                         ids=["Barrier", "Probe"])
+def test_a_peer_that_arrived_then_exited_is_not_a_death(fn, want):
+    assert mmpi.spawn(fn, 2) == [want, "gone"]
