@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _errcodes
 from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_TRUNCATE
-from ..errors import MmpiError, MmpiNotImplementedError
+from ..errors import DrillerError, MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
@@ -1510,7 +1510,7 @@ def _finish_at_exit() -> None:
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
         try:
             t.finish()
-        except Exception:  # noqa: BLE001 - a peer's death: nothing more to hand over
+        except DrillerError:  # a peer's death: nothing more to hand over
             pass
 
 
@@ -1577,7 +1577,10 @@ def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
-        t.finish()   # what the peers still need from us (a FIN behind a full ring)
+        try:
+            t.finish()   # what the peers still need from us (a FIN behind a full ring)
+        except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
+            pass
         t.close()
         T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
                            "after it (communicators, requests and COMM_WORLD all raise)")
