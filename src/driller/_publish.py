@@ -43,6 +43,7 @@ _sending = _thread.allocate_lock()
 _senders: list = []
 FORK_WAIT = 5.0     # seconds a fork waits for a sender (one stuck on a dead proxy)
 _held_for_fork = False
+_fork_hooked = False   # _before_fork is registered (at the first sender's start)
 
 
 def register(key: str, owner: object) -> None:
@@ -138,6 +139,12 @@ def release(seg: Segment) -> None:
 def _wake() -> None:
     # May run inside a finalizer: no lock is waited for here, and the thread is
     # started with _thread (the threading module takes locks of its own).
+    global _fork_hooked
+    if not _fork_hooked:
+        # registered now, after the other modules' hooks, so that it runs before
+        # theirs: hole's takes its lock, which a finalizer in the sender may want
+        _fork_hooked = True
+        os.register_at_fork(before=_before_fork)
     if not _sending.acquire(blocking=False):
         return  # the running sender sees the key before it leaves (see _send)
     try:
@@ -226,5 +233,4 @@ def _after_fork_in_child() -> None:
     _unheld.clear()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
