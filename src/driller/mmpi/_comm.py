@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from ._info import Info
     from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
 
+import atexit
 import os
 import pickle
 import time
@@ -29,7 +30,7 @@ import numpy as np
 
 from .. import _errcodes
 from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_TRUNCATE
-from ..errors import MmpiError, MmpiNotImplementedError
+from ..errors import DrillerError, MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
@@ -1505,6 +1506,7 @@ class _State:
     launch_error = None  # an MmpiError: the launcher's environment was unusable
     forked_from = None   # this process is a fork of that rank (it cannot communicate)
     parent = None        # the parent intercommunicator of a spawned process (set_parent)
+    exit_hook = False    # _finish_at_exit is registered
 
 
 _state = _State()
@@ -1544,7 +1546,7 @@ def _fork_error(rank: int) -> MmpiError:
 
 def _after_fork_in_child() -> None:
     t = _state.transport
-    if t is not None and isinstance(t, T.Transport):
+    if t is not None and issubclass(type(t), T.Transport):
         rank = _state.rank
         T.make_unusable(t, str(_fork_error(rank)))
         if _state.launched:
@@ -1589,6 +1591,20 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
     _state.comm_self = Intracomm._make(_Handle(
         Context(t, [rank], _CTX_SELF, "MPI_COMM_SELF"), Intracomm, 1, True))
     _state.finalized = False
+    if not _state.exit_hook:
+        _state.exit_hook = True
+        atexit.register(_finish_at_exit)
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit of a rank that did not call Finalize (``driller run``
+    programs mostly): hand the peers what they still need from us, as Finalize does."""
+    t = _state.transport
+    if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        try:
+            t.finish()
+        except DrillerError:  # a peer's death: nothing more to hand over
+            pass
 
 
 def _hybrid_launcher():
@@ -1653,7 +1669,11 @@ def self_comm() -> Comm:
 def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
-    if t is not None and _state.pid == os.getpid() and isinstance(t, T.Transport):
+    if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        try:
+            t.finish()   # what the peers still need from us (a FIN behind a full ring)
+        except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
+            pass
         t.close()
         T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
                            "after it (communicators, requests and COMM_WORLD all raise)")

@@ -38,8 +38,8 @@ import traceback
 
 from .. import _linux
 from ..errors import RankFailedError
-from ._procs import (UNKNOWN, describe_status, kill_group, pidfd_kill, raw_wait_status,
-                     shell_status, signal_name, stop_leftovers, wait_status)
+from ._procs import (UNKNOWN, describe_status, fork, kill_group, pidfd_kill, raw_wait_status,
+                     reissue, shell_status, signal_name, stop_leftovers, wait_status)
 
 __all__ = ["spawn"]
 
@@ -252,7 +252,7 @@ def spawn(fn: Callable[..., Any], n: int, args: Iterable[Any] = (),
                     except Exception:  # noqa: BLE001
                         pass
                 try:
-                    pid = os.fork()
+                    pid, forked_warnings = fork()   # (warnings issued once tracked)
                 except BaseException:
                     os.close(rfd)
                     os.close(wfd)
@@ -274,8 +274,12 @@ def spawn(fn: Callable[..., Any], n: int, args: Iterable[Any] = (),
                 except ProcessLookupError:
                     # already exited and reaped elsewhere (SIGCHLD ignored by the caller)
                     c.exited, c.result = True, UNKNOWN
+                    reissue(forked_warnings)
                     continue
                 ours.append(c.pidfd)
+                # Python 3.12+'s "multi-threaded" warning (spawn called with another
+                # thread running), now that the rank is ours to stop if it is an error
+                reissue(forked_warnings)
         sel = selectors.DefaultSelector()
         if wakeup.fds:
             sel.register(wakeup.fds[0], selectors.EVENT_READ, ("wakeup", wakeup))
