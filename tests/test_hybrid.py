@@ -33,16 +33,17 @@ def _env() -> dict:
 
 
 def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
-         timeout: float = 240) -> subprocess.CompletedProcess:
-    """2 ranks on node a-<tag>, 2 on b-<tag> (MPMD app contexts)."""
+         timeout: float = 240, sizes: tuple[int, int] = (2, 2)) -> subprocess.CompletedProcess:
+    """``sizes`` ranks on nodes a-<tag> and b-<tag> (MPMD app contexts): 2 + 2 unless told."""
+    na, nb = str(sizes[0]), str(sizes[1])
     if impl == "openmpi":
         run, python = OMPI_RUN, sys.executable
         cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         cmd += ["--oversubscribe", "--bind-to", "none"]
         for k, v in (extra_env or {}).items():
             cmd += ["-x", f"{k}={v}"]
-        cmd += ["-n", "2", "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
-                "-n", "2", "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
+        cmd += ["-n", na, "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
+                "-n", nb, "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
     else:
         run = os.path.join(MPICH_VENV, "bin", "mpiexec")
         python = os.path.join(MPICH_VENV, "bin", "python")
@@ -50,8 +51,8 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         cmd = [run]
         for k, v in (extra_env or {}).items():
             cmd += ["-genv", k, v]
-        cmd += ["-n", "2", "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
-                "-n", "2", "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
+        cmd += ["-n", na, "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
+                "-n", nb, "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
                           stdin=subprocess.DEVNULL)
 
@@ -143,6 +144,22 @@ def test_hybrid_world(impl, extra, tmp_path):
     r = _job(impl, [PROG, "all", str(tmp_path)], tag, extra)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(4)], r.stdout + r.stderr
+    _no_leftovers(tag, shm)
+
+
+@pytest.mark.parametrize("impl, extra", [
+    ("openmpi", {}),
+    ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    ("mpich", {}),
+])
+def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
+    """3 ranks on one node, 2 on the other: Gather(v), Scatter(v), Allgather(v),
+    Alltoall(v) and the object forms from every root (tests/_hybrid_coll.py; the 2 + 2
+    jobs above run them too)."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [PROG, "coll", str(tmp_path)], tag, extra, sizes=(3, 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
     _no_leftovers(tag, shm)
 
 

@@ -21,7 +21,7 @@ from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message, recv_message
-from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce, _vcoll
+from ._coll import _hier, _hiergather, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
@@ -983,40 +983,40 @@ class Comm(_attr.Cached):
         return _hier.allreduce(self._cx, sendobj, op)
 
     def Gather(self, sendbuf, recvbuf, root=0):
-        return _gather.Gather(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Gather(self._cx, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf, recvbuf, root=0):
-        return _gather.Gatherv(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Gatherv(self._cx, sendbuf, recvbuf, root)
 
     def Scatter(self, sendbuf, recvbuf, root=0):
-        return _gather.Scatter(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Scatter(self._cx, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf, recvbuf, root=0):
-        return _gather.Scatterv(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Scatterv(self._cx, sendbuf, recvbuf, root)
 
     def Allgather(self, sendbuf, recvbuf):
-        return _gather.Allgather(self._cx, sendbuf, recvbuf)
+        return _hiergather.Allgather(self._cx, sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf, recvbuf):
-        return _gather.Allgatherv(self._cx, sendbuf, recvbuf)
+        return _hiergather.Allgatherv(self._cx, sendbuf, recvbuf)
 
     def gather(self, sendobj, root=0):
-        return _gather.gather(self._cx, sendobj, root)
+        return _hiergather.gather(self._cx, sendobj, root)
 
     def scatter(self, sendobj, root=0):
-        return _gather.scatter(self._cx, sendobj, root)
+        return _hiergather.scatter(self._cx, sendobj, root)
 
     def allgather(self, sendobj):
-        return _gather.allgather(self._cx, sendobj)
+        return _hiergather.allgather(self._cx, sendobj)
 
     def Alltoall(self, sendbuf, recvbuf):
-        return _alltoall.Alltoall(self._cx, sendbuf, recvbuf)
+        return _hiergather.Alltoall(self._cx, sendbuf, recvbuf)
 
     def Alltoallv(self, sendbuf, recvbuf):
-        return _alltoall.Alltoallv(self._cx, sendbuf, recvbuf)
+        return _hiergather.Alltoallv(self._cx, sendbuf, recvbuf)
 
     def alltoall(self, sendobj):
-        return _alltoall.alltoall(self._cx, sendobj)
+        return _hiergather.alltoall(self._cx, sendobj)
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf, recvbuf, root=0) -> Request:

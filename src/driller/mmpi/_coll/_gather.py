@@ -12,7 +12,8 @@ from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
-    "g_ogather", "gather", "scatter", "allgather",
+    "g_ogather", "gather", "scatter", "allgather", "local_copy", "buf_gather", "buf_scatter",
+    "buf_allgather",
 ]
 
 ALLGATHER_DIRECT = True
@@ -56,7 +57,7 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
         except MmpiError as e:
             bad = e
         else:
-            err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
+            err = local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
                               "block of the receive buffer holds {}")
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
@@ -68,7 +69,7 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
         raise err
 
 
-def _local_copy(sb, dst, what, wording):
+def local_copy(sb, dst, what, wording):
     """Copy a rank's own contribution (``sb``, bytes) into its block ``dst`` as a
     receive would: a shorter one fills the block's beginning (as Open MPI's local
     copy does), a longer one is a truncation.  Returns the error instead of raising it,
@@ -111,7 +112,7 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
         except MmpiError as e:
             err = e           # raised once the others have their blocks
         else:
-            err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
+            err = local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
                               "bytes but its receive buffer {}")
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
@@ -135,7 +136,7 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     mine = rb.block(me)
     err = None
     if sendbuf is not IN_PLACE:
-        err = _local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
+        err = local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
                           f"of the receive buffer holds {{}}")
     # an error in this rank's own contribution is raised once the exchange is done
     allgather_blocks(cx, rb, mine, what)
