@@ -126,3 +126,22 @@ def check(comm, MPI, label=""):
         assert (rbuf == np.concatenate([blk(k, r, rcounts[k]) for k in range(n)])).all(), where
         got = comm.alltoall([(r, k) for k in range(n)])
         assert got == [(k, r) for k in range(n)], where
+    # an argument error seen by some ranks only: they raise, nobody hangs
+    from driller.errors import MmpiError
+    bad = n - 1                                  # on the last node, not the root's
+    x = np.ones(4 if r != bad else 3)
+    g = np.empty((n, 4)) if r == 0 else None
+    try:
+        comm.Gather(x, g, root=0)
+    except MmpiError as e:
+        assert r == 0 and "expected" in str(e), (r, e)
+    else:
+        assert r != 0, "the root took a short block"
+    s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
+    try:
+        comm.Scatter(s, np.empty(4), root=0)
+    except MmpiError:
+        pass
+    else:
+        raise AssertionError(f"rank {r}: a refused Scatter returned")
+    comm.Barrier()

@@ -26,9 +26,13 @@ user's buffer, or the object's buffers) and asks the sender (PUSH) to send its
 buffers as plain MPI messages (tags ``DATA_TAG0 + token % DATA_TAGS``), one per
 buffer, so MPI moves the bytes with no copy of driller's.
 
-Waiting: remote records arrive through MPI, which no futex sees, so a rank
-with peers on other nodes sleeps in short futex naps (50 µs growing to 1 ms)
-and polls MPI between them.
+Waiting: remote records arrive through MPI, which no futex sees.  A rank with
+peers on other nodes that finds nothing to do polls MPI between
+``sched_yield`` calls for ``REMOTE_SPIN`` seconds since it last made progress
+(each step of a protocol across nodes, a rendezvous' request, push and FIN, or
+a hierarchical collective's next stage, is then picked up within microseconds,
+not at the end of a nap), then sleeps in short futex naps (50 µs growing to
+1 ms) and polls MPI between them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ REC_TAG = 1
 DATA_TAG0 = 2
 DATA_TAGS = 1 << 14             # MPI guarantees tags up to 32767 at least
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
+# yield-polling MPI before the naps, since the last progress (0: nap at once)
+REMOTE_SPIN = float(os.environ.get("DRILLER_MMPI_REMOTE_SPIN_US", 2000)) * 1e-6
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
 
@@ -115,6 +121,7 @@ class HybridTransport(T.Transport):
         self._data_recvs: dict = {}     # token -> [requests] posted for a transfer
         self._nap = NAP_MIN
         self._napped = 0.0
+        self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
 
     # ------------------------------------------------------------ routes
@@ -270,6 +277,8 @@ class HybridTransport(T.Transport):
         did = super().progress()
         if self._poll_mpi():
             did = True
+        if did:
+            self._spin_until = 0.0
         return did
 
     def _sleep(self, timeout: float = T.SLEEP_SECONDS) -> bool:
@@ -278,10 +287,18 @@ class HybridTransport(T.Transport):
         timeout (for the death checks) once every DEAD_CHECK seconds of naps."""
         if self._poll_mpi():
             self._nap = NAP_MIN
+            self._spin_until = 0.0
+            return True
+        now = time.perf_counter()
+        if not self._spin_until:
+            self._spin_until = now + REMOTE_SPIN
+        if now < self._spin_until:
+            os.sched_yield()             # then the caller polls the rings and MPI again
             return True
         nap = self._nap
         if super()._sleep(nap):
             self._nap = NAP_MIN
+            self._spin_until = 0.0
             return True
         self._nap = min(nap * 2, NAP_MAX)
         self._napped += nap

@@ -8,13 +8,14 @@ on the root's node (``_Split.heads``); a communicator on one node takes the flat
 algorithms of ``_gather`` and ``_alltoall``.
 
 * **Gather(v)**: the root's node sends its blocks straight to the root; every
-  other node's ranks send their size (8 bytes, eager) and their block to their
-  head, which sends the node's blocks as one MPI message to the root.  The root
-  receives it straight into its receive buffer when the node's blocks are
-  consecutive there (else into a scratch buffer, then copies them out).
-* **Scatter(v)**: the reverse: the root sends each other node's head the node's
-  sizes (eager) and its blocks as one message; the head keeps its own block
-  and sends the others theirs through shared memory.
+  other node's ranks send their block to their head (a receive of any size:
+  only the root knows the counts), which sends the node's blocks as one MPI
+  message to the root.  The root receives it straight into its receive buffer
+  when the node's blocks are consecutive there (else into a scratch buffer,
+  then copies them out).
+* **Scatter(v)**: the reverse: the root sends each other node's head one
+  message, the node's sizes then its blocks; the head keeps its own block and
+  sends the others theirs through shared memory.
 * **Allgather(v)**: every rank knows every count, so no sizes travel: blocks go
   to the node's leader, the leaders exchange their nodes' blocks, and each
   leader broadcasts the whole receive buffer through shared memory (the blocks
@@ -37,25 +38,23 @@ algorithms of ``_gather`` and ``_alltoall``.
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
 from ...errors import MmpiError
 from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
+from .._transport import RecvOp
 from . import _alltoall, _gather
 from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
-from ._context import (brecv, cbase, check_root, count_check, count_errors, cr, cs, drive,
-                       first_error, notify, waitall, xsend)
+from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
+                       first_error, notify, waitall)
 from ._hier import split
 
 __all__ = ["ALLTOALL_AGG_MAX", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
            "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
 
 ALLTOALL_AGG_MAX = 64 << 10   # bytes of a rank's Alltoall send buffer up to which leaders aggregate
-_SIZE = struct.Struct("<q")
 
 
 def _cranks(h) -> list[list[int]]:
@@ -162,36 +161,24 @@ def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
         first_error((s,))
         return
     sb, err = _own(sendbuf, what)
-    if mj != 0:                       # another node: my size, then my block, to its head
-        ops = [xsend(node, memoryview(_SIZE.pack(len(sb))), 0, nbase),
-               cs(node, sb, 0, nbase + 1)]
-        waitall(t, ops)
-        first_error(ops)
+    if mj != 0:                       # another node: my block to its head
+        op = cs(node, sb, 0, nbase)
+        waitall(t, [op])
+        first_error((op,))
         if err is not None:
             raise err
         return
-    # the head of another node: its ranks' blocks, as one message to the root
-    L = node.size
-    sizes = np.zeros(L, np.int64)
-    sizes[0] = len(sb)
-    smv = memoryview(sizes).cast("B")
-    ops = [(j, cr(node, smv[8 * j:8 * j + 8], j, nbase)) for j in range(1, L)]
-    waitall(t, [o for _, o in ops])
-    err = err or count_errors(node, ops, [8] * L, 1, what)
-    for j, o in ops:
-        if o.exc is not None or o.count != 8:
-            sizes[j] = 0                          # (its block then fails the size check)
-    offs = _offsets(sizes)
-    stage = _scratch(offs[-1])
-    stage[:len(sb)] = sb
-    ops = [(j, cr(node, stage[offs[j]:offs[j + 1]], j, nbase + 1)) for j in range(1, L)]
-    waitall(t, [o for _, o in ops])
-    err = err or count_errors(node, ops, sizes, 1, what)
+    # the head of another node: its ranks' blocks (whatever their sizes: the head
+    # knows none of the counts), as one message to the root
+    ops = [_any(node, j, nbase) for j in range(1, node.size)]
+    waitall(t, ops)
+    stage = memoryview(b"".join([sb] + [_data(o) for o in ops]))
     hbase = cbase(heads)
     s = cs(heads, EMPTY if err is not None else stage, ni, hbase)
     waitall(t, [s])
     if err is not None:
         raise err
+    first_error(ops)
     first_error((s,))
 
 
@@ -262,47 +249,53 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
         waitall(t, [r])
         count_check(cx, r, rb.nbytes, what, root)
         return
-    # the head of another node: the node's sizes and blocks from the root
+    # the head of another node: one message from the root, the node's sizes then
+    # its blocks
     L = node.size
     hbase = cbase(heads)
-    sizes = np.zeros(L, np.int64)
-    try:
-        brecv(heads, memoryview(sizes).cast("B"), ni, hbase, what)
-    except MmpiError:
+    op = _any(heads, ni, hbase)
+    waitall(t, [op])
+    msg = _data(op) if op.exc is None else b""
+    sizes = np.frombuffer(msg, np.int64, L) if len(msg) >= 8 * L else None
+    offs = _offsets(sizes) if sizes is not None else None
+    if offs is None or offs[-1] != len(msg) - 8 * L:
         notify(node, range(1, L), nbase)       # my ranks must not wait for blocks
-        drive(t, _drain(heads, ni, hbase + 1))
-        raise
-    offs = _offsets(sizes)
-    stage = _scratch(offs[-1])
-    r = cr(heads, stage, ni, hbase + 1)
-    waitall(t, [r])
-    err = _check_total(r, len(stage), what, cx.rank, mi, root)
-    ops = [cs(node, EMPTY if err is not None else stage[offs[j]:offs[j + 1]], j, nbase)
-           for j in range(1, L)]
-    if err is None:
-        try:
-            rb = parse(recvbuf, True, what)
-        except MmpiError as e:
-            err = e
+        first_error((op,))
+        raise MmpiError(f"{what}: rank {cx.rank} got a {len(msg)}-byte message from the "
+                        f"root (rank {root}) for the {L} ranks of its node: the root's "
+                        f"send buffer was refused")
+    data = memoryview(msg)[8 * L:]
+    ops = [cs(node, data[offs[j]:offs[j + 1]], j, nbase) for j in range(1, L)]
+    err = None
+    try:
+        rb = parse(recvbuf, True, what)
+    except MmpiError as e:
+        err = e
+    else:
+        if len(rb.mv) != offs[1]:
+            err = MmpiError(f"{what}: rank {cx.rank} expected {len(rb.mv)} bytes from "
+                            f"rank {root} but got {offs[1]}: every rank must pass "
+                            f"matching counts and datatypes")
         else:
-            if len(rb.mv) != offs[1]:
-                err = MmpiError(f"{what}: rank {cx.rank} expected {len(rb.mv)} bytes from "
-                                f"rank {root} but got {offs[1]}: every rank must pass "
-                                f"matching counts and datatypes")
-            else:
-                rb.mv[:] = stage[:offs[1]]
+            rb.mv[:] = data[:offs[1]]
     waitall(t, ops)
     if err is not None:
         raise err
     first_error(ops)
 
 
-def _drain(cx, src, tag):
-    """Receive (and drop) one message of any size (a generator)."""
-    from .._transport import RecvOp
+def _any(cx, src, tag):
+    """Start a receive of one message of any size from ``src`` (its bytes: :func:`_data`)."""
     op = RecvOp(cx.group[src], tag, cx.cctx, None)
     cx.t.irecv(op)
-    yield [op]
+    return op
+
+
+def _data(op):
+    """The bytes an :func:`_any` receive got (empty if it failed)."""
+    if op.exc is not None or op.value is None:
+        return b""
+    return op.value[1]
 
 
 def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
@@ -315,9 +308,7 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
         # nobody waits for us: the root's node gets empty blocks, the other heads an
         # empty size table (they tell their ranks in turn)
         notify(node, [j for j in range(node.size) if j != nr], nbase)
-        hbase = cbase(heads)
-        notify(heads, [i for i in range(heads.size) if i != ni], hbase)
-        notify(heads, [i for i in range(heads.size) if i != ni], hbase + 1)
+        notify(heads, [i for i in range(heads.size) if i != ni], cbase(heads))
         raise
     isz = sb.dtype.itemsize
     err = None
@@ -335,8 +326,8 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
         if i == ni:
             continue
         sizes = np.array([sb.counts[r] * isz for r in ranks], np.int64)
-        ops.append(xsend(heads, memoryview(sizes).cast("B"), i, hbase))
-        ops.append(cs(heads, _pack(sb, ranks), i, hbase + 1))
+        msg = b"".join([sizes.tobytes()] + [sb.block(r) for r in ranks])
+        ops.append(cs(heads, memoryview(msg), i, hbase))
     waitall(t, ops)
     first_error(ops)
     if err is not None:
