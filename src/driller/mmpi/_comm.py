@@ -31,6 +31,10 @@ from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
                        Status, complete, fill, message_handle, persistent, request, self_sync)
 
+# formats whose C-contiguous buffers Send/Recv take as their bytes at once (native,
+# one plain item each: numpy's numeric arrays); others go through _bufspec.message
+_FLAT_FORMATS = frozenset("bBhHiIlLqQnNefd?")
+
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
     "finalize", "is_initialized", "is_finalized", "launched_rank", "COMM_NULL", "set_parent",
@@ -380,7 +384,9 @@ class Comm(_attr.Cached):
         try:  # _buffer's fast path, inlined
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
-                mv = message(buf, False, "Send")
+                # a C-contiguous array of a native plain type (a numpy array): its bytes
+                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                    else message(buf, False, "Send")
         except (TypeError, ValueError):
             mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
@@ -477,7 +483,8 @@ class Comm(_attr.Cached):
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
                     and not mv.readonly):
-                mv = message(buf, True, "Recv")
+                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                    and not mv.readonly else message(buf, True, "Recv")
         except (TypeError, ValueError):
             mv, unpack = recv_message(buf, "Recv")
             if unpack is not None:  # a derived datatype: the generic path unpacks

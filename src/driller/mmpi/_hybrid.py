@@ -57,6 +57,7 @@ REC_TAG = 1
 DATA_TAG0 = 2
 DATA_TAGS = 1 << 14             # MPI guarantees tags up to 32767 at least
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
+POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
 # yield-polling MPI before the naps, since the last progress (0: nap at once)
 REMOTE_SPIN = float(os.environ.get("DRILLER_MMPI_REMOTE_SPIN_US", 2000)) * 1e-6
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
@@ -116,6 +117,7 @@ class HybridTransport(T.Transport):
         self.mpi = mpi
         self.MPI = MPI
         self._status = MPI.Status()
+        self._BYTE = MPI.BYTE
         self._rec_sends: list = []      # (request, record) of records in flight
         self._data_sends: dict = {}     # dst -> [requests] of pushed buffers in flight
         self._data_recvs: dict = {}     # token -> [requests] posted for a transfer
@@ -137,7 +139,11 @@ class HybridTransport(T.Transport):
             n = len(mv)
             if n > self.eager_limit or (flags & T.F_OBJ and _SHARED_MARK in mv):
                 return False   # (a SharedArray by reference: send_object sends it by value)
-            return self._put(dst, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
+            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+            rec[T.HDR_BYTES:] = mv
+            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            return True
         return super().send_fast(dst, ctx, tag, mv, flags)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
@@ -149,25 +155,32 @@ class HybridTransport(T.Transport):
 
     def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
         """A blocking buffer receive from a rank of another node, when nothing else is
-        queued: wait (yielding, up to SPIN_SECONDS) for src's next record; a plain
-        eager message that matches and fits is copied straight into mv; anything
-        else goes to the record handler and the general path takes over."""
+        queued: wait for src's next record, polling MPI without yielding for
+        POLL_SECONDS (a sched_yield on a busy machine gives the core away for a
+        whole time slice), then yielding, up to SPIN_SECONDS; a plain eager message
+        that matches and fits is copied straight into mv; anything else goes to the
+        record handler and the general path takes over."""
         eng = self.engine
         if mv is None or eng.posted or eng.unexpected or self.npending:
             return None
-        mpi, MPI, st = self.mpi, self.MPI, self._status
-        spin_end = 0.0
-        while True:
-            msg = mpi.Improbe(src, REC_TAG, st)
-            if msg is not None:
-                break
-            if not spin_end:
-                spin_end = time.perf_counter() + T.SPIN_SECONDS
-            elif time.perf_counter() > spin_end:
-                return None
-            os.sched_yield()
-        rec = bytearray(st.Get_count(MPI.BYTE))
-        msg.Recv([rec, MPI.BYTE])
+        mpi, st = self.mpi, self._status
+        probe = mpi.Improbe
+        msg = probe(src, REC_TAG, st)
+        if msg is None:
+            clock = time.perf_counter
+            now = clock()
+            poll_end, spin_end = now + POLL_SECONDS, now + T.SPIN_SECONDS
+            while True:
+                msg = probe(src, REC_TAG, st)
+                if msg is not None:
+                    break
+                now = clock()
+                if now > poll_end:
+                    if now > spin_end:
+                        return None
+                    os.sched_yield()
+        rec = bytearray(st.Get_count(self._BYTE))
+        msg.Recv(rec)
         kf, c, tg, nb, _sid, _addr, plen, _ = T.HDR.unpack_from(rec, 0)
         if kf != T.K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
             self._record(src, rec, 0)
@@ -205,7 +218,7 @@ class HybridTransport(T.Transport):
                     o += n
             else:
                 rec[T.HDR_BYTES:] = payload
-        req = self.mpi.Isend([rec, self.MPI.BYTE], dst, REC_TAG)
+        req = self.mpi.Isend(rec, dst, REC_TAG)
         self._rec_sends.append((req, rec))
         return True
 
