@@ -13,7 +13,7 @@ from ._direct import g_direct_ok, g_exchange, g_sync
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
     "g_ogather", "gather", "scatter", "allgather", "local_copy", "buf_gather", "buf_scatter",
-    "buf_allgather",
+    "buf_allgather", "root_own_send", "root_own_recv", "scatter_items",
 ]
 
 ALLGATHER_DIRECT = True
@@ -46,19 +46,7 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
-    err = bad = None
-    if sendbuf is not IN_PLACE and sendbuf is not None:
-        # (IN_PLACE, or None as mpi4py on Open MPI: the root's contribution is already
-        # in its block)  A bad buffer is refused once the others' blocks (or their
-        # empty notices, if they refused theirs too) are in: none is left waiting;
-        # a size mismatch only the root sees is raised last
-        try:
-            sb = parse(sendbuf, False, what).mv
-        except MmpiError as e:
-            bad = e
-        else:
-            err = local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
-                              "block of the receive buffer holds {}")
+    bad, err = root_own_send(sendbuf, rb.block(me), what)
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
     if bad is not None:
@@ -78,6 +66,36 @@ def local_copy(sb, dst, what, wording):
         return TruncationError(f"{what}: " + wording.format(len(sb), len(dst)))
     dst[:len(sb)] = sb
     return None
+
+
+def root_own_send(sendbuf, block, what):
+    """The root's own contribution to a gather, copied into its ``block`` of the
+    receive buffer (IN_PLACE, or None as mpi4py on Open MPI: already there).
+    Returns (bad, err): a refused send buffer, to raise once the others' blocks (or
+    their empty notices) are in, so none is left waiting; a size mismatch only the
+    root sees, raised last."""
+    if sendbuf is IN_PLACE or sendbuf is None:
+        return None, None
+    try:
+        sb = parse(sendbuf, False, what).mv
+    except MmpiError as e:
+        return e, None
+    return None, local_copy(sb, block, what, "the root sends {} bytes but its block of "
+                            "the receive buffer holds {}")
+
+
+def root_own_recv(recvbuf, block, what):
+    """The root's own ``block`` of a scatter into its receive buffer (IN_PLACE, or
+    None as mpi4py on Open MPI: it stays where it is); the error to raise once the
+    others have their blocks, or None."""
+    if recvbuf is IN_PLACE or recvbuf is None:
+        return None
+    try:
+        rb = parse(recvbuf, True, what)
+    except MmpiError as e:
+        return e
+    return local_copy(block, rb.mv, what, "the root's block holds {} bytes but its "
+                      "receive buffer {}")
 
 
 def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
@@ -104,16 +122,7 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
     except MmpiError:
         notify(cx, [r for r in range(n) if r != me], base)   # nobody waits for us
         raise
-    err = None
-    if recvbuf is not IN_PLACE and recvbuf is not None:
-        # (IN_PLACE, or None as mpi4py on Open MPI: the root's block stays where it is)
-        try:
-            rb = parse(recvbuf, True, what)
-        except MmpiError as e:
-            err = e           # raised once the others have their blocks
-        else:
-            err = local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
-                              "bytes but its receive buffer {}")
+    err = root_own_recv(recvbuf, sb.block(me), what)
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
     first_error(ops)
@@ -222,21 +231,27 @@ def gather(cx, sendobj, root=0):
     return drive(cx.t, g_ogather(cx, sendobj, root, cbase(cx)))
 
 
+def scatter_items(sendobj, n: int) -> list:
+    """The root's ``n`` items of a scatter (one per rank), or MmpiError."""
+    try:
+        items = list(sendobj) if sendobj is not None else None
+    except TypeError:
+        items = None
+    if items is None or len(items) != n:
+        got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
+                                              else type(sendobj).__name__)
+        raise MmpiError(f"scatter: the root must pass a sequence of {n} items "
+                        f"(one per rank), got {got}")
+    return items
+
+
 def scatter(cx, sendobj, root=0):
     root = check_root(cx, root, "scatter")
     n, me = cx.size, cx.rank
     base = cbase(cx)
     t = cx.t
     if me == root:
-        try:
-            items = list(sendobj) if sendobj is not None else None
-        except TypeError:
-            items = None
-        if items is None or len(items) != n:
-            got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
-                                                  else type(sendobj).__name__)
-            raise MmpiError(f"scatter: the root must pass a sequence of {n} items "
-                            f"(one per rank), got {got}")
+        items = scatter_items(sendobj, n)
         ops = [co_send(cx, items[r], r, base) for r in range(n) if r != me]
         waitall(t, ops)
         first_error(ops)

@@ -116,10 +116,12 @@ def _offsets(sizes) -> list[int]:
 
 
 def _scratch(n: int) -> memoryview:
+    """A scratch buffer of n bytes (uninitialised)."""
     return memoryview(np.empty(n, np.uint8)) if n else memoryview(bytearray(0))
 
 
 def _check_total(op, expect: int, what: str, me: int, node: int, head: int):
+    """The error of a finished receive of a node's blocks (or None)."""
     if op.exc is not None:
         return op.exc
     if op.count != expect:
@@ -132,20 +134,41 @@ def _check_total(op, expect: int, what: str, me: int, node: int, head: int):
 # ---------------------------------------------------------------- Gather(v)
 
 def Gather(cx, sendbuf, recvbuf, root=0) -> None:
+    """Gather: hierarchical across nodes (the module docstring), flat on one."""
     _gather_buf(cx, sendbuf, recvbuf, root, "Gather", False)
 
 
 def Gatherv(cx, sendbuf, recvbuf, root=0) -> None:
+    """Gatherv: hierarchical across nodes, flat on one."""
     _gather_buf(cx, sendbuf, recvbuf, root, "Gatherv", True)
 
 
-def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
+def _rooted(cx, root, what):
+    """A rooted collective across nodes: (split, root, heads, the root's node, the
+    root's rank in it, my node, my rank in it), or None on one node."""
     h = split(cx)
     if h is None:
-        return _gather.buf_gather(cx, sendbuf, recvbuf, root, what, vector)
+        return None
     root = check_root(cx, root, what)
     heads, ni, nr = h.heads(root)
     mi, mj = h.where[cx.rank]
+    return h, root, heads, ni, nr, mi, mj
+
+
+def _by_rank(h, parts: list, n: int) -> list:
+    """One list in communicator-rank order from each node's list (nodes in order)."""
+    out = [None] * n
+    for ranks, objs in zip(_cranks(h), parts):
+        for r, o in zip(ranks, objs):
+            out[r] = o
+    return out
+
+
+def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
+    st = _rooted(cx, root, what)
+    if st is None:
+        return _gather.buf_gather(cx, sendbuf, recvbuf, root, what, vector)
+    h, root, heads, ni, nr, mi, mj = st
     node, t = h.node, cx.t
     nbase = cbase(node)
     if cx.rank == root:
@@ -187,15 +210,7 @@ def _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) ->
     node = h.node
     rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector)
     isz = rb.dtype.itemsize
-    err = bad = None
-    if sendbuf is not IN_PLACE and sendbuf is not None:
-        try:
-            sb = parse(sendbuf, False, what).mv
-        except MmpiError as e:
-            bad = e
-        else:
-            err = _gather.local_copy(sb, rb.block(me), what, "the root sends {} bytes but "
-                                     "its block of the receive buffer holds {}")
+    bad, err = _gather.root_own_send(sendbuf, rb.block(me), what)
     cranks = _cranks(h)
     local = [(r, cr(node, rb.block(r), j, nbase)) for j, r in enumerate(cranks[ni]) if j != nr]
     hbase = cbase(heads)
@@ -225,20 +240,20 @@ def _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) ->
 # ---------------------------------------------------------------- Scatter(v)
 
 def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
+    """Scatter: hierarchical across nodes, flat on one."""
     _scatter_buf(cx, sendbuf, recvbuf, root, "Scatter", False)
 
 
 def Scatterv(cx, sendbuf, recvbuf, root=0) -> None:
+    """Scatterv: hierarchical across nodes, flat on one."""
     _scatter_buf(cx, sendbuf, recvbuf, root, "Scatterv", True)
 
 
 def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
-    h = split(cx)
-    if h is None:
+    st = _rooted(cx, root, what)
+    if st is None:
         return _gather.buf_scatter(cx, sendbuf, recvbuf, root, what, vector)
-    root = check_root(cx, root, what)
-    heads, ni, nr = h.heads(root)
-    mi, mj = h.where[cx.rank]
+    h, root, heads, ni, nr, mi, mj = st
     node, t = h.node, cx.t
     nbase = cbase(node)
     if cx.rank == root:
@@ -311,15 +326,7 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
         notify(heads, [i for i in range(heads.size) if i != ni], cbase(heads))
         raise
     isz = sb.dtype.itemsize
-    err = None
-    if recvbuf is not IN_PLACE and recvbuf is not None:
-        try:
-            rb = parse(recvbuf, True, what)
-        except MmpiError as e:
-            err = e
-        else:
-            err = _gather.local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
-                                     "bytes but its receive buffer {}")
+    err = _gather.root_own_recv(recvbuf, sb.block(me), what)
     ops = [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     hbase = cbase(heads)
     for i, ranks in enumerate(cranks):
@@ -337,10 +344,12 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
 # ---------------------------------------------------------------- Allgather(v)
 
 def Allgather(cx, sendbuf, recvbuf) -> None:
+    """Allgather: hierarchical across nodes, flat on one."""
     _allgather_buf(cx, sendbuf, recvbuf, "Allgather", False)
 
 
 def Allgatherv(cx, sendbuf, recvbuf) -> None:
+    """Allgatherv: hierarchical across nodes, flat on one."""
     _allgather_buf(cx, sendbuf, recvbuf, "Allgatherv", True)
 
 
@@ -419,6 +428,7 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
 # ---------------------------------------------------------------- Alltoall(v)
 
 def Alltoall(cx, sendbuf, recvbuf) -> None:
+    """Alltoall: leader-aggregated across nodes for small blocks, else direct per pair."""
     h = split(cx)
     n = cx.size
     if h is not None:
@@ -507,60 +517,39 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
 # ---------------------------------------------------------------- objects
 
 def gather(cx, sendobj, root=0):
-    h = split(cx)
-    if h is None:
+    """gather (objects): hierarchical across nodes, flat on one."""
+    st = _rooted(cx, root, "gather")
+    if st is None:
         return _gather.gather(cx, sendobj, root)
-    root = check_root(cx, root, "gather")
-    heads, ni, nr = h.heads(root)
-    mi = h.where[cx.rank][0]
+    h, root, heads, ni, nr, mi, _ = st
     part = _gather.gather(h.node, sendobj, nr if mi == ni else 0)
     if heads is None:
         return None
     parts = _gather.gather(heads, part, ni)
-    if cx.rank != root:
-        return None
-    out = [None] * cx.size
-    for ranks, objs in zip(_cranks(h), parts):
-        for r, o in zip(ranks, objs):
-            out[r] = o
-    return out
+    return _by_rank(h, parts, cx.size) if cx.rank == root else None
 
 
 def scatter(cx, sendobj, root=0):
-    h = split(cx)
-    if h is None:
+    """scatter (objects): hierarchical across nodes, flat on one."""
+    st = _rooted(cx, root, "scatter")
+    if st is None:
         return _gather.scatter(cx, sendobj, root)
-    root = check_root(cx, root, "scatter")
-    heads, ni, nr = h.heads(root)
-    mi = h.where[cx.rank][0]
+    h, root, heads, ni, nr, mi, _ = st
     parts = None
     if cx.rank == root:
-        n = cx.size
-        try:
-            items = list(sendobj) if sendobj is not None else None
-        except TypeError:
-            items = None
-        if items is None or len(items) != n:
-            got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
-                                                  else type(sendobj).__name__)
-            raise MmpiError(f"scatter: the root must pass a sequence of {n} items "
-                            f"(one per rank), got {got}")
+        items = _gather.scatter_items(sendobj, cx.size)
         parts = [[items[r] for r in ranks] for ranks in _cranks(h)]
     part = _gather.scatter(heads, parts, ni) if heads is not None else None
     return _gather.scatter(h.node, part, nr if mi == ni else 0)
 
 
 def allgather(cx, sendobj):
+    """allgather (objects): hierarchical across nodes, flat on one."""
     h = split(cx)
     if h is None:
         return _gather.allgather(cx, sendobj)
     part = _gather.gather(h.node, sendobj, 0)
     out = None
     if h.leaders is not None:
-        parts = _gather.allgather(h.leaders, part)
-        out = [None] * cx.size
-        for ranks, objs in zip(_cranks(h), parts):
-            for r, o in zip(ranks, objs):
-                out[r] = o
+        out = _by_rank(h, _gather.allgather(h.leaders, part), cx.size)
     return list(_obcast(h.node, out, 0))
-
