@@ -12,8 +12,9 @@ from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
-    "g_ogather", "gather", "scatter", "allgather", "local_copy", "buf_gather", "buf_scatter",
-    "buf_allgather", "root_own_send", "root_own_recv", "scatter_items",
+    "g_ogather", "gather", "scatter", "allgather",
+    "local_copy", "buf_gather", "buf_scatter", "buf_allgather", "root_own_send",
+    "root_own_recv", "scatter_items",
 ]
 
 ALLGATHER_DIRECT = True
@@ -42,7 +43,15 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
         waitall(t, [s])
         first_error((s,))
         return
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
+    try:
+        _gather_root(cx, sendbuf, rb, what, base)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _gather_root(cx, sendbuf, rb, what, base):
+    n, me, t = cx.size, cx.rank, cx.t
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
@@ -91,11 +100,13 @@ def root_own_recv(recvbuf, block, what):
     if recvbuf is IN_PLACE or recvbuf is None:
         return None
     try:
-        rb = parse(recvbuf, True, what)
+        rb = parse(recvbuf, True, what, staged=True)
     except MmpiError as e:
         return e
-    return local_copy(block, rb.mv, what, "the root's block holds {} bytes but its "
-                      "receive buffer {}")
+    err = local_copy(block, rb.mv, what, "the root's block holds {} bytes but its "
+                     "receive buffer {}")
+    rb.finish()
+    return err
 
 
 def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
@@ -112,9 +123,10 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
     base = cbase(cx)
     t = cx.t
     if me != root:
-        rb = parse(recvbuf, True, what)
+        rb = parse(recvbuf, True, what, staged=True)
         r = cr(cx, rb.mv, root, base)
         waitall(t, [r])
+        rb.finish()
         count_check(cx, r, rb.nbytes, what, root)
         return
     try:
@@ -140,15 +152,17 @@ def Allgatherv(cx, sendbuf, recvbuf) -> None:
 
 def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     n, me = cx.size, cx.rank
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
-    isz = rb.dtype.itemsize
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
     mine = rb.block(me)
     err = None
     if sendbuf is not IN_PLACE:
         err = local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
                           f"of the receive buffer holds {{}}")
     # an error in this rank's own contribution is raised once the exchange is done
-    allgather_blocks(cx, rb, mine, what)
+    try:
+        allgather_blocks(cx, rb, mine, what)
+    finally:
+        rb.finish()
     if err is not None:
         raise err
 

@@ -206,9 +206,16 @@ def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
 
 
 def _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _gather_into(cx, h, heads, ni, nr, nbase, sendbuf, rb, what)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _gather_into(cx, h, heads, ni, nr, nbase, sendbuf, rb: Buf, what) -> None:
     t, me = cx.t, cx.rank
     node = h.node
-    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector)
     isz = rb.dtype.itemsize
     bad, err = _gather.root_own_send(sendbuf, rb.block(me), what)
     cranks = _cranks(h)
@@ -259,9 +266,10 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     if cx.rank == root:
         return _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
     if mi == ni or mj != 0:           # a rank that gets its block through shared memory
-        rb = parse(recvbuf, True, what)
+        rb = parse(recvbuf, True, what, staged=True)
         r = cr(node, rb.mv, nr if mi == ni else 0, nbase)
         waitall(t, [r])
+        rb.finish()
         count_check(cx, r, rb.nbytes, what, root)
         return
     # the head of another node: one message from the root, the node's sizes then
@@ -283,7 +291,7 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     ops = [cs(node, data[offs[j]:offs[j + 1]], j, nbase) for j in range(1, L)]
     err = None
     try:
-        rb = parse(recvbuf, True, what)
+        rb = parse(recvbuf, True, what, staged=True)
     except MmpiError as e:
         err = e
     else:
@@ -293,6 +301,7 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
                             f"matching counts and datatypes")
         else:
             rb.mv[:] = data[:offs[1]]
+            rb.finish()
     waitall(t, ops)
     if err is not None:
         raise err
@@ -367,8 +376,15 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
     h = split(cx)
     if h is None:
         return _gather.buf_allgather(cx, sendbuf, recvbuf, what, vector)
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _allgather_into(cx, h, sendbuf, rb, what)
+    finally:
+        rb.finish()
+
+
+def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
     me, t = cx.rank, cx.t
-    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector)
     isz = rb.dtype.itemsize
     mine = rb.block(me)
     err = None
@@ -432,10 +448,12 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
     h = split(cx)
     n = cx.size
     if h is not None:
-        rb = parse(recvbuf, True, "Alltoall", blocks=n)
-        nb = len(rb.mv)
-        if nb <= ALLTOALL_AGG_MAX:
-            return _alltoall_agg(cx, h, sendbuf, rb)
+        rb = parse(recvbuf, True, "Alltoall", blocks=n, staged=True)
+        if len(rb.mv) <= ALLTOALL_AGG_MAX:
+            try:
+                return _alltoall_agg(cx, h, sendbuf, rb)
+            finally:
+                rb.finish()
     return _alltoall.Alltoall(cx, sendbuf, recvbuf)
 
 
