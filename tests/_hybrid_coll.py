@@ -144,4 +144,10 @@ def check(comm, MPI, label=""):
         pass
     else:
         raise AssertionError(f"rank {r}: a refused Scatter returned")
+    try:                                         # the root passes one item too few
+        comm.scatter(list(range(n - 1)) if r == 0 else None, root=0)
+    except MmpiError as e:
+        assert ("expecting" if r == 0 else "rank 0 passed invalid") in str(e), (r, e)
+    else:
+        raise AssertionError(f"rank {r}: a refused scatter returned")
     comm.Barrier()
