@@ -20,7 +20,7 @@ from ..errors import MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
-from ._bufspec import EMPTY, message, recv_message
+from ._bufspec import EMPTY, message, recv_message, spec_view
 from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
@@ -377,12 +377,15 @@ class Comm(_attr.Cached):
 
     # -- blocking buffer p2p --
     def Send(self, buf, dest, tag=0) -> None:
-        try:  # _buffer's fast path, inlined
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
+        if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
+            mv = spec_view(buf, False) or message(buf, False, "Send")
+        else:
+            try:  # _buffer's fast path, inlined
+                mv = memoryview(buf)
+                if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
+                    mv = message(buf, False, "Send")
+            except (TypeError, ValueError):
                 mv = message(buf, False, "Send")
-        except (TypeError, ValueError):
-            mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
@@ -473,17 +476,19 @@ class Comm(_attr.Cached):
                        self._cx)
 
     def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
-        try:  # _buffer's fast path, inlined
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
-                    and not mv.readonly):
-                mv = message(buf, True, "Recv")
-        except (TypeError, ValueError):
-            mv, unpack = recv_message(buf, "Recv")
-            if unpack is not None:  # a derived datatype: the generic path unpacks
-                self._wait_recv(self._irecv(buf, source, tag, "Recv", parsed=(mv, unpack)),
-                                status)
-                return
+        mv = spec_view(buf, True) if type(buf) is list else None
+        if mv is None:
+            try:  # _buffer's fast path, inlined
+                mv = memoryview(buf)
+                if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
+                        and not mv.readonly):
+                    mv = message(buf, True, "Recv")
+            except (TypeError, ValueError):
+                mv, unpack = recv_message(buf, "Recv")
+                if unpack is not None:  # a derived datatype: the generic path unpacks
+                    self._wait_recv(self._irecv(buf, source, tag, "Recv",
+                                                parsed=(mv, unpack)), status)
+                    return
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
@@ -553,6 +558,14 @@ class Comm(_attr.Cached):
         return request(op if op is not None else _null_done_send(), K_SEND, self._cx)
 
     def Isend(self, buf, dest, tag=0) -> Request:
+        # a small standard send completes inside Isend when it fits the ring with
+        # nothing queued before it (osu_bw's windows): the bytes are copied, no
+        # send op, no engine, no progress pass; Waitall finds it done
+        mv = _flat(buf, False)
+        if (mv is not None and type(dest) is int and 0 <= dest < self.size
+                and type(tag) is int and 0 <= tag <= TAG_MAX
+                and self._t.send_fast(self._group[dest], self._ctx, tag, mv)):
+            return request(_SentOp(), K_SEND, self._cx)
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
     def Issend(self, buf, dest, tag=0) -> Request:
@@ -586,6 +599,15 @@ class Comm(_attr.Cached):
         return request(PairOp(r, s), K_PAIR, self._cx)
 
     def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
+        # a message from a given source already at the head of its ring: taken at
+        # once, as recv_fast does (no receive op posted, no engine)
+        if (type(source) is int and 0 <= source < self.size and type(tag) is int
+                and -1 <= tag <= TAG_MAX):
+            mv = _flat(buf, True)
+            if mv is not None:
+                res = self._t.take_fast(self._group[source], tag, self._ctx, mv)
+                if res is not None:
+                    return request(_RecvdOp(*res), K_RECV, self._cx)
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
@@ -1166,6 +1188,52 @@ def _extension(name: str):
         raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
                                       f"import driller.MPI (or driller.mmpi.Intercomm) first")
     return fn
+
+
+def _flat(buf, writable: bool):
+    """The flat bytes of a bare byte buffer or of a plain spec (spec_view), for
+    the nonblocking fast paths; None: parse it the general way."""
+    if type(buf) is list:
+        return spec_view(buf, writable)
+    try:
+        mv = memoryview(buf)
+    except (TypeError, ValueError):
+        return None
+    if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (writable and mv.readonly):
+        return mv
+    return None
+
+
+class _SentOp:
+    """The op of a standard send that Isend finished at once (copied into the
+    ring): done, no error, not cancelled."""
+
+    __slots__ = ()
+    done = True
+    exc = None
+    cancelled = False
+    sync = False
+
+
+class _RecvdOp:
+    """The op of a receive that Irecv finished at once; its own message (the
+    source's world rank and the tag, as a request's outcome reads them)."""
+
+    __slots__ = ("source", "tag", "count")
+    done = True
+    exc = None
+    cancelled = False
+    error = 0
+    capacity = None
+
+    def __init__(self, source: int, tag: int, count: int):
+        self.source = source
+        self.tag = tag
+        self.count = count
+
+    @property
+    def message(self):
+        return self
 
 
 def _null_done_send():

@@ -437,6 +437,18 @@ class Transport:
                 return None
             os.sched_yield()
 
+    def take_fast(self, src: int, tag: int, ctx: int, mv):
+        """recv_fast without waiting (for Irecv): if nothing else is queued and the
+        next record from ``src`` is a plain eager message this receive matches and
+        that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
+        eng = self.engine
+        if eng.posted or eng.unexpected or self.npending or src == self.rank:
+            return None
+        t = self.in_tail[src]
+        if self.words[self.in_head[src]] == t:
+            return None
+        return self._take_fast(src, t, tag, ctx, mv)
+
     def _take_fast(self, s: int, t: int, tag: int, ctx: int, mv):
         """recv_fast's match: the record at tail ``t`` of the ring from ``s``."""
         data = self.data
