@@ -64,7 +64,7 @@ F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
 
-DEFAULT_EAGER_LIMIT = 262144  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
+DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
 PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
