@@ -24,6 +24,7 @@ from driller import MPI
 from driller.mmpi import _comm as C
 from driller.mmpi import _transport as T
 from driller.mmpi import _world as W
+from driller.mmpi._bufspec import spec_view
 
 
 def cases():
@@ -54,6 +55,16 @@ def cases():
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall([c1.Irecv(r, 0, 100) for r in rspecs])
 
+    def transport_pair():  # the transport's fast paths alone (the floor under Send/Recv)
+        t0.send_fast(1, 0, 1, ma)
+        t1.recv_fast(0, 1, 0, mb)
+
+    ma, mb = memoryview(a), memoryview(b)
+
+    def parse_only():  # spec_view of both specs: the buffer-spec layer alone
+        spec_view(sa, False)
+        spec_view(sb, True)
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
@@ -61,7 +72,9 @@ def cases():
     return [("Send+Recv (8 B)", pair, 1), ("Send+Recv [buf, 8, BYTE]", spec_pair, 1),
             ("Send+Recv [buf, DOUBLE]", typed_pair, 1),
             ("Isend+Irecv window of 64 (8 B)", window_pair, window),
-            ("send+recv (int)", opair, 1)]
+            ("send+recv (int)", opair, 1),
+            ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
+            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)]
 
 
 def main():

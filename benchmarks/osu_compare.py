@@ -9,7 +9,11 @@ bandwidth: higher is better) with its spread (min..max over the rounds).
 Ratios within a round cancel most of a shared machine's load.
 
     .venv/bin/python benchmarks/osu_compare.py [--rounds 3] [--only latency,bw,multi_lat]
-        [--sizes 8,1M,4M] [--multi-ranks 4] [--json out.json]
+        [--sizes 8,1M,4M] [--multi-ranks 4] [--json out.json] [--base-src DIR]
+
+``--base-src DIR`` adds a third column: driller imported from another source
+tree (e.g. a worktree of the branch before a change), run in the same rounds,
+so a before/after comparison shares the machine's load too.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def _size(s: str) -> int:
     return int(s[:-1] if s[-1:] in "KM" else s) * mult
 
 
-def run(impl: str, prog: str, n: int, max_size: int) -> dict[int, float]:
+def run(impl: str, prog: str, n: int, max_size: int, base_src: str | None = None
+        ) -> dict[int, float]:
     """{size: figure} printed by one run of an osu demo (capped at max_size)."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         src = (DEMO / prog).read_text()
@@ -44,12 +49,20 @@ def run(impl: str, prog: str, n: int, max_size: int) -> dict[int, float]:
         path = f.name
     try:
         py = str(BIN / "python")
-        if impl == "driller":
+        env = None
+        if impl in ("driller", "base"):
             cmd = [str(BIN / "driller"), "run", "-n", str(n), "--mpi4py", path]
+            if impl == "base":
+                env = dict(os.environ, PYTHONPATH=base_src)
         else:
             cmd = [str(BIN / "mpirun"), "--oversubscribe", "--allow-run-as-root", "-n", str(n),
                    py, path]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True).stdout
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        if proc.returncode:
+            print(f"# {impl}: {prog} failed (exit {proc.returncode}): "
+                  f"{proc.stderr.strip().splitlines()[-1:] or ''}", file=sys.stderr)
+            return {}
+        out = proc.stdout
     finally:
         os.unlink(path)
     res = {}
@@ -71,20 +84,23 @@ def main() -> None:
     ap.add_argument("--sizes", default="0,8,1K,64K,256K,1M,4M")
     ap.add_argument("--multi-ranks", type=int, default=4)
     ap.add_argument("--json")
+    ap.add_argument("--base-src", help="also run driller from this source tree (before/after)")
     a = ap.parse_args()
     sizes = [_size(s) for s in a.sizes.split(",")]
     table = {}
     for key in a.only.split(","):
         prog, n, unit = PROGS[key]
         n = n or a.multi_ranks
-        rounds = {"driller": [], "ompi": []}
+        impls = ["driller", "ompi"] + (["base"] if a.base_src else [])
+        rounds = {i: [] for i in impls}
         for r in range(a.rounds):
-            order = ("driller", "ompi") if r % 2 == 0 else ("ompi", "driller")
+            order = impls[r % len(impls):] + impls[:r % len(impls)]
             for impl in order:
-                rounds[impl].append(run(impl, prog, n, max(sizes)))
+                rounds[impl].append(run(impl, prog, n, max(sizes), a.base_src))
         print(f"# {prog} (-n {n}), {a.rounds} interleaved rounds; driller / Open MPI "
               f"({'bandwidth: >1 is faster' if key == 'bw' else 'time: <1 is faster'})")
-        print(f"{'size':>10} {'driller ' + unit:>14} {'Open MPI ' + unit:>14} {'ratio':>7}  spread")
+        print(f"{'size':>10} {'driller ' + unit:>14} {'Open MPI ' + unit:>14} {'ratio':>7}  spread"
+              + ("     before ratio  spread" if a.base_src else ""))
         for s in sizes:
             pairs = [(d[s], o[s]) for d, o in zip(rounds["driller"], rounds["ompi"])
                      if s in d and s in o and o[s] > 0]
@@ -94,10 +110,19 @@ def main() -> None:
             med = statistics.median(ratios)
             dmed = statistics.median(d for d, _ in pairs)
             omed = statistics.median(o for _, o in pairs)
-            print(f"{s:>10} {dmed:>14.2f} {omed:>14.2f} {med:>7.2f}  "
-                  f"{min(ratios):.2f}..{max(ratios):.2f}")
-            table.setdefault(key, {})[s] = {"driller": dmed, "ompi": omed, "ratio": med,
-                                            "spread": [min(ratios), max(ratios)]}
+            line = (f"{s:>10} {dmed:>14.2f} {omed:>14.2f} {med:>7.2f}  "
+                    f"{min(ratios):.2f}..{max(ratios):.2f}")
+            row = {"driller": dmed, "ompi": omed, "ratio": med,
+                   "spread": [min(ratios), max(ratios)]}
+            if a.base_src:
+                br = [b[s] / o[s] for b, o in zip(rounds["base"], rounds["ompi"])
+                      if s in b and s in o and o[s] > 0]
+                if br:
+                    line += f"  {statistics.median(br):>11.2f}  {min(br):.2f}..{max(br):.2f}"
+                    row["before_ratio"] = statistics.median(br)
+                    row["before_spread"] = [min(br), max(br)]
+            print(line)
+            table.setdefault(key, {})[s] = row
         sys.stdout.flush()
     if a.json:
         Path(a.json).write_text(json.dumps(table, indent=1))

@@ -148,3 +148,25 @@ def _truncate(comm):
 
 def test_irecv_of_a_message_too_long_is_a_truncation_error():
     assert values(run_ranks(_truncate, 2))[1] == MPI.ERR_TRUNCATE
+
+
+def _float_ranks(comm):
+    """mpi4py converts ranks and tags with int() (osu_multi_lat passes
+    ``nprocs / 2``); nan and strings stay errors."""
+    b = np.zeros(4, np.uint8)
+    pairs = comm.size / 2
+    if comm.rank < pairs:
+        comm.Send([np.full(4, 3, np.uint8), 4, MPI.BYTE], comm.rank + pairs, 1.0)
+    else:
+        comm.Recv([b, 4, MPI.BYTE], comm.rank - pairs, np.float64(1.0))
+    errs = []
+    for bad in (float("nan"), "1", None):
+        try:
+            comm.Isend(b, bad, 0)
+        except MmpiError as e:
+            errs.append(e.Get_error_class() if hasattr(e, "Get_error_class") else type(e))
+    return int(b[0]), len(errs)
+
+
+def test_ranks_and_tags_as_floats_convert_as_in_mpi4py():
+    assert values(run_ranks(_float_ranks, 2)) == [(0, 3), (3, 3)]

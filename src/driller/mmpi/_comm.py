@@ -275,7 +275,7 @@ class Comm(_attr.Cached):
 
     def _dest(self, dest, what: str) -> int:
         if type(dest) is not int:
-            if isinstance(dest, int) and not isinstance(dest, bool):
+            if _int_like(dest):
                 dest = int(dest)
             else:
                 raise MmpiError(f"{what}: destination rank must be an int, got {dest!r}")
@@ -288,7 +288,7 @@ class Comm(_attr.Cached):
 
     def _source(self, source, what: str) -> int:
         if type(source) is not int:
-            if isinstance(source, int) and not isinstance(source, bool):
+            if _int_like(source):
                 source = int(source)
             else:
                 raise MmpiError(f"{what}: source rank must be an int, got {source!r}")
@@ -302,7 +302,7 @@ class Comm(_attr.Cached):
     @staticmethod
     def _stag(tag, what: str) -> int:
         if type(tag) is not int or not 0 <= tag <= TAG_MAX:
-            if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= TAG_MAX:
+            if _int_like(tag) and 0 <= int(tag) <= TAG_MAX:
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_MAX})")
         return tag
@@ -310,7 +310,7 @@ class Comm(_attr.Cached):
     @staticmethod
     def _rtag(tag, what: str) -> int:
         if type(tag) is not int or not (0 <= tag <= TAG_MAX or tag == ANY_TAG):
-            if isinstance(tag, int) and not isinstance(tag, bool) and (0 <= tag <= TAG_MAX or tag == ANY_TAG):
+            if _int_like(tag) and (0 <= int(tag) <= TAG_MAX or int(tag) == ANY_TAG):
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a receive tag is an int in "
                             f"0..{TAG_MAX} or ANY_TAG)")
@@ -1188,6 +1188,21 @@ def _extension(name: str):
         raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
                                       f"import driller.MPI (or driller.mmpi.Intercomm) first")
     return fn
+
+
+def _int_like(x) -> bool:
+    """A rank or tag given as another number: an int subclass (not a bool), or
+    what converts with int() as mpi4py's C int arguments do (a float, numpy
+    scalars: osu_multi_lat passes ``nprocs / 2``)."""
+    if isinstance(x, int):
+        return not isinstance(x, bool)
+    if isinstance(x, (str, bytes, bytearray)) or not hasattr(type(x), "__int__"):
+        return False
+    try:
+        int(x)
+    except (TypeError, ValueError, OverflowError):   # nan, inf
+        return False
+    return True
 
 
 def _flat(buf, writable: bool):
