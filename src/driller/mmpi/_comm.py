@@ -608,6 +608,8 @@ class Comm(_attr.Cached):
                 res = self._t.take_fast(self._group[source], tag, self._ctx, mv)
                 if res is not None:
                     return request(_RecvdOp(*res), K_RECV, self._cx)
+                return request(self._irecv(buf, source, tag, "Irecv", parsed=(mv, None)),
+                               K_RECV, self._cx)
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
