@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from ..errors import MmpiError
+from ..errors import MmpiError, MmpiKeyError
 from .. import _errcodes
 from . import _attr
 from . import _const as C
@@ -1181,6 +1181,9 @@ def as_datatype(d) -> Datatype:
         t = TYPEDICT.get(d)
         if t is not None:
             return t
+        raise MmpiKeyError(f"invalid datatype {d!r} (cannot map it to an MPI datatype): use "
+                           f"one of driller.MPI's datatypes (MPI.BYTE, MPI.INT, ...) or a "
+                           f"typecode like 'd'", error_class=_ERR_TYPE)
     raise MmpiError(f"invalid datatype {d!r}: use one of driller.MPI's datatypes "
                     f"(MPI.BYTE, MPI.INT, MPI.DOUBLE, ...) or a typecode like 'd'",
                     error_class=_ERR_TYPE)

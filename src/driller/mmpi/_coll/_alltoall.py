@@ -21,8 +21,15 @@ def Alltoallv(cx, sendbuf, recvbuf) -> None:
 
 
 def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _alltoall(cx, sendbuf, rb, what, vector)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _alltoall(cx, sendbuf, rb, what, vector):
     n, me = cx.size, cx.rank
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
     if sendbuf is IN_PLACE:
         sb = Buf()
         sb.mv = memoryview(bytes(rb.mv))

@@ -30,7 +30,7 @@ from .._objects import loads
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
-    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -96,6 +96,17 @@ def drive(t, gen):
             ops = gen.send(None)
     except StopIteration as e:
         return e.value
+
+
+def g_then(gen, *after):
+    """The algorithm generator ``gen``, then each callable of ``after`` that is not
+    None (the unpack of a staged receive of a derived datatype), if ``gen`` ended
+    without an error; gen's value."""
+    res = yield from gen
+    for fn in after:
+        if fn is not None:
+            fn()
+    return res
 
 
 def waitall(t, ops):
