@@ -18,6 +18,11 @@ stale view never reads unmapped memory.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from ._typing import Buffer
+
 from typing import Any
 
 import numpy as np
@@ -140,7 +145,7 @@ class buffer(np.ndarray):
         return np.ndarray.__array_interface__.__get__(self)["data"][0]
 
     @property
-    def obj(self):
+    def obj(self) -> Buffer | None:
         """Object exposing the buffer (None if none)."""
         return None if self._released else self._obj
 
@@ -165,7 +170,7 @@ class buffer(np.ndarray):
         return 1
 
     # -- methods --
-    def cast(self, format: str, shape=None) -> memoryview:  # noqa: A002 (mpi4py's name)
+    def cast(self, format: str, shape: list[int] | tuple[int, ...] | None = None) -> memoryview:  # noqa: A002 (mpi4py's name)
         """Cast to a memoryview with a new format or shape."""
         self._host("cast")
         mv = memoryview(self)

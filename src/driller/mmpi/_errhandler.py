@@ -61,7 +61,7 @@ class Errhandler:
 
     __slots__ = ("_h", "__weakref__")
 
-    def __init__(self, errhandler: Errhandler | None = None):
+    def __init__(self, errhandler: Errhandler | None = None) -> None:
         if errhandler is None:
             self._h = None
         elif isinstance(errhandler, Errhandler):
@@ -142,6 +142,7 @@ class Errhandler:
         return cls.fromhandle(arg)
 
     def toint(self) -> int:
+        """Translate object to integer handle."""
         return -1
 
     def py2f(self) -> int:

@@ -82,7 +82,7 @@ class Pickle:
         buffers: list[memoryview] = []
         threshold = self._threshold
 
-        def callback(pb):
+        def callback(pb: _std.PickleBuffer) -> bool:
             raw = pb.raw()
             if raw.nbytes >= threshold:
                 buffers.append(raw)

@@ -19,6 +19,15 @@ receive started on that handle (``Message.Recv``...) can get it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Sequence
+    from typing import Any
+    from . import Comm
+    from ._datatype import Datatype
+    from ._typing import BufSpec
+
 import sys
 import time
 import traceback
@@ -48,7 +57,7 @@ class Status:
 
     __slots__ = ("_i", "_q", "__weakref__")
 
-    def __init__(self, status: Status | None = None):
+    def __init__(self, status: Status | None = None) -> None:
         b = bytearray(24)
         i = self._i = memoryview(b).cast("i")
         self._q = memoryview(b).cast("q")
@@ -86,16 +95,16 @@ class Status:
         """Set message error."""
         self._i[2] = int(error)
 
-    def Get_count(self, datatype=BYTE) -> int:
+    def Get_count(self, datatype: Datatype = BYTE) -> int:
         """Get the number of *top level* elements (``UNDEFINED`` if the received
         bytes are not a whole number of ``datatype``)."""
         return count_of(as_datatype(datatype), self._q[2])
 
-    def Get_elements(self, datatype=BYTE) -> int:
+    def Get_elements(self, datatype: Datatype = BYTE) -> int:
         """Get the number of basic elements in a datatype."""
         return elements_of(as_datatype(datatype), self._q[2])
 
-    def Set_elements(self, datatype, count: int) -> None:
+    def Set_elements(self, datatype: Datatype, count: int) -> None:
         """Set the number of elements in a status (``count`` elements of ``datatype``)."""
         if type(count) is not int or count < 0:
             raise MmpiError(f"Status.Set_elements: count must be an int >= 0, got {count!r}",
@@ -323,7 +332,7 @@ class Request:
 
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
-    def __init__(self, request: Request | None = None):
+    def __init__(self, request: Request | None = None) -> None:
         self._op = None
         self._kind = K_SEND
         self._cx = None
@@ -383,7 +392,7 @@ class Request:
         return 0 if self._is_null() else _handle_of(self)
 
     @classmethod
-    def fromhandle(cls, handle: int):
+    def fromhandle(cls, handle: int) -> Request:
         """Create object from MPI handle."""
         return _from_handle(cls, handle)
 
@@ -498,7 +507,7 @@ class Request:
         self._release()
 
     # -- lowercase (objects) --
-    def wait(self, status: Status | None = None):
+    def wait(self, status: Status | None = None) -> Any:
         """Wait for a send or receive to complete; return the received object."""
         op = self._op
         if op is None:
@@ -508,7 +517,7 @@ class Request:
             self._block()
         return self._finish(status)
 
-    def test(self, status: Status | None = None):
+    def test(self, status: Status | None = None) -> tuple[bool, Any | None]:
         """Test for the completion of a send or receive: ``(flag, object)``."""
         op = self._op
         if op is None:
@@ -587,13 +596,13 @@ class Request:
             statuses.extend(Status() for _ in range(n - len(statuses)))
 
     @classmethod
-    def Waitall(cls, requests, statuses=None) -> bool:
+    def Waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Wait for all previously initiated requests to complete."""
         cls.waitall(requests, statuses)
         return True
 
     @classmethod
-    def waitall(cls, requests, statuses=None) -> list:
+    def waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> list:
         """Wait for all previously initiated requests to complete; the objects."""
         requests = list(requests) if not isinstance(requests, list) else requests
         cls._grow(statuses, len(requests))
@@ -619,12 +628,13 @@ class Request:
         return out
 
     @classmethod
-    def Testall(cls, requests, statuses=None) -> bool:
+    def Testall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Test for completion of all previously initiated requests."""
         return cls.testall(requests, statuses)[0]
 
     @classmethod
-    def testall(cls, requests, statuses=None):
+    def testall(cls, requests: Sequence[Request],
+                statuses: list[Status] | None = None) -> tuple[bool, list[Any] | None]:
         """Test for completion of all requests: ``(flag, objects or None)``."""
         cls._progress_all(requests)
         if all(r._op is None or r._op.done for r in requests):
@@ -632,12 +642,12 @@ class Request:
         return False, None
 
     @classmethod
-    def Waitany(cls, requests, status: Status | None = None) -> int:
+    def Waitany(cls, requests: Sequence[Request], status: Status | None = None) -> int:
         """Wait for any previously initiated request to complete; its index."""
         return cls.waitany(requests, status)[0]
 
     @classmethod
-    def waitany(cls, requests, status: Status | None = None):
+    def waitany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, Any]:
         """Wait for any request to complete: ``(index, object)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -649,13 +659,15 @@ class Request:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def Testany(cls, requests, status: Status | None = None):
+    def Testany(cls, requests: Sequence[Request],
+                status: Status | None = None) -> tuple[int, bool]:
         """Test for completion of any previously initiated request: ``(index, flag)``."""
         index, flag, _ = cls.testany(requests, status)
         return index, flag
 
     @classmethod
-    def testany(cls, requests, status: Status | None = None):
+    def testany(cls, requests: Sequence[Request],
+                status: Status | None = None) -> tuple[int, bool, Any | None]:
         """Test for completion of any request: ``(index, flag, object)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -667,13 +679,15 @@ class Request:
         return UNDEFINED, False, None
 
     @classmethod
-    def Waitsome(cls, requests, statuses=None):
+    def Waitsome(cls, requests: Sequence[Request],
+                 statuses: list[Status] | None = None) -> list[int] | None:
         """Wait for some previously initiated requests to complete: their indices
         (None when no request is active)."""
         return cls.waitsome(requests, statuses)[0]
 
     @classmethod
-    def waitsome(cls, requests, statuses=None):
+    def waitsome(cls, requests: Sequence[Request], statuses: list[Status] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """Wait for some requests to complete: ``(indices, objects)``."""
         if all(r._op is None for r in requests):
             return None, None
@@ -681,13 +695,15 @@ class Request:
         return cls._some(requests, statuses)
 
     @classmethod
-    def Testsome(cls, requests, statuses=None):
+    def Testsome(cls, requests: Sequence[Request],
+                 statuses: list[Status] | None = None) -> list[int] | None:
         """Test for completion of some previously initiated requests: their
         indices (None when no request is active)."""
         return cls.testsome(requests, statuses)[0]
 
     @classmethod
-    def testsome(cls, requests, statuses=None):
+    def testsome(cls, requests: Sequence[Request], statuses: list[Status] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """Test for completion of some requests: ``(indices, objects)``."""
         if all(r._op is None for r in requests):
             return None, None
@@ -714,7 +730,8 @@ class Request:
 
     # -- MPI-4.1 non-destructive collections --
     @classmethod
-    def Get_status_any(cls, requests, status: Status | None = None):
+    def Get_status_any(cls, requests: Sequence[Request],
+                       status: Status | None = None) -> tuple[int, bool]:
         """Non-destructive test for the completion of any request: ``(index, flag)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -727,12 +744,14 @@ class Request:
         return UNDEFINED, False
 
     @classmethod
-    def get_status_any(cls, requests, status: Status | None = None):
+    def get_status_any(cls, requests: Sequence[Request],
+                       status: Status | None = None) -> tuple[int, bool]:
         """Non-destructive test for the completion of any request."""
         return cls.Get_status_any(requests, status)
 
     @classmethod
-    def Get_status_all(cls, requests, statuses=None) -> bool:
+    def Get_status_all(cls, requests: Sequence[Request],
+                       statuses: list[Status] | None = None) -> bool:
         """Non-destructive test for the completion of all requests."""
         cls._progress_all(requests)
         if not all(r._op is None or r._op.done for r in requests):
@@ -747,12 +766,14 @@ class Request:
         return True
 
     @classmethod
-    def get_status_all(cls, requests, statuses=None) -> bool:
+    def get_status_all(cls, requests: Sequence[Request],
+                       statuses: list[Status] | None = None) -> bool:
         """Non-destructive test for the completion of all requests."""
         return cls.Get_status_all(requests, statuses)
 
     @classmethod
-    def Get_status_some(cls, requests, statuses=None):
+    def Get_status_some(cls, requests: Sequence[Request],
+                        statuses: list[Status] | None = None) -> list[int] | None:
         """Non-destructive test for completion of some requests: their indices
         (None when no request is active)."""
         if all(r._op is None for r in requests):
@@ -765,7 +786,8 @@ class Request:
         return done
 
     @classmethod
-    def get_status_some(cls, requests, statuses=None):
+    def get_status_some(cls, requests: Sequence[Request],
+                        statuses: list[Status] | None = None) -> list[int] | None:
         """Non-destructive test for completion of some requests."""
         return cls.Get_status_some(requests, statuses)
 
@@ -780,7 +802,7 @@ class Prequest(Request):
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request: Prequest | None = None):
+    def __init__(self, request: Prequest | None = None) -> None:
         self._start = None
         self._active = False
         super().__init__(request)
@@ -807,7 +829,7 @@ class Prequest(Request):
         self._op = self._start()
 
     @classmethod
-    def Startall(cls, requests) -> None:
+    def Startall(cls, requests: list[Prequest]) -> None:
         """Start a collection of persistent requests."""
         for r in requests:
             r.Start()
@@ -888,7 +910,7 @@ class Grequest(Request):
 
     __slots__ = ("_g",)
 
-    def __init__(self, request: Grequest | None = None):
+    def __init__(self, request: Grequest | None = None) -> None:
         self._g = None
         super().__init__(request)
 
@@ -900,8 +922,10 @@ class Grequest(Request):
         return self._g if self._op is not None else None
 
     @classmethod
-    def Start(cls, query_fn=None, free_fn=None, cancel_fn=None, args=None,
-              kwargs=None) -> Grequest:
+    def Start(cls, query_fn: Callable[..., None] | None = None,
+              free_fn: Callable[..., None] | None = None,
+              cancel_fn: Callable[..., None] | None = None, args: tuple[Any] | None = None,
+              kwargs: dict[str, Any] | None = None) -> Grequest:
         """Create and return a user-defined request."""
         g = cls.__new__(cls)
         g._kind = K_SEND
@@ -920,7 +944,7 @@ class Grequest(Request):
                             error_class=ERR_REQUEST)
         op.done = True
 
-    def complete(self, obj=None) -> None:
+    def complete(self, obj: Any = None) -> None:
         """Notify that a user-defined request is complete, with its result ``obj``."""
         op = self._op
         if op is not None:
@@ -999,7 +1023,7 @@ class Message:
 
     __slots__ = ("_m", "_cx", "_const", "__weakref__")
 
-    def __init__(self, message: Message | None = None):
+    def __init__(self, message: Message | None = None) -> None:
         self._m = None
         self._cx = None
         self._const = False
@@ -1068,25 +1092,25 @@ class Message:
 
     # -- probing (classmethods, as mpi4py's) --
     @classmethod
-    def Probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def Probe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
               status: Status | None = None) -> Message:
         """Blocking test for a matched message."""
         return comm.Mprobe(source, tag, status)
 
     @classmethod
-    def Iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def Iprobe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message."""
         return comm.Improbe(source, tag, status)
 
     @classmethod
-    def probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def probe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
               status: Status | None = None) -> Message:
         """Blocking test for a matched message."""
         return comm.mprobe(source, tag, status)
 
     @classmethod
-    def iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def iprobe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message."""
         return comm.improbe(source, tag, status)
@@ -1112,7 +1136,7 @@ class Message:
         cx.t.irecv_matched(op, m)
         return op, cx
 
-    def Recv(self, buf, status: Status | None = None) -> None:
+    def Recv(self, buf: BufSpec, status: Status | None = None) -> None:
         """Blocking receive of the matched message into ``buf``."""
         from ._bufspec import message as _message
         op, cx = self._start(_message(buf, True, "Message.Recv"), "Recv")
@@ -1120,13 +1144,13 @@ class Message:
             cx.t.wait(op, op.source)
         _outcome(op, K_RECV, cx, status)
 
-    def Irecv(self, buf) -> Request:
+    def Irecv(self, buf: BufSpec) -> Request:
         """Nonblocking receive of the matched message into ``buf``."""
         from ._bufspec import message as _message
         op, cx = self._start(_message(buf, True, "Message.Irecv"), "Irecv")
         return Request._make(op, K_RECV, cx)
 
-    def recv(self, status: Status | None = None):
+    def recv(self, status: Status | None = None) -> Any:
         """Blocking receive of the matched message: the object."""
         op, cx = self._start(None, "recv")
         if not op.done:

@@ -9,6 +9,13 @@ pickling to themselves).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from ._errhandler import Errhandler
+    from . import Group
+    from ._info import Info
+
 from .. import _errcodes
 from ..errors import MmpiError, MmpiNotImplementedError
 
@@ -23,7 +30,7 @@ class Session:
 
     __slots__ = ("__weakref__",)
 
-    def __new__(cls, session: "Session | None" = None):
+    def __new__(cls, session: "Session | None" = None) -> "Session":
         if session is not None and not isinstance(session, Session):
             raise TypeError(f"{cls.__name__}(session): expected a Session, got "
                             f"{type(session).__name__}")
@@ -76,7 +83,7 @@ class Session:
         return cls.fromhandle(arg)
 
     @classmethod
-    def Init(cls, info=None, errhandler=None) -> "Session":
+    def Init(cls, info: Info | None = None, errhandler: Errhandler | None = None) -> "Session":
         """Create a new session: not provided by driller."""
         raise MmpiNotImplementedError(f"Session.Init: {_NO_SESSIONS}")
 
@@ -88,31 +95,31 @@ class Session:
         """Finalize a session."""
         raise self._null("Finalize")
 
-    def Get_num_psets(self, info=None) -> int:
+    def Get_num_psets(self, info: Info | None = None) -> int:
         """Number of available process sets."""
         raise self._null("Get_num_psets")
 
-    def Get_nth_pset(self, n: int, info=None) -> str:
+    def Get_nth_pset(self, n: int, info: Info | None = None) -> str:
         """Name of the ``n``-th process set."""
         raise self._null("Get_nth_pset")
 
-    def Get_info(self):
+    def Get_info(self) -> Info:
         """The hints of the session."""
         raise self._null("Get_info")
 
-    def Get_pset_info(self, pset_name: str):
+    def Get_pset_info(self, pset_name: str) -> Info:
         """The info of a process set."""
         raise self._null("Get_pset_info")
 
-    def Create_group(self, pset_name: str):
+    def Create_group(self, pset_name: str) -> Group:
         """A group from a process set."""
         raise self._null("Create_group")
 
-    def Get_errhandler(self):
+    def Get_errhandler(self) -> Errhandler:
         """The error handler of the session."""
         raise self._null("Get_errhandler")
 
-    def Set_errhandler(self, errhandler) -> None:
+    def Set_errhandler(self, errhandler: Errhandler) -> None:
         """Set the error handler of the session."""
         raise self._null("Set_errhandler")
 

@@ -20,6 +20,12 @@ whatever happens (KeyboardInterrupt included).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
 import os
 import pickle
 import selectors
@@ -205,7 +211,8 @@ class _Child:
         self.exited = False
 
 
-def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> list:
+def spawn(fn: Callable[..., Any], n: int, args: Iterable[Any] = (),
+          kwargs: Mapping[str, Any] | None = None, *, grace: float = DEFAULT_GRACE) -> list[Any]:
     """Run ``fn(comm, *args, **kwargs)`` on ``n`` forked ranks; results by rank.
 
     ``comm`` is each rank's world communicator.  If a rank raises, exits without

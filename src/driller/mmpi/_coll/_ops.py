@@ -8,6 +8,14 @@ through ``ufunc`` (None for MAXLOC/MINLOC/REPLACE/NO_OP and user ops),
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from typing import Any
+    from collections.abc import Callable
+    from .._datatype import Datatype
+    from .._typing import BufSpec, Buffer
+
 import inspect
 import itertools
 
@@ -115,7 +123,7 @@ class Op:
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined")
 
-    def __init__(self, op: "Op | None" = None):
+    def __init__(self, op: "Op | None" = None) -> None:
         if op is None:
             h = _NULL_HANDLE
         elif isinstance(op, Op):
@@ -142,10 +150,12 @@ class Op:
 
     @property
     def freed(self) -> bool:
+        """Whether the operation was freed (``Free``)."""
         return self._h.freed
 
     @classmethod
-    def Create(cls, function, commute: bool = False) -> "Op":
+    def Create(cls, function: Callable[[Buffer, Buffer, Datatype], None],
+               commute: bool = False) -> "Op":
         """Create a user-defined reduction operation.  Buffers:
         ``function(invec, inoutvec, datatype)`` stores ``invec op inoutvec`` into
         ``inoutvec`` (typed numpy arrays; invec holds the lower ranks' data).
@@ -190,7 +200,7 @@ class Op:
         """Is a predefined operation."""
         return self.predefined
 
-    def Reduce_local(self, inbuf, inoutbuf) -> None:
+    def Reduce_local(self, inbuf: BufSpec, inoutbuf: BufSpec) -> None:
         """Apply a reduction operation to local data: ``inoutbuf = inbuf op inoutbuf``."""
         from .._bufspec import parse   # (lazy: _bufspec sits above the ops in no cycle)
         check_op(self, "Reduce_local")
@@ -267,7 +277,9 @@ class Op:
         return self.pyfn(x, y)
 
     # -- buffers --
-    def check_buffer(self, dtype, what):
+    def check_buffer(self, dtype: np.dtype[Any], what: str) -> None:
+        """Raise MPI.Exception (ERR_OP) if this op cannot reduce elements of ``dtype``
+        (freed, Python objects, a MINLOC/MAXLOC pair type expected); ``what`` names the call."""
         if self.freed:
             raise MmpiError(f"{what}: op {self.name} was freed", error_class=_errcodes.ERR_OP)
         if dtype.hasobject:
@@ -296,7 +308,8 @@ class Op:
             raise MmpiError(f"{what}: MPI.{self.name} is not defined for complex {dtype}",
                             error_class=_errcodes.ERR_OP)
 
-    def lohi(self, lo, hi, dt):
+    def lohi(self, lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any],
+             dt: Datatype) -> np.ndarray[Any, Any]:
         """lo op hi (lo: the lower ranks' data); returns whichever of lo/hi holds it."""
         if self.user is None:
             self.ufunc(lo, hi, out=lo)
@@ -318,7 +331,7 @@ def _unpickle_user(function, commute) -> Op:
     return Op.Create(function, commute)
 
 
-def _op(name, ufunc, pyfn):
+def _op(name: str, ufunc: Any, pyfn: Callable[[Any, Any], Any]) -> Op:
     op = Op._make(name, ufunc, pyfn)
     _PREDEFINED[name] = op
     return op
