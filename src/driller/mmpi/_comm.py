@@ -43,6 +43,7 @@ from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
                        Status, complete, fill, message_handle, persistent, request, self_sync)
+from ._request import UnpackRecvOp as _UnpackRecvOp
 
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
@@ -1250,13 +1251,6 @@ class Comm(_attr.Cached):
             f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
             f"collectives, communicator construction and groups are); use mpi4py for it "
             f"meanwhile")
-
-
-class _UnpackRecvOp(T.RecvOp):
-    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
-    buffer into the user's buffer when the request completes."""
-
-    __slots__ = ("unpack",)
 
 
 # Methods implemented by modules above this one (they import it): each registers its

@@ -504,9 +504,10 @@ class Datatype(_attr.Cached):
             t.attrs.clear(self, "Datatype.Free")
 
     def free(self) -> None:
-        """Call Free if not null or predefined."""
+        """Call Free if not null or predefined; a predefined constant stays as it is,
+        another handle onto it (``Datatype(INT)``) becomes null."""
         t = self._t
-        if t is not None and not t.predef:
+        if t is not None and not (t.predef and _CANON.get(id(t)) is self):
             self._t = None
 
     # -- constructors --

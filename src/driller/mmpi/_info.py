@@ -34,13 +34,15 @@ class Info:
 
     __slots__ = ("_d", "__weakref__")
 
-    def __init__(self, info: Info | None = None) -> None:
+    def __new__(cls, info: Info | None = None) -> Info:
+        self = object.__new__(cls)
         if info is None:
             self._d = None
         elif isinstance(info, Info):
             self._d = info._d
         else:
             raise TypeError(f"Info(info): expected an Info, got {type(info).__name__}")
+        return self
 
     # -- MPI methods ---------------------------------------------------------------
 
@@ -79,7 +81,7 @@ class Info:
 
     def Dup(self) -> Info:
         """Duplicate an existing info object."""
-        new = Info()
+        new = Info.__new__(type(self))
         new._d = dict(self._store("Dup"))
         return new
 
@@ -268,7 +270,7 @@ class Info:
 
     def copy(self) -> Info:
         """Copy contents."""
-        return Info() if self._d is None else self.Dup()
+        return Info.__new__(type(self)) if self._d is None else self.Dup()
 
     def clear(self) -> None:
         """Clear contents."""

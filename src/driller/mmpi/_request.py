@@ -42,8 +42,15 @@ from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
-           "request", "complete", "persistent", "message_handle",
+           "request", "complete", "persistent", "message_handle", "UnpackRecvOp",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
+
+
+class UnpackRecvOp(T.RecvOp):
+    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
+    buffer into the user's buffer when the request completes."""
+
+    __slots__ = ("unpack",)
 
 
 # ------------------------------------------------------------------ Status
@@ -57,7 +64,12 @@ class Status:
 
     __slots__ = ("_i", "_q", "__weakref__")
 
-    def __init__(self, status: Status | None = None) -> None:
+    def __new__(cls, status: Status | None = None) -> Status:
+        self = object.__new__(cls)
+        self._setup(status)
+        return self
+
+    def _setup(self, status: Status | None) -> None:
         b = bytearray(24)
         i = self._i = memoryview(b).cast("i")
         self._q = memoryview(b).cast("q")
@@ -208,8 +220,7 @@ class Status:
 
 
 def _status(cls, fields) -> Status:
-    new = cls.__new__(cls)
-    Status.__init__(new)
+    new = Status.__new__(cls)
     new.source, new.tag, new.error, new.count, new.cancelled = fields
     return new
 
@@ -325,6 +336,14 @@ def _outcome(op, kind, cx, status, peek=False):
     return None
 
 
+def _base_of(cls) -> type:
+    """The first class of ``cls``'s MRO defined here (Request, Prequest, Grequest...)."""
+    for c in cls.__mro__:
+        if c.__module__ == __name__:
+            return c
+    return Request
+
+
 class Request:
     """Request handle: a nonblocking operation; ``REQUEST_NULL`` is the empty one.
 
@@ -332,7 +351,12 @@ class Request:
 
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
-    def __init__(self, request: Request | None = None) -> None:
+    def __new__(cls, request: Request | None = None) -> Request:
+        self = object.__new__(cls)
+        self._setup(request)
+        return self
+
+    def _setup(self, request: Request | None) -> None:
         self._op = None
         self._kind = K_SEND
         self._cx = None
@@ -341,14 +365,14 @@ class Request:
         if not isinstance(request, Request):
             raise TypeError(f"{type(self).__name__}(): expected a Request, got "
                             f"{type(request).__name__}")
-        if (type(self) is not Request and not isinstance(request, type(self))
-                and not request._is_null()):
+        base = _base_of(type(self))     # (a program's subclass converts as its base)
+        if base is not Request and not isinstance(request, base) and not request._is_null():
             raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
         self._op = request._op
         self._kind = request._kind
         self._cx = request._cx
         self._alias = request._key()
-        if type(self) is not Request:  # same class: the same persistent/generalized handle
+        if base is not Request:  # same class: the same persistent/generalized handle
             self._copy_from(request)
 
     def _copy_from(self, other) -> None:
@@ -406,7 +430,7 @@ class Request:
 
     @classmethod
     def _make(cls, op, kind, cx):
-        r = cls.__new__(cls)
+        r = object.__new__(cls)
         r._op = op
         r._kind = kind
         r._cx = cx
@@ -802,10 +826,10 @@ class Prequest(Request):
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request: Prequest | None = None) -> None:
+    def _setup(self, request: Prequest | None) -> None:
         self._start = None
         self._active = False
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._start = getattr(other, "_start", None)
@@ -910,9 +934,9 @@ class Grequest(Request):
 
     __slots__ = ("_g",)
 
-    def __init__(self, request: Grequest | None = None) -> None:
+    def _setup(self, request: Grequest | None) -> None:
         self._g = None
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._g = getattr(other, "_g", None)
@@ -927,7 +951,7 @@ class Grequest(Request):
               cancel_fn: Callable[..., None] | None = None, args: tuple[Any] | None = None,
               kwargs: dict[str, Any] | None = None) -> Grequest:
         """Create and return a user-defined request."""
-        g = cls.__new__(cls)
+        g = object.__new__(cls)
         g._kind = K_SEND
         g._cx = None
         g._op = g._g = _GOp(query_fn, free_fn, cancel_fn, args, kwargs)
@@ -1023,16 +1047,18 @@ class Message:
 
     __slots__ = ("_m", "_cx", "_const", "__weakref__")
 
-    def __init__(self, message: Message | None = None) -> None:
+    def __new__(cls, message: Message | None = None) -> Message:
+        self = object.__new__(cls)
         self._m = None
         self._cx = None
         self._const = False
         if message is None:
-            return
+            return self
         if not isinstance(message, Message):
             raise TypeError(f"Message(): expected a Message, got {type(message).__name__}")
         self._m = message._m
         self._cx = message._cx
+        return self
 
     def __bool__(self) -> bool:
         return self._m is not None
@@ -1059,9 +1085,9 @@ class Message:
         if self is MESSAGE_NO_PROC:
             return "MESSAGE_NO_PROC"
         if self._m is None:
-            return (Message, ())
+            return (type(self), ())
         if self._m is _NO_PROC:
-            return (Message, (MESSAGE_NO_PROC,))
+            return (type(self), (MESSAGE_NO_PROC,))
         raise ValueError("cannot pickle a matched Message handle: the message it holds "
                          "belongs to this process")
 
@@ -1125,29 +1151,35 @@ class Message:
             self._m = None
         return m
 
-    def _start(self, mv, what: str):
+    def _start(self, mv, what: str, unpack=None):
         m = self._take(what)
         if m is _NO_PROC:
             op = T.RecvOp(PROC_NULL, ANY_TAG, 0, mv)
             op.done = True
             return op, None
         cx = self._cx
-        op = T.RecvOp(m.source, m.tag, m.context, mv)
+        if unpack is None:
+            op = T.RecvOp(m.source, m.tag, m.context, mv)
+        else:   # a derived datatype: received into staging, scattered at completion
+            op = UnpackRecvOp(m.source, m.tag, m.context, mv)
+            op.unpack = unpack
         cx.t.irecv_matched(op, m)
         return op, cx
 
     def Recv(self, buf: BufSpec, status: Status | None = None) -> None:
         """Blocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Recv"), "Recv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Recv")
+        op, cx = self._start(mv, "Recv", unpack)
         if not op.done:
             cx.t.wait(op, op.source)
         _outcome(op, K_RECV, cx, status)
 
     def Irecv(self, buf: BufSpec) -> Request:
         """Nonblocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Irecv"), "Irecv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Irecv")
+        op, cx = self._start(mv, "Irecv", unpack)
         return Request._make(op, K_RECV, cx)
 
     def recv(self, status: Status | None = None) -> Any:
@@ -1174,7 +1206,7 @@ MESSAGE_NO_PROC._const = True
 
 def message_handle(m, cx) -> Message:
     """A Message handle for the engine message ``m`` (None: PROC_NULL's)."""
-    h = Message.__new__(Message)
+    h = object.__new__(Message)
     h._m = _NO_PROC if m is None else m
     h._cx = cx
     h._const = False
@@ -1197,7 +1229,7 @@ def complete(op, kind: int, cx, status=None):
 
 def persistent(start, kind: int, cx) -> Prequest:
     """A persistent request: each Start calls ``start()`` for a new transport op."""
-    p = Prequest.__new__(Prequest)
+    p = object.__new__(Prequest)
     p._op = None
     p._kind = kind
     p._cx = cx

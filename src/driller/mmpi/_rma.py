@@ -76,9 +76,11 @@ LOCK_POLL = 0.05               # seconds between checks that the lock holders li
 TAG_POST, TAG_DONE = 1, 2      # PSCW messages on the window's private communicator
 _keyvals = itertools.count(1000)
 _live_states: "weakref.WeakSet[_State]" = weakref.WeakSet()   # for the fork hook
+_by_handle: "weakref.WeakValueDictionary[int, Win]" = weakref.WeakValueDictionary()
 _INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
 _FLOAT_OK = ()                 # filled below: ops exact in Python floats (float64)
-_PYOPS: dict = {}              # filled below: op -> Python function on scalars (None: NO_OP)
+_PYOPS: dict = {}              # filled below: op.toint() -> Python function on scalars (None: NO_OP)
+# (ops are unhashable handles, as mpi4py's: the tables key them by their int handle)
 
 
 class _ValueError(MmpiError, ValueError):
@@ -159,8 +161,34 @@ class Win(np.ndarray):
         r = self.__eq__(other)
         return r if r is NotImplemented else not r
 
-    def __hash__(self) -> int:
-        return id(self._s)
+    __hash__ = None  # a handle: unhashable, as mpi4py's
+
+    def _order(self, other):
+        return NotImplemented   # handles have no order (not the array's elementwise one)
+
+    __lt__ = __le__ = __gt__ = __ge__ = _order
+
+    @property
+    def handle(self) -> int:
+        """The window's handle (an int >= 0; ``Win.fromhandle`` takes it back)."""
+        if self._null():
+            return 0
+        h = id(self._s)
+        _by_handle[h] = self
+        return h
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Win":
+        """A new Python object onto the window of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Win.fromhandle: expected an int, got {handle!r}")
+        if handle == 0:
+            return cls()
+        win = _by_handle.get(handle)
+        if win is None or win._null() or id(win._s) != handle:
+            raise _err(f"Win.fromhandle: {handle} is no live window's handle",
+                       _errcodes.ERR_WIN)
+        return cls(win)
 
     def __repr__(self) -> str:
         if self._null():
@@ -171,11 +199,22 @@ class Win(np.ndarray):
     __str__ = __repr__
 
     def __reduce__(self):
+        if self is WIN_NULL:
+            return "WIN_NULL"
+        if self._null():
+            return (type(self), ())
         raise ValueError("cannot pickle MPI.Win handles: a window exists only in the "
                          "processes that created it")
 
     def __reduce_ex__(self, protocol):
         return self.__reduce__()
+
+    def __copy__(self) -> "Win":
+        # a handle, not the array's data: WIN_NULL is itself, another a new handle
+        return self if self is WIN_NULL else type(self)(self)
+
+    def __deepcopy__(self, memo) -> "Win":
+        return self.__copy__()
 
     def __len__(self) -> int:
         return self.size
@@ -689,8 +728,8 @@ class Win(np.ndarray):
             else:
                 char = origin.typecode
                 one = len(origin) == 1
-            ent = self._typed.get((target_rank, target or 0, char, op)) \
-                if one and s is not None and s.ok else None
+            ent = self._typed.get((target_rank, target or 0, char, op.toint())) \
+                if one and s is not None and s.ok and isinstance(op, Op) else None
             if ent is not None:
                 tmv, fn, mask, half = ent
                 if fn is not None:
@@ -761,8 +800,8 @@ class Win(np.ndarray):
             else:
                 char = origin.typecode
                 ok = len(origin) == 1 and len(result) == 1 and result.typecode == char
-            ent = self._typed.get((target_rank, target_disp, char, op)) \
-                if ok and s is not None and s.ok else None
+            ent = self._typed.get((target_rank, target_disp, char, op.toint())) \
+                if ok and s is not None and s.ok and isinstance(op, Op) else None
             if ent is not None:
                 # fast path: a word of a mapped window seen before, in Python scalars
                 # (integers wrap as numpy's do; float64 only with SUM, PROD, REPLACE, NO_OP)
@@ -809,7 +848,7 @@ class Win(np.ndarray):
         as a Python function: the one-element fast path of Fetch_and_op and Accumulate
         (a mapped window only; integers, or float64 with ops exact in Python floats)."""
         char = dtype.char
-        fn = _PYOPS.get(op, False)
+        fn = _PYOPS.get(op.toint(), False)
         if self._fast[r][0] is None or len(self._typed) >= 64 or fn is False or \
                 not (char in _INTS or (char == "d" and op in _FLOAT_OK)):
             return
@@ -818,7 +857,7 @@ class Win(np.ndarray):
         mask = (1 << bits) - 1 if char in _INTS else 0
         half = (1 << (bits - 1)) if char in _INTS and dtype.kind == "i" else 0
         tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
-        self._typed[(r, disp, char, op)] = (tmv, fn, mask, half)
+        self._typed[(r, disp, char, op.toint())] = (tmv, fn, mask, half)
 
     def Compare_and_swap(self, origin: Any, compare: Any, result: Any, target_rank: int,
                          target_disp: int = 0) -> None:
@@ -1127,9 +1166,10 @@ def _fill_pyops() -> None:
     import operator
     from ._coll import _ops as O
     global _FLOAT_OK
-    _PYOPS.update({O.SUM: operator.add, O.PROD: operator.mul, O.MAX: max, O.MIN: min,
-                   O.BAND: operator.and_, O.BOR: operator.or_, O.BXOR: operator.xor,
-                   REPLACE: lambda a, b: b, NO_OP: None})
+    _PYOPS.update({op.toint(): fn for op, fn in (
+        (O.SUM, operator.add), (O.PROD, operator.mul), (O.MAX, max), (O.MIN, min),
+        (O.BAND, operator.and_), (O.BOR, operator.or_), (O.BXOR, operator.xor),
+        (REPLACE, lambda a, b: b), (NO_OP, None))})
     _FLOAT_OK = (O.SUM, O.PROD, REPLACE, NO_OP)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ...errors import MmpiError
 from .._bufspec import Buf, parse
 from .._const import IN_PLACE
-from ._context import cbase, co_recv, co_send, count_check, cr, cs, first_error, oval, waitall
+from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, obj_items,
+                       oval, raise_failed, waitall)
 
 __all__ = [
     "Alltoall", "Alltoallv", "alltoall",
@@ -57,19 +58,16 @@ def _alltoall(cx, sendbuf, rb, what, vector):
 
 def alltoall(cx, sendobj):
     n, me = cx.size, cx.rank
-    try:
-        items = list(sendobj)
-    except TypeError:
-        items = None
-    if items is None or len(items) != n:
-        raise MmpiError(f"alltoall: pass a sequence of {n} items (one per rank)")
+    items, err = obj_items(sendobj, n, "alltoall", me)
     base = cbase(cx)
     ops = [((me - i) % n, co_recv(cx, (me - i) % n, base)) for i in range(1, n)]
     sends = [co_send(cx, items[(me + i) % n], (me + i) % n, base) for i in range(1, n)]
     waitall(cx.t, [o for _, o in ops] + sends)
+    if err is not None:
+        raise err
     out = [None] * n
     out[me] = items[me]
     for r, o in ops:
-        out[r] = oval(o)
+        out[r] = raise_failed(oval(o), "alltoall")
     first_error(sends)
     return out

@@ -25,7 +25,8 @@ from ...errors import MmpiError
 from .._bufspec import byteview, parse, wblocks
 from .._const import PROC_NULL
 from .._objects import dumps
-from ._context import cbase, co_recv, count_check, cr, drive, first_error, g_then, oval, xsend
+from ._context import (Failed, cbase, co_recv, count_check, cr, drive, first_error, g_then,
+                       oval, xsend)
 from ._nonblocking import coll_request
 
 __all__ = [
@@ -53,18 +54,6 @@ def g_exchange(cx, base, recvs, sends, what, err=None):
     for r, o, n in rops:
         count_check(cx, o, n, what, r)
     first_error(sops)
-
-
-class Failed:
-    """What a rank whose arguments were bad sends its neighbours instead of an object."""
-
-    __slots__ = ("rank", "text")
-
-    def __init__(self, rank: int, text: str):
-        self.rank, self.text = rank, text
-
-    def __reduce__(self):
-        return Failed, (self.rank, self.text)
 
 
 def g_oexchange(cx, base, inplan, sends, what, err=None):

@@ -121,9 +121,10 @@ class Op:
     """
 
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
-                 "predefined")
+                 "predefined", "__weakref__")
 
-    def __init__(self, op: "Op | None" = None) -> None:
+    def __new__(cls, op: "Op | None" = None) -> "Op":
+        self = object.__new__(cls)
         if op is None:
             h = _NULL_HANDLE
         elif isinstance(op, Op):
@@ -132,6 +133,7 @@ class Op:
             raise MmpiTypeError(f"Op({op!r}): expected an Op or nothing")
         self._set(h)
         self._clone = False
+        return self
 
     def _set(self, h):
         self._h = h
@@ -141,7 +143,7 @@ class Op:
 
     @classmethod
     def _make(cls, name, ufunc=None, pyfn=None, commute=True, user=None, loc=False) -> "Op":
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         h = _Handle(name, ufunc, pyfn, commute, user, loc)
         _handles[h.index] = h
         op._set(h)
@@ -181,6 +183,18 @@ class Op:
             h.freed = True
             _live_user_ops[0] -= 1
             _handles.pop(h.index, None)
+        self._set(_NULL_HANDLE)     # this handle is OP_NULL now (other copies: freed)
+
+    def free(self) -> None:
+        """Free the handle, safely: a predefined op stays as it is; a copy of one
+        (``Op(SUM)``) and a user op become OP_NULL."""
+        h = self._h
+        if h is _NULL_HANDLE or (h.predefined and _PREDEFINED.get(h.name) is self):
+            return
+        if h.predefined:
+            self._set(_NULL_HANDLE)
+        else:
+            self.Free()
 
     def Is_commutative(self) -> bool:
         """Query reduction operations for their commutativity."""
@@ -230,10 +244,22 @@ class Op:
         h = _handles.get(arg)
         if h is None:
             raise MmpiValueError(f"Op.fromint: {arg!r} names no live op")
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         op._set(h)
         op._clone = True
         return op
+
+    @property
+    def handle(self) -> int:
+        """MPI handle (an int >= 0; ``Op.fromhandle`` takes it back)."""
+        return self._h.index
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Op":
+        """Create object from MPI handle."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Op.fromhandle: expected an int, got {handle!r}")
+        return cls.fromint(handle)
 
     def __bool__(self) -> bool:
         return self._h is not _NULL_HANDLE
@@ -248,8 +274,7 @@ class Op:
             return NotImplemented
         return self._h is not other._h
 
-    def __hash__(self) -> int:
-        return hash(("Op", self._h.index))
+    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         h = self._h
@@ -257,7 +282,7 @@ class Op:
             name = "OP_NULL" if h is _NULL_HANDLE else h.name
             if _PREDEFINED.get(name) is self:
                 return name
-            return (_predefined_copy, (name,))
+            return (_predefined_copy, (name, type(self)))
         if self._clone:
             raise MmpiValueError(f"cannot pickle the user op {h.name!r} from Op.fromint: "
                                  f"pickle the op Op.Create returned")
@@ -323,8 +348,8 @@ _handles[_NULL_HANDLE.index] = _NULL_HANDLE
 _PREDEFINED = {}
 
 
-def _predefined_copy(name: str) -> Op:
-    return Op(_PREDEFINED[name])
+def _predefined_copy(name: str, cls: type = None) -> Op:
+    return Op.__new__(cls or Op, _PREDEFINED[name])
 
 
 def _unpickle_user(function, commute) -> Op:
