@@ -1,42 +1,108 @@
 """CPU cost of the mmpi fast paths, in one process (no waiting, no scheduler).
 
-Two transports (ranks 0 and 1) over one world block in this process; a blocking
-``Send`` + ``Recv`` pair (8 B numpy buffers) and a ``send`` + ``recv`` pair (a
-small int) go through the rings exactly as between processes.  Reports the best
-of 15 repeats of process CPU time per pair, which is far steadier than wall time
-on a shared VM.
+Two transports (ranks 0 and 1) over one world block in this process; blocking
+``Send`` + ``Recv`` pairs (8 B, a bare numpy buffer and the mpi4py buffer specs
+``[buf, n, MPI.BYTE]`` and ``[buf, MPI.DOUBLE]``), a window of 64 ``Isend`` of
+8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), and a
+``send`` + ``recv`` pair (a small int) go through the rings exactly as between
+processes.  Reports the best of 15 repeats of process CPU time per pair, which
+is far steadier than wall time on a shared VM.
 
-    .venv/bin/python benchmarks/mmpi_cpu.py
+    .venv/bin/python benchmarks/mmpi_cpu.py [--profile NAME]
+
+``--profile NAME`` runs one case under cProfile instead and prints where its
+time goes (the per-layer costs quoted in docs/mmpi.md).
 """
 
+import sys
 import time
 import timeit
 
 import numpy as np
 
+from driller import MPI
 from driller.mmpi import _comm as C
 from driller.mmpi import _transport as T
 from driller.mmpi import _world as W
+try:
+    from driller.mmpi._bufspec import spec_view
+except ImportError:   # a tree from before issue 12 (osu_compare --base-src style comparisons)
+    spec_view = None
 
 
-def main():
+def cases():
     fd = W.create_world(2)
     t0, t1 = T.Transport(W.World(fd), 0), T.Transport(W.World(fd), 1)
     c0, c1 = C.Comm(t0, [0, 1], 0, "w"), C.Comm(t1, [0, 1], 0, "w")
     a, b = np.ones(8, np.uint8), np.zeros(8, np.uint8)
+    sa, sb = [a, 8, MPI.BYTE], [b, 8, MPI.BYTE]
+    da, db = np.ones(1, np.float64), np.zeros(1, np.float64)
+    ta, tb = [da, MPI.DOUBLE], [db, MPI.DOUBLE]
+    window = 64
+    bufs = [np.zeros(8, np.uint8) for _ in range(window)]
+    rspecs = [[x, 8, MPI.BYTE] for x in bufs]
 
     def pair():
         c0.Send(a, 1, 1)
         c1.Recv(b, 0, 1)
 
+    def spec_pair():
+        c0.Send(sa, 1, 1)
+        c1.Recv(sb, 0, 1)
+
+    def typed_pair():
+        c0.Send(ta, 1, 1)
+        c1.Recv(tb, 0, 1)
+
+    def window_pair():  # per message: osu_bw's window (Isend x64, Waitall; Irecv x64)
+        C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
+        C.Request.Waitall([c1.Irecv(r, 0, 100) for r in rspecs])
+
+    def transport_pair():  # the transport's fast paths alone (the floor under Send/Recv)
+        t0.send_fast(1, 0, 1, ma)
+        t1.recv_fast(0, 1, 0, mb)
+
+    ma, mb = memoryview(a), memoryview(b)
+
+    def parse_only():  # spec_view of both specs: the buffer-spec layer alone
+        spec_view(sa, False)
+        spec_view(sb, True)
+
+    def posted_window():  # the receives posted first (osu_bw's receiver when it is ahead)
+        rr = [c1.Irecv(r, 0, 100) for r in rspecs]
+        C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
+        C.Request.Waitall(rr)
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
 
+    return [("Send+Recv (8 B)", pair, 1), ("Send+Recv [buf, 8, BYTE]", spec_pair, 1),
+            ("Send+Recv [buf, DOUBLE]", typed_pair, 1),
+            ("Isend+Irecv window of 64 (8 B)", window_pair, window),
+            ("Irecv posted first, window of 64 (8 B)", posted_window, window),
+            ("send+recv (int)", opair, 1),
+            ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
+            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1]
+
+
+def main():
+    cs = cases()
+    if len(sys.argv) > 2 and sys.argv[1] == "--profile":
+        import cProfile
+        import pstats
+        f = next(f for name, f, _ in cs if sys.argv[2] in name)
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(20000 // next(k for name, g, k in cs if g is f)):
+            f()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+        return
     n = 20000
-    for name, f in [("Send+Recv (8 B)", pair), ("send+recv (int)", opair)]:
-        best = min(timeit.Timer(f, timer=time.process_time).repeat(number=n, repeat=15))
-        print(f"{name}: {best / n * 1e6:.2f} us CPU per pair")
+    for name, f, k in cs:
+        best = min(timeit.Timer(f, timer=time.process_time).repeat(number=n // k, repeat=15))
+        print(f"{name}: {best / (n // k * k) * 1e6:.2f} us CPU per pair")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def copy_mode(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def rendezvous_above_256k(monkeypatch):
+    """The eager limit these tests were written for (256 KiB, the default before
+    it became 1 MiB): their 300 KB and 1 MiB messages must go by rendezvous."""
+    monkeypatch.setenv("DRILLER_MMPI_EAGER_LIMIT", str(256 << 10))
+
+
 def run_ranks(fn, n, *args, mark=True, deadline=DEADLINE):
     """Run fn(comm, *args) in n forked ranks; returns [(ok, value_or_error)] per rank."""
     fd = _world.create_world(n)
@@ -813,7 +820,7 @@ def _die_in_recv(comm, mode):
 
 @pytest.mark.parametrize("mode", ["recv", "recv-any", "send-rndv", "ssend", "send-ring-full",
                                   "recv-obj", "barrier"])
-def test_peer_killed_raises_peer_died(mode):
+def test_peer_killed_raises_peer_died(mode, rendezvous_above_256k):
     res = run_ranks(_die_in_recv, 3 if mode == "barrier" else 2, mode)
     assert res[1][0] is False and res[1][1][0] == "Killed"
     for r in [0] + ([2] if mode == "barrier" else []):
@@ -998,7 +1005,7 @@ def _pushed_bytes(comm, sizes):
     return ok, t.stats_pushed, sorted(t.no_pull), t.single_copy
 
 
-def test_fallback_mode_really_pushes(copy_mode):
+def test_fallback_mode_really_pushes(copy_mode, rendezvous_above_256k):
     sizes = [262145, 1 << 20, (5 << 20) + 3]
     res = values(run_ranks(_pushed_bytes, 2, sizes))
     ok, pushed, no_pull, single = res[1]
@@ -1089,7 +1096,7 @@ def _denied(comm, copy_mode):
     return out
 
 
-def test_denied_single_copy_falls_back_with_one_warning(copy_mode):
+def test_denied_single_copy_falls_back_with_one_warning(copy_mode, rendezvous_above_256k):
     res = values(run_ranks(_denied, 2, copy_mode))
     other_ok, pushed0, no_pull0 = res[0]
     out = res[1]

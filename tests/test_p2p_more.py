@@ -235,7 +235,8 @@ def _bsend(comm):
     return out
 
 
-def test_bsend_copies_fails_with_err_buffer_and_detach_waits():
+def test_bsend_copies_fails_with_err_buffer_and_detach_waits(monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_EAGER_LIMIT", str(256 << 10))  # 1 MiB: rendezvous
     s, r = values(run_ranks(_bsend, 2))
     assert s == {"no_buffer": MPI.ERR_BUFFER, "overflow": MPI.ERR_BUFFER,
                  "ibsend_done": True, "detached": True, "auto": True}

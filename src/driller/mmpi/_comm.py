@@ -34,7 +34,7 @@ from ..errors import DrillerError, MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
-from ._bufspec import EMPTY, message, recv_message
+from ._bufspec import EMPTY, message, recv_message, spec_view
 from ._coll import _hier, _hiergather, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
@@ -294,7 +294,7 @@ class Comm(_attr.Cached):
 
     def _dest(self, dest, what: str) -> int:
         if type(dest) is not int:
-            if isinstance(dest, int) and not isinstance(dest, bool):
+            if _int_like(dest):
                 dest = int(dest)
             else:
                 raise MmpiError(f"{what}: destination rank must be an int, got {dest!r}")
@@ -307,7 +307,7 @@ class Comm(_attr.Cached):
 
     def _source(self, source, what: str) -> int:
         if type(source) is not int:
-            if isinstance(source, int) and not isinstance(source, bool):
+            if _int_like(source):
                 source = int(source)
             else:
                 raise MmpiError(f"{what}: source rank must be an int, got {source!r}")
@@ -321,7 +321,7 @@ class Comm(_attr.Cached):
     @staticmethod
     def _stag(tag, what: str) -> int:
         if type(tag) is not int or not 0 <= tag <= TAG_MAX:
-            if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag <= TAG_MAX:
+            if _int_like(tag) and 0 <= int(tag) <= TAG_MAX:
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_MAX})")
         return tag
@@ -329,7 +329,7 @@ class Comm(_attr.Cached):
     @staticmethod
     def _rtag(tag, what: str) -> int:
         if type(tag) is not int or not (0 <= tag <= TAG_MAX or tag == ANY_TAG):
-            if isinstance(tag, int) and not isinstance(tag, bool) and (0 <= tag <= TAG_MAX or tag == ANY_TAG):
+            if _int_like(tag) and (0 <= int(tag) <= TAG_MAX or int(tag) == ANY_TAG):
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a receive tag is an int in "
                             f"0..{TAG_MAX} or ANY_TAG)")
@@ -397,14 +397,17 @@ class Comm(_attr.Cached):
     # -- blocking buffer p2p --
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
-        try:  # _buffer's fast path, inlined
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
-                # a C-contiguous array of a native plain type (a numpy array): its bytes
-                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
-                    else message(buf, False, "Send")
-        except (TypeError, ValueError):
-            mv = message(buf, False, "Send")
+        if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
+            mv = spec_view(buf, False) or message(buf, False, "Send")
+        else:
+            try:  # _buffer's fast path, inlined
+                mv = memoryview(buf)
+                if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
+                    # a C-contiguous array of a native plain type (a numpy array): its bytes
+                    mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                        else message(buf, False, "Send")
+            except (TypeError, ValueError):
+                mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
@@ -498,18 +501,20 @@ class Comm(_attr.Cached):
     def Recv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG,
              status: Status | None = None) -> None:
         """Blocking receive."""
-        try:  # _buffer's fast path, inlined
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
-                    and not mv.readonly):
-                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
-                    and not mv.readonly else message(buf, True, "Recv")
-        except (TypeError, ValueError):
-            mv, unpack = recv_message(buf, "Recv")
-            if unpack is not None:  # a derived datatype: the generic path unpacks
-                self._wait_recv(self._irecv(buf, source, tag, "Recv", parsed=(mv, unpack)),
-                                status)
-                return
+        mv = spec_view(buf, True) if type(buf) is list else None
+        if mv is None:
+            try:  # _buffer's fast path, inlined
+                mv = memoryview(buf)
+                if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
+                        and not mv.readonly):
+                    mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                        and not mv.readonly else message(buf, True, "Recv")
+            except (TypeError, ValueError):
+                mv, unpack = recv_message(buf, "Recv")
+                if unpack is not None:  # a derived datatype: the generic path unpacks
+                    self._wait_recv(self._irecv(buf, source, tag, "Recv",
+                                                parsed=(mv, unpack)), status)
+                    return
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
@@ -583,6 +588,14 @@ class Comm(_attr.Cached):
 
     def Isend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
         """Nonblocking send."""
+        # a small standard send completes inside Isend when it fits the ring with
+        # nothing queued before it (osu_bw's windows): the bytes are copied, no
+        # send op, no engine, no progress pass; Waitall finds it done
+        mv = _flat(buf, False)
+        if (mv is not None and type(dest) is int and 0 <= dest < self.size
+                and type(tag) is int and 0 <= tag <= TAG_MAX
+                and self._t.send_fast(self._group[dest], self._ctx, tag, mv)):
+            return request(_SentOp(), K_SEND, self._cx)
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
     def Issend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
@@ -619,6 +632,17 @@ class Comm(_attr.Cached):
 
     def Irecv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:
         """Nonblocking receive."""
+        # a message from a given source already at the head of its ring: taken at
+        # once, as recv_fast does (no receive op posted, no engine)
+        if (type(source) is int and 0 <= source < self.size and type(tag) is int
+                and -1 <= tag <= TAG_MAX):
+            mv = _flat(buf, True)
+            if mv is not None:
+                res = self._t.take_fast(self._group[source], tag, self._ctx, mv)
+                if res is not None:
+                    return request(_RecvdOp(*res), K_RECV, self._cx)
+                return request(self._irecv(buf, source, tag, "Irecv", parsed=(mv, None)),
+                               K_RECV, self._cx)
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
@@ -1254,6 +1278,67 @@ def _extension(name: str):
         raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
                                       f"import driller.MPI (or driller.mmpi.Intercomm) first")
     return fn
+
+
+def _int_like(x) -> bool:
+    """A rank or tag given as another number: an int subclass (not a bool), or
+    what converts with int() as mpi4py's C int arguments do (a float, numpy
+    scalars: osu_multi_lat passes ``nprocs / 2``)."""
+    if isinstance(x, int):
+        return not isinstance(x, bool)
+    if isinstance(x, (str, bytes, bytearray)) or not hasattr(type(x), "__int__"):
+        return False
+    try:
+        int(x)
+    except (TypeError, ValueError, OverflowError):   # nan, inf
+        return False
+    return True
+
+
+def _flat(buf, writable: bool):
+    """The flat bytes of a bare byte buffer or of a plain spec (spec_view), for
+    the nonblocking fast paths; None: parse it the general way."""
+    if type(buf) is list:
+        return spec_view(buf, writable)
+    try:
+        mv = memoryview(buf)
+    except (TypeError, ValueError):
+        return None
+    if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (writable and mv.readonly):
+        return mv
+    return None
+
+
+class _SentOp:
+    """The op of a standard send that Isend finished at once (copied into the
+    ring): done, no error, not cancelled."""
+
+    __slots__ = ()
+    done = True
+    exc = None
+    cancelled = False
+    sync = False
+
+
+class _RecvdOp:
+    """The op of a receive that Irecv finished at once; its own message (the
+    source's world rank and the tag, as a request's outcome reads them)."""
+
+    __slots__ = ("source", "tag", "count")
+    done = True
+    exc = None
+    cancelled = False
+    error = 0
+    capacity = None
+
+    def __init__(self, source: int, tag: int, count: int):
+        self.source = source
+        self.tag = tag
+        self.count = count
+
+    @property
+    def message(self):
+        return self
 
 
 def _null_done_send():

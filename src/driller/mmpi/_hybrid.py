@@ -153,6 +153,11 @@ class HybridTransport(T.Transport):
             return None
         return super().recv_fast(src, tag, ctx, mv)
 
+    def take_fast(self, src: int, tag: int, ctx: int, mv):
+        if src in self.remote:   # records from another node come through MPI
+            return None
+        return super().take_fast(src, tag, ctx, mv)
+
     def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
         """A blocking buffer receive from a rank of another node, when nothing else is
         queued: wait for src's next record, polling MPI without yielding for

@@ -64,7 +64,7 @@ F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
 
-DEFAULT_EAGER_LIMIT = 262144  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
+DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
 PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
@@ -436,6 +436,18 @@ class Transport:
             elif time.perf_counter() > spin_end:
                 return None
             os.sched_yield()
+
+    def take_fast(self, src: int, tag: int, ctx: int, mv):
+        """recv_fast without waiting (for Irecv): if nothing else is queued and the
+        next record from ``src`` is a plain eager message this receive matches and
+        that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
+        eng = self.engine
+        if eng.posted or eng.unexpected or self.npending or src == self.rank:
+            return None
+        t = self.in_tail[src]
+        if self.words[self.in_head[src]] == t:
+            return None
+        return self._take_fast(src, t, tag, ctx, mv)
 
     def _take_fast(self, s: int, t: int, tag: int, ctx: int, mv):
         """recv_fast's match: the record at tail ``t`` of the ring from ``s``."""
