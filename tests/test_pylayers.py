@@ -471,7 +471,8 @@ def test_pkl5_sends_a_large_array():
             req.wait()
         else:
             got = comm.recv(source=0, tag=7)
-            half = comm.irecv(source=0, tag=8).wait()
+            # pkl5's irecv raises "unsupported" (mpi4py 4.1.2): a matched probe's is the way
+            half = comm.mprobe(source=0, tag=8).irecv().wait()
             print("PKL5", np.array_equal(got["a"], a), np.array_equal(half, a[::2]))
     """)
     assert res.returncode == 0, res.stderr
