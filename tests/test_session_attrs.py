@@ -240,3 +240,30 @@ def test_disconnect_frees_and_comm_null_refuses():
                 _cls(ei2.value) == MPI.ERR_COMM)
 
     assert mmpi.spawn(fn, 2) == [(True, True, True)] * 2
+
+
+# ----------------------------------------------------------------- object scatter/alltoall
+
+def test_scatter_and_alltoall_of_none_and_a_wrong_length_on_one_rank_only():
+    def fn(comm):
+        n, me = comm.size, comm.rank
+        out = [comm.scatter(None, root=1), comm.alltoall(None)]    # None: n Nones (mpi4py)
+        # a wrong length seen by one rank only: it raises ValueError, the others raise
+        # too (the argument error travels in place of the data), nobody waits forever
+        for call in (lambda: comm.scatter([1] * (n + 1) if me == 0 else None, root=0),
+                     lambda: comm.alltoall([me] * (n - 1 if me == n - 1 else n))):
+            try:
+                call()
+                out.append("no error")
+            except MPI.Exception as e:
+                out.append((isinstance(e, ValueError), "a sequence of" in str(e)))
+        out.append(comm.alltoall(iter(range(me * n, me * n + n))))
+        comm.Barrier()
+        return out
+
+    res = mmpi.spawn(fn, 3)
+    for me, out in enumerate(res):
+        assert out[:2] == [None, [None] * 3]
+        assert out[2] == (me == 0, True)          # the root's is a ValueError
+        assert out[3] == (me == 2, True)
+        assert out[4] == [me, 3 + me, 6 + me]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ...errors import MmpiError
+from ...errors import MmpiError, MmpiValueError
 from .._bufspec import Buf, parse
 from .._const import IN_PLACE
-from ._context import cbase, co_recv, co_send, count_check, cr, cs, first_error, oval, waitall
+from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, oval,
+                       raise_fail, scatter_items, waitall)
 
 __all__ = [
     "Alltoall", "Alltoallv", "alltoall",
@@ -50,12 +51,7 @@ def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
 
 def alltoall(cx, sendobj):
     n, me = cx.size, cx.rank
-    try:
-        items = list(sendobj)
-    except TypeError:
-        items = None
-    if items is None or len(items) != n:
-        raise MmpiError(f"alltoall: pass a sequence of {n} items (one per rank)")
+    items, err = scatter_items(sendobj, n, "alltoall: pass")
     base = cbase(cx)
     ops = [((me - i) % n, co_recv(cx, (me - i) % n, base)) for i in range(1, n)]
     sends = [co_send(cx, items[(me + i) % n], (me + i) % n, base) for i in range(1, n)]
@@ -65,4 +61,8 @@ def alltoall(cx, sendobj):
     for r, o in ops:
         out[r] = oval(o)
     first_error(sends)
+    if err is not None:
+        raise MmpiValueError(err)
+    for v in out:
+        raise_fail(v, "alltoall")
     return out

@@ -30,7 +30,8 @@ from .._objects import loads
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
-    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "Fail",
+    "raise_fail", "scatter_items",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -169,6 +170,38 @@ def oval(op):
     if op.exc is not None:
         raise op.exc
     return loads(op.value)
+
+
+class Fail:
+    """Sent instead of data when the sender found an argument error only it could
+    see: the receivers raise too, instead of waiting forever."""
+
+    def __init__(self, msg: str):
+        self.msg = msg
+
+
+def raise_fail(v, what):
+    """``v``, or the error a :class:`Fail` received in its place carries."""
+    if isinstance(v, Fail):
+        raise MmpiError(f"{what}: the sending rank failed: {v.msg}")
+    return v
+
+
+def scatter_items(sendobj, n, what):
+    """The ``n`` objects of a scatter/alltoall (None: ``n`` Nones, as mpi4py), and the
+    error of a wrong argument, or None (the items are then :class:`Fail`s: sent,
+    they make the receivers raise too instead of waiting)."""
+    if sendobj is None:
+        return [None] * n, None
+    try:
+        items = list(sendobj)
+    except TypeError:
+        items = None
+    if items is not None and len(items) == n:
+        return items, None
+    got = f"{len(items)} items" if items is not None else type(sendobj).__name__
+    err = f"{what} a sequence of {n} items (one per rank), got {got}"
+    return [Fail(err)] * n, err
 
 
 def check_root(cx, root, what) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ...errors import MmpiError, TruncationError
+from ...errors import MmpiError, MmpiValueError, TruncationError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
 from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
-                       count_errors, cr, cs, drive, first_error, notify, oval, readv, waitall)
+                       count_errors, cr, cs, drive, first_error, notify, oval, raise_fail,
+                       readv, scatter_items, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
@@ -227,22 +228,16 @@ def scatter(cx, sendobj, root=0):
     base = cbase(cx)
     t = cx.t
     if me == root:
-        try:
-            items = list(sendobj) if sendobj is not None else None
-        except TypeError:
-            items = None
-        if items is None or len(items) != n:
-            got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
-                                                  else type(sendobj).__name__)
-            raise MmpiError(f"scatter: the root must pass a sequence of {n} items "
-                            f"(one per rank), got {got}")
+        items, err = scatter_items(sendobj, n, "scatter: the root must pass")
         ops = [co_send(cx, items[r], r, base) for r in range(n) if r != me]
         waitall(t, ops)
         first_error(ops)
+        if err is not None:
+            raise MmpiValueError(err)
         return items[me]
     op = co_recv(cx, root, base)
     waitall(t, [op])
-    return oval(op)
+    return raise_fail(oval(op), "scatter")
 
 
 def allgather(cx, sendobj):

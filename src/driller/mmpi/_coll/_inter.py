@@ -38,8 +38,9 @@ from .._const import IN_PLACE, PROC_NULL, ROOT
 from .._datatype import as_datatype, is_datatype
 from ._barrier import Barrier as _barrier, g_barrier
 from ._bcast import g_bcast, g_obcast
+from ._context import raise_fail as _raise_fail
 from ._context import (Context, cbase, co_recv, co_send, count_errors, cr, cs, drive,
-                       first_error, oval, xrecv, xsend)
+                       first_error, oval, scatter_items, xrecv, xsend)
 from ._gather import g_ogather
 from ._nonblocking import coll_request
 from ._ops import check_op
@@ -86,20 +87,6 @@ class InterContext(Context):
     def rank_of(self, world_rank: int) -> int:
         """The REMOTE rank of a world rank (point-to-point peers are remote)."""
         return self.rindex.get(world_rank, world_rank)
-
-
-class _Fail:
-    """Sent instead of data when the sender found an argument error only it could
-    see: the receivers raise too, instead of waiting forever."""
-
-    def __init__(self, msg: str):
-        self.msg = msg
-
-
-def _raise_fail(v, what):
-    if isinstance(v, _Fail):
-        raise MmpiError(f"{what}: the sending rank failed: {v.msg}")
-    return v
 
 
 # ------------------------------------------------------------------ arguments
@@ -336,17 +323,7 @@ def scatter(ix, sendobj, root):
     t = ix.t
     if role == ROOT:
         n = ix.rsize
-        try:
-            items = list(sendobj) if sendobj is not None else None
-        except TypeError:
-            items = None
-        err = None
-        if items is None or len(items) != n:
-            got = "None" if sendobj is None else (f"{len(items)} items" if items is not None
-                                                  else type(sendobj).__name__)
-            err = (f"scatter: the root must pass a sequence of {n} items (one per rank of "
-                   f"the remote group), got {got}")
-            items = [_Fail(err)] * n
+        items, err = scatter_items(sendobj, n, "scatter: the root must pass")
 
         def g():
             ops = _ops([co_send(b, items[r], ix.roff + r, bb) for r in range(n)])
@@ -433,15 +410,7 @@ def allgather(ix, sendobj):
 
 def alltoall(ix, sendobj):
     n = ix.rsize
-    try:
-        items = list(sendobj)
-    except TypeError:
-        items = None
-    err = None
-    if items is None or len(items) != n:
-        err = (f"alltoall: pass a sequence of {n} items (one per rank of the remote "
-               f"group), got {type(sendobj).__name__ if items is None else len(items)}")
-        items = [_Fail(err)] * n
+    items, err = scatter_items(sendobj, n, "alltoall: pass")
     out = _oexchange(ix, items, "alltoall")
     if err is not None:
         raise MmpiError(err)

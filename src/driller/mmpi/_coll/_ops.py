@@ -113,7 +113,7 @@ class Op:
     """
 
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
-                 "predefined")
+                 "predefined", "__weakref__")
 
     def __init__(self, op: "Op | None" = None):
         if op is None:
@@ -171,6 +171,13 @@ class Op:
             h.freed = True
             _live_user_ops[0] -= 1
             _handles.pop(h.index, None)
+
+    def free(self) -> None:
+        """Call Free if not null or predefined (this handle becomes OP_NULL)."""
+        if not self._h.predefined:
+            if not self._h.freed:
+                self.Free()
+            self._set(_NULL_HANDLE)
 
     def Is_commutative(self) -> bool:
         """Query reduction operations for their commutativity."""
