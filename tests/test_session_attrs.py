@@ -267,3 +267,21 @@ def test_scatter_and_alltoall_of_none_and_a_wrong_length_on_one_rank_only():
         assert out[2] == (me == 0, True)          # the root's is a ValueError
         assert out[3] == (me == 2, True)
         assert out[4] == [me, 3 + me, 6 + me]
+
+
+def test_op_free_makes_the_handle_null_and_releases_its_slot():
+    import weakref
+    ops = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(5)]
+    refs = [weakref.ref(o) for o in ops]
+    for o in ops:
+        o.free()
+        o.free()                                   # safe twice
+        assert o == MPI.OP_NULL and not o
+    MPI.SUM.free()
+    assert MPI.SUM and MPI.SUM != MPI.OP_NULL      # predefined: untouched
+    del ops, o
+    assert all(r() is None for r in refs)
+    # the slots are free again: 32 live user ops can be made
+    many = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(32)]
+    for o in many:
+        o.Free()
