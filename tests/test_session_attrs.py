@@ -285,3 +285,45 @@ def test_op_free_makes_the_handle_null_and_releases_its_slot():
     many = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(32)]
     for o in many:
         o.Free()
+
+
+# ----------------------------------------------------------------- subclasses
+
+class MyRequest(MPI.Request):
+    def __new__(cls, request=None):
+        return super().__new__(cls, request)
+
+
+class MyPrequest(MPI.Prequest):
+    def __new__(cls, request=None):
+        return super().__new__(cls, request)
+
+
+class MyInfo(MPI.Info):
+    def __new__(cls, info=None):
+        return MPI.Info.__new__(cls, info)
+
+
+def test_request_and_info_subclasses_as_mpi4py_writes_them():
+    def fn(comm):
+        peer = 1 - comm.rank
+        r = MyRequest(comm.Isend(b"ab", dest=peer, tag=3))
+        buf = bytearray(2)
+        comm.Recv(buf, source=peer, tag=3)
+        assert type(r) is MyRequest and r.Wait() and bytes(buf) == b"ab"
+        p = MyPrequest(comm.Send_init(b"xy", dest=peer, tag=4))
+        q = comm.Recv_init(buf, source=peer, tag=4)
+        for _ in range(3):
+            MPI.Prequest.Startall([p, q])
+            MPI.Request.Waitall([p, q])
+            assert bytes(buf) == b"xy"
+        p.Free()
+        q.Free()
+        with pytest.raises(TypeError):                # a Prequest needs a persistent one
+            MyPrequest(comm.Isend(b"", dest=MPI.PROC_NULL))
+        info = MyInfo(MPI.Info.Create({"a": "1"}))
+        copies = [MyInfo.Create(), info.Dup(), info.copy(), pickle.loads(pickle.dumps(info))]
+        assert all(type(c) is MyInfo for c in copies) and copies[3].items() == [("a", "1")]
+        return True
+
+    assert mmpi.spawn(fn, 2) == [True, True]

@@ -29,6 +29,10 @@ class Info:
 
     __slots__ = ("_d", "__weakref__")
 
+    def __new__(cls, info: Info | None = None) -> Info:
+        # (takes the argument, so a subclass's ``super().__new__(cls, info)`` works)
+        return object.__new__(cls)
+
     def __init__(self, info: Info | None = None):
         if info is None:
             self._d = None
@@ -70,7 +74,7 @@ class Info:
         return d
 
     def Dup(self) -> Info:
-        new = Info()
+        new = type(self)()
         new._d = dict(self._store("Dup"))
         return new
 
@@ -244,7 +248,7 @@ class Info:
         return key, self.pop(key)
 
     def copy(self) -> Info:
-        return Info() if self._d is None else self.Dup()
+        return type(self)() if self._d is None else self.Dup()
 
     def clear(self) -> None:
         if self._d is not None:

@@ -322,6 +322,10 @@ class Request:
 
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
+    def __new__(cls, request: Request | None = None) -> Request:
+        # (takes the argument, so a subclass's ``super().__new__(cls, request)`` works)
+        return object.__new__(cls)
+
     def __init__(self, request: Request | None = None):
         self._op = None
         self._kind = K_SEND
@@ -331,8 +335,9 @@ class Request:
         if not isinstance(request, Request):
             raise TypeError(f"{type(self).__name__}(): expected a Request, got "
                             f"{type(request).__name__}")
-        if (type(self) is not Request and not isinstance(request, type(self))
-                and not request._is_null()):
+        # Prequest(r)/Grequest(r) need one of theirs (a user subclass: its driller base's)
+        base = next(c for c in type(self).__mro__ if c.__module__ == __name__)
+        if base is not Request and not isinstance(request, base) and not request._is_null():
             raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
         self._op = request._op
         self._kind = request._kind
