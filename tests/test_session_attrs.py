@@ -327,3 +327,73 @@ def test_request_and_info_subclasses_as_mpi4py_writes_them():
         return True
 
     assert mmpi.spawn(fn, 2) == [True, True]
+
+
+# ----------------------------------------------------------------- the object model
+
+class MyWin(MPI.Win):
+    pass
+
+
+class MyOp(MPI.Op):
+    pass
+
+
+class MyMessage(MPI.Message):
+    pass
+
+
+def test_window_handles_follow_the_handle_rules():
+    import copy
+    import operator
+
+    def fn(comm):
+        win = MPI.Win.Allocate(8, 1, MPI.INFO_NULL, comm)
+        h = win.handle
+        again = MPI.Win.fromhandle(h)
+        assert h > 0 and again == win and again.handle == h and type(again) is MPI.Win
+        assert type(MyWin.fromhandle(h)) is MyWin
+        with pytest.raises(AttributeError):
+            again.handle = 1
+        for binop in (operator.lt, operator.le, operator.gt, operator.ge):
+            with pytest.raises(TypeError):
+                binop(win, win)
+        with pytest.raises(TypeError):
+            hash(win)
+        with pytest.raises(ValueError):
+            pickle.dumps(win)                     # a live window stays in its processes
+        win.Free()
+        assert again == MPI.WIN_NULL and again.handle == 0
+        with pytest.raises(MPI.Exception) as ei:
+            MPI.Win.fromhandle(h)
+        assert _cls(ei.value) == MPI.ERR_WIN
+        null = MyWin(MPI.WIN_NULL)
+        out = [pickle.loads(pickle.dumps(MPI.WIN_NULL)) is MPI.WIN_NULL,
+               copy.copy(MPI.WIN_NULL) is MPI.WIN_NULL,
+               copy.deepcopy(MPI.WIN_NULL) is MPI.WIN_NULL,
+               type(pickle.loads(pickle.dumps(null))) is MyWin,
+               MPI.Win.fromhandle(0) == MPI.WIN_NULL]
+        return out
+
+    assert mmpi.spawn(fn, 2) == [[True] * 5] * 2
+
+
+def test_second_handles_onto_constants_free_to_null_and_pickle_as_their_class():
+    for const, klass in ((MPI.INT, MPI.Datatype), (MPI.SUM, MPI.Op)):
+        clone = klass(const)
+        for _ in range(2):
+            clone.free()
+            const.free()
+        assert not clone and const
+    d = MPI.INT.Dup()
+    d.free()
+    assert d == MPI.DATATYPE_NULL
+    for obj, klass in ((MPI.SUM, MyOp), (MPI.OP_NULL, MyOp), (MPI.MESSAGE_NULL, MyMessage),
+                       (MPI.MESSAGE_NO_PROC, MyMessage)):
+        back = pickle.loads(pickle.dumps(klass(obj)))
+        assert type(back) is klass and back == obj and back is not obj
+    assert pickle.loads(pickle.dumps(MPI.SUM)) is MPI.SUM
+    user = MPI.Op.Create(lambda a, b, dt=None: a)
+    assert MPI.Op.fromhandle(user.handle) == user and MPI.Op.fromhandle(0) == MPI.OP_NULL
+    assert type(MyOp.fromhandle(MPI.MAX.handle)) is MyOp
+    user.Free()

@@ -499,9 +499,14 @@ class Datatype(_attr.Cached):
             self._t = None
 
     def free(self) -> None:
-        """Call Free if not null or predefined."""
+        """Call Free if not null or predefined (a second handle onto a predefined
+        datatype just becomes null; the predefined constant stays)."""
         t = self._t
-        if t is not None and not t.predef:
+        if t is None:
+            return
+        if not t.predef:
+            self.Free()
+        elif _CANON.get(id(t)) is not self:
             self._t = None
 
     # -- constructors --

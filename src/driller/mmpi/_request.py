@@ -1052,9 +1052,9 @@ class Message:
         if self is MESSAGE_NO_PROC:
             return "MESSAGE_NO_PROC"
         if self._m is None:
-            return (Message, ())
+            return (type(self), ())
         if self._m is _NO_PROC:
-            return (Message, (MESSAGE_NO_PROC,))
+            return (type(self), (MESSAGE_NO_PROC,))
         raise ValueError("cannot pickle a matched Message handle: the message it holds "
                          "belongs to this process")
 

@@ -74,6 +74,7 @@ MAX_ATTACH = 64
 LOCK_POLL = 0.05               # seconds between checks that the lock holders live
 TAG_POST, TAG_DONE = 1, 2      # PSCW messages on the window's private communicator
 _live_states: "weakref.WeakSet[_State]" = weakref.WeakSet()   # for the fork hook
+_by_handle: "weakref.WeakValueDictionary[int, Win]" = weakref.WeakValueDictionary()
 _INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
 _FLOAT_OK = ()                 # filled below: ops exact in Python floats (float64)
 _PYOPS: dict = {}              # filled below: op -> Python function on scalars (None: NO_OP)
@@ -157,8 +158,34 @@ class Win(np.ndarray, _attr.Cached):
         r = self.__eq__(other)
         return r if r is NotImplemented else not r
 
-    def __hash__(self) -> int:
-        return id(self._s)
+    __hash__ = None  # a handle: unhashable, as mpi4py's
+
+    def __lt__(self, other):        # handles do not order (ndarray's would compare)
+        return NotImplemented
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    @property
+    def handle(self) -> int:
+        """The window's handle (0: null; ``Win.fromhandle`` takes it back)."""
+        if self._null():
+            return 0
+        h = id(self._s)
+        _by_handle[h] = self
+        return h
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Win":
+        """A new Python object onto the window of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Win.fromhandle: expected an int, got {handle!r}")
+        if handle == 0:
+            return cls()
+        w = _by_handle.get(handle)
+        if w is None or w._null() or id(w._s) != handle:
+            raise _err(f"Win.fromhandle: {handle} is no live window's handle",
+                       _errcodes.ERR_WIN)
+        return cls(w)
 
     def __repr__(self) -> str:
         if self._null():
@@ -169,11 +196,22 @@ class Win(np.ndarray, _attr.Cached):
     __str__ = __repr__
 
     def __reduce__(self):
+        if self is WIN_NULL:
+            return "WIN_NULL"
+        if self._null():
+            return (type(self), ())
         raise ValueError("cannot pickle MPI.Win handles: a window exists only in the "
                          "processes that created it")
 
     def __reduce_ex__(self, protocol):
         return self.__reduce__()
+
+    def __copy__(self) -> "Win":     # as pickling says (ndarray's would copy the memory)
+        r = self.__reduce__()
+        return self if isinstance(r, str) else r[0](*r[1])
+
+    def __deepcopy__(self, memo) -> "Win":
+        return self.__copy__()
 
     def __len__(self) -> int:
         return self.size

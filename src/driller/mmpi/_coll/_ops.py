@@ -173,11 +173,29 @@ class Op:
             _handles.pop(h.index, None)
 
     def free(self) -> None:
-        """Call Free if not null or predefined (this handle becomes OP_NULL)."""
-        if not self._h.predefined:
-            if not self._h.freed:
+        """Call Free if not null or predefined (this handle becomes OP_NULL; a second
+        handle onto a predefined op just becomes null, the constant stays)."""
+        h = self._h
+        if not h.predefined:
+            if not h.freed:
                 self.Free()
             self._set(_NULL_HANDLE)
+        elif h is not _NULL_HANDLE and _PREDEFINED.get(h.name) is not self:
+            self._set(_NULL_HANDLE)
+
+    @property
+    def handle(self) -> int:
+        """The op's handle (0: OP_NULL; ``Op.fromhandle`` takes it back)."""
+        return self._h.index
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Op":
+        """A new Python object onto the op of ``handle``."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise MmpiTypeError(f"Op.fromhandle: expected an int, got {handle!r}")
+        op = cls.fromint(handle)
+        op._clone = False
+        return op
 
     def Is_commutative(self) -> bool:
         """Query reduction operations for their commutativity."""
@@ -254,7 +272,9 @@ class Op:
             name = "OP_NULL" if h is _NULL_HANDLE else h.name
             if _PREDEFINED.get(name) is self:
                 return name
-            return (_predefined_copy, (name,))
+            if h is _NULL_HANDLE:
+                return (type(self), ())
+            return (type(self), (_PREDEFINED[name],))
         if self._clone:
             raise MmpiValueError(f"cannot pickle the user op {h.name!r} from Op.fromint: "
                                  f"pickle the op Op.Create returned")
@@ -315,10 +335,6 @@ class Op:
 _NULL_HANDLE = _Handle("", None, None, True, None)
 _handles[_NULL_HANDLE.index] = _NULL_HANDLE
 _PREDEFINED = {}
-
-
-def _predefined_copy(name: str) -> Op:
-    return Op(_PREDEFINED[name])
 
 
 def _unpickle_user(function, commute) -> Op:
