@@ -397,3 +397,59 @@ def test_second_handles_onto_constants_free_to_null_and_pickle_as_their_class():
     assert MPI.Op.fromhandle(user.handle) == user and MPI.Op.fromhandle(0) == MPI.OP_NULL
     assert type(MyOp.fromhandle(MPI.MAX.handle)) is MyOp
     user.Free()
+
+
+# ----------------------------------------------------------------- matched probes, pickling
+
+def test_matched_receive_into_a_derived_datatype():
+    import numpy as np
+
+    def fn(comm):
+        if comm.rank == 0:
+            comm.Send(np.arange(6, dtype="i4"), dest=1, tag=5)
+            comm.Send(np.arange(6, dtype="i4") + 10, dest=1, tag=6)
+            return None
+        vec = MPI.INT.Create_vector(3, 2, 3).Commit()    # 3 blocks of 2 ints, stride 3
+        got = []
+        for tag, blocking in ((5, True), (6, False)):
+            out = np.full(8, -1, "i4")
+            m = comm.Mprobe(source=0, tag=tag)
+            st = MPI.Status()
+            if blocking:
+                m.Recv([out, 1, vec], st)
+            else:
+                m.Irecv([out, 1, vec]).Wait(st)
+            got.append((out.tolist(), st.Get_count(MPI.INT)))
+        vec.Free()
+        return got
+
+    assert mmpi.spawn(fn, 2)[1] == [([0, 1, -1, 2, 3, -1, 4, 5], 6),
+                                    ([10, 11, -1, 12, 13, -1, 14, 15], 6)]
+
+
+def test_pickle_out_of_band_buffers_are_mpi_buffers():
+    import numpy as np
+    p = MPI.Pickle()
+    p.THRESHOLD = 0
+    a = np.arange(10, dtype="i4")
+    data, bufs = p.dumps_oob(a)
+    assert [type(b) for b in bufs] == [MPI.buffer] and bufs[0].nbytes == 40
+    assert not bufs[0].readonly
+    bufs[0][0] = 7                               # a view of the array's memory
+    assert a[0] == 7 and np.array_equal(p.loads_oob(data, bufs), a)
+
+
+def test_intercomm_alltoall_with_the_wrong_length_everywhere_raises_valueerror():
+    def fn(comm):
+        local = comm.Split(comm.rank % 2, comm.rank)
+        inter = local.Create_intercomm(0, comm, 1 - comm.rank % 2, tag=9)
+        n = inter.Get_remote_size()
+        out = [inter.alltoall(None) == [None] * n]
+        with pytest.raises(ValueError):
+            inter.alltoall([None] * (n - 1))
+        out.append(inter.alltoall([comm.rank] * n) is not None)   # the next call works
+        inter.Free()
+        local.Free()
+        return out
+
+    assert mmpi.spawn(fn, 2) == [[True, True]] * 2

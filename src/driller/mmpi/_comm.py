@@ -29,7 +29,8 @@ from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, T
 from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
-                       Status, complete, fill, message_handle, persistent, request, self_sync)
+                       Status, UnpackRecvOp, complete, fill, message_handle, persistent,
+                       request, self_sync)
 
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
@@ -334,7 +335,7 @@ class Comm(_attr.Cached):
         if unpack is None:
             op = T.RecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
         else:  # a derived datatype: received into staging, scattered at completion
-            op = _UnpackRecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
+            op = UnpackRecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
             op.unpack = unpack
         if w == PROC_NULL:
             op.done = True
@@ -1148,13 +1149,6 @@ class Comm(_attr.Cached):
             f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
             f"collectives, communicator construction and groups are); use mpi4py for it "
             f"meanwhile")
-
-
-class _UnpackRecvOp(T.RecvOp):
-    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
-    buffer into the user's buffer when the request completes."""
-
-    __slots__ = ("unpack",)
 
 
 # Methods implemented by modules above this one (they import it): each registers its

@@ -23,6 +23,7 @@ import pickle as _std
 from typing import Any, Callable, Iterable
 
 from . import _objects
+from ._buffer import buffer
 
 __all__ = ["Pickle", "pickle", "DEFAULT_THRESHOLD"]
 
@@ -73,19 +74,20 @@ class Pickle:
         """Deserialize object from pickle data stream."""
         return self._loads(data)
 
-    def dumps_oob(self, obj: Any) -> tuple[bytes, list[memoryview]]:
-        """Serialize object to pickle data stream and out-of-band buffers."""
+    def dumps_oob(self, obj: Any) -> tuple[bytes, list[buffer]]:
+        """Serialize object to pickle data stream and out-of-band buffers (``MPI.buffer``
+        views of the objects' memory, as mpi4py's)."""
         protocol = self._protocol
         if protocol is None:
             protocol = _PROTOCOL
         protocol = max(protocol, 5) if protocol >= 0 else _std.HIGHEST_PROTOCOL
-        buffers: list[memoryview] = []
+        buffers: list[buffer] = []
         threshold = self._threshold
 
         def callback(pb):
             raw = pb.raw()
             if raw.nbytes >= threshold:
-                buffers.append(raw)
+                buffers.append(buffer.frombuffer(raw, raw.readonly))
                 return False
             return True
 

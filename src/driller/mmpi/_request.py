@@ -33,6 +33,7 @@ from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
+           "UnpackRecvOp",
            "request", "complete", "persistent", "message_handle",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
 
@@ -1118,45 +1119,62 @@ class Message:
             self._m = None
         return m
 
-    def _start(self, mv, what: str):
+    def _start(self, buf, what: str):
+        """Receive the message into buffer spec ``buf`` (``_OBJECT``: an object),
+        parsed before the message is taken (a bad spec leaves it there)."""
+        if buf is _OBJECT:
+            mv, unpack = None, None
+        else:
+            from ._bufspec import recv_message
+            mv, unpack = recv_message(buf, f"Message.{what}")
         m = self._take(what)
         if m is _NO_PROC:
             op = T.RecvOp(PROC_NULL, ANY_TAG, 0, mv)
             op.done = True
             return op, None
         cx = self._cx
-        op = T.RecvOp(m.source, m.tag, m.context, mv)
+        if unpack is None:
+            op = T.RecvOp(m.source, m.tag, m.context, mv)
+        else:  # a derived datatype: received into staging, scattered at completion
+            op = UnpackRecvOp(m.source, m.tag, m.context, mv)
+            op.unpack = unpack
         cx.t.irecv_matched(op, m)
         return op, cx
 
     def Recv(self, buf, status: Status | None = None) -> None:
         """Blocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Recv"), "Recv")
+        op, cx = self._start(buf, "Recv")
         if not op.done:
             cx.t.wait(op, op.source)
         _outcome(op, K_RECV, cx, status)
 
     def Irecv(self, buf) -> Request:
         """Nonblocking receive of the matched message into ``buf``."""
-        from ._bufspec import message as _message
-        op, cx = self._start(_message(buf, True, "Message.Irecv"), "Irecv")
+        op, cx = self._start(buf, "Irecv")
         return Request._make(op, K_RECV, cx)
 
     def recv(self, status: Status | None = None):
         """Blocking receive of the matched message: the object."""
-        op, cx = self._start(None, "recv")
+        op, cx = self._start(_OBJECT, "recv")
         if not op.done:
             cx.t.wait(op, op.source)
         return _outcome(op, K_ORECV, cx, status)
 
     def irecv(self) -> Request:
         """Nonblocking receive of the matched message (``wait`` gives the object)."""
-        op, cx = self._start(None, "irecv")
+        op, cx = self._start(_OBJECT, "irecv")
         return Request._make(op, K_ORECV, cx)
 
 
 _NO_PROC = object()   # the "message" of MESSAGE_NO_PROC
+_OBJECT = object()    # Message._start: receive an object, not into a buffer
+
+
+class UnpackRecvOp(T.RecvOp):
+    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
+    buffer into the user's buffer when the request completes."""
+
+    __slots__ = ("unpack",)
 
 MESSAGE_NULL = Message()
 MESSAGE_NULL._const = True

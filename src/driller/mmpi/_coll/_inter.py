@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _errcodes as E
-from ...errors import MmpiError
+from ...errors import MmpiError, MmpiValueError
 from .._bufspec import as_bytes, byteview, intlist, message, parse
 from .._const import IN_PLACE, PROC_NULL, ROOT
 from .._datatype import as_datatype, is_datatype
@@ -331,7 +331,7 @@ def scatter(ix, sendobj, root):
             first_error(ops)
         drive(t, g())
         if err is not None:
-            raise MmpiError(err)
+            raise MmpiValueError(err)
         return None
 
     def g():
@@ -411,9 +411,14 @@ def allgather(ix, sendobj):
 def alltoall(ix, sendobj):
     n = ix.rsize
     items, err = scatter_items(sendobj, n, "alltoall: pass")
-    out = _oexchange(ix, items, "alltoall")
+    try:
+        out = _oexchange(ix, items, "alltoall")
+    except MmpiError:
+        if err is None:
+            raise
+        out = None          # this rank's own argument error comes first
     if err is not None:
-        raise MmpiError(err)
+        raise MmpiValueError(err)
     return out
 
 
