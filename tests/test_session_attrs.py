@@ -453,3 +453,47 @@ def test_intercomm_alltoall_with_the_wrong_length_everywhere_raises_valueerror()
         return out
 
     assert mmpi.spawn(fn, 2) == [[True, True]] * 2
+
+
+# ----------------------------------------------------------------- Alltoallw, derived
+
+def test_alltoallw_with_derived_datatypes_and_bottom():
+    import numpy as np
+
+    def fn(comm):
+        n, me = comm.size, comm.rank
+        out = []
+        for nonblocking in (False, True):
+            # each block: 2 ints every other slot (a vector), from/to rank r's region
+            vec = MPI.INT.Create_vector(2, 1, 2).Commit()
+            send = np.array([[me * 100 + r * 10 + k for k in range(4)] for r in range(n)],
+                            "i4")
+            recv = np.full((n, 4), -1, "i4")
+            disp = [r * 16 for r in range(n)]
+            args = ([send, ([1] * n, disp), [vec] * n], [recv, ([1] * n, disp), [vec] * n])
+            if nonblocking:
+                comm.Ialltoallw(*args).Wait()
+            else:
+                comm.Alltoallw(*args)
+            vec.Free()
+            out.append(recv.tolist())
+        # MPI.BOTTOM: struct types at absolute addresses
+        sbuf = np.full((n, 2), me, "f8")
+        rbuf = np.full((n, 2), -1.0, "f8")
+        sa, ra = MPI.Get_address(sbuf), MPI.Get_address(rbuf)
+        st = [MPI.Datatype.Create_struct([2], [sa + 16 * r], [MPI.DOUBLE]).Commit()
+              for r in range(n)]
+        rt = [MPI.Datatype.Create_struct([2], [ra + 16 * r], [MPI.DOUBLE]).Commit()
+              for r in range(n)]
+        comm.Alltoallw((MPI.BOTTOM, ([1] * n, [0] * n), st),
+                       (MPI.BOTTOM, ([1] * n, [0] * n), rt))
+        for t in st + rt:
+            t.Free()
+        out.append(rbuf.tolist())
+        return out
+
+    n = 3
+    for me, (blocking, nonblocking, bottom) in enumerate(mmpi.spawn(fn, n)):
+        want = [[r * 100 + me * 10, -1, r * 100 + me * 10 + 2, -1] for r in range(n)]
+        assert blocking == want and nonblocking == want
+        assert bottom == [[float(r)] * 2 for r in range(n)]

@@ -19,7 +19,7 @@ from ._ops import SUM
 from ._reduce import g_allreduce
 
 __all__ = [
-    "CollOp", "coll_request", "Ibarrier", "Ibcast", "Iallreduce",
+    "CollOp", "coll_request", "then_call", "Ibarrier", "Ibcast", "Iallreduce",
 ]
 
 
@@ -103,11 +103,11 @@ def Ibcast(cx, buf, root=0):
     mv, unpack = recv_message(buf, "Ibcast")
     gen = g_bcast(cx, mv, root, cbase(cx), "Ibcast")
     if unpack is not None:                       # staged, scattered at completion
-        gen = _then(gen, unpack, len(mv))
+        gen = then_call(gen, unpack, len(mv))
     return coll_request(cx, gen)
 
 
-def _then(gen, fn, *args):
+def then_call(gen, fn, *args):
     """Run algorithm generator ``gen``, then ``fn(*args)``; its value."""
     value = yield from gen
     fn(*args)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import MmpiError, MmpiNotImplementedError, MmpiValueError, TruncationError
-from .._bufspec import EMPTY, Buf, byteview, intlist, parse
+from ...errors import MmpiError, MmpiValueError, TruncationError
+from .._bufspec import EMPTY, Buf, byteview, intlist, parse, typed_block
 from .._const import BOTTOM, IN_PLACE
 from .._datatype import DATATYPES, Datatype, as_datatype
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
                        first_error, notify, xrecv, xsend)
-from ._nonblocking import coll_request
+from ._nonblocking import coll_request, then_call
 from ._ops import SUM, check_op
 from ._reduce import g_counts, g_reduce, red_args
 
@@ -226,17 +226,13 @@ def Ialltoallv(cx, sendbuf, recvbuf):
     return _alltoall(cx, sendbuf, recvbuf, "Ialltoallv", True)
 
 
-def _plain(dt, what) -> Datatype:
+def _plain(dt) -> bool:
+    """A predefined datatype (a block of it is count x extent bytes of the buffer)."""
     d = as_datatype(dt)
     pre = getattr(d, "is_predefined", None)     # (a property where derived types exist)
     if pre is None:
         pre = type(d) is Datatype and DATATYPES.get(d.name) == d
-    if not pre or not d:
-        raise MmpiNotImplementedError(
-            f"{what}: datatype {d.name or d!r} is not a predefined datatype; driller's "
-            f"Alltoallw moves predefined datatypes (count x size bytes at a byte "
-            f"displacement)")
-    return d
+    return bool(pre and d)
 
 
 def _wspec(spec, writable, what, n):
@@ -257,11 +253,8 @@ def _wspec(spec, writable, what, n):
                                  f"item, got {cd!r}") from None
     else:
         buf, counts, displs, types = spec
-    if buf is BOTTOM:
-        if counts is None or displs is None:
-            raise MmpiValueError(f"{what}: MPI.BOTTOM needs counts and displacements")
-        raise MmpiNotImplementedError(f"{what}: MPI.BOTTOM with absolute-address datatypes "
-                                      f"is not supported by driller's Alltoallw")
+    if buf is BOTTOM and (counts is None or displs is None):
+        raise MmpiValueError(f"{what}: MPI.BOTTOM needs counts and displacements")
     if counts is None and displs is None:
         counts, displs = [1] * n, [0] * n
     elif counts is None or displs is None:
@@ -271,9 +264,15 @@ def _wspec(spec, writable, what, n):
     if isinstance(types, (list, tuple)):
         if len(types) != n:
             raise MmpiValueError(f"{what}: {len(types)} datatypes for {n} ranks")
-        types = [_plain(t, what) for t in types]
     else:
-        types = [_plain(types, what)] * n
+        types = [types] * n
+    if buf is BOTTOM or not all(map(_plain, types)):
+        # derived datatypes, absolute addresses: a send block packed, a receive block
+        # staged and scattered once the exchange is over
+        blocks = [typed_block(buf, counts[r], displs[r], types[r], writable, what)
+                  for r in range(n)]
+        return [b[0] for b in blocks], [(b[1], len(b[0])) for b in blocks if b[1]]
+    types = [as_datatype(t) for t in types]
     mv = byteview(buf, writable, what)
     views = []
     for r in range(n):
@@ -282,29 +281,35 @@ def _wspec(spec, writable, what, n):
             raise MmpiValueError(f"{what}: block {r} ({counts[r]} x {types[r].name} at byte "
                                  f"{lo}) overruns the {len(mv)}-byte buffer")
         views.append(mv[lo:lo + nb])
-    return views
+    return views, []
 
 
 def _alltoallw(cx, sendbuf, recvbuf, what):
+    """The algorithm generator of an Alltoallw (the receive blocks of derived
+    datatypes scattered at its end)."""
     n = cx.size
-    recvs = _wspec(recvbuf, True, what, n)
+    recvs, unpacks = _wspec(recvbuf, True, what, n)
     if sendbuf is IN_PLACE:
-        sends = [memoryview(bytes(v)) for v in recvs]
+        sends = [memoryview(bytes(v)) for v in _wspec(recvbuf, False, what, n)[0]]
     else:
-        sends = _wspec(sendbuf, False, what, n)
-    return (sends, recvs)
+        sends = _wspec(sendbuf, False, what, n)[0]
+    gen = g_alltoall(cx, (sends, recvs), cbase(cx), what)
+    return then_call(gen, _unpack_all, unpacks) if unpacks else gen
+
+
+def _unpack_all(unpacks) -> None:
+    for unpack, nbytes in unpacks:
+        unpack(nbytes)
 
 
 def Alltoallw(cx, sendbuf, recvbuf) -> None:
     """All-to-all with a count, a byte displacement and a datatype per rank."""
-    blocks = _alltoallw(cx, sendbuf, recvbuf, "Alltoallw")
-    drive(cx.t, g_alltoall(cx, blocks, cbase(cx), "Alltoallw"))
+    drive(cx.t, _alltoallw(cx, sendbuf, recvbuf, "Alltoallw"))
 
 
 def Ialltoallw(cx, sendbuf, recvbuf):
     """Nonblocking Alltoallw."""
-    blocks = _alltoallw(cx, sendbuf, recvbuf, "Ialltoallw")
-    return coll_request(cx, g_alltoall(cx, blocks, cbase(cx), "Ialltoallw"))
+    return coll_request(cx, _alltoallw(cx, sendbuf, recvbuf, "Ialltoallw"))
 
 
 # ------------------------------------------------------------------ reductions
