@@ -348,7 +348,7 @@ def message(spec, writable: bool, what: str) -> memoryview:
             pass
         return byteview(spec, writable, what)
     if not 2 <= len(spec) <= 4:
-        raise MmpiError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
+        raise MmpiValueError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
                         f"[buf, datatype], [buf, count], [buf, count, datatype] or "
                         f"[buf, (count, displ), datatype]")
     if _derived_spec(spec):
