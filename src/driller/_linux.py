@@ -298,6 +298,17 @@ def _timespec(timeout: float | None):
 _FUTEX = _nr("futex")
 
 
+def _futex_woken(what: str) -> bool:
+    """After a failed futex wait: False on timeout, True when woken early (the word
+    changed before the sleep, or a signal); any other errno raises."""
+    e = ctypes.get_errno()
+    if e == errno.ETIMEDOUT:
+        return False
+    if e in (errno.EAGAIN, errno.EINTR):
+        return True
+    raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
 def futex_wait(addr: int, expected: int, timeout: float | None = None) -> bool:
     """Sleep while the 32-bit word at addr equals expected (shared futex).
 
@@ -306,14 +317,7 @@ def futex_wait(addr: int, expected: int, timeout: float | None = None) -> bool:
     r = _libc.syscall(ctypes.c_long(_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(FUTEX_WAIT),
                       ctypes.c_uint32(expected & 0xFFFFFFFF), _timespec(timeout), None,
                       ctypes.c_uint32(0))
-    if r == -1:
-        e = ctypes.get_errno()
-        if e == errno.ETIMEDOUT:
-            return False
-        if e in (errno.EAGAIN, errno.EINTR):
-            return True
-        raise OSError(e, f"futex wait: {os.strerror(e)}")
-    return True
+    return r != -1 or _futex_woken("futex wait")
 
 
 def futex_wake(addr: int, n: int = 2**31 - 1) -> int:
@@ -346,14 +350,7 @@ def futex_waitv(words: list[tuple[int, int]], timeout: float | None = None) -> b
         ts = ctypes.byref(_Timespec(int(t), int((t % 1) * 1e9)))
     r = _libc.syscall(ctypes.c_long(_WAITV), arr, ctypes.c_uint(n), ctypes.c_uint(0), ts,
                       ctypes.c_int(_CLOCK_MONOTONIC))
-    if r == -1:
-        e = ctypes.get_errno()
-        if e == errno.ETIMEDOUT:
-            return False
-        if e in (errno.EAGAIN, errno.EINTR):
-            return True
-        raise OSError(e, f"futex_waitv: {os.strerror(e)}")
-    return True
+    return r != -1 or _futex_woken("futex_waitv")
 
 
 def time_monotonic() -> float:

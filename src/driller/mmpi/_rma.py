@@ -593,46 +593,21 @@ class Win(np.ndarray, _attr.Cached):
     # ------------------------------------------------------------------ RMA: put/get
     def Put(self, origin: Any, target_rank: int, target: Any = None) -> None:
         """Put data into a memory window on a remote process."""
-        s = self._s
-        if type(origin) is np.ndarray and s is not None and s.ok and \
-                type(target_rank) is int and (target is None or type(target) is int) and \
-                0 <= target_rank < self._n and origin.flags.c_contiguous and \
-                origin.ndim and origin.dtype.kind in "biufc":
-            # fast path: a plain array, a displacement (or none)
-            mv, base, unit = self._fast[target_rank]
-            nb = origin.nbytes
-            off = 0 if target is None else target * unit
-            if 0 <= off and off + nb <= self._tab[target_rank][0]:
-                if not nb:
-                    return
-                if mv is not None:
-                    mv[off:off + nb] = memoryview(origin).cast("B")
-                    return
-                if base:
-                    writev(self._cx, target_rank, origin.__array_interface__["data"][0],
-                           base + off, nb, "Win.Put")
-                    return
-        self._live("Put")
-        if target_rank == PROC_NULL:
-            return
-        r = self._check_rank(target_rank, "Put")
-        b = parse(origin, False, "Win.Put")
-        disp, nb, _ = self._target(target, len(b.mv), b.dtype, "Put")
-        where = self._where(r, disp, nb, "Put")
-        if not nb:
-            return
-        if type(where) is int:
-            writev(self._cx, r, _linux.buffer_address(b.mv)[0], where, nb, "Win.Put")
-        else:
-            where[:] = np.frombuffer(b.mv, np.uint8)
+        self._move(origin, target_rank, target, False)
 
     def Get(self, origin: Any, target_rank: int, target: Any = None) -> None:
         """Get data from a memory window on a remote process."""
+        self._move(origin, target_rank, target, True)
+
+    def _move(self, origin: Any, target_rank: int, target: Any, get: bool) -> None:
+        """Put (``get`` false) or Get: a plain array at a displacement (or none) takes
+        the fast path; every other spec goes through the buffer-spec parser."""
         s = self._s
         if type(origin) is np.ndarray and s is not None and s.ok and \
                 type(target_rank) is int and (target is None or type(target) is int) and \
                 0 <= target_rank < self._n and origin.flags.c_contiguous and \
-                origin.flags.writeable and origin.ndim and origin.dtype.kind in "biufc":
+                (origin.flags.writeable or not get) and origin.ndim and \
+                origin.dtype.kind in "biufc":
             mv, base, unit = self._fast[target_rank]
             nb = origin.nbytes
             off = 0 if target is None else target * unit
@@ -640,25 +615,33 @@ class Win(np.ndarray, _attr.Cached):
                 if not nb:
                     return
                 if mv is not None:
-                    memoryview(origin).cast("B")[:] = mv[off:off + nb]
+                    if get:
+                        memoryview(origin).cast("B")[:] = mv[off:off + nb]
+                    else:
+                        mv[off:off + nb] = memoryview(origin).cast("B")
                     return
                 if base:
-                    readv(self._cx, target_rank, origin.__array_interface__["data"][0],
-                          base + off, nb, "Win.Get")
+                    (readv if get else writev)(
+                        self._cx, target_rank, origin.__array_interface__["data"][0],
+                        base + off, nb, "Win.Get" if get else "Win.Put")
                     return
-        self._live("Get")
+        what = "Get" if get else "Put"
+        self._live(what)
         if target_rank == PROC_NULL:
             return
-        r = self._check_rank(target_rank, "Get")
-        b = parse(origin, True, "Win.Get")
-        disp, nb, _ = self._target(target, len(b.mv), b.dtype, "Get")
-        where = self._where(r, disp, nb, "Get")
+        r = self._check_rank(target_rank, what)
+        b = parse(origin, get, "Win." + what)
+        disp, nb, _ = self._target(target, len(b.mv), b.dtype, what)
+        where = self._where(r, disp, nb, what)
         if not nb:
             return
         if type(where) is int:
-            readv(self._cx, r, _linux.buffer_address(b.mv, True)[0], where, nb, "Win.Get")
-        else:
+            (readv if get else writev)(self._cx, r, _linux.buffer_address(b.mv, get)[0],
+                                       where, nb, "Win." + what)
+        elif get:
             np.frombuffer(b.mv, np.uint8)[:] = where
+        else:
+            where[:] = np.frombuffer(b.mv, np.uint8)
 
     # ------------------------------------------------------------------ RMA: atomics
     def _mlock(self, rank: int, what: str) -> None:
