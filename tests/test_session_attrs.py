@@ -269,22 +269,49 @@ def test_scatter_and_alltoall_of_none_and_a_wrong_length_on_one_rank_only():
         assert out[4] == [me, 3 + me, 6 + me]
 
 
+def _fresh(code: str) -> None:
+    """Run ``code`` in a new Python process (user ops are counted per process: the
+    pytest process has those of the other test files)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    env.pop("DRILLER_MMPI_RANK", None)
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["OK"], res.stdout
+
+
 def test_op_free_makes_the_handle_null_and_releases_its_slot():
-    import weakref
-    ops = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(5)]
-    refs = [weakref.ref(o) for o in ops]
-    for o in ops:
-        o.free()
-        o.free()                                   # safe twice
-        assert o == MPI.OP_NULL and not o
-    MPI.SUM.free()
-    assert MPI.SUM and MPI.SUM != MPI.OP_NULL      # predefined: untouched
-    del ops, o
-    assert all(r() is None for r in refs)
-    # the slots are free again: 32 live user ops can be made
-    many = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(32)]
-    for o in many:
-        o.Free()
+    _fresh("""
+        import weakref
+        from driller import MPI
+        ops = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(32)]
+        try:
+            MPI.Op.Create(lambda a, b, dt=None: a)
+        except MPI.Exception:
+            pass
+        else:
+            raise AssertionError("a 33rd user op was made")
+        refs = [weakref.ref(o) for o in ops]
+        for o in ops:
+            o.free()
+            o.free()                                   # safe twice
+            assert o == MPI.OP_NULL and not o
+        MPI.SUM.free()
+        assert MPI.SUM and MPI.SUM != MPI.OP_NULL      # predefined: untouched
+        del ops, o
+        assert all(r() is None for r in refs)
+        # the slots are free again: 32 live user ops can be made
+        many = [MPI.Op.Create(lambda a, b, dt=None: a) for _ in range(32)]
+        for o in many:
+            o.Free()
+        print("OK")
+    """)
 
 
 # ----------------------------------------------------------------- subclasses
@@ -393,10 +420,14 @@ def test_second_handles_onto_constants_free_to_null_and_pickle_as_their_class():
         back = pickle.loads(pickle.dumps(klass(obj)))
         assert type(back) is klass and back == obj and back is not obj
     assert pickle.loads(pickle.dumps(MPI.SUM)) is MPI.SUM
-    user = MPI.Op.Create(lambda a, b, dt=None: a)
-    assert MPI.Op.fromhandle(user.handle) == user and MPI.Op.fromhandle(0) == MPI.OP_NULL
     assert type(MyOp.fromhandle(MPI.MAX.handle)) is MyOp
-    user.Free()
+    _fresh("""
+        from driller import MPI
+        user = MPI.Op.Create(lambda a, b, dt=None: a)
+        assert MPI.Op.fromhandle(user.handle) == user and MPI.Op.fromhandle(0) == MPI.OP_NULL
+        user.Free()
+        print("OK")
+    """)
 
 
 # ----------------------------------------------------------------- matched probes, pickling
