@@ -172,13 +172,45 @@ def bench_return(rounds):
     return rows, "spawn context, 1 worker; submit().result() of a prepared array"
 
 
+def bench_free(rounds):
+    """The fd proxy frees a released 64 MiB memfd (its last reference): the release's
+    round trip, then the next request's (a ping), which waited behind the free
+    while the proxy closed fds in its loop."""
+    import mmap
+    import os
+
+    from driller.proxy import ProxyClient
+    c = ProxyClient.get()
+    rows = {"release of a 64 MiB segment (round trip)": [],
+            "the next request (ping)": [], "both": []}
+    n = 64 * MiB
+    for i in range(rounds):
+        fd = _linux.memfd_create("bench-free")
+        os.ftruncate(fd, n)
+        with mmap.mmap(fd, n) as m:
+            m.write(b"\1" * n)       # pages touched: the last close frees 64 MiB
+        key = f"{os.getpid()}-bench-free-{i}"
+        c.publish(key, fd, {"nbytes": n})
+        os.close(fd)                  # the proxy holds the last reference
+        t0 = time.perf_counter()
+        c.release(key)
+        t1 = time.perf_counter()
+        c.ping()
+        t2 = time.perf_counter()
+        rows["release of a 64 MiB segment (round trip)"].append(t1 - t0)
+        rows["the next request (ping)"].append(t2 - t1)
+        rows["both"].append(t2 - t0)
+    return rows, "publish, drop our fd, release: the proxy's close frees the pages"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--only", default="", help="comma-separated: pickle,attach,drill,alloc,"
-                    "lease,return")
+                    "lease,return,free")
     args = ap.parse_args()
-    fns = (bench_pickle, bench_attach, bench_drill, bench_alloc, bench_lease, bench_return)
+    fns = (bench_pickle, bench_attach, bench_drill, bench_alloc, bench_lease, bench_return,
+           bench_free)
     only = {x for x in args.only.split(",") if x}
     for fn in fns:
         if only and fn.__name__[6:] not in only:

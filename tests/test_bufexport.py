@@ -258,3 +258,36 @@ def test_get_buffer_reports_the_kind_as_mpi4py():
     assert kind == 2 and bytes(mv) == a.tobytes()
     with pytest.raises(BufferError):
         get_buffer(b"abc", True)
+
+
+def test_mpi_buffer_of_exporters_as_mpi4py():
+    """MPI.buffer(obj) / MPI.buffer.frombuffer(obj) of DLPack and CUDA-array-interface
+    exporters: host memory (DLPack kDLCPU) is a plain byte buffer; device memory (a
+    DLPack device, the CUDA array interface) is refused CPU access with BufferError
+    (cast, tobytes, items, MPI.Get_address) as mpi4py's, and still moves in messages."""
+    a = np.arange(4, dtype=np.int32)
+    cpu = MPI.buffer.frombuffer(DL(a))
+    assert cpu.nbytes == 16 and not cpu.readonly
+    assert cpu.cast("i").tolist() == [0, 1, 2, 3] and cpu.tobytes("i") == a.tobytes()
+    cpu[0] = 7                                    # the exporter's own memory
+    assert a[0] == 7 and MPI.Get_address(cpu) == a.ctypes.data
+    assert MPI.buffer(DL(a))[0] == 7
+    for dev in (CAI(a), DL(a, device=(2, 0))):
+        buf = MPI.buffer.frombuffer(dev)
+        assert buf.nbytes == 16
+        for f in (lambda: buf.cast("i"), lambda: buf.tobytes("i"), lambda: buf[0],
+                  lambda: MPI.Get_address(buf)):
+            with pytest.raises(BufferError):
+                f()
+        with pytest.raises(BufferError):
+            buf[0] = 1
+        r = bytearray(16)
+        MPI.COMM_SELF.Sendrecv(buf, 0, 0, r, 0, 0)
+        assert bytes(r) == a.tobytes()
+    ro = np.arange(4, dtype=np.int32)
+    ro.flags.writeable = False
+    with pytest.raises(BufferError):               # read-only exporter, readonly=False
+        MPI.buffer.frombuffer(CAI(ro, readonly=True))
+    assert MPI.buffer(CAI(ro, readonly=True)).readonly
+    with pytest.raises(TypeError):
+        MPI.buffer.frombuffer(object())

@@ -341,14 +341,13 @@ def test_collectives_with_derived_types():
         out = np.zeros(2 * comm.size, "i") if comm.rank == 0 else None
         comm.Gather([a, 1, v], [out, MPI.INT] if comm.rank == 0 else None, root=0)
         comm.Bcast([a, 1, v], root=0)        # non-roots: scattered into a[0], a[2]
-        b = np.arange(4, dtype="i") + 10 if comm.rank == 0 else np.full(4, -1, "i")
-        req = comm.Ibcast([b, 1, v], root=0)  # staged, scattered at completion
-        req.Wait()
+        b = np.arange(6, dtype="i") + 100 * comm.rank
+        comm.Ibcast([b, 1, v], root=1).Wait()   # non-roots: scattered into b[0], b[2]
         return (out.tolist() if out is not None else None), a.tolist(), b.tolist()
     res = mmpi.spawn(fn, 2)
     assert res[0][0] == [0, 2, 100, 102]
     assert res[0][1] == [0, 1, 2, 3] and res[1][1] == [0, 101, 2, 103]
-    assert res[0][2] == [10, 11, 12, 13] and res[1][2] == [10, -1, 12, -1]
+    assert res[0][2] == [100, 1, 102, 3, 4, 5] and res[1][2] == [100, 101, 102, 103, 104, 105]
 
 
 def test_collective_send_buffers_of_derived_types_are_packed():

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 
@@ -819,28 +820,34 @@ def test_spawn_when_the_caller_ignores_sigchld(spawn):
         signal.signal(signal.SIGCHLD, old)
 
 
-def test_spawn_interrupted_by_ctrl_c_kills_and_reaps_ranks(spawn, tmp_path):
-    import threading
+_INTERRUPT = """
+import glob, os, signal, sys, time
+while len(glob.glob(os.path.join(sys.argv[1], "pid*"))) < 2:
+    time.sleep(0.02)
+os.kill(int(sys.argv[2]), signal.SIGINT)
+"""
 
+
+def test_spawn_interrupted_by_ctrl_c_kills_and_reaps_ranks(spawn, tmp_path):
     def work(comm):
         tmp = tmp_path / f"tmp{comm.Get_rank()}"
         tmp.write_text(str(os.getpid()))
         tmp.rename(tmp_path / f"pid{comm.Get_rank()}")     # appears whole
         time.sleep(60)
 
-    def interrupt():        # ^C once both ranks are up
-        while len(list(tmp_path.glob("pid*"))) < 2:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    t = threading.Thread(target=interrupt)
-    t.start()
+    # ^C once both ranks are up, from another process: a thread of ours would be
+    # alive when spawn forks (a fork of a multi-threaded process may deadlock)
+    watcher = subprocess.Popen([PY, "-c", _INTERRUPT, str(tmp_path), str(os.getpid())])
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             spawn(work, 2)
     finally:
-        t.join()
+        try:
+            watcher.wait(timeout=DEADLINE)
+        finally:
+            watcher.kill()
+            watcher.wait()
     assert time.monotonic() - t0 < DEADLINE + 20
     assert_gone([int(p.read_text()) for p in tmp_path.glob("pid*")])
 
@@ -913,12 +920,41 @@ def test_spawn_cleanup_holds_back_a_second_ctrl_c():
 
 
 def test_spawn_from_a_worker_thread(spawn):
-    # notebooks and executors call from threads; the ranks become main threads
+    # notebooks and executors call from threads; the ranks become main threads.
+    # spawn forks: from a process with another thread (here the main one) Python
+    # 3.12+ warns, rightly, as it does of every such fork
     from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = spawn(lambda comm: comm.sendrecv(comm.Get_rank(),
+                                                   dest=1 - comm.Get_rank()), 2)
+        return out, [str(w.message) for w in caught if "multi-threaded" in str(w.message)]
+
     with ThreadPoolExecutor(1) as ex:
-        out = ex.submit(spawn, lambda comm: comm.sendrecv(comm.Get_rank(),
-                                                          dest=1 - comm.Get_rank()), 2)
-        assert out.result(timeout=60) == [1, 0]
+        out, warned = ex.submit(run).result(timeout=60)
+    assert out == [1, 0]
+    assert len(warned) == (2 if sys.version_info >= (3, 12) else 0), warned
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python < 3.12 does not warn of "
+                    "fork() with threads running")
+def test_spawn_with_the_fork_warning_an_error_leaves_no_rank_behind(spawn):
+    # -W error makes os.fork() raise in the parent once the child exists: spawn must
+    # still stop and reap that rank (the no_leaks fixture checks), then raise
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "This process", DeprecationWarning)
+            return spawn(lambda comm: time.sleep(60), 2)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(1) as ex:
+        with pytest.raises(DeprecationWarning, match="multi-threaded"):
+            ex.submit(run).result(timeout=60)
+    assert time.monotonic() - t0 < DEADLINE + 20
 
 
 def test_launcher_in_process_leaves_no_fds_or_children(capfd):

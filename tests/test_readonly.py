@@ -207,9 +207,12 @@ def test_hole_first_shared_readonly_stays_readonly():
 
 
 @pytest.mark.parametrize("where", ["own-mapping", "heap", "heap-no-dontunmap"])
-def test_fork_of_a_readonly_hole_keeps_the_owner_writable_and_shared(where, pool,
+def test_fork_of_a_readonly_hole_keeps_the_owner_writable_and_shared(where, request,
                                                                       monkeypatch):
-    """The fork hooks never map the sealed memfd again: edge pages are parked (mremap)."""
+    """The fork hooks never map the sealed memfd again: edge pages are parked (mremap).
+
+    The peer pool (multiprocessing runs three threads beside it) starts after the
+    forks: forking a process with threads may deadlock the child."""
     if where == "heap-no-dontunmap":  # as on Linux < 5.13: the parked page is moved
         monkeypatch.setattr(_linux, "mremap_keep", lambda *a: False)
     a = _heap_array() if where.startswith("heap") else np.full(1 << 16, 1.0)
@@ -236,6 +239,7 @@ def test_fork_of_a_readonly_hole_keeps_the_owner_writable_and_shared(where, pool
             assert os.waitstatus_to_exitcode(status) == 0
             assert (a == 1.0).all()
         assert hole.verify()  # every page, edges included, is the memfd mapping again
+        pool = request.getfixturevalue("pool")
         res = pool.apply(_ro_peer.attack, (h, os.getpid(), _vma(a), proxy_pid))
         assert not [k for k, v in res.items() if isinstance(v, tuple) and v[0] == "ALLOWED"]
         a[:] = 7.0  # first and last elements live on the edge pages

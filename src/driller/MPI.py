@@ -1,3 +1,6 @@
+# mypy: implicit-reexport
+# (the names are imported from driller.mmpi and listed in __all__ by pieces mypy cannot
+# read: every import here is a re-export)
 """An mpi4py-compatible facade: ``from driller import MPI``.
 
 The subset implemented is point-to-point (buffers and objects), requests,
@@ -12,6 +15,7 @@ modules: ``_const``, ``_datatype``, ``_request``, ``_comm``, ``_group``,
 from __future__ import annotations
 
 import socket as _socket
+from typing import TYPE_CHECKING, Any
 
 from .errors import MmpiError as Exception  # noqa: A001  (mpi4py's MPI.Exception)
 from .errors import MmpiNotImplementedError as _NotImpl
@@ -48,6 +52,40 @@ _DT_NAMES = [
 globals().update({n: _DATATYPES[n] for n in _DT_NAMES})
 _ERR_NAMES = [n for n in _errcodes.__all__ if n.startswith("ERR_")]
 globals().update({n: getattr(_errcodes, n) for n in _ERR_NAMES})
+
+# For type checkers: the names set through globals() above and made on first use
+# (module __getattr__ below), with their types.
+if TYPE_CHECKING:
+    COMM_WORLD: Intracomm
+    COMM_SELF: Intracomm
+    _datatype: Datatype
+    _errorcode: int
+    CHAR = WCHAR = SIGNED_CHAR = SHORT = SIGNED_SHORT = INT = SIGNED_INT = LONG = _datatype
+    SIGNED_LONG = LONG_LONG = SIGNED_LONG_LONG = UNSIGNED_CHAR = UNSIGNED_SHORT = _datatype
+    UNSIGNED = UNSIGNED_INT = UNSIGNED_LONG = UNSIGNED_LONG_LONG = FLOAT = FLOAT32_T = _datatype
+    DOUBLE = FLOAT64_T = LONG_DOUBLE = C_BOOL = BOOL = INT8_T = SINT8_T = INT16_T = _datatype
+    SINT16_T = INT32_T = SINT32_T = INT64_T = SINT64_T = UINT8_T = UINT16_T = _datatype
+    UINT32_T = UINT64_T = FLOAT16_T = BFLOAT16_T = C_COMPLEX = C_FLOAT_COMPLEX = _datatype
+    C_DOUBLE_COMPLEX = C_LONG_DOUBLE_COMPLEX = CXX_BOOL = CXX_FLOAT_COMPLEX = _datatype
+    CXX_DOUBLE_COMPLEX = CXX_LONG_DOUBLE_COMPLEX = CHARACTER = LOGICAL = F_BOOL = _datatype
+    INTEGER = F_INT = REAL = F_FLOAT = DOUBLE_PRECISION = F_DOUBLE = COMPLEX = _datatype
+    F_COMPLEX = F_FLOAT_COMPLEX = DOUBLE_COMPLEX = F_DOUBLE_COMPLEX = LOGICAL1 = _datatype
+    LOGICAL2 = LOGICAL4 = LOGICAL8 = INTEGER1 = INTEGER2 = INTEGER4 = INTEGER8 = _datatype
+    REAL4 = REAL8 = COMPLEX8 = COMPLEX16 = REAL16 = COMPLEX32 = LOGICAL16 = _datatype
+    INTEGER16 = REAL2 = COMPLEX4 = PACKED = BYTE = AINT = OFFSET = COUNT = SHORT_INT = _datatype
+    INT_INT = TWOINT = LONG_INT = FLOAT_INT = DOUBLE_INT = LONG_DOUBLE_INT = _datatype
+    ERR_BUFFER = ERR_COUNT = ERR_TYPE = ERR_TAG = ERR_COMM = ERR_RANK = ERR_REQUEST = _errorcode
+    ERR_ROOT = ERR_GROUP = ERR_OP = ERR_TOPOLOGY = ERR_DIMS = ERR_ARG = ERR_UNKNOWN = _errorcode
+    ERR_TRUNCATE = ERR_OTHER = ERR_INTERN = ERR_IN_STATUS = ERR_PENDING = _errorcode
+    ERR_ACCESS = ERR_AMODE = ERR_ASSERT = ERR_BAD_FILE = ERR_BASE = ERR_CONVERSION = _errorcode
+    ERR_DISP = ERR_DUP_DATAREP = ERR_FILE_EXISTS = ERR_FILE_IN_USE = ERR_FILE = _errorcode
+    ERR_INFO_KEY = ERR_INFO_NOKEY = ERR_INFO_VALUE = ERR_INFO = ERR_IO = ERR_KEYVAL = _errorcode
+    ERR_LOCKTYPE = ERR_NAME = ERR_NO_MEM = ERR_NOT_SAME = ERR_NO_SPACE = _errorcode
+    ERR_NO_SUCH_FILE = ERR_PORT = ERR_QUOTA = ERR_READ_ONLY = ERR_RMA_CONFLICT = _errorcode
+    ERR_RMA_SYNC = ERR_SERVICE = ERR_SIZE = ERR_SPAWN = ERR_UNSUPPORTED_DATAREP = _errorcode
+    ERR_UNSUPPORTED_OPERATION = ERR_WIN = ERR_RMA_RANGE = ERR_RMA_ATTACH = _errorcode
+    ERR_RMA_FLAVOR = ERR_RMA_SHARED = ERR_PROC_ABORTED = ERR_SESSION = _errorcode
+    ERR_VALUE_TOO_LARGE = ERR_ERRHANDLER = _errorcode
 
 __all__ = [
     "COMM_WORLD", "COMM_SELF", "Comm", "Intracomm", "Wtime", "Wtick", "Get_processor_name",
@@ -122,7 +160,7 @@ def Get_hw_resource_info() -> Info:
     return Info.Create({"mpi_hw_resource_type": "mpi_shared_memory"})
 
 
-def _handle_class(arg, what: str) -> type:
+def _handle_class(arg: object, what: str) -> type:
     cls = arg if isinstance(arg, type) else type(arg)
     if cls is Status or issubclass(cls, Status) or (
             cls.__module__.startswith("driller.") and (hasattr(cls, "Free") or hasattr(cls, "free"))):
@@ -130,14 +168,14 @@ def _handle_class(arg, what: str) -> type:
     raise TypeError(f"{what}: expected an MPI handle object or class, got {arg!r}")
 
 
-def _sizeof(arg) -> int:
+def _sizeof(arg: object) -> int:
     """The size in bytes of the MPI handle of an object or class (a Status: its
     fields)."""
     cls = _handle_class(arg, "_sizeof")
     return 24 if issubclass(cls, Status) else 8
 
 
-def _addressof(arg) -> int:
+def _addressof(arg: object) -> int:
     """The address of the MPI handle of an object (its identity in driller)."""
     if isinstance(arg, type):
         raise TypeError(f"_addressof: expected an MPI handle object, got {arg!r}")
@@ -145,14 +183,14 @@ def _addressof(arg) -> int:
     return id(arg)
 
 
-def _handleof(arg) -> int:
+def _handleof(arg: Any) -> int:
     """The MPI handle of an object (``obj.handle``; a Status: its address)."""
     if isinstance(arg, type):
         raise TypeError(f"_handleof: expected an MPI handle object, got {arg!r}")
     cls = _handle_class(arg, "_handleof")
     if issubclass(cls, Status):
         return id(arg)
-    return arg.handle
+    return arg.handle  # type: ignore[no-any-return]
 
 
 __all__ += ["GROUP_NULL", "SESSION_NULL", "Session", "APPNUM", "IO", "LASTUSEDCODE",
@@ -239,7 +277,7 @@ def _version_tuple(v: str) -> tuple[int, int, int]:
     for p in v.split(".")[:3]:
         digits = "".join(c for c in p if c.isdigit()) or "0"
         parts.append(int(digits))
-    return tuple(parts + [0] * (3 - len(parts)))
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
 
 
 def Get_version() -> tuple[int, int]:
@@ -248,6 +286,7 @@ def Get_version() -> tuple[int, int]:
 
 
 def Get_library_version() -> str:
+    """Obtain the version string of the MPI library."""
     from . import __version__
     return (f"driller {__version__} (driller.mmpi: MPI-{_const.VERSION}.{_const.SUBVERSION} "
             f"semantics over shared memory, at most one copy)")
@@ -316,7 +355,7 @@ def Is_finalized() -> bool:
     return _comm.is_finalized()
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name == "COMM_WORLD":
         return _comm.world_comm()
     if name == "COMM_SELF":

@@ -7,6 +7,8 @@ every exception an error class from here, and :mod:`driller.mmpi` and
 
 from __future__ import annotations
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing (mypy knows it)
+
 __all__ = ["SUCCESS", "ERR_LASTCODE", "ERROR_CLASSES", "error_class", "error_string",
            "add_error_class", "add_error_code", "add_error_string", "remove_error_class",
            "remove_error_code", "remove_error_string", "last_used_code"]
@@ -58,6 +60,10 @@ for _name, _value, _text in _ERRORS:
     __all__.append("ERR_" + _name)
     ERROR_CLASSES[_value] = _text
 ERROR_CLASSES[ERR_LASTCODE] = "last error code"
+
+if TYPE_CHECKING:
+    def __getattr__(name: str) -> int:
+        """For type checkers: the ``ERR_*`` names made above are ints."""
 del _name, _value, _text
 
 

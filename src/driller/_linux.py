@@ -4,7 +4,8 @@ Every ctypes call and every raw syscall of driller lives here (as psutil keeps
 its platform calls in one module).  The rest of the package calls these thin
 functions and never touches ctypes or syscall numbers itself.
 
-x86_64 and aarch64 Linux are supported; syscall numbers are per architecture.
+Syscall numbers are per architecture: x86_64 (the machine driller runs on) and
+aarch64 (kept for a port; ``import driller`` refuses aarch64: docs/mmpi.md, "Machines").
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ _SYSCALLS = {
 # and nothing here may take another machine's numbers for these
 _ARCHES = {"x86_64": 0, "amd64": 0, "aarch64": 1, "arm64": 1}
 if _MACHINE.lower() not in _ARCHES:
-    raise ImportError(f"driller supports x86_64 and aarch64 Linux only; this machine is "
+    raise ImportError(f"driller knows the system calls of x86_64 and aarch64 only; this is "
                       f"{_MACHINE!r} (its system call numbers are unknown to driller)")
 _ARCH = _ARCHES[_MACHINE.lower()]
 

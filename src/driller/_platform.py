@@ -1,8 +1,13 @@
 """Which systems driller runs on: checked once, at ``import driller``.
 
 driller needs Linux >= 5.16 (``futex_waitv``; memfd seals, pidfds and
-``MREMAP_DONTUNMAP`` on shared mappings come earlier) on x86_64 or aarch64 (the
-system call numbers it uses are known for those two).  The check at import costs
+``MREMAP_DONTUNMAP`` on shared mappings come earlier) on x86_64.  Other machines are
+refused, aarch64 included: ``driller.mmpi``'s lock-free rings, collective slots and
+flag words publish a payload and then its head with plain stores, and only x86-64's
+total store order keeps a peer from seeing the head first (aarch64 would need a
+barrier between the two stores, and another between the reader's loads, which pure
+Python cannot issue); nothing of driller has ever run there either (docs/mmpi.md,
+"Machines").  The check at import costs
 one ``os.uname()``; only a kernel that reports an older version is probed for the
 feature itself (a distribution kernel may carry it back), which loads ctypes.
 ``driller info`` probes every feature by name (:func:`driller._linux.probe_features`).
@@ -16,7 +21,7 @@ import sys
 __all__ = ["MIN_KERNEL", "MACHINES", "kernel_version", "problems", "check"]
 
 MIN_KERNEL = (5, 16)
-MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+MACHINES = {"x86_64": "x86_64", "amd64": "x86_64"}
 
 
 def kernel_version(release: str) -> tuple[int, int] | None:
@@ -43,7 +48,9 @@ def problems(platform: str, machine: str, release: str, probe=None) -> list[str]
                 f"Linux futexes and process_vm_readv"]
     out = []
     if machine.lower() not in MACHINES:
-        out.append(f"the machine is {machine!r}: driller supports x86_64 and aarch64")
+        out.append(f"the machine is {machine!r}: driller runs on x86_64 only (mmpi's "
+                   f"shared-memory rings rely on x86-64's ordered stores: docs/mmpi.md, "
+                   f"\"Machines\")")
     version = kernel_version(release)
     if version is None or version < MIN_KERNEL:
         why = probe() if probe is not None else "not probed"
@@ -76,4 +83,4 @@ def check() -> None:
     if found:
         from .errors import UnsupportedPlatformError
         raise UnsupportedPlatformError("driller cannot run on this system: " + "; ".join(found)
-                                       + ". It needs Linux >= 5.16 on x86_64 or aarch64.")
+                                       + ". It needs Linux >= 5.16 on x86_64.")

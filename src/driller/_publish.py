@@ -6,7 +6,10 @@
   garbage-collection finalizer: it only queues the key and, unless one is
   already at work, starts a short-lived thread that sends the queue and ends,
   so no lock is ever waited for inside a finalizer, and no thread of ours
-  lingers for a later ``fork()`` to copy (Python 3.12+ warns of any).
+  lingers for a later ``fork()`` to copy (Python 3.12+ warns of any).  A
+  ``fork()`` while that thread is at work waits for it to end (an at-fork
+  hook: it takes the sender's lock, then waits for the OS thread to be gone),
+  so no fork ever copies a process in which driller's own thread runs.
 * ``owned(key)`` finds a segment of this process by key, so that unpickling a
   handle in its own owner is a plain view, no proxy round trip.
 * ``lease(seg, gen)`` asks the proxy for a transfer lease (rules in
@@ -20,6 +23,7 @@ import _thread
 import collections
 import os
 import threading
+import time
 import weakref
 
 from .errors import ProxyError
@@ -35,6 +39,11 @@ _unheld: collections.deque = collections.deque()   # (proxy address, lease ids)
 # held by the thread sending the queue, from its start until it leaves with the
 # queue empty: whoever queues a key and gets it starts that thread
 _sending = _thread.allocate_lock()
+# native ids of the senders started: a fork waits until their OS threads are gone
+_senders: list = []
+FORK_WAIT = 5.0     # seconds a fork waits for a sender (one stuck on a dead proxy)
+_held_for_fork = False
+_fork_hooked = False   # _before_fork is registered (at the first sender's start)
 
 
 def register(key: str, owner: object) -> None:
@@ -130,6 +139,12 @@ def release(seg: Segment) -> None:
 def _wake() -> None:
     # May run inside a finalizer: no lock is waited for here, and the thread is
     # started with _thread (the threading module takes locks of its own).
+    global _fork_hooked
+    if not _fork_hooked:
+        # registered now, after the other modules' hooks, so that it runs before
+        # theirs: hole's takes its lock, which a finalizer in the sender may want
+        _fork_hooked = True
+        os.register_at_fork(before=_before_fork)
     if not _sending.acquire(blocking=False):
         return  # the running sender sees the key before it leaves (see _send)
     try:
@@ -140,6 +155,9 @@ def _wake() -> None:
 
 def _send() -> None:
     """Body of the sending thread: flush until the queue stays empty."""
+    # (the ids of senders whose OS thread is gone are dropped here: no fork may come)
+    _senders[:] = [t for t in _senders if os.path.exists(f"/proc/self/task/{t}")]
+    _senders.append(_thread.get_native_id())
     while True:
         try:
             flush()
@@ -176,12 +194,43 @@ def flush() -> None:
                 pass
 
 
+def _before_fork() -> None:
+    """Let a running sender finish, and keep others from starting, until the fork
+    is done: the child must not be a copy of a process with driller's thread in it
+    (a lock of the proxy client held, Python 3.12+'s "multi-threaded" warning)."""
+    global _held_for_fork
+    if not _sending.acquire(timeout=FORK_WAIT):
+        return  # a sender stuck (on a proxy that does not answer): fork anyway
+    _held_for_fork = True
+    # the sender released the lock just before returning: its OS thread ends a
+    # moment later (Python's warning counts OS threads)
+    deadline = time.monotonic() + FORK_WAIT
+    while _senders:
+        if not os.path.exists(f"/proc/self/task/{_senders[0]}"):
+            del _senders[0]
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(0.0002)
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _sending.release()
+        if _pending or _unheld:  # queued meanwhile (a finalizer): send them now
+            _wake()
+
+
 def _after_fork_in_child() -> None:
-    global _lock, _sending
+    global _lock, _sending, _held_for_fork
     _lock = threading.Lock()
     _sending = _thread.allocate_lock()  # a sender of the parent's is not here
+    _held_for_fork = False
+    _senders.clear()
     _pending.clear()
     _unheld.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -24,7 +24,7 @@ class DrillerError(Exception):
 
 class UnsupportedPlatformError(DrillerError, ImportError):
     """``import driller`` on a system driller cannot run on (not Linux, a machine other
-    than x86_64/aarch64, a kernel without futex_waitv): the message names what is
+    than x86_64, a kernel without futex_waitv): the message names what is
     missing."""
 
 
@@ -79,11 +79,13 @@ class MmpiError(DrillerError, RuntimeError):
 
     @property
     def error_code(self) -> int:
+        """Error code."""
         code = getattr(self, "_code", None)
         return int(getattr(_codes(), self._default_class) if code is None else code)
 
     @property
     def error_class(self) -> int:
+        """Error class."""
         try:
             return int(_codes().error_class(self.error_code))
         except ValueError:
@@ -91,18 +93,22 @@ class MmpiError(DrillerError, RuntimeError):
 
     @property
     def error_string(self) -> str:
+        """Error string."""
         try:
             return str(_codes().error_string(self.error_code))
         except ValueError:
             return f"unknown error code {self.error_code}"
 
     def Get_error_code(self) -> int:
+        """Error code."""
         return self.error_code
 
     def Get_error_class(self) -> int:
+        """Error class."""
         return self.error_class
 
     def Get_error_string(self) -> str:
+        """Error string."""
         return self.error_string
 
     def __str__(self) -> str:
@@ -155,7 +161,8 @@ class PeerDiedError(MmpiError, ConnectionError):
 
     _default_class = "ERR_PROC_ABORTED"
 
-    def __init__(self, message: str, rank: int | None = None, status: int | None = None):
+    def __init__(self, message: str, rank: int | None = None,
+                 status: int | None = None) -> None:
         super().__init__(message)
         self.rank = rank
         self.status = status

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from ._topo import (CART, DIST_GRAPH, GRAPH, UNWEIGHTED, WEIGHTS_EMPTY, Cartcomm,
                         Compute_dims, Distgraphcomm, Graphcomm, Topocomm)
     from ._world import ENV_RANK, ENV_SIZE, ENV_WORLD_FD, create_world, mark_dead
+    from ._buffer import Alloc_mem, Free_mem, buffer
+    from ._rma import WIN_NULL, Win
 
     COMM_WORLD: Intracomm   # made at first use (module __getattr__ below)
     COMM_SELF: Intracomm

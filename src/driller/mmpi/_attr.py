@@ -22,6 +22,12 @@ object's class answers them itself.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable
+    from typing import Any
+
 import operator
 import sys
 import traceback
@@ -194,7 +200,9 @@ class Cached:
         return None
 
     @classmethod
-    def Create_keyval(cls, copy_fn=None, delete_fn=None, nopython: bool = False) -> int:
+    def Create_keyval(cls, copy_fn: Callable[[Any, int, Any], Any] | None = None,
+                      delete_fn: Callable[[Any, int, Any], None] | None = None,
+                      nopython: bool = False) -> int:
         """Create a new attribute key."""
         return create_keyval(cls._attr_kind, copy_fn, delete_fn, nopython)
 
@@ -206,7 +214,7 @@ class Cached:
     def _what(self, name: str) -> str:
         return f"{type(self).__name__}.{name}"
 
-    def Set_attr(self, keyval: int, attrval) -> None:
+    def Set_attr(self, keyval: int, attrval: Any) -> None:
         """Store an attribute value associated with a key."""
         what = self._what("Set_attr")
         attrs = self._attributes(what)
@@ -214,7 +222,7 @@ class Cached:
             raise _err(f"{what}: keyval {keyval} is predefined (read-only)")
         attrs.set(self, keyval, attrval, what)
 
-    def Get_attr(self, keyval: int):
+    def Get_attr(self, keyval: int) -> int | Any | None:
         """The attribute value for a key (None if none is set)."""
         what = self._what("Get_attr")
         attrs = self._attributes(what)

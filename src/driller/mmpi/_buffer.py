@@ -18,16 +18,23 @@ stale view never reads unmapped memory.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from ._typing import Buffer
+
 from typing import Any
 
 import numpy as np
 
 from .. import _errcodes, _linux
 from ..errors import MmpiError
+from ._bufspec import get_buffer
 
 __all__ = ["buffer", "memory", "Alloc_mem", "Free_mem"]
 
 _UNSET = object()
+_HOST_KINDS = (0, 1)   # get_buffer's kinds of CPU memory: the buffer protocol, DLPack kDLCPU
 
 
 class buffer(np.ndarray):
@@ -36,7 +43,11 @@ class buffer(np.ndarray):
     def __new__(cls, buf: Any = _UNSET) -> "buffer":
         if buf is _UNSET:
             return cls._wrap(np.empty(0, np.uint8), None, False, empty=True)
-        return cls.frombuffer(buf, readonly=_readonly_of(buf))
+        try:
+            readonly = memoryview(buf).readonly
+        except TypeError:   # a DLPack / CUDA-array-interface exporter: its own flag
+            readonly = get_buffer(buf, False, "buffer")[0].readonly
+        return cls.frombuffer(buf, readonly=readonly)
 
     def __array_finalize__(self, obj) -> None:
         d = getattr(obj, "__dict__", None)
@@ -44,6 +55,7 @@ class buffer(np.ndarray):
         self._ro = bool(d.get("_ro")) if d else not self.flags.writeable
         self._released = False
         self._empty = False
+        self._device = bool(d.get("_device")) if d else False
 
     @classmethod
     def _wrap(cls, arr: np.ndarray, obj, readonly: bool, empty: bool = False) -> "buffer":
@@ -54,6 +66,7 @@ class buffer(np.ndarray):
         b._ro = bool(readonly)
         b._released = False
         b._empty = empty
+        b._device = False
         return b
 
     # -- constructors --
@@ -72,11 +85,14 @@ class buffer(np.ndarray):
     @classmethod
     def frombuffer(cls, obj: Any, readonly: bool = False) -> "buffer":
         """Buffer from a buffer-like object (its memory, not a copy)."""
+        kind = 0
         try:
             mv = memoryview(obj)
         except TypeError:
-            raise TypeError(f"buffer: a {type(obj).__name__} does not support the buffer "
-                            f"protocol") from None
+            if not (hasattr(obj, "__dlpack__") or hasattr(obj, "__cuda_array_interface__")):
+                raise TypeError(f"buffer: a {type(obj).__name__} does not support the buffer "
+                                f"protocol") from None
+            mv, kind = get_buffer(obj, not readonly, "buffer")   # DLPack, CUDA array iface
         if not mv.c_contiguous:
             raise BufferError("buffer: the object's memory is not contiguous")
         if not readonly and mv.readonly:
@@ -88,7 +104,9 @@ class buffer(np.ndarray):
                 arr.flags.writeable = True
         else:
             arr = np.empty(0, np.uint8)
-        return cls._wrap(arr, obj, readonly)
+        b = cls._wrap(arr, obj, readonly)
+        b._device = kind not in _HOST_KINDS
+        return b
 
     @classmethod
     def fromaddress(cls, address: int, nbytes: int, readonly: bool = False) -> "buffer":
@@ -104,9 +122,16 @@ class buffer(np.ndarray):
         return cls._wrap(np.frombuffer(mv, np.uint8), None, readonly)
 
     # -- properties --
+    def _host(self, what: str) -> None:
+        if self._device:
+            raise BufferError(f"buffer.{what}: the buffer's exporter says its memory is on "
+                              f"a device (DLPack device, CUDA array interface): no CPU "
+                              f"access through MPI.buffer")
+
     @property
     def __array_interface__(self) -> dict:
         # numpy's own, but an empty buffer() (mpi4py's NULL buffer) says address 0
+        self._host("__array_interface__")   # (so MPI.Get_address refuses device memory)
         d = np.ndarray.__array_interface__.__get__(self)
         if self._empty:
             d["data"] = (0, d["data"][1])
@@ -120,7 +145,7 @@ class buffer(np.ndarray):
         return np.ndarray.__array_interface__.__get__(self)["data"][0]
 
     @property
-    def obj(self):
+    def obj(self) -> Buffer | None:
         """Object exposing the buffer (None if none)."""
         return None if self._released else self._obj
 
@@ -145,10 +170,17 @@ class buffer(np.ndarray):
         return 1
 
     # -- methods --
-    def cast(self, format: str, shape=None) -> memoryview:  # noqa: A002 (mpi4py's name)
+    def cast(self, format: str, shape: list[int] | tuple[int, ...] | None = None) -> memoryview:  # noqa: A002 (mpi4py's name)
         """Cast to a memoryview with a new format or shape."""
+        self._host("cast")
         mv = memoryview(self)
         return mv.cast(format) if shape is None else mv.cast(format, shape)
+
+    def tobytes(self, order: str | None = None) -> bytes:
+        """Return the data in the buffer as a byte string (``order`` is accepted and
+        ignored, as mpi4py's: the buffer is flat bytes)."""
+        self._host("tobytes")
+        return np.ndarray.tobytes(self)
 
     def tomemory(self) -> memoryview:
         """A memoryview of the buffer."""
@@ -175,6 +207,7 @@ class buffer(np.ndarray):
                 raise IndexError("buffer: slice step must be 1")
             return np.ndarray.__getitem__(self, item)
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            self._host("__getitem__")
             return int(np.ndarray.__getitem__(self, item))
         raise TypeError(f"buffer indices must be integers or slices, not "
                         f"{type(item).__name__}")
@@ -188,6 +221,7 @@ class buffer(np.ndarray):
                             f"{type(item).__name__}")
         if self._ro:
             raise TypeError("buffer is read-only")
+        self._host("__setitem__")
         if not isinstance(value, (int, np.integer)):
             try:
                 value = np.frombuffer(memoryview(value).cast("B"), np.uint8)
@@ -219,14 +253,6 @@ class buffer(np.ndarray):
 
 
 memory = buffer
-
-
-def _readonly_of(obj) -> bool:
-    try:
-        return memoryview(obj).readonly
-    except TypeError:
-        raise TypeError(f"buffer: a {type(obj).__name__} does not support the buffer "
-                        f"protocol") from None
 
 
 def Alloc_mem(size: int, info: Any = None) -> buffer:

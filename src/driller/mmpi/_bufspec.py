@@ -35,8 +35,8 @@ from ._datatype import (Datatype, MessageValueError, as_datatype, check_message_
                         datatype_of, dtype_of, is_datatype, is_derived, message_runs, np_dtype,
                         set_buffer_view)
 
-__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "is_derived_spec", "parse",
-           "typed_block", "intlist", "as_bytes", "get_buffer"]
+__all__ = ["EMPTY", "Buf", "byteview", "message", "recv_message", "parse",
+           "typed_block", "wblocks", "intlist", "as_bytes", "get_buffer"]
 
 EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
@@ -134,10 +134,17 @@ class Buf:
     """A parsed buffer: flat bytes ``mv``, numpy ``dtype``, MPI ``dt``,
     ``counts``/``displs`` in elements (one per block)."""
 
-    __slots__ = ("mv", "dtype", "dt", "counts", "displs", "a")
+    __slots__ = ("mv", "dtype", "dt", "counts", "displs", "a", "unpack")
 
     def __init__(self):
         self.a = None
+        self.unpack = None
+
+    def finish(self) -> None:
+        """Once a receive into this buffer is over: a derived datatype's staged bytes
+        are scattered into the user's buffer (nothing to do for any other buffer)."""
+        if self.unpack is not None:
+            self.unpack()
 
     def arr(self):
         if self.a is not None:
@@ -209,10 +216,24 @@ def _fields(spec, vector: bool, what: str):
     return buf, count, displ, dt
 
 
-def parse(spec, writable, what, blocks=1, vector=False):
+def _check_items(spec, what: str) -> None:
+    """A list/tuple buffer spec has 2 to 4 items (a ValueError otherwise, as mpi4py's)."""
+    if not 2 <= len(spec) <= 4:
+        raise MmpiValueError(f"{what}: message: expecting 2 to 4 items, got a spec of "
+                             f"{len(spec)}: use buf, [buf, datatype], [buf, count], "
+                             f"[buf, count, datatype] or [buf, (count, displ), datatype]")
+
+
+def parse(spec, writable, what, blocks=1, vector=False, staged=False):
     """Parse an mpi4py buffer spec.  ``blocks``: the buffer holds that many equal
     blocks (an explicit count is per block, as mpi4py's); ``vector``: counts
-    and displacements per block ([buf, counts, displs, dt] and friends)."""
+    and displacements per block ([buf, counts, displs, dt] and friends).
+
+    A derived datatype that is not contiguous is packed: a send buffer once (the
+    gather copy); a receive buffer only if the caller says it is ``staged``: its
+    bytes are then gathered into a staging buffer (``mv``, so that IN_PLACE and the
+    blocks nobody writes keep their values) and :meth:`Buf.finish` scatters them
+    back once the receives are over."""
     b = Buf()
     if type(spec) is np.ndarray and not vector and spec.flags.c_contiguous and \
             (spec.flags.writeable or not writable) and spec.dtype.kind in "biufc" and \
@@ -229,7 +250,8 @@ def parse(spec, writable, what, blocks=1, vector=False):
         return b
     if spec is None:
         spec = b""
-    if type(spec) in (list, tuple) and 2 <= len(spec) <= 4:
+    if type(spec) in (list, tuple):
+        _check_items(spec, what)
         buf, count, displ, dt = _fields(spec, vector, what)
     else:
         buf, count, displ, dt = spec, None, None, None
@@ -244,12 +266,12 @@ def parse(spec, writable, what, blocks=1, vector=False):
     if dt is not None and not dt.is_predefined:
         check_message_type(dt, what)
         if is_derived(dt):
-            if writable:
+            if writable and not staged:
                 raise MmpiError(f"{what}: a derived datatype that is not contiguous is "
                                 f"accepted in the send buffers of collectives, not in their "
                                 f"receive buffers; receive into a contiguous buffer and "
                                 f"unpack (Datatype.Unpack)", error_class=_errcodes.ERR_TYPE)
-            return _parse_derived(b, buf, count, displ, dt, what, blocks, vector)
+            return _parse_derived(b, buf, count, displ, dt, what, blocks, vector, writable)
     edt = []
     mv = byteview(buf, writable, what, edt)
     if dt is not None:
@@ -347,21 +369,13 @@ def message(spec, writable: bool, what: str) -> memoryview:
         except (TypeError, ValueError):
             pass
         return byteview(spec, writable, what)
-    if not 2 <= len(spec) <= 4:
-        raise MmpiValueError(f"{what}: cannot parse buffer spec of {len(spec)} items: use buf, "
-                        f"[buf, datatype], [buf, count], [buf, count, datatype] or "
-                        f"[buf, (count, displ), datatype]")
+    _check_items(spec, what)
     if _derived_spec(spec):
         if writable:
             raise MmpiError(f"{what}: receiving into a derived datatype is not supported by "
                             f"this call; receive into a contiguous buffer",
                             error_class=_errcodes.ERR_TYPE)
     return parse(spec, writable, what).mv
-
-
-def is_derived_spec(spec) -> bool:
-    """True if ``spec`` is a list/tuple naming a datatype that is not predefined."""
-    return type(spec) in (list, tuple) and _derived_spec(spec)
 
 
 def _derived_spec(spec) -> bool:
@@ -440,7 +454,9 @@ def typed_block(buf, count: int, byte_displ: int, dt, writable: bool, what: str)
     t = check_message_type(dt, what)
     if not is_derived(dt) and buf is not None and buf is not BOTTOM:
         mv = byteview(buf, writable, what)
-        lo, n = byte_displ + t.tlb if t.npd is None else byte_displ, count * t.size
+        # (a pair type, MPI.DOUBLE_INT...: its items with their padding, as p2p moves them)
+        lo, n = (byte_displ + t.tlb, count * t.size) if t.npd is None else \
+            (byte_displ, count * (t.ub - t.lb))
         if byte_displ < 0 or lo + n > len(mv):
             raise MmpiError(f"{what}: {count} x {dt.name or 'datatype'} at byte {byte_displ} "
                             f"overruns the {len(mv)}-byte buffer",
@@ -451,20 +467,97 @@ def typed_block(buf, count: int, byte_displ: int, dt, writable: bool, what: str)
         out = np.empty(count * t.size, np.uint8)
         _pack.gather(arr, runs, out)
         return (memoryview(out) if out.size else EMPTY), None
-    staging = np.empty(count * t.size, np.uint8)
+    return _staged(arr, runs, count * t.size, True)   # (IN_PLACE reads what it holds)
 
-    def unpack(nbytes: int) -> None:
+
+def _staged(arr, runs, nbytes: int, prefill: bool):
+    """``(mv, unpack)``: a staging buffer of ``nbytes`` for a receive into the runs of
+    ``arr`` (``prefill``: holding their bytes) and ``unpack(n)``, which scatters the
+    first ``n`` bytes received back into the runs."""
+    staging = np.empty(nbytes, np.uint8)
+    if prefill:
+        _pack.gather(arr, runs, staging)
+
+    def unpack(n: int) -> None:
         r = runs
-        if nbytes < staging.size:
-            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
+        if n < staging.size:
+            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, n))
         _pack.scatter(staging, r, arr)
 
     return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
 
 
-def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
-    """A collective's send buffer of a derived type, packed (the one gather copy):
-    ``b.dtype`` is one opaque element per item, counts and displacements in items."""
+def wblocks(spec, writable: bool, what: str, n: int):
+    """The ``n`` blocks of an mpi4py "w" buffer spec (``Alltoallw``,
+    ``Neighbor_alltoallw``, their nonblocking and intercommunicator forms):
+    ``[buf, (counts, displs), datatypes]`` or ``[buf, counts, displs, datatypes]``,
+    displacements in BYTES, one datatype per block (or one for all);
+    ``[buf, datatypes]`` is one item of each at byte 0.  ``buf`` ``MPI.BOTTOM``
+    (or None): the datatypes' displacements are addresses (``MPI.Get_address``).
+    Each block is :func:`typed_block`'s.  Returns ``(views, finish)``: ``finish``
+    (None when no block is staged) scatters a receive's staged blocks of derived
+    datatypes into the user's buffer once they are filled."""
+    if type(spec) not in (list, tuple):
+        raise MmpiValueError(f"{what}: message: expecting 2 to 4 items [buf, counts, "
+                             f"displs, datatypes], got a {type(spec).__name__}")
+    _check_items(spec, what)
+    counts = displs = None
+    if len(spec) == 2:
+        buf, types = spec
+    elif len(spec) == 3:
+        buf, cd, types = spec
+        try:
+            counts, displs = cd
+        except (TypeError, ValueError):
+            raise MmpiValueError(f"{what}: expecting (counts, displacements) as the second "
+                                 f"item, got {cd!r}") from None
+    else:
+        buf, counts, displs, types = spec
+    if n == 0:   # (a rank without neighbours in that direction)
+        if buf is not None and buf is not BOTTOM:
+            byteview(buf, writable, what)
+        return [], None
+    absolute = buf is None or buf is BOTTOM
+    if counts is None and displs is None and not absolute:   # one item per block, at 0
+        counts, displs = [1] * n, [0] * n
+    if counts is None or displs is None:
+        raise MmpiValueError(f"{what}: give the counts and the byte displacements of the "
+                             f"blocks: [buf, (counts, displs), datatypes]" +
+                             (" (MPI.BOTTOM requires counts)" if absolute else ""))
+    counts = intlist(counts, n, what, "counts")
+    displs = intlist(displs, n, what, "displacements")
+    if is_datatype(types) or isinstance(types, str):
+        types = [types] * n
+    else:
+        try:
+            types = list(types)
+        except TypeError:
+            raise MmpiTypeError(f"{what}: pass a datatype or a sequence of {n} datatypes, "
+                                f"got {types!r}") from None
+        if len(types) != n:
+            raise MmpiValueError(f"{what}: datatypes has {len(types)} entries, for {n} "
+                                 f"blocks (one datatype per block)")
+    views, staged = [], []
+    for c, d, t in zip(counts, displs, types):
+        if not (is_datatype(t) or isinstance(t, str)):
+            raise MmpiTypeError(f"{what}: {t!r} is not a datatype")
+        mv, unpack = typed_block(buf, c, d, t, writable, what)
+        views.append(mv)
+        if unpack is not None:
+            staged.append((unpack, len(mv)))
+    if not staged:
+        return views, None
+
+    def finish() -> None:
+        for unpack, nbytes in staged:
+            unpack(nbytes)
+    return views, finish
+
+
+def _parse_derived(b, buf, count, displ, dt, what, blocks, vector, writable=False):
+    """A collective's buffer of a derived type, packed (the one gather copy):
+    ``b.dtype`` is one opaque element per item, counts and displacements in items.
+    A receive buffer (``writable``) also gets ``b.unpack``, the scatter back."""
     size = dt._t.size
     b.dt = dt
     b.dtype = np.dtype(f"V{size}") if size else np.dtype("B")
@@ -474,51 +567,49 @@ def _parse_derived(b, buf, count, displ, dt, what, blocks, vector):
                 raise MmpiError(f"{what}: invalid count {count!r}",
                                 error_class=_errcodes.ERR_COUNT)
             count *= blocks
-        packed = _gather(buf, count, displ, dt, what)
-        n = len(packed) // size if size else 0
+        parts = [_derived_view(buf, count, displ, dt, writable, what)]
+        n = parts[0][2]
         if n % blocks:
             raise MmpiError(f"{what}: {n} items of the datatype do not split into {blocks} "
                             f"equal blocks (one per rank)")
-        per = n // blocks
-        b.mv = packed
-        b.counts = [per] * blocks
-        b.displs = [i * per for i in range(blocks)]
-        return b
-    # vector forms: counts and displacements (in extents) per block
-    ext = dt._t.ub - dt._t.lb
-    if count is None:
-        raise MmpiError(f"{what}: a vector buffer of a derived datatype needs its counts: "
-                        f"[buf, (counts, displs), datatype]")
-    counts = intlist([count] * blocks if isinstance(count, int) else count, blocks, what,
-                     "counts")
-    if displ is None:
-        displs, acc = [], 0
-        for c in counts:
-            displs.append(acc)
-            acc += c
-    elif isinstance(displ, int):
-        displs = [i * displ for i in range(blocks)]
-    else:
-        displs = intlist(displ, blocks, what, "displacements")
-    parts = [_gather(buf, c, d, dt, what) if c else EMPTY for c, d in zip(counts, displs)]
-    packed = np.empty(sum(len(p) for p in parts), np.uint8)
-    pos, b.displs = 0, []
-    for p, c in zip(parts, counts):
-        packed[pos:pos + len(p)] = np.frombuffer(p, np.uint8) if len(p) else packed[:0]
-        b.displs.append(pos // size if size else 0)
-        pos += len(p)
-    del ext
-    b.mv = memoryview(packed) if packed.size else EMPTY
+        counts = [n // blocks] * blocks
+    else:   # counts and displacements (in extents) per block
+        if count is None:   # (a ValueError, as mpi4py's "cannot infer count")
+            raise MessageValueError(f"{what}: a vector buffer of a derived datatype needs "
+                                    f"its counts: [buf, (counts, displs), datatype]")
+        counts = intlist([count] * blocks if isinstance(count, int) else count, blocks, what,
+                         "counts")
+        if displ is None:
+            displs, acc = [], 0
+            for c in counts:
+                displs.append(acc)
+                acc += c
+        elif isinstance(displ, int):
+            displs = [i * displ for i in range(blocks)]
+        else:
+            displs = intlist(displ, blocks, what, "displacements")
+        parts = [_derived_view(buf, c, d, dt, writable, what) for c, d in zip(counts, displs)
+                 if c]
+    packed = np.empty(sum(c for _, _, c in parts) * size, np.uint8)
+    pos = 0
+    for arr, runs, c in parts:
+        _pack.gather(arr, runs, packed[pos:pos + c * size])
+        pos += c * size
+    b.displs, acc = [], 0
+    for c in counts:
+        b.displs.append(acc)
+        acc += c
     b.counts = counts
+    b.mv = memoryview(packed) if packed.size else (memoryview(bytearray(0)) if writable
+                                                   else EMPTY)
+    if writable:
+        def unpack() -> None:
+            at = 0
+            for arr, runs, c in parts:
+                _pack.scatter(packed[at:at + c * size], runs, arr)
+                at += c * size
+        b.unpack = unpack
     return b
-
-
-def _gather(buf, count, displ, dt, what) -> memoryview:
-    """The packed bytes of a send buffer of a derived type: the one gather copy."""
-    arr, runs, count = _derived_view(buf, count, displ, dt, False, what)
-    out = np.empty(count * dt._t.size, np.uint8)
-    _pack.gather(arr, runs, out)
-    return memoryview(out) if out.size else EMPTY
 
 
 def recv_message(spec, what: str):
@@ -532,15 +623,7 @@ def recv_message(spec, what: str):
     if not is_derived(dt):
         return parse(spec, True, what).mv, None
     arr, runs, count = _derived_view(buf, count, displ, dt, True, what)
-    staging = np.empty(count * dt._t.size, np.uint8)
-
-    def unpack(nbytes: int) -> None:
-        r = runs
-        if nbytes < staging.size:
-            r = _pack.Runs(*_cut(runs.off + runs.base, runs.len, nbytes))
-        _pack.scatter(staging, r, arr)
-
-    return (memoryview(staging) if staging.size else memoryview(bytearray(0))), unpack
+    return _staged(arr, runs, count * dt._t.size, False)
 
 
 def _cut(roff, rlen, n):

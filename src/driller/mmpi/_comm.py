@@ -6,6 +6,20 @@ lowercase ones move picklable Python objects (``send(obj, dest, tag)``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
+    from typing_extensions import Self
+    from . import Cartcomm, Distgraphcomm, Graphcomm, Intercomm
+    from ._coll._ops import Op
+    from ._errhandler import Errhandler
+    from ._group import Group
+    from ._info import Info
+    from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
+
+import atexit
 import os
 import pickle
 import time
@@ -16,7 +30,7 @@ import numpy as np
 
 from .. import _errcodes
 from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_TRUNCATE
-from ..errors import MmpiError, MmpiNotImplementedError
+from ..errors import DrillerError, MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
@@ -29,8 +43,8 @@ from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, T
 from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
-                       Status, UnpackRecvOp, complete, fill, message_handle, persistent,
-                       request, self_sync)
+                       Status, complete, fill, message_handle, persistent, request, self_sync)
+from ._request import UnpackRecvOp as _UnpackRecvOp
 
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
@@ -106,7 +120,7 @@ class Comm(_attr.Cached):
     collectives are one-line delegations to ``_coll``, which works on the
     communicator's :class:`~._coll._context.Context`."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         self = object.__new__(cls)
         self._h = None
         if internal:  # driller's own form: Comm(transport, group, context[, name])
@@ -122,7 +136,7 @@ class Comm(_attr.Cached):
                             f"{type(comm).__name__}")
         return self
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         pass  # everything is done in __new__ (subclasses may override it, as mpi4py's)
 
     def _bind(self, h: _Handle) -> None:
@@ -335,7 +349,7 @@ class Comm(_attr.Cached):
         if unpack is None:
             op = T.RecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
         else:  # a derived datatype: received into staging, scattered at completion
-            op = UnpackRecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
+            op = _UnpackRecvOp(w, tag, self._ctx if ctx is None else ctx, mv)
             op.unpack = unpack
         if w == PROC_NULL:
             op.done = True
@@ -377,7 +391,8 @@ class Comm(_attr.Cached):
         return complete(op, K_ORECV if obj else K_RECV, self._cx, status)
 
     # -- blocking buffer p2p --
-    def Send(self, buf, dest, tag=0) -> None:
+    def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
+        """Blocking send."""
         try:  # _buffer's fast path, inlined
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
@@ -389,15 +404,16 @@ class Comm(_attr.Cached):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
-    def Ssend(self, buf, dest, tag=0) -> None:
+    def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
+        """Blocking send in synchronous mode."""
         self._wait_send(self._isend(buf, dest, tag, True, "Ssend"))
 
-    def Rsend(self, buf, dest, tag=0) -> None:
+    def Rsend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send in ready mode (a matching receive must be posted: mmpi
         treats it as a standard send, which MPI allows)."""
         self._wait_send(self._isend(buf, dest, tag, False, "Rsend"))
 
-    def Bsend(self, buf, dest, tag=0) -> None:
+    def Bsend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send in buffered mode: the message is copied into the
         attached buffer (``Attach_buffer``) and the call returns at once."""
         self._ibsend(buf, dest, tag, "Bsend")
@@ -449,12 +465,12 @@ class Comm(_attr.Cached):
             raise
         blk[2] = op if op is not None else _bsend._DONE
 
-    def Attach_buffer(self, buf) -> None:
+    def Attach_buffer(self, buf: Buffer | None) -> None:
         """Attach a user-provided buffer for sending in buffered mode on this
         communicator (or ``BUFFER_AUTOMATIC``)."""
         _bsend.attach(self.__dict__.setdefault("_bsend", {}), buf, "Comm.Attach_buffer")
 
-    def Detach_buffer(self):
+    def Detach_buffer(self) -> Buffer | None:
         """Remove this communicator's buffer for buffered sends (once every
         message in it is delivered); the buffer that was attached."""
         return _bsend.detach(self.__dict__.setdefault("_bsend", {}),
@@ -473,7 +489,9 @@ class Comm(_attr.Cached):
         return request(_FlushOp(_bsend.current(self.__dict__.get("_bsend"))), K_SEND,
                        self._cx)
 
-    def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
+    def Recv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+             status: Status | None = None) -> None:
+        """Blocking receive."""
         try:  # _buffer's fast path, inlined
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
@@ -495,8 +513,10 @@ class Comm(_attr.Cached):
                 return
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
-    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
-                 recvtag=ANY_TAG, status=None) -> None:
+    def Sendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
+                 recvbuf: BufSpec | None = None, source: int = ANY_SOURCE, recvtag: int = ANY_TAG,
+                 status: Status | None = None) -> None:
+        """Send and receive a message."""
         smv = message(sendbuf, False, "Sendrecv")
         rmv, unpack = recv_message(recvbuf, "Sendrecv")
         if unpack is not None:  # a derived receive datatype: the generic path unpacks
@@ -532,8 +552,9 @@ class Comm(_attr.Cached):
         self._wait_send(s)
         self._wait_recv(r, status)
 
-    def Sendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE, recvtag=ANY_TAG,
-                         status=None) -> None:
+    def Sendrecv_replace(self, buf: BufSpec, dest: int, sendtag: int = 0, source: int = ANY_SOURCE,
+                         recvtag: int = ANY_TAG, status: Status | None = None) -> None:
+        """Send and receive a message."""
         mv, unpack = recv_message(buf, "Sendrecv_replace")
         if unpack is not None:  # a derived datatype: send its packed bytes
             copy = message(buf, False, "Sendrecv_replace")
@@ -553,31 +574,34 @@ class Comm(_attr.Cached):
         # None: to PROC_NULL, or complete already: a request that completes at once
         return request(op if op is not None else _null_done_send(), K_SEND, self._cx)
 
-    def Isend(self, buf, dest, tag=0) -> Request:
+    def Isend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send."""
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
-    def Issend(self, buf, dest, tag=0) -> Request:
+    def Issend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in synchronous mode."""
         return self._sreq(self._isend(buf, dest, tag, True, "Issend"))
 
-    def Irsend(self, buf, dest, tag=0) -> Request:
+    def Irsend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
         """Nonblocking send in ready mode."""
         return self._sreq(self._isend(buf, dest, tag, False, "Irsend"))
 
-    def Ibsend(self, buf, dest, tag=0) -> Request:
+    def Ibsend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
         """Nonblocking send in buffered mode (complete once the message is in the
         attached buffer: at once)."""
         self._ibsend(buf, dest, tag, "Ibsend")
         return self._sreq(None)
 
-    def Isendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
-                  recvtag=ANY_TAG) -> Request:
+    def Isendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
+                  recvbuf: BufSpec | None = None, source: int = ANY_SOURCE,
+                  recvtag: int = ANY_TAG) -> Request:
         """Nonblocking send and receive."""
         r = self._irecv(recvbuf, source, recvtag, "Isendrecv")
         s = self._isend(sendbuf, dest, sendtag, False, "Isendrecv")
         return request(PairOp(r, s), K_PAIR, self._cx)
 
-    def Isendrecv_replace(self, buf, dest, sendtag=0, source=ANY_SOURCE,
-                          recvtag=ANY_TAG) -> Request:
+    def Isendrecv_replace(self, buf: BufSpec, dest: int, sendtag: int = 0,
+                          source: int = ANY_SOURCE, recvtag: int = ANY_TAG) -> Request:
         """Send and receive a message, nonblocking, using a single buffer."""
         mv = message(buf, True, "Isendrecv_replace")
         self._dest(dest, "Isendrecv_replace")
@@ -586,7 +610,8 @@ class Comm(_attr.Cached):
         s = self._isend(copy, dest, sendtag, False, "Isendrecv_replace")
         return request(PairOp(r, s), K_PAIR, self._cx)
 
-    def Irecv(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
+    def Irecv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:
+        """Nonblocking receive."""
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
@@ -594,17 +619,19 @@ class Comm(_attr.Cached):
         # validate now (errors at the call, as MPI does)
         return persistent(start, kind, self._cx)
 
-    def Send_init(self, buf, dest, tag=0) -> Prequest:
+    def Send_init(self, buf: BufSpec, dest: int, tag: int = 0) -> Prequest:
+        """Create a persistent request for a standard send."""
         message(buf, False, "Send_init"), self._dest(dest, "Send_init"), self._stag(tag, "Send_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, False, "Send_init")
                                 or _null_done_send(), K_SEND)
 
-    def Ssend_init(self, buf, dest, tag=0) -> Prequest:
+    def Ssend_init(self, buf: BufSpec, dest: int, tag: int = 0) -> Prequest:
+        """Persistent request for a send in synchronous mode."""
         message(buf, False, "Ssend_init"), self._dest(dest, "Ssend_init"), self._stag(tag, "Ssend_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, True, "Ssend_init")
                                 or _null_done_send(), K_SEND)
 
-    def Bsend_init(self, buf, dest, tag=0) -> Prequest:
+    def Bsend_init(self, buf: BufSpec, dest: int, tag: int = 0) -> Prequest:
         """Persistent request for a send in buffered mode."""
         message(buf, False, "Bsend_init"), self._dest(dest, "Bsend_init"), self._stag(tag, "Bsend_init")
 
@@ -613,13 +640,14 @@ class Comm(_attr.Cached):
             return _null_done_send()
         return self._persistent(start, K_SEND)
 
-    def Rsend_init(self, buf, dest, tag=0) -> Prequest:
+    def Rsend_init(self, buf: BufSpec, dest: int, tag: int = 0) -> Prequest:
         """Persistent request for a send in ready mode."""
         message(buf, False, "Rsend_init"), self._dest(dest, "Rsend_init"), self._stag(tag, "Rsend_init")
         return self._persistent(lambda: self._isend(buf, dest, tag, False, "Rsend_init")
                                 or _null_done_send(), K_SEND)
 
-    def Recv_init(self, buf, source=ANY_SOURCE, tag=ANY_TAG) -> Prequest:
+    def Recv_init(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Prequest:
+        """Create a persistent request for a receive."""
         recv_message(buf, "Recv_init"), self._source(source, "Recv_init"), self._rtag(tag, "Recv_init")
         return self._persistent(lambda: self._irecv(buf, source, tag, "Recv_init"), K_RECV)
 
@@ -629,7 +657,9 @@ class Comm(_attr.Cached):
         tag = self._rtag(tag, what)
         return w, tag
 
-    def Iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
+    def Iprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> bool:
+        """Nonblocking test for a message."""
         w, tag = self._probe_match(source, tag, "Iprobe")
         if w == PROC_NULL:
             fill(status, PROC_NULL, ANY_TAG, 0, 0)
@@ -641,7 +671,9 @@ class Comm(_attr.Cached):
         fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
         return True
 
-    def Probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
+    def Probe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+              status: Status | None = None) -> bool:
+        """Blocking test for a message."""
         w, tag = self._probe_match(source, tag, "Probe")
         if w == PROC_NULL:
             fill(status, PROC_NULL, ANY_TAG, 0, 0)
@@ -667,11 +699,14 @@ class Comm(_attr.Cached):
         fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
         return m
 
-    def iprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
+    def iprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> bool:
+        """Nonblocking test for a message."""
         return self.Iprobe(source, tag, status)
 
     # -- matched probes (``_request.Message``) --
-    def Mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message:
+    def Mprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> Message:
         """Blocking test for a matched message: the message is taken out of
         matching (only a receive on the returned Message can get it)."""
         w, tag = self._probe_match(source, tag, "Mprobe")
@@ -681,7 +716,8 @@ class Comm(_attr.Cached):
         return message_handle(self._wait_probe(self._t.engine.mprobe, w, tag, status),
                               self._cx)
 
-    def Improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message | None:
+    def Improbe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message (None: no message yet)."""
         w, tag = self._probe_match(source, tag, "Improbe")
         if w == PROC_NULL:
@@ -694,19 +730,24 @@ class Comm(_attr.Cached):
         fill(status, self._rank_of(m.source), m.tag, 0, m.nbytes)
         return message_handle(m, self._cx)
 
-    def mprobe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message:
+    def mprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+               status: Status | None = None) -> Message:
         """Blocking test for a matched message (receive it with ``recv``)."""
         return self.Mprobe(source, tag, status)
 
-    def improbe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> Message | None:
+    def improbe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message."""
         return self.Improbe(source, tag, status)
 
-    def probe(self, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> bool:
+    def probe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+              status: Status | None = None) -> bool:
+        """Blocking test for a message."""
         return self.Probe(source, tag, status)
 
     # -- objects --
-    def send(self, obj, dest, tag=0) -> None:
+    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Send in standard mode."""
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
             # the common case, validated inline: a small object straight into the ring
             if (type(obj) is np.ndarray and _objects.user_pickler() is None
@@ -723,25 +764,30 @@ class Comm(_attr.Cached):
             return
         self._wait_send(self._osend(obj, dest, tag, False, "send"))
 
-    def ssend(self, obj, dest, tag=0) -> None:
+    def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Send in synchronous mode."""
         self._wait_send(self._osend(obj, dest, tag, True, "ssend"))
 
-    def bsend(self, obj, dest, tag=0) -> None:
+    def bsend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send an object in buffered mode (pickled into the attached buffer)."""
         self._obsend(obj, dest, tag, "bsend")
 
-    def ibsend(self, obj, dest, tag=0) -> Request:
+    def ibsend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send of an object in buffered mode."""
         self._obsend(obj, dest, tag, "ibsend")
         return self._sreq(None)
 
-    def isend(self, obj, dest, tag=0) -> Request:
+    def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send."""
         return self._sreq(self._osend(obj, dest, tag, False, "isend"))
 
-    def issend(self, obj, dest, tag=0) -> Request:
+    def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in synchronous mode."""
         return self._sreq(self._osend(obj, dest, tag, True, "issend"))
 
-    def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+    def recv(self, buf: Buffer | None = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+             status: Status | None = None) -> Any:
+        """Receive."""
         if buf is not None:
             return self._recv_into(buf, source, tag, status)
         if (type(source) is int and -1 <= source < self.size and type(tag) is int
@@ -779,11 +825,15 @@ class Comm(_attr.Cached):
                             f"pass buf=None", error_class=ERR_TRUNCATE)
         return obj
 
-    def irecv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG) -> Request:
+    def irecv(self, buf: Buffer | None = None, source: int = ANY_SOURCE,
+              tag: int = ANY_TAG) -> Request:
+        """Nonblocking receive."""
         return request(self._orecv(source, tag, "irecv"), K_ORECV, self._cx)
 
-    def sendrecv(self, sendobj, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
-                 recvtag=ANY_TAG, status=None):
+    def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf: Buffer | None = None,
+                 source: int = ANY_SOURCE, recvtag: int = ANY_TAG,
+                 status: Status | None = None) -> Any:
+        """Send and Receive."""
         r = self._orecv(source, recvtag, "sendrecv")
         s = self._osend(sendobj, dest, sendtag, False, "sendrecv")
         self._wait_send(s)
@@ -803,7 +853,7 @@ class Comm(_attr.Cached):
         """Set the communicator's name."""
         self._cx.name = str(name)
 
-    def Get_group(self):
+    def Get_group(self) -> Group:
         """The group of the communicator (a new handle onto it: equal each time)."""
         ext = self._h.ext if self._h is not None else None
         g = ext.get("group") if ext is not None else None
@@ -813,11 +863,11 @@ class Comm(_attr.Cached):
         return _group.Group(g)
 
     @property
-    def group(self):
+    def group(self) -> Group:
         """The group of the communicator."""
         return self.Get_group()
 
-    def Compare(self, comm) -> int:
+    def Compare(self, comm: Comm) -> int:
         """Compare two communicators: IDENT, CONGRUENT, SIMILAR or UNEQUAL."""
         if not isinstance(comm, Comm):
             raise TypeError(f"Compare: expected a communicator, got {type(comm).__name__}")
@@ -854,68 +904,68 @@ class Comm(_attr.Cached):
             raise
         return new
 
-    def Dup(self, info=None):
+    def Dup(self, info: Info | None = None) -> Self:
         """Duplicate the communicator (with its attributes; ``info``: new hints)."""
         new = _group.dup(self._cx, self._new)
         return self._derive(new, info, "Dup")
 
-    def Dup_with_info(self, info):
+    def Dup_with_info(self, info: Info) -> Self:
         """Duplicate the communicator with the hints of ``info``."""
         new = _group.dup(self._cx, self._new)
         return self._derive(new, _info_arg(info, "Dup_with_info"), "Dup_with_info")
 
-    def Idup(self, info=None):
+    def Idup(self, info: Info | None = None) -> tuple[Self, Request]:
         """Nonblocking duplicate: (new communicator, request).  driller completes the
         duplication at the call (it is one small allgather), the request is done."""
         return self.Dup(info), _request_null()
 
-    def Idup_with_info(self, info):
+    def Idup_with_info(self, info: Info) -> tuple[Self, Request]:
         """Nonblocking duplicate with the hints of ``info``: (communicator, request)."""
         return self.Dup_with_info(info), _request_null()
 
-    def Clone(self):
+    def Clone(self) -> Self:
         """Clone an existing communicator (as Dup)."""
         return self.Dup()
 
-    def Split(self, color=0, key=0):
+    def Split(self, color: int = 0, key: int = 0) -> Comm:
         """Split the communicator by ``color``, ranks ordered by ``key``."""
         return _group.split(self._cx, color, key, self._new)
 
-    def Split_type(self, split_type, key=0, info=None):
+    def Split_type(self, split_type: int, key: int = 0, info: Info | None = None) -> Comm:
         """Split the communicator by type (COMM_TYPE_SHARED and the hardware-guided
         types; UNDEFINED gives COMM_NULL)."""
         return _group.split_type(self._cx, split_type, key, info, self._new)
 
-    def Create(self, group):
+    def Create(self, group: Group) -> Comm:
         """Create a communicator from a group (collective over this communicator)."""
         return _group.create(self._cx, group, self._new)
 
-    def Create_group(self, group, tag: int = 0):
+    def Create_group(self, group: Group, tag: int = 0) -> Intracomm:
         """Create a communicator from a group; collective over the group's members
         only (the others need not call); ``tag`` tells concurrent calls apart."""
         return _group.create_group(self._cx, group, tag, self._new)
 
-    def Set_info(self, info) -> None:
+    def Set_info(self, info: Info) -> None:
         """Set new values for the hints of the communicator."""
         self._cx
         self._h.info.update(_info_items(_info_arg(info, "Set_info"), "Set_info"))
 
-    def Get_info(self):
+    def Get_info(self) -> Info:
         """The hints of the communicator (a new Info)."""
         self._cx
         return _info.Info.Create(list(self._h.info.items()))
 
     @property
-    def info(self):
+    def info(self) -> Info:
         """The communicator's hints."""
         return self.Get_info()
 
     @info.setter
-    def info(self, info) -> None:
+    def info(self, info: Info) -> None:
         self.Set_info(info)
 
     @classmethod
-    def Get_parent(cls):
+    def Get_parent(cls) -> Intercomm:
         """The parent intercommunicator (null when this process was not spawned)."""
         if _state.parent is not None:
             return _state.parent
@@ -934,12 +984,14 @@ class Comm(_attr.Cached):
 
     # -- collectives (``_coll``) --
     def Barrier(self) -> None:
+        """Barrier synchronization."""
         _hier.Barrier(self._cx)
 
     def barrier(self) -> None:
+        """Barrier synchronization."""
         self.Barrier()
 
-    def Abort(self, errorcode: int = 1):
+    def Abort(self, errorcode: int = 1) -> NoReturn:
         """Terminate this rank at once; the launcher then tells the others."""
         import sys
         sys.stderr.write(f"mmpi: rank {self.rank} called Abort({errorcode})\n")
@@ -949,126 +1001,161 @@ class Comm(_attr.Cached):
             abort(errorcode if 0 < errorcode < 256 else 1)
         os._exit(errorcode if 0 < errorcode < 256 else 1)
 
-    def Ibarrier(self):
+    def Ibarrier(self) -> Request:
+        """Nonblocking Barrier."""
         return _nonblocking.Ibarrier(self._cx)
 
-    def Ibcast(self, buf, root=0):
+    def Ibcast(self, buf: BufSpec, root: int = 0) -> Request:
+        """Nonblocking Broadcast."""
         return _nonblocking.Ibcast(self._cx, buf, root)
 
-    def Iallreduce(self, sendbuf, recvbuf, op=SUM):
+    def Iallreduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
+        """Nonblocking Reduce to All."""
         return _nonblocking.Iallreduce(self._cx, sendbuf, recvbuf, op)
 
-    def Bcast(self, buf, root=0):
+    def Bcast(self, buf: BufSpec, root: int = 0) -> None:
+        """Broadcast data from one process to all other processes."""
         return _hier.Bcast(self._cx, buf, root)
 
-    def bcast(self, obj, root=0):
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        """Broadcast."""
         with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
             return _hier.bcast(self._cx, obj, root)
 
-    def Reduce(self, sendbuf, recvbuf, op=SUM, root=0):
+    def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
+               root: int = 0) -> None:
+        """Reduce to Root."""
         return _hier.Reduce(self._cx, sendbuf, recvbuf, op, root)
 
-    def Allreduce(self, sendbuf, recvbuf, op=SUM):
+    def Allreduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
+        """Reduce to All."""
         return _hier.Allreduce(self._cx, sendbuf, recvbuf, op)
 
-    def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM):
+    def Reduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
+                             op: Op = SUM) -> None:
+        """Reduce-Scatter Block (regular, non-vector version)."""
         return _reduce.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)
 
-    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM):
+    def Reduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
+                       recvcounts: Sequence[int] | None = None, op: Op = SUM) -> None:
+        """Reduce-Scatter (vector version)."""
         return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
-    def reduce(self, sendobj, op=SUM, root=0):
+    def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
+               root: int = 0) -> Any | None:
+        """Reduce to Root."""
         return _hier.reduce(self._cx, sendobj, op, root)
 
-    def allreduce(self, sendobj, op=SUM):
+    def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
+        """Reduce to All."""
         return _hier.allreduce(self._cx, sendobj, op)
 
-    def Gather(self, sendbuf, recvbuf, root=0):
+    def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
+        """Gather data to one process from all other processes."""
         return _gather.Gather(self._cx, sendbuf, recvbuf, root)
 
-    def Gatherv(self, sendbuf, recvbuf, root=0):
+    def Gatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV | None, root: int = 0) -> None:
+        """Gather Vector."""
         return _gather.Gatherv(self._cx, sendbuf, recvbuf, root)
 
-    def Scatter(self, sendbuf, recvbuf, root=0):
+    def Scatter(self, sendbuf: BufSpecB | None, recvbuf: BufSpec | InPlace, root: int = 0) -> None:
+        """Scatter data from one process to all other processes."""
         return _gather.Scatter(self._cx, sendbuf, recvbuf, root)
 
-    def Scatterv(self, sendbuf, recvbuf, root=0):
+    def Scatterv(self, sendbuf: BufSpecV | None, recvbuf: BufSpec | InPlace,
+                 root: int = 0) -> None:
+        """Scatter Vector."""
         return _gather.Scatterv(self._cx, sendbuf, recvbuf, root)
 
-    def Allgather(self, sendbuf, recvbuf):
+    def Allgather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB) -> None:
+        """Gather to All."""
         return _gather.Allgather(self._cx, sendbuf, recvbuf)
 
-    def Allgatherv(self, sendbuf, recvbuf):
+    def Allgatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV) -> None:
+        """Gather to All Vector."""
         return _gather.Allgatherv(self._cx, sendbuf, recvbuf)
 
-    def gather(self, sendobj, root=0):
+    def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
+        """Gather."""
         return _gather.gather(self._cx, sendobj, root)
 
-    def scatter(self, sendobj, root=0):
+    def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
+        """Scatter."""
         return _gather.scatter(self._cx, sendobj, root)
 
-    def allgather(self, sendobj):
+    def allgather(self, sendobj: Any) -> list[Any]:
+        """Gather to All."""
         return _gather.allgather(self._cx, sendobj)
 
-    def Alltoall(self, sendbuf, recvbuf):
+    def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
+        """All to All Scatter/Gather."""
         return _alltoall.Alltoall(self._cx, sendbuf, recvbuf)
 
-    def Alltoallv(self, sendbuf, recvbuf):
+    def Alltoallv(self, sendbuf: BufSpecV | InPlace, recvbuf: BufSpecV) -> None:
+        """All to All Scatter/Gather Vector."""
         return _alltoall.Alltoallv(self._cx, sendbuf, recvbuf)
 
-    def alltoall(self, sendobj):
+    def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
+        """All to All Scatter/Gather."""
         return _alltoall.alltoall(self._cx, sendobj)
 
     # nonblocking and w forms (``_coll._vcoll``)
-    def Igather(self, sendbuf, recvbuf, root=0) -> Request:
+    def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
+                root: int = 0) -> Request:
         """Nonblocking Gather."""
         return _vcoll.Igather(self._cx, sendbuf, recvbuf, root)
 
-    def Igatherv(self, sendbuf, recvbuf, root=0) -> Request:
+    def Igatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV | None,
+                 root: int = 0) -> Request:
         """Nonblocking Gatherv."""
         return _vcoll.Igatherv(self._cx, sendbuf, recvbuf, root)
 
-    def Iscatter(self, sendbuf, recvbuf, root=0) -> Request:
+    def Iscatter(self, sendbuf: BufSpecB | None, recvbuf: BufSpec | InPlace,
+                 root: int = 0) -> Request:
         """Nonblocking Scatter."""
         return _vcoll.Iscatter(self._cx, sendbuf, recvbuf, root)
 
-    def Iscatterv(self, sendbuf, recvbuf, root=0) -> Request:
+    def Iscatterv(self, sendbuf: BufSpecV | None, recvbuf: BufSpec | InPlace,
+                  root: int = 0) -> Request:
         """Nonblocking Scatterv."""
         return _vcoll.Iscatterv(self._cx, sendbuf, recvbuf, root)
 
-    def Iallgather(self, sendbuf, recvbuf) -> Request:
+    def Iallgather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB) -> Request:
         """Nonblocking Allgather."""
         return _vcoll.Iallgather(self._cx, sendbuf, recvbuf)
 
-    def Iallgatherv(self, sendbuf, recvbuf) -> Request:
+    def Iallgatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV) -> Request:
         """Nonblocking Allgatherv."""
         return _vcoll.Iallgatherv(self._cx, sendbuf, recvbuf)
 
-    def Ialltoall(self, sendbuf, recvbuf) -> Request:
+    def Ialltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> Request:
         """Nonblocking Alltoall."""
         return _vcoll.Ialltoall(self._cx, sendbuf, recvbuf)
 
-    def Ialltoallv(self, sendbuf, recvbuf) -> Request:
+    def Ialltoallv(self, sendbuf: BufSpecV | InPlace, recvbuf: BufSpecV) -> Request:
         """Nonblocking Alltoallv."""
         return _vcoll.Ialltoallv(self._cx, sendbuf, recvbuf)
 
-    def Alltoallw(self, sendbuf, recvbuf) -> None:
+    def Alltoallw(self, sendbuf: BufSpecW | InPlace, recvbuf: BufSpecW) -> None:
         """All-to-all with a count, a byte displacement and a datatype per rank."""
         return _vcoll.Alltoallw(self._cx, sendbuf, recvbuf)
 
-    def Ialltoallw(self, sendbuf, recvbuf) -> Request:
+    def Ialltoallw(self, sendbuf: BufSpecW | InPlace, recvbuf: BufSpecW) -> Request:
         """Nonblocking Alltoallw."""
         return _vcoll.Ialltoallw(self._cx, sendbuf, recvbuf)
 
-    def Ireduce(self, sendbuf, recvbuf, op=SUM, root=0) -> Request:
+    def Ireduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
+                root: int = 0) -> Request:
         """Nonblocking Reduce."""
         return _vcoll.Ireduce(self._cx, sendbuf, recvbuf, op, root)
 
-    def Ireduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> Request:
+    def Ireduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
+                              op: Op = SUM) -> Request:
         """Nonblocking Reduce_scatter_block."""
         return _vcoll.Ireduce_scatter_block(self._cx, sendbuf, recvbuf, op)
 
-    def Ireduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM) -> Request:
+    def Ireduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
+                        recvcounts: Sequence[int] | None = None, op: Op = SUM) -> Request:
         """Nonblocking Reduce_scatter."""
         return _vcoll.Ireduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
@@ -1117,17 +1204,17 @@ class Comm(_attr.Cached):
 
     # -- error handlers (``_errhandler``) --
     @classmethod
-    def Create_errhandler(cls, errhandler_fn):
+    def Create_errhandler(cls, errhandler_fn: Callable[[Comm, int], None]) -> Errhandler:
         """Create a new error handler for communicators (``fn(comm, errorcode)``)."""
         return _errhandler.create(errhandler_fn)
 
-    def Get_errhandler(self):
+    def Get_errhandler(self) -> Errhandler:
         """A new handle onto this communicator's error handler (ERRORS_RETURN by
         default: errors raise MPI.Exception)."""
         self._t.rank
         return _errhandler.Errhandler(self._h.ext.get("errh", _errhandler.ERRORS_RETURN))
 
-    def Set_errhandler(self, errhandler) -> None:
+    def Set_errhandler(self, errhandler: Errhandler) -> None:
         """Set the error handler of the communicator."""
         self._t.rank
         self._h.ext["errh"] = _errhandler.Errhandler(
@@ -1194,13 +1281,13 @@ class _FlushOp:
 
 # ------------------------------------------------------------------ buffered sends (process)
 
-def Attach_buffer(buf) -> None:
+def Attach_buffer(buf: Buffer | None) -> None:
     """Attach a user-provided buffer for sending in buffered mode (or
     ``BUFFER_AUTOMATIC``)."""
     _bsend.attach(None, buf, "Attach_buffer")
 
 
-def Detach_buffer():
+def Detach_buffer() -> Buffer | None:
     """Remove an existing attached buffer (once every message in it is
     delivered); the buffer that was attached."""
     b = _bsend.process_buffer()
@@ -1229,31 +1316,35 @@ class Intracomm(Comm):
     Dup/Split/Create make of them).  Prefix reductions live here, as in mpi4py;
     topologies and intercommunicators are built from intracommunicators."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         if not internal and isinstance(comm, Comm) and comm._h is not None \
                 and comm.Is_inter():
             raise TypeError(f"{cls.__name__}(comm): {comm!r} is an intercommunicator "
                             f"(Merge it into an intracommunicator)")
         return super().__new__(cls, comm, *internal, **kw)
 
-    def Scan(self, sendbuf, recvbuf, op=SUM):
+    def Scan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
+        """Inclusive Scan."""
         return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
 
-    def Exscan(self, sendbuf, recvbuf, op=SUM):
+    def Exscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
+        """Exclusive Scan."""
         return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
 
-    def Iscan(self, sendbuf, recvbuf, op=SUM) -> Request:
+    def Iscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking Scan."""
         return _vcoll.Iscan(self._cx, sendbuf, recvbuf, op)
 
-    def Iexscan(self, sendbuf, recvbuf, op=SUM) -> Request:
+    def Iexscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking Exscan."""
         return _vcoll.Iexscan(self._cx, sendbuf, recvbuf, op)
 
-    def scan(self, sendobj, op=SUM):
+    def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
+        """Inclusive Scan."""
         return _reduce.scan(self._cx, sendobj, op)
 
-    def exscan(self, sendobj, op=SUM):
+    def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
+        """Exclusive Scan."""
         return _reduce.exscan(self._cx, sendobj, op)
 
     # -- topologies: the classes live in ``_topo`` (above this module, which never
@@ -1273,42 +1364,51 @@ class Intracomm(Comm):
                 "topologies are not loaded: import driller.mmpi._topo (driller.MPI does)")
         return cls
 
-    def Create_cart(self, dims, periods=None, reorder: bool = False):
+    def Create_cart(self, dims: Sequence[int], periods: Sequence[bool] | None = None,
+                    reorder: bool = False) -> Cartcomm:
         """Create cartesian communicator."""
         return self._topology("cart").create(self, dims, periods, reorder)
 
-    def Create_graph(self, index, edges, reorder: bool = False):
+    def Create_graph(self, index: Sequence[int], edges: Sequence[int],
+                     reorder: bool = False) -> Graphcomm:
         """Create graph communicator."""
         return self._topology("graph").create(self, index, edges, reorder)
 
-    def Create_dist_graph_adjacent(self, sources, destinations, sourceweights=None,
-                                   destweights=None, info=None, reorder: bool = False):
+    def Create_dist_graph_adjacent(self, sources: Sequence[int], destinations: Sequence[int],
+                                   sourceweights: Sequence[int] | None = None,
+                                   destweights: Sequence[int] | None = None,
+                                   info: Info | None = None,
+                                   reorder: bool = False) -> Distgraphcomm:
         """Create distributed graph communicator."""
         return self._topology("dist_graph").create_adjacent(
             self, sources, destinations, sourceweights, destweights, reorder)
 
-    def Create_dist_graph(self, sources, degrees, destinations, weights=None, info=None,
-                          reorder: bool = False):
+    def Create_dist_graph(self, sources: Sequence[int], degrees: Sequence[int],
+                          destinations: Sequence[int], weights: Sequence[int] | None = None,
+                          info: Info | None = None, reorder: bool = False) -> Distgraphcomm:
         """Create distributed graph communicator."""
         return self._topology("dist_graph").create(self, sources, degrees, destinations,
                                                    weights, reorder)
 
-    def Cart_map(self, dims, periods=None) -> int:
+    def Cart_map(self, dims: Sequence[int], periods: Sequence[bool] | None = None) -> int:
         """Determine optimal process placement on a Cartesian topology."""
         return self._topology("cart").map(self, dims, periods)
 
-    def Graph_map(self, index, edges) -> int:
+    def Graph_map(self, index: Sequence[int], edges: Sequence[int]) -> int:
         """Determine optimal process placement on a graph topology."""
         return self._topology("graph").map(self, index, edges)
 
-    def Spawn(self, command, args=None, maxprocs=1, info=None, root=0, errcodes=None):
+    def Spawn(self, command: str | bytes | os.PathLike[str], args: Sequence[str] | None = None,
+              maxprocs: int = 1, info: Info | None = None, root: int = 0,
+              errcodes: list[int] | None = None) -> Intercomm:
         """Spawn instances of a program: not supported (``_pylayers.spawn`` says what
         to run instead)."""
         return _pylayers.spawn(command, args, maxprocs, info, root, errcodes)
 
     @classmethod
-    def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=None,
-                          errhandler=None):
+    def Create_from_group(cls, group: Group, stringtag: str = "org.mpi4py",
+                          info: Info | None = None,
+                          errhandler: Errhandler | None = None) -> Intracomm:
         """Create a communicator from a group, without a parent communicator:
         collective over the group's members (``stringtag`` tells concurrent calls
         apart)."""
@@ -1330,8 +1430,8 @@ class Intracomm(Comm):
             comm.Set_errhandler(errhandler)
         return comm
 
-    def Create_intercomm(self, local_leader: int, peer_comm, remote_leader: int,
-                         tag: int = 0):
+    def Create_intercomm(self, local_leader: int, peer_comm: Intracomm, remote_leader: int,
+                         tag: int = 0) -> Intercomm:
         """Create an intercommunicator between this group and the group of the
         remote leader (``remote_leader``: its rank in ``peer_comm``)."""
         return _extension("create_intercomm")(self, local_leader, peer_comm, remote_leader, tag)
@@ -1414,6 +1514,7 @@ class _State:
     launch_error = None  # an MmpiError: the launcher's environment was unusable
     forked_from = None   # this process is a fork of that rank (it cannot communicate)
     parent = None        # the parent intercommunicator of a spawned process (set_parent)
+    exit_hook = False    # _finish_at_exit is registered
 
 
 _state = _State()
@@ -1453,7 +1554,7 @@ def _fork_error(rank: int) -> MmpiError:
 
 def _after_fork_in_child() -> None:
     t = _state.transport
-    if t is not None and isinstance(t, T.Transport):
+    if t is not None and issubclass(type(t), T.Transport):
         rank = _state.rank
         T.make_unusable(t, str(_fork_error(rank)))
         if _state.launched:
@@ -1498,6 +1599,20 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
     _state.comm_self = Intracomm._make(_Handle(
         Context(t, [rank], _CTX_SELF, "MPI_COMM_SELF"), Intracomm, 1, True))
     _state.finalized = False
+    if not _state.exit_hook:
+        _state.exit_hook = True
+        atexit.register(_finish_at_exit)
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit of a rank that did not call Finalize (``driller run``
+    programs mostly): hand the peers what they still need from us, as Finalize does."""
+    t = _state.transport
+    if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        try:
+            t.finish()
+        except DrillerError:  # a peer's death: nothing more to hand over
+            pass
 
 
 def _hybrid_launcher():
@@ -1562,7 +1677,11 @@ def self_comm() -> Comm:
 def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
-    if t is not None and _state.pid == os.getpid() and isinstance(t, T.Transport):
+    if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        try:
+            t.finish()   # what the peers still need from us (a FIN behind a full ring)
+        except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
+            pass
         t.close()
         T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
                            "after it (communicators, requests and COMM_WORLD all raise)")

@@ -45,7 +45,7 @@ class _InPlace:
     def __repr__(self) -> str:
         return "MPI.IN_PLACE"
 
-    def __reduce__(self):
+    def __reduce__(self) -> str:
         return "IN_PLACE"
 
 
@@ -62,7 +62,7 @@ class _BufferAutomatic:
     def __repr__(self) -> str:
         return "BUFFER_AUTOMATIC"
 
-    def __reduce__(self):
+    def __reduce__(self) -> str:
         return "BUFFER_AUTOMATIC"
 
 
@@ -105,7 +105,7 @@ class _Weights:
     def __repr__(self) -> str:
         return f"MPI.{self._name}"
 
-    def __reduce__(self):
+    def __reduce__(self) -> str:
         return self._name
 
 

@@ -23,11 +23,18 @@ extents; ``Get_contents`` in the MPI-3 layout: integers, addresses, no counts).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Sequence
+    from . import Comm
+    from ._typing import Bottom, Buffer, BufSpec
+
 import weakref
 
 import numpy as np
 
-from ..errors import MmpiError
+from ..errors import MmpiError, MmpiKeyError
 from .. import _errcodes
 from . import _attr
 from . import _const as C
@@ -220,7 +227,7 @@ class Datatype(_attr.Cached):
             t.attrs = _attr.Attributes("datatype")
         return t.attrs
 
-    def __new__(cls, datatype: Datatype | None = None):
+    def __new__(cls, datatype: Datatype | None = None) -> Datatype:
         self = object.__new__(cls)
         if datatype is None:
             self._t = None
@@ -499,14 +506,10 @@ class Datatype(_attr.Cached):
             self._t = None
 
     def free(self) -> None:
-        """Call Free if not null or predefined (a second handle onto a predefined
-        datatype just becomes null; the predefined constant stays)."""
+        """Call Free if not null or predefined; a predefined constant stays as it is,
+        another handle onto it (``Datatype(INT)``) becomes null."""
         t = self._t
-        if t is None:
-            return
-        if not t.predef:
-            self.Free()
-        elif _CANON.get(id(t)) is not self:
+        if t is not None and not (t.predef and _CANON.get(id(t)) is self):
             self._t = None
 
     # -- constructors --
@@ -556,7 +559,8 @@ class Datatype(_attr.Cached):
         _bounds(t, [(0, ((count, stride), (blocklength, _ext(old))), old)])
         return _new(t)
 
-    def Create_indexed(self, blocklengths, displacements) -> Datatype:
+    def Create_indexed(self, blocklengths: Sequence[int],
+                       displacements: Sequence[int]) -> Datatype:
         """Create an indexed datatype (displacements in extents of the old type)."""
         old = self._check("Create_indexed")
         bl, dp = _pairs(blocklengths, displacements, "Create_indexed")
@@ -566,7 +570,8 @@ class Datatype(_attr.Cached):
         _bounds(t, _indexed_blocks(bl, [d * e for d in dp], old))
         return _new(t)
 
-    def Create_hindexed(self, blocklengths, displacements) -> Datatype:
+    def Create_hindexed(self, blocklengths: Sequence[int],
+                        displacements: Sequence[int]) -> Datatype:
         """Create an indexed datatype with displacements in bytes."""
         old = self._check("Create_hindexed")
         bl, dp = _pairs(blocklengths, displacements, "Create_hindexed")
@@ -575,7 +580,7 @@ class Datatype(_attr.Cached):
         _bounds(t, _indexed_blocks(bl, dp, old))
         return _new(t)
 
-    def Create_indexed_block(self, blocklength: int, displacements) -> Datatype:
+    def Create_indexed_block(self, blocklength: int, displacements: Sequence[int]) -> Datatype:
         """Create an indexed datatype with constant-sized blocks."""
         old = self._check("Create_indexed_block")
         blocklength = _nonneg(blocklength, "Create_indexed_block", "blocklength")
@@ -586,7 +591,7 @@ class Datatype(_attr.Cached):
         _bounds(t, _indexed_blocks([blocklength] * len(dp), [d * e for d in dp], old))
         return _new(t)
 
-    def Create_hindexed_block(self, blocklength: int, displacements) -> Datatype:
+    def Create_hindexed_block(self, blocklength: int, displacements: Sequence[int]) -> Datatype:
         """Create an indexed datatype with constant-sized blocks, displacements in bytes."""
         old = self._check("Create_hindexed_block")
         blocklength = _nonneg(blocklength, "Create_hindexed_block", "blocklength")
@@ -597,7 +602,8 @@ class Datatype(_attr.Cached):
         return _new(t)
 
     @classmethod
-    def Create_struct(cls, blocklengths, displacements, datatypes) -> Datatype:
+    def Create_struct(cls, blocklengths: Sequence[int], displacements: Sequence[int],
+                      datatypes: Sequence[Datatype]) -> Datatype:
         """Create a general composite (struct) datatype (displacements in bytes)."""
         bl, dp = _pairs(blocklengths, displacements, "Create_struct")
         types = list(datatypes)
@@ -620,7 +626,8 @@ class Datatype(_attr.Cached):
             t.dense = False
         return _new(t)
 
-    def Create_subarray(self, sizes, subsizes, starts, order: int = C.ORDER_C) -> Datatype:
+    def Create_subarray(self, sizes: Sequence[int], subsizes: Sequence[int], starts: Sequence[int],
+                        order: int = C.ORDER_C) -> Datatype:
         """Create a datatype for a subarray of a multidimensional array."""
         old = self._check("Create_subarray")
         what = "Create_subarray"
@@ -650,7 +657,8 @@ class Datatype(_attr.Cached):
         _resized_bounds(t, inner, old.lb, int(np.prod(sizes)) * e)
         return _new(t)
 
-    def Create_darray(self, size: int, rank: int, gsizes, distribs, dargs, psizes,
+    def Create_darray(self, size: int, rank: int, gsizes: Sequence[int], distribs: Sequence[int],
+                      dargs: Sequence[int], psizes: Sequence[int],
                       order: int = C.ORDER_C) -> Datatype:
         """Create a datatype for a distributed array on a block-cyclic process grid."""
         old = self._check("Create_darray")
@@ -752,7 +760,7 @@ class Datatype(_attr.Cached):
         return DATATYPE_NULL
 
     # -- packing --
-    def Pack_size(self, count: int, comm=None) -> int:
+    def Pack_size(self, count: int, comm: Comm | None = None) -> int:
         """Return an upper bound of the bytes needed to pack ``count`` items."""
         t = self._check("Pack_size")
         return _nonneg(count, "Pack_size", "count") * t.size
@@ -767,26 +775,29 @@ class Datatype(_attr.Cached):
 
     Pack_external_size_c = Pack_external_size
 
-    def Pack(self, inbuf, outbuf, position: int, comm=None) -> int:
+    def Pack(self, inbuf: BufSpec, outbuf: BufSpec, position: int,
+             comm: Comm | None = None) -> int:
         """Pack into contiguous memory according to datatype; returns the new position."""
         return _pack_api(self, inbuf, outbuf, position, False, "Pack")
 
     Pack_c = Pack
 
-    def Unpack(self, inbuf, position: int, outbuf, comm=None) -> int:
+    def Unpack(self, inbuf: BufSpec, position: int, outbuf: BufSpec,
+               comm: Comm | None = None) -> int:
         """Unpack from contiguous memory according to datatype; returns the new position."""
         return _unpack_api(self, inbuf, position, outbuf, False, "Unpack")
 
     Unpack_c = Unpack
 
-    def Pack_external(self, datarep: str, inbuf, outbuf, position: int) -> int:
+    def Pack_external(self, datarep: str, inbuf: BufSpec, outbuf: BufSpec, position: int) -> int:
         """Pack into contiguous memory in the portable representation external32."""
         _datarep(datarep, "Pack_external")
         return _pack_api(self, inbuf, outbuf, position, True, "Pack_external")
 
     Pack_external_c = Pack_external
 
-    def Unpack_external(self, datarep: str, inbuf, position: int, outbuf) -> int:
+    def Unpack_external(self, datarep: str, inbuf: BufSpec, position: int,
+                        outbuf: BufSpec) -> int:
         """Unpack from contiguous memory in the portable representation external32."""
         _datarep(datarep, "Unpack_external")
         return _unpack_api(self, inbuf, position, outbuf, True, "Unpack_external")
@@ -1188,6 +1199,9 @@ def as_datatype(d) -> Datatype:
         t = TYPEDICT.get(d)
         if t is not None:
             return t
+        raise MmpiKeyError(f"invalid datatype {d!r} (cannot map it to an MPI datatype): use "
+                           f"one of driller.MPI's datatypes (MPI.BYTE, MPI.INT, ...) or a "
+                           f"typecode like 'd'", error_class=_ERR_TYPE)
     raise MmpiError(f"invalid datatype {d!r}: use one of driller.MPI's datatypes "
                     f"(MPI.BYTE, MPI.INT, MPI.DOUBLE, ...) or a typecode like 'd'",
                     error_class=_ERR_TYPE)
@@ -1411,7 +1425,7 @@ def _unpack_api(dt: Datatype, inbuf, position, outbuf, external, what) -> int:
 
 # ---------------------------------------------------------------- addresses
 
-def Get_address(location) -> int:
+def Get_address(location: Buffer | Bottom) -> int:
     """Get the address of a location in memory (0 for None and MPI.BOTTOM)."""
     if location is None or location is C.BOTTOM:
         return 0

@@ -8,6 +8,13 @@ use is ``last_used_code()`` (the ``MPI.LASTUSEDCODE`` attribute of COMM_WORLD).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+    _T = TypeVar("_T")
+
 from .. import _errcodes
 from ..errors import MmpiError
 
@@ -17,7 +24,7 @@ __all__ = ["Add_error_class", "Add_error_code", "Add_error_string", "Remove_erro
 last_used_code = _errcodes.last_used_code
 
 
-def _call(fn, *args):
+def _call(fn: Callable[..., _T], *args: Any) -> _T:
     try:
         return fn(*args)
     except ValueError as e:

@@ -61,7 +61,8 @@ class Errhandler:
 
     __slots__ = ("_h", "__weakref__")
 
-    def __init__(self, errhandler: Errhandler | None = None):
+    def __new__(cls, errhandler: Errhandler | None = None) -> Errhandler:
+        self = object.__new__(cls)
         if errhandler is None:
             self._h = None
         elif isinstance(errhandler, Errhandler):
@@ -69,6 +70,7 @@ class Errhandler:
         else:
             raise TypeError(f"Errhandler(errhandler): expected an Errhandler, got "
                             f"{type(errhandler).__name__}")
+        return self
 
     def __bool__(self) -> bool:
         return self._h is not None
@@ -142,6 +144,7 @@ class Errhandler:
         return cls.fromhandle(arg)
 
     def toint(self) -> int:
+        """Translate object to integer handle."""
         return -1
 
     def py2f(self) -> int:

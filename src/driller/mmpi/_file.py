@@ -15,6 +15,13 @@ which is also NotImplementedError, so mpi4py's own feature checks skip them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable
+    from ._comm import Intracomm
+    from ._group import Group
+
 import os
 
 from .. import _errcodes
@@ -136,7 +143,8 @@ class File:
     # -- opening and closing --------------------------------------------------------
 
     @classmethod
-    def Open(cls, comm, filename, amode: int = MODE_RDONLY, info: Info = INFO_NULL) -> File:
+    def Open(cls, comm: Intracomm, filename: str | bytes | os.PathLike[str],
+             amode: int = MODE_RDONLY, info: Info = INFO_NULL) -> File:
         """Open a file on every rank of ``comm``."""
         path = os.fsdecode(os.fspath(filename))
         _check_amode(amode)
@@ -189,7 +197,7 @@ class File:
                 pass                     # another rank removed it first
 
     @classmethod
-    def Delete(cls, filename, info: Info = INFO_NULL) -> None:
+    def Delete(cls, filename: str | bytes | os.PathLike[str], info: Info = INFO_NULL) -> None:
         """Delete a file."""
         try:
             os.unlink(os.fspath(filename))
@@ -207,7 +215,7 @@ class File:
         """The size of the file in bytes."""
         return os.fstat(self._open("Get_size").fd).st_size
 
-    def Get_group(self):
+    def Get_group(self) -> Group:
         """The group of the communicator that opened the file."""
         return self._open("Get_group").group
 
@@ -222,7 +230,8 @@ class File:
     # -- error handlers --------------------------------------------------------------
 
     @classmethod
-    def Create_errhandler(cls, errhandler_fn) -> _errhandler.Errhandler:
+    def Create_errhandler(cls,
+                          errhandler_fn: Callable[[File, int], None]) -> _errhandler.Errhandler:
         """Create a new error handler for files."""
         return _errhandler.create(errhandler_fn)
 

@@ -12,6 +12,12 @@ Functions returning a communicator call ``new(world_ranks, ctx)``;
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Sequence
+    from typing import Any
+
 import weakref
 import zlib
 
@@ -96,7 +102,7 @@ class Group:
 
     __slots__ = ("_g", "__weakref__")
 
-    def __new__(cls, group=None, me=None):
+    def __new__(cls, group: Group | None = None, me: Any = None) -> Group:
         self = object.__new__(cls)
         if group is None:
             self._g = None
@@ -109,7 +115,7 @@ class Group:
                             f"{type(group).__name__}")
         return self
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args: Any, **kw: Any) -> None:
         pass
 
     @classmethod
@@ -226,12 +232,12 @@ class Group:
         """Duplicate the group."""
         return self._new(self._get("Dup").world)
 
-    def Incl(self, ranks) -> "Group":
+    def Incl(self, ranks: Sequence[int]) -> "Group":
         """A group of the processes of ``ranks``, in that order."""
         g = self._get("Incl")
         return self._new([g.world[r] for r in self._ranks(ranks, "Incl")])
 
-    def Excl(self, ranks) -> "Group":
+    def Excl(self, ranks: Sequence[int]) -> "Group":
         """The group without the processes of ``ranks``."""
         g = self._get("Excl")
         drop = set(self._ranks(ranks, "Excl"))
@@ -257,30 +263,31 @@ class Group:
             ranks.extend(range(first, last + (1 if stride > 0 else -1), stride))
         return ranks
 
-    def Range_incl(self, ranges) -> "Group":
+    def Range_incl(self, ranges: Sequence[tuple[int, int, int]]) -> "Group":
         """A group of the ranks of the (first, last, stride) ``ranges``."""
         return self.Incl(self._range_ranks(ranges, "Range_incl"))
 
-    def Range_excl(self, ranges) -> "Group":
+    def Range_excl(self, ranges: Sequence[tuple[int, int, int]]) -> "Group":
         """The group without the ranks of the (first, last, stride) ``ranges``."""
         return self.Excl(self._range_ranks(ranges, "Range_excl"))
 
-    def Union(self, group) -> "Group":
+    def Union(self, group: Group) -> "Group":
         """The processes of this group, then those of ``group`` not in it."""
         a, b = self._get("Union"), group._get("Union")
         return Group._of(a.world + [w for w in b.world if w not in a.index], a.me)
 
-    def Intersection(self, group) -> "Group":
+    def Intersection(self, group: Group) -> "Group":
         """The processes of this group also in ``group`` (in this group's order)."""
         a, b = self._get("Intersection"), group._get("Intersection")
         return Group._of([w for w in a.world if w in b.index], a.me)
 
-    def Difference(self, group) -> "Group":
+    def Difference(self, group: Group) -> "Group":
         """The processes of this group not in ``group``."""
         a, b = self._get("Difference"), group._get("Difference")
         return Group._of([w for w in a.world if w not in b.index], a.me)
 
-    def Translate_ranks(self, ranks=None, group=None) -> list:
+    def Translate_ranks(self, ranks: Sequence[int] | None = None,
+                        group: Group | None = None) -> list:
         """Ranks in ``group`` of this group's ``ranks`` (UNDEFINED if absent; PROC_NULL
         stays PROC_NULL); ``group`` None: the world ranks."""
         g = self._get("Translate_ranks")
@@ -296,7 +303,7 @@ class Group:
             out.append(w if other is None else other.index.get(w, UNDEFINED))
         return out
 
-    def Compare(self, group) -> int:
+    def Compare(self, group: Group) -> int:
         """Compare two groups: IDENT, SIMILAR or UNEQUAL."""
         if not isinstance(group, Group):
             raise TypeError(f"Group.Compare: expected a Group, got {type(group).__name__}")
@@ -308,9 +315,10 @@ class Group:
         return UNEQUAL
 
     @classmethod
-    def Create_from_session_pset(cls, session, pset_name: str) -> "Group":
+    def Create_from_session_pset(cls, session: Any, pset_name: str) -> "Group":
         """Create a new group from session and process set (``session.Create_group``)."""
-        # (_session sits above _group: the class is known by its name here)
+        # (session: an MPI.Session; _session sits above _group, imports it: the class is
+        # known by its name here)
         create = getattr(type(session), "Create_group", None)
         if create is None or not any(c.__name__ == "Session" for c in type(session).__mro__):
             raise TypeError(f"Group.Create_from_session_pset: expected an MPI.Session, got "

@@ -10,6 +10,11 @@ to themselves; other infos pickle as a new info with the same items.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Iterable, Mapping, Sequence
+
 import os
 import platform
 import socket
@@ -30,21 +35,21 @@ class Info:
     __slots__ = ("_d", "__weakref__")
 
     def __new__(cls, info: Info | None = None) -> Info:
-        # (takes the argument, so a subclass's ``super().__new__(cls, info)`` works)
-        return object.__new__(cls)
-
-    def __init__(self, info: Info | None = None):
+        self = object.__new__(cls)
         if info is None:
             self._d = None
         elif isinstance(info, Info):
             self._d = info._d
         else:
             raise TypeError(f"Info(info): expected an Info, got {type(info).__name__}")
+        return self
 
     # -- MPI methods ---------------------------------------------------------------
 
     @classmethod
-    def Create(cls, items=None) -> Info:
+    def Create(cls,
+               items: Info | Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> Info:
+        """Create a new info object."""
         new = cls()
         new._d = {}
         if items is not None:
@@ -55,7 +60,8 @@ class Info:
         return new
 
     @classmethod
-    def Create_env(cls, args=None) -> Info:
+    def Create_env(cls, args: Sequence[str] | None = None) -> Info:
+        """Create a new environment info object."""
         new = cls()
         new._d = dict(_env_items(args))
         return new
@@ -74,11 +80,13 @@ class Info:
         return d
 
     def Dup(self) -> Info:
-        new = type(self)()
+        """Duplicate an existing info object."""
+        new = Info.__new__(type(self))
         new._d = dict(self._store("Dup"))
         return new
 
     def Free(self) -> None:
+        """Free an info object."""
         self._store("Free")
         if self is INFO_ENV:
             raise MmpiError("Info.Free: INFO_ENV is predefined and cannot be freed",
@@ -86,12 +94,15 @@ class Info:
         self._d = None
 
     def Get(self, key: str) -> str | None:
+        """Retrieve the value associated with a key."""
         return self._store("Get").get(_key(key))
 
     def Set(self, key: str, value: str) -> None:
+        """Store a value associated with a key."""
         self._writable("Set")[_key(key)] = _value(value)
 
     def Delete(self, key: str) -> None:
+        """Remove a (key, value) pair from info."""
         d = self._writable("Delete")
         key = _key(key)
         if key not in d:
@@ -99,9 +110,11 @@ class Info:
         del d[key]
 
     def Get_nkeys(self) -> int:
+        """Return the number of currently defined keys in info."""
         return len(self._store("Get_nkeys"))
 
     def Get_nthkey(self, n: int) -> str:
+        """Return the *n*-th defined key in info."""
         d = self._store("Get_nthkey")
         if not 0 <= n < len(d):
             raise MmpiError(f"Info.Get_nthkey: index {n} is out of range (the info has "
@@ -210,29 +223,36 @@ class Info:
             raise KeyError(key)
         self.Delete(key)
 
-    def get(self, key: str, default=None):
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """Retrieve value by key."""
         if self._d is None:
             return default
         v = self._d.get(_key(key))
         return default if v is None else v
 
     def keys(self) -> list[str]:
+        """Return list of keys."""
         return [] if self._d is None else list(self._d)
 
     def values(self) -> list[str]:
+        """Return list of values."""
         return [] if self._d is None else list(self._d.values())
 
     def items(self) -> list[tuple[str, str]]:
+        """Return list of items."""
         return [] if self._d is None else list(self._d.items())
 
-    def update(self, items=(), **kwds) -> None:
+    def update(self, items: Info | Mapping[str, str] | Iterable[tuple[str, str]] = (),
+               **kwds: str) -> None:
+        """Update contents."""
         if self._d is None:
             raise KeyError("update: the info is INFO_NULL")
         pairs = items.items() if hasattr(items, "items") else items
         for k, v in list(pairs) + list(kwds.items()):
             self.Set(k, v)
 
-    def pop(self, key: str, *default):
+    def pop(self, key: str, *default: str) -> str:
+        """Pop value by key."""
         if self._d is None or key not in self._d:
             if default:
                 return default[0]
@@ -242,15 +262,18 @@ class Info:
         return v
 
     def popitem(self) -> tuple[str, str]:
+        """Pop first item."""
         if not self._d:
             raise KeyError("popitem: the info is empty")
         key = list(self._d)[-1]
         return key, self.pop(key)
 
     def copy(self) -> Info:
-        return type(self)() if self._d is None else self.Dup()
+        """Copy contents."""
+        return Info.__new__(type(self)) if self._d is None else self.Dup()
 
     def clear(self) -> None:
+        """Clear contents."""
         if self._d is not None:
             self._writable("clear").clear()
 

@@ -19,6 +19,18 @@ and ``driller.mmpi`` import it with ``_comm``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Sequence
+    from typing import Any
+    from typing_extensions import Self
+    from ._coll._ops import Op
+    from ._errhandler import Errhandler
+    from ._info import Info
+    from ._request import Request, Status
+    from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
+
 import zlib
 
 import numpy as np
@@ -64,7 +76,7 @@ class Intercomm(Comm):
     """Intercommunicator: a local and a remote group; point-to-point addresses the
     remote group's ranks, collectives go from one group to the other."""
 
-    def __new__(cls, comm=None, *internal, **kw):
+    def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         """``Intercomm()``: a null handle (equal to COMM_NULL); ``Intercomm(intercomm)``:
         a second handle onto the same intercommunicator (equal to it)."""
         if internal or kw:
@@ -159,7 +171,7 @@ class Intercomm(Comm):
         """Number of processes in remote group."""
         return self.Get_remote_size()
 
-    def Compare(self, comm) -> int:
+    def Compare(self, comm: Comm) -> int:
         """Compare two communicators (IDENT, CONGRUENT, SIMILAR or UNEQUAL)."""
         cx = self._live("Compare")
         if not isinstance(comm, Comm):
@@ -183,14 +195,14 @@ class Intercomm(Comm):
         _group.claim_contexts(ctx, N_CONTEXTS)
         return cx, [r for r, _ in mine], [r for r, _ in theirs], ctx
 
-    def Dup(self, info=None) -> "Intercomm":
+    def Dup(self, info: Info | None = None) -> "Intercomm":
         """Duplicate the intercommunicator (collective over both groups), with its
         attributes (copy callbacks) and hints (``info``: new ones)."""
         cx, _, _, ctx = self._agree(None, "Dup")
         new = self._build(cx.t, cx.group, cx.remote, ctx, self)
         return self._derive(new, info, "Dup")
 
-    def Dup_with_info(self, info) -> "Intercomm":
+    def Dup_with_info(self, info: Info) -> "Intercomm":
         """Duplicate the intercommunicator with the hints of ``info``."""
         return self.Dup(info)
 
@@ -198,7 +210,7 @@ class Intercomm(Comm):
         """Clone an existing communicator."""
         return self.Dup()
 
-    def Split(self, color: int = 0, key: int = 0):
+    def Split(self, color: int = 0, key: int = 0) -> Comm:
         """Split the intercommunicator: ranks of the same color in either group form a
         new intercommunicator (COMM_NULL where one side of a color is empty)."""
         self._live("Split")
@@ -219,7 +231,7 @@ class Intercomm(Comm):
             return type(self).__new__(type(self))
         return self._build(cx.t, local, remote, ctx, self)
 
-    def Split_type(self, split_type: int, key: int = 0, info=None):
+    def Split_type(self, split_type: int, key: int = 0, info: Info | None = None) -> Comm:
         """Split by type: COMM_TYPE_SHARED keeps the ranks of a node (of both groups)
         together; the guided types do the same when ``info`` asks for
         ``mpi_hw_resource_type=mpi_shared_memory`` (else COMM_NULL, as for unknown
@@ -241,7 +253,7 @@ class Intercomm(Comm):
                        f"COMM_TYPE_RESOURCE_GUIDED or UNDEFINED)")
         return self.Split(color, key)
 
-    def Create(self, group: Group):
+    def Create(self, group: Group) -> Comm:
         """A new intercommunicator of ``group`` (a subgroup of the local group) and the
         remote group's choice of its own ranks (collective over both groups)."""
         cx = self._live("Create")
@@ -259,7 +271,7 @@ class Intercomm(Comm):
             return type(self).__new__(type(self))
         return self._build(cx.t, world, remote, ctx, self)
 
-    def Create_group(self, group, tag: int = 0):
+    def Create_group(self, group: Group, tag: int = 0) -> Intracomm:
         """Not for intercommunicators (MPI: an intracommunicator's call)."""
         self._live("Create_group")
         raise _err("Create_group: comm must be an intracommunicator (Merge the "
@@ -277,8 +289,9 @@ class Intercomm(Comm):
 
     @classmethod
     def Create_from_groups(cls, local_group: Group, local_leader: int, remote_group: Group,
-                           remote_leader: int, stringtag: str = "org.mpi4py", info=None,
-                           errhandler=None) -> "Intercomm":
+                           remote_leader: int, stringtag: str = "org.mpi4py",
+                           info: Info | None = None,
+                           errhandler: Errhandler | None = None) -> "Intercomm":
         """Create an intercommunicator from a local and a remote group (no parent
         communicator: every member of both groups calls it with the same stringtag)."""
         what = "Create_from_groups"
@@ -324,7 +337,7 @@ class Intercomm(Comm):
     # -- point-to-point: the remote group's ranks.  Comm's inline fast paths bound
     # ranks by the local size; these bound them by the remote group's (``_group``
     # holds the remote world ranks), and are otherwise the same code --
-    def Send(self, buf, dest, tag=0) -> None:
+    def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send to rank ``dest`` of the remote group."""
         try:
             mv = memoryview(buf)
@@ -338,7 +351,8 @@ class Intercomm(Comm):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
-    def Recv(self, buf, source=ANY_SOURCE, tag=ANY_TAG, status=None) -> None:
+    def Recv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+             status: Status | None = None) -> None:
         """Blocking receive from rank ``source`` of the remote group."""
         try:
             mv = memoryview(buf)
@@ -357,8 +371,9 @@ class Intercomm(Comm):
                 return
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
-    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=ANY_SOURCE,
-                 recvtag=ANY_TAG, status=None) -> None:
+    def Sendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
+                 recvbuf: BufSpec | None = None, source: int = ANY_SOURCE, recvtag: int = ANY_TAG,
+                 status: Status | None = None) -> None:
         """Send and receive (ranks of the remote group)."""
         smv = message(sendbuf, False, "Sendrecv")
         rmv = message(recvbuf, True, "Sendrecv")
@@ -368,7 +383,7 @@ class Intercomm(Comm):
         self._wait_send(s)
         self._wait_recv(r, status)
 
-    def send(self, obj, dest, tag=0) -> None:
+    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send an object to rank ``dest`` of the remote group."""
         if type(dest) is int and 0 <= dest < self._rsize and type(tag) is int and \
                 0 <= tag <= TAG_MAX:
@@ -386,7 +401,8 @@ class Intercomm(Comm):
             return
         self._wait_send(self._osend(obj, dest, tag, False, "send"))
 
-    def recv(self, buf=None, source=ANY_SOURCE, tag=ANY_TAG, status=None):
+    def recv(self, buf: Buffer | None = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+             status: Status | None = None) -> Any:
         """Receive an object from rank ``source`` of the remote group."""
         if (type(source) is int and -1 <= source < self._rsize and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
@@ -436,148 +452,160 @@ class Intercomm(Comm):
         """Barrier synchronization (every rank of both groups)."""
         X.Barrier(self._cx)
 
-    def Ibarrier(self):
+    def Ibarrier(self) -> Request:
         """Nonblocking barrier."""
         return X.Ibarrier(self._cx)
 
-    def Bcast(self, buf, root: int = 0) -> None:
+    def Bcast(self, buf: BufSpec, root: int = 0) -> None:
         """Broadcast from the root to every rank of the remote group."""
         X.Bcast(self._cx, buf, root)
 
-    def Ibcast(self, buf, root: int = 0):
+    def Ibcast(self, buf: BufSpec, root: int = 0) -> Request:
         """Nonblocking broadcast."""
         return X.Ibcast(self._cx, buf, root)
 
-    def bcast(self, obj, root: int = 0):
+    def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast an object from the root to the remote group (None in the
         root's group)."""
         return X.bcast(self._cx, obj, root)
 
-    def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
+    def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather the remote group's buffers at the root."""
         X.Gather(self._cx, sendbuf, recvbuf, root)
 
-    def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
+    def Gatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV | None, root: int = 0) -> None:
         """Gather Vector."""
         X.Gatherv(self._cx, sendbuf, recvbuf, root)
 
-    def Igather(self, sendbuf, recvbuf, root: int = 0):
+    def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
+                root: int = 0) -> Request:
         """Nonblocking gather."""
         return X.Igather(self._cx, sendbuf, recvbuf, root)
 
-    def Igatherv(self, sendbuf, recvbuf, root: int = 0):
+    def Igatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV | None,
+                 root: int = 0) -> Request:
         """Nonblocking gather vector."""
         return X.Igatherv(self._cx, sendbuf, recvbuf, root)
 
-    def gather(self, sendobj, root: int = 0):
+    def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
         """Gather the remote group's objects at the root (a list there, else None)."""
         return X.gather(self._cx, sendobj, root)
 
-    def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
+    def Scatter(self, sendbuf: BufSpecB | None, recvbuf: BufSpec | InPlace, root: int = 0) -> None:
         """Scatter the root's blocks over the remote group."""
         X.Scatter(self._cx, sendbuf, recvbuf, root)
 
-    def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
+    def Scatterv(self, sendbuf: BufSpecV | None, recvbuf: BufSpec | InPlace,
+                 root: int = 0) -> None:
         """Scatter Vector."""
         X.Scatterv(self._cx, sendbuf, recvbuf, root)
 
-    def Iscatter(self, sendbuf, recvbuf, root: int = 0):
+    def Iscatter(self, sendbuf: BufSpecB | None, recvbuf: BufSpec | InPlace,
+                 root: int = 0) -> Request:
         """Nonblocking scatter."""
         return X.Iscatter(self._cx, sendbuf, recvbuf, root)
 
-    def Iscatterv(self, sendbuf, recvbuf, root: int = 0):
+    def Iscatterv(self, sendbuf: BufSpecV | None, recvbuf: BufSpec | InPlace,
+                  root: int = 0) -> Request:
         """Nonblocking scatter vector."""
         return X.Iscatterv(self._cx, sendbuf, recvbuf, root)
 
-    def scatter(self, sendobj, root: int = 0):
+    def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """Scatter the root's sequence of objects over the remote group."""
         return X.scatter(self._cx, sendobj, root)
 
-    def Allgather(self, sendbuf, recvbuf) -> None:
+    def Allgather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB) -> None:
         """Every rank gets the remote group's buffers."""
         X.Allgather(self._cx, sendbuf, recvbuf)
 
-    def Allgatherv(self, sendbuf, recvbuf) -> None:
+    def Allgatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV) -> None:
         """Gather to All Vector."""
         X.Allgatherv(self._cx, sendbuf, recvbuf)
 
-    def Iallgather(self, sendbuf, recvbuf):
+    def Iallgather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB) -> Request:
         """Nonblocking gather to all."""
         return X.Iallgather(self._cx, sendbuf, recvbuf)
 
-    def Iallgatherv(self, sendbuf, recvbuf):
+    def Iallgatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV) -> Request:
         """Nonblocking gather to all vector."""
         return X.Iallgatherv(self._cx, sendbuf, recvbuf)
 
-    def allgather(self, sendobj):
+    def allgather(self, sendobj: Any) -> list[Any]:
         """Every rank gets the list of the remote group's objects."""
         return X.allgather(self._cx, sendobj)
 
-    def Alltoall(self, sendbuf, recvbuf) -> None:
+    def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
         """Block r of the send buffer goes to remote rank r."""
         X.Alltoall(self._cx, sendbuf, recvbuf)
 
-    def Alltoallv(self, sendbuf, recvbuf) -> None:
+    def Alltoallv(self, sendbuf: BufSpecV | InPlace, recvbuf: BufSpecV) -> None:
         """All to All Scatter/Gather Vector."""
         X.Alltoallv(self._cx, sendbuf, recvbuf)
 
-    def Alltoallw(self, sendbuf, recvbuf) -> None:
+    def Alltoallw(self, sendbuf: BufSpecW | InPlace, recvbuf: BufSpecW) -> None:
         """All to All Scatter/Gather General (byte displacements, a datatype per rank)."""
         X.Alltoallw(self._cx, sendbuf, recvbuf)
 
-    def Ialltoall(self, sendbuf, recvbuf):
+    def Ialltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> Request:
         """Nonblocking all to all."""
         return X.Ialltoall(self._cx, sendbuf, recvbuf)
 
-    def Ialltoallv(self, sendbuf, recvbuf):
+    def Ialltoallv(self, sendbuf: BufSpecV | InPlace, recvbuf: BufSpecV) -> Request:
         """Nonblocking all to all vector."""
         return X.Ialltoallv(self._cx, sendbuf, recvbuf)
 
-    def Ialltoallw(self, sendbuf, recvbuf):
+    def Ialltoallw(self, sendbuf: BufSpecW | InPlace, recvbuf: BufSpecW) -> Request:
         """Nonblocking all to all general."""
         return X.Ialltoallw(self._cx, sendbuf, recvbuf)
 
-    def alltoall(self, sendobj):
+    def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """Item r of ``sendobj`` goes to remote rank r; returns the remote items."""
         return X.alltoall(self._cx, sendobj)
 
-    def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
+    def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
+               root: int = 0) -> None:
         """Reduce the remote group's buffers at the root."""
         X.Reduce(self._cx, sendbuf, recvbuf, op, root)
 
-    def Ireduce(self, sendbuf, recvbuf, op=SUM, root: int = 0):
+    def Ireduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
+                root: int = 0) -> Request:
         """Nonblocking reduce."""
         return X.Ireduce(self._cx, sendbuf, recvbuf, op, root)
 
-    def reduce(self, sendobj, op=SUM, root: int = 0):
+    def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
+               root: int = 0) -> Any | None:
         """Reduce the remote group's objects at the root (None elsewhere)."""
         return X.reduce(self._cx, sendobj, op, root)
 
-    def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
+    def Allreduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
         """Every rank gets the reduction of the remote group's buffers."""
         X.Allreduce(self._cx, sendbuf, recvbuf, op)
 
-    def Iallreduce(self, sendbuf, recvbuf, op=SUM):
+    def Iallreduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking reduce to all."""
         return X.Iallreduce(self._cx, sendbuf, recvbuf, op)
 
-    def allreduce(self, sendobj, op=SUM):
+    def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Every rank gets the reduction of the remote group's objects."""
         return X.allreduce(self._cx, sendobj, op)
 
-    def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> None:
+    def Reduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
+                             op: Op = SUM) -> None:
         """The remote group's reduction, scattered in equal blocks over this group."""
         X.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)
 
-    def Ireduce_scatter_block(self, sendbuf, recvbuf, op=SUM):
+    def Ireduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
+                              op: Op = SUM) -> Request:
         """Nonblocking reduce-scatter block."""
         return X.Ireduce_scatter_block(self._cx, sendbuf, recvbuf, op)
 
-    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
+    def Reduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
+                       recvcounts: Sequence[int] | None = None, op: Op = SUM) -> None:
         """The remote group's reduction, scattered over this group by ``recvcounts``."""
         X.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 
-    def Ireduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM):
+    def Ireduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
+                        recvcounts: Sequence[int] | None = None, op: Op = SUM) -> Request:
         """Nonblocking reduce-scatter."""
         return X.Ireduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
 

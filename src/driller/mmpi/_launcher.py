@@ -48,9 +48,9 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 from .. import _linux
+from . import _procs
 from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_kill, rank_pids,
                      raw_wait_status, reap_adopted, shell_status, signal_name, stop_leftovers,
                      wait_status)
@@ -725,11 +725,9 @@ def _run_supervised(opts: Options) -> int:
         # the supervisor's collections need not visit (and copy on write) every
         # object inherited from this process
         gc.freeze()
-        with warnings.catch_warnings():
-            # 3.12+ warns of fork() with threads running; ours are numpy's idle
-            # BLAS workers, and the supervisor only forks and execs ranks
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        # (numpy's OpenBLAS stops its threads before a fork, driller's release
+        # sender is waited for: a "multi-threaded" warning is about the caller's)
+        pid, forked_warnings = _procs.fork()
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         _linux.set_child_subreaper(was_subreaper)
@@ -761,6 +759,17 @@ def _run_supervised(opts: Options) -> int:
         pidfd = _linux.pidfd_open(pid)     # our unreaped child: cannot be gone
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     except BaseException:   # (EMFILE) the supervisor sees us go and ends the job
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
+    try:
+        _procs.reissue(forked_warnings)    # (-W error: raised here; the job is stopped)
+    except BaseException:
+        pidfd_kill(pidfd, signal.SIGKILL)
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        for fd in (pidfd, rfd, wfd):
+            os.close(fd)
+        kill_children()
+        _linux.set_child_subreaper(was_subreaper)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         raise
 

@@ -75,8 +75,7 @@ class Pickle:
         return self._loads(data)
 
     def dumps_oob(self, obj: Any) -> tuple[bytes, list[buffer]]:
-        """Serialize object to pickle data stream and out-of-band buffers (``MPI.buffer``
-        views of the objects' memory, as mpi4py's)."""
+        """Serialize object to pickle data stream and out-of-band buffers."""
         protocol = self._protocol
         if protocol is None:
             protocol = _PROTOCOL
@@ -84,10 +83,10 @@ class Pickle:
         buffers: list[buffer] = []
         threshold = self._threshold
 
-        def callback(pb):
+        def callback(pb: _std.PickleBuffer) -> bool:
             raw = pb.raw()
             if raw.nbytes >= threshold:
-                buffers.append(buffer.frombuffer(raw, raw.readonly))
+                buffers.append(buffer.frombuffer(raw, raw.readonly))   # (a view, no copy)
                 return False
             return True
 

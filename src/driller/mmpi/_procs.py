@@ -12,16 +12,36 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 
 from .. import _linux
 
 __all__ = ["UNKNOWN", "shell_status", "raw_wait_status", "signal_name", "describe_status",
            "describe_wait_status", "wait_status", "kill_group", "pidfd_kill", "stop_leftovers",
-           "kill_children", "reap_adopted", "rank_pids"]
+           "kill_children", "reap_adopted", "rank_pids", "fork", "reissue"]
 
 # The child was reaped by someone else (a SIGCHLD handler of the caller, SIGCHLD
 # ignored): its status is lost, and its pid may already be reused.
 UNKNOWN = (-1, 255)
+
+
+def fork() -> tuple[int, list]:
+    """``os.fork()``; returns (pid, the warnings it gave, recorded, not shown).
+
+    Python 3.12+ warns when the process has another thread.  Made an error
+    (``-W error``) that warning is raised in the parent after the child exists,
+    which would leave the child running untracked: the caller hands the list to
+    :func:`reissue` once the child is its to stop."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pid = os.fork()
+    return pid, caught
+
+
+def reissue(caught: list) -> None:
+    """Issue again warnings recorded by :func:`fork` (the caller's filters apply)."""
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def shell_status(si_code: int, si_status: int) -> int:

@@ -19,6 +19,15 @@ receive started on that handle (``Message.Recv``...) can get it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Sequence
+    from typing import Any
+    from . import Comm
+    from ._datatype import Datatype
+    from ._typing import BufSpec
+
 import sys
 import time
 import traceback
@@ -33,9 +42,15 @@ from ._objects import loads
 
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
-           "UnpackRecvOp",
-           "request", "complete", "persistent", "message_handle",
+           "request", "complete", "persistent", "message_handle", "UnpackRecvOp",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
+
+
+class UnpackRecvOp(T.RecvOp):
+    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
+    buffer into the user's buffer when the request completes."""
+
+    __slots__ = ("unpack",)
 
 
 # ------------------------------------------------------------------ Status
@@ -49,7 +64,12 @@ class Status:
 
     __slots__ = ("_i", "_q", "__weakref__")
 
-    def __init__(self, status: Status | None = None):
+    def __new__(cls, status: Status | None = None) -> Status:
+        self = object.__new__(cls)
+        self._setup(status)
+        return self
+
+    def _setup(self, status: Status | None) -> None:
         b = bytearray(24)
         i = self._i = memoryview(b).cast("i")
         self._q = memoryview(b).cast("q")
@@ -87,16 +107,16 @@ class Status:
         """Set message error."""
         self._i[2] = int(error)
 
-    def Get_count(self, datatype=BYTE) -> int:
+    def Get_count(self, datatype: Datatype = BYTE) -> int:
         """Get the number of *top level* elements (``UNDEFINED`` if the received
         bytes are not a whole number of ``datatype``)."""
         return count_of(as_datatype(datatype), self._q[2])
 
-    def Get_elements(self, datatype=BYTE) -> int:
+    def Get_elements(self, datatype: Datatype = BYTE) -> int:
         """Get the number of basic elements in a datatype."""
         return elements_of(as_datatype(datatype), self._q[2])
 
-    def Set_elements(self, datatype, count: int) -> None:
+    def Set_elements(self, datatype: Datatype, count: int) -> None:
         """Set the number of elements in a status (``count`` elements of ``datatype``)."""
         if type(count) is not int or count < 0:
             raise MmpiError(f"Status.Set_elements: count must be an int >= 0, got {count!r}",
@@ -200,8 +220,7 @@ class Status:
 
 
 def _status(cls, fields) -> Status:
-    new = cls.__new__(cls)
-    Status.__init__(new)
+    new = Status.__new__(cls)
     new.source, new.tag, new.error, new.count, new.cancelled = fields
     return new
 
@@ -316,6 +335,14 @@ def _outcome(op, kind, cx, status, peek=False):
     return None
 
 
+def _base_of(cls) -> type:
+    """The first class of ``cls``'s MRO defined here (Request, Prequest, Grequest...)."""
+    for c in cls.__mro__:
+        if c.__module__ == __name__:
+            return c
+    return Request
+
+
 class Request:
     """Request handle: a nonblocking operation; ``REQUEST_NULL`` is the empty one.
 
@@ -324,10 +351,11 @@ class Request:
     __slots__ = ("_op", "_kind", "_cx", "_alias", "__weakref__")
 
     def __new__(cls, request: Request | None = None) -> Request:
-        # (takes the argument, so a subclass's ``super().__new__(cls, request)`` works)
-        return object.__new__(cls)
+        self = object.__new__(cls)
+        self._setup(request)
+        return self
 
-    def __init__(self, request: Request | None = None):
+    def _setup(self, request: Request | None) -> None:
         self._op = None
         self._kind = K_SEND
         self._cx = None
@@ -336,15 +364,14 @@ class Request:
         if not isinstance(request, Request):
             raise TypeError(f"{type(self).__name__}(): expected a Request, got "
                             f"{type(request).__name__}")
-        # Prequest(r)/Grequest(r) need one of theirs (a user subclass: its driller base's)
-        base = next(c for c in type(self).__mro__ if c.__module__ == __name__)
+        base = _base_of(type(self))     # (a program's subclass converts as its base)
         if base is not Request and not isinstance(request, base) and not request._is_null():
             raise TypeError(f"Cannot convert {type(request).__name__} to {type(self).__name__}")
         self._op = request._op
         self._kind = request._kind
         self._cx = request._cx
         self._alias = request._key()
-        if type(self) is not Request:  # same class: the same persistent/generalized handle
+        if base is not Request:  # same class: the same persistent/generalized handle
             self._copy_from(request)
 
     def _copy_from(self, other) -> None:
@@ -388,7 +415,7 @@ class Request:
         return 0 if self._is_null() else _handle_of(self)
 
     @classmethod
-    def fromhandle(cls, handle: int):
+    def fromhandle(cls, handle: int) -> Request:
         """Create object from MPI handle."""
         return _from_handle(cls, handle)
 
@@ -402,7 +429,7 @@ class Request:
 
     @classmethod
     def _make(cls, op, kind, cx):
-        r = cls.__new__(cls)
+        r = object.__new__(cls)
         r._op = op
         r._kind = kind
         r._cx = cx
@@ -513,7 +540,7 @@ class Request:
                          error_class=ERR_REQUEST)
 
     # -- lowercase (objects) --
-    def wait(self, status: Status | None = None):
+    def wait(self, status: Status | None = None) -> Any:
         """Wait for a send or receive to complete; return the received object."""
         op = self._op
         if op is None:
@@ -523,7 +550,7 @@ class Request:
             self._block()
         return self._finish(status)
 
-    def test(self, status: Status | None = None):
+    def test(self, status: Status | None = None) -> tuple[bool, Any | None]:
         """Test for the completion of a send or receive: ``(flag, object)``."""
         op = self._op
         if op is None:
@@ -603,13 +630,13 @@ class Request:
             statuses.extend(Status() for _ in range(n - len(statuses)))
 
     @classmethod
-    def Waitall(cls, requests, statuses=None) -> bool:
+    def Waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Wait for all previously initiated requests to complete."""
         cls.waitall(requests, statuses)
         return True
 
     @classmethod
-    def waitall(cls, requests, statuses=None) -> list:
+    def waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> list:
         """Wait for all previously initiated requests to complete; the objects."""
         requests = list(requests) if not isinstance(requests, list) else requests
         cls._grow(statuses, len(requests))
@@ -629,12 +656,13 @@ class Request:
         return out
 
     @classmethod
-    def Testall(cls, requests, statuses=None) -> bool:
+    def Testall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Test for completion of all previously initiated requests."""
         return cls.testall(requests, statuses)[0]
 
     @classmethod
-    def testall(cls, requests, statuses=None):
+    def testall(cls, requests: Sequence[Request],
+                statuses: list[Status] | None = None) -> tuple[bool, list[Any] | None]:
         """Test for completion of all requests: ``(flag, objects or None)``."""
         cls._progress_all(requests)
         if all(r._op is None or r._op.done for r in requests):
@@ -642,12 +670,12 @@ class Request:
         return False, None
 
     @classmethod
-    def Waitany(cls, requests, status: Status | None = None) -> int:
+    def Waitany(cls, requests: Sequence[Request], status: Status | None = None) -> int:
         """Wait for any previously initiated request to complete; its index."""
         return cls.waitany(requests, status)[0]
 
     @classmethod
-    def waitany(cls, requests, status: Status | None = None):
+    def waitany(cls, requests: Sequence[Request], status: Status | None = None) -> tuple[int, Any]:
         """Wait for any request to complete: ``(index, object)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -659,13 +687,15 @@ class Request:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @classmethod
-    def Testany(cls, requests, status: Status | None = None):
+    def Testany(cls, requests: Sequence[Request],
+                status: Status | None = None) -> tuple[int, bool]:
         """Test for completion of any previously initiated request: ``(index, flag)``."""
         index, flag, _ = cls.testany(requests, status)
         return index, flag
 
     @classmethod
-    def testany(cls, requests, status: Status | None = None):
+    def testany(cls, requests: Sequence[Request],
+                status: Status | None = None) -> tuple[int, bool, Any | None]:
         """Test for completion of any request: ``(index, flag, object)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -677,13 +707,15 @@ class Request:
         return UNDEFINED, False, None
 
     @classmethod
-    def Waitsome(cls, requests, statuses=None):
+    def Waitsome(cls, requests: Sequence[Request],
+                 statuses: list[Status] | None = None) -> list[int] | None:
         """Wait for some previously initiated requests to complete: their indices
         (None when no request is active)."""
         return cls.waitsome(requests, statuses)[0]
 
     @classmethod
-    def waitsome(cls, requests, statuses=None):
+    def waitsome(cls, requests: Sequence[Request], statuses: list[Status] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """Wait for some requests to complete: ``(indices, objects)``."""
         if all(r._op is None for r in requests):
             return None, None
@@ -691,13 +723,15 @@ class Request:
         return cls._some(requests, statuses)
 
     @classmethod
-    def Testsome(cls, requests, statuses=None):
+    def Testsome(cls, requests: Sequence[Request],
+                 statuses: list[Status] | None = None) -> list[int] | None:
         """Test for completion of some previously initiated requests: their
         indices (None when no request is active)."""
         return cls.testsome(requests, statuses)[0]
 
     @classmethod
-    def testsome(cls, requests, statuses=None):
+    def testsome(cls, requests: Sequence[Request], statuses: list[Status] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """Test for completion of some requests: ``(indices, objects)``."""
         if all(r._op is None for r in requests):
             return None, None
@@ -724,7 +758,8 @@ class Request:
 
     # -- MPI-4.1 non-destructive collections --
     @classmethod
-    def Get_status_any(cls, requests, status: Status | None = None):
+    def Get_status_any(cls, requests: Sequence[Request],
+                       status: Status | None = None) -> tuple[int, bool]:
         """Non-destructive test for the completion of any request: ``(index, flag)``."""
         if all(r._op is None for r in requests):
             fill(status, ANY_SOURCE, ANY_TAG, 0, 0)
@@ -737,12 +772,14 @@ class Request:
         return UNDEFINED, False
 
     @classmethod
-    def get_status_any(cls, requests, status: Status | None = None):
+    def get_status_any(cls, requests: Sequence[Request],
+                       status: Status | None = None) -> tuple[int, bool]:
         """Non-destructive test for the completion of any request."""
         return cls.Get_status_any(requests, status)
 
     @classmethod
-    def Get_status_all(cls, requests, statuses=None) -> bool:
+    def Get_status_all(cls, requests: Sequence[Request],
+                       statuses: list[Status] | None = None) -> bool:
         """Non-destructive test for the completion of all requests."""
         cls._progress_all(requests)
         if not all(r._op is None or r._op.done for r in requests):
@@ -757,12 +794,14 @@ class Request:
         return True
 
     @classmethod
-    def get_status_all(cls, requests, statuses=None) -> bool:
+    def get_status_all(cls, requests: Sequence[Request],
+                       statuses: list[Status] | None = None) -> bool:
         """Non-destructive test for the completion of all requests."""
         return cls.Get_status_all(requests, statuses)
 
     @classmethod
-    def Get_status_some(cls, requests, statuses=None):
+    def Get_status_some(cls, requests: Sequence[Request],
+                        statuses: list[Status] | None = None) -> list[int] | None:
         """Non-destructive test for completion of some requests: their indices
         (None when no request is active)."""
         if all(r._op is None for r in requests):
@@ -775,7 +814,8 @@ class Request:
         return done
 
     @classmethod
-    def get_status_some(cls, requests, statuses=None):
+    def get_status_some(cls, requests: Sequence[Request],
+                        statuses: list[Status] | None = None) -> list[int] | None:
         """Non-destructive test for completion of some requests."""
         return cls.Get_status_some(requests, statuses)
 
@@ -790,10 +830,10 @@ class Prequest(Request):
 
     __slots__ = ("_start", "_active")
 
-    def __init__(self, request: Prequest | None = None):
+    def _setup(self, request: Prequest | None) -> None:
         self._start = None
         self._active = False
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._start = getattr(other, "_start", None)
@@ -817,7 +857,7 @@ class Prequest(Request):
         self._op = self._start()
 
     @classmethod
-    def Startall(cls, requests) -> None:
+    def Startall(cls, requests: list[Prequest]) -> None:
         """Start a collection of persistent requests."""
         for r in requests:
             r.Start()
@@ -902,9 +942,9 @@ class Grequest(Request):
 
     __slots__ = ("_g",)
 
-    def __init__(self, request: Grequest | None = None):
+    def _setup(self, request: Grequest | None) -> None:
         self._g = None
-        super().__init__(request)
+        super()._setup(request)
 
     def _copy_from(self, other) -> None:
         self._g = getattr(other, "_g", None)
@@ -914,10 +954,12 @@ class Grequest(Request):
         return self._g if self._op is not None else None
 
     @classmethod
-    def Start(cls, query_fn=None, free_fn=None, cancel_fn=None, args=None,
-              kwargs=None) -> Grequest:
+    def Start(cls, query_fn: Callable[..., None] | None = None,
+              free_fn: Callable[..., None] | None = None,
+              cancel_fn: Callable[..., None] | None = None, args: tuple[Any] | None = None,
+              kwargs: dict[str, Any] | None = None) -> Grequest:
         """Create and return a user-defined request."""
-        g = cls.__new__(cls)
+        g = object.__new__(cls)
         g._kind = K_SEND
         g._cx = None
         g._op = g._g = _GOp(query_fn, free_fn, cancel_fn, args, kwargs)
@@ -934,7 +976,7 @@ class Grequest(Request):
                             error_class=ERR_REQUEST)
         op.done = True
 
-    def complete(self, obj=None) -> None:
+    def complete(self, obj: Any = None) -> None:
         """Notify that a user-defined request is complete, with its result ``obj``."""
         op = self._op
         if op is not None:
@@ -1017,16 +1059,18 @@ class Message:
 
     __slots__ = ("_m", "_cx", "_const", "__weakref__")
 
-    def __init__(self, message: Message | None = None):
+    def __new__(cls, message: Message | None = None) -> Message:
+        self = object.__new__(cls)
         self._m = None
         self._cx = None
         self._const = False
         if message is None:
-            return
+            return self
         if not isinstance(message, Message):
             raise TypeError(f"Message(): expected a Message, got {type(message).__name__}")
         self._m = message._m
         self._cx = message._cx
+        return self
 
     def __bool__(self) -> bool:
         return self._m is not None
@@ -1086,25 +1130,25 @@ class Message:
 
     # -- probing (classmethods, as mpi4py's) --
     @classmethod
-    def Probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def Probe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
               status: Status | None = None) -> Message:
         """Blocking test for a matched message."""
         return comm.Mprobe(source, tag, status)
 
     @classmethod
-    def Iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def Iprobe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message."""
         return comm.Improbe(source, tag, status)
 
     @classmethod
-    def probe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def probe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
               status: Status | None = None) -> Message:
         """Blocking test for a matched message."""
         return comm.mprobe(source, tag, status)
 
     @classmethod
-    def iprobe(cls, comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
+    def iprobe(cls, comm: Comm, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                status: Status | None = None) -> Message | None:
         """Nonblocking test for a matched message."""
         return comm.improbe(source, tag, status)
@@ -1119,14 +1163,7 @@ class Message:
             self._m = None
         return m
 
-    def _start(self, buf, what: str):
-        """Receive the message into buffer spec ``buf`` (``_OBJECT``: an object),
-        parsed before the message is taken (a bad spec leaves it there)."""
-        if buf is _OBJECT:
-            mv, unpack = None, None
-        else:
-            from ._bufspec import recv_message
-            mv, unpack = recv_message(buf, f"Message.{what}")
+    def _start(self, mv, what: str, unpack=None):
         m = self._take(what)
         if m is _NO_PROC:
             op = T.RecvOp(PROC_NULL, ANY_TAG, 0, mv)
@@ -1135,46 +1172,42 @@ class Message:
         cx = self._cx
         if unpack is None:
             op = T.RecvOp(m.source, m.tag, m.context, mv)
-        else:  # a derived datatype: received into staging, scattered at completion
+        else:   # a derived datatype: received into staging, scattered at completion
             op = UnpackRecvOp(m.source, m.tag, m.context, mv)
             op.unpack = unpack
         cx.t.irecv_matched(op, m)
         return op, cx
 
-    def Recv(self, buf, status: Status | None = None) -> None:
+    def Recv(self, buf: BufSpec, status: Status | None = None) -> None:
         """Blocking receive of the matched message into ``buf``."""
-        op, cx = self._start(buf, "Recv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Recv")
+        op, cx = self._start(mv, "Recv", unpack)
         if not op.done:
             cx.t.wait(op, op.source)
         _outcome(op, K_RECV, cx, status)
 
-    def Irecv(self, buf) -> Request:
+    def Irecv(self, buf: BufSpec) -> Request:
         """Nonblocking receive of the matched message into ``buf``."""
-        op, cx = self._start(buf, "Irecv")
+        from ._bufspec import recv_message
+        mv, unpack = recv_message(buf, "Message.Irecv")
+        op, cx = self._start(mv, "Irecv", unpack)
         return Request._make(op, K_RECV, cx)
 
-    def recv(self, status: Status | None = None):
+    def recv(self, status: Status | None = None) -> Any:
         """Blocking receive of the matched message: the object."""
-        op, cx = self._start(_OBJECT, "recv")
+        op, cx = self._start(None, "recv")
         if not op.done:
             cx.t.wait(op, op.source)
         return _outcome(op, K_ORECV, cx, status)
 
     def irecv(self) -> Request:
         """Nonblocking receive of the matched message (``wait`` gives the object)."""
-        op, cx = self._start(_OBJECT, "irecv")
+        op, cx = self._start(None, "irecv")
         return Request._make(op, K_ORECV, cx)
 
 
 _NO_PROC = object()   # the "message" of MESSAGE_NO_PROC
-_OBJECT = object()    # Message._start: receive an object, not into a buffer
-
-
-class UnpackRecvOp(T.RecvOp):
-    """A receive of a derived datatype: ``unpack(nbytes)`` scatters the staging
-    buffer into the user's buffer when the request completes."""
-
-    __slots__ = ("unpack",)
 
 MESSAGE_NULL = Message()
 MESSAGE_NULL._const = True
@@ -1185,7 +1218,7 @@ MESSAGE_NO_PROC._const = True
 
 def message_handle(m, cx) -> Message:
     """A Message handle for the engine message ``m`` (None: PROC_NULL's)."""
-    h = Message.__new__(Message)
+    h = object.__new__(Message)
     h._m = _NO_PROC if m is None else m
     h._cx = cx
     h._const = False
@@ -1208,7 +1241,7 @@ def complete(op, kind: int, cx, status=None):
 
 def persistent(start, kind: int, cx) -> Prequest:
     """A persistent request: each Start calls ``start()`` for a new transport op."""
-    p = Prequest.__new__(Prequest)
+    p = object.__new__(Prequest)
     p._op = None
     p._kind = kind
     p._cx = cx

@@ -77,7 +77,8 @@ _live_states: "weakref.WeakSet[_State]" = weakref.WeakSet()   # for the fork hoo
 _by_handle: "weakref.WeakValueDictionary[int, Win]" = weakref.WeakValueDictionary()
 _INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
 _FLOAT_OK = ()                 # filled below: ops exact in Python floats (float64)
-_PYOPS: dict = {}              # filled below: op -> Python function on scalars (None: NO_OP)
+_PYOPS: dict = {}              # filled below: op.toint() -> Python function on scalars (None: NO_OP)
+# (ops are unhashable handles, as mpi4py's: the tables key them by their int handle)
 
 
 class _ValueError(MmpiError, ValueError):
@@ -160,14 +161,14 @@ class Win(np.ndarray, _attr.Cached):
 
     __hash__ = None  # a handle: unhashable, as mpi4py's
 
-    def __lt__(self, other):        # handles do not order (ndarray's would compare)
-        return NotImplemented
+    def _order(self, other):
+        return NotImplemented   # handles have no order (not the array's elementwise one)
 
-    __le__ = __gt__ = __ge__ = __lt__
+    __lt__ = __le__ = __gt__ = __ge__ = _order
 
     @property
     def handle(self) -> int:
-        """The window's handle (0: null; ``Win.fromhandle`` takes it back)."""
+        """The window's handle (an int >= 0; ``Win.fromhandle`` takes it back)."""
         if self._null():
             return 0
         h = id(self._s)
@@ -181,11 +182,11 @@ class Win(np.ndarray, _attr.Cached):
             raise TypeError(f"Win.fromhandle: expected an int, got {handle!r}")
         if handle == 0:
             return cls()
-        w = _by_handle.get(handle)
-        if w is None or w._null() or id(w._s) != handle:
+        win = _by_handle.get(handle)
+        if win is None or win._null() or id(win._s) != handle:
             raise _err(f"Win.fromhandle: {handle} is no live window's handle",
                        _errcodes.ERR_WIN)
-        return cls(w)
+        return cls(win)
 
     def __repr__(self) -> str:
         if self._null():
@@ -206,9 +207,9 @@ class Win(np.ndarray, _attr.Cached):
     def __reduce_ex__(self, protocol):
         return self.__reduce__()
 
-    def __copy__(self) -> "Win":     # as pickling says (ndarray's would copy the memory)
-        r = self.__reduce__()
-        return self if isinstance(r, str) else r[0](*r[1])
+    def __copy__(self) -> "Win":
+        # a handle, not the array's data: WIN_NULL is itself, another a new handle
+        return self if self is WIN_NULL else type(self)(self)
 
     def __deepcopy__(self, memo) -> "Win":
         return self.__copy__()
@@ -719,8 +720,8 @@ class Win(np.ndarray, _attr.Cached):
             else:
                 char = origin.typecode
                 one = len(origin) == 1
-            ent = self._typed.get((target_rank, target or 0, char, op)) \
-                if one and s is not None and s.ok else None
+            ent = self._typed.get((target_rank, target or 0, char, op.toint())) \
+                if one and s is not None and s.ok and isinstance(op, Op) else None
             if ent is not None:
                 tmv, fn, mask, half = ent
                 if fn is not None:
@@ -791,8 +792,8 @@ class Win(np.ndarray, _attr.Cached):
             else:
                 char = origin.typecode
                 ok = len(origin) == 1 and len(result) == 1 and result.typecode == char
-            ent = self._typed.get((target_rank, target_disp, char, op)) \
-                if ok and s is not None and s.ok else None
+            ent = self._typed.get((target_rank, target_disp, char, op.toint())) \
+                if ok and s is not None and s.ok and isinstance(op, Op) else None
             if ent is not None:
                 # fast path: a word of a mapped window seen before, in Python scalars
                 # (integers wrap as numpy's do; float64 only with SUM, PROD, REPLACE, NO_OP)
@@ -839,7 +840,7 @@ class Win(np.ndarray, _attr.Cached):
         as a Python function: the one-element fast path of Fetch_and_op and Accumulate
         (a mapped window only; integers, or float64 with ops exact in Python floats)."""
         char = dtype.char
-        fn = _PYOPS.get(op, False)
+        fn = _PYOPS.get(op.toint(), False)
         if self._fast[r][0] is None or len(self._typed) >= 64 or fn is False or \
                 not (char in _INTS or (char == "d" and op in _FLOAT_OK)):
             return
@@ -848,7 +849,7 @@ class Win(np.ndarray, _attr.Cached):
         mask = (1 << bits) - 1 if char in _INTS else 0
         half = (1 << (bits - 1)) if char in _INTS and dtype.kind == "i" else 0
         tmv = self._fast[r][0][off:off + dtype.itemsize].cast(char)
-        self._typed[(r, disp, char, op)] = (tmv, fn, mask, half)
+        self._typed[(r, disp, char, op.toint())] = (tmv, fn, mask, half)
 
     def Compare_and_swap(self, origin: Any, compare: Any, result: Any, target_rank: int,
                          target_disp: int = 0) -> None:
@@ -1157,9 +1158,10 @@ def _fill_pyops() -> None:
     import operator
     from ._coll import _ops as O
     global _FLOAT_OK
-    _PYOPS.update({O.SUM: operator.add, O.PROD: operator.mul, O.MAX: max, O.MIN: min,
-                   O.BAND: operator.and_, O.BOR: operator.or_, O.BXOR: operator.xor,
-                   REPLACE: lambda a, b: b, NO_OP: None})
+    _PYOPS.update({op.toint(): fn for op, fn in (
+        (O.SUM, operator.add), (O.PROD, operator.mul), (O.MAX, max), (O.MIN, min),
+        (O.BAND, operator.and_), (O.BOR, operator.or_), (O.BXOR, operator.xor),
+        (REPLACE, lambda a, b: b), (NO_OP, None))})
     _FLOAT_OK = (O.SUM, O.PROD, REPLACE, NO_OP)
 
 

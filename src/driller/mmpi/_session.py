@@ -20,6 +20,8 @@ unhashable, pickling to themselves); an open session does not pickle.
 
 from __future__ import annotations
 
+from typing import Any, Callable, NoReturn
+
 from .. import _errcodes
 from ..errors import MmpiError, MmpiNotImplementedError
 from . import _errhandler
@@ -232,7 +234,8 @@ class Session:
     # -- error handling -------------------------------------------------------------
 
     @classmethod
-    def Create_errhandler(cls, errhandler_fn) -> _errhandler.Errhandler:
+    def Create_errhandler(cls, errhandler_fn: Callable[[Session, int], None]
+                          ) -> _errhandler.Errhandler:
         """Create a new error handler for sessions."""
         return _errhandler.create(errhandler_fn)
 
@@ -253,18 +256,18 @@ class Session:
 
     # -- buffered sends ---------------------------------------------------------------
 
-    def _no_buffer(self, what: str):
+    def _no_buffer(self, what: str) -> NoReturn:
         self._open(what)
         raise MmpiNotImplementedError(
             f"Session.{what}: driller's sessions have no buffer of their own for buffered "
             f"sends; attach one to the communicator (Comm.Attach_buffer) or to the "
             f"process (MPI.Attach_buffer)")
 
-    def Attach_buffer(self, buf) -> None:
+    def Attach_buffer(self, buf: Any) -> None:
         """Attach a user-provided buffer for sending in buffered mode (not provided)."""
         self._no_buffer("Attach_buffer")
 
-    def Detach_buffer(self):
+    def Detach_buffer(self) -> Any:
         """Remove an existing attached buffer (not provided)."""
         self._no_buffer("Detach_buffer")
 
@@ -272,7 +275,7 @@ class Session:
         """Block until all buffered messages have been transmitted (not provided)."""
         self._no_buffer("Flush_buffer")
 
-    def Iflush_buffer(self):
+    def Iflush_buffer(self) -> Any:
         """Nonblocking flush for buffered messages (not provided)."""
         self._no_buffer("Iflush_buffer")
 

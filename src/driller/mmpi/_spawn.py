@@ -20,6 +20,12 @@ whatever happens (KeyboardInterrupt included).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
 import os
 import pickle
 import selectors
@@ -32,8 +38,8 @@ import traceback
 
 from .. import _linux
 from ..errors import RankFailedError
-from ._procs import (UNKNOWN, describe_status, kill_group, pidfd_kill, raw_wait_status,
-                     shell_status, signal_name, stop_leftovers, wait_status)
+from ._procs import (UNKNOWN, describe_status, fork, kill_group, pidfd_kill, raw_wait_status,
+                     reissue, shell_status, signal_name, stop_leftovers, wait_status)
 
 __all__ = ["spawn"]
 
@@ -205,7 +211,8 @@ class _Child:
         self.exited = False
 
 
-def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> list:
+def spawn(fn: Callable[..., Any], n: int, args: Iterable[Any] = (),
+          kwargs: Mapping[str, Any] | None = None, *, grace: float = DEFAULT_GRACE) -> list[Any]:
     """Run ``fn(comm, *args, **kwargs)`` on ``n`` forked ranks; results by rank.
 
     ``comm`` is each rank's world communicator.  If a rank raises, exits without
@@ -245,7 +252,7 @@ def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> 
                     except Exception:  # noqa: BLE001
                         pass
                 try:
-                    pid = os.fork()
+                    pid, forked_warnings = fork()   # (warnings issued once tracked)
                 except BaseException:
                     os.close(rfd)
                     os.close(wfd)
@@ -267,8 +274,12 @@ def spawn(fn, n: int, args=(), kwargs=None, *, grace: float = DEFAULT_GRACE) -> 
                 except ProcessLookupError:
                     # already exited and reaped elsewhere (SIGCHLD ignored by the caller)
                     c.exited, c.result = True, UNKNOWN
+                    reissue(forked_warnings)
                     continue
                 ours.append(c.pidfd)
+                # Python 3.12+'s "multi-threaded" warning (spawn called with another
+                # thread running), now that the rank is ours to stop if it is an error
+                reissue(forked_warnings)
         sel = selectors.DefaultSelector()
         if wakeup.fds:
             sel.register(wakeup.fds[0], selectors.EVENT_READ, ("wakeup", wakeup))

@@ -24,6 +24,16 @@ receive and send plans (see there).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from collections.abc import Sequence
+    from typing import Any
+    from typing_extensions import Self
+    from ._info import Info
+    from ._request import Request
+    from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW
+
 from .._errcodes import ERR_ARG, ERR_DIMS, ERR_RANK
 from ..errors import MmpiError
 from . import _group
@@ -298,7 +308,7 @@ class Topocomm(Intracomm):
 
     _code: int | None = None   # the topology of the class (CART...); None: any
 
-    def __new__(cls, comm=None, *args, **kw):
+    def __new__(cls, comm: Comm | None = None, *args: Any, **kw: Any) -> Self:
         if not args and not kw and comm is not None and comm:
             # Cartcomm(comm) and friends: a new handle onto a communicator with that
             # topology (mpi4py: TypeError for any other communicator)
@@ -338,11 +348,11 @@ class Topocomm(Intracomm):
     def _new(self, group, ctx):
         return Intracomm(self)._new(group, ctx)
 
-    def Dup(self, info=None):
+    def Dup(self, info: Info | None = None) -> Self:
         """Duplicate the communicator, with its topology, attributes and hints."""
         return self._derive(self._dup(), info, "Dup")
 
-    def Dup_with_info(self, info):
+    def Dup_with_info(self, info: Info) -> Self:
         """Duplicate the communicator, with its topology, and the hints of ``info``."""
         return self._derive(self._dup(), info, "Dup_with_info")
 
@@ -350,7 +360,7 @@ class Topocomm(Intracomm):
         topo, cls = self._topo, type(self)
         return _group.dup(self._cx, lambda g, c: cls._with_topo(self, g, c, lambda r: topo))
 
-    def Clone(self):
+    def Clone(self) -> Self:
         """Clone an existing communicator."""
         return self.Dup()
 
@@ -389,62 +399,62 @@ class Topocomm(Intracomm):
         return self.inedges, self.outedges
 
     # -- neighbourhood collectives (``_coll._neighbor``) --
-    def Neighbor_allgather(self, sendbuf, recvbuf) -> None:
+    def Neighbor_allgather(self, sendbuf: BufSpec, recvbuf: BufSpecB) -> None:
         """Neighbor Gather to All."""
         _neighbor.Neighbor_allgather(self._cx, self._topo.inplan, self._topo.outplan,
                                      sendbuf, recvbuf)
 
-    def Neighbor_allgatherv(self, sendbuf, recvbuf) -> None:
+    def Neighbor_allgatherv(self, sendbuf: BufSpec, recvbuf: BufSpecV) -> None:
         """Neighbor Gather to All Vector."""
         _neighbor.Neighbor_allgatherv(self._cx, self._topo.inplan, self._topo.outplan,
                                       sendbuf, recvbuf)
 
-    def Neighbor_alltoall(self, sendbuf, recvbuf) -> None:
+    def Neighbor_alltoall(self, sendbuf: BufSpecB, recvbuf: BufSpecB) -> None:
         """Neighbor All to All."""
         _neighbor.Neighbor_alltoall(self._cx, self._topo.inplan, self._topo.outplan,
                                     sendbuf, recvbuf)
 
-    def Neighbor_alltoallv(self, sendbuf, recvbuf) -> None:
+    def Neighbor_alltoallv(self, sendbuf: BufSpecV, recvbuf: BufSpecV) -> None:
         """Neighbor All to All Vector."""
         _neighbor.Neighbor_alltoallv(self._cx, self._topo.inplan, self._topo.outplan,
                                      sendbuf, recvbuf)
 
-    def Neighbor_alltoallw(self, sendbuf, recvbuf) -> None:
+    def Neighbor_alltoallw(self, sendbuf: BufSpecW, recvbuf: BufSpecW) -> None:
         """Neighbor All to All General."""
         _neighbor.Neighbor_alltoallw(self._cx, self._topo.inplan, self._topo.outplan,
                                      sendbuf, recvbuf)
 
-    def Ineighbor_allgather(self, sendbuf, recvbuf):
+    def Ineighbor_allgather(self, sendbuf: BufSpec, recvbuf: BufSpecB) -> Request:
         """Nonblocking Neighbor Gather to All."""
         return _neighbor.Neighbor_allgather(self._cx, self._topo.inplan, self._topo.outplan,
                                             sendbuf, recvbuf, True)
 
-    def Ineighbor_allgatherv(self, sendbuf, recvbuf):
+    def Ineighbor_allgatherv(self, sendbuf: BufSpec, recvbuf: BufSpecV) -> Request:
         """Nonblocking Neighbor Gather to All Vector."""
         return _neighbor.Neighbor_allgatherv(self._cx, self._topo.inplan,
                                              self._topo.outplan, sendbuf, recvbuf, True)
 
-    def Ineighbor_alltoall(self, sendbuf, recvbuf):
+    def Ineighbor_alltoall(self, sendbuf: BufSpecB, recvbuf: BufSpecB) -> Request:
         """Nonblocking Neighbor All to All."""
         return _neighbor.Neighbor_alltoall(self._cx, self._topo.inplan, self._topo.outplan,
                                            sendbuf, recvbuf, True)
 
-    def Ineighbor_alltoallv(self, sendbuf, recvbuf):
+    def Ineighbor_alltoallv(self, sendbuf: BufSpecV, recvbuf: BufSpecV) -> Request:
         """Nonblocking Neighbor All to All Vector."""
         return _neighbor.Neighbor_alltoallv(self._cx, self._topo.inplan, self._topo.outplan,
                                             sendbuf, recvbuf, True)
 
-    def Ineighbor_alltoallw(self, sendbuf, recvbuf):
+    def Ineighbor_alltoallw(self, sendbuf: BufSpecW, recvbuf: BufSpecW) -> Request:
         """Nonblocking Neighbor All to All General."""
         return _neighbor.Neighbor_alltoallw(self._cx, self._topo.inplan, self._topo.outplan,
                                             sendbuf, recvbuf, True)
 
-    def neighbor_allgather(self, sendobj) -> list:
+    def neighbor_allgather(self, sendobj: Any) -> list:
         """Neighbor Gather to All."""
         return _neighbor.neighbor_allgather(self._cx, self._topo.inplan, self._topo.outplan,
                                             sendobj)
 
-    def neighbor_alltoall(self, sendobj) -> list:
+    def neighbor_alltoall(self, sendobj: list[Any]) -> list:
         """Neighbor All to All."""
         return _neighbor.neighbor_alltoall(self._cx, self._topo.inplan, self._topo.outplan,
                                            sendobj)
@@ -456,7 +466,9 @@ class Cartcomm(Topocomm, kind="cart"):
     _code = CART
 
     @classmethod
-    def create(cls, comm, dims, periods=None, reorder=False):
+    def create(cls, comm: Comm, dims: Sequence[int], periods: Sequence[bool] | None = None,
+               reorder: bool = False) -> Cartcomm:
+        """The Cartesian communicator of ``Intracomm.Create_cart`` (collective on ``comm``)."""
         cx = comm._cx
         ds, ps = _checked(cx, "Create_cart", lambda: _cart_args(cx.size, dims, periods,
                                                                 "Create_cart"))
@@ -465,7 +477,8 @@ class Cartcomm(Topocomm, kind="cart"):
             comm, g, c, lambda r: _Cart(ds, ps, r)))
 
     @classmethod
-    def map(cls, comm, dims, periods=None) -> int:
+    def map(cls, comm: Comm, dims: Sequence[int], periods: Sequence[bool] | None = None) -> int:
+        """This rank's rank in a Cartesian topology (``Intracomm.Cart_map``)."""
         cx = comm._cx
         ds, _ = _cart_args(cx.size, dims, periods, "Cart_map")
         return cx.rank if cx.rank < _prod(ds) else UNDEFINED
@@ -511,7 +524,7 @@ class Cartcomm(Topocomm, kind="cart"):
         """Coordinates."""
         return self.Get_topo()[2]
 
-    def Get_cart_rank(self, coords) -> int:
+    def Get_cart_rank(self, coords: Sequence[int]) -> int:
         """Translate logical coordinates to ranks."""
         self._t.rank
         cs = _ints(coords, "Get_cart_rank", "coords")
@@ -538,7 +551,7 @@ class Cartcomm(Topocomm, kind="cart"):
                             f"0..{n - 1})", error_class=ERR_DIMS)
         return self._topo.shift(d, disp)
 
-    def Sub(self, remain_dims):
+    def Sub(self, remain_dims: Sequence[bool]) -> Cartcomm:
         """Return a lower-dimensional Cartesian topology."""
         tp = self._topo
         n = len(tp.dims)
@@ -572,7 +585,9 @@ class Graphcomm(Topocomm, kind="graph"):
     _code = GRAPH
 
     @classmethod
-    def create(cls, comm, index, edges, reorder=False):
+    def create(cls, comm: Comm, index: Sequence[int], edges: Sequence[int],
+               reorder: bool = False) -> Graphcomm:
+        """The graph communicator of ``Intracomm.Create_graph`` (collective on ``comm``)."""
         cx = comm._cx
         idx, eds = _checked(cx, "Create_graph", lambda: _graph_args(cx.size, index, edges,
                                                                      "Create_graph"))
@@ -581,7 +596,8 @@ class Graphcomm(Topocomm, kind="graph"):
             comm, g, c, lambda r: _Graph(idx, eds, r)))
 
     @classmethod
-    def map(cls, comm, index, edges) -> int:
+    def map(cls, comm: Comm, index: Sequence[int], edges: Sequence[int]) -> int:
+        """This rank's rank in a graph topology (``Intracomm.Graph_map``)."""
         cx = comm._cx
         idx, _ = _graph_args(cx.size, index, edges, "Graph_map")
         return cx.rank if cx.rank < len(idx) else UNDEFINED
@@ -659,8 +675,11 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
     _code = DIST_GRAPH
 
     @classmethod
-    def create_adjacent(cls, comm, sources, destinations, sourceweights=None,
-                        destweights=None, reorder=False):
+    def create_adjacent(cls, comm: Comm, sources: Sequence[int], destinations: Sequence[int],
+                        sourceweights: Sequence[int] | None = None,
+                        destweights: Sequence[int] | None = None,
+                        reorder: bool = False) -> Distgraphcomm:
+        """The communicator of ``Intracomm.Create_dist_graph_adjacent`` (collective)."""
         cx = comm._cx
         what = "Create_dist_graph_adjacent"
 
@@ -681,7 +700,10 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
         return _group.dup(cx, lambda g, c: cls._with_topo(comm, g, c, lambda r: topo))
 
     @classmethod
-    def create(cls, comm, sources, degrees, destinations, weights=None, reorder=False):
+    def create(cls, comm: Comm, sources: Sequence[int], degrees: Sequence[int],
+               destinations: Sequence[int], weights: Sequence[int] | None = None,
+               reorder: bool = False) -> Distgraphcomm:
+        """The communicator of ``Intracomm.Create_dist_graph`` (collective on ``comm``)."""
         cx = comm._cx
         what = "Create_dist_graph"
 
@@ -722,7 +744,8 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
         tp = self._topo
         return len(tp.sources), len(tp.destinations), tp.weighted
 
-    def Get_dist_neighbors(self):
+    def Get_dist_neighbors(self
+                           ) -> tuple[list[int], list[int], tuple[list[int], list[int]] | None]:
         """Return adjacency information for a distributed graph topology."""
         self._t.rank
         tp = self._topo
@@ -732,7 +755,7 @@ class Distgraphcomm(Topocomm, kind="dist_graph"):
 
 # ------------------------------------------------------------------ Compute_dims
 
-def Compute_dims(nnodes: int, dims) -> list[int]:
+def Compute_dims(nnodes: int, dims: int | Sequence[int]) -> list[int]:
     """Return a balanced distribution of processes per coordinate direction."""
     what = "Compute_dims"
     n = _int(nnodes, what, "nnodes")

@@ -1169,13 +1169,13 @@ class Transport:
                 spin_end = None
                 continue
             if self.words[W.H_DEATHS] != self.deaths_seen:
-                self.check_dead(op, peer, False)
+                self.check_dead(op, peer, False, pred)
             now = time.perf_counter()
             if spin_end is None:
                 spin_end = now + SPIN_SECONDS
             elif now > spin_end:
                 if not self._sleep():
-                    self.check_dead(op, peer, True)
+                    self.check_dead(op, peer, True, pred)
                 continue
             os.sched_yield()
 
@@ -1220,8 +1220,9 @@ class Transport:
             if r != self.rank and r not in self.dead and words[self.world.rank_word(r, W.R_DEAD)]:
                 self.dead[r] = int(words[self.world.rank_word(r, W.R_STATUS)])
 
-    def check_dead(self, op, peer, timed_out: bool) -> None:
-        """Raise PeerDiedError if a peer died abnormally, or the one op needs is gone."""
+    def check_dead(self, op, peer, timed_out: bool, pred=None) -> None:
+        """Raise PeerDiedError if a peer died abnormally, or the one op needs is gone
+        (unless what is waited for, ``op`` done or ``pred()``, came in just before)."""
         if self.words[W.H_DEATHS] != self.deaths_seen:
             self._scan_dead()
         culprit = None
@@ -1246,8 +1247,10 @@ class Transport:
                 culprit = (self.peers[0], None)
         if culprit is None:
             return
-        # the message may have arrived just before the death: look once more
-        if self.progress() and op is not None and op.done:
+        # the message may have arrived just before the death (or the peer arrived at
+        # a barrier, then exited): look once more
+        self.progress()
+        if (op is not None and op.done) or (pred is not None and pred()):
             return
         r, st = culprit
         root = self.blame(r)  # the first death, not a rank that died of its consequences
@@ -1274,6 +1277,38 @@ class Transport:
         if not self.words[cw] and root != self.rank:
             self.words[cw] = root + 1
         return root
+
+    def finish(self) -> None:
+        """Before this rank stops (Finalize, exit): hand the peers what it still owes
+        them, the records queued behind a full ring (the FIN or ACK a peer's send
+        waits for, sends, pushes), progressing meanwhile so that two ranks finishing
+        at once drain each other.  Never waits for a peer that can take nothing any
+        more (dead, exited, or finalized): its queue is dropped."""
+        while self.npending:
+            if self.progress():
+                continue
+            for dst in range(self.size):
+                if (self.pending[dst] or self.pushes[dst]) and not self._takes(dst):
+                    self.npending -= len(self.pending[dst]) + len(self.pushes[dst])
+                    self.pending[dst].clear()
+                    self.pushes[dst].clear()
+            if self.npending:
+                if self.words[W.H_DEATHS] != self.deaths_seen:
+                    self._scan_dead()   # (else _sleep returns at once: a spin)
+                self._sleep()
+
+    def _takes(self, r: int) -> bool:
+        """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
+        w = self.world
+        words = self.words
+        if r in self.dead or r in self.gone or words[w.rank_word(r, W.R_DEAD)] or \
+                words[w.rank_word(r, W.R_FINALIZED)]:
+            return False
+        pid = self.pid_of(r)
+        if pid and not _linux.pid_alive(pid):
+            self.gone.add(r)
+            return False
+        return True
 
     def close(self) -> None:
         w = self.world

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ...errors import MmpiError, MmpiValueError
+from ...errors import MmpiError
 from .._bufspec import Buf, parse
 from .._const import IN_PLACE
-from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, oval,
-                       raise_fail, scatter_items, waitall)
+from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, obj_items,
+                       oval, raise_failed, waitall)
 
 __all__ = [
     "Alltoall", "Alltoallv", "alltoall",
@@ -22,8 +22,15 @@ def Alltoallv(cx, sendbuf, recvbuf) -> None:
 
 
 def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _alltoall(cx, sendbuf, rb, what, vector)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _alltoall(cx, sendbuf, rb, what, vector):
     n, me = cx.size, cx.rank
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
     if sendbuf is IN_PLACE:
         sb = Buf()
         sb.mv = memoryview(bytes(rb.mv))
@@ -51,18 +58,16 @@ def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
 
 def alltoall(cx, sendobj):
     n, me = cx.size, cx.rank
-    items, err = scatter_items(sendobj, n, "alltoall: pass")
+    items, err = obj_items(sendobj, n, "alltoall", me)
     base = cbase(cx)
     ops = [((me - i) % n, co_recv(cx, (me - i) % n, base)) for i in range(1, n)]
     sends = [co_send(cx, items[(me + i) % n], (me + i) % n, base) for i in range(1, n)]
     waitall(cx.t, [o for _, o in ops] + sends)
+    if err is not None:
+        raise err
     out = [None] * n
     out[me] = items[me]
     for r, o in ops:
-        out[r] = oval(o)
+        out[r] = raise_failed(oval(o), "alltoall")
     first_error(sends)
-    if err is not None:
-        raise MmpiValueError(err)
-    for v in out:
-        raise_fail(v, "alltoall")
     return out

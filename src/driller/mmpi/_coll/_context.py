@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from ... import _errcodes, _linux
-from ...errors import MmpiError, PeerDiedError
+from ...errors import MmpiError, MmpiTypeError, MmpiValueError, PeerDiedError
 from .. import _transport as T
 from .. import _objects
 from .._objects import loads
@@ -30,8 +30,8 @@ from .._objects import loads
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
-    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "Fail",
-    "raise_fail", "scatter_items",
+    "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
+    "Failed", "raise_failed", "obj_items",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -97,6 +97,17 @@ def drive(t, gen):
             ops = gen.send(None)
     except StopIteration as e:
         return e.value
+
+
+def g_then(gen, *after):
+    """The algorithm generator ``gen``, then each callable of ``after`` that is not
+    None (the unpack of a staged receive of a derived datatype), if ``gen`` ended
+    without an error; gen's value."""
+    res = yield from gen
+    for fn in after:
+        if fn is not None:
+            fn()
+    return res
 
 
 def waitall(t, ops):
@@ -172,36 +183,44 @@ def oval(op):
     return loads(op.value)
 
 
-class Fail:
-    """Sent instead of data when the sender found an argument error only it could
-    see: the receivers raise too, instead of waiting forever."""
+class Failed:
+    """What a rank whose arguments were bad sends the ranks waiting for its object
+    instead: they raise too (naming it), instead of waiting forever."""
 
-    def __init__(self, msg: str):
-        self.msg = msg
+    __slots__ = ("rank", "text")
+
+    def __init__(self, rank: int, text: str):
+        self.rank, self.text = rank, text
+
+    def __reduce__(self):
+        return Failed, (self.rank, self.text)
 
 
-def raise_fail(v, what):
-    """``v``, or the error a :class:`Fail` received in its place carries."""
-    if isinstance(v, Fail):
-        raise MmpiError(f"{what}: the sending rank failed: {v.msg}")
+def raise_failed(v, what: str):
+    """``v``, or the error a :class:`Failed` stands for."""
+    if type(v) is Failed:
+        raise MmpiError(f"{what}: rank {v.rank} passed invalid arguments ({v.text})")
     return v
 
 
-def scatter_items(sendobj, n, what):
-    """The ``n`` objects of a scatter/alltoall (None: ``n`` Nones, as mpi4py), and the
-    error of a wrong argument, or None (the items are then :class:`Fail`s: sent,
-    they make the receivers raise too instead of waiting)."""
+def obj_items(sendobj, n: int, what: str, rank: int):
+    """The ``n`` objects of a scatter/alltoall as mpi4py reads them: None is ``n``
+    Nones, any iterable is listed; ``(items, None)``, or ``([Failed] * n, error)``
+    for a non-iterable (TypeError) or a wrong count (ValueError), so that the caller
+    still sends every rank something and raises the error after."""
     if sendobj is None:
         return [None] * n, None
     try:
         items = list(sendobj)
     except TypeError:
-        items = None
-    if items is not None and len(items) == n:
-        return items, None
-    got = f"{len(items)} items" if items is not None else type(sendobj).__name__
-    err = f"{what} a sequence of {n} items (one per rank), got {got}"
-    return [Fail(err)] * n, err
+        err = MmpiTypeError(f"{what}: pass a sequence of {n} items (one per rank), or "
+                            f"None; got {type(sendobj).__name__}")
+    else:
+        if len(items) == n:
+            return items, None
+        err = MmpiValueError(f"{what}: expecting {n} items, got {len(items)}: pass a "
+                             f"sequence of {n} items (one per rank), or None")
+    return [Failed(rank, str(err))] * n, err
 
 
 def check_root(cx, root, what) -> int:

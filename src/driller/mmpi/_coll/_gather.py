@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ...errors import MmpiError, MmpiValueError, TruncationError
+from ...errors import MmpiError, TruncationError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
 from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
-                       count_errors, cr, cs, drive, first_error, notify, oval, raise_fail,
-                       readv, scatter_items, waitall)
+                       count_errors, cr, cs, drive, first_error, notify, obj_items, oval,
+                       raise_failed, readv, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
@@ -42,7 +42,15 @@ def buf_gather(cx, sendbuf, recvbuf, root, what, vector):
         waitall(t, [s])
         first_error((s,))
         return
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
+    try:
+        _gather_root(cx, sendbuf, rb, what, base)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _gather_root(cx, sendbuf, rb, what, base):
+    n, me, t = cx.size, cx.rank, cx.t
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
@@ -94,9 +102,10 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
     base = cbase(cx)
     t = cx.t
     if me != root:
-        rb = parse(recvbuf, True, what)
+        rb = parse(recvbuf, True, what, staged=True)
         r = cr(cx, rb.mv, root, base)
         waitall(t, [r])
+        rb.finish()
         count_check(cx, r, rb.nbytes, what, root)
         return
     try:
@@ -108,12 +117,13 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
     if recvbuf is not IN_PLACE and recvbuf is not None:
         # (IN_PLACE, or None as mpi4py on Open MPI: the root's block stays where it is)
         try:
-            rb = parse(recvbuf, True, what)
+            rb = parse(recvbuf, True, what, staged=True)
         except MmpiError as e:
             err = e           # raised once the others have their blocks
         else:
             err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
                               "bytes but its receive buffer {}")
+            rb.finish()
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
     first_error(ops)
@@ -131,15 +141,17 @@ def Allgatherv(cx, sendbuf, recvbuf) -> None:
 
 def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     n, me = cx.size, cx.rank
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
-    isz = rb.dtype.itemsize
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
     mine = rb.block(me)
     err = None
     if sendbuf is not IN_PLACE:
         err = _local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
                           f"of the receive buffer holds {{}}")
     # an error in this rank's own contribution is raised once the exchange is done
-    allgather_blocks(cx, rb, mine, what)
+    try:
+        allgather_blocks(cx, rb, mine, what)
+    finally:
+        rb.finish()
     if err is not None:
         raise err
 
@@ -228,16 +240,16 @@ def scatter(cx, sendobj, root=0):
     base = cbase(cx)
     t = cx.t
     if me == root:
-        items, err = scatter_items(sendobj, n, "scatter: the root must pass")
+        items, err = obj_items(sendobj, n, "scatter", me)
         ops = [co_send(cx, items[r], r, base) for r in range(n) if r != me]
         waitall(t, ops)
-        first_error(ops)
         if err is not None:
-            raise MmpiValueError(err)
+            raise err
+        first_error(ops)
         return items[me]
     op = co_recv(cx, root, base)
     waitall(t, [op])
-    return raise_fail(oval(op), "scatter")
+    return raise_failed(oval(op), "scatter")
 
 
 def allgather(cx, sendobj):

@@ -32,15 +32,13 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _errcodes as E
-from ...errors import MmpiError, MmpiValueError
-from .._bufspec import as_bytes, byteview, intlist, message, parse
+from ...errors import MmpiError
+from .._bufspec import as_bytes, intlist, message, parse, recv_message, wblocks
 from .._const import IN_PLACE, PROC_NULL, ROOT
-from .._datatype import as_datatype, is_datatype
 from ._barrier import Barrier as _barrier, g_barrier
 from ._bcast import g_bcast, g_obcast
-from ._context import raise_fail as _raise_fail
 from ._context import (Context, cbase, co_recv, co_send, count_errors, cr, cs, drive,
-                       first_error, oval, scatter_items, xrecv, xsend)
+                       first_error, g_then, obj_items, oval, raise_failed, xrecv, xsend)
 from ._gather import g_ogather
 from ._nonblocking import coll_request
 from ._ops import check_op
@@ -147,12 +145,13 @@ def _bcast_gen(ix, buf, root, what, blk):
     # (the tag bases first: an error only this rank sees keeps the others' in step)
     bb = cbase(ix.bridge)
     lb = cbase(ix.local) if role >= 0 else 0
-    mv = None
+    mv = unpack = None
     if role == ROOT:
-        mv = message(buf, False, what)
+        mv = message(buf, False, what)      # a derived datatype: packed here
     elif role >= 0:
-        mv = message(buf, True, what)
-    return g_ibcast(ix, mv, role, bb, lb, what, blk)
+        mv, unpack = recv_message(buf, what)   # a derived datatype: staged, then scattered
+    gen = g_ibcast(ix, mv, role, bb, lb, what, blk)
+    return gen if unpack is None else g_then(gen, lambda: unpack(len(mv)))
 
 
 def g_ibcast(ix, mv, role, bb, lb, what, blk=False):
@@ -215,13 +214,13 @@ def _gather_gen(ix, sendbuf, recvbuf, root, what, vector):
     b = ix.bridge
     bb = cbase(b)
     if role == ROOT:
-        rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector)
+        rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector, staged=True)
 
         def g():
             pairs = [(r, cr(b, rb.block(r), ix.roff + r, bb)) for r in range(ix.rsize)]
             yield [o for _, o in pairs]
             _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
-        return g()
+        return g_then(g(), rb.finish)
     if role == PROC_NULL:
         return _nothing()
     _no_in_place(sendbuf, what)
@@ -289,13 +288,13 @@ def _scatter_gen(ix, sendbuf, recvbuf, root, what, vector):
     if role == PROC_NULL:
         return _nothing()
     _no_in_place(recvbuf, what, "recvbuf")
-    rb = parse(recvbuf, True, what)
+    rb = parse(recvbuf, True, what, staged=True)
 
     def g():
         r = cr(b, rb.mv, ix.roff + role, bb)
         yield [r]
         _check(ix, r, rb.nbytes, what, role)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Scatter(ix, sendbuf, recvbuf, root) -> None:
@@ -323,7 +322,7 @@ def scatter(ix, sendobj, root):
     t = ix.t
     if role == ROOT:
         n = ix.rsize
-        items, err = scatter_items(sendobj, n, "scatter: the root must pass")
+        items, err = obj_items(sendobj, n, "scatter", ix.rank)
 
         def g():
             ops = _ops([co_send(b, items[r], ix.roff + r, bb) for r in range(n)])
@@ -331,13 +330,13 @@ def scatter(ix, sendobj, root):
             first_error(ops)
         drive(t, g())
         if err is not None:
-            raise MmpiValueError(err)
+            raise err
         return None
 
     def g():
         op = co_recv(b, ix.roff + role, bb)
         yield [op]
-        return _raise_fail(oval(op), "scatter")
+        return raise_failed(oval(op), "scatter")
     return drive(t, g())
 
 
@@ -357,7 +356,7 @@ def _exchange(ix, sends, recvs, bb):
 def _allgather_gen(ix, sendbuf, recvbuf, what, vector):
     bb = cbase(ix.bridge)
     _no_in_place(sendbuf, what)
-    rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=ix.rsize, vector=vector, staged=True)
     sb = parse(sendbuf, False, what)
 
     def g():
@@ -365,7 +364,7 @@ def _allgather_gen(ix, sendbuf, recvbuf, what, vector):
                                           [rb.block(r) for r in range(ix.rsize)], bb)
         _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
         first_error(ops)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Allgather(ix, sendbuf, recvbuf) -> None:
@@ -399,7 +398,7 @@ def _oexchange(ix, items, what):
             out[r] = oval(o)
         first_error(ops)
         for v in out:
-            _raise_fail(v, what)
+            raise_failed(v, what)
         return out
     return drive(ix.t, g())
 
@@ -409,16 +408,15 @@ def allgather(ix, sendobj):
 
 
 def alltoall(ix, sendobj):
-    n = ix.rsize
-    items, err = scatter_items(sendobj, n, "alltoall: pass")
+    items, err = obj_items(sendobj, ix.rsize, "alltoall", ix.rank)
     try:
         out = _oexchange(ix, items, "alltoall")
     except MmpiError:
         if err is None:
             raise
-        out = None          # this rank's own argument error comes first
+        out = None
     if err is not None:
-        raise MmpiValueError(err)
+        raise err
     return out
 
 
@@ -427,14 +425,14 @@ def _alltoall_gen(ix, sendbuf, recvbuf, what, vector):
     _no_in_place(sendbuf, what)
     n = ix.rsize
     sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
 
     def g():
         pairs, ops = yield from _exchange(ix, [sb.block(r) for r in range(n)],
                                           [rb.block(r) for r in range(n)], bb)
         _checks(ix, pairs, rb.counts, rb.dtype.itemsize, what)
         first_error(ops)
-    return g()
+    return g_then(g(), rb.finish)
 
 
 def Alltoall(ix, sendbuf, recvbuf) -> None:
@@ -453,48 +451,18 @@ def Ialltoallv(ix, sendbuf, recvbuf):
     return coll_request(ix, _alltoall_gen(ix, sendbuf, recvbuf, "Ialltoallv", True))
 
 
-def _wblocks(spec, writable, what, n):
-    """The n byte blocks of an Alltoallw message: ``[buf, (counts, displs), types]``
-    or ``[buf, counts, displs, types]`` (displacements in bytes)."""
-    if type(spec) not in (list, tuple) or len(spec) not in (3, 4):
-        raise MmpiError(f"{what}: a message is [buf, (counts, displs), datatypes] or "
-                        f"[buf, counts, displs, datatypes], got {spec!r}")
-    if len(spec) == 3:
-        buf, cd, types = spec
-        if type(cd) not in (list, tuple) or len(cd) != 2:
-            raise MmpiError(f"{what}: expected (counts, displs), got {cd!r}")
-        counts, displs = cd
-    else:
-        buf, counts, displs, types = spec
-    counts = intlist(counts, n, what, "counts")
-    displs = intlist(displs, n, what, "displacements")
-    if is_datatype(types) or isinstance(types, str):
-        types = [types] * n
-    if type(types) not in (list, tuple) or len(types) != n:
-        raise MmpiError(f"{what}: pass one datatype per rank of the remote group ({n})")
-    mv = byteview(buf, writable, what)
-    out = []
-    for i, (c, d, t) in enumerate(zip(counts, displs, types)):
-        nb = c * as_datatype(t).Get_size()
-        if d + nb > len(mv):
-            raise MmpiError(f"{what}: block {i} ({nb} bytes at byte {d}) overruns the "
-                            f"{len(mv)}-byte buffer")
-        out.append(mv[d:d + nb])
-    return out
-
-
 def _alltoallw_gen(ix, sendbuf, recvbuf, what):
     bb = cbase(ix.bridge)
     _no_in_place(sendbuf, what)
     n = ix.rsize
-    sblocks = _wblocks(sendbuf, False, what, n)
-    rblocks = _wblocks(recvbuf, True, what, n)
+    sblocks = wblocks(sendbuf, False, what, n)[0]
+    rblocks, finish = wblocks(recvbuf, True, what, n)
 
     def g():
         pairs, ops = yield from _exchange(ix, sblocks, rblocks, bb)
         _checks(ix, pairs, [len(m) for m in rblocks], 1, what)
         first_error(ops)
-    return g()
+    return g_then(g(), finish)
 
 
 def Alltoallw(ix, sendbuf, recvbuf) -> None:

@@ -21,13 +21,12 @@ parsed and checked on every rank before anything is posted.
 
 from __future__ import annotations
 
-from ... import _linux
-from ...errors import MmpiError, MmpiNotImplementedError
-from .._bufspec import byteview, parse
+from ...errors import MmpiError
+from .._bufspec import byteview, parse, wblocks
 from .._const import PROC_NULL
-from .._datatype import as_datatype, is_datatype
 from .._objects import dumps
-from ._context import cbase, co_recv, count_check, cr, drive, first_error, oval, xsend
+from ._context import (Failed, cbase, co_recv, count_check, cr, drive, first_error, g_then,
+                       oval, xsend)
 from ._nonblocking import coll_request
 
 __all__ = [
@@ -55,18 +54,6 @@ def g_exchange(cx, base, recvs, sends, what, err=None):
     for r, o, n in rops:
         count_check(cx, o, n, what, r)
     first_error(sops)
-
-
-class Failed:
-    """What a rank whose arguments were bad sends its neighbours instead of an object."""
-
-    __slots__ = ("rank", "text")
-
-    def __init__(self, rank: int, text: str):
-        self.rank, self.text = rank, text
-
-    def __reduce__(self):
-        return Failed, (self.rank, self.text)
 
 
 def g_oexchange(cx, base, inplan, sends, what, err=None):
@@ -99,78 +86,16 @@ def _run(cx, gen, nonblocking):
 # ------------------------------------------------------------------ buffers
 
 def _blocks(spec, writable, what, n, vector):
-    """The ``n`` blocks of a buffer spec (``n`` may be 0: then the buffer is only
-    checked to be a buffer)."""
+    """``(blocks, finish)``: the ``n`` blocks of a buffer spec (``n`` may be 0: then
+    the buffer is only checked to be a buffer) and what completes a receive into
+    them (``Buf.finish``: a derived datatype's staged bytes, scattered)."""
     if n == 0:
         buf = spec[0] if type(spec) in (list, tuple) and spec else spec
         if buf is not None:
             byteview(buf, writable, what)
-        return []
-    b = parse(spec, writable, what, blocks=n, vector=vector)
-    return [b.block(i) for i in range(n)]
-
-
-def _wblocks(spec, writable, what, n):
-    """The ``n`` blocks of an mpi4py ``w`` spec: ``[buf, (counts, displs), types]`` or
-    ``[buf, counts, displs, types]``, displacements in BYTES, one datatype per block;
-    ``buf`` may be ``BOTTOM`` (None): the displacements are then absolute addresses
-    (``MPI.Get_address``)."""
-    if type(spec) not in (list, tuple) or len(spec) not in (3, 4):
-        raise MmpiError(f"{what}: pass [buf, (counts, displs), datatypes] (displacements "
-                        f"in bytes, one datatype per neighbour), got {spec!r}")
-    if len(spec) == 3:
-        buf, cd, types = spec
-        try:
-            counts, displs = cd
-        except (TypeError, ValueError):
-            raise MmpiError(f"{what}: expected (counts, displs), got {cd!r}") from None
-    else:
-        buf, counts, displs, types = spec
-
-    def seq(x, name):
-        if x is None and n == 0:
-            return []
-        try:
-            xs = list(x)
-        except TypeError:
-            raise MmpiError(f"{what}: {name} must be a sequence of {n} items") from None
-        if len(xs) != n:
-            raise MmpiError(f"{what}: {name} has {len(xs)} entries; this rank has {n} "
-                            f"neighbours in that direction")
-        return xs
-
-    counts, displs = seq(counts, "counts"), seq(displs, "displacements")
-    types = seq(types, "datatypes")
-    sizes = []
-    for c, d, t in zip(counts, displs, types):
-        if not is_datatype(t):
-            raise MmpiError(f"{what}: {t!r} is not a datatype")
-        dt = as_datatype(t)
-        if not dt or not dt.is_predefined:   # (null, or derived)
-            raise MmpiNotImplementedError(
-                f"{what}: datatype {dt.name or dt!r} is not a predefined datatype; driller "
-                f"moves count x size contiguous bytes per block at a byte displacement")
-        c, d = int(c), int(d)
-        if c < 0:
-            raise MmpiError(f"{what}: negative count {c}")
-        sizes.append((d, c * dt.size))
-    if buf is None:   # MPI.BOTTOM: absolute addresses
-        out = []
-        for d, nb in sizes:
-            if nb and d <= 0:
-                raise MmpiError(f"{what}: with MPI.BOTTOM each displacement is an address "
-                                f"(MPI.Get_address), got {d}")
-            out.append(_linux.memory_at(d, nb, readonly=not writable) if nb
-                       else memoryview(bytearray(0)))
-        return out
-    mv = byteview(buf, writable, what)
-    out = []
-    for i, (d, nb) in enumerate(sizes):
-        if d < 0 or d + nb > len(mv):
-            raise MmpiError(f"{what}: block {i} ({nb} bytes at byte displacement {d}) "
-                            f"overruns the {len(mv)}-byte buffer")
-        out.append(mv[d:d + nb])
-    return out
+        return [], None
+    b = parse(spec, writable, what, blocks=n, vector=vector, staged=writable)
+    return [b.block(i) for i in range(n)], b.finish
 
 
 def _empty(n):
@@ -178,33 +103,33 @@ def _empty(n):
 
 
 def _allgather(cx, inplan, outplan, sendbuf, recvbuf, what, vector, nonblocking):
-    err = None
+    err = finish = None
     try:
         smv = parse(sendbuf, False, what).mv
-        rblocks = _blocks(recvbuf, True, what, len(inplan), vector)
+        rblocks, finish = _blocks(recvbuf, True, what, len(inplan), vector)
     except Exception as e:   # (any bad argument: parsing has no side effect)
         err, smv, rblocks = e, memoryview(b""), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
                      [(r, s, smv) for r, s in outplan], what, err)
-    return _run(cx, gen, nonblocking and err is None)
+    return _run(cx, g_then(gen, finish), nonblocking and err is None)
 
 
 def _alltoall(cx, inplan, outplan, sendbuf, recvbuf, what, form, nonblocking):
-    err = None
+    err = finish = None
     try:
         if form == "w":
-            sblocks = _wblocks(sendbuf, False, what, len(outplan))
-            rblocks = _wblocks(recvbuf, True, what, len(inplan))
+            sblocks = wblocks(sendbuf, False, what, len(outplan))[0]
+            rblocks, finish = wblocks(recvbuf, True, what, len(inplan))
         else:
-            sblocks = _blocks(sendbuf, False, what, len(outplan), form == "v")
-            rblocks = _blocks(recvbuf, True, what, len(inplan), form == "v")
+            sblocks = _blocks(sendbuf, False, what, len(outplan), form == "v")[0]
+            rblocks, finish = _blocks(recvbuf, True, what, len(inplan), form == "v")
     except Exception as e:   # (any bad argument: parsing has no side effect)
         err, sblocks, rblocks = e, _empty(len(outplan)), _empty(len(inplan))
     base = cbase(cx)
     gen = g_exchange(cx, base, [(r, s, mv) for (r, s), mv in zip(inplan, rblocks)],
                      [(r, s, mv) for (r, s), mv in zip(outplan, sblocks)], what, err)
-    return _run(cx, gen, nonblocking and err is None)
+    return _run(cx, g_then(gen, finish), nonblocking and err is None)
 
 
 def Neighbor_allgather(cx, inplan, outplan, sendbuf, recvbuf, nonblocking=False):

@@ -14,12 +14,12 @@ from .._bufspec import message, recv_message
 from .._request import K_SEND, CollRequest, request
 from ._barrier import g_barrier
 from ._bcast import g_bcast
-from ._context import cbase, check_root, peer_of
+from ._context import cbase, check_root, g_then, peer_of
 from ._ops import SUM
 from ._reduce import g_allreduce
 
 __all__ = [
-    "CollOp", "coll_request", "then_call", "Ibarrier", "Ibcast", "Iallreduce",
+    "CollOp", "coll_request", "Ibarrier", "Ibcast", "Iallreduce",
 ]
 
 
@@ -98,20 +98,13 @@ def Ibarrier(cx):
 def Ibcast(cx, buf, root=0):
     root = check_root(cx, root, "Ibcast")
     if cx.rank == root:
-        mv = message(buf, False, "Ibcast")       # a derived datatype: packed here
+        mv = message(buf, False, "Ibcast")   # a derived datatype: packed here
         return coll_request(cx, g_bcast(cx, mv, root, cbase(cx), "Ibcast"))
-    mv, unpack = recv_message(buf, "Ibcast")
+    mv, unpack = recv_message(buf, "Ibcast")  # a derived datatype: staged, then scattered
     gen = g_bcast(cx, mv, root, cbase(cx), "Ibcast")
-    if unpack is not None:                       # staged, scattered at completion
-        gen = then_call(gen, unpack, len(mv))
+    if unpack is not None:
+        gen = g_then(gen, lambda: unpack(len(mv)))
     return coll_request(cx, gen)
-
-
-def then_call(gen, fn, *args):
-    """Run algorithm generator ``gen``, then ``fn(*args)``; its value."""
-    value = yield from gen
-    fn(*args)
-    return value
 
 
 def Iallreduce(cx, sendbuf, recvbuf, op=SUM):

@@ -8,6 +8,14 @@ through ``ufunc`` (None for MAXLOC/MINLOC/REPLACE/NO_OP and user ops),
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
+    from typing import Any
+    from collections.abc import Callable
+    from .._datatype import Datatype
+    from .._typing import BufSpec, Buffer
+
 import inspect
 import itertools
 
@@ -115,7 +123,8 @@ class Op:
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined", "__weakref__")
 
-    def __init__(self, op: "Op | None" = None):
+    def __new__(cls, op: "Op | None" = None) -> "Op":
+        self = object.__new__(cls)
         if op is None:
             h = _NULL_HANDLE
         elif isinstance(op, Op):
@@ -124,6 +133,7 @@ class Op:
             raise MmpiTypeError(f"Op({op!r}): expected an Op or nothing")
         self._set(h)
         self._clone = False
+        return self
 
     def _set(self, h):
         self._h = h
@@ -133,7 +143,7 @@ class Op:
 
     @classmethod
     def _make(cls, name, ufunc=None, pyfn=None, commute=True, user=None, loc=False) -> "Op":
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         h = _Handle(name, ufunc, pyfn, commute, user, loc)
         _handles[h.index] = h
         op._set(h)
@@ -142,10 +152,12 @@ class Op:
 
     @property
     def freed(self) -> bool:
+        """Whether the operation was freed (``Free``)."""
         return self._h.freed
 
     @classmethod
-    def Create(cls, function, commute: bool = False) -> "Op":
+    def Create(cls, function: Callable[[Buffer, Buffer, Datatype], None],
+               commute: bool = False) -> "Op":
         """Create a user-defined reduction operation.  Buffers:
         ``function(invec, inoutvec, datatype)`` stores ``invec op inoutvec`` into
         ``inoutvec`` (typed numpy arrays; invec holds the lower ranks' data).
@@ -171,31 +183,18 @@ class Op:
             h.freed = True
             _live_user_ops[0] -= 1
             _handles.pop(h.index, None)
+        self._set(_NULL_HANDLE)     # this handle is OP_NULL now (other copies: freed)
 
     def free(self) -> None:
-        """Call Free if not null or predefined (this handle becomes OP_NULL; a second
-        handle onto a predefined op just becomes null, the constant stays)."""
+        """Free the handle, safely: a predefined op stays as it is; a copy of one
+        (``Op(SUM)``) and a user op become OP_NULL."""
         h = self._h
-        if not h.predefined:
-            if not h.freed:
-                self.Free()
+        if h is _NULL_HANDLE or (h.predefined and _PREDEFINED.get(h.name) is self):
+            return
+        if h.predefined:
             self._set(_NULL_HANDLE)
-        elif h is not _NULL_HANDLE and _PREDEFINED.get(h.name) is not self:
-            self._set(_NULL_HANDLE)
-
-    @property
-    def handle(self) -> int:
-        """The op's handle (0: OP_NULL; ``Op.fromhandle`` takes it back)."""
-        return self._h.index
-
-    @classmethod
-    def fromhandle(cls, handle: int) -> "Op":
-        """A new Python object onto the op of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise MmpiTypeError(f"Op.fromhandle: expected an int, got {handle!r}")
-        op = cls.fromint(handle)
-        op._clone = False
-        return op
+        else:
+            self.Free()
 
     def Is_commutative(self) -> bool:
         """Query reduction operations for their commutativity."""
@@ -215,7 +214,7 @@ class Op:
         """Is a predefined operation."""
         return self.predefined
 
-    def Reduce_local(self, inbuf, inoutbuf) -> None:
+    def Reduce_local(self, inbuf: BufSpec, inoutbuf: BufSpec) -> None:
         """Apply a reduction operation to local data: ``inoutbuf = inbuf op inoutbuf``."""
         from .._bufspec import parse   # (lazy: _bufspec sits above the ops in no cycle)
         check_op(self, "Reduce_local")
@@ -245,10 +244,22 @@ class Op:
         h = _handles.get(arg)
         if h is None:
             raise MmpiValueError(f"Op.fromint: {arg!r} names no live op")
-        op = cls.__new__(cls)
+        op = object.__new__(cls)
         op._set(h)
         op._clone = True
         return op
+
+    @property
+    def handle(self) -> int:
+        """MPI handle (an int >= 0; ``Op.fromhandle`` takes it back)."""
+        return self._h.index
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Op":
+        """Create object from MPI handle."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Op.fromhandle: expected an int, got {handle!r}")
+        return cls.fromint(handle)
 
     def __bool__(self) -> bool:
         return self._h is not _NULL_HANDLE
@@ -263,8 +274,7 @@ class Op:
             return NotImplemented
         return self._h is not other._h
 
-    def __hash__(self) -> int:
-        return hash(("Op", self._h.index))
+    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         h = self._h
@@ -272,9 +282,7 @@ class Op:
             name = "OP_NULL" if h is _NULL_HANDLE else h.name
             if _PREDEFINED.get(name) is self:
                 return name
-            if h is _NULL_HANDLE:
-                return (type(self), ())
-            return (type(self), (_PREDEFINED[name],))
+            return (_predefined_copy, (name, type(self)))
         if self._clone:
             raise MmpiValueError(f"cannot pickle the user op {h.name!r} from Op.fromint: "
                                  f"pickle the op Op.Create returned")
@@ -294,7 +302,9 @@ class Op:
         return self.pyfn(x, y)
 
     # -- buffers --
-    def check_buffer(self, dtype, what):
+    def check_buffer(self, dtype: np.dtype[Any], what: str) -> None:
+        """Raise MPI.Exception (ERR_OP) if this op cannot reduce elements of ``dtype``
+        (freed, Python objects, a MINLOC/MAXLOC pair type expected); ``what`` names the call."""
         if self.freed:
             raise MmpiError(f"{what}: op {self.name} was freed", error_class=_errcodes.ERR_OP)
         if dtype.hasobject:
@@ -323,7 +333,8 @@ class Op:
             raise MmpiError(f"{what}: MPI.{self.name} is not defined for complex {dtype}",
                             error_class=_errcodes.ERR_OP)
 
-    def lohi(self, lo, hi, dt):
+    def lohi(self, lo: np.ndarray[Any, Any], hi: np.ndarray[Any, Any],
+             dt: Datatype) -> np.ndarray[Any, Any]:
         """lo op hi (lo: the lower ranks' data); returns whichever of lo/hi holds it."""
         if self.user is None:
             self.ufunc(lo, hi, out=lo)
@@ -337,11 +348,15 @@ _handles[_NULL_HANDLE.index] = _NULL_HANDLE
 _PREDEFINED = {}
 
 
+def _predefined_copy(name: str, cls: type = None) -> Op:
+    return Op.__new__(cls or Op, _PREDEFINED[name])
+
+
 def _unpickle_user(function, commute) -> Op:
     return Op.Create(function, commute)
 
 
-def _op(name, ufunc, pyfn):
+def _op(name: str, ufunc: Any, pyfn: Callable[[Any, Any], Any]) -> Op:
     op = Op._make(name, ufunc, pyfn)
     _PREDEFINED[name] = op
     return op

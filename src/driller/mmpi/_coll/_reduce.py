@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from ...errors import MmpiError
+from ...errors import MmpiError, MmpiValueError
 from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast
@@ -26,7 +26,7 @@ from ._shm import SHM_MAX, shm_allreduce
 
 __all__ = [
     "DIRECT_MIN", "FAST_MAX", "g_reduce", "Reduce", "Allreduce", "g_allreduce",
-    "Reduce_scatter_block", "Reduce_scatter", "g_counts", "red_args", "Scan", "Exscan", "reduce", "allreduce", "scan",
+    "Reduce_scatter_block", "Reduce_scatter", "g_counts", "red_args", "same_type", "Scan", "Exscan", "reduce", "allreduce", "scan",
     "exscan",
 ]
 
@@ -44,11 +44,19 @@ def red_args(cx, sendbuf, recvbuf, op, what, recv_needed=True):
     else:
         sb = parse(sendbuf, False, what)
     if rb is not None and (rb.nbytes != sb.nbytes or rb.dtype != sb.dtype):
-        if rb.nbytes != sb.nbytes:
-            raise MmpiError(f"{what}: send buffer has {sb.nbytes} bytes, receive buffer "
-                            f"{rb.nbytes}: they must hold the same count and datatype")
+        same_type(sb, rb, what)
+        raise MmpiValueError(f"{what}: mismatch in send count {sb.nbytes // sb.dtype.itemsize}"
+                             f" and receive count {rb.nbytes // rb.dtype.itemsize}: the send "
+                             f"and receive buffers must hold the same count and datatype")
     op.check_buffer(sb.dtype, what)
     return op, sb, rb
+
+
+def same_type(sb, rb, what) -> None:
+    """A reduction's send and receive buffers have one datatype (a ValueError, as mpi4py's)."""
+    if rb is not sb and rb.dtype != sb.dtype:
+        raise MmpiValueError(f"{what}: mismatch in send and receive datatypes ({sb.dt.name} "
+                             f"and {rb.dt.name}): a reduction's buffers hold one datatype")
 
 
 def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
@@ -355,12 +363,13 @@ def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
     n, me = cx.size, cx.rank
     isz = sb.dtype.itemsize
     total = sum(counts)
+    same_type(sb, rb, what)
     if sb.nbytes != total * isz:
-        raise MmpiError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
-                        f"the counts add up to {total}")
+        raise MmpiValueError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
+                             f"the counts add up to {total}")
     if not in_place and rb.nbytes < counts[me] * isz:
-        raise MmpiError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
-                        f"than this rank's block ({counts[me] * isz} bytes)")
+        raise MmpiValueError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
+                             f"than this rank's block ({counts[me] * isz} bytes)")
     op.check_buffer(sb.dtype, what)
     displs = [sum(counts[:i]) for i in range(n)]
     base = cbase(cx)

@@ -84,13 +84,14 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
                 spin_end = None
                 continue
             if words[W.H_DEATHS] != t.deaths_seen:
-                t.check_dead(None, j, False)
+                # (j may have arrived, then exited, since we looked: not a death)
+                t.check_dead(None, j, False, lambda: words[ep[j]] >= e)
             now = time.perf_counter()
             if spin_end is None:
                 spin_end = now + T.SPIN_SECONDS
             elif now > spin_end:
                 if not shm_sleep(cx, e, ep, j):
-                    t.check_dead(None, j, True)
+                    t.check_dead(None, j, True, lambda: words[ep[j]] >= e)
                 continue
             os.sched_yield()
     except PeerDiedError as err:

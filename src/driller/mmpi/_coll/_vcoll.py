@@ -20,14 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import MmpiError, MmpiValueError, TruncationError
-from .._bufspec import EMPTY, Buf, byteview, intlist, parse, typed_block
-from .._const import BOTTOM, IN_PLACE
-from .._datatype import DATATYPES, Datatype, as_datatype
+from .._bufspec import EMPTY, Buf, intlist, parse, wblocks
+from .._const import IN_PLACE
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
-                       first_error, notify, xrecv, xsend)
-from ._nonblocking import coll_request, then_call
+                       first_error, g_then, notify, xrecv, xsend)
+from ._nonblocking import coll_request
 from ._ops import SUM, check_op
-from ._reduce import g_counts, g_reduce, red_args
+from ._reduce import g_counts, g_reduce, red_args, same_type
 
 __all__ = [
     "Igather", "Igatherv", "Iscatter", "Iscatterv", "Iallgather", "Iallgatherv",
@@ -59,7 +58,7 @@ def _gather(cx, sendbuf, recvbuf, root, what, vector):
     root = check_root(cx, root, what)
     me, n = cx.rank, cx.size
     if me == root:
-        rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+        rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
         sb = None if sendbuf is IN_PLACE or sendbuf is None else parse(sendbuf, False, what)
         err = None if sb is None else _own(sb.mv, rb.block(me), what, "the root sends {} "
                                            "bytes but its block of the receive buffer holds {}")
@@ -69,7 +68,8 @@ def _gather(cx, sendbuf, recvbuf, root, what, vector):
         except MmpiError:
             notify(cx, (root,), cbase(cx))   # the root must not wait for us
             raise
-    return coll_request(cx, g_gather(cx, sb, rb, root, cbase(cx), what, err))
+    return coll_request(cx, g_then(g_gather(cx, sb, rb, root, cbase(cx), what, err),
+                                   rb and rb.finish))
 
 
 def g_gather(cx, sb, rb, root, base, what, err=None):
@@ -108,12 +108,13 @@ def _scatter(cx, sendbuf, recvbuf, root, what, vector):
             raise
         rb = err = None
         if recvbuf is not IN_PLACE and recvbuf is not None:
-            rb = parse(recvbuf, True, what)
+            rb = parse(recvbuf, True, what, staged=True)
             err = _own(sb.block(me), rb.mv, what, "the root's block holds {} bytes but its "
                        "receive buffer {}")
     else:
-        sb, rb, err = None, parse(recvbuf, True, what), None
-    return coll_request(cx, g_scatter(cx, sb, rb, root, cbase(cx), what, err))
+        sb, rb, err = None, parse(recvbuf, True, what, staged=True), None
+    return coll_request(cx, g_then(g_scatter(cx, sb, rb, root, cbase(cx), what, err),
+                                   rb and rb.finish))
 
 
 def g_scatter(cx, sb, rb, root, base, what, err=None):
@@ -143,12 +144,12 @@ def Iscatterv(cx, sendbuf, recvbuf, root=0):
 
 def _allgather(cx, sendbuf, recvbuf, what, vector):
     me = cx.rank
-    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
     err = None
     if sendbuf is not IN_PLACE:
         err = _own(parse(sendbuf, False, what).mv, rb.block(me), what,
                    f"rank {me} sends {{}} bytes but its block of the receive buffer holds {{}}")
-    return coll_request(cx, g_allgather(cx, rb, cbase(cx), what, err))
+    return coll_request(cx, g_then(g_allgather(cx, rb, cbase(cx), what, err), rb.finish))
 
 
 def g_allgather(cx, rb, base, what, err=None):
@@ -180,7 +181,7 @@ def Iallgatherv(cx, sendbuf, recvbuf):
 
 def _alltoall(cx, sendbuf, recvbuf, what, vector):
     n, me = cx.size, cx.rank
-    rb = parse(recvbuf, True, what, blocks=n, vector=vector)
+    rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
     if sendbuf is IN_PLACE:   # the receive buffer's blocks, as they are at the call
         sb = Buf()
         sb.mv = memoryview(bytes(rb.mv))
@@ -188,7 +189,7 @@ def _alltoall(cx, sendbuf, recvbuf, what, vector):
     else:
         sb = parse(sendbuf, False, what, blocks=n, vector=vector)
     blocks = ([sb.block(r) for r in range(n)], [rb.block(r) for r in range(n)])
-    return coll_request(cx, g_alltoall(cx, blocks, cbase(cx), what))
+    return coll_request(cx, g_then(g_alltoall(cx, blocks, cbase(cx), what), rb.finish))
 
 
 def g_alltoall(cx, blocks, base, what):
@@ -226,80 +227,15 @@ def Ialltoallv(cx, sendbuf, recvbuf):
     return _alltoall(cx, sendbuf, recvbuf, "Ialltoallv", True)
 
 
-def _plain(dt) -> bool:
-    """A predefined datatype (a block of it is count x extent bytes of the buffer)."""
-    d = as_datatype(dt)
-    pre = getattr(d, "is_predefined", None)     # (a property where derived types exist)
-    if pre is None:
-        pre = type(d) is Datatype and DATATYPES.get(d.name) == d
-    return bool(pre and d)
-
-
-def _wspec(spec, writable, what, n):
-    """An Alltoallw message: [buf, types], [buf, (counts, displs), types] or
-    [buf, counts, displs, types] (displacements in bytes) -> per-rank byte views."""
-    if type(spec) not in (list, tuple) or not 2 <= len(spec) <= 4:
-        raise MmpiValueError(f"{what}: expecting a message of 2 to 4 items [buf, counts, "
-                             f"displs, datatypes], got {spec!r}")
-    if len(spec) == 2:
-        buf, types = spec
-        counts = displs = None
-    elif len(spec) == 3:
-        buf, cd, types = spec
-        try:
-            counts, displs = cd
-        except (TypeError, ValueError):
-            raise MmpiValueError(f"{what}: expecting (counts, displacements) as the second "
-                                 f"item, got {cd!r}") from None
-    else:
-        buf, counts, displs, types = spec
-    if buf is BOTTOM and (counts is None or displs is None):
-        raise MmpiValueError(f"{what}: MPI.BOTTOM needs counts and displacements")
-    if counts is None and displs is None:
-        counts, displs = [1] * n, [0] * n
-    elif counts is None or displs is None:
-        raise MmpiValueError(f"{what}: give both counts and displacements, or neither")
-    counts = intlist(counts, n, what, "counts")
-    displs = intlist(displs, n, what, "displacements")
-    if isinstance(types, (list, tuple)):
-        if len(types) != n:
-            raise MmpiValueError(f"{what}: {len(types)} datatypes for {n} ranks")
-    else:
-        types = [types] * n
-    if buf is BOTTOM or not all(map(_plain, types)):
-        # derived datatypes, absolute addresses: a send block packed, a receive block
-        # staged and scattered once the exchange is over
-        blocks = [typed_block(buf, counts[r], displs[r], types[r], writable, what)
-                  for r in range(n)]
-        return [b[0] for b in blocks], [(b[1], len(b[0])) for b in blocks if b[1]]
-    types = [as_datatype(t) for t in types]
-    mv = byteview(buf, writable, what)
-    views = []
-    for r in range(n):
-        lo, nb = displs[r], counts[r] * types[r].extent   # (pair types: with padding)
-        if lo + nb > len(mv):
-            raise MmpiValueError(f"{what}: block {r} ({counts[r]} x {types[r].name} at byte "
-                                 f"{lo}) overruns the {len(mv)}-byte buffer")
-        views.append(mv[lo:lo + nb])
-    return views, []
-
-
 def _alltoallw(cx, sendbuf, recvbuf, what):
-    """The algorithm generator of an Alltoallw (the receive blocks of derived
-    datatypes scattered at its end)."""
+    """The algorithm generator of an Alltoallw (blocks parsed by ``wblocks``)."""
     n = cx.size
-    recvs, unpacks = _wspec(recvbuf, True, what, n)
-    if sendbuf is IN_PLACE:
-        sends = [memoryview(bytes(v)) for v in _wspec(recvbuf, False, what, n)[0]]
+    recvs, finish = wblocks(recvbuf, True, what, n)
+    if sendbuf is IN_PLACE:   # (staged blocks hold the buffer's bytes too)
+        sends = [memoryview(bytes(v)) for v in recvs]
     else:
-        sends = _wspec(sendbuf, False, what, n)[0]
-    gen = g_alltoall(cx, (sends, recvs), cbase(cx), what)
-    return then_call(gen, _unpack_all, unpacks) if unpacks else gen
-
-
-def _unpack_all(unpacks) -> None:
-    for unpack, nbytes in unpacks:
-        unpack(nbytes)
+        sends = wblocks(sendbuf, False, what, n)[0]
+    return g_then(g_alltoall(cx, (sends, recvs), cbase(cx), what), finish)
 
 
 def Alltoallw(cx, sendbuf, recvbuf) -> None:
@@ -338,6 +274,7 @@ def _rs_args(cx, sendbuf, recvbuf, op, what):
     op = check_op(op, what)
     rb = parse(recvbuf, True, what)
     sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, what)
+    same_type(sb, rb, what)
     op.check_buffer(sb.dtype, what)
     return op, sb, rb
 

@@ -1,0 +1,200 @@
+"""A rank that stops hands its peers what they still need from it first.
+
+A reply (the FIN that completes a peer's rendezvous send, the ACK of a synchronous
+send) or a send that finds the ring to its peer full waits in the rank's queue
+until the peer drains the ring.  A rank that finishes (returns from a spawn job,
+calls Finalize, or simply exits under ``driller run``) with such a record queued
+must deliver it first: else the peer's send never completes and the peer gets a
+PeerDiedError about a rank that did nothing wrong.  A peer that died or finalized
+can take nothing more: the rank must not wait for it.
+
+The scenario is made deterministic with a small ring (8 KiB: four 2 KiB records
+fill it): rank 1 queues four eager sends and the FIN of rank 0's large send behind
+a full ring, and is done (its sends are complete) once rank 0 has drained one
+ringful, with the FIN still queued.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import driller
+from driller import MPI, mmpi
+from driller.errors import MmpiError
+
+HERE = os.path.dirname(__file__)
+SRC = os.path.join(os.path.dirname(HERE), "src")
+PY = sys.executable
+
+RING = 8192
+SMALL = 2048 - 64          # one record: a quarter of the ring
+N = 8                      # two ringfuls
+
+
+def _fin_behind_a_full_ring(comm, finalize=False):
+    me = comm.Get_rank()
+    big = np.arange(1 << 14, dtype=np.float64)          # 128 KiB: rendezvous
+    if me == 0:
+        req = comm.Isend(big, dest=1, tag=7)            # RTS in the ring to rank 1
+        time.sleep(0.5)     # rank 1 fills its ring to us, copies big, queues the FIN
+        got = [np.empty(SMALL, np.uint8) for _ in range(N)]
+        first = [comm.Irecv(got[i], source=1, tag=1) for i in range(N // 2)]
+        mmpi.Request.Waitall(first)     # drains one ringful (4 records) in one go
+        time.sleep(0.5)     # rank 1 refills the ring, is done and stops
+        mmpi.Request.Waitall([comm.Irecv(got[i], source=1, tag=1)
+                              for i in range(N // 2, N)])
+        req.Wait()          # needs rank 1's FIN
+        return [int(g[0]) for g in got]
+    msgs = [np.full(SMALL, i, np.uint8) for i in range(N)]
+    reqs = [comm.Isend(m, dest=0, tag=1) for m in msgs]  # 4 in the ring, 4 queued
+    out = np.empty_like(big)
+    comm.Recv(out, source=0, tag=7)                      # the FIN queues behind them
+    mmpi.Request.Waitall(reqs)                           # complete once in the ring
+    assert (out == big).all()
+    if finalize:
+        MPI.Finalize()
+    return "done"
+
+
+@pytest.fixture
+def small_ring(monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", str(RING))
+
+
+def test_a_rank_returning_from_spawn_delivers_its_queued_fin(small_ring):
+    assert mmpi.spawn(_fin_behind_a_full_ring, 2) == [list(range(N)), "done"]
+
+
+def test_many_short_jobs_whose_last_rank_exits_at_once():
+    # the collective a job ends with (an object allgather) then every rank returns
+    def job(comm):
+        size = comm.Get_size()
+        for _ in range(3):
+            with pytest.raises(MmpiError, match="out of range"):
+                comm.Create_graph([1] * size, [size] * size)
+        return comm.allgather(comm.Get_rank())
+    for _ in range(10):
+        assert mmpi.spawn(job, 3) == [[0, 1, 2]] * 3
+
+
+_RUN_PROG = """
+import sys, time
+import numpy as np
+from driller import MPI
+sys.path.insert(0, {here!r})
+from test_exit_flush import _fin_behind_a_full_ring
+print(MPI.COMM_WORLD.Get_rank(), _fin_behind_a_full_ring(MPI.COMM_WORLD, {finalize}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("finalize", [False, True], ids=["exit", "Finalize"])
+def test_a_driller_run_rank_exiting_delivers_its_queued_fin(finalize):
+    env = dict(os.environ, DRILLER_MMPI_RING_BYTES=str(RING))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    code = textwrap.dedent(_RUN_PROG.format(here=HERE, finalize=finalize))
+    p = subprocess.run([PY, "-m", "driller", "run", "-n", "2", "-c", code], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = sorted(p.stdout.split("\n"))
+    assert f"0 {list(range(N))}" in lines and "1 done" in lines, p.stdout
+
+
+def _peer_gone(comm, how):
+    # rank 1 queues records to rank 0 behind a full ring, then rank 0 goes away
+    # (killed, or finalized without draining): rank 1's finish must not wait for it
+    me = comm.Get_rank()
+    if me == 0:
+        comm.Barrier()
+        if how == "finalize":
+            MPI.Finalize()
+            time.sleep(3)         # alive, but it takes nothing any more
+            return "finalized"
+        os._exit(0)
+    msgs = [np.full(SMALL, i, np.uint8) for i in range(N)]
+    comm.Barrier()
+    reqs = [comm.Isend(m, dest=0, tag=1) for m in msgs]  # 4 in the ring, 4 queued
+    del reqs
+    t0 = time.monotonic()
+    MPI.Finalize()                                      # finish(): nobody to take them
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("how", ["finalize", "exit"])
+def test_finish_does_not_wait_for_a_peer_that_takes_nothing(small_ring, how):
+    from test_mmpi_p2p import run_ranks
+    res = run_ranks(_peer_gone, 2, how, deadline=60)
+    assert res[0] == ((True, "finalized") if how == "finalize" else
+                      (False, ("Killed", "", None, "")))
+    ok, took = res[1]
+    assert ok, took
+    assert took < 2.5, took       # it did not wait for rank 0 to exit
+
+
+def test_finalize_inside_a_spawn_job():
+    # spawn finalizes each rank after its function: a job's own Finalize comes first
+    def job(comm):
+        x = comm.allgather(comm.Get_rank())
+        MPI.Finalize()
+        return x
+    assert mmpi.spawn(job, 2) == [[0, 1]] * 2
+
+
+# ------------------------------------------------------------------ arrived, then exited
+# A peer that did its part (sent the message, reached the barrier) and exited at
+# once is not a death: a rank that looked a moment before it arrived, and sees
+# its exit next, must look again instead of raising PeerDiedError.  The moment
+# is made to fall in that window: rank 1 has exited (the deaths word moved) and
+# the patched progress() of rank 0 is where its arrival shows.
+
+
+def _wait_for_exit_of(comm, r):
+    from driller.mmpi import _world as W
+    t = comm._cx.t
+    while not t.words[t.world.rank_word(r, W.R_DEAD)]:
+        time.sleep(0.01)
+    return t
+
+
+def _barrier_then_exit(comm):
+    if comm.Get_rank() == 1:
+        return "gone"       # exits at once; rank 0 plays its arrival just before
+    t = _wait_for_exit_of(comm, 1)
+    mine, theirs = (t.world.coll_words(r)[0] for r in (0, 1))
+    real = t.progress
+
+    def progress():         # rank 1's barrier count shows up only now
+        t.words[theirs] = t.words[mine]
+        return real()
+    t.progress = progress
+    comm.Barrier()
+    return "passed"
+
+
+def _probe_then_exit(comm):
+    if comm.Get_rank() == 1:
+        comm.send("last words", dest=0, tag=5)
+        return "gone"
+    t = _wait_for_exit_of(comm, 1)
+    real = t.progress
+    calls = []
+
+    def progress():         # the first look finds the ring still empty
+        calls.append(1)
+        return real() if len(calls) > 1 else False
+    t.progress = progress
+    assert comm.Probe(source=1, tag=5)
+    return comm.recv(source=1, tag=5)
+
+
+@pytest.mark.parametrize("fn, want", [(_barrier_then_exit, "passed"),
+                                      (_probe_then_exit, "last words")],
+                         ids=["Barrier", "Probe"])
+def test_a_peer_that_arrived_then_exited_is_not_a_death(fn, want):
+    assert mmpi.spawn(fn, 2) == [want, "gone"]
