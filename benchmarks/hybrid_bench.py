@@ -8,12 +8,15 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 (mpi4py).  Each round measures, interleaved, on the same ranks:
 
 * intra-node (ranks 0 and 1): 64 MiB Send/Recv, 64 MiB dict of 8 arrays send/recv;
-* inter-node (ranks 0 and 2): 8 B and 64 MiB Send/Recv, 64 MiB dict send/recv;
-* Allreduce (SUM) of 16 MiB of float64 over the 4 ranks.
+* inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 64 MiB dict send/recv;
+* collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
+  1 MiB per rank, Alltoall of 1 KiB blocks (hierarchical: the leaders aggregate).
 
-Reported: the median one-way time (ping-pong / 2) or call time of each, min-max over
-rounds, and the median within-round ratio driller / mpi4py (< 1: driller faster).
-Ranks not in a measurement wait in a sleeping barrier, not a spinning one.
+Printed: a markdown block (the one docs/scaleout.md and the README carry): the
+median one-way time (ping-pong / 2) or call time of each, [min–max] over rounds,
+and the median within-round ratio driller / mpi4py [min–max] (< 1: driller
+faster), with the command, the MPI library and the machine's load average.
+Ranks not in a measurement wait in driller's barrier, which naps.
 """
 
 from __future__ import annotations
@@ -82,22 +85,43 @@ def rank_main(rounds: int) -> None:
             cases.append((name, eng, (a, b), lambda s=send, rv=recv, a=a, b=b, c=comm:
                           _pingpong(c, r, b if r == a else a, s, rv, iters)))
 
-    p2p("intra 64 MiB Send/Recv (0-1)", 0, 1, big, out, 5)
-    objs("intra 64 MiB dict send/recv (0-1)", 0, 1, 3)
-    p2p("inter 8 B Send/Recv (0-2)", 0, 2, small, sout, 200)
-    p2p("inter 64 MiB Send/Recv (0-2)", 0, 2, big, out, 5)
-    objs("inter 64 MiB dict send/recv (0-2)", 0, 2, 3)
-    for eng, comm in (("driller", dc), ("mpi4py", mc)):
-        def allreduce(comm=comm):
-            ts = []
-            for _ in range(3):
-                comm.Barrier()
-                t0 = time.perf_counter()
-                comm.Allreduce(red, rout)
-                ts.append(time.perf_counter() - t0)
-            assert rout[0] == 6.0
-            return statistics.median(ts)
-        cases.append(("Allreduce 16 MiB, 4 ranks", eng, (0, 1, 2, 3), allreduce))
+    mid, mout = np.ones(MIB // 8), np.empty(MIB // 8)
+    p2p("intra-node 64 MiB Send/Recv (ranks 0–1)", 0, 1, big, out, 5)
+    objs("intra-node 64 MiB dict of 8 arrays send/recv", 0, 1, 3)
+    p2p("inter-node 8 B Send/Recv (ranks 0–2)", 0, 2, small, sout, 200)
+    p2p("inter-node 1 MiB Send/Recv", 0, 2, mid, mout, 20)
+    p2p("inter-node 64 MiB Send/Recv", 0, 2, big, out, 5)
+    objs("inter-node 64 MiB dict send/recv", 0, 2, 3)
+    ag_in, ag_out = np.full(MIB // 8, float(r)), np.empty(4 * MIB // 8)
+    a2a_in, a2a_out = np.full(4 * 128, float(r)), np.empty(4 * 128)
+
+    def coll(name, call, iters, check):
+        for eng, comm in (("driller", dc), ("mpi4py", mc)):
+            def run(comm=comm):
+                ts = []
+                for _ in range(iters):
+                    comm.Barrier()
+                    t0 = time.perf_counter()
+                    call(comm)
+                    ts.append(time.perf_counter() - t0)
+                check()
+                return statistics.median(ts)
+            cases.append((name, eng, (0, 1, 2, 3), run))
+
+    def ar_check():
+        assert rout[0] == 6.0
+
+    def ag_check():
+        assert ag_out[-1] == 3.0
+
+    def a2a_check():
+        assert a2a_out[-1] == 3.0
+    coll("Allreduce 16 MiB, 4 ranks (hierarchical)", lambda c: c.Allreduce(red, rout), 3,
+         ar_check)
+    coll("Allgather 1 MiB per rank, 4 ranks", lambda c: c.Allgather(ag_in, ag_out), 5,
+         ag_check)
+    coll("Alltoall 1 KiB blocks, 4 ranks (leader-aggregated)",
+         lambda c: c.Alltoall(a2a_in, a2a_out), 30, a2a_check)
 
     results = {}
     for rnd in range(rounds + 1):   # round 0 warms up
@@ -108,25 +132,35 @@ def rank_main(rounds: int) -> None:
                 if rnd and r == 0:
                     results.setdefault((name, eng), []).append(t)
     if r == 0:
-        _report(results, rounds)
+        _report(results, rounds, real.Get_library_version().splitlines()[0].split(",")[0].strip())
 
 
 def _fmt(t: float) -> str:
     return f"{t * 1e6:.1f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms"
 
 
-def _report(results, rounds) -> None:
+def _span(xs, fmt) -> str:
+    return f"{fmt(statistics.median(xs))} [{fmt(min(xs))}–{fmt(max(xs))}]"
+
+
+def _report(results, rounds, library: str) -> None:
+    """The markdown block docs/scaleout.md and the README carry, exactly."""
     names = list(dict.fromkeys(name for name, _ in results))
-    print(f"hybrid world (2 emulated nodes x 2 ranks) vs mpi4py on the job's MPI, "
-          f"{rounds} rounds; median [min-max]; ratio = driller / mpi4py within each round")
-    print(f"| measurement | driller | mpi4py | ratio |")
-    print(f"|---|---|---|---|")
+    load = os.environ.get("DRILLER_BENCH_LOAD") or "%.1f" % os.getloadavg()[0]
+    print(f"`{os.environ.get('DRILLER_BENCH_CMD', 'python benchmarks/hybrid_bench.py')}"
+          f" --rounds {rounds}`: 2 emulated nodes × 2 ranks, {library}, "
+          f"{time.strftime('%Y-%m-%d')}, load average {load} when it started "
+          f"({os.cpu_count()} vCPUs). Median [min–max] over {rounds} rounds; the ratio "
+          f"is driller / mpi4py within each round (< 1: driller faster).")
+    print()
+    print("| measurement | driller | mpi4py | driller / mpi4py |")
+    print("|---|---|---|---|")
     for name in names:
         d, m = results[(name, "driller")], results[(name, "mpi4py")]
         ratios = [a / b for a, b in zip(d, m)]
-        print(f"| {name} | {_fmt(statistics.median(d))} [{_fmt(min(d))}–{_fmt(max(d))}] "
-              f"| {_fmt(statistics.median(m))} [{_fmt(min(m))}–{_fmt(max(m))}] "
-              f"| {statistics.median(ratios):.2f}× [{min(ratios):.2f}–{max(ratios):.2f}] |")
+        print(f"| {name} | {_span(d, _fmt)} | {_span(m, _fmt)} | "
+              f"{_span(ratios, lambda x: f'{x:.2f}×')} |")
+    sys.stdout.flush()
 
 
 def launch(rounds: int, mpich: bool) -> int:
@@ -144,6 +178,9 @@ def launch(rounds: int, mpich: bool) -> int:
         ctx = lambda node: ["-n", "2", "-x", f"DRILLER_NODE={node}", py, HERE, "--rank",
                             "--rounds", str(rounds)]
     env = dict(os.environ)
+    env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
+    env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
+                   + (" --mpich" if mpich else ""))
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.call(run + ctx("a") + [":"] + ctx("b"), env=env)
 

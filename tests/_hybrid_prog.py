@@ -1,13 +1,18 @@
 """A rank of a hybrid world (tests/test_hybrid.py): 2 emulated nodes (DRILLER_NODE a
 and b) x 2 ranks under mpirun/mpiexec.  Mode "all" checks routes, point-to-point
 both ways, objects with large arrays, shared arrays, ANY_SOURCE, every collective
-against numpy, Split_type, Dup and Split; "raise" and "kill" make rank 2 fail while
-the others wait on it (rank 3 through shared memory, ranks 0 and 1 through MPI)."""
+against numpy, Split_type, Dup and Split; "coll" (any layout of nodes, e.g. 3 + 2)
+the routes and the gathers, scatters and all-to-alls (tests/_hybrid_coll.py) on
+the world and on a communicator whose nodes interleave; "raise" and "kill" make
+rank 2 fail while the others wait on it (rank 3 through shared memory, ranks 0 and
+1 through MPI)."""
 import os
 import signal
 import sys
 
 import numpy as np
+
+import _hybrid_coll
 
 import driller
 from driller import MPI, mmpi
@@ -23,6 +28,18 @@ if mode in ("raise", "kill"):
             raise ValueError("rank 2 fails on purpose")
         os.kill(os.getpid(), signal.SIGKILL)
     comm.Recv(np.empty(4), source=2, tag=1)
+    sys.exit(0)
+if mode == "coll":
+    nodes = comm.allgather(node)
+    routes = [mmpi.route(comm, k) for k in range(n)]
+    assert routes == [("self" if k == r else "shm" if nodes[k] == node else "mpi")
+                      for k in range(n)], routes
+    _hybrid_coll.check(comm, MPI, "world")
+    # ranks in reverse order: every node's ranks interleave with the other's
+    _hybrid_coll.check(comm.Split(0, n - r), MPI, "reversed")
+    comm.Barrier()
+    with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
+        f.write("ok")
     sys.exit(0)
 assert n == 4, n
 expected = {0: "a", 1: "a", 2: "b", 3: "b"}
@@ -135,6 +152,8 @@ assert comm.allreduce([r]) == list(range(n))
 inter = comm.Split(0, [0, 2, 1, 3][r])          # comm ranks 0..3 = world 0, 2, 1, 3
 assert inter.allreduce([r]) == [0, 2, 1, 3]      # lists: rank order, not node order
 assert inter.reduce([r], root=3) == ([0, 2, 1, 3] if r == 3 else None)
+_hybrid_coll.check(comm, MPI, "world")
+_hybrid_coll.check(inter, MPI, "interleaved")
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
 assert comm.allgather(r * 2) == [k * 2 for k in range(n)]

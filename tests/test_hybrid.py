@@ -33,16 +33,17 @@ def _env() -> dict:
 
 
 def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
-         timeout: float = 240) -> subprocess.CompletedProcess:
-    """2 ranks on node a-<tag>, 2 on b-<tag> (MPMD app contexts)."""
+         timeout: float = 240, sizes: tuple[int, int] = (2, 2)) -> subprocess.CompletedProcess:
+    """``sizes`` ranks on nodes a-<tag> and b-<tag> (MPMD app contexts): 2 + 2 unless told."""
+    na, nb = str(sizes[0]), str(sizes[1])
     if impl == "openmpi":
         run, python = OMPI_RUN, sys.executable
         cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         cmd += ["--oversubscribe", "--bind-to", "none"]
         for k, v in (extra_env or {}).items():
             cmd += ["-x", f"{k}={v}"]
-        cmd += ["-n", "2", "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
-                "-n", "2", "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
+        cmd += ["-n", na, "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
+                "-n", nb, "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
     else:
         run = os.path.join(MPICH_VENV, "bin", "mpiexec")
         python = os.path.join(MPICH_VENV, "bin", "python")
@@ -50,8 +51,8 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         cmd = [run]
         for k, v in (extra_env or {}).items():
             cmd += ["-genv", k, v]
-        cmd += ["-n", "2", "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
-                "-n", "2", "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
+        cmd += ["-n", na, "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
+                "-n", nb, "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
                           stdin=subprocess.DEVNULL)
 
@@ -74,24 +75,29 @@ def _leftovers(tag: str) -> list[str]:
     return found
 
 
-def _mpi_shm() -> set[str]:
-    """The MPI libraries' own /dev/shm files (Open MPI's, MPICH's)."""
-    return {f for f in os.listdir("/dev/shm")
-            if f.startswith(("sm_segment.", "vader_segment.", "mpich_shm_"))}
+_SHM_PREFIXES = {"openmpi": ("sm_segment.", "vader_segment."), "mpich": ("mpich_shm_",)}
 
 
-def _no_leftovers(tag: str, shm_before: set[str] | None) -> None:
+def _mpi_shm(impl: str | None = None) -> set[str]:
+    """The MPI libraries' own /dev/shm files (Open MPI's, MPICH's; ``impl``: that one's
+    only, so that another user's job of the other library, on this shared machine,
+    is not taken for this job's leftovers)."""
+    prefixes = _SHM_PREFIXES[impl] if impl else sum(_SHM_PREFIXES.values(), ())
+    return {f for f in os.listdir("/dev/shm") if f.startswith(prefixes)}
+
+
+def _no_leftovers(tag: str, shm_before: set[str] | None, impl: str | None = None) -> None:
     """No process of the job is left, and (``shm_before`` given: a job that ended
     normally) no /dev/shm file its MPI library made.  An aborted Open MPI job leaves
     its own sm_segment files: Open MPI's, not driller's."""
     import time
     deadline = time.monotonic() + 15   # an fd proxy exits once its last client is gone
-    while (_leftovers(tag) or (shm_before is not None and _mpi_shm() - shm_before)) \
+    while (_leftovers(tag) or (shm_before is not None and _mpi_shm(impl) - shm_before)) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _leftovers(tag) == []
     if shm_before is not None:
-        assert _mpi_shm() - shm_before == set()
+        assert _mpi_shm(impl) - shm_before == set()
 
 
 # ---------------------------------------------------------------- launcher detection
@@ -143,7 +149,23 @@ def test_hybrid_world(impl, extra, tmp_path):
     r = _job(impl, [PROG, "all", str(tmp_path)], tag, extra)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(4)], r.stdout + r.stderr
-    _no_leftovers(tag, shm)
+    _no_leftovers(tag, shm, impl)
+
+
+@pytest.mark.parametrize("impl, extra", [
+    ("openmpi", {}),
+    ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    ("mpich", {}),
+])
+def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
+    """3 ranks on one node, 2 on the other: Gather(v), Scatter(v), Allgather(v),
+    Alltoall(v) and the object forms from every root (tests/_hybrid_coll.py; the 2 + 2
+    jobs above run them too)."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [PROG, "coll", str(tmp_path)], tag, extra, sizes=(3, 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, impl)
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])
@@ -185,7 +207,7 @@ def test_unmodified_mpi4py_program_opts_in_with_python_m_driller_mpi4py(tmp_path
     for k, line in enumerate(lines):
         assert line.startswith(f"user driller {k} 4 6 "), line
     assert "'self', 'shm', 'mpi', 'mpi'" in lines[0]
-    _no_leftovers(tag, shm)
+    _no_leftovers(tag, shm, "openmpi")
 
 
 def test_pickled_by_value_sends_a_shared_array_as_its_bytes():

@@ -35,7 +35,7 @@ from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
 from . import _world as W
 from ._bufspec import EMPTY, message, recv_message
-from ._coll import _alltoall, _gather, _hier, _nonblocking, _reduce, _vcoll
+from ._coll import _hier, _hiergather, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
@@ -45,6 +45,10 @@ from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
                        Status, complete, fill, message_handle, persistent, request, self_sync)
 from ._request import UnpackRecvOp as _UnpackRecvOp
+
+# formats whose C-contiguous buffers Send/Recv take as their bytes at once (native,
+# one plain item each: numpy's numeric arrays); others go through _bufspec.message
+_FLAT_FORMATS = frozenset("bBhHiIlLqQnNefd?")
 
 __all__ = [
     "Comm", "Intracomm", "route", "Wtime", "Wtick", "init_world", "world_comm", "self_comm",
@@ -396,7 +400,9 @@ class Comm(_attr.Cached):
         try:  # _buffer's fast path, inlined
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
-                mv = message(buf, False, "Send")
+                # a C-contiguous array of a native plain type (a numpy array): its bytes
+                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                    else message(buf, False, "Send")
         except (TypeError, ValueError):
             mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
@@ -496,7 +502,8 @@ class Comm(_attr.Cached):
             mv = memoryview(buf)
             if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
                     and not mv.readonly):
-                mv = message(buf, True, "Recv")
+                mv = mv.cast("B") if mv.format in _FLAT_FORMATS and mv.c_contiguous \
+                    and not mv.readonly else message(buf, True, "Recv")
         except (TypeError, ValueError):
             mv, unpack = recv_message(buf, "Recv")
             if unpack is not None:  # a derived datatype: the generic path unpacks
@@ -1052,52 +1059,52 @@ class Comm(_attr.Cached):
 
     def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
-        return _gather.Gather(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Gather(self._cx, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV | None, root: int = 0) -> None:
         """Gather Vector."""
-        return _gather.Gatherv(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Gatherv(self._cx, sendbuf, recvbuf, root)
 
     def Scatter(self, sendbuf: BufSpecB | None, recvbuf: BufSpec | InPlace, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
-        return _gather.Scatter(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Scatter(self._cx, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf: BufSpecV | None, recvbuf: BufSpec | InPlace,
                  root: int = 0) -> None:
         """Scatter Vector."""
-        return _gather.Scatterv(self._cx, sendbuf, recvbuf, root)
+        return _hiergather.Scatterv(self._cx, sendbuf, recvbuf, root)
 
     def Allgather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB) -> None:
         """Gather to All."""
-        return _gather.Allgather(self._cx, sendbuf, recvbuf)
+        return _hiergather.Allgather(self._cx, sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecV) -> None:
         """Gather to All Vector."""
-        return _gather.Allgatherv(self._cx, sendbuf, recvbuf)
+        return _hiergather.Allgatherv(self._cx, sendbuf, recvbuf)
 
     def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
         """Gather."""
-        return _gather.gather(self._cx, sendobj, root)
+        return _hiergather.gather(self._cx, sendobj, root)
 
     def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """Scatter."""
-        return _gather.scatter(self._cx, sendobj, root)
+        return _hiergather.scatter(self._cx, sendobj, root)
 
     def allgather(self, sendobj: Any) -> list[Any]:
         """Gather to All."""
-        return _gather.allgather(self._cx, sendobj)
+        return _hiergather.allgather(self._cx, sendobj)
 
     def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
         """All to All Scatter/Gather."""
-        return _alltoall.Alltoall(self._cx, sendbuf, recvbuf)
+        return _hiergather.Alltoall(self._cx, sendbuf, recvbuf)
 
     def Alltoallv(self, sendbuf: BufSpecV | InPlace, recvbuf: BufSpecV) -> None:
         """All to All Scatter/Gather Vector."""
-        return _alltoall.Alltoallv(self._cx, sendbuf, recvbuf)
+        return _hiergather.Alltoallv(self._cx, sendbuf, recvbuf)
 
     def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """All to All Scatter/Gather."""
-        return _alltoall.alltoall(self._cx, sendobj)
+        return _hiergather.alltoall(self._cx, sendobj)
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,

@@ -26,9 +26,13 @@ user's buffer, or the object's buffers) and asks the sender (PUSH) to send its
 buffers as plain MPI messages (tags ``DATA_TAG0 + token % DATA_TAGS``), one per
 buffer, so MPI moves the bytes with no copy of driller's.
 
-Waiting: remote records arrive through MPI, which no futex sees, so a rank
-with peers on other nodes sleeps in short futex naps (50 µs growing to 1 ms)
-and polls MPI between them.
+Waiting: remote records arrive through MPI, which no futex sees.  A rank with
+peers on other nodes that finds nothing to do polls MPI between
+``sched_yield`` calls for ``REMOTE_SPIN`` seconds since it last made progress
+(each step of a protocol across nodes, a rendezvous' request, push and FIN, or
+a hierarchical collective's next stage, is then picked up within microseconds,
+not at the end of a nap), then sleeps in short futex naps (50 µs growing to
+1 ms) and polls MPI between them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ REC_TAG = 1
 DATA_TAG0 = 2
 DATA_TAGS = 1 << 14             # MPI guarantees tags up to 32767 at least
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
+POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
+# yield-polling MPI before the naps, since the last progress (0: nap at once)
+REMOTE_SPIN = float(os.environ.get("DRILLER_MMPI_REMOTE_SPIN_US", 2000)) * 1e-6
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
 
@@ -110,11 +117,13 @@ class HybridTransport(T.Transport):
         self.mpi = mpi
         self.MPI = MPI
         self._status = MPI.Status()
+        self._BYTE = MPI.BYTE
         self._rec_sends: list = []      # (request, record) of records in flight
         self._data_sends: dict = {}     # dst -> [requests] of pushed buffers in flight
         self._data_recvs: dict = {}     # token -> [requests] posted for a transfer
         self._nap = NAP_MIN
         self._napped = 0.0
+        self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
 
     # ------------------------------------------------------------ routes
@@ -130,7 +139,11 @@ class HybridTransport(T.Transport):
             n = len(mv)
             if n > self.eager_limit or (flags & T.F_OBJ and _SHARED_MARK in mv):
                 return False   # (a SharedArray by reference: send_object sends it by value)
-            return self._put(dst, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
+            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+            rec[T.HDR_BYTES:] = mv
+            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            return True
         return super().send_fast(dst, ctx, tag, mv, flags)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
@@ -142,25 +155,32 @@ class HybridTransport(T.Transport):
 
     def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
         """A blocking buffer receive from a rank of another node, when nothing else is
-        queued: wait (yielding, up to SPIN_SECONDS) for src's next record; a plain
-        eager message that matches and fits is copied straight into mv; anything
-        else goes to the record handler and the general path takes over."""
+        queued: wait for src's next record, polling MPI without yielding for
+        POLL_SECONDS (a sched_yield on a busy machine gives the core away for a
+        whole time slice), then yielding, up to SPIN_SECONDS; a plain eager message
+        that matches and fits is copied straight into mv; anything else goes to the
+        record handler and the general path takes over."""
         eng = self.engine
         if mv is None or eng.posted or eng.unexpected or self.npending:
             return None
-        mpi, MPI, st = self.mpi, self.MPI, self._status
-        spin_end = 0.0
-        while True:
-            msg = mpi.Improbe(src, REC_TAG, st)
-            if msg is not None:
-                break
-            if not spin_end:
-                spin_end = time.perf_counter() + T.SPIN_SECONDS
-            elif time.perf_counter() > spin_end:
-                return None
-            os.sched_yield()
-        rec = bytearray(st.Get_count(MPI.BYTE))
-        msg.Recv([rec, MPI.BYTE])
+        mpi, st = self.mpi, self._status
+        probe = mpi.Improbe
+        msg = probe(src, REC_TAG, st)
+        if msg is None:
+            clock = time.perf_counter
+            now = clock()
+            poll_end, spin_end = now + POLL_SECONDS, now + T.SPIN_SECONDS
+            while True:
+                msg = probe(src, REC_TAG, st)
+                if msg is not None:
+                    break
+                now = clock()
+                if now > poll_end:
+                    if now > spin_end:
+                        return None
+                    os.sched_yield()
+        rec = bytearray(st.Get_count(self._BYTE))
+        msg.Recv(rec)
         kf, c, tg, nb, _sid, _addr, plen, _ = T.HDR.unpack_from(rec, 0)
         if kf != T.K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
             self._record(src, rec, 0)
@@ -198,7 +218,7 @@ class HybridTransport(T.Transport):
                     o += n
             else:
                 rec[T.HDR_BYTES:] = payload
-        req = self.mpi.Isend([rec, self.MPI.BYTE], dst, REC_TAG)
+        req = self.mpi.Isend(rec, dst, REC_TAG)
         self._rec_sends.append((req, rec))
         return True
 
@@ -270,6 +290,8 @@ class HybridTransport(T.Transport):
         did = super().progress()
         if self._poll_mpi():
             did = True
+        if did:
+            self._spin_until = 0.0
         return did
 
     def _sleep(self, timeout: float = T.SLEEP_SECONDS) -> bool:
@@ -278,10 +300,18 @@ class HybridTransport(T.Transport):
         timeout (for the death checks) once every DEAD_CHECK seconds of naps."""
         if self._poll_mpi():
             self._nap = NAP_MIN
+            self._spin_until = 0.0
+            return True
+        now = time.perf_counter()
+        if not self._spin_until:
+            self._spin_until = now + REMOTE_SPIN
+        if now < self._spin_until:
+            os.sched_yield()             # then the caller polls the rings and MPI again
             return True
         nap = self._nap
         if super()._sleep(nap):
             self._nap = NAP_MIN
+            self._spin_until = 0.0
             return True
         self._nap = min(nap * 2, NAP_MAX)
         self._napped += nap

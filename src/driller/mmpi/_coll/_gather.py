@@ -14,6 +14,8 @@ from ._direct import g_direct_ok, g_exchange, g_sync
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
     "g_ogather", "gather", "scatter", "allgather",
+    "local_copy", "buf_gather", "buf_scatter", "buf_allgather", "root_own_send",
+    "root_own_recv",
 ]
 
 ALLGATHER_DIRECT = True
@@ -54,19 +56,7 @@ def _gather_root(cx, sendbuf, rb, what, base):
     isz = rb.dtype.itemsize
     # the others' blocks are received whatever the root's own contribution: an error
     # found only here is raised after them, so no rank is left waiting
-    err = bad = None
-    if sendbuf is not IN_PLACE and sendbuf is not None:
-        # (IN_PLACE, or None as mpi4py on Open MPI: the root's contribution is already
-        # in its block)  A bad buffer is refused once the others' blocks (or their
-        # empty notices, if they refused theirs too) are in: none is left waiting;
-        # a size mismatch only the root sees is raised last
-        try:
-            sb = parse(sendbuf, False, what).mv
-        except MmpiError as e:
-            bad = e
-        else:
-            err = _local_copy(sb, rb.block(me), what, "the root sends {} bytes but its "
-                              "block of the receive buffer holds {}")
+    bad, err = root_own_send(sendbuf, rb.block(me), what)
     ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(n) if r != me]
     waitall(t, [o for _, o in ops])
     if bad is not None:
@@ -77,7 +67,7 @@ def _gather_root(cx, sendbuf, rb, what, base):
         raise err
 
 
-def _local_copy(sb, dst, what, wording):
+def local_copy(sb, dst, what, wording):
     """Copy a rank's own contribution (``sb``, bytes) into its block ``dst`` as a
     receive would: a shorter one fills the block's beginning (as Open MPI's local
     copy does), a longer one is a truncation.  Returns the error instead of raising it,
@@ -86,6 +76,38 @@ def _local_copy(sb, dst, what, wording):
         return TruncationError(f"{what}: " + wording.format(len(sb), len(dst)))
     dst[:len(sb)] = sb
     return None
+
+
+def root_own_send(sendbuf, block, what):
+    """The root's own contribution to a gather, copied into its ``block`` of the
+    receive buffer (IN_PLACE, or None as mpi4py on Open MPI: already there).
+    Returns (bad, err): a refused send buffer, to raise once the others' blocks (or
+    their empty notices) are in, so none is left waiting; a size mismatch only the
+    root sees, raised last."""
+    if sendbuf is IN_PLACE or sendbuf is None:
+        return None, None
+    try:
+        sb = parse(sendbuf, False, what).mv
+    except MmpiError as e:
+        return e, None
+    return None, local_copy(sb, block, what, "the root sends {} bytes but its block of "
+                            "the receive buffer holds {}")
+
+
+def root_own_recv(recvbuf, block, what):
+    """The root's own ``block`` of a scatter into its receive buffer (IN_PLACE, or
+    None as mpi4py on Open MPI: it stays where it is); the error to raise once the
+    others have their blocks, or None."""
+    if recvbuf is IN_PLACE or recvbuf is None:
+        return None
+    try:
+        rb = parse(recvbuf, True, what, staged=True)
+    except MmpiError as e:
+        return e
+    err = local_copy(block, rb.mv, what, "the root's block holds {} bytes but its "
+                     "receive buffer {}")
+    rb.finish()
+    return err
 
 
 def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
@@ -113,17 +135,7 @@ def buf_scatter(cx, sendbuf, recvbuf, root, what, vector):
     except MmpiError:
         notify(cx, [r for r in range(n) if r != me], base)   # nobody waits for us
         raise
-    err = None
-    if recvbuf is not IN_PLACE and recvbuf is not None:
-        # (IN_PLACE, or None as mpi4py on Open MPI: the root's block stays where it is)
-        try:
-            rb = parse(recvbuf, True, what, staged=True)
-        except MmpiError as e:
-            err = e           # raised once the others have their blocks
-        else:
-            err = _local_copy(sb.block(me), rb.mv, what, "the root's block holds {} "
-                              "bytes but its receive buffer {}")
-            rb.finish()
+    err = root_own_recv(recvbuf, sb.block(me), what)
     ops = [cs(cx, sb.block(r), r, base) for r in range(n) if r != me]
     waitall(t, ops)
     first_error(ops)
@@ -145,7 +157,7 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     mine = rb.block(me)
     err = None
     if sendbuf is not IN_PLACE:
-        err = _local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
+        err = local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
                           f"of the receive buffer holds {{}}")
     # an error in this rank's own contribution is raised once the exchange is done
     try:

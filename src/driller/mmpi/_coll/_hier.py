@@ -35,7 +35,7 @@ _IDS = 16384          # sub-context ids per communicator (world sizes are at mos
 
 
 class _Split:
-    __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted")
+    __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks")
 
     def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
         self.cx = cx
@@ -49,6 +49,7 @@ class _Split:
         self.contiguous = all(cx.index[ws[-1]] - cx.index[ws[0]] == len(ws) - 1
                               for ws in order)
         self.rooted: dict[int, Context | None] = {}
+        self.cranks = None          # comm ranks of each node (_hiergather makes it)
 
     def ctx(self, i: int) -> int:
         """The i-th sub-context id of this communicator (0: node, 1: leaders, 2+r:

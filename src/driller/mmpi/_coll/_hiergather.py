@@ -1,0 +1,577 @@
+"""Hierarchical gathers, scatters, allgathers and all-to-all for communicators that
+span nodes (hybrid worlds; :mod:`._hier` makes the node / leaders split).
+
+Each runs in three steps, as ``_hier``'s reductions: shared memory among the ranks
+of each node, MPI among one rank per node, shared memory again to finish.  The
+rank that stands for a node is its lowest rank of the communicator, or the root
+on the root's node (``_Split.heads``); a communicator on one node takes the flat
+algorithms of ``_gather`` and ``_alltoall``.
+
+* **Gather(v)**: the root's node sends its blocks straight to the root; every
+  other node's ranks send their block to their head (a receive of any size:
+  only the root knows the counts), which sends the node's blocks as one MPI
+  message to the root.  The root receives it straight into its receive buffer
+  when the node's blocks are consecutive there (else into a scratch buffer,
+  then copies them out).
+* **Scatter(v)**: the reverse: the root sends each other node's head one
+  message, the node's sizes then its blocks; the head keeps its own block and
+  sends the others theirs through shared memory.
+* **Allgather(v)**: every rank knows every count, so no sizes travel: blocks go
+  to the node's leader, the leaders exchange their nodes' blocks, and each
+  leader broadcasts the whole receive buffer through shared memory (the blocks
+  alone, packed, when they leave gaps in it: MPI writes nothing else).
+* **Alltoall**: leader-aggregated for small blocks (every rank's send buffer
+  up to ``ALLTOALL_AGG_MAX`` bytes): the node's send buffers go to its leader,
+  leaders swap one message per pair of nodes (instead of one per pair of
+  ranks, each paying driller's and MPI's per-message cost), and each leader
+  hands every rank of its node its receive buffer.  Above that the per-message
+  cost is small beside the bytes, and aggregation would copy every byte twice
+  more through the leaders: each pair of ranks exchanges directly (shared
+  memory within a node, MPI across).  Every rank takes the same choice, since
+  Alltoall's blocks have one size everywhere.  **Alltoallv** and **alltoall**
+  (objects) always go direct: their sizes differ per pair and no rank knows
+  the others', so an agreed choice would cost a round of count exchange, and
+  objects would be pickled three times instead of once.
+* The object forms ``gather``, ``scatter`` and ``allgather`` run the same three
+  steps with lists of objects (a node's list travels as one pickled message).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import MmpiError
+from .._bufspec import EMPTY, Buf, parse
+from .._const import IN_PLACE
+from .._transport import RecvOp
+from . import _alltoall, _gather
+from ._bcast import g_bcast
+from ._bcast import bcast as _obcast
+from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
+                       first_error, notify, obj_items, raise_failed, waitall)
+from ._hier import split
+
+__all__ = ["ALLTOALL_AGG_MAX", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+           "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
+
+ALLTOALL_AGG_MAX = 64 << 10   # bytes of a rank's Alltoall send buffer up to which leaders aggregate
+
+
+def _cranks(h) -> list[list[int]]:
+    """The communicator ranks of each node (nodes in ``h.order``'s order)."""
+    cr_ = h.cranks
+    if cr_ is None:
+        cr_ = h.cranks = [[h.cx.index[w] for w in ws] for ws in h.order]
+    return cr_
+
+
+def _span(b: Buf, ranks: list[int]):
+    """The bytes of ``ranks``' blocks of ``b`` if they lie one after the other in
+    that order (a view: no copy), else None."""
+    isz = b.dtype.itemsize
+    start = pos = None
+    for r in ranks:
+        c = b.counts[r]
+        if not c:
+            continue
+        if pos is None:
+            start = pos = b.displs[r]
+        elif b.displs[r] != pos:
+            return None
+        pos += c
+    if start is None:
+        return EMPTY
+    return b.mv[start * isz:pos * isz]
+
+
+def _pack(b: Buf, ranks: list[int]):
+    """``ranks``' blocks of ``b``, one after the other (a view when they already are)."""
+    s = _span(b, ranks)
+    return s if s is not None else memoryview(b"".join(b.block(r) for r in ranks))
+
+
+def _unpack(b: Buf, ranks: list[int], data) -> None:
+    o = 0
+    for r in ranks:
+        blk = b.block(r)
+        n = len(blk)
+        blk[:] = data[o:o + n]
+        o += n
+
+
+def _own(sendbuf, what):
+    """(bytes of this rank's send buffer, None) or (empty, the error parsing it)."""
+    try:
+        return parse(sendbuf, False, what).mv, None
+    except MmpiError as e:
+        return EMPTY, e
+
+
+def _offsets(sizes) -> list[int]:
+    """Where each of a node's blocks starts in its packed message, and the end."""
+    offs = [0]
+    for v in sizes:
+        offs.append(offs[-1] + int(v))
+    return offs
+
+
+def _scratch(n: int) -> memoryview:
+    """A scratch buffer of n bytes (uninitialised)."""
+    return memoryview(np.empty(n, np.uint8)) if n else memoryview(bytearray(0))
+
+
+def _check_total(op, expect: int, what: str, me: int, node: int, head: int):
+    """The error of a finished receive of a node's blocks (or None)."""
+    if op.exc is not None:
+        return op.exc
+    if op.count != expect:
+        return MmpiError(f"{what}: rank {me} expected {expect} bytes from the ranks of node "
+                         f"{node} (through rank {head}) but got {op.count}: every rank must "
+                         f"pass matching counts and datatypes")
+    return None
+
+
+# ---------------------------------------------------------------- Gather(v)
+
+def Gather(cx, sendbuf, recvbuf, root=0) -> None:
+    """Gather: hierarchical across nodes (the module docstring), flat on one."""
+    _gather_buf(cx, sendbuf, recvbuf, root, "Gather", False)
+
+
+def Gatherv(cx, sendbuf, recvbuf, root=0) -> None:
+    """Gatherv: hierarchical across nodes, flat on one."""
+    _gather_buf(cx, sendbuf, recvbuf, root, "Gatherv", True)
+
+
+def _rooted(cx, root, what):
+    """A rooted collective across nodes: (split, root, heads, the root's node, the
+    root's rank in it, my node, my rank in it), or None on one node."""
+    h = split(cx)
+    if h is None:
+        return None
+    root = check_root(cx, root, what)
+    heads, ni, nr = h.heads(root)
+    mi, mj = h.where[cx.rank]
+    return h, root, heads, ni, nr, mi, mj
+
+
+def _by_rank(h, parts: list, n: int) -> list:
+    """One list in communicator-rank order from each node's list (nodes in order)."""
+    out = [None] * n
+    for ranks, objs in zip(_cranks(h), parts):
+        for r, o in zip(ranks, objs):
+            out[r] = o
+    return out
+
+
+def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
+    st = _rooted(cx, root, what)
+    if st is None:
+        return _gather.buf_gather(cx, sendbuf, recvbuf, root, what, vector)
+    h, root, heads, ni, nr, mi, mj = st
+    node, t = h.node, cx.t
+    nbase = cbase(node)
+    if cx.rank == root:
+        return _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
+    if mi == ni:                      # the root's node: straight to the root
+        try:
+            sb = parse(sendbuf, False, what).mv
+        except MmpiError:
+            notify(node, (nr,), nbase)
+            raise
+        s = cs(node, sb, nr, nbase)
+        waitall(t, [s])
+        first_error((s,))
+        return
+    sb, err = _own(sendbuf, what)
+    if mj != 0:                       # another node: my block to its head
+        op = cs(node, sb, 0, nbase)
+        waitall(t, [op])
+        first_error((op,))
+        if err is not None:
+            raise err
+        return
+    # the head of another node: its ranks' blocks (whatever their sizes: the head
+    # knows none of the counts), as one message to the root
+    ops = [_any(node, j, nbase) for j in range(1, node.size)]
+    waitall(t, ops)
+    stage = memoryview(b"".join([sb] + [_data(o) for o in ops]))
+    hbase = cbase(heads)
+    s = cs(heads, EMPTY if err is not None else stage, ni, hbase)
+    waitall(t, [s])
+    if err is not None:
+        raise err
+    first_error(ops)
+    first_error((s,))
+
+
+def _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _gather_into(cx, h, heads, ni, nr, nbase, sendbuf, rb, what)
+    finally:
+        rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
+
+
+def _gather_into(cx, h, heads, ni, nr, nbase, sendbuf, rb: Buf, what) -> None:
+    t, me = cx.t, cx.rank
+    node = h.node
+    isz = rb.dtype.itemsize
+    bad, err = _gather.root_own_send(sendbuf, rb.block(me), what)
+    cranks = _cranks(h)
+    local = [(r, cr(node, rb.block(r), j, nbase)) for j, r in enumerate(cranks[ni]) if j != nr]
+    hbase = cbase(heads)
+    remote = []
+    for i, ranks in enumerate(cranks):
+        if i == ni:
+            continue
+        span = _span(rb, ranks)
+        expect = sum(rb.counts[r] for r in ranks) * isz
+        dst = span if span is not None else _scratch(expect)
+        remote.append((i, ranks, span, dst, expect, cr(heads, dst, i, hbase)))
+    waitall(t, [o for _, o in local] + [x[-1] for x in remote])
+    if bad is not None:
+        raise bad
+    first = count_errors(cx, local, rb.counts, isz, what)
+    for i, ranks, span, dst, expect, op in remote:
+        e = _check_total(op, expect, what, me, i, cx.index[heads.group[i]])
+        if e is None and span is None:
+            _unpack(rb, ranks, dst)
+        first = first or e
+    if first is not None:
+        raise first
+    if err is not None:
+        raise err
+
+
+# ---------------------------------------------------------------- Scatter(v)
+
+def Scatter(cx, sendbuf, recvbuf, root=0) -> None:
+    """Scatter: hierarchical across nodes, flat on one."""
+    _scatter_buf(cx, sendbuf, recvbuf, root, "Scatter", False)
+
+
+def Scatterv(cx, sendbuf, recvbuf, root=0) -> None:
+    """Scatterv: hierarchical across nodes, flat on one."""
+    _scatter_buf(cx, sendbuf, recvbuf, root, "Scatterv", True)
+
+
+def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
+    st = _rooted(cx, root, what)
+    if st is None:
+        return _gather.buf_scatter(cx, sendbuf, recvbuf, root, what, vector)
+    h, root, heads, ni, nr, mi, mj = st
+    node, t = h.node, cx.t
+    nbase = cbase(node)
+    if cx.rank == root:
+        return _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
+    if mi == ni or mj != 0:           # a rank that gets its block through shared memory
+        rb = parse(recvbuf, True, what, staged=True)
+        r = cr(node, rb.mv, nr if mi == ni else 0, nbase)
+        waitall(t, [r])
+        rb.finish()
+        count_check(cx, r, rb.nbytes, what, root)
+        return
+    # the head of another node: one message from the root, the node's sizes then
+    # its blocks
+    L = node.size
+    hbase = cbase(heads)
+    op = _any(heads, ni, hbase)
+    waitall(t, [op])
+    msg = _data(op) if op.exc is None else b""
+    sizes = np.frombuffer(msg, np.int64, L) if len(msg) >= 8 * L else None
+    offs = _offsets(sizes) if sizes is not None else None
+    if offs is None or offs[-1] != len(msg) - 8 * L:
+        notify(node, range(1, L), nbase)       # my ranks must not wait for blocks
+        first_error((op,))
+        raise MmpiError(f"{what}: rank {cx.rank} got a {len(msg)}-byte message from the "
+                        f"root (rank {root}) for the {L} ranks of its node: the root's "
+                        f"send buffer was refused")
+    data = memoryview(msg)[8 * L:]
+    ops = [cs(node, data[offs[j]:offs[j + 1]], j, nbase) for j in range(1, L)]
+    err = None
+    try:
+        rb = parse(recvbuf, True, what, staged=True)
+    except MmpiError as e:
+        err = e
+    else:
+        if len(rb.mv) != offs[1]:
+            err = MmpiError(f"{what}: rank {cx.rank} expected {len(rb.mv)} bytes from "
+                            f"rank {root} but got {offs[1]}: every rank must pass "
+                            f"matching counts and datatypes")
+        else:
+            rb.mv[:] = data[:offs[1]]
+            rb.finish()
+    waitall(t, ops)
+    if err is not None:
+        raise err
+    first_error(ops)
+
+
+def _any(cx, src, tag):
+    """Start a receive of one message of any size from ``src`` (its bytes: :func:`_data`)."""
+    op = RecvOp(cx.group[src], tag, cx.cctx, None)
+    cx.t.irecv(op)
+    return op
+
+
+def _data(op):
+    """The bytes an :func:`_any` receive got (empty if it failed)."""
+    if op.exc is not None or op.value is None:
+        return b""
+    return op.value[1]
+
+
+def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
+    t, me, n = cx.t, cx.rank, cx.size
+    node = h.node
+    cranks = _cranks(h)
+    try:
+        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    except MmpiError:
+        # nobody waits for us: the root's node gets empty blocks, the other heads an
+        # empty size table (they tell their ranks in turn)
+        notify(node, [j for j in range(node.size) if j != nr], nbase)
+        notify(heads, [i for i in range(heads.size) if i != ni], cbase(heads))
+        raise
+    isz = sb.dtype.itemsize
+    err = _gather.root_own_recv(recvbuf, sb.block(me), what)
+    ops = [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
+    hbase = cbase(heads)
+    for i, ranks in enumerate(cranks):
+        if i == ni:
+            continue
+        sizes = np.array([sb.counts[r] * isz for r in ranks], np.int64)
+        msg = b"".join([sizes.tobytes()] + [sb.block(r) for r in ranks])
+        ops.append(cs(heads, memoryview(msg), i, hbase))
+    waitall(t, ops)
+    first_error(ops)
+    if err is not None:
+        raise err
+
+
+# ---------------------------------------------------------------- Allgather(v)
+
+def Allgather(cx, sendbuf, recvbuf) -> None:
+    """Allgather: hierarchical across nodes, flat on one."""
+    _allgather_buf(cx, sendbuf, recvbuf, "Allgather", False)
+
+
+def Allgatherv(cx, sendbuf, recvbuf) -> None:
+    """Allgatherv: hierarchical across nodes, flat on one."""
+    _allgather_buf(cx, sendbuf, recvbuf, "Allgatherv", True)
+
+
+def _dense(b: Buf) -> bool:
+    """Do the blocks fill the buffer, one after the other in rank order?"""
+    pos = 0
+    for c, d in zip(b.counts, b.displs):
+        if c and d != pos:
+            return False
+        pos += c
+    return pos * b.dtype.itemsize == len(b.mv)
+
+
+def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
+    h = split(cx)
+    if h is None:
+        return _gather.buf_allgather(cx, sendbuf, recvbuf, what, vector)
+    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        _allgather_into(cx, h, sendbuf, rb, what)
+    finally:
+        rb.finish()
+
+
+def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
+    me, t = cx.rank, cx.t
+    isz = rb.dtype.itemsize
+    mine = rb.block(me)
+    err = None
+    if sendbuf is not IN_PLACE:
+        sb, err = _own(sendbuf, what)
+        if err is None:
+            err = _gather.local_copy(sb, mine, what, f"rank {me} sends {{}} bytes but its "
+                                     f"block of the receive buffer holds {{}}")
+    node = h.node
+    mi, mj = h.where[me]
+    cranks = _cranks(h)
+    nbase = cbase(node)
+    if mj != 0:
+        s = cs(node, mine, 0, nbase)
+        waitall(t, [s])
+        first = s.exc
+    else:
+        # the leader: my node's blocks, then the other nodes' from their leaders
+        ops = [(r, cr(node, rb.block(r), j, nbase)) for j, r in enumerate(cranks[mi]) if j]
+        waitall(t, [o for _, o in ops])
+        first = count_errors(cx, ops, rb.counts, isz, what)
+        leaders = h.leaders
+        lbase = cbase(leaders)
+        out = _pack(rb, cranks[mi])
+        sends, recvs = [], []
+        for i, ranks in enumerate(cranks):
+            if i == mi:
+                continue
+            sends.append(cs(leaders, out, i, lbase))
+            span = _span(rb, ranks)
+            expect = sum(rb.counts[r] for r in ranks) * isz
+            dst = span if span is not None else _scratch(expect)
+            recvs.append((i, ranks, span, dst, expect, cr(leaders, dst, i, lbase)))
+        waitall(t, sends + [x[-1] for x in recvs])
+        for i, ranks, span, dst, expect, op in recvs:
+            e = _check_total(op, expect, what, me, i, cx.index[leaders.group[i]])
+            if e is None and span is None:
+                _unpack(rb, ranks, dst)
+            first = first or e
+        for s in sends:
+            first = first or s.exc
+    # the whole receive buffer from the leader, through shared memory
+    if _dense(rb):
+        drive(t, g_bcast(node, rb.mv, 0, nbase + 1, what))
+    else:
+        every = list(range(cx.size))
+        packed = _pack(rb, every) if mj == 0 else _scratch(sum(rb.counts) * isz)
+        drive(t, g_bcast(node, packed, 0, nbase + 1, what))
+        if mj != 0:
+            _unpack(rb, every, packed)
+    if first is not None:
+        raise first
+    if err is not None:
+        raise err
+
+
+# ---------------------------------------------------------------- Alltoall(v)
+
+def Alltoall(cx, sendbuf, recvbuf) -> None:
+    """Alltoall: leader-aggregated across nodes for small blocks, else direct per pair."""
+    h = split(cx)
+    n = cx.size
+    if h is not None:
+        rb = parse(recvbuf, True, "Alltoall", blocks=n, staged=True)
+        if len(rb.mv) <= ALLTOALL_AGG_MAX:
+            try:
+                return _alltoall_agg(cx, h, sendbuf, rb)
+            finally:
+                rb.finish()
+    return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+
+
+def Alltoallv(cx, sendbuf, recvbuf) -> None:
+    """Direct per pair (see the module docstring)."""
+    return _alltoall.Alltoallv(cx, sendbuf, recvbuf)
+
+
+def alltoall(cx, sendobj):
+    """Direct per pair (see the module docstring)."""
+    return _alltoall.alltoall(cx, sendobj)
+
+
+def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
+    what = "Alltoall"
+    me, n, t = cx.rank, cx.size, cx.t
+    node = h.node
+    mi, mj = h.where[me]
+    if sendbuf is IN_PLACE:
+        smv, err = memoryview(bytes(rb.mv)), None
+    else:
+        try:
+            smv, err = parse(sendbuf, False, what, blocks=n).mv, None
+        except MmpiError as e:
+            smv, err = EMPTY, e
+    nb = len(rb.mv)
+    if err is None and len(smv) != nb:
+        err = MmpiError(f"{what}: rank {me} sends {len(smv)} bytes in all but its receive "
+                        f"buffer holds {nb}: every block must have the same size")
+        smv = EMPTY
+    nbase = cbase(node)
+    if mj != 0:
+        ops = [cs(node, smv, 0, nbase), cr(node, rb.mv, 0, nbase + 1)]
+        waitall(t, ops)
+        first_error(ops[:1])
+        count_check(cx, ops[1], nb, what, cx.index[node.group[0]])
+        if err is not None:
+            raise err
+        return
+    cranks = _cranks(h)
+    L = node.size
+    B = nb // n
+    S = np.zeros((L, nb), np.uint8)
+    S[0] = np.frombuffer(smv, np.uint8) if len(smv) == nb else 0
+    ops = [(j, cr(node, memoryview(S[j]), j, nbase)) for j in range(1, L)]
+    waitall(t, [o for _, o in ops])
+    first = count_errors(cx, ops, [nb] * L, 1, what)
+    S3 = S.reshape(L, n, B)
+    leaders = h.leaders
+    lbase = cbase(leaders)
+    sends, recvs = [], []
+    for k, ranks in enumerate(cranks):
+        if k == mi:
+            continue
+        out = np.ascontiguousarray(S3[:, ranks, :])          # [my rank, their rank]
+        sends.append(cs(leaders, memoryview(out).cast("B"), k, lbase))
+        got = np.empty((len(ranks), L, B), np.uint8)          # [their rank, my rank]
+        recvs.append((k, ranks, got, cr(leaders, memoryview(got).cast("B"), k, lbase)))
+    waitall(t, sends + [x[-1] for x in recvs])
+    R = np.empty((L, n, B), np.uint8)                        # [my rank, source]
+    mine = cranks[mi]
+    R[:, mine, :] = S3[:, mine, :].transpose(1, 0, 2)
+    for k, ranks, got, op in recvs:
+        first = first or _check_total(op, got.nbytes, what, me, k,
+                                      cx.index[leaders.group[k]])
+        R[:, ranks, :] = got.transpose(1, 0, 2)
+    for s in sends:
+        first = first or s.exc
+    rb.mv[:] = memoryview(R[0]).cast("B")
+    ops = [cs(node, memoryview(R[j]).cast("B"), j, nbase + 1) for j in range(1, L)]
+    waitall(t, ops)
+    first = first or next((o.exc for o in ops if o.exc is not None), None)
+    if first is not None:
+        raise first
+    if err is not None:
+        raise err
+
+
+# ---------------------------------------------------------------- objects
+
+def gather(cx, sendobj, root=0):
+    """gather (objects): hierarchical across nodes, flat on one."""
+    st = _rooted(cx, root, "gather")
+    if st is None:
+        return _gather.gather(cx, sendobj, root)
+    h, root, heads, ni, nr, mi, _ = st
+    part = _gather.gather(h.node, sendobj, nr if mi == ni else 0)
+    if heads is None:
+        return None
+    parts = _gather.gather(heads, part, ni)
+    return _by_rank(h, parts, cx.size) if cx.rank == root else None
+
+
+def scatter(cx, sendobj, root=0):
+    """scatter (objects): hierarchical across nodes, flat on one."""
+    st = _rooted(cx, root, "scatter")
+    if st is None:
+        return _gather.scatter(cx, sendobj, root)
+    h, root, heads, ni, nr, mi, _ = st
+    parts = err = None
+    if cx.rank == root:
+        # bad arguments: every rank still gets its item (a Failed), then raises
+        items, err = obj_items(sendobj, cx.size, "scatter", cx.rank)
+        parts = [[items[r] for r in ranks] for ranks in _cranks(h)]
+    part = _gather.scatter(heads, parts, ni) if heads is not None else None
+    mine = _gather.scatter(h.node, part, nr if mi == ni else 0)
+    if err is not None:
+        raise err
+    return raise_failed(mine, "scatter")
+
+
+def allgather(cx, sendobj):
+    """allgather (objects): hierarchical across nodes, flat on one."""
+    h = split(cx)
+    if h is None:
+        return _gather.allgather(cx, sendobj)
+    part = _gather.gather(h.node, sendobj, 0)
+    out = None
+    if h.leaders is not None:
+        out = _by_rank(h, _gather.allgather(h.leaders, part), cx.size)
+    return list(_obcast(h.node, out, 0))

@@ -1,0 +1,153 @@
+"""Gathers, scatters, allgathers and all-to-alls of a hybrid world against numpy
+(tests/_hybrid_prog.py runs them on 2 + 2 and 3 + 2 emulated nodes): every root,
+IN_PLACE, ragged counts with gaps and reversed displacements, a derived send
+datatype, small (eager) and large (rendezvous) blocks, and the object forms."""
+import numpy as np
+
+
+def _ragged(n, unit, k0=0):
+    """Counts (some zero) and displacements in reverse rank order with gaps."""
+    counts = [((k + k0) % 3) * unit + (k % 2) for k in range(n)]
+    displs, pos = [0] * n, 0
+    for k in reversed(range(n)):
+        displs[k] = pos
+        pos += counts[k] + 2
+    return counts, displs, pos
+
+
+def check(comm, MPI, label=""):
+    r, n = comm.Get_rank(), comm.Get_size()
+    val = lambda k, c: np.arange(c, dtype=np.float64) + 1000.0 * k + 1   # noqa: E731
+    for unit in (3, 40_000):            # eager-sized and rendezvous-sized blocks
+        for root in range(n):
+            where = (label, unit, root)
+            # Gather, Gather IN_PLACE
+            x = val(r, unit)
+            g = np.full((n, unit), -1.0) if r == root else None
+            comm.Gather(x, g, root=root)
+            if r == root:
+                assert all((g[k] == val(k, unit)).all() for k in range(n)), where
+            g = np.full((n, unit), -1.0)
+            g[r] = x
+            comm.Gather(MPI.IN_PLACE if r == root else x, g if r == root else None, root=root)
+            if r == root:
+                assert all((g[k] == val(k, unit)).all() for k in range(n)), where
+            # Gatherv, ragged (zero counts, gaps, reversed order); a derived send type
+            counts, displs, total = _ragged(n, unit)
+            mine = val(r, counts[r])
+            gv = np.full(total, -7.0) if r == root else None
+            comm.Gatherv(mine, [gv, counts, displs, MPI.DOUBLE] if r == root else None,
+                         root=root)
+            if r == root:
+                for k in range(n):
+                    assert (gv[displs[k]:displs[k] + counts[k]] == val(k, counts[k])).all(), where
+                holes = np.ones(total, bool)
+                for k in range(n):
+                    holes[displs[k]:displs[k] + counts[k]] = False
+                assert (gv[holes] == -7.0).all(), where       # nothing written between blocks
+            spread = np.zeros(2 * max(counts[r], 1))
+            spread[::2][:counts[r]] = mine
+            vec = MPI.DOUBLE.Create_vector(counts[r], 1, 2).Commit() if counts[r] else MPI.DOUBLE
+            gv2 = np.full(total, -7.0) if r == root else None
+            comm.Gatherv([spread, 1 if counts[r] else 0, vec],
+                         [gv2, counts, displs, MPI.DOUBLE] if r == root else None, root=root)
+            if counts[r]:
+                vec.Free()
+            if r == root:
+                assert (gv2 == gv).all(), where
+            # Scatter, Scatter IN_PLACE, Scatterv ragged
+            s = np.array([val(k, unit) for k in range(n)]) if r == root else None
+            got = np.full(unit, -1.0)
+            comm.Scatter(s, got, root=root)
+            assert (got == val(r, unit)).all(), where
+            if r == root:
+                s2 = s.copy()
+                comm.Scatter(s2, MPI.IN_PLACE, root=root)
+                assert (s2 == s).all(), where
+            else:
+                got = np.full(unit, -1.0)
+                comm.Scatter(None, got, root=root)
+                assert (got == val(r, unit)).all(), where
+            sv = np.full(total, -7.0)
+            for k in range(n):
+                sv[displs[k]:displs[k] + counts[k]] = val(k, counts[k])
+            got = np.full(counts[r], -1.0)
+            comm.Scatterv([sv, counts, displs, MPI.DOUBLE] if r == root else None, got,
+                          root=root)
+            assert (got == val(r, counts[r])).all(), where
+            # objects
+            objs = comm.gather({"r": r, "a": val(r, unit)}, root=root)
+            if r == root:
+                assert [o["r"] for o in objs] == list(range(n)), where
+                assert all((o["a"] == val(o["r"], unit)).all() for o in objs), where
+            else:
+                assert objs is None
+            got = comm.scatter([(k, val(k, unit)) for k in range(n)] if r == root else None,
+                               root=root)
+            assert got[0] == r and (got[1] == val(r, unit)).all(), where
+        where = (label, unit)
+        # Allgather, IN_PLACE, Allgatherv ragged (gaps: packed path) and dense
+        ag = np.full((n, unit), -1.0)
+        comm.Allgather(val(r, unit), ag)
+        assert all((ag[k] == val(k, unit)).all() for k in range(n)), where
+        ag = np.full((n, unit), -1.0)
+        ag[r] = val(r, unit)
+        comm.Allgather(MPI.IN_PLACE, ag)
+        assert all((ag[k] == val(k, unit)).all() for k in range(n)), where
+        counts, displs, total = _ragged(n, unit, 1)
+        agv = np.full(total, -7.0)
+        comm.Allgatherv(val(r, counts[r]), [agv, counts, displs, MPI.DOUBLE])
+        for k in range(n):
+            assert (agv[displs[k]:displs[k] + counts[k]] == val(k, counts[k])).all(), where
+        holes = np.ones(total, bool)
+        for k in range(n):
+            holes[displs[k]:displs[k] + counts[k]] = False
+        assert (agv[holes] == -7.0).all(), where
+        dense = np.full(sum(counts), -1.0)
+        comm.Allgatherv(val(r, counts[r]), [dense, counts, MPI.DOUBLE])
+        assert (dense == np.concatenate([val(k, counts[k]) for k in range(n)])).all(), where
+        got = comm.allgather((r, val(r, 5)))
+        assert [k for k, _ in got] == list(range(n)) and all(
+            (a == val(k, 5)).all() for k, a in got), where
+        # Alltoall (aggregated when small, direct when large), IN_PLACE, Alltoallv ragged
+        blk = lambda src, dst, c: val(src, c) * 7 + dst                     # noqa: E731
+        for c in (unit, 1):
+            sa = np.array([blk(r, k, c) for k in range(n)])
+            ra = np.full((n, c), -1.0)
+            comm.Alltoall(sa, ra)
+            assert all((ra[k] == blk(k, r, c)).all() for k in range(n)), (where, c)
+            comm.Alltoall(MPI.IN_PLACE, sa)
+            assert all((sa[k] == blk(k, r, c)).all() for k in range(n)), (where, c)
+        scounts = [(r + k) % 3 * (unit // 3 + 1) for k in range(n)]
+        rcounts = [(k + r) % 3 * (unit // 3 + 1) for k in range(n)]
+        sbuf = np.concatenate([blk(r, k, scounts[k]) for k in range(n)])
+        rbuf = np.full(sum(rcounts), -1.0)
+        comm.Alltoallv([sbuf, scounts, MPI.DOUBLE], [rbuf, rcounts, MPI.DOUBLE])
+        assert (rbuf == np.concatenate([blk(k, r, rcounts[k]) for k in range(n)])).all(), where
+        got = comm.alltoall([(r, k) for k in range(n)])
+        assert got == [(k, r) for k in range(n)], where
+    # an argument error seen by some ranks only: they raise, nobody hangs
+    from driller.errors import MmpiError
+    bad = n - 1                                  # on the last node, not the root's
+    x = np.ones(4 if r != bad else 3)
+    g = np.empty((n, 4)) if r == 0 else None
+    try:
+        comm.Gather(x, g, root=0)
+    except MmpiError as e:
+        assert r == 0 and "expected" in str(e), (r, e)
+    else:
+        assert r != 0, "the root took a short block"
+    s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
+    try:
+        comm.Scatter(s, np.empty(4), root=0)
+    except MmpiError:
+        pass
+    else:
+        raise AssertionError(f"rank {r}: a refused Scatter returned")
+    try:                                         # the root passes one item too few
+        comm.scatter(list(range(n - 1)) if r == 0 else None, root=0)
+    except MmpiError as e:
+        assert ("expecting" if r == 0 else "rank 0 passed invalid") in str(e), (r, e)
+    else:
+        raise AssertionError(f"rank {r}: a refused scatter returned")
+    comm.Barrier()
