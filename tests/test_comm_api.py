@@ -309,10 +309,18 @@ def test_null_handles_and_the_handle_rules():
     with pytest.raises(ValueError):
         pickle.dumps(dup.Get_group())
     dup.Free()
-    with pytest.raises(NotImplementedError, match="sessions"):
-        MPI.Session.Init()
-    with pytest.raises(NotImplementedError, match="sessions"):
+    # sessions are handles too (tests/test_session_attrs.py for the rest)
+    s = MPI.Session.Init()
+    assert s and MPI.Session.fromhandle(s.handle) == s and s.handle > 0
+    with pytest.raises(ValueError):
+        pickle.dumps(s)
+    s.Finalize()
+    assert s == MPI.SESSION_NULL and s.handle == 0
+    with pytest.raises(MPI.Exception) as ei:
         MPI.Group.Create_from_session_pset(MPI.SESSION_NULL, "mpi://WORLD")
+    assert ei.value.Get_error_class() == MPI.ERR_SESSION
+    with pytest.raises(TypeError):
+        MPI.Group.Create_from_session_pset(MPI.COMM_WORLD, "mpi://WORLD")
 
 
 def test_subclasses_keep_their_class():

@@ -1208,6 +1208,14 @@ class Comm(_attr.Cached):
             h.info = {}
             self._unbind()
 
+    def Disconnect(self) -> None:
+        """Disconnect from a communicator: this handle becomes COMM_NULL.  MPI makes
+        it collective and waits for pending communication; driller's is a local
+        ``Free`` (complete your requests first; each peer disconnects its own handle)."""
+        if self._h is None:
+            raise _comm_error("Comm.Disconnect")
+        self.Free()
+
     def free(self) -> None:
         """Free the communicator, safely: nothing for a null or predefined one (a
         handle copy of COMM_WORLD/COMM_SELF just becomes null)."""

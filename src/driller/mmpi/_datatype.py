@@ -499,9 +499,11 @@ class Datatype(_attr.Cached):
         if t.predef:
             raise _err(f"Datatype.Free: {t.name or 'a predefined datatype'} is predefined and "
                        f"cannot be freed", _ERR_TYPE)
-        self._t = None
-        if t.attrs:     # the delete callbacks run (the type object goes with its handles)
-            t.attrs.clear(self, "Datatype.Free")
+        try:
+            if t.attrs:  # the delete callbacks run on the live handle (mpi4py's order)
+                t.attrs.clear(self, "Datatype.Free")
+        finally:
+            self._t = None
 
     def free(self) -> None:
         """Call Free if not null or predefined; a predefined constant stays as it is,

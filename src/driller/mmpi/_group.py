@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from collections.abc import Sequence
     from typing import Any
-    from ._session import Session
 
 import weakref
 import zlib
@@ -25,7 +24,7 @@ import zlib
 import numpy as np
 
 from .._errcodes import ERR_ARG, ERR_GROUP, ERR_RANK, ERR_TAG
-from ..errors import MmpiError, MmpiNotImplementedError
+from ..errors import MmpiError
 from ._coll._context import TAGMASK, Context
 from ._coll._gather import allgather
 from ._const import (COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, COMM_TYPE_RESOURCE_GUIDED,
@@ -316,11 +315,15 @@ class Group:
         return UNEQUAL
 
     @classmethod
-    def Create_from_session_pset(cls, session: Session, pset_name: str) -> "Group":
-        """A group from a session's process set: driller has no sessions."""
-        raise MmpiNotImplementedError(
-            "Group.Create_from_session_pset: driller has no MPI sessions (use "
-            "COMM_WORLD.Get_group() or Intracomm.Create_from_group)")
+    def Create_from_session_pset(cls, session: Any, pset_name: str) -> "Group":
+        """Create a new group from session and process set (``session.Create_group``)."""
+        # (session: an MPI.Session; _session sits above _group, imports it: the class is
+        # known by its name here)
+        create = getattr(type(session), "Create_group", None)
+        if create is None or not any(c.__name__ == "Session" for c in type(session).__mro__):
+            raise TypeError(f"Group.Create_from_session_pset: expected an MPI.Session, got "
+                            f"{type(session).__name__}")
+        return create(session, pset_name)
 
     def Free(self) -> None:
         """Free the group: this handle becomes GROUP_NULL."""

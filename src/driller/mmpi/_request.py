@@ -512,6 +512,8 @@ class Request:
         """Cancel a request: a receive not yet matched, or a send to this rank
         itself whose message no receive has matched; other operations go on
         (``Status.Is_cancelled`` tells, once the request completes)."""
+        if self._is_null():
+            raise self._null_error("Cancel")
         op = self._op
         if op is None or op.done:
             return
@@ -528,7 +530,15 @@ class Request:
 
     def Free(self) -> None:
         """Free a communication request (an active one still completes, unseen)."""
+        if self._is_null():
+            raise self._null_error("Free")
         self._release()
+
+    def _null_error(self, what: str) -> MmpiError:
+        return MmpiError(f"{type(self).__name__}.{what}: invalid request: REQUEST_NULL (a "
+                         f"completed or freed request is null; test it with bool(request) "
+                         f"or, to free, the lowercase free(), which skips null ones)",
+                         error_class=ERR_REQUEST)
 
     # -- lowercase (objects) --
     def wait(self, status: Status | None = None) -> Any:
@@ -562,8 +572,9 @@ class Request:
         self.Cancel()
 
     def free(self) -> None:
-        """Free a communication request."""
-        self.Free()
+        """Call Free if not null."""
+        if not self._is_null():
+            self.Free()
 
     # -- collections --
     @staticmethod
@@ -863,6 +874,8 @@ class Prequest(Request):
 
     def Free(self) -> None:
         """Free a persistent request."""
+        if self._start is None:
+            raise self._null_error("Free")
         self._op = None
         self._start = None
 
@@ -892,6 +905,8 @@ class CollRequest(Request):
 
     def Cancel(self) -> None:
         """Collectives cannot be cancelled: a no-op."""
+        if self._is_null():
+            raise self._null_error("Cancel")
 
 
 # ------------------------------------------------------------------ generalized requests
@@ -1018,7 +1033,9 @@ class Grequest(Request):
     def Cancel(self) -> None:
         """Cancel a request: calls ``cancel_fn(completed)``."""
         op = self._op
-        if op is None or op.cancel is None:
+        if op is None:
+            raise self._null_error("Cancel")
+        if op.cancel is None:
             return
         try:
             op.cancel(op.done, *op.args, **op.kwargs)
@@ -1028,6 +1045,8 @@ class Grequest(Request):
     def Free(self) -> None:
         """Free a generalized request (its free callback runs)."""
         op = self._op
+        if op is None:
+            raise self._null_error("Free")
         self._release()
         if op is not None and op.free is not None:
             try:

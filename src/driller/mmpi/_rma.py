@@ -36,7 +36,6 @@ target's window: every later atomic operation or lock on it raises.
 from __future__ import annotations
 
 import array as _array
-import itertools
 import os
 import weakref
 from typing import Any
@@ -46,7 +45,7 @@ import numpy as np
 from .. import _errcodes, _linux
 from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError
 from ..segment import Region
-from . import _errhandler
+from . import _attr, _errhandler
 from ._buffer import buffer
 from ._bufspec import parse
 from ._coll._context import readv, writev
@@ -74,7 +73,6 @@ W_WAITERS = 104 // 8           # word: ranks asleep waiting for the lock (Unlock
 MAX_ATTACH = 64
 LOCK_POLL = 0.05               # seconds between checks that the lock holders live
 TAG_POST, TAG_DONE = 1, 2      # PSCW messages on the window's private communicator
-_keyvals = itertools.count(1000)
 _live_states: "weakref.WeakSet[_State]" = weakref.WeakSet()   # for the fork hook
 _by_handle: "weakref.WeakValueDictionary[int, Win]" = weakref.WeakValueDictionary()
 _INTS = "bBhHiIlLqQ"            # native integer formats (memoryview.cast takes them)
@@ -111,7 +109,7 @@ class _State:
         self.ok = True         # not freed, not inherited by a forked child
         self.forked = False
         self.name = ""
-        self.attrs = {}
+        self.attrs = _attr.Attributes("win")
         self.errh = _errhandler.ERRORS_RETURN
         self.info = {}
         self.locks = {}        # target -> lock type held by this rank
@@ -125,7 +123,7 @@ def _err(msg: str, cls: int) -> MmpiError:
     return MmpiError(msg, error_class=cls)
 
 
-class Win(np.ndarray):
+class Win(np.ndarray, _attr.Cached):
     """Remote memory access context (mpi4py's ``MPI.Win``).
 
     A window is also a buffer: ``memoryview(win)`` is its local memory."""
@@ -262,6 +260,13 @@ class Win(np.ndarray):
     def Free(self) -> None:
         """Free a window (collective)."""
         s = self._live("Free")
+        # the attributes' delete callbacks run first (MPI's order); one that raises is
+        # reported after the collective part, as an open epoch is
+        try:
+            s.attrs.clear(self, "Win.Free")
+            attr_err = None
+        except MmpiError as e:
+            attr_err = e
         # an epoch still open here is an error, said after the collective part (raising
         # first would leave the other ranks in the barrier); its locks are released now
         # so that no peer waits for them
@@ -298,6 +303,8 @@ class Win(np.ndarray):
                        f"epoch ({', '.join(pending)}); close epochs first (Unlock, "
                        f"Unlock_all, Complete, Wait).  The window is freed, its locks "
                        f"released", _errcodes.ERR_RMA_SYNC)
+        if attr_err is not None:
+            raise attr_err
 
     def free(self) -> None:
         """Call Free if not null (mpi4py's convenience)."""
@@ -368,9 +375,15 @@ class Win(np.ndarray):
     def name(self, value: str) -> None:
         self.Set_name(value)
 
-    def Get_attr(self, keyval: int) -> Any:
-        """Retrieve attribute value by key."""
-        s = self._live("Get_attr")
+    # attributes: ``_attr.Cached`` (Create_keyval, Set_attr, Get_attr, Delete_attr...)
+    _attr_kind = "win"
+    _attr_predefined = frozenset((WIN_BASE, WIN_SIZE, WIN_DISP_UNIT, WIN_CREATE_FLAVOR,
+                                  WIN_MODEL))
+
+    def _attributes(self, what: str) -> _attr.Attributes:
+        return self._live(what.rsplit(".", 1)[-1]).attrs
+
+    def _attr_value(self, keyval: int) -> Any:
         if keyval == WIN_BASE:
             return self._base
         if keyval == WIN_SIZE:
@@ -379,28 +392,7 @@ class Win(np.ndarray):
             return self._unit
         if keyval == WIN_CREATE_FLAVOR:
             return self._flavor
-        if keyval == WIN_MODEL:
-            return WIN_UNIFIED
-        return s.attrs.get(keyval)
-
-    def Set_attr(self, keyval: int, attrval: Any) -> None:
-        """Store attribute value associated with a key."""
-        self._live("Set_attr").attrs[keyval] = attrval
-
-    def Delete_attr(self, keyval: int) -> None:
-        """Delete attribute value associated with a key."""
-        self._live("Delete_attr").attrs.pop(keyval, None)
-
-    @classmethod
-    def Create_keyval(cls, copy_fn: Any = None, delete_fn: Any = None,
-                      nopython: bool = False) -> int:
-        """Create a new attribute key for windows."""
-        return next(_keyvals)
-
-    @classmethod
-    def Free_keyval(cls, keyval: int) -> int:
-        """Free an attribute key for windows."""
-        return -1
+        return WIN_UNIFIED     # WIN_MODEL
 
     @property
     def attrs(self) -> tuple[int, int, int]:
