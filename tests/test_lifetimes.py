@@ -269,7 +269,12 @@ BOUND_SCRIPT = textwrap.dedent(r"""
 
     def state():
         info = proxy_info()
-        fds = memfds(info["pid"])
+        # the proxy closes released memfds in a thread of its own, off its loop: let
+        # the ones it has released already go before counting what it holds
+        deadline = time.monotonic() + 5
+        while (fds := memfds(info["pid"])) > len(info["segments"]) and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
         return {"leases": info["leases"]["live"], "orphaned": info["leases"]["orphaned"],
                 "segments": len(info["segments"]), "fds": fds}
 
