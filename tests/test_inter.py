@@ -252,6 +252,17 @@ def _p2p(comm):
         assert s.Get_source() == src and s.Get_tag() == 10 + src
         check_equal(buf, data(remote[src], 5, salt=lr), "Recv")
     MPI.Request.Waitall(reqs)
+    # byte buffers take Comm's fast paths, bounded and mapped by the remote group
+    bufs = [np.zeros(4, np.uint8) for _ in range(R)]
+    reqs = [inter.Isend(np.full(4, me * 10 + d, np.uint8), dest=d, tag=20) for d in range(R)]
+    reqs += [inter.Irecv(bufs[src], source=src, tag=20) for src in range(R)]
+    MPI.Request.Waitall(reqs)
+    for src in range(R):
+        check_equal(bufs[src], np.full(4, remote[src] * 10 + lr, np.uint8), "Irecv")
+        inter.Send(bufs[src], dest=src, tag=21)
+    for src in range(R):
+        inter.Recv(bufs[src], source=src, tag=21)
+        check_equal(bufs[src], np.full(4, me * 10 + src, np.uint8), "Recv")
     # objects, ANY_SOURCE: statuses report ranks of the remote group
     for d in range(R):
         inter.send((me, d), dest=d, tag=3)
@@ -294,6 +305,10 @@ def _p2p(comm):
         assert ei.value.Get_error_class() == MPI.ERR_RANK
         with pytest.raises(MmpiError):
             inter.recv(source=bad)
+        for call in (inter.Isend, inter.Irecv, inter.Send, inter.Recv):   # fast paths
+            with pytest.raises(MmpiError) as ei:
+                call(np.zeros(8, np.uint8), bad, 0)
+            assert ei.value.Get_error_class() == MPI.ERR_RANK
     # the intracommunicator's traffic is not the intercommunicator's
     inter.Barrier()
     if color == 0:

@@ -106,7 +106,7 @@ class _Handles:
 _handles = _Handles()
 _NULL_NUMBER = 2
 # a null (or freed) communicator has none of these: __getattr__ then raises ERR_COMM
-_BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size"))
+_BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size", "_npeers"))
 
 
 def _comm_error(what: str) -> MmpiError:
@@ -153,6 +153,9 @@ class Comm(_attr.Cached):
         self._rank_of = cx.rank_of
         self.rank = cx.rank
         self.size = cx.size
+        # point-to-point peers (``_group``'s length): the ranks the fast paths accept;
+        # an intercommunicator's are the remote group's
+        self._npeers = cx.size
         errh = h.ext.get("errh")
         if errh is not None:    # a handler set or inherited: applied on failing calls too
             _errhandler.apply(self, errh)
@@ -408,7 +411,8 @@ class Comm(_attr.Cached):
                         else message(buf, False, "Send")
             except (TypeError, ValueError):
                 mv = message(buf, False, "Send")
-        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
+        if type(dest) is int and 0 <= dest < self._npeers and type(tag) is int and \
+                0 <= tag <= TAG_MAX:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
@@ -515,7 +519,7 @@ class Comm(_attr.Cached):
                     self._wait_recv(self._irecv(buf, source, tag, "Recv",
                                                 parsed=(mv, unpack)), status)
                     return
-        if (type(source) is int and -1 <= source < self.size and type(tag) is int
+        if (type(source) is int and -1 <= source < self._npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, mv)
@@ -537,7 +541,7 @@ class Comm(_attr.Cached):
             self._wait_send(s)
             self._wait_recv(r, status)
             return
-        size = self.size
+        size = self._npeers
         if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
                 and 0 <= sendtag <= TAG_MAX and type(source) is int and -1 <= source < size
                 and type(recvtag) is int and -1 <= recvtag <= TAG_MAX):
@@ -592,7 +596,7 @@ class Comm(_attr.Cached):
         # nothing queued before it (osu_bw's windows): the bytes are copied, no
         # send op, no engine, no progress pass; Waitall finds it done
         mv = _flat(buf, False)
-        if (mv is not None and type(dest) is int and 0 <= dest < self.size
+        if (mv is not None and type(dest) is int and 0 <= dest < self._npeers
                 and type(tag) is int and 0 <= tag <= TAG_MAX
                 and self._t.send_fast(self._group[dest], self._ctx, tag, mv)):
             return request(_SentOp(), K_SEND, self._cx)
@@ -634,7 +638,7 @@ class Comm(_attr.Cached):
         """Nonblocking receive."""
         # a message from a given source already at the head of its ring: taken at
         # once, as recv_fast does (no receive op posted, no engine)
-        if (type(source) is int and 0 <= source < self.size and type(tag) is int
+        if (type(source) is int and 0 <= source < self._npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             mv = _flat(buf, True)
             if mv is not None:
@@ -779,7 +783,8 @@ class Comm(_attr.Cached):
     # -- objects --
     def send(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send in standard mode."""
-        if type(dest) is int and 0 <= dest < self.size and type(tag) is int and 0 <= tag <= TAG_MAX:
+        if type(dest) is int and 0 <= dest < self._npeers and type(tag) is int and \
+                0 <= tag <= TAG_MAX:
             # the common case, validated inline: a small object straight into the ring
             if (type(obj) is np.ndarray and _objects.user_pickler() is None
                     and obj.nbytes <= self._t.eager_limit - 1024
@@ -821,7 +826,7 @@ class Comm(_attr.Cached):
         """Receive."""
         if buf is not None:
             return self._recv_into(buf, source, tag, status)
-        if (type(source) is int and -1 <= source < self.size and type(tag) is int
+        if (type(source) is int and -1 <= source < self._npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
                                     self._ctx, None)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from ._coll._ops import Op
     from ._errhandler import Errhandler
     from ._info import Info
-    from ._request import Request, Status
-    from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
+    from ._request import Request
+    from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, InPlace
 
 import zlib
 
@@ -38,21 +38,16 @@ import numpy as np
 from .. import _errcodes as E
 from ..errors import MmpiError
 from . import _comm, _group
-from . import _transport as T
-from ._bufspec import message
 from ._coll import _inter as X
 from ._coll._bcast import bcast as _intra_bcast
 from ._coll._context import Context, co_send, first_error, orecv, waitall
 from ._coll._gather import gather as _intra_gather
 from ._coll._ops import SUM
 from ._comm import Comm, Intracomm
-from ._const import ANY_SOURCE, ANY_TAG, COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, \
+from ._const import ANY_SOURCE, COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, \
     COMM_TYPE_RESOURCE_GUIDED, COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, \
     SIMILAR, TAG_MAX, UNDEFINED, UNEQUAL
 from ._group import HW_RESOURCE_TYPE, SHARED_MEMORY, Group
-from . import _objects
-from ._objects import ARRAY_KINDS, dumps, loads, pack_array
-from ._request import fill
 
 __all__ = ["Intercomm", "create_intercomm"]
 
@@ -91,18 +86,10 @@ class Intercomm(Comm):
     def _bind(self, h) -> None:
         super()._bind(h)
         cx = h.cx     # an InterContext: the local group, the remote one, the bridge
-        # point-to-point peers are the remote group's ranks
+        # point-to-point peers are the remote group's ranks: Comm's fast paths
+        # bound ranks by ``_npeers`` and map them through ``_group``
         self._group = cx.remote
-        self._rsize = cx.rsize
-
-    def _unbind(self) -> None:
-        self.__dict__.pop("_rsize", None)
-        super()._unbind()
-
-    def __getattr__(self, name):
-        if name == "_rsize":   # a null or freed handle (as Comm's bound attributes)
-            raise _err("Intercomm: invalid communicator: COMM_NULL or freed", E.ERR_COMM)
-        return super().__getattr__(name)
+        self._npeers = cx.rsize
 
     @classmethod
     def _build(cls, t, local, remote, ctx: int, parent=None) -> "Intercomm":
@@ -334,91 +321,8 @@ class Intercomm(Comm):
             new.Set_errhandler(errhandler)
         return new
 
-    # -- point-to-point: the remote group's ranks.  Comm's inline fast paths bound
-    # ranks by the local size; these bound them by the remote group's (``_group``
-    # holds the remote world ranks), and are otherwise the same code --
-    def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
-        """Blocking send to rank ``dest`` of the remote group."""
-        try:
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
-                mv = message(buf, False, "Send")
-        except (TypeError, ValueError):
-            mv = message(buf, False, "Send")
-        if type(dest) is int and 0 <= dest < self._rsize and type(tag) is int and \
-                0 <= tag <= TAG_MAX:
-            if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
-                return
-        self._wait_send(self._isend(mv, dest, tag, False, "Send"))
-
-    def Recv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG,
-             status: Status | None = None) -> None:
-        """Blocking receive from rank ``source`` of the remote group."""
-        try:
-            mv = memoryview(buf)
-            if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous
-                    and not mv.readonly):
-                mv = message(buf, True, "Recv")
-        except (TypeError, ValueError):
-            mv = message(buf, True, "Recv")
-        if (type(source) is int and -1 <= source < self._rsize and type(tag) is int
-                and -1 <= tag <= TAG_MAX):
-            res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
-                                    self._ctx, mv)
-            if res is not None:
-                if status is not None:
-                    fill(status, self._rank_of(res[0]), res[1], 0, res[2])
-                return
-        self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
-
-    def Sendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
-                 recvbuf: BufSpec | None = None, source: int = ANY_SOURCE, recvtag: int = ANY_TAG,
-                 status: Status | None = None) -> None:
-        """Send and receive (ranks of the remote group)."""
-        smv = message(sendbuf, False, "Sendrecv")
-        rmv = message(recvbuf, True, "Sendrecv")
-        self._dest(dest, "Sendrecv"), self._stag(sendtag, "Sendrecv")
-        r = self._irecv(rmv, source, recvtag, "Sendrecv")
-        s = self._isend(smv, dest, sendtag, False, "Sendrecv")
-        self._wait_send(s)
-        self._wait_recv(r, status)
-
-    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
-        """Send an object to rank ``dest`` of the remote group."""
-        if type(dest) is int and 0 <= dest < self._rsize and type(tag) is int and \
-                0 <= tag <= TAG_MAX:
-            t = self._t
-            w = self._group[dest]
-            if (type(obj) is np.ndarray and _objects.user_pickler() is None
-                    and obj.nbytes <= t.eager_limit - 1024
-                    and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
-                    and t.send_fast(w, self._ctx, tag, pack_array(obj), T.F_OBJ | T.F_ARRAY)):
-                return
-            pickled = dumps(obj)
-            if not pickled[1] and t.send_fast(w, self._ctx, tag, pickled[0], T.F_OBJ):
-                return
-            self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
-            return
-        self._wait_send(self._osend(obj, dest, tag, False, "send"))
-
-    def recv(self, buf: Buffer | None = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
-             status: Status | None = None) -> Any:
-        """Receive an object from rank ``source`` of the remote group."""
-        if (type(source) is int and -1 <= source < self._rsize and type(tag) is int
-                and -1 <= tag <= TAG_MAX):
-            res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
-                                    self._ctx, None)
-            if res is not None:
-                v = res[2]
-                if type(v) is bytes:
-                    if status is not None:
-                        fill(status, self._rank_of(res[0]), res[1], 0, len(v))
-                    return _objects.unpickle(v)     # MPI.pickle's loads if set
-                if status is not None:  # a packed object: (stream, parts, nbytes)
-                    fill(status, self._rank_of(res[0]), res[1], 0, v[2])
-                return loads(v[:2])
-        return self._wait_recv(self._orecv(source, tag, "recv"), status, obj=True)
-
+    # -- point-to-point: Comm's methods (their fast paths take the remote group's
+    # ranks through ``_npeers``/``_group``); ranks are checked against the remote group --
     def _dest(self, dest, what: str) -> int:
         cx = self._cx
         if isinstance(dest, (int, np.integer)) and not isinstance(dest, bool):
