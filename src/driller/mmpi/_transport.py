@@ -66,10 +66,12 @@ HDR_BYTES = 64
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
-SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", 200)) * 1e-6  # yield-spin, then sleep
+SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
+SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
 PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
-SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at most this
+SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
+                              # of peers that died unmarked run this often
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
@@ -319,9 +321,14 @@ class Transport:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover
             cpus = os.cpu_count() or 1
-        # oversubscribed: yield at once, a sibling rank may be the one we wait for
+        # oversubscribed (more ranks than the cores we may run on): yield at once, a
+        # sibling rank on our core may be the one we wait for (docs/mmpi.md, "Waiting")
+        self.oversubscribed = size > cpus
         self.pure_polls = int(os.environ.get("DRILLER_MMPI_PURE_POLLS",
-                                             PURE_POLLS if size <= cpus else 0))
+                                             0 if self.oversubscribed else PURE_POLLS))
+        self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
+        self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
+                                                            SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
         self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
         self._tokens = iter(range(1, 1 << 62))
@@ -379,7 +386,7 @@ class Transport:
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
-        queued: spins (sched_yield) up to SPIN_SECONDS for the next record; if it
+        queued: spins (sched_yield) up to ``spin_seconds`` for the next record; if it
         is a plain eager message this receive matches and it fits, copies it and
         returns (source, tag, nbytes); else returns None (use the general path,
         which sees the same records in the same order)."""
@@ -393,7 +400,7 @@ class Transport:
         spin_end = 0.0
         if src >= 0:
             # a specific source: only its ring can hold the match, others wait their
-            # turn (the general path, taken after SPIN_SECONDS, drains every ring)
+            # turn (the general path, taken after spin_seconds, drains every ring)
             hw = self.in_head[src]
             t = tails[src]
             while words[hw] == t:
@@ -401,7 +408,7 @@ class Transport:
                 if polls < pure:
                     continue
                 if not spin_end:
-                    spin_end = time.perf_counter() + SPIN_SECONDS
+                    spin_end = time.perf_counter() + self.spin_seconds
                 elif time.perf_counter() > spin_end:
                     return None
                 os.sched_yield()
@@ -432,7 +439,7 @@ class Transport:
             if polls < pure:
                 continue
             if not spin_end:
-                spin_end = time.perf_counter() + SPIN_SECONDS
+                spin_end = time.perf_counter() + self.spin_seconds
             elif time.perf_counter() > spin_end:
                 return None
             os.sched_yield()
@@ -1164,7 +1171,7 @@ class Transport:
                 self.check_dead(op, peer, False)
             now = time.perf_counter()
             if spin_end is None:
-                spin_end = now + SPIN_SECONDS
+                spin_end = now + self.spin_seconds
             elif now > spin_end:
                 if not self._sleep():
                     self.check_dead(op, peer, True)
@@ -1184,15 +1191,18 @@ class Transport:
                 self.check_dead(op, peer, False, pred)
             now = time.perf_counter()
             if spin_end is None:
-                spin_end = now + SPIN_SECONDS
+                spin_end = now + self.spin_seconds
             elif now > spin_end:
                 if not self._sleep():
                     self.check_dead(op, peer, True, pred)
                 continue
             os.sched_yield()
 
-    def _sleep(self, timeout: float = SLEEP_SECONDS) -> bool:
-        """Futex-sleep until a ring or the deaths word moves; False on timeout."""
+    def _sleep(self, timeout: float | None = None) -> bool:
+        """Futex-sleep until a ring or the deaths word moves; False on timeout
+        (``timeout`` seconds, by default ``sleep_seconds``: DRILLER_MMPI_SLEEP_MS)."""
+        if timeout is None:
+            timeout = self.sleep_seconds
         words = self.words
         base = self.base
         words[self.my_sleeping] = 1

@@ -44,8 +44,9 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
     same order by every rank (else MPI deadlocks), so one count serves them
     all.  While waiting it keeps the transport progressing (rings drained,
     queued sends flushed, nonblocking collectives advanced), spins with
-    sched_yield for SPIN_SECONDS, then sleeps on the missing ranks' words, the
-    rings and the deaths word; a dead peer raises PeerDiedError.
+    sched_yield for the transport's ``spin_seconds``, then sleeps on the
+    missing ranks' words, the rings and the deaths word; a dead peer raises
+    PeerDiedError.
     """
     t = cx.t
     words = t.words
@@ -60,7 +61,7 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
     # someone sleeps).  The lock round trip is a locked instruction, i.e. a full
     # fence: our count is visible before we read the flags, and a sleeper's flag
     # is visible before its futex_waitv compares (the syscall fences): no lost
-    # wake-up.  (Any left would cost at most T.SLEEP_SECONDS.)
+    # wake-up.
     FENCE.acquire()
     FENCE.release()
     for f in st[2]:
@@ -88,7 +89,7 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
                 t.check_dead(None, j, False, lambda: words[ep[j]] >= e)
             now = time.perf_counter()
             if spin_end is None:
-                spin_end = now + T.SPIN_SECONDS
+                spin_end = now + t.spin_seconds
             elif now > spin_end:
                 if not shm_sleep(cx, e, ep, j):
                     t.check_dead(None, j, True, lambda: words[ep[j]] >= e)
@@ -120,7 +121,7 @@ def coll_slots(cx):
 
 def shm_sleep(cx, e, ep, j) -> bool:
     """Futex-sleep until a missing rank arrives, a ring moves or a peer dies;
-    False on timeout (T.SLEEP_SECONDS)."""
+    False on timeout (the transport's ``sleep_seconds``)."""
     t = cx.t
     words = t.words
     base = t.base
@@ -148,7 +149,7 @@ def shm_sleep(cx, e, ep, j) -> bool:
             return True
         waits = waits[:127]
         waits.append((base + W.H_DEATHS * 8, d))
-        return _linux.futex_waitv(waits, T.SLEEP_SECONDS)
+        return _linux.futex_waitv(waits, t.sleep_seconds)
     finally:
         words[t.my_sleeping] = 0
         words[flag] = 0
