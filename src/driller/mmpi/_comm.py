@@ -415,6 +415,9 @@ class Comm(_attr.Cached):
                 0 <= tag <= TAG_MAX:
             if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
                 return
+        elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
+                and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
+            return self.Send(mv, int(dest), int(tag))
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
     def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
@@ -527,6 +530,9 @@ class Comm(_attr.Cached):
                 if status is not None:
                     fill(status, self._rank_of(res[0]), res[1], 0, res[2])
                 return
+        elif (type(source) is not int or type(tag) is not int) and _int_like(source) \
+                and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
+            return self.Recv(mv, int(source), int(tag), status)
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
     def Sendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
