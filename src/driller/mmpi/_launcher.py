@@ -360,12 +360,26 @@ def _rank_env(opts: Options, rank: int, world_fd: int | None, world) -> dict:
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if opts.mpi4py:
         paths.insert(0, _shim_dir())
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not _on_default_path(pkg_parent) and pkg_parent not in paths:
+    pkg_parent = _pkg_parent()
+    if pkg_parent is not None and pkg_parent not in paths:
         paths.append(pkg_parent)   # running from a source tree: let ranks import driller
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+_PKG_PARENT: dict = {}     # sys.path -> _pkg_parent()
+
+
+def _pkg_parent() -> str | None:
+    """The directory holding the driller package if ranks would not find it by
+    themselves (a source tree), else None; worked out once per sys.path, not per
+    rank (realpath is slowish)."""
+    key = tuple(sys.path)
+    if key not in _PKG_PARENT:
+        d = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        _PKG_PARENT[key] = None if _on_default_path(d) else d
+    return _PKG_PARENT[key]
 
 
 def _on_default_path(d: str) -> bool:
