@@ -29,10 +29,13 @@ pidfd: when that dies, whatever the cause, the supervisor SIGKILLs the ranks and
 every descendant at once, reaps them and exits.  The ``driller run`` process
 only passes signals on and exits with the supervisor's status.  A rank's
 process group is only signalled while the rank is still an unreaped zombie, so
-its pgid cannot have been recycled.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``: if
-the supervisor itself is killed, its ranks die with it (and ``driller run``, a
-subreaper too, kills the orphans).  ``main()`` called in-process (a test, a
-tool) runs the loop in the calling process, without a supervisor.
+its pgid cannot have been recycled.  If the supervisor itself is killed, its
+ranks and their orphans are reparented to ``driller run``, a subreaper too,
+which kills them.  The supervisor starts ranks with ``posix_spawn`` (vfork: no
+copy of itself, no Python code between fork and exec).  ``main()`` called
+in-process (a test, a tool) runs the loop in the calling process, without a
+supervisor; its ranks get ``PR_SET_PDEATHSIG=SIGKILL`` (``Popen`` with a
+``preexec_fn``), their only way out if that process is SIGKILLed.
 """
 
 from __future__ import annotations
