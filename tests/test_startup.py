@@ -249,3 +249,21 @@ def test_exit_status_and_output_of_the_driller_command():
         assert res.returncode == 5, res.stderr
         assert "rank 1 (pid" in res.stderr and "exited with code 5" in res.stderr
         assert res.stdout.count("x" * 60000 + "\n") >= 1
+
+
+def test_launcher_started_with_stdout_closed():
+    # the world block's memfd (or a pipe) may then get fd 1: ranks must still find
+    # the block at the fd they are told, with their stdout on the launcher's pipe
+    code = textwrap.dedent("""
+        import os, sys
+        fd = int(os.environ["DRILLER_MMPI_WORLD_FD"])
+        ok = fd > 2 and os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:driller:mmpi-world")
+        from driller.mmpi import COMM_WORLD as c
+        c.barrier()
+        sys.stderr.write(f"WORLD {ok}\\n")
+        print("to a closed stdout")
+    """)
+    res = subprocess.run(["sh", "-c", 'exec "$0" -m driller run -n 2 -c "$1" 1>&-', PY, code],
+                         env=_env(), capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines() == ["WORLD True"] * 2, res.stderr

@@ -402,16 +402,34 @@ def _shim_dir() -> str:
                      "install: reinstall driller, or run with --no-mpi4py")
 
 
-def _above_stdio(fd: int) -> int:
-    """fd itself, or a close-on-exec copy of it above 2 (fd closed): a pipe end that
-    posix_spawn dup2()s onto 1 or 2 must not be one of 0, 1, 2 itself."""
+def _above_stdio(fd: int, inheritable: bool = False) -> int:
+    """fd itself, or a copy of it above 2 (fd closed; the copy close-on-exec unless
+    ``inheritable``): a pipe end or the world block's fd must not be one of the
+    0, 1, 2 that a rank gets (this happens when the launcher's are closed)."""
     if fd > 2:
         return fd
     import fcntl
     try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        return fcntl.fcntl(fd, fcntl.F_DUPFD if inheritable else fcntl.F_DUPFD_CLOEXEC, 3)
     finally:
         os.close(fd)
+
+
+def _hold_stdio() -> None:
+    """/dev/null on whichever of fds 0, 1, 2 is closed: no fd the launcher opens
+    may take their numbers (a rank's output for a closed stdout would be written
+    into it: an epoll fd, the world block)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)      # the lowest free number: fd
+        if null != fd:  # pragma: no cover - a lower one was free; fstat said no
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
 
 
 def _pipe() -> tuple[int, int]:
@@ -545,7 +563,7 @@ class Launcher:
     def _start(self) -> None:
         from . import _world as world
         self.world = world
-        self.world_fd = world.create_world(self.opts.n)
+        self.world_fd = _above_stdio(world.create_world(self.opts.n), inheritable=True)
         stdin_null_rank0 = _isatty(0)
         cmd = self.opts.command()
         spawn = self._spawner(cmd)
@@ -982,8 +1000,10 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
                              f"is {_linux.nofile_limit()} (see ulimit -n)")
     except UsageError as e:
         return usage_error(str(e))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for f in (sys.stdout, sys.stderr):
+        if f is not None:            # (None: started with that fd closed)
+            f.flush()
+    _hold_stdio()
     if supervised:
         return _run_supervised(opts)
     return Launcher(opts).run()
@@ -1003,7 +1023,8 @@ def run_program(argv: list[str] | None = None) -> None:
     code = main(argv, supervised=True)
     for f in (sys.stdout, sys.stderr):
         try:
-            f.flush()
+            if f is not None:
+                f.flush()
         except Exception:  # noqa: BLE001 - a closed stdout: nothing more to say
             pass
     os._exit(code)
