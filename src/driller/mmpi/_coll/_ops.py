@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
 
 import inspect
 import itertools
+import weakref
 
 import numpy as np
 
@@ -84,6 +85,13 @@ MAX_USER_OP = 32   # live user ops at once, as mpi4py (its callback slots)
 _live_user_ops = [0]
 _handles = {}      # toint() -> the Op it names
 _counter = itertools.count()
+
+
+def _release_user_op(h: "_Handle") -> None:
+    if not h.freed:
+        h.freed = True
+        _live_user_ops[0] -= 1
+        _handles.pop(h.index, None)
 
 
 class _Handle:
@@ -170,8 +178,12 @@ class Op:
                             f"in mpi4py, at most {MAX_USER_OP} at once); Free() some first",
                             error_class=_errcodes.ERR_INTERN)
         _live_user_ops[0] += 1
-        return cls._make(getattr(function, "__name__", "user op"), commute=bool(commute),
-                         user=function)
+        op = cls._make(getattr(function, "__name__", "user op"), commute=bool(commute),
+                       user=function)
+        # As in mpi4py, the op Create returned owns it: collected unfreed, it is freed
+        # (its slot among the 32 comes back; copies made with Op(op) see it freed).
+        weakref.finalize(op, _release_user_op, op._h)
+        return op
 
     def Free(self) -> None:
         """Free a user-defined reduction operation."""
@@ -179,10 +191,7 @@ class Op:
         if h.predefined:
             raise MmpiError(f"Op.Free: cannot free the predefined op MPI.{h.name or 'OP_NULL'}",
                             error_class=_errcodes.ERR_OP)
-        if not h.freed:
-            h.freed = True
-            _live_user_ops[0] -= 1
-            _handles.pop(h.index, None)
+        _release_user_op(h)
         self._set(_NULL_HANDLE)     # this handle is OP_NULL now (other copies: freed)
 
     def free(self) -> None:
