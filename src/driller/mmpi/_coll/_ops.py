@@ -24,6 +24,7 @@ import numpy as np
 
 from ... import _errcodes
 from ...errors import MmpiError, MmpiTypeError, MmpiValueError
+from .._handle import Handle
 
 __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -118,7 +119,7 @@ class _Handle:
                 pass
 
 
-class Op:
+class Op(Handle):
     """A reduction operation: the predefined ones (``SUM``, ``MAX``...) or a
     user function made with :meth:`Op.Create`.
 
@@ -130,6 +131,7 @@ class Op:
 
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined", "__weakref__")
+    _inner = "_h"
 
     def __new__(cls, op: "Op | None" = None) -> "Op":
         self = object.__new__(cls)
@@ -243,21 +245,6 @@ class Op:
         else:
             self.user(a, b, ob.dt)
 
-    def toint(self) -> int:
-        """Translate to an integer handle (Op.fromint gives the op back)."""
-        return self._h.index
-
-    @classmethod
-    def fromint(cls, arg: int) -> "Op":
-        """Translate an integer handle (from Op.toint) to an op."""
-        h = _handles.get(arg)
-        if h is None:
-            raise MmpiValueError(f"Op.fromint: {arg!r} names no live op")
-        op = object.__new__(cls)
-        op._set(h)
-        op._clone = True
-        return op
-
     @property
     def handle(self) -> int:
         """MPI handle (an int >= 0; ``Op.fromhandle`` takes it back)."""
@@ -268,22 +255,16 @@ class Op:
         """Create object from MPI handle."""
         if isinstance(handle, bool) or not isinstance(handle, int):
             raise TypeError(f"Op.fromhandle: expected an int, got {handle!r}")
-        return cls.fromint(handle)
+        h = _handles.get(handle)
+        if h is None:
+            raise MmpiValueError(f"Op.fromhandle: {handle!r} names no live op")
+        op = object.__new__(cls)
+        op._set(h)
+        op._clone = True
+        return op
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> bool:     # (equality, int handles: Handle)
         return self._h is not _NULL_HANDLE
-
-    def __eq__(self, other):
-        if not isinstance(other, Op):
-            return NotImplemented
-        return self._h is other._h
-
-    def __ne__(self, other):
-        if not isinstance(other, Op):
-            return NotImplemented
-        return self._h is not other._h
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         h = self._h
