@@ -269,6 +269,8 @@ class Datatype(_attr.Cached, Handle):
     @classmethod
     def fromhandle(cls, handle: int) -> Datatype:
         """The datatype of an integer handle (predefined ones and 0 only)."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Datatype.fromhandle: expected an int, got {handle!r}")
         if handle == 0:
             return cls()
         t = _ALL.get(handle)
