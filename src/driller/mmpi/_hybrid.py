@@ -32,7 +32,8 @@ buffer message: one; an object: each out-of-band buffer, then its pickle stream
 when that is large, as ``mpi4py.util.pkl5`` does), each on a tag of its own
 (``DATA_TAG0`` + a sequence number per destination, wrapping below MPI's
 ``TAG_UB``: the "address" of the data on this route, where the shared-memory
-route has a pointer).  The receiver, once the request is matched, posts MPI
+route has a pointer) on a second communicator (``mpi_data``, so that no tag of
+theirs meets one used on the first).  The receiver, once the request is matched, posts MPI
 receives straight into the destination (the user's buffer, or the object's
 buffers); the send completes when MPI says its data messages did (``Issend``
 for a synchronous send), the receive when MPI says its receives did.  A record
@@ -140,6 +141,10 @@ class HybridTransport(T.Transport):
         self.no_pull = self.no_pull | self.remote   # nobody reads across nodes
         self.mpi = mpi
         self.MPI = MPI
+        # data messages on a communicator of their own: their tags (up to TAG_UB) never
+        # meet a tag used on ``mpi`` (REC_TAG, or what collectives use there)
+        self.mpi_data = mpi.Dup()
+        self.mpi_data.Set_name("driller hybrid data")
         self._BYTE = MPI.BYTE
         self.inline_max = max(0, INLINE)
         ub = MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)
@@ -153,13 +158,16 @@ class HybridTransport(T.Transport):
         self._napped = 0.0
         self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
-        self._pool = []                 # the preposted receives of records, in posting order
-        self._ph = 0                    # the pool's head (the earliest posted)
+        # the preposted receives of records (persistent: Start is cheaper than Irecv),
+        # [request, buffer, its memoryview], in posting order from the head on
+        self._pool = []
+        self._ph = 0
         if self.remote:
-            Irecv, any_source = mpi.Irecv, MPI.ANY_SOURCE
             for _ in range(POOL):
                 buf = bytearray(T.HDR_BYTES + self.inline_max)
-                self._pool.append([Irecv([buf, self._BYTE], any_source, REC_TAG), buf])
+                req = mpi.Recv_init([buf, self._BYTE], MPI.ANY_SOURCE, REC_TAG)
+                req.Start()
+                self._pool.append([req, buf, memoryview(buf)])
 
     # ------------------------------------------------------------ routes
     def route(self, world_rank: int) -> str:
@@ -185,7 +193,10 @@ class HybridTransport(T.Transport):
             rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
             T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, self.rank)
             rec[T.HDR_BYTES:] = mv
-            self._rec_sends.append((self.mpi.Isend([rec, self._BYTE], dst, REC_TAG), rec))
+            sends = self._rec_sends
+            sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
+                self._rec_sends = [x for x in sends if not x[0].Test()]
             return True
         return super().send_fast(dst, ctx, tag, mv, flags)
 
@@ -218,51 +229,58 @@ class HybridTransport(T.Transport):
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending:
             return None
-        pool = self._pool
         i = self._ph
-        slot = pool[i]
-        if not slot[0].Test():
+        slot = self._pool[i]
+        req = slot[0]
+        if not req.Test():
             clock = time.perf_counter
             now = clock()
             poll_end, spin_end = now + POLL_SECONDS, now + T.SPIN_SECONDS
             while True:
-                if slot[0].Test():
+                if req.Test():
                     break
                 now = clock()
                 if now > poll_end:
                     if now > spin_end:
                         return None
                     os.sched_yield()
-        rec = slot[1]
-        kf, c, tg, nb, _sid, addr, plen, w7 = T.HDR.unpack_from(rec, 0)
-        if (w7 != src or c != ctx or (tag != tg and tag != -1)
-                or (mv is not None and nb > len(mv))):
+        kf, c, tg, nb, _sid, addr, plen, w7 = T.HDR.unpack_from(slot[1], 0)
+        if w7 != src or c != ctx or (tag != tg and tag != -1):
             self._take_slot(i)
             return None
-        res = None
-        if kf == T.K_EAGER:
-            if mv is not None:
+        if mv is not None:
+            if nb > len(mv):
+                self._take_slot(i)
+                return None
+            if kf == T.K_EAGER:   # the hot path
                 if nb:
-                    mv[:nb] = memoryview(rec)[T.HDR_BYTES:T.HDR_BYTES + nb]
-                res = src, tg, nb
-        elif mv is None:   # an object receive: a small pickled object, as _take_fast
+                    mv[:nb] = slot[2][T.HDR_BYTES:T.HDR_BYTES + nb]
+                req.Start()
+                self._ph = (i + 1) % POOL
+                return src, tg, nb
+            if kf == T.K_RTS and not plen:   # a buffer, its data on tag addr: into mv
+                flag = _Flag()
+                data = self.mpi_data.Irecv([mv[:nb], self._BYTE], src, addr)
+                req.Start()
+                self._ph = (i + 1) % POOL
+                self._watch([data], nb, flag)
+                self.wait(flag, src)
+                return src, tg, nb
+        else:   # an object receive: a small pickled object, as _take_fast
+            pay = slot[2][T.HDR_BYTES:T.HDR_BYTES + plen]
             if kf == T.K_EAGER | T.F_OBJ << 8:
-                res = src, tg, bytes(memoryview(rec)[T.HDR_BYTES:T.HDR_BYTES + nb])
+                res = src, tg, bytes(pay)
             elif kf == T.K_EAGER | (T.F_OBJ | T.F_ARRAY) << 8:
-                res = src, tg, (unpack_array(memoryview(rec)[T.HDR_BYTES:T.HDR_BYTES + plen]),
-                                None, nb)
-        elif kf == T.K_RTS and not plen:   # a buffer, its data on tag addr: straight into mv
-            flag = _Flag()
-            req = self.mpi.Irecv([mv[:nb], self._BYTE], src, addr)
-            self._repost(i)
-            self._watch([req], nb, flag)
-            self.wait(flag, src)
-            return src, tg, nb
-        if res is None:
-            self._take_slot(i)
-            return None
-        self._repost(i)
-        return res
+                res = src, tg, (unpack_array(pay), None, nb)
+            else:
+                res = None
+            del pay
+            if res is not None:
+                req.Start()
+                self._ph = (i + 1) % POOL
+                return res
+        self._take_slot(i)
+        return None
 
     def pid_of(self, rank: int) -> int:
         return 0 if rank in self.remote else super().pid_of(rank)
@@ -325,7 +343,7 @@ class HybridTransport(T.Transport):
             first = self._tags(dst, 1)
             self._put(dst, T.K_RTS | flags << 8, s.context, s.tag, s.nbytes, 0, first,
                       None, 0)
-        send = self.mpi.Issend if s.sync else self.mpi.Isend
+        send = self.mpi_data.Issend if s.sync else self.mpi_data.Isend
         BYTE = self._BYTE
         reqs = [send([b, BYTE], dst, first + k) for k, b in enumerate(srcs)]
         self._data_sends.append((reqs, s, s.nbytes))
@@ -344,15 +362,15 @@ class HybridTransport(T.Transport):
             T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen,
                             self.rank | ltag << 32)
             payload = bytes(payload)
-            isend = self.mpi.Isend
-            self._rec_sends.append((isend([rec, self._BYTE], dst, REC_TAG), rec))
-            self._rec_sends.append((isend([payload, self._BYTE], dst, ltag), payload))
+            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            self._rec_sends.append((self.mpi_data.Isend([payload, self._BYTE], dst, ltag),
+                                    payload))
             return True
         rec = bytearray(T.HDR_BYTES + plen)
         T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen, self.rank)
         if plen:
             rec[T.HDR_BYTES:] = payload
-        self._rec_sends.append((self.mpi.Isend([rec, self._BYTE], dst, REC_TAG), rec))
+        self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
         return True
 
     def _reply(self, a: E.Reply) -> None:
@@ -387,7 +405,7 @@ class HybridTransport(T.Transport):
             dests = [(memoryview(aside), m.payload)]
         else:
             dests = [(r.mv[:n], m.payload)]
-        src, BYTE, Irecv = m.source, self._BYTE, self.mpi.Irecv
+        src, BYTE, Irecv = m.source, self._BYTE, self.mpi_data.Irecv
         reqs = [Irecv([b, BYTE], src, dtag) for b, dtag in dests if len(b)]
         if not reqs:   # nothing to move (an object of empty buffers)
             self._run(self.engine.fetched(r))
@@ -434,17 +452,17 @@ class HybridTransport(T.Transport):
         return did
 
     def _repost(self, i: int) -> None:
-        """Post pool slot ``i``'s receive again (it is the newest now) and move the
-        head on."""
-        slot = self._pool[i]
-        slot[0] = self.mpi.Irecv([slot[1], self._BYTE], self.MPI.ANY_SOURCE, REC_TAG)
-        self._ph = (i + 1) % len(self._pool)
+        """Start pool slot ``i``'s receive again (it is the newest now) and move the
+        head on.  (Between its Test and this, nothing polls the pool: the record
+        handler never progresses.)"""
+        self._pool[i][0].Start()
+        self._ph = (i + 1) % POOL
 
     def _take_slot(self, i: int) -> None:
         """Hand the record in pool slot ``i`` (complete, at the head) to the record
         handler, then post the slot again."""
-        rec = self._pool[i][1]
-        w7 = T.HDR.unpack_from(rec, 56)[0]
+        _, rec, view = self._pool[i]
+        w7 = T.HDR.unpack_from(rec, 0)[7]
         src = w7 & _SRC_MASK
         ltag = w7 >> 32
         if ltag:   # a long record: its payload follows on its own tag (already sent)
@@ -452,11 +470,11 @@ class HybridTransport(T.Transport):
             full = bytearray(T.HDR_BYTES + plen)
             full[:T.HDR_BYTES] = rec[:T.HDR_BYTES]
             self._repost(i)
-            self.mpi.Recv([memoryview(full)[T.HDR_BYTES:], self._BYTE], src, ltag)
+            self.mpi_data.Recv([memoryview(full)[T.HDR_BYTES:], self._BYTE], src, ltag)
             self._record(src, full, 0)
             return
         try:
-            self._record(src, rec, 0)
+            self._record(src, view, 0)   # (a view: what is kept is copied out of it)
         finally:
             self._repost(i)
 
@@ -525,6 +543,8 @@ class HybridTransport(T.Transport):
         for slot in self._pool:
             slot[0].Cancel()
         MPI.Request.Waitall([slot[0] for slot in self._pool])
+        for slot in self._pool:
+            slot[0].Free()
         self._pool = []
 
 
