@@ -34,23 +34,17 @@ for mode in ("blocking", "nonblocking", "ssend"):
     for size in SIZES:
         out, got = pattern(size, r), np.empty(size, np.uint8)
         st = MPI.Status()
-        if mode == "blocking":
-            if r < 2:
-                comm.Send(out, peer, 7)
-                comm.Recv(got, peer, 7, st)
-            else:
-                comm.Recv(got, peer, 7, st)
-                comm.Send(out, peer, 7)
-        elif mode == "nonblocking":
+        if mode == "nonblocking":
             rq = [comm.Irecv(got, peer, 8), comm.Isend(out, peer, 8)]
             MPI.Request.Waitall(rq, [st, MPI.Status()])
         else:
+            send = comm.Ssend if mode == "ssend" else comm.Send
             if r < 2:
-                comm.Ssend(out, peer, 9)
-                comm.Recv(got, peer, 9, st)
+                send(out, peer, 7)
+                comm.Recv(got, peer, 7, st)
             else:
-                comm.Recv(got, peer, 9, st)
-                comm.Ssend(out, peer, 9)
+                comm.Recv(got, peer, 7, st)
+                send(out, peer, 7)
         assert (got == pattern(size, peer)).all(), (mode, size)
         assert st.Get_source() == peer and st.Get_count(MPI.BYTE) == size, (mode, size)
 comm.Barrier()
