@@ -157,6 +157,7 @@ class HybridTransport(T.Transport):
         self._nap = NAP_MIN
         self._napped = 0.0
         self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
+        self._last_sleep = 0.0          # when _sleep was last called
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
         # the preposted receives of records (persistent: Start is cheaper than Irecv),
         # [request, buffer, its memoryview], in posting order from the head on
@@ -259,12 +260,13 @@ class HybridTransport(T.Transport):
                 self._ph = (i + 1) % POOL
                 return src, tg, nb
             if kf == T.K_RTS and not plen:   # a buffer, its data on tag addr: into mv
-                flag = _Flag()
                 data = self.mpi_data.Irecv([mv[:nb], self._BYTE], src, addr)
                 req.Start()
                 self._ph = (i + 1) % POOL
-                self._watch([data], nb, flag)
-                self.wait(flag, src)
+                if not data.Test():   # (MPI often copies at once: the data was there)
+                    flag = _Flag()
+                    self._watch([data], nb, flag)
+                    self.wait(flag, src)
                 return src, tg, nb
         else:   # an object receive: a small pickled object, as _take_fast
             pay = slot[2][T.HDR_BYTES:T.HDR_BYTES + plen]
@@ -511,6 +513,12 @@ class HybridTransport(T.Transport):
             self._spin_until = 0.0
             return True
         now = time.perf_counter()
+        if now - self._last_sleep > 2 * NAP_MAX:
+            # a new wait (progress through the fast paths resets nothing): yield-poll
+            # first again, then naps from the shortest
+            self._spin_until = 0.0
+            self._nap = NAP_MIN
+        self._last_sleep = now
         if not self._spin_until:
             self._spin_until = now + REMOTE_SPIN + self._inflight * INFLIGHT_SPIN
         if now < self._spin_until:
