@@ -14,6 +14,7 @@ is far steadier than wall time on a shared VM.
 time goes (the per-layer costs quoted in docs/mmpi.md).
 """
 
+import mmap
 import sys
 import time
 import timeit
@@ -54,6 +55,23 @@ def cases():
         c0.Send(ta, 1, 1)
         c1.Recv(tb, 0, 1)
 
+    ma8, mb8 = mmap.mmap(-1, 1 << 22), mmap.mmap(-1, 1 << 22)   # osu's allocate()
+    osa, osb = [ma8, 8, MPI.BYTE], [mb8, 8, MPI.BYTE]
+    reqs = [MPI.REQUEST_NULL] * window
+    js = list(range(window))
+
+    def osu_pair():  # osu_latency.py's loop body (rank 0's Send, rank 1's Recv)
+        c0.Send(osa, 1, 1)
+        c1.Recv(osb, 0, 1)
+
+    def osu_window():  # osu_bw.py's window, as the demo writes it (per message)
+        for j in js:
+            reqs[j] = c0.Isend(osa, 1, 100)
+        MPI.Request.Waitall(reqs)
+        for j in js:
+            reqs[j] = c1.Irecv(osb, 0, 100)
+        MPI.Request.Waitall(reqs)
+
     def window_pair():  # per message: osu_bw's window (Isend x64, Waitall; Irecv x64)
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall([c1.Irecv(r, 0, 100) for r in rspecs])
@@ -79,6 +97,9 @@ def cases():
 
     return [("Send+Recv (8 B)", pair, 1), ("Send+Recv [buf, 8, BYTE]", spec_pair, 1),
             ("Send+Recv [buf, DOUBLE]", typed_pair, 1),
+            ("osu_latency: Send+Recv [mmap, 8, BYTE]", osu_pair, 1),
+            ("osu_bw: window of 64 Isend [mmap, 8, BYTE] + Waitall, Irecv x64 + Waitall",
+             osu_window, window),
             ("Isend+Irecv window of 64 (8 B)", window_pair, window),
             ("Irecv posted first, window of 64 (8 B)", posted_window, window),
             ("send+recv (int)", opair, 1),

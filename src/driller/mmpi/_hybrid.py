@@ -146,6 +146,17 @@ class HybridTransport(T.Transport):
             return True
         return super().send_fast(dst, ctx, tag, mv, flags)
 
+    def _sender(self, dst: int):
+        if dst in self.remote:   # through MPI: send_fast's remote branch
+            send_fast = self.send_fast
+            return lambda ctx, tag, mv: send_fast(dst, ctx, tag, mv)
+        return super()._sender(dst)
+
+    def _taker(self, src: int):
+        if src in self.remote:   # records from another node come through MPI
+            return T._declined3
+        return super()._taker(src)
+
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
             return self._recv_fast_remote(src, tag, ctx, mv)

@@ -260,6 +260,25 @@ class _Hooks(list):
     busy = False
 
 
+def _declined3(a, b, c):
+    """A specialised fast path that never applies (to oneself): the general path."""
+    return None
+
+
+class _PerPeer(dict):
+    """rank -> ``make(rank)``, made on first look-up and kept."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, rank):
+        f = self[rank] = self.make(rank)
+        return f
+
+
 class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
@@ -340,6 +359,10 @@ class Transport:
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
         self.coll_state = None
+        # the fast paths specialised per peer, made on first use: world rank ->
+        # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
+        self.senders = _PerPeer(self._sender)
+        self.takers = _PerPeer(self._taker)
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -376,6 +399,93 @@ class Transport:
         if words[self.sleeping_w[dst]]:
             _linux.futex_wake(self.base + hw * 8)
         return True
+
+    def _sender(self, dst: int):
+        """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv) ->
+        bool`` with the ring's words, offsets and the transport's state bound as
+        closure cells (no attribute look-ups per call).  The head stays in
+        ``out_head`` (shared with ``_put``), so the two paths interleave freely."""
+        if dst == self.rank:
+            return _declined3
+        limit = self.eager_limit
+        q = self.pending[dst]
+        rb = self.ring_bytes
+        out_head = self.out_head
+        words = self.words
+        data = self.data
+        tw = self.out_tailw[dst]
+        hw = self.out_headw[dst]
+        sw = self.sleeping_w[dst]
+        base = self.out_data[dst]
+        waddr = self.base + hw * 8
+        pack = HDR.pack_into
+        wake = _linux.futex_wake
+        put = self._put
+
+        def send(ctx, tag, mv):
+            n = len(mv)
+            if n > limit or q:
+                return False
+            reclen = HDR_BYTES + ((n + 63) & ~63)
+            head = out_head[dst]
+            off = head % rb
+            if off + reclen > rb or head + reclen - words[tw] > rb:
+                return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+            p = base + off
+            pack(data, p, K_EAGER, ctx, tag, n, 0, 0, n, 0)
+            if n:
+                p += HDR_BYTES
+                data[p:p + n] = mv
+            head += reclen
+            out_head[dst] = head
+            words[hw] = head
+            if words[sw]:
+                wake(waddr)
+            return True
+        return send
+
+    def _taker(self, src: int):
+        """``take_fast`` for a buffer receive from ``src``, specialised as
+        :meth:`_sender` is: ``(tag, ctx, mv)`` -> (source, tag, nbytes) when the
+        next record from ``src`` is a plain eager message this receive matches
+        and that fits (copied into ``mv``), False when that ring is empty (and
+        nothing else is queued), None otherwise (use the general path)."""
+        if src == self.rank:
+            return _declined3
+        eng = self.engine
+        t_ = self
+        tails = self.in_tail
+        words = self.words
+        data = self.data
+        hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        waddr = self.base + tw * 8
+        unpack = HDR.unpack_from
+        wake = _linux.futex_wake
+
+        def take(tag, ctx, mv):
+            if eng.posted or eng.unexpected or t_.npending:
+                return None
+            t = tails[src]
+            if words[hw] == t:
+                return False
+            p = base + t % rb
+            kf, c, tg, nb, _, _, plen, _ = unpack(data, p)
+            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
+                return None
+            if nb:
+                p += HDR_BYTES
+                mv[:nb] = data[p:p + nb]
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            tails[src] = t
+            words[tw] = t
+            if words[pw]:
+                wake(waddr)
+            return src, tg, nb
+        return take
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
@@ -1056,6 +1166,25 @@ class Transport:
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
         kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        if kf == K_EAGER:
+            # a plain eager message for the earliest posted receive, a buffer receive
+            # naming this source (or any) and this tag (or any) that it fits: copied
+            # at once, as arrive + Deliver + Complete would (osu_bw's posted windows)
+            posted = engine.posted
+            if posted:
+                r = posted[0]
+                if (type(r) is RecvOp and r.context == ctx and (r.source == src or r.source == -1)
+                        and (r.tag == tag or r.tag == -1) and r.mv is not None
+                        and nbytes <= r.capacity):
+                    del posted[0]
+                    r.message = E.Message(src, tag, ctx, nbytes)
+                    r.state = E.R_DONE
+                    r.count = nbytes
+                    if nbytes:
+                        p += HDR_BYTES
+                        r.mv[:nbytes] = data[p:p + nbytes]
+                    r.done = True
+                    return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
         flags = kf >> 8
         if kind == K_EAGER:
