@@ -63,6 +63,7 @@ K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pus
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
+_HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
@@ -422,6 +423,8 @@ class Transport:
         wake = _linux.futex_wake
         put = self._put
 
+        room = [0]   # a head below which the ring surely has room (tails only grow)
+
         def send(ctx, tag, mv):
             n = len(mv)
             if n > limit or q:
@@ -429,16 +432,20 @@ class Transport:
             reclen = HDR_BYTES + ((n + 63) & ~63)
             head = out_head[dst]
             off = head % rb
-            if off + reclen > rb or head + reclen - words[tw] > rb:
+            end = head + reclen
+            if off + reclen > rb:
                 return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+            if end > room[0]:   # read the consumer's tail only when the bound is used up
+                room[0] = words[tw] + rb
+                if end > room[0]:
+                    return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
             p = base + off
             pack(data, p, K_EAGER, ctx, tag, n, 0, 0, n, 0)
             if n:
                 p += HDR_BYTES
                 data[p:p + n] = mv
-            head += reclen
-            out_head[dst] = head
-            words[hw] = head
+            out_head[dst] = end
+            words[hw] = end
             if words[sw]:
                 wake(waddr)
             return True
@@ -463,7 +470,7 @@ class Transport:
         base = self.in_data[src]
         rb = self.ring_bytes
         waddr = self.base + tw * 8
-        unpack = HDR.unpack_from
+        unpack = _HDR5.unpack_from
         wake = _linux.futex_wake
 
         def take(tag, ctx, mv):
@@ -473,7 +480,7 @@ class Transport:
             if words[hw] == t:
                 return False
             p = base + t % rb
-            kf, c, tg, nb, _, _, plen, _ = unpack(data, p)
+            kf, c, tg, nb, plen = unpack(data, p)
             if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
                 return None
             if nb:
