@@ -92,7 +92,7 @@ def test_sender_closure_wraps_fills_and_interleaves_with_the_general_put(pair):
     share the head; every record arrives in order with its bytes."""
     t0, t1, _, _ = pair
     send, take = t0.senders[1], t1.takers[0]
-    assert t0.senders[1] is send and t0.senders[0] is T._declined3
+    assert t0.senders[1] is send and t0.senders[0] is T._declined
     rng = np.random.default_rng(1)
     expect = []
     buf = bytearray(4096)

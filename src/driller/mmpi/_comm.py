@@ -554,7 +554,7 @@ class Comm(_attr.Cached):
                 and type(recvtag) is int and -1 <= recvtag <= TAG_MAX):
             # the common case, validated inline: straight into and out of the rings
             t = self._t
-            if t.send_fast(self._group[dest], self._ctx, sendtag, smv):
+            if t.senders[self._group[dest]](self._ctx, sendtag, smv):
                 res = t.recv_fast(self._group[source] if source >= 0 else source, recvtag,
                                   self._ctx, rmv)
                 if res is not None:
@@ -798,12 +798,12 @@ class Comm(_attr.Cached):
             if (type(obj) is np.ndarray and _objects.user_pickler() is None
                     and obj.nbytes <= self._t.eager_limit - 1024
                     and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
-                    and self._t.send_fast(self._group[dest], self._ctx, tag,
-                                          pack_array(obj), T.F_OBJ | T.F_ARRAY)):
+                    and self._t.senders[self._group[dest]](self._ctx, tag, pack_array(obj),
+                                                           T.F_OBJ | T.F_ARRAY)):
                 return
             pickled = dumps(obj)
-            if not pickled[1] and self._t.send_fast(self._group[dest], self._ctx, tag,
-                                                    pickled[0], T.F_OBJ):
+            if not pickled[1] and self._t.senders[self._group[dest]](self._ctx, tag,
+                                                                    pickled[0], T.F_OBJ):
                 return
             self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
             return

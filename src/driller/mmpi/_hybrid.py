@@ -149,12 +149,12 @@ class HybridTransport(T.Transport):
     def _sender(self, dst: int):
         if dst in self.remote:   # through MPI: send_fast's remote branch
             send_fast = self.send_fast
-            return lambda ctx, tag, mv: send_fast(dst, ctx, tag, mv)
+            return lambda ctx, tag, mv, flags=0: send_fast(dst, ctx, tag, mv, flags)
         return super()._sender(dst)
 
     def _taker(self, src: int):
         if src in self.remote:   # records from another node come through MPI
-            return T._declined3
+            return T._declined
         return super()._taker(src)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):

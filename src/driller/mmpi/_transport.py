@@ -261,7 +261,7 @@ class _Hooks(list):
     busy = False
 
 
-def _declined3(a, b, c):
+def _declined(*args):
     """A specialised fast path that never applies (to oneself): the general path."""
     return None
 
@@ -376,38 +376,17 @@ class Transport:
 
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         """A standard eager send straight into the ring, if nothing is queued
-        before it and it fits; False: use the general path."""
-        n = len(mv)
-        if n > self.eager_limit or dst == self.rank or self.pending[dst]:
-            return False
-        # _put, inlined for the common case (no wrap, room in the ring)
-        rb = self.ring_bytes
-        reclen = HDR_BYTES + ((n + 63) & ~63)
-        head = self.out_head[dst]
-        off = head % rb
-        words = self.words
-        if off + reclen > rb or head + reclen - words[self.out_tailw[dst]] > rb:
-            return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
-        data = self.data
-        p = self.out_data[dst] + off
-        HDR.pack_into(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
-        if n:
-            data[p + HDR_BYTES:p + HDR_BYTES + n] = mv
-        head += reclen
-        self.out_head[dst] = head
-        hw = self.out_headw[dst]
-        words[hw] = head
-        if words[self.sleeping_w[dst]]:
-            _linux.futex_wake(self.base + hw * 8)
-        return True
+        before it and it fits; False: use the general path.  (The work is
+        ``senders[dst]``'s, the same specialised per destination.)"""
+        return self.senders[dst](ctx, tag, mv, flags)
 
     def _sender(self, dst: int):
-        """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv) ->
-        bool`` with the ring's words, offsets and the transport's state bound as
+        """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv,
+        flags=0) -> bool`` with the ring's words, offsets and the transport's state bound as
         closure cells (no attribute look-ups per call).  The head stays in
         ``out_head`` (shared with ``_put``), so the two paths interleave freely."""
         if dst == self.rank:
-            return _declined3
+            return _declined
         limit = self.eager_limit
         q = self.pending[dst]
         rb = self.ring_bytes
@@ -425,7 +404,7 @@ class Transport:
 
         room = [0]   # a head below which the ring surely has room (tails only grow)
 
-        def send(ctx, tag, mv):
+        def send(ctx, tag, mv, flags=0):
             n = len(mv)
             if n > limit or q:
                 return False
@@ -434,13 +413,13 @@ class Transport:
             off = head % rb
             end = head + reclen
             if off + reclen > rb:
-                return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+                return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             if end > room[0]:   # read the consumer's tail only when the bound is used up
                 room[0] = words[tw] + rb
                 if end > room[0]:
-                    return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+                    return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             p = base + off
-            pack(data, p, K_EAGER, ctx, tag, n, 0, 0, n, 0)
+            pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
             if n:
                 p += HDR_BYTES
                 data[p:p + n] = mv
@@ -458,7 +437,7 @@ class Transport:
         and that fits (copied into ``mv``), False when that ring is empty (and
         nothing else is queued), None otherwise (use the general path)."""
         if src == self.rank:
-            return _declined3
+            return _declined
         eng = self.engine
         t_ = self
         tails = self.in_tail
@@ -558,6 +537,8 @@ class Transport:
         """recv_fast without waiting (for Irecv): if nothing else is queued and the
         next record from ``src`` is a plain eager message this receive matches and
         that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
+        if mv is not None:   # a buffer receive: takers[src]'s (False: the ring is empty)
+            return self.takers[src](tag, ctx, mv) or None
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
