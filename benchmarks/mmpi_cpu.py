@@ -91,6 +91,12 @@ def cases():
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall(rr)
 
+    def ahead_window():  # the receiver ran ahead: 8 receives posted, then the data came
+        rr = [c1.Irecv(r, 0, 100) for r in rspecs[:8]]
+        C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
+        rr += [c1.Irecv(r, 0, 100) for r in rspecs[8:]]
+        C.Request.Waitall(rr)
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
@@ -102,6 +108,7 @@ def cases():
              osu_window, window),
             ("Isend+Irecv window of 64 (8 B)", window_pair, window),
             ("Irecv posted first, window of 64 (8 B)", posted_window, window),
+            ("8 Irecv posted first, then 56 (8 B, per message)", ahead_window, window),
             ("send+recv (int)", opair, 1),
             ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
             ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1]

@@ -276,3 +276,29 @@ def _any_source(comm):
 def test_any_source_keeps_order_per_sender():
     got = values(run_ranks(_any_source, 4))[0]
     assert got == {s: list(range(40)) for s in (1, 2, 3)}
+
+
+def test_irecv_serves_earlier_posted_receives_first(pair):
+    """A receiver that ran ahead: receives posted on an empty ring, then the
+    data; the next Irecv hands the waiting records to the posted receives in
+    order (serve_posted), then takes its own; a record the fast paths may not
+    take (a synchronous send) stops that and the general path goes on."""
+    t0, t1, c0, c1 = pair
+    b = [bytearray(8) for _ in range(6)]
+    r1 = c1.Irecv([b[1], 8, MPI.BYTE], 0, 1)
+    r2 = c1.Irecv([b[2], 8, MPI.BYTE], 0, MPI.ANY_TAG)
+    assert len(t1.engine.posted) == 2
+    for tag, x in ((1, b"a"), (2, b"b"), (3, b"c")):
+        c0.Send([x * 8, MPI.BYTE], 1, tag)
+    ss = c0.Issend([b"s" * 8, MPI.BYTE], 1, 5)
+    c0.Send([b"d" * 8, MPI.BYTE], 1, 1)
+    r3 = c1.Irecv([b[3], 8, MPI.BYTE], 0, 3)
+    assert not t1.engine.posted and r1.Test() and r3.Test()     # served, then taken
+    st = MPI.Status()
+    assert r2.Test(st) and st.Get_tag() == 2 and bytes(b[2]) == b"b" * 8
+    r4 = c1.Irecv([b[4], 8, MPI.BYTE], 0, 1)      # the next record is the Issend's
+    r5 = c1.Irecv([b[5], 8, MPI.BYTE], 0, 5)
+    MPI.Request.Waitall([r4, r5])
+    assert [bytes(x) for x in b[1:]] == [x * 8 for x in (b"a", b"b", b"c", b"d", b"s")]
+    MPI.Request.Waitall([ss])   # the receiver's ACK came back
+    assert not t1.engine.posted and not t1.engine.unexpected

@@ -651,7 +651,12 @@ class Comm(_attr.Cached):
             if mv is not None:
                 t = self._t
                 w = self._group[source]
-                res = t.takers[w](tag, self._ctx, mv)
+                take = t.takers[w]
+                res = take(tag, self._ctx, mv)
+                if res is None and t.serve_posted(w):
+                    # receives posted before this one (osu_bw's window when the
+                    # receiver ran ahead) took what had arrived: this one may be next
+                    res = take(tag, self._ctx, mv)
                 if res:
                     return received_request(res, self._cx)
                 # posted (source and tag checked above)

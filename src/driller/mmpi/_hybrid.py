@@ -164,6 +164,11 @@ class HybridTransport(T.Transport):
             return None
         return super().recv_fast(src, tag, ctx, mv)
 
+    def serve_posted(self, src: int) -> bool:
+        if src in self.remote:   # (records from another node come through MPI)
+            return False
+        return super().serve_posted(src)
+
     def take_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:   # records from another node come through MPI
             return None

@@ -1149,30 +1149,61 @@ class Transport:
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
+    def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> bool:
+        """A plain eager message (the record at byte ``p``) for the earliest posted
+        receive, a buffer receive naming this source (or any) and this tag (or any)
+        that it fits: copied at once, as arrive + Deliver + Complete would (osu_bw's
+        posted windows); False (nothing done) for anything else."""
+        posted = self.engine.posted
+        r = posted[0]
+        if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
+                or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
+            return False
+        del posted[0]
+        r.message = E.Message(src, tag, ctx, nbytes)
+        r.state = E.R_DONE
+        r.count = nbytes
+        if nbytes:
+            p += HDR_BYTES
+            r.mv[:nbytes] = data[p:p + nbytes]
+        r.done = True
+        return True
+
+    def serve_posted(self, src: int) -> bool:
+        """Hand the plain eager records waiting in ``src``'s ring to the receives
+        posted for them, in order, while the earliest posted receive takes the
+        next record (``_to_posted``); True if that left no receive posted (a new
+        receive from ``src`` may then take the ring's next record itself)."""
+        posted = self.engine.posted
+        if not posted or self.npending or src == self.rank:
+            return False
+        words = self.words
+        hw = self.in_head[src]
+        t = t0 = self.in_tail[src]
+        data = self.data
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        while posted and words[hw] != t:
+            p = base + t % rb
+            kf, c, tg, nb, plen = _HDR5.unpack_from(data, p)
+            if kf != K_EAGER or not self._to_posted(src, data, p, c, tg, nb):
+                break
+            t += HDR_BYTES + ((plen + 63) & ~63)
+        if t != t0:
+            self.in_tail[src] = t
+            tw = self.in_tailw[src]
+            words[tw] = t
+            if words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + tw * 8)
+        return not posted
+
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
         kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
-        if kf == K_EAGER:
-            # a plain eager message for the earliest posted receive, a buffer receive
-            # naming this source (or any) and this tag (or any) that it fits: copied
-            # at once, as arrive + Deliver + Complete would (osu_bw's posted windows)
-            posted = engine.posted
-            if posted:
-                r = posted[0]
-                if (type(r) is RecvOp and r.context == ctx and (r.source == src or r.source == -1)
-                        and (r.tag == tag or r.tag == -1) and r.mv is not None
-                        and nbytes <= r.capacity):
-                    del posted[0]
-                    r.message = E.Message(src, tag, ctx, nbytes)
-                    r.state = E.R_DONE
-                    r.count = nbytes
-                    if nbytes:
-                        p += HDR_BYTES
-                        r.mv[:nbytes] = data[p:p + nbytes]
-                    r.done = True
-                    return HDR_BYTES + ((plen + 63) & ~63)
+        if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
+            return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
         flags = kf >> 8
         if kind == K_EAGER:
