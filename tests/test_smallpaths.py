@@ -55,6 +55,11 @@ def test_small_send_specs_copy_and_never_pin_the_exporter():
     assert type(_bufspec.spec_view([big, MPI.BYTE], False, True)) is memoryview
     assert type(_bufspec.spec_view([bytearray(8), 8, MPI.BYTE], True)) is memoryview
     # what stays an error or the general parser's
+    closed = mmap.mmap(-1, 64)
+    closed.close()
+    assert _bufspec.spec_view([closed, 8, MPI.BYTE], False, True) is None
+    with pytest.raises(MmpiError):
+        _bufspec.message([closed, 8, MPI.BYTE], False, "Send")
     assert _bufspec.spec_view([bytearray(8), 9, MPI.BYTE], False, True) is None   # overrun
     assert _bufspec.spec_view([bytearray(7), MPI.INT], False, True) is None      # partial
     assert _bufspec.spec_view([b"ro", MPI.BYTE], True) is None                    # read-only

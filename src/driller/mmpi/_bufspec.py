@@ -387,9 +387,13 @@ def spec_view(spec, writable: bool, copy: bool = False):
     if bt in _BYTE_EXPORTERS:   # flat, C-contiguous bytes: no format checks
         if copy and 0 <= count * size <= _SMALL_COPY:
             count *= size
-            if count > len(buf):
+            try:
+                n = len(buf)
+            except ValueError:   # a closed mmap: the general parser says so
                 return None
-            return buf[:count] if count != len(buf) or bt is not bytes else buf
+            if count > n:
+                return None
+            return buf[:count] if count != n or bt is not bytes else buf
         try:
             mv = memoryview(buf)
         except (TypeError, ValueError):
