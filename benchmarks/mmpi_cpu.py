@@ -3,7 +3,10 @@
 Two transports (ranks 0 and 1) over one world block in this process; blocking
 ``Send`` + ``Recv`` pairs (8 B, a bare numpy buffer and the mpi4py buffer specs
 ``[buf, n, MPI.BYTE]`` and ``[buf, MPI.DOUBLE]``), a window of 64 ``Isend`` of
-8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), and a
+8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), the
+exact calls of mpi4py's ``osu_latency.py`` / ``osu_bw.py`` (mmap buffers, one
+spec list reused, a request list overwritten), the layers under them (the
+transport's per-peer closures, ``spec_view``), and a
 ``send`` + ``recv`` pair (a small int) go through the rings exactly as between
 processes.  Reports the best of 15 repeats of process CPU time per pair, which
 is far steadier than wall time on a shared VM.
@@ -97,6 +100,23 @@ def cases():
         rr += [c1.Irecv(r, 0, 100) for r in rspecs[8:]]
         C.Request.Waitall(rr)
 
+    layers = []
+    if hasattr(t0, "senders"):   # this tree's per-peer closures (issue 12, second round)
+        snd, tk = t0.senders[1], t1.takers[0]
+        bv, mvb = bytes(8), memoryview(mb8)[:8]
+
+        def closure_pair():   # the transport's per-peer closures alone
+            snd(0, 1, bv)
+            tk(1, 0, mvb)
+
+        def osu_specs():      # spec_view of osu's two specs, as Send and Recv call it
+            spec_view(osa, False, True)
+            spec_view(osb, True)
+
+        layers = [("layer: senders[1] + takers[0] closures (8 B)", closure_pair, 1),
+                  ("layer: spec_view of osu's [mmap, 8, BYTE] (send copy + recv view)",
+                   osu_specs, 1)]
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
@@ -111,7 +131,7 @@ def cases():
             ("8 Irecv posted first, then 56 (8 B, per message)", ahead_window, window),
             ("send+recv (int)", opair, 1),
             ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
-            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1]
+            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1] + layers
 
 
 def main():
