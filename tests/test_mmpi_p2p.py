@@ -1137,7 +1137,8 @@ def _sender_dies_mid_push(comm):
     return bool((b == 1).all())
 
 
-def test_sender_death_during_a_pushed_transfer(copy_mode):
+def test_sender_death_during_a_pushed_transfer(copy_mode, monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")  # a rendezvous (test_mmpi_stream: streamed)
     res = run_ranks(_sender_dies_mid_push, 2)
     ok, v = res[0]
     if copy_mode == "two-copy":  # the receiver waits for pushed data that never comes
