@@ -60,7 +60,7 @@ def buffers(comm, n, alloc):
     return [a, n, MPI.BYTE], [b, n, MPI.BYTE]
 
 
-def bandwidth(comm, sizes, reps, alloc, window):
+def bandwidth(comm, sizes, reps, alloc, window, iters=0):
     """osu_bw: windows of Isends, one 4-byte answer per window; seconds per message."""
     me = comm.Get_rank()
     if me > 1:
@@ -70,7 +70,7 @@ def bandwidth(comm, sizes, reps, alloc, window):
     for n in sizes:
         a, b = buffers(comm, n, alloc)
         ack = bytearray(4)
-        wins = max(2, min(20, (64 << 20) // max(n * window, 1)))
+        wins = iters or max(2, min(20, (64 << 20) // max(n * window, 1)))
         best = float("inf")
         for rep in range(reps + 1):
             comm.Barrier()
@@ -89,7 +89,7 @@ def bandwidth(comm, sizes, reps, alloc, window):
     return out
 
 
-def pingpong(comm, sizes, reps, alloc="numpy"):
+def pingpong(comm, sizes, reps, alloc="numpy", iters=0):
     me = comm.Get_rank()
     partner = me ^ 1
     if partner >= comm.Get_size():
@@ -97,19 +97,19 @@ def pingpong(comm, sizes, reps, alloc="numpy"):
     out = {}
     for n in sizes:
         a, b = buffers(comm, n, alloc)
-        iters = iters_for(n)
+        its = iters or iters_for(n)
         best = float("inf")
         for rep in range(reps + 1):
             comm.Barrier()
             t = time.perf_counter()
-            for _ in range(iters):
+            for _ in range(its):
                 if me & 1 == 0:
                     comm.Send(a, partner, 1)
                     comm.Recv(b, partner, 1)
                 else:
                     comm.Recv(b, partner, 1)
                     comm.Send(b, partner, 1)
-            dt = (time.perf_counter() - t) / iters / 2
+            dt = (time.perf_counter() - t) / its / 2
             if rep:  # the first is warm-up
                 best = min(best, dt)
         out[n] = best
@@ -152,6 +152,9 @@ def main():
                     help="buffers: numpy arrays, or mmaps as [buf, n, BYTE] (osu demos)")
     ap.add_argument("--bw", action="store_true", help="osu_bw's windows of Isends instead")
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=0,
+                    help="round trips (--bw: windows) per timed repetition (0: by size); "
+                         "few iterations and many --reps: the best is a quiet moment's")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     o = ap.parse_args()
     sizes = [int(s) for s in o.sizes.split(",")] if o.sizes else SIZES
@@ -162,8 +165,8 @@ def main():
             if MPI.COMM_WORLD.rank == 0:
                 report_ring(f"mpi4py/Open MPI, {MPI.COMM_WORLD.size} ranks", res)
             return
-        res = (bandwidth(MPI.COMM_WORLD, sizes, o.reps, o.alloc, o.window) if o.bw else
-               pingpong(MPI.COMM_WORLD, sizes, o.reps, o.alloc))
+        res = (bandwidth(MPI.COMM_WORLD, sizes, o.reps, o.alloc, o.window, o.iters) if o.bw
+               else pingpong(MPI.COMM_WORLD, sizes, o.reps, o.alloc, o.iters))
         if MPI.COMM_WORLD.rank == 0:
             report(f"mpi4py/Open MPI, {MPI.COMM_WORLD.size} ranks", res)
         return
@@ -177,7 +180,7 @@ def main():
             cmd += ["--ring"]
         if o.bw:
             cmd += ["--bw", "--window", str(o.window)]
-        cmd += ["--alloc", o.alloc]
+        cmd += ["--alloc", o.alloc, "--iters", str(o.iters)]
         subprocess.run(cmd, check=True)
         return
     from driller import mmpi
@@ -185,9 +188,9 @@ def main():
         report_ring(f"driller.mmpi, {o.n} ranks", mmpi.spawn(ring, o.n, args=(2000,))[0])
         return
     if o.bw:
-        res = mmpi.spawn(bandwidth, o.n, args=(sizes, o.reps, o.alloc, o.window))
+        res = mmpi.spawn(bandwidth, o.n, args=(sizes, o.reps, o.alloc, o.window, o.iters))
     else:
-        res = mmpi.spawn(pingpong, o.n, args=(sizes, o.reps, o.alloc))
+        res = mmpi.spawn(pingpong, o.n, args=(sizes, o.reps, o.alloc, o.iters))
     report(f"driller.mmpi, {o.n} ranks", res[0])
 
 
