@@ -16,6 +16,7 @@ import pytest
 
 from driller import MPI, mmpi
 from driller.mmpi import _transport as T
+from driller.mmpi import _world
 
 from test_mmpi_p2p import run_ranks, values
 
@@ -26,11 +27,14 @@ def pattern(n: int, seed: int = 0) -> np.ndarray:
     return ((np.arange(n, dtype=np.int64) * 7 + seed) % 251).astype(np.uint8)
 
 
-def _around_thresholds(comm, sizes):
-    """Rank 0 sends each size (a distinct pattern), rank 1 receives it into a
-    buffer one byte larger and checks every byte and the status (one message
-    at a time: the bytes streamed are counted per message)."""
+def _around_thresholds(comm):
+    """Rank 0 sends each size around this transport's thresholds (a distinct
+    pattern), rank 1 receives it into a buffer one byte larger and checks every
+    byte and the status (one message at a time: the bytes streamed are counted
+    per message)."""
     t = comm._t
+    limit, smax = t.eager_limit, t.stream_max
+    sizes = [limit - 1, limit, limit + 1, limit + 4097, smax - 1, smax, smax + 1]
     out = []
     for i, n in enumerate(sizes):
         comm.Barrier()
@@ -44,7 +48,7 @@ def _around_thresholds(comm, sizes):
             out.append((n, bool((b[:n] == pattern(n, i)).all()) and b[n] == 0xEE,
                         st.Get_count(MPI.BYTE), st.Get_source(), st.Get_tag(),
                         t.stats_streamed - before))
-    return out, t.eager_limit, t.stream_max
+    return out, limit, smax
 
 
 @pytest.mark.parametrize("stream_max", [None, 3 * MIB])
@@ -53,14 +57,28 @@ def test_sizes_around_each_threshold(monkeypatch, stream_max):
     beyond: every byte arrives, in every protocol, at each edge."""
     if stream_max is not None:
         monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(stream_max))
-    limit = T.DEFAULT_EAGER_LIMIT
-    smax = stream_max or T.STREAM_MAX
-    sizes = [limit - 1, limit, limit + 1, limit + 4097, smax - 1, smax, smax + 1]
-    (_, _, _), (out, eager, got_max) = values(run_ranks(_around_thresholds, 2, sizes))
-    assert eager == limit and got_max == smax
+    (_, _, _), (out, limit, smax) = values(run_ranks(_around_thresholds, 2))
+    assert limit == T.DEFAULT_EAGER_LIMIT
+    assert smax == (stream_max or _default_stream_max(2))
     for n, ok, count, src, tag, streamed in out:
         assert ok and count == n and src == 0, (n, ok, count, src)
         assert streamed == (n if limit < n <= smax else 0), (n, streamed)
+
+
+def _default_stream_max(nranks: int) -> int:
+    """STREAM_MAX, or half a ring when the ranks outnumber this process's cores."""
+    if nranks <= len(os.sched_getaffinity(0)):
+        return T.STREAM_MAX
+    return min(T.STREAM_MAX, _world.default_ring_bytes(nranks) // 2)
+
+
+def _stream_max(comm):
+    return comm._t.stream_max
+
+
+@pytest.mark.parametrize("nranks", [2, 5])
+def test_oversubscribed_streams_only_what_fits_half_a_ring(nranks):
+    assert values(run_ranks(_stream_max, nranks)) == [_default_stream_max(nranks)] * nranks
 
 
 def _any_source_two_streams(comm, n):
@@ -79,7 +97,8 @@ def _any_source_two_streams(comm, n):
     return None
 
 
-def test_any_source_two_senders_at_once():
+def test_any_source_two_senders_at_once(monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(8 * MIB))  # 3 ranks may share cores
     n = 3 * MIB + 5
     (got, streamed), _, _ = values(run_ranks(_any_source_two_streams, 3, n))
     assert got == {1: (True, 11, n), 2: (True, 12, n)}
@@ -298,6 +317,7 @@ def _sender_dies_mid_stream(comm):
 
 def test_sender_killed_mid_stream(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", SMALL_RING)
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(16 * MIB))
     res = run_ranks(_sender_dies_mid_stream, 2)
     assert res[0][0] is False and res[0][1][0] == "Killed"
     assert values([res[1]]) == [("died", 0, 0)]
@@ -324,6 +344,7 @@ def _receiver_dies_mid_stream(comm):
 
 def test_receiver_killed_mid_stream(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", SMALL_RING)
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(16 * MIB))
     res = run_ranks(_receiver_dies_mid_stream, 2)
     assert res[1][0] is False and res[1][1][0] == "Killed"
     assert values([res[0]]) == [("died", 1, 0)]

@@ -86,7 +86,8 @@ SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at m
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
-STREAM_MAX = 16 << 20         # standard sends up to this go streamed (docs/mmpi.md: measured)
+STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
+                              # oversubscribed: only what fits half a ring (no wait for room)
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -373,6 +374,10 @@ class Transport:
         # streamed messages: sends above the eager limit up to this (0: none), and the
         # ones arriving, (source, sender id) -> _Stream
         self.stream_max = int(os.environ.get("DRILLER_MMPI_STREAM_MAX", STREAM_MAX))
+        if size > cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ:
+            # a stream larger than the ring waits for the receiver to make room: a
+            # context switch each time when ranks share cores (docs/mmpi.md)
+            self.stream_max = min(self.stream_max, rb // 2)
         self.streams = {}
         self.stats_streamed = 0  # bytes received streamed
         self._hooks = _Hooks()
