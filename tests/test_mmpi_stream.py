@@ -315,14 +315,6 @@ def _sender_dies_mid_stream(comm):
     return "completed", None, len(t.streams)
 
 
-def test_sender_killed_mid_stream(monkeypatch):
-    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", SMALL_RING)
-    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(16 * MIB))
-    res = run_ranks(_sender_dies_mid_stream, 2)
-    assert res[0][0] is False and res[0][1][0] == "Killed"
-    assert values([res[1]]) == [("died", 0, 0)]
-
-
 def _receiver_dies_mid_stream(comm):
     n = 12 * MIB
     t = comm._t
@@ -342,9 +334,15 @@ def _receiver_dies_mid_stream(comm):
     return "completed", None, t.npending
 
 
-def test_receiver_killed_mid_stream(monkeypatch):
+@pytest.mark.parametrize("who", ["sender", "receiver"])
+def test_peer_killed_mid_stream(monkeypatch, who):
+    """The sender (or the receiver) dies with the message part way through the
+    ring: the other rank raises PeerDiedError naming it, nothing is left in
+    flight (no partial stream kept, nothing queued), no hang."""
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", SMALL_RING)
     monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(16 * MIB))
-    res = run_ranks(_receiver_dies_mid_stream, 2)
-    assert res[1][0] is False and res[1][1][0] == "Killed"
-    assert values([res[0]]) == [("died", 1, 0)]
+    dies = 0 if who == "sender" else 1
+    fn = _sender_dies_mid_stream if who == "sender" else _receiver_dies_mid_stream
+    res = run_ranks(fn, 2)
+    assert res[dies][0] is False and res[dies][1][0] == "Killed"
+    assert values([res[1 - dies]]) == [("died", dies, 0)]
