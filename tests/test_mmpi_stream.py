@@ -346,3 +346,33 @@ def test_peer_killed_mid_stream(monkeypatch, who):
     res = run_ranks(fn, 2)
     assert res[dies][0] is False and res[dies][1][0] == "Killed"
     assert values([res[1 - dies]]) == [("died", dies, 0)]
+
+
+def _denied_single_copy(comm, n):
+    """Rank 1 may not read rank 0 (a seccomp filter fails process_vm_readv and
+    writev with EPERM): streamed messages never read a peer's memory, so they
+    arrive whole, without the denial warning or the push fallback."""
+    import errno
+    import warnings
+
+    from driller import _linux
+    if comm.rank == 0:
+        comm.Barrier()
+        comm.Send(pattern(n, 4), 1, 1)
+        comm.Barrier()
+        return None
+    _linux.deny_syscalls(["process_vm_readv", "process_vm_writev"], errno.EPERM)
+    comm.Barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = np.zeros(n, np.uint8)
+        comm.Recv(b, 0, 1)
+    comm.Barrier()
+    return (bool((b == pattern(n, 4)).all()), comm._t.stats_streamed, comm._t.stats_pushed,
+            [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])
+
+
+def test_streams_need_no_single_copy():
+    n = 5 * MIB + 1
+    _, (ok, streamed, pushed, warned) = values(run_ranks(_denied_single_copy, 2, n))
+    assert ok and streamed == n and pushed == 0 and warned == []
