@@ -1,7 +1,7 @@
 """`driller run`'s start-up path (docs/launcher.md, "Startup").
 
-The launcher parses its options without argparse and starts ranks with
-posix_spawn; ranks that never use mmpi load nothing of driller; those that use
+The launcher parses its options without argparse and starts ranks with its own
+fork+exec (no subprocess); ranks that never use mmpi load nothing of driller; those that use
 it later attach to the world then.  These tests check the behaviour that the
 fast paths must keep (speed itself is measured by benchmarks/launch_startup.py).
 """
@@ -176,11 +176,34 @@ def test_a_failing_rank_is_named_when_the_others_attach_late():
     assert re.search(r"driller run: rank 2 \(pid \d+\) exited with code 7", res.stderr), res.stderr
 
 
-# ---------------------------------------------------------------- posix_spawn'ed ranks
+# ---------------------------------------------------------------- ranks as started
+
+def test_fork_exec_reports_an_exec_failure_as_popen_would():
+    # the supervisor's lean fork+exec: a program that cannot be executed raises its
+    # OSError in the launcher (no half-started rank), a good one gets its pid back
+    code = textwrap.dedent('''
+        import os
+        from driller.mmpi._launcher import _fork_exec
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            _fork_exec(["/nonexistent/prog"], {}, True, null, null, null, os.getpid())
+        except FileNotFoundError as e:
+            print("RAISED", e.filename)
+        pid = _fork_exec(["/bin/sh", "-c", "exit 5"], {}, True, null, null, null, os.getpid())
+        print("STATUS", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        me = os.getpid()
+        print("CHILDREN", open(f"/proc/{me}/task/{me}/children").read().split())
+    ''')
+    res = subprocess.run([PY, "-c", code], env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "RAISED /nonexistent/prog" in res.stdout, res.stdout
+    assert "STATUS 5" in res.stdout and "CHILDREN []" in res.stdout, res.stdout
+
 
 def test_ranks_inherit_only_stdio_and_the_world_block():
-    # Popen(close_fds=True) gave ranks fds 0, 1, 2 and the world block only; with
-    # posix_spawn an inheritable fd of the launcher must be closed explicitly
+    # Popen(close_fds=True) gave ranks fds 0, 1, 2 and the world block only; the
+    # supervisor's own fork+exec must close an inheritable fd of the launcher too
     r, w = os.pipe()
     os.set_inheritable(w, True)
     code = textwrap.dedent("""

@@ -31,11 +31,11 @@ only passes signals on and exits with the supervisor's status.  A rank's
 process group is only signalled while the rank is still an unreaped zombie, so
 its pgid cannot have been recycled.  If the supervisor itself is killed, its
 ranks and their orphans are reparented to ``driller run``, a subreaper too,
-which kills them.  The supervisor starts ranks with ``posix_spawn`` (vfork: no
-copy of itself, no Python code between fork and exec).  ``main()`` called
-in-process (a test, a tool) runs the loop in the calling process, without a
-supervisor; its ranks get ``PR_SET_PDEATHSIG=SIGKILL`` (``Popen`` with a
-``preexec_fn``), their only way out if that process is SIGKILLed.
+which kills them.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``, their way out when
+the supervisor and ``driller run`` are SIGKILLed together (``pkill -9
+driller``).  ``main()`` called in-process (a test, a tool) runs the loop in the
+calling process, without a supervisor (ranks started by ``Popen``, the
+supervisor's by a leaner fork and exec).
 """
 
 from __future__ import annotations
@@ -437,21 +437,6 @@ def _pipe() -> tuple[int, int]:
     return _above_stdio(r), _above_stdio(w)
 
 
-def _inherited_fds(keep) -> list[int]:
-    """Our inheritable fds above 2, except ``keep``: what a rank started by
-    posix_spawn would inherit and ``Popen(close_fds=True)`` closes."""
-    out = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                if os.get_inheritable(fd):
-                    out.append(fd)
-            except OSError:     # the directory's own fd, closed by now
-                pass
-    return out
-
-
 def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork and exec
     # its own process group (what Popen(process_group=0) does, but that is 3.11+);
     # done before exec, so the group exists by the time Popen returns
@@ -464,6 +449,51 @@ def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork 
             signal.signal(sig, signal.SIG_DFL)
     for sig in dfl:                  # ignored by the launcher itself, not by the user
         signal.signal(sig, signal.SIG_DFL)
+
+
+def _fork_exec(cmd: list[str], env: dict, stdin_null: bool, out_fd: int, err_fd: int,
+               keep: int, parent: int, dfl=()) -> int:
+    """Start ``cmd`` as Popen(close_fds=True, pass_fds=(keep,), preexec_fn=
+    _child_setup) would, without loading subprocess (docs/launcher.md, "Startup"):
+    fork, stdio and fds set up, :func:`_child_setup`, SIGPIPE and SIGXFSZ at their
+    default (Popen's restore_signals), exec.  An exec that fails raises its OSError
+    here (FileNotFoundError...), as Popen does; returns the pid."""
+    rd, wr = os.pipe2(os.O_CLOEXEC)      # closed by a successful exec: EOF
+    pid = os.fork()
+    if pid == 0:    # pragma: no cover - the child until exec (coverage cannot see it)
+        try:
+            os.close(rd)
+            if stdin_null:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
+            lo = 3
+            for fd in sorted((keep, wr)):
+                os.closerange(lo, fd)
+                lo = fd + 1
+            os.closerange(lo, 1 << 30)
+            _child_setup(parent, dfl)
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            os.execve(cmd[0], cmd, env)
+        except BaseException as e:
+            no = e.errno if isinstance(e, OSError) and e.errno else 0
+            os.write(wr, f"{no}\0{type(e).__name__}: {e}".encode(errors="replace"))
+        os._exit(127)
+    os.close(wr)
+    try:
+        got = b""
+        while chunk := os.read(rd, 4096):
+            got += chunk
+    finally:
+        os.close(rd)
+    if got:
+        os.waitpid(pid, 0)
+        no, _, what = got.decode(errors="replace").partition("\0")
+        if int(no):
+            raise OSError(int(no), os.strerror(int(no)), cmd[0])
+        raise ChildProcessError(f"could not start {cmd[0]}: {what}")
+    return pid
 
 
 class Launcher:
@@ -603,45 +633,31 @@ class Launcher:
     def _spawner(self, cmd: list[str]):
         """``start(env, stdin_null, out_fd, err_fd) -> (pid, Popen or None)``: starts
         one rank in its own process group, stdout and stderr on the given pipes,
-        stdin /dev/null or ours, no fd but 0, 1, 2 and the world block's, the
-        signals we handle (and child_dfl) at their default.
-
-        Under a supervisor (``driller run``) with ``os.posix_spawn``: glibc starts the
-        child with vfork, no copy of this process and no Python code before exec,
-        which makes ``driller run -n 8 -c pass`` measurably faster (docs/launcher.md,
-        "Startup").  Without a supervisor (``main()`` in-process) ranks also get
-        ``PR_SET_PDEATHSIG`` (the only way out for them if this process is SIGKILLed),
-        which needs code between fork and exec: ``Popen`` with a ``preexec_fn``.
-        Under a supervisor, a supervisor that dies leaves its ranks to the
-        ``driller run`` process, a child subreaper, which kills them.
+        stdin /dev/null or ours, no fd but 0, 1, 2 and the world block's, the signals
+        we handle (and child_dfl) at their default, and ``PR_SET_PDEATHSIG=SIGKILL``:
+        when this process dies the kernel kills the rank, even when nobody else is
+        left to (``pkill -9 driller`` or ``kill -9 -- -PGID`` kills the supervisor
+        and ``driller run`` at once, and the ranks have process groups of their
+        own).  That needs code between fork and exec, so not ``posix_spawn``.
+        Under a supervisor (single-threaded): :func:`_fork_exec`, which loads
+        nothing; ``main()`` in-process (a test, a tool; maybe threads): ``Popen``
+        with a ``preexec_fn``.
         """
-        if self.parent is None:
-            import subprocess
-            parent = os.getpid()
+        parent = os.getpid()
+        if self.parent is not None:
+            def start_fork(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
+                return _fork_exec(cmd, env, stdin_null, out_fd, err_fd, self.world_fd,
+                                  parent, self.child_dfl), None
+            return start_fork
+        import subprocess
 
-            def start_popen(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
-                proc = subprocess.Popen(
-                    cmd, env=env, stdin=subprocess.DEVNULL if stdin_null else None,
-                    stdout=out_fd, stderr=err_fd, pass_fds=(self.world_fd,),
-                    preexec_fn=lambda: _child_setup(parent, self.child_dfl))
-                return proc.pid, proc
-            return start_popen
-
-        # exec resets the signals we catch anyway; ignored ones stay ignored (nohup)
-        # but those the launcher itself ignores (child_dfl), and SIGPIPE/SIGXFSZ go
-        # back to their default as Popen's restore_signals does
-        sigdef = [s for s in _HANDLED if signal.getsignal(s) is not signal.SIG_IGN]
-        sigdef += [signal.SIGPIPE, signal.SIGXFSZ, *self.child_dfl]
-        closing = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds({self.world_fd})]
-        null = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
-
-        def start_spawn(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
-            actions = [null] if stdin_null else []
-            actions += [(os.POSIX_SPAWN_DUP2, out_fd, 1), (os.POSIX_SPAWN_DUP2, err_fd, 2),
-                        *closing]
-            return os.posix_spawn(cmd[0], cmd, env, file_actions=actions, setpgroup=0,
-                                  setsigdef=sigdef), None
-        return start_spawn
+        def start_popen(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
+            proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL if stdin_null else None,
+                stdout=out_fd, stderr=err_fd, pass_fds=(self.world_fd,),
+                preexec_fn=lambda: _child_setup(parent, self.child_dfl))
+            return proc.pid, proc
+        return start_popen
 
     def _on_exit(self, r: _Rank) -> None:
         self.sel.unregister(r.pidfd)
