@@ -206,12 +206,28 @@ class HybridTransport(T.Transport):
             protocol = E.RNDV   # its data as MPI messages of its own, straight from op.mv
         return super().isend(op, protocol)
 
+    def _sender(self, dst: int):
+        if dst in self.remote:   # through MPI: send_fast's remote branch
+            send_fast = self.send_fast
+            return lambda ctx, tag, mv, flags=0: send_fast(dst, ctx, tag, mv, flags)
+        return super()._sender(dst)
+
+    def _taker(self, src: int):
+        if src in self.remote:   # records from another node come through MPI
+            return T._declined
+        return super()._taker(src)
+
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
             return self._recv_fast_remote(src, tag, ctx, mv)
         if src < 0:   # ANY_SOURCE: the general path, which also polls MPI
             return None
         return super().recv_fast(src, tag, ctx, mv)
+
+    def serve_posted(self, src: int) -> bool:
+        if src in self.remote:   # (records from another node come through MPI)
+            return False
+        return super().serve_posted(src)
 
     def take_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:   # records from another node come through MPI

@@ -14,7 +14,19 @@ Kinds: WRAP (skip to the ring's start), EAGER (payload inline), RTS
 (rendezvous: the receiver copies ``nbytes`` from ``address`` in the
 sender's memory with process_vm_readv, then answers FIN), ACK (a synchronous
 eager send was matched), FIN (rendezvous copy done: the sender's buffer is
-free).  Flags: SYNC, OBJ (the payload is a pickled object, see below).
+free), STREAM and SDATA (below).  Flags: SYNC, OBJ (the payload is a pickled
+object, see below).
+
+Streamed messages (standard buffer sends of eager limit < n <= ``stream_max``,
+docs/mmpi.md "Protocols"): the sender writes a STREAM record (the envelope:
+``nbytes`` = message size, ``sender id``) and then the payload as SDATA records
+(``tag`` and ``sender id`` = the send's id, ``nbytes`` = offset, inline chunk
+of up to ``push_chunk`` bytes), as fast as the ring has room, while the
+receiver copies them out: two copies, pipelined, both cores busy, no page
+pinning.  The send is complete when its last chunk is in the ring (no FIN);
+the receive when its last chunk is copied.  A receiver drains every chunk at
+once: before a receive matches, chunks land in a warm staging buffer of the
+receive cache (then one more copy), so a full ring never waits for a match.
 
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
@@ -60,9 +72,11 @@ __all__ = ["Transport", "RecvOp", "SendOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
+K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
+_HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
@@ -75,6 +89,8 @@ SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): t
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
+STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
+                              # oversubscribed: only what fits half a ring (no wait for room)
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -256,16 +272,55 @@ def shared_lookup(address: int, nbytes: int):
     return None
 
 
+class _Stream:
+    """A streamed message being received: ``got`` bytes of ``n`` so far; before a
+    receive matches, in ``staging`` (a receive-cache buffer at ``saddr``); then
+    straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
+    the rest of a truncated message is dropped)."""
+
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr")
+
+    def __init__(self, n: int):
+        self.n = n
+        self.got = 0
+        self.r = None
+        self.addr = 0
+        self.cap = 0
+        self.keep = None
+        self.staging = None
+        self.saddr = 0
+
+
 class _Hooks(list):
     """The progress hooks of a transport (see Transport.add_progress_hook)."""
 
     busy = False
 
 
+def _declined(*args):
+    """A specialised fast path that never applies (to oneself): the general path."""
+    return None
+
+
+class _PerPeer(dict):
+    """rank -> ``make(rank)``, made on first look-up and kept."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, rank):
+        f = self[rank] = self.make(rank)
+        return f
+
+
 class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
     all_local = True   # every rank maps this world block (a hybrid world: see _hybrid)
+    remote = frozenset()   # ranks reached another way (a hybrid world's other nodes)
 
     def __init__(self, world: W.World, rank: int, eager_limit: int | None = None):
         self.world = world
@@ -343,10 +398,23 @@ class Transport:
         self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
+        # streamed messages: sends above the eager limit up to this (0: none), and the
+        # ones arriving, (source, sender id) -> _Stream
+        self.stream_max = int(os.environ.get("DRILLER_MMPI_STREAM_MAX", STREAM_MAX))
+        if size > cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ:
+            # a stream larger than the ring waits for the receiver to make room: a
+            # context switch each time when ranks share cores (docs/mmpi.md)
+            self.stream_max = min(self.stream_max, rb // 2)
+        self.streams = {}
+        self.stats_streamed = 0  # bytes received streamed
         self._hooks = _Hooks()
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
         self.coll_state = None
+        # the fast paths specialised per peer, made on first use: world rank ->
+        # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
+        self.senders = _PerPeer(self._sender)
+        self.takers = _PerPeer(self._taker)
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -354,35 +422,110 @@ class Transport:
     def isend(self, op: SendOp, protocol: int | None = None) -> SendOp:
         if op.dest == self.rank:
             protocol = E.EAGER  # to self: always buffered (a copy), never a deadlock
+        elif (protocol is None and self.eager_limit < op.nbytes <= self.stream_max
+              and not op.sync and not op.flags and op.dest not in self.remote):
+            protocol = E.STREAM  # mid-size standard send: pipelined through the ring
         self._run(self.engine.send(op, protocol))
         return op
 
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         """A standard eager send straight into the ring, if nothing is queued
-        before it and it fits; False: use the general path."""
-        n = len(mv)
-        if n > self.eager_limit or dst == self.rank or self.pending[dst]:
-            return False
-        # _put, inlined for the common case (no wrap, room in the ring)
+        before it and it fits; False: use the general path.  (The work is
+        ``senders[dst]``'s, the same specialised per destination.)"""
+        return self.senders[dst](ctx, tag, mv, flags)
+
+    def _sender(self, dst: int):
+        """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv,
+        flags=0) -> bool`` with the ring's words, offsets and the transport's state bound as
+        closure cells (no attribute look-ups per call).  The head stays in
+        ``out_head`` (shared with ``_put``), so the two paths interleave freely."""
+        if dst == self.rank:
+            return _declined
+        limit = self.eager_limit
+        q = self.pending[dst]
         rb = self.ring_bytes
-        reclen = HDR_BYTES + ((n + 63) & ~63)
-        head = self.out_head[dst]
-        off = head % rb
+        out_head = self.out_head
         words = self.words
-        if off + reclen > rb or head + reclen - words[self.out_tailw[dst]] > rb:
-            return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
         data = self.data
-        p = self.out_data[dst] + off
-        HDR.pack_into(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
-        if n:
-            data[p + HDR_BYTES:p + HDR_BYTES + n] = mv
-        head += reclen
-        self.out_head[dst] = head
+        tw = self.out_tailw[dst]
         hw = self.out_headw[dst]
-        words[hw] = head
-        if words[self.sleeping_w[dst]]:
-            _linux.futex_wake(self.base + hw * 8)
-        return True
+        sw = self.sleeping_w[dst]
+        base = self.out_data[dst]
+        waddr = self.base + hw * 8
+        pack = HDR.pack_into
+        wake = _linux.futex_wake
+        put = self._put
+
+        room = [0]   # a head below which the ring surely has room (tails only grow)
+
+        def send(ctx, tag, mv, flags=0):
+            n = len(mv)
+            if n > limit or q:
+                return False
+            reclen = HDR_BYTES + ((n + 63) & ~63)
+            head = out_head[dst]
+            off = head % rb
+            end = head + reclen
+            if off + reclen > rb:
+                return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            if end > room[0]:   # read the consumer's tail only when the bound is used up
+                room[0] = words[tw] + rb
+                if end > room[0]:
+                    return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            p = base + off
+            pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+            if n:
+                p += HDR_BYTES
+                data[p:p + n] = mv
+            out_head[dst] = end
+            words[hw] = end
+            if words[sw]:
+                wake(waddr)
+            return True
+        return send
+
+    def _taker(self, src: int):
+        """``take_fast`` for a buffer receive from ``src``, specialised as
+        :meth:`_sender` is: ``(tag, ctx, mv)`` -> (source, tag, nbytes) when the
+        next record from ``src`` is a plain eager message this receive matches
+        and that fits (copied into ``mv``), False when that ring is empty (and
+        nothing else is queued), None otherwise (use the general path)."""
+        if src == self.rank:
+            return _declined
+        eng = self.engine
+        t_ = self
+        tails = self.in_tail
+        words = self.words
+        data = self.data
+        hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        waddr = self.base + tw * 8
+        unpack = _HDR5.unpack_from
+        wake = _linux.futex_wake
+
+        def take(tag, ctx, mv):
+            if eng.posted or eng.unexpected or t_.npending:
+                return None
+            t = tails[src]
+            if words[hw] == t:
+                return False
+            p = base + t % rb
+            kf, c, tg, nb, plen = unpack(data, p)
+            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
+                return None
+            if nb:
+                p += HDR_BYTES
+                mv[:nb] = data[p:p + nb]
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            tails[src] = t
+            words[tw] = t
+            if words[pw]:
+                wake(waddr)
+            return src, tg, nb
+        return take
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
@@ -448,6 +591,8 @@ class Transport:
         """recv_fast without waiting (for Irecv): if nothing else is queued and the
         next record from ``src`` is a plain eager message this receive matches and
         that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
+        if mv is not None:   # a buffer receive: takers[src]'s (False: the ring is empty)
+            return self.takers[src](tag, ctx, mv) or None
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
@@ -495,7 +640,8 @@ class Transport:
             q.append(s)
             self.npending += 1
             return
-        self._run(self.engine.transmitted(s))
+        if s.protocol != E.STREAM:  # (streamed: transmitted once its last chunk is out)
+            self._run(self.engine.transmitted(s))
 
     def _self_send(self, s: SendOp) -> None:
         if s.flags & F_OBJ:
@@ -543,6 +689,15 @@ class Transport:
 
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
+        if s.protocol == E.STREAM:  # the envelope, then the chunks as the ring has room
+            if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
+                             s.id, 0, None, 0):
+                return False
+            s.addr = _linux.buffer_address(s.mv)[0]
+            self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
+            self.npending += 1
+            self._push(s.dest)
+            return True
         if s.protocol == E.EAGER:
             if s.flags & F_PACKED:  # table: the pieces, keep: their total length
                 return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes,
@@ -590,7 +745,8 @@ class Transport:
                         break
                     q.popleft()
                     self.npending -= 1
-                    self._run(self.engine.transmitted(item))
+                    if item.protocol != E.STREAM:
+                        self._run(self.engine.transmitted(item))
                 did = True
             if self.pushes[dst] and self._push(dst):
                 did = True
@@ -647,6 +803,9 @@ class Transport:
 
     def _fetch(self, r: RecvOp, m: E.Message) -> None:
         r.count = m.nbytes
+        if m.protocol == E.STREAM:
+            self._fetch_stream(r, m)
+            return
         if m.source in self.no_pull:
             self._ask_push(r, m)
             return
@@ -897,6 +1056,7 @@ class Transport:
         while q:
             job = q[0]
             token, srcs, i, off, trailer = job
+            kind = K_DATA if trailer is None or type(trailer) is tuple else K_SDATA
             while i < len(srcs):
                 addr, n = srcs[i]
                 want = min(n - off, chunk)
@@ -912,7 +1072,7 @@ class Transport:
                     break
                 k = want if room - HDR_BYTES >= want else (room - HDR_BYTES) & ~63
                 p = ring + pos
-                HDR.pack_into(data, p, K_DATA, 0, token, off, 0, 0, k, 0)
+                HDR.pack_into(data, p, kind, 0, token, off, token, 0, k, 0)
                 _linux.memmove(self.base + p + HDR_BYTES, addr + off, k)
                 head += HDR_BYTES + ((k + 63) & ~63)
                 off += k
@@ -928,14 +1088,70 @@ class Transport:
             if i < len(srcs):
                 break
             self.out_head[dst] = head
-            if trailer is not None and not self._put(dst, *trailer, None, 0):
+            if kind == K_DATA and trailer is not None and not self._put(dst, *trailer, None, 0):
                 break
             head = self.out_head[dst]
             q.popleft()
             self.npending -= 1
+            if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
+                self._run(self.engine.transmitted(trailer))
         self.out_head[dst] = head
         words[self.out_headw[dst]] = head
         return head != head0
+
+    def _fetch_stream(self, r: RecvOp, m: E.Message) -> None:
+        """A receive matched streamed message ``m``: copy what came before the match
+        (staged) and have the rest copied straight into the receive's buffer."""
+        st = m.payload
+        n = m.nbytes
+        if r.mv is None:  # recv() of a buffer message: an uninitialised bytearray
+            dest = _linux.new_bytearray(n)
+            r.value = (None, dest)
+            cap = n
+        elif m.flags & F_OBJ:  # pragma: no cover - objects are never streamed
+            raise MmpiError("internal: a streamed object message")
+        else:
+            dest = r.mv
+            cap = n
+            if r.error:
+                cap = r.capacity
+                r.exc = self._truncation(r, m)
+        addr = _linux.buffer_address(dest, True)[0] if cap else 0
+        if st.got and cap:
+            _linux.memmove(addr, st.saddr, min(st.got, cap))
+        st.staging = None   # back to the receive cache
+        if st.got == n:
+            m.payload = None
+            self._run(self.engine.fetched(r))
+            return
+        st.r = r
+        st.addr = addr
+        st.cap = cap
+        st.keep = dest
+
+    def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
+        """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
+        byte ``off`` of the message; the last one completes the receive."""
+        st = self.streams.get((src, sid))
+        if st is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"corrupt ring from rank {src}: a chunk of unknown message {sid}")
+        if st.r is not None:
+            cap = st.cap
+            if off < cap:
+                _linux.memmove(st.addr + off, self.base + p, min(k, cap - off))
+        else:  # not matched yet: staged (the ring never waits for a receive)
+            if st.staging is None:
+                st.staging, st.saddr = self.recv_cache.take(st.n)
+            _linux.memmove(st.saddr + off, self.base + p, k)
+        st.got = off + k
+        if st.got == st.n:
+            del self.streams[(src, sid)]
+            self.stats_streamed += st.n
+            r = st.r
+            if r is not None:
+                st.r = st.keep = None
+                r.message.payload = None
+                self._run(self.engine.fetched(r))
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
@@ -1058,11 +1274,61 @@ class Transport:
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
+    def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> bool:
+        """A plain eager message (the record at byte ``p``) for the earliest posted
+        receive, a buffer receive naming this source (or any) and this tag (or any)
+        that it fits: copied at once, as arrive + Deliver + Complete would (osu_bw's
+        posted windows); False (nothing done) for anything else."""
+        posted = self.engine.posted
+        r = posted[0]
+        if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
+                or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
+            return False
+        del posted[0]
+        r.message = E.Message(src, tag, ctx, nbytes)
+        r.state = E.R_DONE
+        r.count = nbytes
+        if nbytes:
+            p += HDR_BYTES
+            r.mv[:nbytes] = data[p:p + nbytes]
+        r.done = True
+        return True
+
+    def serve_posted(self, src: int) -> bool:
+        """Hand the plain eager records waiting in ``src``'s ring to the receives
+        posted for them, in order, while the earliest posted receive takes the
+        next record (``_to_posted``); True if that left no receive posted (a new
+        receive from ``src`` may then take the ring's next record itself)."""
+        posted = self.engine.posted
+        if not posted or self.npending or src == self.rank:
+            return False
+        words = self.words
+        hw = self.in_head[src]
+        t = t0 = self.in_tail[src]
+        data = self.data
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        while posted and words[hw] != t:
+            p = base + t % rb
+            kf, c, tg, nb, plen = _HDR5.unpack_from(data, p)
+            if kf != K_EAGER or not self._to_posted(src, data, p, c, tg, nb):
+                break
+            t += HDR_BYTES + ((plen + 63) & ~63)
+        if t != t0:
+            self.in_tail[src] = t
+            tw = self.in_tailw[src]
+            words[tw] = t
+            if words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + tw * 8)
+        return not posted
+
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
         kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
+            return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
         flags = kf >> 8
         if kind == K_EAGER:
@@ -1091,6 +1357,14 @@ class Transport:
             r = self.splits.pop(sid, None)
             if r is not None:  # None: our half failed and the receive is over
                 self._run(engine.fetched(r))
+        elif kind == K_SDATA:
+            self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
+        elif kind == K_STREAM:
+            st = self.streams[(src, sid)] = _Stream(nbytes)
+            m = E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags)
+            acts = engine.arrive(m)
+            if acts:
+                self._run(acts)
         elif kind == K_DATA:
             self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_PUSH:
@@ -1275,6 +1549,7 @@ class Transport:
         if (op is not None and op.done) or (pred is not None and pred()):
             return
         r, st = culprit
+        self._forget_streams()
         root = self.blame(r)  # the first death, not a rank that died of its consequences
         if root != r:
             self._scan_dead()
@@ -1286,6 +1561,13 @@ class Transport:
                else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
+
+    def _forget_streams(self) -> None:
+        """Drop the partly received streamed messages of dead senders (their
+        receives fail; the staging buffers go back to the cache)."""
+        for key in [k for k in self.streams if k[0] in self.dead or k[0] in self.gone]:
+            st = self.streams.pop(key)
+            st.r = st.keep = st.staging = None
 
     def blame(self, r: int) -> int:
         """A PeerDiedError about rank ``r`` is being raised here: the root cause
