@@ -334,25 +334,9 @@ def test_signal_to_launcher_stops_every_rank(sig):
     assert_gone(pids_in(out + rest))
 
 
-def test_launcher_sigkilled_takes_its_ranks_along():
-    code = 'import os, time; print("PID", os.getpid(), flush=True); time.sleep(60)'
-    p = start_run("-n", "2", "-c", code)
-    try:
-        out = read_until(p.stdout, r"PID \d+", 2)
-        p.kill()
-        p.wait(timeout=30)
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
-        p.stderr.close()
-    assert_gone(pids_in(out))     # PR_SET_PDEATHSIG
-
-
-def test_launcher_and_supervisor_sigkilled_together_take_the_ranks_along():
-    # `pkill -9 driller` or `kill -9 -- -PGID` kills both driller processes at once:
-    # nobody is left to kill the ranks (their own process groups), so the kernel must
-    # (PR_SET_PDEATHSIG), also for ranks that never load driller
+def _sigkill_launcher(also_supervisor: bool) -> list[int]:
+    """Start 2 sleeping ranks that never load driller, SIGKILL `driller run` (and
+    its supervisor with it if asked); the ranks' pids."""
     code = ('import os, time; print("PID", os.getpid(), "SUPERVISOR", os.getppid(), '
             'flush=True); time.sleep(60)')
     p = start_run("-n", "2", "-c", code)
@@ -360,7 +344,8 @@ def test_launcher_and_supervisor_sigkilled_together_take_the_ranks_along():
         out = read_until(p.stdout, r"PID \d+", 2)
         sups = set(pids_in(out, "SUPERVISOR"))
         assert len(sups) == 1 and p.pid not in sups, out
-        os.kill(sups.pop(), signal.SIGKILL)
+        if also_supervisor:
+            os.kill(sups.pop(), signal.SIGKILL)
         p.kill()
         p.wait(timeout=30)
     finally:
@@ -368,7 +353,18 @@ def test_launcher_and_supervisor_sigkilled_together_take_the_ranks_along():
         p.wait()
         p.stdout.close()
         p.stderr.close()
-    assert_gone(pids_in(out), within=DEADLINE)
+    return pids_in(out)
+
+
+def test_launcher_sigkilled_takes_its_ranks_along():
+    assert_gone(_sigkill_launcher(also_supervisor=False))   # the supervisor kills them
+
+
+def test_launcher_and_supervisor_sigkilled_together_take_the_ranks_along():
+    # `pkill -9 driller` or `kill -9 -- -PGID` kills both driller processes at once:
+    # nobody is left to kill the ranks (their own process groups), so the kernel must
+    # (PR_SET_PDEATHSIG), also for ranks that never load driller
+    assert_gone(_sigkill_launcher(also_supervisor=True), within=DEADLINE)
 
 
 def test_grandchildren_are_not_left_behind():
