@@ -238,7 +238,7 @@ class HybridTransport(T.Transport):
         """A blocking receive from a rank of another node, when nothing else is
         queued: wait for the next record (the head of the pool), polling MPI without
         yielding for POLL_SECONDS (a sched_yield on a busy machine gives the core
-        away for a whole time slice), then yielding, up to SPIN_SECONDS.  A plain
+        away for a whole time slice), then yielding, up to spin_seconds.  A plain
         eager message from src that this receive matches and that fits is copied
         straight into mv (a small object is returned as a receive of recv_fast);
         a plain rendezvous request for a buffer is received straight into mv;
@@ -252,7 +252,7 @@ class HybridTransport(T.Transport):
         if not req.Test():
             clock = time.perf_counter
             now = clock()
-            poll_end, spin_end = now + POLL_SECONDS, now + T.SPIN_SECONDS
+            poll_end, spin_end = now + POLL_SECONDS, now + self.spin_seconds
             while True:
                 if req.Test():
                     break
@@ -520,7 +520,7 @@ class HybridTransport(T.Transport):
             self._spin_until = 0.0
         return did
 
-    def _sleep(self, timeout: float = T.SLEEP_SECONDS) -> bool:
+    def _sleep(self, timeout: float | None = None) -> bool:
         """Nap on the local rings (records from other nodes come through MPI, which
         no futex sees): a short futex wait, then MPI is polled again.  Reports a
         timeout (for the death checks) once every DEAD_CHECK seconds of naps."""
