@@ -151,3 +151,80 @@ def check(comm, MPI, label=""):
     else:
         raise AssertionError(f"rank {r}: a refused scatter returned")
     comm.Barrier()
+
+
+def check_reductions(comm, MPI, label=""):
+    """Allreduce (lanes for large buffers, the leaders for small ones) against numpy:
+    builtin ops on float64 and int32, IN_PLACE, counts that do not split evenly, a
+    zero count, a user op that commutes and one that does not, and refused
+    arguments on one rank (it raises; the others raise or complete, none waits)."""
+    from driller.errors import MmpiError
+    r, n = comm.Get_rank(), comm.Get_size()
+
+    def data(k, c, dt=np.float64):
+        return ((np.arange(c) * (k + 3)) % 1001 + k).astype(dt)
+
+    for c in (0, 1, 1000, 300_001):
+        where = (label, c)
+        ref = [data(k, c) for k in range(n)]
+        y = np.full(c, -1.0)
+        comm.Allreduce(data(r, c), y, op=MPI.SUM)
+        assert np.array_equal(y, np.sum(ref, axis=0)), where
+        y = data(r, c)
+        comm.Allreduce(MPI.IN_PLACE, y, op=MPI.MAX)
+        assert np.array_equal(y, np.max(ref, axis=0)), where
+        iref = [data(k, c, np.int32) for k in range(n)]
+        yi = np.zeros(c, np.int32)
+        comm.Allreduce(data(r, c, np.int32), yi, op=MPI.BOR)
+        assert np.array_equal(yi, np.bitwise_or.reduce(iref, axis=0)), where
+    c = 80_001                                   # int32: 320 KB, lanes
+    iref = [data(k, c, np.int32) for k in range(n)]
+    yi = np.zeros(c, np.int32)
+    comm.Allreduce(data(r, c, np.int32), yi, op=MPI.PROD)
+    assert np.array_equal(yi, np.prod(iref, axis=0, dtype=np.int32)), label
+
+    def add(a, b, dt):                           # a user op that commutes
+        b += a
+    def first(a, b, dt):                         # associative, not commutative
+        b[:] = a
+    uadd = MPI.Op.Create(add, commute=True)
+    ufirst = MPI.Op.Create(first, commute=False)
+    try:
+        for c in (5, 300_001):
+            ref = [data(k, c) for k in range(n)]
+            y = np.empty(c)
+            comm.Allreduce(data(r, c), y, op=uadd)
+            assert np.array_equal(y, np.sum(ref, axis=0)), (label, c)
+            y = np.empty(c)
+            comm.Allreduce(data(r, c), y, op=ufirst)
+            assert np.array_equal(y, ref[0]), (label, c)    # rank order kept
+            y = data(r, c)
+            comm.Allreduce(MPI.IN_PLACE, y, op=ufirst)
+            assert np.array_equal(y, ref[0]), (label, c)
+    finally:
+        uadd.Free()
+        ufirst.Free()
+    # refused arguments on the last rank only, large buffers (lanes): a count that
+    # differs from the others', then a send buffer that does not match its receive
+    # buffer.  It raises; every other rank raises or completes; none waits
+    big = 300_000
+    for case in ("count", "sendrecv"):
+        x = np.ones(big + (8 if case == "count" and r == n - 1 else 0))
+        y = np.empty(big + (8 if r == n - 1 else 0))
+        try:
+            comm.Allreduce(x, y, op=MPI.SUM)
+        except MmpiError:
+            pass
+        else:
+            assert r != n - 1, (label, case, "the refused Allreduce returned")
+        comm.Barrier()
+    # and an Allgather whose last rank sends a block of the wrong size
+    unit = 100_000
+    x = np.ones(unit + (3 if r == n - 1 else 0))
+    try:
+        comm.Allgather(x, np.empty((n, unit)))
+    except MmpiError:
+        pass
+    else:
+        assert r != n - 1, (label, "the refused Allgather returned")
+    comm.Barrier()
