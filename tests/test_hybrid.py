@@ -155,12 +155,14 @@ def test_hybrid_world(impl, extra, tmp_path):
 @pytest.mark.parametrize("impl, extra", [
     ("openmpi", {}),
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    # no single-copy access between a node's ranks: the lanes' node steps go as messages
+    ("openmpi", {"DRILLER_MMPI_SINGLE_COPY": "0"}),
     ("mpich", {}),
 ])
 def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
     """3 ranks on one node, 2 on the other: Gather(v), Scatter(v), Allgather(v),
-    Alltoall(v) and the object forms from every root (tests/_hybrid_coll.py; the 2 + 2
-    jobs above run them too)."""
+    Alltoall(v), Allreduce and the object forms from every root (tests/_hybrid_coll.py;
+    the 2 + 2 jobs above run them too)."""
     tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
     r = _job(impl, [PROG, "coll", str(tmp_path)], tag, extra, sizes=(3, 2))
     assert r.returncode == 0, r.stdout + r.stderr
