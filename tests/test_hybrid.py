@@ -142,6 +142,7 @@ def test_no_launcher_no_mpi4py_import():
     ("openmpi", {}),
     # the route between nodes on a real network path (no shared memory in MPI)
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    ("openmpi", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
     ("mpich", {}),
 ])
 def test_hybrid_world(impl, extra, tmp_path):
@@ -157,6 +158,9 @@ def test_hybrid_world(impl, extra, tmp_path):
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
     # no single-copy access between a node's ranks: the lanes' node steps go as messages
     ("openmpi", {"DRILLER_MMPI_SINGLE_COPY": "0"}),
+    # Alltoallv and alltoall aggregated through the leaders (by default only on many nodes)
+    ("openmpi", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
+    ("mpich", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
     ("mpich", {}),
 ])
 def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):

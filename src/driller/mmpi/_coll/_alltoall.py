@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...errors import MmpiError
-from .._bufspec import Buf, parse
+from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
 from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, obj_items,
                        oval, raise_failed, waitall)
@@ -31,17 +31,25 @@ def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
 
 def _alltoall(cx, sendbuf, rb, what, vector):
     n, me = cx.size, cx.rank
-    if sendbuf is IN_PLACE:
-        sb = Buf()
-        sb.mv = memoryview(bytes(rb.mv))
-        sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
-    else:
-        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-    isz = rb.dtype.itemsize
     base = cbase(cx)
-    if len(sb.block(me)) != len(rb.block(me)):
-        raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
-                        f"its receive block holds {len(rb.block(me))}")
+    try:
+        if sendbuf is IN_PLACE:
+            sb = Buf()
+            sb.mv = memoryview(bytes(rb.mv))
+            sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
+        else:
+            sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+        if len(sb.block(me)) != len(rb.block(me)):
+            raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
+                            f"its receive block holds {len(rb.block(me))}")
+    except MmpiError:
+        # every peer still gets a block (empty: its size check raises there) and every
+        # peer's block is taken, so that nobody waits for this rank
+        ops = [cr(cx, rb.block(r), r, base) for r in range(n) if r != me]
+        ops += [cs(cx, EMPTY, r, base) for r in range(n) if r != me]
+        waitall(cx.t, ops)
+        raise
+    isz = rb.dtype.itemsize
     rb.block(me)[:] = sb.block(me)
     if n == 1:
         return

@@ -463,7 +463,7 @@ def Alltoallv(cx, sendbuf, recvbuf) -> None:
     """Alltoallv: small blocks between nodes through the leaders, the others direct
     (``_hieralltoall``); flat on one node."""
     h = split(cx)
-    if h is None:
+    if h is None or not _hieralltoall.aggregate(h):
         return _alltoall.Alltoallv(cx, sendbuf, recvbuf)
     return _hieralltoall.Alltoallv(cx, h, sendbuf, recvbuf)
 
@@ -472,7 +472,7 @@ def alltoall(cx, sendobj):
     """alltoall (objects): small pickles between nodes through the leaders, the others
     direct (``_hieralltoall``); flat on one node."""
     h = split(cx)
-    if h is None:
+    if h is None or not _hieralltoall.aggregate(h):
         return _alltoall.alltoall(cx, sendobj)
     return _hieralltoall.alltoall(cx, h, sendobj)
 
