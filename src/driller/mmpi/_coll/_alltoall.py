@@ -9,7 +9,7 @@ from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error
                        oval, raise_failed, waitall)
 
 __all__ = [
-    "Alltoall", "Alltoallv", "alltoall",
+    "Alltoall", "Alltoallv", "alltoall", "send_blocks",
 ]
 
 
@@ -29,19 +29,26 @@ def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
         rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
 
 
+def send_blocks(sendbuf, rb: Buf, n: int, me: int, what: str, vector: bool) -> Buf:
+    """An all-to-all's send buffer (IN_PLACE: a copy of the receive buffer), checked
+    against this rank's own receive block; raises MmpiError."""
+    if sendbuf is IN_PLACE:
+        sb = Buf()
+        sb.mv = memoryview(bytes(rb.mv))
+        sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
+    else:
+        sb = parse(sendbuf, False, what, blocks=n, vector=vector)
+    if len(sb.block(me)) != len(rb.block(me)):
+        raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
+                        f"its receive block holds {len(rb.block(me))}")
+    return sb
+
+
 def _alltoall(cx, sendbuf, rb, what, vector):
     n, me = cx.size, cx.rank
     base = cbase(cx)
     try:
-        if sendbuf is IN_PLACE:
-            sb = Buf()
-            sb.mv = memoryview(bytes(rb.mv))
-            sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
-        else:
-            sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-        if len(sb.block(me)) != len(rb.block(me)):
-            raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
-                            f"its receive block holds {len(rb.block(me))}")
+        sb = send_blocks(sendbuf, rb, n, me, what, vector)
     except MmpiError:
         # every peer still gets a block (empty: its size check raises there) and every
         # peer's block is taken, so that nobody waits for this rank

@@ -36,9 +36,9 @@ import numpy as np
 
 from ...errors import MmpiError
 from .. import _objects
-from .._bufspec import EMPTY, Buf, parse
-from .._const import IN_PLACE
+from .._bufspec import EMPTY, parse
 from .._transport import RecvOp
+from ._alltoall import send_blocks
 from ._context import (Failed, cbase, co_recv, count_check, cr, cs, obj_items, oval,
                        raise_failed, waitall)
 
@@ -204,17 +204,9 @@ def Alltoallv(cx, h, sendbuf, recvbuf) -> None:
     sb = None
     if err is None:
         try:
-            if sendbuf is IN_PLACE:
-                sb = Buf()
-                sb.mv = memoryview(bytes(rb.mv))
-                sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
-            else:
-                sb = parse(sendbuf, False, what, blocks=n, vector=True)
+            sb = send_blocks(sendbuf, rb, n, me, what, True)
         except MmpiError as e:
             err = e
-    if err is None and len(sb.block(me)) != len(rb.block(me)):
-        err = MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
-                        f"its receive block holds {len(rb.block(me))}")
     try:
         _alltoallv(cx, h, sb, rb, err, what)
     finally:

@@ -10,8 +10,8 @@ buffer is cut into ``m`` slices, and local rank ``j < m`` of every node forms
 
 * **Allreduce**: (1) within each node, a reduce-scatter: local rank ``j`` reduces
   slice ``j`` reading its node's send buffers in place (``_direct``, cache-sized
-  chunks into one scratch, numpy ufuncs with ``out=``), straight into slice ``j``
-  of its own receive buffer; (2) lane ``j`` reduces that slice across nodes with
+  chunks into one scratch, numpy ufuncs with ``out=``: the first peer's chunk
+  combined with its own straight into slice ``j`` of its own receive buffer); (2) lane ``j`` reduces that slice across nodes with
   the MPI library's own ``Allreduce`` (in place, on a communicator of the lane's
   ranks made once with ``MPI_Comm_create_group``): every rank of a node talks to
   the other nodes at once, on a slice of the buffer; (3) within each node, an
@@ -41,9 +41,9 @@ import numpy as np
 from ...errors import MmpiError
 from .._bufspec import EMPTY, parse
 from .._const import IN_PLACE
-from ._context import (INFO, Context, address, cbase, count_check, cr, cs, drive, readv,
+from ._context import (INFO, Context, address, cbase, count_check, count_errors, cr, cs, drive,
                        waitall, writev)
-from ._direct import CHUNK, direct_part, g_direct_ok, g_exchange
+from ._direct import direct_part, g_direct_ok, g_exchange
 from ._reduce import g_allreduce2, red_args
 
 __all__ = ["LANE_MIN", "LANE_TAG", "Allreduce", "Allgather"]
@@ -158,9 +158,7 @@ def Allreduce(cx, h, sendbuf, recvbuf, op) -> bool:
                             f"every rank must pass the same count and datatype")
     ok = err is None            # every rank of the node agrees (the same table)
     if direct:
-        if ok and op.user is None:
-            _fused_part(node, smv, mine, op.ufunc, rb.dtype, counts, displs, peers)
-        elif ok:
+        if ok:
             direct_part(node, smv, mine, op, rb.dtype, rb.dt, counts, displs, what,
                         in_place, peers)
     else:
@@ -202,32 +200,6 @@ def Allreduce(cx, h, sendbuf, recvbuf, op) -> bool:
     return True
 
 
-def _fused_part(node, smv, mine, ufunc, dtype, counts, displs, peers):
-    """Step (1) for a builtin op: slice j of the node's send buffers, reduced chunk by
-    chunk into ``mine``: each peer's chunk is read into one cache-sized scratch, and
-    the first peer's is combined with our own send chunk straight into ``mine``
-    (``out=``: no copy of our own data first)."""
-    L, j = node.size, node.rank
-    isz = dtype.itemsize
-    lo, blen = displs[j] * isz, counts[j] * isz
-    if not blen:
-        return
-    own = np.frombuffer(smv, dtype)[displs[j]:displs[j] + counts[j]]
-    step = max(isz, (CHUNK // isz) * isz)
-    scratch = np.empty(step // isz, dtype)
-    saddr = scratch.ctypes.data
-    order = [(j + i) % L for i in range(1, L)]
-    for off in range(0, blen, step):
-        ln = min(step, blen - off)
-        e0, e1 = off // isz, (off + ln) // isz
-        a, s = mine[e0:e1], scratch[:e1 - e0]
-        first = True
-        for p in order:
-            readv(node, p, saddr, peers[p][0] + lo + off, ln, "Allreduce")
-            ufunc(own[e0:e1] if first else a, s, out=a)
-            first = False
-
-
 def _reduce_scatter_msgs(node, smv, mine, op, rb, counts, displs, nbase, ok, in_place):
     """Step (1) as messages (no single-copy access between the node's ranks):
     local rank j gets slice j of every peer's send buffer and folds them in rank
@@ -250,12 +222,7 @@ def _reduce_scatter_msgs(node, smv, mine, op, rb, counts, displs, nbase, ok, in_
                 recvs.append((p, cr(node, memoryview(parts[p]).cast("B"), p, nbase + 4)))
         parts[j] = own[displs[j]:displs[j] + counts[j]].copy() if own is not None else None
     waitall(t, sends + [o for _, o in recvs])
-    err = None
-    for p, o in recvs:
-        try:
-            count_check(node, o, counts[j] * isz, "Allreduce", p)
-        except MmpiError as e:
-            err = err or e
+    err = count_errors(node, recvs, [counts[j]] * L, isz, "Allreduce")
     if err is None and ok and counts[j]:
         a = parts[L - 1]
         for p in range(L - 2, -1, -1):     # right to left, as the direct path
@@ -283,12 +250,7 @@ def _allgather_msgs(node, rb, counts, displs, nbase, ok):
     recvs = [(p, cr(node, mv[displs[p] * isz:(displs[p] + counts[p]) * isz], p, nbase + 5))
              for p in range(L) if p != j and counts[p]]
     waitall(t, sends + [o for _, o in recvs])
-    err = None
-    for p, o in recvs:
-        try:
-            count_check(node, o, counts[p] * isz, "Allreduce", p)
-        except MmpiError as e:
-            err = err or e
+    err = count_errors(node, recvs, counts, isz, "Allreduce")
     for s in sends:
         err = err or s.exc
     return err
