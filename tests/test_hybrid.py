@@ -33,17 +33,15 @@ def _env() -> dict:
 
 
 def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
-         timeout: float = 240, sizes: tuple[int, int] = (2, 2)) -> subprocess.CompletedProcess:
-    """``sizes`` ranks on nodes a-<tag> and b-<tag> (MPMD app contexts): 2 + 2 unless told."""
-    na, nb = str(sizes[0]), str(sizes[1])
+         timeout: float = 240, sizes: tuple[int, ...] = (2, 2)) -> subprocess.CompletedProcess:
+    """``sizes`` ranks on nodes a-<tag>, b-<tag>, ... (MPMD app contexts): 2 + 2 unless told."""
     if impl == "openmpi":
         run, python = OMPI_RUN, sys.executable
         cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         cmd += ["--oversubscribe", "--bind-to", "none"]
         for k, v in (extra_env or {}).items():
             cmd += ["-x", f"{k}={v}"]
-        cmd += ["-n", na, "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
-                "-n", nb, "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
+        ctx = lambda k, node: ["-n", str(k), "-x", f"DRILLER_NODE={node}", python, *argv]
     else:
         run = os.path.join(MPICH_VENV, "bin", "mpiexec")
         python = os.path.join(MPICH_VENV, "bin", "python")
@@ -51,8 +49,9 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         cmd = [run]
         for k, v in (extra_env or {}).items():
             cmd += ["-genv", k, v]
-        cmd += ["-n", na, "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
-                "-n", nb, "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
+        ctx = lambda k, node: ["-n", str(k), "-env", "DRILLER_NODE", node, python, *argv]
+    for i, k in enumerate(sizes):
+        cmd += ([":"] if i else []) + ctx(k, f"{'abcdefgh'[i]}-{tag}")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
                           stdin=subprocess.DEVNULL)
 
@@ -172,6 +171,17 @@ def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
     _no_leftovers(tag, shm, impl)
+
+
+def test_lanes_on_three_nodes(tmp_path):
+    """3 nodes of 2 ranks: the lanes' Allgatherv among three (two nodes take a
+    Sendrecv), Alltoallv and alltoall aggregated among three leaders."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job("openmpi", [PROG, "coll", str(tmp_path)], tag,
+             {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}, sizes=(2, 2, 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(6)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, "openmpi")
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])

@@ -19,9 +19,9 @@ buffer is cut into ``m`` slices, and local rank ``j < m`` of every node forms
   peer's receive buffer (process_vm_writev).  An exchange of one word per rank
   ends it and carries any rank's error to the others of its node.
 * **Allgather(v)** (nodes of one size): (1) lane ``j`` allgathers its ranks'
-  blocks with MPI's ``Allgatherv``, straight into each receive buffer; (2) within
-  each node, every rank sends its node peers the blocks its lane brought
-  (single-copy messages).
+  blocks with MPI's ``Allgatherv`` (two nodes: one ``Sendrecv`` with the
+  partner), straight into each receive buffer; (2) within each node, every rank
+  sends its node peers the blocks its lane brought (single-copy messages).
 
 MPI's collective is used only for builtin ops on plain numeric types; a user op
 that commutes (or any op on nodes that hold contiguous ranks) reduces its lane
@@ -83,6 +83,7 @@ def _lane(h, j: int) -> _Lane:
         finally:
             sub.Free()
             grp.Free()
+        native.Set_errhandler(t.MPI.ERRORS_RETURN)   # MPI's errors raise, never abort
         ln = lanes[j] = _Lane(native, Context(t, ranks, h.ctx(_LANE_CTX + j),
                                               f"{cx.name} (lane {j})"))
     return ln
@@ -275,15 +276,35 @@ def Allgather(cx, h, err, rb, what) -> bool:
     ln = _lane(h, j)
     MPI = t.MPI
     lranks = [cx.index[ws[j]] for ws in h.order]     # the lane's communicator ranks
-    view = np.array(rb.counts, np.int64) if err is None else np.full(cx.size, -1 - me, np.int64)
     first = None
-    if _agree(ln, view):
-        cnts = [rb.counts[r] * isz for r in lranks]
-        dsps = [rb.displs[r] * isz for r in lranks]
-        ln.native.Allgatherv(MPI.IN_PLACE, [rb.mv, (cnts, dsps), MPI.BYTE])
+    if len(lranks) == 2:
+        # two nodes: one exchange with the partner, whose size MPI checks (a longer
+        # block fails the receive, a shorter one shows in the status): no agreement
+        # round first, and a bad block can leave nobody waiting inside MPI
+        mi = h.where[me][0]
+        pr = lranks[1 - mi]
+        want = rb.counts[pr] * isz
+        st = MPI.Status()
+        try:
+            ln.native.Sendrecv([rb.block(me) if err is None else bytearray(0), MPI.BYTE],
+                               1 - mi, 0, [rb.block(pr), MPI.BYTE], 1 - mi, 0, st)
+            got = st.Get_count(MPI.BYTE)
+        except MPI.Exception:
+            got = -1
+        if got != want:
+            first = MmpiError(f"{what}: rank {me} expected {want} bytes from rank {pr} "
+                              f"but got {'more' if got < 0 else got}: every rank must "
+                              f"pass matching counts and datatypes")
     else:
-        first = MmpiError(f"{what}: ranks of another node pass different counts, or "
-                          f"refused their arguments (seen by rank {me})")
+        view = (np.array(rb.counts, np.int64) if err is None
+                else np.full(cx.size, -1 - me, np.int64))
+        if _agree(ln, view):
+            cnts = [rb.counts[r] * isz for r in lranks]
+            dsps = [rb.displs[r] * isz for r in lranks]
+            ln.native.Allgatherv(MPI.IN_PLACE, [rb.mv, (cnts, dsps), MPI.BYTE])
+        else:
+            first = MmpiError(f"{what}: ranks of another node pass different counts, or "
+                              f"refused their arguments (seen by rank {me})")
     # within the node: my lane's blocks to every node peer, every peer's lane's to me
     nbase = cbase(node)
     cranks = [[cx.index[w] for w in ws] for ws in h.order]
