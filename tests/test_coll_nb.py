@@ -8,6 +8,7 @@ collective completes, nobody hangs).
 
 from __future__ import annotations
 
+import gc
 import pickle
 
 import numpy as np
@@ -261,6 +262,23 @@ def test_at_most_32_live_user_ops():
         for o in ops:
             o.Free()
     MPI.Op.Create(_add3).Free()
+
+
+def test_user_op_collected_unfreed_gives_its_slot_back():
+    """An op from Op.Create that is dropped without Free is freed when collected, so
+    a loop creating ops never runs out of the 32 slots; a copy made with Op(op) then
+    sees it freed."""
+    for _ in range(3 * 32):
+        assert MPI.Op.Create(_add3)(["a"], ["b"]) == ["ab"]
+    op = MPI.Op.Create(_add3)
+    copy = MPI.Op(op)
+    assert not copy.freed and copy == op
+    del op
+    gc.collect()
+    assert copy.freed
+    ops = [MPI.Op.Create(_add3) for _ in range(32)]    # all 32 slots are free again
+    for o in ops:
+        o.Free()
 
 
 def _add3(a, b, dt=None):

@@ -302,6 +302,25 @@ def test_null_handles_and_the_handle_rules():
         assert MPI._handleof(obj) == obj.handle and MPI._sizeof(obj) == MPI._sizeof(type(obj))
     assert MPI.COMM_NULL != MPI.GROUP_NULL and MPI.COMM_NULL != MPI.SESSION_NULL
     assert MPI.Comm.f2py(MPI.COMM_WORLD.py2f()) == MPI.COMM_WORLD
+    # every handle class: copies, truth, the integer handles both ways, bad handles
+    info, op = MPI.Info.Create(), MPI.Op.Create(lambda a, b: a)
+    live = (MPI.COMM_WORLD, MPI.COMM_WORLD.Get_group(), MPI.DOUBLE, op, info,
+            MPI.ERRORS_RETURN)
+    for obj in live:
+        klass = type(obj)
+        assert obj and not klass() and klass() != obj and klass(obj) == obj
+        assert not (klass(obj) != obj) and klass(obj) is not obj
+        assert klass.f2py(obj.py2f()) == obj
+        if klass is not MPI.Errhandler:      # its toint is -1, as mpi4py's
+            assert klass.fromint(obj.toint()) == obj and obj.toint() == obj.handle
+        with pytest.raises(TypeError):
+            klass(MPI.INFO_NULL if klass is not MPI.Info else MPI.GROUP_NULL)
+        with pytest.raises(TypeError):
+            klass.fromhandle("1")
+        with pytest.raises((MPI.Exception, ValueError)):
+            klass.fromhandle(2**40 + 12345)
+    info.Free()
+    op.Free()
     assert type(MPI.Comm.fromhandle(MPI.COMM_SELF.handle)) is MPI.Intracomm
     dup = MPI.COMM_WORLD.Dup()
     with pytest.raises(ValueError):

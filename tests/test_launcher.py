@@ -349,6 +349,28 @@ def test_launcher_sigkilled_takes_its_ranks_along():
     assert_gone(pids_in(out))     # PR_SET_PDEATHSIG
 
 
+def test_launcher_and_supervisor_sigkilled_together_take_the_ranks_along():
+    # `pkill -9 driller` or `kill -9 -- -PGID` kills both driller processes at once:
+    # nobody is left to kill the ranks (their own process groups), so the kernel must
+    # (PR_SET_PDEATHSIG), also for ranks that never load driller
+    code = ('import os, time; print("PID", os.getpid(), "SUPERVISOR", os.getppid(), '
+            'flush=True); time.sleep(60)')
+    p = start_run("-n", "2", "-c", code)
+    try:
+        out = read_until(p.stdout, r"PID \d+", 2)
+        sups = set(pids_in(out, "SUPERVISOR"))
+        assert len(sups) == 1 and p.pid not in sups, out
+        os.kill(sups.pop(), signal.SIGKILL)
+        p.kill()
+        p.wait(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        p.stderr.close()
+    assert_gone(pids_in(out), within=DEADLINE)
+
+
 def test_grandchildren_are_not_left_behind():
     # a rank starts a daemon-like grandchild (new session, so its process group
     # is not the rank's) and a plain forked child; both outlive the rank

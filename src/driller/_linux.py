@@ -15,10 +15,8 @@ import errno
 import fcntl
 import mmap as _mmap
 import os
-import re
 import select
 import struct as _struct
-from dataclasses import dataclass
 
 __all__ = [
     "PAGE_SIZE", "page_floor", "page_ceil",
@@ -612,8 +610,15 @@ def pid_alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- mapping lookup
 
-@dataclass(frozen=True)
 class Mapping:
+    """One line of /proc/PID/maps (or a PROCMAP_QUERY answer); immutable.
+
+    (A plain class, not a dataclass: `driller run`'s launcher imports this module,
+    and `dataclasses` would cost its start-up ~10 ms, see docs/launcher.md "Startup".)
+    """
+
+    __slots__ = ("start", "end", "readable", "writable", "executable", "shared", "offset",
+                 "dev", "inode", "name")
     start: int
     end: int
     readable: bool
@@ -625,18 +630,60 @@ class Mapping:
     inode: int
     name: str         # path, "[heap]", "[stack]", "/memfd:name (deleted)", "" if anonymous
 
+    def __init__(self, start: int, end: int, readable: bool, writable: bool,
+                 executable: bool, shared: bool, offset: int, dev: int, inode: int,
+                 name: str) -> None:
+        put = object.__setattr__      # (frozen: as a frozen dataclass does it)
+        put(self, "start", start)
+        put(self, "end", end)
+        put(self, "readable", readable)
+        put(self, "writable", writable)
+        put(self, "executable", executable)
+        put(self, "shared", shared)
+        put(self, "offset", offset)
+        put(self, "dev", dev)
+        put(self, "inode", inode)
+        put(self, "name", name)
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a Mapping (immutable)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of a Mapping (immutable)")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Mapping:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return "Mapping(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__) + ")"
+
+    def __reduce__(self) -> tuple:
+        return (Mapping, self._values())
+
     @property
     def anonymous(self) -> bool:
         return self.inode == 0 and self.name == ""
 
 
-_MAPS_RE = re.compile(
-    rb"^([0-9a-f]+)-([0-9a-f]+) ([r-])([w-])([x-])([sp]) ([0-9a-f]+) "
-    rb"([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
+_MAPS_RE = None     # compiled at the first parse_maps (`re` costs the launcher's start-up)
+_MAPS_PATTERN = (rb"^([0-9a-f]+)-([0-9a-f]+) ([r-])([w-])([x-])([sp]) ([0-9a-f]+) "
+                 rb"([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)$")
 
 
 def parse_maps(text: bytes) -> list[Mapping]:
     """Parse the text of /proc/PID/maps (pure; unit-tested)."""
+    global _MAPS_RE
+    if _MAPS_RE is None:
+        import re
+        _MAPS_RE = re.compile(_MAPS_PATTERN)
     out = []
     for line in text.splitlines():
         m = _MAPS_RE.match(line)

@@ -11,10 +11,13 @@ only when that command runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import __version__
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["main", "COMMANDS"]
 
@@ -27,6 +30,7 @@ COMMANDS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse   # here: `driller run` parses its own arguments (docs/launcher.md, "Startup")
     p = argparse.ArgumentParser(
         prog="driller",
         description="driller: cooperating Linux processes read and write one another's memory.",
@@ -39,8 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(command: str, argv: list[str]) -> int:
+def _run(command: str, argv: list[str], program: bool = False) -> int:
     if command == "run":
+        if program:      # the `driller` command itself: see _launcher.run_program
+            import gc
+            gc.disable()
+            from .mmpi._launcher import run_program
+            run_program(argv)
         from .mmpi._launcher import main as run_main
         return run_main(argv, supervised=True)
     if command == "bench":
@@ -55,13 +64,18 @@ def _run(command: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``driller ARGV``: the exit status (argparse may raise SystemExit for
-    ``--help``, ``--version`` and usage errors, as usual)."""
+    ``--help``, ``--version`` and usage errors, as usual).
+
+    Without ``argv`` (the ``driller`` command, ``python -m driller``) this is the
+    program itself: ``driller run`` then ends the process when the job is over
+    (see ``driller.mmpi._launcher.run_program``)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["help"]:                    # `driller help`, `driller help run`
         argv = [*argv[1:2], "--help"]
     if argv and argv[0] in COMMANDS:
         # the command's own parser sees every argument, '--' included
-        return _run(argv[0], argv[1:])
+        return _run(argv[0], argv[1:], program)
     p = _parser()
     ns = p.parse_args(argv)
     if ns.command is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing: `driller run`'s
+if TYPE_CHECKING:       # launcher imports this module and starts faster without it
+    from typing import Any
 
 __all__ = [
     "DrillerError", "DrillError", "ProxyError", "SegmentReleasedError", "ReadOnlyError",

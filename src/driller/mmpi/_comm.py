@@ -38,6 +38,7 @@ from ._bufspec import EMPTY, message, recv_message, spec_view
 from ._coll import _hier, _hiergather, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
+from ._handle import Handle
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
                      UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
 from . import _objects, _pylayers
@@ -116,13 +117,15 @@ def _comm_error(what: str) -> MmpiError:
                      error_class=ERR_COMM)
 
 
-class Comm(_attr.Cached):
+class Comm(_attr.Cached, Handle):
     """A communicator: a group of ranks and a context id that fences its messages.
 
     ``Comm()`` is a null handle (equal to COMM_NULL), ``Comm(comm)`` a second handle
     onto ``comm``'s communicator (equal to it).  Point-to-point is here;
     collectives are one-line delegations to ``_coll``, which works on the
     communicator's :class:`~._coll._context.Context`."""
+
+    _inner = "_h"   # truth, equality, int handles: Handle
 
     def __new__(cls, comm: Comm | None = None, *internal: Any, **kw: Any) -> Self:
         self = object.__new__(cls)
@@ -172,22 +175,7 @@ class Comm(_attr.Cached):
         new._bind(h)
         return new
 
-    # -- the handle: equality, truth, pickling, Fortran integers --
-    def __eq__(self, other):
-        if not isinstance(other, Comm):
-            return NotImplemented
-        return self._h is other._h
-
-    def __ne__(self, other):
-        if not isinstance(other, Comm):
-            return NotImplemented
-        return self._h is not other._h
-
-    __hash__ = None  # handles are mutable (Free): unhashable, as mpi4py's
-
-    def __bool__(self) -> bool:
-        return self._h is not None
-
+    # -- the handle: pickling, fromhandle (truth, equality, int handles: Handle) --
     def __reduce__(self):
         if self is COMM_NULL:
             return "COMM_NULL"
@@ -209,10 +197,6 @@ class Comm(_attr.Cached):
         h = self._h
         return _NULL_NUMBER if h is None else h.number
 
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
-
     @classmethod
     def fromhandle(cls, handle: int) -> "Comm":
         """A new Python object onto the communicator of ``handle``."""
@@ -228,20 +212,6 @@ class Comm(_attr.Cached):
                             f"handle", error_class=ERR_COMM)
         klass = h.cls if cls is Comm else cls   # Comm.fromhandle: the handle's own class
         return klass._make(h)
-
-    @classmethod
-    def f2py(cls, arg: int) -> "Comm":
-        """The communicator of a Fortran integer (``py2f``'s inverse)."""
-        return cls.fromhandle(arg)
-
-    def toint(self) -> int:
-        """The communicator's C integer handle (``Comm.fromint`` takes it back)."""
-        return self.handle
-
-    @classmethod
-    def fromint(cls, arg: int) -> "Comm":
-        """The communicator of a C integer handle (``toint``'s inverse)."""
-        return cls.fromhandle(arg)
 
     # -- basics --
     def Get_rank(self) -> int:

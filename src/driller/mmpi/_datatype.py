@@ -39,6 +39,7 @@ from .. import _errcodes
 from . import _attr
 from . import _const as C
 from . import _pack
+from ._handle import Handle
 
 __all__ = ["Datatype", "DATATYPES", "DATATYPE_NULL", "BYTE", "TYPECHARS", "as_datatype",
            "is_datatype", "np_dtype", "dtype_of", "datatype_of", "is_derived",
@@ -213,13 +214,14 @@ def _bounds(t: _T, blocks) -> None:
 
 # ---------------------------------------------------------------- the handle
 
-class Datatype(_attr.Cached):
+class Datatype(_attr.Cached, Handle):
     """Datatype object (mpi4py's ``MPI.Datatype``): a handle onto a predefined or a
     derived MPI datatype.  ``Datatype()`` is a null handle (equal to DATATYPE_NULL).
     Attributes (``Create_keyval``, ``Set_attr``...) live with the type object."""
 
     __slots__ = ("_t", "__weakref__")
     _attr_kind = "datatype"
+    _inner = "_t"   # truth, equality, int handles: Handle
 
     def _attributes(self, what: str) -> _attr.Attributes:
         t = self._check(what.split(".")[-1])
@@ -228,30 +230,9 @@ class Datatype(_attr.Cached):
         return t.attrs
 
     def __new__(cls, datatype: Datatype | None = None) -> Datatype:
-        self = object.__new__(cls)
-        if datatype is None:
-            self._t = None
-        elif isinstance(datatype, Datatype):
-            self._t = datatype._t
-        else:
-            raise TypeError(f"expected a Datatype, got {type(datatype).__name__}")
-        return self
+        return cls._copy_of(datatype, "datatype")
 
-    # -- identity --
-    def __bool__(self) -> bool:
-        return self._t is not None
-
-    def __eq__(self, other):
-        if not isinstance(other, Datatype):
-            return NotImplemented
-        return self._t is other._t
-
-    def __ne__(self, other):
-        if not isinstance(other, Datatype):
-            return NotImplemented
-        return self._t is not other._t
-
-    __hash__ = None     # handles are unhashable, as mpi4py's
+    # -- identity (truth, equality, int handles: Handle) --
 
     def __repr__(self) -> str:
         t = self._t
@@ -285,27 +266,11 @@ class Datatype(_attr.Cached):
         """MPI handle (an int; 0 for DATATYPE_NULL)."""
         return 0 if self._t is None else id(self._t)
 
-    def toint(self) -> int:
-        """Translate object to integer handle."""
-        return self.handle
-
-    def py2f(self) -> int:
-        """Fortran handle (the integer handle)."""
-        return self.handle
-
-    @classmethod
-    def fromint(cls, arg: int) -> Datatype:
-        """The datatype of an integer handle (predefined ones and 0 only)."""
-        return cls.fromhandle(arg)
-
-    @classmethod
-    def f2py(cls, arg: int) -> Datatype:
-        """The datatype of a Fortran (integer) handle."""
-        return cls.fromhandle(arg)
-
     @classmethod
     def fromhandle(cls, handle: int) -> Datatype:
         """The datatype of an integer handle (predefined ones and 0 only)."""
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"Datatype.fromhandle: expected an int, got {handle!r}")
         if handle == 0:
             return cls()
         t = _ALL.get(handle)

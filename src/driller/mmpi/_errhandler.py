@@ -23,6 +23,7 @@ import weakref
 
 from ..errors import MmpiError
 from .. import _errcodes
+from ._handle import Handle
 
 __all__ = ["Errhandler", "ERRHANDLER_NULL", "ERRORS_RETURN", "ERRORS_ARE_FATAL",
            "ERRORS_ABORT", "MAX_USER_ERRHANDLERS", "create", "call", "apply"]
@@ -55,37 +56,21 @@ _FATAL = _Handler("ERRORS_ARE_FATAL", None, 2)
 _ABORT = _Handler("ERRORS_ABORT", None, 3)
 
 
-class Errhandler:
+def _unfreed(number: int) -> _Handler | None:
+    """The live handler of ``number``, None if none or freed (``Errhandler.fromhandle``)."""
+    h = _live.get(number)
+    return None if h is None or h.kind == "freed" else h
+
+
+class Errhandler(Handle):
     """A handle onto an error handler; ``Errhandler()`` is null, ``Errhandler(eh)``
     a second handle onto the same handler (equal to it)."""
 
     __slots__ = ("_h", "__weakref__")
+    _inner = "_h"   # truth, equality, int handles: Handle
 
     def __new__(cls, errhandler: Errhandler | None = None) -> Errhandler:
-        self = object.__new__(cls)
-        if errhandler is None:
-            self._h = None
-        elif isinstance(errhandler, Errhandler):
-            self._h = errhandler._h
-        else:
-            raise TypeError(f"Errhandler(errhandler): expected an Errhandler, got "
-                            f"{type(errhandler).__name__}")
-        return self
-
-    def __bool__(self) -> bool:
-        return self._h is not None
-
-    def __eq__(self, other):
-        if not isinstance(other, Errhandler):
-            return NotImplemented
-        return self._h is other._h
-
-    def __ne__(self, other):
-        if not isinstance(other, Errhandler):
-            return NotImplemented
-        return self._h is not other._h
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
+        return cls._copy_of(errhandler, "errhandler")
 
     def __reduce__(self):
         for name, obj in _PREDEFINED.items():
@@ -127,29 +112,11 @@ class Errhandler:
     @classmethod
     def fromhandle(cls, handle: int) -> Errhandler:
         """A new Python object onto the error handler of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise TypeError(f"Errhandler.fromhandle: expected an int, got {handle!r}")
-        new = cls()
-        if handle != 0:
-            h = _live.get(handle)
-            if h is None or h.kind == "freed":
-                raise MmpiError(f"Errhandler.fromhandle: {handle} is no live errhandler "
-                                f"handle", error_class=_errcodes.ERR_ERRHANDLER)
-            new._h = h
-        return new
-
-    @classmethod
-    def f2py(cls, arg: int) -> Errhandler:
-        """The error handler of a Fortran integer (``py2f``'s inverse)."""
-        return cls.fromhandle(arg)
+        return cls._onto(handle, _unfreed, "live errhandler", _errcodes.ERR_ERRHANDLER)
 
     def toint(self) -> int:
-        """Translate object to integer handle."""
+        """Translate object to integer handle (-1: no C integer, as mpi4py's)."""
         return -1
-
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
 
 
 ERRHANDLER_NULL = Errhandler()

@@ -29,6 +29,7 @@ from ..errors import MmpiError, MmpiNotImplementedError
 from . import _errhandler
 from ._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE, MODE_EXCL, MODE_RDONLY,
                      MODE_RDWR, MODE_SEQUENTIAL, MODE_UNIQUE_OPEN, MODE_WRONLY)
+from ._handle import Handle
 from ._info import INFO_NULL, Info
 
 __all__ = ["File", "FILE_NULL"]
@@ -54,37 +55,16 @@ class _Open:
 _numbers: dict[int, _Open] = {}       # handle -> open file, while it is open
 
 
-class File:
+class File(Handle):
     """File handle (MPI-IO data access is not implemented by driller)."""
 
     __slots__ = ("_f", "__weakref__", "__dict__")
+    _inner = "_f"
 
     def __new__(cls, file: File | None = None) -> File:
-        self = object.__new__(cls)
-        if file is None:
-            self._f = None
-        elif isinstance(file, File):
-            self._f = file._f
-        else:
-            raise TypeError(f"File(file): expected a File, got {type(file).__name__}")
-        return self
+        return cls._copy_of(file, "file")
 
-    # -- handle behaviour ----------------------------------------------------------
-
-    def __bool__(self) -> bool:
-        return self._f is not None
-
-    def __eq__(self, other):
-        if not isinstance(other, File):
-            return NotImplemented
-        return self._f is other._f
-
-    def __ne__(self, other):
-        if not isinstance(other, File):
-            return NotImplemented
-        return self._f is not other._f
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
+    # -- handle behaviour (truth, equality, int handles: Handle) ---------------------
 
     def __reduce__(self):
         if self is FILE_NULL:
@@ -106,34 +86,7 @@ class File:
     @classmethod
     def fromhandle(cls, handle: int) -> File:
         """A new Python object onto the file of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise TypeError(f"File.fromhandle: expected an int, got {handle!r}")
-        new = cls()
-        if handle:
-            f = _numbers.get(handle)
-            if f is None:
-                raise MmpiError(f"File.fromhandle: {handle} is no open file's handle",
-                                error_class=_errcodes.ERR_FILE)
-            new._f = f
-        return new
-
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
-
-    @classmethod
-    def f2py(cls, arg: int) -> File:
-        """The file of a Fortran integer."""
-        return cls.fromhandle(arg)
-
-    def toint(self) -> int:
-        """The handle as an int."""
-        return self.handle
-
-    @classmethod
-    def fromint(cls, arg: int) -> File:
-        """The file of an int handle."""
-        return cls.fromhandle(arg)
+        return cls._onto(handle, _numbers.get, "open file's", _errcodes.ERR_FILE)
 
     def free(self) -> None:
         """Close the file if open (safe on FILE_NULL)."""

@@ -29,6 +29,7 @@ from ._coll._context import TAGMASK, Context
 from ._coll._gather import allgather
 from ._const import (COMM_TYPE_HW_GUIDED, COMM_TYPE_HW_UNGUIDED, COMM_TYPE_RESOURCE_GUIDED,
                      COMM_TYPE_SHARED, CONGRUENT, IDENT, PROC_NULL, SIMILAR, UNDEFINED, UNEQUAL)
+from ._handle import Handle
 
 __all__ = [
     "Group", "GROUP_EMPTY", "GROUP_NULL", "COMM_TYPE_SHARED",
@@ -94,13 +95,14 @@ def _bad(what: str, msg: str, cls: int = ERR_ARG) -> MmpiError:
     return MmpiError(f"Group.{what}: {msg}", error_class=cls)
 
 
-class Group:
+class Group(Handle):
     """An ordered set of processes (world ranks inside; ranks 0..size-1 outside).
 
     ``Group()`` is a null handle (equal to GROUP_NULL), ``Group(group)`` a second
     handle onto ``group``'s group (equal to it)."""
 
     __slots__ = ("_g", "__weakref__")
+    _inner = "_g"   # truth, equality, int handles: Handle
 
     def __new__(cls, group: Group | None = None, me: Any = None) -> Group:
         self = object.__new__(cls)
@@ -138,22 +140,7 @@ class Group:
     def _index(self) -> dict:
         return self._get("group").index
 
-    # -- the handle --
-    def __eq__(self, other):
-        if not isinstance(other, Group):
-            return NotImplemented
-        return self._g is other._g
-
-    def __ne__(self, other):
-        if not isinstance(other, Group):
-            return NotImplemented
-        return self._g is not other._g
-
-    __hash__ = None
-
-    def __bool__(self) -> bool:
-        return self._g is not None
-
+    # -- the handle (truth, equality, int handles: Handle) --
     def __reduce__(self):
         if self is GROUP_NULL:
             return "GROUP_NULL"
@@ -170,28 +157,10 @@ class Group:
         """The group's handle (an int >= 0; ``Group.fromhandle`` takes it back)."""
         return 0 if self._g is None else self._g.number
 
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
-
     @classmethod
     def fromhandle(cls, handle: int) -> "Group":
         """A new Python object onto the group of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise TypeError(f"Group.fromhandle: expected an int, got {handle!r}")
-        new = cls.__new__(cls)
-        if handle == 0:
-            return new
-        g = _numbers.live.get(handle)
-        if g is None:
-            raise _bad("fromhandle", f"{handle} is no live group handle", ERR_GROUP)
-        new._g = g
-        return new
-
-    @classmethod
-    def f2py(cls, arg: int) -> "Group":
-        """The group of a Fortran integer (``py2f``'s inverse)."""
-        return cls.fromhandle(arg)
+        return cls._onto(handle, _numbers.live.get, "live group", ERR_GROUP)
 
     # -- accessors --
     def Get_size(self) -> int:

@@ -24,25 +24,28 @@ import weakref
 from ..errors import MmpiError
 from .. import _errcodes
 from ._const import MAX_INFO_KEY, MAX_INFO_VAL
+from ._handle import Handle
 from ._world import ENV_SIZE
 
 __all__ = ["Info", "INFO_NULL", "INFO_ENV"]
 
 
-class Info:
+def _map_of(handle: int) -> dict | None:
+    """The map of a live info's handle (1: INFO_ENV's), None if none (``Info.fromhandle``)."""
+    if handle == 1:
+        return _ENV
+    other = _live.get(handle)
+    return other._d if other is not None and id(other._d) == handle else None
+
+
+class Info(Handle):
     """A handle onto an ordered map of string keys to string values."""
 
     __slots__ = ("_d", "__weakref__")
+    _inner = "_d"   # truth, equality, int handles: Handle
 
     def __new__(cls, info: Info | None = None) -> Info:
-        self = object.__new__(cls)
-        if info is None:
-            self._d = None
-        elif isinstance(info, Info):
-            self._d = info._d
-        else:
-            raise TypeError(f"Info(info): expected an Info, got {type(info).__name__}")
-        return self
+        return cls._copy_of(info, "info")
 
     # -- MPI methods ---------------------------------------------------------------
 
@@ -121,22 +124,7 @@ class Info:
                             f"{len(d)} keys)", error_class=_errcodes.ERR_ARG)
         return list(d)[n]
 
-    # -- handle behaviour ----------------------------------------------------------
-
-    def __bool__(self) -> bool:
-        return self._d is not None
-
-    def __eq__(self, other):
-        if not isinstance(other, Info):
-            return NotImplemented
-        return self._d is other._d
-
-    def __ne__(self, other):
-        if not isinstance(other, Info):
-            return NotImplemented
-        return self._d is not other._d
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
+    # -- handle behaviour (truth, equality, int handles: Handle) ---------------------
 
     def __reduce__(self):
         if self is INFO_NULL:
@@ -167,30 +155,10 @@ class Info:
         _live[h] = self
         return h
 
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
-
     @classmethod
     def fromhandle(cls, handle: int) -> Info:
         """A new Python object onto the info of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise TypeError(f"Info.fromhandle: expected an int, got {handle!r}")
-        new = cls()
-        if handle == 1:
-            new._d = _ENV
-        elif handle != 0:
-            other = _live.get(handle)
-            if other is None or other._d is None or id(other._d) != handle:
-                raise MmpiError(f"Info.fromhandle: {handle} is no live info handle",
-                                error_class=_errcodes.ERR_INFO)
-            new._d = other._d
-        return new
-
-    @classmethod
-    def f2py(cls, arg: int) -> Info:
-        """The info of a Fortran integer."""
-        return cls.fromhandle(arg)
+        return cls._onto(handle, _map_of, "live info", _errcodes.ERR_INFO)
 
     def __repr__(self) -> str:
         if self._d is None:

@@ -29,23 +29,22 @@ pidfd: when that dies, whatever the cause, the supervisor SIGKILLs the ranks and
 every descendant at once, reaps them and exits.  The ``driller run`` process
 only passes signals on and exits with the supervisor's status.  A rank's
 process group is only signalled while the rank is still an unreaped zombie, so
-its pgid cannot have been recycled.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``: if
-the supervisor itself is killed, its ranks die with it (and ``driller run``, a
-subreaper too, kills the orphans).  ``main()`` called in-process (a test, a
-tool) runs the loop in the calling process, without a supervisor.
+its pgid cannot have been recycled.  If the supervisor itself is killed, its
+ranks and their orphans are reparented to ``driller run``, a subreaper too,
+which kills them.  Ranks get ``PR_SET_PDEATHSIG=SIGKILL``, their way out when
+the supervisor and ``driller run`` are SIGKILLed together (``pkill -9
+driller``).  ``main()`` called in-process (a test, a tool) runs the loop in the
+calling process, without a supervisor (ranks started by ``Popen``, the
+supervisor's by a leaner fork and exec).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import functools
 import gc
 import os
-import re
 import selectors
 import signal
-import subprocess
 import sys
 import time
 
@@ -124,20 +123,19 @@ class Options:
         return [sys.executable, *head, self.target, *self.args]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing and exiting."""
-
-    def error(self, message: str):
-        raise UsageError(message)
+def _bad(message: str) -> Exception:
+    """argparse.ArgumentTypeError(message) (argparse is imported on errors only)."""
+    import argparse
+    return argparse.ArgumentTypeError(message)
 
 
 def _ranks(raw: str) -> int:
     try:
         n = int(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"needs a whole number of ranks, got {raw!r}") from None
+        raise _bad(f"needs a whole number of ranks, got {raw!r}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"needs at least 1 rank, got {n}")
+        raise _bad(f"needs at least 1 rank, got {n}")
     return n
 
 
@@ -145,37 +143,64 @@ def _seconds(raw: str) -> float:
     try:
         s = float(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"needs a number of seconds, got {raw!r}") from None
+        raise _bad(f"needs a number of seconds, got {raw!r}") from None
     if not s >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative (nor nan), got {raw!r}")
+        raise _bad(f"must not be negative (nor nan), got {raw!r}")
     return s
 
 
 def _export(raw: str) -> tuple[str, str | None]:
     name, sep, value = raw.partition("=")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or "\0" in value:
-        raise argparse.ArgumentTypeError(f"needs VAR or VAR=value (VAR a variable name), "
-                                         f"got {raw!r}")
+    # (an ASCII identifier is [A-Za-z_][A-Za-z0-9_]*; no `re` at start-up)
+    if not (name.isascii() and name.isidentifier()) or "\0" in value:
+        raise _bad(f"needs VAR or VAR=value (VAR a variable name), got {raw!r}")
     return name, (value if sep else None)
 
 
-# options that take a value (the next word, or attached: --np=4, -n4) and flags;
-# filled by _parser(): the program starts at the first word that is neither
-_VALUED: set[str] = set()
-_FLAGS: set[str] = set()
+# Every option of `driller run`.  Options that take a value (the next word, or
+# attached: --np=4, -n4): spelling -> (dest, converter); flags: spelling -> (dest,
+# the value stored).  The program starts at the first word that is neither.
+# _quick() parses these without argparse (whose import costs the start-up);
+# _parser() declares the same options to argparse, for --help and for the wording
+# of usage errors (tests/test_startup.py checks that the two agree).
 _REFUSED = ("--host", "-H", "--hostfile", "--machinefile")
+_VALUED: dict = {
+    **dict.fromkeys(("-n", "-np", "--np"), ("n", _ranks)),
+    "-x": ("export", _export),
+    "--grace": ("grace", _seconds),
+    **dict.fromkeys(_REFUSED, ("host", None)),      # refused by _split
+}
+_FLAGS: dict = {
+    **dict.fromkeys(("-h", "--help"), ("help", True)),
+    "--tag-output": ("tag_output", True),
+    "--no-mpi4py": ("mpi4py", False),
+    "--mpi4py": ("mpi4py", True),
+    **dict.fromkeys(("--oversubscribe", "--allow-run-as-root"), ("ignored", True)),
+}
+_DEFAULTS = {"n": 1, "tag_output": False, "mpi4py": True, "grace": DEFAULT_GRACE,
+             "help": False, "ignored": False, "host": None}
+_PARSER = None
 
 
-@functools.lru_cache(maxsize=None)
-def _parser() -> _Parser:
-    """The ``driller run`` parser (built once; it also fills _VALUED and _FLAGS)."""
+def _parser():
+    """The ``driller run`` argparse parser (built once)."""
+    global _PARSER
+    if _PARSER is not None:
+        return _PARSER
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """argparse that raises UsageError instead of printing and exiting."""
+
+        def error(self, message: str):
+            raise UsageError(message)
+
     p = _Parser(prog="driller run", usage=USAGE_LINE, description=DESCRIPTION, epilog=EPILOG,
                 add_help=False, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add(group, *names, valued=True, **kw):
         group.add_argument(*names, **kw)
-        (_VALUED if valued else _FLAGS).update(names)
 
     prog = p.add_argument_group("the program (the first word that is not an option)")
     prog.add_argument("prog", nargs="?", metavar="prog.py", help="a Python file")
@@ -204,6 +229,7 @@ def _parser() -> _Parser:
     add(mpirun, "--oversubscribe", "--allow-run-as-root", valued=False, action="store_true",
         dest="ignored", help="accepted and ignored (more ranks than cores is always fine)")
     add(mpirun, *_REFUSED, dest="host", metavar="HOSTS", help="refused: " + SCALEOUT)
+    _PARSER = p
     return p
 
 
@@ -242,15 +268,43 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
     return head, []
 
 
+def _quick(head: list[str]) -> dict | None:
+    """The options in ``head`` (from :func:`_split`) as argparse parses them, without
+    argparse; None for help, a bad value or a flag given a value: argparse then
+    parses them (and words the error)."""
+    ns = dict(_DEFAULTS, export=[])
+    for a in head:
+        if a in _FLAGS:
+            dest, value = _FLAGS[a]
+            if dest == "help":
+                return None
+            ns[dest] = value
+            continue
+        name, sep, raw = a.partition("=")
+        dest, convert = _VALUED.get(name, (None, None))
+        if not sep or convert is None:
+            return None
+        try:
+            value = convert(raw)
+        except Exception:  # noqa: BLE001 - argparse says what is wrong
+            return None
+        if dest == "export":
+            ns["export"].append(value)
+        else:
+            ns[dest] = value
+    return ns
+
+
 def parse_args(argv: list[str]) -> Options | None:
     """Parse ``driller run`` arguments; None means help was asked for."""
-    parser = _parser()
     head, prog = _split(list(argv))
-    ns = parser.parse_args(head)
-    if ns.help:
-        return None
-    opts = Options(n=ns.n, tag_output=ns.tag_output, mpi4py=ns.mpi4py, grace=ns.grace,
-                   export=list(ns.export))
+    ns = _quick(head)
+    if ns is None:
+        ns = vars(_parser().parse_args(head))
+        if ns["help"]:
+            return None
+    opts = Options(n=ns["n"], tag_output=ns["tag_output"], mpi4py=ns["mpi4py"],
+                   grace=ns["grace"], export=list(ns["export"]))
     if not prog:
         raise UsageError("no program given (prog.py, -m module or -c code)")
     a = prog[0]
@@ -284,18 +338,15 @@ def print_help() -> None:
 # ---------------------------------------------------------------- the launcher
 
 class _Rank:
-    __slots__ = ("rank", "proc", "pidfd", "bufs", "result")
+    __slots__ = ("rank", "pid", "proc", "pidfd", "bufs", "result")
 
-    def __init__(self, rank: int, proc: subprocess.Popen, pidfd: int):
+    def __init__(self, rank: int, pid: int, pidfd: int, proc=None):
         self.rank = rank
-        self.proc = proc
+        self.pid = pid
+        self.proc = proc                                   # its Popen, if started by one
         self.pidfd = pidfd
         self.bufs: dict = {}                               # stream (1, 2) -> partial last line
         self.result: tuple[int, int] | None = None        # (si_code, si_status) once exited
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
 
 def _rank_env(opts: Options, rank: int, world_fd: int | None, world) -> dict:
@@ -312,12 +363,26 @@ def _rank_env(opts: Options, rank: int, world_fd: int | None, world) -> dict:
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if opts.mpi4py:
         paths.insert(0, _shim_dir())
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not _on_default_path(pkg_parent) and pkg_parent not in paths:
+    pkg_parent = _pkg_parent()
+    if pkg_parent is not None and pkg_parent not in paths:
         paths.append(pkg_parent)   # running from a source tree: let ranks import driller
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+_PKG_PARENT: dict = {}     # sys.path -> _pkg_parent()
+
+
+def _pkg_parent() -> str | None:
+    """The directory holding the driller package if ranks would not find it by
+    themselves (a source tree), else None; worked out once per sys.path, not per
+    rank (realpath is slowish)."""
+    key = tuple(sys.path)
+    if key not in _PKG_PARENT:
+        d = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        _PKG_PARENT[key] = None if _on_default_path(d) else d
+    return _PKG_PARENT[key]
 
 
 def _on_default_path(d: str) -> bool:
@@ -337,6 +402,41 @@ def _shim_dir() -> str:
                      "install: reinstall driller, or run with --no-mpi4py")
 
 
+def _above_stdio(fd: int, inheritable: bool = False) -> int:
+    """fd itself, or a copy of it above 2 (fd closed; the copy close-on-exec unless
+    ``inheritable``): a pipe end or the world block's fd must not be one of the
+    0, 1, 2 that a rank gets (this happens when the launcher's are closed)."""
+    if fd > 2:
+        return fd
+    import fcntl
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD if inheritable else fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def _hold_stdio() -> None:
+    """/dev/null on whichever of fds 0, 1, 2 is closed: no fd the launcher opens
+    may take their numbers (a rank's output for a closed stdout would be written
+    into it: an epoll fd, the world block)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)      # the lowest free number: fd
+        if null != fd:  # pragma: no cover - a lower one was free; fstat said no
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    return _above_stdio(r), _above_stdio(w)
+
+
 def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork and exec
     # its own process group (what Popen(process_group=0) does, but that is 3.11+);
     # done before exec, so the group exists by the time Popen returns
@@ -349,6 +449,51 @@ def _child_setup(parent: int, dfl=()) -> None:  # runs in the rank between fork 
             signal.signal(sig, signal.SIG_DFL)
     for sig in dfl:                  # ignored by the launcher itself, not by the user
         signal.signal(sig, signal.SIG_DFL)
+
+
+def _fork_exec(cmd: list[str], env: dict, stdin_null: bool, out_fd: int, err_fd: int,
+               keep: int, parent: int, dfl=()) -> int:
+    """Start ``cmd`` as Popen(close_fds=True, pass_fds=(keep,), preexec_fn=
+    _child_setup) would, without loading subprocess (docs/launcher.md, "Startup"):
+    fork, stdio and fds set up, :func:`_child_setup`, SIGPIPE and SIGXFSZ at their
+    default (Popen's restore_signals), exec.  An exec that fails raises its OSError
+    here (FileNotFoundError...), as Popen does; returns the pid."""
+    rd, wr = os.pipe2(os.O_CLOEXEC)      # closed by a successful exec: EOF
+    pid = os.fork()
+    if pid == 0:    # pragma: no cover - the child until exec (coverage cannot see it)
+        try:
+            os.close(rd)
+            if stdin_null:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
+            lo = 3
+            for fd in sorted((keep, wr)):
+                os.closerange(lo, fd)
+                lo = fd + 1
+            os.closerange(lo, 1 << 30)
+            _child_setup(parent, dfl)
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            os.execve(cmd[0], cmd, env)
+        except BaseException as e:
+            no = e.errno if isinstance(e, OSError) and e.errno else 0
+            os.write(wr, f"{no}\0{type(e).__name__}: {e}".encode(errors="replace"))
+        os._exit(127)
+    os.close(wr)
+    try:
+        got = b""
+        while chunk := os.read(rd, 4096):
+            got += chunk
+    finally:
+        os.close(rd)
+    if got:
+        os.waitpid(pid, 0)
+        no, _, what = got.decode(errors="replace").partition("\0")
+        if int(no):
+            raise OSError(int(no), os.strerror(int(no)), cmd[0])
+        raise ChildProcessError(f"could not start {cmd[0]}: {what}")
+    return pid
 
 
 class Launcher:
@@ -448,10 +593,10 @@ class Launcher:
     def _start(self) -> None:
         from . import _world as world
         self.world = world
-        self.world_fd = world.create_world(self.opts.n)
-        parent = os.getpid()
-        stdin_rank0 = None if not _isatty(0) else subprocess.DEVNULL
+        self.world_fd = _above_stdio(world.create_world(self.opts.n), inheritable=True)
+        stdin_null_rank0 = _isatty(0)
         cmd = self.opts.command()
+        spawn = self._spawner(cmd)
         for rank in range(self.opts.n):
             self._on_signal(self._sigfd)      # ^C while starting: start no more
             if self.parent is not None and not self.orphaned \
@@ -459,26 +604,24 @@ class Launcher:
                 self._on_parent_death()
             if self.got_signal is not None or self.orphaned:
                 break
-            pipes = [os.pipe() for _ in range(2)]   # close-on-exec read ends stay here
-            proc = None
+            pipes = [_pipe(), _pipe()]        # close-on-exec: the read ends stay here
+            pid = proc = None
             try:
-                proc = subprocess.Popen(
-                    cmd, env=_rank_env(self.opts, rank, self.world_fd, world),
-                    stdin=stdin_rank0 if rank == 0 else subprocess.DEVNULL,
-                    stdout=pipes[0][1], stderr=pipes[1][1],
-                    pass_fds=(self.world_fd,),
-                    preexec_fn=lambda: _child_setup(parent, self.child_dfl))
-                pidfd = _linux.pidfd_open(proc.pid)   # our unreaped child: cannot be gone
+                pid, proc = spawn(_rank_env(self.opts, rank, self.world_fd, world),
+                                  stdin_null_rank0 or rank > 0, pipes[0][1], pipes[1][1])
+                pidfd = _linux.pidfd_open(pid)   # our unreaped child: cannot be gone
             except BaseException:
                 for a, b in pipes:
                     os.close(a)
                     os.close(b)
-                if proc is not None:                # e.g. EMFILE on the pidfd
-                    proc.kill()
-                    proc.wait()
+                if pid is not None:               # e.g. EMFILE on the pidfd
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    if proc is not None:
+                        proc.returncode = -signal.SIGKILL
                 raise
-            rank_pids.add(proc.pid)
-            r = _Rank(rank, proc, pidfd)
+            rank_pids.add(pid)
+            r = _Rank(rank, pid, pidfd, proc)
             self.ranks.append(r)
             self.sel.register(pidfd, selectors.EVENT_READ, ("exit", r, 0))
             for stream, (rd, wr) in zip((1, 2), pipes):
@@ -486,6 +629,35 @@ class Launcher:
                 os.set_blocking(rd, False)
                 self.sel.register(rd, selectors.EVENT_READ, ("out", r, stream))
                 self.open_pipes += 1
+
+    def _spawner(self, cmd: list[str]):
+        """``start(env, stdin_null, out_fd, err_fd) -> (pid, Popen or None)``: starts
+        one rank in its own process group, stdout and stderr on the given pipes,
+        stdin /dev/null or ours, no fd but 0, 1, 2 and the world block's, the signals
+        we handle (and child_dfl) at their default, and ``PR_SET_PDEATHSIG=SIGKILL``:
+        when this process dies the kernel kills the rank, even when nobody else is
+        left to (``pkill -9 driller`` or ``kill -9 -- -PGID`` kills the supervisor
+        and ``driller run`` at once, and the ranks have process groups of their
+        own).  That needs code between fork and exec, so not ``posix_spawn``.
+        Under a supervisor (single-threaded): :func:`_fork_exec`, which loads
+        nothing; ``main()`` in-process (a test, a tool; maybe threads): ``Popen``
+        with a ``preexec_fn``.
+        """
+        parent = os.getpid()
+        if self.parent is not None:
+            def start_fork(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
+                return _fork_exec(cmd, env, stdin_null, out_fd, err_fd, self.world_fd,
+                                  parent, self.child_dfl), None
+            return start_fork
+        import subprocess
+
+        def start_popen(env: dict, stdin_null: bool, out_fd: int, err_fd: int):
+            proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL if stdin_null else None,
+                stdout=out_fd, stderr=err_fd, pass_fds=(self.world_fd,),
+                preexec_fn=lambda: _child_setup(parent, self.child_dfl))
+            return proc.pid, proc
+        return start_popen
 
     def _on_exit(self, r: _Rank) -> None:
         self.sel.unregister(r.pidfd)
@@ -621,6 +793,8 @@ class Launcher:
                 if self.parent_fd is None or os.getppid() != self.parent:
                     self._on_parent_death()
             self._start()
+            if self.parent is not None:
+                gc.enable()    # (the driller command starts up without it: run_program)
             while any(r.result is None for r in self.ranks):
                 self._service(None)
             # every rank has exited (unreaped): clean up what they left behind
@@ -650,7 +824,8 @@ class Launcher:
                 r.result = wait_status(r.pidfd, reap=False) or (os.CLD_KILLED, signal.SIGKILL)
         for r in self.ranks:
             wait_status(r.pidfd, reap=True)
-            r.proc.returncode = shell_status(*r.result)  # reaped: keep Popen quiet
+            if r.proc is not None:
+                r.proc.returncode = shell_status(*r.result)  # reaped: keep Popen quiet
             rank_pids.discard(r.pid)
             os.close(r.pidfd)
         reap_adopted(self.foreign)
@@ -841,12 +1016,37 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
                              f"is {_linux.nofile_limit()} (see ulimit -n)")
     except UsageError as e:
         return usage_error(str(e))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for f in (sys.stdout, sys.stderr):
+        if f is not None:            # (None: started with that fd closed)
+            f.flush()
+    _hold_stdio()
     if supervised:
         return _run_supervised(opts)
     return Launcher(opts).run()
 
 
+def run_program(argv: list[str] | None = None) -> None:
+    """``driller run ARGV`` as the program itself (the ``driller`` command): runs
+    :func:`main` supervised, then ends this process with the job's status.
+
+    The process exits with ``os._exit`` once its output is flushed: it ran no
+    user code, and Python's finalization (module teardown, a last garbage
+    collection) would only delay the end of the job by a few ms (docs/launcher.md,
+    "Startup").  An exception propagates as usual.  The caller may have disabled
+    the garbage collector for the start-up (the supervisor enables it again
+    once the ranks are started).
+    """
+    code = main(argv, supervised=True)
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except Exception:  # noqa: BLE001 - a closed stdout: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(supervised=True))
+    import gc as _gc
+    _gc.disable()
+    run_program()

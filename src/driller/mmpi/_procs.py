@@ -195,10 +195,17 @@ def stop_leftovers(pgids: list[int], *, linger: float, grace: float, adopted: bo
 
 
 def _leftovers(pgids: list[int], me: int, adopted: bool, skip) -> list[int]:
-    pids = {p for p in _linux.group_pids(pgids) if p != me} if pgids else set()
+    kids: list[int] = []
     if adopted:
-        pids.update(p for p in _linux.child_pids()
-                    if p not in skip and p not in rank_pids and _linux.pid_alive(p))
+        kids = [p for p in _linux.child_pids()
+                if p not in skip and p not in rank_pids and _linux.pid_alive(p)]
+        if not kids:
+            # We are a subreaper and the leaders are dead: a live descendant of theirs
+            # was reparented to us, or has a live ancestor that was.  No child: nothing
+            # is left, and the scan of every process (/proc/*/stat) is not needed.
+            return []
+    pids = {p for p in _linux.group_pids(pgids) if p != me} if pgids else set()
+    pids.update(kids)
     return sorted(pids)
 
 

@@ -27,6 +27,7 @@ from ..errors import MmpiError, MmpiNotImplementedError
 from . import _errhandler
 from ._comm import self_comm, world_comm
 from ._group import Group
+from ._handle import Handle
 from ._info import Info
 
 __all__ = ["Session", "SESSION_NULL"]
@@ -58,21 +59,14 @@ def _info_arg(info, what: str) -> None:
                         f"{type(info).__name__}")
 
 
-class Session:
+class Session(Handle):
     """Session context (mpi4py's ``MPI.Session``); ``Session()`` is SESSION_NULL."""
 
     __slots__ = ("_s", "__weakref__", "__dict__")
+    _inner = "_s"      # (truth and equality: the session while open, below)
 
     def __new__(cls, session: Session | None = None) -> Session:
-        self = object.__new__(cls)
-        if session is None:
-            self._s = None
-        elif isinstance(session, Session):
-            self._s = session._s
-        else:
-            raise TypeError(f"{cls.__name__}(session): expected a Session, got "
-                            f"{type(session).__name__}")
-        return self
+        return cls._copy_of(session, "session")
 
     # -- handle behaviour ----------------------------------------------------------
 
@@ -92,8 +86,6 @@ class Session:
         if not isinstance(other, Session):
             return NotImplemented
         return self._live() is not other._live()
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         if self is SESSION_NULL:
@@ -117,34 +109,7 @@ class Session:
     @classmethod
     def fromhandle(cls, handle: int) -> Session:
         """A new Python object onto the session of ``handle``."""
-        if isinstance(handle, bool) or not isinstance(handle, int):
-            raise TypeError(f"Session.fromhandle: expected an int, got {handle!r}")
-        new = cls()
-        if handle:
-            s = _numbers.get(handle)
-            if s is None:
-                raise MmpiError(f"Session.fromhandle: {handle} is no open session's handle",
-                                error_class=_errcodes.ERR_SESSION)
-            new._s = s
-        return new
-
-    def py2f(self) -> int:
-        """The Fortran integer of this handle."""
-        return self.handle
-
-    @classmethod
-    def f2py(cls, arg: int) -> Session:
-        """The session of a Fortran integer."""
-        return cls.fromhandle(arg)
-
-    def toint(self) -> int:
-        """The handle as an int."""
-        return self.handle
-
-    @classmethod
-    def fromint(cls, arg: int) -> Session:
-        """The session of an int handle."""
-        return cls.fromhandle(arg)
+        return cls._onto(handle, _numbers.get, "open session's", _errcodes.ERR_SESSION)
 
     def free(self) -> None:
         """Call Finalize if not null."""

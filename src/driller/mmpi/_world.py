@@ -37,7 +37,10 @@ from __future__ import annotations
 import os
 
 from .. import _linux
-from ..segment import Region
+
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from ..segment import Region
 
 __all__ = [
     "ENV_RANK", "ENV_SIZE", "ENV_WORLD_FD", "create_world", "mark_dead",
@@ -122,18 +125,19 @@ def create_world(size: int, ring_bytes: int | None = None) -> int:
     try:
         os.ftruncate(fd, total)
         _linux.add_seals(fd, _linux.F_SEAL_SHRINK | _linux.F_SEAL_GROW | _linux.F_SEAL_SEAL)
-        region = Region(fd, HEADER_BYTES)
-        h = region.memoryview().cast("Q")
+        # (written with pwrite, not through a mapping: the launcher does not load
+        # segment, whose Handle dataclass costs its start-up, docs/launcher.md)
+        h = memoryview(bytearray(8 * 8)).cast("Q")
+        h[H_MAGIC] = MAGIC
+        h[H_VERSION] = VERSION
         h[H_SIZE] = size
         h[H_RING_BYTES] = ring_bytes
         h[H_TOTAL] = total
         h[H_RANK_OFF] = rank_off
         h[H_RING_OFF] = ring_off
         h[H_RING_STRIDE] = stride
-        h[H_VERSION] = VERSION
-        h[H_MAGIC] = MAGIC
-        h.release()
-        del h, region
+        if os.pwrite(fd, h, 0) != h.nbytes:    # pragma: no cover - a memfd writes it all
+            raise OSError(f"short write of the world block's header ({h.nbytes} bytes)")
         os.set_inheritable(fd, True)
     except BaseException:
         os.close(fd)
@@ -148,10 +152,19 @@ class World:
     reads and aligned 8-byte stores); ``data`` is a byte memoryview.
     """
 
+    region: Region | None
+
     def __init__(self, fd: int):
-        head = Region(fd, HEADER_BYTES, readonly=True)
-        h = head.memoryview().cast("Q")
-        if h[H_MAGIC] != MAGIC or h[H_VERSION] != VERSION:
+        from ..segment import Region   # (a rank's transport has loaded it already)
+        self._read_header(fd)
+        self.region = Region(fd, self.total)
+        self.address = self.region.address
+        self.data = self.region.memoryview()   # no numpy
+        self.words = self.data.cast("Q")
+
+    def _read_header(self, fd: int) -> None:
+        h = memoryview(os.pread(fd, 8 * 8, 0)).cast("Q")
+        if len(h) < 8 or h[H_MAGIC] != MAGIC or h[H_VERSION] != VERSION:
             raise ValueError(f"fd {fd} does not hold an mmpi world block (bad magic/version)")
         self.size = int(h[H_SIZE])
         self.ring_bytes = int(h[H_RING_BYTES])
@@ -159,12 +172,6 @@ class World:
         self.rank_off = int(h[H_RANK_OFF])
         self.ring_off = int(h[H_RING_OFF])
         self.ring_stride = int(h[H_RING_STRIDE])
-        h.release()
-        del head
-        self.region = Region(fd, self.total)
-        self.address = self.region.address
-        self.data = self.region.memoryview()   # no numpy: the launcher maps this too
-        self.words = self.data.cast("Q")
 
     # word indices (into self.words) -------------------------------------
     def rank_word(self, rank: int, field: int) -> int:
@@ -208,6 +215,29 @@ class World:
         self.region = None
 
 
+class _LauncherView(World):
+    """The launcher's short-lived mapping of the block (:func:`mark_dead`,
+    :func:`read_root_cause`): mmap and munmap, without ``segment.Region``, so that
+    ``driller run``'s launcher never loads ``segment`` (docs/launcher.md, "Startup").
+    Its views never leave the function that made it, which closes it."""
+
+    def __init__(self, fd: int):
+        self._read_header(fd)
+        self.region = None
+        self._length = _linux.page_ceil(self.total)
+        self.address = _linux.mmap(self._length, fd=fd, shared=True)
+        self.data = _linux.memory_at(self.address, self.total)
+        self.words = self.data.cast("Q")
+
+    def close(self) -> None:
+        try:
+            self.words.release()
+            self.data.release()
+        except BufferError:  # pragma: no cover - a view escaped: keep the mapping
+            return
+        _linux.munmap(self.address, self._length)
+
+
 def mark_dead(fd: int, rank: int, status: int) -> None:
     """Launcher: rank died with wait ``status``; wake every sleeping rank.
 
@@ -215,7 +245,7 @@ def mark_dead(fd: int, rank: int, status: int) -> None:
     anything raises PeerDiedError promptly when a peer died abnormally
     (status != 0), or when the peer it depends on is gone.
     """
-    w = World(fd)
+    w = _LauncherView(fd)
     try:
         if not 0 <= rank < w.size:
             raise ValueError(f"rank {rank} out of range for a world of size {w.size}")
@@ -256,7 +286,7 @@ def root_cause(words, world: "World", rank: int) -> int:
 
 def read_root_cause(fd: int, rank: int) -> int:
     """Launcher: :func:`root_cause` of ``rank`` from the world block in ``fd``."""
-    w = World(fd)
+    w = _LauncherView(fd)
     try:
         return root_cause(w.words, w, rank)
     finally:

@@ -18,11 +18,13 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
 
 import inspect
 import itertools
+import weakref
 
 import numpy as np
 
 from ... import _errcodes
 from ...errors import MmpiError, MmpiTypeError, MmpiValueError
+from .._handle import Handle
 
 __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
@@ -86,6 +88,13 @@ _handles = {}      # toint() -> the Op it names
 _counter = itertools.count()
 
 
+def _release_user_op(h: "_Handle") -> None:
+    if not h.freed:
+        h.freed = True
+        _live_user_ops[0] -= 1
+        _handles.pop(h.index, None)
+
+
 class _Handle:
     """What every copy of one Op shares (``MPI.Op(op)`` is a new handle onto it)."""
 
@@ -110,7 +119,7 @@ class _Handle:
                 pass
 
 
-class Op:
+class Op(Handle):
     """A reduction operation: the predefined ones (``SUM``, ``MAX``...) or a
     user function made with :meth:`Op.Create`.
 
@@ -122,6 +131,7 @@ class Op:
 
     __slots__ = ("_h", "name", "ufunc", "pyfn", "commute", "user", "user_args", "_clone",
                  "predefined", "__weakref__")
+    _inner = "_h"
 
     def __new__(cls, op: "Op | None" = None) -> "Op":
         self = object.__new__(cls)
@@ -170,8 +180,12 @@ class Op:
                             f"in mpi4py, at most {MAX_USER_OP} at once); Free() some first",
                             error_class=_errcodes.ERR_INTERN)
         _live_user_ops[0] += 1
-        return cls._make(getattr(function, "__name__", "user op"), commute=bool(commute),
-                         user=function)
+        op = cls._make(getattr(function, "__name__", "user op"), commute=bool(commute),
+                       user=function)
+        # As in mpi4py, the op Create returned owns it: collected unfreed, it is freed
+        # (its slot among the 32 comes back; copies made with Op(op) see it freed).
+        weakref.finalize(op, _release_user_op, op._h)
+        return op
 
     def Free(self) -> None:
         """Free a user-defined reduction operation."""
@@ -179,10 +193,7 @@ class Op:
         if h.predefined:
             raise MmpiError(f"Op.Free: cannot free the predefined op MPI.{h.name or 'OP_NULL'}",
                             error_class=_errcodes.ERR_OP)
-        if not h.freed:
-            h.freed = True
-            _live_user_ops[0] -= 1
-            _handles.pop(h.index, None)
+        _release_user_op(h)
         self._set(_NULL_HANDLE)     # this handle is OP_NULL now (other copies: freed)
 
     def free(self) -> None:
@@ -234,21 +245,6 @@ class Op:
         else:
             self.user(a, b, ob.dt)
 
-    def toint(self) -> int:
-        """Translate to an integer handle (Op.fromint gives the op back)."""
-        return self._h.index
-
-    @classmethod
-    def fromint(cls, arg: int) -> "Op":
-        """Translate an integer handle (from Op.toint) to an op."""
-        h = _handles.get(arg)
-        if h is None:
-            raise MmpiValueError(f"Op.fromint: {arg!r} names no live op")
-        op = object.__new__(cls)
-        op._set(h)
-        op._clone = True
-        return op
-
     @property
     def handle(self) -> int:
         """MPI handle (an int >= 0; ``Op.fromhandle`` takes it back)."""
@@ -259,22 +255,16 @@ class Op:
         """Create object from MPI handle."""
         if isinstance(handle, bool) or not isinstance(handle, int):
             raise TypeError(f"Op.fromhandle: expected an int, got {handle!r}")
-        return cls.fromint(handle)
+        h = _handles.get(handle)
+        if h is None:
+            raise MmpiValueError(f"Op.fromhandle: {handle!r} names no live op")
+        op = object.__new__(cls)
+        op._set(h)
+        op._clone = True
+        return op
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> bool:     # (equality, int handles: Handle)
         return self._h is not _NULL_HANDLE
-
-    def __eq__(self, other):
-        if not isinstance(other, Op):
-            return NotImplemented
-        return self._h is other._h
-
-    def __ne__(self, other):
-        if not isinstance(other, Op):
-            return NotImplemented
-        return self._h is not other._h
-
-    __hash__ = None  # a handle: unhashable, as mpi4py's
 
     def __reduce__(self):
         h = self._h
