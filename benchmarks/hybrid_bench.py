@@ -1,6 +1,6 @@
 """Hybrid world vs plain mpi4py, side by side in one MPI job (docs/scaleout.md).
 
-    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich]
+    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich] [--only inter-node]
 
 starts ``mpirun`` (the test venv's Open MPI; ``--mpich``: .venv-mpich's mpiexec) with
 2 emulated nodes x 2 ranks (DRILLER_NODE a, b).  Every rank holds both
@@ -16,7 +16,8 @@ Printed: a markdown block (the one docs/scaleout.md and the README carry): the
 median one-way time (ping-pong / 2) or call time of each, [min–max] over rounds,
 and the median within-round ratio driller / mpi4py [min–max] (< 1: driller
 faster), with the command, the MPI library and the machine's load average.
-Ranks not in a measurement wait in driller's barrier, which naps.
+Ranks not in a measurement wait in driller's barrier, which naps.  ``--only TEXT``
+keeps the measurements whose name contains TEXT (e.g. ``inter-node``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _pingpong(comm, me, peer, send, recv, iters):
     return statistics.median(ts)
 
 
-def rank_main(rounds: int) -> None:
+def rank_main(rounds: int, only: str = "") -> None:
     import numpy as np
     from mpi4py import MPI as real   # the job's MPI: the peer measured against
 
@@ -123,6 +124,7 @@ def rank_main(rounds: int) -> None:
     coll("Alltoall 1 KiB blocks, 4 ranks (leader-aggregated)",
          lambda c: c.Alltoall(a2a_in, a2a_out), 30, a2a_check)
 
+    cases = [c for c in cases if only in c[0]]
     results = {}
     for rnd in range(rounds + 1):   # round 0 warms up
         for name, eng, ranks, fn in cases:
@@ -163,24 +165,24 @@ def _report(results, rounds, library: str) -> None:
     sys.stdout.flush()
 
 
-def launch(rounds: int, mpich: bool) -> int:
+def launch(rounds: int, mpich: bool, only: str = "") -> int:
     py = sys.executable
     if mpich:
         run = [os.path.join(ROOT, ".venv-mpich", "bin", "mpiexec")]
         py = os.path.join(ROOT, ".venv-mpich", "bin", "python")
         ctx = lambda node: ["-n", "2", "-env", "DRILLER_NODE", node, py, HERE, "--rank",
-                            "--rounds", str(rounds)]
+                            "--rounds", str(rounds), "--only", only]
     else:
         run = [os.path.join(os.path.dirname(py), "mpirun")]
         if os.geteuid() == 0:
             run.append("--allow-run-as-root")
         run += ["--oversubscribe", "--bind-to", "none"]
         ctx = lambda node: ["-n", "2", "-x", f"DRILLER_NODE={node}", py, HERE, "--rank",
-                            "--rounds", str(rounds)]
+                            "--rounds", str(rounds), "--only", only]
     env = dict(os.environ)
     env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
     env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
-                   + (" --mpich" if mpich else ""))
+                   + (" --mpich" if mpich else "") + (f" --only {only}" if only else ""))
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.call(run + ctx("a") + [":"] + ctx("b"), env=env)
 
@@ -189,12 +191,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpich", action="store_true", help="MPICH (.venv-mpich) instead of Open MPI")
+    p.add_argument("--only", default="", help="only the measurements whose name contains this")
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.rank:
-        rank_main(a.rounds)
+        rank_main(a.rounds, a.only)
         return 0
-    return launch(a.rounds, a.mpich)
+    return launch(a.rounds, a.mpich, a.only)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Two transports (ranks 0 and 1) over one world block in this process; blocking
 ``Send`` + ``Recv`` pairs (8 B, a bare numpy buffer and the mpi4py buffer specs
 ``[buf, n, MPI.BYTE]`` and ``[buf, MPI.DOUBLE]``), a window of 64 ``Isend`` of
-8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), and a
+8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), the
+exact calls of mpi4py's ``osu_latency.py`` / ``osu_bw.py`` (mmap buffers, one
+spec list reused, a request list overwritten), the layers under them (the
+transport's per-peer closures, ``spec_view``), and a
 ``send`` + ``recv`` pair (a small int) go through the rings exactly as between
 processes.  Reports the best of 15 repeats of process CPU time per pair, which
 is far steadier than wall time on a shared VM.
@@ -14,6 +17,7 @@ is far steadier than wall time on a shared VM.
 time goes (the per-layer costs quoted in docs/mmpi.md).
 """
 
+import mmap
 import sys
 import time
 import timeit
@@ -54,6 +58,23 @@ def cases():
         c0.Send(ta, 1, 1)
         c1.Recv(tb, 0, 1)
 
+    ma8, mb8 = mmap.mmap(-1, 1 << 22), mmap.mmap(-1, 1 << 22)   # osu's allocate()
+    osa, osb = [ma8, 8, MPI.BYTE], [mb8, 8, MPI.BYTE]
+    reqs = [MPI.REQUEST_NULL] * window
+    js = list(range(window))
+
+    def osu_pair():  # osu_latency.py's loop body (rank 0's Send, rank 1's Recv)
+        c0.Send(osa, 1, 1)
+        c1.Recv(osb, 0, 1)
+
+    def osu_window():  # osu_bw.py's window, as the demo writes it (per message)
+        for j in js:
+            reqs[j] = c0.Isend(osa, 1, 100)
+        MPI.Request.Waitall(reqs)
+        for j in js:
+            reqs[j] = c1.Irecv(osb, 0, 100)
+        MPI.Request.Waitall(reqs)
+
     def window_pair():  # per message: osu_bw's window (Isend x64, Waitall; Irecv x64)
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall([c1.Irecv(r, 0, 100) for r in rspecs])
@@ -73,17 +94,44 @@ def cases():
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall(rr)
 
+    def ahead_window():  # the receiver ran ahead: 8 receives posted, then the data came
+        rr = [c1.Irecv(r, 0, 100) for r in rspecs[:8]]
+        C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
+        rr += [c1.Irecv(r, 0, 100) for r in rspecs[8:]]
+        C.Request.Waitall(rr)
+
+    layers = []
+    if hasattr(t0, "senders"):   # this tree's per-peer closures (issue 12, second round)
+        snd, tk = t0.senders[1], t1.takers[0]
+        bv, mvb = bytes(8), memoryview(mb8)[:8]
+
+        def closure_pair():   # the transport's per-peer closures alone
+            snd(0, 1, bv)
+            tk(1, 0, mvb)
+
+        def osu_specs():      # spec_view of osu's two specs, as Send and Recv call it
+            spec_view(osa, False, True)
+            spec_view(osb, True)
+
+        layers = [("layer: senders[1] + takers[0] closures (8 B)", closure_pair, 1),
+                  ("layer: spec_view of osu's [mmap, 8, BYTE] (send copy + recv view)",
+                   osu_specs, 1)]
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
 
     return [("Send+Recv (8 B)", pair, 1), ("Send+Recv [buf, 8, BYTE]", spec_pair, 1),
             ("Send+Recv [buf, DOUBLE]", typed_pair, 1),
+            ("osu_latency: Send+Recv [mmap, 8, BYTE]", osu_pair, 1),
+            ("osu_bw: window of 64 Isend [mmap, 8, BYTE] + Waitall, Irecv x64 + Waitall",
+             osu_window, window),
             ("Isend+Irecv window of 64 (8 B)", window_pair, window),
             ("Irecv posted first, window of 64 (8 B)", posted_window, window),
+            ("8 Irecv posted first, then 56 (8 B, per message)", ahead_window, window),
             ("send+recv (int)", opair, 1),
             ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
-            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1]
+            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1] + layers
 
 
 def main():

@@ -19,6 +19,7 @@ collectives, which split a buffer into one block per rank.
 
 from __future__ import annotations
 
+import mmap
 import operator
 import re
 import struct
@@ -354,48 +355,78 @@ def _native(dtype, what: str) -> None:
                               f"or byte-swap it (x.astype(x.dtype.newbyteorder('=')))")
 
 
-def spec_view(spec, writable: bool):
+def spec_view(spec, writable: bool, copy: bool = False):
     """The fast path of :func:`message` for the specs mpi4py programs pass most,
     ``[buf, count, dt]`` and ``[buf, dt]`` with ``dt`` a predefined datatype of
     one contiguous run per element and ``buf`` a C-contiguous exporter of plain
     items: their flat bytes, or None when any of that does not hold (then the
     general parser decides, and raises what is wrong).  Reads only what the
-    datatype's type object already holds (its size), allocates no more than
-    the views it returns."""
+    datatype's type object already holds (its size, cached per type object),
+    allocates no more than the views it returns.  ``copy``: a small message to
+    send from ``bytes``/``bytearray``/``mmap`` may come back as a ``bytes`` copy
+    (cheaper than a view and its slice; for callers that only copy it on)."""
     n = len(spec)
     if n == 3:
-        count = spec[1]
+        buf, count, dt = spec
         if type(count) is not int or count < 0:
             return None
     elif n == 2:
+        buf, dt = spec
         count = -1
     else:
         return None
-    dt = spec[-1]
     if type(dt) is not Datatype:
         return None
     t = dt._t
-    if t is None or not t.predef or not t.dense or t.npd is None:
-        return None
-    try:
-        mv = memoryview(spec[0])
-    except (TypeError, ValueError):
-        return None
-    if not mv.c_contiguous or (writable and mv.readonly):
-        return None
-    if mv.ndim != 1 or mv.format != "B":
-        if mv.format not in _PLAIN_FORMATS or not mv.nbytes:
+    size = _SPEC_SIZES.get(t)
+    if size is None:
+        if t is None or not t.predef or not t.dense or t.npd is None:
             return None
-        mv = mv.cast("B")
-    size = t.size
+        size = _SPEC_SIZES[t] = t.size
+    bt = type(buf)
+    if bt in _BYTE_EXPORTERS:   # flat, C-contiguous bytes: no format checks
+        if copy and 0 <= count * size <= _SMALL_COPY:
+            count *= size
+            try:
+                n = len(buf)
+            except ValueError:   # a closed mmap: the general parser says so
+                return None
+            if count > n:
+                return None
+            return buf[:count] if count != n or bt is not bytes else buf
+        try:
+            mv = memoryview(buf)
+        except (TypeError, ValueError):
+            return None
+        if writable and mv.readonly:
+            return None
+    else:
+        try:
+            mv = memoryview(buf)
+        except (TypeError, ValueError):
+            return None
+        if not mv.c_contiguous or (writable and mv.readonly):
+            return None
+        if mv.ndim != 1 or mv.format != "B":
+            if mv.format not in _PLAIN_FORMATS or not mv.nbytes:
+                return None
+            mv = mv.cast("B")
+    n = len(mv)
     if count < 0:
-        if len(mv) % size:
+        if n % size:
             return None
         return mv
     count *= size
-    if count > len(mv):
+    if count > n:
         return None
-    return mv if count == len(mv) else mv[:count]
+    return mv if count == n else mv[:count]
+
+
+# spec_view's caches: a predefined dense datatype's type object -> its size; the
+# exporters whose buffer is always one flat, C-contiguous run of bytes ('B', 1-D)
+_SPEC_SIZES: dict = {}
+_BYTE_EXPORTERS = frozenset((bytes, bytearray, mmap.mmap))
+_SMALL_COPY = 1024   # send specs up to this many bytes from those: a bytes copy
 
 
 def message(spec, writable: bool, what: str) -> memoryview:

@@ -44,7 +44,8 @@ from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, T
 from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
-                       Status, complete, fill, message_handle, persistent, request, self_sync)
+                       Status, complete, fill, message_handle, persistent, received_request,
+                       request, self_sync, sent_request)
 from ._request import UnpackRecvOp as _UnpackRecvOp
 
 # formats whose C-contiguous buffers Send/Recv take as their bytes at once (native,
@@ -371,7 +372,7 @@ class Comm(_attr.Cached, Handle):
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
-            mv = spec_view(buf, False) or message(buf, False, "Send")
+            mv = spec_view(buf, False, True) or message(buf, False, "Send")
         else:
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
@@ -383,7 +384,7 @@ class Comm(_attr.Cached, Handle):
                 mv = message(buf, False, "Send")
         if type(dest) is int and 0 <= dest < self._npeers and type(tag) is int and \
                 0 <= tag <= TAG_MAX:
-            if self._t.send_fast(self._group[dest], self._ctx, tag, mv):
+            if self._t.senders[self._group[dest]](self._ctx, tag, mv):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
@@ -491,8 +492,14 @@ class Comm(_attr.Cached, Handle):
                     return
         if (type(source) is int and -1 <= source < self._npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
-            res = self._t.recv_fast(self._group[source] if source >= 0 else source, tag,
-                                    self._ctx, mv)
+            if source >= 0:   # the message already there: taken at once, else waited for
+                t = self._t
+                w = self._group[source]
+                res = t.takers[w](tag, self._ctx, mv)
+                if res is False:
+                    res = t.recv_fast(w, tag, self._ctx, mv)
+            else:
+                res = self._t.recv_fast(source, tag, self._ctx, mv)
             if res is not None:
                 if status is not None:
                     fill(status, self._rank_of(res[0]), res[1], 0, res[2])
@@ -517,7 +524,7 @@ class Comm(_attr.Cached, Handle):
                 and type(recvtag) is int and -1 <= recvtag <= TAG_MAX):
             # the common case, validated inline: straight into and out of the rings
             t = self._t
-            if t.send_fast(self._group[dest], self._ctx, sendtag, smv):
+            if t.senders[self._group[dest]](self._ctx, sendtag, smv):
                 res = t.recv_fast(self._group[source] if source >= 0 else source, recvtag,
                                   self._ctx, rmv)
                 if res is not None:
@@ -565,11 +572,11 @@ class Comm(_attr.Cached, Handle):
         # a small standard send completes inside Isend when it fits the ring with
         # nothing queued before it (osu_bw's windows): the bytes are copied, no
         # send op, no engine, no progress pass; Waitall finds it done
-        mv = _flat(buf, False)
+        mv = spec_view(buf, False, True) if type(buf) is list else _flat(buf, False)
         if (mv is not None and type(dest) is int and 0 <= dest < self._npeers
                 and type(tag) is int and 0 <= tag <= TAG_MAX
-                and self._t.send_fast(self._group[dest], self._ctx, tag, mv)):
-            return request(_SentOp(), K_SEND, self._cx)
+                and self._t.senders[self._group[dest]](self._ctx, tag, mv)):
+            return sent_request(self._cx)
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
     def Issend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
@@ -610,13 +617,20 @@ class Comm(_attr.Cached, Handle):
         # once, as recv_fast does (no receive op posted, no engine)
         if (type(source) is int and 0 <= source < self._npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
-            mv = _flat(buf, True)
+            mv = spec_view(buf, True) if type(buf) is list else _flat(buf, True)
             if mv is not None:
-                res = self._t.take_fast(self._group[source], tag, self._ctx, mv)
-                if res is not None:
-                    return request(_RecvdOp(*res), K_RECV, self._cx)
-                return request(self._irecv(buf, source, tag, "Irecv", parsed=(mv, None)),
-                               K_RECV, self._cx)
+                t = self._t
+                w = self._group[source]
+                take = t.takers[w]
+                res = take(tag, self._ctx, mv)
+                if res is None and t.serve_posted(w):
+                    # receives posted before this one (osu_bw's window when the
+                    # receiver ran ahead) took what had arrived: this one may be next
+                    res = take(tag, self._ctx, mv)
+                if res:
+                    return received_request(res, self._cx)
+                # posted (source and tag checked above)
+                return request(t.irecv(T.RecvOp(w, tag, self._ctx, mv)), K_RECV, self._cx)
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
@@ -759,12 +773,12 @@ class Comm(_attr.Cached, Handle):
             if (type(obj) is np.ndarray and _objects.user_pickler() is None
                     and obj.nbytes <= self._t.eager_limit - 1024
                     and obj.dtype.kind in ARRAY_KINDS and obj.flags.c_contiguous
-                    and self._t.send_fast(self._group[dest], self._ctx, tag,
-                                          pack_array(obj), T.F_OBJ | T.F_ARRAY)):
+                    and self._t.senders[self._group[dest]](self._ctx, tag, pack_array(obj),
+                                                           T.F_OBJ | T.F_ARRAY)):
                 return
             pickled = dumps(obj)
-            if not pickled[1] and self._t.send_fast(self._group[dest], self._ctx, tag,
-                                                    pickled[0], T.F_OBJ):
+            if not pickled[1] and self._t.senders[self._group[dest]](self._ctx, tag,
+                                                                    pickled[0], T.F_OBJ):
                 return
             self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
             return
@@ -1290,38 +1304,6 @@ def _flat(buf, writable: bool):
     if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (writable and mv.readonly):
         return mv
     return None
-
-
-class _SentOp:
-    """The op of a standard send that Isend finished at once (copied into the
-    ring): done, no error, not cancelled."""
-
-    __slots__ = ()
-    done = True
-    exc = None
-    cancelled = False
-    sync = False
-
-
-class _RecvdOp:
-    """The op of a receive that Irecv finished at once; its own message (the
-    source's world rank and the tag, as a request's outcome reads them)."""
-
-    __slots__ = ("source", "tag", "count")
-    done = True
-    exc = None
-    cancelled = False
-    error = 0
-    capacity = None
-
-    def __init__(self, source: int, tag: int, count: int):
-        self.source = source
-        self.tag = tag
-        self.count = count
-
-    @property
-    def message(self):
-        return self
 
 
 def _null_done_send():

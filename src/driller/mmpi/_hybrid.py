@@ -15,24 +15,40 @@ node's lowest rank and handed to the others through the fd proxy; the proxy's
 address, secret and key travel over MPI.
 
 :class:`HybridTransport` is the transport with a second route.  Every record a
-rank sends to a rank of another node (an eager message, a rendezvous request,
-ACK, FIN, PUSH) is one MPI message (tag ``REC_TAG``) holding the same 64-byte
-header and payload a ring would; the receiver hands it to the same record
-handler, so the one pure matching engine sees both routes: order per
-(source, tag, communicator), ANY_SOURCE/ANY_TAG and probes, requests mixed in
-Waitany/Waitall all hold.  Large messages cannot be read across nodes: the
-receiver, once matched, posts MPI receives straight into the destination (the
-user's buffer, or the object's buffers) and asks the sender (PUSH) to send its
-buffers as plain MPI messages (tags ``DATA_TAG0 + token % DATA_TAGS``), one per
-buffer, so MPI moves the bytes with no copy of driller's.
+rank sends to a rank of another node (an eager message, a rendezvous request, an
+ACK) is one MPI message (tag ``REC_TAG``) holding the same 64-byte header and
+payload a ring would (its last word names the sender); the receiver hands it to
+the same record handler, so the one pure matching engine sees both routes: order
+per (source, tag, communicator), ANY_SOURCE/ANY_TAG and probes, requests mixed in
+Waitany/Waitall all hold.  Each rank keeps ``POOL`` receives of ``REC_TAG`` from
+any source preposted into buffers of ``HDR_BYTES + INLINE`` bytes and takes the
+records in the order the receives were posted (MPI fills them in arrival order,
+so per-source order is kept); a record never exceeds that size on this route.
+
+Messages larger than ``INLINE`` bytes cross nodes as a rendezvous request
+(``K_RTS``, sender id 0: no FIN comes back) followed at once by the data as
+plain MPI messages sent straight from the sender's memory, one per buffer (a
+buffer message: one; an object: each out-of-band buffer, then its pickle stream
+when that is large, as ``mpi4py.util.pkl5`` does), each on a tag of its own
+(``DATA_TAG0`` + a sequence number per destination, wrapping below MPI's
+``TAG_UB``: the "address" of the data on this route, where the shared-memory
+route has a pointer) on a second communicator (``mpi_data``, so that no tag of
+theirs meets one used on the first).  The receiver, once the request is matched, posts MPI
+receives straight into the destination (the user's buffer, or the object's
+buffers); the send completes when MPI says its data messages did (``Issend``
+for a synchronous send), the receive when MPI says its receives did.  A record
+whose own payload exceeds ``INLINE`` (an object's table of very many buffers)
+is sent as a header that names a data tag, and its payload on that tag; the
+receiver takes the payload at once.
 
 Waiting: remote records arrive through MPI, which no futex sees.  A rank with
 peers on other nodes that finds nothing to do polls MPI between
-``sched_yield`` calls for ``REMOTE_SPIN`` seconds since it last made progress
-(each step of a protocol across nodes, a rendezvous' request, push and FIN, or
-a hierarchical collective's next stage, is then picked up within microseconds,
-not at the end of a nap), then sleeps in short futex naps (50 µs growing to
-1 ms) and polls MPI between them.
+``sched_yield`` calls for ``REMOTE_SPIN`` seconds since it last made progress,
+longer while its own data messages are in flight (``INFLIGHT_SPIN`` seconds per
+byte: a transfer MPI is moving ends within its bandwidth), so each step of a
+protocol across nodes is picked up within microseconds, not at the end of a
+nap; then it sleeps in short futex naps (50 µs growing to 1 ms) and polls MPI
+between them.
 """
 
 from __future__ import annotations
@@ -44,9 +60,10 @@ import time
 
 from .. import _linux
 from ..errors import MmpiError
+from . import _engine as E
 from . import _transport as T
 from . import _world as W
-from ._objects import dumps
+from ._objects import PART, TABLE, dumps, unpack_array
 
 __all__ = ["launcher", "node_id", "HybridTransport", "init", "set_engine", "ENV_NODE",
            "ENV_HYBRID"]
@@ -54,13 +71,16 @@ __all__ = ["launcher", "node_id", "HybridTransport", "init", "set_engine", "ENV_
 ENV_NODE = "DRILLER_NODE"       # ranks with the same value form a node (tests emulate nodes)
 ENV_HYBRID = "DRILLER_HYBRID"   # "0": stay a singleton under an MPI launcher
 REC_TAG = 1
-DATA_TAG0 = 2
-DATA_TAGS = 1 << 14             # MPI guarantees tags up to 32767 at least
+DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
+POOL = 8                        # receives of REC_TAG kept preposted (any source)
+INLINE = int(os.environ.get("DRILLER_MMPI_REMOTE_INLINE", 16 << 10))  # bytes inline in a record
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
 POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
 # yield-polling MPI before the naps, since the last progress (0: nap at once)
 REMOTE_SPIN = float(os.environ.get("DRILLER_MMPI_REMOTE_SPIN_US", 2000)) * 1e-6
+INFLIGHT_SPIN = 1e-9            # more yield-polling per byte of our data messages in flight
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
+_SRC_MASK = (1 << 32) - 1       # a record's last word: sender rank | long-payload tag << 32
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
 
 # (launcher name, size variable, rank variable): the first one set wins
@@ -99,8 +119,13 @@ def node_id(env=None) -> str:
     return f"host:{socket.gethostname()}/{boot}"
 
 
-def _data_tag(token: int) -> int:
-    return DATA_TAG0 + token % DATA_TAGS
+class _Flag:
+    """What the remote fast path waits for: one MPI receive of a matched message."""
+
+    __slots__ = ("done",)
+
+    def __init__(self):
+        self.done = False
 
 
 class HybridTransport(T.Transport):
@@ -116,15 +141,34 @@ class HybridTransport(T.Transport):
         self.no_pull = self.no_pull | self.remote   # nobody reads across nodes
         self.mpi = mpi
         self.MPI = MPI
-        self._status = MPI.Status()
+        # data messages on a communicator of their own: their tags (up to TAG_UB) never
+        # meet a tag used on ``mpi`` (REC_TAG, or what collectives use there)
+        self.mpi_data = mpi.Dup()
+        self.mpi_data.Set_name("driller hybrid data")
         self._BYTE = MPI.BYTE
+        self.inline_max = max(0, INLINE)
+        ub = MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)
+        self._tag_span = max(1, min(int(ub) if ub else 32767, 1 << 31) - DATA_TAG0)
+        self._seq = [0] * self.size     # dst -> next data tag (minus DATA_TAG0)
         self._rec_sends: list = []      # (request, record) of records in flight
-        self._data_sends: dict = {}     # dst -> [requests] of pushed buffers in flight
-        self._data_recvs: dict = {}     # token -> [requests] posted for a transfer
+        self._data_sends: list = []     # [requests, send op, bytes] of data messages in flight
+        self._data_recvs: dict = {}     # token -> (requests, receive or _Flag, bytes, truncated)
+        self._inflight = 0              # bytes of our data messages in flight
         self._nap = NAP_MIN
         self._napped = 0.0
         self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
+        self._last_sleep = 0.0          # when _sleep was last called
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
+        # the preposted receives of records (persistent: Start is cheaper than Irecv),
+        # [request, buffer, its memoryview], in posting order from the head on
+        self._pool = []
+        self._ph = 0
+        if self.remote:
+            for _ in range(POOL):
+                buf = bytearray(T.HDR_BYTES + self.inline_max)
+                req = mpi.Recv_init([buf, self._BYTE], MPI.ANY_SOURCE, REC_TAG)
+                req.Start()
+                self._pool.append([req, buf, memoryview(buf)])
 
     # ------------------------------------------------------------ routes
     def route(self, world_rank: int) -> str:
@@ -132,19 +176,46 @@ class HybridTransport(T.Transport):
             return "self"
         return "mpi" if world_rank in self.remote else "shm"
 
+    def _tags(self, dst: int, k: int) -> int:
+        """The first of ``k`` consecutive data tags for messages to ``dst``."""
+        seq = self._seq[dst]
+        if seq + k > self._tag_span:
+            seq = 0
+        self._seq[dst] = seq + k
+        return DATA_TAG0 + seq
+
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         if dst in self.remote:
             # a standard eager send to another node: its record goes to MPI at once
             # (nothing is ever queued for a remote rank, so order is kept)
             n = len(mv)
-            if n > self.eager_limit or (flags & T.F_OBJ and _SHARED_MARK in mv):
+            if n > self.inline_max or (flags & T.F_OBJ and _SHARED_MARK in mv):
                 return False   # (a SharedArray by reference: send_object sends it by value)
             rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
-            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, self.rank)
             rec[T.HDR_BYTES:] = mv
-            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            sends = self._rec_sends
+            sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
+                self._rec_sends = [x for x in sends if not x[0].Test()]
             return True
         return super().send_fast(dst, ctx, tag, mv, flags)
+
+    def isend(self, op: T.SendOp, protocol: int | None = None) -> T.SendOp:
+        if protocol is None and op.nbytes > self.inline_max and op.dest in self.remote:
+            protocol = E.RNDV   # its data as MPI messages of its own, straight from op.mv
+        return super().isend(op, protocol)
+
+    def _sender(self, dst: int):
+        if dst in self.remote:   # through MPI: send_fast's remote branch
+            send_fast = self.send_fast
+            return lambda ctx, tag, mv, flags=0: send_fast(dst, ctx, tag, mv, flags)
+        return super()._sender(dst)
+
+    def _taker(self, src: int):
+        if src in self.remote:   # records from another node come through MPI
+            return T._declined
+        return super()._taker(src)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
@@ -153,142 +224,292 @@ class HybridTransport(T.Transport):
             return None
         return super().recv_fast(src, tag, ctx, mv)
 
+    def serve_posted(self, src: int) -> bool:
+        if src in self.remote:   # (records from another node come through MPI)
+            return False
+        return super().serve_posted(src)
+
     def take_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:   # records from another node come through MPI
             return None
         return super().take_fast(src, tag, ctx, mv)
 
     def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
-        """A blocking buffer receive from a rank of another node, when nothing else is
-        queued: wait for src's next record, polling MPI without yielding for
-        POLL_SECONDS (a sched_yield on a busy machine gives the core away for a
-        whole time slice), then yielding, up to SPIN_SECONDS; a plain eager message
-        that matches and fits is copied straight into mv; anything else goes to the
-        record handler and the general path takes over."""
+        """A blocking receive from a rank of another node, when nothing else is
+        queued: wait for the next record (the head of the pool), polling MPI without
+        yielding for POLL_SECONDS (a sched_yield on a busy machine gives the core
+        away for a whole time slice), then yielding, up to SPIN_SECONDS.  A plain
+        eager message from src that this receive matches and that fits is copied
+        straight into mv (a small object is returned as a receive of recv_fast);
+        a plain rendezvous request for a buffer is received straight into mv;
+        anything else goes to the record handler and the general path takes over."""
         eng = self.engine
-        if mv is None or eng.posted or eng.unexpected or self.npending:
+        if eng.posted or eng.unexpected or self.npending:
             return None
-        mpi, st = self.mpi, self._status
-        probe = mpi.Improbe
-        msg = probe(src, REC_TAG, st)
-        if msg is None:
+        i = self._ph
+        slot = self._pool[i]
+        req = slot[0]
+        if not req.Test():
             clock = time.perf_counter
             now = clock()
             poll_end, spin_end = now + POLL_SECONDS, now + T.SPIN_SECONDS
             while True:
-                msg = probe(src, REC_TAG, st)
-                if msg is not None:
+                if req.Test():
                     break
                 now = clock()
                 if now > poll_end:
                     if now > spin_end:
                         return None
                     os.sched_yield()
-        rec = bytearray(st.Get_count(self._BYTE))
-        msg.Recv(rec)
-        kf, c, tg, nb, _sid, _addr, plen, _ = T.HDR.unpack_from(rec, 0)
-        if kf != T.K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
-            self._record(src, rec, 0)
+        kf, c, tg, nb, _sid, addr, plen, w7 = T.HDR.unpack_from(slot[1], 0)
+        if w7 != src or c != ctx or (tag != tg and tag != -1):
+            self._take_slot(i)
             return None
-        if nb:
-            mv[:nb] = memoryview(rec)[T.HDR_BYTES:T.HDR_BYTES + nb]
-        return src, tg, nb
+        if mv is not None:
+            if nb > len(mv):
+                self._take_slot(i)
+                return None
+            if kf == T.K_EAGER:   # the hot path
+                if nb:
+                    mv[:nb] = slot[2][T.HDR_BYTES:T.HDR_BYTES + nb]
+                req.Start()
+                self._ph = (i + 1) % POOL
+                return src, tg, nb
+            if kf == T.K_RTS and not plen:   # a buffer, its data on tag addr: into mv
+                data = self.mpi_data.Irecv([mv[:nb], self._BYTE], src, addr)
+                req.Start()
+                self._ph = (i + 1) % POOL
+                if not data.Test():   # (MPI often copies at once: the data was there)
+                    flag = _Flag()
+                    self._watch([data], nb, flag)
+                    self.wait(flag, src)
+                return src, tg, nb
+        else:   # an object receive: a small pickled object, as _take_fast
+            pay = slot[2][T.HDR_BYTES:T.HDR_BYTES + plen]
+            if kf == T.K_EAGER | T.F_OBJ << 8:
+                res = src, tg, bytes(pay)
+            elif kf == T.K_EAGER | (T.F_OBJ | T.F_ARRAY) << 8:
+                res = src, tg, (unpack_array(pay), None, nb)
+            else:
+                res = None
+            del pay
+            if res is not None:
+                req.Start()
+                self._ph = (i + 1) % POOL
+                return res
+        self._take_slot(i)
+        return None
 
     def pid_of(self, rank: int) -> int:
         return 0 if rank in self.remote else super().pid_of(rank)
 
+    # ------------------------------------------------------------ sending
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
                     pickled=None):
-        if w in self.remote and (pickled is None or _SHARED_MARK in pickled[0]):
+        if w not in self.remote:
+            return super().send_object(w, ctx, tag, obj, sync, what, pickled)
+        if pickled is None or _SHARED_MARK in pickled[0]:
             # shared arrays travel by value to another node (its processes cannot map
             # this machine's memory); by reference within the node
             from ..sharedarray import pickled_by_value
             with pickled_by_value():
                 pickled = dumps(obj)
-        return super().send_object(w, ctx, tag, obj, sync, what, pickled)
+        stream, parts = pickled
+        if not parts and len(stream) <= self.inline_max:
+            if not sync and self.send_fast(w, ctx, tag, stream, T.F_OBJ):
+                return None
+            op = T.SendOp(w, tag, ctx, memoryview(stream), sync, T.F_OBJ)
+            self.isend(op, E.EAGER)
+            return op
+        # pkl5-style: a request holding the table (and a small stream), then every
+        # out-of-band buffer (and a large stream) as an MPI message of its own; the
+        # table's addresses are those messages' tags (filled in by _put_send)
+        # (a synchronous send has one data message at least: it completes when matched)
+        inline = len(stream) <= self.inline_max // 2 and not (sync and not
+                                                            any(p.nbytes for p, _ in parts))
+        srcs = [p for p, _ in parts if p.nbytes]
+        if not inline:
+            srcs.append(memoryview(stream))
+        nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
+        op = T.SendOp(w, tag, ctx, memoryview(stream), sync, T.F_OBJ,
+                      (parts, None if inline else stream), keep=srcs, nbytes=nbytes)
+        self.isend(op, E.RNDV)
+        return op
 
-    # ------------------------------------------------------------ sending records
+    def _put_send(self, s: T.SendOp) -> bool:
+        dst = s.dest
+        if dst not in self.remote or s.protocol == E.EAGER:
+            return super()._put_send(s)
+        # a rendezvous across nodes: the request, then the data right behind it
+        flags = s.flags | (T.F_SYNC if s.sync else 0)
+        if s.flags & T.F_OBJ:
+            srcs = s.keep
+            first = self._tags(dst, len(srcs))
+            parts, big = s.table
+            table = [TABLE.pack(len(parts), len(s.mv), first + len(srcs) - 1 if big else 0)]
+            k = first
+            for p, how in parts:
+                table.append(PART.pack(k if p.nbytes else 0, p.nbytes, how))
+                k += 1 if p.nbytes else 0
+            if big is None:
+                table.append(s.mv)
+            table = b"".join(table)
+            self._put(dst, T.K_RTS | flags << 8, s.context, s.tag, s.nbytes, 0, 0, table,
+                      len(table))
+        else:
+            srcs = [s.mv] if s.nbytes else []
+            first = self._tags(dst, 1)
+            self._put(dst, T.K_RTS | flags << 8, s.context, s.tag, s.nbytes, 0, first,
+                      None, 0)
+        send = self.mpi_data.Issend if s.sync else self.mpi_data.Isend
+        BYTE = self._BYTE
+        reqs = [send([b, BYTE], dst, first + k) for k, b in enumerate(srcs)]
+        self._data_sends.append((reqs, s, s.nbytes))
+        self._inflight += s.nbytes
+        return True
+
     def _put(self, dst: int, kindflags: int, ctx: int, tag: int, nbytes: int, sid: int,
              addr: int, payload, plen: int) -> bool:
         if dst not in self.remote:
             return super()._put(dst, kindflags, ctx, tag, nbytes, sid, addr, payload, plen)
+        if type(payload) is list:      # a packed object: its pieces in order
+            payload = b"".join(payload)
+        if plen > self.inline_max:     # a long record: the header names its payload's tag
+            ltag = self._tags(dst, 1)
+            rec = bytearray(T.HDR_BYTES)
+            T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen,
+                            self.rank | ltag << 32)
+            payload = bytes(payload)
+            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            self._rec_sends.append((self.mpi_data.Isend([payload, self._BYTE], dst, ltag),
+                                    payload))
+            return True
         rec = bytearray(T.HDR_BYTES + plen)
-        T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen, 0)
+        T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen, self.rank)
         if plen:
-            if type(payload) is list:      # a packed object: its pieces in order
-                o = T.HDR_BYTES
-                for b in payload:
-                    n = len(b)
-                    rec[o:o + n] = b
-                    o += n
-            else:
-                rec[T.HDR_BYTES:] = payload
-        req = self.mpi.Isend(rec, dst, REC_TAG)
-        self._rec_sends.append((req, rec))
+            rec[T.HDR_BYTES:] = payload
+        self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
         return True
 
-    def _push(self, dst: int) -> bool:
-        """A remote receiver asked for our buffers (PUSH): one MPI message each,
-        straight from our memory."""
-        if dst not in self.remote:
-            return super()._push(dst)
-        q = self.pushes[dst]
-        if not q:
-            return False
-        reqs = self._data_sends.setdefault(dst, [])
-        while q:
-            token, srcs, _i, _off, trailer = q.popleft()
-            self.npending -= 1
-            tag = _data_tag(token)
-            for addr, n in srcs:
-                view = _linux.memory_at(addr, n, readonly=True)
-                reqs.append(self.mpi.Isend([view, self.MPI.BYTE], dst, tag))
-            if trailer is not None:  # pragma: no cover - only the split protocol has one
-                self._put(dst, *trailer, None, 0)
-        return True
+    def _reply(self, a: E.Reply) -> None:
+        if a.sender_id == 0 and a.dest in self.remote:
+            return   # the FIN of a rendezvous across nodes: MPI told the sender already
+        super()._reply(a)
 
     # ------------------------------------------------------------ receiving
-    def _ask_push(self, r, m):
-        token = super()._ask_push(r, m)
-        if token is not None and m.source in self.remote:
-            tag = _data_tag(token)
-            self._data_recvs[token] = [
-                self.mpi.Irecv([_linux.memory_at(a, n), self.MPI.BYTE], m.source, tag)
-                for a, n in self.sinks[token][0]]
-        return token
+    def _fetch(self, r: T.RecvOp, m: E.Message) -> None:
+        if m.source not in self.remote:
+            return super()._fetch(r, m)
+        r.count = m.nbytes
+        n = m.nbytes
+        aside = None
+        if m.flags & T.F_OBJ:   # buffers where the object's parts go, tags in the table
+            stream, parts, segs = self._object_dests(m.payload)
+            if r.mv is not None:
+                r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent "
+                                  f"as a Python object (lowercase send): receive it "
+                                  f"with recv()")
+            else:
+                r.value = (stream, parts)
+            dests = [(_linux.memory_at(local, length), dtag)
+                     for local, dtag, length in segs if length]
+        elif r.mv is None:
+            buf = _linux.new_bytearray(n)
+            r.value = (None, buf)
+            dests = [(memoryview(buf), m.payload)]
+        elif r.error:   # truncated: the whole message lands aside, the head is kept
+            r.exc = self._truncation(r, m)
+            aside = bytearray(n)
+            dests = [(memoryview(aside), m.payload)]
+        else:
+            dests = [(r.mv[:n], m.payload)]
+        src, BYTE, Irecv = m.source, self._BYTE, self.mpi_data.Irecv
+        reqs = [Irecv([b, BYTE], src, dtag) for b, dtag in dests if len(b)]
+        if not reqs:   # nothing to move (an object of empty buffers)
+            self._run(self.engine.fetched(r))
+            return
+        self._watch(reqs, n, r, aside)
+
+    def _watch(self, reqs, nbytes: int, r, aside=None) -> None:
+        """Complete ``r`` (a receive fetching, or a _Flag) once MPI has every one of
+        ``reqs`` (``aside``: where a truncated message landed)."""
+        self._data_recvs[next(self._tokens)] = (reqs, r, nbytes, aside)
+        self._inflight += nbytes
+
+    def _poll_data(self) -> bool:
+        did = False
+        Testall = self.MPI.Request.Testall
+        if self._data_recvs:
+            for token, (reqs, r, n, aside) in list(self._data_recvs.items()):
+                if Testall(reqs):
+                    del self._data_recvs[token]
+                    self._inflight -= n
+                    did = True
+                    if type(r) is _Flag:
+                        r.done = True
+                        continue
+                    if aside is not None:   # truncated: the receive keeps the head
+                        c = r.capacity
+                        r.mv[:c] = memoryview(aside)[:c]
+                    self._run(self.engine.fetched(r))
+        if self._data_sends:
+            sends = self._data_sends
+            k = 0
+            while k < len(sends):
+                reqs, s, n = sends[k]
+                if Testall(reqs):
+                    del sends[k]
+                    self._inflight -= n
+                    did = True
+                    if s.id in self.engine.awaiting:
+                        self._run(self.engine.control(E.FIN, s.id))
+                else:
+                    k += 1
+        if not self._data_recvs and not self._data_sends:
+            self._inflight = 0
+        return did
+
+    def _repost(self, i: int) -> None:
+        """Start pool slot ``i``'s receive again (it is the newest now) and move the
+        head on.  (Between its Test and this, nothing polls the pool: the record
+        handler never progresses.)"""
+        self._pool[i][0].Start()
+        self._ph = (i + 1) % POOL
+
+    def _take_slot(self, i: int) -> None:
+        """Hand the record in pool slot ``i`` (complete, at the head) to the record
+        handler, then post the slot again."""
+        _, rec, view = self._pool[i]
+        w7 = T.HDR.unpack_from(rec, 0)[7]
+        src = w7 & _SRC_MASK
+        ltag = w7 >> 32
+        if ltag:   # a long record: its payload follows on its own tag (already sent)
+            plen = T.HDR.unpack_from(rec, 0)[6]
+            full = bytearray(T.HDR_BYTES + plen)
+            full[:T.HDR_BYTES] = rec[:T.HDR_BYTES]
+            self._repost(i)
+            self.mpi_data.Recv([memoryview(full)[T.HDR_BYTES:], self._BYTE], src, ltag)
+            self._record(src, full, 0)
+            return
+        try:
+            self._record(src, view, 0)   # (a view: what is kept is copied out of it)
+        finally:
+            self._repost(i)
 
     def _poll_mpi(self) -> bool:
-        """Take every record that came through MPI, finish transfers whose data
-        arrived, forget record sends MPI is done with; True if anything moved."""
+        """Take every record that came through MPI (in the order the pool's receives
+        were posted), finish data transfers MPI is done with, forget record sends
+        MPI is done with; True if anything moved."""
         did = False
-        mpi, MPI, st = self.mpi, self.MPI, self._status
-        while True:
-            msg = mpi.Improbe(MPI.ANY_SOURCE, REC_TAG, st)
-            if msg is None:
-                break
-            src = st.Get_source()
-            rec = bytearray(st.Get_count(MPI.BYTE))
-            msg.Recv([rec, MPI.BYTE])
-            if rec[0] == T.K_FIN and self._data_sends.get(src):
-                # the receiver has every byte: our buffer sends are over (MPI may not
-                # have said so yet); the send completes on this FIN
-                MPI.Request.Waitall(self._data_sends.pop(src))
-            self._record(src, rec, 0)
+        pool = self._pool
+        if pool:
+            while pool[self._ph][0].Test():
+                self._take_slot(self._ph)
+                did = True
+        if (self._data_recvs or self._data_sends) and self._poll_data():
             did = True
-        if self._data_recvs:
-            for token, reqs in list(self._data_recvs.items()):
-                if MPI.Request.Testall(reqs):
-                    del self._data_recvs[token]
-                    sink = self.sinks.pop(token)
-                    self.stats_pushed += sum(n for _, n in sink[0])
-                    if sink[3] is not None:
-                        self._run(self.engine.fetched(sink[3]))
-                    did = True
         if self._rec_sends and self._rec_sends[0][0].Test():
             self._rec_sends = [x for x in self._rec_sends if not x[0].Test()]
-        for dst, reqs in self._data_sends.items():
-            if reqs and MPI.Request.Testall(reqs):
-                reqs.clear()
         return did
 
     def progress(self) -> bool:
@@ -308,8 +529,14 @@ class HybridTransport(T.Transport):
             self._spin_until = 0.0
             return True
         now = time.perf_counter()
+        if now - self._last_sleep > 2 * NAP_MAX:
+            # a new wait (progress through the fast paths resets nothing): yield-poll
+            # first again, then naps from the shortest
+            self._spin_until = 0.0
+            self._nap = NAP_MIN
+        self._last_sleep = now
         if not self._spin_until:
-            self._spin_until = now + REMOTE_SPIN
+            self._spin_until = now + REMOTE_SPIN + self._inflight * INFLIGHT_SPIN
         if now < self._spin_until:
             os.sched_yield()             # then the caller polls the rings and MPI again
             return True
@@ -332,11 +559,17 @@ class HybridTransport(T.Transport):
     def close(self) -> None:
         super().close()
         MPI = self.MPI
-        for _, reqs in self._data_sends.items():
-            MPI.Request.Waitall(reqs)
         MPI.Request.Waitall([r for r, _ in self._rec_sends])
-        self._data_sends.clear()
         self._rec_sends.clear()
+        # data messages nobody received (sends never matched): MPI keeps them; ours
+        # are forgotten, not waited for (that could block the exit forever)
+        self._data_sends.clear()
+        for slot in self._pool:
+            slot[0].Cancel()
+        MPI.Request.Waitall([slot[0] for slot in self._pool])
+        for slot in self._pool:
+            slot[0].Free()
+        self._pool = []
 
 
 _engine = None   # the real mpi4py.MPI, when `python -m driller.mpi4py` hid it (set_engine)

@@ -43,6 +43,7 @@ from ._objects import loads
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
            "request", "complete", "persistent", "message_handle", "UnpackRecvOp",
+           "sent_request", "received_request",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
 
 
@@ -633,6 +634,22 @@ class Request:
     @classmethod
     def Waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Wait for all previously initiated requests to complete."""
+        if statuses is None and type(requests) is list:
+            # requests the fast paths finished (osu_bw's windows): released in one
+            # pass, no status, no outcome; the others waited for as waitall does
+            rest = None
+            done = _DONE_OPS
+            for r in requests:
+                if type(r) is Request and type(r._op) in done:
+                    r._op = None
+                    r._alias = None
+                elif rest is None:
+                    rest = [r]
+                else:
+                    rest.append(r)
+            if rest is None:
+                return True
+            requests = rest
         cls.waitall(requests, statuses)
         return True
 
@@ -645,9 +662,12 @@ class Request:
         err = None
         for i, r in enumerate(requests):
             op = r._op
-            if (statuses is None and type(r) is Request and r._kind == K_SEND
-                    and op is not None and op.done and op.exc is None):
-                r._release()   # a finished send, no status asked (osu_bw's windows)
+            if (statuses is None and type(r) is Request and op is not None and op.done
+                    and op.exc is None and (r._kind == K_SEND or (
+                        type(op) is T.RecvOp and r._kind == K_RECV and not op.cancelled))):
+                # a finished send, or buffer receive (no error, nothing to unpack), no
+                # status asked (osu_bw's windows)
+                r._release()
                 out.append(None)
                 continue
             st = cls._slot(statuses, i)
@@ -1233,6 +1253,64 @@ def message_handle(m, cx) -> Message:
 
 
 # ------------------------------------------------------------------ factories (for _comm, _coll)
+
+class _SentOp:
+    """The op of a standard send that Isend finished at once (copied into the
+    ring): done, no error, not cancelled."""
+
+    __slots__ = ()
+    done = True
+    exc = None
+    cancelled = False
+    sync = False
+
+
+class _RecvdOp:
+    """The op of a receive that Irecv finished at once; its own message (the
+    source's world rank and the tag, as a request's outcome reads them)."""
+
+    __slots__ = ("source", "tag", "count")
+    done = True
+    exc = None
+    cancelled = False
+    error = 0
+    capacity = None
+
+    def __init__(self, source: int, tag: int, count: int):
+        self.source = source
+        self.tag = tag
+        self.count = count
+
+    @property
+    def message(self):
+        return self
+
+
+def sent_request(cx) -> Request:
+    """The request of a standard send finished inside Isend (a new _SentOp each:
+    two requests never compare equal)."""
+    r = _new(Request)
+    r._op = _SentOp()
+    r._kind = K_SEND
+    r._cx = cx
+    return r
+
+
+def received_request(res, cx) -> Request:
+    """The request of a receive Irecv finished at once; ``res`` is the fast
+    path's (source, tag, nbytes)."""
+    r = _new(Request)
+    r._op = _RecvdOp(*res)
+    r._kind = K_RECV
+    r._cx = cx
+    return r
+
+
+_new = object.__new__
+# ops that are complete with no error, nothing to unpack and nothing to report
+# beyond their status: Waitall without statuses just releases their requests
+_DONE_OPS = frozenset((_SentOp, _RecvdOp))
+
 
 def request(op, kind: int, cx, cls=Request) -> Request:
     """A request (of class ``cls``) for the op ``op`` of kind ``K_*``

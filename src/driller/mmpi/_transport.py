@@ -63,6 +63,7 @@ K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pus
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
+_HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
@@ -260,6 +261,25 @@ class _Hooks(list):
     busy = False
 
 
+def _declined(*args):
+    """A specialised fast path that never applies (to oneself): the general path."""
+    return None
+
+
+class _PerPeer(dict):
+    """rank -> ``make(rank)``, made on first look-up and kept."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, rank):
+        f = self[rank] = self.make(rank)
+        return f
+
+
 class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
@@ -340,6 +360,10 @@ class Transport:
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
         self.coll_state = None
+        # the fast paths specialised per peer, made on first use: world rank ->
+        # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
+        self.senders = _PerPeer(self._sender)
+        self.takers = _PerPeer(self._taker)
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -352,30 +376,102 @@ class Transport:
 
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         """A standard eager send straight into the ring, if nothing is queued
-        before it and it fits; False: use the general path."""
-        n = len(mv)
-        if n > self.eager_limit or dst == self.rank or self.pending[dst]:
-            return False
-        # _put, inlined for the common case (no wrap, room in the ring)
+        before it and it fits; False: use the general path.  (The work is
+        ``senders[dst]``'s, the same specialised per destination.)"""
+        return self.senders[dst](ctx, tag, mv, flags)
+
+    def _sender(self, dst: int):
+        """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv,
+        flags=0) -> bool`` with the ring's words, offsets and the transport's state bound as
+        closure cells (no attribute look-ups per call).  The head stays in
+        ``out_head`` (shared with ``_put``), so the two paths interleave freely."""
+        if dst == self.rank:
+            return _declined
+        limit = self.eager_limit
+        q = self.pending[dst]
         rb = self.ring_bytes
-        reclen = HDR_BYTES + ((n + 63) & ~63)
-        head = self.out_head[dst]
-        off = head % rb
+        out_head = self.out_head
         words = self.words
-        if off + reclen > rb or head + reclen - words[self.out_tailw[dst]] > rb:
-            return self._put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
         data = self.data
-        p = self.out_data[dst] + off
-        HDR.pack_into(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
-        if n:
-            data[p + HDR_BYTES:p + HDR_BYTES + n] = mv
-        head += reclen
-        self.out_head[dst] = head
+        tw = self.out_tailw[dst]
         hw = self.out_headw[dst]
-        words[hw] = head
-        if words[self.sleeping_w[dst]]:
-            _linux.futex_wake(self.base + hw * 8)
-        return True
+        sw = self.sleeping_w[dst]
+        base = self.out_data[dst]
+        waddr = self.base + hw * 8
+        pack = HDR.pack_into
+        wake = _linux.futex_wake
+        put = self._put
+
+        room = [0]   # a head below which the ring surely has room (tails only grow)
+
+        def send(ctx, tag, mv, flags=0):
+            n = len(mv)
+            if n > limit or q:
+                return False
+            reclen = HDR_BYTES + ((n + 63) & ~63)
+            head = out_head[dst]
+            off = head % rb
+            end = head + reclen
+            if off + reclen > rb:
+                return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            if end > room[0]:   # read the consumer's tail only when the bound is used up
+                room[0] = words[tw] + rb
+                if end > room[0]:
+                    return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
+            p = base + off
+            pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+            if n:
+                p += HDR_BYTES
+                data[p:p + n] = mv
+            out_head[dst] = end
+            words[hw] = end
+            if words[sw]:
+                wake(waddr)
+            return True
+        return send
+
+    def _taker(self, src: int):
+        """``take_fast`` for a buffer receive from ``src``, specialised as
+        :meth:`_sender` is: ``(tag, ctx, mv)`` -> (source, tag, nbytes) when the
+        next record from ``src`` is a plain eager message this receive matches
+        and that fits (copied into ``mv``), False when that ring is empty (and
+        nothing else is queued), None otherwise (use the general path)."""
+        if src == self.rank:
+            return _declined
+        eng = self.engine
+        t_ = self
+        tails = self.in_tail
+        words = self.words
+        data = self.data
+        hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        waddr = self.base + tw * 8
+        unpack = _HDR5.unpack_from
+        wake = _linux.futex_wake
+
+        def take(tag, ctx, mv):
+            if eng.posted or eng.unexpected or t_.npending:
+                return None
+            t = tails[src]
+            if words[hw] == t:
+                return False
+            p = base + t % rb
+            kf, c, tg, nb, plen = unpack(data, p)
+            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
+                return None
+            if nb:
+                p += HDR_BYTES
+                mv[:nb] = data[p:p + nb]
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            tails[src] = t
+            words[tw] = t
+            if words[pw]:
+                wake(waddr)
+            return src, tg, nb
+        return take
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
@@ -441,6 +537,8 @@ class Transport:
         """recv_fast without waiting (for Irecv): if nothing else is queued and the
         next record from ``src`` is a plain eager message this receive matches and
         that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
+        if mv is not None:   # a buffer receive: takers[src]'s (False: the ring is empty)
+            return self.takers[src](tag, ctx, mv) or None
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
@@ -1051,11 +1149,61 @@ class Transport:
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
+    def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> bool:
+        """A plain eager message (the record at byte ``p``) for the earliest posted
+        receive, a buffer receive naming this source (or any) and this tag (or any)
+        that it fits: copied at once, as arrive + Deliver + Complete would (osu_bw's
+        posted windows); False (nothing done) for anything else."""
+        posted = self.engine.posted
+        r = posted[0]
+        if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
+                or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
+            return False
+        del posted[0]
+        r.message = E.Message(src, tag, ctx, nbytes)
+        r.state = E.R_DONE
+        r.count = nbytes
+        if nbytes:
+            p += HDR_BYTES
+            r.mv[:nbytes] = data[p:p + nbytes]
+        r.done = True
+        return True
+
+    def serve_posted(self, src: int) -> bool:
+        """Hand the plain eager records waiting in ``src``'s ring to the receives
+        posted for them, in order, while the earliest posted receive takes the
+        next record (``_to_posted``); True if that left no receive posted (a new
+        receive from ``src`` may then take the ring's next record itself)."""
+        posted = self.engine.posted
+        if not posted or self.npending or src == self.rank:
+            return False
+        words = self.words
+        hw = self.in_head[src]
+        t = t0 = self.in_tail[src]
+        data = self.data
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        while posted and words[hw] != t:
+            p = base + t % rb
+            kf, c, tg, nb, plen = _HDR5.unpack_from(data, p)
+            if kf != K_EAGER or not self._to_posted(src, data, p, c, tg, nb):
+                break
+            t += HDR_BYTES + ((plen + 63) & ~63)
+        if t != t0:
+            self.in_tail[src] = t
+            tw = self.in_tailw[src]
+            words[tw] = t
+            if words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + tw * 8)
+        return not posted
+
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
         kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
+            return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
         flags = kf >> 8
         if kind == K_EAGER:

@@ -33,7 +33,7 @@ def Barrier(cx) -> None:
     while k < n:
         src = group[(me - k) % n]
         dst = group[(me + k) % n]
-        if not t.send_fast(dst, cctx, rnd, EMPTY):
+        if not t.senders[dst](cctx, rnd, EMPTY):
             s = T.SendOp(dst, rnd, cctx, EMPTY)
             t.isend(s)
             if not s.done:

@@ -257,7 +257,7 @@ def count_errors(cx, ops, counts, isz, what, check=count_check):
 def xsend(cx, mv, dst: int, tag: int):
     """Start a send: straight into the ring when it fits (then complete: None),
     else a SendOp to wait for."""
-    if cx.t.send_fast(cx.group[dst], cx.cctx, tag, mv):
+    if cx.t.senders[cx.group[dst]](cx.cctx, tag, mv):
         return None
     return cs(cx, mv, dst, tag)
 

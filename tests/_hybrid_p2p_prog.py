@@ -1,0 +1,208 @@
+"""A rank of a hybrid world (tests/test_hybrid_p2p.py): 2 emulated nodes x 2 ranks
+(ranks 0, 1 on one node, 2, 3 on the other).  Point-to-point across nodes on both
+of its protocols (records inline up to INLINE bytes; beyond, a request followed by
+the data as MPI messages of their own), sizes around the threshold, both ways:
+buffers (blocking, nonblocking, synchronous, truncated), objects with large arrays
+and bytes, large pickles, tables longer than a record; order of small/large mixes
+per pair, receives by tag out of order, ANY_SOURCE seeing both routes, Waitany and
+Waitall over requests of both routes, probes."""
+import os
+import sys
+
+import numpy as np
+
+from driller import MPI, mmpi
+from driller.mmpi import _hybrid
+
+comm = MPI.COMM_WORLD
+r, n = comm.Get_rank(), comm.Get_size()
+assert n == 4
+L = _hybrid.INLINE
+assert L == int(os.environ.get("DRILLER_MMPI_REMOTE_INLINE", 16 << 10)), L
+peer = (r + 2) % 4            # the same local index on the other node
+local = r ^ 1                 # the other rank of this node
+assert mmpi.route(comm, peer) == "mpi" and mmpi.route(comm, local) == "shm"
+SIZES = sorted({0, 1, L - 64, L - 1, L, L + 1, L + 64, 4 * L, 65536, 1 << 20, 3_000_001})
+
+
+def pattern(nbytes, seed):
+    return (np.arange(nbytes, dtype=np.uint64) * 2654435761 + seed).astype(np.uint8)
+
+
+# 1. buffers both ways around the threshold: blocking, then nonblocking, then Ssend
+for mode in ("blocking", "nonblocking", "ssend"):
+    for size in SIZES:
+        out, got = pattern(size, r), np.empty(size, np.uint8)
+        st = MPI.Status()
+        if mode == "nonblocking":
+            rq = [comm.Irecv(got, peer, 8), comm.Isend(out, peer, 8)]
+            MPI.Request.Waitall(rq, [st, MPI.Status()])
+        else:
+            send = comm.Ssend if mode == "ssend" else comm.Send
+            if r < 2:
+                send(out, peer, 7)
+                comm.Recv(got, peer, 7, st)
+            else:
+                comm.Recv(got, peer, 7, st)
+                send(out, peer, 7)
+        assert (got == pattern(size, peer)).all(), (mode, size)
+        assert st.Get_source() == peer and st.Get_count(MPI.BYTE) == size, (mode, size)
+comm.Barrier()
+
+# 2. a receive buffer larger than the message; a truncated one (the error, the head of
+# the message, and the next message intact)
+for size in (L // 2, 4 * L):
+    if r < 2:
+        comm.Send(pattern(size, 1), peer, 10)
+        comm.Send(pattern(size, 2), peer, 10)
+        comm.Send(pattern(8, 3), peer, 10)
+    else:
+        big = np.zeros(size + 100, np.uint8)
+        st = MPI.Status()
+        comm.Recv(big, peer, 10, st)
+        assert st.Get_count(MPI.BYTE) == size and (big[:size] == pattern(size, 1)).all()
+        assert (big[size:] == 0).all()
+        small = np.zeros(size // 2, np.uint8)
+        try:
+            comm.Recv(small, peer, 10)
+        except MPI.Exception as e:
+            assert e.Get_error_class() == MPI.ERR_TRUNCATE, e
+        else:
+            raise AssertionError("no truncation error")
+        assert (small == pattern(size, 2)[:size // 2]).all()
+        last = np.empty(8, np.uint8)
+        comm.Recv(last, peer, 10)
+        assert (last == pattern(8, 3)).all()
+comm.Barrier()
+
+# 3. objects across nodes, both ways: large arrays (out of band), large bytes and
+# bytearray (kept as such), a large pickle without buffers, empty arrays, small objects;
+# blocking, nonblocking and synchronous
+objs = [
+    {"r": r, "x": np.arange(500_000) * r, "b": bytes(200_000), "ba": bytearray(b"z" * 70_000)},
+    {"r": r, "many": [np.full(70_000 // 8 + k, r + k, dtype=np.float64) for k in range(5)]},
+    {"r": r, "plain": list(range(20_000)), "e": np.zeros(0), "s": "x" * (L + 5)},
+    {"r": r, "tiny": 1},
+    np.arange(L // 8 + 3, dtype=np.int64) * r,
+]
+
+
+def check_obj(i, o, src):
+    if i == 0:
+        assert o["r"] == src and (o["x"] == np.arange(500_000) * src).all()
+        assert type(o["b"]) is bytes and o["b"] == bytes(200_000)
+        assert type(o["ba"]) is bytearray and o["ba"] == bytearray(b"z" * 70_000)
+    elif i == 1:
+        assert all((a == src + k).all() and a.size == 70_000 // 8 + k
+                   for k, a in enumerate(o["many"]))
+    elif i == 2:
+        assert o["plain"] == list(range(20_000)) and o["e"].size == 0 and o["s"] == "x" * (L + 5)
+    elif i == 3:
+        assert o == {"r": src, "tiny": 1}
+    else:
+        assert (o == np.arange(L // 8 + 3) * src).all()
+
+
+for i, obj in enumerate(objs):
+    if r < 2:
+        comm.send(obj, peer, 20 + i)
+        got = comm.recv(source=peer, tag=20 + i)
+    else:
+        got = comm.recv(source=peer, tag=20 + i)
+        comm.send(obj, peer, 20 + i)
+    check_obj(i, got, peer)
+    rq = comm.irecv(source=peer, tag=30 + i)
+    sq = comm.isend(obj, peer, 30 + i)
+    check_obj(i, rq.wait(), peer)
+    sq.wait()
+    if r < 2:
+        comm.ssend(obj, peer, 40 + i)
+    else:
+        check_obj(i, comm.recv(source=peer, tag=40 + i), peer)
+comm.Barrier()
+
+# 4. a table longer than a record: an object of many out-of-band buffers (rank 0 -> 2,
+# rank 3 -> 1)
+nparts = L // 24 + 10
+if r in (0, 3):
+    comm.send([np.full(65536 // 8, float(k + r)) for k in range(nparts)], 2 if r == 0 else 1, 50)
+elif r in (1, 2):
+    src = 0 if r == 2 else 3
+    got = comm.recv(source=src, tag=50)
+    assert len(got) == nparts and all((a == k + src).all() for k, a in enumerate(got))
+comm.Barrier()
+
+# 5. order per pair of a small/large mix under one tag, then received by tag out of
+# order (the large messages' data are told apart by their own MPI tags)
+mix = [8, L + 1, 3, 1 << 20, L, 2 * L, 0, 300_000, 5]
+if r < 2:
+    for k, size in enumerate(mix):
+        comm.Send(pattern(size, k), peer, 60)
+    # (nonblocking: a large message is received only once matched, as MPI's rendezvous)
+    outs = [pattern(size, 100 + k) for k, size in enumerate(mix)]
+    MPI.Request.Waitall([comm.Isend(o, peer, 70 + k) for k, o in enumerate(outs)])
+    reqs = [comm.isend({"k": k, "a": np.full(size, k, np.uint8)}, peer, 80) for k, size
+            in enumerate(mix)]
+    MPI.Request.Waitall(reqs)
+else:
+    for k, size in enumerate(mix):
+        got = np.empty(size, np.uint8)
+        comm.Recv(got, peer, 60)
+        assert (got == pattern(size, k)).all(), (k, size)
+    for k in reversed(range(len(mix))):
+        got = np.empty(mix[k], np.uint8)
+        comm.Recv(got, peer, 70 + k)
+        assert (got == pattern(mix[k], 100 + k)).all(), k
+    for k, size in enumerate(mix):
+        o = comm.recv(source=peer, tag=80)
+        assert o["k"] == k and o["a"].size == size and (o["a"] == k).all()
+comm.Barrier()
+
+# 6. ANY_SOURCE sees both routes (rank 0 gets from 1 by shared memory, from 2 and 3 by
+# MPI, small and large), order per source kept; probes see large remote messages
+if r == 0:
+    seen = {1: [], 2: [], 3: []}
+    for _ in range(3 * len(mix)):
+        st = MPI.Status()
+        comm.Probe(MPI.ANY_SOURCE, 90, st)
+        src, cnt = st.Get_source(), st.Get_count(MPI.BYTE)
+        got = np.empty(cnt, np.uint8)
+        comm.Recv(got, src, 90, st)
+        k = len(seen[src])
+        assert cnt == mix[k] and (got == pattern(cnt, 10 * src + k)).all(), (src, k)
+        seen[src].append(cnt)
+    assert all(v == mix for v in seen.values()), seen
+    got = []
+    for _ in range(3):
+        st = MPI.Status()
+        got.append((comm.recv(source=MPI.ANY_SOURCE, tag=91, status=st), st.Get_source()))
+    assert sorted((o["r"], s) for o, s in got) == [(1, 1), (2, 2), (3, 3)]
+    assert all((o["x"] == o["r"]).all() for o, _ in got)
+else:
+    for k, size in enumerate(mix):
+        comm.Send(pattern(size, 10 * r + k), 0, 90)
+    comm.send({"r": r, "x": np.full(200_000, r)}, 0, 91)
+comm.Barrier()
+
+# 7. Waitany / Waitall over requests of both routes (shared memory and MPI), large
+# and small; Mprobe of a large remote message
+bufs = {s: np.empty(sz, np.uint8) for s, sz in ((local, 2 * L), (peer, 3 * L))}
+rq = [comm.Irecv(bufs[local], local, 95), comm.Irecv(bufs[peer], peer, 95)]
+sq = [comm.Isend(pattern(2 * L, r), local, 95), comm.Isend(pattern(3 * L, r), peer, 95)]
+done = set()
+while len(done) < 2:
+    done.add(MPI.Request.Waitany(rq))
+MPI.Request.Waitall(sq)
+assert (bufs[local] == pattern(2 * L, local)).all() and (bufs[peer] == pattern(3 * L, peer)).all()
+if r < 2:
+    comm.Send(pattern(5 * L, 7), peer, 96)
+else:
+    st = MPI.Status()
+    m = comm.Mprobe(peer, 96, st)
+    assert st.Get_count(MPI.BYTE) == 5 * L
+    got = np.empty(5 * L, np.uint8)
+    m.Recv(got)
+    assert (got == pattern(5 * L, 7)).all()
+comm.Barrier()
+with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
+    f.write("ok")
