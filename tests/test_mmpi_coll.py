@@ -337,8 +337,10 @@ def test_large_16mib():
 def test_every_collective_two_copy(monkeypatch):
     """DRILLER_MMPI_SINGLE_COPY=0: no rank reads another's memory; the direct
     reductions and Allgather switch (on every rank alike) to message algorithms
-    whose large messages are pushed through the rings."""
+    whose large messages are pushed through the rings (not streamed: the
+    push protocol is the one under test)."""
     monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")
 
     def fn(comm):
         n = full_sweep(comm, SIZES, [np.float64, np.int32])
@@ -371,11 +373,12 @@ def _large_collectives(comm):
     return True
 
 
-def test_collectives_where_single_copy_is_denied():
+def test_collectives_where_single_copy_is_denied(monkeypatch):
     """Every rank non-dumpable and without CAP_SYS_PTRACE: process_vm_readv
     between ranks fails with EPERM.  The large collectives agree to use
     messages (pushed through the rings) and give the right results; a rank
     warns at most once."""
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")  # pushed, not streamed
     import warnings
 
     from driller import _linux

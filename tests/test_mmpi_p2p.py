@@ -37,8 +37,11 @@ def copy_mode(request, monkeypatch):
 @pytest.fixture
 def rendezvous_above_256k(monkeypatch):
     """The eager limit these tests were written for (256 KiB, the default before
-    it became 1 MiB): their 300 KB and 1 MiB messages must go by rendezvous."""
+    it became 1 MiB): their 300 KB and 1 MiB messages must go by rendezvous (not
+    streamed either: DRILLER_MMPI_STREAM_MAX=0; tests/test_mmpi_stream.py has
+    the streamed protocol's)."""
     monkeypatch.setenv("DRILLER_MMPI_EAGER_LIMIT", str(256 << 10))
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")
 
 
 def run_ranks(fn, n, *args, mark=True, deadline=DEADLINE):
@@ -1134,7 +1137,8 @@ def _sender_dies_mid_push(comm):
     return bool((b == 1).all())
 
 
-def test_sender_death_during_a_pushed_transfer(copy_mode):
+def test_sender_death_during_a_pushed_transfer(copy_mode, monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")  # a rendezvous (test_mmpi_stream: streamed)
     res = run_ranks(_sender_dies_mid_push, 2)
     ok, v = res[0]
     if copy_mode == "two-copy":  # the receiver waits for pushed data that never comes
@@ -1178,6 +1182,7 @@ def _split_write_denied(comm):
 
 def test_split_rendezvous_pushes_a_denied_half(copy_mode, monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_SPLIT_MIN", str(1 << 20))
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")  # a rendezvous, not streamed
     (ok0, pushed0, warned0), (ok1, pushed1, warned1) = values(run_ranks(_split_write_denied, 2))
     n = (4 << 20) + 77
     assert ok0 and ok1
@@ -1245,8 +1250,9 @@ def _seccomp_denied(comm, err):
 
 
 @pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
-def test_seccomp_denied_single_copy_falls_back(copy_mode, err):
+def test_seccomp_denied_single_copy_falls_back(copy_mode, err, monkeypatch):
     import errno
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")  # the buffer message by rendezvous
     (ok0, pushed0), (ok1, pushed1, warned) = values(
         run_ranks(_seccomp_denied, 2, getattr(errno, err)))
     n = (2 << 20) + 3

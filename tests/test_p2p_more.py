@@ -237,6 +237,7 @@ def _bsend(comm):
 
 def test_bsend_copies_fails_with_err_buffer_and_detach_waits(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_EAGER_LIMIT", str(256 << 10))  # 1 MiB: rendezvous
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")              # (not streamed)
     s, r = values(run_ranks(_bsend, 2))
     assert s == {"no_buffer": MPI.ERR_BUFFER, "overflow": MPI.ERR_BUFFER,
                  "ibsend_done": True, "detached": True, "auto": True}

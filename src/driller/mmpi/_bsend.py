@@ -6,8 +6,8 @@ program attached (``MPI.Attach_buffer`` for the process, ``Comm.Attach_buffer``
 for one communicator, which takes precedence), and the send goes on from there
 while the program reuses its own buffer.  Each message takes its size plus
 ``BSEND_OVERHEAD`` bytes of the attached buffer until the transport is done with
-it (at once for an eager message; once the receiver fetched it for a
-rendezvous one); a message that does not fit fails with ``ERR_BUFFER``, as MPI
+it (at once for an eager message; once its last chunk is in the ring for a
+streamed one; once the receiver fetched it for a rendezvous one); a message that does not fit fails with ``ERR_BUFFER``, as MPI
 says, never blocks.  ``Detach_buffer`` (and ``Flush_buffer``) wait until every
 message placed in the buffer is delivered; ``BUFFER_AUTOMATIC`` attaches a
 buffer without a size limit (MPI 4.1): each message is then copied into memory

@@ -24,7 +24,11 @@ MPI rules implemented here:
 * only a receive that is still posted can be cancelled;
 * small messages travel *eager* (payload inline); large ones by *rendezvous*
   (the envelope only; the receiver fetches the data from the sender's memory
-  and answers FIN); a synchronous eager send completes when its ACK returns.
+  and answers FIN); a synchronous eager send completes when its ACK returns;
+  mid-size standard sends may be *streamed* (the envelope, then the payload in
+  chunks the sender writes while the receiver copies them out): the send is
+  complete once its last chunk is out (as an eager one), the receive when its
+  last chunk is in (no FIN).
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from .._errcodes import ERR_TRUNCATE
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL
 
 __all__ = [
-    "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "EAGER", "RNDV", "ERR_TRUNCATE",
+    "ANY_SOURCE", "ANY_TAG", "PROC_NULL", "EAGER", "RNDV", "STREAM", "ERR_TRUNCATE",
     "ACK", "FIN", "Message", "Receive", "Send",
     "Deliver", "Fetch", "Reply", "Transmit", "Complete", "Engine",
 ]
 
-EAGER, RNDV = 0, 1
+EAGER, RNDV, STREAM = 0, 1, 2
 ACK, FIN = 1, 2
 
 # receive states
@@ -69,7 +73,7 @@ class Message:
         self.flags = flags
 
     def __repr__(self) -> str:
-        p = "eager" if self.protocol == EAGER else "rndv"
+        p = ("eager", "rndv", "stream")[self.protocol]
         s = " sync" if self.sync else ""
         return (f"Message(source={self.source}, tag={self.tag}, context={self.context}, "
                 f"{self.nbytes} B {p}{s})")
@@ -136,8 +140,8 @@ class Deliver:
 
 
 class Fetch:
-    """Copy the rendezvous ``message`` from the sender's memory into ``receive``,
-    then call :meth:`Engine.fetched`."""
+    """Copy the rendezvous ``message`` from the sender's memory into ``receive``
+    (or, streamed, take its chunks as they come), then call :meth:`Engine.fetched`."""
 
     __slots__ = ("receive", "message")
 
@@ -248,11 +252,14 @@ class Engine:
         return [Fetch(r, m)]
 
     def fetched(self, r: Receive) -> list:
-        """The rendezvous copy of ``r`` finished (or failed locally): FIN the sender."""
+        """The rendezvous copy of ``r`` finished (or failed locally): FIN the sender
+        (a streamed message's sender waits for nothing: no FIN)."""
         if r.state != R_FETCHING:
             raise ValueError(f"receive is not fetching: {r!r}")
         r.state = R_DONE
         m = r.message
+        if m.protocol == STREAM:
+            return [Complete(r)]
         return [Reply(FIN, m.source, m.sender_id), Complete(r)]
 
     def probe(self, source: int, tag: int, context: int) -> Message | None:
@@ -300,10 +307,12 @@ class Engine:
 
     # -- send side ---------------------------------------------------
     def send(self, s: Send, protocol: int | None = None) -> list:
-        """Start a send: choose eager or rendezvous (unless ``protocol`` says)
-        and ask to transmit it."""
+        """Start a send: choose eager or rendezvous (unless ``protocol`` says:
+        STREAM only for a standard send) and ask to transmit it."""
         if s.state != S_NEW:
             raise ValueError(f"send already started: {s!r}")
+        if protocol == STREAM and s.sync:
+            raise ValueError(f"a synchronous send cannot be streamed: {s!r}")
         if protocol is None:
             protocol = RNDV if s.nbytes > self.eager_limit else EAGER
         s.protocol = protocol
@@ -312,7 +321,8 @@ class Engine:
         return [Transmit(s)]
 
     def transmitted(self, s: Send) -> list:
-        """``s`` is on the wire: an eager standard send is complete now."""
+        """``s`` is on the wire (streamed: its last chunk): an eager or streamed
+        standard send is complete now."""
         if s.state != S_QUEUED:
             raise ValueError(f"send is not queued: {s!r}")
         if s.protocol == RNDV:

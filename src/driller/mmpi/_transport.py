@@ -14,7 +14,19 @@ Kinds: WRAP (skip to the ring's start), EAGER (payload inline), RTS
 (rendezvous: the receiver copies ``nbytes`` from ``address`` in the
 sender's memory with process_vm_readv, then answers FIN), ACK (a synchronous
 eager send was matched), FIN (rendezvous copy done: the sender's buffer is
-free).  Flags: SYNC, OBJ (the payload is a pickled object, see below).
+free), STREAM and SDATA (below).  Flags: SYNC, OBJ (the payload is a pickled
+object, see below).
+
+Streamed messages (standard buffer sends of eager limit < n <= ``stream_max``,
+docs/mmpi.md "Protocols"): the sender writes a STREAM record (the envelope:
+``nbytes`` = message size, ``sender id``) and then the payload as SDATA records
+(``tag`` and ``sender id`` = the send's id, ``nbytes`` = offset, inline chunk
+of up to ``push_chunk`` bytes), as fast as the ring has room, while the
+receiver copies them out: two copies, pipelined, both cores busy, no page
+pinning.  The send is complete when its last chunk is in the ring (no FIN);
+the receive when its last chunk is copied.  A receiver drains every chunk at
+once: before a receive matches, chunks land in a warm staging buffer of the
+receive cache (then one more copy), so a full ring never waits for a match.
 
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
@@ -60,6 +72,7 @@ __all__ = ["Transport", "RecvOp", "SendOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
+K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
@@ -74,6 +87,8 @@ SLEEP_SECONDS = 0.05          # a futex sleep's bound: a lost wake-up costs at m
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
+STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
+                              # oversubscribed: only what fits half a ring (no wait for room)
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -255,6 +270,25 @@ def shared_lookup(address: int, nbytes: int):
     return None
 
 
+class _Stream:
+    """A streamed message being received: ``got`` bytes of ``n`` so far; before a
+    receive matches, in ``staging`` (a receive-cache buffer at ``saddr``); then
+    straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
+    the rest of a truncated message is dropped)."""
+
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr")
+
+    def __init__(self, n: int):
+        self.n = n
+        self.got = 0
+        self.r = None
+        self.addr = 0
+        self.cap = 0
+        self.keep = None
+        self.staging = None
+        self.saddr = 0
+
+
 class _Hooks(list):
     """The progress hooks of a transport (see Transport.add_progress_hook)."""
 
@@ -284,6 +318,7 @@ class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
     all_local = True   # every rank maps this world block (a hybrid world: see _hybrid)
+    remote = frozenset()   # ranks reached another way (a hybrid world's other nodes)
 
     def __init__(self, world: W.World, rank: int, eager_limit: int | None = None):
         self.world = world
@@ -356,6 +391,15 @@ class Transport:
         self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
+        # streamed messages: sends above the eager limit up to this (0: none), and the
+        # ones arriving, (source, sender id) -> _Stream
+        self.stream_max = int(os.environ.get("DRILLER_MMPI_STREAM_MAX", STREAM_MAX))
+        if size > cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ:
+            # a stream larger than the ring waits for the receiver to make room: a
+            # context switch each time when ranks share cores (docs/mmpi.md)
+            self.stream_max = min(self.stream_max, rb // 2)
+        self.streams = {}
+        self.stats_streamed = 0  # bytes received streamed
         self._hooks = _Hooks()
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
@@ -371,6 +415,9 @@ class Transport:
     def isend(self, op: SendOp, protocol: int | None = None) -> SendOp:
         if op.dest == self.rank:
             protocol = E.EAGER  # to self: always buffered (a copy), never a deadlock
+        elif (protocol is None and self.eager_limit < op.nbytes <= self.stream_max
+              and not op.sync and not op.flags and op.dest not in self.remote):
+            protocol = E.STREAM  # mid-size standard send: pipelined through the ring
         self._run(self.engine.send(op, protocol))
         return op
 
@@ -586,7 +633,8 @@ class Transport:
             q.append(s)
             self.npending += 1
             return
-        self._run(self.engine.transmitted(s))
+        if s.protocol != E.STREAM:  # (streamed: transmitted once its last chunk is out)
+            self._run(self.engine.transmitted(s))
 
     def _self_send(self, s: SendOp) -> None:
         if s.flags & F_OBJ:
@@ -634,6 +682,15 @@ class Transport:
 
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
+        if s.protocol == E.STREAM:  # the envelope, then the chunks as the ring has room
+            if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
+                             s.id, 0, None, 0):
+                return False
+            s.addr = _linux.buffer_address(s.mv)[0]
+            self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
+            self.npending += 1
+            self._push(s.dest)
+            return True
         if s.protocol == E.EAGER:
             if s.flags & F_PACKED:  # table: the pieces, keep: their total length
                 return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes,
@@ -681,7 +738,8 @@ class Transport:
                         break
                     q.popleft()
                     self.npending -= 1
-                    self._run(self.engine.transmitted(item))
+                    if item.protocol != E.STREAM:
+                        self._run(self.engine.transmitted(item))
                 did = True
             if self.pushes[dst] and self._push(dst):
                 did = True
@@ -738,6 +796,9 @@ class Transport:
 
     def _fetch(self, r: RecvOp, m: E.Message) -> None:
         r.count = m.nbytes
+        if m.protocol == E.STREAM:
+            self._fetch_stream(r, m)
+            return
         if m.source in self.no_pull:
             self._ask_push(r, m)
             return
@@ -988,6 +1049,7 @@ class Transport:
         while q:
             job = q[0]
             token, srcs, i, off, trailer = job
+            kind = K_DATA if trailer is None or type(trailer) is tuple else K_SDATA
             while i < len(srcs):
                 addr, n = srcs[i]
                 want = min(n - off, chunk)
@@ -1003,7 +1065,7 @@ class Transport:
                     break
                 k = want if room - HDR_BYTES >= want else (room - HDR_BYTES) & ~63
                 p = ring + pos
-                HDR.pack_into(data, p, K_DATA, 0, token, off, 0, 0, k, 0)
+                HDR.pack_into(data, p, kind, 0, token, off, token, 0, k, 0)
                 _linux.memmove(self.base + p + HDR_BYTES, addr + off, k)
                 head += HDR_BYTES + ((k + 63) & ~63)
                 off += k
@@ -1019,14 +1081,70 @@ class Transport:
             if i < len(srcs):
                 break
             self.out_head[dst] = head
-            if trailer is not None and not self._put(dst, *trailer, None, 0):
+            if kind == K_DATA and trailer is not None and not self._put(dst, *trailer, None, 0):
                 break
             head = self.out_head[dst]
             q.popleft()
             self.npending -= 1
+            if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
+                self._run(self.engine.transmitted(trailer))
         self.out_head[dst] = head
         words[self.out_headw[dst]] = head
         return head != head0
+
+    def _fetch_stream(self, r: RecvOp, m: E.Message) -> None:
+        """A receive matched streamed message ``m``: copy what came before the match
+        (staged) and have the rest copied straight into the receive's buffer."""
+        st = m.payload
+        n = m.nbytes
+        if r.mv is None:  # recv() of a buffer message: an uninitialised bytearray
+            dest = _linux.new_bytearray(n)
+            r.value = (None, dest)
+            cap = n
+        elif m.flags & F_OBJ:  # pragma: no cover - objects are never streamed
+            raise MmpiError("internal: a streamed object message")
+        else:
+            dest = r.mv
+            cap = n
+            if r.error:
+                cap = r.capacity
+                r.exc = self._truncation(r, m)
+        addr = _linux.buffer_address(dest, True)[0] if cap else 0
+        if st.got and cap:
+            _linux.memmove(addr, st.saddr, min(st.got, cap))
+        st.staging = None   # back to the receive cache
+        if st.got == n:
+            m.payload = None
+            self._run(self.engine.fetched(r))
+            return
+        st.r = r
+        st.addr = addr
+        st.cap = cap
+        st.keep = dest
+
+    def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
+        """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
+        byte ``off`` of the message; the last one completes the receive."""
+        st = self.streams.get((src, sid))
+        if st is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"corrupt ring from rank {src}: a chunk of unknown message {sid}")
+        if st.r is not None:
+            cap = st.cap
+            if off < cap:
+                _linux.memmove(st.addr + off, self.base + p, min(k, cap - off))
+        else:  # not matched yet: staged (the ring never waits for a receive)
+            if st.staging is None:
+                st.staging, st.saddr = self.recv_cache.take(st.n)
+            _linux.memmove(st.saddr + off, self.base + p, k)
+        st.got = off + k
+        if st.got == st.n:
+            del self.streams[(src, sid)]
+            self.stats_streamed += st.n
+            r = st.r
+            if r is not None:
+                st.r = st.keep = None
+                r.message.payload = None
+                self._run(self.engine.fetched(r))
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
@@ -1232,6 +1350,14 @@ class Transport:
             r = self.splits.pop(sid, None)
             if r is not None:  # None: our half failed and the receive is over
                 self._run(engine.fetched(r))
+        elif kind == K_SDATA:
+            self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
+        elif kind == K_STREAM:
+            st = self.streams[(src, sid)] = _Stream(nbytes)
+            m = E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags)
+            acts = engine.arrive(m)
+            if acts:
+                self._run(acts)
         elif kind == K_DATA:
             self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_PUSH:
@@ -1413,6 +1539,7 @@ class Transport:
         if (op is not None and op.done) or (pred is not None and pred()):
             return
         r, st = culprit
+        self._forget_streams()
         root = self.blame(r)  # the first death, not a rank that died of its consequences
         if root != r:
             self._scan_dead()
@@ -1424,6 +1551,13 @@ class Transport:
                else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
+
+    def _forget_streams(self) -> None:
+        """Drop the partly received streamed messages of dead senders (their
+        receives fail; the staging buffers go back to the cache)."""
+        for key in [k for k in self.streams if k[0] in self.dead or k[0] in self.gone]:
+            st = self.streams.pop(key)
+            st.r = st.keep = st.staging = None
 
     def blame(self, r: int) -> int:
         """A PeerDiedError about rank ``r`` is being raised here: the root cause
