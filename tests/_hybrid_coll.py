@@ -151,3 +151,172 @@ def check(comm, MPI, label=""):
     else:
         raise AssertionError(f"rank {r}: a refused scatter returned")
     comm.Barrier()
+
+
+def check_reductions(comm, MPI, label=""):
+    """Allreduce (lanes for large buffers, the leaders for small ones) against numpy:
+    builtin ops on float64 and int32, IN_PLACE, counts that do not split evenly, a
+    zero count, a user op that commutes and one that does not, and refused
+    arguments on one rank (it raises; the others raise or complete, none waits)."""
+    from driller.errors import MmpiError
+    r, n = comm.Get_rank(), comm.Get_size()
+
+    def data(k, c, dt=np.float64):
+        return ((np.arange(c) * (k + 3)) % 1001 + k).astype(dt)
+
+    for c in (0, 1, 1000, 300_001):
+        where = (label, c)
+        ref = [data(k, c) for k in range(n)]
+        y = np.full(c, -1.0)
+        comm.Allreduce(data(r, c), y, op=MPI.SUM)
+        assert np.array_equal(y, np.sum(ref, axis=0)), where
+        y = data(r, c)
+        comm.Allreduce(MPI.IN_PLACE, y, op=MPI.MAX)
+        assert np.array_equal(y, np.max(ref, axis=0)), where
+        iref = [data(k, c, np.int32) for k in range(n)]
+        yi = np.zeros(c, np.int32)
+        comm.Allreduce(data(r, c, np.int32), yi, op=MPI.BOR)
+        assert np.array_equal(yi, np.bitwise_or.reduce(iref, axis=0)), where
+    c = 80_001                                   # int32: 320 KB, lanes
+    iref = [data(k, c, np.int32) for k in range(n)]
+    yi = np.zeros(c, np.int32)
+    comm.Allreduce(data(r, c, np.int32), yi, op=MPI.PROD)
+    assert np.array_equal(yi, np.prod(iref, axis=0, dtype=np.int32)), label
+
+    def add(a, b, dt):                           # a user op that commutes
+        b += a
+    def first(a, b, dt):                         # associative, not commutative
+        b[:] = a
+    uadd = MPI.Op.Create(add, commute=True)
+    ufirst = MPI.Op.Create(first, commute=False)
+    try:
+        for c in (5, 300_001):
+            ref = [data(k, c) for k in range(n)]
+            y = np.empty(c)
+            comm.Allreduce(data(r, c), y, op=uadd)
+            assert np.array_equal(y, np.sum(ref, axis=0)), (label, c)
+            y = np.empty(c)
+            comm.Allreduce(data(r, c), y, op=ufirst)
+            assert np.array_equal(y, ref[0]), (label, c)    # rank order kept
+            y = data(r, c)
+            comm.Allreduce(MPI.IN_PLACE, y, op=ufirst)
+            assert np.array_equal(y, ref[0]), (label, c)
+    finally:
+        uadd.Free()
+        ufirst.Free()
+    # refused arguments on the last rank only, large buffers (lanes): a count that
+    # differs from the others', then a send buffer that does not match its receive
+    # buffer.  It raises; every other rank raises or completes; none waits
+    big = 300_000
+    for case in ("count", "sendrecv"):
+        x = np.ones(big + (8 if case == "count" and r == n - 1 else 0))
+        y = np.empty(big + (8 if r == n - 1 else 0))
+        try:
+            comm.Allreduce(x, y, op=MPI.SUM)
+        except MmpiError:
+            pass
+        else:
+            assert r != n - 1, (label, case, "the refused Allreduce returned")
+        comm.Barrier()
+    # and an Allgather whose last rank sends a block of the wrong size
+    unit = 100_000
+    x = np.ones(unit + (3 if r == n - 1 else 0))
+    try:
+        comm.Allgather(x, np.empty((n, unit)))
+    except MmpiError:
+        pass
+    else:
+        assert r != n - 1, (label, "the refused Allgather returned")
+    comm.Barrier()
+
+
+def check_alltoallv(comm, MPI, label=""):
+    """Alltoallv and alltoall (objects) across nodes: blocks of mixed sizes in one call
+    (small ones through the leaders, large ones direct), zero counts, gaps and
+    reversed displacements, IN_PLACE, and refused or mismatched arguments on one
+    rank (it raises; the others raise or complete; none waits)."""
+    from driller.errors import MmpiError
+    r, n = comm.Get_rank(), comm.Get_size()
+    sizes = (0, 1, 700, 2100, 40_000)          # elements: 0 B .. 320 KB
+
+    def cnt(src, dst):
+        return sizes[(3 * src + 5 * dst) % len(sizes)]
+
+    def blk(src, dst):
+        return np.arange(cnt(src, dst), dtype=np.float64) * (src + 1) + 100.0 * dst
+
+    def layout(counts):
+        """Reversed order with a gap of 3 elements after each block."""
+        displs, pos = [0] * n, 0
+        for k in reversed(range(n)):
+            displs[k] = pos
+            pos += counts[k] + 3
+        return displs, pos
+
+    sc = [cnt(r, k) for k in range(n)]
+    rc = [cnt(k, r) for k in range(n)]
+    sd, stot = layout(sc)
+    rd, rtot = layout(rc)
+    sbuf = np.full(stot, -5.0)
+    for k in range(n):
+        sbuf[sd[k]:sd[k] + sc[k]] = blk(r, k)
+    rbuf = np.full(rtot, -7.0)
+    comm.Alltoallv([sbuf, sc, sd, MPI.DOUBLE], [rbuf, rc, rd, MPI.DOUBLE])
+    holes = np.ones(rtot, bool)
+    for k in range(n):
+        assert (rbuf[rd[k]:rd[k] + rc[k]] == blk(k, r)).all(), (label, k)
+        holes[rd[k]:rd[k] + rc[k]] = False
+    assert (rbuf[holes] == -7.0).all(), label          # nothing written between blocks
+    # IN_PLACE: symmetric counts
+    c2 = [sizes[(r + k) % len(sizes)] for k in range(n)]
+    d2, tot2 = layout(c2)
+    buf = np.full(tot2, -1.0)
+    for k in range(n):
+        buf[d2[k]:d2[k] + c2[k]] = np.arange(c2[k]) + 10.0 * r + 1000.0 * k
+    comm.Alltoallv(MPI.IN_PLACE, [buf, c2, d2, MPI.DOUBLE])
+    for k in range(n):
+        assert (buf[d2[k]:d2[k] + c2[k]] == np.arange(c2[k]) + 10.0 * k + 1000.0 * r).all(), \
+            (label, "IN_PLACE", k)
+    # objects: small (through the leaders), large arrays (direct), bytes, None
+    def item(src, dst):
+        kind = (src + 2 * dst) % 4
+        if kind == 0:
+            return (src, dst)
+        if kind == 1:
+            return {"a": np.full(100_000, src * 10.0 + dst)}
+        if kind == 2:
+            return bytes([src, dst]) * 30_000
+        return None
+    got = comm.alltoall([item(r, k) for k in range(n)])
+    for k in range(n):
+        want, g = item(k, r), got[k]
+        if isinstance(want, dict):
+            assert (g["a"] == want["a"]).all(), (label, k)
+        else:
+            assert g == want, (label, k, g)
+    # refused and mismatched arguments on the last rank
+    bad = n - 1
+    rc_bad = [c + (1 if r == bad and c else 0) for c in rc]  # expects 1 more of each
+    rbuf = np.empty(sum(rc_bad))
+    try:
+        comm.Alltoallv([sbuf, sc, sd, MPI.DOUBLE], [rbuf, rc_bad, MPI.DOUBLE])
+    except MmpiError:
+        pass
+    else:
+        assert r != bad, (label, "the mismatched Alltoallv returned")
+    comm.Barrier()
+    try:                                       # counts that overrun the send buffer
+        comm.Alltoallv([np.empty(1) if r == bad else sbuf, sc, sd, MPI.DOUBLE],
+                       [np.empty(sum(rc)), rc, MPI.DOUBLE])
+    except MmpiError as e:
+        assert r != bad or "passed invalid" not in str(e), (label, e)
+    else:
+        assert r != bad, (label, "the refused Alltoallv returned")
+    comm.Barrier()
+    try:                                       # one item too few
+        comm.alltoall([item(r, k) for k in range(n - (1 if r == bad else 0))])
+    except MmpiError as e:
+        assert ("expecting" if r == bad else f"rank {bad} passed invalid") in str(e), (r, e)
+    else:
+        raise AssertionError(f"rank {r}: a refused alltoall returned")
+    comm.Barrier()

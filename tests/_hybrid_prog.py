@@ -35,8 +35,13 @@ if mode == "coll":
     assert routes == [("self" if k == r else "shm" if nodes[k] == node else "mpi")
                       for k in range(n)], routes
     _hybrid_coll.check(comm, MPI, "world")
+    _hybrid_coll.check_reductions(comm, MPI, "world")
+    _hybrid_coll.check_alltoallv(comm, MPI, "world")
     # ranks in reverse order: every node's ranks interleave with the other's
-    _hybrid_coll.check(comm.Split(0, n - r), MPI, "reversed")
+    rev = comm.Split(0, n - r)
+    _hybrid_coll.check(rev, MPI, "reversed")
+    _hybrid_coll.check_reductions(rev, MPI, "reversed")
+    _hybrid_coll.check_alltoallv(rev, MPI, "reversed")
     comm.Barrier()
     with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
         f.write("ok")
@@ -154,6 +159,10 @@ assert inter.allreduce([r]) == [0, 2, 1, 3]      # lists: rank order, not node o
 assert inter.reduce([r], root=3) == ([0, 2, 1, 3] if r == 3 else None)
 _hybrid_coll.check(comm, MPI, "world")
 _hybrid_coll.check(inter, MPI, "interleaved")
+_hybrid_coll.check_reductions(comm, MPI, "world")
+_hybrid_coll.check_reductions(inter, MPI, "interleaved")
+_hybrid_coll.check_alltoallv(comm, MPI, "world")
+_hybrid_coll.check_alltoallv(inter, MPI, "interleaved")
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
 assert comm.allgather(r * 2) == [k * 2 for k in range(n)]

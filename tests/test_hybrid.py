@@ -33,17 +33,15 @@ def _env() -> dict:
 
 
 def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
-         timeout: float = 240, sizes: tuple[int, int] = (2, 2)) -> subprocess.CompletedProcess:
-    """``sizes`` ranks on nodes a-<tag> and b-<tag> (MPMD app contexts): 2 + 2 unless told."""
-    na, nb = str(sizes[0]), str(sizes[1])
+         timeout: float = 240, sizes: tuple[int, ...] = (2, 2)) -> subprocess.CompletedProcess:
+    """``sizes`` ranks on nodes a-<tag>, b-<tag>, ... (MPMD app contexts): 2 + 2 unless told."""
     if impl == "openmpi":
         run, python = OMPI_RUN, sys.executable
         cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         cmd += ["--oversubscribe", "--bind-to", "none"]
         for k, v in (extra_env or {}).items():
             cmd += ["-x", f"{k}={v}"]
-        cmd += ["-n", na, "-x", f"DRILLER_NODE=a-{tag}", python, *argv, ":",
-                "-n", nb, "-x", f"DRILLER_NODE=b-{tag}", python, *argv]
+        ctx = lambda k, node: ["-n", str(k), "-x", f"DRILLER_NODE={node}", python, *argv]
     else:
         run = os.path.join(MPICH_VENV, "bin", "mpiexec")
         python = os.path.join(MPICH_VENV, "bin", "python")
@@ -51,8 +49,9 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         cmd = [run]
         for k, v in (extra_env or {}).items():
             cmd += ["-genv", k, v]
-        cmd += ["-n", na, "-env", "DRILLER_NODE", f"a-{tag}", python, *argv, ":",
-                "-n", nb, "-env", "DRILLER_NODE", f"b-{tag}", python, *argv]
+        ctx = lambda k, node: ["-n", str(k), "-env", "DRILLER_NODE", node, python, *argv]
+    for i, k in enumerate(sizes):
+        cmd += ([":"] if i else []) + ctx(k, f"{'abcdefgh'[i]}-{tag}")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
                           stdin=subprocess.DEVNULL)
 
@@ -142,6 +141,7 @@ def test_no_launcher_no_mpi4py_import():
     ("openmpi", {}),
     # the route between nodes on a real network path (no shared memory in MPI)
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    ("openmpi", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
     ("mpich", {}),
 ])
 def test_hybrid_world(impl, extra, tmp_path):
@@ -155,17 +155,33 @@ def test_hybrid_world(impl, extra, tmp_path):
 @pytest.mark.parametrize("impl, extra", [
     ("openmpi", {}),
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1"}),
+    # no single-copy access between a node's ranks: the lanes' node steps go as messages
+    ("openmpi", {"DRILLER_MMPI_SINGLE_COPY": "0"}),
+    # Alltoallv and alltoall aggregated through the leaders (by default only on many nodes)
+    ("openmpi", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
+    ("mpich", {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}),
     ("mpich", {}),
 ])
 def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
     """3 ranks on one node, 2 on the other: Gather(v), Scatter(v), Allgather(v),
-    Alltoall(v) and the object forms from every root (tests/_hybrid_coll.py; the 2 + 2
-    jobs above run them too)."""
+    Alltoall(v), Allreduce and the object forms from every root (tests/_hybrid_coll.py;
+    the 2 + 2 jobs above run them too)."""
     tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
     r = _job(impl, [PROG, "coll", str(tmp_path)], tag, extra, sizes=(3, 2))
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
     _no_leftovers(tag, shm, impl)
+
+
+def test_lanes_on_three_nodes(tmp_path):
+    """3 nodes of 2 ranks: the lanes' Allgatherv among three (two nodes take a
+    Sendrecv), Alltoallv and alltoall aggregated among three leaders."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job("openmpi", [PROG, "coll", str(tmp_path)], tag,
+             {"DRILLER_MMPI_ALLTOALLV_AGG": "1"}, sizes=(2, 2, 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(6)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, "openmpi")
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ...errors import MmpiError
-from .._bufspec import Buf, parse
+from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
 from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, obj_items,
                        oval, raise_failed, waitall)
 
 __all__ = [
-    "Alltoall", "Alltoallv", "alltoall",
+    "Alltoall", "Alltoallv", "alltoall", "send_blocks",
 ]
 
 
@@ -29,19 +29,34 @@ def buf_alltoall(cx, sendbuf, recvbuf, what, vector):
         rb.finish()   # (a derived datatype's staged blocks: into the user's buffer)
 
 
-def _alltoall(cx, sendbuf, rb, what, vector):
-    n, me = cx.size, cx.rank
+def send_blocks(sendbuf, rb: Buf, n: int, me: int, what: str, vector: bool) -> Buf:
+    """An all-to-all's send buffer (IN_PLACE: a copy of the receive buffer), checked
+    against this rank's own receive block; raises MmpiError."""
     if sendbuf is IN_PLACE:
         sb = Buf()
         sb.mv = memoryview(bytes(rb.mv))
         sb.dtype, sb.dt, sb.counts, sb.displs = rb.dtype, rb.dt, rb.counts, rb.displs
     else:
         sb = parse(sendbuf, False, what, blocks=n, vector=vector)
-    isz = rb.dtype.itemsize
-    base = cbase(cx)
     if len(sb.block(me)) != len(rb.block(me)):
         raise MmpiError(f"{what}: rank {me} sends itself {len(sb.block(me))} bytes but "
                         f"its receive block holds {len(rb.block(me))}")
+    return sb
+
+
+def _alltoall(cx, sendbuf, rb, what, vector):
+    n, me = cx.size, cx.rank
+    base = cbase(cx)
+    try:
+        sb = send_blocks(sendbuf, rb, n, me, what, vector)
+    except MmpiError:
+        # every peer still gets a block (empty: its size check raises there) and every
+        # peer's block is taken, so that nobody waits for this rank
+        ops = [cr(cx, rb.block(r), r, base) for r in range(n) if r != me]
+        ops += [cs(cx, EMPTY, r, base) for r in range(n) if r != me]
+        waitall(cx.t, ops)
+        raise
+    isz = rb.dtype.itemsize
     rb.block(me)[:] = sb.block(me)
     if n == 1:
         return

@@ -158,16 +158,23 @@ def direct_part(cx, send_mv, acc_arr, op, dtype, dt, counts, displs, what, in_pl
     scratch = np.empty(step // isz, dtype)
     saddr = scratch.ctypes.data
     if op.commute:
-        if not in_place:
+        # a builtin op combines our own chunk with the first peer's straight into
+        # acc_arr (ufunc out=): no copy of our own data first
+        fuse = op.user is None and not in_place and n > 1
+        if not in_place and not fuse:
             np.copyto(acc_arr, mine)
         order = [(me + i) % n for i in range(1, n)]
         for off in range(0, blen, step):
             ln = min(step, blen - off)
-            a = acc_arr[off // isz:(off + ln) // isz]
-            s = scratch[:ln // isz]
+            e0, e1 = off // isz, (off + ln) // isz
+            a = acc_arr[e0:e1]
+            s = scratch[:e1 - e0]
             for r in order:
                 readv(cx, r, saddr, peers[r][0] + lo + off, ln, what)
-                op.lohi(a, s, dt) if op.user is None else op.user(s, a, dt)
+                if fuse and r == order[0]:
+                    op.ufunc(mine[e0:e1], s, out=a)
+                else:
+                    op.lohi(a, s, dt) if op.user is None else op.user(s, a, dt)
         return
     # noncommutative: result = a0 op (a1 op (... op a_{n-1})), right to left
     own = mine.copy() if in_place else mine

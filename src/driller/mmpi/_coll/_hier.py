@@ -25,7 +25,7 @@ import numpy as np
 
 from .._bufspec import parse
 from .._const import IN_PLACE
-from . import _barrier, _bcast, _reduce
+from . import _barrier, _bcast, _hierlane, _reduce
 from ._context import Context, check_root
 from ._ops import SUM
 
@@ -35,7 +35,8 @@ _IDS = 16384          # sub-context ids per communicator (world sizes are at mos
 
 
 class _Split:
-    __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks")
+    __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks",
+                 "lanes")
 
     def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
         self.cx = cx
@@ -50,6 +51,7 @@ class _Split:
                               for ws in order)
         self.rooted: dict[int, Context | None] = {}
         self.cranks = None          # comm ranks of each node (_hiergather makes it)
+        self.lanes = None           # _hierlane's lanes, made on first use
 
     def ctx(self, i: int) -> int:
         """The i-th sub-context id of this communicator (0: node, 1: leaders, 2+r:
@@ -185,6 +187,8 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     h = split(cx)
     if not _ordered(h, op):
         return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+    if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
+        return None
     leader = h.leaders is not None
     if sendbuf is IN_PLACE:
         if leader:

@@ -44,7 +44,7 @@ from ...errors import MmpiError
 from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
 from .._transport import RecvOp
-from . import _alltoall, _gather
+from . import _alltoall, _gather, _hieralltoall, _hierlane
 from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
@@ -393,6 +393,8 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
         if err is None:
             err = _gather.local_copy(sb, mine, what, f"rank {me} sends {{}} bytes but its "
                                      f"block of the receive buffer holds {{}}")
+    if _hierlane.Allgather(cx, h, err, rb, what):
+        return
     node = h.node
     mi, mj = h.where[me]
     cranks = _cranks(h)
@@ -458,13 +460,21 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
 
 
 def Alltoallv(cx, sendbuf, recvbuf) -> None:
-    """Direct per pair (see the module docstring)."""
-    return _alltoall.Alltoallv(cx, sendbuf, recvbuf)
+    """Alltoallv: small blocks between nodes through the leaders, the others direct
+    (``_hieralltoall``); flat on one node."""
+    h = split(cx)
+    if h is None or not _hieralltoall.aggregate(h):
+        return _alltoall.Alltoallv(cx, sendbuf, recvbuf)
+    return _hieralltoall.Alltoallv(cx, h, sendbuf, recvbuf)
 
 
 def alltoall(cx, sendobj):
-    """Direct per pair (see the module docstring)."""
-    return _alltoall.alltoall(cx, sendobj)
+    """alltoall (objects): small pickles between nodes through the leaders, the others
+    direct (``_hieralltoall``); flat on one node."""
+    h = split(cx)
+    if h is None or not _hieralltoall.aggregate(h):
+        return _alltoall.alltoall(cx, sendobj)
+    return _hieralltoall.alltoall(cx, h, sendobj)
 
 
 def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
