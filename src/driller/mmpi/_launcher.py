@@ -459,7 +459,12 @@ def _fork_exec(cmd: list[str], env: dict, stdin_null: bool, out_fd: int, err_fd:
     default (Popen's restore_signals), exec.  An exec that fails raises its OSError
     here (FileNotFoundError...), as Popen does; returns the pid."""
     rd, wr = os.pipe2(os.O_CLOEXEC)      # closed by a successful exec: EOF
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:                # EAGAIN, ENOMEM: no child, no pipe left open
+        os.close(rd)
+        os.close(wr)
+        raise
     if pid == 0:    # pragma: no cover - the child until exec (coverage cannot see it)
         try:
             os.close(rd)
