@@ -625,18 +625,13 @@ class Comm(_attr.Cached, Handle):
                 and -1 <= tag <= TAG_MAX):
             mv = spec_view(buf, True) if type(buf) is list else _flat(buf, True)
             if mv is not None:
-                t = self._t
-                w = self._group[source]
-                take = t.takers[w]
-                res = take(tag, self._ctx, mv)
-                if res is None and t.serve_posted(w):
-                    # receives posted before this one (osu_bw's window when the
-                    # receiver ran ahead) took what had arrived: this one may be next
-                    res = take(tag, self._ctx, mv)
-                if res:
+                # taken from the ring, or posted straight into the engine (receives
+                # posted before it first take what arrived: osu_bw's windows when the
+                # receiver runs ahead); None: the general path
+                res = self._t.irecvs[self._group[source]](tag, self._ctx, mv)
+                if res is not None:
                     return received_request(res, self._cx)
-                # posted (source and tag checked above)
-                return request(t.irecv(T.RecvOp(w, tag, self._ctx, mv)), K_RECV, self._cx)
+                return request(self._irecv(mv, source, tag, "Irecv"), K_RECV, self._cx)
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --

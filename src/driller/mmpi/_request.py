@@ -380,9 +380,13 @@ class Request:
         pass
 
     def _key(self):
-        """What identifies the handle (equal handles have the same key)."""
+        """What identifies the handle (equal handles have the same key; a send
+        that Isend finished shares its op ``_SENT``: the request is its own key)."""
         a = getattr(self, "_alias", None)
-        return a if a is not None else self._op
+        if a is not None:
+            return a
+        op = self._op
+        return self if op is _SENT else op
 
     def _is_null(self) -> bool:
         """REQUEST_NULL's equal: a request with nothing (left) to complete."""
@@ -635,15 +639,29 @@ class Request:
     def Waitall(cls, requests: Sequence[Request], statuses: list[Status] | None = None) -> bool:
         """Wait for all previously initiated requests to complete."""
         if statuses is None and type(requests) is list:
-            # requests the fast paths finished (osu_bw's windows): released in one
-            # pass, no status, no outcome; the others waited for as waitall does
+            # requests the fast paths finished (osu_bw's windows) and plain buffer
+            # receives: released in one pass, no status, no outcome (the first receive
+            # not done waits, progressing: the ring's records meet every posted
+            # receive in one pass, so the next ones are done); the others waited for
+            # as waitall does
             rest = None
             done = _DONE_OPS
+            RecvOp = T.RecvOp
             for r in requests:
-                if type(r) is Request and type(r._op) in done:
-                    r._op = None
-                    r._alias = None
-                elif rest is None:
+                if type(r) is Request:
+                    op = r._op
+                    if type(op) in done:
+                        r._op = None
+                        r._alias = None
+                        continue
+                    if type(op) is RecvOp and r._kind == K_RECV:
+                        if not op.done:
+                            r._block()
+                        if op.exc is None and not op.cancelled:
+                            r._op = None
+                            r._alias = None
+                            continue
+                if rest is None:
                     rest = [r]
                 else:
                     rest.append(r)
@@ -1286,11 +1304,15 @@ class _RecvdOp:
         return self
 
 
+_SENT = _SentOp()   # the op of every send Isend finished (immutable: done, no error)
+
+
 def sent_request(cx) -> Request:
-    """The request of a standard send finished inside Isend (a new _SentOp each:
-    two requests never compare equal)."""
+    """The request of a standard send finished inside Isend: its op is the shared
+    ``_SENT`` (nothing to allocate), its key the request itself (two requests never
+    compare equal while active; ``Request(r)`` copies compare equal to ``r``)."""
     r = _new(Request)
-    r._op = _SentOp()
+    r._op = _SENT
     r._kind = K_SEND
     r._cx = cx
     return r
@@ -1298,9 +1320,13 @@ def sent_request(cx) -> Request:
 
 def received_request(res, cx) -> Request:
     """The request of a receive Irecv finished at once; ``res`` is the fast
-    path's (source, tag, nbytes)."""
+    path's (source, tag, nbytes), or the RecvOp it posted."""
     r = _new(Request)
-    r._op = _RecvdOp(*res)
+    if type(res) is tuple:
+        op = r._op = _new(_RecvdOp)
+        op.source, op.tag, op.count = res
+    else:
+        r._op = res
     r._kind = K_RECV
     r._cx = cx
     return r

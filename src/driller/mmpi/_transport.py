@@ -138,6 +138,8 @@ def warn_once(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
 
+_ENVS = 256           # envelopes kept for posted receives matched in a run (_serve)
+_PUBLISH = 16 << 10   # _serve publishes the tail past a record of this size at once
 BIG_COPY = 768 << 10   # eager copies into and out of a ring from this size go in pieces
 _PIECE = 512 << 10
 
@@ -429,6 +431,11 @@ class Transport:
         # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
         self.takers = _PerPeer(self._taker)
+        # Irecv's fast path per source (_irecver), and the envelopes of plain eager
+        # messages that posted receives got in a run ((src, tag, ctx, nbytes) -> Message,
+        # read only, shared: a request's outcome reads its source and tag)
+        self.irecvs = _PerPeer(self._irecver)
+        self._envs = {}
         _linux.allow_ptrace_by_any()
         W.register_pid(world, rank)
 
@@ -546,6 +553,41 @@ class Transport:
                 wake(waddr)
             return src, tg, nb
         return take
+
+    def _irecver(self, src: int):
+        """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv)`` ->
+        the (source, tag, nbytes) of the plain eager message taken at once from the
+        ring (``takers[src]``'s rules), or the RecvOp posted for it (the engine's
+        ``post`` inlined: nothing is unexpected, so nothing can match it now; the
+        records still in the ring meet the posted receives in order, in one pass:
+        :meth:`_serve`), or None (the general path).  Receives posted before it take
+        what waits in the ring first (:meth:`serve_posted`)."""
+        if src == self.rank or src in self.remote:
+            return _declined
+        eng = self.engine
+        posted = eng.posted
+        unexpected = eng.unexpected
+        take = self.takers[src]
+        serve = self.serve_posted
+        t_ = self
+        words = self.words
+        tails = self.in_tail
+        hw = self.in_head[src]
+        Op = RecvOp
+        posted_state = E.R_POSTED
+
+        def irecv(tag, ctx, mv):
+            if unexpected or t_.npending:
+                return None
+            if words[hw] != tails[src] and (not posted or serve(src)):
+                res = take(tag, ctx, mv)
+                if res is not False:   # taken (a tuple), or the general path (None)
+                    return res
+            op = Op(src, tag, ctx, mv)
+            op.state = posted_state
+            posted.append(op)
+            return op
+        return irecv
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive served straight from the ring when nothing else is
@@ -1289,7 +1331,15 @@ class Transport:
         base = self.in_data[src]
         t = self.in_tail[src]
         record = self._record
+        posted = self.engine.posted
         while t != head:
+            if posted:   # a run of plain eager records for the posted receives: one loop
+                t2 = self._serve(src, t, head)
+                if t2 != t:
+                    t = t2
+                    self.in_tail[src] = t
+                    self.words[self.in_tailw[src]] = t
+                    continue
             off = t % rb
             p = base + off
             kf = HDR.unpack_from(data, p)[0]
@@ -1316,7 +1366,14 @@ class Transport:
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
         del posted[0]
-        r.message = E.Message(src, tag, ctx, nbytes)
+        key = (src, tag, ctx, nbytes)
+        envs = self._envs
+        m = envs.get(key)
+        if m is None:
+            if len(envs) >= _ENVS:
+                envs.clear()
+            m = envs[key] = E.Message(src, tag, ctx, nbytes)
+        r.message = m
         r.state = E.R_DONE
         r.count = nbytes
         if nbytes:
@@ -1337,17 +1394,8 @@ class Transport:
         if not posted or self.npending or src == self.rank:
             return False
         words = self.words
-        hw = self.in_head[src]
-        t = t0 = self.in_tail[src]
-        data = self.data
-        base = self.in_data[src]
-        rb = self.ring_bytes
-        while posted and words[hw] != t:
-            p = base + t % rb
-            kf, c, tg, nb, plen = _HDR5.unpack_from(data, p)
-            if kf != K_EAGER or not self._to_posted(src, data, p, c, tg, nb):
-                break
-            t += HDR_BYTES + ((plen + 63) & ~63)
+        t0 = self.in_tail[src]
+        t = self._serve(src, t0, words[self.in_head[src]])
         if t != t0:
             self.in_tail[src] = t
             tw = self.in_tailw[src]
@@ -1355,6 +1403,59 @@ class Transport:
             if words[self.in_pwait[src]]:
                 _linux.futex_wake(self.base + tw * 8)
         return not posted
+
+    def _serve(self, src: int, t: int, head: int) -> int:
+        """The posted receives take the plain eager records of ``src``'s ring from
+        tail ``t`` on (up to ``head``), one record each, in order, while each record
+        is one for the earliest posted receive (``_to_posted``'s rules: a buffer
+        RecvOp naming this source or any, this tag or any, that it fits): matched
+        and copied in this one loop, the envelope shared (osu_bw's posted windows:
+        one pass for the whole window).  Returns the tail past the records served
+        (``t``: none); the caller publishes it (records of ``_PUBLISH`` bytes or
+        more publish it at once, so a big ring frees up early)."""
+        posted = self.engine.posted
+        n = len(posted)
+        data = self.data
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        unpack = _HDR5.unpack_from
+        envs = self._envs
+        Message = E.Message
+        done_state = E.R_DONE
+        i = 0
+        while i < n and t != head:
+            p = base + t % rb
+            kf, c, tg, nb, plen = unpack(data, p)
+            if kf != K_EAGER:
+                break
+            r = posted[i]
+            if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
+                    or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
+                break
+            i += 1
+            key = (src, tg, c, nb)
+            m = envs.get(key)
+            if m is None:
+                if len(envs) >= _ENVS:
+                    envs.clear()
+                m = envs[key] = Message(src, tg, c, nb)
+            r.message = m
+            r.state = done_state
+            r.count = nb
+            if nb:
+                p += HDR_BYTES
+                if nb < BIG_COPY:
+                    r.mv[:nb] = data[p:p + nb]
+                else:
+                    _copy(r.mv, 0, data, p, nb)
+            r.done = True
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            if nb >= _PUBLISH:
+                self.in_tail[src] = t
+                self.words[self.in_tailw[src]] = t
+        if i:
+            del posted[:i]
+        return t
 
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
