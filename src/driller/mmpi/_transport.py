@@ -573,43 +573,16 @@ class Transport:
         words = self.words
         tails = self.in_tail
         hw = self.in_head[src]
-        tw = self.in_tailw[src]
-        pw = self.in_pwait[src]
-        base = self.in_data[src]
-        rb = self.ring_bytes
-        data = self.data
-        waddr = self.base + tw * 8
-        unpack = _HDR5.unpack_from
-        wake = _linux.futex_wake
         Op = RecvOp
         posted_state = E.R_POSTED
 
         def irecv(tag, ctx, mv):
             if unexpected or t_.npending:
                 return None
-            t = tails[src]
-            if words[hw] != t:
-                if not posted:   # takers[src], inlined (osu_bw's receives after the data)
-                    p = base + t % rb
-                    kf, c, tg, nb, plen = unpack(data, p)
-                    if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
-                        return None
-                    if nb:
-                        p += HDR_BYTES
-                        if nb < BIG_COPY:
-                            mv[:nb] = data[p:p + nb]
-                        else:
-                            _copy(mv, 0, data, p, nb)
-                    t += HDR_BYTES + ((plen + 63) & ~63)
-                    tails[src] = t
-                    words[tw] = t
-                    if words[pw]:
-                        wake(waddr)
-                    return src, tg, nb
-                if serve(src):   # the receives posted before took what they could
-                    res = take(tag, ctx, mv)
-                    if res is not False:   # taken (a tuple), or the general path (None)
-                        return res
+            if words[hw] != tails[src] and (not posted or serve(src)):
+                res = take(tag, ctx, mv)
+                if res is not False:   # taken (a tuple), or the general path (None)
+                    return res
             op = Op(src, tag, ctx, mv)
             op.state = posted_state
             posted.append(op)
