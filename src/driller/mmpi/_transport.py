@@ -1366,6 +1366,14 @@ class Transport:
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
         del posted[0]
+        self._give(r, src, data, p, ctx, tag, nbytes)
+        return True
+
+    def _give(self, r: RecvOp, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> None:
+        """The posted receive ``r`` (out of the posted list) gets the plain eager
+        message of the record at byte ``p``: copied, done, its envelope shared with
+        the receives that got one alike ((src, tag, ctx, nbytes) -> Message, read
+        only: a request's outcome reads its source and tag)."""
         key = (src, tag, ctx, nbytes)
         envs = self._envs
         m = envs.get(key)
@@ -1383,7 +1391,6 @@ class Transport:
             else:
                 _copy(r.mv, 0, data, p, nbytes)
         r.done = True
-        return True
 
     def serve_posted(self, src: int) -> bool:
         """Hand the plain eager records waiting in ``src``'s ring to the receives
@@ -1419,9 +1426,7 @@ class Transport:
         base = self.in_data[src]
         rb = self.ring_bytes
         unpack = _HDR5.unpack_from
-        envs = self._envs
-        Message = E.Message
-        done_state = E.R_DONE
+        give = self._give
         i = 0
         while i < n and t != head:
             p = base + t % rb
@@ -1433,22 +1438,7 @@ class Transport:
                     or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
                 break
             i += 1
-            key = (src, tg, c, nb)
-            m = envs.get(key)
-            if m is None:
-                if len(envs) >= _ENVS:
-                    envs.clear()
-                m = envs[key] = Message(src, tg, c, nb)
-            r.message = m
-            r.state = done_state
-            r.count = nb
-            if nb:
-                p += HDR_BYTES
-                if nb < BIG_COPY:
-                    r.mv[:nb] = data[p:p + nb]
-                else:
-                    _copy(r.mv, 0, data, p, nb)
-            r.done = True
+            give(r, src, data, p, c, tg, nb)
             t += HDR_BYTES + ((plen + 63) & ~63)
             if nb >= _PUBLISH:
                 self.in_tail[src] = t
