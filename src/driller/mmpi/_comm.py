@@ -625,10 +625,14 @@ class Comm(_attr.Cached, Handle):
                 and -1 <= tag <= TAG_MAX):
             mv = spec_view(buf, True) if type(buf) is list else _flat(buf, True)
             if mv is not None:
-                # taken from the ring, or posted straight into the engine (receives
-                # posted before it first take what arrived: osu_bw's windows when the
-                # receiver runs ahead); None: the general path
-                res = self._t.irecvs[self._group[source]](tag, self._ctx, mv)
+                # taken from the ring at once, else posted straight into the engine
+                # (receives posted before it first take what arrived: osu_bw's
+                # windows when the receiver runs ahead); None: the general path
+                t = self._t
+                w = self._group[source]
+                res = t.takers[w](tag, self._ctx, mv)
+                if not res:
+                    res = t.irecvs[w](tag, self._ctx, mv)
                 if res is not None:
                     return received_request(res, self._cx)
                 return request(self._irecv(mv, source, tag, "Irecv"), K_RECV, self._cx)
