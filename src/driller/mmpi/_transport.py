@@ -1332,14 +1332,17 @@ class Transport:
         t = self.in_tail[src]
         record = self._record
         posted = self.engine.posted
+        stuck = None   # the earliest posted receive when _serve last took nothing
         while t != head:
-            if posted:   # a run of plain eager records for the posted receives: one loop
+            if posted and posted[0] is not stuck:
+                # a run of plain eager records for the posted receives: one loop
                 t2 = self._serve(src, t, head)
                 if t2 != t:
                     t = t2
                     self.in_tail[src] = t
                     self.words[self.in_tailw[src]] = t
                     continue
+                stuck = posted[0]   # (until a record matches it: _record's _to_posted)
             off = t % rb
             p = base + off
             kf = HDR.unpack_from(data, p)[0]
