@@ -214,8 +214,42 @@ class HybridTransport(T.Transport):
 
     def _taker(self, src: int):
         if src in self.remote:   # records from another node come through MPI
-            return T._declined
+            return self._remote_taker(src)
         return super()._taker(src)
+
+    def _remote_taker(self, src: int):
+        """``takers[src]`` for a rank of another node: the record at the head of the
+        pool, if MPI has it, is a plain eager message from ``src`` that this receive
+        matches and that fits: copied into ``mv``, (source, tag, nbytes); False when
+        the head's receive is not complete (and nothing else is queued: Recv then
+        waits in recv_fast); None otherwise (another record is handed to the record
+        handler: use the general path)."""
+        eng = self.engine
+        t_ = self
+        pool = self._pool
+        unpack = T.HDR.unpack_from
+        HB = T.HDR_BYTES
+        K_EAGER = T.K_EAGER
+
+        def take(tag, ctx, mv):
+            if eng.posted or eng.unexpected or t_.npending:
+                return None
+            i = t_._ph
+            slot = pool[i]
+            req = slot[0]
+            if not req.Test():
+                return False
+            kf, c, tg, nb, _sid, _addr, _plen, w7 = unpack(slot[1], 0)
+            if kf != K_EAGER or w7 != src or c != ctx or (tag != tg and tag != -1) \
+                    or nb > len(mv):
+                t_._take_slot(i)
+                return None
+            if nb:
+                mv[:nb] = slot[2][HB:HB + nb]
+            req.Start()
+            t_._ph = (i + 1) % POOL
+            return src, tg, nb
+        return take
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
