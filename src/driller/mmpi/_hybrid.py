@@ -184,22 +184,29 @@ class HybridTransport(T.Transport):
         self._seq[dst] = seq + k
         return DATA_TAG0 + seq
 
-    def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
-        if dst in self.remote:
-            # a standard eager send to another node: its record goes to MPI at once
-            # (nothing is ever queued for a remote rank, so order is kept)
+    def _remote_sender(self, dst: int):
+        """``senders[dst]`` for a rank of another node: a standard eager send, its
+        record to MPI at once (nothing is ever queued for a remote rank, so order is
+        kept); False (the general path) beyond ``inline_max`` bytes, or for an object
+        holding a SharedArray by reference (send_object sends it by value)."""
+        inline, HB, me = self.inline_max, T.HDR_BYTES, self.rank
+        pack, K_EAGER, F_OBJ = T.HDR.pack_into, T.K_EAGER, T.F_OBJ
+        Isend = self.mpi.Isend
+        t_ = self
+
+        def send(ctx, tag, mv, flags=0):
             n = len(mv)
-            if n > self.inline_max or (flags & T.F_OBJ and _SHARED_MARK in mv):
-                return False   # (a SharedArray by reference: send_object sends it by value)
-            rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
-            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, self.rank)
-            rec[T.HDR_BYTES:] = mv
-            sends = self._rec_sends
-            sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
+                return False
+            rec = bytearray(HB + n)     # (_put's remote branch, inlined)
+            pack(rec, 0, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me)
+            rec[HB:] = mv
+            sends = t_._rec_sends
+            sends.append((Isend(rec, dst, REC_TAG), rec))
             if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
-                self._rec_sends = [x for x in sends if not x[0].Test()]
+                t_._rec_sends = [x for x in sends if not x[0].Test()]
             return True
-        return super().send_fast(dst, ctx, tag, mv, flags)
+        return send
 
     def isend(self, op: T.SendOp, protocol: int | None = None) -> T.SendOp:
         if protocol is None and op.nbytes > self.inline_max and op.dest in self.remote:
@@ -228,9 +235,8 @@ class HybridTransport(T.Transport):
         return op
 
     def _sender(self, dst: int):
-        if dst in self.remote:   # through MPI: send_fast's remote branch
-            send_fast = self.send_fast
-            return lambda ctx, tag, mv, flags=0: send_fast(dst, ctx, tag, mv, flags)
+        if dst in self.remote:   # through MPI
+            return self._remote_sender(dst)
         return super()._sender(dst)
 
     def _taker(self, src: int):
