@@ -1199,6 +1199,7 @@ class Comm(_attr.Cached, Handle):
         try:
             h.attrs.clear(self, "Comm.Free")
         finally:
+            _hier.release(h.cx)
             _handles.live.pop(h.number, None)
             h.info = {}
             self._unbind()
@@ -1733,6 +1734,7 @@ def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        _hier.release_all()   # the MPI communicators of hybrid collectives
         try:
             t.finish()   # what the peers still need from us (a FIN behind a full ring)
         except DrillerError:  # a peer's death: nothing more to hand it, this rank is done

@@ -29,7 +29,7 @@ from . import _barrier, _bcast, _hierlane, _reduce
 from ._context import Context, check_root
 from ._ops import SUM
 
-__all__ = ["split", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
+__all__ = ["split", "release", "release_all", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
 
@@ -95,6 +95,15 @@ def split(cx) -> _Split | None:
         h.leaders = Context(t, [ws[0] for ws in order], h.ctx(1), f"{cx.name} (leaders)")
     cx.hier = h
     return h
+
+
+def release(cx) -> None:
+    """The communicator is being freed: free the MPI communicators its lanes made
+    (``_hierlane``); nothing for a communicator on one node."""
+    _hierlane.release(cx.hier)
+
+
+release_all = _hierlane.release_all
 
 
 def _ordered(h: _Split | None, op, objects: bool = False) -> bool:
