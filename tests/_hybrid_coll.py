@@ -364,6 +364,14 @@ def check_alltoall_paths(comm, MPI, label=""):
         else:
             raise AssertionError(f"rank {r}: a mismatched Alltoall returned {where}")
         comm.Barrier()
+        # the last rank's send buffer does not match its receive buffer (it refuses)
+        try:
+            comm.Alltoall(np.ones((n, c + (1 if r == n - 1 else 0))), np.empty((n, c)))
+        except MmpiError as e:
+            assert r != n - 1 or "every block must have the same size" in str(e), (where, e)
+        else:
+            raise AssertionError(f"rank {r}: a refused Alltoall returned {where}")
+        comm.Barrier()
 
 
 def check_lanes_freed(comm, MPI, label=""):
