@@ -12,13 +12,20 @@ message.  Prints the medians and the per-round ratio driller / Open MPI
 (min..max).
 
     .venv/bin/python benchmarks/oversub_lat.py [--ranks 2,4,8] [--rounds 3]
-        [--iters 5000] [--float-ranks] [--base-src DIR] [--json out.json]
+        [--iters 5000] [--float-ranks] [--layout none|rr|block]
+        [--pattern half|neighbour] [--base-src DIR] [--json out.json]
 
 ``--float-ranks`` passes the partner as a float (``nprocs / 2``), as mpi4py's
 own ``demo/osu_multi_lat.py`` does.  ``--base-src DIR`` adds driller imported
 from another source tree (before/after in the same rounds).  Environment
 variables (``DRILLER_MMPI_SPIN_US``, ``DRILLER_MMPI_PURE_POLLS``, ...) reach
-the ranks, so a policy can be compared by running the script twice.
+the ranks, so a policy can be compared by running the script twice
+(``DRILLER_BIND=cyclic`` binds driller's ranks, not ``--base-src``'s).
+``--layout`` makes every rank, of both implementations, pin itself to one CPU
+after start-up: ``rr`` rank r on CPU r mod the CPUs (with ``--pattern half``
+both members of a pair share a CPU when n/2 is a multiple of the CPUs),
+``block`` consecutive ranks together (each pair split across CPUs);
+``--pattern neighbour`` pairs 0-1, 2-3, ... instead (so the layouts swap roles).
 """
 
 from __future__ import annotations
