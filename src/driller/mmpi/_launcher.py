@@ -645,7 +645,8 @@ class Launcher:
         stdin_null_rank0 = _isatty(0)
         cmd = self.opts.command()
         spawn = self._spawner(cmd)
-        places = placement(self.opts.n, os.sched_getaffinity(0), self.opts.bind)
+        places = (None if self.opts.bind == "none"
+                  else placement(self.opts.n, os.sched_getaffinity(0), self.opts.bind))
         for rank in range(self.opts.n):
             self._on_signal(self._sigfd)      # ^C while starting: start no more
             if self.parent is not None and not self.orphaned \
