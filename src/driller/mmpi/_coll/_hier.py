@@ -14,15 +14,21 @@ communicator on one node takes the usual algorithms (:func:`split` is None).
 Reductions combine in rank order only when every node holds a contiguous run of
 the communicator's ranks; otherwise a non-commutative buffer op (a user op
 declared so) and every object reduction (lists under SUM concatenate) take the
-flat algorithm.  Gathers,
+flat algorithm.  An argument refused, or a count that differs, on some ranks of
+Bcast, Reduce, Allreduce (outside the lanes, which agree first) or an object
+form cannot reach the others, which would wait forever: that rank ends the job
+through the launcher (:func:`_refused`), naming itself and the error.  Gathers,
 scatters, Alltoall and scans stay flat: correct across nodes, through the same
 routes, but not regrouped.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from ...errors import MmpiError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from . import _barrier, _bcast, _hierlane, _reduce
@@ -97,6 +103,22 @@ def split(cx) -> _Split | None:
     return h
 
 
+def _refused(cx, what: str, e: BaseException):
+    """End the whole job (through the MPI launcher) for an argument this rank refused,
+    or a count that did not match, in a collective spanning nodes whose other ranks
+    cannot learn of it (they would wait forever): the rank and the error are named."""
+    t = cx.t
+    sys.stderr.write(f"driller: {what} on {cx.name or 'a communicator'} spanning nodes "
+                     f"failed on its rank {cx.rank} (world rank {t.rank}): "
+                     f"{type(e).__name__}: {e}; the other ranks cannot learn of it and would "
+                     f"wait forever: aborting the MPI job\n")
+    sys.stderr.flush()
+    abort = getattr(t, "abort", None)
+    if abort is None:   # (a transport of one node: the caller raises)
+        return
+    abort(1)
+
+
 def _ordered(h: _Split | None, op, objects: bool = False) -> bool:
     """May this reduction be regrouped: rank order kept, or the op commutes on
     buffers (on Python objects nothing is taken to commute: list + list)?"""
@@ -139,20 +161,38 @@ def Bcast(cx, buf, root=0) -> None:
     h = split(cx)
     if h is None:
         return _bcast.Bcast(cx, buf, root)
-    _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
+    try:
+        _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
+    except Exception as e:
+        _refused(cx, "Bcast", e)
+        raise
 
 
 def bcast(cx, obj, root=0):
     h = split(cx)
     if h is None:
         return _bcast.bcast(cx, obj, root)
-    return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
+    try:
+        return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
+    except Exception as e:
+        _refused(cx, "bcast", e)
+        raise
 
 
 # ---------------------------------------------------------------- reductions
 
 def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     h = split(cx)
+    if h is None:
+        return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
+    try:
+        _Reduce(cx, h, sendbuf, recvbuf, op, root)
+    except Exception as e:
+        _refused(cx, "Reduce", e)
+        raise
+
+
+def _Reduce(cx, h, sendbuf, recvbuf, op, root) -> None:
     if not _ordered(h, op):
         return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
     root = check_root(cx, root, "Reduce")
@@ -173,6 +213,16 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
 
 def reduce(cx, sendobj, op=SUM, root=0):
     h = split(cx)
+    if h is None:
+        return _reduce.reduce(cx, sendobj, op, root)
+    try:
+        return _reduce_obj(cx, h, sendobj, op, root)
+    except Exception as e:
+        _refused(cx, "reduce", e)
+        raise
+
+
+def _reduce_obj(cx, h, sendobj, op, root):
     if not _ordered(h, op, objects=True):
         return _reduce.reduce(cx, sendobj, op, root)
     root = check_root(cx, root, "reduce")
@@ -185,10 +235,29 @@ def reduce(cx, sendobj, op=SUM, root=0):
 
 def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     h = split(cx)
-    if not _ordered(h, op):
+    if h is None:
         return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
-    if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
-        return None
+    agreed = False
+    try:
+        if not _ordered(h, op):
+            return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+        seq = h.node.seq
+        try:
+            if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
+                return None
+        except MmpiError:
+            agreed = h.node.seq != seq   # the lanes ran: every rank raises (agreed)
+            raise
+        _leaders_allreduce(h, sendbuf, recvbuf, op)
+    except Exception as e:
+        if not agreed:
+            _refused(cx, "Allreduce", e)
+        raise
+
+
+def _leaders_allreduce(h, sendbuf, recvbuf, op) -> None:
+    """The leader scheme: reduce to each node's leader, Allreduce among the leaders,
+    broadcast within each node."""
     leader = h.leaders is not None
     if sendbuf is IN_PLACE:
         if leader:
@@ -204,6 +273,16 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
 
 def allreduce(cx, sendobj, op=SUM):
     h = split(cx)
+    if h is None:
+        return _reduce.allreduce(cx, sendobj, op)
+    try:
+        return _allreduce_obj(cx, h, sendobj, op)
+    except Exception as e:
+        _refused(cx, "allreduce", e)
+        raise
+
+
+def _allreduce_obj(cx, h, sendobj, op):
     if not _ordered(h, op, objects=True):
         return _reduce.allreduce(cx, sendobj, op)
     part = _reduce.reduce(h.node, sendobj, op, 0)
