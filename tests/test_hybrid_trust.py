@@ -101,3 +101,35 @@ def test_under_a_launcher_without_mpi4py_the_error_says_what_to_do(tmp_path):
     r = subprocess.run([sys.executable, "-c", code + "; print('one')"], capture_output=True,
                        text=True, timeout=60, env=env)
     assert r.returncode == 0 and r.stdout.split() == ["one"], r.stderr
+
+
+def _allgather_refused(comm, count):
+    """Rank 1 passes a send buffer spec that overruns its buffer (refused before any
+    communication); it must still take part, so that no rank waits for it."""
+    import numpy as np
+
+    from driller import MPI
+    from driller.errors import MmpiError
+    me, n = comm.Get_rank(), comm.Get_size()
+    send = [np.zeros(5), 9, MPI.DOUBLE] if me == 1 else np.full(count, float(me))
+    out = np.zeros((n, count))
+    try:
+        comm.Allgather(send, out)
+        res = "ok"
+    except MmpiError as e:
+        res = type(e).__name__
+    ok = np.zeros(n)
+    comm.Allgather(np.array([float(me)]), ok)    # still in step
+    return res, ok.tolist()
+
+
+@pytest.mark.parametrize("count", [4, 40_000, 200_000])   # eager, messages, direct
+def test_single_node_allgather_refused_on_one_rank_hangs_nobody(count):
+    """On one node (the flat Allgather of every size): the refusing rank raises, the
+    others raise or complete, and the next collective still works (before: the
+    others waited forever for rank 1's block)."""
+    from driller import mmpi
+    res = mmpi.spawn(_allgather_refused, 3, args=(count,))
+    assert res[1][0] == "MmpiValueError", res
+    assert all(r[1] == [0.0, 1.0, 2.0] for r in res), res
+    assert all(r[0] in ("ok", "MmpiError") for r in (res[0], res[2])), res
