@@ -37,6 +37,14 @@ if mode == "refuse":
         elif what == "Reduce":
             comm.Reduce(overrun if mine else np.ones(4), np.zeros(4) if r == 0 else None,
                         root=0)
+        elif what == "Allreduce-lanes":   # 4 elements here, lanes elsewhere
+            k = 4 if mine else 100_000
+            comm.Allreduce(np.ones(k), np.zeros(k))
+        elif what == "Allgather":        # the receive buffer spec refused
+            comm.Allgather(np.ones(4), [np.zeros(5), 99, MPI.DOUBLE] if mine
+                           else np.zeros((n, 4)))
+        elif what == "Scan":             # a flat collective across nodes
+            comm.Scan(overrun if mine else np.ones(4), np.zeros(4))
         elif what == "bcast":
             comm.bcast((lambda: 0) if mine else None, root=bad)   # cannot be pickled
     except Exception as e:   # the program goes on (as a test of errors would)

@@ -7,8 +7,9 @@ when there is no MPI launcher or no mpi4py.
   synchronous sends across nodes, a large object and a shared array by value;
 * an argument that only one rank refuses, or a count that differs on one rank, in a
   hierarchical Bcast / Reduce / Allreduce (or an object that cannot be pickled in
-  bcast): the job ends non-zero at once, naming that rank and its error, and leaves
-  nothing behind (before: the other ranks waited forever);
+  bcast, a receive buffer refused in Allgather, a flat Scan across nodes): the job
+  ends non-zero at once, naming that rank and its error, and leaves nothing behind
+  (before: the other ranks waited forever);
 * with no MPI launcher, or an MPI launcher but no mpi4py: single-node worlds and
   `driller run` work without importing mpi4py; a launched rank says what is missing.
 """
@@ -42,6 +43,10 @@ def test_what_a_user_checks_first(impl, tmp_path):
     ("Bcast", 2, "expected 40 bytes"),   # a leader, the only one of its node that differs
     ("Reduce", 1, "MmpiValueError: Reduce: 9 x MPI_DOUBLE"),      # the root's node
     ("bcast", 2, "PicklingError"),       # the root cannot pickle its object
+    # a count that makes rank 3 take the leaders' path while its node takes lanes
+    ("Allreduce-lanes", 3, "expected 40 bytes from rank 1 but got 32"),
+    ("Allgather", 0, "MmpiValueError: Allgather: 396 x MPI_DOUBLE"),
+    ("Scan", 1, "MmpiValueError: Scan: 9 x MPI_DOUBLE"),
 ])
 def test_an_argument_refused_on_one_rank_ends_the_job(what, bad, error):
     tag = uuid.uuid4().hex[:8]

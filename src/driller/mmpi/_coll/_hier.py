@@ -17,7 +17,7 @@ declared so) and every object reduction (lists under SUM concatenate) take the
 flat algorithm.  An argument refused, or a count that differs, on some ranks of
 Bcast, Reduce, Allreduce (outside the lanes, which agree first) or an object
 form cannot reach the others, which would wait forever: that rank ends the job
-through the launcher (:func:`_refused`), naming itself and the error.  Gathers,
+through the launcher (:func:`refused`), naming itself and the error.  Gathers,
 scatters, Alltoall and scans stay flat: correct across nodes, through the same
 routes, but not regrouped.
 """
@@ -32,10 +32,11 @@ from ...errors import MmpiError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from . import _barrier, _bcast, _hierlane, _reduce
-from ._context import Context, check_root
+from ._context import Context, cbase, check_root, drive
+from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
+__all__ = ["split", "guard", "refused", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
 
@@ -103,7 +104,7 @@ def split(cx) -> _Split | None:
     return h
 
 
-def _refused(cx, what: str, e: BaseException):
+def refused(cx, what: str, e: BaseException):
     """End the whole job (through the MPI launcher) for an argument this rank refused,
     or a count that did not match, in a collective spanning nodes whose other ranks
     cannot learn of it (they would wait forever): the rank and the error are named."""
@@ -117,6 +118,21 @@ def _refused(cx, what: str, e: BaseException):
     if abort is None:   # (a transport of one node: the caller raises)
         return
     abort(1)
+
+
+def guard(cx, what: str, fn, *args):
+    """``fn(cx, *args)``, a collective that runs flat on every communicator; on one
+    spanning nodes, an exception on this rank ends the job (:func:`refused`): the
+    others, on the flat algorithm, may be waiting for this rank."""
+    try:
+        return fn(cx, *args)
+    except Exception as e:
+        t = cx.t
+        node_of = getattr(t, "node_of", None)   # (not split: collective on first use)
+        if not t.all_local and node_of is not None and \
+                len({node_of[w] for w in cx.group}) > 1:
+            refused(cx, what, e)
+        raise
 
 
 def _ordered(h: _Split | None, op, objects: bool = False) -> bool:
@@ -164,7 +180,7 @@ def Bcast(cx, buf, root=0) -> None:
     try:
         _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
     except Exception as e:
-        _refused(cx, "Bcast", e)
+        refused(cx, "Bcast", e)
         raise
 
 
@@ -175,7 +191,7 @@ def bcast(cx, obj, root=0):
     try:
         return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
     except Exception as e:
-        _refused(cx, "bcast", e)
+        refused(cx, "bcast", e)
         raise
 
 
@@ -188,7 +204,7 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     try:
         _Reduce(cx, h, sendbuf, recvbuf, op, root)
     except Exception as e:
-        _refused(cx, "Reduce", e)
+        refused(cx, "Reduce", e)
         raise
 
 
@@ -218,7 +234,7 @@ def reduce(cx, sendobj, op=SUM, root=0):
     try:
         return _reduce_obj(cx, h, sendobj, op, root)
     except Exception as e:
-        _refused(cx, "reduce", e)
+        refused(cx, "reduce", e)
         raise
 
 
@@ -241,17 +257,24 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     try:
         if not _ordered(h, op):
             return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+        if h.node.direct_ok is None:
+            # decided before the first Allreduce: a rank whose count differs from its
+            # node's and that takes the other path (lanes or leaders) then meets the
+            # node's first message on the same tag, and raises instead of waiting
+            drive(cx.t, g_direct_ok(h.node, cbase(h.node), True))
         seq = h.node.seq
         try:
             if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
                 return None
-        except MmpiError:
-            agreed = h.node.seq != seq   # the lanes ran: every rank raises (agreed)
+        except MmpiError as e:
+            # the lanes ran and agreed on it (their own errors, on every rank: "Allreduce:
+            # ..."), not a message of another path met on the node (a count that differs)
+            agreed = h.node.seq != seq and str(e).startswith("Allreduce:")
             raise
         _leaders_allreduce(h, sendbuf, recvbuf, op)
     except Exception as e:
         if not agreed:
-            _refused(cx, "Allreduce", e)
+            refused(cx, "Allreduce", e)
         raise
 
 
@@ -278,7 +301,7 @@ def allreduce(cx, sendobj, op=SUM):
     try:
         return _allreduce_obj(cx, h, sendobj, op)
     except Exception as e:
-        _refused(cx, "allreduce", e)
+        refused(cx, "allreduce", e)
         raise
 
 
