@@ -138,3 +138,20 @@ def test_single_node_allgather_refused_on_one_rank_hangs_nobody(count):
     assert res[1][0] == "MmpiValueError", res
     assert all(r[1] == [0.0, 1.0, 2.0] for r in res), res
     assert all(r[0] in ("ok", "MmpiError") for r in (res[0], res[2])), res
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_failing_rank_ends_the_whole_job_under_mpich(mode):
+    """As test_hybrid's Open MPI test: rank 2 raises (or is killed) while rank 3 waits
+    on it through shared memory and ranks 0 and 1 through MPI.  Hydra names a killed
+    rank by its pid and signal."""
+    tag = uuid.uuid4().hex[:8]
+    r = _job("mpich", [os.path.join(os.path.dirname(PROG), "_hybrid_prog.py"), mode], tag,
+             timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    if mode == "raise":
+        assert "rank 2 of the hybrid world raised ValueError (rank 2 fails on purpose)" in out
+    else:
+        assert "signal 9" in out or "PeerDiedError (rank 2 " in out, out
+    _no_leftovers(tag, None)
