@@ -17,7 +17,8 @@ declared so) and every object reduction (lists under SUM concatenate) take the
 flat algorithm.  An argument refused, or a count that differs, on some ranks of
 Bcast, Reduce, Allreduce (outside the lanes, which agree first) or an object
 form cannot reach the others, which would wait forever: that rank ends the job
-through the launcher (:func:`refused`), naming itself and the error.  Gathers,
+through the launcher (:func:`refused`), naming itself and the error; so does any
+exception in a collective that runs flat across nodes (:func:`guard`).  Gathers,
 scatters, Alltoall and scans stay flat: correct across nodes, through the same
 routes, but not regrouped.
 """
@@ -36,7 +37,8 @@ from ._context import Context, cbase, check_root, drive
 from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "guard", "refused", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
+__all__ = ["split", "guard", "refused", "Barrier", "Bcast", "bcast", "Reduce", "reduce",
+           "Allreduce", "allreduce"]
 
 _IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
 
@@ -109,14 +111,14 @@ def refused(cx, what: str, e: BaseException):
     or a count that did not match, in a collective spanning nodes whose other ranks
     cannot learn of it (they would wait forever): the rank and the error are named."""
     t = cx.t
+    abort = getattr(t, "abort", None)
+    if abort is None:   # (a transport of one node: the caller raises)
+        return
     sys.stderr.write(f"driller: {what} on {cx.name or 'a communicator'} spanning nodes "
                      f"failed on its rank {cx.rank} (world rank {t.rank}): "
                      f"{type(e).__name__}: {e}; the other ranks cannot learn of it and would "
                      f"wait forever: aborting the MPI job\n")
     sys.stderr.flush()
-    abort = getattr(t, "abort", None)
-    if abort is None:   # (a transport of one node: the caller raises)
-        return
     abort(1)
 
 
