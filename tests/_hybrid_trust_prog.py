@@ -6,7 +6,8 @@ Mode "checks": routes on the world, Dup, Split, Create and the node's communicat
 Improbe / Mprobe with ANY_SOURCE and ANY_TAG see both routes; a cancelled receive
 from another node; Ssend, ssend and Issend across nodes complete only once matched;
 an object holding a large array and a shared array crosses nodes by value (the
-receiver's copy is its own).  Each rank writes ok<rank> into the directory argv[2].
+receiver's copy is its own); an Alltoall whose send buffer one rank refuses raises on
+every rank.  Each rank writes ok<rank> into the directory argv[2].
 
 Mode "refuse <collective> <rank>": that rank alone passes an argument the others do
 not (a buffer spec that overruns its buffer, or another count) to a collective across
@@ -181,6 +182,19 @@ elif r == 3:
     got["z"][:] = 9
     got["a"][:] = 0
     comm.send("changed", 1, 71)
+comm.Barrier()
+
+# Alltoall (small blocks: through the leaders) whose send buffer one rank refuses, a
+# node's leader or not: every rank raises (as on one node), the refusing one its own error
+from driller.errors import MmpiError   # noqa: E402
+for bad in (2, 3):
+    try:
+        comm.Alltoall([np.zeros(5), 9 * n, MPI.DOUBLE] if r == bad else np.ones((n, 4)),
+                      np.zeros((n, 4)))
+    except MmpiError as e:
+        assert ("overruns" in str(e)) == (r == bad), (bad, r, e)
+    else:
+        raise AssertionError(f"rank {r}: Alltoall with a refused buffer on rank {bad} returned")
 comm.Barrier()
 with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
     f.write("ok")

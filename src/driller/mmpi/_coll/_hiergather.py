@@ -506,10 +506,10 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
     if mj != 0:
         ops = [cs(node, smv, 0, nbase), cr(node, rb.mv, 0, nbase + 1)]
         waitall(t, ops)
+        if err is not None:   # (this rank's own error says more than the empty reply)
+            raise err
         first_error(ops[:1])
         count_check(cx, ops[1], nb, what, cx.index[node.group[0]])
-        if err is not None:
-            raise err
         return
     cranks = _cranks(h)
     L = node.size
@@ -523,11 +523,12 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
     leaders = h.leaders
     lbase = cbase(leaders)
     sends, recvs = [], []
+    ok = first is None and err is None   # (else empty messages: every rank raises)
     for k, ranks in enumerate(cranks):
         if k == mi:
             continue
         out = np.ascontiguousarray(S3[:, ranks, :])          # [my rank, their rank]
-        sends.append(cs(leaders, memoryview(out).cast("B"), k, lbase))
+        sends.append(cs(leaders, memoryview(out).cast("B") if ok else EMPTY, k, lbase))
         got = np.empty((len(ranks), L, B), np.uint8)          # [their rank, my rank]
         recvs.append((k, ranks, got, cr(leaders, memoryview(got).cast("B"), k, lbase)))
     waitall(t, sends + [x[-1] for x in recvs])
@@ -541,7 +542,9 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
     for s in sends:
         first = first or s.exc
     rb.mv[:] = memoryview(R[0]).cast("B")
-    ops = [cs(node, memoryview(R[j]).cast("B"), j, nbase + 1) for j in range(1, L)]
+    ok = first is None and err is None
+    ops = [cs(node, memoryview(R[j]).cast("B") if ok else EMPTY, j, nbase + 1)
+           for j in range(1, L)]
     waitall(t, ops)
     first = first or next((o.exc for o in ops if o.exc is not None), None)
     if first is not None:
