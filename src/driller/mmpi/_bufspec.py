@@ -414,14 +414,15 @@ def spec_view(spec, writable: bool, copy: bool = False, sliced: bool = False):
     else:
         try:
             mv = memoryview(buf)
+            fmt = mv.format
+            if fmt != "B" or mv.ndim != 1 or not mv.c_contiguous:
+                if fmt not in _PLAIN_FORMATS:
+                    return None
+                mv = mv.cast("B")   # (raises for what is not C-contiguous, or empty)
         except (TypeError, ValueError):
             return None
-        if not mv.c_contiguous or (writable and mv.readonly):
+        if writable and mv.readonly:
             return None
-        if mv.ndim != 1 or mv.format != "B":
-            if mv.format not in _PLAIN_FORMATS or not mv.nbytes:
-                return None
-            mv = mv.cast("B")
     n = len(mv)
     if count < 0:
         if n % size:
