@@ -40,6 +40,12 @@ def test_recv_into_mmap_and_bytearray_specs_writes_the_count_only(pair):
     c1.Recv([ba, 2, MPI.INT], 0, MPI.ANY_TAG, st)
     assert ba[:3] == b"xyz" and ba[3:] == b"\xee" * 61 and len(ba) == 64
     assert (st.Get_tag(), st.Get_count(MPI.BYTE)) == (6, 3)
+    c0.Send(b"12345678", 1, 8)                          # ANY_SOURCE: a view of the count
+    c1.Recv([mm, 8, MPI.BYTE], MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+    assert mm[:8] == b"12345678" and mm[8:] == b"\xee" * 4088
+    assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (0, 8, 8)
+    c0.Send(b"ABCDEFGH", 1, 5)
+    c1.Recv([mm, 8, MPI.BYTE], 0, 5)
     c0.Send(b"", 1, 7)                                  # an empty message
     c1.Recv([mm, 0, MPI.BYTE], 0, 7, st)
     assert st.Get_count(MPI.BYTE) == 0 and mm[:8] == b"ABCDEFGH"

@@ -529,13 +529,11 @@ class Comm(_attr.Cached, Handle):
                 res = t.takers[w](tag, p.ctx, mv, cap)
                 if res is False:
                     if cap >= 0:   # waiting: through a view of the spec's bytes
-                        mv = spec_view(buf, True)
-                        cap = -1
+                        mv = _sliced_view(mv, cap)
                     res = t.recv_fast(w, tag, p.ctx, mv) if mv is not None else None
             else:
                 if cap >= 0:
-                    mv = spec_view(buf, True)
-                    cap = -1
+                    mv = _sliced_view(mv, cap)
                 res = t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
             if res is not None:
                 if status is not None:
@@ -1339,6 +1337,17 @@ def _int_like(x) -> bool:
     except (TypeError, ValueError, OverflowError):   # nan, inf
         return False
     return True
+
+
+def _sliced_view(obj, cap: int):
+    """A writable byte view of the first ``cap`` bytes of a ``bytearray`` or an
+    ``mmap`` (Recv's waiting path; ``cap`` within it already), or None for a
+    read-only or closed ``mmap`` (the general parser then says what is wrong)."""
+    try:
+        mv = memoryview(obj)
+    except ValueError:
+        return None
+    return None if mv.readonly else mv[:cap]
 
 
 def _flat(buf, writable: bool):
