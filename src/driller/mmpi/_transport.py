@@ -490,7 +490,7 @@ class Transport:
                 if end > room[0]:
                     return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             p = base + off
-            if n < _NPACKS and type(mv) is bytes:   # header and payload: one struct call
+            if type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
                 packs[n](data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0, mv)
             else:
                 pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
