@@ -12,13 +12,20 @@ message.  Prints the medians and the per-round ratio driller / Open MPI
 (min..max).
 
     .venv/bin/python benchmarks/oversub_lat.py [--ranks 2,4,8] [--rounds 3]
-        [--iters 5000] [--float-ranks] [--base-src DIR] [--json out.json]
+        [--iters 5000] [--float-ranks] [--layout none|rr|block]
+        [--pattern half|neighbour] [--base-src DIR] [--json out.json]
 
 ``--float-ranks`` passes the partner as a float (``nprocs / 2``), as mpi4py's
 own ``demo/osu_multi_lat.py`` does.  ``--base-src DIR`` adds driller imported
 from another source tree (before/after in the same rounds).  Environment
 variables (``DRILLER_MMPI_SPIN_US``, ``DRILLER_MMPI_PURE_POLLS``, ...) reach
-the ranks, so a policy can be compared by running the script twice.
+the ranks, so a policy can be compared by running the script twice
+(``DRILLER_BIND=cyclic`` binds driller's ranks, not ``--base-src``'s).
+``--layout`` makes every rank, of both implementations, pin itself to one CPU
+after start-up: ``rr`` rank r on CPU r mod the CPUs (with ``--pattern half``
+both members of a pair share a CPU when n/2 is a multiple of the CPUs),
+``block`` consecutive ranks together (each pair split across CPUs);
+``--pattern neighbour`` pairs 0-1, 2-3, ... instead (so the layouts swap roles).
 """
 
 from __future__ import annotations
@@ -44,6 +51,14 @@ pairs = n / 2 if floats else n // 2
 buf = bytearray(8); rbuf = bytearray(8)
 s = [buf, 8, MPI.BYTE]; r = [rbuf, 8, MPI.BYTE]
 partner = me + pairs if me < pairs else me - pairs
+first = me < pairs       # sends first
+layout, cpus = sys.argv[3], sorted(os.sched_getaffinity(0))
+if sys.argv[4] == "neighbour":   # pairs 0-1, 2-3, ... instead of i, i + n/2
+    partner, first = me ^ 1, me % 2 == 0
+if layout == "rr":       # rank r on core r % cores (Open MPI's map-by core when it binds)
+    os.sched_setaffinity(0, {cpus[me % len(cpus)]})
+elif layout == "block":  # ranks in blocks of n / cores per core
+    os.sched_setaffinity(0, {cpus[(me * len(cpus)) // n]})
 
 def switches():
     v = {}
@@ -60,7 +75,7 @@ for i in range(iters + skip):
     if i == skip:
         sl0 = getattr(t, "stats_sleeps", 0)
         v0 = switches(); c0 = time.process_time(); t0 = time.perf_counter()
-    if me < pairs:
+    if first:
         comm.Send(s, partner, 1); comm.Recv(r, partner, 1)
     else:
         comm.Recv(r, partner, 1); comm.Send(s, partner, 1)
@@ -78,7 +93,7 @@ KEYS = ("oneway_us", "cpu_us", "vol", "invol", "sleeps")
 
 
 def run(impl: str, n: int, iters: int, floats: bool, prog: str,
-        base_src: str | None) -> dict | None:
+        base_src: str | None, layout: str = "none", pattern: str = "half") -> dict | None:
     env = dict(os.environ)
     if impl in ("driller", "base"):
         cmd = [str(BIN / "driller"), "run", "-n", str(n), "--mpi4py", prog]
@@ -87,7 +102,7 @@ def run(impl: str, n: int, iters: int, floats: bool, prog: str,
     else:
         cmd = [str(BIN / "mpirun"), "--oversubscribe", "--allow-run-as-root", "-n", str(n),
                str(BIN / "python"), prog]
-    cmd += [str(iters), "1" if floats else "0"]
+    cmd += [str(iters), "1" if floats else "0", layout, pattern]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -103,6 +118,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--float-ranks", action="store_true")
+    ap.add_argument("--layout", default="none", choices=("none", "rr", "block"),
+                    help="each rank pins itself after start-up: rr = rank r on core "
+                    "r %% cores, block = ranks in blocks of n / cores, none = as launched")
+    ap.add_argument("--pattern", default="half", choices=("half", "neighbour"),
+                    help="half = osu_multi_lat's pairs i, i + n/2; neighbour = 0-1, 2-3, ...")
     ap.add_argument("--base-src", help="also run driller from this source tree")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -118,7 +138,8 @@ def main() -> None:
             ratios = []
             for r in range(a.rounds):
                 order = impls[r % len(impls):] + impls[:r % len(impls)]
-                got = {i: run(i, n, a.iters, a.float_ranks, prog, a.base_src) for i in order}
+                got = {i: run(i, n, a.iters, a.float_ranks, prog, a.base_src, a.layout,
+                                a.pattern) for i in order}
                 for i in impls:
                     if got[i]:
                         res[i].append(got[i])

@@ -320,3 +320,83 @@ def check_alltoallv(comm, MPI, label=""):
     else:
         raise AssertionError(f"rank {r}: a refused alltoall returned")
     comm.Barrier()
+
+
+def check_alltoall_paths(comm, MPI, label=""):
+    """Alltoall on each side of the hybrid thresholds (a rank's buffer up to
+    ALLTOALL_NATIVE_MAX: the MPI library's own Alltoall; up to ALLTOALL_AGG_MAX:
+    through the leaders; above: direct) against numpy: odd sizes, a strided
+    (non-contiguous) datatype on both sides, IN_PLACE, and a rank whose blocks are
+    one element longer (it and the others raise; none waits)."""
+    from driller.errors import MmpiError
+    from driller.mmpi._coll import _hiergather as HG
+    r, n = comm.Get_rank(), comm.Get_size()
+    nat, agg = HG.ALLTOALL_NATIVE_MAX // (8 * n), HG.ALLTOALL_AGG_MAX // (8 * n)
+
+    def blk(src, dst, c):
+        return np.arange(c, dtype=np.float64) * (src + 2) + 1000.0 * dst + 0.5
+
+    for c in (1, 7, nat, nat + 1, agg, agg + 1):
+        where = (label, c)
+        sa = np.array([blk(r, k, c) for k in range(n)])
+        ra = np.full((n, c), -1.0)
+        comm.Alltoall(sa, ra)
+        assert all((ra[k] == blk(k, r, c)).all() for k in range(n)), where
+        comm.Alltoall(MPI.IN_PLACE, sa)
+        assert all((sa[k] == blk(k, r, c)).all() for k in range(n)), where
+        # every other double of 2c per block, sent and received
+        vt = MPI.DOUBLE.Create_vector(c, 1, 2).Create_resized(0, 16 * c).Commit()
+        try:
+            ss = np.full((n, c, 2), -3.0)
+            ss[:, :, 0] = [blk(r, k, c) for k in range(n)]
+            rs = np.full((n, c, 2), -4.0)
+            comm.Alltoall([ss, 1, vt], [rs, 1, vt])   # one vt per block
+            assert all((rs[k, :, 0] == blk(k, r, c)).all() for k in range(n)), where
+            assert (rs[:, :, 1] == -4.0).all(), where      # the gaps are left alone
+        finally:
+            vt.Free()
+        # the last rank's blocks are one element longer than everyone else's
+        cc = c + (1 if r == n - 1 else 0)
+        try:
+            comm.Alltoall(np.ones((n, cc)), np.empty((n, cc)))
+        except MmpiError:
+            pass
+        else:
+            raise AssertionError(f"rank {r}: a mismatched Alltoall returned {where}")
+        comm.Barrier()
+        # the last rank's send buffer does not match its receive buffer (it refuses)
+        try:
+            comm.Alltoall(np.ones((n, c + (1 if r == n - 1 else 0))), np.empty((n, c)))
+        except MmpiError as e:
+            assert r != n - 1 or "every block must have the same size" in str(e), (where, e)
+        else:
+            raise AssertionError(f"rank {r}: a refused Alltoall returned {where}")
+        comm.Barrier()
+
+
+def check_lanes_freed(comm, MPI, label=""):
+    """Communicators that ran the collectives which make MPI communicators (lanes,
+    the whole communicator) free those when freed, Dup after Dup: none is left."""
+    from driller.mmpi._coll import _hierlane
+    r, n = comm.Get_rank(), comm.Get_size()
+    big = _hierlane.LANE_MIN // 8 + 5
+    made = []
+    for i in range(3):
+        c = comm.Dup()
+        y = np.empty(big)
+        c.Allreduce(np.full(big, float(r + i)), y, op=MPI.SUM)
+        assert (y == sum(range(n)) + n * i).all(), (label, i)
+        a = np.empty(n)
+        c.Alltoall(np.arange(n, dtype=np.float64) + 10 * r, a)
+        assert (a == 10.0 * np.arange(n) + r).all(), (label, i)
+        h = c._cx.hier
+        null = c._t.MPI.COMM_NULL                            # the engine's (real mpi4py)
+        natives = [ln.native for ln in h.lanes.values()]
+        in_lane = h.node.rank < min(len(ws) for ws in h.order)
+        assert len(natives) == 1 + in_lane, (label, len(natives))   # its lane, the whole
+        assert all(x != null for x in natives), (label, i)
+        made += natives
+        (c.Disconnect if i % 2 else c.Free)()
+        assert h.lanes is None and all(x == null for x in natives), (label, i)
+    assert id(h) not in _hierlane._LIVE
+

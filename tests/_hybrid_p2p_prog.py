@@ -5,7 +5,8 @@ the data as MPI messages of their own), sizes around the threshold, both ways:
 buffers (blocking, nonblocking, synchronous, truncated), objects with large arrays
 and bytes, large pickles, tables longer than a record; order of small/large mixes
 per pair, receives by tag out of order, ANY_SOURCE seeing both routes, Waitany and
-Waitall over requests of both routes, probes."""
+Waitall over requests of both routes, probes; the fast paths' order when the engine
+holds messages of other communicators or sources."""
 import os
 import sys
 
@@ -203,6 +204,82 @@ else:
     got = np.empty(5 * L, np.uint8)
     m.Recv(got)
     assert (got == pattern(5 * L, 7)).all()
+comm.Barrier()
+
+# 8. the fast paths across nodes (a buffer of more than INLINE bytes sent without the
+# engine; a blocking receive taking the pool's head record) keep MPI's order when the
+# engine holds something: (a) ANY_SOURCE receives without probes of interleaved small
+# and large messages from both routes; (b) an unexpected message of another
+# communicator from the same source does not stop the fast path, one of this
+# communicator from the same source is received first; (c) an ANY_SOURCE receive
+# posted before a receive from a given source takes the first message; (d) Sendrecv,
+# persistent and synchronous sends of large buffers both ways
+sizes = [8, L + 1, 0, L, 1 << 20, 3, L - 1, 2 * L, 65536, 1]
+if r == 0:
+    seen = {1: 0, 2: 0, 3: 0}
+    got = np.empty(1 << 20, np.uint8)
+    for _ in range(3 * len(sizes)):
+        st = MPI.Status()
+        comm.Recv(got, MPI.ANY_SOURCE, 100, st)
+        src, k = st.Get_source(), seen[st.Get_source()]
+        assert st.Get_count(MPI.BYTE) == sizes[k], (src, k, st.Get_count(MPI.BYTE))
+        assert (got[:sizes[k]] == pattern(sizes[k], 20 * src + k)).all(), (src, k)
+        seen[src] += 1
+    assert seen == {1: len(sizes), 2: len(sizes), 3: len(sizes)}, seen
+else:
+    for k, size in enumerate(sizes):
+        comm.Send(pattern(size, 20 * r + k), 0, 100)
+comm.Barrier()
+other = comm.Dup()
+for size in (8, 4 * L):
+    if r == 2:   # (nonblocking: a large standard send may wait for its receive)
+        MPI.Request.Waitall([
+            other.Isend(pattern(size, 1), 0, 101),   # (b) another communicator's, first
+            comm.Isend(pattern(size, 2), 0, 101),
+            comm.Isend(pattern(size, 3), 0, 102),    # same communicator, 102, then 101
+            comm.Isend(pattern(size, 4), 0, 101),
+            comm.Isend(pattern(size, 5), 0, 103),    # (c) to an ANY_SOURCE receive,
+            comm.Isend(pattern(size, 6), 0, 103)])   # then to a receive from rank 2
+    elif r == 0:
+        while not other.Iprobe(2, 101):           # in the engine, unexpected
+            pass
+        a = np.empty(size, np.uint8)
+        comm.Recv(a, 2, 101)
+        assert (a == pattern(size, 2)).all()
+        while not comm.Iprobe(2, 102):            # unexpected: comes before tag 101's
+            pass
+        comm.Recv(a, 2, 101)
+        assert (a == pattern(size, 4)).all()
+        comm.Recv(a, 2, 102)
+        assert (a == pattern(size, 3)).all()
+        other.Recv(a, 2, 101)
+        assert (a == pattern(size, 1)).all()
+        b = np.empty(size, np.uint8)
+        rq = comm.Irecv(b, MPI.ANY_SOURCE, 103)
+        st = MPI.Status()
+        comm.Recv(a, 2, 103, st)
+        rq.Wait()
+        assert (b == pattern(size, 5)).all() and (a == pattern(size, 6)).all()
+    comm.Barrier()
+other.Free()
+for size in (L - 1, L + 1, 1 << 20):
+    got = np.empty(size, np.uint8)
+    st = MPI.Status()
+    comm.Sendrecv(pattern(size, r), peer, 104, got, peer, 104, st)
+    assert (got == pattern(size, peer)).all() and st.Get_count(MPI.BYTE) == size
+    out = pattern(size, r + 7)
+    ps, pr = comm.Send_init(out, peer, 105), comm.Recv_init(got, peer, 105)
+    for k in range(3):
+        out[:] = pattern(size, r + k)
+        MPI.Prequest.Startall([pr, ps])
+        MPI.Request.Waitall([pr, ps])
+        assert (got == pattern(size, peer + k)).all(), (size, k)
+    ps.Free(), pr.Free()
+    rq = comm.Irecv(got, peer, 106)
+    comm.Ssend(pattern(size, r + 50), peer, 106) if r < 2 else comm.Issend(
+        pattern(size, r + 50), peer, 106).Wait()
+    rq.Wait()
+    assert (got == pattern(size, peer + 50)).all()
 comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

@@ -37,11 +37,15 @@ if mode == "coll":
     _hybrid_coll.check(comm, MPI, "world")
     _hybrid_coll.check_reductions(comm, MPI, "world")
     _hybrid_coll.check_alltoallv(comm, MPI, "world")
+    _hybrid_coll.check_alltoall_paths(comm, MPI, "world")
+    _hybrid_coll.check_lanes_freed(comm, MPI, "world")
     # ranks in reverse order: every node's ranks interleave with the other's
     rev = comm.Split(0, n - r)
     _hybrid_coll.check(rev, MPI, "reversed")
     _hybrid_coll.check_reductions(rev, MPI, "reversed")
     _hybrid_coll.check_alltoallv(rev, MPI, "reversed")
+    _hybrid_coll.check_alltoall_paths(rev, MPI, "reversed")
+    rev.Free()
     comm.Barrier()
     with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
         f.write("ok")
@@ -163,6 +167,9 @@ _hybrid_coll.check_reductions(comm, MPI, "world")
 _hybrid_coll.check_reductions(inter, MPI, "interleaved")
 _hybrid_coll.check_alltoallv(comm, MPI, "world")
 _hybrid_coll.check_alltoallv(inter, MPI, "interleaved")
+_hybrid_coll.check_alltoall_paths(comm, MPI, "world")
+_hybrid_coll.check_alltoall_paths(inter, MPI, "interleaved")
+_hybrid_coll.check_lanes_freed(inter, MPI, "interleaved")
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
 assert comm.allgather(r * 2) == [k * 2 for k in range(n)]

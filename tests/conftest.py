@@ -52,9 +52,9 @@ def _is_expected(pid: int) -> bool:
 
 
 # files that the peers we compare against make (multiprocessing's semaphores,
-# Open MPI's and MPICH's shared-memory segments), possibly in a concurrent run: not
-# ours (tests/test_hybrid.py checks that its own MPI jobs leave none)
-_FOREIGN_SHM = ("sem.mp-", "sm_segment.", "vader_segment.", "mpich_shm_")
+# Open MPI's and MPICH's shared-memory segments, UCX's under either), possibly in a
+# concurrent run: not ours (tests/test_hybrid.py checks that its own MPI jobs leave none)
+_FOREIGN_SHM = ("sem.mp-", "sm_segment.", "vader_segment.", "mpich_shm_", "ucx_shm_posix_")
 
 
 def _memfds() -> set[tuple[int, str]]:

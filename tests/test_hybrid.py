@@ -262,3 +262,40 @@ def test_route_refuses_bad_arguments():
         mmpi.route(comm, 1)
     with pytest.raises(MmpiError, match="not a communicator"):
         mmpi.route("world", 0)
+
+
+@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
+def test_finalize_frees_the_mpi_communicators_of_collectives(impl, tmp_path):
+    """Lanes (a large Allreduce) and the whole-communicator MPI communicator (an
+    Alltoall) of COMM_WORLD and of a Dup never freed: Finalize frees them all, and
+    the job ends cleanly."""
+    prog = tmp_path / "fin.py"
+    prog.write_text(textwrap.dedent("""
+        import numpy as np
+        from driller import MPI
+        from driller.mmpi._coll import _hierlane
+        c = MPI.COMM_WORLD
+        r, n = c.Get_rank(), c.Get_size()
+        d = c.Dup()
+        for comm in (c, d):
+            y = np.empty(100_000)
+            comm.Allreduce(np.full(100_000, 1.0 + r), y)
+            assert (y == n + n * (n - 1) / 2).all()
+            a = np.empty(n)
+            comm.Alltoall(np.arange(n, dtype=float) + 10 * r, a)
+            assert (a == r + 10.0 * np.arange(n)).all()
+        natives = [ln.native for comm in (c, d) for ln in comm._cx.hier.lanes.values()]
+        null = c._t.MPI.COMM_NULL
+        assert len(natives) == 4 and all(x != null for x in natives)
+        MPI.Finalize()
+        assert not _hierlane._LIVE and all(x == null for x in natives)
+        import os, sys
+        open(os.path.join(sys.argv[1], f"ok{r}"), "w").close()
+    """))
+    out = tmp_path / "out"
+    out.mkdir()
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [str(prog), str(out)], tag, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(out)) == [f"ok{k}" for k in range(4)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, impl)

@@ -62,6 +62,7 @@ ARGVS = [
     ["-x", "A", "-xB=1", "-x", "C=-1=2", "--oversubscribe", "--allow-run-as-root", "x.py"],
     ["-n", "2", "-n", "5", "--grace", "0", "--grace", "2.5", "-c", "x", "--grace", "9"],
     ["-n=3", "-c", "pass"],
+    ["--bind-to", "cyclic", "-n", "4", "--bind-to=CORE", "-c", "pass"],
 ]
 
 
@@ -81,6 +82,8 @@ def test_quick_parse_is_what_argparse_parses(argv):
     (["-x", "1A=2", "-c", "pass"], "argument -x: needs VAR or VAR=value"),
     (["-x", "Ä=2", "-c", "pass"], "argument -x: needs VAR or VAR=value"),
     (["--tag-output=1", "-c", "pass"], "ignored explicit argument '1'"),
+    (["--bind-to", "socket", "-c", "pass"],
+     "argument --bind-to: needs one of none, core, cyclic, got 'socket'"),
 ])
 def test_bad_values_are_worded_by_argparse(argv, message):
     head, _ = L._split(argv)

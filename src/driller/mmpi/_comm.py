@@ -1068,11 +1068,11 @@ class Comm(_attr.Cached, Handle):
 
     def Ibcast(self, buf: BufSpec, root: int = 0) -> Request:
         """Nonblocking Broadcast."""
-        return _nonblocking.Ibcast(self._cx, buf, root)
+        return _hier.guard(self._cx, "Ibcast", _nonblocking.Ibcast, buf, root)
 
     def Iallreduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking Reduce to All."""
-        return _nonblocking.Iallreduce(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Iallreduce", _nonblocking.Iallreduce, sendbuf, recvbuf, op)
 
     def Bcast(self, buf: BufSpec, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
@@ -1095,12 +1095,14 @@ class Comm(_attr.Cached, Handle):
     def Reduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
                              op: Op = SUM) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
-        return _reduce.Reduce_scatter_block(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Reduce_scatter_block", _reduce.Reduce_scatter_block,
+                           sendbuf, recvbuf, op)
 
     def Reduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
                        recvcounts: Sequence[int] | None = None, op: Op = SUM) -> None:
         """Reduce-Scatter (vector version)."""
-        return _reduce.Reduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
+        return _hier.guard(self._cx, "Reduce_scatter", _reduce.Reduce_scatter,
+                           sendbuf, recvbuf, recvcounts, op)
 
     def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
                root: int = 0) -> Any | None:
@@ -1208,17 +1210,19 @@ class Comm(_attr.Cached, Handle):
     def Ireduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
                 root: int = 0) -> Request:
         """Nonblocking Reduce."""
-        return _vcoll.Ireduce(self._cx, sendbuf, recvbuf, op, root)
+        return _hier.guard(self._cx, "Ireduce", _vcoll.Ireduce, sendbuf, recvbuf, op, root)
 
     def Ireduce_scatter_block(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpec | BufSpecB,
                               op: Op = SUM) -> Request:
         """Nonblocking Reduce_scatter_block."""
-        return _vcoll.Ireduce_scatter_block(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Ireduce_scatter_block", _vcoll.Ireduce_scatter_block,
+                           sendbuf, recvbuf, op)
 
     def Ireduce_scatter(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec,
                         recvcounts: Sequence[int] | None = None, op: Op = SUM) -> Request:
         """Nonblocking Reduce_scatter."""
-        return _vcoll.Ireduce_scatter(self._cx, sendbuf, recvbuf, recvcounts, op)
+        return _hier.guard(self._cx, "Ireduce_scatter", _vcoll.Ireduce_scatter,
+                           sendbuf, recvbuf, recvcounts, op)
 
     def Free(self) -> None:
         """Free the communicator: its attributes are deleted (delete callbacks run),
@@ -1234,6 +1238,7 @@ class Comm(_attr.Cached, Handle):
         try:
             h.attrs.clear(self, "Comm.Free")
         finally:
+            _hier.release(h.cx)
             _handles.live.pop(h.number, None)
             h.info = {}
             self._unbind()
@@ -1432,27 +1437,27 @@ class Intracomm(Comm):
 
     def Scan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
         """Inclusive Scan."""
-        return _reduce.Scan(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Scan", _reduce.Scan, sendbuf, recvbuf, op)
 
     def Exscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> None:
         """Exclusive Scan."""
-        return _reduce.Exscan(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Exscan", _reduce.Exscan, sendbuf, recvbuf, op)
 
     def Iscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking Scan."""
-        return _vcoll.Iscan(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Iscan", _vcoll.Iscan, sendbuf, recvbuf, op)
 
     def Iexscan(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec, op: Op = SUM) -> Request:
         """Nonblocking Exscan."""
-        return _vcoll.Iexscan(self._cx, sendbuf, recvbuf, op)
+        return _hier.guard(self._cx, "Iexscan", _vcoll.Iexscan, sendbuf, recvbuf, op)
 
     def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Inclusive Scan."""
-        return _reduce.scan(self._cx, sendobj, op)
+        return _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
 
     def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Exclusive Scan."""
-        return _reduce.exscan(self._cx, sendobj, op)
+        return _hier.guard(self._cx, "exscan", _reduce.exscan, sendobj, op)
 
     # -- topologies: the classes live in ``_topo`` (above this module, which never
     # imports it); each registers itself here as it is defined (``kind=``), and these
@@ -1785,6 +1790,7 @@ def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        _hier.release_all()   # the MPI communicators of hybrid collectives
         try:
             t.finish()   # what the peers still need from us (a FIN behind a full ring)
         except DrillerError:  # a peer's death: nothing more to hand it, this rank is done

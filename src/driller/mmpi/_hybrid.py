@@ -184,38 +184,104 @@ class HybridTransport(T.Transport):
         self._seq[dst] = seq + k
         return DATA_TAG0 + seq
 
-    def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
-        if dst in self.remote:
-            # a standard eager send to another node: its record goes to MPI at once
-            # (nothing is ever queued for a remote rank, so order is kept)
+    def _remote_sender(self, dst: int):
+        """``senders[dst]`` for a rank of another node: a standard eager send, its
+        record to MPI at once (nothing is ever queued for a remote rank, so order is
+        kept); False (the general path) beyond ``inline_max`` bytes, or for an object
+        holding a SharedArray by reference (send_object sends it by value)."""
+        inline, HB, me = self.inline_max, T.HDR_BYTES, self.rank
+        pack, K_EAGER, F_OBJ = T.HDR.pack_into, T.K_EAGER, T.F_OBJ
+        Isend = self.mpi.Isend
+        t_ = self
+
+        def send(ctx, tag, mv, flags=0):
             n = len(mv)
-            if n > self.inline_max or (flags & T.F_OBJ and _SHARED_MARK in mv):
-                return False   # (a SharedArray by reference: send_object sends it by value)
-            rec = bytearray(T.HDR_BYTES + n)     # (_put's remote branch, inlined)
-            T.HDR.pack_into(rec, 0, T.K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, self.rank)
-            rec[T.HDR_BYTES:] = mv
-            sends = self._rec_sends
-            sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+            if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
+                return False
+            rec = bytearray(HB + n)     # (_put's remote branch, inlined)
+            pack(rec, 0, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me)
+            rec[HB:] = mv
+            sends = t_._rec_sends
+            sends.append((Isend(rec, dst, REC_TAG), rec))
             if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
-                self._rec_sends = [x for x in sends if not x[0].Test()]
+                t_._rec_sends = [x for x in sends if not x[0].Test()]
             return True
-        return super().send_fast(dst, ctx, tag, mv, flags)
+        return send
 
     def isend(self, op: T.SendOp, protocol: int | None = None) -> T.SendOp:
         if protocol is None and op.nbytes > self.inline_max and op.dest in self.remote:
+            if not op.flags:   # a buffer: its request and its data, without the engine
+                return self._isend_remote(op)
             protocol = E.RNDV   # its data as MPI messages of its own, straight from op.mv
         return super().isend(op, protocol)
 
+    def _isend_remote(self, op: T.SendOp) -> T.SendOp:
+        """A buffer of more than ``inline_max`` bytes to a rank of another node: the
+        request record (as _put_send's, sender id 0: no FIN comes back) and the data
+        message straight from ``op.mv``, two MPI calls; the engine never holds it
+        (records to other nodes are never queued, so order is MPI's: kept).  ``op``
+        is done when MPI says its data message is (_poll_data)."""
+        dst, n = op.dest, op.nbytes
+        first = self._tags(dst, 1)
+        rec = bytearray(T.HDR_BYTES)
+        T.HDR.pack_into(rec, 0, T.K_RTS | (T.F_SYNC if op.sync else 0) << 8, op.context,
+                        op.tag, n, 0, first, 0, self.rank)
+        self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+        data = (self.mpi_data.Issend if op.sync else self.mpi_data.Isend)(
+            [op.mv, self._BYTE], dst, first)
+        op.protocol, op.state = E.RNDV, E.S_WAIT_FIN   # (id 0: no engine knows it)
+        self._data_sends.append(([data], op, n))
+        self._inflight += n
+        return op
+
     def _sender(self, dst: int):
-        if dst in self.remote:   # through MPI: send_fast's remote branch
-            send_fast = self.send_fast
-            return lambda ctx, tag, mv, flags=0: send_fast(dst, ctx, tag, mv, flags)
+        if dst in self.remote:   # through MPI
+            return self._remote_sender(dst)
         return super()._sender(dst)
 
     def _taker(self, src: int):
         if src in self.remote:   # records from another node come through MPI
-            return T._declined
+            return self._remote_taker(src)
         return super()._taker(src)
+
+    def _remote_taker(self, src: int):
+        """``takers[src]`` for a rank of another node: the record at the head of the
+        pool, if MPI has it, is a plain eager message from ``src`` that this receive
+        matches and that fits: copied into ``mv``, (source, tag, nbytes); False when
+        the head's receive is not complete (and nothing else is queued: Recv then
+        waits in recv_fast); None otherwise (another record is handed to the record
+        handler: use the general path)."""
+        eng = self.engine
+        t_ = self
+        pool = self._pool
+        unpack = T.HDR.unpack_from
+        HB = T.HDR_BYTES
+        K_EAGER, K_RTS = T.K_EAGER, T.K_RTS
+
+        clear = self._clear
+
+        def take(tag, ctx, mv):
+            if t_.npending or (eng.posted or eng.unexpected) and not clear(src, ctx):
+                return None
+            i = t_._ph
+            slot = pool[i]
+            req = slot[0]
+            if not req.Test():
+                return False
+            kf, c, tg, nb, _sid, _addr, plen, w7 = unpack(slot[1], 0)
+            if kf != K_EAGER or w7 != src or c != ctx or (tag != tg and tag != -1) \
+                    or nb > len(mv):
+                if kf == K_RTS and not plen and w7 == src and c == ctx and nb <= len(mv) \
+                        and (tag == tg or tag == -1):
+                    return False   # a buffer's request: recv_fast receives it into mv
+                t_._take_slot(i)
+                return None
+            if nb:
+                mv[:nb] = slot[2][HB:HB + nb]
+            req.Start()
+            t_._ph = (i + 1) % POOL
+            return src, tg, nb
+        return take
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
@@ -234,6 +300,21 @@ class HybridTransport(T.Transport):
             return None
         return super().take_fast(src, tag, ctx, mv)
 
+    def _clear(self, src: int, ctx: int) -> bool:
+        """Whether the engine holds nothing that comes before the next record from
+        ``src`` on context ``ctx``: no unexpected message from ``src`` on ``ctx`` and no
+        receive posted on ``ctx`` that such a record could match.  (Messages of other
+        communicators, e.g. an idle rank's early barrier arrival, or from other
+        sources, don't keep the fast paths from taking it.)"""
+        eng = self.engine
+        for m in eng.unexpected:
+            if m.source == src and m.context == ctx:
+                return False
+        for r in eng.posted:
+            if r.context == ctx and (r.source == src or r.source < 0):
+                return False
+        return True
+
     def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
         """A blocking receive from a rank of another node, when nothing else is
         queued: wait for the next record (the head of the pool), polling MPI without
@@ -244,7 +325,7 @@ class HybridTransport(T.Transport):
         a plain rendezvous request for a buffer is received straight into mv;
         anything else goes to the record handler and the general path takes over."""
         eng = self.engine
-        if eng.posted or eng.unexpected or self.npending:
+        if self.npending or (eng.posted or eng.unexpected) and not self._clear(src, ctx):
             return None
         i = self._ph
         slot = self._pool[i]
@@ -461,7 +542,9 @@ class HybridTransport(T.Transport):
                     del sends[k]
                     self._inflight -= n
                     did = True
-                    if s.id in self.engine.awaiting:
+                    if not s.id:   # (_isend_remote's: no engine knows it)
+                        s.state, s.done = E.S_DONE, True
+                    elif s.id in self.engine.awaiting:
                         self._run(self.engine.control(E.FIN, s.id))
                 else:
                     k += 1

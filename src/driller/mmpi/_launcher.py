@@ -54,12 +54,13 @@ from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_
                      raw_wait_status, reap_adopted, shell_status, signal_name, stop_leftovers,
                      wait_status)
 
-__all__ = ["main", "Options", "parse_args", "UsageError", "describe_status",
+__all__ = ["main", "Options", "parse_args", "placement", "UsageError", "describe_status",
            "wait_status", "shell_status", "UNKNOWN"]
 
 USAGE_LINE = """\
 driller run [-h] [-n N] [--tag-output] [--no-mpi4py] [-x VAR[=value]]
-                   [--grace SECONDS] (prog.py | -m module | -c code) [args ...]"""
+                   [--grace SECONDS] [--bind-to none|core|cyclic]
+                   (prog.py | -m module | -c code) [args ...]"""
 
 DESCRIPTION = "Start N ranks of a Python program under mmpi, on this machine."
 
@@ -95,12 +96,14 @@ class Options:
     launcher's start-up a few ms, see docs/launcher.md "Startup".)
     """
 
-    __slots__ = ("n", "tag_output", "mpi4py", "grace", "export", "kind", "target", "args")
+    __slots__ = ("n", "tag_output", "mpi4py", "grace", "export", "kind", "target", "args",
+                 "bind")
 
     def __init__(self, n: int = 1, tag_output: bool = False, mpi4py: bool = True,
                  grace: float = DEFAULT_GRACE,
                  export: list[tuple[str, str | None]] | None = None,
-                 kind: str = "path", target: str = "", args: list[str] | None = None):
+                 kind: str = "path", target: str = "", args: list[str] | None = None,
+                 bind: str = "none"):
         self.n = n
         self.tag_output = tag_output
         self.mpi4py = mpi4py          # `from mpi4py import MPI` gives driller.MPI
@@ -109,6 +112,7 @@ class Options:
         self.kind = kind              # "path" | "module" | "code"
         self.target = target
         self.args = [] if args is None else args
+        self.bind = bind              # --bind-to: none | core | cyclic (placement())
 
     def __repr__(self) -> str:
         return "Options(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -149,6 +153,33 @@ def _seconds(raw: str) -> float:
     return s
 
 
+BIND_CHOICES = ("none", "core", "cyclic")
+
+
+def _bind(raw: str) -> str:
+    b = raw.strip().lower()
+    if b not in BIND_CHOICES:
+        raise _bad(f"needs one of {', '.join(BIND_CHOICES)}, got {raw!r}")
+    return b
+
+
+def placement(n: int, cpus, bind: str) -> list[int] | None:
+    """The CPU each of ``n`` ranks is bound to under ``--bind-to bind``, given the
+    CPUs the launcher may use; None: the ranks stay unbound (``none``, or no more
+    ranks than CPUs, where the scheduler keeps them apart anyway).  ``core``: in
+    blocks of consecutive ranks, as ``mpirun --bind-to core:overload-allowed``
+    (ranks 0, 1 on the first CPU, 2, 3 on the second, for 4 ranks on 2);
+    ``cyclic``: rank r on CPU r mod the number of CPUs (0, 2 on the first).
+    Ranks that talk to each other are best on one CPU (docs/mmpi.md, "Waiting")."""
+    cpus = sorted(cpus)
+    k = len(cpus)
+    if bind == "none" or n <= k:
+        return None
+    if bind == "core":
+        return [cpus[r * k // n] for r in range(n)]
+    return [cpus[r % k] for r in range(n)]
+
+
 def _export(raw: str) -> tuple[str, str | None]:
     name, sep, value = raw.partition("=")
     # (an ASCII identifier is [A-Za-z_][A-Za-z0-9_]*; no `re` at start-up)
@@ -168,6 +199,7 @@ _VALUED: dict = {
     **dict.fromkeys(("-n", "-np", "--np"), ("n", _ranks)),
     "-x": ("export", _export),
     "--grace": ("grace", _seconds),
+    "--bind-to": ("bind", _bind),
     **dict.fromkeys(_REFUSED, ("host", None)),      # refused by _split
 }
 _FLAGS: dict = {
@@ -178,7 +210,7 @@ _FLAGS: dict = {
     **dict.fromkeys(("--oversubscribe", "--allow-run-as-root"), ("ignored", True)),
 }
 _DEFAULTS = {"n": 1, "tag_output": False, "mpi4py": True, "grace": DEFAULT_GRACE,
-             "help": False, "ignored": False, "host": None}
+             "help": False, "ignored": False, "host": None, "bind": None}
 _PARSER = None
 
 
@@ -225,6 +257,10 @@ def _parser():
     add(opt, "--grace", type=_seconds, default=DEFAULT_GRACE, metavar="SECONDS",
         help="after a failure, SIGTERM the other ranks and SIGKILL them "
              f"after SECONDS (default {DEFAULT_GRACE:g})")
+    add(opt, "--bind-to", type=_bind, default=None, dest="bind", metavar="none|core|cyclic",
+        help="when ranks outnumber the CPUs, bind each to one: core = consecutive ranks "
+             "share a CPU (mpirun's order), cyclic = rank r on CPU r mod CPUs; none (the "
+             "default, or $DRILLER_BIND) leaves them to the scheduler")
     mpirun = p.add_argument_group("mpirun compatibility")
     add(mpirun, "--oversubscribe", "--allow-run-as-root", valued=False, action="store_true",
         dest="ignored", help="accepted and ignored (more ranks than cores is always fine)")
@@ -303,8 +339,15 @@ def parse_args(argv: list[str]) -> Options | None:
         ns = vars(_parser().parse_args(head))
         if ns["help"]:
             return None
+    bind = ns["bind"]
+    if bind is None:
+        raw = os.environ.get("DRILLER_BIND", "").strip()
+        try:
+            bind = _bind(raw) if raw else "none"
+        except Exception as e:  # noqa: BLE001 - argparse's ArgumentTypeError
+            raise UsageError(f"DRILLER_BIND {e}") from None
     opts = Options(n=ns["n"], tag_output=ns["tag_output"], mpi4py=ns["mpi4py"],
-                   grace=ns["grace"], export=list(ns["export"]))
+                   grace=ns["grace"], export=list(ns["export"]), bind=bind)
     if not prog:
         raise UsageError("no program given (prog.py, -m module or -c code)")
     a = prog[0]
@@ -602,6 +645,8 @@ class Launcher:
         stdin_null_rank0 = _isatty(0)
         cmd = self.opts.command()
         spawn = self._spawner(cmd)
+        places = (None if self.opts.bind == "none"
+                  else placement(self.opts.n, os.sched_getaffinity(0), self.opts.bind))
         for rank in range(self.opts.n):
             self._on_signal(self._sigfd)      # ^C while starting: start no more
             if self.parent is not None and not self.orphaned \
@@ -626,6 +671,11 @@ class Launcher:
                         proc.returncode = -signal.SIGKILL
                 raise
             rank_pids.add(pid)
+            if places is not None:   # (the rank is still starting: its threads inherit it)
+                try:
+                    os.sched_setaffinity(pid, (places[rank],))
+                except OSError:      # pragma: no cover - a CPU taken away meanwhile
+                    pass             # the rank runs unbound
             r = _Rank(rank, pid, pidfd, proc)
             self.ranks.append(r)
             self.sel.register(pidfd, selectors.EVENT_READ, ("exit", r, 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...errors import MmpiError, TruncationError
-from .._bufspec import parse
+from .._bufspec import EMPTY, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
 from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
@@ -156,12 +156,21 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
     mine = rb.block(me)
     err = None
+    send = mine
     if sendbuf is not IN_PLACE:
-        err = local_copy(parse(sendbuf, False, what).mv, mine, what, f"rank {me} sends {{}} bytes but its block "
-                          f"of the receive buffer holds {{}}")
+        try:
+            smv = parse(sendbuf, False, what).mv
+        except Exception as e:   # (refused) this rank still takes part, with an empty
+            err, send = e, EMPTY  # block: the others see it, none waits for it
+        else:
+            err = local_copy(smv, mine, what, f"rank {me} sends {{}} bytes but its block "
+                             f"of the receive buffer holds {{}}")
     # an error in this rank's own contribution is raised once the exchange is done
     try:
-        allgather_blocks(cx, rb, mine, what)
+        allgather_blocks(cx, rb, send, what)
+    except MmpiError:
+        if err is None:
+            raise   # (else this rank's own error, below, says more)
     finally:
         rb.finish()
     if err is not None:

@@ -14,22 +14,31 @@ communicator on one node takes the usual algorithms (:func:`split` is None).
 Reductions combine in rank order only when every node holds a contiguous run of
 the communicator's ranks; otherwise a non-commutative buffer op (a user op
 declared so) and every object reduction (lists under SUM concatenate) take the
-flat algorithm.  Gathers,
+flat algorithm.  An argument refused, or a count that differs, on some ranks of
+Bcast, Reduce, Allreduce (outside the lanes, which agree first) or an object
+form cannot reach the others, which would wait forever: that rank ends the job
+through the launcher (:func:`refused`), naming itself and the error; so does any
+exception in a collective that runs flat across nodes (:func:`guard`).  Gathers,
 scatters, Alltoall and scans stay flat: correct across nodes, through the same
 routes, but not regrouped.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from ...errors import MmpiError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from . import _barrier, _bcast, _hierlane, _reduce
-from ._context import Context, check_root
+from ._context import Context, cbase, check_root, drive
+from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
+__all__ = ["split", "release", "release_all", "guard", "refused", "Barrier", "Bcast", "bcast",
+           "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
 
@@ -97,6 +106,46 @@ def split(cx) -> _Split | None:
     return h
 
 
+def release(cx) -> None:
+    """The communicator is being freed: free the MPI communicators its lanes made
+    (``_hierlane``); nothing for a communicator on one node."""
+    _hierlane.release(cx.hier)
+
+
+release_all = _hierlane.release_all
+
+
+def refused(cx, what: str, e: BaseException):
+    """End the whole job (through the MPI launcher) for an argument this rank refused,
+    or a count that did not match, in a collective spanning nodes whose other ranks
+    cannot learn of it (they would wait forever): the rank and the error are named."""
+    t = cx.t
+    abort = getattr(t, "abort", None)
+    if abort is None:   # (a transport of one node: the caller raises)
+        return
+    sys.stderr.write(f"driller: {what} on {cx.name or 'a communicator'} spanning nodes "
+                     f"failed on its rank {cx.rank} (world rank {t.rank}): "
+                     f"{type(e).__name__}: {e}; the other ranks cannot learn of it and would "
+                     f"wait forever: aborting the MPI job\n")
+    sys.stderr.flush()
+    abort(1)
+
+
+def guard(cx, what: str, fn, *args):
+    """``fn(cx, *args)``, a collective that runs flat on every communicator; on one
+    spanning nodes, an exception on this rank ends the job (:func:`refused`): the
+    others, on the flat algorithm, may be waiting for this rank."""
+    try:
+        return fn(cx, *args)
+    except Exception as e:
+        t = cx.t
+        node_of = getattr(t, "node_of", None)   # (not split: collective on first use)
+        if not t.all_local and node_of is not None and \
+                len({node_of[w] for w in cx.group}) > 1:
+            refused(cx, what, e)
+        raise
+
+
 def _ordered(h: _Split | None, op, objects: bool = False) -> bool:
     """May this reduction be regrouped: rank order kept, or the op commutes on
     buffers (on Python objects nothing is taken to commute: list + list)?"""
@@ -139,20 +188,38 @@ def Bcast(cx, buf, root=0) -> None:
     h = split(cx)
     if h is None:
         return _bcast.Bcast(cx, buf, root)
-    _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
+    try:
+        _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
+    except Exception as e:
+        refused(cx, "Bcast", e)
+        raise
 
 
 def bcast(cx, obj, root=0):
     h = split(cx)
     if h is None:
         return _bcast.bcast(cx, obj, root)
-    return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
+    try:
+        return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
+    except Exception as e:
+        refused(cx, "bcast", e)
+        raise
 
 
 # ---------------------------------------------------------------- reductions
 
 def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     h = split(cx)
+    if h is None:
+        return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
+    try:
+        _Reduce(cx, h, sendbuf, recvbuf, op, root)
+    except Exception as e:
+        refused(cx, "Reduce", e)
+        raise
+
+
+def _Reduce(cx, h, sendbuf, recvbuf, op, root) -> None:
     if not _ordered(h, op):
         return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
     root = check_root(cx, root, "Reduce")
@@ -173,6 +240,16 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
 
 def reduce(cx, sendobj, op=SUM, root=0):
     h = split(cx)
+    if h is None:
+        return _reduce.reduce(cx, sendobj, op, root)
+    try:
+        return _reduce_obj(cx, h, sendobj, op, root)
+    except Exception as e:
+        refused(cx, "reduce", e)
+        raise
+
+
+def _reduce_obj(cx, h, sendobj, op, root):
     if not _ordered(h, op, objects=True):
         return _reduce.reduce(cx, sendobj, op, root)
     root = check_root(cx, root, "reduce")
@@ -185,10 +262,36 @@ def reduce(cx, sendobj, op=SUM, root=0):
 
 def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     h = split(cx)
-    if not _ordered(h, op):
+    if h is None:
         return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
-    if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
-        return None
+    agreed = False
+    try:
+        if not _ordered(h, op):
+            return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+        if h.node.direct_ok is None:
+            # decided before the first Allreduce: a rank whose count differs from its
+            # node's and that takes the other path (lanes or leaders) then meets the
+            # node's first message on the same tag, and raises instead of waiting
+            drive(cx.t, g_direct_ok(h.node, cbase(h.node), True))
+        seq = h.node.seq
+        try:
+            if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
+                return None
+        except MmpiError as e:
+            # the lanes ran and agreed on it (their own errors, on every rank: "Allreduce:
+            # ..."), not a message of another path met on the node (a count that differs)
+            agreed = h.node.seq != seq and str(e).startswith("Allreduce:")
+            raise
+        _leaders_allreduce(h, sendbuf, recvbuf, op)
+    except Exception as e:
+        if not agreed:
+            refused(cx, "Allreduce", e)
+        raise
+
+
+def _leaders_allreduce(h, sendbuf, recvbuf, op) -> None:
+    """The leader scheme: reduce to each node's leader, Allreduce among the leaders,
+    broadcast within each node."""
     leader = h.leaders is not None
     if sendbuf is IN_PLACE:
         if leader:
@@ -204,6 +307,16 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
 
 def allreduce(cx, sendobj, op=SUM):
     h = split(cx)
+    if h is None:
+        return _reduce.allreduce(cx, sendobj, op)
+    try:
+        return _allreduce_obj(cx, h, sendobj, op)
+    except Exception as e:
+        refused(cx, "allreduce", e)
+        raise
+
+
+def _allreduce_obj(cx, h, sendobj, op):
     if not _ordered(h, op, objects=True):
         return _reduce.allreduce(cx, sendobj, op)
     part = _reduce.reduce(h.node, sendobj, op, 0)

@@ -20,15 +20,19 @@ algorithms of ``_gather`` and ``_alltoall``.
   to the node's leader, the leaders exchange their nodes' blocks, and each
   leader broadcasts the whole receive buffer through shared memory (the blocks
   alone, packed, when they leave gaps in it: MPI writes nothing else).
-* **Alltoall**: leader-aggregated for small blocks (every rank's send buffer
-  up to ``ALLTOALL_AGG_MAX`` bytes): the node's send buffers go to its leader,
-  leaders swap one message per pair of nodes (instead of one per pair of
-  ranks, each paying driller's and MPI's per-message cost), and each leader
-  hands every rank of its node its receive buffer.  Above that the per-message
-  cost is small beside the bytes, and aggregation would copy every byte twice
-  more through the leaders: each pair of ranks exchanges directly (shared
-  memory within a node, MPI across).  Every rank takes the same choice, since
-  Alltoall's blocks have one size everywhere.  **Alltoallv** and **alltoall**
+* **Alltoall**: the ranks first agree on the size (one small MPI ``Allreduce``
+  on an MPI communicator of the communicator's ranks, ``_hierlane.whole``, made
+  once and freed with it), so every rank takes the same path below or raises.
+  Small buffers (a rank's up to ``ALLTOALL_NATIVE_MAX`` bytes) go through the MPI
+  library's own ``Alltoall`` on that communicator: one tuned exchange in C, where
+  the leaders' three dependent hops of Python cost 2-3x its time under load.
+  Then leader-aggregated (up to ``ALLTOALL_AGG_MAX`` bytes): the node's send
+  buffers go to its leader, leaders swap one message per pair of nodes (instead
+  of one per pair of ranks, each paying driller's and MPI's per-message cost),
+  and each leader hands every rank of its node its receive buffer.  Above that
+  the per-message cost is small beside the bytes, and aggregation would copy
+  every byte twice more through the leaders: each pair of ranks exchanges
+  directly (shared memory within a node, MPI across).  **Alltoallv** and **alltoall**
   (objects) always go direct: their sizes differ per pair and no rank knows
   the others', so an agreed choice would cost a round of count exchange, and
   objects would be pickled three times instead of once.
@@ -49,12 +53,13 @@ from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
                        first_error, notify, obj_items, raise_failed, waitall)
-from ._hier import split
+from ._hier import refused, split
 
 __all__ = ["ALLTOALL_AGG_MAX", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
            "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
 
 ALLTOALL_AGG_MAX = 64 << 10   # bytes of a rank's Alltoall send buffer up to which leaders aggregate
+ALLTOALL_NATIVE_MAX = 16 << 10  # ... up to which the MPI library's own Alltoall runs instead
 
 
 def _cranks(h) -> list[list[int]]:
@@ -376,7 +381,11 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
     h = split(cx)
     if h is None:
         return _gather.buf_allgather(cx, sendbuf, recvbuf, what, vector)
-    rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    try:
+        rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
+    except Exception as e:   # (the others would wait for this rank's block)
+        refused(cx, what, e)
+        raise
     try:
         _allgather_into(cx, h, sendbuf, rb, what)
     finally:
@@ -446,17 +455,38 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
 # ---------------------------------------------------------------- Alltoall(v)
 
 def Alltoall(cx, sendbuf, recvbuf) -> None:
-    """Alltoall: leader-aggregated across nodes for small blocks, else direct per pair."""
+    """Alltoall across nodes: the ranks agree on the size (one small MPI Allreduce),
+    then the MPI library's own Alltoall for small buffers, the leaders for medium
+    ones, direct per pair above (the module docstring)."""
     h = split(cx)
-    n = cx.size
-    if h is not None:
-        rb = parse(recvbuf, True, "Alltoall", blocks=n, staged=True)
-        if len(rb.mv) <= ALLTOALL_AGG_MAX:
-            try:
-                return _alltoall_agg(cx, h, sendbuf, rb)
-            finally:
-                rb.finish()
-    return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+    if h is None:
+        return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+    what = "Alltoall"
+    try:
+        rb = parse(recvbuf, True, what, blocks=cx.size, staged=True)
+    except MmpiError as e:
+        rb, smv, err = None, EMPTY, e
+    else:
+        smv, err = _a2a_send(cx, sendbuf, rb, what)
+    # every rank takes the same path or raises: one small MPI Allreduce of the sizes
+    nb = len(rb.mv) if rb is not None else -1
+    ln = _hierlane.whole(h)
+    if not _hierlane.agree(ln, np.array([nb if err is None else -1 - cx.rank], np.int64)):
+        if err is not None:
+            raise err
+        raise MmpiError(f"{what}: another rank passes a different amount or refused its "
+                        f"arguments (rank {cx.rank} receives {nb} bytes): every block "
+                        f"must have the same size on every rank")
+    if nb > ALLTOALL_AGG_MAX:
+        return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+    try:
+        if nb <= ALLTOALL_NATIVE_MAX:
+            BYTE = cx.t.MPI.BYTE
+            ln.native.Alltoall([smv, BYTE], [rb.mv, BYTE])
+        else:
+            _alltoall_agg(cx, h, smv, rb)
+    finally:
+        rb.finish()
 
 
 def Alltoallv(cx, sendbuf, recvbuf) -> None:
@@ -477,11 +507,9 @@ def alltoall(cx, sendobj):
     return _hieralltoall.alltoall(cx, h, sendobj)
 
 
-def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
-    what = "Alltoall"
-    me, n, t = cx.rank, cx.size, cx.t
-    node = h.node
-    mi, mj = h.where[me]
+def _a2a_send(cx, sendbuf, rb: Buf, what: str):
+    """(the send bytes, this rank's refused argument or None) of a small Alltoall."""
+    me, n = cx.rank, cx.size
     if sendbuf is IN_PLACE:
         smv, err = memoryview(bytes(rb.mv)), None
     else:
@@ -494,14 +522,23 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
         err = MmpiError(f"{what}: rank {me} sends {len(smv)} bytes in all but its receive "
                         f"buffer holds {nb}: every block must have the same size")
         smv = EMPTY
+    return smv, err
+
+
+def _alltoall_agg(cx, h, smv, rb: Buf) -> None:
+    """Through the leaders (the module docstring), once the ranks agreed on the size
+    (so none refused its arguments): ``smv`` the send bytes, ``rb`` the receive."""
+    what = "Alltoall"
+    me, n, t = cx.rank, cx.size, cx.t
+    node = h.node
+    mi, mj = h.where[me]
+    nb = len(rb.mv)
     nbase = cbase(node)
     if mj != 0:
         ops = [cs(node, smv, 0, nbase), cr(node, rb.mv, 0, nbase + 1)]
         waitall(t, ops)
         first_error(ops[:1])
         count_check(cx, ops[1], nb, what, cx.index[node.group[0]])
-        if err is not None:
-            raise err
         return
     cranks = _cranks(h)
     L = node.size
@@ -538,8 +575,6 @@ def _alltoall_agg(cx, h, sendbuf, rb: Buf) -> None:
     first = first or next((o.exc for o in ops if o.exc is not None), None)
     if first is not None:
         raise first
-    if err is not None:
-        raise err
 
 
 # ---------------------------------------------------------------- objects

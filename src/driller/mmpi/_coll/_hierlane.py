@@ -46,10 +46,12 @@ from ._context import (INFO, Context, address, cbase, count_check, count_errors,
 from ._direct import direct_part, g_direct_ok, g_exchange
 from ._reduce import g_allreduce2, red_args
 
-__all__ = ["LANE_MIN", "LANE_TAG", "Allreduce", "Allgather"]
+__all__ = ["LANE_MIN", "LANE_TAG", "WHOLE_TAG", "Allreduce", "Allgather", "whole", "agree", "release",
+           "release_all"]
 
 LANE_MIN = 1 << 18          # bytes of a reduction (or of a rank's allgather block) from which lanes run
 LANE_TAG = 32000            # MPI_Comm_create_group's tag (driller's own MPI tags stay below 16400)
+WHOLE_TAG = 32001           # the same for a whole communicator (whole)
 _NATIVE_OPS = frozenset(("SUM", "PROD", "MAX", "MIN", "LAND", "BAND", "LOR", "BOR", "LXOR",
                          "BXOR"))
 _NATIVE_TYPES = frozenset("bBhHiIlLqQfdFD")
@@ -66,30 +68,79 @@ class _Lane:
         self.cx = cx                # the same ranks as a driller Context (user ops)
 
 
-def _lane(h, j: int) -> _Lane:
-    """This rank's lane (made on first use: collective over the lane's ranks)."""
+_LIVE: dict[int, object] = {}     # id -> the splits holding MPI communicators (release_all)
+
+
+def _create(t, ranks: list[int], tag: int):
+    """An MPI communicator of these world ranks (= ranks of ``t.mpi``), in this order:
+    collective over them (``MPI_Comm_create_group``), errors raised, never aborting."""
+    grp = t.mpi.Get_group()
+    sub = grp.Incl(ranks)
+    try:
+        native = t.mpi.Create_group(sub, tag)
+    finally:
+        sub.Free()
+        grp.Free()
+    native.Set_errhandler(t.MPI.ERRORS_RETURN)
+    return native
+
+
+def _lanes(h) -> dict:
     lanes = h.lanes
     if lanes is None:
         lanes = h.lanes = {}
+        _LIVE[id(h)] = h
+    return lanes
+
+
+def _lane(h, j: int) -> _Lane:
+    """This rank's lane (made on first use: collective over the lane's ranks)."""
+    lanes = _lanes(h)
     ln = lanes.get(j)
     if ln is None:
         cx = h.cx
         t = cx.t
-        ranks = [ws[j] for ws in h.order]            # world ranks = ranks of t.mpi
-        grp = t.mpi.Get_group()
-        sub = grp.Incl(ranks)
-        try:
-            native = t.mpi.Create_group(sub, LANE_TAG)
-        finally:
-            sub.Free()
-            grp.Free()
-        native.Set_errhandler(t.MPI.ERRORS_RETURN)   # MPI's errors raise, never abort
-        ln = lanes[j] = _Lane(native, Context(t, ranks, h.ctx(_LANE_CTX + j),
-                                              f"{cx.name} (lane {j})"))
+        ranks = [ws[j] for ws in h.order]
+        ln = lanes[j] = _Lane(_create(t, ranks, LANE_TAG),
+                              Context(t, ranks, h.ctx(_LANE_CTX + j), f"{cx.name} (lane {j})"))
     return ln
 
 
-def _agree(ln: _Lane, mine: np.ndarray) -> bool:
+def whole(h) -> _Lane:
+    """Every rank of the communicator as an MPI communicator of the same rank order
+    (made on first use: collective over the communicator), for the small collectives
+    that MPI's own algorithm does best (``_hiergather.Alltoall``)."""
+    lanes = _lanes(h)
+    ln = lanes.get(-1)
+    if ln is None:
+        cx = h.cx
+        ln = lanes[-1] = _Lane(_create(cx.t, list(cx.group), WHOLE_TAG), cx)
+    return ln
+
+
+def release(h) -> None:
+    """Free the MPI communicators of a split (its communicator is being freed: every
+    rank of it calls this, as MPI_Comm_free wants).  MPI's own free is local in
+    Open MPI and MPICH: it never waits for another rank."""
+    lanes = h.lanes if h else None
+    if not lanes:
+        return
+    h.lanes = None
+    _LIVE.pop(id(h), None)
+    for ln in lanes.values():
+        MPI = ln.cx.t.MPI
+        if not MPI.Is_finalized() and ln.native != MPI.COMM_NULL:
+            ln.native.Free()
+
+
+def release_all() -> None:
+    """Free every split's MPI communicators (Finalize, exit): communicators the
+    program never freed, COMM_WORLD's among them."""
+    for h in list(_LIVE.values()):
+        release(h)
+
+
+def agree(ln: _Lane, mine: np.ndarray) -> bool:
     """Do the lane's ranks hold the same values (``mine``: int64, any length; a bad
     rank passes values no other rank can)?  One small MPI Allreduce."""
     MPI = ln.cx.t.MPI
@@ -169,7 +220,7 @@ def Allreduce(cx, h, sendbuf, recvbuf, op) -> bool:
     if j < m:
         ln = _lane(h, j)
         name = _native_op(op, rb.dtype) if ok else None
-        agreed = _agree(ln, np.array([rb.nbytes if err is None else -1 - cx.rank,
+        agreed = agree(ln, np.array([rb.nbytes if err is None else -1 - cx.rank,
                                       rb.dtype.num, 1 if name else 0], np.int64))
         if agreed and err is None:
             if name is not None:
@@ -298,7 +349,7 @@ def Allgather(cx, h, err, rb, what) -> bool:
     else:
         view = (np.array(rb.counts, np.int64) if err is None
                 else np.full(cx.size, -1 - me, np.int64))
-        if _agree(ln, view):
+        if agree(ln, view):
             cnts = [rb.counts[r] * isz for r in lranks]
             dsps = [rb.displs[r] * isz for r in lranks]
             ln.native.Allgatherv(MPI.IN_PLACE, [rb.mv, (cnts, dsps), MPI.BYTE])
