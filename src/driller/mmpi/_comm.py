@@ -119,10 +119,13 @@ class _P2P:
     handful of instance-dict loads they replace (docs/mmpi.md, "Hot paths, third
     round")."""
 
-    __slots__ = ("t", "group", "npeers", "ctx", "rank_of")
+    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced")
 
     def __init__(self, t, group, npeers: int, ctx: int, rank_of):
         self.t = t
+        # receives into a bytearray/mmap spec by slice assignment: the ring takers of
+        # a world whose every rank is local (a hybrid world's remote takers take views)
+        self.sliced = t.all_local
         self.group = group
         self.npeers = npeers
         self.ctx = ctx
@@ -500,8 +503,9 @@ class Comm(_attr.Cached, Handle):
              status: Status | None = None) -> None:
         """Blocking receive."""
         cap = -1
+        p = self._p
         if type(buf) is list:
-            mv = spec_view(buf, True, False, True)
+            mv = spec_view(buf, True, False, p.sliced)
             if type(mv) is int:   # [bytearray or mmap, count, dt] (osu_latency's): its first
                 cap = mv          # ``cap`` bytes, written by slice assignment if taken at once
                 mv = buf[0]
@@ -520,13 +524,13 @@ class Comm(_attr.Cached, Handle):
                     self._wait_recv(self._irecv(buf, source, tag, "Recv",
                                                 parsed=(mv, unpack)), status)
                     return
-        p = self._p
         if (type(source) is int and -1 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
                 w = p.group[source]
-                res = t.takers[w](tag, p.ctx, mv, cap)
+                res = t.takers[w](tag, p.ctx, mv, cap) if cap >= 0 else \
+                    t.takers[w](tag, p.ctx, mv)
                 if res is False:
                     if cap >= 0:   # waiting: through a view of the spec's bytes
                         mv = _sliced_view(mv, cap)
