@@ -6,9 +6,12 @@ Two transports (ranks 0 and 1) over one world block in this process; blocking
 8 B completed by ``Waitall`` then received (osu_bw's pattern, per message), the
 exact calls of mpi4py's ``osu_latency.py`` / ``osu_bw.py`` (mmap buffers, one
 spec list reused, a request list overwritten), the layers under them (the
-transport's per-peer closures, ``spec_view``), and a
+transport's per-peer closures, ``spec_view``), a
 ``send`` + ``recv`` pair (a small int) go through the rings exactly as between
-processes.  Reports the best of 15 repeats of process CPU time per pair, which
+processes.  "floor" is the least Python a matched ring hand-over can be: a
+writer and a reader function on a ring of another world block (a header packed
+with one ``struct`` call, one slice copy, the head / tail words), no checks, no
+API; how far the API pairs are above it is what the API costs.  Reports the best of 15 repeats of process CPU time per pair, which
 is far steadier than wall time on a shared VM.
 
     .venv/bin/python benchmarks/mmpi_cpu.py [--profile NAME]
@@ -117,6 +120,37 @@ def cases():
                   ("layer: spec_view of osu's [mmap, 8, BYTE] (send copy + recv view)",
                    osu_specs, 1)]
 
+    # the floor: a minimal writer and reader on a ring of their own world block
+    w = W.World(W.create_world(2))
+    rb, ctrl = w.ring_bytes, w.ring_ctrl(0, 1)
+    fdata, fwords = w.data, w.words
+    fbase, fhw, ftw = ctrl + W.RING_CTRL, ctrl // 8 + W.G_HEAD, ctrl // 8 + W.G_TAIL
+    fpack, funpack = T.HDR.pack_into, T._HDR5.unpack_from
+    fmsg, fbuf = bytes(8), mmap.mmap(-1, 4096)   # (osu: an mmap receive buffer)
+    fstate = [fwords[fhw], fwords[ftw]]   # the writer's head, the reader's tail
+
+    def fsend(msg):
+        head = fstate[0]
+        p = fbase + head % rb
+        fpack(fdata, p, T.K_EAGER, 0, 1, 8, 0, 0, 8, 0)
+        fdata[p + 64:p + 72] = msg
+        head += 128
+        fstate[0] = fwords[fhw] = head
+
+    def frecv(buf):
+        t = fstate[1]
+        if fwords[fhw] != t:
+            p = fbase + t % rb
+            kf, c, tg, nb, plen = funpack(fdata, p)
+            p += 64
+            buf[0:nb] = fdata[p:p + nb]
+            t += 64 + ((plen + 63) & ~63)
+            fstate[1] = fwords[ftw] = t
+
+    def floor_pair():
+        fsend(fmsg)
+        frecv(fbuf)
+
     def opair():
         c0.send(5, 1, 1)
         c1.recv(source=0, tag=1)
@@ -131,7 +165,8 @@ def cases():
             ("8 Irecv posted first, then 56 (8 B, per message)", ahead_window, window),
             ("send+recv (int)", opair, 1),
             ("transport only: send_fast+recv_fast (8 B)", transport_pair, 1),
-            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1] + layers
+            ("spec_view x2 ([buf, 8, BYTE])", parse_only, 1)][:None if spec_view else -1] + layers + [
+            ("floor: a bare ring writer + reader, header and copy (8 B, no API)", floor_pair, 1)]
 
 
 def main():

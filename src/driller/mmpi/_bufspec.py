@@ -355,7 +355,7 @@ def _native(dtype, what: str) -> None:
                               f"or byte-swap it (x.astype(x.dtype.newbyteorder('=')))")
 
 
-def spec_view(spec, writable: bool, copy: bool = False):
+def spec_view(spec, writable: bool, copy: bool = False, sliced: bool = False):
     """The fast path of :func:`message` for the specs mpi4py programs pass most,
     ``[buf, count, dt]`` and ``[buf, dt]`` with ``dt`` a predefined datatype of
     one contiguous run per element and ``buf`` a C-contiguous exporter of plain
@@ -364,7 +364,11 @@ def spec_view(spec, writable: bool, copy: bool = False):
     datatype's type object already holds (its size, cached per type object),
     allocates no more than the views it returns.  ``copy``: a small message to
     send from ``bytes``/``bytearray``/``mmap`` may come back as a ``bytes`` copy
-    (cheaper than a view and its slice; for callers that only copy it on)."""
+    (cheaper than a view and its slice; for callers that only copy it on).
+    ``sliced`` (receives): for ``[b, count, dt]`` with ``b`` a ``bytearray`` or an
+    ``mmap``, return the int number of bytes to receive into ``b`` itself, written
+    by slice assignment: no view of ``b`` is made, so none outlives the call (a
+    read-only ``mmap`` is found out by the write, before the message is consumed)."""
     n = len(spec)
     if n == 3:
         buf, count, dt = spec
@@ -394,6 +398,13 @@ def spec_view(spec, writable: bool, copy: bool = False):
             if count > n:
                 return None
             return buf[:count] if count != n or bt is not bytes else buf
+        if sliced and count >= 0 and bt is not bytes:
+            try:
+                n = len(buf)
+            except ValueError:   # a closed mmap: the general parser says so
+                return None
+            count *= size
+            return count if count <= n else None
         try:
             mv = memoryview(buf)
         except (TypeError, ValueError):
@@ -403,14 +414,15 @@ def spec_view(spec, writable: bool, copy: bool = False):
     else:
         try:
             mv = memoryview(buf)
+            fmt = mv.format
+            if fmt != "B" or mv.ndim != 1 or not mv.c_contiguous:
+                if fmt not in _PLAIN_FORMATS:
+                    return None
+                mv = mv.cast("B")   # (raises for what is not C-contiguous, or empty)
         except (TypeError, ValueError):
             return None
-        if not mv.c_contiguous or (writable and mv.readonly):
+        if writable and mv.readonly:
             return None
-        if mv.ndim != 1 or mv.format != "B":
-            if mv.format not in _PLAIN_FORMATS or not mv.nbytes:
-                return None
-            mv = mv.cast("B")
     n = len(mv)
     if count < 0:
         if n % size:
@@ -427,6 +439,7 @@ def spec_view(spec, writable: bool, copy: bool = False):
 _SPEC_SIZES: dict = {}
 _BYTE_EXPORTERS = frozenset((bytes, bytearray, mmap.mmap))
 _SMALL_COPY = 1024   # send specs up to this many bytes from those: a bytes copy
+_MMAP = mmap.mmap
 
 
 def message(spec, writable: bool, what: str) -> memoryview:

@@ -108,7 +108,28 @@ class _Handles:
 _handles = _Handles()
 _NULL_NUMBER = 2
 # a null (or freed) communicator has none of these: __getattr__ then raises ERR_COMM
-_BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size", "_npeers"))
+_BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size", "_npeers", "_p"))
+
+
+class _P2P:
+    """What the blocking point-to-point fast paths read of a bound communicator,
+    as slots.  Comm has a ``__getattr__`` (null handles, names not implemented),
+    which keeps CPython from specialising attribute loads on its instances: one
+    load of ``comm._p`` (made on first use) and slot loads cost less than the
+    handful of instance-dict loads they replace (docs/mmpi.md, "Hot paths, third
+    round")."""
+
+    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced")
+
+    def __init__(self, t, group, npeers: int, ctx: int, rank_of):
+        self.t = t
+        # receives into a bytearray/mmap spec by slice assignment: the ring takers of
+        # a world whose every rank is local (a hybrid world's remote takers take views)
+        self.sliced = t.all_local
+        self.group = group
+        self.npeers = npeers
+        self.ctx = ctx
+        self.rank_of = rank_of
 
 
 def _comm_error(what: str) -> MmpiError:
@@ -148,6 +169,7 @@ class Comm(_attr.Cached, Handle):
         pass  # everything is done in __new__ (subclasses may override it, as mpi4py's)
 
     def _bind(self, h: _Handle) -> None:
+        self.__dict__.pop("_p", None)   # (made from the fields below on first use)
         cx = self._cx = h.cx
         self._h = h
         # the context's fields, as attributes for the point-to-point hot paths
@@ -382,9 +404,10 @@ class Comm(_attr.Cached, Handle):
                         else message(buf, False, "Send")
             except (TypeError, ValueError):
                 mv = message(buf, False, "Send")
-        if type(dest) is int and 0 <= dest < self._npeers and type(tag) is int and \
+        p = self._p
+        if type(dest) is int and 0 <= dest < p.npeers and type(tag) is int and \
                 0 <= tag <= TAG_MAX:
-            if self._t.senders[self._group[dest]](self._ctx, tag, mv):
+            if p.t.senders[p.group[dest]](p.ctx, tag, mv):
                 return
         elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
@@ -479,7 +502,15 @@ class Comm(_attr.Cached, Handle):
     def Recv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG,
              status: Status | None = None) -> None:
         """Blocking receive."""
-        mv = spec_view(buf, True) if type(buf) is list else None
+        cap = -1
+        p = self._p
+        if type(buf) is list:
+            mv = spec_view(buf, True, False, p.sliced)
+            if type(mv) is int:   # [bytearray or mmap, count, dt] (osu_latency's): its first
+                cap = mv          # ``cap`` bytes, written by slice assignment if taken at once
+                mv = buf[0]
+        else:
+            mv = None
         if mv is None:
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
@@ -493,23 +524,31 @@ class Comm(_attr.Cached, Handle):
                     self._wait_recv(self._irecv(buf, source, tag, "Recv",
                                                 parsed=(mv, unpack)), status)
                     return
-        if (type(source) is int and -1 <= source < self._npeers and type(tag) is int
+        if (type(source) is int and -1 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
+            t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                t = self._t
-                w = self._group[source]
-                res = t.takers[w](tag, self._ctx, mv)
+                w = p.group[source]
+                res = t.takers[w](tag, p.ctx, mv, cap) if cap >= 0 else \
+                    t.takers[w](tag, p.ctx, mv)
                 if res is False:
-                    res = t.recv_fast(w, tag, self._ctx, mv)
+                    if cap >= 0:   # waiting: through a view of the spec's bytes
+                        mv = _sliced_view(mv, cap)
+                    res = t.recv_fast(w, tag, p.ctx, mv) if mv is not None else None
             else:
-                res = self._t.recv_fast(source, tag, self._ctx, mv)
+                if cap >= 0:
+                    mv = _sliced_view(mv, cap)
+                res = t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
             if res is not None:
                 if status is not None:
-                    fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                    fill(status, p.rank_of(res[0]), res[1], 0, res[2])
                 return
         elif (type(source) is not int or type(tag) is not int) and _int_like(source) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            return self.Recv(mv, int(source), int(tag), status)
+            return self.Recv(buf if cap >= 0 or mv is None else mv, int(source), int(tag),
+                             status)
+        if cap >= 0 or mv is None:   # (a declined bytearray/mmap spec: parsed in full)
+            mv = buf
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
 
     def Sendrecv(self, sendbuf: BufSpec, dest: int, sendtag: int = 0,
@@ -1258,6 +1297,12 @@ class Comm(_attr.Cached, Handle):
                          errorcode, self.Abort)
 
     def __getattr__(self, name):
+        if name == "_p":   # the point-to-point fields (after any subclass's _bind)
+            d = self.__dict__
+            if "_cx" in d:
+                p = d["_p"] = _P2P(d["_t"], d["_group"], d["_npeers"], d["_ctx"],
+                                   d["_rank_of"])
+                return p
         if name in _BOUND:
             raise _comm_error(type(self).__name__)
         if name.startswith("_"):
@@ -1300,6 +1345,17 @@ def _int_like(x) -> bool:
     except (TypeError, ValueError, OverflowError):   # nan, inf
         return False
     return True
+
+
+def _sliced_view(obj, cap: int):
+    """A writable byte view of the first ``cap`` bytes of a ``bytearray`` or an
+    ``mmap`` (Recv's waiting path; ``cap`` within it already), or None for a
+    read-only or closed ``mmap`` (the general parser then says what is wrong)."""
+    try:
+        mv = memoryview(obj)
+    except ValueError:
+        return None
+    return None if mv.readonly else mv[:cap]
 
 
 def _flat(buf, writable: bool):

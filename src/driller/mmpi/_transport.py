@@ -77,6 +77,8 @@ F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
+_NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
+_PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
@@ -474,6 +476,7 @@ class Transport:
         base = self.out_data[dst]
         waddr = self.base + hw * 8
         pack = HDR.pack_into
+        packs = _PACKS
         wake = _linux.futex_wake
         put = self._put
 
@@ -494,13 +497,16 @@ class Transport:
                 if end > room[0]:
                     return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             p = base + off
-            pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
-            if n:
-                p += HDR_BYTES
-                if n < BIG_COPY:
-                    data[p:p + n] = mv
-                else:
-                    _copy(data, p, mv, 0, n)
+            if type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
+                packs[n](data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0, mv)
+            else:
+                pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
+                if n:
+                    p += HDR_BYTES
+                    if n < BIG_COPY:
+                        data[p:p + n] = mv
+                    else:
+                        _copy(data, p, mv, 0, n)
             out_head[dst] = end
             words[hw] = end
             if words[sw]:
@@ -510,13 +516,17 @@ class Transport:
 
     def _taker(self, src: int):
         """``take_fast`` for a buffer receive from ``src``, specialised as
-        :meth:`_sender` is: ``(tag, ctx, mv)`` -> (source, tag, nbytes) when the
-        next record from ``src`` is a plain eager message this receive matches
-        and that fits (copied into ``mv``), False when that ring is empty (and
-        nothing else is queued), None otherwise (use the general path)."""
+        :meth:`_sender` is: ``(tag, ctx, mv, cap=-1)`` -> (source, tag, nbytes)
+        when the next record from ``src`` is a plain eager message this receive
+        matches and that fits (copied into ``mv``), False when that ring is empty
+        (and nothing else is queued), None otherwise (use the general path).
+        ``cap`` >= 0: receive into the first ``cap`` bytes of ``mv``, a
+        ``bytearray`` or ``mmap`` written by slice assignment (no view of it is
+        made; a read-only or closed one declines, the record stays in the ring)."""
         if src == self.rank:
             return _declined
-        eng = self.engine
+        posted = self.engine.posted          # (the engine never rebinds its queues)
+        unexpected = self.engine.unexpected
         t_ = self
         tails = self.in_tail
         words = self.words
@@ -530,22 +540,26 @@ class Transport:
         unpack = _HDR5.unpack_from
         wake = _linux.futex_wake
 
-        def take(tag, ctx, mv):
-            if eng.posted or eng.unexpected or t_.npending:
+        def take(tag, ctx, mv, cap=-1):
+            if posted or unexpected or t_.npending:
                 return None
             t = tails[src]
             if words[hw] == t:
                 return False
             p = base + t % rb
             kf, c, tg, nb, plen = unpack(data, p)
-            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or nb > len(mv):
+            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
+                    nb > (cap if cap >= 0 else len(mv)):
                 return None
             if nb:
                 p += HDR_BYTES
-                if nb < BIG_COPY:
-                    mv[:nb] = data[p:p + nb]
-                else:
-                    _copy(mv, 0, data, p, nb)
+                try:
+                    if nb < BIG_COPY:
+                        mv[0:nb] = data[p:p + nb]
+                    else:
+                        _copy(mv, 0, data, p, nb)
+                except (TypeError, ValueError):   # a read-only or closed mmap (cap >= 0)
+                    return None
             t += HDR_BYTES + ((plen + 63) & ~63)
             tails[src] = t
             words[tw] = t
