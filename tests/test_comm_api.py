@@ -469,3 +469,54 @@ def test_create_with_a_bad_group_on_one_rank_raises_everywhere():
         return c.Get_rank() if c else None
 
     assert mmpi.spawn(fn, 3) == [0, 1, None]
+
+
+def test_missing_methods_say_so_and_null_fields_raise_err_comm():
+    """Comm has no ``__getattr__`` (it would keep CPython from specialising every look-up
+    on a communicator): what mpi4py 4.1 has and driller lacks is listed in
+    ``_comm.NOT_PROVIDED``, kept equal here to what real mpi4py's classes have beyond
+    ours; each raises MmpiNotImplementedError (an AttributeError) naming it; a null or
+    freed communicator's fields raise ERR_COMM; an unknown name is a plain AttributeError."""
+    import subprocess
+    import sys
+
+    from driller.errors import MmpiNotImplementedError
+    from driller.mmpi import _comm
+
+    assert "__getattr__" not in vars(_comm.Comm)
+    prog = ("import mpi4py; mpi4py.rc.initialize = False; from mpi4py import MPI\n"
+            "for c in ('Comm','Intracomm','Intercomm','Cartcomm','Graphcomm',"
+            "'Distgraphcomm','Topocomm'):\n"
+            "    print(c, *[n for n in dir(getattr(MPI, c)) if not n.startswith('_')])\n")
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    theirs = {line.split()[0]: set(line.split()[1:]) for line in out.splitlines()}
+    lacking = set()
+    for cls, names in theirs.items():
+        ours = getattr(MPI, cls)
+        for n in names:
+            if n in ("rank", "size"):
+                continue
+            v = ours.__dict__.get(n) if n in ours.__dict__ else next(
+                (k.__dict__[n] for k in ours.__mro__ if n in k.__dict__), None)
+            if v is None or isinstance(v, _comm._NotProvided):
+                lacking.add(n)
+    assert lacking == set(_comm.NOT_PROVIDED)
+    for n in _comm.NOT_PROVIDED:
+        with pytest.raises(MmpiNotImplementedError, match=f"Comm.{n} "):
+            getattr(MPI.COMM_SELF, n)
+        assert not hasattr(MPI.COMM_WORLD, n)
+    with pytest.raises(AttributeError) as ei:
+        MPI.COMM_SELF.No_such_method
+    assert type(ei.value) is AttributeError
+    for field in _comm._BOUND:
+        with pytest.raises(MmpiError) as ei:
+            getattr(MPI.COMM_NULL, field)
+        assert _cls(ei.value) == MPI.ERR_COMM
+    dup = MPI.COMM_SELF.Dup()
+    assert dup.Get_size() == 1 and dup.rank == 0
+    dup.Free()
+    with pytest.raises(MmpiError) as ei:
+        dup.size
+    assert _cls(ei.value) == MPI.ERR_COMM
+    assert MPI.COMM_SELF.size == 1

@@ -107,14 +107,15 @@ class _Handles:
 
 _handles = _Handles()
 _NULL_NUMBER = 2
-# a null (or freed) communicator has none of these: __getattr__ then raises ERR_COMM
+# a null (or freed) communicator has none of these in its dict: the class's _Unbound
+# descriptors then raise ERR_COMM
 _BOUND = frozenset(("_cx", "_t", "_group", "_ctx", "_rank_of", "rank", "size", "_npeers", "_p"))
 
 
 class _P2P:
     """What the blocking point-to-point fast paths read of a bound communicator,
-    as slots.  Comm has a ``__getattr__`` (null handles, names not implemented),
-    which keeps CPython from specialising attribute loads on its instances: one
+    as slots.  The fields of ``_BOUND`` shadow class-level descriptors (ERR_COMM on
+    a null handle), which keeps CPython 3.11 from specialising their loads: one
     load of ``comm._p`` (made on first use) and slot loads cost less than the
     handful of instance-dict loads they replace (docs/mmpi.md, "Hot paths, third
     round")."""
@@ -1296,21 +1297,70 @@ class Comm(_attr.Cached, Handle):
         _errhandler.call(self._h.ext.get("errh", _errhandler.ERRORS_RETURN), self,
                          errorcode, self.Abort)
 
-    def __getattr__(self, name):
-        if name == "_p":   # the point-to-point fields (after any subclass's _bind)
-            d = self.__dict__
-            if "_cx" in d:
-                p = d["_p"] = _P2P(d["_t"], d["_group"], d["_npeers"], d["_ctx"],
-                                   d["_rank_of"])
-                return p
-        if name in _BOUND:
-            raise _comm_error(type(self).__name__)
-        if name.startswith("_"):
-            raise AttributeError(name)
+
+
+class _Unbound:
+    """A field only a bound communicator has (``_BOUND``, in the instance's dict): read
+    on a null or freed one, ERR_COMM.  A class attribute, not ``__getattr__``: CPython
+    does not specialise attribute and method look-ups on instances of a class that
+    has ``__getattr__`` (≈ 0.2 µs per Send+Recv pair, docs/mmpi.md)."""
+    __slots__ = ()
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        raise _comm_error(type(obj).__name__)
+
+
+class _NotProvided:
+    """An mpi4py communicator method driller.mmpi does not provide: reading it raises
+    MmpiNotImplementedError (an AttributeError: ``hasattr`` answers False)."""
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, cls=None):
         raise MmpiNotImplementedError(
-            f"Comm.{name} is not implemented by driller.mmpi yet (point-to-point, "
+            f"Comm.{self.name} is not implemented by driller.mmpi yet (point-to-point, "
             f"collectives, communicator construction and groups are); use mpi4py for it "
             f"meanwhile")
+
+
+class _LazyP2P(_Unbound):
+    """``comm._p``: the point-to-point fields in one slotted record, made on first use
+    (after any subclass's ``_bind``) and kept in the instance's dict; ERR_COMM on a
+    null or freed communicator."""
+    __slots__ = ()
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        d = obj.__dict__
+        if "_cx" not in d:
+            raise _comm_error(type(obj).__name__)
+        p = d["_p"] = _P2P(d["_t"], d["_group"], d["_npeers"], d["_ctx"], d["_rank_of"])
+        return p
+
+
+for _k in _BOUND:
+    setattr(Comm, _k, _LazyP2P() if _k == "_p" else _Unbound())
+# mpi4py 4.1's communicator methods that driller.mmpi lacks (persistent collectives,
+# partitioned point-to-point, fault tolerance, Join, Accept/Connect, Spawn_multiple;
+# tests/test_comm_api.py keeps this list equal to what is missing)
+NOT_PROVIDED = (
+    "Ack_failed", "Agree", "Allgather_init", "Allgatherv_init", "Allreduce_init",
+    "Alltoall_init", "Alltoallv_init", "Alltoallw_init", "Barrier_init", "Bcast_init",
+    "Gather_init", "Gatherv_init", "Get_failed", "Iagree", "Is_revoked", "Ishrink", "Join",
+    "Precv_init", "Psend_init", "Reduce_init", "Reduce_scatter_block_init",
+    "Reduce_scatter_init", "Revoke", "Scatter_init", "Scatterv_init", "Shrink",
+    "Accept", "Connect", "Exscan_init", "Scan_init", "Spawn_multiple",
+    "Neighbor_allgather_init", "Neighbor_allgatherv_init", "Neighbor_alltoall_init",
+    "Neighbor_alltoallv_init", "Neighbor_alltoallw_init")
+for _k in NOT_PROVIDED:
+    if _k not in Comm.__dict__:
+        setattr(Comm, _k, _NotProvided(_k))
+del _k
 
 
 # Methods implemented by modules above this one (they import it): each registers its
