@@ -1298,7 +1298,6 @@ class Comm(_attr.Cached, Handle):
                          errorcode, self.Abort)
 
 
-
 class _Unbound:
     """A field only a bound communicator has (``_BOUND``, in the instance's dict): read
     on a null or freed one, ERR_COMM.  A class attribute, not ``__getattr__``: CPython
