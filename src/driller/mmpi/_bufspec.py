@@ -439,7 +439,6 @@ def spec_view(spec, writable: bool, copy: bool = False, sliced: bool = False):
 _SPEC_SIZES: dict = {}
 _BYTE_EXPORTERS = frozenset((bytes, bytearray, mmap.mmap))
 _SMALL_COPY = 1024   # send specs up to this many bytes from those: a bytes copy
-_MMAP = mmap.mmap
 
 
 def message(spec, writable: bool, what: str) -> memoryview:
