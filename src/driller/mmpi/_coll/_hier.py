@@ -37,7 +37,7 @@ from ._context import Context, cbase, check_root, drive
 from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "release", "release_all", "guard", "refused", "Barrier", "Bcast", "bcast",
+__all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "Barrier", "Bcast", "bcast",
            "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
@@ -131,6 +131,16 @@ def refused(cx, what: str, e: BaseException):
     abort(1)
 
 
+def or_abort(cx, what: str, fn, *args, **kw):
+    """``fn(*args, **kw)`` on a communicator spanning nodes: an exception ends the
+    job (:func:`refused`) before it is raised, for the others cannot learn of it."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:
+        refused(cx, what, e)
+        raise
+
+
 def guard(cx, what: str, fn, *args):
     """``fn(cx, *args)``, a collective that runs flat on every communicator; on one
     spanning nodes, an exception on this rank ends the job (:func:`refused`): the
@@ -188,22 +198,14 @@ def Bcast(cx, buf, root=0) -> None:
     h = split(cx)
     if h is None:
         return _bcast.Bcast(cx, buf, root)
-    try:
-        _broadcast(cx, h, root, "Bcast", _Bcast_step, buf)
-    except Exception as e:
-        refused(cx, "Bcast", e)
-        raise
+    or_abort(cx, "Bcast", _broadcast, cx, h, root, "Bcast", _Bcast_step, buf)
 
 
 def bcast(cx, obj, root=0):
     h = split(cx)
     if h is None:
         return _bcast.bcast(cx, obj, root)
-    try:
-        return _broadcast(cx, h, root, "bcast", _bcast.bcast, obj)
-    except Exception as e:
-        refused(cx, "bcast", e)
-        raise
+    return or_abort(cx, "bcast", _broadcast, cx, h, root, "bcast", _bcast.bcast, obj)
 
 
 # ---------------------------------------------------------------- reductions
@@ -212,11 +214,7 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     h = split(cx)
     if h is None:
         return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
-    try:
-        _Reduce(cx, h, sendbuf, recvbuf, op, root)
-    except Exception as e:
-        refused(cx, "Reduce", e)
-        raise
+    or_abort(cx, "Reduce", _Reduce, cx, h, sendbuf, recvbuf, op, root)
 
 
 def _Reduce(cx, h, sendbuf, recvbuf, op, root) -> None:
@@ -242,11 +240,7 @@ def reduce(cx, sendobj, op=SUM, root=0):
     h = split(cx)
     if h is None:
         return _reduce.reduce(cx, sendobj, op, root)
-    try:
-        return _reduce_obj(cx, h, sendobj, op, root)
-    except Exception as e:
-        refused(cx, "reduce", e)
-        raise
+    return or_abort(cx, "reduce", _reduce_obj, cx, h, sendobj, op, root)
 
 
 def _reduce_obj(cx, h, sendobj, op, root):
@@ -309,11 +303,7 @@ def allreduce(cx, sendobj, op=SUM):
     h = split(cx)
     if h is None:
         return _reduce.allreduce(cx, sendobj, op)
-    try:
-        return _allreduce_obj(cx, h, sendobj, op)
-    except Exception as e:
-        refused(cx, "allreduce", e)
-        raise
+    return or_abort(cx, "allreduce", _allreduce_obj, cx, h, sendobj, op)
 
 
 def _allreduce_obj(cx, h, sendobj, op):

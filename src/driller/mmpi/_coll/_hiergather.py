@@ -53,7 +53,7 @@ from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
                        first_error, notify, obj_items, raise_failed, waitall)
-from ._hier import refused, split
+from ._hier import or_abort, split
 
 __all__ = ["ALLTOALL_AGG_MAX", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
            "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
@@ -381,11 +381,9 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
     h = split(cx)
     if h is None:
         return _gather.buf_allgather(cx, sendbuf, recvbuf, what, vector)
-    try:
-        rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
-    except Exception as e:   # (the others would wait for this rank's block)
-        refused(cx, what, e)
-        raise
+    # (refused here: the others would wait for this rank's block)
+    rb = or_abort(cx, what, parse, recvbuf, True, what, blocks=cx.size, vector=vector,
+                  staged=True)
     try:
         _allgather_into(cx, h, sendbuf, rb, what)
     finally:
