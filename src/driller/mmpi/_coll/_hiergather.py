@@ -477,6 +477,8 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
                         f"must have the same size on every rank")
     if nb > ALLTOALL_AGG_MAX:
         return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+    if sendbuf is IN_PLACE:   # (the send bytes, apart from the buffer received into)
+        smv = memoryview(bytes(smv))
     try:
         if nb <= ALLTOALL_NATIVE_MAX:
             BYTE = cx.t.MPI.BYTE
@@ -506,10 +508,12 @@ def alltoall(cx, sendobj):
 
 
 def _a2a_send(cx, sendbuf, rb: Buf, what: str):
-    """(the send bytes, this rank's refused argument or None) of a small Alltoall."""
+    """(the send bytes, this rank's refused argument or None) of an Alltoall across
+    nodes (IN_PLACE: the receive buffer itself, copied by the caller once the ranks
+    agreed on a path that needs it)."""
     me, n = cx.rank, cx.size
     if sendbuf is IN_PLACE:
-        smv, err = memoryview(bytes(rb.mv)), None
+        smv, err = rb.mv, None
     else:
         try:
             smv, err = parse(sendbuf, False, what, blocks=n).mv, None
