@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
 
 import atexit
+import mmap
 import os
 import pickle
 import time
@@ -47,6 +48,7 @@ from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Preques
                        Status, complete, fill, message_handle, persistent, received_request,
                        request, self_sync, sent_request)
 from ._request import UnpackRecvOp as _UnpackRecvOp
+from ._request import _SENT   # (Isend makes its finished requests)
 
 # formats whose C-contiguous buffers Send/Recv take as their bytes at once (native,
 # one plain item each: numpy's numeric arrays); others go through _bufspec.message
@@ -617,12 +619,34 @@ class Comm(_attr.Cached, Handle):
         """Nonblocking send."""
         # a small standard send completes inside Isend when it fits the ring with
         # nothing queued before it (osu_bw's windows): the bytes are copied, no
-        # send op, no engine, no progress pass; Waitall finds it done
-        mv = spec_view(buf, False, True) if type(buf) is list else _flat(buf, False)
-        if (mv is not None and type(dest) is int and 0 <= dest < self._npeers
+        # send op, no engine, no progress pass; Waitall finds it done.  The request
+        # is made here (sent_request's, inlined: its op the shared _SENT)
+        if type(buf) is list:
+            c = _last_isend
+            if buf is c[0] and buf[0] is c[1] and buf == c[2]:
+                # the spec of the last Isend, unchanged: a bytes copy of its first
+                # c[3] bytes, as spec_view made then (None: closed, shrunk since)
+                try:
+                    mv = c[1][:c[3]]
+                except ValueError:
+                    mv = None
+                if mv is not None and len(mv) != c[3]:
+                    mv = None
+            else:
+                mv = spec_view(buf, False, True)
+                if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _ANON:
+                    c[:] = buf, buf[0], buf[:], len(mv)
+        else:
+            mv = _flat(buf, False)
+        p = self._p
+        if (mv is not None and type(dest) is int and 0 <= dest < p.npeers
                 and type(tag) is int and 0 <= tag <= TAG_MAX
-                and self._t.senders[self._group[dest]](self._ctx, tag, mv)):
-            return sent_request(self._cx)
+                and p.t.senders[p.group[dest]](p.ctx, tag, mv)):
+            r = _new(Request)
+            r._op = _SENT
+            r._kind = K_SEND
+            r._cx = self._cx
+            return r
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
     def Issend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
@@ -660,22 +684,41 @@ class Comm(_attr.Cached, Handle):
     def Irecv(self, buf: BufSpec, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:
         """Nonblocking receive."""
         # a message from a given source already at the head of its ring: taken at
-        # once, as recv_fast does (no receive op posted, no engine)
-        if (type(source) is int and 0 <= source < self._npeers and type(tag) is int
+        # once, as Recv's fast path does (no receive op posted, no engine); else
+        # posted straight into the engine (receives posted before it first take what
+        # arrived: osu_bw's windows when the receiver runs ahead): irecvs[source]
+        p = self._p
+        if (type(source) is int and 0 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
-            mv = spec_view(buf, True) if type(buf) is list else _flat(buf, True)
+            cap = -1
+            if type(buf) is list:
+                c = _last_irecv
+                if buf is c[0] and buf[0] is c[1] and buf == c[2] and p.sliced:
+                    # the spec of the last Irecv, unchanged (and its buffer not shrunk
+                    # nor closed since): its first c[3] bytes, as spec_view said then
+                    mv = c[1]
+                    cap = c[3]
+                    try:
+                        if len(mv) < cap:
+                            mv = None
+                    except ValueError:
+                        mv = None
+                else:
+                    mv = spec_view(buf, True, False, p.sliced)
+                    if type(mv) is int:   # [bytearray or mmap, count, dt]: its first
+                        cap = mv          # ``cap`` bytes, by slice assignment if taken
+                        mv = buf[0]       # at once
+                        c[:] = buf, mv, buf[:], cap
+            else:
+                mv = _flat(buf, True)
             if mv is not None:
-                # taken from the ring at once, else posted straight into the engine
-                # (receives posted before it first take what arrived: osu_bw's
-                # windows when the receiver runs ahead); None: the general path
-                t = self._t
-                w = self._group[source]
-                res = t.takers[w](tag, self._ctx, mv)
-                if not res:
-                    res = t.irecvs[w](tag, self._ctx, mv)
+                res = p.t.irecvs[p.group[source]](tag, p.ctx, mv, cap)
                 if res is not None:
-                    return received_request(res, self._cx)
-                return request(self._irecv(mv, source, tag, "Irecv"), K_RECV, self._cx)
+                    r = _new(Request)   # its op the TakenOp, or the RecvOp posted
+                    r._op = res
+                    r._kind = K_RECV
+                    r._cx = self._cx
+                    return r
         return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
 
     # -- persistent --
@@ -1419,6 +1462,16 @@ def _flat(buf, writable: bool):
     if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (writable and mv.readonly):
         return mv
     return None
+
+
+_new = object.__new__
+# Isend's last spec of a bytearray or mmap copied (osu_bw passes one spec list 64
+# times a window): [the list, its buffer, a copy of the list, nbytes]
+_last_isend: list = [None, None, None, 0]
+# Irecv's last spec of a bytearray or mmap received into by slice assignment:
+# [the list, its buffer, a copy of the list, its cap]
+_last_irecv: list = [None, None, None, 0]
+_ANON = frozenset((bytearray, mmap.mmap))
 
 
 def _null_done_send():

@@ -381,12 +381,13 @@ class Request:
 
     def _key(self):
         """What identifies the handle (equal handles have the same key; a send
-        that Isend finished shares its op ``_SENT``: the request is its own key)."""
+        that Isend finished shares its op ``_SENT``, one Irecv finished may share its
+        op with others: the request is its own key)."""
         a = getattr(self, "_alias", None)
         if a is not None:
             return a
         op = self._op
-        return self if op is _SENT else op
+        return self if op is _SENT or type(op) is _RecvdOp else op
 
     def _is_null(self) -> bool:
         """REQUEST_NULL's equal: a request with nothing (left) to complete."""
@@ -1283,25 +1284,9 @@ class _SentOp:
     sync = False
 
 
-class _RecvdOp:
-    """The op of a receive that Irecv finished at once; its own message (the
-    source's world rank and the tag, as a request's outcome reads them)."""
-
-    __slots__ = ("source", "tag", "count")
-    done = True
-    exc = None
-    cancelled = False
-    error = 0
-    capacity = None
-
-    def __init__(self, source: int, tag: int, count: int):
-        self.source = source
-        self.tag = tag
-        self.count = count
-
-    @property
-    def message(self):
-        return self
+# the op of a receive Irecv finished at once (the transport's, shared by the
+# receives that took alike messages in a row: the request is its key, as _SENT's)
+_RecvdOp = T.TakenOp
 
 
 _SENT = _SentOp()   # the op of every send Isend finished (immutable: done, no error)

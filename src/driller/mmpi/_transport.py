@@ -68,7 +68,7 @@ from . import _world as W
 from ._objects import PART, TABLE, dumps, unpack_array
 from ._procs import describe_wait_status
 
-__all__ = ["Transport", "RecvOp", "SendOp"]
+__all__ = ["Transport", "RecvOp", "SendOp", "TakenOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
@@ -175,6 +175,29 @@ class RecvOp(E.Receive):
         self.count = 0
         self.value = None
         self.cancelled = False
+
+
+class TakenOp:
+    """The op of a receive that Irecv finished at once (``irecvs[src]``): done, no
+    error; its own message (the source's world rank and the tag, as a request's
+    outcome reads them).  Read only once made: the receives that took alike
+    messages in a row share one."""
+
+    __slots__ = ("source", "tag", "count")
+    done = True
+    exc = None
+    cancelled = False
+    error = 0
+    capacity = None
+
+    def __init__(self, source: int, tag: int, count: int):
+        self.source = source
+        self.tag = tag
+        self.count = count
+
+    @property
+    def message(self):
+        return self
 
 
 class SendOp(E.Send):
@@ -569,9 +592,10 @@ class Transport:
         return take
 
     def _irecver(self, src: int):
-        """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv)`` ->
-        the (source, tag, nbytes) of the plain eager message taken at once from the
-        ring (``takers[src]``'s rules), or the RecvOp posted for it (the engine's
+        """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv, cap=-1)``
+        (``cap`` as :meth:`_taker`'s) -> the TakenOp of the plain eager message taken at
+        once from the ring (``takers[src]``'s rules, inlined; one op shared by alike
+        messages in a row), or the RecvOp posted for it (the engine's
         ``post`` inlined: nothing is unexpected, so nothing can match it now; the
         records still in the ring meet the posted receives in order, in one pass:
         :meth:`_serve`), or None (the general path).  Receives posted before it take
@@ -581,22 +605,63 @@ class Transport:
         eng = self.engine
         posted = eng.posted
         unexpected = eng.unexpected
-        take = self.takers[src]
         serve = self.serve_posted
         t_ = self
         words = self.words
+        data = self.data
         tails = self.in_tail
         hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        waddr = self.base + tw * 8
+        unpack = _HDR5.unpack_from
+        wake = _linux.futex_wake
         Op = RecvOp
         posted_state = E.R_POSTED
+        last = TakenOp(src, -1, -1)   # the op of the last message taken (shared, read only)
 
-        def irecv(tag, ctx, mv):
+        def irecv(tag, ctx, mv, cap=-1):
+            nonlocal last
             if unexpected or t_.npending:
                 return None
-            if words[hw] != tails[src] and (not posted or serve(src)):
-                res = take(tag, ctx, mv)
-                if res is not False:   # taken (a tuple), or the general path (None)
-                    return res
+            t = tails[src]
+            if words[hw] != t and (not posted or serve(src)):
+                # the next record, taken by this receive (takers[src]'s rules, inlined)
+                t = tails[src]
+                if words[hw] != t:
+                    p = base + t % rb
+                    kf, c, tg, nb, plen = unpack(data, p)
+                    if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
+                            nb > (cap if cap >= 0 else len(mv)):
+                        return None
+                    if nb:
+                        p += HDR_BYTES
+                        try:
+                            if nb < BIG_COPY:
+                                mv[0:nb] = data[p:p + nb]
+                            else:
+                                _copy(mv, 0, data, p, nb)
+                        except (TypeError, ValueError):   # a read-only or closed mmap
+                            return None
+                    t += HDR_BYTES + ((plen + 63) & ~63)
+                    tails[src] = t
+                    words[tw] = t
+                    if words[pw]:
+                        wake(waddr)
+                    op = last
+                    if op.tag != tg or op.count != nb:
+                        op = last = TakenOp(src, tg, nb)
+                    return op
+            if cap >= 0:   # a bytearray or mmap (takers' ``cap``): posted, a view of it
+                try:
+                    mv = memoryview(mv)
+                except ValueError:   # closed: the general parser says so
+                    return None
+                if mv.readonly:
+                    return None
+                mv = mv[:cap]
             op = Op(src, tag, ctx, mv)
             op.state = posted_state
             posted.append(op)
@@ -1444,6 +1509,8 @@ class Transport:
         rb = self.ring_bytes
         unpack = _HDR5.unpack_from
         give = self._give
+        done = E.R_DONE
+        m = None   # the envelope of the last record served (_give's, for a run alike)
         i = 0
         while i < n and t != head:
             p = base + t % rb
@@ -1455,7 +1522,17 @@ class Transport:
                     or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
                 break
             i += 1
-            give(r, src, data, p, c, tg, nb)
+            if m is not None and m.tag == tg and m.nbytes == nb and m.context == c \
+                    and 0 < nb < BIG_COPY:
+                # one like the last record: _give inlined, the same envelope
+                r.message = m
+                r.state = done
+                r.count = nb
+                r.mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
+                r.done = True
+            else:
+                give(r, src, data, p, c, tg, nb)
+                m = r.message
             t += HDR_BYTES + ((plen + 63) & ~63)
             if nb >= _PUBLISH:
                 self.in_tail[src] = t
