@@ -646,12 +646,13 @@ class Request:
             # receive in one pass, so the next ones are done); the others waited for
             # as waitall does
             rest = None
-            done = _DONE_OPS
+            sent = _SENT       # the ops complete with no error, nothing to unpack and
+            Taken = _RecvdOp   # nothing to report beyond a status: just released
             RecvOp = T.RecvOp
             for r in requests:
                 if type(r) is Request:
                     op = r._op
-                    if type(op) in done:
+                    if op is sent or type(op) is Taken:
                         r._op = None
                         r._alias = None
                         continue
@@ -1318,9 +1319,6 @@ def received_request(res, cx) -> Request:
 
 
 _new = object.__new__
-# ops that are complete with no error, nothing to unpack and nothing to report
-# beyond their status: Waitall without statuses just releases their requests
-_DONE_OPS = frozenset((_SentOp, _RecvdOp))
 
 
 def request(op, kind: int, cx, cls=Request) -> Request:

@@ -1510,7 +1510,8 @@ class Transport:
         unpack = _HDR5.unpack_from
         give = self._give
         done = E.R_DONE
-        m = None   # the envelope of the last record served (_give's, for a run alike)
+        m = None   # the envelope of the last record served (_give's), a small one's
+        mc = mtg = mnb = -2   # context, tag and size (for a run alike: _give inlined)
         i = 0
         while i < n and t != head:
             p = base + t % rb
@@ -1522,19 +1523,21 @@ class Transport:
                     or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
                 break
             i += 1
-            if m is not None and m.tag == tg and m.nbytes == nb and m.context == c \
-                    and 0 < nb < BIG_COPY:
-                # one like the last record: _give inlined, the same envelope
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            if nb == mnb and tg == mtg and c == mc:
+                # like the last record (small, not empty): the same envelope
                 r.message = m
                 r.state = done
                 r.count = nb
-                r.mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
+                p += HDR_BYTES
+                r.mv[:nb] = data[p:p + nb]
                 r.done = True
-            else:
-                give(r, src, data, p, c, tg, nb)
+                continue
+            give(r, src, data, p, c, tg, nb)
+            if 0 < nb < _PUBLISH:
                 m = r.message
-            t += HDR_BYTES + ((plen + 63) & ~63)
-            if nb >= _PUBLISH:
+                mc, mtg, mnb = c, tg, nb
+            elif nb >= _PUBLISH:
                 self.in_tail[src] = t
                 self.words[self.in_tailw[src]] = t
         if i:
