@@ -78,6 +78,16 @@ def cases():
             reqs[j] = c1.Irecv(osb, 0, 100)
         MPI.Request.Waitall(reqs)
 
+    rreqs = [MPI.REQUEST_NULL] * window
+
+    def osu_posted():  # osu_bw's window, the receiver's 64 Irecv posted before the data
+        for j in js:
+            rreqs[j] = c1.Irecv(osb, 0, 100)
+        for j in js:
+            reqs[j] = c0.Isend(osa, 1, 100)
+        MPI.Request.Waitall(reqs)
+        MPI.Request.Waitall(rreqs)
+
     def window_pair():  # per message: osu_bw's window (Isend x64, Waitall; Irecv x64)
         C.Request.Waitall([c0.Isend(sa, 1, 100) for _ in range(window)])
         C.Request.Waitall([c1.Irecv(r, 0, 100) for r in rspecs])
@@ -160,6 +170,7 @@ def cases():
             ("osu_latency: Send+Recv [mmap, 8, BYTE]", osu_pair, 1),
             ("osu_bw: window of 64 Isend [mmap, 8, BYTE] + Waitall, Irecv x64 + Waitall",
              osu_window, window),
+            ("osu_bw: the same window, the 64 Irecv posted first", osu_posted, window),
             ("Isend+Irecv window of 64 (8 B)", window_pair, window),
             ("Irecv posted first, window of 64 (8 B)", posted_window, window),
             ("8 Irecv posted first, then 56 (8 B, per message)", ahead_window, window),
