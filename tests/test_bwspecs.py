@@ -9,6 +9,7 @@ statuses and request identities of receives sharing an op."""
 from __future__ import annotations
 
 import mmap
+import os
 import time
 
 import pytest
@@ -226,3 +227,36 @@ def test_irecv_follows_its_spec_list_changed_in_place():
     assert a == b"a" * 8
     assert err == MPI.ERR_TRUNCATE
     assert b == b"d" * 8   # the truncated receive wrote its 4 bytes, then the fourth all 8
+
+
+def test_a_receive_irecv_posts_has_every_field_of_a_recvop():
+    """``irecvs[src]`` makes its posted RecvOp field by field (RecvOp's
+    ``__init__`` inlined): every slot of RecvOp and its bases is set, to what
+    ``RecvOp(source, tag, context, mv)`` then ``state = R_POSTED`` sets (a slot
+    added to RecvOp and not here fails this)."""
+    from driller.mmpi import _comm as C
+    from driller.mmpi import _engine as E
+    from driller.mmpi import _transport as T
+    from driller.mmpi import _world as W
+    fd = W.create_world(2)
+    try:
+        t0, t1 = T.Transport(W.World(fd), 0), T.Transport(W.World(fd), 1)
+        c1 = C.Comm(t1, [0, 1], 0, "w")
+        buf = mmap.mmap(-1, 64)
+        r = c1.Irecv([buf, 16, MPI.BYTE], 0, 5)
+        op = r._op
+        assert type(op) is T.RecvOp and t1.engine.posted[-1] is op
+        ref = T.RecvOp(0, 5, op.context, memoryview(bytearray(16)))
+        ref.state = E.R_POSTED
+        slots = [s for k in T.RecvOp.__mro__ for s in getattr(k, "__slots__", ())]
+        assert len(slots) > 10
+        for s in slots:
+            if s == "mv":
+                assert op.mv.nbytes == 16 and not op.mv.readonly
+            else:
+                assert getattr(op, s) == getattr(ref, s), s
+        r.Cancel()
+        r.Wait()
+        assert not t1.engine.posted and t0.rank == 0
+    finally:
+        os.close(fd)
