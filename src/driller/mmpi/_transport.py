@@ -594,8 +594,8 @@ class Transport:
     def _irecver(self, src: int):
         """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv, cap=-1)``
         (``cap`` as :meth:`_taker`'s) -> the TakenOp of the plain eager message taken at
-        once from the ring (``takers[src]``'s rules, inlined; one op shared by alike
-        messages in a row), or the RecvOp posted for it (the engine's
+        once from the ring (by ``takers[src]``; one op shared by alike messages in a
+        row), or the RecvOp posted for it (the engine's
         ``post`` inlined: nothing is unexpected, so nothing can match it now; the
         records still in the ring meet the posted receives in order, in one pass:
         :meth:`_serve`), or None (the general path).  Receives posted before it take
@@ -605,19 +605,12 @@ class Transport:
         eng = self.engine
         posted = eng.posted
         unexpected = eng.unexpected
+        take = self.takers[src]
         serve = self.serve_posted
         t_ = self
         words = self.words
-        data = self.data
         tails = self.in_tail
         hw = self.in_head[src]
-        tw = self.in_tailw[src]
-        pw = self.in_pwait[src]
-        base = self.in_data[src]
-        rb = self.ring_bytes
-        waddr = self.base + tw * 8
-        unpack = _HDR5.unpack_from
-        wake = _linux.futex_wake
         Op = RecvOp
         new = object.__new__
         posted_state = E.R_POSTED
@@ -629,31 +622,15 @@ class Transport:
                 return None
             t = tails[src]
             if words[hw] != t and (not posted or serve(src)):
-                # the next record, taken by this receive (takers[src]'s rules, inlined)
-                t = tails[src]
-                if words[hw] != t:
-                    p = base + t % rb
-                    kf, c, tg, nb, plen = unpack(data, p)
-                    if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
-                            nb > (cap if cap >= 0 else len(mv)):
+                # the next record, taken by this receive (takers[src]'s): its op
+                # shared with the alike messages taken before it
+                res = take(tag, ctx, mv, cap)
+                if res is not False:
+                    if res is None:
                         return None
-                    if nb:
-                        p += HDR_BYTES
-                        try:
-                            if nb < BIG_COPY:
-                                mv[0:nb] = data[p:p + nb]
-                            else:
-                                _copy(mv, 0, data, p, nb)
-                        except (TypeError, ValueError):   # a read-only or closed mmap
-                            return None
-                    t += HDR_BYTES + ((plen + 63) & ~63)
-                    tails[src] = t
-                    words[tw] = t
-                    if words[pw]:
-                        wake(waddr)
                     op = last
-                    if op.tag != tg or op.count != nb:
-                        op = last = TakenOp(src, tg, nb)
+                    if op.tag != res[1] or op.count != res[2]:
+                        op = last = TakenOp(src, res[1], res[2])
                     return op
             if cap >= 0:   # a bytearray or mmap (takers' ``cap``): posted, a view of it
                 try:
