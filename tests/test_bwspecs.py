@@ -260,3 +260,44 @@ def test_a_receive_irecv_posts_has_every_field_of_a_recvop():
         assert not t1.engine.posted and t0.rank == 0
     finally:
         os.close(fd)
+
+
+def _spec_emptied(comm):
+    """The remembered spec list emptied or cut to two items between calls: the
+    general parser answers (an error for the empty list; [buf, dt] taken whole)."""
+    if comm.rank == 0:
+        buf = mmap.mmap(-1, 8)
+        buf[:] = b"ABCDEFGH"
+        spec = [buf, 8, MPI.BYTE]
+        comm.Isend(spec, 1, 2).Wait()
+        spec.clear()
+        try:
+            comm.Isend(spec, 1, 2)
+            err = None
+        except MmpiError:
+            err = "refused"
+        spec[:] = [buf, MPI.BYTE]
+        comm.Isend(spec, 1, 2).Wait()
+        comm.Recv(bytearray(1), 1, 9)
+        return err
+    buf = bytearray(8)
+    spec = [buf, 8, MPI.BYTE]
+    _in_ring(comm, 0, 2)
+    comm.Irecv(spec, 0, 2).Wait()
+    spec.clear()
+    try:
+        comm.Irecv(spec, 0, 2)
+        err = None
+    except MmpiError:
+        err = "refused"
+    spec[:] = [buf, MPI.BYTE]
+    buf[:] = b"." * 8
+    comm.Irecv(spec, 0, 2).Wait()
+    comm.Send(bytearray(1), 0, 9)
+    return err, bytes(buf)
+
+
+def test_remembered_spec_list_emptied_or_cut_between_calls():
+    out = values(run_ranks(_spec_emptied, 2))
+    assert out[0] == "refused"
+    assert out[1] == ("refused", b"ABCDEFGH")

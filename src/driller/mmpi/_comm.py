@@ -623,7 +623,7 @@ class Comm(_attr.Cached, Handle):
         # is made here (sent_request's, inlined: its op the shared _SENT)
         if type(buf) is list:
             c = _last_isend
-            if buf is c[0] and buf[0] is c[1] and buf == c[2]:
+            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2]:
                 # the spec of the last Isend, unchanged: a bytes copy of its first
                 # c[3] bytes, as spec_view made then (None: closed, shrunk since)
                 try:
@@ -634,8 +634,8 @@ class Comm(_attr.Cached, Handle):
                     mv = None
             else:
                 mv = spec_view(buf, False, True)
-                if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _ANON:
-                    c[:] = buf, buf[0], buf[:], len(mv)
+                if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _REMEMBERED:
+                    _remember(True, buf, len(mv))
         else:
             mv = _flat(buf, False)
         p = self._p
@@ -693,7 +693,8 @@ class Comm(_attr.Cached, Handle):
             cap = -1
             if type(buf) is list:
                 c = _last_irecv
-                if buf is c[0] and buf[0] is c[1] and buf == c[2] and p.sliced:
+                if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
+                        and p.sliced:
                     # the spec of the last Irecv, unchanged (and its buffer not shrunk
                     # nor closed since): its first c[3] bytes, as spec_view said then
                     mv = c[1]
@@ -708,7 +709,7 @@ class Comm(_attr.Cached, Handle):
                     if type(mv) is int:   # [bytearray or mmap, count, dt]: its first
                         cap = mv          # ``cap`` bytes, by slice assignment if taken
                         mv = buf[0]       # at once
-                        c[:] = buf, mv, buf[:], cap
+                        _remember(False, buf, cap)
             else:
                 mv = _flat(buf, True)
             if mv is not None:
@@ -1466,12 +1467,21 @@ def _flat(buf, writable: bool):
 
 _new = object.__new__
 # Isend's last spec of a bytearray or mmap copied (osu_bw passes one spec list 64
-# times a window): [the list, its buffer, a copy of the list, nbytes]
-_last_isend: list = [None, None, None, 0]
-# Irecv's last spec of a bytearray or mmap received into by slice assignment:
-# [the list, its buffer, a copy of the list, its cap]
-_last_irecv: list = [None, None, None, 0]
-_ANON = frozenset((bytearray, mmap.mmap))
+# times a window): (the list, its buffer, a copy of the list, nbytes); Irecv's last
+# spec of a bytearray or mmap received into by slice assignment: (..., its cap).
+# Tuples, replaced whole (a thread reads one consistent snapshot)
+_last_isend: tuple = (None, None, None, 0)
+_last_irecv: tuple = (None, None, None, 0)
+_REMEMBERED = frozenset((bytearray, mmap.mmap))
+
+
+def _remember(send: bool, spec: list, n: int) -> None:
+    """Isend's (``send``) or Irecv's last spec (a 3-item list), ``n`` its bytes."""
+    global _last_isend, _last_irecv
+    if send:
+        _last_isend = (spec, spec[0], spec[:], n)
+    else:
+        _last_irecv = (spec, spec[0], spec[:], n)
 
 
 def _null_done_send():
