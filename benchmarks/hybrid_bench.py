@@ -12,6 +12,9 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 * collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
   1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes).
 
+Within a round, each measurement's driller and mpi4py runs follow each other, the
+one or the other first in turn (odd rounds: driller first).
+
 Printed: a markdown block (the one docs/scaleout.md and the README carry): the
 median one-way time (ping-pong / 2) or call time of each, [min–max] over rounds,
 and the median within-round ratio driller / mpi4py [min–max] (< 1: driller
@@ -127,7 +130,12 @@ def rank_main(rounds: int, only: str = "") -> None:
     cases = [c for c in cases if only in c[0]]
     results = {}
     for rnd in range(rounds + 1):   # round 0 warms up
-        for name, eng, ranks, fn in cases:
+        # the two engines of a measurement take turns going first: the first after
+        # another measurement (most of all a large one) runs its first iterations
+        # slower, whichever engine it is (docs/scaleout.md, Performance)
+        order = cases if rnd % 2 else [c for k in range(0, len(cases), 2)
+                                       for c in (cases[k + 1], cases[k])]
+        for name, eng, ranks, fn in order:
             dc.Barrier()             # driller's barrier sleeps: idle ranks cost nothing
             if r in ranks:
                 t = fn()

@@ -281,5 +281,44 @@ for size in (L - 1, L + 1, 1 << 20):
     rq.Wait()
     assert (got == pattern(size, peer + 50)).all()
 comm.Barrier()
+
+# a blocking Recv from another node that waits while this node's rank sends to it:
+# the records from this node are handled during the wait (a posted receive from the
+# local rank completes, messages it sent on this and another communicator arrive
+# after, in order); a posted ANY_SOURCE receive on the communicator, or one posted
+# from the remote source, keeps the order of both routes
+import time  # noqa: E402
+
+dup = comm.Dup()
+for size in (8, 1 << 20):
+    if r == 0:
+        early = np.empty(size, np.uint8)
+        rq = comm.Irecv(early, 1, 123)            # from this node: does not hold the wait
+        big = np.empty(size, np.uint8)
+        st = MPI.Status()
+        comm.Recv(big, 2, 120, st)                # waits; rank 1's records arrive meanwhile
+        assert (big == pattern(size, 20)).all() and st.Get_source() == 2, size
+        rq.Wait()
+        assert (early == pattern(size, 23)).all(), size
+        for k in range(3):
+            assert comm.recv(source=1, tag=121) == ("local", k, size)
+            assert dup.recv(source=1, tag=121) == ("dup", k, size)
+        anyq = comm.Irecv(early, MPI.ANY_SOURCE, 124)   # posted first: takes the first
+        comm.Recv(big, 2, 124, st)                # of rank 2's, this one the second
+        anyq.Wait(st)
+        assert st.Get_source() == 2 and (early == pattern(size, 24)).all(), size
+        assert (big == pattern(size, 25)).all(), size
+    elif r == 1:
+        comm.Send(pattern(size, 23), 0, 123)
+        for k in range(3):
+            comm.send(("local", k, size), 0, 121)
+            dup.send(("dup", k, size), 0, 121)
+    elif r == 2:
+        time.sleep(0.001)                         # past the pure poll, within the spin
+        comm.Send(pattern(size, 20), 0, 120)
+        comm.Send(pattern(size, 24), 0, 124)
+        comm.Send(pattern(size, 25), 0, 124)
+    comm.Barrier()
+dup.Free()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")
