@@ -25,13 +25,16 @@ from ... import _errcodes, _linux
 from ...errors import MmpiError, MmpiTypeError, MmpiValueError, PeerDiedError
 from .. import _transport as T
 from .. import _objects
+from .._bufspec import parse
+from .._const import IN_PLACE
 from .._objects import loads
 
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
-    "Failed", "raise_failed", "obj_items",
+    "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
+    "refusal", "send_refused", "xrecv_r", "brecv_r", "absorb", "size_hint",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -194,6 +197,125 @@ class Failed:
 
     def __reduce__(self):
         return Failed, (self.rank, self.text)
+
+
+class Refused:
+    """What a rank sends, in the same round of a collective, instead of its data when
+    it refused its arguments (or learnt that a peer did): the first rank that did and
+    why.  Receivers carry it on (so every rank ends the collective in the same round,
+    none waits) and raise :func:`refused_error`."""
+
+    __slots__ = ("rank", "text")
+
+    def __init__(self, rank: int, text: str):
+        self.rank, self.text = rank, text
+
+    def __reduce__(self):
+        return Refused, (self.rank, self.text)
+
+
+def refusal(cx, e: BaseException, what: str) -> Refused:
+    """This rank's :class:`Refused` for the error ``e`` it raises."""
+    return Refused(cx.rank, f"refused its arguments of {what} ({type(e).__name__}: {e})")
+
+
+def refused_error(f: Refused, what: str) -> MmpiError:
+    """The error raised by a rank that received ``f`` instead of a peer's data."""
+    return MmpiError(f"{what}: rank {f.rank} {f.text}; no rank got a result: every rank "
+                     f"must pass valid arguments")
+
+
+def refused_of(op):
+    """The :class:`Refused` a finished receive got instead of data, else None."""
+    v = op.value
+    if v is None or type(v) is not tuple or v[0] is None:
+        return None          # data (a raw buffer message received as an object included)
+    if op.exc is not None and op.mv is None:
+        return None
+    try:
+        o = loads(v)
+    except Exception:
+        return None
+    return o if type(o) is Refused else None
+
+
+def send_refused(cx, f: Refused, dst: int, tag: int):
+    """Start sending ``f`` to rank ``dst`` instead of data (None: done)."""
+    return co_send(cx, f, dst, tag)
+
+
+def xrecv_r(cx, mv, src: int, tag: int, blk: bool, what: str):
+    """:func:`xrecv`, but a peer's :class:`Refused` is returned (None: the data came)."""
+    if blk:
+        res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+        if res is not None:
+            if res[2] != len(mv):
+                raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from "
+                                f"rank {src} but got {res[2]}: every rank must pass "
+                                f"matching counts and datatypes")
+            return None
+    r = cr(cx, mv, src, tag)
+    yield [r]
+    if r.exc is not None:
+        f = refused_of(r)
+        if f is not None:
+            return f
+    count_check(cx, r, len(mv), what, src)
+    return None
+
+
+def brecv_r(cx, mv, src: int, tag: int, what: str):
+    """:func:`brecv`, but a peer's :class:`Refused` is returned (None: the data came)."""
+    t = cx.t
+    res = t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+    if res is None:
+        r = cr(cx, mv, src, tag)
+        t.wait(r, r.source)
+        if r.exc is not None:
+            f = refused_of(r)
+            if f is not None:
+                return f
+        count_check(cx, r, len(mv), what, src)
+    elif res[2] != len(mv):
+        raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from rank "
+                        f"{src} but got {res[2]}: every rank must pass matching counts "
+                        f"and datatypes")
+    return None
+
+
+def absorb(cx, src: int, tag: int, f: Refused | None):
+    """Receive whatever rank ``src`` sends (data of any size, or a Refused) and drop
+    it (a generator): a rank that cannot use it still takes it, so the sender never
+    waits.  Returns ``f``, or the Refused received if ``f`` is None."""
+    r = co_recv(cx, src, tag)
+    yield [r]
+    if r.exc is not None:
+        raise r.exc
+    g = refused_of(r)
+    return f if f is not None or g is None else g
+
+
+def size_hint(*specs) -> int:
+    """The size in bytes a rank whose arguments were refused takes its peers to pass
+    (the algorithm depends on it): its first buffer spec that parses, else the size
+    of the memory its first spec names (a count that overruns its buffer: the buffer
+    is what the program holds), else 0."""
+    for s in specs:
+        if s is None or s is IN_PLACE:
+            continue
+        try:
+            return parse(s, False, "collective").nbytes
+        except Exception:
+            pass
+    for s in specs:
+        if s is None or s is IN_PLACE:
+            continue
+        b = s[0] if type(s) in (list, tuple) and s else s
+        try:
+            return memoryview(b).nbytes
+        except Exception:
+            pass
+    return 0
 
 
 def raise_failed(v, what: str):

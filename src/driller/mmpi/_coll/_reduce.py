@@ -12,17 +12,19 @@ import struct
 
 import numpy as np
 
-from ...errors import MmpiError, MmpiValueError
+from ...errors import MmpiError, MmpiValueError, PeerDiedError
 from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
-from ._bcast import g_bcast
-from ._context import (address, brecv, bsend, cbase, check_root, co_recv, co_send, count_check,
-                       cr, cs, drive, first_error, orecv, oval, waitall, writev, xrecv, xsend)
-from ._direct import (g_direct_ok, g_direct_reduce, g_exchange, g_same_size, g_sync,
-                      split_counts)
+from ._bcast import g_bcast, g_bcast_refused
+from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_root, co_recv,
+                       co_send, count_check, cr, cs, drive, first_error, orecv, oval, refusal,
+                       refused_error, refused_of, send_refused, size_hint, waitall, writev,
+                       xrecv, xrecv_r, xsend)
+from ._direct import (g_direct_ok, g_direct_reduce, g_direct_refused, g_exchange, g_same_size,
+                      g_sync, split_counts)
 from ._gather import g_ogather
 from ._ops import SUM, Op, check_op
-from ._shm import SHM_MAX, shm_allreduce
+from ._shm import SHM_MAX, shm_allreduce, shm_refused
 
 __all__ = [
     "DIRECT_MIN", "FAST_MAX", "g_reduce", "Reduce", "Allreduce", "g_allreduce",
@@ -59,11 +61,19 @@ def same_type(sb, rb, what) -> None:
                              f"and {rb.dt.name}): a reduction's buffers hold one datatype")
 
 
-def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
+def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carry=False):
     """Binomial-tree reduce.  ``acc``: writable array for the running result
     (None: allocate when needed); ``send``: this rank's data (array).
-    Returns the array holding the result at ``root`` (None elsewhere)."""
+    Returns the array holding the result at ``root`` (None elsewhere).
+
+    ``fail``: this rank refused its arguments (a :class:`Refused`; ``send`` None):
+    it still takes its children's parts (dropped) and sends the refusal up instead
+    of data.  A rank that receives a refusal carries it on the same way and raises
+    it at the end (the refusing rank returns None: its caller raises its own error),
+    so every rank of the tree ends in the same round (``carry``: it returns the
+    refusal instead of raising it, for a caller that carries it on)."""
     n, me = cx.size, cx.rank
+    own = fail
     troot = root if op.commute else 0
     rel = (me - troot) % n
     cur = send            # holds the lower ranks' partial result
@@ -73,7 +83,8 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
     while mask < n:
         if rel & mask:
             dst = (rel - mask + troot) % n
-            s = xsend(cx, as_bytes(cur), dst, base)
+            s = (xsend(cx, as_bytes(cur), dst, base) if fail is None
+                 else send_refused(cx, fail, dst, base))
             if s is not None:
                 yield [s]
                 first_error((s,))
@@ -81,10 +92,17 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
             break
         child = rel + mask
         if child < n:
+            src = (child + troot) % n
+            if fail is not None:
+                fail = yield from absorb(cx, src, base, fail)
+                mask <<= 1
+                continue
             if tmp is None:
                 tmp = np.empty_like(send)
-            src = (child + troot) % n
-            yield from xrecv(cx, as_bytes(tmp), src, base, blk, what)
+            fail = yield from xrecv_r(cx, as_bytes(tmp), src, base, blk, what)
+            if fail is not None:
+                mask <<= 1
+                continue
             if not owned:
                 if acc is None:
                     cur = cur.copy()
@@ -99,22 +117,61 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False):
         mask <<= 1
     if troot != root:
         if me == troot:
-            s = xsend(cx, as_bytes(cur), root, base + 1)
+            s = (xsend(cx, as_bytes(cur), root, base + 1) if fail is None
+                 else send_refused(cx, fail, root, base + 1))
             if s is not None:
                 yield [s]
                 first_error((s,))
+        elif me == root:
+            if fail is not None:
+                fail = yield from absorb(cx, troot, base + 1, fail)
+            else:
+                res = acc if acc is not None else np.empty_like(send)
+                fail = yield from xrecv_r(cx, as_bytes(res), troot, base + 1, blk, what)
+                if fail is None:
+                    return res
+    if fail is not None:
+        if fail is own:
             return None
-        if me == root:
-            res = acc if acc is not None else np.empty_like(send)
-            yield from xrecv(cx, as_bytes(res), troot, base + 1, blk, what)
-            return res
-    return cur if me == root else None
+        if carry:
+            return fail
+        raise refused_error(fail, what)
+    return cur if me == root and troot == root else None
+
+
+def g_reduce_refused(cx, e, hint, op, root, base, what, blk):
+    """This rank refused its arguments of a reduction to ``root`` (the error ``e``):
+    it takes part in the algorithm its peers run for ``hint`` bytes (its
+    :func:`size_hint`), carrying the refusal instead of data (a generator)."""
+    if cx.size == 1:
+        return
+    if hint >= DIRECT_MIN:
+        yield from g_direct_refused(cx, base, blk, what)
+        return
+    yield from g_reduce(cx, None, None, op, None, root, base, what, blk, refusal(cx, e, what))
+
+
+def refused_part(cx, gen) -> None:
+    """Run a refusing rank's part (:func:`g_reduce_refused` and friends) to its end;
+    the errors the others raise because of it are not this rank's to raise (the
+    caller raises its own), a peer's death is."""
+    try:
+        drive(cx.t, gen)
+    except MmpiError as err:
+        if isinstance(err, PeerDiedError):
+            raise
 
 
 def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     root = check_root(cx, root, "Reduce")
     me = cx.rank
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
+    op = check_op(op, "Reduce")
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
+    except Exception as e:   # refused here only, maybe: take part all the same
+        refused_part(cx, g_reduce_refused(cx, e, size_hint(sendbuf, recvbuf), op, root,
+                                          cbase(cx), "Reduce", True))
+        raise
     base = cbase(cx)
     n = cx.size
     send = sb.arr()
@@ -180,7 +237,8 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
 
 def allreduce_small(cx, acc, op, base):
     """Blocking recursive doubling for small buffers and builtin ops (the same
-    schedule as g_allreduce_rd, without the generator machinery)."""
+    schedule as g_allreduce_rd, without the generator machinery).  A refusal met
+    on the way is carried on by :func:`g_rd_refused`."""
     n, me = cx.size, cx.rank
     p = 1 << (n.bit_length() - 1)
     rem = n - p
@@ -191,9 +249,13 @@ def allreduce_small(cx, acc, op, base):
     if me < 2 * rem:
         if me % 2 == 0:
             bsend(cx, amv, me + 1, base)
-            brecv(cx, amv, me + 1, base + 255, "Allreduce")
+            f = brecv_r(cx, amv, me + 1, base + 255, "Allreduce")
+            if f is not None:
+                raise refused_error(f, "Allreduce")
             return
-        brecv(cx, tmv, me - 1, base, "Allreduce")
+        f = brecv_r(cx, tmv, me - 1, base, "Allreduce")
+        if f is not None:
+            drive(cx.t, g_rd_refused(cx, f, base, 1, 1, False))
         uf(acc, tmp, out=acc)
         newrank = me // 2
     else:
@@ -203,10 +265,12 @@ def allreduce_small(cx, acc, op, base):
         pn = newrank ^ mask
         partner = pn * 2 + 1 if pn < rem else pn + rem
         s = xsend(cx, amv, partner, base + rnd)
-        brecv(cx, tmv, partner, base + rnd, "Allreduce")
+        f = brecv_r(cx, tmv, partner, base + rnd, "Allreduce")
         if s is not None:
             waitall(cx.t, (s,))
             first_error((s,))
+        if f is not None:
+            drive(cx.t, g_rd_refused(cx, f, base, mask << 1, rnd + 1, False))
         uf(acc, tmp, out=acc)
         mask <<= 1
         rnd += 1
@@ -214,10 +278,92 @@ def allreduce_small(cx, acc, op, base):
         bsend(cx, amv, me - 1, base + 255)
 
 
+def g_rd_refused(cx, f, base, mask, rnd, own):
+    """Recursive doubling carrying the refusal ``f`` instead of data, from the round
+    of ``mask`` and ``rnd`` on (``mask`` 0: from the start, this rank's own
+    refusal): each partner's message is taken and dropped, ``f`` sent in its place,
+    so every rank ends in the same round and learns of it (a generator).  Raises
+    the refusal at the end, unless ``own`` (the caller raises its own error)."""
+    n, me = cx.size, cx.rank
+    p = 1 << (n.bit_length() - 1)
+    rem = n - p
+    if mask == 0:
+        if me < 2 * rem:
+            if me % 2 == 0:
+                s = send_refused(cx, f, me + 1, base)
+                if s is not None:
+                    yield [s]
+                    first_error((s,))
+                yield from absorb(cx, me + 1, base + 255, f)
+                if own:
+                    return
+                raise refused_error(f, "Allreduce")
+            f = yield from absorb(cx, me - 1, base, f)
+        mask, rnd = 1, 1
+    newrank = me // 2 if me < 2 * rem else me - rem
+    while mask < p:
+        pn = newrank ^ mask
+        partner = pn * 2 + 1 if pn < rem else pn + rem
+        s = send_refused(cx, f, partner, base + rnd)
+        f = yield from absorb(cx, partner, base + rnd, f)
+        if s is not None:
+            yield [s]
+            first_error((s,))
+        mask <<= 1
+        rnd += 1
+    if me < 2 * rem:
+        s = send_refused(cx, f, me - 1, base + 255)
+        if s is not None:
+            yield [s]
+            first_error((s,))
+    if not own:
+        raise refused_error(f, "Allreduce")
+
+
+def shm_path(cx, nbytes, op, blk) -> bool:
+    """Whether a world-group Allreduce of ``nbytes`` takes the shared-memory slots:
+    a function of what every rank passes alike (size, op, blocking), never of the
+    form of the buffers (ranks passing the same data as an array or as a spec must
+    meet)."""
+    return (blk and cx.shm and nbytes <= SHM_MAX and type(op) is Op and op.ufunc is not None
+            and op.user is None)
+
+
 def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False):
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    op = check_op(op, what)
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    except Exception as e:   # refused here only, maybe: take part all the same
+        base = cbase(cx)
+        try:
+            yield from g_allreduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, base,
+                                           what, blk)
+        except MmpiError as err:
+            if isinstance(err, PeerDiedError):
+                raise
+        raise e
     base = cbase(cx)
-    return g_allreduce2(cx, sb, rb, op, base, what, sendbuf is IN_PLACE, blk)
+    return (yield from g_allreduce2(cx, sb, rb, op, base, what, sendbuf is IN_PLACE, blk))
+
+
+def g_allreduce_refused(cx, e, hint, op, base, what, blk):
+    """This rank refused its arguments of an Allreduce (the error ``e``): it takes part
+    in the algorithm its peers run for ``hint`` bytes (its :func:`size_hint`),
+    carrying the refusal instead of data (a generator; the caller raises ``e``)."""
+    n = cx.size
+    if n == 1:
+        return
+    f = refusal(cx, e, what)
+    if shm_path(cx, hint, op, blk) and shm_refused(cx, f.text):
+        return
+    if hint >= DIRECT_MIN:
+        yield from g_direct_refused(cx, base, blk, what)
+        return
+    if op.commute:
+        yield from g_rd_refused(cx, f, base, 0, 0, True)
+        return
+    yield from g_reduce(cx, None, None, op, None, 0, base, what, blk, f)
+    yield from g_bcast_refused(cx, 0, base + 2, f, what, hint)
 
 
 def g_allreduce2(cx, sb, rb, op, base, what, in_place, blk=False):
@@ -252,10 +398,15 @@ def g_allreduce2(cx, sb, rb, op, base, what, in_place, blk=False):
     send = sb.arr()
     if not in_place:
         np.copyto(acc, send)
+    if shm_path(cx, rb.nbytes, op, blk) and shm_allreduce(cx, acc, op):
+        return   # (the buffers are not the plain arrays of Allreduce's fast path)
     if op.commute:
         yield from g_allreduce_rd(cx, acc, op, sb.dt, base, what, blk)
         return
-    res = yield from g_reduce(cx, acc, acc, op, sb.dt, 0, base, what, blk)
+    res = yield from g_reduce(cx, acc, acc, op, sb.dt, 0, base, what, blk, carry=True)
+    if type(res) is Refused:   # the broadcast carries it on: none waits, none gets garbage
+        yield from g_bcast_refused(cx, 0, base + 2, res, what, rb.nbytes)
+        raise refused_error(res, what)
     if cx.rank == 0 and res is not acc:
         np.copyto(acc, res)
     yield from g_bcast(cx, rb.mv, 0, base + 2, what, blk)
@@ -265,7 +416,8 @@ def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
     """Recursive doubling (commutative ops): log2(n) exchange rounds; with n not
     a power of two, the first 2*rem ranks fold pairwise first (MPICH's scheme).
     Every rank combines the same operands in the same tree shape, so the
-    results agree bit for bit."""
+    results agree bit for bit.  A refusal met on the way is carried on by
+    :func:`g_rd_refused`."""
     n, me = cx.size, cx.rank
     p = 1 << (n.bit_length() - 1)
     rem = n - p
@@ -286,9 +438,13 @@ def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
             if s is not None:
                 yield [s]
                 first_error((s,))
-            yield from xrecv(cx, amv, me + 1, base + 255, blk, what)
+            f = yield from xrecv_r(cx, amv, me + 1, base + 255, blk, what)
+            if f is not None:
+                raise refused_error(f, what)
             return
-        yield from xrecv(cx, tmv, me - 1, base, blk, what)
+        f = yield from xrecv_r(cx, tmv, me - 1, base, blk, what)
+        if f is not None:
+            yield from g_rd_refused(cx, f, base, 1, 1, False)
         combine()
         newrank = me // 2
     else:
@@ -298,10 +454,12 @@ def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
         pn = newrank ^ mask
         partner = pn * 2 + 1 if pn < rem else pn + rem
         s = xsend(cx, amv, partner, base + rnd)
-        yield from xrecv(cx, tmv, partner, base + rnd, blk, what)
+        f = yield from xrecv_r(cx, tmv, partner, base + rnd, blk, what)
         if s is not None:
             yield [s]
             first_error((s,))
+        if f is not None:
+            yield from g_rd_refused(cx, f, base, mask << 1, rnd + 1, False)
         combine()
         mask <<= 1
         rnd += 1

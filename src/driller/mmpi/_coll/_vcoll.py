@@ -23,7 +23,7 @@ from ...errors import MmpiError, MmpiValueError, TruncationError
 from .._bufspec import EMPTY, Buf, intlist, parse, wblocks
 from .._const import IN_PLACE
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
-                       first_error, g_then, notify, xrecv, xsend)
+                       first_error, g_then, notify, refusal, xrecv, xsend)
 from ._nonblocking import coll_request
 from ._ops import SUM, check_op
 from ._reduce import g_counts, g_reduce, red_args, same_type
@@ -254,7 +254,16 @@ def Ialltoallw(cx, sendbuf, recvbuf):
 def Ireduce(cx, sendbuf, recvbuf, op=SUM, root=0):
     """Nonblocking Reduce."""
     root = check_root(cx, root, "Ireduce")
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
+    op = check_op(op, "Ireduce")
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
+    except Exception as e:
+        # refused here only, maybe: this rank's part goes on in the background (the
+        # others must not wait for it), the error is raised now
+        if cx.size > 1:
+            coll_request(cx, g_reduce(cx, None, None, op, None, root, cbase(cx), "Ireduce",
+                                      False, refusal(cx, e, "Ireduce")))
+        raise
     return coll_request(cx, g_ireduce(cx, sb, rb, op, root, cbase(cx)))
 
 
