@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ...errors import MmpiError, PeerDiedError, TruncationError
 from .._bufspec import message, recv_message
-from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_send, drive,
-                       first_error, orecv, oval, refusal, refused_error, send_refused,
+from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_send,
+                       co_send_r, drive, first_error, oval_r, orecv, oval, refusal, refused_error, send_refused,
                        size_hint, waitall, xrecv_r, xsend)
 
 __all__ = [
@@ -173,10 +173,13 @@ def bcast(cx, obj, root=0):
     if cx.size == 1:
         return obj
     if cx.rank != root:   # the object path's fast receive (straight from the ring)
-        return orecv(cx, root, base)
-    ops = [co_send(cx, obj, r, base) for r in range(cx.size) if r != root]
-    ops = [o for o in ops if o is not None]
+        return oval_r(orecv(cx, root, base), "bcast")
+    sent = [co_send_r(cx, obj, r, base, "bcast") for r in range(cx.size) if r != root]
+    ops = [o for o, _ in sent if o is not None]
     if ops:
         waitall(cx.t, ops)
         first_error(ops)
+    for _, err in sent:
+        if err is not None:     # (unpicklable: the others got a Refused)
+            raise err
     return obj

@@ -34,7 +34,7 @@ __all__ = [
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
     "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
-    "refusal", "send_refused", "xrecv_r", "brecv_r", "absorb", "size_hint",
+    "refusal", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -205,13 +205,21 @@ class Refused:
     why.  Receivers carry it on (so every rank ends the collective in the same round,
     none waits) and raise :func:`refused_error`."""
 
-    __slots__ = ("rank", "text")
+    __slots__ = ("rank", "text", "ranks")
 
-    def __init__(self, rank: int, text: str):
+    def __init__(self, rank: int, text: str, ranks: tuple = ()):
         self.rank, self.text = rank, text
+        self.ranks = ranks or (rank,)      # every rank known to have refused
 
     def __reduce__(self):
-        return Refused, (self.rank, self.text)
+        return Refused, (self.rank, self.text, self.ranks)
+
+    def merge(self, other: Refused | None) -> Refused:
+        """This refusal and ``other`` (None: this one): the lower rank's, naming all."""
+        if other is None or set(other.ranks) <= set(self.ranks):
+            return self
+        first = self if self.rank <= other.rank else other
+        return Refused(first.rank, first.text, tuple(sorted(set(self.ranks) | set(other.ranks))))
 
 
 def refusal(cx, e: BaseException, what: str) -> Refused:
@@ -242,6 +250,26 @@ def refused_of(op):
 def send_refused(cx, f: Refused, dst: int, tag: int):
     """Start sending ``f`` to rank ``dst`` instead of data (None: done)."""
     return co_send(cx, f, dst, tag)
+
+
+def co_send_r(cx, obj, dst: int, tag: int, what: str):
+    """Start sending an object (:func:`co_send`); one that cannot be pickled (or
+    sent) is replaced by a :class:`Refused`, so the receiver does not wait.  Returns
+    (the op or None, this rank's error or None: to raise once its part is done)."""
+    try:
+        return co_send(cx, obj, dst, tag), None
+    except PeerDiedError:
+        raise
+    except Exception as e:
+        f = Refused(cx.rank, f"could not send its object of {what} ({type(e).__name__}: {e})")
+        return co_send(cx, f, dst, tag), e
+
+
+def oval_r(v, what: str):
+    """An object received in a collective, or the error of the :class:`Refused` it is."""
+    if type(v) is Refused:
+        raise refused_error(v, what)
+    return v
 
 
 def xrecv_r(cx, mv, src: int, tag: int, blk: bool, what: str):
@@ -286,13 +314,13 @@ def brecv_r(cx, mv, src: int, tag: int, what: str):
 def absorb(cx, src: int, tag: int, f: Refused | None):
     """Receive whatever rank ``src`` sends (data of any size, or a Refused) and drop
     it (a generator): a rank that cannot use it still takes it, so the sender never
-    waits.  Returns ``f``, or the Refused received if ``f`` is None."""
+    waits.  Returns ``f`` merged with the Refused received, if any."""
     r = co_recv(cx, src, tag)
     yield [r]
     if r.exc is not None:
         raise r.exc
     g = refused_of(r)
-    return f if f is not None or g is None else g
+    return g if f is None else f.merge(g)
 
 
 def size_hint(*specs) -> int:

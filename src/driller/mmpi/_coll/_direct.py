@@ -23,7 +23,7 @@ from ._shm import shm_barrier
 
 __all__ = [
     "CHUNK", "g_exchange", "g_direct_ok", "g_same_size", "g_sync", "split_counts",
-    "g_direct_reduce", "direct_part", "g_direct_refused",
+    "g_direct_reduce", "direct_part", "g_direct_refused", "g_direct_vote",
 ]
 
 CHUNK = 1 << 19             # bytes per direct-read chunk (scratch + accumulator chunk ~ L2)
@@ -66,6 +66,14 @@ def g_direct_ok(cx, base, blk):
     info = struct.pack("<2q", t.base, 1 if t.single_copy else 0)
     table = yield from g_exchange(cx, info, base + 64, blk)
     peers = [struct.unpack_from("<2q", table, 16 * i) for i in range(n)]
+    return (yield from g_direct_vote(cx, peers, base, blk))
+
+
+def g_direct_vote(cx, peers, base, blk):
+    """g_direct_ok once every rank's (world block address, single-copy flag) is known
+    (``peers``): probe, then vote (tags base+66, 67)."""
+    t = cx.t
+    n, me = cx.size, cx.rank
     mine = all(flag for _, flag in peers)
     msg = None
     if mine:

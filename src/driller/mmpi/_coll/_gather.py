@@ -6,7 +6,8 @@ from ...errors import MmpiError, TruncationError
 from .._bufspec import EMPTY, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
-from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
+from ._context import (INFO, address, cbase, check_root, co_recv, co_send, co_send_r,
+                       oval_r, count_check,
                        count_errors, cr, cs, drive, first_error, notify, obj_items, oval,
                        raise_failed, readv, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
@@ -237,9 +238,11 @@ def allgather_blocks(cx, rb, mine, what):
 def g_ogather(cx, obj, root, base):
     n, me = cx.size, cx.rank
     if me != root:
-        s = co_send(cx, obj, root, base)
+        s, err = co_send_r(cx, obj, root, base, "gather")   # (unpicklable: a Refused)
         yield [s]
         first_error((s,))
+        if err is not None:
+            raise err
         return None
     ops = [(r, co_recv(cx, r, base)) for r in range(n) if r != me]
     yield [o for _, o in ops]
@@ -247,6 +250,8 @@ def g_ogather(cx, obj, root, base):
     out[me] = obj
     for r, o in ops:
         out[r] = oval(o)
+    for v in out:
+        oval_r(v, "gather")
     return out
 
 

@@ -17,11 +17,11 @@ from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_bcast_refused
 from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_root, co_recv,
-                       co_send, count_check, cr, cs, drive, first_error, orecv, oval, refusal,
+                       co_send, co_send_r, oval_r, count_check, cr, cs, drive, first_error, orecv, oval, refusal,
                        refused_error, refused_of, send_refused, size_hint, waitall, writev,
                        xrecv, xrecv_r, xsend)
-from ._direct import (g_direct_ok, g_direct_reduce, g_direct_refused, g_exchange, g_same_size,
-                      g_sync, split_counts)
+from ._direct import (direct_part, g_direct_ok, g_direct_reduce, g_direct_refused,
+                      g_direct_vote, g_exchange, g_same_size, g_sync, split_counts)
 from ._gather import g_ogather
 from ._ops import SUM, Op, check_op
 from ._shm import SHM_MAX, shm_allreduce, shm_refused
@@ -131,7 +131,7 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carr
                 if fail is None:
                     return res
     if fail is not None:
-        if fail is own:
+        if own is not None:
             return None
         if carry:
             return fail
@@ -140,15 +140,18 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carr
 
 
 def g_reduce_refused(cx, e, hint, op, root, base, what, blk):
-    """This rank refused its arguments of a reduction to ``root`` (the error ``e``):
-    it takes part in the algorithm its peers run for ``hint`` bytes (its
-    :func:`size_hint`), carrying the refusal instead of data (a generator)."""
+    """This rank refused its arguments of a Reduce to ``root`` (the error ``e``): it
+    takes part in g_reduce (or g_reduce_large: the same messages from it, but on the
+    tree's root, which sends the others the table of the large one: there ``hint``,
+    its :func:`size_hint`, decides), carrying the refusal instead of data (a
+    generator)."""
     if cx.size == 1:
         return
-    if hint >= DIRECT_MIN:
-        yield from g_direct_refused(cx, base, blk, what)
+    f = refusal(cx, e, what)
+    if cx.rank == (root if op.commute else 0) and hint >= DIRECT_MIN:
+        yield from g_tree_table(cx, None, cx.rank, root, base, blk, what, f)
         return
-    yield from g_reduce(cx, None, None, op, None, root, base, what, blk, refusal(cx, e, what))
+    yield from g_reduce(cx, None, None, op, None, root, base, what, blk, f)
 
 
 def refused_part(cx, gen) -> None:
@@ -169,7 +172,7 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
     except Exception as e:   # refused here only, maybe: take part all the same
-        refused_part(cx, g_reduce_refused(cx, e, size_hint(sendbuf, recvbuf), op, root,
+        refused_part(cx, g_reduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, root,
                                           cbase(cx), "Reduce", True))
         raise
     base = cbase(cx)
@@ -179,31 +182,132 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
         if rb is not None and sb is not rb:
             np.copyto(rb.arr(), send)
         return
-    if (sb.nbytes >= DIRECT_MIN and send.size >= n
-            and drive(cx.t, g_direct_ok(cx, base, True))):
-        drive(cx.t, g_reduce_direct(cx, sb, rb, op, root, base, sendbuf is IN_PLACE))
+    if sb.nbytes >= DIRECT_MIN and send.size >= n:
+        drive(cx.t, g_reduce_large(cx, sb, rb, op, root, base, sendbuf is IN_PLACE))
         return
-    if sb.nbytes >= DIRECT_MIN and send.size >= n:  # direct denied: messages instead
-        drive(cx.t, g_same_size(cx, sb.nbytes, sb.dtype.itemsize, base, True, "Reduce"))
     acc = rb.arr() if rb is not None else None
     res = drive(cx.t, g_reduce(cx, acc, send, op, sb.dt, root, base, "Reduce", True))
     if me == root and res is not acc:
         np.copyto(acc, res)
 
 
-def g_reduce_direct(cx, sb, rb, op, root, base, in_place):
-    """Direct reduce: every rank reduces its slice (reading peers' buffers) and
-    writes it once into the root's receive buffer (process_vm_writev); a
-    barrier ends it (nobody reuses a buffer a peer may still read)."""
+RINFO = struct.Struct("<7q")   # Reduce's record: INFO's, then world block address, single copy
+
+
+def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
+    """Every rank's record ``rec`` (fixed size), gathered up g_reduce's binomial tree
+    to ``troot`` (tag base), which sends the table to every rank (tag base + 1).
+
+    The messages up the tree are g_reduce's: a rank that refused its arguments
+    (``fail``, ``rec`` None) does exactly what it does in g_reduce (takes its
+    children's messages, sends its refusal up, is done), whichever of the two the
+    others run (it cannot know the size that decides).  ``troot`` then sends the
+    refusal instead of the table to every rank but the refusing ones (which wait for
+    nothing more), the root included (it waits for troot in g_reduce too); the others
+    raise it.  Returns the table in rank order (None on a refusing rank)."""
+    n, me = cx.size, cx.rank
+    own = fail
+    k = RINFO.size
+    rel = (me - troot) % n
+    parts = bytearray(rec) if fail is None else None    # relative ranks rel, rel + 1, ...
+    mask = 1
+    while mask < n:
+        if rel & mask:
+            dst = (rel - mask + troot) % n
+            s = (xsend(cx, memoryview(parts), dst, base) if fail is None
+                 else send_refused(cx, fail, dst, base))
+            if s is not None:
+                yield [s]
+                first_error((s,))
+            break
+        child = rel + mask
+        if child < n:
+            src = (child + troot) % n
+            if fail is not None:
+                fail = yield from absorb(cx, src, base, fail)
+            else:
+                buf = bytearray(k * min(mask, n - child))
+                fail = yield from xrecv_r(cx, memoryview(buf), src, base, blk, what)
+                if fail is None:
+                    parts += buf
+        mask <<= 1
+    if rel:
+        if own is not None and (me != root or troot == root):
+            return None
+        table = bytearray(k * n)
+        f = yield from xrecv_r(cx, memoryview(table), troot, base + 1, blk, what)
+        fail = f.merge(fail) if f is not None else fail
+        if own is not None:
+            return None
+        if fail is not None:
+            raise refused_error(fail, what)
+        return bytes(table)
+    if fail is not None:
+        ops = [send_refused(cx, fail, r, base + 1) for r in range(n)
+               if r != me and (r not in fail.ranks or (r == root and troot != root))]
+        ops = [o for o in ops if o is not None]
+        if ops:
+            yield ops
+            first_error(ops)
+        if own is not None:
+            return None
+        raise refused_error(fail, what)
+    table = bytearray(k * n)
+    for r in range(n):
+        j = (r - troot) % n
+        table[r * k:(r + 1) * k] = parts[j * k:(j + 1) * k]
+    ops = [xsend(cx, memoryview(table), r, base + 1) for r in range(n) if r != me]
+    ops = [o for o in ops if o is not None]
+    if ops:
+        yield ops
+        first_error(ops)
+    return bytes(table)
+
+
+def g_reduce_large(cx, sb, rb, op, root, base, in_place):
+    """A large Reduce: every rank's buffer address and size, gathered up g_reduce's
+    tree (:func:`g_tree_table`: a rank that refused its arguments takes the same part
+    there whatever the size), agree everywhere; then the direct reduce (or, reads
+    denied, g_reduce's messages, tags base + 32, 33)."""
+    n, me = cx.size, cx.rank
+    t = cx.t
+    isz = sb.dtype.itemsize
+    rec = RINFO.pack(address(sb.mv), sb.nbytes, sb.dtype.num, isz,
+                     address(rb.mv, True) if me == root else 0, t.base,
+                     1 if t.single_copy else 0)
+    troot = root if op.commute else 0
+    table = yield from g_tree_table(cx, rec, troot, root, base, True, "Reduce")
+    peers = [RINFO.unpack_from(table, i * RINFO.size) for i in range(n)]
+    for i, p in enumerate(peers):
+        if p[1] != sb.nbytes or p[3] != isz:
+            raise MmpiError(f"Reduce: rank {i} passes {p[1]} bytes but rank {me} passes "
+                            f"{sb.nbytes}: every rank must pass the same count and datatype")
+    ok = cx.direct_ok
+    if ok is None:
+        ok = yield from g_direct_vote(cx, [(p[5], p[6]) for p in peers], base, True)
+    if ok:
+        yield from g_reduce_direct(cx, sb, rb, op, root, base, in_place,
+                                   [p[:5] for p in peers])
+        return
+    acc = rb.arr() if rb is not None else None     # reads denied: messages instead
+    res = yield from g_reduce(cx, acc, sb.arr(), op, sb.dt, root, base + 32, "Reduce", True)
+    if me == root and res is not acc:
+        np.copyto(acc, res)
+
+
+def g_reduce_direct(cx, sb, rb, op, root, base, in_place, peers):
+    """Direct reduce: every rank reduces its slice (reading peers' buffers, whose
+    addresses ``peers`` holds) and writes it once into the root's receive buffer
+    (process_vm_writev); a barrier ends it (nobody reuses a buffer a peer may still
+    read)."""
     n, me = cx.size, cx.rank
     isz = sb.dtype.itemsize
     count = sb.nbytes // isz
     counts, displs = split_counts(cx, count, isz)
     my = np.empty(counts[me], sb.dtype) if (me != root) else \
         rb.arr()[displs[me]:displs[me] + counts[me]]
-    peers = yield from g_direct_reduce(cx, 
-        sb.mv, my, op, sb.dtype, sb.dt, counts, displs, base, "Reduce",
-        in_place and me == root, True, address(rb.mv, True) if me == root else 0)
+    direct_part(cx, sb.mv, my, op, sb.dtype, sb.dt, counts, displs, "Reduce",
+                in_place and me == root, peers)
     if me != root and counts[me]:
         # (IN_PLACE at the root: its slice ``me`` is read only by us, and we are done)
         writev(cx, root, my.ctypes.data, peers[root][4] + displs[me] * isz,
@@ -631,7 +735,10 @@ def reduce(cx, sendobj, op=SUM, root=0):
 def allreduce(cx, sendobj, op=SUM):
     """Recursive doubling, combining in rank order (``op(lower, higher)``) in
     the same tree shape on every rank: identical results everywhere, even for
-    operations that do not really commute (list + list)."""
+    operations that do not really commute (list + list).  An object this rank
+    cannot send (unpicklable) or combine (the op raises) becomes a
+    :class:`Refused` carried on in its place: every rank ends in the same round,
+    this one raising its error, the others an error naming it."""
     op = check_op(op, "allreduce")
     base = cbase(cx)
     n, me = cx.size, cx.rank
@@ -641,23 +748,47 @@ def allreduce(cx, sendobj, op=SUM):
     p = 1 << (n.bit_length() - 1)
     rem = n - p
     acc = sendobj
+    errs = []
+
+    def send(obj, dst, tag):
+        s, err = co_send_r(cx, obj, dst, tag, "allreduce")
+        if err is not None:
+            errs.append(err)
+            return s, err
+        return s, None
+
+    def combine(lo, hi):
+        if type(lo) is Refused:
+            return lo.merge(hi if type(hi) is Refused else None)
+        if type(hi) is Refused:
+            return hi
+        try:
+            return op(lo, hi)
+        except Exception as e:
+            errs.append(e)
+            return Refused(me, f"could not combine the objects of allreduce "
+                               f"({type(e).__name__}: {e})")
 
     def exchange(partner, tag):
-        s = co_send(cx, acc, partner, tag)
+        s, err = send(acc, partner, tag)
         v = orecv(cx, partner, tag)
         if s is not None:
             waitall(t, (s,))
             first_error((s,))
         return v
 
+    def sent(obj, dst, tag):
+        s, _ = send(obj, dst, tag)
+        if s is not None:
+            waitall(t, (s,))
+            first_error((s,))
+
     if me < 2 * rem:
         if me % 2 == 0:
-            s = co_send(cx, acc, me + 1, base)
-            if s is not None:
-                waitall(t, (s,))
-                first_error((s,))
-            return orecv(cx, me + 1, base + 255)
-        acc = op(orecv(cx, me - 1, base), acc)
+            sent(acc, me + 1, base)
+            acc = orecv(cx, me + 1, base + 255)
+            return _obj_result(acc, errs, "allreduce")
+        acc = combine(orecv(cx, me - 1, base), acc)
         newrank = me // 2
     else:
         newrank = me - rem
@@ -665,33 +796,54 @@ def allreduce(cx, sendobj, op=SUM):
     while mask < p:
         pn = newrank ^ mask
         partner = pn * 2 + 1 if pn < rem else pn + rem
+        if errs and type(acc) is not Refused:   # our object could not be sent
+            acc = Refused(me, f"could not send its object of allreduce ({errs[0]})")
         other = exchange(partner, base + rnd)
-        acc = op(other, acc) if pn < newrank else op(acc, other)
+        acc = combine(other, acc) if pn < newrank else combine(acc, other)
         mask <<= 1
         rnd += 1
     if me < 2 * rem:
-        s = co_send(cx, acc, me - 1, base + 255)
-        if s is not None:
-            waitall(t, (s,))
-            first_error((s,))
-    return acc
+        if errs and type(acc) is not Refused:
+            acc = Refused(me, f"could not send its object of allreduce ({errs[0]})")
+        sent(acc, me - 1, base + 255)
+    return _obj_result(acc, errs, "allreduce")
+
+
+def _obj_result(acc, errs, what):
+    """An object reduction's result: this rank's own error first, then a refusal."""
+    if errs:
+        raise errs[0]
+    return oval_r(acc, what)
 
 
 def obj_scan(cx, obj, op, exclusive):
     n, me = cx.size, cx.rank
     base = cbase(cx)
     t = cx.t
+    what = "exscan" if exclusive else "scan"
     prev = None
+    err = None
     if me > 0:
         r = co_recv(cx, me - 1, base)
         waitall(t, [r])
         prev = oval(r)
-    part = obj if me == 0 else op(prev, obj)
+    if type(prev) is Refused:
+        part = prev
+    else:
+        try:
+            part = obj if me == 0 else op(prev, obj)
+        except Exception as e:
+            err = e
+            part = Refused(me, f"could not combine the objects of {what} "
+                               f"({type(e).__name__}: {e})")
     if me + 1 < n:
-        s = co_send(cx, part, me + 1, base)
+        s, e2 = co_send_r(cx, part, me + 1, base, what)
         waitall(t, [s])
         first_error((s,))
-    return prev if exclusive else part
+        err = err or e2
+    if err is not None:
+        raise err
+    return oval_r(prev if exclusive else part, what)
 
 
 def scan(cx, sendobj, op=SUM):
