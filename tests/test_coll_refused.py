@@ -20,7 +20,7 @@ from driller.errors import MmpiError
 
 pytestmark = pytest.mark.timeout(300)
 
-ALARM = 60            # seconds a rank may take for one case before it is killed (a hang)
+ALARM = 40            # seconds a rank may take for one case before it is killed (a hang)
 SMALL, MID, LARGE = 4, 2000, 1 << 16      # doubles: shm slots, recursive doubling, direct
 
 
@@ -102,6 +102,26 @@ def call(comm, case, bad, count, root):
         else:
             comm.Ibcast(buf, root=root).Wait()
         return buf
+    if case in ("Scan", "Exscan", "Iscan", "Iexscan"):
+        out = np.zeros(count)
+        fn = getattr(comm, case)
+        req = fn(sb, out, op=MPI.SUM)
+        if case[0] == "I":
+            req.Wait()
+        return out
+    if case in ("Reduce_scatter_block", "Ireduce_scatter_block", "Reduce_scatter",
+                "Ireduce_scatter", "Reduce_scatter_nocounts"):
+        sb = bad_spec(count * n) if refuse else mine(me, count * n)
+        out = np.zeros(count)
+        if case.endswith("_block"):
+            req = getattr(comm, case)(sb, out, op=MPI.SUM)
+        elif case == "Reduce_scatter_nocounts":
+            req = comm.Reduce_scatter(sb, out, None, op=MPI.SUM)
+        else:
+            req = getattr(comm, case)(sb, out, [count] * n, op=MPI.SUM)
+        if case[0] == "I":
+            req.Wait()
+        return out
     raise AssertionError(case)
 
 
@@ -109,6 +129,12 @@ def want(comm, case, count, root):
     n, me = comm.Get_size(), comm.Get_rank()
     if case in ("Bcast", "Ibcast"):
         return mine(root, count)
+    if case in ("Scan", "Iscan"):
+        return total(me + 1, count)
+    if case in ("Exscan", "Iexscan"):
+        return total(me, count) if me else None
+    if "scatter" in case:
+        return total(n, count * n)[me * count:(me + 1) * count]
     if case in ("Reduce", "Ireduce"):
         return total(n, count) if me == root else None
     return total(n, count)
@@ -117,16 +143,16 @@ def want(comm, case, count, root):
 def run_cases(comm, cases):
     """Every (case, bad ranks, count, root, sub): each rank's (kind, message, correct)
     and whether the collectives after it were correct."""
-    signal.alarm(ALARM * len(cases))
     res = []
     for case, bad, count, root, sub in cases:
+        signal.alarm(ALARM)
         c = comm.Split(0, -comm.Get_rank()) if sub else comm   # reversed: no shm slots
         me = c.Get_rank()
         kind, val = outcome(lambda: call(c, case, bad, count, root))
         good = None
         if kind == "ok":
             w = want(c, case, count, root)
-            good = (val is None) if w is None else bool(np.array_equal(val, w))
+            good = True if w is None else bool(np.array_equal(val, w))
             val = ""
         res.append((kind, val, good, after(c)))
         if sub:
@@ -150,7 +176,8 @@ def check(results, cases, n):
                 # rank: Reduce off the root, Bcast from a root that did not refuse
                 assert good, f"{label}: rank {cme} completed with wrong data"
                 assert (case in ("Reduce", "Ireduce") and cme != root) or \
-                    (case in ("Bcast", "Ibcast") and root not in bad), (label, cme)
+                    (case in ("Bcast", "Ibcast") and root not in bad) or \
+                    ("scan" in case.lower() and cme < min(bad)), (label, cme)
             else:
                 assert f"rank {min(bad)} refused its arguments" in msg or any(
                     f"rank {b} refused its arguments" in msg for b in bad), (label, cme, msg)
@@ -187,6 +214,19 @@ def test_allreduce_large_one_rank_refused():
 @pytest.mark.parametrize("n", [3, 5])
 def test_reduce_one_rank_refused(n):
     matrix(n, cases_for(n, ["Reduce", "Ireduce"], [SMALL, MID]))
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_scans_and_reduce_scatters_one_rank_refused(n):
+    names = ["Scan", "Exscan", "Iscan", "Iexscan", "Reduce_scatter_block",
+             "Ireduce_scatter_block", "Reduce_scatter", "Ireduce_scatter",
+             "Reduce_scatter_nocounts"]
+    matrix(n, cases_for(n, names, [SMALL], subs=(False,)))
+
+
+def test_reduce_scatter_large_one_rank_refused():
+    names = ["Reduce_scatter_block", "Reduce_scatter", "Reduce_scatter_nocounts"]
+    matrix(3, cases_for(3, names, [LARGE // 2], subs=(False,)))
 
 
 def test_bcast_one_rank_refused():

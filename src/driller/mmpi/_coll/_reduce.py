@@ -29,7 +29,7 @@ from ._shm import SHM_MAX, shm_allreduce, shm_refused
 __all__ = [
     "DIRECT_MIN", "FAST_MAX", "g_reduce", "Reduce", "Allreduce", "g_allreduce",
     "Reduce_scatter_block", "Reduce_scatter", "g_counts", "red_args", "same_type", "Scan", "Exscan", "reduce", "allreduce", "scan",
-    "exscan",
+    "exscan", "g_scan_refused",
 ]
 
 DIRECT_MIN = 1 << 19        # reductions of at least this many bytes read peers directly
@@ -576,32 +576,83 @@ def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
 
 def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
     n = cx.size
-    op = check_op(op, "Reduce_scatter_block")
-    rb = parse(recvbuf, True, "Reduce_scatter_block")
-    if sendbuf is IN_PLACE:
-        if rb.nbytes % n:
-            raise MmpiError(f"Reduce_scatter_block: with IN_PLACE the receive buffer "
-                            f"({rb.nbytes} bytes) must hold {n} blocks")
-        sb = rb
-        count = rb.nbytes // rb.dtype.itemsize // n
-    else:
-        sb = parse(sendbuf, False, "Reduce_scatter_block")
-        count = rb.nbytes // rb.dtype.itemsize
-    reduce_scatter(cx, sb, rb, [count] * n, op, "Reduce_scatter_block",
-                         sendbuf is IN_PLACE)
+    what = "Reduce_scatter_block"
+    op = check_op(op, what)
+    try:
+        rb = parse(recvbuf, True, what)
+        if sendbuf is IN_PLACE:
+            if rb.nbytes % n:
+                raise MmpiError(f"Reduce_scatter_block: with IN_PLACE the receive buffer "
+                                f"({rb.nbytes} bytes) must hold {n} blocks")
+            sb = rb
+            count = rb.nbytes // rb.dtype.itemsize // n
+        else:
+            sb = parse(sendbuf, False, what)
+            count = rb.nbytes // rb.dtype.itemsize
+        rs_check(cx, sb, rb, [count] * n, op, what, sendbuf is IN_PLACE)
+    except Exception as e:   # refused here only, maybe: take part all the same
+        # (the send buffer holds n receive blocks, or is the receive buffer)
+        hint = size_hint(recvbuf) * (1 if sendbuf is IN_PLACE else n) or size_hint(sendbuf)
+        refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), hint, op, cbase(cx), what))
+        raise
+    reduce_scatter(cx, sb, rb, [count] * n, op, what, sendbuf is IN_PLACE)
 
 
 def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
     n = cx.size
-    op = check_op(op, "Reduce_scatter")
-    rb = parse(recvbuf, True, "Reduce_scatter")
+    what = "Reduce_scatter"
+    op = check_op(op, what)
+    try:
+        rb = parse(recvbuf, True, what)
+        sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, what)
+        if recvcounts is not None:
+            counts = intlist(recvcounts, n, what, "recvcounts")
+            rs_check(cx, sb, rb, counts, op, what, sendbuf is IN_PLACE)
+    except Exception as e:   # refused here only, maybe: take part all the same
+        base = cbase(cx)
+        if recvcounts is None:   # the counts' exchange: a -1 there makes every rank raise
+            refused_part(cx, g_exchange(cx, struct.pack("<2q", -1, -1), base, True))
+        else:
+            refused_part(cx, g_rs_refused(cx, refusal(cx, e, what),
+                                          size_hint(recvbuf, sendbuf) * n, op, base, what))
+        raise
     if recvcounts is None:   # as mpi4py: every rank's receive count (an allgather)
-        sb0 = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
-        counts = drive(cx.t, g_counts(cx, rb, sb0, cbase(cx), "Reduce_scatter", True))
+        counts = drive(cx.t, g_counts(cx, rb, sb, cbase(cx), what, True))
+        try:
+            rs_check(cx, sb, rb, counts, op, what, sendbuf is IN_PLACE)
+        except Exception as e:
+            refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), sb.nbytes, op,
+                                          cbase(cx), what))
+            raise
+    reduce_scatter(cx, sb, rb, counts, op, what, sendbuf is IN_PLACE)
+
+
+def g_rs_refused(cx, f, hint, op, base, what, blk=True):
+    """This rank refused its arguments of a Reduce_scatter (``f``): it takes part in
+    the algorithm its peers run for ``hint`` bytes (its :func:`size_hint`), carrying
+    the refusal instead of data (a generator)."""
+    n, me = cx.size, cx.rank
+    if n == 1:
+        return
+    if hint >= DIRECT_MIN and blk:
+        yield from g_direct_refused(cx, base, blk, what)
+        return
+    yield from g_reduce(cx, None, None, op, None, 0, base, what, blk, f)
+    yield from g_rs_scatter_refused(cx, f, base)
+
+
+def g_rs_scatter_refused(cx, f, base):
+    """Reduce_scatter's scatter from rank 0 (tag base + 5), with a refusal: rank 0
+    sends it to every rank instead of its block, the others take what comes."""
+    n, me = cx.size, cx.rank
+    if me == 0:
+        ops = [send_refused(cx, f, r, base + 5) for r in range(1, n)]
+        ops = [o for o in ops if o is not None]
+        if ops:
+            yield ops
+            first_error(ops)
     else:
-        counts = intlist(recvcounts, n, "Reduce_scatter", "recvcounts")
-    sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, "Reduce_scatter")
-    reduce_scatter(cx, sb, rb, counts, op, "Reduce_scatter", sendbuf is IN_PLACE)
+        yield from absorb(cx, 0, base + 5, f)
 
 
 def g_counts(cx, rb, sb, base, what, blk=False):
@@ -612,6 +663,10 @@ def g_counts(cx, rb, sb, base, what, blk=False):
     table = yield from g_exchange(cx, struct.pack("<2q", rb.nbytes // isz, sb.nbytes // isz),
                                   base, blk)
     rows = [struct.unpack_from("<2q", table, 16 * i) for i in range(cx.size)]
+    for r, (c, _) in enumerate(rows):
+        if c < 0:
+            raise MmpiError(f"{what}: rank {r} refused its arguments of {what}; no rank got "
+                            f"a result: every rank must pass valid arguments")
     counts = [c for c, _ in rows]
     total = sum(counts)
     for r, (_, s) in enumerate(rows):
@@ -621,18 +676,25 @@ def g_counts(cx, rb, sb, base, what, blk=False):
     return counts
 
 
-def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
-    n, me = cx.size, cx.rank
+def rs_check(cx, sb, rb, counts, op, what, in_place) -> None:
+    """A Reduce_scatter's arguments agree with each other on this rank."""
     isz = sb.dtype.itemsize
     total = sum(counts)
     same_type(sb, rb, what)
     if sb.nbytes != total * isz:
         raise MmpiValueError(f"{what}: the send buffer has {sb.nbytes // isz} elements but "
                              f"the counts add up to {total}")
-    if not in_place and rb.nbytes < counts[me] * isz:
+    if not in_place and rb.nbytes < counts[cx.rank] * isz:
         raise MmpiValueError(f"{what}: the receive buffer ({rb.nbytes} bytes) is smaller "
-                             f"than this rank's block ({counts[me] * isz} bytes)")
+                             f"than this rank's block ({counts[cx.rank] * isz} bytes)")
     op.check_buffer(sb.dtype, what)
+
+
+def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
+    """Reduce_scatter once ``rs_check`` passed: direct (large) or g_reduce to rank 0,
+    which scatters the blocks (a refusal met on the way goes to every rank)."""
+    n, me = cx.size, cx.rank
+    isz = sb.dtype.itemsize
     displs = [sum(counts[:i]) for i in range(n)]
     base = cbase(cx)
     send = sb.arr()
@@ -658,7 +720,10 @@ def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
         drive(t, g_same_size(cx, sb.nbytes, sb.dtype.itemsize, base, True, what))
     # small: reduce to 0, then scatter the blocks
     full = np.empty_like(send) if me == 0 else None
-    res = drive(t, g_reduce(cx, full, send, op, sb.dt, 0, base, what, True))
+    res = drive(t, g_reduce(cx, full, send, op, sb.dt, 0, base, what, True, carry=True))
+    if type(res) is Refused:
+        drive(t, g_rs_scatter_refused(cx, res, base))
+        raise refused_error(res, what)
     if me == 0:
         ops = []
         for r in range(1, n):
@@ -672,6 +737,9 @@ def reduce_scatter(cx, sb, rb, counts, op, what, in_place):
         out = rb.mv[:counts[me] * isz]
         r = cr(cx, out, 0, base + 5)
         waitall(t, [r])
+        f = refused_of(r) if r.exc is not None else None
+        if f is not None:
+            raise refused_error(f, what)
         count_check(cx, r, counts[me] * isz, what, 0)
 
 
@@ -684,9 +752,17 @@ def Exscan(cx, sendbuf, recvbuf, op=SUM) -> None:
 
 
 def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
-    """Linear chain: rank r gets the prefix of 0..r-1 from r-1."""
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    """Linear chain: rank r gets the prefix of 0..r-1 from r-1.  A rank that refuses
+    its arguments still takes its predecessor's message and sends its successor a
+    refusal instead of the prefix (carried on down the chain): the ranks after it
+    raise naming it, those before it complete."""
+    op = check_op(op, what)
     n, me = cx.size, cx.rank
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    except Exception as e:
+        refused_part(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), me > 0))
+        raise
     base = cbase(cx)
     t = cx.t
     mine = sb.arr()
@@ -702,7 +778,23 @@ def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
         prev = np.empty_like(mine)
         r = cr(cx, memoryview(prev).cast("B") if prev.size else EMPTY, me - 1, base)
         waitall(t, [r])
-        count_check(cx, r, nb, what, me - 1)
+        f = refused_of(r) if r.exc is not None else None
+        if f is not None:      # carried on down the chain
+            if me + 1 < n:
+                s = send_refused(cx, f, me + 1, base)
+                if s is not None:
+                    waitall(t, [s])
+                    first_error((s,))
+            raise refused_error(f, what)
+        try:
+            count_check(cx, r, nb, what, me - 1)
+        except MmpiError as e:   # the ranks after us must not wait, nor take garbage
+            if me + 1 < n and not isinstance(e, PeerDiedError):
+                s = send_refused(cx, Refused(me - 1, f"sent rank {me} a prefix it could not "
+                                                     f"take ({e})"), me + 1, base)
+                if s is not None:
+                    waitall(t, [s])
+            raise
         if exclusive:
             np.copyto(acc, prev)
         if me + 1 < n or not exclusive:
@@ -714,6 +806,20 @@ def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
         s = cs(cx, memoryview(part).cast("B") if part.size else EMPTY, me + 1, base)
         waitall(t, [s])
         first_error((s,))
+
+
+def g_scan_refused(cx, f, base, take):
+    """A scan's chain on a rank that refused its arguments (or got a refusal, ``f``):
+    it takes its predecessor's message (if ``take``) and sends its successor ``f``
+    instead of the prefix (a generator)."""
+    n, me = cx.size, cx.rank
+    if take and me > 0:
+        f = yield from absorb(cx, me - 1, base, f)
+    if me + 1 < n:
+        s = send_refused(cx, f, me + 1, base)
+        if s is not None:
+            yield [s]
+            first_error((s,))
 
 
 def g_oreduce(cx, obj, op, root, base):
