@@ -54,11 +54,18 @@ def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
                 raise err or refused_error(f, what)
             break
         mask <<= 1
+    yield from _to_children(cx, rel, mask, root, lambda r: xsend(cx, mv, r, base))
+
+
+def _to_children(cx, rel, mask, root, send):
+    """Send (``send(rank)``, an op or None) to this rank's subtree of the binomial
+    broadcast (below ``mask``, the bit it received at), then wait for the sends."""
+    n = cx.size
     mask >>= 1
     ops = []
     while mask > 0:
         if rel + mask < n:
-            ops.append(xsend(cx, mv, (rel + mask + root) % n, base))
+            ops.append(send((rel + mask + root) % n))
         mask >>= 1
     ops = [o for o in ops if o is not None]
     if ops:
@@ -100,16 +107,7 @@ def g_bcast_refused(cx, root, base, f, what, nb, rel=None):
             mask <<= 1
     else:
         rel, mask = rel
-    mask >>= 1
-    ops = []
-    while mask > 0:
-        if rel + mask < n:
-            ops.append(send_refused(cx, f, (rel + mask + root) % n, base))
-        mask >>= 1
-    ops = [o for o in ops if o is not None]
-    if ops:
-        yield ops
-        first_error(ops)
+    yield from _to_children(cx, rel, mask, root, lambda r: send_refused(cx, f, r, base))
 
 
 def Bcast(cx, buf, root=0) -> None:

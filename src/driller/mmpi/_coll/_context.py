@@ -34,7 +34,7 @@ __all__ = [
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
     "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
-    "refusal", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
+    "refusal", "size_error", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -278,9 +278,7 @@ def xrecv_r(cx, mv, src: int, tag: int, blk: bool, what: str):
         res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
         if res is not None:
             if res[2] != len(mv):
-                raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from "
-                                f"rank {src} but got {res[2]}: every rank must pass "
-                                f"matching counts and datatypes")
+                raise size_error(cx, len(mv), src, res[2], what)
             return None
     r = cr(cx, mv, src, tag)
     yield [r]
@@ -305,9 +303,7 @@ def brecv_r(cx, mv, src: int, tag: int, what: str):
                 return f
         count_check(cx, r, len(mv), what, src)
     elif res[2] != len(mv):
-        raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from rank "
-                        f"{src} but got {res[2]}: every rank must pass matching counts "
-                        f"and datatypes")
+        raise size_error(cx, len(mv), src, res[2], what)
     return None
 
 
@@ -386,9 +382,13 @@ def count_check(cx, op, expect, what, src):
     if op.exc is not None:
         raise op.exc
     if op.count != expect:
-        raise MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank "
-                        f"{src} but got {op.count}: every rank must pass matching "
-                        f"counts and datatypes")
+        raise size_error(cx, expect, src, op.count, what)
+
+
+def size_error(cx, expect: int, src: int, got: int, what: str) -> MmpiError:
+    """The error of a message from rank ``src`` of another size than expected."""
+    return MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank {src} but "
+                     f"got {got}: every rank must pass matching counts and datatypes")
 
 
 def count_errors(cx, ops, counts, isz, what, check=count_check):
@@ -419,9 +419,7 @@ def xrecv(cx, mv, src: int, tag: int, blk: bool, what: str):
         res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
         if res is not None:
             if res[2] != len(mv):
-                raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from "
-                                f"rank {src} but got {res[2]}: every rank must pass "
-                                f"matching counts and datatypes")
+                raise size_error(cx, len(mv), src, res[2], what)
             return
     r = cr(cx, mv, src, tag)
     yield [r]
@@ -445,9 +443,7 @@ def brecv(cx, mv, src: int, tag: int, what: str) -> None:
         t.wait(r, r.source)
         count_check(cx, r, len(mv), what, src)
     elif res[2] != len(mv):
-        raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from rank "
-                        f"{src} but got {res[2]}: every rank must pass matching counts "
-                        f"and datatypes")
+        raise size_error(cx, len(mv), src, res[2], what)
 
 
 def bsend(cx, mv, dst: int, tag: int) -> None:

@@ -115,4 +115,6 @@ def Ibcast(cx, buf, root=0):
 
 
 def Iallreduce(cx, sendbuf, recvbuf, op=SUM):
-    return coll_request(cx, g_allreduce(cx, sendbuf, recvbuf, op, "Iallreduce"))
+    # (refused: this rank's part goes on in the background, the error is raised now)
+    return coll_request(cx, g_allreduce(cx, sendbuf, recvbuf, op, "Iallreduce",
+                                        start=lambda g: coll_request(cx, g)))

@@ -433,21 +433,23 @@ def shm_path(cx, nbytes, op, blk) -> bool:
             and op.user is None)
 
 
-def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False):
+def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False, start=None):
+    """The Allreduce algorithm (a generator) for these arguments, checked now.  Refused
+    here (maybe here only): this rank's part, carrying the refusal, is run by
+    ``start(generator)`` (None: to its end, blocking), then the error is raised."""
     op = check_op(op, what)
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
-    except Exception as e:   # refused here only, maybe: take part all the same
-        base = cbase(cx)
-        try:
-            yield from g_allreduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, base,
-                                           what, blk)
-        except MmpiError as err:
-            if isinstance(err, PeerDiedError):
-                raise
-        raise e
+    except Exception as e:   # take part all the same
+        gen = g_allreduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, cbase(cx), what,
+                                  blk)
+        if start is None:
+            refused_part(cx, gen)
+        else:
+            start(gen)
+        raise
     base = cbase(cx)
-    return (yield from g_allreduce2(cx, sb, rb, op, base, what, sendbuf is IN_PLACE, blk))
+    return g_allreduce2(cx, sb, rb, op, base, what, sendbuf is IN_PLACE, blk)
 
 
 def g_allreduce_refused(cx, e, hint, op, base, what, blk):
