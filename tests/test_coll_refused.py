@@ -315,3 +315,28 @@ def test_unpicklable_object_on_one_rank(bad):
             else:
                 assert f"rank {bad} could not send its object" in val or \
                     f"rank {bad} could not combine" in val, (name, me, val)
+
+
+def mixed_forms(comm):
+    """Valid arguments in different forms (a bare array, a spec) on different ranks:
+    the small world Allreduce must take one algorithm everywhere (it used to take the
+    shared-memory slots on the bare-array ranks and messages on the others: a hang)."""
+    signal.alarm(ALARM)
+    n, me = comm.Get_size(), comm.Get_rank()
+    ok = []
+    for count in (1, 4, 500, 2000):
+        a, out = mine(me, count), np.zeros(count)
+        sb = [a, MPI.DOUBLE] if me % 2 else a
+        rb = [out, count, MPI.DOUBLE] if me == n - 1 else out
+        comm.Allreduce(sb, rb, op=MPI.SUM)
+        ok.append(bool(np.array_equal(out, total(n, count))))
+        out2 = mine(me, count)
+        comm.Allreduce(MPI.IN_PLACE, [out2, MPI.DOUBLE] if me == 0 else out2, op=MPI.MAX)
+        ok.append(bool(np.array_equal(out2, mine(n - 1, count))))
+    signal.alarm(0)
+    return ok
+
+
+def test_allreduce_buffer_forms_differ_between_ranks():
+    for res in mmpi.spawn(mixed_forms, 3):
+        assert all(res), res
