@@ -291,7 +291,11 @@ def objects(comm, bad):
     for name, fn in [("allreduce", lambda: comm.allreduce(obj, op=MPI.SUM)),
                      ("reduce", lambda: comm.reduce(obj, op=MPI.SUM, root=0)),
                      ("bcast", lambda: comm.bcast(obj if me == bad else None, root=bad)),
-                     ("scan", lambda: comm.scan(obj, op=MPI.SUM))]:
+                     ("scan", lambda: comm.scan(obj, op=MPI.SUM)),
+                     ("allgather", lambda: comm.allgather(obj)),
+                     ("gather", lambda: comm.gather(obj, root=0)),
+                     ("alltoall", lambda: comm.alltoall([obj] * n)),
+                     ("exscan", lambda: comm.exscan(obj, op=MPI.SUM))]:
         kind, val = outcome(lambda: fn())
         res.append((name, kind, val if kind == "err" else repr(val),
                     comm.allreduce(me) == n * (n - 1) // 2 and after(comm)))
@@ -306,12 +310,13 @@ def test_unpicklable_object_on_one_rank(bad):
     for me in range(n):
         for name, kind, val, later in res[me]:
             assert later, (name, me)
-            if me == bad:
+            if me == bad and not (name == "gather" and me == 0):   # (a root keeps its own)
                 assert kind == "err", (name, me, val)
             elif kind == "ok":
                 # completing is right only where the bad object was never needed
-                assert (name == "reduce" and me != 0) or (name == "scan" and me < bad), \
-                    (name, me, val)
+                assert (name in ("reduce", "gather") and me != 0) or \
+                    (name in ("scan", "exscan") and me < bad) or \
+                    (name == "gather" and me == bad == 0), (name, me, val)
             else:
                 assert f"rank {bad} could not send its object" in val or \
                     f"rank {bad} could not combine" in val, (name, me, val)

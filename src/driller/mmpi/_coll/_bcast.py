@@ -153,12 +153,21 @@ def _bcast(cx, mv, root) -> None:
     drive(cx.t, g_bcast(cx, mv, root, base, "Bcast", True))
 
 
-def g_obcast(cx, obj, root, base):
+def g_obcast(cx, obj, root, base, errs=None):
+    """Flat object broadcast; ``errs``: a list for the root's error when the object
+    cannot be pickled (the others get a :class:`Refused`), else it is raised."""
     n, me = cx.size, cx.rank
     if me == root:
-        ops = [co_send(cx, obj, r, base) for r in range(n) if r != root]
+        sent = [co_send_r(cx, obj, r, base, "bcast") for r in range(n) if r != root]
+        ops = [o for o, _ in sent]
         yield ops
         first_error(ops)
+        for _, err in sent:
+            if err is not None:
+                if errs is None:
+                    raise err
+                errs.append(err)
+                break
         return obj
     op = co_recv(cx, root, base)
     yield [op]

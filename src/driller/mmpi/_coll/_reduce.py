@@ -22,7 +22,7 @@ from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_ro
                        xrecv, xrecv_r, xsend)
 from ._direct import (direct_part, g_direct_ok, g_direct_reduce, g_direct_refused,
                       g_direct_vote, g_exchange, g_same_size, g_sync, split_counts)
-from ._gather import g_ogather
+from ._gather import checked, g_ogather
 from ._ops import SUM, Op, check_op
 from ._shm import SHM_MAX, shm_allreduce, shm_refused
 
@@ -825,7 +825,7 @@ def g_scan_refused(cx, f, base, take):
 
 
 def g_oreduce(cx, obj, op, root, base):
-    vals = yield from g_ogather(cx, obj, root, base)
+    vals = checked((yield from g_ogather(cx, obj, root, base)), "reduce")
     if vals is None:
         return None
     acc = vals[0]
