@@ -168,10 +168,10 @@ def refused_part(cx, gen) -> None:
 def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     root = check_root(cx, root, "Reduce")
     me = cx.rank
-    op = check_op(op, "Reduce")
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
     except Exception as e:   # refused here only, maybe: take part all the same
+        op = check_op(op, "Reduce")     # (an invalid op: raised at once, as on every rank)
         refused_part(cx, g_reduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, root,
                                           cbase(cx), "Reduce", True))
         raise
@@ -437,10 +437,10 @@ def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False, start=None):
     """The Allreduce algorithm (a generator) for these arguments, checked now.  Refused
     here (maybe here only): this rank's part, carrying the refusal, is run by
     ``start(generator)`` (None: to its end, blocking), then the error is raised."""
-    op = check_op(op, what)
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:   # take part all the same
+        op = check_op(op, what)     # (an invalid op: raised at once, as on every rank)
         gen = g_allreduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, cbase(cx), what,
                                   blk)
         if start is None:
@@ -758,11 +758,11 @@ def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
     its arguments still takes its predecessor's message and sends its successor a
     refusal instead of the prefix (carried on down the chain): the ranks after it
     raise naming it, those before it complete."""
-    op = check_op(op, what)
     n, me = cx.size, cx.rank
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:
+        check_op(op, what)     # (an invalid op: raised at once, as on every rank)
         refused_part(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), me > 0))
         raise
     base = cbase(cx)

@@ -259,10 +259,10 @@ def Ialltoallw(cx, sendbuf, recvbuf):
 def Ireduce(cx, sendbuf, recvbuf, op=SUM, root=0):
     """Nonblocking Reduce."""
     root = check_root(cx, root, "Ireduce")
-    op = check_op(op, "Ireduce")
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
     except Exception as e:
+        op = check_op(op, "Ireduce")     # (an invalid op: raised at once, as on every rank)
         # refused here only, maybe: this rank's part goes on in the background (the
         # others must not wait for it), the error is raised now
         if cx.size > 1:
@@ -387,10 +387,10 @@ def g_reduce_scatter(cx, sb, rb, counts, op, base, what, in_place):
 
 
 def _scan(cx, sendbuf, recvbuf, op, what, exclusive):
-    op = check_op(op, what)
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:
+        op = check_op(op, what)     # (an invalid op: raised at once, as on every rank)
         # refused here only, maybe: this rank's part goes on in the background (the
         # ranks after it must not wait), the error is raised now
         coll_request(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), True))
