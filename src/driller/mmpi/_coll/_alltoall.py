@@ -5,8 +5,8 @@ from __future__ import annotations
 from ...errors import MmpiError
 from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
-from ._context import (cbase, co_recv, co_send, count_check, cr, cs, first_error, obj_items,
-                       oval, raise_failed, waitall)
+from ._context import (cbase, co_recv, co_send, co_send_r, count_check, cr, cs, first_error,
+                       obj_items, oval, oval_r, raise_failed, waitall)
 
 __all__ = [
     "Alltoall", "Alltoallv", "alltoall", "send_blocks",
@@ -76,13 +76,16 @@ def alltoall(cx, sendobj):
     items, err = obj_items(sendobj, n, "alltoall", me)
     base = cbase(cx)
     ops = [((me - i) % n, co_recv(cx, (me - i) % n, base)) for i in range(1, n)]
-    sends = [co_send(cx, items[(me + i) % n], (me + i) % n, base) for i in range(1, n)]
+    sent = [co_send_r(cx, items[(me + i) % n], (me + i) % n, base, "alltoall")
+            for i in range(1, n)]          # (unpicklable: a Refused in its place)
+    sends = [o for o, _ in sent]
     waitall(cx.t, [o for _, o in ops] + sends)
+    err = err or next((e for _, e in sent if e is not None), None)
     if err is not None:
         raise err
     out = [None] * n
     out[me] = items[me]
     for r, o in ops:
-        out[r] = raise_failed(oval(o), "alltoall")
+        out[r] = oval_r(raise_failed(oval(o), "alltoall"), "alltoall")
     first_error(sends)
     return out

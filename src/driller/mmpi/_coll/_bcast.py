@@ -5,23 +5,26 @@ from __future__ import annotations
 
 from ...errors import MmpiError, PeerDiedError, TruncationError
 from .._bufspec import message, recv_message
-from ._context import (brecv, cbase, check_root, co_recv, co_send, drive, first_error, orecv,
-                       oval, waitall, xrecv, xsend)
+from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_send,
+                       co_send_r, drive, first_error, oval_r, orecv, oval, refusal, refused_error, send_refused,
+                       size_hint, waitall, xrecv_r, xsend)
 
 __all__ = [
-    "FLAT_MAX", "g_bcast", "Bcast", "g_obcast", "bcast",
+    "FLAT_MAX", "g_bcast", "g_bcast_refused", "Bcast", "g_obcast", "bcast",
 ]
 
 FLAT_MAX = 8                # up to this many ranks, small fan-out/fan-in is flat
 
 
 def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
-    """Flat (few ranks, or large: one direct copy per receiver) or binomial."""
+    """Flat (few ranks, or large: one direct copy per receiver) or binomial.  A
+    rank that receives a refusal (:class:`Refused`) instead of the data, or the
+    wrong size, sends its subtree the refusal instead of the buffer and raises."""
     n, me = cx.size, cx.rank
     if n == 1:
         return
     nb = len(mv)
-    if n <= FLAT_MAX or nb > cx.t.eager_limit:
+    if flat_bcast(cx, nb):
         if me == root:
             ops = [xsend(cx, mv, r, base) for r in range(n) if r != root]
             ops = [o for o in ops if o is not None]
@@ -29,7 +32,9 @@ def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
                 yield ops
                 first_error(ops)
         else:
-            yield from xrecv(cx, mv, root, base, blk, what)
+            f = yield from xrecv_r(cx, mv, root, base, blk, what)
+            if f is not None:
+                raise refused_error(f, what)
         return
     rel = (me - root) % n
     mask = 1
@@ -38,37 +43,92 @@ def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
         if rel & mask:
             src = (rel - mask + root) % n
             try:
-                yield from xrecv(cx, mv, src, base, blk, what)
+                f = yield from xrecv_r(cx, mv, src, base, blk, what)
             except (MmpiError, TruncationError) as e:
                 if isinstance(e, PeerDiedError):
                     raise
-                err = e       # forward anyway: the subtree must not hang
+                err = e       # the subtree must not hang, nor take this buffer for data
+                f = Refused(src, f"sent rank {me} a broadcast it could not take ({e})")
+            if f is not None:
+                yield from g_bcast_refused(cx, root, base, f, what, nb, rel=(rel, mask))
+                raise err or refused_error(f, what)
             break
         mask <<= 1
+    yield from _to_children(cx, rel, mask, root, lambda r: xsend(cx, mv, r, base))
+
+
+def _to_children(cx, rel, mask, root, send):
+    """Send (``send(rank)``, an op or None) to this rank's subtree of the binomial
+    broadcast (below ``mask``, the bit it received at), then wait for the sends."""
+    n = cx.size
     mask >>= 1
     ops = []
     while mask > 0:
         if rel + mask < n:
-            ops.append(xsend(cx, mv, (rel + mask + root) % n, base))
+            ops.append(send((rel + mask + root) % n))
         mask >>= 1
     ops = [o for o in ops if o is not None]
     if ops:
         yield ops
         first_error(ops)
-    if err is not None:
-        raise err
+
+
+def flat_bcast(cx, nb: int) -> bool:
+    """Whether a broadcast of ``nb`` bytes is flat (else binomial)."""
+    return cx.size <= FLAT_MAX or nb > cx.t.eager_limit
+
+
+def g_bcast_refused(cx, root, base, f, what, nb, rel=None):
+    """A broadcast on a rank that refused its arguments (or learnt that the data will
+    not come: ``f``): it takes what its parent sends and sends ``f`` to the ranks it
+    would have sent the data to (the algorithm of ``nb`` bytes), so none waits and
+    none takes garbage for data (a generator; the caller raises).  ``rel``: (this
+    rank's relative rank, the mask it received at), when it has received already."""
+    n, me = cx.size, cx.rank
+    if n == 1:
+        return
+    if flat_bcast(cx, nb):
+        if me == root:
+            ops = [send_refused(cx, f, r, base) for r in range(n) if r != root]
+            ops = [o for o in ops if o is not None]
+            if ops:
+                yield ops
+                first_error(ops)
+        else:
+            yield from absorb(cx, root, base, f)
+        return
+    if rel is None:
+        rel = (me - root) % n
+        mask = 1
+        while mask < n:
+            if rel & mask:
+                yield from absorb(cx, (rel - mask + root) % n, base, f)
+                break
+            mask <<= 1
+    else:
+        rel, mask = rel
+    yield from _to_children(cx, rel, mask, root, lambda r: send_refused(cx, f, r, base))
 
 
 def Bcast(cx, buf, root=0) -> None:
     root = check_root(cx, root, "Bcast")
-    if cx.rank == root:
-        mv = message(buf, False, "Bcast")    # a derived datatype: packed here
-    else:
-        mv, unpack = recv_message(buf, "Bcast")
-        if unpack is not None:               # a derived datatype: staged, then scattered
-            _bcast(cx, mv, root)
-            unpack(len(mv))
-            return
+    try:
+        if cx.rank == root:
+            mv = message(buf, False, "Bcast")    # a derived datatype: packed here
+        else:
+            mv, unpack = recv_message(buf, "Bcast")
+    except Exception as e:   # refused here only, maybe: take part all the same
+        try:
+            drive(cx.t, g_bcast_refused(cx, root, cbase(cx), refusal(cx, e, "Bcast"),
+                                        "Bcast", size_hint(buf)))
+        except MmpiError as err:
+            if isinstance(err, PeerDiedError):
+                raise
+        raise
+    if cx.rank != root and unpack is not None:   # a derived datatype: staged, then scattered
+        _bcast(cx, mv, root)
+        unpack(len(mv))
+        return
     _bcast(cx, mv, root)
 
 
@@ -80,7 +140,9 @@ def _bcast(cx, mv, root) -> None:
     if 1 < n <= FLAT_MAX and len(mv) <= cx.t.eager_limit:
         # small and flat, without the generator: straight into/out of the rings
         if cx.rank != root:
-            brecv(cx, mv, root, base, "Bcast")
+            f = brecv_r(cx, mv, root, base, "Bcast")
+            if f is not None:
+                raise refused_error(f, "Bcast")
             return
         ops = [xsend(cx, mv, r, base) for r in range(n) if r != root]
         ops = [o for o in ops if o is not None]
@@ -91,12 +153,21 @@ def _bcast(cx, mv, root) -> None:
     drive(cx.t, g_bcast(cx, mv, root, base, "Bcast", True))
 
 
-def g_obcast(cx, obj, root, base):
+def g_obcast(cx, obj, root, base, errs=None):
+    """Flat object broadcast; ``errs``: a list for the root's error when the object
+    cannot be pickled (the others get a :class:`Refused`), else it is raised."""
     n, me = cx.size, cx.rank
     if me == root:
-        ops = [co_send(cx, obj, r, base) for r in range(n) if r != root]
+        sent = [co_send_r(cx, obj, r, base, "bcast") for r in range(n) if r != root]
+        ops = [o for o, _ in sent]
         yield ops
         first_error(ops)
+        for _, err in sent:
+            if err is not None:
+                if errs is None:
+                    raise err
+                errs.append(err)
+                break
         return obj
     op = co_recv(cx, root, base)
     yield [op]
@@ -109,10 +180,13 @@ def bcast(cx, obj, root=0):
     if cx.size == 1:
         return obj
     if cx.rank != root:   # the object path's fast receive (straight from the ring)
-        return orecv(cx, root, base)
-    ops = [co_send(cx, obj, r, base) for r in range(cx.size) if r != root]
-    ops = [o for o in ops if o is not None]
+        return oval_r(orecv(cx, root, base), "bcast")
+    sent = [co_send_r(cx, obj, r, base, "bcast") for r in range(cx.size) if r != root]
+    ops = [o for o, _ in sent if o is not None]
     if ops:
         waitall(cx.t, ops)
         first_error(ops)
+    for _, err in sent:
+        if err is not None:     # (unpicklable: the others got a Refused)
+            raise err
     return obj

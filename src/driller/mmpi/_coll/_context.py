@@ -25,13 +25,16 @@ from ... import _errcodes, _linux
 from ...errors import MmpiError, MmpiTypeError, MmpiValueError, PeerDiedError
 from .. import _transport as T
 from .. import _objects
+from .._bufspec import parse
+from .._const import IN_PLACE
 from .._objects import loads
 
 __all__ = [
     "Context", "TAGMASK", "INFO", "peer_of", "drive", "waitall", "first_error", "address",
     "cbase", "cs", "cr", "co_send", "co_recv", "orecv", "oval", "check_root", "count_check", "count_errors",
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
-    "Failed", "raise_failed", "obj_items",
+    "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
+    "refusal", "size_error", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -196,6 +199,149 @@ class Failed:
         return Failed, (self.rank, self.text)
 
 
+class Refused:
+    """What a rank sends, in the same round of a collective, instead of its data when
+    it refused its arguments (or learnt that a peer did): the first rank that did and
+    why.  Receivers carry it on (so every rank ends the collective in the same round,
+    none waits) and raise :func:`refused_error`."""
+
+    __slots__ = ("rank", "text", "ranks")
+
+    def __init__(self, rank: int, text: str, ranks: tuple = ()):
+        self.rank, self.text = rank, text
+        self.ranks = ranks or (rank,)      # every rank known to have refused
+
+    def __reduce__(self):
+        return Refused, (self.rank, self.text, self.ranks)
+
+    def merge(self, other: Refused | None) -> Refused:
+        """This refusal and ``other`` (None: this one): the lower rank's, naming all."""
+        if other is None or set(other.ranks) <= set(self.ranks):
+            return self
+        first = self if self.rank <= other.rank else other
+        return Refused(first.rank, first.text, tuple(sorted(set(self.ranks) | set(other.ranks))))
+
+
+def refusal(cx, e: BaseException, what: str) -> Refused:
+    """This rank's :class:`Refused` for the error ``e`` it raises."""
+    return Refused(cx.rank, f"refused its arguments of {what} ({type(e).__name__}: {e})")
+
+
+def refused_error(f: Refused, what: str) -> MmpiError:
+    """The error raised by a rank that received ``f`` instead of a peer's data."""
+    return MmpiError(f"{what}: rank {f.rank} {f.text}; no rank got a result: every rank "
+                     f"must pass valid arguments")
+
+
+def refused_of(op):
+    """The :class:`Refused` a finished receive got instead of data, else None."""
+    v = op.value
+    if v is None or type(v) is not tuple or v[0] is None:
+        return None          # data (a raw buffer message received as an object included)
+    if op.exc is not None and op.mv is None:
+        return None
+    try:
+        o = loads(v)
+    except Exception:
+        return None
+    return o if type(o) is Refused else None
+
+
+def send_refused(cx, f: Refused, dst: int, tag: int):
+    """Start sending ``f`` to rank ``dst`` instead of data (None: done)."""
+    return co_send(cx, f, dst, tag)
+
+
+def co_send_r(cx, obj, dst: int, tag: int, what: str):
+    """Start sending an object (:func:`co_send`); one that cannot be pickled (or
+    sent) is replaced by a :class:`Refused`, so the receiver does not wait.  Returns
+    (the op or None, this rank's error or None: to raise once its part is done)."""
+    try:
+        return co_send(cx, obj, dst, tag), None
+    except PeerDiedError:
+        raise
+    except Exception as e:
+        f = Refused(cx.rank, f"could not send its object of {what} ({type(e).__name__}: {e})")
+        return co_send(cx, f, dst, tag), e
+
+
+def oval_r(v, what: str):
+    """An object received in a collective, or the error of the :class:`Refused` it is."""
+    if type(v) is Refused:
+        raise refused_error(v, what)
+    return v
+
+
+def xrecv_r(cx, mv, src: int, tag: int, blk: bool, what: str):
+    """:func:`xrecv`, but a peer's :class:`Refused` is returned (None: the data came)."""
+    if blk:
+        res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+        if res is not None:
+            if res[2] != len(mv):
+                raise size_error(cx, len(mv), src, res[2], what)
+            return None
+    r = cr(cx, mv, src, tag)
+    yield [r]
+    if r.exc is not None:
+        f = refused_of(r)
+        if f is not None:
+            return f
+    count_check(cx, r, len(mv), what, src)
+    return None
+
+
+def brecv_r(cx, mv, src: int, tag: int, what: str):
+    """:func:`brecv`, but a peer's :class:`Refused` is returned (None: the data came)."""
+    t = cx.t
+    res = t.recv_fast(cx.group[src], tag, cx.cctx, mv)
+    if res is None:
+        r = cr(cx, mv, src, tag)
+        t.wait(r, r.source)
+        if r.exc is not None:
+            f = refused_of(r)
+            if f is not None:
+                return f
+        count_check(cx, r, len(mv), what, src)
+    elif res[2] != len(mv):
+        raise size_error(cx, len(mv), src, res[2], what)
+    return None
+
+
+def absorb(cx, src: int, tag: int, f: Refused | None):
+    """Receive whatever rank ``src`` sends (data of any size, or a Refused) and drop
+    it (a generator): a rank that cannot use it still takes it, so the sender never
+    waits.  Returns ``f`` merged with the Refused received, if any."""
+    r = co_recv(cx, src, tag)
+    yield [r]
+    if r.exc is not None:
+        raise r.exc
+    g = refused_of(r)
+    return g if f is None else f.merge(g)
+
+
+def size_hint(*specs) -> int:
+    """The size in bytes a rank whose arguments were refused takes its peers to pass
+    (the algorithm depends on it): its first buffer spec that parses, else the size
+    of the memory its first spec names (a count that overruns its buffer: the buffer
+    is what the program holds), else 0."""
+    for s in specs:
+        if s is None or s is IN_PLACE:
+            continue
+        try:
+            return parse(s, False, "collective").nbytes
+        except Exception:
+            pass
+    for s in specs:
+        if s is None or s is IN_PLACE:
+            continue
+        b = s[0] if type(s) in (list, tuple) and s else s
+        try:
+            return memoryview(b).nbytes
+        except Exception:
+            pass
+    return 0
+
+
 def raise_failed(v, what: str):
     """``v``, or the error a :class:`Failed` stands for."""
     if type(v) is Failed:
@@ -236,9 +382,13 @@ def count_check(cx, op, expect, what, src):
     if op.exc is not None:
         raise op.exc
     if op.count != expect:
-        raise MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank "
-                        f"{src} but got {op.count}: every rank must pass matching "
-                        f"counts and datatypes")
+        raise size_error(cx, expect, src, op.count, what)
+
+
+def size_error(cx, expect: int, src: int, got: int, what: str) -> MmpiError:
+    """The error of a message from rank ``src`` of another size than expected."""
+    return MmpiError(f"{what}: rank {cx.rank} expected {expect} bytes from rank {src} but "
+                     f"got {got}: every rank must pass matching counts and datatypes")
 
 
 def count_errors(cx, ops, counts, isz, what, check=count_check):
@@ -269,9 +419,7 @@ def xrecv(cx, mv, src: int, tag: int, blk: bool, what: str):
         res = cx.t.recv_fast(cx.group[src], tag, cx.cctx, mv)
         if res is not None:
             if res[2] != len(mv):
-                raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from "
-                                f"rank {src} but got {res[2]}: every rank must pass "
-                                f"matching counts and datatypes")
+                raise size_error(cx, len(mv), src, res[2], what)
             return
     r = cr(cx, mv, src, tag)
     yield [r]
@@ -295,9 +443,7 @@ def brecv(cx, mv, src: int, tag: int, what: str) -> None:
         t.wait(r, r.source)
         count_check(cx, r, len(mv), what, src)
     elif res[2] != len(mv):
-        raise MmpiError(f"{what}: rank {cx.rank} expected {len(mv)} bytes from rank "
-                        f"{src} but got {res[2]}: every rank must pass matching counts "
-                        f"and datatypes")
+        raise size_error(cx, len(mv), src, res[2], what)
 
 
 def bsend(cx, mv, dst: int, tag: int) -> None:

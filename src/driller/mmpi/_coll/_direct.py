@@ -23,7 +23,7 @@ from ._shm import shm_barrier
 
 __all__ = [
     "CHUNK", "g_exchange", "g_direct_ok", "g_same_size", "g_sync", "split_counts",
-    "g_direct_reduce", "direct_part",
+    "g_direct_reduce", "direct_part", "g_direct_refused", "g_direct_vote",
 ]
 
 CHUNK = 1 << 19             # bytes per direct-read chunk (scratch + accumulator chunk ~ L2)
@@ -66,6 +66,14 @@ def g_direct_ok(cx, base, blk):
     info = struct.pack("<2q", t.base, 1 if t.single_copy else 0)
     table = yield from g_exchange(cx, info, base + 64, blk)
     peers = [struct.unpack_from("<2q", table, 16 * i) for i in range(n)]
+    return (yield from g_direct_vote(cx, peers, base, blk))
+
+
+def g_direct_vote(cx, peers, base, blk):
+    """g_direct_ok once every rank's (world block address, single-copy flag) is known
+    (``peers``): probe, then vote (tags base+66, 67)."""
+    t = cx.t
+    n, me = cx.size, cx.rank
     mine = all(flag for _, flag in peers)
     msg = None
     if mine:
@@ -100,10 +108,23 @@ def g_same_size(cx, nb, isz, base, blk, what):
     table = yield from g_exchange(cx, struct.pack("<2q", nb, isz), base + 68, blk)
     for i in range(cx.size):
         pnb, psz = struct.unpack_from("<2q", table, 16 * i)
+        if pnb < 0 and nb >= 0:
+            raise MmpiError(f"{what}: rank {i} refused its arguments of {what}; no rank got "
+                            f"a result: every rank must pass valid arguments")
         if pnb != nb or psz != isz:
             raise MmpiError(f"{what}: rank {i} passes {pnb} bytes but rank {cx.rank} "
                             f"passes {nb}: every rank must pass the same count and "
                             f"datatype")
+
+
+def g_direct_refused(cx, base, blk, what):
+    """A large reduction whose arguments this rank refused: it still takes part in the
+    decision and the exchange that start it, with a size of -1, so every rank raises
+    there (none reads or writes a peer's memory).  The caller raises its own error."""
+    if (yield from g_direct_ok(cx, base, blk)):
+        yield from g_exchange(cx, INFO.pack(0, -1, 0, 0, 0), base, blk)
+    else:
+        yield from g_same_size(cx, -1, 0, base, blk, what)
 
 
 def g_sync(cx, base, blk):
@@ -137,6 +158,9 @@ def g_direct_reduce(cx, send_mv, acc_arr, op, dtype, dt, counts, displs, base, w
     allinfo = yield from g_exchange(cx, info, base, blk)
     peers = [INFO.unpack_from(allinfo, i * INFO.size) for i in range(n)]
     for i, (_, pnb, pnum, psz, _) in enumerate(peers):
+        if pnb < 0:
+            raise MmpiError(f"{what}: rank {i} refused its arguments of {what}; no rank got "
+                            f"a result: every rank must pass valid arguments")
         if pnb != nb or psz != dtype.itemsize:
             raise MmpiError(f"{what}: rank {i} passes {pnb} bytes but rank {me} passes "
                             f"{nb}: every rank must pass the same count and datatype")

@@ -6,14 +6,15 @@ from ...errors import MmpiError, TruncationError
 from .._bufspec import EMPTY, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_obcast
-from ._context import (INFO, address, cbase, check_root, co_recv, co_send, count_check,
+from ._context import (INFO, address, cbase, check_root, co_recv, co_send, co_send_r,
+                       oval_r, count_check,
                        count_errors, cr, cs, drive, first_error, notify, obj_items, oval,
                        raise_failed, readv, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
-    "g_ogather", "gather", "scatter", "allgather",
+    "g_ogather", "checked", "gather", "scatter", "allgather",
     "local_copy", "buf_gather", "buf_scatter", "buf_allgather", "root_own_send",
     "root_own_recv",
 ]
@@ -234,25 +235,37 @@ def allgather_blocks(cx, rb, mine, what):
     drive(t, g())
 
 
-def g_ogather(cx, obj, root, base):
+def g_ogather(cx, obj, root, base, errs=None):
     n, me = cx.size, cx.rank
     if me != root:
-        s = co_send(cx, obj, root, base)
+        s, err = co_send_r(cx, obj, root, base, "gather")   # (unpicklable: a Refused)
         yield [s]
         first_error((s,))
+        if err is not None:
+            if errs is None:
+                raise err
+            errs.append(err)     # (the caller has more to take part in first)
         return None
     ops = [(r, co_recv(cx, r, base)) for r in range(n) if r != me]
     yield [o for _, o in ops]
     out = [None] * n
     out[me] = obj
     for r, o in ops:
-        out[r] = oval(o)
+        out[r] = oval(o)    # (a Refused where a rank could not send: checked by the caller)
     return out
+
+
+def checked(vals, what):
+    """Gathered objects, or the error of the first :class:`Refused` among them."""
+    if vals is not None:
+        for v in vals:
+            oval_r(v, what)
+    return vals
 
 
 def gather(cx, sendobj, root=0):
     root = check_root(cx, root, "gather")
-    return drive(cx.t, g_ogather(cx, sendobj, root, cbase(cx)))
+    return checked(drive(cx.t, g_ogather(cx, sendobj, root, cbase(cx))), "gather")
 
 
 def scatter(cx, sendobj, root=0):
@@ -277,7 +290,10 @@ def allgather(cx, sendobj):
     base = cbase(cx)
 
     def g():
-        out = yield from g_ogather(cx, sendobj, 0, base)
-        return (yield from g_obcast(cx, out, 0, base + 1))
+        out = yield from g_ogather(cx, sendobj, 0, base, errs)
+        return (yield from g_obcast(cx, out, 0, base + 1, errs))
+    errs: list = []
     out = drive(cx.t, g())
-    return list(out)
+    if errs:
+        raise errs[0]
+    return list(checked(oval_r(out, "allgather"), "allgather"))

@@ -13,8 +13,8 @@ from ...errors import MmpiError
 from .._bufspec import message, recv_message
 from .._request import K_SEND, CollRequest, request
 from ._barrier import g_barrier
-from ._bcast import g_bcast
-from ._context import cbase, check_root, g_then, peer_of
+from ._bcast import g_bcast, g_bcast_refused
+from ._context import cbase, check_root, g_then, peer_of, refusal, size_hint
 from ._ops import SUM
 from ._reduce import g_allreduce
 
@@ -97,10 +97,17 @@ def Ibarrier(cx):
 
 def Ibcast(cx, buf, root=0):
     root = check_root(cx, root, "Ibcast")
-    if cx.rank == root:
-        mv = message(buf, False, "Ibcast")   # a derived datatype: packed here
-        return coll_request(cx, g_bcast(cx, mv, root, cbase(cx), "Ibcast"))
-    mv, unpack = recv_message(buf, "Ibcast")  # a derived datatype: staged, then scattered
+    try:
+        if cx.rank == root:
+            mv = message(buf, False, "Ibcast")   # a derived datatype: packed here
+            return coll_request(cx, g_bcast(cx, mv, root, cbase(cx), "Ibcast"))
+        mv, unpack = recv_message(buf, "Ibcast")  # a derived datatype: staged, then scattered
+    except Exception as e:
+        # refused here only, maybe: this rank's part goes on in the background (the
+        # others must not wait for it), the error is raised now
+        coll_request(cx, g_bcast_refused(cx, root, cbase(cx), refusal(cx, e, "Ibcast"),
+                                         "Ibcast", size_hint(buf)))
+        raise
     gen = g_bcast(cx, mv, root, cbase(cx), "Ibcast")
     if unpack is not None:
         gen = g_then(gen, lambda: unpack(len(mv)))
@@ -108,4 +115,6 @@ def Ibcast(cx, buf, root=0):
 
 
 def Iallreduce(cx, sendbuf, recvbuf, op=SUM):
-    return coll_request(cx, g_allreduce(cx, sendbuf, recvbuf, op, "Iallreduce"))
+    # (refused: this rank's part goes on in the background, the error is raised now)
+    return coll_request(cx, g_allreduce(cx, sendbuf, recvbuf, op, "Iallreduce",
+                                        start=lambda g: coll_request(cx, g)))

@@ -22,7 +22,7 @@ from .. import _world as W
 
 __all__ = [
     "SHM_HALF", "SHM_HDR", "SHM_MAX", "shm_barrier", "shm_state", "coll_slots", "shm_sleep",
-    "shm_allreduce",
+    "shm_allreduce", "shm_refused",
 ]
 
 SHM_HALF = 4096             # a collective slot is two halves (see _world.COLL_SLOT)
@@ -181,6 +181,8 @@ def shm_allreduce(cx, acc, op) -> bool:
     for r in range(n):
         if unpack(data, slots[r] + h) != (nb, num):
             pnb, pnum = unpack(data, slots[r] + h)
+            if pnb < 0:
+                raise MmpiError(_refused_text(data, slots[r] + h, r, pnum))
             raise MmpiError(f"Allreduce: rank {r} passes {pnb} bytes (dtype #{pnum}) but "
                             f"rank {t.rank} passes {nb} (dtype #{num}): every rank must "
                             f"pass the same count and datatype")
@@ -193,3 +195,26 @@ def shm_allreduce(cx, acc, op) -> bool:
                       (stride, acc.dtype.itemsize))
     op.ufunc.reduce(view, axis=0, out=acc)
     return True
+
+
+def shm_refused(cx, text: str) -> bool:
+    """This rank refused its arguments of a small world Allreduce: it still takes part,
+    writing a refusal (size -1, then ``text``) into its slot, so that every rank meets
+    it after the same barrier and raises (:func:`shm_allreduce`).  False: no slots."""
+    slots = coll_slots(cx)
+    if slots is None:
+        return False
+    t = cx.t
+    st = t.coll_state or shm_state(cx)
+    o = slots[t.rank] + ((st[0] + 1) & 1) * SHM_HALF
+    raw = text.encode("utf-8", "replace")[:SHM_MAX]
+    SLOT_HDR.pack_into(t.data, o, -1, len(raw))
+    t.data[o + SHM_HDR:o + SHM_HDR + len(raw)] = raw
+    shm_barrier(cx, "Allreduce")
+    return True
+
+
+def _refused_text(data, o: int, r: int, ln: int) -> str:
+    text = bytes(data[o + SHM_HDR:o + SHM_HDR + ln]).decode("utf-8", "replace")
+    return (f"Allreduce: rank {r} {text}; no rank got a result: every rank must pass "
+            f"valid arguments")

@@ -17,16 +17,21 @@ The blocking forms with their shared-memory and direct-access fast paths stay in
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from ...errors import MmpiError, MmpiValueError, TruncationError
 from .._bufspec import EMPTY, Buf, intlist, parse, wblocks
 from .._const import IN_PLACE
-from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
-                       first_error, g_then, notify, xrecv, xsend)
+from ._context import (Refused, cbase, check_root, count_check, count_errors, cr, cs, drive,
+                       first_error, g_then, notify, refusal, refused_error, refused_of,
+                       xrecv, xrecv_r, xsend)
 from ._nonblocking import coll_request
 from ._ops import SUM, check_op
-from ._reduce import g_counts, g_reduce, red_args, same_type
+from ._direct import g_exchange
+from ._reduce import (g_counts, g_reduce, g_rs_refused, g_rs_scatter_refused, g_scan_refused,
+                      red_args, same_type)
 
 __all__ = [
     "Igather", "Igatherv", "Iscatter", "Iscatterv", "Iallgather", "Iallgatherv",
@@ -254,7 +259,16 @@ def Ialltoallw(cx, sendbuf, recvbuf):
 def Ireduce(cx, sendbuf, recvbuf, op=SUM, root=0):
     """Nonblocking Reduce."""
     root = check_root(cx, root, "Ireduce")
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
+    except Exception as e:
+        op = check_op(op, "Ireduce")     # (an invalid op: raised at once, as on every rank)
+        # refused here only, maybe: this rank's part goes on in the background (the
+        # others must not wait for it), the error is raised now
+        if cx.size > 1:
+            coll_request(cx, g_reduce(cx, None, None, op, None, root, cbase(cx), "Ireduce",
+                                      False, refusal(cx, e, "Ireduce")))
+        raise
     return coll_request(cx, g_ireduce(cx, sb, rb, op, root, cbase(cx)))
 
 
@@ -283,13 +297,21 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
     """Nonblocking Reduce_scatter_block."""
     what = "Ireduce_scatter_block"
     n = cx.size
-    op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
-    isz = rb.dtype.itemsize
-    count = rb.nbytes // isz // n if sendbuf is IN_PLACE else rb.nbytes // isz
-    if sendbuf is IN_PLACE and rb.nbytes % (n * isz):
-        raise MmpiValueError(f"{what}: with IN_PLACE the receive buffer ({rb.nbytes} "
-                             f"bytes) must hold {n} equal blocks")
-    _rs_sizes(cx, sb, rb, [count] * n, what)
+    op = check_op(op, what)
+    try:
+        op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
+        isz = rb.dtype.itemsize
+        count = rb.nbytes // isz // n if sendbuf is IN_PLACE else rb.nbytes // isz
+        if sendbuf is IN_PLACE and rb.nbytes % (n * isz):
+            raise MmpiValueError(f"{what}: with IN_PLACE the receive buffer ({rb.nbytes} "
+                                 f"bytes) must hold {n} equal blocks")
+        _rs_sizes(cx, sb, rb, [count] * n, what)
+    except Exception as e:
+        # refused here only, maybe: this rank's part goes on in the background (the
+        # others must not wait for it), the error is raised now
+        coll_request(cx, g_rs_refused(cx, refusal(cx, e, what), 0, op, cbase(cx), what,
+                                      False))
+        raise
     return coll_request(cx, g_reduce_scatter(cx, sb, rb, [count] * n, op, cbase(cx), what,
                                              sendbuf is IN_PLACE))
 
@@ -297,11 +319,20 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
 def Ireduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM):
     """Nonblocking Reduce_scatter (``recvcounts`` None: every rank's receive count)."""
     what = "Ireduce_scatter"
-    op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
+    op = check_op(op, what)
     counts = None
-    if recvcounts is not None:
-        counts = intlist(recvcounts, cx.size, what, "recvcounts")
-        _rs_sizes(cx, sb, rb, counts, what)
+    try:
+        op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
+        if recvcounts is not None:
+            counts = intlist(recvcounts, cx.size, what, "recvcounts")
+            _rs_sizes(cx, sb, rb, counts, what)
+    except Exception as e:
+        # refused here only, maybe: this rank's part goes on in the background
+        base = cbase(cx)
+        coll_request(cx, g_exchange(cx, struct.pack("<2q", -1, -1), base + 128, False)
+                     if recvcounts is None else
+                     g_rs_refused(cx, refusal(cx, e, what), 0, op, base, what, False))
+        raise
     base = cbase(cx)
 
     def g():
@@ -335,7 +366,10 @@ def g_reduce_scatter(cx, sb, rb, counts, op, base, what, in_place):
         np.copyto(rb.arr()[:counts[0]], send[:counts[0]])
         return
     full = np.empty_like(send) if me == 0 else None
-    res = yield from g_reduce(cx, full, send, op, sb.dt, 0, base, what)
+    res = yield from g_reduce(cx, full, send, op, sb.dt, 0, base, what, carry=True)
+    if type(res) is Refused:
+        yield from g_rs_scatter_refused(cx, res, base)
+        raise refused_error(res, what)
     if me == 0:
         displs = [sum(counts[:i]) for i in range(n)]
         ops = [cs(cx, memoryview(res[displs[r]:displs[r] + counts[r]]).cast("B")
@@ -346,11 +380,21 @@ def g_reduce_scatter(cx, sb, rb, counts, op, base, what, in_place):
     else:
         r = cr(cx, rb.mv[:counts[me] * isz], 0, base + 5)
         yield [r]
+        f = refused_of(r) if r.exc is not None else None
+        if f is not None:
+            raise refused_error(f, what)
         count_check(cx, r, counts[me] * isz, what, 0)
 
 
 def _scan(cx, sendbuf, recvbuf, op, what, exclusive):
-    op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    try:
+        op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
+    except Exception as e:
+        op = check_op(op, what)     # (an invalid op: raised at once, as on every rank)
+        # refused here only, maybe: this rank's part goes on in the background (the
+        # ranks after it must not wait), the error is raised now
+        coll_request(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), True))
+        raise
     mine = sb.arr().copy() if sendbuf is IN_PLACE else sb.arr()
     return coll_request(cx, g_scan(cx, mine, rb, op, sb.dt, cbase(cx), what, exclusive))
 
@@ -365,8 +409,11 @@ def g_scan(cx, mine, rb, op, dt, base, what, exclusive):
             np.copyto(acc, mine)
     else:
         prev = np.empty_like(mine)
-        yield from xrecv(cx, memoryview(prev).cast("B") if prev.size else
-                         memoryview(bytearray(0)), me - 1, base, False, what)
+        f = yield from xrecv_r(cx, memoryview(prev).cast("B") if prev.size else
+                               memoryview(bytearray(0)), me - 1, base, False, what)
+        if f is not None:   # carried on down the chain
+            yield from g_scan_refused(cx, f, base, False)
+            raise refused_error(f, what)
         if exclusive:
             np.copyto(acc, prev)
         part = op.lohi(prev, mine.copy(), dt)
