@@ -153,7 +153,6 @@ class HybridTransport(T.Transport):
         self._tag_span = max(1, min(int(ub) if ub else 32767, 1 << 31) - DATA_TAG0)
         self._seq = [0] * self.size     # dst -> next data tag (minus DATA_TAG0)
         self._rec_sends: list = []      # (request, record) of records in flight
-        self._recbufs: dict = {}        # payload size -> record buffer (blocking sends)
         self._data_sends: list = []     # [requests, send op, bytes] of data messages in flight
         self._data_recvs: dict = {}     # token -> (requests, receive or _Flag, bytes, truncated)
         self._inflight = 0              # bytes of our data messages in flight
@@ -191,16 +190,16 @@ class HybridTransport(T.Transport):
         """``senders[dst]`` for a rank of another node: a standard eager send, its
         record to MPI at once (nothing is ever queued for a remote rank, so order is
         kept); False (the general path) beyond ``inline_max`` bytes, or for an object
-        holding a SharedArray by reference (send_object sends it by value).  A record
-        of up to ``SEND_MAX`` bytes goes by a blocking ``Send`` (eager in every MPI:
-        it returns once MPI holds the bytes; no request to keep and test later) from a
-        buffer kept per size (shared by the peers: the call
-        is over when it returns); a larger one by ``Isend``, kept until MPI is done."""
-        inline, HB, me = self.inline_max, T.HDR_BYTES, self.rank
-        pack, K_EAGER, F_OBJ = T.HDR.pack_into, T.K_EAGER, T.F_OBJ
+        holding a SharedArray by reference (send_object sends it by value).  The
+        record is the packed header and the payload joined in one ``bytes`` (cheaper
+        than packing into a buffer and copying into it); one of up to ``SEND_MAX``
+        bytes goes by a blocking ``Send`` (eager in every MPI: it returns once MPI
+        holds the bytes; no request kept and tested later), a larger one by
+        ``Isend``, kept until MPI is done."""
+        inline, me = self.inline_max, self.rank
+        head, K_EAGER, F_OBJ = T.HDR.pack, T.K_EAGER, T.F_OBJ
         Isend, Send = self.mpi.Isend, self.mpi.Send
-        small = min(SEND_MAX - HB, inline)
-        recs = self._recbufs   # payload size -> a record buffer of blocking sends
+        small = min(SEND_MAX - T.HDR_BYTES, inline)
         t_ = self
 
         def send(ctx, tag, mv, flags=0):
@@ -208,20 +207,11 @@ class HybridTransport(T.Transport):
             if n <= small:
                 if flags and flags & F_OBJ and _SHARED_MARK in mv:
                     return False
-                rec = recs.get(n)
-                if rec is None:
-                    rec = bytearray(HB + n)
-                    if n <= 256:   # (kept for the common small sizes only)
-                        recs[n] = rec
-                pack(rec, 0, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me)
-                rec[HB:] = mv
-                Send(rec, dst, REC_TAG)
+                Send(head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv, dst, REC_TAG)
                 return True
             if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
                 return False
-            rec = bytearray(HB + n)     # (_put's remote branch, inlined)
-            pack(rec, 0, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me)
-            rec[HB:] = mv
+            rec = head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv
             sends = t_._rec_sends
             sends.append((Isend(rec, dst, REC_TAG), rec))
             if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
