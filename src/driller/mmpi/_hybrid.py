@@ -593,11 +593,20 @@ class HybridTransport(T.Transport):
         """Hand the record in pool slot ``i`` (complete, at the head) to the record
         handler, then post the slot again."""
         _, rec, view = self._pool[i]
-        w7 = T.HDR.unpack_from(rec, 0)[7]
+        kf, ctx, tag, nb, _sid, _addr, plen, w7 = T.HDR.unpack_from(rec, 0)
         src = w7 & _SRC_MASK
         ltag = w7 >> 32
+        if kf == T.K_EAGER and not ltag and self.engine.posted:
+            # a plain eager message: straight to the earliest posted receive if it
+            # is the one it goes to (_record's first step, without its second decode)
+            try:
+                if self._to_posted(src, view, 0, ctx, tag, nb):
+                    return
+                self._record(src, view, 0)
+            finally:
+                self._repost(i)
+            return
         if ltag:   # a long record: its payload follows on its own tag (already sent)
-            plen = T.HDR.unpack_from(rec, 0)[6]
             full = bytearray(T.HDR_BYTES + plen)
             full[:T.HDR_BYTES] = rec[:T.HDR_BYTES]
             self._repost(i)
