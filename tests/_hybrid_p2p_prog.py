@@ -320,5 +320,82 @@ for size in (8, 1 << 20):
         comm.Send(pattern(size, 25), 0, 124)
     comm.Barrier()
 dup.Free()
+
+# 9. small messages across nodes on both record sends (up to SEND_MAX bytes a blocking
+# MPI Send, beyond it an Isend) and the nonblocking fast paths (numpy arrays taken
+# as bytes; a remote Irecv posted straight into the engine, completed by Wait, Waitany,
+# Test): (a) order per pair of a mix around SEND_MAX and INLINE, received by Irecvs
+# all posted before anything is sent, next to an ANY_SOURCE Irecv posted first that
+# a message from the other node's rank takes; (b) a remote Irecv cancelled, the
+# message meant for it received after; (c) probes of small remote records; (d) float64
+# arrays by Isend/Irecv on both routes, their counts in doubles
+S = _hybrid.SEND_MAX - 64
+small_mix = [8, S, S + 1, 0, S - 1, L + 3, 1, 2 * S, 16]
+if r in (0, 2):   # ranks 0 and 2 exchange; 1 and 3 send one message to 0 and 2
+    srcp = 2 - r
+    outs = [pattern(sz, 30 + k) for k, sz in enumerate(small_mix)]
+    anyb = np.empty(64, np.uint8)
+    ra = comm.Irecv(anyb, MPI.ANY_SOURCE, 110)
+    gots = [np.empty(sz, np.uint8) for sz in small_mix]
+    rq = [comm.Irecv(g, srcp, 110) for g in gots]
+    comm.Barrier()
+    st = MPI.Status()
+    ra.Wait(st)      # (the other node's odd rank sends first: see below)
+    assert st.Get_source() == 3 - r and (anyb[:5] == pattern(5, 3 - r)).all(), st.Get_source()
+    comm.Barrier()
+    sq = []
+    for k, o in enumerate(outs):   # blocking and nonblocking sends, in turn
+        if k % 2:
+            sq.append(comm.Isend(o, srcp, 110))
+        else:
+            comm.Send(o, srcp, 110)
+    done = set()
+    while len(done) < len(rq):
+        done.add(MPI.Request.Waitany(rq, st))
+    MPI.Request.Waitall(sq)
+    for k, g in enumerate(gots):
+        assert (g == pattern(small_mix[k], 30 + k)).all(), k
+else:
+    comm.Barrier()
+    comm.Send(pattern(5, r), 3 - r, 110)   # 1 -> 2, 3 -> 0: the ANY_SOURCE receive
+    comm.Barrier()
+comm.Barrier()
+if r in (0, 2):
+    srcp = 2 - r
+    c = np.empty(8, np.uint8)
+    rc = comm.Irecv(c, srcp, 111)
+    rc.Cancel()
+    st = MPI.Status()
+    rc.Wait(st)
+    assert st.Is_cancelled()
+    comm.Barrier()
+    comm.Send(pattern(8, r + 1), srcp, 111)
+    comm.Send(pattern(S, r + 2), srcp, 112)
+    st = MPI.Status()
+    comm.Probe(srcp, 112, st)     # tag 111's message is ahead of it, still unreceived
+    assert st.Get_count(MPI.BYTE) == S and st.Get_source() == srcp
+    while not comm.Iprobe(srcp, 111, st):
+        pass
+    assert st.Get_count(MPI.BYTE) == 8
+    comm.Recv(c, srcp, 111)
+    assert (c == pattern(8, srcp + 1)).all()
+    d = np.empty(S, np.uint8)
+    comm.Recv(d, srcp, 112)
+    assert (d == pattern(S, srcp + 2)).all()
+else:
+    comm.Barrier()
+comm.Barrier()
+for other_rank in (local, peer):
+    x = np.arange(5, dtype=np.float64) + 10 * r
+    y = np.empty(5, np.float64)
+    rq = comm.Irecv(y, other_rank, 113)
+    sq = comm.Isend(x, other_rank, 113)
+    st = MPI.Status()
+    while not rq.Test(st):
+        pass
+    sq.Wait()
+    assert (y == np.arange(5) + 10 * other_rank).all() and st.Get_count(MPI.DOUBLE) == 5
+    comm.Barrier()
+comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

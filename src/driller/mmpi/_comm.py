@@ -1460,8 +1460,11 @@ def _flat(buf, writable: bool):
         mv = memoryview(buf)
     except (TypeError, ValueError):
         return None
-    if mv.format == "B" and mv.ndim == 1 and mv.c_contiguous and not (writable and mv.readonly):
-        return mv
+    if mv.c_contiguous and not (writable and mv.readonly):
+        if mv.format == "B" and mv.ndim == 1:
+            return mv
+        if mv.format in _FLAT_FORMATS:   # a C-contiguous numpy array: its bytes (as Send)
+            return mv.cast("B")
     return None
 
 

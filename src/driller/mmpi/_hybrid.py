@@ -73,6 +73,8 @@ ENV_HYBRID = "DRILLER_HYBRID"   # "0": stay a singleton under an MPI launcher
 REC_TAG = 1
 DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
 POOL = 8                        # receives of REC_TAG kept preposted (any source)
+# records up to this many bytes go by a blocking Send (below every MPI's eager limit)
+SEND_MAX = int(os.environ.get("DRILLER_MMPI_REMOTE_SEND_MAX", 1024))
 INLINE = int(os.environ.get("DRILLER_MMPI_REMOTE_INLINE", 16 << 10))  # bytes inline in a record
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
 POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
@@ -188,19 +190,28 @@ class HybridTransport(T.Transport):
         """``senders[dst]`` for a rank of another node: a standard eager send, its
         record to MPI at once (nothing is ever queued for a remote rank, so order is
         kept); False (the general path) beyond ``inline_max`` bytes, or for an object
-        holding a SharedArray by reference (send_object sends it by value)."""
-        inline, HB, me = self.inline_max, T.HDR_BYTES, self.rank
-        pack, K_EAGER, F_OBJ = T.HDR.pack_into, T.K_EAGER, T.F_OBJ
-        Isend = self.mpi.Isend
+        holding a SharedArray by reference (send_object sends it by value).  The
+        record is the packed header and the payload joined in one ``bytes`` (cheaper
+        than packing into a buffer and copying into it); one of up to ``SEND_MAX``
+        bytes goes by a blocking ``Send`` (eager in every MPI: it returns once MPI
+        holds the bytes; no request kept and tested later), a larger one by
+        ``Isend``, kept until MPI is done."""
+        inline, me = self.inline_max, self.rank
+        head, K_EAGER, F_OBJ = T.HDR.pack, T.K_EAGER, T.F_OBJ
+        Isend, Send = self.mpi.Isend, self.mpi.Send
+        small = min(SEND_MAX - T.HDR_BYTES, inline)
         t_ = self
 
         def send(ctx, tag, mv, flags=0):
             n = len(mv)
+            if n <= small:
+                if flags and flags & F_OBJ and _SHARED_MARK in mv:
+                    return False
+                Send(head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv, dst, REC_TAG)
+                return True
             if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
                 return False
-            rec = bytearray(HB + n)     # (_put's remote branch, inlined)
-            pack(rec, 0, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me)
-            rec[HB:] = mv
+            rec = head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv
             sends = t_._rec_sends
             sends.append((Isend(rec, dst, REC_TAG), rec))
             if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
@@ -245,47 +256,125 @@ class HybridTransport(T.Transport):
         return super()._taker(src)
 
     def _remote_taker(self, src: int):
-        """``takers[src]`` for a rank of another node: the record at the head of the
-        pool, if MPI has it, is a plain eager message from ``src`` that this receive
-        matches and that fits: copied into ``mv``, (source, tag, nbytes); False when
-        the head's receive is not complete (and nothing else is queued: Recv then
-        waits in recv_fast); None otherwise (another record is handed to the record
-        handler: use the general path)."""
+        """``takers[src]`` for a rank of another node: ``take(tag, ctx, mv,
+        wait=False)`` looks at the record at the head of the pool when nothing the
+        engine holds could come before it (:meth:`_clear`).  A plain eager message
+        from ``src`` that this receive matches and that fits is copied into ``mv``:
+        (source, tag, nbytes).  Without ``wait``: False when the head's receive is not
+        complete, or holds a buffer's rendezvous request for this receive (Recv then
+        calls recv_fast, which waits); None otherwise (another record is handed to
+        the record handler: use the general path).  With ``wait`` (recv_fast, a
+        blocking receive): the head is waited for (:meth:`_await_head`; None once
+        its window has passed or the engine holds what could come first); a
+        rendezvous request for a buffer is received straight into ``mv``, and with
+        ``mv`` None (an object receive) a small pickled object is returned as
+        _take_fast's are."""
         eng = self.engine
+        posted, unexpected = eng.posted, eng.unexpected
         t_ = self
         pool = self._pool
         unpack = T.HDR.unpack_from
         HB = T.HDR_BYTES
         K_EAGER, K_RTS = T.K_EAGER, T.K_RTS
+        K_OBJ, K_ARRAY = T.K_EAGER | T.F_OBJ << 8, T.K_EAGER | (T.F_OBJ | T.F_ARRAY) << 8
+        nxt = [(i + 1) % POOL for i in range(POOL)]
+        clear, take_slot = self._clear, self._take_slot
+        await_head = self._await_head
 
-        clear = self._clear
-
-        def take(tag, ctx, mv):
-            if t_.npending or (eng.posted or eng.unexpected) and not clear(src, ctx):
+        def take(tag, ctx, mv, wait=False):
+            if t_.npending or (posted or unexpected) and not clear(src, ctx):
                 return None
             i = t_._ph
             slot = pool[i]
             req = slot[0]
             if not req.Test():
-                return False
-            kf, c, tg, nb, _sid, _addr, plen, w7 = unpack(slot[1], 0)
-            if kf != K_EAGER or w7 != src or c != ctx or (tag != tg and tag != -1) \
-                    or nb > len(mv):
-                if kf == K_RTS and not plen and w7 == src and c == ctx and nb <= len(mv) \
-                        and (tag == tg or tag == -1):
-                    return False   # a buffer's request: recv_fast receives it into mv
-                t_._take_slot(i)
+                if not wait:
+                    return False
+                if not await_head(req, src, ctx):
+                    return None
+            kf, c, tg, nb, _sid, addr, plen, w7 = unpack(slot[1], 0)
+            if w7 != src or c != ctx or (tag != tg and tag != -1):
+                take_slot(i)
                 return None
-            if nb:
-                mv[:nb] = slot[2][HB:HB + nb]
-            req.Start()
-            t_._ph = (i + 1) % POOL
-            return src, tg, nb
+            if mv is not None:
+                if nb > len(mv):
+                    take_slot(i)
+                    return None
+                if kf == K_EAGER:   # the hot path
+                    if nb:
+                        mv[:nb] = slot[2][HB:HB + nb]
+                    req.Start()
+                    t_._ph = nxt[i]
+                    return src, tg, nb
+                if kf == K_RTS and not plen:   # a buffer, its data on tag addr: into mv
+                    if not wait:
+                        return False
+                    data = t_.mpi_data.Irecv([mv[:nb], t_._BYTE], src, addr)
+                    req.Start()
+                    t_._ph = nxt[i]
+                    if not data.Test():   # (MPI often copies at once: the data was there)
+                        flag = _Flag()
+                        t_._watch([data], nb, flag)
+                        t_.wait(flag, src)
+                    return src, tg, nb
+            elif wait:   # an object receive: a small pickled object, as _take_fast
+                if kf == K_OBJ:
+                    res = src, tg, bytes(slot[2][HB:HB + plen])
+                elif kf == K_ARRAY:
+                    pay = slot[2][HB:HB + plen]
+                    res = src, tg, (unpack_array(pay), None, nb)
+                    del pay
+                else:
+                    res = None
+                if res is not None:
+                    req.Start()
+                    t_._ph = nxt[i]
+                    return res
+            take_slot(i)
+            return None
         return take
+
+    def _irecver(self, src: int):
+        """``irecvs[src]`` for a rank of another node (Irecv, once ``takers[src]``
+        found nothing to take): the RecvOp posted straight into the engine (its
+        ``post`` inlined) when nothing is unexpected, so nothing can match it now;
+        the records MPI holds for it meet the posted receives in order (_poll_mpi).
+        None: the general path."""
+        if src not in self.remote:
+            return super()._irecver(src)
+        eng = self.engine
+        posted, unexpected = eng.posted, eng.unexpected
+        Op, posted_state = T.RecvOp, E.R_POSTED
+        t_ = self
+
+        def irecv(tag, ctx, mv):
+            if unexpected or t_.npending:
+                return None
+            op = Op(src, tag, ctx, mv)
+            op.state = posted_state
+            posted.append(op)
+            return op
+        return irecv
+
+    def wait(self, op, peer: int | None = None) -> None:
+        """As Transport.wait; a step that only MPI can complete (``peer`` on another
+        node: a receive from it, a send to it) polls MPI without yielding for
+        POLL_SECONDS first, as a blocking receive does (takers)."""
+        if op.done:
+            return
+        if peer is not None and peer in self.remote:
+            poll, clock = self._poll_mpi, time.perf_counter
+            end = clock() + POLL_SECONDS
+            while True:
+                if poll() and op.done:
+                    return
+                if clock() > end:
+                    break
+        super().wait(op, peer)
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
-            return self._recv_fast_remote(src, tag, ctx, mv)
+            return self.takers[src](tag, ctx, mv, True)
         if src < 0:   # ANY_SOURCE: the general path, which also polls MPI
             return None
         return super().recv_fast(src, tag, ctx, mv)
@@ -314,60 +403,6 @@ class HybridTransport(T.Transport):
             if r.context == ctx and (r.source == src or r.source < 0):
                 return False
         return True
-
-    def _recv_fast_remote(self, src: int, tag: int, ctx: int, mv):
-        """A blocking receive from a rank of another node, when nothing else is
-        queued: wait for the next record (the head of the pool, _await_head).  A plain
-        eager message from src that this receive matches and that fits is copied
-        straight into mv (a small object is returned as a receive of recv_fast);
-        a plain rendezvous request for a buffer is received straight into mv;
-        anything else goes to the record handler and the general path takes over."""
-        eng = self.engine
-        if self.npending or (eng.posted or eng.unexpected) and not self._clear(src, ctx):
-            return None
-        i = self._ph
-        slot = self._pool[i]
-        req = slot[0]
-        if not req.Test() and not self._await_head(req, src, ctx):
-            return None
-        kf, c, tg, nb, _sid, addr, plen, w7 = T.HDR.unpack_from(slot[1], 0)
-        if w7 != src or c != ctx or (tag != tg and tag != -1):
-            self._take_slot(i)
-            return None
-        if mv is not None:
-            if nb > len(mv):
-                self._take_slot(i)
-                return None
-            if kf == T.K_EAGER:   # the hot path
-                if nb:
-                    mv[:nb] = slot[2][T.HDR_BYTES:T.HDR_BYTES + nb]
-                req.Start()
-                self._ph = (i + 1) % POOL
-                return src, tg, nb
-            if kf == T.K_RTS and not plen:   # a buffer, its data on tag addr: into mv
-                data = self.mpi_data.Irecv([mv[:nb], self._BYTE], src, addr)
-                req.Start()
-                self._ph = (i + 1) % POOL
-                if not data.Test():   # (MPI often copies at once: the data was there)
-                    flag = _Flag()
-                    self._watch([data], nb, flag)
-                    self.wait(flag, src)
-                return src, tg, nb
-        else:   # an object receive: a small pickled object, as _take_fast
-            pay = slot[2][T.HDR_BYTES:T.HDR_BYTES + plen]
-            if kf == T.K_EAGER | T.F_OBJ << 8:
-                res = src, tg, bytes(pay)
-            elif kf == T.K_EAGER | (T.F_OBJ | T.F_ARRAY) << 8:
-                res = src, tg, (unpack_array(pay), None, nb)
-            else:
-                res = None
-            del pay
-            if res is not None:
-                req.Start()
-                self._ph = (i + 1) % POOL
-                return res
-        self._take_slot(i)
-        return None
 
     def _await_head(self, req, src: int, ctx: int) -> bool:
         """Wait for ``req`` (the pool head's receive) in a blocking receive from
@@ -594,11 +629,20 @@ class HybridTransport(T.Transport):
         """Hand the record in pool slot ``i`` (complete, at the head) to the record
         handler, then post the slot again."""
         _, rec, view = self._pool[i]
-        w7 = T.HDR.unpack_from(rec, 0)[7]
+        kf, ctx, tag, nb, _sid, _addr, plen, w7 = T.HDR.unpack_from(rec, 0)
         src = w7 & _SRC_MASK
         ltag = w7 >> 32
+        if kf == T.K_EAGER and not ltag and self.engine.posted:
+            # a plain eager message: straight to the earliest posted receive if it
+            # is the one it goes to (_record's first step, without its second decode)
+            try:
+                if self._to_posted(src, view, 0, ctx, tag, nb):
+                    return
+                self._record(src, view, 0)
+            finally:
+                self._repost(i)
+            return
         if ltag:   # a long record: its payload follows on its own tag (already sent)
-            plen = T.HDR.unpack_from(rec, 0)[6]
             full = bytearray(T.HDR_BYTES + plen)
             full[:T.HDR_BYTES] = rec[:T.HDR_BYTES]
             self._repost(i)
