@@ -335,11 +335,12 @@ class HybridTransport(T.Transport):
         return take
 
     def _irecver(self, src: int):
-        """``irecvs[src]`` for a rank of another node (Irecv, once ``takers[src]``
-        found nothing to take): the RecvOp posted straight into the engine (its
-        ``post`` inlined) when nothing is unexpected, so nothing can match it now;
-        the records MPI holds for it meet the posted receives in order (_poll_mpi).
-        None: the general path."""
+        """``irecvs[src]`` for a rank of another node (Irecv's fast path,
+        ``(tag, ctx, mv, cap=-1)`` as Transport._irecver's): the RecvOp posted
+        straight into the engine (its ``post`` inlined) when nothing is unexpected,
+        so nothing can match it now; the records MPI holds for it, already arrived
+        or not, meet the posted receives in order (_poll_mpi).  None: the general
+        path (also for a bytearray or mmap spec, ``cap`` >= 0)."""
         if src not in self.remote:
             return super()._irecver(src)
         eng = self.engine
@@ -347,9 +348,9 @@ class HybridTransport(T.Transport):
         Op, posted_state = T.RecvOp, E.R_POSTED
         t_ = self
 
-        def irecv(tag, ctx, mv):
-            if unexpected or t_.npending:
-                return None
+        def irecv(tag, ctx, mv, cap=-1):
+            if unexpected or t_.npending or cap >= 0:   # (cap: a bytearray or mmap
+                return None                               # spec, the general path)
             op = Op(src, tag, ctx, mv)
             op.state = posted_state
             posted.append(op)
