@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
     from ._typing import BufSpec, BufSpecB, BufSpecV, BufSpecW, Buffer, InPlace
 
 import atexit
+import mmap
 import os
 import pickle
 import time
@@ -395,7 +396,23 @@ class Comm(_attr.Cached, Handle):
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
-            mv = spec_view(buf, False, True) or message(buf, False, "Send")
+            if buf and type(buf[0]) is _MMAP and len(buf) == 3:
+                c, d, dt, nb, ref = _SENT   # the last [mmap, count, dt] sent: copied again
+                if buf[1] is c and buf[2] is d and d._t is dt and buf[0] is ref():
+                    try:
+                        mv = buf[0][:nb]
+                    except ValueError:   # a closed mmap: the parser says so
+                        mv = b""
+                    if len(mv) != nb:   # shrunk or closed since: parsed in full
+                        mv = message(buf, False, "Send")
+                else:
+                    mv = spec_view(buf, False, True)
+                    if mv is None:
+                        mv = message(buf, False, "Send")
+                    elif type(mv) is bytes:
+                        _sent(buf, len(mv))
+            else:
+                mv = spec_view(buf, False, True) or message(buf, False, "Send")
         else:
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
@@ -412,7 +429,10 @@ class Comm(_attr.Cached, Handle):
                 return
         elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            return self.Send(mv, int(dest), int(tag))
+            dest, tag = int(dest), int(tag)
+            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX and \
+                    p.t.senders[p.group[dest]](p.ctx, tag, mv):
+                return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
     def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
@@ -529,13 +549,7 @@ class Comm(_attr.Cached, Handle):
                 and -1 <= tag <= TAG_MAX):
             t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                w = p.group[source]
-                res = t.takers[w](tag, p.ctx, mv, cap) if cap >= 0 else \
-                    t.takers[w](tag, p.ctx, mv)
-                if res is False:
-                    if cap >= 0:   # waiting: through a view of the spec's bytes
-                        mv = _sliced_view(mv, cap)
-                    res = t.recv_fast(w, tag, p.ctx, mv) if mv is not None else None
+                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap)
             else:
                 if cap >= 0:
                     mv = _sliced_view(mv, cap)
@@ -546,8 +560,13 @@ class Comm(_attr.Cached, Handle):
                 return
         elif (type(source) is not int or type(tag) is not int) and _int_like(source) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            return self.Recv(buf if cap >= 0 or mv is None else mv, int(source), int(tag),
-                             status)
+            source, tag = int(source), int(tag)
+            if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
+                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap)
+                if res is not None:
+                    if status is not None:
+                        fill(status, p.rank_of(res[0]), res[1], 0, res[2])
+                    return
         if cap >= 0 or mv is None:   # (a declined bytearray/mmap spec: parsed in full)
             mv = buf
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
@@ -1379,6 +1398,21 @@ def _extension(name: str):
         raise MmpiNotImplementedError(f"{name} is implemented in a module not imported yet: "
                                       f"import driller.MPI (or driller.mmpi.Intercomm) first")
     return fn
+
+
+# Send's one-entry cache of the last small ``[mmap, count, dt]`` spec (osu_latency's
+# ``[mmap, n, BYTE]``) that spec_view copied: (count, dt, dt's type object, nbytes,
+# a weak reference to the mmap: nothing is kept alive, no fd held).  A spec holding
+# the same objects (``dt`` still the same type) copies ``mmap[:nbytes]`` at once; a
+# shrunk or closed mmap falls back to the parser.  Another spec pays a type check
+# (docs/mmpi.md, "Hot paths, fourth round").
+_MMAP = mmap.mmap
+_SENT: tuple = (object(), None, None, -1, lambda: None)   # (matches no spec)
+
+
+def _sent(spec, nbytes: int) -> None:
+    global _SENT
+    _SENT = (spec[1], spec[2], spec[2]._t, nbytes, weakref.ref(spec[0]))
 
 
 def _int_like(x) -> bool:

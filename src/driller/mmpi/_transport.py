@@ -84,7 +84,7 @@ DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md 
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
-PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
+PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else 0)
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
@@ -433,6 +433,8 @@ class Transport:
         # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
         self.takers = _PerPeer(self._taker)
+        # Recv's fast path per source, waiting included (_recver)
+        self.recvers = _PerPeer(self._recver)
         # Irecv's fast path per source (_irecver), and the envelopes of plain eager
         # messages that posted receives got in a run ((src, tag, ctx, nbytes) -> Message,
         # read only, shared: a request's outcome reads its source and tag)
@@ -567,6 +569,83 @@ class Transport:
                 wake(waddr)
             return src, tg, nb
         return take
+
+    def _recver(self, src: int):
+        """A blocking buffer receive from ``src`` (Recv's fast path), specialised as
+        :meth:`_taker` is: ``(tag, ctx, mv, cap=-1)`` -> (source, tag, nbytes), or
+        None (use the general path, which sees the same records in the same order).
+        The take of :meth:`_taker` and the wait of :meth:`recv_fast` in one closure,
+        laid out for the ping-pong's critical path (docs/mmpi.md, "Hot paths, fourth
+        round"): the checks that cannot change while it waits run before it polls,
+        the poll reads two closure cells, and from "record visible" to the return it
+        runs the take alone (no call, no attribute load).  Waits as recv_fast does:
+        ``pure_polls`` polls, then sched_yield up to ``spin_seconds``, then None."""
+        if src == self.rank:
+            return _declined
+        if src in self.remote:   # another node's records come through MPI
+            take = self.takers[src]
+            recv_fast = self.recv_fast
+
+            def recv_remote(tag, ctx, mv, cap=-1):
+                if cap >= 0:   # (a hybrid world's receives take views: never)
+                    return None
+                res = take(tag, ctx, mv)
+                return recv_fast(src, tag, ctx, mv) if res is False else res
+            return recv_remote
+        posted = self.engine.posted          # (the engine never rebinds its queues)
+        unexpected = self.engine.unexpected
+        t_ = self
+        tails = self.in_tail
+        words = self.words
+        data = self.data
+        hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        waddr = self.base + tw * 8
+        unpack = _HDR5.unpack_from
+        wake = _linux.futex_wake
+        clock = time.perf_counter
+        yield_ = os.sched_yield
+
+        def recv(tag, ctx, mv, cap=-1):
+            if posted or unexpected or t_.npending:
+                return None
+            t = tails[src]
+            if words[hw] == t:   # wait for it (the checks above cannot change meanwhile)
+                i = t_.pure_polls
+                while i:
+                    if words[hw] != t:
+                        break
+                    i -= 1
+                else:
+                    spin_end = clock() + t_.spin_seconds
+                    while words[hw] == t:
+                        if clock() > spin_end:
+                            return None
+                        yield_()
+            p = base + t % rb
+            kf, c, tg, nb, plen = unpack(data, p)
+            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
+                    nb > (cap if cap >= 0 else len(mv)):
+                return None
+            if nb:
+                p += HDR_BYTES
+                try:
+                    if nb < BIG_COPY:
+                        mv[0:nb] = data[p:p + nb]
+                    else:
+                        _copy(mv, 0, data, p, nb)
+                except (TypeError, ValueError):   # a read-only or closed mmap (cap >= 0)
+                    return None
+            t += HDR_BYTES + ((plen + 63) & ~63)
+            tails[src] = t
+            words[tw] = t
+            if words[pw]:
+                wake(waddr)
+            return src, tg, nb
+        return recv
 
     def _irecver(self, src: int):
         """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv)`` ->
