@@ -549,7 +549,7 @@ class Comm(_attr.Cached, Handle):
                 and -1 <= tag <= TAG_MAX):
             t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap)
+                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
             else:
                 if cap >= 0:
                     mv = _sliced_view(mv, cap)
@@ -562,7 +562,7 @@ class Comm(_attr.Cached, Handle):
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
             source, tag = int(source), int(tag)
             if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
-                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap)
+                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
                 if res is not None:
                     if status is not None:
                         fill(status, p.rank_of(res[0]), res[1], 0, res[2])

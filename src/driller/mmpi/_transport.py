@@ -524,74 +524,15 @@ class Transport:
         (and nothing else is queued), None otherwise (use the general path).
         ``cap`` >= 0: receive into the first ``cap`` bytes of ``mv``, a
         ``bytearray`` or ``mmap`` written by slice assignment (no view of it is
-        made; a read-only or closed one declines, the record stays in the ring)."""
+        made; a read-only or closed one declines, the record stays in the ring).
+        ``wait`` (Recv's, through ``recvers[src]``): an empty ring is waited for as
+        recv_fast does (``pure_polls`` polls, then sched_yield up to
+        ``spin_seconds``, then None), laid out for the ping-pong's critical path
+        (docs/mmpi.md, "Hot paths, fourth round"): the checks that cannot change
+        while it waits run before it polls, the poll reads two closure cells, and
+        from "record visible" to the return it runs the take alone."""
         if src == self.rank:
             return _declined
-        posted = self.engine.posted          # (the engine never rebinds its queues)
-        unexpected = self.engine.unexpected
-        t_ = self
-        tails = self.in_tail
-        words = self.words
-        data = self.data
-        hw = self.in_head[src]
-        tw = self.in_tailw[src]
-        pw = self.in_pwait[src]
-        base = self.in_data[src]
-        rb = self.ring_bytes
-        waddr = self.base + tw * 8
-        unpack = _HDR5.unpack_from
-        wake = _linux.futex_wake
-
-        def take(tag, ctx, mv, cap=-1):
-            if posted or unexpected or t_.npending:
-                return None
-            t = tails[src]
-            if words[hw] == t:
-                return False
-            p = base + t % rb
-            kf, c, tg, nb, plen = unpack(data, p)
-            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
-                    nb > (cap if cap >= 0 else len(mv)):
-                return None
-            if nb:
-                p += HDR_BYTES
-                try:
-                    if nb < BIG_COPY:
-                        mv[0:nb] = data[p:p + nb]
-                    else:
-                        _copy(mv, 0, data, p, nb)
-                except (TypeError, ValueError):   # a read-only or closed mmap (cap >= 0)
-                    return None
-            t += HDR_BYTES + ((plen + 63) & ~63)
-            tails[src] = t
-            words[tw] = t
-            if words[pw]:
-                wake(waddr)
-            return src, tg, nb
-        return take
-
-    def _recver(self, src: int):
-        """A blocking buffer receive from ``src`` (Recv's fast path), specialised as
-        :meth:`_taker` is: ``(tag, ctx, mv, cap=-1)`` -> (source, tag, nbytes), or
-        None (use the general path, which sees the same records in the same order).
-        The take of :meth:`_taker` and the wait of :meth:`recv_fast` in one closure,
-        laid out for the ping-pong's critical path (docs/mmpi.md, "Hot paths, fourth
-        round"): the checks that cannot change while it waits run before it polls,
-        the poll reads two closure cells, and from "record visible" to the return it
-        runs the take alone (no call, no attribute load).  Waits as recv_fast does:
-        ``pure_polls`` polls, then sched_yield up to ``spin_seconds``, then None."""
-        if src == self.rank:
-            return _declined
-        if src in self.remote:   # another node's records come through MPI
-            take = self.takers[src]
-            recv_fast = self.recv_fast
-
-            def recv_remote(tag, ctx, mv, cap=-1):
-                if cap >= 0:   # (a hybrid world's receives take views: never)
-                    return None
-                res = take(tag, ctx, mv)
-                return recv_fast(src, tag, ctx, mv) if res is False else res
-            return recv_remote
         posted = self.engine.posted          # (the engine never rebinds its queues)
         unexpected = self.engine.unexpected
         t_ = self
@@ -609,12 +550,14 @@ class Transport:
         clock = time.perf_counter
         yield_ = os.sched_yield
 
-        def recv(tag, ctx, mv, cap=-1):
+        def take(tag, ctx, mv, cap=-1, wait=False):
             if posted or unexpected or t_.npending:
                 return None
             t = tails[src]
-            if words[hw] == t:   # wait for it (the checks above cannot change meanwhile)
-                i = t_.pure_polls
+            if words[hw] == t:
+                if not wait:
+                    return False
+                i = t_.pure_polls   # (the checks above cannot change meanwhile)
                 while i:
                     if words[hw] != t:
                         break
@@ -645,7 +588,24 @@ class Transport:
             if words[pw]:
                 wake(waddr)
             return src, tg, nb
-        return recv
+        return take
+
+    def _recver(self, src: int):
+        """Recv's fast path from ``src``: ``(tag, ctx, mv, cap, wait)`` as
+        ``takers[src]``'s with ``wait`` true (the take and the wait in one
+        closure: the taker itself), or, for another node's source (a hybrid
+        world's), its taker then recv_fast."""
+        take = self.takers[src]
+        if src not in self.remote:
+            return take
+        recv_fast = self.recv_fast
+
+        def recv_remote(tag, ctx, mv, cap=-1, wait=True):
+            if cap >= 0:   # (a hybrid world's receives take views: never)
+                return None
+            res = take(tag, ctx, mv)
+            return recv_fast(src, tag, ctx, mv) if res is False else res
+        return recv_remote
 
     def _irecver(self, src: int):
         """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv)`` ->
