@@ -10,7 +10,7 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 * intra-node (ranks 0 and 1): 64 MiB Send/Recv, 64 MiB dict of 8 arrays send/recv;
 * inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 64 MiB dict send/recv;
 * collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
-  1 MiB per rank, Alltoall of 1 KiB blocks (a size agreement, then MPI's own).
+  1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes).
 
 Printed: a markdown block (the one docs/scaleout.md and the README carry): the
 median one-way time (ping-pong / 2) or call time of each, [min–max] over rounds,
@@ -121,7 +121,7 @@ def rank_main(rounds: int, only: str = "") -> None:
          ar_check)
     coll("Allgather 1 MiB per rank, 4 ranks", lambda c: c.Allgather(ag_in, ag_out), 5,
          ag_check)
-    coll("Alltoall 1 KiB blocks, 4 ranks (MPI's own after a size agreement)",
+    coll("Alltoall 1 KiB blocks, 4 ranks (MPI's own, carrying the sizes)",
          lambda c: c.Alltoall(a2a_in, a2a_out), 30, a2a_check)
 
     cases = [c for c in cases if only in c[0]]

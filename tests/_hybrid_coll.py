@@ -323,7 +323,8 @@ def check_alltoallv(comm, MPI, label=""):
 
 
 def check_alltoall_paths(comm, MPI, label=""):
-    """Alltoall on each side of the hybrid thresholds (a rank's buffer up to
+    """Alltoall on each side of the hybrid thresholds (blocks up to the fused size:
+    carried by the size exchange itself; a rank's buffer up to
     ALLTOALL_NATIVE_MAX: the MPI library's own Alltoall; up to ALLTOALL_AGG_MAX:
     through the leaders; above: direct) against numpy: odd sizes, a strided
     (non-contiguous) datatype on both sides, IN_PLACE, and a rank whose blocks are
@@ -332,11 +333,12 @@ def check_alltoall_paths(comm, MPI, label=""):
     from driller.mmpi._coll import _hiergather as HG
     r, n = comm.Get_rank(), comm.Get_size()
     nat, agg = HG.ALLTOALL_NATIVE_MAX // (8 * n), HG.ALLTOALL_AGG_MAX // (8 * n)
+    fused = min(HG.ALLTOALL_FUSED_BLOCK, HG.ALLTOALL_NATIVE_MAX // n) // 8   # doubles
 
     def blk(src, dst, c):
         return np.arange(c, dtype=np.float64) * (src + 2) + 1000.0 * dst + 0.5
 
-    for c in (1, 7, nat, nat + 1, agg, agg + 1):
+    for c in (1, 7, fused, fused + 1, nat, nat + 1, agg, agg + 1):
         where = (label, c)
         sa = np.array([blk(r, k, c) for k in range(n)])
         ra = np.full((n, c), -1.0)

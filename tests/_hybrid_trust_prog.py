@@ -9,6 +9,11 @@ an object holding a large array and a shared array crosses nodes by value (the
 receiver's copy is its own); an Alltoall whose send buffer one rank refuses raises on
 every rank.  Each rank writes ok<rank> into the directory argv[2].
 
+Mode "agreed <send|count> <rank> <dir>": that rank alone refuses its send buffer, or passes
+another count, in a large Allreduce (lanes on every rank): the lanes agree that they
+failed and every rank raises (nobody aborts the job); the next Allreduce works.  Each
+rank writes what it raised into <dir>/<rank>-<attempt>.
+
 Mode "refuse <collective> <rank>": that rank alone passes an argument the others do
 not (a buffer spec that overruns its buffer, or another count) to a collective across
 nodes, and catches what it raises; the job must end (the rank is named), never hang.
@@ -51,6 +56,31 @@ if mode == "refuse":
     except Exception as e:   # the program goes on (as a test of errors would)
         print(f"rank {r} caught {type(e).__name__}", flush=True)
     comm.Allreduce(np.ones(4), np.zeros(4))
+    comm.Barrier()
+    sys.exit(0)
+
+if mode == "agreed":
+    # the lanes (large buffers) fail on every rank, which each raises: the job goes on
+    what, bad = sys.argv[2], int(sys.argv[3])
+    mine, k = r == bad, 100_000
+    from driller.errors import MmpiError
+    for i in range(2):   # twice: the communicator stays in step after it
+        try:
+            if what == "send":      # a send buffer that only this rank refuses
+                comm.Allreduce([np.zeros(5), k, MPI.DOUBLE] if mine else np.ones(k),
+                               np.zeros(k))
+            else:                   # a count that differs, lanes on every rank
+                kk = k + 8 if mine else k
+                comm.Allreduce(np.ones(kk), np.zeros(kk))
+        except MmpiError as e:
+            res = f"raised {type(e).__name__}: {e}"
+        else:
+            res = "returned"
+        with open(os.path.join(sys.argv[4], f"{r}-{i}"), "w") as f:
+            f.write(res)
+        y = np.zeros(k)
+        comm.Allreduce(np.full(k, float(r)), y)
+        assert (y == 6.0).all(), y[:4]
     comm.Barrier()
     sys.exit(0)
 

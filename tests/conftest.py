@@ -2,6 +2,7 @@
 
 import gc
 import os
+import sys
 import time
 
 import pytest
@@ -18,6 +19,7 @@ def _children(pid: int) -> set[int]:
 def no_leaks():
     """Fails a test that leaves /dev/shm files or live child processes behind."""
     shm_before = set(os.listdir("/dev/shm"))
+    jobs_before = set(_mpi_jobs())
     kids_before = _children(os.getpid())
     memfds_before = _memfds()
     yield
@@ -32,9 +34,25 @@ def no_leaks():
             break
         time.sleep(0.05)
     assert not leaked, f"child processes left running: {sorted(leaked)}"
+    # the MPI jobs this test started (tests/test_hybrid.py's _job) and did not check:
+    # their MPI libraries' files are removed, and any still in /dev/shm is a leak;
+    # the same libraries' files of other jobs (another run's) are none of ours
+    jobs = _mpi_jobs()
+    own = []
+    for tag in set(jobs) - jobs_before:
+        job = jobs.pop(tag)
+        own += [f for f in job.left() if f.startswith("/dev/shm/")]
+        job.cleanup()
     new_shm = {f for f in set(os.listdir("/dev/shm")) - shm_before
                if not f.startswith(_FOREIGN_SHM)}
     assert not new_shm, f"files left in /dev/shm: {sorted(new_shm)}"
+    assert not own, f"the test's MPI jobs left in /dev/shm: {sorted(own)}"
+
+
+def _mpi_jobs() -> dict:
+    """The MPI jobs started by tests and not yet checked (test_hybrid._JOBS)."""
+    hybrid = sys.modules.get("test_hybrid")
+    return hybrid._JOBS if hybrid is not None else {}
 
 
 # long-lived helpers that are not leaks: the fd proxy (exits with its last
@@ -53,7 +71,8 @@ def _is_expected(pid: int) -> bool:
 
 # files that the peers we compare against make (multiprocessing's semaphores,
 # Open MPI's and MPICH's shared-memory segments, UCX's under either), possibly in a
-# concurrent run: not ours (tests/test_hybrid.py checks that its own MPI jobs leave none)
+# concurrent run: not ours (tests/test_hybrid.py notes its own MPI jobs' files, checks
+# and removes them; no_leaks fails a test whose jobs left some it did not check)
 _FOREIGN_SHM = ("sem.mp-", "sm_segment.", "vader_segment.", "mpich_shm_", "ucx_shm_posix_")
 
 

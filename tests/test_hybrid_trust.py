@@ -58,6 +58,31 @@ def test_an_argument_refused_on_one_rank_ends_the_job(what, bad, error):
     _no_leftovers(tag, None)
 
 
+@pytest.mark.parametrize("impl, what, bad", [
+    ("openmpi", "send", 1), ("mpich", "send", 2), ("openmpi", "count", 3)])
+def test_a_large_allreduce_refused_on_one_rank_raises_everywhere(impl, what, bad, tmp_path):
+    """The lanes' own errors: every rank of the communicator raises (the refusing one
+    its own error, the others one naming the failure), none aborts the job, and the
+    next Allreduce sees every rank in step."""
+    tag = uuid.uuid4().hex[:8]
+    r = _job(impl, [PROG, "agreed", what, str(bad), str(tmp_path)], tag, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "spanning nodes failed" not in out, out
+    assert sorted(os.listdir(tmp_path)) == [f"{k}-{i}" for k in range(4) for i in range(2)]
+    for k in range(4):
+        if k == bad and what == "send":
+            want = "raised MmpiValueError: Allreduce: 100000 x MPI_DOUBLE from element 0 overruns"
+        elif k // 2 == bad // 2:   # (its node peer sees it in the node's size table)
+            want = f"rank {bad} passes 0 bytes" if what == "send" else "passes 800064"
+        else:
+            want = "the ranks of another node pass a different count"
+        for i in range(2):
+            got = (tmp_path / f"{k}-{i}").read_text()
+            assert got.startswith("raised ") and want in got, (k, i, want, got)
+    _no_leftovers(tag, set())   # (ended normally: no MPI segment left either)
+
+
 _NO_MPI4PY = "raise ImportError('No module named mpi4py (hidden by the test)')\n"
 
 

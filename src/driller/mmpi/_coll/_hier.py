@@ -29,7 +29,6 @@ import sys
 
 import numpy as np
 
-from ...errors import MmpiError
 from .._bufspec import parse
 from .._const import IN_PLACE
 from . import _barrier, _bcast, _hierlane, _reduce
@@ -258,7 +257,6 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     h = split(cx)
     if h is None:
         return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
-    agreed = False
     try:
         if not _ordered(h, op):
             return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
@@ -267,20 +265,16 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
             # node's and that takes the other path (lanes or leaders) then meets the
             # node's first message on the same tag, and raises instead of waiting
             drive(cx.t, g_direct_ok(h.node, cbase(h.node), True))
-        seq = h.node.seq
-        try:
-            if _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op):
-                return None
-        except MmpiError as e:
-            # the lanes ran and agreed on it (their own errors, on every rank: "Allreduce:
-            # ..."), not a message of another path met on the node (a count that differs)
-            agreed = h.node.seq != seq and str(e).startswith("Allreduce:")
-            raise
-        _leaders_allreduce(h, sendbuf, recvbuf, op)
+        # an exception out of the lanes is this rank's alone (the others may wait):
+        # refused; an error they return, every rank of the communicator raises
+        ran, agreed = _hierlane.Allreduce(cx, h, sendbuf, recvbuf, op)
+        if not ran:
+            _leaders_allreduce(h, sendbuf, recvbuf, op)
     except Exception as e:
-        if not agreed:
-            refused(cx, "Allreduce", e)
+        refused(cx, "Allreduce", e)
         raise
+    if agreed is not None:
+        raise agreed
 
 
 def _leaders_allreduce(h, sendbuf, recvbuf, op) -> None:

@@ -20,12 +20,17 @@ algorithms of ``_gather`` and ``_alltoall``.
   to the node's leader, the leaders exchange their nodes' blocks, and each
   leader broadcasts the whole receive buffer through shared memory (the blocks
   alone, packed, when they leave gaps in it: MPI writes nothing else).
-* **Alltoall**: the ranks first agree on the size (one small MPI ``Allreduce``
-  on an MPI communicator of the communicator's ranks, ``_hierlane.whole``, made
-  once and freed with it), so every rank takes the same path below or raises.
-  Small buffers (a rank's up to ``ALLTOALL_NATIVE_MAX`` bytes) go through the MPI
-  library's own ``Alltoall`` on that communicator: one tuned exchange in C, where
-  the leaders' three dependent hops of Python cost 2-3x its time under load.
+* **Alltoall**: one MPI ``Alltoall`` of fixed-size blocks first, on an MPI
+  communicator of the communicator's ranks (``_hierlane.whole``, made once and
+  freed with it): each block holds its sender's size (or "refused") and, when
+  the blocks are small (up to ``ALLTOALL_FUSED_BLOCK`` bytes), the block itself,
+  so every block has the same size on every rank whatever its arguments (as MPI
+  wants), every rank sees every rank's size, and all take the same path below
+  or all raise (the receive buffer left alone).  Small blocks are then done: no
+  second collective.  Larger buffers (a rank's up to ``ALLTOALL_NATIVE_MAX``
+  bytes) go through the MPI library's own ``Alltoall`` on that communicator:
+  one tuned exchange in C, where the leaders' three dependent hops of Python
+  cost 2-3x its time under load.
   Then leader-aggregated (up to ``ALLTOALL_AGG_MAX`` bytes): the node's send
   buffers go to its leader, leaders swap one message per pair of nodes (instead
   of one per pair of ranks, each paying driller's and MPI's per-message cost),
@@ -55,11 +60,12 @@ from ._context import (cbase, check_root, count_check, count_errors, cr, cs, dri
                        first_error, notify, obj_items, raise_failed, waitall)
 from ._hier import or_abort, split
 
-__all__ = ["ALLTOALL_AGG_MAX", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+__all__ = ["ALLTOALL_AGG_MAX", "ALLTOALL_NATIVE_MAX", "ALLTOALL_FUSED_BLOCK", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
            "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
 
 ALLTOALL_AGG_MAX = 64 << 10   # bytes of a rank's Alltoall send buffer up to which leaders aggregate
 ALLTOALL_NATIVE_MAX = 16 << 10  # ... up to which the MPI library's own Alltoall runs instead
+ALLTOALL_FUSED_BLOCK = 2040     # bytes of a block up to which the size exchange carries the data
 
 
 def _cranks(h) -> list[list[int]]:
@@ -453,40 +459,67 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
 # ---------------------------------------------------------------- Alltoall(v)
 
 def Alltoall(cx, sendbuf, recvbuf) -> None:
-    """Alltoall across nodes: the ranks agree on the size (one small MPI Allreduce),
-    then the MPI library's own Alltoall for small buffers, the leaders for medium
-    ones, direct per pair above (the module docstring)."""
+    """Alltoall across nodes: one MPI Alltoall of fixed-size blocks carries every
+    rank's size (and small buffers' data), so every rank sees every size; then the
+    MPI library's own Alltoall, the leaders or direct per pair for larger buffers
+    (the module docstring)."""
     h = split(cx)
     if h is None:
         return _alltoall.Alltoall(cx, sendbuf, recvbuf)
     what = "Alltoall"
+    n, me = cx.size, cx.rank
     try:
-        rb = parse(recvbuf, True, what, blocks=cx.size, staged=True)
+        rb = parse(recvbuf, True, what, blocks=n, staged=True)
     except MmpiError as e:
         rb, smv, err = None, EMPTY, e
     else:
         smv, err = _a2a_send(cx, sendbuf, rb, what)
-    # every rank takes the same path or raises: one small MPI Allreduce of the sizes
-    nb = len(rb.mv) if rb is not None else -1
+    nb = len(rb.mv) if rb is not None and err is None else -1 - me
     ln = _hierlane.whole(h)
-    if not _hierlane.agree(ln, np.array([nb if err is None else -1 - cx.rank], np.int64)):
-        if err is not None:
-            raise err
-        raise MmpiError(f"{what}: another rank passes a different amount or refused its "
-                        f"arguments (rank {cx.rank} receives {nb} bytes): every block "
-                        f"must have the same size on every rank")
-    if nb > ALLTOALL_AGG_MAX:
+    # every rank sends every rank the same number of bytes whatever its size (as MPI
+    # wants): its size (or "refused") and, when small, its block
+    cap = _fused_block(n)
+    B = nb // n if nb >= 0 else 0
+    fused = 0 <= nb and B <= cap
+    S = np.empty((n, 1 + cap // 8), np.int64)       # per block: the size, then the data
+    S[:, 0] = nb
+    s8 = S.view(np.uint8)
+    if fused:
+        np.copyto(s8[:, 8:8 + B], np.frombuffer(smv, np.uint8).reshape(n, B))
+    s8[:, 8 + (B if fused else 0):] = 0
+    R = np.empty_like(S)
+    BYTE = cx.t.MPI.BYTE
+    ln.native.Alltoall([S, BYTE], [R, BYTE])
+    sizes = R[:, 0].tolist()
+    if err is not None:
+        raise err
+    if sizes.count(nb) != n:
+        k = next(i for i, v in enumerate(sizes) if v != nb)
+        raise MmpiError(f"{what}: rank {k} " + ("refused its arguments" if sizes[k] < 0 else
+                        f"receives {sizes[k]} bytes") + f" but rank {me} receives {nb}: every "
+                        f"block must have the same size on every rank")
+    if nb > ALLTOALL_AGG_MAX:   # (parses the buffers again, and writes the user's)
         return _alltoall.Alltoall(cx, sendbuf, recvbuf)
-    if sendbuf is IN_PLACE:   # (the send bytes, apart from the buffer received into)
-        smv = memoryview(bytes(smv))
     try:
+        if fused:
+            np.copyto(np.frombuffer(rb.mv, np.uint8).reshape(n, B),
+                      R.view(np.uint8)[:, 8:8 + B])
+            return
+        if sendbuf is IN_PLACE:   # (the send bytes, apart from the buffer received into)
+            smv = memoryview(bytes(smv))
         if nb <= ALLTOALL_NATIVE_MAX:
-            BYTE = cx.t.MPI.BYTE
             ln.native.Alltoall([smv, BYTE], [rb.mv, BYTE])
         else:
             _alltoall_agg(cx, h, smv, rb)
     finally:
         rb.finish()
+
+
+def _fused_block(n: int) -> int:
+    """Bytes of data each block of the first exchange carries (the same on every rank
+    of a communicator of ``n`` ranks): ``ALLTOALL_FUSED_BLOCK``, fewer for large
+    communicators (a rank sends ``n`` blocks whatever its own size); a multiple of 8."""
+    return min(ALLTOALL_FUSED_BLOCK, ALLTOALL_NATIVE_MAX // n) // 8 * 8
 
 
 def Alltoallv(cx, sendbuf, recvbuf) -> None:

@@ -172,16 +172,20 @@ def _native_op(op, dtype):
 
 # ---------------------------------------------------------------- Allreduce
 
-def Allreduce(cx, h, sendbuf, recvbuf, op) -> bool:
-    """The lane Allreduce (module docstring); False (nothing done) when the buffer
-    is too small for lanes, which every rank decides alike from its receive buffer."""
+def Allreduce(cx, h, sendbuf, recvbuf, op) -> tuple[bool, MmpiError | None]:
+    """The lane Allreduce (module docstring): (ran, error).  ``ran`` is False (nothing
+    done) when the buffer is too small for lanes, which every rank decides alike from
+    its receive buffer.  ``error``: the lanes ran to their end and agreed that they
+    failed, so every rank of the communicator has one to raise (this rank's own, or
+    one naming the rank that failed).  An exception raised instead is this rank's
+    alone (e.g. a message of another path met on the node): the others may wait."""
     what = "Allreduce"
     rb = parse(recvbuf, True, what)
     m = min(len(ws) for ws in h.order)
     isz = rb.dtype.itemsize
     count = rb.nbytes // isz
     if rb.nbytes < LANE_MIN or count < m:
-        return False
+        return False, None
     t = cx.t
     node = h.node
     L, j = node.size, node.rank
@@ -244,12 +248,10 @@ def Allreduce(cx, h, sendbuf, recvbuf, op) -> bool:
     else:
         err = _allgather_msgs(node, rb, counts, displs, nbase, err is None) or err
     flags = drive(t, g_exchange(node, b"\1" if err is not None else b"\0", nbase + 2, True))
-    if err is not None:
-        raise err
-    if any(flags):
+    if err is None and any(flags):
         bad = cx.index[node.group[flags.index(1)]]
-        raise MmpiError(f"{what}: rank {bad} of this node failed (see its error)")
-    return True
+        err = MmpiError(f"{what}: rank {bad} of this node failed (see its error)")
+    return True, err
 
 
 def _reduce_scatter_msgs(node, smv, mine, op, rb, counts, displs, nbase, ok, in_place):
