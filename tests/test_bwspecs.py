@@ -18,6 +18,7 @@ from driller import MPI
 from driller.errors import MmpiError
 
 from test_mmpi_p2p import run_ranks, values
+from test_smallpaths import pair  # noqa: F401  (the fixture: two ranks in this process)
 
 
 def _in_ring(comm, src, records):
@@ -301,3 +302,22 @@ def test_remembered_spec_list_emptied_or_cut_between_calls():
     out = values(run_ranks(_spec_emptied, 2))
     assert out[0] == "refused"
     assert out[1] == ("refused", b"ABCDEFGH")
+
+
+def test_a_freed_datatype_handle_is_refused_after_isend_and_irecv_remembered_it(pair):
+    """Isend's and Irecv's remembered spec follow the datatype handle as Send's
+    cache does (tests/test_latpath.py): freed since, the call is refused."""
+    _, _, c0, c1 = pair
+    for buf in (bytearray(64), mmap.mmap(-1, 64)):
+        dt = MPI.Datatype(MPI.BYTE)                   # a handle onto a predefined type
+        out = bytearray(8)
+        sspec, rspec = [buf, 8, dt], [out, 8, dt]
+        rq = c1.Irecv(rspec, 0, 3)
+        c0.Isend(sspec, 1, 3).Wait()
+        rq.Wait()
+        dt.free()                                     # this handle is null now
+        with pytest.raises(MmpiError):
+            c0.Isend(sspec, 1, 4)
+        with pytest.raises(MmpiError):
+            c1.Irecv(rspec, 0, 4)
+        assert not c1.Iprobe(0, MPI.ANY_TAG)

@@ -39,6 +39,7 @@ from ._bufspec import EMPTY, message, recv_message, spec_view
 from ._coll import _hier, _hiergather, _nonblocking, _reduce, _vcoll
 from ._coll._context import Context
 from ._coll._ops import SUM
+from ._datatype import Datatype
 from ._handle import Handle
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
                      UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
@@ -397,7 +398,23 @@ class Comm(_attr.Cached, Handle):
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
-            mv = spec_view(buf, False, True) or message(buf, False, "Send")
+            if buf and type(buf[0]) is _MMAP and len(buf) == 3:
+                c, d, dt, nb, ref = _LAST_SEND   # the last [mmap, count, dt] sent: copied again
+                if buf[1] is c and buf[2] is d and d._t is dt and buf[0] is ref():
+                    try:
+                        mv = buf[0][:nb]
+                    except ValueError:   # a closed mmap: the parser says so
+                        mv = b""
+                    if len(mv) != nb:   # shrunk or closed since: parsed in full
+                        mv = message(buf, False, "Send")
+                else:
+                    mv = spec_view(buf, False, True)
+                    if mv is None:
+                        mv = message(buf, False, "Send")
+                    elif type(mv) is bytes:
+                        _remember_send(buf, len(mv))
+            else:
+                mv = spec_view(buf, False, True) or message(buf, False, "Send")
         else:
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
@@ -414,7 +431,10 @@ class Comm(_attr.Cached, Handle):
                 return
         elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            return self.Send(mv, int(dest), int(tag))
+            dest, tag = int(dest), int(tag)
+            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX and \
+                    p.t.senders[p.group[dest]](p.ctx, tag, mv):
+                return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
     def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
@@ -531,13 +551,7 @@ class Comm(_attr.Cached, Handle):
                 and -1 <= tag <= TAG_MAX):
             t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                w = p.group[source]
-                res = t.takers[w](tag, p.ctx, mv, cap) if cap >= 0 else \
-                    t.takers[w](tag, p.ctx, mv)
-                if res is False:
-                    if cap >= 0:   # waiting: through a view of the spec's bytes
-                        mv = _sliced_view(mv, cap)
-                    res = t.recv_fast(w, tag, p.ctx, mv) if mv is not None else None
+                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
             else:
                 if cap >= 0:
                     mv = _sliced_view(mv, cap)
@@ -548,8 +562,13 @@ class Comm(_attr.Cached, Handle):
                 return
         elif (type(source) is not int or type(tag) is not int) and _int_like(source) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            return self.Recv(buf if cap >= 0 or mv is None else mv, int(source), int(tag),
-                             status)
+            source, tag = int(source), int(tag)
+            if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
+                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
+                if res is not None:
+                    if status is not None:
+                        fill(status, p.rank_of(res[0]), res[1], 0, res[2])
+                    return
         if cap >= 0 or mv is None:   # (a declined bytearray/mmap spec: parsed in full)
             mv = buf
         self._wait_recv(self._irecv(mv, source, tag, "Recv"), status)
@@ -623,8 +642,10 @@ class Comm(_attr.Cached, Handle):
         # is made here (sent_request's, inlined: its op the shared _SENT)
         if type(buf) is list:
             c = _last_isend
-            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2]:
-                # the spec of the last Isend, unchanged: a bytes copy of its first
+            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
+                    and buf[2] is c[4] and c[4]._t is c[5]:
+                # the spec of the last Isend, unchanged (its datatype handle not
+                # freed since): a bytes copy of its first
                 # c[3] bytes, as spec_view made then (None: closed, shrunk since)
                 try:
                     mv = c[1][:c[3]]
@@ -694,9 +715,10 @@ class Comm(_attr.Cached, Handle):
             if type(buf) is list:
                 c = _last_irecv
                 if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
-                        and p.sliced:
-                    # the spec of the last Irecv, unchanged (and its buffer not shrunk
-                    # nor closed since): its first c[3] bytes, as spec_view said then
+                        and buf[2] is c[4] and c[4]._t is c[5] and p.sliced:
+                    # the spec of the last Irecv, unchanged (its datatype handle not
+                    # freed, its buffer not shrunk nor closed since): its first c[3]
+                    # bytes, as spec_view said then
                     mv = c[1]
                     cap = c[3]
                     try:
@@ -1425,6 +1447,23 @@ def _extension(name: str):
     return fn
 
 
+# Send's one-entry cache of the last small ``[mmap, count, dt]`` spec (osu_latency's
+# ``[mmap, n, BYTE]``) that spec_view copied: (count, dt, dt's type object, nbytes,
+# a weak reference to the mmap: nothing is kept alive, no fd held).  A spec holding
+# the same objects (``dt`` still the same type) copies ``mmap[:nbytes]`` at once; a
+# shrunk or closed mmap falls back to the parser.  Another spec pays a type check
+# (docs/mmpi.md, "Hot paths, fourth round").
+_MMAP = mmap.mmap
+_LAST_SEND: tuple = (object(), None, None, -1, lambda: None)   # (matches no spec)
+
+
+def _remember_send(spec, nbytes: int) -> None:
+    global _LAST_SEND
+    if not isinstance(spec[2], Datatype):   # (a typecode string: parsed each time)
+        return
+    _LAST_SEND = (spec[1], spec[2], spec[2]._t, nbytes, weakref.ref(spec[0]))
+
+
 def _int_like(x) -> bool:
     """A rank or tag given as another number: an int subclass (not a bool), or
     what converts with int() as mpi4py's C int arguments do (a float, numpy
@@ -1472,19 +1511,24 @@ _new = object.__new__
 # Isend's last spec of a bytearray or mmap copied (osu_bw passes one spec list 64
 # times a window): (the list, its buffer, a copy of the list, nbytes); Irecv's last
 # spec of a bytearray or mmap received into by slice assignment: (..., its cap).
-# Tuples, replaced whole (a thread reads one consistent snapshot)
-_last_isend: tuple = (None, None, None, 0)
-_last_irecv: tuple = (None, None, None, 0)
+# Both end with the datatype handle and its type then (a handle freed since is
+# refused by the parser).  Tuples, replaced whole (a thread reads one consistent
+# snapshot).  Send's cache of an ``[mmap, count, dt]`` spec is _LAST_SEND, below.
+_last_isend: tuple = (None, None, None, 0, None, None)
+_last_irecv: tuple = (None, None, None, 0, None, None)
 _REMEMBERED = frozenset((bytearray, mmap.mmap))
 
 
 def _remember(send: bool, spec: list, n: int) -> None:
     """Isend's (``send``) or Irecv's last spec (a 3-item list), ``n`` its bytes."""
     global _last_isend, _last_irecv
+    dt = spec[2]
+    if not isinstance(dt, Datatype):   # (a spec_view form without a handle)
+        return
     if send:
-        _last_isend = (spec, spec[0], spec[:], n)
+        _last_isend = (spec, spec[0], spec[:], n, dt, dt._t)
     else:
-        _last_irecv = (spec, spec[0], spec[:], n)
+        _last_irecv = (spec, spec[0], spec[:], n, dt, dt._t)
 
 
 def _null_done_send():

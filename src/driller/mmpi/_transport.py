@@ -84,7 +84,7 @@ DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md 
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
-PURE_POLLS = 8                # polls before yielding, when ranks <= cores (else 0)
+PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else 0)
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
@@ -456,6 +456,8 @@ class Transport:
         # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
         self.takers = _PerPeer(self._taker)
+        # Recv's fast path per source, waiting included (_recver)
+        self.recvers = _PerPeer(self._recver)
         # Irecv's fast path per source (_irecver), and the envelopes of plain eager
         # messages that posted receives got in a run ((src, tag, ctx, nbytes) -> Message,
         # read only, shared: a request's outcome reads its source and tag)
@@ -545,7 +547,13 @@ class Transport:
         (and nothing else is queued), None otherwise (use the general path).
         ``cap`` >= 0: receive into the first ``cap`` bytes of ``mv``, a
         ``bytearray`` or ``mmap`` written by slice assignment (no view of it is
-        made; a read-only or closed one declines, the record stays in the ring)."""
+        made; a read-only or closed one declines, the record stays in the ring).
+        ``wait`` (Recv's, through ``recvers[src]``): an empty ring is waited for as
+        recv_fast does (``pure_polls`` polls, then sched_yield up to
+        ``spin_seconds``, then None), laid out for the ping-pong's critical path
+        (docs/mmpi.md, "Hot paths, fourth round"): the checks that cannot change
+        while it waits run before it polls, the poll reads two closure cells, and
+        from "record visible" to the return it runs the take alone."""
         if src == self.rank:
             return _declined
         posted = self.engine.posted          # (the engine never rebinds its queues)
@@ -562,13 +570,27 @@ class Transport:
         waddr = self.base + tw * 8
         unpack = _HDR5.unpack_from
         wake = _linux.futex_wake
+        clock = time.perf_counter
+        yield_ = os.sched_yield
 
-        def take(tag, ctx, mv, cap=-1):
+        def take(tag, ctx, mv, cap=-1, wait=False):
             if posted or unexpected or t_.npending:
                 return None
             t = tails[src]
             if words[hw] == t:
-                return False
+                if not wait:
+                    return False
+                i = t_.pure_polls   # (the checks above cannot change meanwhile)
+                while i:
+                    if words[hw] != t:
+                        break
+                    i -= 1
+                else:
+                    spin_end = clock() + t_.spin_seconds
+                    while words[hw] == t:
+                        if clock() > spin_end:
+                            return None
+                        yield_()
             p = base + t % rb
             kf, c, tg, nb, plen = unpack(data, p)
             if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
@@ -590,6 +612,23 @@ class Transport:
                 wake(waddr)
             return src, tg, nb
         return take
+
+    def _recver(self, src: int):
+        """Recv's fast path from ``src``: ``(tag, ctx, mv, cap, wait)`` as
+        ``takers[src]``'s with ``wait`` true (the take and the wait in one
+        closure: the taker itself), or, for another node's source (a hybrid
+        world's), its taker then recv_fast."""
+        take = self.takers[src]
+        if src not in self.remote:
+            return take
+        recv_fast = self.recv_fast
+
+        def recv_remote(tag, ctx, mv, cap=-1, wait=True):
+            if cap >= 0:   # (a hybrid world's receives take views: never)
+                return None
+            res = take(tag, ctx, mv)
+            return recv_fast(src, tag, ctx, mv) if res is False else res
+        return recv_remote
 
     def _irecver(self, src: int):
         """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv, cap=-1)``
