@@ -1513,7 +1513,7 @@ _new = object.__new__
 # spec of a bytearray or mmap received into by slice assignment: (..., its cap).
 # Both end with the datatype handle and its type then (a handle freed since is
 # refused by the parser).  Tuples, replaced whole (a thread reads one consistent
-# snapshot).  Send's cache of an ``[mmap, count, dt]`` spec is _LAST_SEND, below.
+# snapshot).  Send's cache of an ``[mmap, count, dt]`` spec is _LAST_SEND, above.
 _last_isend: tuple = (None, None, None, 0, None, None)
 _last_irecv: tuple = (None, None, None, 0, None, None)
 _REMEMBERED = frozenset((bytearray, mmap.mmap))
