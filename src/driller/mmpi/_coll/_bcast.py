@@ -6,7 +6,7 @@ from __future__ import annotations
 from ...errors import MmpiError, PeerDiedError, TruncationError
 from .._bufspec import message, recv_message
 from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_send,
-                       co_send_r, drive, first_error, oval_r, orecv, oval, refusal, refused_error, send_refused,
+                       co_send_r, drive, first_error, g_sent, oval_r, orecv, oval, refusal, refused_error, send_refused,
                        size_hint, waitall, xrecv_r, xsend)
 
 __all__ = [
@@ -89,11 +89,7 @@ def g_bcast_refused(cx, root, base, f, what, nb, rel=None):
         return
     if flat_bcast(cx, nb):
         if me == root:
-            ops = [send_refused(cx, f, r, base) for r in range(n) if r != root]
-            ops = [o for o in ops if o is not None]
-            if ops:
-                yield ops
-                first_error(ops)
+            yield from g_sent([send_refused(cx, f, r, base) for r in range(n) if r != root])
         else:
             yield from absorb(cx, root, base, f)
         return

@@ -35,6 +35,7 @@ __all__ = [
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
     "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
     "refusal", "size_error", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
+    "g_sent",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -124,6 +125,15 @@ def first_error(ops):
     for op in ops:
         if op is not None and op.exc is not None:
             raise op.exc
+
+
+def g_sent(ops):
+    """Wait for the sends started in ``ops`` (None: one done at once) and raise the
+    first one's error (a generator step of an algorithm)."""
+    ops = [o for o in ops if o is not None]
+    if ops:
+        yield ops
+        first_error(ops)
 
 
 def address(mv, writable=False) -> int:

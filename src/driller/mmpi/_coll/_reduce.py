@@ -17,7 +17,7 @@ from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_bcast_refused
 from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_root, co_recv,
-                       co_send, co_send_r, oval_r, count_check, cr, cs, drive, first_error, orecv, oval, refusal,
+                       co_send, co_send_r, oval_r, count_check, cr, cs, drive, first_error, g_sent, orecv, oval, refusal,
                        refused_error, refused_of, send_refused, size_hint, waitall, writev,
                        xrecv, xrecv_r, xsend)
 from ._direct import (direct_part, g_direct_ok, g_direct_reduce, g_direct_refused,
@@ -83,11 +83,8 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carr
     while mask < n:
         if rel & mask:
             dst = (rel - mask + troot) % n
-            s = (xsend(cx, as_bytes(cur), dst, base) if fail is None
-                 else send_refused(cx, fail, dst, base))
-            if s is not None:
-                yield [s]
-                first_error((s,))
+            yield from g_sent([xsend(cx, as_bytes(cur), dst, base) if fail is None
+                               else send_refused(cx, fail, dst, base)])
             cur = None
             break
         child = rel + mask
@@ -117,11 +114,8 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carr
         mask <<= 1
     if troot != root:
         if me == troot:
-            s = (xsend(cx, as_bytes(cur), root, base + 1) if fail is None
-                 else send_refused(cx, fail, root, base + 1))
-            if s is not None:
-                yield [s]
-                first_error((s,))
+            yield from g_sent([xsend(cx, as_bytes(cur), root, base + 1) if fail is None
+                               else send_refused(cx, fail, root, base + 1)])
         elif me == root:
             if fail is not None:
                 fail = yield from absorb(cx, troot, base + 1, fail)
@@ -214,11 +208,8 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
     while mask < n:
         if rel & mask:
             dst = (rel - mask + troot) % n
-            s = (xsend(cx, memoryview(parts), dst, base) if fail is None
-                 else send_refused(cx, fail, dst, base))
-            if s is not None:
-                yield [s]
-                first_error((s,))
+            yield from g_sent([xsend(cx, memoryview(parts), dst, base) if fail is None
+                               else send_refused(cx, fail, dst, base)])
             break
         child = rel + mask
         if child < n:
@@ -243,12 +234,9 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
             raise refused_error(fail, what)
         return bytes(table)
     if fail is not None:
-        ops = [send_refused(cx, fail, r, base + 1) for r in range(n)
-               if r != me and (r not in fail.ranks or (r == root and troot != root))]
-        ops = [o for o in ops if o is not None]
-        if ops:
-            yield ops
-            first_error(ops)
+        yield from g_sent([send_refused(cx, fail, r, base + 1) for r in range(n)
+                           if r != me and (r not in fail.ranks
+                                           or (r == root and troot != root))])
         if own is not None:
             return None
         raise refused_error(fail, what)
@@ -394,10 +382,7 @@ def g_rd_refused(cx, f, base, mask, rnd, own):
     if mask == 0:
         if me < 2 * rem:
             if me % 2 == 0:
-                s = send_refused(cx, f, me + 1, base)
-                if s is not None:
-                    yield [s]
-                    first_error((s,))
+                yield from g_sent([send_refused(cx, f, me + 1, base)])
                 yield from absorb(cx, me + 1, base + 255, f)
                 if own:
                     return
@@ -410,16 +395,11 @@ def g_rd_refused(cx, f, base, mask, rnd, own):
         partner = pn * 2 + 1 if pn < rem else pn + rem
         s = send_refused(cx, f, partner, base + rnd)
         f = yield from absorb(cx, partner, base + rnd, f)
-        if s is not None:
-            yield [s]
-            first_error((s,))
+        yield from g_sent([s])
         mask <<= 1
         rnd += 1
     if me < 2 * rem:
-        s = send_refused(cx, f, me - 1, base + 255)
-        if s is not None:
-            yield [s]
-            first_error((s,))
+        yield from g_sent([send_refused(cx, f, me - 1, base + 255)])
     if not own:
         raise refused_error(f, "Allreduce")
 
@@ -648,11 +628,7 @@ def g_rs_scatter_refused(cx, f, base):
     sends it to every rank instead of its block, the others take what comes."""
     n, me = cx.size, cx.rank
     if me == 0:
-        ops = [send_refused(cx, f, r, base + 5) for r in range(1, n)]
-        ops = [o for o in ops if o is not None]
-        if ops:
-            yield ops
-            first_error(ops)
+        yield from g_sent([send_refused(cx, f, r, base + 5) for r in range(1, n)])
     else:
         yield from absorb(cx, 0, base + 5, f)
 
@@ -818,10 +794,7 @@ def g_scan_refused(cx, f, base, take):
     if take and me > 0:
         f = yield from absorb(cx, me - 1, base, f)
     if me + 1 < n:
-        s = send_refused(cx, f, me + 1, base)
-        if s is not None:
-            yield [s]
-            first_error((s,))
+        yield from g_sent([send_refused(cx, f, me + 1, base)])
 
 
 def g_oreduce(cx, obj, op, root, base):
