@@ -46,8 +46,8 @@ from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, T
 from . import _objects, _pylayers
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
-                       Status, complete, fill, message_handle, persistent, received_request,
-                       request, self_sync, sent_request)
+                       Status, complete, fill, message_handle, persistent, request,
+                       self_sync)
 from ._request import UnpackRecvOp as _UnpackRecvOp
 from ._request import _SENT   # (Isend makes its finished requests)
 
@@ -639,7 +639,7 @@ class Comm(_attr.Cached, Handle):
         # a small standard send completes inside Isend when it fits the ring with
         # nothing queued before it (osu_bw's windows): the bytes are copied, no
         # send op, no engine, no progress pass; Waitall finds it done.  The request
-        # is made here (sent_request's, inlined: its op the shared _SENT)
+        # is made here: its op the shared _SENT, its key the request itself
         if type(buf) is list:
             c = _last_isend
             if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \

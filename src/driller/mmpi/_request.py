@@ -43,7 +43,6 @@ from ._objects import loads
 __all__ = ["Status", "Request", "Prequest", "Grequest", "CollRequest", "Message", "PairOp",
            "REQUEST_NULL", "MESSAGE_NULL", "MESSAGE_NO_PROC", "fill", "self_sync",
            "request", "complete", "persistent", "message_handle", "UnpackRecvOp",
-           "sent_request", "received_request",
            "K_SEND", "K_RECV", "K_OSEND", "K_ORECV", "K_PAIR"]
 
 
@@ -1291,34 +1290,6 @@ _RecvdOp = T.TakenOp
 
 
 _SENT = _SentOp()   # the op of every send Isend finished (immutable: done, no error)
-
-
-def sent_request(cx) -> Request:
-    """The request of a standard send finished inside Isend: its op is the shared
-    ``_SENT`` (nothing to allocate), its key the request itself (two requests never
-    compare equal while active; ``Request(r)`` copies compare equal to ``r``)."""
-    r = _new(Request)
-    r._op = _SENT
-    r._kind = K_SEND
-    r._cx = cx
-    return r
-
-
-def received_request(res, cx) -> Request:
-    """The request of a receive Irecv finished at once; ``res`` is the fast
-    path's (source, tag, nbytes), or the RecvOp it posted."""
-    r = _new(Request)
-    if type(res) is tuple:
-        op = r._op = _new(_RecvdOp)
-        op.source, op.tag, op.count = res
-    else:
-        r._op = res
-    r._kind = K_RECV
-    r._cx = cx
-    return r
-
-
-_new = object.__new__
 
 
 def request(op, kind: int, cx, cls=Request) -> Request:
