@@ -16,6 +16,7 @@ import pytest
 
 from driller import MPI
 from driller.errors import MmpiError
+from driller.mmpi import _transport as T
 
 from test_mmpi_p2p import run_ranks, values
 from test_smallpaths import pair  # noqa: F401  (the fixture: two ranks in this process)
@@ -27,8 +28,25 @@ def _in_ring(comm, src, records):
     does when the sender is ahead; Probe would move them to the unexpected list)."""
     t = comm._p.t
     w = comm._p.group[src]
-    while t.words[t.in_head[w]] - t.in_tail[w] < records * 128:
+    while _records(t, w) < records:
         time.sleep(0.001)
+
+
+def _records(t, w):
+    """How many records (wraps not counted) wait in the ring from rank ``w``:
+    each is a header and its payload padded to 64 bytes (an inline one: its
+    header alone, plen 0)."""
+    n = 0
+    pos = t.in_tail[w]
+    head = t.words[t.in_head[w]]
+    while pos < head:
+        kf, *_, plen, _ = T.HDR.unpack_from(t.data, t.in_data[w] + pos % t.ring_bytes)
+        if kf & 0xFF == T.K_WRAP:
+            pos += t.ring_bytes - pos % t.ring_bytes
+            continue
+        pos += T.HDR_BYTES + ((plen + 63) & ~63)
+        n += 1
+    return n
 
 
 def _mutated_specs(comm):

@@ -74,8 +74,17 @@ K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
+F_INLINE = 16   # an eager record whose payload is inside its header (K_INLINE)
 HDR = struct.Struct("<8q")
 HDR_BYTES = 64
+# A plain eager message of 1..INLINE_MAX bytes sent by a per-peer sender travels in
+# its header's own 64-byte line: kind|flags, context, tag, nbytes, then the payload
+# in bytes 32..48 (where sid and addr go; zero padded), plen 0 (so the record is 64
+# bytes long for every reader), 0.  One cache line written and read per message.
+K_INLINE = K_EAGER | F_INLINE << 8
+INLINE_MAX = 16
+INLINE_AT = 32   # the payload's offset in an inline record
+_INLINE = struct.Struct("<4q16s2q")   # an inline record, written with one struct call
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
 _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
@@ -502,6 +511,7 @@ class Transport:
         waddr = self.base + hw * 8
         pack = HDR.pack_into
         packs = _PACKS
+        inline = _INLINE.pack_into
         wake = _linux.futex_wake
         put = self._put
 
@@ -511,7 +521,7 @@ class Transport:
             n = len(mv)
             if n > limit or q:
                 return False
-            reclen = HDR_BYTES + ((n + 63) & ~63)
+            reclen = HDR_BYTES if n <= INLINE_MAX and not flags else HDR_BYTES + ((n + 63) & ~63)
             head = out_head[dst]
             off = head % rb
             end = head + reclen
@@ -522,7 +532,13 @@ class Transport:
                 if end > room[0]:
                     return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             p = base + off
-            if type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
+            if n <= INLINE_MAX and n and not flags:   # the payload in the header's line
+                if type(mv) is bytes:
+                    inline(data, p, K_INLINE, ctx, tag, n, mv, 0, 0)
+                else:
+                    inline(data, p, K_INLINE, ctx, tag, n, b"", 0, 0)
+                    data[p + INLINE_AT:p + INLINE_AT + n] = mv
+            elif type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
                 packs[n](data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0, mv)
             else:
                 pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
@@ -593,8 +609,20 @@ class Transport:
                         yield_()
             p = base + t % rb
             kf, c, tg, nb, plen = unpack(data, p)
-            if kf != K_EAGER or c != ctx or (tag != tg and tag != -1) or \
-                    nb > (cap if cap >= 0 else len(mv)):
+            if c != ctx or (tag != tg and tag != -1) or nb > (cap if cap >= 0 else len(mv)):
+                return None
+            if kf == K_INLINE:   # the payload in the header's line
+                try:
+                    mv[0:nb] = data[p + INLINE_AT:p + INLINE_AT + nb]
+                except (TypeError, ValueError):   # a read-only or closed mmap (cap >= 0)
+                    return None
+                t += HDR_BYTES
+                tails[src] = t
+                words[tw] = t
+                if words[pw]:
+                    wake(waddr)
+                return src, tg, nb
+            if kf != K_EAGER:
                 return None
             if nb:
                 p += HDR_BYTES
@@ -730,10 +758,13 @@ class Transport:
                 data = self.data
                 p = self.in_data[src] + t % self.ring_bytes
                 kf, c, tg, nb, sid, addr, plen, _ = HDR.unpack_from(data, p)
-                if (kf != K_EAGER or c != ctx or (tag != tg and tag != -1)
-                        or nb > len(mv)):
+                if (c != ctx or (tag != tg and tag != -1) or nb > len(mv)):
                     return None
-                if nb:
+                if kf == K_INLINE:
+                    mv[:nb] = data[p + INLINE_AT:p + INLINE_AT + nb]
+                elif kf != K_EAGER:
+                    return None
+                elif nb:
                     if nb < BIG_COPY:
                         mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
                     else:
@@ -792,9 +823,13 @@ class Transport:
             else:
                 return None
         else:
-            if kf != K_EAGER or nb > len(mv):
+            if nb > len(mv):
                 return None
-            if nb:
+            if kf == K_INLINE:
+                mv[:nb] = data[p + INLINE_AT:p + INLINE_AT + nb]
+            elif kf != K_EAGER:
+                return None
+            elif nb:
                 if nb < BIG_COPY:
                     mv[:nb] = data[p + HDR_BYTES:p + HDR_BYTES + nb]
                 else:
@@ -1469,23 +1504,25 @@ class Transport:
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
-    def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> bool:
-        """A plain eager message (the record at byte ``p``) for the earliest posted
-        receive, a buffer receive naming this source (or any) and this tag (or any)
-        that it fits: copied at once, as arrive + Deliver + Complete would (osu_bw's
-        posted windows); False (nothing done) for anything else."""
+    def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int,
+                   at: int = HDR_BYTES) -> bool:
+        """A plain eager message (the record at byte ``p``, its payload ``at`` bytes
+        on: an inline record's at INLINE_AT) for the earliest posted receive, a buffer
+        receive naming this source (or any) and this tag (or any) that it fits: copied
+        at once, as arrive + Deliver + Complete would (osu_bw's posted windows); False
+        (nothing done) for anything else."""
         posted = self.engine.posted
         r = posted[0]
         if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
         del posted[0]
-        self._give(r, src, data, p, ctx, tag, nbytes)
+        self._give(r, src, data, p + at, ctx, tag, nbytes)
         return True
 
     def _give(self, r: RecvOp, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> None:
         """The posted receive ``r`` (out of the posted list) gets the plain eager
-        message of the record at byte ``p``: copied, done, its envelope shared with
+        message whose payload is at byte ``p``: copied, done, its envelope shared with
         the receives that got one alike ((src, tag, ctx, nbytes) -> Message, read
         only: a request's outcome reads its source and tag)."""
         key = (src, tag, ctx, nbytes)
@@ -1499,7 +1536,6 @@ class Transport:
         r.state = E.R_DONE
         r.count = nbytes
         if nbytes:
-            p += HDR_BYTES
             if nbytes < BIG_COPY:
                 r.mv[:nbytes] = data[p:p + nbytes]
             else:
@@ -1548,7 +1584,11 @@ class Transport:
         while i < n and t != head:
             p = base + t % rb
             kf, c, tg, nb, plen = unpack(data, p)
-            if kf != K_EAGER:
+            if kf == K_EAGER:
+                p += HDR_BYTES
+            elif kf == K_INLINE:
+                p += INLINE_AT
+            else:
                 break
             r = posted[i]
             if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
@@ -1561,7 +1601,6 @@ class Transport:
                 r.message = m
                 r.state = done
                 r.count = nb
-                p += HDR_BYTES
                 r.mv[:nb] = data[p:p + nb]
                 r.done = True
                 continue
@@ -1581,6 +1620,17 @@ class Transport:
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
         kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        if kf == K_INLINE:   # a plain eager message inside its header (sid, addr: its data)
+            if not (engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes,
+                                                      INLINE_AT)):
+                m = E.Message(src, tag, ctx, nbytes, E.EAGER, False, 0,
+                              data[p + INLINE_AT:p + INLINE_AT + nbytes], 0)
+                acts = engine.arrive(m)
+                if acts:
+                    self._run(acts)
+                else:
+                    m.payload = bytes(m.payload)
+            return HDR_BYTES
         if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
             return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
