@@ -495,7 +495,8 @@ class Transport:
         """``send_fast`` specialised for ``dst``: a function ``(ctx, tag, mv,
         flags=0) -> bool`` with the ring's words, offsets and the transport's state bound as
         closure cells (no attribute look-ups per call).  The head stays in
-        ``out_head`` (shared with ``_put``), so the two paths interleave freely."""
+        ``out_head`` (shared with ``_put``), so the two paths interleave freely.  A plain
+        message of 1..INLINE_MAX bytes goes first, as one header-line record (K_INLINE)."""
         if dst == self.rank:
             return _declined
         limit = self.eager_limit
@@ -516,12 +517,31 @@ class Transport:
         put = self._put
 
         room = [0]   # a head below which the ring surely has room (tails only grow)
+        imax = min(INLINE_MAX, limit)
 
         def send(ctx, tag, mv, flags=0):
             n = len(mv)
+            if n <= imax and n and not flags and not q:   # the payload in the header's line
+                head = out_head[dst]
+                end = head + HDR_BYTES   # (records are 64-byte aligned: one never wraps)
+                if end > room[0]:   # read the consumer's tail only when the bound is used up
+                    room[0] = words[tw] + rb
+                    if end > room[0]:
+                        return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+                p = base + head % rb
+                if type(mv) is bytes:
+                    inline(data, p, K_INLINE, ctx, tag, n, mv, 0, 0)
+                else:
+                    inline(data, p, K_INLINE, ctx, tag, n, b"", 0, 0)
+                    data[p + INLINE_AT:p + INLINE_AT + n] = mv
+                out_head[dst] = end
+                words[hw] = end
+                if words[sw]:
+                    wake(waddr)
+                return True
             if n > limit or q:
                 return False
-            reclen = HDR_BYTES if n <= INLINE_MAX and not flags else HDR_BYTES + ((n + 63) & ~63)
+            reclen = HDR_BYTES + ((n + 63) & ~63)
             head = out_head[dst]
             off = head % rb
             end = head + reclen
@@ -532,13 +552,7 @@ class Transport:
                 if end > room[0]:
                     return put(dst, K_EAGER | flags << 8, ctx, tag, n, 0, 0, mv, n)
             p = base + off
-            if n <= INLINE_MAX and n and not flags:   # the payload in the header's line
-                if type(mv) is bytes:
-                    inline(data, p, K_INLINE, ctx, tag, n, mv, 0, 0)
-                else:
-                    inline(data, p, K_INLINE, ctx, tag, n, b"", 0, 0)
-                    data[p + INLINE_AT:p + INLINE_AT + n] = mv
-            elif type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
+            if type(mv) is bytes and n < _NPACKS:   # header and payload: one struct call
                 packs[n](data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0, mv)
             else:
                 pack(data, p, K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, 0)
