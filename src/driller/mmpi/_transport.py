@@ -85,6 +85,8 @@ K_INLINE = K_EAGER | F_INLINE << 8
 INLINE_MAX = 16
 INLINE_AT = 32   # the payload's offset in an inline record
 _INLINE = struct.Struct("<4q16s2q")   # an inline record, written with one struct call
+_HDR5I = struct.Struct("<4q16sq")   # _HDR5 and an inline record's payload (takers' read)
+_PUTS = [struct.Struct(f"{n}s").pack_into for n in range(INLINE_MAX + 1)]   # its first n bytes
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
 _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
@@ -598,7 +600,8 @@ class Transport:
         base = self.in_data[src]
         rb = self.ring_bytes
         waddr = self.base + tw * 8
-        unpack = _HDR5.unpack_from
+        unpack = _HDR5I.unpack_from
+        puts = _PUTS
         wake = _linux.futex_wake
         clock = time.perf_counter
         yield_ = os.sched_yield
@@ -622,14 +625,14 @@ class Transport:
                             return None
                         yield_()
             p = base + t % rb
-            kf, c, tg, nb, plen = unpack(data, p)
+            kf, c, tg, nb, pl, plen = unpack(data, p)
             if c != ctx or (tag != tg and tag != -1) or nb > (cap if cap >= 0 else len(mv)):
                 return None
-            if kf == K_INLINE:   # the payload in the header's line
+            if kf == K_INLINE:   # the payload in the header's line, read with it
                 try:
-                    mv[0:nb] = data[p + INLINE_AT:p + INLINE_AT + nb]
-                except (TypeError, ValueError):   # a read-only or closed mmap (cap >= 0)
-                    return None
+                    puts[nb](mv, 0, pl)
+                except (TypeError, ValueError, struct.error):   # a read-only, closed or
+                    return None                                  # shrunk mmap (cap >= 0)
                 t += HDR_BYTES
                 tails[src] = t
                 words[tw] = t
