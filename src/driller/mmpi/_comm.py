@@ -123,14 +123,10 @@ class _P2P:
     handful of instance-dict loads they replace (docs/mmpi.md, "Hot paths, third
     round")."""
 
-    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced", "send", "recv")
+    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced")
 
     def __init__(self, t, group, npeers: int, ctx: int, rank_of):
         self.t = t
-        # comm rank -> the transport's Send / Recv closure for its world rank
-        # (``t.senders`` / ``t.recvers``), made on first use: one look-up per call
-        self.send = _ByRank(t.senders, group)
-        self.recv = _ByRank(t.recvers, group)
         # receives into a bytearray/mmap spec by slice assignment: the ring takers of
         # a world whose every rank is local (a hybrid world's remote takers take views)
         self.sliced = t.all_local
@@ -138,22 +134,6 @@ class _P2P:
         self.npeers = npeers
         self.ctx = ctx
         self.rank_of = rank_of
-
-
-class _ByRank(dict):
-    """comm rank -> ``table[group[rank]]`` (a transport's per-peer closures), made
-    on first look-up and kept (the callers check the rank first)."""
-
-    __slots__ = ("table", "group")
-
-    def __init__(self, table, group):
-        super().__init__()
-        self.table = table
-        self.group = group
-
-    def __missing__(self, rank):
-        f = self[rank] = self.table[self.group[rank]]
-        return f
 
 
 def _comm_error(what: str) -> MmpiError:
@@ -447,12 +427,13 @@ class Comm(_attr.Cached, Handle):
         p = self._p
         if type(dest) is int and 0 <= dest < p.npeers and type(tag) is int and \
                 0 <= tag <= TAG_MAX:
-            if p.send[dest](p.ctx, tag, mv):
+            if p.t.senders[p.group[dest]](p.ctx, tag, mv):
                 return
         elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
             dest, tag = int(dest), int(tag)
-            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX and p.send[dest](p.ctx, tag, mv):
+            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX and \
+                    p.t.senders[p.group[dest]](p.ctx, tag, mv):
                 return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
@@ -580,12 +561,13 @@ class Comm(_attr.Cached, Handle):
                     return
         if (type(source) is int and -1 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
+            t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                res = p.recv[source](tag, p.ctx, mv, cap, True)
+                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
             else:
                 if cap >= 0:
                     mv = _sliced_view(mv, cap)
-                res = p.t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
+                res = t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
             if res is not None:
                 if status is not None:
                     fill(status, p.rank_of(res[0]), res[1], 0, res[2])
@@ -594,7 +576,7 @@ class Comm(_attr.Cached, Handle):
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
             source, tag = int(source), int(tag)
             if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
-                res = p.recv[source](tag, p.ctx, mv, cap, True)
+                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
                 if res is not None:
                     if status is not None:
                         fill(status, p.rank_of(res[0]), res[1], 0, res[2])
