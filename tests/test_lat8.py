@@ -3,9 +3,8 @@ round): a plain eager message of 1..INLINE_MAX bytes sent by a per-peer sender
 travels in its header's own 64-byte line (``_transport.K_INLINE``); every reader
 of the rings (Recv's and Irecv's takers, the posted windows, the general path,
 Probe/Iprobe/Mprobe, ANY_SOURCE/ANY_TAG) must give what it gives for any other
-record.  Also: Send/Recv dispatch through per-communicator-rank tables and Recv
-sharing Irecv's remembered spec.  Real ranks; sizes around the threshold; both
-ranks ahead in turn; a ring small enough to wrap."""
+record.  Also: Recv sharing Irecv's remembered spec.  Real ranks; sizes around
+the threshold; both ranks ahead in turn; a ring small enough to wrap."""
 
 from __future__ import annotations
 
@@ -372,8 +371,8 @@ def test_recv_follows_its_spec_list_changed_between_calls():
 
 
 def _split_prog(comm):
-    """Per-rank dispatch tables belong to each communicator: a reversed Split
-    (other world ranks behind the same comm ranks) and a Dup."""
+    """Header-line records on other communicators: a reversed Split (other world
+    ranks behind the same comm ranks, another context) and a Dup."""
     world = comm.rank
     rev = comm.Split(0, -world)
     dup = comm.Dup()
@@ -393,7 +392,7 @@ def _split_prog(comm):
     return out
 
 
-def test_dispatch_per_communicator_rank():
+def test_inline_records_on_split_and_dup_communicators():
     got = values(run_ranks(_split_prog, 2))
     for world in (0, 1):
         assert got[world] == [_payload(1 - world, 8)] * 3
