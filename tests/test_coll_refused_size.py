@@ -36,16 +36,10 @@ def wrong_class(count):
 
 
 def case_call(comm, case, bad, count, root):
-    n, me = comm.Get_size(), comm.Get_rank()
+    me = comm.Get_rank()
     refuse = me == bad
     if case in ("Bcast", "Ibcast"):
-        buf = wrong_class(count) if refuse else (mine(root, count) if me == root
-                                                 else np.zeros(count))
-        if case == "Bcast":
-            comm.Bcast(buf, root=root)
-        else:
-            comm.Ibcast(buf, root=root).Wait()
-        return buf
+        return call(comm, case, [bad], count, root, wrong_class)
     if case in ("Reduce", "Ireduce", "Reduce_userop"):
         if refuse:     # both buffers refused (the receive buffer counts at the root)
             sb, rb = wrong_class(count), wrong_class(count)
