@@ -35,7 +35,7 @@ __all__ = [
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
     "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
     "refusal", "size_error", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
-    "g_sent", "co_recv_any", "sender",
+    "g_sent", "co_recv_any", "sender", "co_send_raw",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -165,6 +165,12 @@ def cr(cx, mv, src: int, tag: int):
 def co_send(cx, obj, dst, tag):
     """Start sending an object to rank ``dst`` on the collective context (None: done)."""
     return cx.t.send_object(cx.group[dst], cx.cctx, tag, obj, False, "collective")
+
+
+def co_send_raw(cx, data: bytes, dst, tag):
+    """Start sending ``data`` as the stream of an object, unpickled (None: done): the
+    receiver of an object takes it as ``(data, [])``, and tells it from raw data."""
+    return cx.t.send_object(cx.group[dst], cx.cctx, tag, None, False, "collective", (data, []))
 
 
 def co_recv(cx, src, tag):

@@ -15,9 +15,9 @@ import numpy as np
 from ...errors import MmpiError, MmpiValueError, PeerDiedError
 from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
-from .._objects import loads
 from ._bcast import g_bcast, g_bcast_refused
 from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_root, co_recv,
+                       co_send_raw,
                        co_send, co_send_r, oval_r, count_check, cr, cs, drive, first_error, g_sent, orecv, oval, refusal,
                        refused_error, refused_of, send_refused, size_error, size_hint, waitall,
                        writev, xrecv, xrecv_r, xsend)
@@ -238,9 +238,10 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
     while mask < n:
         if rel & mask:
             dst = (rel - mask + troot) % n
-            # (the parts go as objects: a tree root that refused its arguments tells
-            # them from g_reduce's data, and so learns which of the two the others run)
-            yield from g_sent([co_send(cx, bytes(parts), dst, base) if fail is None
+            # (the parts go flagged as objects: a tree root that refused its arguments
+            # tells them from g_reduce's data, and so learns which of the two the
+            # others run; unpickled, marked by a first byte no pickle starts with)
+            yield from g_sent([co_send_raw(cx, b"T" + parts, dst, base) if fail is None
                                else send_refused(cx, fail, dst, base)])
             break
         child = rel + mask
@@ -292,11 +293,16 @@ def table_part(cx, r, expect: int, src: int, what: str):
     if r.exc is not None:
         raise r.exc
     v = r.value
-    if v[0] is not None:
-        o = loads(v)
-        if type(o) is Refused or (type(o) is bytes and len(o) == expect):
-            return o
-    raise size_error(cx, expect, src, r.count, what)
+    s = v[0]
+    if s is not None:
+        if s[:1] == b"T":
+            if len(s) == expect + 1:
+                return bytes(s[1:])
+        else:
+            f = refused_of(r)
+            if f is not None:
+                return f
+    raise size_error(cx, expect, src, r.count - (s is not None), what)
 
 
 def g_reduce_large(cx, sb, rb, op, root, base, in_place):
