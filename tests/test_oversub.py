@@ -204,7 +204,7 @@ class _Head:
         return 64 if self.reads >= self.moves_at else 0
 
 
-def _waiter(spin_us=200.0, top=50, probe=10, every=4):
+def _waiter(spin_us=60e6, top=50, probe=10, every=4):   # (a minute: never timed out)
     words = _Head()
     t = types.SimpleNamespace(words=words, spin_seconds=spin_us * 1e-6, adapt_max=top,
                               adapt_probe=probe, adapt_every=every, stats_adapt=[0, 0, 0])
@@ -240,9 +240,30 @@ def test_adaptive_wait_learns_the_budget_per_peer():
     assert st == [21, 5, 1]
     for _ in range(2):
         assert _wait(owait, words, 2)
-    assert _wait(owait, words, 20)   # the probe (10 polls) misses: still 0
+    assert _wait(owait, words, 20)   # the probe (10 polls) misses: still 0 ...
     assert st == [21, 8, 2]
-    assert _wait(owait, words, 2) and st == [21, 9, 2]
+    for _ in range(7):   # ... and the next probe comes 8 waits later, not 4
+        assert _wait(owait, words, 2) and words.reads == 2
+    assert st == [21, 15, 2]
+    assert _wait(owait, words, 5)   # it hits: the budget again, probes every 4th wait
+    assert st == [22, 15, 3]
+    assert _wait(owait, words, 60)   # the budget runs out: next probe after 4 waits
+    for _ in range(3):
+        assert _wait(owait, words, 2) and words.reads == 2
+    assert _wait(owait, words, 5) and st == [23, 19, 4]
+    # failed probes space out up to 16 times the interval (64 waits here)
+    t, words, owait = _waiter()
+    waits = []
+    for _ in range(8):
+        n = 0
+        while True:
+            n += 1
+            before = t.stats_adapt[2]
+            assert _wait(owait, words, 30)   # every probe (10 polls) misses
+            if t.stats_adapt[2] > before:
+                break
+        waits.append(n)
+    assert waits == [4, 8, 16, 32, 64, 64, 64, 64]
 
 
 def test_adaptive_wait_gives_up_after_the_spin():

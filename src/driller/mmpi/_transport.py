@@ -88,7 +88,8 @@ PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <=
                               # oversubscribed, the budget below is learnt per peer)
 ADAPT_MAX = 500               # oversubscribed: polls (≈ 20 µs) while the peer answers in time
 ADAPT_PROBE = 100             # ... and a probe of this many every ADAPT_EVERY waits otherwise
-ADAPT_EVERY = 8
+ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
+ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
@@ -637,7 +638,9 @@ class Transport:
         on their cores, no context switch), so the budget goes to ``ADAPT_MAX``;
         one that came only after a yield means the peer needed our core, or was
         not running, so the budget drops to 0 and the rank yields at once, with
-        a probe of ``ADAPT_PROBE`` polls every ``ADAPT_EVERY`` waits."""
+        a probe of ``ADAPT_PROBE`` polls after ``ADAPT_EVERY`` waits, the interval
+        doubling after each failed probe (up to ``ADAPT_BACKOFF`` times) and back
+        to ``ADAPT_EVERY`` at a reply within the polls."""
         words = self.words
         clock = time.perf_counter
         yield_ = os.sched_yield
@@ -645,7 +648,9 @@ class Transport:
         top = self.adapt_max
         probe = self.adapt_probe
         every = self.adapt_every
-        st = [0, every]   # [polls before yielding, waits left before the next probe]
+        most = every * ADAPT_BACKOFF
+        # [polls before yielding, waits left before the next probe, waits between probes]
+        st = [0, every, every]
         stats = self.stats_adapt
 
         def owait(t):
@@ -653,16 +658,21 @@ class Transport:
             if not i:
                 st[1] -= 1
                 if st[1] <= 0:
-                    st[1] = every
                     i = probe
                     stats[2] += 1
+            n = i
             while i:
                 if words[hw] != t:
                     st[0] = top
+                    st[2] = every
                     stats[0] += 1
                     return True
                 i -= 1
-            st[0] = 0
+            if n:   # the budget or a probe ran out: yield at once from now on
+                if not st[0] and st[2] < most:
+                    st[2] *= 2   # a failed probe: the next comes twice as late
+                st[0] = 0
+                st[1] = st[2]
             spin_end = clock() + t_.spin_seconds
             while words[hw] == t:
                 if clock() > spin_end:
