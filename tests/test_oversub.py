@@ -228,8 +228,8 @@ def test_adaptive_wait_learns_the_budget_per_peer():
     # every 4th wait probes 10 polls: a record within them sets the budget to 50 polls
     assert _wait(owait, words, 5)
     assert st == [1, 3, 1]
-    for _ in range(20):   # served within the budget: it stays (no probe counted)
-        assert _wait(owait, words, 40)
+    for _ in range(20):   # served quickly within the budget: it stays (no probe)
+        assert _wait(owait, words, 8)
     assert st == [21, 3, 1]
     # a record that comes only after the 50 polls: the budget drops to 0 ...
     assert _wait(owait, words, 60)
@@ -251,6 +251,12 @@ def test_adaptive_wait_learns_the_budget_per_peer():
     for _ in range(3):
         assert _wait(owait, words, 2) and words.reads == 2
     assert _wait(owait, words, 5) and st == [23, 19, 4]
+    # a reply within the budget but after more polls than a probe's (a long message):
+    # served at once, but the budget drops to 0 (the core serves another rank better)
+    assert _wait(owait, words, 30) and words.reads == 30
+    assert st == [24, 19, 4]
+    assert _wait(owait, words, 2) and words.reads == 2   # yields after one read
+    assert st == [24, 20, 4]
     # failed probes space out up to 16 times the interval (64 waits here)
     t, words, owait = _waiter()
     waits = []

@@ -635,9 +635,10 @@ class Transport:
         ``budget`` times before it yields, learnt per peer from the last waits
         (docs/mmpi.md, "Waiting"): a reply that came while polling means the
         peer runs on another core at the same time (polling keeps both ranks
-        on their cores, no context switch), so the budget goes to ``ADAPT_MAX``;
-        one that came only after a yield means the peer needed our core, or was
-        not running, so the budget drops to 0 and the rank yields at once, with
+        on their cores, no context switch), so the budget goes to ``ADAPT_MAX``
+        (if it came within ``ADAPT_PROBE`` polls: a slower one, a long message's,
+        leaves the core to another rank better); one that came only after a yield
+        means the peer needed our core, or was not running, so the budget drops to 0 and the rank yields at once, with
         a probe of ``ADAPT_PROBE`` polls after ``ADAPT_EVERY`` waits, the interval
         doubling after each failed probe (up to ``ADAPT_BACKOFF`` times) and back
         to ``ADAPT_EVERY`` at a reply within the polls."""
@@ -663,16 +664,20 @@ class Transport:
             n = i
             while i:
                 if words[hw] != t:
-                    st[0] = top
-                    st[2] = every
                     stats[0] += 1
-                    return True
-                i -= 1
+                    if n - i < probe:   # a quick reply: keep polling
+                        st[0] = top
+                        st[2] = every
+                        return True
+                    break   # a slow one (a long message): our core would serve
+                i -= 1      # another rank meanwhile better, as after a failure
             if n:   # the budget or a probe ran out: yield at once from now on
                 if not st[0] and st[2] < most:
                     st[2] *= 2   # a failed probe: the next comes twice as late
                 st[0] = 0
                 st[1] = st[2]
+                if i:
+                    return True
             spin_end = clock() + t_.spin_seconds
             while words[hw] == t:
                 if clock() > spin_end:
