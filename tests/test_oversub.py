@@ -1,7 +1,8 @@
 """More ranks than cores: waiting never loses a wake-up, nor a dead peer.
 
 Eight forked ranks restricted to two CPUs (the transport then counts itself
-oversubscribed: it yields at once instead of polling).  With
+oversubscribed: a blocking receive polls only as long as its per-peer budget,
+learnt from the last waits, then yields).  With
 ``DRILLER_MMPI_SPIN_US=0`` nearly every wait ends in a futex sleep, and with
 ``DRILLER_MMPI_SLEEP_MS=60000`` a sleep is bounded by a minute instead of
 50 ms: a wake-up that a producer forgets (a record, a FIN, an ACK, ring space,
@@ -11,13 +12,17 @@ fails the test.  No timed assertions: only hangs and wrong data fail.
 
 from __future__ import annotations
 
+import mmap
 import os
+import signal
+import types
 
 import numpy as np
 import pytest
 
 from driller import MPI
 from driller.errors import PeerDiedError
+from driller.mmpi._transport import Transport
 from test_mmpi_p2p import run_ranks, values
 
 N = 8
@@ -48,7 +53,7 @@ def policy(request, monkeypatch, two_cpus):
 def _stress(comm, rounds):
     t = comm._t
     me, n = comm.rank, comm.size
-    assert t.oversubscribed and t.pure_polls == 0 and t.sleep_seconds == 60.0
+    assert t.oversubscribed and t.pure_polls < 0 and t.sleep_seconds == 60.0
     peer = me ^ 1
     right, left = (me + 1) % n, (me - 1) % n
     s, r = np.zeros(8, np.int64), np.zeros(8, np.int64)
@@ -183,3 +188,189 @@ def test_float_and_numpy_ranks_on_the_blocking_paths(two_cpus):
         assert last == 19 and src == (r + 2) % 4 and count == 2, out
         assert tag == (5 if r < 2 else 4)
         assert bad is not None and "invalid destination rank 4" in bad
+
+
+# ------------------------------------------------------------ the adaptive wait
+
+class _Head:
+    """A ring's head word seen by one waiting rank: it moves after ``reads`` reads."""
+
+    def __init__(self):
+        self.reads = 0
+        self.moves_at = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return 64 if self.reads >= self.moves_at else 0
+
+
+def _waiter(spin_us=60e6, top=50, probe=10, every=4):   # (a minute: never timed out)
+    words = _Head()
+    t = types.SimpleNamespace(words=words, spin_seconds=spin_us * 1e-6, adapt_max=top,
+                              adapt_probe=probe, adapt_every=every, stats_adapt=[0, 0, 0])
+    return t, words, Transport._adaptive_wait(t, 0)
+
+
+def _wait(owait, words, after):
+    """One wait whose record shows at the ``after``-th read of the head."""
+    words.reads = 0
+    words.moves_at = after
+    return owait(0)
+
+
+def test_adaptive_wait_learns_the_budget_per_peer():
+    t, words, owait = _waiter()
+    st = t.stats_adapt
+    # no budget yet: the first waits read the head once, then yield (served after a yield)
+    for _ in range(3):
+        assert _wait(owait, words, 3)
+    assert st == [0, 3, 0]
+    # every 4th wait probes 10 polls: a record within them sets the budget to 50 polls
+    assert _wait(owait, words, 5)
+    assert st == [1, 3, 1]
+    for _ in range(20):   # served quickly within the budget: it stays (no probe)
+        assert _wait(owait, words, 8)
+    assert st == [21, 3, 1]
+    # a record that comes only after the 50 polls: the budget drops to 0 ...
+    assert _wait(owait, words, 60)
+    assert st == [21, 4, 1]
+    # ... so the next wait yields after one read even though the record comes at
+    # the 2nd (it is served after a yield), and the probe comes 4 waits later
+    assert _wait(owait, words, 2) and words.reads == 2
+    assert st == [21, 5, 1]
+    for _ in range(2):
+        assert _wait(owait, words, 2)
+    assert _wait(owait, words, 20)   # the probe (10 polls) misses: still 0 ...
+    assert st == [21, 8, 2]
+    for _ in range(7):   # ... and the next probe comes 8 waits later, not 4
+        assert _wait(owait, words, 2) and words.reads == 2
+    assert st == [21, 15, 2]
+    assert _wait(owait, words, 5)   # it hits: the budget again, probes every 4th wait
+    assert st == [22, 15, 3]
+    assert _wait(owait, words, 60)   # the budget runs out: next probe after 4 waits
+    for _ in range(3):
+        assert _wait(owait, words, 2) and words.reads == 2
+    assert _wait(owait, words, 5) and st == [23, 19, 4]
+    # a reply within the budget but after more polls than a probe's (a long message):
+    # served at once, but the budget drops to 0 (the core serves another rank better)
+    assert _wait(owait, words, 30) and words.reads == 30
+    assert st == [24, 19, 4]
+    assert _wait(owait, words, 2) and words.reads == 2   # yields after one read
+    assert st == [24, 20, 4]
+    # failed probes space out up to 16 times the interval (64 waits here)
+    t, words, owait = _waiter()
+    waits = []
+    for _ in range(8):
+        n = 0
+        while True:
+            n += 1
+            before = t.stats_adapt[2]
+            assert _wait(owait, words, 30)   # every probe (10 polls) misses
+            if t.stats_adapt[2] > before:
+                break
+        waits.append(n)
+    assert waits == [4, 8, 16, 32, 64, 64, 64, 64]
+
+
+def test_adaptive_wait_gives_up_after_the_spin():
+    t, words, owait = _waiter(spin_us=0.0)
+    words.moves_at = 1 << 60   # never: False (the general path then sleeps)
+    assert owait(0) is False
+    assert t.stats_adapt == [0, 0, 0]
+
+
+def _pairs(comm, iters, seed):
+    """osu_multi_lat's pattern (rank i with i + n/2, [buf, 8, MPI.BYTE] specs over
+    mmap), every reply checked, then numpy buffers; returns the wait statistics."""
+    t = comm._t
+    assert t.oversubscribed and t.pure_polls < 0
+    me, n = comm.rank, comm.size
+    half = n // 2
+    peer = me + half if me < half else me - half
+    sb, rb = mmap.mmap(-1, 64), mmap.mmap(-1, 64)
+    s, r = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    for i in range(iters):
+        v = (seed * 1_000_003 + me * 7919 + i) & 0xFFFFFFFF
+        if me < half:
+            sb[:8] = v.to_bytes(8, "little")
+            comm.Send([sb, 8, MPI.BYTE], peer, 1)
+            comm.Recv([rb, 8, MPI.BYTE], peer, 1)
+            assert rb[:8] == sb[:8][::-1], (i, rb[:8], sb[:8])
+        else:
+            comm.Recv([rb, 8, MPI.BYTE], peer, 1)
+            sb[:8] = rb[:8][::-1]
+            comm.Send([sb, 8, MPI.BYTE], peer, 1)
+        if i % 500 == 0:   # numpy buffers too, and the other ring direction first
+            if me < half:
+                comm.Recv(r, peer, 2)
+                s[0] = r[0] + 1
+                comm.Send(s, peer, 3)
+            else:
+                s[0] = i
+                comm.Send(s, peer, 2)
+                comm.Recv(r, peer, 3)
+                assert r[0] == i + 1
+    comm.Barrier()
+    return list(t.stats_adapt)
+
+
+@pytest.mark.parametrize("n,every", [(4, None), (4, "1"), (8, None)])
+def test_oversubscribed_pairs_adaptive_wait(two_cpus, monkeypatch, n, every):
+    """Thousands of ping-pong round trips per pair, ranks outnumbering the two
+    CPUs: every reply right, no lost wake-up (a minute-long sleep bound: a missed
+    wake-up hangs), and the adaptive wait served the waits (``every`` = "1": a probe
+    at every wait, so polling ranks hold their cores as long as replies come)."""
+    monkeypatch.setenv("DRILLER_MMPI_SLEEP_MS", "60000")
+    if every:
+        monkeypatch.setenv("DRILLER_MMPI_ADAPT_EVERY", every)
+    out = values(run_ranks(_pairs, n, 3000, n, deadline=120.0))
+    polled = sum(st[0] for st in out)
+    yielded = sum(st[1] for st in out)
+    assert polled + yielded > 0, out
+    if every:
+        assert all(st[2] > 0 for st in out), out   # (a wait without budget probes)
+
+
+def _killed_mid_pingpong(comm, sleep_first):
+    """Rank 2 is SIGKILLed in the middle of its ping-pong with rank 0, after it
+    received rank 0's message: rank 0, waiting for the reply (polling, yielding, or
+    asleep when ``sleep_first``), must raise PeerDiedError about rank 2."""
+    me = comm.rank
+    peer = (me + 2) % 4
+    b = np.zeros(1, np.int64)
+    try:
+        for i in range(4000):
+            if me < 2:
+                b[0] = i
+                comm.Send(b, peer, 1)
+                comm.Recv(b, peer, 1)
+                assert b[0] == i + 1
+            else:
+                comm.Recv(b, peer, 1)
+                if me == 2 and i == 1500:
+                    if sleep_first:
+                        import time
+                        time.sleep(0.3)   # the partner falls asleep (not a timing assertion)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                b[0] += 1
+                comm.Send(b, peer, 1)
+    except PeerDiedError as e:
+        return ("died", e.rank, i)
+    return ("done", None, i)
+
+
+@pytest.mark.parametrize("mark", [True, False], ids=["marked", "unmarked"])
+@pytest.mark.parametrize("sleep_first", [False, True], ids=["polling", "asleep"])
+def test_a_peer_killed_mid_pingpong_wakes_its_partner(two_cpus, monkeypatch, mark, sleep_first):
+    """Marked: the launcher's mark wakes the partner (sleeps bounded by a minute, so
+    only the mark can end the wait in time).  Unmarked: the partner finds the pid
+    gone after a sleep's 50 ms bound."""
+    monkeypatch.setenv("DRILLER_MMPI_SLEEP_MS", "60000" if mark else "50")
+    res = run_ranks(_killed_mid_pingpong, 4, sleep_first, mark=mark, deadline=60.0)
+    assert res[2] == (False, ("Killed", "", None, ""))
+    ok, v = res[0]
+    assert ok and v[:2] == ("died", 2), res[0]
+    assert v[2] == 1500, v   # the reply to message 1500 never came
+    for r in (1, 3):   # the other pair: done, or stopped by the abnormal death
+        ok, v = res[r]
+        assert ok and (v == ("done", None, 3999) or v[:2] == ("died", 2)), (r, res[r])

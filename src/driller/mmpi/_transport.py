@@ -95,7 +95,12 @@ DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md 
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
-PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else 0)
+PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
+                              # oversubscribed, the budget below is learnt per peer)
+ADAPT_MAX = 500               # oversubscribed: polls (≈ 20 µs) while the peer answers in time
+ADAPT_PROBE = 100             # ... and a probe of this many every ADAPT_EVERY waits otherwise
+ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
+ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
@@ -423,6 +428,8 @@ class Transport:
         self.dead = {}      # rank -> wait status (launcher-marked)
         self.gone = set()   # ranks found dead by pid
         self.stats_sleeps = 0
+        self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
+                                       # polling, after yielding; probes (_adaptive_wait)
         self.split_min = int(os.environ.get("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN))
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -432,7 +439,10 @@ class Transport:
         # sibling rank on our core may be the one we wait for (docs/mmpi.md, "Waiting")
         self.oversubscribed = size > cpus
         self.pure_polls = int(os.environ.get("DRILLER_MMPI_PURE_POLLS",
-                                             0 if self.oversubscribed else PURE_POLLS))
+                                             -1 if self.oversubscribed else PURE_POLLS))
+        self.adapt_max = int(os.environ.get("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX))
+        self.adapt_probe = int(os.environ.get("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE))
+        self.adapt_every = max(1, int(os.environ.get("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY)))
         self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
@@ -605,6 +615,7 @@ class Transport:
         wake = _linux.futex_wake
         clock = time.perf_counter
         yield_ = os.sched_yield
+        owait = self._adaptive_wait(hw) if self.pure_polls < 0 else None
 
         def take(tag, ctx, mv, cap=-1, wait=False):
             if posted or unexpected or t_.npending:
@@ -614,6 +625,10 @@ class Transport:
                 if not wait:
                     return False
                 i = t_.pure_polls   # (the checks above cannot change meanwhile)
+                if i < 0:   # oversubscribed: the poll budget learnt per peer
+                    if not owait(t):
+                        return None
+                    i = 1   # (the record is visible: skip the spin below)
                 while i:
                     if words[hw] != t:
                         break
@@ -657,6 +672,65 @@ class Transport:
                 wake(waddr)
             return src, tg, nb
         return take
+
+    def _adaptive_wait(self, hw: int):
+        """An oversubscribed rank's wait for the ring whose head word is ``hw``:
+        ``(t) -> bool``, True once the head moved from ``t``, False after
+        ``spin_seconds`` (then the general path waits, and sleeps).  It polls
+        ``budget`` times before it yields, learnt per peer from the last waits
+        (docs/mmpi.md, "Waiting"): a reply that came while polling means the
+        peer runs on another core at the same time (polling keeps both ranks
+        on their cores, no context switch), so the budget goes to ``ADAPT_MAX``
+        (if it came within ``ADAPT_PROBE`` polls: a slower one, a long message's,
+        leaves the core to another rank better); one that came only after a yield
+        means the peer needed our core, or was not running, so the budget drops to 0 and the rank yields at once, with
+        a probe of ``ADAPT_PROBE`` polls after ``ADAPT_EVERY`` waits, the interval
+        doubling after each failed probe (up to ``ADAPT_BACKOFF`` times) and back
+        to ``ADAPT_EVERY`` at a reply within the polls."""
+        words = self.words
+        clock = time.perf_counter
+        yield_ = os.sched_yield
+        t_ = self
+        top = self.adapt_max
+        probe = self.adapt_probe
+        every = self.adapt_every
+        most = every * ADAPT_BACKOFF
+        # [polls before yielding, waits left before the next probe, waits between probes]
+        st = [0, every, every]
+        stats = self.stats_adapt
+
+        def owait(t):
+            i = st[0]
+            if not i:
+                st[1] -= 1
+                if st[1] <= 0:
+                    i = probe
+                    stats[2] += 1
+            n = i
+            while i:
+                if words[hw] != t:
+                    stats[0] += 1
+                    if n - i < probe:   # a quick reply: keep polling
+                        st[0] = top
+                        st[2] = every
+                        return True
+                    break   # a slow one (a long message): our core would serve
+                i -= 1      # another rank meanwhile better, as after a failure
+            if n:   # the budget or a probe ran out: yield at once from now on
+                if not st[0] and st[2] < most:
+                    st[2] *= 2   # a failed probe: the next comes twice as late
+                st[0] = 0
+                st[1] = st[2]
+                if i:
+                    return True
+            spin_end = clock() + t_.spin_seconds
+            while words[hw] == t:
+                if clock() > spin_end:
+                    return False
+                yield_()
+            stats[1] += 1
+            return True
+        return owait
 
     def _recver(self, src: int):
         """Recv's fast path from ``src``: ``(tag, ctx, mv, cap, wait)`` as
