@@ -397,5 +397,62 @@ for other_rank in (local, peer):
     assert (y == np.arange(5) + 10 * other_rank).all() and st.Get_count(MPI.DOUBLE) == 5
     comm.Barrier()
 comm.Barrier()
+
+# 10. a large send to another node waits for its data message alone (blocking Send,
+# Isend + Wait; Waitany mixes it with a receive): the records that arrive meanwhile
+# (a burst of small, large and object messages from the receiver) stay in MPI's pool
+# and are seen, in order, by a receive posted before the send (ANY_SOURCE), a probe,
+# ANY_SOURCE/ANY_TAG receives, receives by tag out of order and an object receive
+for size in (L + 1, 1 << 20):
+    for mode in ("Send", "Isend+Wait", "Waitany"):
+        for a, b in ((0, 2), (2, 0)):   # a sends the large message, b the burst
+            if r == a:
+                early, x135 = np.empty(8, np.uint8), np.empty(8, np.uint8)
+                pre = comm.Irecv(early, MPI.ANY_SOURCE, 131)   # posted before it all
+                comm.Barrier()
+                big = pattern(size, 40 + a)
+                if mode == "Send":
+                    comm.Send(big, b, 130)
+                elif mode == "Isend+Wait":
+                    comm.Isend(big, b, 130).Wait()
+                else:
+                    rq = [comm.Irecv(x135, b, 135), comm.Isend(big, b, 130)]
+                    done = [MPI.Request.Waitany(rq), MPI.Request.Waitany(rq)]
+                    assert sorted(done) == [0, 1], done
+                st = MPI.Status()
+                pre.Wait(st)
+                assert st.Get_source() == b and (early == pattern(8, 41)).all(), (size, mode)
+                comm.Probe(b, MPI.ANY_TAG, st)
+                assert st.Get_tag() == 132 and st.Get_count(MPI.BYTE) == 1, (size, mode)
+                one = np.empty(1, np.uint8)
+                comm.Recv(one, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+                assert st.Get_tag() == 132 and st.Get_source() == b, (size, mode)
+                assert (one == pattern(1, 42)).all(), (size, mode)
+                comm.Recv(one, b, 132, st)              # the 0-byte one, past 133 and 134
+                assert st.Get_count(MPI.BYTE) == 0, (size, mode)
+                comm.Recv(early, b, 131, st)            # the second of tag 131
+                assert (early == pattern(8, 46)).all(), (size, mode)
+                got = np.empty(size, np.uint8)
+                comm.Recv(got, MPI.ANY_SOURCE, 133, st)
+                assert st.Get_source() == b and (got == pattern(size, 43)).all(), (size, mode)
+                assert comm.recv(source=b, tag=134) == {"size": size, "mode": mode}
+                if mode != "Waitany":
+                    comm.Recv(x135, b, 135)
+                assert (x135 == pattern(8, 47)).all(), (size, mode)
+            elif r == b:
+                comm.Barrier()
+                sq = [comm.Isend(pattern(8, 41), a, 131), comm.Isend(pattern(1, 42), a, 132),
+                      comm.Isend(pattern(size, 43), a, 133)]
+                comm.send({"size": size, "mode": mode}, a, 134)
+                sq += [comm.Isend(pattern(0, 0), a, 132), comm.Isend(pattern(8, 46), a, 131),
+                       comm.Isend(pattern(8, 47), a, 135)]
+                got = np.empty(size, np.uint8)
+                comm.Recv(got, a, 130)
+                assert (got == pattern(size, 40 + a)).all(), (size, mode)
+                MPI.Request.Waitall(sq)
+            else:
+                comm.Barrier()
+            comm.Barrier()
+comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

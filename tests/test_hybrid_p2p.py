@@ -2,7 +2,8 @@
 route (records inline up to INLINE bytes; beyond, a request and the data as MPI
 messages of their own): tests/_hybrid_p2p_prog.py under Open MPI (shared memory and
 TCP between the "nodes") and MPICH, with the default threshold and a small one (so
-that tables longer than a record, and sizes around the threshold, are cheap)."""
+that tables longer than a record, and sizes around the threshold, are cheap), and
+once with no yield-polling window (the remote waits' fallbacks)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ PROG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_hybrid_p2p_pro
 @pytest.mark.parametrize("impl, extra", [
     ("openmpi", {}),
     ("openmpi", {"DRILLER_MMPI_REMOTE_INLINE": "512"}),
+    # no yield-polling window: the remote waits give up on their fast paths at once
+    ("openmpi", {"DRILLER_MMPI_REMOTE_SPIN_US": "0", "DRILLER_MMPI_REMOTE_INLINE": "2048"}),
     ("openmpi", {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_pml": "ob1",
                  "DRILLER_MMPI_REMOTE_INLINE": "1024"}),
     ("mpich", {}),

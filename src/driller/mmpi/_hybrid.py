@@ -241,7 +241,8 @@ class HybridTransport(T.Transport):
         data = (self.mpi_data.Issend if op.sync else self.mpi_data.Isend)(
             [op.mv, self._BYTE], dst, first)
         op.protocol, op.state = E.RNDV, E.S_WAIT_FIN   # (id 0: no engine knows it)
-        self._data_sends.append(([data], op, n))
+        op.keep = ent = ([data], op, n)   # (wait finds its request there)
+        self._data_sends.append(ent)
         self._inflight += n
         return op
 
@@ -312,7 +313,9 @@ class HybridTransport(T.Transport):
                     data = t_.mpi_data.Irecv([mv[:nb], t_._BYTE], src, addr)
                     req.Start()
                     t_._ph = nxt[i]
-                    if not data.Test():   # (MPI often copies at once: the data was there)
+                    # (MPI often copies at once: the data was there)
+                    if not data.Test() and not await_head(data, src, None,
+                                                          nb * INFLIGHT_SPIN):
                         flag = _Flag()
                         t_._watch([data], nb, flag)
                         t_.wait(flag, src)
@@ -333,6 +336,19 @@ class HybridTransport(T.Transport):
             take_slot(i)
             return None
         return take
+
+    def _recver(self, src: int):
+        """``recvers[src]`` (Recv's fast path, ``(tag, ctx, mv, cap, wait)``) for a
+        rank of another node: its taker with ``wait`` at once (not a take that finds
+        nothing, then recv_fast's take again); None for a bytearray or mmap spec
+        (``cap`` >= 0: the general path)."""
+        if src not in self.remote:
+            return super()._recver(src)
+        take = self.takers[src]
+
+        def recv(tag, ctx, mv, cap=-1, wait=True):
+            return take(tag, ctx, mv, True) if cap < 0 else None
+        return recv
 
     def _irecver(self, src: int):
         """``irecvs[src]`` for a rank of another node (Irecv's fast path,
@@ -364,6 +380,20 @@ class HybridTransport(T.Transport):
         if op.done:
             return
         if peer is not None and peer in self.remote:
+            if type(op) is T.SendOp and not op.id and type(op.keep) is tuple:
+                # _isend_remote's (a blocking Send of a large buffer, mostly): its
+                # data message alone is waited for, as a blocking receive waits
+                # (_await_head); records arriving meanwhile stay in the pool, so the
+                # next Recv takes them on its fast path, not through the engine
+                ent = op.keep
+                if self._await_head(ent[0][0], peer, None, op.nbytes * INFLIGHT_SPIN):
+                    try:
+                        self._data_sends.remove(ent)
+                    except ValueError:   # (_poll_data saw it done meanwhile)
+                        return
+                    self._inflight -= op.nbytes
+                    op.state, op.done = E.S_DONE, True
+                    return
             poll, clock = self._poll_mpi, time.perf_counter
             end = clock() + POLL_SECONDS
             while True:
@@ -405,7 +435,7 @@ class HybridTransport(T.Transport):
                 return False
         return True
 
-    def _await_head(self, req, src: int, ctx: int) -> bool:
+    def _await_head(self, req, src: int, ctx: int | None, extra: float = 0.0) -> bool:
         """Wait for ``req`` (the pool head's receive) in a blocking receive from
         ``src``, a rank of another node, on context ``ctx``: poll MPI without
         yielding for POLL_SECONDS (a sched_yield on a busy machine gives the core
@@ -420,12 +450,15 @@ class HybridTransport(T.Transport):
         first, or progress hooks are registered and ``spin_seconds`` have passed.
         (Falling back after ``spin_seconds``, or at any record from this node, sent
         a large receive through the engine whenever its peer was descheduled for a
-        moment: tens of µs more Python on the critical path, in 1 of 10 receives.)"""
+        moment: tens of µs more Python on the critical path, in 1 of 10 receives.)
+        ``ctx`` None: ``req`` is one of our data messages (a send's, or a receive's
+        straight into the user's buffer), which nothing in the engine can come
+        before; ``extra``: seconds more of yield-polling (its bytes in flight)."""
         clock = time.perf_counter
         now = clock()
         poll_end = now + POLL_SECONDS
         spin_end = now + (self.spin_seconds if self._hooks else
-                          max(self.spin_seconds, REMOTE_SPIN))
+                          max(self.spin_seconds, REMOTE_SPIN + extra))
         words, tails, ins = self.words, self.in_tail, self.in_list
         deaths, eng = self.deaths_seen, self.engine
         while True:
@@ -442,7 +475,8 @@ class HybridTransport(T.Transport):
                 for p, hw in ins:
                     if words[hw] != tails[p]:   # a record from this node: handled
                         T.Transport.progress(self)
-                        if self.npending or (eng.posted or eng.unexpected) \
+                        if self.npending or ctx is not None and (eng.posted or
+                                                                 eng.unexpected) \
                                 and not self._clear(src, ctx):
                             return False
                         break
