@@ -279,3 +279,52 @@ def test_alike_spec_with_alternating_tags_matches_by_tag():
     # message order: tag 2 (msg0) -> receive 1, tag 1 (msg1) -> receive 0,
     # tag 1 (msg2) -> receive 2, tag 2 (msg3) -> receive 3: the last copy is msg3
     assert buf == _msg(3)
+
+
+def _forked_child_after_window(comm):
+    """Isend and Irecv remember the closure of their last spec and peer; a fork
+    of the rank must not use it (the child's Isend and Irecv raise naming the
+    fork, and nothing it tried reaches the peer)."""
+    import os
+    if comm.rank == 0:
+        sbuf = mmap.mmap(-1, 64)
+        spec = [sbuf, 8, MPI.BYTE]
+        sbuf[:8] = _msg(1)
+        MPI.Request.Waitall([comm.Isend(spec, 1, 5) for _ in range(4)])
+        rspec = [mmap.mmap(-1, 64), 8, MPI.BYTE]
+        comm.Irecv(rspec, 1, 3).Wait()
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # pragma: no cover - child
+            out = []
+            for call in (lambda: comm.Isend(spec, 1, 5), lambda: comm.Irecv(rspec, 1, 3)):
+                try:
+                    call()
+                    out.append("sent")
+                except MmpiError as e:
+                    out.append("fork" if "fork" in str(e) else str(e))
+            os.write(wfd, ",".join(out).encode())
+            os._exit(0)
+        os.close(wfd)
+        os.waitpid(pid, 0)
+        said = os.read(rfd, 200).decode()
+        os.close(rfd)
+        sbuf[:8] = _msg(2)
+        comm.Isend(spec, 1, 5).Wait()
+        comm.Send(bytearray(1), 1, 6)
+        return said
+    got = []
+    rbuf = bytearray(8)
+    comm.Send(bytearray(8), 0, 3)
+    for _ in range(5):
+        comm.Recv(rbuf, 0, 5)
+        got.append(bytes(rbuf))
+    comm.Recv(bytearray(1), 0, 6)
+    return got, comm.Iprobe(0, MPI.ANY_TAG)
+
+
+def test_a_fork_of_the_rank_cannot_use_the_remembered_closures():
+    said, (got, extra) = values(run_ranks(_forked_child_after_window, 2))
+    assert said == "fork,fork"
+    assert got == [_msg(1)] * 4 + [_msg(2)]
+    assert extra is False
