@@ -643,22 +643,6 @@ class Comm(_attr.Cached, Handle):
         p = self._p
         if type(buf) is list:
             c = _last_isend
-            if buf is c[0] and p is c[6] and dest is c[7] and len(buf) == 3 \
-                    and buf[0] is c[1] and buf == c[2] and buf[2] is c[4] \
-                    and c[4]._t is c[5] and type(tag) is int and 0 <= tag <= TAG_MAX:
-                # the spec, communicator and destination of the last Isend, all
-                # unchanged: its sender closure (c[8]) on a bytes copy, as below
-                try:
-                    mv = c[1][:c[3]]
-                except ValueError:
-                    mv = None
-                if mv is not None and len(mv) == c[3] and c[8](p.ctx, tag, mv):
-                    r = _new(Request)
-                    r._op = _SENT
-                    r._kind = K_SEND
-                    r._cx = c[9]
-                    return r
-                return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
             if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
                     and buf[2] is c[4] and c[4]._t is c[5]:
                 # the spec of the last Isend, unchanged (its datatype handle not
@@ -668,8 +652,17 @@ class Comm(_attr.Cached, Handle):
                     mv = c[1][:c[3]]
                 except ValueError:
                     mv = None
-                if mv is not None and len(mv) != c[3]:
+                if mv is None or len(mv) != c[3]:
                     mv = None
+                elif p is c[6] and dest is c[7] and type(tag) is int and 0 <= tag <= TAG_MAX:
+                    # and its communicator and destination: its sender closure (c[8])
+                    if c[8](p.ctx, tag, mv):
+                        r = _new(Request)
+                        r._op = _SENT
+                        r._kind = K_SEND
+                        r._cx = c[9]
+                        return r
+                    return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
             else:
                 mv = spec_view(buf, False, True)
                 if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _REMEMBERED:
@@ -725,38 +718,39 @@ class Comm(_attr.Cached, Handle):
         # posted straight into the engine (receives posted before it first take what
         # arrived: osu_bw's windows when the receiver runs ahead): irecvs[source]
         p = self._p
+        hit = False
         if type(buf) is list:
             c = _last_irecv
-            if buf is c[0] and p is c[6] and source is c[7] and len(buf) == 3 \
-                    and buf[0] is c[1] and buf == c[2] and buf[2] is c[4] \
-                    and c[4]._t is c[5] and type(tag) is int and -1 <= tag <= TAG_MAX:
-                # the spec, communicator and source of the last Irecv, all unchanged
-                # (its buffer not shrunk nor closed since): its irecvs closure (c[8])
-                # on the first c[3] bytes, as below
-                mv = c[1]
-                try:
-                    ok = len(mv) >= c[3]
-                except ValueError:
-                    ok = False
-                if ok:
-                    res = c[8](tag, p.ctx, mv, c[3])
-                    if res is not None:
-                        r = _new(Request)
-                        r._op = res
-                        r._kind = K_RECV
-                        r._cx = c[9]
-                        return r
-                return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
+            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
+                    and buf[2] is c[4] and c[4]._t is c[5]:
+                # the spec of the last Irecv, unchanged (its datatype handle not
+                # freed since)
+                if p is c[6] and source is c[7] and type(tag) is int \
+                        and -1 <= tag <= TAG_MAX:
+                    # and its communicator and source: its irecvs closure (c[8]) on
+                    # the first c[3] bytes (the buffer not shrunk nor closed since)
+                    mv = c[1]
+                    try:
+                        ok = len(mv) >= c[3]
+                    except ValueError:
+                        ok = False
+                    if ok:
+                        res = c[8](tag, p.ctx, mv, c[3])
+                        if res is not None:
+                            r = _new(Request)
+                            r._op = res
+                            r._kind = K_RECV
+                            r._cx = c[9]
+                            return r
+                    return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
+                hit = True
         if (type(source) is int and 0 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             cap = -1
             if type(buf) is list:
-                c = _last_irecv
-                if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
-                        and buf[2] is c[4] and c[4]._t is c[5] and p.sliced:
-                    # the spec of the last Irecv, unchanged (its datatype handle not
-                    # freed, its buffer not shrunk nor closed since): its first c[3]
-                    # bytes, as spec_view said then
+                if hit and p.sliced:
+                    # its first c[3] bytes, as spec_view said then (None: the buffer
+                    # shrunk or closed since)
                     mv = c[1]
                     cap = c[3]
                     try:
