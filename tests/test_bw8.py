@@ -328,3 +328,45 @@ def test_a_fork_of_the_rank_cannot_use_the_remembered_closures():
     assert said == "fork,fork"
     assert got == [_msg(1)] * 4 + [_msg(2)]
     assert extra is False
+
+
+def _many_windows(comm, windows):
+    """osu_bw's loop with a go message per window, long enough for the records
+    to wrap around the ring several times: every window's buffer holds its last
+    message, every count its message's (sizes cycle through 8, 8, 24)."""
+    size = lambda w, j: 24 if (w + j) % 3 == 2 else 8   # noqa: E731
+    if comm.rank == 0:
+        sbuf = mmap.mmap(-1, 64)
+        spec = [sbuf, 8, MPI.BYTE]
+        for w in range(windows):
+            comm.Recv(bytearray(1), 1, GO)
+            reqs = []
+            for j in range(64):
+                n = size(w, j)
+                spec[1] = n
+                sbuf[:n] = _msg(w * 64 + j, n)
+                reqs.append(comm.Isend(spec, 1, 5))
+            MPI.Request.Waitall(reqs)
+        return None
+    rbuf = mmap.mmap(-1, 64)
+    spec = [rbuf, 24, MPI.BYTE]
+    bad = []
+    for w in range(windows):
+        reqs = [comm.Irecv(spec, 0, 5) for _ in range(64)]
+        _go(comm)
+        sts = [MPI.Status() for _ in reqs]
+        MPI.Request.Waitall(reqs, sts)
+        counts = [s.Get_count(MPI.BYTE) for s in sts]
+        if counts != [size(w, j) for j in range(64)]:
+            bad.append((w, "counts", counts))
+        expect = bytearray(24)
+        for j in range(64):
+            n = size(w, j)
+            expect[:n] = _msg(w * 64 + j, n)
+        if bytes(rbuf[:24]) != bytes(expect):   # (each window has a 24-byte one)
+            bad.append((w, "data"))
+    return bad
+
+
+def test_many_windows_wrapping_the_ring():
+    assert values(run_ranks(_many_windows, 2, 120))[1] == []

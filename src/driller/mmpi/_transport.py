@@ -1582,14 +1582,24 @@ class Transport:
             r = posted[i]
             if r.key is k and nb == mnb and tg == mtg and c == mc:
                 # posted alike the last receive served, for a record alike: it
-                # fits and matches as that one did (its copy: the run's last)
-                i += 1
-                t += HDR_BYTES + ((plen + 63) & ~63)
-                r.message = m
-                r.state = done
-                r.count = nb
-                r.done = True
-                pend = p + HDR_BYTES
+                # fits and matches as that one did (its copy: the run's last);
+                # and so on while records and receives stay alike
+                hdr = (kf, c, tg, nb, plen)
+                step = HDR_BYTES + ((plen + 63) & ~63)
+                while True:
+                    i += 1
+                    t += step
+                    r.message = m
+                    r.state = done
+                    r.count = nb
+                    r.done = True
+                    pend = p + HDR_BYTES
+                    if i == n or t == head:
+                        break
+                    p = base + t % rb
+                    r = posted[i]
+                    if r.key is not k or unpack(data, p) != hdr:
+                        break
                 continue
             if pend >= 0:
                 kmv[:mnb] = data[pend:pend + mnb]
