@@ -39,6 +39,19 @@ def _send_all(comm, msgs, tag=5):
     MPI.Request.Waitall(reqs)
 
 
+def _sized_window(comm, sizes, rbuf, cap):
+    """Rank 0 sends one message of each size (``_msg``), tag 5; rank 1 posts a
+    receive per message from one spec of ``rbuf``'s first ``cap`` bytes, then
+    lets rank 0 start: rank 1's requests (None on rank 0)."""
+    if comm.rank == 0:
+        _send_all(comm, [(_msg(j, n), None) for j, n in enumerate(sizes)])
+        return None
+    spec = [rbuf, cap, MPI.BYTE]
+    reqs = [comm.Irecv(spec, 0, 5) for _ in sizes]
+    _go(comm)
+    return reqs
+
+
 def _window_last_wins(comm):
     """64 receives posted from one spec, 64 distinct messages: the buffer holds
     the last; every status names its source, tag and size; the mmap closes
@@ -70,15 +83,10 @@ def _sizes_mixed(comm):
     """One spec of 16 bytes posted 6 times; messages of 16, 8, 8, 16, 8, 4 bytes:
     the buffer holds the 4-byte message over the 8-byte one over the 16-byte
     one, exactly as six copies in order leave it; each count is its message's."""
-    sizes = [16, 8, 8, 16, 8, 4]
-    msgs = [_msg(j, n) for j, n in enumerate(sizes)]
-    if comm.rank == 0:
-        _send_all(comm, [(m, None) for m in msgs])
-        return None
     rbuf = bytearray(b"." * 32)
-    spec = [rbuf, 16, MPI.BYTE]
-    reqs = [comm.Irecv(spec, 0, 5) for _ in sizes]
-    _go(comm)
+    reqs = _sized_window(comm, [16, 8, 8, 16, 8, 4], rbuf, 16)
+    if reqs is None:
+        return None
     counts = []
     for r in reqs:
         st = MPI.Status()
@@ -194,15 +202,10 @@ def test_probe_and_any_source_see_the_posted_alike_receives_first():
 def _truncated_in_run(comm):
     """Alike receives of 8 bytes; the third message is 16: that receive fails
     with ERR_TRUNCATE naming the size and the rank, the others get theirs in order."""
-    sizes = [8, 8, 16, 8, 8]
-    msgs = [_msg(j, n) for j, n in enumerate(sizes)]
-    if comm.rank == 0:
-        _send_all(comm, [(m, None) for m in msgs])
-        return None
     rbuf = mmap.mmap(-1, 64)
-    spec = [rbuf, 8, MPI.BYTE]
-    reqs = [comm.Irecv(spec, 0, 5) for _ in sizes]
-    _go(comm)
+    reqs = _sized_window(comm, [8, 8, 16, 8, 8], rbuf, 8)
+    if reqs is None:
+        return None
     out = []
     for r in reqs:
         st = MPI.Status()
