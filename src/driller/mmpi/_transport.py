@@ -1617,17 +1617,15 @@ class Transport:
                 p += HDR_BYTES
                 r.mv[:nb] = data[p:p + nb]
                 r.done = True
-                if r.key is not None:
-                    k = r.key
-                    kmv = r.mv
+                k = r.key or _NOKEY   # (k: always the key of the receive that
+                kmv = r.mv            # took the record (mc, mtg, mnb) above)
                 continue
             give(r, src, data, p, c, tg, nb)
             if 0 < nb < _PUBLISH:
                 m = r.message
                 mc, mtg, mnb = c, tg, nb
-                if r.key is not None:
-                    k = r.key
-                    kmv = r.mv
+                k = r.key or _NOKEY
+                kmv = r.mv
             elif nb >= _PUBLISH:
                 self.in_tail[src] = t
                 self.words[self.in_tailw[src]] = t
