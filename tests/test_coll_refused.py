@@ -60,8 +60,9 @@ def after(comm):
     return bool(ok and np.array_equal(b, np.arange(4.0) * 3))
 
 
-def call(comm, case, bad, count, root):
-    """Rank ``bad`` (a list: several) passes a refused buffer to collective ``case``."""
+def call(comm, case, bad, count, root, bad_spec=bad_spec):
+    """Rank ``bad`` (a list: several) passes a refused buffer (``bad_spec(count)``) to
+    collective ``case``."""
     n, me = comm.Get_size(), comm.Get_rank()
     refuse = me in bad
     sb = bad_spec(count) if refuse else mine(me, count)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from ...errors import MmpiError, PeerDiedError, TruncationError
 from .._bufspec import message, recv_message
-from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_send,
-                       co_send_r, drive, first_error, g_sent, oval_r, orecv, oval, refusal, refused_error, send_refused,
-                       size_hint, waitall, xrecv_r, xsend)
+from ._context import (Refused, absorb, brecv_r, cbase, check_root, co_recv, co_recv_any,
+                       co_send, co_send_r, drive, first_error, g_sent, oval_r, orecv, oval,
+                       refusal, refused_error, refused_of, send_refused, sender, size_hint,
+                       waitall, xrecv_r, xsend)
 
 __all__ = [
     "FLAT_MAX", "g_bcast", "g_bcast_refused", "Bcast", "g_obcast", "bcast",
@@ -50,6 +51,8 @@ def g_bcast(cx, mv, root, base, what="Bcast", blk=False):
                 err = e       # the subtree must not hang, nor take this buffer for data
                 f = Refused(src, f"sent rank {me} a broadcast it could not take ({e})")
             if f is not None:
+                if f.flood and src != root:   # the root sent it to every rank too
+                    yield from absorb(cx, root, base, None)
                 yield from g_bcast_refused(cx, root, base, f, what, nb, rel=(rel, mask))
                 raise err or refused_error(f, what)
             break
@@ -80,30 +83,60 @@ def flat_bcast(cx, nb: int) -> bool:
 
 def g_bcast_refused(cx, root, base, f, what, nb, rel=None):
     """A broadcast on a rank that refused its arguments (or learnt that the data will
-    not come: ``f``): it takes what its parent sends and sends ``f`` to the ranks it
-    would have sent the data to (the algorithm of ``nb`` bytes), so none waits and
-    none takes garbage for data (a generator; the caller raises).  ``rel``: (this
-    rank's relative rank, the mask it received at), when it has received already."""
+    not come: ``f``): it takes what comes to it and sends ``f`` to the ranks it would
+    have sent the data to, so none waits and none takes garbage for data (a
+    generator; the caller raises).  ``rel``: (this rank's relative rank, the mask it
+    received at), when it has received already and knows the algorithm (of ``nb``
+    bytes).
+
+    Otherwise the algorithm depends on a size this rank may not know (``nb`` is a
+    guess, beyond FLAT_MAX ranks): a refusing root sends ``f`` to every rank, marked
+    ``flood`` (the flat broadcast's messages; a rank of the binomial one that gets it
+    from its parent takes the root's too, and passes it on); a refusing non-root
+    takes the first message of this broadcast from any rank: from its tree parent (or
+    data of the binomial size from the root, its parent), the broadcast is binomial
+    and it sends ``f`` on to its subtree; from the root otherwise, it is flat."""
     n, me = cx.size, cx.rank
     if n == 1:
         return
-    if flat_bcast(cx, nb):
+    if rel is not None:
+        rel, mask = rel
+        yield from _to_children(cx, rel, mask, root, lambda r: send_refused(cx, f, r, base))
+        return
+    if n <= FLAT_MAX:   # flat, whatever the size
         if me == root:
             yield from g_sent([send_refused(cx, f, r, base) for r in range(n) if r != root])
         else:
             yield from absorb(cx, root, base, f)
         return
-    if rel is None:
-        rel = (me - root) % n
-        mask = 1
-        while mask < n:
-            if rel & mask:
-                yield from absorb(cx, (rel - mask + root) % n, base, f)
-                break
-            mask <<= 1
-    else:
-        rel, mask = rel
-    yield from _to_children(cx, rel, mask, root, lambda r: send_refused(cx, f, r, base))
+    if me == root:
+        f = Refused(f.rank, f.text, f.ranks, True)
+        yield from g_sent([send_refused(cx, f, r, base) for r in range(n) if r != root])
+        return
+    rel = (me - root) % n
+    mask = rel & -rel
+    parent = (rel - mask + root) % n
+    r = co_recv_any(cx, base)
+    yield [r]
+    if r.exc is not None:
+        raise r.exc
+    src = sender(cx, r)
+    g = refused_of(r)
+    if g is None:           # data: from the root (flat, or its tree child) or the parent
+        binomial = src != root or (parent == root and not flat_bcast(cx, r.count))
+    elif src != root:       # only the binomial tree's parents send on
+        binomial = True
+        if g.flood:
+            yield from absorb(cx, root, base, None)
+    else:                   # the root refused too: both guess (here, from ``nb``)
+        binomial = not flat_bcast(cx, nb)
+        if binomial and parent != root:
+            yield from absorb(cx, parent, base, None)
+    if binomial:
+        f = f.merge(g)
+        if g is not None and g.flood:
+            f = Refused(f.rank, f.text, f.ranks, True)
+        yield from _to_children(cx, rel, mask, root, lambda r: send_refused(cx, f, r, base))
 
 
 def Bcast(cx, buf, root=0) -> None:

@@ -26,7 +26,7 @@ from ...errors import MmpiError, MmpiTypeError, MmpiValueError, PeerDiedError
 from .. import _transport as T
 from .. import _objects
 from .._bufspec import parse
-from .._const import IN_PLACE
+from .._const import ANY_SOURCE, IN_PLACE
 from .._objects import loads
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "xsend", "xrecv", "brecv", "bsend", "pid", "readv", "writev", "notify", "g_then",
     "Failed", "raise_failed", "obj_items", "Refused", "refused_of", "refused_error",
     "refusal", "size_error", "send_refused", "co_send_r", "oval_r", "xrecv_r", "brecv_r", "absorb", "size_hint",
-    "g_sent",
+    "g_sent", "co_recv_any", "sender", "co_send_raw",
 ]
 
 TAGMASK = (1 << 20) - 1   # tags < 2**28: Barrier's own tags are 2**29 + round
@@ -167,6 +167,12 @@ def co_send(cx, obj, dst, tag):
     return cx.t.send_object(cx.group[dst], cx.cctx, tag, obj, False, "collective")
 
 
+def co_send_raw(cx, data: bytes, dst, tag):
+    """Start sending ``data`` as the stream of an object, unpickled (None: done): the
+    receiver of an object takes it as ``(data, [])``, and tells it from raw data."""
+    return cx.t.send_object(cx.group[dst], cx.cctx, tag, None, False, "collective", (data, []))
+
+
 def co_recv(cx, src, tag):
     """Start receiving an object from rank ``src`` on the collective context."""
     op = T.RecvOp(cx.group[src], tag, cx.cctx, None)
@@ -215,21 +221,25 @@ class Refused:
     why.  Receivers carry it on (so every rank ends the collective in the same round,
     none waits) and raise :func:`refused_error`."""
 
-    __slots__ = ("rank", "text", "ranks")
+    __slots__ = ("rank", "text", "ranks", "flood")
 
-    def __init__(self, rank: int, text: str, ranks: tuple = ()):
+    def __init__(self, rank: int, text: str, ranks: tuple = (), flood: bool = False):
         self.rank, self.text = rank, text
         self.ranks = ranks or (rank,)      # every rank known to have refused
+        # a broadcast's root sent it to every rank directly (it could not know the
+        # algorithm): a rank that got it from its tree parent takes the root's too
+        self.flood = flood
 
     def __reduce__(self):
-        return Refused, (self.rank, self.text, self.ranks)
+        return Refused, (self.rank, self.text, self.ranks, self.flood)
 
     def merge(self, other: Refused | None) -> Refused:
         """This refusal and ``other`` (None: this one): the lower rank's, naming all."""
         if other is None or set(other.ranks) <= set(self.ranks):
             return self
         first = self if self.rank <= other.rank else other
-        return Refused(first.rank, first.text, tuple(sorted(set(self.ranks) | set(other.ranks))))
+        return Refused(first.rank, first.text, tuple(sorted(set(self.ranks) | set(other.ranks))),
+                       self.flood or other.flood)
 
 
 def refusal(cx, e: BaseException, what: str) -> Refused:
@@ -315,6 +325,19 @@ def brecv_r(cx, mv, src: int, tag: int, what: str):
     elif res[2] != len(mv):
         raise size_error(cx, len(mv), src, res[2], what)
     return None
+
+
+def co_recv_any(cx, tag: int):
+    """Start receiving an object (or data of any size) from any rank on the collective
+    context; the sender's rank is :func:`sender` once it is done."""
+    op = T.RecvOp(ANY_SOURCE, tag, cx.cctx, None)
+    cx.t.irecv(op)
+    return op
+
+
+def sender(cx, op) -> int:
+    """The communicator rank whose message a finished receive took."""
+    return cx.rank_of(op.message.source)
 
 
 def absorb(cx, src: int, tag: int, f: Refused | None):

@@ -28,7 +28,7 @@ from .._handle import Handle
 
 __all__ = [
     "Op", "SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR", "MAXLOC",
-    "MINLOC", "REPLACE", "NO_OP", "OP_NULL", "check_op",
+    "MINLOC", "REPLACE", "NO_OP", "OP_NULL", "check_op", "stand_in",
 ]
 
 
@@ -390,3 +390,14 @@ def check_op(op, what) -> Op:
     if op.freed:
         raise MmpiError(f"{what}: op {op.name} was freed", error_class=_errcodes.ERR_OP)
     return op
+
+
+def stand_in(op) -> Op:
+    """The op a rank takes part with once it refused its arguments (carrying the
+    refusal, it combines nothing, but the algorithm depends on the op): ``op`` if it is
+    valid, else SUM: an invalid op on this rank only, where the others most likely
+    pass a predefined (commutative) op, whose algorithm it then meets."""
+    try:
+        return check_op(op, "")
+    except MmpiError:
+        return SUM

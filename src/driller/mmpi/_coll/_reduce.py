@@ -17,13 +17,14 @@ from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_bcast_refused
 from ._context import (Refused, absorb, address, brecv_r, bsend, cbase, check_root, co_recv,
+                       co_send_raw,
                        co_send, co_send_r, oval_r, count_check, cr, cs, drive, first_error, g_sent, orecv, oval, refusal,
-                       refused_error, refused_of, send_refused, size_hint, waitall, writev,
-                       xrecv, xrecv_r, xsend)
+                       refused_error, refused_of, send_refused, size_error, size_hint, waitall,
+                       writev, xrecv, xrecv_r, xsend)
 from ._direct import (direct_part, g_direct_ok, g_direct_reduce, g_direct_refused,
                       g_direct_vote, g_exchange, g_same_size, g_sync, split_counts)
 from ._gather import checked, g_ogather
-from ._ops import SUM, Op, check_op
+from ._ops import SUM, Op, check_op, stand_in
 from ._shm import SHM_MAX, shm_allreduce, shm_refused
 
 __all__ = [
@@ -142,10 +143,39 @@ def g_reduce_refused(cx, e, hint, op, root, base, what, blk):
     if cx.size == 1:
         return
     f = refusal(cx, e, what)
-    if cx.rank == (root if op.commute else 0) and hint >= DIRECT_MIN:
-        yield from g_tree_table(cx, None, cx.rank, root, base, blk, what, f)
+    if cx.rank == (root if op.commute else 0):
+        yield from g_troot_refused(cx, f, root, base, hint)
         return
     yield from g_reduce(cx, None, None, op, None, root, base, what, blk, f)
+
+
+def g_troot_refused(cx, f, root, base, hint):
+    """The tree's root (this rank) refused its arguments of a Reduce (``f``): it takes
+    its children's messages, which say which of g_reduce and g_tree_table the others
+    run (data, or an object: a part of the table), and ends that one's round: the
+    refusal to every rank waiting for the table, or to the root waiting for the
+    result.  ``hint`` (its :func:`size_hint`) decides only if every child refused."""
+    n, me = cx.size, cx.rank
+    large = None
+    mask = 1
+    while mask < n:
+        r = co_recv(cx, (me + mask) % n, base)
+        yield [r]
+        if r.exc is not None:
+            raise r.exc
+        g = refused_of(r)
+        if g is not None:
+            f = f.merge(g)
+        elif large is None:
+            large = r.value[0] is not None
+        mask <<= 1
+    if large is None:
+        large = hint >= DIRECT_MIN
+    if large:
+        yield from g_sent([send_refused(cx, f, r, base + 1) for r in range(n)
+                           if r != me and (r not in f.ranks or r == root)])
+    elif root != me:
+        yield from g_sent([send_refused(cx, f, root, base + 1)])
 
 
 def refused_part(cx, gen) -> None:
@@ -165,7 +195,7 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Reduce", me == root)
     except Exception as e:   # refused here only, maybe: take part all the same
-        op = check_op(op, "Reduce")     # (an invalid op: raised at once, as on every rank)
+        op = stand_in(op)     # (an invalid op here only: the others' most likely one)
         refused_part(cx, g_reduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, root,
                                           cbase(cx), "Reduce", True))
         raise
@@ -208,7 +238,10 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
     while mask < n:
         if rel & mask:
             dst = (rel - mask + troot) % n
-            yield from g_sent([xsend(cx, memoryview(parts), dst, base) if fail is None
+            # (the parts go flagged as objects: a tree root that refused its arguments
+            # tells them from g_reduce's data, and so learns which of the two the
+            # others run; unpickled, marked by a first byte no pickle starts with)
+            yield from g_sent([co_send_raw(cx, b"T" + parts, dst, base) if fail is None
                                else send_refused(cx, fail, dst, base)])
             break
         child = rel + mask
@@ -217,10 +250,12 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
             if fail is not None:
                 fail = yield from absorb(cx, src, base, fail)
             else:
-                buf = bytearray(k * min(mask, n - child))
-                fail = yield from xrecv_r(cx, memoryview(buf), src, base, blk, what)
-                if fail is None:
-                    parts += buf
+                r = co_recv(cx, src, base)
+                yield [r]
+                fail = table_part(cx, r, k * min(mask, n - child), src, what)
+                if type(fail) is bytes:
+                    parts += fail
+                    fail = None
         mask <<= 1
     if rel:
         if own is not None and (me != root or troot == root):
@@ -250,6 +285,24 @@ def g_tree_table(cx, rec, troot, root, base, blk, what, fail=None):
         yield ops
         first_error(ops)
     return bytes(table)
+
+
+def table_part(cx, r, expect: int, src: int, what: str):
+    """A finished object receive of g_tree_table: the part of the table (bytes) or the
+    sender's :class:`Refused`; anything else is a size mismatch between ranks."""
+    if r.exc is not None:
+        raise r.exc
+    v = r.value
+    s = v[0]
+    if s is not None:
+        if s[:1] == b"T":
+            if len(s) == expect + 1:
+                return bytes(s[1:])
+        else:
+            f = refused_of(r)
+            if f is not None:
+                return f
+    raise size_error(cx, expect, src, r.count - (s is not None), what)
 
 
 def g_reduce_large(cx, sb, rb, op, root, base, in_place):
@@ -420,7 +473,7 @@ def g_allreduce(cx, sendbuf, recvbuf, op, what, blk=False, start=None):
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:   # take part all the same
-        op = check_op(op, what)     # (an invalid op: raised at once, as on every rank)
+        op = stand_in(op)     # (an invalid op here only: the others' most likely one)
         gen = g_allreduce_refused(cx, e, size_hint(recvbuf, sendbuf), op, cbase(cx), what,
                                   blk)
         if start is None:
@@ -559,8 +612,8 @@ def g_allreduce_rd(cx, acc, op, dt, base, what, blk=False):
 def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
     n = cx.size
     what = "Reduce_scatter_block"
-    op = check_op(op, what)
     try:
+        op = check_op(op, what)
         rb = parse(recvbuf, True, what)
         if sendbuf is IN_PLACE:
             if rb.nbytes % n:
@@ -575,7 +628,8 @@ def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
     except Exception as e:   # refused here only, maybe: take part all the same
         # (the send buffer holds n receive blocks, or is the receive buffer)
         hint = size_hint(recvbuf) * (1 if sendbuf is IN_PLACE else n) or size_hint(sendbuf)
-        refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), hint, op, cbase(cx), what))
+        refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), hint, stand_in(op), cbase(cx),
+                                      what))
         raise
     reduce_scatter(cx, sb, rb, [count] * n, op, what, sendbuf is IN_PLACE)
 
@@ -583,8 +637,8 @@ def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
 def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
     n = cx.size
     what = "Reduce_scatter"
-    op = check_op(op, what)
     try:
+        op = check_op(op, what)
         rb = parse(recvbuf, True, what)
         sb = rb if sendbuf is IN_PLACE else parse(sendbuf, False, what)
         if recvcounts is not None:
@@ -596,7 +650,8 @@ def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
             refused_part(cx, g_exchange(cx, struct.pack("<2q", -1, -1), base, True))
         else:
             refused_part(cx, g_rs_refused(cx, refusal(cx, e, what),
-                                          size_hint(recvbuf, sendbuf) * n, op, base, what))
+                                          size_hint(recvbuf, sendbuf) * n, stand_in(op), base,
+                                          what))
         raise
     if recvcounts is None:   # as mpi4py: every rank's receive count (an allgather)
         counts = drive(cx.t, g_counts(cx, rb, sb, cbase(cx), what, True))
@@ -738,7 +793,6 @@ def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:
-        check_op(op, what)     # (an invalid op: raised at once, as on every rank)
         refused_part(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), me > 0))
         raise
     base = cbase(cx)
@@ -809,7 +863,11 @@ def g_oreduce(cx, obj, op, root, base):
 
 def reduce(cx, sendobj, op=SUM, root=0):
     root = check_root(cx, root, "reduce")
-    op = check_op(op, "reduce")
+    try:
+        op = check_op(op, "reduce")
+    except MmpiError as e:   # an invalid op here only, maybe: a refusal goes to the root
+        drive(cx.t, g_ogather(cx, refusal(cx, e, "reduce"), root, cbase(cx), []))
+        raise
     return drive(cx.t, g_oreduce(cx, sendobj, op, root, cbase(cx)))
 
 
@@ -820,16 +878,20 @@ def allreduce(cx, sendobj, op=SUM):
     cannot send (unpicklable) or combine (the op raises) becomes a
     :class:`Refused` carried on in its place: every rank ends in the same round,
     this one raising its error, the others an error naming it."""
-    op = check_op(op, "allreduce")
+    errs = []
+    acc = sendobj
+    try:
+        op = check_op(op, "allreduce")
+    except MmpiError as e:   # an invalid op here only, maybe: carried on as a refusal
+        errs.append(e)
+        acc = refusal(cx, e, "allreduce")
     base = cbase(cx)
     n, me = cx.size, cx.rank
     if n == 1:
-        return sendobj
+        return _obj_result(acc, errs, "allreduce")
     t = cx.t
     p = 1 << (n.bit_length() - 1)
     rem = n - p
-    acc = sendobj
-    errs = []
 
     def send(obj, dst, tag):
         s, err = co_send_r(cx, obj, dst, tag, "allreduce")
@@ -899,17 +961,23 @@ def _obj_result(acc, errs, what):
 
 def obj_scan(cx, obj, op, exclusive):
     n, me = cx.size, cx.rank
+    what = "exscan" if exclusive else "scan"
+    err = None
+    try:
+        op = check_op(op, what)
+    except MmpiError as e:   # an invalid op here only, maybe: carried on as a refusal
+        err = e
     base = cbase(cx)
     t = cx.t
-    what = "exscan" if exclusive else "scan"
     prev = None
-    err = None
     if me > 0:
         r = co_recv(cx, me - 1, base)
         waitall(t, [r])
         prev = oval(r)
     if type(prev) is Refused:
         part = prev
+    elif err is not None:
+        part = refusal(cx, err, what)
     else:
         try:
             part = obj if me == 0 else op(prev, obj)
@@ -928,8 +996,8 @@ def obj_scan(cx, obj, op, exclusive):
 
 
 def scan(cx, sendobj, op=SUM):
-    return obj_scan(cx, sendobj, check_op(op, "scan"), False)
+    return obj_scan(cx, sendobj, op, False)
 
 
 def exscan(cx, sendobj, op=SUM):
-    return obj_scan(cx, sendobj, check_op(op, "exscan"), True)
+    return obj_scan(cx, sendobj, op, True)

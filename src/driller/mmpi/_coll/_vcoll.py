@@ -28,7 +28,7 @@ from ._context import (Refused, cbase, check_root, count_check, count_errors, cr
                        first_error, g_then, notify, refusal, refused_error, refused_of,
                        xrecv, xrecv_r, xsend)
 from ._nonblocking import coll_request
-from ._ops import SUM, check_op
+from ._ops import SUM, check_op, stand_in
 from ._direct import g_exchange
 from ._reduce import (g_counts, g_reduce, g_rs_refused, g_rs_scatter_refused, g_scan_refused,
                       red_args, same_type)
@@ -262,7 +262,7 @@ def Ireduce(cx, sendbuf, recvbuf, op=SUM, root=0):
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, "Ireduce", cx.rank == root)
     except Exception as e:
-        op = check_op(op, "Ireduce")     # (an invalid op: raised at once, as on every rank)
+        op = stand_in(op)     # (an invalid op here only: the others' most likely one)
         # refused here only, maybe: this rank's part goes on in the background (the
         # others must not wait for it), the error is raised now
         if cx.size > 1:
@@ -297,7 +297,6 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
     """Nonblocking Reduce_scatter_block."""
     what = "Ireduce_scatter_block"
     n = cx.size
-    op = check_op(op, what)
     try:
         op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
         isz = rb.dtype.itemsize
@@ -309,8 +308,8 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
     except Exception as e:
         # refused here only, maybe: this rank's part goes on in the background (the
         # others must not wait for it), the error is raised now
-        coll_request(cx, g_rs_refused(cx, refusal(cx, e, what), 0, op, cbase(cx), what,
-                                      False))
+        coll_request(cx, g_rs_refused(cx, refusal(cx, e, what), 0, stand_in(op), cbase(cx),
+                                      what, False))
         raise
     return coll_request(cx, g_reduce_scatter(cx, sb, rb, [count] * n, op, cbase(cx), what,
                                              sendbuf is IN_PLACE))
@@ -319,7 +318,6 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
 def Ireduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM):
     """Nonblocking Reduce_scatter (``recvcounts`` None: every rank's receive count)."""
     what = "Ireduce_scatter"
-    op = check_op(op, what)
     counts = None
     try:
         op, sb, rb = _rs_args(cx, sendbuf, recvbuf, op, what)
@@ -331,7 +329,8 @@ def Ireduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM):
         base = cbase(cx)
         coll_request(cx, g_exchange(cx, struct.pack("<2q", -1, -1), base + 128, False)
                      if recvcounts is None else
-                     g_rs_refused(cx, refusal(cx, e, what), 0, op, base, what, False))
+                     g_rs_refused(cx, refusal(cx, e, what), 0, stand_in(op), base, what,
+                                  False))
         raise
     base = cbase(cx)
 
@@ -390,7 +389,6 @@ def _scan(cx, sendbuf, recvbuf, op, what, exclusive):
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:
-        op = check_op(op, what)     # (an invalid op: raised at once, as on every rank)
         # refused here only, maybe: this rank's part goes on in the background (the
         # ranks after it must not wait), the error is raised now
         coll_request(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), True))
