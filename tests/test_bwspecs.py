@@ -251,8 +251,8 @@ def test_irecv_follows_its_spec_list_changed_in_place():
 def test_a_receive_irecv_posts_has_every_field_of_a_recvop():
     """``irecvs[src]`` makes its posted RecvOp field by field (RecvOp's
     ``__init__`` inlined): every slot of RecvOp and its bases is set, to what
-    ``RecvOp(source, tag, context, mv)`` then ``state = R_POSTED`` sets (a slot
-    added to RecvOp and not here fails this)."""
+    ``RecvOp(source, tag, context, mv)`` then ``state = R_POSTED`` sets, but
+    ``key``, the spec's (a slot added to RecvOp and not here fails this)."""
     from driller.mmpi import _comm as C
     from driller.mmpi import _engine as E
     from driller.mmpi import _transport as T
@@ -272,6 +272,8 @@ def test_a_receive_irecv_posts_has_every_field_of_a_recvop():
         for s in slots:
             if s == "mv":
                 assert op.mv.nbytes == 16 and not op.mv.readonly
+            elif s == "key":   # (RecvOp() has none; irecvs[src]'s view of a spec: its key)
+                assert ref.key is None and op.key == (id(buf), 16, 5, op.context)
             else:
                 assert getattr(op, s) == getattr(ref, s), s
         r.Cancel()

@@ -652,6 +652,7 @@ class Comm(_attr.Cached, Handle):
         # nothing queued before it (osu_bw's windows): the bytes are copied, no
         # send op, no engine, no progress pass; Waitall finds it done.  The request
         # is made here: its op the shared _SENT, its key the request itself
+        p = self._p
         if type(buf) is list:
             c = _last_isend
             if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
@@ -663,15 +664,23 @@ class Comm(_attr.Cached, Handle):
                     mv = c[1][:c[3]]
                 except ValueError:
                     mv = None
-                if mv is not None and len(mv) != c[3]:
+                if mv is None or len(mv) != c[3]:
                     mv = None
+                elif p is c[6] and dest is c[7] and type(tag) is int and 0 <= tag <= TAG_MAX:
+                    # and its communicator and destination: its sender closure (c[8])
+                    if c[8](p.ctx, tag, mv):
+                        r = _new(Request)
+                        r._op = _SENT
+                        r._kind = K_SEND
+                        r._cx = c[9]
+                        return r
+                    return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
             else:
                 mv = spec_view(buf, False, True)
                 if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _REMEMBERED:
-                    _remember(True, buf, len(mv))
+                    _remember(True, buf, len(mv), p, dest, self._cx)
         else:
             mv = _flat(buf, False)
-        p = self._p
         if (mv is not None and type(dest) is int and 0 <= dest < p.npeers
                 and type(tag) is int and 0 <= tag <= TAG_MAX
                 and p.t.senders[p.group[dest]](p.ctx, tag, mv)):
@@ -721,16 +730,39 @@ class Comm(_attr.Cached, Handle):
         # posted straight into the engine (receives posted before it first take what
         # arrived: osu_bw's windows when the receiver runs ahead): irecvs[source]
         p = self._p
+        hit = False
+        if type(buf) is list:
+            c = _last_irecv
+            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
+                    and buf[2] is c[4] and c[4]._t is c[5]:
+                # the spec of the last Irecv, unchanged (its datatype handle not
+                # freed since)
+                if p is c[6] and source is c[7] and type(tag) is int \
+                        and -1 <= tag <= TAG_MAX:
+                    # and its communicator and source: its irecvs closure (c[8]) on
+                    # the first c[3] bytes (the buffer not shrunk nor closed since)
+                    mv = c[1]
+                    try:
+                        ok = len(mv) >= c[3]
+                    except ValueError:
+                        ok = False
+                    if ok:
+                        res = c[8](tag, p.ctx, mv, c[3])
+                        if res is not None:
+                            r = _new(Request)
+                            r._op = res
+                            r._kind = K_RECV
+                            r._cx = c[9]
+                            return r
+                    return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
+                hit = True
         if (type(source) is int and 0 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
             cap = -1
             if type(buf) is list:
-                c = _last_irecv
-                if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
-                        and buf[2] is c[4] and c[4]._t is c[5] and p.sliced:
-                    # the spec of the last Irecv, unchanged (its datatype handle not
-                    # freed, its buffer not shrunk nor closed since): its first c[3]
-                    # bytes, as spec_view said then
+                if hit and p.sliced:
+                    # its first c[3] bytes, as spec_view said then (None: the buffer
+                    # shrunk or closed since)
                     mv = c[1]
                     cap = c[3]
                     try:
@@ -743,7 +775,7 @@ class Comm(_attr.Cached, Handle):
                     if type(mv) is int:   # [bytearray or mmap, count, dt]: its first
                         cap = mv          # ``cap`` bytes, by slice assignment if taken
                         mv = buf[0]       # at once
-                        _remember(False, buf, cap)
+                        _remember(False, buf, cap, p, source, self._cx)
             else:
                 mv = _flat(buf, True)
             if mv is not None:
@@ -1526,21 +1558,32 @@ _new = object.__new__
 # Both end with the datatype handle and its type then (a handle freed since is
 # refused by the parser).  Tuples, replaced whole (a thread reads one consistent
 # snapshot).  Send's cache of an ``[mmap, count, dt]`` spec is _LAST_SEND, above.
-_last_isend: tuple = (None, None, None, 0, None, None)
-_last_irecv: tuple = (None, None, None, 0, None, None)
+# Then the communicator's _P2P record, the peer (a valid rank of it), the
+# transport's closure for that peer (senders[w] / irecvs[w]) and the
+# communicator's context (``_cx``, which a rebinding replaces along with ``_p``),
+# so that the same spec, communicator and peer again go straight to it.
+_NO_SPEC = (None, None, None, 0, None, None, None, None, None, None)
+_last_isend: tuple = _NO_SPEC
+_last_irecv: tuple = _NO_SPEC
 _REMEMBERED = frozenset((bytearray, mmap.mmap))
 
 
-def _remember(send: bool, spec: list, n: int) -> None:
-    """Isend's (``send``) or Irecv's last spec (a 3-item list), ``n`` its bytes."""
+def _remember(send: bool, spec: list, n: int, p: _P2P, peer: int, cx) -> None:
+    """Isend's (``send``) or Irecv's last spec (a 3-item list), ``n`` its bytes,
+    sent to or received from ``peer`` (a rank of ``p``'s communicator, or not:
+    then no closure is remembered)."""
     global _last_isend, _last_irecv
     dt = spec[2]
     if not isinstance(dt, Datatype):   # (a spec_view form without a handle)
         return
-    if send:
-        _last_isend = (spec, spec[0], spec[:], n, dt, dt._t)
+    if type(peer) is not int or not 0 <= peer < p.npeers:
+        p = peer = fn = None
     else:
-        _last_irecv = (spec, spec[0], spec[:], n, dt, dt._t)
+        fn = (p.t.senders if send else p.t.irecvs)[p.group[peer]]
+    if send:
+        _last_isend = (spec, spec[0], spec[:], n, dt, dt._t, p, peer, fn, cx)
+    else:
+        _last_irecv = (spec, spec[0], spec[:], n, dt, dt._t, p, peer, fn, cx)
 
 
 def _null_done_send():
@@ -1838,7 +1881,15 @@ def _fork_error(rank: int) -> MmpiError:
                      f"messages would corrupt the rank's own)")
 
 
+def _forget_peers() -> None:
+    """Drop Isend's and Irecv's remembered closures: they write the rings without
+    asking the transport, which a fork or Finalize makes unusable."""
+    global _last_isend, _last_irecv
+    _last_isend = _last_irecv = _NO_SPEC
+
+
 def _after_fork_in_child() -> None:
+    _forget_peers()
     t = _state.transport
     if t is not None and issubclass(type(t), T.Transport):
         rank = _state.rank
@@ -1970,6 +2021,7 @@ def finalize() -> None:
         except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
             pass
         t.close()
+        _forget_peers()
         T.make_unusable(t, "MPI.Finalize() was called in this rank: no communication "
                            "after it (communicators, requests and COMM_WORLD all raise)")
     _state.finalized = True

@@ -156,6 +156,7 @@ def warn_once(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
 
+_NOKEY = object()   # no posted receive's key (_serve)
 _ENVS = 256           # envelopes kept for posted receives matched in a run (_serve)
 _PUBLISH = 16 << 10   # _serve publishes the tail past a record of this size at once
 BIG_COPY = 768 << 10   # eager copies into and out of a ring from this size go in pieces
@@ -173,9 +174,13 @@ def _copy(dst, di: int, src, si: int, n: int) -> None:
 
 
 class RecvOp(E.Receive):
-    """A receive in flight.  ``mv``: writable byte memoryview, or None for objects."""
+    """A receive in flight.  ``mv``: writable byte memoryview, or None for objects.
+    ``key``: None, or (set by ``irecvs[src]`` only) the tuple ``(buffer, cap, tag,
+    ctx)`` its receive was posted with, shared by the alike receives it posted in a
+    row, which share ``mv`` too (one view of the buffer's first ``cap`` bytes):
+    ``_serve`` matches a run of them with one identity check."""
 
-    __slots__ = ("mv", "done", "exc", "count", "value", "cancelled")
+    __slots__ = ("mv", "done", "exc", "count", "value", "cancelled", "key")
 
     def __init__(self, source, tag, context, mv):
         self.source = source
@@ -191,6 +196,7 @@ class RecvOp(E.Receive):
         self.count = 0
         self.value = None
         self.cancelled = False
+        self.key = None
 
 
 class TakenOp:
@@ -773,9 +779,10 @@ class Transport:
         new = object.__new__
         posted_state = E.R_POSTED
         last = TakenOp(src, -1, -1)   # the op of the last message taken (shared, read only)
+        lk = (0, -2, -2, -2)   # the key of the last receive posted with a view (RecvOp.key)
 
         def irecv(tag, ctx, mv, cap=-1):
-            nonlocal last
+            nonlocal last, lk
             if unexpected or t_.npending:
                 return None
             t = tails[src]
@@ -790,14 +797,26 @@ class Transport:
                     if op.tag != res[1] or op.count != res[2]:
                         op = last = TakenOp(src, res[1], res[2])
                     return op
+            key = None
             if cap >= 0:   # a bytearray or mmap (takers' ``cap``): posted, a view of it
-                try:
-                    mv = memoryview(mv)
-                except ValueError:   # closed: the general parser says so
-                    return None
-                if mv.readonly:
-                    return None
-                mv = mv[:cap]
+                k = lk
+                if posted and posted[-1].key is k and k[0] == id(mv) and k[1] == cap \
+                        and k[2] == tag and k[3] == ctx:
+                    # the last receive posted, still posted, was this one's alike
+                    # (its view keeps the buffer alive, so the id is the buffer's):
+                    # its view and key shared (osu_bw's window of one spec)
+                    op = posted[-1]
+                    mv = op.mv
+                    key = k
+                else:
+                    try:
+                        v = memoryview(mv)
+                    except ValueError:   # closed: the general parser says so
+                        return None
+                    if v.readonly:
+                        return None
+                    key = lk = (id(mv), cap, tag, ctx)
+                    mv = v[:cap]
             op = new(Op)   # RecvOp(src, tag, ctx, mv), posted: its __init__ inlined
             # (tests/test_bwspecs.py checks that every slot of RecvOp is set here)
             op.source = src
@@ -813,6 +832,7 @@ class Transport:
             op.count = 0
             op.value = None
             op.cancelled = False
+            op.key = key
             posted.append(op)
             return op
         return irecv
@@ -1660,7 +1680,13 @@ class Transport:
         and copied in this one loop, the envelope shared (osu_bw's posted windows:
         one pass for the whole window).  Returns the tail past the records served
         (``t``: none); the caller publishes it (records of ``_PUBLISH`` bytes or
-        more publish it at once, so a big ring frees up early)."""
+        more publish it at once, so a big ring frees up early).
+
+        A run of receives that ``irecvs[src]`` posted alike (one ``key``: one
+        buffer view, source, tag and context) taking alike records is matched by
+        the key's identity; their copies all go to the same bytes, and only the
+        last one's is made (the run's last record wins, as the copies in order
+        would leave it; nothing can read the buffer in between)."""
         posted = self.engine.posted
         n = len(posted)
         data = self.data
@@ -1671,6 +1697,9 @@ class Transport:
         done = E.R_DONE
         m = None   # the envelope of the last record served (_give's), a small one's
         mc = mtg = mnb = -2   # context, tag and size (for a run alike: _give inlined)
+        k = _NOKEY   # that receive's key (a run of alike posted receives)
+        kmv = None   # and its view
+        pend = -1    # the run's last record not copied yet (its payload's byte)
         i = 0
         while i < n and t != head:
             p = base + t % rb
@@ -1682,6 +1711,30 @@ class Transport:
             else:
                 break
             r = posted[i]
+            if r.key is k and nb == mnb and tg == mtg and c == mc:
+                # posted alike the last receive served, for a record alike: it
+                # fits and matches as that one did (its copy: the run's last);
+                # and so on while records and receives stay alike
+                hdr = (kf, c, tg, nb, plen)
+                step = HDR_BYTES + ((plen + 63) & ~63)
+                while True:
+                    i += 1
+                    t += step
+                    r.message = m
+                    r.state = done
+                    r.count = nb
+                    r.done = True
+                    pend = p + HDR_BYTES
+                    if i == n or t == head:
+                        break
+                    p = base + t % rb
+                    r = posted[i]
+                    if r.key is not k or unpack(data, p) != hdr:
+                        break
+                continue
+            if pend >= 0:
+                kmv[:mnb] = data[pend:pend + mnb]
+                pend = -1
             if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
                     or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
                 break
@@ -1694,14 +1747,20 @@ class Transport:
                 r.count = nb
                 r.mv[:nb] = data[p:p + nb]
                 r.done = True
+                k = r.key or _NOKEY   # (k: always the key of the receive that
+                kmv = r.mv            # took the record (mc, mtg, mnb) above)
                 continue
             give(r, src, data, p, c, tg, nb)
             if 0 < nb < _PUBLISH:
                 m = r.message
                 mc, mtg, mnb = c, tg, nb
+                k = r.key or _NOKEY
+                kmv = r.mv
             elif nb >= _PUBLISH:
                 self.in_tail[src] = t
                 self.words[self.in_tailw[src]] = t
+        if pend >= 0:
+            kmv[:mnb] = data[pend:pend + mnb]
         if i:
             del posted[:i]
         return t
