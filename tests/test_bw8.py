@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import mmap
 
+import pytest
+
 from driller import MPI
 from driller.errors import MmpiError
 
@@ -52,39 +54,45 @@ def _sized_window(comm, sizes, rbuf, cap):
     return reqs
 
 
-def _window_last_wins(comm):
-    """64 receives posted from one spec, 64 distinct messages: the buffer holds
-    the last; every status names its source, tag and size; the mmap closes
-    (no view of it is left behind)."""
-    msgs = [_msg(j) for j in range(64)]
+def _window_last_wins(comm, n=8):
+    """64 receives posted from one spec, 64 distinct messages of ``n`` bytes: the
+    buffer holds the last; every status names its source, tag and size; the mmap
+    closes (no view of it is left behind)."""
+    msgs = [_msg(j, n) for j in range(64)]
     if comm.rank == 0:
         _send_all(comm, [(m, None) for m in msgs])
         return None
     rbuf = mmap.mmap(-1, 4096)
-    spec = [rbuf, 8, MPI.BYTE]
+    spec = [rbuf, n, MPI.BYTE]
     reqs = [comm.Irecv(spec, 0, 5) for _ in range(64)]
     _go(comm)
     sts = [MPI.Status() for _ in reqs]
     MPI.Request.Waitall(reqs, sts)
-    got = bytes(rbuf[:8])
+    got = bytes(rbuf[:n])
     info = {(s.Get_source(), s.Get_tag(), s.Get_count(MPI.BYTE)) for s in sts}
     del reqs, sts
     rbuf.close()   # BufferError if a view of it were still held
     return got, info
 
 
-def test_window_of_alike_receives_keeps_the_last_message():
-    got, info = values(run_ranks(_window_last_wins, 2))[1]
-    assert got == _msg(63)
-    assert info == {(0, 5, 8)}
+@pytest.mark.parametrize("n", [8, 16, 17, 40, 200])   # in the header's line, or after it
+def test_window_of_alike_receives_keeps_the_last_message(n):
+    got, info = values(run_ranks(_window_last_wins, 2, n))[1]
+    assert got == _msg(63, n)
+    assert info == {(0, 5, n)}
 
 
-def _sizes_mixed(comm):
-    """One spec of 16 bytes posted 6 times; messages of 16, 8, 8, 16, 8, 4 bytes:
-    the buffer holds the 4-byte message over the 8-byte one over the 16-byte
-    one, exactly as six copies in order leave it; each count is its message's."""
-    rbuf = bytearray(b"." * 32)
-    reqs = _sized_window(comm, [16, 8, 8, 16, 8, 4], rbuf, 16)
+MIXED = [[16, 8, 8, 16, 8, 4],          # every one in its header's line
+         [48, 24, 24, 48, 24, 4],        # after the header, the last one in it
+         [48, 8, 8, 48, 30, 30, 30, 5]]  # both kinds, and runs of each
+
+
+def _sizes_mixed(comm, sizes):
+    """One spec of max(sizes) bytes posted once per message; messages of
+    ``sizes`` bytes: the buffer holds each shorter message over the longer ones
+    before it, exactly as copies in order leave it; each count is its message's."""
+    rbuf = bytearray(b"." * 64)
+    reqs = _sized_window(comm, sizes, rbuf, max(sizes))
     if reqs is None:
         return None
     counts = []
@@ -95,13 +103,14 @@ def _sizes_mixed(comm):
     return bytes(rbuf), counts
 
 
-def test_alike_receives_of_mixed_sizes_end_as_copies_in_order():
-    buf, counts = values(run_ranks(_sizes_mixed, 2))[1]
-    expect = bytearray(b"." * 32)
-    for j, n in enumerate([16, 8, 8, 16, 8, 4]):
+@pytest.mark.parametrize("sizes", MIXED)
+def test_alike_receives_of_mixed_sizes_end_as_copies_in_order(sizes):
+    buf, counts = values(run_ranks(_sizes_mixed, 2, sizes))[1]
+    expect = bytearray(b"." * 64)
+    for j, n in enumerate(sizes):
         expect[:n] = _msg(j, n)
     assert buf == bytes(expect)
-    assert counts == [16, 8, 8, 16, 8, 4]
+    assert counts == sizes
 
 
 def _run_broken(comm):

@@ -543,7 +543,7 @@ class Comm(_attr.Cached, Handle):
                 if type(mv) is int:   # [bytearray or mmap, count, dt] (osu_latency's): its
                     cap = mv          # first ``cap`` bytes, by slice assignment if taken at
                     mv = buf[0]       # once
-                    _remember(False, buf, cap)
+                    _remember(False, buf, cap, p, source, self._cx)
         else:
             mv = None
         if mv is None:

@@ -1702,14 +1702,15 @@ class Transport:
         pend = -1    # the run's last record not copied yet (its payload's byte)
         i = 0
         while i < n and t != head:
-            p = base + t % rb
-            kf, c, tg, nb, plen = unpack(data, p)
+            q = base + t % rb   # the record; its payload at p
+            kf, c, tg, nb, plen = unpack(data, q)
             if kf == K_EAGER:
-                p += HDR_BYTES
+                off = HDR_BYTES
             elif kf == K_INLINE:
-                p += INLINE_AT
+                off = INLINE_AT
             else:
                 break
+            p = q + off
             r = posted[i]
             if r.key is k and nb == mnb and tg == mtg and c == mc:
                 # posted alike the last receive served, for a record alike: it
@@ -1724,12 +1725,12 @@ class Transport:
                     r.state = done
                     r.count = nb
                     r.done = True
-                    pend = p + HDR_BYTES
+                    pend = q + off
                     if i == n or t == head:
                         break
-                    p = base + t % rb
+                    q = base + t % rb
                     r = posted[i]
-                    if r.key is not k or unpack(data, p) != hdr:
+                    if r.key is not k or unpack(data, q) != hdr:
                         break
                 continue
             if pend >= 0:
