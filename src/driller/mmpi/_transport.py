@@ -689,10 +689,11 @@ class Transport:
         on their cores, no context switch), so the budget goes to ``ADAPT_MAX``
         (if it came within ``ADAPT_PROBE`` polls: a slower one, a long message's,
         leaves the core to another rank better); one that came only after a yield
-        means the peer needed our core, or was not running, so the budget drops to 0 and the rank yields at once, with
-        a probe of ``ADAPT_PROBE`` polls after ``ADAPT_EVERY`` waits, the interval
-        doubling after each failed probe (up to ``ADAPT_BACKOFF`` times) and back
-        to ``ADAPT_EVERY`` at a reply within the polls."""
+        means the peer needed our core, or was not running, so the budget drops
+        to 0 and the rank yields at once, with a probe of ``ADAPT_PROBE`` polls
+        after ``ADAPT_EVERY`` waits, the interval doubling after each failed probe
+        (up to ``ADAPT_BACKOFF`` times) and back to ``ADAPT_EVERY`` at a reply
+        within the polls."""
         words = self.words
         clock = time.perf_counter
         yield_ = os.sched_yield
@@ -741,19 +742,9 @@ class Transport:
     def _recver(self, src: int):
         """Recv's fast path from ``src``: ``(tag, ctx, mv, cap, wait)`` as
         ``takers[src]``'s with ``wait`` true (the take and the wait in one
-        closure: the taker itself), or, for another node's source (a hybrid
-        world's), its taker then recv_fast."""
-        take = self.takers[src]
-        if src not in self.remote:
-            return take
-        recv_fast = self.recv_fast
-
-        def recv_remote(tag, ctx, mv, cap=-1, wait=True):
-            if cap >= 0:   # (a hybrid world's receives take views: never)
-                return None
-            res = take(tag, ctx, mv)
-            return recv_fast(src, tag, ctx, mv) if res is False else res
-        return recv_remote
+        closure: the taker itself).  (A hybrid world's sources on another node
+        have HybridTransport._recver's.)"""
+        return self.takers[src]
 
     def _irecver(self, src: int):
         """Irecv's fast path for a buffer receive from ``src``: ``(tag, ctx, mv, cap=-1)``
