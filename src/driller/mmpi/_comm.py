@@ -123,7 +123,8 @@ class _P2P:
     handful of instance-dict loads they replace (docs/mmpi.md, "Hot paths, third
     round")."""
 
-    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced")
+    __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced", "sends", "recvs",
+                 "__weakref__")
 
     def __init__(self, t, group, npeers: int, ctx: int, rank_of):
         self.t = t
@@ -134,6 +135,16 @@ class _P2P:
         self.npeers = npeers
         self.ctx = ctx
         self.rank_of = rank_of
+        # Send's and Recv's per-peer closures by rank of this communicator
+        # (``t.senders[group[r]]``, ``t.recvers[group[r]]``), looked up through the
+        # transport on first use; None again after a fork or Finalize (_forget_peers),
+        # so that the next call asks the transport, which then raises
+        self.sends = [None] * npeers
+        self.recvs = [None] * npeers
+        _P2PS.add(self)
+
+
+_P2PS = weakref.WeakSet()   # every _P2P record (_forget_peers empties their tables)
 
 
 def _comm_error(what: str) -> MmpiError:
@@ -398,11 +409,11 @@ class Comm(_attr.Cached, Handle):
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
-            if buf and type(buf[0]) is _MMAP and len(buf) == 3:
+            if len(buf) == 3 and type(mv := buf[0]) is _MMAP:
                 c, d, dt, nb, ref = _LAST_SEND   # the last [mmap, count, dt] sent: copied again
-                if buf[1] is c and buf[2] is d and d._t is dt and buf[0] is ref():
+                if buf[1] is c and buf[2] is d and d._t is dt and mv is ref():
                     try:
-                        mv = buf[0][:nb]
+                        mv = mv[:nb]
                     except ValueError:   # a closed mmap: the parser says so
                         mv = b""
                     if len(mv) != nb:   # shrunk or closed since: parsed in full
@@ -427,7 +438,10 @@ class Comm(_attr.Cached, Handle):
         p = self._p
         if type(dest) is int and 0 <= dest < p.npeers and type(tag) is int and \
                 0 <= tag <= TAG_MAX:
-            if p.t.senders[p.group[dest]](p.ctx, tag, mv):
+            f = p.sends[dest]
+            if f is None:   # (first use, or a fork or Finalize since: the transport raises)
+                f = p.sends[dest] = p.t.senders[p.group[dest]]
+            if f(p.ctx, tag, mv):
                 return
         elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
                 and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
@@ -528,8 +542,9 @@ class Comm(_attr.Cached, Handle):
         cap = -1
         p = self._p
         if type(buf) is list:
-            c = _last_irecv   # (Irecv's remembered spec: the same checks as there)
-            if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
+            c = _last_irecv   # (Irecv's remembered spec: the same checks as there; its
+            # length is the copy's, c[2], which has three items)
+            if buf is c[0] and buf[0] is c[1] and buf == c[2] \
                     and buf[2] is c[4] and c[4]._t is c[5] and p.sliced:
                 mv = c[1]
                 cap = c[3]
@@ -561,13 +576,15 @@ class Comm(_attr.Cached, Handle):
                     return
         if (type(source) is int and -1 <= source < p.npeers and type(tag) is int
                 and -1 <= tag <= TAG_MAX):
-            t = p.t
             if source >= 0:   # the message already there: taken at once, else waited for
-                res = t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
+                f = p.recvs[source]
+                if f is None:   # (as Send's)
+                    f = p.recvs[source] = p.t.recvers[p.group[source]]
+                res = f(tag, p.ctx, mv, cap, True)
             else:
                 if cap >= 0:
                     mv = _sliced_view(mv, cap)
-                res = t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
+                res = p.t.recv_fast(source, tag, p.ctx, mv) if mv is not None else None
             if res is not None:
                 if status is not None:
                     fill(status, p.rank_of(res[0]), res[1], 0, res[2])
@@ -1882,10 +1899,17 @@ def _fork_error(rank: int) -> MmpiError:
 
 
 def _forget_peers() -> None:
-    """Drop Isend's and Irecv's remembered closures: they write the rings without
-    asking the transport, which a fork or Finalize makes unusable."""
+    """Drop Isend's and Irecv's remembered closures and Send's and Recv's tables of
+    them: they write the rings without asking the transport, which a fork or
+    Finalize makes unusable (``make_unusable`` calls this)."""
     global _last_isend, _last_irecv
     _last_isend = _last_irecv = _NO_SPEC
+    for p in list(_P2PS):   # Send's and Recv's tables: looked up through the transport again
+        p.sends = [None] * p.npeers
+        p.recvs = [None] * p.npeers
+
+
+T.UNUSABLE_HOOKS.append(_forget_peers)
 
 
 def _after_fork_in_child() -> None:

@@ -2073,10 +2073,17 @@ class _Unusable:
         raise MmpiError(object.__getattribute__(self, "__dict__")["_unusable_why"])
 
 
+# called (no arguments) by make_unusable: the layers above that keep the per-peer
+# closures outside the transport forget them there (_comm._forget_peers)
+UNUSABLE_HOOKS: list = []
+
+
 def make_unusable(t: Transport, why: str) -> None:
     """Turn ``t`` (and every communicator and request using it) unusable."""
     t.__dict__["_unusable_why"] = why
     t.__class__ = _Unusable
+    for hook in UNUSABLE_HOOKS:
+        hook()
 
 
 def _opname(op) -> str:
