@@ -27,6 +27,7 @@ from driller.mmpi import _comm as C
 from driller.mmpi import _transport as T
 
 from test_mmpi_p2p import run_ranks, values
+from test_mmpi_trust import _refused
 from test_smallpaths import pair  # noqa: F401  (the fixture: two ranks in this process)
 
 
@@ -180,21 +181,30 @@ def test_numpy_and_float_ranks_and_bad_arguments_end_as_before(pair):
 
 # ------------------------------------------------------------------ real ranks
 
+def _ping_pong(comm, sm, rm, rounds):
+    """osu_latency's loop on [mmap, 8, BYTE] specs (fills both ranks' tables)."""
+    peer = 1 - comm.rank
+    ops = (lambda: comm.Send([sm, 8, MPI.BYTE], peer, 1),
+           lambda: comm.Recv([rm, 8, MPI.BYTE], peer, 1))
+    for i in range(rounds):
+        sm[:8] = b"loop%04d" % i
+        for op in (ops if comm.rank == 0 else ops[::-1]):
+            op()
+        assert rm[:8] == b"loop%04d" % i
+
+
+def _messages(calls):
+    """What each call raised (an MmpiError's text; AssertionError if one did not)."""
+    return [_refused(fn) for fn in calls]
+
+
 def _fork_after_tables(comm):
     """Both ranks fill their tables with osu's loop; rank 0 forks; the child's Send
     and Recv (the tables' paths, every spec kind) raise and send nothing."""
     peer = 1 - comm.rank
     sm, rm = mmap.mmap(-1, 64), mmap.mmap(-1, 64)
     ss, rs = [sm, 8, MPI.BYTE], [rm, 8, MPI.BYTE]
-    for i in range(50):
-        sm[:8] = b"loop%04d" % i
-        if comm.rank == 0:
-            comm.Send(ss, 1, 1)
-            comm.Recv(rs, 1, 1)
-        else:
-            comm.Recv(rs, 0, 1)
-            comm.Send(ss, 0, 1)
-        assert rm[:8] == b"loop%04d" % i
+    _ping_pong(comm, sm, rm, 50)
     if comm.rank == 1:
         comm.Recv(rs, 0, 2)                        # the parent's message after the fork
         got = rm[:8]
@@ -204,30 +214,24 @@ def _fork_after_tables(comm):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        msgs = []
-        sm[:8] = b"child!!!"
-        for fn in (lambda: comm.Send(ss, peer, 2),
-                   lambda: comm.Send(b"child!!!", peer, 2),
-                   lambda: comm.Send(np.zeros(1), np.int64(peer), 2),
-                   lambda: comm.Recv(rs, peer, 1),
-                   lambda: comm.Recv(bytearray(8), peer, 1)):
-            try:
-                fn()
-                msgs.append("NO ERROR")
-            except MmpiError as e:
-                msgs.append(str(e))
-        os.write(w, repr(msgs).encode())
-        os._exit(0)
+        try:
+            sm[:8] = b"child!!!"
+            os.write(w, repr(_messages((
+                lambda: comm.Send(ss, peer, 2),
+                lambda: comm.Send(b"child!!!", peer, 2),
+                lambda: comm.Send(np.zeros(1), np.int64(peer), 2),
+                lambda: comm.Recv(rs, peer, 1),
+                lambda: comm.Recv(bytearray(8), peer, 1)))).encode())
+        finally:
+            os._exit(0)
     os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
+    with os.fdopen(r, "rb") as f:
+        msgs = ast.literal_eval(f.read().decode())
     _, status = os.waitpid(pid, 0)
     sm[:8] = b"parent!!"
     comm.Send(ss, 1, 2)
     comm.Recv(rs, 1, 3)
-    return status, ast.literal_eval(data.decode())
+    return status, msgs
 
 
 def test_a_forked_child_cannot_use_the_tables():
@@ -243,27 +247,14 @@ def _finalize_after_tables(comm):
     dup = comm.Dup()
     sm, rm = mmap.mmap(-1, 64), mmap.mmap(-1, 64)
     for c in (comm, dup):
-        for i in range(5):
-            if comm.rank == 0:
-                c.Send([sm, 8, MPI.BYTE], 1, 1)
-                c.Recv([rm, 8, MPI.BYTE], 1, 1)
-            else:
-                c.Recv([rm, 8, MPI.BYTE], 0, 1)
-                c.Send([sm, 8, MPI.BYTE], 0, 1)
+        _ping_pong(c, sm, rm, 5)
     comm.Barrier()
     MPI.Finalize()
-    msgs = []
-    for fn in (lambda: comm.Send([sm, 8, MPI.BYTE], peer, 1),
-               lambda: comm.Recv([rm, 8, MPI.BYTE], peer, 1),
-               lambda: dup.Send([sm, 8, MPI.BYTE], peer, 1),
-               lambda: dup.Recv(bytearray(8), peer, 1),
-               lambda: comm.Send(b"12345678", float(peer), 1)):
-        try:
-            fn()
-            msgs.append("NO ERROR")
-        except MmpiError as e:
-            msgs.append(str(e))
-    return msgs
+    return _messages((lambda: comm.Send([sm, 8, MPI.BYTE], peer, 1),
+                      lambda: comm.Recv([rm, 8, MPI.BYTE], peer, 1),
+                      lambda: dup.Send([sm, 8, MPI.BYTE], peer, 1),
+                      lambda: dup.Recv(bytearray(8), peer, 1),
+                      lambda: comm.Send(b"12345678", float(peer), 1)))
 
 
 def test_after_finalize_the_tables_raise():
