@@ -64,6 +64,11 @@ def test_tables_fill_on_first_use_and_map_ranks_through_the_group(pair):
     r1.Send(b"back", 1, 3)
     r0.Recv(out, 0, 3, st)
     assert out == b"back" and st.Get_source() == 0
+    r1.Send(b"pong", 1, 4)                         # waiting for r0's Sendrecv below
+    r0.Sendrecv(b"ping", 0, 4, out, 0, 4, st)      # (Sendrecv shares Send's table)
+    assert out == b"pong" and st.Get_source() == 0
+    r1.Recv(out, 1, 4, st)
+    assert out == b"ping" and st.Get_source() == 1
     assert _nothing_waiting(c0) and _nothing_waiting(c1)
 
 
@@ -86,7 +91,8 @@ def test_an_unusable_transport_empties_every_table_and_sends_nothing(pair):
                  lambda: c0.Send(np.zeros(1), np.int64(1), 1),   # (numpy rank: its own path)
                  lambda: other.Send([mm, 8, MPI.BYTE], 1, 1),
                  lambda: c0.Recv([mm, 8, MPI.BYTE], 1, 1),
-                 lambda: c0.Recv(bytearray(8), 1, 1)):
+                 lambda: c0.Recv(bytearray(8), 1, 1),
+                 lambda: c0.Sendrecv(b"12345678", 1, 1, bytearray(8), 1, 1)):
         with pytest.raises(MmpiError, match="finalized"):
             call()
     assert _nothing_waiting(c1) and _nothing_waiting(o1)
@@ -221,7 +227,8 @@ def _fork_after_tables(comm):
                 lambda: comm.Send(b"child!!!", peer, 2),
                 lambda: comm.Send(np.zeros(1), np.int64(peer), 2),
                 lambda: comm.Recv(rs, peer, 1),
-                lambda: comm.Recv(bytearray(8), peer, 1)))).encode())
+                lambda: comm.Recv(bytearray(8), peer, 1),
+                lambda: comm.Sendrecv(ss, peer, 2, bytearray(8), peer, 1)))).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -236,7 +243,7 @@ def _fork_after_tables(comm):
 
 def test_a_forked_child_cannot_use_the_tables():
     (status, msgs), (got, more) = values(run_ranks(_fork_after_tables, 2))
-    assert status == 0 and len(msgs) == 5
+    assert status == 0 and len(msgs) == 6
     for m in msgs:
         assert m.startswith("this process is a fork of rank 0"), msgs
     assert got == b"parent!!" and more is False
@@ -254,11 +261,12 @@ def _finalize_after_tables(comm):
                       lambda: comm.Recv([rm, 8, MPI.BYTE], peer, 1),
                       lambda: dup.Send([sm, 8, MPI.BYTE], peer, 1),
                       lambda: dup.Recv(bytearray(8), peer, 1),
-                      lambda: comm.Send(b"12345678", float(peer), 1)))
+                      lambda: comm.Send(b"12345678", float(peer), 1),
+                      lambda: dup.Sendrecv(b"12345678", peer, 1, bytearray(8), peer, 1)))
 
 
 def test_after_finalize_the_tables_raise():
     for msgs in values(run_ranks(_finalize_after_tables, 2)):
-        assert len(msgs) == 5
+        assert len(msgs) == 6
         for m in msgs:
             assert m.startswith("MPI.Finalize() was called in this rank"), msgs

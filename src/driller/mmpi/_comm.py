@@ -614,18 +614,21 @@ class Comm(_attr.Cached, Handle):
             self._wait_send(s)
             self._wait_recv(r, status)
             return
-        size = self._npeers
+        p = self._p
+        size = p.npeers
         if (type(dest) is int and 0 <= dest < size and type(sendtag) is int
                 and 0 <= sendtag <= TAG_MAX and type(source) is int and -1 <= source < size
                 and type(recvtag) is int and -1 <= recvtag <= TAG_MAX):
             # the common case, validated inline: straight into and out of the rings
-            t = self._t
-            if t.senders[self._group[dest]](self._ctx, sendtag, smv):
-                res = t.recv_fast(self._group[source] if source >= 0 else source, recvtag,
-                                  self._ctx, rmv)
+            f = p.sends[dest]
+            if f is None:   # (as Send's)
+                f = p.sends[dest] = p.t.senders[p.group[dest]]
+            if f(p.ctx, sendtag, smv):
+                res = p.t.recv_fast(p.group[source] if source >= 0 else source, recvtag,
+                                    p.ctx, rmv)
                 if res is not None:
                     if status is not None:
-                        fill(status, self._rank_of(res[0]), res[1], 0, res[2])
+                        fill(status, p.rank_of(res[0]), res[1], 0, res[2])
                     return
                 self._wait_recv(self._irecv(rmv, source, recvtag, "Sendrecv"), status)
                 return
