@@ -1,5 +1,5 @@
 """The blocking small path, sixth round (issue 12): Send's and Recv's tables of
-per-peer closures.
+per-peer closures (Sendrecv's inline path shares Send's).
 
 Each communicator's point-to-point record (``Comm._p``, a ``_comm._P2P``) keeps
 ``sends`` and ``recvs``: the transport's per-peer closures by rank of that
