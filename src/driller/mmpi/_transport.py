@@ -795,12 +795,13 @@ class Transport:
                 # the record at t is published
                 if t >= seen:
                     seen = h
-                if cap >= 0 and not posted:
+                if not posted:
                     # an inline one for this receive: taken here (takers[src]'s
                     # inline branch, the head not read again)
                     p = base + t % rb
                     kf, c, tg, nb, pl, _ = _unpack5i(data, p)
-                    if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) and nb <= cap:
+                    if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) \
+                            and nb <= (cap if cap >= 0 else len(mv)):
                         try:
                             _PUTS[nb](mv, 0, pl)
                         except (TypeError, ValueError, struct.error):   # a read-only,
