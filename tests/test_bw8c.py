@@ -21,6 +21,7 @@ import pytest
 from driller import MPI
 from driller.errors import MmpiError
 
+from test_bw8 import isend_window
 from test_mmpi_p2p import run_ranks, values
 
 
@@ -45,14 +46,7 @@ def _wait_flag(path: str) -> None:
 def _send_window(comm, msgs, flag):
     """Rank 0: every (bytes, tag) of ``msgs`` through one ``[mmap, n, BYTE]`` spec,
     completed, then the flag."""
-    sbuf = mmap.mmap(-1, 4096)
-    spec = [sbuf, 8, MPI.BYTE]
-    reqs = []
-    for m, tag in msgs:
-        spec[1] = len(m)
-        sbuf[:len(m)] = m
-        reqs.append(comm.Isend(spec, 1, tag))
-    MPI.Request.Waitall(reqs)
+    isend_window(comm, msgs)
     _flag(flag)
 
 
