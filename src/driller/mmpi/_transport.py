@@ -780,11 +780,9 @@ class Transport:
         last = TakenOp(src, -1, -1)   # the op of the last message taken (shared, read only)
         lk = (0, -2, -2, -2)   # the key of the last receive posted with a view (RecvOp.key)
         seen = 0   # a head of src's ring read here (the head is at or past it)
-        data = self.data   # (the inline take's: the fewer cells, the cheaper each call)
-        base = self.in_data[src]
-        rb = self.ring_bytes
-        tw = self.in_tailw[src]
-        pw = self.in_pwait[src]
+        # the inline take's: one cell (each cell is copied at every call)
+        ring = (self.data, self.in_data[src], self.ring_bytes, self.in_tailw[src],
+                self.in_pwait[src])
 
         def irecv(tag, ctx, mv, cap=-1):
             nonlocal last, lk, seen
@@ -798,6 +796,7 @@ class Transport:
                 if not posted:
                     # an inline one for this receive: taken here (takers[src]'s
                     # inline branch, the head not read again)
+                    data, base, rb, tw, pw = ring
                     p = base + t % rb
                     kf, c, tg, nb, pl, _ = _unpack5i(data, p)
                     if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) \
