@@ -49,6 +49,11 @@ byte: a transfer MPI is moving ends within its bandwidth), so each step of a
 protocol across nodes is picked up within microseconds, not at the end of a
 nap; then it sleeps in short futex naps (50 µs growing to 1 ms) and polls MPI
 between them.
+
+A direct route (every message of a communicator's point-to-point context to
+another node as a plain MPI message on an MPI twin of that communicator, with
+the user's tag, no header and no pool) was measured and designed, not built:
+docs/scaleout.md, "A direct route between nodes" (benchmarks/direct_proto.py).
 """
 
 from __future__ import annotations
