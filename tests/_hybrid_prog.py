@@ -3,7 +3,8 @@ and b) x 2 ranks under mpirun/mpiexec.  Mode "all" checks routes, point-to-point
 both ways, objects with large arrays, shared arrays, ANY_SOURCE, every collective
 against numpy, Split_type, Dup and Split; "coll" (any layout of nodes, e.g. 3 + 2)
 the routes and the gathers, scatters and all-to-alls (tests/_hybrid_coll.py) on
-the world and on a communicator whose nodes interleave; "raise" and "kill" make
+the world and on a communicator whose nodes interleave; "a2a" the all-to-alls
+alone; "raise" and "kill" make
 rank 2 fail while the others wait on it (rank 3 through shared memory, ranks 0 and
 1 through MPI)."""
 import os
@@ -29,6 +30,19 @@ if mode in ("raise", "kill"):
         os.kill(os.getpid(), signal.SIGKILL)
     comm.Recv(np.empty(4), source=2, tag=1)
     sys.exit(0)
+if mode == "a2a":
+    # the all-to-alls alone (any layout of nodes, e.g. 3 + 1), on the world and
+    # on the ranks in reverse order
+    rev = comm.Split(0, n - r)
+    for c, label in ((comm, "world"), (rev, "reversed")):
+        _hybrid_coll.check_alltoall_fast(c, MPI, label)
+        _hybrid_coll.check_alltoall_paths(c, MPI, label)
+        _hybrid_coll.check_alltoallv(c, MPI, label)
+    rev.Free()
+    comm.Barrier()
+    with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
+        f.write("ok")
+    sys.exit(0)
 if mode == "coll":
     nodes = comm.allgather(node)
     routes = [mmpi.route(comm, k) for k in range(n)]
@@ -38,6 +52,7 @@ if mode == "coll":
     _hybrid_coll.check_reductions(comm, MPI, "world")
     _hybrid_coll.check_alltoallv(comm, MPI, "world")
     _hybrid_coll.check_alltoall_paths(comm, MPI, "world")
+    _hybrid_coll.check_alltoall_fast(comm, MPI, "world")
     _hybrid_coll.check_lanes_freed(comm, MPI, "world")
     # ranks in reverse order: every node's ranks interleave with the other's
     rev = comm.Split(0, n - r)
@@ -45,6 +60,7 @@ if mode == "coll":
     _hybrid_coll.check_reductions(rev, MPI, "reversed")
     _hybrid_coll.check_alltoallv(rev, MPI, "reversed")
     _hybrid_coll.check_alltoall_paths(rev, MPI, "reversed")
+    _hybrid_coll.check_alltoall_fast(rev, MPI, "reversed")
     rev.Free()
     comm.Barrier()
     with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
@@ -169,6 +185,8 @@ _hybrid_coll.check_alltoallv(comm, MPI, "world")
 _hybrid_coll.check_alltoallv(inter, MPI, "interleaved")
 _hybrid_coll.check_alltoall_paths(comm, MPI, "world")
 _hybrid_coll.check_alltoall_paths(inter, MPI, "interleaved")
+_hybrid_coll.check_alltoall_fast(comm, MPI, "world")
+_hybrid_coll.check_alltoall_fast(inter, MPI, "interleaved")
 _hybrid_coll.check_lanes_freed(inter, MPI, "interleaved")
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)
