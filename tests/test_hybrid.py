@@ -274,6 +274,23 @@ def test_alltoalls_on_three_plus_one(impl, tmp_path):
     _no_leftovers(tag, shm, impl)
 
 
+@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
+def test_exchanges_between_nodes_progress_without_the_naps(impl, tmp_path):
+    """The yield-polling of a wait on another node never ends (no naps, so no fall back
+    to the general wait): a collective whose ranks exchange messages larger than a
+    record across nodes (the leaders of Allgather(v) and of the aggregated
+    Alltoall(v), the direct Alltoallv) must still complete: each rank waits for what
+    it receives before what it sends (a send's wait takes no request from another
+    node, so two ranks each waiting for its own send would wait forever)."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [PROG, "coll", str(tmp_path)], tag,
+             {"DRILLER_MMPI_REMOTE_SPIN_US": "1e9", "DRILLER_MMPI_ALLTOALLV_AGG": "1"},
+             sizes=(3, 2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, impl)
+
+
 def test_lanes_on_three_nodes(tmp_path):
     """3 nodes of 2 ranks: the lanes' Allgatherv among three (two nodes take a
     Sendrecv), Alltoallv and alltoall aggregated among three leaders."""

@@ -46,6 +46,13 @@ algorithms of ``_gather`` and ``_alltoall``.
   objects would be pickled three times instead of once.
 * The object forms ``gather``, ``scatter`` and ``allgather`` run the same three
   steps with lists of objects (a node's list travels as one pickled message).
+
+Where two ranks of different nodes exchange messages, each waits for what it
+receives before what it sends: the wait for a large send to another node waits
+for its own data message only and takes no request record from MPI meanwhile
+(``_hybrid``), so two ranks each waiting for its send first would each leave the
+other's request untaken until their yield-polling ran out (``REMOTE_SPIN``,
+2 ms) and the general wait took it.
 """
 
 from __future__ import annotations
@@ -436,7 +443,7 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
             expect = sum(rb.counts[r] for r in ranks) * isz
             dst = span if span is not None else _scratch(expect)
             recvs.append((i, ranks, span, dst, expect, cr(leaders, dst, i, lbase)))
-        waitall(t, sends + [x[-1] for x in recvs])
+        waitall(t, [x[-1] for x in recvs] + sends)   # (receives first: module docstring)
         for i, ranks, span, dst, expect, op in recvs:
             e = _check_total(op, expect, what, me, i, cx.index[leaders.group[i]])
             if e is None and span is None:
@@ -667,7 +674,7 @@ def _alltoall_agg(cx, h, smv, rb: Buf) -> None:
         sends.append(cs(leaders, memoryview(out).cast("B"), k, lbase))
         got = np.empty((len(ranks), L, B), np.uint8)          # [their rank, my rank]
         recvs.append((k, ranks, got, cr(leaders, memoryview(got).cast("B"), k, lbase)))
-    waitall(t, sends + [x[-1] for x in recvs])
+    waitall(t, [x[-1] for x in recvs] + sends)   # (receives first: module docstring)
     R = np.empty((L, n, B), np.uint8)                        # [my rank, source]
     mine = cranks[mi]
     R[:, mine, :] = S3[:, mine, :].transpose(1, 0, 2)
