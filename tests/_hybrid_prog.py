@@ -79,6 +79,18 @@ for size in (0, 8, 100_000, 3_000_000):
         b = np.empty(size, dtype=np.int64)
         comm.Sendrecv(a, (r + k) % n, 5, b, (r - k) % n, 5)
         assert (b == ((r - k) % n) * 10 + k).all(), (r, size, k)
+# Sendrecv and Sendrecv_replace with the partner on the other node, larger than a
+# record, both ranks at once (after a barrier), many times: neither may wait for
+# its own send before taking the other's request
+partner = (r + 2) % n
+for i in range(40):
+    a = np.full(4096 + i, r * 100.0 + i)
+    b = np.empty_like(a)
+    comm.Barrier()
+    comm.Sendrecv(a, partner, 6, b, partner, 6)
+    assert (b == partner * 100.0 + i).all(), (r, i)
+    comm.Sendrecv_replace(a, partner, 7, partner, 7)
+    assert (a == partner * 100.0 + i).all(), (r, i)
 # blocking Send/Recv between nodes (the remote fast path), with a message of another
 # tag queued before the one received first
 x = np.empty(1)

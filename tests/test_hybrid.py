@@ -274,20 +274,25 @@ def test_alltoalls_on_three_plus_one(impl, tmp_path):
     _no_leftovers(tag, shm, impl)
 
 
-@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
-def test_exchanges_between_nodes_progress_without_the_naps(impl, tmp_path):
+@pytest.mark.parametrize("impl, mode, sizes", [
+    ("openmpi", "coll", (3, 2)),
+    ("mpich", "coll", (3, 2)),
+    ("openmpi", "all", (2, 2)),
+])
+def test_exchanges_between_nodes_progress_without_the_naps(impl, mode, sizes, tmp_path):
     """The yield-polling of a wait on another node never ends (no naps, so no fall back
-    to the general wait): a collective whose ranks exchange messages larger than a
-    record across nodes (the leaders of Allgather(v) and of the aggregated
-    Alltoall(v), the direct Alltoallv) must still complete: each rank waits for what
-    it receives before what it sends (a send's wait takes no request from another
-    node, so two ranks each waiting for its own send would wait forever)."""
+    to the general wait): where two ranks of different nodes exchange messages larger
+    than a record (the leaders of Allgather(v) and of the aggregated Alltoall(v), the
+    direct Alltoallv, Sendrecv and Sendrecv_replace), each must wait for what it
+    receives before what it sends (a send's wait takes no request from another node,
+    so two ranks each waiting for its own send would wait forever)."""
     tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
-    r = _job(impl, [PROG, "coll", str(tmp_path)], tag,
+    r = _job(impl, [PROG, mode, str(tmp_path)], tag,
              {"DRILLER_MMPI_REMOTE_SPIN_US": "1e9", "DRILLER_MMPI_ALLTOALLV_AGG": "1"},
-             sizes=(3, 2))
+             sizes=sizes)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(5)], r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(sum(sizes))], \
+        r.stdout + r.stderr
     _no_leftovers(tag, shm, impl)
 
 
