@@ -12,9 +12,10 @@ from __future__ import annotations
 from ...errors import MmpiError
 from .._bufspec import message, recv_message
 from .._request import K_SEND, CollRequest, request
+from . import _board
 from ._barrier import g_barrier
 from ._bcast import g_bcast, g_bcast_refused
-from ._context import cbase, check_root, g_then, peer_of, refusal, size_hint
+from ._context import Context, cbase, check_root, g_then, peer_of, refusal, size_hint
 from ._ops import SUM
 from ._reduce import g_allreduce
 
@@ -26,11 +27,12 @@ __all__ = [
 class CollOp:
     """A nonblocking collective in flight; looks like a transport op (done, exc)."""
 
-    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running")
+    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running", "fin")
 
-    def __init__(self, t, gen):
+    def __init__(self, t, gen, fin=None):
         self.t = t
         self.gen = gen
+        self.fin = fin      # called once finished (the board's in-flight record)
         self.ops = ()
         self.finished = False
         self.exc = None
@@ -60,6 +62,8 @@ class CollOp:
                     self.finished, self.exc, self.ops = True, e, ()
                 if self.finished:
                     self.t.remove_progress_hook(self.advance)
+                    if self.fin is not None:
+                        self.fin()
         finally:
             self.running = False
         return moved
@@ -73,22 +77,34 @@ class CollOp:
 
     def run(self):
         t = self.t
-        while not self.finished:
-            for op in self.ops:
-                if op is not None and not op.done:
-                    try:
-                        t.wait(op, peer_of(op))
-                    except MmpiError as e:
-                        self.finished, self.exc, self.ops = True, e, ()
-                        t.remove_progress_hook(self.advance)
-                        self.gen.close()
-                        return
-            self.advance()
+        _board.NB[0] += 1      # (the board's checks: the peers' parts may lag)
+        try:
+            while not self.finished:
+                for op in self.ops:
+                    if op is not None and not op.done:
+                        try:
+                            t.wait(op, peer_of(op))
+                        except MmpiError as e:
+                            self.finished, self.exc, self.ops = True, e, ()
+                            t.remove_progress_hook(self.advance)
+                            self.gen.close()
+                            if self.fin is not None:
+                                self.fin()
+                            return
+                self.advance()
+        finally:
+            _board.NB[0] -= 1
 
 
 def coll_request(cx, gen):
-    """A Request driving the algorithm generator ``gen``."""
-    return request(CollOp(cx.t, gen), K_SEND, cx, CollRequest)
+    """A Request driving the algorithm generator ``gen`` (of the collective that
+    took ``cx``'s last sequence number)."""
+    seq = cx.seq if type(cx) is Context else None
+    if seq is None:
+        return request(CollOp(cx.t, gen), K_SEND, cx, CollRequest)
+    _board.nb_start(cx, seq)
+    return request(CollOp(cx.t, gen, lambda: _board.nb_end(cx, seq)), K_SEND, cx,
+                   CollRequest)
 
 
 def Ibarrier(cx):
