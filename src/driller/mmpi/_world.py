@@ -14,6 +14,8 @@ ONE writer, because Python has no atomic read-modify-write)::
              rank waits on, bumped by mark_dead
         [17] first death: launcher-written once, 1 + the rank of the first
              abnormal death that was not itself a consequence (see R_CAUSE)
+        [18] board errors: 0 until some rank recorded an error on the collective
+             board, then 1 (a flag: every writer stores the same value, once)
     rank table: size x RANK_STRIDE bytes, one 64-byte line per writer
         line 0 (written by the rank)     pid, ready
         line 1 (written by the launcher) dead, wait status
@@ -70,6 +72,7 @@ MAX_SIZE = 4096
 H_MAGIC, H_VERSION, H_SIZE, H_RING_BYTES, H_TOTAL, H_RANK_OFF, H_RING_OFF, H_RING_STRIDE = range(8)
 H_DEATHS = 16
 H_FIRST_DEAD = 17
+H_BOARD = 18
 # rank table word indices (relative to the rank's entry)
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9

@@ -7,16 +7,18 @@ an agreement; here the valid calls pay one store and only a rank that is stuck
 looks.
 
 Each rank owns ``_world.BOARD_BYTES`` of the world block (``World.board``):
-``BOARD_SLOTS`` triples of words, one per communicator context modulo
+``BOARD_SLOTS`` groups of four words, one per communicator context modulo
 ``BOARD_SLOTS``, then the text of its last error.  Words (little-endian u64)::
 
-    entered  ctx(20) << 44 | seq(20) << 24 | kind(8) << 16 | root + 1 (16)
+    entered  ctx(20) << 44 | seq(20) << 24
     raised   ctx(20) << 44 | seq(20) << 24 | kind(8) << 16 | class(8) << 8 | reason(8)
     nonblk   ctx(20) << 44 | the lowest seq in flight(20) << 24 | 1, or ctx << 44 | 2: none
+    rooted   ctx(20) << 44 | seq(20) << 24 | kind(8) << 16 | root + 1 (16)
 
-``cbase`` (every collective's start) stores ``entered`` (``check_root`` gives a
-rooted call its kind and root first): no message, no wait.  A rank that refuses its
-arguments or passes an invalid root stores ``raised`` (after its text).  A rank whose
+``cbase`` (every collective's start) stores ``entered``: one store, no message, no
+wait (``check_root`` keeps the kind and root in the Context, not on the board).  A
+rank that refuses its arguments or passes an invalid root stores ``raised`` (after
+its text); a rank stuck in a rooted collective stores ``rooted`` before it looks.  A rank whose
 wait inside a collective went to futex naps and lasted ``GRACE`` seconds (its slow
 path only: the transport's ``on_stuck`` hook, and the shared-memory barrier) reads
 its local peers' pairs for that communicator (:func:`check`): a peer that raised in
@@ -41,8 +43,8 @@ from ...errors import MmpiError
 from .. import _world as W
 
 __all__ = [
-    "GRACE", "KINDS", "setup", "kind_of", "post", "invalid_root", "check", "stuck",
-    "R_REFUSED", "R_ROOT", "R_RAISED", "NB", "nb_start", "nb_end", "check_shm", "purge", "sweep",
+    "GRACE", "KINDS", "KIND_CODE", "setup", "kind_of", "post", "invalid_root", "check", "stuck",
+    "R_REFUSED", "R_ROOT", "R_RAISED", "nb_end", "check_shm", "purge", "sweep",
 ]
 
 GRACE = float(os.environ.get("DRILLER_MMPI_BOARD_GRACE_MS", "250")) * 1e-3
@@ -51,7 +53,7 @@ CTX_SHIFT, SEQ_SHIFT = 44, 24
 MASK20 = (1 << 20) - 1
 R_REFUSED, R_ROOT, R_RAISED = 1, 2, 3     # why a rank raised (``raised``'s low byte)
 LEFT = 0x80       # ... and it has left the collective (a refusing rank may still take part)
-STEP = 3                                  # words per context slot
+STEP = 4                                  # words per context slot
 TEXT_WORD = STEP * W.BOARD_SLOTS          # the text's header word (the ``raised`` it is of)
 TEXT_AT = (TEXT_WORD + 2) * 8             # its bytes (the length is at TEXT_WORD + 1)
 TEXT_MAX = W.BOARD_BYTES - TEXT_AT
@@ -62,23 +64,23 @@ KINDS = ("", "Bcast", "Ibcast", "Reduce", "Ireduce", "Gather", "Gatherv", "Igath
          "Iscan", "Iexscan", "allreduce", "scan", "exscan", "Allgather", "Allgatherv",
          "Alltoall", "Alltoallv")
 ROOTED = 17      # KINDS[1:ROOTED] are rooted (check_root records them on entry)
-_KIND = {k: i for i, k in enumerate(KINDS) if k}
-NB = [0]   # >0: a nonblocking collective's Wait is waiting (its peers' parts may lag)
+KIND_CODE = {k: i for i, k in enumerate(KINDS) if k}
 
 
 def kind_of(what: str) -> int:
     """The board's code of a rooted collective's name (0: not recorded)."""
-    return _KIND.get(what, 0)
+    return KIND_CODE.get(what, 0)
 
 
 class _Board:
     """A transport's board state: its contexts by collective context id, the key
     and start of the current stuck wait."""
 
-    __slots__ = ("contexts", "key", "since", "base")
+    __slots__ = ("contexts", "p2p", "key", "since", "base")
 
     def __init__(self, base: int):
         self.contexts = weakref.WeakValueDictionary()
+        self.p2p = set()     # the point-to-point context ids (never a collective's)
         self.key = None
         self.since = 0.0
         self.base = base
@@ -98,6 +100,7 @@ def setup(cx) -> None:
         b = t.coll_board = _Board(base)
         t.on_stuck = lambda op, peer: stuck(t, op, peer)
     b.contexts[cx.cctx] = cx
+    b.p2p.add(cx.ctx)
     cx.bwords = t.words
     cx.bw = b.base + STEP * (cx.cctx % W.BOARD_SLOTS)
     cx.bhi = (cx.cctx & MASK20) << CTX_SHIFT
@@ -105,24 +108,14 @@ def setup(cx) -> None:
     eng = getattr(t, "engine", None)
     if eng is not None:
         cx.unexp = eng.unexpected      # (the engine never rebinds its queues)
-
-
-def nb_start(cx, seq: int) -> None:
-    """A nonblocking collective ``seq`` of ``cx`` is in flight on this rank."""
-    if getattr(cx, "bw", 0):
-        cx.nb.append(seq)
-        _nb_word(cx)
+        cx.berr = W.H_BOARD
 
 
 def nb_end(cx, seq: int) -> None:
-    """... and it is finished."""
-    if getattr(cx, "bw", 0) and seq in cx.nb:
-        cx.nb.remove(seq)
-        _nb_word(cx)
-
-
-def _nb_word(cx) -> None:
+    """The nonblocking collective ``seq`` of ``cx`` is finished on this rank (its
+    start is recorded by CollOp: ``cx.nb`` and the ``nonblk`` word)."""
     nb = cx.nb
+    nb.remove(seq)
     cx.bwords[cx.bw + 2] = (cx.bhi | (nb[0] & MASK20) << SEQ_SHIFT | 1) if nb else cx.bhi | 2
 
 
@@ -153,6 +146,8 @@ def post(cx, seq: int, kind: int, reason: int, eclass: int, text: str) -> None:
     words[b + TEXT_WORD + 1] = len(raw)
     words[b + TEXT_WORD] = e
     words[cx.bw + 1] = e
+    if not words[W.H_BOARD]:
+        words[W.H_BOARD] = 1     # (cbase's sweeps start: this job had an error)
 
 
 def invalid_root(cx, kind: int, text: str) -> None:
@@ -163,7 +158,8 @@ def invalid_root(cx, kind: int, text: str) -> None:
     cx.seq = s
     if not cx.bw:
         return
-    cx.bwords[cx.bw] = cx.bhi | (s & MASK20) << SEQ_SHIFT | kind << 16 | 0xFFFF
+    cx.bwords[cx.bw] = cx.bhi | (s & MASK20) << SEQ_SHIFT
+    cx.bwords[cx.bw + 3] = cx.bhi | (s & MASK20) << SEQ_SHIFT | kind << 16 | 0xFFFF
     post(cx, s, kind, R_ROOT | LEFT, _errcodes.ERR_ROOT, text)
     _leave(cx, s)
 
@@ -201,13 +197,15 @@ def stuck(t, op, peer) -> None:
         return
     b = t.coll_board
     cx = b.contexts.get(ctx)
-    if cx is None:
+    if cx is None or ctx in b.p2p:
         return
     seq = (tag >> 8) - 1
     if not _grace(b, (ctx, seq)):
         return
     src = getattr(op, "source", None) if hasattr(op, "capacity") else None
-    check(cx, seq, src if src is not None and src >= 0 else None, op, NB[0] == 0)
+    # (a nonblocking collective of this rank: the peers' parts may lag behind theirs)
+    blocking = all((q & MASK20) != seq for q in cx.nb)
+    check(cx, seq, src if src is not None and src >= 0 else None, op, blocking)
 
 
 def _grace(b, key) -> bool:
@@ -237,8 +235,12 @@ def check(cx, seq: int, src, op, blocking: bool, undo=None) -> None:
     words = cx.bwords
     me = t.rank
     key = _key(cx, seq)
-    mine = words[cx.bw]
-    my_kind = (mine >> 16) & 255 if mine >> SEQ_SHIFT == key else 0
+    kr = cx.kr
+    my_kind = kind_of(kr[1]) if kr is not None and kr[0] & MASK20 == seq else 0
+    mine = 0
+    if my_kind:     # this rank's kind and root, for the peers stuck in it too
+        mine = words[cx.bw + 3] = (cx.bhi | seq << SEQ_SHIFT | my_kind << 16
+                                   | (kr[2] + 1) & 0xFFFF)
     what = KINDS[my_kind] or "collective"
     stride = W.BOARD_BYTES // 8
     base = cx.bw - me * stride     # + w * stride: rank w's pair for this context
@@ -263,19 +265,20 @@ def check(cx, seq: int, src, op, blocking: bool, undo=None) -> None:
                 err = (text or f"{what}: rank {r} raised an error in this collective",
                        ecls or _errcodes.ERR_OTHER)
             break
-        if a >> SEQ_SHIFT == key:
-            pk = (a >> 16) & 255
-            if my_kind and pk and pk != my_kind:
+        rt = words[base + w * stride + 3]
+        if my_kind and rt >> SEQ_SHIFT == key:
+            pk = (rt >> 16) & 255
+            if pk != my_kind:
                 err = (f"{what}: rank {r} called {KINDS[pk]} where rank {cx.rank} called "
                        f"{what} (collective #{seq} of this communicator): every rank must "
                        f"call the same collectives in the same order", _errcodes.ERR_OTHER)
                 break
-            if my_kind and pk and (a & 0xFFFF) != (mine & 0xFFFF):
-                err = (f"{what}: rank {r} passed {_root_text(a)} but rank {cx.rank} "
+            if (rt & 0xFFFF) != (mine & 0xFFFF):
+                err = (f"{what}: rank {r} passed {_root_text(rt)} but rank {cx.rank} "
                        f"passed {_root_text(mine)}: every rank must pass the same root",
                        _errcodes.ERR_ROOT)
                 break
-        elif (w == src and a >> CTX_SHIFT == key >> 20
+        if (w == src and a >> CTX_SHIFT == key >> 20
                 and 0 < ((a >> SEQ_SHIFT) - seq) & MASK20 < 1 << 19
                 and (blocking or _done_part(words[base + w * stride + 2], key, seq))):
             t.progress()
@@ -338,7 +341,7 @@ def sweep(cx) -> None:
     collectives that some local rank left with an error (a message sent for a path
     its receiver did not take; it would also keep the receives off the transport's
     fast path).  A nonblocking collective still in flight here keeps its own."""
-    if not cx.bw:
+    if not cx.bw or not cx.bwords[W.H_BOARD]:
         return
     ctx = cx.cctx
     cur = cx.seq & MASK20

@@ -57,7 +57,7 @@ class Context:
 
     __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "shm", "name",
                  "index", "seq", "direct_ok", "hier", "topo", "kr", "bw", "bwords", "bhi",
-                 "nb", "unexp", "__weakref__")
+                 "nb", "unexp", "berr", "__weakref__")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -77,10 +77,11 @@ class Context:
         self.hier = None    # _hier's node/leaders split (False: on one node), once made
         self.topo = None
         # the collective board (_board): this rank's word for this context (bw, in
-        # bwords), its records' high bits (bhi), the next record's kind and root (kr)
-        self.kr = 0
+        # bwords), its records' high bits (bhi)
+        self.kr = None      # (seq, name, root) of its last rooted collective
         self.nb = []        # its nonblocking collectives in flight (their numbers)
         self.unexp = ()     # the transport's unexpected messages (swept by cbase)
+        self.berr = 0       # the world block's "board errors" flag word
         _board.setup(self)
 
     def rank_of(self, world_rank: int) -> int:
@@ -153,16 +154,15 @@ def address(mv, writable=False) -> int:
 
 def cbase(cx) -> int:
     """Start a collective: the base tag of this call.  Records it on the board (one
-    store: the context, the sequence number, a rooted call's kind and root)."""
+    store: the context and the sequence number)."""
     s = cx.seq + 1
     cx.seq = s
-    kr = cx.kr
-    if kr:
-        cx.kr = 0
-    cx.bwords[cx.bw] = cx.bhi | (s & TAGMASK) << 24 | kr
-    if cx.unexp:
-        _board.sweep(cx)    # (messages of an earlier collective that failed)
-    return ((s & TAGMASK) + 1) << 8  # >= 512: never Barrier's round tags (0..63)
+    m = s & TAGMASK
+    w = cx.bwords
+    w[cx.bw] = cx.bhi | m << 24
+    if cx.unexp and w[cx.berr]:   # (a rank of this job left a collective with an
+        _board.sweep(cx)          # error: drop the messages it left unreceived)
+    return (m + 1) << 8  # >= 512: never Barrier's round tags (0..63)
 
 
 def cs(cx, mv, dst: int, tag: int):
@@ -423,8 +423,9 @@ def obj_items(sendobj, n: int, what: str, rank: int):
 
 
 def check_root(cx, root, what) -> int:
-    """The root of a rooted collective, checked (ERR_ROOT); the kind and root of
-    the record :func:`cbase` stores next on the board."""
+    """The root of a rooted collective, checked (ERR_ROOT), kept with the name and
+    the sequence number of the collective it starts (``cx.kr``): a rank stuck in
+    it puts them on the board."""
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
             not 0 <= root < cx.size:
         msg = (f"{what}: invalid root {root!r} (communicator of size {cx.size}; valid: "
@@ -432,7 +433,7 @@ def check_root(cx, root, what) -> int:
         _board.invalid_root(cx, _board.kind_of(what), f"{root!r:.60}")
         raise MmpiError(msg, error_class=_errcodes.ERR_ROOT)
     root = int(root)
-    cx.kr = _board.kind_of(what) << 16 | (root + 1)
+    cx.kr = (cx.seq + 1, what, root)   # (the board's checks read it when stuck)
     return root
 
 

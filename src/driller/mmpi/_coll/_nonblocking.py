@@ -27,12 +27,17 @@ __all__ = [
 class CollOp:
     """A nonblocking collective in flight; looks like a transport op (done, exc)."""
 
-    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running", "fin")
+    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running", "cx", "seq")
 
-    def __init__(self, t, gen, fin=None):
+    def __init__(self, t, gen, cx=None):
         self.t = t
         self.gen = gen
-        self.fin = fin      # called once finished (the board's in-flight record)
+        self.cx = cx        # (the board's in-flight record: collective seq of cx)
+        if cx is not None:
+            self.seq = s = cx.seq
+            nb = cx.nb
+            nb.append(s)
+            cx.bwords[cx.bw + 2] = cx.bhi | (nb[0] & 0xFFFFF) << 24 | 1
         self.ops = ()
         self.finished = False
         self.exc = None
@@ -62,8 +67,8 @@ class CollOp:
                     self.finished, self.exc, self.ops = True, e, ()
                 if self.finished:
                     self.t.remove_progress_hook(self.advance)
-                    if self.fin is not None:
-                        self.fin()
+                    if self.cx is not None:
+                        _board.nb_end(self.cx, self.seq)
         finally:
             self.running = False
         return moved
@@ -77,34 +82,26 @@ class CollOp:
 
     def run(self):
         t = self.t
-        _board.NB[0] += 1      # (the board's checks: the peers' parts may lag)
-        try:
-            while not self.finished:
-                for op in self.ops:
-                    if op is not None and not op.done:
-                        try:
-                            t.wait(op, peer_of(op))
-                        except MmpiError as e:
-                            self.finished, self.exc, self.ops = True, e, ()
-                            t.remove_progress_hook(self.advance)
-                            self.gen.close()
-                            if self.fin is not None:
-                                self.fin()
-                            return
-                self.advance()
-        finally:
-            _board.NB[0] -= 1
+        while not self.finished:
+            for op in self.ops:
+                if op is not None and not op.done:
+                    try:
+                        t.wait(op, peer_of(op))
+                    except MmpiError as e:
+                        self.finished, self.exc, self.ops = True, e, ()
+                        t.remove_progress_hook(self.advance)
+                        self.gen.close()
+                        if self.cx is not None:
+                            _board.nb_end(self.cx, self.seq)
+                        return
+            self.advance()
 
 
 def coll_request(cx, gen):
     """A Request driving the algorithm generator ``gen`` (of the collective that
     took ``cx``'s last sequence number)."""
-    seq = cx.seq if type(cx) is Context else None
-    if seq is None:
-        return request(CollOp(cx.t, gen), K_SEND, cx, CollRequest)
-    _board.nb_start(cx, seq)
-    return request(CollOp(cx.t, gen, lambda: _board.nb_end(cx, seq)), K_SEND, cx,
-                   CollRequest)
+    return request(CollOp(cx.t, gen, cx if type(cx) is Context and cx.bw else None),
+                   K_SEND, cx, CollRequest)
 
 
 def Ibarrier(cx):
