@@ -31,6 +31,12 @@ def _go(comm):
 
 def _send_all(comm, msgs, tag=5):
     comm.Recv(bytearray(1), 1, GO)
+    isend_window(comm, msgs, tag)
+
+
+def isend_window(comm, msgs, tag=5):
+    """Every (bytes, tag or None: ``tag``) of ``msgs`` to rank 1 through one
+    ``[mmap, n, BYTE]`` spec (osu_bw's), completed."""
     sbuf = mmap.mmap(-1, 4096)
     spec = [sbuf, 8, MPI.BYTE]
     reqs = []

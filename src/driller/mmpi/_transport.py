@@ -86,6 +86,7 @@ INLINE_MAX = 16
 INLINE_AT = 32   # the payload's offset in an inline record
 _INLINE = struct.Struct("<4q16s2q")   # an inline record, written with one struct call
 _HDR5I = struct.Struct("<4q16sq")   # _HDR5 and an inline record's payload (takers' read)
+_unpack5i = _HDR5I.unpack_from
 _PUTS = [struct.Struct(f"{n}s").pack_into for n in range(INLINE_MAX + 1)]   # its first n bytes
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
@@ -758,7 +759,14 @@ class Transport:
         ``post`` inlined: nothing is unexpected, so nothing can match it now; the
         records still in the ring meet the posted receives in order, in one pass:
         :meth:`_serve`), or None (the general path).  Receives posted before it take
-        what waits in the ring first (:meth:`serve_posted`)."""
+        what waits in the ring first (:meth:`serve_posted`).
+
+        ``seen``: a head this closure read from ``src``'s ring (a bound below its
+        head: heads only grow), so that while the receiver is behind (osu_bw's
+        receiver between processes) it does not read the head's cache line, which
+        the sender writes per message, once per receive; an inline record (1..16
+        bytes) below it is taken here, :meth:`_taker`'s inline branch without its
+        second reading of that line (docs/mmpi.md, "sixth round")."""
         if src == self.rank or src in self.remote:
             return _declined
         eng = self.engine
@@ -775,23 +783,52 @@ class Transport:
         posted_state = E.R_POSTED
         last = TakenOp(src, -1, -1)   # the op of the last message taken (shared, read only)
         lk = (0, -2, -2, -2)   # the key of the last receive posted with a view (RecvOp.key)
+        seen = 0   # a head of src's ring read here (the head is at or past it)
+        # the inline take's: one cell (each cell is copied at every call)
+        ring = (self.data, self.in_data[src], self.ring_bytes, self.in_tailw[src],
+                self.in_pwait[src])
 
         def irecv(tag, ctx, mv, cap=-1):
-            nonlocal last, lk
+            nonlocal last, lk, seen
             if unexpected or t_.npending:
                 return None
             t = tails[src]
-            if words[hw] != t and (not posted or serve(src)):
-                # the next record, taken by this receive (takers[src]'s): its op
-                # shared with the alike messages taken before it
-                res = take(tag, ctx, mv, cap)
-                if res is not False:
-                    if res is None:
-                        return None
-                    op = last
-                    if op.tag != res[1] or op.count != res[2]:
-                        op = last = TakenOp(src, res[1], res[2])
-                    return op
+            if t < seen or (h := words[hw]) != t:
+                # the record at t is published
+                if t >= seen:
+                    seen = h
+                if not posted:
+                    # an inline one for this receive: taken here (takers[src]'s
+                    # inline branch, the head not read again)
+                    data, base, rb, tw, pw = ring
+                    p = base + t % rb
+                    kf, c, tg, nb, pl, _ = _unpack5i(data, p)
+                    if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) \
+                            and nb <= (cap if cap >= 0 else len(mv)):
+                        try:
+                            _PUTS[nb](mv, 0, pl)
+                        except (TypeError, ValueError, struct.error):   # a read-only,
+                            return None                     # closed or shrunk buffer
+                        t += HDR_BYTES
+                        tails[src] = t
+                        words[tw] = t
+                        if words[pw]:
+                            _linux.futex_wake(t_.base + tw * 8)
+                        op = last
+                        if op.tag != tg or op.count != nb:
+                            op = last = TakenOp(src, tg, nb)
+                        return op
+                if not posted or serve(src):
+                    # the next record, taken by this receive (takers[src]'s): its op
+                    # shared with the alike messages taken before it
+                    res = take(tag, ctx, mv, cap)
+                    if res is not False:
+                        if res is None:
+                            return None
+                        op = last
+                        if op.tag != res[1] or op.count != res[2]:
+                            op = last = TakenOp(src, res[1], res[2])
+                        return op
             key = None
             if cap >= 0:   # a bytearray or mmap (takers' ``cap``): posted, a view of it
                 k = lk

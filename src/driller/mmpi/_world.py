@@ -59,7 +59,7 @@ ENV_SIZE = "DRILLER_MMPI_SIZE"
 ENV_WORLD_FD = "DRILLER_MMPI_WORLD_FD"
 
 MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
-VERSION = 2
+VERSION = 3   # (2: G_PWAIT moved to the tail's line; 3: the collective board)
 HEADER_BYTES = 4096
 RANK_STRIDE = 256
 COLL_SLOT = 8192   # per-rank collective slot (two halves); pages untouched cost nothing
@@ -78,9 +78,12 @@ R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
 R_SLEEPING, R_FINALIZED, R_CAUSE = 16, 17, 18
 R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, asleep flag)
-# ring control word indices (relative to the ring's control block)
-G_HEAD, G_PWAIT = 0, 1
-G_TAIL = 8
+# ring control word indices (relative to the ring's control block): the head's
+# 64-byte line written by the producer only; the tail and the producer's waiting
+# flag in the next one, which the consumer reads after each tail write (a flag in
+# the head's line cost a cross-core miss per message: docs/mmpi.md, "sixth round")
+G_HEAD = 0
+G_TAIL, G_PWAIT = 8, 9
 
 
 def default_ring_bytes(size: int) -> int:
