@@ -26,9 +26,10 @@ ONE writer, because Python has no atomic read-modify-write)::
     collective slots (page aligned): size x COLL_SLOT bytes, one per rank, written
         only by that rank (small shared-memory collectives, see _coll)
     collective board (page aligned): size x BOARD_BYTES bytes, one per rank, written
-        only by that rank: BOARD_SLOTS triples of words (the collective it entered
-        last, the last one it raised in, its nonblocking ones in flight, per
-        communicator context modulo BOARD_SLOTS), then the text of its last error
+        only by that rank: BOARD_SLOTS groups of four words (the collective it
+        entered last, the last one it raised in, its nonblocking ones in flight,
+        the kind and root of the rooted one it is stuck in; per communicator
+        context modulo BOARD_SLOTS), then the text of its last error
         (_coll/_board.py)
     rings: one single-producer/single-consumer byte ring per ordered pair
         (src, dst), src != dst, RING_CTRL control bytes then ring_bytes data
