@@ -17,7 +17,7 @@ import driller
 from driller import MPI, mmpi
 
 CASES = [("Allreduce", 8), ("Allreduce", 2048), ("Reduce", 8), ("Allreduce_spec", 8), ("Iallreduce", 8),
-         ("Bcast", 8), ("Reduce", 1 << 16)]   # (Bcast: binomial beyond 8 ranks; Reduce 512 KiB: direct)
+         ("Bcast", 8), ("Reduce", 1 << 16), ("Barrier", 0)]   # (Bcast: binomial beyond 8 ranks; Reduce 512 KiB: direct)
 
 def f(comm, iters):
     me = comm.rank
@@ -33,6 +33,8 @@ def f(comm, iters):
                 comm.Iallreduce(a, b, MPI.SUM).Wait()
             elif name == "Bcast":
                 comm.Bcast(a, 0)
+            elif name == "Barrier":
+                comm.Barrier()
             else:
                 comm.Reduce(a, b if me == 0 else None, MPI.SUM, 0)
         for _ in range(200):

@@ -1,6 +1,6 @@
 """Hybrid world vs plain mpi4py, side by side in one MPI job (docs/scaleout.md).
 
-    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich] [--only inter-node]
+    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich] [--only inter-node] [--cpu]
 
 starts ``mpirun`` (the test venv's Open MPI; ``--mpich``: .venv-mpich's mpiexec) with
 2 emulated nodes x 2 ranks (DRILLER_NODE a, b).  Every rank holds both
@@ -10,7 +10,9 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 * intra-node (ranks 0 and 1): 64 MiB Send/Recv, 64 MiB dict of 8 arrays send/recv;
 * inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 64 MiB dict send/recv;
 * collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
-  1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes).
+  1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes),
+  Bcast of 1 MiB from rank 3 and Gather of 1 MiB per rank to rank 0 (the time is
+  rank 0's, as for every row: a receiver on the root's other node, and the root).
 
 Within a round, each measurement's driller and mpi4py runs follow each other, the
 one or the other first in turn (odd rounds: driller first).
@@ -20,7 +22,9 @@ median one-way time (ping-pong / 2) or call time of each, [min–max] over round
 and the median within-round ratio driller / mpi4py [min–max] (< 1: driller
 faster), with the command, the MPI library and the machine's load average.
 Ranks not in a measurement wait in driller's barrier, which naps.  ``--only TEXT``
-keeps the measurements whose name contains TEXT (e.g. ``inter-node``).
+keeps the measurements whose name contains TEXT (e.g. ``inter-node``); ``--cpu``
+times the collectives by rank 0's CPU time per call (``time.process_time``) instead
+of wall-clock (the point-to-point rows stay wall-clock).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def _pingpong(comm, me, peer, send, recv, iters):
     return statistics.median(ts)
 
 
-def rank_main(rounds: int, only: str = "") -> None:
+def rank_main(rounds: int, only: str = "", cpu: bool = False) -> None:
     import numpy as np
     from mpi4py import MPI as real   # the job's MPI: the peer measured against
 
@@ -98,6 +102,10 @@ def rank_main(rounds: int, only: str = "") -> None:
     objs("inter-node 64 MiB dict send/recv", 0, 2, 3)
     ag_in, ag_out = np.full(MIB // 8, float(r)), np.empty(4 * MIB // 8)
     a2a_in, a2a_out = np.full(4 * 128, float(r)), np.empty(4 * 128)
+    bc = np.full(MIB // 8, float(r))
+    g_out = np.empty(4 * MIB // 8) if r == 0 else None
+
+    clock = time.process_time if cpu else time.perf_counter
 
     def coll(name, call, iters, check):
         for eng, comm in (("driller", dc), ("mpi4py", mc)):
@@ -105,9 +113,9 @@ def rank_main(rounds: int, only: str = "") -> None:
                 ts = []
                 for _ in range(iters):
                     comm.Barrier()
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     call(comm)
-                    ts.append(time.perf_counter() - t0)
+                    ts.append(clock() - t0)
                 check()
                 return statistics.median(ts)
             cases.append((name, eng, (0, 1, 2, 3), run))
@@ -127,6 +135,17 @@ def rank_main(rounds: int, only: str = "") -> None:
     coll("Alltoall 1 KiB blocks, 4 ranks (MPI's own, carrying the sizes)",
          lambda c: c.Alltoall(a2a_in, a2a_out), 30, a2a_check)
 
+    def bc_check():
+        assert bc[0] == 3.0 and bc[-1] == 3.0
+        bc[:] = r                   # (the next round's Bcast writes it again)
+
+    def g_check():
+        assert r or g_out[-1] == 3.0
+    # (timed at rank 0: a receiver on the other node; the root gathers at rank 0)
+    coll("Bcast 1 MiB from rank 3, 4 ranks", lambda c: c.Bcast(bc, 3), 10, bc_check)
+    coll("Gather 1 MiB per rank to rank 0, 4 ranks", lambda c: c.Gather(ag_in, g_out, 0), 10,
+         g_check)
+
     cases = [c for c in cases if only in c[0]]
     results = {}
     for rnd in range(rounds + 1):   # round 0 warms up
@@ -142,7 +161,8 @@ def rank_main(rounds: int, only: str = "") -> None:
                 if rnd and r == 0:
                     results.setdefault((name, eng), []).append(t)
     if r == 0:
-        _report(results, rounds, real.Get_library_version().splitlines()[0].split(",")[0].strip())
+        _report(results, rounds, real.Get_library_version().splitlines()[0].split(",")[0].strip(),
+                cpu)
 
 
 def _fmt(t: float) -> str:
@@ -153,7 +173,7 @@ def _span(xs, fmt) -> str:
     return f"{fmt(statistics.median(xs))} [{fmt(min(xs))}–{fmt(max(xs))}]"
 
 
-def _report(results, rounds, library: str) -> None:
+def _report(results, rounds, library: str, cpu: bool = False) -> None:
     """The markdown block docs/scaleout.md and the README carry, exactly."""
     names = list(dict.fromkeys(name for name, _ in results))
     load = os.environ.get("DRILLER_BENCH_LOAD") or "%.1f" % os.getloadavg()[0]
@@ -161,7 +181,9 @@ def _report(results, rounds, library: str) -> None:
           f" --rounds {rounds}`: 2 emulated nodes × 2 ranks, {library}, "
           f"{time.strftime('%Y-%m-%d')}, load average {load} when it started "
           f"({os.cpu_count()} vCPUs). Median [min–max] over {rounds} rounds; the ratio "
-          f"is driller / mpi4py within each round (< 1: driller faster).")
+          f"is driller / mpi4py within each round (< 1: driller faster)."
+          + (" Collectives: rank 0's CPU time per call (process_time), not wall-clock."
+             if cpu else ""))
     print()
     print("| measurement | driller | mpi4py | driller / mpi4py |")
     print("|---|---|---|---|")
@@ -173,24 +195,25 @@ def _report(results, rounds, library: str) -> None:
     sys.stdout.flush()
 
 
-def launch(rounds: int, mpich: bool, only: str = "") -> int:
+def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False) -> int:
     py = sys.executable
     if mpich:
         run = [os.path.join(ROOT, ".venv-mpich", "bin", "mpiexec")]
         py = os.path.join(ROOT, ".venv-mpich", "bin", "python")
         ctx = lambda node: ["-n", "2", "-env", "DRILLER_NODE", node, py, HERE, "--rank",
-                            "--rounds", str(rounds), "--only", only]
+                            "--rounds", str(rounds), "--only", only] + (["--cpu"] if cpu else [])
     else:
         run = [os.path.join(os.path.dirname(py), "mpirun")]
         if os.geteuid() == 0:
             run.append("--allow-run-as-root")
         run += ["--oversubscribe", "--bind-to", "none"]
         ctx = lambda node: ["-n", "2", "-x", f"DRILLER_NODE={node}", py, HERE, "--rank",
-                            "--rounds", str(rounds), "--only", only]
+                            "--rounds", str(rounds), "--only", only] + (["--cpu"] if cpu else [])
     env = dict(os.environ)
     env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
     env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
-                   + (" --mpich" if mpich else "") + (f" --only {only}" if only else ""))
+                   + (" --mpich" if mpich else "") + (f" --only {only}" if only else "")
+                   + (" --cpu" if cpu else ""))
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.call(run + ctx("a") + [":"] + ctx("b"), env=env)
 
@@ -200,12 +223,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpich", action="store_true", help="MPICH (.venv-mpich) instead of Open MPI")
     p.add_argument("--only", default="", help="only the measurements whose name contains this")
+    p.add_argument("--cpu", action="store_true",
+                   help="time the collectives by rank 0's CPU time per call (process_time)")
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.rank:
-        rank_main(a.rounds, a.only)
+        rank_main(a.rounds, a.only, a.cpu)
         return 0
-    return launch(a.rounds, a.mpich, a.only)
+    return launch(a.rounds, a.mpich, a.only, a.cpu)
 
 
 if __name__ == "__main__":

@@ -402,3 +402,101 @@ def check_lanes_freed(comm, MPI, label=""):
         assert h.lanes is None and all(x == null for x in natives), (label, i)
     assert id(h) not in _hierlane._LIVE
 
+
+
+def check_alltoall_fast(comm, MPI, label=""):
+    """Alltoall's kept-array fast path (plain contiguous numpy arrays whose blocks the
+    size exchange carries) against numpy: every plain numeric type on each side of
+    the fused size, one rank through the buffer parser and the others straight from
+    their arrays in the same call, IN_PLACE, a shared array (driller.zeros),
+    views (a read-only slice sent, a 3-d view received into), one dtype after another on buffers of one size, a
+    read-only receive buffer on one rank, then shorter blocks on one rank (every
+    rank raises, none waits); then Alltoallv and alltoall (objects) between fast-path
+    calls, which must each see only their own messages."""
+    import driller
+    from driller.errors import MmpiError
+    from driller.mmpi._coll import _hiergather as HG
+    r, n = comm.Get_rank(), comm.Get_size()
+    cap = min(HG.ALLTOALL_FUSED_BLOCK, HG.ALLTOALL_NATIVE_MAX // n) // 8 * 8   # bytes
+
+    def blk(src, dst, c, dt, salt=0):
+        v = (np.arange(c) * (src + 3) + 7 * dst + src + salt) % 97
+        return (v % 2).astype(dt) if dt is np.bool_ else v.astype(dt)
+
+    def arrays(c, dt, salt=0):
+        sa = np.array([blk(r, k, c, dt, salt) for k in range(n)], dt).reshape(n, c)
+        want = np.array([blk(k, r, c, dt, salt) for k in range(n)], dt).reshape(n, c)
+        return sa, want
+
+    for dt in (np.int8, np.uint16, np.int32, np.float32, np.float64, np.complex64,
+               np.complex128, np.bool_, np.float16, np.uint64):
+        isz = np.dtype(dt).itemsize
+        for c in (0, 1, 5, cap // isz, cap // isz + 1):
+            where = (label, np.dtype(dt).name, c)
+            sa, want = arrays(c, dt)
+            ra = np.zeros((n, c), dt)
+            comm.Alltoall(sa, ra)
+            assert np.array_equal(ra, want), where
+            # rank 0 passes a spec list (the general path), the others bare arrays
+            ra = np.zeros((n, c), dt)
+            comm.Alltoall([sa, c, MPI._typedict[np.dtype(dt).char]] if r == 0 else sa,
+                          ra)
+            assert np.array_equal(ra, want), where
+            # the last rank receives into a shared array (not a bare ndarray)
+            ra = driller.zeros((n, c), dt) if r == n - 1 else np.zeros((n, c), dt)
+            comm.Alltoall(sa, ra)
+            assert np.array_equal(np.asarray(ra), want), where
+            ip = sa.copy()
+            comm.Alltoall(MPI.IN_PLACE, ip)
+            assert np.array_equal(ip, want), where
+    # one size of buffer, the dtype changing from call to call (the kept columns)
+    for salt, dt in enumerate((np.float64, np.int64, np.float64, np.int32, np.int64)):
+        c = 8 // np.dtype(dt).itemsize * 3
+        sa, want = arrays(c, dt, salt)
+        ra = np.full((n, c), 99, dt)
+        comm.Alltoall(sa, ra)
+        assert np.array_equal(ra, want), (label, "dtypes", salt)
+    # views: a read-only flat slice of a longer array sent, a 3-d view received into
+    sa, want = arrays(6, np.float64)
+    longer = np.zeros(n * 6 + 5)
+    longer[5:] = sa.ravel()
+    send = longer[5:]
+    send.flags.writeable = False
+    big = np.zeros((2, n, 3, 2))
+    comm.Alltoall(send, big[1])
+    assert np.array_equal(big[1].reshape(n, 6), want) and not big[0].any(), (label, "views")
+    # a refused receive buffer on the last rank: read-only, then one block short
+    for bad in ("read-only", "short"):
+        ro = np.zeros((n, 3)) if r != n - 1 or bad == "read-only" else np.zeros((n, 2))
+        if r == n - 1 and bad == "read-only":
+            ro.flags.writeable = False
+        try:
+            comm.Alltoall(np.ones(ro.shape), ro)
+        except MmpiError as e:
+            assert r == n - 1 or f"rank {n - 1}" in str(e), (label, bad, e)
+        else:
+            raise AssertionError(f"rank {r}: an Alltoall refused on rank {n - 1} ({bad}) "
+                                 f"returned")
+        comm.Barrier()
+    # Alltoallv and alltoall between fast-path Alltoalls
+    for i in range(3):
+        sa, want = arrays(4, np.float64, i)
+        ra = np.zeros((n, 4))
+        comm.Alltoall(sa, ra)
+        assert np.array_equal(ra, want), (label, "mixed", i)
+        sc = [(r + k + i) % 3 for k in range(n)]
+        rc = [(k + r + i) % 3 for k in range(n)]
+        sd = [sum(sc[:k]) for k in range(n)]
+        rd = [sum(rc[:k]) for k in range(n)]
+        sv = np.concatenate([np.full(sc[k], 100.0 * r + k + i) for k in range(n)])
+        rv = np.full(sum(rc), -1.0)
+        comm.Alltoallv([sv, sc, sd, MPI.DOUBLE], [rv, rc, rd, MPI.DOUBLE])
+        for k in range(n):
+            assert (rv[rd[k]:rd[k] + rc[k]] == 100.0 * k + r + i).all(), (label, "v", i, k)
+        got = comm.alltoall([(r, k, i, np.full(3, r + k)) for k in range(n)])
+        for k, (a, b, j, arr) in enumerate(got):
+            assert (a, b, j) == (k, r, i) and (arr == k + r).all(), (label, "obj", i, k)
+        ra = np.zeros((n, 4))
+        comm.Alltoall(MPI.IN_PLACE, sa) if i % 2 else comm.Alltoall(sa, ra)
+        assert np.array_equal(sa if i % 2 else ra, want), (label, "mixed2", i)
+    comm.Barrier()

@@ -3,7 +3,8 @@ and b) x 2 ranks under mpirun/mpiexec.  Mode "all" checks routes, point-to-point
 both ways, objects with large arrays, shared arrays, ANY_SOURCE, every collective
 against numpy, Split_type, Dup and Split; "coll" (any layout of nodes, e.g. 3 + 2)
 the routes and the gathers, scatters and all-to-alls (tests/_hybrid_coll.py) on
-the world and on a communicator whose nodes interleave; "raise" and "kill" make
+the world and on a communicator whose nodes interleave; "a2a" the all-to-alls
+alone; "raise" and "kill" make
 rank 2 fail while the others wait on it (rank 3 through shared memory, ranks 0 and
 1 through MPI)."""
 import os
@@ -29,6 +30,19 @@ if mode in ("raise", "kill"):
         os.kill(os.getpid(), signal.SIGKILL)
     comm.Recv(np.empty(4), source=2, tag=1)
     sys.exit(0)
+if mode == "a2a":
+    # the all-to-alls alone (any layout of nodes, e.g. 3 + 1), on the world and
+    # on the ranks in reverse order
+    rev = comm.Split(0, n - r)
+    for c, label in ((comm, "world"), (rev, "reversed")):
+        _hybrid_coll.check_alltoall_fast(c, MPI, label)
+        _hybrid_coll.check_alltoall_paths(c, MPI, label)
+        _hybrid_coll.check_alltoallv(c, MPI, label)
+    rev.Free()
+    comm.Barrier()
+    with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
+        f.write("ok")
+    sys.exit(0)
 if mode == "coll":
     nodes = comm.allgather(node)
     routes = [mmpi.route(comm, k) for k in range(n)]
@@ -38,6 +52,7 @@ if mode == "coll":
     _hybrid_coll.check_reductions(comm, MPI, "world")
     _hybrid_coll.check_alltoallv(comm, MPI, "world")
     _hybrid_coll.check_alltoall_paths(comm, MPI, "world")
+    _hybrid_coll.check_alltoall_fast(comm, MPI, "world")
     _hybrid_coll.check_lanes_freed(comm, MPI, "world")
     # ranks in reverse order: every node's ranks interleave with the other's
     rev = comm.Split(0, n - r)
@@ -45,6 +60,7 @@ if mode == "coll":
     _hybrid_coll.check_reductions(rev, MPI, "reversed")
     _hybrid_coll.check_alltoallv(rev, MPI, "reversed")
     _hybrid_coll.check_alltoall_paths(rev, MPI, "reversed")
+    _hybrid_coll.check_alltoall_fast(rev, MPI, "reversed")
     rev.Free()
     comm.Barrier()
     with open(os.path.join(sys.argv[2], f"ok{r}"), "w") as f:
@@ -63,6 +79,18 @@ for size in (0, 8, 100_000, 3_000_000):
         b = np.empty(size, dtype=np.int64)
         comm.Sendrecv(a, (r + k) % n, 5, b, (r - k) % n, 5)
         assert (b == ((r - k) % n) * 10 + k).all(), (r, size, k)
+# Sendrecv and Sendrecv_replace with the partner on the other node, larger than a
+# record, both ranks at once (after a barrier), many times: neither may wait for
+# its own send before taking the other's request
+partner = (r + 2) % n
+for i in range(40):
+    a = np.full(4096 + i, r * 100.0 + i)
+    b = np.empty_like(a)
+    comm.Barrier()
+    comm.Sendrecv(a, partner, 6, b, partner, 6)
+    assert (b == partner * 100.0 + i).all(), (r, i)
+    comm.Sendrecv_replace(a, partner, 7, partner, 7)
+    assert (a == partner * 100.0 + i).all(), (r, i)
 # blocking Send/Recv between nodes (the remote fast path), with a message of another
 # tag queued before the one received first
 x = np.empty(1)
@@ -169,6 +197,8 @@ _hybrid_coll.check_alltoallv(comm, MPI, "world")
 _hybrid_coll.check_alltoallv(inter, MPI, "interleaved")
 _hybrid_coll.check_alltoall_paths(comm, MPI, "world")
 _hybrid_coll.check_alltoall_paths(inter, MPI, "interleaved")
+_hybrid_coll.check_alltoall_fast(comm, MPI, "world")
+_hybrid_coll.check_alltoall_fast(inter, MPI, "interleaved")
 _hybrid_coll.check_lanes_freed(inter, MPI, "interleaved")
 assert comm.bcast({"v": r} if r == 0 else None, root=0) == {"v": 0}
 assert comm.gather(r, root=0) == (list(range(n)) if r == 0 else None)

@@ -262,6 +262,40 @@ def test_hierarchical_gathers_on_uneven_nodes(impl, extra, tmp_path):
     _no_leftovers(tag, shm, impl)
 
 
+@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
+def test_alltoalls_on_three_plus_one(impl, tmp_path):
+    """3 ranks on one node, 1 on the other (a node whose only rank is its leader):
+    Alltoall's fast path and every path after it, Alltoallv and alltoall
+    (tests/_hybrid_coll.py), on the world and on its ranks in reverse order."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [PROG, "a2a", str(tmp_path)], tag, sizes=(3, 1))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(4)], r.stdout + r.stderr
+    _no_leftovers(tag, shm, impl)
+
+
+@pytest.mark.parametrize("impl, mode, sizes", [
+    ("openmpi", "coll", (3, 2)),
+    ("mpich", "coll", (3, 2)),
+    ("openmpi", "all", (2, 2)),
+])
+def test_exchanges_between_nodes_progress_without_the_naps(impl, mode, sizes, tmp_path):
+    """The yield-polling of a wait on another node never ends (no naps, so no fall back
+    to the general wait): where two ranks of different nodes exchange messages larger
+    than a record (the leaders of Allgather(v) and of the aggregated Alltoall(v), the
+    direct Alltoallv, Sendrecv and Sendrecv_replace), each must wait for what it
+    receives before what it sends (a send's wait takes no request from another node,
+    so two ranks each waiting for its own send would wait forever)."""
+    tag, shm = uuid.uuid4().hex[:8], _mpi_shm()
+    r = _job(impl, [PROG, mode, str(tmp_path)], tag,
+             {"DRILLER_MMPI_REMOTE_SPIN_US": "1e9", "DRILLER_MMPI_ALLTOALLV_AGG": "1"},
+             sizes=sizes)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(tmp_path)) == [f"ok{k}" for k in range(sum(sizes))], \
+        r.stdout + r.stderr
+    _no_leftovers(tag, shm, impl)
+
+
 def test_lanes_on_three_nodes(tmp_path):
     """3 nodes of 2 ranks: the lanes' Allgatherv among three (two nodes take a
     Sendrecv), Alltoallv and alltoall aggregated among three leaders."""

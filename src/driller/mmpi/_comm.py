@@ -611,8 +611,8 @@ class Comm(_attr.Cached, Handle):
         if unpack is not None:  # a derived receive datatype: the generic path unpacks
             r = self._irecv(recvbuf, source, recvtag, "Sendrecv", parsed=(rmv, unpack))
             s = self._isend(smv, dest, sendtag, False, "Sendrecv")
-            self._wait_send(s)
             self._wait_recv(r, status)
+            self._wait_send(s)
             return
         p = self._p
         size = p.npeers
@@ -641,8 +641,10 @@ class Comm(_attr.Cached, Handle):
             return
         r = self._irecv(rmv, source, recvtag, "Sendrecv")
         s = self._isend(smv, dest, sendtag, False, "Sendrecv")
-        self._wait_send(s)
+        # (the receive first: a large send to another node waits for its own
+        # data alone, and the peer's send may wait for this receive)
         self._wait_recv(r, status)
+        self._wait_send(s)
 
     def Sendrecv_replace(self, buf: BufSpec, dest: int, sendtag: int = 0, source: int = ANY_SOURCE,
                          recvtag: int = ANY_TAG, status: Status | None = None) -> None:
@@ -652,14 +654,14 @@ class Comm(_attr.Cached, Handle):
             copy = message(buf, False, "Sendrecv_replace")
             r = self._irecv(buf, source, recvtag, "Sendrecv_replace", parsed=(mv, unpack))
             s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
-            self._wait_send(s)
             self._wait_recv(r, status)
+            self._wait_send(s)
             return
         copy = bytes(mv)
         r = self._irecv(mv, source, recvtag, "Sendrecv_replace")
         s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
-        self._wait_send(s)
         self._wait_recv(r, status)
+        self._wait_send(s)
 
     # -- nonblocking buffer p2p --
     def _sreq(self, op):

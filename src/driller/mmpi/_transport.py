@@ -480,6 +480,10 @@ class Transport:
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
         self.coll_state = None
+        # the collective board (_coll/_board: made by the first communicator) and its
+        # hook, called when a wait's futex nap timed out with no peer dead
+        self.coll_board = None
+        self.on_stuck = None
         # the fast paths specialised per peer, made on first use: world rank ->
         # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
@@ -2025,6 +2029,8 @@ class Transport:
             elif peer is None and self.peers and all(r in self.gone for r in self.peers):
                 culprit = (self.peers[0], None)
         if culprit is None:
+            if timed_out and self.on_stuck is not None:
+                self.on_stuck(op, peer)   # (a collective's wrong arguments elsewhere)
             return
         # the message may have arrived just before the death (or the peer arrived at
         # a barrier, then exited): look once more

@@ -14,6 +14,8 @@ ONE writer, because Python has no atomic read-modify-write)::
              rank waits on, bumped by mark_dead
         [17] first death: launcher-written once, 1 + the rank of the first
              abnormal death that was not itself a consequence (see R_CAUSE)
+        [18] board errors: 0 until some rank recorded an error on the collective
+             board, then 1 (a flag: every writer stores the same value, once)
     rank table: size x RANK_STRIDE bytes, one 64-byte line per writer
         line 0 (written by the rank)     pid, ready
         line 1 (written by the launcher) dead, wait status
@@ -23,6 +25,12 @@ ONE writer, because Python has no atomic read-modify-write)::
         line 3 (written by the rank)     collectives: barrier count, asleep-in-barrier
     collective slots (page aligned): size x COLL_SLOT bytes, one per rank, written
         only by that rank (small shared-memory collectives, see _coll)
+    collective board (page aligned): size x BOARD_BYTES bytes, one per rank, written
+        only by that rank: BOARD_SLOTS groups of four words (the collective it
+        entered last, the last one it raised in, its nonblocking ones in flight,
+        the kind and root of the rooted one it is stuck in; per communicator
+        context modulo BOARD_SLOTS), then the text of its last error
+        (_coll/_board.py)
     rings: one single-producer/single-consumer byte ring per ordered pair
         (src, dst), src != dst, RING_CTRL control bytes then ring_bytes data
         line 0 (producer) head: bytes ever written (also a futex word),
@@ -52,10 +60,12 @@ ENV_SIZE = "DRILLER_MMPI_SIZE"
 ENV_WORLD_FD = "DRILLER_MMPI_WORLD_FD"
 
 MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
-VERSION = 2   # (2: G_PWAIT moved to the tail's line)
+VERSION = 3   # (2: G_PWAIT moved to the tail's line; 3: the collective board)
 HEADER_BYTES = 4096
 RANK_STRIDE = 256
 COLL_SLOT = 8192   # per-rank collective slot (two halves); pages untouched cost nothing
+BOARD_BYTES = 1024  # per-rank collective board (see _coll/_board.py)
+BOARD_SLOTS = 16   # communicator contexts (modulo) with a record on the board
 RING_CTRL = 128
 MAX_SIZE = 4096
 
@@ -63,6 +73,7 @@ MAX_SIZE = 4096
 H_MAGIC, H_VERSION, H_SIZE, H_RING_BYTES, H_TOTAL, H_RANK_OFF, H_RING_OFF, H_RING_STRIDE = range(8)
 H_DEATHS = 16
 H_FIRST_DEAD = 17
+H_BOARD = 18
 # rank table word indices (relative to the rank's entry)
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
@@ -103,10 +114,14 @@ def _coll_off(rank_off: int, size: int) -> int:
     return _linux.page_ceil(rank_off + size * RANK_STRIDE)
 
 
+def _board_off(rank_off: int, size: int) -> int:
+    """Byte offset of the collective board (page aligned, after the slots)."""
+    return _linux.page_ceil(_coll_off(rank_off, size) + size * COLL_SLOT)
+
+
 def _layout(size: int, ring_bytes: int) -> tuple[int, int, int, int]:
     rank_off = HEADER_BYTES
-    coll_off = _coll_off(rank_off, size)
-    ring_off = _linux.page_ceil(coll_off + size * COLL_SLOT)
+    ring_off = _linux.page_ceil(_board_off(rank_off, size) + size * BOARD_BYTES)
     stride = RING_CTRL + ring_bytes
     total = _linux.page_ceil(ring_off + size * (size - 1) * stride)
     return rank_off, ring_off, stride, total
@@ -208,6 +223,14 @@ class World:
         if off + self.size * COLL_SLOT > self.ring_off:
             return None
         return [off + r * COLL_SLOT for r in range(self.size)]
+
+    def board(self, rank: int) -> int | None:
+        """Word index of ``rank``'s collective board (``BOARD_BYTES`` bytes, written
+        only by that rank); None if this block has no room for it."""
+        off = _board_off(self.rank_off, self.size)
+        if off + self.size * BOARD_BYTES > self.ring_off:
+            return None
+        return (off + rank * BOARD_BYTES) // 8
 
     def close(self) -> None:
         try:

@@ -25,6 +25,7 @@ from ... import _errcodes, _linux
 from ...errors import MmpiError, MmpiTypeError, MmpiValueError, PeerDiedError
 from .. import _transport as T
 from .. import _objects
+from . import _board
 from .._bufspec import parse
 from .._const import ANY_SOURCE, IN_PLACE
 from .._objects import loads
@@ -55,7 +56,8 @@ class Context:
     requests keep it (``t``, ``rank_of``)."""
 
     __slots__ = ("t", "group", "ctx", "cctx", "rank", "size", "identity", "shm", "name",
-                 "index", "seq", "direct_ok", "hier", "topo")
+                 "index", "seq", "direct_ok", "hier", "topo", "kr", "bw", "bwords", "bhi",
+                 "nb", "unexp", "berr", "__weakref__")
 
     def __init__(self, t, group, ctx: int, name: str = ""):
         self.t = t
@@ -74,6 +76,13 @@ class Context:
         self.direct_ok = None
         self.hier = None    # _hier's node/leaders split (False: on one node), once made
         self.topo = None
+        # the collective board (_board): this rank's word for this context (bw, in
+        # bwords), its records' high bits (bhi)
+        self.kr = None      # (seq, name, root) of its last rooted collective
+        self.nb = []        # its nonblocking collectives in flight (their numbers)
+        self.unexp = ()     # the transport's unexpected messages (swept by cbase)
+        self.berr = 0       # the world block's "board errors" flag word
+        _board.setup(self)
 
     def rank_of(self, world_rank: int) -> int:
         """The communicator rank of a world rank."""
@@ -144,10 +153,16 @@ def address(mv, writable=False) -> int:
 
 
 def cbase(cx) -> int:
-    """Start a collective: the base tag of this call."""
+    """Start a collective: the base tag of this call.  Records it on the board (one
+    store: the context and the sequence number)."""
     s = cx.seq + 1
     cx.seq = s
-    return ((s & TAGMASK) + 1) << 8  # >= 512: never Barrier's round tags (0..63)
+    m = s & TAGMASK
+    w = cx.bwords
+    w[cx.bw] = cx.bhi | m << 24
+    if cx.unexp and w[cx.berr]:   # (a rank of this job left a collective with an
+        _board.sweep(cx)          # error: drop the messages it left unreceived)
+    return (m + 1) << 8  # >= 512: never Barrier's round tags (0..63)
 
 
 def cs(cx, mv, dst: int, tag: int):
@@ -243,8 +258,13 @@ class Refused:
 
 
 def refusal(cx, e: BaseException, what: str) -> Refused:
-    """This rank's :class:`Refused` for the error ``e`` it raises."""
-    return Refused(cx.rank, f"refused its arguments of {what} ({type(e).__name__}: {e})")
+    """This rank's :class:`Refused` for the error ``e`` it raises (called once the
+    collective has its sequence number: :func:`cbase`); recorded on the board too,
+    for the peers whose algorithm this rank could not guess."""
+    text = f"{type(e).__name__}: {e}"
+    ecls = e.error_class if isinstance(e, MmpiError) else _errcodes.ERR_ARG
+    _board.post(cx, cx.seq, _board.kind_of(what), _board.R_REFUSED, ecls, text)
+    return Refused(cx.rank, f"refused its arguments of {what} ({text})")
 
 
 def refused_error(f: Refused, what: str) -> MmpiError:
@@ -403,11 +423,18 @@ def obj_items(sendobj, n: int, what: str, rank: int):
 
 
 def check_root(cx, root, what) -> int:
+    """The root of a rooted collective, checked (ERR_ROOT), kept with the name and
+    the sequence number of the collective it starts (``cx.kr``): a rank stuck in
+    it puts them on the board."""
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or \
             not 0 <= root < cx.size:
-        raise MmpiError(f"{what}: invalid root {root!r} (communicator of size "
-                        f"{cx.size}; valid: 0..{cx.size - 1})", error_class=_errcodes.ERR_ROOT)
-    return int(root)
+        msg = (f"{what}: invalid root {root!r} (communicator of size {cx.size}; valid: "
+               f"0..{cx.size - 1})")
+        _board.invalid_root(cx, _board.kind_of(what), f"{root!r:.60}")
+        raise MmpiError(msg, error_class=_errcodes.ERR_ROOT)
+    root = int(root)
+    cx.kr = (cx.seq + 1, what, root)   # (the board's checks read it when stuck)
+    return root
 
 
 def count_check(cx, op, expect, what, src):

@@ -44,7 +44,7 @@ _IDS = 16384          # sub-context ids per communicator (world sizes are at mos
 
 class _Split:
     __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks",
-                 "lanes")
+                 "lanes", "a2a")
 
     def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
         self.cx = cx
@@ -60,6 +60,7 @@ class _Split:
         self.rooted: dict[int, Context | None] = {}
         self.cranks = None          # comm ranks of each node (_hiergather makes it)
         self.lanes = None           # _hierlane's lanes, made on first use
+        self.a2a = None             # _hiergather's Alltoall exchange arrays, made on first use
 
     def ctx(self, i: int) -> int:
         """The i-th sub-context id of this communicator (0: node, 1: leaders, 2+r:

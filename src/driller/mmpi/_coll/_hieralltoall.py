@@ -156,7 +156,7 @@ def _route(cx, h, ent: np.ndarray, blocks: list) -> tuple[np.ndarray, memoryview
             head, body = part(k)
             sends.append(cs(leaders, memoryview(b"".join([head.tobytes()] + body)), k, lbase))
             recvs[k] = _any(leaders, k, lbase)
-    waitall(t, sends + list(recvs.values()))
+    waitall(t, list(recvs.values()) + sends)   # (receives first: _hiergather's docstring)
     for s in sends:
         if s.exc is not None:
             errs.append(s.exc)
@@ -263,7 +263,7 @@ def _alltoallv(cx, h, sb, rb, err, what) -> None:
                 direct.append((r, _any(cx, r, base)))
                 if want is not None:
                     first = first or _size_error(what, me, want, r, size)
-    waitall(t, sends + [x for _, x in direct])
+    waitall(t, [x for _, x in direct] + sends)   # (receives first: _hiergather's docstring)
     for r, x in direct:
         if x.exc is not None:
             first = first or x.exc

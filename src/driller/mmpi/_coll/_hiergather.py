@@ -27,7 +27,10 @@ algorithms of ``_gather`` and ``_alltoall``.
   so every block has the same size on every rank whatever its arguments (as MPI
   wants), every rank sees every rank's size, and all take the same path below
   or all raise (the receive buffer left alone).  Small blocks are then done: no
-  second collective.  Larger buffers (a rank's up to ``ALLTOALL_NATIVE_MAX``
+  second collective.  The arrays of that exchange are kept from call to call;
+  plain contiguous numpy arrays of a numeric type whose item divides 8 bytes
+  skip the buffer parser (each rank picks its own path: the exchange is the
+  same).  Larger buffers (a rank's up to ``ALLTOALL_NATIVE_MAX``
   bytes) go through the MPI library's own ``Alltoall`` on that communicator:
   one tuned exchange in C, where the leaders' three dependent hops of Python
   cost 2-3x its time under load.
@@ -43,6 +46,13 @@ algorithms of ``_gather`` and ``_alltoall``.
   objects would be pickled three times instead of once.
 * The object forms ``gather``, ``scatter`` and ``allgather`` run the same three
   steps with lists of objects (a node's list travels as one pickled message).
+
+Where two ranks of different nodes exchange messages, each waits for what it
+receives before what it sends: the wait for a large send to another node waits
+for its own data message only and takes no request record from MPI meanwhile
+(``_hybrid``), so two ranks each waiting for its send first would each leave the
+other's request untaken until their yield-polling ran out (``REMOTE_SPIN``,
+2 ms) and the general wait took it.
 """
 
 from __future__ import annotations
@@ -433,7 +443,7 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
             expect = sum(rb.counts[r] for r in ranks) * isz
             dst = span if span is not None else _scratch(expect)
             recvs.append((i, ranks, span, dst, expect, cr(leaders, dst, i, lbase)))
-        waitall(t, sends + [x[-1] for x in recvs])
+        waitall(t, [x[-1] for x in recvs] + sends)   # (receives first: module docstring)
         for i, ranks, span, dst, expect, op in recvs:
             e = _check_total(op, expect, what, me, i, cx.index[leaders.group[i]])
             if e is None and span is None:
@@ -466,6 +476,27 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
     h = split(cx)
     if h is None:
         return _alltoall.Alltoall(cx, sendbuf, recvbuf)
+    st = h.a2a or _a2a_state(h)
+    if type(recvbuf) is np.ndarray:
+        # the fast path: plain numpy arrays whose blocks the size exchange carries
+        cols = st.views.get((recvbuf.dtype, recvbuf.size))
+        if cols is None:
+            cols = st.columns(recvbuf.dtype, recvbuf.size)
+        src = recvbuf if sendbuf is IN_PLACE else sendbuf
+        if cols and type(src) is np.ndarray and src.dtype == recvbuf.dtype and \
+                src.size == recvbuf.size and src.flags.c_contiguous and \
+                recvbuf.flags.c_contiguous and recvbuf.flags.writeable:
+            sd, rd, k, nb = cols
+            if st.nb != nb:
+                st.S[:, 0] = nb
+                st.nb = nb
+            sd[...] = src.reshape(st.n, k)
+            st.native.Alltoall(st.S, st.R)
+            sizes = st.R[:, 0].tolist()
+            if sizes.count(nb) != st.n:
+                raise _a2a_mismatch(sizes, nb, cx.rank)
+            recvbuf.reshape(st.n, k)[...] = rd
+            return
     what = "Alltoall"
     n, me = cx.size, cx.rank
     try:
@@ -475,29 +506,24 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
     else:
         smv, err = _a2a_send(cx, sendbuf, rb, what)
     nb = len(rb.mv) if rb is not None and err is None else -1 - me
-    ln = _hierlane.whole(h)
     # every rank sends every rank the same number of bytes whatever its size (as MPI
     # wants): its size (or "refused") and, when small, its block
-    cap = _fused_block(n)
+    cap = st.cap
     B = nb // n if nb >= 0 else 0
     fused = 0 <= nb and B <= cap
-    S = np.empty((n, 1 + cap // 8), np.int64)       # per block: the size, then the data
+    S = np.empty_like(st.S)                         # per block: the size, then the data
     S[:, 0] = nb
     s8 = S.view(np.uint8)
     if fused:
         np.copyto(s8[:, 8:8 + B], np.frombuffer(smv, np.uint8).reshape(n, B))
     s8[:, 8 + (B if fused else 0):] = 0
     R = np.empty_like(S)
-    BYTE = cx.t.MPI.BYTE
-    ln.native.Alltoall([S, BYTE], [R, BYTE])
+    st.native.Alltoall(S, R)
     sizes = R[:, 0].tolist()
     if err is not None:
         raise err
     if sizes.count(nb) != n:
-        k = next(i for i, v in enumerate(sizes) if v != nb)
-        raise MmpiError(f"{what}: rank {k} " + ("refused its arguments" if sizes[k] < 0 else
-                        f"receives {sizes[k]} bytes") + f" but rank {me} receives {nb}: every "
-                        f"block must have the same size on every rank")
+        raise _a2a_mismatch(sizes, nb, me)
     if nb > ALLTOALL_AGG_MAX:   # (parses the buffers again, and writes the user's)
         return _alltoall.Alltoall(cx, sendbuf, recvbuf)
     try:
@@ -508,11 +534,65 @@ def Alltoall(cx, sendbuf, recvbuf) -> None:
         if sendbuf is IN_PLACE:   # (the send bytes, apart from the buffer received into)
             smv = memoryview(bytes(smv))
         if nb <= ALLTOALL_NATIVE_MAX:
-            ln.native.Alltoall([smv, BYTE], [rb.mv, BYTE])
+            BYTE = cx.t.MPI.BYTE
+            st.native.Alltoall([smv, BYTE], [rb.mv, BYTE])
         else:
             _alltoall_agg(cx, h, smv, rb)
     finally:
         rb.finish()
+
+
+class _A2A:
+    """A communicator's size exchange of Alltoall (made on its first Alltoall, on
+    every rank): the MPI communicator of all its ranks, the send and receive
+    arrays of fixed-size blocks (one row per rank: the size as an int64, then
+    ``cap`` bytes of data), kept from call to call, and for each (dtype, count)
+    of a receive buffer seen, the rows' data columns as that dtype (or False: not
+    for the fast path)."""
+
+    __slots__ = ("native", "n", "cap", "S", "R", "nb", "views")
+
+    def __init__(self, native, n: int):
+        self.native = native
+        self.n = n
+        self.cap = _fused_block(n)
+        # (zeroed once: the bytes past a block's data are a previous block for the
+        # same rank, or zeros)
+        self.S = np.zeros((n, 1 + self.cap // 8), np.int64)
+        self.R = np.empty_like(self.S)
+        self.nb = None              # the size now in S's first column
+        self.views: dict = {}
+
+    def columns(self, dtype, size: int):
+        """(S's data columns, R's, the block's count, the buffer's bytes) for a
+        receive buffer of ``size`` items of ``dtype``, or False: not a plain
+        numeric type whose item divides 8 bytes, or blocks too large to carry."""
+        n, isz = self.n, dtype.itemsize
+        k = size // n
+        cols = False
+        if dtype.kind in "biufc" and dtype.isnative and isz and 8 % isz == 0 and \
+                size % n == 0 and k * isz <= self.cap:
+            o = 8 // isz
+            cols = (self.S.view(dtype)[:, o:o + k], self.R.view(dtype)[:, o:o + k], k,
+                    size * isz)
+        if len(self.views) >= 16:
+            self.views.clear()
+        self.views[(dtype, size)] = cols
+        return cols
+
+
+def _a2a_state(h) -> _A2A:
+    st = h.a2a = _A2A(_hierlane.whole(h).native, h.cx.size)
+    return st
+
+
+def _a2a_mismatch(sizes: list, nb: int, me: int) -> MmpiError:
+    """The error every rank raises when the size exchange shows a rank whose size
+    differs from this rank's ``nb`` (or that refused its arguments)."""
+    k = next(i for i, v in enumerate(sizes) if v != nb)
+    return MmpiError(f"Alltoall: rank {k} " + ("refused its arguments" if sizes[k] < 0 else
+                     f"receives {sizes[k]} bytes") + f" but rank {me} receives {nb}: every "
+                     f"block must have the same size on every rank")
 
 
 def _fused_block(n: int) -> int:
@@ -594,7 +674,7 @@ def _alltoall_agg(cx, h, smv, rb: Buf) -> None:
         sends.append(cs(leaders, memoryview(out).cast("B"), k, lbase))
         got = np.empty((len(ranks), L, B), np.uint8)          # [their rank, my rank]
         recvs.append((k, ranks, got, cr(leaders, memoryview(got).cast("B"), k, lbase)))
-    waitall(t, sends + [x[-1] for x in recvs])
+    waitall(t, [x[-1] for x in recvs] + sends)   # (receives first: module docstring)
     R = np.empty((L, n, B), np.uint8)                        # [my rank, source]
     mine = cranks[mi]
     R[:, mine, :] = S3[:, mine, :].transpose(1, 0, 2)

@@ -126,6 +126,7 @@ def release(h) -> None:
     if not lanes:
         return
     h.lanes = None
+    h.a2a = None                # (_hiergather's Alltoall arrays keep the whole's handle)
     _LIVE.pop(id(h), None)
     for ln in lanes.values():
         MPI = ln.cx.t.MPI

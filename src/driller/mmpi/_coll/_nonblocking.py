@@ -12,9 +12,10 @@ from __future__ import annotations
 from ...errors import MmpiError
 from .._bufspec import message, recv_message
 from .._request import K_SEND, CollRequest, request
+from . import _board
 from ._barrier import g_barrier
 from ._bcast import g_bcast, g_bcast_refused
-from ._context import cbase, check_root, g_then, peer_of, refusal, size_hint
+from ._context import Context, cbase, check_root, g_then, peer_of, refusal, size_hint
 from ._ops import SUM
 from ._reduce import g_allreduce
 
@@ -26,11 +27,17 @@ __all__ = [
 class CollOp:
     """A nonblocking collective in flight; looks like a transport op (done, exc)."""
 
-    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running")
+    __slots__ = ("t", "gen", "ops", "finished", "exc", "value", "running", "cx", "seq")
 
-    def __init__(self, t, gen):
+    def __init__(self, t, gen, cx=None):
         self.t = t
         self.gen = gen
+        self.cx = cx        # (the board's in-flight record: collective seq of cx)
+        if cx is not None:
+            self.seq = s = cx.seq
+            nb = cx.nb
+            nb.append(s)
+            cx.bwords[cx.bw + 2] = cx.bhi | (nb[0] & 0xFFFFF) << 24 | 1
         self.ops = ()
         self.finished = False
         self.exc = None
@@ -60,6 +67,8 @@ class CollOp:
                     self.finished, self.exc, self.ops = True, e, ()
                 if self.finished:
                     self.t.remove_progress_hook(self.advance)
+                    if self.cx is not None:
+                        _board.nb_end(self.cx, self.seq)
         finally:
             self.running = False
         return moved
@@ -82,13 +91,17 @@ class CollOp:
                         self.finished, self.exc, self.ops = True, e, ()
                         t.remove_progress_hook(self.advance)
                         self.gen.close()
+                        if self.cx is not None:
+                            _board.nb_end(self.cx, self.seq)
                         return
             self.advance()
 
 
 def coll_request(cx, gen):
-    """A Request driving the algorithm generator ``gen``."""
-    return request(CollOp(cx.t, gen), K_SEND, cx, CollRequest)
+    """A Request driving the algorithm generator ``gen`` (of the collective that
+    took ``cx``'s last sequence number)."""
+    return request(CollOp(cx.t, gen, cx if type(cx) is Context and cx.bw else None),
+                   K_SEND, cx, CollRequest)
 
 
 def Ibarrier(cx):

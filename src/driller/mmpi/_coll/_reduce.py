@@ -628,7 +628,8 @@ def Reduce_scatter_block(cx, sendbuf, recvbuf, op=SUM) -> None:
     except Exception as e:   # refused here only, maybe: take part all the same
         # (the send buffer holds n receive blocks, or is the receive buffer)
         hint = size_hint(recvbuf) * (1 if sendbuf is IN_PLACE else n) or size_hint(sendbuf)
-        refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), hint, stand_in(op), cbase(cx),
+        base = cbase(cx)     # (before the refusal: it is recorded under this call's number)
+        refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), hint, stand_in(op), base,
                                       what))
         raise
     reduce_scatter(cx, sb, rb, [count] * n, op, what, sendbuf is IN_PLACE)
@@ -658,8 +659,9 @@ def Reduce_scatter(cx, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
         try:
             rs_check(cx, sb, rb, counts, op, what, sendbuf is IN_PLACE)
         except Exception as e:
+            base = cbase(cx)
             refused_part(cx, g_rs_refused(cx, refusal(cx, e, what), sb.nbytes, op,
-                                          cbase(cx), what))
+                                          base, what))
             raise
     reduce_scatter(cx, sb, rb, counts, op, what, sendbuf is IN_PLACE)
 
@@ -793,7 +795,8 @@ def buf_scan(cx, sendbuf, recvbuf, op, what, exclusive):
     try:
         op, sb, rb = red_args(cx, sendbuf, recvbuf, op, what)
     except Exception as e:
-        refused_part(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), me > 0))
+        base = cbase(cx)
+        refused_part(cx, g_scan_refused(cx, refusal(cx, e, what), base, me > 0))
         raise
     base = cbase(cx)
     t = cx.t
@@ -866,7 +869,8 @@ def reduce(cx, sendobj, op=SUM, root=0):
     try:
         op = check_op(op, "reduce")
     except MmpiError as e:   # an invalid op here only, maybe: a refusal goes to the root
-        drive(cx.t, g_ogather(cx, refusal(cx, e, "reduce"), root, cbase(cx), []))
+        base = cbase(cx)
+        drive(cx.t, g_ogather(cx, refusal(cx, e, "reduce"), root, base, []))
         raise
     return drive(cx.t, g_oreduce(cx, sendobj, op, root, cbase(cx)))
 
@@ -880,12 +884,12 @@ def allreduce(cx, sendobj, op=SUM):
     this one raising its error, the others an error naming it."""
     errs = []
     acc = sendobj
+    base = cbase(cx)
     try:
         op = check_op(op, "allreduce")
     except MmpiError as e:   # an invalid op here only, maybe: carried on as a refusal
         errs.append(e)
         acc = refusal(cx, e, "allreduce")
-    base = cbase(cx)
     n, me = cx.size, cx.rank
     if n == 1:
         return _obj_result(acc, errs, "allreduce")

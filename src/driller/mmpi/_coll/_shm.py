@@ -19,6 +19,7 @@ from ... import _linux
 from ...errors import MmpiError, PeerDiedError
 from .. import _transport as T
 from .. import _world as W
+from . import _board
 
 __all__ = [
     "SHM_HALF", "SHM_HDR", "SHM_MAX", "shm_barrier", "shm_state", "coll_slots", "shm_sleep",
@@ -32,7 +33,7 @@ SLOT_HDR = struct.Struct("<2q")
 FENCE = threading.Lock()
 
 
-def shm_barrier(cx, what: str = "Barrier") -> None:
+def shm_barrier(cx, what: str = "Barrier", seq: int | None = None) -> None:
     """Barrier of a communicator whose group is the whole world, in shared memory.
 
     Each rank owns one word of the world block (its rank-table entry, word
@@ -46,7 +47,9 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
     queued sends flushed, nonblocking collectives advanced), spins with
     sched_yield for the transport's ``spin_seconds``, then sleeps on the
     missing ranks' words, the rings and the deaths word; a dead peer raises
-    PeerDiedError.
+    PeerDiedError.  ``seq``: the collective this barrier is part of (its sequence
+    number): a wait that lasts reads the collective board (_board.check_shm), and a
+    peer's error there makes this rank take its count back and raise.
     """
     t = cx.t
     words = t.words
@@ -93,10 +96,19 @@ def shm_barrier(cx, what: str = "Barrier") -> None:
             elif now > spin_end:
                 if not shm_sleep(cx, e, ep, j):
                     t.check_dead(None, j, True, lambda: words[ep[j]] >= e)
+                    if seq is not None:
+                        # a peer's error on the board: nobody passed this barrier (a
+                        # rank never came), the count goes back (the next is in step)
+                        _board.check_shm(cx, seq, lambda: _undo(st, words, mine, e))
                 continue
             os.sched_yield()
     except PeerDiedError as err:
         raise PeerDiedError(f"{what}: {err}", rank=err.rank, status=err.status) from None
+
+
+def _undo(st, words, mine: int, e: int) -> None:
+    st[0] = e - 1
+    words[mine] = e - 1
 
 
 def shm_state(cx):
@@ -175,7 +187,7 @@ def shm_allreduce(cx, acc, op) -> bool:
     SLOT_HDR.pack_into(data, o, nb, num)
     if nb:
         data[o + SHM_HDR:o + SHM_HDR + nb] = memoryview(acc).cast("B")
-    shm_barrier(cx, "Allreduce")
+    shm_barrier(cx, "Allreduce", cx.seq)
     n = len(slots)
     unpack = SLOT_HDR.unpack_from
     for r in range(n):
@@ -210,7 +222,7 @@ def shm_refused(cx, text: str) -> bool:
     raw = text.encode("utf-8", "replace")[:SHM_MAX]
     SLOT_HDR.pack_into(t.data, o, -1, len(raw))
     t.data[o + SHM_HDR:o + SHM_HDR + len(raw)] = raw
-    shm_barrier(cx, "Allreduce")
+    shm_barrier(cx, "Allreduce", cx.seq)
     return True
 
 

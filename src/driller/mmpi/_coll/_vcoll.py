@@ -266,7 +266,8 @@ def Ireduce(cx, sendbuf, recvbuf, op=SUM, root=0):
         # refused here only, maybe: this rank's part goes on in the background (the
         # others must not wait for it), the error is raised now
         if cx.size > 1:
-            coll_request(cx, g_reduce(cx, None, None, op, None, root, cbase(cx), "Ireduce",
+            base = cbase(cx)   # (before the refusal: recorded under this call's number)
+            coll_request(cx, g_reduce(cx, None, None, op, None, root, base, "Ireduce",
                                       False, refusal(cx, e, "Ireduce")))
         raise
     return coll_request(cx, g_ireduce(cx, sb, rb, op, root, cbase(cx)))
@@ -308,7 +309,8 @@ def Ireduce_scatter_block(cx, sendbuf, recvbuf, op=SUM):
     except Exception as e:
         # refused here only, maybe: this rank's part goes on in the background (the
         # others must not wait for it), the error is raised now
-        coll_request(cx, g_rs_refused(cx, refusal(cx, e, what), 0, stand_in(op), cbase(cx),
+        base = cbase(cx)
+        coll_request(cx, g_rs_refused(cx, refusal(cx, e, what), 0, stand_in(op), base,
                                       what, False))
         raise
     return coll_request(cx, g_reduce_scatter(cx, sb, rb, [count] * n, op, cbase(cx), what,
@@ -391,7 +393,8 @@ def _scan(cx, sendbuf, recvbuf, op, what, exclusive):
     except Exception as e:
         # refused here only, maybe: this rank's part goes on in the background (the
         # ranks after it must not wait), the error is raised now
-        coll_request(cx, g_scan_refused(cx, refusal(cx, e, what), cbase(cx), True))
+        base = cbase(cx)
+        coll_request(cx, g_scan_refused(cx, refusal(cx, e, what), base, True))
         raise
     mine = sb.arr().copy() if sendbuf is IN_PLACE else sb.arr()
     return coll_request(cx, g_scan(cx, mine, rb, op, sb.dt, cbase(cx), what, exclusive))
