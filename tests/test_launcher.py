@@ -524,6 +524,55 @@ def test_group_ctrl_c_reaches_the_ranks_once():
     assert_gone(pids_in(out + rest))
 
 
+_COUNT_RT = r"""
+import os, signal, sys
+sig = signal.SIGRTMIN          # real-time: every send is queued, none merged
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+if sys.argv[1] == "leave":     # join a grandchild's group: the rank left its own
+    r, w = os.pipe()
+    gc = os.fork()
+    if gc == 0:                # (lives until its parent exits: EOF on r)
+        os.setpgid(0, 0)
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    os.setpgid(gc, gc)
+    os.setpgid(0, gc)
+print("ready", os.getpgid(0), flush=True)
+sys.stdin.readline()
+n = 0
+while signal.sigtimedwait([sig], 0.5) is not None:
+    n += 1
+print("got", n, flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["own group", "left its group"])
+def test_a_stopping_rank_is_signalled_once(where):
+    # the supervisor stops a rank (^C, SIGTERM) through its process group and, only
+    # if the rank left that group, through its pidfd: both at once delivered the
+    # signal twice whenever the rank ran between the two sends (under load, a second
+    # KeyboardInterrupt in the middle of the first one's traceback)
+    from driller.mmpi._procs import signal_rank
+    p = subprocess.Popen([PY, "-c", _COUNT_RT, "leave" if where != "own group" else "stay"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: os.setpgid(0, 0))   # its own group, as a rank's
+    fd = os.pidfd_open(p.pid)
+    try:
+        line = p.stdout.readline().split()
+        assert line[0] == "ready", line
+        assert (int(line[1]) == p.pid) == (where == "own group"), line
+        signal_rank(p.pid, fd, signal.SIGRTMIN)
+        out, _ = p.communicate("go\n", timeout=30)
+        assert out.split() == ["got", "1"], out
+        assert p.returncode == 0
+    finally:
+        os.close(fd)
+        p.kill()
+        p.wait()
+
+
 # ---------------------------------------------------------------- startup
 
 def test_startup_of_8_ranks(record_property):

@@ -51,8 +51,8 @@ import time
 from .. import _linux
 from . import _procs
 from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_kill, rank_pids,
-                     raw_wait_status, reap_adopted, shell_status, signal_name, stop_leftovers,
-                     wait_status)
+                     raw_wait_status, reap_adopted, shell_status, signal_name, signal_rank,
+                     stop_leftovers, wait_status)
 
 __all__ = ["main", "Options", "parse_args", "placement", "UsageError", "describe_status",
            "wait_status", "shell_status", "UNKNOWN"]
@@ -732,8 +732,7 @@ class Launcher:
         for r in self.ranks:
             if r.result is None:
                 self.stopped += 1
-                kill_group(r.pid, sig)
-                pidfd_kill(r.pidfd, sig)
+                signal_rank(r.pid, r.pidfd, sig)
         self.kill_at = time.monotonic() + self.opts.grace
 
     def _on_signal(self, fd: int) -> None:

@@ -17,7 +17,8 @@ import warnings
 from .. import _linux
 
 __all__ = ["UNKNOWN", "shell_status", "raw_wait_status", "signal_name", "describe_status",
-           "describe_wait_status", "wait_status", "kill_group", "pidfd_kill", "stop_leftovers",
+           "describe_wait_status", "wait_status", "kill_group", "pidfd_kill", "signal_rank",
+           "stop_leftovers",
            "kill_children", "reap_adopted", "rank_pids", "fork", "reissue"]
 
 # The child was reaped by someone else (a SIGCHLD handler of the caller, SIGCHLD
@@ -114,6 +115,24 @@ def pidfd_kill(pidfd: int, sig: int) -> None:
         signal.pidfd_send_signal(pidfd, sig)
     except (ProcessLookupError, OSError):
         pass
+
+
+def signal_rank(pid: int, pidfd: int, sig: int) -> None:
+    """Signal a rank once, and the processes still in its process group: the group
+    (the rank and what it started), then the rank by its pidfd only if it has left
+    that group (``setsid``/``setpgid`` in its own code).  Sending to both at once
+    delivered a rank its ^C twice whenever it ran between the two sends (a second
+    KeyboardInterrupt in the middle of the first one's traceback).  The group first,
+    then the check: a rank leaving its group between them is signalled twice, never
+    missed.  (Only while the rank is unreaped: its pid, and so its group's id,
+    cannot be reused.)"""
+    kill_group(pid, sig)
+    try:
+        left = os.getpgid(pid) != pid
+    except (ProcessLookupError, PermissionError):
+        left = True     # (gone: the pidfd says so too, and sends nothing)
+    if left:
+        pidfd_kill(pidfd, sig)
 
 
 def _select_wait(fds: list[int], timeout: float) -> None:
