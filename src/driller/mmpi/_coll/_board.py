@@ -125,7 +125,19 @@ def _done_part(n: int, key: int, seq: int) -> bool:
         return False
     if n & 2:
         return True
-    return 0 < ((n >> SEQ_SHIFT) - seq) & MASK20 < 1 << 19
+    return _after(n >> SEQ_SHIFT, seq)
+
+
+def _after(s: int, seq: int) -> bool:
+    """Whether collective number ``s`` (its low 20 bits) comes after ``seq`` (the
+    numbers wrap at 2**20; half the range ahead counts as after)."""
+    return 0 < (s - seq) & MASK20 < 1 << 19
+
+
+def _tag_seq(tag: int):
+    """The collective number a collective message's tag carries (``cbase``'s
+    ``(seq + 1) << 8``), or None for another tag."""
+    return (tag >> 8) - 1 if 256 <= tag < 1 << 28 else None
 
 
 def _key(cx, seq: int) -> int:
@@ -192,14 +204,13 @@ def stuck(t, op, peer) -> None:
     ctx = getattr(op, "context", None)
     if ctx is None:
         return
-    tag = op.tag
-    if not 256 <= tag < 1 << 28:
+    seq = _tag_seq(op.tag)
+    if seq is None:
         return
     b = t.coll_board
     cx = b.contexts.get(ctx)
     if cx is None or ctx in b.p2p:
         return
-    seq = (tag >> 8) - 1
     if not _grace(b, (ctx, seq)):
         return
     src = getattr(op, "source", None) if hasattr(op, "capacity") else None
@@ -279,7 +290,7 @@ def check(cx, seq: int, src, op, blocking: bool, undo=None) -> None:
                        _errcodes.ERR_ROOT)
                 break
         if (w == src and a >> CTX_SHIFT == key >> 20
-                and 0 < ((a >> SEQ_SHIFT) - seq) & MASK20 < 1 << 19
+                and _after(a >> SEQ_SHIFT, seq)
                 and (blocking or _done_part(words[base + w * stride + 2], key, seq))):
             t.progress()
             if op is not None and op.done:
@@ -324,8 +335,7 @@ def _leave(cx, seq: int) -> None:
             e = words[base + w * stride + 1]
             if e >> SEQ_SHIFT == key and e & LEFT:
                 continue
-            if (a >> CTX_SHIFT == key >> 20
-                    and 0 < ((a >> SEQ_SHIFT) - seq) & MASK20 < 1 << 19):
+            if a >> CTX_SHIFT == key >> 20 and _after(a >> SEQ_SHIFT, seq):
                 continue
             left.append(w)
         peers = left
@@ -347,10 +357,9 @@ def sweep(cx) -> None:
     cur = cx.seq & MASK20
     old = set()
     for m in cx.unexp:
-        tag = m.tag
-        if m.context == ctx and 256 <= tag < 1 << 28:
-            sq = (tag >> 8) - 1
-            if 0 < (cur - sq) & MASK20 < 1 << 19:
+        if m.context == ctx:
+            sq = _tag_seq(m.tag)
+            if sq is not None and _after(cur, sq):
                 old.add(sq)
     old -= {q & MASK20 for q in cx.nb}
     if not old:
@@ -373,8 +382,7 @@ def purge(cx, seq: int) -> None:
     s = seq & MASK20
 
     def ours(o):
-        tag = o.tag
-        return o.context == ctx and 256 <= tag < 1 << 28 and ((tag >> 8) - 1) == s
+        return o.context == ctx and _tag_seq(o.tag) == s
 
     eng.unexpected[:] = [m for m in eng.unexpected if not ours(m)]
     for r in [r for r in eng.posted if ours(r)]:
