@@ -76,6 +76,7 @@ __all__ = ["launcher", "node_id", "HybridTransport", "init", "set_engine", "ENV_
 ENV_NODE = "DRILLER_NODE"       # ranks with the same value form a node (tests emulate nodes)
 ENV_HYBRID = "DRILLER_HYBRID"   # "0": stay a singleton under an MPI launcher
 REC_TAG = 1
+BOARD_TAG = 32002               # the hybrid board's histories (_coll/_hboard), on ``mpi``
 DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
 POOL = 8                        # receives of REC_TAG kept preposted (any source)
 # records up to this many bytes go by a blocking Send (below every MPI's eager limit)
@@ -89,6 +90,7 @@ INFLIGHT_SPIN = 1e-9            # more yield-polling per byte of our data messag
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
 _SRC_MASK = (1 << 32) - 1       # a record's last word: sender rank | long-payload tag << 32
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
+BOARD_GRACE = float(os.environ.get("DRILLER_MMPI_BOARD_GRACE_MS", "250")) * 1e-3   # (_coll/_board's)
 
 # (launcher name, size variable, rank variable): the first one set wins
 _LAUNCHERS = (
@@ -166,6 +168,12 @@ class HybridTransport(T.Transport):
         self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
         self._last_sleep = 0.0          # when _sleep was last called
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
+        # the hybrid board (_coll/_hboard sets both): called from the naps of a wait
+        # that lasted BOARD_GRACE seconds (the slow path only)
+        self.hboard = None
+        self.on_remote_stuck = None
+        self._wait0 = 0.0               # when the current wait's naps started
+        self._board_tx: list = []       # (request, buffer) of board words in flight
         # the preposted receives of records (persistent: Start is cheaper than Irecv),
         # [request, buffer, its memoryview], in posting order from the head on
         self._pool = []
@@ -732,6 +740,9 @@ class HybridTransport(T.Transport):
             # first again, then naps from the shortest
             self._spin_until = 0.0
             self._nap = NAP_MIN
+            self._wait0 = now
+        elif self.on_remote_stuck is not None and now - self._wait0 >= BOARD_GRACE:
+            self.on_remote_stuck()
         self._last_sleep = now
         if not self._spin_until:
             self._spin_until = now + REMOTE_SPIN + self._inflight * INFLIGHT_SPIN
@@ -754,11 +765,32 @@ class HybridTransport(T.Transport):
         """End the whole job (every node) through the MPI launcher."""
         self.mpi.Abort(code)
 
+    def board_send(self, dst: int, words: bytes) -> None:
+        """Send the hybrid board's ``words`` to world rank ``dst`` (any node: MPI)."""
+        buf = bytearray(words)
+        self._board_tx.append((self.mpi.Isend([buf, self._BYTE], dst, BOARD_TAG), buf))
+
+    def board_recv(self) -> list[tuple[int, bytes]]:
+        """The hybrid board's words that came to this rank: [(world rank, bytes)]."""
+        MPI, mpi = self.MPI, self.mpi
+        out = []
+        st = MPI.Status()
+        while mpi.Iprobe(MPI.ANY_SOURCE, BOARD_TAG, st):
+            src = st.Get_source()
+            buf = bytearray(st.Get_count(self._BYTE))
+            mpi.Recv([buf, self._BYTE], src, BOARD_TAG)
+            out.append((src, bytes(buf)))
+        if self._board_tx:
+            self._board_tx = [x for x in self._board_tx if not x[0].Test()]
+        return out
+
     def close(self) -> None:
         super().close()
         MPI = self.MPI
-        MPI.Request.Waitall([r for r, _ in self._rec_sends])
+        self.board_recv()   # (histories of stuck neighbours: none is left unreceived here)
+        MPI.Request.Waitall([r for r, _ in self._rec_sends + self._board_tx])
         self._rec_sends.clear()
+        self._board_tx.clear()
         # data messages nobody received (sends never matched): MPI keeps them; ours
         # are forgotten, not waited for (that could block the exit forever)
         self._data_sends.clear()

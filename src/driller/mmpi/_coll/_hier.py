@@ -31,7 +31,7 @@ import numpy as np
 
 from .._bufspec import parse
 from .._const import IN_PLACE
-from . import _barrier, _bcast, _hierlane, _reduce
+from . import _barrier, _bcast, _hboard, _hierlane, _reduce
 from ._context import Context, cbase, check_root, drive
 from ._direct import g_direct_ok
 from ._ops import SUM
@@ -39,12 +39,13 @@ from ._ops import SUM
 __all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "Barrier", "Bcast", "bcast",
            "Reduce", "reduce", "Allreduce", "allreduce"]
 
-_IDS = 16384          # sub-context ids per communicator (world sizes are at most 4096)
+_IDS = 1 << 15        # sub-context ids per communicator (world sizes are at most 4096)
+_RNODE = 2 + 2 * 4096  # node contexts of rooted collectives: ctx(_RNODE + root) (after the lanes')
 
 
 class _Split:
     __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks",
-                 "lanes", "a2a")
+                 "lanes", "a2a", "rnodes", "hseq", "hist", "hb")
 
     def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
         self.cx = cx
@@ -61,11 +62,26 @@ class _Split:
         self.cranks = None          # comm ranks of each node (_hiergather makes it)
         self.lanes = None           # _hierlane's lanes, made on first use
         self.a2a = None             # _hiergather's Alltoall exchange arrays, made on first use
+        self.rnodes: dict[int, Context] = {}   # root -> the node context of its collectives
+        self.hseq = 0               # _hboard: the hierarchical collectives so far,
+        self.hist = [None] * _hboard.HIST      # the last ones' (number, kind, root)
+        self.hb = None              # and the transport's hybrid board
 
     def ctx(self, i: int) -> int:
         """The i-th sub-context id of this communicator (0: node, 1: leaders, 2+r:
         one rank per node with root r)."""
         return -((self.cx.ctx + 1) * _IDS + 2 * i)
+
+    def rnode(self, root: int) -> Context:
+        """This rank's node, for a rooted collective with ``root``: a context of its
+        own per root, so that a rank passing another root than its node peers never
+        takes their messages (it waits, and ``_hboard`` names it)."""
+        c = self.rnodes.get(root)
+        if c is None:
+            node = self.node
+            c = self.rnodes[root] = Context(node.t, node.group, self.ctx(_RNODE + root),
+                                            f"{self.cx.name} (node, root {root})")
+        return c
 
     def heads(self, root: int) -> tuple[Context | None, int, int]:
         """For a rooted reduction: (the context of one rank per node where the root
@@ -102,6 +118,7 @@ def split(cx) -> _Split | None:
     h = _Split(cx, order, Context(t, mine, base, f"{cx.name} (node)"), None)
     if t.rank == mine[0]:
         h.leaders = Context(t, [ws[0] for ws in order], h.ctx(1), f"{cx.name} (leaders)")
+    _hboard.setup(h)
     cx.hier = h
     return h
 
@@ -109,6 +126,8 @@ def split(cx) -> _Split | None:
 def release(cx) -> None:
     """The communicator is being freed: free the MPI communicators its lanes made
     (``_hierlane``); nothing for a communicator on one node."""
+    if cx.hier:
+        _hboard.forget(cx.hier)
     _hierlane.release(cx.hier)
 
 
@@ -168,6 +187,7 @@ def Barrier(cx) -> None:
     h = split(cx)
     if h is None:
         return _barrier.Barrier(cx)
+    _hboard.enter(h, "Barrier")
     _barrier.Barrier(h.node)
     if h.leaders is not None:
         _barrier.Barrier(h.leaders)
@@ -178,14 +198,17 @@ def _broadcast(cx, h: _Split, root, what: str, step, value):
     """The three steps of a broadcast from ``root``: within the root's node, among one
     rank per node, within every other node; ``step(context, value, root)`` is the
     flat broadcast and returns the value."""
-    ni, nr = h.where[check_root(cx, root, what)]
+    root = check_root(cx, root, what)
+    _hboard.enter(h, what, root)
+    ni, nr = h.where[root]
+    node = h.rnode(root)
     first = h.where[cx.rank][0] == ni and nr != 0
     if first:
-        value = step(h.node, value, nr)            # the root's node first
+        value = step(node, value, nr)              # the root's node first
     if h.leaders is not None:
         value = step(h.leaders, value, ni)         # one rank per node
     if not first:
-        value = step(h.node, value, 0)             # every other node
+        value = step(node, value, 0)               # every other node
     return value
 
 
@@ -218,18 +241,20 @@ def Reduce(cx, sendbuf, recvbuf, op=SUM, root=0) -> None:
 
 
 def _Reduce(cx, h, sendbuf, recvbuf, op, root) -> None:
+    _hboard.enter(h, "Reduce", _hboard.root_of(root))
     if not _ordered(h, op):
         return _reduce.Reduce(cx, sendbuf, recvbuf, op, root)
     root = check_root(cx, root, "Reduce")
     heads, ni, nr = h.heads(root)
     mine = h.where[cx.rank][0]
     node_root = nr if mine == ni else 0
+    node = h.rnode(root)
     if heads is None:                              # not my node's head: give my part
-        _reduce.Reduce(h.node, sendbuf, None, op, node_root)
+        _reduce.Reduce(node, sendbuf, None, op, node_root)
         return
     # a head: my node's part (into recvbuf at the root, into a scratch array elsewhere)
     acc = recvbuf if cx.rank == root else np.empty_like(parse(sendbuf, False, "Reduce").arr())
-    _reduce.Reduce(h.node, sendbuf, acc, op, node_root)
+    _reduce.Reduce(node, sendbuf, acc, op, node_root)
     if cx.rank == root:
         _reduce.Reduce(heads, IN_PLACE, recvbuf, op, ni)
     else:
@@ -244,11 +269,12 @@ def reduce(cx, sendobj, op=SUM, root=0):
 
 
 def _reduce_obj(cx, h, sendobj, op, root):
+    _hboard.enter(h, "reduce", _hboard.root_of(root))
     if not _ordered(h, op, objects=True):
         return _reduce.reduce(cx, sendobj, op, root)
     root = check_root(cx, root, "reduce")
     heads, ni, nr = h.heads(root)
-    part = _reduce.reduce(h.node, sendobj, op, nr if h.where[cx.rank][0] == ni else 0)
+    part = _reduce.reduce(h.rnode(root), sendobj, op, nr if h.where[cx.rank][0] == ni else 0)
     if heads is None:
         return None
     return _reduce.reduce(heads, part, op, ni)
@@ -258,6 +284,7 @@ def Allreduce(cx, sendbuf, recvbuf, op=SUM) -> None:
     h = split(cx)
     if h is None:
         return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
+    _hboard.enter(h, "Allreduce")
     try:
         if not _ordered(h, op):
             return _reduce.Allreduce(cx, sendbuf, recvbuf, op)
@@ -302,6 +329,7 @@ def allreduce(cx, sendobj, op=SUM):
 
 
 def _allreduce_obj(cx, h, sendobj, op):
+    _hboard.enter(h, "allreduce")
     if not _ordered(h, op, objects=True):
         return _reduce.allreduce(cx, sendobj, op)
     part = _reduce.reduce(h.node, sendobj, op, 0)

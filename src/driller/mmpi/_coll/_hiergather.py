@@ -63,7 +63,7 @@ from ...errors import MmpiError
 from .._bufspec import EMPTY, Buf, parse
 from .._const import IN_PLACE
 from .._transport import RecvOp
-from . import _alltoall, _gather, _hieralltoall, _hierlane
+from . import _alltoall, _gather, _hboard, _hieralltoall, _hierlane
 from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
@@ -171,6 +171,7 @@ def _rooted(cx, root, what):
     if h is None:
         return None
     root = check_root(cx, root, what)
+    _hboard.enter(h, what, root)
     heads, ni, nr = h.heads(root)
     mi, mj = h.where[cx.rank]
     return h, root, heads, ni, nr, mi, mj
@@ -190,7 +191,7 @@ def _gather_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     if st is None:
         return _gather.buf_gather(cx, sendbuf, recvbuf, root, what, vector)
     h, root, heads, ni, nr, mi, mj = st
-    node, t = h.node, cx.t
+    node, t = h.rnode(root), cx.t
     nbase = cbase(node)
     if cx.rank == root:
         return _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
@@ -236,7 +237,7 @@ def _gather_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) ->
 
 def _gather_into(cx, h, heads, ni, nr, nbase, sendbuf, rb: Buf, what) -> None:
     t, me = cx.t, cx.rank
-    node = h.node
+    node = h.rnode(me)
     isz = rb.dtype.itemsize
     bad, err = _gather.root_own_send(sendbuf, rb.block(me), what)
     cranks = _cranks(h)
@@ -282,7 +283,7 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     if st is None:
         return _gather.buf_scatter(cx, sendbuf, recvbuf, root, what, vector)
     h, root, heads, ni, nr, mi, mj = st
-    node, t = h.node, cx.t
+    node, t = h.rnode(root), cx.t
     nbase = cbase(node)
     if cx.rank == root:
         return _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
@@ -345,7 +346,7 @@ def _data(op):
 
 def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
     t, me, n = cx.t, cx.rank, cx.size
-    node = h.node
+    node = h.rnode(me)
     cranks = _cranks(h)
     try:
         sb = parse(sendbuf, False, what, blocks=n, vector=vector)
@@ -397,6 +398,7 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
     h = split(cx)
     if h is None:
         return _gather.buf_allgather(cx, sendbuf, recvbuf, what, vector)
+    _hboard.enter(h, what)
     # (refused here: the others would wait for this rank's block)
     rb = or_abort(cx, what, parse, recvbuf, True, what, blocks=cx.size, vector=vector,
                   staged=True)
@@ -700,7 +702,7 @@ def gather(cx, sendobj, root=0):
     if st is None:
         return _gather.gather(cx, sendobj, root)
     h, root, heads, ni, nr, mi, _ = st
-    part = _gather.gather(h.node, sendobj, nr if mi == ni else 0)
+    part = _gather.gather(h.rnode(root), sendobj, nr if mi == ni else 0)
     if heads is None:
         return None
     parts = _gather.gather(heads, part, ni)
@@ -719,7 +721,7 @@ def scatter(cx, sendobj, root=0):
         items, err = obj_items(sendobj, cx.size, "scatter", cx.rank)
         parts = [[items[r] for r in ranks] for ranks in _cranks(h)]
     part = _gather.scatter(heads, parts, ni) if heads is not None else None
-    mine = _gather.scatter(h.node, part, nr if mi == ni else 0)
+    mine = _gather.scatter(h.rnode(root), part, nr if mi == ni else 0)
     if err is not None:
         raise err
     return raise_failed(mine, "scatter")
@@ -730,6 +732,7 @@ def allgather(cx, sendobj):
     h = split(cx)
     if h is None:
         return _gather.allgather(cx, sendobj)
+    _hboard.enter(h, "allgather")
     part = _gather.gather(h.node, sendobj, 0)
     out = None
     if h.leaders is not None:
