@@ -1,10 +1,11 @@
 """A rank of a hybrid world (tests/test_hybrid_board.py): 2 emulated nodes x 2 ranks
 (world ranks 0, 1 on the first, 2, 3 on the second).
 
-Mode "wrong <case>": one rank (or one node) calls a collective with another root, or
+Mode "wrong <case> [exit]": one rank (or one node) calls a collective with another root, or
 another collective, than the others.  Each rank prints what it got ("rank R got X"):
 a rank that printed another root's data took a wrong result without a word.  The
-job must end (the ranks named), never hang, never return such data.
+job must end (the ranks named), never hang, never return such data; with "exit"
+the ranks call no other collective after it (they exit: Finalize's barrier).
 
 Mode "right <dir>": a correct program whose ranks wait for a slow rank (and for each
 other) in many hierarchical collectives with varying roots, on the world and on a
@@ -58,6 +59,9 @@ if mode == "wrong":
         print(f"rank {r} got {out[0]}", flush=True)
     else:
         raise SystemExit(f"unknown case {case}")
+    if len(sys.argv) > 3 and sys.argv[3] == "exit":   # no other collective: the exit's
+        print(f"rank {r} finished", flush=True)       # (every rank but the odd one)
+        sys.exit(0)
     comm.Barrier()
     print(f"rank {r} finished", flush=True)
     sys.exit(0)

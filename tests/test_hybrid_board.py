@@ -62,6 +62,24 @@ def test_a_wrong_root_or_kind_on_a_rank_of_another_node_ends_the_job(impl, case,
     _no_leftovers(tag, None)
 
 
+@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
+def test_a_wrong_root_is_named_when_the_others_exit_at_once(impl):
+    """Rank 3 passes root 1 to a Bcast, the others root 0 and then exit (no other
+    collective): the odd rank waits for a message of root 1's that never comes (before
+    the per-root node step: it took rank 0's data and the job ended as if all was
+    well); the others' exit is a barrier numbered as a collective, so rank 3's history
+    meets theirs and the job ends, naming it."""
+    tag = uuid.uuid4().hex[:8]
+    r = _job(impl, [PROG, "wrong", "Bcast-3-1", "exit"], tag, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "WRONG DATA" not in out and "rank 3 got" not in out, out
+    found = _NAMED.findall(out)
+    assert found and all("3" in (a, b) for a, _, b, _ in found), out
+    assert "Bcast(root=1)" in out, out
+    _no_leftovers(tag, None)
+
+
 @pytest.mark.parametrize("impl, grace", [("openmpi", None), ("openmpi", "1"), ("mpich", "1")])
 def test_ranks_waiting_for_a_slow_rank_are_never_taken_for_wrong_ones(impl, grace, tmp_path):
     tag, shm = uuid.uuid4().hex[:8], _mpi_shm()

@@ -1866,6 +1866,7 @@ class _State:
     forked_from = None   # this process is a fork of that rank (it cannot communicate)
     parent = None        # the parent intercommunicator of a spawned process (set_parent)
     exit_hook = False    # _finish_at_exit is registered
+    ended = False        # _end_hybrid ran
 
 
 _state = _State()
@@ -1965,6 +1966,7 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
     _state.comm_self = Intracomm._make(_Handle(
         Context(t, [rank], _CTX_SELF, "MPI_COMM_SELF"), Intracomm, 1, True))
     _state.finalized = False
+    _state.ended = False
     if not _state.exit_hook:
         _state.exit_hook = True
         atexit.register(_finish_at_exit)
@@ -1975,10 +1977,22 @@ def _finish_at_exit() -> None:
     programs mostly): hand the peers what they still need from us, as Finalize does."""
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        _end_hybrid(t)
         try:
             t.finish()
         except DrillerError:  # a peer's death: nothing more to hand over
             pass
+
+
+def _end_hybrid(t: T.Transport) -> None:
+    """A rank of a world spanning nodes ends (Finalize or exit): once, _hier.end."""
+    if t.all_local or _state.ended or _state.comm_world is None:
+        return
+    _state.ended = True
+    try:
+        _hier.end(_state.comm_world._cx)
+    except DrillerError:  # a peer's death: the launcher ends the job
+        pass
 
 
 def _hybrid_launcher():
@@ -2044,6 +2058,7 @@ def finalize() -> None:
     """MPI.Finalize: this rank is done; every later communicator call raises."""
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
+        _end_hybrid(t)
         _hier.release_all()   # the MPI communicators of hybrid collectives
         try:
             t.finish()   # what the peers still need from us (a FIN behind a full ring)

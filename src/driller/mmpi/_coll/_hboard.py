@@ -38,7 +38,7 @@ __all__ = ["GRACE", "KINDS", "HIST", "setup", "forget", "enter", "root_of"]
 
 KINDS = ("", "Barrier", "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce",
          "Gather", "Gatherv", "gather", "Scatter", "Scatterv", "scatter", "Allgather",
-         "Allgatherv", "allgather", "Alltoall", "Alltoallv", "alltoall")
+         "Allgatherv", "allgather", "Alltoall", "Alltoallv", "alltoall", "Finalize")
 KIND = {k: i for i, k in enumerate(KINDS) if k}
 HIST = 8                   # collectives of a communicator remembered (and sent)
 _HEAD = struct.Struct("<3q")

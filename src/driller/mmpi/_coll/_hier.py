@@ -36,7 +36,8 @@ from ._context import Context, cbase, check_root, drive
 from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "Barrier", "Bcast", "bcast",
+__all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "end", "Barrier", "Bcast",
+           "bcast",
            "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 1 << 15        # sub-context ids per communicator (world sizes are at most 4096)
@@ -188,10 +189,27 @@ def Barrier(cx) -> None:
     if h is None:
         return _barrier.Barrier(cx)
     _hboard.enter(h, "Barrier")
+    _barrier3(h)
+
+
+def _barrier3(h: _Split) -> None:
     _barrier.Barrier(h.node)
     if h.leaders is not None:
         _barrier.Barrier(h.leaders)
     _barrier.Barrier(h.node)
+
+
+def end(cx) -> None:
+    """This rank of a world spanning nodes is done (Finalize, or the exit of a program
+    that did not call it): a barrier of ``cx`` (the world), numbered as a collective
+    ("Finalize"), so that a rank still waiting in an earlier collective that the others
+    called differently is compared with theirs (``_hboard``), not left waiting alone.
+    Nothing on one node."""
+    h = split(cx)
+    if h is None:
+        return
+    _hboard.enter(h, "Finalize")
+    _barrier3(h)
 
 
 def _broadcast(cx, h: _Split, root, what: str, step, value):
