@@ -76,7 +76,7 @@ __all__ = ["launcher", "node_id", "HybridTransport", "init", "set_engine", "ENV_
 ENV_NODE = "DRILLER_NODE"       # ranks with the same value form a node (tests emulate nodes)
 ENV_HYBRID = "DRILLER_HYBRID"   # "0": stay a singleton under an MPI launcher
 REC_TAG = 1
-BOARD_TAG = 32002               # the hybrid board's histories (_coll/_hboard), on ``mpi``
+BOARD_TAG = 1                   # the hybrid board's histories (_coll/_hboard), on ``mpi_board``
 DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
 POOL = 8                        # receives of REC_TAG kept preposted (any source)
 # records up to this many bytes go by a blocking Send (below every MPI's eager limit)
@@ -154,6 +154,10 @@ class HybridTransport(T.Transport):
         # meet a tag used on ``mpi`` (REC_TAG, or what collectives use there)
         self.mpi_data = mpi.Dup()
         self.mpi_data.Set_name("driller hybrid data")
+        # the hybrid board's histories: on a communicator of their own, so that those
+        # nobody took yet never lengthen a search for a record or a data message
+        self.mpi_board = mpi.Dup()
+        self.mpi_board.Set_name("driller hybrid board")
         self._BYTE = MPI.BYTE
         self.inline_max = max(0, INLINE)
         ub = MPI.COMM_WORLD.Get_attr(MPI.TAG_UB)
@@ -768,11 +772,11 @@ class HybridTransport(T.Transport):
     def board_send(self, dst: int, words: bytes) -> None:
         """Send the hybrid board's ``words`` to world rank ``dst`` (any node: MPI)."""
         buf = bytearray(words)
-        self._board_tx.append((self.mpi.Isend([buf, self._BYTE], dst, BOARD_TAG), buf))
+        self._board_tx.append((self.mpi_board.Isend([buf, self._BYTE], dst, BOARD_TAG), buf))
 
     def board_recv(self) -> list[tuple[int, bytes]]:
         """The hybrid board's words that came to this rank: [(world rank, bytes)]."""
-        MPI, mpi = self.MPI, self.mpi
+        MPI, mpi = self.MPI, self.mpi_board
         out = []
         st = MPI.Status()
         while mpi.Iprobe(MPI.ANY_SOURCE, BOARD_TAG, st):

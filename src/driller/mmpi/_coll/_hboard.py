@@ -15,7 +15,7 @@ so that a rank with another root never takes another root's data.  A rank whose
 wait has gone to naps for ``GRACE`` seconds (the hybrid transport's slow path
 only: ``on_remote_stuck``) sends its history once per collective to its two
 neighbours in the communicator's rank order, whatever their node (one small MPI
-message each, tag ``BOARD_TAG``: two per stuck rank, whatever the size), and reads
+message each on a communicator of their own: two per stuck rank, whatever the size), and reads
 the histories that came to it.  If the ranks did not all call the same, two
 neighbours differ; once both wait (in that collective, a later one, or
 Finalize's barrier) one of them sees it.  The same collective number of the same
@@ -46,13 +46,12 @@ _SEEN_MAX = 4096           # reports kept from other nodes
 
 
 class _State:
-    """A transport's hybrid board: its splits by collective context id, the split of
-    the current collective, what it sent last, what other nodes reported."""
+    """A transport's hybrid board: the split of the current collective, what it sent
+    last, what other ranks reported."""
 
-    __slots__ = ("splits", "cur", "sent", "seen")
+    __slots__ = ("cur", "sent", "seen")
 
     def __init__(self):
-        self.splits = {}
         self.cur = None
         self.sent = None
         self.seen = {}     # (cctx, number) -> [(comm rank, kind, root)]
@@ -68,17 +67,14 @@ def setup(h) -> None:
             return
         st = t.hboard = _State()
         t.on_remote_stuck = lambda: _stuck(t, st)
-    st.splits[h.cx.cctx] = h
     h.hb = st
 
 
 def forget(h) -> None:
     """The split's communicator is freed."""
     st = h.hb
-    if st is not None and st.splits.get(h.cx.cctx) is h:
-        del st.splits[h.cx.cctx]
-        if st.cur is h:
-            st.cur = None
+    if st is not None and st.cur is h:
+        st.cur = None
 
 
 def root_of(root) -> int:
