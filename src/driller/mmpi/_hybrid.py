@@ -90,7 +90,6 @@ INFLIGHT_SPIN = 1e-9            # more yield-polling per byte of our data messag
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
 _SRC_MASK = (1 << 32) - 1       # a record's last word: sender rank | long-payload tag << 32
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
-BOARD_GRACE = float(os.environ.get("DRILLER_MMPI_BOARD_GRACE_MS", "250")) * 1e-3   # (_coll/_board's)
 
 # (launcher name, size variable, rank variable): the first one set wins
 _LAUNCHERS = (
@@ -172,11 +171,10 @@ class HybridTransport(T.Transport):
         self._spin_until = 0.0          # yield-poll MPI until then (0: from the next idle wait)
         self._last_sleep = 0.0          # when _sleep was last called
         self.node_of = [0 if r in self.local else 1 for r in range(self.size)]  # init sets it
-        # the hybrid board (_coll/_hboard sets both): called from the naps of a wait
-        # that lasted BOARD_GRACE seconds (the slow path only)
+        # the hybrid board (_coll/_hboard sets both): called whenever a wait found
+        # nothing to do (the slow path only: _sleep)
         self.hboard = None
         self.on_remote_stuck = None
-        self._wait0 = 0.0               # when the current wait's naps started
         self._board_tx: list = []       # (request, buffer) of board words in flight
         # the preposted receives of records (persistent: Start is cheaper than Irecv),
         # [request, buffer, its memoryview], in posting order from the head on
@@ -744,8 +742,7 @@ class HybridTransport(T.Transport):
             # first again, then naps from the shortest
             self._spin_until = 0.0
             self._nap = NAP_MIN
-            self._wait0 = now
-        elif self.on_remote_stuck is not None and now - self._wait0 >= BOARD_GRACE:
+        if self.on_remote_stuck is not None:
             self.on_remote_stuck()
         self._last_sleep = now
         if not self._spin_until:

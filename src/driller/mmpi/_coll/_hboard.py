@@ -12,8 +12,9 @@ Now every hierarchical collective of a communicator spanning nodes (``_hier``,
 on the communicator's split (:func:`enter`: a few stores, no message), and the
 node step of a rooted collective runs on a context of its root (``_Split.rnode``),
 so that a rank with another root never takes another root's data.  A rank whose
-wait has gone to naps for ``GRACE`` seconds (the hybrid transport's slow path
-only: ``on_remote_stuck``) sends its history once per collective to its two
+wait has found nothing to do for ``GRACE`` seconds since it entered its latest
+collective (the hybrid transport's slow path only: ``on_remote_stuck``, called
+from its idle waits) sends its history once per collective to its two
 neighbours in the communicator's rank order, whatever their node (one small MPI
 message each on a communicator of their own: two per stuck rank, whatever the size), and reads
 the histories that came to it.  If the ranks did not all call the same, two
@@ -31,6 +32,7 @@ from __future__ import annotations
 import operator
 import struct
 import sys
+import time
 
 from ._board import GRACE
 
@@ -49,10 +51,13 @@ class _State:
     """A transport's hybrid board: the split of the current collective, what it sent
     last, what other ranks reported."""
 
-    __slots__ = ("cur", "sent", "seen")
+    __slots__ = ("cur", "key", "since", "probe", "sent", "seen")
 
     def __init__(self):
         self.cur = None
+        self.key = None     # the collective this rank was last found waiting in,
+        self.since = 0.0    # since when
+        self.probe = 0.0    # when to read the others' histories next
         self.sent = None
         self.seen = {}     # (cctx, number) -> [(comm rank, kind, root)]
 
@@ -102,20 +107,29 @@ def _text(kind: int, root: int) -> str:
 
 
 def _stuck(t, st: _State) -> None:
-    """The transport's ``on_remote_stuck`` hook (a wait napped for GRACE seconds):
-    send this rank's history once per collective, read the others', compare."""
+    """The transport's ``on_remote_stuck`` hook (a wait found nothing to do): once
+    this rank has been found waiting for GRACE seconds since it entered its latest
+    collective, send its history once, and read the others' (every 10 ms), compare."""
     h = st.cur
-    if h is not None:
-        cx = h.cx
-        key = (cx.cctx, h.hseq)
-        if st.sent != key:
-            st.sent = key
-            ents = [e for e in h.hist if e is not None]
-            words = _HEAD.pack(cx.cctx, cx.rank, len(ents)) + b"".join(
-                _HEAD.pack(*e) for e in ents)
-            n, me = cx.size, cx.rank
-            for w in {cx.group[(me - 1) % n], cx.group[(me + 1) % n]}:
-                t.board_send(w, words)
+    if h is None:
+        return
+    cx = h.cx
+    key = (cx.cctx, h.hseq)
+    now = time.monotonic()
+    if st.key != key:
+        st.key, st.since = key, now
+        return
+    if now - st.since < GRACE or now < st.probe:
+        return
+    st.probe = now + 0.01
+    if st.sent != key:
+        st.sent = key
+        ents = [e for e in h.hist if e is not None]
+        words = _HEAD.pack(cx.cctx, cx.rank, len(ents)) + b"".join(
+            _HEAD.pack(*e) for e in ents)
+        n, me = cx.size, cx.rank
+        for w in {cx.group[(me - 1) % n], cx.group[(me + 1) % n]}:
+            t.board_send(w, words)
     for _src, data in t.board_recv():
         cctx, r, n = _HEAD.unpack_from(data, 0)
         if len(st.seen) > _SEEN_MAX:
@@ -123,8 +137,7 @@ def _stuck(t, st: _State) -> None:
         for i in range(n):
             s, k, root = _HEAD.unpack_from(data, _HEAD.size * (i + 1))
             st.seen.setdefault((cctx, s), []).append((r, k, root))
-    if h is not None:
-        _compare(t, st, h)
+    _compare(t, st, h)
 
 
 def _compare(t, st: _State, h) -> None:
