@@ -64,7 +64,8 @@ def main() -> None:
         e = pc()
         acc[2] += d - c
         acc[3] += e - d
-    names = ["64 Irecv " + ("taking" if take else "posted"), "64 Isend", "Waitall (sends)", "Waitall (receives)"]
+    names = ["64 Irecv " + ("taking" if take else "posted"), "64 Isend", "Waitall (sends)",
+             "Waitall (receives)"]
     per = [v / n / window * 1e6 for v in acc]
     print("; ".join(f"{k}: {v:.3f}" for k, v in zip(names, per)) + " us CPU per message")
     print(f"receiver {per[0] + per[3]:.3f} us, sender {per[1] + per[2]:.3f} us per message")
