@@ -5,12 +5,15 @@ matches the ring's records with the posted receives), osu's own calls
 (``[mmap, 8, MPI.BYTE]``, one spec list per side, a request list
 overwritten).  Both ranks in one process, as benchmarks/mmpi_cpu.py;
 ``time.process_time`` around each phase (its own cost, ≈ 0.03 µs per
-message, is in every figure), 3000 windows.
+message, is in every figure), 3000 windows.  ``--take``: the 64 ``Isend``
+first, then the 64 ``Irecv``, each taking its record at once (osu_bw's
+receiver between processes, running just behind its sender).
 
-    .venv/bin/python benchmarks/bw_sides.py
+    .venv/bin/python benchmarks/bw_sides.py [--take]
 """
 
 import mmap
+import sys
 import time
 
 from driller import MPI
@@ -32,23 +35,37 @@ def main() -> None:
     pc = time.process_time
     acc = [0.0] * 4
     n = 3000
+    take = "--take" in sys.argv[1:]
     for _ in range(n):
-        a = pc()
-        for j in js:
-            rreqs[j] = c1.Irecv(r_msg, 0, 100)
-        b = pc()
-        for j in js:
-            sreqs[j] = c0.Isend(s_msg, 1, 100)
-        c = pc()
+        if take:
+            b = pc()
+            for j in js:
+                sreqs[j] = c0.Isend(s_msg, 1, 100)
+            c = pc()
+            for j in js:
+                rreqs[j] = c1.Irecv(r_msg, 0, 100)
+            a = pc()
+            acc[0] += a - c
+            acc[1] += c - b
+            c = pc()
+        else:
+            a = pc()
+            for j in js:
+                rreqs[j] = c1.Irecv(r_msg, 0, 100)
+            b = pc()
+            for j in js:
+                sreqs[j] = c0.Isend(s_msg, 1, 100)
+            c = pc()
+            acc[0] += b - a
+            acc[1] += c - b
         MPI.Request.Waitall(sreqs)
         d = pc()
         MPI.Request.Waitall(rreqs)
         e = pc()
-        acc[0] += b - a
-        acc[1] += c - b
         acc[2] += d - c
         acc[3] += e - d
-    names = ["64 Irecv posted", "64 Isend", "Waitall (sends)", "Waitall (receives)"]
+    names = ["64 Irecv " + ("taking" if take else "posted"), "64 Isend", "Waitall (sends)",
+             "Waitall (receives)"]
     per = [v / n / window * 1e6 for v in acc]
     print("; ".join(f"{k}: {v:.3f}" for k, v in zip(names, per)) + " us CPU per message")
     print(f"receiver {per[0] + per[3]:.3f} us, sender {per[1] + per[2]:.3f} us per message")

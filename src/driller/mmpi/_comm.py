@@ -680,23 +680,24 @@ class Comm(_attr.Cached, Handle):
             if buf is c[0] and len(buf) == 3 and buf[0] is c[1] and buf == c[2] \
                     and buf[2] is c[4] and c[4]._t is c[5]:
                 # the spec of the last Isend, unchanged (its datatype handle not
-                # freed since): a bytes copy of its first
-                # c[3] bytes, as spec_view made then (None: closed, shrunk since)
-                try:
-                    mv = c[1][:c[3]]
-                except ValueError:
-                    mv = None
-                if mv is None or len(mv) != c[3]:
-                    mv = None
-                elif p is c[6] and dest is c[7] and type(tag) is int and 0 <= tag <= TAG_MAX:
-                    # and its communicator and destination: its sender closure (c[8])
-                    if c[8](p.ctx, tag, mv):
+                # freed since): its first c[3] bytes, as spec_view made then
+                if p is c[6] and dest is c[7] and type(tag) is int and 0 <= tag <= TAG_MAX:
+                    # and its communicator and destination: its sender closure on the
+                    # spec's bytes (c[8]: _spec_sender; False: closed or shrunk since,
+                    # or not sent at once)
+                    if c[8](tag):
                         r = _new(Request)
                         r._op = _SENT
                         r._kind = K_SEND
                         r._cx = c[9]
                         return r
                     return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
+                try:
+                    mv = c[1][:c[3]]
+                except ValueError:
+                    mv = None
+                if mv is not None and len(mv) != c[3]:
+                    mv = None
             else:
                 mv = spec_view(buf, False, True)
                 if (type(mv) is bytes or type(mv) is bytearray) and type(buf[0]) in _REMEMBERED:
@@ -761,21 +762,16 @@ class Comm(_attr.Cached, Handle):
                 # freed since)
                 if p is c[6] and source is c[7] and type(tag) is int \
                         and -1 <= tag <= TAG_MAX:
-                    # and its communicator and source: its irecvs closure (c[8]) on
-                    # the first c[3] bytes (the buffer not shrunk nor closed since)
-                    mv = c[1]
-                    try:
-                        ok = len(mv) >= c[3]
-                    except ValueError:
-                        ok = False
-                    if ok:
-                        res = c[8](tag, p.ctx, mv, c[3])
-                        if res is not None:
-                            r = _new(Request)
-                            r._op = res
-                            r._kind = K_RECV
-                            r._cx = c[9]
-                            return r
+                    # and its communicator and source: its irecvs closure on the first
+                    # c[3] bytes (c[8]: _spec_irecver; None: shrunk or closed since,
+                    # or the general path)
+                    res = c[8](tag)
+                    if res is not None:
+                        r = _new(Request)
+                        r._op = res
+                        r._kind = K_RECV
+                        r._cx = c[9]
+                        return r
                     return request(self._irecv(buf, source, tag, "Irecv"), K_RECV, self._cx)
                 hit = True
         if (type(source) is int and 0 <= source < p.npeers and type(tag) is int
@@ -1600,12 +1596,53 @@ def _remember(send: bool, spec: list, n: int, p: _P2P, peer: int, cx) -> None:
         return
     if type(peer) is not int or not 0 <= peer < p.npeers:
         p = peer = fn = None
+    elif send:
+        fn = _spec_sender(p.t.senders[p.group[peer]], spec[0], n, p.ctx)
     else:
-        fn = (p.t.senders if send else p.t.irecvs)[p.group[peer]]
+        fn = _spec_irecver(p.t.irecvs[p.group[peer]], spec[0], n, p.ctx)
     if send:
         _last_isend = (spec, spec[0], spec[:], n, dt, dt._t, p, peer, fn, cx)
     else:
         _last_irecv = (spec, spec[0], spec[:], n, dt, dt._t, p, peer, fn, cx)
+
+
+def _spec_sender(send, obj, n: int, ctx: int):
+    """Isend's closure for a remembered spec: ``(tag) -> bool``, the per-peer
+    sender ``send`` on the first ``n`` bytes of ``obj`` (a ``bytearray`` or
+    ``mmap``) in context ``ctx``; False: closed or shrunk since, or not sent at
+    once (the general path then decides).  The transport's fused form where it
+    has one (inline sizes, docs/mmpi.md "seventh round")."""
+    fused = getattr(send, "spec", None)
+    fn = fused(obj, n, ctx) if fused is not None else None
+    if fn is not None:
+        return fn
+
+    def fn(tag):
+        try:
+            mv = obj[:n]
+        except ValueError:
+            return False
+        return len(mv) == n and send(ctx, tag, mv)
+    return fn
+
+
+def _spec_irecver(irecv, obj, cap: int, ctx: int):
+    """Irecv's closure for a remembered spec: ``(tag)`` -> as the per-peer
+    ``irecv`` on the first ``cap`` bytes of ``obj`` in context ``ctx``; None:
+    closed or shrunk below ``cap`` since, or the general path.  The
+    transport's fused form where it has one."""
+    fused = getattr(irecv, "spec", None)
+    if fused is not None:
+        return fused(obj, cap, ctx)
+
+    def fn(tag):
+        try:
+            if len(obj) < cap:
+                return None
+        except ValueError:
+            return None
+        return irecv(tag, ctx, obj, cap)
+    return fn
 
 
 def _null_done_send():

@@ -590,6 +590,40 @@ class Transport:
             if words[sw]:
                 wake(waddr)
             return True
+
+        def spec(obj, n, ctx):
+            """Isend's remembered spec (a ``bytearray`` or ``mmap`` ``obj``, its first
+            ``n`` bytes, context ``ctx``) fused with ``send``'s inline branch: a
+            function ``(tag) -> bool`` (False: use the general path, as for a
+            closed or shrunk ``obj``), or None when ``n`` is not inline (the caller
+            then slices and calls ``send``).  One call per ``Isend`` of osu_bw's
+            window instead of two, the checks that cannot change made here once."""
+            if not 0 < n <= imax:
+                return None
+
+            def fused(tag):
+                if q:
+                    return False
+                try:
+                    mv = obj[:n]
+                except ValueError:   # closed
+                    return False
+                if len(mv) != n:   # shrunk
+                    return False
+                head = out_head[dst]
+                end = head + HDR_BYTES
+                if end > room[0]:
+                    room[0] = words[tw] + rb
+                    if end > room[0]:
+                        return put(dst, K_EAGER, ctx, tag, n, 0, 0, mv, n)
+                inline(data, base + head % rb, K_INLINE, ctx, tag, n, mv, 0, 0)
+                out_head[dst] = end
+                words[hw] = end
+                if words[sw]:
+                    wake(waddr)
+                return True
+            return fused
+        send.spec = spec
         return send
 
     def _taker(self, src: int):
@@ -867,6 +901,79 @@ class Transport:
             op.key = key
             posted.append(op)
             return op
+
+        def spec(obj, cap, ctx):
+            """Irecv's remembered spec (a ``bytearray`` or ``mmap`` ``obj``, its first
+            ``cap`` bytes, context ``ctx``) fused with ``irecv``'s inline take: a
+            function ``(tag)`` -> as ``irecv`` (None: the general path, as for a
+            closed ``obj`` or one shrunk below ``cap``).  An inline record for it
+            below the head seen is taken here, and on an empty ring the receive is
+            posted here; anything else goes to ``irecv``."""
+            data, base, rb, tw, pw = ring
+            waddr = t_.base + tw * 8
+            fk = (id(obj), cap, -2, ctx)   # the key of the last receive it posted
+
+            def fused(tag):
+                nonlocal last, seen, fk
+                try:
+                    if len(obj) < cap:   # shrunk: the parser says what is wrong
+                        return None
+                except ValueError:   # closed: likewise
+                    return None
+                if unexpected or t_.npending:
+                    return None
+                t = tails[src]
+                if t >= seen and (seen := words[hw]) == t:
+                    # nothing there: posted (irecv's posting, its key and view
+                    # shared with the alike receive posted last by this closure)
+                    k = fk
+                    if posted and posted[-1].key is k and k[2] == tag:
+                        mv = posted[-1].mv
+                    else:
+                        try:
+                            v = memoryview(obj)
+                        except ValueError:   # closed: the general parser says so
+                            return None
+                        if v.readonly:
+                            return None
+                        k = fk = (id(obj), cap, tag, ctx)
+                        mv = v[:cap]
+                    op = new(Op)   # (as irecv's: tests/test_bw8d.py checks every slot)
+                    op.source = src
+                    op.tag = tag
+                    op.context = ctx
+                    op.capacity = cap
+                    op.state = posted_state
+                    op.message = None
+                    op.error = 0
+                    op.mv = mv
+                    op.done = False
+                    op.exc = None
+                    op.count = 0
+                    op.value = None
+                    op.cancelled = False
+                    op.key = k
+                    posted.append(op)
+                    return op
+                if not posted:
+                    kf, c, tg, nb, pl, _ = _unpack5i(data, base + t % rb)
+                    if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) and nb <= cap:
+                        try:
+                            _PUTS[nb](obj, 0, pl)
+                        except (TypeError, ValueError, struct.error):   # read-only
+                            return None
+                        t += HDR_BYTES
+                        tails[src] = t
+                        words[tw] = t
+                        if words[pw]:
+                            _linux.futex_wake(waddr)
+                        op = last
+                        if op.tag != tg or op.count != nb:
+                            op = last = TakenOp(src, tg, nb)
+                        return op
+                return irecv(tag, ctx, obj, cap)   # (serve, the taker: the head seen)
+            return fused
+        irecv.spec = spec
         return irecv
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
