@@ -443,12 +443,24 @@ class Comm(_attr.Cached, Handle):
                 f = p.sends[dest] = p.t.senders[p.group[dest]]
             if f(p.ctx, tag, mv):
                 return
-        elif (type(dest) is not int or type(tag) is not int) and _int_like(dest) \
-                and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            dest, tag = int(dest), int(tag)
-            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX and \
-                    p.t.senders[p.group[dest]](p.ctx, tag, mv):
+        elif type(dest) is float and type(tag) is int and dest - dest == 0.0 and \
+                0 <= (d := int(dest)) < p.npeers and 0 <= tag <= TAG_MAX:
+            # a float rank (osu_multi_lat's ``myid + nprocs / 2``): the same fast path
+            f = p.sends[d]
+            if f is None:
+                f = p.sends[d] = p.t.senders[p.group[d]]
+            if f(p.ctx, tag, mv):
                 return
+            dest = d
+        elif (type(dest) is not int or type(tag) is not int) and \
+                (type(dest) is int or _int_like(dest)) and (type(tag) is int or _int_like(tag)):
+            dest, tag = int(dest), int(tag)   # another number (a numpy rank): likewise
+            if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX:
+                f = p.sends[dest]
+                if f is None:
+                    f = p.sends[dest] = p.t.senders[p.group[dest]]
+                if f(p.ctx, tag, mv):
+                    return
         self._wait_send(self._isend(mv, dest, tag, False, "Send"))
 
     def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
@@ -589,11 +601,27 @@ class Comm(_attr.Cached, Handle):
                 if status is not None:
                     fill(status, p.rank_of(res[0]), res[1], 0, res[2])
                 return
-        elif (type(source) is not int or type(tag) is not int) and _int_like(source) \
-                and _int_like(tag):  # a float or numpy rank (osu_multi_lat): the fast path too
-            source, tag = int(source), int(tag)
+        elif type(source) is float and type(tag) is int and source - source == 0.0 and \
+                0 <= (s := int(source)) < p.npeers and -1 <= tag <= TAG_MAX:
+            # a float rank (osu_multi_lat's ``myid - nprocs / 2``): the same fast path
+            f = p.recvs[s]
+            if f is None:
+                f = p.recvs[s] = p.t.recvers[p.group[s]]
+            res = f(tag, p.ctx, mv, cap, True)
+            if res is not None:
+                if status is not None:
+                    fill(status, p.rank_of(res[0]), res[1], 0, res[2])
+                return
+            source = s
+        elif (type(source) is not int or type(tag) is not int) and \
+                (type(source) is int or _int_like(source)) and \
+                (type(tag) is int or _int_like(tag)):
+            source, tag = int(source), int(tag)   # another number (a numpy rank): likewise
             if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
-                res = p.t.recvers[p.group[source]](tag, p.ctx, mv, cap, True)
+                f = p.recvs[source]
+                if f is None:
+                    f = p.recvs[source] = p.t.recvers[p.group[source]]
+                res = f(tag, p.ctx, mv, cap, True)
                 if res is not None:
                     if status is not None:
                         fill(status, p.rank_of(res[0]), res[1], 0, res[2])
@@ -1530,6 +1558,8 @@ def _int_like(x) -> bool:
     """A rank or tag given as another number: an int subclass (not a bool), or
     what converts with int() as mpi4py's C int arguments do (a float, numpy
     scalars: osu_multi_lat passes ``nprocs / 2``)."""
+    if type(x) is float:   # (the usual other number: int() refuses only nan and inf)
+        return x - x == 0.0
     if isinstance(x, int):
         return not isinstance(x, bool)
     if isinstance(x, (str, bytes, bytearray)) or not hasattr(type(x), "__int__"):

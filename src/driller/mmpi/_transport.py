@@ -669,6 +669,8 @@ class Transport:
             if words[hw] == t:
                 if not wait:
                     return False
+                p = base + t % rb   # (where the record will be and what fits, worked
+                lim = cap if cap >= 0 else len(mv)   # out before the wait: off the path)
                 i = t_.pure_polls   # (the checks above cannot change meanwhile)
                 if i < 0:   # oversubscribed: the poll budget learnt per peer
                     if not owait(t):
@@ -684,9 +686,11 @@ class Transport:
                         if clock() > spin_end:
                             return None
                         yield_()
-            p = base + t % rb
+            else:
+                p = base + t % rb
+                lim = cap if cap >= 0 else len(mv)
             kf, c, tg, nb, pl, plen = unpack(data, p)
-            if c != ctx or (tag != tg and tag != -1) or nb > (cap if cap >= 0 else len(mv)):
+            if c != ctx or (tag != tg and tag != -1) or nb > lim:
                 return None
             if kf == K_INLINE:   # the payload in the header's line, read with it
                 try:
