@@ -15,6 +15,13 @@ last, so the differences are the layers' cost *in time on that path*:
 - ``sendapi``: the receiver closure, ``Comm.Send`` of osu's spec;
 - ``osu``: ``Comm.Send`` / ``Comm.Recv`` of ``[mmap, 8, MPI.BYTE]`` (the demo).
 
+Checks, by name in ``--modes``: ``padsend`` / ``padrecv`` are ``closures`` with a
+``for _ in range(PAD)`` loop (environment ``PAD``, 12) after the send (off the
+path if the peer's reply takes longer) or between the receive and the send (on
+it); ``marker`` is ``bare`` polling a word of the record's own line, stored
+after the record, instead of the head word.  ``LAT_PATH_ALL=1`` prints every
+round's figure.
+
     .venv/bin/python benchmarks/lat_path.py [--rounds 3] [--iters 20000]
         [--modes bare,closures,recvapi,sendapi,osu] [--base-src OTHER_TREE/src]
 

@@ -6,7 +6,7 @@ itself relatively otherwise), so that the base and this tree run side by side:
 ``mmpi_cpu.py``'s rows (its source run against each tree: two ranks'
 transports over a world block in this process) plus each side of osu_latency's
 pair alone (its ``Send`` with the receiving taker closure, the sending closure
-with its ``Recv``).  Rows alternate between the trees, round by round (the order
+with its ``Recv``) and osu_multi_lat's pair (its partner a float rank).  Rows alternate between the trees, round by round (the order
 flipped every round); each measurement is the least of 5 repeats of process CPU
 time; printed per row are the medians over rounds and the median [min..max] of
 the within-round ratios after ÷ before, which cancel most of a shared
@@ -62,6 +62,8 @@ def _rows(pkg: str) -> dict:
         lambda: (c0.Send(osa, 1, 1), take(1, 0, mvb)), 1)
     rows["osu_latency's Recv + a sender closure"] = (
         lambda: (send(0, 1, b"12345678"), c1.Recv(osb, 0, 1)), 1)
+    rows["osu_multi_lat's pair (float ranks)"] = (
+        lambda: (c0.Send(osa, 1.0, 1), c1.Recv(osb, 0.0, 1)), 1)
     return rows
 
 

@@ -773,11 +773,14 @@ class Transport:
                 st[1] = st[2]
                 if i:
                     return True
-            spin_end = clock() + t_.spin_seconds
-            while words[hw] == t:
-                if clock() > spin_end:
-                    return False
-                yield_()
+            if words[hw] == t:
+                yield_()   # (a partner on our core replies meanwhile: no clock read for it)
+                if words[hw] == t:
+                    spin_end = clock() + t_.spin_seconds
+                    while words[hw] == t:
+                        if clock() > spin_end:
+                            return False
+                        yield_()
             stats[1] += 1
             return True
         return owait
