@@ -24,9 +24,11 @@ round's figure.
 
     .venv/bin/python benchmarks/lat_path.py [--rounds 3] [--iters 20000]
         [--modes bare,closures,recvapi,sendapi,osu] [--base-src OTHER_TREE/src]
+        [--no-mpi4py]
 
 ``--base-src`` runs the same modes with driller from another tree in the same
-rounds (before/after).
+rounds (before/after); the demo's loop also runs on Open MPI in each round (its
+``mpirun``; ``--no-mpi4py``: not).
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ BIN = Path(sys.executable).parent
 WORKER = r"""
 import mmap, os, sys, time
 from mpi4py import MPI
-from driller.mmpi import _transport as T
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 ncpu = len(os.sched_getaffinity(0))
@@ -57,11 +58,13 @@ s_buf, r_buf = mmap.mmap(-1, size), mmap.mmap(-1, size)
 ss, rs = [s_buf, size, MPI.BYTE], [r_buf, size, MPI.BYTE]
 comm.Send(ss, peer, 1); comm.Recv(rs, peer, 1)   # (makes the closures and the record)
 comm.Barrier()
-p = comm._p
-t = p.t
-ctx = p.ctx
-snd = t.senders[peer]
-rcv = t.recvers[peer]
+if mode != "osu":   # (driller's internals: not under Open MPI)
+    from driller.mmpi import _transport as T
+    p = comm._p
+    t = p.t
+    ctx = p.ctx
+    snd = t.senders[peer]
+    rcv = t.recvers[peer]
 if mode in ("bare", "marker"):
     words, data, rb = t.words, t.data, t.ring_bytes
     ihw, itw, ibase, tails = t.in_head[peer], t.in_tailw[peer], t.in_data[peer], t.in_tail
@@ -131,7 +134,6 @@ else:
 clock = time.perf_counter_ns
 out = [0] * n
 if mode == "osu":   # the demo's own loop, no wrapper calls
-    Send, Recv = comm.Send, comm.Recv
     if rank == 0:
         for i in range(n):
             t0 = clock()
@@ -161,10 +163,20 @@ if rank == 0:
 
 def run(src: str | None, mode: str, iters: int, worker: str) -> float:
     env = dict(os.environ)
+    if src == "mpi4py":   # the demo's loop on Open MPI (its mpirun, no binding: the
+        cmd = [str(BIN / "mpirun"), "--oversubscribe", "--allow-run-as-root",   # worker
+               "--bind-to", "none", "-n", "2", sys.executable, worker, mode,   # pins
+               str(iters)]                                                     # itself)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        return _result(out, mode)
     if src:
         env["PYTHONPATH"] = src
     cmd = [str(BIN / "driller"), "run", "-n", "2", "--mpi4py", worker, mode, str(iters)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return _result(out, mode)
+
+
+def _result(out, mode: str) -> float:
     for line in out.stdout.splitlines():
         if line.startswith("RESULT"):
             return float(line.split()[1])
@@ -177,10 +189,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20000)
     ap.add_argument("--modes", default="bare,closures,recvapi,sendapi,osu")
     ap.add_argument("--base-src", help="also run driller from this source tree (before/after)")
+    ap.add_argument("--no-mpi4py", action="store_true", help="no Open MPI row")
     a = ap.parse_args()
     modes = a.modes.split(",")
     trees = [("this", None)] + ([("base", a.base_src)] if a.base_src else [])
     res = {(tr, m): [] for tr, _ in trees for m in modes}
+    if not a.no_mpi4py:   # Open MPI's one-way, the same loop, in the same rounds
+        res["mpi4py", "osu"] = []
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(WORKER)
         worker = f.name
@@ -190,6 +205,8 @@ def main() -> None:
             for m in modes:
                 for tr, src in order:
                     res[tr, m].append(run(src, m, a.iters, worker))
+            if not a.no_mpi4py:
+                res["mpi4py", "osu"].append(run("mpi4py", "osu", a.iters, worker))
     finally:
         os.unlink(worker)
     print(f"# pinned 8 B ping-pong, p50 one-way µs, median of {a.rounds} rounds "
@@ -202,6 +219,10 @@ def main() -> None:
         if os.environ.get("LAT_PATH_ALL"):
             line += "  all: " + " ".join(f"{x:.2f}" for tr, _ in trees for x in res[tr, m])
         print(line)
+    if not a.no_mpi4py:
+        v = res["mpi4py", "osu"]
+        print(f"{'Open MPI':9s}  osu {statistics.median(v):.3f} [{min(v):.3f}..{max(v):.3f}]"
+              f"  (mpi4py's own loop, the same rounds)")
 
 
 if __name__ == "__main__":
