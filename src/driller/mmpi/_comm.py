@@ -443,18 +443,14 @@ class Comm(_attr.Cached, Handle):
                 f = p.sends[dest] = p.t.senders[p.group[dest]]
             if f(p.ctx, tag, mv):
                 return
-        elif type(dest) is float and type(tag) is int and dest - dest == 0.0 and \
-                0 <= (d := int(dest)) < p.npeers and 0 <= tag <= TAG_MAX:
-            # a float rank (osu_multi_lat's ``myid + nprocs / 2``): the same fast path
-            f = p.sends[d]
-            if f is None:
-                f = p.sends[d] = p.t.senders[p.group[d]]
-            if f(p.ctx, tag, mv):
-                return
-            dest = d
-        elif (type(dest) is not int or type(tag) is not int) and \
+        elif type(dest) is float and type(tag) is int and dest - dest == 0.0 or \
+                (type(dest) is not int or type(tag) is not int) and \
                 (type(dest) is int or _int_like(dest)) and (type(tag) is int or _int_like(tag)):
-            dest, tag = int(dest), int(tag)   # another number (a numpy rank): likewise
+            # a float rank (osu_multi_lat's ``myid + nprocs / 2``, checked inline) or
+            # another number (a numpy rank or tag): the same fast path, table included
+            dest = int(dest)
+            if type(tag) is not int:
+                tag = int(tag)
             if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX:
                 f = p.sends[dest]
                 if f is None:
@@ -601,22 +597,15 @@ class Comm(_attr.Cached, Handle):
                 if status is not None:
                     fill(status, p.rank_of(res[0]), res[1], 0, res[2])
                 return
-        elif type(source) is float and type(tag) is int and source - source == 0.0 and \
-                0 <= (s := int(source)) < p.npeers and -1 <= tag <= TAG_MAX:
-            # a float rank (osu_multi_lat's ``myid - nprocs / 2``): the same fast path
-            f = p.recvs[s]
-            if f is None:
-                f = p.recvs[s] = p.t.recvers[p.group[s]]
-            res = f(tag, p.ctx, mv, cap, True)
-            if res is not None:
-                if status is not None:
-                    fill(status, p.rank_of(res[0]), res[1], 0, res[2])
-                return
-            source = s
-        elif (type(source) is not int or type(tag) is not int) and \
+        elif type(source) is float and type(tag) is int and source - source == 0.0 or \
+                (type(source) is not int or type(tag) is not int) and \
                 (type(source) is int or _int_like(source)) and \
                 (type(tag) is int or _int_like(tag)):
-            source, tag = int(source), int(tag)   # another number (a numpy rank): likewise
+            # a float rank (osu_multi_lat's ``myid - nprocs / 2``, checked inline) or
+            # another number (a numpy rank or tag): the same fast path, table included
+            source = int(source)
+            if type(tag) is not int:
+                tag = int(tag)
             if 0 <= source < p.npeers and -1 <= tag <= TAG_MAX:
                 f = p.recvs[source]
                 if f is None:
