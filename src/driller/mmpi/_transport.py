@@ -1263,7 +1263,8 @@ class Transport:
             return
         if m.flags & F_OBJ:
             r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent as a "
-                              f"Python object (lowercase send): receive it with recv()")
+                              f"Python object (lowercase send) and matched this buffer receive, "
+                              f"which took it: receive objects with recv()")
             # kept for a collective whose peer sent why it refused instead of its data
             r.value = (bytes(p), []) if type(p) is not tuple else p
             return
