@@ -36,9 +36,8 @@ from ._context import Context, cbase, check_root, drive
 from ._direct import g_direct_ok
 from ._ops import SUM
 
-__all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "end", "Barrier", "Bcast",
-           "bcast",
-           "Reduce", "reduce", "Allreduce", "allreduce"]
+__all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "end", "Barrier",
+           "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 1 << 15        # sub-context ids per communicator (world sizes are at most 4096)
 _RNODE = 2 + 2 * 4096  # node contexts of rooted collectives: ctx(_RNODE + root) (after the lanes')
