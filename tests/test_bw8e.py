@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from driller import MPI
+from driller.errors import MmpiError
 
 from test_bw8c import _flag, _msg, _send_window, _wait_flag
 from test_mmpi_p2p import run_ranks, values
@@ -255,3 +256,37 @@ def test_a_strided_spec_is_not_deferred(tmp_path):
     m1, m2, m3 = _msg(1, 8), _msg(2, 4), _msg(3, 4)
     assert first == bytes([m2[0], m1[1], m2[1], m1[3], m2[2], m1[5], m2[3], m1[7]])
     assert last == bytes([m3[0], m1[1], m3[1], m1[3], m3[2], m1[5], m3[3], m1[7]])
+
+
+def _shrunk(comm, flag):
+    """The receive buffer shrunk between a deferred take and its Wait (a program
+    error): the Wait raises MmpiError saying so; the next receives go on."""
+    if comm.rank == 0:
+        _send_window(comm, [(_msg(j, 8), 5) for j in range(4)], flag)
+        return None
+    _wait_flag(flag)
+    rbuf = bytearray(8)
+    spec = [rbuf, 8, MPI.BYTE]
+    comm.Irecv(spec, 0, 5).Wait()
+    r = comm.Irecv(spec, 0, 5)
+    kind = type(r._op).__name__
+    del rbuf[4:]
+    try:
+        r.Wait()
+        err = None
+    except MmpiError as e:
+        err = str(e)
+    other = bytearray(8)
+    comm.Recv(other, 0, 5)
+    comm.Recv(bytearray(8), 0, 5)
+    return kind, err, bytes(other), bytes(rbuf), comm.Iprobe(0, MPI.ANY_TAG)
+
+
+def test_a_buffer_shrunk_before_its_deferred_copy(tmp_path):
+    kind, err, other, rbuf, left = values(run_ranks(_shrunk, 2, str(tmp_path / "f")))[1]
+    assert kind == "DeferredOp"
+    assert err is not None and "receive buffer" in err and "8-byte" in err \
+        and "until its Wait or Test" in err
+    assert other == _msg(2, 8)
+    assert rbuf == _msg(0, 4)
+    assert left is False
