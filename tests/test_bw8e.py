@@ -290,3 +290,52 @@ def test_a_buffer_shrunk_before_its_deferred_copy(tmp_path):
     assert other == _msg(2, 8)
     assert rbuf == _msg(0, 4)
     assert left is False
+
+
+def _fork_deferred(comm, flag):
+    """A receiver forks while a run of takes is deferred: the child's Wait on
+    one of them raises (its transport is unusable) and publishes nothing; the
+    rank's own Waitall then copies the run's last message, and the sender's
+    next ring's worth (sent only once the child is gone) arrives whole."""
+    if comm.rank == 0:
+        _send_window(comm, [(_msg(j, 8), 5) for j in range(200)], flag)
+        _wait_flag(flag + ".forked")
+        reqs = [comm.Isend(_msg(1000 + j, 8), 1, 5) for j in range(300)]
+        MPI.Request.Waitall(reqs)
+        return None
+    _wait_flag(flag)
+    rbuf = mmap.mmap(-1, 64)
+    spec = [rbuf, 8, MPI.BYTE]
+    comm.Irecv(spec, 0, 5).Wait()
+    reqs = [comm.Irecv(spec, 0, 5) for _ in range(199)]
+    kinds = set(_kinds(reqs))
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover - child
+        try:
+            reqs[0].Wait()
+            said = "completed"
+        except MmpiError as e:
+            said = "fork" if "fork" in str(e) else str(e)
+        os.write(wfd, said.encode())
+        os._exit(0)
+    os.close(wfd)
+    os.waitpid(pid, 0)
+    said = os.read(rfd, 200).decode()
+    os.close(rfd)
+    _flag(flag + ".forked")
+    time.sleep(1.0)   # (the sender's next ring's worth has had time to come)
+    MPI.Request.Waitall(reqs)
+    held = bytes(rbuf[:8])
+    bad = []
+    for j in range(300):
+        comm.Irecv(spec, 0, 5).Wait()
+        if bytes(rbuf[:8]) != _msg(1000 + j, 8):
+            bad.append(j)
+    return kinds, said, held, bad
+
+
+def test_a_fork_while_takes_are_deferred(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", str(16 << 10))   # 256 records
+    out = values(run_ranks(_fork_deferred, 2, str(tmp_path / "f")))[1]
+    assert out == ({"DeferredOp"}, "fork", _msg(199, 8), [])

@@ -1049,6 +1049,8 @@ class Transport:
             o = dobj
             if o is None:
                 return
+            if t_.deferred is not deferred:   # (a forked child's transport, made
+                return                        # unusable, raises here: nothing written)
             dobj = None
             del deferred[src]
             data, base, rb, tw, pw = ring
