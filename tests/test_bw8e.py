@@ -17,11 +17,12 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from driller import MPI
 from driller.errors import MmpiError
 
-from test_bw8c import _flag, _msg, _send_window, _wait_flag
+from test_bw8c import _flag, _msg, _send_window, _wait_flag, child_says
 from test_mmpi_p2p import run_ranks, values
 
 
@@ -153,10 +154,12 @@ def test_deferred_requests(tmp_path):
     assert out["left"] is False
 
 
-def _ring_held(comm, flag, n, m):
-    """``n`` records taken, deferred; the sender then sends ``m`` more, more
-    than a ring: none may land in the slots of the deferred ones before their
-    copy, so the buffer holds the run's last message."""
+def _ring_held(comm, flag, n, m, fork):
+    """``n`` records taken, deferred (and with ``fork``, a forked child's Wait on
+    one of them: it raises, its transport unusable, and publishes nothing); the
+    sender then sends ``m`` more, more than a ring: none may land in the slots
+    of the deferred ones before their copy, so the buffer holds the run's last
+    message."""
     if comm.rank == 0:
         _send_window(comm, [(_msg(j, 8), 5) for j in range(n)], flag)
         _wait_flag(flag + ".taken")
@@ -169,6 +172,7 @@ def _ring_held(comm, flag, n, m):
     comm.Irecv(spec, 0, 5).Wait()
     reqs = [comm.Irecv(spec, 0, 5) for _ in range(n - 1)]
     kinds = set(_kinds(reqs))
+    said = child_says(reqs[0].Wait) if fork else None
     _flag(flag + ".taken")
     time.sleep(1.0)   # (the sender's next ring's worth has had time to come)
     MPI.Request.Waitall(reqs)
@@ -178,14 +182,15 @@ def _ring_held(comm, flag, n, m):
         comm.Irecv(spec, 0, 5).Wait()
         if bytes(rbuf[:8]) != _msg(1000 + j, 8):
             bad.append(j)
-    return kinds, held, bad
+    return kinds, said, held, bad
 
 
-def test_the_ring_slots_of_a_deferred_run_are_not_reused(monkeypatch, tmp_path):
+@pytest.mark.parametrize("fork", [False, True])
+def test_the_ring_slots_of_a_deferred_run_are_not_reused(monkeypatch, tmp_path, fork):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", str(16 << 10))   # 256 records
     n = 200   # (the sender's first window fits; the second must wait for the copy)
-    out = values(run_ranks(_ring_held, 2, str(tmp_path / "f"), n, 300))[1]
-    assert out == ({"DeferredOp"}, _msg(n - 1, 8), [])
+    out = values(run_ranks(_ring_held, 2, str(tmp_path / "f"), n, 300, fork))[1]
+    assert out == ({"DeferredOp"}, "fork" if fork else None, _msg(n - 1, 8), [])
 
 
 def _peer_dies(comm, flag):
@@ -290,52 +295,3 @@ def test_a_buffer_shrunk_before_its_deferred_copy(tmp_path):
     assert other == _msg(2, 8)
     assert rbuf == _msg(0, 4)
     assert left is False
-
-
-def _fork_deferred(comm, flag):
-    """A receiver forks while a run of takes is deferred: the child's Wait on
-    one of them raises (its transport is unusable) and publishes nothing; the
-    rank's own Waitall then copies the run's last message, and the sender's
-    next ring's worth (sent only once the child is gone) arrives whole."""
-    if comm.rank == 0:
-        _send_window(comm, [(_msg(j, 8), 5) for j in range(200)], flag)
-        _wait_flag(flag + ".forked")
-        reqs = [comm.Isend(_msg(1000 + j, 8), 1, 5) for j in range(300)]
-        MPI.Request.Waitall(reqs)
-        return None
-    _wait_flag(flag)
-    rbuf = mmap.mmap(-1, 64)
-    spec = [rbuf, 8, MPI.BYTE]
-    comm.Irecv(spec, 0, 5).Wait()
-    reqs = [comm.Irecv(spec, 0, 5) for _ in range(199)]
-    kinds = set(_kinds(reqs))
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # pragma: no cover - child
-        try:
-            reqs[0].Wait()
-            said = "completed"
-        except MmpiError as e:
-            said = "fork" if "fork" in str(e) else str(e)
-        os.write(wfd, said.encode())
-        os._exit(0)
-    os.close(wfd)
-    os.waitpid(pid, 0)
-    said = os.read(rfd, 200).decode()
-    os.close(rfd)
-    _flag(flag + ".forked")
-    time.sleep(1.0)   # (the sender's next ring's worth has had time to come)
-    MPI.Request.Waitall(reqs)
-    held = bytes(rbuf[:8])
-    bad = []
-    for j in range(300):
-        comm.Irecv(spec, 0, 5).Wait()
-        if bytes(rbuf[:8]) != _msg(1000 + j, 8):
-            bad.append(j)
-    return kinds, said, held, bad
-
-
-def test_a_fork_while_takes_are_deferred(monkeypatch, tmp_path):
-    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", str(16 << 10))   # 256 records
-    out = values(run_ranks(_fork_deferred, 2, str(tmp_path / "f")))[1]
-    assert out == ({"DeferredOp"}, "fork", _msg(199, 8), [])
