@@ -520,12 +520,12 @@ class Transport:
         # hook, called when a wait's futex nap timed out with no peer dead
         self.coll_board = None
         self.on_stuck = None
-        # the fast paths specialised per peer, made on first use: world rank ->
-        # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         # src -> the flush of its deferred run of takes (irecvs[src].spec's; empty:
         # none): every path that consumes or publishes src's ring, waits or sleeps
         # flushes first (flush_deferred)
         self.deferred = {}
+        # the fast paths specialised per peer, made on first use: world rank ->
+        # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
         self.takers = _PerPeer(self._taker)
         # Recv's fast path per source, waiting included (_recver)
@@ -969,7 +969,6 @@ class Transport:
             below the head seen is taken here, and on an empty ring the receive is
             posted here; anything else goes to ``irecv``."""
             data, base, rb, tw, pw = ring
-            waddr = t_.base + tw * 8
             fk = (id(obj), cap, -2, ctx)   # the key of the last receive it posted
 
             def fused(tag):
