@@ -43,6 +43,26 @@ def _wait_flag(path: str) -> None:
         time.sleep(0.001)
 
 
+def child_says(call) -> str:
+    """``call()`` in a forked child of this rank: "fork" if it raised MmpiError
+    naming the fork, "done" if it returned, else the error's text."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover - child
+        try:
+            call()
+            said = "done"
+        except MmpiError as e:
+            said = "fork" if "fork" in str(e) else str(e)
+        os.write(wfd, said.encode())
+        os._exit(0)
+    os.close(wfd)
+    os.waitpid(pid, 0)
+    said = os.read(rfd, 200).decode()
+    os.close(rfd)
+    return said
+
+
 def _send_window(comm, msgs, flag):
     """Rank 0: every (bytes, tag) of ``msgs`` through one ``[mmap, n, BYTE]`` spec,
     completed, then the flag."""
@@ -139,6 +159,7 @@ def _behind_requests(comm, flag):
     a = comm.Irecv(spec, 0, 5)
     b = comm.Irecv(spec, 0, 5)
     out["distinct"] = (a == b, a != b, MPI.Request(a) == a)
+    b.Get_status()   # (complete: MPI lets its buffer be read now, not before)
     out["b"] = bytes(rbuf[:8])
     a.Cancel()
     st = MPI.Status()
@@ -278,20 +299,7 @@ def _behind_fork(comm, flag):
     for _ in range(2):
         comm.Irecv(spec, 0, 5).Wait()
         got.append(bytes(rbuf[:8]))
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # pragma: no cover - child
-        try:
-            comm.Irecv(spec, 0, 5)
-            said = "received"
-        except MmpiError as e:
-            said = "fork" if "fork" in str(e) else str(e)
-        os.write(wfd, said.encode())
-        os._exit(0)
-    os.close(wfd)
-    os.waitpid(pid, 0)
-    said = os.read(rfd, 200).decode()
-    os.close(rfd)
+    said = child_says(lambda: comm.Irecv(spec, 0, 5))
     for _ in range(4):
         comm.Irecv(spec, 0, 5).Wait()
         got.append(bytes(rbuf[:8]))

@@ -386,7 +386,7 @@ class Request:
         if a is not None:
             return a
         op = self._op
-        return self if op is _SENT or type(op) is _RecvdOp else op
+        return self if op is _SENT or type(op) is _RecvdOp or type(op) is T.DeferredOp else op
 
     def _is_null(self) -> bool:
         """REQUEST_NULL's equal: a request with nothing (left) to complete."""
@@ -647,14 +647,23 @@ class Request:
             rest = None
             sent = _SENT       # the ops complete with no error, nothing to unpack and
             Taken = _RecvdOp   # nothing to report beyond a status: just released
+            Deferred = T.DeferredOp   # (those once their run's copy is made)
             RecvOp = T.RecvOp
+            flushed = None   # the last DeferredOp flushed, no error (a run's receives share it)
             for r in requests:
                 if type(r) is Request:
                     op = r._op
-                    if op is sent or type(op) is Taken:
+                    if op is flushed or op is sent or type(op) is Taken:
                         r._op = None
                         r._alias = None
                         continue
+                    if type(op) is Deferred:
+                        op.flush()
+                        if op.exc is None:
+                            flushed = op
+                            r._op = None
+                            r._alias = None
+                            continue
                     if type(op) is RecvOp and r._kind == K_RECV:
                         if not op.done:
                             r._block()

@@ -68,7 +68,7 @@ from . import _world as W
 from ._objects import PART, TABLE, dumps, unpack_array
 from ._procs import describe_wait_status
 
-__all__ = ["Transport", "RecvOp", "SendOp", "TakenOp"]
+__all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
@@ -87,6 +87,8 @@ INLINE_AT = 32   # the payload's offset in an inline record
 _INLINE = struct.Struct("<4q16s2q")   # an inline record, written with one struct call
 _HDR5I = struct.Struct("<4q16sq")   # _HDR5 and an inline record's payload (takers' read)
 _unpack5i = _HDR5I.unpack_from
+_unpack4 = struct.Struct("<4q").unpack_from   # kind|flags, context, tag, nbytes
+_payload = struct.Struct("16s").unpack_from   # an inline record's payload bytes
 _PUTS = [struct.Struct(f"{n}s").pack_into for n in range(INLINE_MAX + 1)]   # its first n bytes
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
 _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
@@ -217,6 +219,40 @@ class TakenOp:
         self.source = source
         self.tag = tag
         self.count = count
+
+    @property
+    def message(self):
+        return self
+
+
+class DeferredOp:
+    """The op of the receives that Irecv's remembered spec matched, in a row, with
+    inline records of one size and tag already in the ring (a deferred take,
+    docs/mmpi.md "Hot paths, eighth round"): the records are taken (the ring's
+    local tail is past them, so later receives and probes see the next ones),
+    their payloads not yet copied nor the tail published.  ``flush`` (the
+    source's deferred run's) does both: the run's last payload copied into the
+    buffer (all of one size into one buffer: the last overwrites the others
+    whole), the tail published.  Reading ``done`` flushes, so every completion
+    path (Wait, Test, Get_status, Waitany, Testsome...) sees the bytes in the
+    buffer; ``exc`` is set if the buffer could not take them by then."""
+
+    __slots__ = ("source", "tag", "count", "exc", "flush")
+    cancelled = False
+    error = 0
+    capacity = None
+
+    def __init__(self, source: int, tag: int, count: int, flush):
+        self.source = source
+        self.tag = tag
+        self.count = count
+        self.exc = None
+        self.flush = flush
+
+    @property
+    def done(self) -> bool:
+        self.flush()
+        return True
 
     @property
     def message(self):
@@ -484,6 +520,10 @@ class Transport:
         # hook, called when a wait's futex nap timed out with no peer dead
         self.coll_board = None
         self.on_stuck = None
+        # src -> the flush of its deferred run of takes (irecvs[src].spec's; empty:
+        # none): every path that consumes or publishes src's ring, waits or sleeps
+        # flushes first (flush_deferred)
+        self.deferred = {}
         # the fast paths specialised per peer, made on first use: world rank ->
         # _sender(dst) / _taker(src) (Comm's Send/Isend/Recv/Irecv call these)
         self.senders = _PerPeer(self._sender)
@@ -662,7 +702,11 @@ class Transport:
         yield_ = os.sched_yield
         owait = self._adaptive_wait(hw) if self.pure_polls < 0 else None
 
+        deferred = self.deferred
+
         def take(tag, ctx, mv, cap=-1, wait=False):
+            if deferred:   # (a deferred run of takes ends before anything else)
+                t_.flush_deferred()
             if posted or unexpected or t_.npending:
                 return None
             t = tails[src]
@@ -828,9 +872,17 @@ class Transport:
         # the inline take's: one cell (each cell is copied at every call)
         ring = (self.data, self.in_data[src], self.ring_bytes, self.in_tailw[src],
                 self.in_pwait[src])
+        # the deferred run of takes (fused's): its buffer (None: none), size, op
+        deferred = self.deferred
+        Deferred = DeferredOp
+        dobj = None
+        dnb = 0
+        dop = None
 
         def irecv(tag, ctx, mv, cap=-1):
             nonlocal last, lk, seen
+            if deferred:
+                t_.flush_deferred()
             if unexpected or t_.npending:
                 return None
             t = tails[src]
@@ -917,11 +969,10 @@ class Transport:
             below the head seen is taken here, and on an empty ring the receive is
             posted here; anything else goes to ``irecv``."""
             data, base, rb, tw, pw = ring
-            waddr = t_.base + tw * 8
             fk = (id(obj), cap, -2, ctx)   # the key of the last receive it posted
 
             def fused(tag):
-                nonlocal last, seen, fk
+                nonlocal seen, fk, dobj, dnb, dop
                 try:
                     if len(obj) < cap:   # shrunk: the parser says what is wrong
                         return None
@@ -932,7 +983,10 @@ class Transport:
                 t = tails[src]
                 if t >= seen and (seen := words[hw]) == t:
                     # nothing there: posted (irecv's posting, its key and view
-                    # shared with the alike receive posted last by this closure)
+                    # shared with the alike receive posted last by this closure);
+                    # a deferred run ends here (the receiver caught up)
+                    if dobj is not None:
+                        flush()
                     k = fk
                     if posted and posted[-1].key is k and k[2] == tag:
                         mv = posted[-1].mv
@@ -963,23 +1017,55 @@ class Transport:
                     posted.append(op)
                     return op
                 if not posted:
-                    kf, c, tg, nb, pl, _ = _unpack5i(data, base + t % rb)
+                    kf, c, tg, nb = _unpack4(data, base + t % rb)
                     if kf == K_INLINE and c == ctx and (tag == tg or tag == -1) and nb <= cap:
-                        try:
-                            _PUTS[nb](obj, 0, pl)
-                        except (TypeError, ValueError, struct.error):   # read-only
-                            return None
-                        t += HDR_BYTES
-                        tails[src] = t
-                        words[tw] = t
-                        if words[pw]:
-                            _linux.futex_wake(waddr)
-                        op = last
-                        if op.tag != tg or op.count != nb:
-                            op = last = TakenOp(src, tg, nb)
+                        # taken, its copy and the tail's publishing deferred: the
+                        # run's op (DeferredOp), while the records go to the same
+                        # buffer with the same size and tag
+                        op = dop
+                        if dobj is not obj or nb != dnb or tg != op.tag:
+                            if dobj is not None:
+                                flush()
+                            try:
+                                if memoryview(obj).readonly:   # the parser says so
+                                    return None
+                            except ValueError:   # closed meanwhile: likewise
+                                return None
+                            dobj = obj
+                            dnb = nb
+                            op = dop = Deferred(src, tg, nb, flush)
+                            deferred[src] = flush
+                        tails[src] = t + HDR_BYTES
                         return op
                 return irecv(tag, ctx, obj, cap)   # (serve, the taker: the head seen)
             return fused
+
+        def flush():
+            """The deferred run's end: its last payload copied into its buffer (the
+            run's records are the last taken: every other consumer of src's ring
+            flushes first), the tail published, a producer waiting for room woken."""
+            nonlocal dobj
+            o = dobj
+            if o is None:
+                return
+            if t_.deferred is not deferred:   # (a forked child's transport, made
+                return                        # unusable, raises here: nothing written)
+            dobj = None
+            del deferred[src]
+            data, base, rb, tw, pw = ring
+            t = tails[src]
+            n = dnb
+            try:
+                _PUTS[n](o, 0, _payload(data, base + (t - HDR_BYTES) % rb + INLINE_AT)[0])
+            except (TypeError, ValueError, struct.error) as e:
+                dop.exc = MmpiError(
+                    f"Irecv from rank {src} (tag {dop.tag}): the receive buffer could "
+                    f"not take the {n}-byte message ({e}): it was closed, shrunk or "
+                    f"made read-only before the receive completed; keep a receive "
+                    f"buffer as it is until its Wait or Test says done")
+            words[tw] = t
+            if words[pw]:
+                _linux.futex_wake(t_.base + tw * 8)
         irecv.spec = spec
         return irecv
 
@@ -989,6 +1075,8 @@ class Transport:
         is a plain eager message this receive matches and it fits, copies it and
         returns (source, tag, nbytes); else returns None (use the general path,
         which sees the same records in the same order)."""
+        if self.deferred:
+            self.flush_deferred()
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
@@ -1055,6 +1143,8 @@ class Transport:
         that fits ``mv``, copy it and return (source, tag, nbytes); else None."""
         if mv is not None:   # a buffer receive: takers[src]'s (False: the ring is empty)
             return self.takers[src](tag, ctx, mv) or None
+        if self.deferred:
+            self.flush_deferred()
         eng = self.engine
         if eng.posted or eng.unexpected or self.npending or src == self.rank:
             return None
@@ -1730,6 +1820,8 @@ class Transport:
             m.payload = bytes(m.payload)  # unexpected: copy out of the ring
 
     def _drain(self, src: int, head: int) -> None:
+        if self.deferred:
+            self.flush_deferred()
         rb = self.ring_bytes
         data = self.data
         base = self.in_data[src]
@@ -1805,6 +1897,8 @@ class Transport:
         posted for them, in order, while the earliest posted receive takes the
         next record (``_to_posted``); True if that left no receive posted (a new
         receive from ``src`` may then take the ring's next record itself)."""
+        if self.deferred:
+            self.flush_deferred()
         posted = self.engine.posted
         if not posted or self.npending or src == self.rank:
             return False
@@ -1975,9 +2069,17 @@ class Transport:
             raise MmpiError(f"corrupt record from rank {src}: kind {kind} at byte {p}")
         return HDR_BYTES + ((plen + 63) & ~63)
 
+    def flush_deferred(self) -> None:
+        """Finish every deferred run of takes (DeferredOp): payloads copied, tails
+        published, sleeping senders woken."""
+        for f in list(self.deferred.values()):
+            f()
+
     def progress(self) -> bool:
         """Drain every incoming ring and retry blocked sends; True if anything moved."""
         did = False
+        if self.deferred:
+            self.flush_deferred()
         words = self.words
         tails = self.in_tail
         for src, hw in self.in_list:
@@ -2077,6 +2179,8 @@ class Transport:
     def _sleep(self, timeout: float | None = None) -> bool:
         """Futex-sleep until a ring or the deaths word moves; False on timeout
         (``timeout`` seconds, by default ``sleep_seconds``: DRILLER_MMPI_SLEEP_MS)."""
+        if self.deferred:   # (its producer may be waiting for the room)
+            self.flush_deferred()
         if timeout is None:
             timeout = self.sleep_seconds
         words = self.words
@@ -2192,6 +2296,8 @@ class Transport:
         waits for, sends, pushes), progressing meanwhile so that two ranks finishing
         at once drain each other.  Never waits for a peer that can take nothing any
         more (dead, exited, or finalized): its queue is dropped."""
+        if self.deferred:
+            self.flush_deferred()
         while self.npending:
             if self.progress():
                 continue
@@ -2219,6 +2325,8 @@ class Transport:
         return True
 
     def close(self) -> None:
+        if self.deferred:
+            self.flush_deferred()
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
 
