@@ -1,6 +1,6 @@
 """Hybrid world vs plain mpi4py, side by side in one MPI job (docs/scaleout.md).
 
-    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich] [--only inter-node] [--cpu]
+    python benchmarks/hybrid_bench.py [--rounds 5] [--mpich | --tcp] [--only inter-node] [--cpu]
 
 starts ``mpirun`` (the test venv's Open MPI; ``--mpich``: .venv-mpich's mpiexec) with
 2 emulated nodes x 2 ranks (DRILLER_NODE a, b).  Every rank holds both
@@ -24,7 +24,9 @@ faster), with the command, the MPI library and the machine's load average.
 Ranks not in a measurement wait in driller's barrier, which naps.  ``--only TEXT``
 keeps the measurements whose name contains TEXT (e.g. ``inter-node``); ``--cpu``
 times the collectives by rank 0's CPU time per call (``time.process_time``) instead
-of wall-clock (the point-to-point rows stay wall-clock).
+of wall-clock (the point-to-point rows stay wall-clock); ``--tcp`` (Open MPI) runs MPI
+over TCP only (``OMPI_MCA_btl=self,tcp``, ``OMPI_MCA_pml=ob1``): a real network path
+between the emulated nodes, for both engines' traffic across nodes.
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ def _report(results, rounds, library: str, cpu: bool = False) -> None:
     sys.stdout.flush()
 
 
-def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False) -> int:
+def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False,
+           tcp: bool = False) -> int:
     py = sys.executable
     if mpich:
         run = [os.path.join(ROOT, ".venv-mpich", "bin", "mpiexec")]
@@ -210,9 +213,12 @@ def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False) -> int:
         ctx = lambda node: ["-n", "2", "-x", f"DRILLER_NODE={node}", py, HERE, "--rank",
                             "--rounds", str(rounds), "--only", only] + (["--cpu"] if cpu else [])
     env = dict(os.environ)
+    if tcp:
+        env.update(OMPI_MCA_btl="self,tcp", OMPI_MCA_pml="ob1")
     env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
     env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
-                   + (" --mpich" if mpich else "") + (f" --only {only}" if only else "")
+                   + (" --mpich" if mpich else "") + (" --tcp" if tcp else "")
+                   + (f" --only {only}" if only else "")
                    + (" --cpu" if cpu else ""))
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.call(run + ctx("a") + [":"] + ctx("b"), env=env)
@@ -222,6 +228,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpich", action="store_true", help="MPICH (.venv-mpich) instead of Open MPI")
+    p.add_argument("--tcp", action="store_true",
+                   help="Open MPI over TCP only (OMPI_MCA_btl=self,tcp): a real network path")
     p.add_argument("--only", default="", help="only the measurements whose name contains this")
     p.add_argument("--cpu", action="store_true",
                    help="time the collectives by rank 0's CPU time per call (process_time)")
@@ -230,7 +238,9 @@ def main() -> int:
     if a.rank:
         rank_main(a.rounds, a.only, a.cpu)
         return 0
-    return launch(a.rounds, a.mpich, a.only, a.cpu)
+    if a.tcp and a.mpich:
+        p.error("--tcp is for Open MPI (MPICH's channel is chosen when it is built)")
+    return launch(a.rounds, a.mpich, a.only, a.cpu, a.tcp)
 
 
 if __name__ == "__main__":

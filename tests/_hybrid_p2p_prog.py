@@ -6,9 +6,11 @@ buffers (blocking, nonblocking, synchronous, truncated), objects with large arra
 and bytes, large pickles, tables longer than a record; order of small/large mixes
 per pair, receives by tag out of order, ANY_SOURCE seeing both routes, Waitany and
 Waitall over requests of both routes, probes; the fast paths' order when the engine
-holds messages of other communicators or sources."""
+holds messages of other communicators or sources; a large blocking Send's buffer
+written over as soon as it returns."""
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -453,6 +455,29 @@ for size in (L + 1, 1 << 20):
             else:
                 comm.Barrier()
             comm.Barrier()
+comm.Barrier()
+
+# 11. a blocking Send of a large buffer to another node returns only once the buffer may
+# be used again (the receiver's MPI reads the data straight out of it, when the receive
+# is matched): written over at once, it still arrives as sent to a receiver that matches
+# it late (past the sender's yield-polling window: the general wait completes it); a
+# small message with the same tag right behind it is received after it
+for size in (L + 1, 1 << 20):
+    if r < 2:
+        buf = pattern(size, 50 + r)
+        comm.Send(buf, peer, 140)
+        buf[:] = 0
+        comm.Send(pattern(8, 51), peer, 140)
+    else:
+        time.sleep(0.3)
+        st = MPI.Status()
+        got = np.empty(size, np.uint8)
+        comm.Recv(got, peer, 140, st)
+        assert st.Get_count(MPI.BYTE) == size, (size, st.Get_count(MPI.BYTE))
+        assert (got == pattern(size, 50 + peer)).all(), size
+        small = np.empty(8, np.uint8)
+        comm.Recv(small, peer, 140)
+        assert (small == pattern(8, 51)).all(), size
 comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

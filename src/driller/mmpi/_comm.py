@@ -441,7 +441,7 @@ class Comm(_attr.Cached, Handle):
             f = p.sends[dest]
             if f is None:   # (first use, or a fork or Finalize since: the transport raises)
                 f = p.sends[dest] = p.t.senders[p.group[dest]]
-            if f(p.ctx, tag, mv):
+            if f(p.ctx, tag, mv) or p.t.send_blocking(p.group[dest], p.ctx, tag, mv):
                 return
         elif type(dest) is float and type(tag) is int and dest - dest == 0.0 or \
                 (type(dest) is not int or type(tag) is not int) and \

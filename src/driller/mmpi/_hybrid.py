@@ -26,7 +26,9 @@ records in the order the receives were posted (MPI fills them in arrival order,
 so per-source order is kept); a record never exceeds that size on this route.
 
 Messages larger than ``INLINE`` bytes cross nodes as a rendezvous request
-(``K_RTS``, sender id 0: no FIN comes back) followed at once by the data as
+(``K_RTS``, sender id 0: no FIN comes back; a buffer's by a blocking ``Send``, and
+``Comm.Send``'s straight from there: :meth:`HybridTransport.send_blocking`)
+followed at once by the data as
 plain MPI messages sent straight from the sender's memory, one per buffer (a
 buffer message: one; an object: each out-of-band buffer, then its pickle stream
 when that is large, as ``mpi4py.util.pkl5`` does), each on a tag of its own
@@ -241,24 +243,51 @@ class HybridTransport(T.Transport):
             protocol = E.RNDV   # its data as MPI messages of its own, straight from op.mv
         return super().isend(op, protocol)
 
+    def send_blocking(self, dst: int, ctx: int, tag: int, mv) -> bool:
+        """Comm.Send of a buffer of more than ``inline_max`` bytes to a rank of
+        another node (its sender closure declined it): started as _isend_remote's
+        and waited for here, without the facade's general path (a request, checks
+        again, the wait's dispatch: microseconds of Python on the critical path of
+        every exchange).  Its data message alone is waited for, as a blocking
+        receive waits (_await_head): records arriving meanwhile stay in the pool, so
+        the next Recv takes them on its fast path; past that window, the general wait
+        (naps, progress, death checks).  False: not such a send."""
+        n = len(mv)
+        if n <= self.inline_max or dst not in self.remote:
+            return False
+        data = self._start_remote(dst, ctx, tag, mv, False)
+        if not self._await_head(data, dst, None, n * INFLIGHT_SPIN):
+            T.Transport.wait(self, self._keep_remote(T.SendOp(dst, tag, ctx, mv), data), dst)
+        return True
+
     def _isend_remote(self, op: T.SendOp) -> T.SendOp:
-        """A buffer of more than ``inline_max`` bytes to a rank of another node: the
-        request record (as _put_send's, sender id 0: no FIN comes back) and the data
-        message straight from ``op.mv``, two MPI calls; the engine never holds it
-        (records to other nodes are never queued, so order is MPI's: kept).  ``op``
-        is done when MPI says its data message is (_poll_data)."""
-        dst, n = op.dest, op.nbytes
+        """A buffer of more than ``inline_max`` bytes to a rank of another node, sent
+        without the engine (_start_remote); ``op`` is done when MPI says its data
+        message is (_poll_data)."""
+        data = self._start_remote(op.dest, op.context, op.tag, op.mv, op.sync)
+        return self._keep_remote(op, data)
+
+    def _start_remote(self, dst: int, ctx: int, tag: int, mv, sync: bool):
+        """The request record (as _put_send's, sender id 0: no FIN comes back) and the
+        data message straight from ``mv``, two MPI calls; the engine never holds it
+        (records to other nodes are never queued, so order is MPI's: kept).  The
+        record (64 bytes: eager in every MPI) goes by a blocking ``Send``, which
+        returns once MPI holds it (no request kept and tested later).  Returns the
+        data message's request (``Issend``'s if ``sync``: done once matched)."""
+        n = len(mv)
         first = self._tags(dst, 1)
-        rec = bytearray(T.HDR_BYTES)
-        T.HDR.pack_into(rec, 0, T.K_RTS | (T.F_SYNC if op.sync else 0) << 8, op.context,
-                        op.tag, n, 0, first, 0, self.rank)
-        self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
-        data = (self.mpi_data.Issend if op.sync else self.mpi_data.Isend)(
-            [op.mv, self._BYTE], dst, first)
+        self.mpi.Send(T.HDR.pack(T.K_RTS | (T.F_SYNC if sync else 0) << 8, ctx, tag, n, 0,
+                                 first, 0, self.rank), dst, REC_TAG)
+        return (self.mpi_data.Issend if sync else self.mpi_data.Isend)(
+            [mv, self._BYTE], dst, first)
+
+    def _keep_remote(self, op: T.SendOp, data) -> T.SendOp:
+        """Keep ``op`` (its data message's request ``data`` in flight) until MPI says
+        it is done (_poll_data; wait finds the request in ``op.keep``)."""
         op.protocol, op.state = E.RNDV, E.S_WAIT_FIN   # (id 0: no engine knows it)
-        op.keep = ent = ([data], op, n)   # (wait finds its request there)
+        op.keep = ent = ([data], op, op.nbytes)
         self._data_sends.append(ent)
-        self._inflight += n
+        self._inflight += op.nbytes
         return op
 
     def _sender(self, dst: int):

@@ -548,6 +548,12 @@ class Transport:
         self._run(self.engine.send(op, protocol))
         return op
 
+    def send_blocking(self, dst: int, ctx: int, tag: int, mv) -> bool:
+        """A blocking standard send of the buffer ``mv`` that ``senders[dst]``
+        declined, done here (sent and waited for) when the transport has a route of
+        its own for it; False: the general path (a request through the engine)."""
+        return False
+
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
         """A standard eager send straight into the ring, if nothing is queued
         before it and it fits; False: use the general path.  (The work is
