@@ -535,3 +535,64 @@ def test_object_arrays_refused_on_a_singleton():
     kind, msgs = in_child(fn)
     assert kind == "ok", msgs
     assert "object" in msgs[0] and "object" in msgs[1] and "itself" in msgs[2]
+
+
+# ------------------------------------------------------------------ own contributions
+
+def _own_contributions(comm):
+    """Each lowercase collective's result, changed in place by the caller, must leave
+    the object it passed in as it was (mpi4py gives every rank a pickle round trip
+    of its own contribution).  Returns the names of those whose change leaked back."""
+    me, n = comm.rank, comm.size
+    leaked = []
+
+    def fresh():
+        return {"l": [me], "a": np.full(4, float(me)), "big": np.full(100_000, float(me)),
+                "b": bytearray(b"x" * 70_000)}
+
+    def spoil(d):
+        d["l"].append(-1)
+        d["a"][:] = -1
+        d["big"][:] = -1
+        d["b"][:3] = b"---"
+
+    def intact(d):
+        return (d["l"] == [me] and (d["a"] == me).all() and (d["big"] == me).all()
+                and d["b"][:3] == b"xxx")
+
+    def check(name, d, out):
+        if out is not None:
+            spoil(out)
+        if not intact(d):
+            leaked.append(name)
+
+    d = fresh(); check("bcast", d, comm.bcast(d, root=0))
+    d = fresh(); out = comm.gather(d, root=0); check("gather", d, out and out[me])
+    items = [fresh() for _ in range(n)]
+    out = comm.scatter(items, root=0)
+    if me == 0:
+        check("scatter", items[0], out)
+    d = fresh(); check("allgather", d, comm.allgather(d)[me])
+    items = [fresh() for _ in range(n)]
+    check("alltoall", items[me], comm.alltoall(items)[me])
+    for comm_ in (comm, MPI.COMM_SELF):   # reductions: rank 0's scan, one rank's
+        tag = "" if comm_ is comm else " (COMM_SELF)"
+        for name, call in (("scan", lambda c, x: c.scan(x, op=MPI.SUM)),
+                           ("allreduce", lambda c, x: c.allreduce(x, op=MPI.SUM)),
+                           ("reduce", lambda c, x: c.reduce(x, op=MPI.SUM, root=0)),
+                           ("bcast", lambda c, x: c.bcast(x, root=0))):
+            x = [me]
+            out = call(comm_, x)
+            if out is not None:
+                out.append(-1)
+            if x != [me]:
+                leaked.append(name + tag)
+    return leaked
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_changing_a_collective_result_leaves_the_object_passed_in(n):
+    # driller returned the caller's own object (the root of bcast, its own item of
+    # gather/scatter/allgather/alltoall, a reduction over one rank): changing the
+    # result in place changed the argument, on some ranks only
+    assert values(run_ranks(_own_contributions, n)) == [[]] * n

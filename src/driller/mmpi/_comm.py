@@ -77,6 +77,15 @@ def Wtick() -> float:
 
 # ------------------------------------------------------------------ communicator
 
+def _own_item(out: list[Any] | None, me: int, mine: Any) -> list[Any] | None:
+    """A gathered list whose item ``me`` is this rank's own object: a copy of it there
+    (:func:`_objects.own_copy`), as mpi4py gives (changing the list's items never
+    changes what was passed in)."""
+    if out is not None and out[me] is mine:
+        out[me] = _objects.own_copy(mine)
+    return out
+
+
 class _Handle:
     """The object behind a communicator handle, shared by every Python object onto
     it (``Comm(comm)``): the collective Context, the class a handle look-up gives
@@ -1230,7 +1239,8 @@ class Comm(_attr.Cached, Handle):
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast."""
         with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
-            return _hier.bcast(self._cx, obj, root)
+            out = _hier.bcast(self._cx, obj, root)
+        return _objects.own_copy(out) if out is obj else out   # the root's: a copy, as mpi4py
 
     def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
                root: int = 0) -> None:
@@ -1256,11 +1266,13 @@ class Comm(_attr.Cached, Handle):
     def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
                root: int = 0) -> Any | None:
         """Reduce to Root."""
-        return _hier.reduce(self._cx, sendobj, op, root)
+        out = _hier.reduce(self._cx, sendobj, op, root)
+        return _objects.own_copy(out) if out is sendobj else out   # (one rank: a copy)
 
     def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Reduce to All."""
-        return _hier.allreduce(self._cx, sendobj, op)
+        out = _hier.allreduce(self._cx, sendobj, op)
+        return _objects.own_copy(out) if out is sendobj else out
 
     def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
@@ -1289,15 +1301,16 @@ class Comm(_attr.Cached, Handle):
 
     def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
         """Gather."""
-        return _hiergather.gather(self._cx, sendobj, root)
+        return _own_item(_hiergather.gather(self._cx, sendobj, root), self._cx.rank, sendobj)
 
     def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """Scatter."""
-        return _hiergather.scatter(self._cx, sendobj, root)
+        out = _hiergather.scatter(self._cx, sendobj, root)
+        return _objects.own_copy(out) if self._cx.rank == root else out   # the root's own item
 
     def allgather(self, sendobj: Any) -> list[Any]:
         """Gather to All."""
-        return _hiergather.allgather(self._cx, sendobj)
+        return _own_item(_hiergather.allgather(self._cx, sendobj), self._cx.rank, sendobj)
 
     def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
         """All to All Scatter/Gather."""
@@ -1309,7 +1322,9 @@ class Comm(_attr.Cached, Handle):
 
     def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """All to All Scatter/Gather."""
-        return _hiergather.alltoall(self._cx, sendobj)
+        out = _hiergather.alltoall(self._cx, sendobj)
+        me = self._cx.rank
+        return _own_item(out, me, sendobj[me]) if out else out
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
@@ -1748,7 +1763,8 @@ class Intracomm(Comm):
 
     def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Inclusive Scan."""
-        return _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
+        out = _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
+        return _objects.own_copy(out) if out is sendobj else out   # (rank 0's: a copy)
 
     def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Exclusive Scan."""
