@@ -218,3 +218,19 @@ def test_python_objects_are_refused_in_shared_memory():
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r
     assert b"refused:" in r.stdout and b"holding Python objects" in r.stdout, r.stdout
+
+
+def test_impossible_sizes_are_clear_errors_and_leak_no_fd():
+    # too big for numpy: an OverflowError from ftruncate ("Python int too large to
+    # convert to C long") before; now numpy's ValueError
+    for shape in ((1 << 40, 1 << 40), (1 << 62,)):
+        with pytest.raises(ValueError, match="array is too big"):
+            driller.empty(shape)
+    # more than the address space (256 TiB > x86_64's 128 TiB): a bare OSError from
+    # mmap, and the memfd of each failed attempt stayed open
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(MemoryError, match="cannot allocate 281474976710656 bytes"):
+            driller.zeros(1 << 45)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert driller.zeros(1 << 20).sum() == 0     # and allocation still works

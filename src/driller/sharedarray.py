@@ -323,7 +323,14 @@ def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...],
         else tuple(operator.index(s) for s in shape)
     if any(s < 0 for s in dims):
         raise ValueError(f"negative dimensions are not allowed: {dims}")
-    return dims, dt, math.prod(dims) * dt.itemsize
+    nbytes = math.prod(dims) * dt.itemsize
+    if nbytes > _MAX_BYTES or math.prod(dims) > _MAX_BYTES:
+        raise ValueError(f"array is too big: shape {dims} of {dt} would take "
+                         f"{nbytes} bytes, more than numpy can address")
+    return dims, dt, nbytes
+
+
+_MAX_BYTES = np.iinfo(np.intp).max
 
 
 def empty(shape: ShapeLike, dtype: npt.DTypeLike = float, order: Order = "C") -> SharedArray:
