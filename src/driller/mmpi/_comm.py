@@ -411,7 +411,11 @@ class Comm(_attr.Cached, Handle):
 
     def _wait_recv(self, op, status, obj=False):
         if not op.done:
-            self._t.wait(op, None if op.source == ANY_SOURCE else op.source)
+            try:
+                self._t.wait(op, None if op.source == ANY_SOURCE else op.source)
+            except BaseException:   # (Ctrl-C, a signal handler's exception, a death)
+                self._t.abandon(op)
+                raise
         return complete(op, K_ORECV if obj else K_RECV, self._cx, status)
 
     # -- blocking buffer p2p --
