@@ -1328,7 +1328,11 @@ class Comm(_attr.Cached, Handle):
         """All to All Scatter/Gather."""
         out = _hiergather.alltoall(self._cx, sendobj)
         me = self._cx.rank
-        return _own_item(out, me, sendobj[me]) if out else out
+        try:
+            mine = sendobj[me]
+        except (TypeError, LookupError):   # (None: every item None; not a sequence)
+            return out
+        return _own_item(out, me, mine)
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
