@@ -77,12 +77,22 @@ def Wtick() -> float:
 
 # ------------------------------------------------------------------ communicator
 
-def _own_item(out: list[Any] | None, me: int, mine: Any) -> list[Any] | None:
+def _own(obj: Any, me: int, what: str) -> Any:
+    """This rank's own contribution as a receiver would get it (:func:`_objects.own_copy`,
+    as mpi4py gives it); one that cannot be pickled raises as a peer's would."""
+    try:
+        return _objects.own_copy(obj)
+    except Exception as e:
+        raise MmpiError(f"{what}: rank {me} could not send its object of {what} "
+                        f"({type(e).__name__}: {e})") from e
+
+
+def _own_item(out: list[Any] | None, me: int, mine: Any, what: str) -> list[Any] | None:
     """A gathered list whose item ``me`` is this rank's own object: a copy of it there
-    (:func:`_objects.own_copy`), as mpi4py gives (changing the list's items never
-    changes what was passed in)."""
+    (:func:`_own`), as mpi4py gives (changing the list's items never changes what
+    was passed in)."""
     if out is not None and out[me] is mine:
-        out[me] = _objects.own_copy(mine)
+        out[me] = _own(mine, me, what)
     return out
 
 
@@ -1244,7 +1254,7 @@ class Comm(_attr.Cached, Handle):
         """Broadcast."""
         with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
             out = _hier.bcast(self._cx, obj, root)
-        return _objects.own_copy(out) if out is obj else out   # the root's: a copy, as mpi4py
+        return _own(out, root, "bcast") if out is obj else out   # the root's: a copy
 
     def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
                root: int = 0) -> None:
@@ -1271,12 +1281,12 @@ class Comm(_attr.Cached, Handle):
                root: int = 0) -> Any | None:
         """Reduce to Root."""
         out = _hier.reduce(self._cx, sendobj, op, root)
-        return _objects.own_copy(out) if out is sendobj else out   # (one rank: a copy)
+        return _own(out, root, "reduce") if out is sendobj else out   # (one rank: a copy)
 
     def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Reduce to All."""
         out = _hier.allreduce(self._cx, sendobj, op)
-        return _objects.own_copy(out) if out is sendobj else out
+        return _own(out, self._cx.rank, "allreduce") if out is sendobj else out
 
     def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
@@ -1305,16 +1315,18 @@ class Comm(_attr.Cached, Handle):
 
     def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
         """Gather."""
-        return _own_item(_hiergather.gather(self._cx, sendobj, root), self._cx.rank, sendobj)
+        return _own_item(_hiergather.gather(self._cx, sendobj, root), self._cx.rank, sendobj,
+                         "gather")
 
     def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """Scatter."""
         out = _hiergather.scatter(self._cx, sendobj, root)
-        return _objects.own_copy(out) if self._cx.rank == root else out   # the root's own item
+        return _own(out, root, "scatter") if self._cx.rank == root else out   # the root's own
 
     def allgather(self, sendobj: Any) -> list[Any]:
         """Gather to All."""
-        return _own_item(_hiergather.allgather(self._cx, sendobj), self._cx.rank, sendobj)
+        return _own_item(_hiergather.allgather(self._cx, sendobj), self._cx.rank, sendobj,
+                         "allgather")
 
     def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
         """All to All Scatter/Gather."""
@@ -1332,7 +1344,7 @@ class Comm(_attr.Cached, Handle):
             mine = sendobj[me]
         except (TypeError, LookupError):   # (None: every item None; not a sequence)
             return out
-        return _own_item(out, me, mine)
+        return _own_item(out, me, mine, "alltoall")
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
@@ -1772,7 +1784,7 @@ class Intracomm(Comm):
     def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Inclusive Scan."""
         out = _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
-        return _objects.own_copy(out) if out is sendobj else out   # (rank 0's: a copy)
+        return _own(out, self._cx.rank, "scan") if out is sendobj else out   # (rank 0's)
 
     def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Exclusive Scan."""
