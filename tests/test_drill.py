@@ -204,3 +204,15 @@ def test_unmapped_behind_our_back_is_noticed_and_released():
     assert kind == "released"
     hole.close()
     m.close()
+
+
+def test_buffers_of_python_objects_are_refused():
+    # drilling an object array shared pointers into this heap: a peer that attached
+    # it died of SIGSEGV on its first read
+    for x in (np.empty(100_000, dtype=object), np.empty(50_000, dtype=[("o", "O"), ("v", "f8")]),
+              memoryview(np.empty(100_000, dtype=object))):
+        with pytest.raises(driller.DrillError, match="holds Python objects"):
+            driller.drill(x)
+    named = np.zeros(50_000, dtype=[("Open", "f8"), ("Obj", "i8")])   # an 'O' in names only
+    with driller.drill(named) as hole:
+        assert driller.attach(hole.handle)["Open"].shape == (50_000,)

@@ -183,3 +183,54 @@ def test_owner_exit_keeps_peer_memory_then_releases():
         while time.monotonic() < deadline:  # nobody holds the lease any more: it ended
             driller.attach(h)
             time.sleep(0.01)
+
+
+_OBJECT_PEER = """
+import pickle, sys, driller
+try:
+    a = driller.attach(pickle.load(sys.stdin.buffer))
+    print("attached", repr(a[0]))
+except driller.DrillerError as e:
+    print("refused:", e)
+"""
+
+
+def test_python_objects_are_refused_in_shared_memory():
+    # an object array in shared memory holds pointers into one process's heap: a
+    # peer that read them crashed (SIGSEGV) and a Pool waiting for it hung
+    for make in (lambda: driller.zeros(3, dtype=object),
+                 lambda: driller.empty(4, dtype=[("x", "f8"), ("o", "O")]),
+                 lambda: driller.zeros_like(np.empty(2, dtype=object)),
+                 lambda: driller.empty_like(np.zeros(2), dtype=object),
+                 lambda: driller.array(["a", None]),
+                 lambda: driller.array(np.empty(100_000, dtype=object))):  # the large path
+        with pytest.raises(driller.DrillerError, match="holding Python objects"):
+            make()
+    assert driller.array(["ab", "c"]).dtype == np.dtype("<U2")   # fixed-size: fine
+    # a handle that names an object dtype (crafted, or from an older driller) is
+    # refused by the loader, in a real peer, instead of reading pointers
+    import dataclasses
+    a = driller.zeros(1 << 16)
+    h = dataclasses.replace(driller.handle(a), dtype=np.dtype(object), shape=(1 << 16,),
+                            strides=(8,))
+    a[:] = 12345.0          # garbage as pointers
+    r = subprocess.run([sys.executable, "-c", _OBJECT_PEER], input=pickle.dumps(h),
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r
+    assert b"refused:" in r.stdout and b"holding Python objects" in r.stdout, r.stdout
+
+
+def test_impossible_sizes_are_clear_errors_and_leak_no_fd():
+    # too big for numpy: an OverflowError from ftruncate ("Python int too large to
+    # convert to C long") before; now numpy's ValueError
+    for shape in ((1 << 40, 1 << 40), (1 << 62,)):
+        with pytest.raises(ValueError, match="array is too big"):
+            driller.empty(shape)
+    # more than the address space (256 TiB > x86_64's 128 TiB): a bare OSError from
+    # mmap, and the memfd of each failed attempt stayed open
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(MemoryError, match="cannot allocate 281474976710656 bytes"):
+            driller.zeros(1 << 45)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert driller.zeros(1 << 20).sum() == 0     # and allocation still works

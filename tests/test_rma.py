@@ -525,3 +525,22 @@ def test_free_inside_an_epoch_raises_after_freeing():
     res = values(run_ranks(_free_in_epoch, 2))
     assert res[0] == (True, (True, True))
     assert res[1] == (True, None)
+
+
+def test_a_derived_target_datatype_is_refused_as_not_supported():
+    # it raised "datatype ... is derived: it has no single numpy dtype", as if the
+    # program had passed a wrong argument, not met a limit of driller's windows
+    mem = np.zeros(64)
+    win = MPI.Win.Create(mem, comm=MPI.COMM_SELF)
+    vt = MPI.DOUBLE.Create_vector(4, 1, 2).Commit()
+    try:
+        win.Fence()
+        with pytest.raises(MmpiError, match="derived target datatype") as e:
+            win.Put(np.ones(4), 0, target=[0, 1, vt])
+        assert isinstance(e.value, NotImplementedError)
+        win.Put(np.ones(4), 0, target=[0, 4, MPI.DOUBLE])   # contiguous: fine
+        win.Fence()
+        assert mem[:4].tolist() == [1.0] * 4   # (disp_unit 1: bytes)
+    finally:
+        vt.Free()
+        win.Free()

@@ -21,6 +21,7 @@ Wrapping blocks into numpy arrays, pickling and attaching live in
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import os
 import threading
@@ -126,7 +127,13 @@ def allocate(nbytes: int, data: tuple[int, int] | None = None) -> Block:
     """A block of at least ``nbytes`` bytes (``data``: initial bytes (address, length)
     written into a new large segment)."""
     if nbytes >= LARGE_BYTES:
-        seg = Segment(nbytes, "array", data=data)
+        try:
+            seg = Segment(nbytes, "array", data=data)
+        except OSError as e:
+            if e.errno not in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
+                raise
+            raise MemoryError(f"cannot allocate {nbytes} bytes of shared memory "
+                              f"({e.strerror}): not enough memory or address space") from None
         block = Block(seg, 0, nbytes, None, next(_serial))
         _publish.register(seg.key, block)
         _stats["large"] += 1

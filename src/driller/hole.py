@@ -274,6 +274,18 @@ def _undrill(lo: int, hi: int, seg: Segment) -> None:
     _publish.release(seg)
 
 
+def _holds_objects(obj: Any, pin: memoryview) -> bool:
+    """Whether the buffer's items are Python object pointers (numpy dtype object, or a
+    structured dtype with an object field; PEP 3118 format code 'O')."""
+    dt = getattr(obj, "dtype", None)
+    if not isinstance(dt, np.dtype):
+        try:
+            dt = np.asarray(pin).dtype
+        except (TypeError, ValueError, NotImplementedError):  # a format numpy cannot read
+            return "O" in pin.format  # conservative: might be a field's name
+    return bool(dt.hasobject)
+
+
 def drill(obj: Any, readonly: bool = False) -> Hole:
     """Make the memory under ``obj`` shareable in place; returns a :class:`Hole`.
 
@@ -299,6 +311,13 @@ def drill(obj: Any, readonly: bool = False) -> Hole:
     if pin.nbytes == 0:
         pin.release()
         raise DrillError("cannot drill an empty buffer")
+    if _holds_objects(obj, pin):
+        fmt = pin.format
+        pin.release()
+        raise DrillError(f"this {type(obj).__name__} holds Python objects (format "
+                         f"{fmt!r}): pointers into this process's heap, which a peer "
+                         "would read as garbage and crash on; only plain data can be shared "
+                         "(pickle the objects instead, or use a fixed-size dtype)")
     if not _mallopt_done[0]:
         _mallopt_done[0] = True
         _linux.set_mmap_threshold(MMAP_THRESHOLD)

@@ -198,19 +198,22 @@ class Segment:
         self.key = new_key()
         self.owner = os.getpid()
         self.nbytes = _linux.page_ceil(nbytes)
+        ours = fd is None
         if fd is None:
             fd = _linux.memfd_create(f"driller:{name}")
-            try:
+        try:
+            if ours:
                 os.ftruncate(fd, self.nbytes)
                 if data is not None:  # initial bytes (address, length): written, not faulted in
                     _linux.pwrite_from(fd, data[0], data[1])
                 _linux.add_seals(fd, _SEALS)
-            except BaseException:
+            self.inode = _linux.fd_inode(fd)
+            self.region = region if region is not None else Region(fd, self.nbytes)
+        except BaseException:   # (e.g. no address space left for the mapping: ENOMEM)
+            if ours:
                 os.close(fd)
-                raise
+            raise
         self.fd = fd
-        self.inode = _linux.fd_inode(fd)
-        self.region = region if region is not None else Region(fd, self.nbytes)
         self.published = False
         self.closed = False
 

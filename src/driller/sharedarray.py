@@ -262,6 +262,8 @@ def attach(handle: Handle, readonly: bool | None = None) -> NDArray:
     if type(handle) is not Handle:
         raise DrillerError(f"attach() takes a driller.Handle, not {type(handle).__name__}; "
                            "get one from Hole.handle or driller.handle(shared_array)")
+    if handle.dtype is not None:
+        _refuse_objects(np.dtype(handle.dtype), f"attach(): handle {handle.key} names an array")
     if readonly is None:
         readonly = handle.readonly
     elif handle.readonly and not readonly:
@@ -301,14 +303,34 @@ def _wrap(block: heap.Block, shape: tuple[int, ...], dtype: np.dtype[Any],
                        order="F" if order == "F" else "C")
 
 
+def _refuse_objects(dt: np.dtype[Any], what: str) -> None:
+    """Python objects in shared memory would be pointers into one process's heap:
+    another process would read them as garbage (a crash), and numpy would never
+    count their references."""
+    if dt.hasobject:
+        raise DrillerError(
+            f"{what} of dtype {dt} holding Python objects: shared memory can only hold "
+            "plain data (another process would read those pointers as garbage and "
+            "crash). Pickle the objects instead (multiprocessing, mmpi send), or use a "
+            "fixed-size dtype (e.g. 'U16', 'S16', numbers)")
+
+
 def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...], np.dtype[Any],
                                                                  int]:
     dt = np.dtype(dtype)
+    _refuse_objects(dt, "cannot allocate a shared array")
     dims = (operator.index(shape),) if isinstance(shape, SupportsIndex) \
         else tuple(operator.index(s) for s in shape)
     if any(s < 0 for s in dims):
         raise ValueError(f"negative dimensions are not allowed: {dims}")
-    return dims, dt, math.prod(dims) * dt.itemsize
+    nbytes = math.prod(dims) * dt.itemsize
+    if nbytes > _MAX_BYTES or math.prod(dims) > _MAX_BYTES:
+        raise ValueError(f"array is too big: shape {dims} of {dt} would take "
+                         f"{nbytes} bytes, more than numpy can address")
+    return dims, dt, nbytes
+
+
+_MAX_BYTES = np.iinfo(np.intp).max
 
 
 def empty(shape: ShapeLike, dtype: npt.DTypeLike = float, order: Order = "C") -> SharedArray:
@@ -354,6 +376,7 @@ def array(obj: npt.ArrayLike, dtype: npt.DTypeLike | None = None,
           order: OrderKA = "K") -> SharedArray:
     """Copy ``obj`` (anything numpy.asarray takes) into a new shared array."""
     src = np.asarray(obj, dtype=dtype)
+    _refuse_objects(src.dtype, "cannot copy into shared memory an array")
     out_order = _out_order(src, order)
     if src.nbytes >= heap.LARGE_BYTES and (src.flags.c_contiguous if out_order == "C"
                                            else src.flags.f_contiguous):

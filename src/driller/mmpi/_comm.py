@@ -77,6 +77,25 @@ def Wtick() -> float:
 
 # ------------------------------------------------------------------ communicator
 
+def _own(obj: Any, me: int, what: str) -> Any:
+    """This rank's own contribution as a receiver would get it (:func:`_objects.own_copy`,
+    as mpi4py gives it); one that cannot be pickled raises as a peer's would."""
+    try:
+        return _objects.own_copy(obj)
+    except Exception as e:
+        raise MmpiError(f"{what}: rank {me} could not send its object of {what} "
+                        f"({type(e).__name__}: {e})") from e
+
+
+def _own_item(out: list[Any] | None, me: int, mine: Any, what: str) -> list[Any] | None:
+    """A gathered list whose item ``me`` is this rank's own object: a copy of it there
+    (:func:`_own`), as mpi4py gives (changing the list's items never changes what
+    was passed in)."""
+    if out is not None and out[me] is mine:
+        out[me] = _own(mine, me, what)
+    return out
+
+
 class _Handle:
     """The object behind a communicator handle, shared by every Python object onto
     it (``Comm(comm)``): the collective Context, the class a handle look-up gives
@@ -402,7 +421,11 @@ class Comm(_attr.Cached, Handle):
 
     def _wait_recv(self, op, status, obj=False):
         if not op.done:
-            self._t.wait(op, None if op.source == ANY_SOURCE else op.source)
+            try:
+                self._t.wait(op, None if op.source == ANY_SOURCE else op.source)
+            except BaseException:   # (Ctrl-C, a signal handler's exception, a death)
+                self._t.abandon(op)
+                raise
         return complete(op, K_ORECV if obj else K_RECV, self._cx, status)
 
     # -- blocking buffer p2p --
@@ -1230,7 +1253,8 @@ class Comm(_attr.Cached, Handle):
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast."""
         with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
-            return _hier.bcast(self._cx, obj, root)
+            out = _hier.bcast(self._cx, obj, root)
+        return _own(out, root, "bcast") if out is obj else out   # the root's: a copy
 
     def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
                root: int = 0) -> None:
@@ -1256,11 +1280,13 @@ class Comm(_attr.Cached, Handle):
     def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
                root: int = 0) -> Any | None:
         """Reduce to Root."""
-        return _hier.reduce(self._cx, sendobj, op, root)
+        out = _hier.reduce(self._cx, sendobj, op, root)
+        return _own(out, root, "reduce") if out is sendobj else out   # (one rank: a copy)
 
     def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Reduce to All."""
-        return _hier.allreduce(self._cx, sendobj, op)
+        out = _hier.allreduce(self._cx, sendobj, op)
+        return _own(out, self._cx.rank, "allreduce") if out is sendobj else out
 
     def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
@@ -1289,15 +1315,18 @@ class Comm(_attr.Cached, Handle):
 
     def gather(self, sendobj: Any, root: int = 0) -> list[Any] | None:
         """Gather."""
-        return _hiergather.gather(self._cx, sendobj, root)
+        return _own_item(_hiergather.gather(self._cx, sendobj, root), self._cx.rank, sendobj,
+                         "gather")
 
     def scatter(self, sendobj: Sequence[Any] | None, root: int = 0) -> Any:
         """Scatter."""
-        return _hiergather.scatter(self._cx, sendobj, root)
+        out = _hiergather.scatter(self._cx, sendobj, root)
+        return _own(out, root, "scatter") if self._cx.rank == root else out   # the root's own
 
     def allgather(self, sendobj: Any) -> list[Any]:
         """Gather to All."""
-        return _hiergather.allgather(self._cx, sendobj)
+        return _own_item(_hiergather.allgather(self._cx, sendobj), self._cx.rank, sendobj,
+                         "allgather")
 
     def Alltoall(self, sendbuf: BufSpecB | InPlace, recvbuf: BufSpecB) -> None:
         """All to All Scatter/Gather."""
@@ -1309,7 +1338,13 @@ class Comm(_attr.Cached, Handle):
 
     def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """All to All Scatter/Gather."""
-        return _hiergather.alltoall(self._cx, sendobj)
+        out = _hiergather.alltoall(self._cx, sendobj)
+        me = self._cx.rank
+        try:
+            mine = sendobj[me]
+        except (TypeError, LookupError):   # (None: every item None; not a sequence)
+            return out
+        return _own_item(out, me, mine, "alltoall")
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
@@ -1748,7 +1783,8 @@ class Intracomm(Comm):
 
     def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Inclusive Scan."""
-        return _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
+        out = _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
+        return _own(out, self._cx.rank, "scan") if out is sendobj else out   # (rank 0's)
 
     def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Exclusive Scan."""

@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 __all__ = ["OOB_MIN", "ARR", "ARRAY_KINDS", "TABLE", "PART", "SIMPLE", "OOB_ARRAYS",
-           "OOB_BYTES", "scan", "dumps", "loads", "unpickle", "use_pickler", "user_pickler",
+           "OOB_BYTES", "scan", "dumps", "loads", "own_copy", "unpickle", "use_pickler", "user_pickler",
            "pack_array", "unpack_array"]
 
 ARR = struct.Struct("<8sq")   # F_ARRAY payload: dtype.str, ndim; ndim x i64 shape; the data
@@ -190,6 +190,28 @@ def loads(value):
     if len(buffers) == len(parts):  # no persistent (bytes/bytearray) parts
         return pickle.loads(stream, buffers=buffers)
     return _Unpickler(io.BytesIO(stream), buffers, parts).load()
+
+
+_IMMUTABLE = (int, float, str, bool, type(None), complex, bytes, range)
+
+
+def own_copy(obj):
+    """``obj`` as a receiver of it would get it: a pickle round trip (the user's
+    pickler if one is installed, else :func:`dumps`, out-of-band buffers copied
+    once).  mpi4py's lowercase collectives give a rank its own contribution that
+    way (the root's ``bcast`` result, its item of ``gather``/``scatter``/
+    ``allgather``/``alltoall``, a reduction over one rank), so that changing the
+    result never changes the object passed in; driller gives the same.
+    Immutable scalars, bytes and flat tuples of them are returned as they are
+    (nobody can tell); shared arrays inside stay by reference, as every other
+    rank gets them."""
+    t = type(obj)
+    if t in _IMMUTABLE or (t is tuple and all(type(x) in _IMMUTABLE for x in obj)):
+        return obj
+    stream, parts = dumps(obj)
+    if parts:   # copies: bytes (read-only, or a bytes object) or bytearray (writable)
+        parts = [(bytes(mv) if how & 1 else bytearray(mv), how) for mv, how in parts]
+    return loads((stream, parts))
 
 
 def pack_array(a) -> bytes:

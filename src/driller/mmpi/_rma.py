@@ -578,7 +578,17 @@ class Win(np.ndarray, _attr.Cached):
                               f"[disp, count, datatype]")
         if isinstance(disp, bool) or not isinstance(disp, (int, np.integer)):
             raise _ValueError(f"Win.{what}: invalid target displacement {disp!r}")
-        dtype = origin_dtype if dt is None else np_dtype(as_datatype(dt))
+        if dt is None:
+            dtype = origin_dtype
+        else:
+            d = as_datatype(dt)
+            try:
+                dtype = np_dtype(d)
+            except MmpiError:   # (a derived datatype: no single numpy dtype)
+                raise MmpiNotImplementedError(
+                    f"Win.{what}: a derived target datatype ({d!r}) is not supported by "
+                    "driller's windows; give a contiguous target [disp, count, basic "
+                    "datatype] (one call per block of a strided target)") from None
         if count is None:
             nbytes = origin_nbytes
         else:

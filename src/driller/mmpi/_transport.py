@@ -2164,6 +2164,17 @@ class Transport:
                 continue
             os.sched_yield()
 
+    def abandon(self, op) -> None:
+        """A blocking receive whose wait for ``op`` raised (KeyboardInterrupt, a
+        signal handler's exception, a peer's death): the receive, if nothing has
+        matched it yet, is cancelled, so that the message it would have taken goes
+        to the next receive instead of into the buffer of a call that raised (which
+        then waited for a message that had already come).  A receive already
+        matched goes on into its buffer, as MPI's would have."""
+        if isinstance(op, E.Receive) and not op.done and self.engine.cancel(op):
+            op.cancelled = True
+            op.done = True
+
     def wait_until(self, pred, peer: int | None = None, op=None):
         """Block until ``pred()`` is true (progressing meanwhile)."""
         spin_end = None
