@@ -2,7 +2,9 @@
 
     python benchmarks/hybrid_bench.py [--rounds 5] [--mpich | --tcp] [--only inter-node] [--cpu]
 
-starts ``mpirun`` (the test venv's Open MPI; ``--mpich``: .venv-mpich's mpiexec) with
+starts ``mpirun`` (the test venv's Open MPI; ``--tcp``: with ``OMPI_MCA_btl=self,tcp``,
+so that MPI's route between the emulated nodes is a real network path; ``--mpich``:
+.venv-mpich's mpiexec) with
 2 emulated nodes x 2 ranks (DRILLER_NODE a, b).  Every rank holds both
 communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 (mpi4py).  Each round measures, interleaved, on the same ranks:
@@ -24,9 +26,7 @@ faster), with the command, the MPI library and the machine's load average.
 Ranks not in a measurement wait in driller's barrier, which naps.  ``--only TEXT``
 keeps the measurements whose name contains TEXT (e.g. ``inter-node``); ``--cpu``
 times the collectives by rank 0's CPU time per call (``time.process_time``) instead
-of wall-clock (the point-to-point rows stay wall-clock); ``--tcp`` (Open MPI) runs MPI
-over TCP only (``OMPI_MCA_btl=self,tcp``, ``OMPI_MCA_pml=ob1``): a real network path
-between the emulated nodes, for both engines' traffic across nodes.
+of wall-clock (the point-to-point rows stay wall-clock).
 """
 
 from __future__ import annotations
@@ -197,31 +197,39 @@ def _report(results, rounds, library: str, cpu: bool = False) -> None:
     sys.stdout.flush()
 
 
-def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False,
-           tcp: bool = False) -> int:
+def job(argv: list[str], per_node: int = 2, mpich: bool = False,
+        tcp: bool = False) -> tuple[list[str], dict]:
+    """The command line and environment of a job of 2 emulated nodes (DRILLER_NODE
+    a, b) of ``per_node`` ranks each running ``python argv...`` with this tree's
+    driller (``mpich``: .venv-mpich's; ``tcp``: Open MPI's btl self,tcp)."""
     py = sys.executable
     if mpich:
         run = [os.path.join(ROOT, ".venv-mpich", "bin", "mpiexec")]
         py = os.path.join(ROOT, ".venv-mpich", "bin", "python")
-        ctx = lambda node: ["-n", "2", "-env", "DRILLER_NODE", node, py, HERE, "--rank",
-                            "--rounds", str(rounds), "--only", only] + (["--cpu"] if cpu else [])
+        ctx = lambda node: ["-n", str(per_node), "-env", "DRILLER_NODE", node, py] + argv
     else:
         run = [os.path.join(os.path.dirname(py), "mpirun")]
         if os.geteuid() == 0:
             run.append("--allow-run-as-root")
         run += ["--oversubscribe", "--bind-to", "none"]
-        ctx = lambda node: ["-n", "2", "-x", f"DRILLER_NODE={node}", py, HERE, "--rank",
-                            "--rounds", str(rounds), "--only", only] + (["--cpu"] if cpu else [])
+        if tcp:
+            run += ["-x", "OMPI_MCA_btl=self,tcp", "-x", "OMPI_MCA_pml=ob1"]
+        ctx = lambda node: ["-n", str(per_node), "-x", f"DRILLER_NODE={node}", py] + argv
     env = dict(os.environ)
-    if tcp:
-        env.update(OMPI_MCA_btl="self,tcp", OMPI_MCA_pml="ob1")
     env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
+    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return run + ctx("a") + [":"] + ctx("b"), env
+
+
+def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False,
+           tcp: bool = False) -> int:
+    cmd, env = job([HERE, "--rank", "--rounds", str(rounds), "--only", only]
+                   + (["--cpu"] if cpu else []), 2, mpich, tcp)
     env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
                    + (" --mpich" if mpich else "") + (" --tcp" if tcp else "")
                    + (f" --only {only}" if only else "")
                    + (" --cpu" if cpu else ""))
-    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.call(run + ctx("a") + [":"] + ctx("b"), env=env)
+    return subprocess.call(cmd, env=env)
 
 
 def main() -> int:
@@ -229,7 +237,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpich", action="store_true", help="MPICH (.venv-mpich) instead of Open MPI")
     p.add_argument("--tcp", action="store_true",
-                   help="Open MPI over TCP only (OMPI_MCA_btl=self,tcp): a real network path")
+                   help="Open MPI with OMPI_MCA_btl=self,tcp (a network path between nodes)")
     p.add_argument("--only", default="", help="only the measurements whose name contains this")
     p.add_argument("--cpu", action="store_true",
                    help="time the collectives by rank 0's CPU time per call (process_time)")
@@ -239,7 +247,7 @@ def main() -> int:
         rank_main(a.rounds, a.only, a.cpu)
         return 0
     if a.tcp and a.mpich:
-        p.error("--tcp is for Open MPI (MPICH's channel is chosen when it is built)")
+        p.error("--tcp is Open MPI's (OMPI_MCA_btl): not with --mpich")
     return launch(a.rounds, a.mpich, a.only, a.cpu, a.tcp)
 
 

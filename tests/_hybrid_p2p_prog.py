@@ -7,7 +7,8 @@ and bytes, large pickles, tables longer than a record; order of small/large mixe
 per pair, receives by tag out of order, ANY_SOURCE seeing both routes, Waitany and
 Waitall over requests of both routes, probes; the fast paths' order when the engine
 holds messages of other communicators or sources; a large blocking Send's buffer
-written over as soon as it returns."""
+written over as soon as it returns; the small-message route's shortcuts (a pool slot
+restarted lazily, a sender's header reused)."""
 import os
 import sys
 import time
@@ -478,6 +479,68 @@ for size in (L + 1, 1 << 20):
         small = np.empty(8, np.uint8)
         comm.Recv(small, peer, 140)
         assert (small == pattern(8, 51)).all(), size
+comm.Barrier()
+
+# 12. the small-message route's shortcuts: a blocking receive leaves the pool slot it
+# took to be started again at the next look at the pool (the next take, or any poll
+# of MPI), and a sender reuses the header of its last buffer message when context,
+# tag and size are the same.  Messages whose context, tag or size change one at a
+# time (objects among them), in three bursts: one taken by a blocking receive (its
+# slot left to restart), then more than the pool holds taken by ANY_SOURCE receives
+# (the general path: the pool's head passes that slot), then more than the pool
+# holds taken by blocking receives (each take passes the slot the last one left),
+# then by every kind of receive in turn; each checked for its order, source, tag,
+# size and bytes
+dup = comm.Dup()
+P = _hybrid.POOL
+CYCLE = [(0, 20, 8), (0, 20, 8), (1, 20, 8), (1, 21, 8), (1, 21, 16), (0, 21, 16),
+         (0, 20, 16), (0, 20, 8)]   # from one to the next, one of the three changes
+plan = [((comm, dup)[c], tg, size, k % 11 == 5)
+        for k, (c, tg, size) in enumerate(CYCLE[k % 8] for k in range(5 * P + 6))]
+bursts = [(0, 1), (1, 2 * P + 1), (2 * P + 1, len(plan))]
+go = np.zeros(1, np.uint8)
+if r < 2:
+    for b, (lo, hi) in enumerate(bursts):
+        if b:
+            comm.Recv(go, r + 2, 19)   # (the receiver is done with the burst before)
+        for k in range(lo, hi):
+            c, tg, size, obj = plan[k]
+            if obj:
+                c.send(("obj", k, tg), r + 2, tg)
+            else:
+                c.Send(pattern(size, k), r + 2, tg)
+else:
+    src = r - 2
+    for k, (c, tg, size, obj) in enumerate(plan):
+        if k in (bursts[1][0], bursts[2][0]):
+            comm.Send(go, src, 19)
+        st = MPI.Status()
+        how = "any" if k < bursts[2][0] and k else "blocking" if k < 4 * P + 2 else \
+            ("blocking", "probe", "irecv", "any")[k % 4]
+        if obj:
+            if how == "any":
+                got = c.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            else:
+                got = c.recv(source=src, tag=tg, status=st)
+            assert got == ("obj", k, tg) and st.Get_tag() == tg, (k, how, got)
+            continue
+        got = np.full(16, 255, np.uint8)
+        if how == "blocking":
+            c.Recv(got, src, tg, st)
+        elif how == "probe":
+            c.Probe(src, MPI.ANY_TAG, st)
+            assert st.Get_tag() == tg and st.Get_count(MPI.BYTE) == size, (k, how)
+            c.Recv(got, src, MPI.ANY_TAG, st)
+        elif how == "irecv":
+            c.Irecv(got, src, tg).Wait(st)
+        else:
+            c.Recv(got, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+        assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (src, tg, size), \
+            (k, how, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
+        assert (got[:size] == pattern(size, k)).all() and (got[size:] == 255).all(), (k, how)
+    assert not comm.Iprobe(src, MPI.ANY_TAG) and not dup.Iprobe(src, MPI.ANY_TAG)
+comm.Barrier()
+dup.Free()
 comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

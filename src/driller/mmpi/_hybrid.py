@@ -23,7 +23,10 @@ per (source, tag, communicator), ANY_SOURCE/ANY_TAG and probes, requests mixed i
 Waitany/Waitall all hold.  Each rank keeps ``POOL`` receives of ``REC_TAG`` from
 any source preposted into buffers of ``HDR_BYTES + INLINE`` bytes and takes the
 records in the order the receives were posted (MPI fills them in arrival order,
-so per-source order is kept); a record never exceeds that size on this route.
+so per-source order is kept); a record never exceeds that size on this route.  A
+blocking receive that took a record leaves its receive to be started again at
+the next look at the pool (it is the newest: the order holds), so that in a
+ping-pong that runs while the reply is on its way.
 
 Messages larger than ``INLINE`` bytes cross nodes as a rendezvous request
 (``K_RTS``, sender id 0: no FIN comes back; a buffer's by a blocking ``Send``, and
@@ -182,6 +185,10 @@ class HybridTransport(T.Transport):
         # [request, buffer, its memoryview], in posting order from the head on
         self._pool = []
         self._ph = 0
+        # the receive of the slot a blocking receive last took (the newest slot): it is
+        # started again at the next look at the pool (:meth:`_restart`), not before the
+        # receive returns, so that in a ping-pong it runs while the reply is on its way
+        self._lazy = None
         if self.remote:
             for _ in range(POOL):
                 buf = bytearray(T.HDR_BYTES + self.inline_max)
@@ -218,13 +225,25 @@ class HybridTransport(T.Transport):
         Isend, Send = self.mpi.Isend, self.mpi.Send
         small = min(SEND_MAX - T.HDR_BYTES, inline)
         t_ = self
+        # the header of the last plain buffer sent (it depends on nothing else): the
+        # same again (a loop's messages) is joined to the payload without packing
+        lc, lt, ln = -1, -1, -1
+        lh = b""
 
         def send(ctx, tag, mv, flags=0):
+            nonlocal lc, lt, ln, lh
             n = len(mv)
             if n <= small:
-                if flags and flags & F_OBJ and _SHARED_MARK in mv:
-                    return False
-                Send(head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv, dst, REC_TAG)
+                if flags:
+                    if flags & F_OBJ and _SHARED_MARK in mv:
+                        return False
+                    Send(head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv, dst,
+                         REC_TAG)
+                    return True
+                if n != ln or tag != lt or ctx != lc:
+                    lh = head(K_EAGER, ctx, tag, n, 0, 0, n, me)
+                    lc, lt, ln = ctx, tag, n
+                Send(lh + mv, dst, REC_TAG)
                 return True
             if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
                 return False
@@ -301,9 +320,11 @@ class HybridTransport(T.Transport):
         return super()._taker(src)
 
     def _remote_taker(self, src: int):
-        """``takers[src]`` for a rank of another node: ``take(tag, ctx, mv,
+        """``takers[src]`` for a rank of another node, also its ``recvers[src]`` (one
+        frame less on a blocking receive's path): ``take(tag, ctx, mv, cap=-1,
         wait=False)`` looks at the record at the head of the pool when nothing the
-        engine holds could come before it (:meth:`_clear`).  A plain eager message
+        engine holds could come before it (:meth:`_clear`); ``cap`` >= 0 (a bytearray
+        or mmap spec) declines: None, the general path.  A plain eager message
         from ``src`` that this receive matches and that fits is copied into ``mv``:
         (source, tag, nbytes).  Without ``wait``: False when the head's receive is not
         complete, or holds a buffer's rendezvous request for this receive (Recv then
@@ -313,7 +334,8 @@ class HybridTransport(T.Transport):
         its window has passed or the engine holds what could come first); a
         rendezvous request for a buffer is received straight into ``mv``, and with
         ``mv`` None (an object receive) a small pickled object is returned as
-        _take_fast's are."""
+        _take_fast's are.  A plain eager message taken leaves its slot's receive to be
+        started again at the next look at the pool (``_lazy``, :meth:`_restart`)."""
         eng = self.engine
         posted, unexpected = eng.posted, eng.unexpected
         t_ = self
@@ -326,8 +348,12 @@ class HybridTransport(T.Transport):
         clear, take_slot = self._clear, self._take_slot
         await_head = self._await_head
 
-        def take(tag, ctx, mv, wait=False):
-            if t_.npending or (posted or unexpected) and not clear(src, ctx):
+        def take(tag, ctx, mv, cap=-1, wait=False):
+            q = t_._lazy
+            if q is not None:   # (_restart inlined)
+                t_._lazy = None
+                q.Start()
+            if t_.npending or cap >= 0 or (posted or unexpected) and not clear(src, ctx):
                 return None
             i = t_._ph
             slot = pool[i]
@@ -348,7 +374,7 @@ class HybridTransport(T.Transport):
                 if kf == K_EAGER:   # the hot path
                     if nb:
                         mv[:nb] = slot[2][HB:HB + nb]
-                    req.Start()
+                    t_._lazy = req   # (started again at the next look at the pool)
                     t_._ph = nxt[i]
                     return src, tg, nb
                 if kf == K_RTS and not plen:   # a buffer, its data on tag addr: into mv
@@ -382,17 +408,11 @@ class HybridTransport(T.Transport):
         return take
 
     def _recver(self, src: int):
-        """``recvers[src]`` (Recv's fast path, ``(tag, ctx, mv, cap, wait)``) for a
-        rank of another node: its taker with ``wait`` at once (not a take that finds
-        nothing, then recv_fast's take again); None for a bytearray or mmap spec
-        (``cap`` >= 0: the general path)."""
-        if src not in self.remote:
-            return super()._recver(src)
-        take = self.takers[src]
-
-        def recv(tag, ctx, mv, cap=-1, wait=True):
-            return take(tag, ctx, mv, True) if cap < 0 else None
-        return recv
+        """``recvers[src]`` (Recv's fast path, ``(tag, ctx, mv, cap, wait)``, called
+        with ``wait`` true) for a rank of another node: its taker itself (the wait
+        at once, not a take that finds nothing, then recv_fast's take again; a
+        bytearray or mmap spec, ``cap`` >= 0, declines)."""
+        return self.takers[src]
 
     def _irecver(self, src: int):
         """``irecvs[src]`` for a rank of another node (Irecv's fast path,
@@ -449,7 +469,7 @@ class HybridTransport(T.Transport):
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
-            return self.takers[src](tag, ctx, mv, True)
+            return self.takers[src](tag, ctx, mv, -1, True)
         if src < 0:   # ANY_SOURCE: the general path, which also polls MPI
             return None
         return super().recv_fast(src, tag, ctx, mv)
@@ -505,8 +525,9 @@ class HybridTransport(T.Transport):
                           max(self.spin_seconds, REMOTE_SPIN + extra))
         words, tails, ins = self.words, self.in_tail, self.in_list
         deaths, eng = self.deaths_seen, self.engine
+        Test = req.Test
         while True:
-            if req.Test():
+            if Test() or Test() or Test() or Test():   # (4 polls per clock reading)
                 return True
             now = clock()
             if now > poll_end:
@@ -697,6 +718,15 @@ class HybridTransport(T.Transport):
             self._inflight = 0
         return did
 
+    def _restart(self) -> None:
+        """Start the receive a blocking receive took last (``_lazy``) again: before
+        anything else looks at the pool or starts a slot, so that the slots stay
+        posted in their order (the head never reaches it first: it is the newest)."""
+        q = self._lazy
+        if q is not None:
+            self._lazy = None
+            q.Start()
+
     def _repost(self, i: int) -> None:
         """Start pool slot ``i``'s receive again (it is the newest now) and move the
         head on.  (Between its Test and this, nothing polls the pool: the record
@@ -740,6 +770,8 @@ class HybridTransport(T.Transport):
         did = False
         pool = self._pool
         if pool:
+            if self._lazy is not None:
+                self._restart()
             while pool[self._ph][0].Test():
                 self._take_slot(self._ph)
                 did = True
@@ -824,6 +856,7 @@ class HybridTransport(T.Transport):
         # data messages nobody received (sends never matched): MPI keeps them; ours
         # are forgotten, not waited for (that could block the exit forever)
         self._data_sends.clear()
+        self._restart()   # (every slot active again: each is cancelled, then freed)
         for slot in self._pool:
             slot[0].Cancel()
         MPI.Request.Waitall([slot[0] for slot in self._pool])
