@@ -295,3 +295,45 @@ def test_a_buffer_shrunk_before_its_deferred_copy(tmp_path):
     assert other == _msg(2, 8)
     assert rbuf == _msg(0, 4)
     assert left is False
+
+
+def _interrupted_flush(comm, flag):
+    """A deferred run's copy interrupted by an exception (as a signal handler's would
+    be, stood in for by the copy raising once): the next Waitall must still leave the
+    run's last message in the buffer, and the ring's tail must be published."""
+    from driller.mmpi import _transport as T
+    if comm.rank == 0:
+        _send_window(comm, [(_msg(j, 8), 5) for j in range(4)], flag)
+        return None
+    _wait_flag(flag)
+    rbuf = bytearray(8)
+    spec = [rbuf, 8, MPI.BYTE]
+    comm.Irecv(spec, 0, 5).Wait()   # (the spec remembered)
+    reqs = [comm.Irecv(spec, 0, 5) for _ in range(3)]
+    kinds = _kinds(reqs)
+    put = T._PUTS[8]
+
+    def interrupted(*a):
+        T._PUTS[8] = put
+        raise KeyboardInterrupt
+
+    T._PUTS[8] = interrupted
+    try:
+        MPI.Request.Waitall(reqs)
+        raised = False
+    except KeyboardInterrupt:
+        raised = True
+    finally:
+        T._PUTS[8] = put
+    MPI.Request.Waitall(reqs)
+    t = comm._cx.t
+    published = t.words[t.in_tailw[0]] == t.in_tail[0]
+    return kinds, raised, bytes(rbuf), published
+
+
+def test_an_interrupted_deferred_copy_is_made_at_the_next_wait(tmp_path):
+    kinds, raised, got, published = values(run_ranks(_interrupted_flush, 2,
+                                                      str(tmp_path / "f")))[1]
+    assert kinds == ["DeferredOp"] * 3 and raised
+    assert got == _msg(3, 8)
+    assert published

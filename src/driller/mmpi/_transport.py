@@ -1056,12 +1056,12 @@ class Transport:
                 return
             if t_.deferred is not deferred:   # (a forked child's transport, made
                 return                        # unusable, raises here: nothing written)
-            dobj = None
-            del deferred[src]
             data, base, rb, tw, pw = ring
             t = tails[src]
             n = dnb
             try:
+                # the run is forgotten only once its copy is made: an exception
+                # meanwhile (a signal handler's, Ctrl-C) leaves it to the next flush
                 _PUTS[n](o, 0, _payload(data, base + (t - HDR_BYTES) % rb + INLINE_AT)[0])
             except (TypeError, ValueError, struct.error) as e:
                 dop.exc = MmpiError(
@@ -1069,6 +1069,8 @@ class Transport:
                     f"not take the {n}-byte message ({e}): it was closed, shrunk or "
                     f"made read-only before the receive completed; keep a receive "
                     f"buffer as it is until its Wait or Test says done")
+            dobj = None
+            deferred.pop(src, None)
             words[tw] = t
             if words[pw]:
                 _linux.futex_wake(t_.base + tw * 8)
