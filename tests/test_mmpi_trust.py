@@ -575,6 +575,11 @@ def _own_contributions(comm):
     d = fresh(); check("allgather", d, comm.allgather(d)[me])
     items = [fresh() for _ in range(n)]
     check("alltoall", items[me], comm.alltoall(items)[me])
+    rows = np.full((n, 4), float(me))   # its items are views: a new one at each look
+    out = comm.alltoall(rows)
+    out[me][:] = -1
+    if not (rows == me).all():
+        leaked.append("alltoall of a 2-D array")
     for comm_ in (comm, MPI.COMM_SELF):   # reductions: rank 0's scan, one rank's
         tag = "" if comm_ is comm else " (COMM_SELF)"
         for name, call in (("scan", lambda c, x: c.scan(x, op=MPI.SUM)),

@@ -1339,12 +1339,10 @@ class Comm(_attr.Cached, Handle):
     def alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """All to All Scatter/Gather."""
         out = _hiergather.alltoall(self._cx, sendobj)
-        me = self._cx.rank
-        try:
-            mine = sendobj[me]
-        except (TypeError, LookupError):   # (None: every item None; not a sequence)
-            return out
-        return _own_item(out, me, mine, "alltoall")
+        if out is not None:   # item ``me`` is always this rank's own (never compared by
+            me = self._cx.rank   # identity: an array's item is a new view at each look)
+            out[me] = _own(out[me], me, "alltoall")
+        return out
 
     # nonblocking and w forms (``_coll._vcoll``)
     def Igather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None,
