@@ -275,7 +275,12 @@ class HybridTransport(T.Transport):
         if n <= self.inline_max or dst not in self.remote:
             return False
         data = self._start_remote(dst, ctx, tag, mv, False)
-        if not self._await_head(data, dst, None, n * INFLIGHT_SPIN):
+        try:
+            done = self._await_head(data, dst, None, n * INFLIGHT_SPIN)
+        except BaseException:   # (a signal's exception: MPI may still read from mv,
+            self._keep_remote(T.SendOp(dst, tag, ctx, mv), data)   # kept till it is done)
+            raise
+        if not done:
             T.Transport.wait(self, self._keep_remote(T.SendOp(dst, tag, ctx, mv), data), dst)
         return True
 
@@ -518,6 +523,8 @@ class HybridTransport(T.Transport):
         ``ctx`` None: ``req`` is one of our data messages (a send's, or a receive's
         straight into the user's buffer), which nothing in the engine can come
         before; ``extra``: seconds more of yield-polling (its bytes in flight)."""
+        if self.deferred:   # (a node peer may be waiting for the room)
+            self.flush_deferred()
         clock = time.perf_counter
         now = clock()
         poll_end = now + POLL_SECONDS

@@ -139,6 +139,8 @@ def shm_sleep(cx, e, ep, j) -> bool:
     base = t.base
     if t.npending:
         return True               # queued sends: keep spinning (flushed by progress)
+    if t.deferred:                # a deferred run of takes ends before sleeping (its
+        t.flush_deferred()        # producer may be waiting for the room)
     flag = t.coll_state[2][t.rank]
     words[flag] = 1
     words[t.my_sleeping] = 1
