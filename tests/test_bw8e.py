@@ -263,16 +263,27 @@ def test_a_strided_spec_is_not_deferred(tmp_path):
     assert last == bytes([m3[0], m1[1], m3[1], m1[3], m3[2], m1[5], m3[3], m1[7]])
 
 
-def _shrunk(comm, flag):
-    """The receive buffer shrunk between a deferred take and its Wait (a program
-    error): the Wait raises MmpiError saying so; the next receives go on."""
-    if comm.rank == 0:
-        _send_window(comm, [(_msg(j, 8), 5) for j in range(4)], flag)
-        return None
+def _send_four(comm, flag):
+    """Rank 0's part: four 8 B messages of tag 5, all in the ring before rank 1 starts."""
+    _send_window(comm, [(_msg(j, 8), 5) for j in range(4)], flag)
+
+
+def _spec_remembered(comm, flag):
+    """Rank 1's start: the first message received into an 8-byte buffer through a
+    spec list, which Irecv then remembers; returns (buffer, spec)."""
     _wait_flag(flag)
     rbuf = bytearray(8)
     spec = [rbuf, 8, MPI.BYTE]
     comm.Irecv(spec, 0, 5).Wait()
+    return rbuf, spec
+
+
+def _shrunk(comm, flag):
+    """The receive buffer shrunk between a deferred take and its Wait (a program
+    error): the Wait raises MmpiError saying so; the next receives go on."""
+    if comm.rank == 0:
+        return _send_four(comm, flag)
+    rbuf, spec = _spec_remembered(comm, flag)
     r = comm.Irecv(spec, 0, 5)
     kind = type(r._op).__name__
     del rbuf[4:]
@@ -303,12 +314,8 @@ def _interrupted_flush(comm, flag):
     run's last message in the buffer, and the ring's tail must be published."""
     from driller.mmpi import _transport as T
     if comm.rank == 0:
-        _send_window(comm, [(_msg(j, 8), 5) for j in range(4)], flag)
-        return None
-    _wait_flag(flag)
-    rbuf = bytearray(8)
-    spec = [rbuf, 8, MPI.BYTE]
-    comm.Irecv(spec, 0, 5).Wait()   # (the spec remembered)
+        return _send_four(comm, flag)
+    rbuf, spec = _spec_remembered(comm, flag)
     reqs = [comm.Irecv(spec, 0, 5) for _ in range(3)]
     kinds = _kinds(reqs)
     put = T._PUTS[8]
