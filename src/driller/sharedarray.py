@@ -323,8 +323,9 @@ def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...],
         else tuple(operator.index(s) for s in shape)
     if any(s < 0 for s in dims):
         raise ValueError(f"negative dimensions are not allowed: {dims}")
-    nbytes = math.prod(dims) * dt.itemsize
-    if nbytes > _MAX_BYTES or math.prod(dims) > _MAX_BYTES:
+    items = math.prod(dims)
+    nbytes = items * dt.itemsize
+    if max(items, nbytes) > _MAX_BYTES:   # (items: for a dtype of itemsize 0)
         raise ValueError(f"array is too big: shape {dims} of {dt} would take "
                          f"{nbytes} bytes, more than numpy can address")
     return dims, dt, nbytes

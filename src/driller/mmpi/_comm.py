@@ -87,12 +87,18 @@ def _own(obj: Any, me: int, what: str) -> Any:
                         f"({type(e).__name__}: {e})") from e
 
 
+def _own_result(out: Any, mine: Any, me: int, what: str) -> Any:
+    """A collective's result: a copy of it (:func:`_own`) when it is the object this
+    rank passed in (``mine``: a root's, or one rank's reduction)."""
+    return _own(out, me, what) if out is mine else out
+
+
 def _own_item(out: list[Any] | None, me: int, mine: Any, what: str) -> list[Any] | None:
     """A gathered list whose item ``me`` is this rank's own object: a copy of it there
     (:func:`_own`), as mpi4py gives (changing the list's items never changes what
     was passed in)."""
-    if out is not None and out[me] is mine:
-        out[me] = _own(mine, me, what)
+    if out is not None:
+        out[me] = _own_result(out[me], mine, me, what)
     return out
 
 
@@ -1254,7 +1260,7 @@ class Comm(_attr.Cached, Handle):
         """Broadcast."""
         with _pylayers.comm_lock(self, "bcast"):    # as mpi4py (its _comm_lock_table)
             out = _hier.bcast(self._cx, obj, root)
-        return _own(out, root, "bcast") if out is obj else out   # the root's: a copy
+        return _own_result(out, obj, root, "bcast")   # (the root's)
 
     def Reduce(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpec | None, op: Op = SUM,
                root: int = 0) -> None:
@@ -1280,13 +1286,13 @@ class Comm(_attr.Cached, Handle):
     def reduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM,
                root: int = 0) -> Any | None:
         """Reduce to Root."""
-        out = _hier.reduce(self._cx, sendobj, op, root)
-        return _own(out, root, "reduce") if out is sendobj else out   # (one rank: a copy)
+        return _own_result(_hier.reduce(self._cx, sendobj, op, root), sendobj, root,
+                           "reduce")   # (over one rank)
 
     def allreduce(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Reduce to All."""
-        out = _hier.allreduce(self._cx, sendobj, op)
-        return _own(out, self._cx.rank, "allreduce") if out is sendobj else out
+        return _own_result(_hier.allreduce(self._cx, sendobj, op), sendobj, self._cx.rank,
+                           "allreduce")   # (over one rank)
 
     def Gather(self, sendbuf: BufSpec | InPlace, recvbuf: BufSpecB | None, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
@@ -1781,8 +1787,8 @@ class Intracomm(Comm):
 
     def scan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Inclusive Scan."""
-        out = _hier.guard(self._cx, "scan", _reduce.scan, sendobj, op)
-        return _own(out, self._cx.rank, "scan") if out is sendobj else out   # (rank 0's)
+        return _own_result(_hier.guard(self._cx, "scan", _reduce.scan, sendobj, op), sendobj,
+                           self._cx.rank, "scan")   # (rank 0's)
 
     def exscan(self, sendobj: Any, op: Op | Callable[[Any, Any], Any] = SUM) -> Any:
         """Exclusive Scan."""

@@ -275,13 +275,14 @@ class HybridTransport(T.Transport):
         if n <= self.inline_max or dst not in self.remote:
             return False
         data = self._start_remote(dst, ctx, tag, mv, False)
+        done = False
         try:
             done = self._await_head(data, dst, None, n * INFLIGHT_SPIN)
-        except BaseException:   # (a signal's exception: MPI may still read from mv,
-            self._keep_remote(T.SendOp(dst, tag, ctx, mv), data)   # kept till it is done)
-            raise
+        finally:
+            if not done:   # past the window, or a signal's exception: MPI may still
+                op = self._keep_remote(T.SendOp(dst, tag, ctx, mv), data)   # read mv
         if not done:
-            T.Transport.wait(self, self._keep_remote(T.SendOp(dst, tag, ctx, mv), data), dst)
+            T.Transport.wait(self, op, dst)
         return True
 
     def _isend_remote(self, op: T.SendOp) -> T.SendOp:
