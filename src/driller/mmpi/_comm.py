@@ -2078,6 +2078,8 @@ def _finish_at_exit() -> None:
             t.finish()
         except DrillerError:  # a peer's death: nothing more to hand over
             pass
+        if not t.all_local:
+            t.free_pool()   # before mpi4py's MPI_Finalize (its atexit runs after ours)
 
 
 def _end_hybrid(t: T.Transport) -> None:

@@ -864,10 +864,16 @@ class HybridTransport(T.Transport):
         # data messages nobody received (sends never matched): MPI keeps them; ours
         # are forgotten, not waited for (that could block the exit forever)
         self._data_sends.clear()
+        self.free_pool()
+
+    def free_pool(self) -> None:
+        """Cancel, complete and free the pool's preposted receives (close, and at the
+        exit of a rank that did not call Finalize, before mpi4py's own MPI_Finalize:
+        MPICH with UCX warns at its Finalize of each receive left active)."""
         self._restart()   # (every slot active again: each is cancelled, then freed)
         for slot in self._pool:
             slot[0].Cancel()
-        MPI.Request.Waitall([slot[0] for slot in self._pool])
+        self.MPI.Request.Waitall([slot[0] for slot in self._pool])
         for slot in self._pool:
             slot[0].Free()
         self._pool = []
