@@ -347,8 +347,11 @@ def _native(dtype, what: str) -> None:
     """A datatype is inferred only from a buffer in native byte order (as mpi4py)."""
     if dtype.byteorder not in "=|" and not dtype.isnative:
         raise MmpiBufferError(f"{what}: cannot infer an MPI datatype from a buffer of "
-                              f"non-native byte order ({dtype.str}); pass [buf, datatype] "
-                              f"or byte-swap it (x.astype(x.dtype.newbyteorder('=')))")
+                              f"non-native byte order ({dtype.str}); byte-swap it "
+                              f"(x.astype(x.dtype.newbyteorder('='))). A [buf, datatype] "
+                              f"spec moves its bytes as they are and reads them in native "
+                              f"order, as MPI does: right only for a peer that reads them "
+                              f"in this same order, wrong for any reduction")
 
 
 def spec_view(spec, writable: bool, copy: bool = False, sliced: bool = False):
