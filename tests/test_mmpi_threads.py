@@ -13,7 +13,8 @@ from __future__ import annotations
 from test_mmpi_trust import driller_run
 
 _POOL = """
-import sys, numpy as np
+STOP = True   # send until the guard refuses one (at most 20 N each)
+import sys, threading, numpy as np
 from concurrent.futures import ThreadPoolExecutor
 from driller import MPI
 from driller.errors import MmpiError
@@ -21,9 +22,12 @@ sys.setswitchinterval(1e-6)   # the GIL changes hands inside calls, often
 comm = MPI.COMM_WORLD
 N = 3000
 if comm.Get_rank() == 0:
-    sent, errors = {1: 0, 2: 0}, []
+    sent, errors, together = {1: 0, 2: 0}, [], threading.Barrier(2)
     def work(k):
-        for i in range(N):
+        together.wait()   # both threads send from the same moment on
+        for i in range(N * 20 if STOP else N):
+            if STOP and errors:   # (the other thread was refused: enough)
+                return
             try:
                 comm.Send(np.array([k, i], dtype=np.int64), dest=1, tag=k)
             except MmpiError as e:
@@ -66,7 +70,8 @@ def test_two_threads_sending_at_once_get_an_error_not_lost_messages():
 def test_threads_taking_turns_under_a_lock_lose_nothing():
     # THREAD_SERIALIZED use (mpi4py.futures' manager thread, a lock around each
     # call) is not refused: the same pool, each Send under one lock
-    code = _POOL.replace("            try:\n                comm.Send(",
+    code = _POOL.replace("STOP = True", "STOP = False").replace(
+        "            try:\n                comm.Send(",
                          "            try:\n                with LOCK: comm.Send(")
     code = code.replace("from driller import MPI\n",
                         "from driller import MPI\nimport threading\nLOCK = threading.Lock()\n")
