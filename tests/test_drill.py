@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import driller
-from driller import _linux
+from driller import _linux, _pep3118
 
 import _peer
 from _helpers import heap_array as _heap_array
@@ -216,3 +216,28 @@ def test_buffers_of_python_objects_are_refused():
     named = np.zeros(50_000, dtype=[("Open", "f8"), ("Obj", "i8")])   # an 'O' in names only
     with driller.drill(named) as hole:
         assert driller.attach(hole.handle)["Open"].shape == (50_000,)
+
+
+def test_a_format_numpy_cannot_read_is_judged_by_its_type_codes_not_its_names():
+    # a ctypes structure with a pointer member has a format numpy refuses
+    # ('T{<P:Offset:}'); drill used to search that whole string for an 'O' and so
+    # refused a plain pointer field named "Offset" as "Python objects"
+    import ctypes
+
+    class Plain(ctypes.Structure):
+        _fields_ = [("Offset", ctypes.c_void_p), ("Other", ctypes.c_double)]
+
+    class Objects(ctypes.Structure):
+        _fields_ = [("Ptr", ctypes.c_void_p), ("Obj", ctypes.py_object)]
+
+    plain = (Plain * 20_000)()
+    plain[7].Other = 2.5
+    with driller.drill(plain) as hole:
+        got = driller.attach(hole.handle)
+        assert got.nbytes == ctypes.sizeof(plain) and got.view(np.float64)[15] == 2.5
+    objects = (Objects * 20_000)()
+    with pytest.raises(driller.DrillError, match="holds Python objects"):
+        driller.drill(objects)
+    assert not _pep3118.holds_objects("T{<P:Offset:<d:Other:}")
+    assert not _pep3118.holds_objects("T{<d:O:}")
+    assert _pep3118.holds_objects("T{<P:Ptr:<O:Obj:}") and _pep3118.holds_objects("O")

@@ -186,6 +186,25 @@ def test_reduction_of_datetime_is_refused_clearly():
         assert msg.startswith("Allreduce:") and "datetime64" in msg
 
 
+def test_a_non_native_byte_order_buffer_is_refused_with_advice_that_works():
+    # integ18's message advised "pass [buf, datatype]": that moves the bytes as they
+    # are and reads them as native (as MPI and mpi4py do), so an Allreduce of
+    # [>f8 array, MPI.DOUBLE] returned 1.37e+303 for 1.0 + 1.0 (measured, and the
+    # same on Open MPI): the advice is byte-swapping, and the spec's meaning is said
+    def fn(comm):
+        a, peer = np.array([1.0, 2.0], ">f8"), 1 - comm.rank
+        msg = _refused(lambda: comm.Sendrecv(a, peer, recvbuf=np.zeros(2), source=peer))
+        fixed = a.astype(a.dtype.newbyteorder("="))   # the advice, followed
+        out = np.zeros(2)
+        comm.Sendrecv(fixed, peer, recvbuf=out, source=peer)
+        return msg, out.tolist()
+
+    for msg, out in values(run_ranks(fn, 2)):
+        assert out == [1.0, 2.0]
+        assert msg.startswith("Sendrecv:") and "(>f8); byte-swap it" in msg, msg
+        assert "pass [buf, datatype]" not in msg and "wrong for any reduction" in msg, msg
+
+
 # ------------------------------------------------------------------ part 5: children of ranks
 
 SUBPROCESS_PROG = """

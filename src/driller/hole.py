@@ -47,7 +47,7 @@ from typing import Any
 
 NDArray = npt.NDArray[Any]
 
-from . import _linux, _publish
+from . import _linux, _pep3118, _publish
 from .errors import DrillError, SegmentReleasedError
 from .segment import Handle, Region, Segment
 
@@ -282,7 +282,7 @@ def _holds_objects(obj: Any, pin: memoryview) -> bool:
         try:
             dt = np.asarray(pin).dtype
         except (TypeError, ValueError, NotImplementedError):  # a format numpy cannot read
-            return "O" in pin.format  # conservative: might be a field's name
+            return _pep3118.holds_objects(pin.format)
     return bool(dt.hasobject)
 
 

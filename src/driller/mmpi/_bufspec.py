@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import mmap
 import operator
-import re
 import struct
 import sys
 import warnings
 
 import numpy as np
 
-from .. import _errcodes, _linux
+from .. import _errcodes, _linux, _pep3118
 from ..errors import MmpiBufferError, MmpiError, MmpiKeyError, MmpiTypeError, MmpiValueError
 from . import _pack
 from ._const import BOTTOM
@@ -43,9 +42,6 @@ EMPTY = memoryview(b"")
 _PLAIN_FORMATS = frozenset("bBhHiIlLqQnNefdgFDG?cx") | {"Zf", "Zd", "Zg"}
 
 
-_FIELD_NAMES = re.compile(r":[^:]*:")
-
-
 def _holds_pointers(obj, fmt: str) -> bool:
     """True if the items of a buffer hold PyObject pointers (numpy dtype object, or
     a structured dtype with an object field): raw bytes would be wrong (Send: the
@@ -53,7 +49,7 @@ def _holds_pointers(obj, fmt: str) -> bool:
     dt = getattr(obj, "dtype", None)
     if isinstance(dt, np.dtype):
         return dt.hasobject
-    return "O" in _FIELD_NAMES.sub("", fmt)   # 'O', 'T{d:a:O:b:}' (field names dropped)
+    return _pep3118.holds_objects(fmt)
 
 
 def _pointer_error(obj, writable: bool, what: str) -> MmpiError:
@@ -351,8 +347,11 @@ def _native(dtype, what: str) -> None:
     """A datatype is inferred only from a buffer in native byte order (as mpi4py)."""
     if dtype.byteorder not in "=|" and not dtype.isnative:
         raise MmpiBufferError(f"{what}: cannot infer an MPI datatype from a buffer of "
-                              f"non-native byte order ({dtype.str}); pass [buf, datatype] "
-                              f"or byte-swap it (x.astype(x.dtype.newbyteorder('=')))")
+                              f"non-native byte order ({dtype.str}); byte-swap it "
+                              f"(x.astype(x.dtype.newbyteorder('='))). A [buf, datatype] "
+                              f"spec moves its bytes as they are and reads them in native "
+                              f"order, as MPI does: right only for a peer that reads them "
+                              f"in this same order, wrong for any reduction")
 
 
 def spec_view(spec, writable: bool, copy: bool = False, sliced: bool = False):

@@ -44,6 +44,7 @@ from ._handle import Handle
 from ._const import (ANY_SOURCE, ANY_TAG, APPNUM, IO, LASTUSEDCODE, PROC_NULL, TAG_MAX, TAG_UB,
                      UNDEFINED, UNIVERSE_SIZE, WTIME_IS_GLOBAL)
 from . import _objects, _pylayers
+from . import _threads
 from ._objects import ARRAY_KINDS, dumps, loads, pack_array
 from ._request import (K_ORECV, K_PAIR, K_RECV, K_SEND, Message, PairOp, Prequest, Request,
                        Status, complete, fill, message_handle, persistent, request,
@@ -2063,6 +2064,7 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
         Context(t, [rank], _CTX_SELF, "MPI_COMM_SELF"), Intracomm, 1, True))
     _state.finalized = False
     _state.ended = False
+    _threads.watch()
     if not _state.exit_hook:
         _state.exit_hook = True
         atexit.register(_finish_at_exit)
@@ -2197,3 +2199,5 @@ def context_of(comm: Comm) -> Context:
         raise MmpiError(f"expected a communicator, got {type(comm).__name__}",
                         error_class=_errcodes.ERR_COMM)
     return comm._cx
+
+_threads.register(Comm, Intracomm)   # (one thread inside mmpi at a time: _threads)

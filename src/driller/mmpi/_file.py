@@ -27,6 +27,7 @@ import os
 from .. import _errcodes
 from ..errors import MmpiError, MmpiNotImplementedError
 from . import _errhandler
+from . import _threads
 from ._const import (MODE_APPEND, MODE_CREATE, MODE_DELETE_ON_CLOSE, MODE_EXCL, MODE_RDONLY,
                      MODE_RDWR, MODE_SEQUENTIAL, MODE_UNIQUE_OPEN, MODE_WRONLY)
 from ._handle import Handle
@@ -236,3 +237,5 @@ def _abort(errorcode: int) -> None:
 
 
 FILE_NULL = File()
+
+_threads.register(File)

@@ -38,6 +38,7 @@ import numpy as np
 from .. import _errcodes as E
 from ..errors import MmpiError
 from . import _comm, _group
+from . import _threads
 from ._coll import _inter as X
 from ._coll._bcast import bcast as _intra_bcast
 from ._coll._context import Context, co_send, first_error, orecv, waitall
@@ -569,3 +570,5 @@ def create_intercomm(comm: Intracomm, local_leader: int, peer_comm, remote_leade
 
 
 _comm.register_extension("create_intercomm", create_intercomm)
+
+_threads.register(Intercomm)

@@ -36,6 +36,7 @@ import weakref
 from .._errcodes import ERR_ARG, ERR_OTHER, ERR_REQUEST
 from ..errors import MmpiError
 from . import _transport as T
+from . import _threads
 from ._const import ANY_SOURCE, ANY_TAG, PROC_NULL, UNDEFINED
 from ._datatype import BYTE, as_datatype, count_of, elements_of
 from ._objects import loads
@@ -1322,3 +1323,5 @@ def persistent(start, kind: int, cx) -> Prequest:
     p._start = start
     p._active = False
     return p
+
+_threads.register(Request, Prequest, CollRequest, Grequest, Message)

@@ -46,6 +46,7 @@ from .. import _errcodes, _linux
 from ..errors import MmpiError, MmpiNotImplementedError, PeerDiedError
 from ..segment import Region
 from . import _attr, _errhandler
+from . import _threads
 from ._buffer import buffer
 from ._bufspec import parse
 from ._coll._context import readv, writev
@@ -1399,3 +1400,5 @@ def _map_shared(wcomm, total: int, n: int, what: str) -> Region:
     if bad:
         raise MmpiError(bad[0], error_class=_errcodes.ERR_RMA_SHARED)
     return region
+
+_threads.register(Win)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # annotations only (PEP 563 strings): no import at run time
 from .._errcodes import ERR_ARG, ERR_DIMS, ERR_RANK
 from ..errors import MmpiError
 from . import _group
+from . import _threads
 from ._coll import _neighbor
 from ._coll._gather import allgather
 from ._comm import Comm, Intracomm
@@ -793,3 +794,5 @@ def Compute_dims(nnodes: int, dims: int | Sequence[int]) -> list[int]:
         ds[i] = s
     return ds
 
+
+_threads.register(Topocomm, Cartcomm, Graphcomm, Distgraphcomm)

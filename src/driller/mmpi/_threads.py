@@ -1,0 +1,163 @@
+"""One thread inside mmpi at a time: a guard that turns two threads' overlapping
+calls into an error, at no cost to a program that never starts a thread.
+
+mmpi is single-threaded (``MPI.Query_thread()`` is ``THREAD_SINGLE``): a rank's
+rings, matching queues and collective slots have one writer, its Python thread.
+Two threads inside mmpi at once lost or mixed messages silently: two
+``ThreadPoolExecutor`` workers sending to one rank both wrote the record at the
+ring's head (the GIL switches threads between the read of the head and its
+write), and the receiver never saw half the messages; a thread's ``Iprobe`` while
+another waited in ``Recv`` moved that ring's records under it.  Calls from
+several threads one at a time (a lock around each, ``mpi4py.futures``' manager
+thread) are fine and stay fine: what is refused is overlap.
+
+The check costs a lock per call, so it is only put in place once a second Python
+thread exists: :func:`watch` (called when this process joins a world) installs it
+at once if another thread already runs (a notebook's kernel threads), else leaves
+a one-shot ``threading.setprofile`` hook that installs it from the first thread
+started with ``threading`` (the hook takes itself off that thread at its first
+event and chains any profile function set before it).  Until then the methods
+are the plain ones: the 8-byte paths pay nothing.  Installing wraps every public
+method of the classes :func:`register`\\ ed (communicators, requests, messages,
+windows, files), except the ones that read local state only or are meant for
+another thread (``Get_*``, ``Is_*``, ``Grequest.Complete``/``complete``, ``Abort``), in a
+call that takes one process-wide slot for its thread (``dict.setdefault``: one C
+call, so two threads never both get it, on any Python) without waiting: the
+thread inside may call in again (a user op or callback run by a reduction or a
+``Wait``), another thread gets :class:`~driller.MmpiError` at once, before its
+call touched anything, naming both threads and calls.
+
+Not covered: a method bound before the guard was installed (``send =
+comm.Send`` kept from before the first thread started), a call already in
+progress when the first thread starts, and threads started with
+``_thread.start_new_thread`` or after a profiler replaced the hook
+(``threading.setprofile``); driller's own short-lived threads (``_thread``) never
+call mmpi.  ``DRILLER_MMPI_THREAD_GUARD=0`` turns the guard off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+
+from ..errors import MmpiError
+
+__all__ = ["register", "watch", "install", "installed"]
+
+_classes: list = []          # registered, in order; wrapped at install()
+_state = {"installed": False, "hooked": False, "prev": None}
+_install_lock = threading.Lock()
+# The guard's state, renewed by a fork: {0: ident of the thread inside} (taken with
+# dict.setdefault, one C call: two threads can never both get it), [1 while it
+# is inside], [the outermost call it is in]
+_slot: dict = {}
+_depth = [0]
+_where = [""]
+
+# local reads, or calls meant for another thread while one waits
+_FREE_PREFIXES = ("Get_", "Is_")
+_FREE_NAMES = frozenset({"Complete", "complete", "Abort", "Test_inter", "toint", "py2f", "f2py",
+                         "fromhandle", "tomemory"})
+
+
+def installed() -> bool:
+    """Whether the guard is in place (a second thread was seen)."""
+    return _state["installed"]
+
+
+def _busy(what: str, holder: int) -> MmpiError:
+    name = next((t.name for t in threading.enumerate() if t.ident == holder),
+                "another thread")
+    me = threading.current_thread().name
+    return MmpiError(
+        f"{what} called from thread {me!r} while thread {name!r} is inside {_where[0]}: "
+        "mmpi is single-threaded (MPI.Query_thread() is THREAD_SINGLE), and two threads "
+        "in it at once lose or mix messages. Call mmpi from one thread, or hold one lock "
+        "around every mmpi call (calls from several threads one at a time are fine)")
+
+
+def _guarded(f, what: str):
+    ident = threading.get_ident
+
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        slot, depth = _slot, _depth   # (the ones left below: a fork renews them)
+        me = ident()
+        holder = slot.setdefault(0, me)
+        if holder != me:
+            raise _busy(what, holder)
+        if depth[0]:   # called in again by the thread inside
+            return f(*args, **kwargs)
+        depth[0] = 1
+        _where[0] = what
+        try:
+            return f(*args, **kwargs)
+        finally:
+            depth[0] = 0
+            slot.clear()
+    call.__driller_guarded__ = True   # type: ignore[attr-defined]
+    return call
+
+
+def _wrap(cls) -> None:
+    for name, f in list(vars(cls).items()):
+        if (name[:1] == "_" or name in _FREE_NAMES or name.startswith(_FREE_PREFIXES)
+                or type(f) is not type(_wrap) or getattr(f, "__driller_guarded__", False)):
+            continue   # (properties, static and class methods are left as they are)
+        setattr(cls, name, _guarded(f, f"{cls.__name__}.{name}"))
+
+
+def register(*classes) -> None:
+    """Classes whose public methods the guard covers (wrapped now if it is in place)."""
+    for cls in classes:
+        _classes.append(cls)
+        if _state["installed"]:
+            _wrap(cls)
+
+
+def install() -> None:
+    """Put the guard in place (once; it stays for the life of the process)."""
+    with _install_lock:
+        if _state["installed"]:
+            return
+        _state["installed"] = True
+        for cls in _classes:
+            _wrap(cls)
+        if _state["hooked"] and threading.getprofile() is _first_event:
+            threading.setprofile(_state["prev"])   # (later threads: nothing more to do)
+
+
+def _first_event(frame, event, arg):
+    """The profile function of a thread started by ``threading``: installs the guard
+    and gives the thread back the profile function set before ours."""
+    prev = _state["prev"]
+    sys.setprofile(prev)
+    install()
+    if prev is not None:
+        return prev(frame, event, arg)
+    return None
+
+
+def watch() -> None:
+    """Called when this process joins a world: guard now if another thread runs,
+    else at the start of the first one."""
+    if _state["installed"] or os.environ.get("DRILLER_MMPI_THREAD_GUARD", "1") == "0":
+        return
+    if threading.active_count() > 1:
+        install()
+    elif not _state["hooked"]:
+        _state["hooked"] = True
+        _state["prev"] = threading.getprofile()
+        threading.setprofile(_first_event)
+
+
+def _after_fork_in_child() -> None:
+    """The child has one thread: a slot held by another thread of the parent (which
+    the child does not have) would refuse every call."""
+    global _slot, _depth
+    _slot, _depth = {}, [0]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
