@@ -9,6 +9,10 @@ import pytest
 
 from driller import _linux
 
+# the tests pin the built-in protocol thresholds (and never write a calibration into
+# the user's ~/.cache); tests/test_mmpi_calib.py turns the measurement on, on its files
+os.environ["DRILLER_MMPI_CALIBRATE"] = "0"
+
 
 def _children(pid: int) -> set[int]:
     """Live (non-zombie) children of pid."""
