@@ -25,11 +25,9 @@ the measurement chose (Transport).
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import mmap
 import os
-import platform
 import time
 from typing import NamedTuple
 
@@ -149,7 +147,7 @@ def machine_key() -> str:
         if line.startswith("model name"):
             model = line.partition(":")[2].strip()
             break
-    return f"{platform.node()}|{boot}|{model}|{os.cpu_count()}"
+    return f"{os.uname().nodename}|{boot}|{model}|{os.cpu_count()}"
 
 
 def _figures(d, sizes) -> dict | None:
@@ -168,6 +166,7 @@ def _figures(d, sizes) -> dict | None:
 def read_cache(path: str, key: str, sizes=SIZES) -> dict | None:
     """The figures in ``path`` if it is a cache of this version for ``key`` with
     every size; None for anything else (missing, corrupt, old, another machine)."""
+    import json   # (here: only a rank that takes the measurement pays its import)
     try:
         with open(path, "rb") as f:
             d = json.loads(f.read(1 << 16))
@@ -187,6 +186,7 @@ def read_cache(path: str, key: str, sizes=SIZES) -> dict | None:
 
 
 def _write(path: str, key: str, m: dict) -> None:
+    import json
     d = {"version": VERSION, "key": key,
          "copy": {str(n): v for n, v in m["copy"].items()},
          "cma": None if m["cma"] is None else {str(n): v for n, v in m["cma"].items()}}
