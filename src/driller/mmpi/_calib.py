@@ -8,7 +8,7 @@ running machine").  :func:`measure` times both, a few milliseconds in all;
 :func:`choose` turns the figures into the eager limit and whether a rendezvous
 copy is split between both ranks (pure, unit-tested); :func:`load` keeps the
 figures in a small JSON file under ``~/.cache/driller`` keyed by host, boot id
-and CPU model, so a machine measures once per boot and every rank of a world
+and CPU model and count, so a machine measures once per boot and every rank of a world
 reads the same figures (so they agree on the eager limit, which the collectives
 also consult).  A missing, corrupt, old or foreign file is measured again under
 a lock, never an error; a cache that cannot be written means no measurement at
@@ -143,10 +143,14 @@ def machine_key() -> str:
     """What the figures belong to: this host, this boot, this CPU model and count."""
     boot = _read("/proc/sys/kernel/random/boot_id").strip()
     model = ""
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            model = line.partition(":")[2].strip()
-            break
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:   # (the first CPU's: the whole file is long on big machines)
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
     return f"{os.uname().nodename}|{boot}|{model}|{os.cpu_count()}"
 
 
