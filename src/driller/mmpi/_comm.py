@@ -228,6 +228,7 @@ class Comm(_attr.Cached, Handle):
             _errhandler.apply(self, errh)
 
     def _unbind(self) -> None:
+        _forget_send_peer()   # (Send's cache keeps no freed communicator's record)
         d = self.__dict__
         for k in _BOUND:
             d.pop(k, None)
@@ -440,8 +441,21 @@ class Comm(_attr.Cached, Handle):
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
             if len(buf) == 3 and type(mv := buf[0]) is _MMAP:
-                c, d, dt, nb, ref = _LAST_SEND   # the last [mmap, count, dt] sent: copied again
-                if buf[1] is c and buf[2] is d and d._t is dt and mv is ref():
+                c = _LAST_SEND   # the last [mmap, count, dt] sent: copied again
+                if buf[1] is c[0] and (d := buf[2]) is c[1] and d._t is c[2] and mv is c[4]():
+                    try:
+                        p = self._p
+                    except MmpiError:   # null or freed: a bad buffer is reported first
+                        p = None
+                    if dest is c[6] and p is c[5]:
+                        # to the same rank of the same communicator: the transport's
+                        # fused sender for these bytes (it slices the mmap itself)
+                        if (tag is c[8] or type(tag) is int and 0 <= tag <= TAG_MAX) \
+                                and c[7](tag, mv):
+                            return
+                    elif p is not None:
+                        _send_peer_missed(c, p, dest, tag)
+                    nb = c[3]
                     try:
                         mv = mv[:nb]
                     except ValueError:   # a closed mmap: the parser says so
@@ -732,7 +746,7 @@ class Comm(_attr.Cached, Handle):
                     # and its communicator and destination: its sender closure on the
                     # spec's bytes (c[8]: _spec_sender; False: closed or shrunk since,
                     # or not sent at once)
-                    if c[8](tag):
+                    if c[8](tag, c[1]):
                         r = _new(Request)
                         r._op = _SENT
                         r._kind = K_SEND
@@ -1571,16 +1585,52 @@ def _extension(name: str):
 # a weak reference to the mmap: nothing is kept alive, no fd held).  A spec holding
 # the same objects (``dt`` still the same type) copies ``mmap[:nbytes]`` at once; a
 # shrunk or closed mmap falls back to the parser.  Another spec pays a type check
-# (docs/mmpi.md, "Hot paths, fourth round").
+# (docs/mmpi.md, "Hot paths, fourth round").  Then the communicator's _P2P record,
+# the rank sent to and the transport's fused sender for that rank and these bytes
+# (_spec_sender, given the mmap per call), the tag then and a countdown of sends to
+# other ranks (_send_peer_missed), or five Nones: the same spec sent again to the
+# same rank of the same communicator goes straight to the fused sender, with no
+# rank check, table or slice on the way (docs/mmpi.md, "ninth round").  Dropped by
+# _forget_peers (fork, Finalize) and when a communicator is unbound (Free).
 _MMAP = mmap.mmap
-_LAST_SEND: tuple = (object(), None, None, -1, lambda: None)   # (matches no spec)
+_NO_PEER = (None, None, None, None, None)
+_SEND_PEER_SWITCH = 64   # sends of the cached spec to another rank before it is taken
+_LAST_SEND: tuple = (object(), None, None, -1, lambda: None) + _NO_PEER   # (matches no spec)
 
 
 def _remember_send(spec, nbytes: int) -> None:
     global _LAST_SEND
     if not isinstance(spec[2], Datatype):   # (a typecode string: parsed each time)
         return
-    _LAST_SEND = (spec[1], spec[2], spec[2]._t, nbytes, weakref.ref(spec[0]))
+    _LAST_SEND = (spec[1], spec[2], spec[2]._t, nbytes, weakref.ref(spec[0])) + _NO_PEER
+
+
+def _send_peer_missed(c: tuple, p: _P2P, dest, tag) -> None:
+    """Send's cached spec ``c`` (``_LAST_SEND``) went to another rank or communicator
+    than the one it holds: take this one (``dest`` of ``p``'s communicator: an int,
+    or a float as Send takes one, the same object being the same rank) if it holds
+    none, else after _SEND_PEER_SWITCH such sends (a spec sent to ranks in turn
+    builds no closure per call), with its fused sender and ``tag`` (if a valid
+    int: the same object again needs no check).  Only once Send's table holds
+    that rank's closure (filled by a send that went through the table: nothing
+    here asks the transport, whose errors come after the rank and tag checks)."""
+    global _LAST_SEND
+    if c[5] is not None:
+        left = c[9]
+        left[0] -= 1
+        if left[0] > 0:
+            return
+    r = int(dest) if type(dest) is float and dest - dest == 0.0 else dest
+    if type(r) is int and 0 <= r < p.npeers and (f := p.sends[r]) is not None:
+        ok = type(tag) is int and 0 <= tag <= TAG_MAX
+        _LAST_SEND = c[:5] + (p, dest, _spec_sender(f, c[3], p.ctx), tag if ok else None,
+                              [_SEND_PEER_SWITCH])
+
+
+def _forget_send_peer() -> None:
+    """Drop the communicator and rank of Send's cached spec (Free, fork, Finalize)."""
+    global _LAST_SEND
+    _LAST_SEND = _LAST_SEND[:5] + _NO_PEER
 
 
 def _int_like(x) -> bool:
@@ -1656,7 +1706,7 @@ def _remember(send: bool, spec: list, n: int, p: _P2P, peer: int, cx) -> None:
     if type(peer) is not int or not 0 <= peer < p.npeers:
         p = peer = fn = None
     elif send:
-        fn = _spec_sender(p.t.senders[p.group[peer]], spec[0], n, p.ctx)
+        fn = _spec_sender(p.t.senders[p.group[peer]], n, p.ctx)
     else:
         fn = _spec_irecver(p.t.irecvs[p.group[peer]], spec[0], n, p.ctx)
     if send:
@@ -1665,18 +1715,19 @@ def _remember(send: bool, spec: list, n: int, p: _P2P, peer: int, cx) -> None:
         _last_irecv = (spec, spec[0], spec[:], n, dt, dt._t, p, peer, fn, cx)
 
 
-def _spec_sender(send, obj, n: int, ctx: int):
-    """Isend's closure for a remembered spec: ``(tag) -> bool``, the per-peer
-    sender ``send`` on the first ``n`` bytes of ``obj`` (a ``bytearray`` or
-    ``mmap``) in context ``ctx``; False: closed or shrunk since, or not sent at
-    once (the general path then decides).  The transport's fused form where it
-    has one (inline sizes, docs/mmpi.md "seventh round")."""
+def _spec_sender(send, n: int, ctx: int):
+    """Isend's and Send's closure for a remembered spec: ``(tag, obj) -> bool``,
+    the per-peer sender ``send`` on the first ``n`` bytes of ``obj`` (a
+    ``bytearray`` or ``mmap``) in context ``ctx``; False: closed or shrunk
+    since, or not sent at once (the general path then decides).  The
+    transport's fused form where it has one (inline sizes, docs/mmpi.md
+    "seventh round").  It holds no buffer (Send's cache keeps the mmap weakly)."""
     fused = getattr(send, "spec", None)
-    fn = fused(obj, n, ctx) if fused is not None else None
+    fn = fused(n, ctx) if fused is not None else None
     if fn is not None:
         return fn
 
-    def fn(tag):
+    def fn(tag, obj):
         try:
             mv = obj[:n]
         except ValueError:
@@ -2007,6 +2058,7 @@ def _forget_peers() -> None:
     Finalize makes unusable (``make_unusable`` calls this)."""
     global _last_isend, _last_irecv
     _last_isend = _last_irecv = _NO_SPEC
+    _forget_send_peer()
     for p in list(_P2PS):   # Send's and Recv's tables: looked up through the transport again
         p.sends = [None] * p.npeers
         p.recvs = [None] * p.npeers

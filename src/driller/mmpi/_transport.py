@@ -659,17 +659,19 @@ class Transport:
                 wake(waddr)
             return True
 
-        def spec(obj, n, ctx):
-            """Isend's remembered spec (a ``bytearray`` or ``mmap`` ``obj``, its first
-            ``n`` bytes, context ``ctx``) fused with ``send``'s inline branch: a
-            function ``(tag) -> bool`` (False: use the general path, as for a
-            closed or shrunk ``obj``), or None when ``n`` is not inline (the caller
-            then slices and calls ``send``).  One call per ``Isend`` of osu_bw's
-            window instead of two, the checks that cannot change made here once."""
+        def spec(n, ctx):
+            """A remembered spec (the first ``n`` bytes of a ``bytearray`` or ``mmap``,
+            context ``ctx``: Isend's, and Send's of an mmap) fused with ``send``'s
+            inline branch: a function ``(tag, obj) -> bool`` (False: use the general
+            path, as for a closed or shrunk ``obj``), or None when ``n`` is not
+            inline (the caller then slices and calls ``send``).  One call per
+            ``Isend`` of osu_bw's window or ``Send`` of osu_latency's instead of two,
+            the checks that cannot change made here once.  It holds no buffer: the
+            caller passes ``obj`` each time."""
             if not 0 < n <= imax:
                 return None
 
-            def fused(tag):
+            def fused(tag, obj):
                 if q:
                     return False
                 try:
