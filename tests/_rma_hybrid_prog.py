@@ -21,6 +21,7 @@ np.frombuffer(peer, np.int64)[0] = 100 + r      # a store into the other rank's 
 node.Barrier()
 assert np.frombuffer(win, np.int64)[0] == 100 + (r ^ 1), np.frombuffer(win, np.int64)
 del peer
+node.Barrier()   # (both have read their part before either adds to rank 0's)
 win.Lock_all()
 win.Accumulate(np.array([1], np.int64), 0, 0, MPI.SUM)
 win.Unlock_all()
