@@ -1,33 +1,13 @@
 """Shared fixtures: every test is checked for leaks (child processes, /dev/shm files)."""
 
-import atexit
 import gc
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import pytest
 
 from driller import _linux
-from driller.mmpi import _calib
-
-# the tests run with the built-in mid-size protocols whatever this machine measures,
-# and never write into the user's ~/.cache: a cache of their own, holding figures for
-# which mmpi/_calib chooses the constants (eager up to 1 MiB, streamed above it, no
-# split; tests/test_mmpi_calib.py brings files of its own).  Not a DRILLER_MMPI_
-# variable: a rank's environment must hold none (test_mmpi_trust)
-_CACHE = tempfile.mkdtemp(prefix="driller-tests-cache-")
-atexit.register(shutil.rmtree, _CACHE, True)
-os.environ["XDG_CACHE_HOME"] = _CACHE
-os.makedirs(os.path.join(_CACHE, "driller"))
-_calib._write(os.path.join(_CACHE, "driller", "mmpi-copies.json"), _calib.machine_key(),
-              {"copy": {n: n / 65536.0 for n in _calib.SIZES},      # 16 µs per MiB
-               "cma": {n: n / 8192.0 for n in _calib.SIZES}})       # 128 µs per MiB
-assert _calib.choose(*_calib.read_cache(
-    os.path.join(_CACHE, "driller", "mmpi-copies.json"), _calib.machine_key()).values()) == (
-    1 << 20, False)
 
 
 def _children(pid: int) -> set[int]:

@@ -145,8 +145,6 @@ class HybridTransport(T.Transport):
     """The transport of a rank of a hybrid world: rings to the ranks of its node,
     MPI (``mpi``, an mpi4py communicator of the whole job) to the others."""
 
-    calibrated = False   # the built-in thresholds on every node: the ranks agree
-
     def __init__(self, world: W.World, rank: int, local: list[int], mpi, MPI):
         super().__init__(world, rank)
         self.local = frozenset(local)

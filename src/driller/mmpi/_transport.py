@@ -63,7 +63,6 @@ import numpy as np
 
 from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
-from . import _calib
 from . import _engine as E
 from . import _world as W
 from ._objects import PART, TABLE, dumps, unpack_array
@@ -96,7 +95,6 @@ _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (sende
 _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
 
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
-                               # (the earlier machine's: _calib measures the running one)
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
@@ -110,7 +108,7 @@ RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at mos
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
-                              # (off unless _calib measured it to win: a loss when oversubscribed)
+                              # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
@@ -422,8 +420,6 @@ class Transport:
     """One process's end of the world: its rings, its engine, its waiting."""
 
     all_local = True   # every rank maps this world block (a hybrid world: see _hybrid)
-    calibrated = True  # may take the protocols measured on this machine (_calib); a
-                       # hybrid world's nodes would measure apart and disagree: False
     remote = frozenset()   # ranks reached another way (a hybrid world's other nodes)
 
     def __init__(self, world: W.World, rank: int, eager_limit: int | None = None):
@@ -434,17 +430,8 @@ class Transport:
         self.data = world.data
         self.base = world.address
         rb = self.ring_bytes = world.ring_bytes
-        # the mid-size protocols measured on this machine (_calib; None: the constants).
-        # Every rank of a world reads the same figures; the rule assumes both ranks of
-        # a pair run at once, so with more ranks than the machine has CPUs (the same
-        # count for every rank, unlike affinity) the constants stay (docs/mmpi.md)
-        measured = (_calib.choice() if self.calibrated and size <= (os.cpu_count() or 1)
-                    else None)
-        self.measured = measured
         if eager_limit is None:
-            eager_limit = int(os.environ.get(
-                "DRILLER_MMPI_EAGER_LIMIT",
-                DEFAULT_EAGER_LIMIT if measured is None else measured.eager_limit))
+            eager_limit = int(os.environ.get("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT))
         self.eager_limit = max(0, min(eager_limit, rb // 4))
         self.engine = E.Engine(self.eager_limit)
         self.packed_limit = max(0, min(int(os.environ.get("DRILLER_MMPI_PACKED_MAX", PACKED_MAX)),
@@ -504,7 +491,6 @@ class Transport:
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
         self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
-        self.stats_split = 0   # bytes received by split rendezvous
         self._tokens = iter(range(1, 1 << 62))
         # two-copy fallback: sources we may not read (they push), incoming pushes
         # (token -> [[(address, length)...], index, offset, receive or None, keep]),
@@ -524,14 +510,6 @@ class Transport:
             # a stream larger than the ring waits for the receiver to make room: a
             # context switch each time when ranks share cores (docs/mmpi.md)
             self.stream_max = min(self.stream_max, rb // 2)
-        elif (measured is not None and measured.split and self.single_copy
-              and size <= cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ
-              and "DRILLER_MMPI_SPLIT_MIN" not in os.environ):
-            # measured: half a process_vm_readv per rank beats a full memmove per
-            # rank, so above the eager limit both ranks copy half of the rendezvous
-            # (docs/mmpi.md, "Mid-size messages, measured on the running machine")
-            self.stream_max = 0
-            self.split_min = self.eager_limit + 1
         self.streams = {}
         self.stats_streamed = 0  # bytes received streamed
         self._hooks = _Hooks()
@@ -1474,7 +1452,6 @@ class Transport:
             self.splits.pop(token, None)
             self.sinks.pop(token, None)
             raise
-        self.stats_split += n
         return True
 
     def _write_half(self, dst: int, sid: int, remote: int, n: int, token: int) -> None:
