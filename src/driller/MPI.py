@@ -365,3 +365,9 @@ def __getattr__(name: str) -> object:
     raise _NotImpl(f"MPI.{name} is not implemented by driller.MPI (point-to-point, "
                    f"collectives, communicators and groups, requests, statuses and "
                    f"datatypes are); use mpi4py for it")
+
+# one thread inside mmpi at a time (mmpi/_threads): these progress the transport too
+import sys as _sys  # noqa: E402
+from .mmpi import _threads as _threads_mod  # noqa: E402
+_threads_mod.register_functions(_sys.modules[__name__], "Finalize", "Attach_buffer",
+                                "Detach_buffer", "Flush_buffer", "Iflush_buffer")

@@ -19,8 +19,12 @@ started with ``threading`` (the hook takes itself off that thread at its first
 event and chains any profile function set before it).  Until then the methods
 are the plain ones: the 8-byte paths pay nothing.  Installing wraps every public
 method of the classes :func:`register`\\ ed (communicators, requests, messages,
-windows, files), except the ones that read local state only or are meant for
-another thread (``Get_*``, ``Is_*``, ``Grequest.Complete``/``complete``, ``Abort``), in a
+windows, files; class methods such as ``Request.Waitall`` too) and the module
+functions that progress the transport (:func:`register_functions`:
+``MPI.Finalize``, the buffered-send functions), except the methods that read
+local state only or are meant for another thread (``Get_*`` but the
+``Get_status*`` ones and ``Win.Get_accumulate``, ``Is_*``,
+``Grequest.Complete``/``complete``, ``Abort``), in a
 call that takes one process-wide slot for its thread (``dict.setdefault``: one C
 call, so two threads never both get it, on any Python) without waiting: the
 thread inside may call in again (a user op or callback run by a reduction or a
@@ -44,7 +48,7 @@ import threading
 
 from ..errors import MmpiError
 
-__all__ = ["register", "watch", "install", "installed"]
+__all__ = ["register", "register_functions", "watch", "install", "installed"]
 
 _classes: list = []          # registered, in order; wrapped at install()
 _state = {"installed": False, "hooked": False, "prev": None}
@@ -58,6 +62,10 @@ _where = [""]
 
 # local reads, or calls meant for another thread while one waits
 _FREE_PREFIXES = ("Get_", "Is_")
+# ... but these run the transport's progress or an RMA operation
+_NOT_FREE = frozenset({"Get_status", "Get_status_any", "Get_status_all", "Get_status_some",
+                       "Get_accumulate"})
+_functions: list = []        # (module, name) of module functions that progress the transport
 _FREE_NAMES = frozenset({"Complete", "complete", "Abort", "Test_inter", "toint", "py2f", "f2py",
                          "fromhandle", "tomemory"})
 
@@ -101,12 +109,31 @@ def _guarded(f, what: str):
     return call
 
 
+def _free(name: str) -> bool:
+    """Whether the guard leaves method or function ``name`` as it is."""
+    return name[:1] == "_" or name in _FREE_NAMES or (
+        name.startswith(_FREE_PREFIXES) and name not in _NOT_FREE)
+
+
 def _wrap(cls) -> None:
     for name, f in list(vars(cls).items()):
-        if (name[:1] == "_" or name in _FREE_NAMES or name.startswith(_FREE_PREFIXES)
-                or type(f) is not type(_wrap) or getattr(f, "__driller_guarded__", False)):
-            continue   # (properties, static and class methods are left as they are)
-        setattr(cls, name, _guarded(f, f"{cls.__name__}.{name}"))
+        if _free(name):
+            continue
+        kind = type(f)
+        if kind in (classmethod, staticmethod):   # (Request.Waitall, Prequest.Startall...)
+            inner = f.__func__
+            if not getattr(inner, "__driller_guarded__", False):
+                setattr(cls, name, kind(_guarded(inner, f"{cls.__name__}.{name}")))
+        elif kind is type(_wrap) and not getattr(f, "__driller_guarded__", False):
+            setattr(cls, name, _guarded(f, f"{cls.__name__}.{name}"))
+        # (properties and other descriptors are left as they are)
+
+
+def _wrap_functions(module, names) -> None:
+    for name in names:
+        f = getattr(module, name)
+        if not getattr(f, "__driller_guarded__", False):
+            setattr(module, name, _guarded(f, f"MPI.{name}"))
 
 
 def register(*classes) -> None:
@@ -117,6 +144,14 @@ def register(*classes) -> None:
             _wrap(cls)
 
 
+def register_functions(module, *names: str) -> None:
+    """Module functions that progress the transport (``MPI.Finalize``,
+    ``MPI.Flush_buffer``...): guarded as the methods are."""
+    _functions.append((module, names))
+    if _state["installed"]:
+        _wrap_functions(module, names)
+
+
 def install() -> None:
     """Put the guard in place (once; it stays for the life of the process)."""
     with _install_lock:
@@ -125,6 +160,8 @@ def install() -> None:
         _state["installed"] = True
         for cls in _classes:
             _wrap(cls)
+        for module, names in _functions:
+            _wrap_functions(module, names)
         if _state["hooked"] and threading.getprofile() is _first_event:
             threading.setprofile(_state["prev"])   # (later threads: nothing more to do)
 
