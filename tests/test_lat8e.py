@@ -124,6 +124,28 @@ def test_a_bad_tag_or_another_rank_is_checked_as_before(pair):
     mm.close()
 
 
+def test_a_rank_cached_with_a_bad_tag_checks_the_next_tag(pair):
+    # the rank can be cached by a send whose tag is bad (the cache is filled before
+    # the general path refuses it): then a tag of None must not pass for the same
+    # tag and reach the fused sender (it raised struct.error, not MmpiError)
+    _, _, c0, c1 = pair
+    mm = mmap.mmap(-1, 64)
+    mm[:8] = b"badtag.."
+    spec = [mm, 8, MPI.BYTE]
+    out = bytearray(64)
+    c0.Send(spec, 1, 1)   # Send's table and the spec's cache (no rank yet)
+    c1.Recv(out, 0, 1)
+    assert C._LAST_SEND[5] is None
+    for bad in (-5, None, "1"):   # the first caches the rank, with no valid tag
+        got = _error(lambda: c0.Send(spec, 1, bad))
+        assert got == _error(lambda: c0.Send(b"badtag..", 1, bad))   # the general path's
+    assert _fused_for(c0) and _nothing_waiting(c1)
+    c0.Send(spec, 1, 2)
+    c1.Recv(out, 0, 2)
+    assert out[:8] == b"badtag.."
+    mm.close()
+
+
 def test_another_communicator_gets_its_own_context(pair):
     t0, t1, c0, c1 = pair
     d0, d1 = C.Comm(t0, [0, 1], 12, "dup"), C.Comm(t1, [0, 1], 12, "dup")

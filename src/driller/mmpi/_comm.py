@@ -1588,12 +1588,13 @@ def _extension(name: str):
 # (docs/mmpi.md, "Hot paths, fourth round").  Then the communicator's _P2P record,
 # the rank sent to and the transport's fused sender for that rank and these bytes
 # (_spec_sender, given the mmap per call), the tag then and a countdown of sends to
-# other ranks (_send_peer_missed), or five Nones: the same spec sent again to the
+# other ranks (_send_peer_missed), or _NO_PEER: the same spec sent again to the
 # same rank of the same communicator goes straight to the fused sender, with no
 # rank check, table or slice on the way (docs/mmpi.md, "ninth round").  Dropped by
 # _forget_peers (fork, Finalize) and when a communicator is unbound (Free).
 _MMAP = mmap.mmap
-_NO_PEER = (None, None, None, None, None)
+_NONE = object()   # matches no rank or tag a caller passes (None is a bad one)
+_NO_PEER = (None, _NONE, None, _NONE, None)
 _SEND_PEER_SWITCH = 64   # sends of the cached spec to another rank before it is taken
 _LAST_SEND: tuple = (object(), None, None, -1, lambda: None) + _NO_PEER   # (matches no spec)
 
@@ -1623,7 +1624,7 @@ def _send_peer_missed(c: tuple, p: _P2P, dest, tag) -> None:
     r = int(dest) if type(dest) is float and dest - dest == 0.0 else dest
     if type(r) is int and 0 <= r < p.npeers and (f := p.sends[r]) is not None:
         ok = type(tag) is int and 0 <= tag <= TAG_MAX
-        _LAST_SEND = c[:5] + (p, dest, _spec_sender(f, c[3], p.ctx), tag if ok else None,
+        _LAST_SEND = c[:5] + (p, dest, _spec_sender(f, c[3], p.ctx), tag if ok else _NONE,
                               [_SEND_PEER_SWITCH])
 
 

@@ -33,7 +33,9 @@ call touched anything, naming both threads and calls.
 
 Not covered: a method bound before the guard was installed (``send =
 comm.Send`` kept from before the first thread started), a call already in
-progress when the first thread starts, and threads started with
+progress when the first thread starts, calls made by the starting thread between
+``Thread.start()`` returning and the new thread's first step (where the hook
+runs), and threads started with
 ``_thread.start_new_thread`` or after a profiler replaced the hook
 (``threading.setprofile``); driller's own short-lived threads (``_thread``) never
 call mmpi.  ``DRILLER_MMPI_THREAD_GUARD=0`` turns the guard off.
@@ -65,9 +67,9 @@ _FREE_PREFIXES = ("Get_", "Is_")
 # ... but these run the transport's progress or an RMA operation
 _NOT_FREE = frozenset({"Get_status", "Get_status_any", "Get_status_all", "Get_status_some",
                        "Get_accumulate"})
-_functions: list = []        # (module, name) of module functions that progress the transport
 _FREE_NAMES = frozenset({"Complete", "complete", "Abort", "Test_inter", "toint", "py2f", "f2py",
                          "fromhandle", "tomemory"})
+_functions: list = []   # (module, names) of module functions that progress the transport
 
 
 def installed() -> bool:
