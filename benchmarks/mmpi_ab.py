@@ -64,6 +64,10 @@ def _rows(pkg: str) -> dict:
         lambda: (send(0, 1, b"12345678"), c1.Recv(osb, 0, 1)), 1)
     rows["osu_multi_lat's pair (float ranks)"] = (
         lambda: (c0.Send(osa, 1.0, 1), c1.Recv(osb, 0.0, 1)), 1)
+    for n in (64, 1024, 65536):   # eager records (not in the header's line)
+        sa, sb = [osa[0], n, MPI.BYTE], [osb[0], n, MPI.BYTE]
+        rows[f"osu_latency's pair, {n} B"] = (
+            lambda sa=sa, sb=sb: (c0.Send(sa, 1, 1), c1.Recv(sb, 0, 1)), 1)
     return rows
 
 
