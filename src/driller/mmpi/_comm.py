@@ -1721,8 +1721,8 @@ def _spec_sender(send, n: int, ctx: int):
     the per-peer sender ``send`` on the first ``n`` bytes of ``obj`` (a
     ``bytearray`` or ``mmap``) in context ``ctx``; False: closed or shrunk
     since, or not sent at once (the general path then decides).  The
-    transport's fused form where it has one (inline sizes, docs/mmpi.md
-    "seventh round").  It holds no buffer (Send's cache keeps the mmap weakly)."""
+    transport's fused form where it has one (up to the eager limit, docs/mmpi.md
+    "seventh round", "tenth round").  It holds no buffer (Send's cache keeps the mmap weakly)."""
     fused = getattr(send, "spec", None)
     fn = fused(n, ctx) if fused is not None else None
     if fn is not None:

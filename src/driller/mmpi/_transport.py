@@ -642,13 +642,12 @@ class Transport:
             """A remembered spec (the first ``n`` bytes of a ``bytearray`` or ``mmap``,
             context ``ctx``: Isend's, and Send's of an mmap) fused with ``send``'s
             inline branch: a function ``(tag, obj) -> bool`` (False: use the general
-            path, as for a closed or shrunk ``obj``), or None when ``n`` is not
-            inline (the caller then slices and calls ``send``).  One call per
-            ``Isend`` of osu_bw's window or ``Send`` of osu_latency's instead of two,
-            the checks that cannot change made here once.  It holds no buffer: the
-            caller passes ``obj`` each time.  Above ``INLINE_MAX`` up to the eager
-            limit: :func:`eager` below, which copies ``obj``'s bytes straight into
-            the ring (no bytes object of them first: one copy per send, not two)."""
+            path, as for a closed or shrunk ``obj``).  One call per ``Isend`` of
+            osu_bw's window or ``Send`` of osu_latency's instead of two, the checks
+            that cannot change made here once.  It holds no buffer: the caller
+            passes ``obj`` each time.  Above ``INLINE_MAX`` up to the eager limit:
+            :func:`eager`'s; None for 0 bytes and above the eager limit (the
+            caller then slices and calls ``send``)."""
             if imax < n <= limit:
                 return eager(n, ctx)
             if not 0 < n <= imax:
