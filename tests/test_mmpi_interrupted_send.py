@@ -32,9 +32,23 @@ class _Interrupted(Exception):
     pass
 
 
+def _waiting(frame) -> bool:
+    """Whether ``frame`` runs inside the transport's wait (the send is started)."""
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith(
+                ("_transport.py", "_hybrid.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _interrupted(call):
-    """Run call() with a SIGALRM handler raising after 50 ms; True if it raised."""
-    def on_alarm(*_):
+    """Run call() with a SIGALRM handler raising once the call waits (from 50 ms on:
+    a loaded machine may not have started the send by then); True if it raised."""
+    def on_alarm(_, frame):
+        if not _waiting(frame):
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
         raise _Interrupted()
 
     old = signal.signal(signal.SIGALRM, on_alarm)

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 import time
 import warnings
@@ -2239,9 +2240,19 @@ class Transport:
         set (module docstring), so the receiver reads the copy if it may have
         read the buffer after this; a push (two-copy fallback) under way goes on
         from the copy.  Eager sends in the ring were copied there at the call; a
-        send to another node's rank (MPI reads the buffer) is left as it is."""
-        if s is None or s.done or s.dest == self.rank or s.dest in self.remote:
+        send to another node's rank (MPI reads the buffer) is left as it is, and
+        so is a send to a rank that died (nobody will read it).  Signals are held
+        back meanwhile (a second Ctrl-C must not leave the message half kept)."""
+        if s is None or s.done or s.dest == self.rank or s.dest in self.remote or \
+                s.dest in self.dead or s.dest in self.gone:
             return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            self._keep_sent(s)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _keep_sent(self, s: SendOp) -> None:
         queued = s.state == E.S_QUEUED and any(x is s for x in self.pending[s.dest])
         if s.protocol == E.EAGER:
             if queued:
