@@ -46,7 +46,10 @@ may now write its buffer.  The receiver reads the guard after its copy: 0 means
 its copy ended before the caller could write (the guard is set first); else it
 copies again from the copy.  No lock, no round trip, no extra system call: the
 guard is the last range of the receiver's process_vm_readv (ranges are copied in
-order).
+order).  Why a 0 suffices: the sender stores the guard before any later write of
+the caller, and x86-64 (the only machine driller runs on) shows a core's stores
+in order and keeps loads in order, so a receiver that still reads 0 read its
+data before any of those writes.
 
 Two-copy fallback (docs/mmpi.md, "Where single copy is denied"): when the
 receiver's process_vm_readv of a sender fails with EPERM/EACCES/ENOSYS (Yama,
