@@ -420,12 +420,29 @@ class Comm(_attr.Cached, Handle):
         if op is None:
             return
         if not op.done:
-            if op.sync:
-                self_sync(self._cx, op, "Ssend")
-            if not op.done:
-                self._t.wait(op, op.dest)
+            try:
+                if op.sync:
+                    self_sync(self._cx, op, "Ssend")
+                if not op.done:
+                    self._t.wait(op, op.dest)
+            except BaseException:   # (Ctrl-C, a signal handler's exception, a death)
+                self._t.keep_sent(op)   # delivered as it was at the call, never torn
+                raise
         if op.exc is not None:
             raise op.exc
+
+    def _wait_both(self, r, s, status, obj=False):
+        """Sendrecv's wait: the receive first (a large send to another node waits
+        for its own data alone, and the peer's send may wait for this receive),
+        then the send; an exception out of either leaves neither behind (the
+        receive abandoned, the send's message kept as it was)."""
+        try:
+            got = self._wait_recv(r, status, obj)
+        except BaseException:
+            self._t.keep_sent(s)
+            raise
+        self._wait_send(s)
+        return got
 
     def _wait_recv(self, op, status, obj=False):
         if not op.done:
@@ -672,8 +689,7 @@ class Comm(_attr.Cached, Handle):
         if unpack is not None:  # a derived receive datatype: the generic path unpacks
             r = self._irecv(recvbuf, source, recvtag, "Sendrecv", parsed=(rmv, unpack))
             s = self._isend(smv, dest, sendtag, False, "Sendrecv")
-            self._wait_recv(r, status)
-            self._wait_send(s)
+            self._wait_both(r, s, status)
             return
         p = self._p
         size = p.npeers
@@ -704,8 +720,7 @@ class Comm(_attr.Cached, Handle):
         s = self._isend(smv, dest, sendtag, False, "Sendrecv")
         # (the receive first: a large send to another node waits for its own
         # data alone, and the peer's send may wait for this receive)
-        self._wait_recv(r, status)
-        self._wait_send(s)
+        self._wait_both(r, s, status)
 
     def Sendrecv_replace(self, buf: BufSpec, dest: int, sendtag: int = 0, source: int = ANY_SOURCE,
                          recvtag: int = ANY_TAG, status: Status | None = None) -> None:
@@ -715,14 +730,12 @@ class Comm(_attr.Cached, Handle):
             copy = message(buf, False, "Sendrecv_replace")
             r = self._irecv(buf, source, recvtag, "Sendrecv_replace", parsed=(mv, unpack))
             s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
-            self._wait_recv(r, status)
-            self._wait_send(s)
+            self._wait_both(r, s, status)
             return
         copy = bytes(mv)
         r = self._irecv(mv, source, recvtag, "Sendrecv_replace")
         s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
-        self._wait_recv(r, status)
-        self._wait_send(s)
+        self._wait_both(r, s, status)
 
     # -- nonblocking buffer p2p --
     def _sreq(self, op):
@@ -1090,7 +1103,11 @@ class Comm(_attr.Cached, Handle):
         """Send and Receive."""
         r = self._orecv(source, recvtag, "sendrecv")
         s = self._osend(sendobj, dest, sendtag, False, "sendrecv")
-        self._wait_send(s)
+        try:
+            self._wait_send(s)
+        except BaseException:   # the receive is not left posted (as _wait_recv's)
+            self._t.abandon(r)
+            raise
         return self._wait_recv(r, status, obj=True)
 
     # -- communicators and groups (``_group``) --

@@ -624,9 +624,10 @@ class HybridTransport(T.Transport):
         return True
 
     def _put(self, dst: int, kindflags: int, ctx: int, tag: int, nbytes: int, sid: int,
-             addr: int, payload, plen: int) -> bool:
-        if dst not in self.remote:
-            return super()._put(dst, kindflags, ctx, tag, nbytes, sid, addr, payload, plen)
+             addr: int, payload, plen: int, last: int = 0) -> bool:
+        if dst not in self.remote:   # (last: a rendezvous request's guard, on this node only)
+            return super()._put(dst, kindflags, ctx, tag, nbytes, sid, addr, payload, plen,
+                                last)
         if type(payload) is list:      # a packed object: its pieces in order
             payload = b"".join(payload)
         if plen > self.inline_max:     # a long record: the header names its payload's tag

@@ -8,7 +8,7 @@ little-endian i64 words then an inline payload::
 
     [0] kind | flags << 8   [1] context   [2] tag   [3] nbytes (message size)
     [4] sender id           [5] address (rendezvous: where the data is)
-    [6] inline bytes        [7] reserved
+    [6] inline bytes        [7] reserved (a rendezvous request: its guard, below)
 
 Kinds: WRAP (skip to the ring's start), EAGER (payload inline), RTS
 (rendezvous: the receiver copies ``nbytes`` from ``address`` in the
@@ -37,6 +37,20 @@ once the arrays built on it are gone).  An OBJ RTS carries inline a table::
     i64 count, i64 stream_len, i64 stream_addr (0: stream inline after table)
     count x (i64 address, i64 length, i64 how)   how: bit0 readonly, bit1 persistent
 
+Guard (an interrupted blocking send, docs/mmpi.md): a rendezvous request names
+in word [7] an 8-byte word of the sender's private memory, 0 while the data is
+where the request says.  A blocking send whose wait raised (a signal handler's
+exception, Ctrl-C) copies its data aside, in request order, then stores the
+copy's address there (:meth:`Transport.keep_sent`) and returns to a caller who
+may now write its buffer.  The receiver reads the guard after its copy: 0 means
+its copy ended before the caller could write (the guard is set first); else it
+copies again from the copy.  No lock, no round trip, no extra system call: the
+guard is the last range of the receiver's process_vm_readv (ranges are copied in
+order).  Why a 0 suffices: the sender stores the guard before any later write of
+the caller, and x86-64 (the only machine driller runs on) shows a core's stores
+in order and keeps loads in order, so a receiver that still reads 0 read its
+data before any of those writes.
+
 Two-copy fallback (docs/mmpi.md, "Where single copy is denied"): when the
 receiver's process_vm_readv of a sender fails with EPERM/EACCES/ENOSYS (Yama,
 a container without CAP_SYS_PTRACE, a non-dumpable sender, seccomp), or
@@ -53,6 +67,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 import time
 import warnings
@@ -263,7 +278,8 @@ class DeferredOp:
 class SendOp(E.Send):
     """A send in flight.  ``mv``: the byte view sent (eager) or pinned (rndv)."""
 
-    __slots__ = ("mv", "done", "exc", "flags", "table", "keep", "addr", "cancelled")
+    __slots__ = ("mv", "done", "exc", "flags", "table", "keep", "addr", "cancelled", "guard",
+                 "aside")
 
     def __init__(self, dest, tag, context, mv, sync=False, flags=0, table=None, keep=None,
                  nbytes=None):
@@ -283,6 +299,14 @@ class SendOp(E.Send):
         self.keep = keep
         self.addr = 0
         self.cancelled = False
+        self.guard = None   # a rendezvous request's guard word (a bytearray), once put
+        self.aside = None   # the copy keep_sent made
+
+
+class _Guarded(E.Message):
+    """A rendezvous request that names its guard (the address of a word of the sender)."""
+
+    __slots__ = ("guard",)
 
 
 def _size_class(n: int) -> int:
@@ -475,6 +499,7 @@ class Transport:
         self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
                                        # polling, after yielding; probes (_adaptive_wait)
         self.split_min = int(os.environ.get("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN))
+        self._guard_word = None   # (an 8-byte buffer, its address): _read reads guards into it
         try:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover
@@ -1281,7 +1306,7 @@ class Transport:
         self._arrive(m, True)
 
     def _put(self, dst: int, kindflags: int, ctx: int, tag: int, nbytes: int, sid: int,
-             addr: int, payload, plen: int) -> bool:
+             addr: int, payload, plen: int, last: int = 0) -> bool:
         rb = self.ring_bytes
         reclen = HDR_BYTES + ((plen + 63) & ~63)
         head = self.out_head[dst]
@@ -1296,7 +1321,7 @@ class Transport:
             head += skip
             off = 0
         p = base + off
-        HDR.pack_into(data, p, kindflags, ctx, tag, nbytes, sid, addr, plen, 0)
+        HDR.pack_into(data, p, kindflags, ctx, tag, nbytes, sid, addr, plen, last)
         if plen:
             if type(payload) is list:  # a packed object: its pieces, one after the other
                 o = p + HDR_BYTES
@@ -1332,13 +1357,16 @@ class Transport:
                                  s.id, 0, s.table, s.keep)
             return self._put(s.dest, K_EAGER | flags << 8, s.context, s.tag, s.nbytes, s.id,
                              0, s.mv, len(s.mv))
+        if s.guard is None:
+            s.guard = bytearray(8)
+        guard = _linux.buffer_address(s.guard, True)[0]
         if s.flags & F_OBJ:
             return self._put(s.dest, K_RTS | flags << 8, s.context, s.tag, s.nbytes, s.id,
-                             0, s.table, len(s.table))
+                             0, s.table, len(s.table), guard)
         if not s.addr and s.nbytes:
             s.addr = _linux.buffer_address(s.mv)[0]
         return self._put(s.dest, K_RTS | flags << 8, s.context, s.tag, s.nbytes, s.id,
-                         s.addr, None, 0)
+                         s.addr, None, 0, guard)
 
     def _reply(self, a: E.Reply) -> None:
         if a.dest == self.rank:
@@ -1451,14 +1479,14 @@ class Transport:
                                       f"as a Python object (lowercase send): receive it "
                                       f"with recv()")
                 else:
-                    r.value = self._fetch_object(pid, m.payload)
+                    r.value = self._fetch_object(pid, m)
             else:
                 n = m.nbytes
                 if r.mv is None:
                     buf = bytearray(n)
                     if n:
-                        _linux.process_vm_readv(pid, _linux.buffer_address(buf, True)[0],
-                                                m.payload, n)
+                        self._read(pid, m, [(_linux.buffer_address(buf, True)[0],
+                                             m.payload, n)])
                     r.value = (None, buf)
                 else:
                     if r.error:
@@ -1467,8 +1495,8 @@ class Transport:
                     elif n >= self.split_min > 0 and self._split(r, m, pid):
                         return  # engine.fetched once the sender's WDONE arrives
                     if n:
-                        _linux.process_vm_readv(pid, _linux.buffer_address(r.mv, True)[0],
-                                                m.payload, n)
+                        self._read(pid, m, [(_linux.buffer_address(r.mv, True)[0],
+                                             m.payload, n)])
         except OSError as e:
             if e.errno in DENIED:  # no single copy from this sender: it pushes, from now on
                 self.no_pull.add(m.source)
@@ -1504,7 +1532,7 @@ class Transport:
         # where the sender pushes its half should its process_vm_writev be denied
         self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv]
         try:
-            _linux.process_vm_readv(pid, local, m.payload, half)
+            self._read(pid, m, [(local, m.payload, half)])
         except BaseException:
             self.splits.pop(token, None)
             self.sinks.pop(token, None)
@@ -1564,14 +1592,39 @@ class Transport:
             off += length
         return (stream, parts)
 
-    def _fetch_object(self, pid: int, table: bytes):
+    def _fetch_object(self, pid: int, m: E.Message):
         """Read every out-of-band buffer (and a large stream) of an OBJ RTS with
         one vectored process_vm_readv, into memory nobody zero-fills first:
         warm buffers of the receive cache for pickle buffers (numpy data),
         uninitialised bytes/bytearray objects for persistent parts."""
-        stream, parts, segs = self._object_dests(table)
-        _linux.process_vm_readv_many(pid, segs)
+        stream, parts, segs = self._object_dests(m.payload)
+        self._read(pid, m, segs)
         return (stream, parts)
+
+    def _read(self, pid: int, m: E.Message, segs) -> None:
+        """Read rendezvous message ``m`` (``segs``: (local, remote, length) in request
+        order) from its sender, then its guard, in the same process_vm_readv (the
+        kernel copies the ranges in order: the guard is read after the data).  If the
+        sender had set it (its send was interrupted and its caller may have written
+        the buffers since), read the data again from the sender's copy, where the
+        ranges lie one after the other."""
+        g = getattr(m, "guard", 0)
+        if not g:   # (no guard named)
+            _linux.process_vm_readv_many(pid, segs)
+            return
+        word = self._guard_word
+        if word is None:
+            b = bytearray(8)
+            word = self._guard_word = (b, _linux.buffer_address(b, True)[0])
+        _linux.process_vm_readv_many(pid, [*segs, (word[1], g, 8)])
+        at = int.from_bytes(word[0], "little")
+        if at:
+            again = []
+            for local, _, length in segs:
+                if length:
+                    again.append((local, at, length))
+                    at += length
+            _linux.process_vm_readv_many(pid, again)
 
     def _object_dests(self, table: bytes):
         """(stream, parts, [(local, remote, length)]) for an OBJ RTS's table: the
@@ -2078,7 +2131,7 @@ class Transport:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
         or a record that came another way); returns its length in the ring."""
         engine = self.engine
-        kf, ctx, tag, nbytes, sid, addr, plen, _ = HDR.unpack_from(data, p)
+        kf, ctx, tag, nbytes, sid, addr, plen, last = HDR.unpack_from(data, p)
         if kf == K_INLINE:   # a plain eager message inside its header (sid, addr: its data)
             if not (engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes,
                                                       INLINE_AT)):
@@ -2104,8 +2157,10 @@ class Transport:
                 m.payload = bytes(m.payload)
         elif kind == K_RTS:
             payload = bytes(data[p + HDR_BYTES:p + HDR_BYTES + plen]) if plen else addr
-            m = E.Message(src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid,
-                          payload, flags)
+            m = (_Guarded if last and src not in self.remote else E.Message)(
+                src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid, payload, flags)
+            if last and src not in self.remote:   # (another node's: its sender's rank)
+                m.guard = last
             acts = engine.arrive(m)
             if acts:
                 self._run(acts)
@@ -2235,6 +2290,93 @@ class Transport:
         if isinstance(op, E.Receive) and not op.done and self.engine.cancel(op):
             op.cancelled = True
             op.done = True
+
+    def keep_sent(self, s: SendOp) -> None:
+        """A blocking send whose wait for ``s`` raised (a signal handler's exception,
+        Ctrl-C): the message goes on, as it was at the call, whatever its caller
+        writes into the buffer from now on.  Queued (nothing on the wire yet) or
+        streamed (chunks still to write): the rest is copied aside and sent from
+        there.  A rendezvous request out: the data is copied aside and the guard
+        set (module docstring), so the receiver reads the copy if it may have
+        read the buffer after this; a push (two-copy fallback) under way goes on
+        from the copy.  Eager sends in the ring were copied there at the call; a
+        send to another node's rank (MPI reads the buffer) is left as it is, and
+        so is a send to a rank that died (nobody will read it).  Signals are held
+        back meanwhile (a second Ctrl-C must not leave the message half kept)."""
+        if s is None or s.done or s.dest == self.rank or s.dest in self.remote or \
+                s.dest in self.dead or s.dest in self.gone:
+            return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            self._keep_sent(s)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def _keep_sent(self, s: SendOp) -> None:
+        queued = s.state == E.S_QUEUED and any(x is s for x in self.pending[s.dest])
+        if s.protocol == E.EAGER:
+            if queued:
+                if s.flags & F_PACKED:
+                    s.table = [bytes(b) for b in s.table]
+                else:
+                    s.mv = bytes(s.mv)
+            return
+        if s.protocol == E.STREAM:
+            if queued:
+                s.mv = bytes(s.mv)
+                return
+            for job in self.pushes[s.dest]:
+                if job[4] is s and job[2] == 0:   # (i == 1: every chunk is out)
+                    off = job[3]
+                    s.aside = bytes(memoryview(s.mv).cast("B")[off:])
+                    job[1] = [(_linux.buffer_address(s.aside)[0] - off, s.nbytes)]
+            return
+        # rendezvous: the ranges the receiver reads, in request order
+        if s.flags & F_OBJ:
+            count, slen, saddr = TABLE.unpack_from(s.table, 0)
+            ranges = [PART.unpack_from(s.table, TABLE.size + k * PART.size)[:2]
+                      for k in range(count)]
+            if saddr:
+                ranges.append((saddr, slen))
+        else:
+            if not s.addr and s.nbytes:
+                s.addr = _linux.buffer_address(s.mv)[0]
+            ranges = [(s.addr, s.nbytes)]
+        ranges = [(a, n) for a, n in ranges if n]
+        aside = _linux.new_bytearray(sum(n for _, n in ranges))
+        at = base = _linux.buffer_address(aside, True)[0] if ranges else 0
+        moved = []   # (address, length, where its copy is), in request order
+        for a, n in ranges:
+            _linux.memmove(at, a, n)
+            moved.append((a, n, at))
+            at += n
+        s.aside = aside
+        if s.guard is None:
+            s.guard = bytearray(8)
+        s.guard[:] = base.to_bytes(8, "little")   # after the copy: the receiver's sign
+        if not s.flags & F_OBJ:
+            s.addr = base   # a PUSH or CTS that comes later reads the copy
+            s.mv = aside
+        else:   # the table a PUSH reads (the receiver has its own)
+            t = bytearray(s.table)
+            at = base
+            for k in range(count):
+                o = TABLE.size + k * PART.size
+                a, n, how = PART.unpack_from(t, o)
+                if n:
+                    PART.pack_into(t, o, at, n, how)
+                    at += n
+            if saddr and slen:
+                TABLE.pack_into(t, 0, count, slen, at)
+            s.table = bytes(t)
+        for job in self.pushes[s.dest]:   # pushes under way: on from the copy
+            if job[4] is None or type(job[4]) is tuple:
+                srcs = job[1]
+                for k, (a, n) in enumerate(srcs):
+                    for a0, n0, c0 in moved:
+                        if a0 <= a and a + n <= a0 + n0:   # (the same bytes at the call)
+                            srcs[k] = (c0 + a - a0, n)
+                            break
 
     def wait_until(self, pred, peer: int | None = None, op=None):
         """Block until ``pred()`` is true (progressing meanwhile)."""
