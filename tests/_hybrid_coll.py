@@ -15,6 +15,13 @@ def _ragged(n, unit, k0=0):
     return counts, displs, pos
 
 
+def _head_of(comm, k):
+    """The lowest rank of ``comm`` on rank k's node (DRILLER_NODE)."""
+    import os
+    nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
+    return min(j for j in range(comm.Get_size()) if nodes[j] == nodes[k])
+
+
 def check(comm, MPI, label=""):
     r, n = comm.Get_rank(), comm.Get_size()
     val = lambda k, c: np.arange(c, dtype=np.float64) + 1000.0 * k + 1   # noqa: E731
@@ -32,6 +39,10 @@ def check(comm, MPI, label=""):
             comm.Gather(MPI.IN_PLACE if r == root else x, g if r == root else None, root=root)
             if r == root:
                 assert all((g[k] == val(k, unit)).all() for k in range(n)), where
+            # Bcast: the root (a node's lowest rank or not) sends the other nodes
+            b = val(root, unit) if r == root else np.full(unit, -1.0)
+            comm.Bcast(b, root=root)
+            assert (b == val(root, unit)).all(), where
             # Gatherv, ragged (zero counts, gaps, reversed order); a derived send type
             counts, displs, total = _ragged(n, unit)
             mine = val(r, counts[r])
@@ -137,6 +148,20 @@ def check(comm, MPI, label=""):
         assert r == 0 and "expected" in str(e), (r, e)
     else:
         assert r != 0, "the root took a short block"
+    # a block longer than the others' (its node's head cannot hold it), then a head's
+    # own block shorter than the others': the root raises, nobody hangs, and the root
+    # never takes the node's message for the blocks
+    for bad, c in ((n - 1, 5), (_head_of(comm, n - 1), 3)):
+        x = np.full(4 if r != bad else c, float(r))
+        g = np.full((n, 4), -1.0) if r == 0 else None
+        try:
+            comm.Gather(x, g, root=0)
+        except MmpiError:
+            assert r == 0, r
+        else:
+            assert r != 0, f"the root took a block of {c} items from rank {bad} for 4"
+    g = np.empty((n, 0)) if r == 0 else None     # zero-sized blocks
+    comm.Gather(np.empty(0), g, root=0)
     s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
     try:
         comm.Scatter(s, np.empty(4), root=0)
