@@ -151,15 +151,17 @@ def check(comm, MPI, label=""):
     # a block longer than the others' (its node's head cannot hold it), then a head's
     # own block shorter than the others': the root raises, nobody hangs, and the root
     # never takes the node's message for the blocks
-    for bad, c in ((n - 1, 5), (_head_of(comm, n - 1), 3)):
-        x = np.full(4 if r != bad else c, float(r))
-        g = np.full((n, 4), -1.0) if r == 0 else None
-        try:
-            comm.Gather(x, g, root=0)
-        except MmpiError:
-            assert r == 0, r
-        else:
-            assert r != 0, f"the root took a block of {c} items from rank {bad} for 4"
+    # (eager-sized and rendezvous-sized blocks)
+    for k in (4, 40_000):
+        for bad, c in ((n - 1, k + 1), (_head_of(comm, n - 1), k - 1)):
+            x = np.full(k if r != bad else c, float(r))
+            g = np.full((n, k), -1.0) if r == 0 else None
+            try:
+                comm.Gather(x, g, root=0)
+            except MmpiError:
+                assert r == 0, r
+            else:
+                assert r != 0, f"the root took a block of {c} items from rank {bad} for {k}"
     g = np.empty((n, 0)) if r == 0 else None     # zero-sized blocks
     comm.Gather(np.empty(0), g, root=0)
     s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
