@@ -2,6 +2,8 @@
 (tests/_hybrid_prog.py runs them on 2 + 2 and 3 + 2 emulated nodes): every root,
 IN_PLACE, ragged counts with gaps and reversed displacements, a derived send
 datatype, small (eager) and large (rendezvous) blocks, and the object forms."""
+import os
+
 import numpy as np
 
 
@@ -17,7 +19,6 @@ def _ragged(n, unit, k0=0):
 
 def _head_of(comm, k):
     """The lowest rank of ``comm`` on rank k's node (DRILLER_NODE)."""
-    import os
     nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
     return min(j for j in range(comm.Get_size()) if nodes[j] == nodes[k])
 
@@ -162,6 +163,20 @@ def check(comm, MPI, label=""):
                 assert r == 0, r
             else:
                 assert r != 0, f"the root took a block of {c} items from rank {bad} for {k}"
+        # Scatter to a head whose count is one short: it raises, and so may its node's
+        # other ranks (the node's message does not fit it); a rank that completes has
+        # its own block, and the other nodes complete
+        hd = _head_of(comm, n - 1)
+        nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
+        s = np.array([np.full(k, float(j)) for j in range(n)]) if r == 0 else None
+        got = np.full(k - 1 if r == hd else k, -1.0)
+        try:
+            comm.Scatter(s, got, root=0)
+        except MmpiError:
+            assert nodes[r] == nodes[hd] and r != 0, r
+        else:
+            assert r != hd, f"rank {hd} took a block of {k} items for {k - 1}"
+            assert (got == r).all(), (r, k)
     g = np.empty((n, 0)) if r == 0 else None     # zero-sized blocks
     comm.Gather(np.empty(0), g, root=0)
     s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks

@@ -17,8 +17,11 @@ algorithms of ``_gather`` and ``_alltoall``.
   page); in Gather (not v) its ranks' blocks are received straight into their
   places there (:func:`_gather_head`).
 * **Scatter(v)**: the reverse: the root sends each other node's head one
-  message, the node's sizes then its blocks; the head keeps its own block and
-  sends the others theirs through shared memory.
+  message, the node's sizes then its blocks (built in the stage buffer); the
+  head keeps its own block and sends the others theirs through shared memory.
+  In Scatter (not v) the head receives that message into its stage buffer,
+  sized for L blocks of its own size: longer blocks fail the receive, and the
+  whole node raises.
 * **Allgather(v)**: every rank knows every count, so no sizes travel: blocks go
   to the node's leader, the leaders exchange their nodes' blocks, and each
   leader broadcasts the whole receive buffer through shared memory (the blocks
@@ -357,9 +360,25 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     # its blocks
     L = node.size
     hbase = cbase(heads)
-    op = _any(heads, ni, hbase)
-    waitall(t, [op])
-    msg = _data(op) if op.exc is None else b""
+    rb = err = None
+    try:
+        rb = parse(recvbuf, True, what, staged=True)
+    except MmpiError as e:
+        err = e
+    if vector or rb is None:
+        op = _any(heads, ni, hbase)
+        waitall(t, [op])
+        msg = _data(op) if op.exc is None else b""
+    else:
+        # Scatter: the node's message holds L blocks of this rank's size when the
+        # counts match: received into the stage buffer, kept from call to call (a
+        # buffer made per call pays a page fault per page).  The root's blocks
+        # longer than this rank's do not fit: the receive fails, and every rank of
+        # the node raises (as when the root refused its arguments)
+        cap = 8 * L + L * len(rb.mv)
+        op = cr(heads, memoryview(_stage(h, cap)[:cap]), ni, hbase)
+        waitall(t, [op])
+        msg = op.mv[:op.count] if op.exc is None else b""
     sizes = np.frombuffer(msg, np.int64, L) if len(msg) >= 8 * L else None
     offs = _offsets(sizes) if sizes is not None else None
     if offs is None or offs[-1] != len(msg) - 8 * L:
@@ -370,12 +389,7 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
                         f"send buffer was refused")
     data = memoryview(msg)[8 * L:]
     ops = [cs(node, data[offs[j]:offs[j + 1]], j, nbase) for j in range(1, L)]
-    err = None
-    try:
-        rb = parse(recvbuf, True, what, staged=True)
-    except MmpiError as e:
-        err = e
-    else:
+    if rb is not None:
         if len(rb.mv) != offs[1]:
             err = MmpiError(f"{what}: rank {cx.rank} expected {len(rb.mv)} bytes from "
                             f"rank {root} but got {offs[1]}: every rank must pass "
@@ -419,12 +433,16 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
     err = _gather.root_own_recv(recvbuf, sb.block(me), what)
     ops = [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     hbase = cbase(heads)
-    for i, ranks in enumerate(cranks):
-        if i == ni:
-            continue
-        sizes = np.array([sb.counts[r] * isz for r in ranks], np.int64)
-        msg = b"".join([sizes.tobytes()] + [sb.block(r) for r in ranks])
-        ops.append(cs(heads, memoryview(msg), i, hbase))
+    # every other node's message (its sizes, then its blocks), one after the other
+    # in the stage buffer (kept from call to call: no page faults per call)
+    msgs = [(i, [np.array([sb.counts[r] * isz for r in ranks], np.int64)]
+             + [sb.block(r) for r in ranks]) for i, ranks in enumerate(cranks) if i != ni]
+    whole = _join(h, [p for _, parts in msgs for p in parts])
+    o = 0
+    for i, parts in msgs:
+        k = sum(memoryview(p).nbytes for p in parts)
+        ops.append(cs(heads, whole[o:o + k], i, hbase))
+        o += k
     waitall(t, ops)
     first_error(ops)
     if err is not None:
