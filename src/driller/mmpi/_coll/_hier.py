@@ -6,7 +6,8 @@ shared-memory algorithms among the ranks of each node, the same algorithms among
 one rank per node (the node's lowest rank of the communicator, or the root on the
 root's node; their messages take the MPI route), then shared memory again to
 finish.  Bcast and bcast take two: among one rank per node (the root standing
-for its node), then within every node.  Each step is an ordinary collective over a sub-:class:`~._context.Context`
+for its node), then within every node.  Each step is an ordinary collective
+over a sub-:class:`~._context.Context`
 (the node's ranks, or one rank per node), made once per communicator (and root)
 with context ids derived from the communicator's own: negative ids, which no
 communicator of the job ever gets, so no message can meet another's.  A
@@ -63,7 +64,7 @@ class _Split:
         self.cranks = None          # comm ranks of each node (_hiergather makes it)
         self.lanes = None           # _hierlane's lanes, made on first use
         self.a2a = None             # _hiergather's Alltoall exchange arrays, made on first use
-        self.stage = None           # _hiergather's staging buffer of a Gather's head
+        self.stage = None           # _hiergather's staging buffer (gather heads, scatters)
         self.rnodes: dict[int, Context] = {}   # root -> the node context of its collectives
         self.hseq = 0               # _hboard: the hierarchical collectives so far,
         self.hist = [None] * _hboard.HIST      # the last ones' (number, kind, root)
