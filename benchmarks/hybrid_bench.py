@@ -13,8 +13,9 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 * inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 64 MiB dict send/recv;
 * collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
   1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes),
-  Bcast of 1 MiB from rank 3 and Gather of 1 MiB per rank to rank 0 (the time is
-  rank 0's, as for every row: a receiver on the root's other node, and the root).
+  Bcast of 1 MiB from rank 3, Gather of 1 MiB per rank to rank 0 and Scatter of
+  1 MiB per rank from rank 3 (the time is rank 0's, as for every row: a receiver
+  on the root's other node, the root, and the head of the root's other node).
 
 Within a round, each measurement's driller and mpi4py runs follow each other, the
 one or the other first in turn (odd rounds: driller first).
@@ -147,6 +148,14 @@ def rank_main(rounds: int, only: str = "", cpu: bool = False) -> None:
     coll("Bcast 1 MiB from rank 3, 4 ranks", lambda c: c.Bcast(bc, 3), 10, bc_check)
     coll("Gather 1 MiB per rank to rank 0, 4 ranks", lambda c: c.Gather(ag_in, g_out, 0), 10,
          g_check)
+    sc_in = np.repeat(np.arange(4.0), MIB // 8) if r == 3 else None
+    sc_out = np.empty(MIB // 8)
+
+    def sc_check():
+        assert sc_out[0] == r and sc_out[-1] == r
+    # (from rank 3: rank 0, timed, is the head of the root's other node)
+    coll("Scatter 1 MiB per rank from rank 3, 4 ranks", lambda c: c.Scatter(sc_in, sc_out, 3),
+         10, sc_check)
 
     cases = [c for c in cases if only in c[0]]
     results = {}

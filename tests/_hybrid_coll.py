@@ -2,6 +2,8 @@
 (tests/_hybrid_prog.py runs them on 2 + 2 and 3 + 2 emulated nodes): every root,
 IN_PLACE, ragged counts with gaps and reversed displacements, a derived send
 datatype, small (eager) and large (rendezvous) blocks, and the object forms."""
+import os
+
 import numpy as np
 
 
@@ -13,6 +15,12 @@ def _ragged(n, unit, k0=0):
         displs[k] = pos
         pos += counts[k] + 2
     return counts, displs, pos
+
+
+def _head_of(comm, k):
+    """The lowest rank of ``comm`` on rank k's node (DRILLER_NODE)."""
+    nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
+    return min(j for j in range(comm.Get_size()) if nodes[j] == nodes[k])
 
 
 def check(comm, MPI, label=""):
@@ -32,6 +40,10 @@ def check(comm, MPI, label=""):
             comm.Gather(MPI.IN_PLACE if r == root else x, g if r == root else None, root=root)
             if r == root:
                 assert all((g[k] == val(k, unit)).all() for k in range(n)), where
+            # Bcast: the root (a node's lowest rank or not) sends the other nodes
+            b = val(root, unit) if r == root else np.full(unit, -1.0)
+            comm.Bcast(b, root=root)
+            assert (b == val(root, unit)).all(), where
             # Gatherv, ragged (zero counts, gaps, reversed order); a derived send type
             counts, displs, total = _ragged(n, unit)
             mine = val(r, counts[r])
@@ -137,6 +149,36 @@ def check(comm, MPI, label=""):
         assert r == 0 and "expected" in str(e), (r, e)
     else:
         assert r != 0, "the root took a short block"
+    # a block longer than the others' (its node's head cannot hold it), then a head's
+    # own block shorter than the others': the root raises, nobody hangs, and the root
+    # never takes the node's message for the blocks
+    # (eager-sized and rendezvous-sized blocks)
+    for k in (4, 40_000):
+        for bad, c in ((n - 1, k + 1), (_head_of(comm, n - 1), k - 1)):
+            x = np.full(k if r != bad else c, float(r))
+            g = np.full((n, k), -1.0) if r == 0 else None
+            try:
+                comm.Gather(x, g, root=0)
+            except MmpiError:
+                assert r == 0, r
+            else:
+                assert r != 0, f"the root took a block of {c} items from rank {bad} for {k}"
+        # Scatter to a head whose count is one short: it raises, and so may its node's
+        # other ranks (the node's message does not fit it); a rank that completes has
+        # its own block, and the other nodes complete
+        hd = _head_of(comm, n - 1)
+        nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
+        s = np.array([np.full(k, float(j)) for j in range(n)]) if r == 0 else None
+        got = np.full(k - 1 if r == hd else k, -1.0)
+        try:
+            comm.Scatter(s, got, root=0)
+        except MmpiError:
+            assert nodes[r] == nodes[hd] and r != 0, r
+        else:
+            assert r != hd, f"rank {hd} took a block of {k} items for {k - 1}"
+            assert (got == r).all(), (r, k)
+    g = np.empty((n, 0)) if r == 0 else None     # zero-sized blocks
+    comm.Gather(np.empty(0), g, root=0)
     s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
     try:
         comm.Scatter(s, np.empty(4), root=0)
