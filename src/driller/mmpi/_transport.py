@@ -47,9 +47,10 @@ its copy ended before the caller could write (the guard is set first); else it
 copies again from the copy.  No lock, no round trip, no extra system call: the
 guard is the last range of the receiver's process_vm_readv (ranges are copied in
 order).  Why a 0 suffices: the sender stores the guard before any later write of
-the caller, and x86-64 (the only machine driller runs on) shows a core's stores
-in order and keeps loads in order, so a receiver that still reads 0 read its
-data before any of those writes.
+the caller (with a fence between: `_linux.fence`, for the non-temporal stores a
+large memset makes), and x86-64 (the only machine driller runs on) shows a
+core's stores in order and keeps loads in order, so a receiver that still reads
+0 read its data before any of those writes.
 
 Two-copy fallback (docs/mmpi.md, "Where single copy is denied"): when the
 receiver's process_vm_readv of a sender fails with EPERM/EACCES/ENOSYS (Yama,
@@ -2306,8 +2307,9 @@ class Transport:
         if s is None or s.done or s.dest == self.rank or s.dest in self.remote or \
                 s.dest in self.dead or s.dest in self.gone:
             return
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (only reads the mask)
+        try:   # blocked inside the try: an exception between the two still restores it
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             self._keep_sent(s)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -2354,6 +2356,7 @@ class Transport:
         if s.guard is None:
             s.guard = bytearray(8)
         s.guard[:] = base.to_bytes(8, "little")   # after the copy: the receiver's sign
+        _linux.fence()   # seen before the caller's next store, even a non-temporal one
         if not s.flags & F_OBJ:
             s.addr = base   # a PUSH or CTS that comes later reads the copy
             s.mv = aside
