@@ -193,6 +193,17 @@ def _copy(dst, di: int, src, si: int, n: int) -> None:
         dst[di + i:di + j] = src[si + i:si + j]
 
 
+def _table_ranges(table) -> list[tuple[int, int]]:
+    """The (address, length) ranges of an OBJ RTS's table in request order: its
+    buffers in table order, then its stream when not inline; empty ones left out
+    (what a PUSH streams, and what an interrupted send copies aside)."""
+    count, slen, saddr = TABLE.unpack_from(table, 0)
+    ranges = [PART.unpack_from(table, TABLE.size + k * PART.size)[:2] for k in range(count)]
+    if saddr:
+        ranges.append((saddr, slen))
+    return [(a, n) for a, n in ranges if n]
+
+
 class RecvOp(E.Receive):
     """A receive in flight.  ``mv``: writable byte memoryview, or None for objects.
     ``key``: None, or (set by ``irecvs[src]`` only) the tuple ``(buffer, cap, tag,
@@ -1702,17 +1713,8 @@ class Transport:
         s = self.engine.awaiting.get(sid)
         if s is None:  # pragma: no cover - protocol error
             raise MmpiError(f"PUSH from rank {dst} for unknown send id {sid}")
-        if s.flags & F_OBJ:  # the buffers in table order, then a stream not inline
-            count, slen, saddr = TABLE.unpack_from(s.table, 0)
-            srcs = []
-            off = TABLE.size
-            for _ in range(count):
-                addr, length, _how = PART.unpack_from(s.table, off)
-                off += PART.size
-                if length:
-                    srcs.append((addr, length))
-            if saddr and slen:
-                srcs.append((saddr, slen))
+        if s.flags & F_OBJ:
+            srcs = _table_ranges(s.table)
         else:
             if not s.addr:
                 s.addr = _linux.buffer_address(s.mv)[0]
@@ -2335,16 +2337,11 @@ class Transport:
             return
         # rendezvous: the ranges the receiver reads, in request order
         if s.flags & F_OBJ:
-            count, slen, saddr = TABLE.unpack_from(s.table, 0)
-            ranges = [PART.unpack_from(s.table, TABLE.size + k * PART.size)[:2]
-                      for k in range(count)]
-            if saddr:
-                ranges.append((saddr, slen))
+            ranges = _table_ranges(s.table)
         else:
             if not s.addr and s.nbytes:
                 s.addr = _linux.buffer_address(s.mv)[0]
-            ranges = [(s.addr, s.nbytes)]
-        ranges = [(a, n) for a, n in ranges if n]
+            ranges = [(s.addr, s.nbytes)] if s.nbytes else []
         aside = _linux.new_bytearray(sum(n for _, n in ranges))
         at = base = _linux.buffer_address(aside, True)[0] if ranges else 0
         moved = []   # (address, length, where its copy is), in request order
@@ -2362,6 +2359,7 @@ class Transport:
             s.mv = aside
         else:   # the table a PUSH reads (the receiver has its own)
             t = bytearray(s.table)
+            count, slen, saddr = TABLE.unpack_from(t, 0)
             at = base
             for k in range(count):
                 o = TABLE.size + k * PART.size
