@@ -2048,9 +2048,9 @@ class Transport:
         if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
-        del posted[0]
         self._give(r, src, data, p + at, ctx, tag, nbytes)
-        return True
+        del posted[0]   # (last: an exception raised in _give leaves r posted, the record
+        return True     # in the ring, and the next drain gives it again: nothing lost)
 
     def _give(self, r: RecvOp, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> None:
         """The posted receive ``r`` (out of the posted list) gets the plain eager
@@ -2124,70 +2124,95 @@ class Transport:
         kmv = None   # and its view
         pend = -1    # the run's last record not copied yet (its payload's byte)
         i = 0
-        while i < n and t != head:
-            q = base + t % rb   # the record; its payload at p
-            kf, c, tg, nb, plen = unpack(data, q)
-            if kf == K_EAGER:
-                off = HDR_BYTES
-            elif kf == K_INLINE:
-                off = INLINE_AT
-            else:
-                break
-            p = q + off
-            r = posted[i]
-            if r.key is k and nb == mnb and tg == mtg and c == mc:
-                # posted alike the last receive served, for a record alike: it
-                # fits and matches as that one did (its copy: the run's last);
-                # and so on while records and receives stay alike
-                hdr = (kf, c, tg, nb, plen)
+        try:   # (an exception at a call below: what was served is taken, _served)
+            while i < n and t != head:
+                q = base + t % rb   # the record; its payload at p
+                kf, c, tg, nb, plen = unpack(data, q)
+                if kf == K_EAGER:
+                    off = HDR_BYTES
+                elif kf == K_INLINE:
+                    off = INLINE_AT
+                else:
+                    break
+                p = q + off
+                r = posted[i]
+                if r.key is k and nb == mnb and tg == mtg and c == mc:
+                    # posted alike the last receive served, for a record alike: it
+                    # fits and matches as that one did (its copy: the run's last);
+                    # and so on while records and receives stay alike
+                    hdr = (kf, c, tg, nb, plen)
+                    step = HDR_BYTES + ((plen + 63) & ~63)
+                    while True:
+                        i += 1
+                        t += step
+                        r.message = m
+                        r.state = done
+                        r.count = nb
+                        r.done = True
+                        pend = q + off
+                        if i == n or t == head:
+                            break
+                        q = base + t % rb
+                        r = posted[i]
+                        if r.key is not k or unpack(data, q) != hdr:
+                            break
+                    continue
+                if pend >= 0:
+                    kmv[:mnb] = data[pend:pend + mnb]
+                    pend = -1
+                if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
+                        or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
+                    break
                 step = HDR_BYTES + ((plen + 63) & ~63)
-                while True:
+                if nb == mnb and tg == mtg and c == mc:
+                    # like the last record (small, not empty): the same envelope
                     i += 1
                     t += step
                     r.message = m
                     r.state = done
                     r.count = nb
+                    r.mv[:nb] = data[p:p + nb]
                     r.done = True
-                    pend = q + off
-                    if i == n or t == head:
-                        break
-                    q = base + t % rb
-                    r = posted[i]
-                    if r.key is not k or unpack(data, q) != hdr:
-                        break
-                continue
-            if pend >= 0:
-                kmv[:mnb] = data[pend:pend + mnb]
-                pend = -1
-            if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
-                    or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
-                break
-            i += 1
-            t += HDR_BYTES + ((plen + 63) & ~63)
-            if nb == mnb and tg == mtg and c == mc:
-                # like the last record (small, not empty): the same envelope
-                r.message = m
-                r.state = done
-                r.count = nb
-                r.mv[:nb] = data[p:p + nb]
-                r.done = True
-                k = r.key or _NOKEY   # (k: always the key of the receive that
-                kmv = r.mv            # took the record (mc, mtg, mnb) above)
-                continue
-            give(r, src, data, p, c, tg, nb)
-            if 0 < nb < _PUBLISH:
-                m = r.message
-                mc, mtg, mnb = c, tg, nb
-                k = r.key or _NOKEY
-                kmv = r.mv
-            elif nb >= _PUBLISH:
-                self.in_tail[src] = t
-                self.words[self.in_tailw[src]] = t
+                    k = r.key or _NOKEY   # (k: always the key of the receive that
+                    kmv = r.mv            # took the record (mc, mtg, mnb) above)
+                    continue
+                give(r, src, data, p, c, tg, nb)   # (then counted: an exception in it
+                i += 1                             # leaves r posted, the record unread)
+                t += step
+                if 0 < nb < _PUBLISH:
+                    m = r.message
+                    mc, mtg, mnb = c, tg, nb
+                    k = r.key or _NOKEY
+                    kmv = r.mv
+                elif nb >= _PUBLISH:
+                    self.in_tail[src] = t
+                    self.words[self.in_tailw[src]] = t
+        except BaseException:   # (a signal handler's): take what was served
+            self._served(src, posted, i, t, pend, kmv, mnb)
+            raise
         if pend >= 0:
             kmv[:mnb] = data[pend:pend + mnb]
         if i:
             del posted[:i]
         return t
+
+    def _served(self, src: int, posted, i: int, t: int, pend: int, kmv, mnb: int) -> None:
+        """``_serve`` raised (an exception at one of its calls) after serving ``i``
+        posted receives the records up to tail ``t``: those receives are done, so
+        the run's last copy is made, they leave the posted list and the tail moves
+        past their records (else a done receive whose buffer had not got its copy
+        yet, or, after a big record's early tail, the next record given to a
+        receive already done)."""
+        if pend >= 0:
+            kmv[:mnb] = self.data[pend:pend + mnb]
+        if i:
+            del posted[:i]
+        if t != self.in_tail[src]:
+            self.in_tail[src] = t
+            words = self.words
+            words[self.in_tailw[src]] = t
+            if words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
