@@ -1305,11 +1305,12 @@ class Transport:
                 if self._put_send(s):
                     if s.protocol != E.STREAM:  # (streamed: once its last chunk is out)
                         self._run(self.engine.transmitted(s))
+                        return
                     h0 = None
             except BaseException:   # (a signal handler's): the record is out or not
                 self._settle(dst, h0, s)
                 raise
-            if h0 is None:   # out (a streamed send's envelope: its first chunks now)
+            if h0 is None:   # a streamed send's envelope is out: its first chunks now
                 if self.pushes[dst]:
                     self._push(dst)
                 return
