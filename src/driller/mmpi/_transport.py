@@ -1460,7 +1460,7 @@ class Transport:
                 _linux.futex_wake(self.base + self.out_headw[dst] * 8)
             if q and q[0] is item:
                 q.popleft()
-            if type(s) is SendOp:
+            if isinstance(s, E.Send):
                 if s.protocol == E.STREAM and s is item:   # its envelope: the chunks follow
                     jobs = self.pushes[dst]
                     if not any(j[4] is s for j in jobs):
