@@ -10,8 +10,12 @@ sends more), and the receiver checks every message: exactly once, in order,
 with the right bytes.  Before the fix (integ20): a queued send put again after
 the exception arrived twice; a streamed send's envelope went out with no chunks
 behind it (the receiver waited forever); a pushed chunk was written again from
-the job's stale offset (the receiver's copy went astray).  Real forked ranks;
-no timed assertions (a hang hits the harness deadline).
+the job's stale offset (the receiver's copy went astray); a PUSH request taken
+again pushed the message twice.  On the receiving side: a posted receive
+interrupted as its record was handed over was never completed; a window pass
+interrupted left Waitall returning before the run's copy was made, or (big
+records) gave the next record to a receive already complete.  Real forked
+ranks; no timed assertions (a hang hits the harness deadline).
 """
 
 from __future__ import annotations
