@@ -1299,12 +1299,23 @@ class Transport:
             self._self_send(s)
             return
         q = self.pending[dst]
-        if q or not self._put_send(s):
-            q.append(s)
-            self.npending += 1
-            return
-        if s.protocol != E.STREAM:  # (streamed: transmitted once its last chunk is out)
-            self._run(self.engine.transmitted(s))
+        if not q:
+            h0 = self.out_head[dst]
+            try:
+                if self._put_send(s):
+                    if s.protocol != E.STREAM:  # (streamed: once its last chunk is out)
+                        self._run(self.engine.transmitted(s))
+                        return
+                    h0 = None
+            except BaseException:   # (a signal handler's): the record is out or not
+                self._settle(dst, h0, s)
+                raise
+            if h0 is None:   # a streamed send's envelope is out: its first chunks now
+                if self.pushes[dst]:
+                    self._push(dst)
+                return
+        self.npending += 1   # (before the append: a count too high costs a flush)
+        q.append(s)
 
     def _self_send(self, s: SendOp) -> None:
         if s.flags & F_OBJ:
@@ -1354,14 +1365,13 @@ class Transport:
 
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
-        if s.protocol == E.STREAM:  # the envelope, then the chunks as the ring has room
+        if s.protocol == E.STREAM:  # the envelope; the caller pushes the chunks
+            s.addr = _linux.buffer_address(s.mv)[0]
             if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
                              s.id, 0, None, 0):
                 return False
-            s.addr = _linux.buffer_address(s.mv)[0]
-            self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
             self.npending += 1
-            self._push(s.dest)
+            self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
             return True
         if s.protocol == E.EAGER:
             if s.flags & F_PACKED:  # table: the pieces, keep: their total length
@@ -1397,28 +1407,69 @@ class Transport:
         for dst, q in enumerate(self.pending):
             while q:
                 item = q[0]
-                if type(item) is E.Reply:
-                    kind = K_ACK if item.kind == E.ACK else K_FIN
-                    if not self._put(dst, kind, 0, 0, 0, item.sender_id, 0, None, 0):
-                        break
-                    q.popleft()
-                    self.npending -= 1
-                elif type(item) is tuple:  # a control record: (kind, ctx, tag, nbytes, sid, addr)
-                    if not self._put(dst, *item, None, 0):
-                        break
-                    q.popleft()
-                    self.npending -= 1
-                else:
-                    if not self._put_send(item):
-                        break
-                    q.popleft()
-                    self.npending -= 1
-                    if item.protocol != E.STREAM:
-                        self._run(self.engine.transmitted(item))
+                h0 = self.out_head[dst]
+                try:
+                    if type(item) is E.Reply:
+                        kind = K_ACK if item.kind == E.ACK else K_FIN
+                        if not self._put(dst, kind, 0, 0, 0, item.sender_id, 0, None, 0):
+                            break
+                        q.popleft()
+                        self.npending -= 1
+                    elif type(item) is tuple:  # a control record: (kind, ctx, tag, nbytes, sid, addr)
+                        if not self._put(dst, *item, None, 0):
+                            break
+                        q.popleft()
+                        self.npending -= 1
+                    else:
+                        if not self._put_send(item):
+                            break
+                        q.popleft()
+                        self.npending -= 1
+                        if item.protocol != E.STREAM:   # (streamed: its chunks follow)
+                            self._run(self.engine.transmitted(item))
+                except BaseException:   # (a signal handler's): the record is out or not
+                    self._settle(dst, h0, item)
+                    raise
                 did = True
             if self.pushes[dst] and self._push(dst):
                 did = True
         return did
+
+    def _settle(self, dst: int, h0: int, item) -> None:
+        """An exception (a signal handler's, Ctrl-C: Python runs them at any call)
+        cut short the put of ``item`` to ``dst``, the ring's head then ``h0``
+        (``item``: a SendOp, Reply or control tuple of ``pending[dst]``, or a push
+        job whose chunks are all out), or the bookkeeping after it.  The ring
+        decides: a record whose put moved ``out_head`` is out, and what follows a
+        put is done here (off its queue, published, its receiver woken, a streamed
+        send's push job, a send's ``transmitted``), each step only if not yet done;
+        a record not out stays queued (from ``_transmit``: not sent at all).  Runs
+        in the ``except`` of the put, before anything else writes to ``dst``."""
+        q = self.pending[dst]
+        s = item
+        if type(item) is list:   # a push job: its trailer record (a tuple) put, if any
+            q = self.pushes[dst]
+            s = item[4]
+            out = type(s) is not tuple or self.out_head[dst] != h0
+        else:
+            out = self.out_head[dst] != h0
+        if out:
+            words = self.words
+            words[self.out_headw[dst]] = self.out_head[dst]
+            if words[self.sleeping_w[dst]]:
+                _linux.futex_wake(self.base + self.out_headw[dst] * 8)
+            if q and q[0] is item:
+                q.popleft()
+            if isinstance(s, E.Send):
+                if s.protocol == E.STREAM and s is item:   # its envelope: the chunks follow
+                    jobs = self.pushes[dst]
+                    if not any(j[4] is s for j in jobs):
+                        jobs.append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
+                elif s.state == E.S_QUEUED:
+                    self._run(self.engine.transmitted(s))
+                elif s.state == E.S_DONE:   # (transmitted's Complete, cut short)
+                    s.done = True
+        self.npending = sum(map(len, self.pending)) + sum(map(len, self.pushes))
 
     # ------------------------------------------------------------ actions
     def _run(self, actions) -> None:
@@ -1722,9 +1773,11 @@ class Transport:
         if sum(x[1] for x in srcs) != total:  # pragma: no cover - protocol error
             raise MmpiError(f"PUSH from rank {dst} wants {total} bytes of a send of "
                             f"{s.nbytes} bytes (tag {s.tag})")
-        self.pushes[dst].append([token, srcs, 0, 0, None])
-        self.npending += 1
-        self._push(dst)
+        jobs = self.pushes[dst]
+        if any(j[0] == token and j[4] is None for j in jobs):
+            return   # registered, but an exception came before the drain took the record
+        self.npending += 1   # (the chunks: progress's _flush, right after this drain)
+        jobs.append([token, srcs, 0, 0, None])
 
     def _push(self, dst: int) -> bool:
         """Write as much of our pushes to ``dst`` as its ring has room for (DATA
@@ -1769,7 +1822,9 @@ class Transport:
                 if off == n:
                     i += 1
                     off = 0
-                self.out_head[dst] = head
+                self.out_head[dst] = head   # the chunk is ours to publish: saved with it
+                job[2] = i                  # (no call in between: a signal handler's
+                job[3] = off                # exception cannot come between them)
                 words[self.out_headw[dst]] = head
                 if words[self.sleeping_w[dst]]:
                     _linux.futex_wake(self.base + self.out_headw[dst] * 8)
@@ -1778,13 +1833,18 @@ class Transport:
             if i < len(srcs):
                 break
             self.out_head[dst] = head
-            if kind == K_DATA and trailer is not None and not self._put(dst, *trailer, None, 0):
-                break
+            try:
+                if kind == K_DATA and trailer is not None and \
+                        not self._put(dst, *trailer, None, 0):
+                    break
+                q.popleft()
+                self.npending -= 1
+                if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
+                    self._run(self.engine.transmitted(trailer))
+            except BaseException:   # (a signal handler's): finish what is out
+                self._settle(dst, head, job)
+                raise
             head = self.out_head[dst]
-            q.popleft()
-            self.npending -= 1
-            if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
-                self._run(self.engine.transmitted(trailer))
         self.out_head[dst] = head
         words[self.out_headw[dst]] = head
         return head != head0
@@ -1989,9 +2049,9 @@ class Transport:
         if (type(r) is not RecvOp or r.context != ctx or (r.source != src and r.source != -1)
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
-        del posted[0]
         self._give(r, src, data, p + at, ctx, tag, nbytes)
-        return True
+        del posted[0]   # (last: an exception raised in _give leaves r posted, the record
+        return True     # in the ring, and the next drain gives it again: nothing lost)
 
     def _give(self, r: RecvOp, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> None:
         """The posted receive ``r`` (out of the posted list) gets the plain eager
@@ -2065,70 +2125,95 @@ class Transport:
         kmv = None   # and its view
         pend = -1    # the run's last record not copied yet (its payload's byte)
         i = 0
-        while i < n and t != head:
-            q = base + t % rb   # the record; its payload at p
-            kf, c, tg, nb, plen = unpack(data, q)
-            if kf == K_EAGER:
-                off = HDR_BYTES
-            elif kf == K_INLINE:
-                off = INLINE_AT
-            else:
-                break
-            p = q + off
-            r = posted[i]
-            if r.key is k and nb == mnb and tg == mtg and c == mc:
-                # posted alike the last receive served, for a record alike: it
-                # fits and matches as that one did (its copy: the run's last);
-                # and so on while records and receives stay alike
-                hdr = (kf, c, tg, nb, plen)
+        try:   # (an exception at a call below: what was served is taken, _served)
+            while i < n and t != head:
+                q = base + t % rb   # the record; its payload at p
+                kf, c, tg, nb, plen = unpack(data, q)
+                if kf == K_EAGER:
+                    off = HDR_BYTES
+                elif kf == K_INLINE:
+                    off = INLINE_AT
+                else:
+                    break
+                p = q + off
+                r = posted[i]
+                if r.key is k and nb == mnb and tg == mtg and c == mc:
+                    # posted alike the last receive served, for a record alike: it
+                    # fits and matches as that one did (its copy: the run's last);
+                    # and so on while records and receives stay alike
+                    hdr = (kf, c, tg, nb, plen)
+                    step = HDR_BYTES + ((plen + 63) & ~63)
+                    while True:
+                        i += 1
+                        t += step
+                        r.message = m
+                        r.state = done
+                        r.count = nb
+                        r.done = True
+                        pend = q + off
+                        if i == n or t == head:
+                            break
+                        q = base + t % rb
+                        r = posted[i]
+                        if r.key is not k or unpack(data, q) != hdr:
+                            break
+                    continue
+                if pend >= 0:
+                    kmv[:mnb] = data[pend:pend + mnb]
+                    pend = -1
+                if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
+                        or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
+                    break
                 step = HDR_BYTES + ((plen + 63) & ~63)
-                while True:
+                if nb == mnb and tg == mtg and c == mc:
+                    # like the last record (small, not empty): the same envelope
                     i += 1
                     t += step
                     r.message = m
                     r.state = done
                     r.count = nb
+                    r.mv[:nb] = data[p:p + nb]
                     r.done = True
-                    pend = q + off
-                    if i == n or t == head:
-                        break
-                    q = base + t % rb
-                    r = posted[i]
-                    if r.key is not k or unpack(data, q) != hdr:
-                        break
-                continue
-            if pend >= 0:
-                kmv[:mnb] = data[pend:pend + mnb]
-                pend = -1
-            if (type(r) is not RecvOp or r.context != c or (r.source != src and r.source != -1)
-                    or (r.tag != tg and r.tag != -1) or r.mv is None or nb > r.capacity):
-                break
-            i += 1
-            t += HDR_BYTES + ((plen + 63) & ~63)
-            if nb == mnb and tg == mtg and c == mc:
-                # like the last record (small, not empty): the same envelope
-                r.message = m
-                r.state = done
-                r.count = nb
-                r.mv[:nb] = data[p:p + nb]
-                r.done = True
-                k = r.key or _NOKEY   # (k: always the key of the receive that
-                kmv = r.mv            # took the record (mc, mtg, mnb) above)
-                continue
-            give(r, src, data, p, c, tg, nb)
-            if 0 < nb < _PUBLISH:
-                m = r.message
-                mc, mtg, mnb = c, tg, nb
-                k = r.key or _NOKEY
-                kmv = r.mv
-            elif nb >= _PUBLISH:
-                self.in_tail[src] = t
-                self.words[self.in_tailw[src]] = t
+                    k = r.key or _NOKEY   # (k: always the key of the receive that
+                    kmv = r.mv            # took the record (mc, mtg, mnb) above)
+                    continue
+                give(r, src, data, p, c, tg, nb)   # (then counted: an exception in it
+                i += 1                             # leaves r posted, the record unread)
+                t += step
+                if 0 < nb < _PUBLISH:
+                    m = r.message
+                    mc, mtg, mnb = c, tg, nb
+                    k = r.key or _NOKEY
+                    kmv = r.mv
+                elif nb >= _PUBLISH:
+                    self.in_tail[src] = t
+                    self.words[self.in_tailw[src]] = t
+        except BaseException:   # (a signal handler's): take what was served
+            self._served(src, posted, i, t, pend, kmv, mnb)
+            raise
         if pend >= 0:
             kmv[:mnb] = data[pend:pend + mnb]
         if i:
             del posted[:i]
         return t
+
+    def _served(self, src: int, posted, i: int, t: int, pend: int, kmv, mnb: int) -> None:
+        """``_serve`` raised (an exception at one of its calls) after serving ``i``
+        posted receives the records up to tail ``t``: those receives are done, so
+        the run's last copy is made, they leave the posted list and the tail moves
+        past their records (else a done receive whose buffer had not got its copy
+        yet, or, after a big record's early tail, the next record given to a
+        receive already done)."""
+        if pend >= 0:
+            kmv[:mnb] = self.data[pend:pend + mnb]
+        if i:
+            del posted[:i]
+        if t != self.in_tail[src]:
+            self.in_tail[src] = t
+            words = self.words
+            words[self.in_tailw[src]] = t
+            if words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + self.in_tailw[src] * 8)
 
     def _record(self, src: int, data, p: int) -> int:
         """Act on the record from ``src`` at byte ``p`` of ``data`` (the world block's,
