@@ -28,6 +28,19 @@ the receive when its last chunk is copied.  A receiver drains every chunk at
 once: before a receive matches, chunks land in a warm staging buffer of the
 receive cache (then one more copy), so a full ring never waits for a match.
 
+Adaptive stream: the envelope's ``address`` is the sender's buffer.  A receive
+that matches a stream with chunks still to come asks for a split through its
+ring's slot (G_XSID/G_XADDR/G_XCAP of _world, written only when it reads 0: its
+buffer's address and capacity, then the send id).  The sender looks at the slot
+before each chunk; only it decides: at chunk boundary ``k`` it writes SPLIT
+(``tag`` = send id, ``nbytes`` = k, ``sender id`` = mid, ``address`` = its
+buffer), then copies [mid, n) into the receive's buffer with process_vm_writev
+(bounded by the capacity) and writes SDONE (``tag`` = send id, ``nbytes`` =
+n - mid) while the receiver reads [k, mid) with process_vm_readv and answers
+RDONE (``tag`` = send id): the send completes on RDONE and its own part done.
+A write that is denied sends [mid, n) as SDATA chunks instead.  Without a
+request (no receive posted) it stays a plain stream: buffered, no wait.
+
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
 out of band and are copied once, straight from the sender's memory into the
@@ -89,6 +102,7 @@ __all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
+K_SPLIT, K_SDONE, K_RDONE = 12, 13, 14   # an adaptive stream's split (see below)
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 F_INLINE = 16   # an eager record whose payload is inside its header (K_INLINE)
 HDR = struct.Struct("<8q")
@@ -128,6 +142,8 @@ SPLIT_MIN = 0                 # >0: rendezvous copies this large are split betwe
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
+XSPLIT_REST = 128 << 10       # a matched stream with at least this much still to send is split
+                              # (DRILLER_MMPI_XSPLIT_REST; 0: never; off when oversubscribed)
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -415,10 +431,12 @@ class _Stream:
     straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
     the rest of a truncated message is dropped)."""
 
-    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr")
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr", "src_addr", "req")
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, src_addr: int = 0):
         self.n = n
+        self.src_addr = src_addr   # the sender's buffer (adaptive stream: its split)
+        self.req = False           # a split was asked for (the slot may name it)
         self.got = 0
         self.r = None
         self.addr = 0
@@ -550,6 +568,21 @@ class Transport:
             self.stream_max = min(self.stream_max, rb // 2)
         self.streams = {}
         self.stats_streamed = 0  # bytes received streamed
+        # adaptive streams: the split-request slot of our ring to each peer (its
+        # receives write it) and of each peer's ring to us (ours do); sends split and
+        # waiting: send id -> [SendOp, parts left (RDONE, our own part)]
+        self.out_xw = [world.ring_ctrl(self.rank, p) // 8 + W.G_XSID if p != rank else 0
+                       for p in range(size)]
+        self.in_xw = [world.ring_ctrl(p, self.rank) // 8 + W.G_XSID if p != rank else 0
+                      for p in range(size)]
+        self.xsplit_rest = int(os.environ.get("DRILLER_MMPI_XSPLIT_REST",
+                                              0 if self.oversubscribed else XSPLIT_REST))
+        self.xsplits = {}
+        self.pull_ok = set()   # sources a process_vm_readv worked from (split requests)
+        self.no_xsplit = set()   # peers we may not read or write: their streams stay whole
+        self.stats_xsplit = 0   # streams split (as receiver), and the last one's (k, mid, n)
+        self.stats_xsplit_last = None
+        self.stats_settled = 0   # interrupted sends that waited for their receiver's read
         self._hooks = _Hooks()
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
@@ -1355,10 +1388,10 @@ class Transport:
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
         if s.protocol == E.STREAM:  # the envelope, then the chunks as the ring has room
-            if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
-                             s.id, 0, None, 0):
-                return False
             s.addr = _linux.buffer_address(s.mv)[0]
+            if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
+                             s.id, s.addr, None, 0):
+                return False
             self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
             self.npending += 1
             self._push(s.dest)
@@ -1743,12 +1776,21 @@ class Transport:
         chunk = self.push_chunk
         head = self.out_head[dst]
         head0 = head
+        xw = self.out_xw[dst]
         while q:
             job = q[0]
             token, srcs, i, off, trailer = job
             kind = K_DATA if trailer is None or type(trailer) is tuple else K_SDATA
             while i < len(srcs):
                 addr, n = srcs[i]
+                if kind == K_SDATA and words[xw]:  # a split asked for (adaptive stream)
+                    self.out_head[dst] = head
+                    off = self._xsplit(dst, trailer, addr, off)
+                    head = self.out_head[dst]
+                    if off == n:   # the rest is being copied by both ranks
+                        i += 1
+                        off = 0
+                        break
                 want = min(n - off, chunk)
                 least = HDR_BYTES + min(want, chunk >> 2)
                 free = rb - (head - words[tailw])
@@ -1784,10 +1826,133 @@ class Transport:
             q.popleft()
             self.npending -= 1
             if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
-                self._run(self.engine.transmitted(trailer))
+                self._stream_out(trailer)
         self.out_head[dst] = head
         words[self.out_headw[dst]] = head
         return head != head0
+
+    def _stream_out(self, s: SendOp) -> None:
+        """Streamed send ``s`` has all its own bytes out: complete, unless it was
+        split and the receiver still reads its part (RDONE)."""
+        e = self.xsplits.get(s.id)
+        if e is None:
+            self._run(self.engine.transmitted(s))
+        else:
+            self._xpart(s.id)
+
+    def _xpart(self, sid: int) -> None:
+        """One part of split send ``sid`` is over (our write, or the receiver's RDONE)."""
+        e = self.xsplits[sid]
+        e[1] -= 1
+        if not e[1]:
+            del self.xsplits[sid]
+            self._run(self.engine.transmitted(e[0]))
+
+    def _xsplit(self, dst: int, s: SendOp, addr: int, off: int) -> int:
+        """The slot of our ring to ``dst`` is set before the chunk at ``off`` of
+        streamed send ``s`` (bytes at ``addr``): if it asks for ``s``, split the rest
+        [off, n): SPLIT, then our part [mid, n) written into the receive's buffer
+        (SDONE).  Returns where the chunks go on: n when our part is written,
+        mid when the write was denied (our part then goes as chunks), off when no
+        split now."""
+        words = self.words
+        x = self.out_xw[dst]
+        sid = words[x]
+        n = s.nbytes
+        if sid != s.id:   # another send's: stale (it ended before we looked), or queued
+            if not any(j[0] == sid and type(j[4]) is SendOp for j in self.pushes[dst]):
+                words[x] = 0
+            return off
+        if dst in self.no_xsplit:   # our writes were denied: the chunks it is
+            words[x] = 0
+            return off
+        if n - off < self.xsplit_rest or self.xsplit_rest <= 0:
+            return off   # (the receiver clears the slot once the stream is in)
+        raddr = words[x + 1]
+        cap = words[x + 2]
+        mid = off + (((n - off) >> 1) & ~4095)
+        if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0):
+            return off   # no room for the record now: the request stays, next chunk
+        words[x] = 0
+        self.xsplits[sid] = [s, 2]
+        end = min(n, cap)
+        if mid < end:
+            try:
+                _linux.process_vm_writev(self.pid_of(dst), addr + mid, raddr + mid, end - mid)
+            except OSError as e:
+                if e.errno in DENIED:   # our part goes as chunks, counted by the receiver
+                    self.no_xsplit.add(dst)   # (streams need no single copy: no warning)
+                    return mid
+                s.exc = (PeerDiedError(f"rank {dst} died during a {n}-byte send "
+                                       f"(tag {s.tag})", rank=self.blame(dst))
+                         if e.errno == errno.ESRCH else
+                         MmpiError(f"writing {end - mid} bytes to rank {dst} failed: {e}"))
+        q = self.pending[dst]
+        if q or not self._put(dst, K_SDONE, 0, sid, n - mid, 0, 0, None, 0):
+            q.append((K_SDONE, 0, sid, n - mid, 0, 0))
+            self.npending += 1
+        return n
+
+    def _xrequest(self, src: int, sid: int, st: _Stream) -> None:
+        """Ask ``src`` to split its streamed send ``sid`` (matched by ``st.r``) when
+        the slot is free and we may read ``src``'s memory."""
+        words = self.words
+        x = self.in_xw[src]
+        if words[x]:
+            return
+        if src not in self.pull_ok:   # once per source: may we read it at all?
+            try:
+                _linux.process_vm_readv(self.pid_of(src), st.addr, st.src_addr,
+                                        min(64, st.cap))
+            except OSError as e:
+                if e.errno in DENIED:   # (streams need no single copy: no warning)
+                    self.no_xsplit.add(src)
+                return
+            self.pull_ok.add(src)
+        words[x + 1] = st.addr
+        words[x + 2] = st.cap
+        words[x] = sid
+        st.req = True
+
+    def _take_split(self, src: int, sid: int, k: int, mid: int, addr: int) -> None:
+        """SPLIT from ``src``: read [k, mid) of its streamed send ``sid`` from its
+        buffer at ``addr`` into the receive's, then RDONE; it writes [mid, n)."""
+        st = self.streams.get((src, sid))
+        if st is None or st.r is None:  # pragma: no cover - protocol error
+            raise MmpiError(f"corrupt ring from rank {src}: a split of unknown message {sid}")
+        self.stats_xsplit += 1
+        self.stats_xsplit_last = (k, mid, st.n)
+        end = min(mid, st.cap)
+        if k < end:
+            try:
+                _linux.process_vm_readv(self.pid_of(src), st.addr + k, addr + k, end - k)
+            except OSError as e:
+                r = st.r
+                r.exc = (PeerDiedError(f"rank {src} died before its {st.n}-byte message "
+                                       f"(tag {r.message.tag}) could be copied",
+                                       rank=self.blame(src))
+                         if e.errno == errno.ESRCH else
+                         MmpiError(f"copying {end - k} bytes from rank {src} failed: {e}"))
+        q = self.pending[src]
+        if q or not self._put(src, K_RDONE, 0, sid, 0, 0, 0, None, 0):
+            q.append((K_RDONE, 0, sid, 0, 0, 0))
+            self.npending += 1
+        self._stream_got(src, sid, st, mid - k)
+
+    def _stream_got(self, src: int, sid: int, st: _Stream, k: int) -> None:
+        """``k`` more bytes of streamed message ``sid`` from ``src`` are in; the
+        last ones complete its receive."""
+        st.got += k
+        if st.got == st.n:
+            del self.streams[(src, sid)]
+            self.stats_streamed += st.n
+            if st.req and self.words[self.in_xw[src]] == sid:   # asked, never split
+                self.words[self.in_xw[src]] = 0
+            r = st.r
+            if r is not None:
+                st.r = st.keep = None
+                r.message.payload = None
+                self._run(self.engine.fetched(r))
 
     def _fetch_stream(self, r: RecvOp, m: E.Message) -> None:
         """A receive matched streamed message ``m``: copy what came before the match
@@ -1818,6 +1983,9 @@ class Transport:
         st.addr = addr
         st.cap = cap
         st.keep = dest
+        if (self.xsplit_rest > 0 and cap and n - st.got >= self.xsplit_rest and st.src_addr
+                and m.source not in self.no_xsplit and m.source not in self.no_pull):
+            self._xrequest(m.source, m.sender_id, st)
 
     def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
         """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
@@ -1833,15 +2001,7 @@ class Transport:
             if st.staging is None:
                 st.staging, st.saddr = self.recv_cache.take(st.n)
             _linux.memmove(st.saddr + off, self.base + p, k)
-        st.got = off + k
-        if st.got == st.n:
-            del self.streams[(src, sid)]
-            self.stats_streamed += st.n
-            r = st.r
-            if r is not None:
-                st.r = st.keep = None
-                r.message.payload = None
-                self._run(self.engine.fetched(r))
+        self._stream_got(src, sid, st, k)
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
@@ -2180,8 +2340,14 @@ class Transport:
                 self._run(engine.fetched(r))
         elif kind == K_SDATA:
             self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
+        elif kind == K_SPLIT:
+            self._take_split(src, tag, nbytes, sid, addr)
+        elif kind == K_SDONE:
+            self._stream_got(src, tag, self.streams[(src, tag)], nbytes)
+        elif kind == K_RDONE:
+            self._xpart(tag)
         elif kind == K_STREAM:
-            st = self.streams[(src, sid)] = _Stream(nbytes)
+            st = self.streams[(src, sid)] = _Stream(nbytes, addr)
             m = E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags)
             acts = engine.arrive(m)
             if acts:
@@ -2282,6 +2448,21 @@ class Transport:
                     return
                 continue
             os.sched_yield()
+
+    def settle_send(self, op) -> None:
+        """A blocking send's wait for ``op`` raised (a signal handler's exception,
+        Ctrl-C): if its receiver is reading the buffer (a split stream), wait until
+        it has (bounded: the receiver runs; its death raises PeerDiedError), so
+        that the caller may change the buffer once the exception is out."""
+        if op.id in self.xsplits and not op.done:
+            self.stats_settled += 1
+        while op.id in self.xsplits and not op.done:
+            try:
+                self.wait(op, op.dest)
+            except PeerDiedError:
+                raise
+            except BaseException:   # another interruption: the copy still ends first
+                continue
 
     def abandon(self, op) -> None:
         """A blocking receive whose wait for ``op`` raised (KeyboardInterrupt, a

@@ -85,6 +85,11 @@ R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, as
 # the head's line cost a cross-core miss per message: docs/mmpi.md, "sixth round")
 G_HEAD = 0
 G_TAIL, G_PWAIT = 8, 9
+# a streamed message's split request (_transport, "adaptive stream"), in the tail's
+# line: written by the consumer (the receiver) when the slot reads 0: the buffer's
+# address and capacity first, the send's id last; cleared by the producer (or by
+# the consumer once that stream is complete)
+G_XSID, G_XADDR, G_XCAP = 10, 11, 12
 
 
 def default_ring_bytes(size: int) -> int:
