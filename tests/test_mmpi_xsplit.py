@@ -287,3 +287,39 @@ def test_receiver_dies_mid_split(monkeypatch):
     assert res[1][0] is False and res[1][1][0] == "Killed"
     how, _, _ = values([res[0]])[0]
     assert how == ("died", 1)
+
+
+def _sender_dies_mid_split(comm):
+    """Rank 0 may not write into rank 1 (process_vm_writev fails with EPERM): its
+    part of the split goes as chunks; it dies once split, mid-way through them."""
+    import errno
+    import os
+
+    from driller import _linux
+    n = 8 * MIB
+    t = comm._t
+    if comm.rank == 0:
+        _linux.deny_syscalls(["process_vm_writev"], errno.EPERM)
+        comm.Recv(np.zeros(1, np.uint8), 1, 2)
+        r = comm.Isend(pattern(n, 8), 1, 1)
+        while not t.xsplits:
+            r.Test()
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGKILL)
+    b = np.zeros(n, np.uint8)
+    r = comm.Irecv(b, 0, 1)
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    try:
+        r.Wait()
+    except mmpi.PeerDiedError as e:
+        return "died", e.rank, len(t.streams), t.stats_xsplit
+    return "completed", None, len(t.streams), t.stats_xsplit
+
+
+def test_sender_dies_mid_split(monkeypatch):
+    """The sender dies after the split, its part not all in: the receive raises
+    PeerDiedError naming it, the partial message is dropped, no hang."""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    res = run_ranks(_sender_dies_mid_split, 2)
+    assert res[0][0] is False and res[0][1][0] == "Killed"
+    assert values([res[1]]) == [("died", 0, 0, 1)]
