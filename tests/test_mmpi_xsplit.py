@@ -21,6 +21,27 @@ MIB = 1 << 20
 RING = str(2 * MIB)   # eager limit 512 KiB, chunks of 256 KiB: 4 MiB never fits
 
 
+@pytest.fixture(autouse=True)
+def _xsplit_on(monkeypatch):
+    """The split on (whatever the default), 2 ranks on 2 cores or not."""
+    monkeypatch.setenv("DRILLER_MMPI_XSPLIT_REST", str(128 << 10))
+
+
+def _slow_split(t, seconds=0.0, die=False):
+    """This rank (a receiver) takes ``seconds`` before reading its part of each
+    split (or dies there): a slow receiver, as a loaded machine makes one."""
+    take = t._take_split
+
+    def slow(*args):
+        if die:
+            import os
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(seconds)
+        return take(*args)
+
+    t._take_split = slow
+
+
 def pattern(n: int, seed: int = 0) -> np.ndarray:
     return ((np.arange(n, dtype=np.int64) * 13 + seed) % 253).astype(np.uint8)
 
@@ -229,21 +250,14 @@ class Interrupted(Exception):
 
 
 def _interrupted_in_split(comm, n, receiver_dies):
-    """Rank 1's receive is posted and its request made; then it stops progressing
-    (sleeps, or dies) while rank 0's Send is split and waits for rank 1's read."""
+    """Rank 1 waits in Recv (its request made); once split, it is slow to read its
+    part (or dies there) while rank 0's Send waits for that read."""
     t = comm._t
     if comm.rank == 1:
+        _slow_split(t, 1.0, receiver_dies)
         b = np.zeros(n, np.uint8)
-        r = comm.Irecv(b, 0, 1)
         comm.Send(np.zeros(1, np.uint8), 0, 2)
-        while not any(st.req for st in t.streams.values()):
-            t.progress()
-            time.sleep(0.0002)
-        if receiver_dies:
-            import os
-            os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(1.0)   # rank 0's split send waits for our read meanwhile
-        r.Wait()
+        comm.Recv(b, 0, 1)
         return bool((b == pattern(n, 6)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
     a = pattern(n, 6)
@@ -323,3 +337,286 @@ def test_sender_dies_mid_split(monkeypatch):
     res = run_ranks(_sender_dies_mid_split, 2)
     assert res[0][0] is False and res[0][1][0] == "Killed"
     assert values([res[1]]) == [("died", 0, 0, 1)]
+
+
+# ------------------------------------------------------------- review findings (mid13)
+
+def _probe_over_staged(comm, n, flag):
+    """Rank 1 drains part of rank 0's stream (unmatched: staged), stops; rank 0's
+    Send returns (its last chunks in the ring) and it changes its buffer; then
+    rank 1's Recv matches with chunks still to come and asks for a split: the
+    first read of rank 0's memory (may we read it?) must not land in the buffer."""
+    import os
+    if comm.rank == 0:
+        comm.Recv(np.zeros(1, np.uint8), 1, 2)
+        a = pattern(n, 4)
+        comm.Send(a, 1, 4)
+        a[:] = 0xFF
+        open(flag, "w").close()
+        comm.Barrier()
+        return None
+    t = comm._t
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    time.sleep(0.3)   # rank 0 has filled the ring
+    while not comm.Iprobe(0, 4):
+        time.sleep(0.001)
+    staged = [st.got for st in t.streams.values()]
+    while not os.path.exists(flag):   # no MPI call: the rest stays in the ring
+        time.sleep(0.001)
+    b = np.zeros(n, np.uint8)
+    comm.Recv(b, 0, 4)
+    comm.Barrier()
+    return staged, n - staged[0] >= (128 << 10), bool((b == pattern(n, 4)).all())
+
+
+def test_first_read_probe_never_lands_in_the_receive_buffer(monkeypatch, tmp_path):
+    """(review 1: the probe read 64 bytes of the sender's buffer as it now was over
+    the staged start of the receive)"""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    n = 3 * MIB
+    _, (staged, rest_to_come, ok) = values(run_ranks(_probe_over_staged, 2, n,
+                                                     str(tmp_path / "sent")))
+    assert staged[0] > 0 and rest_to_come
+    assert ok
+
+
+def _sendrecv_interrupted(comm, n):
+    """Rank 0's Sendrecv: its send split (rank 1 waits in Recv for it, then is slow
+    to read its part), its receive interrupted by a signal handler's exception
+    meanwhile; rank 0 then changes the send buffer."""
+    t = comm._t
+    if comm.rank == 1:
+        _slow_split(t, 1.0)
+        b = np.zeros(n, np.uint8)
+        comm.Send(np.zeros(1, np.uint8), 0, 2)
+        comm.Recv(b, 0, 1)
+        comm.Send(np.zeros(1, np.uint8), 0, 9)
+        return bool((b == pattern(n, 7)).all()), t.stats_xsplit
+    comm.Recv(np.zeros(1, np.uint8), 1, 2)
+    a = pattern(n, 7)
+
+    def on_alarm(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        comm.Sendrecv(a, 1, 1, np.zeros(1, np.uint8), 1, 9)
+        how = "completed"
+    except Interrupted:
+        how = "interrupted"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    a[:] = 0xFF
+    if how == "interrupted":   # (its receive was cancelled: the message is still due)
+        comm.Recv(np.zeros(1, np.uint8), 1, 9)
+    return how, t.stats_settled
+
+
+def test_interrupted_sendrecv_settles_its_split_send(monkeypatch):
+    """(review 2: _wait_both kept the send without waiting for the receiver's read)"""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    (how, settled), (ok, splits) = values(run_ranks(_sendrecv_interrupted, 2, 4 * MIB + 5))
+    assert how == "interrupted" and settled == 1
+    assert ok and splits == 1
+
+
+class _AfterPublish(Exception):
+    pass
+
+
+class _RaisesInPush(list):
+    """``sleeping_w`` whose first look-up from ``_push`` raises: where a signal
+    handler's exception may come right after a chunk's head is published."""
+
+    raised = 0
+
+    def __getitem__(self, i):
+        import sys
+        if not self.raised and sys._getframe(1).f_code.co_name == "_push":
+            self.raised = 1
+            raise _AfterPublish()
+        return list.__getitem__(self, i)
+
+
+def _chunk_then_exception(comm, n):
+    """Rank 0's Send publishes a chunk and an exception comes right after: the
+    chunk is out and must not be sent (or counted) twice."""
+    t = comm._t
+    if comm.rank == 1:
+        b = np.zeros(n, np.uint8)
+        comm.Send(np.zeros(1, np.uint8), 0, 2)
+        comm.Recv(b, 0, 3)
+        comm.Barrier()
+        return bool((b == pattern(n, 3)).all())
+    comm.Recv(np.zeros(1, np.uint8), 1, 2)
+    time.sleep(0.2)   # rank 1 waits in its Recv
+    sw = t.sleeping_w
+    t.sleeping_w = _RaisesInPush(sw)
+    try:
+        comm.Send(pattern(n, 3), 1, 3)
+        how = "completed"
+    except _AfterPublish:
+        how = "raised"
+    finally:
+        t.sleeping_w = sw
+    comm.Barrier()   # (progress: the rest goes out)
+    return how
+
+
+def test_exception_after_a_chunk_is_published_counts_it_once(monkeypatch):
+    """(review 3: the chunk was sent again and the count overshot: the receive hung)
+    Plain stream: a split receiver asks before the first chunk here."""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    monkeypatch.setenv("DRILLER_MMPI_XSPLIT_REST", "0")
+    assert values(run_ranks(_chunk_then_exception, 2, 3 * MIB + 77)) == ["raised", True]
+
+
+def _freed_isend_then_exit(comm, n):
+    """Rank 0 frees its Isend once split and exits; rank 1 reads its part late."""
+    t = comm._t
+    if comm.rank == 1:
+        _slow_split(t, 0.5)
+        b = np.zeros(n, np.uint8)
+        comm.Send(np.zeros(1, np.uint8), 0, 2)
+        comm.Recv(b, 0, 1)
+        return bool((b == pattern(n, 9)).all()), t.stats_xsplit
+    comm.Recv(np.zeros(1, np.uint8), 1, 2)
+    r = comm.Isend(pattern(n, 9), 1, 1)
+    while not t.xsplits:
+        t.progress()
+    r.Free()
+    left = len(t.xsplits)
+    t.finish()   # (as Finalize and the exit hook do)
+    return left, len(t.xsplits)
+
+
+def test_exit_waits_for_a_split_read(monkeypatch):
+    """(review 4: Finalize/exit did not wait for the receiver's read of a split)"""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    assert values(run_ranks(_freed_isend_then_exit, 2, 4 * MIB + 9)) == [(1, 0), (True, 1)]
+
+
+def _early_irecv_then_compute(comm, n, flag):
+    """Rank 1 posts its receive, makes one progress call after the envelope came,
+    then computes (no MPI call) until rank 0's Send has returned."""
+    import os
+    t = comm._t
+    if comm.rank == 0:
+        comm.Recv(np.zeros(1, np.uint8), 1, 2)
+        comm.Send(pattern(n, 5), 1, 5)
+        open(flag, "w").close()
+        comm.Barrier()
+        return None
+    b = np.zeros(n, np.uint8)
+    r = comm.Irecv(b, 0, 5)
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    while not t.streams:
+        r.Test()
+    asked = any(st.req for st in t.streams.values())
+    end = time.monotonic() + 30   # (a deadline, not a measurement: it never comes)
+    while not os.path.exists(flag) and time.monotonic() < end:
+        time.sleep(0.001)
+    returned = os.path.exists(flag)
+    r.Wait()
+    comm.Barrier()
+    return asked, returned, bool((b == pattern(n, 5)).all())
+
+
+def test_a_send_never_waits_for_its_receivers_next_call(monkeypatch, tmp_path):
+    """(review 5: a receive asked for the split from any progress, and the split
+    Send then waited for the receiver's next MPI call) A receive that is not
+    blocked on asks nothing: the Send streams and returns."""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", str(16 * MIB))
+    n = 8 * MIB
+    _, out = values(run_ranks(_early_irecv_then_compute, 2, n, str(tmp_path / "sent"),
+                              deadline=90))
+    assert out == (False, True, True)
+
+
+def _write_fails(comm, n):
+    """Rank 0's process_vm_writev of its part fails with EIO (not a denial, not a
+    death): its part must still arrive (as chunks), and the next split works."""
+    import errno
+
+    from driller import _linux
+    t = comm._t
+    out = []
+    for i in range(2):
+        if comm.rank == 0:
+            if i == 0:
+                writev = _linux.process_vm_writev
+
+                def failing(*args):
+                    _linux.process_vm_writev = writev   # (once)
+                    raise OSError(errno.EIO, "Input/output error")
+
+                _linux.process_vm_writev = failing
+            comm.Recv(np.zeros(1, np.uint8), 1, 2)
+            comm.Send(pattern(n, 12 + i), 1, 12)
+            continue
+        b = np.zeros(n, np.uint8)
+        r = comm.Irecv(b, 0, 12)
+        comm.Send(np.zeros(1, np.uint8), 0, 2)
+        r.Wait()
+        out.append((bool((b == pattern(n, 12 + i)).all()), t.stats_xsplit))
+    comm.Barrier()
+    return out
+
+
+def test_a_failed_write_still_delivers_the_sender_part(monkeypatch):
+    """(review 6: SDONE reported the bytes written although the write had failed)"""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    _, out = values(run_ranks(_write_fails, 2, 4 * MIB + 33))
+    assert out == [(True, 1), (True, 2)]
+
+
+def _withdrawn(comm, n):
+    """Rank 0's Isend fills the ring; rank 0 is then stopped (SIGSTOP) while rank
+    1's Wait drains the ring, asks for a split and leaves by a signal handler's
+    exception: the request is taken back (the slot free) before Wait raises; once
+    rank 0 runs again, the next Wait asks again and every byte comes."""
+    import os
+    t = comm._t
+    if comm.rank == 0:
+        comm.Recv(np.zeros(1, np.uint8), 1, 2)
+        s = comm.Isend(pattern(n, 13), 1, 13)
+        s.Wait()
+        comm.Barrier()
+        return None
+    b = np.zeros(n, np.uint8)
+    r = comm.Irecv(b, 0, 13)
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    time.sleep(0.3)   # rank 0's Isend has filled the ring
+    pid = t.pid_of(0)
+    os.kill(pid, signal.SIGSTOP)
+    seen = []
+
+    def on_alarm(signum, frame):
+        seen.append([bool(st.req) for st in t.streams.values()])
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        r.Wait()
+        how = "completed"
+    except Interrupted:
+        how = "interrupted"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        slot = t.words[t.in_xw[0]]
+        os.kill(pid, signal.SIGCONT)
+    r.Wait()
+    comm.Barrier()
+    return how, seen, slot, bool((b == pattern(n, 13)).all())
+
+
+def test_a_request_is_withdrawn_when_its_wait_ends(monkeypatch):
+    """(review 5: the request outlived the wait that made it, and the split sender
+    then depended on the receiver's next call)"""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    _, out = values(run_ranks(_withdrawn, 2, 6 * MIB + 1))
+    assert out == ("interrupted", [[True]], 0, True)

@@ -440,6 +440,7 @@ class Comm(_attr.Cached, Handle):
         try:
             got = self._wait_recv(r, status, obj)
         except BaseException:
+            self._t.settle_send(s)   # a split: the receiver's read of it ends first
             self._t.keep_sent(s)
             raise
         self._wait_send(s)

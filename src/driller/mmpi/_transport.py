@@ -29,17 +29,20 @@ once: before a receive matches, chunks land in a warm staging buffer of the
 receive cache (then one more copy), so a full ring never waits for a match.
 
 Adaptive stream: the envelope's ``address`` is the sender's buffer.  A receive
-that matches a stream with chunks still to come asks for a split through its
-ring's slot (G_XSID/G_XADDR/G_XCAP of _world, written only when it reads 0: its
-buffer's address and capacity, then the send id).  The sender looks at the slot
-before each chunk; only it decides: at chunk boundary ``k`` it writes SPLIT
-(``tag`` = send id, ``nbytes`` = k, ``sender id`` = mid, ``address`` = its
-buffer), then copies [mid, n) into the receive's buffer with process_vm_writev
-(bounded by the capacity) and writes SDONE (``tag`` = send id, ``nbytes`` =
-n - mid) while the receiver reads [k, mid) with process_vm_readv and answers
+whose caller is blocked on it (``_xwait``: Recv, Wait) and that matched a stream
+with chunks still to come asks for a split through its ring's slot (G_XSID/
+G_XADDR/G_XCAP of _world, written only when it reads 0: its buffer's address
+and capacity, then the send id), and withdraws it when that wait ends.  The
+sender looks at the slot before each chunk; only it decides, signals held back:
+it claims (G_XCLAIM, a fence, the slot read again), writes SPLIT (``tag`` =
+send id, ``nbytes`` = k, ``sender id`` = mid, ``address`` = its buffer), copies
+[mid, n) into the receive's buffer with process_vm_writev (bounded by the
+capacity), writes SDONE (``tag`` = send id, ``nbytes`` = mid) and clears the
+claim, while the receiver reads [k, mid) with process_vm_readv and answers
 RDONE (``tag`` = send id): the send completes on RDONE and its own part done.
-A write that is denied sends [mid, n) as SDATA chunks instead.  Without a
-request (no receive posted) it stays a plain stream: buffered, no wait.
+A write that fails (denied or otherwise) sends [mid, n) as SDATA chunks
+instead.  The receiver counts byte ranges (_Stream.cover): a chunk sent twice
+counts once.  Without a request: a plain stream, buffered, no wait.
 
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
@@ -431,19 +434,43 @@ class _Stream:
     straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
     the rest of a truncated message is dropped)."""
 
-    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr", "src_addr", "req")
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr", "src_addr", "req",
+                 "have", "split")
 
     def __init__(self, n: int, src_addr: int = 0):
         self.n = n
         self.src_addr = src_addr   # the sender's buffer (adaptive stream: its split)
         self.req = False           # a split was asked for (the slot may name it)
-        self.got = 0
+        self.got = 0               # bytes in (the sum of ``have``)
+        self.have = []             # [start, end) ranges in, merged (a chunk sent twice
+                                   # after an exception counts once)
+        self.split = False         # its SPLIT came (the receiver's part was read)
         self.r = None
         self.addr = 0
         self.cap = 0
         self.keep = None
         self.staging = None
         self.saddr = 0
+
+    def cover(self, a: int, b: int) -> bool:
+        """Bytes [a, b) are in; True when the whole message is."""
+        h = self.have
+        if h and h[-1][0] <= a <= h[-1][1]:   # in order (chunks): extends the last
+            if b > h[-1][1]:
+                self.got += b - h[-1][1]
+                h[-1][1] = b
+        else:
+            h.append([a, b])
+            h.sort()
+            merged = [h[0]]
+            for x in h[1:]:
+                if x[0] <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], x[1])
+                else:
+                    merged.append(x)
+            self.have = merged
+            self.got = sum(e - s for s, e in merged)
+        return self.got == self.n
 
 
 class _Hooks(list):
@@ -579,6 +606,8 @@ class Transport:
                                               0 if self.oversubscribed else XSPLIT_REST))
         self.xsplits = {}
         self.pull_ok = set()   # sources a process_vm_readv worked from (split requests)
+        self.xprobe = bytearray(64)   # where that first read goes
+        self.xprobe_addr = _linux.buffer_address(self.xprobe, True)[0]
         self.no_xsplit = set()   # peers we may not read or write: their streams stay whole
         self.stats_xsplit = 0   # streams split (as receiver), and the last one's (k, mid, n)
         self.stats_xsplit_last = None
@@ -1785,11 +1814,13 @@ class Transport:
                 addr, n = srcs[i]
                 if kind == K_SDATA and words[xw]:  # a split asked for (adaptive stream)
                     self.out_head[dst] = head
-                    off = self._xsplit(dst, trailer, addr, off)
+                    job[2] = i
+                    job[3] = off
+                    self._xsplit(dst, job, addr, off)   # (moves job[2]/job[3] on)
                     head = self.out_head[dst]
-                    if off == n:   # the rest is being copied by both ranks
-                        i += 1
-                        off = 0
+                    i = job[2]
+                    off = job[3]
+                    if i == len(srcs):   # the rest is being copied by both ranks
                         break
                 want = min(n - off, chunk)
                 least = HDR_BYTES + min(want, chunk >> 2)
@@ -1813,6 +1844,8 @@ class Transport:
                     off = 0
                 self.out_head[dst] = head
                 words[self.out_headw[dst]] = head
+                job[2] = i   # (an exception from here on does not send it again)
+                job[3] = off
                 if words[self.sleeping_w[dst]]:
                     _linux.futex_wake(self.base + self.out_headw[dst] * 8)
             job[2] = i
@@ -1848,80 +1881,122 @@ class Transport:
             del self.xsplits[sid]
             self._run(self.engine.transmitted(e[0]))
 
-    def _xsplit(self, dst: int, s: SendOp, addr: int, off: int) -> int:
-        """The slot of our ring to ``dst`` is set before the chunk at ``off`` of
-        streamed send ``s`` (bytes at ``addr``): if it asks for ``s``, split the rest
-        [off, n): SPLIT, then our part [mid, n) written into the receive's buffer
-        (SDONE).  Returns where the chunks go on: n when our part is written,
-        mid when the write was denied (our part then goes as chunks), off when no
-        split now."""
+    def _xsplit(self, dst: int, job: list, addr: int, off: int) -> None:
+        """The slot of our ring to ``dst`` is set before the chunk at ``off`` of the
+        streamed send of push ``job`` (bytes at ``addr``): if it asks for that send,
+        split the rest [off, n): SPLIT, then our part [mid, n) written into the
+        receive's buffer (SDONE).  Moves job[2]/job[3] on: past the end when our part
+        is written, to mid when the write failed (our part then goes as chunks),
+        unchanged when no split now.  The claim, SPLIT, write and SDONE run with
+        signals held back: an exception midway would leave the receiver counting
+        bytes that never come."""
         words = self.words
         x = self.out_xw[dst]
         sid = words[x]
+        s = job[4]
         n = s.nbytes
         if sid != s.id:   # another send's: stale (it ended before we looked), or queued
             if not any(j[0] == sid and type(j[4]) is SendOp for j in self.pushes[dst]):
                 words[x] = 0
-            return off
+            return
         if dst in self.no_xsplit:   # our writes were denied: the chunks it is
             words[x] = 0
-            return off
+            return
         if n - off < self.xsplit_rest or self.xsplit_rest <= 0:
-            return off   # (the receiver clears the slot once the stream is in)
-        raddr = words[x + 1]
-        cap = words[x + 2]
-        mid = off + (((n - off) >> 1) & ~4095)
-        if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0):
-            return off   # no room for the record now: the request stays, next chunk
-        words[x] = 0
-        self.xsplits[sid] = [s, 2]
-        end = min(n, cap)
-        if mid < end:
-            try:
-                _linux.process_vm_writev(self.pid_of(dst), addr + mid, raddr + mid, end - mid)
-            except OSError as e:
-                if e.errno in DENIED:   # our part goes as chunks, counted by the receiver
-                    self.no_xsplit.add(dst)   # (streams need no single copy: no warning)
-                    return mid
-                s.exc = (PeerDiedError(f"rank {dst} died during a {n}-byte send "
-                                       f"(tag {s.tag})", rank=self.blame(dst))
-                         if e.errno == errno.ESRCH else
-                         MmpiError(f"writing {end - mid} bytes to rank {dst} failed: {e}"))
-        q = self.pending[dst]
-        if q or not self._put(dst, K_SDONE, 0, sid, n - mid, 0, 0, None, 0):
-            q.append((K_SDONE, 0, sid, n - mid, 0, 0))
-            self.npending += 1
-        return n
+            return   # (the receiver withdraws the request when it leaves its wait)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (only reads the mask)
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            words[x + 3] = sid   # the claim (G_XCLAIM) ...
+            _linux.fence()
+            if words[x] != sid:   # ... and the request still there: else withdrawn
+                return
+            raddr = words[x + 1]
+            cap = words[x + 2]
+            mid = off + (((n - off) >> 1) & ~4095)
+            if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0):
+                return   # no room for the record now: the request stays, next chunk
+            words[x] = 0
+            self.xsplits[sid] = [s, 2]
+            job[3] = mid   # from here on the receiver counts [off, mid) as its own
+            end = min(n, cap)
+            if mid < end:
+                try:
+                    _linux.process_vm_writev(self.pid_of(dst), addr + mid, raddr + mid,
+                                             end - mid)
+                except OSError as e:
+                    if e.errno != errno.ESRCH:   # denied, or any other failure: our
+                        if e.errno in DENIED:    # part goes as chunks, counted apart
+                            self.no_xsplit.add(dst)
+                        return
+                    s.exc = PeerDiedError(f"rank {dst} died during a {n}-byte send "
+                                          f"(tag {s.tag})", rank=self.blame(dst))
+            job[2] += 1
+            job[3] = 0
+            q = self.pending[dst]
+            if q or not self._put(dst, K_SDONE, 0, sid, mid, 0, 0, None, 0):
+                q.append((K_SDONE, 0, sid, mid, 0, 0))
+                self.npending += 1
+        finally:
+            words[x + 3] = 0   # (after the write: the receiver may leave its wait)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
-    def _xrequest(self, src: int, sid: int, st: _Stream) -> None:
-        """Ask ``src`` to split its streamed send ``sid`` (matched by ``st.r``) when
-        the slot is free and we may read ``src``'s memory."""
+    def _xrequest(self, src: int, sid: int, st: _Stream) -> bool:
+        """Ask ``src`` to split its streamed send ``sid`` (matched by ``st.r``, whose
+        wait is under way) when the slot is free and we may read ``src``'s memory;
+        True if asked."""
         words = self.words
         x = self.in_xw[src]
         if words[x]:
-            return
+            return False
         if src not in self.pull_ok:   # once per source: may we read it at all?
-            try:
-                _linux.process_vm_readv(self.pid_of(src), st.addr, st.src_addr,
-                                        min(64, st.cap))
+            try:   # (into scratch: the sender's buffer may have changed since)
+                _linux.process_vm_readv(self.pid_of(src), self.xprobe_addr,
+                                        st.src_addr, min(64, st.n))
             except OSError as e:
                 if e.errno in DENIED:   # (streams need no single copy: no warning)
                     self.no_xsplit.add(src)
-                return
+                return False
             self.pull_ok.add(src)
         words[x + 1] = st.addr
         words[x + 2] = st.cap
         words[x] = sid
         st.req = True
+        return True
+
+    def _xwithdraw(self, src: int, sid: int, st: _Stream) -> None:
+        """A receive's wait that asked for a split of ``sid`` ends (complete, or an
+        exception): take the request back; a sender that claimed it before is let
+        finish its write (it never writes after this returns), and a SPLIT it put is
+        read now, so that its Send does not wait for our next MPI call."""
+        words = self.words
+        x = self.in_xw[src]
+        if words[x] == sid:
+            words[x] = 0
+        _linux.fence()
+        if words[x + 3] == sid:   # claimed: its write is under way (a bounded copy)
+            pid = self.pid_of(src)
+            spins = 0
+            while words[x + 3] == sid:
+                spins += 1
+                if not spins & 1023 and not _linux.pid_alive(pid):
+                    break
+                os.sched_yield()
+        if st.r is not None and not st.split and (src, sid) in self.streams:
+            for _ in range(64):   # (its records are in the ring already)
+                if st.split or (src, sid) not in self.streams or not self.progress():
+                    break
 
     def _take_split(self, src: int, sid: int, k: int, mid: int, addr: int) -> None:
         """SPLIT from ``src``: read [k, mid) of its streamed send ``sid`` from its
-        buffer at ``addr`` into the receive's, then RDONE; it writes [mid, n)."""
+        buffer at ``addr`` into the receive's, then RDONE; it writes [mid, n)
+        (SDONE), or sends it as chunks if its write failed."""
         st = self.streams.get((src, sid))
         if st is None or st.r is None:  # pragma: no cover - protocol error
             raise MmpiError(f"corrupt ring from rank {src}: a split of unknown message {sid}")
         self.stats_xsplit += 1
         self.stats_xsplit_last = (k, mid, st.n)
+        st.split = True
         end = min(mid, st.cap)
         if k < end:
             try:
@@ -1937,13 +2012,12 @@ class Transport:
         if q or not self._put(src, K_RDONE, 0, sid, 0, 0, 0, None, 0):
             q.append((K_RDONE, 0, sid, 0, 0, 0))
             self.npending += 1
-        self._stream_got(src, sid, st, mid - k)
+        self._stream_got(src, sid, st, k, mid)
 
-    def _stream_got(self, src: int, sid: int, st: _Stream, k: int) -> None:
-        """``k`` more bytes of streamed message ``sid`` from ``src`` are in; the
-        last ones complete its receive."""
-        st.got += k
-        if st.got == st.n:
+    def _stream_got(self, src: int, sid: int, st: _Stream, a: int, b: int) -> None:
+        """Bytes [a, b) of streamed message ``sid`` from ``src`` are in; the last
+        ones complete its receive."""
+        if st.cover(a, b):
             del self.streams[(src, sid)]
             self.stats_streamed += st.n
             if st.req and self.words[self.in_xw[src]] == sid:   # asked, never split
@@ -1982,10 +2056,7 @@ class Transport:
         st.r = r
         st.addr = addr
         st.cap = cap
-        st.keep = dest
-        if (self.xsplit_rest > 0 and cap and n - st.got >= self.xsplit_rest and st.src_addr
-                and m.source not in self.no_xsplit and m.source not in self.no_pull):
-            self._xrequest(m.source, m.sender_id, st)
+        st.keep = dest   # (the split is asked for by its wait: _xwait)
 
     def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
         """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
@@ -2001,7 +2072,7 @@ class Transport:
             if st.staging is None:
                 st.staging, st.saddr = self.recv_cache.take(st.n)
             _linux.memmove(st.saddr + off, self.base + p, k)
-        self._stream_got(src, sid, st, k)
+        self._stream_got(src, sid, st, off, off + k)
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
@@ -2343,7 +2414,8 @@ class Transport:
         elif kind == K_SPLIT:
             self._take_split(src, tag, nbytes, sid, addr)
         elif kind == K_SDONE:
-            self._stream_got(src, tag, self.streams[(src, tag)], nbytes)
+            st = self.streams[(src, tag)]
+            self._stream_got(src, tag, st, nbytes, st.n)
         elif kind == K_RDONE:
             self._xpart(tag)
         elif kind == K_STREAM:
@@ -2427,12 +2499,44 @@ class Transport:
         (None: any rank, e.g. ANY_SOURCE)."""
         if op.done:
             return
+        if self.xsplit_rest > 0 and type(op) is RecvOp:
+            return self._xwait(op, peer)
+        self._wait(op, peer)
+
+    def _xwait(self, op: RecvOp, peer: int | None) -> None:
+        """A receive's wait (adaptive streams on): when it has matched a stream with
+        at least xsplit_rest bytes to come, ask its sender for a split, and take
+        the request back when the wait ends (docs/mmpi.md, Protocols): a receive
+        asks only while its caller is blocked on it, so a split sender never waits
+        for the receiver's next MPI call."""
+        asked = None
+        tried = False   # (once: a busy slot or a short rest means a plain stream)
+        try:
+            while not op.done:
+                m = op.message
+                st = m.payload if m is not None and m.protocol == E.STREAM else None
+                if st is not None and not tried:
+                    tried = True
+                    if (st.r is op and st.cap and st.n - st.got >= self.xsplit_rest
+                            and st.src_addr and m.source not in self.no_xsplit
+                            and m.source not in self.no_pull
+                            and self._xrequest(m.source, m.sender_id, st)):
+                        asked = (m.source, m.sender_id, st)
+                self._wait(op, peer, not tried)
+        finally:
+            if asked is not None:
+                self._xwithdraw(*asked)
+
+    def _wait(self, op, peer: int | None, until_match: bool = False) -> None:
+        """wait's loop; ``until_match``: return also once ``op`` has matched a
+        stream (its wait asks for a split)."""
         progress = self.progress
         words = self.words
         spin_end = None
         while True:
             if progress():
-                if op.done:
+                if op.done or until_match and op.message is not None and \
+                        op.message.protocol == E.STREAM:
                     return
                 spin_end = None
                 continue
@@ -2700,7 +2804,11 @@ class Transport:
         more (dead, exited, or finalized): its queue is dropped."""
         if self.deferred:
             self.flush_deferred()
-        while self.npending:
+        while self.npending or self.xsplits:   # (a split's receiver reads our memory)
+            for sid in [sid for sid, e in self.xsplits.items() if not self._takes(e[0].dest)]:
+                del self.xsplits[sid]
+            if not (self.npending or self.xsplits):
+                break
             if self.progress():
                 continue
             for dst in range(self.size):
@@ -2708,7 +2816,7 @@ class Transport:
                     self.npending -= len(self.pending[dst]) + len(self.pushes[dst])
                     self.pending[dst].clear()
                     self.pushes[dst].clear()
-            if self.npending:
+            if self.npending or self.xsplits:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
                 self._sleep()
