@@ -110,6 +110,15 @@ def test_split_at_the_first_chunk(monkeypatch, n):
     assert slot == 0
 
 
+def _send_then_flag(comm, n, seed, flag):
+    """Rank 0's side: once rank 1 says its receive is posted, Send (tag ``seed``),
+    then a file says the Send has returned."""
+    comm.Recv(np.zeros(1, np.uint8), 1, 2)
+    comm.Send(pattern(n, seed), 1, seed)
+    open(flag, "w").close()
+    comm.Barrier()
+
+
 def _all_chunks_first(comm, n, flag):
     """The receive is posted but rank 1 does not progress until rank 0's Send
     (it fits the ring) has put every chunk in (a file says so: no MPI call): the
@@ -118,11 +127,7 @@ def _all_chunks_first(comm, n, flag):
     import os
     t = comm._t
     if comm.rank == 0:
-        comm.Recv(np.zeros(1, np.uint8), 1, 2)
-        comm.Send(pattern(n, 3), 1, 3)
-        open(flag, "w").close()
-        comm.Barrier()
-        return None
+        return _send_then_flag(comm, n, 3, flag)
     b = np.zeros(n, np.uint8)
     r = comm.Irecv(b, 0, 3)
     comm.Send(np.zeros(1, np.uint8), 0, 2)
@@ -249,6 +254,26 @@ class Interrupted(Exception):
     pass
 
 
+def _interrupt_after(seconds, call):
+    """``call()`` with a signal handler's exception (Interrupted) ``seconds`` in:
+    how it ended."""
+    def on_alarm(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        call()
+    except Interrupted:
+        return "interrupted"
+    except mmpi.PeerDiedError as e:
+        return ("died", e.rank)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return "completed"
+
+
 def _interrupted_in_split(comm, n, receiver_dies):
     """Rank 1 waits in Recv (its request made); once split, it is slow to read its
     part (or dies there) while rank 0's Send waits for that read."""
@@ -261,23 +286,7 @@ def _interrupted_in_split(comm, n, receiver_dies):
         return bool((b == pattern(n, 6)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
     a = pattern(n, 6)
-
-    def on_alarm(signum, frame):
-        raise Interrupted()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
-    try:
-        comm.Send(a, 1, 1)
-    except Interrupted:
-        how = "interrupted"
-    except mmpi.PeerDiedError as e:
-        how = ("died", e.rank)
-    else:
-        how = "completed"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    how = _interrupt_after(0.3, lambda: comm.Send(a, 1, 1))
     a[:] = 0xFF   # the caller's buffer is its own again once Send has raised
     return how, t.stats_settled, len(t.xsplits)
 
@@ -394,20 +403,7 @@ def _sendrecv_interrupted(comm, n):
         return bool((b == pattern(n, 7)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
     a = pattern(n, 7)
-
-    def on_alarm(signum, frame):
-        raise Interrupted()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
-    try:
-        comm.Sendrecv(a, 1, 1, np.zeros(1, np.uint8), 1, 9)
-        how = "completed"
-    except Interrupted:
-        how = "interrupted"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    how = _interrupt_after(0.3, lambda: comm.Sendrecv(a, 1, 1, np.zeros(1, np.uint8), 1, 9))
     a[:] = 0xFF
     if how == "interrupted":   # (its receive was cancelled: the message is still due)
         comm.Recv(np.zeros(1, np.uint8), 1, 9)
@@ -504,11 +500,7 @@ def _early_irecv_then_compute(comm, n, flag):
     import os
     t = comm._t
     if comm.rank == 0:
-        comm.Recv(np.zeros(1, np.uint8), 1, 2)
-        comm.Send(pattern(n, 5), 1, 5)
-        open(flag, "w").close()
-        comm.Barrier()
-        return None
+        return _send_then_flag(comm, n, 5, flag)
     b = np.zeros(n, np.uint8)
     r = comm.Irecv(b, 0, 5)
     comm.Send(np.zeros(1, np.uint8), 0, 2)
@@ -591,22 +583,10 @@ def _withdrawn(comm, n):
     time.sleep(0.3)   # rank 0's Isend has filled the ring
     pid = t.pid_of(0)
     os.kill(pid, signal.SIGSTOP)
-    seen = []
-
-    def on_alarm(signum, frame):
-        seen.append([bool(st.req) for st in t.streams.values()])
-        raise Interrupted()
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, 0.2)
     try:
-        r.Wait()
-        how = "completed"
-    except Interrupted:
-        how = "interrupted"
+        how = _interrupt_after(0.2, r.Wait)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        seen = [[bool(st.req) for st in t.streams.values()]]   # (asked, withdrawn)
         slot = t.words[t.in_xw[0]]
         os.kill(pid, signal.SIGCONT)
     r.Wait()
