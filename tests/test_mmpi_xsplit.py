@@ -288,7 +288,9 @@ def _interrupted_in_split(comm, n, receiver_dies):
     a = pattern(n, 6)
     how = _interrupt_after(0.3, lambda: comm.Send(a, 1, 1))
     a[:] = 0xFF   # the caller's buffer is its own again once Send has raised
-    return how, t.stats_settled, len(t.xsplits)
+    left = len(t.xsplits)
+    t.finish()   # (the receiver's read to come: as Finalize and the exit hook do)
+    return how, t.stats_xkept, left
 
 
 def test_interrupted_split_send_delivers_the_original_bytes(monkeypatch):
@@ -298,7 +300,7 @@ def test_interrupted_split_send_delivers_the_original_bytes(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
     (how, settled, left), (ok, splits) = values(run_ranks(_interrupted_in_split, 2,
                                                           4 * MIB + 1, False))
-    assert how == "interrupted" and settled == 1 and left == 0
+    assert how == "interrupted" and settled == 1 and left == 1   # (RDONE to come)
     assert ok and splits == 1
 
 
@@ -412,7 +414,7 @@ def _sendrecv_interrupted(comm, n):
     a[:] = 0xFF
     if how == "interrupted":   # (its receive was cancelled: the message is still due)
         comm.Recv(np.zeros(1, np.uint8), 1, 9)
-    return how, t.stats_settled
+    return how, t.stats_xkept
 
 
 def test_interrupted_sendrecv_settles_its_split_send(monkeypatch):
@@ -585,6 +587,9 @@ def _withdrawn(comm, n):
     b = np.zeros(n, np.uint8)
     r = comm.Irecv(b, 0, 13)
     comm.Send(np.zeros(1, np.uint8), 0, 2)
+    while not t.streams:   # the envelope (matched: no request from here)
+        t.progress()
+        time.sleep(0.001)
     time.sleep(0.3)   # rank 0's Isend has filled the ring
     pid = t.pid_of(0)
     os.kill(pid, signal.SIGSTOP)

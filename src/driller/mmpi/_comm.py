@@ -426,7 +426,6 @@ class Comm(_attr.Cached, Handle):
                 if not op.done:
                     self._t.wait(op, op.dest)
             except BaseException:   # (Ctrl-C, a signal handler's exception, a death)
-                self._t.settle_send(op)   # a split: the receiver's read of it ends first
                 self._t.keep_sent(op)   # delivered as it was at the call, never torn
                 raise
         if op.exc is not None:
@@ -440,7 +439,6 @@ class Comm(_attr.Cached, Handle):
         try:
             got = self._wait_recv(r, status, obj)
         except BaseException:
-            self._t.settle_send(s)   # a split: the receiver's read of it ends first
             self._t.keep_sent(s)
             raise
         self._wait_send(s)

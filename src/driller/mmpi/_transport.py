@@ -40,6 +40,9 @@ send id, ``nbytes`` = k, ``sender id`` = mid, ``address`` = its buffer), copies
 capacity), writes SDONE (``tag`` = send id, ``nbytes`` = mid) and clears the
 claim, while the receiver reads [k, mid) with process_vm_readv and answers
 RDONE (``tag`` = send id): the send completes on RDONE and its own part done.
+SPLIT's word [7] names the send's guard (as a rendezvous request's): an
+interrupted Send's keep_sent copies [k, mid) aside and sets it; the receiver
+reads the guard after its part and reads the copy if it was set.
 A write that fails (denied or otherwise) sends [mid, n) as SDATA chunks
 instead.  The receiver counts byte ranges (_Stream.cover): a chunk sent twice
 counts once.  Without a request: a plain stream, buffered, no wait.
@@ -611,7 +614,7 @@ class Transport:
         self.no_xsplit = set()   # peers we may not read or write: their streams stay whole
         self.stats_xsplit = 0   # streams split (as receiver), and the last one's (k, mid, n)
         self.stats_xsplit_last = None
-        self.stats_settled = 0   # interrupted sends that waited for their receiver's read
+        self.stats_xkept = 0   # interrupted split sends whose receiver's part went aside
         self._hooks = _Hooks()
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
@@ -1682,7 +1685,11 @@ class Transport:
         sender had set it (its send was interrupted and its caller may have written
         the buffers since), read the data again from the sender's copy, where the
         ranges lie one after the other."""
-        g = getattr(m, "guard", 0)
+        self._read_guarded(pid, getattr(m, "guard", 0), segs)
+
+    def _read_guarded(self, pid: int, g: int, segs) -> None:
+        """_read's copy: ``segs``, then the guard word at ``g`` of the sender (0:
+        none), and again from the sender's copy if the guard was set."""
         if not g:   # (no guard named)
             _linux.process_vm_readv_many(pid, segs)
             return
@@ -1914,10 +1921,13 @@ class Transport:
             raddr = words[x + 1]
             cap = words[x + 2]
             mid = off + (((n - off) >> 1) & ~4095)
-            if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0):
+            if s.guard is None:   # (keep_sent's sign that [off, mid) went aside)
+                s.guard = bytearray(8)
+            if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0,
+                             _linux.buffer_address(s.guard, True)[0]):
                 return   # no room for the record now: the request stays, next chunk
             words[x] = 0
-            self.xsplits[sid] = [s, 2]
+            self.xsplits[sid] = [s, 2, addr + off, mid - off]
             job[3] = mid   # from here on the receiver counts [off, mid) as its own
             end = min(n, cap)
             if mid < end:
@@ -1987,10 +1997,12 @@ class Transport:
                 if st.split or (src, sid) not in self.streams or not self.progress():
                     break
 
-    def _take_split(self, src: int, sid: int, k: int, mid: int, addr: int) -> None:
+    def _take_split(self, src: int, sid: int, k: int, mid: int, addr: int,
+                    guard: int) -> None:
         """SPLIT from ``src``: read [k, mid) of its streamed send ``sid`` from its
-        buffer at ``addr`` into the receive's, then RDONE; it writes [mid, n)
-        (SDONE), or sends it as chunks if its write failed."""
+        buffer at ``addr`` into the receive's (then its guard: set, the bytes were
+        copied aside by an interrupted Send, read them there), then RDONE; it
+        writes [mid, n) (SDONE), or sends it as chunks if its write failed."""
         st = self.streams.get((src, sid))
         if st is None or st.r is None:  # pragma: no cover - protocol error
             raise MmpiError(f"corrupt ring from rank {src}: a split of unknown message {sid}")
@@ -2000,7 +2012,7 @@ class Transport:
         end = min(mid, st.cap)
         if k < end:
             try:
-                _linux.process_vm_readv(self.pid_of(src), st.addr + k, addr + k, end - k)
+                self._read_guarded(self.pid_of(src), guard, [(st.addr + k, addr + k, end - k)])
             except OSError as e:
                 r = st.r
                 r.exc = (PeerDiedError(f"rank {src} died before its {st.n}-byte message "
@@ -2412,7 +2424,7 @@ class Transport:
         elif kind == K_SDATA:
             self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_SPLIT:
-            self._take_split(src, tag, nbytes, sid, addr)
+            self._take_split(src, tag, nbytes, sid, addr, last)
         elif kind == K_SDONE:
             st = self.streams[(src, tag)]
             self._stream_got(src, tag, st, nbytes, st.n)
@@ -2553,21 +2565,6 @@ class Transport:
                 continue
             os.sched_yield()
 
-    def settle_send(self, op) -> None:
-        """A blocking send's wait for ``op`` raised (a signal handler's exception,
-        Ctrl-C): if its receiver is reading the buffer (a split stream), wait until
-        it has (bounded: the receiver runs; its death raises PeerDiedError), so
-        that the caller may change the buffer once the exception is out."""
-        if op.id in self.xsplits and not op.done:
-            self.stats_settled += 1
-        while op.id in self.xsplits and not op.done:
-            try:
-                self.wait(op, op.dest)
-            except PeerDiedError:
-                raise
-            except BaseException:   # another interruption: the copy still ends first
-                continue
-
     def abandon(self, op) -> None:
         """A blocking receive whose wait for ``op`` raised (KeyboardInterrupt, a
         signal handler's exception, a peer's death): the receive, if nothing has
@@ -2614,6 +2611,16 @@ class Transport:
             if queued:
                 s.mv = bytes(s.mv)
                 return
+            e = self.xsplits.get(s.id)
+            if e is not None and e[3]:   # split: the receiver may yet read [k, mid)
+                self.stats_xkept += 1
+                aside = _linux.new_bytearray(e[3])
+                at = _linux.buffer_address(aside, True)[0]
+                _linux.memmove(at, e[2], e[3])
+                e[3] = 0
+                e.append(aside)   # (kept until RDONE: the entry lives until then)
+                s.guard[:] = at.to_bytes(8, "little")   # after the copy: the sign
+                _linux.fence()   # seen before the caller's next store
             for job in self.pushes[s.dest]:
                 if job[4] is s and job[2] == 0:   # (i == 1: every chunk is out)
                     off = job[3]
