@@ -42,6 +42,16 @@ def _slow_split(t, seconds=0.0, die=False):
     t._take_split = slow
 
 
+def _slow_receive(comm, n, seconds, die=False):
+    """Rank 1: say its receive (tag 1) is coming, Recv it, slow to read its part
+    of the split (or dying there); the buffer."""
+    _slow_split(comm._t, seconds, die)
+    b = np.zeros(n, np.uint8)
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    comm.Recv(b, 0, 1)
+    return b
+
+
 def pattern(n: int, seed: int = 0) -> np.ndarray:
     return ((np.arange(n, dtype=np.int64) * 13 + seed) % 253).astype(np.uint8)
 
@@ -110,13 +120,20 @@ def test_split_at_the_first_chunk(monkeypatch, n):
     assert slot == 0
 
 
-def _send_then_flag(comm, n, seed, flag):
-    """Rank 0's side: once rank 1 says its receive is posted, Send (tag ``seed``),
-    then a file says the Send has returned."""
-    comm.Recv(np.zeros(1, np.uint8), 1, 2)
-    comm.Send(pattern(n, seed), 1, seed)
-    open(flag, "w").close()
-    comm.Barrier()
+def _posted(comm, n, seed, flag):
+    """Rank 0: once rank 1 says its receive is posted, Send (tag ``seed``), then a
+    file says the Send has returned; None.  Rank 1: that receive, posted and
+    said so: (buffer, request)."""
+    if comm.rank == 0:
+        comm.Recv(np.zeros(1, np.uint8), 1, 2)
+        comm.Send(pattern(n, seed), 1, seed)
+        open(flag, "w").close()
+        comm.Barrier()
+        return None
+    b = np.zeros(n, np.uint8)
+    r = comm.Irecv(b, 0, seed)
+    comm.Send(np.zeros(1, np.uint8), 0, 2)
+    return b, r
 
 
 def _all_chunks_first(comm, n, flag):
@@ -127,10 +144,8 @@ def _all_chunks_first(comm, n, flag):
     import os
     t = comm._t
     if comm.rank == 0:
-        return _send_then_flag(comm, n, 3, flag)
-    b = np.zeros(n, np.uint8)
-    r = comm.Irecv(b, 0, 3)
-    comm.Send(np.zeros(1, np.uint8), 0, 2)
+        return _posted(comm, n, 3, flag)
+    b, r = _posted(comm, n, 3, flag)
     while not os.path.exists(flag):   # rank 0's Send has returned: all in the ring
         time.sleep(0.001)
     r.Wait()
@@ -279,10 +294,7 @@ def _interrupted_in_split(comm, n, receiver_dies):
     part (or dies there) while rank 0's Send waits for that read."""
     t = comm._t
     if comm.rank == 1:
-        _slow_split(t, 1.0, receiver_dies)
-        b = np.zeros(n, np.uint8)
-        comm.Send(np.zeros(1, np.uint8), 0, 2)
-        comm.Recv(b, 0, 1)
+        b = _slow_receive(comm, n, 1.0, receiver_dies)
         return bool((b == pattern(n, 6)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
     a = pattern(n, 6)
@@ -402,10 +414,7 @@ def _sendrecv_interrupted(comm, n):
     meanwhile; rank 0 then changes the send buffer."""
     t = comm._t
     if comm.rank == 1:
-        _slow_split(t, 1.0)
-        b = np.zeros(n, np.uint8)
-        comm.Send(np.zeros(1, np.uint8), 0, 2)
-        comm.Recv(b, 0, 1)
+        b = _slow_receive(comm, n, 1.0)
         comm.Send(np.zeros(1, np.uint8), 0, 9)
         return bool((b == pattern(n, 7)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
@@ -480,10 +489,7 @@ def _freed_isend_then_exit(comm, n):
     """Rank 0 frees its Isend once split and exits; rank 1 reads its part late."""
     t = comm._t
     if comm.rank == 1:
-        _slow_split(t, 0.5)
-        b = np.zeros(n, np.uint8)
-        comm.Send(np.zeros(1, np.uint8), 0, 2)
-        comm.Recv(b, 0, 1)
+        b = _slow_receive(comm, n, 0.5)
         return bool((b == pattern(n, 9)).all()), t.stats_xsplit
     comm.Recv(np.zeros(1, np.uint8), 1, 2)
     r = comm.Isend(pattern(n, 9), 1, 1)
@@ -507,10 +513,8 @@ def _early_irecv_then_compute(comm, n, flag):
     import os
     t = comm._t
     if comm.rank == 0:
-        return _send_then_flag(comm, n, 5, flag)
-    b = np.zeros(n, np.uint8)
-    r = comm.Irecv(b, 0, 5)
-    comm.Send(np.zeros(1, np.uint8), 0, 2)
+        return _posted(comm, n, 5, flag)
+    b, r = _posted(comm, n, 5, flag)
     while not t.streams:
         r.Test()
     asked = any(st.req for st in t.streams.values())
