@@ -2511,7 +2511,8 @@ class Transport:
         (None: any rank, e.g. ANY_SOURCE)."""
         if op.done:
             return
-        if self.xsplit_rest > 0 and type(op) is RecvOp:
+        if type(op) is RecvOp and self.xsplit_rest > 0 and \
+                (op.capacity is None or op.capacity > self.eager_limit):   # (a stream's)
             return self._xwait(op, peer)
         self._wait(op, peer)
 
