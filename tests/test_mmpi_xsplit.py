@@ -614,3 +614,16 @@ def test_a_request_is_withdrawn_when_its_wait_ends(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
     _, out = values(run_ranks(_withdrawn, 2, 6 * MIB + 1))
     assert out == ("interrupted", [[True]], 0, True)
+
+
+def test_stream_counts_byte_ranges_once():
+    """_Stream.cover: chunks in order, a chunk again, the parts of a split out of
+    order; complete only when every byte is in, whatever came twice."""
+    from driller.mmpi._transport import _Stream
+    st = _Stream(1000)
+    assert not st.cover(0, 100) and not st.cover(100, 300)
+    assert not st.cover(100, 300) and st.got == 300   # sent again: counted once
+    assert not st.cover(600, 1000) and st.got == 700   # the sender's part (SDONE)
+    assert not st.cover(250, 500) and st.got == 900   # overlapping what came
+    assert st.have == [[0, 500], [600, 1000]]
+    assert st.cover(500, 600) and st.have == [[0, 1000]]

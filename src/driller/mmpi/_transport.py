@@ -600,7 +600,8 @@ class Transport:
         self.stats_streamed = 0  # bytes received streamed
         # adaptive streams: the split-request slot of our ring to each peer (its
         # receives write it) and of each peer's ring to us (ours do); sends split and
-        # waiting: send id -> [SendOp, parts left (RDONE, our own part)]
+        # waiting: send id -> [SendOp, parts left (RDONE, our own part), the address
+        # and length of the receiver's part (0 once keep_sent copied it aside), the copy]
         self.out_xw = [world.ring_ctrl(self.rank, p) // 8 + W.G_XSID if p != rank else 0
                        for p in range(size)]
         self.in_xw = [world.ring_ctrl(p, self.rank) // 8 + W.G_XSID if p != rank else 0
