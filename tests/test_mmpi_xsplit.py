@@ -203,6 +203,16 @@ def test_no_split_below_the_rest(monkeypatch):
     assert [o[:4] for o in out] == [(n, True, n, 0) for n in sizes]
 
 
+def test_split_is_off_by_default(monkeypatch):
+    """Until quiet figures show its gain (docs/mmpi.md, "Rebuilt safe"): without
+    DRILLER_MMPI_XSPLIT_REST a waited-on stream arrives whole, as a plain stream."""
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", RING)
+    monkeypatch.delenv("DRILLER_MMPI_XSPLIT_REST")
+    n = 3 * MIB + 12345
+    _, out = values(run_ranks(_split_sizes, 2, [n]))
+    assert [o[:4] for o in out] == [(n, True, n, 0)]
+
+
 # ------------------------------------------------------------- truncation, wildcards
 
 def _truncated(comm, n, cap):

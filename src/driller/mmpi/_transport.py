@@ -148,8 +148,9 @@ SPLIT_MIN = 0                 # >0: rendezvous copies this large are split betwe
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
-XSPLIT_REST = 128 << 10       # a matched stream with at least this much still to send is split
-                              # (DRILLER_MMPI_XSPLIT_REST; 0: never; off when oversubscribed)
+XSPLIT_REST = 0               # >0: a waited-on stream with at least this much still to send is
+                              # split (DRILLER_MMPI_XSPLIT_REST, 131072 to try it: off by default
+                              # until measured quietly; docs/mmpi.md, "Rebuilt safe")
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
