@@ -25,7 +25,8 @@ algorithms of ``_gather`` and ``_alltoall``.
   root's sizes say which: the head reads them, a rank that is not its node's
   head receives from any rank of a context of the root's (``_Split.rall``), so
   that whichever sender the root chose, no count of its own can make it wait
-  on the other one.  In Scatter (not v) the head receives the message into its
+  on the other one (it waits polling MPI first: the root's route is the one
+  that carries large blocks).  In Scatter (not v) the head receives the message into its
   stage buffer, sized for L blocks of its own size: longer blocks fail the
   receive, and the whole node raises.
 * **Allgather(v)**: every rank knows every count, so no sizes travel: blocks go
@@ -376,7 +377,7 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
             waitall(t, [_rany(rall, abase, None)])   # (taken, so that no sender waits)
             raise
         r = _rany(rall, abase, rb.mv)
-        waitall(t, [r])
+        t.wait(r, cx.group[root])      # (MPI polled first: the root's is the larger)
         rb.finish()
         count_check(cx, r, rb.nbytes, what, root)
         return
@@ -478,7 +479,6 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, rall, abase, sendbuf, recvbuf, wh
         raise
     isz = sb.dtype.itemsize
     err = _gather.root_own_recv(recvbuf, sb.block(me), what)
-    ops = [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     hbase = cbase(heads)
     # every other node's message (its sizes, then the blocks not sent direct), one
     # after the other in the stage buffer (kept from call to call: no page faults
@@ -496,12 +496,15 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, rall, abase, sendbuf, recvbuf, wh
                 parts.append(sb.block(r))
         msgs.append((i, parts))
     whole = _join(h, [p for _, parts in msgs for p in parts])
-    o = 0
+    ops, o = [], 0
     for i, parts in msgs:
         k = sum(memoryview(p).nbytes for p in parts)
         ops.append(cs(heads, whole[o:o + k], i, hbase))
         o += k
+    # the other nodes first: MPI moves their blocks while this rank copies its
+    # node's through shared memory
     ops += [cs(rall, sb.block(r), r, abase) for r in direct]
+    ops += [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     waitall(t, ops)
     first_error(ops)
     if err is not None:
