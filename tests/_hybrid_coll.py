@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from driller.errors import MmpiError
+
 
 def _ragged(n, unit, k0=0):
     """Counts (some zero) and displacements in reverse rank order with gaps."""
@@ -139,7 +141,6 @@ def check(comm, MPI, label=""):
         got = comm.alltoall([(r, k) for k in range(n)])
         assert got == [(k, r) for k in range(n)], where
     # an argument error seen by some ranks only: they raise, nobody hangs
-    from driller.errors import MmpiError
     bad = n - 1                                  # on the last node, not the root's
     x = np.ones(4 if r != bad else 3)
     g = np.empty((n, 4)) if r == 0 else None
@@ -177,6 +178,7 @@ def check(comm, MPI, label=""):
         else:
             assert r != hd, f"rank {hd} took a block of {k} items for {k - 1}"
             assert (got == r).all(), (r, k)
+    check_scatter_direct(comm, MPI, label)
     g = np.empty((n, 0)) if r == 0 else None     # zero-sized blocks
     comm.Gather(np.empty(0), g, root=0)
     s = np.ones(4 * n + 1) if r == 0 else None   # does not split into n blocks
@@ -193,6 +195,41 @@ def check(comm, MPI, label=""):
     else:
         raise AssertionError(f"rank {r}: a refused scatter returned")
     comm.Barrier()
+
+
+def check_scatter_direct(comm, MPI, label=""):
+    r, n = comm.Get_rank(), comm.Get_size()
+    # Scatter(v) of blocks the root sends straight to ranks of other nodes (64 KiB
+    # and up) or through their head (smaller): a rank of another node (its head or
+    # not) expects a block of another size, on the other side of that line or not
+    # (a rank that is not its head would wait on the other sender), or refuses its
+    # receive buffer: it raises, and every other rank completes with its block
+    # (its node's included: a head no longer relays large blocks), nobody hangs
+    big = (64 << 10) // 8
+    nodes = comm.allgather(os.environ.get("DRILLER_NODE"))
+    for root in range(n):
+        for vector in (False, True):
+            for bad in [k for k in range(n) if nodes[k] != nodes[root]]:
+                for mine, theirs in ((big + 8, 8), (8, big + 8), (big, big - 1), (None, big)):
+                    counts = [8 + 9 * k if vector else theirs for k in range(n)]
+                    counts[bad] = theirs
+                    sbuf = np.concatenate([np.full(c, float(k)) for k, c in enumerate(counts)])
+                    if r != bad:
+                        got = np.full(counts[r], -1.0)
+                    else:
+                        got = np.full(mine, -1.0) if mine is not None else "refused"
+                    where = (label, root, vector, bad, mine, theirs)
+                    try:
+                        if vector:
+                            comm.Scatterv([sbuf, counts, MPI.DOUBLE] if r == root else None,
+                                          got, root=root)
+                        else:
+                            comm.Scatter(sbuf if r == root else None, got, root=root)
+                    except MmpiError as e:
+                        assert r == bad, (r, where, e)
+                    else:
+                        assert r != bad, f"rank {bad} took a block for {mine} items: {where}"
+                        assert (got == r).all(), (r, where)
 
 
 def check_reductions(comm, MPI, label=""):

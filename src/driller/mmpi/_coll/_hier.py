@@ -42,12 +42,14 @@ __all__ = ["split", "release", "release_all", "or_abort", "guard", "refused", "e
            "Bcast", "bcast", "Reduce", "reduce", "Allreduce", "allreduce"]
 
 _IDS = 1 << 15        # sub-context ids per communicator (world sizes are at most 4096)
-_RNODE = 2 + 2 * 4096  # node contexts of rooted collectives: ctx(_RNODE + root) (after the lanes')
+_RNODE = 2 + 4096 + 2048  # node contexts of rooted collectives: ctx(_RNODE + root) (after the
+                           # lanes': a lane per rank of the smallest node, at most 2048 of them)
+_RALL = _RNODE + 4096     # every rank, per root (_hiergather's Scatter): ctx(_RALL + root) < _IDS/2
 
 
 class _Split:
     __slots__ = ("cx", "order", "node", "leaders", "where", "contiguous", "rooted", "cranks",
-                 "lanes", "a2a", "rnodes", "hseq", "hist", "hb", "stage")
+                 "lanes", "a2a", "rnodes", "ralls", "hseq", "hist", "hb", "stage")
 
     def __init__(self, cx, order: list[list[int]], node: Context, leaders: Context | None):
         self.cx = cx
@@ -66,6 +68,7 @@ class _Split:
         self.a2a = None             # _hiergather's Alltoall exchange arrays, made on first use
         self.stage = None           # _hiergather's staging buffer (gather heads, scatters)
         self.rnodes: dict[int, Context] = {}   # root -> the node context of its collectives
+        self.ralls: dict[int, Context] = {}    # root -> every rank's context of its scatters
         self.hseq = 0               # _hboard: the hierarchical collectives so far,
         self.hist = [None] * _hboard.HIST      # the last ones' (number, kind, root)
         self.hb = None              # and the transport's hybrid board
@@ -79,11 +82,19 @@ class _Split:
         """This rank's node, for a rooted collective with ``root``: a context of its
         own per root, so that a rank passing another root than its node peers never
         takes their messages (it waits, and ``_hboard`` names it)."""
-        c = self.rnodes.get(root)
+        return self._per_root(self.rnodes, root, self.node.group, _RNODE, "node")
+
+    def rall(self, root: int) -> Context:
+        """Every rank of the communicator, for a rooted collective with ``root`` (a
+        context of its own per root, as :meth:`rnode`): where a rank's block may come
+        from the root or from its node's head (``_hiergather``'s Scatter)."""
+        return self._per_root(self.ralls, root, self.cx.group, _RALL, "all")
+
+    def _per_root(self, made: dict, root: int, group, first: int, what: str) -> Context:
+        c = made.get(root)
         if c is None:
-            node = self.node
-            c = self.rnodes[root] = Context(node.t, node.group, self.ctx(_RNODE + root),
-                                            f"{self.cx.name} (node, root {root})")
+            c = made[root] = Context(self.cx.t, group, self.ctx(first + root),
+                                     f"{self.cx.name} ({what}, root {root})")
         return c
 
     def heads(self, root: int) -> tuple[Context | None, int, int]:

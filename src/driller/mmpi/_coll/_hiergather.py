@@ -19,9 +19,16 @@ algorithms of ``_gather`` and ``_alltoall``.
 * **Scatter(v)**: the reverse: the root sends each other node's head one
   message, the node's sizes then its blocks (built in the stage buffer); the
   head keeps its own block and sends the others theirs through shared memory.
-  In Scatter (not v) the head receives that message into its stage buffer,
-  sized for L blocks of its own size: longer blocks fail the receive, and the
-  whole node raises.
+  A block of ``SCATTER_DIRECT_MIN`` bytes or more (by the root's count) is left
+  out of that message and sent by the root straight to its rank over MPI (no
+  hop through the head, which waited for the whole node's bytes first).  The
+  root's sizes say which: the head reads them, a rank that is not its node's
+  head receives from any rank of a context of the root's (``_Split.rall``), so
+  that whichever sender the root chose, no count of its own can make it wait
+  on the other one (it waits polling MPI first: the root's route is the one
+  that carries large blocks).  In Scatter (not v) the head receives the message into its
+  stage buffer, sized for L blocks of its own size: longer blocks fail the
+  receive, and the whole node raises.
 * **Allgather(v)**: every rank knows every count, so no sizes travel: blocks go
   to the node's leader, the leaders exchange their nodes' blocks, and each
   leader broadcasts the whole receive buffer through shared memory (the blocks
@@ -67,22 +74,23 @@ import numpy as np
 
 from ...errors import MmpiError, TruncationError
 from .._bufspec import EMPTY, Buf, parse
-from .._const import IN_PLACE
+from .._const import ANY_SOURCE, IN_PLACE
 from .._transport import RecvOp
 from . import _alltoall, _gather, _hboard, _hieralltoall, _hierlane
 from ._bcast import g_bcast
 from ._bcast import bcast as _obcast
 from ._context import (cbase, check_root, count_check, count_errors, cr, cs, drive,
-                       first_error, notify, obj_items, raise_failed, waitall)
+                       first_error, notify, obj_items, raise_failed, waitall, xsend)
 from ._hier import or_abort, split
 
-__all__ = ["STAGE_KEEP_MAX", "ALLTOALL_AGG_MAX", "ALLTOALL_NATIVE_MAX", "ALLTOALL_FUSED_BLOCK", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+__all__ = ["STAGE_KEEP_MAX", "SCATTER_DIRECT_MIN", "ALLTOALL_AGG_MAX", "ALLTOALL_NATIVE_MAX", "ALLTOALL_FUSED_BLOCK", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
            "Allgatherv", "Alltoall", "Alltoallv", "gather", "scatter", "allgather", "alltoall"]
 
 ALLTOALL_AGG_MAX = 64 << 10   # bytes of a rank's Alltoall send buffer up to which leaders aggregate
 ALLTOALL_NATIVE_MAX = 16 << 10  # ... up to which the MPI library's own Alltoall runs instead
 ALLTOALL_FUSED_BLOCK = 2040     # bytes of a block up to which the size exchange carries the data
 STAGE_KEEP_MAX = 64 << 20       # bytes of a head's staging buffer kept from call to call
+SCATTER_DIRECT_MIN = 64 << 10   # bytes of a Scatter(v) block from which the root sends it to its rank
 
 
 def _cranks(h) -> list[list[int]]:
@@ -347,17 +355,34 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     h, root, heads, ni, nr, mi, mj = st
     node, t = h.rnode(root), cx.t
     nbase = cbase(node)
+    rall = h.rall(root)
+    abase = cbase(rall)                # (every rank: the tags of the root's direct blocks)
     if cx.rank == root:
-        return _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector)
-    if mi == ni or mj != 0:           # a rank that gets its block through shared memory
+        return _scatter_root(cx, h, heads, ni, nr, nbase, rall, abase, sendbuf, recvbuf,
+                             what, vector)
+    if mi == ni:                      # the root's node: my block through shared memory
         rb = parse(recvbuf, True, what, staged=True)
-        r = cr(node, rb.mv, nr if mi == ni else 0, nbase)
+        r = cr(node, rb.mv, nr, nbase)
         waitall(t, [r])
         rb.finish()
         count_check(cx, r, rb.nbytes, what, root)
         return
-    # the head of another node: one message from the root, the node's sizes then
-    # its blocks
+    if mj != 0:
+        # another node's rank: its block comes straight from the root when the root
+        # sends it direct, else from its head: one receive from either (whichever the
+        # root chose, by the size it holds: no count of mine can make us disagree)
+        try:
+            rb = parse(recvbuf, True, what, staged=True)
+        except MmpiError:
+            waitall(t, [_rany(rall, abase, None)])   # (taken, so that no sender waits)
+            raise
+        r = _rany(rall, abase, rb.mv)
+        t.wait(r, cx.group[root])      # (MPI polled first: the root's is the larger)
+        rb.finish()
+        count_check(cx, r, rb.nbytes, what, root)
+        return
+    # the head of another node: one message from the root, the node's sizes then the
+    # blocks it does not send direct (SCATTER_DIRECT_MIN)
     L = node.size
     hbase = cbase(heads)
     rb = err = None
@@ -370,8 +395,8 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
         waitall(t, [op])
         msg = _data(op) if op.exc is None else b""
     else:
-        # Scatter: the node's message holds L blocks of this rank's size when the
-        # counts match: received into the stage buffer, kept from call to call (a
+        # Scatter: the node's message holds at most L blocks of this rank's size when
+        # the counts match: received into the stage buffer, kept from call to call (a
         # buffer made per call pays a page fault per page).  The root's blocks
         # longer than this rank's do not fit: the receive fails, and every rank of
         # the node raises (as when the root refused its arguments)
@@ -380,15 +405,30 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
         waitall(t, [op])
         msg = op.mv[:op.count] if op.exc is None else b""
     sizes = np.frombuffer(msg, np.int64, L) if len(msg) >= 8 * L else None
-    offs = _offsets(sizes) if sizes is not None else None
+    offs = _offsets(0 if v >= SCATTER_DIRECT_MIN else v for v in sizes) \
+        if sizes is not None else None
+    ranks = _cranks(h)[mi]
     if offs is None or offs[-1] != len(msg) - 8 * L:
-        notify(node, range(1, L), nbase)       # my ranks must not wait for blocks
+        for j in range(1, L):          # my ranks must not wait for blocks
+            xsend(rall, memoryview(b""), ranks[j], abase)
         first_error((op,))
         raise MmpiError(f"{what}: rank {cx.rank} got a {len(msg)}-byte message from the "
                         f"root (rank {root}) for the {L} ranks of its node: the root's "
                         f"send buffer was refused")
     data = memoryview(msg)[8 * L:]
-    ops = [cs(node, data[offs[j]:offs[j + 1]], j, nbase) for j in range(1, L)]
+    ops = [cs(rall, data[offs[j]:offs[j + 1]], ranks[j], abase)
+           for j in range(1, L) if sizes[j] < SCATTER_DIRECT_MIN]
+    if sizes[0] >= SCATTER_DIRECT_MIN:
+        # my own block straight from the root (into my buffer, or taken and dropped)
+        mine = cr(rall, rb.mv, root, abase) if rb is not None else _any(rall, root, abase)
+        ops.append(mine)
+        waitall(t, ops)
+        if err is not None:
+            raise err
+        rb.finish()
+        first_error(ops)
+        count_check(cx, mine, rb.nbytes, what, root)
+        return
     if rb is not None:
         if len(rb.mv) != offs[1]:
             err = MmpiError(f"{what}: rank {cx.rank} expected {len(rb.mv)} bytes from "
@@ -401,6 +441,13 @@ def _scatter_buf(cx, sendbuf, recvbuf, root, what, vector) -> None:
     if err is not None:
         raise err
     first_error(ops)
+
+
+def _rany(cx, tag, mv):
+    """Start a receive from any rank of ``cx`` (into ``mv``; None: of any size)."""
+    op = RecvOp(ANY_SOURCE, tag, cx.cctx, mv)
+    cx.t.irecv(op)
+    return op
 
 
 def _any(cx, src, tag):
@@ -417,7 +464,8 @@ def _data(op):
     return op.value[1]
 
 
-def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -> None:
+def _scatter_root(cx, h, heads, ni, nr, nbase, rall, abase, sendbuf, recvbuf, what,
+                  vector) -> None:
     t, me, n = cx.t, cx.rank, cx.size
     node = h.rnode(me)
     cranks = _cranks(h)
@@ -431,18 +479,32 @@ def _scatter_root(cx, h, heads, ni, nr, nbase, sendbuf, recvbuf, what, vector) -
         raise
     isz = sb.dtype.itemsize
     err = _gather.root_own_recv(recvbuf, sb.block(me), what)
-    ops = [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     hbase = cbase(heads)
-    # every other node's message (its sizes, then its blocks), one after the other
-    # in the stage buffer (kept from call to call: no page faults per call)
-    msgs = [(i, [np.array([sb.counts[r] * isz for r in ranks], np.int64)]
-             + [sb.block(r) for r in ranks]) for i, ranks in enumerate(cranks) if i != ni]
+    # every other node's message (its sizes, then the blocks not sent direct), one
+    # after the other in the stage buffer (kept from call to call: no page faults
+    # per call); a large block goes straight to its rank (no hop through its head)
+    msgs, direct = [], []
+    for i, ranks in enumerate(cranks):
+        if i == ni:
+            continue
+        sizes = [sb.counts[r] * isz for r in ranks]
+        parts = [np.array(sizes, np.int64)]
+        for r, v in zip(ranks, sizes):
+            if v >= SCATTER_DIRECT_MIN:
+                direct.append(r)
+            else:
+                parts.append(sb.block(r))
+        msgs.append((i, parts))
     whole = _join(h, [p for _, parts in msgs for p in parts])
-    o = 0
+    ops, o = [], 0
     for i, parts in msgs:
         k = sum(memoryview(p).nbytes for p in parts)
         ops.append(cs(heads, whole[o:o + k], i, hbase))
         o += k
+    # the other nodes first: MPI moves their blocks while this rank copies its
+    # node's through shared memory
+    ops += [cs(rall, sb.block(r), r, abase) for r in direct]
+    ops += [cs(node, sb.block(r), j, nbase) for j, r in enumerate(cranks[ni]) if j != nr]
     waitall(t, ops)
     first_error(ops)
     if err is not None:
