@@ -814,9 +814,8 @@ class Transport:
             if words[hw] == t:
                 if not wait:
                     return False
-                p = base + t % rb   # (where the record will be, what fits and where an
-                lim = cap if cap >= 0 else len(mv)   # inline one ends, worked out before
-                e = t + HDR_BYTES                    # the wait: off the path)
+                p = base + t % rb   # (where the record will be and what fits, worked
+                lim = cap if cap >= 0 else len(mv)   # out before the wait: off the path)
                 i = t_.pure_polls   # (the checks above cannot change meanwhile)
                 if i < 0:   # oversubscribed: the poll budget learnt per peer
                     if not owait(t):
@@ -835,7 +834,6 @@ class Transport:
             else:
                 p = base + t % rb
                 lim = cap if cap >= 0 else len(mv)
-                e = t + HDR_BYTES
             kf, c, tg, nb, pl, plen = unpack(data, p)
             if c != ctx or (tag != tg and tag != -1) or nb > lim:
                 return None
@@ -844,8 +842,9 @@ class Transport:
                     puts[nb](mv, 0, pl)
                 except (TypeError, ValueError, struct.error):   # a read-only, closed or
                     return None                                  # shrunk mmap (cap >= 0)
-                tails[src] = e
-                words[tw] = e
+                t += HDR_BYTES
+                tails[src] = t
+                words[tw] = t
                 if words[pw]:
                     wake(waddr)
                 return src, tg, nb
