@@ -210,6 +210,8 @@ class Comm(_attr.Cached, Handle):
         pass  # everything is done in __new__ (subclasses may override it, as mpi4py's)
 
     def _bind(self, h: _Handle) -> None:
+        if _LAST_SEND[10] is self:   # (Send's cache holds this object's old record)
+            _forget_send_peer()
         self.__dict__.pop("_p", None)   # (made from the fields below on first use)
         cx = self._cx = h.cx
         self._h = h
@@ -457,21 +459,26 @@ class Comm(_attr.Cached, Handle):
     def Send(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send."""
         if type(buf) is list:  # [buf, count, dt] and friends: the spec's fast path
-            if len(buf) == 3 and type(mv := buf[0]) is _MMAP:
+            if len(buf) != 3 or type(buf[0]) is not _MMAP:   # (a short jump: specialised)
+                mv = spec_view(buf, False, True) or message(buf, False, "Send")
+            else:
+                mv, n, d = buf   # (one unpacking: the hit below is on the ping-pong's path)
                 c = _LAST_SEND   # the last [mmap, count, dt] sent: copied again
-                if buf[1] is c[0] and (d := buf[2]) is c[1] and d._t is c[2] and mv is c[4]():
-                    try:
-                        p = self._p
-                    except MmpiError:   # null or freed: a bad buffer is reported first
-                        p = None
-                    if dest is c[6] and p is c[5]:
-                        # to the same rank of the same communicator: the transport's
-                        # fused sender for these bytes (it slices the mmap itself)
+                if n is c[0] and d is c[1] and d._t is c[2] and mv is c[4]():
+                    if self is c[10] and dest is c[6]:
+                        # to the same rank of the same communicator (still bound: _bind
+                        # and _unbind drop it, so no ``self._p`` to read): the
+                        # transport's fused sender for these bytes (it slices the mmap)
                         if (tag is c[8] or type(tag) is int and 0 <= tag <= TAG_MAX) \
                                 and c[7](tag, mv):
                             return
-                    elif p is not None:
-                        _send_peer_missed(c, p, dest, tag)
+                    else:
+                        try:
+                            p = self._p
+                        except MmpiError:   # null or freed: a bad buffer is reported first
+                            p = None
+                        if p is not None:
+                            _send_peer_missed(c, self, p, dest, tag)
                     nb = c[3]
                     try:
                         mv = mv[:nb]
@@ -485,8 +492,6 @@ class Comm(_attr.Cached, Handle):
                         mv = message(buf, False, "Send")
                     elif type(mv) is bytes:
                         _remember_send(buf, len(mv))
-            else:
-                mv = spec_view(buf, False, True) or message(buf, False, "Send")
         else:
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
@@ -1605,13 +1610,16 @@ def _extension(name: str):
 # (docs/mmpi.md, "Hot paths, fourth round").  Then the communicator's _P2P record,
 # the rank sent to and the transport's fused sender for that rank and these bytes
 # (_spec_sender, given the mmap per call), the tag then and a countdown of sends to
-# other ranks (_send_peer_missed), or _NO_PEER: the same spec sent again to the
-# same rank of the same communicator goes straight to the fused sender, with no
-# rank check, table or slice on the way (docs/mmpi.md, "ninth round").  Dropped by
-# _forget_peers (fork, Finalize) and when a communicator is unbound (Free).
+# other ranks (_send_peer_missed) and the communicator object itself, or _NO_PEER:
+# the same spec sent again to the same rank of the same communicator object goes
+# straight to the fused sender, with no rank check, table or slice on the way
+# (docs/mmpi.md, "ninth round"), nor its ``self._p`` (a generic attribute load:
+# "eleventh round").  Dropped by _forget_peers (fork, Finalize), when a communicator
+# is unbound (Free) and when the cached object is bound again (_bind: its record
+# changes), so that the object's identity stands for its record.
 _MMAP = mmap.mmap
 _NONE = object()   # matches no rank or tag a caller passes (None is a bad one)
-_NO_PEER = (None, _NONE, None, _NONE, None)
+_NO_PEER = (None, _NONE, None, _NONE, None, None)
 _SEND_PEER_SWITCH = 64   # sends of the cached spec to another rank before it is taken
 _LAST_SEND: tuple = (object(), None, None, -1, lambda: None) + _NO_PEER   # (matches no spec)
 
@@ -1623,9 +1631,9 @@ def _remember_send(spec, nbytes: int) -> None:
     _LAST_SEND = (spec[1], spec[2], spec[2]._t, nbytes, weakref.ref(spec[0])) + _NO_PEER
 
 
-def _send_peer_missed(c: tuple, p: _P2P, dest, tag) -> None:
+def _send_peer_missed(c: tuple, comm: Comm, p: _P2P, dest, tag) -> None:
     """Send's cached spec ``c`` (``_LAST_SEND``) went to another rank or communicator
-    than the one it holds: take this one (``dest`` of ``p``'s communicator: an int,
+    than the one it holds: take this one (``dest`` of ``comm``, whose record is ``p``: an int,
     or a float as Send takes one, the same object being the same rank) if it holds
     none, else after _SEND_PEER_SWITCH such sends (a spec sent to ranks in turn
     builds no closure per call), with its fused sender and ``tag`` (if a valid
@@ -1642,7 +1650,7 @@ def _send_peer_missed(c: tuple, p: _P2P, dest, tag) -> None:
     if type(r) is int and 0 <= r < p.npeers and (f := p.sends[r]) is not None:
         ok = type(tag) is int and 0 <= tag <= TAG_MAX
         _LAST_SEND = c[:5] + (p, dest, _spec_sender(f, c[3], p.ctx), tag if ok else _NONE,
-                              [_SEND_PEER_SWITCH])
+                              [_SEND_PEER_SWITCH], comm)
 
 
 def _forget_send_peer() -> None:
