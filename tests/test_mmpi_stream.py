@@ -341,9 +341,6 @@ def test_peer_killed_mid_stream(monkeypatch, who):
     flight (no partial stream kept, nothing queued), no hang."""
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", SMALL_RING)
     monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(16 * MIB))
-    # the chunks must flow for the death to come mid-message: no split (a split
-    # stream's deaths: test_mmpi_xsplit.py)
-    monkeypatch.setenv("DRILLER_MMPI_XSPLIT_REST", "0")
     dies = 0 if who == "sender" else 1
     fn = _sender_dies_mid_stream if who == "sender" else _receiver_dies_mid_stream
     res = run_ranks(fn, 2)

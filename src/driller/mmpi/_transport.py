@@ -28,25 +28,6 @@ the receive when its last chunk is copied.  A receiver drains every chunk at
 once: before a receive matches, chunks land in a warm staging buffer of the
 receive cache (then one more copy), so a full ring never waits for a match.
 
-Adaptive stream: the envelope's ``address`` is the sender's buffer.  A receive
-whose caller is blocked on it (``_xwait``: Recv, Wait) and that matched a stream
-with chunks still to come asks for a split through its ring's slot (G_XSID/
-G_XADDR/G_XCAP of _world, written only when it reads 0: its buffer's address
-and capacity, then the send id), and withdraws it when that wait ends.  The
-sender looks at the slot before each chunk; only it decides, signals held back:
-it claims (G_XCLAIM, a fence, the slot read again), writes SPLIT (``tag`` =
-send id, ``nbytes`` = k, ``sender id`` = mid, ``address`` = its buffer), copies
-[mid, n) into the receive's buffer with process_vm_writev (bounded by the
-capacity), writes SDONE (``tag`` = send id, ``nbytes`` = mid) and clears the
-claim, while the receiver reads [k, mid) with process_vm_readv and answers
-RDONE (``tag`` = send id): the send completes on RDONE and its own part done.
-SPLIT's word [7] names the send's guard (as a rendezvous request's): an
-interrupted Send's keep_sent copies [k, mid) aside and sets it; the receiver
-reads the guard after its part and reads the copy if it was set.
-A write that fails (denied or otherwise) sends [mid, n) as SDATA chunks
-instead.  The receiver counts byte ranges (_Stream.cover): a chunk sent twice
-counts once.  Without a request: a plain stream, buffered, no wait.
-
 Object messages (lowercase ``send``): pickle protocol 5; buffers of at least
 ``OOB_MIN`` bytes (numpy arrays, and bytes/bytearray found in the object) go
 out of band and are copied once, straight from the sender's memory into the
@@ -108,7 +89,6 @@ __all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
-K_SPLIT, K_SDONE, K_RDONE = 12, 13, 14   # an adaptive stream's split (see below)
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 F_INLINE = 16   # an eager record whose payload is inside its header (K_INLINE)
 HDR = struct.Struct("<8q")
@@ -148,9 +128,6 @@ SPLIT_MIN = 0                 # >0: rendezvous copies this large are split betwe
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
-XSPLIT_REST = 0               # >0: a waited-on stream with at least this much still to send is
-                              # split (DRILLER_MMPI_XSPLIT_REST, 131072 to try it: off by default
-                              # until measured quietly; docs/mmpi.md, "Rebuilt safe")
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -438,43 +415,17 @@ class _Stream:
     straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
     the rest of a truncated message is dropped)."""
 
-    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr", "src_addr", "req",
-                 "have", "split")
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr")
 
-    def __init__(self, n: int, src_addr: int = 0):
+    def __init__(self, n: int):
         self.n = n
-        self.src_addr = src_addr   # the sender's buffer (adaptive stream: its split)
-        self.req = False           # a split was asked for (the slot may name it)
-        self.got = 0               # bytes in (the sum of ``have``)
-        self.have = []             # [start, end) ranges in, merged (a chunk sent twice
-                                   # after an exception counts once)
-        self.split = False         # its SPLIT came (the receiver's part was read)
+        self.got = 0
         self.r = None
         self.addr = 0
         self.cap = 0
         self.keep = None
         self.staging = None
         self.saddr = 0
-
-    def cover(self, a: int, b: int) -> bool:
-        """Bytes [a, b) are in; True when the whole message is."""
-        h = self.have
-        if h and h[-1][0] <= a <= h[-1][1]:   # in order (chunks): extends the last
-            if b > h[-1][1]:
-                self.got += b - h[-1][1]
-                h[-1][1] = b
-        else:
-            h.append([a, b])
-            h.sort()
-            merged = [h[0]]
-            for x in h[1:]:
-                if x[0] <= merged[-1][1]:
-                    merged[-1][1] = max(merged[-1][1], x[1])
-                else:
-                    merged.append(x)
-            self.have = merged
-            self.got = sum(e - s for s, e in merged)
-        return self.got == self.n
 
 
 class _Hooks(list):
@@ -599,24 +550,6 @@ class Transport:
             self.stream_max = min(self.stream_max, rb // 2)
         self.streams = {}
         self.stats_streamed = 0  # bytes received streamed
-        # adaptive streams: the split-request slot of our ring to each peer (its
-        # receives write it) and of each peer's ring to us (ours do); sends split and
-        # waiting: send id -> [SendOp, parts left (RDONE, our own part), the address
-        # and length of the receiver's part (0 once keep_sent copied it aside), the copy]
-        self.out_xw = [world.ring_ctrl(self.rank, p) // 8 + W.G_XSID if p != rank else 0
-                       for p in range(size)]
-        self.in_xw = [world.ring_ctrl(p, self.rank) // 8 + W.G_XSID if p != rank else 0
-                      for p in range(size)]
-        self.xsplit_rest = int(os.environ.get("DRILLER_MMPI_XSPLIT_REST",
-                                              0 if self.oversubscribed else XSPLIT_REST))
-        self.xsplits = {}
-        self.pull_ok = set()   # sources a process_vm_readv worked from (split requests)
-        self.xprobe = bytearray(64)   # where that first read goes
-        self.xprobe_addr = _linux.buffer_address(self.xprobe, True)[0]
-        self.no_xsplit = set()   # peers we may not read or write: their streams stay whole
-        self.stats_xsplit = 0   # streams split (as receiver), and the last one's (k, mid, n)
-        self.stats_xsplit_last = None
-        self.stats_xkept = 0   # interrupted split sends whose receiver's part went aside
         self._hooks = _Hooks()
         # state the collectives keep per transport (owned by _coll: the shared-memory
         # barrier's count and words, the collective slots); None until first used
@@ -1432,11 +1365,10 @@ class Transport:
 
     def _put_send(self, s: SendOp) -> bool:
         flags = s.flags | (F_SYNC if s.sync else 0)
-        if s.protocol == E.STREAM:  # the envelope (our address, for a split's reads);
-            # the caller pushes the chunks
+        if s.protocol == E.STREAM:  # the envelope; the caller pushes the chunks
             s.addr = _linux.buffer_address(s.mv)[0]
             if not self._put(s.dest, K_STREAM | flags << 8, s.context, s.tag, s.nbytes,
-                             s.id, s.addr, None, 0):
+                             s.id, 0, None, 0):
                 return False
             self.npending += 1
             self.pushes[s.dest].append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
@@ -1534,10 +1466,7 @@ class Transport:
                     if not any(j[4] is s for j in jobs):
                         jobs.append([s.id, [(s.addr, s.nbytes)], 0, 0, s])
                 elif s.state == E.S_QUEUED:
-                    if s.protocol == E.STREAM and type(item) is list:
-                        self._stream_out(s)   # (a split one: its RDONE too)
-                    else:
-                        self._run(self.engine.transmitted(s))
+                    self._run(self.engine.transmitted(s))
                 elif s.state == E.S_DONE:   # (transmitted's Complete, cut short)
                     s.done = True
         self.npending = sum(map(len, self.pending)) + sum(map(len, self.pushes))
@@ -1742,11 +1671,7 @@ class Transport:
         sender had set it (its send was interrupted and its caller may have written
         the buffers since), read the data again from the sender's copy, where the
         ranges lie one after the other."""
-        self._read_guarded(pid, getattr(m, "guard", 0), segs)
-
-    def _read_guarded(self, pid: int, g: int, segs) -> None:
-        """_read's copy: ``segs``, then the guard word at ``g`` of the sender (0:
-        none), and again from the sender's copy if the guard was set."""
+        g = getattr(m, "guard", 0)
         if not g:   # (no guard named)
             _linux.process_vm_readv_many(pid, segs)
             return
@@ -1871,23 +1796,12 @@ class Transport:
         chunk = self.push_chunk
         head = self.out_head[dst]
         head0 = head
-        xw = self.out_xw[dst]
         while q:
             job = q[0]
             token, srcs, i, off, trailer = job
             kind = K_DATA if trailer is None or type(trailer) is tuple else K_SDATA
             while i < len(srcs):
                 addr, n = srcs[i]
-                if kind == K_SDATA and words[xw]:  # a split asked for (adaptive stream)
-                    self.out_head[dst] = head
-                    job[2] = i
-                    job[3] = off
-                    self._xsplit(dst, job, addr, off)   # (moves job[2]/job[3] on)
-                    head = self.out_head[dst]
-                    i = job[2]
-                    off = job[3]
-                    if i == len(srcs):   # the rest is being copied by both ranks
-                        break
                 want = min(n - off, chunk)
                 least = HDR_BYTES + min(want, chunk >> 2)
                 free = rb - (head - words[tailw])
@@ -1925,8 +1839,8 @@ class Transport:
                     break
                 q.popleft()
                 self.npending -= 1
-                if kind == K_SDATA:  # a streamed send's last chunk is out: complete
-                    self._stream_out(trailer)   # (unless split: its RDONE too)
+                if kind == K_SDATA:  # a streamed send's last chunk is out: it is complete
+                    self._run(self.engine.transmitted(trailer))
             except BaseException:   # (a signal handler's): finish what is out
                 self._settle(dst, head, job)
                 raise
@@ -1934,175 +1848,6 @@ class Transport:
         self.out_head[dst] = head
         words[self.out_headw[dst]] = head
         return head != head0
-
-    def _stream_out(self, s: SendOp) -> None:
-        """Streamed send ``s`` has all its own bytes out: complete, unless it was
-        split and the receiver still reads its part (RDONE)."""
-        e = self.xsplits.get(s.id)
-        if e is None:
-            self._run(self.engine.transmitted(s))
-        else:
-            self._xpart(s.id)
-
-    def _xpart(self, sid: int) -> None:
-        """One part of split send ``sid`` is over (our write, or the receiver's RDONE)."""
-        e = self.xsplits[sid]
-        e[1] -= 1
-        if not e[1]:
-            del self.xsplits[sid]
-            self._run(self.engine.transmitted(e[0]))
-
-    def _xsplit(self, dst: int, job: list, addr: int, off: int) -> None:
-        """The slot of our ring to ``dst`` is set before the chunk at ``off`` of the
-        streamed send of push ``job`` (bytes at ``addr``): if it asks for that send,
-        split the rest [off, n): SPLIT, then our part [mid, n) written into the
-        receive's buffer (SDONE).  Moves job[2]/job[3] on: past the end when our part
-        is written, to mid when the write failed (our part then goes as chunks),
-        unchanged when no split now.  The claim, SPLIT, write and SDONE run with
-        signals held back: an exception midway would leave the receiver counting
-        bytes that never come."""
-        words = self.words
-        x = self.out_xw[dst]
-        sid = words[x]
-        s = job[4]
-        n = s.nbytes
-        if sid != s.id:   # another send's: stale (it ended before we looked), or queued
-            if not any(j[0] == sid and type(j[4]) is SendOp for j in self.pushes[dst]):
-                words[x] = 0
-            return
-        if dst in self.no_xsplit:   # our writes were denied: the chunks it is
-            words[x] = 0
-            return
-        if n - off < self.xsplit_rest or self.xsplit_rest <= 0:
-            return   # (the receiver withdraws the request when it leaves its wait)
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (only reads the mask)
-        try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            words[x + 3] = sid   # the claim (G_XCLAIM) ...
-            _linux.fence()
-            if words[x] != sid:   # ... and the request still there: else withdrawn
-                return
-            raddr = words[x + 1]
-            cap = words[x + 2]
-            mid = off + (((n - off) >> 1) & ~4095)
-            if s.guard is None:   # (keep_sent's sign that [off, mid) went aside)
-                s.guard = bytearray(8)
-            if not self._put(dst, K_SPLIT, 0, sid, off, mid, addr, None, 0,
-                             _linux.buffer_address(s.guard, True)[0]):
-                return   # no room for the record now: the request stays, next chunk
-            words[x] = 0
-            self.xsplits[sid] = [s, 2, addr + off, mid - off]
-            job[3] = mid   # from here on the receiver counts [off, mid) as its own
-            end = min(n, cap)
-            if mid < end:
-                try:
-                    _linux.process_vm_writev(self.pid_of(dst), addr + mid, raddr + mid,
-                                             end - mid)
-                except OSError as e:
-                    if e.errno != errno.ESRCH:   # denied, or any other failure: our
-                        if e.errno in DENIED:    # part goes as chunks, counted apart
-                            self.no_xsplit.add(dst)
-                        return
-                    s.exc = PeerDiedError(f"rank {dst} died during a {n}-byte send "
-                                          f"(tag {s.tag})", rank=self.blame(dst))
-            job[2] += 1
-            job[3] = 0
-            q = self.pending[dst]
-            if q or not self._put(dst, K_SDONE, 0, sid, mid, 0, 0, None, 0):
-                q.append((K_SDONE, 0, sid, mid, 0, 0))
-                self.npending += 1
-        finally:
-            words[x + 3] = 0   # (after the write: the receiver may leave its wait)
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-    def _xrequest(self, src: int, sid: int, st: _Stream) -> bool:
-        """Ask ``src`` to split its streamed send ``sid`` (matched by ``st.r``, whose
-        wait is under way) when the slot is free and we may read ``src``'s memory;
-        True if asked."""
-        words = self.words
-        x = self.in_xw[src]
-        if words[x]:
-            return False
-        if src not in self.pull_ok:   # once per source: may we read it at all?
-            try:   # (into scratch: the sender's buffer may have changed since)
-                _linux.process_vm_readv(self.pid_of(src), self.xprobe_addr,
-                                        st.src_addr, min(64, st.n))
-            except OSError as e:
-                if e.errno in DENIED:   # (streams need no single copy: no warning)
-                    self.no_xsplit.add(src)
-                return False
-            self.pull_ok.add(src)
-        words[x + 1] = st.addr
-        words[x + 2] = st.cap
-        words[x] = sid
-        st.req = True
-        return True
-
-    def _xwithdraw(self, src: int, sid: int, st: _Stream) -> None:
-        """A receive's wait that asked for a split of ``sid`` ends (complete, or an
-        exception): take the request back; a sender that claimed it before is let
-        finish its write (it never writes after this returns), and a SPLIT it put is
-        read now, so that its Send does not wait for our next MPI call."""
-        words = self.words
-        x = self.in_xw[src]
-        if words[x] == sid:
-            words[x] = 0
-        _linux.fence()
-        if words[x + 3] == sid:   # claimed: its write is under way (a bounded copy)
-            pid = self.pid_of(src)
-            spins = 0
-            while words[x + 3] == sid:
-                spins += 1
-                if not spins & 1023 and not _linux.pid_alive(pid):
-                    break
-                os.sched_yield()
-        if st.r is not None and not st.split and (src, sid) in self.streams:
-            for _ in range(64):   # (its records are in the ring already)
-                if st.split or (src, sid) not in self.streams or not self.progress():
-                    break
-
-    def _take_split(self, src: int, sid: int, k: int, mid: int, addr: int,
-                    guard: int) -> None:
-        """SPLIT from ``src``: read [k, mid) of its streamed send ``sid`` from its
-        buffer at ``addr`` into the receive's (then its guard: set, the bytes were
-        copied aside by an interrupted Send, read them there), then RDONE; it
-        writes [mid, n) (SDONE), or sends it as chunks if its write failed."""
-        st = self.streams.get((src, sid))
-        if st is None or st.r is None:  # pragma: no cover - protocol error
-            raise MmpiError(f"corrupt ring from rank {src}: a split of unknown message {sid}")
-        self.stats_xsplit += 1
-        self.stats_xsplit_last = (k, mid, st.n)
-        st.split = True
-        end = min(mid, st.cap)
-        if k < end:
-            try:
-                self._read_guarded(self.pid_of(src), guard, [(st.addr + k, addr + k, end - k)])
-            except OSError as e:
-                r = st.r
-                r.exc = (PeerDiedError(f"rank {src} died before its {st.n}-byte message "
-                                       f"(tag {r.message.tag}) could be copied",
-                                       rank=self.blame(src))
-                         if e.errno == errno.ESRCH else
-                         MmpiError(f"copying {end - k} bytes from rank {src} failed: {e}"))
-        q = self.pending[src]
-        if q or not self._put(src, K_RDONE, 0, sid, 0, 0, 0, None, 0):
-            q.append((K_RDONE, 0, sid, 0, 0, 0))
-            self.npending += 1
-        self._stream_got(src, sid, st, k, mid)
-
-    def _stream_got(self, src: int, sid: int, st: _Stream, a: int, b: int) -> None:
-        """Bytes [a, b) of streamed message ``sid`` from ``src`` are in; the last
-        ones complete its receive."""
-        if st.cover(a, b):
-            del self.streams[(src, sid)]
-            self.stats_streamed += st.n
-            if st.req and self.words[self.in_xw[src]] == sid:   # asked, never split
-                self.words[self.in_xw[src]] = 0
-            r = st.r
-            if r is not None:
-                st.r = st.keep = None
-                r.message.payload = None
-                self._run(self.engine.fetched(r))
 
     def _fetch_stream(self, r: RecvOp, m: E.Message) -> None:
         """A receive matched streamed message ``m``: copy what came before the match
@@ -2132,7 +1877,7 @@ class Transport:
         st.r = r
         st.addr = addr
         st.cap = cap
-        st.keep = dest   # (the split is asked for by its wait: _xwait)
+        st.keep = dest
 
     def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
         """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
@@ -2148,7 +1893,15 @@ class Transport:
             if st.staging is None:
                 st.staging, st.saddr = self.recv_cache.take(st.n)
             _linux.memmove(st.saddr + off, self.base + p, k)
-        self._stream_got(src, sid, st, off, off + k)
+        st.got = off + k
+        if st.got == st.n:
+            del self.streams[(src, sid)]
+            self.stats_streamed += st.n
+            r = st.r
+            if r is not None:
+                st.r = st.keep = None
+                r.message.payload = None
+                self._run(self.engine.fetched(r))
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
@@ -2512,15 +2265,8 @@ class Transport:
                 self._run(engine.fetched(r))
         elif kind == K_SDATA:
             self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
-        elif kind == K_SPLIT:
-            self._take_split(src, tag, nbytes, sid, addr, last)
-        elif kind == K_SDONE:
-            st = self.streams[(src, tag)]
-            self._stream_got(src, tag, st, nbytes, st.n)
-        elif kind == K_RDONE:
-            self._xpart(tag)
         elif kind == K_STREAM:
-            st = self.streams[(src, sid)] = _Stream(nbytes, addr)
+            st = self.streams[(src, sid)] = _Stream(nbytes)
             m = E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags)
             acts = engine.arrive(m)
             if acts:
@@ -2600,45 +2346,12 @@ class Transport:
         (None: any rank, e.g. ANY_SOURCE)."""
         if op.done:
             return
-        if type(op) is RecvOp and self.xsplit_rest > 0 and \
-                (op.capacity is None or op.capacity > self.eager_limit):   # (a stream's)
-            return self._xwait(op, peer)
-        self._wait(op, peer)
-
-    def _xwait(self, op: RecvOp, peer: int | None) -> None:
-        """A receive's wait (adaptive streams on): when it has matched a stream with
-        at least xsplit_rest bytes to come, ask its sender for a split, and take
-        the request back when the wait ends (docs/mmpi.md, Protocols): a receive
-        asks only while its caller is blocked on it, so a split sender never waits
-        for the receiver's next MPI call."""
-        asked = None
-        tried = False   # (once: a busy slot or a short rest means a plain stream)
-        try:
-            while not op.done:
-                m = op.message
-                st = m.payload if m is not None and m.protocol == E.STREAM else None
-                if st is not None and not tried:
-                    tried = True
-                    if (st.r is op and st.cap and st.n - st.got >= self.xsplit_rest
-                            and st.src_addr and m.source not in self.no_xsplit
-                            and m.source not in self.no_pull
-                            and self._xrequest(m.source, m.sender_id, st)):
-                        asked = (m.source, m.sender_id, st)
-                self._wait(op, peer, not tried)
-        finally:
-            if asked is not None:
-                self._xwithdraw(*asked)
-
-    def _wait(self, op, peer: int | None, until_match: bool = False) -> None:
-        """wait's loop; ``until_match``: return also once ``op`` has matched a
-        stream (its wait asks for a split)."""
         progress = self.progress
         words = self.words
         spin_end = None
         while True:
             if progress():
-                if op.done or until_match and op.message is not None and \
-                        op.message.protocol == E.STREAM:
+                if op.done:
                     return
                 spin_end = None
                 continue
@@ -2701,16 +2414,6 @@ class Transport:
             if queued:
                 s.mv = bytes(s.mv)
                 return
-            e = self.xsplits.get(s.id)
-            if e is not None and e[3]:   # split: the receiver may yet read [k, mid)
-                self.stats_xkept += 1
-                aside = _linux.new_bytearray(e[3])
-                at = _linux.buffer_address(aside, True)[0]
-                _linux.memmove(at, e[2], e[3])
-                e[3] = 0
-                e.append(aside)   # (kept until RDONE: the entry lives until then)
-                s.guard[:] = at.to_bytes(8, "little")   # after the copy: the sign
-                _linux.fence()   # seen before the caller's next store
             for job in self.pushes[s.dest]:
                 if job[4] is s and job[2] == 0:   # (i == 1: every chunk is out)
                     off = job[3]
@@ -2901,11 +2604,7 @@ class Transport:
         more (dead, exited, or finalized): its queue is dropped."""
         if self.deferred:
             self.flush_deferred()
-        while self.npending or self.xsplits:   # (a split's receiver reads our memory)
-            for sid in [sid for sid, e in self.xsplits.items() if not self._takes(e[0].dest)]:
-                del self.xsplits[sid]
-            if not (self.npending or self.xsplits):
-                break
+        while self.npending:
             if self.progress():
                 continue
             for dst in range(self.size):
@@ -2913,7 +2612,7 @@ class Transport:
                     self.npending -= len(self.pending[dst]) + len(self.pushes[dst])
                     self.pending[dst].clear()
                     self.pushes[dst].clear()
-            if self.npending or self.xsplits:
+            if self.npending:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
                 self._sleep()

@@ -85,15 +85,6 @@ R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, as
 # the head's line cost a cross-core miss per message: docs/mmpi.md, "sixth round")
 G_HEAD = 0
 G_TAIL, G_PWAIT = 8, 9
-# a streamed message's split request (_transport, "adaptive stream"), in the tail's
-# line: written by the consumer (the receiver) when the slot reads 0: the buffer's
-# address and capacity first, the send's id last; cleared by the producer (or by
-# the consumer once that stream is complete)
-G_XSID, G_XADDR, G_XCAP = 10, 11, 12
-# the producer's claim of that request (the send's id) while it decides and writes
-# (set, fence, the slot read again; cleared once its write is over): a consumer that
-# withdraws its request (slot to 0, fence) and reads it set waits for it to clear
-G_XCLAIM = 13
 
 
 def default_ring_bytes(size: int) -> int:
