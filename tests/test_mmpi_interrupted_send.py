@@ -173,3 +173,55 @@ def test_an_interrupted_sendrecv_leaves_no_receive_posted(tmp_path):
     (raised, got), low = values(run_ranks(_sendrecv_then_next, 2, fifo))
     assert raised, "the sendrecv was not interrupted: the test proves nothing"
     assert got == ["A", "B"] and low == 1
+
+
+def _second_signal_while_kept(comm, n, fifo):
+    """As _scenario's "Send", but while rank 0 keeps its interrupted send a signal
+    comes for the whole process (a second Ctrl-C, an alarm): with a second thread
+    alive (numpy's pool; here an idle one), the kernel gives it to that thread,
+    whose mask is not held, and Python runs the handler in the main thread all the
+    same, inside keep_sent."""
+    if comm.rank == 0:
+        import threading
+
+        from driller.mmpi import _transport
+        lin = _transport._linux
+        address = lin.buffer_address
+        keep = _transport.Transport._keep_sent
+        fired = []
+
+        def signalled_address(*a):
+            if not fired:   # keep_sent's first step: the process is signalled
+                fired.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return address(*a)
+
+        def keep_signalled(self, s):
+            lin.buffer_address = signalled_address
+            try:
+                return keep(self, s)
+            finally:
+                lin.buffer_address = address
+
+        def on_usr1(*_):
+            raise _Interrupted()
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+        _transport.Transport._keep_sent = keep_signalled
+        idle = threading.Event()
+        threading.Thread(target=idle.wait, daemon=True).start()
+        try:
+            raised = _scenario(comm, "Send", n, fifo)
+        finally:
+            idle.set()
+        return raised and bool(fired)
+    return _scenario(comm, "Send", n, fifo)
+
+
+@pytest.mark.parametrize("n", [6 * MiB, 16 * MiB], ids=["streamed", "rendezvous"])
+def test_a_second_signal_while_the_send_is_kept_still_keeps_it(n, tmp_path):
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    raised, seen = values(run_ranks(_second_signal_while_kept, 2, n, fifo))
+    assert raised, "the send was not interrupted twice: the test proves nothing"
+    assert seen == [1], f"rank 1 received bytes {seen}, not the buffer at the call"

@@ -128,6 +128,7 @@ SPLIT_MIN = 0                 # >0: rendezvous copies this large are split betwe
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
+KEEP_TRIES = 16               # keep_sent's attempts while handlers keep raising (its docstring)
 DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)  # process_vm_readv/writev not allowed here
 _warned_pid = 0               # the pid that already warned about a denial (once per process)
 
@@ -2390,16 +2391,32 @@ class Transport:
         from the copy.  Eager sends in the ring were copied there at the call; a
         send to another node's rank (MPI reads the buffer) is left as it is, and
         so is a send to a rank that died (nobody will read it).  Signals are held
-        back meanwhile (a second Ctrl-C must not leave the message half kept)."""
+        back meanwhile (a second Ctrl-C must not leave the message half kept); a
+        signal sent to the process can still be taken by another thread (numpy's
+        pool: the mask is this thread's only), and Python then runs its handler
+        here all the same: keeping starts again (each step may be done twice; an
+        earlier copy stays alive, the receiver may be reading it) and the first
+        such exception is raised once the message is kept."""
         if s is None or s.done or s.dest == self.rank or s.dest in self.remote or \
                 s.dest in self.dead or s.dest in self.gone:
             return
+        first = None
         held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (only reads the mask)
         try:   # blocked inside the try: an exception between the two still restores it
             signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            self._keep_sent(s)
+            for _ in range(KEEP_TRIES):
+                try:
+                    self._keep_sent(s)
+                    break
+                except BaseException as e:   # (a handler's, run for another thread)
+                    if first is None:
+                        first = e
+            else:
+                raise first
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if first is not None:
+            raise first
 
     def _keep_sent(self, s: SendOp) -> None:
         queued = s.state == E.S_QUEUED and any(x is s for x in self.pending[s.dest])
@@ -2434,7 +2451,7 @@ class Transport:
             _linux.memmove(at, a, n)
             moved.append((a, n, at))
             at += n
-        s.aside = aside
+        s.aside = aside if s.aside is None else (aside, s.aside)   # (kept again)
         if s.guard is None:
             s.guard = bytearray(8)
         s.guard[:] = base.to_bytes(8, "little")   # after the copy: the receiver's sign
