@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -189,17 +190,22 @@ def _second_signal_while_kept(comm, n, fifo):
         address = lin.buffer_address
         keep = _transport.Transport._keep_sent
         fired = []
+        inside = []
 
         def signalled_address(*a):
             if not fired:   # keep_sent's first step: the process is signalled
                 fired.append(True)
                 os.kill(os.getpid(), signal.SIGUSR1)
-            return address(*a)
+                time.sleep(0.05)   # (the other thread takes it meanwhile; the handler
+            return address(*a)     # runs here as the sleep returns)
 
         def keep_signalled(self, s):
             lin.buffer_address = signalled_address
             try:
                 return keep(self, s)
+            except _Interrupted:   # (the handler did raise inside keep_sent)
+                inside.append(True)
+                raise
             finally:
                 lin.buffer_address = address
 
@@ -214,7 +220,7 @@ def _second_signal_while_kept(comm, n, fifo):
             raised = _scenario(comm, "Send", n, fifo)
         finally:
             idle.set()
-        return raised and bool(fired)
+        return raised and bool(fired) and bool(inside)
     return _scenario(comm, "Send", n, fifo)
 
 
@@ -223,5 +229,66 @@ def test_a_second_signal_while_the_send_is_kept_still_keeps_it(n, tmp_path):
     fifo = str(tmp_path / "go")
     os.mkfifo(fifo)
     raised, seen = values(run_ranks(_second_signal_while_kept, 2, n, fifo))
-    assert raised, "the send was not interrupted twice: the test proves nothing"
+    assert raised, "keep_sent was not interrupted: the test proves nothing"
+    assert seen == [1], f"rank 1 received bytes {seen}, not the buffer at the call"
+
+
+def _raised_as_it_starts(comm, n, fifo):
+    """Rank 0's blocking Send of a streamed message raises while it starts: a
+    signal handler's exception right after the first chunk's copy, inside the
+    send's own first push (before any wait).  Then it fills its buffer with 7s."""
+    if comm.rank == 0:
+        from driller.mmpi import _transport
+        lin = _transport._linux
+        memmove = lin.memmove
+        push = _transport.Transport._push
+        shots = []
+
+        def memmove_signalled(*a):
+            done = memmove(*a)
+            if not shots:   # the handler runs as this call returns
+                shots.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return done
+
+        def push_signalled(self, dst):
+            lin.memmove = memmove_signalled
+            try:
+                return push(self, dst)
+            finally:
+                lin.memmove = memmove
+
+        def on_usr1(*_):
+            raise _Interrupted()
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+        _transport.Transport._push = push_signalled
+        buf = np.ones(n, np.uint8)
+        raised = False
+        try:
+            comm.Send(buf, dest=1, tag=5)
+        except _Interrupted:
+            raised = True
+        finally:
+            _transport.Transport._push = push
+        buf[:] = 7
+        with open(fifo, "w") as f:
+            f.write("1")
+        comm.recv(source=1, tag=98)   # (progress meanwhile: the rest goes out)
+        return raised and bool(shots)
+    with open(fifo) as f:
+        f.read()
+    got = np.zeros(n, np.uint8)
+    comm.Recv(got, source=0, tag=5)
+    comm.send("done", dest=0, tag=98)
+    return sorted(set(np.unique(got).tolist()))
+
+
+def test_a_send_that_raises_as_it_starts_delivers_the_buffer_as_it_was(tmp_path):
+    # before: the exception left Send before its wait, so nothing kept the message
+    # and the rest of its chunks went out later from the overwritten buffer
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    raised, seen = values(run_ranks(_raised_as_it_starts, 2, 6 * MiB, fifo))
+    assert raised, "the send did not raise as it started: the test proves nothing"
     assert seen == [1], f"rank 1 received bytes {seen}, not the buffer at the call"

@@ -376,14 +376,29 @@ class Comm(_attr.Cached, Handle):
         return tag
 
     # -- starting operations (internal) --
-    def _isend(self, buf, dest, tag, sync, what, ctx=None):
+    def _isend(self, buf, dest, tag, sync, what, ctx=None, blocking=False, r=None):
+        """Start a send.  ``blocking``: for a blocking call, whose message must go as
+        it was at the call even when the start itself raises (a signal handler's
+        exception in the first chunks' copy): kept then (Transport.keep_sent), and
+        the call's receive ``r`` (Sendrecv's) abandoned."""
         mv = message(buf, False, what)
         w = self._dest(dest, what)
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return None
         op = T.SendOp(w, tag, self._ctx if ctx is None else ctx, mv, sync)
-        self._t.isend(op)
+        if not blocking:
+            self._t.isend(op)
+            return op
+        try:
+            self._t.isend(op)
+        except BaseException:
+            try:
+                self._t.keep_sent(op)
+            finally:
+                if r is not None:
+                    self._t.abandon(r)
+            raise
         return op
 
     def _irecv(self, buf, source, tag, what, ctx=None, parsed=None):
@@ -523,16 +538,16 @@ class Comm(_attr.Cached, Handle):
                     f = p.sends[dest] = p.t.senders[p.group[dest]]
                 if f(p.ctx, tag, mv):
                     return
-        self._wait_send(self._isend(mv, dest, tag, False, "Send"))
+        self._wait_send(self._isend(mv, dest, tag, False, "Send", blocking=True))
 
     def Ssend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send in synchronous mode."""
-        self._wait_send(self._isend(buf, dest, tag, True, "Ssend"))
+        self._wait_send(self._isend(buf, dest, tag, True, "Ssend", blocking=True))
 
     def Rsend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send in ready mode (a matching receive must be posted: mmpi
         treats it as a standard send, which MPI allows)."""
-        self._wait_send(self._isend(buf, dest, tag, False, "Rsend"))
+        self._wait_send(self._isend(buf, dest, tag, False, "Rsend", blocking=True))
 
     def Bsend(self, buf: BufSpec, dest: int, tag: int = 0) -> None:
         """Blocking send in buffered mode: the message is copied into the
@@ -693,7 +708,7 @@ class Comm(_attr.Cached, Handle):
         rmv, unpack = recv_message(recvbuf, "Sendrecv")
         if unpack is not None:  # a derived receive datatype: the generic path unpacks
             r = self._irecv(recvbuf, source, recvtag, "Sendrecv", parsed=(rmv, unpack))
-            s = self._isend(smv, dest, sendtag, False, "Sendrecv")
+            s = self._isend(smv, dest, sendtag, False, "Sendrecv", blocking=True, r=r)
             self._wait_both(r, s, status)
             return
         p = self._p
@@ -722,7 +737,7 @@ class Comm(_attr.Cached, Handle):
             self.Recv(rmv, source, recvtag, status)  # the send is done (eager, queued)
             return
         r = self._irecv(rmv, source, recvtag, "Sendrecv")
-        s = self._isend(smv, dest, sendtag, False, "Sendrecv")
+        s = self._isend(smv, dest, sendtag, False, "Sendrecv", blocking=True, r=r)
         # (the receive first: a large send to another node waits for its own
         # data alone, and the peer's send may wait for this receive)
         self._wait_both(r, s, status)
@@ -734,12 +749,12 @@ class Comm(_attr.Cached, Handle):
         if unpack is not None:  # a derived datatype: send its packed bytes
             copy = message(buf, False, "Sendrecv_replace")
             r = self._irecv(buf, source, recvtag, "Sendrecv_replace", parsed=(mv, unpack))
-            s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
+            s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace", blocking=True, r=r)
             self._wait_both(r, s, status)
             return
         copy = bytes(mv)
         r = self._irecv(mv, source, recvtag, "Sendrecv_replace")
-        s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace")
+        s = self._isend(copy, dest, sendtag, False, "Sendrecv_replace", blocking=True, r=r)
         self._wait_both(r, s, status)
 
     # -- nonblocking buffer p2p --

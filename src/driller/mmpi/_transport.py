@@ -292,7 +292,7 @@ class SendOp(E.Send):
     """A send in flight.  ``mv``: the byte view sent (eager) or pinned (rndv)."""
 
     __slots__ = ("mv", "done", "exc", "flags", "table", "keep", "addr", "cancelled", "guard",
-                 "aside")
+                 "aside", "pushed")
 
     def __init__(self, dest, tag, context, mv, sync=False, flags=0, table=None, keep=None,
                  nbytes=None):
@@ -314,6 +314,8 @@ class SendOp(E.Send):
         self.cancelled = False
         self.guard = None   # a rendezvous request's guard word (a bytearray), once put
         self.aside = None   # the copy keep_sent made
+        self.pushed = 0   # pushes started for it (1: a PUSH's, 2: a denied CTS half's):
+        # each at most once, however often its record is taken (after an exception)
 
 
 class _Guarded(E.Message):
@@ -1400,8 +1402,8 @@ class Transport:
         kind = K_ACK if a.kind == E.ACK else K_FIN
         q = self.pending[a.dest]
         if q or not self._put(a.dest, kind, 0, 0, 0, a.sender_id, 0, None, 0):
+            self.npending += 1   # (before the append: a count too high costs a flush)
             q.append(a)
-            self.npending += 1
 
     def _flush(self) -> bool:
         did = False
@@ -1455,12 +1457,12 @@ class Transport:
         else:
             out = self.out_head[dst] != h0
         if out:
+            if q and q[0] is item:   # (first: a call below may raise again)
+                q.popleft()
             words = self.words
             words[self.out_headw[dst]] = self.out_head[dst]
             if words[self.sleeping_w[dst]]:
                 _linux.futex_wake(self.base + self.out_headw[dst] * 8)
-            if q and q[0] is item:
-                q.popleft()
             if isinstance(s, E.Send):
                 if s.protocol == E.STREAM and s is item:   # its envelope: the chunks follow
                     jobs = self.pushes[dst]
@@ -1612,9 +1614,12 @@ class Transport:
             _linux.process_vm_writev(self.pid_of(dst), s.addr + s.nbytes - n, remote, n)
         except OSError as e:
             if e.errno in DENIED:  # push our half through the ring instead, then WDONE
+                if s.pushed & 2:   # (the CTS taken again after an exception)
+                    return
+                self.npending += 1
+                s.pushed |= 2
                 self.pushes[dst].append([token, [(s.addr + s.nbytes - n, n)], 0, 0,
                                          (K_WDONE, 0, 0, 0, token, 0)])
-                self.npending += 1
                 self._push(dst)
                 warn_once(denial_message(e, f"writing into rank {dst} from rank {self.rank}"))
                 return
@@ -1627,8 +1632,8 @@ class Transport:
             return
         q = self.pending[dst]
         if q or not self._put(dst, K_WDONE, 0, 0, 0, token, 0, None, 0):
-            q.append((K_WDONE, 0, 0, 0, token, 0))
             self.npending += 1
+            q.append((K_WDONE, 0, 0, 0, token, 0))
 
     def _unpack_object(self, buf):
         """(stream, parts) of a packed object record (see _osend): the table, the
@@ -1756,8 +1761,8 @@ class Transport:
         self.sinks[token] = [dests, 0, 0, r, keep]
         q = self.pending[m.source]
         if q or not self._put(m.source, K_PUSH, 0, token, total, m.sender_id, 0, None, 0):
-            q.append((K_PUSH, 0, token, total, m.sender_id, 0))
             self.npending += 1
+            q.append((K_PUSH, 0, token, total, m.sender_id, 0))
         return token
 
     def _start_push(self, dst: int, sid: int, token: int, total: int) -> None:
@@ -1774,11 +1779,11 @@ class Transport:
         if sum(x[1] for x in srcs) != total:  # pragma: no cover - protocol error
             raise MmpiError(f"PUSH from rank {dst} wants {total} bytes of a send of "
                             f"{s.nbytes} bytes (tag {s.tag})")
-        jobs = self.pushes[dst]
-        if any(j[0] == token and j[4] is None for j in jobs):
-            return   # registered, but an exception came before the drain took the record
+        if s.pushed & 1:   # registered, but an exception came before the drain took
+            return         # the record (its push may even be over: a later send's)
         self.npending += 1   # (the chunks: progress's _flush, right after this drain)
-        jobs.append([token, srcs, 0, 0, None])
+        s.pushed |= 1   # (no call between: the append runs before any handler)
+        self.pushes[dst].append([token, srcs, 0, 0, None])
 
     def _push(self, dst: int) -> bool:
         """Write as much of our pushes to ``dst`` as its ring has room for (DATA
@@ -2401,20 +2406,25 @@ class Transport:
                 s.dest in self.dead or s.dest in self.gone:
             return
         first = None
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (only reads the mask)
-        try:   # blocked inside the try: an exception between the two still restores it
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            for _ in range(KEEP_TRIES):
-                try:
+        held = None
+        tries = KEEP_TRIES
+        try:
+            while tries:
+                try:   # (pthread_sigmask runs pending handlers too: inside the try)
+                    tries -= 1
+                    if held is None:
+                        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (reads it)
+                    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
                     self._keep_sent(s)
                     break
                 except BaseException as e:   # (a handler's, run for another thread)
                     if first is None:
                         first = e
-            else:
-                raise first
+                    if not tries:
+                        raise
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if first is not None:
             raise first
 
@@ -2434,8 +2444,9 @@ class Transport:
             for job in self.pushes[s.dest]:
                 if job[4] is s and job[2] == 0:   # (i == 1: every chunk is out)
                     off = job[3]
-                    s.aside = bytes(memoryview(s.mv).cast("B")[off:])
-                    job[1] = [(_linux.buffer_address(s.aside)[0] - off, s.nbytes)]
+                    aside = bytes(memoryview(s.mv).cast("B")[off:])
+                    s.aside = aside if s.aside is None else (aside, s.aside)   # (kept)
+                    job[1] = [(_linux.buffer_address(aside)[0] - off, s.nbytes)]
             return
         # rendezvous: the ranges the receiver reads, in request order
         if s.flags & F_OBJ:
@@ -2456,6 +2467,17 @@ class Transport:
             s.guard = bytearray(8)
         s.guard[:] = base.to_bytes(8, "little")   # after the copy: the receiver's sign
         _linux.fence()   # seen before the caller's next store, even a non-temporal one
+        # pushes under way: on from the copy.  Before the switch below: a second try
+        # (keep_sent) starts from the ranges at the call again, so a job this try did
+        # not reach is still found; one it reached reads an earlier copy (kept alive)
+        for job in self.pushes[s.dest]:
+            if job[4] is None or type(job[4]) is tuple:
+                srcs = job[1]
+                for k, (a, n) in enumerate(srcs):
+                    for a0, n0, c0 in moved:
+                        if a0 <= a and a + n <= a0 + n0:   # (the same bytes at the call)
+                            srcs[k] = (c0 + a - a0, n)
+                            break
         if not s.flags & F_OBJ:
             s.addr = base   # a PUSH or CTS that comes later reads the copy
             s.mv = aside
@@ -2472,14 +2494,6 @@ class Transport:
             if saddr and slen:
                 TABLE.pack_into(t, 0, count, slen, at)
             s.table = bytes(t)
-        for job in self.pushes[s.dest]:   # pushes under way: on from the copy
-            if job[4] is None or type(job[4]) is tuple:
-                srcs = job[1]
-                for k, (a, n) in enumerate(srcs):
-                    for a0, n0, c0 in moved:
-                        if a0 <= a and a + n <= a0 + n0:   # (the same bytes at the call)
-                            srcs[k] = (c0 + a - a0, n)
-                            break
 
     def wait_until(self, pred, peer: int | None = None, op=None):
         """Block until ``pred()`` is true (progressing meanwhile)."""
