@@ -221,8 +221,9 @@ class Engine:
         for i, m in enumerate(unexpected):
             if (m.context == ctx and (src == ANY_SOURCE or src == m.source)
                     and (tag == ANY_TAG or tag == m.tag)):
-                del unexpected[i]
-                return self._match(r, m)
+                acts = self._match(r, m)
+                del unexpected[i]   # (no call between: matched and taken, both or neither)
+                return acts
         r.state = R_POSTED
         self.posted.append(r)
         return []
@@ -234,33 +235,44 @@ class Engine:
         for i, r in enumerate(posted):
             if (m.context == r.context and (r.source == ANY_SOURCE or r.source == m.source)
                     and (r.tag == ANY_TAG or r.tag == m.tag)):
-                del posted[i]
-                return self._match(r, m)
+                acts = self._match(r, m)
+                del posted[i]   # (no call between: matched and taken, both or neither)
+                return acts
         self.unexpected.append(m)
         return []
 
     def _match(self, r: Receive, m: Message) -> list:
+        """The actions of ``r`` matching ``m``, built before ``r`` changes (its
+        steps last, no call among them or after): an exception raised in here (a
+        signal handler's, at any call) leaves ``r`` as it was.  Callers take
+        ``r`` or ``m`` out of their queue after it returns, with no call between."""
+        if m.protocol == EAGER:
+            state = R_DONE
+            if m.sync:
+                acts = [Deliver(r, m), Reply(ACK, m.source, m.sender_id), Complete(r)]
+            else:
+                acts = [Deliver(r, m), Complete(r)]
+        else:
+            state = R_FETCHING
+            acts = [Fetch(r, m)]
         r.message = m
         if r.capacity is not None and m.nbytes > r.capacity:
             r.error = ERR_TRUNCATE
-        if m.protocol == EAGER:
-            r.state = R_DONE
-            if m.sync:
-                return [Deliver(r, m), Reply(ACK, m.source, m.sender_id), Complete(r)]
-            return [Deliver(r, m), Complete(r)]
-        r.state = R_FETCHING
-        return [Fetch(r, m)]
+        r.state = state
+        return acts
 
     def fetched(self, r: Receive) -> list:
         """The rendezvous copy of ``r`` finished (or failed locally): FIN the sender
         (a streamed message's sender waits for nothing: no FIN)."""
         if r.state != R_FETCHING:
             raise ValueError(f"receive is not fetching: {r!r}")
-        r.state = R_DONE
         m = r.message
         if m.protocol == STREAM:
-            return [Complete(r)]
-        return [Reply(FIN, m.source, m.sender_id), Complete(r)]
+            acts = [Complete(r)]
+        else:
+            acts = [Reply(FIN, m.source, m.sender_id), Complete(r)]
+        r.state = R_DONE   # (last, no call after: an exception raised in here changed nothing)
+        return acts
 
     def probe(self, source: int, tag: int, context: int) -> Message | None:
         """The message a receive posted now would match, without consuming it."""
@@ -297,8 +309,10 @@ class Engine:
     def cancel(self, r: Receive) -> bool:
         """Cancel a posted receive; False when it is already matched or done."""
         if r.state == R_POSTED:
-            self.posted.remove(r)
-            r.state = R_CANCELLED
+            posted = self.posted
+            i = posted.index(r)   # (the one call: an exception raised at it changed nothing;
+            r.state = R_CANCELLED  # these two steps, no call between, are done both or neither)
+            del posted[i]
             return True
         if r.state == R_NEW:
             r.state = R_CANCELLED
@@ -337,15 +351,16 @@ class Engine:
 
     def control(self, kind: int, sender_id: int) -> list:
         """An ACK or FIN for one of our sends came back."""
-        s = self.awaiting.pop(sender_id, None)
+        s = self.awaiting.get(sender_id)
         if s is None:
             raise ValueError(f"unexpected {'ACK' if kind == ACK else 'FIN'} for send id {sender_id}")
         want = FIN if s.protocol == RNDV else ACK
         if kind != want:
-            self.awaiting[sender_id] = s
             raise ValueError(f"{s!r} expected {'FIN' if want == FIN else 'ACK'}, got the other")
+        acts = [Complete(s)]   # (first: an exception raised at this call changes nothing)
+        del self.awaiting[sender_id]
         s.state = S_DONE
-        return [Complete(s)]
+        return acts
 
     def withdraw(self, s: Send, source: int) -> bool:
         """Take back send ``s`` whose message still waits, unmatched, in this

@@ -416,9 +416,10 @@ class _Stream:
     """A streamed message being received: ``got`` bytes of ``n`` so far; before a
     receive matches, in ``staging`` (a receive-cache buffer at ``saddr``); then
     straight into the receive's buffer at ``addr`` (its first ``cap`` bytes:
-    the rest of a truncated message is dropped)."""
+    the rest of a truncated message is dropped).  ``acts``: the receive's
+    completion once its last chunk is in (``Transport._finish`` runs them)."""
 
-    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr")
+    __slots__ = ("n", "got", "r", "addr", "cap", "keep", "staging", "saddr", "acts")
 
     def __init__(self, n: int):
         self.n = n
@@ -429,6 +430,7 @@ class _Stream:
         self.keep = None
         self.staging = None
         self.saddr = 0
+        self.acts = None
 
 
 class _Hooks(list):
@@ -1596,7 +1598,7 @@ class Transport:
             return False
         self.splits[token] = r
         # where the sender pushes its half should its process_vm_writev be denied
-        self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv]
+        self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv, None]
         try:
             self._read(pid, m, [(local, m.payload, half)])
         except BaseException:
@@ -1729,7 +1731,8 @@ class Transport:
     def _ask_push(self, r: RecvOp, m: E.Message) -> int | None:
         """Single copy from m's sender is not possible: allocate where the data
         goes and ask the sender to push it through the ring (PUSH).  Returns the
-        transfer's token (``sinks[token]`` = [dests, ...]), None if nothing moves."""
+        transfer's token (``sinks[token]`` = [dests, index, offset, receive, kept,
+        completion actions]: _take_chunk's), None if nothing moves."""
         n = m.nbytes
         if m.flags & F_OBJ:
             if r.mv is not None:
@@ -1758,7 +1761,7 @@ class Transport:
             self._run(self.engine.fetched(r))
             return None
         token = next(self._tokens)
-        self.sinks[token] = [dests, 0, 0, r, keep]
+        self.sinks[token] = [dests, 0, 0, r, keep, None]
         q = self.pending[m.source]
         if q or not self._put(m.source, K_PUSH, 0, token, total, m.sender_id, 0, None, 0):
             self.npending += 1
@@ -1887,53 +1890,91 @@ class Transport:
 
     def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
         """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
-        byte ``off`` of the message; the last one completes the receive."""
+        byte ``off`` of the message; the last one completes the receive.  Taken
+        again (an exception, a signal handler's, cut it short: the drain moves
+        the tail only after it), it does what was not done: the copy again (the
+        same bytes), the completion's remaining steps; the stream is forgotten last."""
         st = self.streams.get((src, sid))
         if st is None:  # pragma: no cover - protocol error
             raise MmpiError(f"corrupt ring from rank {src}: a chunk of unknown message {sid}")
-        if st.r is not None:
-            cap = st.cap
-            if off < cap:
-                _linux.memmove(st.addr + off, self.base + p, min(k, cap - off))
-        else:  # not matched yet: staged (the ring never waits for a receive)
-            if st.staging is None:
-                st.staging, st.saddr = self.recv_cache.take(st.n)
-            _linux.memmove(st.saddr + off, self.base + p, k)
-        st.got = off + k
-        if st.got == st.n:
-            del self.streams[(src, sid)]
-            self.stats_streamed += st.n
+        if st.acts is None:   # (else the last chunk taken again: copied, completing)
+            if st.r is not None:
+                cap = st.cap
+                if off < cap:
+                    _linux.memmove(st.addr + off, self.base + p, min(k, cap - off))
+            else:  # not matched yet: staged (the ring never waits for a receive)
+                if st.staging is None:
+                    st.staging, st.saddr = self.recv_cache.take(st.n)
+                _linux.memmove(st.saddr + off, self.base + p, k)
+            st.got = off + k
+            if st.got != st.n:
+                return
             r = st.r
-            if r is not None:
-                st.r = st.keep = None
-                r.message.payload = None
-                self._run(self.engine.fetched(r))
+            if r is None:   # complete before a receive matched: _fetch takes it from staging
+                self.stats_streamed += st.n
+                del self.streams[(src, sid)]
+                return
+            r.message.payload = None
+            st.acts = self.engine.fetched(r)   # (no call between its commit and this store)
+        self._finish(st.acts)
+        st.r = st.keep = None
+        self.stats_streamed += st.n
+        del self.streams[(src, sid)]
 
     def _take_chunk(self, src: int, token: int, offset: int, p: int, n: int) -> None:
         """A DATA record from ``src``: copy it where its receive wants it; the
-        last one completes the receive (FIN)."""
+        last one completes the receive (FIN).  Taken again after an exception (as
+        _take_stream): the copy again from the saved position, or the
+        completion's remaining steps; the transfer is forgotten last."""
         sink = self.sinks.get(token)
         if sink is None:  # pragma: no cover - protocol error
             raise MmpiError(f"corrupt ring from rank {src}: data for unknown transfer {token}")
-        dests, i, off, r, _ = sink
-        a = self.base + p
-        self.stats_pushed += n
-        while n:
-            addr, length = dests[i]
-            k = min(n, length - off)
-            _linux.memmove(addr + off, a, k)
-            a += k
-            n -= k
-            off += k
-            if off == length:
-                i += 1
-                off = 0
-        sink[1] = i
-        sink[2] = off
-        if i == len(dests):
-            del self.sinks[token]
-            if r is not None:
-                self._run(self.engine.fetched(r))
+        dests, i, off, r, _, acts = sink
+        if i < len(dests):   # (else the last chunk taken again: copied, completing)
+            a = self.base + p
+            k0 = n
+            while n:
+                addr, length = dests[i]
+                k = min(n, length - off)
+                _linux.memmove(addr + off, a, k)
+                a += k
+                n -= k
+                off += k
+                if off == length:
+                    i += 1
+                    off = 0
+            sink[1] = i   # (the position and the count: no call between)
+            sink[2] = off
+            self.stats_pushed += k0
+            if i < len(dests):
+                return
+        if r is not None:
+            if acts is None:
+                acts = sink[5] = self.engine.fetched(r)   # (no call between commit and store)
+            self._finish(acts)
+        del self.sinks[token]
+
+    def _finish(self, acts: list) -> None:
+        """Run a receive's completion ``acts`` (:meth:`Engine.fetched`'s), each
+        taken off the list once done, so that the record taken again after an
+        exception raised among them (a signal handler's) runs only the rest: the
+        FIN goes once (done once its put moved the ring's head, or it is queued;
+        ``_settle`` finishes a put cut short)."""
+        while acts:
+            a = acts[0]
+            if type(a) is E.Reply and a.dest != self.rank:
+                dst = a.dest
+                h0 = self.out_head[dst]
+                try:
+                    self._reply(a)
+                except BaseException:
+                    self._settle(dst, h0, a)
+                    if self.out_head[dst] != h0 or any(x is a for x in self.pending[dst]):
+                        del acts[0]
+                    raise
+            else:
+                self._run((a,))
+            del acts[0]
 
     def pid_of(self, rank: int) -> int:
         return self.words[self.world.pid_word(rank)]
@@ -2258,10 +2299,9 @@ class Transport:
             acts = engine.arrive(m)
             if acts:
                 self._run(acts)
-        elif kind == K_ACK:
-            self._run(engine.control(E.ACK, sid))
-        elif kind == K_FIN:
-            self._run(engine.control(E.FIN, sid))
+        elif kind == K_ACK or kind == K_FIN:   # (a send's Complete, no call after control's)
+            for a in engine.control(E.ACK if kind == K_ACK else E.FIN, sid):
+                a.op.done = True
         elif kind == K_CTS:
             self._write_half(src, sid, addr, nbytes, tag)
         elif kind == K_WDONE:
