@@ -176,6 +176,50 @@ def test_an_interrupted_sendrecv_leaves_no_receive_posted(tmp_path):
     assert got == ["A", "B"] and low == 1
 
 
+def _signal_inside(method, name, before, sleep=0.0):
+    """While ``Transport.<method>`` runs, its first call of ``_linux.<name>``
+    signals the process (SIGUSR1, whose handler raises _Interrupted) before or
+    after the call (``sleep``: so long after the kill, for another thread to take
+    it).  Returns (fired, inside, undo): whether it signalled, whether the
+    handler's exception came out of the method, and the patch's undoing."""
+    from driller.mmpi import _transport
+    lin = _transport._linux
+    call = getattr(lin, name)
+    run = getattr(_transport.Transport, method)
+    fired, inside = [], []
+
+    def fire():
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGUSR1)   # (the handler runs as a call returns)
+        if sleep:
+            time.sleep(sleep)
+
+    def signalled(*a):
+        if before and not fired:
+            fire()
+        done = call(*a)
+        if not before and not fired:
+            fire()
+        return done
+
+    def patched(self, *a):
+        setattr(lin, name, signalled)
+        try:
+            return run(self, *a)
+        except _Interrupted:
+            inside.append(True)
+            raise
+        finally:
+            setattr(lin, name, call)
+
+    def on_usr1(*_):
+        raise _Interrupted()
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    setattr(_transport.Transport, method, patched)
+    return fired, inside, lambda: setattr(_transport.Transport, method, run)
+
+
 def _second_signal_while_kept(comm, n, fifo):
     """As _scenario's "Send", but while rank 0 keeps its interrupted send a signal
     comes for the whole process (a second Ctrl-C, an alarm): with a second thread
@@ -185,41 +229,14 @@ def _second_signal_while_kept(comm, n, fifo):
     if comm.rank == 0:
         import threading
 
-        from driller.mmpi import _transport
-        lin = _transport._linux
-        address = lin.buffer_address
-        keep = _transport.Transport._keep_sent
-        fired = []
-        inside = []
-
-        def signalled_address(*a):
-            if not fired:   # keep_sent's first step: the process is signalled
-                fired.append(True)
-                os.kill(os.getpid(), signal.SIGUSR1)
-                time.sleep(0.05)   # (the other thread takes it meanwhile; the handler
-            return address(*a)     # runs here as the sleep returns)
-
-        def keep_signalled(self, s):
-            lin.buffer_address = signalled_address
-            try:
-                return keep(self, s)
-            except _Interrupted:   # (the handler did raise inside keep_sent)
-                inside.append(True)
-                raise
-            finally:
-                lin.buffer_address = address
-
-        def on_usr1(*_):
-            raise _Interrupted()
-
-        signal.signal(signal.SIGUSR1, on_usr1)
-        _transport.Transport._keep_sent = keep_signalled
+        fired, inside, undo = _signal_inside("_keep_sent", "buffer_address", True, 0.05)
         idle = threading.Event()
         threading.Thread(target=idle.wait, daemon=True).start()
         try:
             raised = _scenario(comm, "Send", n, fifo)
         finally:
             idle.set()
+            undo()
         return raised and bool(fired) and bool(inside)
     return _scenario(comm, "Send", n, fifo)
 
@@ -238,31 +255,7 @@ def _raised_as_it_starts(comm, n, fifo):
     signal handler's exception right after the first chunk's copy, inside the
     send's own first push (before any wait).  Then it fills its buffer with 7s."""
     if comm.rank == 0:
-        from driller.mmpi import _transport
-        lin = _transport._linux
-        memmove = lin.memmove
-        push = _transport.Transport._push
-        shots = []
-
-        def memmove_signalled(*a):
-            done = memmove(*a)
-            if not shots:   # the handler runs as this call returns
-                shots.append(True)
-                os.kill(os.getpid(), signal.SIGUSR1)
-            return done
-
-        def push_signalled(self, dst):
-            lin.memmove = memmove_signalled
-            try:
-                return push(self, dst)
-            finally:
-                lin.memmove = memmove
-
-        def on_usr1(*_):
-            raise _Interrupted()
-
-        signal.signal(signal.SIGUSR1, on_usr1)
-        _transport.Transport._push = push_signalled
+        fired, inside, undo = _signal_inside("_push", "memmove", False)
         buf = np.ones(n, np.uint8)
         raised = False
         try:
@@ -270,12 +263,12 @@ def _raised_as_it_starts(comm, n, fifo):
         except _Interrupted:
             raised = True
         finally:
-            _transport.Transport._push = push
+            undo()
         buf[:] = 7
         with open(fifo, "w") as f:
             f.write("1")
         comm.recv(source=1, tag=98)   # (progress meanwhile: the rest goes out)
-        return raised and bool(shots)
+        return raised and bool(fired) and bool(inside)
     with open(fifo) as f:
         f.read()
     got = np.zeros(n, np.uint8)
