@@ -387,17 +387,15 @@ class Comm(_attr.Cached, Handle):
         if w == PROC_NULL:
             return None
         op = T.SendOp(w, tag, self._ctx if ctx is None else ctx, mv, sync)
-        if not blocking:
-            self._t.isend(op)
-            return op
         try:
             self._t.isend(op)
         except BaseException:
-            try:
-                self._t.keep_sent(op)
-            finally:
-                if r is not None:
-                    self._t.abandon(r)
+            if blocking:
+                try:
+                    self._t.keep_sent(op)
+                finally:
+                    if r is not None:
+                        self._t.abandon(r)
             raise
         return op
 

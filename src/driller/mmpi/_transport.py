@@ -1837,9 +1837,7 @@ class Transport:
                 words[self.out_headw[dst]] = head
                 if words[self.sleeping_w[dst]]:
                     _linux.futex_wake(self.base + self.out_headw[dst] * 8)
-            job[2] = i
-            job[3] = off
-            if i < len(srcs):
+            if i < len(srcs):   # (job[2]/job[3]: saved with each chunk above)
                 break
             self.out_head[dst] = head
             try:
