@@ -949,10 +949,14 @@ if _libc.pthread_mutex_init(_FENCE, None):   # pragma: no cover - glibc never fa
 def fence() -> None:
     """A full memory barrier: every store made before it is visible to other cores
     before any store made after it, non-temporal ones (large memset/memcpy)
-    included.  Locking and unlocking a mutex runs locked instructions, which x86-64
-    never reorders with other loads and stores.  Not for hot paths (≈ 0.8 µs)."""
-    _libc.pthread_mutex_lock(_FENCE)
-    _libc.pthread_mutex_unlock(_FENCE)
+    included.  A mutex's trylock runs a locked instruction (``lock cmpxchg``)
+    whether it takes the mutex or not, which x86-64 never reorders with other
+    loads and stores.  It never blocks: a Python signal handler's exception
+    between the trylock and the unlock leaves the mutex locked, and a blocking
+    lock then waited forever (the next fence, in the same thread); a trylock
+    that finds it busy still fences.  Not for hot paths (≈ 0.8 µs)."""
+    if not _libc.pthread_mutex_trylock(_FENCE):
+        _libc.pthread_mutex_unlock(_FENCE)
 
 
 def shared_mutex_init(addr: int) -> None:

@@ -89,6 +89,7 @@ __all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
+K_DIRECT = 12   # a message already written into the receive's published buffer (no payload)
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 F_INLINE = 16   # an eager record whose payload is inside its header (K_INLINE)
 HDR = struct.Struct("<8q")
@@ -123,6 +124,8 @@ ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
+DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and a send
+                              # this large writes straight into it (DRILLER_MMPI_DIRECT_MIN, 0: off)
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
@@ -516,6 +519,10 @@ class Transport:
         self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
                                        # polling, after yielding; probes (_adaptive_wait)
         self.split_min = int(os.environ.get("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN))
+        # receiver-posted direct writes (docs/mmpi.md, "Protocols": direct): receives and
+        # sends of at least this many bytes; 0: off (so is a world without single copy)
+        self.direct_min = max(0, int(os.environ.get("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN)))
+        self.stats_direct = [0, 0]   # messages written direct (sent), received direct
         self._guard_word = None   # (an 8-byte buffer, its address): _read reads guards into it
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -541,6 +548,8 @@ class Transport:
         # offset, trailer record or None]; counted in npending)
         self.single_copy = single_copy_enabled()
         self.no_pull = set() if self.single_copy else set(self.peers)
+        if not self.single_copy:
+            self.direct_min = 0
         self.sinks = {}
         self.pushes = [deque() for _ in range(size)]
         self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
@@ -630,6 +639,8 @@ class Transport:
 
         room = [0]   # a head below which the ring surely has room (tails only grow)
         imax = min(INLINE_MAX, limit)
+        dmin = self.direct_min if dst not in self.remote else 0
+        direct = self._director(dst) if dmin else None
 
         def send(ctx, tag, mv, flags=0):
             n = len(mv)
@@ -651,6 +662,8 @@ class Transport:
                 if words[sw]:
                     wake(waddr)
                 return True
+            if dmin and n >= dmin and not flags and not q and direct(ctx, tag, mv, n):
+                return True   # written straight into the blocked receive's buffer
             if n > limit or q:
                 return False
             reclen = HDR_BYTES + ((n + 63) & ~63)
@@ -772,6 +785,91 @@ class Transport:
         send.spec = spec
         return send
 
+    def _director(self, dst: int):
+        """The direct write to ``dst`` (docs/mmpi.md, "Protocols": direct): a
+        function ``(ctx, tag, mv, n) -> bool``, True when the whole message was
+        written with one ``process_vm_writev`` into the buffer of a receive that
+        ``dst`` published (its caller blocked on it) and the K_DIRECT record that
+        says so is in the ring; False: send it the usual way (no receive published,
+        another envelope, too large, something of ours still in that ring or
+        queued, the claim lost to a withdrawal, the write denied or failed).
+
+        The claim: our claim word set to the published generation, a fence, then
+        the generation and the ring read again (the receiver's withdrawal clears
+        the generation, fences and reads the claim: one of the two sees the
+        other's store).  Once the write is done the record goes out; an exception
+        before the record is out releases the claim (the message is then not
+        sent, as an exception before any put); one after it publishes the head."""
+        words = self.words
+        data = self.data
+        c = self.world.ring_ctrl(self.rank, dst) // 8
+        gw, aw, kw, xw, tgw, cw = (c + W.G_DGEN, c + W.G_DADDR, c + W.G_DCAP, c + W.G_DCTX,
+                                   c + W.G_DTAG, c + W.G_DCLAIM)
+        tw = self.out_tailw[dst]
+        hw = self.out_headw[dst]
+        sw = self.sleeping_w[dst]
+        deadw = self.world.rank_word(dst, W.R_DEAD)
+        waddr = self.base + hw * 8
+        base = self.out_data[dst]
+        rb = self.ring_bytes
+        out_head = self.out_head
+        pushes = self.pushes[dst]
+        pack = HDR.pack_into
+        t_ = self
+        off = [False]   # denied once: never again to this rank
+        stats = self.stats_direct
+
+        def direct(ctx, tag, mv, n):
+            g = words[gw]
+            if not g or off[0] or pushes or words[deadw]:
+                return False
+            if words[xw] != ctx or n > words[kw]:
+                return False
+            tg = words[tgw]   # (the tag plus 1; 0: ANY_TAG)
+            if tg != tag + 1 and tg:
+                return False
+            addr = words[aw]
+            head = out_head[dst]
+            if words[tw] != head or words[gw] != g:
+                return False   # ours still in the ring (order), or withdrawn meanwhile
+            try:
+                local = _linux.buffer_address(mv)[0]
+            except (BufferError, TypeError, ValueError):
+                return False
+            pid = t_.pid_of(dst)
+            if not pid:
+                return False
+            words[cw] = g
+            try:
+                _linux.fence()
+                if words[gw] != g or words[tw] != head:   # withdrawn: the receiver goes on
+                    words[cw] = 0
+                    return False
+                try:
+                    _linux.process_vm_writev(pid, local, addr, n)
+                except OSError as e:   # denied (never again), the receiver gone, a fault:
+                    if e.errno in DENIED:   # the usual path sends it whole
+                        off[0] = True
+                    words[cw] = 0
+                    return False
+                pack(data, base + head % rb, K_DIRECT, ctx, tag, n, g, 0, 0, 0)
+                end = head + HDR_BYTES   # (the ring was empty: room, and no wrap)
+                out_head[dst] = end
+                words[hw] = end
+                stats[0] += 1
+                if words[sw]:
+                    _linux.futex_wake(waddr)
+                return True
+            except BaseException:   # (a signal handler's): the record is out or not
+                end = out_head[dst]
+                if end == head:
+                    words[cw] = 0   # not sent: the receive waits on for a message
+                elif words[hw] != end:
+                    words[hw] = end
+                    _linux.futex_wake(waddr)
+                raise
+        return direct
+
     def _taker(self, src: int):
         """``take_fast`` for a buffer receive from ``src``, specialised as
         :meth:`_sender` is: ``(tag, ctx, mv, cap=-1)`` -> (source, tag, nbytes)
@@ -807,6 +905,8 @@ class Transport:
         clock = time.perf_counter
         yield_ = os.sched_yield
         owait = self._adaptive_wait(hw) if self.pure_polls < 0 else None
+        dmin = self.direct_min if src not in self.remote else 0
+        dwait = self._direct_wait(src) if dmin else None
 
         deferred = self.deferred
 
@@ -822,6 +922,12 @@ class Transport:
                 p = base + t % rb   # (where the record will be and what fits, worked
                 lim = cap if cap >= 0 else len(mv)   # out before the wait: off the path)
                 i = t_.pure_polls   # (the checks above cannot change meanwhile)
+                if lim >= dmin > 0 and i >= 0:   # a large receive: published while it waits
+                    r = dwait(t, mv, lim, ctx, tag)
+                    if r is None or type(r) is tuple:   # nothing came, or the message
+                        return r                        # is in mv already (K_DIRECT)
+                    if r:
+                        i = 1   # (the record is visible: the wait below ends at once)
                 if i < 0:   # oversubscribed: the poll budget learnt per peer
                     if not owait(t):
                         return None
@@ -872,6 +978,133 @@ class Transport:
             return src, tg, nb
 
         return take
+
+    def _direct_wait(self, src: int):
+        """A blocked Recv's wait for ``src``'s ring with its buffer published
+        (docs/mmpi.md, "Protocols": direct): ``dwait(t, mv, cap, ctx, tag)``
+        publishes the first ``cap`` bytes of ``mv`` (address, capacity, context,
+        tag, then a new generation), waits as the taker does (``pure_polls``
+        polls, then sched_yield up to ``spin_seconds``) for the head to move from
+        ``t``, and withdraws (the generation cleared, a fence, the claim read: a
+        sender that claimed it is writing, so the withdrawal waits for its record
+        or its release).  Returns (src, tag, nbytes): this receive's K_DIRECT
+        record came and is taken (the message is in ``mv``); 1: another record
+        is visible (the taker reads it); None: nothing came (the general path
+        waits on); 0: ``mv`` cannot be published (read-only, not contiguous:
+        the plain wait).  An exception while published (a signal handler's)
+        withdraws the same way, takes this receive's K_DIRECT record if one came
+        (the message is in the buffer, as for a receive matched before it
+        raised) and goes on; so does one while the record is taken."""
+        words = self.words
+        data = self.data
+        c = self.world.ring_ctrl(src, self.rank) // 8
+        gw, aw, kw, xw, tgw, cw = (c + W.G_DGEN, c + W.G_DADDR, c + W.G_DCAP, c + W.G_DCTX,
+                                   c + W.G_DTAG, c + W.G_DCLAIM)
+        hw = self.in_head[src]
+        tw = self.in_tailw[src]
+        pw = self.in_pwait[src]
+        base = self.in_data[src]
+        rb = self.ring_bytes
+        tails = self.in_tail
+        deadw = self.world.rank_word(src, W.R_DEAD)
+        clock = time.perf_counter
+        yield_ = os.sched_yield
+        t_ = self
+        count = [0]
+
+        def withdraw(g, t):
+            # -> an exception raised meanwhile (the first), or None
+            exc = None
+            while True:
+                try:
+                    words[gw] = 0
+                    _linux.fence()
+                    if words[cw] == g:   # claimed: its record or its release comes
+                        spin_end = clock() + t_.spin_seconds
+                        while words[cw] == g and words[hw] == t:
+                            if clock() < spin_end:
+                                yield_()
+                                continue
+                            if words[deadw] or not _linux.pid_alive(t_.pid_of(src)):
+                                raise PeerDiedError(
+                                    f"rank {src} died while writing a message into the buffer "
+                                    f"of rank {t_.rank}'s Recv", rank=src,
+                                    status=t_.dead.get(src))
+                            words[t_.my_sleeping] = 1   # (the sender wakes us)
+                            _linux.futex_wait(t_.base + hw * 8, t, t_.sleep_seconds / 10)
+                            words[t_.my_sleeping] = 0
+                    return exc
+                except PeerDiedError:
+                    raise
+                except BaseException as e:
+                    if exc is None:
+                        exc = e
+
+        def mine(t, g):
+            # the record at t, if it is this receive's K_DIRECT, taken (its bytes are
+            # in place): (src, tag, nbytes), else None.  Called again after an
+            # exception inside it, it finishes (its stores are idempotent).
+            e = t + HDR_BYTES
+            if tails[src] == t:
+                p = base + t % rb
+                if _unpack4(data, p)[0] != K_DIRECT or HDR.unpack_from(data, p)[4] != g:
+                    return None
+                tails[src] = e
+            elif tails[src] != e:
+                return None
+            words[tw] = e
+            if words[pw]:
+                _linux.futex_wake(t_.base + tw * 8)
+            _, _, tg, nb = _unpack4(data, base + t % rb)
+            return src, tg, nb
+
+        def dwait(t, mv, cap, ctx, tag):
+            try:
+                v = memoryview(mv)   # (held while published: the buffer cannot be freed)
+                if v.readonly or not v.c_contiguous or v.nbytes < cap:
+                    return 0
+                addr = _linux.buffer_address(v, True)[0]
+            except (BufferError, TypeError, ValueError):
+                return 0
+            count[0] += 1
+            g = count[0]
+            words[aw] = addr
+            words[kw] = cap
+            words[xw] = ctx
+            words[tgw] = tag + 1   # (0: ANY_TAG; the words are unsigned)
+            try:
+                words[gw] = g   # (last: the fields above are read after it)
+                i = t_.pure_polls
+                while i:
+                    if words[hw] != t:
+                        break
+                    i -= 1
+                else:
+                    spin_end = clock() + t_.spin_seconds
+                    while words[hw] == t:
+                        if clock() > spin_end:
+                            break
+                        yield_()
+                exc = withdraw(g, t)
+                if words[hw] == t:
+                    if exc is not None:
+                        raise exc
+                    return None
+                res = mine(t, g)
+                if exc is not None:
+                    raise exc
+            except BaseException:
+                # (withdrawn again, our record taken if it came: both idempotent)
+                withdraw(g, t)
+                if words[hw] != t:
+                    mine(t, g)
+                raise
+            if res is None:
+                return 1
+            t_.stats_direct[1] += 1
+            return res
+
+        return dwait
 
     def _adaptive_wait(self, hw: int):
         """An oversubscribed rank's wait for the ring whose head word is ``hw``:

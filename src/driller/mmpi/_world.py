@@ -85,6 +85,13 @@ R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, as
 # the head's line cost a cross-core miss per message: docs/mmpi.md, "sixth round")
 G_HEAD = 0
 G_TAIL, G_PWAIT = 8, 9
+# a receiver-posted direct write (_transport, "direct"), in the tail's line: the
+# consumer (the receiver) publishes a blocked receive's buffer address, capacity,
+# context and tag, then the generation last (nonzero: published); it clears the
+# generation, fences and reads the claim to withdraw.  The producer (the sender)
+# claims a generation (claim word, fence, generation read again) before writing.
+# The tag word holds the tag plus 1 (0: ANY_TAG).
+G_DGEN, G_DADDR, G_DCAP, G_DCTX, G_DTAG, G_DCLAIM = 10, 11, 12, 13, 14, 15
 
 
 def default_ring_bytes(size: int) -> int:

@@ -1,0 +1,386 @@
+"""The receiver-posted direct write (docs/mmpi.md, "Protocols": direct).
+
+A ``Recv`` of at least ``DIRECT_MIN`` bytes from a specific source, blocked on an
+empty ring, publishes its buffer in that ring's control block; a send of at
+least as much that matches it, with nothing of its own still in that ring,
+claims it (claim word, fence, generation read again), writes the message with
+one ``process_vm_writev`` and puts a K_DIRECT record.  These tests run real
+forked ranks: messages arrive once, whole and in order; a withdrawal racing a
+claim never lets the sender write after the ``Recv`` returned; an exception
+(a real SIGUSR1 from a wrapper at the exact step) between the claim and the
+record never leaves the receiver waiting nor delivers twice; a sender killed
+holding its claim gives the receiver PeerDiedError naming it; a denied write
+falls back.  Each test checks that the direct path ran (its counters), so none
+passes with the path gone.  No timed assertions (a hang hits the harness
+deadline).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from driller import MPI
+from driller.mmpi import _transport as T
+from driller.mmpi import _world as W
+
+from test_mmpi_p2p import run_ranks
+
+KiB = 1 << 10
+MiB = 1 << 20
+N = 1 * MiB
+
+
+class _Boom(Exception):
+    pass
+
+
+def _on_signal(*_):
+    raise _Boom()
+
+
+def _kill_self():
+    """A real SIGUSR1 to this thread: its handler raises as pthread_kill returns."""
+    signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+
+def _msg(i: int, n: int = N) -> np.ndarray:
+    a = np.full(n, i % 251, np.uint8)
+    a[:8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)
+    a[-8:] = a[:8]
+    return a
+
+
+def _seq(buf) -> int:
+    """The sequence number of a whole message in ``buf`` (-1: not one)."""
+    a = np.frombuffer(buf, np.uint8)
+    i = int.from_bytes(a[:8].tobytes(), "little")
+    if not (a[-8:] == a[:8]).all() or not (a[8:-8] == i % 251).all():
+        return -1
+    return i
+
+
+def _stats(comm):
+    return list(comm._t.stats_direct)
+
+
+def _long_spin(comm):
+    """This rank's receives stay published longer (the spin before the general
+    path's sleep: 200 µs by default, which a loaded machine can miss)."""
+    comm._t.spin_seconds = 1.0
+
+
+def _published(comm, dst: int, tries: int = 200000) -> bool:
+    """Wait (yielding, bounded) until ``dst`` published a receive for us."""
+    t = comm._t
+    slot = t.world.ring_ctrl(comm.rank, dst) // 8 + W.G_DGEN
+    for _ in range(tries):
+        if t.words[slot]:
+            return True
+        os.sched_yield()
+    return False
+
+
+# ------------------------------------------------------------- ping-pong, sizes
+def _pingpong(comm, sizes, iters):
+    peer = 1 - comm.rank
+    for n in sizes:
+        rbuf = bytearray(n)
+        for i in range(iters):
+            if comm.rank == 0:
+                comm.Send(_msg(i, n), dest=peer, tag=3)
+                comm.Recv(rbuf, source=peer, tag=3)
+            else:
+                comm.Recv(rbuf, source=peer, tag=MPI.ANY_TAG)
+                comm.Send(_msg(i, n), dest=peer, tag=3)
+            assert _seq(rbuf) == i, (n, i, _seq(rbuf))
+    return _stats(comm)
+
+
+def test_pingpong_direct_whole_and_in_order():
+    """1 MiB and 3 MiB (streamed otherwise) ping-pongs: every message whole, and
+    most went direct (a receiver blocked first is the ping-pong's case)."""
+    res = run_ranks(_pingpong, 2, [N, 3 * MiB], 40)
+    for ok, v in res:
+        assert ok, v
+    # each rank received 80 messages; on a loaded machine a receive may not be
+    # blocked yet when its message comes, so not all, but some, went direct
+    assert res[0][1][1] > 0 and res[1][1][1] > 0, res
+    assert res[0][1][0] == res[1][1][1] and res[1][1][0] == res[0][1][1], res
+
+
+def _small_not_published(comm):
+    peer = 1 - comm.rank
+    rbuf = bytearray(T.DIRECT_MIN - 64)
+    for i in range(20):
+        if comm.rank == 0:
+            comm.Send(_msg(i, len(rbuf)), dest=peer, tag=1)
+            comm.Recv(rbuf, source=peer, tag=1)
+        else:
+            comm.Recv(rbuf, source=peer, tag=1)
+            comm.Send(_msg(i, len(rbuf)), dest=peer, tag=1)
+        assert _seq(rbuf) == i
+    return _stats(comm)
+
+
+def test_below_threshold_never_direct():
+    for ok, v in run_ranks(_small_not_published, 2):
+        assert ok and v == [0, 0], v
+
+
+# ------------------------------------------------------------------- ordering
+def _order(comm):
+    """Rank 0: an Isend (eager, still in the ring) then a blocking Send of the same
+    size and tag; rank 1 receives both, blocked first on each: 1 then 2."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)   # rank 1 is about to block
+        a, b = _msg(1), _msg(2)
+        _published(comm, 1)
+        r = comm.Isend(a, dest=1, tag=4)
+        comm.Send(b, dest=1, tag=4)
+        r.Wait()
+        _published(comm, 1)
+        comm.Send(_msg(3), dest=1, tag=4)   # rank 1 blocked again first: direct
+        return _stats(comm)
+    got = []
+    _long_spin(comm)
+    buf = bytearray(N)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    for _ in range(3):
+        comm.Recv(buf, source=0, tag=4)
+        got.append(_seq(buf))
+    return got, _stats(comm)
+
+
+def test_earlier_message_in_ring_forbids_claim():
+    res = run_ranks(_order, 2)
+    for ok, v in res:
+        assert ok, v
+    assert res[1][1][0] == [1, 2, 3], res
+
+
+# ------------------------------------------------------------------ truncation
+def _truncated(comm):
+    if comm.rank == 0:
+        comm.Send(_msg(5, N), dest=1, tag=2)
+        comm.Send(_msg(6, N), dest=1, tag=2)
+        return _stats(comm)
+    small = bytearray(N - 4096)
+    small[:] = b"\xee" * len(small)
+    try:
+        comm.Recv(small, source=0, tag=2)
+    except Exception as e:   # noqa: BLE001
+        err = type(e).__name__
+    else:
+        err = None
+    buf = bytearray(N)
+    comm.Recv(buf, source=0, tag=2)
+    return err, _seq(buf), _stats(comm)
+
+
+def test_larger_than_capacity_never_claims():
+    """A 1 MiB send to a published 1 MiB - 4 KiB receive: not claimed (the normal
+    path raises TruncationError); the next message goes direct, whole."""
+    res = run_ranks(_truncated, 2)
+    for ok, v in res:
+        assert ok, v
+    err, seq, st = res[1][1]
+    assert err == "TruncationError" and seq == 6, res
+    assert res[0][1][0] <= 1, res
+
+
+# -------------------------------------------------- withdrawal racing claims
+ROUNDS = 300
+SENTINEL = 0xEE
+
+
+def _race(comm, seed, ready_r, ready_w):
+    """Rank 0 sends ROUNDS numbered 512 KiB messages, each once rank 1 asked for it
+    (a byte on a pipe, outside mmpi: one message in flight); rank 1 receives them
+    (ANY_TAG) with Recvs that a SIGALRM at a random moment interrupts.  After an
+    interrupted Recv the buffer holds its sentinel (nothing taken: checked again
+    after a while, no write may come once the Recv raised) or the message whole
+    (taken as the wait withdrew, or copied and not taken: Iprobe tells)."""
+    n = 512 * KiB
+    if comm.rank == 0:
+        for i in range(ROUNDS):
+            os.read(ready_r, 1)
+            _published(comm, 1, 2000)   # mostly: sent while rank 1's receive is published
+            comm.Send(_msg(i, n), dest=1, tag=7)
+        return _stats(comm)
+    rng = random.Random(seed)
+    signal.signal(signal.SIGALRM, _on_signal)
+    buf = bytearray(n)
+    nxt = interrupted = taken = 0
+    os.write(ready_w, b"x")
+    while nxt < ROUNDS:
+        buf[:] = bytes([SENTINEL]) * n
+        try:
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, 4e-4))
+            comm.Recv(buf, source=0, tag=MPI.ANY_TAG)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Boom:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            interrupted += 1
+            s = _seq(buf)
+            if s < 0:   # nothing there: nothing may be written now
+                assert buf.count(SENTINEL) == n, "a torn write"
+                for _ in range(50):
+                    os.sched_yield()
+                assert buf.count(SENTINEL) == n, "a write after the Recv raised"
+                continue
+            assert s == nxt, (s, nxt)
+            if comm.Iprobe(source=0, tag=MPI.ANY_TAG):
+                continue   # copied, not taken: received again
+            taken += 1
+        assert _seq(buf) == nxt, (nxt, _seq(buf))
+        nxt += 1
+        if nxt < ROUNDS:
+            os.write(ready_w, b"x")
+    assert not comm.Iprobe(source=0, tag=MPI.ANY_TAG)   # nothing twice
+    return nxt, interrupted, taken, _stats(comm)
+
+
+def test_withdrawal_races_claims():
+    r, w = os.pipe()
+    try:
+        res = run_ranks(_race, 2, 12345, r, w, deadline=300)
+    finally:
+        os.close(r)
+        os.close(w)
+    for ok, v in res:
+        assert ok, v
+    nxt, interrupted, taken, st = res[1][1]
+    assert nxt == ROUNDS and interrupted > 0 and st[1] > 0, res
+
+
+# ----------------------------------------- exceptions between claim and record
+def _interrupted_at(comm, where):
+    """Rank 0's first direct Send raises at ``where`` (after its claim's fence, or
+    after its write, before the record): the Send raises, the message not sent
+    (the claim released), and rank 0 sends it again; rank 1, blocked all along,
+    gets 1, 2, 3: never twice, never left waiting."""
+    if comm.rank == 0:
+        signal.signal(signal.SIGUSR1, _on_signal)
+        comm.Recv(bytearray(1), source=1, tag=9)
+        write = T._linux.process_vm_writev
+        fence = T._linux.fence
+        shots = [1]
+
+        def write_then_raise(*a):
+            write(*a)
+            if shots[0] and where == "write":
+                shots[0] -= 1
+                _kill_self()
+
+        def fence_then_raise():
+            fence()
+            if shots[0] and where == "fence" and sys._getframe(1).f_code.co_name == "direct":
+                shots[0] -= 1
+                _kill_self()
+
+        T._linux.process_vm_writev = write_then_raise
+        T._linux.fence = fence_then_raise
+        raised = 0
+        try:
+            for i in (1, 2):
+                _published(comm, 1)
+                try:
+                    comm.Send(_msg(i), dest=1, tag=4)
+                except _Boom:
+                    raised += 1
+                    comm.Send(_msg(i), dest=1, tag=4)   # not sent: again
+                comm.Recv(bytearray(1), source=1, tag=9)
+        finally:
+            T._linux.process_vm_writev = write
+            T._linux.fence = fence
+        comm.Send(_msg(3), dest=1, tag=4)
+        return raised, shots[0], _stats(comm)
+    _long_spin(comm)
+    buf = bytearray(N)
+    got = []
+    comm.Send(bytearray(1), dest=0, tag=9)
+    for k in range(3):
+        comm.Recv(buf, source=0, tag=4)
+        got.append(_seq(buf))
+        if k < 2:
+            comm.Send(bytearray(1), dest=0, tag=9)
+    return got, _stats(comm)
+
+
+@pytest.mark.parametrize("where", ["fence", "write"])
+def test_exception_between_claim_and_record(where):
+    res = run_ranks(_interrupted_at, 2, where)
+    for ok, v in res:
+        assert ok, v
+    raised, shots, st0 = res[0][1]
+    got, st1 = res[1][1]
+    assert raised == 1 and shots == 0, res   # the direct path ran and raised
+    assert got == [1, 2, 3], res
+
+
+# ------------------------------------------------------------------ peer death
+def _killed_holding_claim(comm):
+    """Rank 0 is killed (SIGKILL) inside its direct write, its claim set."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+
+        def die(*a):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        T._linux.process_vm_writev = die
+        m = _msg(1)
+        _published(comm, 1)
+        comm.Send(m, dest=1, tag=4)
+        return "not killed"
+    _long_spin(comm)
+    buf = bytearray(N)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    comm.Recv(buf, source=0, tag=4)
+    return "received"
+
+
+def test_sender_killed_holding_claim():
+    res = run_ranks(_killed_holding_claim, 2)
+    ok, v = res[1]
+    assert not ok and v[0] == "PeerDiedError" and v[2] == 0, res
+
+
+# -------------------------------------------------------------------- denial
+def _denied(comm):
+    if comm.rank == 0:
+        calls = [0]
+
+        def deny(*a):
+            calls[0] += 1
+            raise PermissionError(1, "denied")
+
+        T._linux.process_vm_writev = deny
+        for i in range(4):
+            comm.Recv(bytearray(1), source=1, tag=9)
+            _published(comm, 1)
+            comm.Send(_msg(i), dest=1, tag=4)
+        return calls[0], _stats(comm)
+    _long_spin(comm)
+    buf = bytearray(N)
+    got = []
+    for _ in range(4):
+        comm.Send(bytearray(1), dest=0, tag=9)
+        comm.Recv(buf, source=0, tag=4)
+        got.append(_seq(buf))
+    return got, _stats(comm)
+
+
+def test_denied_write_falls_back_once():
+    res = run_ranks(_denied, 2)
+    for ok, v in res:
+        assert ok, v
+    calls, st0 = res[0][1]
+    got, st1 = res[1][1]
+    assert got == [0, 1, 2, 3] and calls == 1 and st0[0] == 0 and st1[1] == 0, res
