@@ -384,3 +384,57 @@ def test_denied_write_falls_back_once():
     calls, st0 = res[0][1]
     got, st1 = res[1][1]
     assert got == [0, 1, 2, 3] and calls == 1 and st0[0] == 0 and st1[1] == 0, res
+
+
+# ------------------------------------------- a released claim frees the receiver
+def _released(comm, go_r, go_w):
+    """Rank 0's direct Send raises after its write (claim released, nothing sent)
+    and sends nothing more until rank 1 says so; rank 1's Recv, published all
+    along, is interrupted by an alarm: it must raise (not wait for a record that
+    never comes), then receive the message sent again."""
+    if comm.rank == 0:
+        signal.signal(signal.SIGUSR1, _on_signal)
+        write = T._linux.process_vm_writev
+
+        def write_then_raise(*a):
+            write(*a)
+            T._linux.process_vm_writev = write
+            _kill_self()
+
+        T._linux.process_vm_writev = write_then_raise
+        m = _msg(1)
+        _published(comm, 1)
+        try:
+            comm.Send(m, dest=1, tag=4)
+            raised = False
+        except _Boom:
+            raised = True
+        os.read(go_r, 1)   # rank 1's Recv raised
+        comm.Send(m, dest=1, tag=4)
+        return raised, _stats(comm)
+    _long_spin(comm)
+    signal.signal(signal.SIGALRM, _on_signal)
+    buf = bytearray(N)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        comm.Recv(buf, source=0, tag=4)
+        first = "received"
+    except _Boom:
+        first = "interrupted"
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    os.write(go_w, b"x")
+    comm.Recv(buf, source=0, tag=4)
+    return first, _seq(buf), _stats(comm)
+
+
+def test_released_claim_lets_the_receiver_go():
+    r, w = os.pipe()
+    try:
+        res = run_ranks(_released, 2, r, w)
+    finally:
+        os.close(r)
+        os.close(w)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1][0] is True, res   # the direct write ran and raised
+    assert res[1][1][:2] == ("interrupted", 1), res
