@@ -87,6 +87,18 @@ def _published(comm, dst: int, tries: int = 200000) -> bool:
     return False
 
 
+def _asked(comm, buf, k: int, first: bool = False) -> list:
+    """Rank 1's k receives (tag 4) from rank 0 into ``buf``, a byte (tag 9) asking
+    for each (``first``: for the first only); their sequence numbers."""
+    got = []
+    for i in range(k):
+        if i == 0 or not first:
+            comm.Send(bytearray(1), dest=0, tag=9)
+        comm.Recv(buf, source=0, tag=4)
+        got.append(_seq(buf))
+    return got
+
+
 # ------------------------------------------------------------- ping-pong, sizes
 def _pingpong(comm, sizes, iters):
     peer = 1 - comm.rank
@@ -104,8 +116,9 @@ def _pingpong(comm, sizes, iters):
 
 
 def test_pingpong_direct_whole_and_in_order():
-    """1 MiB and 3 MiB (streamed otherwise) ping-pongs: every message whole, and
-    most went direct (a receiver blocked first is the ping-pong's case)."""
+    """1 MiB (eager otherwise) and 3 MiB (streamed: published, never claimed)
+    ping-pongs: every message whole, and some went direct (a receiver blocked
+    first is the ping-pong's case)."""
     res = run_ranks(_pingpong, 2, [N, 3 * MiB], 40)
     for ok, v in res:
         assert ok, v
@@ -148,14 +161,8 @@ def _order(comm):
         _published(comm, 1)
         comm.Send(_msg(3), dest=1, tag=4)   # rank 1 blocked again first: direct
         return _stats(comm)
-    got = []
     _long_spin(comm)
-    buf = bytearray(N)
-    comm.Send(bytearray(1), dest=0, tag=9)
-    for _ in range(3):
-        comm.Recv(buf, source=0, tag=4)
-        got.append(_seq(buf))
-    return got, _stats(comm)
+    return _asked(comm, bytearray(N), 3, first=True), _stats(comm)
 
 
 def test_earlier_message_in_ring_forbids_claim():
@@ -368,13 +375,7 @@ def _denied(comm):
             comm.Send(_msg(i), dest=1, tag=4)
         return calls[0], _stats(comm)
     _long_spin(comm)
-    buf = bytearray(N)
-    got = []
-    for _ in range(4):
-        comm.Send(bytearray(1), dest=0, tag=9)
-        comm.Recv(buf, source=0, tag=4)
-        got.append(_seq(buf))
-    return got, _stats(comm)
+    return _asked(comm, bytearray(N), 4), _stats(comm)
 
 
 def test_denied_write_falls_back_once():

@@ -124,7 +124,7 @@ ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
-DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and a send
+DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
                               # this large writes straight into it (DRILLER_MMPI_DIRECT_MIN, 0: off)
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
@@ -662,8 +662,9 @@ class Transport:
                 if words[sw]:
                     wake(waddr)
                 return True
-            if dmin and n >= dmin and not flags and not q and direct(ctx, tag, mv, n):
+            if dmin and dmin <= n <= limit and not flags and not q and direct(ctx, tag, mv, n):
                 return True   # written straight into the blocked receive's buffer
+                # (eager sizes only: streamed, 2-4 MiB gained nothing, 8 MiB lost)
             if n > limit or q:
                 return False
             reclen = HDR_BYTES + ((n + 63) & ~63)
@@ -1074,16 +1075,16 @@ class Transport:
             words[tgw] = tag + 1   # (0: ANY_TAG; the words are unsigned)
             try:
                 words[gw] = g   # (last: the fields above are read after it)
-                i = t_.pure_polls
-                while i:
-                    if words[hw] != t:
+                polls = t_.pure_polls   # (as the taker's wait: polls, then yields)
+                spin_end = 0.0
+                while words[hw] == t:
+                    if polls:
+                        polls -= 1
+                    elif not spin_end:
+                        spin_end = clock() + t_.spin_seconds
+                    elif clock() > spin_end:
                         break
-                    i -= 1
-                else:
-                    spin_end = clock() + t_.spin_seconds
-                    while words[hw] == t:
-                        if clock() > spin_end:
-                            break
+                    else:
                         yield_()
                 exc = withdraw(g, t)
                 if words[hw] == t:
