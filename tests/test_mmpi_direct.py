@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -31,23 +30,13 @@ from driller.mmpi import _transport as T
 from driller.mmpi import _world as W
 
 from test_mmpi_p2p import run_ranks
+from test_mmpi_progress_interrupted import _Boom, _kill_self
+from test_mmpi_progress_interrupted import _on_usr1 as _on_signal
 
 KiB = 1 << 10
 MiB = 1 << 20
 N = 1 * MiB
 
-
-class _Boom(Exception):
-    pass
-
-
-def _on_signal(*_):
-    raise _Boom()
-
-
-def _kill_self():
-    """A real SIGUSR1 to this thread: its handler raises as pthread_kill returns."""
-    signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
 
 
 def _msg(i: int, n: int = N) -> np.ndarray:
