@@ -1067,6 +1067,8 @@ class Transport:
                 addr = _linux.buffer_address(v, True)[0]
             except (BufferError, TypeError, ValueError):
                 return 0
+            if not 0 <= ctx < 1 << 63:   # (the words are unsigned)
+                return 0
             count[0] += 1
             g = count[0]
             words[aw] = addr
