@@ -533,7 +533,7 @@ class Transport:
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
-        self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
+        self.splits = {}    # token -> [receive waiting for the sender's half (WDONE), its acts]
         self._tokens = iter(range(1, 1 << 62))
         # two-copy fallback: sources we may not read (they push), incoming pushes
         # (token -> [[(address, length)...], index, offset, receive or None, keep]),
@@ -1596,7 +1596,7 @@ class Transport:
         if self.pending[m.source] or not self._put(m.source, K_CTS, 0, token, n - half,
                                                    m.sender_id, local + half, None, 0):
             return False
-        self.splits[token] = r
+        self.splits[token] = [r, None]   # (the receive, then its completion's actions)
         # where the sender pushes its half should its process_vm_writev be denied
         self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv, None]
         try:
@@ -2302,11 +2302,14 @@ class Transport:
                 a.op.done = True
         elif kind == K_CTS:
             self._write_half(src, sid, addr, nbytes, tag)
-        elif kind == K_WDONE:
-            self.sinks.pop(sid, None)
-            r = self.splits.pop(sid, None)
-            if r is not None:  # None: our half failed and the receive is over
-                self._run(engine.fetched(r))
+        elif kind == K_WDONE:   # (taken again after an exception: only what was left)
+            split = self.splits.get(sid)
+            if split is not None:  # None: our half failed and the receive is over
+                if split[1] is None:
+                    split[1] = engine.fetched(split[0])   # (no call between commit and store)
+                self._finish(split[1])
+            self.sinks.pop(sid, None)   # (last: forgotten once the receive is complete)
+            self.splits.pop(sid, None)
         elif kind == K_SDATA:
             self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_STREAM:
