@@ -59,6 +59,18 @@ def _completion(comm, n, where, last=("_take_stream", "_take_chunk")):
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     shots = [1]
+    if where == "after-fin-twice":   # and a second signal as the first one's FIN is settled
+        shots = [2]
+        where = "after-fin"
+
+        def sum_cut(*a):
+            if shots[0] == 1 and _called_from("_settle", "_settle_now"):
+                shots[0] -= 1
+                _kill_self()
+            return sum(*a)
+
+        T.sum = sum_cut   # (the module's global, found before the builtin)
+    top = shots[0]
     if where == "fetched":
         fetched = t.engine.fetched
 
@@ -78,7 +90,7 @@ def _completion(comm, n, where, last=("_take_stream", "_take_chunk")):
                 shots[0] -= 1
                 _kill_self()
             ok = put(*a, **k)
-            if fin and ok and shots[0] and where == "after-fin":
+            if fin and ok and shots[0] == top and where == "after-fin":
                 shots[0] -= 1
                 _kill_self()
             return ok
@@ -113,6 +125,16 @@ def test_a_pushed_receive_interrupted_at_its_completion_sends_one_fin(where, mon
     monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
     res = run_ranks(_completion, 2, PUSHED, where, deadline=30)
     assert _check(res) == (PUSHED, True, 3, True, 0, 0, 0, 0)
+
+
+def test_a_second_exception_while_the_first_ones_fin_is_settled(monkeypatch):
+    # the FIN of a pushed message's last chunk is out, a signal comes, and another as
+    # _finish settles it: the FIN leaves its actions once (the sender gets one)
+    monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
+    res = run_ranks(_completion, 2, PUSHED, "after-fin-twice", deadline=30)
+    npending0, (raised, left, *rest) = values(res)
+    assert left == 0 and raised >= 1, "the FIN was not interrupted twice: proves nothing"
+    assert tuple(rest) == (PUSHED, True, 3, True, 0, 0, 0) and npending0 == 0
 
 
 @pytest.mark.parametrize("where", ["fetched", "before-fin", "after-fin"])

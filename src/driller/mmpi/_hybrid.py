@@ -682,9 +682,15 @@ class HybridTransport(T.Transport):
         src, BYTE, Irecv = m.source, self._BYTE, self.mpi_data.Irecv
         reqs = [Irecv([b, BYTE], src, dtag) for b, dtag in dests if len(b)]
         if not reqs:   # nothing to move (an object of empty buffers)
-            self._run(self.engine.fetched(r))
+            self._fetched(r)
             return
         self._watch(reqs, n, r, aside)
+
+    def _fetch_rest(self, r: T.RecvOp, m: E.Message) -> None:
+        # a fetch from another node cut short is never started again: MPI receives
+        # it posted cannot be taken back (docs/mmpi.md: not covered)
+        if m.source not in self.remote or r in self.ends:
+            super()._fetch_rest(r, m)
 
     def _watch(self, reqs, nbytes: int, r, aside=None) -> None:
         """Complete ``r`` (a receive fetching, or a _Flag) once MPI has every one of
