@@ -560,9 +560,9 @@ class HybridTransport(T.Transport):
 
     # ------------------------------------------------------------ sending
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None):
+                    pickled=None, keep: bool = False):
         if w not in self.remote:
-            return super().send_object(w, ctx, tag, obj, sync, what, pickled)
+            return super().send_object(w, ctx, tag, obj, sync, what, pickled, keep)
         if pickled is None or _SHARED_MARK in pickled[0]:
             # shared arrays travel by value to another node (its processes cannot map
             # this machine's memory); by reference within the node

@@ -2028,11 +2028,14 @@ class Transport:
         return self.words[self.world.pid_word(rank)]
 
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None):
+                    pickled=None, keep: bool = False):
         """Start sending a Python object to world rank ``w`` (the protocol chosen
         by its pickled size: eager, packed, or rendezvous with the large buffers
         copied once by the receiver).  ``pickled``: :func:`_objects.dumps` of it
-        already.  Returns the SendOp to wait for, or None (complete)."""
+        already.  Returns the SendOp to wait for, or None (complete).  ``keep``:
+        for a blocking call, whose message must go as it was at the call even
+        when its start raises (a signal handler's exception): kept then
+        (``keep_sent``: its out-of-band buffers are the caller's memory)."""
         stream, parts = dumps(obj) if pickled is None else pickled
         t = self
         nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
@@ -2061,8 +2064,7 @@ class Transport:
                 pieces += [p for p, _ in parts]
                 op = SendOp(w, tag, ctx, memoryview(stream), sync,
                             F_OBJ | F_PACKED, pieces, keep=plen, nbytes=nbytes)
-                t.isend(op, E.EAGER)
-                return op
+                return t._start_kept(op, E.EAGER, keep)
         inline = len(stream) <= t.eager_limit
         saddr = 0 if inline else _linux.buffer_address(stream)[0]
         table = [TABLE.pack(len(parts), len(stream), saddr)]
@@ -2077,7 +2079,17 @@ class Transport:
                             f"for one message ({len(table)}-byte table); send it in parts")
         op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ, table,
                     keep=(stream, parts), nbytes=nbytes)
-        t.isend(op, E.RNDV)
+        return t._start_kept(op, E.RNDV, keep)
+
+    def _start_kept(self, op: SendOp, protocol: int, keep: bool) -> SendOp:
+        """Start ``op`` (an object's send that reads the caller's buffers); if
+        the start raises and ``keep``, its message is kept first (keep_sent)."""
+        try:
+            self.isend(op, protocol)
+        except BaseException:
+            if keep:
+                self.keep_sent(op)
+            raise
         return op
 
     # ------------------------------------------------------------ receiving
