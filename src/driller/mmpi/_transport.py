@@ -2105,14 +2105,17 @@ class Transport:
     def _arrive(self, m: E.Message, data=None, p: int = 0) -> None:
         """Message ``m`` arrived (in the record at byte ``p`` of ``data``; None: sent
         to ourselves, its payload our own): the engine matches it, its actions run
-        one at a time (``_finish``), or an eager one unexpected is copied out of the
+        (one at a time, ``_finish``, if one is a Reply), or an eager one unexpected is copied out of the
         ring.  An exception raised after the engine matched or queued it (a signal
         handler's, at any call) finishes that here first (``_arrival_cut``)."""
         acts = None
         try:
             acts = self.engine.arrive(m)
             if acts:
-                self._finish(acts)
+                if m.sync:   # (its ACK or FIN goes once: each action off once done)
+                    self._finish(acts)
+                else:        # (Deliver, Complete, Fetch: each safe to run again)
+                    self._run(acts)
             elif data is not None and m.protocol == E.EAGER:
                 m.payload = bytes(m.payload)  # unexpected: copy out of the ring
         except BaseException:
@@ -2427,8 +2430,18 @@ class Transport:
         if kf == K_INLINE:   # a plain eager message inside its header (sid, addr: its data)
             if not (engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes,
                                                       INLINE_AT)):
-                self._arrive(E.Message(src, tag, ctx, nbytes, E.EAGER, False, 0,
-                                       data[p + INLINE_AT:p + INLINE_AT + nbytes], 0), data, p)
+                m = E.Message(src, tag, ctx, nbytes, E.EAGER, False, 0,
+                              data[p + INLINE_AT:p + INLINE_AT + nbytes], 0)
+                acts = None
+                try:   # (_arrive's, inline: the small messages' path)
+                    acts = engine.arrive(m)
+                    if acts:
+                        self._run(acts)   # (Deliver, Complete: each safe twice)
+                    else:
+                        m.payload = bytes(m.payload)
+                except BaseException:
+                    self._arrival_cut(m, acts, data, p)
+                    raise
             return HDR_BYTES
         if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
             return HDR_BYTES + ((plen + 63) & ~63)
