@@ -134,8 +134,10 @@ def _arrival(comm, fifo, where, n):
     raised = _wait_through(lambda: MPI.Request.Waitall(reqs))
     # nothing of it left behind: a third message comes next
     comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
-    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))), sorted(set(b2.tolist())),
-            len(t.engine.unexpected), len(getattr(t, "ends", ())), len(t.splits), len(t.sinks), len(t.streams))
+    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))),
+            sorted(set(b2.tolist())),
+            len(t.engine.unexpected), len(getattr(t, "ends", ())), len(t.splits), len(t.sinks),
+            len(t.streams))
 
 
 @pytest.mark.parametrize("where", list(CASES))
@@ -189,6 +191,7 @@ def _unexpected(comm, fifo, n):
 def test_an_unexpected_arrival_interrupted_is_queued_once(tmp_path):
     fifo = str(tmp_path / "go")
     os.mkfifo(fifo)
-    npending, (raised, left, got, more) = values(run_ranks(_unexpected, 2, fifo, 64, deadline=30))
+    npending, (raised, left, got, more) = values(
+        run_ranks(_unexpected, 2, fifo, 64, deadline=30))
     assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
     assert got == [(1, True), (2, True), (3, True)] and more is False and npending == 0

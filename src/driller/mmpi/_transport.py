@@ -2105,9 +2105,10 @@ class Transport:
     def _arrive(self, m: E.Message, data=None, p: int = 0) -> None:
         """Message ``m`` arrived (in the record at byte ``p`` of ``data``; None: sent
         to ourselves, its payload our own): the engine matches it, its actions run
-        (one at a time, ``_finish``, if one is a Reply), or an eager one unexpected is copied out of the
-        ring.  An exception raised after the engine matched or queued it (a signal
-        handler's, at any call) finishes that here first (``_arrival_cut``)."""
+        (one at a time, ``_finish``, if one is a Reply), or an eager one unexpected
+        is copied out of the ring.  An exception raised after the engine matched or
+        queued it (a signal handler's, at any call) finishes that here first
+        (``_arrival_cut``)."""
         acts = None
         try:
             acts = self.engine.arrive(m)
