@@ -704,16 +704,21 @@ class HybridTransport(T.Transport):
         if self._data_recvs:
             for token, (reqs, r, n, aside) in list(self._data_recvs.items()):
                 if Testall(reqs):
-                    del self._data_recvs[token]
-                    self._inflight -= n
                     did = True
                     if type(r) is _Flag:
                         r.done = True
-                        continue
-                    if aside is not None:   # truncated: the receive keeps the head
-                        c = r.capacity
-                        r.mv[:c] = memoryview(aside)[:c]
-                    self._run(self.engine.fetched(r))
+                    else:
+                        if aside is not None:   # truncated: the receive keeps the head
+                            c = r.capacity
+                            r.mv[:c] = memoryview(aside)[:c]
+                        # (else complete: an exception after its completion, below)
+                        if r.state == E.R_FETCHING or r in self.ends:
+                            self._fetched(r)
+                    # last: an exception above (a signal handler's) leaves the transfer
+                    # to the next poll (its requests test complete again), which
+                    # finishes only what was left (_fetched)
+                    del self._data_recvs[token]
+                    self._inflight -= n
         if self._data_sends:
             sends = self._data_sends
             k = 0
