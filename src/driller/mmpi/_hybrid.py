@@ -340,8 +340,10 @@ class HybridTransport(T.Transport):
         its window has passed or the engine holds what could come first); a
         rendezvous request for a buffer is received straight into ``mv``, and with
         ``mv`` None (an object receive) a small pickled object is returned as
-        _take_fast's are.  A plain eager message taken leaves its slot's receive to be
-        started again at the next look at the pool (``_lazy``, :meth:`_restart`)."""
+        _take_fast's are.  A record taken here (a plain eager message, a buffer's
+        rendezvous request, a small object) leaves its slot's receive to be started
+        again at the next look at the pool (``_lazy``, :meth:`_restart`): not on the
+        critical path between the message's arrival and the return."""
         eng = self.engine
         posted, unexpected = eng.posted, eng.unexpected
         t_ = self
@@ -387,7 +389,9 @@ class HybridTransport(T.Transport):
                     if not wait:
                         return False
                     data = t_.mpi_data.Irecv([mv[:nb], t_._BYTE], src, addr)
-                    req.Start()
+                    # (its slot is started again at the next look at the pool, as the
+                    # hot path's: not between the data's arrival and the return)
+                    t_._lazy = req
                     t_._ph = nxt[i]
                     # (MPI often copies at once: the data was there)
                     if not data.Test() and not await_head(data, src, None,
@@ -406,7 +410,7 @@ class HybridTransport(T.Transport):
                 else:
                     res = None
                 if res is not None:
-                    req.Start()
+                    t_._lazy = req
                     t_._ph = nxt[i]
                     return res
             take_slot(i)
