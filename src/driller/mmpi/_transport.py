@@ -116,8 +116,9 @@ SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_S
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
 PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
                               # oversubscribed, the budget below is learnt per peer)
-ADAPT_MAX = 500               # oversubscribed: polls (≈ 20 µs) while the peer answers in time
-ADAPT_PROBE = 100             # ... and a probe of this many every ADAPT_EVERY waits otherwise
+ADAPT_MAX = 2000              # oversubscribed: polls (≈ 80 µs) while the peer answers in time
+ADAPT_PROBE = 2000            # ... and a probe of this many every ADAPT_EVERY waits otherwise
+                              # (500 and 100 until the twelfth round, docs/mmpi.md)
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
