@@ -8,7 +8,8 @@ per pair, receives by tag out of order, ANY_SOURCE seeing both routes, Waitany a
 Waitall over requests of both routes, probes; the fast paths' order when the engine
 holds messages of other communicators or sources; a large blocking Send's buffer
 written over as soon as it returns; the small-message route's shortcuts (a pool slot
-restarted lazily, a sender's header reused)."""
+restarted lazily, a sender's header reused), and the same lazy restart after a large
+buffer's request or a small object taken by a blocking receive."""
 import os
 import sys
 import time
@@ -499,32 +500,40 @@ plan = [((comm, dup)[c], tg, size, k % 11 == 5)
         for k, (c, tg, size) in enumerate(CYCLE[k % 8] for k in range(5 * P + 6))]
 bursts = [(0, 1), (1, 2 * P + 1), (2 * P + 1, len(plan))]
 go = np.zeros(1, np.uint8)
-if r < 2:
-    for b, (lo, hi) in enumerate(bursts):
-        if b:
-            comm.Recv(go, r + 2, 19)   # (the receiver is done with the burst before)
-        for k in range(lo, hi):
-            c, tg, size, obj = plan[k]
-            if obj:
-                c.send(("obj", k, tg), r + 2, tg)
-            else:
-                c.Send(pattern(size, k), r + 2, tg)
-else:
+
+
+def in_bursts(plan, go_tag, room):
+    """Send ``plan`` ((communicator, tag, size, object?) per message) from ranks 0, 1
+    to 2, 3 in ``bursts`` (each once the receiver, with a message of ``go_tag``, says
+    it is done with the one before); received by the kinds of receive named above
+    (into a buffer of ``room`` bytes), each checked for order, source, tag, size, bytes."""
+    if r < 2:
+        for b, (lo, hi) in enumerate(bursts):
+            if b:
+                comm.Recv(go, r + 2, go_tag)
+            for k in range(lo, hi):
+                c, tg, size, obj = plan[k]
+                if obj:
+                    c.send(("obj", k, tg), r + 2, tg)
+                else:
+                    c.Send(pattern(size, k), r + 2, tg)
+        return
     src = r - 2
+    got = np.empty(room, np.uint8)
     for k, (c, tg, size, obj) in enumerate(plan):
         if k in (bursts[1][0], bursts[2][0]):
-            comm.Send(go, src, 19)
+            comm.Send(go, src, go_tag)
         st = MPI.Status()
         how = "any" if k < bursts[2][0] and k else "blocking" if k < 4 * P + 2 else \
             ("blocking", "probe", "irecv", "any")[k % 4]
         if obj:
             if how == "any":
-                got = c.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+                o = c.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
             else:
-                got = c.recv(source=src, tag=tg, status=st)
-            assert got == ("obj", k, tg) and st.Get_tag() == tg, (k, how, got)
+                o = c.recv(source=src, tag=tg, status=st)
+            assert o == ("obj", k, tg) and st.Get_tag() == tg, (k, how, o)
             continue
-        got = np.full(16, 255, np.uint8)
+        got[:] = 255
         if how == "blocking":
             c.Recv(got, src, tg, st)
         elif how == "probe":
@@ -539,6 +548,25 @@ else:
             (k, how, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE))
         assert (got[:size] == pattern(size, k)).all() and (got[size:] == 255).all(), (k, how)
     assert not comm.Iprobe(src, MPI.ANY_TAG) and not dup.Iprobe(src, MPI.ANY_TAG)
+
+
+in_bursts(plan, 19, 16)
+comm.Barrier()
+
+# 13. the same shortcut for the other records a blocking receive takes at the pool's
+# head: a buffer's rendezvous request (its data received straight into the buffer)
+# and a small object leave their slots to be started again at the next look at the
+# pool too.  Large buffers (just past INLINE, and 1 MiB), small ones and small objects
+# from one sender on two communicators, in the bursts of 12: the first taken by a
+# blocking receive, then more than the pool holds by ANY_SOURCE receives, then more
+# than the pool holds by blocking receives (large ones in a row among them), then by
+# every kind of receive in turn; each checked for its order, source, tag, size and bytes
+BIG = (L + 1, 1 << 20)
+CYCLE = [(0, 30, BIG[0]), (0, 30, BIG[0]), (0, 30, 8), (1, 31, BIG[1]), (1, 30, BIG[0]),
+         (0, 31, 0), (0, 30, BIG[1]), (1, 30, 16)]
+plan = [((comm, dup)[c], tg, size, k % 7 == 3)
+        for k, (c, tg, size) in enumerate(CYCLE[k % 8] for k in range(5 * P + 6))]
+in_bursts(plan, 29, BIG[1] + 16)
 comm.Barrier()
 dup.Free()
 comm.Barrier()

@@ -44,11 +44,12 @@ STREAMED = 3 * MiB   # above the eager limit, below the stream maximum
 PUSHED = 16 * MiB    # rendezvous; with single copy off the receiver asks for a push
 
 
-def _completion(comm, n, where):
+def _completion(comm, n, where, last=("_take_stream", "_take_chunk")):
     """Rank 0 sends ``n`` bytes (tag 1), then 8 bytes (tag 3); rank 1, its receive
-    posted first, is interrupted once as the last chunk completes it: at the
-    engine's ``fetched`` ("fetched"), just before the FIN's put ("before-fin") or
-    right after it ("after-fin")."""
+    posted first, is interrupted once as the record ``last`` names (the last chunk;
+    a split's WDONE: "_record") completes it: at the engine's ``fetched``
+    ("fetched"), just before the FIN's put ("before-fin") or right after it
+    ("after-fin")."""
     if comm.rank == 0:
         comm.Recv(np.empty(1, np.uint8), source=1, tag=9)   # rank 1's receive is posted
         comm.Send(_pattern(1, n), dest=1, tag=1)
@@ -58,11 +59,23 @@ def _completion(comm, n, where):
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     shots = [1]
+    if where == "after-fin-twice":   # and a second signal as the first one's FIN is settled
+        shots = [2]
+        where = "after-fin"
+
+        def sum_cut(*a):
+            if shots[0] == 1 and _called_from("_settle", "_settle_now"):
+                shots[0] -= 1
+                _kill_self()
+            return sum(*a)
+
+        T.sum = sum_cut   # (the module's global, found before the builtin)
+    top = shots[0]
     if where == "fetched":
         fetched = t.engine.fetched
 
         def raise_then_fetched(r):
-            if shots[0] and _called_from("_take_stream", "_take_chunk"):
+            if shots[0] and sys._getframe(1).f_code.co_name in last:
                 shots[0] -= 1
                 _kill_self()
             return fetched(r)
@@ -72,12 +85,12 @@ def _completion(comm, n, where):
         put = t._put
 
         def put_fin(*a, **k):
-            fin = a[1] == T.K_FIN and _called_from("_take_chunk")
+            fin = a[1] == T.K_FIN and _called_from(*last) and not _called_from("_fetch")
             if fin and shots[0] and where == "before-fin":
                 shots[0] -= 1
                 _kill_self()
             ok = put(*a, **k)
-            if fin and ok and shots[0] and where == "after-fin":
+            if fin and ok and shots[0] == top and where == "after-fin":
                 shots[0] -= 1
                 _kill_self()
             return ok
@@ -112,6 +125,25 @@ def test_a_pushed_receive_interrupted_at_its_completion_sends_one_fin(where, mon
     monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
     res = run_ranks(_completion, 2, PUSHED, where, deadline=30)
     assert _check(res) == (PUSHED, True, 3, True, 0, 0, 0, 0)
+
+
+def test_a_second_exception_while_the_first_ones_fin_is_settled(monkeypatch):
+    # the FIN of a pushed message's last chunk is out, a signal comes, and another as
+    # _finish settles it: the FIN leaves its actions once (the sender gets one)
+    monkeypatch.setenv("DRILLER_MMPI_SINGLE_COPY", "0")
+    res = run_ranks(_completion, 2, PUSHED, "after-fin-twice", deadline=30)
+    npending0, (raised, left, *rest) = values(res)
+    assert left == 0 and raised >= 1, "the FIN was not interrupted twice: proves nothing"
+    assert tuple(rest) == (PUSHED, True, 3, True, 0, 0, 0) and npending0 == 0
+
+
+@pytest.mark.parametrize("where", ["fetched", "before-fin", "after-fin"])
+def test_a_split_receive_interrupted_at_its_wdone_sends_one_fin(where, monkeypatch):
+    # both ranks copy half of the rendezvous message; the sender's WDONE completes it
+    monkeypatch.setenv("DRILLER_MMPI_SPLIT_MIN", str(MiB))
+    monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")   # a rendezvous, not streamed
+    res = run_ranks(_completion, 2, 4 * MiB, where, ("_record",), deadline=30)
+    assert _check(res) == (4 * MiB, True, 3, True, 0, 0, 0, 0)
 
 
 class _Posted(list):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -285,3 +286,66 @@ def test_a_send_that_raises_as_it_starts_delivers_the_buffer_as_it_was(tmp_path)
     raised, seen = values(run_ranks(_raised_as_it_starts, 2, 6 * MiB, fifo))
     assert raised, "the send did not raise as it started: the test proves nothing"
     assert seen == [1], f"rank 1 received bytes {seen}, not the buffer at the call"
+
+
+def _object_raised_as_it_starts(comm, how, fifo):
+    """Rank 0's blocking lowercase ``how`` of an object holding 16 MiB arrays (a
+    vectored rendezvous: the receiver reads them from rank 0's memory) raises as
+    it starts: a signal handler's exception right after its request's put, before
+    any wait.  Then rank 0 fills the arrays with 7s and lets rank 1 receive."""
+    from driller.mmpi import _transport
+
+    if comm.rank == 0:
+        t = comm._t
+        put = t._put
+        fired = []
+
+        def put_then_signal(*a, **k):
+            ok = put(*a, **k)
+            if ok and a[1] & 0xFF == _transport.K_RTS and not fired:
+                fired.append(True)
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+            return ok
+
+        def on_usr1(*_):
+            raise _Interrupted()
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+        t._put = put_then_signal
+        obj = {"a": np.ones(16 * MiB, np.uint8), "b": np.ones(8 * MiB, np.uint8)}
+        raised = False
+        try:
+            if how == "sendrecv":
+                comm.sendrecv(obj, dest=1, sendtag=5, source=1, recvtag=6)
+            else:
+                getattr(comm, how)(obj, dest=1, tag=5)
+        except _Interrupted:
+            raised = True
+        obj["a"][:] = 7
+        obj["b"][:] = 7
+        with open(fifo, "w") as f:
+            f.write("1")
+        if how == "sendrecv":   # its receive was abandoned: this one takes "A" first
+            got = [comm.recv(source=1, tag=MPI.ANY_TAG) for _ in range(2)]
+        else:
+            got = ["A", comm.recv(source=1, tag=98)]
+        return raised and bool(fired), got
+    with open(fifo) as f:
+        f.read()
+    got = comm.recv(source=0, tag=5)
+    if how == "sendrecv":
+        comm.send("A", dest=0, tag=6)
+    comm.send("B", dest=0, tag=98)
+    return sorted(set(np.unique(got["a"]).tolist()) | set(np.unique(got["b"]).tolist()))
+
+
+@pytest.mark.parametrize("how", ["send", "ssend", "sendrecv"])
+def test_an_object_send_that_raises_as_it_starts_delivers_the_object_as_it_was(how, tmp_path):
+    # before: the exception left send before its wait, so nothing kept the message
+    # and the receiver read the arrays later, overwritten (all 7s)
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    (raised, got), seen = values(run_ranks(_object_raised_as_it_starts, 2, how, fifo))
+    assert raised, "the send did not raise as it started: the test proves nothing"
+    assert seen == [1], f"rank 1 received bytes {seen}, not the object at the call"
+    assert got == ["A", "B"]

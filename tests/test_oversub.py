@@ -22,6 +22,7 @@ import pytest
 
 from driller import MPI
 from driller.errors import PeerDiedError
+from driller.mmpi import _transport as T
 from driller.mmpi._transport import Transport
 from test_mmpi_p2p import run_ranks, values
 
@@ -270,6 +271,27 @@ def test_adaptive_wait_learns_the_budget_per_peer():
                 break
         waits.append(n)
     assert waits == [4, 8, 16, 32, 64, 64, 64, 64]
+
+
+def test_default_budget_outlasts_another_pairs_turn():
+    """With the default knobs, a reply that comes after 1500 polls (≈ 60 µs here: the
+    peer waited for a core while another pair ran, osu_multi_lat with 4 or 8 ranks
+    on 2 cores) still means the peer runs when we do: a probe that sees it sets the
+    budget and the budget is kept (docs/mmpi.md, "twelfth round (8 B)"); a reply
+    only after the budget's polls still drops it to 0 (one read, then a yield)."""
+    t, words, owait = _waiter(top=T.ADAPT_MAX, probe=T.ADAPT_PROBE, every=T.ADAPT_EVERY)
+    st = t.stats_adapt
+    for _ in range(T.ADAPT_EVERY - 1):   # no budget yet: a read, a yield, the spin
+        assert _wait(owait, words, 3) and words.reads == 3
+    assert st == [0, T.ADAPT_EVERY - 1, 0]
+    assert _wait(owait, words, 1500)   # the probe, served while it polls
+    assert st == [1, T.ADAPT_EVERY - 1, 1]
+    for _ in range(5):   # the budget kept: each wait polls until the reply
+        assert _wait(owait, words, 1500) and words.reads == 1500
+    assert st == [6, T.ADAPT_EVERY - 1, 1]
+    assert _wait(owait, words, T.ADAPT_MAX + 50)   # after the budget: served after a yield
+    assert st == [6, T.ADAPT_EVERY, 1]
+    assert _wait(owait, words, 2) and words.reads == 2   # ... and the next yields at once
 
 
 def test_adaptive_wait_gives_up_after_the_spin():

@@ -414,12 +414,12 @@ class Comm(_attr.Cached, Handle):
         self._t.irecv(op)
         return op
 
-    def _osend(self, obj, dest, tag, sync, what, pickled=None):
+    def _osend(self, obj, dest, tag, sync, what, pickled=None, keep=False):
         w = self._dest(dest, what)
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return None
-        return self._t.send_object(w, self._ctx, tag, obj, sync, what, pickled)
+        return self._t.send_object(w, self._ctx, tag, obj, sync, what, pickled, keep)
 
     def _orecv(self, source, tag, what):
         w = self._source(source, what)
@@ -1045,13 +1045,13 @@ class Comm(_attr.Cached, Handle):
             if not pickled[1] and self._t.senders[self._group[dest]](self._ctx, tag,
                                                                     pickled[0], T.F_OBJ):
                 return
-            self._wait_send(self._osend(obj, dest, tag, False, "send", pickled))
+            self._wait_send(self._osend(obj, dest, tag, False, "send", pickled, True))
             return
-        self._wait_send(self._osend(obj, dest, tag, False, "send"))
+        self._wait_send(self._osend(obj, dest, tag, False, "send", keep=True))
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send in synchronous mode."""
-        self._wait_send(self._osend(obj, dest, tag, True, "ssend"))
+        self._wait_send(self._osend(obj, dest, tag, True, "ssend", keep=True))
 
     def bsend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send an object in buffered mode (pickled into the attached buffer)."""
@@ -1120,9 +1120,8 @@ class Comm(_attr.Cached, Handle):
                  status: Status | None = None) -> Any:
         """Send and Receive."""
         r = self._orecv(source, recvtag, "sendrecv")
-        s = self._osend(sendobj, dest, sendtag, False, "sendrecv")
         try:
-            self._wait_send(s)
+            self._wait_send(self._osend(sendobj, dest, sendtag, False, "sendrecv", keep=True))
         except BaseException:   # the receive is not left posted (as _wait_recv's)
             self._t.abandon(r)
             raise

@@ -340,8 +340,10 @@ class HybridTransport(T.Transport):
         its window has passed or the engine holds what could come first); a
         rendezvous request for a buffer is received straight into ``mv``, and with
         ``mv`` None (an object receive) a small pickled object is returned as
-        _take_fast's are.  A plain eager message taken leaves its slot's receive to be
-        started again at the next look at the pool (``_lazy``, :meth:`_restart`)."""
+        _take_fast's are.  A record taken here (a plain eager message, a buffer's
+        rendezvous request, a small object) leaves its slot's receive to be started
+        again at the next look at the pool (``_lazy``, :meth:`_restart`): not on the
+        critical path between the message's arrival and the return."""
         eng = self.engine
         posted, unexpected = eng.posted, eng.unexpected
         t_ = self
@@ -387,7 +389,9 @@ class HybridTransport(T.Transport):
                     if not wait:
                         return False
                     data = t_.mpi_data.Irecv([mv[:nb], t_._BYTE], src, addr)
-                    req.Start()
+                    # (its slot is started again at the next look at the pool, as the
+                    # hot path's: not between the data's arrival and the return)
+                    t_._lazy = req
                     t_._ph = nxt[i]
                     # (MPI often copies at once: the data was there)
                     if not data.Test() and not await_head(data, src, None,
@@ -406,7 +410,7 @@ class HybridTransport(T.Transport):
                 else:
                     res = None
                 if res is not None:
-                    req.Start()
+                    t_._lazy = req
                     t_._ph = nxt[i]
                     return res
             take_slot(i)
@@ -560,9 +564,9 @@ class HybridTransport(T.Transport):
 
     # ------------------------------------------------------------ sending
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None):
+                    pickled=None, keep: bool = False):
         if w not in self.remote:
-            return super().send_object(w, ctx, tag, obj, sync, what, pickled)
+            return super().send_object(w, ctx, tag, obj, sync, what, pickled, keep)
         if pickled is None or _SHARED_MARK in pickled[0]:
             # shared arrays travel by value to another node (its processes cannot map
             # this machine's memory); by reference within the node
@@ -682,9 +686,15 @@ class HybridTransport(T.Transport):
         src, BYTE, Irecv = m.source, self._BYTE, self.mpi_data.Irecv
         reqs = [Irecv([b, BYTE], src, dtag) for b, dtag in dests if len(b)]
         if not reqs:   # nothing to move (an object of empty buffers)
-            self._run(self.engine.fetched(r))
+            self._fetched(r)
             return
         self._watch(reqs, n, r, aside)
+
+    def _fetch_rest(self, r: T.RecvOp, m: E.Message) -> None:
+        # a fetch from another node cut short is never started again: MPI receives
+        # it posted cannot be taken back (docs/mmpi.md: not covered)
+        if m.source not in self.remote or r in self.ends:
+            super()._fetch_rest(r, m)
 
     def _watch(self, reqs, nbytes: int, r, aside=None) -> None:
         """Complete ``r`` (a receive fetching, or a _Flag) once MPI has every one of
@@ -698,16 +708,21 @@ class HybridTransport(T.Transport):
         if self._data_recvs:
             for token, (reqs, r, n, aside) in list(self._data_recvs.items()):
                 if Testall(reqs):
-                    del self._data_recvs[token]
-                    self._inflight -= n
                     did = True
                     if type(r) is _Flag:
                         r.done = True
-                        continue
-                    if aside is not None:   # truncated: the receive keeps the head
-                        c = r.capacity
-                        r.mv[:c] = memoryview(aside)[:c]
-                    self._run(self.engine.fetched(r))
+                    else:
+                        if aside is not None:   # truncated: the receive keeps the head
+                            c = r.capacity
+                            r.mv[:c] = memoryview(aside)[:c]
+                        # (else complete: an exception after its completion, below)
+                        if r.state == E.R_FETCHING or r in self.ends:
+                            self._fetched(r)
+                    # last: an exception above (a signal handler's) leaves the transfer
+                    # to the next poll (its requests test complete again), which
+                    # finishes only what was left (_fetched)
+                    del self._data_recvs[token]
+                    self._inflight -= n
         if self._data_sends:
             sends = self._data_sends
             k = 0

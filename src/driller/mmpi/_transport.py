@@ -117,8 +117,9 @@ SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_S
 SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
 PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
                               # oversubscribed, the budget below is learnt per peer)
-ADAPT_MAX = 500               # oversubscribed: polls (≈ 20 µs) while the peer answers in time
-ADAPT_PROBE = 100             # ... and a probe of this many every ADAPT_EVERY waits otherwise
+ADAPT_MAX = 2000              # oversubscribed: polls (≈ 80 µs) while the peer answers in time
+ADAPT_PROBE = 2000            # ... and a probe of this many every ADAPT_EVERY waits otherwise
+                              # (500 and 100 until the twelfth round, docs/mmpi.md)
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
@@ -325,6 +326,12 @@ class _Guarded(E.Message):
     """A rendezvous request that names its guard (the address of a word of the sender)."""
 
     __slots__ = ("guard",)
+
+
+def _record_bytes(data, p: int) -> int:
+    """The length in its ring of the record at byte ``p`` of ``data`` (``_record``'s)."""
+    h = HDR.unpack_from(data, p)
+    return HDR_BYTES if h[0] == K_INLINE else HDR_BYTES + ((h[6] + 63) & ~63)
 
 
 def _size_class(n: int) -> int:
@@ -540,7 +547,10 @@ class Transport:
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
-        self.splits = {}    # token -> receive waiting for the sender's half (WDONE)
+        self.splits = {}    # token -> [receive waiting for the sender's half (WDONE), its acts,
+        #                   our half's copy (pid, message, address, bytes) while not done]
+        self.ends = {}      # receive -> the actions of its fetch's completion, while they run
+        self.consumed = None   # (data, byte) of a record whose arrival _arrival_cut finished
         self._tokens = iter(range(1, 1 << 62))
         # two-copy fallback: sources we may not read (they push), incoming pushes
         # (token -> [[(address, length)...], index, offset, receive or None, keep]),
@@ -1567,7 +1577,7 @@ class Transport:
                       payload, s.flags)
         acts = self.engine.transmitted(s)
         self._run(acts)
-        self._arrive(m, True)
+        self._arrive(m)
 
     def _put(self, dst: int, kindflags: int, ctx: int, tag: int, nbytes: int, sid: int,
              addr: int, payload, plen: int, last: int = 0) -> bool:
@@ -1677,6 +1687,12 @@ class Transport:
         return did
 
     def _settle(self, dst: int, h0: int, item) -> None:
+        """``_settle_now``, signals held back: a second exception (a handler's, run
+        for another thread, or the signal pending when they are let through again)
+        comes after it is done, never in its middle (``_shielded``)."""
+        self._shielded(self._settle_now, dst, h0, item)
+
+    def _settle_now(self, dst: int, h0: int, item) -> None:
         """An exception (a signal handler's, Ctrl-C: Python runs them at any call)
         cut short the put of ``item`` to ``dst``, the ring's head then ``h0``
         (``item``: a SendOp, Reply or control tuple of ``pending[dst]``, or a push
@@ -1739,7 +1755,6 @@ class Transport:
     def _deliver(self, r: RecvOp, m: E.Message) -> None:
         r.count = m.nbytes
         p = m.payload
-        m.payload = None  # never keep a view of the ring
         if r.mv is None:  # object receive
             if m.flags & F_PACKED:
                 r.value = self._unpack_object(p)
@@ -1749,6 +1764,7 @@ class Transport:
                 r.value = (bytes(p), []) if type(p) is not tuple else p
             else:
                 r.value = (None, bytes(p))
+            m.payload = None  # never keep a view of the ring (last: the copy is done)
             return
         if m.flags & F_OBJ:
             r.exc = MmpiError(f"message from rank {m.source} (tag {m.tag}) was sent as a "
@@ -1756,6 +1772,7 @@ class Transport:
                               f"which took it: receive objects with recv()")
             # kept for a collective whose peer sent why it refused instead of its data
             r.value = (bytes(p), []) if type(p) is not tuple else p
+            m.payload = None
             return
         n = m.nbytes
         if r.error:
@@ -1766,6 +1783,7 @@ class Transport:
                 r.mv[:n] = p[:n]
             else:
                 _copy(r.mv, 0, p, 0, n)
+        m.payload = None
 
     def _fetch(self, r: RecvOp, m: E.Message) -> None:
         r.count = m.nbytes
@@ -1818,7 +1836,7 @@ class Transport:
             else:
                 r.exc = MmpiError(f"copying {m.nbytes} bytes from rank {m.source} "
                                   f"(tag {m.tag}) failed: {e}")
-        self._run(self.engine.fetched(r))
+        self._fetched(r)
 
     def _split(self, r: RecvOp, m: E.Message, pid: int) -> bool:
         """Copy the first half ourselves while the sender writes the second half
@@ -1829,18 +1847,35 @@ class Transport:
         # a denied read must fail before the CTS (then the whole message is pushed)
         _linux.process_vm_readv(pid, local, m.payload, min(n, 64))
         token = next(self._tokens)
-        if self.pending[m.source] or not self._put(m.source, K_CTS, 0, token, n - half,
-                                                   m.sender_id, local + half, None, 0):
+        src = m.source
+        if self.pending[src]:
             return False
-        self.splits[token] = r
+        # (registered first: its WDONE may come as soon as the CTS is out)
+        # the receive, its completion's actions, our half's copy while not done
+        split = self.splits[token] = [r, None, (pid, m, local, half)]
         # where the sender pushes its half should its process_vm_writev be denied
         self.sinks[token] = [[(local + half, n - half)], 0, 0, None, r.mv, None]
+        h0 = self.out_head[src]
+        try:
+            ok = self._put(src, K_CTS, 0, token, n - half, m.sender_id, local + half, None, 0)
+        except BaseException:   # (a signal handler's) the CTS is out, or the split forgotten
+            self._settle(src, h0, None)
+            ok = self.out_head[src] != h0
+            if not ok:
+                self.splits.pop(token, None)
+                self.sinks.pop(token, None)
+            raise
+        if not ok:
+            self.splits.pop(token, None)
+            self.sinks.pop(token, None)
+            return False
         try:
             self._read(pid, m, [(local, m.payload, half)])
-        except BaseException:
+        except OSError:
             self.splits.pop(token, None)
             self.sinks.pop(token, None)
             raise
+        split[2] = None   # (cut before this, by a signal handler's exception: _fetch_rest)
         return True
 
     def _write_half(self, dst: int, sid: int, remote: int, n: int, token: int) -> None:
@@ -1994,14 +2029,23 @@ class Transport:
             keep = r.mv
         total = sum(d[1] for d in dests)
         if not total:  # nothing to move (truncated to an empty buffer, or an error)
-            self._run(self.engine.fetched(r))
+            self._fetched(r)
             return None
         token = next(self._tokens)
-        self.sinks[token] = [dests, 0, 0, r, keep, None]
-        q = self.pending[m.source]
-        if q or not self._put(m.source, K_PUSH, 0, token, total, m.sender_id, 0, None, 0):
-            self.npending += 1
-            q.append((K_PUSH, 0, token, total, m.sender_id, 0))
+        self.sinks[token] = [dests, 0, 0, r, keep, None]   # (first: the DATA may follow)
+        src = m.source
+        q = self.pending[src]
+        push = (K_PUSH, 0, token, total, m.sender_id, 0)
+        h0 = self.out_head[src]
+        try:
+            if q or not self._put(src, *push, None, 0):
+                self.npending += 1
+                q.append(push)
+        except BaseException:   # (a signal handler's) the PUSH is out, queued, or forgotten
+            self._settle(src, h0, None)
+            if self.out_head[src] == h0 and not any(x is push for x in q):
+                del self.sinks[token]   # (not asked: _fetch_rest asks again)
+            raise
         return token
 
     def _start_push(self, dst: int, sid: int, token: int, total: int) -> None:
@@ -2112,15 +2156,16 @@ class Transport:
         addr = _linux.buffer_address(dest, True)[0] if cap else 0
         if st.got and cap:
             _linux.memmove(addr, st.saddr, min(st.got, cap))
-        st.staging = None   # back to the receive cache
         if st.got == n:
+            self._fetched(r)
             m.payload = None
-            self._run(self.engine.fetched(r))
+            st.staging = None   # back to the receive cache (after: copied again if cut)
             return
-        st.r = r
         st.addr = addr
         st.cap = cap
         st.keep = dest
+        st.r = r   # (the chunks go to r from now on)
+        st.staging = None
 
     def _take_stream(self, src: int, sid: int, off: int, p: int, k: int) -> None:
         """An SDATA record from ``src``: a chunk of its streamed send ``sid``, at
@@ -2202,23 +2247,32 @@ class Transport:
                 try:
                     self._reply(a)
                 except BaseException:
-                    self._settle(dst, h0, a)
-                    if self.out_head[dst] != h0 or any(x is a for x in self.pending[dst]):
-                        del acts[0]
+                    self._shielded(self._settle_reply, dst, h0, a, acts)
                     raise
             else:
                 self._run((a,))
+            del acts[0]
+
+    def _settle_reply(self, dst: int, h0: int, a: E.Reply, acts: list) -> None:
+        """_finish's ``_settle`` of its Reply ``a`` to ``dst`` (the head then
+        ``h0``): taken off ``acts`` once out or queued (each step safe twice)."""
+        self._settle_now(dst, h0, a)
+        if acts and acts[0] is a and (self.out_head[dst] != h0
+                                      or any(x is a for x in self.pending[dst])):
             del acts[0]
 
     def pid_of(self, rank: int) -> int:
         return self.words[self.world.pid_word(rank)]
 
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None):
+                    pickled=None, keep: bool = False):
         """Start sending a Python object to world rank ``w`` (the protocol chosen
         by its pickled size: eager, packed, or rendezvous with the large buffers
         copied once by the receiver).  ``pickled``: :func:`_objects.dumps` of it
-        already.  Returns the SendOp to wait for, or None (complete)."""
+        already.  Returns the SendOp to wait for, or None (complete).  ``keep``:
+        for a blocking call, whose message must go as it was at the call even
+        when its start raises (a signal handler's exception): kept then
+        (``keep_sent``: its out-of-band buffers are the caller's memory)."""
         stream, parts = dumps(obj) if pickled is None else pickled
         t = self
         nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
@@ -2247,8 +2301,7 @@ class Transport:
                 pieces += [p for p, _ in parts]
                 op = SendOp(w, tag, ctx, memoryview(stream), sync,
                             F_OBJ | F_PACKED, pieces, keep=plen, nbytes=nbytes)
-                t.isend(op, E.EAGER)
-                return op
+                return t._start_kept(op, E.EAGER, keep)
         inline = len(stream) <= t.eager_limit
         saddr = 0 if inline else _linux.buffer_address(stream)[0]
         table = [TABLE.pack(len(parts), len(stream), saddr)]
@@ -2263,7 +2316,17 @@ class Transport:
                             f"for one message ({len(table)}-byte table); send it in parts")
         op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ, table,
                     keep=(stream, parts), nbytes=nbytes)
-        t.isend(op, E.RNDV)
+        return t._start_kept(op, E.RNDV, keep)
+
+    def _start_kept(self, op: SendOp, protocol: int, keep: bool) -> SendOp:
+        """Start ``op`` (an object's send that reads the caller's buffers); if
+        the start raises and ``keep``, its message is kept first (keep_sent)."""
+        try:
+            self.isend(op, protocol)
+        except BaseException:
+            if keep:
+                self.keep_sent(op)
+            raise
         return op
 
     # ------------------------------------------------------------ receiving
@@ -2276,12 +2339,102 @@ class Transport:
         self._run(self.engine.post_matched(op, m))
         return op
 
-    def _arrive(self, m: E.Message, private: bool) -> None:
-        acts = self.engine.arrive(m)
-        if acts:
-            self._run(acts)
-        elif not private and m.protocol == E.EAGER:
-            m.payload = bytes(m.payload)  # unexpected: copy out of the ring
+    def _arrive(self, m: E.Message, data=None, p: int = 0) -> None:
+        """Message ``m`` arrived (in the record at byte ``p`` of ``data``; None: sent
+        to ourselves, its payload our own): the engine matches it, its actions run
+        (one at a time, ``_finish``, if one is a Reply), or an eager one unexpected
+        is copied out of the ring.  An exception raised after the engine matched or
+        queued it (a signal handler's, at any call) finishes that here first
+        (``_arrival_cut``)."""
+        acts = None
+        try:
+            acts = self.engine.arrive(m)
+            if acts:
+                if m.sync:   # (its ACK or FIN goes once: each action off once done)
+                    self._finish(acts)
+                else:        # (Deliver, Complete, Fetch: each safe to run again)
+                    self._run(acts)
+            elif data is not None and m.protocol == E.EAGER:
+                m.payload = bytes(m.payload)  # unexpected: copy out of the ring
+        except BaseException:
+            self._arrival_cut(m, acts, data, p)
+            raise
+
+    def _arrival_cut(self, m: E.Message, acts, data, p: int) -> None:
+        """An exception came while ``m`` (the record at byte ``p`` of ``data``)
+        arrived: ``acts`` None if ``Engine.arrive`` had not returned (then nothing
+        changed, or, at its very end, ``m`` joined the unexpected queue), else what
+        is left of its actions.  Once the engine took the message, the record must
+        not be taken again (it would go to the next matching receive, or join the
+        unexpected queue a second time): what is left is done here, signals held
+        back (``_shielded``), and the record marked consumed (``consumed``: the
+        drain moves its tail past it before the exception goes on)."""
+        if acts is None:
+            u = self.engine.unexpected
+            if not (u and u[-1] is m):
+                return   # nothing changed: the record is taken again as new
+            acts = []
+        self._shielded(self._arrival_end, m, acts, data)
+        if data is not None:
+            self.consumed = (data, p)
+
+    def _arrival_end(self, m: E.Message, acts: list, data) -> None:
+        """The rest of ``m``'s arrival, each step once however often this runs:
+        unexpected, its payload copied out of the ring; a Deliver whose copy did not
+        finish copied again (from the ring: the same bytes); a Fetch finished
+        (``_fetch_rest``); then the rest as ``_finish`` runs them."""
+        if not acts:
+            if data is not None and m.protocol == E.EAGER and type(m.payload) is not bytes:
+                m.payload = bytes(m.payload)
+            return
+        while acts:
+            a = acts[0]
+            t = type(a)
+            if t is E.Deliver:
+                if a.message.payload is not None:   # (None: its copy is done)
+                    self._deliver(a.receive, a.message)
+            elif t is E.Fetch:
+                self._fetch_rest(a.receive, a.message)
+            else:
+                self._finish(acts)
+                return
+            del acts[0]
+
+    def _fetch_rest(self, r: RecvOp, m: E.Message) -> None:
+        """Finish the Fetch of ``r`` (message ``m``) an exception cut short: its
+        completion's remaining actions (``ends``), nothing if it is complete or
+        handed over (a stream's chunks, a split's WDONE, a push's DATA finish it),
+        else the fetch again (the copy again: the same bytes)."""
+        acts = self.ends.get(r)
+        if acts is not None:
+            self._finish(acts)
+            del self.ends[r]
+            return
+        if r.state != E.R_FETCHING:
+            return
+        st = m.payload
+        if m.protocol == E.STREAM and st is not None and st.r is r:
+            return
+        for split in self.splits.values():
+            if split[0] is r:   # the sender writes its half; ours, if not copied yet
+                if split[2] is not None:
+                    pid, m, local, half = split[2]
+                    self._read(pid, m, [(local, m.payload, half)])
+                    split[2] = None
+                return
+        if any(x[3] is r for x in self.sinks.values()):
+            return
+        self._fetch(r, m)
+
+    def _fetched(self, r: RecvOp) -> None:
+        """``r``'s fetch is over: its completion (``Engine.fetched``), the actions
+        kept in ``ends`` while they run one at a time (``_finish``), so that an
+        exception among them leaves ``_fetch_rest`` only the rest."""
+        acts = self.ends.get(r)
+        if acts is None:   # (else its completion cut short: the rest)
+            acts = self.ends[r] = self.engine.fetched(r)   # (no call between commit and store)
+        self._finish(acts)
+        del self.ends[r]
 
     def _drain(self, src: int, head: int) -> None:
         if self.deferred:
@@ -2309,7 +2462,18 @@ class Transport:
             if kf & 0xFF == K_WRAP:
                 t += rb - off
                 continue
-            t += record(src, data, p)
+            try:
+                t += record(src, data, p)
+            except BaseException:   # (a signal handler's): past the record if it was taken
+                if self.consumed is not None:
+                    if self.consumed[1] == p and self.consumed[0] is data:
+                        t += _record_bytes(data, p)
+                        self.in_tail[src] = t
+                        self.words[self.in_tailw[src]] = t
+                        if self.words[self.in_pwait[src]]:
+                            _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+                    self.consumed = None
+                raise
             # publish the tail per record so big rings free up early
             self.in_tail[src] = t
             self.words[self.in_tailw[src]] = t
@@ -2506,51 +2670,50 @@ class Transport:
                                                       INLINE_AT)):
                 m = E.Message(src, tag, ctx, nbytes, E.EAGER, False, 0,
                               data[p + INLINE_AT:p + INLINE_AT + nbytes], 0)
-                acts = engine.arrive(m)
-                if acts:
-                    self._run(acts)
-                else:
-                    m.payload = bytes(m.payload)
+                acts = None
+                try:   # (_arrive's, inline: the small messages' path)
+                    acts = engine.arrive(m)
+                    if acts:
+                        self._run(acts)   # (Deliver, Complete: each safe twice)
+                    else:
+                        m.payload = bytes(m.payload)
+                except BaseException:
+                    self._arrival_cut(m, acts, data, p)
+                    raise
             return HDR_BYTES
         if kf == K_EAGER and engine.posted and self._to_posted(src, data, p, ctx, tag, nbytes):
             return HDR_BYTES + ((plen + 63) & ~63)
         kind = kf & 0xFF
         flags = kf >> 8
         if kind == K_EAGER:
-            m = E.Message(src, tag, ctx, nbytes, E.EAGER, bool(flags & F_SYNC), sid,
-                          data[p + HDR_BYTES:p + HDR_BYTES + plen], flags)
-            acts = engine.arrive(m)
-            if acts:
-                self._run(acts)
-            else:
-                m.payload = bytes(m.payload)
+            self._arrive(E.Message(src, tag, ctx, nbytes, E.EAGER, bool(flags & F_SYNC), sid,
+                                   data[p + HDR_BYTES:p + HDR_BYTES + plen], flags), data, p)
         elif kind == K_RTS:
             payload = bytes(data[p + HDR_BYTES:p + HDR_BYTES + plen]) if plen else addr
             m = (_Guarded if last and src not in self.remote else E.Message)(
                 src, tag, ctx, nbytes, E.RNDV, bool(flags & F_SYNC), sid, payload, flags)
             if last and src not in self.remote:   # (another node's: its sender's rank)
                 m.guard = last
-            acts = engine.arrive(m)
-            if acts:
-                self._run(acts)
+            self._arrive(m, data, p)
         elif kind == K_ACK or kind == K_FIN:   # (a send's Complete, no call after control's)
             for a in engine.control(E.ACK if kind == K_ACK else E.FIN, sid):
                 a.op.done = True
         elif kind == K_CTS:
             self._write_half(src, sid, addr, nbytes, tag)
-        elif kind == K_WDONE:
-            self.sinks.pop(sid, None)
-            r = self.splits.pop(sid, None)
-            if r is not None:  # None: our half failed and the receive is over
-                self._run(engine.fetched(r))
+        elif kind == K_WDONE:   # (taken again after an exception: only what was left)
+            split = self.splits.get(sid)
+            if split is not None:  # None: our half failed and the receive is over
+                if split[1] is None:
+                    split[1] = engine.fetched(split[0])   # (no call between commit and store)
+                self._finish(split[1])
+            self.sinks.pop(sid, None)   # (last: forgotten once the receive is complete)
+            self.splits.pop(sid, None)
         elif kind == K_SDATA:
             self._take_stream(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_STREAM:
             st = self.streams[(src, sid)] = _Stream(nbytes)
-            m = E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags)
-            acts = engine.arrive(m)
-            if acts:
-                self._run(acts)
+            self._arrive(E.Message(src, tag, ctx, nbytes, E.STREAM, False, sid, st, flags),
+                         data, p)
         elif kind == K_DATA:
             self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_PUSH:
@@ -2679,6 +2842,17 @@ class Transport:
         if s is None or s.done or s.dest == self.rank or s.dest in self.remote or \
                 s.dest in self.dead or s.dest in self.gone:
             return
+        first = self._shielded(self._keep_sent, s)
+        if first is not None:
+            raise first
+
+    @staticmethod
+    def _shielded(step, *args) -> BaseException | None:
+        """Run ``step(*args)`` to its end with this thread's signals held back; a
+        handler run all the same (a process-directed signal taken by another
+        thread, run here at the next call) starts it again, at most KEEP_TRIES
+        times (each step of it must be safe to run twice).  Returns the first such
+        exception (None: none), raises the last one if every try raised."""
         first = None
         held = None
         tries = KEEP_TRIES
@@ -2689,7 +2863,7 @@ class Transport:
                     if held is None:
                         held = signal.pthread_sigmask(signal.SIG_BLOCK, ())   # (reads it)
                     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-                    self._keep_sent(s)
+                    step(*args)
                     break
                 except BaseException as e:   # (a handler's, run for another thread)
                     if first is None:
@@ -2699,8 +2873,7 @@ class Transport:
         finally:
             if held is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        if first is not None:
-            raise first
+        return first
 
     def _keep_sent(self, s: SendOp) -> None:
         queued = s.state == E.S_QUEUED and any(x is s for x in self.pending[s.dest])

@@ -1,0 +1,197 @@
+"""A message's arrival survives an exception raised while its match's actions run.
+
+Once ``Engine.arrive`` matched a message from the ring (or queued it as
+unexpected), the drain carries out the match's actions (the Deliver's copy, a
+synchronous message's ACK, the Fetch of a rendezvous, streamed, split or pushed
+one) while the record is still in the ring: the tail moves past it only after.
+Each test sends a real SIGUSR1 to the receiving rank's own thread
+(``signal.pthread_kill``) from a wrapper at one such step; the handler raises,
+the rank catches it and waits again, and every message must arrive once, in
+order, with its bytes; the sender's send completes (one ACK or FIN).  Before the
+fix (integ22) the record, taken again, was matched anew: the interrupted receive
+(matched, never complete) waited forever (the harness deadline) while its
+message joined the unexpected queue, or (interrupted right after the engine
+queued it unexpected) the message was queued twice and received twice.
+Real forked ranks; no timed assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from driller import MPI
+from driller.mmpi import _transport as T
+
+from test_mmpi_p2p import run_ranks, values
+from test_mmpi_progress_interrupted import (_called_from, _go, _kill_self, _on_usr1, _pattern,
+                                            _wait_go, _wait_through)
+
+MiB = 1 << 20
+
+# where -> (message bytes, environment): the step of the arrival interrupted
+CASES = {
+    "deliver-before": (64, {}),            # the eager Deliver, before its copy
+    "deliver-after": (64, {}),             # ... after it (the receive not complete yet)
+    "ack-before": (64, {}),                # a synchronous message's ACK, before its put
+    "ack-after": (64, {}),                 # ... after it
+    "rndv-read": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0"}),   # the single copy
+    "rndv-fetched": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0"}),
+    "fin-before": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0"}),
+    "fin-after": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0"}),
+    "stream": (3 * MiB, {}),               # a streamed message's Fetch
+    "split-cts": (4 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0",
+                            "DRILLER_MMPI_SPLIT_MIN": str(MiB)}),   # after the CTS is out
+    "split-read": (4 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0",
+                             "DRILLER_MMPI_SPLIT_MIN": str(MiB)}),  # our half's copy
+    "push": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0",
+                       "DRILLER_MMPI_SINGLE_COPY": "0"}),   # after the PUSH is out
+}
+SYNC = ("ack-before", "ack-after")
+
+
+def _arm(t, where, shots):
+    """Have rank 1's transport ``t`` take one real SIGUSR1 at ``where``."""
+    def shoot():
+        if shots[0]:
+            shots[0] -= 1
+            _kill_self()
+
+    def before(name, *callers):
+        f = getattr(t, name)
+
+        def wrapped(*a, **k):
+            if _called_from(*callers):
+                shoot()
+            return f(*a, **k)
+
+        setattr(t, name, wrapped)
+
+    if where == "deliver-before":
+        before("_deliver", "_record")
+    elif where == "deliver-after":
+        f = t._deliver
+
+        def deliver(*a):
+            f(*a)
+            if _called_from("_record"):
+                shoot()
+
+        t._deliver = deliver
+    elif where == "rndv-read":
+        before("_read", "_fetch")
+    elif where == "split-read":
+        before("_read", "_split")
+    elif where == "stream":
+        before("_fetch_stream", "_record")
+    elif where == "rndv-fetched":
+        f = t.engine.fetched
+
+        def fetched(r):
+            if _called_from("_fetch"):
+                shoot()
+            return f(r)
+
+        t.engine.fetched = fetched
+    else:
+        kind, step = {"ack": T.K_ACK, "fin": T.K_FIN, "split": T.K_CTS,
+                      "push": T.K_PUSH}[where.split("-")[0]], where.split("-")[-1]
+        put = t._put
+
+        def put_cut(*a, **k):
+            hit = a[1] == kind and _called_from("_record")
+            if hit and step == "before":
+                shoot()
+            ok = put(*a, **k)
+            if hit and ok and step != "before":
+                shoot()
+            return ok
+
+        t._put = put_cut
+
+
+def _arrival(comm, fifo, where, n):
+    """Rank 1 posts receives for tags 2 then 1 (so the record of tag 1 goes through
+    Engine.arrive, not to the first posted); rank 0 sends ``n`` bytes with tag 1,
+    then 8 bytes with tag 2; rank 1 is interrupted once at ``where``."""
+    if comm.rank == 0:
+        _wait_go(fifo)
+        (comm.Ssend if where in SYNC else comm.Send)(_pattern(1, n), dest=1, tag=1)
+        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
+        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
+        t = comm._t
+        return t.npending, len(t.engine.awaiting)
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    t = comm._t
+    shots = [1]
+    _arm(t, where, shots)
+    b2, b1 = np.zeros(8, np.uint8), np.zeros(n, np.uint8)
+    reqs = [comm.Irecv(b2, source=0, tag=2), comm.Irecv(b1, source=0, tag=1)]
+    _go(fifo)
+    raised = _wait_through(lambda: MPI.Request.Waitall(reqs))
+    # nothing of it left behind: a third message comes next
+    comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
+    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))),
+            sorted(set(b2.tolist())),
+            len(t.engine.unexpected), len(getattr(t, "ends", ())), len(t.splits), len(t.sinks),
+            len(t.streams))
+
+
+@pytest.mark.parametrize("where", list(CASES))
+def test_an_arrival_interrupted_among_its_actions_completes_once(where, tmp_path, monkeypatch):
+    n, env = CASES[where]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    sender, (raised, left, *got) = values(run_ranks(_arrival, 2, fifo, where, n, deadline=30))
+    assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
+    assert got == [True, [2], 0, 0, 0, 0, 0]
+    assert sender == (0, 0)
+
+
+def _unexpected(comm, fifo, n):
+    """Rank 0 sends tags 1, 2, 3 before rank 1 posts anything; rank 1's drain
+    (its Probe for tag 3) is interrupted right after the engine queued tag 1."""
+    if comm.rank == 0:
+        for tag in (1, 2, 3):
+            comm.Send(_pattern(tag, n), dest=1, tag=tag)
+        _go(fifo)
+        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
+        return comm._t.npending
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    t = comm._t
+    arrive = t.engine.arrive
+    shots = [1]
+
+    def arrive_then_raise(m):
+        acts = arrive(m)
+        if not acts and shots[0] and m.tag == 1:
+            shots[0] -= 1
+            _kill_self()
+        return acts
+
+    t.engine.arrive = arrive_then_raise
+    _wait_go(fifo)
+    raised = _wait_through(lambda: comm.Probe(source=0, tag=3))
+    got = []
+    for _ in range(3):
+        buf = np.zeros(n, np.uint8)
+        st = MPI.Status()
+        comm.Recv(buf, source=0, tag=MPI.ANY_TAG, status=st)
+        got.append((st.Get_tag(), bool(np.array_equal(buf, _pattern(st.Get_tag(), n)))))
+    left = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
+    comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
+    return raised, shots[0], got, left
+
+
+def test_an_unexpected_arrival_interrupted_is_queued_once(tmp_path):
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    npending, (raised, left, got, more) = values(
+        run_ranks(_unexpected, 2, fifo, 64, deadline=30))
+    assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
+    assert got == [(1, True), (2, True), (3, True)] and more is False and npending == 0
