@@ -2,6 +2,8 @@
 
 import mmap
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -195,3 +197,36 @@ def test_seccomp_filter_denies_process_vm_readv():
 
     assert in_child(denied, errno.ENOSYS) == ("ok", (["ENOSYS", "ENOSYS"], True))
     assert in_child(denied, errno.EPERM) == ("ok", (["EPERM", "EPERM"], True))
+
+
+_FENCE_PROBE = r"""
+import ctypes, sys
+from driller import _linux
+libc = ctypes.CDLL(None)
+single = ctypes.c_char.in_dll(libc, "__libc_single_threaded").value
+# glibc x86-64 pthread_mutex_t: int __lock at byte 0, int __kind at byte 16 (ABI: static
+# initialisers); kind bit 128 is PTHREAD_MUTEX_PSHARED_BIT, which sends lock and unlock
+# to their atomic paths (a private mutex in a one-thread process gets plain stores)
+kind = ctypes.c_int.from_buffer(_linux._FENCE, 16).value
+lock = ctypes.c_int.from_buffer(_linux._FENCE, 0)
+libc.pthread_mutex_lock(_linux._FENCE)   # left locked, as by an exception between its calls
+_linux.fence()                           # must not block, and must leave it unlocked
+print(single[0], kind & 128, lock.value)
+"""
+
+
+def test_fence_takes_the_atomic_path_in_a_one_thread_process():
+    """fence()'s mutex is process-shared: in a process with one thread, glibc locks and
+    unlocks a private mutex with plain stores, which order nothing (the handshakes that
+    rely on fence() then race); and a fence left locked (an exception between its two
+    calls) neither blocks the next one nor stays locked."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", PYTHONPATH=src)
+    out = subprocess.run([sys.executable, "-c", _FENCE_PROBE], env=env, timeout=60,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    single, pshared, lock = map(int, out.stdout.split())
+    assert single == 1, "the probe process was meant to have one thread"
+    assert pshared == 128, "fence()'s mutex is private: plain stores in a one-thread process"
+    assert lock == 0, "fence() left its mutex locked"

@@ -941,34 +941,45 @@ for _fn, _args in (("pthread_mutexattr_init", [_vp]), ("pthread_mutexattr_destro
 del _fn, _args
 
 
-_FENCE = ctypes.create_string_buffer(MUTEX_BYTES)   # a private mutex: fence() only
-if _libc.pthread_mutex_init(_FENCE, None):   # pragma: no cover - glibc never fails here
-    raise OSError("pthread_mutex_init failed")
-
-
-def fence() -> None:
-    """A full memory barrier: every store made before it is visible to other cores
-    before any store made after it, non-temporal ones (large memset/memcpy)
-    included.  A mutex's trylock runs a locked instruction (``lock cmpxchg``)
-    whether it takes the mutex or not, which x86-64 never reorders with other
-    loads and stores.  It never blocks: a Python signal handler's exception
-    between the trylock and the unlock leaves the mutex locked, and a blocking
-    lock then waited forever (the next fence, in the same thread); a trylock
-    that finds it busy still fences.  Not for hot paths (≈ 0.8 µs)."""
-    if not _libc.pthread_mutex_trylock(_FENCE):
-        _libc.pthread_mutex_unlock(_FENCE)
-
-
-def shared_mutex_init(addr: int) -> None:
-    """Initialise a process-shared robust mutex at ``addr`` (MUTEX_BYTES of shared memory)."""
+def _mutex_init(addr, robust: bool) -> None:
+    """Initialise a process-shared mutex at ``addr`` (MUTEX_BYTES), robust or not."""
     attr = ctypes.create_string_buffer(64)
     for rc in (_libc.pthread_mutexattr_init(attr),
                _libc.pthread_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED),
-               _libc.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST),
+               _libc.pthread_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST) if robust else 0,
                _libc.pthread_mutex_init(addr, attr)):
         if rc:
             raise OSError(rc, f"pthread mutex init: {os.strerror(rc)}")
     _libc.pthread_mutexattr_destroy(attr)
+
+
+# fence()'s mutex, in this process's memory but process-shared: glibc (2.34+) locks and
+# unlocks a *private* mutex with plain stores while the process has one thread
+# (__libc_single_threaded), which orders nothing; a process-shared one always takes
+# the atomic path (lock cmpxchg, xchg)
+_FENCE = ctypes.create_string_buffer(MUTEX_BYTES)
+_mutex_init(_FENCE, robust=False)
+
+
+def fence() -> None:
+    """A full memory barrier: every store made before it is visible to other cores
+    before any load or store made after it, non-temporal ones (large
+    memset/memcpy) included.  The unlock of a process-shared mutex is an
+    ``xchg``, a locked instruction, which x86-64 never reorders with other loads
+    and stores (the trylock before it is a ``lock cmpxchg`` when the mutex is
+    free).  The unlock runs whether the trylock took the mutex or not, so the
+    fence never blocks and always fences: a Python signal handler's exception
+    between the two calls leaves the mutex locked (a blocking lock then waited
+    forever, and glibc's trylock of a busy mutex is a plain load), and another
+    thread's fence may hold it for an instant (mutual exclusion is not its use).
+    Not for hot paths (≈ 0.8 µs)."""
+    _libc.pthread_mutex_trylock(_FENCE)
+    _libc.pthread_mutex_unlock(_FENCE)
+
+
+def shared_mutex_init(addr: int) -> None:
+    """Initialise a process-shared robust mutex at ``addr`` (MUTEX_BYTES of shared memory)."""
+    _mutex_init(addr, robust=True)
 
 
 def shared_mutex_lock(addr: int, block: bool = True) -> bool | None:
