@@ -195,3 +195,93 @@ def test_an_unexpected_arrival_interrupted_is_queued_once(tmp_path):
         run_ranks(_unexpected, 2, fifo, 64, deadline=30))
     assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
     assert got == [(1, True), (2, True), (3, True)] and more is False and npending == 0
+
+
+# where -> (message bytes, environment): a receive posted on a message already
+# here (unexpected), its match's actions interrupted before or after a step
+POSTED = {
+    "rndv-read-after": (2 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0"}),    # the single copy
+    "split-read-before": (4 * MiB, {"DRILLER_MMPI_STREAM_MAX": "0",
+                                    "DRILLER_MMPI_SPLIT_MIN": str(MiB)}),  # our half's
+    "ack-before": (64, {}),                                     # a sync eager's ACK's put
+    "ack-after": (64, {}),
+}
+
+
+def _posted_late(comm, fifo, where, n):
+    """Rank 0 Issends ``n`` bytes (tag 1); rank 1 waits until it is here (Iprobe),
+    then Recvs it, interrupted once at ``where``: the Recv raises, the message must
+    still reach its buffer whole and rank 0's Issend complete (its ACK or FIN)."""
+    if comm.rank == 0:
+        req = comm.Issend(_pattern(1, n), dest=1, tag=1)
+        _wait_go(fifo)   # (rank 1's Recv raised)
+        req.Wait()
+        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
+        t = comm._t
+        return t.npending, len(t.engine.awaiting)
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    t = comm._t
+    while not comm.Iprobe(source=0, tag=1):
+        pass
+    shots = [1]
+    step = where.split("-")[-1]
+
+    def shoot():
+        if shots[0]:
+            shots[0] -= 1
+            _kill_self()
+
+    if where.startswith("ack"):
+        put = t._put
+
+        def put_cut(*a, **k):
+            hit = a[1] == T.K_ACK
+            if hit and step == "before":
+                shoot()
+            ok = put(*a, **k)
+            if hit and ok and step == "after":
+                shoot()
+            return ok
+
+        t._put = put_cut
+    else:
+        read = t._read
+        caller = "_fetch" if where.startswith("rndv") else "_split"
+
+        def read_cut(*a, **k):
+            hit = _called_from(caller)
+            if hit and step == "before":
+                shoot()   # (nothing of our part copied yet)
+            r = read(*a, **k)
+            if hit and step == "after":
+                shoot()   # (the data in place, the FIN not out)
+            return r
+
+        t._read = read_cut
+    b1 = np.zeros(n, np.uint8)
+    raised = None
+    try:
+        comm.Recv(b1, source=0, tag=1)
+    except BaseException as e:   # noqa: BLE001 - _Boom, from the handler
+        raised = type(e).__name__
+    _go(fifo)
+    b2 = np.zeros(8, np.uint8)
+    comm.Recv(b2, source=0, tag=2)   # (progress meanwhile: rank 0's Issend completed)
+    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))), sorted(set(b2.tolist())),
+            len(t.engine.unexpected), len(t.engine.posted), len(t.ends), len(t.splits),
+            len(t.sinks))
+
+
+@pytest.mark.parametrize("where", list(POSTED))
+def test_a_receive_posted_on_a_message_here_interrupted_completes_once(where, tmp_path,
+                                                                         monkeypatch):
+    n, env = POSTED[where]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    sender, (raised, left, *got) = values(run_ranks(_posted_late, 2, fifo, where, n,
+                                                    deadline=30))
+    assert raised == "_Boom" and left == 0, "the receive was not interrupted: proves nothing"
+    assert got == [True, [2], 0, 0, 0, 0, 0]
+    assert sender == (0, 0)

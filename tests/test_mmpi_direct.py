@@ -90,6 +90,10 @@ def _asked(comm, buf, k: int, first: bool = False) -> list:
 
 # ------------------------------------------------------------- ping-pong, sizes
 def _pingpong(comm, sizes, iters):
+    # (published for up to 1 s: forked from a large pytest process late in the suite,
+    # a rank took more than the default 200 µs spin per message, and no receive was
+    # still published when its message came)
+    _long_spin(comm)
     peer = 1 - comm.rank
     for n in sizes:
         rbuf = bytearray(n)

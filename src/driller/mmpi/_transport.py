@@ -2331,13 +2331,34 @@ class Transport:
 
     # ------------------------------------------------------------ receiving
     def irecv(self, op: RecvOp) -> RecvOp:
-        self._run(self.engine.post(op))
+        acts = self.engine.post(op)
+        if acts:   # (matched a message already here: its actions, _posted's way)
+            self._posted(acts)
         return op
 
     def irecv_matched(self, op: RecvOp, m: E.Message) -> RecvOp:
         """Receive into ``op`` the message ``m`` that a matched probe took."""
-        self._run(self.engine.post_matched(op, m))
+        self._posted(self.engine.post_matched(op, m))
         return op
+
+    def _posted(self, acts: list) -> None:
+        """Run the actions of a receive posted on a message already here (the
+        engine took the message off its queue): an exception among them (a signal
+        handler's) finishes what is left first, signals held back, as an arrival's
+        (``_arrival_end``: a Deliver copied again, a Fetch finished, the ACK or FIN
+        once), so the sender's Ssend/rendezvous still completes and the receive
+        gets its bytes."""
+        sync = any(type(a) is E.Reply for a in acts)
+        try:
+            if sync:
+                self._finish(acts)   # (each action off once done: the ACK goes once)
+            else:
+                self._run(acts)      # (Deliver, Complete, Fetch: each safe twice)
+        except BaseException:
+            m = next((a.message for a in acts if type(a) is E.Deliver or type(a) is E.Fetch),
+                     None)
+            self._shielded(self._arrival_end, m, acts, None)
+            raise
 
     def _arrive(self, m: E.Message, data=None, p: int = 0) -> None:
         """Message ``m`` arrived (in the record at byte ``p`` of ``data``; None: sent
