@@ -163,14 +163,18 @@ def test_earlier_message_in_ring_forbids_claim():
     for ok, v in res:
         assert ok, v
     assert res[1][1][0] == [1, 2, 3], res
+    # (some went direct, counted alike on both sides: with it off this proves nothing)
+    assert res[0][1][0] >= 1 and res[0][1][0] == res[1][1][1][1], res
 
 
 # ------------------------------------------------------------------ truncation
 def _truncated(comm):
     if comm.rank == 0:
-        comm.Send(_msg(5, N), dest=1, tag=2)
-        comm.Send(_msg(6, N), dest=1, tag=2)
+        for i in (5, 6):
+            _published(comm, 1)   # (rank 1's receive of 1 MiB - 4 KiB, then of 1 MiB)
+            comm.Send(_msg(i, N), dest=1, tag=2)
         return _stats(comm)
+    _long_spin(comm)
     small = bytearray(N - 4096)
     small[:] = b"\xee" * len(small)
     try:
@@ -192,7 +196,7 @@ def test_larger_than_capacity_never_claims():
         assert ok, v
     err, seq, st = res[1][1]
     assert err == "TruncationError" and seq == 6, res
-    assert res[0][1][0] <= 1, res
+    assert res[0][1][0] == 1 and st[1] == 1, res   # 6 direct, 5 not (too large)
 
 
 # -------------------------------------------------- withdrawal racing claims
@@ -323,6 +327,74 @@ def test_exception_between_claim_and_record(where):
     got, st1 = res[1][1]
     assert raised == 1 and shots == 0, res   # the direct path ran and raised
     assert got == [1, 2, 3], res
+
+
+# ------------------------------------------ the receiver's side, re-entered or cut twice
+def _receiver_cut(comm, how):
+    """Rank 0 writes message 1 direct into rank 1's published Recv, then sends 2
+    and 3.  Rank 1's Recv of 1 is cut once the record is in its ring:
+    ``reentered``: a SIGUSR1 handler that calls ``Iprobe`` (its drain takes the
+    K_DIRECT record under the Recv) runs at the withdrawal's fence, and returns;
+    ``twice``: a handler that raises runs at the record's take, and again inside
+    the recovery (held back until it is done).  The message is in the buffer, and
+    the next receives from rank 0 go on."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+        _published(comm, 1)
+        comm.Send(_msg(1), dest=1, tag=4)
+        comm.Send(_msg(2), dest=1, tag=4)
+        comm.Send(_msg(3, 64), dest=1, tag=4)
+        return _stats(comm)
+    _long_spin(comm)
+    t = comm._t
+    shots = [1 if how == "reentered" else 2]
+    if how == "reentered":
+        signal.signal(signal.SIGUSR1, lambda *_: comm.Iprobe(source=0, tag=99))
+        fence = T._linux.fence
+
+        def fence_then_signal():
+            fence()
+            if shots[0] and sys._getframe(1).f_code.co_name == "withdraw" and \
+                    t.words[t.in_head[0]] != t.in_tail[0]:   # (the record is here)
+                shots[0] -= 1
+                _kill_self()
+
+        T._linux.fence = fence_then_signal
+    else:
+        signal.signal(signal.SIGUSR1, _on_signal)
+        unpack = T._unpack4
+
+        def unpack_then_signal(*a):
+            if shots[0] and sys._getframe(1).f_code.co_name == "mine":
+                shots[0] -= 1
+                _kill_self()
+            return unpack(*a)
+
+        T._unpack4 = unpack_then_signal
+    buf = bytearray(N)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    try:
+        comm.Recv(buf, source=0, tag=4)
+        raised = None
+    except BaseException as e:   # noqa: BLE001 - _Boom, or what the drain raised
+        raised = type(e).__name__
+    got = [_seq(buf)]
+    for n in (N, 64):
+        b = bytearray(n)
+        comm.Recv(b, source=0, tag=4)
+        got.append(_seq(b))
+    return raised, shots[0], got, bool(comm.Iprobe(source=0, tag=MPI.ANY_TAG)), _stats(comm)
+
+
+@pytest.mark.parametrize("how", ["reentered", "twice"])
+def test_receiver_cut_keeps_the_direct_message_and_the_ring(how):
+    res = run_ranks(_receiver_cut, 2, how, deadline=60)
+    for ok, v in res:
+        assert ok, v
+    raised, shots, got, more, st = res[1][1]
+    assert shots == 0 and res[0][1][0] == 1, res   # cut as meant; message 1 went direct
+    assert raised == (None if how == "reentered" else "_Boom"), res
+    assert got == [1, 2, 3] and more is False, res
 
 
 # ------------------------------------------------------------------ peer death

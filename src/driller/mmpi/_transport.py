@@ -530,6 +530,7 @@ class Transport:
         # sends of at least this many bytes; 0: off (so is a world without single copy)
         self.direct_min = max(0, int(os.environ.get("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN)))
         self.stats_direct = [0, 0]   # messages written direct (sent), received direct
+        self.direct_seen = {}   # src -> (generation, tag, nbytes) of a K_DIRECT _record took
         self._guard_word = None   # (an 8-byte buffer, its address): _read reads guards into it
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -830,6 +831,11 @@ class Transport:
         off = [False]   # denied once: never again to this rank
         stats = self.stats_direct
 
+        def release():   # (a receiver asleep in its withdrawal waits for this)
+            words[cw] = 0
+            if words[sw]:
+                _linux.futex_wake(waddr)
+
         def direct(ctx, tag, mv, n):
             g = words[gw]
             if not g or off[0] or pushes or words[deadw]:
@@ -854,14 +860,14 @@ class Transport:
             try:
                 _linux.fence()
                 if words[gw] != g or words[tw] != head:   # withdrawn: the receiver goes on
-                    words[cw] = 0
+                    release()
                     return False
                 try:
                     _linux.process_vm_writev(pid, local, addr, n)
                 except OSError as e:   # denied (never again), the receiver gone, a fault:
                     if e.errno in DENIED:   # the usual path sends it whole
                         off[0] = True
-                    words[cw] = 0
+                    release()
                     return False
                 pack(data, base + head % rb, K_DIRECT, ctx, tag, n, g, 0, 0, 0)
                 end = head + HDR_BYTES   # (the ring was empty: room, and no wrap)
@@ -874,7 +880,7 @@ class Transport:
             except BaseException:   # (a signal handler's): the record is out or not
                 end = out_head[dst]
                 if end == head:
-                    words[cw] = 0   # not sent: the receive waits on for a message
+                    release()   # not sent: the receive waits on for a message
                 elif words[hw] != end:
                     words[hw] = end
                     _linux.futex_wake(waddr)
@@ -1042,8 +1048,10 @@ class Transport:
                                     f"of rank {t_.rank}'s Recv", rank=src,
                                     status=t_.dead.get(src))
                             words[t_.my_sleeping] = 1   # (the sender wakes us)
-                            _linux.futex_wait(t_.base + hw * 8, t, t_.sleep_seconds / 10)
-                            words[t_.my_sleeping] = 0
+                            try:
+                                _linux.futex_wait(t_.base + hw * 8, t, t_.sleep_seconds / 10)
+                            finally:
+                                words[t_.my_sleeping] = 0
                     return exc
                 except PeerDiedError:
                     raise
@@ -1051,10 +1059,17 @@ class Transport:
                     if exc is None:
                         exc = e
 
+        seen = t_.direct_seen
+
         def mine(t, g):
             # the record at t, if it is this receive's K_DIRECT, taken (its bytes are
             # in place): (src, tag, nbytes), else None.  Called again after an
-            # exception inside it, it finishes (its stores are idempotent).
+            # exception inside it, it finishes (its stores are idempotent).  A drain
+            # run meanwhile (an MPI call in a signal handler) took it: _record kept
+            # its envelope in direct_seen.
+            d = seen.pop(src, None) if seen else None
+            if d is not None and d[0] == g and tails[src] != t:
+                return src, d[1], d[2]
             e = t + HDR_BYTES
             if tails[src] == t:
                 p = base + t % rb
@@ -1069,7 +1084,17 @@ class Transport:
             _, _, tg, nb = _unpack4(data, base + t % rb)
             return src, tg, nb
 
+        def recover(g, t):
+            try:
+                withdraw(g, t)
+            except PeerDiedError:   # (no record, and none can come: not again)
+                return
+            if words[hw] != t:
+                mine(t, g)
+
         def dwait(t, mv, cap, ctx, tag):
+            if words[gw]:   # published by a Recv this one interrupted (a handler's call):
+                return 0    # the plain wait (one publication at a time)
             try:
                 v = memoryview(mv)   # (held while published: the buffer cannot be freed)
                 if v.readonly or not v.c_contiguous or v.nbytes < cap:
@@ -1106,11 +1131,12 @@ class Transport:
                 res = mine(t, g)
                 if exc is not None:
                     raise exc
+            except PeerDiedError:   # (withdraw's: the sender died holding its claim)
+                raise
             except BaseException:
-                # (withdrawn again, our record taken if it came: both idempotent)
-                withdraw(g, t)
-                if words[hw] != t:
-                    mine(t, g)
+                # (withdrawn again, our record taken if it came: both idempotent, run
+                # to their end with signals held: a second exception comes after)
+                t_._shielded(recover, g, t)
                 raise
             if res is None:
                 return 1
@@ -1128,7 +1154,8 @@ class Transport:
         peer runs on another core at the same time (polling keeps both ranks
         on their cores, no context switch), so the budget goes to ``ADAPT_MAX``
         (if it came within ``ADAPT_PROBE`` polls: a slower one, a long message's,
-        leaves the core to another rank better); one that came only after a yield
+        leaves the core to another rank better; at the defaults the two are equal,
+        so any reply within the budget keeps it); one that came only after a yield
         means the peer needed our core, or was not running, so the budget drops
         to 0 and the rank yields at once, with a probe of ``ADAPT_PROBE`` polls
         after ``ADAPT_EVERY`` waits, the interval doubling after each failed probe
@@ -2739,6 +2766,11 @@ class Transport:
             self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_PUSH:
             self._start_push(src, sid, tag, nbytes)
+        elif kind == K_DIRECT:
+            # a direct write's record that its Recv did not take (an MPI call from a
+            # signal handler drained the ring under it, or it raised): the bytes are in
+            # that receive's buffer; its envelope kept for it (_direct_wait's mine)
+            self.direct_seen[src] = (sid, tag, nbytes)
         else:
             raise MmpiError(f"corrupt record from rank {src}: kind {kind} at byte {p}")
         return HDR_BYTES + ((plen + 63) & ~63)
