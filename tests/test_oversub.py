@@ -274,23 +274,29 @@ def test_adaptive_wait_learns_the_budget_per_peer():
 
 
 def test_default_budget_outlasts_another_pairs_turn():
-    """With the default knobs, a reply that comes after 1500 polls (≈ 60 µs here: the
+    """With the default knobs, a reply that comes after 400 polls (≈ 17 µs here: the
     peer waited for a core while another pair ran, osu_multi_lat with 4 or 8 ranks
     on 2 cores) still means the peer runs when we do: a probe that sees it sets the
     budget and the budget is kept (docs/mmpi.md, "twelfth round (8 B)"); a reply
-    only after the budget's polls still drops it to 0 (one read, then a yield)."""
+    after more than ADAPT_PROBE polls (a peer copying a large message) drops it to
+    0 (then one read and a yield), as does one only after the budget's polls."""
     t, words, owait = _waiter(top=T.ADAPT_MAX, probe=T.ADAPT_PROBE, every=T.ADAPT_EVERY)
     st = t.stats_adapt
     for _ in range(T.ADAPT_EVERY - 1):   # no budget yet: a read, a yield, the spin
         assert _wait(owait, words, 3) and words.reads == 3
     assert st == [0, T.ADAPT_EVERY - 1, 0]
-    assert _wait(owait, words, 1500)   # the probe, served while it polls
+    assert _wait(owait, words, 400)   # the probe, served while it polls
     assert st == [1, T.ADAPT_EVERY - 1, 1]
     for _ in range(5):   # the budget kept: each wait polls until the reply
-        assert _wait(owait, words, 1500) and words.reads == 1500
+        assert _wait(owait, words, 400) and words.reads == 400
     assert st == [6, T.ADAPT_EVERY - 1, 1]
+    assert T.ADAPT_PROBE < 1500 < T.ADAPT_MAX
+    assert _wait(owait, words, 1500) and words.reads == 1500   # served while polling,
+    assert _wait(owait, words, 2) and words.reads == 2   # but slow: the next yields at once
+    for _ in range(T.ADAPT_EVERY - 2):
+        _wait(owait, words, 2)
+    assert _wait(owait, words, 400)   # a probe sees a quick one: the budget is back
     assert _wait(owait, words, T.ADAPT_MAX + 50)   # after the budget: served after a yield
-    assert st == [6, T.ADAPT_EVERY, 1]
     assert _wait(owait, words, 2) and words.reads == 2   # ... and the next yields at once
 
 

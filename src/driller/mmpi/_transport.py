@@ -118,8 +118,11 @@ SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # 
 PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
                               # oversubscribed, the budget below is learnt per peer)
 ADAPT_MAX = 2000              # oversubscribed: polls (≈ 80 µs) while the peer answers in time
-ADAPT_PROBE = 2000            # ... and a probe of this many every ADAPT_EVERY waits otherwise
-                              # (500 and 100 until the twelfth round, docs/mmpi.md)
+ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µs; a slower one
+                              # yields: a peer copying a large message needs the core), and a
+                              # probe of this many every ADAPT_EVERY waits otherwise
+                              # (500 and 100 until the twelfth round, docs/mmpi.md; 2000
+                              # and 2000 lost osu_multi_lat's 512 KiB row, 2.9x vs 2.5x)
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
@@ -1154,8 +1157,7 @@ class Transport:
         peer runs on another core at the same time (polling keeps both ranks
         on their cores, no context switch), so the budget goes to ``ADAPT_MAX``
         (if it came within ``ADAPT_PROBE`` polls: a slower one, a long message's,
-        leaves the core to another rank better; at the defaults the two are equal,
-        so any reply within the budget keeps it); one that came only after a yield
+        leaves the core to another rank better); one that came only after a yield
         means the peer needed our core, or was not running, so the budget drops
         to 0 and the rank yields at once, with a probe of ``ADAPT_PROBE`` polls
         after ``ADAPT_EVERY`` waits, the interval doubling after each failed probe
