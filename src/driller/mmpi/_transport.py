@@ -2383,10 +2383,8 @@ class Transport:
                 self._finish(acts)   # (each action off once done: the ACK goes once)
             else:
                 self._run(acts)      # (Deliver, Complete, Fetch: each safe twice)
-        except BaseException:
-            m = next((a.message for a in acts if type(a) is E.Deliver or type(a) is E.Fetch),
-                     None)
-            self._shielded(self._arrival_end, m, acts, None)
+        except BaseException:   # (the message: each Deliver's and Fetch's own)
+            self._shielded(self._arrival_end, None, acts, None)
             raise
 
     def _arrive(self, m: E.Message, data=None, p: int = 0) -> None:
