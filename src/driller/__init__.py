@@ -11,6 +11,10 @@ Submodules are imported on first use, so that ``driller run`` starts fast.
 
 import importlib
 
+from . import _cpython
+
+_cpython.install()   # before any other submodule: CPython 3.13's loops in a try (_cpython)
+
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from . import _platform
