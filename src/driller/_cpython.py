@@ -132,6 +132,8 @@ def uncovered_jumps(co: types.CodeType) -> list:
     for first, end, target in _jumps(co):
         if units is None:
             units = _units(co)
+        if not 0 <= target < len(units):   # (not a jump this module understands)
+            continue
         want = units[target]
         if want is None or _wrapper(co, want):
             continue
