@@ -217,7 +217,7 @@ def _race(comm, seed, ready_r, ready_w):
             os.read(ready_r, 1)
             _published(comm, 1, 2000)   # mostly: sent while rank 1's receive is published
             comm.Send(_msg(i, n), dest=1, tag=7)
-        return _stats(comm)
+        return _stats(comm) + [comm._t.stats_dsplit[0]]
     rng = random.Random(seed)
     signal.signal(signal.SIGALRM, _on_signal)
     buf = bytearray(n)
@@ -251,7 +251,12 @@ def _race(comm, seed, ready_r, ready_w):
     return nxt, interrupted, taken, _stats(comm)
 
 
-def test_withdrawal_races_claims():
+@pytest.mark.parametrize("split", ["whole", "split"])
+def test_withdrawal_races_claims(split, monkeypatch):
+    """(``split``: the split direct write on, its record and the receiver's read
+    racing the alarm: docs/mmpi.md, "thirteenth round".)"""
+    if split == "split":
+        monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB))
     r, w = os.pipe()
     try:
         res = run_ranks(_race, 2, 12345, r, w, deadline=300)
@@ -262,6 +267,7 @@ def test_withdrawal_races_claims():
         assert ok, v
     nxt, interrupted, taken, st = res[1][1]
     assert nxt == ROUNDS and interrupted > 0 and st[1] > 0, res
+    assert (res[0][1][2] > 0) == (split == "split"), res   # (split writes sent)
 
 
 # ----------------------------------------- exceptions between claim and record
@@ -511,6 +517,12 @@ def test_released_claim_lets_the_receiver_go():
 # through, a direct write of at least DSPLIT_MIN is split: a K_DSPLIT record naming
 # the sender's buffer first, the receiver reads [0, mid) while the sender writes
 # [mid, n), and the Send returns only once the receiver is done with its buffer.
+@pytest.fixture
+def split_on(monkeypatch):
+    """The split on (off by default) in the ranks run_ranks forks."""
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB))
+
+
 def _split_stats(comm):
     return list(comm._t.stats_dsplit)
 
@@ -534,7 +546,7 @@ def _split_counted(comm):
     return _asked(comm, bytearray(N), 6), _stats(comm), _split_stats(comm)
 
 
-def test_split_direct_whole_and_counted():
+def test_split_direct_whole_and_counted(split_on):
     """Messages after the first direct one go split, whole and in order, counted
     alike on both sides (none with DRILLER_MMPI_DSPLIT_MIN=0)."""
     res = run_ranks(_split_counted, 2)
@@ -587,7 +599,7 @@ def _split_sender_cut(comm, slow):
     return got, bool(comm.Iprobe(source=0, tag=MPI.ANY_TAG)), _split_stats(comm)
 
 
-def test_split_sender_cut_waits_for_the_reader():
+def test_split_sender_cut_waits_for_the_reader(split_on):
     res = run_ranks(_split_sender_cut, 2, 0.2)
     for ok, v in res:
         assert ok, v
@@ -625,7 +637,7 @@ def _split_peer_killed(comm, who):
 
 
 @pytest.mark.parametrize("who", ["sender", "receiver"])
-def test_split_peer_killed_midway(who):
+def test_split_peer_killed_midway(who, split_on):
     res = run_ranks(_split_peer_killed, 2, who, deadline=60)
     survivor = 1 if who == "sender" else 0
     ok, v = res[survivor]
@@ -650,7 +662,7 @@ def _split_read_denied(comm):
     return got, calls[0], sorted(comm._t.dsplit_off), _stats(comm)
 
 
-def test_split_read_denied_sender_writes_it_all():
+def test_split_read_denied_sender_writes_it_all(split_on):
     res = run_ranks(_split_read_denied, 2)
     for ok, v in res:
         assert ok, v
