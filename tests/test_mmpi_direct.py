@@ -670,3 +670,29 @@ def test_split_read_denied_sender_writes_it_all(split_on):
     got, calls, off, st1 = res[1][1]
     assert got == [0, 1, 2, 3] and calls == 1 and off == [0], res
     assert sp0[0] == 1 and st0[0] == 4 and st1[1] == 4, res
+
+
+def _split_slow_writer(comm):
+    """Rank 0 writes its half of each split message slowly (0.2 s first): rank 1's
+    Recv returns only once that half is in (its own half is read long before)."""
+    if comm.rank == 0:
+        write = T._linux.process_vm_writev
+
+        def slow_write(pid, local, remote, n):
+            if n < N:   # (the split's half)
+                import time
+                time.sleep(0.2)
+            write(pid, local, remote, n)
+
+        T._linux.process_vm_writev = slow_write
+        return _send_when_asked(comm, 3)
+    _long_spin(comm)
+    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+
+
+def test_split_receive_waits_for_the_senders_half(split_on):
+    res = run_ranks(_split_slow_writer, 2)
+    for ok, v in res:
+        assert ok, v
+    got, sp1 = res[1][1]
+    assert got == [0, 1, 2] and sp1[1] >= 1, res
