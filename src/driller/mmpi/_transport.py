@@ -131,9 +131,9 @@ SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): t
                               # of peers that died unmarked run this often
 DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
                               # this large writes straight into it (DRILLER_MMPI_DIRECT_MIN, 0: off)
-DSPLIT_MIN = 0                # >0: a direct write this large is split, each rank copies half
-                              # (DRILLER_MMPI_DSPLIT_MIN; off: bimodal, lost in loaded osu
-                              # medians; docs/mmpi.md, "thirteenth round")
+DSPLIT_MIN = 512 << 10        # a direct write this large is split, each rank copies half
+                              # (DRILLER_MMPI_DSPLIT_MIN, 0: off; quiet: osu_latency 1 MiB
+                              # 0.85x Open MPI; loaded it loses: docs/mmpi.md, "thirteenth round")
 GRACE_SECONDS = 30e-6         # a send to a rank whose split write we just took waits this long
                               # for its receive's publication (it returns from its Send now)
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
