@@ -230,7 +230,7 @@ def _race(comm, seed, ready_r, ready_w):
             os.read(ready_r, 1)
             _published(comm, 1, 2000)   # mostly: sent while rank 1's receive is published
             comm.Send(_msg(i, n), dest=1, tag=7)
-        return _stats(comm)
+        return _stats(comm) + [comm._t.stats_dsplit[0]]
     rng = random.Random(seed)
     signal.signal(signal.SIGALRM, _on_signal)
     buf = bytearray(n)
@@ -264,7 +264,11 @@ def _race(comm, seed, ready_r, ready_w):
     return nxt, interrupted, taken, _stats(comm)
 
 
-def test_withdrawal_races_claims():
+@pytest.mark.parametrize("split", ["whole", "split"])
+def test_withdrawal_races_claims(split, monkeypatch):
+    """(``split``: the split direct write on, its record and the receiver's read
+    racing the alarm: docs/mmpi.md, "thirteenth round".)"""
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB) if split == "split" else "0")
     r, w = os.pipe()
     try:
         res = run_ranks(_race, 2, 12345, r, w, deadline=300)
@@ -275,6 +279,7 @@ def test_withdrawal_races_claims():
         assert ok, v
     nxt, interrupted, taken, st = res[1][1]
     assert nxt == ROUNDS and interrupted > 0 and st[1] > 0, res
+    assert (res[0][1][2] > 0) == (split == "split"), res   # (split writes sent)
 
 
 # ----------------------------------------- exceptions between claim and record
@@ -517,3 +522,189 @@ def test_released_claim_lets_the_receiver_go():
         assert ok, v
     assert res[0][1][0] is True, res   # the direct write ran and raised
     assert res[1][1][:2] == ("interrupted", 1), res
+
+
+# ------------------------------------------------ the split direct write (K_DSPLIT)
+# (docs/mmpi.md, "thirteenth round"): once one whole direct write to a rank went
+# through, a direct write of at least DSPLIT_MIN is split: a K_DSPLIT record naming
+# the sender's buffer first, the receiver reads [0, mid) while the sender writes
+# [mid, n), and the Send returns only once the receiver is done with its buffer.
+@pytest.fixture
+def split_on(monkeypatch):
+    """The split on (whatever the default) in the ranks run_ranks forks."""
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB))
+
+
+def _split_stats(comm):
+    return list(comm._t.stats_dsplit)
+
+
+def _send_when_asked(comm, k: int):
+    """Rank 0's side of _asked: k messages, each once rank 1's Recv is published;
+    its direct and split counters."""
+    for i in range(k):
+        comm.Recv(bytearray(1), source=1, tag=9)
+        _published(comm, 1)
+        comm.Send(_msg(i), dest=1, tag=4)
+    return _stats(comm), _split_stats(comm)
+
+
+def _split_counted(comm):
+    """Rank 0 sends 6 messages, each once rank 1's Recv is published (asked for
+    by a byte first, as _asked does)."""
+    if comm.rank == 0:
+        return _send_when_asked(comm, 6)
+    _long_spin(comm)
+    return _asked(comm, bytearray(N), 6), _stats(comm), _split_stats(comm)
+
+
+def test_split_direct_whole_and_counted(split_on):
+    """Messages after the first direct one go split, whole and in order, counted
+    alike on both sides (none with DRILLER_MMPI_DSPLIT_MIN=0)."""
+    res = run_ranks(_split_counted, 2)
+    for ok, v in res:
+        assert ok, v
+    st0, sp0 = res[0][1]
+    got, st1, sp1 = res[1][1]
+    assert got == list(range(6)), res
+    assert sp0[0] >= 1 and sp0[0] == sp1[1] and st0[0] == st1[1], res
+
+
+def _split_sender_cut(comm, slow):
+    """Rank 0's second message (split) is cut by a SIGUSR1 right after it wrote its
+    half, while rank 1 reads its half slowly (``slow`` s before its read): the Send
+    raises only once rank 1 is done with its buffer; rank 0 then scribbles over
+    that buffer at once.  Rank 1 gets 1, 2, 3 whole, 2 once."""
+    if comm.rank == 0:
+        signal.signal(signal.SIGUSR1, _on_signal)
+        write = T._linux.process_vm_writev
+        shots = [1]
+
+        def write_then_raise(pid, local, remote, n):
+            write(pid, local, remote, n)
+            if shots[0] and n < N:   # (the split's half)
+                shots[0] -= 1
+                _kill_self()
+
+        T._linux.process_vm_writev = write_then_raise
+        raised = 0
+        for i in (1, 2, 3):
+            comm.Recv(bytearray(1), source=1, tag=9)
+            _published(comm, 1)
+            m = _msg(i)
+            try:
+                comm.Send(m, dest=1, tag=4)
+            except _Boom:
+                raised += 1
+                m[:] = SENTINEL   # the caller reuses its buffer as soon as Send returns
+        return raised, shots[0], _split_stats(comm)
+    _long_spin(comm)
+    read = T._linux.process_vm_readv
+
+    def slow_read(*a):
+        import time
+        time.sleep(slow)
+        read(*a)
+
+    T._linux.process_vm_readv = slow_read
+    got = _asked(comm, bytearray(N), 3)
+    return got, bool(comm.Iprobe(source=0, tag=MPI.ANY_TAG)), _split_stats(comm)
+
+
+def test_split_sender_cut_waits_for_the_reader(split_on):
+    res = run_ranks(_split_sender_cut, 2, 0.2)
+    for ok, v in res:
+        assert ok, v
+    raised, shots, sp0 = res[0][1]
+    got, more, sp1 = res[1][1]
+    assert shots == 0 and raised == 1 and sp0[0] >= 1, res   # split, cut, raised
+    assert got == [1, 2, 3] and more is False, res
+
+
+def _split_peer_killed(comm, who):
+    """The second message (split): ``who`` is SIGKILLed inside its copy (the
+    receiver in its read, the sender in its write); the other raises
+    PeerDiedError naming it."""
+    victim = 0 if who == "sender" else 1
+    if comm.rank == victim:
+        name = "process_vm_writev" if who == "sender" else "process_vm_readv"
+        real = getattr(T._linux, name)
+        calls = [0]
+
+        def die_second(pid, local, remote, n):
+            calls[0] += 1
+            if n < N:   # (a split's half)
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(pid, local, remote, n)
+
+        setattr(T._linux, name, die_second)
+    if comm.rank == 0:
+        for i in (1, 2):
+            comm.Recv(bytearray(1), source=1, tag=9)
+            _published(comm, 1)
+            comm.Send(_msg(i), dest=1, tag=4)
+        return "sent"
+    _long_spin(comm)
+    return _asked(comm, bytearray(N), 2)
+
+
+@pytest.mark.parametrize("who", ["sender", "receiver"])
+def test_split_peer_killed_midway(who, split_on):
+    res = run_ranks(_split_peer_killed, 2, who, deadline=60)
+    survivor = 1 if who == "sender" else 0
+    ok, v = res[survivor]
+    assert not ok and v[0] == "PeerDiedError" and v[2] == 1 - survivor, res
+
+
+def _split_read_denied(comm):
+    """Rank 1 may not read rank 0's memory (its process_vm_readv denied): the
+    first split message is written whole by rank 0, and rank 1 never asks for a
+    split again (the next go direct, unsplit)."""
+    if comm.rank == 0:
+        return _send_when_asked(comm, 4)
+    _long_spin(comm)
+    calls = [0]
+
+    def deny(*a):
+        calls[0] += 1
+        raise PermissionError(1, "denied")
+
+    T._linux.process_vm_readv = deny
+    got = _asked(comm, bytearray(N), 4)
+    return got, calls[0], sorted(comm._t.dsplit_off), _stats(comm)
+
+
+def test_split_read_denied_sender_writes_it_all(split_on):
+    res = run_ranks(_split_read_denied, 2)
+    for ok, v in res:
+        assert ok, v
+    (st0, sp0) = res[0][1]
+    got, calls, off, st1 = res[1][1]
+    assert got == [0, 1, 2, 3] and calls == 1 and off == [0], res
+    assert sp0[0] == 1 and st0[0] == 4 and st1[1] == 4, res
+
+
+def _split_slow_writer(comm):
+    """Rank 0 writes its half of each split message slowly (0.2 s first): rank 1's
+    Recv returns only once that half is in (its own half is read long before)."""
+    if comm.rank == 0:
+        write = T._linux.process_vm_writev
+
+        def slow_write(pid, local, remote, n):
+            if n < N:   # (the split's half)
+                import time
+                time.sleep(0.2)
+            write(pid, local, remote, n)
+
+        T._linux.process_vm_writev = slow_write
+        return _send_when_asked(comm, 3)
+    _long_spin(comm)
+    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+
+
+def test_split_receive_waits_for_the_senders_half(split_on):
+    res = run_ranks(_split_slow_writer, 2)
+    for ok, v in res:
+        assert ok, v
+    got, sp1 = res[1][1]
+    assert got == [0, 1, 2] and sp1[1] >= 1, res

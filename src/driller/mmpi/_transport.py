@@ -90,6 +90,7 @@ K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
 K_PUSH, K_DATA = 8, 9         # two-copy fallback: "pull denied, push it", a pushed chunk
 K_STREAM, K_SDATA = 10, 11    # a streamed message's envelope, one of its chunks
 K_DIRECT = 12   # a message already written into the receive's published buffer (no payload)
+K_DSPLIT = 13   # a direct write split: the receiver reads [0, mid) while the sender writes the rest
 F_SYNC, F_OBJ, F_PACKED, F_ARRAY = 1, 2, 4, 8
 F_INLINE = 16   # an eager record whose payload is inside its header (K_INLINE)
 HDR = struct.Struct("<8q")
@@ -130,6 +131,11 @@ SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): t
                               # of peers that died unmarked run this often
 DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
                               # this large writes straight into it (DRILLER_MMPI_DIRECT_MIN, 0: off)
+DSPLIT_MIN = 512 << 10        # a direct write this large is split, each rank copies half
+                              # (DRILLER_MMPI_DSPLIT_MIN, 0: off; quiet: osu_latency 1 MiB
+                              # 0.85x Open MPI; loaded it loses: docs/mmpi.md, "thirteenth round")
+GRACE_SECONDS = 30e-6         # a send to a rank whose split write we just took waits this long
+                              # for its receive's publication (it returns from its Send now)
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
@@ -452,6 +458,21 @@ class _Hooks(list):
     busy = False
 
 
+def _to_the_end(step, exc, *args):
+    """Run ``step(*args)`` until it returns, again after each exception (each step
+    of it must be safe to run twice); returns the first exception (or ``exc``, if
+    given), for the caller to raise once done.  PeerDiedError is raised."""
+    while True:
+        try:
+            step(*args)
+            return exc
+        except PeerDiedError:
+            raise
+        except BaseException as e:   # (a signal handler's, Ctrl-C)
+            if exc is None:
+                exc = e
+
+
 def _declined(*args):
     """A specialised fast path that never applies (to oneself): the general path."""
     return None
@@ -534,6 +555,11 @@ class Transport:
         self.direct_min = max(0, int(os.environ.get("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN)))
         self.stats_direct = [0, 0]   # messages written direct (sent), received direct
         self.direct_seen = {}   # src -> (generation, tag, nbytes) of a K_DIRECT _record took
+        self.dsplit_min = max(0, int(os.environ.get("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN)))
+        self.stats_dsplit = [0, 0]   # direct writes split (sent), split reads done (received)
+        self.dsplit_off = set()   # sources whose memory we could not read (never split again)
+        self.direct_pub = {}   # src -> (generation, address) of our last publication
+        self.dsplit_recent = [0] * size   # 1: our last receive from that rank was split
         self._guard_word = None   # (an 8-byte buffer, its address): _read reads guards into it
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -814,7 +840,13 @@ class Transport:
         the generation, fences and reads the claim: one of the two sees the
         other's store).  Once the write is done the record goes out; an exception
         before the record is out releases the claim (the message is then not
-        sent, as an exception before any put); one after it publishes the head."""
+        sent, as an exception before any put); one after it publishes the head.
+
+        Split (``n`` >= ``dsplit_min`` and the receiver allows it: docs/mmpi.md,
+        "thirteenth round"): a K_DSPLIT record naming our buffer goes out first, the
+        receiver reads [0, mid) while we write [mid, n), and we return only once
+        the receiver is done with our buffer (its G_DRDONE), whatever exception
+        comes meanwhile (deferred and raised then, as the withdrawal's)."""
         words = self.words
         data = self.data
         c = self.world.ring_ctrl(self.rank, dst) // 8
@@ -833,6 +865,13 @@ class Transport:
         t_ = self
         off = [False]   # denied once: never again to this rank
         stats = self.stats_direct
+        smin = [0]   # the split's threshold, once a whole write to this rank went through
+        smin_ = self.dsplit_min
+        spw, sdw = c + W.G_DSPLIT, c + W.G_DSDONE
+        split = self._split_send(dst, c, off)
+        recent = self.dsplit_recent
+        clock = time.perf_counter
+        yield_ = os.sched_yield
 
         def release():   # (a receiver asleep in its withdrawal waits for this)
             words[cw] = 0
@@ -841,6 +880,14 @@ class Transport:
 
         def direct(ctx, tag, mv, n):
             g = words[gw]
+            if not g and recent[dst] and smin[0]:
+                # (we just took a split write from dst: it returns from that Send
+                # now and, in a ping-pong, publishes its Recv within microseconds)
+                recent[dst] = 0
+                end_ = clock() + GRACE_SECONDS
+                while not g and clock() < end_:
+                    yield_()
+                    g = words[gw]
             if not g or off[0] or pushes or words[deadw]:
                 return False
             if words[xw] != ctx or n > words[kw]:
@@ -865,6 +912,21 @@ class Transport:
                 if words[gw] != g or words[tw] != head:   # withdrawn: the receiver goes on
                     release()
                     return False
+                if smin[0] and n >= smin[0] and words[spw] and n >> 13:
+                    mid = (n >> 1) & ~4095
+                    words[sdw] = 0   # (ours: no stale "done" of an earlier generation)
+                    pack(data, base + head % rb, K_DSPLIT, ctx, tag, n, g, local, 0, mid)
+                    end = head + HDR_BYTES
+                    out_head[dst] = end
+                    words[hw] = end
+                    if words[sw]:
+                        _linux.futex_wake(waddr)
+                    exc = split(g, pid, local, addr, mid, n, None)
+                    stats[0] += 1
+                    t_.stats_dsplit[0] += 1
+                    if exc is not None:
+                        raise exc
+                    return True
                 try:
                     _linux.process_vm_writev(pid, local, addr, n)
                 except OSError as e:   # denied (never again), the receiver gone, a fault:
@@ -872,6 +934,7 @@ class Transport:
                         off[0] = True
                     release()
                     return False
+                smin[0] = smin_   # (our writes to this rank are allowed: split the next)
                 pack(data, base + head % rb, K_DIRECT, ctx, tag, n, g, 0, 0, 0)
                 end = head + HDR_BYTES   # (the ring was empty: room, and no wrap)
                 out_head[dst] = end
@@ -880,15 +943,135 @@ class Transport:
                 if words[sw]:
                     _linux.futex_wake(waddr)
                 return True
-            except BaseException:   # (a signal handler's): the record is out or not
+            except BaseException as e:   # (a signal handler's): the record is out or not
                 end = out_head[dst]
                 if end == head:
                     release()   # not sent: the receive waits on for a message
-                elif words[hw] != end:
+                    raise
+                if words[hw] != end:
                     words[hw] = end
                     _linux.futex_wake(waddr)
+                if _unpack4(data, base + head % rb)[0] == K_DSPLIT and words[sdw] >> 2 != g:
+                    # (out, our half not done: the receiver reads our buffer; finish first)
+                    split(g, pid, local, addr, (n >> 1) & ~4095, n, e)
+                    stats[0] += 1
                 raise
         return direct
+
+    def _split_wait(self, w: int, v: int, peer: int) -> int:
+        """Wait until word ``w`` (a split direct write's state) holds ``v`` or a
+        later state of the same generation (``v >> 2``; the word is never reset: a
+        value of another generation, stale, never ends the wait): sched_yield up to ``spin_seconds``, then futex naps
+        with ``peer``'s death checked between them (PeerDiedError)."""
+        words = self.words
+        x = words[w]
+        g = v >> 2
+        if x >= v and x >> 2 == g:
+            return x
+        spin_end = time.perf_counter() + self.spin_seconds
+        while True:
+            x = words[w]
+            if x >= v and x >> 2 == g:
+                return x
+            if time.perf_counter() < spin_end:
+                os.sched_yield()
+                continue
+            if words[self.world.rank_word(peer, W.R_DEAD)] or not _linux.pid_alive(
+                    self.pid_of(peer)):
+                raise PeerDiedError(f"rank {peer} died during a split direct write with rank "
+                                    f"{self.rank}", rank=peer, status=self.dead.get(peer))
+            _linux.futex_wait(self.base + w * 8, x, self.sleep_seconds / 10)
+
+    def _split_take(self, src: int, g: int, remote: int, mid: int, n: int) -> None:
+        """The receiver's part of the split direct write of generation ``g`` from
+        ``src`` (its K_DSPLIT record, our buffer published at ``direct_pub``): read
+        [0, mid) of the sender's buffer (``remote``) into ours, wait for the
+        sender's half (G_DSDONE), read that too if it could not write it, then say
+        we are done with its buffer (G_DRDONE).  May run twice (an exception
+        inside it): a half read again is the same bytes (the sender waits).
+        PeerDiedError if the sender dies meanwhile; MmpiError if neither side
+        could copy a half."""
+        pg, addr = self.direct_pub.get(src, (0, 0))
+        if pg != g:
+            raise MmpiError(f"corrupt record from rank {src}: a split direct write for "
+                            f"generation {g}, published {pg}")
+        words = self.words
+        c = self.world.ring_ctrl(src, self.rank) // 8
+        sdw, rdw = c + W.G_DSDONE, c + W.G_DRDONE
+        raddr = self.base + rdw * 8
+        done = 4 * g + 1
+        r = words[rdw]
+        if r == done:
+            return
+        pid = self.pid_of(src)
+        if r != done + 1:
+            try:
+                _linux.process_vm_readv(pid, addr, remote, mid)
+            except OSError as e:
+                if e.errno in DENIED:
+                    self.dsplit_off.add(src)   # (never asked to split again)
+                words[rdw] = done + 1   # the sender writes our half too
+                _linux.futex_wake(raddr)
+        if words[rdw] == done + 1:
+            if self._split_wait(sdw, done + 1, src) != done + 2:
+                raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
+                                f"rank could copy it (process_vm_readv/writev refused); set "
+                                f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off")
+            self.stats_dsplit[1] += 1
+            return
+        if self._split_wait(sdw, done, src) == done + 1:   # its half failed: we read it
+            try:
+                _linux.process_vm_readv(pid, addr + mid, remote + mid, n - mid)
+            except OSError as e:
+                words[rdw] = done
+                _linux.futex_wake(raddr)
+                raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
+                                f"rank could copy its second half ({e}); set "
+                                f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off") from e
+        words[rdw] = done
+        _linux.futex_wake(raddr)
+        self.stats_dsplit[1] += 1
+        self.dsplit_recent[src] = 1
+
+    def _split_send(self, dst: int, c: int, off: list):
+        """The sender's part of a split direct write to ``dst`` (control block word
+        ``c``), once its K_DSPLIT record is out: ``(g, pid, local, addr, mid, n,
+        exc) -> exc``: writes [mid, n) of our buffer (``local``) into the receive's
+        (``addr``), says so (G_DSDONE), waits for the receiver's G_DRDONE (it read
+        [0, mid) from our buffer), writes [0, mid) too if the receiver could not.
+        Every step may run twice; an exception meanwhile is kept (the first, or
+        ``exc``) and returned: the caller raises it once the receiver is done with
+        our buffer.  PeerDiedError (the receiver died meanwhile) is raised.  A
+        denied write sets ``off[0]`` (the direct write is not tried again)."""
+        words = self.words
+        sdw, rdw = c + W.G_DSDONE, c + W.G_DRDONE
+        saddr = self.base + sdw * 8
+        swait = self._split_wait
+        writev = _linux.process_vm_writev
+        wake = _linux.futex_wake
+
+        def steps(g, pid, local, addr, mid, n):
+            done = 4 * g + 1
+            if words[sdw] < done:
+                try:
+                    writev(pid, local + mid, addr + mid, n - mid)
+                    words[sdw] = done
+                except OSError as e:   # (the receiver reads that half itself)
+                    if e.errno in DENIED:
+                        off[0] = True
+                    words[sdw] = done + 1
+                wake(saddr)
+            if swait(rdw, done, dst) == done + 1 and words[sdw] == done:
+                try:   # the receiver could not read its half: we write it
+                    writev(pid, local, addr, mid)
+                    words[sdw] = done + 2
+                except OSError:   # (neither could: the receiver raises)
+                    words[sdw] = done + 1
+                wake(saddr)
+
+        def split(g, pid, local, addr, mid, n, exc):
+            return _to_the_end(steps, exc, g, pid, local, addr, mid, n)
+        return split
 
     def _taker(self, src: int):
         """``take_fast`` for a buffer receive from ``src``, specialised as
@@ -1063,6 +1246,9 @@ class Transport:
                         exc = e
 
         seen = t_.direct_seen
+        spw, rdw = c + W.G_DSPLIT, c + W.G_DRDONE
+        pubs = t_.direct_pub
+        take_split = t_._split_take
 
         def mine(t, g):
             # the record at t, if it is this receive's K_DIRECT, taken (its bytes are
@@ -1076,8 +1262,11 @@ class Transport:
             e = t + HDR_BYTES
             if tails[src] == t:
                 p = base + t % rb
-                if _unpack4(data, p)[0] != K_DIRECT or HDR.unpack_from(data, p)[4] != g:
+                h = HDR.unpack_from(data, p)
+                if h[4] != g or h[0] != K_DIRECT and h[0] != K_DSPLIT:
                     return None
+                if h[0] == K_DSPLIT:   # (our half read, the sender's written)
+                    take_split(src, g, h[5], h[7], h[3])
                 tails[src] = e
             elif tails[src] != e:
                 return None
@@ -1109,6 +1298,8 @@ class Transport:
                 return 0
             count[0] += 1
             g = count[0]
+            pubs[src] = (g, addr)
+            words[spw] = 1 if t_.dsplit_min and src not in t_.dsplit_off else 0
             words[aw] = addr
             words[kw] = cap
             words[xw] = ctx
@@ -2770,6 +2961,10 @@ class Transport:
             # a direct write's record that its Recv did not take (an MPI call from a
             # signal handler drained the ring under it, or it raised): the bytes are in
             # that receive's buffer; its envelope kept for it (_direct_wait's mine)
+            self.direct_seen[src] = (sid, tag, nbytes)
+        elif kind == K_DSPLIT:
+            # (the same for a split one: our half read first, into the buffer published)
+            self._split_take(src, sid, addr, last, nbytes)
             self.direct_seen[src] = (sid, tag, nbytes)
         else:
             raise MmpiError(f"corrupt record from rank {src}: kind {kind} at byte {p}")

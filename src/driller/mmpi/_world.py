@@ -60,13 +60,14 @@ ENV_SIZE = "DRILLER_MMPI_SIZE"
 ENV_WORLD_FD = "DRILLER_MMPI_WORLD_FD"
 
 MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
-VERSION = 3   # (2: G_PWAIT moved to the tail's line; 3: the collective board)
+VERSION = 4   # (2: G_PWAIT moved to the tail's line; 3: the collective board; 4: the
+              # split direct write's line in the ring control block)
 HEADER_BYTES = 4096
 RANK_STRIDE = 256
 COLL_SLOT = 8192   # per-rank collective slot (two halves); pages untouched cost nothing
 BOARD_BYTES = 1024  # per-rank collective board (see _coll/_board.py)
 BOARD_SLOTS = 16   # communicator contexts (modulo) with a record on the board
-RING_CTRL = 128
+RING_CTRL = 192
 MAX_SIZE = 4096
 
 # header word indices
@@ -92,6 +93,11 @@ G_TAIL, G_PWAIT = 8, 9
 # claims a generation (claim word, fence, generation read again) before writing.
 # The tag word holds the tag plus 1 (0: ANY_TAG).
 G_DGEN, G_DADDR, G_DCAP, G_DCTX, G_DTAG, G_DCLAIM = 10, 11, 12, 13, 14, 15
+# the split direct write (_transport, "direct", K_DSPLIT), a third line: the receiver
+# sets G_DSPLIT (1: it may read half of the message itself) before the generation;
+# the sender's half's state and the receiver's, each 4 * generation + 1 (done),
+# + 2 (failed: the other side copies that half too), + 3 (the sender wrote both)
+G_DSPLIT, G_DSDONE, G_DRDONE = 16, 17, 18
 
 
 def default_ring_bytes(size: int) -> int:
