@@ -458,21 +458,6 @@ class _Hooks(list):
     busy = False
 
 
-def _to_the_end(step, exc, *args):
-    """Run ``step(*args)`` until it returns, again after each exception (each step
-    of it must be safe to run twice); returns the first exception (or ``exc``, if
-    given), for the caller to raise once done.  PeerDiedError is raised."""
-    while True:
-        try:
-            step(*args)
-            return exc
-        except PeerDiedError:
-            raise
-        except BaseException as e:   # (a signal handler's, Ctrl-C)
-            if exc is None:
-                exc = e
-
-
 def _declined(*args):
     """A specialised fast path that never applies (to oneself): the general path."""
     return None
@@ -560,6 +545,8 @@ class Transport:
         self.dsplit_off = set()   # sources whose memory we could not read (never split again)
         self.direct_pub = {}   # src -> (generation, address) of our last publication
         self.dsplit_recent = [0] * size   # 1: our last receive from that rank was split
+        self.dsplit_failed = {}   # src -> the generation whose split neither rank could copy
+        self.dsplit_taking = 0   # >0: inside _split_take (a handler's Recv does not publish)
         self._guard_word = None   # (an 8-byte buffer, its address): _read reads guards into it
         try:
             cpus = len(os.sched_getaffinity(0))
@@ -867,7 +854,7 @@ class Transport:
         stats = self.stats_direct
         smin = [0]   # the split's threshold, once a whole write to this rank went through
         smin_ = self.dsplit_min
-        spw, sdw = c + W.G_DSPLIT, c + W.G_DSDONE
+        spw = c + W.G_DSPLIT
         split = self._split_send(dst, c, off)
         recent = self.dsplit_recent
         clock = time.perf_counter
@@ -880,14 +867,15 @@ class Transport:
 
         def direct(ctx, tag, mv, n):
             g = words[gw]
-            if not g and recent[dst] and smin[0]:
-                # (we just took a split write from dst: it returns from that Send
-                # now and, in a ping-pong, publishes its Recv within microseconds)
+            if recent[dst]:
                 recent[dst] = 0
-                end_ = clock() + GRACE_SECONDS
-                while not g and clock() < end_:
-                    yield_()
-                    g = words[gw]
+                if not g and not (off[0] or pushes or words[deadw]):
+                    # (we just took a split write from dst: it returns from that Send
+                    # now and, in a ping-pong, publishes its Recv within microseconds)
+                    end_ = clock() + GRACE_SECONDS
+                    while not g and clock() < end_:
+                        yield_()
+                        g = words[gw]
             if not g or off[0] or pushes or words[deadw]:
                 return False
             if words[xw] != ctx or n > words[kw]:
@@ -907,6 +895,7 @@ class Transport:
             if not pid:
                 return False
             words[cw] = g
+            splitting = False
             try:
                 _linux.fence()
                 if words[gw] != g or words[tw] != head:   # withdrawn: the receiver goes on
@@ -914,7 +903,7 @@ class Transport:
                     return False
                 if smin[0] and n >= smin[0] and words[spw] and n >> 13:
                     mid = (n >> 1) & ~4095
-                    words[sdw] = 0   # (ours: no stale "done" of an earlier generation)
+                    splitting = True   # (set before the record is out: see the except)
                     pack(data, base + head % rb, K_DSPLIT, ctx, tag, n, g, local, 0, mid)
                     end = head + HDR_BYTES
                     out_head[dst] = end
@@ -922,6 +911,7 @@ class Transport:
                     if words[sw]:
                         _linux.futex_wake(waddr)
                     exc = split(g, pid, local, addr, mid, n, None)
+                    splitting = False
                     stats[0] += 1
                     t_.stats_dsplit[0] += 1
                     if exc is not None:
@@ -951,8 +941,9 @@ class Transport:
                 if words[hw] != end:
                     words[hw] = end
                     _linux.futex_wake(waddr)
-                if _unpack4(data, base + head % rb)[0] == K_DSPLIT and words[sdw] >> 2 != g:
-                    # (out, our half not done: the receiver reads our buffer; finish first)
+                if splitting:
+                    # (out, not finished: the receiver reads our buffer; finish first,
+                    # signals held: every step of it is idempotent)
                     split(g, pid, local, addr, (n >> 1) & ~4095, n, e)
                     stats[0] += 1
                 raise
@@ -991,6 +982,17 @@ class Transport:
         inside it): a half read again is the same bytes (the sender waits).
         PeerDiedError if the sender dies meanwhile; MmpiError if neither side
         could copy a half."""
+        if self.dsplit_failed.get(src) == g:   # (run again: the same error, once more)
+            raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
+                            f"rank could copy it; set DRILLER_MMPI_DSPLIT_MIN=0 to turn the "
+                            f"split off")
+        self.dsplit_taking += 1
+        try:
+            self._split_take_steps(src, g, remote, mid, n)
+        finally:
+            self.dsplit_taking -= 1
+
+    def _split_take_steps(self, src: int, g: int, remote: int, mid: int, n: int) -> None:
         pg, addr = self.direct_pub.get(src, (0, 0))
         if pg != g:
             raise MmpiError(f"corrupt record from rank {src}: a split direct write for "
@@ -1014,6 +1016,7 @@ class Transport:
                 _linux.futex_wake(raddr)
         if words[rdw] == done + 1:
             if self._split_wait(sdw, done + 1, src) != done + 2:
+                self.dsplit_failed[src] = g
                 raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
                                 f"rank could copy it (process_vm_readv/writev refused); set "
                                 f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off")
@@ -1025,6 +1028,7 @@ class Transport:
             except OSError as e:
                 words[rdw] = done
                 _linux.futex_wake(raddr)
+                self.dsplit_failed[src] = g
                 raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
                                 f"rank could copy its second half ({e}); set "
                                 f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off") from e
@@ -1069,8 +1073,23 @@ class Transport:
                     words[sdw] = done + 1
                 wake(saddr)
 
+        shielded = self._shielded
+
         def split(g, pid, local, addr, mid, n, exc):
-            return _to_the_end(steps, exc, g, pid, local, addr, mid, n)
+            # (to its end with signals held: an exception escaping a retry loop here let
+            # Send return while the receiver still read its buffer; review of mid23)
+            died = []
+
+            def step():
+                try:
+                    steps(g, pid, local, addr, mid, n)
+                except PeerDiedError as e:   # (not retried: raised once shielded ends)
+                    died.append(e)
+
+            first = shielded(step)
+            if died:
+                raise died[0]
+            return exc if exc is not None else first
         return split
 
     def _taker(self, src: int):
@@ -1266,7 +1285,14 @@ class Transport:
                 if h[4] != g or h[0] != K_DIRECT and h[0] != K_DSPLIT:
                     return None
                 if h[0] == K_DSPLIT:   # (our half read, the sender's written)
-                    take_split(src, g, h[5], h[7], h[3])
+                    try:
+                        take_split(src, g, h[5], h[7], h[3])
+                    except MmpiError:   # (it failed for good, or the sender died:
+                        tails[src] = e  # the record is taken, the Recv raises)
+                        words[tw] = e
+                        if words[pw]:
+                            _linux.futex_wake(t_.base + tw * 8)
+                        raise
                 tails[src] = e
             elif tails[src] != e:
                 return None
@@ -1285,8 +1311,8 @@ class Transport:
                 mine(t, g)
 
         def dwait(t, mv, cap, ctx, tag):
-            if words[gw]:   # published by a Recv this one interrupted (a handler's call):
-                return 0    # the plain wait (one publication at a time)
+            if words[gw] or t_.dsplit_taking:   # published by a Recv this one interrupted
+                return 0    # (a handler's call), or inside a split take: the plain wait
             try:
                 v = memoryview(mv)   # (held while published: the buffer cannot be freed)
                 if v.readonly or not v.c_contiguous or v.nbytes < cap:

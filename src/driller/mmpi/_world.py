@@ -35,7 +35,9 @@ ONE writer, because Python has no atomic read-modify-write)::
         (src, dst), src != dst, RING_CTRL control bytes then ring_bytes data
         line 0 (producer) head: bytes ever written (also a futex word),
                           producer_waiting: producer sleeps for free space
-        line 1 (consumer) tail: bytes ever consumed (also a futex word)
+        line 1 (consumer) tail: bytes ever consumed (also a futex word), then the
+                          direct write's words (G_DGEN..G_DCLAIM, below)
+        line 2            the split direct write's (G_DSPLIT, G_DSDONE, G_DRDONE)
 
 Records in a ring are 64-byte aligned; their format belongs to _transport.
 """
