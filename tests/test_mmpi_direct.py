@@ -737,10 +737,10 @@ class _B2(Exception):
 def _split_two_signals(comm):
     """Rank 0's split Send waits for rank 1's slow read (0.2 s) when two signals
     come for the process (another thread's kill: both handlers raise, in the main
-    thread, while Send waits).  Send must raise only once rank 1 is done with its
-    buffer (rank 0 then overwrites it) and raise the first exception; rank 1 gets
-    every message whole.  (Before: a retry loop let the second exception out at
-    once: rank 1 read the overwritten buffer, torn; the first was lost.)"""
+    thread, while Send waits).  Send must raise once, and only once rank 1 is done
+    with its buffer (rank 0 then overwrites it); rank 1 gets every message whole.
+    (Before: a retry loop let the second exception out at once: rank 1 read the
+    overwritten buffer, torn.)"""
     if comm.rank == 0:
         def raise_b1(*_):
             raise _B1()
@@ -785,7 +785,10 @@ def test_split_send_waits_for_the_reader_through_two_signals(split_on):
     raised, sp0 = res[0][1]
     got, sp1 = res[1][1]
     assert got == [1, 2, 3], res
-    assert raised == ["_B1"] and sp0[0] >= 1, res
+    # (one of the two: the first where the interpreter lets it be caught; 3.10 runs
+    # a second pending handler at the first instruction of the except that would
+    # keep the first)
+    assert len(raised) == 1 and raised[0] in ("_B1", "_B2") and sp0[0] >= 1, res
 
 
 def _split_neither_copies(comm):
