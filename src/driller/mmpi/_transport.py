@@ -966,7 +966,7 @@ class Transport:
                     # second exception out: the first one is raised)
                     if splitting[0] is None:
                         splitting[0] = e
-                    split(splitting, g, pid, local, addr, (n >> 1) & ~4095, n)
+                    split(splitting, g, pid, local, addr, mid, n)
                     stats[0] += 1
                     raise splitting[0]
                 raise
@@ -975,8 +975,9 @@ class Transport:
     def _split_wait(self, w: int, v: int, peer: int) -> int:
         """Wait until word ``w`` (a split direct write's state) holds ``v`` or a
         later state of the same generation (``v >> 2``; the word is never reset: a
-        value of another generation, stale, never ends the wait): sched_yield up to ``spin_seconds``, then futex naps
-        with ``peer``'s death checked between them (PeerDiedError)."""
+        value of another generation, stale, never ends the wait): sched_yield up to
+        ``spin_seconds``, then futex naps with ``peer``'s death checked between them
+        (PeerDiedError)."""
         words = self.words
         x = words[w]
         g = v >> 2
@@ -1006,14 +1007,20 @@ class Transport:
         PeerDiedError if the sender dies meanwhile; MmpiError if neither side
         could copy a half."""
         if self.dsplit_failed.get(src) == g:   # (run again: the same error, once more)
-            raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
-                            f"rank could copy it; set DRILLER_MMPI_DSPLIT_MIN=0 to turn the "
-                            f"split off")
+            raise self._split_failed(src, g, n)
         self.dsplit_taking += 1
         try:
             self._split_take_steps(src, g, remote, mid, n)
         finally:
             self.dsplit_taking -= 1
+
+    def _split_failed(self, src: int, g: int, n: int, why: str = "") -> MmpiError:
+        """The error of split ``g`` from ``src`` that neither rank could copy, noted
+        (a run again raises it again; the record is taken by the caller)."""
+        self.dsplit_failed[src] = g
+        return MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither rank "
+                         f"could copy it{f' ({why})' if why else ''}; set "
+                         f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off")
 
     def _split_take_steps(self, src: int, g: int, remote: int, mid: int, n: int) -> None:
         pg, addr = self.direct_pub.get(src, (0, 0))
@@ -1039,10 +1046,7 @@ class Transport:
                 _linux.futex_wake(raddr)
         if words[rdw] == done + 1:
             if self._split_wait(sdw, done + 1, src) != done + 2:
-                self.dsplit_failed[src] = g
-                raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
-                                f"rank could copy it (process_vm_readv/writev refused); set "
-                                f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off")
+                raise self._split_failed(src, g, n, "process_vm_readv/writev refused")
             self.stats_dsplit[1] += 1
             return
         if self._split_wait(sdw, done, src) == done + 1:   # its half failed: we read it
@@ -1051,10 +1055,7 @@ class Transport:
             except OSError as e:
                 words[rdw] = done
                 _linux.futex_wake(raddr)
-                self.dsplit_failed[src] = g
-                raise MmpiError(f"a direct write of {n} bytes from rank {src} failed: neither "
-                                f"rank could copy its second half ({e}); set "
-                                f"DRILLER_MMPI_DSPLIT_MIN=0 to turn the split off") from e
+                raise self._split_failed(src, g, n, f"its second half: {e}") from e
         words[rdw] = done
         _linux.futex_wake(raddr)
         self.stats_dsplit[1] += 1
@@ -1287,6 +1288,7 @@ class Transport:
             if d is not None and d[0] == g and tails[src] != t:
                 return src, d[1], d[2]
             e = t + HDR_BYTES
+            err = None
             if tails[src] == t:
                 p = base + t % rb
                 h = HDR.unpack_from(data, p)
@@ -1295,18 +1297,16 @@ class Transport:
                 if h[0] == K_DSPLIT:   # (our half read, the sender's written)
                     try:
                         take_split(src, g, h[5], h[7], h[3])
-                    except MmpiError:   # (it failed for good, or the sender died:
-                        tails[src] = e  # the record is taken, the Recv raises)
-                        words[tw] = e
-                        if words[pw]:
-                            _linux.futex_wake(t_.base + tw * 8)
-                        raise
+                    except MmpiError as x:   # (it failed for good, or the sender died:
+                        err = x              # the record is taken, the Recv raises)
                 tails[src] = e
             elif tails[src] != e:
                 return None
             words[tw] = e
             if words[pw]:
                 _linux.futex_wake(t_.base + tw * 8)
+            if err is not None:
+                raise err
             _, _, tg, nb = _unpack4(data, base + t % rb)
             return src, tg, nb
 
@@ -2991,14 +2991,13 @@ class Transport:
             self._take_chunk(src, tag, nbytes, p + HDR_BYTES, plen)
         elif kind == K_PUSH:
             self._start_push(src, sid, tag, nbytes)
-        elif kind == K_DIRECT:
+        elif kind == K_DIRECT or kind == K_DSPLIT:
             # a direct write's record that its Recv did not take (an MPI call from a
             # signal handler drained the ring under it, or it raised): the bytes are in
-            # that receive's buffer; its envelope kept for it (_direct_wait's mine)
-            self.direct_seen[src] = (sid, tag, nbytes)
-        elif kind == K_DSPLIT:
-            # (the same for a split one: our half read first, into the buffer published)
-            self._split_take(src, sid, addr, last, nbytes)
+            # that receive's buffer (a split's: our half read first); its envelope kept
+            # for it (_direct_wait's mine)
+            if kind == K_DSPLIT:
+                self._split_take(src, sid, addr, last, nbytes)
             self.direct_seen[src] = (sid, tag, nbytes)
         else:
             raise MmpiError(f"corrupt record from rank {src}: kind {kind} at byte {p}")
