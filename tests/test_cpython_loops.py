@@ -99,8 +99,8 @@ def _escapes(fn, entered: int = 60, stop_at: int = 0) -> int:
         for _ in range(20 * entered):
             seen: list = []
             it = itertools.repeat(0, 10 ** 9)   # (falsy: the `if`s and the filter skip)
-            signal.setitimer(signal.ITIMER_REAL, 0.0003)
-            try:
+            try:   # (armed inside: one that comes at once is caught here, not counted)
+                signal.setitimer(signal.ITIMER_REAL, 0.0003)
                 r = fn(it, seen)
                 if isinstance(r, types.GeneratorType):
                     list(r)
