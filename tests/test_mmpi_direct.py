@@ -671,6 +671,104 @@ def test_split_peer_killed_midway(who, split_on):
     assert not ok and v[0] == "PeerDiedError" and v[2] == 1 - survivor, res
 
 
+class _LateLook:
+    """``time`` for _transport: once armed, the second clock read of a wait named
+    ``where`` (the one after it looked at its word) waits until ``peer`` is
+    marked dead: the state a rank descheduled between its look and its death
+    check finds when the peer did what it waited for and exited meanwhile."""
+
+    def __init__(self, comm, peer: int, where: str):
+        self.words = comm._t.words
+        self.deadw = comm._t.world.rank_word(peer, W.R_DEAD)
+        self.where = where
+        self.armed = False
+        self.fired = 0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def perf_counter(self):
+        f = sys._getframe(1)
+        if self.armed and f.f_code.co_name == self.where and "spin_end" in f.f_locals:
+            self.armed = False
+            end = time.monotonic() + 30
+            while not self.words[self.deadw] and time.monotonic() < end:
+                time.sleep(0.005)
+            self.fired = int(self.words[self.deadw])
+        return time.perf_counter()
+
+
+def _split_done_then_exited(comm):
+    """Rank 1 reads its half of each split message slowly (0.2 s), then, after
+    the last, returns and its process exits (run_ranks marks it dead); rank 0's
+    wait for its "done" looks at the word before rank 1 said it and checks for
+    death after rank 1 exited: the Send must return, not raise PeerDiedError."""
+    if comm.rank == 0:
+        late = _LateLook(comm, 1, "_split_wait")
+        comm._t.spin_seconds = 0.0
+        T.time = late
+        _send_when_asked(comm, 2)
+        late.armed = True
+        comm.Recv(bytearray(1), source=1, tag=9)
+        _published(comm, 1)
+        comm.Send(_msg(2), dest=1, tag=4)
+        return late.fired, _split_stats(comm)
+    _long_spin(comm)
+    read = T._linux.process_vm_readv
+
+    def slow_read(*a):
+        time.sleep(0.2)
+        read(*a)
+
+    T._linux.process_vm_readv = slow_read
+    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+
+
+def test_split_peer_done_then_exited_is_not_a_death(split_on):
+    res = run_ranks(_split_done_then_exited, 2)
+    for ok, v in res:
+        assert ok, v
+    fired, sp0 = res[0][1]
+    got, sp1 = res[1][1]
+    assert got == [0, 1, 2] and fired == 1, res   # rank 0 looked again after the exit
+    assert sp0[0] >= 2 and sp0[0] == sp1[1], res   # the last two went split
+
+
+def _written_then_exited(comm):
+    """Rank 0 claims rank 1's published Recv and writes slowly (0.3 s); rank 1
+    stops waiting published meanwhile (a 50 ms spin) and, withdrawing, waits
+    for the record; it looks at the claim before rank 0 wrote its record and
+    checks for death after rank 0 sent and exited: the Recv must return the
+    message, not raise PeerDiedError (the message would be lost)."""
+    if comm.rank == 0:
+        write = T._linux.process_vm_writev
+
+        def slow_write(*a):
+            time.sleep(0.3)
+            write(*a)
+
+        T._linux.process_vm_writev = slow_write
+        _published(comm, 1)
+        comm.Send(_msg(1), dest=1, tag=4)
+        return _stats(comm)
+    late = _LateLook(comm, 0, "withdraw")
+    late.armed = True
+    T.time = late   # (before the first Recv from rank 0 builds its wait)
+    comm._t.spin_seconds = 0.05
+    buf = bytearray(N)
+    comm.Recv(buf, source=0, tag=4)
+    return _seq(buf), late.fired, _stats(comm)
+
+
+def test_direct_writer_done_then_exited_is_not_a_death():
+    res = run_ranks(_written_then_exited, 2)
+    for ok, v in res:
+        assert ok, v
+    got, fired, st1 = res[1][1]
+    assert got == 1 and fired == 1, res   # rank 1 looked again after the exit
+    assert res[0][1][0] == 1 and st1[1] == 1, res   # it went direct
+
+
 def _split_read_denied(comm):
     """Rank 1 may not read rank 0's memory (its process_vm_readv denied): the
     first split message is written whole by rank 0, and rank 1 never asks for a

@@ -328,6 +328,50 @@ def test_rank_killed_holding_a_lock():
     assert not res[0][0] and res[0][1][0] == "PeerDiedError", res[0]
 
 
+def _unlocked_then_exited(comm):
+    """Rank 1 holds an exclusive lock on rank 0's window, releases it and exits
+    while rank 0 waits to lock it; rank 0 checks the holder after it woke and
+    finds it gone (its pid_alive waits until rank 1 has exited, the state a
+    descheduled waiter finds): the lock is free, so Lock must take it, not
+    raise PeerDiedError."""
+    from driller import _linux
+    me = comm.rank
+    win, mem, _ = make_win(comm, "allocate", 8)
+    win.Fence()
+    if me == 1:
+        win.Lock(0, MPI.LOCK_EXCLUSIVE)
+        comm.send("locked", 0)
+        time.sleep(0.2)
+        win.Unlock(0)
+        return "unlocked"
+    real = _linux.pid_alive
+    late = []
+
+    def late_alive(pid):
+        end = time.monotonic() + 30
+        while real(pid) and time.monotonic() < end:
+            time.sleep(0.005)
+        late.append(real(pid))
+        return late[-1]
+
+    comm.recv(source=1)
+    _linux.pid_alive = late_alive
+    try:
+        win.Lock(0, MPI.LOCK_SHARED)
+    finally:
+        _linux.pid_alive = real
+    win.Unlock(0)
+    return late
+
+
+def test_lock_released_then_holder_exited_is_taken():
+    res = run_ranks(_unlocked_then_exited, 2)
+    assert res[1] == (True, "unlocked"), res[1]
+    ok, late = res[0]
+    assert ok, late
+    assert late and late[0] is False, late   # rank 0 saw rank 1 gone, then locked
+
+
 def _killed_in_atomic(comm):
     me = comm.rank
     win, mem, _ = make_win(comm, "allocate", 8)

@@ -1101,6 +1101,7 @@ class Win(np.ndarray, _attr.Cached):
         base = r * (SLOT // 8)
         me = self._rank
         waiting = False
+        gone = None   # a holder seen dead after the wait: raise if it still holds the lock
         while True:
             self._mlock(r, what)
             try:
@@ -1115,6 +1116,12 @@ class Win(np.ndarray, _attr.Cached):
                         w[base + W_NSHARED] = ns + 1
                         self._holders[r, me] = 1
                     return
+                if gone is not None and (ex == gone + 1 or not ex and self._holders[r, gone]):
+                    raise PeerDiedError(
+                        f"Win.{what}: rank {gone} of the window died holding "
+                        f"{'an exclusive' if ex else 'a shared'} lock on rank {r}'s "
+                        f"window; rank {me} cannot lock it", rank=self._cx.group[gone])
+                gone = None   # (it released the lock before it exited: wait on)
                 gen = int(w[base + W_GEN])
                 w[base + W_WAITERS] += 1
                 waiting = True
@@ -1125,10 +1132,8 @@ class Win(np.ndarray, _attr.Cached):
             _linux.futex_wait(self._region.address + (base + W_GEN) * 8, gen, LOCK_POLL)
             for h in holders:
                 if h != me and not _linux.pid_alive(self._pid(h)):
-                    raise PeerDiedError(
-                        f"Win.{what}: rank {h} of the window died holding "
-                        f"{'an exclusive' if ex else 'a shared'} lock on rank {r}'s "
-                        f"window; rank {me} cannot lock it", rank=self._cx.group[h])
+                    gone = h   # (looked at again under the mutex)
+                    break
 
     def _release(self, r: int, excl: bool, what: str) -> None:
         w = self._words
