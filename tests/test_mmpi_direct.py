@@ -594,6 +594,20 @@ def _send_reused(comm, catch) -> list:
     return raised
 
 
+def _read_slowly(comm, k: int, slow: float = 0.2) -> list:
+    """Rank 1's side: k messages asked for (_asked), each split half read ``slow``
+    seconds late (its process_vm_readv sleeps first)."""
+    _long_spin(comm)
+    read = T._linux.process_vm_readv
+
+    def slow_read(*a):
+        time.sleep(slow)
+        read(*a)
+
+    T._linux.process_vm_readv = slow_read
+    return _asked(comm, bytearray(N), k)
+
+
 def _split_sender_cut(comm, slow):
     """Rank 0's second message (split) is cut by a SIGUSR1 right after it wrote its
     half, while rank 1 reads its half slowly (``slow`` s before its read): the Send
@@ -613,16 +627,7 @@ def _split_sender_cut(comm, slow):
         T._linux.process_vm_writev = write_then_raise
         raised = len(_send_reused(comm, _Boom))
         return raised, shots[0], _split_stats(comm)
-    _long_spin(comm)
-    read = T._linux.process_vm_readv
-
-    def slow_read(*a):
-        import time
-        time.sleep(slow)
-        read(*a)
-
-    T._linux.process_vm_readv = slow_read
-    got = _asked(comm, bytearray(N), 3)
+    got = _read_slowly(comm, 3, slow)
     return got, bool(comm.Iprobe(source=0, tag=MPI.ANY_TAG)), _split_stats(comm)
 
 
@@ -713,15 +718,7 @@ def _split_done_then_exited(comm):
         _published(comm, 1)
         comm.Send(_msg(2), dest=1, tag=4)
         return late.fired, _split_stats(comm)
-    _long_spin(comm)
-    read = T._linux.process_vm_readv
-
-    def slow_read(*a):
-        time.sleep(0.2)
-        read(*a)
-
-    T._linux.process_vm_readv = slow_read
-    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+    return _read_slowly(comm, 3), _split_stats(comm)
 
 
 def test_split_peer_done_then_exited_is_not_a_death(split_on):
@@ -865,15 +862,7 @@ def _split_two_signals(comm):
 
         T._linux.process_vm_writev = write_half
         return _send_reused(comm, (_B1, _B2)), _split_stats(comm)
-    _long_spin(comm)
-    read = T._linux.process_vm_readv
-
-    def slow_read(*a):
-        time.sleep(0.2)
-        read(*a)
-
-    T._linux.process_vm_readv = slow_read
-    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+    return _read_slowly(comm, 3), _split_stats(comm)
 
 
 def test_split_send_waits_for_the_reader_through_two_signals(split_on):
