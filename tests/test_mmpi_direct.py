@@ -852,13 +852,17 @@ def _split_two_signals(comm):
             write(pid, local, remote, n)
             if shots[0] and n < N:   # (the split's half: the receiver still reads)
                 shots[0] = 0
+                started = [False]
 
-                def fire():
+                def fire():   # (not before start() returned: a handler's exception
+                    while not started[0]:   # inside it breaks threading's own lock)
+                        time.sleep(0.001)
                     time.sleep(0.05)
                     os.kill(os.getpid(), signal.SIGUSR1)
                     os.kill(os.getpid(), signal.SIGUSR2)
 
                 threading.Thread(target=fire, daemon=True).start()
+                started[0] = True
 
         T._linux.process_vm_writev = write_half
         return _send_reused(comm, (_B1, _B2)), _split_stats(comm)
