@@ -198,3 +198,96 @@ def _probe_then_exit(comm):
                          ids=["Barrier", "Probe"])
 def test_a_peer_that_arrived_then_exited_is_not_a_death(fn, want):
     assert mmpi.spawn(fn, 2) == [want, "gone"]
+
+
+# ------------------------------------------------------------------ owed rendezvous sends
+# A rendezvous send's bytes are read by the receiver from the sender's memory: a
+# sender that finishes (Finalize, exit) while a receiver has not copied them yet
+# must wait for it (MPI: Finalize is collective; Bsend, and Isend with its request
+# freed, complete on their own), unless that receiver can take nothing any more
+# (finishing too, finalized, dead).  Before, the receiver that came late got
+# PeerDiedError ("rank 0 died before its 12582912-byte message could be copied").
+
+BIG = 12 << 20   # above STREAM_MAX (8 MiB): rendezvous
+
+
+def _send_owed(comm, how):
+    """Rank 0 sends BIG bytes ``how`` and finalizes; rank 1 receives 0.5 s later
+    (rank 0 is in Finalize by then)."""
+    if comm.Get_rank() == 0:
+        a = np.full(BIG, 7, np.uint8)
+        if how == "Bsend":
+            MPI.Attach_buffer(bytearray(BIG + MPI.BSEND_OVERHEAD + 4096))
+            comm.Bsend(a, dest=1, tag=3)
+        elif how == "Isend+Free":
+            comm.Isend(a, dest=1, tag=3).Free()
+        else:   # an Isend never waited for
+            comm._test_keep = (comm.Isend(a, dest=1, tag=3), a)
+        MPI.Finalize()
+        return "finalized"
+    time.sleep(0.5)
+    buf = np.zeros(BIG, np.uint8)
+    comm.Recv(buf, source=0, tag=3)
+    return int(buf.min()), int(buf.max())
+
+
+@pytest.mark.parametrize("how", ["Bsend", "Isend+Free", "Isend"])
+def test_finalize_waits_for_an_owed_rendezvous_send(how):
+    from test_mmpi_p2p import run_ranks
+    res = run_ranks(_send_owed, 2, how, deadline=60)
+    assert res == [(True, "finalized"), (True, (7, 7))], res
+
+
+def _owed_both_ways(comm):
+    """Both ranks send BIG bytes to each other (requests freed) and finalize
+    without receiving: each sees the other finishing and stops waiting."""
+    a = np.full(BIG, comm.Get_rank(), np.uint8)
+    comm.Isend(a, dest=1 - comm.Get_rank(), tag=3).Free()
+    comm.Barrier()
+    MPI.Finalize()
+    return "finalized"
+
+
+def test_finishing_peers_do_not_wait_for_each_other():
+    from test_mmpi_p2p import run_ranks
+    assert run_ranks(_owed_both_ways, 2, deadline=60) == [(True, "finalized")] * 2
+
+
+_OWED_PROG = """
+import time
+import numpy as np
+from driller import MPI
+comm = MPI.COMM_WORLD
+if comm.Get_rank() == 0:
+    a = np.full({big}, 7, np.uint8)
+    req = comm.Isend(a, dest=1, tag=3)
+    {end}
+else:
+    time.sleep(0.5)
+    buf = np.zeros({big}, np.uint8)
+    comm.Recv(buf, source=0, tag={tag})
+    print("got", int(buf.min()), int(buf.max()), flush=True)
+"""
+
+
+def _driller_run(code):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    return subprocess.run([PY, "-m", "driller", "run", "-n", "2", "-c", code], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_driller_run_rank_exiting_waits_for_its_owed_send():
+    # rank 0 just exits (no Finalize, no Wait): its exit hook waits for rank 1's copy
+    p = _driller_run(_OWED_PROG.format(big=BIG, end="pass", tag=3))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "got 7 7" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_rank_ending_by_an_exception_does_not_wait_for_its_owed_send():
+    # rank 0 raises; rank 1 waits for a message rank 0 never sends (tag 5): rank 0
+    # must not wait for rank 1 to copy its send (both would wait for ever); the job
+    # fails naming rank 0
+    p = _driller_run(_OWED_PROG.format(big=BIG, end="raise SystemError('boom')", tag=5))
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "boom" in p.stderr and "rank 0" in p.stderr, p.stderr
