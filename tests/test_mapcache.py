@@ -144,6 +144,55 @@ def test_release_invalidates():
     assert total == 4096 and not still        # the view handed out earlier still works
 
 
+def test_a_drained_notice_is_never_followed_by_a_hit():
+    """Thread A drains key K's release notice and is descheduled before it drops
+    K; thread B maps K meanwhile: B must not get the released region from the
+    cache (before: a stale hit, A's notice taken and not yet acted on)."""
+    import threading
+    import time
+
+    def body(owner):
+        a, s = owner.address, owner.secret
+        seg = publish(owner, fill=1)
+        mc = MapCache()
+        r0 = mc.map(a, s, seg.key, 4096)
+        owner.release(seg.key)
+        client = ProxyClient.get()
+        real = client.released_keys
+        drained, b_started = threading.Event(), threading.Event()
+
+        def late_released_keys():
+            out = real()
+            if threading.current_thread().name == "A" and out:
+                drained.set()        # A has the notice ...
+                b_started.wait(10)   # ... and B runs before A drops the key
+                time.sleep(0.2)
+            return out
+
+        client.released_keys = late_released_keys
+        res = {}
+
+        def map_as(name):
+            if name == "B":
+                drained.wait(10)
+                b_started.set()
+            try:
+                res[name] = "stale hit" if mc.map(a, s, seg.key, 4096) is r0 else "new"
+            except SegmentReleasedError:
+                res[name] = "released"
+
+        ts = [threading.Thread(target=map_as, args=(n,), name=n) for n in "AB"]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        client.released_keys = real
+        return res, drained.is_set()
+
+    res, drained = run(body)
+    assert drained and res == {"A": "released", "B": "released"}, res
+
+
 def test_owner_death_invalidates():
     def body(owner):
         a, s = owner.address, owner.secret

@@ -116,9 +116,9 @@ class MapCache:
         or refuses us.
         """
         client = ProxyClient.get()
-        released = client.released_keys()
         ek = (key, bool(readonly))
-        with self._lock:
+        with self._lock:   # (notices drained under it: one drained is dropped before any hit)
+            released = client.released_keys()
             if released:
                 for k in released:
                     self._drop_key(k)
