@@ -467,3 +467,44 @@ def test_flood_of_idle_connections_and_a_slow_loris(proxy):
                 pass
         _kill([loris, *children])
     assert wait_until(lambda: proxy.info()["connections"] == 2, limit=60)
+
+
+def test_a_refusal_read_after_the_proxy_closed_keeps_its_reason(monkeypatch):
+    """A proxy that refuses us sends why and closes without reading our hello: on a
+    SEQPACKET socket our first read then fails with ECONNRESET, the reason still
+    queued behind.  A client descheduled between its hello and its read (its read
+    made to run after the close) must report the proxy's reason, not 'lost the fd
+    proxy: Connection reset by peer'."""
+    import threading
+    name = f"\0driller-test-refusal-{os.getpid()}"
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lsock.bind(name)
+    lsock.listen(1)
+
+    def refuse():
+        s, _ = lsock.accept()
+        select.select([s], [], [], 10)   # the hello is in, unread
+        s.sendmsg([_LAST + pickle.dumps(("refused", "the test proxy says no"))])
+        s.close()
+
+    class LateRead(socket.socket):
+        def recvmsg_into(self, *a, **k):
+            p = select.poll()
+            p.register(self.fileno(), select.POLLHUP)
+            p.poll(10000)   # (after the proxy closed)
+            return super().recvmsg_into(*a, **k)
+
+    class Sockets:
+        def __getattr__(self, n):
+            return getattr(socket, n)
+        socket = LateRead
+
+    monkeypatch.setattr(proxy_client, "socket", Sockets())
+    th = threading.Thread(target=refuse, daemon=True)
+    th.start()
+    try:
+        with pytest.raises(ProxyError, match="the test proxy says no"):
+            proxy_client._Conn(name, b"s" * 32)
+    finally:
+        th.join(10)
+        lsock.close()

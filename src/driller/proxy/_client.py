@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import hmac
 import os
 import pickle
@@ -81,8 +82,19 @@ class _Conn:
         except BlockingIOError:
             return None
         except OSError as e:
-            self._die()
-            raise ProxyError(f"lost the fd proxy at {_show(self.address)}: {e}") from None
+            # (a proxy that closed with our data unread resets us first, and its last
+            # reply, e.g. why it refused us, is still queued behind: read it)
+            got = None
+            if e.errno == errno.ECONNRESET:
+                try:
+                    got = self.sock.recvmsg_into([self._mv], _ANC,
+                                                 _DONTWAIT | _CLOEXEC)
+                except OSError:
+                    pass
+            if not got or not got[0]:
+                self._die()
+                raise ProxyError(f"lost the fd proxy at {_show(self.address)}: {e}") from None
+            n, anc, mflags, _ = got
         fds = _fds_of(anc) if anc else []
         if n == 0:
             _close_all(fds)
