@@ -248,6 +248,23 @@ def test_exit_code_propagates():
     assert res.stderr.count("driller run:") == 1
 
 
+def test_a_rank_left_waiting_by_a_normal_exit_is_named_with_its_own_status():
+    # rank 0 exits normally without sending; rank 1's Recv fails (PeerDiedError, code
+    # 1): the report names rank 1's status as rank 1's, and rank 0 as the one it needed
+    # (before: "rank 0 (pid N) exited with code 1", rank 1's code under rank 0's name)
+    code = textwrap.dedent("""
+        import numpy as np
+        from driller import MPI
+        comm = MPI.COMM_WORLD
+        if comm.rank == 1:
+            comm.Recv(np.zeros(4), source=0, tag=1)
+    """)
+    res = driller_run("-n", "2", "-c", code)
+    assert res.returncode == 1, res.stderr
+    assert re.search(r"driller run: rank 1 \(pid \d+\) exited with code 1: it still needed "
+                     r"rank 0 \(pid \d+\), which exited normally", res.stderr), res.stderr
+
+
 def test_all_ranks_succeed_exit_zero():
     res = driller_run("-n", "4", "-c", "import sys; sys.exit(0)")
     assert res.returncode == 0 and "driller run:" not in res.stderr

@@ -567,7 +567,8 @@ class Launcher:
         self.sel = selectors.DefaultSelector()
         self.world_fd: int | None = None
         self.world = None
-        self.failure: tuple[int, int, int] | None = None   # (rank, si_code, si_status)
+        # (root cause rank, si_code, si_status of the first failed rank, that rank)
+        self.failure: tuple[int, int, int, int] | None = None
         self.got_signal: int | None = None
         self.kill_at: float | None = None
         self.aborting = False
@@ -808,7 +809,7 @@ class Launcher:
                     rank = self.world.read_root_cause(self.world_fd, rank)
                 except Exception:  # noqa: BLE001  pragma: no cover - keep the first seen
                     rank = first.rank
-            self.failure = (rank, *first.result)
+            self.failure = (rank, *first.result, first.rank)
             self._abort()
 
     def _wait(self, pidfds: list[int], timeout: float) -> None:
@@ -902,15 +903,24 @@ class Launcher:
         if self.orphaned:              # nobody to tell, nobody to exit to
             return 128 + signal.SIGKILL
         if self.failure is not None:
-            rank, code, st = self.failure
+            rank, code, st, failed = self.failure
             r = self.ranks[rank]
             if r.result is not None and r.result != UNKNOWN and r.result != (os.CLD_EXITED, 0):
                 code, st = r.result  # the root cause's own status (see _service)
+                what = f"rank {rank} (pid {r.pid}) {describe_status(code, st)}"
+            elif r.result == (os.CLD_EXITED, 0) and failed != rank:
+                # the root cause ended normally while a rank still needed it: say whose
+                # status this is (before: rank 1's code under rank 0's name)
+                f = self.ranks[failed]
+                what = (f"rank {failed} (pid {f.pid}) {describe_status(code, st)}: it "
+                        f"still needed rank {rank} (pid {r.pid}), which exited normally")
+            else:
+                what = f"rank {rank} (pid {r.pid}) {describe_status(code, st)}"
             others = ""
             if self.stopped:
                 others = (f"; stopped the {self.stopped} other rank"
                           f"{'s' if self.stopped > 1 else ''} still running")
-            self._say(f"rank {rank} (pid {r.pid}) {describe_status(code, st)}{others}")
+            self._say(what + others)
             return shell_status(code, st)
         if self.got_signal is not None:
             self._say(f"got {signal_name(self.got_signal)}; stopped {self.stopped} of "
