@@ -401,6 +401,37 @@ def test_collectives_where_single_copy_is_denied(monkeypatch):
     assert all("Operation not permitted" in m and "SYS_PTRACE" in m for r in res for m in r[2])
 
 
+def _probe_finds_a_dead_rank(comm):
+    """Rank 2 dies (SIGKILL) at its own probe of the single-copy vote; rank 0
+    probes rank 2 only once it is marked dead: ESRCH there is a death
+    (PeerDiedError naming rank 2), not 'probing rank 2 failed'."""
+    from driller import _linux
+    real = _linux.process_vm_readv
+    me = comm.rank
+
+    def probe(pid, local, remote, n):
+        if n == 8:   # (the vote's probe)
+            if me == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if me == 0:
+                t = comm._t
+                while not t.words[t.world.rank_word(2, _world.R_DEAD)]:
+                    time.sleep(0.01)
+        return real(pid, local, remote, n)
+
+    _linux.process_vm_readv = probe
+    a = np.ones(2 * MiB // 8)
+    comm.Allreduce(a, np.empty_like(a), op=MPI.SUM)
+    return "reduced?!"
+
+
+def test_a_rank_dead_at_the_single_copy_probe_is_a_death():
+    from test_mmpi_p2p import run_ranks
+    res = run_ranks(_probe_finds_a_dead_rank, 3, deadline=60)
+    ok, v = res[0]
+    assert not ok and v[0] == "PeerDiedError" and v[2] == 2, res[0]
+
+
 # ----------------------------------------------------------------- communicators
 
 def test_split_dup_create_compare_groups():

@@ -9,12 +9,13 @@ every peer's buffer directly, cache-sized chunk by chunk.
 
 from __future__ import annotations
 
+import errno
 import struct
 
 import numpy as np
 
 from ... import _linux
-from ...errors import MmpiError
+from ...errors import MmpiError, PeerDiedError
 from .. import _transport as T
 from ._barrier import g_barrier
 from ._bcast import g_bcast
@@ -88,6 +89,10 @@ def g_direct_vote(cx, peers, base, blk):
             try:
                 _linux.process_vm_readv(pid(cx, r), local, peers[r][0], 8)
             except OSError as e:
+                if e.errno == errno.ESRCH:
+                    raise PeerDiedError(f"collective: rank {r} of the communicator died "
+                                        f"before rank {me} could probe it",
+                                        rank=t.blame(w)) from None
                 if e.errno not in T.DENIED:
                     raise MmpiError(f"collective: probing rank {r} failed: {e}") from None
                 msg = T.denial_message(e, f"reading rank {r} (pid {pid(cx, r)}) of "
