@@ -508,3 +508,30 @@ def test_a_refusal_read_after_the_proxy_closed_keeps_its_reason(monkeypatch):
     finally:
         th.join(10)
         lsock.close()
+
+
+def test_leases_are_not_ended_while_a_loader_waits_in_the_backlog():
+    """With no client left, leases wait lease_idle seconds for a loader.  A loader
+    that connected as the wait ran out (the proxy descheduled: its connection in
+    the listen backlog, not yet accepted) is served, and the leases live on;
+    before, the proxy ended them first and the loader got 'gone'."""
+    name = f"\0driller-test-lone-{os.getpid()}"
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK)
+    lsock.bind(name)
+    lsock.listen(8)
+    srv = _server._Server(lsock, b"s" * 32, name, 5.0, None)
+    seg = _server._Seg("test-key", -1, 0, {}, 4096)
+    lease = _server._Lease(1, seg, 0)
+    srv.leases[1] = lease
+    seg.leases.add(1)
+    srv.alone_since = time.monotonic() - 2 * srv.lease_idle   # the wait ran out
+    loader = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        loader.connect(name)                 # in the backlog, not accepted yet
+        srv._lone_leases(time.monotonic())
+        assert 1 in srv.leases and len(srv.peers) == 1, (srv.leases, srv.peers)
+    finally:
+        loader.close()
+        for p in srv.peers.values():
+            p.sock.close()
+        lsock.close()

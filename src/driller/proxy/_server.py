@@ -601,6 +601,8 @@ class _Server:
         wait = self.alone_since + self.lease_idle - now
         if wait > 0:
             return wait
+        if self.accepting and self._accept() and self.peers:
+            return 0   # (a loader came just in time, waiting in the backlog: serve it)
         self.say(f"no client for {self.lease_idle:g} s: ending {len(self.leases)} leases")
         for lease in list(self.leases.values()):
             self._end_lease(lease, f"never loaded: no process connected to the proxy within "
