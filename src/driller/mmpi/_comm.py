@@ -23,7 +23,6 @@ import atexit
 import mmap
 import os
 import pickle
-import sys
 import time
 import warnings
 import weakref
@@ -1282,6 +1281,7 @@ class Comm(_attr.Cached, Handle):
 
     def Abort(self, errorcode: int = 1) -> NoReturn:
         """Terminate this rank at once; the launcher then tells the others."""
+        import sys
         sys.stderr.write(f"mmpi: rank {self.rank} called Abort({errorcode})\n")
         sys.stderr.flush()
         abort = getattr(self._t, "abort", None)
@@ -2166,8 +2166,8 @@ def _finish_at_exit() -> None:
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
         _end_hybrid(t)
-        try:   # (ending by an uncaught exception: no wait for our sends to be received)
-            t.finish(owed=getattr(sys, "last_value", None) is None)
+        try:
+            t.finish()
         except DrillerError:  # a peer's death: nothing more to hand over
             pass
         if not t.all_local:

@@ -139,7 +139,6 @@ GRACE_SECONDS = 30e-6         # a send to a rank whose split write we just took 
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
                               # (off: no gain measured on 2 cores, a loss when oversubscribed)
 PUSH_CHUNK = 256 << 10        # two-copy fallback: bytes per DATA record (at most a quarter ring)
-FINISH_WARN_SECONDS = 10.0   # finish's wait for unreceived rendezvous sends: then it says so
 STREAM_MAX = 8 << 20          # standard sends up to this go streamed (docs/mmpi.md: measured);
                               # oversubscribed: only what fits half a ring (no wait for room)
 KEEP_TRIES = 16               # keep_sent's attempts while handlers keep raising (its docstring)
@@ -3361,24 +3360,12 @@ class Transport:
             self.words[cw] = root + 1
         return root
 
-    def finish(self, owed: bool = True) -> None:
+    def finish(self) -> None:
         """Before this rank stops (Finalize, exit): hand the peers what it still owes
         them, the records queued behind a full ring (the FIN or ACK a peer's send
         waits for, sends, pushes), progressing meanwhile so that two ranks finishing
-        at once drain each other; then wait for the peers to copy the rendezvous
-        sends they have not copied yet (a Bsend's, an Isend whose request was freed
-        or never waited for: their bytes are read from this process's memory, so
-        it must not exit before).  Never waits for a peer that can take nothing any
-        more (dead, exited, finalized, or finishing itself: it posts no receive any
-        more): its queue is dropped, and its sends are not received.  ``owed``
-        False: not that wait (a rank ending by an uncaught exception: the job is
-        failing, its peers are told it died)."""
-        self.words[self.world.rank_word(self.rank, W.R_FINISHING)] = 1
-        self._finish_queues()
-        if owed:
-            self._finish_sends()
-
-    def _finish_queues(self) -> None:
+        at once drain each other.  Never waits for a peer that can take nothing any
+        more (dead, exited, or finalized): its queue is dropped."""
         if self.deferred:
             self.flush_deferred()
         while self.npending:
@@ -3393,37 +3380,6 @@ class Transport:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
                 self._sleep()
-
-    def _finish_sends(self) -> None:
-        """finish's wait for the rendezvous sends a peer still has to copy from us
-        (their FIN), while that peer may still post their receives; says once,
-        after FINISH_WARN_SECONDS, what it waits for."""
-        w = self.world
-        words = self.words
-        warn_at = time.monotonic() + FINISH_WARN_SECONDS
-        while True:
-            owed = [s for s in self.engine.awaiting.values()
-                    if s.protocol == E.RNDV and not s.done and s.dest not in self.remote
-                    and self._takes(s.dest)
-                    and not words[w.rank_word(s.dest, W.R_FINISHING)]]
-            if not owed:
-                return
-            if self.progress():
-                continue
-            if warn_at and time.monotonic() > warn_at:
-                warn_at = 0
-                what = ", ".join(f"{s.nbytes} bytes (tag {s.tag}) to rank {s.dest}"
-                                 for s in owed[:4])
-                warnings.warn(
-                    f"rank {self.rank} is finishing (Finalize or exit) and waits for its "
-                    f"peers to receive what it sent them: {what}"
-                    f"{' and more' if len(owed) > 4 else ''}.  MPI needs every message "
-                    f"received before Finalize: post the matching receives (or let the "
-                    f"receiving rank finish too, which drops them)", RuntimeWarning,
-                    stacklevel=2)
-            if words[W.H_DEATHS] != self.deaths_seen:
-                self._scan_dead()
-            self._sleep()
 
     def _takes(self, r: int) -> bool:
         """Whether rank ``r`` may still drain its rings (alive, not finalized)."""

@@ -81,7 +81,6 @@ H_BOARD = 18
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
 R_SLEEPING, R_FINALIZED, R_CAUSE = 16, 17, 18
-R_FINISHING = 19   # in Finalize or at exit: it posts no receive any more (Transport.finish)
 R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, asleep flag)
 # ring control word indices (relative to the ring's control block): the head's
 # 64-byte line written by the producer only; the tail and the producer's waiting
