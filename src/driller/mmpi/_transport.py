@@ -993,6 +993,9 @@ class Transport:
                 continue
             if words[self.world.rank_word(peer, W.R_DEAD)] or not _linux.pid_alive(
                     self.pid_of(peer)):
+                x = words[w]   # (it may have stored the state and exited since we read it)
+                if x >= v and x >> 2 == g:
+                    return x
                 raise PeerDiedError(f"rank {peer} died during a split direct write with rank "
                                     f"{self.rank}", rank=peer, status=self.dead.get(peer))
             _linux.futex_wait(self.base + w * 8, x, self.sleep_seconds / 10)
@@ -1257,6 +1260,8 @@ class Transport:
                                 yield_()
                                 continue
                             if words[deadw] or not _linux.pid_alive(t_.pid_of(src)):
+                                if words[cw] != g or words[hw] != t:
+                                    continue   # (its record or release came, then it exited)
                                 raise PeerDiedError(
                                     f"rank {src} died while writing a message into the buffer "
                                     f"of rank {t_.rank}'s Recv", rank=src,
