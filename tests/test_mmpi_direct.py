@@ -265,19 +265,25 @@ def _race(comm, seed, ready_r, ready_w):
     return nxt, interrupted, taken, _stats(comm)
 
 
-@pytest.mark.parametrize("split", ["whole", "split"])
-def test_withdrawal_races_claims(split, monkeypatch):
-    """(``split``: the split direct write on, its record and the receiver's read
-    racing the alarm: docs/mmpi.md, "thirteenth round".)"""
-    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB) if split == "split" else "0")
+def _run_race(fn, seed):
+    """fn (_race or a variant) in two ranks with its pipe; every rank ok."""
     r, w = os.pipe()
     try:
-        res = run_ranks(_race, 2, 12345, r, w, deadline=300)
+        res = run_ranks(fn, 2, seed, r, w, deadline=300)
     finally:
         os.close(r)
         os.close(w)
     for ok, v in res:
         assert ok, v
+    return res
+
+
+@pytest.mark.parametrize("split", ["whole", "split"])
+def test_withdrawal_races_claims(split, monkeypatch):
+    """(``split``: the split direct write on, its record and the receiver's read
+    racing the alarm: docs/mmpi.md, "thirteenth round".)"""
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB) if split == "split" else "0")
+    res = _run_race(_race, 12345)
     nxt, interrupted, taken, st = res[1][1]
     assert nxt == ROUNDS and interrupted > 0 and st[1] > 0, res
     assert (res[0][1][2] > 0) == (split == "split"), res   # (split writes sent)
@@ -930,3 +936,161 @@ def test_split_neither_copies_raises_once_and_the_ring_goes_on(split_on):
     for ok, v in res:
         assert ok, v
     assert res[1][1] == [1, "MmpiError", b"12345678"], res
+
+
+# ------------------------------------------------- the adaptive split (fourteenth round)
+# DRILLER_MMPI_DSPLIT_ADAPT=1: a sender done with its half that finds the receiver's
+# half unclaimed claims it (G_DSCLAIM, fence, G_DRCLAIM read: Dekker, a tie is the
+# receiver's) and writes it too (G_DSDONE + 3); the receiver then only waits.
+@pytest.fixture
+def adapt_on(monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_MIN", str(512 * KiB))
+    monkeypatch.setenv("DRILLER_MMPI_DSPLIT_ADAPT", "1")
+
+
+def _ctrl(comm, src, dst):
+    return comm._t.world.ring_ctrl(src, dst) // 8
+
+
+def _hold_take_until(comm, cond):
+    """Rank 1's split takes start only once ``cond(words, c, g)`` holds (c: the
+    control block of rank 0 -> 1, g: the split's generation; polled, 30 s at
+    most): the receiver stalled as a rank not running would be."""
+    t = comm._t
+    take = t._split_take
+    c = _ctrl(comm, 0, 1)
+
+    def held(src, g, remote, mid, n):
+        end = time.monotonic() + 30
+        while not cond(t.words, c, g) and time.monotonic() < end:
+            time.sleep(0.0005)
+        return take(src, g, remote, mid, n)
+
+    t._split_take = held   # (before the first Recv from rank 0 binds it)
+
+
+def _count_half_reads(comm) -> list:
+    read = T._linux.process_vm_readv
+    calls = [0]
+
+    def counted(pid, local, remote, n):
+        if n < N:   # (a split's half)
+            calls[0] += 1
+        read(pid, local, remote, n)
+
+    T._linux.process_vm_readv = counted
+    return calls
+
+
+def _adapt_receiver_stalled(comm):
+    """Rank 1's takes start only once rank 0 has settled its half (G_DSDONE of the
+    generation set): rank 0 writes both halves of every split message, rank 1
+    reads none of them, every message whole, once, counted alike on both sides."""
+    if comm.rank == 0:
+        return _send_when_asked(comm, 5)
+    _long_spin(comm)
+    _hold_take_until(comm, lambda w, c, g: w[c + W.G_DSDONE] >> 2 == g)
+    calls = _count_half_reads(comm)
+    got = _asked(comm, bytearray(N), 5)
+    return got, calls[0], _split_stats(comm), bool(comm.Iprobe(source=0, tag=MPI.ANY_TAG))
+
+
+def test_adaptive_split_sender_writes_both_halves_when_the_receiver_stalls(adapt_on):
+    """Fails with the adaptive split off (DRILLER_MMPI_DSPLIT_ADAPT=0, or integ24):
+    the sender then leaves the first half to the receiver, which reads it."""
+    res = run_ranks(_adapt_receiver_stalled, 2)
+    for ok, v in res:
+        assert ok, v
+    st0, sp0 = res[0][1]
+    got, half_reads, sp1, more = res[1][1]
+    assert got == [0, 1, 2, 3, 4] and more is False, res
+    assert sp0[0] >= 1 and sp0[2] == sp0[0] and half_reads == 0, res
+    assert sp1[1] == sp0[0], res   # (each split counted once by the receiver)
+
+
+def _adapt_sender_killed_mid_claim(comm):
+    """Rank 0 is SIGKILLed right after it stored its claim of rank 1's half (at
+    its fence); rank 1's take starts only then, claims, sees rank 0's claim and
+    waits for rank 0's word: PeerDiedError naming rank 0."""
+    if comm.rank == 0:
+        c = _ctrl(comm, 0, 1)
+        fence = T._linux.fence
+        words = comm._t.words
+
+        def die_after_claim():
+            if words[c + W.G_DSCLAIM]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            fence()
+
+        T._linux.fence = die_after_claim
+        return _send_when_asked(comm, 2)
+    _long_spin(comm)
+    _hold_take_until(comm, lambda w, c, g: w[c + W.G_DSCLAIM] == g)
+    return _asked(comm, bytearray(N), 2)
+
+
+def test_adaptive_split_sender_killed_mid_claim(adapt_on):
+    """Fails with the adaptive split off: no claim, rank 0 is never killed and
+    rank 1 gets both messages."""
+    res = run_ranks(_adapt_sender_killed_mid_claim, 2, deadline=90)
+    ok, v = res[1]
+    assert not ok and v[0] == "PeerDiedError" and v[2] == 0, res
+
+
+def _adapt_receiver_claims_first(comm):
+    """Rank 0's half is written only once rank 1 claimed its own (G_DRCLAIM of the
+    generation): rank 0 gives way, rank 1 reads its half of each split message."""
+    if comm.rank == 0:
+        c = _ctrl(comm, 0, 1)
+        write = T._linux.process_vm_writev
+        t = comm._t
+
+        def after_claim(pid, local, remote, n):
+            if n < N:   # (the split's half: once the receiver claimed its own)
+                end = time.monotonic() + 30
+                g = t.words[c + W.G_DGEN] or t.words[c + W.G_DCLAIM]
+                while t.words[c + W.G_DRCLAIM] != g and time.monotonic() < end:
+                    time.sleep(0.0005)
+            write(pid, local, remote, n)
+
+        T._linux.process_vm_writev = after_claim
+        return _send_when_asked(comm, 4)
+    _long_spin(comm)
+    calls = _count_half_reads(comm)
+    return _asked(comm, bytearray(N), 4), calls[0], _split_stats(comm)
+
+
+def test_adaptive_split_gives_way_to_a_receiver_that_claimed(adapt_on):
+    res = run_ranks(_adapt_receiver_claims_first, 2)
+    for ok, v in res:
+        assert ok, v
+    st0, sp0 = res[0][1]
+    got, half_reads, sp1 = res[1][1]
+    assert got == [0, 1, 2, 3] and sp0[0] >= 1, res
+    assert sp0[2] == 0 and half_reads == sp0[0] == sp1[1], res
+
+
+def _race_adapt(comm, seed, ready_r, ready_w):
+    """_race with the adaptive split, rank 1's take starting after a random spin
+    (0..150 µs: the claims race, either side wins) under rank 1's random alarms."""
+    if comm.rank == 1:
+        t = comm._t
+        take = t._split_take
+        rng = random.Random(seed + 1)
+
+        def late(src, g, remote, mid, n):
+            end = time.perf_counter() + rng.uniform(0, 1.5e-4)
+            while time.perf_counter() < end:
+                pass
+            return take(src, g, remote, mid, n)
+
+        t._split_take = late
+    res = _race(comm, seed, ready_r, ready_w)
+    return res if comm.rank == 1 else (res, _split_stats(comm))
+
+
+def test_adaptive_split_claims_race_withdrawals_and_alarms(adapt_on):
+    res = _run_race(_race_adapt, 4321)
+    nxt, interrupted, taken, st = res[1][1]
+    _, sp0 = res[0][1]
+    assert nxt == ROUNDS and interrupted > 0 and st[1] > 0 and sp0[0] > 0, res

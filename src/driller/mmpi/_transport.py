@@ -134,6 +134,7 @@ DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its bu
 DSPLIT_MIN = 512 << 10        # a direct write this large is split, each rank copies half
                               # (DRILLER_MMPI_DSPLIT_MIN, 0: off; quiet: osu_latency 1 MiB
                               # 0.85x Open MPI; loaded it loses: docs/mmpi.md, "thirteenth round")
+DSPLIT_ADAPT = 0              # the adaptive split (docs/mmpi.md, "fourteenth round (mid-size)")
 GRACE_SECONDS = 30e-6         # a send to a rank whose split write we just took waits this long
                               # for its receive's publication (it returns from its Send now)
 SPLIT_MIN = 0                 # >0: rendezvous copies this large are split between both ranks
@@ -560,7 +561,11 @@ class Transport:
         self.stats_direct = [0, 0]   # messages written direct (sent), received direct
         self.direct_seen = {}   # src -> (generation, tag, nbytes) of a K_DIRECT _record took
         self.dsplit_min = max(0, int(os.environ.get("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN)))
-        self.stats_dsplit = [0, 0]   # direct writes split (sent), split reads done (received)
+        # the adaptive split: a sender done with its half writes the receiver's too when
+        # the receiver has not claimed it (DRILLER_MMPI_DSPLIT_ADAPT, 0: off)
+        self.dsplit_adapt = os.environ.get("DRILLER_MMPI_DSPLIT_ADAPT", str(DSPLIT_ADAPT)) != "0"
+        self.stats_dsplit = [0, 0, 0]   # direct writes split (sent), split reads done
+        # (received), splits whose both halves we wrote (the receiver had not started)
         self.dsplit_off = set()   # sources whose memory we could not read (never split again)
         self.direct_pub = {}   # src -> (generation, address) of our last publication
         self.dsplit_recent = [0] * size   # 1: our last receive from that rank was split
@@ -687,6 +692,9 @@ class Transport:
         imax = min(INLINE_MAX, limit)
         dmin = self.direct_min if dst not in self.remote else 0
         direct = self._director(dst) if dmin else None
+        # streamed sizes go direct only split (docs/mmpi.md, "fourteenth round
+        # (mid-size)"): up to stream_max while the split is on
+        dmax = max(limit, self.stream_max) if dmin and self.dsplit_min else limit
 
         def send(ctx, tag, mv, flags=0):
             n = len(mv)
@@ -708,9 +716,9 @@ class Transport:
                 if words[sw]:
                     wake(waddr)
                 return True
-            if dmin and dmin <= n <= limit and not flags and not q and direct(ctx, tag, mv, n):
+            if dmin and dmin <= n <= dmax and not flags and not q and direct(ctx, tag, mv, n):
                 return True   # written straight into the blocked receive's buffer
-                # (eager sizes only: streamed, 2-4 MiB gained nothing, 8 MiB lost)
+                # (above the eager limit only split: unsplit, 2-4 MiB gained nothing)
             if n > limit or q:
                 return False
             reclen = HDR_BYTES + ((n + 63) & ~63)
@@ -875,6 +883,7 @@ class Transport:
         smin_ = self.dsplit_min
         spw = c + W.G_DSPLIT
         split = self._split_send(dst, c, off)
+        limit = self.eager_limit
         recent = self.dsplit_recent
         clock = time.perf_counter
         yield_ = os.sched_yield
@@ -899,6 +908,9 @@ class Transport:
                 return False
             if words[xw] != ctx or n > words[kw]:
                 return False
+            if n > limit and smin[0] and not (n >= smin[0] and words[spw]):
+                return False   # streamed size, not split: streamed (the first one goes
+                # whole, as at eager sizes: it proves our writes to this rank allowed)
             tg = words[tgw]   # (the tag plus 1; 0: ANY_TAG)
             if tg != tag + 1 and tg:
                 return False
@@ -1040,6 +1052,19 @@ class Transport:
             return
         pid = self.pid_of(src)
         if r != done + 1:
+            # our half claimed (Dekker with the sender's claim: one of the two sees
+            # the other's store; a tie is ours, the sender gives way)
+            words[c + W.G_DRCLAIM] = g
+            _linux.fence()
+            if words[c + W.G_DSCLAIM] == g:   # it may be writing our half: its word says
+                if self._split_wait(sdw, done, src) == done + 2:   # both written by it
+                    words[rdw] = done
+                    _linux.futex_wake(raddr)
+                    self.stats_dsplit[1] += 1
+                    self.dsplit_recent[src] = 1
+                    return
+                # (done: it gave way, our half is ours; done + 1: its half failed, we
+                # read both, as below)
             try:
                 _linux.process_vm_readv(pid, addr, remote, mid)
             except OSError as e:
@@ -1076,22 +1101,42 @@ class Transport:
         denied write sets ``off[0]`` (the direct write is not tried again)."""
         words = self.words
         sdw, rdw = c + W.G_DSDONE, c + W.G_DRDONE
+        scw, rcw = c + W.G_DSCLAIM, c + W.G_DRCLAIM
         saddr = self.base + sdw * 8
         swait = self._split_wait
         writev = _linux.process_vm_writev
         wake = _linux.futex_wake
+        fence = _linux.fence
+        took = self.stats_dsplit
+        adapt = self.dsplit_adapt
 
         def steps(g, pid, local, addr, mid, n):
             done = 4 * g + 1
             if words[sdw] < done:
                 try:
                     writev(pid, local + mid, addr + mid, n - mid)
-                    words[sdw] = done
+                    x = done
                 except OSError as e:   # (the receiver reads that half itself)
                     if e.errno in DENIED:
                         off[0] = True
-                    words[sdw] = done + 1
+                    x = done + 1
+                if x == done and adapt and words[rcw] != g:
+                    # the receiver has not started its half: claim it (Dekker with its
+                    # claim; seen, we give way) and write it too, so a receiver not
+                    # running costs no more than the unsplit write
+                    words[scw] = g
+                    fence()
+                    if words[rcw] != g:
+                        try:
+                            writev(pid, local, addr, mid)
+                            x = done + 2
+                            took[2] += 1
+                        except OSError:   # (given back: the receiver reads it)
+                            pass
+                words[sdw] = x
                 wake(saddr)
+            if words[sdw] == done + 2:   # (both halves ours: it reads nothing of ours)
+                return
             if swait(rdw, done, dst) == done + 1 and words[sdw] == done:
                 try:   # the receiver could not read its half: we write it
                     writev(pid, local, addr, mid)

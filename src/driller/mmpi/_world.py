@@ -37,7 +37,8 @@ ONE writer, because Python has no atomic read-modify-write)::
                           producer_waiting: producer sleeps for free space
         line 1 (consumer) tail: bytes ever consumed (also a futex word), then the
                           direct write's words (G_DGEN..G_DCLAIM, below)
-        line 2            the split direct write's (G_DSPLIT, G_DSDONE, G_DRDONE)
+        line 2            the split direct write's (G_DSPLIT, G_DSDONE, G_DRDONE,
+                          G_DSCLAIM, G_DRCLAIM)
 
 Records in a ring are 64-byte aligned; their format belongs to _transport.
 """
@@ -62,8 +63,8 @@ ENV_SIZE = "DRILLER_MMPI_SIZE"
 ENV_WORLD_FD = "DRILLER_MMPI_WORLD_FD"
 
 MAGIC = 0x314C5244_4950_4D4D  # "MMPIDRL1"
-VERSION = 4   # (2: G_PWAIT moved to the tail's line; 3: the collective board; 4: the
-              # split direct write's line in the ring control block)
+VERSION = 5   # (2: G_PWAIT moved to the tail's line; 3: the collective board; 4: the
+              # split direct write's line in the ring control block; 5: its claims)
 HEADER_BYTES = 4096
 RANK_STRIDE = 256
 COLL_SLOT = 8192   # per-rank collective slot (two halves); pages untouched cost nothing
@@ -100,6 +101,12 @@ G_DGEN, G_DADDR, G_DCAP, G_DCTX, G_DTAG, G_DCLAIM = 10, 11, 12, 13, 14, 15
 # the sender's half's state and the receiver's, each 4 * generation + 1 (done),
 # + 2 (failed: the other side copies that half too), + 3 (the sender wrote both)
 G_DSPLIT, G_DSDONE, G_DRDONE = 16, 17, 18
+# the adaptive split: each side's claim of the receiver's half, the generation
+# (claim, fence, the other's claim read: Dekker; a tie is the receiver's).  A
+# sender that finds its half written and the receiver's unclaimed writes both
+# (G_DSDONE + 3) and the receiver only waits; a sender that sees the receiver's
+# claim gives way (G_DSDONE + 1 as before)
+G_DSCLAIM, G_DRCLAIM = 19, 20
 
 
 def default_ring_bytes(size: int) -> int:
