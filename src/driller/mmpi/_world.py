@@ -104,8 +104,8 @@ G_DSPLIT, G_DSDONE, G_DRDONE = 16, 17, 18
 # the adaptive split: each side's claim of the receiver's half, the generation
 # (claim, fence, the other's claim read: Dekker; a tie is the receiver's).  A
 # sender that finds its half written and the receiver's unclaimed writes both
-# (G_DSDONE + 3) and the receiver only waits; a sender that sees the receiver's
-# claim gives way (G_DSDONE + 1 as before)
+# (its G_DSDONE holds 4 * generation + 3) and the receiver only waits; a sender
+# that sees the receiver's claim gives way (4 * generation + 1, done, as before)
 G_DSCLAIM, G_DRCLAIM = 19, 20
 
 
