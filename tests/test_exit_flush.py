@@ -198,3 +198,132 @@ def _probe_then_exit(comm):
                          ids=["Barrier", "Probe"])
 def test_a_peer_that_arrived_then_exited_is_not_a_death(fn, want):
     assert mmpi.spawn(fn, 2) == [want, "gone"]
+
+
+# -- rendezvous sends still owed when a rank finishes -----------------------------
+# A send above STREAM_MAX (8 MiB) is a rendezvous: the receiver copies it from the
+# sender's memory.  A rank that finishes (Finalize, the end of its program, a spawn
+# job's return) with such a send not yet copied (a freed Isend, a Bsend, an object
+# isend never waited for) waits while the receiver may still copy it, as MPI's
+# Finalize completes every send; a rank that waits for anything else from it raises
+# PeerDiedError ("has finished"), and a program that failed does not wait at all.
+
+OWED = 12 << 20   # bytes: above STREAM_MAX
+
+
+def _owed_value():
+    return np.arange(OWED // 8, dtype=np.float64)
+
+
+_OWED_PROG = """
+import sys, time
+import numpy as np
+from driller import MPI
+from driller.errors import PeerDiedError
+sys.path.insert(0, {here!r})
+from test_exit_flush import _owed_value, OWED
+comm = MPI.COMM_WORLD
+me = comm.Get_rank()
+how, end = {how!r}, {end!r}
+if me == 0:
+    big = _owed_value()
+    if how in ("freed", "wrong-tag", "barrier"):
+        comm.Isend(big, dest=1, tag=7).Free()
+    elif how == "bsend":
+        MPI.Attach_buffer(bytearray(OWED + 4096 + MPI.BSEND_OVERHEAD))
+        comm.Bsend(big, dest=1, tag=7)
+        del big                          # the buffered copy is what travels
+    elif how == "object":
+        req = comm.isend({{"a": big, "n": 3}}, dest=1, tag=7)   # never waited for
+    elif how == "both":                  # rank 1 owes rank 0 a message too
+        comm.Isend(big, dest=1, tag=7).Free()
+    print("0 sent", flush=True)
+    if end == "raise":
+        raise RuntimeError("rank 0 failed on purpose")
+    if end == "Finalize":
+        MPI.Finalize()
+    print("0 done", flush=True)
+else:
+    if how == "both":
+        comm.Isend(_owed_value(), dest=0, tag=8).Free()
+        MPI.Finalize()
+        print("1 done", flush=True)
+    elif end == "raise":
+        time.sleep(40)                   # never receives: the job ends without it
+    elif how == "wrong-tag":             # rank 0 sends tag 7; rank 1 waits for tag 5
+        try:
+            comm.Recv(np.empty(OWED // 8), source=0, tag=5)
+        except PeerDiedError as e:
+            print("1 PeerDiedError", e, flush=True)
+    elif how == "barrier":               # rank 0 never joins
+        try:
+            comm.Barrier()
+        except PeerDiedError as e:
+            print("1 PeerDiedError", e, flush=True)
+    else:
+        time.sleep(1.5)                  # rank 0 has finished long before
+        if how == "object":
+            got = comm.recv(source=0, tag=7)
+            ok = got["n"] == 3 and np.array_equal(got["a"], _owed_value())
+        else:
+            out = np.empty(OWED // 8)
+            comm.Recv(out, source=0, tag=7)
+            ok = np.array_equal(out, _owed_value())
+        print("1 received", ok, flush=True)
+"""
+
+
+def _run_owed(how, end, timeout=90):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    code = textwrap.dedent(_OWED_PROG.format(here=HERE, how=how, end=end))
+    return subprocess.run([PY, "-m", "driller", "run", "-n", "2", "-c", code], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("end", ["exit", "Finalize"])
+@pytest.mark.parametrize("how", ["freed", "bsend", "object"])
+def test_a_rendezvous_send_owed_at_the_end_is_still_received(how, end):
+    p = _run_owed(how, end)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert "1 received True" in lines and "0 done" in lines, p.stdout + p.stderr
+
+
+def test_two_ranks_finishing_that_owe_each_other_do_not_wait_for_each_other():
+    p = _run_owed("both", "Finalize")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert {"0 done", "1 done"} <= set(p.stdout.splitlines()), p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("how", ["wrong-tag", "barrier"])
+def test_a_rank_waiting_for_something_else_from_a_finished_rank_raises(how):
+    # the finished rank waits for its owed copy; the other must not wait for it in
+    # turn (a hang): it raises, names the rank and says it finished, then both end
+    p = _run_owed(how, "Finalize")
+    assert p.returncode == 0, p.stdout + p.stderr
+    err = [ln for ln in p.stdout.splitlines() if ln.startswith("1 PeerDiedError")]
+    assert err and "rank 0 has finished" in err[0], p.stdout + p.stderr
+    assert "0 done" in p.stdout.splitlines(), p.stdout + p.stderr
+
+
+def test_a_failed_rank_does_not_wait_for_its_owed_copies():
+    # rank 1 sleeps 40 s and never receives: were rank 0 waiting for it, the job
+    # would outlast the timeout; it fails at once, rank 0 named
+    p = _run_owed("freed", "raise", timeout=30)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "rank 0 failed on purpose" in p.stderr and "0 sent" in p.stdout, p.stderr
+
+
+def _owed_in_spawn(comm):
+    if comm.Get_rank() == 0:
+        comm.Isend(_owed_value(), dest=1, tag=7).Free()
+        return "sent"
+    time.sleep(1.0)
+    out = np.empty(OWED // 8)
+    comm.Recv(out, source=0, tag=7)
+    return bool(np.array_equal(out, _owed_value()))
+
+
+def test_a_spawn_rank_returning_with_an_owed_send_keeps_it_for_the_receiver():
+    assert mmpi.spawn(_owed_in_spawn, 2) == ["sent", True]

@@ -3347,20 +3347,14 @@ class Transport:
             if st != 0 or r == peer:
                 culprit = (r, st)
                 break
+        ended = ()
         if culprit is None and timed_out:
             check = [peer] if peer is not None else self.peers
-            gone = []
-            for r in check:
-                if r == self.rank or r in self.gone:
-                    gone.append(r)
-                    continue
-                pid = self.pid_of(r)
-                if pid and not _linux.pid_alive(pid):
-                    self.gone.add(r)
-                    gone.append(r)
-            if peer is not None and peer in self.gone:
+            ended = self._ended(check)
+            if peer is not None and (peer in self.gone or peer in ended):
                 culprit = (peer, None)
-            elif peer is None and self.peers and all(r in self.gone for r in self.peers):
+            elif peer is None and self.peers and all(r in self.gone or r in ended
+                                                     for r in self.peers):
                 culprit = (self.peers[0], None)
         if culprit is None:
             if timed_out and self.on_stuck is not None:
@@ -3380,10 +3374,34 @@ class Transport:
         if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
             self._scan_dead()
             st = self.dead.get(r)
-        how = (describe_wait_status(st) if st is not None
-               else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
+        if st is not None:
+            how = describe_wait_status(st)
+        elif r in ended and r not in self.gone:
+            how = ("has finished (MPI.Finalize, or the end of its program) and sends "
+                   "nothing more")
+        else:
+            how = f"(pid {self.pid_of(r)}) is gone (exited or killed)"
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
+
+    def _ended(self, ranks) -> set:
+        """Which of ``ranks`` will send nothing new: gone (found by pid, noted in
+        self.gone), finishing or finalized (still alive perhaps, serving the copies
+        it owes: _serve_owed)."""
+        words = self.words
+        w = self.world
+        ended = set()
+        for r in ranks:
+            if r == self.rank:
+                continue
+            if r in self.gone or words[w.rank_word(r, W.R_FINALIZED)]:
+                ended.add(r)
+                continue
+            pid = self.pid_of(r)
+            if pid and not _linux.pid_alive(pid):
+                self.gone.add(r)
+                ended.add(r)
+        return ended
 
     def _forget_streams(self) -> None:
         """Drop the partly received streamed messages of dead senders (their
@@ -3405,12 +3423,15 @@ class Transport:
             self.words[cw] = root + 1
         return root
 
-    def finish(self) -> None:
+    def finish(self, owed: bool = True) -> None:
         """Before this rank stops (Finalize, exit): hand the peers what it still owes
         them, the records queued behind a full ring (the FIN or ACK a peer's send
         waits for, sends, pushes), progressing meanwhile so that two ranks finishing
         at once drain each other.  Never waits for a peer that can take nothing any
-        more (dead, exited, or finalized): its queue is dropped."""
+        more (dead, exited, or finalized): its queue is dropped.  Then, ``owed``
+        (False: the program ended by an exception, the job fails anyway), wait
+        while a live peer may still copy a rendezvous message from our memory
+        (_serve_owed)."""
         if self.deferred:
             self.flush_deferred()
         while self.npending:
@@ -3425,6 +3446,33 @@ class Transport:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
                 self._sleep()
+        if owed:
+            self._serve_owed()
+
+    def _owed(self) -> list:
+        """Our rendezvous sends a peer on this node has not copied yet (its FIN
+        has not come): the RTS points into our memory (a freed Isend, a Bsend)."""
+        me = self.rank
+        remote = self.remote
+        return [s for s in self.engine.awaiting.values()
+                if s.protocol == E.RNDV and s.dest != me and s.dest not in remote]
+
+    def _serve_owed(self) -> None:
+        """Keep our memory alive for the rendezvous copies still owed, as MPI's
+        Finalize completes every send: this rank says FINISHING first (it sends
+        nothing new; a peer waiting for anything else from us raises
+        PeerDiedError instead of waiting: check_dead), then progresses until each
+        owed message is copied or its receiver can take nothing any more (dead,
+        exited, finishing or finalized itself)."""
+        if not self._owed():
+            return
+        self.words[self.world.rank_word(self.rank, W.R_FINALIZED)] = W.FINISHING
+        while any(self._takes(s.dest) for s in self._owed()):
+            if self.progress():
+                continue
+            if self.words[W.H_DEATHS] != self.deaths_seen:
+                self._scan_dead()   # (else _sleep returns at once: a spin)
+            self._sleep()
 
     def _takes(self, r: int) -> bool:
         """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
@@ -3443,7 +3491,7 @@ class Transport:
         if self.deferred:
             self.flush_deferred()
         w = self.world
-        w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
+        w.words[w.rank_word(self.rank, W.R_FINALIZED)] = W.FINALIZED
 
 
 class _Unusable:
