@@ -2170,7 +2170,7 @@ def _finish_at_exit() -> None:
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
         _end_hybrid(t)
         try:   # a program that failed does not keep its memory for the copies owed
-            t.finish(owed=not _state.raised)
+            t.finish(owed=t.all_local and not _state.raised)
         except DrillerError:  # a peer's death: nothing more to hand over
             pass
         if not t.all_local:
@@ -2264,7 +2264,10 @@ def finalize() -> None:
         _end_hybrid(t)
         _hier.release_all()   # the MPI communicators of hybrid collectives
         try:
-            t.finish()   # what the peers still need from us (a FIN behind a full ring)
+            # what the peers still need from us (a FIN behind a full ring); the copies
+            # owed too, but not in a hybrid world: its ranks have all passed _hier.end,
+            # none receives any more (some wait in the MPI library's own Finalize)
+            t.finish(owed=t.all_local)
         except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
             pass
         t.close()

@@ -70,6 +70,7 @@ import errno
 import os
 import signal
 import struct
+import sys
 import time
 import warnings
 import weakref
@@ -127,6 +128,7 @@ ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µ
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
+FINISH_WAIT = 10.0            # s a stopping rank waits for its owed rendezvous copies (_serve_owed)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
 DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
@@ -585,6 +587,7 @@ class Transport:
         self.adapt_probe = int(os.environ.get("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE))
         self.adapt_every = max(1, int(os.environ.get("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY)))
         self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
+        self.finish_wait = _finish_wait()
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
@@ -3350,7 +3353,10 @@ class Transport:
         ended = ()
         if culprit is None and timed_out:
             check = [peer] if peer is not None else self.peers
-            ended = self._ended(check)
+            # a receive whose message is being fetched (split, pushed) gets it from a
+            # rank still serving what it owes: only a finalized or gone one fails it
+            ended = self._ended(check, serving_ok=isinstance(op, RecvOp) and
+                                op.state == E.R_FETCHING)
             if peer is not None and (peer in self.gone or peer in ended):
                 culprit = (peer, None)
             elif peer is None and self.peers and all(r in self.gone or r in ended
@@ -3367,6 +3373,13 @@ class Transport:
             return
         r, st = culprit
         self._forget_streams()
+        if st is None and r in ended and r not in self.gone:
+            # alive and finished: not a failure of its own, this rank's wait is the
+            # program's error (not recorded as our cause: the launcher names us)
+            how = ("has finished (MPI.Finalize, or the end of its program) and takes "
+                   "and sends nothing more")
+            raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
+                                f"{_opname(op)}", rank=r, status=None)
         root = self.blame(r)  # the first death, not a rank that died of its consequences
         if root != r:
             self._scan_dead()
@@ -3376,25 +3389,28 @@ class Transport:
             st = self.dead.get(r)
         if st is not None:
             how = describe_wait_status(st)
-        elif r in ended and r not in self.gone:
-            how = ("has finished (MPI.Finalize, or the end of its program) and sends "
-                   "nothing more")
         else:
             how = f"(pid {self.pid_of(r)}) is gone (exited or killed)"
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
 
-    def _ended(self, ranks) -> set:
+    def finished(self, r: int) -> bool:
+        """Whether rank ``r`` (world) has finished: finishing or finalized, it sends
+        nothing new (it may be alive, serving the copies it owes: _serve_owed)."""
+        return bool(self.words[self.world.rank_word(r, W.R_FINALIZED)])
+
+    def _ended(self, ranks, serving_ok: bool = False) -> set:
         """Which of ``ranks`` will send nothing new: gone (found by pid, noted in
         self.gone), finishing or finalized (still alive perhaps, serving the copies
-        it owes: _serve_owed)."""
+        it owes: _serve_owed; ``serving_ok``: a finishing one is not ended)."""
         words = self.words
         w = self.world
         ended = set()
         for r in ranks:
             if r == self.rank:
                 continue
-            if r in self.gone or words[w.rank_word(r, W.R_FINALIZED)]:
+            f = words[w.rank_word(r, W.R_FINALIZED)]
+            if r in self.gone or (f and not (serving_ok and f == W.FINISHING)):
                 ended.add(r)
                 continue
             pid = self.pid_of(r)
@@ -3464,15 +3480,28 @@ class Transport:
         PeerDiedError instead of waiting: check_dead), then progresses until each
         owed message is copied or its receiver can take nothing any more (dead,
         exited, finishing or finalized itself)."""
-        if not self._owed():
+        if not self._owed() or self.finish_wait <= 0:
             return
         self.words[self.world.rank_word(self.rank, W.R_FINALIZED)] = W.FINISHING
-        while any(self._takes(s.dest) for s in self._owed()):
+        end = time.monotonic() + self.finish_wait
+        while True:
+            owed = [s for s in self._owed() if self._takes(s.dest)]
+            if not owed:
+                return
             if self.progress():
                 continue
+            if time.monotonic() > end:
+                break
             if self.words[W.H_DEATHS] != self.deaths_seen:
                 self._scan_dead()   # (else _sleep returns at once: a spin)
             self._sleep()
+        what = ", ".join(f"{s.nbytes} bytes to rank {s.dest} (tag {s.tag})" for s in owed[:4])
+        more = f" and {len(owed) - 4} more" if len(owed) > 4 else ""
+        sys.stderr.write(
+            f"driller: rank {self.rank} stops with {len(owed)} rendezvous send(s) not yet "
+            f"received ({what}{more}) after waiting {self.finish_wait:g} s "
+            f"(DRILLER_MMPI_FINISH_WAIT): their receivers will get PeerDiedError; wait "
+            f"for such sends (Wait/Waitall) before MPI.Finalize or the program's end\n")
 
     def _takes(self, r: int) -> bool:
         """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
@@ -3492,6 +3521,21 @@ class Transport:
             self.flush_deferred()
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = W.FINALIZED
+
+
+def _finish_wait() -> float:
+    """DRILLER_MMPI_FINISH_WAIT: seconds (``inf``: no bound, ``0``: no wait)."""
+    v = os.environ.get("DRILLER_MMPI_FINISH_WAIT")
+    if v is None or not v.strip():
+        return FINISH_WAIT
+    try:
+        x = float(v)
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise MmpiError(f"DRILLER_MMPI_FINISH_WAIT={v!r}: give the seconds a stopping rank "
+                        f"waits for its unreceived rendezvous sends (a number >= 0, or inf)")
+    return x
 
 
 class _Unusable:
