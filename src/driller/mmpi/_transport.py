@@ -128,7 +128,8 @@ ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µ
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
-FINISH_WAIT = 10.0            # s a stopping rank waits for its owed rendezvous copies (_serve_owed)
+FINISH_WAIT = 60.0            # s with nothing moving a stopping rank waits for its owed copies
+FINISH_NOTE = 5.0             # ... and after this long it says what it waits for (_serve_owed)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
 DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
@@ -2135,8 +2136,11 @@ class Transport:
                 warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
                                              f"{self.rank}"))
                 return
-            if e.errno == errno.ESRCH:
-                r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
+            if e.errno == errno.ESRCH or (e.errno == errno.EFAULT and (
+                    self.finished(m.source) or not _linux.pid_alive(pid))):
+                # (EFAULT: it stopped waiting for us and unmapped the buffer, or exited)
+                how = "stopped" if self.finished(m.source) else "died"
+                r.exc = PeerDiedError(f"rank {m.source} {how} before its {m.nbytes}-byte "
                                       f"message (tag {m.tag}) could be copied",
                                       rank=self.blame(m.source))
                 self.gone.add(m.source)
@@ -3479,29 +3483,52 @@ class Transport:
         nothing new; a peer waiting for anything else from us raises
         PeerDiedError instead of waiting: check_dead), then progresses until each
         owed message is copied or its receiver can take nothing any more (dead,
-        exited, finishing or finalized itself)."""
-        if not self._owed() or self.finish_wait <= 0:
+        exited, finishing or finalized itself), or nothing moved for
+        ``finish_wait`` seconds (DRILLER_MMPI_FINISH_WAIT).  Owed sends left to a
+        receiver that did not die are named on stderr (after FINISH_NOTE seconds
+        of waiting, once, what is waited for)."""
+        if not self._owed():
             return
         self.words[self.world.rank_word(self.rank, W.R_FINALIZED)] = W.FINISHING
-        end = time.monotonic() + self.finish_wait
+        start = moved = time.monotonic()
+        noted = False
         while True:
             owed = [s for s in self._owed() if self._takes(s.dest)]
             if not owed:
-                return
-            if self.progress():
-                continue
-            if time.monotonic() > end:
                 break
+            if self.progress():   # (a push, a FIN: the clock of the bound restarts)
+                moved = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now - moved >= self.finish_wait:
+                break
+            if not noted and now - start >= FINISH_NOTE:
+                noted = True
+                self._say(f"driller: rank {self.rank} waits for {_owed_list(owed)} to be "
+                          f"received before it stops (up to {self.finish_wait:g} s with "
+                          f"nothing moving: DRILLER_MMPI_FINISH_WAIT)")
             if self.words[W.H_DEATHS] != self.deaths_seen:
                 self._scan_dead()   # (else _sleep returns at once: a spin)
             self._sleep()
-        what = ", ".join(f"{s.nbytes} bytes to rank {s.dest} (tag {s.tag})" for s in owed[:4])
-        more = f" and {len(owed) - 4} more" if len(owed) > 4 else ""
-        sys.stderr.write(
-            f"driller: rank {self.rank} stops with {len(owed)} rendezvous send(s) not yet "
-            f"received ({what}{more}) after waiting {self.finish_wait:g} s "
-            f"(DRILLER_MMPI_FINISH_WAIT): their receivers will get PeerDiedError; wait "
-            f"for such sends (Wait/Waitall) before MPI.Finalize or the program's end\n")
+        words = self.words
+        w = self.world
+        lost = [s for s in self._owed() if s.dest not in self.dead and
+                not words[w.rank_word(s.dest, W.R_DEAD)]]
+        if lost:
+            self._say(f"driller: rank {self.rank} stops with {_owed_list(lost)} not received "
+                      f"(waited {time.monotonic() - start:.3g} s; DRILLER_MMPI_FINISH_WAIT "
+                      f"is {self.finish_wait:g} s; a receiver that stopped takes nothing): "
+                      f"their receives, if any, fail; wait for such sends (Wait/Waitall, "
+                      f"Detach_buffer for Bsend) before MPI.Finalize or the program's end")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        """One line on stderr, if there is one (a daemon's may be None or closed)."""
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
 
     def _takes(self, r: int) -> bool:
         """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
@@ -3521,6 +3548,15 @@ class Transport:
             self.flush_deferred()
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = W.FINALIZED
+
+
+def _owed_list(sends: list) -> str:
+    """Owed rendezvous sends, for a message: '1 rendezvous send (12582912 bytes to
+    rank 1, tag 7)'."""
+    what = ", ".join(f"{s.nbytes} bytes to rank {s.dest}, tag {s.tag}" for s in sends[:4])
+    more = f" and {len(sends) - 4} more" if len(sends) > 4 else ""
+    return (f"{len(sends)} rendezvous send{'s' if len(sends) != 1 else ''} "
+            f"({what}{more})")
 
 
 def _finish_wait() -> float:
