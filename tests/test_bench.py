@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +224,32 @@ def test_report_ratios_and_files(tmp_path):
     from driller._bench import _plot
     _plot.plot(res, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_group_whose_launcher_exited_is_failed_with_its_ranks_error_hello(tmp_path):
+    # the worker says why it cannot run (an error hello), then its launcher exits
+    # before the runner looks: the runner must read the queued hello first, not
+    # report a bare "exited with status 3"
+    cfg = _runner.default_config(quick=True)
+    r = _runner.Runner(cfg, log=lambda *a: None)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(r.sock_path)
+    listener.listen(8)
+    r.listener = listener
+    code = ("import json, socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "s.sendall(json.dumps({'group': 'g-2', 'error': 'no MPI here: install it'})"
+            ".encode() + b'\\n')\n"
+            "sys.exit(3)\n")
+    g = _runner.Group("g-2", "driller", 2, [], {})
+    g.log = tmp_path / "g.log"
+    g.log.write_text("")
+    g.proc = subprocess.Popen([sys.executable, "-c", code, r.sock_path])
+    g.proc.wait(timeout=30)
+    r.groups[g.gid] = g
+    try:
+        r._accept_hellos()
+    finally:
+        listener.close()
+        shutil.rmtree(r.tmp, ignore_errors=True)
+    assert g.error == "no MPI here: install it"

@@ -198,3 +198,261 @@ def _probe_then_exit(comm):
                          ids=["Barrier", "Probe"])
 def test_a_peer_that_arrived_then_exited_is_not_a_death(fn, want):
     assert mmpi.spawn(fn, 2) == [want, "gone"]
+
+
+# -- rendezvous sends still owed when a rank finishes -----------------------------
+# A send above STREAM_MAX (8 MiB) is a rendezvous: the receiver copies it from the
+# sender's memory.  A rank that finishes (Finalize, the end of its program, a spawn
+# job's return) with such a send not yet copied (a freed Isend, a Bsend, an object
+# isend never waited for) waits while the receiver may still copy it, as MPI's
+# Finalize completes every send; a rank that waits for anything else from it raises
+# PeerDiedError ("has finished"), and a program that failed does not wait at all.
+
+OWED = 12 << 20   # bytes: above STREAM_MAX
+
+
+def _owed_value():
+    return np.arange(OWED // 8, dtype=np.float64)
+
+
+_OWED_PROG = """
+import sys, time
+import numpy as np
+from driller import MPI
+from driller.errors import PeerDiedError
+sys.path.insert(0, {here!r})
+from test_exit_flush import _owed_value, _wait_finishing, OWED
+comm = MPI.COMM_WORLD
+me = comm.Get_rank()
+how, end = {how!r}, {end!r}
+if me == 0:
+    big = _owed_value()
+    if how in ("freed", "wrong-tag", "barrier"):
+        comm.Isend(big, dest=1, tag=7).Free()
+    elif how == "bsend":
+        MPI.Attach_buffer(bytearray(OWED + 4096 + MPI.BSEND_OVERHEAD))
+        comm.Bsend(big, dest=1, tag=7)
+        del big                          # the buffered copy is what travels
+    elif how == "object":
+        req = comm.isend({{"a": big, "n": 3}}, dest=1, tag=7)   # never waited for
+    elif how == "both":                  # rank 1 owes rank 0 a message too
+        comm.Isend(big, dest=1, tag=7).Free()
+    print("0 sent", flush=True)
+    if end == "raise":
+        raise RuntimeError("rank 0 failed on purpose")
+    if end == "Finalize":
+        MPI.Finalize()
+    print("0 done", flush=True)
+else:
+    if how == "both":
+        comm.Isend(_owed_value(), dest=0, tag=8).Free()
+        MPI.Finalize()
+        print("1 done", flush=True)
+    elif end == "raise":
+        time.sleep(40)                   # never receives: the job ends without it
+    elif how == "wrong-tag":             # rank 0 sends tag 7; rank 1 waits for tag 5
+        try:
+            comm.Recv(np.empty(OWED // 8), source=0, tag=5)
+        except PeerDiedError as e:
+            print("1 PeerDiedError", e, flush=True)
+    elif how == "barrier":               # rank 0 never joins
+        try:
+            comm.Barrier()
+        except PeerDiedError as e:
+            print("1 PeerDiedError", e, flush=True)
+    else:
+        _wait_finishing(comm, 0)         # rank 0 is serving the copy it owes
+        if how == "object":
+            got = comm.recv(source=0, tag=7)
+            ok = got["n"] == 3 and np.array_equal(got["a"], _owed_value())
+        else:
+            out = np.empty(OWED // 8)
+            comm.Recv(out, source=0, tag=7)
+            ok = np.array_equal(out, _owed_value())
+        print("1 received", ok, flush=True)
+"""
+
+
+def _wait_finishing(comm, r):
+    """Until rank ``r`` says it is finishing (its R_FINALIZED word: 2)."""
+    from driller.mmpi import _comm, _world
+    t = _comm._state.transport
+    word = t.world.rank_word(r, _world.R_FINALIZED)   # (COMM_WORLD: world ranks)
+    deadline = time.monotonic() + 60
+    while t.words[word] != _world.FINISHING:
+        assert time.monotonic() < deadline, f"rank {r} never said it was finishing"
+        time.sleep(0.005)
+
+
+def _run_owed(how, end, timeout=90, env_extra=None, prog=None, n=2, args=()):
+    env = dict(os.environ, **(env_extra or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
+    code = textwrap.dedent((prog or _OWED_PROG).format(here=HERE, how=how, end=end))
+    return subprocess.run([PY, "-m", "driller", "run", "-n", str(n), "-c", code, *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("end", ["exit", "Finalize"])
+@pytest.mark.parametrize("how", ["freed", "bsend", "object"])
+def test_a_rendezvous_send_owed_at_the_end_is_still_received(how, end):
+    p = _run_owed(how, end)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert "1 received True" in lines and "0 done" in lines, p.stdout + p.stderr
+
+
+def test_two_ranks_finishing_that_owe_each_other_do_not_wait_for_each_other():
+    p = _run_owed("both", "Finalize")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert {"0 done", "1 done"} <= set(p.stdout.splitlines()), p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("how", ["wrong-tag", "barrier"])
+def test_a_rank_waiting_for_something_else_from_a_finished_rank_raises(how):
+    # the finished rank waits for its owed copy; the other must not wait for it in
+    # turn (a hang): it raises, names the rank and says it finished, then both end
+    p = _run_owed(how, "Finalize")
+    assert p.returncode == 0, p.stdout + p.stderr
+    err = [ln for ln in p.stdout.splitlines() if ln.startswith("1 PeerDiedError")]
+    assert err and "rank 0 has finished" in err[0], p.stdout + p.stderr
+    assert "0 done" in p.stdout.splitlines(), p.stdout + p.stderr
+
+
+def test_a_failed_rank_does_not_wait_for_its_owed_copies():
+    # rank 1 sleeps 40 s and never receives: were rank 0 waiting for it, the job
+    # would outlast the timeout; it fails at once, rank 0 named
+    p = _run_owed("freed", "raise", timeout=30)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "rank 0 failed on purpose" in p.stderr and "0 sent" in p.stdout, p.stderr
+
+
+def _owed_in_spawn(comm):
+    if comm.Get_rank() == 0:
+        comm.Isend(_owed_value(), dest=1, tag=7).Free()
+        return "sent"
+    _wait_finishing(comm, 0)
+    out = np.empty(OWED // 8)
+    comm.Recv(out, source=0, tag=7)
+    return bool(np.array_equal(out, _owed_value()))
+
+
+def test_a_spawn_rank_returning_with_an_owed_send_keeps_it_for_the_receiver():
+    assert mmpi.spawn(_owed_in_spawn, 2) == ["sent", True]
+
+
+def test_a_rank_failing_for_want_of_a_finished_rank_is_the_one_named():
+    # the wrong-tag program, the PeerDiedError uncaught: rank 1 failed (its receive
+    # can never match), not rank 0 (alive, serving its owed copy, then stopped)
+    p = _run_owed("wrong-tag", "Finalize", prog=_OWED_PROG.replace(
+        "        except PeerDiedError as e:\n            print(\"1 PeerDiedError\", e, flush=True)\n"
+        "    elif how == \"barrier\"", "        finally:\n            pass\n    elif how == \"barrier\""))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "rank 0 has finished" in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("driller run: rank 1 (pid ") and "exited with code 1" in last, last
+
+
+_LOCK_PROG = """
+import sys, time
+import numpy as np
+from driller import MPI
+from driller.errors import PeerDiedError
+sys.path.insert(0, {here!r})
+from test_exit_flush import _owed_value, _wait_finishing
+comm = MPI.COMM_WORLD
+me = comm.Get_rank()
+win = MPI.Win.Allocate(64, comm=comm)
+comm.Barrier()
+if me == 0:                      # holds rank 1's window, ends owing rank 2
+    win.Lock(1, MPI.LOCK_EXCLUSIVE)
+    comm.Isend(_owed_value(), dest=2, tag=7).Free()
+    MPI.Finalize()
+elif me == 2:
+    _wait_finishing(comm, 0)
+    try:
+        win.Lock(1, MPI.LOCK_EXCLUSIVE)
+        print("2 locked?!", flush=True)
+    except PeerDiedError as e:
+        print("2 PeerDiedError", e, flush=True)
+    out = np.empty_like(_owed_value())
+    comm.Recv(out, source=0, tag=7)
+    print("2 received", np.array_equal(out, _owed_value()), flush=True)
+"""
+
+
+def test_a_lock_held_by_a_finished_rank_is_refused_not_waited_for():
+    # rank 0 will never unlock (it finished); rank 2 waiting for the lock while rank 0
+    # waits for rank 2 to take its owed message would be a deadlock
+    p = _run_owed("", "", prog=_LOCK_PROG, n=3)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout.splitlines()
+    err = [ln for ln in out if ln.startswith("2 PeerDiedError")]
+    assert err and "rank 0 of the window finished" in err[0], p.stdout + p.stderr
+    assert "2 received True" in out, p.stdout + p.stderr
+
+
+_PUSHED_PROG = """
+import os, signal, sys, threading, time
+import numpy as np
+from driller import MPI
+sys.path.insert(0, {here!r})
+from test_exit_flush import _owed_value, _wait_finishing
+comm = MPI.COMM_WORLD
+me = comm.Get_rank()
+pid0 = comm.bcast(os.getpid(), root=0)
+if me == 0:
+    comm.Isend(_owed_value(), dest=1, tag=7).Free()
+else:
+    _wait_finishing(comm, 0)
+    def pause():        # rank 0 descheduled while it pushes (longer than a sleep)
+        time.sleep(0.01)
+        os.kill(pid0, signal.SIGSTOP)
+        time.sleep(0.3)
+        os.kill(pid0, signal.SIGCONT)
+    th = threading.Thread(target=pause)
+    th.start()
+    out = np.empty_like(_owed_value())
+    comm.Recv(out, source=0, tag=7)
+    th.join()
+    print("1 received", np.array_equal(out, _owed_value()), flush=True)
+"""
+
+
+def test_an_owed_message_pushed_by_a_finishing_rank_is_received():
+    # no single copy: the finishing rank pushes its owed message through the ring; a
+    # pause of its own is not "it has finished" for the receive it is serving
+    p = _run_owed("", "", prog=_PUSHED_PROG, env_extra={"DRILLER_MMPI_SINGLE_COPY": "0"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 received True" in p.stdout.splitlines(), p.stdout + p.stderr
+
+
+_EXIT_PROG = """
+import sys
+import numpy as np
+from driller import MPI
+sys.path.insert(0, {here!r})
+from test_exit_flush import _owed_value
+comm = MPI.COMM_WORLD
+if comm.Get_rank() == 0:
+    comm.Isend(_owed_value(), dest=1, tag=7).Free()
+    sys.exit(3)          # failed, no traceback: the excepthook does not see it
+import time
+time.sleep(40)       # busy elsewhere: never receives (nor sees rank 0 finish)
+"""
+
+
+def test_the_wait_for_owed_copies_is_bounded_and_says_what_is_lost():
+    # (the bound counts time with nothing moving: rank 1 never receives)
+    p = _run_owed("", "", prog=_EXIT_PROG, env_extra={"DRILLER_MMPI_FINISH_WAIT": "1"},
+                  timeout=60)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert ("driller: rank 0 stops with 1 rendezvous send (12582912 bytes to rank 1, "
+            "tag 7) not received (waited ") in p.stderr, p.stderr
+    assert "DRILLER_MMPI_FINISH_WAIT is 1 s" in p.stderr, p.stderr
+
+
+def test_a_bad_finish_wait_is_refused_at_the_start():
+    p = _run_owed("", "", prog="from driller import MPI\nMPI.COMM_WORLD.Barrier()\n",
+                  env_extra={"DRILLER_MMPI_FINISH_WAIT": "soon"}, timeout=60)
+    assert p.returncode != 0
+    assert "DRILLER_MMPI_FINISH_WAIT='soon'" in p.stderr, p.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -115,19 +116,39 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
     env.update(job.env())
     stop = threading.Event()
     watcher = threading.Thread(target=job.watch, args=(stop,), daemon=True)
+    # a session of its own: a job that hangs is killed whole (killing the launcher
+    # alone left its ranks holding the output pipes, and communicate() waited on them)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, stdin=subprocess.DEVNULL) as p:
+                          env=env, stdin=subprocess.DEVNULL, start_new_session=True) as p:
         watcher.start()
         try:
             out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
+        except BaseException:
+            _kill_job(p, tag)
             raise
         finally:
             stop.set()
             watcher.join()
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def _kill_job(p: subprocess.Popen, tag: str) -> None:
+    """Kill a job that hung (or whose wait was interrupted): the launcher's session,
+    then any process still carrying the job's node names (a rank or fd proxy that
+    left the session), then collect the launcher."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in _job_pids(tag):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _job_pids(tag: str) -> list[str]:

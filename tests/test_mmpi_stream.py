@@ -54,7 +54,12 @@ def _around_thresholds(comm):
 @pytest.mark.parametrize("stream_max", [None, 3 * MIB])
 def test_sizes_around_each_threshold(monkeypatch, stream_max):
     """Eager up to the eager limit, streamed above it up to stream_max, rendezvous
-    beyond: every byte arrives, in every protocol, at each edge."""
+    beyond: every byte arrives, in every protocol, at each edge.  (The direct write
+    is off: a receive published before the send (a blocked Recv, as happens under
+    load) takes sizes from DIRECT_MIN up to stream_max directly, not streamed, and
+    the count below would depend on which rank came first; tests/test_mmpi_direct.py
+    covers that path.)"""
+    monkeypatch.setenv("DRILLER_MMPI_DIRECT_MIN", "0")
     if stream_max is not None:
         monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", str(stream_max))
     (_, _, _), (out, limit, smax) = values(run_ranks(_around_thresholds, 2))

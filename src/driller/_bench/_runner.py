@@ -328,15 +328,22 @@ class Runner:
         while pending and time.monotonic() < deadline:
             for gid in list(pending):
                 g = self.groups[gid]
-                if g.proc.poll() is not None and len(g.conns) < g.nranks and g.error is None:
-                    g.error = self._launch_error(g, f"exited with status {g.proc.returncode}")
                 if g.error or len(g.conns) == g.nranks:
                     pending.discard(gid)
             if not pending:
                 break
+            # launchers seen gone before this accept: if it finds the backlog empty,
+            # their ranks (which connect before they exit) have said all they will,
+            # an error hello included (read first: it says why, the status does not)
+            exited = [gid for gid in pending if self.groups[gid].proc.poll() is not None]
             try:
                 s, _ = self.listener.accept()
             except socket.timeout:
+                for gid in exited:
+                    g = self.groups[gid]
+                    if len(g.conns) < g.nranks and g.error is None:
+                        g.error = self._launch_error(
+                            g, f"exited with status {g.proc.returncode}")
                 continue
             c = LineConn(s)
             try:

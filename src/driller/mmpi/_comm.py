@@ -23,6 +23,7 @@ import atexit
 import mmap
 import os
 import pickle
+import sys
 import time
 import warnings
 import weakref
@@ -2052,6 +2053,7 @@ class _State:
     forked_from = None   # this process is a fork of that rank (it cannot communicate)
     parent = None        # the parent intercommunicator of a spawned process (set_parent)
     exit_hook = False    # _finish_at_exit is registered
+    raised = False       # the program ended by an uncaught exception (_note_uncaught)
     ended = False        # _end_hybrid ran
 
 
@@ -2158,6 +2160,7 @@ def _adopt(t: T.Transport, rank: int, size: int) -> None:
     if not _state.exit_hook:
         _state.exit_hook = True
         atexit.register(_finish_at_exit)
+        sys.excepthook = _note_uncaught(sys.excepthook)
 
 
 def _finish_at_exit() -> None:
@@ -2166,12 +2169,22 @@ def _finish_at_exit() -> None:
     t = _state.transport
     if t is not None and _state.pid == os.getpid() and issubclass(type(t), T.Transport):
         _end_hybrid(t)
-        try:
-            t.finish()
+        try:   # a program that failed does not keep its memory for the copies owed
+            t.finish(owed=t.all_local and not _state.raised)
         except DrillerError:  # a peer's death: nothing more to hand over
             pass
         if not t.all_local:
             t.free_pool()   # before mpi4py's MPI_Finalize (its atexit runs after ours)
+
+
+def _note_uncaught(previous):
+    """sys.excepthook that notes an uncaught exception first: the program failed,
+    its exit does not wait for the rendezvous copies it owes (Transport.finish).
+    (Not ``sys.last_value``: pytest and notebooks set it on exceptions they catch.)"""
+    def hook(tp, value, tb):
+        _state.raised = True
+        previous(tp, value, tb)
+    return hook
 
 
 def _end_hybrid(t: T.Transport) -> None:
@@ -2251,7 +2264,10 @@ def finalize() -> None:
         _end_hybrid(t)
         _hier.release_all()   # the MPI communicators of hybrid collectives
         try:
-            t.finish()   # what the peers still need from us (a FIN behind a full ring)
+            # what the peers still need from us (a FIN behind a full ring); the copies
+            # owed too, but not in a hybrid world: its ranks have all passed _hier.end,
+            # none receives any more (some wait in the MPI library's own Finalize)
+            t.finish(owed=t.all_local)
         except DrillerError:  # a peer's death: nothing more to hand it, this rank is done
             pass
         t.close()

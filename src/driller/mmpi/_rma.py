@@ -1117,8 +1117,10 @@ class Win(np.ndarray, _attr.Cached):
                         self._holders[r, me] = 1
                     return
                 if gone is not None and (ex == gone + 1 or not ex and self._holders[r, gone]):
+                    how = ("finished (MPI.Finalize, or the end of its program)"
+                           if self._cx.t.finished(self._cx.group[gone]) else "died")
                     raise PeerDiedError(
-                        f"Win.{what}: rank {gone} of the window died holding "
+                        f"Win.{what}: rank {gone} of the window {how} holding "
                         f"{'an exclusive' if ex else 'a shared'} lock on rank {r}'s "
                         f"window; rank {me} cannot lock it", rank=self._cx.group[gone])
                 gone = None   # (it released the lock before it exited: wait on)
@@ -1130,8 +1132,9 @@ class Win(np.ndarray, _attr.Cached):
             finally:
                 self._munlock(r)
             _linux.futex_wait(self._region.address + (base + W_GEN) * 8, gen, LOCK_POLL)
-            for h in holders:
-                if h != me and not _linux.pid_alive(self._pid(h)):
+            for h in holders:   # (a holder that finished never unlocks either)
+                if h != me and (not _linux.pid_alive(self._pid(h)) or
+                                self._cx.t.finished(self._cx.group[h])):
                     gone = h   # (looked at again under the mutex)
                     break
 

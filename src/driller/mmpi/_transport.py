@@ -70,6 +70,7 @@ import errno
 import os
 import signal
 import struct
+import sys
 import time
 import warnings
 import weakref
@@ -127,6 +128,8 @@ ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µ
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
+FINISH_WAIT = 60.0            # s with nothing moving a stopping rank waits for its owed copies
+FINISH_NOTE = 5.0             # ... and after this long it says what it waits for (_serve_owed)
 SLEEP_SECONDS = 0.05          # a futex sleep's bound (DRILLER_MMPI_SLEEP_MS): the pid checks
                               # of peers that died unmarked run this often
 DIRECT_MIN = 512 << 10        # a blocked Recv of at least this publishes its buffer and an eager send
@@ -585,6 +588,7 @@ class Transport:
         self.adapt_probe = int(os.environ.get("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE))
         self.adapt_every = max(1, int(os.environ.get("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY)))
         self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
+        self.finish_wait = _finish_wait()
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
                                                             SLEEP_SECONDS * 1e3)) * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
@@ -2132,8 +2136,11 @@ class Transport:
                 warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
                                              f"{self.rank}"))
                 return
-            if e.errno == errno.ESRCH:
-                r.exc = PeerDiedError(f"rank {m.source} died before its {m.nbytes}-byte "
+            if e.errno == errno.ESRCH or (e.errno == errno.EFAULT and (
+                    self.finished(m.source) or not _linux.pid_alive(pid))):
+                # (EFAULT: it stopped waiting for us and unmapped the buffer, or exited)
+                how = "stopped" if self.finished(m.source) else "died"
+                r.exc = PeerDiedError(f"rank {m.source} {how} before its {m.nbytes}-byte "
                                       f"message (tag {m.tag}) could be copied",
                                       rank=self.blame(m.source))
                 self.gone.add(m.source)
@@ -3347,20 +3354,17 @@ class Transport:
             if st != 0 or r == peer:
                 culprit = (r, st)
                 break
+        ended = ()
         if culprit is None and timed_out:
             check = [peer] if peer is not None else self.peers
-            gone = []
-            for r in check:
-                if r == self.rank or r in self.gone:
-                    gone.append(r)
-                    continue
-                pid = self.pid_of(r)
-                if pid and not _linux.pid_alive(pid):
-                    self.gone.add(r)
-                    gone.append(r)
-            if peer is not None and peer in self.gone:
+            # a receive whose message is being fetched (split, pushed) gets it from a
+            # rank still serving what it owes: only a finalized or gone one fails it
+            ended = self._ended(check, serving_ok=isinstance(op, RecvOp) and
+                                op.state == E.R_FETCHING)
+            if peer is not None and (peer in self.gone or peer in ended):
                 culprit = (peer, None)
-            elif peer is None and self.peers and all(r in self.gone for r in self.peers):
+            elif peer is None and self.peers and all(r in self.gone or r in ended
+                                                     for r in self.peers):
                 culprit = (self.peers[0], None)
         if culprit is None:
             if timed_out and self.on_stuck is not None:
@@ -3373,6 +3377,13 @@ class Transport:
             return
         r, st = culprit
         self._forget_streams()
+        if st is None and r in ended and r not in self.gone:
+            # alive and finished: not a failure of its own, this rank's wait is the
+            # program's error (not recorded as our cause: the launcher names us)
+            how = ("has finished (MPI.Finalize, or the end of its program) and takes "
+                   "and sends nothing more")
+            raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
+                                f"{_opname(op)}", rank=r, status=None)
         root = self.blame(r)  # the first death, not a rank that died of its consequences
         if root != r:
             self._scan_dead()
@@ -3380,10 +3391,37 @@ class Transport:
         if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
             self._scan_dead()
             st = self.dead.get(r)
-        how = (describe_wait_status(st) if st is not None
-               else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
+        if st is not None:
+            how = describe_wait_status(st)
+        else:
+            how = f"(pid {self.pid_of(r)}) is gone (exited or killed)"
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
+
+    def finished(self, r: int) -> bool:
+        """Whether rank ``r`` (world) has finished: finishing or finalized, it sends
+        nothing new (it may be alive, serving the copies it owes: _serve_owed)."""
+        return bool(self.words[self.world.rank_word(r, W.R_FINALIZED)])
+
+    def _ended(self, ranks, serving_ok: bool = False) -> set:
+        """Which of ``ranks`` will send nothing new: gone (found by pid, noted in
+        self.gone), finishing or finalized (still alive perhaps, serving the copies
+        it owes: _serve_owed; ``serving_ok``: a finishing one is not ended)."""
+        words = self.words
+        w = self.world
+        ended = set()
+        for r in ranks:
+            if r == self.rank:
+                continue
+            f = words[w.rank_word(r, W.R_FINALIZED)]
+            if r in self.gone or (f and not (serving_ok and f == W.FINISHING)):
+                ended.add(r)
+                continue
+            pid = self.pid_of(r)
+            if pid and not _linux.pid_alive(pid):
+                self.gone.add(r)
+                ended.add(r)
+        return ended
 
     def _forget_streams(self) -> None:
         """Drop the partly received streamed messages of dead senders (their
@@ -3405,12 +3443,15 @@ class Transport:
             self.words[cw] = root + 1
         return root
 
-    def finish(self) -> None:
+    def finish(self, owed: bool = True) -> None:
         """Before this rank stops (Finalize, exit): hand the peers what it still owes
         them, the records queued behind a full ring (the FIN or ACK a peer's send
         waits for, sends, pushes), progressing meanwhile so that two ranks finishing
         at once drain each other.  Never waits for a peer that can take nothing any
-        more (dead, exited, or finalized): its queue is dropped."""
+        more (dead, exited, or finalized): its queue is dropped.  Then, ``owed``
+        (False: the program ended by an exception, the job fails anyway), wait
+        while a live peer may still copy a rendezvous message from our memory
+        (_serve_owed)."""
         if self.deferred:
             self.flush_deferred()
         while self.npending:
@@ -3425,6 +3466,69 @@ class Transport:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
                 self._sleep()
+        if owed:
+            self._serve_owed()
+
+    def _owed(self) -> list:
+        """Our rendezvous sends a peer on this node has not copied yet (its FIN
+        has not come): the RTS points into our memory (a freed Isend, a Bsend)."""
+        me = self.rank
+        remote = self.remote
+        return [s for s in self.engine.awaiting.values()
+                if s.protocol == E.RNDV and s.dest != me and s.dest not in remote]
+
+    def _serve_owed(self) -> None:
+        """Keep our memory alive for the rendezvous copies still owed, as MPI's
+        Finalize completes every send: this rank says FINISHING first (it sends
+        nothing new; a peer waiting for anything else from us raises
+        PeerDiedError instead of waiting: check_dead), then progresses until each
+        owed message is copied or its receiver can take nothing any more (dead,
+        exited, finishing or finalized itself), or nothing moved for
+        ``finish_wait`` seconds (DRILLER_MMPI_FINISH_WAIT).  Owed sends left to a
+        receiver that did not die are named on stderr (after FINISH_NOTE seconds
+        of waiting, once, what is waited for)."""
+        if not self._owed():
+            return
+        self.words[self.world.rank_word(self.rank, W.R_FINALIZED)] = W.FINISHING
+        start = moved = time.monotonic()
+        noted = False
+        while True:
+            owed = [s for s in self._owed() if self._takes(s.dest)]
+            if not owed:
+                break
+            if self.progress():   # (a push, a FIN: the clock of the bound restarts)
+                moved = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now - moved >= self.finish_wait:
+                break
+            if not noted and now - start >= FINISH_NOTE:
+                noted = True
+                self._say(f"driller: rank {self.rank} waits for {_owed_list(owed)} to be "
+                          f"received before it stops (up to {self.finish_wait:g} s with "
+                          f"nothing moving: DRILLER_MMPI_FINISH_WAIT)")
+            if self.words[W.H_DEATHS] != self.deaths_seen:
+                self._scan_dead()   # (else _sleep returns at once: a spin)
+            self._sleep()
+        words = self.words
+        w = self.world
+        lost = [s for s in self._owed() if s.dest not in self.dead and
+                not words[w.rank_word(s.dest, W.R_DEAD)]]
+        if lost:
+            self._say(f"driller: rank {self.rank} stops with {_owed_list(lost)} not received "
+                      f"(waited {time.monotonic() - start:.3g} s; DRILLER_MMPI_FINISH_WAIT "
+                      f"is {self.finish_wait:g} s; a receiver that stopped takes nothing): "
+                      f"their receives, if any, fail; wait for such sends (Wait/Waitall, "
+                      f"Detach_buffer for Bsend) before MPI.Finalize or the program's end")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        """One line on stderr, if there is one (a daemon's may be None or closed)."""
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
 
     def _takes(self, r: int) -> bool:
         """Whether rank ``r`` may still drain its rings (alive, not finalized)."""
@@ -3443,7 +3547,31 @@ class Transport:
         if self.deferred:
             self.flush_deferred()
         w = self.world
-        w.words[w.rank_word(self.rank, W.R_FINALIZED)] = 1
+        w.words[w.rank_word(self.rank, W.R_FINALIZED)] = W.FINALIZED
+
+
+def _owed_list(sends: list) -> str:
+    """Owed rendezvous sends, for a message: '1 rendezvous send (12582912 bytes to
+    rank 1, tag 7)'."""
+    what = ", ".join(f"{s.nbytes} bytes to rank {s.dest}, tag {s.tag}" for s in sends[:4])
+    more = f" and {len(sends) - 4} more" if len(sends) > 4 else ""
+    return (f"{len(sends)} rendezvous send{'s' if len(sends) != 1 else ''} "
+            f"({what}{more})")
+
+
+def _finish_wait() -> float:
+    """DRILLER_MMPI_FINISH_WAIT: seconds (``inf``: no bound, ``0``: no wait)."""
+    v = os.environ.get("DRILLER_MMPI_FINISH_WAIT")
+    if v is None or not v.strip():
+        return FINISH_WAIT
+    try:
+        x = float(v)
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise MmpiError(f"DRILLER_MMPI_FINISH_WAIT={v!r}: give the seconds a stopping rank "
+                        f"waits for its unreceived rendezvous sends (a number >= 0, or inf)")
+    return x
 
 
 class _Unusable:

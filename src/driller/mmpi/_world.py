@@ -82,6 +82,10 @@ H_BOARD = 18
 R_PID, R_READY = 0, 1
 R_DEAD, R_STATUS = 8, 9
 R_SLEEPING, R_FINALIZED, R_CAUSE = 16, 17, 18
+# R_FINALIZED: 0 running; FINALIZED: done (drains nothing more); FINISHING: ending, it
+# sends nothing new but keeps its memory alive for the rendezvous copies it still owes
+# (_transport.Transport.finish): a rank waiting for it to send anything else is stuck
+FINALIZED, FINISHING = 1, 2
 R_COLL_EPOCH, R_COLL_SLEEP = 24, 25   # _coll's shared-memory barrier (count, asleep flag)
 # ring control word indices (relative to the ring's control block): the head's
 # 64-byte line written by the producer only; the tail and the producer's waiting
