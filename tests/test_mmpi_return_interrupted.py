@@ -154,6 +154,67 @@ def test_an_unexpected_record_interrupted_after_record_returned_is_queued_once(n
     assert got == [(1, True), (2, True), (3, True)] and more is False and npending == 0
 
 
+# ------------------------------------------------------- acts = engine.arrive(m)
+def _arrive_matched(comm, fa, fb, n, sync):
+    """Rank 1 posts receives for tags 2 then 1; rank 0 sends tag 1 (``n`` bytes,
+    synchronous or not) then tag 2; rank 1 is interrupted as Engine.arrive
+    returns the match of tag 1 (the receive matched and off the posted list, its
+    actions not stored by the caller yet)."""
+    if comm.rank == 0:
+        _wait_go(fa)
+        sends = [(comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1),
+                 comm.Isend(_pattern(2, n), dest=1, tag=2)]
+        MPI.Request.Waitall(sends)
+        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
+        t = comm._t
+        return t.npending, len(t.engine.awaiting)
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    t = comm._t
+    shots = [1]
+    arrive = t.engine.arrive
+
+    def wrapped(m):
+        acts = arrive(m)
+        if acts and shots[0] and m.tag == 1:
+            shots[0] -= 1
+            _kill_self()
+        return acts
+
+    t.engine.arrive = wrapped
+    b2, b1 = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    reqs = [comm.Irecv(b2, source=0, tag=2), comm.Irecv(b1, source=0, tag=1)]
+    _go(fa)
+    raised = _wait_through(lambda: MPI.Request.Waitall(reqs))
+    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
+    comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
+    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))),
+            bool(np.array_equal(b2, _pattern(2, n))), more, len(t.engine.unexpected),
+            len(t.engine.posted), len(t.ends), t.engine.arrived)
+
+
+ARRIVE = {
+    "inline": (8, False, {}),
+    "eager": (64, False, {}),
+    "ssend": (64, True, {}),                 # its ACK goes once
+    "rndv": (2 * MiB, False, NOSTREAM),      # fetched, its FIN goes once
+    "stream": (3 * MiB, False, {}),
+}
+
+
+@pytest.mark.parametrize("case", list(ARRIVE))
+def test_a_match_interrupted_as_the_engine_returned_it_completes_once(case, tmp_path,
+                                                                      monkeypatch):
+    n, sync, env = ARRIVE[case]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fa, fb = _fifos(tmp_path)
+    sender, (raised, left, *got) = values(run_ranks(_arrive_matched, 2, fa, fb, n, sync,
+                                                    deadline=30))
+    assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
+    assert got == [True, True, False, 0, 0, 0, None]
+    assert sender == (0, 0)
+
+
 # ------------------------------------------------------- an ACK's or FIN's control
 def _control(comm, fa, fb, n):
     """Rank 0 Issends ``n`` bytes (an ACK or a FIN comes back), interrupted as

@@ -2672,9 +2672,11 @@ class Transport:
         queued it (a signal handler's, at any call) finishes that here first
         (``_arrival_cut``)."""
         acts = None
+        engine = self.engine
         try:
-            acts = self.engine.arrive(m)
+            acts = engine.arrive(m)
             if acts:
+                engine.arrived = None   # (acts has them: not kept alive there)
                 if m.sync:   # (its ACK or FIN goes once: each action off once done)
                     self._finish(acts)
                 else:        # (Deliver, Complete, Fetch: each safe to run again)
@@ -2688,18 +2690,27 @@ class Transport:
 
     def _arrival_cut(self, m: E.Message, acts, data, p: int) -> None:
         """An exception came while ``m`` (the record at byte ``p`` of ``data``)
-        arrived: ``acts`` None if ``Engine.arrive`` had not returned (then nothing
-        changed, or, at its very end, ``m`` joined the unexpected queue), else what
+        arrived: ``acts`` None if the caller had not stored what ``Engine.arrive``
+        returned (then nothing changed; or, at its very end, ``m`` joined the
+        unexpected queue; or it matched ``m``, returned, and the exception came
+        before the store: its actions are the engine's ``arrived``), else what
         is left of its actions.  Once the engine took the message, the record must
         not be taken again (it would go to the next matching receive, or join the
         unexpected queue a second time): what is left is done here, signals held
         back (``_shielded``), and the record marked consumed (``consumed``: the
         drain moves its tail past it before the exception goes on)."""
         if acts is None:
-            u = self.engine.unexpected
-            if not (u and u[-1] is m):
-                return   # nothing changed: the record is taken again as new
-            acts = []
+            a = self.engine.arrived
+            if a and a[0].message is m:
+                # matched, then the exception came before the caller stored the
+                # actions (3.10: as Engine.arrive returned): none of them ran
+                acts = a
+                self.engine.arrived = None
+            else:
+                u = self.engine.unexpected
+                if not (u and u[-1] is m):
+                    return   # nothing changed: the record is taken again as new
+                acts = []
         self._shielded(self._arrival_end, m, acts, data)
         if data is not None:
             self.consumed = (data, p)
@@ -3033,6 +3044,7 @@ class Transport:
                 try:   # (_arrive's, inline: the small messages' path)
                     acts = engine.arrive(m)
                     if acts:
+                        engine.arrived = None   # (acts has them)
                         self._run(acts)   # (Deliver, Complete: each safe twice)
                     else:
                         m.payload = bytes(m.payload)
