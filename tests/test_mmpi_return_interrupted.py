@@ -33,6 +33,7 @@ import pytest
 from driller import MPI
 from driller.mmpi import _transport as T
 
+from test_mmpi_arrival_interrupted import _probe_then_receive_three, _send_three
 from test_mmpi_p2p import run_ranks, values
 from test_mmpi_progress_interrupted import (_called_from, _go, _kill_self, _on_usr1, _pattern,
                                             _wait_go, _wait_through)
@@ -48,6 +49,21 @@ def _fifos(tmp_path):
         os.mkfifo(f)
         out.append(f)
     return out
+
+
+def _send_two(comm, n, fa, fb, sync=False):
+    """Rank 0's side: once rank 1's receives are posted (``fa``), ``n`` bytes with
+    tag 1 (Issend if ``sync``) then tag 2, nonblocking; rank 1 told both are out
+    (``fb``, unless None); then until rank 1 is done (tag 0): (npending, awaiting)."""
+    _wait_go(fa)
+    sends = [(comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1),
+             comm.Isend(_pattern(2, n), dest=1, tag=2)]
+    if fb is not None:
+        _go(fb)
+    MPI.Request.Waitall(sends)
+    comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
+    t = comm._t
+    return t.npending, len(t.engine.awaiting)
 
 
 # ------------------------------------------------------- _drain's t += record()
@@ -73,14 +89,7 @@ def _matched(comm, fa, fb, n, tag):
     the first, _to_posted); rank 1 is interrupted as _record returns from the
     record of ``tag``."""
     if comm.rank == 0:
-        _wait_go(fa)   # (rank 1's receives are posted)
-        sends = [comm.Isend(_pattern(1, n), dest=1, tag=1),
-                 comm.Isend(_pattern(2, n), dest=1, tag=2)]
-        _go(fb)
-        MPI.Request.Waitall(sends)
-        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
-        t = comm._t
-        return t.npending, len(t.engine.awaiting)
+        return _send_two(comm, n, fa, fb)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     shots = [1]
@@ -123,25 +132,13 @@ def _unexpected(comm, fa, fb, n):
     """Rank 0 sends tags 1, 2, 3 before rank 1 posts anything; rank 1's Probe for
     tag 3 queues them unexpected, interrupted as _record returns from tag 1's."""
     if comm.rank == 0:
-        for tag in (1, 2, 3):
-            comm.Send(_pattern(tag, n), dest=1, tag=tag)
-        _go(fa)
-        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
-        return comm._t.npending
+        return _send_three(comm, fa, n)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     shots = [1]
     _after_record(t, 1, shots)
     _wait_go(fa)
-    raised = _wait_through(lambda: comm.Probe(source=0, tag=3))
-    got = []
-    for _ in range(3):
-        buf = np.zeros(n, np.uint8)
-        st = MPI.Status()
-        comm.Recv(buf, source=0, tag=MPI.ANY_TAG, status=st)
-        got.append((st.Get_tag(), bool(np.array_equal(buf, _pattern(st.Get_tag(), n)))))
-    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
-    comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
+    raised, got, more = _probe_then_receive_three(comm, n)
     return raised, shots[0], got, more
 
 
@@ -161,13 +158,7 @@ def _arrive_matched(comm, fa, fb, n, sync):
     returns the match of tag 1 (the receive matched and off the posted list, its
     actions not stored by the caller yet)."""
     if comm.rank == 0:
-        _wait_go(fa)
-        sends = [(comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1),
-                 comm.Isend(_pattern(2, n), dest=1, tag=2)]
-        MPI.Request.Waitall(sends)
-        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
-        t = comm._t
-        return t.npending, len(t.engine.awaiting)
+        return _send_two(comm, n, fa, None, sync)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     shots = [1]
@@ -216,24 +207,28 @@ def test_a_match_interrupted_as_the_engine_returned_it_completes_once(case, tmp_
 
 
 # ------------------------------------------------------- an ACK's or FIN's control
-def _control(comm, fa, fb, n):
+def _control(comm, fa, fb, n, natural=False):
     """Rank 0 Issends ``n`` bytes (an ACK or a FIN comes back), interrupted as
     Engine.control returns from it (the send complete in the engine, the record
-    not counted yet); it waits again, then sends another message."""
+    not counted yet), or (``natural``) with a handler left pending as control
+    deletes the send (``_Awaiting``); it waits again, then sends another message."""
     if comm.rank == 0:
         signal.signal(signal.SIGUSR1, _on_usr1)
         t = comm._t
         shots = [1]
-        control = t.engine.control
+        if natural:
+            t.engine.awaiting = _Awaiting(t.engine.awaiting, shots)
+        else:
+            control = t.engine.control
 
-        def wrapped(kind, sid):
-            acts = control(kind, sid)
-            if shots[0] and _called_from("_record"):
-                shots[0] -= 1
-                _kill_self()
-            return acts
+            def wrapped(kind, sid):
+                acts = control(kind, sid)
+                if shots[0] and _called_from("_record"):
+                    shots[0] -= 1
+                    _kill_self()
+                return acts
 
-        t.engine.control = wrapped
+            t.engine.control = wrapped
         req = comm.Issend(_pattern(1, n), dest=1, tag=1)
         raised = _wait_through(req.Wait)
         comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
@@ -332,31 +327,15 @@ class _Awaiting(dict):
     returns to _record, before anything is stored; 3.11+: at the next backward
     jump or call that is not Python to Python)."""
 
-    shots = 1
+    def __init__(self, d, shots):
+        super().__init__(d)
+        self.shots = shots
 
     def __delitem__(self, k):
         dict.__delitem__(self, k)
-        if self.shots:
-            self.shots = 0
+        if self.shots[0]:
+            self.shots[0] -= 1
             _TRIP[signal.SIGUSR1]
-
-
-def _control_natural(comm, fa, fb, n):
-    if comm.rank == 0:
-        signal.signal(signal.SIGUSR1, _on_usr1)
-        t = comm._t
-        aw = t.engine.awaiting = _Awaiting(t.engine.awaiting)
-        req = comm.Issend(_pattern(1, n), dest=1, tag=1)
-        raised = _wait_through(req.Wait)
-        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
-        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
-        return raised, aw.shots, t.npending, len(t.engine.awaiting)
-    b1, b2 = np.zeros(n, np.uint8), np.zeros(8, np.uint8)
-    comm.Recv(b1, source=0, tag=1)
-    comm.Recv(b2, source=0, tag=2)
-    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
-    comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
-    return bool(np.array_equal(b1, _pattern(1, n))), sorted(set(b2.tolist())), more
 
 
 @pytest.mark.parametrize("n, env", [(64, {}), (2 * MiB, NOSTREAM)], ids=["ack", "fin"])
@@ -371,7 +350,7 @@ def test_an_ack_or_fin_with_a_handler_pending_as_control_commits_is_applied_once
         monkeypatch.setenv(k, v)
     fa, fb = _fifos(tmp_path)
     (raised, left, npending, awaiting), receiver = values(
-        run_ranks(_control_natural, 2, fa, fb, n, deadline=30))
+        run_ranks(_control, 2, fa, fb, n, True, deadline=30))
     assert left == 0, "the control was not reached: proves nothing"
     assert raised in (0, 1) and (npending, awaiting) == (0, 0)
     assert receiver == (True, [2], False)
