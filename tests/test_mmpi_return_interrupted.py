@@ -206,6 +206,59 @@ def test_a_match_interrupted_as_the_engine_returned_it_completes_once(case, tmp_
     assert sender == (0, 0)
 
 
+def _post_matched(comm, fa, fb, n, sync):
+    """Rank 0 sends ``n`` bytes with tag 1 (Issend if ``sync``); once it is here
+    (Iprobe), rank 1's Irecv for it is interrupted as Engine.post returns the
+    match (the message off the unexpected queue, its actions not stored yet): the
+    Irecv raises, the message must still reach the buffer and the sender's send
+    complete; then tag 2 comes next."""
+    if comm.rank == 0:
+        req = (comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1)
+        req.Wait()
+        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
+        t = comm._t
+        return t.npending, len(t.engine.awaiting)
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    t = comm._t
+    while not comm.Iprobe(source=0, tag=1):
+        pass
+    shots = [1]
+    post = t.engine.post
+
+    def wrapped(r):
+        acts = post(r)
+        if acts and shots[0]:
+            shots[0] -= 1
+            _kill_self()
+        return acts
+
+    t.engine.post = wrapped
+    b1, b2 = np.zeros(n, np.uint8), np.zeros(8, np.uint8)
+    raised = None
+    try:
+        comm.Irecv(b1, source=0, tag=1)
+    except BaseException as e:   # noqa: BLE001 - _Boom, from the handler
+        raised = type(e).__name__
+    comm.Recv(b2, source=0, tag=2)   # (progress meanwhile: rank 0's send completed)
+    return (raised, shots[0], bool(np.array_equal(b1, _pattern(1, n))),
+            sorted(set(b2.tolist())), len(t.engine.unexpected), len(t.engine.posted),
+            len(t.ends), t.engine.arrived)
+
+
+@pytest.mark.parametrize("case", ["eager", "ssend", "rndv"])
+def test_an_irecv_interrupted_as_the_engine_matched_it_gets_its_message(case, tmp_path,
+                                                                        monkeypatch):
+    n, sync = {"eager": (64, False), "ssend": (64, True), "rndv": (2 * MiB, False)}[case]
+    if case == "rndv":
+        monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", "0")
+    fa, fb = _fifos(tmp_path)
+    sender, (raised, left, *got) = values(run_ranks(_post_matched, 2, fa, fb, n, sync,
+                                                    deadline=30))
+    assert raised == "_Boom" and left == 0, "the Irecv was not interrupted: proves nothing"
+    assert got == [True, [2], 0, 0, 0, None]
+    assert sender == (0, 0)
+
+
 # ------------------------------------------------------- an ACK's or FIN's control
 def _control(comm, fa, fb, n, natural=False):
     """Rank 0 Issends ``n`` bytes (an ACK or a FIN comes back), interrupted as

@@ -2637,8 +2637,18 @@ class Transport:
 
     # ------------------------------------------------------------ receiving
     def irecv(self, op: RecvOp) -> RecvOp:
-        acts = self.engine.post(op)
+        engine = self.engine
+        acts = None
+        try:
+            acts = engine.post(op)
+        except BaseException:   # (a signal handler's, 3.10: as post returned a match)
+            a = engine.arrived
+            if acts is None and a and a[0].receive is op:
+                engine.arrived = None
+                self._shielded(self._arrival_end, None, a, None)   # (none of them ran)
+            raise
         if acts:   # (matched a message already here: its actions, _posted's way)
+            engine.arrived = None   # (acts has them)
             self._posted(acts)
         return op
 
