@@ -221,17 +221,25 @@ POSTED = {
 }
 
 
+def _send_then_tag2(comm, n, fifo=None, sync=True):
+    """Rank 0's side: ``n`` bytes with tag 1 (Issend, or Isend if not ``sync``),
+    waited for (after rank 1's go on ``fifo``, unless None), then 8 bytes of 2s
+    with tag 2: (npending, awaiting)."""
+    req = (comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1)
+    if fifo is not None:
+        _wait_go(fifo)
+    req.Wait()
+    comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
+    t = comm._t
+    return t.npending, len(t.engine.awaiting)
+
+
 def _posted_late(comm, fifo, where, n):
     """Rank 0 Issends ``n`` bytes (tag 1); rank 1 waits until it is here (Iprobe),
     then Recvs it, interrupted once at ``where``: the Recv raises, the message must
     still reach its buffer whole and rank 0's Issend complete (its ACK or FIN)."""
     if comm.rank == 0:
-        req = comm.Issend(_pattern(1, n), dest=1, tag=1)
-        _wait_go(fifo)   # (rank 1's Recv raised)
-        req.Wait()
-        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
-        t = comm._t
-        return t.npending, len(t.engine.awaiting)
+        return _send_then_tag2(comm, n, fifo)   # (the go: rank 1's Recv raised)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     while not comm.Iprobe(source=0, tag=1):

@@ -33,7 +33,8 @@ import pytest
 from driller import MPI
 from driller.mmpi import _transport as T
 
-from test_mmpi_arrival_interrupted import _probe_then_receive_three, _send_three
+from test_mmpi_arrival_interrupted import (_probe_then_receive_three, _send_then_tag2,
+                                           _send_three)
 from test_mmpi_p2p import run_ranks, values
 from test_mmpi_progress_interrupted import (_called_from, _go, _kill_self, _on_usr1, _pattern,
                                             _wait_go, _wait_through)
@@ -213,11 +214,7 @@ def _post_matched(comm, fa, fb, n, sync):
     Irecv raises, the message must still reach the buffer and the sender's send
     complete; then tag 2 comes next."""
     if comm.rank == 0:
-        req = (comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1)
-        req.Wait()
-        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
-        t = comm._t
-        return t.npending, len(t.engine.awaiting)
+        return _send_then_tag2(comm, n, None, sync)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     while not comm.Iprobe(source=0, tag=1):
