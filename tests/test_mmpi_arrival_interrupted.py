@@ -157,11 +157,7 @@ def _unexpected(comm, fifo, n):
     """Rank 0 sends tags 1, 2, 3 before rank 1 posts anything; rank 1's drain
     (its Probe for tag 3) is interrupted right after the engine queued tag 1."""
     if comm.rank == 0:
-        for tag in (1, 2, 3):
-            comm.Send(_pattern(tag, n), dest=1, tag=tag)
-        _go(fifo)
-        comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
-        return comm._t.npending
+        return _send_three(comm, fifo, n)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     arrive = t.engine.arrive
@@ -176,6 +172,23 @@ def _unexpected(comm, fifo, n):
 
     t.engine.arrive = arrive_then_raise
     _wait_go(fifo)
+    return (*_probe_then_receive_three(comm, n), shots[0])
+
+
+def _send_three(comm, fifo, n):
+    """Rank 0's side: ``n`` bytes with tags 1, 2, 3, then tell rank 1 (``fifo``)
+    and wait until it is done (tag 0); its npending."""
+    for tag in (1, 2, 3):
+        comm.Send(_pattern(tag, n), dest=1, tag=tag)
+    _go(fifo)
+    comm.Recv(np.empty(1, np.uint8), source=1, tag=0)
+    return comm._t.npending
+
+
+def _probe_then_receive_three(comm, n):
+    """Rank 1's side: Probe for tag 3 (through the exceptions), then receive the
+    three messages of tags 1, 2, 3 (any tag): (times raised, [(tag, bytes right)],
+    another message left), having told rank 0 (tag 0) it is done."""
     raised = _wait_through(lambda: comm.Probe(source=0, tag=3))
     got = []
     for _ in range(3):
@@ -185,13 +198,13 @@ def _unexpected(comm, fifo, n):
         got.append((st.Get_tag(), bool(np.array_equal(buf, _pattern(st.Get_tag(), n)))))
     left = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
     comm.Send(np.zeros(1, np.uint8), dest=0, tag=0)
-    return raised, shots[0], got, left
+    return raised, got, left
 
 
 def test_an_unexpected_arrival_interrupted_is_queued_once(tmp_path):
     fifo = str(tmp_path / "go")
     os.mkfifo(fifo)
-    npending, (raised, left, got, more) = values(
+    npending, (raised, got, more, left) = values(
         run_ranks(_unexpected, 2, fifo, 64, deadline=30))
     assert raised == 1 and left == 0, "the arrival was not interrupted: proves nothing"
     assert got == [(1, True), (2, True), (3, True)] and more is False and npending == 0
@@ -208,17 +221,25 @@ POSTED = {
 }
 
 
+def _send_then_tag2(comm, n, fifo=None, sync=True):
+    """Rank 0's side: ``n`` bytes with tag 1 (Issend, or Isend if not ``sync``),
+    waited for (after rank 1's go on ``fifo``, unless None), then 8 bytes of 2s
+    with tag 2: (npending, awaiting)."""
+    req = (comm.Issend if sync else comm.Isend)(_pattern(1, n), dest=1, tag=1)
+    if fifo is not None:
+        _wait_go(fifo)
+    req.Wait()
+    comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
+    t = comm._t
+    return t.npending, len(t.engine.awaiting)
+
+
 def _posted_late(comm, fifo, where, n):
     """Rank 0 Issends ``n`` bytes (tag 1); rank 1 waits until it is here (Iprobe),
     then Recvs it, interrupted once at ``where``: the Recv raises, the message must
     still reach its buffer whole and rank 0's Issend complete (its ACK or FIN)."""
     if comm.rank == 0:
-        req = comm.Issend(_pattern(1, n), dest=1, tag=1)
-        _wait_go(fifo)   # (rank 1's Recv raised)
-        req.Wait()
-        comm.Send(np.full(8, 2, np.uint8), dest=1, tag=2)
-        t = comm._t
-        return t.npending, len(t.engine.awaiting)
+        return _send_then_tag2(comm, n, fifo)   # (the go: rank 1's Recv raised)
     signal.signal(signal.SIGUSR1, _on_usr1)
     t = comm._t
     while not comm.Iprobe(source=0, tag=1):

@@ -209,6 +209,11 @@ class Engine:
         self.posted: list[Receive] = []      # in posting order
         self.unexpected: list[Message] = []  # in arrival order
         self.awaiting: dict[int, Send] = {}  # sender id -> send waiting for ACK/FIN
+        # the actions of the last match ``arrive`` (or ``post``) made, kept for a
+        # caller that an exception (a signal handler's: CPython 3.10 runs one as a
+        # call returns) stopped before it stored them; the caller clears it once
+        # it has them
+        self.arrived: list | None = None
         self._ids = itertools.count(1)
 
     # -- receive side ------------------------------------------------
@@ -223,6 +228,7 @@ class Engine:
                     and (tag == ANY_TAG or tag == m.tag)):
                 acts = self._match(r, m)
                 del unexpected[i]   # (no call between: matched and taken, both or neither)
+                self.arrived = acts   # (nor here: as arrive's, for the caller)
                 return acts
         r.state = R_POSTED
         self.posted.append(r)
@@ -237,6 +243,7 @@ class Engine:
                     and (r.tag == ANY_TAG or r.tag == m.tag)):
                 acts = self._match(r, m)
                 del posted[i]   # (no call between: matched and taken, both or neither)
+                self.arrived = acts   # (nor here: the caller's way to them, below)
                 return acts
         self.unexpected.append(m)
         return []

@@ -110,6 +110,7 @@ _unpack4 = struct.Struct("<4q").unpack_from   # kind|flags, context, tag, nbytes
 _payload = struct.Struct("16s").unpack_from   # an inline record's payload bytes
 _PUTS = [struct.Struct(f"{n}s").pack_into for n in range(INLINE_MAX + 1)]   # its first n bytes
 _HDR5 = struct.Struct("<4q16xq")   # HDR's kind|flags, context, tag, nbytes and inline length
+_KF_SID = struct.Struct("<q24xq")   # HDR's kind|flags and sender id
 _NPACKS = 128   # a header and a bytes payload of n < this: one pack_into (senders' closures)
 _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
 
@@ -595,7 +596,8 @@ class Transport:
         self.splits = {}    # token -> [receive waiting for the sender's half (WDONE), its acts,
         #                   our half's copy (pid, message, address, bytes) while not done]
         self.ends = {}      # receive -> the actions of its fetch's completion, while they run
-        self.consumed = None   # (data, byte) of a record whose arrival _arrival_cut finished
+        self.consumed = None   # (data, byte) of the record _drain's record took (_taken)
+        self.replied = None    # the send of the last ACK or FIN _record took (_taken)
         self._tokens = iter(range(1, 1 << 62))
         # two-copy fallback: sources we may not read (they push), incoming pushes
         # (token -> [[(address, length)...], index, offset, receive or None, keep]),
@@ -2642,8 +2644,18 @@ class Transport:
 
     # ------------------------------------------------------------ receiving
     def irecv(self, op: RecvOp) -> RecvOp:
-        acts = self.engine.post(op)
+        engine = self.engine
+        acts = None
+        try:
+            acts = engine.post(op)
+        except BaseException:   # (a signal handler's, 3.10: as post returned a match)
+            a = engine.arrived
+            if acts is None and a and a[0].receive is op:
+                engine.arrived = None
+                self._shielded(self._arrival_end, None, a, None)   # (none of them ran)
+            raise
         if acts:   # (matched a message already here: its actions, _posted's way)
+            engine.arrived = None   # (acts has them)
             self._posted(acts)
         return op
 
@@ -2677,33 +2689,45 @@ class Transport:
         queued it (a signal handler's, at any call) finishes that here first
         (``_arrival_cut``)."""
         acts = None
+        engine = self.engine
         try:
-            acts = self.engine.arrive(m)
+            acts = engine.arrive(m)
             if acts:
+                engine.arrived = None   # (acts has them: not kept alive there)
                 if m.sync:   # (its ACK or FIN goes once: each action off once done)
                     self._finish(acts)
                 else:        # (Deliver, Complete, Fetch: each safe to run again)
                     self._run(acts)
             elif data is not None and m.protocol == E.EAGER:
                 m.payload = bytes(m.payload)  # unexpected: copy out of the ring
+            self.consumed = (data, p)   # (taken: the mark _taken reads, no call after)
         except BaseException:
             self._arrival_cut(m, acts, data, p)
             raise
 
     def _arrival_cut(self, m: E.Message, acts, data, p: int) -> None:
         """An exception came while ``m`` (the record at byte ``p`` of ``data``)
-        arrived: ``acts`` None if ``Engine.arrive`` had not returned (then nothing
-        changed, or, at its very end, ``m`` joined the unexpected queue), else what
+        arrived: ``acts`` None if the caller had not stored what ``Engine.arrive``
+        returned (then nothing changed; or, at its very end, ``m`` joined the
+        unexpected queue; or it matched ``m``, returned, and the exception came
+        before the store: its actions are the engine's ``arrived``), else what
         is left of its actions.  Once the engine took the message, the record must
         not be taken again (it would go to the next matching receive, or join the
         unexpected queue a second time): what is left is done here, signals held
         back (``_shielded``), and the record marked consumed (``consumed``: the
         drain moves its tail past it before the exception goes on)."""
         if acts is None:
-            u = self.engine.unexpected
-            if not (u and u[-1] is m):
-                return   # nothing changed: the record is taken again as new
-            acts = []
+            a = self.engine.arrived
+            if a and a[0].message is m:
+                # matched, then the exception came before the caller stored the
+                # actions (3.10: as Engine.arrive returned): none of them ran
+                acts = a
+                self.engine.arrived = None
+            else:
+                u = self.engine.unexpected
+                if not (u and u[-1] is m):
+                    return   # nothing changed: the record is taken again as new
+                acts = []
         self._shielded(self._arrival_end, m, acts, data)
         if data is not None:
             self.consumed = (data, p)
@@ -2792,17 +2816,16 @@ class Transport:
             if kf & 0xFF == K_WRAP:
                 t += rb - off
                 continue
+            self.consumed = None   # (set only for this record: p comes again)
             try:
                 t += record(src, data, p)
             except BaseException:   # (a signal handler's): past the record if it was taken
-                if self.consumed is not None:
-                    if self.consumed[1] == p and self.consumed[0] is data:
-                        t += _record_bytes(data, p)
-                        self.in_tail[src] = t
-                        self.words[self.in_tailw[src]] = t
-                        if self.words[self.in_pwait[src]]:
-                            _linux.futex_wake(self.base + self.in_tailw[src] * 8)
-                    self.consumed = None
+                if self._taken(data, p):
+                    t += _record_bytes(data, p)
+                    self.in_tail[src] = t
+                    self.words[self.in_tailw[src]] = t
+                    if self.words[self.in_pwait[src]]:
+                        _linux.futex_wake(self.base + self.in_tailw[src] * 8)
                 raise
             # publish the tail per record so big rings free up early
             self.in_tail[src] = t
@@ -2811,6 +2834,33 @@ class Transport:
         self.words[self.in_tailw[src]] = t
         if self.words[self.in_pwait[src]]:
             _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+
+    def _taken(self, data, p: int) -> bool:
+        """An exception came while ``_record`` acted on the record at byte ``p`` of
+        ``data``: True if the record was taken (its tail must move past it before
+        the exception goes on), at whatever point the exception came, even after
+        ``_record`` (or a callee of it) returned and before its caller stored what
+        it returned (3.10 runs a pending handler there, after every call; 3.11+
+        after a call that did not go Python to Python, and at backward jumps).
+        So the callee marks the take itself, with no call between the take and
+        the mark: ``consumed`` (data, p), set by an arrival as its last step (or by
+        ``_arrival_cut``), by ``_to_posted`` right after the receive left the
+        posted list; an ACK or FIN is taken once the engine no longer awaits its
+        send (``Engine.control`` deletes it, no call after), and that send
+        (``replied``, kept by ``_record`` before) made done here if it was not
+        yet.  Clears ``consumed``."""
+        c = self.consumed
+        self.consumed = None
+        if c is not None and c[1] == p and c[0] is data:
+            return True
+        kf, sid = _KF_SID.unpack_from(data, p)
+        kind = kf & 0xFF
+        if kind != K_ACK and kind != K_FIN or sid in self.engine.awaiting:
+            return False
+        s = self.replied   # (the send it completed: done, if it was not yet)
+        if s is not None and s.id == sid:
+            s.done = True
+        return True
 
     def _to_posted(self, src: int, data, p: int, ctx: int, tag: int, nbytes: int,
                    at: int = HDR_BYTES) -> bool:
@@ -2825,8 +2875,9 @@ class Transport:
                 or (r.tag != tag and r.tag != -1) or r.mv is None or nbytes > r.capacity):
             return False
         self._give(r, src, data, p + at, ctx, tag, nbytes)
-        del posted[0]   # (last: an exception raised in _give leaves r posted, the record
-        return True     # in the ring, and the next drain gives it again: nothing lost)
+        del posted[0]   # (an exception raised in _give leaves r posted, the record
+        self.consumed = (data, p)   # in the ring, and the next drain gives it again;
+        return True     # taken: marked, no call between (_taken))
 
     def _give(self, r: RecvOp, src: int, data, p: int, ctx: int, tag: int, nbytes: int) -> None:
         """The posted receive ``r`` (out of the posted list) gets the plain eager
@@ -2978,7 +3029,13 @@ class Transport:
         the run's last copy is made, they leave the posted list and the tail moves
         past their records (else a done receive whose buffer had not got its copy
         yet, or, after a big record's early tail, the next record given to a
-        receive already done)."""
+        receive already done).  The receive ``_give`` made done (its last step)
+        is served too: the exception came after ``_give`` returned, before ``_serve``
+        counted it (3.10 runs a pending handler there); else the record would be
+        given again, to that receive (its buffer written again after it was done)."""
+        if i < len(posted) and posted[i].done:
+            t += _record_bytes(self.data, self.in_data[src] + t % self.ring_bytes)
+            i += 1
         if pend >= 0:
             kmv[:mnb] = self.data[pend:pend + mnb]
         if i:
@@ -3004,9 +3061,11 @@ class Transport:
                 try:   # (_arrive's, inline: the small messages' path)
                     acts = engine.arrive(m)
                     if acts:
+                        engine.arrived = None   # (acts has them)
                         self._run(acts)   # (Deliver, Complete: each safe twice)
                     else:
                         m.payload = bytes(m.payload)
+                    self.consumed = (data, p)   # (taken: _taken's mark, no call after)
                 except BaseException:
                     self._arrival_cut(m, acts, data, p)
                     raise
@@ -3025,9 +3084,13 @@ class Transport:
             if last and src not in self.remote:   # (another node's: its sender's rank)
                 m.guard = last
             self._arrive(m, data, p)
-        elif kind == K_ACK or kind == K_FIN:   # (a send's Complete, no call after control's)
-            for a in engine.control(E.ACK if kind == K_ACK else E.FIN, sid):
-                a.op.done = True
+        elif kind == K_ACK or kind == K_FIN:
+            # the send kept first: an exception after control applied the reply
+            # (even after it returned, before the send is done) finds it there and
+            # completes it (_taken); before, the record is taken again
+            self.replied = s = engine.awaiting.get(sid)
+            engine.control(E.ACK if kind == K_ACK else E.FIN, sid)   # (its Complete: s)
+            s.done = True
         elif kind == K_CTS:
             self._write_half(src, sid, addr, nbytes, tag)
         elif kind == K_WDONE:   # (taken again after an exception: only what was left)
