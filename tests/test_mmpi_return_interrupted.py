@@ -23,8 +23,10 @@ forked ranks; no timed assertions.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import weakref
 import _thread
 
 import numpy as np
@@ -404,3 +406,110 @@ def test_an_ack_or_fin_with_a_handler_pending_as_control_commits_is_applied_once
     assert left == 0, "the control was not reached: proves nothing"
     assert raised in (0, 1) and (npending, awaiting) == (0, 0)
     assert receiver == (True, [2], False)
+
+
+# -- found by the merge review: the send an ACK/FIN completed is not kept (it holds
+# the user's buffer), and a drain nested in the handler (an MPI call in it) that
+# moved the tail past the record is not undone by the outer drain's except
+
+
+def _kept(comm, n, sync):
+    if comm.rank == 0:
+        a = np.full(n, 5, np.uint8)
+        w = weakref.ref(a)
+        (comm.Ssend if sync else comm.Send)(a, dest=1, tag=1)
+        del a
+        gc.collect()
+        alive = w() is not None
+        ba = bytearray(n)
+        (comm.Ssend if sync else comm.Send)(ba, dest=1, tag=2)
+        try:
+            ba.extend(b"x")
+            resize = "ok"
+        except BufferError as e:
+            resize = f"BufferError: {e}"
+        comm.Barrier()
+        return alive, resize, type(comm._t.__dict__.get("replied")).__name__
+    b = np.empty(n + 1, np.uint8)
+    comm.Recv(b, source=0, tag=1)
+    comm.Recv(b, source=0, tag=2)
+    comm.Barrier()
+    return None
+
+
+def test_a_completed_rendezvous_send_does_not_keep_its_buffer():
+    r0, _ = values(run_ranks(_kept, 2, 12 << 20, False, deadline=30))   # (FIN: above STREAM_MAX)
+    assert r0[:2] == (False, "ok"), r0
+
+
+def test_a_completed_ssend_does_not_keep_its_buffer():
+    r0, _ = values(run_ranks(_kept, 2, 64, True, deadline=30))
+    assert r0[:2] == (False, "ok"), r0
+
+
+# a handler that progresses (Iprobe) then raises, at the ACK record before control
+class _GetTrip(dict):
+    def __init__(self, d, shots):
+        super().__init__(d)
+        self.shots = shots
+
+    def get(self, k, default=None):
+        v = dict.get(self, k, default)
+        if self.shots[0] and _called_from("_record"):
+            self.shots[0] -= 1
+            _kill_self()
+        return v
+
+
+def _nested(comm, fa):
+    if comm.rank == 1:
+        b = np.empty(64, np.uint8)
+        comm.Recv(b, source=0, tag=1)            # (the ACK goes to rank 0's ring)
+        for tag in (2, 3):
+            comm.Send(_pattern(tag, 64), dest=0, tag=tag)
+        _go(fa)
+        comm.Recv(np.empty(1, np.uint8), source=0, tag=0)
+        return None
+    from test_mmpi_progress_interrupted import _Boom
+    calls = []
+
+    def handler(*_):
+        calls.append(comm.Iprobe(source=1, tag=99))   # (an MPI call in the handler)
+        raise _Boom()
+
+    signal.signal(signal.SIGUSR1, handler)
+    t = comm._t
+    shots = [1]
+    t.engine.awaiting = _GetTrip(t.engine.awaiting, shots)
+    req = comm.Issend(_pattern(1, 64), dest=1, tag=1)
+    _wait_go(fa)   # (ring: ACK, tag 2, tag 3)
+    raised = 0
+    while True:
+        try:
+            req.Wait()
+            break
+        except _Boom:
+            raised += 1
+    got = []
+    for _ in range(2):
+        st = MPI.Status()
+        b = np.zeros(64, np.uint8)
+        comm.Recv(b, source=1, tag=MPI.ANY_TAG, status=st)
+        got.append(st.Get_tag())
+    more = []
+    while comm.Iprobe(source=1, tag=MPI.ANY_TAG):
+        st = MPI.Status()
+        comm.Recv(np.zeros(64, np.uint8), source=1, tag=MPI.ANY_TAG, status=st)
+        more.append(st.Get_tag())
+    comm.Send(np.zeros(1, np.uint8), dest=1, tag=0)
+    return raised, shots[0], calls, got, more
+
+
+def test_a_drain_nested_in_the_handler_is_not_undone(tmp_path):
+    fa = str(tmp_path / "a"); os.mkfifo(fa)
+    (raised, left, calls, got, more), _ = values(run_ranks(_nested, 2, fa, deadline=30))
+    assert raised == 1 and left == 0 and calls == [False], (raised, left, calls)
+    assert got == [2, 3] and more == [], (got, more)
+
+
+# (D) _drain's `t2 = self._serve(...)`: served and returned, tail not stored yet

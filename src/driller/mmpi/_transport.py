@@ -2817,10 +2817,13 @@ class Transport:
                 t += rb - off
                 continue
             self.consumed = None   # (set only for this record: p comes again)
+            at = self.in_tail[src]   # (a drain nested in a handler moves it: then not us)
             try:
                 t += record(src, data, p)
             except BaseException:   # (a signal handler's): past the record if it was taken
-                if self._taken(data, p):
+                if self.in_tail[src] != at:
+                    self.consumed = None   # taken, and the ones after, by a nested drain
+                elif self._taken(data, p):
                     t += _record_bytes(data, p)
                     self.in_tail[src] = t
                     self.words[self.in_tailw[src]] = t
@@ -3091,6 +3094,7 @@ class Transport:
             self.replied = s = engine.awaiting.get(sid)
             engine.control(E.ACK if kind == K_ACK else E.FIN, sid)   # (its Complete: s)
             s.done = True
+            self.replied = None   # (kept no longer: it holds the user's buffer)
         elif kind == K_CTS:
             self._write_half(src, sid, addr, nbytes, tag)
         elif kind == K_WDONE:   # (taken again after an exception: only what was left)
