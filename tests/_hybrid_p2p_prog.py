@@ -636,6 +636,61 @@ finally:
 MPI.Request.Waitall([rq, rs])
 assert (big_in == pattern(L + 64, peer)).all()
 comm.Barrier()
+
+# 15. Wait on an Irecv from another node still posted (its record not handled yet):
+# received as a blocking Recv receives (_hybrid._take_posted: no record handler, no
+# engine match, no fetch, which fail here if used) for a large buffer and a small one;
+# then the cases it leaves to the engine, as before: a receive too small (truncated),
+# and a receive posted after an ANY_SOURCE one (each gets its message in order).
+t = comm._p.t
+
+
+def _general(*args, **kw):
+    raise AssertionError("Wait on a posted Irecv from another node took the general path")
+
+
+go = np.zeros(1, np.uint8)
+sizes = (L + 64, 8, 3 * L)
+if r < 2:
+    for k, size in enumerate(sizes):
+        comm.Recv(go, peer, 62)
+        comm.Send(pattern(size, k), peer, 63)
+else:
+    for k, size in enumerate(sizes[:2]):
+        got = np.empty(size + 16, np.uint8)
+        rq = comm.Irecv(got, peer, 63)
+        st = MPI.Status()
+        comm.Send(go, peer, 62)   # (sent on: the record is not handled before Wait)
+        t.__dict__["_fetch"] = t.__dict__["_record"] = _general
+        try:
+            rq.Wait(st)
+        finally:
+            del t.__dict__["_fetch"], t.__dict__["_record"]
+        assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (peer, 63, size)
+        assert (got[:size] == pattern(size, k)).all(), (k, size)
+    small = np.empty(L, np.uint8)
+    rq = comm.Irecv(small, peer, 63)
+    comm.Send(go, peer, 62)
+    try:
+        rq.Wait()
+    except MPI.Exception as e:
+        assert e.Get_error_class() == MPI.ERR_TRUNCATE, e
+    else:
+        raise AssertionError("no truncation error")
+comm.Barrier()
+if r < 2:
+    for k in range(2):
+        comm.Send(pattern(L + 8 * k, k), peer, 64)
+else:
+    first, second = np.empty(L + 8, np.uint8), np.empty(L + 8, np.uint8)
+    ra = comm.Irecv(first, MPI.ANY_SOURCE, 64)
+    rb = comm.Irecv(second, peer, 64)
+    sb, sa = MPI.Status(), MPI.Status()
+    rb.Wait(sb)
+    ra.Wait(sa)
+    assert sa.Get_count(MPI.BYTE) == L and (first[:L] == pattern(L, 0)).all()
+    assert sb.Get_count(MPI.BYTE) == L + 8 and (second == pattern(L + 8, 1)).all()
+comm.Barrier()
 dup.Free()
 comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:

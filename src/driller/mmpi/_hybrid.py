@@ -298,21 +298,22 @@ class HybridTransport(T.Transport):
         head, K_EAGER, Send = T.HDR.pack, T.K_EAGER, self.mpi.Send
         small = min(SEND_MAX - T.HDR_BYTES, self.inline_max)
         join = b"".join
-        lc, lt, ln = -1, -1, -1   # the last header packed (as _remote_sender's)
-        lh = b""
+        # the last header packed and what it says (nbytes, tag, context), one tuple:
+        # read at once, so that a thread's send never joins another's header
+        last = (-1, -1, -1, b"")
 
         def send(ctx, tag, a):
-            nonlocal lc, lt, ln, lh
+            nonlocal last
             if id(a.dtype) not in plain:
                 return False
             n = a.nbytes
             if n > small:
                 return False
-            if n != ln or tag != lt or ctx != lc:
-                lh = head(K_EAGER, ctx, tag, n, 0, 0, n, me)
-                lc, lt, ln = ctx, tag, n
+            h = last
+            if n != h[0] or tag != h[1] or ctx != h[2]:
+                h = last = (n, tag, ctx, head(K_EAGER, ctx, tag, n, 0, 0, n, me))
             try:
-                rec = join((lh, a))
+                rec = join((h[3], a))
             except TypeError:   # not C-contiguous: the facade's parse copies it
                 return False
             Send(rec, dst, REC_TAG)
@@ -535,6 +536,11 @@ class HybridTransport(T.Transport):
                     self._inflight -= op.nbytes
                     op.state, op.done = E.S_DONE, True
                     return
+            elif type(op) is T.RecvOp and op.source == peer and op.state == E.R_POSTED \
+                    and op.mv is not None and self._take_posted(op, peer):
+                # (a receive from that rank itself: a wait may name a peer to poll
+                # first for a receive from any source, _hiergather's Scatter)
+                return
             poll, clock = self._poll_mpi, time.perf_counter
             end = clock() + POLL_SECONDS
             while True:
@@ -543,6 +549,56 @@ class HybridTransport(T.Transport):
                 if clock() > end:
                     break
         super().wait(op, peer)
+
+    def _take_posted(self, op: T.RecvOp, src: int) -> bool:
+        """``Wait`` on a buffer receive from ``src``, a rank of another node, still
+        posted (no record for it handled yet: an ``Irecv`` posted straight into the
+        engine, the record still in the pool or on its way): taken out of the engine
+        and received as a blocking ``Recv`` receives (its taker: the pool's head
+        waited for, a buffer's data received straight into ``op.mv``, no record
+        handler, no engine match, no fetch), when no other receive posted on its
+        context could take a record from ``src`` before it and no message from
+        ``src`` waits there (_clear's rule).  True: done.  False: posted again, as
+        it was if nothing was taken (the taker declined: the head went to the record
+        handler, so the engine, matching it on posting, decides as before; or the
+        fast path's window passed), for the general wait.  An exception (a signal
+        handler's, a death) once the taker took the record fails the receive with
+        it (its data may still land in the buffer); before, the receive is posted
+        again."""
+        eng = self.engine
+        posted, ctx = eng.posted, op.context
+        if self.npending:
+            return False
+        for r in posted:
+            if r is not op and r.context == ctx and (r.source == src or r.source < 0):
+                return False
+        for m in eng.unexpected:
+            if m.source == src and m.context == ctx:
+                return False
+        try:
+            i = posted.index(op)
+        except ValueError:   # (not there: the engine's own way)
+            return False
+        ph = self._ph
+        op.state = E.R_NEW   # (these two steps, no call between: both or neither)
+        del posted[i]
+        try:
+            res = self.takers[src](op.tag, ctx, op.mv, -1, True)
+        except BaseException as e:
+            if self._ph == ph:   # nothing taken: posted again, as it was
+                self.irecv(op)
+            else:
+                op.exc, op.state, op.done = e, E.R_DONE, True
+            raise
+        if not res:   # (None or False: not taken here)
+            self.irecv(op)
+            return False
+        s, tg, nb = res
+        op.message = E.Message(s, tg, ctx, nb)
+        op.count = nb
+        op.state = E.R_DONE
+        op.done = True
+        return True
 
     def recv_fast(self, src: int, tag: int, ctx: int, mv):
         if src in self.remote:
