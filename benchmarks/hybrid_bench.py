@@ -1,6 +1,7 @@
 """Hybrid world vs plain mpi4py, side by side in one MPI job (docs/scaleout.md).
 
     python benchmarks/hybrid_bench.py [--rounds 5] [--mpich | --tcp] [--only inter-node] [--cpu]
+                                      [--src OTHER_TREE/src]
 
 starts ``mpirun`` (the test venv's Open MPI; ``--tcp``: with ``OMPI_MCA_btl=self,tcp``,
 so that MPI's route between the emulated nodes is a real network path; ``--mpich``:
@@ -10,7 +11,8 @@ communicators: driller's hybrid ``COMM_WORLD`` and the job's own MPI one
 (mpi4py).  Each round measures, interleaved, on the same ranks:
 
 * intra-node (ranks 0 and 1): 64 MiB Send/Recv, 64 MiB dict of 8 arrays send/recv;
-* inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 64 MiB dict send/recv;
+* inter-node (ranks 0 and 2): 8 B, 1 MiB and 64 MiB Send/Recv, 32 KiB Isend/Irecv each
+  waited for (a ping-pong of nonblocking calls), 64 MiB dict send/recv;
 * collectives over the 4 ranks: Allreduce (SUM) of 16 MiB of float64, Allgather of
   1 MiB per rank, Alltoall of 1 KiB blocks (one MPI Alltoall carrying the sizes),
   Bcast of 1 MiB from rank 3, Gather of 1 MiB per rank to rank 0 and Scatter of
@@ -27,7 +29,9 @@ faster), with the command, the MPI library and the machine's load average.
 Ranks not in a measurement wait in driller's barrier, which naps.  ``--only TEXT``
 keeps the measurements whose name contains TEXT (e.g. ``inter-node``); ``--cpu``
 times the collectives by rank 0's CPU time per call (``time.process_time``) instead
-of wall-clock (the point-to-point rows stay wall-clock).
+of wall-clock (the point-to-point rows stay wall-clock).  ``--src PATH``: run driller
+from another tree's ``src`` (a base checkout: compare it with this tree's in
+alternate runs of this same file).
 """
 
 from __future__ import annotations
@@ -102,6 +106,15 @@ def rank_main(rounds: int, only: str = "", cpu: bool = False) -> None:
     p2p("inter-node 8 B Send/Recv (ranks 0–2)", 0, 2, small, sout, 200)
     p2p("inter-node 1 MiB Send/Recv", 0, 2, mid, mout, 20)
     p2p("inter-node 64 MiB Send/Recv", 0, 2, big, out, 5)
+    kib, kout = np.ones(32 * 1024 // 8), np.empty(32 * 1024 // 8)
+    for eng, comm in (("driller", dc), ("mpi4py", mc)):
+        def isend(peer, comm=comm):
+            comm.Isend(kib, peer, 5).Wait()
+
+        def irecv(peer, comm=comm):
+            comm.Irecv(kout, peer, 5).Wait()
+        cases.append(("inter-node 32 KiB Isend/Irecv + Wait", eng, (0, 2),
+                      lambda s=isend, rv=irecv: _pingpong(None, r, 2 - r, s, rv, 100)))
     objs("inter-node 64 MiB dict send/recv", 0, 2, 3)
     ag_in, ag_out = np.full(MIB // 8, float(r)), np.empty(4 * MIB // 8)
     a2a_in, a2a_out = np.full(4 * 128, float(r)), np.empty(4 * 128)
@@ -207,10 +220,11 @@ def _report(results, rounds, library: str, cpu: bool = False) -> None:
 
 
 def job(argv: list[str], per_node: int = 2, mpich: bool = False,
-        tcp: bool = False) -> tuple[list[str], dict]:
+        tcp: bool = False, src: str | None = None) -> tuple[list[str], dict]:
     """The command line and environment of a job of 2 emulated nodes (DRILLER_NODE
     a, b) of ``per_node`` ranks each running ``python argv...`` with this tree's
-    driller (``mpich``: .venv-mpich's; ``tcp``: Open MPI's btl self,tcp)."""
+    driller (``mpich``: .venv-mpich's; ``tcp``: Open MPI's btl self,tcp; ``src``:
+    driller from that source tree instead)."""
     py = sys.executable
     if mpich:
         run = [os.path.join(ROOT, ".venv-mpich", "bin", "mpiexec")]
@@ -226,18 +240,19 @@ def job(argv: list[str], per_node: int = 2, mpich: bool = False,
         ctx = lambda node: ["-n", str(per_node), "-x", f"DRILLER_NODE={node}", py] + argv
     env = dict(os.environ)
     env.setdefault("DRILLER_BENCH_LOAD", "%.1f" % os.getloadavg()[0])
-    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = (os.path.abspath(src) if src else os.path.join(ROOT, "src")) \
+        + os.pathsep + env.get("PYTHONPATH", "")
     return run + ctx("a") + [":"] + ctx("b"), env
 
 
 def launch(rounds: int, mpich: bool, only: str = "", cpu: bool = False,
-           tcp: bool = False) -> int:
+           tcp: bool = False, src: str | None = None) -> int:
     cmd, env = job([HERE, "--rank", "--rounds", str(rounds), "--only", only]
-                   + (["--cpu"] if cpu else []), 2, mpich, tcp)
+                   + (["--cpu"] if cpu else []), 2, mpich, tcp, src)
     env.setdefault("DRILLER_BENCH_CMD", "python benchmarks/hybrid_bench.py"
                    + (" --mpich" if mpich else "") + (" --tcp" if tcp else "")
                    + (f" --only {only}" if only else "")
-                   + (" --cpu" if cpu else ""))
+                   + (" --cpu" if cpu else "") + (f" --src {src}" if src else ""))
     return subprocess.call(cmd, env=env)
 
 
@@ -250,6 +265,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="only the measurements whose name contains this")
     p.add_argument("--cpu", action="store_true",
                    help="time the collectives by rank 0's CPU time per call (process_time)")
+    p.add_argument("--src", help="driller's source tree to run (default: this tree's src)")
     p.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.rank:
@@ -257,7 +273,7 @@ def main() -> int:
         return 0
     if a.tcp and a.mpich:
         p.error("--tcp is Open MPI's (OMPI_MCA_btl): not with --mpich")
-    return launch(a.rounds, a.mpich, a.only, a.cpu, a.tcp)
+    return launch(a.rounds, a.mpich, a.only, a.cpu, a.tcp, a.src)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class _P2P:
     round")."""
 
     __slots__ = ("t", "group", "npeers", "ctx", "rank_of", "sliced", "sends", "recvs",
-                 "__weakref__")
+                 "asends", "__weakref__")
 
     def __init__(self, t, group, npeers: int, ctx: int, rank_of):
         self.t = t
@@ -168,7 +168,20 @@ class _P2P:
         # so that the next call asks the transport, which then raises
         self.sends = [None] * npeers
         self.recvs = [None] * npeers
+        # Send's path for a numpy array by rank (``t.array_senders[group[r]]``: False
+        # where the transport has none), likewise; looked at only once a transport
+        # with ranks on other nodes made a record (_ARRAY_ROUTES)
+        self.asends = [None] * npeers
+        if t.remote:
+            global _ARRAY_ROUTES
+            _ARRAY_ROUTES = True
         _P2PS.add(self)
+
+
+# whether any communicator has ranks on other nodes (a hybrid world): Send then asks
+# its per-rank table for a numpy array's own path (one global's test otherwise)
+_ARRAY_ROUTES = False
+_NDARRAY = np.ndarray
 
 
 _P2PS = weakref.WeakSet()   # every _P2P record (_forget_peers empties their tables)
@@ -507,6 +520,17 @@ class Comm(_attr.Cached, Handle):
                     elif type(mv) is bytes:
                         _remember_send(buf, len(mv))
         else:
+            if _ARRAY_ROUTES and type(buf) is _NDARRAY and type(dest) is int \
+                    and type(tag) is int:
+                # a numpy array to a rank the transport reaches with the array itself
+                # (another node's: no memoryview, no cast; _hybrid._array_sender)
+                p = self._p
+                if 0 <= dest < p.npeers and 0 <= tag <= TAG_MAX:
+                    f = p.asends[dest]
+                    if f is None:   # (first use, or a fork or Finalize since, as sends)
+                        f = p.asends[dest] = p.t.array_senders[p.group[dest]]
+                    if f and f(p.ctx, tag, buf):
+                        return
             try:  # _buffer's fast path, inlined
                 mv = memoryview(buf)
                 if not (mv.format == "B" and mv.ndim == 1 and mv.c_contiguous):
@@ -798,13 +822,19 @@ class Comm(_attr.Cached, Handle):
         else:
             mv = _flat(buf, False)
         if (mv is not None and type(dest) is int and 0 <= dest < p.npeers
-                and type(tag) is int and 0 <= tag <= TAG_MAX
-                and p.t.senders[p.group[dest]](p.ctx, tag, mv)):
-            r = _new(Request)
-            r._op = _SENT
-            r._kind = K_SEND
-            r._cx = self._cx
-            return r
+                and type(tag) is int and 0 <= tag <= TAG_MAX):
+            w = p.group[dest]
+            if p.t.senders[w](p.ctx, tag, mv):
+                r = _new(Request)
+                r._op = _SENT
+                r._kind = K_SEND
+                r._cx = self._cx
+                return r
+            # a route of the transport's own for it (a large buffer to another node:
+            # its request record and data message at once, no parse again)
+            op = p.t.isend_buffer(w, p.ctx, tag, mv)
+            if op is not None:
+                return request(op, K_SEND, self._cx)
         return self._sreq(self._isend(buf, dest, tag, False, "Isend"))
 
     def Issend(self, buf: BufSpec, dest: int, tag: int = 0) -> Request:
@@ -2102,6 +2132,7 @@ def _forget_peers() -> None:
     for p in list(_P2PS):   # Send's and Recv's tables: looked up through the transport again
         p.sends = [None] * p.npeers
         p.recvs = [None] * p.npeers
+        p.asends = [None] * p.npeers
 
 
 T.UNUSABLE_HOOKS.append(_forget_peers)

@@ -639,6 +639,9 @@ class Transport:
         self.takers = _PerPeer(self._taker)
         # Recv's fast path per source, waiting included (_recver)
         self.recvers = _PerPeer(self._recver)
+        # Send's path for a numpy array per destination (_array_sender): False where
+        # there is none (every rank of this node: the facade's byte view goes first)
+        self.array_senders = _PerPeer(self._array_sender)
         # Irecv's fast path per source (_irecver), and the envelopes of plain eager
         # messages that posted receives got in a run ((src, tag, ctx, nbytes) -> Message,
         # read only, shared: a request's outcome reads its source and tag)
@@ -661,6 +664,19 @@ class Transport:
         """A blocking standard send of the buffer ``mv`` that ``senders[dst]``
         declined, done here (sent and waited for) when the transport has a route of
         its own for it; False: the general path (a request through the engine)."""
+        return False
+
+    def isend_buffer(self, dst: int, ctx: int, tag: int, mv) -> SendOp | None:
+        """A nonblocking standard send of the buffer ``mv`` that ``senders[dst]``
+        declined, started here when the transport has a route of its own for it (the
+        facade's checks done: no parse again); None: the general path."""
+        return None
+
+    def _array_sender(self, dst: int):
+        """``array_senders[dst]``: ``(ctx, tag, a) -> bool``, a blocking standard
+        send of the numpy array ``a`` itself (no byte view made by the facade), or
+        False where there is no such path (here: none; a hybrid world's other
+        nodes have one)."""
         return False
 
     def send_fast(self, dst: int, ctx: int, tag: int, mv, flags: int = 0) -> bool:
