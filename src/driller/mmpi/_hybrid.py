@@ -564,7 +564,10 @@ class HybridTransport(T.Transport):
         fast path's window passed), for the general wait.  An exception (a signal
         handler's, a death) once the taker took the record fails the receive with
         it (its data may still land in the buffer); before, the receive is posted
-        again."""
+        again.  Not covered (the merge review): a handler's exception after the
+        taker posted a large message's data Irecv and before the pool's head moved
+        reposts the receive with its data message gone (a later Wait hangs); the
+        general path has the same window in _fetch's Irecv."""
         eng = self.engine
         posted, ctx = eng.posted, op.context
         if self.npending:
