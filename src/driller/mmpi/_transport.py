@@ -3532,7 +3532,8 @@ class Transport:
         waits for, sends, pushes), progressing meanwhile so that two ranks finishing
         at once drain each other.  Never waits for a peer that can take nothing any
         more (dead, exited, or finalized): its queue is dropped.  Then, ``owed``
-        (False: the program ended by an exception, the job fails anyway), wait
+        (False: the program ended by an uncaught exception, its job fails anyway;
+        or a hybrid world, whose ranks have all passed the end barrier), wait
         while a live peer may still copy a rendezvous message from our memory
         (_serve_owed)."""
         if self.deferred:
