@@ -410,3 +410,22 @@ def test_engine_module_has_no_io():
                           | set(_const.__all__) | set(_errcodes.__all__))
     assert imports(_const) <= {"__future__", "annotations"}
     assert imports(_errcodes) <= {"__future__", "annotations"}
+
+
+def test_arrived_keeps_the_last_match_actions_for_an_interrupted_caller():
+    # post and arrive leave the actions of the match they made in ``arrived`` (the
+    # transport's way to them when a signal handler's exception came as the call
+    # returned); a call that matches nothing leaves it as it was
+    e = Engine()
+    assert e.arrived is None
+    r = Receive(1, 5, 0, 64)
+    assert e.post(r) == [] and e.arrived is None          # posted, no match
+    assert e.arrive(msg(2, 5)) == [] and e.arrived is None  # unexpected, no match
+    acts = e.arrive(msg(1, 5))
+    assert acts and e.arrived is acts                     # matched the posted receive
+    e.arrived = None                                      # (the caller took them)
+    r2 = Receive(2, 5, 0, 64)
+    acts2 = e.post(r2)                                    # matches the unexpected one
+    assert acts2 and e.arrived is acts2 and kinds(acts2)[0] == "Deliver"
+    e.arrived = None
+    assert e.post(Receive(3, 5, 0, 64)) == [] and e.arrived is None
