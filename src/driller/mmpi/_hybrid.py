@@ -97,7 +97,6 @@ _SRC_MASK = (1 << 32) - 1       # a record's last word: sender rank | long-paylo
 DEAD_CHECK = 0.05               # how often a nap reports a timeout (the death checks)
 
 
-
 def _plain_dtypes() -> frozenset:
     """The ids of numpy's own dtype instances whose arrays the facade sends as
     their bytes (a memoryview format in ``_comm._FLAT_FORMATS``, native order):
@@ -568,16 +567,9 @@ class HybridTransport(T.Transport):
         taker posted a large message's data Irecv and before the pool's head moved
         reposts the receive with its data message gone (a later Wait hangs); the
         general path has the same window in _fetch's Irecv."""
-        eng = self.engine
-        posted, ctx = eng.posted, op.context
-        if self.npending:
+        posted, ctx = self.engine.posted, op.context
+        if self.npending or not self._clear(src, ctx, op):
             return False
-        for r in posted:
-            if r is not op and r.context == ctx and (r.source == src or r.source < 0):
-                return False
-        for m in eng.unexpected:
-            if m.source == src and m.context == ctx:
-                return False
         try:
             i = posted.index(op)
         except ValueError:   # (not there: the engine's own way)
@@ -620,10 +612,11 @@ class HybridTransport(T.Transport):
             return None
         return super().take_fast(src, tag, ctx, mv)
 
-    def _clear(self, src: int, ctx: int) -> bool:
+    def _clear(self, src: int, ctx: int, skip=None) -> bool:
         """Whether the engine holds nothing that comes before the next record from
         ``src`` on context ``ctx``: no unexpected message from ``src`` on ``ctx`` and no
-        receive posted on ``ctx`` that such a record could match.  (Messages of other
+        receive posted on ``ctx`` that such a record could match (``skip``, the one
+        receive a wait takes out of the engine, aside).  (Messages of other
         communicators, e.g. an idle rank's early barrier arrival, or from other
         sources, don't keep the fast paths from taking it.)"""
         eng = self.engine
@@ -631,7 +624,7 @@ class HybridTransport(T.Transport):
             if m.source == src and m.context == ctx:
                 return False
         for r in eng.posted:
-            if r.context == ctx and (r.source == src or r.source < 0):
+            if r is not skip and r.context == ctx and (r.source == src or r.source < 0):
                 return False
         return True
 
