@@ -224,7 +224,7 @@ sys.path.insert(0, {here!r})
 from test_exit_flush import _owed_value, _wait_finishing, OWED
 comm = MPI.COMM_WORLD
 me = comm.Get_rank()
-how, end = {how!r}, {end!r}
+how, end, catch = {how!r}, {end!r}, {catch!r}
 if me == 0:
     big = _owed_value()
     if how in ("freed", "wrong-tag", "barrier"):
@@ -250,15 +250,15 @@ else:
         print("1 done", flush=True)
     elif end == "raise":
         time.sleep(40)                   # never receives: the job ends without it
-    elif how == "wrong-tag":             # rank 0 sends tag 7; rank 1 waits for tag 5
+    elif how in ("wrong-tag", "barrier"):
         try:
-            comm.Recv(np.empty(OWED // 8), source=0, tag=5)
+            if how == "wrong-tag":       # rank 0 sends tag 7; rank 1 waits for tag 5
+                comm.Recv(np.empty(OWED // 8), source=0, tag=5)
+            else:                        # rank 0 never joins
+                comm.Barrier()
         except PeerDiedError as e:
-            print("1 PeerDiedError", e, flush=True)
-    elif how == "barrier":               # rank 0 never joins
-        try:
-            comm.Barrier()
-        except PeerDiedError as e:
+            if not catch:
+                raise
             print("1 PeerDiedError", e, flush=True)
     else:
         _wait_finishing(comm, 0)         # rank 0 is serving the copy it owes
@@ -284,11 +284,12 @@ def _wait_finishing(comm, r):
         time.sleep(0.005)
 
 
-def _run_owed(how, end, timeout=90, env_extra=None, prog=None, n=2, args=()):
+def _run_owed(how="", end="", catch=True, *, prog=_OWED_PROG, n=2, env_extra=None,
+              timeout=90):
     env = dict(os.environ, **(env_extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, env.get("PYTHONPATH")) if p)
-    code = textwrap.dedent((prog or _OWED_PROG).format(here=HERE, how=how, end=end))
-    return subprocess.run([PY, "-m", "driller", "run", "-n", str(n), "-c", code, *args],
+    code = textwrap.dedent(prog.format(here=HERE, how=how, end=end, catch=catch))
+    return subprocess.run([PY, "-m", "driller", "run", "-n", str(n), "-c", code],
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -343,9 +344,7 @@ def test_a_spawn_rank_returning_with_an_owed_send_keeps_it_for_the_receiver():
 def test_a_rank_failing_for_want_of_a_finished_rank_is_the_one_named():
     # the wrong-tag program, the PeerDiedError uncaught: rank 1 failed (its receive
     # can never match), not rank 0 (alive, serving its owed copy, then stopped)
-    p = _run_owed("wrong-tag", "Finalize", prog=_OWED_PROG.replace(
-        "        except PeerDiedError as e:\n            print(\"1 PeerDiedError\", e, flush=True)\n"
-        "    elif how == \"barrier\"", "        finally:\n            pass\n    elif how == \"barrier\""))
+    p = _run_owed("wrong-tag", "Finalize", catch=False)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "rank 0 has finished" in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]
@@ -383,7 +382,7 @@ elif me == 2:
 def test_a_lock_held_by_a_finished_rank_is_refused_not_waited_for():
     # rank 0 will never unlock (it finished); rank 2 waiting for the lock while rank 0
     # waits for rank 2 to take its owed message would be a deadlock
-    p = _run_owed("", "", prog=_LOCK_PROG, n=3)
+    p = _run_owed(prog=_LOCK_PROG, n=3)
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout.splitlines()
     err = [ln for ln in out if ln.startswith("2 PeerDiedError")]
@@ -421,7 +420,7 @@ else:
 def test_an_owed_message_pushed_by_a_finishing_rank_is_received():
     # no single copy: the finishing rank pushes its owed message through the ring; a
     # pause of its own is not "it has finished" for the receive it is serving
-    p = _run_owed("", "", prog=_PUSHED_PROG, env_extra={"DRILLER_MMPI_SINGLE_COPY": "0"})
+    p = _run_owed(prog=_PUSHED_PROG, env_extra={"DRILLER_MMPI_SINGLE_COPY": "0"})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1 received True" in p.stdout.splitlines(), p.stdout + p.stderr
 
@@ -443,7 +442,7 @@ time.sleep(40)       # busy elsewhere: never receives (nor sees rank 0 finish)
 
 def test_the_wait_for_owed_copies_is_bounded_and_says_what_is_lost():
     # (the bound counts time with nothing moving: rank 1 never receives)
-    p = _run_owed("", "", prog=_EXIT_PROG, env_extra={"DRILLER_MMPI_FINISH_WAIT": "1"},
+    p = _run_owed(prog=_EXIT_PROG, env_extra={"DRILLER_MMPI_FINISH_WAIT": "1"},
                   timeout=60)
     assert p.returncode == 3, p.stdout + p.stderr
     assert ("driller: rank 0 stops with 1 rendezvous send (12582912 bytes to rank 1, "
@@ -452,7 +451,7 @@ def test_the_wait_for_owed_copies_is_bounded_and_says_what_is_lost():
 
 
 def test_a_bad_finish_wait_is_refused_at_the_start():
-    p = _run_owed("", "", prog="from driller import MPI\nMPI.COMM_WORLD.Barrier()\n",
+    p = _run_owed(prog="from driller import MPI\nMPI.COMM_WORLD.Barrier()\n",
                   env_extra={"DRILLER_MMPI_FINISH_WAIT": "soon"}, timeout=60)
     assert p.returncode != 0
     assert "DRILLER_MMPI_FINISH_WAIT='soon'" in p.stderr, p.stderr
