@@ -2154,10 +2154,11 @@ class Transport:
                 warn_once(denial_message(e, f"reading rank {m.source} (pid {pid}) from rank "
                                              f"{self.rank}"))
                 return
+            stopped = self.finished(m.source)
             if e.errno == errno.ESRCH or (e.errno == errno.EFAULT and (
-                    self.finished(m.source) or not _linux.pid_alive(pid))):
+                    stopped or not _linux.pid_alive(pid))):
                 # (EFAULT: it stopped waiting for us and unmapped the buffer, or exited)
-                how = "stopped" if self.finished(m.source) else "died"
+                how = "stopped" if stopped else "died"
                 r.exc = PeerDiedError(f"rank {m.source} {how} before its {m.nbytes}-byte "
                                       f"message (tag {m.tag}) could be copied",
                                       rank=self.blame(m.source))
@@ -3465,19 +3466,16 @@ class Transport:
             # program's error (not recorded as our cause: the launcher names us)
             how = ("has finished (MPI.Finalize, or the end of its program) and takes "
                    "and sends nothing more")
-            raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
-                                f"{_opname(op)}", rank=r, status=None)
-        root = self.blame(r)  # the first death, not a rank that died of its consequences
-        if root != r:
-            self._scan_dead()
-            r, st = root, self.dead.get(root)
-        if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
-            self._scan_dead()
-            st = self.dead.get(r)
-        if st is not None:
-            how = describe_wait_status(st)
         else:
-            how = f"(pid {self.pid_of(r)}) is gone (exited or killed)"
+            root = self.blame(r)  # the first death, not a rank that died of its consequences
+            if root != r:
+                self._scan_dead()
+                r, st = root, self.dead.get(root)
+            if st is None:  # noticed by pid: the launcher may have recorded why meanwhile
+                self._scan_dead()
+                st = self.dead.get(r)
+            how = (describe_wait_status(st) if st is not None
+                   else f"(pid {self.pid_of(r)}) is gone (exited or killed)")
         raise PeerDiedError(f"rank {r} {how}; rank {self.rank} cannot complete its "
                             f"{_opname(op)}", rank=r, status=st)
 
@@ -3497,14 +3495,19 @@ class Transport:
             if r == self.rank:
                 continue
             f = words[w.rank_word(r, W.R_FINALIZED)]
-            if r in self.gone or (f and not (serving_ok and f == W.FINISHING)):
-                ended.add(r)
-                continue
-            pid = self.pid_of(r)
-            if pid and not _linux.pid_alive(pid):
-                self.gone.add(r)
+            if r in self.gone or (f and not (serving_ok and f == W.FINISHING)) or \
+                    self._exited(r):
                 ended.add(r)
         return ended
+
+    def _exited(self, r: int) -> bool:
+        """Whether rank ``r``'s process is gone, found by its pid (then noted in
+        ``self.gone``)."""
+        pid = self.pid_of(r)
+        if pid and not _linux.pid_alive(pid):
+            self.gone.add(r)
+            return True
+        return False
 
     def _forget_streams(self) -> None:
         """Drop the partly received streamed messages of dead senders (their
@@ -3621,11 +3624,7 @@ class Transport:
         if r in self.dead or r in self.gone or words[w.rank_word(r, W.R_DEAD)] or \
                 words[w.rank_word(r, W.R_FINALIZED)]:
             return False
-        pid = self.pid_of(r)
-        if pid and not _linux.pid_alive(pid):
-            self.gone.add(r)
-            return False
-        return True
+        return not self._exited(r)
 
     def close(self) -> None:
         if self.deferred:
