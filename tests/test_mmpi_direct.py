@@ -17,6 +17,7 @@ deadline).
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import signal
@@ -694,12 +695,30 @@ class _LateLook:
         self.where = where
         self.armed = False
         self.fired = 0
+        self.flag = None   # (hold_until)
+
+    def hold_until(self, flag) -> None:
+        """Keep this rank's publications open until ``flag[0]`` (a byte another
+        rank sets) is set, at most 30 s."""
+        self.flag = flag
+        self.jumps = 0
+        self.hold_at = time.perf_counter()
+        self.hold_end = time.monotonic() + 30
 
     def __getattr__(self, name):
         return getattr(time, name)
 
     def perf_counter(self):
         f = sys._getframe(1)
+        if self.flag is not None and f.f_code.co_name == "dwait":
+            # the publication's wait: its clock stands still until the sender says
+            # it is writing (a loaded machine could otherwise end the window before
+            # the sender claimed: no direct write at all), then jumps an hour at
+            # each read (past any end the wait set at the read before)
+            if not self.flag[0] and time.monotonic() < self.hold_end:
+                return self.hold_at
+            self.jumps += 1
+            return time.perf_counter() + 3600.0 * self.jumps
         if self.armed and f.f_code.co_name == self.where and "spin_end" in f.f_locals:
             self.armed = False
             end = time.monotonic() + 30
@@ -737,9 +756,10 @@ def test_split_peer_done_then_exited_is_not_a_death(split_on):
     assert sp0[0] >= 2 and sp0[0] == sp1[1], res   # the last two went split
 
 
-def _written_then_exited(comm):
+def _written_then_exited(comm, writing):
     """Rank 0 claims rank 1's published Recv and writes slowly (0.3 s); rank 1
-    stops waiting published meanwhile (a 50 ms spin) and, withdrawing, waits
+    stops waiting published once rank 0 is writing (its publication's clock
+    held until rank 0's write starts, then past its 50 ms spin) and, withdrawing, waits
     for the record; it looks at the claim before rank 0 wrote its record and
     checks for death after rank 0 sent and exited: the Recv must return the
     message, not raise PeerDiedError (the message would be lost)."""
@@ -747,6 +767,7 @@ def _written_then_exited(comm):
         write = T._linux.process_vm_writev
 
         def slow_write(*a):
+            writing[0] = 1   # (claimed, and the claim stood after its fence)
             time.sleep(0.3)
             write(*a)
 
@@ -756,6 +777,7 @@ def _written_then_exited(comm):
         return _stats(comm)
     late = _LateLook(comm, 0, "withdraw")
     late.armed = True
+    late.hold_until(writing)
     T.time = late   # (before the first Recv from rank 0 builds its wait)
     comm._t.spin_seconds = 0.05
     buf = bytearray(N)
@@ -764,7 +786,7 @@ def _written_then_exited(comm):
 
 
 def test_direct_writer_done_then_exited_is_not_a_death():
-    res = run_ranks(_written_then_exited, 2)
+    res = run_ranks(_written_then_exited, 2, mmap.mmap(-1, 4096))   # (shared by the forks)
     for ok, v in res:
         assert ok, v
     got, fired, st1 = res[1][1]
