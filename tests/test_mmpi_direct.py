@@ -456,6 +456,54 @@ def test_sender_killed_holding_claim():
     assert not ok and v[0] == "PeerDiedError" and v[2] == 0, res
 
 
+def _handler_send_before_claim(comm):
+    """Rank 0's direct Send of message 1 is re-entered between reading its ring's
+    head and claiming rank 1's published Recv: a Send of ``hello`` (tag 5) runs
+    there, as a signal handler's would at that call (``pid_of``), and puts its
+    record at that head.  The direct Send must not write its record over it:
+    rank 1 gets message 1 whole (tag 4) and ``hello`` (tag 5).  Rank 1 is stopped
+    (SIGSTOP) from just before the nested Send until the outer one returns, so
+    that it cannot take ``hello`` first (its tail moved: the claim's check saw
+    that before this fix, by chance)."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+        _published(comm, 1)
+        t = comm._t
+        pid_of = t.pid_of
+        peer = pid_of(1)
+        fired = [0]
+
+        def reentered(r):
+            if not fired[0] and sys._getframe(1).f_code.co_name == "direct":
+                fired[0] = 1
+                os.kill(peer, signal.SIGSTOP)
+                comm.Send(b"hello", dest=1, tag=5)
+            return pid_of(r)
+
+        t.pid_of = reentered
+        try:
+            comm.Send(_msg(1), dest=1, tag=4)
+        finally:
+            t.pid_of = pid_of
+            os.kill(peer, signal.SIGCONT)
+        return fired[0]
+    _long_spin(comm)
+    buf, small = bytearray(N), bytearray(16)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    comm.Recv(buf, source=0, tag=4)
+    st = MPI.Status()
+    comm.Recv(small, source=0, tag=5, status=st)
+    return _seq(buf), bytes(small[:st.Get_count()])
+
+
+def test_handler_send_before_the_claim_is_not_overwritten():
+    res = run_ranks(_handler_send_before_claim, 2)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == 1, res   # the direct path ran up to pid_of and was re-entered
+    assert res[1][1] == (1, b"hello"), res
+
+
 # -------------------------------------------------------------------- denial
 def _denied(comm):
     if comm.rank == 0:

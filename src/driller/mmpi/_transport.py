@@ -961,7 +961,10 @@ class Transport:
             splitting = None   # (a split under way: the list its first exception goes in)
             try:
                 _linux.fence()
-                if words[gw] != g or words[tw] != head:   # withdrawn: the receiver goes on
+                if words[gw] != g or words[tw] != head or out_head[dst] != head:
+                    # withdrawn (the receiver goes on), or a send of ours put a record
+                    # at ``head`` meanwhile (a signal handler's, run at a call above):
+                    # ours would overwrite it; the usual path sends after it
                     release()
                     return False
                 if smin[0] and n >= smin[0] and words[spw] and n >> 13:
