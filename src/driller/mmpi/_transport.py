@@ -1382,11 +1382,13 @@ class Transport:
                                     f"rank {src} died while writing a message into the buffer "
                                     f"of rank {t_.rank}'s Recv", rank=src,
                                     status=t_.dead.get(src))
-                            words[t_.my_sleeping] = 1   # (the sender wakes us)
+                            ms = t_.my_sleeping
+                            was = words[ms]   # (as _split_wait: a nested wait restores it)
+                            words[ms] = 1   # (the sender wakes us)
                             try:
                                 _linux.futex_wait(t_.base + hw * 8, t, t_.sleep_seconds / 10)
                             finally:
-                                words[t_.my_sleeping] = 0
+                                words[ms] = was
                     return exc
                 except PeerDiedError:
                     raise
@@ -3440,7 +3442,9 @@ class Transport:
             timeout = self.sleep_seconds
         words = self.words
         base = self.base
-        words[self.my_sleeping] = 1
+        ms = self.my_sleeping
+        was = words[ms]   # (a sleep nested in a signal handler's MPI call leaves the
+        words[ms] = 1     # flag as it found it: an outer sleep still gets its wakes)
         flagged = []
         try:
             waits = []
@@ -3466,7 +3470,7 @@ class Transport:
             self.stats_sleeps += 1
             return _linux.futex_waitv(waits, timeout)
         finally:
-            words[self.my_sleeping] = 0
+            words[ms] = was
             for dst in flagged:
                 words[self.out_pwait[dst]] = 0
 

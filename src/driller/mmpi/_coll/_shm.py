@@ -143,7 +143,9 @@ def shm_sleep(cx, e, ep, j) -> bool:
         t.flush_deferred()        # producer may be waiting for the room)
     flag = t.coll_state[2][t.rank]
     words[flag] = 1
-    words[t.my_sleeping] = 1
+    ms = t.my_sleeping
+    was = words[ms]   # (as Transport._sleep: a nested sleep restores it)
+    words[ms] = 1
     try:
         waits = []
         for r in range(j, len(ep)):
@@ -165,7 +167,7 @@ def shm_sleep(cx, e, ep, j) -> bool:
         waits.append((base + W.H_DEATHS * 8, d))
         return _linux.futex_waitv(waits, t.sleep_seconds)
     finally:
-        words[t.my_sleeping] = 0
+        words[ms] = was
         words[flag] = 0
 
 
