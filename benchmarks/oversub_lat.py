@@ -1,7 +1,7 @@
 """Oversubscribed latency: more ranks than cores, what waiting costs.
 
 osu_multi_lat's pattern (rank i ping-pongs with rank i + n/2; each pair sends
-``[buf, 8, MPI.BYTE]`` and waits for the answer) under ``driller run --mpi4py``
+``[buf, 8, MPI.BYTE]``, or ``--size`` bytes, and waits for the answer) under ``driller run --mpi4py``
 and under Open MPI's ``mpirun --oversubscribe``, alternating which goes first,
 for ``--rounds`` rounds, with 2, 4 and 8 ranks on this machine's cores.  Per
 run, averaged over the ranks: the one-way time (wall), the CPU time a rank
@@ -13,7 +13,7 @@ message.  Prints the medians and the per-round ratio driller / Open MPI
 
     .venv/bin/python benchmarks/oversub_lat.py [--ranks 2,4,8] [--rounds 3]
         [--iters 5000] [--float-ranks] [--layout none|rr|block]
-        [--pattern half|neighbour] [--base-src DIR] [--json out.json]
+        [--pattern half|neighbour] [--size BYTES] [--base-src DIR] [--json out.json]
 
 ``--float-ranks`` passes the partner as a float (``nprocs / 2``), as mpi4py's
 own ``demo/osu_multi_lat.py`` does.  ``--base-src DIR`` adds driller imported
@@ -48,8 +48,9 @@ comm = MPI.COMM_WORLD
 me = comm.Get_rank(); n = comm.Get_size()
 iters, skip, floats = int(sys.argv[1]), 200, sys.argv[2] == "1"
 pairs = n / 2 if floats else n // 2
-buf = bytearray(8); rbuf = bytearray(8)
-s = [buf, 8, MPI.BYTE]; r = [rbuf, 8, MPI.BYTE]
+size = int(sys.argv[5])
+buf = bytearray(size); rbuf = bytearray(size)
+s = [buf, size, MPI.BYTE]; r = [rbuf, size, MPI.BYTE]
 partner = me + pairs if me < pairs else me - pairs
 first = me < pairs       # sends first
 layout, cpus = sys.argv[3], sorted(os.sched_getaffinity(0))
@@ -93,7 +94,8 @@ KEYS = ("oneway_us", "cpu_us", "vol", "invol", "sleeps")
 
 
 def run(impl: str, n: int, iters: int, floats: bool, prog: str,
-        base_src: str | None, layout: str = "none", pattern: str = "half") -> dict | None:
+        base_src: str | None, layout: str = "none", pattern: str = "half",
+        size: int = 8) -> dict | None:
     env = dict(os.environ)
     if impl in ("driller", "base"):
         cmd = [str(BIN / "driller"), "run", "-n", str(n), "--mpi4py", prog]
@@ -102,7 +104,7 @@ def run(impl: str, n: int, iters: int, floats: bool, prog: str,
     else:
         cmd = [str(BIN / "mpirun"), "--oversubscribe", "--allow-run-as-root", "-n", str(n),
                str(BIN / "python"), prog]
-    cmd += [str(iters), "1" if floats else "0", layout, pattern]
+    cmd += [str(iters), "1" if floats else "0", layout, pattern, str(size)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -123,6 +125,8 @@ def main() -> None:
                     "r %% cores, block = ranks in blocks of n / cores, none = as launched")
     ap.add_argument("--pattern", default="half", choices=("half", "neighbour"),
                     help="half = osu_multi_lat's pairs i, i + n/2; neighbour = 0-1, 2-3, ...")
+    ap.add_argument("--size", type=int, default=8,
+                    help="bytes per message (osu_multi_lat's mid sizes: 65536 ...)")
     ap.add_argument("--base-src", help="also run driller from this source tree")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -139,14 +143,15 @@ def main() -> None:
             for r in range(a.rounds):
                 order = impls[r % len(impls):] + impls[:r % len(impls)]
                 got = {i: run(i, n, a.iters, a.float_ranks, prog, a.base_src, a.layout,
-                                a.pattern) for i in order}
+                                a.pattern, a.size) for i in order}
                 for i in impls:
                     if got[i]:
                         res[i].append(got[i])
                 if got["driller"] and got["ompi"]:
                     ratios.append(got["driller"]["oneway_us"] / got["ompi"]["oneway_us"])
-            print(f"# {n} ranks on {cpus} cores, {a.rounds} rounds, {a.iters} round trips per "
-                  f"pair{', float ranks' if a.float_ranks else ''}; medians, per message")
+            print(f"# {n} ranks on {cpus} cores, {a.rounds} rounds, {a.iters} round trips of "
+                  f"{a.size} B per pair{', float ranks' if a.float_ranks else ''}; medians, "
+                  f"per message")
             print(f"{'':>8} {'one-way us':>11} {'CPU us':>8} {'vol cs':>7} {'invol cs':>9} "
                   f"{'sleeps':>7}")
             for i in impls:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import signal
+import time
 import types
 
 import numpy as np
@@ -208,15 +209,18 @@ class _Head:
 def _waiter(spin_us=60e6, top=50, probe=10, every=4):   # (a minute: never timed out)
     words = _Head()
     t = types.SimpleNamespace(words=words, spin_seconds=spin_us * 1e-6, adapt_max=top,
-                              adapt_probe=probe, adapt_every=every, stats_adapt=[0, 0, 0])
+                              adapt_probe=probe, adapt_every=every, stats_adapt=[0, 0, 0],
+                              adapt_keep=T.ADAPT_KEEP)
     return t, words, Transport._adaptive_wait(t, 0)
 
 
-def _wait(owait, words, after):
-    """One wait whose record shows at the ``after``-th read of the head."""
+def _wait(owait, words, after, nbytes=T.ADAPT_KEEP + 1):
+    """One wait whose record shows at the ``after``-th read of the head, for a
+    receive of ``nbytes`` (by default larger than ADAPT_KEEP: a slow reply drops
+    the budget)."""
     words.reads = 0
     words.moves_at = after
-    return owait(0)
+    return owait(0, nbytes)
 
 
 def test_adaptive_wait_learns_the_budget_per_peer():
@@ -291,6 +295,12 @@ def test_default_budget_outlasts_another_pairs_turn():
         assert _wait(owait, words, 400) and words.reads == 400
     assert st == [6, T.ADAPT_EVERY - 1, 1]
     assert T.ADAPT_PROBE < 1500 < T.ADAPT_MAX
+    # a receive of at most ADAPT_KEEP bytes (osu_multi_lat's 64 KiB: its peer copies
+    # the message out and the reply in) keeps the budget through a slow reply
+    assert T.ADAPT_KEEP >= 1 << 16
+    for nbytes in (8, 1 << 16, T.ADAPT_KEEP):
+        assert _wait(owait, words, 1500, nbytes) and words.reads == 1500
+    assert st == [9, T.ADAPT_EVERY - 1, 1]
     assert _wait(owait, words, 1500) and words.reads == 1500   # served while polling,
     assert _wait(owait, words, 2) and words.reads == 2   # but slow: the next yields at once
     for _ in range(T.ADAPT_EVERY - 2):
@@ -303,7 +313,7 @@ def test_default_budget_outlasts_another_pairs_turn():
 def test_adaptive_wait_gives_up_after_the_spin():
     t, words, owait = _waiter(spin_us=0.0)
     words.moves_at = 1 << 60   # never: False (the general path then sleeps)
-    assert owait(0) is False
+    assert owait(0, 8) is False
     assert t.stats_adapt == [0, 0, 0]
 
 
@@ -402,3 +412,66 @@ def test_a_peer_killed_mid_pingpong_wakes_its_partner(two_cpus, monkeypatch, mar
     for r in (1, 3):   # the other pair: done, or stopped by the abnormal death
         ok, v = res[r]
         assert ok and (v == ("done", None, 3999) or v[:2] == ("died", 2)), (r, res[r])
+
+
+def _slow_reply(comm, cap):
+    """Rank 1 receives from rank 0 into a buffer of ``cap`` bytes: quick messages
+    until a probe of its adaptive wait sees one (the budget set), then one that
+    rank 0 sends only after a 0.3 s sleep (far more polls than ADAPT_PROBE, fewer
+    than ADAPT_MAX) and another after 0.05 s.  Returns rank 1's probes made for
+    the last one (0: the budget was kept through the slow reply; 1: dropped)."""
+    t = comm._t
+    me = comm.rank
+    assert t.oversubscribed and t.pure_polls < 0
+    big = np.zeros(cap, np.uint8)
+    msg = np.arange(1 << 16, dtype=np.int64).view(np.uint8)[:1 << 16].copy()
+    flag = np.zeros(1, np.int64)
+    comm.Barrier()
+    if me == 0:
+        while True:   # quick sends until rank 1's probe saw one while it polled
+            comm.Send(msg, 1, 1)
+            comm.Recv(flag, 1, 2)
+            if flag[0]:
+                break
+        time.sleep(0.3)   # (ordering only: rank 1 polls meanwhile)
+        comm.Send(msg, 1, 3)
+        time.sleep(0.05)
+        comm.Send(msg, 1, 4)
+        res = None
+    elif me == 1:
+        st = t.stats_adapt
+        for _ in range(1000):
+            before = st[:]
+            comm.Recv([big, len(msg), MPI.BYTE], 0, 1)
+            flag[0] = st[2] == before[2] + 1 and st[0] == before[0] + 1   # a probe, served
+            comm.Send(flag, 0, 2)
+            if flag[0]:
+                break
+        assert flag[0], st
+        polled = st[0]
+        comm.Recv(big, 0, 3)   # capacity cap: the wait's size is the receive's
+        assert st[0] == polled + 1, st   # served while polling (the budget outlasts 0.3 s)
+        probes = st[2]
+        comm.Recv(big, 0, 4)
+        assert bytes(big[:len(msg)]) == msg.tobytes()
+        res = st[2] - probes
+    else:
+        res = None
+    comm.Barrier()
+    return res
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["keep", "beyond-keep"])
+def test_slow_reply_keeps_the_budget_up_to_adapt_keep(two_cpus, monkeypatch, big):
+    """An oversubscribed receive of at most ADAPT_KEEP bytes (512 KiB: osu_multi_lat's
+    64 KiB, whose replies come after more polls than ADAPT_PROBE because the peer
+    copies twice) keeps its poll budget when the reply comes late but within it;
+    a larger receive drops it at a reply slower than ADAPT_PROBE polls (the next
+    wait probes).  The budget (1e9 polls) outlasts the sender's sleeps, so the
+    outcome depends on the rule, not on timing (docs/mmpi.md, "sixteenth round")."""
+    monkeypatch.setenv("DRILLER_MMPI_ADAPT_MAX", str(10 ** 9))
+    monkeypatch.setenv("DRILLER_MMPI_ADAPT_PROBE", str(200_000))
+    monkeypatch.setenv("DRILLER_MMPI_ADAPT_EVERY", "1")
+    cap = T.ADAPT_KEEP + 64 if big else 1 << 16
+    out = values(run_ranks(_slow_reply, 3, cap, deadline=120.0))
+    assert out[1] == (1 if big else 0), out

@@ -128,6 +128,11 @@ ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µ
                               # and 2000 lost osu_multi_lat's 512 KiB row, 2.9x vs 2.5x)
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
+ADAPT_KEEP = 512 << 10        # oversubscribed receives of at most this many bytes keep the
+                              # budget for any reply within it (their peer copies the message
+                              # out and the reply in meanwhile), larger ones only for a reply
+                              # within ADAPT_PROBE polls (DRILLER_MMPI_ADAPT_KEEP, -1: none;
+                              # docs/mmpi.md, "sixteenth round (oversubscribed mid-size)")
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 FINISH_WAIT = 60.0            # s with nothing moving a stopping rank waits for its owed copies
 FINISH_NOTE = 5.0             # ... and after this long it says what it waits for (_serve_owed)
@@ -588,6 +593,7 @@ class Transport:
         self.adapt_max = int(os.environ.get("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX))
         self.adapt_probe = int(os.environ.get("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE))
         self.adapt_every = max(1, int(os.environ.get("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY)))
+        self.adapt_keep = int(os.environ.get("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP))
         self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
         self.finish_wait = _finish_wait()
         self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
@@ -1273,7 +1279,7 @@ class Transport:
                     if r:
                         i = 1   # (the record is visible: the wait below ends at once)
                 if i < 0:   # oversubscribed: the poll budget learnt per peer
-                    if not owait(t):
+                    if not owait(t, lim):
                         return None
                     i = 1   # (the record is visible: skip the spin below)
                 while i:
@@ -1498,7 +1504,7 @@ class Transport:
 
     def _adaptive_wait(self, hw: int):
         """An oversubscribed rank's wait for the ring whose head word is ``hw``:
-        ``(t) -> bool``, True once the head moved from ``t``, False after
+        ``(t, nb) -> bool``, True once the head moved from ``t``, False after
         ``spin_seconds`` (then the general path waits, and sleeps).  It polls
         ``budget`` times before it yields, learnt per peer from the last waits
         (docs/mmpi.md, "Waiting"): a reply that came while polling means the
@@ -1510,7 +1516,9 @@ class Transport:
         to 0 and the rank yields at once, with a probe of ``ADAPT_PROBE`` polls
         after ``ADAPT_EVERY`` waits, the interval doubling after each failed probe
         (up to ``ADAPT_BACKOFF`` times) and back to ``ADAPT_EVERY`` at a reply
-        within the polls."""
+        within the polls.  ``nb``, the receive's size: up to ``adapt_keep``
+        bytes any reply within the budget keeps it (the peer copies the message
+        out and its reply in meanwhile: docs/mmpi.md, "sixteenth round")."""
         words = self.words
         clock = time.perf_counter
         yield_ = os.sched_yield
@@ -1519,11 +1527,12 @@ class Transport:
         probe = self.adapt_probe
         every = self.adapt_every
         most = every * ADAPT_BACKOFF
+        keep = self.adapt_keep
         # [polls before yielding, waits left before the next probe, waits between probes]
         st = [0, every, every]
         stats = self.stats_adapt
 
-        def owait(t):
+        def owait(t, nb):
             i = st[0]
             if not i:
                 st[1] -= 1
@@ -1534,7 +1543,8 @@ class Transport:
             while i:
                 if words[hw] != t:
                     stats[0] += 1
-                    if n - i < probe:   # a quick reply: keep polling
+                    if n - i < probe or nb <= keep:   # a quick reply (or a mid-size
+                        # message's, whose peer copies it out and the reply in): keep polling
                         st[0] = top
                         st[2] = every
                         return True
