@@ -417,8 +417,9 @@ def test_a_peer_killed_mid_pingpong_wakes_its_partner(two_cpus, monkeypatch, mar
 def _slow_reply(comm, cap):
     """Rank 1 receives from rank 0 into a buffer of ``cap`` bytes: quick messages
     until a probe of its adaptive wait sees one (the budget set), then one that
-    rank 0 sends only after a 0.3 s sleep (far more polls than ADAPT_PROBE, fewer
-    than ADAPT_MAX) and another after 0.05 s.  Returns rank 1's probes made for
+    rank 0 sends only after a 1 s sleep (far more polls than ADAPT_PROBE even for
+    a rank given 1 % of a CPU meanwhile, fewer than ADAPT_MAX) and another after
+    0.05 s.  Returns rank 1's probes made for
     the last one (0: the budget was kept through the slow reply; 1: dropped)."""
     t = comm._t
     me = comm.rank
@@ -433,7 +434,7 @@ def _slow_reply(comm, cap):
             comm.Recv(flag, 1, 2)
             if flag[0]:
                 break
-        time.sleep(0.3)   # (ordering only: rank 1 polls meanwhile)
+        time.sleep(1.0)   # (ordering only: rank 1 polls meanwhile)
         comm.Send(msg, 1, 3)
         time.sleep(0.05)
         comm.Send(msg, 1, 4)
@@ -450,7 +451,7 @@ def _slow_reply(comm, cap):
         assert flag[0], st
         polled = st[0]
         comm.Recv(big, 0, 3)   # capacity cap: the wait's size is the receive's
-        assert st[0] == polled + 1, st   # served while polling (the budget outlasts 0.3 s)
+        assert st[0] == polled + 1, st   # served while polling (the budget outlasts 1 s)
         probes = st[2]
         comm.Recv(big, 0, 4)
         assert bytes(big[:len(msg)]) == msg.tobytes()
@@ -463,14 +464,17 @@ def _slow_reply(comm, cap):
 
 @pytest.mark.parametrize("big", [False, True], ids=["keep", "beyond-keep"])
 def test_slow_reply_keeps_the_budget_up_to_adapt_keep(two_cpus, monkeypatch, big):
-    """An oversubscribed receive of at most ADAPT_KEEP bytes (512 KiB: osu_multi_lat's
+    """An oversubscribed receive of at most ADAPT_KEEP bytes (256 KiB: osu_multi_lat's
     64 KiB, whose replies come after more polls than ADAPT_PROBE because the peer
     copies twice) keeps its poll budget when the reply comes late but within it;
     a larger receive drops it at a reply slower than ADAPT_PROBE polls (the next
-    wait probes).  The budget (1e9 polls) outlasts the sender's sleeps, so the
-    outcome depends on the rule, not on timing (docs/mmpi.md, "sixteenth round")."""
+    wait probes).  The budget (1e9 polls, ≈ 100 s) outlasts the sender's sleeps,
+    and the probe (20,000 polls, ≈ 2.5 ms of CPU) is shorter than the 1 s sleep
+    even for a rank starved to 1 % of a CPU (200,000 polls failed once so,
+    in review), so the outcome depends on the rule, not on timing (docs/mmpi.md,
+    "sixteenth round")."""
     monkeypatch.setenv("DRILLER_MMPI_ADAPT_MAX", str(10 ** 9))
-    monkeypatch.setenv("DRILLER_MMPI_ADAPT_PROBE", str(200_000))
+    monkeypatch.setenv("DRILLER_MMPI_ADAPT_PROBE", str(20_000))
     monkeypatch.setenv("DRILLER_MMPI_ADAPT_EVERY", "1")
     cap = T.ADAPT_KEEP + 64 if big else 1 << 16
     out = values(run_ranks(_slow_reply, 3, cap, deadline=120.0))

@@ -82,6 +82,7 @@ from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
 from . import _engine as E
 from . import _world as W
+from ._env import env_float, env_int
 from ._objects import PART, TABLE, dumps, unpack_array
 from ._procs import describe_wait_status
 
@@ -117,7 +118,7 @@ _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
-SPIN_SECONDS = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6  # (at import)
+SPIN_SECONDS = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, "microseconds") * 1e-6  # (at import)
 PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
                               # oversubscribed, the budget below is learnt per peer)
 ADAPT_MAX = 2000              # oversubscribed: polls (≈ 80 µs) while the peer answers in time
@@ -128,11 +129,12 @@ ADAPT_PROBE = 500             # ... a reply within this many keeps it (≈ 20 µ
                               # and 2000 lost osu_multi_lat's 512 KiB row, 2.9x vs 2.5x)
 ADAPT_EVERY = 8               # (each failed probe doubles the interval, up to 16x: ADAPT_BACKOFF)
 ADAPT_BACKOFF = 16
-ADAPT_KEEP = 512 << 10        # oversubscribed receives of at most this many bytes keep the
+ADAPT_KEEP = 256 << 10        # oversubscribed receives of at most this many bytes keep the
                               # budget for any reply within it (their peer copies the message
                               # out and the reply in meanwhile), larger ones only for a reply
                               # within ADAPT_PROBE polls (DRILLER_MMPI_ADAPT_KEEP, -1: none;
-                              # docs/mmpi.md, "sixteenth round (oversubscribed mid-size)")
+                              # docs/mmpi.md, "sixteenth round (oversubscribed mid-size)";
+                              # 512 KiB stays under the old rule: the twelfth round's row)
 RECV_CACHE_BYTES = 256 << 20  # idle warm memory kept for object buffers (at most 1/16 of RAM)
 FINISH_WAIT = 60.0            # s with nothing moving a stopping rank waits for its owed copies
 FINISH_NOTE = 5.0             # ... and after this long it says what it waits for (_serve_owed)
@@ -422,9 +424,9 @@ class RecvCache:
 
 
 def _recv_cache_bytes() -> int:
-    env = os.environ.get("DRILLER_MMPI_RECV_CACHE")
-    if env:
-        return int(env)
+    n = env_int("DRILLER_MMPI_RECV_CACHE", -1, "bytes")
+    if n >= 0:
+        return n
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # pragma: no cover
@@ -521,10 +523,10 @@ class Transport:
         self.base = world.address
         rb = self.ring_bytes = world.ring_bytes
         if eager_limit is None:
-            eager_limit = int(os.environ.get("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT))
+            eager_limit = env_int("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT, "bytes")
         self.eager_limit = max(0, min(eager_limit, rb // 4))
         self.engine = E.Engine(self.eager_limit)
-        self.packed_limit = max(0, min(int(os.environ.get("DRILLER_MMPI_PACKED_MAX", PACKED_MAX)),
+        self.packed_limit = max(0, min(env_int("DRILLER_MMPI_PACKED_MAX", PACKED_MAX, "bytes"),
                                        rb // 2 - HDR_BYTES))
         self.peers = [r for r in range(size) if r != rank]
         z = [0] * size
@@ -563,13 +565,13 @@ class Transport:
         self.stats_sleeps = 0
         self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
                                        # polling, after yielding; probes (_adaptive_wait)
-        self.split_min = int(os.environ.get("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN))
+        self.split_min = env_int("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN, "bytes")
         # receiver-posted direct writes (docs/mmpi.md, "Protocols": direct): receives and
         # sends of at least this many bytes; 0: off (so is a world without single copy)
-        self.direct_min = max(0, int(os.environ.get("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN)))
+        self.direct_min = max(0, env_int("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN, "bytes (0: off)"))
         self.stats_direct = [0, 0]   # messages written direct (sent), received direct
         self.direct_seen = {}   # src -> (generation, tag, nbytes) of a K_DIRECT _record took
-        self.dsplit_min = max(0, int(os.environ.get("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN)))
+        self.dsplit_min = max(0, env_int("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN, "bytes (0: off)"))
         # the adaptive split: a sender done with its half writes the receiver's too when
         # the receiver has not claimed it (DRILLER_MMPI_DSPLIT_ADAPT, 0: off)
         self.dsplit_adapt = os.environ.get("DRILLER_MMPI_DSPLIT_ADAPT", str(DSPLIT_ADAPT)) != "0"
@@ -588,16 +590,18 @@ class Transport:
         # oversubscribed (more ranks than the cores we may run on): yield at once, a
         # sibling rank on our core may be the one we wait for (docs/mmpi.md, "Waiting")
         self.oversubscribed = size > cpus
-        self.pure_polls = int(os.environ.get("DRILLER_MMPI_PURE_POLLS",
-                                             -1 if self.oversubscribed else PURE_POLLS))
-        self.adapt_max = int(os.environ.get("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX))
-        self.adapt_probe = int(os.environ.get("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE))
-        self.adapt_every = max(1, int(os.environ.get("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY)))
-        self.adapt_keep = int(os.environ.get("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP))
-        self.spin_seconds = float(os.environ.get("DRILLER_MMPI_SPIN_US", SPIN_US)) * 1e-6
+        polls = "a number of polls (a whole number; negative: learnt per peer)"
+        self.pure_polls = env_int("DRILLER_MMPI_PURE_POLLS",
+                                  -1 if self.oversubscribed else PURE_POLLS, polls)
+        self.adapt_max = env_int("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX, "a number of polls")
+        self.adapt_probe = env_int("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE, "a number of polls")
+        self.adapt_every = max(1, env_int("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY,
+                                          "a number of waits"))
+        self.adapt_keep = env_int("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP, "bytes (-1: none)")
+        self.spin_seconds = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, "microseconds") * 1e-6
         self.finish_wait = _finish_wait()
-        self.sleep_seconds = max(1e-4, float(os.environ.get("DRILLER_MMPI_SLEEP_MS",
-                                                            SLEEP_SECONDS * 1e3)) * 1e-3)
+        self.sleep_seconds = max(1e-4, env_float("DRILLER_MMPI_SLEEP_MS", SLEEP_SECONDS * 1e3,
+                                                 "milliseconds") * 1e-3)
         self.recv_cache = RecvCache(_recv_cache_bytes())
         self.splits = {}    # token -> [receive waiting for the sender's half (WDONE), its acts,
         #                   our half's copy (pid, message, address, bytes) while not done]
@@ -615,12 +619,12 @@ class Transport:
             self.direct_min = 0
         self.sinks = {}
         self.pushes = [deque() for _ in range(size)]
-        self.push_chunk = max(4096, min(int(os.environ.get("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK)),
+        self.push_chunk = max(4096, min(env_int("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK, "bytes"),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
         # streamed messages: sends above the eager limit up to this (0: none), and the
         # ones arriving, (source, sender id) -> _Stream
-        self.stream_max = int(os.environ.get("DRILLER_MMPI_STREAM_MAX", STREAM_MAX))
+        self.stream_max = env_int("DRILLER_MMPI_STREAM_MAX", STREAM_MAX, "bytes")
         if size > cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ:
             # a stream larger than the ring waits for the receiver to make room: a
             # context switch each time when ranks share cores (docs/mmpi.md)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import os
 
 from .. import _linux
+from ._env import env_int
 
 TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -119,10 +120,7 @@ def default_ring_bytes(size: int) -> int:
     Pages of a memfd are allocated only when touched, so an idle pair costs
     nothing; a busy one costs its ring.
     """
-    env = os.environ.get("DRILLER_MMPI_RING_BYTES")
-    if env:
-        n = int(env)
-    elif size <= 4:
+    if size <= 4:
         n = 4 << 20  # half a ring holds a packed object of up to 2 MiB (see _transport)
     elif size <= 8:
         n = 1 << 20
@@ -132,6 +130,7 @@ def default_ring_bytes(size: int) -> int:
         n = 128 << 10
     else:
         n = 32 << 10
+    n = env_int("DRILLER_MMPI_RING_BYTES", n, "bytes")
     return max(4096, (n + 4095) & ~4095)
 
 

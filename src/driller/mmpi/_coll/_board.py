@@ -34,20 +34,20 @@ not read.
 
 from __future__ import annotations
 
-import os
 import time
 import weakref
 
 from ... import _errcodes
 from ...errors import MmpiError
 from .. import _world as W
+from .._env import env_float
 
 __all__ = [
     "GRACE", "KINDS", "KIND_CODE", "setup", "kind_of", "post", "invalid_root", "check", "stuck",
     "R_REFUSED", "R_ROOT", "R_RAISED", "nb_end", "check_shm", "purge", "sweep",
 ]
 
-GRACE = float(os.environ.get("DRILLER_MMPI_BOARD_GRACE_MS", "250")) * 1e-3
+GRACE = env_float("DRILLER_MMPI_BOARD_GRACE_MS", 250, "milliseconds") * 1e-3
 SETTLE = 10.0         # seconds a raising rank waits for its peers to leave the collective
 CTX_SHIFT, SEQ_SHIFT = 44, 24
 MASK20 = (1 << 20) - 1

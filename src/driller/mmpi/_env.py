@@ -1,0 +1,32 @@
+"""mmpi's numeric settings from the environment (``DRILLER_MMPI_*``,
+docs/configuration.md), read in one place: an unset or empty variable gives the
+default; a value that is not a number is refused with :class:`MmpiError`
+naming the variable, what it takes and where it is documented, instead of a
+bare ``ValueError`` from ``int()`` deep in a rank's start."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import MmpiError
+
+
+def _read(name: str, default, kind, what: str):
+    v = os.environ.get(name)
+    if v is None or not v.strip():
+        return default
+    try:
+        return kind(v)
+    except ValueError:
+        raise MmpiError(f"{name}={v!r}: give {what} (docs/configuration.md), or unset it "
+                        f"for the default ({default})") from None
+
+
+def env_int(name: str, default: int, what: str = "a whole number") -> int:
+    """``int`` of the variable ``name`` (``default`` when unset or empty)."""
+    return _read(name, default, int, what)
+
+
+def env_float(name: str, default: float, what: str = "a number") -> float:
+    """``float`` of the variable ``name`` (``default`` when unset or empty)."""
+    return _read(name, default, float, what)
