@@ -3,7 +3,8 @@ that is not a number is refused with MmpiError naming the variable and what it
 takes (it was a bare ``ValueError`` from ``int()``); an empty one is the
 default.  Checked where each is read: a rank joining its world (the transport),
 the world's creation (ring size), and module import (the hybrid transport's,
-the collectives' board, the transport's import-time spin)."""
+the collectives' board); and "unset" and empty alike where it matters (the
+oversubscribed stream cap; the receive cache, whose negative values mean none)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,6 @@ def test_ring_bytes_refused_at_the_worlds_creation(monkeypatch):
     ("DRILLER_MMPI_REMOTE_INLINE", "driller.mmpi._hybrid"),
     ("DRILLER_MMPI_REMOTE_SPIN_US", "driller.mmpi._hybrid"),
     ("DRILLER_MMPI_BOARD_GRACE_MS", "driller.mmpi._coll._board"),
-    ("DRILLER_MMPI_SPIN_US", "driller.mmpi._transport"),
 ])
 def test_import_time_settings_refused(name, module):
     env = dict(os.environ, **{name: "fast"})
@@ -96,3 +96,31 @@ def test_driller_run_reports_the_bad_setting(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert "DRILLER_MMPI_ADAPT_KEEP='512K'" in p.stderr, p.stderr
+
+
+def test_empty_stream_max_keeps_the_oversubscribed_cap(monkeypatch):
+    """Oversubscribed, an unset STREAM_MAX is capped at half a ring; an empty one
+    is unset too (it was taken as set: the 8 MiB default, uncapped)."""
+    size = len(os.sched_getaffinity(0)) + 1
+    fd = W.create_world(size)
+    try:
+        for v in (None, "", " "):
+            if v is None:
+                monkeypatch.delenv("DRILLER_MMPI_STREAM_MAX", raising=False)
+            else:
+                monkeypatch.setenv("DRILLER_MMPI_STREAM_MAX", v)
+            t = T.Transport(W.World(fd), 0)
+            assert t.oversubscribed
+            assert t.stream_max == min(T.STREAM_MAX, t.ring_bytes // 2), (v, t.stream_max)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("v, cap", [("-1", -1), ("0", 0), ("4096", 4096)])
+def test_recv_cache_values_as_given(v, cap, world_fd, monkeypatch):
+    """A set DRILLER_MMPI_RECV_CACHE is the cache's cap, negative included (no
+    cache, as before); unset, the automatic size."""
+    monkeypatch.setenv("DRILLER_MMPI_RECV_CACHE", v)
+    assert _join(world_fd).recv_cache.cap == cap
+    monkeypatch.delenv("DRILLER_MMPI_RECV_CACHE")
+    assert _join(world_fd).recv_cache.cap == T._recv_cache_bytes() > 0

@@ -1,8 +1,9 @@
 """mmpi's numeric settings from the environment (``DRILLER_MMPI_*``,
 docs/configuration.md), read in one place: an unset or empty variable gives the
-default; a value that is not a number is refused with :class:`MmpiError`
-naming the variable, what it takes and where it is documented, instead of a
-bare ``ValueError`` from ``int()`` deep in a rank's start."""
+default (callers that treat "not set" apart pass None); a value that is not a
+number is refused with :class:`MmpiError` naming the variable, what it takes
+and where it is documented, instead of a bare ``ValueError`` from ``int()``
+deep in a rank's start."""
 
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ def _read(name: str, default, kind, what: str):
     try:
         return kind(v)
     except ValueError:
-        raise MmpiError(f"{name}={v!r}: give {what} (docs/configuration.md), or unset it "
-                        f"for the default ({default})") from None
+        raise MmpiError(f"{name}={v!r}: give {what} (docs/configuration.md), or leave it "
+                        f"unset for the default") from None
 
 
-def env_int(name: str, default: int, what: str = "a whole number") -> int:
+def env_int(name: str, default, what: str = "a whole number"):
     """``int`` of the variable ``name`` (``default`` when unset or empty)."""
     return _read(name, default, int, what)
 
 
-def env_float(name: str, default: float, what: str = "a number") -> float:
+def env_float(name: str, default, what: str = "a number"):
     """``float`` of the variable ``name`` (``default`` when unset or empty)."""
     return _read(name, default, float, what)

@@ -86,8 +86,9 @@ BOARD_TAG = 1                   # the hybrid board's histories (_coll/_hboard), 
 DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
 POOL = 8                        # receives of REC_TAG kept preposted (any source)
 # records up to this many bytes go by a blocking Send (below every MPI's eager limit)
-SEND_MAX = env_int("DRILLER_MMPI_REMOTE_SEND_MAX", 1024, "bytes")
-INLINE = env_int("DRILLER_MMPI_REMOTE_INLINE", 16 << 10, "bytes")  # bytes inline in a record
+SEND_MAX = env_int("DRILLER_MMPI_REMOTE_SEND_MAX", 1024, "a whole number of bytes")
+# bytes inline in a record
+INLINE = env_int("DRILLER_MMPI_REMOTE_INLINE", 16 << 10, "a whole number of bytes")
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
 POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
 # yield-polling MPI before the naps, since the last progress (0: nap at once)

@@ -86,6 +86,11 @@ from ._env import env_float, env_int
 from ._objects import PART, TABLE, dumps, unpack_array
 from ._procs import describe_wait_status
 
+# what the numeric settings take (their refusals say it: mmpi/_env.py)
+_BYTES, _BYTES_OFF, _BYTES_NONE = ("a whole number of bytes", "a whole number of bytes (0: off)",
+                                   "a whole number of bytes (-1: none)")
+_POLLS = "a whole number of polls"
+
 __all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 
 K_WRAP, K_EAGER, K_RTS, K_ACK, K_FIN, K_CTS, K_WDONE = 1, 2, 3, 4, 5, 6, 7
@@ -118,7 +123,6 @@ _PACKS = [struct.Struct(f"<8q{n}s").pack_into for n in range(_NPACKS)]
 DEFAULT_EAGER_LIMIT = 1 << 20  # bytes (capped at a quarter ring); docs/mmpi.md has the measurements
 PACKED_MAX = 2 << 20          # objects up to this (and half a ring) travel packed, eager
 SPIN_US = 200                 # yield-spin this long, then sleep (DRILLER_MMPI_SPIN_US)
-SPIN_SECONDS = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, "microseconds") * 1e-6  # (at import)
 PURE_POLLS = 100              # polls (≈ 4 µs) before yielding, when ranks <= cores (else -1:
                               # oversubscribed, the budget below is learnt per peer)
 ADAPT_MAX = 2000              # oversubscribed: polls (≈ 80 µs) while the peer answers in time
@@ -424,8 +428,8 @@ class RecvCache:
 
 
 def _recv_cache_bytes() -> int:
-    n = env_int("DRILLER_MMPI_RECV_CACHE", -1, "bytes")
-    if n >= 0:
+    n = env_int("DRILLER_MMPI_RECV_CACHE", None, "a whole number of bytes (0 or less: none)")
+    if n is not None:
         return n
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -523,10 +527,10 @@ class Transport:
         self.base = world.address
         rb = self.ring_bytes = world.ring_bytes
         if eager_limit is None:
-            eager_limit = env_int("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT, "bytes")
+            eager_limit = env_int("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT, _BYTES)
         self.eager_limit = max(0, min(eager_limit, rb // 4))
         self.engine = E.Engine(self.eager_limit)
-        self.packed_limit = max(0, min(env_int("DRILLER_MMPI_PACKED_MAX", PACKED_MAX, "bytes"),
+        self.packed_limit = max(0, min(env_int("DRILLER_MMPI_PACKED_MAX", PACKED_MAX, _BYTES),
                                        rb // 2 - HDR_BYTES))
         self.peers = [r for r in range(size) if r != rank]
         z = [0] * size
@@ -565,13 +569,13 @@ class Transport:
         self.stats_sleeps = 0
         self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
                                        # polling, after yielding; probes (_adaptive_wait)
-        self.split_min = env_int("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN, "bytes")
+        self.split_min = env_int("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN, _BYTES)
         # receiver-posted direct writes (docs/mmpi.md, "Protocols": direct): receives and
         # sends of at least this many bytes; 0: off (so is a world without single copy)
-        self.direct_min = max(0, env_int("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN, "bytes (0: off)"))
+        self.direct_min = max(0, env_int("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN, _BYTES_OFF))
         self.stats_direct = [0, 0]   # messages written direct (sent), received direct
         self.direct_seen = {}   # src -> (generation, tag, nbytes) of a K_DIRECT _record took
-        self.dsplit_min = max(0, env_int("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN, "bytes (0: off)"))
+        self.dsplit_min = max(0, env_int("DRILLER_MMPI_DSPLIT_MIN", DSPLIT_MIN, _BYTES_OFF))
         # the adaptive split: a sender done with its half writes the receiver's too when
         # the receiver has not claimed it (DRILLER_MMPI_DSPLIT_ADAPT, 0: off)
         self.dsplit_adapt = os.environ.get("DRILLER_MMPI_DSPLIT_ADAPT", str(DSPLIT_ADAPT)) != "0"
@@ -590,14 +594,14 @@ class Transport:
         # oversubscribed (more ranks than the cores we may run on): yield at once, a
         # sibling rank on our core may be the one we wait for (docs/mmpi.md, "Waiting")
         self.oversubscribed = size > cpus
-        polls = "a number of polls (a whole number; negative: learnt per peer)"
+        polls = "a whole number of polls (negative: learnt per peer)"
         self.pure_polls = env_int("DRILLER_MMPI_PURE_POLLS",
                                   -1 if self.oversubscribed else PURE_POLLS, polls)
-        self.adapt_max = env_int("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX, "a number of polls")
-        self.adapt_probe = env_int("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE, "a number of polls")
+        self.adapt_max = env_int("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX, _POLLS)
+        self.adapt_probe = env_int("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE, _POLLS)
         self.adapt_every = max(1, env_int("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY,
-                                          "a number of waits"))
-        self.adapt_keep = env_int("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP, "bytes (-1: none)")
+                                          "a whole number of waits"))
+        self.adapt_keep = env_int("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP, _BYTES_NONE)
         self.spin_seconds = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, "microseconds") * 1e-6
         self.finish_wait = _finish_wait()
         self.sleep_seconds = max(1e-4, env_float("DRILLER_MMPI_SLEEP_MS", SLEEP_SECONDS * 1e3,
@@ -619,13 +623,13 @@ class Transport:
             self.direct_min = 0
         self.sinks = {}
         self.pushes = [deque() for _ in range(size)]
-        self.push_chunk = max(4096, min(env_int("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK, "bytes"),
+        self.push_chunk = max(4096, min(env_int("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK, _BYTES),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
         # streamed messages: sends above the eager limit up to this (0: none), and the
         # ones arriving, (source, sender id) -> _Stream
-        self.stream_max = env_int("DRILLER_MMPI_STREAM_MAX", STREAM_MAX, "bytes")
-        if size > cpus and "DRILLER_MMPI_STREAM_MAX" not in os.environ:
+        self.stream_max = env_int("DRILLER_MMPI_STREAM_MAX", STREAM_MAX, _BYTES)
+        if size > cpus and env_int("DRILLER_MMPI_STREAM_MAX", None) is None:
             # a stream larger than the ring waits for the receiver to make room: a
             # context switch each time when ranks share cores (docs/mmpi.md)
             self.stream_max = min(self.stream_max, rb // 2)

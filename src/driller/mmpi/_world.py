@@ -130,7 +130,7 @@ def default_ring_bytes(size: int) -> int:
         n = 128 << 10
     else:
         n = 32 << 10
-    n = env_int("DRILLER_MMPI_RING_BYTES", n, "bytes")
+    n = env_int("DRILLER_MMPI_RING_BYTES", n, "a whole number of bytes")
     return max(4096, (n + 4095) & ~4095)
 
 
