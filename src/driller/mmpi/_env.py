@@ -11,6 +11,11 @@ import os
 
 from ..errors import MmpiError
 
+# what the settings take (the refusals say it)
+BYTES = "a whole number of bytes"
+POLLS = "a whole number of polls"
+MICROSECONDS = "microseconds"
+
 
 def _read(name: str, default, kind, what: str):
     v = os.environ.get(name)

@@ -73,7 +73,7 @@ from ..errors import MmpiError
 from . import _engine as E
 from . import _transport as T
 from . import _world as W
-from ._env import env_float, env_int
+from ._env import BYTES, MICROSECONDS, env_float, env_int
 from ._objects import PART, TABLE, dumps, unpack_array
 
 __all__ = ["launcher", "node_id", "HybridTransport", "init", "set_engine", "ENV_NODE",
@@ -86,13 +86,13 @@ BOARD_TAG = 1                   # the hybrid board's histories (_coll/_hboard), 
 DATA_TAG0 = 2                   # data messages: DATA_TAG0 + a sequence number per destination
 POOL = 8                        # receives of REC_TAG kept preposted (any source)
 # records up to this many bytes go by a blocking Send (below every MPI's eager limit)
-SEND_MAX = env_int("DRILLER_MMPI_REMOTE_SEND_MAX", 1024, "a whole number of bytes")
+SEND_MAX = env_int("DRILLER_MMPI_REMOTE_SEND_MAX", 1024, BYTES)
 # bytes inline in a record
-INLINE = env_int("DRILLER_MMPI_REMOTE_INLINE", 16 << 10, "a whole number of bytes")
+INLINE = env_int("DRILLER_MMPI_REMOTE_INLINE", 16 << 10, BYTES)
 NAP_MIN, NAP_MAX = 50e-6, 1e-3
 POLL_SECONDS = 20e-6            # the remote fast path polls without yielding, first
 # yield-polling MPI before the naps, since the last progress (0: nap at once)
-REMOTE_SPIN = env_float("DRILLER_MMPI_REMOTE_SPIN_US", 2000, "microseconds") * 1e-6
+REMOTE_SPIN = env_float("DRILLER_MMPI_REMOTE_SPIN_US", 2000, MICROSECONDS) * 1e-6
 INFLIGHT_SPIN = 1e-9            # more yield-polling per byte of our data messages in flight
 _SHARED_MARK = b"driller.sharedarray"   # in a pickle that holds a SharedArray by reference
 _SRC_MASK = (1 << 32) - 1       # a record's last word: sender rank | long-payload tag << 32

@@ -82,14 +82,11 @@ from .. import _linux
 from ..errors import MmpiError, PeerDiedError, TruncationError
 from . import _engine as E
 from . import _world as W
-from ._env import env_float, env_int
+from ._env import BYTES, MICROSECONDS, POLLS, env_float, env_int
 from ._objects import PART, TABLE, dumps, unpack_array
 from ._procs import describe_wait_status
 
-# what the numeric settings take (their refusals say it: mmpi/_env.py)
-_BYTES, _BYTES_OFF, _BYTES_NONE = ("a whole number of bytes", "a whole number of bytes (0: off)",
-                                   "a whole number of bytes (-1: none)")
-_POLLS = "a whole number of polls"
+_BYTES_OFF, _BYTES_NONE = BYTES + " (0: off)", BYTES + " (-1: none)"
 
 __all__ = ["Transport", "RecvOp", "SendOp", "TakenOp", "DeferredOp"]
 
@@ -428,7 +425,7 @@ class RecvCache:
 
 
 def _recv_cache_bytes() -> int:
-    n = env_int("DRILLER_MMPI_RECV_CACHE", None, "a whole number of bytes (0 or less: none)")
+    n = env_int("DRILLER_MMPI_RECV_CACHE", None, BYTES + " (0 or less: none)")
     if n is not None:
         return n
     try:
@@ -527,10 +524,10 @@ class Transport:
         self.base = world.address
         rb = self.ring_bytes = world.ring_bytes
         if eager_limit is None:
-            eager_limit = env_int("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT, _BYTES)
+            eager_limit = env_int("DRILLER_MMPI_EAGER_LIMIT", DEFAULT_EAGER_LIMIT, BYTES)
         self.eager_limit = max(0, min(eager_limit, rb // 4))
         self.engine = E.Engine(self.eager_limit)
-        self.packed_limit = max(0, min(env_int("DRILLER_MMPI_PACKED_MAX", PACKED_MAX, _BYTES),
+        self.packed_limit = max(0, min(env_int("DRILLER_MMPI_PACKED_MAX", PACKED_MAX, BYTES),
                                        rb // 2 - HDR_BYTES))
         self.peers = [r for r in range(size) if r != rank]
         z = [0] * size
@@ -569,7 +566,7 @@ class Transport:
         self.stats_sleeps = 0
         self.stats_adapt = [0, 0, 0]   # oversubscribed receives' waits: served while
                                        # polling, after yielding; probes (_adaptive_wait)
-        self.split_min = env_int("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN, _BYTES)
+        self.split_min = env_int("DRILLER_MMPI_SPLIT_MIN", SPLIT_MIN, BYTES)
         # receiver-posted direct writes (docs/mmpi.md, "Protocols": direct): receives and
         # sends of at least this many bytes; 0: off (so is a world without single copy)
         self.direct_min = max(0, env_int("DRILLER_MMPI_DIRECT_MIN", DIRECT_MIN, _BYTES_OFF))
@@ -594,15 +591,15 @@ class Transport:
         # oversubscribed (more ranks than the cores we may run on): yield at once, a
         # sibling rank on our core may be the one we wait for (docs/mmpi.md, "Waiting")
         self.oversubscribed = size > cpus
-        polls = "a whole number of polls (negative: learnt per peer)"
+        polls = POLLS + " (negative: learnt per peer)"
         self.pure_polls = env_int("DRILLER_MMPI_PURE_POLLS",
                                   -1 if self.oversubscribed else PURE_POLLS, polls)
-        self.adapt_max = env_int("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX, _POLLS)
-        self.adapt_probe = env_int("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE, _POLLS)
+        self.adapt_max = env_int("DRILLER_MMPI_ADAPT_MAX", ADAPT_MAX, POLLS)
+        self.adapt_probe = env_int("DRILLER_MMPI_ADAPT_PROBE", ADAPT_PROBE, POLLS)
         self.adapt_every = max(1, env_int("DRILLER_MMPI_ADAPT_EVERY", ADAPT_EVERY,
                                           "a whole number of waits"))
         self.adapt_keep = env_int("DRILLER_MMPI_ADAPT_KEEP", ADAPT_KEEP, _BYTES_NONE)
-        self.spin_seconds = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, "microseconds") * 1e-6
+        self.spin_seconds = env_float("DRILLER_MMPI_SPIN_US", SPIN_US, MICROSECONDS) * 1e-6
         self.finish_wait = _finish_wait()
         self.sleep_seconds = max(1e-4, env_float("DRILLER_MMPI_SLEEP_MS", SLEEP_SECONDS * 1e3,
                                                  "milliseconds") * 1e-3)
@@ -623,12 +620,12 @@ class Transport:
             self.direct_min = 0
         self.sinks = {}
         self.pushes = [deque() for _ in range(size)]
-        self.push_chunk = max(4096, min(env_int("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK, _BYTES),
+        self.push_chunk = max(4096, min(env_int("DRILLER_MMPI_PUSH_CHUNK", PUSH_CHUNK, BYTES),
                                         rb // 4) & ~63)
         self.stats_pushed = 0   # bytes received through the fallback
         # streamed messages: sends above the eager limit up to this (0: none), and the
         # ones arriving, (source, sender id) -> _Stream
-        self.stream_max = env_int("DRILLER_MMPI_STREAM_MAX", STREAM_MAX, _BYTES)
+        self.stream_max = env_int("DRILLER_MMPI_STREAM_MAX", STREAM_MAX, BYTES)
         if size > cpus and env_int("DRILLER_MMPI_STREAM_MAX", None) is None:
             # a stream larger than the ring waits for the receiver to make room: a
             # context switch each time when ranks share cores (docs/mmpi.md)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 
 from .. import _linux
-from ._env import env_int
+from ._env import BYTES, env_int
 
 TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def default_ring_bytes(size: int) -> int:
         n = 128 << 10
     else:
         n = 32 << 10
-    n = env_int("DRILLER_MMPI_RING_BYTES", n, "a whole number of bytes")
+    n = env_int("DRILLER_MMPI_RING_BYTES", n, BYTES)
     return max(4096, (n + 4095) & ~4095)
 
 
