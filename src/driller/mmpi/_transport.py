@@ -3666,16 +3666,12 @@ def _owed_list(sends: list) -> str:
 
 def _finish_wait() -> float:
     """DRILLER_MMPI_FINISH_WAIT: seconds (``inf``: no bound, ``0``: no wait)."""
-    v = os.environ.get("DRILLER_MMPI_FINISH_WAIT")
-    if v is None or not v.strip():
-        return FINISH_WAIT
-    try:
-        x = float(v)
-    except ValueError:
-        x = -1.0
-    if not x >= 0:
-        raise MmpiError(f"DRILLER_MMPI_FINISH_WAIT={v!r}: give the seconds a stopping rank "
-                        f"waits for its unreceived rendezvous sends (a number >= 0, or inf)")
+    what = ("the seconds a stopping rank waits for its unreceived rendezvous sends "
+            "(a number >= 0, or inf)")
+    x = env_float("DRILLER_MMPI_FINISH_WAIT", FINISH_WAIT, what)
+    if not x >= 0:   # (negative, nan)
+        raise MmpiError(f"DRILLER_MMPI_FINISH_WAIT={os.environ['DRILLER_MMPI_FINISH_WAIT']!r}: "
+                        f"give {what}")
     return x
 
 
