@@ -382,7 +382,8 @@ def _receiver_cut(comm, how):
     """Rank 0 writes message 1 direct into rank 1's published Recv, then sends 2
     and 3.  Rank 1's Recv of 1 is cut once the record is in its ring:
     ``reentered``: a SIGUSR1 handler that calls ``Iprobe`` (its drain takes the
-    K_DIRECT record under the Recv) runs at the withdrawal's fence, and returns;
+    K_DIRECT record under the Recv) runs as the withdrawal returns (the record in:
+    it no longer fences then), before the record's take, and returns;
     ``twice``: a handler that raises runs at the record's take, and again inside
     the recovery (held back until it is done).  The message is in the buffer, and
     the next receives from rank 0 go on."""
@@ -399,17 +400,15 @@ def _receiver_cut(comm, how):
     kinds = []   # the kind of the record in the ring when the cut came
     if how == "reentered":
         signal.signal(signal.SIGUSR1, lambda *_: comm.Iprobe(source=0, tag=99))
-        fence = T._linux.fence
 
-        def fence_then_signal():
-            fence()
-            if shots[0] and sys._getframe(1).f_code.co_name == "withdraw" and \
-                    t.words[t.in_head[0]] != t.in_tail[0]:   # (the record is here)
+        def signal_at_return(frame, event, arg):   # (a profile function: not traced)
+            if event == "return" and shots[0] and frame.f_code.co_name == "withdraw" \
+                    and t.words[t.in_head[0]] != t.in_tail[0]:   # (the record is here)
                 shots[0] -= 1
                 kinds.append(T._unpack4(t.data, t.in_data[0] + t.in_tail[0] % t.ring_bytes)[0])
-                _kill_self()
+                _kill_self()   # (the handler runs before the caller's next line)
 
-        T._linux.fence = fence_then_signal
+        sys.setprofile(signal_at_return)
     else:
         signal.signal(signal.SIGUSR1, _on_signal)
         unpack = T._unpack4
@@ -429,6 +428,7 @@ def _receiver_cut(comm, how):
         raised = None
     except BaseException as e:   # noqa: BLE001 - _Boom, or what the drain raised
         raised = type(e).__name__
+    sys.setprofile(None)
     got = [_seq(buf)]
     for n in (N, 64):
         b = bytearray(n)
@@ -916,6 +916,84 @@ def test_split_receive_waits_for_the_senders_half(split_on):
         assert ok, v
     got, sp1 = res[1][1]
     assert got == [0, 1, 2] and sp1[1] >= 1, res
+
+
+# ------------------------------ the split's cost (docs/mmpi.md, "sixteenth round (mid-size)")
+def _count_calls(names: tuple, watched: tuple) -> dict:
+    """Wrap the _linux functions ``names`` to count their calls made straight from
+    a function named in ``watched``: {(name, caller): calls}."""
+    seen = {}
+    for name in names:
+        f = getattr(T._linux, name)
+
+        def counted(*a, _f=f, _name=name):
+            caller = sys._getframe(1).f_code.co_name
+            if caller in watched:
+                seen[(_name, caller)] = seen.get((_name, caller), 0) + 1
+            return _f(*a)
+
+        setattr(T._linux, name, counted)
+    return seen
+
+
+def _split_no_sleeper(comm):
+    """Six messages asked for (_asked) with waits that never sleep (the spin budget
+    is 5 s): rank 0's split sends make no futex wake; rank 1's takes neither wake
+    rank 0 nor fence (the withdrawal finds the record in: no claim can be in
+    flight; the sender is not adaptive: no claim on our half)."""
+    if comm.rank == 0:
+        seen = _count_calls(("futex_wake",), ("steps",))
+        return _send_when_asked(comm, 6), seen
+    # (no _long_spin: the environment's 5 s keeps each receive published longer)
+    seen = _count_calls(("futex_wake", "fence"), ("withdraw", "_split_take_steps"))
+    return _asked(comm, bytearray(N), 6), _split_stats(comm), seen
+
+
+def test_split_wakes_and_fences_only_when_needed(split_on, monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_SPIN_US", "5000000")
+    res = run_ranks(_split_no_sleeper, 2)
+    for ok, v in res:
+        assert ok, v
+    (st0, sp0), seen0 = res[0][1]
+    got, sp1, seen1 = res[1][1]
+    assert got == list(range(6)) and sp0[0] >= 1 and sp0[0] == sp1[1], res
+    assert seen0 == {} and seen1 == {}, res
+
+
+def _split_sleepers(comm, slow_side):
+    """Three split messages whose waits sleep: the side ``slow_side`` copies its
+    half late (the reader 0.2 s each; the writer 1.5 s once, past the receiver's
+    1 s spin), so the other one's wait for it goes to its futex naps, 60 s each
+    (DRILLER_MMPI_SLEEP_MS): a wake that does not come hangs the test."""
+    if comm.rank == 0:
+        if slow_side == "writer":
+            write = T._linux.process_vm_writev
+            late = [1.5]
+
+            def slow_write(pid, local, remote, n):
+                if n < N and late:   # (the split's half)
+                    time.sleep(late.pop())
+                write(pid, local, remote, n)
+
+            T._linux.process_vm_writev = slow_write
+        return _send_when_asked(comm, 3)
+    if slow_side == "reader":
+        return _read_slowly(comm, 3), _split_stats(comm)
+    _long_spin(comm)
+    return _asked(comm, bytearray(N), 3), _split_stats(comm)
+
+
+@pytest.mark.parametrize("slow_side", ["writer", "reader"])
+def test_split_sleeping_waiter_is_woken(slow_side, split_on, monkeypatch):
+    """The split's wakes are made only for a waiter whose sleeping word is up: a
+    waiter asleep is woken (not left to its 60 s nap)."""
+    monkeypatch.setenv("DRILLER_MMPI_SLEEP_MS", "600000")
+    res = run_ranks(_split_sleepers, 2, slow_side, deadline=30)
+    for ok, v in res:
+        assert ok, v
+    st0, sp0 = res[0][1]
+    got, sp1 = res[1][1]
+    assert got == [0, 1, 2] and sp0[0] >= 1 and sp0[0] == sp1[1], res
 
 
 # --------------------------------------- review of the split: two signals, both halves lost

@@ -205,10 +205,9 @@ def buffer_address(obj, writable: bool = False) -> tuple[int, int, bool]:
         return _readonly_address(mv), n, True
     if n == 0:
         return 0, 0, False
-    c = (ctypes.c_char * n).from_buffer(mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv)
-    addr = ctypes.addressof(c)
-    del c
-    return addr, n, False
+    # (the first byte's address: a one-byte object needs no array type per size,
+    # ≈ 0.4 µs against 1.1: docs/mmpi.md, "sixteenth round (mid-size)")
+    return ctypes.addressof(ctypes.c_char.from_buffer(mv)), n, False
 
 
 class _Py_buffer(ctypes.Structure):
