@@ -526,6 +526,73 @@ def test_handler_send_before_the_claim_is_not_overwritten():
     assert res[1][1] == (1, b"hello"), res
 
 
+def _handler_send_in_the_write(comm, how):
+    """Rank 0's direct Send of message 1 is re-entered after its claim, as its
+    ``process_vm_writev`` returns (its record not out yet): a ``Send`` of ``hello``
+    (tag 5) runs there, as a signal handler's would.  Its record would go where
+    the direct record goes (one written over the other: ``hello`` lost, or message
+    1's bytes under the wrong record): it is refused (MmpiError, nothing sent).
+    ``caught``: the handler catches it, the direct Send goes on; ``uncaught``: the
+    direct Send raises it, message 1 not sent, and rank 0 sends it again.  Then
+    ``hello`` again from the main code (refused: not sent).  Rank 1 is stopped (SIGSTOP) from before the
+    nested Send until the outer one is over, so that it cannot take a nested
+    record first; it gets message 1 whole (tag 4), then ``hello`` (tag 5)."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+        _published(comm, 1)
+        peer = comm._t.pid_of(1)
+        write = T._linux.process_vm_writev
+        refused = []
+
+        def reentered(*a):
+            write(*a)
+            T._linux.process_vm_writev = write
+            os.kill(peer, signal.SIGSTOP)
+            try:
+                comm.Send(b"hello", dest=1, tag=5)
+            except MPI.Exception as e:
+                refused.append(f"{type(e).__name__}: {e}")
+                if how == "uncaught":
+                    raise
+
+        T._linux.process_vm_writev = reentered
+        outer = None
+        try:
+            comm.Send(_msg(1), dest=1, tag=4)
+        except MPI.Exception as e:
+            outer = type(e).__name__
+        finally:
+            T._linux.process_vm_writev = write
+            os.kill(peer, signal.SIGCONT)
+        if outer is not None:
+            comm.Send(_msg(1), dest=1, tag=4)   # (not sent: again)
+        if refused:
+            comm.Send(b"hello", dest=1, tag=5)   # (not sent: again; a Send that
+            # returned must not be sent again, nor lost: rank 1 waits for one)
+        return refused, outer, _stats(comm)
+    _long_spin(comm)
+    buf, small = bytearray(N), bytearray(16)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    comm.Recv(buf, source=0, tag=4)
+    st = MPI.Status()
+    comm.Recv(small, source=0, tag=5, status=st)
+    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
+    return _seq(buf), bytes(small[:st.Get_count()]), more
+
+
+@pytest.mark.parametrize("how", ["caught", "uncaught"])
+def test_handler_send_in_the_direct_write_is_refused(how):
+    res = run_ranks(_handler_send_in_the_write, 2, how)
+    for ok, v in res:
+        assert ok, v
+    refused, outer, st = res[0][1]
+    assert len(refused) == 1 and refused[0].startswith("MmpiError: a send to rank 1 "), res
+    assert "signal handler" in refused[0] and "refused, not sent" in refused[0], res
+    assert outer == (None if how == "caught" else "MmpiError"), res
+    assert st[0] >= 1 or how == "uncaught", res   # (caught: the direct write went on)
+    assert res[1][1] == (1, b"hello", False), res
+
+
 # -------------------------------------------------------------------- denial
 def _denied(comm):
     if comm.rank == 0:

@@ -495,6 +495,24 @@ def _declined(*args):
     return None
 
 
+class _Writing:
+    """The mark a direct write puts first in ``pending[dst]`` from its claim until
+    its record is out (or it gave up): every fast path to ``dst`` then steps aside
+    (they send only with nothing queued), the general path refuses a new send to
+    ``dst`` (``_transmit``: a signal handler's ``Send`` run in the middle of the
+    write would put its record where ours goes, and one of the two be lost or
+    written over), and what other records go to ``dst`` meanwhile (a handler's
+    receive's replies) wait behind it (``_flush``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<a direct write under way>"
+
+
+WRITING = _Writing()
+
+
 class _PerPeer(dict):
     """rank -> ``make(rank)``, made on first look-up and kept."""
 
@@ -908,6 +926,7 @@ class Transport:
         rb = self.ring_bytes
         out_head = self.out_head
         pushes = self.pushes[dst]
+        q = self.pending[dst]
         pack = HDR.pack_into
         t_ = self
         off = [False]   # denied once: never again to this rank
@@ -928,6 +947,10 @@ class Transport:
             words[cw] = 0
             if words[sw]:
                 _linux.futex_wake(waddr)
+
+        def unmark():   # (WRITING: first in q from the claim on; a nested call's
+            if q and q[0] is WRITING:   # records may follow it)
+                q.popleft()
 
         def direct(ctx, tag, mv, n):
             g = words[gw]
@@ -968,15 +991,19 @@ class Transport:
             pid = t_.pid_of(dst)
             if not pid:
                 return False
-            words[cw] = g
             splitting = None   # (a split under way: the list its first exception goes in)
             try:
+                q.append(WRITING)   # (a send to dst nested in this write from here on:
+                words[cw] = g       # refused; inside the try: never left behind)
                 _linux.fence()
-                if words[gw] != g or words[tw] != head or out_head[dst] != head:
+                if words[gw] != g or words[tw] != head or out_head[dst] != head or \
+                        len(q) > 1:
                     # withdrawn (the receiver goes on), or a send of ours put a record
                     # at ``head`` meanwhile (a signal handler's, run at a call above):
-                    # ours would overwrite it; the usual path sends after it
+                    # ours would overwrite it; the usual path sends after it (or after
+                    # what a nested call queued behind the mark)
                     release()
+                    unmark()
                     return False
                 if smin[0] and n >= smin[0] and words[spw] and n >> 13:
                     mid = (n >> 1) & ~4095
@@ -986,6 +1013,7 @@ class Transport:
                     end = head + HDR_BYTES
                     out_head[dst] = end
                     words[hw] = end
+                    unmark()   # (the record is out: a send to dst may follow it)
                     if words[sw]:
                         _linux.futex_wake(waddr)
                     exc = split(splitting, g, pid, local, addr, mid, n)
@@ -1001,17 +1029,20 @@ class Transport:
                     if e.errno in DENIED:   # the usual path sends it whole
                         off[0] = True
                     release()
+                    unmark()
                     return False
                 smin[0] = smin_   # (our writes to this rank are allowed: split the next)
                 pack(data, base + head % rb, K_DIRECT, ctx, tag, n, g, 0, 0, 0)
                 end = head + HDR_BYTES   # (the ring was empty: room, and no wrap)
                 out_head[dst] = end
                 words[hw] = end
+                unmark()
                 stats[0] += 1
                 if words[sw]:
                     _linux.futex_wake(waddr)
                 return True
             except BaseException as e:   # (a signal handler's): the record is out or not
+                unmark()
                 end = out_head[dst]
                 if end == head:
                     release()   # not sent: the receive waits on for a message
@@ -1942,6 +1973,13 @@ class Transport:
             self._self_send(s)
             return
         q = self.pending[dst]
+        if q and q[0] is WRITING:
+            raise MmpiError(
+                f"a send to rank {dst} started in the middle of this rank's direct write "
+                f"to rank {dst} (from a signal handler, or code a handler called): "
+                f"refused, not sent; it would have overwritten that write's record. MPI "
+                f"does not allow MPI calls in signal handlers: set a flag in the handler "
+                f"and send from the main code")
         if not q:
             h0 = self.out_head[dst]
             try:
@@ -2050,6 +2088,8 @@ class Transport:
         for dst, q in enumerate(self.pending):
             while q:
                 item = q[0]
+                if item is WRITING:
+                    break   # (a direct write under way, this call nested in it: after it)
                 h0 = self.out_head[dst]
                 try:
                     if type(item) is E.Reply:
@@ -2118,7 +2158,8 @@ class Transport:
                     self._run(self.engine.transmitted(s))
                 elif s.state == E.S_DONE:   # (transmitted's Complete, cut short)
                     s.done = True
-        self.npending = sum(map(len, self.pending)) + sum(map(len, self.pushes))
+        self.npending = (sum(map(len, self.pending)) + sum(map(len, self.pushes))
+                         - sum(1 for q in self.pending if q and q[0] is WRITING))
 
     # ------------------------------------------------------------ actions
     def _run(self, actions) -> None:
