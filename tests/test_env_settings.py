@@ -98,6 +98,21 @@ def test_driller_run_reports_the_bad_setting(tmp_path):
     assert "DRILLER_MMPI_ADAPT_KEEP='512K'" in p.stderr, p.stderr
 
 
+def test_driller_run_reports_a_bad_ring_size_in_one_line(tmp_path):
+    """The ring size is read where the world is made (the supervisor, before any
+    rank): a bad value is one line and exit 2, not the supervisor's traceback
+    and exit 70."""
+    prog = tmp_path / "prog.py"
+    prog.write_text("print('ran')\n")
+    env = dict(os.environ, DRILLER_MMPI_RING_BYTES="lots")
+    p = subprocess.run([str(BIN / "driller"), "run", "-n", "2", str(prog)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr.startswith("driller run: error: DRILLER_MMPI_RING_BYTES='lots': "), p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "ran" not in p.stdout, p.stdout
+
+
 def test_empty_stream_max_keeps_the_oversubscribed_cap(monkeypatch):
     """Oversubscribed, an unset STREAM_MAX is capped at half a ring; an empty one
     is unset too (it was taken as set: the 8 MiB default, uncapped)."""

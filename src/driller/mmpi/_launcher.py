@@ -49,6 +49,7 @@ import sys
 import time
 
 from .. import _linux
+from ..errors import DrillerError
 from . import _procs
 from ._procs import (UNKNOWN, describe_status, kill_children, kill_group, pidfd_kill, rank_pids,
                      raw_wait_status, reap_adopted, shell_status, signal_name, signal_rank,
@@ -1078,8 +1079,14 @@ def main(argv: list[str] | None = None, *, supervised: bool = False) -> int:
         if _linux.nofile_limit() < need and _linux.raise_nofile_limit() < need:
             raise UsageError(f"-n {opts.n} needs about {need} file descriptors; the limit "
                              f"is {_linux.nofile_limit()} (see ulimit -n)")
+        # read here as the supervisor will (creating the world): a bad value is one
+        # line now, not the supervisor's traceback
+        _world.default_ring_bytes(opts.n)
     except UsageError as e:
         return usage_error(str(e))
+    except DrillerError as e:   # (a setting: the usage line would not help)
+        sys.stderr.write(f"driller run: error: {e}\n")
+        return 2
     for f in (sys.stdout, sys.stderr):
         if f is not None:            # (None: started with that fd closed)
             f.flush()
