@@ -593,6 +593,174 @@ def test_handler_send_in_the_direct_write_is_refused(how):
     assert res[1][1] == (1, b"hello", False), res
 
 
+def _handler_isends_before_the_claim(comm, k):
+    """A handler run at ``pid_of`` inside rank 0's direct Send (before its claim)
+    starts ``k`` 1 MiB Isends to rank 1 (stopped: the ring fills, the rest
+    queue).  The direct write must give way (records of ours queued) without
+    leaving its mark behind: the outer Send goes the usual way after them, and
+    later sends work."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+        assert _published(comm, 1)
+        t = comm._t
+        pid_of = t.pid_of
+        peer = pid_of(1)
+        reqs = []
+
+        def reentered(r):
+            if not reqs and sys._getframe(1).f_code.co_name == "direct":
+                os.kill(peer, signal.SIGSTOP)
+                try:
+                    reqs.extend(comm.Isend(_msg(100 + i), dest=1, tag=5) for i in range(k))
+                finally:
+                    os.kill(peer, signal.SIGCONT)
+            return pid_of(r)
+
+        t.pid_of = reentered
+        try:
+            comm.Send(_msg(1), dest=1, tag=4)
+        finally:
+            t.pid_of = pid_of
+        MPI.Request.Waitall(reqs)
+        comm.Send(b"later", dest=1, tag=6)
+        return len(reqs), [x for x in t.pending[1] if x is T.WRITING]
+    _long_spin(comm)
+    buf, small = bytearray(N), bytearray(8)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    comm.Recv(buf, source=0, tag=4)
+    got = [_seq(buf)]
+    for _ in range(k):
+        comm.Recv(buf, source=0, tag=5)
+        got.append(_seq(buf))
+    comm.Recv(small, source=0, tag=6)
+    return got, bytes(small[:5])
+
+
+def test_handler_sends_before_the_claim_leave_no_mark():
+    res = run_ranks(_handler_isends_before_the_claim, 2, 8)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == (8, []), res
+    assert res[1][1] == ([1] + list(range(100, 108)), b"later"), res
+
+
+def _handler_recv_in_the_write(comm):
+    """A handler run as rank 0's direct write returns (its record not out) receives
+    rank 1's synchronous send: the ACK it owes rank 1 waits behind the write's
+    mark and goes out after it (before, it went where the direct record then
+    went: rank 1's ``Issend`` never completed)."""
+    if comm.rank == 0:
+        comm.Recv(bytearray(1), source=1, tag=9)
+        assert _published(comm, 1)
+        write = T._linux.process_vm_writev
+        got = []
+
+        def reentered(*a):
+            write(*a)
+            T._linux.process_vm_writev = write
+            b = bytearray(8)
+            comm.Recv(b, source=1, tag=6)
+            got.append(bytes(b[:3]))
+
+        T._linux.process_vm_writev = reentered
+        try:
+            comm.Send(_msg(1), dest=1, tag=4)
+        finally:
+            T._linux.process_vm_writev = write
+        comm.Recv(bytearray(1), source=1, tag=7)
+        return got, _stats(comm)
+    _long_spin(comm)
+    r = comm.Issend(b"ssn", dest=0, tag=6)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    buf = bytearray(N)
+    comm.Recv(buf, source=0, tag=4)
+    r.Wait()
+    comm.Send(bytearray(1), dest=0, tag=7)
+    return _seq(buf)
+
+
+def test_handler_recv_in_the_direct_write_acks_after_it():
+    res = run_ranks(_handler_recv_in_the_write, 2)
+    for ok, v in res:
+        assert ok, v
+    got, st = res[0][1]
+    assert got == [b"ssn"] and st[0] == 1 and res[1][1] == 1, res
+
+
+def _handler_progress_pushes_in_the_write(comm):
+    """Rank 1 cannot read rank 0 (``no_pull``: rank 0 pushes its 2 MiB message 7
+    as DATA chunks); a handler's progress run inside rank 0's direct write of
+    message 1 finds rank 1's PUSH request: its chunks must wait for the direct
+    record (before, they were written where it then went: 'corrupt record')."""
+    big = 2 * N
+    if comm.rank == 0:
+        r7 = comm.Issend(_msg(7, big), dest=1, tag=7)
+        comm.Send(bytearray(1), dest=1, tag=8)
+        comm.Recv(bytearray(1), source=1, tag=9)
+        assert _published(comm, 1)
+        t = comm._t
+        write = T._linux.process_vm_writev
+        held = []
+
+        def reentered(*a):
+            write(*a)
+            T._linux.process_vm_writev = write
+            t.progress()   # (a handler's Test or Iprobe)
+            held.append(len(t.pushes[1]))
+
+        T._linux.process_vm_writev = reentered
+        try:
+            comm.Send(_msg(1), dest=1, tag=4)
+        finally:
+            T._linux.process_vm_writev = write
+        r7.Wait()
+        return held, _stats(comm)
+    _long_spin(comm)
+    comm._t.no_pull.add(0)
+    comm.Recv(bytearray(1), source=0, tag=8)
+    comm.Send(bytearray(1), dest=0, tag=9)
+    b7 = bytearray(big)
+    r7 = comm.Irecv(b7, source=0, tag=7)   # (matched: it asks rank 0 to push)
+    buf = bytearray(N)
+    comm.Recv(buf, source=0, tag=4)
+    r7.Wait()
+    return _seq(buf), _seq(b7)
+
+
+def test_handler_progress_in_the_direct_write_holds_pushes():
+    res = run_ranks(_handler_progress_pushes_in_the_write, 2)
+    for ok, v in res:
+        assert ok, v
+    held, st = res[0][1]
+    assert held == [1] and st[0] == 1 and res[1][1] == (1, 7), res
+
+
+def _stale_mark(comm):
+    """A WRITING mark that no running direct write owns (as a second exception
+    in the write's own clean-up could leave it) is dropped by whoever finds it:
+    the send that finds it goes out, later ones too."""
+    if comm.rank == 0:
+        t = comm._t
+        t.pending[1].append(T.WRITING)
+        comm.Send(b"one", dest=1, tag=3)
+        comm.Send(_msg(2), dest=1, tag=3)
+        return list(t.pending[1])
+    got = []
+    small = bytearray(N)
+    st = MPI.Status()
+    for _ in range(2):
+        comm.Recv(small, source=0, tag=3, status=st)
+        got.append(st.Get_count())
+    return got, _seq(small)
+
+
+def test_a_mark_left_behind_is_dropped():
+    res = run_ranks(_stale_mark, 2)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == [] and res[1][1] == ([3, N], 2), res
+
+
 # -------------------------------------------------------------------- denial
 def _denied(comm):
     if comm.rank == 0:

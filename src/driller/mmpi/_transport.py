@@ -502,7 +502,8 @@ class _Writing:
     ``dst`` (``_transmit``: a signal handler's ``Send`` run in the middle of the
     write would put its record where ours goes, and one of the two be lost or
     written over), and what other records go to ``dst`` meanwhile (a handler's
-    receive's replies) wait behind it (``_flush``)."""
+    receive's replies, a push's chunks) wait behind it (``_flush``, ``_push``).
+    Whoever finds it checks that a running write owns it (``_mark_live``)."""
 
     __slots__ = ()
 
@@ -511,6 +512,23 @@ class _Writing:
 
 
 WRITING = _Writing()
+
+
+def _mark_live(q) -> bool:
+    """Whether the WRITING mark first in ``q`` (a ``pending[dst]``) belongs to a
+    direct write still running on this thread's stack (a call nested in it: the
+    mark stands); if not (a second exception cut its removal short), it is
+    dropped here.  Only on the rare path that found the mark."""
+    f = sys._getframe(1)
+    while f is not None:
+        co = f.f_code
+        if co.co_name == "direct" and co.co_filename == __file__ and \
+                f.f_locals.get("q") is q:
+            return True
+        f = f.f_back
+    if q and q[0] is WRITING:
+        q.popleft()
+    return False
 
 
 class _PerPeer(dict):
@@ -948,9 +966,12 @@ class Transport:
             if words[sw]:
                 _linux.futex_wake(waddr)
 
-        def unmark():   # (WRITING: first in q from the claim on; a nested call's
-            if q and q[0] is WRITING:   # records may follow it)
-                q.popleft()
+        def unmark():   # (WRITING: first in q from the claim on, a nested call's
+            if q:           # records behind it; 3.10 can run a handler between the
+                if q[0] is WRITING:   # check that q is empty and the append)
+                    q.popleft()
+                elif WRITING in q:
+                    q.remove(WRITING)
 
         def direct(ctx, tag, mv, n):
             g = words[gw]
@@ -989,15 +1010,15 @@ class Transport:
                 except (BufferError, TypeError, ValueError):
                     return False
             pid = t_.pid_of(dst)
-            if not pid:
-                return False
+            if not pid or q:   # (q: a handler run at a call above queued a record
+                return False   # to dst: after it, the usual way)
             splitting = None   # (a split under way: the list its first exception goes in)
             try:
                 q.append(WRITING)   # (a send to dst nested in this write from here on:
                 words[cw] = g       # refused; inside the try: never left behind)
                 _linux.fence()
                 if words[gw] != g or words[tw] != head or out_head[dst] != head or \
-                        len(q) > 1:
+                        len(q) > 1 or q[0] is not WRITING:
                     # withdrawn (the receiver goes on), or a send of ours put a record
                     # at ``head`` meanwhile (a signal handler's, run at a call above):
                     # ours would overwrite it; the usual path sends after it (or after
@@ -1973,7 +1994,7 @@ class Transport:
             self._self_send(s)
             return
         q = self.pending[dst]
-        if q and q[0] is WRITING:
+        if q and q[0] is WRITING and _mark_live(q):
             raise MmpiError(
                 f"a send to rank {dst} started in the middle of this rank's direct write "
                 f"to rank {dst} (from a signal handler, or code a handler called): "
@@ -2089,7 +2110,9 @@ class Transport:
             while q:
                 item = q[0]
                 if item is WRITING:
-                    break   # (a direct write under way, this call nested in it: after it)
+                    if _mark_live(q):
+                        break   # (a direct write under way, this call nested in it)
+                    continue   # (left behind: dropped)
                 h0 = self.out_head[dst]
                 try:
                     if type(item) is E.Reply:
@@ -2514,6 +2537,10 @@ class Transport:
             self.npending -= len(q)
             q.clear()
             return False
+        w = self.pending[dst]
+        if w and w[0] is WRITING and _mark_live(w):
+            return False   # (a direct write to dst under way, this call nested in it:
+            # its chunks would go where the direct record goes)
         rb = self.ring_bytes
         words = self.words
         data = self.data
