@@ -478,6 +478,44 @@ def test_sender_killed_holding_claim():
     assert not ok and v[0] == "PeerDiedError" and v[2] == 0, res
 
 
+def _send_reentered(comm, where, nested):
+    """Rank 0's direct Send of message 1 (tag 4) to rank 1, ``nested()`` run once
+    inside it as a signal handler's would be: at its ``pid_of`` (``"claim"``:
+    before its claim) or as its ``process_vm_writev`` returns (``"write"``:
+    claimed, its record not out).  Returns the type name of the MPI exception the
+    Send raised (None: it returned)."""
+    t = comm._t
+    if where == "claim":
+        pid_of = t.pid_of
+        fired = [0]
+
+        def at_claim(r):
+            if not fired[0] and sys._getframe(1).f_code.co_name == "direct":
+                fired[0] = 1
+                nested()
+            return pid_of(r)
+
+        t.pid_of = at_claim
+        undo = lambda: setattr(t, "pid_of", pid_of)   # noqa: E731
+    else:
+        write = T._linux.process_vm_writev
+
+        def at_write(*a):
+            write(*a)
+            T._linux.process_vm_writev = write
+            nested()
+
+        T._linux.process_vm_writev = at_write
+        undo = lambda: setattr(T._linux, "process_vm_writev", write)   # noqa: E731
+    try:
+        comm.Send(_msg(1), dest=1, tag=4)
+    except MPI.Exception as e:
+        return type(e).__name__
+    finally:
+        undo()
+    return None
+
+
 def _handler_send_before_claim(comm):
     """Rank 0's direct Send of message 1 is re-entered between reading its ring's
     head and claiming rank 1's published Recv: a Send of ``hello`` (tag 5) runs
@@ -490,32 +528,33 @@ def _handler_send_before_claim(comm):
     if comm.rank == 0:
         comm.Recv(bytearray(1), source=1, tag=9)
         _published(comm, 1)
-        t = comm._t
-        pid_of = t.pid_of
-        peer = pid_of(1)
-        fired = [0]
+        peer = comm._t.pid_of(1)
+        fired = []
 
-        def reentered(r):
-            if not fired[0] and sys._getframe(1).f_code.co_name == "direct":
-                fired[0] = 1
-                os.kill(peer, signal.SIGSTOP)
-                comm.Send(b"hello", dest=1, tag=5)
-            return pid_of(r)
+        def nested():
+            fired.append(1)
+            os.kill(peer, signal.SIGSTOP)
+            comm.Send(b"hello", dest=1, tag=5)
 
-        t.pid_of = reentered
         try:
-            comm.Send(_msg(1), dest=1, tag=4)
+            _send_reentered(comm, "claim", nested)
         finally:
-            t.pid_of = pid_of
             os.kill(peer, signal.SIGCONT)
-        return fired[0]
+        return len(fired)
+    return _message_1_then_hello(comm)
+
+
+def _message_1_then_hello(comm):
+    """Rank 1's side: asks (tag 9), receives message 1 (tag 4, published long),
+    then ``hello`` (tag 5); (its sequence number, hello, anything more there)."""
     _long_spin(comm)
     buf, small = bytearray(N), bytearray(16)
     comm.Send(bytearray(1), dest=0, tag=9)
     comm.Recv(buf, source=0, tag=4)
     st = MPI.Status()
     comm.Recv(small, source=0, tag=5, status=st)
-    return _seq(buf), bytes(small[:st.Get_count()])
+    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
+    return _seq(buf), bytes(small[:st.Get_count()]), more
 
 
 def test_handler_send_before_the_claim_is_not_overwritten():
@@ -523,7 +562,7 @@ def test_handler_send_before_the_claim_is_not_overwritten():
     for ok, v in res:
         assert ok, v
     assert res[0][1] == 1, res   # the direct path ran up to pid_of and was re-entered
-    assert res[1][1] == (1, b"hello"), res
+    assert res[1][1] == (1, b"hello", False), res
 
 
 def _handler_send_in_the_write(comm, how):
@@ -539,14 +578,11 @@ def _handler_send_in_the_write(comm, how):
     record first; it gets message 1 whole (tag 4), then ``hello`` (tag 5)."""
     if comm.rank == 0:
         comm.Recv(bytearray(1), source=1, tag=9)
-        _published(comm, 1)
+        assert _published(comm, 1)
         peer = comm._t.pid_of(1)
-        write = T._linux.process_vm_writev
         refused = []
 
-        def reentered(*a):
-            write(*a)
-            T._linux.process_vm_writev = write
+        def nested():
             os.kill(peer, signal.SIGSTOP)
             try:
                 comm.Send(b"hello", dest=1, tag=5)
@@ -555,14 +591,9 @@ def _handler_send_in_the_write(comm, how):
                 if how == "uncaught":
                     raise
 
-        T._linux.process_vm_writev = reentered
-        outer = None
         try:
-            comm.Send(_msg(1), dest=1, tag=4)
-        except MPI.Exception as e:
-            outer = type(e).__name__
+            outer = _send_reentered(comm, "write", nested)
         finally:
-            T._linux.process_vm_writev = write
             os.kill(peer, signal.SIGCONT)
         if outer is not None:
             comm.Send(_msg(1), dest=1, tag=4)   # (not sent: again)
@@ -570,14 +601,7 @@ def _handler_send_in_the_write(comm, how):
             comm.Send(b"hello", dest=1, tag=5)   # (not sent: again; a Send that
             # returned must not be sent again, nor lost: rank 1 waits for one)
         return refused, outer, _stats(comm)
-    _long_spin(comm)
-    buf, small = bytearray(N), bytearray(16)
-    comm.Send(bytearray(1), dest=0, tag=9)
-    comm.Recv(buf, source=0, tag=4)
-    st = MPI.Status()
-    comm.Recv(small, source=0, tag=5, status=st)
-    more = comm.Iprobe(source=0, tag=MPI.ANY_TAG)
-    return _seq(buf), bytes(small[:st.Get_count()]), more
+    return _message_1_then_hello(comm)
 
 
 @pytest.mark.parametrize("how", ["caught", "uncaught"])
@@ -603,24 +627,17 @@ def _handler_isends_before_the_claim(comm, k):
         comm.Recv(bytearray(1), source=1, tag=9)
         assert _published(comm, 1)
         t = comm._t
-        pid_of = t.pid_of
-        peer = pid_of(1)
+        peer = t.pid_of(1)
         reqs = []
 
-        def reentered(r):
-            if not reqs and sys._getframe(1).f_code.co_name == "direct":
-                os.kill(peer, signal.SIGSTOP)
-                try:
-                    reqs.extend(comm.Isend(_msg(100 + i), dest=1, tag=5) for i in range(k))
-                finally:
-                    os.kill(peer, signal.SIGCONT)
-            return pid_of(r)
+        def nested():
+            os.kill(peer, signal.SIGSTOP)
+            try:
+                reqs.extend(comm.Isend(_msg(100 + i), dest=1, tag=5) for i in range(k))
+            finally:
+                os.kill(peer, signal.SIGCONT)
 
-        t.pid_of = reentered
-        try:
-            comm.Send(_msg(1), dest=1, tag=4)
-        finally:
-            t.pid_of = pid_of
+        assert _send_reentered(comm, "claim", nested) is None
         MPI.Request.Waitall(reqs)
         comm.Send(b"later", dest=1, tag=6)
         return len(reqs), [x for x in t.pending[1] if x is T.WRITING]
@@ -652,21 +669,14 @@ def _handler_recv_in_the_write(comm):
     if comm.rank == 0:
         comm.Recv(bytearray(1), source=1, tag=9)
         assert _published(comm, 1)
-        write = T._linux.process_vm_writev
         got = []
 
-        def reentered(*a):
-            write(*a)
-            T._linux.process_vm_writev = write
+        def nested():
             b = bytearray(8)
             comm.Recv(b, source=1, tag=6)
             got.append(bytes(b[:3]))
 
-        T._linux.process_vm_writev = reentered
-        try:
-            comm.Send(_msg(1), dest=1, tag=4)
-        finally:
-            T._linux.process_vm_writev = write
+        assert _send_reentered(comm, "write", nested) is None
         comm.Recv(bytearray(1), source=1, tag=7)
         return got, _stats(comm)
     _long_spin(comm)
@@ -699,20 +709,13 @@ def _handler_progress_pushes_in_the_write(comm):
         comm.Recv(bytearray(1), source=1, tag=9)
         assert _published(comm, 1)
         t = comm._t
-        write = T._linux.process_vm_writev
         held = []
 
-        def reentered(*a):
-            write(*a)
-            T._linux.process_vm_writev = write
+        def nested():
             t.progress()   # (a handler's Test or Iprobe)
             held.append(len(t.pushes[1]))
 
-        T._linux.process_vm_writev = reentered
-        try:
-            comm.Send(_msg(1), dest=1, tag=4)
-        finally:
-            T._linux.process_vm_writev = write
+        assert _send_reentered(comm, "write", nested) is None
         r7.Wait()
         return held, _stats(comm)
     _long_spin(comm)
@@ -797,23 +800,14 @@ def _released(comm, go_r, go_w):
     never comes), then receive the message sent again."""
     if comm.rank == 0:
         signal.signal(signal.SIGUSR1, _on_signal)
-        write = T._linux.process_vm_writev
-
-        def write_then_raise(*a):
-            write(*a)
-            T._linux.process_vm_writev = write
-            _kill_self()
-
-        T._linux.process_vm_writev = write_then_raise
-        m = _msg(1)
         _published(comm, 1)
         try:
-            comm.Send(m, dest=1, tag=4)
+            _send_reentered(comm, "write", _kill_self)
             raised = False
         except _Boom:
             raised = True
         os.read(go_r, 1)   # rank 1's Recv raised
-        comm.Send(m, dest=1, tag=4)
+        comm.Send(_msg(1), dest=1, tag=4)
         return raised, _stats(comm)
     _long_spin(comm)
     signal.signal(signal.SIGALRM, _on_signal)
