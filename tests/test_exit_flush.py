@@ -455,3 +455,31 @@ def test_a_bad_finish_wait_is_refused_at_the_start():
                   env_extra={"DRILLER_MMPI_FINISH_WAIT": "soon"}, timeout=60)
     assert p.returncode != 0
     assert "DRILLER_MMPI_FINISH_WAIT='soon'" in p.stderr, p.stderr
+
+
+def _miscounted(comm):
+    """Rank 0's count of queued records one too high, nothing queued (an exception
+    between a count and its append; a WRITING mark counted while it stood second,
+    docs/mmpi.md "sixteenth round (mid-size)"): finishing must not wait for
+    records that are not there."""
+    from driller.mmpi import _transport as T
+    t = comm._t
+    if comm.rank == 0:
+        q = t.pending[1]
+        q.append(("x",))
+        q.append(T.WRITING)
+        t._recount()
+        counted = t.npending   # (the mark, second, is no record)
+        q.clear()
+        t.npending += 1
+        t.finish(owed=False)
+        return counted, t.npending
+    return None
+
+
+def test_finish_recounts_a_count_left_too_high():
+    from test_mmpi_p2p import run_ranks
+    res = run_ranks(_miscounted, 2, deadline=30)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == (1, 0), res

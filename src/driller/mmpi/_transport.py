@@ -521,9 +521,7 @@ def _mark_live(q) -> bool:
     dropped here.  Only on the rare path that found the mark."""
     f = sys._getframe(1)
     while f is not None:
-        co = f.f_code
-        if co.co_name == "direct" and co.co_filename == __file__ and \
-                f.f_locals.get("q") is q:
+        if f.f_code is _DIRECT_CODE and f.f_locals.get("q") is q:
             return True
         f = f.f_back
     if q and q[0] is WRITING:
@@ -1018,7 +1016,7 @@ class Transport:
                 words[cw] = g       # refused; inside the try: never left behind)
                 _linux.fence()
                 if words[gw] != g or words[tw] != head or out_head[dst] != head or \
-                        len(q) > 1 or q[0] is not WRITING:
+                        len(q) != 1 or q[0] is not WRITING:
                     # withdrawn (the receiver goes on), or a send of ours put a record
                     # at ``head`` meanwhile (a signal handler's, run at a call above):
                     # ours would overwrite it; the usual path sends after it (or after
@@ -1063,8 +1061,8 @@ class Transport:
                     _linux.futex_wake(waddr)
                 return True
             except BaseException as e:   # (a signal handler's): the record is out or not
-                unmark()
-                end = out_head[dst]
+                end = out_head[dst]   # (read first: a send nested in unmark's call
+                unmark()              # writes after ``end``, not in our place)
                 if end == head:
                     release()   # not sent: the receive waits on for a message
                     raise
@@ -2181,8 +2179,14 @@ class Transport:
                     self._run(self.engine.transmitted(s))
                 elif s.state == E.S_DONE:   # (transmitted's Complete, cut short)
                     s.done = True
+        self._recount()
+
+    def _recount(self) -> None:
+        """``npending`` counted again: the records queued (a WRITING mark is none,
+        wherever it stands) and the push jobs.  A count too high would keep
+        ``finish`` waiting for ever."""
         self.npending = (sum(map(len, self.pending)) + sum(map(len, self.pushes))
-                         - sum(1 for q in self.pending if q and q[0] is WRITING))
+                         - sum(1 for q in self.pending for x in q if x is WRITING))
 
     # ------------------------------------------------------------ actions
     def _run(self, actions) -> None:
@@ -3682,9 +3686,10 @@ class Transport:
                 continue
             for dst in range(self.size):
                 if (self.pending[dst] or self.pushes[dst]) and not self._takes(dst):
-                    self.npending -= len(self.pending[dst]) + len(self.pushes[dst])
                     self.pending[dst].clear()
                     self.pushes[dst].clear()
+            self._recount()   # (what is left; a count left too high by an exception
+            # between a count and its append, once nothing moves, would spin here)
             if self.npending:
                 if self.words[W.H_DEATHS] != self.deaths_seen:
                     self._scan_dead()   # (else _sleep returns at once: a spin)
@@ -3767,6 +3772,12 @@ class Transport:
             self.flush_deferred()
         w = self.world
         w.words[w.rank_word(self.rank, W.R_FINALIZED)] = W.FINALIZED
+
+
+# the code of every direct write (``_director``'s ``direct``): how _mark_live knows
+# one on the stack
+_DIRECT_CODE = next(c for c in Transport._director.__code__.co_consts
+                    if getattr(c, "co_name", None) == "direct")
 
 
 def _owed_list(sends: list) -> str:
