@@ -164,3 +164,60 @@ print("GUARD", before, after, threading.getprofile(), flush=True)
 """)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("GUARD (False, False) (True, True, True, False) None") == 2, r.stdout
+
+
+def test_the_refusal_names_the_call_the_holder_has_just_entered():
+    # CI (3.10): "... while thread 'ThreadPoolExecutor-0_1' is inside : mmpi is
+    # single-threaded": the refused thread read the holder's call name before the
+    # holder, which had taken the slot, wrote it.  The holder is stopped here just
+    # after taking the slot (a line tracer in its thread), the other thread calls.
+    import sys
+    import threading
+
+    import pytest
+
+    from driller.errors import MmpiError
+    from driller.mmpi import _threads
+
+    entered, refused, seen = threading.Event(), threading.Event(), []
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_name != "call" or frame.f_code.co_filename != _threads.__file__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line" and "holder" in frame.f_locals and not entered.is_set():
+                entered.set()   # the slot is taken, nothing else done yet
+                refused.wait(30)
+            return line
+        return line
+
+    def outer():
+        return "done"
+
+    def inner():
+        return "never"
+
+    held = _threads._guarded(outer, "Comm.Outer")
+    other = _threads._guarded(inner, "Comm.Other")
+
+    def holder():
+        sys.settrace(tracer)
+        try:
+            seen.append(held())
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=holder, name="holder")
+    t.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(MmpiError) as e:
+            other()
+    finally:
+        refused.set()
+        t.join(30)
+    assert "Comm.Other called from thread 'MainThread' while thread 'holder' is " \
+           "inside Comm.Outer: mmpi is single-threaded" in str(e.value), str(e.value)
+    assert seen == ["done"] and not _threads._slot   # the holder's call went on, and left
+    assert other() == "never"                         # the slot free again

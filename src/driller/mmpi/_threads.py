@@ -55,12 +55,12 @@ __all__ = ["register", "register_functions", "watch", "install", "installed"]
 _classes: list = []          # registered, in order; wrapped at install()
 _state = {"installed": False, "hooked": False, "prev": None}
 _install_lock = threading.Lock()
-# The guard's state, renewed by a fork: {0: ident of the thread inside} (taken with
-# dict.setdefault, one C call: two threads can never both get it), [1 while it
-# is inside], [the outermost call it is in]
+# The guard's state, renewed by a fork: {0: (ident of the thread inside, the
+# outermost call it is in)} (taken with dict.setdefault, one C call: two threads
+# can never both get it, and the refused thread reads the name the holder put
+# there in the same step), [1 while it is inside]
 _slot: dict = {}
 _depth = [0]
-_where = [""]
 
 # local reads, or calls meant for another thread while one waits
 _FREE_PREFIXES = ("Get_", "Is_")
@@ -77,12 +77,13 @@ def installed() -> bool:
     return _state["installed"]
 
 
-def _busy(what: str, holder: int) -> MmpiError:
-    name = next((t.name for t in threading.enumerate() if t.ident == holder),
+def _busy(what: str, holder: tuple) -> MmpiError:
+    ident, where = holder
+    name = next((t.name for t in threading.enumerate() if t.ident == ident),
                 "another thread")
     me = threading.current_thread().name
     return MmpiError(
-        f"{what} called from thread {me!r} while thread {name!r} is inside {_where[0]}: "
+        f"{what} called from thread {me!r} while thread {name!r} is inside {where}: "
         "mmpi is single-threaded (MPI.Query_thread() is THREAD_SINGLE), and two threads "
         "in it at once lose or mix messages. Call mmpi from one thread, or hold one lock "
         "around every mmpi call (calls from several threads one at a time are fine)")
@@ -95,13 +96,12 @@ def _guarded(f, what: str):
     def call(*args, **kwargs):
         slot, depth = _slot, _depth   # (the ones left below: a fork renews them)
         me = ident()
-        holder = slot.setdefault(0, me)
-        if holder != me:
+        holder = slot.setdefault(0, (me, what))
+        if holder[0] != me:
             raise _busy(what, holder)
         if depth[0]:   # called in again by the thread inside
             return f(*args, **kwargs)
         depth[0] = 1
-        _where[0] = what
         try:
             return f(*args, **kwargs)
         finally:
