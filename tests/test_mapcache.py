@@ -324,3 +324,21 @@ def test_bounds_defaults_and_env(monkeypatch):
     monkeypatch.setenv("DRILLER_CACHE_MAX_ENTRIES", "lots")
     with pytest.raises(DrillerError):
         MapCache()
+
+
+@pytest.mark.parametrize("value, taken", [
+    ("1e3", 1000), ("0x10", 16), ("0xE0", 224), (" 12 ", 12),
+    ("lots", None), ("0", None), ("-5", None), ("1.5", None), ("1e999", None), ("nan", None)])
+def test_cache_bounds_from_the_environment_are_read_as_every_setting_is(monkeypatch, value, taken):
+    # one reader for every DRILLER_* number (driller._env): a bad value names the
+    # variable, what it takes and the docs; before, 1e999 raised OverflowError,
+    # 1.5 was taken as 1 and 0xE0 (an 'E' in it) was refused as "not a number"
+    monkeypatch.setenv("DRILLER_CACHE_MAX_ENTRIES", value)
+    if taken is not None:
+        assert MapCache().max_entries == taken
+        return
+    with pytest.raises(DrillerError) as e:
+        MapCache()
+    assert str(e.value) == (f"DRILLER_CACHE_MAX_ENTRIES={value!r}: give a positive whole number "
+                            "(1e9 is taken) (docs/configuration.md), or leave it unset for the "
+                            "default"), str(e.value)

@@ -35,6 +35,7 @@ import weakref
 from collections import OrderedDict
 
 from . import _linux, _publish
+from ._env import read
 from .errors import DrillerError
 from .proxy import ProxyClient
 from .segment import Region
@@ -62,17 +63,22 @@ def default_max_bytes() -> int:
     return max(256 << 20, min(8 * _GiB, _linux.mem_total() // 2))
 
 
-def _env_int(name: str) -> int | None:
-    v = os.environ.get(name)
-    if not v:
-        return None
-    try:
-        n = int(float(v)) if any(c in v for c in ".eE") else int(v, 0)
-    except ValueError:
-        raise DrillerError(f"{name}={v!r} is not a number") from None
+def _positive(v: str) -> int:
+    """A positive whole number, also written ``1e9`` or ``0x1000`` (ValueError if not)."""
+    if any(c in v for c in ".eE") and not v.strip().lower().startswith("0x"):
+        f = float(v)
+        if not f.is_integer():   # (1.5; inf and nan too)
+            raise ValueError(v)
+        n = int(f)
+    else:
+        n = int(v, 0)
     if n <= 0:
-        raise DrillerError(f"{name}={v!r} must be positive")
+        raise ValueError(v)
     return n
+
+
+def _env_int(name: str) -> int | None:
+    return read(name, None, _positive, "a positive whole number (1e9 is taken)")
 
 
 def _sealed_readonly(fd: int) -> bool:

@@ -3,12 +3,12 @@ docs/configuration.md), read in one place: an unset or empty variable gives the
 default (callers that treat "not set" apart pass None); a value that is not a
 number is refused with :class:`MmpiError` naming the variable, what it takes
 and where it is documented, instead of a bare ``ValueError`` from ``int()``
-deep in a rank's start."""
+deep in a rank's start (``driller._env.read``, the one reader of every
+``DRILLER_*`` number)."""
 
 from __future__ import annotations
 
-import os
-
+from .._env import read
 from ..errors import MmpiError
 
 # what the settings take (the refusals say it)
@@ -18,14 +18,7 @@ MICROSECONDS = "microseconds"
 
 
 def _read(name: str, default, kind, what: str):
-    v = os.environ.get(name)
-    if v is None or not v.strip():
-        return default
-    try:
-        return kind(v)
-    except ValueError:
-        raise MmpiError(f"{name}={v!r}: give {what} (docs/configuration.md), or leave it "
-                        f"unset for the default") from None
+    return read(name, default, kind, what, MmpiError)
 
 
 def env_int(name: str, default, what: str = "a whole number"):
