@@ -57,3 +57,92 @@ def test_nested_sleep_keeps_the_outer_sleep_woken():
     for ok, v in res:
         assert ok, v
     assert res[0][1] == (1, b"the end."), res   # the nested call ran, the Recv got its message
+
+
+def _nested_sleep_while_waiting_for_room(comm):
+    # rank 0's Isends fill the (64 KiB) ring while rank 1 sleeps, so its Waitall
+    # sleeps with sends queued, its "producer waiting" flag raised for rank 1 to
+    # wake it when it frees room.  A nested blocking call's sleep (what a handler's
+    # MPI call reaches; here the transport's own, timing out: rank 1 is still
+    # asleep) ran at the outer futex call and lowered that flag: rank 1 then
+    # drained the ring without waking rank 0, which slept its whole bound
+    t = comm._t
+    if comm.rank == 0:
+        t.sleep_seconds = 60.0
+        waitv = T._linux.futex_waitv
+        ran = [0]
+
+        def waitv_after_a_nested_sleep(waits, timeout):
+            if not ran[0] and t.npending and sys._getframe(1).f_code.co_name == "_sleep":
+                ran[0] = 1
+                ran.append(t._sleep(0.05))   # (False: timed out, nothing moved)
+            return waitv(waits, timeout)
+
+        T._linux.futex_waitv = waitv_after_a_nested_sleep
+        try:
+            reqs = [comm.Isend(bytes([i % 251]) * 1024, dest=1, tag=1) for i in range(300)]
+            type(reqs[0]).Waitall(reqs)
+        finally:
+            T._linux.futex_waitv = waitv
+        comm.Send(b"", dest=1, tag=3)
+        return ran
+    time.sleep(1.0)   # (rank 0 asleep in its Waitall, the ring full)
+    buf, bad = bytearray(1024), 0
+    for i in range(300):
+        comm.Recv(buf, source=0, tag=1)
+        bad += buf != bytes([i % 251]) * 1024
+    comm.Recv(bytearray(1), source=0, tag=3)   # (alive: its exit would wake rank 0)
+    return bad
+
+
+def test_nested_sleep_keeps_the_producers_waiting_flag(monkeypatch):
+    monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", "65536")
+    res = run_ranks(_nested_sleep_while_waiting_for_room, 2, deadline=30)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == [1, False] and res[1][1] == 0, res
+
+
+def _nested_barrier_sleep(comm):
+    # the shared-memory barrier's sleep raises this rank's barrier flag (arriving
+    # ranks wake it only when it is up); a barrier's sleep nested in it (run at
+    # the outer futex call, timing out: rank 1 is late) put the flag down to 0
+    # instead of back: rank 1's arrival then woke nobody
+    from driller.mmpi._coll import _shm
+
+    t = comm._t
+    if comm.rank == 0:
+        t.sleep_seconds = 60.0
+        waitv = T._linux.futex_waitv
+        ran = [0]
+
+        def waitv_after_a_nested_sleep(waits, timeout):
+            f = sys._getframe(1)
+            if not ran[0] and f.f_code.co_name == "shm_sleep":
+                ran[0] = 1
+                t.sleep_seconds = 0.05
+                try:
+                    ran.append(_shm.shm_sleep(f.f_locals["cx"], f.f_locals["e"],
+                                              f.f_locals["ep"], f.f_locals["j"]))
+                finally:
+                    t.sleep_seconds = 60.0
+            return waitv(waits, timeout)
+
+        T._linux.futex_waitv = waitv_after_a_nested_sleep
+        try:
+            comm.Barrier()
+        finally:
+            T._linux.futex_waitv = waitv
+        comm.Send(b"", dest=1, tag=3)
+        return ran
+    time.sleep(1.0)   # (rank 0 asleep in the Barrier, then in the nested sleep)
+    comm.Barrier()
+    comm.Recv(bytearray(1), source=0, tag=3)   # (alive: its exit would wake rank 0)
+    return None
+
+
+def test_nested_barrier_sleep_keeps_the_barrier_flag():
+    res = run_ranks(_nested_barrier_sleep, 2, deadline=30)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == [1, False], res

@@ -3543,8 +3543,9 @@ class Transport:
             if self.npending:
                 for dst, q in enumerate(self.pending):
                     if q or self.pushes[dst]:
-                        words[self.out_pwait[dst]] = 1
-                        flagged.append(dst)
+                        pw = self.out_pwait[dst]
+                        flagged.append((pw, words[pw]))   # (put back as found, as ms)
+                        words[pw] = 1
                         tw = self.out_tailw[dst]
                         waits.append((base + tw * 8, words[tw]))
                 if self._flush():
@@ -3558,8 +3559,8 @@ class Transport:
             return _linux.futex_waitv(waits, timeout)
         finally:
             words[ms] = was
-            for dst in flagged:
-                words[self.out_pwait[dst]] = 0
+            for pw, v in reversed(flagged):
+                words[pw] = v
 
     def _scan_dead(self) -> None:
         words = self.words

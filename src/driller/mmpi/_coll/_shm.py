@@ -142,6 +142,7 @@ def shm_sleep(cx, e, ep, j) -> bool:
     if t.deferred:                # a deferred run of takes ends before sleeping (its
         t.flush_deferred()        # producer may be waiting for the room)
     flag = t.coll_state[2][t.rank]
+    fwas = words[flag]   # (a barrier's sleep nested in another's puts it back too)
     words[flag] = 1
     ms = t.my_sleeping
     was = words[ms]   # (as Transport._sleep: a nested sleep restores it)
@@ -168,7 +169,7 @@ def shm_sleep(cx, e, ep, j) -> bool:
         return _linux.futex_waitv(waits, t.sleep_seconds)
     finally:
         words[ms] = was
-        words[flag] = 0
+        words[flag] = fwas
 
 
 def shm_allreduce(cx, acc, op) -> bool:
