@@ -1,4 +1,6 @@
-"""A sleep nested in another leaves this rank's sleeping flag as it found it.
+"""A sleep nested in another leaves this rank's sleeping flag as it found it,
+and the flags it raises for its peers (a sender's "waiting for room", the
+shared-memory barrier's) too.
 
 A rank about to sleep raises its sleeping word so that producers wake it
 (they call ``futex_wake`` only when the word is up).  A signal handler can run
@@ -15,6 +17,7 @@ the outer futex call return at once).
 
 from __future__ import annotations
 
+import mmap
 import sys
 import time
 
@@ -59,13 +62,25 @@ def test_nested_sleep_keeps_the_outer_sleep_woken():
     assert res[0][1] == (1, b"the end."), res   # the nested call ran, the Recv got its message
 
 
-def _nested_sleep_while_waiting_for_room(comm):
-    # rank 0's Isends fill the (64 KiB) ring while rank 1 sleeps, so its Waitall
+
+def _after(shared, then: float = 0.2) -> None:
+    """Rank 1: wait until rank 0's nested sleep is over (its byte in ``shared``, an
+    anonymous shared mapping both forked ranks inherit), then ``then`` seconds
+    more, for rank 0 to be in its outer futex call."""
+    end = time.monotonic() + 20
+    while not shared[0]:
+        assert time.monotonic() < end, "rank 0 never reached its outer sleep"
+        time.sleep(0.005)
+    time.sleep(then)
+
+
+def _nested_sleep_while_waiting_for_room(comm, shared):
+    # rank 0's Isends fill the (64 KiB) ring while rank 1 waits, so its Waitall
     # sleeps with sends queued, its "producer waiting" flag raised for rank 1 to
     # wake it when it frees room.  A nested blocking call's sleep (what a handler's
-    # MPI call reaches; here the transport's own, timing out: rank 1 is still
-    # asleep) ran at the outer futex call and lowered that flag: rank 1 then
-    # drained the ring without waking rank 0, which slept its whole bound
+    # MPI call reaches; here the transport's own, timing out: rank 1 drains nothing
+    # until it is over) ran at the outer futex call and lowered that flag: rank 1
+    # then drained the ring without waking rank 0, which slept its whole bound
     t = comm._t
     if comm.rank == 0:
         t.sleep_seconds = 60.0
@@ -76,6 +91,7 @@ def _nested_sleep_while_waiting_for_room(comm):
             if not ran[0] and t.npending and sys._getframe(1).f_code.co_name == "_sleep":
                 ran[0] = 1
                 ran.append(t._sleep(0.05))   # (False: timed out, nothing moved)
+                shared[0] = 1
             return waitv(waits, timeout)
 
         T._linux.futex_waitv = waitv_after_a_nested_sleep
@@ -86,7 +102,7 @@ def _nested_sleep_while_waiting_for_room(comm):
             T._linux.futex_waitv = waitv
         comm.Send(b"", dest=1, tag=3)
         return ran
-    time.sleep(1.0)   # (rank 0 asleep in its Waitall, the ring full)
+    _after(shared)
     buf, bad = bytearray(1024), 0
     for i in range(300):
         comm.Recv(buf, source=0, tag=1)
@@ -97,17 +113,17 @@ def _nested_sleep_while_waiting_for_room(comm):
 
 def test_nested_sleep_keeps_the_producers_waiting_flag(monkeypatch):
     monkeypatch.setenv("DRILLER_MMPI_RING_BYTES", "65536")
-    res = run_ranks(_nested_sleep_while_waiting_for_room, 2, deadline=30)
+    res = run_ranks(_nested_sleep_while_waiting_for_room, 2, mmap.mmap(-1, 8), deadline=30)
     for ok, v in res:
         assert ok, v
     assert res[0][1] == [1, False] and res[1][1] == 0, res
 
 
-def _nested_barrier_sleep(comm):
+def _nested_barrier_sleep(comm, shared):
     # the shared-memory barrier's sleep raises this rank's barrier flag (arriving
     # ranks wake it only when it is up); a barrier's sleep nested in it (run at
-    # the outer futex call, timing out: rank 1 is late) put the flag down to 0
-    # instead of back: rank 1's arrival then woke nobody
+    # the outer futex call, timing out: rank 1 arrives only after it) put the flag
+    # down to 0 instead of back: rank 1's arrival then woke nobody
     from driller.mmpi._coll import _shm
 
     t = comm._t
@@ -126,6 +142,7 @@ def _nested_barrier_sleep(comm):
                                               f.f_locals["ep"], f.f_locals["j"]))
                 finally:
                     t.sleep_seconds = 60.0
+                shared[0] = 1
             return waitv(waits, timeout)
 
         T._linux.futex_waitv = waitv_after_a_nested_sleep
@@ -135,14 +152,14 @@ def _nested_barrier_sleep(comm):
             T._linux.futex_waitv = waitv
         comm.Send(b"", dest=1, tag=3)
         return ran
-    time.sleep(1.0)   # (rank 0 asleep in the Barrier, then in the nested sleep)
+    _after(shared)
     comm.Barrier()
     comm.Recv(bytearray(1), source=0, tag=3)   # (alive: its exit would wake rank 0)
     return None
 
 
 def test_nested_barrier_sleep_keeps_the_barrier_flag():
-    res = run_ranks(_nested_barrier_sleep, 2, deadline=30)
+    res = run_ranks(_nested_barrier_sleep, 2, mmap.mmap(-1, 8), deadline=30)
     for ok, v in res:
         assert ok, v
     assert res[0][1] == [1, False], res

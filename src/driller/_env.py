@@ -1,9 +1,12 @@
 """Numeric settings from the environment (``DRILLER_*``, docs/configuration.md),
-read one way everywhere: an unset or empty variable gives the default; a value
-that is not what the setting takes is refused with an exception (a
-:class:`~driller.DrillerError` subclass) naming the variable, what it takes and
-where it is documented, instead of a bare ``ValueError`` from ``int()`` deep in
-a call.  ``driller.mmpi._env`` reads the ``DRILLER_MMPI_*`` ones through it."""
+refused one way: an unset or empty variable gives the default; a value that is
+not what the setting takes (each setting's converter says what it takes) is
+refused with an exception (a :class:`~driller.DrillerError` subclass) naming the
+variable, what it takes and where it is documented, instead of a bare
+``ValueError`` from ``int()`` deep in a call.  ``driller.mmpi._env`` reads the
+``DRILLER_MMPI_*`` numbers through it, ``driller.mapcache`` its bounds.  (The fd
+proxy's own ``DRILLER_LEASE_*`` settings are read in the proxy process, which
+has nobody to raise to: a bad value there gives the default.)"""
 
 from __future__ import annotations
 

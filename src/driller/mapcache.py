@@ -64,14 +64,18 @@ def default_max_bytes() -> int:
 
 
 def _positive(v: str) -> int:
-    """A positive whole number, also written ``1e9`` or ``0x1000`` (ValueError if not)."""
-    if any(c in v for c in ".eE") and not v.strip().lower().startswith("0x"):
-        f = float(v)
-        if not f.is_integer():   # (1.5; inf and nan too)
-            raise ValueError(v)
-        n = int(f)
-    else:
+    """A positive whole number, also written ``1e9``, ``0x1000`` or ``017``
+    (ValueError if not)."""
+    try:
         n = int(v, 0)
+    except ValueError:
+        try:
+            n = int(v)   # (017: int(v, 0) refuses a leading zero)
+        except ValueError:
+            f = float(v)
+            if not f.is_integer():   # (1.5; inf and nan too)
+                raise ValueError(v) from None
+            n = int(f)
     if n <= 0:
         raise ValueError(v)
     return n

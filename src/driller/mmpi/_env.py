@@ -3,8 +3,8 @@ docs/configuration.md), read in one place: an unset or empty variable gives the
 default (callers that treat "not set" apart pass None); a value that is not a
 number is refused with :class:`MmpiError` naming the variable, what it takes
 and where it is documented, instead of a bare ``ValueError`` from ``int()``
-deep in a rank's start (``driller._env.read``, the one reader of every
-``DRILLER_*`` number)."""
+deep in a rank's start (``driller._env.read``, which the map cache's
+bounds use too)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ another waited in ``Recv`` moved that ring's records under it.  Calls from
 several threads one at a time (a lock around each, ``mpi4py.futures``' manager
 thread) are fine and stay fine: what is refused is overlap.
 
-The check costs a lock per call, so it is only put in place once a second Python
+The check costs a wrapper call per call, so it is only put in place once a second Python
 thread exists: :func:`watch` (called when this process joins a world) installs it
 at once if another thread already runs (a notebook's kernel threads), else leaves
 a one-shot ``threading.setprofile`` hook that installs it from the first thread

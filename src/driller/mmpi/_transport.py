@@ -3531,9 +3531,9 @@ class Transport:
         base = self.base
         ms = self.my_sleeping
         was = words[ms]   # (a sleep nested in a signal handler's MPI call leaves the
-        words[ms] = 1     # flag as it found it: an outer sleep still gets its wakes)
-        flagged = []
+        flagged = []      # flag as it found it: an outer sleep still gets its wakes)
         try:
+            words[ms] = 1   # (raised inside the try: an exception cannot leave it up)
             waits = []
             for src, hw in self.in_list:
                 h = words[hw]

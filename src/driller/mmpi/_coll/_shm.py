@@ -143,11 +143,11 @@ def shm_sleep(cx, e, ep, j) -> bool:
         t.flush_deferred()        # producer may be waiting for the room)
     flag = t.coll_state[2][t.rank]
     fwas = words[flag]   # (a barrier's sleep nested in another's puts it back too)
-    words[flag] = 1
     ms = t.my_sleeping
     was = words[ms]   # (as Transport._sleep: a nested sleep restores it)
-    words[ms] = 1
     try:
+        words[flag] = 1   # (raised inside the try: an exception cannot leave them up)
+        words[ms] = 1
         waits = []
         for r in range(j, len(ep)):
             v = words[ep[r]]
