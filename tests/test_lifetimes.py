@@ -311,6 +311,23 @@ BOUND_SCRIPT = textwrap.dedent(r"""
 """)
 
 
+def test_a_proxy_with_no_cap_on_unclaimed_leases_starts():
+    # DRILLER_LEASE_MAX_ORPHANS=inf (no cap): int(inf) raised in the proxy as it
+    # started, and the first pickle of a shared array failed with "lost the fd
+    # proxy ... Connection reset by peer"
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)   # (a proxy of its own, started with the setting)
+    env.update(DRILLER_LEASE_MAX_ORPHANS="inf", DRILLER_LEASE_SECONDS="inf")
+    out = subprocess.run([sys.executable, "-c", """
+import pickle, driller
+a = driller.zeros(10)
+a[:] = 3
+print("LOADED", int(pickle.loads(pickle.dumps(a)).sum()))
+"""], capture_output=True, text=True, env=env, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED 30" in out.stdout, out.stdout
+
+
 def test_never_loaded_pickles_are_bounded_and_expire():
     env = dict(os.environ)
     env.pop("DRILLER_PROXY", None)  # a proxy of its own, with a small cap and TTL

@@ -330,7 +330,7 @@ def test_bounds_defaults_and_env(monkeypatch):
     ("1e3", 1000), ("0x10", 16), ("0xE0", 224), (" 12 ", 12), ("017", 17), ("+0x1e3", 483),
     ("lots", None), ("0", None), ("-5", None), ("1.5", None), ("1e999", None), ("nan", None),
     ("inf", None)])
-def test_cache_bounds_from_the_environment_are_read_as_every_setting_is(monkeypatch, value, taken):
+def test_cache_bounds_from_the_environment_are_refused_by_name(monkeypatch, value, taken):
     # one reader for every DRILLER_* number (driller._env): a bad value names the
     # variable, what it takes and the docs; before, 1e999 raised OverflowError,
     # 1.5 was taken as 1 and 0xE0 (an 'E' in it) was refused as "not a number"

@@ -175,7 +175,8 @@ class _Server:
         self.ended: OrderedDict[int, str] = OrderedDict()
         self.lease_serial = 0
         self.lease_seconds = _env_number(_LEASE_SECONDS_VAR, _LEASE_SECONDS)
-        self.max_orphans = int(_env_number(_LEASE_ORPHANS_VAR, _LEASE_ORPHANS))
+        # (inf: no cap; int(inf) raised and the proxy died at its start)
+        self.max_orphans = int(min(_env_number(_LEASE_ORPHANS_VAR, _LEASE_ORPHANS), 1 << 62))
         self.lease_idle = _env_number(_LEASE_IDLE_VAR, _LEASE_IDLE)
         self.alone_since: float | None = None   # no client left, leases still live
         self.accepting = True              # the listening socket is in the epoll set
