@@ -62,7 +62,6 @@ def test_nested_sleep_keeps_the_outer_sleep_woken():
     assert res[0][1] == (1, b"the end."), res   # the nested call ran, the Recv got its message
 
 
-
 def _after(shared, then: float = 0.2) -> None:
     """Rank 1: wait until rank 0's nested sleep is over (its byte in ``shared``, an
     anonymous shared mapping both forked ranks inherit), then ``then`` seconds
@@ -74,6 +73,42 @@ def _after(shared, then: float = 0.2) -> None:
     time.sleep(then)
 
 
+def _rank0(comm, shared, outer, at, nested):
+    """Rank 0: run ``outer()`` with ``nested(frame)`` called once at the outer
+    sleep's futex call (the first one whose caller's frame ``at`` accepts), its
+    result kept; then tell rank 1 (``shared``) and, once ``outer`` returned,
+    release it.  Returns [1, what nested returned] (or [0]: never called)."""
+    t = comm._t
+    t.sleep_seconds = 60.0   # (a lost wake-up sleeps this long)
+    waitv = T._linux.futex_waitv
+    ran = [0]
+
+    def waitv_after_a_nested_sleep(waits, timeout):
+        f = sys._getframe(1)
+        if not ran[0] and at(f):
+            ran[0] = 1
+            ran.append(nested(f))
+            shared[0] = 1
+        return waitv(waits, timeout)
+
+    T._linux.futex_waitv = waitv_after_a_nested_sleep
+    try:
+        outer()
+    finally:
+        T._linux.futex_waitv = waitv
+    comm.Send(b"", dest=1, tag=3)
+    return ran
+
+
+def _rank1(comm, shared, body):
+    """Rank 1: ``body()`` once rank 0's nested sleep is over, then stay alive until
+    rank 0 is done (a rank's exit wakes every sleeper)."""
+    _after(shared)
+    res = body()
+    comm.Recv(bytearray(1), source=0, tag=3)
+    return res
+
+
 def _nested_sleep_while_waiting_for_room(comm, shared):
     # rank 0's Isends fill the (64 KiB) ring while rank 1 waits, so its Waitall
     # sleeps with sends queued, its "producer waiting" flag raised for rank 1 to
@@ -83,32 +118,20 @@ def _nested_sleep_while_waiting_for_room(comm, shared):
     # then drained the ring without waking rank 0, which slept its whole bound
     t = comm._t
     if comm.rank == 0:
-        t.sleep_seconds = 60.0
-        waitv = T._linux.futex_waitv
-        ran = [0]
-
-        def waitv_after_a_nested_sleep(waits, timeout):
-            if not ran[0] and t.npending and sys._getframe(1).f_code.co_name == "_sleep":
-                ran[0] = 1
-                ran.append(t._sleep(0.05))   # (False: timed out, nothing moved)
-                shared[0] = 1
-            return waitv(waits, timeout)
-
-        T._linux.futex_waitv = waitv_after_a_nested_sleep
-        try:
+        def outer():
             reqs = [comm.Isend(bytes([i % 251]) * 1024, dest=1, tag=1) for i in range(300)]
             type(reqs[0]).Waitall(reqs)
-        finally:
-            T._linux.futex_waitv = waitv
-        comm.Send(b"", dest=1, tag=3)
-        return ran
-    _after(shared)
-    buf, bad = bytearray(1024), 0
-    for i in range(300):
-        comm.Recv(buf, source=0, tag=1)
-        bad += buf != bytes([i % 251]) * 1024
-    comm.Recv(bytearray(1), source=0, tag=3)   # (alive: its exit would wake rank 0)
-    return bad
+        return _rank0(comm, shared, outer,
+                      lambda f: t.npending and f.f_code.co_name == "_sleep",
+                      lambda f: t._sleep(0.05))   # (False: timed out, nothing moved)
+
+    def drain():
+        buf, bad = bytearray(1024), 0
+        for i in range(300):
+            comm.Recv(buf, source=0, tag=1)
+            bad += buf != bytes([i % 251]) * 1024
+        return bad
+    return _rank1(comm, shared, drain)
 
 
 def test_nested_sleep_keeps_the_producers_waiting_flag(monkeypatch):
@@ -128,34 +151,16 @@ def _nested_barrier_sleep(comm, shared):
 
     t = comm._t
     if comm.rank == 0:
-        t.sleep_seconds = 60.0
-        waitv = T._linux.futex_waitv
-        ran = [0]
-
-        def waitv_after_a_nested_sleep(waits, timeout):
-            f = sys._getframe(1)
-            if not ran[0] and f.f_code.co_name == "shm_sleep":
-                ran[0] = 1
-                t.sleep_seconds = 0.05
-                try:
-                    ran.append(_shm.shm_sleep(f.f_locals["cx"], f.f_locals["e"],
-                                              f.f_locals["ep"], f.f_locals["j"]))
-                finally:
-                    t.sleep_seconds = 60.0
-                shared[0] = 1
-            return waitv(waits, timeout)
-
-        T._linux.futex_waitv = waitv_after_a_nested_sleep
-        try:
-            comm.Barrier()
-        finally:
-            T._linux.futex_waitv = waitv
-        comm.Send(b"", dest=1, tag=3)
-        return ran
-    _after(shared)
-    comm.Barrier()
-    comm.Recv(bytearray(1), source=0, tag=3)   # (alive: its exit would wake rank 0)
-    return None
+        def nested(f):
+            t.sleep_seconds = 0.05
+            try:
+                return _shm.shm_sleep(f.f_locals["cx"], f.f_locals["e"], f.f_locals["ep"],
+                                      f.f_locals["j"])
+            finally:
+                t.sleep_seconds = 60.0
+        return _rank0(comm, shared, comm.Barrier,
+                      lambda f: f.f_code.co_name == "shm_sleep", nested)
+    return _rank1(comm, shared, comm.Barrier)
 
 
 def test_nested_barrier_sleep_keeps_the_barrier_flag():
