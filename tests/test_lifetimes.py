@@ -328,6 +328,29 @@ print("LOADED", int(pickle.loads(pickle.dumps(a)).sum()))
     assert "LOADED 30" in out.stdout, out.stdout
 
 
+@pytest.mark.parametrize("name, value", [
+    ("DRILLER_LEASE_SECONDS", "lots"), ("DRILLER_LEASE_SECONDS", "-1"),
+    ("DRILLER_LEASE_MAX_ORPHANS", "1.5"), ("DRILLER_LEASE_IDLE_SECONDS", "nan")])
+def test_a_bad_lease_setting_is_refused_by_the_client_that_starts_the_proxy(name, value):
+    # the proxy reads these where it cannot raise to anyone: a bad value silently
+    # gave the default (lots, -1, nan) or was truncated (1.5 leases: 1)
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)
+    env[name] = value
+    out = subprocess.run([sys.executable, "-c", """
+import pickle, driller
+from driller.errors import ProxyError
+a = driller.zeros(10)
+try:
+    pickle.dumps(a)
+except ProxyError as e:
+    print("REFUSED", e)
+"""], capture_output=True, text=True, env=env, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert f"REFUSED {name}={value!r}: give " in out.stdout, out.stdout
+    assert "docs/configuration.md" in out.stdout, out.stdout
+
+
 def test_never_loaded_pickles_are_bounded_and_expire():
     env = dict(os.environ)
     env.pop("DRILLER_PROXY", None)  # a proxy of its own, with a small cap and TTL

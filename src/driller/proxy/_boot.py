@@ -8,8 +8,36 @@ import socket
 import subprocess
 import sys
 
+from .._env import read
 from ..errors import ProxyError
-from ._wire import _BOOT_VAR, _LOG_VAR, _SOCK_TYPE, _START_IDLE, ENV_VAR, _show
+from ._wire import (_BOOT_VAR, _LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR, _LEASE_SECONDS_VAR,
+                    _LOG_VAR, _SOCK_TYPE, _START_IDLE, ENV_VAR, _show)
+
+
+def _not_negative(v: str) -> float:
+    f = float(v)
+    if not f >= 0:   # (negative, nan)
+        raise ValueError(v)
+    return f
+
+
+def _whole_or_inf(v: str) -> float:
+    f = _not_negative(v)
+    if f != float("inf") and not f.is_integer():
+        raise ValueError(v)
+    return f
+
+
+_SETTINGS = ((_LEASE_SECONDS_VAR, _not_negative, "a number of seconds, 0 or more (inf: no limit)"),
+             (_LEASE_ORPHANS_VAR, _whole_or_inf, "a whole number, 0 or more (inf: no cap)"),
+             (_LEASE_IDLE_VAR, _not_negative, "a number of seconds, 0 or more"))
+
+
+def _check_settings() -> None:
+    """The proxy reads its settings where it cannot raise to anyone (a bad value
+    gives the default there): refuse a bad one here, before starting it."""
+    for name, kind, what in _SETTINGS:
+        read(name, None, kind, what, ProxyError)
 
 
 # The proxy imports only driller._linux, driller.errors and driller.proxy._wire (stub
@@ -29,6 +57,7 @@ _BOOT = ("import os,sys,types\n"
 
 def _start_proxy() -> tuple[str, bytes]:
     """Bind and listen here (so the proxy is ready when we return), serve elsewhere."""
+    _check_settings()
     secret = secrets.token_bytes(16)
     lsock = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
     try:

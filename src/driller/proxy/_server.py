@@ -43,7 +43,8 @@ from collections import OrderedDict, deque
 
 from .. import _linux
 from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT, _EPOLL_IN,
-                    _GONE_MEMORY, _LAST, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
+                    _GONE_MEMORY, _LAST, _LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR,
+                    _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
                     _close_all, _fds_of, _owner_of, _packets, _show)
 
@@ -58,16 +59,15 @@ _NOFILE_VAR = "_DRILLER_PROXY_NOFILE"  # tests only: the proxy's RLIMIT_NOFILE
 _HUP = select.EPOLLHUP | select.EPOLLERR
 
 
-_LEASE_SECONDS_VAR = "DRILLER_LEASE_SECONDS"
-_LEASE_ORPHANS_VAR = "DRILLER_LEASE_MAX_ORPHANS"
 _LEASE_SECONDS = 300.0           # an unclaimed lease nobody holds lives this long
 _LEASE_ORPHANS = 4096            # at most this many unclaimed leases nobody holds
-_LEASE_IDLE_VAR = "DRILLER_LEASE_IDLE_SECONDS"
 _LEASE_IDLE = 5.0                # with no client left, leases wait this long for a loader
 _ENDED_MEMORY = 4096             # ended leases remembered for error messages
 
 
 def _env_number(name: str, default: float) -> float:
+    # (the client that started this proxy refused a bad value: _boot._check_settings;
+    # one set by hand for a proxy started otherwise gives the default)
     try:
         v = float(os.environ.get(name) or default)
     except ValueError:

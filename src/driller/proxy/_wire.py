@@ -19,6 +19,10 @@ from ..errors import ProxyError
 ENV_VAR = "DRILLER_PROXY"
 _BOOT_VAR = "_DRILLER_PROXY_BOOT"
 _LOG_VAR = "DRILLER_PROXY_LOG"
+# the proxy's lease settings (read in the proxy; checked by the client that starts it)
+_LEASE_SECONDS_VAR = "DRILLER_LEASE_SECONDS"
+_LEASE_ORPHANS_VAR = "DRILLER_LEASE_MAX_ORPHANS"
+_LEASE_IDLE_VAR = "DRILLER_LEASE_IDLE_SECONDS"
 _MAGIC = b"DRLRPX1:"
 _MAX_PACKET = 1 << 16            # one SEQPACKET message, flag byte included
 _CHUNK = _MAX_PACKET - 1
