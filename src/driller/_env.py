@@ -4,9 +4,9 @@ not what the setting takes (each setting's converter says what it takes) is
 refused with an exception (a :class:`~driller.DrillerError` subclass) naming the
 variable, what it takes and where it is documented, instead of a bare
 ``ValueError`` from ``int()`` deep in a call.  ``driller.mmpi._env`` reads the
-``DRILLER_MMPI_*`` numbers through it, ``driller.mapcache`` its bounds.  (The fd
-proxy's own ``DRILLER_LEASE_*`` settings are read in the proxy process, which
-has nobody to raise to: a bad value there gives the default.)"""
+``DRILLER_MMPI_*`` numbers through it, ``driller.mapcache`` its bounds, and the
+client that starts an fd proxy checks the proxy's ``DRILLER_LEASE_*`` settings
+with it (the proxy process reads them where it has nobody to raise to)."""
 
 from __future__ import annotations
 
