@@ -251,6 +251,51 @@ def test_forked_child_keeps_its_inherited_blocks():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+FORK_POOL_SCRIPT = textwrap.dedent(r"""
+    import multiprocessing as mp, sys
+    import driller
+
+    a = None
+
+    def total(x):
+        return float(x.sum())
+
+    def part(i):
+        return a[i * 10:(i + 1) * 10]   # a view of the array inherited at fork
+
+    if __name__ == "__main__":
+        n, parent_first = int(sys.argv[1]), sys.argv[2] == "parent-first"
+        keep = driller.zeros(1 << 17); driller.handle(keep)   # a proxy before the fork
+        a = driller.zeros(n); a[:] = 1
+        with mp.get_context("fork").Pool(2) as pool:
+            if parent_first:
+                print("PARENT", pool.apply(total, (a,)))   # the owner publishes first
+            got = pool.map(part, range(4))
+            a[:5] = 2   # the workers' views are of the parent's memory
+            print("WORKERS", [float(g.sum()) for g in got])
+            print("PARENT", pool.apply(total, (a,)))
+    """)
+
+
+@pytest.mark.parametrize("n", [1 << 17, 100])   # a segment of its own; an arena's block
+@pytest.mark.parametrize("order", ["parent-first", "workers-first"])
+def test_fork_pool_workers_return_views_of_inherited_arrays(n, order):
+    # a fork Pool started while a shared array was live (and a proxy running):
+    # a worker's pickle of its inherited array published the owner's key on the
+    # same proxy, and the proxy refused it ("key ... is already published",
+    # MaybeEncodingError in pool.map) when the parent had published first; when a
+    # worker went first, the parent could not pickle its own array
+    out = subprocess.run([sys.executable, "-c", FORK_POOL_SCRIPT, str(n), order],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    total = float(n + 5)
+    lines = out.stdout.split("\n")
+    assert "WORKERS [15.0, 10.0, 10.0, 10.0]" in lines, out.stdout
+    assert f"PARENT {total}" in lines, out.stdout
+    if order == "parent-first":
+        assert lines[0] == f"PARENT {float(n)}", out.stdout
+
+
 # ------------------------------------------------------------------ bounds
 
 BOUND_SCRIPT = textwrap.dedent(r"""

@@ -52,8 +52,13 @@ def register(key: str, owner: object) -> None:
 
 
 def owned(key: str):
-    """The live owner object of key in this process, or None."""
-    return _owned.get(key)
+    """The live owner object of key in this process, or None.  A key a fork child
+    gave its entry for an inherited segment (``<owner's key>.<child pid>``, see
+    :func:`publish`) names the owner's segment too."""
+    o = _owned.get(key)
+    if o is None and "." in key:
+        o = _owned.get(key.partition(".")[0])
+    return o
 
 
 def _client():
@@ -76,6 +81,15 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
             return client.address, client.secret
         if seg.fd < 0:
             raise ProxyError(f"segment {seg.key} has no fd left to publish")
+        if seg.owner != os.getpid():
+            # inherited through fork before its owner published it: the owner (or
+            # another child) publishes it under the owner's key on the same proxy,
+            # at once or later, so this process's entry has a key of its own (the
+            # same memory; its lifetime this process's)
+            old = seg.key
+            seg.key = f"{old}.{os.getpid()}"
+            if old in _owned:
+                _owned[seg.key] = _owned[old]
         ro = seg.seal(readonly)  # before the fd leaves this process
         client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
                                          "readonly": ro})
