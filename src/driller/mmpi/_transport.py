@@ -593,6 +593,11 @@ class Transport:
         self.in_one = [[(p, self.in_head[p])] for p in range(size)]
         self.pending = [deque() for _ in range(size)]
         self.npending = 0
+        # > 0 while _drain, _flush, serve_posted or _transmit runs: an MPI call a
+        # signal handler makes in their middle finds it set (progress moves
+        # nothing, a blocking wait is refused) instead of acting on their half-done
+        # state (docs/mmpi.md, "Signal handlers")
+        self.engine_busy = 0
         self.my_sleeping = self.sleeping_w[rank]
         self.deaths_seen = -1
         self.dead = {}      # rank -> wait status (launcher-marked)
@@ -2000,20 +2005,24 @@ class Transport:
                 f"does not allow MPI calls in signal handlers: set a flag in the handler "
                 f"and send from the main code")
         if not q:
-            h0 = self.out_head[dst]
+            self.engine_busy += 1
             try:
-                if self._put_send(s):
-                    if s.protocol != E.STREAM:  # (streamed: once its last chunk is out)
-                        self._run(self.engine.transmitted(s))
-                        return
-                    h0 = None
-            except BaseException:   # (a signal handler's): the record is out or not
-                self._settle(dst, h0, s)
-                raise
-            if h0 is None:   # a streamed send's envelope is out: its first chunks now
-                if self.pushes[dst]:
-                    self._push(dst)
-                return
+                h0 = self.out_head[dst]
+                try:
+                    if self._put_send(s):
+                        if s.protocol != E.STREAM:  # (streamed: once its last chunk is out)
+                            self._run(self.engine.transmitted(s))
+                            return
+                        h0 = None
+                except BaseException:   # (a signal handler's): the record is out or not
+                    self._settle(dst, h0, s)
+                    raise
+                if h0 is None:   # a streamed send's envelope is out: its first chunks now
+                    if self.pushes[dst]:
+                        self._push(dst)
+                    return
+            finally:
+                self.engine_busy -= 1
         self.npending += 1   # (before the append: a count too high costs a flush)
         q.append(s)
 
@@ -2103,6 +2112,13 @@ class Transport:
             q.append(a)
 
     def _flush(self) -> bool:
+        self.engine_busy += 1
+        try:
+            return self._flush_now()
+        finally:
+            self.engine_busy -= 1
+
+    def _flush_now(self) -> bool:
         did = False
         for dst, q in enumerate(self.pending):
             while q:
@@ -2948,6 +2964,13 @@ class Transport:
     def _drain(self, src: int, head: int) -> None:
         if self.deferred:
             self.flush_deferred()
+        self.engine_busy += 1
+        try:
+            self._drain_now(src, head)
+        finally:
+            self.engine_busy -= 1
+
+    def _drain_now(self, src: int, head: int) -> None:
         rb = self.ring_bytes
         data = self.data
         base = self.in_data[src]
@@ -3070,14 +3093,18 @@ class Transport:
         if not posted or self.npending or src == self.rank:
             return False
         words = self.words
-        t0 = self.in_tail[src]
-        t = self._serve(src, t0, words[self.in_head[src]])
-        if t != t0:
-            self.in_tail[src] = t
-            tw = self.in_tailw[src]
-            words[tw] = t
-            if words[self.in_pwait[src]]:
-                _linux.futex_wake(self.base + tw * 8)
+        self.engine_busy += 1
+        try:
+            t0 = self.in_tail[src]
+            t = self._serve(src, t0, words[self.in_head[src]])
+            if t != t0:
+                self.in_tail[src] = t
+                tw = self.in_tailw[src]
+                words[tw] = t
+                if words[self.in_pwait[src]]:
+                    _linux.futex_wake(self.base + tw * 8)
+        finally:
+            self.engine_busy -= 1
         return not posted
 
     def _serve(self, src: int, t: int, head: int) -> int:
@@ -3289,7 +3316,11 @@ class Transport:
             f()
 
     def progress(self) -> bool:
-        """Drain every incoming ring and retry blocked sends; True if anything moved."""
+        """Drain every incoming ring and retry blocked sends; True if anything moved.
+        Called in the middle of the engine's own steps (a signal handler's
+        ``Iprobe`` or ``Test``): moves nothing, False."""
+        if self.engine_busy:
+            return False
         did = False
         if self.deferred:
             self.flush_deferred()
@@ -3323,7 +3354,7 @@ class Transport:
 
         def progress():
             did = base(self)
-            if hooks and not hooks.busy:
+            if hooks and not hooks.busy and not self.engine_busy:
                 hooks.busy = True
                 try:
                     for h in list(hooks):
@@ -3349,6 +3380,8 @@ class Transport:
         (None: any rank, e.g. ANY_SOURCE)."""
         if op.done:
             return
+        if self.engine_busy:
+            raise self._nested_wait(op)
         progress = self.progress
         words = self.words
         spin_end = None
@@ -3502,10 +3535,23 @@ class Transport:
                 TABLE.pack_into(t, 0, count, slen, at)
             s.table = bytes(t)
 
+    @staticmethod
+    def _nested_wait(op) -> MmpiError:
+        """A blocking call made in the middle of the engine's own steps (a signal
+        handler's): it could only wait for ever, on the steps it interrupted."""
+        return MmpiError(
+            f"a blocking MPI call ({_opname(op)}) ran in the middle of this rank's "
+            f"progress engine (from a signal handler, or code a handler called): it "
+            f"cannot complete there, since the engine it needs is the one it "
+            f"interrupted. MPI does not allow MPI calls in signal handlers: set a flag "
+            f"in the handler and make the call from the main code")
+
     def wait_until(self, pred, peer: int | None = None, op=None):
         """Block until ``pred()`` is true (progressing meanwhile)."""
         spin_end = None
         while not pred():
+            if self.engine_busy:
+                raise self._nested_wait(op)
             if self.progress():
                 spin_end = None
                 continue
