@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -412,3 +413,54 @@ def test_never_loaded_pickles_are_bounded_and_expire():
     assert "never loaded" in r["oldest"], r          # the oldest ended (cap), clearly
     assert after["leases"] == base["leases"] and after["segments"] == base["segments"], r
     assert after["fds"] <= base["fds"] + 2, r        # back to baseline after the TTL
+
+
+SAVE_SCRIPT = textwrap.dedent(r"""
+    import pickle, sys
+    import numpy as np, driller
+    a = driller.array(np.arange(1000, dtype=float))
+    with open(sys.argv[1], "wb") as f:
+        if sys.argv[2] == "value":
+            with driller.pickled_by_value():
+                pickle.dump({"weights": a}, f)
+        else:
+            pickle.dump({"weights": a}, f)
+    """)
+LOAD_SCRIPT = textwrap.dedent(r"""
+    import pickle, sys
+    import driller
+    try:
+        with open(sys.argv[1], "rb") as f:
+            w = pickle.load(f)["weights"]
+        print("LOADED", type(w).__name__, float(w.sum()))
+    except driller.DrillerError as e:
+        print("REFUSED", type(e).__name__, e)
+    """)
+
+
+@pytest.mark.parametrize("how", ["value", "reference"])
+def test_results_saved_to_a_file_need_pickled_by_value(tmp_path, how):
+    # a SharedArray pickled into a file is a reference to the saving process's
+    # memory: once that process (and its proxy) is gone, the file loads nothing,
+    # and the error said only that the proxy could not be reached; pickled inside
+    # driller.pickled_by_value() (now exported) the file holds the bytes
+    env = dict(os.environ, DRILLER_LEASE_IDLE_SECONDS="0")   # (its proxy ends at once)
+    env.pop("DRILLER_PROXY", None)
+    path = str(tmp_path / "results.pkl")
+    subprocess.run([sys.executable, "-c", SAVE_SCRIPT, path, how], check=True, env=env,
+                   timeout=60)
+    deadline = time.monotonic() + 30
+    while True:   # (the saver's proxy exits once it is alone for 0 s)
+        out = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, path], capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        if how == "value" or "LOADED" not in out.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if how == "value":
+        assert out.stdout.startswith("LOADED ndarray 499500.0"), out.stdout
+        assert os.path.getsize(path) > 8000, os.path.getsize(path)   # the bytes are in it
+    else:
+        assert out.stdout.startswith("REFUSED ProxyError cannot reach the driller fd proxy"), \
+            out.stdout
+        assert "pickle them inside `with driller.pickled_by_value():`" in out.stdout, out.stdout

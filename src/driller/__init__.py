@@ -31,19 +31,21 @@ if TYPE_CHECKING:
     from .hole import Hole, check, drill
     from .segment import Handle
     from .sharedarray import (SharedArray, array, attach, cache_info, empty, empty_like,
-                              handle, zeros, zeros_like)
+                              handle, pickled_by_value, zeros, zeros_like)
 
 _LAZY = {
     "empty": "sharedarray", "zeros": "sharedarray", "empty_like": "sharedarray",
     "zeros_like": "sharedarray", "array": "sharedarray", "SharedArray": "sharedarray",
     "handle": "sharedarray", "attach": "sharedarray", "cache_info": "sharedarray",
+    "pickled_by_value": "sharedarray",
     "drill": "hole", "Hole": "hole", "check": "hole", "Handle": "segment",
 }
 _SUBMODULES = {"mmpi", "MPI", "heap", "hole", "sharedarray", "segment", "proxy", "mapcache"}
 
 __all__ = [
     "empty", "zeros", "empty_like", "zeros_like", "array", "SharedArray", "handle",
-    "drill", "Hole", "check", "attach", "Handle", "cache_info", *_errors_all,
+    "drill", "Hole", "check", "attach", "Handle", "cache_info", "pickled_by_value",
+    *_errors_all,
 ]
 
 

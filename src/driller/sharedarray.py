@@ -61,11 +61,11 @@ import numpy.typing as npt
 from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
-from .errors import DrillerError, ReadOnlyError, SegmentReleasedError
+from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
-           "handle", "attach", "cache_info"]
+           "handle", "attach", "cache_info", "pickled_by_value"]
 
 
 # numpy's arrays, as type checkers see them (numpy < 2.3 wants both parameters)
@@ -109,9 +109,11 @@ _by_value = _ByValue()
 
 
 class pickled_by_value:
-    """``with pickled_by_value(): pickle.dumps(obj)``: SharedArrays inside obj pickle by
-    value (their bytes), not by reference, in this thread; for a receiver that cannot
-    map this machine's memory (a rank on another node of a hybrid mmpi world)."""
+    """``with driller.pickled_by_value(): pickle.dump(obj, f)``: SharedArrays inside
+    obj pickle by value (their bytes), not by reference, in this thread: for a file
+    (a reference is loadable only while its owner's proxy lives, and once), or a
+    receiver that cannot map this machine's memory (a rank on another node of a
+    hybrid mmpi world)."""
 
     def __enter__(self) -> None:
         _by_value.depth += 1
@@ -280,9 +282,18 @@ def attach(handle: Handle, readonly: bool | None = None) -> NDArray:
     return arr
 
 
+_BY_REFERENCE = ("(a pickled SharedArray names shared memory of a running process, not its "
+                 "bytes, and is loadable until it has been loaded: to keep arrays in a file, "
+                 "pickle them inside `with driller.pickled_by_value():`)")
+
+
 def _rebuild(h: Handle) -> NDArray:
     """Unpickling a SharedArray."""
-    return attach(h)
+    try:
+        return attach(h)
+    except (ProxyError, SegmentReleasedError) as e:   # (e.g. a pickle kept in a file)
+        e.args = (f"{e} {_BY_REFERENCE}",)
+        raise
 
 
 def cache_info() -> dict[str, int]:
