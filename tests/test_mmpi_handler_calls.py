@@ -119,3 +119,65 @@ def test_a_handlers_blocking_receive_in_a_drain_is_refused():
         "rank's progress engine (from a signal handler"), seen
     assert "set a flag in the handler" in seen[0][1], seen
     assert good == [True] * N and left is False, res[0][1]   # the refused receive left nothing
+
+
+def _handler_wait_on_a_collective(comm, shared):
+    # rank 0 has an Ibarrier under way when its Probe drains rank 1's records; the
+    # handler's Wait on that Ibarrier is refused, and the collective goes on: the
+    # main code's Wait completes it with rank 1's (before: the refusal was taken for
+    # the collective's own failure, the request freed, and the main code's Wait
+    # "succeeded" on a barrier this rank never finished)
+    if comm.rank == 1:
+        for tag in range(1, N + 1):
+            comm.Send(_content(tag), dest=0, tag=tag)
+        shared[0] = 1
+        comm.Recv(bytearray(1), source=0, tag=50)   # (rank 0's drain is done)
+        shared[1] = 1   # (rank 1 enters the barrier only now)
+        comm.Ibarrier().Wait()
+        comm.Recv(bytearray(1), source=0, tag=0)
+        return None
+    req = comm.Ibarrier()
+    end = time.monotonic() + 20
+    while not shared[0]:
+        assert time.monotonic() < end, "rank 1 never sent"
+        time.sleep(0.002)
+    seen = []
+
+    def handler(*_):
+        try:
+            req.Wait()
+            seen.append("waited")
+        except MmpiError as e:
+            seen.append(type(e).__name__)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    record = T.Transport._record
+    shots = [1]
+
+    def record_with_a_signal(self, *a):
+        if shots[0]:
+            shots[0] = 0
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        return record(self, *a)
+
+    T.Transport._record = record_with_a_signal
+    try:
+        comm.Probe(source=1, tag=N)
+    finally:
+        T.Transport._record = record
+        signal.signal(signal.SIGUSR1, old)
+    alive = req != MPI.REQUEST_NULL
+    comm.Send(b"x", dest=1, tag=50)
+    req.Wait()
+    passed_after = bool(shared[1])   # (the barrier waited for rank 1 to enter it)
+    for tag in range(1, N + 1):
+        comm.Recv(np.empty(64, np.uint8), source=1, tag=tag)
+    comm.Send(b"x", dest=1, tag=0)
+    return seen, alive, passed_after
+
+
+def test_a_handlers_wait_on_a_nonblocking_collective_leaves_it_going():
+    res = run_ranks(_handler_wait_on_a_collective, 2, mmap.mmap(-1, 8), deadline=30)
+    for ok, v in res:
+        assert ok, v
+    assert res[0][1] == (["NestedCallError"], True, True), res[0][1]

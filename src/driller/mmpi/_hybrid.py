@@ -522,6 +522,8 @@ class HybridTransport(T.Transport):
         POLL_SECONDS first, as a blocking receive does (takers)."""
         if op.done:
             return
+        if self.engine_busy:   # (a signal handler's, in the middle of a step: as Transport)
+            raise self._nested_wait(op)
         if peer is not None and peer in self.remote:
             if type(op) is T.SendOp and not op.id and type(op.keep) is tuple:
                 # _isend_remote's (a blocking Send of a large buffer, mostly): its
@@ -911,7 +913,17 @@ class HybridTransport(T.Transport):
     def _poll_mpi(self) -> bool:
         """Take every record that came through MPI (in the order the pool's receives
         were posted), finish data transfers MPI is done with, forget record sends
-        MPI is done with; True if anything moved."""
+        MPI is done with; True if anything moved.  Nothing in the middle of the
+        engine's own steps (a signal handler's call: Transport.engine_busy)."""
+        if self.engine_busy:
+            return False
+        self.engine_busy += 1
+        try:
+            return self._poll_mpi_now()
+        finally:
+            self.engine_busy -= 1
+
+    def _poll_mpi_now(self) -> bool:
         did = False
         pool = self._pool
         if pool:

@@ -2112,6 +2112,8 @@ class Transport:
             q.append(a)
 
     def _flush(self) -> bool:
+        if self.engine_busy:   # (a handler's Finalize's sleep, in the middle of a step)
+            return False
         self.engine_busy += 1
         try:
             return self._flush_now()
@@ -3539,7 +3541,7 @@ class Transport:
     def _nested_wait(op) -> MmpiError:
         """A blocking call made in the middle of the engine's own steps (a signal
         handler's): it could only wait for ever, on the steps it interrupted."""
-        return MmpiError(
+        return NestedCallError(
             f"a blocking MPI call ({_opname(op)}) ran in the middle of this rank's "
             f"progress engine (from a signal handler, or code a handler called): it "
             f"cannot complete there, since the engine it needs is the one it "
@@ -3866,6 +3868,12 @@ def make_unusable(t: Transport, why: str) -> None:
     t.__class__ = _Unusable
     for hook in UNUSABLE_HOOKS:
         hook()
+
+
+class NestedCallError(MmpiError):
+    """A blocking wait refused because it was made in the middle of the progress
+    engine's own steps (a signal handler's MPI call): the call's fault, not the
+    operation's (a nonblocking collective waited for this way goes on)."""
 
 
 def _opname(op) -> str:

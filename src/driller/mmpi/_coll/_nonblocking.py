@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ...errors import MmpiError
 from .._bufspec import message, recv_message
+from .._transport import NestedCallError
 from .._request import K_SEND, CollRequest, request
 from . import _board
 from ._barrier import g_barrier
@@ -48,8 +49,10 @@ class CollOp:
             t.add_progress_hook(self.advance)
 
     def advance(self) -> bool:
-        """Resume the algorithm as far as it can go without waiting; True if it moved."""
-        if self.running:
+        """Resume the algorithm as far as it can go without waiting; True if it moved.
+        Not in the middle of the engine's own steps (a signal handler's Test or Wait:
+        Transport.engine_busy): its sends would land in them."""
+        if self.running or self.t.engine_busy:
             return False
         moved = False
         self.running = True
@@ -87,6 +90,8 @@ class CollOp:
                 if op is not None and not op.done:
                     try:
                         t.wait(op, peer_of(op))
+                    except NestedCallError:   # (the call's fault: the collective goes on)
+                        raise
                     except MmpiError as e:
                         self.finished, self.exc, self.ops = True, e, ()
                         t.remove_progress_hook(self.advance)
