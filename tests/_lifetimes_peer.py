@@ -101,3 +101,34 @@ def total_and_fill(arr, value):
     s = float(np.asarray(arr).sum())
     arr[...] = value
     return s
+
+
+def send_twice_then_exit(conn, go, n):
+    """Send the same shared array twice (two pickles), the second after the first was
+    loaded and let go of (``go``); then drop it and exit before the second is loaded."""
+    import driller
+    a = driller.zeros(n)
+    a[:] = 1
+    conn.send(a)
+    go.wait(60)
+    a[:] = 2
+    conn.send(a)
+    del a
+    gc.collect()
+    driller._publish.flush()
+    conn.close()
+
+
+def send_two_then_drop(conn, go, n):
+    """Send the same shared array twice at once, then (``go``) drop it and wait."""
+    import driller
+    a = driller.zeros(n)
+    a[:] = 3
+    conn.send(a)
+    conn.send(a)
+    go.wait(60)
+    del a
+    gc.collect()
+    driller._publish.flush()
+    conn.send("dropped")
+    conn.recv()   # (alive, so that its proxy stays up, until the test is done)

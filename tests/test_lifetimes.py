@@ -252,6 +252,69 @@ def test_forked_child_keeps_its_inherited_blocks():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.parametrize("n", [100, 1 << 17])   # an arena's block; a segment of its own
+def test_a_second_pickle_of_an_array_stays_loadable_until_loaded(n):
+    # one lease per block: the first pickle loaded and let go of, then the owner's
+    # drop (after making a second pickle) ended the lease, and the second pickle,
+    # never loaded, raised SegmentReleasedError ("loaded, then let go by every
+    # process that held it"); now the owner says how many handles it made and the
+    # proxy keeps the lease until each was loaded
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    go = ctx.Event()
+    p = ctx.Process(target=peer.send_twice_then_exit, args=(theirs, go, n))
+    p.start()
+    try:
+        first = mine.recv()
+        assert isinstance(first, driller.SharedArray) and (first == 1).all()
+        del first
+        gc.collect()
+        driller._publish.flush()   # (our claim let go of)
+        go.set()
+        p.join(60)
+        assert p.exitcode == 0
+        second = mine.recv()
+        assert isinstance(second, driller.SharedArray) and (second == 2).all()
+    finally:
+        go.set()
+        p.join(60)
+
+
+def test_a_lease_whose_handles_were_all_loaded_ends_at_once():
+    # the two pickles of one block loaded by one process (the second from the map
+    # cache, no claim sent: its number goes with the mapping's drop): once the owner
+    # and the loader let go, the lease ends, it does not wait DRILLER_LEASE_SECONDS
+    from driller.proxy import proxy_info
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    go = ctx.Event()
+    p = ctx.Process(target=peer.send_two_then_drop, args=(theirs, go, 1 << 17))
+    p.start()
+    try:
+        first, second = mine.recv(), mine.recv()
+        assert (first == 3).all() and (second == 3).all()
+        h = driller.handle(first)
+        address = h.proxy   # (the owner's proxy: a connection of ours knows its secret)
+        driller.mapcache.cache().invalidate(h.key)   # (the mapping goes with the arrays)
+        del first, second, h
+        gc.collect()
+        go.set()
+        assert mine.recv() == "dropped"
+        deadline = time.monotonic() + 10
+        while True:
+            gc.collect()
+            driller._publish.flush()
+            info = proxy_info(address)
+            if info["leases"]["live"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert info["leases"]["live"] == 0 and info["leases"]["orphaned"] == 0, info["leases"]
+    finally:
+        go.set()
+        mine.send("bye")
+        p.join(60)
+
+
 FORK_POOL_SCRIPT = textwrap.dedent(r"""
     import multiprocessing as mp, sys
     import driller

@@ -81,18 +81,17 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
             return client.address, client.secret
         if seg.fd < 0:
             raise ProxyError(f"segment {seg.key} has no fd left to publish")
+        key = seg.key
         if seg.owner != os.getpid():
             # inherited through fork before its owner published it: the owner (or
             # another child) publishes it under the owner's key on the same proxy,
             # at once or later, so this process's entry has a key of its own (the
-            # same memory; its lifetime this process's)
-            old = seg.key
-            seg.key = f"{old}.{os.getpid()}"
-            if old in _owned:
-                _owned[seg.key] = _owned[old]
+            # same memory; its lifetime this process's; owned() maps it back)
+            key = f"{seg.key}.{os.getpid()}"
         ro = seg.seal(readonly)  # before the fd leaves this process
-        client.publish(seg.key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
-                                         "readonly": ro})
+        client.publish(key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
+                                     "readonly": ro})
+        seg.key = key
         seg.published = True
         seg.close_fd()  # the proxy holds it now; our mapping holds the memory
         return client.address, client.secret
@@ -123,18 +122,25 @@ def lease(seg: Segment, gen: int) -> tuple[str, int]:
 def drop_leases(pid: int, address: str, leases) -> None:
     """Let go of leases held by process pid through the proxy at address (asynchronously).
 
-    Safe in a finalizer: it only queues and, if none is at work, starts the sender.  Does
-    nothing in another process (a fork child does not hold its parent's leases).
+    ``leases``: lease ids, or (id, handles issued) from the pickling process, or a
+    mapping's claims (id -> [generation, numbers of the handles it loaded]), whose
+    numbers go with the drop (the proxy keeps a lease until each handle made was
+    loaded).  Safe in a finalizer: it only queues and, if none is at work, starts the
+    sender.  Does nothing in another process (a fork child does not hold its
+    parent's leases).
     """
     if pid != os.getpid() or not leases:
         return
+    if type(leases) is dict:
+        leases = [(lid, frozenset(c[1])) for lid, c in list(leases.items())]
     _unheld.append((address, tuple(leases)))
     _wake()
 
 
 def dropping(address: str, lease: int) -> bool:
     """Whether a drop of lease at the proxy at address is queued, not yet sent."""
-    return any(a == address and lease in ids for a, ids in list(_unheld))
+    return any(a == address and any(i == lease or (type(i) is tuple and i[0] == lease)
+                                    for i in ids) for a, ids in list(_unheld))
 
 
 def release(seg: Segment) -> None:

@@ -71,7 +71,8 @@ class Block:
         self.pid = _pid[0]
         self.gen = gen
         self.exported = False    # set by the first handle: the block is never reused
-        self.lease: tuple[int, str, int] | None = None   # (pid, proxy address, lease id): sharedarray
+        # (pid, proxy address, lease id, [handles issued]): sharedarray
+        self.lease: tuple[int, str, int, list] | None = None
 
     @property
     def __array_interface__(self) -> dict:
@@ -86,8 +87,9 @@ class Block:
         # Must not take locks (it can run inside any allocation, with a lock held
         # by this very thread): queue the block; the allocator drains the queue.
         lease = self.lease
-        if lease is not None:
-            _publish.drop_leases(lease[0], lease[1], (lease[2],))
+        if lease is not None:   # (with the number of handles made: the proxy keeps the
+            # lease until each of them was loaded, or for DRILLER_LEASE_SECONDS)
+            _publish.drop_leases(lease[0], lease[1], ((lease[2], lease[3][0]),))
         if self.pid != _pid[0]:
             return  # inherited through fork: the parent's memory
         if self.arena is not None:

@@ -116,11 +116,12 @@ class MapCache:
         return max(_linux.page_ceil(region.nbytes), _linux.PAGE_SIZE)
 
     def map(self, address: str, secret: bytes, key: str, nbytes: int,
-            readonly: bool = False, lease: int = 0, gen: int = 0) -> Region:
+            readonly: bool = False, lease: int = 0, gen: int = 0, seq: int = 0) -> Region:
         """A Region of at least ``nbytes`` over segment ``key`` of the proxy at ``address``.
 
         With ``lease``, the mapping claims that transfer lease, which must be on the
-        block of generation ``gen`` (see the module doc).
+        block of generation ``gen``, for the lease's handle number ``seq`` (see the
+        module doc).
         Raises :class:`~driller.SegmentReleasedError` if the owner released it (or
         the lease ended), :class:`~driller.ProxyError` if the proxy is unreachable
         or refuses us.
@@ -136,10 +137,14 @@ class MapCache:
             if region is not None and region.nbytes >= nbytes:
                 if lease:
                     claims = self._claims.get(region)
-                    if claims is None or claims.get(lease) != gen:
+                    c = claims.get(lease) if claims is not None else None
+                    if c is None or c[0] != gen:
                         self._send_drops(address, lease)
-                        client.claim(address, secret, key, lease, gen, want_fd=False)
-                        self._claims_of(region, address)[lease] = gen
+                        client.claim(address, secret, key, lease, gen, want_fd=False,
+                                     seq=seq)
+                        self._claims_of(region, address)[lease] = [gen, {seq}]
+                    else:   # held already: its number goes with the drop
+                        c[1].add(seq)
                 self._entries.move_to_end(ek)
                 self.hits += 1
                 return region
@@ -148,7 +153,7 @@ class MapCache:
             if lease:
                 self._send_drops(address, lease)
                 fd, _meta, owner_gone = client.claim(address, secret, key, lease, gen,
-                                                       want_fd=True)
+                                                       want_fd=True, seq=seq)
             else:
                 fd, _meta = client.fetch(address, secret, key)
             try:
@@ -169,7 +174,7 @@ class MapCache:
             finally:
                 os.close(fd)
             if lease:
-                self._claims_of(region, address)[lease] = gen
+                self._claims_of(region, address)[lease] = [gen, {seq}]
                 if owner_gone:  # no notice will come: not cached, unmapped with its views
                     return region
             old = self._entries.pop(ek, None)
@@ -181,7 +186,8 @@ class MapCache:
             return region
 
     def _claims_of(self, region: Region, address: str) -> dict:
-        """The leases (id -> block generation) claimed by region's mapping."""
+        """The leases claimed by region's mapping: id -> [block generation, the
+        numbers of the lease's handles loaded through it]."""
         claims = self._claims.get(region)
         if claims is None:
             claims = self._claims[region] = {}

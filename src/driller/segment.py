@@ -171,6 +171,7 @@ class Handle:
     readonly: bool = False
     gen: int = 0      # the block's generation (driller.heap), 0 for a whole segment
     lease: int = 0    # the transfer lease at the proxy (driller.sharedarray), 0: none
+    seq: int = 0      # which of the lease's handles this is (1, 2...; 0: not counted)
 
     def __repr__(self) -> str:
         what = (f"{self.dtype}{list(self.shape)}" if self.dtype is not None and self.shape
@@ -250,8 +251,14 @@ class Segment:
                 raise ReadOnlyError(f"segment {self.key} has no fd left to seal")
             seals = _linux.get_seals(self.fd)
             if not seals & _linux.F_SEAL_SEAL:  # else sealed already (by a forked child)
-                seals = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
-                _linux.add_seals(self.fd, seals)
+                want = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
+                try:
+                    _linux.add_seals(self.fd, want)
+                    seals = want
+                except PermissionError:   # another process of the fork sealed it just now
+                    seals = _linux.get_seals(self.fd)
+                    if not seals & _linux.F_SEAL_SEAL:
+                        raise
             self.sealed_readonly = bool(seals & _linux.F_SEAL_FUTURE_WRITE)
         if readonly and not self.sealed_readonly:
             raise ReadOnlyError(

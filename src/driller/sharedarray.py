@@ -28,7 +28,11 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
    loaded a handle naming it (its *claim*, made by the fetch itself, or by one
    extra round trip when the segment was already mapped) until its mapping of
    that segment is unmapped, or it disconnects.
-4. A lease ends when it has no holder and it was claimed at least once, or
+4. A lease ends when it has no holder and every handle of it was claimed (each
+   handle is numbered, ``Handle.seq``; the pickling process says how many it
+   made as it lets go, and a loader the numbers it loaded from its map cache
+   without a claim as its mapping lets go; a process that never said counts
+   as one handle), or
    when nobody claimed it within ``DRILLER_LEASE_SECONDS`` (default 300) of
    its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
    4096) unclaimed leases without a holder are kept per proxy; beyond that the
@@ -154,18 +158,19 @@ def _shared_base(arr: NDArray) -> Any:
 _lease_lock = threading.Lock()
 
 
-def _lease_of(block: heap.Block) -> int:
-    """The block's transfer lease (asked for once per block and process)."""
+def _lease_of(block: heap.Block) -> tuple[int, int]:
+    """The block's transfer lease (asked for once per block and process) and this
+    handle's number among the lease's handles (1, 2...)."""
     pid = os.getpid()
-    lease = block.lease
-    if lease is None or lease[0] != pid:
-        with _lease_lock:
-            lease = block.lease
-            if lease is None or lease[0] != pid:
-                block.exported = True  # before any handle leaves: never reused
-                address, lid = _publish.lease(block.segment, block.gen)
-                lease = block.lease = (pid, address, lid)  # dropped by Block.__del__
-    return lease[2]
+    with _lease_lock:
+        lease = block.lease
+        if lease is None or lease[0] != pid:
+            block.exported = True  # before any handle leaves: never reused
+            address, lid = _publish.lease(block.segment, block.gen)
+            lease = block.lease = (pid, address, lid, [0])  # dropped by Block.__del__
+        issued = lease[3]
+        issued[0] += 1
+        return lease[2], issued[0]
 
 
 def _after_fork_in_child() -> None:
@@ -211,9 +216,9 @@ def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
         _publish.seal(base.segment, True)
     if isinstance(base, heap.Block):
         seg = base.segment
-        lease = _lease_of(base)
+        lease, seq = _lease_of(base)
         return _publish.handle_for(seg, readonly=readonly, gen=base.gen, lease=lease,
-                                   **_layout(arr, seg.address))
+                                   seq=seq, **_layout(arr, seg.address))
     if isinstance(base, _Attached):  # attached: same segment, block and lease
         o = base.origin
         if readonly and not o.readonly:  # only the owner can seal it; never advisory
@@ -224,7 +229,7 @@ def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
                 "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly, gen=o.gen,
-                      lease=o.lease, **_layout(arr, base.region.address))
+                      lease=o.lease, seq=o.seq, **_layout(arr, base.region.address))
     hole_handle: Handle = base.handle_for(arr, readonly=readonly)  # a drilled Hole
     return hole_handle
 
@@ -247,7 +252,7 @@ def _buffer_for(h: Handle, readonly: bool) -> tuple[NDArray, int]:
     if h.owner == os.getpid() and not h.lease:
         raise SegmentReleasedError(f"segment {h.key} was released by its owner (this process)")
     region = mapcache.cache().map(h.proxy, h.secret, h.key, h.nbytes, readonly=readonly,
-                                  lease=h.lease, gen=h.gen)
+                                  lease=h.lease, gen=h.gen, seq=h.seq)
     return np.asarray(_Attached(region, h)), 0
 
 

@@ -403,10 +403,11 @@ class ProxyClient:
                          f"{reply[1]}")
 
     def claim(self, address: str, secret: bytes, key: str, lease: int, gen: int,
-              want_fd: bool) -> tuple[int, dict, bool] | None:
+              want_fd: bool, seq: int = 0) -> tuple[int, dict, bool] | None:
         """Hold ``lease`` (one more count for this connection) and, if want_fd, get a
         new fd of its segment (the caller owns it), the segment's meta and whether
         its owner released it already (no release notice will come for it then).
+        ``seq``: the number of the lease's handle being loaded (0: not counted).
 
         Raises :class:`~driller.SegmentReleasedError` if the lease has ended or does
         not name (key, gen)."""
@@ -414,7 +415,7 @@ class ProxyClient:
         if address[:1] == "@":
             address = "\0" + address[1:]
         conn = self._conn_for(address, secret)
-        reply, fds = conn.request(("claim", key, lease, bool(want_fd), gen))
+        reply, fds = conn.request(("claim", key, lease, bool(want_fd), gen, seq))
         if reply[0] == "fd" and want_fd:
             if len(fds) != 1:  # pragma: no cover - protocol bug
                 _close_all(fds)

@@ -88,14 +88,23 @@ class _Seg:
 class _Lease:
     """A transfer lease: keeps its segment's fd here while anyone may still load a
     handle naming (segment, block generation).  ``holders``: peer -> count (the
-    pickling process until its block dies, each claimant until it unmaps)."""
+    pickling process until its block dies, each claimant until it unmaps).
+    ``issued``: how many handles the pickling process made (said as it lets go;
+    0: not said); ``loaded``: the numbers of those that were loaded."""
 
-    __slots__ = ("id", "seg", "gen", "holders", "claimed")
+    __slots__ = ("id", "seg", "gen", "holders", "claimed", "issued", "loaded")
 
     def __init__(self, lid: int, seg: _Seg, gen: int):
         self.id, self.seg, self.gen = lid, seg, gen
         self.holders: dict[_Peer, int] = {}
         self.claimed = False
+        self.issued = 0     # (0: not said: its maker left without letting go first)
+        self.loaded: set[int] = set()
+
+    def all_loaded(self) -> bool:
+        """Claimed, and every handle its pickling process said it made was loaded
+        (a handle made after the first load is loadable until loaded, too)."""
+        return self.claimed and all(n in self.loaded for n in range(1, self.issued + 1))
 
 
 class _Peer:
@@ -525,9 +534,19 @@ class _Server:
 
     # -- transfer leases (see driller.sharedarray for the rules)
     def _lease_op(self, peer: _Peer, op: str, msg) -> None:
-        if op == "unhold":
-            for lid in msg[1]:
-                self._unhold(peer, lid)
+        if op == "unhold":   # items: a lease id, or (id, handles issued: the pickling
+            for item in msg[1]:   # process), or (id, numbers of the handles it loaded)
+                if type(item) is tuple and len(item) == 2:
+                    lid, what = item
+                    lease = self.leases.get(lid)
+                    if lease is not None and peer in lease.holders:
+                        if type(what) is int:
+                            lease.issued = max(lease.issued, what)
+                        elif isinstance(what, frozenset):
+                            lease.loaded.update(n for n in what if type(n) is int)
+                    self._unhold(peer, lid)
+                else:
+                    self._unhold(peer, item)
             self._send(peer, ("ok",))
             return
         key = msg[1]
@@ -549,6 +568,8 @@ class _Server:
             self._send(peer, ("gone", self._lease_gone_message(key, msg[2])))
             return
         lease.claimed = True
+        if len(msg) > 5 and type(msg[5]) is int and msg[5] > 0:   # (the handle's number)
+            lease.loaded.add(msg[5])
         self.orphans.pop(lease.id, None)
         self._hold(peer, lease)
         seg = lease.seg
@@ -584,10 +605,10 @@ class _Server:
         peer.held.discard(lid)
         if lease.holders:
             return
-        if lease.claimed:
+        if lease.all_loaded():
             self._end_lease(lease, "loaded, then let go by every process that held it")
             return
-        self.orphans[lid] = time.monotonic()
+        self.orphans[lid] = time.monotonic()   # (a handle not loaded yet: it waits)
         while len(self.orphans) > self.max_orphans:
             old = next(iter(self.orphans))
             self.say(f"more than {self.max_orphans} handles were never loaded: lease {old} "
@@ -617,8 +638,9 @@ class _Server:
             lid, since = next(iter(self.orphans.items()))
             if now - since < self.lease_seconds:
                 return
-            self._end_lease(self.leases[lid], f"never loaded within {self.lease_seconds:g} s "
-                            f"of its last holder letting go ({_LEASE_SECONDS_VAR})")
+            self._end_lease(self.leases[lid], f"a handle of it never loaded within "
+                            f"{self.lease_seconds:g} s of its last holder letting go "
+                            f"({_LEASE_SECONDS_VAR})")
 
     def _end_lease(self, lease: _Lease, why: str) -> None:
         del self.leases[lease.id]
