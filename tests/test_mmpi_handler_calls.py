@@ -36,30 +36,25 @@ def _content(tag: int) -> np.ndarray:
     return np.full(64, tag, np.uint8)
 
 
-def _handler_call_in_a_drain(comm, nested, shared):
-    """Rank 1 sends N messages (tags 1..N) before rank 0 looks (it says so in
-    ``shared``, a mapping both forked ranks inherit: no MPI call of rank 0's drains
-    them early); rank 0's Probe drains them, and at the first record a handler
-    runs ``nested(comm)``.  Rank 0 then receives the N by tag and checks nothing
-    is left over."""
-    if comm.rank == 1:
-        for tag in range(1, N + 1):
-            comm.Send(_content(tag), dest=0, tag=tag)
-        shared[0] = 1
-        comm.Recv(bytearray(1), source=0, tag=0)   # (alive until rank 0 is done)
-        return None
+def _send_n(comm, shared) -> None:
+    """Rank 1: N messages (tags 1..N) to rank 0, then says so in ``shared``."""
+    for tag in range(1, N + 1):
+        comm.Send(_content(tag), dest=0, tag=tag)
+    shared[0] = 1
+
+
+def _wait_for(shared, i: int) -> None:
+    """Until byte ``i`` of ``shared`` (a mapping both forked ranks inherit) is set:
+    no MPI call meanwhile (its progress would drain the ring early)."""
     end = time.monotonic() + 20
-    while not shared[0]:   # (all N records in the ring: one drain meets them all)
-        assert time.monotonic() < end, "rank 1 never sent"
+    while not shared[i]:
+        assert time.monotonic() < end, f"byte {i} never set"
         time.sleep(0.002)
-    seen = []
 
-    def handler(*_):
-        try:
-            seen.append(("returned", nested(comm)))
-        except MmpiError as e:
-            seen.append(("MmpiError", str(e)))
 
+def _probe_with_a_handler(comm, handler) -> None:
+    """Rank 0: Probe for rank 1's last message, a real SIGUSR1 sent to this thread
+    (``handler`` runs) at the first record its drain meets."""
     old = signal.signal(signal.SIGUSR1, handler)
     record = T.Transport._record
     shots = [1]
@@ -76,6 +71,28 @@ def _handler_call_in_a_drain(comm, nested, shared):
     finally:
         T.Transport._record = record
         signal.signal(signal.SIGUSR1, old)
+
+
+def _handler_call_in_a_drain(comm, nested, shared):
+    """Rank 1 sends N messages (tags 1..N) before rank 0 looks (it says so in
+    ``shared``, a mapping both forked ranks inherit: no MPI call of rank 0's drains
+    them early); rank 0's Probe drains them, and at the first record a handler
+    runs ``nested(comm)``.  Rank 0 then receives the N by tag and checks nothing
+    is left over."""
+    if comm.rank == 1:
+        _send_n(comm, shared)
+        comm.Recv(bytearray(1), source=0, tag=0)   # (alive until rank 0 is done)
+        return None
+    _wait_for(shared, 0)   # (all N records in the ring: one drain meets them all)
+    seen = []
+
+    def handler(*_):
+        try:
+            seen.append(("returned", nested(comm)))
+        except MmpiError as e:
+            seen.append(("MmpiError", str(e)))
+
+    _probe_with_a_handler(comm, handler)
     buf, good = np.empty(64, np.uint8), []
     for tag in range(1, N + 1):
         comm.Recv(buf, source=1, tag=tag)
@@ -128,19 +145,14 @@ def _handler_wait_on_a_collective(comm, shared):
     # the collective's own failure, the request freed, and the main code's Wait
     # "succeeded" on a barrier this rank never finished)
     if comm.rank == 1:
-        for tag in range(1, N + 1):
-            comm.Send(_content(tag), dest=0, tag=tag)
-        shared[0] = 1
+        _send_n(comm, shared)
         comm.Recv(bytearray(1), source=0, tag=50)   # (rank 0's drain is done)
         shared[1] = 1   # (rank 1 enters the barrier only now)
         comm.Ibarrier().Wait()
         comm.Recv(bytearray(1), source=0, tag=0)
         return None
     req = comm.Ibarrier()
-    end = time.monotonic() + 20
-    while not shared[0]:
-        assert time.monotonic() < end, "rank 1 never sent"
-        time.sleep(0.002)
+    _wait_for(shared, 0)
     seen = []
 
     def handler(*_):
@@ -150,22 +162,7 @@ def _handler_wait_on_a_collective(comm, shared):
         except MmpiError as e:
             seen.append(type(e).__name__)
 
-    old = signal.signal(signal.SIGUSR1, handler)
-    record = T.Transport._record
-    shots = [1]
-
-    def record_with_a_signal(self, *a):
-        if shots[0]:
-            shots[0] = 0
-            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
-        return record(self, *a)
-
-    T.Transport._record = record_with_a_signal
-    try:
-        comm.Probe(source=1, tag=N)
-    finally:
-        T.Transport._record = record
-        signal.signal(signal.SIGUSR1, old)
+    _probe_with_a_handler(comm, handler)
     alive = req != MPI.REQUEST_NULL
     comm.Send(b"x", dest=1, tag=50)
     req.Wait()
