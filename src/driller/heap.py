@@ -71,8 +71,8 @@ class Block:
         self.pid = _pid[0]
         self.gen = gen
         self.exported = False    # set by the first handle: the block is never reused
-        # (pid, proxy address, lease id, [handles issued]): sharedarray
-        self.lease: tuple[int, str, int, list] | None = None
+        # (pid, proxy address, lease id, the numbers of its handles): sharedarray
+        self.lease: tuple | None = None
 
     @property
     def __array_interface__(self) -> dict:
@@ -89,7 +89,7 @@ class Block:
         lease = self.lease
         if lease is not None:   # (with the number of handles made: the proxy keeps the
             # lease until each of them was loaded, or for DRILLER_LEASE_SECONDS)
-            _publish.drop_leases(lease[0], lease[1], ((lease[2], lease[3][0]),))
+            _publish.drop_leases(lease[0], lease[1], ((lease[2], next(lease[3]) - 1),))
         if self.pid != _pid[0]:
             return  # inherited through fork: the parent's memory
         if self.arena is not None:

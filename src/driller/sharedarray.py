@@ -55,6 +55,7 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import os
@@ -160,17 +161,19 @@ _lease_lock = threading.Lock()
 
 def _lease_of(block: heap.Block) -> tuple[int, int]:
     """The block's transfer lease (asked for once per block and process) and this
-    handle's number among the lease's handles (1, 2...)."""
+    handle's number among the lease's handles (1, 2...: ``next`` of the lease's
+    counter, one C call, so two threads never get the same number)."""
     pid = os.getpid()
-    with _lease_lock:
-        lease = block.lease
-        if lease is None or lease[0] != pid:
-            block.exported = True  # before any handle leaves: never reused
-            address, lid = _publish.lease(block.segment, block.gen)
-            lease = block.lease = (pid, address, lid, [0])  # dropped by Block.__del__
-        issued = lease[3]
-        issued[0] += 1
-        return lease[2], issued[0]
+    lease = block.lease
+    if lease is None or lease[0] != pid:
+        with _lease_lock:
+            lease = block.lease
+            if lease is None or lease[0] != pid:
+                block.exported = True  # before any handle leaves: never reused
+                address, lid = _publish.lease(block.segment, block.gen)
+                # dropped by Block.__del__, with the number of handles made
+                lease = block.lease = (pid, address, lid, itertools.count(1))
+    return lease[2], next(lease[3])
 
 
 def _after_fork_in_child() -> None:
