@@ -46,6 +46,12 @@ __all__ = ["MapCache", "cache"]
 ENV_MAX_BYTES = "DRILLER_CACHE_MAX_BYTES"
 ENV_MAX_ENTRIES = "DRILLER_CACHE_MAX_ENTRIES"
 _GiB = 1 << 30
+# Numbers of a lease's handles a mapping loaded without a claim (from the cache) kept
+# to be said with its drop: a few, so that a drop stays small whatever the handles
+# (an array sent a million times, an arena's thousands of leases in one request);
+# a lease whose other loaded numbers go unsaid waits DRILLER_LEASE_SECONDS at the
+# proxy once its holders let go, as one never loaded does, instead of ending then
+_SEQS_KEPT = 16
 
 
 def default_max_entries() -> int:
@@ -143,8 +149,8 @@ class MapCache:
                         client.claim(address, secret, key, lease, gen, want_fd=False,
                                      seq=seq)
                         self._claims_of(region, address)[lease] = [gen, {seq}]
-                    else:   # held already: its number goes with the drop
-                        c[1].add(seq)
+                    elif len(c[1]) < _SEQS_KEPT:   # held already: its number goes
+                        c[1].add(seq)              # with the drop (a few: see _SEQS_KEPT)
                 self._entries.move_to_end(ek)
                 self.hits += 1
                 return region
