@@ -919,24 +919,21 @@ class HybridTransport(T.Transport):
             return False
         self.engine_busy += 1
         try:
-            return self._poll_mpi_now()
+            did = False
+            pool = self._pool
+            if pool:
+                if self._lazy is not None:
+                    self._restart()
+                while pool[self._ph][0].Test():
+                    self._take_slot(self._ph)
+                    did = True
+            if (self._data_recvs or self._data_sends) and self._poll_data():
+                did = True
+            if self._rec_sends and self._rec_sends[0][0].Test():
+                self._rec_sends = [x for x in self._rec_sends if not x[0].Test()]
+            return did
         finally:
             self.engine_busy -= 1
-
-    def _poll_mpi_now(self) -> bool:
-        did = False
-        pool = self._pool
-        if pool:
-            if self._lazy is not None:
-                self._restart()
-            while pool[self._ph][0].Test():
-                self._take_slot(self._ph)
-                did = True
-        if (self._data_recvs or self._data_sends) and self._poll_data():
-            did = True
-        if self._rec_sends and self._rec_sends[0][0].Test():
-            self._rec_sends = [x for x in self._rec_sends if not x[0].Test()]
-        return did
 
     def progress(self) -> bool:
         did = super().progress()

@@ -2116,46 +2116,44 @@ class Transport:
             return False
         self.engine_busy += 1
         try:
-            return self._flush_now()
+            did = False
+            for dst, q in enumerate(self.pending):
+                while q:
+                    item = q[0]
+                    if item is WRITING:
+                        if _mark_live(q):
+                            break   # (a direct write under way, this call nested in it)
+                        continue   # (left behind: dropped)
+                    h0 = self.out_head[dst]
+                    try:
+                        if type(item) is E.Reply:
+                            kind = K_ACK if item.kind == E.ACK else K_FIN
+                            if not self._put(dst, kind, 0, 0, 0, item.sender_id, 0, None, 0):
+                                break
+                            q.popleft()
+                            self.npending -= 1
+                        elif type(item) is tuple:
+                            # a control record: (kind, ctx, tag, nbytes, sid, addr)
+                            if not self._put(dst, *item, None, 0):
+                                break
+                            q.popleft()
+                            self.npending -= 1
+                        else:
+                            if not self._put_send(item):
+                                break
+                            q.popleft()
+                            self.npending -= 1
+                            if item.protocol != E.STREAM:   # (streamed: its chunks follow)
+                                self._run(self.engine.transmitted(item))
+                    except BaseException:   # (a signal handler's): the record is out or not
+                        self._settle(dst, h0, item)
+                        raise
+                    did = True
+                if self.pushes[dst] and self._push(dst):
+                    did = True
+            return did
         finally:
             self.engine_busy -= 1
-
-    def _flush_now(self) -> bool:
-        did = False
-        for dst, q in enumerate(self.pending):
-            while q:
-                item = q[0]
-                if item is WRITING:
-                    if _mark_live(q):
-                        break   # (a direct write under way, this call nested in it)
-                    continue   # (left behind: dropped)
-                h0 = self.out_head[dst]
-                try:
-                    if type(item) is E.Reply:
-                        kind = K_ACK if item.kind == E.ACK else K_FIN
-                        if not self._put(dst, kind, 0, 0, 0, item.sender_id, 0, None, 0):
-                            break
-                        q.popleft()
-                        self.npending -= 1
-                    elif type(item) is tuple:  # a control record: (kind, ctx, tag, nbytes, sid, addr)
-                        if not self._put(dst, *item, None, 0):
-                            break
-                        q.popleft()
-                        self.npending -= 1
-                    else:
-                        if not self._put_send(item):
-                            break
-                        q.popleft()
-                        self.npending -= 1
-                        if item.protocol != E.STREAM:   # (streamed: its chunks follow)
-                            self._run(self.engine.transmitted(item))
-                except BaseException:   # (a signal handler's): the record is out or not
-                    self._settle(dst, h0, item)
-                    raise
-                did = True
-            if self.pushes[dst] and self._push(dst):
-                did = True
-        return did
 
     def _settle(self, dst: int, h0: int, item) -> None:
         """``_settle_now``, signals held back: a second exception (a handler's, run
@@ -2968,55 +2966,52 @@ class Transport:
             self.flush_deferred()
         self.engine_busy += 1
         try:
-            self._drain_now(src, head)
-        finally:
-            self.engine_busy -= 1
-
-    def _drain_now(self, src: int, head: int) -> None:
-        rb = self.ring_bytes
-        data = self.data
-        base = self.in_data[src]
-        t = self.in_tail[src]
-        record = self._record
-        posted = self.engine.posted
-        stuck = None   # the earliest posted receive when _serve last took nothing
-        while t != head:
-            if posted and posted[0] is not stuck:
-                # a run of plain eager records for the posted receives: one loop
-                t2 = self._serve(src, t, head)
-                if t2 != t:
-                    t = t2
-                    self.in_tail[src] = t
-                    self.words[self.in_tailw[src]] = t
+            rb = self.ring_bytes
+            data = self.data
+            base = self.in_data[src]
+            t = self.in_tail[src]
+            record = self._record
+            posted = self.engine.posted
+            stuck = None   # the earliest posted receive when _serve last took nothing
+            while t != head:
+                if posted and posted[0] is not stuck:
+                    # a run of plain eager records for the posted receives: one loop
+                    t2 = self._serve(src, t, head)
+                    if t2 != t:
+                        t = t2
+                        self.in_tail[src] = t
+                        self.words[self.in_tailw[src]] = t
+                        continue
+                    stuck = posted[0]   # (until a record matches it: _record's _to_posted)
+                off = t % rb
+                p = base + off
+                kf = HDR.unpack_from(data, p)[0]
+                if kf & 0xFF == K_WRAP:
+                    t += rb - off
                     continue
-                stuck = posted[0]   # (until a record matches it: _record's _to_posted)
-            off = t % rb
-            p = base + off
-            kf = HDR.unpack_from(data, p)[0]
-            if kf & 0xFF == K_WRAP:
-                t += rb - off
-                continue
-            self.consumed = None   # (set only for this record: p comes again)
-            at = self.in_tail[src]   # (a drain nested in a handler moves it: then not us)
-            try:
-                t += record(src, data, p)
-            except BaseException:   # (a signal handler's): past the record if it was taken
-                if self.in_tail[src] != at:
-                    self.consumed = None   # taken, and the ones after, by a nested drain
-                elif self._taken(data, p):
-                    t += _record_bytes(data, p)
-                    self.in_tail[src] = t
-                    self.words[self.in_tailw[src]] = t
-                    if self.words[self.in_pwait[src]]:
-                        _linux.futex_wake(self.base + self.in_tailw[src] * 8)
-                raise
-            # publish the tail per record so big rings free up early
+                self.consumed = None   # (set only for this record: p comes again)
+                at = self.in_tail[src]   # (a drain nested in a handler moves it: then not us)
+                try:
+                    t += record(src, data, p)
+                except BaseException:   # (a signal handler's): past the record if it was taken
+                    if self.in_tail[src] != at:
+                        self.consumed = None   # taken, and the ones after, by a nested drain
+                    elif self._taken(data, p):
+                        t += _record_bytes(data, p)
+                        self.in_tail[src] = t
+                        self.words[self.in_tailw[src]] = t
+                        if self.words[self.in_pwait[src]]:
+                            _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+                    raise
+                # publish the tail per record so big rings free up early
+                self.in_tail[src] = t
+                self.words[self.in_tailw[src]] = t
             self.in_tail[src] = t
             self.words[self.in_tailw[src]] = t
-        self.in_tail[src] = t
-        self.words[self.in_tailw[src]] = t
-        if self.words[self.in_pwait[src]]:
-            _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+            if self.words[self.in_pwait[src]]:
+                _linux.futex_wake(self.base + self.in_tailw[src] * 8)
+        finally:
+            self.engine_busy -= 1
 
     def _taken(self, data, p: int) -> bool:
         """An exception came while ``_record`` acted on the record at byte ``p`` of
