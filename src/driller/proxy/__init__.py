@@ -12,7 +12,12 @@ disk; message boundaries and the fd attached to each message are kept by the
 kernel).  Every packet is one flag byte (0 = last part, 1 = more parts follow)
 and a piece of a pickled tuple.  Pickles are only ever read from peers whose
 uid is ours (SO_PEERCRED, checked on both ends) and, on the server, only after
-the peer has sent the secret as raw bytes.
+the peer has sent the secret as raw bytes.  The uid is the boundary: the secret
+keeps out a connection made by mistake, not another process of the same user,
+which can read it in the proxy's ``/proc/PID/environ`` (``driller info`` does)
+and open the memfds the proxy holds through ``/proc/PID/fd`` anyway.  So a
+handle's secret grants every segment of its proxy; a read-only handle restricts
+only the segment it names (sealed by the kernel), see the README's "Rules".
 
 Lifetime: the first process that needs a proxy (its first publish, or reading
 ``ProxyClient.get().address``) starts one: ``python -c`` that forks once more,
