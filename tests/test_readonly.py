@@ -296,19 +296,63 @@ def test_set_mmap_threshold_reports_success():
 
 def test_seal_state_is_read_back_when_another_process_sealed_first():
     """A forked child may publish (and so seal) an inherited segment first: the
-    owner then follows the seal the kernel holds instead of failing on F_SEAL_SEAL."""
+    owner then follows the seal the kernel holds instead of failing on F_SEAL_SEAL.
+    The child may only seal it writable, as the owner would: a read-only seal is
+    the owner's to choose (it binds every later handle of the owner's)."""
     from driller.segment import Segment
     import _helpers
-    for child_readonly in (True, False):
-        seg = Segment(1 << 16, "array")
-        try:
-            assert _helpers.in_child(seg.seal, child_readonly) == ("ok", child_readonly)
-            assert seg.sealed_readonly is None  # this process has not sealed it
-            if child_readonly:
-                assert seg.seal(False) is True  # handles come out read-only
-            else:
-                with pytest.raises(driller.ReadOnlyError, match="already shared writable"):
-                    seg.seal(True)
-                assert seg.seal(False) is False
-        finally:
-            seg.close_fd()
+    seg = Segment(1 << 16, "array")
+    try:
+        got = _helpers.in_child(seg.seal, True)
+        assert got[0] == "err" and got[1].startswith("ReadOnlyError: ") \
+            and f"belongs to process {os.getpid()}" in got[1] \
+            and "driller.array(a), readonly=True" in got[1], got
+        assert not _linux.get_seals(seg.fd) & _linux.F_SEAL_SEAL  # left unsealed
+        assert _helpers.in_child(seg.seal, False) == ("ok", False)
+        assert seg.sealed_readonly is None  # this process has not sealed it
+        with pytest.raises(driller.ReadOnlyError, match="already shared writable"):
+            seg.seal(True)
+        assert seg.seal(False) is False
+    finally:
+        seg.close_fd()
+    seg = Segment(1 << 16, "array")   # the owner's read-only seal is the child's too
+    try:
+        assert seg.seal(True) is True
+        assert _helpers.in_child(seg.seal, True) == ("ok", True)
+        assert _helpers.in_child(seg.seal, False) == ("ok", True)
+    finally:
+        seg.close_fd()
+
+
+_INHERITED = None   # an array a fork worker finds in its copy of this module
+
+
+def _readonly_handle_of_inherited():
+    try:
+        return ("ok", driller.handle(_INHERITED, readonly=True).readonly)
+    except driller.ReadOnlyError as e:
+        return ("refused", str(e))
+
+
+def _write_all(a, value):
+    a[...] = value
+    return float(a.sum())
+
+
+def test_a_fork_worker_cannot_make_its_parents_array_readonly(request):
+    """A fork Pool worker asking a read-only handle of an array it inherited (its
+    parent had not shared it) is refused: the seal would have made every later
+    pickle of the parent's read-only, and the workers the parent then sends the
+    array to could not write their results into it.  (The spawn pool starts
+    after the fork: forking a process with threads may deadlock the child.)"""
+    global _INHERITED
+    _INHERITED = a = driller.zeros(1 << 16)   # 512 KiB: a segment of its own
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as forked:
+            got = forked.apply(_readonly_handle_of_inherited)
+    finally:
+        _INHERITED = None
+    assert got[0] == "refused" and f"belongs to process {os.getpid()}" in got[1], got
+    pool = request.getfixturevalue("pool")
+    assert pool.apply(_write_all, (a[1:], 3.0)) == 3.0 * (a.size - 1)
+    assert (a[1:] == 3.0).all() and a[0] == 0.0

@@ -239,7 +239,9 @@ class Segment:
         read-only handles whatever is asked; asking read-only of a segment
         sealed writable (peers may already map it writable) raises
         :class:`~driller.ReadOnlyError`, as does asking it of a segment shared
-        by several objects (an arena).  The message says what to do instead.
+        by several objects (an arena), or of one this process inherited through
+        fork that nobody sealed yet (the seal would bind its owner too).  The
+        message says what to do instead.
         """
         if readonly and not self.exclusive:
             raise ReadOnlyError(
@@ -251,6 +253,16 @@ class Segment:
                 raise ReadOnlyError(f"segment {self.key} has no fd left to seal")
             seals = _linux.get_seals(self.fd)
             if not seals & _linux.F_SEAL_SEAL:  # else sealed already (by a forked child)
+                if readonly and self.owner != os.getpid():
+                    # (the seal is the memfd's: its owner's later handles would come out
+                    # read-only, and the arrays it shares writable would not be)
+                    raise ReadOnlyError(
+                        f"segment {self.key} ({self.name}, {self.nbytes} bytes) belongs to "
+                        f"process {self.owner}, which this process inherited it from "
+                        "through fork: only its owner can make its handles read-only "
+                        "(sealing it here would make every later handle of the owner's "
+                        "read-only too). Ask the owner for a read-only handle, or share "
+                        "a read-only copy: driller.handle(driller.array(a), readonly=True).")
                 want = _linux.F_SEAL_SEAL | (_linux.F_SEAL_FUTURE_WRITE if readonly else 0)
                 try:
                     _linux.add_seals(self.fd, want)
