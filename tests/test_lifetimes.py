@@ -360,6 +360,48 @@ def test_fork_pool_workers_return_views_of_inherited_arrays(n, order):
         assert lines[0] == f"PARENT {float(n)}", out.stdout
 
 
+GRANDCHILD_SCRIPT = textwrap.dedent(r"""
+    import os, pickle, sys, time
+    import driller
+    a = driller.zeros(int(sys.argv[1]))   # the parent's, never shared by it
+    a[:] = 3.0
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        pickle.dumps(a[1:])               # the child publishes an entry of its own
+        if os.fork() == 0:
+            while os.getppid() == child:  # the child has exited: its entry is gone
+                time.sleep(0.01)
+            try:
+                data = pickle.dumps(a[1:])
+            except Exception as e:
+                data = pickle.dumps(f"{type(e).__name__}: {e}")
+            os.write(w, len(data).to_bytes(8, "little") + data)
+            os._exit(0)
+        os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    with os.fdopen(r, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        sys.stdout.buffer.write(f.read(n))
+""")
+
+
+@pytest.mark.parametrize("n", [1 << 17, 100])   # a segment of its own; an arena's block
+def test_a_grandchild_pickles_an_array_after_its_publishing_parent_exited(n):
+    # a fork child that published an inherited array (under a key of its own) and
+    # forked: its child's pickles named the child's entry, gone with the child
+    # ("segment ... was released: its owner (pid ...) exited"), so a grandchild
+    # of a Pool worker could not share the array it inherited
+    out = subprocess.run([sys.executable, "-c", GRANDCHILD_SCRIPT, str(n)],
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    got = pickle.loads(out.stdout)   # loaded here: another process, once the writer left
+    assert not isinstance(got, str), got
+    assert isinstance(got, driller.SharedArray) and got.shape == (n - 1,) \
+        and (got == 3.0).all(), got
+
+
 # ------------------------------------------------------------------ bounds
 
 BOUND_SCRIPT = textwrap.dedent(r"""

@@ -76,24 +76,30 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
     """
     with _lock:
         client = _client()
-        if seg.published:
+        me = os.getpid()
+        if seg.published and seg.publisher in (me, seg.owner):
             seg.seal(readonly)
             return client.address, client.secret
         if seg.fd < 0:
             raise ProxyError(f"segment {seg.key} has no fd left to publish")
         key = seg.key
-        if seg.owner != os.getpid():
+        if seg.owner != me:
             # inherited through fork before its owner published it: the owner (or
             # another child) publishes it under the owner's key on the same proxy,
             # at once or later, so this process's entry has a key of its own (the
-            # same memory; its lifetime this process's; owned() maps it back)
-            key = f"{seg.key}.{os.getpid()}"
+            # same memory; its lifetime this process's; owned() maps it back).  A
+            # fork of such a child does too: its parent's entry ends with its parent.
+            key = f"{seg.key.partition('.')[0]}.{me}"
         ro = seg.seal(readonly)  # before the fd leaves this process
         client.publish(key, seg.fd, {"nbytes": seg.nbytes, "owner": seg.owner,
                                      "readonly": ro})
         seg.key = key
         seg.published = True
-        seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+        seg.publisher = me
+        if seg.owner == me:
+            seg.close_fd()  # the proxy holds it now; our mapping holds the memory
+        # (else kept, as an unpublished inherited fd is: a fork of this process
+        # publishes its own entry with it)
         return client.address, client.secret
 
 

@@ -216,6 +216,7 @@ class Segment:
             raise
         self.fd = fd
         self.published = False
+        self.publisher = 0     # the pid whose proxy entry serves it (see _publish.publish)
         self.closed = False
 
     @property
