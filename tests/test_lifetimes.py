@@ -315,6 +315,73 @@ def test_a_lease_whose_handles_were_all_loaded_ends_at_once():
         p.join(60)
 
 
+EXIT_HOLDING_SCRIPT = textwrap.dedent(r"""
+    import os, pickle, sys
+    import driller
+    KEEP = []
+
+    def produce(out, go):
+        a = driller.zeros(int(sys.argv[2]))
+        a[:] = 1
+        KEEP.append(a)          # never freed: the process exits holding the array
+        out(pickle.dumps(a))    # handle 1 of the block's lease
+        go()
+        a[:] = 2
+        out(pickle.dumps(a[1:]))   # handle 2: loaded only after we exited
+
+    def emit(data):
+        sys.stdout.buffer.write(len(data).to_bytes(8, "little") + data)
+        sys.stdout.flush()
+
+    if sys.argv[1] == "exit":   # this interpreter exits (atexit)
+        produce(emit, sys.stdin.readline)
+    else:                       # a multiprocessing fork child: it leaves by os._exit
+        import multiprocessing as mp
+        mine, theirs = mp.Pipe()
+        p = mp.get_context("fork").Process(
+            target=produce, args=(theirs.send_bytes, lambda: theirs.recv_bytes()))
+        p.start()
+        emit(mine.recv_bytes())
+        sys.stdin.readline()
+        mine.send_bytes(b"go")
+        second = mine.recv_bytes()
+        p.join(60)
+        emit(second)
+""")
+
+
+def _read_pickle(f):
+    return f.read(int.from_bytes(f.read(8), "little"))
+
+
+@pytest.mark.parametrize("how", ["exit", "fork-child"])
+def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how):
+    # a process that exits holding a shared array never freed it, so it never said
+    # how many pickles of it it made: once the first was loaded and let go of, the
+    # lease ended, and the second, made before the exit, raised SegmentReleasedError;
+    # now the process says its counts as it exits (atexit, multiprocessing's exit)
+    n = 1 << 17
+    p = subprocess.Popen([sys.executable, "-c", EXIT_HOLDING_SCRIPT, how, str(n)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        first = pickle.loads(_read_pickle(p.stdout))
+        assert isinstance(first, driller.SharedArray) and (first == 1).all()
+        driller.mapcache.cache().invalidate(driller.handle(first).key)
+        del first
+        gc.collect()
+        driller._publish.flush()   # our claim is let go of
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        data = _read_pickle(p.stdout)
+        assert p.wait(60) == 0
+        second = pickle.loads(data)
+        assert isinstance(second, driller.SharedArray) and second.shape == (n - 1,) \
+            and (second == 2).all()
+    finally:
+        p.kill()
+        p.wait()
+
+
 FORK_POOL_SCRIPT = textwrap.dedent(r"""
     import multiprocessing as mp, sys
     import driller

@@ -30,7 +30,7 @@ from .errors import ProxyError
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
-           "dropping"]
+           "dropping", "say_issued"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
@@ -141,6 +141,17 @@ def drop_leases(pid: int, address: str, leases) -> None:
         leases = [(lid, frozenset(c[1])) for lid, c in list(leases.items())]
     _unheld.append((address, tuple(leases)))
     _wake()
+
+
+def say_issued(address: str, counts) -> None:
+    """Tell the proxy at address how many handles of each of our leases were made
+    (``counts``: (lease id, handles made) pairs), without letting go: sent now,
+    its reply not waited for (at exit: a proxy that does not answer must not hang
+    us); never raises."""
+    try:
+        _client().issued(address, counts)
+    except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
+        pass
 
 
 def dropping(address: str, lease: int) -> bool:

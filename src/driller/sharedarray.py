@@ -30,9 +30,10 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
    that segment is unmapped, or it disconnects.
 4. A lease ends when it has no holder and every handle of it was claimed (each
    handle is numbered, ``Handle.seq``; the pickling process says how many it
-   made as it lets go, and a loader the numbers it loaded from its map cache
-   without a claim as its mapping lets go; a process that never said counts
-   as one handle), or
+   made as it lets go, or as it exits holding the array (``_say_counts``), and
+   a loader the numbers it loaded from its map cache without a claim as its
+   mapping lets go; a process that never said, one killed, counts as one
+   handle), or
    when nobody claimed it within ``DRILLER_LEASE_SECONDS`` (default 300) of
    its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
    4096) unclaimed leases without a holder are kept per proxy; beyond that the
@@ -55,11 +56,14 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import operator
 import os
+import sys
 import threading
+import weakref
 
 import numpy as np
 import numpy.typing as npt
@@ -157,6 +161,42 @@ def _shared_base(arr: NDArray) -> Any:
 
 
 _lease_lock = threading.Lock()
+_leased: "weakref.WeakSet[heap.Block]" = weakref.WeakSet()   # blocks with a lease
+_exit_hooked = [0]   # the pid that registered _say_counts at its exit
+
+
+def _say_counts() -> None:
+    """At this process's exit: tell the proxy how many handles each lease of a
+    block still alive made (a freed block said it as it let go; a process that
+    exits holding an array never frees it, and the lease would end after one
+    load).  Runs at ``atexit`` and at multiprocessing's exit (a fork child leaves
+    by ``os._exit``), after its queues' feeder threads pickled their last items."""
+    pid = os.getpid()
+    counts: dict[str, list] = {}
+    if not _lease_lock.acquire(timeout=5):
+        return   # (a thread stuck in a lease request: the proxy does not answer)
+    try:
+        for block in list(_leased):
+            lease = block.lease
+            if lease is None or lease[0] != pid:
+                continue
+            made = next(lease[3]) - 1
+            # (numbering goes on from there: a later pickle, a later call)
+            block.lease = (pid, lease[1], lease[2], itertools.count(made + 1))
+            if made > 1:   # (one handle: the proxy ends the lease at its load anyway)
+                counts.setdefault(lease[1], []).append((lease[2], made))
+    finally:
+        _lease_lock.release()
+    for address, items in counts.items():
+        _publish.say_issued(address, items)
+
+
+def _hook_exit() -> None:
+    _exit_hooked[0] = os.getpid()
+    atexit.register(_say_counts)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:   # (after the queues' feeder threads are joined: -5)
+        mp_util.Finalize(None, _say_counts, exitpriority=-100)
 
 
 def _lease_of(block: heap.Block) -> tuple[int, int]:
@@ -173,6 +213,9 @@ def _lease_of(block: heap.Block) -> tuple[int, int]:
                 address, lid = _publish.lease(block.segment, block.gen)
                 # dropped by Block.__del__, with the number of handles made
                 lease = block.lease = (pid, address, lid, itertools.count(1))
+                _leased.add(block)
+                if _exit_hooked[0] != pid:
+                    _hook_exit()
     return lease[2], next(lease[3])
 
 

@@ -175,6 +175,30 @@ class _Conn:
             self._owed = 0
             return reply
 
+    def post(self, obj) -> bool:
+        """Send one request without waiting for its reply (read by the next call, as
+        an interrupted call's): for a process at its exit, which must not hang on
+        a proxy that does not answer.  False if it could not go at once."""
+        pkts = _packets(obj)
+        if not self.lock.acquire(timeout=1):
+            return False
+        try:
+            if self.dead:
+                return False
+            sent = 0
+            try:
+                for p in pkts:
+                    self.sock.sendmsg([p], [], _DONTWAIT)
+                    sent += 1
+            except OSError:
+                if sent:  # half a message: the stream cannot be resynchronised
+                    self._die()
+                return False
+            self._owed += 1
+            return True
+        finally:
+            self.lock.release()
+
     def drain(self) -> None:
         """Read pending notices without blocking (skips if another thread is reading)."""
         if not self.lock.acquire(blocking=False):
@@ -442,6 +466,21 @@ class ProxyClient:
         try:
             _, fds = conn.request(("unhold", list(leases)))
             _close_all(fds)
+        except Exception:  # noqa: BLE001 - also at interpreter exit
+            pass
+
+    def issued(self, address: str, counts) -> None:
+        """Tell the proxy at address how many handles of each lease this connection
+        holds were made: ``counts``, (lease id, handles made) pairs (what a drop
+        says, without letting go).  Sent without waiting for the reply (a process
+        at its exit calls it); never raises."""
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conns.get(address)
+        if conn is None or conn.dead or self._stale:
+            return
+        try:
+            conn.post(("issued", list(counts)))
         except Exception:  # noqa: BLE001 - also at interpreter exit
             pass
 

@@ -462,7 +462,7 @@ class _Server:
             if ok:
                 self._release(msg[1], f"released by its owner (pid {peer.pid})")
             self._send(peer, ("ok", ok))
-        elif op in ("lease", "claim", "unhold"):
+        elif op in ("lease", "claim", "unhold", "issued"):
             _close_all(fds)
             self._lease_op(peer, op, msg)
         elif op == "ping":
@@ -547,6 +547,14 @@ class _Server:
                     self._unhold(peer, lid)
                 else:
                     self._unhold(peer, item)
+            self._send(peer, ("ok",))
+            return
+        if op == "issued":   # ("issued", [(id, handles made)]): from a pickling process
+            for item in msg[1]:   # that exits holding its arrays (it never lets go first)
+                if type(item) is tuple and len(item) == 2 and type(item[1]) is int:
+                    lease = self.leases.get(item[0])
+                    if lease is not None and peer in lease.holders:
+                        lease.issued = max(lease.issued, item[1])
             self._send(peer, ("ok",))
             return
         key = msg[1]
