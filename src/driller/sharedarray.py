@@ -172,7 +172,7 @@ def _say_counts() -> None:
     load).  Runs at ``atexit`` and at multiprocessing's exit (a fork child leaves
     by ``os._exit``), after its queues' feeder threads pickled their last items."""
     pid = os.getpid()
-    counts: dict[str, list] = {}
+    counts: dict[str, list[tuple[int, int]]] = {}
     if not _lease_lock.acquire(timeout=5):
         return   # (a thread stuck in a lease request: the proxy does not answer)
     try:
