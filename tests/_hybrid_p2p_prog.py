@@ -146,8 +146,10 @@ if r < 2:
     # (nonblocking: a large message is received only once matched, as MPI's rendezvous)
     outs = [pattern(size, 100 + k) for k, size in enumerate(mix)]
     MPI.Request.Waitall([comm.Isend(o, peer, 70 + k) for k, o in enumerate(outs)])
-    reqs = [comm.isend({"k": k, "a": np.full(size, k, np.uint8)}, peer, 80) for k, size
-            in enumerate(mix)]
+    sent = [np.full(size, k, np.uint8) for k, size in enumerate(mix)]
+    reqs = [comm.isend({"k": k, "a": a}, peer, 80) for k, a in enumerate(sent)]
+    for a in sent:   # (isend sends the object as it was at the call, as mpi4py's)
+        a[:] = 255
     MPI.Request.Waitall(reqs)
 else:
     for k, size in enumerate(mix):

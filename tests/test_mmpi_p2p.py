@@ -875,6 +875,35 @@ def test_object_requests():
     assert obj == "sync"
 
 
+def _isend_snapshot(comm):
+    # mpi4py's isend pickles the object at the call: arrays changed before the
+    # request completes do not change the message.  Rank 1 receives late, so the
+    # packed records (1.6 MB each) fill the ring and wait in the queue, and the
+    # rendezvous ones (32 MiB, a large bytearray) wait for the receiver's read
+    if comm.rank == 0:
+        arrays = [np.zeros(200_000) for _ in range(8)]
+        big, raw = np.zeros(4 << 20), bytearray(1 << 21)
+        reqs = [comm.isend({"k": k, "a": a}, 1, tag=k) for k, a in enumerate(arrays)]
+        reqs.append(comm.isend([big, raw], 1, tag=98))
+        reqs.append(comm.issend(big, 1, tag=99))
+        for a in arrays + [big]:
+            a[:] = 1.0
+        raw[:] = b"X" * len(raw)
+        comm.send(None, 1, tag=100)   # (rank 1 starts receiving: the requests are out)
+        MPI.Request.waitall(reqs)
+        return None
+    comm.recv(source=0, tag=100)
+    time.sleep(0.2)
+    got = [float(comm.recv(source=0, tag=k)["a"].max()) for k in range(8)]
+    big, raw = comm.recv(source=0, tag=98)
+    return got, float(big.max()), bytes(raw[:4]), float(comm.recv(source=0, tag=99).max())
+
+
+def test_isend_sends_the_object_as_it_was_at_the_call():
+    got, big, raw, sync = values(run_ranks(_isend_snapshot, 2))[1]
+    assert got == [0.0] * 8 and big == 0.0 and raw == bytes(4) and sync == 0.0
+
+
 def _ring_full(comm, count):
     # many eager messages overflow the ring: the sender queues and retries while the
     # receiver is busy elsewhere; nothing is lost or reordered

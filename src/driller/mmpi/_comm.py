@@ -428,12 +428,13 @@ class Comm(_attr.Cached, Handle):
         self._t.irecv(op)
         return op
 
-    def _osend(self, obj, dest, tag, sync, what, pickled=None, keep=False):
+    def _osend(self, obj, dest, tag, sync, what, pickled=None, keep=False, snapshot=False):
         w = self._dest(dest, what)
         tag = self._stag(tag, what)
         if w == PROC_NULL:
             return None
-        return self._t.send_object(w, self._ctx, tag, obj, sync, what, pickled, keep)
+        return self._t.send_object(w, self._ctx, tag, obj, sync, what, pickled, keep,
+                                   snapshot)
 
     def _orecv(self, source, tag, what):
         w = self._source(source, what)
@@ -1094,12 +1095,13 @@ class Comm(_attr.Cached, Handle):
         return self._sreq(None)
 
     def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
-        """Nonblocking send."""
-        return self._sreq(self._osend(obj, dest, tag, False, "isend"))
+        """Nonblocking send (of the object as it is at the call, as mpi4py's: the
+        caller may change its arrays before the request completes)."""
+        return self._sreq(self._osend(obj, dest, tag, False, "isend", snapshot=True))
 
     def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
-        """Nonblocking send in synchronous mode."""
-        return self._sreq(self._osend(obj, dest, tag, True, "issend"))
+        """Nonblocking send in synchronous mode (of the object as it is at the call)."""
+        return self._sreq(self._osend(obj, dest, tag, True, "issend", snapshot=True))
 
     def recv(self, buf: Buffer | None = None, source: int = ANY_SOURCE, tag: int = ANY_TAG,
              status: Status | None = None) -> Any:

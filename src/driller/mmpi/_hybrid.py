@@ -687,9 +687,10 @@ class HybridTransport(T.Transport):
 
     # ------------------------------------------------------------ sending
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None, keep: bool = False):
+                    pickled=None, keep: bool = False, snapshot: bool = False):
         if w not in self.remote:
-            return super().send_object(w, ctx, tag, obj, sync, what, pickled, keep)
+            return super().send_object(w, ctx, tag, obj, sync, what, pickled, keep,
+                                       snapshot)
         if pickled is None or _SHARED_MARK in pickled[0]:
             # shared arrays travel by value to another node (its processes cannot map
             # this machine's memory); by reference within the node
@@ -697,6 +698,8 @@ class HybridTransport(T.Transport):
             with pickled_by_value():
                 pickled = dumps(obj)
         stream, parts = pickled
+        if snapshot and parts:   # (isend: MPI reads them after the call) copied now
+            parts = [(memoryview(bytes(p)), how) for p, how in parts]
         if not parts and len(stream) <= self.inline_max:
             if not sync and self.send_fast(w, ctx, tag, stream, T.F_OBJ):
                 return None

@@ -2749,14 +2749,18 @@ class Transport:
         return self.words[self.world.pid_word(rank)]
 
     def send_object(self, w: int, ctx: int, tag: int, obj, sync: bool, what: str,
-                    pickled=None, keep: bool = False):
+                    pickled=None, keep: bool = False, snapshot: bool = False):
         """Start sending a Python object to world rank ``w`` (the protocol chosen
         by its pickled size: eager, packed, or rendezvous with the large buffers
         copied once by the receiver).  ``pickled``: :func:`_objects.dumps` of it
         already.  Returns the SendOp to wait for, or None (complete).  ``keep``:
         for a blocking call, whose message must go as it was at the call even
         when its start raises (a signal handler's exception): kept then
-        (``keep_sent``: its out-of-band buffers are the caller's memory)."""
+        (``keep_sent``: its out-of-band buffers are the caller's memory).
+        ``snapshot``: for a nonblocking call (``isend``), whose message is the
+        object as it was at the call, as mpi4py's (it pickles at the call): what
+        the receiver would still read from the caller's memory is copied aside
+        before returning (``keep_sent``), one copy more than a blocking send."""
         stream, parts = dumps(obj) if pickled is None else pickled
         t = self
         nbytes = len(stream) + sum(p.nbytes for p, _ in parts)
@@ -2785,7 +2789,10 @@ class Transport:
                 pieces += [p for p, _ in parts]
                 op = SendOp(w, tag, ctx, memoryview(stream), sync,
                             F_OBJ | F_PACKED, pieces, keep=plen, nbytes=nbytes)
-                return t._start_kept(op, E.EAGER, keep)
+                t._start_kept(op, E.EAGER, keep)
+                if snapshot:   # (queued behind a full ring: its pieces copied aside)
+                    t.keep_sent(op)
+                return op
         inline = len(stream) <= t.eager_limit
         saddr = 0 if inline else _linux.buffer_address(stream)[0]
         table = [TABLE.pack(len(parts), len(stream), saddr)]
@@ -2800,7 +2807,10 @@ class Transport:
                             f"for one message ({len(table)}-byte table); send it in parts")
         op = SendOp(w, tag, ctx, memoryview(stream), sync, F_OBJ, table,
                     keep=(stream, parts), nbytes=nbytes)
-        return t._start_kept(op, E.RNDV, keep)
+        t._start_kept(op, E.RNDV, keep)
+        if snapshot:   # (the receiver reads the copy from now on)
+            t.keep_sent(op)
+        return op
 
     def _start_kept(self, op: SendOp, protocol: int, keep: bool) -> SendOp:
         """Start ``op`` (an object's send that reads the caller's buffers); if
