@@ -132,3 +132,54 @@ def send_two_then_drop(conn, go, n):
     driller._publish.flush()
     conn.send("dropped")
     conn.recv()   # (alive, so that its proxy stays up, until the test is done)
+
+
+def spawn_collectives_then_free(comm, n):
+    """Object collectives of fresh shared arrays, a rank's own contribution loaded
+    by itself, everything freed: (orphaned leases at this rank's proxy before,
+    after: leases nobody holds, waiting for a handle to be loaded).  A handle
+    loaded by the process that made it used never to count as loaded: the proxy
+    kept the freed memory for DRILLER_LEASE_SECONDS.  (Leases that loaders' map
+    caches still hold are not counted: they end as those mappings go.)"""
+    import time
+
+    import driller
+    from driller.proxy import proxy_info
+    size, r = comm.size, comm.rank
+
+    def fresh(v):
+        a = driller.zeros(n)
+        a[:] = v
+        return a
+
+    def settle():
+        gc.collect()
+        driller._publish.flush()
+        comm.barrier()
+
+    keep = fresh(0)
+    driller.handle(keep)            # our proxy, and an arena, before the baseline
+    settle()
+    before = proxy_info()["leases"]["orphaned"]
+    for i in range(3):
+        got = comm.bcast(fresh(10 + i) if r == 0 else None, root=0)
+        assert (got == 10 + i).all()
+        got = comm.scatter([fresh(20 + k) for k in range(size)] if r == 0 else None, root=0)
+        assert (got == 20 + r).all()
+        got = comm.gather(fresh(30 + r), root=0)
+        assert r or [float(g[0]) for g in got] == [30.0 + k for k in range(size)]
+        got = comm.allgather(fresh(40 + r))
+        assert [float(g[0]) for g in got] == [40.0 + k for k in range(size)]
+        got = comm.alltoall([fresh(50 + r) for _ in range(size)])
+        assert [float(g[0]) for g in got] == [50.0 + k for k in range(size)]
+        got = comm.sendrecv(fresh(60 + r), dest=r, source=r)
+        assert (got == 60 + r).all()
+        del got
+    settle()
+    deadline = time.monotonic() + 10
+    while (after := proxy_info()["leases"]["orphaned"]) > before and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+        driller._publish.flush()
+    return before, after

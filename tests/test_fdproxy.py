@@ -611,3 +611,43 @@ def test_proxy_secret_stays_out_of_environ_forks_share_the_proxy(client):
     assert wait_until(lambda: not _linux.pid_alive(child_proxy))   # gone with its client
     # proxy_info() without an address reports our own proxy
     assert proxy_info()["pid"] == pid and seg.key in [s["key"] for s in proxy_info()["segments"]]
+
+
+# ------------------------------------------------------------------ lease numbers
+
+def test_loaded_handle_numbers_are_kept_as_runs():
+    """A lease's loaded handle numbers travel and are kept as runs: an array
+    pickled a hundred thousand times and loaded in order is one run (it was a set,
+    capped at 16 numbers per drop, and the lease waited DRILLER_LEASE_SECONDS)."""
+    from driller.proxy._wire import RANGES_KEPT, add_run, covers
+    runs: list = []
+    for n in range(1, 100_001):
+        assert add_run(runs, n, n)
+    assert runs == [[1, 100_000]] and covers(runs, 100_000) and not covers(runs, 100_001)
+    runs = []
+    for n in (5, 3, 1, 2, 4, 9):
+        assert add_run(runs, n, n)
+    assert runs == [[1, 5], [9, 9]] and covers(runs, 5) and not covers(runs, 9)
+    runs = []
+    for k in range(RANGES_KEPT):
+        assert add_run(runs, 2 * k + 1, 2 * k + 1)
+    assert not add_run(runs, 1000, 1000) and len(runs) == RANGES_KEPT   # refused, as is
+    assert add_run(runs, 2, 2) and runs[0] == [1, 3]   # one that merges is taken
+    assert covers([], 0) and not covers([], 1) and not covers([[2, 9]], 3)
+
+
+def test_a_lease_takes_what_its_holders_say_and_nothing_malformed():
+    from driller.proxy._server import _Lease
+    lease = _Lease(1, None, 0)
+    lease.said((3, ((1, 2),)))        # its maker: 3 made, numbers 1 and 2 loaded itself
+    assert lease.issued == 3 and lease.claimed and not lease.all_loaded()
+    lease.said(frozenset({3}))        # a loader's numbers (the older form)
+    assert lease.all_loaded()
+    lease.said(5)                     # two more made later: each must be loaded
+    assert not lease.all_loaded()
+    lease.said(((4, 5),))
+    assert lease.all_loaded() and lease.loaded == [[1, 5]]
+    for bad in ("x", None, (1,), (1, "no"), ((0, 2),), ((3, 1),), ((1.0, 2),), (("a", "b"),),
+                frozenset({-1, "z"}), (7, ((9,),))):
+        lease.said(bad)               # ignored, never raises (a buggy or hostile client)
+    assert lease.loaded == [[1, 5]] and lease.issued == 7 and not lease.all_loaded()

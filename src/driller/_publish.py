@@ -128,17 +128,18 @@ def lease(seg: Segment, gen: int) -> tuple[str, int]:
 def drop_leases(pid: int, address: str, leases) -> None:
     """Let go of leases held by process pid through the proxy at address (asynchronously).
 
-    ``leases``: lease ids, or (id, handles issued) from the pickling process, or a
-    mapping's claims (id -> [generation, numbers of the handles it loaded]), whose
-    numbers go with the drop (the proxy keeps a lease until each handle made was
-    loaded).  Safe in a finalizer: it only queues and, if none is at work, starts the
+    ``leases``: lease ids, or (id, what the holder says of the lease's handles:
+    ``proxy._server._Lease.said``) from the pickling process, or a mapping's
+    claims (id -> [generation, runs of the numbers of the handles it loaded]),
+    whose numbers go with the drop (the proxy keeps a lease until each handle
+    made was loaded).  Safe in a finalizer: it only queues and, if none is at work, starts the
     sender.  Does nothing in another process (a fork child does not hold its
     parent's leases).
     """
     if pid != os.getpid() or not leases:
         return
     if type(leases) is dict:
-        leases = [(lid, frozenset(c[1])) for lid, c in list(leases.items())]
+        leases = [(lid, tuple((lo, hi) for lo, hi in c[1])) for lid, c in list(leases.items())]
     _unheld.append((address, tuple(leases)))
     _wake()
 

@@ -55,6 +55,14 @@ class _Arena:
         return None if ref is None else ref()
 
 
+def said(lease: tuple) -> "int | tuple":
+    """What a block's pickling process says of its lease's handles as it lets go:
+    how many it made, and the runs of the numbers it loaded itself, if any (see
+    ``proxy._server._Lease.said``).  Takes the next number (none is made after)."""
+    made = next(lease[3]) - 1
+    return (made, tuple((lo, hi) for lo, hi in lease[4])) if lease[4] else made
+
+
 class Block:
     """The memory under one shared array (and all its views).
 
@@ -71,7 +79,8 @@ class Block:
         self.pid = _pid[0]
         self.gen = gen
         self.exported = False    # set by the first handle: the block is never reused
-        # (pid, proxy address, lease id, the numbers of its handles): sharedarray
+        # (pid, proxy address, lease id, the numbers of its handles, the runs of
+        # those this process loaded itself): sharedarray
         self.lease: tuple | None = None
 
     @property
@@ -87,9 +96,10 @@ class Block:
         # Must not take locks (it can run inside any allocation, with a lock held
         # by this very thread): queue the block; the allocator drains the queue.
         lease = self.lease
-        if lease is not None:   # (with the number of handles made: the proxy keeps the
-            # lease until each of them was loaded, or for DRILLER_LEASE_SECONDS)
-            _publish.drop_leases(lease[0], lease[1], ((lease[2], next(lease[3]) - 1),))
+        if lease is not None:   # (with the number of handles made, and those we loaded
+            # ourselves: the proxy keeps the lease until each of them was loaded, or
+            # for DRILLER_LEASE_SECONDS)
+            _publish.drop_leases(lease[0], lease[1], ((lease[2], said(lease)),))
         if self.pid != _pid[0]:
             return  # inherited through fork: the parent's memory
         if self.arena is not None:

@@ -38,6 +38,7 @@ from . import _linux, _publish
 from ._env import read
 from .errors import DrillerError
 from .proxy import ProxyClient
+from .proxy._wire import add_run
 from .segment import Region
 from .errors import ReadOnlyError  # on its own line: eases merging the proxy split
 
@@ -46,12 +47,17 @@ __all__ = ["MapCache", "cache"]
 ENV_MAX_BYTES = "DRILLER_CACHE_MAX_BYTES"
 ENV_MAX_ENTRIES = "DRILLER_CACHE_MAX_ENTRIES"
 _GiB = 1 << 30
-# Numbers of a lease's handles a mapping loaded without a claim (from the cache) kept
-# to be said with its drop: a few, so that a drop stays small whatever the handles
-# (an array sent a million times, an arena's thousands of leases in one request);
-# a lease whose other loaded numbers go unsaid waits DRILLER_LEASE_SECONDS at the
-# proxy once its holders let go, as one never loaded does, instead of ending then
-_SEQS_KEPT = 16
+# The numbers of a lease's handles a mapping loaded without a claim (from the cache)
+# are said with its drop as runs (lo, hi) (proxy._wire.add_run): an array sent a
+# million times in order is one run, so a drop stays small whatever the handles (an
+# arena's thousands of leases in one request).  Numbers that would make more than
+# RANGES_KEPT runs go unsaid: that lease waits DRILLER_LEASE_SECONDS at the proxy
+# once its holders let go, as one never loaded does, instead of ending then.
+
+
+def _runs(seq: int) -> list[list[int]]:
+    """The runs of loaded numbers of a claim of handle number seq (0: not counted)."""
+    return [[seq, seq]] if seq > 0 else []
 
 
 def default_max_entries() -> int:
@@ -148,9 +154,9 @@ class MapCache:
                         self._send_drops(address, lease)
                         client.claim(address, secret, key, lease, gen, want_fd=False,
                                      seq=seq)
-                        self._claims_of(region, address)[lease] = [gen, {seq}]
-                    elif len(c[1]) < _SEQS_KEPT:   # held already: its number goes
-                        c[1].add(seq)              # with the drop (a few: see _SEQS_KEPT)
+                        self._claims_of(region, address)[lease] = [gen, _runs(seq)]
+                    elif seq > 0:   # held already: its number goes with the drop
+                        add_run(c[1], seq, seq)
                 self._entries.move_to_end(ek)
                 self.hits += 1
                 return region
@@ -180,7 +186,7 @@ class MapCache:
             finally:
                 os.close(fd)
             if lease:
-                self._claims_of(region, address)[lease] = [gen, {seq}]
+                self._claims_of(region, address)[lease] = [gen, _runs(seq)]
                 if owner_gone:  # no notice will come: not cached, unmapped with its views
                     return region
             old = self._entries.pop(ek, None)

@@ -30,10 +30,11 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
    that segment is unmapped, or it disconnects.
 4. A lease ends when it has no holder and every handle of it was claimed (each
    handle is numbered, ``Handle.seq``; the pickling process says how many it
-   made as it lets go, or as it exits holding the array (``_say_counts``), and
-   a loader the numbers it loaded from its map cache without a claim as its
-   mapping lets go; a process that never said, one killed, counts as one
-   handle), or
+   made as it lets go, or as it exits holding the array (``_say_counts``),
+   with the numbers it loaded itself (the owner's own view: no claim), and a
+   loader the numbers it loaded from its map cache without a claim as its
+   mapping lets go, all as runs (``proxy._wire.add_run``); a process that
+   never said, one killed, counts as one handle), or
    when nobody claimed it within ``DRILLER_LEASE_SECONDS`` (default 300) of
    its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
    4096) unclaimed leases without a holder are kept per proxy; beyond that the
@@ -71,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
+from .proxy._wire import add_run
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -172,7 +174,7 @@ def _say_counts() -> None:
     load).  Runs at ``atexit`` and at multiprocessing's exit (a fork child leaves
     by ``os._exit``), after its queues' feeder threads pickled their last items."""
     pid = os.getpid()
-    counts: dict[str, list[tuple[int, int]]] = {}
+    counts: dict[str, list[tuple[int, Any]]] = {}
     if not _lease_lock.acquire(timeout=5):
         return   # (a thread stuck in a lease request: the proxy does not answer)
     try:
@@ -180,11 +182,12 @@ def _say_counts() -> None:
             lease = block.lease
             if lease is None or lease[0] != pid:
                 continue
-            made = next(lease[3]) - 1
+            what = heap.said(lease)
+            made = what if isinstance(what, int) else what[0]
             # (numbering goes on from there: a later pickle, a later call)
-            block.lease = (pid, lease[1], lease[2], itertools.count(made + 1))
-            if made > 1:   # (one handle: the proxy ends the lease at its load anyway)
-                counts.setdefault(lease[1], []).append((lease[2], made))
+            block.lease = (pid, lease[1], lease[2], itertools.count(made + 1), lease[4])
+            if what != 1:   # (one handle: the proxy ends the lease at its load anyway)
+                counts.setdefault(lease[1], []).append((lease[2], what))
     finally:
         _lease_lock.release()
     for address, items in counts.items():
@@ -212,7 +215,7 @@ def _lease_of(block: heap.Block) -> tuple[int, int]:
                 block.exported = True  # before any handle leaves: never reused
                 address, lid = _publish.lease(block.segment, block.gen)
                 # dropped by Block.__del__, with the number of handles made
-                lease = block.lease = (pid, address, lid, itertools.count(1))
+                lease = block.lease = (pid, address, lid, itertools.count(1), [])
                 _leased.add(block)
                 if _exit_hooked[0] != pid:
                     _hook_exit()
@@ -290,6 +293,10 @@ def _buffer_for(h: Handle, readonly: bool) -> tuple[NDArray, int]:
         if block_for is not None:  # our own heap segment: only the live block of h.gen
             block = block_for(h.gen)
             if block is not None:
+                lease = block.lease
+                if h.seq and lease is not None and lease[2] == h.lease and \
+                        lease[0] == os.getpid():   # (said as the block lets go)
+                    add_run(lease[4], h.seq, h.seq)
                 return np.asarray(block), block.offset
         else:  # a drilled Hole of ours
             region = mine.region_for_handle(h)

@@ -46,7 +46,7 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _GONE_MEMORY, _LAST, _LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR,
                     _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
-                    _close_all, _fds_of, _owner_of, _packets, _show)
+                    _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers)
 
 _MAX_UNAUTH = 256                # connections waiting to authenticate
 _MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
@@ -90,7 +90,8 @@ class _Lease:
     handle naming (segment, block generation).  ``holders``: peer -> count (the
     pickling process until its block dies, each claimant until it unmaps).
     ``issued``: how many handles the pickling process made (said as it lets go;
-    0: not said); ``loaded``: the numbers of those that were loaded."""
+    0: not said); ``loaded``: the numbers of those that were loaded, as runs
+    (``_wire.add_run``)."""
 
     __slots__ = ("id", "seg", "gen", "holders", "claimed", "issued", "loaded")
 
@@ -99,12 +100,35 @@ class _Lease:
         self.holders: dict[_Peer, int] = {}
         self.claimed = False
         self.issued = 0     # (0: not said: its maker left without letting go first)
-        self.loaded: set[int] = set()
+        self.loaded: list[list[int]] = []
+
+    def said(self, what) -> None:
+        """Take what a holder said of the lease's handles: how many were made (an
+        int, from the pickling process), the numbers it loaded (runs: (lo, hi)
+        pairs; a frozenset of numbers), or both ((made, runs): the pickling
+        process loaded some itself)."""
+        if type(what) is tuple and len(what) == 2 and type(what[0]) is int \
+                and type(what[1]) is tuple:
+            self.said(what[0])
+            what = what[1]
+        if type(what) is int:
+            self.issued = max(self.issued, what)
+        elif isinstance(what, frozenset):
+            for n in what:
+                if type(n) is int and n > 0:
+                    add_run(self.loaded, n, n)
+        elif type(what) is tuple:
+            for run in what:
+                if type(run) is tuple and len(run) == 2 and type(run[0]) is int \
+                        and type(run[1]) is int and 0 < run[0] <= run[1]:
+                    add_run(self.loaded, run[0], run[1])
+        if self.loaded:
+            self.claimed = True   # (loaded: by a claimant, or by its maker itself)
 
     def all_loaded(self) -> bool:
         """Claimed, and every handle its pickling process said it made was loaded
         (a handle made after the first load is loadable until loaded, too)."""
-        return self.claimed and all(n in self.loaded for n in range(1, self.issued + 1))
+        return self.claimed and covers(self.loaded, self.issued)
 
 
 class _Peer:
@@ -534,27 +558,16 @@ class _Server:
 
     # -- transfer leases (see driller.sharedarray for the rules)
     def _lease_op(self, peer: _Peer, op: str, msg) -> None:
-        if op == "unhold":   # items: a lease id, or (id, handles issued: the pickling
-            for item in msg[1]:   # process), or (id, numbers of the handles it loaded)
-                if type(item) is tuple and len(item) == 2:
+        if op in ("unhold", "issued"):   # items: a lease id, or (id, what the holder
+            for item in msg[1]:           # says of its handles: _Lease.said); "issued":
+                lid = item                # said by a pickling process as it exits
+                if type(item) is tuple and len(item) == 2:   # holding them: no letting go
                     lid, what = item
                     lease = self.leases.get(lid)
                     if lease is not None and peer in lease.holders:
-                        if type(what) is int:
-                            lease.issued = max(lease.issued, what)
-                        elif isinstance(what, frozenset):
-                            lease.loaded.update(n for n in what if type(n) is int)
+                        lease.said(what)
+                if op == "unhold":
                     self._unhold(peer, lid)
-                else:
-                    self._unhold(peer, item)
-            self._send(peer, ("ok",))
-            return
-        if op == "issued":   # ("issued", [(id, handles made)]): from a pickling process
-            for item in msg[1]:   # that exits holding its arrays (it never lets go first)
-                if type(item) is tuple and len(item) == 2 and type(item[1]) is int:
-                    lease = self.leases.get(item[0])
-                    if lease is not None and peer in lease.holders:
-                        lease.issued = max(lease.issued, item[1])
             self._send(peer, ("ok",))
             return
         key = msg[1]
@@ -577,7 +590,7 @@ class _Server:
             return
         lease.claimed = True
         if len(msg) > 5 and type(msg[5]) is int and msg[5] > 0:   # (the handle's number)
-            lease.loaded.add(msg[5])
+            add_run(lease.loaded, msg[5], msg[5])
         self.orphans.pop(lease.id, None)
         self._hold(peer, lease)
         seg = lease.seg

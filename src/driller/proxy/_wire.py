@@ -72,6 +72,37 @@ def _close_all(fds) -> None:
             pass
 
 
+RANGES_KEPT = 16   # (lo, hi) runs of loaded handle numbers one lease's report holds
+
+
+def add_run(runs: list, lo: int, hi: int) -> bool:
+    """Add handle numbers lo..hi to ``runs``: sorted, disjoint, non-adjacent
+    inclusive [lo, hi] lists (numbers loaded in order stay one run, whatever
+    their count).  False, and nothing added, when that would make more than
+    RANGES_KEPT runs."""
+    if runs:
+        last = runs[-1]
+        if last[0] <= lo <= last[1] + 1:   # (the usual case: the next number)
+            if hi > last[1]:
+                last[1] = hi
+            return True
+    merged: list = []
+    for a, b in sorted(runs + [[lo, hi]]):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    if len(merged) > RANGES_KEPT:
+        return False
+    runs[:] = merged
+    return True
+
+
+def covers(runs: list, issued: int) -> bool:
+    """Whether ``runs`` (see add_run) hold every number from 1 to issued."""
+    return issued <= 0 or (bool(runs) and runs[0][0] <= 1 and runs[0][1] >= issued)
+
+
 def _owner_of(key: str) -> int | None:
     """The owner pid encoded in a key made by segment.new_key(), if any."""
     head = key.split("-", 1)[0]
