@@ -238,14 +238,21 @@ class Hole:
 
     # -- end
     def close(self) -> None:
-        """Make the memory private again (same address, same bytes) and tell the peers."""
+        """Make the memory private again (same address, same bytes) and tell the peers:
+        once it returns, the proxy has sent every peer that mapped the segment its
+        release notice, so a peer's later attach of a handle raises
+        :class:`~driller.SegmentReleasedError` (it cannot get the old mapping from
+        its map cache and write into memory nobody reads any more)."""
         with _lock:
-            if self._pid == os.getpid():
+            mine = self._pid == os.getpid()
+            if mine:
                 self._finalizer()
             else:
                 self._finalizer.detach()
             _holes.pop(self._lo, None)
             self._pin = None
+        if mine:
+            _publish.flush()   # (the release, queued by _undrill, sent and answered)
 
     def __enter__(self) -> "Hole":
         return self
