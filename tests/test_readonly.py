@@ -356,3 +356,26 @@ def test_a_fork_worker_cannot_make_its_parents_array_readonly(request):
     pool = request.getfixturevalue("pool")
     assert pool.apply(_write_all, (a[1:], 3.0)) == 3.0 * (a.size - 1)
     assert (a[1:] == 3.0).all() and a[0] == 0.0
+
+
+def _try_subtract_mean(x):
+    try:
+        x -= x.mean()
+        return ("wrote", bool(x.flags.writeable))
+    except ValueError as e:
+        return ("refused", str(e))
+
+
+@pytest.mark.parametrize("n", [100, 1 << 16])   # an arena's block; a segment of its own
+def test_a_pickle_of_a_non_writeable_array_loads_non_writeable(pool, n):
+    # numpy's writeable=False was not carried by the pickle: a worker got a
+    # writable view of the owner's memory, and its in-place writes landed there
+    a = driller.array(np.arange(float(n)))
+    a.flags.writeable = False
+    kind, msg = pool.apply(_try_subtract_mean, (a,))
+    assert kind == "refused" and "read-only" in msg, (kind, msg)
+    assert (a == np.arange(float(n))).all()
+    assert driller.handle(a[1:]).readonly
+    w = driller.array(np.arange(float(n)))   # a writeable one stays writable
+    assert pool.apply(_try_subtract_mean, (w,)) == ("wrote", True)
+    assert w.mean() == 0.0

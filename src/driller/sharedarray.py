@@ -58,6 +58,7 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import math
 import operator
@@ -257,7 +258,17 @@ def handle(arr: NDArray, readonly: bool = False) -> Handle:
 
 
 def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
-    """:func:`handle`, or None where arr is not in driller shared memory."""
+    """:func:`handle`, or None where arr is not in driller shared memory.  The
+    handle of an array numpy marks not writeable is read-only too (its loaders'
+    views are not writeable, as the owner's is not: the kernel does not enforce
+    it unless asked, ``readonly=True``)."""
+    h = _handle_of(arr, readonly)
+    if h is not None and not h.readonly and not arr.flags.writeable:
+        h = dataclasses.replace(h, readonly=True)
+    return h
+
+
+def _handle_of(arr: NDArray, readonly: bool) -> Handle | None:
     base = _shared_base(arr)
     if base is None:
         return None
