@@ -183,3 +183,17 @@ def spawn_collectives_then_free(comm, n):
         gc.collect()
         driller._publish.flush()
     return before, after
+
+
+def forward_view(qin, qout, done):
+    """A middle stage: pickle a view of the array received, let go of it, and
+    (``done``) exit before the next stage loads it."""
+    a = qin.get()
+    qout.put(a[::2])
+    qout.close()
+    qout.join_thread()   # (the view is pickled and sent)
+    del a
+    gc.collect()
+    import driller
+    driller._publish.flush()   # (our claim let go of)
+    done.set()

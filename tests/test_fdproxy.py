@@ -651,3 +651,9 @@ def test_a_lease_takes_what_its_holders_say_and_nothing_malformed():
                 frozenset({-1, "z"}), (7, ((9,),))):
         lease.said(bad)               # ignored, never raises (a buggy or hostile client)
     assert lease.loaded == [[1, 5]] and lease.issued == 7 and not lease.all_loaded()
+    from driller.proxy._wire import FORWARDED
+    lease.said(((6, 7),))
+    lease.forwarded = 2               # two numbers given to processes forwarding views
+    assert not lease.all_loaded()
+    lease.said(((FORWARDED + 1, FORWARDED + 2),))
+    assert lease.all_loaded() and lease.loaded == [[1, 7], [FORWARDED + 1, FORWARDED + 2]]

@@ -125,6 +125,32 @@ def test_collectives_of_fresh_arrays_leave_no_lease_behind(n):
 
 
 @SIZES
+def test_a_view_forwarded_by_a_process_that_exited_stays_loadable(n):
+    # owner -> B -> C: B pickled a view of the array it loaded with the owner's
+    # handle number, already loaded (by B), so once B and the owner let go the
+    # lease ended and C's load raised SegmentReleasedError ("loaded, then let go
+    # by every process that held it"); now B's pickle has a number of its own
+    ctx = multiprocessing.get_context("spawn")
+    q1, q2, done = ctx.Queue(), ctx.Queue(), ctx.Event()
+    b = ctx.Process(target=peer.forward_view, args=(q1, q2, done))
+    b.start()
+    try:
+        a = driller.zeros(n)
+        a[:] = np.arange(n)
+        q1.put(a)
+        assert done.wait(60)
+        b.join(60)
+        assert b.exitcode == 0
+        del a
+        gc.collect()
+        driller._publish.flush()   # (the owner let go too)
+        got = q2.get(timeout=60)   # (this process plays C)
+        assert isinstance(got, driller.SharedArray) and (got == np.arange(n)[::2]).all()
+    finally:
+        b.join(60)
+
+
+@SIZES
 def test_a_loaded_result_passes_on_by_reference_after_its_worker_exited(n):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1, maxtasksperchild=1) as pool:   # a worker exits after each task
@@ -303,7 +329,8 @@ def test_a_lease_whose_handles_were_all_loaded_ends_at_once():
     try:
         first, second = mine.recv(), mine.recv()
         assert (first == 3).all() and (second == 3).all()
-        h = driller.handle(first)
+        # (the handle it was loaded from: a new handle of it would be a pickle to load)
+        h = driller.sharedarray._shared_base(first).origin
         address = h.proxy   # (the owner's proxy: a connection of ours knows its secret)
         driller.mapcache.cache().invalidate(h.key)   # (the mapping goes with the arrays)
         del first, second, h
@@ -376,7 +403,7 @@ def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how):
     try:
         first = pickle.loads(_read_pickle(p.stdout))
         assert isinstance(first, driller.SharedArray) and (first == 1).all()
-        driller.mapcache.cache().invalidate(driller.handle(first).key)
+        driller.mapcache.cache().invalidate(driller.sharedarray._shared_base(first).origin.key)
         del first
         gc.collect()
         driller._publish.flush()   # our claim is let go of

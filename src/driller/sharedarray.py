@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
+from .proxy import ProxyClient
 from .proxy._wire import add_run
 from .segment import Handle, Region
 
@@ -268,6 +269,19 @@ def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
     return h
 
 
+def _forward_number(o: Handle) -> int:
+    """The number of a handle of a view of what this process loaded from ``o``: a
+    new one from the proxy (one round trip), so that the lease lasts until this
+    handle is loaded too, even once we let go; ``o``'s own if the proxy has none
+    to give (the lease ended, or we do not hold it: that handle could not load)."""
+    if not o.lease:
+        return o.seq
+    try:
+        return ProxyClient.get().number(o.proxy, o.lease)
+    except (ProxyError, SegmentReleasedError):
+        return o.seq
+
+
 def _handle_of(arr: NDArray, readonly: bool) -> Handle | None:
     base = _shared_base(arr)
     if base is None:
@@ -289,7 +303,8 @@ def _handle_of(arr: NDArray, readonly: bool) -> Handle | None:
                 "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly, gen=o.gen,
-                      lease=o.lease, seq=o.seq, **_layout(arr, base.region.address))
+                      lease=o.lease, seq=_forward_number(o),
+                      **_layout(arr, base.region.address))
     hole_handle: Handle = base.handle_for(arr, readonly=readonly)  # a drilled Hole
     return hole_handle
 

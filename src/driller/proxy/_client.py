@@ -469,6 +469,25 @@ class ProxyClient:
         except Exception:  # noqa: BLE001 - also at interpreter exit
             pass
 
+    def number(self, address: str, lease: int) -> int:
+        """A new handle number of ``lease`` (held through our connection to the proxy
+        at address) for a pickle of a view of what we loaded: the proxy keeps the
+        lease until that handle is loaded too.  Raises :class:`ProxyError` or
+        :class:`~driller.SegmentReleasedError` (the lease is not ours)."""
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conns.get(address)
+        if conn is None or conn.dead or self._stale:
+            raise ProxyError(f"no connection to the fd proxy at {_show(address)}")
+        reply, fds = conn.request(("number", lease))
+        _close_all(fds)
+        if reply[0] == "number":
+            return reply[1]
+        if reply[0] == "gone":
+            raise SegmentReleasedError(reply[1])
+        raise ProxyError(f"the fd proxy at {_show(address)} refused a number of lease "
+                         f"{lease}: {reply[1]}")
+
     def issued(self, address: str, counts) -> None:
         """Tell the proxy at address how many handles of each lease this connection
         holds were made: ``counts``, (lease id, handles made) pairs (what a drop

@@ -46,7 +46,8 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _GONE_MEMORY, _LAST, _LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR,
                     _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
-                    _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers)
+                    _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers,
+                    FORWARDED)
 
 _MAX_UNAUTH = 256                # connections waiting to authenticate
 _MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
@@ -93,7 +94,7 @@ class _Lease:
     0: not said); ``loaded``: the numbers of those that were loaded, as runs
     (``_wire.add_run``)."""
 
-    __slots__ = ("id", "seg", "gen", "holders", "claimed", "issued", "loaded")
+    __slots__ = ("id", "seg", "gen", "holders", "claimed", "issued", "loaded", "forwarded")
 
     def __init__(self, lid: int, seg: _Seg, gen: int):
         self.id, self.seg, self.gen = lid, seg, gen
@@ -101,6 +102,7 @@ class _Lease:
         self.claimed = False
         self.issued = 0     # (0: not said: its maker left without letting go first)
         self.loaded: list[list[int]] = []
+        self.forwarded = 0  # numbers given to processes forwarding a view (FORWARDED + k)
 
     def said(self, what) -> None:
         """Take what a holder said of the lease's handles: how many were made (an
@@ -128,7 +130,8 @@ class _Lease:
     def all_loaded(self) -> bool:
         """Claimed, and every handle its pickling process said it made was loaded
         (a handle made after the first load is loadable until loaded, too)."""
-        return self.claimed and covers(self.loaded, self.issued)
+        return self.claimed and covers(self.loaded, self.issued) and \
+            covers(self.loaded, FORWARDED + self.forwarded, FORWARDED + 1)
 
 
 class _Peer:
@@ -486,7 +489,7 @@ class _Server:
             if ok:
                 self._release(msg[1], f"released by its owner (pid {peer.pid})")
             self._send(peer, ("ok", ok))
-        elif op in ("lease", "claim", "unhold", "issued"):
+        elif op in ("lease", "claim", "unhold", "issued", "number"):
             _close_all(fds)
             self._lease_op(peer, op, msg)
         elif op == "ping":
@@ -569,6 +572,15 @@ class _Server:
                 if op == "unhold":
                     self._unhold(peer, lid)
             self._send(peer, ("ok",))
+            return
+        if op == "number":   # ("number", lease id): a holder pickles a view of what it
+            lease = self.leases.get(msg[1])   # loaded: its handle's own number, to be
+            if lease is None or peer not in lease.holders:   # loaded before the end
+                self._send(peer, ("gone", f"transfer lease {msg[1]!r} is not held by pid "
+                                  f"{peer.pid}"))
+                return
+            lease.forwarded += 1
+            self._send(peer, ("number", FORWARDED + lease.forwarded))
             return
         key = msg[1]
         if op == "lease":  # ("lease", key, gen): the pickling process holds it

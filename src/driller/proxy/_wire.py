@@ -98,9 +98,14 @@ def add_run(runs: list, lo: int, hi: int) -> bool:
     return True
 
 
-def covers(runs: list, issued: int) -> bool:
-    """Whether ``runs`` (see add_run) hold every number from 1 to issued."""
-    return issued <= 0 or (bool(runs) and runs[0][0] <= 1 and runs[0][1] >= issued)
+def covers(runs: list, issued: int, first: int = 1) -> bool:
+    """Whether ``runs`` (see add_run) hold every number from first to issued."""
+    return issued < first or any(lo <= first and hi >= issued for lo, hi in runs)
+
+
+# Handle numbers the proxy gives a process that pickles a view of an array it loaded
+# (it forwards it; the maker's own numbers count from 1): FORWARDED + 1, + 2...
+FORWARDED = 1 << 40
 
 
 def _owner_of(key: str) -> int | None:
