@@ -673,3 +673,21 @@ def test_results_saved_to_a_file_need_pickled_by_value(tmp_path, how):
         assert out.stdout.startswith("REFUSED ProxyError cannot reach the driller fd proxy"), \
             out.stdout
         assert "pickle them inside `with driller.pickled_by_value():`" in out.stdout, out.stdout
+
+
+def test_a_copy_through_a_queue_is_a_plain_ndarray():
+    # pickled_by_value() covers its own thread's pickles; a Queue pickles in its
+    # feeder thread, later: the README's way to send a copy through it is
+    # np.asarray(a), the array itself goes by reference
+    a = driller.zeros(1 << 17)
+    a[:] = 1.0
+    q = multiprocessing.get_context("spawn").Queue()
+    q.put(np.asarray(a))
+    q.put(a)
+    copy, by_ref = q.get(timeout=30), q.get(timeout=30)
+    assert type(copy) is np.ndarray and type(by_ref) is driller.SharedArray
+    copy[:] = 2.0
+    by_ref[:1] = 3.0
+    assert a[0] == 3.0 and (a[1:] == 1.0).all() and (copy == 2.0).all()
+    q.close()
+    q.join_thread()

@@ -126,7 +126,12 @@ class pickled_by_value:
     obj pickle by value (their bytes), not by reference, in this thread: for a file
     (a reference is loadable only while its owner's proxy lives, and once), or a
     receiver that cannot map this machine's memory (a rank on another node of a
-    hybrid mmpi world)."""
+    hybrid mmpi world).
+
+    Only pickles made by this thread inside the block: ``multiprocessing.Queue.put``,
+    ``Pool.apply_async`` and ``ProcessPoolExecutor.submit`` pickle later in threads
+    of their own, by reference; pass them ``np.asarray(a)`` (a plain ndarray, which
+    numpy pickles by value) to send a copy."""
 
     def __enter__(self) -> None:
         _by_value.depth += 1
