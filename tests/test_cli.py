@@ -172,6 +172,10 @@ def test_run_help_names_the_options():
     (["run", "-x"], "driller run", "-x needs a value"),
     (["run", "--oversubscribe=yes", "-c", MARK], "driller run", "ignored explicit argument"),
     (["run", "-n", "2", "no/such/prog.py"], "driller run", "cannot open 'no/such/prog.py'"),
+    (["run", "-n", "3", "python", "prog.py", "-v"], "driller run",   # (mpirun's habit)
+     "'python' is a Python interpreter: driller run starts the program with this one "),
+    (["run", "-n", "2", sys.executable, "-c", MARK], "driller run",
+     "give the program first: driller run -n 2 -c "),
     (["demo", "extra"], "driller demo", "unrecognized arguments: extra"),
     (["info", "--bogus"], "driller info", "unrecognized arguments: --bogus"),
     (["bench", "--rounds", "x"], "driller bench", "invalid int value: 'x'"),

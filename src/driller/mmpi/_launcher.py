@@ -364,6 +364,14 @@ def parse_args(argv: list[str]) -> Options | None:
         opts.target, opts.args = prog[1], prog[2:]
     else:
         opts.target, opts.args = a, prog[1:]
+    name = os.path.basename(opts.target)
+    if opts.kind == "path" and (name == "python" or name.startswith("python") and
+                                name[6:].replace(".", "").isdigit()):
+        # (mpirun's habit: `mpirun -n 3 python prog.py`)
+        rest = " ".join(opts.args) or "prog.py"
+        raise UsageError(f"{opts.target!r} is a Python interpreter: driller run starts the "
+                         f"program with this one ({sys.executable}) itself; give the program "
+                         f"first: driller run -n {opts.n} {rest}")
     return opts
 
 
