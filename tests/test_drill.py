@@ -244,3 +244,35 @@ def test_a_format_numpy_cannot_read_is_judged_by_its_type_codes_not_its_names():
     assert not _pep3118.holds_objects("T{<P:Offset:<d:Other:}")
     assert not _pep3118.holds_objects("T{<d:O:}")
     assert _pep3118.holds_objects("T{<P:Ptr:<O:Obj:}") and _pep3118.holds_objects("O")
+
+
+def test_a_handle_of_a_view_past_the_drilled_range_is_refused():
+    # only the start of a view was checked: the handle was made, and a peer's
+    # attach failed in numpy ("strides is incompatible with shape")
+    big = np.arange(1_000_000, dtype=np.float64)
+    with driller.drill(big[:500_000]) as hole:
+        for view in (big, big[499_990:510_000], big[510_000:499_990:-1]):
+            with pytest.raises(driller.DrillError, match="past the drilled range"):
+                driller.handle(view)
+        inside = big[1000:2000:3]
+        h = driller.handle(inside)
+        assert (driller.attach(h) == inside).all()
+        back = big[:499_999][::-2]        # negative strides, inside
+        assert (driller.attach(driller.handle(back)) == back).all()
+        assert hole.handle.shape == (500_000,)
+
+
+def test_a_dropped_hole_says_so_when_its_memory_is_handed_out():
+    # drill(x) as a statement: the Hole is garbage at once and the drill undone;
+    # handle(x) then said "not in driller shared memory ... make it shareable in
+    # place with driller.drill()", which the user had just done
+    x = np.zeros(1_000_000)
+    driller.drill(x)
+    gc.collect()
+    with pytest.raises(driller.DrillerError, match="Hole was garbage-collected"):
+        driller.handle(x)
+    with driller.drill(x):            # drilled anew: handed out again
+        assert driller.handle(x).shape == x.shape
+    y = np.zeros(1_000_000)
+    with pytest.raises(driller.DrillerError, match="not in driller shared memory"):
+        driller.handle(y)

@@ -37,6 +37,7 @@ Rules (checked where they can be):
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import weakref
@@ -156,7 +157,11 @@ class Hole:
                             "strides": tuple(obj.strides)}
         else:
             self._layout = {"dtype": np.dtype(np.uint8), "shape": (n,), "strides": (1,)}
-        self._finalizer = weakref.finalize(self, _undrill, lo, hi, seg)
+        if _dropped:   # (drilled anew: no longer the memory of a dropped Hole)
+            kept = [(a, b) for a, b in _dropped if b <= lo or a >= hi]
+            _dropped.clear()
+            _dropped.extend(kept)
+        self._finalizer = weakref.finalize(self, _undrill_dropped, lo, hi, seg)
         self._finalizer.atexit = False
 
     # -- state
@@ -225,7 +230,15 @@ class Hole:
         if arr is None:
             fields = dict(self._layout, offset=self.address - self._lo)
         else:
-            fields = {"offset": arr.__array_interface__["data"][0] - self._lo,
+            start = arr.__array_interface__["data"][0]
+            lo, hi = _extent(arr)
+            if arr.size and not (self._lo <= lo and hi <= self._hi):
+                raise DrillError(
+                    f"this view spans bytes {lo:#x}..{hi:#x}, past the drilled range "
+                    f"{self._lo:#x}..{self._hi:#x} of {self.key}: only drilled memory is "
+                    "shared; drill the whole buffer (driller.drill(base)) or hand out a "
+                    "view inside the drilled part")
+            fields = {"offset": start - self._lo,
                       "dtype": arr.dtype, "shape": tuple(arr.shape),
                       "strides": tuple(arr.strides)}
         return _publish.handle_for(self._segment, readonly=readonly, **fields)
@@ -245,10 +258,9 @@ class Hole:
         its map cache and write into memory nobody reads any more)."""
         with _lock:
             mine = self._pid == os.getpid()
-            if mine:
-                self._finalizer()
-            else:
-                self._finalizer.detach()
+            info = self._finalizer.detach()
+            if mine and info is not None:
+                _undrill(*info[2])
             _holes.pop(self._lo, None)
             self._pin = None
         if mine:
@@ -263,6 +275,22 @@ class Hole:
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("broken" if self._broken else "open")
         return f"<driller.Hole {self.key} {self.nbytes} bytes at {self.address:#x} {state}>"
+
+
+# ranges whose Hole was dropped without close() (garbage-collected: the drill undone),
+# for the error of a later driller.handle() of that memory
+_dropped: "collections.deque[tuple[int, int]]" = collections.deque(maxlen=64)
+
+
+def _undrill_dropped(lo: int, hi: int, seg: Segment) -> None:
+    _dropped.append((lo, hi))
+    _undrill(lo, hi, seg)
+
+
+def was_dropped(arr: NDArray) -> bool:
+    """Whether arr's memory was drilled by a Hole dropped without close()."""
+    addr = arr.__array_interface__["data"][0]
+    return any(lo <= addr < hi for lo, hi in list(_dropped))
 
 
 def _undrill(lo: int, hi: int, seg: Segment) -> None:
@@ -355,14 +383,29 @@ def drill(obj: Any, readonly: bool = False) -> Hole:
         return hole
 
 
+def _extent(arr: NDArray) -> tuple[int, int]:
+    """The bytes arr's elements span: [lowest address, highest + itemsize)."""
+    start = arr.__array_interface__["data"][0]
+    pairs = list(zip(arr.shape, arr.strides))
+    return (start + sum((n - 1) * st for n, st in pairs if st < 0),
+            start + sum((n - 1) * st for n, st in pairs if st > 0) + arr.itemsize)
+
+
 def hole_containing(arr: NDArray) -> Hole | None:
-    """The open Hole of this process under arr's memory, if any."""
+    """The open Hole of this process under arr's memory (its first element's, else
+    any of its bytes': :meth:`Hole.handle_for` refuses a view that leaves it), if any."""
     if not _holes:
         return None
     addr = arr.__array_interface__["data"][0]
-    for h in list(_holes.values()):
-        if h._lo <= addr < h._hi and not h.closed and h._pid == os.getpid():
+    holes = [h for h in list(_holes.values()) if not h.closed and h._pid == os.getpid()]
+    for h in holes:
+        if h._lo <= addr < h._hi:
             return h
+    if arr.size:
+        lo, hi = _extent(arr)
+        for h in holes:
+            if lo < h._hi and h._lo < hi:
+                return h
     return None
 
 

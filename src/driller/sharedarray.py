@@ -257,6 +257,13 @@ def handle(arr: NDArray, readonly: bool = False) -> Handle:
     """
     h = _handle(arr, readonly)
     if h is None:
+        from .hole import was_dropped
+        if was_dropped(arr):
+            raise DrillerError(
+                "this memory was drilled, but its Hole was garbage-collected (dropped "
+                "without close()), which made it private again: keep the Hole while peers "
+                "use the memory (hole = driller.drill(x), or `with driller.drill(x) as "
+                "hole:`)")
         raise DrillerError(
             "this array is not in driller shared memory; allocate it with driller.empty/"
             "zeros/array, or make it shareable in place with driller.drill()")
