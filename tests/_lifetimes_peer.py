@@ -197,3 +197,24 @@ def forward_view(qin, qout, done):
     import driller
     driller._publish.flush()   # (our claim let go of)
     done.set()
+
+
+def spawn_send_then_return(comm, n):
+    """Rank 0 sends a fresh array (its first pickle) and returns it (its second),
+    then leaves by os._exit holding it; rank 1 loads the first and lets go first."""
+    import driller
+    if comm.rank == 0:
+        a = driller.zeros(n)
+        a[:] = 9
+        comm.send(a, dest=1)
+        comm.barrier()
+        return a
+    got = comm.recv(source=0)
+    ok = bool((got == 9).all())
+    del got
+    gc.collect()
+    driller.mapcache.cache().clear()
+    gc.collect()
+    driller._publish.flush()
+    comm.barrier()
+    return ok

@@ -176,6 +176,8 @@ def test_run_help_names_the_options():
      "'python' is a Python interpreter: driller run starts the program with this one "),
     (["run", "-n", "2", sys.executable, "-c", MARK], "driller run",
      "give the program first: driller run -n 2 -c "),
+    (["run", "-n", "2", "python3.13t", "-u", "-X", "dev", "prog.py"], "driller run",
+     "give the program first: driller run -n 2 prog.py"),   # (its options dropped)
     (["demo", "extra"], "driller demo", "unrecognized arguments: extra"),
     (["info", "--bogus"], "driller info", "unrecognized arguments: --bogus"),
     (["bench", "--rounds", "x"], "driller bench", "invalid int value: 'x'"),

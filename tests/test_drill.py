@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import pickle
 
 import numpy as np
@@ -260,6 +261,37 @@ def test_a_handle_of_a_view_past_the_drilled_range_is_refused():
         back = big[:499_999][::-2]        # negative strides, inside
         assert (driller.attach(driller.handle(back)) == back).all()
         assert hole.handle.shape == (500_000,)
+
+
+CLOSE_WITH_PROXY_STOPPED = textwrap.dedent("""
+    import os, signal, time
+    import numpy as np
+    import driller
+    from driller import hole as hole_mod
+    from driller.proxy import ProxyClient
+    hole_mod.CLOSE_WAIT = 1.0
+    x = np.zeros(1 << 18)
+    hole = driller.drill(x)
+    hole.handle
+    pid = ProxyClient.get().proxy_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        hole.close()
+        took = time.monotonic() - t
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    driller._publish.flush()          # (the answer owed is read first: nothing lost)
+    print(round(took), ProxyClient.get().segments())
+""")
+
+
+def test_close_does_not_hang_on_a_stopped_proxy():
+    # close() waits for the proxy's answer to its release (so that peers are told
+    # when it returns), at most CLOSE_WAIT seconds: a stopped proxy hung it for good
+    out = subprocess.run([sys.executable, "-c", CLOSE_WITH_PROXY_STOPPED], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["1", "[]"], (out.stdout, out.stderr)
 
 
 def test_a_dropped_hole_says_so_when_its_memory_is_handed_out():

@@ -151,6 +151,16 @@ def test_a_view_forwarded_by_a_process_that_exited_stays_loadable(n):
 
 
 @SIZES
+def test_an_mmpi_spawn_rank_returning_an_array_it_sent_says_its_count(n):
+    # a rank leaves by os._exit (no atexit): its array, sent (pickle 1, loaded and
+    # let go of) and returned (pickle 2), never had its count said, and the
+    # returned pickle could not load ("cannot reach the driller fd proxy")
+    got = mmpi.spawn(peer.spawn_send_then_return, 2, args=(n,))
+    assert got[1] is True
+    assert isinstance(got[0], driller.SharedArray) and (got[0] == 9).all()
+
+
+@SIZES
 def test_a_loaded_result_passes_on_by_reference_after_its_worker_exited(n):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1, maxtasksperchild=1) as pool:   # a worker exits after each task
@@ -365,6 +375,8 @@ EXIT_HOLDING_SCRIPT = textwrap.dedent(r"""
         go()
         a[:] = 2
         out(pickle.dumps(a[1:]))   # handle 2: loaded only after we exited
+        if sys.argv[3] == "free":  # freed just before the exit: its drop is queued
+            KEEP.clear()
 
     def emit(data):
         sys.stdout.buffer.write(len(data).to_bytes(8, "little") + data)
@@ -391,14 +403,17 @@ def _read_pickle(f):
     return f.read(int.from_bytes(f.read(8), "little"))
 
 
+@pytest.mark.parametrize("ending", ["hold", "free"])
 @pytest.mark.parametrize("how", ["exit", "fork-child"])
-def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how):
+def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how, ending):
     # a process that exits holding a shared array never freed it, so it never said
     # how many pickles of it it made: once the first was loaded and let go of, the
     # lease ended, and the second, made before the exit, raised SegmentReleasedError;
-    # now the process says its counts as it exits (atexit, multiprocessing's exit)
+    # now the process says its counts as it exits (atexit, multiprocessing's exit).
+    # One that frees it just before its exit queues its drop, and the thread that
+    # sends it rarely ran before the exit: the exit sends what is queued too
     n = 1 << 17
-    p = subprocess.Popen([sys.executable, "-c", EXIT_HOLDING_SCRIPT, how, str(n)],
+    p = subprocess.Popen([sys.executable, "-c", EXIT_HOLDING_SCRIPT, how, str(n), ending],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         first = pickle.loads(_read_pickle(p.stdout))
@@ -417,6 +432,61 @@ def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how):
     finally:
         p.kill()
         p.wait()
+
+
+NOTICE_AT_EXIT_SCRIPT = textwrap.dedent(r"""
+    import gc, multiprocessing as mp, multiprocessing.util as mu, os, pickle, signal, sys
+    import time
+    import driller
+    from driller.proxy import ProxyClient
+    KEEP = []
+
+    def child(conn, proxy_pid):
+        KEEP.append(pickle.loads(conn.recv_bytes()))   # x: its release notice will come
+        a = driller.zeros(1 << 17)
+        a[:] = 7
+        KEEP.append(a)                                 # exits holding a
+        conn.send_bytes(pickle.dumps(a))               # handle 1
+        conn.send_bytes(pickle.dumps(a[1:]))           # handle 2
+        conn.recv_bytes()                              # x released meanwhile: unread
+        # the proxy is not scheduled while we exit (made certain: stopped), so it reads
+        # our last words only after our socket closed with its notice unread
+        mu.Finalize(None, os.kill, args=(proxy_pid, signal.SIGSTOP), exitpriority=-50)
+
+    x = driller.zeros(1 << 17)
+    pid = ProxyClient.get().proxy_pid
+    mine, theirs = mp.Pipe()
+    p = mp.get_context("fork").Process(target=child, args=(theirs, pid))
+    p.start()
+    try:
+        mine.send_bytes(pickle.dumps(x))
+        p1, p2 = mine.recv_bytes(), mine.recv_bytes()
+        del x
+        gc.collect()
+        driller._publish.flush()                       # x released: a notice to the child
+        time.sleep(0.2)
+        mine.send_bytes(b"go")
+        p.join(60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    first = pickle.loads(p1)
+    driller.mapcache.cache().invalidate(driller.sharedarray._shared_base(first).origin.key)
+    del first
+    gc.collect()
+    driller._publish.flush()
+    second = pickle.loads(p2)
+    print("second", p.exitcode, float(second[0]))
+""")
+
+
+def test_an_exiting_processs_last_words_reach_the_proxy_past_an_unread_notice():
+    # a process that exits with a release notice unread on its proxy socket: the
+    # kernel gave the proxy ECONNRESET before the counts the process posted as it
+    # exited, and the proxy dropped it unread: the lease ended after one load
+    out = subprocess.run([sys.executable, "-c", NOTICE_AT_EXIT_SCRIPT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["second", "0", "7.0"], \
+        (out.stdout, out.stderr[-3000:])
 
 
 FORK_POOL_SCRIPT = textwrap.dedent(r"""

@@ -20,8 +20,10 @@
 from __future__ import annotations
 
 import _thread
+import atexit
 import collections
 import os
+import sys
 import threading
 import time
 import weakref
@@ -30,7 +32,7 @@ from .errors import ProxyError
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
-           "dropping", "say_issued"]
+           "dropping", "say_issued", "hook_exit", "at_exit"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
@@ -145,14 +147,64 @@ def drop_leases(pid: int, address: str, leases) -> None:
 
 
 def say_issued(address: str, counts) -> None:
-    """Tell the proxy at address how many handles of each of our leases were made
-    (``counts``: (lease id, handles made) pairs), without letting go: sent now,
-    its reply not waited for (at exit: a proxy that does not answer must not hang
-    us); never raises."""
+    """Tell the proxy at address what we say of our leases' handles (``counts``:
+    (lease id, what: ``proxy._server._Lease.said``) pairs), without letting go:
+    sent now, its reply not waited for (at exit: a proxy that does not answer must
+    not hang us); never raises."""
+    counts = list(counts)
     try:
-        _client().issued(address, counts)
+        for i in range(0, len(counts), 1000):   # (a request is at most 1 MiB)
+            _client().issued(address, counts[i:i + 1000])
     except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
         pass
+
+
+# run by at_exit before the queued drops go: sharedarray's _say_counts
+at_exit_calls: list = []
+_exit_hooked = [0]   # the pid that registered at_exit
+
+
+def hook_exit() -> None:
+    """Have :func:`at_exit` run as this process exits (once per process): at
+    ``atexit``, and at multiprocessing's exit, whose children leave by
+    ``os._exit`` (after its queues' feeder threads are joined: priority -5)."""
+    pid = os.getpid()
+    if _exit_hooked[0] == pid:
+        return
+    _exit_hooked[0] = pid
+    atexit.register(at_exit)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, at_exit, exitpriority=-100)
+
+
+def at_exit() -> None:
+    """Say, before this process's connections close, what its proxies must know:
+    the counts of its live leased arrays (``at_exit_calls``), then every drop still
+    queued (a freed array's count, a mapping's loaded numbers: the sending thread
+    rarely runs before an exit), each posted without waiting for the reply (a
+    proxy that does not answer must not hang the exit).  Also run by an
+    ``mmpi.spawn`` rank before its ``os._exit``."""
+    if _exit_hooked[0] != os.getpid():
+        return
+    for f in at_exit_calls:
+        try:
+            f()
+        except Exception:  # noqa: BLE001 - at exit: nothing to report it to
+            pass
+    if not _lock.acquire(timeout=1):   # (the sender is at it: it sends them)
+        return
+    try:
+        client = None
+        while _unheld:
+            address, ids = _unheld.popleft()
+            try:
+                client = client or _client()
+                client.unhold(address, ids, wait=False)
+            except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
+                pass
+    finally:
+        _lock.release()
 
 
 def dropping(address: str, lease: int) -> bool:
@@ -208,28 +260,33 @@ def _send() -> None:
             return
 
 
-def flush() -> None:
-    """Send queued releases to the proxy now; returns once the proxy has them all.
+def flush(timeout: float | None = None) -> None:
+    """Send queued releases to the proxy now; returns once the proxy has them all
+    (``timeout``: or after that long waiting for one answer: a stopped proxy).
 
     The lock is taken even when nothing is queued: the sending thread may be
     sending one right now, and the caller wants it done when we return.
     """
-    with _lock:
+    if not _lock.acquire(timeout=-1 if timeout is None else timeout):
+        return
+    try:
         client = None
         while _pending:
             key = _pending.popleft()
             try:
                 client = client or _client()
-                client.release(key)
+                client.release(key, timeout)
             except Exception:  # proxy gone: nothing left to tell
                 pass
         while _unheld:
             address, ids = _unheld.popleft()
             try:
                 client = client or _client()
-                client.unhold(address, ids)
+                client.unhold(address, ids, timeout=timeout)
             except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
                 pass
+    finally:
+        _lock.release()
 
 
 def _before_fork() -> None:

@@ -158,10 +158,14 @@ class Hole:
         else:
             self._layout = {"dtype": np.dtype(np.uint8), "shape": (n,), "strides": (1,)}
         if _dropped:   # (drilled anew: no longer the memory of a dropped Hole)
-            kept = [(a, b) for a, b in _dropped if b <= lo or a >= hi]
+            kept = [d for d in _dropped if d[1] <= lo or d[0] >= hi]
             _dropped.clear()
             _dropped.extend(kept)
-        self._finalizer = weakref.finalize(self, _undrill_dropped, lo, hi, seg)
+        try:
+            ref: Any = weakref.ref(obj)   # (for the error of a handle once dropped)
+        except TypeError:   # (a bytearray, an mmap: no weak references)
+            ref = None
+        self._finalizer = weakref.finalize(self, _undrill_dropped, lo, hi, seg, ref)
         self._finalizer.atexit = False
 
     # -- state
@@ -260,11 +264,11 @@ class Hole:
             mine = self._pid == os.getpid()
             info = self._finalizer.detach()
             if mine and info is not None:
-                _undrill(*info[2])
+                _undrill(*info[2][:3])
             _holes.pop(self._lo, None)
             self._pin = None
-        if mine:
-            _publish.flush()   # (the release, queued by _undrill, sent and answered)
+        if mine:   # (the release, queued by _undrill, sent and answered; a stopped
+            _publish.flush(CLOSE_WAIT)   # proxy is not waited for longer)
 
     def __enter__(self) -> "Hole":
         return self
@@ -277,20 +281,27 @@ class Hole:
         return f"<driller.Hole {self.key} {self.nbytes} bytes at {self.address:#x} {state}>"
 
 
+CLOSE_WAIT = 5.0   # seconds close() waits for the proxy's answer to its release
+
 # ranges whose Hole was dropped without close() (garbage-collected: the drill undone),
-# for the error of a later driller.handle() of that memory
-_dropped: "collections.deque[tuple[int, int]]" = collections.deque(maxlen=64)
+# with a weak reference to the drilled object, for the error of a later
+# driller.handle() of it
+_dropped: "collections.deque[tuple[int, int, Any]]" = collections.deque(maxlen=64)
 
 
-def _undrill_dropped(lo: int, hi: int, seg: Segment) -> None:
-    _dropped.append((lo, hi))
+def _undrill_dropped(lo: int, hi: int, seg: Segment, ref: Any) -> None:
+    if ref is not None:
+        _dropped.append((lo, hi, ref))
     _undrill(lo, hi, seg)
 
 
 def was_dropped(arr: NDArray) -> bool:
-    """Whether arr's memory was drilled by a Hole dropped without close()."""
+    """Whether arr is (a view of) an object drilled by a Hole dropped without close()."""
+    root: Any = arr
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
     addr = arr.__array_interface__["data"][0]
-    return any(lo <= addr < hi for lo, hi in list(_dropped))
+    return any(lo <= addr < hi and ref() is root for lo, hi, ref in list(_dropped))
 
 
 def _undrill(lo: int, hi: int, seg: Segment) -> None:

@@ -119,6 +119,7 @@ class MapCache:
         self.max_entries = int(max_entries)
         self._entries: OrderedDict[tuple[str, bool], Region] = OrderedDict()
         self._claims: "weakref.WeakKeyDictionary[Region, dict]" = weakref.WeakKeyDictionary()
+        self._addresses: "weakref.WeakKeyDictionary[Region, str]" = weakref.WeakKeyDictionary()
         self._bytes = 0
         self._lock = threading.RLock()
         self.hits = self.misses = self.evictions = self.invalidations = 0
@@ -203,10 +204,26 @@ class MapCache:
         claims = self._claims.get(region)
         if claims is None:
             claims = self._claims[region] = {}
+            self._addresses[region] = address
             # let go of them when the mapping is unmapped (queued: finalizer-safe)
             f = weakref.finalize(region, _publish.drop_leases, os.getpid(), address, claims)
             f.atexit = False
+            _publish.hook_exit()
         return claims
+
+    def say_loaded(self) -> None:
+        """At this process's exit (``_publish.at_exit``): the numbers of the handles
+        loaded from this cache without a claim, of mappings still mapped (said, else,
+        as each mapping is unmapped), so their leases end as their loaders go."""
+        by_address: dict[str, list] = {}
+        for region, claims in list(self._claims.items()):
+            address = self._addresses.get(region)
+            for lid, c in list(claims.items()):
+                if address is not None and c[1]:
+                    by_address.setdefault(address, []).append(
+                        (lid, tuple((lo, hi) for lo, hi in c[1])))
+        for address, items in by_address.items():
+            _publish.say_issued(address, items)
 
     @staticmethod
     def _send_drops(address: str, lease: int) -> None:
@@ -263,6 +280,14 @@ class MapCache:
 
 _cache: MapCache | None = None
 _cache_lock = threading.Lock()
+
+
+def _say_loaded() -> None:
+    if _cache is not None:
+        _cache.say_loaded()
+
+
+_publish.at_exit_calls.append(_say_loaded)
 
 
 def cache() -> MapCache:

@@ -57,13 +57,11 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import itertools
 import math
 import operator
 import os
-import sys
 import threading
 import weakref
 
@@ -171,15 +169,13 @@ def _shared_base(arr: NDArray) -> Any:
 
 _lease_lock = threading.Lock()
 _leased: "weakref.WeakSet[heap.Block]" = weakref.WeakSet()   # blocks with a lease
-_exit_hooked = [0]   # the pid that registered _say_counts at its exit
 
 
 def _say_counts() -> None:
-    """At this process's exit: tell the proxy how many handles each lease of a
-    block still alive made (a freed block said it as it let go; a process that
-    exits holding an array never frees it, and the lease would end after one
-    load).  Runs at ``atexit`` and at multiprocessing's exit (a fork child leaves
-    by ``os._exit``), after its queues' feeder threads pickled their last items."""
+    """At this process's exit (``_publish.at_exit``): tell the proxy how many
+    handles each lease of a block still alive made, with the numbers loaded here
+    (a freed block said it as it let go; a process that exits holding an array
+    never frees it, and the lease would end after one load)."""
     pid = os.getpid()
     counts: dict[str, list[tuple[int, Any]]] = {}
     if not _lease_lock.acquire(timeout=5):
@@ -189,24 +185,21 @@ def _say_counts() -> None:
             lease = block.lease
             if lease is None or lease[0] != pid:
                 continue
+            # the number next() takes here is made by no pickle (one made at the same
+            # time, a queue's feeder thread, takes another): said as loaded, so that
+            # a later call (or the block's drop) can count past it
             what = heap.said(lease)
             made = what if isinstance(what, int) else what[0]
-            # (numbering goes on from there: a later pickle, a later call)
-            block.lease = (pid, lease[1], lease[2], itertools.count(made + 1), lease[4])
-            if what != 1:   # (one handle: the proxy ends the lease at its load anyway)
-                counts.setdefault(lease[1], []).append((lease[2], what))
+            add_run(lease[4], made + 1, made + 1)
+            counts.setdefault(lease[1], []).append(
+                (lease[2], (made, tuple((lo, hi) for lo, hi in lease[4]))))
     finally:
         _lease_lock.release()
     for address, items in counts.items():
         _publish.say_issued(address, items)
 
 
-def _hook_exit() -> None:
-    _exit_hooked[0] = os.getpid()
-    atexit.register(_say_counts)
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:   # (after the queues' feeder threads are joined: -5)
-        mp_util.Finalize(None, _say_counts, exitpriority=-100)
+_publish.at_exit_calls.append(_say_counts)
 
 
 def _lease_of(block: heap.Block) -> tuple[int, int]:
@@ -224,8 +217,7 @@ def _lease_of(block: heap.Block) -> tuple[int, int]:
                 # dropped by Block.__del__, with the number of handles made
                 lease = block.lease = (pid, address, lid, itertools.count(1), [])
                 _leased.add(block)
-                if _exit_hooked[0] != pid:
-                    _hook_exit()
+                _publish.hook_exit()
     return lease[2], next(lease[3])
 
 

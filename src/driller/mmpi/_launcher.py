@@ -366,9 +366,12 @@ def parse_args(argv: list[str]) -> Options | None:
         opts.target, opts.args = a, prog[1:]
     name = os.path.basename(opts.target)
     if opts.kind == "path" and (name == "python" or name.startswith("python") and
-                                name[6:].replace(".", "").isdigit()):
-        # (mpirun's habit: `mpirun -n 3 python prog.py`)
-        rest = " ".join(opts.args) or "prog.py"
+                                name[6:].replace(".", "").rstrip("t").isdigit()):
+        # (mpirun's habit: `mpirun -n 3 python prog.py`; its options, e.g. -u, dropped)
+        args = list(opts.args)
+        while args and args[0].startswith("-") and args[0][:2] not in ("-c", "-m"):
+            del args[:2 if args[0] in ("-X", "-W", "--check-hash-based-pycs") else 1]
+        rest = " ".join(args) or "prog.py"
         raise UsageError(f"{opts.target!r} is a Python interpreter: driller run starts the "
                          f"program with this one ({sys.executable}) itself; give the program "
                          f"first: driller run -n {opts.n} {rest}")

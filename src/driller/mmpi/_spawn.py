@@ -178,6 +178,11 @@ def _rank_main(rank: int, n: int, world_fd: int, wfd: int, fn, args, kwargs,
                 f.flush()
             except Exception:  # noqa: BLE001
                 pass
+        try:   # (os._exit skips atexit: what the fd proxy must know of our arrays)
+            from .. import _publish
+            _publish.at_exit()
+        except BaseException:  # noqa: BLE001
+            pass
         os._exit(status)
 
 

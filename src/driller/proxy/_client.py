@@ -143,8 +143,10 @@ class _Conn:
                 continue
             return msg, fds
 
-    def request(self, obj, fd: int | None = None):
-        """Send one request, wait for its reply (handling notices meanwhile)."""
+    def request(self, obj, fd: int | None = None, timeout: float | None = None):
+        """Send one request, wait for its reply (handling notices meanwhile).  With
+        ``timeout``, a reply not begun by then raises :class:`ProxyError` and is read
+        by the next call (the connection stays up)."""
         pkts = _packets(obj)
         with self.lock:
             if self.dead:
@@ -171,6 +173,9 @@ class _Conn:
                     self._die()
                 raise
             self._owed = 1
+            if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+                raise ProxyError(f"the fd proxy at {_show(self.address)} did not answer "
+                                 f"within {timeout:g} s (stopped?)")
             reply = self._read_reply()
             self._owed = 0
             return reply
@@ -379,14 +384,14 @@ class ProxyClient:
                 raise ProxyError(f"the fd proxy refused to publish {key!r}: {reply[1]}")
             return
 
-    def release(self, key: str) -> None:
-        """Withdraw key: the proxy closes its fd and notifies subscribers. Never raises
-        for an unknown key or a gone proxy."""
+    def release(self, key: str, timeout: float | None = None) -> None:
+        """Withdraw key: the proxy closes its fd and notifies subscribers (``timeout``:
+        of the wait for its answer). Never raises for an unknown key or a gone proxy."""
         conn = self._own
         if conn is None or conn.dead:
             return
         try:
-            _, fds = conn.request(("release", key))
+            _, fds = conn.request(("release", key), timeout=timeout)
             _close_all(fds)
         except Exception:  # noqa: BLE001 - also at interpreter exit, from finalizers
             pass
@@ -455,16 +460,21 @@ class ProxyClient:
         raise ProxyError(f"the fd proxy at {_show(address)} failed to claim lease {lease} "
                          f"of {key!r}: {reply[1]}")
 
-    def unhold(self, address: str, leases) -> None:
-        """Let go of one count of each lease held through the connection to address.
-        Never raises (a lost connection has let go of everything already)."""
+    def unhold(self, address: str, leases, wait: bool = True,
+               timeout: float | None = None) -> None:
+        """Let go of one count of each lease held through the connection to address
+        (``wait=False``: posted, its reply not waited for: at exit).  Never raises (a
+        lost connection has let go of everything already)."""
         if address[:1] == "@":
             address = "\0" + address[1:]
         conn = self._conns.get(address)
         if conn is None or conn.dead or self._stale:
             return
         try:
-            _, fds = conn.request(("unhold", list(leases)))
+            if not wait:
+                conn.post(("unhold", list(leases)))
+                return
+            _, fds = conn.request(("unhold", list(leases)), timeout=timeout)
             _close_all(fds)
         except Exception:  # noqa: BLE001 - also at interpreter exit
             pass
@@ -489,10 +499,10 @@ class ProxyClient:
                          f"{lease}: {reply[1]}")
 
     def issued(self, address: str, counts) -> None:
-        """Tell the proxy at address how many handles of each lease this connection
-        holds were made: ``counts``, (lease id, handles made) pairs (what a drop
-        says, without letting go).  Sent without waiting for the reply (a process
-        at its exit calls it); never raises."""
+        """Tell the proxy at address what we say of the handles of leases this
+        connection holds: ``counts``, (lease id, what) pairs (what a drop says,
+        ``_server._Lease.said``, without letting go).  Sent without waiting for the
+        reply (a process at its exit calls it); never raises."""
         if address[:1] == "@":
             address = "\0" + address[1:]
         conn = self._conns.get(address)

@@ -47,7 +47,7 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
                     _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers,
-                    FORWARDED)
+                    FORWARDED, RANGES_KEPT_PROXY)
 
 _MAX_UNAUTH = 256                # connections waiting to authenticate
 _MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
@@ -118,12 +118,12 @@ class _Lease:
         elif isinstance(what, frozenset):
             for n in what:
                 if type(n) is int and n > 0:
-                    add_run(self.loaded, n, n)
+                    add_run(self.loaded, n, n, RANGES_KEPT_PROXY)
         elif type(what) is tuple:
             for run in what:
                 if type(run) is tuple and len(run) == 2 and type(run[0]) is int \
                         and type(run[1]) is int and 0 < run[0] <= run[1]:
-                    add_run(self.loaded, run[0], run[1])
+                    add_run(self.loaded, run[0], run[1], RANGES_KEPT_PROXY)
         if self.loaded:
             self.claimed = True   # (loaded: by a claimant, or by its maker itself)
 
@@ -382,61 +382,77 @@ class _Server:
             self.accepting = True
 
     def _readable(self, peer: _Peer) -> None:
-        for _ in range(1):  # one message per wake-up: epoll is level-triggered
-            try:
-                n, anc, flags, _ = peer.sock.recvmsg_into([self.mv], _ANC,
-                                                          _CLOEXEC)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._mark(peer)
-                return
-            fds = _fds_of(anc) if anc else []
-            if n == 0:
-                _close_all(fds)
-                self._mark(peer)
-                return
-            if flags & _TRUNC:
-                _close_all(fds)
-                self._mark(peer)
-                return
-            data = bytes(self.mv[:n])
-            if not peer.authed:
-                _close_all(fds)
-                self._auth(peer, data)
-                if peer.dead:
-                    return
-                continue
-            if flags & _CTRUNC:
-                _close_all(fds)
-                self._send(peer, ("err", "the proxy could not receive the fd (out of file "
-                                  "descriptors?)"))
-                continue
-            peer.part_fds.extend(fds)
-            peer.part_bytes += n - 1
-            if peer.part_bytes > _MAX_REQUEST or len(peer.part_fds) > _MAX_REQUEST_FDS:
-                self.say(f"dropped pid {peer.pid}: a request of more than {_MAX_REQUEST} "
-                         f"bytes or {_MAX_REQUEST_FDS} fds")
-                self._mark(peer)  # _drop frees its parts and fds
-                return
-            if data[:1] == _MORE:
-                peer.parts.append(data[1:])
-                continue
-            peer.part_bytes = 0
-            if peer.parts:
-                peer.parts.append(data[1:])
-                data = b"".join(peer.parts)
-                peer.parts = []
-            else:
-                data = data[1:]
-            fds, peer.part_fds = peer.part_fds, []
-            try:
-                msg = pickle.loads(data)
-                self._handle(peer, msg, fds)
-            except Exception as e:  # a bad request must not kill the proxy
-                _close_all(fds)
-                self.say(f"bad request from pid {peer.pid}: {e!r}")
-                self._send(peer, ("err", f"bad request: {e!r}"))
+        # one message per wake-up: epoll is level-triggered
+        try:
+            n, anc, flags, _ = peer.sock.recvmsg_into([self.mv], _ANC, _CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno == errno.ECONNRESET:
+                # a peer that closed with our replies unread resets us first, and what
+                # it sent before closing is still queued behind (a client's last words
+                # at its exit: _Conn.post): take all of it (our replies to it fail),
+                # the EOF comes after
+                while True:
+                    try:
+                        n, anc, flags, _ = peer.sock.recvmsg_into([self.mv], _ANC,
+                                                                  _CLOEXEC | _DONTWAIT)
+                    except OSError:
+                        break
+                    if not self._take(peer, n, anc, flags):
+                        break
+            self._mark(peer)
+            return
+        self._take(peer, n, anc, flags)
+
+    def _take(self, peer: _Peer, n: int, anc, flags: int) -> bool:
+        """Handle one packet read from peer; False when the peer is to be dropped (its
+        EOF, an oversized or refused message)."""
+        fds = _fds_of(anc) if anc else []
+        if n == 0:
+            _close_all(fds)
+            self._mark(peer)
+            return False
+        if flags & _TRUNC:
+            _close_all(fds)
+            self._mark(peer)
+            return False
+        data = bytes(self.mv[:n])
+        if not peer.authed:
+            _close_all(fds)
+            self._auth(peer, data)
+            return not peer.dead
+        if flags & _CTRUNC:
+            _close_all(fds)
+            self._send(peer, ("err", "the proxy could not receive the fd (out of file "
+                              "descriptors?)"))
+            return True
+        peer.part_fds.extend(fds)
+        peer.part_bytes += n - 1
+        if peer.part_bytes > _MAX_REQUEST or len(peer.part_fds) > _MAX_REQUEST_FDS:
+            self.say(f"dropped pid {peer.pid}: a request of more than {_MAX_REQUEST} "
+                     f"bytes or {_MAX_REQUEST_FDS} fds")
+            self._mark(peer)  # _drop frees its parts and fds
+            return False
+        if data[:1] == _MORE:
+            peer.parts.append(data[1:])
+            return True
+        peer.part_bytes = 0
+        if peer.parts:
+            peer.parts.append(data[1:])
+            data = b"".join(peer.parts)
+            peer.parts = []
+        else:
+            data = data[1:]
+        fds, peer.part_fds = peer.part_fds, []
+        try:
+            msg = pickle.loads(data)
+            self._handle(peer, msg, fds)
+        except Exception as e:  # a bad request must not kill the proxy
+            _close_all(fds)
+            self.say(f"bad request from pid {peer.pid}: {e!r}")
+            self._send(peer, ("err", f"bad request: {e!r}"))
+        return True
 
     def _auth(self, peer: _Peer, data: bytes) -> None:
         want = _LAST + _MAGIC + self.secret
@@ -602,7 +618,7 @@ class _Server:
             return
         lease.claimed = True
         if len(msg) > 5 and type(msg[5]) is int and msg[5] > 0:   # (the handle's number)
-            add_run(lease.loaded, msg[5], msg[5])
+            add_run(lease.loaded, msg[5], msg[5], RANGES_KEPT_PROXY)
         self.orphans.pop(lease.id, None)
         self._hold(peer, lease)
         seg = lease.seg

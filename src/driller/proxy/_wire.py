@@ -73,13 +73,14 @@ def _close_all(fds) -> None:
 
 
 RANGES_KEPT = 16   # (lo, hi) runs of loaded handle numbers one lease's report holds
+RANGES_KEPT_PROXY = 4096   # ... and the proxy keeps per lease (loads come in any order)
 
 
-def add_run(runs: list, lo: int, hi: int) -> bool:
+def add_run(runs: list, lo: int, hi: int, cap: int = RANGES_KEPT) -> bool:
     """Add handle numbers lo..hi to ``runs``: sorted, disjoint, non-adjacent
     inclusive [lo, hi] lists (numbers loaded in order stay one run, whatever
     their count).  False, and nothing added, when that would make more than
-    RANGES_KEPT runs."""
+    ``cap`` runs."""
     if runs:
         last = runs[-1]
         if last[0] <= lo <= last[1] + 1:   # (the usual case: the next number)
@@ -92,7 +93,7 @@ def add_run(runs: list, lo: int, hi: int) -> bool:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    if len(merged) > RANGES_KEPT:
+    if len(merged) > cap:
         return False
     runs[:] = merged
     return True
