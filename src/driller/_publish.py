@@ -195,16 +195,20 @@ def at_exit() -> None:
     if not _lock.acquire(timeout=1):   # (the sender is at it: it sends them)
         return
     try:
-        client = None
-        while _unheld:
-            address, ids = _unheld.popleft()
-            try:
-                client = client or _client()
-                client.unhold(address, ids, wait=False)
-            except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
-                pass
+        _send_unheld(None, wait=False)
     finally:
         _lock.release()
+
+
+def _send_unheld(client, wait: bool = True, timeout: float | None = None) -> None:
+    """Send the queued drops (under _lock); never raises."""
+    while _unheld:
+        address, ids = _unheld.popleft()
+        try:
+            client = client or _client()
+            client.unhold(address, ids, wait=wait, timeout=timeout)
+        except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
+            pass
 
 
 def dropping(address: str, lease: int) -> bool:
@@ -278,13 +282,7 @@ def flush(timeout: float | None = None) -> None:
                 client.release(key, timeout)
             except Exception:  # proxy gone: nothing left to tell
                 pass
-        while _unheld:
-            address, ids = _unheld.popleft()
-            try:
-                client = client or _client()
-                client.unhold(address, ids, timeout=timeout)
-            except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
-                pass
+        _send_unheld(client, timeout=timeout)
     finally:
         _lock.release()
 

@@ -246,6 +246,17 @@ class _Conn:
         self._die()
 
 
+def _number(got, kind: str, refused: str) -> int:
+    """The number a ("lease" or "number") reply carries; raises for any other."""
+    reply, fds = got
+    _close_all(fds)
+    if reply[0] == kind:
+        return reply[1]
+    if reply[0] == "gone":
+        raise SegmentReleasedError(reply[1])
+    raise ProxyError(f"{refused}: {reply[1]}")
+
+
 _client: "ProxyClient | None" = None
 _client_lock = threading.Lock()
 # This process's own proxy (address, secret), kept in memory, never in os.environ
@@ -422,14 +433,8 @@ class ProxyClient:
         self._check()
         if address[:1] == "@":
             address = "\0" + address[1:]
-        reply, fds = self._conn_for(address, secret).request(("lease", key, gen))
-        _close_all(fds)
-        if reply[0] == "lease":
-            return reply[1]
-        if reply[0] == "gone":
-            raise SegmentReleasedError(reply[1])
-        raise ProxyError(f"the fd proxy at {_show(address)} refused a lease on {key!r}: "
-                         f"{reply[1]}")
+        return _number(self._conn_for(address, secret).request(("lease", key, gen)), "lease",
+                       f"the fd proxy at {_show(address)} refused a lease on {key!r}")
 
     def claim(self, address: str, secret: bytes, key: str, lease: int, gen: int,
               want_fd: bool, seq: int = 0) -> tuple[int, dict, bool] | None:
@@ -460,15 +465,21 @@ class ProxyClient:
         raise ProxyError(f"the fd proxy at {_show(address)} failed to claim lease {lease} "
                          f"of {key!r}: {reply[1]}")
 
+    def _held_conn(self, address: str) -> "_Conn | None":
+        """Our live connection to the proxy at address (the one holding our leases
+        there), or None."""
+        if address[:1] == "@":
+            address = "\0" + address[1:]
+        conn = self._conns.get(address)
+        return None if conn is None or conn.dead or self._stale else conn
+
     def unhold(self, address: str, leases, wait: bool = True,
                timeout: float | None = None) -> None:
         """Let go of one count of each lease held through the connection to address
         (``wait=False``: posted, its reply not waited for: at exit).  Never raises (a
         lost connection has let go of everything already)."""
-        if address[:1] == "@":
-            address = "\0" + address[1:]
-        conn = self._conns.get(address)
-        if conn is None or conn.dead or self._stale:
+        conn = self._held_conn(address)
+        if conn is None:
             return
         try:
             if not wait:
@@ -484,29 +495,19 @@ class ProxyClient:
         at address) for a pickle of a view of what we loaded: the proxy keeps the
         lease until that handle is loaded too.  Raises :class:`ProxyError` or
         :class:`~driller.SegmentReleasedError` (the lease is not ours)."""
-        if address[:1] == "@":
-            address = "\0" + address[1:]
-        conn = self._conns.get(address)
-        if conn is None or conn.dead or self._stale:
+        conn = self._held_conn(address)
+        if conn is None:
             raise ProxyError(f"no connection to the fd proxy at {_show(address)}")
-        reply, fds = conn.request(("number", lease))
-        _close_all(fds)
-        if reply[0] == "number":
-            return reply[1]
-        if reply[0] == "gone":
-            raise SegmentReleasedError(reply[1])
-        raise ProxyError(f"the fd proxy at {_show(address)} refused a number of lease "
-                         f"{lease}: {reply[1]}")
+        return _number(conn.request(("number", lease)), "number",
+                       f"the fd proxy at {_show(address)} refused a number of lease {lease}")
 
     def issued(self, address: str, counts) -> None:
         """Tell the proxy at address what we say of the handles of leases this
         connection holds: ``counts``, (lease id, what) pairs (what a drop says,
         ``_server._Lease.said``, without letting go).  Sent without waiting for the
         reply (a process at its exit calls it); never raises."""
-        if address[:1] == "@":
-            address = "\0" + address[1:]
-        conn = self._conns.get(address)
-        if conn is None or conn.dead or self._stale:
+        conn = self._held_conn(address)
+        if conn is None:
             return
         try:
             conn.post(("issued", list(counts)))
