@@ -9,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -270,28 +271,40 @@ CLOSE_WITH_PROXY_STOPPED = textwrap.dedent("""
     from driller import hole as hole_mod
     from driller.proxy import ProxyClient
     hole_mod.CLOSE_WAIT = 1.0
-    x = np.zeros(1 << 18)
-    hole = driller.drill(x)
-    hole.handle
+    holes = [driller.drill(np.zeros(1 << 18)) for _ in range(2)]
+    for h in holes:
+        h.handle
     pid = ProxyClient.get().proxy_pid
+    print(pid, flush=True)
     os.kill(pid, signal.SIGSTOP)
+    took = []
     try:
-        t = time.monotonic()
-        hole.close()
-        took = time.monotonic() - t
+        for h in holes:               # (the second with the first's answer still owed)
+            t = time.monotonic()
+            h.close()
+            took.append(round(time.monotonic() - t))
     finally:
         os.kill(pid, signal.SIGCONT)
-    driller._publish.flush()          # (the answer owed is read first: nothing lost)
-    print(round(took), ProxyClient.get().segments())
+    driller._publish.flush()          # (the answers owed are read first: nothing lost)
+    print(*took, ProxyClient.get().segments())
 """)
 
 
 def test_close_does_not_hang_on_a_stopped_proxy():
     # close() waits for the proxy's answer to its release (so that peers are told
     # when it returns), at most CLOSE_WAIT seconds: a stopped proxy hung it for good
-    out = subprocess.run([sys.executable, "-c", CLOSE_WITH_PROXY_STOPPED], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.split() == ["1", "[]"], (out.stdout, out.stderr)
+    p = subprocess.Popen([sys.executable, "-c", CLOSE_WITH_PROXY_STOPPED], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pid = None
+    try:
+        pid = int(p.stdout.readline())
+        out, err = p.communicate(timeout=60)
+    finally:
+        if pid is not None:           # (never leave it stopped)
+            os.kill(pid, signal.SIGCONT)
+        p.kill()
+        p.wait()
+    assert p.returncode == 0 and out.split() == ["1", "1", "[]"], (out, err)
 
 
 def test_a_dropped_hole_says_so_when_its_memory_is_handed_out():
@@ -303,6 +316,11 @@ def test_a_dropped_hole_says_so_when_its_memory_is_handed_out():
     gc.collect()
     with pytest.raises(driller.DrillerError, match="Hole was garbage-collected"):
         driller.handle(x)
+    v = np.zeros(1 << 20).reshape(1024, 1024)   # (a drilled view: its base's memory)
+    driller.drill(v)
+    gc.collect()
+    with pytest.raises(driller.DrillerError, match="Hole was garbage-collected"):
+        driller.handle(v[1:])
     with driller.drill(x):            # drilled anew: handed out again
         assert driller.handle(x).shape == x.shape
     y = np.zeros(1_000_000)

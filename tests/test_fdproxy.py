@@ -511,11 +511,11 @@ def test_interrupted_call_does_not_desynchronise_replies(client, monkeypatch):
     real = proxy_client._Conn._read_reply
     calls = []
 
-    def interrupted(self):
+    def interrupted(self, *deadline):
         if not calls:
             calls.append(1)
             raise KeyboardInterrupt  # as if Ctrl-C hit while waiting for the reply
-        return real(self)
+        return real(self, *deadline)
 
     monkeypatch.setattr(proxy_client._Conn, "_read_reply", interrupted)
     with pytest.raises(KeyboardInterrupt):

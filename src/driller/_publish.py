@@ -200,13 +200,13 @@ def at_exit() -> None:
         _lock.release()
 
 
-def _send_unheld(client, wait: bool = True, timeout: float | None = None) -> None:
+def _send_unheld(client, wait: bool = True, deadline: float | None = None) -> None:
     """Send the queued drops (under _lock); never raises."""
     while _unheld:
         address, ids = _unheld.popleft()
         try:
             client = client or _client()
-            client.unhold(address, ids, wait=wait, timeout=timeout)
+            client.unhold(address, ids, wait=wait, timeout=_left(deadline))
         except Exception:  # noqa: BLE001 - proxy gone: it let go of everything
             pass
 
@@ -273,18 +273,24 @@ def flush(timeout: float | None = None) -> None:
     """
     if not _lock.acquire(timeout=-1 if timeout is None else timeout):
         return
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         client = None
         while _pending:
             key = _pending.popleft()
             try:
                 client = client or _client()
-                client.release(key, timeout)
+                client.release(key, _left(deadline))
             except Exception:  # proxy gone: nothing left to tell
                 pass
-        _send_unheld(client, timeout=timeout)
+        _send_unheld(client, deadline=deadline)
     finally:
         _lock.release()
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until deadline (None: no deadline)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _before_fork() -> None:

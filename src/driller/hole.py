@@ -161,8 +161,11 @@ class Hole:
             kept = [d for d in _dropped if d[1] <= lo or d[0] >= hi]
             _dropped.clear()
             _dropped.extend(kept)
+        root = obj   # (for the error of a handle once dropped: the object under obj)
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base
         try:
-            ref: Any = weakref.ref(obj)   # (for the error of a handle once dropped)
+            ref: Any = weakref.ref(root)
         except TypeError:   # (a bytearray, an mmap: no weak references)
             ref = None
         self._finalizer = weakref.finalize(self, _undrill_dropped, lo, hi, seg, ref)

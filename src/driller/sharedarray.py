@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
 from .proxy import ProxyClient
-from .proxy._wire import add_run
+from .proxy._wire import RANGES_KEPT_PROXY, add_run
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -190,7 +190,7 @@ def _say_counts() -> None:
             # a later call (or the block's drop) can count past it
             what = heap.said(lease)
             made = what if isinstance(what, int) else what[0]
-            add_run(lease[4], made + 1, made + 1)
+            add_run(lease[4], made + 1, made + 1, RANGES_KEPT_PROXY)
             counts.setdefault(lease[1], []).append(
                 (lease[2], (made, tuple((lo, hi) for lo, hi in lease[4]))))
     finally:
@@ -326,7 +326,7 @@ def _buffer_for(h: Handle, readonly: bool) -> tuple[NDArray, int]:
                 lease = block.lease
                 if h.seq and lease is not None and lease[2] == h.lease and \
                         lease[0] == os.getpid():   # (said as the block lets go)
-                    add_run(lease[4], h.seq, h.seq)
+                    add_run(lease[4], h.seq, h.seq, RANGES_KEPT_PROXY)
                 return np.asarray(block), block.offset
         else:  # a drilled Hole of ours
             region = mine.region_for_handle(h)

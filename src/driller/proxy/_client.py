@@ -10,6 +10,7 @@ import pickle
 import select
 import socket
 import threading
+import time
 import weakref
 
 from .. import _linux
@@ -134,8 +135,14 @@ class _Conn:
         if self.on_release is not None:
             self.on_release(keys)
 
-    def _read_reply(self):
+    def _read_reply(self, deadline: float | None = None):
         while True:
+            if deadline is not None:
+                p = select.poll()   # (poll, not select: our fd may be past 1023)
+                p.register(self.fd, select.POLLIN)
+                if not p.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                    raise ProxyError(f"the fd proxy at {_show(self.address)} did not "
+                                     "answer in time (stopped?)")
             msg, fds = self._next_message(0)
             if msg[0] == "notice":
                 _close_all(fds)
@@ -145,17 +152,15 @@ class _Conn:
 
     def request(self, obj, fd: int | None = None, timeout: float | None = None):
         """Send one request, wait for its reply (handling notices meanwhile).  With
-        ``timeout``, a reply not begun by then raises :class:`ProxyError` and is read
-        by the next call (the connection stays up)."""
+        ``timeout`` (seconds from the call), replies not come by then raise
+        :class:`ProxyError`; the request went, and its reply is read by the next
+        call (the connection stays up)."""
         pkts = _packets(obj)
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             if self.dead:
                 raise ProxyError(f"the connection to the fd proxy at {_show(self.address)} "
                                  "is closed")
-            while self._owed:  # replies to calls interrupted earlier (KeyboardInterrupt)
-                _, fds = self._read_reply()
-                _close_all(fds)
-                self._owed -= 1
             sent = 0
             try:
                 for i, p in enumerate(pkts):
@@ -172,13 +177,15 @@ class _Conn:
                 if sent:  # half a message: the stream cannot be resynchronised
                     self._die()
                 raise
-            self._owed = 1
-            if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
-                raise ProxyError(f"the fd proxy at {_show(self.address)} did not answer "
-                                 f"within {timeout:g} s (stopped?)")
-            reply = self._read_reply()
-            self._owed = 0
-            return reply
+            # ours is the last of the replies owed: first those of calls interrupted
+            # earlier (KeyboardInterrupt, a timeout), or of posts
+            self._owed += 1
+            while True:
+                reply = self._read_reply(deadline)
+                self._owed -= 1
+                if not self._owed:
+                    return reply
+                _close_all(reply[1])
 
     def post(self, obj) -> bool:
         """Send one request without waiting for its reply (read by the next call, as

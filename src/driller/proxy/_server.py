@@ -138,7 +138,7 @@ class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
                  "outq", "notices", "parts", "part_fds", "writing", "dead",
                  "part_bytes", "out_bytes", "reply_bytes", "paused", "events",
-                 "held")
+                 "held", "hung_up")
 
     def __init__(self, sock, pid, uid):
         self.sock, self.fd, self.pid, self.uid = sock, sock.fileno(), pid, uid
@@ -153,6 +153,7 @@ class _Peer:
         self.writing = False
         self.dead = False
         self.held: set[int] = set()        # leases this peer holds
+        self.hung_up = False               # closed its end: its queued messages to read
         self.part_bytes = 0                # bytes in parts
         self.out_bytes = 0                 # bytes in outq
         self.reply_bytes = 0               # bytes of replies (not notices) in outq
@@ -390,20 +391,23 @@ class _Server:
         except OSError as e:
             if e.errno == errno.ECONNRESET:
                 # a peer that closed with our replies unread resets us first, and what
-                # it sent before closing is still queued behind (a client's last words
-                # at its exit: _Conn.post): take all of it (our replies to it fail),
-                # the EOF comes after
-                while True:
-                    try:
-                        n, anc, flags, _ = peer.sock.recvmsg_into([self.mv], _ANC,
-                                                                  _CLOEXEC | _DONTWAIT)
-                    except OSError:
-                        break
-                    if not self._take(peer, n, anc, flags):
-                        break
+                # it sent before closing is still queued behind
+                peer.hung_up = True
             self._mark(peer)
             return
         self._take(peer, n, anc, flags)
+
+    def _last_words(self, peer: _Peer) -> None:
+        """Take what a peer that hung up had sent before (a client's posts at its
+        exit: _Conn.post); our replies to it fail, its EOF comes after."""
+        while True:
+            try:
+                n, anc, flags, _ = peer.sock.recvmsg_into([self.mv], _ANC,
+                                                          _CLOEXEC | _DONTWAIT)
+            except OSError:
+                return
+            if not self._take(peer, n, anc, flags):
+                return
 
     def _take(self, peer: _Peer, n: int, anc, flags: int) -> bool:
         """Handle one packet read from peer; False when the peer is to be dropped (its
@@ -764,7 +768,8 @@ class _Server:
             return True
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError:
+        except OSError:   # (it hung up: what it sent before is still to be read)
+            peer.hung_up = True
             self._mark(peer)
             return False
 
@@ -817,7 +822,11 @@ class _Server:
 
     def _drop_pending(self) -> None:
         while self.to_drop:
-            self._drop(self.to_drop.pop())
+            peer = self.to_drop.pop()
+            if peer.hung_up and peer.authed and self.peers.get(peer.fd) is peer:
+                peer.hung_up = False
+                self._last_words(peer)
+            self._drop(peer)
 
     def _drop(self, peer: _Peer) -> None:
         peer.dead = True
