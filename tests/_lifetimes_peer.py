@@ -1,6 +1,7 @@
 """Functions run in other processes by test_lifetimes.py (importable under spawn)."""
 
 import gc
+import os
 
 import numpy as np
 
@@ -136,8 +137,9 @@ def send_two_then_drop(conn, go, n):
 
 def spawn_collectives_then_free(comm, n):
     """Object collectives of fresh shared arrays, a rank's own contribution loaded
-    by itself, everything freed: (orphaned leases at this rank's proxy before,
-    after: leases nobody holds, waiting for a handle to be loaded).  A handle
+    by itself, everything freed: (orphaned leases of this rank's arrays at its
+    proxy before, after: leases nobody holds, waiting for a handle to be loaded;
+    the proxy may be the test process's, with other tests' leases).  A handle
     loaded by the process that made it used never to count as loaded: the proxy
     kept the freed memory for DRILLER_LEASE_SECONDS.  (Leases that loaders' map
     caches still hold are not counted: they end as those mappings go.)"""
@@ -160,7 +162,10 @@ def spawn_collectives_then_free(comm, n):
     keep = fresh(0)
     driller.handle(keep)            # our proxy, and an arena, before the baseline
     settle()
-    before = proxy_info()["leases"]["orphaned"]
+    def orphaned():
+        return proxy_info()["leases"]["orphaned_by_owner"].get(os.getpid(), 0)
+
+    before = orphaned()
     for i in range(3):
         got = comm.bcast(fresh(10 + i) if r == 0 else None, root=0)
         assert (got == 10 + i).all()
@@ -177,8 +182,7 @@ def spawn_collectives_then_free(comm, n):
         del got
     settle()
     deadline = time.monotonic() + 10
-    while (after := proxy_info()["leases"]["orphaned"]) > before and \
-            time.monotonic() < deadline:
+    while (after := orphaned()) > before and time.monotonic() < deadline:
         time.sleep(0.05)
         gc.collect()
         driller._publish.flush()

@@ -720,7 +720,12 @@ class _Server:
                 "handle, and keep the array (or a view) alive until the handle is loaded")
 
     def _lease_info(self) -> dict:
+        by_owner: dict[int, int] = {}   # whose arrays the waiting leases keep
+        for lid in self.orphans:
+            pid = self.leases[lid].seg.owner.pid
+            by_owner[pid] = by_owner.get(pid, 0) + 1
         return {"live": len(self.leases), "orphaned": len(self.orphans),
+                "orphaned_by_owner": by_owner,
                 "segments_kept": sum(1 for s in self.segs.values() if s.released is not None),
                 "seconds": self.lease_seconds, "max_orphans": self.max_orphans}
 
