@@ -29,6 +29,7 @@ import weakref
 
 from . import _publish
 from ._alloc import FreeList
+from .proxy._wire import as_said
 from .segment import Segment
 
 __all__ = ["Block", "allocate", "heap_info", "ARENA_BYTES", "LARGE_BYTES"]
@@ -60,7 +61,7 @@ def said(lease: tuple) -> "int | tuple":
     how many it made, and the runs of the numbers it loaded itself, if any (see
     ``proxy._server._Lease.said``).  Takes the next number (none is made after)."""
     made = next(lease[3]) - 1
-    return (made, tuple((lo, hi) for lo, hi in lease[4])) if lease[4] else made
+    return (made, as_said(lease[4])) if lease[4] else made
 
 
 class Block:

@@ -161,11 +161,8 @@ class Hole:
             kept = [d for d in _dropped if d[1] <= lo or d[0] >= hi]
             _dropped.clear()
             _dropped.extend(kept)
-        root = obj   # (for the error of a handle once dropped: the object under obj)
-        while isinstance(root, np.ndarray) and root.base is not None:
-            root = root.base
-        try:
-            ref: Any = weakref.ref(root)
+        try:   # (for the error of a handle once dropped: the object under obj)
+            ref: Any = weakref.ref(_root(obj))
         except TypeError:   # (a bytearray, an mmap: no weak references)
             ref = None
         self._finalizer = weakref.finalize(self, _undrill_dropped, lo, hi, seg, ref)
@@ -300,11 +297,16 @@ def _undrill_dropped(lo: int, hi: int, seg: Segment, ref: Any) -> None:
 
 def was_dropped(arr: NDArray) -> bool:
     """Whether arr is (a view of) an object drilled by a Hole dropped without close()."""
-    root: Any = arr
-    while isinstance(root, np.ndarray) and root.base is not None:
-        root = root.base
+    root = _root(arr)
     addr = arr.__array_interface__["data"][0]
     return any(lo <= addr < hi and ref() is root for lo, hi, ref in list(_dropped))
+
+
+def _root(obj: Any) -> Any:
+    """The object at the end of an ndarray's base chain (obj itself if none)."""
+    while isinstance(obj, np.ndarray) and obj.base is not None:
+        obj = obj.base
+    return obj
 
 
 def _undrill(lo: int, hi: int, seg: Segment) -> None:

@@ -38,7 +38,7 @@ from . import _linux, _publish
 from ._env import read
 from .errors import DrillerError
 from .proxy import ProxyClient
-from .proxy._wire import add_run
+from .proxy._wire import add_run, as_said
 from .segment import Region
 from .errors import ReadOnlyError  # on its own line: eases merging the proxy split
 
@@ -221,7 +221,7 @@ class MapCache:
             for lid, c in list(claims.items()):
                 if address is not None and c[1]:
                     by_address.setdefault(address, []).append(
-                        (lid, tuple((lo, hi) for lo, hi in c[1])))
+                        (lid, as_said(c[1])))
         for address, items in by_address.items():
             _publish.say_issued(address, items)
 

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
 from .proxy import ProxyClient
-from .proxy._wire import RANGES_KEPT_PROXY, add_run
+from .proxy._wire import RANGES_KEPT_PROXY, add_run, as_said
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -188,11 +188,9 @@ def _say_counts() -> None:
             # the number next() takes here is made by no pickle (one made at the same
             # time, a queue's feeder thread, takes another): said as loaded, so that
             # a later call (or the block's drop) can count past it
-            what = heap.said(lease)
-            made = what if isinstance(what, int) else what[0]
+            made = next(lease[3]) - 1
             add_run(lease[4], made + 1, made + 1, RANGES_KEPT_PROXY)
-            counts.setdefault(lease[1], []).append(
-                (lease[2], (made, tuple((lo, hi) for lo, hi in lease[4]))))
+            counts.setdefault(lease[1], []).append((lease[2], (made, as_said(lease[4]))))
     finally:
         _lease_lock.release()
     for address, items in counts.items():

@@ -99,6 +99,11 @@ def add_run(runs: list, lo: int, hi: int, cap: int = RANGES_KEPT) -> bool:
     return True
 
 
+def as_said(runs: list) -> tuple:
+    """``runs`` as a report carries them: a tuple of (lo, hi) pairs."""
+    return tuple((lo, hi) for lo, hi in runs)
+
+
 def covers(runs: list, issued: int, first: int = 1) -> bool:
     """Whether ``runs`` (see add_run) hold every number from first to issued."""
     return issued < first or any(lo <= first and hi >= issued for lo, hi in runs)
