@@ -17,8 +17,8 @@ from .. import _linux
 from ..errors import ProxyError, SegmentReleasedError
 from ._boot import _start_proxy
 from ._wire import (_ANC, _CLOEXEC, _DONTWAIT, _HELLO_TIMEOUT, _LAST, _MAGIC, _MAX_PACKET,
-                    _MORE, _SCM_RIGHTS, _SOCK_TYPE, _SOL_SOCKET, _TRUNC, _CTRUNC, ENV_VAR,
-                    _close_all, _fds_of, _packets, _parse_env, _show)
+                    _SCM_RIGHTS, _SOCK_TYPE, _SOL_SOCKET, _TRUNC, _CTRUNC, ENV_VAR,
+                    _Message, _close_all, _fds_of, _packets, _parse_env, _show)
 
 __all__ = ["ProxyClient", "proxy_info"]
 
@@ -35,8 +35,7 @@ class _Conn:
         self.subscribed: set[str] = set()     # keys fetched through us, not yet released
         self._buf = bytearray(_MAX_PACKET)
         self._mv = memoryview(self._buf)
-        self._parts: list[bytes] = []
-        self._part_fds: list[int] = []
+        self._message = _Message()            # the one being read
         self._owed = 0                        # replies still due to interrupted calls
         sock = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
         try:
@@ -115,19 +114,9 @@ class _Conn:
             pkt = self._recv_packet(flags)
             if pkt is None:
                 return None
-            data, fds = pkt
-            self._part_fds.extend(fds)
-            if data[:1] == _MORE:
-                self._parts.append(data[1:])
-                continue
-            if self._parts:
-                self._parts.append(data[1:])
-                data = b"".join(self._parts)
-                self._parts = []
-            else:
-                data = data[1:]
-            fds, self._part_fds = self._part_fds, []
-            return pickle.loads(data), fds
+            if self._message.add(*pkt):
+                data, fds = self._message.take()
+                return pickle.loads(data), fds
 
     def _notice(self, keys) -> None:
         keys = set(keys)
@@ -239,8 +228,7 @@ class _Conn:
             self.sock.close()
         except OSError:  # pragma: no cover
             pass
-        _close_all(self._part_fds)
-        self._part_fds = []
+        self._message.discard()
         # we can no longer vouch for what we fetched: report it as released
         if self.subscribed:
             keys, self.subscribed = self.subscribed, set()

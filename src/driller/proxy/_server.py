@@ -44,9 +44,9 @@ from collections import OrderedDict, deque
 from .. import _linux
 from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT, _EPOLL_IN,
                     _GONE_MEMORY, _LAST, _LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR,
-                    _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET, _MORE,
+                    _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
-                    _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers,
+                    _Message, _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers,
                     FORWARDED, RANGES_KEPT_PROXY)
 
 _MAX_UNAUTH = 256                # connections waiting to authenticate
@@ -136,8 +136,8 @@ class _Lease:
 
 class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
-                 "outq", "notices", "parts", "part_fds", "writing", "dead",
-                 "part_bytes", "out_bytes", "reply_bytes", "paused", "events",
+                 "outq", "notices", "message", "writing", "dead",
+                 "out_bytes", "reply_bytes", "paused", "events",
                  "held", "hung_up")
 
     def __init__(self, sock, pid, uid):
@@ -148,13 +148,11 @@ class _Peer:
         self.subscribed: set[str] = set()
         self.outq: deque = deque()         # (packet, fd or None, is_reply); fds: our dups
         self.notices: set[str] = set()
-        self.parts: list[bytes] = []
-        self.part_fds: list[int] = []
+        self.message = _Message()          # the request being read
         self.writing = False
         self.dead = False
         self.held: set[int] = set()        # leases this peer holds
         self.hung_up = False               # closed its end: its queued messages to read
-        self.part_bytes = 0                # bytes in parts
         self.out_bytes = 0                 # bytes in outq
         self.reply_bytes = 0               # bytes of replies (not notices) in outq
         self.paused = False                # not reading requests: too many replies queued
@@ -431,24 +429,16 @@ class _Server:
             self._send(peer, ("err", "the proxy could not receive the fd (out of file "
                               "descriptors?)"))
             return True
-        peer.part_fds.extend(fds)
-        peer.part_bytes += n - 1
-        if peer.part_bytes > _MAX_REQUEST or len(peer.part_fds) > _MAX_REQUEST_FDS:
+        message = peer.message
+        last = message.add(data, fds)
+        if message.size > _MAX_REQUEST or len(message.fds) > _MAX_REQUEST_FDS:
             self.say(f"dropped pid {peer.pid}: a request of more than {_MAX_REQUEST} "
                      f"bytes or {_MAX_REQUEST_FDS} fds")
             self._mark(peer)  # _drop frees its parts and fds
             return False
-        if data[:1] == _MORE:
-            peer.parts.append(data[1:])
+        if not last:
             return True
-        peer.part_bytes = 0
-        if peer.parts:
-            peer.parts.append(data[1:])
-            data = b"".join(peer.parts)
-            peer.parts = []
-        else:
-            data = data[1:]
-        fds, peer.part_fds = peer.part_fds, []
+        data, fds = message.take()
         try:
             msg = pickle.loads(data)
             self._handle(peer, msg, fds)
@@ -534,7 +524,7 @@ class _Server:
     def _stats(self) -> dict:
         """Load and bounds, for `info` (O(connections): on request only)."""
         return {"connections": len(self.peers), "unauthenticated": len(self.unauth),
-                "buffered": sum(p.part_bytes + p.out_bytes for p in self.peers.values()),
+                "buffered": sum(p.message.size + p.out_bytes for p in self.peers.values()),
                 "accepting": self.accepting, "refused_at_limit": self.refused,
                 "evicted_unauthenticated": self.evicted, "nofile": _linux.nofile_limit()}
 
@@ -845,10 +835,10 @@ class _Server:
             pass
         peer.sock.close()
         _close_all([fd for _, fd, _ in peer.outq if fd is not None])
-        _close_all(peer.part_fds)
+        peer.message.discard()
         peer.outq.clear()
-        peer.part_fds, peer.parts, peer.notices = [], [], set()
-        peer.part_bytes = peer.out_bytes = peer.reply_bytes = 0
+        peer.notices = set()
+        peer.out_bytes = peer.reply_bytes = 0
         if not self.accepting:
             self.resume_at = 0.0  # an fd is free again: try accepting at once
         for lid in list(peer.held):

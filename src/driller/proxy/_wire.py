@@ -72,6 +72,35 @@ def _close_all(fds) -> None:
             pass
 
 
+class _Message:
+    """One message's packets as they come (each led by _MORE, the last by _LAST), and
+    the fds that came with them: both sides of the socket read messages so."""
+    __slots__ = ("parts", "fds", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.fds: list[int] = []
+        self.size = 0                      # bytes of the message so far
+
+    def add(self, packet: bytes, fds: list[int]) -> bool:
+        """Take one packet and its fds; True when it was the message's last."""
+        self.fds.extend(fds)
+        self.size += len(packet) - 1
+        self.parts.append(packet[1:])
+        return packet[:1] != _MORE
+
+    def take(self) -> tuple[bytes, list[int]]:
+        """The whole message and its fds (now the caller's); the next one starts."""
+        parts, fds = self.parts, self.fds
+        self.parts, self.fds, self.size = [], [], 0
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), fds
+
+    def discard(self) -> None:
+        """Drop a message begun (its fds closed)."""
+        _close_all(self.fds)
+        self.parts, self.fds, self.size = [], [], 0
+
+
 RANGES_KEPT = 16   # (lo, hi) runs of loaded handle numbers one lease's report holds
 RANGES_KEPT_PROXY = 4096   # ... and the proxy keeps per lease (loads come in any order)
 
