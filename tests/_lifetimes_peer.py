@@ -203,6 +203,35 @@ def forward_view(qin, qout, done):
     done.set()
 
 
+def forward_views(qin, qout, asked_out, k, exit_how):
+    """A middle stage: pickle k views of the array received (each its own
+    pickle), counting the proxy's "number" requests, then leave: let go of it and
+    exit (``exit_how`` "exit"), exit holding it ("hold": its count said by the
+    exit hook), or be killed holding it ("kill": its count never said)."""
+    from driller.proxy import ProxyClient
+    a = qin.get()
+    asked = []
+    number = ProxyClient.number
+    ProxyClient.number = lambda self, *args: asked.append(args) or number(self, *args)
+    for i in range(k):
+        qout.put(a[i:])
+    qout.close()
+    qout.join_thread()   # (the views are pickled, by the queue's thread, and sent)
+    asked_out.put(len(asked))
+    asked_out.close()
+    asked_out.join_thread()
+    if exit_how == "kill":
+        os.kill(os.getpid(), 9)
+    if exit_how == "hold":
+        return
+    del a
+    gc.collect()
+    import driller
+    driller.mapcache.cache().clear()
+    gc.collect()
+    driller._publish.flush()   # (our claim let go of, our count said)
+
+
 def spawn_send_then_return(comm, n):
     """Rank 0 sends a fresh array (its first pickle) and returns it (its second),
     then leaves by os._exit holding it; rank 1 loads the first and lets go first."""

@@ -651,12 +651,22 @@ def test_a_lease_takes_what_its_holders_say_and_nothing_malformed():
                 frozenset({-1, "z"}), (7, ((9,),))):
         lease.said(bad)               # ignored, never raises (a buggy or hostile client)
     assert lease.loaded == [[1, 5]] and lease.issued == 7 and not lease.all_loaded()
-    from driller.proxy._wire import FORWARDED
+    from driller.proxy._wire import FORWARDED, FORWARD_SPAN
     lease.said(((6, 7),))
-    lease.forwarded = 2               # two numbers given to processes forwarding views
+    assert lease.all_loaded()
+    b1, b2 = FORWARDED + FORWARD_SPAN, FORWARDED + 2 * FORWARD_SPAN
+    lease.forwarded = {b1: None, b2: None}   # ranges given to two forwarding processes
+    lease.said((0, (), ((b1, 2),)))   # the first made 2 pickles, none loaded yet
+    lease.said(((b1 + 1, b1 + 2),))
+    assert not lease.all_loaded()     # (the second never said its count: waited for)
+    for bad in ((0, (), ((b2 + 1, 1),)), (0, (), ((b2, -1),)), (0, (), ((b2, FORWARD_SPAN),)),
+                (0, (), (([b2], 1),)), (0, (), ((b2, 1.0),)), (0, (), "x")):
+        lease.said(bad)               # an unknown range, a bad count: ignored
+    assert lease.forwarded == {b1: 2, b2: None} and not lease.all_loaded()
+    lease.said((0, (), ((b2, 1),)))
     assert not lease.all_loaded()
-    lease.said(((FORWARDED + 1, FORWARDED + 2),))
-    assert lease.all_loaded() and lease.loaded == [[1, 7], [FORWARDED + 1, FORWARDED + 2]]
+    lease.said(frozenset({b2 + 1}))
+    assert lease.all_loaded() and lease.loaded == [[1, 7], [b1 + 1, b1 + 2], [b2 + 1, b2 + 1]]
     lease = _Lease(2, None, 0)        # loads in any order: the proxy keeps more runs
     lease.said(34)
     for n in list(range(1, 35, 2)) + list(range(2, 35, 2)):

@@ -151,6 +151,47 @@ def test_a_view_forwarded_by_a_process_that_exited_stays_loadable(n):
 
 
 @SIZES
+@pytest.mark.parametrize("exit_how", ["exit", "hold", "kill"])
+def test_views_a_process_forwards_are_numbered_by_it_and_stay_loadable(n, exit_how):
+    # owner -> B -> C, B pickling 8 views: each pickle of B cost a round trip to the
+    # proxy for a number; now B asks once for a range of numbers and says how many
+    # it made as it lets go.  Every view loads after B and the owner let go, even
+    # when B was killed before saying its count; once all are loaded and let go of,
+    # the lease ends (unless B was killed: then it waits, as said in the README);
+    # B exiting holding the array says its count at its exit
+    from driller.proxy import proxy_info
+    k = 8
+    ctx = multiprocessing.get_context("spawn")
+    q1, q2, q3 = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    b = ctx.Process(target=peer.forward_views, args=(q1, q2, q3, k, exit_how))
+    b.start()
+    try:
+        a = driller.zeros(n)
+        a[:] = np.arange(n)
+        q1.put(a)
+        asked = q3.get(timeout=60)
+        b.join(60)
+        assert b.exitcode == (-9 if exit_how == "kill" else 0)
+        assert asked == 1, f"{asked} round trips to the proxy for {k} forwarded pickles"
+        lid = driller.sharedarray._shared_base(a).lease[2]
+        del a
+        gc.collect()
+        driller._publish.flush()   # (the owner let go too: nobody holds the lease)
+        views = [q2.get(timeout=60) for _ in range(k)]   # (this process plays C)
+        for i, v in enumerate(views):
+            assert isinstance(v, driller.SharedArray) and (v == np.arange(n)[i:]).all()
+        del views, v
+        gc.collect()
+        driller.mapcache.cache().clear()
+        gc.collect()
+        driller._publish.flush()
+        waiting = lid in proxy_info()["leases"]["orphaned_ids"]
+        assert waiting == (exit_how == "kill"), proxy_info()["leases"]
+    finally:
+        b.join(60)
+
+
+@SIZES
 def test_an_mmpi_spawn_rank_returning_an_array_it_sent_says_its_count(n):
     # a rank leaves by os._exit (no atexit): its array, sent (pickle 1, loaded and
     # let go of) and returned (pickle 2), never had its count said, and the

@@ -29,7 +29,7 @@ import time
 import weakref
 
 from .errors import ProxyError
-from .proxy._wire import as_said
+from .proxy._wire import claim_said
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
@@ -142,7 +142,7 @@ def drop_leases(pid: int, address: str, leases) -> None:
     if pid != os.getpid() or not leases:
         return
     if type(leases) is dict:
-        leases = [(lid, as_said(c[1])) for lid, c in list(leases.items())]
+        leases = [(lid, claim_said(c)) for lid, c in list(leases.items())]
     _unheld.append((address, tuple(leases)))
     _wake()
 

@@ -38,7 +38,7 @@ from . import _linux, _publish
 from ._env import read
 from .errors import DrillerError
 from .proxy import ProxyClient
-from .proxy._wire import add_run, as_said
+from .proxy._wire import add_run, claim_said
 from .segment import Region
 from .errors import ReadOnlyError  # on its own line: eases merging the proxy split
 
@@ -211,6 +211,25 @@ class MapCache:
             _publish.hook_exit()
         return claims
 
+    def forward_number(self, region: Region, lease: int) -> int:
+        """The number of a new handle of ``lease`` naming region's memory (this
+        process pickles a view of what it loaded: it forwards it), 0 if region's
+        mapping does not hold that lease.  The first asks the proxy for a range of
+        numbers of our own (one round trip); the rest count on in it, said with the
+        claim's drop (``_wire.claim_said``) so that the lease lasts until each is
+        loaded.  Raises :class:`~driller.ProxyError` or
+        :class:`~driller.SegmentReleasedError` (the lease is not ours)."""
+        with self._lock:
+            claims = self._claims.get(region)
+            c = claims.get(lease) if claims is not None else None
+            if c is None:
+                return 0
+            if len(c) < 3:
+                c.append([ProxyClient.get().number(self._addresses[region], lease), 0])
+            forwarded = c[2]
+            forwarded[1] += 1
+            return int(forwarded[0] + forwarded[1])
+
     def say_loaded(self) -> None:
         """At this process's exit (``_publish.at_exit``): the numbers of the handles
         loaded from this cache without a claim, of mappings still mapped (said, else,
@@ -219,9 +238,8 @@ class MapCache:
         for region, claims in list(self._claims.items()):
             address = self._addresses.get(region)
             for lid, c in list(claims.items()):
-                if address is not None and c[1]:
-                    by_address.setdefault(address, []).append(
-                        (lid, as_said(c[1])))
+                if address is not None and (c[1] or len(c) > 2):
+                    by_address.setdefault(address, []).append((lid, claim_said(c)))
         for address, items in by_address.items():
             _publish.say_issued(address, items)
 

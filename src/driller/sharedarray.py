@@ -33,8 +33,12 @@ Lifetimes (the rules; README "Lifetimes" says the same for users):
    made as it lets go, or as it exits holding the array (``_say_counts``),
    with the numbers it loaded itself (the owner's own view: no claim), and a
    loader the numbers it loaded from its map cache without a claim as its
-   mapping lets go, all as runs (``proxy._wire.add_run``); a process that
-   never said, one killed, counts as one handle), or
+   mapping lets go, all as runs (``proxy._wire.add_run``); a loader that
+   pickles a view of what it loaded numbers those handles in a range the
+   proxy gave it (one round trip, at its first such pickle of that lease) and
+   says how many it made with its mapping's drop; a pickling process that
+   never said, one killed, counts as one handle, a forwarding one that never
+   said is waited for), or
    when nobody claimed it within ``DRILLER_LEASE_SECONDS`` (default 300) of
    its last holder letting go.  At most ``DRILLER_LEASE_MAX_ORPHANS`` (default
    4096) unclaimed leases without a holder are kept per proxy; beyond that the
@@ -271,15 +275,17 @@ def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:
     return h
 
 
-def _forward_number(o: Handle) -> int:
-    """The number of a handle of a view of what this process loaded from ``o``: a
-    new one from the proxy (one round trip), so that the lease lasts until this
-    handle is loaded too, even once we let go; ``o``'s own if the proxy has none
-    to give (the lease ended, or we do not hold it: that handle could not load)."""
+def _forward_number(base: "_Attached") -> int:
+    """The number of a handle of a view of what this process loaded from
+    ``base.origin``: one of our own (``MapCache.forward_number``), so that the
+    lease lasts until this handle is loaded too, even once we let go; the
+    origin's if there is none to give (the lease ended, or our mapping does not
+    hold it, as in a fork child: that handle could not load)."""
+    o = base.origin
     if not o.lease:
         return o.seq
     try:
-        return ProxyClient.get().number(o.proxy, o.lease)
+        return mapcache.cache().forward_number(base.region, o.lease) or o.seq
     except (ProxyError, SegmentReleasedError):
         return o.seq
 
@@ -305,7 +311,7 @@ def _handle_of(arr: NDArray, readonly: bool) -> Handle | None:
                 "read-only copy: driller.handle(driller.array(arr), readonly=True)")
         return Handle(proxy=o.proxy, secret=o.secret, key=o.key, owner=o.owner,
                       nbytes=o.nbytes, readonly=readonly or o.readonly, gen=o.gen,
-                      lease=o.lease, seq=_forward_number(o),
+                      lease=o.lease, seq=_forward_number(base),
                       **_layout(arr, base.region.address))
     hole_handle: Handle = base.handle_for(arr, readonly=readonly)  # a drilled Hole
     return hole_handle

@@ -47,7 +47,7 @@ from ._wire import (_ANC, _AUTH_TIMEOUT, _BOOT_VAR, _CLOEXEC, _CTRUNC, _DONTWAIT
                     _LEASE_SECONDS_VAR, _LOG_VAR, _MAGIC, _MAX_PACKET,
                     _NOSIGNAL_DONTWAIT, _SCM_RIGHTS, _SOL_SOCKET, _TRUNC, ENV_VAR,
                     _Message, _close_all, _fds_of, _owner_of, _packets, _show, add_run, covers,
-                    FORWARDED, RANGES_KEPT_PROXY)
+                    FORWARDED, FORWARD_SPAN, RANGES_KEPT_PROXY)
 
 _MAX_UNAUTH = 256                # connections waiting to authenticate
 _MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
@@ -102,13 +102,23 @@ class _Lease:
         self.claimed = False
         self.issued = 0     # (0: not said: its maker left without letting go first)
         self.loaded: list[list[int]] = []
-        self.forwarded = 0  # numbers given to processes forwarding a view (FORWARDED + k)
+        # ranges of numbers given to processes forwarding a view: base -> how many
+        # the process said it made (None: not said yet)
+        self.forwarded: dict[int, int | None] = {}
 
     def said(self, what) -> None:
         """Take what a holder said of the lease's handles: how many were made (an
         int, from the pickling process), the numbers it loaded (runs: (lo, hi)
-        pairs; a frozenset of numbers), or both ((made, runs): the pickling
-        process loaded some itself)."""
+        pairs; a frozenset of numbers), both ((made, runs): the pickling process
+        loaded some itself), or those and how many a forwarding process made in
+        the ranges it was given ((made, runs, ((base, made), ...)))."""
+        if type(what) is tuple and len(what) == 3 and type(what[2]) is tuple:
+            for item in what[2]:
+                if type(item) is tuple and len(item) == 2 and type(item[0]) is int \
+                        and item[0] in self.forwarded \
+                        and type(item[1]) is int and 0 <= item[1] < FORWARD_SPAN:
+                    self.forwarded[item[0]] = max(self.forwarded[item[0]] or 0, item[1])
+            what = what[:2]
         if type(what) is tuple and len(what) == 2 and type(what[0]) is int \
                 and type(what[1]) is tuple:
             self.said(what[0])
@@ -128,10 +138,12 @@ class _Lease:
             self.claimed = True   # (loaded: by a claimant, or by its maker itself)
 
     def all_loaded(self) -> bool:
-        """Claimed, and every handle its pickling process said it made was loaded
-        (a handle made after the first load is loadable until loaded, too)."""
-        return self.claimed and covers(self.loaded, self.issued) and \
-            covers(self.loaded, FORWARDED + self.forwarded, FORWARDED + 1)
+        """Claimed, and every handle its pickling process and its forwarders said
+        they made was loaded (a handle made after the first load is loadable until
+        loaded, too; a forwarder that never said its count, killed, is waited for)."""
+        return self.claimed and covers(self.loaded, self.issued) and all(
+            made is not None and covers(self.loaded, base + made, base + 1)
+            for base, made in self.forwarded.items())
 
 
 class _Peer:
@@ -583,14 +595,15 @@ class _Server:
                     self._unhold(peer, lid)
             self._send(peer, ("ok",))
             return
-        if op == "number":   # ("number", lease id): a holder pickles a view of what it
-            lease = self.leases.get(msg[1])   # loaded: its handle's own number, to be
-            if lease is None or peer not in lease.holders:   # loaded before the end
+        if op == "number":   # ("number", lease id): a holder pickles views of what it
+            lease = self.leases.get(msg[1])   # loaded: a range of handle numbers of its
+            if lease is None or peer not in lease.holders:   # own, each to be loaded
                 self._send(peer, ("gone", f"transfer lease {msg[1]!r} is not held by pid "
                                   f"{peer.pid}"))
                 return
-            lease.forwarded += 1
-            self._send(peer, ("number", FORWARDED + lease.forwarded))
+            base = FORWARDED + (len(lease.forwarded) + 1) * FORWARD_SPAN
+            lease.forwarded[base] = None   # (until the holder says how many it made)
+            self._send(peer, ("number", base))
             return
         key = msg[1]
         if op == "lease":  # ("lease", key, gen): the pickling process holds it
@@ -715,7 +728,7 @@ class _Server:
             pid = self.leases[lid].seg.owner.pid
             by_owner[pid] = by_owner.get(pid, 0) + 1
         return {"live": len(self.leases), "orphaned": len(self.orphans),
-                "orphaned_by_owner": by_owner,
+                "orphaned_by_owner": by_owner, "orphaned_ids": list(self.orphans),
                 "segments_kept": sum(1 for s in self.segs.values() if s.released is not None),
                 "seconds": self.lease_seconds, "max_orphans": self.max_orphans}
 

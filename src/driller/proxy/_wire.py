@@ -133,14 +133,27 @@ def as_said(runs: list) -> tuple:
     return tuple((lo, hi) for lo, hi in runs)
 
 
+def claim_said(claim: list) -> tuple:
+    """What a mapping's claim of a lease ([generation, runs of the numbers loaded
+    through it] and, once it forwarded views, [its range's base, how many it
+    numbered]) says as it is let go of (``_server._Lease.said``)."""
+    runs = as_said(claim[1])
+    if len(claim) > 2:
+        return (0, runs, ((claim[2][0], claim[2][1]),))
+    return runs
+
+
 def covers(runs: list, issued: int, first: int = 1) -> bool:
     """Whether ``runs`` (see add_run) hold every number from first to issued."""
     return issued < first or any(lo <= first and hi >= issued for lo, hi in runs)
 
 
-# Handle numbers the proxy gives a process that pickles a view of an array it loaded
-# (it forwards it; the maker's own numbers count from 1): FORWARDED + 1, + 2...
+# Handle numbers of a process that pickles a view of an array it loaded (it forwards
+# it; the maker's own numbers count from 1): the proxy gives each such process a
+# range of its own, FORWARDED + k * FORWARD_SPAN (its base), and the process numbers
+# its pickles base + 1, base + 2... itself, saying how many it made as it lets go
 FORWARDED = 1 << 40
+FORWARD_SPAN = 1 << 32
 
 
 def _owner_of(key: str) -> int | None:
