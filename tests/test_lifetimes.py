@@ -739,6 +739,72 @@ def test_never_loaded_pickles_are_bounded_and_expire():
     assert after["fds"] <= base["fds"] + 2, r        # back to baseline after the TTL
 
 
+POOL_TASK_SCRIPT = textwrap.dedent(r"""
+    import multiprocessing as mp, os, signal, sys, time
+    import driller
+    from driller.proxy import proxy_info
+
+    def work(a):
+        time.sleep(0.6)
+        return float(a.sum())
+
+    def arrays(k):
+        for i in range(k):
+            a = driller.zeros(10)
+            a[:] = i
+            yield a   # (and dropped at the next one: the queued pickle holds the lease)
+
+    if __name__ == "__main__":
+        method, why = sys.argv[1], sys.argv[2]
+        with mp.get_context(method).Pool(1) as pool:
+            if why == "lease":   # tasks queued longer than the lease lasts unloaded
+                it = pool.imap(work, arrays(8))
+            else:                # the fd proxy killed while tasks are queued
+                keep = list(arrays(4))
+                it = pool.imap(work, keep)
+                time.sleep(0.3)
+                os.kill(proxy_info()["pid"], signal.SIGKILL)
+            for i in range(8 if why == "lease" else 4):
+                try:
+                    print("OK", i, it.next(timeout=30))
+                except mp.TimeoutError:
+                    print("HANG", i)
+                    break
+                except driller.DrillerError as e:
+                    print("ERR", i, type(e).__name__, str(e).replace("\n", " "))
+    """)
+
+
+@pytest.mark.parametrize("why", ["lease", "proxy"])
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
+        method, why, tmp_path):
+    # the worker reading its next task raised as it loaded the array (its lease
+    # ended: queued by imap longer than DRILLER_LEASE_SECONDS after it was freed; or
+    # the fd proxy was killed): multiprocessing.Pool lost the task (the worker died,
+    # or for a ProxyError, an OSError, exited quietly) and the caller waited for ever
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)   # (a proxy of its own: short leases, killed)
+    env["DRILLER_LEASE_SECONDS"] = "1"
+    script = tmp_path / "pool_task.py"   # (a file: spawn's workers import its main)
+    script.write_text(POOL_TASK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), method, why],
+                         capture_output=True, text=True, env=env, timeout=200)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines, out.stderr
+    assert not [x for x in lines if x.startswith("HANG")], out.stdout + out.stderr
+    errors = [x for x in lines if x.startswith("ERR")]
+    assert errors, out.stdout        # (the last tasks' arrays cannot load)
+    for x in lines:                  # the others are right, never another array's bytes
+        if x.startswith("OK"):
+            _, i, got = x.split()
+            assert float(got) == 10.0 * int(i), x
+    for x in errors:
+        assert "multiprocessing.Pool task" in x, x
+        assert ("SegmentReleasedError" in x and "never loaded within 1 s" in x) if \
+            why == "lease" else "ProxyError" in x, x
+
+
 SAVE_SCRIPT = textwrap.dedent(r"""
     import pickle, sys
     import numpy as np, driller

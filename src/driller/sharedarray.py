@@ -66,6 +66,7 @@ import itertools
 import math
 import operator
 import os
+import sys
 import threading
 import weakref
 
@@ -75,7 +76,6 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
-from .proxy import ProxyClient
 from .proxy._wire import RANGES_KEPT_PROXY, add_run, as_said
 from .segment import Handle, Region
 
@@ -379,13 +379,63 @@ _BY_REFERENCE = ("(a pickled SharedArray names shared memory of a running proces
                  "pickle them inside `with driller.pickled_by_value():`)")
 
 
-def _rebuild(h: Handle) -> NDArray:
+def _rebuild(h: Handle) -> Any:
     """Unpickling a SharedArray."""
     try:
         return attach(h)
     except (ProxyError, SegmentReleasedError) as e:   # (e.g. a pickle kept in a file)
         e.args = (f"{e} {_BY_REFERENCE}",)
+        if _reading_a_pool_task(sys._getframe(1)):
+            e.args = (f"{e} (an argument of this multiprocessing.Pool task" + (
+                ": keep the arrays of queued tasks alive until their results come, or "
+                "raise DRILLER_LEASE_SECONDS)" if isinstance(e, SegmentReleasedError)
+                else ")"),)
+            return _Unloadable(e)
         raise
+
+
+def _reading_a_pool_task(f: Any) -> bool:
+    """Whether this unpickling is a multiprocessing.Pool worker reading its next task
+    (frame f: pickle's caller).  An error raised there loses the task: the worker
+    dies (or, for an OSError, exits quietly) and the pool waits for its result for
+    ever."""
+    b = f.f_back if f is not None else None
+    return (b is not None and f.f_code.co_name == "get"
+            and f.f_globals.get("__name__") == "multiprocessing.queues"
+            and b.f_code.co_name == "worker"
+            and b.f_globals.get("__name__") == "multiprocessing.pool")
+
+
+class _Unloadable:
+    """What a multiprocessing.Pool task gets for a shared array it could not load:
+    any use raises the error that the load raised, so the task fails with it (its
+    result an exception the caller sees) instead of the pool hanging."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        object.__setattr__(self, "error", error)
+
+    def _raise(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error
+
+    def __repr__(self) -> str:
+        return f"<driller: a shared array that could not be loaded: {self.error}>"
+
+    __setattr__ = __delattr__ = __reduce_ex__ = __reduce__ = __array__ = _raise
+    __len__ = __iter__ = __contains__ = __getitem__ = __setitem__ = __delitem__ = _raise
+    __bool__ = __index__ = __int__ = __float__ = __complex__ = __buffer__ = _raise
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _raise
+    __hash__ = None   # type: ignore[assignment]
+    __neg__ = __pos__ = __abs__ = __invert__ = __round__ = __format__ = _raise
+    for _op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "divmod",
+                "pow", "lshift", "rshift", "and", "or", "xor"):
+        for _form in ("__%s__", "__r%s__", "__i%s__"):
+            locals()[_form % _op] = _raise
+    del _op, _form
 
 
 def cache_info() -> dict[str, int]:

@@ -45,7 +45,8 @@ class _Conn:
             raise ProxyError(
                 f"cannot reach the driller fd proxy at {_show(address)}: {e.strerror or e}; "
                 "it exits when its last client is gone, so the process that published this "
-                "handle (and every other user of that proxy) has probably exited") from None
+                "handle (and every other user of that proxy) has probably exited, or the proxy "
+                "was killed") from None
         self.sock = sock
         self.fd = sock.fileno()
         try:
