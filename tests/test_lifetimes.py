@@ -805,6 +805,62 @@ def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
             why == "lease" else "ProxyError" in x, x
 
 
+PROXY_KILLED_SCRIPT = textwrap.dedent(r"""
+    import multiprocessing as mp, os, signal, time
+    import driller
+    from driller.proxy import proxy_info
+
+    def total(a):
+        return float(a.sum())
+
+    def attempt(what, f):
+        try:
+            print(what, "OK", f())
+        except driller.DrillerError as e:
+            print(what, "ERR", type(e).__name__, str(e).replace("\n", " "))
+
+    if __name__ == "__main__":
+        old = driller.zeros(10); driller.handle(old)        # its arena published
+        unshared = driller.zeros(10)                        # same arena, never shared
+        big = driller.zeros(1 << 16); driller.handle(big)   # a segment, published
+        os.kill(proxy_info()["pid"], signal.SIGKILL)
+        time.sleep(0.3)
+        with mp.get_context("spawn").Pool(1) as pool:
+            for i in range(3):
+                a = driller.zeros(10); a[:] = i + 1
+                attempt(f"small-{i}", lambda: pool.apply(total, (a,)))
+                b = driller.zeros(1 << 16); b[:] = i + 1
+                attempt(f"large-{i}", lambda: pool.apply(total, (b,)))
+            attempt("unshared", lambda: driller.handle(unshared) and 0)
+            attempt("big", lambda: pool.apply(total, (big[1:],)))
+    """)
+
+
+def test_after_the_fd_proxy_is_killed_new_arrays_share_and_old_ones_say_why_not(tmp_path):
+    # the process started a new proxy, but kept giving handles of memory published
+    # to the dead one, naming the new one: every small array from then on raised
+    # SegmentReleasedError "unknown to the fd proxy ... released (or never
+    # published there)" for good (its arena was published to the dead proxy only)
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)   # (a proxy of its own, to kill)
+    script = tmp_path / "proxy_killed.py"
+    script.write_text(PROXY_KILLED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=200)
+    assert out.returncode == 0, out.stderr
+    got = {x.split()[0]: x.split(maxsplit=2)[1:] for x in out.stdout.splitlines()}
+    for i in range(3):   # each large array a new segment: through the new proxy
+        assert got[f"large-{i}"] == ["OK", f"{(i + 1) * 65536.0}"], out.stdout
+    # the first small one came from the arena shared through the dead proxy
+    assert got["small-1"] == ["OK", "20.0"] and got["small-2"] == ["OK", "30.0"], out.stdout
+    for what in ("small-0", "unshared", "big"):
+        status, text = got[what]
+        if what == "small-0" and status == "OK":
+            continue
+        assert status == "ERR" and text.startswith("ProxyError"), (what, out.stdout)
+        assert "which is gone (killed?)" in text and "driller.array(a)" in text, text
+
+
 SAVE_SCRIPT = textwrap.dedent(r"""
     import pickle, sys
     import numpy as np, driller

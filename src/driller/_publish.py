@@ -29,7 +29,7 @@ import time
 import weakref
 
 from .errors import ProxyError
-from .proxy._wire import claim_said
+from .proxy._wire import _show, claim_said
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
@@ -81,8 +81,12 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
         client = _client()
         me = os.getpid()
         if seg.published and seg.publisher in (me, seg.owner):
-            seg.seal(readonly)
-            return client.address, client.secret
+            if seg.proxy == client.address:
+                seg.seal(readonly)
+                return client.address, client.secret
+            if seg.fd < 0:   # the proxy that had its fd is gone: we have none to give
+                _lost(seg, client.address)
+            seg.key = seg.key.partition(".")[0]   # (published again, by us)
         if seg.fd < 0:
             raise ProxyError(f"segment {seg.key} has no fd left to publish")
         key = seg.key
@@ -99,11 +103,27 @@ def publish(seg: Segment, readonly: bool = False) -> tuple[str, bytes]:
         seg.key = key
         seg.published = True
         seg.publisher = me
+        seg.proxy = client.address
         if seg.owner == me:
             seg.close_fd()  # the proxy holds it now; our mapping holds the memory
         # (else kept, as an unpublished inherited fd is: a fork of this process
         # publishes its own entry with it)
         return client.address, client.secret
+
+
+def _lost(seg: Segment, now: str) -> None:
+    """seg was published to a proxy that is gone (killed: this process's proxy is
+    another now) and we closed our fd of it: raise, and have its owner object stop
+    handing out its memory (an arena is retired: new arrays go to a new one)."""
+    proxy_lost = getattr(owned(seg.key), "proxy_lost", None)
+    if proxy_lost is not None:
+        proxy_lost()
+    raise ProxyError(
+        f"segment {seg.key} was shared through the fd proxy at {_show(seg.proxy)}, which "
+        f"is gone (killed?): this memory cannot be shared again (the proxy held its only "
+        "file descriptor; peers that attached it keep their views). Copy the array into "
+        "a new shared one (driller.array(a)): arrays made from now on are shared through "
+        f"this process's new proxy at {_show(now)}")
 
 
 def seal(seg: Segment, readonly: bool) -> bool:
@@ -125,7 +145,14 @@ def lease(seg: Segment, gen: int) -> tuple[str, int]:
     (proxy address, lease id).  One round trip to the proxy (two for a segment
     not yet published)."""
     address, secret = publish(seg)
-    return address, _client().lease(address, secret, seg.key, gen)
+    try:
+        return address, _client().lease(address, secret, seg.key, gen)
+    except ProxyError:
+        client = _client()
+        if client.address != address and seg.fd < 0:   # (our proxy was just found dead)
+            with _lock:
+                _lost(seg, client.address)
+        raise
 
 
 def drop_leases(pid: int, address: str, leases) -> None:

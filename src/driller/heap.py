@@ -48,6 +48,15 @@ class _Arena:
         self.exported = False    # some block was exported: retire, never keep as spare
         _publish.register(self.segment.key, self)
 
+    def proxy_lost(self) -> None:
+        """Our proxy died holding the arena's only fd (_publish._lost): its blocks
+        can no longer be shared, so new arrays go to another arena."""
+        with _lock:
+            self.exported = True   # (released when its last block dies, if ever)
+            if self in _arenas:
+                _arenas.remove(self)
+                _stats["arena_bytes"] -= self.segment.nbytes
+
     def block_for(self, gen: int) -> "Block | None":
         """The live block of generation gen in this arena (None in a fork child)."""
         if self.segment.owner != os.getpid():

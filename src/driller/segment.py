@@ -217,6 +217,7 @@ class Segment:
         self.fd = fd
         self.published = False
         self.publisher = 0     # the pid whose proxy entry serves it (see _publish.publish)
+        self.proxy = ""        # the address of the proxy it was published to
         self.closed = False
 
     @property
