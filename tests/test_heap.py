@@ -220,17 +220,39 @@ def test_python_objects_are_refused_in_shared_memory():
     assert b"refused:" in r.stdout and b"holding Python objects" in r.stdout, r.stdout
 
 
-def test_impossible_sizes_are_clear_errors_and_leak_no_fd():
+def test_impossible_sizes_are_clear_errors_and_leak_no_fd(monkeypatch):
     # too big for numpy: an OverflowError from ftruncate ("Python int too large to
     # convert to C long") before; now numpy's ValueError
     for shape in ((1 << 40, 1 << 40), (1 << 62,)):
         with pytest.raises(ValueError, match="array is too big"):
             driller.empty(shape)
     # more than the address space (256 TiB > x86_64's 128 TiB): a bare OSError from
-    # mmap, and the memfd of each failed attempt stayed open
+    # mmap, and the memfd of each failed attempt stayed open (the memory check
+    # below made to pass, so that mmap is what refuses)
+    monkeypatch.setattr(driller._linux, "memory_and_swap", lambda: 1 << 62)
     fds = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         with pytest.raises(MemoryError, match="cannot allocate 281474976710656 bytes"):
             driller.zeros(1 << 45)
     assert len(os.listdir("/proc/self/fd")) == fds
     assert driller.zeros(1 << 20).sum() == 0     # and allocation still works
+
+
+def test_more_than_memory_and_swap_is_a_memory_error_as_in_numpy():
+    # a memfd of any size is granted (its pages come as they are written):
+    # driller.zeros(2**40) gave an 8 TiB array on a 24 GiB machine, where np.zeros
+    # raises MemoryError (Linux's overcommit heuristic); writing it would have
+    # called the OOM killer
+    too_many = driller._linux.memory_and_swap() + 1
+    fds = len(os.listdir("/proc/self/fd"))
+    for make in (driller.zeros, driller.empty):
+        with pytest.raises(MemoryError, match=f"cannot allocate {too_many} bytes of shared "
+                           "memory: more than this machine's memory and swap"):
+            make(too_many, dtype=np.uint8)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.parametrize("shape", [3.0, (2, "x"), None, "abc"])
+def test_a_shape_that_is_not_integers_is_a_clear_type_error(shape):
+    with pytest.raises(TypeError, match="a shape is an integer or a sequence of integers"):
+        driller.zeros(shape)

@@ -899,6 +899,30 @@ def mem_total() -> int:
         return 1 << 33
 
 
+def memory_and_swap() -> int:
+    """Physical memory and swap in bytes (MemTotal + SwapTotal, read once): more
+    than this in one allocation, Linux's default overcommit heuristic refuses
+    (numpy's ``np.zeros`` raises MemoryError), while a memfd of that size is
+    granted and fails only as it is written."""
+    if _memory_and_swap:
+        return _memory_and_swap[0]
+    _memory_and_swap.append(_read_memory_and_swap())
+    return _memory_and_swap[0]
+
+
+_memory_and_swap: list[int] = []
+
+
+def _read_memory_and_swap() -> int:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            kb = {k: int(v.split()[0]) for k, _, v in (line.partition(b":") for line in f)
+                  if k in (b"MemTotal", b"SwapTotal")}
+        return (kb[b"MemTotal"] + kb.get(b"SwapTotal", 0)) * 1024
+    except (OSError, ValueError, KeyError):  # pragma: no cover
+        return mem_total()
+
+
 def proc_ids(pid: int) -> tuple[str, int, int] | None:
     """(state, ppid, pgrp) of a process from /proc/PID/stat, or None if it is gone."""
     try:

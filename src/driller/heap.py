@@ -27,7 +27,7 @@ import os
 import threading
 import weakref
 
-from . import _publish
+from . import _linux, _publish
 from ._alloc import FreeList
 from .proxy._wire import as_said
 from .segment import Segment
@@ -149,6 +149,9 @@ def allocate(nbytes: int, data: tuple[int, int] | None = None) -> Block:
     """A block of at least ``nbytes`` bytes (``data``: initial bytes (address, length)
     written into a new large segment)."""
     if nbytes >= LARGE_BYTES:
+        if nbytes > _linux.memory_and_swap():
+            raise MemoryError(f"cannot allocate {nbytes} bytes of shared memory: more than "
+                              "this machine's memory and swap")
         try:
             seg = Segment(nbytes, "array", data=data)
         except OSError as e:

@@ -472,8 +472,12 @@ def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...],
                                                                  int]:
     dt = np.dtype(dtype)
     _refuse_objects(dt, "cannot allocate a shared array")
-    dims = (operator.index(shape),) if isinstance(shape, SupportsIndex) \
-        else tuple(operator.index(s) for s in shape)
+    try:
+        dims = (operator.index(shape),) if isinstance(shape, SupportsIndex) \
+            else tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"a shape is an integer or a sequence of integers, not {shape!r}"
+                        ) from None
     if any(s < 0 for s in dims):
         raise ValueError(f"negative dimensions are not allowed: {dims}")
     items = math.prod(dims)
