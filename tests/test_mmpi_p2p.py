@@ -904,6 +904,27 @@ def test_isend_sends_the_object_as_it_was_at_the_call():
     assert got == [0.0] * 8 and big == 0.0 and raw == bytes(4) and sync == 0.0
 
 
+def _byte_order(comm):
+    # a small array of non-native byte order in an object: the small-object path
+    # pickled at protocol 4, where numpy converts it to native order (values right,
+    # dtype and bytes not mpi4py's); isend, bcast and allgather took it
+    small = {"f": np.arange(3, dtype=">f8"), "i": np.arange(3, dtype=">i4")}
+    if comm.rank == 0:
+        comm.send(small, dest=1, tag=1)
+        comm.isend(small, dest=1, tag=2).wait()
+        comm.issend(small, dest=1, tag=3).wait()
+        got = [comm.bcast(small, root=0), comm.allgather(small)[1]]
+    else:
+        got = [comm.recv(source=0, tag=t) for t in (1, 2, 3)]
+        got += [comm.bcast(None, root=0), comm.allgather(small)[0]]
+    return [(g["f"].dtype.str, g["i"].dtype.str, g["f"].tolist()) for g in got]
+
+
+def test_objects_keep_a_non_native_byte_order():
+    for rank_got in values(run_ranks(_byte_order, 2)):
+        assert rank_got == [(">f8", ">i4", [0.0, 1.0, 2.0])] * len(rank_got), rank_got
+
+
 def _ring_full(comm, count):
     # many eager messages overflow the ring: the sender queues and retries while the
     # receiver is busy elsewhere; nothing is lost or reordered

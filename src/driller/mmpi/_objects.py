@@ -153,7 +153,7 @@ def dumps(obj):
     parts = []
     kind = scan(obj)
     if kind == SIMPLE:  # nothing large inside: the plain (faster) pickle
-        return pickle.dumps(obj, 4), parts
+        return pickle.dumps(obj, 5), parts   # (5: numpy keeps a non-native byte order)
     if kind == OOB_BYTES:
         f = io.BytesIO()
         _OobPickler(f, parts).dump(obj)
