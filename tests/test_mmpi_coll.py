@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import tempfile
 import time
@@ -571,6 +572,37 @@ def test_mismatched_sizes_raise_clear_errors(single_copy, monkeypatch):
         for r in range(3):
             if r in who:
                 assert res[r] is not None and res[r][0] == etype and text in res[r][1], (kind, res)
+
+
+@pytest.mark.parametrize("count", [10, 400, 400_000], ids=["eager", "mid", "direct"])
+def test_an_allgather_block_of_the_wrong_size_raises_on_every_rank(count):
+    # rank 1 contributes half a block: every rank returned normally from Allgather,
+    # Allgatherv and Iallgather with rank 1's block half unwritten (as Open MPI
+    # does), while driller's Gather and Alltoall raise; with IN_PLACE (rank 1's
+    # blocks all half) ranks 0 and 1 raised and rank 2 returned normally
+    def fn(comm, count, kind):
+        me, n = comm.rank, comm.size
+        size = count if me != 1 else count // 2
+        sb, rb = np.full(size, me + 1.0), np.full(n * count, -9.0)
+        try:
+            if kind == "Allgather":
+                comm.Allgather(sb, rb)
+            elif kind == "Allgatherv":
+                comm.Allgatherv(sb, [rb, [count] * n])
+            elif kind == "Iallgather":
+                comm.Iallgather(sb, rb).Wait()
+            else:
+                comm.Allgather(MPI.IN_PLACE, np.full(n * size, me + 1.0))
+        except MmpiError as e:
+            comm.Barrier()   # (usable after)
+            return str(e)
+        return None
+
+    for kind in ("Allgather", "Allgatherv", "Iallgather", "in place"):
+        res = mmpi.spawn(fn, 3, args=(count, kind))
+        assert all(r is not None for r in res), (kind, res)
+        assert all(re.search(rf"\b{count * 4}\b", r) and "bytes" in r
+                   for r in res), (kind, res)   # (rank 1's half block, named)
 
 
 def run_ranks(fn, n, deadline=60.0):

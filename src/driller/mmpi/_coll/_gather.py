@@ -5,17 +5,17 @@ from __future__ import annotations
 from ...errors import MmpiError, TruncationError
 from .._bufspec import EMPTY, parse
 from .._const import IN_PLACE
-from ._bcast import g_bcast, g_obcast
+from ._bcast import g_bcast, g_bcast_refused, g_obcast
 from ._context import (INFO, address, cbase, check_root, co_recv, co_send, co_send_r,
                        oval_r, count_check,
                        count_errors, cr, cs, drive, first_error, notify, obj_items, oval,
-                       raise_failed, readv, waitall)
+                       raise_failed, readv, Refused, waitall)
 from ._direct import g_direct_ok, g_exchange, g_sync
 
 __all__ = [
     "ALLGATHER_DIRECT", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
     "g_ogather", "checked", "gather", "scatter", "allgather",
-    "local_copy", "buf_gather", "buf_scatter", "buf_allgather", "root_own_send",
+    "local_copy", "own_block", "buf_gather", "buf_scatter", "buf_allgather", "root_own_send",
     "root_own_recv",
 ]
 
@@ -69,14 +69,28 @@ def _gather_root(cx, sendbuf, rb, what, base):
 
 
 def local_copy(sb, dst, what, wording):
-    """Copy a rank's own contribution (``sb``, bytes) into its block ``dst`` as a
-    receive would: a shorter one fills the block's beginning (as Open MPI's local
-    copy does), a longer one is a truncation.  Returns the error instead of raising it,
-    so the caller completes its communication first (only this rank can see it)."""
+    """Copy a rank's own contribution (``sb``, bytes) into its block ``dst``: a
+    longer one is a truncation; a shorter one fills the block's beginning and is an
+    error too, as a peer's block of the wrong size is (Open MPI's local copy takes
+    it silently).  Returns the error instead of raising it, so the caller completes
+    its communication first (only this rank can see it)."""
     if len(sb) > len(dst):
         return TruncationError(f"{what}: " + wording.format(len(sb), len(dst)))
     dst[:len(sb)] = sb
+    if len(sb) < len(dst):
+        return MmpiError(f"{what}: " + wording.format(len(sb), len(dst)) + ": every rank "
+                         "must pass matching counts and datatypes")
     return None
+
+
+def own_block(sb, mine, what, me):
+    """A rank's own contribution ``sb`` to an allgather, copied into its block
+    ``mine``: (what it sends its peers, the error it raises once the exchange is
+    done, or None).  A shorter one is sent as it is, so that its peers see the
+    wrong count and raise too (every rank's block must be whole)."""
+    err = local_copy(sb, mine, what, f"rank {me} sends {{}} bytes but its block of the "
+                     "receive buffer holds {}")
+    return (mine[:len(sb)] if len(sb) < len(mine) else mine), err
 
 
 def root_own_send(sendbuf, block, what):
@@ -106,7 +120,7 @@ def root_own_recv(recvbuf, block, what):
     except MmpiError as e:
         return e
     err = local_copy(block, rb.mv, what, "the root's block holds {} bytes but its "
-                     "receive buffer {}")
+                     "receive buffer holds {}")
     rb.finish()
     return err
 
@@ -164,11 +178,10 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
         except Exception as e:   # (refused) this rank still takes part, with an empty
             err, send = e, EMPTY  # block: the others see it, none waits for it
         else:
-            err = local_copy(smv, mine, what, f"rank {me} sends {{}} bytes but its block "
-                             f"of the receive buffer holds {{}}")
+            send, err = own_block(smv, mine, what, me)
     # an error in this rank's own contribution is raised once the exchange is done
     try:
-        allgather_blocks(cx, rb, send, what)
+        allgather_blocks(cx, rb, send, what, err)
     except MmpiError:
         if err is None:
             raise   # (else this rank's own error, below, says more)
@@ -178,7 +191,10 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
         raise err
 
 
-def allgather_blocks(cx, rb, mine, what):
+def allgather_blocks(cx, rb, mine, what, own_err=None):
+    """Every rank's block of ``rb`` to every rank (``mine``: this rank's, which a
+    wrong size (``own_err``) or a peer's block of the wrong size makes every rank
+    raise)."""
     n, me = cx.size, cx.rank
     isz = rb.dtype.itemsize
     base = cbase(cx)
@@ -191,9 +207,10 @@ def allgather_blocks(cx, rb, mine, what):
             if me == 0:
                 ops = [(r, cr(cx, rb.block(r), r, base)) for r in range(1, n)]
                 yield [o for _, o in ops]
-                err = count_errors(cx, ops, rb.counts, isz, what)
-                if err is not None:
-                    yield from g_bcast(cx, rb.mv, 0, base + 1, what, True)
+                err = count_errors(cx, ops, rb.counts, isz, what) or own_err
+                if err is not None:   # nobody returns as if the blocks were right
+                    yield from g_bcast_refused(cx, 0, base + 1, Refused(
+                        0, f"got blocks of the wrong size ({err})"), what, len(rb.mv))
                     raise err
             else:
                 s = cs(cx, mine, 0, base)

@@ -550,13 +550,12 @@ def _allgather_buf(cx, sendbuf, recvbuf, what, vector) -> None:
 def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
     me, t = cx.rank, cx.t
     isz = rb.dtype.itemsize
-    mine = rb.block(me)
+    mine = send = rb.block(me)
     err = None
     if sendbuf is not IN_PLACE:
         sb, err = _own(sendbuf, what)
         if err is None:
-            err = _gather.local_copy(sb, mine, what, f"rank {me} sends {{}} bytes but its "
-                                     f"block of the receive buffer holds {{}}")
+            send, err = _gather.own_block(sb, mine, what, me)
     if _hierlane.Allgather(cx, h, err, rb, what):
         return
     node = h.node
@@ -564,7 +563,7 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
     cranks = _cranks(h)
     nbase = cbase(node)
     if mj != 0:
-        s = cs(node, mine, 0, nbase)
+        s = cs(node, send, 0, nbase)
         waitall(t, [s])
         first = s.exc
     else:

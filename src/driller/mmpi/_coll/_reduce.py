@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from ...errors import MmpiError, MmpiValueError, PeerDiedError
+from ...errors import MmpiError, MmpiValueError, PeerDiedError, TruncationError
 from .._bufspec import EMPTY, as_bytes, intlist, parse
 from .._const import IN_PLACE
 from ._bcast import g_bcast, g_bcast_refused
@@ -97,7 +97,12 @@ def g_reduce(cx, acc, send, op, dt, root, base, what, blk=False, fail=None, carr
                 continue
             if tmp is None:
                 tmp = np.empty_like(send)
-            fail = yield from xrecv_r(cx, as_bytes(tmp), src, base, blk, what)
+            try:
+                fail = yield from xrecv_r(cx, as_bytes(tmp), src, base, blk, what)
+            except (MmpiError, TruncationError) as e:   # a part of the wrong size: the
+                if isinstance(e, PeerDiedError):      # tree carries it on as a refusal
+                    raise                             # (its ranks must not wait for us)
+                fail = Refused(me, f"got a part of the wrong size ({e})")
             if fail is not None:
                 mask <<= 1
                 continue

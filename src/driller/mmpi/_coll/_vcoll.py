@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from ...errors import MmpiError, MmpiValueError, TruncationError
+from ...errors import MmpiError, MmpiValueError
 from .._bufspec import EMPTY, Buf, intlist, parse, wblocks
 from .._const import IN_PLACE
 from ._context import (Refused, cbase, check_root, count_check, count_errors, cr, cs, drive,
@@ -30,6 +30,7 @@ from ._context import (Refused, cbase, check_root, count_check, count_errors, cr
 from ._nonblocking import coll_request
 from ._ops import SUM, check_op, stand_in
 from ._direct import g_exchange
+from ._gather import local_copy, own_block
 from ._reduce import (g_counts, g_reduce, g_rs_refused, g_rs_scatter_refused, g_scan_refused,
                       red_args, same_type)
 
@@ -38,16 +39,6 @@ __all__ = [
     "Ialltoall", "Ialltoallv", "Ialltoallw", "Alltoallw", "Ireduce", "Ireduce_scatter",
     "Ireduce_scatter_block", "Iscan", "Iexscan",
 ]
-
-
-def _own(sb_mv, dst, what, wording):
-    """Copy this rank's own contribution into its block; a longer one truncates: the
-    error is returned, to be raised once the exchange is done (only this rank sees
-    it: the others must not be left waiting)."""
-    if len(sb_mv) > len(dst):
-        return TruncationError(f"{what}: " + wording.format(len(sb_mv), len(dst)))
-    dst[:len(sb_mv)] = sb_mv
-    return None
 
 
 def _checks(cx, ops, rb, what):
@@ -65,8 +56,9 @@ def _gather(cx, sendbuf, recvbuf, root, what, vector):
     if me == root:
         rb = parse(recvbuf, True, what, blocks=n, vector=vector, staged=True)
         sb = None if sendbuf is IN_PLACE or sendbuf is None else parse(sendbuf, False, what)
-        err = None if sb is None else _own(sb.mv, rb.block(me), what, "the root sends {} "
-                                           "bytes but its block of the receive buffer holds {}")
+        err = None if sb is None else local_copy(
+            sb.mv, rb.block(me), what, "the root sends {} bytes but its block of the receive "
+            "buffer holds {}")
     else:
         try:
             sb, rb, err = parse(sendbuf, False, what), None, None
@@ -114,8 +106,8 @@ def _scatter(cx, sendbuf, recvbuf, root, what, vector):
         rb = err = None
         if recvbuf is not IN_PLACE and recvbuf is not None:
             rb = parse(recvbuf, True, what, staged=True)
-            err = _own(sb.block(me), rb.mv, what, "the root's block holds {} bytes but its "
-                       "receive buffer {}")
+            err = local_copy(sb.block(me), rb.mv, what, "the root's block holds {} bytes "
+                             "but its receive buffer holds {}")
     else:
         sb, rb, err = None, parse(recvbuf, True, what, staged=True), None
     return coll_request(cx, g_then(g_scatter(cx, sb, rb, root, cbase(cx), what, err),
@@ -151,15 +143,15 @@ def _allgather(cx, sendbuf, recvbuf, what, vector):
     me = cx.rank
     rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
     err = None
-    if sendbuf is not IN_PLACE:
-        err = _own(parse(sendbuf, False, what).mv, rb.block(me), what,
-                   f"rank {me} sends {{}} bytes but its block of the receive buffer holds {{}}")
-    return coll_request(cx, g_then(g_allgather(cx, rb, cbase(cx), what, err), rb.finish))
-
-
-def g_allgather(cx, rb, base, what, err=None):
-    me, n = cx.rank, cx.size
     mine = rb.block(me)
+    if sendbuf is not IN_PLACE:
+        mine, err = own_block(parse(sendbuf, False, what).mv, mine, what, me)
+    return coll_request(cx, g_then(g_allgather(cx, rb, mine, cbase(cx), what, err),
+                                   rb.finish))
+
+
+def g_allgather(cx, rb, mine, base, what, err=None):
+    me, n = cx.rank, cx.size
     ops = [((me - i) % n, cr(cx, rb.block((me - i) % n), (me - i) % n, base))
            for i in range(1, n)]
     sends = [cs(cx, mine, (me + i) % n, base) for i in range(1, n)]
