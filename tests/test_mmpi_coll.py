@@ -605,6 +605,31 @@ def test_an_allgather_block_of_the_wrong_size_raises_on_every_rank(count):
                    for r in res), (kind, res)   # (rank 1's half block, named)
 
 
+@pytest.mark.parametrize("count", [10, 1000, 100_000], ids=["eager", "mid", "direct"])
+def test_a_part_of_the_wrong_size_raises_on_every_rank_that_would_use_it(count):
+    # Reduce_scatter_block with rank 1's count halved: rank 0 (the reduction tree's
+    # root) raised, ranks 1 and 2 waited for their blocks until rank 0 exited; a
+    # Scatter root whose send buffer holds half-blocks returned with its own block
+    # half written while the others raised
+    def fn(comm, count, kind):
+        me, n = comm.rank, comm.size
+        c = count if me != 1 else count // 2
+        try:
+            if kind == "Reduce_scatter_block":
+                comm.Reduce_scatter_block(np.ones(n * c), np.zeros(c))
+            else:
+                sb = np.ones(n * count // 2) if me == 0 else None
+                comm.Scatter(sb, np.zeros(count), root=0)
+        except MmpiError as e:
+            comm.Barrier()   # (usable after)
+            return str(e)
+        return None
+
+    for kind in ("Reduce_scatter_block", "Scatter"):
+        res = run_ranks(lambda comm: fn(comm, count, kind), 3)
+        assert all(r[0] == "ok" and r[1] is not None for r in res), (kind, res)
+
+
 def run_ranks(fn, n, deadline=60.0):
     """A minimal launcher (as `driller run`): fork, init_world, reap, mark_dead.
     Returns per rank ("ok", value) / ("err", type, text) / ("signal", signo)."""
