@@ -667,8 +667,26 @@ def test_a_lease_takes_what_its_holders_say_and_nothing_malformed():
     assert not lease.all_loaded()
     lease.said(frozenset({b2 + 1}))
     assert lease.all_loaded() and lease.loaded == [[1, 7], [b1 + 1, b1 + 2], [b2 + 1, b2 + 1]]
+    lease = _Lease(3, None, 0)        # a loader's three runs are not the forwarder's
+    lease.said(((1, 1), (3, 3), (5, 5)))    # (made, runs, ranges) form
+    assert lease.loaded == [[1, 1], [3, 3], [5, 5]]
     lease = _Lease(2, None, 0)        # loads in any order: the proxy keeps more runs
     lease.said(34)
     for n in list(range(1, 35, 2)) + list(range(2, 35, 2)):
         lease.said(frozenset({n}))
     assert lease.all_loaded() and lease.loaded == [[1, 34]]
+
+
+def test_a_lease_gives_a_bounded_number_of_forwarding_ranges():
+    # each "number" request kept a range at the proxy (about 100 bytes) until the
+    # lease ended: a holder asking in a loop grew the proxy without bound
+    import driller
+    from driller.proxy import ProxyClient
+    from driller.proxy._server import _MAX_FORWARD_RANGES
+    a = driller.zeros(10)
+    h = driller.handle(a)
+    client = ProxyClient.get()
+    bases = {client.number(h.proxy, h.lease) for _ in range(_MAX_FORWARD_RANGES)}
+    assert len(bases) == _MAX_FORWARD_RANGES
+    with pytest.raises(ProxyError, match=f"has given {_MAX_FORWARD_RANGES} ranges"):
+        client.number(h.proxy, h.lease)

@@ -256,3 +256,9 @@ def test_more_than_memory_and_swap_is_a_memory_error_as_in_numpy():
 def test_a_shape_that_is_not_integers_is_a_clear_type_error(shape):
     with pytest.raises(TypeError, match="a shape is an integer or a sequence of integers"):
         driller.zeros(shape)
+
+
+@pytest.mark.parametrize("shape", [np.array([2, 3]), np.int64(4), [np.int32(2), 3],
+                                   np.array(5)])
+def test_a_shape_of_numpy_integers_is_numpys(shape):
+    assert driller.zeros(shape).shape == np.zeros(shape).shape

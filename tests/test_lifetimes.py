@@ -762,7 +762,8 @@ POOL_TASK_SCRIPT = textwrap.dedent(r"""
             else:                # the fd proxy killed while tasks are queued
                 keep = list(arrays(4))
                 it = pool.imap(work, keep)
-                time.sleep(0.3)
+                bound = pool.apply_async(keep[3].sum)   # (a method of an array: pickle
+                time.sleep(0.3)                         # takes it while it unpickles)
                 os.kill(proxy_info()["pid"], signal.SIGKILL)
             for i in range(8 if why == "lease" else 4):
                 try:
@@ -772,6 +773,13 @@ POOL_TASK_SCRIPT = textwrap.dedent(r"""
                     break
                 except driller.DrillerError as e:
                     print("ERR", i, type(e).__name__, str(e).replace("\n", " "))
+            if why == "proxy":
+                try:
+                    print("BOUND", bound.get(timeout=30))
+                except mp.TimeoutError:
+                    print("HANG bound method")
+                except driller.DrillerError as e:
+                    print("ERR bound", type(e).__name__, str(e).replace("\n", " "))
     """)
 
 
@@ -795,6 +803,8 @@ def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
     assert not [x for x in lines if x.startswith("HANG")], out.stdout + out.stderr
     errors = [x for x in lines if x.startswith("ERR")]
     assert errors, out.stdout        # (the last tasks' arrays cannot load)
+    assert why == "lease" or [x for x in errors if x.startswith("ERR bound ProxyError")], \
+        out.stdout
     for x in lines:                  # the others are right, never another array's bytes
         if x.startswith("OK"):
             _, i, got = x.split()

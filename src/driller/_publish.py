@@ -123,7 +123,8 @@ def _lost(seg: Segment, now: str) -> None:
         f"is gone (killed?): this memory cannot be shared again (the proxy held its only "
         "file descriptor; peers that attached it keep their views). Copy the array into "
         "a new shared one (driller.array(a)): arrays made from now on are shared through "
-        f"this process's new proxy at {_show(now)}")
+        f"this process's new proxy at {_show(now)} (small arrays made before now come from "
+        "memory shared through the old one)")
 
 
 def seal(seg: Segment, readonly: bool) -> bool:

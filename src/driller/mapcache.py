@@ -235,11 +235,18 @@ class MapCache:
         loaded from this cache without a claim, of mappings still mapped (said, else,
         as each mapping is unmapped), so their leases end as their loaders go."""
         by_address: dict[str, list] = {}
-        for region, claims in list(self._claims.items()):
-            address = self._addresses.get(region)
-            for lid, c in list(claims.items()):
-                if address is not None and (c[1] or len(c) > 2):
-                    by_address.setdefault(address, []).append((lid, claim_said(c)))
+        # (under the lock: a thread pickling meanwhile counts its number in, or after
+        # this; never waited for long at exit, where a daemon thread may hold it)
+        locked = self._lock.acquire(timeout=1.0)
+        try:
+            for region, claims in list(self._claims.items()):
+                address = self._addresses.get(region)
+                for lid, c in list(claims.items()):
+                    if address is not None and (c[1] or len(c) > 2):
+                        by_address.setdefault(address, []).append((lid, claim_said(c)))
+        finally:
+            if locked:
+                self._lock.release()
         for address, items in by_address.items():
             _publish.say_issued(address, items)
 

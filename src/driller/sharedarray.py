@@ -420,12 +420,14 @@ class _Unloadable:
         raise self.error
 
     def __getattr__(self, name: str) -> Any:
+        if _reading_a_pool_task(sys._getframe(1)):   # (pickle takes a method of it, as
+            return _Unloadable(self.error)           # for a task of a.sum: used later)
         raise self.error
 
     def __repr__(self) -> str:
         return f"<driller: a shared array that could not be loaded: {self.error}>"
 
-    __setattr__ = __delattr__ = __reduce_ex__ = __reduce__ = __array__ = _raise
+    __setattr__ = __delattr__ = __reduce_ex__ = __reduce__ = __array__ = __call__ = _raise
     __len__ = __iter__ = __contains__ = __getitem__ = __setitem__ = __delitem__ = _raise
     __bool__ = __index__ = __int__ = __float__ = __complex__ = __buffer__ = _raise
     __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _raise
@@ -473,11 +475,13 @@ def _normalize(shape: ShapeLike, dtype: npt.DTypeLike) -> tuple[tuple[int, ...],
     dt = np.dtype(dtype)
     _refuse_objects(dt, "cannot allocate a shared array")
     try:
-        dims = (operator.index(shape),) if isinstance(shape, SupportsIndex) \
-            else tuple(operator.index(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"a shape is an integer or a sequence of integers, not {shape!r}"
-                        ) from None
+        dims: tuple[int, ...] = (operator.index(shape),)   # type: ignore[arg-type]
+    except TypeError:   # (a numpy array of integers has __index__ too, but is a sequence)
+        try:
+            dims = tuple(operator.index(s) for s in shape)   # type: ignore[union-attr]
+        except TypeError:
+            raise TypeError(f"a shape is an integer or a sequence of integers, not "
+                            f"{shape!r}") from None
     if any(s < 0 for s in dims):
         raise ValueError(f"negative dimensions are not allowed: {dims}")
     items = math.prod(dims)

@@ -86,6 +86,9 @@ class _Seg:
         self.released: str | None = None  # why the owner let go (kept only for leases)
 
 
+_MAX_FORWARD_RANGES = 4096   # ranges of forwarded numbers one lease gives (op "number")
+
+
 class _Lease:
     """A transfer lease: keeps its segment's fd here while anyone may still load a
     handle naming (segment, block generation).  ``holders``: peer -> count (the
@@ -112,7 +115,8 @@ class _Lease:
         pairs; a frozenset of numbers), both ((made, runs): the pickling process
         loaded some itself), or those and how many a forwarding process made in
         the ranges it was given ((made, runs, ((base, made), ...)))."""
-        if type(what) is tuple and len(what) == 3 and type(what[2]) is tuple:
+        if type(what) is tuple and len(what) == 3 and type(what[0]) is int \
+                and type(what[2]) is tuple:   # (three runs start with a tuple)
             for item in what[2]:
                 if type(item) is tuple and len(item) == 2 and type(item[0]) is int \
                         and item[0] in self.forwarded \
@@ -600,6 +604,10 @@ class _Server:
             if lease is None or peer not in lease.holders:   # own, each to be loaded
                 self._send(peer, ("gone", f"transfer lease {msg[1]!r} is not held by pid "
                                   f"{peer.pid}"))
+                return
+            if len(lease.forwarded) >= _MAX_FORWARD_RANGES:   # (it then reuses its
+                self._send(peer, ("err", f"transfer lease {msg[1]} has given "  # handle's)
+                                  f"{_MAX_FORWARD_RANGES} ranges of numbers already"))
                 return
             base = FORWARDED + (len(lease.forwarded) + 1) * FORWARD_SPAN
             lease.forwarded[base] = None   # (until the holder says how many it made)
