@@ -9,7 +9,8 @@ Waitall over requests of both routes, probes; the fast paths' order when the eng
 holds messages of other communicators or sources; a large blocking Send's buffer
 written over as soon as it returns; the small-message route's shortcuts (a pool slot
 restarted lazily, a sender's header reused), and the same lazy restart after a large
-buffer's request or a small object taken by a blocking receive."""
+buffer's request or a small object taken by a blocking receive; an Isend that does
+not wait for its receiver to enter MPI."""
 import os
 import sys
 import time
@@ -700,6 +701,29 @@ else:
     assert sb.Get_count(MPI.BYTE) == L + 8 and (second == pattern(L + 8, 1)).all()
 comm.Barrier()
 dup.Free()
+comm.Barrier()
+
+# 11. an Isend to another node returns before its receiver enters MPI: a record of
+# 720-1000 bytes went by a blocking MPI Send, which under Open MPI's shared memory
+# waited for the receiver, so a receiver waiting (outside MPI) for word that the
+# sender went on never got it.  Rank 2 waits for rank 0's flag file before receiving.
+flag = os.path.join(sys.argv[1], "isent")
+ISIZES = (8, 656, 800, 960, L + 1)
+if r == 0:
+    for k, size in enumerate(ISIZES):
+        rq = comm.Isend(pattern(size, k), 2, 70 + k)
+        open(f"{flag}{k}", "w").close()
+        rq.Wait()
+elif r == 2:
+    for k, size in enumerate(ISIZES):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(f"{flag}{k}"):
+            assert time.monotonic() < deadline, f"an Isend of {size} bytes waited for me"
+            time.sleep(0.01)
+        os.remove(f"{flag}{k}")
+        got = np.empty(size, np.uint8)
+        comm.Recv(got, 0, 70 + k)
+        assert (got == pattern(size, k)).all(), size
 comm.Barrier()
 with open(os.path.join(sys.argv[1], f"ok{r}"), "w") as f:
     f.write("ok")

@@ -187,6 +187,7 @@ class HybridTransport(T.Transport):
         self._tag_span = max(1, min(int(ub) if ub else 32767, 1 << 31) - DATA_TAG0)
         self._seq = [0] * self.size     # dst -> next data tag (minus DATA_TAG0)
         self._rec_sends: list = []      # (request, record) of records in flight
+        self._rec_limit = 64            # how many before _keep_rec tests them all
         self._data_sends: list = []     # [requests, send op, bytes] of data messages in flight
         self._data_recvs: dict = {}     # token -> (requests, receive or _Flag, bytes, truncated)
         self._inflight = 0              # bytes of our data messages in flight
@@ -235,15 +236,15 @@ class HybridTransport(T.Transport):
         kept); False (the general path) beyond ``inline_max`` bytes, or for an object
         holding a SharedArray by reference (send_object sends it by value).  The
         record is the packed header and the payload joined in one ``bytes`` (cheaper
-        than packing into a buffer and copying into it); one of up to ``SEND_MAX``
-        bytes goes by a blocking ``Send`` (eager in every MPI: it returns once MPI
-        holds the bytes; no request kept and tested later), a larger one by
-        ``Isend``, kept until MPI is done."""
+        than packing into a buffer and copying into it), sent by ``Isend``: kept
+        (``_keep_rec``) unless MPI is done with it at once.  (A blocking ``Send``
+        of a record of 720 bytes waited for the receiver to enter MPI in Open MPI's
+        shared-memory transport: an ``Isend`` returned only then, which deadlocks
+        a program that makes its receiver wait for the sender.)"""
         inline, me = self.inline_max, self.rank
         head, K_EAGER, F_OBJ = T.HDR.pack, T.K_EAGER, T.F_OBJ
-        Isend, Send = self.mpi.Isend, self.mpi.Send
+        Isend, keep = self.mpi.Isend, self._keep_rec
         small = min(SEND_MAX - T.HDR_BYTES, inline)
-        t_ = self
         # the header of the last plain buffer sent (it depends on nothing else): the
         # same again (a loop's messages) is joined to the payload without packing
         lc, lt, ln = -1, -1, -1
@@ -256,23 +257,33 @@ class HybridTransport(T.Transport):
                 if flags:
                     if flags & F_OBJ and _SHARED_MARK in mv:
                         return False
-                    Send(head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv, dst,
-                         REC_TAG)
-                    return True
-                if n != ln or tag != lt or ctx != lc:
-                    lh = head(K_EAGER, ctx, tag, n, 0, 0, n, me)
-                    lc, lt, ln = ctx, tag, n
-                Send(lh + mv, dst, REC_TAG)
+                    rec = head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv
+                else:
+                    if n != ln or tag != lt or ctx != lc:
+                        lh = head(K_EAGER, ctx, tag, n, 0, 0, n, me)
+                        lc, lt, ln = ctx, tag, n
+                    rec = lh + mv
+                r = Isend(rec, dst, REC_TAG)
+                if not r.Test():
+                    keep(r, rec)
                 return True
             if n > inline or (flags & F_OBJ and _SHARED_MARK in mv):
                 return False
             rec = head(K_EAGER | flags << 8, ctx, tag, n, 0, 0, n, me) + mv
-            sends = t_._rec_sends
-            sends.append((Isend(rec, dst, REC_TAG), rec))
-            if len(sends) > 64:   # (Send/Recv loops never reach _poll_mpi's cleanup)
-                t_._rec_sends = [x for x in sends if not x[0].Test()]
+            keep(Isend(rec, dst, REC_TAG), rec)
             return True
         return send
+
+    def _keep_rec(self, r, rec) -> None:
+        """Keep a record's request (and its bytes) until MPI is done with it: tested
+        by _poll_mpi, and here each time the kept ones double (Send/Recv loops never
+        reach _poll_mpi: each test of all of them at every new one made posting n
+        of them cost n squared while the receiver was busy)."""
+        sends = self._rec_sends
+        sends.append((r, rec))
+        if len(sends) > self._rec_limit:
+            self._rec_sends = sends = [x for x in sends if not x[0].Test()]
+            self._rec_limit = max(64, 2 * len(sends))
 
     def isend(self, op: T.SendOp, protocol: int | None = None) -> T.SendOp:
         if protocol is None and op.nbytes > self.inline_max and op.dest in self.remote:
@@ -365,13 +376,16 @@ class HybridTransport(T.Transport):
         """The request record (as _put_send's, sender id 0: no FIN comes back) and the
         data message straight from ``mv``, two MPI calls; the engine never holds it
         (records to other nodes are never queued, so order is MPI's: kept).  The
-        record (64 bytes: eager in every MPI) goes by a blocking ``Send``, which
-        returns once MPI holds it (no request kept and tested later).  Returns the
+        record (64 bytes) goes by ``Isend``, kept unless MPI is done with it at once
+        (a blocking ``Send`` may wait for the receiver, _remote_sender).  Returns the
         data message's request (``Issend``'s if ``sync``: done once matched)."""
         n = len(mv)
         first = self._tags(dst, 1)
-        self.mpi.Send(T.HDR.pack(T.K_RTS | (T.F_SYNC if sync else 0) << 8, ctx, tag, n, 0,
-                                 first, 0, self.rank), dst, REC_TAG)
+        rec = T.HDR.pack(T.K_RTS | (T.F_SYNC if sync else 0) << 8, ctx, tag, n, 0, first, 0,
+                         self.rank)
+        r = self.mpi.Isend(rec, dst, REC_TAG)
+        if not r.Test():
+            self._keep_rec(r, rec)
         return (self.mpi_data.Issend if sync else self.mpi_data.Isend)(
             [mv, self._BYTE], dst, first)
 

@@ -172,7 +172,7 @@ def buf_allgather(cx, sendbuf, recvbuf, what, vector):
     mine = rb.block(me)
     err = None
     send = mine
-    if sendbuf is not IN_PLACE:
+    if sendbuf is not IN_PLACE and sendbuf is not None:   # (None: in place, as mpi4py)
         try:
             smv = parse(sendbuf, False, what).mv
         except Exception as e:   # (refused) this rank still takes part, with an empty

@@ -552,7 +552,7 @@ def _allgather_into(cx, h, sendbuf, rb: Buf, what) -> None:
     isz = rb.dtype.itemsize
     mine = send = rb.block(me)
     err = None
-    if sendbuf is not IN_PLACE:
+    if sendbuf is not IN_PLACE and sendbuf is not None:   # (None: in place, as mpi4py)
         sb, err = _own(sendbuf, what)
         if err is None:
             send, err = _gather.own_block(sb, mine, what, me)

@@ -144,7 +144,7 @@ def _allgather(cx, sendbuf, recvbuf, what, vector):
     rb = parse(recvbuf, True, what, blocks=cx.size, vector=vector, staged=True)
     err = None
     mine = rb.block(me)
-    if sendbuf is not IN_PLACE:
+    if sendbuf is not IN_PLACE and sendbuf is not None:   # (None: in place, as mpi4py)
         mine, err = own_block(parse(sendbuf, False, what).mv, mine, what, me)
     return coll_request(cx, g_then(g_allgather(cx, rb, mine, cbase(cx), what, err),
                                    rb.finish))
