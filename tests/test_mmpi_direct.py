@@ -1489,7 +1489,15 @@ def _race_adapt(comm, seed, ready_r, ready_w):
 
 
 def test_adaptive_split_claims_race_withdrawals_and_alarms(adapt_on):
-    res = _run_race(_race_adapt, 4321)
-    nxt, interrupted, taken, st = res[1][1]
-    _, sp0 = res[0][1]
-    assert nxt == ROUNDS and interrupted > 0 and st[1] > 0 and sp0[0] > 0, res
+    # a split needs rank 1 awake at the send (it says so in G_DSPLIT): on a loaded
+    # machine it slept at every one of the 300 sends once (CI, 2026-12-02), so the
+    # race runs again with another seed until split writes raced it (each run's
+    # results checked)
+    for seed in (4321, 4322, 4323):
+        res = _run_race(_race_adapt, seed)
+        nxt, interrupted, taken, st = res[1][1]
+        _, sp0 = res[0][1]
+        assert nxt == ROUNDS and interrupted > 0 and st[1] > 0, res
+        if sp0[0] > 0:
+            break
+    assert sp0[0] > 0, res   # (split writes sent)
