@@ -274,6 +274,14 @@ class HybridTransport(T.Transport):
             return True
         return send
 
+    def _post_rec(self, rec, dst: int) -> None:
+        """Send a record to ``dst`` of another node by ``Isend``, kept (``_keep_rec``)
+        unless MPI is done with it at once (a blocking ``Send`` may wait for the
+        receiver: _remote_sender, whose hot path inlines the same three steps)."""
+        r = self.mpi.Isend(rec, dst, REC_TAG)
+        if not r.Test():
+            self._keep_rec(r, rec)
+
     def _keep_rec(self, r, rec) -> None:
         """Keep a record's request (and its bytes) until MPI is done with it: tested
         by _poll_mpi, and here each time the kept ones double (Send/Recv loops never
@@ -383,9 +391,7 @@ class HybridTransport(T.Transport):
         first = self._tags(dst, 1)
         rec = T.HDR.pack(T.K_RTS | (T.F_SYNC if sync else 0) << 8, ctx, tag, n, 0, first, 0,
                          self.rank)
-        r = self.mpi.Isend(rec, dst, REC_TAG)
-        if not r.Test():
-            self._keep_rec(r, rec)
+        self._post_rec(rec, dst)
         return (self.mpi_data.Issend if sync else self.mpi_data.Isend)(
             [mv, self._BYTE], dst, first)
 
@@ -780,15 +786,14 @@ class HybridTransport(T.Transport):
             T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen,
                             self.rank | ltag << 32)
             payload = bytes(payload)
-            self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
-            self._rec_sends.append((self.mpi_data.Isend([payload, self._BYTE], dst, ltag),
-                                    payload))
+            self._post_rec(rec, dst)
+            self._keep_rec(self.mpi_data.Isend([payload, self._BYTE], dst, ltag), payload)
             return True
         rec = bytearray(T.HDR_BYTES + plen)
         T.HDR.pack_into(rec, 0, kindflags, ctx, tag, nbytes, sid, addr, plen, self.rank)
         if plen:
             rec[T.HDR_BYTES:] = payload
-        self._rec_sends.append((self.mpi.Isend(rec, dst, REC_TAG), rec))
+        self._post_rec(rec, dst)
         return True
 
     def _reply(self, a: E.Reply) -> None:
