@@ -757,15 +757,15 @@ POOL_TASK_SCRIPT = textwrap.dedent(r"""
     if __name__ == "__main__":
         method, why = sys.argv[1], sys.argv[2]
         with mp.get_context(method).Pool(1) as pool:
-            if why == "lease":   # tasks queued longer than the lease lasts unloaded
-                it = pool.imap(work, arrays(8))
+            if why != "proxy":   # tasks queued longer than the lease lasts unloaded
+                it = pool.imap(work, arrays(8))   # (or more of them than the cap)
             else:                # the fd proxy killed while tasks are queued
                 keep = list(arrays(4))
                 it = pool.imap(work, keep)
                 bound = pool.apply_async(keep[3].sum)   # (a method of an array: pickle
                 time.sleep(0.3)                         # takes it while it unpickles)
                 os.kill(proxy_info()["pid"], signal.SIGKILL)
-            for i in range(8 if why == "lease" else 4):
+            for i in range(4 if why == "proxy" else 8):
                 try:
                     print("OK", i, it.next(timeout=30))
                 except mp.TimeoutError:
@@ -783,17 +783,20 @@ POOL_TASK_SCRIPT = textwrap.dedent(r"""
     """)
 
 
-@pytest.mark.parametrize("why", ["lease", "proxy"])
+@pytest.mark.parametrize("why", ["lease", "orphans", "proxy"])
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
         method, why, tmp_path):
     # the worker reading its next task raised as it loaded the array (its lease
-    # ended: queued by imap longer than DRILLER_LEASE_SECONDS after it was freed; or
-    # the fd proxy was killed): multiprocessing.Pool lost the task (the worker died,
-    # or for a ProxyError, an OSError, exited quietly) and the caller waited for ever
+    # ended: queued by imap longer than DRILLER_LEASE_SECONDS after it was freed, or
+    # beyond DRILLER_LEASE_MAX_ORPHANS unloaded; or the fd proxy was killed):
+    # multiprocessing.Pool lost the task (the worker died, or for a ProxyError, an
+    # OSError, exited quietly) and the caller waited for ever.  The advice names the
+    # setting that ended the lease (it said "raise DRILLER_LEASE_SECONDS" for all)
     env = dict(os.environ)
     env.pop("DRILLER_PROXY", None)   # (a proxy of its own: short leases, killed)
-    env["DRILLER_LEASE_SECONDS"] = "1"
+    env["DRILLER_LEASE_SECONDS"] = "300" if why == "orphans" else "1"
+    env["DRILLER_LEASE_MAX_ORPHANS"] = "2" if why == "orphans" else "1000"
     script = tmp_path / "pool_task.py"   # (a file: spawn's workers import its main)
     script.write_text(POOL_TASK_SCRIPT)
     out = subprocess.run([sys.executable, str(script), method, why],
@@ -803,7 +806,7 @@ def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
     assert not [x for x in lines if x.startswith("HANG")], out.stdout + out.stderr
     errors = [x for x in lines if x.startswith("ERR")]
     assert errors, out.stdout        # (the last tasks' arrays cannot load)
-    assert why == "lease" or [x for x in errors if x.startswith("ERR bound ProxyError")], \
+    assert why != "proxy" or [x for x in errors if x.startswith("ERR bound ProxyError")], \
         out.stdout
     for x in lines:                  # the others are right, never another array's bytes
         if x.startswith("OK"):
@@ -811,8 +814,15 @@ def test_a_pool_task_whose_array_cannot_load_fails_instead_of_hanging_the_pool(
             assert float(got) == 10.0 * int(i), x
     for x in errors:
         assert "multiprocessing.Pool task" in x, x
-        assert ("SegmentReleasedError" in x and "never loaded within 1 s" in x) if \
-            why == "lease" else "ProxyError" in x, x
+        if why == "proxy":
+            assert "ProxyError" in x, x
+            continue
+        assert "SegmentReleasedError" in x, x
+        if why == "lease":
+            assert "never loaded within 1 s" in x and "raise DRILLER_LEASE_SECONDS)" in x, x
+        else:
+            assert "more than 2 other handles" in x, x
+            assert "raise DRILLER_LEASE_MAX_ORPHANS)" in x and "_SECONDS" not in x, x
 
 
 PROXY_KILLED_SCRIPT = textwrap.dedent(r"""

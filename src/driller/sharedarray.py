@@ -76,7 +76,8 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, SupportsIndex, Union
 
 from . import _publish, heap, mapcache
 from .errors import DrillerError, ProxyError, ReadOnlyError, SegmentReleasedError
-from .proxy._wire import RANGES_KEPT_PROXY, add_run, as_said
+from .proxy._wire import (_LEASE_IDLE_VAR, _LEASE_ORPHANS_VAR, _LEASE_SECONDS_VAR,
+                          RANGES_KEPT_PROXY, add_run, as_said)
 from .segment import Handle, Region
 
 __all__ = ["SharedArray", "empty", "zeros", "empty_like", "zeros_like", "array",
@@ -379,6 +380,10 @@ _BY_REFERENCE = ("(a pickled SharedArray names shared memory of a running proces
                  "pickle them inside `with driller.pickled_by_value():`)")
 
 
+# the settings whose limit may have ended a lease (the proxy's message names it)
+_LEASE_VARS = (_LEASE_SECONDS_VAR, _LEASE_ORPHANS_VAR, _LEASE_IDLE_VAR)
+
+
 def _rebuild(h: Handle) -> Any:
     """Unpickling a SharedArray."""
     try:
@@ -387,9 +392,9 @@ def _rebuild(h: Handle) -> Any:
         e.args = (f"{e} {_BY_REFERENCE}",)
         if _reading_a_pool_task(sys._getframe(1)):
             e.args = (f"{e} (an argument of this multiprocessing.Pool task" + (
-                ": keep the arrays of queued tasks alive until their results come, or "
-                "raise DRILLER_LEASE_SECONDS)" if isinstance(e, SegmentReleasedError)
-                else ")"),)
+                ": keep the arrays of queued tasks alive until their results come" +
+                "".join(f", or raise {v}" for v in _LEASE_VARS if v in str(e)) + ")"
+                if isinstance(e, SegmentReleasedError) else ")"),)
             return _Unloadable(e)
         raise
 
