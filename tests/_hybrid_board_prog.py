@@ -2,7 +2,7 @@
 (world ranks 0, 1 on the first, 2, 3 on the second).
 
 Mode "wrong <case> [exit]": one rank (or one node) calls a collective with another root, or
-another collective, than the others.  Each rank prints what it got ("rank R got X"):
+another collective, than the others (case "exit": rank 2 exits instead).  Each rank prints what it got ("rank R got X"):
 a rank that printed another root's data took a wrong result without a word.  The
 job must end (the ranks named), never hang, never return such data; with "exit"
 the ranks call no other collective after it (they exit: Finalize's barrier).
@@ -59,6 +59,10 @@ if mode == "wrong":
         out = np.zeros(4)
         comm.Scatter(np.arange(4.0 * n).reshape(n, 4) + 100 * root, out, root=root)
         print(f"rank {r} got {out[0]}", flush=True)
+    elif case == "exit":                       # rank 2 exits (code 3), the others
+        if r == 2:                             # call a Barrier
+            sys.exit(3)
+        comm.Barrier()
     else:
         raise SystemExit(f"unknown case {case}")
     if len(sys.argv) > 3 and sys.argv[3] == "exit":   # no other collective: the exit's

@@ -63,6 +63,27 @@ def test_a_wrong_root_or_kind_on_a_rank_of_another_node_ends_the_job(impl, case,
 
 
 @pytest.mark.parametrize("impl", ["openmpi", "mpich"])
+def test_a_rank_that_exits_while_the_others_wait_in_a_collective_is_named_as_exiting(impl):
+    """Rank 2 calls sys.exit(3) while the others wait in a Barrier, then another: its
+    exit's barrier passed their first Barrier (the same tags), it went on into MPI's
+    own Finalize and they hung in the next one for ever.  Now the exit's barrier has
+    tags of its own, so the ranks' histories are compared and the job ends naming rank
+    2 as exiting (the report said "called Finalize", which the program never did)."""
+    tag = uuid.uuid4().hex[:8]
+    r = _job(impl, [PROG, "wrong", "exit"], tag, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "finished" not in out, out
+    exiting = "Finalize (MPI.Finalize() or its program's exit)"
+    found = re.findall(r"driller: collective #1 on MPI_COMM_WORLD spanning nodes: rank (\d) "
+                       r"called (.+?) but rank (\d) \(world rank \d\) called (.+?): every", out)
+    assert found, out
+    for a, what_a, b, what_b in found:   # rank 2's exit, against another's Barrier
+        assert {(int(a), what_a), (int(b), what_b)} in (
+            {(2, exiting), (k, "Barrier")} for k in (0, 1, 3)), out
+    _no_leftovers(tag, None)
+
+
+@pytest.mark.parametrize("impl", ["openmpi", "mpich"])
 def test_a_wrong_root_is_named_when_the_others_exit_at_once(impl):
     """Rank 3 passes root 1 to a Bcast, the others root 0 and then exit (no other
     collective): the odd rank waits for a message of root 1's that never comes (before

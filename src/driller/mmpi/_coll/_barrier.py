@@ -9,15 +9,19 @@ from ._context import first_error, xrecv, xsend
 from ._shm import shm_barrier
 
 __all__ = [
-    "BARRIER_TAG", "Barrier", "g_barrier",
+    "BARRIER_TAG", "END_TAG", "Barrier", "g_barrier",
 ]
 
 BARRIER_TAG = 1 << 29        # Barrier's tags on the collective context (collectives use < 2**28)
+END_TAG = BARRIER_TAG + 64   # the exit's barrier of a world spanning nodes (_hier.end): it
+#                              must not pass a rank's Barrier (a rank exiting while the
+#                              others wait in Barrier went on into MPI's Finalize, and
+#                              they hung at their next collective)
 
 
-def Barrier(cx) -> None:
-    """Dissemination barrier (log2(n) rounds of zero-byte messages, no atomics), or
-    the shared-memory one for a world-group communicator."""
+def Barrier(cx, tag: int = BARRIER_TAG) -> None:
+    """Dissemination barrier (log2(n) rounds of zero-byte messages, no atomics, tags
+    ``tag`` and up), or the shared-memory one for a world-group communicator."""
     n = cx.size
     if n == 1:
         cx.t.engine  # raises after Finalize and in a forked child, as every call
@@ -29,7 +33,7 @@ def Barrier(cx) -> None:
     group = cx.group
     cctx = cx.cctx
     k = 1
-    rnd = BARRIER_TAG  # a tag space of its own on the collective context
+    rnd = tag  # a tag space of its own on the collective context
     while k < n:
         src = group[(me - k) % n]
         dst = group[(me + k) % n]

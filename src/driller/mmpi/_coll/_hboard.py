@@ -102,6 +102,8 @@ def enter(h, what: str, root: int = -1) -> None:
 
 
 def _text(kind: int, root: int) -> str:
+    if KINDS[kind] == "Finalize":   # (also a rank's exit without it: sys.exit, or its end)
+        return "Finalize (MPI.Finalize() or its program's exit)"
     return KINDS[kind] + ("" if root == -1 else
                           f"(root={root})" if root >= 0 else "(an invalid root)")
 

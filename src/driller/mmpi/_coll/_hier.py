@@ -205,11 +205,11 @@ def Barrier(cx) -> None:
     _barrier3(h)
 
 
-def _barrier3(h: _Split) -> None:
-    _barrier.Barrier(h.node)
+def _barrier3(h: _Split, tag: int = _barrier.BARRIER_TAG) -> None:
+    _barrier.Barrier(h.node, tag)
     if h.leaders is not None:
-        _barrier.Barrier(h.leaders)
-    _barrier.Barrier(h.node)
+        _barrier.Barrier(h.leaders, tag)
+    _barrier.Barrier(h.node, tag)
 
 
 def end(cx) -> None:
@@ -222,7 +222,7 @@ def end(cx) -> None:
     if h is None:
         return
     _hboard.enter(h, "Finalize")
-    _barrier3(h)
+    _barrier3(h, _barrier.END_TAG)   # (tags of its own: never a rank's Barrier)
 
 
 def _broadcast(cx, h: _Split, root, what: str, step, value):
