@@ -3884,9 +3884,13 @@ class NestedCallError(MmpiError):
 def _opname(op) -> str:
     if op is None:
         return "wait"
+    # (a collective's messages go on its communicator's odd context, with tags of
+    # driller's own: naming them told the user nothing of their program)
+    what = (f"tag {getattr(op, 'tag', None)}" if getattr(op, "context", 0) % 2 == 0
+            else "a step of a collective")
     if isinstance(op, RecvOp):
         src = "any source" if op.source == E.ANY_SOURCE else f"rank {op.source}"
-        return f"receive from {src} (tag {op.tag})"
+        return f"receive from {src} ({what})"
     if isinstance(op, SendOp):
-        return f"send to rank {op.dest} (tag {op.tag})"
+        return f"send to rank {op.dest} ({what})"
     return repr(op)
