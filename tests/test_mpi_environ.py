@@ -167,6 +167,22 @@ def test_errhandlers_predefined_user_and_call():
         comm.Set_errhandler(MPI.ERRHANDLER_NULL)
 
 
+def test_invalid_ranks_and_tags_carry_err_rank_and_err_tag():
+    # as Open MPI's: they were ERR_OTHER, so a program switching on the class of an
+    # ERRORS_RETURN error (mpi4py's own tests do) took them for another error
+    comm, buf = MPI.COMM_WORLD, np.zeros(3)
+    for call, cls in [(lambda: comm.Send(buf, dest=comm.size + 5), MPI.ERR_RANK),
+                      (lambda: comm.Isend(buf, dest=-7), MPI.ERR_RANK),
+                      (lambda: comm.Recv(buf, source=comm.size + 5), MPI.ERR_RANK),
+                      (lambda: comm.Send(buf, dest=0, tag=-5), MPI.ERR_TAG),
+                      (lambda: comm.Irecv(buf, source=0, tag=-5), MPI.ERR_TAG),
+                      (lambda: comm.send(1, dest=comm.size), MPI.ERR_RANK)]:
+        with pytest.raises(MPI.Exception) as e:
+            call()
+        assert e.value.Get_error_class() == cls, (e.value, e.value.Get_error_class())
+        assert isinstance(e.value, DrillerError)
+
+
 def _fatal(comm):
     if comm.rank == 1:
         comm.Set_errhandler(MPI.ERRORS_ARE_FATAL)

@@ -31,7 +31,7 @@ import weakref
 import numpy as np
 
 from .. import _errcodes
-from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_TRUNCATE
+from .._errcodes import ERR_BUFFER, ERR_COMM, ERR_RANK, ERR_TAG, ERR_TRUNCATE
 from ..errors import DrillerError, MmpiError, MmpiNotImplementedError
 from . import _attr, _bsend, _errhandler, _group, _info
 from . import _transport as T
@@ -357,7 +357,8 @@ class Comm(_attr.Cached, Handle):
         if dest == PROC_NULL:
             return PROC_NULL
         raise MmpiError(f"{what}: invalid destination rank {dest} (communicator of size "
-                        f"{self.size}; valid: 0..{self.size - 1} or PROC_NULL)")
+                        f"{self.size}; valid: 0..{self.size - 1} or PROC_NULL)",
+                        error_class=ERR_RANK)
 
     def _source(self, source, what: str) -> int:
         if type(source) is not int:
@@ -370,14 +371,16 @@ class Comm(_attr.Cached, Handle):
         if source == ANY_SOURCE or source == PROC_NULL:
             return source
         raise MmpiError(f"{what}: invalid source rank {source} (communicator of size "
-                        f"{self.size}; valid: 0..{self.size - 1}, ANY_SOURCE or PROC_NULL)")
+                        f"{self.size}; valid: 0..{self.size - 1}, ANY_SOURCE or PROC_NULL)",
+                        error_class=ERR_RANK)
 
     @staticmethod
     def _stag(tag, what: str) -> int:
         if type(tag) is not int or not 0 <= tag <= TAG_MAX:
             if _int_like(tag) and 0 <= int(tag) <= TAG_MAX:
                 return int(tag)
-            raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_MAX})")
+            raise MmpiError(f"{what}: invalid tag {tag!r} (a send tag is an int in 0..{TAG_MAX})",
+                            error_class=ERR_TAG)
         return tag
 
     @staticmethod
@@ -386,7 +389,7 @@ class Comm(_attr.Cached, Handle):
             if _int_like(tag) and (0 <= int(tag) <= TAG_MAX or int(tag) == ANY_TAG):
                 return int(tag)
             raise MmpiError(f"{what}: invalid tag {tag!r} (a receive tag is an int in "
-                            f"0..{TAG_MAX} or ANY_TAG)")
+                            f"0..{TAG_MAX} or ANY_TAG)", error_class=ERR_TAG)
         return tag
 
     # -- starting operations (internal) --
