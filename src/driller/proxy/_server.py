@@ -129,15 +129,17 @@ class _Lease:
             what = what[1]
         if type(what) is int:
             self.issued = max(self.issued, what)
-        elif isinstance(what, frozenset):
-            for n in what:
-                if type(n) is int and n > 0:
-                    add_run(self.loaded, n, n, RANGES_KEPT_PROXY)
+        elif isinstance(what, frozenset):   # (the rest dropped at the first refusal:
+            for n in what:                  # a request's cost is bounded by the cap)
+                if type(n) is int and n > 0 and \
+                        not add_run(self.loaded, n, n, RANGES_KEPT_PROXY):
+                    break
         elif type(what) is tuple:
             for run in what:
                 if type(run) is tuple and len(run) == 2 and type(run[0]) is int \
-                        and type(run[1]) is int and 0 < run[0] <= run[1]:
-                    add_run(self.loaded, run[0], run[1], RANGES_KEPT_PROXY)
+                        and type(run[1]) is int and 0 < run[0] <= run[1] and \
+                        not add_run(self.loaded, run[0], run[1], RANGES_KEPT_PROXY):
+                    break
         if self.loaded:
             self.claimed = True   # (loaded: by a claimant, or by its maker itself)
 

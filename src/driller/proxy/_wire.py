@@ -9,6 +9,7 @@ Imported by the proxy process itself: keep it to the standard library,
 from __future__ import annotations
 
 import array
+import bisect
 import os
 import pickle
 import select
@@ -116,16 +117,26 @@ def add_run(runs: list, lo: int, hi: int, cap: int = RANGES_KEPT) -> bool:
             if hi > last[1]:
                 last[1] = hi
             return True
-    merged: list = []
-    for a, b in sorted(runs + [[lo, hi]]):
-        if merged and a <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    if len(merged) > cap:
-        return False
-    runs[:] = merged
+    # runs[i:j] touch [lo, hi] (overlap or adjacent): found by bisection, so a client
+    # saying thousands of scattered runs costs the proxy log(n) each, not a sort (a
+    # request of 85,000 runs held the proxy, and every other client, for 67 s)
+    i = bisect.bisect_left(runs, lo - 1, key=_end)
+    j = bisect.bisect_right(runs, hi + 1, key=_start)
+    if i == j:
+        if len(runs) >= cap:
+            return False
+        runs.insert(i, [lo, hi])
+        return True
+    runs[i:j] = [[min(lo, runs[i][0]), max(hi, runs[j - 1][1])]]
     return True
+
+
+def _start(run: list) -> int:
+    return run[0]
+
+
+def _end(run: list) -> int:
+    return run[1]
 
 
 def as_said(runs: list) -> tuple:
