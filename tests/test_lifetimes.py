@@ -881,6 +881,78 @@ def test_after_the_fd_proxy_is_killed_new_arrays_share_and_old_ones_say_why_not(
         assert "which is gone (killed?)" in text and "driller.array(a)" in text, text
 
 
+EMFILE_SCRIPT = textwrap.dedent(r"""
+    import gc, os, pickle, resource, multiprocessing as mp
+    import numpy as np, driller
+
+    def worker(conn, ypickle):
+        x = driller.zeros(1 << 16, dtype=np.uint8)
+        x[:] = 5
+        conn.send_bytes(pickle.dumps(x))      # (x is published: its proxy knows it)
+        conn.recv_bytes()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+        hog = []
+        try:
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            pickle.loads(ypickle)
+            conn.send("LOADED at the limit")
+        except driller.DrillerError as e:
+            conn.send(f"{type(e).__name__}: {e}")
+        for f in hog:
+            os.close(f)
+        y = pickle.loads(ypickle)             # room again: the same handle loads
+        conn.send(float(y[0]))
+        conn.recv_bytes()
+        x[:] = 6
+        conn.send_bytes(pickle.dumps(x))      # a new pickle of its live array
+        conn.recv_bytes()
+
+    if __name__ == "__main__":
+        y = driller.zeros(1 << 16, dtype=np.uint8)
+        y[:] = 9
+        a, b = mp.get_context("fork").Pipe()
+        w = mp.get_context("fork").Process(target=worker, args=(b, pickle.dumps(y)))
+        w.start()
+        first = pickle.loads(a.recv_bytes())
+        print("FIRST", int(first[0]))
+        a.send_bytes(b"go")
+        print("AT LIMIT", a.recv().replace("\n", " "))
+        print("RETRY", a.recv())
+        del first
+        gc.collect()
+        a.send_bytes(b"next")
+        try:
+            print("SECOND", int(pickle.loads(a.recv_bytes())[0]))
+        except driller.DrillerError as e:
+            print("SECOND", type(e).__name__, e)
+        a.send_bytes(b"bye")
+        w.join()
+    """)
+
+
+def test_a_load_at_the_open_file_limit_says_so_and_keeps_the_process_sharing(tmp_path):
+    # the proxy's reply carried an fd the worker had no room for (MSG_CTRUNC): the
+    # client took it for a protocol bug ("oversized message from the fd proxy") and
+    # closed its connection, so the proxy released every array the worker owned: its
+    # next pickle of a live array then loaded as "its owner freed it"
+    script = tmp_path / "emfile.py"
+    script.write_text(EMFILE_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = dict(x.split(" ", 1) for x in out.stdout.splitlines())
+    assert got["FIRST"] == "5", out.stdout
+    assert got["AT"].startswith("LIMIT ProxyError: this process is at its open file limit "
+                                "(RLIMIT_NOFILE, `ulimit -n` 64)"), out.stdout
+    assert got["RETRY"] == "9.0", out.stdout
+    assert got["SECOND"] == "6", out.stdout
+
+
 SAVE_SCRIPT = textwrap.dedent(r"""
     import pickle, sys
     import numpy as np, driller

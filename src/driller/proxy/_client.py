@@ -23,6 +23,10 @@ from ._wire import (_ANC, _CLOEXEC, _DONTWAIT, _HELLO_TIMEOUT, _LAST, _MAGIC, _M
 __all__ = ["ProxyClient", "proxy_info"]
 
 
+# the reply whose fds the kernel dropped (MSG_CTRUNC: our open file limit)
+_FDS_LOST = ("fds lost",)
+
+
 class _Conn:
     """One authenticated connection to one proxy."""
 
@@ -36,6 +40,7 @@ class _Conn:
         self._buf = bytearray(_MAX_PACKET)
         self._mv = memoryview(self._buf)
         self._message = _Message()            # the one being read
+        self._fds_lost = False                # its fds did not fit our open file limit
         self._owed = 0                        # replies still due to interrupted calls
         sock = socket.socket(socket.AF_UNIX, _SOCK_TYPE)
         try:
@@ -103,10 +108,14 @@ class _Conn:
             raise ProxyError(
                 f"the fd proxy at {_show(self.address)} closed our connection (it exited, was "
                 "killed, or refused our secret/uid)")
-        if mflags & (_TRUNC | _CTRUNC):  # pragma: no cover - protocol bug
+        if mflags & _TRUNC:  # pragma: no cover - protocol bug
             _close_all(fds)
             self._die()
             raise ProxyError(f"oversized message from the fd proxy at {_show(self.address)}")
+        if mflags & _CTRUNC:   # the kernel dropped fds we had no room for (EMFILE): the
+            _close_all(fds)    # message is whole, the connection sound (closing it made
+            fds = []           # the proxy release every segment this process owns)
+            self._fds_lost = True
         return bytes(self._mv[:n]), fds
 
     def _next_message(self, flags: int):
@@ -117,6 +126,10 @@ class _Conn:
                 return None
             if self._message.add(*pkt):
                 data, fds = self._message.take()
+                if self._fds_lost:   # (a reply: taken as one, raised by request)
+                    self._fds_lost = False
+                    _close_all(fds)
+                    return _FDS_LOST, []
                 return pickle.loads(data), fds
 
     def _notice(self, keys) -> None:
@@ -174,6 +187,12 @@ class _Conn:
                 reply = self._read_reply(deadline)
                 self._owed -= 1
                 if not self._owed:
+                    if reply[0] is _FDS_LOST:
+                        raise ProxyError(
+                            "this process is at its open file limit (RLIMIT_NOFILE, `ulimit "
+                            f"-n` {_linux.nofile_limit()}): the file descriptor the fd proxy "
+                            "sent could not be received; close files you no longer need or "
+                            "raise the limit (resource.setrlimit), then try again")
                     return reply
                 _close_all(reply[1])
 
