@@ -367,8 +367,13 @@ def attach(handle: Handle, readonly: bool | None = None) -> NDArray:
     if handle.dtype is None or handle.shape is None:
         arr = raw[handle.offset - start:]
     else:
+        # (no element: the offset of an empty view of an empty array may lie past
+        # its segment, which numpy refuses: it loaded nowhere, and a Pool whose
+        # worker returned one waited for ever; any offset holds nothing)
+        empty = math.prod(handle.shape) == 0
         arr = np.ndarray(handle.shape, dtype=handle.dtype, buffer=raw,
-                         offset=handle.offset - start, strides=handle.strides)
+                         offset=0 if empty else handle.offset - start,
+                         strides=handle.strides)
     arr = arr.view(SharedArray)
     if readonly:
         arr.flags.writeable = False
