@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -139,3 +140,49 @@ def test_many_releases_from_finalizers_all_arrive():
     for h in hs:
         assert h.key not in segs or segs[h.key]["released"], segs[h.key]
     assert not _publish._pending and not _publish._unheld
+
+
+_FORK_MID_IMPORT = r"""
+import os, sys, threading, time, warnings
+warnings.simplefilter("ignore")   # Python 3.12+'s multi-threaded fork warning
+import driller
+t = threading.Thread(target=lambda: driller.zeros(4))
+t.start()
+while "driller.sharedarray" not in sys.modules:
+    time.sleep(0.0002)
+mid = getattr(sys.modules["driller.sharedarray"].__spec__, "_initializing", False)
+pid = os.fork()
+if pid == 0:
+    a = driller.zeros(4)
+    a[:] = 1
+    os._exit(0 if a.sum() == 4 else 3)
+t.join()
+_, status = os.waitpid(pid, 0)
+print("mid" if mid else "after", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_while_another_thread_makes_the_first_driller_call_gives_a_working_child():
+    """A thread's first driller call imports a submodule (driller loads them on first
+    use); a fork in that window used to copy the module's import lock held by a thread
+    the child does not have, and the child's own first driller call waited for ever
+    (a Pool started beside a thread that had just begun).  The fork now waits for the
+    import to finish (an at-fork hook).  Five fresh interpreters; at least one forked
+    in the middle of the import (else the test proved nothing)."""
+    seen = []
+    for _ in range(5):
+        # a session of its own: a child that hangs is killed with its parent
+        with subprocess.Popen([sys.executable, "-c", _FORK_MID_IMPORT], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True) as p:
+            try:
+                out, err = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.communicate()
+                raise AssertionError("the forked child's first driller call hung") from None
+        assert p.returncode == 0, out + err
+        when, code = out.split()
+        assert code == "0", out + err
+        seen.append(when)
+    assert "mid" in seen, seen

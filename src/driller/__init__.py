@@ -10,6 +10,8 @@ Submodules are imported on first use, so that ``driller run`` starts fast.
 """
 
 import importlib
+import os
+import sys
 
 from . import _cpython
 
@@ -47,6 +49,25 @@ __all__ = [
     "drill", "Hole", "check", "attach", "Handle", "cache_info", "pickled_by_value",
     *_errors_all,
 ]
+
+
+def _finish_imports() -> None:
+    """Before a fork: wait for driller modules another thread is importing (its first
+    driller call loads them).  Forked in that window, the child would hold a copy of
+    the module's import lock owned by a thread it does not have, and its own first use
+    of the module would wait for ever.  Importing a module that is being imported
+    waits for its lock (importlib's own deadlock detection covers a thread that waits
+    for ours); a failed import is the importing thread's to report."""
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("driller.") and module is not None
+                and getattr(getattr(module, "__spec__", None), "_initializing", False)):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported in the thread that imports
+                pass
+
+
+os.register_at_fork(before=_finish_imports)
 
 
 def __getattr__(name: str) -> object:
