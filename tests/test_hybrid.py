@@ -111,6 +111,20 @@ def _job(impl: str, argv: list[str], tag: str, extra_env: dict | None = None,
         ctx = lambda k, node: ["-n", str(k), "-env", "DRILLER_NODE", node, python, *argv]
     for i, k in enumerate(sizes):
         cmd += ([":"] if i else []) + ctx(k, f"{'abcdefgh'[i]}-{tag}")
+    r = _launch(cmd, tag, timeout)
+    if r.returncode != 0 and _LAUNCHER_DID_NOT_START in r.stdout + r.stderr:
+        # Open MPI's launcher failed before starting any rank (seen once in ~1,500
+        # jobs of a CI run, 0 in 60 on its own): no code of ours ran; launch again
+        _JOBS.pop(tag).cleanup()
+        r = _launch(cmd, tag, timeout)
+    return r
+
+
+# printed by Open MPI's prterun when its PMIx server could not start: no rank started
+_LAUNCHER_DID_NOT_START = "The PMIx server's listener thread failed to start"
+
+
+def _launch(cmd: list[str], tag: str, timeout: float) -> subprocess.CompletedProcess:
     job = _JOBS[tag] = _Job(tag)
     env = _env()
     env.update(job.env())
