@@ -905,6 +905,40 @@ def test_after_the_fd_proxy_is_killed_new_arrays_share_and_old_ones_say_why_not(
         assert "which is gone (killed?)" in text and "driller.array(a)" in text, text
 
 
+REPICKLE_AFTER_KILL_SCRIPT = textwrap.dedent(r"""
+    import os, pickle, signal, time
+    import driller
+    from driller.proxy import proxy_info
+
+    small, big = driller.zeros(10), driller.zeros(1 << 16)
+    pickle.dumps(small), pickle.dumps(big[1:])     # each has its transfer lease
+    os.kill(proxy_info()["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    for what, a in (("big", big), ("small", small)):
+        try:
+            pickle.dumps(a)
+            print(what, "OK")
+        except driller.DrillerError as e:
+            print(what, "ERR", type(e).__name__, str(e).replace("\n", " "))
+    """)
+
+
+def test_an_array_pickled_before_the_fd_proxy_was_killed_says_so_when_pickled_again():
+    # its handle was kept (its transfer lease, cached on the block): the pickle
+    # succeeded without a word, naming the dead proxy, and every loader got the
+    # ProxyError instead, far from the cause
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)   # (a proxy of its own, to kill)
+    out = subprocess.run([sys.executable, "-c", REPICKLE_AFTER_KILL_SCRIPT],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = {x.split()[0]: x.split(maxsplit=1)[1] for x in out.stdout.splitlines()}
+    for what in ("big", "small"):
+        status, _, text = got[what].partition(" ")
+        assert status == "ERR" and text.startswith("ProxyError"), (what, out.stdout)
+        assert "which is gone (killed?)" in text and "driller.array(a)" in text, text
+
+
 EMFILE_SCRIPT = textwrap.dedent(r"""
     import gc, os, pickle, resource, multiprocessing as mp
     import numpy as np, driller

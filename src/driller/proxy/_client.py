@@ -54,6 +54,8 @@ class _Conn:
                 "was killed") from None
         self.sock = sock
         self.fd = sock.fileno()
+        self._hup = select.poll()   # (POLLHUP and POLLERR are always reported)
+        self._hup.register(self.fd, 0)
         try:
             _pid, uid, _gid = _linux.peer_cred(sock)
             if uid != os.getuid():
@@ -78,6 +80,11 @@ class _Conn:
             self.close()
             raise ProxyError(f"lost the fd proxy at {_show(address)} while connecting: {e}") \
                 from None
+
+    def hung_up(self) -> bool:
+        """Whether the proxy closed its end (it exited, was killed, or dropped us):
+        one poll(2) with no wait."""
+        return bool(self._hup.poll(0))
 
     # -- receiving
     def _recv_packet(self, flags: int):
@@ -316,7 +323,12 @@ class ProxyClient:
     def _own_conn(self) -> _Conn:
         own = self._own
         if own is not None and not own.dead:
-            return own
+            if not own.hung_up():
+                return own
+            # the proxy is gone (killed) or dropped us: found now, before a handle
+            # names it (a kept lease asks it nothing, and loaders would get the error)
+            with own.lock:
+                own._die()
         with self._lock:
             self._check()
             if self._own is not None and not self._own.dead:
