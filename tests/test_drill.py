@@ -326,3 +326,17 @@ def test_a_dropped_hole_says_so_when_its_memory_is_handed_out():
     y = np.zeros(1_000_000)
     with pytest.raises(driller.DrillerError, match="not in driller shared memory"):
         driller.handle(y)
+
+
+def test_a_read_only_array_outside_shared_memory_is_told_to_copy_not_to_drill():
+    # handle(np.frombuffer(bytes)) advised driller.drill(), which then refused the
+    # read-only memory: the advice must be one that works
+    a = np.frombuffer(b"x" * 1_000_000, dtype=np.uint8)
+    with pytest.raises(driller.DrillerError) as e:
+        driller.handle(a)
+    assert "read-only" in str(e.value) and "driller.array(a)" in str(e.value)
+    assert "drill()" not in str(e.value)
+    with pytest.raises(driller.DrillError):   # (what the old advice led to)
+        driller.drill(a)
+    b = driller.array(a)                  # the advice works
+    assert driller.attach(driller.handle(b, readonly=True)).tobytes() == a.tobytes()

@@ -259,9 +259,15 @@ def handle(arr: NDArray, readonly: bool = False) -> Handle:
                 "without close()), which made it private again: keep the Hole while peers "
                 "use the memory (hole = driller.drill(x), or `with driller.drill(x) as "
                 "hole:`)")
-        raise DrillerError(
-            "this array is not in driller shared memory; allocate it with driller.empty/"
-            "zeros/array, or make it shareable in place with driller.drill()")
+        if getattr(getattr(arr, "flags", None), "writeable", True):
+            raise DrillerError(
+                "this array is not in driller shared memory; allocate it with driller.empty/"
+                "zeros/array, or make it shareable in place with driller.drill()")
+        raise DrillerError(   # (drill() needs writable memory: it refuses this one)
+            "this array is not in driller shared memory, and it is read-only (e.g. "
+            "np.frombuffer of bytes), so it cannot be made shareable in place: copy it "
+            "into shared memory with driller.array(a) (and handle(..., readonly=True) "
+            "if peers must not write it)")
     return h
 
 
