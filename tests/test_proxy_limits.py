@@ -191,6 +191,40 @@ def test_at_the_fd_limit_the_proxy_does_not_spin_and_keeps_serving(monkeypatch, 
         p.close()
 
 
+def test_one_process_publishing_without_end_leaves_room_for_the_others(monkeypatch, tmp_path):
+    # a client publishing segments in a loop (a leak) made the proxy hold its whole
+    # open file limit: then nobody else could connect or publish
+    p = _Proxy(monkeypatch, tmp_path, nofile=128)
+    segs, other = [], None
+    try:
+        refusal = None
+        for _ in range(200):
+            seg = Segment(4096)
+            segs.append(seg)
+            try:
+                p.client.publish(seg.key, seg.fd, {"nbytes": 4096})
+            except ProxyError as e:
+                refusal = e
+                break
+        assert refusal is not None, "the proxy took every publish"
+        assert "half the proxy's open file limit, 128" in str(refusal), refusal
+        assert "ulimit -n" in str(refusal) and "free shared arrays" in str(refusal), refusal
+        assert len(segs) - 1 == 63   # (and the fixture's segment: 64, half of 128)
+        other = proxy_client._Conn(p.address, p.secret)   # another process gets in...
+        theirs = Segment(4096)
+        segs.append(theirs)
+        assert other.request(("publish", theirs.key, {"nbytes": 4096}), theirs.fd)[0] == ("ok",)
+        _assert_fast(p.fetch_times())
+        p.client.release(segs[0].key)   # ...and the first may publish again once it frees
+        p.client.publish(segs[-2].key, segs[-2].fd, {"nbytes": 4096})
+    finally:
+        if other is not None:
+            other.close()
+        for seg in segs:
+            seg.close_fd()
+        p.close()
+
+
 def test_info_itself_is_refused_clearly_at_the_limit(monkeypatch, tmp_path):
     p = _Proxy(monkeypatch, tmp_path, nofile=32)
     held = []
@@ -365,6 +399,43 @@ def test_a_client_that_does_not_read_is_throttled_not_buffered(proxy):
     finally:
         proxy.client.release(big.key)
         big.close_fd()
+
+
+def test_a_client_that_does_not_read_its_fds_costs_the_proxy_a_bounded_number(proxy):
+    # each fetch reply waiting for a client that reads nothing held a dup of the
+    # segment's fd in the proxy: a client pipelining fetches made it hold ~16,000
+    # (its open file limit, then nobody else could connect or publish)
+    s = _raw_authed(proxy)
+    try:
+        base = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+        request = _packets(("fetch", proxy.seg.key))[0]
+        s.settimeout(0.5)
+        sent = 0
+        while sent < 20000:  # pipeline fetches, read nothing, until the proxy stops reading
+            try:
+                s.send(request)
+            except TimeoutError:
+                break
+            sent += 1
+        time.sleep(0.3)
+        held = len(os.listdir(f"/proc/{proxy.pid}/fd")) - base
+        assert sent > 200, sent    # (the client did pipeline: the bound below means something)
+        assert held <= 100, (held, sent)   # the cap (_MAX_OUTQ_FDS, 64) and a few in flight
+        _assert_fast(proxy.fetch_times())  # others are served meanwhile
+        # nothing was dropped: every request gets its fd, in order
+        s.settimeout(10)
+        for i in range(sent):
+            data, anc, _, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 8))
+            msg = pickle.loads(data[1:])
+            fds = [fd for lvl, typ, raw in anc for fd in array.array("i", raw)]
+            assert msg[0] == "fd" and len(fds) == 1, (i, msg[0])
+            os.close(fds[0])
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(1 << 16)
+    finally:
+        s.close()
+    assert wait_until(lambda: len(os.listdir(f"/proc/{proxy.pid}/fd")) <= base)
 
 
 # ------------------------------------------------------------------ the flood

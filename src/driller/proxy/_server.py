@@ -17,11 +17,14 @@ responsive for the others):
   closed to accept them): no spinning, connected clients keep being served;
 * at most ``_MAX_UNAUTH`` connections may be unauthenticated (the oldest is
   dropped for a new one) and each for ``_AUTH_TIMEOUT`` seconds;
+* one client owns at most half the fds the proxy can hold (``max_owned``: half its
+  open file limit); a publish beyond is refused, saying why;
 * one request (continuation packets included) is at most ``_MAX_REQUEST`` bytes
   and ``_MAX_REQUEST_FDS`` fds: a client over it is disconnected (everything it
   held freed);
 * a client that does not read its replies is not read from while more than
-  ``_MAX_OUTQ`` bytes of replies wait for it (back-pressure, nothing dropped);
+  ``_MAX_OUTQ`` bytes of replies, or ``_MAX_OUTQ_FDS`` fds, wait for it
+  (back-pressure, nothing dropped);
   release notices are never dropped (they are bounded by its subscriptions);
 * at most ``_ACCEPT_BATCH`` connections are accepted per wake-up, and no work per
   loop iteration depends on the number of idle connections.
@@ -53,6 +56,7 @@ _MAX_UNAUTH = 256                # connections waiting to authenticate
 _MAX_REQUEST = 1 << 20           # bytes of one request, continuation packets included
 _MAX_REQUEST_FDS = 16            # fds attached to one request's packets
 _MAX_OUTQ = 1 << 20              # queued reply bytes before a peer's requests wait
+_MAX_OUTQ_FDS = 64               # queued replies' fds (our dups) before they wait too
 _ACCEPT_PAUSE = 0.25             # seconds not accepting after EMFILE/ENFILE
 _ACCEPT_BATCH = 64               # connections accepted per wake-up
 _BACKLOG = 128                   # listen() backlog of _boot._start_proxy
@@ -156,7 +160,7 @@ class _Peer:
     __slots__ = ("sock", "fd", "pid", "uid", "authed", "since", "owned", "subscribed",
                  "outq", "notices", "message", "writing", "dead",
                  "out_bytes", "reply_bytes", "paused", "events",
-                 "held", "hung_up")
+                 "held", "hung_up", "out_fds")
 
     def __init__(self, sock, pid, uid):
         self.sock, self.fd, self.pid, self.uid = sock, sock.fileno(), pid, uid
@@ -173,6 +177,7 @@ class _Peer:
         self.hung_up = False               # closed its end: its queued messages to read
         self.out_bytes = 0                 # bytes in outq
         self.reply_bytes = 0               # bytes of replies (not notices) in outq
+        self.out_fds = 0                   # fds (our dups) of replies in outq
         self.paused = False                # not reading requests: too many replies queued
         self.events = select.EPOLLIN       # what epoll watches for us
 
@@ -237,6 +242,9 @@ class _Server:
         self.at_limit = False              # logged the fd limit, not yet accepted again
         self.refused = 0                   # connections refused at the fd limit
         self.evicted = 0                   # unauthenticated connections dropped for new ones
+        # one process may own half the fds the proxy can hold: a runaway publisher
+        # (a leak loop) is refused before nobody else can connect or publish
+        self.max_owned = max(16, _linux.nofile_limit() // 2)
         self.reserve = self._open_reserve()
         lsock.setblocking(False)
         self.ep.register(self.lfd, select.EPOLLIN)
@@ -501,6 +509,14 @@ class _Server:
             elif key in self.segs:
                 _close_all(fds)
                 self._send(peer, ("err", f"key {key!r} is already published"))
+            elif len(peer.owned) >= self.max_owned:
+                _close_all(fds)
+                self._send(peer, ("err", (
+                    f"this process (pid {peer.pid}) already shares {len(peer.owned)} segments "
+                    f"through it, the most one process may (half the proxy's open file limit, "
+                    f"{_linux.nofile_limit()}): free shared arrays it no longer needs (each "
+                    "array of 256 KiB or more is a segment of its own), or raise the open file "
+                    "limit (ulimit -n) of the shell that starts the program")))
             else:
                 try:
                     size = _linux.fd_size(fds[0])
@@ -762,13 +778,15 @@ class _Server:
             qfd = None
             if j == 0 and fd is not None:
                 qfd = os.dup(fd)  # the segment's fd may be closed before this goes out
+                peer.out_fds += 1
             peer.outq.append((pkts[j], qfd, True))
             peer.out_bytes += len(pkts[j])
             peer.reply_bytes += len(pkts[j])
         if peer.outq:
-            if peer.reply_bytes > _MAX_OUTQ and not peer.paused:
+            if (peer.reply_bytes > _MAX_OUTQ or peer.out_fds > _MAX_OUTQ_FDS) \
+                    and not peer.paused:
                 self.say(f"pid {peer.pid} does not read its replies: not reading its requests "
-                         f"until {peer.reply_bytes} queued bytes go out")
+                         f"until {peer.reply_bytes} queued bytes ({peer.out_fds} fds) go out")
                 peer.paused = True
             if notices:
                 self._flush(peer)
@@ -800,7 +818,8 @@ class _Server:
                         if not peer.writing:
                             self.say(f"pid {peer.pid} is not reading: holding "
                                      f"{len(peer.outq)} packets, {len(peer.notices)} notices")
-                        if peer.paused and peer.reply_bytes <= _MAX_OUTQ // 2:
+                        if peer.paused and peer.reply_bytes <= _MAX_OUTQ // 2 \
+                                and peer.out_fds <= _MAX_OUTQ_FDS // 2:
                             peer.paused = False
                         self._want_write(peer, True)
                     return
@@ -809,6 +828,7 @@ class _Server:
                 if is_reply:
                     peer.reply_bytes -= len(pkt)
                 if fd is not None:
+                    peer.out_fds -= 1
                     _close_all([fd])
             if not peer.notices:
                 break
@@ -861,7 +881,7 @@ class _Server:
         peer.message.discard()
         peer.outq.clear()
         peer.notices = set()
-        peer.out_bytes = peer.reply_bytes = 0
+        peer.out_bytes = peer.reply_bytes = peer.out_fds = 0
         if not self.accepting:
             self.resume_at = 0.0  # an fd is free again: try accepting at once
         for lid in list(peer.held):
