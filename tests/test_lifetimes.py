@@ -499,6 +499,44 @@ def test_pickles_of_an_array_its_owner_exits_holding_stay_loadable(how, ending):
         p.wait()
 
 
+KILLED_OWNER_SCRIPT = textwrap.dedent(r"""
+    import pickle, sys, time
+    import driller
+    a = driller.zeros(1 << 17)
+    a[:] = 3
+    for data in (pickle.dumps(a), pickle.dumps(a[1:])):
+        sys.stdout.buffer.write(len(data).to_bytes(8, "little") + data)
+    sys.stdout.flush()
+    time.sleep(300)   # (killed here)
+    """)
+
+
+def test_a_pickle_of_a_killed_owner_that_cannot_load_says_the_owner_was_killed():
+    # a process killed after pickling an array twice never said how many pickles it
+    # made: the first load ended the lease (by design), and the second said "its
+    # owner freed it", which it never did
+    p = subprocess.Popen([sys.executable, "-c", KILLED_OWNER_SCRIPT], stdout=subprocess.PIPE)
+    try:
+        first, second = _read_pickle(p.stdout), _read_pickle(p.stdout)
+        p.kill()
+        p.wait()
+        a = pickle.loads(first)
+        assert (a == 3).all()
+        driller.mapcache.cache().invalidate(driller.sharedarray._shared_base(a).origin.key)
+        del a
+        gc.collect()
+        driller._publish.flush()   # our claim is let go of: the lease ends
+        with pytest.raises(driller.SegmentReleasedError) as e:
+            pickle.loads(second)
+        text = str(e.value)
+        assert "freed it" not in text, text
+        assert f"its owner (pid {p.pid}) exited or disconnected" in text, text
+        assert "left without saying how many pickles it made (killed" in text, text
+    finally:
+        p.kill()
+        p.wait()
+
+
 NOTICE_AT_EXIT_SCRIPT = textwrap.dedent(r"""
     import gc, multiprocessing as mp, multiprocessing.util as mu, os, pickle, signal, sys
     import time

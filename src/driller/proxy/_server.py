@@ -688,7 +688,10 @@ class _Server:
         if lease.holders:
             return
         if lease.all_loaded():
-            self._end_lease(lease, "loaded, then let go by every process that held it")
+            self._end_lease(lease, "loaded, then let go by every process that held it" + (
+                "" if lease.issued else "; the process that pickled it left without saying "
+                "how many pickles it made (killed, or gone by os._exit), so the first "
+                "load was the last one waited for"))
             return
         self.orphans[lid] = time.monotonic()   # (a handle not loaded yet: it waits)
         while len(self.orphans) > self.max_orphans:
@@ -744,8 +747,12 @@ class _Server:
             return self._gone_message(key)
         owner = _owner_of(key)
         who = f" (owner pid {owner})" if owner is not None else ""
-        return (f"segment {key!r}{who}: the array this handle names is gone — its owner freed "
-                f"it and its transfer lease {lid} ended ({why}); ask the owner for a new "
+        seg = self.segs.get(key)
+        released = self.gone.get(key) or (seg.released if seg is not None else None)
+        what = "its owner freed it" if released is None or released.startswith(
+            "released by its owner") else f"it was {released}"
+        return (f"segment {key!r}{who}: the array this handle names is gone — {what} and "
+                f"its transfer lease {lid} ended ({why}); ask the owner for a new "
                 "handle, and keep the array (or a view) alive until the handle is loaded")
 
     def _lease_info(self) -> dict:
