@@ -365,6 +365,25 @@ def test_too_many_fds_in_one_request_drop_the_sender(proxy):
         os.close(w)
 
 
+def test_a_packet_of_more_fds_than_the_proxy_takes_is_refused_and_leaks_none(proxy):
+    # 250 fds in one packet: the kernel gives the proxy the first 8 (its ancillary
+    # buffer) and closes the rest; the proxy refuses the request and keeps nothing
+    s = _raw_authed(proxy)
+    r, w = os.pipe()
+    base = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+    try:
+        s.sendmsg([_LAST + pickle.dumps(("publish", "k", {}))],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r] * 250))])
+        msg = pickle.loads(s.recv(1 << 16)[1:])
+        assert msg[0] == "err" and "more than 8 in one packet" in msg[1], msg
+        assert proxy.info()["connections"] == 3     # (kept: the fixture's two, and us)
+        assert len(os.listdir(f"/proc/{proxy.pid}/fd")) <= base
+    finally:
+        s.close()
+        os.close(r)
+        os.close(w)
+
+
 # ------------------------------------------------------------------ non-reading client
 
 def test_a_client_that_does_not_read_is_throttled_not_buffered(proxy):

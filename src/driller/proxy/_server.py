@@ -21,7 +21,8 @@ responsive for the others):
   open file limit); a publish beyond is refused, saying why;
 * one request (continuation packets included) is at most ``_MAX_REQUEST`` bytes
   and ``_MAX_REQUEST_FDS`` fds: a client over it is disconnected (everything it
-  held freed);
+  held freed); a packet of more than 8 fds (``_ANC``) is refused (the kernel
+  closes the ones that do not fit);
 * a client that does not read its replies is not read from while more than
   ``_MAX_OUTQ`` bytes of replies, or ``_MAX_OUTQ_FDS`` fds, wait for it
   (back-pressure, nothing dropped);
@@ -452,8 +453,8 @@ class _Server:
             return not peer.dead
         if flags & _CTRUNC:
             _close_all(fds)
-            self._send(peer, ("err", "the proxy could not receive the fd (out of file "
-                              "descriptors?)"))
+            self._send(peer, ("err", "the proxy could not receive the fds sent (more than 8 "
+                              "in one packet, or it is out of file descriptors)"))
             return True
         message = peer.message
         last = message.add(data, fds)
