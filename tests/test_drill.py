@@ -340,3 +340,18 @@ def test_a_read_only_array_outside_shared_memory_is_told_to_copy_not_to_drill():
         driller.drill(a)
     b = driller.array(a)                  # the advice works
     assert driller.attach(driller.handle(b, readonly=True)).tobytes() == a.tobytes()
+
+
+def test_a_shared_view_of_memory_whose_hole_was_dropped_refuses_to_pickle():
+    # x.view(driller.SharedArray), the README's way to pass drilled memory by
+    # reference, pickled by value once the Hole was dropped: Pool workers wrote into
+    # their copies and the parent's array stayed zero, without a word
+    x = np.zeros(1_000_000)
+    driller.drill(x)
+    gc.collect()
+    with pytest.raises(driller.DrillerError, match="Hole was garbage-collected"):
+        pickle.dumps(x.view(driller.SharedArray)[:500_000])
+    with driller.pickled_by_value():   # asked for by value: given
+        assert pickle.loads(pickle.dumps(x.view(driller.SharedArray)[:4])).tolist() == [0] * 4
+    y = np.zeros(8).view(driller.SharedArray)   # never drilled: by value, as documented
+    assert pickle.loads(pickle.dumps(y)).tolist() == [0] * 8

@@ -242,6 +242,29 @@ def test_zero_length_messages():
     assert values(run_ranks(_zero_length, 2))[1] == [(1, 0), (2, 0), (3, 0)]
 
 
+def _empty_nd_nonblocking(comm):
+    # a rank owning no rows of a 2-D array posts np.empty((0, ncols)) (Isend, Issend,
+    # Irecv): these raised a bare TypeError ("cannot cast view with zeros in shape or
+    # strides") on the nonblocking fast path; the blocking paths took them
+    other = 1 - comm.rank
+    shapes = [((0, 3), "C"), ((3, 0), "C"), ((0, 1), "F")]
+    reqs, got = [], []
+    for i, (shape, order) in enumerate(shapes):
+        b = np.empty(shape, order=order)
+        got.append(b)
+        reqs.append(comm.Irecv(b, other, 10 + i))
+        a = np.empty(shape, order=order)
+        reqs.append((comm.Isend if i % 2 else comm.Issend)(a, other, 10 + i))
+    statuses = [MPI.Status() for _ in reqs]
+    MPI.Request.Waitall(reqs, statuses)
+    return [(s.tag, s.Get_count()) for s in statuses[0::2]]
+
+
+def test_zero_size_multidimensional_arrays_go_through_the_nonblocking_calls():
+    for got in values(run_ranks(_empty_nd_nonblocking, 2)):
+        assert got == [(10, 0), (11, 0), (12, 0)]
+
+
 # ------------------------------------------------------------------ specs, datatypes, status
 
 def _specs(comm):

@@ -110,6 +110,8 @@ class SharedArray(_ArrayBase):
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         h = None if _by_value.depth else _handle(self)
         if h is None:  # not (or no longer) in shared memory: pickle by value
+            if not _by_value.depth:
+                _refuse_dropped_hole(self)   # (its peers' writes would go nowhere)
             return np.asarray(self).__reduce_ex__(protocol)
         return (_rebuild, (h,))
 
@@ -252,13 +254,7 @@ def handle(arr: NDArray, readonly: bool = False) -> Handle:
     """
     h = _handle(arr, readonly)
     if h is None:
-        from .hole import was_dropped
-        if was_dropped(arr):
-            raise DrillerError(
-                "this memory was drilled, but its Hole was garbage-collected (dropped "
-                "without close()), which made it private again: keep the Hole while peers "
-                "use the memory (hole = driller.drill(x), or `with driller.drill(x) as "
-                "hole:`)")
+        _refuse_dropped_hole(arr)
         if getattr(getattr(arr, "flags", None), "writeable", True):
             raise DrillerError(
                 "this array is not in driller shared memory; allocate it with driller.empty/"
@@ -269,6 +265,19 @@ def handle(arr: NDArray, readonly: bool = False) -> Handle:
             "into shared memory with driller.array(a) (and handle(..., readonly=True) "
             "if peers must not write it)")
     return h
+
+
+def _refuse_dropped_hole(arr: NDArray) -> None:
+    """Raise if arr is memory drilled by a Hole dropped without close(): private
+    again, so a handle or a pickle by reference cannot be given (by value, its
+    peers' writes would silently go nowhere)."""
+    from .hole import was_dropped
+    if was_dropped(arr):
+        raise DrillerError(
+            "this memory was drilled, but its Hole was garbage-collected (dropped "
+            "without close()), which made it private again: keep the Hole while peers "
+            "use the memory (hole = driller.drill(x), or `with driller.drill(x) as "
+            "hole:`)")
 
 
 def _handle(arr: NDArray, readonly: bool = False) -> Handle | None:

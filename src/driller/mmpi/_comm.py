@@ -1747,9 +1747,9 @@ def _flat(buf, writable: bool):
     if mv.c_contiguous and not (writable and mv.readonly):
         if mv.format == "B" and mv.ndim == 1:
             return mv
-        if mv.format in _FLAT_FORMATS:   # a C-contiguous numpy array: its bytes (as Send)
-            return mv.cast("B")
-    return None
+        if mv.format in _FLAT_FORMATS and mv.nbytes:   # a C-contiguous numpy array:
+            return mv.cast("B")                        # its bytes (as Send); an empty
+    return None                                        # one of ndim > 1: parsed in full
 
 
 _new = object.__new__
