@@ -516,8 +516,9 @@ class _Server:
                     f"this process (pid {peer.pid}) already shares {len(peer.owned)} segments "
                     f"through it, the most one process may (half the proxy's open file limit, "
                     f"{_linux.nofile_limit()}): free shared arrays it no longer needs (each "
-                    "array of 256 KiB or more is a segment of its own), or raise the open file "
-                    "limit (ulimit -n) of the shell that starts the program")))
+                    "array of 256 KiB or more is a segment of its own), or raise the hard open "
+                    "file limit (`ulimit -Hn`; the proxy takes it whole, whatever `ulimit -n` "
+                    "says) of the shell that starts the program")))
             else:
                 try:
                     size = _linux.fd_size(fds[0])
