@@ -179,10 +179,14 @@ def test_owner_exit_keeps_peer_memory_then_releases():
     del arr, again
     gc.collect()
     deadline = time.monotonic() + 10
-    with pytest.raises(driller.SegmentReleasedError, match=h.key):
-        while time.monotonic() < deadline:  # nobody holds the lease any more: it ended
+    # nobody holds the lease any more: it ended, or (this process, its last client,
+    # let go of its connection: mapcache closes idle ones) the owner's proxy exited
+    with pytest.raises((driller.SegmentReleasedError, driller.ProxyError)) as e:
+        while time.monotonic() < deadline:
             driller.attach(h)
             time.sleep(0.01)
+    assert h.key in str(e.value) if e.type is driller.SegmentReleasedError else \
+        "has probably exited" in str(e.value), e.value
 
 
 _OBJECT_PEER = """

@@ -24,6 +24,7 @@ import pytest
 
 import driller
 from driller import heap, mmpi
+from driller.proxy import _client as proxy_client
 
 import _lifetimes_peer as peer
 
@@ -516,13 +517,19 @@ def test_a_pickle_of_a_killed_owner_that_cannot_load_says_the_owner_was_killed()
     # made: the first load ended the lease (by design), and the second said "its
     # owner freed it", which it never did
     p = subprocess.Popen([sys.executable, "-c", KILLED_OWNER_SCRIPT], stdout=subprocess.PIPE)
+    closers = []
     try:
         first, second = _read_pickle(p.stdout), _read_pickle(p.stdout)
         p.kill()
         p.wait()
         a = pickle.loads(first)
         assert (a == 3).all()
-        driller.mapcache.cache().invalidate(driller.sharedarray._shared_base(a).origin.key)
+        origin = driller.sharedarray._shared_base(a).origin
+        # another process still using the killed owner's proxy (this process lets go
+        # of its own connection once it needs it no more, and the proxy would exit)
+        other = proxy_client._Conn(origin.proxy.replace("@", "\0", 1), origin.secret)
+        closers.append(other)
+        driller.mapcache.cache().invalidate(origin.key)
         del a
         gc.collect()
         driller._publish.flush()   # our claim is let go of: the lease ends
@@ -533,6 +540,8 @@ def test_a_pickle_of_a_killed_owner_that_cannot_load_says_the_owner_was_killed()
         assert f"its owner (pid {p.pid}) exited or disconnected" in text, text
         assert "left without saying how many pickles it made (killed" in text, text
     finally:
+        for c in closers:
+            c.close()
         p.kill()
         p.wait()
 
@@ -941,6 +950,50 @@ def test_after_the_fd_proxy_is_killed_new_arrays_share_and_old_ones_say_why_not(
             continue
         assert status == "ERR" and text.startswith("ProxyError"), (what, out.stdout)
         assert "which is gone (killed?)" in text and "driller.array(a)" in text, text
+
+
+RECYCLED_WORKERS_SCRIPT = textwrap.dedent(r"""
+    import gc, sys, multiprocessing as mp
+    import driller
+    from driller import _linux
+    from driller.proxy import ProxyClient
+
+    def task(i):
+        a = driller.zeros(10)   # (in the worker's own arena, through its own proxy)
+        a[:] = i
+        return a
+
+    if __name__ == "__main__":
+        seen = set()
+        with mp.get_context(sys.argv[1]).Pool(2, maxtasksperchild=1) as pool:
+            for i in range(int(sys.argv[2])):
+                a = pool.apply(task, (i,))
+                assert (a == i).all(), (i, a)
+                seen |= {c.server_pid for c in ProxyClient.get()._conns.values()}
+                del a
+                gc.collect()
+        alive = [p for p in seen if _linux.pid_alive(p)]
+        print(len(seen), len(alive), len(ProxyClient.get()._conns))
+    """)
+
+
+@pytest.mark.parametrize("method, tasks", [("fork", 16), ("spawn", 8)])
+def test_recycled_pool_workers_leave_no_proxy_and_no_connection_behind(method, tasks,
+                                                                       tmp_path):
+    # each worker (maxtasksperchild=1) returned an array from its own proxy: the
+    # parent kept its connection to that proxy after the worker exited and the array
+    # was freed, so every finished worker left a proxy process (~9 MB) and the
+    # parent an fd, until the parent exited (150 tasks: 151 proxies)
+    script = tmp_path / "recycled.py"   # (a file: spawn's workers import its main)
+    script.write_text(RECYCLED_WORKERS_SCRIPT)
+    env = dict(os.environ)
+    env.pop("DRILLER_PROXY", None)   # (each process its own proxy, as a user's would)
+    out = subprocess.run([sys.executable, str(script), method, str(tasks)],
+                         capture_output=True, text=True, env=env, timeout=200)
+    assert out.returncode == 0, out.stderr
+    seen, alive, conns = map(int, out.stdout.split())
+    assert seen >= tasks, out.stdout   # (a proxy per worker: the bound below means something)
+    assert alive <= 4 and conns <= 5, out.stdout   # the last workers' (read at the next load)
 
 
 REPICKLE_AFTER_KILL_SCRIPT = textwrap.dedent(r"""

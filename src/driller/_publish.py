@@ -33,7 +33,7 @@ from .proxy._wire import _show, claim_said
 from .segment import Handle, Segment
 
 __all__ = ["publish", "release", "owned", "flush", "handle_for", "lease", "drop_leases",
-           "dropping", "say_issued", "hook_exit", "at_exit"]
+           "dropping", "while_not_sending", "say_issued", "hook_exit", "at_exit"]
 
 _lock = threading.Lock()
 _owned: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
@@ -246,6 +246,23 @@ def dropping(address: str, lease: int) -> bool:
                                     for i in ids) for a, ids in list(_unheld))
 
 
+# called by the sending thread once it has sent what was queued (no lock held, and
+# none may be waited for: mapcache's closing of idle connections)
+after_send_calls: list = []
+
+
+def while_not_sending(fn) -> None:
+    """Call ``fn(addresses)`` while no queued drop is being sent (flush's lock, not
+    waited for: nothing is called if a flush is at work); ``addresses``: the
+    proxies that drops queued here are still to reach."""
+    if not _lock.acquire(blocking=False):
+        return
+    try:
+        fn({a for a, _ in list(_unheld)})
+    finally:
+        _lock.release()
+
+
 def release(seg: Segment) -> None:
     """Forget seg: close its fd and tell the proxy (asynchronously) if it was published."""
     if seg.closed:
@@ -284,6 +301,8 @@ def _send() -> None:
     while True:
         try:
             flush()
+            for f in after_send_calls:
+                f()
         except BaseException:  # noqa: BLE001 - nothing to report it to
             pass
         _sending.release()

@@ -146,6 +146,7 @@ class MapCache:
             if released:
                 for k in released:
                     self._drop_key(k)
+                self._close_idle(client)
             region = self._entries.get(ek)
             if region is not None and region.nbytes >= nbytes:
                 if lease:
@@ -257,6 +258,22 @@ class MapCache:
         if _publish.dropping(address, lease):
             _publish.flush()
 
+    def _close_idle(self, client: ProxyClient) -> None:
+        """After release notices: let go of connections to proxies nothing mapped
+        here claims through and no queued drop is still to reach."""
+        claimed = set(self._addresses.values())   # (before the queue: a mapping that
+        # dies meanwhile has its drop queued by then)
+        _publish.while_not_sending(lambda unsent: client.close_idle(claimed | unsent))
+
+    def _close_idle_quietly(self) -> None:
+        """The sender's call once drops went out: :meth:`_close_idle` if the cache
+        is free (never waited for)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._close_idle(ProxyClient.get())
+            finally:
+                self._lock.release()
+
     def _evict(self) -> None:
         entries = self._entries
         while len(entries) > 1 and (len(entries) > self.max_entries
@@ -313,6 +330,14 @@ def _say_loaded() -> None:
 
 
 _publish.at_exit_calls.append(_say_loaded)
+
+
+def _close_idle() -> None:
+    if _cache is not None:
+        _cache._close_idle_quietly()
+
+
+_publish.after_send_calls.append(_close_idle)
 
 
 def cache() -> MapCache:

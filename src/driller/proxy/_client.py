@@ -402,6 +402,30 @@ class ProxyClient:
             fds.append(c.fd)
         self._poll, self._fdlist = p, fds
 
+    def close_idle(self, busy: set[str]) -> None:
+        """Close our connections to other processes' proxies that nothing of ours
+        needs any more: no segment fetched through it unreleased, no claim held
+        through it (``busy``: the addresses of those), no reply owed.  A proxy
+        exits with its last client: a worker's proxy kept alive by our connection
+        after the worker exited was one process and one fd per finished worker
+        (``Pool(maxtasksperchild=1)``).  A later handle of it connects again."""
+        closed = False
+        with self._lock:
+            own = self._own
+            for address, c in list(self._conns.items()):
+                if c is own or c.dead or c.subscribed or c._owed or address in busy:
+                    continue
+                if not c.lock.acquire(blocking=False):
+                    continue   # (in use: next time)
+                try:
+                    if not (c.subscribed or c._owed):
+                        c.close()
+                        closed = True
+                finally:
+                    c.lock.release()
+            if closed:
+                self._refresh_poll()
+
     def _add_released(self, keys: set[str]) -> None:
         with self._plock:
             self._pending |= keys
