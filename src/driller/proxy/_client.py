@@ -409,6 +409,7 @@ class ProxyClient:
         exits with its last client: a worker's proxy kept alive by our connection
         after the worker exited was one process and one fd per finished worker
         (``Pool(maxtasksperchild=1)``).  A later handle of it connects again."""
+        busy = {"\0" + a[1:] if a[:1] == "@" else a for a in busy}   # (as _conns names them)
         closed = False
         with self._lock:
             own = self._own
