@@ -573,10 +573,15 @@ class _Server:
                         "leases": len(s.leases), "released": s.released})
         return out
 
-    def _gone_message(self, key: str) -> str:
+    def _released_why(self, key: str) -> str | None:
+        """How key was released (its owner let go, or exited), None if not known."""
         why = self.gone.get(key)
         if why is None and key in self.segs:
             why = self.segs[key].released
+        return why
+
+    def _gone_message(self, key: str) -> str:
+        why = self._released_why(key)
         if why is not None:
             return f"segment {key!r} was {why}; ask its owner for a new handle"
         owner = _owner_of(key)
@@ -749,8 +754,7 @@ class _Server:
             return self._gone_message(key)
         owner = _owner_of(key)
         who = f" (owner pid {owner})" if owner is not None else ""
-        seg = self.segs.get(key)
-        released = self.gone.get(key) or (seg.released if seg is not None else None)
+        released = self._released_why(key)
         what = "its owner freed it" if released is None or released.startswith(
             "released by its owner") else f"it was {released}"
         return (f"segment {key!r}{who}: the array this handle names is gone — {what} and "
